@@ -1,0 +1,64 @@
+"""Pieces shared by several specs: gradient preparation and moving averages.
+
+Every function here is an explicit op sequence over ``xp``; scalars arrive as 0-d arrays already
+rounded to the parameter dtype (see :func:`uniopt._spec.cast_scalars`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._spec import Array
+
+__all__ = ["bias_correction", "ema", "prepare_grad"]
+
+
+def prepare_grad(
+    grad: Array, param: Array, xp: Any, *, maximize: bool, weight_decay: Array | None
+) -> Array:
+    r"""The gradient the rule uses: :math:`g \leftarrow \pm g + \lambda\,p`.
+
+    The sign flips first when ``maximize``; L2 weight decay (``weight_decay`` not ``None``) then adds
+    ``param * weight_decay``. Decoupled decay is not applied here (each spec does it on the param).
+    """
+    if maximize:
+        grad = xp.negative(grad)
+    if weight_decay is not None:
+        grad = xp.add(grad, xp.multiply(param, weight_decay))
+    return grad
+
+
+def ema(average: Array, value: Array, keep: Array, take: Array, xp: Any) -> Array:
+    r"""Exponential moving average ``average * keep + value * take`` (:math:`\beta a + (1-\beta) x`).
+
+    ``take`` is ``1 - beta`` computed on the host in float64 and rounded once, so no backend has to
+    agree on an in-graph ``1 - beta`` or on ``lerp``.
+    """
+    return xp.add(xp.multiply(average, keep), xp.multiply(value, take))
+
+
+def bias_correction(beta: float, step: int) -> float:
+    r"""Host-side :math:`1 - \beta^t` in float64."""
+    return 1.0 - beta**step
+
+
+def adam_moments(
+    m: Array, v: Array, grad: Array, sc: Any, xp: Any
+) -> tuple[Array, Array]:
+    r"""First and second moments: :math:`m = \beta_1 m + (1-\beta_1) g`,
+    :math:`v = \beta_2 v + (1-\beta_2) g^2`.
+
+    ``sc`` carries ``beta1, one_minus_beta1, beta2, one_minus_beta2`` as 0-d arrays.
+    """
+    m = ema(m, grad, sc.beta1, sc.one_minus_beta1, xp)
+    v = ema(v, xp.multiply(grad, grad), sc.beta2, sc.one_minus_beta2, xp)
+    return m, v
+
+
+def adam_step(m: Array, v: Array, step_size: Array, inv_sqrt_bc2: Array, eps: Array, xp: Any):
+    r"""Adam's step :math:`\hat m / (\sqrt{\hat v} + \epsilon)` times the learning rate, as
+    ``(m / (sqrt(v) * inv_sqrt_bc2 + eps)) * step_size`` with ``step_size = lr / (1 - beta1^t)``
+    and ``inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t)`` computed on the host.
+    """
+    denom = xp.add(xp.multiply(xp.sqrt(v), inv_sqrt_bc2), eps)
+    return xp.multiply(xp.divide(m, denom), step_size)

@@ -1,0 +1,185 @@
+"""The shape every optimizer spec shares.
+
+An optimizer is a frozen hyperparameter record (a subclass of :class:`Spec`) that knows
+
+* ``slot_names()``: the per-parameter state it keeps, besides the shared step count;
+* ``step_scalars(step, lr)``: every scalar the update needs at 1-based step ``step``, computed on
+  the host in float64 (bias corrections, rectification terms, products such as ``lr / bc1``);
+* ``rule(param, grad, slots, scalars, xp)``: the elementwise update as one explicit op sequence over
+  the array namespace ``xp``, returning the new parameter and the new slots.
+
+:meth:`Spec.update` glues them together: it computes the scalars once on the host, rounds each one
+once to the parameter's dtype, and applies the rule to every parameter. Because the scalars are
+rounded exactly once and the elementwise ops are fixed, every backend that implements ``+ - * /``
+and ``sqrt`` with IEEE-754 round-to-nearest produces bit-identical results.
+
+Nothing here imports a deep-learning framework; ``xp`` is any array-API namespace (NumPy through
+array-api-compat, ``array_api_strict``, and the adapters' own namespaces).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
+
+from ._validate import check_bool, check_interval
+
+__all__ = ["Array", "Scalars", "Spec", "State", "cast_scalars", "namespace_of"]
+
+Array = Any
+"""An array of whatever namespace ``xp`` is (``numpy.ndarray``, ``torch.Tensor``, ...)."""
+
+Scalars = NamedTuple
+"""Per-step scalars: a NamedTuple whose float fields become 0-d arrays and bool fields stay bools."""
+
+
+class State(NamedTuple):
+    """Optimizer state: the number of steps taken and one slot mapping per parameter.
+
+    ``slots[i]`` maps each name of :meth:`Spec.slot_names` to an array shaped like ``params[i]``.
+    """
+
+    step: int
+    slots: tuple[dict[str, Array], ...]
+
+
+def namespace_of(*arrays: Array) -> Any:
+    """The array-API namespace of ``arrays`` (array-api-compat's wrapper for NumPy and torch)."""
+    from array_api_compat import array_namespace
+
+    return array_namespace(*arrays)
+
+
+def cast_scalars(scalars: NamedTuple, like: Array, xp: Any) -> NamedTuple:
+    """Round each float field of ``scalars`` once to ``like``'s dtype, as a 0-d array on its device.
+
+    Bool fields (branches chosen by the step count) stay Python bools, and so do fields already
+    holding arrays (a jit backend may pass traced values).
+    """
+    from array_api_compat import device as device_of
+
+    dev = device_of(like)
+
+    def cast(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, float):
+            return value
+        return xp.asarray(value, dtype=like.dtype, device=dev)
+
+    return type(scalars)(*(cast(v) for v in scalars))
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """Base of every optimizer spec: validated hyperparameters plus pure ``init``/``update``.
+
+    Subclasses are frozen dataclasses whose fields are the hyperparameters. ``lr`` is always the
+    first field; an adapter may override it per step (schedulers) through ``update(..., lr=...)``.
+    """
+
+    name: ClassVar[str]
+    reference: ClassVar[str] = ""
+
+    # -- to be provided by each optimizer -------------------------------------------------------
+    def _check(self) -> None:
+        """Validate the optimizer's own hyperparameters (``lr`` is checked by the base)."""
+
+    def slot_names(self) -> tuple[str, ...]:
+        """Names of the per-parameter state slots for these hyperparameters."""
+        raise NotImplementedError
+
+    def init_slot(self, name: str, param: Array, xp: Any) -> Array:
+        """Initial value of slot ``name`` for ``param`` (zeros unless overridden)."""
+        return xp.zeros_like(param)
+
+    def step_scalars(self, step: int, lr: float | None = None) -> NamedTuple:
+        """Host-side float64 scalars for 1-based ``step``; ``lr`` overrides ``self.lr``."""
+        raise NotImplementedError
+
+    def rule(
+        self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
+    ) -> tuple[Array, dict[str, Array]]:
+        """Elementwise update of one parameter: returns ``(new_param, new_slots)``."""
+        raise NotImplementedError
+
+    # -- shared machinery ---------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        check_interval(self.name, "lr", self.lr, 0.0)
+        for field in dataclasses.fields(self):
+            if field.type in ("bool", bool):
+                check_bool(self.name, field.name, getattr(self, field.name))
+        self._check()
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The hyperparameters as a plain dict (field name -> value)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> Spec:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def init_slots(self, param: Array, xp: Any) -> dict[str, Array]:
+        """All slots of one parameter."""
+        return {name: self.init_slot(name, param, xp) for name in self.slot_names()}
+
+    def init(self, params: Sequence[Array], xp: Any = None) -> State:
+        """State before the first step: step 0 and the initial slots of every parameter."""
+        params = list(params)
+        xp = xp if xp is not None else _namespace_or_none(params)
+        return State(0, tuple(self.init_slots(p, xp) for p in params))
+
+    def update_one(
+        self, param: Array, grad: Array, slots: Mapping[str, Array], sc: NamedTuple, xp: Any
+    ) -> tuple[Array, dict[str, Array]]:
+        """Apply the rule to one parameter with host scalars ``sc`` (rounded here to its dtype)."""
+        return self.rule(param, grad, slots, cast_scalars(sc, param, xp), xp)
+
+    def update(
+        self,
+        grads: Sequence[Array],
+        state: State,
+        params: Sequence[Array],
+        xp: Any = None,
+        *,
+        lr: float | None = None,
+    ) -> tuple[list[Array], State]:
+        """One optimizer step: returns the new parameters and the new state. Pure."""
+        params, grads = list(params), list(grads)
+        if not (len(params) == len(grads) == len(state.slots)):
+            raise ValueError(
+                f"{self.name}: got {len(params)} params, {len(grads)} grads and state for "
+                f"{len(state.slots)} params; they must match"
+            )
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            if tuple(p.shape) != tuple(g.shape):
+                raise ValueError(
+                    f"{self.name}: grads[{i}] has shape {tuple(g.shape)} but params[{i}] has "
+                    f"shape {tuple(p.shape)}"
+                )
+        xp = xp if xp is not None else _namespace_or_none(params)
+        step = state.step + 1
+        sc = self.step_scalars(step, lr)
+        new_params, new_slots = [], []
+        for p, g, s in zip(params, grads, state.slots, strict=True):
+            new_p, new_s = self.update_one(p, g, s, sc, xp)
+            new_params.append(new_p)
+            new_slots.append(new_s)
+        return new_params, State(step, tuple(new_slots))
+
+
+def _namespace_or_none(params: list[Array]) -> Any:
+    if not params:
+        return None
+    return namespace_of(*params)
+
+
+def select(cond: Any, when_true: Callable[[], Array], when_false: Callable[[], Array], xp: Any):
+    """Choose between two computations by a step-dependent condition.
+
+    A Python bool (the host knows the step) evaluates only the chosen branch; an array condition
+    (a traced step inside a compiled function) evaluates both and picks with ``xp.where``.
+    """
+    if isinstance(cond, bool):
+        return when_true() if cond else when_false()
+    return xp.where(cond, when_true(), when_false())

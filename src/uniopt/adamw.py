@@ -1,0 +1,33 @@
+r"""AdamW (Loshchilov and Hutter 2019, Algorithm 2): Adam with decoupled weight decay.
+
+.. math::
+
+    \theta_t = (1 - \eta\lambda)\,\theta_{t-1}
+        - \eta\, \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t)} + \epsilon}
+
+with :math:`m_t, v_t` (and AMSGrad) exactly as in :mod:`uniopt.adam`, computed on the raw gradient.
+Choices where frameworks disagree: the decay is multiplied by the learning rate (PyTorch, optax,
+Keras; the paper's schedule multiplier :math:`\eta_t` is folded into ``lr``), default
+:math:`\lambda = 10^{-2}` (PyTorch; optax uses :math:`10^{-4}`, Keras 0.004). The factor
+``1 - lr*wd`` is one host scalar; the op sequence is ``p = p * decay`` followed by Adam's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from .adam import Adam
+
+__all__ = ["AdamW"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamW(Adam):
+    """Adam with decoupled weight decay (see the module docstring)."""
+
+    name: ClassVar[str] = "AdamW"
+    reference: ClassVar[str] = "Loshchilov and Hutter 2019, arXiv 1711.05101, Algorithm 2"
+    decoupled: ClassVar[bool] = True
+
+    weight_decay: float = 1e-2

@@ -1,0 +1,142 @@
+r"""RAdam, rectified Adam (Liu et al. 2020, arXiv 1908.03265, Algorithm 2).
+
+With :math:`g_t \leftarrow \pm g_t + \lambda\,\theta_{t-1}` (L2 decay; see ``decoupled_weight_decay``),
+:math:`\rho_\infty = 2/(1-\beta_2) - 1` and :math:`\rho_t = \rho_\infty - 2 t \beta_2^t/(1-\beta_2^t)`:
+
+.. math::
+
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,
+        \qquad \hat m_t = m_t / (1-\beta_1^t) \\
+    r_t &= \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}} \\
+    \theta_t &= \begin{cases}
+        \theta_{t-1} - \eta\, r_t\, \hat m_t / (\sqrt{v_t/(1-\beta_2^t)} + \epsilon)
+            & \rho_t > 5 \text{ (rectified)} \\
+        \theta_{t-1} - \eta\, \hat m_t & \text{otherwise, if degenerated\_to\_sgd} \\
+        \theta_{t-1} & \text{otherwise (the moments still advance)}
+    \end{cases}
+
+Choices where frameworks disagree:
+
+* threshold :math:`\rho_t > 5` (PyTorch; optax and the official repository use :math:`\ge 5`, the
+  paper :math:`> 4`). For :math:`\beta_2 = 0.999`, :math:`\rho_5 = 4.996` and :math:`\rho_6 = 5.994`,
+  so steps 1 to 5 are unrectified and step 6 is the first rectified step under every threshold but
+  the paper's, whose :math:`\rho_t - 4` near 0 makes :math:`r_5` tiny and noisy.
+* :math:`\epsilon` is added to :math:`\sqrt{\hat v_t}` exactly as in :class:`uniopt.Adam` (optax),
+  so a rectified step is Adam's step scaled by :math:`r_t`; PyTorch and the official repository use
+  the "epsilon hat" form :math:`\sqrt{1-\beta_2^t}/(\sqrt{v_t}+\epsilon)`.
+* unrectified steps take the momentum step by default (PyTorch, optax); ``degenerated_to_sgd=False``
+  skips the parameter update entirely (decoupled decay included), like the official repository's
+  default since 2021.
+* ``decoupled_weight_decay=True`` applies :math:`\theta \leftarrow (1-\eta\lambda)\theta` (PyTorch),
+  on every step that updates the parameter.
+
+Op sequence, all scalars from the host: rectified ``p = p - (m / (sqrt(v)*inv_sqrt_bc2 + eps)) *
+(lr*r/bc1)``; unrectified ``p = p - m * (lr/bc1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
+
+from ._math import adam_moments, adam_step, bias_correction, prepare_grad
+from ._spec import Array, Spec, select
+from ._validate import check_betas, check_interval
+
+__all__ = ["RECTIFY_THRESHOLD", "RAdam", "RAdamScalars", "rho"]
+
+RECTIFY_THRESHOLD = 5.0
+"""Steps with :math:`\\rho_t` strictly above this take the rectified Adam step."""
+
+
+class RAdamScalars(NamedTuple):
+    rectified: bool
+    weight_decay: float
+    decay: float  # 1 - lr * weight_decay (decoupled weight decay)
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    rect_step_size: float  # lr * r_t / (1 - beta1^t); 0 when unrectified
+    sgd_step_size: float  # lr / (1 - beta1^t)
+    inv_sqrt_bc2: float  # 1 / sqrt(1 - beta2^t)
+    eps: float
+
+
+def rho(beta2: float, step: int) -> tuple[float, float]:
+    r""":math:`(\rho_\infty, \rho_t)` in float64 on the host."""
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    bc2 = bias_correction(beta2, step)
+    return rho_inf, rho_inf - 2.0 * step * beta2**step / bc2
+
+
+@dataclasses.dataclass(frozen=True)
+class RAdam(Spec):
+    """Rectified Adam (see the module docstring)."""
+
+    name: ClassVar[str] = "RAdam"
+    reference: ClassVar[str] = "Liu et al. 2020, arXiv 1908.03265, Algorithm 2"
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decoupled_weight_decay: bool = False
+    degenerated_to_sgd: bool = True
+    maximize: bool = False
+
+    def _check(self) -> None:
+        object.__setattr__(self, "betas", check_betas(self.name, self.betas))
+        check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
+        check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def step_scalars(self, step: int, lr: float | None = None) -> RAdamScalars:
+        lr = float(self.lr if lr is None else lr)
+        beta1, beta2 = self.betas
+        rho_inf, rho_t = rho(beta2, step)
+        rectified = rho_t > RECTIFY_THRESHOLD
+        r = 0.0
+        if rectified:
+            r = math.sqrt(
+                (rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
+            )
+        bc1 = bias_correction(beta1, step)
+        return RAdamScalars(
+            rectified=rectified,
+            weight_decay=float(self.weight_decay),
+            decay=1.0 - lr * float(self.weight_decay),
+            beta1=beta1,
+            one_minus_beta1=1.0 - beta1,
+            beta2=beta2,
+            one_minus_beta2=1.0 - beta2,
+            rect_step_size=lr * r / bc1,
+            sgd_step_size=lr / bc1,
+            inv_sqrt_bc2=1.0 / math.sqrt(bias_correction(beta2, step)),
+            eps=float(self.eps),
+        )
+
+    def rule(
+        self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
+    ) -> tuple[Array, dict[str, Array]]:
+        decay = self.weight_decay != 0
+        coupled = sc.weight_decay if decay and not self.decoupled_weight_decay else None
+        g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
+        m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
+        decayed = xp.multiply(param, sc.decay) if decay and self.decoupled_weight_decay else param
+
+        def rectified() -> Array:
+            return xp.subtract(decayed, adam_step(m, v, sc.rect_step_size, sc.inv_sqrt_bc2,
+                                                  sc.eps, xp))
+
+        def unrectified() -> Array:
+            if not self.degenerated_to_sgd:
+                return param
+            return xp.subtract(decayed, xp.multiply(m, sc.sgd_step_size))
+
+        return select(sc.rectified, rectified, unrectified, xp), {"exp_avg": m, "exp_avg_sq": v}

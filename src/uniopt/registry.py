@@ -1,0 +1,213 @@
+"""The table: every optimizer with its hyperparameter cases, error inputs and tolerances.
+
+Tests, the conformance suite (and the docs and benchmarks) select rows from :data:`TABLE`; nothing
+else keeps a list of optimizers or cases. A new optimizer is one spec module plus one row here.
+
+Tolerances are in ulp of the parameter dtype, against the NumPy reference run in the same dtype,
+keyed by ``"backend"`` or ``"backend:mode"``; a key that is absent means **0 ulp** (bitwise). Skips
+are keyed the same way and carry the reason, which the report shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ._spec import Spec
+from .adagrad import Adagrad
+from .adam import Adam
+from .adamw import AdamW
+from .radam import RAdam
+from .rmsprop import RMSprop
+from .sgd import SGD
+
+__all__ = ["TABLE", "Case", "ErrorCase", "OptimizerInfo", "get"]
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One hyperparameter setting, named by what it exercises."""
+
+    desc: str
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorCase:
+    """Bad hyperparameters and a regex the ``ValueError`` message must match."""
+
+    kwargs: Mapping[str, Any]
+    match: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerInfo:
+    """A row of the table."""
+
+    spec: type[Spec]
+    cases: tuple[Case, ...]
+    error_cases: tuple[ErrorCase, ...]
+    ulp_tolerance: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    skips: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def make(self, case: Case | None = None) -> Spec:
+        """The spec for ``case`` (defaults when ``None``)."""
+        return self.spec(**dict(case.kwargs)) if case is not None else self.spec()
+
+    def case(self, desc: str) -> Case:
+        for case in self.cases:
+            if case.desc == desc:
+                return case
+        raise KeyError(f"{self.name} has no case {desc!r}")
+
+    def tolerance(self, backend: str, mode: str = "eager") -> int:
+        """Allowed ulp distance for ``backend`` in ``mode`` (0 = bitwise)."""
+        return self.ulp_tolerance.get(f"{backend}:{mode}", self.ulp_tolerance.get(backend, 0))
+
+    def skip_reason(self, backend: str, mode: str = "eager") -> str | None:
+        """Why ``backend`` in ``mode`` does not run this optimizer, or ``None``."""
+        return self.skips.get(f"{backend}:{mode}", self.skips.get(backend))
+
+
+def _common_errors(name: str, **extra: ErrorCase) -> tuple[ErrorCase, ...]:
+    """Error inputs every optimizer shares (learning rate and the bool flags)."""
+    return (
+        ErrorCase({"lr": -1e-3}, rf"{name}: lr=-0\.001 is out of range; expected 0 <= lr"),
+        ErrorCase({"lr": float("nan")}, rf"{name}: lr=nan is not finite"),
+        ErrorCase({"lr": "0.1"}, rf"{name}: lr='0\.1' is not a real number"),
+        ErrorCase({"maximize": 1}, rf"{name}: maximize=1 is not a bool"),
+        *extra.values(),
+    )
+
+
+def _beta_errors(name: str) -> dict[str, ErrorCase]:
+    return {
+        "beta1": ErrorCase(
+            {"betas": (1.0, 0.999)}, rf"{name}: betas\[0\]=1\.0 is out of range; "
+            r"expected 0 <= betas\[0\] < 1"),
+        "beta2": ErrorCase(
+            {"betas": (0.9, -0.1)}, rf"{name}: betas\[1\]=-0\.1 is out of range"),
+        "pair": ErrorCase({"betas": 0.9}, rf"{name}: betas=0\.9 is not a pair"),
+        "eps": ErrorCase({"eps": 0.0}, rf"{name}: eps=0\.0 is out of range; expected 0 < eps"),
+        "wd": ErrorCase(
+            {"weight_decay": -0.1}, rf"{name}: weight_decay=-0\.1 is out of range"),
+    }
+
+
+TABLE: tuple[OptimizerInfo, ...] = (
+    OptimizerInfo(
+        SGD,
+        cases=(
+            Case("plain", {"lr": 0.05}),
+            Case("momentum", {"lr": 0.02, "momentum": 0.9}),
+            Case("dampening", {"lr": 0.02, "momentum": 0.9, "dampening": 0.3}),
+            Case("nesterov", {"lr": 0.02, "momentum": 0.9, "nesterov": True}),
+            Case("weight_decay", {"lr": 0.02, "momentum": 0.5, "weight_decay": 0.1}),
+            Case("maximize", {"lr": 0.02, "momentum": 0.9, "maximize": True}),
+        ),
+        error_cases=_common_errors(
+            "SGD",
+            momentum=ErrorCase({"momentum": -0.5}, r"SGD: momentum=-0\.5 is out of range"),
+            dampening=ErrorCase(
+                {"momentum": 0.9, "dampening": 1.5},
+                r"SGD: dampening=1\.5 is out of range; expected 0 <= dampening <= 1"),
+            nesterov=ErrorCase(
+                {"nesterov": True}, r"SGD: nesterov=True needs momentum > 0 and dampening = 0"),
+            nesterov_damp=ErrorCase(
+                {"nesterov": True, "momentum": 0.9, "dampening": 0.1},
+                r"SGD: nesterov=True needs momentum > 0 and dampening = 0"),
+            wd=ErrorCase({"weight_decay": -1.0}, r"SGD: weight_decay=-1\.0 is out of range"),
+            flag=ErrorCase({"nesterov": "yes", "momentum": 0.9}, r"SGD: nesterov='yes' is not"),
+        ),
+    ),
+    OptimizerInfo(
+        Adagrad,
+        cases=(
+            Case("default", {"lr": 0.1}),
+            Case("lr_decay", {"lr": 0.1, "lr_decay": 0.01}),
+            Case("initial_accumulator", {"lr": 0.1, "initial_accumulator_value": 0.1}),
+            Case("weight_decay", {"lr": 0.1, "weight_decay": 0.05}),
+            Case("maximize", {"lr": 0.1, "maximize": True}),
+        ),
+        error_cases=_common_errors(
+            "Adagrad",
+            lr_decay=ErrorCase({"lr_decay": -0.1}, r"Adagrad: lr_decay=-0\.1 is out of range"),
+            eps=ErrorCase({"eps": -1e-10}, r"Adagrad: eps=-1e-10 is out of range; expected 0 < eps"),
+            init=ErrorCase(
+                {"initial_accumulator_value": -0.1},
+                r"Adagrad: initial_accumulator_value=-0\.1 is out of range"),
+            wd=ErrorCase({"weight_decay": float("inf")}, r"Adagrad: weight_decay=inf is not finite"),
+        ),
+    ),
+    OptimizerInfo(
+        RMSprop,
+        cases=(
+            Case("default", {"lr": 0.01}),
+            Case("centered", {"lr": 0.01, "centered": True}),
+            Case("momentum", {"lr": 0.01, "momentum": 0.9}),
+            Case("centered_momentum", {"lr": 0.01, "centered": True, "momentum": 0.5}),
+            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1, "alpha": 0.9}),
+            Case("maximize", {"lr": 0.01, "maximize": True}),
+        ),
+        error_cases=_common_errors(
+            "RMSprop",
+            alpha=ErrorCase(
+                {"alpha": 1.0}, r"RMSprop: alpha=1\.0 is out of range; expected 0 <= alpha < 1"),
+            eps=ErrorCase({"eps": 0}, r"RMSprop: eps=0 is out of range"),
+            momentum=ErrorCase({"momentum": -0.9}, r"RMSprop: momentum=-0\.9 is out of range"),
+            centered=ErrorCase({"centered": None}, r"RMSprop: centered=None is not a bool"),
+        ),
+    ),
+    OptimizerInfo(
+        Adam,
+        cases=(
+            Case("default", {"lr": 0.01}),
+            Case("amsgrad", {"lr": 0.01, "amsgrad": True}),
+            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+            Case("betas", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}),
+            Case("maximize", {"lr": 0.01, "maximize": True}),
+        ),
+        error_cases=_common_errors("Adam", **_beta_errors("Adam")),
+    ),
+    OptimizerInfo(
+        AdamW,
+        cases=(
+            Case("default", {"lr": 0.01}),
+            Case("strong_decay", {"lr": 0.01, "weight_decay": 0.5}),
+            Case("amsgrad", {"lr": 0.01, "amsgrad": True}),
+            Case("maximize", {"lr": 0.01, "maximize": True}),
+        ),
+        error_cases=_common_errors("AdamW", **_beta_errors("AdamW")),
+    ),
+    OptimizerInfo(
+        RAdam,
+        cases=(
+            Case("default", {"lr": 0.01}),
+            Case("skip_unrectified", {"lr": 0.01, "degenerated_to_sgd": False}),
+            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+            Case("decoupled", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+            Case("betas", {"lr": 0.01, "betas": (0.8, 0.99)}),
+            Case("maximize", {"lr": 0.01, "maximize": True}),
+        ),
+        error_cases=_common_errors(
+            "RAdam",
+            **_beta_errors("RAdam"),
+            flag=ErrorCase(
+                {"degenerated_to_sgd": "false"}, r"RAdam: degenerated_to_sgd='false' is not a bool"),
+        ),
+    ),
+)
+
+_BY_NAME = {info.name: info for info in TABLE}
+
+
+def get(name: str) -> OptimizerInfo:
+    """The table row of optimizer ``name`` (as in ``uniopt.<name>``)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown optimizer {name!r}; known: {', '.join(_BY_NAME)}") from None
