@@ -10,12 +10,10 @@ from typing import Any
 
 from ._spec import Array
 
-__all__ = ["bias_correction", "ema", "prepare_grad"]
+__all__ = ["adam_moments", "adam_step", "bias_correction", "ema", "prepare_grad"]
 
 
-def prepare_grad(
-    grad: Array, param: Array, xp: Any, *, maximize: bool, weight_decay: Array | None
-) -> Array:
+def prepare_grad(grad: Array, param: Array, xp: Any, *, maximize: bool, weight_decay: Array | None) -> Array:
     r"""The gradient the rule uses: :math:`g \leftarrow \pm g + \lambda\,p`.
 
     The sign flips first when ``maximize``; L2 weight decay (``weight_decay`` not ``None``) then adds
@@ -42,9 +40,7 @@ def bias_correction(beta: float, step: int) -> float:
     return 1.0 - beta**step
 
 
-def adam_moments(
-    m: Array, v: Array, grad: Array, sc: Any, xp: Any
-) -> tuple[Array, Array]:
+def adam_moments(m: Array, v: Array, grad: Array, sc: Any, xp: Any) -> tuple[Array, Array]:
     r"""First and second moments: :math:`m = \beta_1 m + (1-\beta_1) g`,
     :math:`v = \beta_2 v + (1-\beta_2) g^2`.
 

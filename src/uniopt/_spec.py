@@ -10,8 +10,10 @@ An optimizer is a frozen hyperparameter record (a subclass of :class:`Spec`) tha
 
 :meth:`Spec.update` glues them together: it computes the scalars once on the host, rounds each one
 once to the parameter's dtype, and applies the rule to every parameter. Because the scalars are
-rounded exactly once and the elementwise ops are fixed, every backend that implements ``+ - * /``
-and ``sqrt`` with IEEE-754 round-to-nearest produces bit-identical results.
+rounded exactly once and the elementwise ops are fixed, every backend whose ``add``, ``subtract``,
+``multiply``, ``divide`` and ``sqrt`` round to nearest as IEEE 754 requires, and whose ``negative``,
+``maximum`` (NaN-propagating), ``where``, ``zeros_like`` and ``full_like`` are exact, produces
+bit-identical results.
 
 Nothing here imports a deep-learning framework; ``xp`` is any array-API namespace (NumPy through
 array-api-compat, ``array_api_strict``, and the adapters' own namespaces).
@@ -57,9 +59,7 @@ def cast_scalars(scalars: NamedTuple, like: Array, xp: Any) -> NamedTuple:
     Bool fields (branches chosen by the step count) stay Python bools, and so do fields already
     holding arrays (a jit backend may pass traced values).
     """
-    from array_api_compat import device as device_of
-
-    dev = device_of(like)
+    dev = _device(like)
 
     def cast(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, float):
@@ -157,15 +157,27 @@ class Spec:
                     f"{self.name}: grads[{i}] has shape {tuple(g.shape)} but params[{i}] has "
                     f"shape {tuple(p.shape)}"
                 )
+        if lr is not None:
+            check_interval(self.name, "lr", lr, 0.0)
         xp = xp if xp is not None else _namespace_or_none(params)
         step = state.step + 1
         sc = self.step_scalars(step, lr)
+        rounded: dict[tuple[str, str], NamedTuple] = {}  # scalars cast once per dtype and device
         new_params, new_slots = [], []
         for p, g, s in zip(params, grads, state.slots, strict=True):
-            new_p, new_s = self.update_one(p, g, s, sc, xp)
+            where = (str(p.dtype), str(_device(p)))
+            if where not in rounded:
+                rounded[where] = cast_scalars(sc, p, xp)
+            new_p, new_s = self.rule(p, g, s, rounded[where], xp)
             new_params.append(new_p)
             new_slots.append(new_s)
         return new_params, State(step, tuple(new_slots))
+
+
+def _device(array: Array) -> Any:
+    from array_api_compat import device
+
+    return device(array)
 
 
 def _namespace_or_none(params: list[Array]) -> Any:

@@ -16,9 +16,7 @@ __all__ = ["check_betas", "check_bool", "check_interval", "check_real"]
 def check_real(owner: str, name: str, value: object) -> float:
     """Return ``value`` as a float, refusing bools, non-numbers, NaN and infinities."""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(
-            f"{owner}: {name}={value!r} is not a real number; expected a finite float"
-        )
+        raise ValueError(f"{owner}: {name}={value!r} is not a real number; expected a finite float")
     as_float = float(value)
     if not math.isfinite(as_float):
         raise ValueError(f"{owner}: {name}={value!r} is not finite; expected a finite float")
@@ -67,9 +65,7 @@ def check_betas(owner: str, betas: object) -> tuple[float, float]:
     )
 
 
-def _describe(
-    name: str, low: float | None, high: float | None, low_open: bool, high_open: bool
-) -> str:
+def _describe(name: str, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     left = "" if low is None else f"{low:g} {'<' if low_open else '<='} "
     right = "" if high is None else f" {'<' if high_open else '<='} {high:g}"
     return f"{left}{name}{right}"

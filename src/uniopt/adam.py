@@ -5,7 +5,7 @@ With :math:`g_t \leftarrow \pm g_t + \lambda\,\theta_{t-1}`:
 .. math::
 
     m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
-    \hat v_t^{\max} &= \max(\hat v_{t-1}^{\max}, v_t) \quad \text{(AMSGrad; replaces } v_t
+    v_t^{\max} &= \max(v_{t-1}^{\max}, v_t) \quad \text{(AMSGrad; replaces } v_t
         \text{ below)} \\
     \theta_t &= \theta_{t-1} - \eta\, \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t)} + \epsilon}
 
@@ -67,8 +67,7 @@ class Adam(Spec):
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
 
     def slot_names(self) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if self.amsgrad else (
-            "exp_avg", "exp_avg_sq")
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if self.amsgrad else ("exp_avg", "exp_avg_sq")
 
     def step_scalars(self, step: int, lr: float | None = None) -> AdamScalars:
         lr = float(self.lr if lr is None else lr)

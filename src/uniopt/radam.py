@@ -26,7 +26,7 @@ Choices where frameworks disagree:
   the "epsilon hat" form :math:`\sqrt{1-\beta_2^t}/(\sqrt{v_t}+\epsilon)`.
 * unrectified steps take the momentum step by default (PyTorch, optax); ``degenerated_to_sgd=False``
   skips the parameter update entirely (decoupled decay included), like the official repository's
-  default since 2021.
+  current default.
 * ``decoupled_weight_decay=True`` applies :math:`\theta \leftarrow (1-\eta\lambda)\theta` (PyTorch),
   on every step that updates the parameter.
 
@@ -103,8 +103,7 @@ class RAdam(Spec):
         r = 0.0
         if rectified:
             r = math.sqrt(
-                (rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
+                (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
             )
         bc1 = bias_correction(beta1, step)
         return RAdamScalars(
@@ -131,8 +130,7 @@ class RAdam(Spec):
         decayed = xp.multiply(param, sc.decay) if decay and self.decoupled_weight_decay else param
 
         def rectified() -> Array:
-            return xp.subtract(decayed, adam_step(m, v, sc.rect_step_size, sc.inv_sqrt_bc2,
-                                                  sc.eps, xp))
+            return xp.subtract(decayed, adam_step(m, v, sc.rect_step_size, sc.inv_sqrt_bc2, sc.eps, xp))
 
         def unrectified() -> Array:
             if not self.degenerated_to_sgd:

@@ -24,6 +24,7 @@ from .sgd import SGD
 
 __all__ = ["TABLE", "Case", "ErrorCase", "OptimizerInfo", "get"]
 
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One hyperparameter setting, named by what it exercises."""
@@ -87,14 +88,14 @@ def _common_errors(name: str, **extra: ErrorCase) -> tuple[ErrorCase, ...]:
 def _beta_errors(name: str) -> dict[str, ErrorCase]:
     return {
         "beta1": ErrorCase(
-            {"betas": (1.0, 0.999)}, rf"{name}: betas\[0\]=1\.0 is out of range; "
-            r"expected 0 <= betas\[0\] < 1"),
-        "beta2": ErrorCase(
-            {"betas": (0.9, -0.1)}, rf"{name}: betas\[1\]=-0\.1 is out of range"),
+            {"betas": (1.0, 0.999)},
+            rf"{name}: betas\[0\]=1\.0 is out of range; "
+            r"expected 0 <= betas\[0\] < 1",
+        ),
+        "beta2": ErrorCase({"betas": (0.9, -0.1)}, rf"{name}: betas\[1\]=-0\.1 is out of range"),
         "pair": ErrorCase({"betas": 0.9}, rf"{name}: betas=0\.9 is not a pair"),
         "eps": ErrorCase({"eps": 0.0}, rf"{name}: eps=0\.0 is out of range; expected 0 < eps"),
-        "wd": ErrorCase(
-            {"weight_decay": -0.1}, rf"{name}: weight_decay=-0\.1 is out of range"),
+        "wd": ErrorCase({"weight_decay": -0.1}, rf"{name}: weight_decay=-0\.1 is out of range"),
     }
 
 
@@ -114,12 +115,15 @@ TABLE: tuple[OptimizerInfo, ...] = (
             momentum=ErrorCase({"momentum": -0.5}, r"SGD: momentum=-0\.5 is out of range"),
             dampening=ErrorCase(
                 {"momentum": 0.9, "dampening": 1.5},
-                r"SGD: dampening=1\.5 is out of range; expected 0 <= dampening <= 1"),
+                r"SGD: dampening=1\.5 is out of range; expected 0 <= dampening <= 1",
+            ),
             nesterov=ErrorCase(
-                {"nesterov": True}, r"SGD: nesterov=True needs momentum > 0 and dampening = 0"),
+                {"nesterov": True}, r"SGD: nesterov=True needs momentum > 0 and dampening = 0"
+            ),
             nesterov_damp=ErrorCase(
                 {"nesterov": True, "momentum": 0.9, "dampening": 0.1},
-                r"SGD: nesterov=True needs momentum > 0 and dampening = 0"),
+                r"SGD: nesterov=True needs momentum > 0 and dampening = 0",
+            ),
             wd=ErrorCase({"weight_decay": -1.0}, r"SGD: weight_decay=-1\.0 is out of range"),
             flag=ErrorCase({"nesterov": "yes", "momentum": 0.9}, r"SGD: nesterov='yes' is not"),
         ),
@@ -129,7 +133,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
         cases=(
             Case("default", {"lr": 0.1}),
             Case("lr_decay", {"lr": 0.1, "lr_decay": 0.01}),
-            Case("initial_accumulator", {"lr": 0.1, "initial_accumulator_value": 0.1}),
+            Case("initial_accumulator", {"lr": 0.1, "initial_accumulator_value": 0.1, "eps": 1e-6}),
             Case("weight_decay", {"lr": 0.1, "weight_decay": 0.05}),
             Case("maximize", {"lr": 0.1, "maximize": True}),
         ),
@@ -139,7 +143,8 @@ TABLE: tuple[OptimizerInfo, ...] = (
             eps=ErrorCase({"eps": -1e-10}, r"Adagrad: eps=-1e-10 is out of range; expected 0 < eps"),
             init=ErrorCase(
                 {"initial_accumulator_value": -0.1},
-                r"Adagrad: initial_accumulator_value=-0\.1 is out of range"),
+                r"Adagrad: initial_accumulator_value=-0\.1 is out of range",
+            ),
             wd=ErrorCase({"weight_decay": float("inf")}, r"Adagrad: weight_decay=inf is not finite"),
         ),
     ),
@@ -148,15 +153,14 @@ TABLE: tuple[OptimizerInfo, ...] = (
         cases=(
             Case("default", {"lr": 0.01}),
             Case("centered", {"lr": 0.01, "centered": True}),
-            Case("momentum", {"lr": 0.01, "momentum": 0.9}),
+            Case("momentum", {"lr": 0.005, "momentum": 0.9}),
             Case("centered_momentum", {"lr": 0.01, "centered": True, "momentum": 0.5}),
-            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1, "alpha": 0.9}),
+            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1, "alpha": 0.9, "eps": 1e-6}),
             Case("maximize", {"lr": 0.01, "maximize": True}),
         ),
         error_cases=_common_errors(
             "RMSprop",
-            alpha=ErrorCase(
-                {"alpha": 1.0}, r"RMSprop: alpha=1\.0 is out of range; expected 0 <= alpha < 1"),
+            alpha=ErrorCase({"alpha": 1.0}, r"RMSprop: alpha=1\.0 is out of range; expected 0 <= alpha < 1"),
             eps=ErrorCase({"eps": 0}, r"RMSprop: eps=0 is out of range"),
             momentum=ErrorCase({"momentum": -0.9}, r"RMSprop: momentum=-0\.9 is out of range"),
             centered=ErrorCase({"centered": None}, r"RMSprop: centered=None is not a bool"),
@@ -178,6 +182,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
         cases=(
             Case("default", {"lr": 0.01}),
             Case("strong_decay", {"lr": 0.01, "weight_decay": 0.5}),
+            Case("betas", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}),
             Case("amsgrad", {"lr": 0.01, "amsgrad": True}),
             Case("maximize", {"lr": 0.01, "maximize": True}),
         ),
@@ -190,14 +195,15 @@ TABLE: tuple[OptimizerInfo, ...] = (
             Case("skip_unrectified", {"lr": 0.01, "degenerated_to_sgd": False}),
             Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
             Case("decoupled", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
-            Case("betas", {"lr": 0.01, "betas": (0.8, 0.99)}),
+            Case("betas", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}),
             Case("maximize", {"lr": 0.01, "maximize": True}),
         ),
         error_cases=_common_errors(
             "RAdam",
             **_beta_errors("RAdam"),
             flag=ErrorCase(
-                {"degenerated_to_sgd": "false"}, r"RAdam: degenerated_to_sgd='false' is not a bool"),
+                {"degenerated_to_sgd": "false"}, r"RAdam: degenerated_to_sgd='false' is not a bool"
+            ),
         ),
     ),
 )

@@ -86,22 +86,16 @@ class RMSprop(Spec):
         wd = sc.weight_decay if self.weight_decay != 0 else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
         new: dict[str, Array] = {}
-        new["square_avg"] = ema(
-            slots["square_avg"], xp.multiply(g, g), sc.alpha, sc.one_minus_alpha, xp
-        )
+        new["square_avg"] = ema(slots["square_avg"], xp.multiply(g, g), sc.alpha, sc.one_minus_alpha, xp)
         if self.centered:
             new["grad_avg"] = ema(slots["grad_avg"], g, sc.alpha, sc.one_minus_alpha, xp)
-            variance = xp.subtract(
-                new["square_avg"], xp.multiply(new["grad_avg"], new["grad_avg"])
-            )
+            variance = xp.subtract(new["square_avg"], xp.multiply(new["grad_avg"], new["grad_avg"]))
             variance = xp.maximum(variance, xp.zeros_like(variance))
         else:
             variance = new["square_avg"]
         sigma = xp.add(xp.sqrt(variance), sc.eps)
         step_dir = xp.divide(g, sigma)
         if self.momentum != 0:
-            new["momentum_buffer"] = xp.add(
-                xp.multiply(slots["momentum_buffer"], sc.momentum), step_dir
-            )
+            new["momentum_buffer"] = xp.add(xp.multiply(slots["momentum_buffer"], sc.momentum), step_dir)
             step_dir = new["momentum_buffer"]
         return xp.subtract(param, xp.multiply(step_dir, sc.lr)), new

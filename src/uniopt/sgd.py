@@ -11,11 +11,12 @@ Plain SGD, heavy-ball Momentum and Nesterov momentum are cases of one spec. With
         \qquad (d_t = g_t \text{ when } \mu = 0) \\
     \theta_t &= \theta_{t-1} - \eta\, d_t
 
-Choices where frameworks disagree (see docs/porting.md): uniopt follows PyTorch
+Choices where frameworks disagree (see docs/conventions.md): uniopt follows PyTorch
 (``torch.optim.SGD``): the buffer holds gradients, not learning-rate-scaled velocities as in Keras
 (``v = \mu v - \eta g``), so a learning-rate schedule does not rescale the accumulated momentum; the
 first step seeds the buffer with the undampened gradient. The first-step rule is branch-free: step 1
-uses coefficients :math:`(0, 1)` on the zero-initialised buffer, which gives :math:`b_1 = g_1` exactly.
+uses coefficients :math:`(0, 1)` on the zero-initialised buffer, which gives :math:`b_1 = g_1`
+exactly (a ``-0.0`` gradient gives a ``+0.0`` buffer).
 
 Op sequence (scalars rounded once to the parameter dtype):
 ``b = b*keep + g*take``; ``d = g + b*mu`` (nesterov) or ``d = b``; ``p = p - d*lr``.

@@ -1,0 +1,93 @@
+"""Command line: ``python -m conformance {run,compare,all} ...``; ``--help`` on each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import backends
+from .cells import DEFAULT_STEPS, cells
+from .compare import compare_dir
+from .report import Matrix, write_reports
+from .run import run_backend
+from .streams import STREAMS
+
+DEFAULT_OUT = Path("build/conformance")
+
+
+def _run(args: argparse.Namespace) -> int:
+    for name in args.backend:
+        backend = backends.get(name)
+        reason = backend.unavailable()
+        if reason is not None:
+            print(f"backend {name} cannot run here: {reason}", file=sys.stderr)
+            return 2
+        _run_one(backend, args)
+    return 0
+
+
+def _run_one(backend: backends.Backend, args: argparse.Namespace) -> None:
+    from rich.progress import Progress
+
+    selected = cells(args.dtypes or backend.dtypes, args.steps, args.optimizers, args.streams)
+    modes = args.modes or backend.modes
+    with Progress(transient=not sys.stdout.isatty()) as progress:
+        task = progress.add_task(backend.name, total=len(selected) * len(modes))
+
+        def advance(n: int, desc: str) -> None:
+            progress.update(task, advance=n, description=desc[:60])
+
+        run_backend(backend, selected, args.out / "trajectories", modes, advance)
+    print(f"{backend.name}: {len(selected)} cells x {len(modes)} mode(s) -> {args.out / 'trajectories'}")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    results = compare_dir(args.out / "trajectories")
+    matrix = Matrix(results)
+    console = Console(width=max(Console().width, 160))
+    console.print(matrix.rich_table())
+    paths = write_reports(matrix, args.out)
+    console.print("reports: " + ", ".join(str(p) for p in paths))
+    compared = [r for r in results if r.verdict in ("pass", "FAIL")]
+    if not compared:
+        console.print("[red]no backend besides the reference was compared[/]")
+        return 1
+    for r in matrix.failed[:20]:
+        console.print(
+            f"[red]FAIL[/] {r.backend}@{r.mode} {r.optimizer}/{r.case}/{r.stream}/"
+            f"{r.dtype}: {r.ulp} ulp > {r.tolerance} (first at step {r.first_step}) "
+            f"{r.reason}"
+        )
+    console.print(f"conformance: {matrix.summary()}")
+    return 1 if matrix.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m conformance", description=__doc__)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="build folder")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run backends and write their trajectories")
+    every = sub.add_parser("all", help="run the backends, then compare")
+    for p in (run, every):
+        p.add_argument("--backend", nargs="+", choices=backends.names(), default=list(backends.names()))
+        p.add_argument("--modes", nargs="+", help="modes to run (default: all of the backend's)")
+        p.add_argument("--dtypes", nargs="+", help="dtypes (default: all of the backend's)")
+        p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+        p.add_argument("--optimizers", nargs="+", help="names from uniopt.registry.TABLE")
+        p.add_argument("--streams", nargs="+", choices=list(STREAMS))
+    sub.add_parser("compare", help="compare every trajectory file with the reference")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "compare":
+        return _compare(args)
+    if backends.REFERENCE not in args.backend:
+        args.backend = [backends.REFERENCE, *args.backend]
+    return _run(args) or _compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

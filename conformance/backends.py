@@ -1,0 +1,109 @@
+"""Backends the suite can run, each a small declared entry.
+
+A backend names its modes and dtypes and, per mode, a runner that executes a spec from NumPy inputs
+and yields NumPy snapshots. Adding a framework is one entry here (plus its adapter); the runners of
+array-API namespaces share :func:`run_namespace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from uniopt import Spec
+
+__all__ = ["BACKENDS", "REFERENCE", "Backend", "Snapshot", "get"]
+
+Snapshot = tuple[list[np.ndarray], list[dict[str, np.ndarray]]]
+"""Parameters and per-parameter slots after a step, as NumPy arrays."""
+
+GradsAt = Callable[[int], list[np.ndarray]]
+Runner = Callable[[Spec, list[np.ndarray], GradsAt, int], Iterator[Snapshot]]
+
+REFERENCE = "numpy"
+"""The backend every other one is compared against, in the same dtype."""
+
+
+def run_namespace(
+    xp: Any, to_xp: Callable[[np.ndarray], Any], to_numpy: Callable[[Any], np.ndarray]
+) -> Runner:
+    """Runner for a pure array-API namespace: the core's own ``init``/``update`` over ``xp``."""
+
+    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int):
+        params = [to_xp(p) for p in params0]
+        state = spec.init(params, xp)
+
+        def snapshot() -> Snapshot:
+            return (
+                [to_numpy(p) for p in params],
+                [{k: to_numpy(v) for k, v in slots.items()} for slots in state.slots],
+            )
+
+        yield snapshot()
+        for step in range(1, steps + 1):
+            grads = [to_xp(g) for g in grads_at(step)]
+            params, state = spec.update(grads, state, params, xp)
+            yield snapshot()
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One executor of the spec: its modes, dtypes and how to build a runner for a mode."""
+
+    name: str
+    module: str  # import needed for the backend to be available
+    modes: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    make_runner: Callable[[str], Runner]
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run in this environment, or ``None``."""
+        try:
+            importlib.import_module(self.module)
+        except ImportError as exc:
+            return f"{self.module} is not installed ({exc})"
+        return None
+
+
+def _numpy_runner(mode: str) -> Runner:
+    import array_api_compat.numpy as xp
+
+    return run_namespace(xp, lambda a: a.copy(), lambda a: np.array(a, copy=True))
+
+
+def _strict_runner(mode: str) -> Runner:
+    import array_api_strict as xp
+
+    return run_namespace(xp, xp.asarray, lambda a: np.from_dlpack(a).copy())
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("numpy", "array_api_compat", ("eager",), ("float32", "float64"), _numpy_runner),
+        Backend(
+            "array_api_strict",
+            "array_api_strict",
+            ("eager",),
+            ("float32", "float64"),
+            _strict_runner,
+        ),
+    )
+}
+
+
+def get(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise KeyError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def names() -> Sequence[str]:
+    return tuple(BACKENDS)

@@ -1,0 +1,165 @@
+"""Compare every backend's trajectories with the NumPy reference of the same dtype, in ulp.
+
+Each cell's verdict: ``pass`` (worst ulp within the table's tolerance), ``FAIL`` (over it, or a
+recorded array missing or of another shape), ``skipped`` (with the table's or backend's reason) or
+``reference`` (the NumPy run itself). Beside the ulp distance every cell reports its accuracy: the
+normwise relative error of its float32 trajectory against the NumPy float64 run of the same cell
+(per array and step ``max|x32 - x64| / max|x64|``, worst over all), so the cost of float32 is visible
+beside the bitwise verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from uniopt.registry import get as get_info
+
+from .backends import REFERENCE
+from .cells import Cell
+from .ulp import ulp_distance
+
+__all__ = ["CellResult", "compare_dir"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CellResult:
+    backend: str
+    mode: str
+    optimizer: str
+    case: str
+    stream: str
+    dtype: str
+    steps: int
+    verdict: str  # pass | FAIL | skipped | reference
+    ulp: int | None = None  # worst distance to the reference over all steps and arrays
+    first_step: int | None = None  # first step with a nonzero distance
+    tolerance: int | None = None
+    rel_error_f64: float | None = None  # float32 cells: normwise relative error vs float64
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "FAIL"
+
+
+class _Trajectories:
+    """Lazy access to one ``<backend>@<mode>`` output."""
+
+    def __init__(self, meta_path: Path):
+        self.meta = json.loads(meta_path.read_text())
+        self.npz = np.load(meta_path.with_suffix(".npz"))
+        self.index: dict[str, list[str]] = {}
+        for entry in self.npz.files:
+            key, name = entry.split("::")
+            self.index.setdefault(key, []).append(name)
+
+    def cell(self, key: str) -> dict[str, np.ndarray]:
+        return {name: self.npz[f"{key}::{name}"] for name in self.index.get(key, [])}
+
+
+def _distance(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> tuple[int, int | None]:
+    """Worst ulp over every array and step, and the first step where any distance is nonzero."""
+    worst, first = 0, None
+    for name, expected in want.items():
+        per_step = ulp_distance(got[name], expected).reshape(expected.shape[0], -1)
+        step_max = per_step.max(axis=1) if per_step.shape[1] else np.zeros(len(per_step), np.uint64)
+        worst = max(worst, int(step_max.max()))
+        nonzero = np.flatnonzero(step_max)
+        if nonzero.size and (first is None or nonzero[0] < first):
+            first = int(nonzero[0])
+    return worst, first
+
+
+def _relative_error(got: np.ndarray, exact: np.ndarray) -> float:
+    """Worst per-step normwise relative error; ``inf`` where finiteness differs."""
+    g = got.astype(np.float64).reshape(got.shape[0], -1)
+    e = exact.reshape(exact.shape[0], -1)
+    if g.shape[1] == 0:
+        return 0.0
+    finite = np.isfinite(g) & np.isfinite(e)
+    agree = (np.isnan(g) & np.isnan(e)) | (np.isinf(g) & (g == e))
+    if np.any(~finite & ~agree):
+        return float("inf")
+    with np.errstate(invalid="ignore"):  # inf - inf where both are the same infinity
+        diff = np.where(finite, np.abs(g - e), 0.0).max(axis=1)
+    scale = np.where(finite, np.abs(e), 0.0).max(axis=1)
+    return float((diff / np.where(scale > 0, scale, 1.0)).max())
+
+
+def _accuracy(got: dict[str, np.ndarray], exact: dict[str, np.ndarray] | None) -> float | None:
+    if exact is None:
+        return None
+    return max((_relative_error(got[name], value) for name, value in exact.items()), default=0.0)
+
+
+def compare_dir(traj_dir: Path) -> list[CellResult]:
+    """Every cell of every ``<backend>@<mode>.json`` in ``traj_dir`` against the reference."""
+    runs = {p.stem: _Trajectories(p) for p in sorted(traj_dir.glob("*@*.json"))}
+    ref_key = f"{REFERENCE}@eager"
+    if ref_key not in runs:
+        raise FileNotFoundError(f"no reference trajectories ({ref_key}.json) in {traj_dir}")
+    reference = runs[ref_key]
+    results: list[CellResult] = []
+    for run in runs.values():
+        backend, mode = run.meta["backend"], run.meta["mode"]
+        for key, reason in run.meta["skipped"].items():
+            c = Cell.from_key(key)
+            results.append(
+                CellResult(
+                    backend, mode, c.optimizer, c.case, c.stream, c.dtype, c.steps, "skipped", reason=reason
+                )
+            )
+        for key in run.meta["cells"]:
+            results.append(_compare_cell(run, reference, key, backend, mode))
+    return results
+
+
+def _compare_cell(
+    run: _Trajectories, reference: _Trajectories, key: str, backend: str, mode: str
+) -> CellResult:
+    c = Cell.from_key(key)
+    got = run.cell(key)
+    exact = None
+    if c.dtype == "float32":
+        exact_key = dataclasses.replace(c, dtype="float64").key
+        exact = reference.cell(exact_key) or None
+    base = dict(
+        backend=backend,
+        mode=mode,
+        optimizer=c.optimizer,
+        case=c.case,
+        stream=c.stream,
+        dtype=c.dtype,
+        steps=c.steps,
+    )
+    if backend == REFERENCE and mode == "eager":
+        return CellResult(**base, verdict="reference", rel_error_f64=_accuracy(got, exact))
+    want = reference.cell(key)
+    tolerance = get_info(c.optimizer).tolerance(backend, mode)
+    if not want:
+        return CellResult(
+            **base,
+            verdict="FAIL",
+            tolerance=tolerance,
+            reason="the reference has no trajectory for this cell",
+        )
+    if set(got) != set(want) or any(got[n].shape != want[n].shape for n in want):
+        return CellResult(
+            **base,
+            verdict="FAIL",
+            tolerance=tolerance,
+            reason=f"recorded arrays differ: {sorted(got)} vs {sorted(want)}",
+        )
+    worst, first = _distance(got, want)
+    return CellResult(
+        **base,
+        verdict="pass" if worst <= tolerance else "FAIL",
+        ulp=worst,
+        first_step=first,
+        tolerance=tolerance,
+        rel_error_f64=_accuracy(got, exact),
+    )

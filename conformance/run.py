@@ -1,0 +1,95 @@
+"""Run one backend over the matrix and write its trajectories.
+
+Output, per mode: ``<out>/<backend>@<mode>.npz`` with one entry per recorded array, keyed
+``<cell key>::param<i>`` / ``<cell key>::<slot><i>``, each stacked over steps (index 0 is the state
+before the first step), and ``<backend>@<mode>.json`` with the cells run, the cells skipped and why,
+library versions and timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from uniopt.registry import get as get_info
+
+from .backends import Backend, Runner
+from .cells import Cell
+from .streams import STREAMS, gradients, initial_params
+
+__all__ = ["run_backend", "run_cell"]
+
+
+def run_cell(runner: Runner, cell: Cell) -> dict[str, np.ndarray]:
+    """The trajectory of one cell: every parameter and slot at steps ``0..cell.steps``."""
+    info = get_info(cell.optimizer)
+    spec = info.make(info.case(cell.case))
+    stream = STREAMS[cell.stream]
+    params0 = initial_params(stream.param_set, cell.dtype)
+    with np.errstate(all="ignore"):  # the nonfinite stream divides by inf and NaN on purpose
+        snapshots = list(runner(spec, params0, lambda step: gradients(stream, step, cell.dtype), cell.steps))
+    record: dict[str, list[np.ndarray]] = {}
+    for params, slots in snapshots:
+        for i, p in enumerate(params):
+            record.setdefault(f"param{i}", []).append(p)
+        for i, named in enumerate(slots):
+            for name, value in named.items():
+                record.setdefault(f"{name}{i}", []).append(value)
+    return {name: np.stack(values) for name, values in record.items()}
+
+
+def _versions(backend: Backend) -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for dist in ("numpy", "uniopt", "array-api-compat", backend.module.replace("_", "-")):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[dist] = metadata.version(dist)
+    return found
+
+
+def run_backend(
+    backend: Backend,
+    cells: Sequence[Cell],
+    out: Path,
+    modes: Sequence[str] | None = None,
+    progress: Callable[[int, str], None] | None = None,
+) -> list[Path]:
+    """Run ``cells`` on every mode of ``backend``; returns the metadata files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for mode in modes or backend.modes:
+        runner = backend.make_runner(mode)
+        arrays: dict[str, np.ndarray] = {}
+        ran, skipped = [], {}
+        start = time.perf_counter()
+        for cell in cells:
+            reason = get_info(cell.optimizer).skip_reason(backend.name, mode)
+            if reason is None and cell.dtype not in backend.dtypes:
+                reason = f"{backend.name} does not support {cell.dtype}"
+            if reason is not None:
+                skipped[cell.key] = reason
+            else:
+                for name, value in run_cell(runner, cell).items():
+                    arrays[f"{cell.key}::{name}"] = value
+                ran.append(cell.key)
+            if progress is not None:
+                progress(1, f"{backend.name}@{mode} {cell.key}")
+        stem = out / f"{backend.name}@{mode}"
+        np.savez_compressed(stem.with_suffix(".npz"), **arrays)
+        meta = {
+            "backend": backend.name,
+            "mode": mode,
+            "cells": ran,
+            "skipped": skipped,
+            "versions": _versions(backend),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        stem.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        written.append(stem.with_suffix(".json"))
+    return written

@@ -1,0 +1,98 @@
+"""Seeded gradient streams and parameter sets.
+
+Every value is drawn in float64 from ``numpy.random.default_rng`` seeded by (stream, parameter set,
+step, parameter index) and then rounded once to the cell's dtype, so each backend process regenerates
+exactly the same inputs without exchanging them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["PARAM_SETS", "STREAMS", "Stream", "gradients", "initial_params"]
+
+PARAM_SETS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "standard": ((16,), (4, 8)),
+    # 0-d, empty and higher-rank arrays side by side
+    "mixed": ((), (0,), (3, 1, 5), (2, 0, 3), (7,)),
+}
+
+_Draw = Callable[[np.random.Generator, tuple[int, ...], int], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """A named gradient stream over a parameter set."""
+
+    name: str
+    param_set: str
+    draw: _Draw
+    doc: str
+
+
+def _normal(scale: float) -> _Draw:
+    return lambda rng, shape, step: scale * rng.standard_normal(shape)
+
+
+def _zeros(rng: np.random.Generator, shape: tuple[int, ...], step: int) -> np.ndarray:
+    return np.zeros(shape)
+
+
+def _sparse(rng: np.random.Generator, shape: tuple[int, ...], step: int) -> np.ndarray:
+    values = rng.standard_normal(shape)
+    return np.where(rng.random(shape) < 0.5, 0.0, values)
+
+
+NONFINITE_STEP = 7
+"""The step at which the ``nonfinite`` stream injects NaN, +Inf and -Inf."""
+
+
+def _nonfinite(rng: np.random.Generator, shape: tuple[int, ...], step: int) -> np.ndarray:
+    values = rng.standard_normal(shape)
+    if step == NONFINITE_STEP and values.size >= 3:
+        flat = values.reshape(-1)
+        flat[0], flat[1], flat[2] = np.nan, np.inf, -np.inf
+    return values
+
+
+STREAMS: dict[str, Stream] = {
+    s.name: s
+    for s in (
+        Stream("normal", "standard", _normal(1.0), "standard normal"),
+        Stream("tiny", "standard", _normal(1e-8), "normal scaled by 1e-8"),
+        Stream("huge", "standard", _normal(1e4), "normal scaled by 1e4"),
+        Stream("zeros", "standard", _zeros, "all exact zeros"),
+        Stream("sparse", "standard", _sparse, "normal with about half the entries exactly 0"),
+        Stream("mixed_shapes", "mixed", _normal(1.0), "normal over 0-d, empty and 3-d params"),
+        Stream(
+            "nonfinite",
+            "standard",
+            _nonfinite,
+            f"normal with NaN, +Inf and -Inf in three entries at step {NONFINITE_STEP}",
+        ),
+    )
+}
+
+
+def _rng(*key: object) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def initial_params(param_set: str, dtype: str) -> list[np.ndarray]:
+    """Starting parameters: standard normal, rounded to ``dtype``."""
+    return [
+        _rng("init", param_set, i).standard_normal(shape).astype(dtype)
+        for i, shape in enumerate(PARAM_SETS[param_set])
+    ]
+
+
+def gradients(stream: Stream, step: int, dtype: str) -> list[np.ndarray]:
+    """The gradients of 1-based ``step``, rounded to ``dtype``."""
+    return [
+        np.asarray(stream.draw(_rng(stream.name, step, i), shape, step)).astype(dtype)
+        for i, shape in enumerate(PARAM_SETS[stream.param_set])
+    ]

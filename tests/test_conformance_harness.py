@@ -1,0 +1,134 @@
+"""The conformance harness: ulp arithmetic, the run -> compare pipeline, and that it can fail."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conformance import backends
+from conformance.__main__ import main
+from conformance.backends import Backend, run_namespace
+from conformance.cells import Cell, cells
+from conformance.compare import compare_dir
+from conformance.run import run_backend, run_cell
+from conformance.streams import NONFINITE_STEP, STREAMS, gradients, initial_params
+from conformance.ulp import NAN_MISMATCH, max_ulp, ulp_distance
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_ulp_distance_counts_representable_steps(dtype):
+    one = dtype(1)
+    up = np.nextafter(one, dtype(2))
+    two_up = np.nextafter(up, dtype(2))
+    smallest = np.nextafter(dtype(0), dtype(1))
+    a = np.array([one, one, dtype(0), -smallest, np.nan, np.nan, np.inf, -one], dtype)
+    b = np.array([up, two_up, dtype(-0.0), smallest, np.nan, one, np.inf, -up], dtype)
+    assert ulp_distance(a, b).tolist() == [1, 2, 0, 2, 0, NAN_MISMATCH, 0, 1]
+
+
+def test_ulp_distance_across_the_whole_range_does_not_overflow():
+    big = np.finfo(np.float64).max
+    assert max_ulp(np.array([big]), np.array([-big])) == 2 * 0x7FEFFFFFFFFFFFFF
+    with pytest.raises(ValueError, match="cannot compare float32"):
+        ulp_distance(np.zeros(2, np.float32), np.zeros(2, np.float64))
+
+
+def test_streams_are_deterministic_and_rounded_from_float64():
+    stream = STREAMS["normal"]
+    a = gradients(stream, 3, "float32")
+    b = gradients(stream, 3, "float32")
+    c = gradients(stream, 3, "float64")
+    for x, y, z in zip(a, b, c, strict=True):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(x, z.astype(np.float32))
+    assert [p.shape for p in initial_params("mixed", "float32")] == [(), (0,), (3, 1, 5), (2, 0, 3), (7,)]
+    bad = gradients(STREAMS["nonfinite"], NONFINITE_STEP, "float32")[0]
+    assert np.isnan(bad[0]) and bad[1] == np.inf and bad[2] == -np.inf
+
+
+def test_nonfinite_gradients_propagate_identically():
+    runner = backends.get("numpy").make_runner("eager")
+    traj = run_cell(runner, Cell("Adam", "default", "nonfinite", "float32", NONFINITE_STEP + 1))
+    assert np.isfinite(traj["param0"][NONFINITE_STEP - 1]).all()
+    assert np.isnan(traj["param0"][NONFINITE_STEP][:3]).all()  # NaN, +Inf, -Inf entries
+    assert np.isfinite(traj["param0"][NONFINITE_STEP][3:]).all()
+
+
+def _one_ulp_late(step_to_perturb: int) -> Backend:
+    """A backend that is numpy except for a 1-ulp nudge of the first parameter at one step."""
+    import array_api_compat.numpy as xp
+
+    inner = run_namespace(xp, lambda a: a.copy(), lambda a: np.array(a, copy=True))
+
+    def runner(mode):
+        def run(spec, params0, grads_at, steps):
+            for step, (params, slots) in enumerate(inner(spec, params0, grads_at, steps)):
+                if step == step_to_perturb and params[0].size:
+                    params[0].reshape(-1)[0] = np.nextafter(params[0].reshape(-1)[0], np.inf)
+                yield params, slots
+
+        return run
+
+    return Backend("nudged", "numpy", ("eager",), ("float32",), runner)
+
+
+def test_pipeline_passes_bitwise_backends_and_catches_a_one_ulp_difference(tmp_path):
+    selected = cells(
+        ["float32", "float64"], steps=8, optimizers=["RAdam", "SGD"], streams=["normal", "mixed_shapes"]
+    )
+    traj = tmp_path / "trajectories"
+    run_backend(backends.get("numpy"), selected, traj)
+    run_backend(backends.get("array_api_strict"), selected, traj)
+    run_backend(_one_ulp_late(3), selected, traj)
+    results = compare_dir(traj)
+    strict = [r for r in results if r.backend == "array_api_strict"]
+    assert len(strict) == len(selected) and all(r.verdict == "pass" and r.ulp == 0 for r in strict)
+    nudged = [r for r in results if r.backend == "nudged"]
+    assert {r.verdict for r in nudged if r.dtype == "float32"} == {"FAIL"}
+    assert all(r.ulp == 1 and r.first_step == 3 for r in nudged if r.dtype == "float32")
+    # float64 is not in the nudged backend's dtypes: skipped with the reason, never passed
+    skipped = [r for r in nudged if r.dtype == "float64"]
+    assert skipped and all(r.verdict == "skipped" and "float64" in r.reason for r in skipped)
+    reference = [r for r in results if r.backend == "numpy"]
+    assert all(r.verdict == "reference" for r in reference)
+    assert all(
+        r.rel_error_f64 is not None and 0 < r.rel_error_f64 < 1e-3
+        for r in reference
+        if r.dtype == "float32" and r.stream == "normal"
+    )
+
+
+def test_cli_exits_nonzero_on_a_failing_cell_and_writes_reports(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    args = [
+        "--out",
+        str(out),
+        "run",
+        "--optimizers",
+        "Adagrad",
+        "--streams",
+        "normal",
+        "--steps",
+        "5",
+        "--dtypes",
+        "float32",
+    ]
+    assert main([*args[:2], *args[2:], "--backend", "numpy", "array_api_strict"]) == 0
+    assert main(["--out", str(out), "compare"]) == 0
+    report = json.loads((out / "conformance.json").read_text())
+    assert report["summary"] == {"reference": 5, "pass": 5}
+    assert (out / "conformance.md").read_text().startswith("# uniopt conformance matrix")
+    assert (out / "conformance.png").stat().st_size > 1000
+
+    monkeypatch.setitem(backends.BACKENDS, "nudged", _one_ulp_late(2))
+    assert main([*args, "--backend", "nudged"]) == 0
+    assert main(["--out", str(out), "compare"]) == 1
+    assert "FAIL nudged@eager Adagrad/default/normal/float32: 1 ulp > 0" in capsys.readouterr().out
+
+
+def test_compare_refuses_to_pass_with_nothing_compared(tmp_path):
+    selected = cells(["float32"], steps=3, optimizers=["SGD"], streams=["zeros"])
+    run_backend(backends.get("numpy"), selected, tmp_path / "out" / "trajectories")
+    assert main(["--out", str(tmp_path / "out"), "compare"]) == 1

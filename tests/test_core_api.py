@@ -1,0 +1,73 @@
+"""The core's public API: init/update over a namespace, state shape, and framework independence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from namespaces import to_namespace, to_numpy
+
+import uniopt
+from uniopt.radam import rho
+from uniopt.registry import TABLE
+
+
+@pytest.mark.parametrize("info", TABLE, ids=lambda i: i.name)
+def test_init_creates_the_declared_slots_in_param_dtype(info, xp_name):
+    for case in info.cases:
+        spec = info.make(case)
+        params = [
+            to_namespace(xp_name, np.ones((2, 3), np.float32)),
+            to_namespace(xp_name, np.zeros((), np.float64)),
+        ]
+        state = spec.init(params)
+        assert state.step == 0
+        for p, slots in zip(params, state.slots, strict=True):
+            assert tuple(slots) == spec.slot_names()
+            for value in slots.values():
+                assert value.dtype == p.dtype and tuple(value.shape) == tuple(p.shape)
+
+
+def test_the_core_imports_no_framework():
+    code = (
+        "import sys, uniopt, uniopt.registry; "
+        "print(sorted(m for m in ('torch','tensorflow','jax','keras') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_lr_override_equals_a_spec_with_that_lr():
+    params = [np.linspace(-1, 1, 5)]
+    grads = [np.linspace(2, -3, 5)]
+    base = uniopt.RAdam(lr=0.1)
+    state = base.init(params)
+    for _ in range(7):
+        a, state_a = base.update(grads, state, params, lr=0.02)
+        b, _ = uniopt.RAdam(lr=0.02).update(grads, state, params)
+        np.testing.assert_array_equal(a[0], b[0])
+        params, state = a, state_a
+
+
+def test_radam_rectification_schedule_for_beta2_0999():
+    spec = uniopt.RAdam()
+    assert [spec.step_scalars(t).rectified for t in range(1, 8)] == [False] * 5 + [True] * 2
+    assert round(rho(0.999, 5)[1], 3) == 4.996 and round(rho(0.999, 6)[1], 3) == 5.994
+
+
+def test_empty_parameter_list_is_a_no_op():
+    params, state = uniopt.Adam().update([], uniopt.Adam().init([]), [])
+    assert params == [] and state.step == 1
+
+
+def test_readme_quick_start_runs_on_array_api_strict():
+    import array_api_strict as xp
+
+    opt = uniopt.RAdam(lr=1e-3)
+    params = [xp.ones((3,), dtype=xp.float32)]
+    state = opt.init(params)
+    params, state = opt.update([xp.full((3,), 0.5, dtype=xp.float32)], state, params)
+    # first step is unrectified: p - lr * m_hat = 1 - 1e-3 * 0.5, rounded to float32
+    assert np.all(to_numpy(params[0]) == np.float32(1.0) - np.float32(1e-3) * np.float32(0.5))

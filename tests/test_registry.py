@@ -1,0 +1,53 @@
+"""The table itself: every optimizer is listed once, and every hyperparameter is exercised."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+import uniopt
+from uniopt.registry import TABLE, get
+
+SPEC_CLASSES = [
+    obj
+    for obj in vars(uniopt).values()
+    if inspect.isclass(obj) and issubclass(obj, uniopt.Spec) and obj is not uniopt.Spec
+]
+
+
+def test_every_public_spec_has_exactly_one_row():
+    assert sorted(info.name for info in TABLE) == sorted(cls.name for cls in SPEC_CLASSES)
+    assert len({info.name for info in TABLE}) == len(TABLE)
+
+
+@pytest.mark.parametrize("info", TABLE, ids=lambda i: i.name)
+def test_every_hyperparameter_is_varied_by_some_case(info):
+    defaults = info.spec()
+    varied = {
+        name for case in info.cases for name, value in case.kwargs.items() if value != getattr(defaults, name)
+    }
+    fields = {f.name for f in dataclasses.fields(info.spec)}
+    missing = fields - varied
+    assert not missing, f"{info.name}: no case varies {sorted(missing)}"
+
+
+@pytest.mark.parametrize("info", TABLE, ids=lambda i: i.name)
+def test_every_case_constructs_and_is_named_uniquely(info):
+    assert len({c.desc for c in info.cases}) == len(info.cases)
+    for case in info.cases:
+        assert isinstance(info.make(case), info.spec)
+
+
+@pytest.mark.parametrize("info", TABLE, ids=lambda i: i.name)
+def test_every_row_has_error_inputs_and_a_reference(info):
+    assert len(info.error_cases) >= 4
+    assert info.spec.reference
+
+
+def test_tolerance_defaults_to_bitwise_and_lookup_errors_are_clear():
+    assert all(info.tolerance("array_api_strict") == 0 for info in TABLE)
+    assert get("RAdam").spec is uniopt.RAdam
+    with pytest.raises(KeyError, match="unknown optimizer 'Nope'; known: SGD"):
+        get("Nope")
