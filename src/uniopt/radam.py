@@ -20,7 +20,8 @@ Choices where frameworks disagree:
 * threshold :math:`\rho_t > 5` (PyTorch; optax and the official repository use :math:`\ge 5`, the
   paper :math:`> 4`). For :math:`\beta_2 = 0.999`, :math:`\rho_5 = 4.996` and :math:`\rho_6 = 5.994`,
   so steps 1 to 5 are unrectified and step 6 is the first rectified step under every threshold but
-  the paper's, whose :math:`\rho_t - 4` near 0 makes :math:`r_5` tiny and noisy.
+  the paper's, which would rectify step 5 with :math:`r_5 \approx 0.017` from a variance estimate of
+  barely four samples.
 * :math:`\epsilon` is added to :math:`\sqrt{\hat v_t}` exactly as in :class:`uniopt.Adam` (optax),
   so a rectified step is Adam's step scaled by :math:`r_t`; PyTorch and the official repository use
   the "epsilon hat" form :math:`\sqrt{1-\beta_2^t}/(\sqrt{v_t}+\epsilon)`.

@@ -1,0 +1,575 @@
+"""The first steps of every optimizer case in the registry, worked out by hand.
+
+Each expectation below is computed inside the test from the update formula in plain Python float64
+scalars (``math`` only), one parameter element at a time, in the textbook form of the formula (for
+example ``lr * m_hat / (sqrt(v_hat) + eps)``), never through uniopt's host scalars or op sequence.
+uniopt's float64 NumPy result (the parameters and every state slot) must agree to ``rtol=1e-12``:
+a few float64 roundings per step differ in order, which costs ~1e-15 relative, and the fixture
+below has no catastrophic cancellation, so 1e-12 has ample room while any change of formula moves
+values by many orders of magnitude more.
+
+The defaults are written out here (the PyTorch defaults each module docstring documents), so the
+library's own defaults are checked rather than trusted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import uniopt
+from uniopt.registry import TABLE, Case
+
+RTOL = 1e-12
+ATOL = 1e-300  # effectively zero: a value expected to be exactly 0 must come out 0
+
+P0 = (1.0, -2.0, 0.5)
+# One gradient triple per step, with a negative and a zero in each. Element 0 drops from 0.5 to
+# 0.01 and element 1 from -2.0 to 0.0, so AMSGrad's running maximum is what feeds the step 2 and 3
+# denominators for them (v_t < v_{t-1} there), and a zero gradient meets a zero and a non-zero state.
+GRADS = (
+    (0.5, -1.5, 0.0),
+    (0.01, -2.0, 0.3),
+    (-0.4, 0.0, 0.25),
+)
+
+DEFAULTS: dict[str, dict[str, object]] = {
+    "SGD": {
+        "lr": 1e-3,
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
+        "maximize": False,
+    },
+    "Adagrad": {
+        "lr": 1e-2,
+        "lr_decay": 0.0,
+        "eps": 1e-10,
+        "initial_accumulator_value": 0.0,
+        "weight_decay": 0.0,
+        "maximize": False,
+    },
+    "RMSprop": {
+        "lr": 1e-2,
+        "alpha": 0.99,
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "momentum": 0.0,
+        "centered": False,
+        "maximize": False,
+    },
+    "Adam": {
+        "lr": 1e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "amsgrad": False,
+        "maximize": False,
+    },
+    "AdamW": {
+        "lr": 1e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 1e-2,
+        "amsgrad": False,
+        "maximize": False,
+    },
+    "RAdam": {
+        "lr": 1e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "decoupled_weight_decay": False,
+        "degenerated_to_sgd": True,
+        "maximize": False,
+    },
+}
+
+
+# -- the formulas, one scalar element at a time ------------------------------------------------
+# Each ``*_init(h)`` gives the slots before step 1; each ``*_step(h, s, p, g, t, lr)`` takes the
+# previous slots ``s``, parameter ``p``, raw gradient ``g``, 1-based step ``t`` and learning rate,
+# and returns the new ``(p, slots)``.
+
+
+def sgd_init(h):
+    return {"momentum_buffer": 0.0} if h["momentum"] != 0 else {}
+
+
+def sgd_step(h, s, p, g, t, lr):
+    if h["maximize"]:
+        g = -g
+    g = g + h["weight_decay"] * p
+    mu = h["momentum"]
+    if mu == 0:
+        return p - lr * g, {}
+    # the first step seeds the buffer with the undampened gradient
+    b = g if t == 1 else mu * s["momentum_buffer"] + (1.0 - h["dampening"]) * g
+    d = g + mu * b if h["nesterov"] else b
+    return p - lr * d, {"momentum_buffer": b}
+
+
+def adagrad_init(h):
+    return {"sum": float(h["initial_accumulator_value"])}
+
+
+def adagrad_step(h, s, p, g, t, lr):
+    if h["maximize"]:
+        g = -g
+    g = g + h["weight_decay"] * p
+    decayed_lr = lr / (1.0 + (t - 1) * h["lr_decay"])
+    total = s["sum"] + g * g
+    return p - decayed_lr * g / (math.sqrt(total) + h["eps"]), {"sum": total}
+
+
+def rmsprop_init(h):
+    s = {"square_avg": 0.0}
+    if h["centered"]:
+        s["grad_avg"] = 0.0
+    if h["momentum"] != 0:
+        s["momentum_buffer"] = 0.0
+    return s
+
+
+def rmsprop_step(h, s, p, g, t, lr):
+    if h["maximize"]:
+        g = -g
+    g = g + h["weight_decay"] * p
+    a = h["alpha"]
+    new = {"square_avg": a * s["square_avg"] + (1.0 - a) * g * g}
+    if h["centered"]:
+        new["grad_avg"] = a * s["grad_avg"] + (1.0 - a) * g
+        variance = max(new["square_avg"] - new["grad_avg"] ** 2, 0.0)
+    else:
+        variance = new["square_avg"]
+    direction = g / (math.sqrt(variance) + h["eps"])
+    if h["momentum"] != 0:
+        new["momentum_buffer"] = h["momentum"] * s["momentum_buffer"] + direction
+        direction = new["momentum_buffer"]
+    return p - lr * direction, new
+
+
+def adam_init(h):
+    s = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+    if h["amsgrad"]:
+        s["max_exp_avg_sq"] = 0.0
+    return s
+
+
+def _adam_like_step(h, s, p, g, t, lr, *, decoupled):
+    b1, b2 = h["betas"]
+    wd = h["weight_decay"]
+    if h["maximize"]:
+        g = -g
+    if decoupled:
+        p = p - lr * wd * p
+    else:
+        g = g + wd * p
+    m = b1 * s["exp_avg"] + (1.0 - b1) * g
+    v = b2 * s["exp_avg_sq"] + (1.0 - b2) * g * g
+    new = {"exp_avg": m, "exp_avg_sq": v}
+    if h["amsgrad"]:
+        v = new["max_exp_avg_sq"] = max(s["max_exp_avg_sq"], v)
+    m_hat = m / (1.0 - b1**t)
+    v_hat = v / (1.0 - b2**t)
+    return p - lr * m_hat / (math.sqrt(v_hat) + h["eps"]), new
+
+
+def adam_step(h, s, p, g, t, lr):
+    return _adam_like_step(h, s, p, g, t, lr, decoupled=False)
+
+
+def adamw_step(h, s, p, g, t, lr):
+    return _adam_like_step(h, s, p, g, t, lr, decoupled=True)
+
+
+def radam_rho(beta2, t):
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    return rho_inf, rho_inf - 2.0 * t * beta2**t / (1.0 - beta2**t)
+
+
+def radam_init(h):
+    return {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+
+
+def radam_step(h, s, p, g, t, lr):
+    b1, b2 = h["betas"]
+    wd = h["weight_decay"]
+    decoupled = h["decoupled_weight_decay"]
+    if h["maximize"]:
+        g = -g
+    if not decoupled:
+        g = g + wd * p
+    m = b1 * s["exp_avg"] + (1.0 - b1) * g
+    v = b2 * s["exp_avg_sq"] + (1.0 - b2) * g * g
+    new = {"exp_avg": m, "exp_avg_sq": v}
+    m_hat = m / (1.0 - b1**t)
+    rho_inf, rho_t = radam_rho(b2, t)
+    if rho_t > 5.0:
+        r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        v_hat = v / (1.0 - b2**t)
+        update = lr * r * m_hat / (math.sqrt(v_hat) + h["eps"])
+    elif h["degenerated_to_sgd"]:
+        update = lr * m_hat
+    else:
+        return p, new  # skipped: not even the decoupled decay
+    if decoupled:
+        p = p - lr * wd * p
+    return p - update, new
+
+
+HAND = {
+    "SGD": (sgd_init, sgd_step),
+    "Adagrad": (adagrad_init, adagrad_step),
+    "RMSprop": (rmsprop_init, rmsprop_step),
+    "Adam": (adam_init, adam_step),
+    "AdamW": (adam_init, adamw_step),
+    "RAdam": (radam_init, radam_step),
+}
+
+
+# -- drivers ---------------------------------------------------------------------------------
+
+
+def hyperparameters(name, kwargs):
+    unknown = set(kwargs) - set(DEFAULTS[name])
+    assert not unknown, f"{name}: the hand formulas do not know {sorted(unknown)}"
+    h = {**DEFAULTS[name], **kwargs}
+    if "betas" in h:
+        h["betas"] = tuple(h["betas"])
+    return h
+
+
+def hand_trajectory(name, h, p0, grads, lrs):
+    """``[(params, slots)]`` after each step, as float64 arrays built from scalar hand work."""
+    init, step = HAND[name]
+    per_element = []
+    for j, p in enumerate(p0):
+        s = init(h)
+        history = []
+        for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
+            p, s = step(h, s, p, g[j], t, lr)
+            history.append((p, s))
+        per_element.append(history)
+    out = []
+    for k in range(len(grads)):
+        params = np.array([per_element[j][k][0] for j in range(len(p0))], dtype=np.float64)
+        names = per_element[0][k][1]
+        slots = {
+            n: np.array([per_element[j][k][1][n] for j in range(len(p0))], dtype=np.float64) for n in names
+        }
+        out.append((params, slots))
+    return out
+
+
+def hand_initial_slots(name, h, n):
+    init, _ = HAND[name]
+    return {k: np.full(n, v, dtype=np.float64) for k, v in init(h).items()}
+
+
+def assert_matches(actual, expected, what):
+    assert isinstance(actual, np.ndarray), f"{what}: got {type(actual).__name__}"
+    assert actual.dtype == np.float64, f"{what}: dtype {actual.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL, err_msg=what)
+
+
+def check_against_hand(opt, name, h, p0, grads, lrs, overrides):
+    """Run ``opt`` on ``grads`` (passing ``lr=`` where ``overrides``) and compare every step."""
+    expected = hand_trajectory(name, h, p0, grads, lrs)
+    params = [np.array(p0, dtype=np.float64)]
+    state = opt.init(params)
+    assert state.step == 0
+    init_expected = hand_initial_slots(name, h, len(p0))
+    assert set(state.slots[0]) == set(init_expected)
+    for key, value in init_expected.items():
+        assert_matches(state.slots[0][key], value, f"initial slot {key}")
+    for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
+        grad_arrays = [np.array(g, dtype=np.float64)]
+        inputs = (params[0].copy(), grad_arrays[0].copy(), {k: v.copy() for k, v in state.slots[0].items()})
+        old_params, old_state = params, state
+        kwargs = {"lr": lr} if overrides else {}
+        params, state = opt.update(grad_arrays, old_state, old_params, **kwargs)
+        # update is pure: nothing it was given changed
+        np.testing.assert_array_equal(old_params[0], inputs[0])
+        np.testing.assert_array_equal(grad_arrays[0], inputs[1])
+        for key, value in inputs[2].items():
+            np.testing.assert_array_equal(old_state.slots[0][key], value)
+        assert state.step == t
+        assert len(params) == 1 and len(state.slots) == 1
+        exp_params, exp_slots = expected[t - 1]
+        assert_matches(params[0], exp_params, f"params after step {t}")
+        assert set(state.slots[0]) == set(exp_slots), f"slot names after step {t}"
+        for key, value in exp_slots.items():
+            assert_matches(state.slots[0][key], value, f"slot {key} after step {t}")
+    return params, state
+
+
+CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
+
+# Feature combinations the table does not hold (maximize, weight decay, centering, momentum, AMSGrad,
+# skipping together), so that, for example, every slot is checked to see the prepared gradient.
+_COMBOS = {
+    "SGD": [
+        {"lr": 0.05, "weight_decay": 0.1, "maximize": True},
+        {"lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1, "maximize": True},
+        {"lr": 0.02, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1, "maximize": True},
+    ],
+    "Adagrad": [
+        {
+            "lr": 0.1,
+            "lr_decay": 0.01,
+            "eps": 1e-6,
+            "initial_accumulator_value": 0.1,
+            "weight_decay": 0.05,
+            "maximize": True,
+        },
+    ],
+    "RMSprop": [
+        {
+            "lr": 0.01,
+            "alpha": 0.9,
+            "eps": 1e-6,
+            "centered": True,
+            "momentum": 0.5,
+            "weight_decay": 0.1,
+            "maximize": True,
+        },
+    ],
+    "Adam": [
+        {
+            "lr": 0.01,
+            "betas": (0.8, 0.99),
+            "eps": 1e-6,
+            "amsgrad": True,
+            "weight_decay": 0.1,
+            "maximize": True,
+        },
+    ],
+    "AdamW": [
+        {
+            "lr": 0.01,
+            "betas": (0.8, 0.99),
+            "eps": 1e-6,
+            "amsgrad": True,
+            "weight_decay": 0.5,
+            "maximize": True,
+        },
+    ],
+    "RAdam": [
+        {"lr": 0.01, "weight_decay": 0.1, "degenerated_to_sgd": False, "maximize": True},
+        {
+            "lr": 0.01,
+            "betas": (0.8, 0.99),
+            "eps": 1e-6,
+            "weight_decay": 0.1,
+            "decoupled_weight_decay": True,
+            "degenerated_to_sgd": False,
+            "maximize": True,
+        },
+    ],
+}
+COMBOS = [
+    pytest.param(info, Case(f"combo{k}", kwargs), id=f"{info.name}-combo{k}")
+    for info in TABLE
+    for k, kwargs in enumerate(_COMBOS.get(info.name, ()))
+]
+
+
+def test_every_optimizer_has_hand_formulas():
+    assert {info.name for info in TABLE} == set(HAND)
+
+
+@pytest.mark.parametrize(("info", "case"), CASES + COMBOS)
+def test_first_three_steps_by_hand(info, case):
+    opt = info.make(case)
+    h = hyperparameters(info.name, dict(case.kwargs))
+    assert opt.hyperparameters == h
+    lrs = [h["lr"]] * len(GRADS)
+    check_against_hand(opt, info.name, h, P0, GRADS, lrs, overrides=False)
+
+
+@pytest.mark.parametrize(("info", "case"), CASES + COMBOS)
+def test_per_step_lr_override_by_hand(info, case):
+    """``update(..., lr=)`` (a scheduler) replaces ``lr`` in every place it appears that step."""
+    opt = info.make(case)
+    h = hyperparameters(info.name, dict(case.kwargs))
+    lrs = [h["lr"] * 0.5, h["lr"] * 3.0, h["lr"] * 0.25]
+    check_against_hand(opt, info.name, h, P0, GRADS, lrs, overrides=True)
+
+
+# -- closed forms of the first step ----------------------------------------------------------
+
+
+def _one_step(opt, g):
+    params = [np.array(P0, dtype=np.float64)]
+    new, state = opt.update([np.array(g, dtype=np.float64)], opt.init(params), params)
+    return new[0], state.slots[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lr": 0.02, "momentum": 0.9},
+        {"lr": 0.02, "momentum": 0.9, "dampening": 0.3},
+        {"lr": 0.02, "momentum": 0.9, "nesterov": True},
+    ],
+)
+def test_sgd_first_buffer_is_the_gradient(kwargs):
+    g = GRADS[0]
+    p1, slots = _one_step(uniopt.SGD(**kwargs), g)
+    np.testing.assert_array_equal(slots["momentum_buffer"], np.array(g))  # exactly, undampened
+    factor = 1.0 + 0.9 if kwargs.get("nesterov") else 1.0
+    expected = [p - 0.02 * factor * gi for p, gi in zip(P0, g, strict=True)]
+    np.testing.assert_allclose(p1, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_adam_first_step_is_lr_times_sign():
+    # m_hat_1 = g and v_hat_1 = g^2, so the first step is lr * g / (|g| + eps).
+    g = GRADS[0]
+    for opt in (uniopt.Adam(lr=0.01), uniopt.Adam(lr=0.01, amsgrad=True)):
+        p1, _ = _one_step(opt, g)
+        expected = [p - 0.01 * gi / (abs(gi) + 1e-8) for p, gi in zip(P0, g, strict=True)]
+        np.testing.assert_allclose(p1, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_radam_first_step_is_plain_momentum_sgd():
+    # rho_1 = 1, so step 1 is unrectified and m_hat_1 = g: p1 = p0 - lr * g.
+    g = GRADS[0]
+    p1, _ = _one_step(uniopt.RAdam(lr=0.01), g)
+    np.testing.assert_allclose(p1, [p - 0.01 * gi for p, gi in zip(P0, g, strict=True)], rtol=RTOL)
+
+
+def test_adagrad_first_step_from_zero_accumulator():
+    g = GRADS[0]
+    p1, slots = _one_step(uniopt.Adagrad(lr=0.1), g)
+    np.testing.assert_allclose(
+        p1, [p - 0.1 * gi / (abs(gi) + 1e-10) for p, gi in zip(P0, g, strict=True)], rtol=RTOL
+    )
+    np.testing.assert_allclose(slots["sum"], [gi * gi for gi in g], rtol=RTOL, atol=ATOL)
+
+
+def test_rmsprop_first_step():
+    # v_1 = (1 - alpha) g^2, so sigma_1 = sqrt(1 - alpha) |g| + eps.
+    g = GRADS[0]
+    p1, _ = _one_step(uniopt.RMSprop(lr=0.01), g)
+    expected = [p - 0.01 * gi / (math.sqrt(0.01) * abs(gi) + 1e-8) for p, gi in zip(P0, g, strict=True)]
+    np.testing.assert_allclose(p1, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_rmsprop_centered_variance_is_clamped_at_zero():
+    """With alpha tiny and a constant gradient the centered variance v - gbar^2 at step 2 is about
+    1e-18 g^2, below float64 resolution, and rounds to a negative number; uniopt clamps it to 0
+    (sigma = eps) where PyTorch would take sqrt of a negative and produce NaN."""
+    alpha, g, lr, eps = 1e-9, 2.315, 0.01, 1e-8
+    opt = uniopt.RMSprop(lr=lr, alpha=alpha, centered=True)
+    v = gbar = 0.0
+    params = [np.array([1.0])]
+    state = opt.init(params)
+    for _ in (1, 2):
+        v = alpha * v + (1.0 - alpha) * (g * g)
+        gbar = alpha * gbar + (1.0 - alpha) * g
+        before = params[0]
+        params, state = opt.update([np.array([g])], state, params)
+    raw_variance = v - gbar * gbar
+    assert raw_variance < 0.0, "fixture no longer reaches a negative rounded variance"
+    assert np.all(np.isfinite(params[0]))
+    # Step 1's variance (about alpha g^2) is itself a 1e9-fold cancellation, so only step 2's
+    # increment is compared: with the clamp it is exactly lr * g / (0 + eps).
+    np.testing.assert_allclose(before - params[0], [lr * g / eps], rtol=RTOL)
+    np.testing.assert_allclose(state.slots[0]["square_avg"], [v], rtol=RTOL)
+    np.testing.assert_allclose(state.slots[0]["grad_avg"], [gbar], rtol=RTOL)
+
+
+# -- RAdam's rectification schedule -----------------------------------------------------------
+
+# Seven steps so that the first rectified step (6) and one after it are seen.
+GRADS7 = (*GRADS, (0.2, -0.7, -0.1), (-0.3, 1.1, 0.05), (0.6, -0.9, 0.2), (0.1, 0.4, -0.35))
+RECTIFIED = (False, False, False, False, False, True, True)  # for both beta2 = 0.999 and 0.99
+
+
+def test_radam_rho_schedule_by_hand():
+    rho5 = radam_rho(0.999, 5)[1]
+    rho6 = radam_rho(0.999, 6)[1]
+    # the module docstring's numbers
+    assert abs(rho5 - 4.996) < 5e-4
+    assert abs(rho6 - 5.994) < 5e-4
+    for beta2 in (0.999, 0.99):
+        assert tuple(radam_rho(beta2, t)[1] > 5.0 for t in range(1, 8)) == RECTIFIED
+
+
+RADAM_CASES = [p for p in CASES + COMBOS if p.values[0].name == "RAdam"]
+
+
+@pytest.mark.parametrize(("info", "case"), RADAM_CASES)
+def test_radam_seven_steps_by_hand(info, case):
+    opt = info.make(case)
+    h = hyperparameters(info.name, dict(case.kwargs))
+    assert tuple(radam_rho(h["betas"][1], t)[1] > 5.0 for t in range(1, 8)) == RECTIFIED
+    lrs = [h["lr"]] * len(GRADS7)
+    check_against_hand(opt, info.name, h, P0, GRADS7, lrs, overrides=False)
+
+
+def test_radam_step_six_is_the_rectified_step():
+    """Step 6 with betas (0.9, 0.999) by hand, written out without the shared helpers."""
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    params = [np.array(P0)]
+    opt = uniopt.RAdam(lr=lr)
+    state = opt.init(params)
+    for g in GRADS7[:6]:
+        before = params[0]
+        params, state = opt.update([np.array(g)], state, params)
+    t = 6
+    m = [0.0, 0.0, 0.0]
+    v = [0.0, 0.0, 0.0]
+    for g in GRADS7[:6]:
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g, strict=True)]
+        v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g, strict=True)]
+    rho_inf = 2 / (1 - b2) - 1
+    rho6 = rho_inf - 2 * 6 * b2**6 / (1 - b2**6)
+    r6 = math.sqrt((rho6 - 4) * (rho6 - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho6))
+    rectified = [
+        p - lr * r6 * (mi / (1 - b1**t)) / (math.sqrt(vi / (1 - b2**t)) + eps)
+        for p, mi, vi in zip(before, m, v, strict=True)
+    ]
+    sgd_like = [p - lr * mi / (1 - b1**t) for p, mi in zip(before, m, strict=True)]
+    # the two branches are far apart, so agreeing with one of them says which branch ran
+    assert max(abs(a - b) for a, b in zip(rectified, sgd_like, strict=True)) > 1e-4
+    np.testing.assert_allclose(params[0], rectified, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(state.slots[0]["exp_avg"], m, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(state.slots[0]["exp_avg_sq"], v, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lr": 0.01, "degenerated_to_sgd": False},
+        {"lr": 0.01, "degenerated_to_sgd": False, "weight_decay": 0.1},
+        {"lr": 0.01, "degenerated_to_sgd": False, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    ],
+    ids=["plain", "l2", "decoupled"],
+)
+def test_radam_skip_unrectified_holds_params_while_moments_advance(kwargs):
+    opt = uniopt.RAdam(**kwargs)
+    h = hyperparameters("RAdam", kwargs)
+    expected = hand_trajectory("RAdam", h, P0, GRADS7, [0.01] * len(GRADS7))
+    params = [np.array(P0)]
+    state = opt.init(params)
+    previous_m = state.slots[0]["exp_avg"]
+    for t, g in enumerate(GRADS7, start=1):
+        params, state = opt.update([np.array(g)], state, params)
+        exp_params, exp_slots = expected[t - 1]
+        m = state.slots[0]["exp_avg"]
+        if t <= 5:
+            # bit-for-bit unchanged (decoupled decay included), but the moments move
+            np.testing.assert_array_equal(params[0], np.array(P0))
+            assert not np.array_equal(m, previous_m)
+        else:
+            assert not np.array_equal(params[0], np.array(P0))
+        np.testing.assert_allclose(params[0], exp_params, rtol=RTOL, atol=ATOL)
+        for key, value in exp_slots.items():
+            np.testing.assert_allclose(state.slots[0][key], value, rtol=RTOL, atol=ATOL)
+        previous_m = m
