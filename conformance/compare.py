@@ -4,7 +4,8 @@ Each cell's verdict: ``pass`` (worst ulp within the table's tolerance), ``FAIL``
 recorded array missing or of another shape), ``skipped`` (with the table's or backend's reason) or
 ``reference`` (the NumPy run itself). Beside the ulp distance every cell reports its accuracy: the
 normwise relative error of its float32 trajectory against the NumPy float64 run of the same cell
-(per array and step ``max|x32 - x64| / max|x64|``, worst over all), so the cost of float32 is visible
+(per array and step ``max|x32 - x64|`` over the largest ``|x64|`` the array has had so far, worst
+over all), so the cost of float32 is visible
 beside the bitwise verdict.
 """
 
@@ -86,7 +87,9 @@ def _relative_error(got: np.ndarray, exact: np.ndarray) -> float:
         return float("inf")
     with np.errstate(invalid="ignore"):  # inf - inf where both are the same infinity
         diff = np.where(finite, np.abs(g - e), 0.0).max(axis=1)
-    scale = np.where(finite, np.abs(e), 0.0).max(axis=1)
+    # the envelope: the largest magnitude the array has had so far (a value crossing zero keeps the
+    # absolute error of the terms that built it)
+    scale = np.maximum.accumulate(np.where(finite, np.abs(e), 0.0).max(axis=1))
     return float((diff / np.where(scale > 0, scale, 1.0)).max())
 
 
