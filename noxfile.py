@@ -1,14 +1,18 @@
-"""Sessions: tests, conformance (one venv per backend, then one comparison), lint.
+"""Sessions: tests (core + one venv per framework), conformance (one venv per backend, then one
+comparison), lint.
 
 ``nox -s conformance`` runs every backend, each in its own virtualenv, and compares them;
-``nox -s "conformance_run(backend='numpy')"`` runs one backend's trajectories only.
-GPU users override the pinned framework wheels through UNIOPT_TORCH_SPEC and friends.
+``nox -s "conformance_run(backend='torch')"`` then ``nox -s conformance_compare`` runs one backend.
+``nox -s tests`` runs the core tests and each framework's tests in that framework's own venv
+(import order, ``KERAS_BACKEND`` and jax's x64 flag are process-global).
+GPU users override the pinned CPU framework wheels through the UNIOPT_*_SPEC variables.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import nox
 
@@ -16,21 +20,39 @@ nox.options.sessions = ["lint", "tests", "conformance"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
-TORCH_SPEC = os.environ.get("UNIOPT_TORCH_SPEC", "torch==2.13.0")  # the CPU wheel; see README
 OUT = "build/conformance"
+ROOT = Path(__file__).parent
 
-# backend -> the extra packages its venv needs (the core's own deps come with `.`)
+# Each framework's packages; the pinned torch is the CPU wheel (an unpinned torch is a CUDA build).
+FRAMEWORK_DEPS: dict[str, list[str]] = {
+    "torch": [os.environ.get("UNIOPT_TORCH_SPEC", "torch==2.13.0")],
+    "tf": [os.environ.get("UNIOPT_TF_SPEC", "tensorflow-cpu>=2.16"), "keras>=3.3"],
+    "jax": [os.environ.get("UNIOPT_JAX_SPEC", "jax>=0.4.30"), "optax>=0.2.3"],
+}
+# A framework joins the matrix once its conformance backend exists, and the tests once its tests do.
 BACKEND_DEPS: dict[str, list[str]] = {
     "numpy": ["rich"],
     "array_api_strict": ["array-api-strict>=2.0", "rich"],
+    **{
+        name: [*deps, "rich"]
+        for name, deps in FRAMEWORK_DEPS.items()
+        if (ROOT / "conformance" / f"backend_{name}.py").exists()
+    },
 }
+TEST_SUITES = ["core", *(name for name in FRAMEWORK_DEPS if (ROOT / "tests" / name).is_dir())]
 
 
 @nox.session(python=PYTHON)
-def tests(session: nox.Session) -> None:
-    """Unit and integration tests of the public API (and a small conformance run)."""
-    session.install(".[test]")
-    session.run("pytest", *session.posargs)
+@nox.parametrize("suite", TEST_SUITES)
+def tests(session: nox.Session, suite: str) -> None:
+    """Unit and integration tests: the core, or one framework's adapter in its own venv."""
+    if suite == "core":
+        session.install(".[test]")
+        ignored = [f"--ignore=tests/{name}" for name in FRAMEWORK_DEPS]
+        session.run("pytest", *ignored, *session.posargs)
+    else:
+        session.install(".[test]", *FRAMEWORK_DEPS[suite], "scikit-learn")
+        session.run("pytest", f"tests/{suite}", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -83,6 +83,19 @@ def _strict_runner(mode: str) -> Runner:
     return run_namespace(xp, xp.asarray, lambda a: np.from_dlpack(a).copy())
 
 
+def _framework_backends() -> list[Backend]:
+    """The framework backends, one module each (``conformance/backend_<name>.py`` defining
+    ``BACKEND``); those modules import their framework only inside their runners."""
+    found = []
+    for module in ("torch", "tf", "jax"):
+        try:
+            found.append(importlib.import_module(f"conformance.backend_{module}").BACKEND)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"conformance.backend_{module}":
+                raise
+    return found
+
+
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
@@ -94,6 +107,7 @@ BACKENDS: dict[str, Backend] = {
             ("float32", "float64"),
             _strict_runner,
         ),
+        *_framework_backends(),
     )
 }
 

@@ -22,7 +22,7 @@ from .radam import RAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["TABLE", "Case", "ErrorCase", "OptimizerInfo", "get"]
+__all__ = ["MODE_TOLERANCES", "TABLE", "Case", "ErrorCase", "OptimizerInfo", "get"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +66,25 @@ class OptimizerInfo:
         raise KeyError(f"{self.name} has no case {desc!r}")
 
     def tolerance(self, backend: str, mode: str = "eager") -> int:
-        """Allowed ulp distance for ``backend`` in ``mode`` (0 = bitwise)."""
-        return self.ulp_tolerance.get(f"{backend}:{mode}", self.ulp_tolerance.get(backend, 0))
+        """Allowed ulp distance for ``backend`` in ``mode`` (0 = bitwise).
+
+        The row's own ``ulp_tolerance`` wins; otherwise :data:`MODE_TOLERANCES` (compiled modes
+        whose bound holds for every optimizer); otherwise 0.
+        """
+        for key in (f"{backend}:{mode}", backend):
+            if key in self.ulp_tolerance:
+                return self.ulp_tolerance[key]
+        return MODE_TOLERANCES.get(f"{backend}:{mode}", (0, ""))[0]
 
     def skip_reason(self, backend: str, mode: str = "eager") -> str | None:
         """Why ``backend`` in ``mode`` does not run this optimizer, or ``None``."""
         return self.skips.get(f"{backend}:{mode}", self.skips.get(backend))
+
+
+MODE_TOLERANCES: dict[str, tuple[int, str]] = {
+    # "backend:mode": (measured ulp bound, why it cannot be bitwise). Eager modes never appear here.
+}
+"""Bounds of compiled modes that apply to every optimizer; a row's ``ulp_tolerance`` overrides."""
 
 
 def _common_errors(name: str, **extra: ErrorCase) -> tuple[ErrorCase, ...]:
