@@ -102,6 +102,10 @@ class Spec:
         """Elementwise update of one parameter: returns ``(new_param, new_slots)``."""
         raise NotImplementedError
 
+    def scalars_converge(self) -> bool:
+        """Whether every per-step scalar tends to a limit as the step grows (for a fixed lr)."""
+        return True
+
     # -- shared machinery ---------------------------------------------------------------------
     def __post_init__(self) -> None:
         check_interval(self.name, "lr", self.lr, 0.0)

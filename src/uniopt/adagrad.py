@@ -58,6 +58,9 @@ class Adagrad(Spec):
     def init_slot(self, name: str, param: Array, xp: Any) -> Array:
         return xp.full_like(param, float(self.initial_accumulator_value))
 
+    def scalars_converge(self) -> bool:
+        return self.lr_decay == 0  # lr / (1 + (t-1) lr_decay) keeps shrinking
+
     def step_scalars(self, step: int, lr: float | None = None) -> AdagradScalars:
         base = float(self.lr if lr is None else lr)
         return AdagradScalars(

@@ -1,0 +1,101 @@
+"""Per-step scalars as a table, for backends whose step count lives on the device.
+
+Under ``jax.jit``, ``tf.function`` or XLA the step is a traced integer, so the host cannot compute
+:meth:`Spec.step_scalars` for it. In-graph float32 ``pow``/``exp``/``log`` differ between libraries
+(and RAdam's :math:`\\rho_t` cancels badly in float32), so instead the host precomputes every step's
+scalars in float64, rounds them once to the parameter dtype, and the compiled step gathers row
+``min(t, T)``. This works because the scalars converge: after finitely many steps every rounded
+scalar equals its limit (for ``beta2 = 0.999`` in float32, :math:`1-\\beta_2^t` rounds to 1 after
+about 17k steps), and each is monotone in ``t``, so once a row equals the limit row every later row
+does too. Schedules that never converge (Adagrad's ``lr_decay``) raise :class:`NotConvergentError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ._spec import Spec
+
+__all__ = ["LIMIT_STEP", "NotConvergentError", "ScalarTable", "rounded_scalars", "scalar_table"]
+
+LIMIT_STEP = 2**62
+"""A step count standing for t -> infinity (``beta**LIMIT_STEP`` underflows to 0)."""
+
+
+class NotConvergentError(ValueError):
+    """The spec's per-step scalars do not reach their limit within the allowed table length."""
+
+
+def rounded_scalars(spec: Spec, step: int, dtype: Any, lr: float | None = None) -> tuple:
+    """``spec.step_scalars(step, lr)`` with float fields rounded once to ``dtype`` (NumPy)."""
+    return tuple(
+        v if isinstance(v, bool) else np.asarray(v, dtype=dtype) for v in spec.step_scalars(step, lr)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalarTable:
+    """Rounded scalars for steps ``1..T``; row ``T - 1`` is the limit used for every ``t >= T``."""
+
+    fields: tuple[str, ...]  # the Scalars NamedTuple's field names, in order
+    floats: np.ndarray  # (T, number of float fields), in the parameter dtype
+    flags: np.ndarray  # (T, number of bool fields), bool
+    is_flag: tuple[bool, ...]  # per field: True for bool fields
+
+    @property
+    def length(self) -> int:
+        return len(self.floats)
+
+    def row(self, step: int) -> tuple:
+        """The scalars of 1-based ``step`` (the limit row past the table's end)."""
+        i = min(step, self.length) - 1
+        fi = bi = 0
+        out = []
+        for flag in self.is_flag:
+            if flag:
+                out.append(bool(self.flags[i, bi]))
+                bi += 1
+            else:
+                out.append(self.floats[i, fi])
+                fi += 1
+        return tuple(out)
+
+
+def scalar_table(spec: Spec, dtype: Any, max_steps: int = 1_000_000) -> ScalarTable:
+    """Tabulate ``spec``'s rounded scalars until they equal their limit (at most ``max_steps``)."""
+    if not spec.scalars_converge():
+        raise NotConvergentError(
+            f"{spec.name}: the per-step scalars never reach a limit with these hyperparameters "
+            f"({spec!r}); compute them on the host for each step"
+        )
+    dtype = np.dtype(dtype)
+    fields = type(spec.step_scalars(1))._fields
+    limit = rounded_scalars(spec, LIMIT_STEP, dtype)
+    is_flag = tuple(isinstance(v, bool) for v in limit)
+    floats, flags = [], []
+    for step in range(1, max_steps + 1):
+        row = rounded_scalars(spec, step, dtype)
+        floats.append([v for v, f in zip(row, is_flag, strict=True) if not f])
+        flags.append([v for v, f in zip(row, is_flag, strict=True) if f])
+        if all(_same(a, b) for a, b in zip(row, limit, strict=True)):
+            break
+    else:
+        raise NotConvergentError(
+            f"{spec.name}: the per-step scalars do not reach their limit within {max_steps} steps "
+            f"in {dtype} (a schedule such as lr_decay keeps changing them); compute them on the host"
+        )
+    return ScalarTable(
+        fields=fields,
+        floats=np.asarray(floats, dtype=dtype).reshape(len(floats), -1),
+        flags=np.asarray(flags, dtype=bool).reshape(len(flags), -1),
+        is_flag=is_flag,
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool):
+        return a is b
+    return bool(a == b) or bool(np.isnan(a) and np.isnan(b))

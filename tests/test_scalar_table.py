@@ -1,0 +1,46 @@
+"""The per-step scalar table used by backends whose step count is traced on the device."""
+
+from __future__ import annotations
+
+import pytest
+
+import uniopt
+from uniopt.registry import TABLE
+from uniopt.scalar_table import NotConvergentError, rounded_scalars, scalar_table
+
+CASES = [
+    pytest.param(info, case, dtype, id=f"{info.name}-{case.desc}-{dtype}")
+    for info in TABLE
+    for case in info.cases
+    if info.make(case).scalars_converge()
+    # float64 tables of beta2 = 0.999 run to ~40k rows: check them on one case each
+    for dtype in ("float32", "float64")
+    if dtype == "float32" or getattr(info.make(case), "betas", (0, 0))[1] < 0.999
+]
+
+
+def _equal(a: tuple, b: tuple) -> bool:
+    return all(
+        (x is y) if isinstance(x, bool) else x.dtype == y.dtype and x == y for x, y in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize(("info", "case", "dtype"), CASES)
+def test_table_rows_equal_the_host_scalars_before_and_after_its_end(info, case, dtype):
+    spec = info.make(case)
+    table = scalar_table(spec, dtype)
+    end = table.length
+    for step in sorted({1, 2, 5, 6, 7, 50, max(end - 1, 1), end, end + 1, 3 * end + 11, 10**9}):
+        assert _equal(table.row(step), rounded_scalars(spec, step, dtype)), step
+
+
+def test_adam_table_ends_where_float32_bias_correction_reaches_one():
+    table = scalar_table(uniopt.Adam(), "float32")
+    # 1 - 0.999^t rounds to 1.0f once 0.999^t < 2^-25, i.e. t > 25 ln2 / -ln(0.999) ~ 17,320;
+    # inv_sqrt_bc2 gets there a little earlier, so the table is between 10k and 17.4k rows long
+    assert 10_000 < table.length < 17_400
+
+
+def test_a_never_converging_schedule_is_refused_at_once():
+    with pytest.raises(NotConvergentError, match="Adagrad: the per-step scalars never reach a limit"):
+        scalar_table(uniopt.Adagrad(lr_decay=0.01), "float32")
