@@ -31,14 +31,15 @@ def _run_one(backend: backends.Backend, args: argparse.Namespace) -> None:
     from rich.progress import Progress
 
     selected = cells(args.dtypes or backend.dtypes, args.steps, args.optimizers, args.streams)
-    modes = args.modes or backend.modes
+    # modes the backend lacks are not run; the reference keeps its eager mode whatever is asked
+    modes = [m for m in (args.modes or backend.modes) if m in backend.modes] or [backend.modes[0]]
     with Progress(transient=not sys.stdout.isatty()) as progress:
         task = progress.add_task(backend.name, total=len(selected) * len(modes))
 
         def advance(n: int, desc: str) -> None:
             progress.update(task, advance=n, description=desc[:60])
 
-        run_backend(backend, selected, args.out / "trajectories", modes, advance)
+        run_backend(backend, selected, args.out / "trajectories", modes, advance, full=args.full)
     print(f"{backend.name}: {len(selected)} cells x {len(modes)} mode(s) -> {args.out / 'trajectories'}")
 
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
         p.add_argument("--optimizers", nargs="+", help="names from uniopt.registry.TABLE")
         p.add_argument("--streams", nargs="+", choices=list(STREAMS))
+        p.add_argument("--full", action="store_true", help="also the cells a backend leaves out by default")
     sub.add_parser("compare", help="compare every trajectory file with the reference")
     args = parser.parse_args(argv)
     if args.command == "run":

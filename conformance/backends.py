@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from uniopt import Spec
+
+from .cells import Cell
 
 __all__ = ["BACKENDS", "REFERENCE", "Backend", "Snapshot", "get"]
 
@@ -61,6 +63,15 @@ class Backend:
     modes: tuple[str, ...]
     dtypes: tuple[str, ...]
     make_runner: Callable[[str], Runner]
+    # mode -> (which cells the default run covers, why the others wait for --full)
+    default_cells: Mapping[str, tuple[Callable[[Cell], bool], str]] = dataclasses.field(default_factory=dict)
+
+    def skip_by_default(self, mode: str, cell: Cell) -> str | None:
+        """Why ``cell`` is left to ``--full`` in ``mode``, or ``None`` if the default run covers it."""
+        if mode not in self.default_cells:
+            return None
+        selects, reason = self.default_cells[mode]
+        return None if selects(cell) else reason
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run in this environment, or ``None``."""

@@ -59,6 +59,7 @@ def run_backend(
     out: Path,
     modes: Sequence[str] | None = None,
     progress: Callable[[int, str], None] | None = None,
+    full: bool = False,
 ) -> list[Path]:
     """Run ``cells`` on every mode of ``backend``; returns the metadata files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,8 @@ def run_backend(
             reason = get_info(cell.optimizer).skip_reason(backend.name, mode)
             if reason is None and cell.dtype not in backend.dtypes:
                 reason = f"{backend.name} does not support {cell.dtype}"
+            if reason is None and not full:
+                reason = backend.skip_by_default(mode, cell)
             if reason is not None:
                 skipped[cell.key] = reason
             else:

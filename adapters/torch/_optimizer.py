@@ -1,0 +1,222 @@
+"""The binding of a uniopt spec to the ``torch.optim.Optimizer`` contract.
+
+A param group's hyperparameters are exactly the spec's fields (torch.optim's names), so schedulers
+that write ``group['lr']`` (or ``group['betas']``/``group['momentum']``, as OneCycleLR does) are seen
+by the spec at the next ``step()``. Per parameter the state holds ``step`` (a CPU int64 tensor, like
+torch.optim's CPU step counters) and the spec's slots, in the parameter's dtype and on its device.
+``step()`` validates every group and gradient first and only then updates, so an error leaves
+parameters and state untouched. The update itself is the spec's ``rule``; this module holds none of
+its math.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch.optim import Optimizer
+
+from uniopt import Spec
+from uniopt._validate import check_interval
+
+from ._namespace import xp
+
+__all__ = ["UnioptOptimizer"]
+
+_STATE_DICT_KEY = "uniopt"
+
+
+class UnioptOptimizer(Optimizer):
+    """Base of ``uniopt.torch``'s optimizers: a ``torch.optim.Optimizer`` running a uniopt spec."""
+
+    spec_class: ClassVar[type[Spec]]
+
+    def __init__(self, params: Iterable[Any], **hyperparameters: Any) -> None:
+        unknown = set(hyperparameters) - set(self._fields())
+        if unknown:
+            raise TypeError(
+                f"uniopt.torch.{self.spec_class.name}: unexpected argument(s) {sorted(unknown)}; "
+                f"accepted: {', '.join(self._fields())}"
+            )
+        defaults = self.spec_class(**hyperparameters).hyperparameters  # validates first
+        super().__init__(params, defaults)
+
+    # -- the contract -------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its hyperparameters and parameters are checked before anything is added."""
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        spec = self._spec_of(merged)
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        for p in params:
+            _check_param(spec, p)
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step of the spec for every parameter that has a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for spec, param, grad, slots, scalars in self._prepare():
+            new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
+            param.copy_(new_param)
+            for name, value in new_slots.items():
+                slots[name].copy_(value)
+        return loss
+
+    @torch.compiler.disable
+    def _prepare(self) -> list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]:
+        """Host work of a step: validate everything, create missing state, advance the step
+        counters and round each step's scalars once per dtype. Returns what the rule needs.
+
+        Kept out of ``torch.compile`` graphs: it is Python bookkeeping, and what it returns (the
+        cached spec, 0-d scalar tensors) lets a compiled rule run without recompiling each step.
+        """
+        work = []
+        for group in self.param_groups:  # validate everything before touching any state
+            spec = self._spec_of(group)
+            for p in group["params"]:
+                if p.grad is not None:
+                    _check_grad(spec, p)
+                    work.append((spec, group["lr"], p))
+        scalars: dict[tuple[Spec, float, int], Any] = {}
+        rounded: dict[tuple[Spec, float, int, torch.dtype], Any] = {}
+        plan = []
+        for spec, lr, p in work:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.int64)
+            state["step"] += 1
+            step = int(state["step"])
+            if (spec, lr, step) not in scalars:
+                scalars[spec, lr, step] = spec.step_scalars(step, lr=lr)
+            real = torch.view_as_real(p) if p.is_complex() else p
+            key = (spec, lr, step, real.dtype)
+            if key not in rounded:
+                # 0-d CPU tensors: torch reads them as scalars on any device, with no transfer
+                rounded[key] = _round(scalars[spec, lr, step], real.dtype)
+            slots = {name: self._slot(state, spec, name, p) for name in spec.slot_names()}
+            grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
+            plan.append((spec, real, grad, slots, rounded[key]))
+        return plan
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state_dict, plus which uniopt optimizer wrote it."""
+        out = super().state_dict()
+        out[_STATE_DICT_KEY] = {"optimizer": self.spec_class.name, "format": 1}
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load after checking that the dict comes from this optimizer and fits these params."""
+        self._check_state_dict(state_dict)
+        plain = {k: v for k, v in state_dict.items() if k != _STATE_DICT_KEY}
+        super().load_state_dict(plain)
+
+    # -- helpers -------------------------------------------------------------------------------
+    @classmethod
+    def _fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls.spec_class))
+
+    def _spec_of(self, group: dict[str, Any]) -> Spec:
+        """The group's spec, validated; ``lr`` is passed per step, so a scheduler changing it keeps
+        the same (cached) spec object."""
+        values = tuple((name, _hashable(group[name])) for name in self._fields() if name != "lr")
+        cache = self.__dict__.setdefault("_specs", {})
+        if values not in cache:
+            cache[values] = self.spec_class(**dict(values))
+        spec = cache[values]
+        check_interval(spec.name, "lr", group["lr"], 0.0)
+        return spec
+
+    def _slot(self, state: dict[str, Any], spec: Spec, name: str, p: torch.Tensor) -> torch.Tensor:
+        """The slot's tensor, viewed as real for complex params; created if the group gained it."""
+        if name not in state:
+            state[name] = (
+                spec.init_slot(name, p, xp)
+                if not p.is_complex()
+                else torch.view_as_complex(spec.init_slot(name, torch.view_as_real(p), xp))
+            )
+        value = state[name]
+        return torch.view_as_real(value) if value.is_complex() else value
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        owner = f"uniopt.torch.{self.spec_class.name}"
+        tag = state_dict.get(_STATE_DICT_KEY)
+        if not isinstance(tag, dict) or tag.get("optimizer") != self.spec_class.name:
+            source = tag.get("optimizer") if isinstance(tag, dict) else "a non-uniopt optimizer"
+            raise ValueError(
+                f"{owner}.load_state_dict: the state_dict was saved by {source}, not by "
+                f"uniopt.torch.{self.spec_class.name}; nothing was loaded"
+            )
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"{owner}.load_state_dict: the state_dict has {len(groups)} param groups, this "
+                f"optimizer has {len(self.param_groups)}; nothing was loaded"
+            )
+        saved_state = state_dict["state"]
+        for g, (saved, group) in enumerate(zip(groups, self.param_groups, strict=True)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"{owner}.load_state_dict: group {g} has {len(saved['params'])} params in the "
+                    f"state_dict and {len(group['params'])} here; nothing was loaded"
+                )
+            spec = self._spec_of(saved)  # the saved hyperparameters must be valid too
+            expected = {"step", *spec.slot_names()}
+            for index, p in zip(saved["params"], group["params"], strict=True):
+                if index not in saved_state:
+                    continue
+                entry = saved_state[index]
+                if set(entry) != expected:
+                    raise ValueError(
+                        f"{owner}.load_state_dict: param {index} has state {sorted(entry)}, "
+                        f"expected {sorted(expected)}; nothing was loaded"
+                    )
+                for name in spec.slot_names():
+                    if tuple(entry[name].shape) != tuple(p.shape):
+                        raise ValueError(
+                            f"{owner}.load_state_dict: param {index} slot {name!r} has shape "
+                            f"{tuple(entry[name].shape)} but the parameter has shape "
+                            f"{tuple(p.shape)}; nothing was loaded"
+                        )
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _round(scalars: Any, dtype: torch.dtype) -> Any:
+    """Each float field as a 0-d CPU tensor of ``dtype`` (rounded once); bools stay bools."""
+    return type(scalars)(*(v if isinstance(v, bool) else torch.tensor(v, dtype=dtype) for v in scalars))
+
+
+def _check_param(spec: Spec, p: torch.Tensor) -> None:
+    owner = f"uniopt.torch.{spec.name}"
+    if not (p.is_floating_point() or p.is_complex()):
+        raise ValueError(f"{owner}: parameters must be floating point or complex, got {p.dtype}")
+    real_dtype = p.real.dtype if p.is_complex() else p.dtype
+    for name, value in spec.hyperparameters.items():
+        if isinstance(value, float) and value > 0 and torch.tensor(value, dtype=real_dtype) == 0:
+            tiny = torch.finfo(real_dtype).smallest_normal
+            raise ValueError(
+                f"{owner}: {name}={value!r} rounds to 0 in {real_dtype}, so the update would "
+                f"ignore it; use {name} >= {tiny:g} or higher-precision parameters"
+            )
+
+
+def _check_grad(spec: Spec, p: torch.Tensor) -> None:
+    owner = f"uniopt.torch.{spec.name}"
+    if p.grad.is_sparse:
+        raise RuntimeError(
+            f"{owner} does not support sparse gradients; use dense gradients (for example "
+            "torch.nn.Embedding(..., sparse=False))"
+        )
+    if p.grad.shape != p.shape or p.grad.dtype != p.dtype:
+        raise RuntimeError(
+            f"{owner}: a gradient of shape {tuple(p.grad.shape)} and dtype {p.grad.dtype} does "
+            f"not match its parameter ({tuple(p.shape)}, {p.dtype})"
+        )

@@ -1,0 +1,283 @@
+"""uniopt.torch honours the torch.optim.Optimizer contract, with the spec's numbers bit for bit.
+
+Expected values come from the NumPy run of the core spec (``uniopt.<Name>.update``), an
+implementation that shares no code with the adapter's tensor handling.
+"""
+
+from __future__ import annotations
+
+import re
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import uniopt
+import uniopt.torch as ut
+from uniopt.registry import TABLE
+
+CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
+NUMPY_DTYPE = {
+    torch.float64: np.float64,
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.bfloat16: ml_dtypes.bfloat16,
+}
+
+
+def _grads(step: int, shapes, dtype) -> list[np.ndarray]:
+    rng = np.random.default_rng(1000 + step)
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def _core_run(spec, params0, steps, lrs=None):
+    params, state = list(params0), spec.init(params0)
+    for t in range(1, steps + 1):
+        lr = None if lrs is None else lrs[t - 1]
+        params, state = spec.update(
+            _grads(t, [p.shape for p in params0], params0[0].dtype), state, params, lr=lr
+        )
+    return params, state
+
+
+def _torch_params(params0):
+    """Exact copies (bfloat16, which torch cannot take from NumPy, goes through float32 exactly)."""
+    return [
+        torch.tensor(p.astype(np.float32)).to(torch.bfloat16)
+        if p.dtype == ml_dtypes.bfloat16
+        else torch.from_numpy(p.copy())
+        for p in params0
+    ]
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.float().numpy().astype(NUMPY_DTYPE[t.dtype]) if t.dtype == torch.bfloat16 else t.numpy()
+
+
+@pytest.mark.parametrize(("info", "case"), CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_case_matches_the_numpy_spec_bitwise(info, case, dtype):
+    spec = info.make(case)
+    params0 = [np.linspace(-2, 2, 12).reshape(3, 4).astype(dtype), np.array(0.5, dtype)]
+    expected, state = _core_run(spec, params0, 12)
+    params = _torch_params(params0)
+    opt = getattr(ut, info.name)(params, **spec.hyperparameters)
+    for t in range(1, 13):
+        for p, g in zip(params, _grads(t, [p.shape for p in params0], dtype), strict=True):
+            p.grad = torch.from_numpy(g)
+        opt.step()
+    for p, want, slots in zip(params, expected, state.slots, strict=True):
+        np.testing.assert_array_equal(p.numpy(), want)
+        assert int(opt.state[p]["step"]) == 12
+        for name, value in slots.items():
+            np.testing.assert_array_equal(opt.state[p][name].numpy(), value)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RAdam", "RMSprop"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_params_keep_state_in_their_dtype_and_match_numpy(name, dtype):
+    # NumPy (float16) and ml_dtypes (bfloat16) round every op to the dtype, as torch's CPU kernels do
+    kwargs = {"lr": 0.01} if name == "SGD" else {"lr": 0.01, "eps": 1e-3}
+    spec = getattr(uniopt, name)(**kwargs)
+    params0 = [np.linspace(-2, 2, 8).astype(NUMPY_DTYPE[dtype])]
+    expected, state = _core_run(spec, params0, 8)
+    params = _torch_params(params0)
+    opt = getattr(ut, name)(params, **kwargs)
+    for t in range(1, 9):
+        (grad,) = _torch_params(_grads(t, [(8,)], NUMPY_DTYPE[dtype]))
+        params[0].grad = grad
+        opt.step()
+    assert _as_numpy(params[0]).tobytes() == expected[0].tobytes()
+    for slot, value in state.slots[0].items():
+        assert opt.state[params[0]][slot].dtype == dtype
+        assert _as_numpy(opt.state[params[0]][slot]).tobytes() == value.tobytes()
+
+
+def test_an_eps_that_underflows_in_the_param_dtype_is_refused():
+    p = torch.zeros(3, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"uniopt.torch.Adam: eps=1e-08 rounds to 0 in torch.float16"):
+        ut.Adam([p])
+
+
+@pytest.mark.parametrize(("info", "err"), [(i, e) for i in TABLE for e in i.error_cases])
+def test_bad_hyperparameters_raise_the_core_message_before_any_state(info, err):
+    p = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match=err.match):
+        getattr(ut, info.name)([p], **dict(err.kwargs))
+
+
+def test_unknown_arguments_are_refused_by_name():
+    with pytest.raises(TypeError, match=re.escape("unexpected argument(s) ['fused']")):
+        ut.Adam([torch.zeros(2)], fused=True)
+
+
+def test_param_groups_use_their_own_hyperparameters():
+    a0, b0 = np.ones(4, np.float32), np.full(3, -1.0, np.float32)
+    a, b = torch.tensor(a0), torch.tensor(b0)
+    opt = ut.Adam([{"params": [a]}, {"params": [b], "lr": 0.1, "betas": (0.5, 0.9)}], lr=0.01)
+    core_a, core_b = uniopt.Adam(lr=0.01), uniopt.Adam(lr=0.1, betas=(0.5, 0.9))
+    pa, sa = [a0], core_a.init([a0])
+    pb, sb = [b0], core_b.init([b0])
+    for t in range(1, 8):
+        ga, gb = _grads(t, [(4,), (3,)], np.float32)
+        a.grad, b.grad = torch.from_numpy(ga), torch.from_numpy(gb)
+        opt.step()
+        pa, sa = core_a.update([ga], sa, pa)
+        pb, sb = core_b.update([gb], sb, pb)
+    np.testing.assert_array_equal(a.numpy(), pa[0])
+    np.testing.assert_array_equal(b.numpy(), pb[0])
+
+
+def test_add_param_group_validates_before_adding():
+    opt = ut.SGD([torch.zeros(2)], lr=0.1)
+    with pytest.raises(ValueError, match=r"SGD: momentum=-1\.0 is out of range"):
+        opt.add_param_group({"params": [torch.zeros(3)], "momentum": -1.0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [torch.zeros(3)], "lr": 0.5})
+    assert opt.param_groups[1]["lr"] == 0.5 and opt.param_groups[1]["momentum"] == 0.0
+
+
+def test_step_with_closure_returns_its_loss_and_zero_grad_clears():
+    w = torch.tensor([1.0, -2.0], requires_grad=True)
+    opt = ut.SGD([w], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == 5.0
+    torch.testing.assert_close(w.detach(), torch.tensor([0.8, -1.6]), rtol=0, atol=1e-7)
+    opt.zero_grad()
+    assert w.grad is None
+
+
+def test_params_without_grad_are_skipped_and_their_step_does_not_advance():
+    a, b = torch.ones(2), torch.ones(2)
+    opt = ut.RAdam([a, b], lr=0.1)
+    a.grad = torch.ones(2)
+    opt.step()
+    opt.step()
+    assert int(opt.state[a]["step"]) == 2
+    assert b not in opt.state
+    torch.testing.assert_close(b, torch.ones(2), rtol=0, atol=0)
+    b.grad = torch.ones(2)
+    opt.step()
+    assert int(opt.state[a]["step"]) == 3 and int(opt.state[b]["step"]) == 1
+
+
+def test_a_sparse_gradient_raises_and_changes_nothing():
+    dense, emb = torch.ones(2), torch.ones(4, 2)
+    opt = ut.Adam([dense, emb])
+    dense.grad = torch.ones(2)
+    emb.grad = torch.sparse_coo_tensor([[0]], [[1.0, 1.0]], (4, 2))
+    with pytest.raises(RuntimeError, match=r"uniopt\.torch\.Adam does not support sparse gradients"):
+        opt.step()
+    assert not opt.state and torch.equal(dense, torch.ones(2))
+
+
+def test_complex_params_follow_the_real_view():
+    z0 = np.array([1 + 2j, -0.5 + 0j, 3 - 1j], np.complex64)
+    z = torch.tensor(z0)
+    r = torch.view_as_real(torch.tensor(z0)).clone()
+    opt_z, opt_r = ut.Adam([z], lr=0.05), ut.Adam([r], lr=0.05)
+    for t in range(1, 6):
+        g = torch.tensor(_grads(t, [(3,)], np.float32)[0] + 1j * _grads(t + 50, [(3,)], np.float32)[0])
+        z.grad, r.grad = g, torch.view_as_real(g).clone()
+        opt_z.step()
+        opt_r.step()
+    assert torch.equal(torch.view_as_real(z), r)
+    assert opt_z.state[z]["exp_avg"].dtype == torch.complex64
+
+
+def test_state_dict_round_trip_continues_bitwise():
+    shapes = [(3, 2), (4,)]
+    base = [torch.tensor(np.linspace(-1, 1, int(np.prod(s))).reshape(s).astype(np.float32)) for s in shapes]
+    ref = [p.clone() for p in base]
+    opt_ref = ut.RAdam(ref, lr=0.01, weight_decay=0.1)
+    first = [p.clone() for p in base]
+    opt_first = ut.RAdam(first, lr=0.01, weight_decay=0.1)
+    for t in range(1, 11):
+        for pr, pf, g in zip(ref, first, _grads(t, shapes, np.float32), strict=True):
+            pr.grad = torch.from_numpy(g.copy())
+            if t <= 5:
+                pf.grad = torch.from_numpy(g.copy())
+        opt_ref.step()
+        if t <= 5:
+            opt_first.step()
+        if t == 5:
+            saved = opt_first.state_dict()
+            resumed = [p.clone() for p in first]
+            opt_resumed = ut.RAdam(resumed, lr=0.5)  # hyperparameters come from the state_dict
+            opt_resumed.load_state_dict(saved)
+            assert opt_resumed.param_groups[0]["lr"] == 0.01
+        if t > 5:
+            for p, g in zip(resumed, _grads(t, shapes, np.float32), strict=True):
+                p.grad = torch.from_numpy(g.copy())
+            opt_resumed.step()
+    for a, b in zip(ref, resumed, strict=True):
+        assert torch.equal(a, b)
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt_ref.state[a][name], opt_resumed.state[b][name])
+
+
+def _trained(opt_cls, params, **kwargs):
+    opt = opt_cls(params, **kwargs)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    return opt
+
+
+def test_foreign_or_mismatched_state_dicts_raise_and_change_nothing():
+    p = torch.ones(3)
+    opt = _trained(ut.Adam, [p], lr=0.1)
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    sgd_state = _trained(ut.SGD, [torch.ones(3)], momentum=0.9).state_dict()
+    with pytest.raises(ValueError, match=r"saved by SGD, not by uniopt.torch.Adam; nothing was loaded"):
+        opt.load_state_dict(sgd_state)
+    native = _trained(torch.optim.Adam, [torch.ones(3)]).state_dict()
+    with pytest.raises(ValueError, match=r"saved by a non-uniopt optimizer"):
+        opt.load_state_dict(native)
+    wrong_shape = _trained(ut.Adam, [torch.ones(4)]).state_dict()
+    with pytest.raises(
+        ValueError, match=r"slot 'exp_avg' has shape \(4,\) but the parameter has shape \(3,\)"
+    ):
+        opt.load_state_dict(wrong_shape)
+    two_groups = ut.Adam([{"params": [torch.ones(3)]}, {"params": [torch.ones(1)]}]).state_dict()
+    with pytest.raises(ValueError, match=r"has 2 param groups, this optimizer has 1"):
+        opt.load_state_dict(two_groups)
+    amsgrad = _trained(ut.Adam, [torch.ones(3)], amsgrad=True).state_dict()
+    amsgrad["param_groups"][0]["amsgrad"] = False  # slots no longer fit the hyperparameters
+    with pytest.raises(ValueError, match=r"has state \['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step'\]"):
+        opt.load_state_dict(amsgrad)
+    assert opt.param_groups[0]["lr"] == 0.1
+    for k, v in before.items():
+        assert torch.equal(opt.state[p][k], v)
+
+
+def test_correctly_rounded_sqrt_is_what_makes_float32_bitwise():
+    # torch's CPU sqrt is not correctly rounded on this kind of machine; the namespace's is
+    from uniopt.torch._namespace import xp
+
+    x = torch.rand(200_000, dtype=torch.float32) * 100
+    np.testing.assert_array_equal(xp.sqrt(x).numpy(), np.sqrt(x.numpy()))
+    y = torch.rand(50_000, dtype=torch.float64) * 100
+    np.testing.assert_array_equal(xp.sqrt(y).numpy(), np.sqrt(y.numpy()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_state_lives_on_the_device_and_step_never_syncs():
+    p = torch.ones(1000, device="cuda")
+    opt = ut.RAdam([p], lr=0.01)
+    p.grad = torch.ones_like(p)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(8):
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert opt.state[p]["exp_avg"].device == p.device
