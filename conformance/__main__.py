@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import backends
-from .cells import DEFAULT_STEPS, cells
+from .cells import ALL_DTYPES, DEFAULT_STEPS, cells
 from .compare import compare_dir
 from .report import Matrix, write_reports
 from .run import run_backend
@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_one(backend: backends.Backend, args: argparse.Namespace) -> None:
     from rich.progress import Progress
 
-    selected = cells(args.dtypes or backend.dtypes, args.steps, args.optimizers, args.streams)
+    selected = cells(args.dtypes or ALL_DTYPES, args.steps, args.optimizers, args.streams)
     # modes the backend lacks are not run; the reference keeps its eager mode whatever is asked
     modes = [m for m in (args.modes or backend.modes) if m in backend.modes] or [backend.modes[0]]
     with Progress(transient=not sys.stdout.isatty()) as progress:

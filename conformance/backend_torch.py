@@ -10,6 +10,25 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import Backend, GradsAt, Runner
+from .streams import dtype_of
+
+
+def to_torch(array: np.ndarray):
+    """An exact torch copy; bfloat16 (which torch cannot take from NumPy) goes by its bits."""
+    import torch
+
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(array.copy())
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """An exact NumPy copy; bfloat16 comes back as ml_dtypes.bfloat16 by its bits."""
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.detach().view(torch.int16).numpy().copy().view(dtype_of("bfloat16"))
+    return tensor.detach().numpy().copy()
 
 
 def _runner(mode: str) -> Runner:
@@ -19,7 +38,7 @@ def _runner(mode: str) -> Runner:
     from uniopt.torch._namespace import xp
 
     def run(spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int):
-        params = [torch.from_numpy(p.copy()) for p in params0]
+        params = [to_torch(p) for p in params0]
         opt = getattr(uniopt_torch, spec.name)(params, **spec.hyperparameters)
         if mode == "compile":
             torch._dynamo.reset()  # each cell compiles afresh; no cache from another cell's spec
@@ -30,16 +49,16 @@ def _runner(mode: str) -> Runner:
         def slots_of(p: torch.Tensor) -> dict[str, np.ndarray]:
             state = opt.state[p]
             if not state:  # before the first step: the adapter's lazy init, done here to record it
-                return {n: spec.init_slot(n, p, xp).numpy().copy() for n in spec.slot_names()}
-            return {n: state[n].numpy().copy() for n in spec.slot_names()}
+                return {n: to_numpy(spec.init_slot(n, p, xp)) for n in spec.slot_names()}
+            return {n: to_numpy(state[n]) for n in spec.slot_names()}
 
         def snapshot():
-            return [p.numpy().copy() for p in params], [slots_of(p) for p in params]
+            return [to_numpy(p) for p in params], [slots_of(p) for p in params]
 
         yield snapshot()
         for t in range(1, steps + 1):
             for p, g in zip(params, grads_at(t), strict=True):
-                p.grad = torch.from_numpy(g)
+                p.grad = to_torch(g)
             step()
             yield snapshot()
 
@@ -50,7 +69,7 @@ BACKEND = Backend(
     "torch",
     "torch",
     ("eager", "compile"),
-    ("float32", "float64"),
+    ("float32", "float64", "float16", "bfloat16"),
     _runner,
     default_cells={
         "compile": (

@@ -110,7 +110,13 @@ def _framework_backends() -> list[Backend]:
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("numpy", "array_api_compat", ("eager",), ("float32", "float64"), _numpy_runner),
+        Backend(
+            "numpy",
+            "array_api_compat",
+            ("eager",),
+            ("float32", "float64", "float16", "bfloat16"),
+            _numpy_runner,
+        ),
         Backend(
             "array_api_strict",
             "array_api_strict",

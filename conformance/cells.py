@@ -9,10 +9,21 @@ from uniopt.registry import TABLE
 
 from .streams import STREAMS
 
-__all__ = ["DEFAULT_STEPS", "Cell", "cells"]
+__all__ = ["ALL_DTYPES", "DEFAULT_STEPS", "LONG_OPTIMIZERS", "LONG_STEPS", "Cell", "cells"]
+
+ALL_DTYPES = ("float32", "float64", "float16", "bfloat16")
+"""Every dtype of the matrix; a backend without one shows its cells as skipped."""
 
 DEFAULT_STEPS = 50
 """Steps per cell by default: past RAdam's first rectified step (6) with room to spare."""
+
+LONG_STEPS = 20_000
+"""Steps of the ``long`` stream: past the step where ``1 - 0.999**t`` rounds to 1 in float32
+(about 17k), so bias corrections and RAdam's rectification reach their float32 limits."""
+
+LONG_OPTIMIZERS = ("Adam", "RAdam")
+"""The optimizers the ``long`` stream runs (their default case), in float32: the dtype whose
+bias corrections saturate within the run."""
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -39,14 +50,21 @@ def cells(
     optimizers: Iterable[str] | None = None,
     streams: Iterable[str] | None = None,
 ) -> list[Cell]:
-    """Every (optimizer, case, stream, dtype) of the table, optionally filtered."""
+    """Every (optimizer, case, stream, dtype) of the table, optionally filtered.
+
+    The ``long`` stream runs only :data:`LONG_OPTIMIZERS` in their default case, for
+    :data:`LONG_STEPS` steps (or ``steps``, if that is longer).
+    """
     wanted = set(optimizers) if optimizers is not None else None
     stream_names = list(streams) if streams is not None else list(STREAMS)
     return [
-        Cell(info.name, case.desc, stream, dtype, steps)
+        Cell(info.name, case.desc, stream, dtype, max(steps, LONG_STEPS) if long else steps)
         for info in TABLE
         if wanted is None or info.name in wanted
         for case in info.cases
         for stream in stream_names
+        for long in [stream == "long"]
+        if not long or (info.name in LONG_OPTIMIZERS and case.desc == "default")
         for dtype in dtypes
+        if not long or dtype == "float32"
     ]

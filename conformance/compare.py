@@ -21,6 +21,7 @@ from uniopt.registry import get as get_info
 
 from .backends import REFERENCE
 from .cells import Cell
+from .streams import dtype_of
 from .ulp import ulp_distance
 
 __all__ = ["CellResult", "compare_dir"]
@@ -39,7 +40,7 @@ class CellResult:
     ulp: int | None = None  # worst distance to the reference over all steps and arrays
     first_step: int | None = None  # first step with a nonzero distance
     tolerance: int | None = None
-    rel_error_f64: float | None = None  # float32 cells: normwise relative error vs float64
+    rel_error_f64: float | None = None  # below float64: normwise relative error vs float64
     reason: str = ""
 
     @property
@@ -59,7 +60,9 @@ class _Trajectories:
             self.index.setdefault(key, []).append(name)
 
     def cell(self, key: str) -> dict[str, np.ndarray]:
-        return {name: self.npz[f"{key}::{name}"] for name in self.index.get(key, [])}
+        # npz keeps extension dtypes (bfloat16) as raw bytes: view them back
+        dtype = dtype_of(Cell.from_key(key).dtype)
+        return {name: self.npz[f"{key}::{name}"].view(dtype) for name in self.index.get(key, [])}
 
 
 def _distance(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> tuple[int, int | None]:
@@ -127,7 +130,7 @@ def _compare_cell(
     c = Cell.from_key(key)
     got = run.cell(key)
     exact = None
-    if c.dtype == "float32":
+    if c.dtype != "float64":
         exact_key = dataclasses.replace(c, dtype="float64").key
         exact = reference.cell(exact_key) or None
     base = dict(

@@ -22,7 +22,7 @@ from uniopt.registry import get as get_info
 
 from .backends import Backend, Runner
 from .cells import Cell
-from .streams import STREAMS, gradients, initial_params
+from .streams import STREAMS, dtype_of, gradients, initial_params
 
 __all__ = ["run_backend", "run_cell"]
 
@@ -43,6 +43,13 @@ def run_cell(runner: Runner, cell: Cell) -> dict[str, np.ndarray]:
             for name, value in named.items():
                 record.setdefault(f"{name}{i}", []).append(value)
     return {name: np.stack(values) for name, values in record.items()}
+
+
+def _vanishing(info, cell: Cell) -> str | None:
+    """Why a cell cannot run in its dtype: a hyperparameter that rounds to 0 there."""
+    dtype = dtype_of(cell.dtype)
+    gone = info.make(info.case(cell.case)).underflowing(lambda v: float(np.asarray(v, dtype)))
+    return f"{', '.join(gone)} rounds to 0 in {cell.dtype}" if gone else None
 
 
 def _versions(backend: Backend) -> dict[str, str]:
@@ -70,7 +77,8 @@ def run_backend(
         ran, skipped = [], {}
         start = time.perf_counter()
         for cell in cells:
-            reason = get_info(cell.optimizer).skip_reason(backend.name, mode)
+            info = get_info(cell.optimizer)
+            reason = info.skip_reason(backend.name, mode) or _vanishing(info, cell)
             if reason is None and cell.dtype not in backend.dtypes:
                 reason = f"{backend.name} does not support {cell.dtype}"
             if reason is None and not full:

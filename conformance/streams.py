@@ -13,13 +13,25 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["PARAM_SETS", "STREAMS", "Stream", "gradients", "initial_params"]
+__all__ = ["PARAM_SETS", "STREAMS", "Stream", "dtype_of", "gradients", "initial_params"]
 
 PARAM_SETS: dict[str, tuple[tuple[int, ...], ...]] = {
     "standard": ((16,), (4, 8)),
     # 0-d, empty and higher-rank arrays side by side
     "mixed": ((), (0,), (3, 1, 5), (2, 0, 3), (7,)),
+    # for the long cases (tens of thousands of steps)
+    "small": ((3,), (2, 2)),
 }
+
+
+def dtype_of(name: str) -> np.dtype:
+    """The NumPy dtype named ``name``; ``bfloat16`` comes from ml_dtypes."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
 
 _Draw = Callable[[np.random.Generator, tuple[int, ...], int], np.ndarray]
 
@@ -68,6 +80,7 @@ STREAMS: dict[str, Stream] = {
         Stream("zeros", "standard", _zeros, "all exact zeros"),
         Stream("sparse", "standard", _sparse, "normal with about half the entries exactly 0"),
         Stream("mixed_shapes", "mixed", _normal(1.0), "normal over 0-d, empty and 3-d params"),
+        Stream("long", "small", _normal(1.0), "standard normal over a small set, for long runs"),
         Stream(
             "nonfinite",
             "standard",
@@ -85,7 +98,7 @@ def _rng(*key: object) -> np.random.Generator:
 def initial_params(param_set: str, dtype: str) -> list[np.ndarray]:
     """Starting parameters: standard normal, rounded to ``dtype``."""
     return [
-        _rng("init", param_set, i).standard_normal(shape).astype(dtype)
+        _rng("init", param_set, i).standard_normal(shape).astype(dtype_of(dtype))
         for i, shape in enumerate(PARAM_SETS[param_set])
     ]
 
@@ -93,6 +106,6 @@ def initial_params(param_set: str, dtype: str) -> list[np.ndarray]:
 def gradients(stream: Stream, step: int, dtype: str) -> list[np.ndarray]:
     """The gradients of 1-based ``step``, rounded to ``dtype``."""
     return [
-        np.asarray(stream.draw(_rng(stream.name, step, i), shape, step)).astype(dtype)
+        np.asarray(stream.draw(_rng(stream.name, step, i), shape, step)).astype(dtype_of(dtype))
         for i, shape in enumerate(PARAM_SETS[stream.param_set])
     ]

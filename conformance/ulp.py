@@ -25,12 +25,17 @@ def _ordinal(x: np.ndarray) -> np.ndarray:
     return np.where(ints < 0, sign_bit - ints, ints)
 
 
+def _isnan(x: np.ndarray) -> np.ndarray:
+    # bfloat16 (ml_dtypes) widens to float32 exactly; NumPy's own floats test directly
+    return np.isnan(x if x.dtype.kind == "f" else x.astype(np.float32))
+
+
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Elementwise ulp distance as ``uint64``; ``a`` and ``b`` must share dtype and shape."""
     a, b = np.asarray(a), np.asarray(b)
     if a.dtype != b.dtype or a.shape != b.shape:
         raise ValueError(f"cannot compare {a.dtype}{a.shape} with {b.dtype}{b.shape}")
-    if a.dtype.kind != "f":
+    if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
         raise ValueError(f"ulp distance needs floats, got {a.dtype}")
     oa, ob = _ordinal(a), _ordinal(b)
     # |oa - ob| without overflow: split by sign, adding magnitudes in uint64
@@ -40,7 +45,7 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     dist = np.where(same_sign, np.maximum(mag_a, mag_b) - np.minimum(mag_a, mag_b), mag_a + mag_b).astype(
         np.uint64
     )
-    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    nan_a, nan_b = _isnan(a), _isnan(b)
     dist = np.where(nan_a & nan_b, np.uint64(0), dist)
     return np.where(nan_a ^ nan_b, np.uint64(NAN_MISMATCH), dist).astype(np.uint64)
 

@@ -132,3 +132,35 @@ def test_compare_refuses_to_pass_with_nothing_compared(tmp_path):
     selected = cells(["float32"], steps=3, optimizers=["SGD"], streams=["zeros"])
     run_backend(backends.get("numpy"), selected, tmp_path / "out" / "trajectories")
     assert main(["--out", str(tmp_path / "out"), "compare"]) == 1
+
+
+def test_ulp_distance_handles_bfloat16_bits():
+    import ml_dtypes
+
+    bf16 = ml_dtypes.bfloat16
+    one = np.array([1.0], bf16)
+    up = np.array([1.0078125], bf16)  # 1 + 2**-7: the next bfloat16 after 1
+    assert ulp_distance(one, up).tolist() == [1]
+    assert ulp_distance(np.array([np.nan], bf16), np.array([np.nan], bf16)).tolist() == [0]
+
+
+def test_long_cells_are_float32_adam_and_radam_past_float32_saturation():
+    from conformance.cells import LONG_STEPS
+
+    long_cells = [c for c in cells(["float32", "float64"]) if c.stream == "long"]
+    assert {(c.optimizer, c.case, c.dtype) for c in long_cells} == {
+        ("Adam", "default", "float32"),
+        ("RAdam", "default", "float32"),
+    }
+    # 1 - 0.999**t is exactly 1.0 in float32 well before the end of the run
+    assert all(c.steps == LONG_STEPS >= 20_000 for c in long_cells)
+    assert np.float32(1) - np.float32(0.999) ** np.float32(LONG_STEPS) == np.float32(1)
+
+
+def test_cells_whose_hyperparameters_vanish_in_the_dtype_are_skipped_with_the_reason(tmp_path):
+    selected = cells(["float16"], steps=3, optimizers=["Adam"], streams=["normal"])
+    run_backend(backends.get("numpy"), selected, tmp_path)
+    meta = json.loads((tmp_path / "numpy@eager.json").read_text())
+    default = "Adam/default/normal/float16/3"
+    assert meta["skipped"][default] == "eps=1e-08 rounds to 0 in float16"
+    assert "Adam/betas/normal/float16/3" in meta["cells"]  # eps=1e-6 survives in float16

@@ -199,13 +199,13 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
     if not (p.is_floating_point() or p.is_complex()):
         raise ValueError(f"{owner}: parameters must be floating point or complex, got {p.dtype}")
     real_dtype = p.real.dtype if p.is_complex() else p.dtype
-    for name, value in spec.hyperparameters.items():
-        if isinstance(value, float) and value > 0 and torch.tensor(value, dtype=real_dtype) == 0:
-            tiny = torch.finfo(real_dtype).smallest_normal
-            raise ValueError(
-                f"{owner}: {name}={value!r} rounds to 0 in {real_dtype}, so the update would "
-                f"ignore it; use {name} >= {tiny:g} or higher-precision parameters"
-            )
+    vanishing = spec.underflowing(lambda value: float(torch.tensor(value, dtype=real_dtype)))
+    if vanishing:
+        tiny = torch.finfo(real_dtype).smallest_normal
+        raise ValueError(
+            f"{owner}: {', '.join(vanishing)} rounds to 0 in {real_dtype}, so the update would "
+            f"ignore it; use values >= {tiny:g} or higher-precision parameters"
+        )
 
 
 def _check_grad(spec: Spec, p: torch.Tensor) -> None:

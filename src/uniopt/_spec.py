@@ -102,6 +102,15 @@ class Spec:
         """Elementwise update of one parameter: returns ``(new_param, new_slots)``."""
         raise NotImplementedError
 
+    def underflowing(self, round_to: Callable[[float], float]) -> list[str]:
+        """``name=value`` of each nonzero float hyperparameter that ``round_to`` (rounding to a
+        parameter dtype) turns into 0, such as Adam's ``eps=1e-08`` in float16."""
+        return [
+            f"{name}={value!r}"
+            for name, value in self.hyperparameters.items()
+            if isinstance(value, float) and value != 0 and round_to(value) == 0
+        ]
+
     def scalars_converge(self) -> bool:
         """Whether every per-step scalar tends to a limit as the step grows (for a fixed lr)."""
         return True
