@@ -30,11 +30,12 @@ FRAMEWORK_DEPS: dict[str, list[str]] = {
     "jax": [os.environ.get("UNIOPT_JAX_SPEC", "jax>=0.4.30"), "optax>=0.2.3"],
 }
 # A framework joins the matrix once its conformance backend exists, and the tests once its tests do.
+HARNESS_DEPS = ["rich", "ml-dtypes>=0.4"]  # ml_dtypes: the bfloat16 reference and its files
 BACKEND_DEPS: dict[str, list[str]] = {
-    "numpy": ["rich"],
-    "array_api_strict": ["array-api-strict>=2.0", "rich"],
+    "numpy": HARNESS_DEPS,
+    "array_api_strict": ["array-api-strict>=2.0", *HARNESS_DEPS],
     **{
-        name: [*deps, "rich"]
+        name: [*deps, *HARNESS_DEPS]
         for name, deps in FRAMEWORK_DEPS.items()
         if (ROOT / "conformance" / f"backend_{name}.py").exists()
     },
@@ -83,5 +84,5 @@ def conformance(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def conformance_compare(session: nox.Session) -> None:
     """Compare every trajectory file with the NumPy reference; fail on any cell over tolerance."""
-    session.install(".", "rich", "matplotlib")
+    session.install(".", *HARNESS_DEPS, "matplotlib")
     session.run("python", "-m", "conformance", "--out", OUT, "compare")
