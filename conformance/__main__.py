@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ DEFAULT_OUT = Path("build/conformance")
 
 
 def _run(args: argparse.Namespace) -> int:
+    os.environ[backends.DEVICE_VARIABLE] = args.device
     for name in args.backend:
         backend = backends.get(name)
         reason = backend.unavailable()
@@ -80,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--optimizers", nargs="+", help="names from uniopt.registry.TABLE")
         p.add_argument("--streams", nargs="+", choices=list(STREAMS))
         p.add_argument("--full", action="store_true", help="also the cells a backend leaves out by default")
+        p.add_argument(
+            "--device",
+            choices=("cpu", "gpu"),
+            default="cpu",
+            help="where framework backends run (the NumPy reference always runs on the CPU)",
+        )
     sub.add_parser("compare", help="compare every trajectory file with the reference")
     args = parser.parse_args(argv)
     if args.command == "run":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import Backend, GradsAt, Runner
+from .backends import Backend, GradsAt, Runner, requested_device
 from .streams import dtype_of
 
 
@@ -26,9 +26,10 @@ def to_numpy(tensor) -> np.ndarray:
     """An exact NumPy copy; bfloat16 comes back as ml_dtypes.bfloat16 by its bits."""
     import torch
 
+    tensor = tensor.detach().cpu()
     if tensor.dtype == torch.bfloat16:
-        return tensor.detach().view(torch.int16).numpy().copy().view(dtype_of("bfloat16"))
-    return tensor.detach().numpy().copy()
+        return tensor.view(torch.int16).numpy().copy().view(dtype_of("bfloat16"))
+    return tensor.numpy().copy()
 
 
 def _runner(mode: str) -> Runner:
@@ -37,8 +38,12 @@ def _runner(mode: str) -> Runner:
     import uniopt.torch as uniopt_torch
     from uniopt.torch._namespace import xp
 
+    device = "cuda" if requested_device() == "gpu" else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device gpu: torch sees no CUDA device")
+
     def run(spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int):
-        params = [to_torch(p) for p in params0]
+        params = [to_torch(p).to(device) for p in params0]
         opt = getattr(uniopt_torch, spec.name)(params, **spec.hyperparameters)
         if mode == "compile":
             torch._dynamo.reset()  # each cell compiles afresh; no cache from another cell's spec
@@ -58,7 +63,7 @@ def _runner(mode: str) -> Runner:
         yield snapshot()
         for t in range(1, steps + 1):
             for p, g in zip(params, grads_at(t), strict=True):
-                p.grad = to_torch(g)
+                p.grad = to_torch(g).to(device)
             step()
             yield snapshot()
 

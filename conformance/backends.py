@@ -26,6 +26,17 @@ Snapshot = tuple[list[np.ndarray], list[dict[str, np.ndarray]]]
 GradsAt = Callable[[int], list[np.ndarray]]
 Runner = Callable[[Spec, list[np.ndarray], GradsAt, int], Iterator[Snapshot]]
 
+DEVICE_VARIABLE = "UNIOPT_CONFORMANCE_DEVICE"
+"""``cpu`` or ``gpu``: where framework runners put their arrays (set by ``--device``)."""
+
+
+def requested_device() -> str:
+    """The device framework runners should use: ``cpu`` (default) or ``gpu``."""
+    import os
+
+    return os.environ.get(DEVICE_VARIABLE, "cpu")
+
+
 REFERENCE = "numpy"
 """The backend every other one is compared against, in the same dtype."""
 
