@@ -12,6 +12,7 @@ its math.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -26,6 +27,18 @@ from ._namespace import xp
 __all__ = ["UnioptOptimizer"]
 
 _STATE_DICT_KEY = "uniopt"
+_SPEC_CACHE_SIZE = 32
+
+
+_DISABLED_PREPARE: list[Callable[[UnioptOptimizer], list]] = []
+
+
+def _compiler_disabled_prepare() -> Callable[[UnioptOptimizer], list]:
+    """``UnioptOptimizer._prepare`` excluded from dynamo tracing; built on first use under
+    ``torch.compile`` so that importing uniopt.torch does not load torch._dynamo."""
+    if not _DISABLED_PREPARE:
+        _DISABLED_PREPARE.append(torch.compiler.disable(UnioptOptimizer._prepare))
+    return _DISABLED_PREPARE[0]
 
 
 class UnioptOptimizer(Optimizer):
@@ -61,20 +74,22 @@ class UnioptOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for spec, param, grad, slots, scalars in self._prepare():
+        compiling = torch.compiler.is_compiling()
+        prepare = _compiler_disabled_prepare() if compiling else UnioptOptimizer._prepare
+        for spec, param, grad, slots, scalars in prepare(self):
             new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
             param.copy_(new_param)
             for name, value in new_slots.items():
                 slots[name].copy_(value)
         return loss
 
-    @torch.compiler.disable
     def _prepare(self) -> list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]:
         """Host work of a step: validate everything, create missing state, advance the step
         counters and round each step's scalars once per dtype. Returns what the rule needs.
 
-        Kept out of ``torch.compile`` graphs: it is Python bookkeeping, and what it returns (the
-        cached spec, 0-d scalar tensors) lets a compiled rule run without recompiling each step.
+        Kept out of ``torch.compile`` graphs (see :func:`_compiler_disabled_prepare`): it is Python
+        bookkeeping, and what it returns (the cached spec, 0-d scalar tensors) lets a compiled rule
+        run without recompiling each step.
         """
         work = []
         for group in self.param_groups:  # validate everything before touching any state
@@ -125,9 +140,13 @@ class UnioptOptimizer(Optimizer):
         """The group's spec, validated; ``lr`` is passed per step, so a scheduler changing it keeps
         the same (cached) spec object."""
         values = tuple((name, _hashable(group[name])) for name in self._fields() if name != "lr")
-        cache = self.__dict__.setdefault("_specs", {})
-        if values not in cache:
+        cache = self.__dict__.setdefault("_specs", OrderedDict())
+        if values in cache:
+            cache.move_to_end(values)
+        else:
             cache[values] = self.spec_class(**dict(values))
+            if len(cache) > _SPEC_CACHE_SIZE:  # schedulers that cycle betas/momentum
+                cache.popitem(last=False)
         spec = cache[values]
         check_interval(spec.name, "lr", group["lr"], 0.0)
         return spec

@@ -281,3 +281,23 @@ def test_cuda_state_lives_on_the_device_and_step_never_syncs():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert opt.state[p]["exp_avg"].device == p.device
+
+
+def test_the_spec_cache_stays_bounded_when_a_scheduler_cycles_betas():
+    p = torch.zeros(2)
+    opt = ut.Adam([p], lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=300)
+    for _ in range(300):
+        p.grad = torch.ones(2)
+        opt.step()
+        sched.step()
+    assert len(opt._specs) <= 32
+
+
+def test_importing_the_adapter_does_not_load_the_compiler():
+    import subprocess
+    import sys
+
+    code = "import sys, uniopt.torch; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
