@@ -12,6 +12,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from uniopt.registry import TABLE
+
 from .cells import ALL_DTYPES
 from .compare import CellResult
 from .ulp import NAN_MISMATCH
@@ -71,7 +73,9 @@ class Matrix:
             self.rows[(r.optimizer, r.backend, r.mode)][r.dtype].add(r)
         present = {r.dtype for r in self.results}
         self.dtypes = [d for d in ALL_DTYPES if d in present]
-        order = {name: i for i, name in enumerate(dict.fromkeys(r.optimizer for r in self.results))}
+        names = [info.name for info in TABLE]
+        names += sorted({r.optimizer for r in self.results} - set(names))
+        order = {name: i for i, name in enumerate(names) if any(r.optimizer == name for r in self.results)}
         self.keys = sorted(self.rows, key=lambda k: (order[k[0]], k[1] != "numpy", k[1], k[2]))
         self.accuracy = {
             opt: max(

@@ -27,7 +27,10 @@ from ._namespace import xp
 __all__ = ["UnioptOptimizer"]
 
 _STATE_DICT_KEY = "uniopt"
-_SPEC_CACHE_SIZE = 32
+_SPEC_CACHE_SIZE = 64
+_SPECS: OrderedDict[tuple[type[Spec], tuple], Spec] = OrderedDict()
+"""One spec object per hyperparameter set, shared by every optimizer (and every compiled graph
+that guards on it): bounded, least recently used first out."""
 
 
 _DISABLED_PREPARE: list[Callable[[UnioptOptimizer], list]] = []
@@ -140,14 +143,14 @@ class UnioptOptimizer(Optimizer):
         """The group's spec, validated; ``lr`` is passed per step, so a scheduler changing it keeps
         the same (cached) spec object."""
         values = tuple((name, _hashable(group[name])) for name in self._fields() if name != "lr")
-        cache = self.__dict__.setdefault("_specs", OrderedDict())
-        if values in cache:
-            cache.move_to_end(values)
+        key = (self.spec_class, values)
+        if key in _SPECS:
+            _SPECS.move_to_end(key)
         else:
-            cache[values] = self.spec_class(**dict(values))
-            if len(cache) > _SPEC_CACHE_SIZE:  # schedulers that cycle betas/momentum
-                cache.popitem(last=False)
-        spec = cache[values]
+            _SPECS[key] = self.spec_class(**dict(values))
+            if len(_SPECS) > _SPEC_CACHE_SIZE:  # e.g. schedulers that cycle betas or momentum
+                _SPECS.popitem(last=False)
+        spec = _SPECS[key]
         check_interval(spec.name, "lr", group["lr"], 0.0)
         return spec
 
