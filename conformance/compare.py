@@ -145,7 +145,7 @@ def _compare_cell(
     if backend == REFERENCE and mode == "eager":
         return CellResult(**base, verdict="reference", rel_error_f64=_accuracy(got, exact))
     want = reference.cell(key)
-    tolerance = get_info(c.optimizer).tolerance(backend, mode)
+    tolerance = get_info(c.optimizer).tolerance(backend, mode, c.case, c.stream)
     if not want:
         return CellResult(
             **base,

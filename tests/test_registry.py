@@ -51,3 +51,19 @@ def test_tolerance_defaults_to_bitwise_and_lookup_errors_are_clear():
     assert get("RAdam").spec is uniopt.RAdam
     with pytest.raises(KeyError, match="unknown optimizer 'Nope'; known: SGD"):
         get("Nope")
+
+
+def test_cell_specific_tolerances_win_over_backend_wide_ones():
+    from uniopt.registry import OptimizerInfo
+
+    info = OptimizerInfo(
+        uniopt.SGD,
+        cases=(),
+        error_cases=(),
+        ulp_tolerance={"x:jit:plain/huge": 9, "x:plain/zeros": 5, "x:jit": 2, "x": 1},
+    )
+    assert info.tolerance("x", "jit", "plain", "huge") == 9
+    assert info.tolerance("x", "eager", "plain", "zeros") == 5
+    assert info.tolerance("x", "jit", "plain", "normal") == 2
+    assert info.tolerance("x", "eager", "plain", "normal") == 1
+    assert info.tolerance("y", "eager", "plain", "huge") == 0

@@ -1,0 +1,439 @@
+"""The binding: one uniopt spec as an optax ``GradientTransformationExtraArgs``.
+
+Nothing here computes an update. Per step, :func:`transformation` gathers the spec's per-step
+scalars (rounded on the host, see below), calls the core's ``spec.rule`` with ``xp = jax.numpy`` on
+every leaf of the parameter pytree, and expresses the rule's new parameter as an additive update
+for ``optax.apply_updates``.
+
+Where the per-step scalars come from (the step count is a traced int32 under ``jax.jit``):
+
+* constant learning rate (a Python number): :func:`uniopt.scalar_table.scalar_table` rounds every
+  step's scalars once to each leaf dtype on the host; the compiled step gathers row
+  ``min(count, T - 1)``. Columns that never change become constants.
+* schedule or array learning rate (traced): the spec's scalars are affine in ``lr`` (checked on
+  the host), so two tables ``a(t) = scalars(t, lr=0)`` and ``b(t) = scalars(t, lr=1) - a(t)`` are
+  tabulated in the widest float jax allows (float64 with ``jax_enable_x64``, else float32) and the
+  step computes ``a + lr * b`` in-graph, then rounds to the leaf dtype.
+* scalars that never converge (Adagrad's ``lr_decay``) or are not affine in ``lr``: a host
+  callback (``jax.pure_callback``) computes ``spec.step_scalars(count + 1, lr)`` in float64 and
+  rounds once per dtype, exactly like the NumPy reference.
+
+Under tracing, ``xp.multiply`` rounds its product behind an integer no-op (adding a zero the
+compiler cannot see, derived from the traced step count) so that XLA cannot contract ``a*b + c``
+into a fused multiply-add. Eagerly, ``xp`` is ``jax.numpy`` with each elementwise function compiled
+on its own (one op per XLA computation, as in plain eager jax, through jax's faster dispatch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from uniopt import Spec
+from uniopt._validate import check_interval
+from uniopt.scalar_table import NotConvergentError, scalar_table
+
+__all__ = ["Transformation", "UnioptState", "transformation"]
+
+NO_PARAMS_MSG = (
+    "{name}: update needs `params`: uniopt's rule computes the new parameter from the current one "
+    "(weight decay, and the additive update new_param - param); call tx.update(grads, state, params)"
+)
+
+
+class UnioptState(NamedTuple):
+    """State of a uniopt.jax transformation: a pytree of arrays.
+
+    ``slots`` maps each slot name of the spec (``spec.slot_names()``, e.g. ``"exp_avg"``) to a tree
+    shaped like the parameters (``None`` where a parameter is ``None``).
+    """
+
+    count: jax.Array  # int32 [], steps taken; saturates at 2**31 - 1 (optax.safe_increment)
+    slots: dict[str, Any]  # slot name -> tree like params, each leaf in its parameter's dtype
+
+
+class Transformation(optax.GradientTransformationExtraArgs):
+    """``optax.GradientTransformationExtraArgs`` running a uniopt spec.
+
+    Besides ``init`` and ``update`` it carries ``spec`` (the validated :class:`uniopt.Spec`),
+    ``learning_rate`` (as given) and :meth:`step`, which returns the rule's new parameters directly
+    instead of an additive update (bitwise equal to the NumPy reference; see docs/jax.md).
+    """
+
+    def step(self, grads: Any, state: UnioptState, params: Any) -> tuple[Any, UnioptState]:
+        """One step without ``optax.apply_updates``: ``(new_params, new_state)``."""
+        return self.__dict__["_step"](grads, state, params)
+
+    @property
+    def spec(self) -> Spec:
+        return self.__dict__["_spec"]
+
+    @property
+    def learning_rate(self) -> Any:
+        return self.__dict__["_learning_rate"]
+
+    def __repr__(self) -> str:
+        return f"uniopt.jax.Transformation({self.spec!r}, learning_rate={self.learning_rate!r})"
+
+
+# -- per-step scalars ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Columns:
+    """A table of per-step scalars in one dtype, split into constants and step-dependent columns."""
+
+    where: tuple[tuple[str, Any], ...]  # per field: ("const", value), ("col", j) or ("flagcol", j)
+    varying: np.ndarray  # (T, k): the float columns that change with the step
+    flag_varying: np.ndarray  # (T, m): the bool columns that change with the step
+    device: dict[str, Any] = dataclasses.field(default_factory=dict)  # eager: device copies
+
+    @classmethod
+    def split(cls, is_flag: tuple[bool, ...], floats: np.ndarray, flags: np.ndarray) -> _Columns:
+        where, var, fvar = [], [], []
+        fi = bi = 0
+        for flag in is_flag:
+            if flag:
+                col, bi = flags[:, bi], bi + 1
+            else:
+                col, fi = floats[:, fi], fi + 1
+            bits = col if flag else col.view(f"u{col.dtype.itemsize}")
+            if np.all(bits == bits[0]):
+                where.append(("const", bool(col[0]) if flag else col[0]))
+            elif flag:
+                where.append(("flagcol", len(fvar)))
+                fvar.append(col)
+            else:
+                where.append(("col", len(var)))
+                var.append(col)
+        length = len(floats)
+        return cls(
+            tuple(where),
+            np.stack(var, axis=1) if var else np.zeros((length, 0), floats.dtype),
+            np.stack(fvar, axis=1) if fvar else np.zeros((length, 0), bool),
+        )
+
+    @property
+    def length(self) -> int:
+        return len(self.varying)
+
+    def traced(self, count: jax.Array) -> list[Any]:
+        """In-graph: constants, and the step-dependent columns gathered at ``min(count, T-1)``."""
+        idx = jnp.minimum(count, self.length - 1)
+        rows = jnp.asarray(self.varying)[idx] if self.varying.shape[1] else None
+        flag_rows = jnp.asarray(self.flag_varying)[idx] if self.flag_varying.shape[1] else None
+        out = []
+        for kind, value in self.where:
+            if kind == "const":
+                out.append(value if isinstance(value, bool) else jnp.asarray(value))
+            elif kind == "col":
+                out.append(rows[value])
+            else:
+                out.append(flag_rows[value])
+        return out
+
+    def eager(self, count: int) -> list[Any]:
+        """Row ``min(count, T-1)``: constants and the table live on the device once; flags are
+        Python bools."""
+        i = min(count, self.length - 1)
+        if not self.device:
+            self.device["varying"] = jax.device_put(self.varying)
+            self.device.update({j: jax.device_put(v) for j, (k, v) in enumerate(self.where) if k == "const"})
+        rows = _row(self.device["varying"], i) if self.varying.shape[1] else ()
+        out = []
+        for j, (kind, value) in enumerate(self.where):
+            if kind == "const":
+                out.append(value if isinstance(value, bool) else self.device[j])
+            elif kind == "col":
+                out.append(rows[value])
+            else:
+                out.append(bool(self.flag_varying[i, value]))
+        return out
+
+
+_row = jax.jit(lambda table, i: tuple(table[i]))
+
+
+@functools.lru_cache(maxsize=128)
+def _constant_lr_columns(spec: Spec, dtype: np.dtype) -> _Columns:
+    table = scalar_table(spec, dtype)
+    return _Columns.split(table.is_flag, table.floats, table.flags)
+
+
+@functools.lru_cache(maxsize=64)
+def _traced_lr_columns(spec: Spec, working: np.dtype) -> tuple[_Columns, _Columns] | None:
+    """``(a, b)`` with ``scalars(t, lr) == a(t) + lr * b(t)`` in dtype ``working``, or ``None``
+    when a scalar is not affine in ``lr`` or a flag depends on it (then the host computes them)."""
+    at0 = scalar_table(spec.replace(lr=0.0), working)
+    at1 = scalar_table(spec.replace(lr=1.0), working)
+    length = max(at0.length, at1.length)
+    flags = _pad(at0.flags, length)
+    if not np.array_equal(flags, _pad(at1.flags, length)):
+        return None
+    # a(t) and b(t) in float64 on the host, then rounded once to the working dtype
+    a64 = np.empty((length, at0.floats.shape[1]))
+    b64 = np.empty_like(a64)
+    for t in range(1, length + 1):
+        zero, one = _float_fields(spec.step_scalars(t, 0.0)), _float_fields(spec.step_scalars(t, 1.0))
+        a64[t - 1], b64[t - 1] = zero, np.subtract(one, zero)
+    for lr in (0.37, 3e-3, 11.0):  # the decomposition must hold for other learning rates too
+        for t in sorted({1, 2, 5, 6, 7, 100, length} & set(range(1, length + 1))):
+            want = np.asarray(_float_fields(spec.step_scalars(t, lr)))
+            got = a64[t - 1] + lr * b64[t - 1]
+            scale = np.abs(a64[t - 1]) + np.abs(lr * b64[t - 1]) + np.abs(want)
+            if np.any(np.abs(got - want) > 1e-12 * scale):
+                return None
+    return (
+        _Columns.split(at0.is_flag, a64.astype(working), flags),
+        _Columns.split(at0.is_flag, b64.astype(working), flags),
+    )
+
+
+def _pad(rows: np.ndarray, length: int) -> np.ndarray:
+    """``rows`` extended to ``length`` by repeating its last (limit) row."""
+    if len(rows) >= length:
+        return rows
+    return np.concatenate([rows, np.repeat(rows[-1:], length - len(rows), axis=0)])
+
+
+def _float_fields(sc: NamedTuple) -> list[float]:
+    return [float(v) for v in sc if not isinstance(v, bool)]
+
+
+def _working_dtype() -> np.dtype:
+    return np.dtype("float64" if jax.config.jax_enable_x64 else "float32")
+
+
+class _Scalars:
+    """Per-step scalars of one spec for one update call, each dtype rounded once and cached."""
+
+    def __init__(self, spec: Spec, count: Any, lr: jax.Array | None, xp: Any, tracing: bool):
+        self.spec, self.count, self.lr, self.xp, self.tracing = spec, count, lr, xp, tracing
+        first = spec.step_scalars(1)
+        self.kind, self.flags = type(first), tuple(isinstance(v, bool) for v in first)
+        self.cache: dict[Any, NamedTuple] = {}
+        self.host_count = None if tracing else int(count)
+        self.affine = None
+        if lr is not None and spec.scalars_converge():
+            try:
+                self.affine = _traced_lr_columns(spec, _working_dtype())
+            except NotConvergentError:
+                self.affine = None
+
+    def of(self, dtype: Any) -> NamedTuple:
+        dtype = jnp.dtype(dtype)
+        if dtype not in self.cache:
+            self.cache[dtype] = self.kind(*self._compute(dtype))
+        return self.cache[dtype]
+
+    def _values(self, columns: _Columns) -> list[Any]:
+        return columns.traced(self.count) if self.tracing else columns.eager(self.host_count)
+
+    def _compute(self, dtype: np.dtype) -> list[Any]:
+        if self.lr is None and self.spec.scalars_converge():
+            try:
+                return self._values(_constant_lr_columns(self.spec, dtype))
+            except NotConvergentError:
+                return self._host(dtype)
+        if self.affine is None:
+            return self._host(dtype)
+        return self._affine(dtype, *self.affine)
+
+    def _affine(self, dtype: np.dtype, a: _Columns, b: _Columns) -> list[Any]:
+        """``a + lr * b`` in the working dtype, rounded to ``dtype``; terms known to be 0 dropped."""
+        xp = self.xp
+        lr = jnp.asarray(self.lr).astype(_working_dtype())
+        out = []
+        columns = zip(self.flags, a.where, b.where, self._values(a), self._values(b), strict=True)
+        for flag, (kind_a, const_a), (kind_b, const_b), x, y in columns:
+            if flag:
+                out.append(x)
+            elif kind_b == "const" and const_b == 0:
+                out.append(jnp.asarray(x).astype(dtype))
+            elif kind_a == "const" and const_a == 0:
+                out.append(xp.multiply(lr, y).astype(dtype))
+            else:
+                out.append(xp.add(x, xp.multiply(lr, y)).astype(dtype))
+        return out
+
+    def _host(self, dtype: np.dtype) -> list[Any]:
+        """The scalars computed on the host in float64 for the traced step, rounded once."""
+        spec, flags = self.spec, self.flags
+
+        def compute(count, *lr):
+            sc = spec.step_scalars(int(count) + 1, float(lr[0]) if lr else None)
+            return tuple(np.asarray(v, dtype=bool if f else dtype) for v, f in zip(sc, flags, strict=True))
+
+        shapes = tuple(jax.ShapeDtypeStruct((), bool if f else dtype) for f in flags)
+        args = (self.count,) if self.lr is None else (self.count, self.lr)
+        return list(jax.pure_callback(compute, shapes, *args, vmap_method="sequential"))
+
+
+# -- the array namespaces --------------------------------------------------------------------------
+
+_INT_OF_SIZE = {1: jnp.int8, 2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+
+
+@jax.custom_jvp
+def _rounded(x: jax.Array, zero: jax.Array) -> jax.Array:
+    """``x`` unchanged, passed through an integer add of ``zero`` (0 at run time, unknown to XLA),
+    so that the product that made ``x`` is rounded on its own and never fused into an FMA."""
+    bits = lax.bitcast_convert_type(x, _INT_OF_SIZE[x.dtype.itemsize])
+    return lax.bitcast_convert_type(bits + zero.astype(bits.dtype), x.dtype)
+
+
+@_rounded.defjvp
+def _rounded_jvp(primals, tangents):
+    x, zero = primals
+    return _rounded(x, zero), tangents[0]
+
+
+class _Unfused:
+    """Under tracing: ``jax.numpy`` whose ``multiply`` returns the rounded product even inside a
+    fused kernel (XLA would otherwise contract ``a*b + c`` into one FMA on CPUs and GPUs)."""
+
+    def __init__(self, zero: jax.Array):
+        self._zero = zero
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(jnp, name)
+
+    def multiply(self, x1: Any, x2: Any) -> jax.Array:
+        return _rounded(jnp.multiply(x1, x2), self._zero)
+
+
+_ELEMENTWISE = ("add", "subtract", "multiply", "divide", "sqrt", "negative", "maximum", "where", "zeros_like")
+
+
+class _OpByOp:
+    """Eagerly: ``jax.numpy`` with each elementwise function compiled on its own, so every op of
+    the rule is one XLA computation (the same numbers as plain eager jax.numpy, dispatched through
+    jax's fast path for compiled functions)."""
+
+    def __init__(self) -> None:
+        for name in _ELEMENTWISE:
+            setattr(self, name, jax.jit(getattr(jnp, name)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(jnp, name)
+
+
+_OP_BY_OP = _OpByOp()
+
+
+# -- the transformation --------------------------------------------------------------------------
+
+
+@jax.jit
+def _as_update(new: jax.Array, old: jax.Array) -> jax.Array:
+    """The additive update ``u`` with ``old + u == new`` wherever one exists.
+
+    Where ``new`` and ``old`` have one sign and are within a factor of 2, ``new - old`` is exact
+    and so is ``old + u``. Where a step changes the sign or the magnitude more than that,
+    ``new - old`` may round, and then (measured) no float ``u`` at all gives ``old + u == new``:
+    optax's additive contract lands within the rounding of ``u`` (see docs/jax.md). Unchanged
+    entries get ``-0.0``, which keeps infinities (``inf - inf`` would be NaN) and signed zeros.
+    """
+    same = (new == old) & (jnp.signbit(new) == jnp.signbit(old))
+    return jnp.where(same, jnp.full_like(new, -0.0), new - old)
+
+
+def _learning_rate(spec_name: str, learning_rate: Any) -> Callable[[jax.Array], jax.Array] | None:
+    """``None`` for a constant learning rate (in the spec), else ``count -> lr``."""
+    if learning_rate is None:
+        return None
+    if callable(learning_rate):
+        return learning_rate
+    value = learning_rate
+    if getattr(value, "shape", None) != ():
+        raise ValueError(
+            f"{spec_name}: learning_rate must be a float, a 0-d array or a schedule; got an array "
+            f"of shape {getattr(value, 'shape', None)}"
+        )
+    if not isinstance(value, jax.core.Tracer):
+        check_interval(spec_name, "lr", float(value), 0.0)
+    return lambda count: value
+
+
+def transformation(spec: Spec, learning_rate: Any = None) -> Transformation:
+    """The optax transformation running ``spec``.
+
+    ``learning_rate``: ``None`` (use ``spec.lr``, constant), an optax schedule ``count -> lr``
+    (called with the 0-based step count, as optax does) or a 0-d array (e.g. injected by
+    ``optax.inject_hyperparams``).
+    """
+    name = spec.name
+    lr_of = _learning_rate(name, learning_rate)
+    names = spec.slot_names()
+
+    def init(params: Any) -> UnioptState:
+        leaves, treedef = jax.tree.flatten(params)
+        arrays = [_as_float_array(name, p) for p in leaves]
+        slots = {n: treedef.unflatten([spec.init_slot(n, p, jnp) for p in arrays]) for n in names}
+        return UnioptState(count=jnp.zeros([], jnp.int32), slots=slots)
+
+    def step(grads: Any, state: UnioptState, params: Any) -> tuple[Any, UnioptState]:
+        if params is None:
+            raise ValueError(NO_PARAMS_MSG.format(name=name))
+        leaves, treedef = jax.tree.flatten(params)
+        grad_leaves = treedef.flatten_up_to(grads)
+        slot_leaves = {n: treedef.flatten_up_to(state.slots[n]) for n in names}
+        count = _as_array(state.count, jnp.int32)
+        tracing = any(isinstance(x, jax.core.Tracer) for x in (count, *leaves, *grad_leaves))
+        # under tracing: a zero the compiler cannot see (the step count is >= 0)
+        xp = _Unfused(jnp.minimum(count, 0)) if tracing else _OP_BY_OP
+        lr = None if lr_of is None else jnp.asarray(lr_of(count))
+        scalars = _Scalars(spec, count, lr, xp, tracing)
+        new_params, new_slots = [], {n: [] for n in names}
+        for i, (p, g) in enumerate(zip(leaves, grad_leaves, strict=True)):
+            p = _as_float_array(name, p)
+            g = _as_array(g, p.dtype)
+            if g.shape != p.shape:
+                raise ValueError(f"{name}: a gradient of shape {g.shape} for a parameter of shape {p.shape}")
+            slots = {n: _as_array(slot_leaves[n][i], p.dtype) for n in names}
+            new_p, new_s = spec.rule(p, g, slots, scalars.of(p.dtype), xp)
+            new_params.append(new_p)
+            for n in names:
+                new_slots[n].append(new_s[n])
+        new_state = UnioptState(
+            count=_increment(count),
+            slots={n: treedef.unflatten(new_slots[n]) for n in names},
+        )
+        return treedef.unflatten(new_params), new_state
+
+    def update(updates: Any, state: UnioptState, params: Any = None, **extra_args: Any):
+        del extra_args  # optax's extra arguments (loss values, ...) are not used
+        new_params, new_state = step(updates, state, params)
+        return jax.tree.map(lambda n, p: _as_update(n, _as_array(p, n.dtype)), new_params, params), new_state
+
+    tx = Transformation(init, update)
+    tx.__dict__.update(_spec=spec, _learning_rate=learning_rate, _step=step)
+    return tx
+
+
+_increment = jax.jit(optax.safe_increment)
+
+
+def _as_array(value: Any, dtype: Any) -> jax.Array:
+    """``value`` as a jax array of ``dtype`` (no op when it already is one)."""
+    if isinstance(value, jax.Array) and value.dtype == dtype:
+        return value
+    return jnp.asarray(value, dtype)
+
+
+def _as_float_array(name: str, value: Any) -> jax.Array:
+    array = value if isinstance(value, jax.Array) else jnp.asarray(value)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(
+            f"{name}: parameters must be floating point; got a leaf of dtype {array.dtype} "
+            "(mask it out, e.g. with optax.masked)"
+        )
+    return array

@@ -1,0 +1,189 @@
+"""The public surface of uniopt.jax: factories, the name mapping, defaults and bad input."""
+
+from __future__ import annotations
+
+import inspect
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import uniopt
+import uniopt.jax as ujax
+from uniopt.registry import TABLE
+
+NAMES = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "radam")
+CAMEL = {
+    "sgd": "SGD",
+    "adagrad": "Adagrad",
+    "rmsprop": "RMSprop",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "radam": "RAdam",
+}
+# argument names uniopt.jax shares with the optax alias of the same name
+SHARED_WITH_OPTAX = {
+    "sgd": {"learning_rate", "momentum", "nesterov"},
+    "adagrad": {"learning_rate", "initial_accumulator_value", "eps"},
+    "rmsprop": {"learning_rate", "decay", "eps", "centered", "momentum"},
+    "adam": {"learning_rate", "b1", "b2", "eps"},
+    "adamw": {"learning_rate", "b1", "b2", "eps", "weight_decay"},
+    "radam": {"learning_rate", "b1", "b2", "eps"},
+}
+CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
+
+
+def _factory_of(spec_name: str):
+    return next(ujax.FACTORIES[a] for a, (t, _) in ujax.ALIASES.items() if t.name == spec_name)
+
+
+def _to_optax_names(spec_name: str, kwargs: dict) -> dict | None:
+    """Core keyword arguments in the factory's names, or None if one has no counterpart."""
+    alias = next(a for a, (t, _) in ujax.ALIASES.items() if t.name == spec_name)
+    by_target = {target: arg for arg, target in ujax.ALIASES[alias][1].items()}
+    out = {}
+    for key, value in kwargs.items():
+        if key == "betas":
+            if not (isinstance(value, tuple) and len(value) == 2):
+                return None  # b1 and b2 are separate arguments: "not a pair" cannot be said
+            out[by_target["betas[0]"]], out[by_target["betas[1]"]] = value
+        else:
+            out[by_target[key]] = value
+    return out
+
+
+def test_every_optimizer_has_a_factory_and_its_camel_case_alias_is_the_same_object():
+    assert set(ujax.ALIASES) == set(NAMES)
+    assert {t for t, _ in ujax.ALIASES.values()} == {info.spec for info in TABLE}
+    for name in NAMES:
+        assert getattr(ujax, name) is getattr(ujax, CAMEL[name]) is ujax.FACTORIES[name]
+        assert getattr(ujax, name).__name__ == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signature_follows_optax_and_defaults_are_uniopts(name):
+    sig = inspect.signature(getattr(ujax, name))
+    params = list(sig.parameters.values())
+    assert params[0].name == "learning_rate"
+    assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
+    optax_params = set(inspect.signature(getattr(optax, name)).parameters)
+    assert SHARED_WITH_OPTAX[name] <= set(sig.parameters) & optax_params
+    spec_type = ujax.ALIASES[name][0]
+    assert getattr(ujax, name)().spec == spec_type()  # defaults: uniopt's
+    assert getattr(ujax, name)().learning_rate is None  # a constant learning rate lives in the spec
+
+
+def test_defaults_that_differ_from_optax_are_uniopts():
+    assert inspect.signature(ujax.rmsprop).parameters["decay"].default == 0.99  # optax: 0.9
+    assert inspect.signature(ujax.adagrad).parameters["initial_accumulator_value"].default == 0.0
+    assert inspect.signature(ujax.adagrad).parameters["eps"].default == 1e-10  # optax: 1e-7
+    assert inspect.signature(ujax.adamw).parameters["weight_decay"].default == 1e-2  # optax: 1e-4
+
+
+@pytest.mark.parametrize(("info", "case"), CASES)
+def test_every_table_case_is_reachable_through_optax_names(info, case):
+    spec = info.make(case)
+    name, kwargs = ujax.optax_arguments(spec)
+    tx = getattr(ujax, name)(**kwargs)
+    assert tx.spec == spec
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+    assert repr(spec) in repr(tx)
+
+
+ERRORS = [
+    pytest.param(info, err, id=f"{info.name}-{i}") for info in TABLE for i, err in enumerate(info.error_cases)
+]
+
+
+@pytest.mark.parametrize(("info", "err"), ERRORS)
+def test_bad_hyperparameters_raise_the_cores_message(info, err):
+    kwargs = _to_optax_names(info.name, dict(err.kwargs))
+    if kwargs is None:
+        assert "is not a pair" in err.match  # the only inexpressible case, checked as a whole below
+        return
+    with pytest.raises(ValueError, match=err.match):
+        _factory_of(info.name)(**kwargs)
+
+
+def test_only_the_pair_errors_are_inexpressible_with_b1_and_b2():
+    inexpressible = [
+        (info.name, err.match)
+        for info in TABLE
+        for err in info.error_cases
+        if _to_optax_names(info.name, dict(err.kwargs)) is None
+    ]
+    assert sorted(n for n, _ in inexpressible) == ["Adam", "AdamW", "RAdam"]
+    assert all("is not a pair" in m for _, m in inexpressible)
+
+
+def test_messages_name_the_argument_the_user_passed():
+    with pytest.raises(ValueError, match=r"betas\[0\]=1\.0 is out of range.*b1 is uniopt's betas\[0\]"):
+        ujax.adam(b1=1.0)
+    with pytest.raises(ValueError, match=r"alpha=1\.0 is out of range.*decay is uniopt's alpha"):
+        ujax.rmsprop(decay=1.0)
+    with pytest.raises(ValueError, match=r"lr=-0\.5 is out of range.*learning_rate is uniopt's lr"):
+        ujax.sgd(-0.5)
+
+
+def test_learning_rate_kinds():
+    assert ujax.adam(0.5).spec.lr == 0.5
+    assert ujax.adam(np.asarray(0.25)).spec.lr == 0.25  # a 0-d NumPy array is a constant
+    sched = optax.linear_schedule(1.0, 0.1, 10)
+    assert ujax.adam(sched).learning_rate is sched
+    assert ujax.adam(jnp.asarray(0.1)).learning_rate is not None
+    with pytest.raises(ValueError, match=r"Adam: lr=-0\.10000000149011612 is out of range"):
+        ujax.adam(jnp.asarray(-0.1, jnp.float32))
+    with pytest.raises(ValueError, match="learning_rate must be a float, a 0-d array or a schedule"):
+        ujax.adam(jnp.ones(2))
+    with pytest.raises(ValueError, match=r"Adam: lr='0\.1' is not a real number"):
+        ujax.adam("0.1")
+
+
+def test_hyperparameters_other_than_the_learning_rate_must_be_host_numbers():
+    with pytest.raises(ValueError, match=r"uniopt.jax.adam: b1 is a jax array .* only learning_rate"):
+        ujax.adam(b1=jnp.asarray(0.9))
+    # plain optax.inject_hyperparams would inject b1, eps, ... as float32 arrays: refused, with the fix
+    injected = optax.inject_hyperparams(ujax.adam)(learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"uniopt.jax.inject_hyperparams\(uniopt.jax.adam\)"):
+        injected.init({"w": jnp.ones(2)})
+
+
+def test_positional_hyperparameters_beyond_the_learning_rate_are_refused():
+    # optax.adam(1e-3, 0.9) means b1=0.9; uniopt.jax refuses rather than guess
+    with pytest.raises(TypeError):
+        ujax.adam(1e-3, 0.9)
+
+
+def test_bad_calls():
+    tx = ujax.adam(0.1)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="update needs `params`"):
+        tx.update({"w": jnp.ones(3)}, state)
+    with pytest.raises(ValueError, match=r"a gradient of shape \(2,\) for a parameter of shape \(3,\)"):
+        tx.update({"w": jnp.ones(2)}, state, params)
+    with pytest.raises(TypeError, match="parameters must be floating point"):
+        tx.init({"w": jnp.ones(3, jnp.int32)})
+    with pytest.raises(ValueError):  # another tree structure
+        tx.update({"v": jnp.ones(3)}, state, params)
+
+
+def test_extra_args_are_accepted_and_ignored():
+    tx = ujax.radam(0.1)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    a, _ = tx.update({"w": jnp.ones(3)}, state, params, value=jnp.asarray(1.0))
+    b, _ = tx.update({"w": jnp.ones(3)}, state, params)
+    assert np.array_equal(a["w"], b["w"])
+
+
+def test_from_spec_matches_the_factory():
+    spec = uniopt.RAdam(lr=0.01, weight_decay=0.1)
+    params = {"w": jnp.linspace(1.0, 2.0, 5)}
+    grads = {"w": jnp.linspace(-1.0, 1.0, 5)}
+    a = ujax.from_spec(spec).step(grads, ujax.from_spec(spec).init(params), params)[0]
+    tx = ujax.radam(0.01, weight_decay=0.1)
+    b = tx.step(grads, tx.init(params), params)[0]
+    assert np.array_equal(a["w"], b["w"])

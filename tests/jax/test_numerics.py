@@ -1,0 +1,233 @@
+"""uniopt.jax gives the NumPy reference's numbers bit for bit: eagerly and under jax.jit with
+default XLA flags, through tx.step and through optax's update + apply_updates contract."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import array_api_compat.numpy
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ujax_helpers import (
+    SHAPES,
+    assert_history_equal,
+    grads_at,
+    initial,
+    reference,
+    run_contract,
+    run_direct,
+    same_bits,
+)
+
+import uniopt
+import uniopt.jax as ujax
+from uniopt.registry import TABLE
+from uniopt.scalar_table import scalar_table
+
+CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
+DEFAULTS = [pytest.param(info, info.cases[0], id=info.name) for info in TABLE]
+STEPS = 8
+
+
+def _tx(spec):
+    name, kwargs = ujax.optax_arguments(spec)
+    return getattr(ujax, name)(**kwargs)
+
+
+def _inputs(dtype, steps=STEPS, scale=1.0):
+    params0 = initial(SHAPES, dtype)
+    return params0, [grads_at(t, SHAPES, dtype, scale) for t in range(1, steps + 1)]
+
+
+@pytest.mark.parametrize(("info", "case"), CASES)
+def test_every_case_is_bitwise_eager_and_jit(info, case):
+    spec = info.make(case)
+    tx = _tx(spec)
+    params0, grads = _inputs("float32")
+    want, want_state = reference(spec, params0, grads)
+    got, state = run_direct(tx, params0, grads, jit=False)
+    assert_history_equal(got, want, "eager tx.step")
+    # |p| >= 1 and small steps: p + (new - p) == new exactly, so the optax contract is bitwise too
+    assert_history_equal(run_contract(tx, params0, grads, jit=False)[0], want, "eager update")
+    got, state = run_contract(tx, params0, grads, jit=True)
+    assert_history_equal(got, want, "jit update")
+    assert int(state.count) == want_state.step == STEPS
+    assert set(state.slots) == set(spec.slot_names())
+    for name in spec.slot_names():
+        for i, slots in enumerate(want_state.slots):
+            assert same_bits(state.slots[name][i], slots[name]), (name, i)
+
+
+@pytest.mark.parametrize(("info", "case"), DEFAULTS)
+def test_jitted_step_is_bitwise(info, case):
+    spec = info.make(case)
+    params0, grads = _inputs("float32")
+    assert_history_equal(
+        run_direct(_tx(spec), params0, grads, jit=True)[0], reference(spec, params0, grads)[0]
+    )
+
+
+@pytest.mark.parametrize(("info", "case"), DEFAULTS)
+def test_float64_is_bitwise_eager_and_jit(info, case):
+    spec = info.make(case)
+    with jax.enable_x64(True):
+        tx = _tx(spec)
+        params0, grads = _inputs("float64", steps=6)
+        want = reference(spec, params0, grads)[0]
+        assert_history_equal(run_contract(tx, params0, grads, jit=False)[0], want, "eager")
+        assert_history_equal(run_contract(tx, params0, grads, jit=True)[0], want, "jit")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "spec", [uniopt.SGD(lr=0.05, momentum=0.9), uniopt.Adam(lr=0.01, eps=1e-4), uniopt.RMSprop(eps=1e-4)]
+)
+def test_half_precision_is_bitwise_eager_and_jit(spec, dtype):
+    params0, grads = _inputs(dtype, steps=6)
+    want = reference(spec, params0, grads)[0]
+    tx = ujax.from_spec(spec)
+    assert_history_equal(run_direct(tx, params0, grads, jit=False)[0], want, "eager")
+    assert_history_equal(run_direct(tx, params0, grads, jit=True)[0], want, "jit")
+
+
+@pytest.mark.parametrize(("info", "case"), DEFAULTS)
+def test_nonfinite_gradients_propagate_like_the_reference(info, case):
+    spec = info.make(case)
+    params0, grads = _inputs("float32", steps=6)
+    grads[2][0][:3] = [np.nan, np.inf, -np.inf]
+    want = reference(spec, params0, grads)[0]
+    assert any(np.isnan(p).any() or np.isinf(p).any() for p in want[-1])
+    assert_history_equal(run_contract(_tx(spec), params0, grads, jit=True)[0], want, "jit update")
+    assert_history_equal(run_contract(_tx(spec), params0, grads, jit=False)[0], want, "eager update")
+
+
+def test_adagrad_lr_decay_scalars_come_from_the_host_and_are_bitwise():
+    spec = uniopt.Adagrad(lr=0.1, lr_decay=0.01)
+    tx = _tx(spec)
+    params0, grads = _inputs("float32")
+    want = reference(spec, params0, grads)[0]
+    assert_history_equal(run_contract(tx, params0, grads, jit=False)[0], want, "eager")
+    assert_history_equal(run_contract(tx, params0, grads, jit=True)[0], want, "jit")
+    params = [jnp.asarray(p) for p in params0]
+    jaxpr = str(jax.make_jaxpr(tx.step)(grads[0], tx.init(params), params))
+    assert "pure_callback" in jaxpr
+    assert "pure_callback" not in str(
+        jax.make_jaxpr(ujax.adagrad(0.1).step)(grads[0], tx.init(params), params)
+    )
+
+
+@pytest.mark.parametrize("spec", [uniopt.Adam(lr=0.01), uniopt.RAdam(lr=0.01, weight_decay=0.1)])
+def test_steps_past_the_table_use_its_limit_row(spec):
+    """The traced step count gathers row min(t, T); past T every scalar equals its limit."""
+    length = scalar_table(spec, "float32").length
+    params0, grads = _inputs("float32", steps=1)
+    tx = _tx(spec)
+    step = jax.jit(tx.step)
+    params = [jnp.asarray(p) for p in params0]
+    core_slots = [{n: np.full(p.shape, 0.5, np.float32) for n in spec.slot_names()} for p in params0]
+    for count in (length - 2, length - 1, length, length + 7, 10**9):
+        state = ujax.UnioptState(
+            count=jnp.asarray(count, jnp.int32),
+            slots={n: [jnp.asarray(s[n]) for s in core_slots] for n in spec.slot_names()},
+        )
+        got, _ = step(grads[0], state, params)
+        want, _ = spec.update(grads[0], uniopt.State(count, tuple(core_slots)), params0)
+        for g, w in zip(got, want, strict=True):
+            assert same_bits(g, w), count
+
+
+def test_the_step_counter_is_int32_and_saturates_instead_of_overflowing():
+    spec = uniopt.RAdam(lr=0.01)
+    tx = _tx(spec)
+    params0, grads = _inputs("float32", steps=3)
+    params = [jnp.asarray(p) for p in params0]
+    state = tx.init(params)
+    assert state.count.dtype == jnp.int32 and int(state.count) == 0
+    top = np.iinfo(np.int32).max
+    state = state._replace(count=jnp.asarray(top - 1, jnp.int32))
+    core = uniopt.State(top - 1, spec.init(params0).slots)
+    step = jax.jit(tx.step)
+    ref = [p.copy() for p in params0]
+    for g in grads:
+        params, state = step(g, state, params)
+        ref, core = spec.update(g, core, ref)
+        core = core._replace(step=min(core.step, top))  # the reference at the same (saturated) step
+        assert state.count.dtype == jnp.int32
+        for a, b in zip(params, ref, strict=True):
+            assert same_bits(a, b)
+    assert int(state.count) == top
+
+
+def test_apply_updates_keeps_infinities_and_signed_zeros():
+    tx = ujax.sgd(0.1)
+    params = [jnp.asarray([np.inf, -np.inf, -0.0, 0.0, 1.5, np.nan], jnp.float32)]
+    grads = [jnp.zeros(6, jnp.float32)]
+    updates, _ = tx.update(grads, tx.init(params), params)
+    after = optax.apply_updates(params, updates)
+    assert same_bits(after[0], params[0])  # inf - inf would have made NaN; -0 + 0 would be +0
+
+
+def test_apply_updates_is_exact_unless_no_float_update_exists():
+    """optax adds updates: p + u. Where the new parameter n is within a factor 2 of p (same sign),
+    u = n - p is exact and p + u == n. Where the step is about as large as the parameter (here
+    AdamW's first step of size lr on parameters of that size) p + u may miss n; then no float32 u
+    hits n at all, and the miss is within the rounding of u. tx.step returns n itself."""
+    rng = np.random.default_rng(0)
+    p = rng.uniform(-2e-2, 2e-2, 4096).astype(np.float32)
+    g = rng.standard_normal(4096).astype(np.float32)
+    tx = ujax.adamw(0.01, weight_decay=0.5)
+    state = tx.init([p])
+    new = np.asarray(tx.step([g], state, [p])[0][0])
+    assert same_bits(new, reference(tx.spec, [p], [[g]])[0][0][0])
+    updates, _ = tx.update([g], state, [p])
+    applied = np.asarray(optax.apply_updates([p], updates)[0])
+    sterbenz = (np.sign(new) == np.sign(p)) & (np.abs(new) <= 2 * np.abs(p)) & (np.abs(p) <= 2 * np.abs(new))
+    assert sterbenz.sum() > 1000 and same_bits(applied[sterbenz], new[sterbenz])
+    missed = np.flatnonzero(applied != new)
+    assert 0 < missed.size < 1000
+    for i in missed:
+        pi, ni, ui = p[i], new[i], np.float32(np.asarray(updates[0])[i])
+        assert ui == np.float32(ni - pi)
+        near = [ui]
+        for direction in (np.inf, -np.inf):
+            x = ui
+            for _ in range(8):
+                x = np.nextafter(x, np.float32(direction))
+                near.append(x)
+        assert all(np.float32(pi + c) != ni for c in near), i  # irreducible
+        bound = (np.spacing(np.abs(ui)) + np.spacing(np.abs(ni))) / 2
+        assert abs(float(applied[i]) - float(ni)) <= bound, i
+
+
+def _cpu_contracts_fma() -> bool:
+    if jax.default_backend() != "cpu" or "max_isa" in os.environ.get("XLA_FLAGS", ""):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "fma" in flags
+
+
+def test_jit_bitwise_is_not_an_accident_plain_jax_numpy_would_differ():
+    """The same rule traced with plain jax.numpy (no rounded products) is not bitwise under jit on
+    a CPU with FMA, so the bitwise jit results above are the namespace's doing."""
+    if not _cpu_contracts_fma():
+        pytest.skip("needs an x86 CPU with FMA and default XLA flags to show the contraction")
+    spec = uniopt.Adam(lr=0.01)
+    rng = np.random.default_rng(0)
+    p, g = (rng.standard_normal(4096).astype(np.float32) for _ in range(2))
+    slots = {"exp_avg": np.full(4096, 0.01, np.float32), "exp_avg_sq": np.full(4096, 0.5, np.float32)}
+    sc = spec.step_scalars(3)
+    want, _ = spec.update_one(p, g, slots, sc, array_api_compat.numpy)
+    scalars = type(sc)(*(jnp.asarray(v, jnp.float32) for v in sc))
+    plain = jax.jit(lambda p, g, s: spec.rule(p, g, s, scalars, jnp)[0])(p, g, slots)
+    assert not same_bits(plain, want)
+    tx = ujax.from_spec(spec)
+    state = ujax.UnioptState(jnp.asarray(2, jnp.int32), {k: [jnp.asarray(v)] for k, v in slots.items()})
+    ours = jax.jit(tx.step)([g], state, [p])[0][0]
+    assert same_bits(ours, want)
