@@ -1,0 +1,245 @@
+"""Where a step's scalars come from when Keras runs the spec: host, table, or (XLA only) affine in lr.
+
+The spec's ``step_scalars(step, lr)`` is host Python in float64. Keras's step count (``iterations``)
+is a variable, read eagerly or traced inside ``tf.function``/XLA, and ``learning_rate`` is a
+variable or a schedule's traced value. :class:`ScalarSource` (one per spec and dtype) gives the
+spec's scalars, each rounded once to the variable dtype, for every case:
+
+* eager: computed on the host for the current step and lr (exact);
+* traced, lr equal to the spec's own ``lr`` (a constant learning rate): row ``min(t, T)`` of
+  :func:`uniopt.scalar_table.scalar_table`, gathered in-graph (exact: each row is the host value);
+* traced, any other lr (a schedule, a changed learning rate, or scalars that never converge such as
+  Adagrad's ``lr_decay``): ``tf.numpy_function`` calling the host (exact), except under XLA, which
+  cannot call the host; there every scalar is read from two float64 tables as ``A[t] + B[t] * lr``
+  and rounded once to the dtype (every spec's scalars are affine in lr; checked when the tables are
+  built). That costs the double rounding of float64 ``A + B*lr`` against the host's own formula:
+  nothing in float32 but a rare tie, about 1 ulp of a scalar in float64 (docs/tf.md has the
+  measured numbers). Scalars without a finite table are, under XLA, the core's ``step_scalars``
+  evaluated in-graph in float64 with a traced step (the host's ops in the host's order), or, if
+  that spec's code cannot take a traced step, a ``ValueError`` asking to run without XLA.
+
+No update math lives here: every value is the core's ``step_scalars``, only tabulated or called.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from uniopt import Spec
+from uniopt.scalar_table import ScalarTable, rounded_scalars, scalar_table
+
+__all__ = ["ScalarSource", "in_xla_context", "scalar_source"]
+
+
+def in_xla_context() -> bool:
+    """Whether the graph being traced is compiled by XLA (``tf.function(jit_compile=True)``)."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - TF moved it; XLA would then reject numpy_function itself
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+class _Column(NamedTuple):
+    """One scalar over steps ``1..T``: a constant when every row agrees, else the whole column."""
+
+    constant: Any  # the value when the column is constant, else None
+    values: np.ndarray | None  # shape (T,) otherwise
+
+
+def _columns(table: ScalarTable) -> list[_Column]:
+    out, fi, bi = [], 0, 0
+    for flag in table.is_flag:
+        if flag:
+            col = table.flags[:, bi]
+            bi += 1
+        else:
+            col = table.floats[:, fi]
+            fi += 1
+        last = col[-1]
+        same = (col == last) | (np.isnan(col) & np.isnan(last)) if col.dtype.kind == "f" else col == last
+        out.append(_Column(last, None) if bool(np.all(same)) else _Column(None, col))
+    return out
+
+
+def _gather(column: _Column, index: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    if column.values is None:
+        return tf.constant(column.constant, dtype=dtype)
+    return tf.gather(tf.constant(column.values, dtype=dtype), index)
+
+
+class ScalarSource:
+    """The scalars of one spec in one dtype, for an eager or traced step and learning rate."""
+
+    def __init__(self, spec: Spec, dtype: str):
+        self.spec = spec
+        self.tf_dtype = tf.as_dtype(dtype)
+        self.np_dtype = np.dtype(self.tf_dtype.as_numpy_dtype)  # ml_dtypes' for bfloat16
+        self.scalars_type: type[NamedTuple] = type(spec.step_scalars(1))
+        self.is_flag = tuple(isinstance(v, bool) for v in spec.step_scalars(1))
+        self.converges = spec.scalars_converge()
+
+    # -- the host ---------------------------------------------------------------------------
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - sources live as long as the module cache
+    def host(self, step: int, lr: float) -> tuple:
+        """The spec's scalars at 1-based ``step`` and ``lr``, floats rounded once to the dtype."""
+        return rounded_scalars(self.spec, step, self.np_dtype, lr)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def eager(self, step: int, lr: float) -> NamedTuple:
+        """Eager execution: host values as 0-d tensors, flags as Python bools."""
+        values = self.host(step, lr)
+        return self.scalars_type(
+            *(
+                v if f else tf.constant(v, dtype=self.tf_dtype)
+                for v, f in zip(values, self.is_flag, strict=True)
+            )
+        )
+
+    # -- traced steps -------------------------------------------------------------------------
+    @functools.cached_property
+    def table(self) -> tuple[int, list[_Column]]:
+        table = scalar_table(self.spec, self.np_dtype)
+        return table.length, _columns(table)
+
+    @functools.cached_property
+    def affine(self) -> tuple[int, list[_Column], list[_Column], list[_Column]]:
+        """float64 tables ``A`` (lr = 0) and ``B`` (slope), and the flags, for lr read in-graph."""
+        at0 = scalar_table(self.spec.replace(lr=0.0), np.float64)
+        at1 = scalar_table(self.spec.replace(lr=1.0), np.float64)
+        length = max(at0.length, at1.length)
+        rows0 = [at0.row(s) for s in range(1, length + 1)]
+        rows1 = [at1.row(s) for s in range(1, length + 1)]
+        a_cols, b_cols, flag_cols = [], [], []
+        for i, flag in enumerate(self.is_flag):
+            c0 = np.array([r[i] for r in rows0])
+            c1 = np.array([r[i] for r in rows1])
+            if flag:
+                if not np.array_equal(c0, c1):
+                    raise NotImplementedError(
+                        f"{self.spec.name}: the step flag {self.scalars_type._fields[i]} depends on "
+                        "the learning rate, so it cannot be read from a table under XLA"
+                    )
+                flag_cols.append(c1)
+            else:
+                a_cols.append(c0.astype(np.float64))
+                b_cols.append(c1.astype(np.float64) - c0.astype(np.float64))
+        self._check_affine(length, a_cols, b_cols)
+
+        def as_columns(cols: list[np.ndarray]) -> list[_Column]:
+            fake = ScalarTable(
+                fields=(),
+                floats=np.stack(cols, axis=1) if cols else np.zeros((length, 0)),
+                flags=np.zeros((length, 0), bool),
+                is_flag=(False,) * len(cols),
+            )
+            return _columns(fake)
+
+        flags = [_Column(c[-1], None) if np.all(c == c[-1]) else _Column(None, c) for c in flag_cols]
+        return length, as_columns(a_cols), as_columns(b_cols), flags
+
+    def _check_affine(self, length: int, a_cols: list[np.ndarray], b_cols: list[np.ndarray]) -> None:
+        for step in sorted({1, 2, 3, 6, 10, 100, length, length + 5}):
+            i = min(step, length) - 1
+            for lr in (1e-3, 0.37, 3.0):
+                exact = [
+                    v for v, f in zip(self.spec.step_scalars(step, lr), self.is_flag, strict=True) if not f
+                ]
+                for value, a, b in zip(exact, a_cols, b_cols, strict=True):
+                    approx = a[i] + b[i] * lr
+                    scale = max(abs(a[i]), abs(b[i] * lr))  # terms that cancel leave their rounding
+                    if not math.isclose(value, approx, rel_tol=1e-12, abs_tol=1e-12 * scale):
+                        raise NotImplementedError(
+                            f"{self.spec.name}: a per-step scalar is not affine in the learning rate "
+                            f"({value!r} at step {step}, lr {lr}), so XLA cannot take it from a table"
+                        )
+
+    def traced(self, step: tf.Tensor, lr: tf.Tensor, owner: str) -> NamedTuple:
+        """Scalars for a traced 1-based ``step`` (int64) and learning rate ``lr``."""
+        lr64 = tf.cast(lr, tf.float64)
+        xla = in_xla_context()
+        dynamic = functools.partial(self._dynamic, step, lr64, xla, owner)
+        if self.converges:
+            values = tf.cond(tf.equal(lr64, float(self.spec.lr)), lambda: self._from_table(step), dynamic)
+        else:
+            values = dynamic()
+        return self.scalars_type(*values)
+
+    def _from_table(self, step: tf.Tensor) -> list[tf.Tensor]:
+        length, columns = self.table
+        index = tf.minimum(step, length) - 1
+        return [
+            _gather(c, index, tf.bool if f else self.tf_dtype)
+            for c, f in zip(columns, self.is_flag, strict=True)
+        ]
+
+    def _dynamic(self, step: tf.Tensor, lr64: tf.Tensor, xla: bool, owner: str) -> list[tf.Tensor]:
+        if not xla:
+            return self._from_host(step, lr64)
+        if not self.converges:
+            return self._from_traced_spec(step, lr64, owner)
+        length, a_cols, b_cols, flag_cols = self.affine
+        index = tf.minimum(step, length) - 1
+        floats = iter(
+            tf.cast(_gather(a, index, tf.float64) + _gather(b, index, tf.float64) * lr64, self.tf_dtype)
+            for a, b in zip(a_cols, b_cols, strict=True)
+        )
+        flags = iter(_gather(c, index, tf.bool) for c in flag_cols)
+        return [next(flags) if f else next(floats) for f in self.is_flag]
+
+    def _from_traced_spec(self, step: tf.Tensor, lr64: tf.Tensor, owner: str) -> list[tf.Tensor]:
+        """XLA, scalars without a finite table (Adagrad's ``lr_decay``): the core's own
+        ``step_scalars`` evaluated in-graph in float64 with the step as a float64 tensor. At the
+        spec's lr the ops are the host's, in the same order (bitwise when XLA does not contract
+        them into FMA); at another lr, ``A + B*lr`` from the scalars at lr 0 and 1, as above."""
+        t = tf.cast(step, tf.float64)
+        try:
+            at_lr, at0, at1 = (self.spec.step_scalars(t, lr) for lr in (None, 0.0, 1.0))
+        except Exception as exc:  # the spec's host code does not take a traced step
+            raise ValueError(
+                f"{owner}: with these hyperparameters ({self.spec!r}) the per-step scalars never "
+                "reach a limit and cannot be evaluated inside XLA, so they come from the host "
+                "(tf.numpy_function), which XLA cannot compile; run without jit_compile "
+                f"(e.g. model.compile(..., jit_compile=False)). ({type(exc).__name__}: {exc})"
+            ) from None
+
+        def pick(values: tuple) -> list[tf.Tensor]:
+            # a Python float becomes a float64 constant directly (tf.cast would go through float32)
+            return [
+                tf.cast(v, dtype) if tf.is_tensor(v) else tf.constant(v, dtype)
+                for v, dtype in (
+                    (v, tf.bool if f else tf.float64) for v, f in zip(values, self.is_flag, strict=True)
+                )
+            ]
+
+        exact, a, b = pick(at_lr), pick(at0), pick(at1)
+        same = tf.equal(lr64, float(self.spec.lr))
+        return [
+            v if f else tf.cast(tf.where(same, v, a_ + (b_ - a_) * lr64), self.tf_dtype)
+            for v, a_, b_, f in zip(exact, a, b, self.is_flag, strict=True)
+        ]
+
+    def _from_host(self, step: tf.Tensor, lr64: tf.Tensor) -> list[tf.Tensor]:
+        def call(step_value: np.ndarray, lr_value: np.ndarray) -> list[np.ndarray]:
+            row = self.host(int(step_value), float(lr_value))
+            return [
+                np.asarray(v, bool if f else self.np_dtype) for v, f in zip(row, self.is_flag, strict=True)
+            ]
+
+        out = tf.numpy_function(
+            call, [step, lr64], [tf.bool if f else self.tf_dtype for f in self.is_flag], stateful=False
+        )
+        for tensor in out:
+            tensor.set_shape([])
+        return list(out)
+
+
+@functools.cache
+def scalar_source(spec: Spec, dtype: str) -> ScalarSource:
+    """The shared source of ``spec``'s scalars in ``dtype`` (tables are built once per process)."""
+    return ScalarSource(spec, dtype)

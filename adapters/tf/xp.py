@@ -1,0 +1,81 @@
+"""The array namespace the specs run on under TensorFlow: exactly the functions they call.
+
+array-api-compat does not cover TensorFlow, so this module maps each function a spec's ``rule`` and
+``init_slot`` use (plus ``asarray``, which :func:`uniopt._spec.cast_scalars` calls when the core's own
+``Spec.update`` runs on TF tensors) to one TensorFlow op. Each is an IEEE 754 operation that TF
+rounds correctly (eager and ``tf.function``; XLA on CPU needs the flags in docs/tf.md), so the op
+sequence of a spec gives the same bits as NumPy. Nothing here computes update math of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+__all__ = [
+    "add",
+    "asarray",
+    "divide",
+    "full_like",
+    "maximum",
+    "multiply",
+    "negative",
+    "sqrt",
+    "subtract",
+    "where",
+    "zeros_like",
+]
+
+
+def add(x1: Any, x2: Any) -> tf.Tensor:
+    return tf.math.add(x1, x2)
+
+
+def subtract(x1: Any, x2: Any) -> tf.Tensor:
+    return tf.math.subtract(x1, x2)
+
+
+def multiply(x1: Any, x2: Any) -> tf.Tensor:
+    return tf.math.multiply(x1, x2)
+
+
+def divide(x1: Any, x2: Any) -> tf.Tensor:
+    """True division (``RealDiv`` for floats), correctly rounded."""
+    return tf.math.truediv(x1, x2)
+
+
+def sqrt(x: Any) -> tf.Tensor:
+    return tf.math.sqrt(x)
+
+
+def negative(x: Any) -> tf.Tensor:
+    return tf.math.negative(x)
+
+
+def maximum(x1: Any, x2: Any) -> tf.Tensor:
+    """Elementwise maximum; NaN propagates (eager, ``tf.function``; XLA on CPU only with
+    ``--xla_cpu_enable_fast_min_max=false``)."""
+    return tf.math.maximum(x1, x2)
+
+
+def where(condition: Any, x1: Any, x2: Any) -> tf.Tensor:
+    """Pick ``x1`` where ``condition`` holds (broadcasting, so a 0-d traced flag works)."""
+    return tf.where(condition, x1, x2)
+
+
+def zeros_like(x: Any) -> tf.Tensor:
+    return tf.zeros_like(x)
+
+
+def full_like(x: Any, fill_value: float) -> tf.Tensor:
+    """``x``'s shape filled with ``fill_value`` rounded once to ``x``'s dtype."""
+    x = tf.convert_to_tensor(x)
+    return tf.fill(tf.shape(x), tf.constant(fill_value, dtype=x.dtype))
+
+
+def asarray(obj: Any, dtype: Any = None, device: Any = None, copy: Any = None) -> tf.Tensor:
+    """A tensor of ``obj`` in ``dtype`` (a Python float is rounded once); ``device`` is ignored:
+    TensorFlow places the op with its inputs."""
+    del device, copy
+    return tf.constant(obj, dtype=dtype) if not tf.is_tensor(obj) else tf.cast(obj, dtype or obj.dtype)

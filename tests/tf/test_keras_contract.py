@@ -1,0 +1,325 @@
+"""The Keras contract: fit, configs and serialization, saving, checkpoints, base-optimizer
+features, errors. Each compares bits where the claim is bitwise."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tf_helpers import assert_trajectories, bits_equal, make_step, params_and_grads, reference, snapshot
+
+import uniopt
+import uniopt.tf as ut
+from uniopt.registry import TABLE
+
+CLASSES = [ut.SGD, ut.Adagrad, ut.RMSprop, ut.Adam, ut.AdamW, ut.RAdam]
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.data / 16.0).astype(np.float32), data.target.astype(np.int32)
+
+
+def mlp(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
+    )
+
+
+# -- compile + fit --------------------------------------------------------------------------------
+FIT = [
+    pytest.param(lambda: ut.SGD(learning_rate=0.05, momentum=0.9, nesterov=True), id="SGD"),
+    pytest.param(lambda: ut.Adagrad(learning_rate=0.05), id="Adagrad"),
+    pytest.param(lambda: ut.RMSprop(learning_rate=1e-3, centered=True), id="RMSprop"),
+    pytest.param(lambda: ut.Adam(learning_rate=3e-3, amsgrad=True), id="Adam"),
+    pytest.param(lambda: ut.AdamW(learning_rate=3e-3), id="AdamW"),
+    pytest.param(lambda: ut.RAdam(learning_rate=2e-2), id="RAdam"),
+]
+
+
+@pytest.mark.parametrize("make", FIT)
+def test_compile_and_fit_an_mlp_on_digits(make, digits):
+    x, y = digits
+    model = mlp()
+    model.compile(optimizer=make(), loss=LOSS, metrics=["accuracy"])
+    before = model.evaluate(x, y, verbose=0)[0]
+    history = model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0] < before
+    assert model.evaluate(x, y, verbose=0)[0] < 0.6 * before
+    assert int(model.optimizer.iterations.numpy()) == 3 * int(np.ceil(len(x) / 64))
+
+
+def test_fit_with_jit_compile_and_a_schedule(digits):
+    x, y = digits
+    model = mlp()
+    schedule = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=100)
+    model.compile(optimizer=ut.RAdam(learning_rate=schedule), loss=LOSS, jit_compile=True)
+    history = model.fit(x, y, epochs=2, batch_size=128, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+# -- configs, serialization, saving, checkpoints ----------------------------------------------------
+def _nondefault(cls):
+    info = next(i for i in TABLE if i.spec is cls.spec_class)
+    return info.make(info.cases[-2])
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_get_config_from_config_and_keras_serialization(cls):
+    opt = ut.from_spec(_nondefault(cls), clipnorm=2.0, name="mine")
+    config = opt.get_config()
+    assert config["learning_rate"] == opt.spec.lr  # exactly the Python float, not float32's
+    clone = cls.from_config(config)
+    assert type(clone) is cls and clone.spec == opt.spec and clone.get_config() == config
+    data = keras.saving.serialize_keras_object(opt)
+    assert data["registered_name"] == f"uniopt>{cls.__name__}"
+    back = keras.saving.deserialize_keras_object(data)
+    assert type(back) is cls and back.spec == opt.spec and back.clipnorm == 2.0 and back.name == "mine"
+
+
+def test_a_schedule_survives_serialization():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=10, decay_rate=0.5)
+    opt = ut.Adam(learning_rate=schedule, beta_1=0.8)
+    back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(opt))
+    assert isinstance(back.learning_rate, tf.Tensor) or callable(back._learning_rate)
+    assert back._learning_rate.get_config() == schedule.get_config()
+    assert back.spec == opt.spec
+
+
+@pytest.mark.parametrize(
+    "learning_rate",
+    [3e-3, keras.optimizers.schedules.ExponentialDecay(3e-3, decay_steps=4, decay_rate=0.5)],
+    ids=["float", "schedule"],
+)
+def test_model_save_load_continues_bitwise(tmp_path, digits, learning_rate):
+    x, y = digits[0][:512], digits[1][:512]
+    model = mlp()
+    opt = ut.RAdam(learning_rate=learning_rate, weight_decay=0.01, decoupled_weight_decay=True)
+    model.compile(optimizer=opt, loss=LOSS)
+    model.fit(x, y, epochs=1, batch_size=64, shuffle=False, verbose=0)  # 8 steps: rectified from 6
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.optimizer) is ut.RAdam and loaded.optimizer.spec == opt.spec
+    assert len(loaded.optimizer.variables) == len(opt.variables)
+    for a, b in zip(opt.variables, loaded.optimizer.variables, strict=True):
+        assert bits_equal(a.numpy(), b.numpy()), a.path
+    model.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0)
+    loaded.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0)
+    for a, b in zip(model.weights + opt.variables, loaded.weights + loaded.optimizer.variables, strict=True):
+        assert bits_equal(a.numpy(), b.numpy()), a.path
+
+
+@pytest.mark.parametrize("build_first", [True, False], ids=["built", "deferred"])
+def test_tf_train_checkpoint_restores_and_continues_bitwise(tmp_path, build_first):
+    spec = uniopt.Adam(lr=0.01, amsgrad=True)
+    params, grads = params_and_grads(10, seed=3)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    step = make_step(opt, variables, "function")
+    for g in grads[:5]:
+        step([tf.constant(x) for x in g])
+    path = tf.train.Checkpoint(optimizer=opt, variables=variables).save(str(tmp_path / "ckpt"))
+
+    restored_vars = [tf.Variable(np.zeros_like(p)) for p in params]
+    restored = ut.Adam.from_config(opt.get_config())
+    if build_first:
+        restored.build(restored_vars)
+    status = tf.train.Checkpoint(optimizer=restored, variables=restored_vars).restore(path)
+    if not build_first:
+        restored.build(restored_vars)
+    status.assert_existing_objects_matched()
+    assert int(restored.iterations.numpy()) == 5
+    restored_step = make_step(restored, restored_vars, "function")
+    for g in grads[5:]:
+        step([tf.constant(x) for x in g])
+        restored_step([tf.constant(x) for x in g])
+        assert_trajectories([snapshot(restored, restored_vars)], [snapshot(opt, variables)])
+    assert_trajectories([snapshot(opt, variables)], reference(spec, params, grads)[-1:])
+
+
+# -- base-optimizer features ---------------------------------------------------------------------
+def _trajectory(opt, grads_seq, params, mode="function", feed=lambda g: g):
+    variables = [tf.Variable(p) for p in params]
+    step = make_step(opt, variables, mode)
+    out = []
+    for g in grads_seq:
+        step([tf.constant(feed(x)) for x in g])
+        out.append(snapshot(opt, variables))
+    return out
+
+
+def test_keras_weight_decay_is_the_specs_and_applied_once():
+    """weight_decay is the spec's (decoupled in AdamW, L2 in Adam); Keras's own pass is off, so
+    the trajectory equals the reference, which applies it exactly once."""
+    params, grads = params_and_grads(6, seed=4)
+    for spec in (uniopt.AdamW(lr=0.01, weight_decay=0.3), uniopt.Adam(lr=0.01, weight_decay=0.3)):
+        opt = ut.from_spec(spec)
+        assert opt.weight_decay == 0.3 and opt.get_config()["weight_decay"] == 0.3
+        assert_trajectories(_trajectory(opt, grads, params), reference(spec, params, grads))
+    assert ut.AdamW(weight_decay=None).spec.weight_decay == 0.0  # Keras's "none"
+
+
+def test_exclude_from_weight_decay_uses_the_spec_without_decay():
+    spec = uniopt.AdamW(lr=0.01, weight_decay=0.3)
+    params, grads = params_and_grads(6, seed=5, shapes=((3, 2), (2,)))
+    kernel, bias = tf.Variable(params[0], name="kernel"), tf.Variable(params[1], name="bias")
+    opt = ut.from_spec(spec)
+    opt.exclude_from_weight_decay(var_names=["bias"])
+    step = make_step(opt, [kernel, bias], "function")
+    for g in grads:
+        step([tf.constant(x) for x in g])
+    decayed = reference(spec, params[:1], [g[:1] for g in grads])[-1][0][0]
+    plain = reference(spec.replace(weight_decay=0.0), params[1:], [g[1:] for g in grads])[-1][0][0]
+    assert bits_equal(kernel.numpy(), decayed) and bits_equal(bias.numpy(), plain)
+
+
+def test_clipvalue_clipnorm_and_global_clipnorm_clip_once_before_the_spec():
+    from keras.src.optimizers.base_optimizer import clip_by_global_norm
+
+    spec = uniopt.RAdam(lr=0.01)
+    params, grads = params_and_grads(7, seed=6)
+    big = [[3.0 * g for g in step] for step in grads]
+    clipped_value = [[np.clip(g, -0.5, 0.5) for g in step] for step in big]
+    assert_trajectories(
+        _trajectory(ut.from_spec(spec, clipvalue=0.5), big, params), reference(spec, params, clipped_value)
+    )
+    by_norm = [[tf.clip_by_norm(g, 1.0).numpy() for g in step] for step in big]
+    assert_trajectories(
+        _trajectory(ut.from_spec(spec, clipnorm=1.0), big, params), reference(spec, params, by_norm)
+    )
+    by_global = [
+        [t.numpy() for t in clip_by_global_norm([tf.constant(g) for g in step], 1.0)] for step in big
+    ]
+    assert_trajectories(
+        _trajectory(ut.from_spec(spec, global_clipnorm=1.0), big, params), reference(spec, params, by_global)
+    )
+
+
+def test_loss_scale_factor_unscales_the_gradients():
+    """Keras divides the gradients by the factor before the update: exact for a power of two."""
+    spec = uniopt.Adam(lr=0.01)
+    params, grads = params_and_grads(6, seed=7)
+    opt = ut.from_spec(spec, loss_scale_factor=1024.0)
+    assert float(opt.scale_loss(tf.constant(2.0))) == 2048.0
+    got = _trajectory(opt, grads, params, feed=lambda g: g * np.float32(1024.0))
+    assert_trajectories(got, reference(spec, params, grads))
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_gradient_accumulation_averages_and_counts_real_updates(mode):
+    """With gradient_accumulation_steps=2 every second apply updates with the mean gradient, and
+    the spec's step count (bias corrections, RAdam's rectification) counts updates, not applies."""
+    spec = uniopt.RAdam(lr=0.01)
+    params, grads = params_and_grads(16, seed=8)
+    got = _trajectory(ut.from_spec(spec, gradient_accumulation_steps=2), grads, params, mode=mode)
+    means = [
+        [(a + b) / np.float32(2) for a, b in zip(grads[i], grads[i + 1], strict=True)]
+        for i in range(0, 16, 2)
+    ]
+    want = reference(spec, params, means)
+    assert_trajectories(got[1::2], want)
+    for before, during in zip([(params, None), *got[1::2]], got[0::2], strict=False):
+        for p, q in zip(before[0], during[0], strict=True):
+            assert bits_equal(p, q)  # odd applies only accumulate
+
+
+def test_use_ema_leaves_the_update_alone_and_keeps_averages():
+    spec = uniopt.SGD(lr=0.05, momentum=0.9)
+    params, grads = params_and_grads(5, seed=9)
+    opt = ut.from_spec(spec, use_ema=True, ema_momentum=0.5)
+    variables = [tf.Variable(p) for p in params]
+    step = make_step(opt, variables, "function")
+    got = []
+    for g in grads:
+        step([tf.constant(x) for x in g])
+        got.append(snapshot(opt, variables))
+    assert_trajectories(got, reference(spec, params, grads))
+    averages = [a.numpy() for a in opt._model_variables_moving_average]
+    assert not bits_equal(averages[0], variables[0].numpy())
+    opt.finalize_variable_values(variables)
+    for a, v in zip(averages, variables, strict=True):
+        assert bits_equal(a, v.numpy())
+
+
+# -- construction ---------------------------------------------------------------------------------
+def _keras_error_inputs():
+    for info in TABLE:
+        cls = getattr(ut, info.name)
+        for i, err in enumerate(info.error_cases):
+            kwargs = ut.to_keras_kwargs(err.kwargs)
+            yield pytest.param(cls, kwargs, err.match, id=f"{info.name}-{i}-{'-'.join(kwargs)}")
+
+
+# error inputs of the table that have no Keras spelling: a non-pair ``betas`` (Keras takes beta_1
+# and beta_2 separately); passing ``betas`` itself is refused as an unknown argument instead
+UNTRANSLATABLE = {"betas"}
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "match"), list(_keras_error_inputs()))
+def test_bad_hyperparameters_raise_the_cores_message(cls, kwargs, match):
+    if UNTRANSLATABLE & set(kwargs):
+        with pytest.raises(ValueError, match=r"not recognized"):
+            cls(**kwargs)
+        return
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_errors_name_the_keras_argument():
+    with pytest.raises(ValueError, match=r"betas\[0\]=1\.0 is out of range.*argument beta_1"):
+        ut.Adam(beta_1=1.0)
+    with pytest.raises(ValueError, match=r"alpha=1\.0 is out of range.*argument rho"):
+        ut.RMSprop(rho=1.0)
+    with pytest.raises(ValueError, match=r"lr=-0\.1 is out of range.*argument learning_rate"):
+        ut.SGD(learning_rate=-0.1)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_defaults_are_the_specs(cls):
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.kind == p.POSITIONAL_OR_KEYWORD and name != "self"
+    }
+    spec_defaults = {f.name: f.default for f in dataclasses.fields(cls.spec_class)}
+    assert ut.to_spec_kwargs(defaults) == spec_defaults
+    assert cls().spec == cls.spec_class()
+
+
+def test_the_name_mapping_round_trips_every_case():
+    for info in TABLE:
+        for case in info.cases:
+            spec = info.make(case)
+            keras_kwargs = ut.to_keras_kwargs(spec.hyperparameters)
+            assert set(keras_kwargs).isdisjoint(ut.KERAS_NAMES.values())
+            assert ut.to_spec_kwargs(keras_kwargs) == spec.hyperparameters
+            assert ut.from_spec(spec).spec == spec
+
+
+def test_hyperparameters_are_fixed_but_learning_rate_is_settable():
+    opt = ut.Adam(learning_rate=0.01, beta_1=0.8)
+    assert opt.beta_1 == 0.8 and opt.epsilon == 1e-8
+    for name in ("beta_1", "epsilon", "amsgrad", "weight_decay"):
+        with pytest.raises(AttributeError, match=re.escape(f"{name} is fixed at construction")):
+            setattr(opt, name, 0.5)
+    opt.learning_rate = 0.02
+    assert float(opt.learning_rate.numpy()) == 0.02 and opt.learning_rate.dtype == "float64"
+
+
+def test_unknown_arguments_are_refused():
+    with pytest.raises(ValueError, match="not recognized"):
+        ut.RAdam(betas=(0.9, 0.99))
+    with pytest.raises(ValueError, match="not recognized"):
+        ut.SGD(lr=0.1)

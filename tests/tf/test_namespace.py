@@ -1,0 +1,95 @@
+"""uniopt.tf.xp: each function is the correctly rounded TF op, and the core runs on it unchanged."""
+
+from __future__ import annotations
+
+import array_api_compat.numpy as npx
+import numpy as np
+import pytest
+import tensorflow as tf
+from tf_helpers import assert_trajectories, bits_equal, params_and_grads
+
+from uniopt.registry import TABLE
+from uniopt.tf import xp
+
+SPECIALS = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, -2.5, 3.0]
+
+
+def _operands(dtype: str, n: int = 20_000, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(n) * 10.0 ** rng.integers(-20, 20, n)).astype(dtype)
+    b = (rng.standard_normal(n) * 10.0 ** rng.integers(-20, 20, n)).astype(dtype)
+    a[: len(SPECIALS)] = SPECIALS
+    b[: len(SPECIALS) ** 2 : len(SPECIALS)] = SPECIALS  # every special against every other
+    a[: len(SPECIALS) ** 2] = np.repeat(np.asarray(SPECIALS, dtype), len(SPECIALS))
+    b[: len(SPECIALS) ** 2] = np.tile(np.asarray(SPECIALS, dtype), len(SPECIALS))
+    return a, b
+
+
+BINARY = ["add", "subtract", "multiply", "divide", "maximum"]
+UNARY = ["sqrt", "negative"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("jit", [False, True], ids=["function", "xla"])
+def test_each_function_is_bitwise_numpys(dtype, jit):
+    a, b = _operands(dtype)
+    ops = {name: getattr(xp, name) for name in BINARY + UNARY}
+
+    @tf.function(jit_compile=jit)
+    def apply(a, b):
+        out = {name: ops[name](a, b) for name in BINARY}
+        out.update({name: ops[name](a) for name in UNARY})
+        out["where"] = xp.where(a > b, a, b)
+        return out
+
+    got = {k: v.numpy() for k, v in apply(tf.constant(a), tf.constant(b)).items()}
+    with np.errstate(all="ignore"):
+        want = {name: getattr(np, name)(a, b) for name in BINARY}
+        want.update({name: getattr(np, name)(a) for name in UNARY})
+        want["where"] = np.where(a > b, a, b)
+    # TF flushes subnormal inputs and results to zero on CPU (FTZ/DAZ); compare normal values only
+    tiny = np.finfo(dtype).tiny
+    normal = (np.abs(a) >= tiny) | (a == 0) | ~np.isfinite(a)
+    normal &= (np.abs(b) >= tiny) | (b == 0) | ~np.isfinite(b)
+    # max(+0, -0) may be either zero (IEEE leaves it open; XLA and NumPy differ): the specs never
+    # compare zeros of both signs (their maxima take non-negative sums of squares)
+    zero_tie = (a == 0) & (b == 0) & (np.signbit(a) != np.signbit(b))
+    for name, value in want.items():
+        keep = normal & ((np.abs(value) >= tiny) | (value == 0) | ~np.isfinite(value))
+        keep &= ~zero_tie if name == "maximum" else True
+        assert bits_equal(got[name][keep], value[keep]), name
+    assert np.isnan(got["maximum"][np.isnan(a) | np.isnan(b)]).all()  # NaN propagates
+
+
+def test_creation_functions_round_once():
+    x = tf.constant(np.ones((2, 3), np.float32))
+    assert bits_equal(xp.full_like(x, 0.1).numpy(), np.full((2, 3), 0.1, np.float32))
+    assert bits_equal(xp.zeros_like(x).numpy(), np.zeros((2, 3), np.float32))
+    assert bits_equal(xp.asarray(0.1, dtype=tf.float64).numpy(), np.float64(0.1))
+
+
+def test_tf_flushes_subnormals_to_zero():
+    """The one place where TF cannot match NumPy: CPU kernels run with FTZ/DAZ set, in every mode
+    (docs/tf.md). Trajectories that pass through subnormals differ there."""
+    tiny = np.float32([1e-39])
+    assert xp.multiply(tf.constant(tiny), tf.constant(np.float32([1.0]))).numpy()[0] == 0.0
+    assert np.multiply(tiny, np.float32(1.0))[0] != 0.0
+
+
+@pytest.mark.parametrize("info", TABLE, ids=lambda i: i.name)
+def test_the_cores_own_update_runs_on_tf_tensors(info):
+    """Spec.update with xp=uniopt.tf.xp (scalars cast through xp.asarray) equals NumPy's."""
+    spec = info.make(info.cases[-1])
+    params, grads = params_and_grads(7, "float32", seed=12)
+    tf_params = [tf.constant(p) for p in params]
+    state = spec.init(tf_params, xp)
+    np_params, np_state = [p.copy() for p in params], spec.init(params, npx)
+    got, want = [], []
+    for g in grads:
+        tf_params, state = spec.update([tf.constant(x) for x in g], state, tf_params, xp)
+        np_params, np_state = spec.update(g, np_state, np_params, npx)
+        got.append(
+            ([p.numpy() for p in tf_params], [{k: v.numpy() for k, v in s.items()} for s in state.slots])
+        )
+        want.append(([p.copy() for p in np_params], [dict(s) for s in np_state.slots]))
+    assert_trajectories(got, want)
