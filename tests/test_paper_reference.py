@@ -27,8 +27,9 @@ import zlib
 
 import numpy as np
 import pytest
+from cases import CASES, COMBOS
 
-from uniopt.registry import TABLE, Case
+from uniopt.registry import TABLE
 
 N_STEPS = 150
 RTOL = 1e-10
@@ -304,77 +305,6 @@ def worst_ratio(info, case, variant=None, *, params_only=False):
                         f"{actual.flat[k]!r}, reference {expected.flat[k]!r}",
                     )
     return worst
-
-
-CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
-
-# Feature combinations the table does not hold (maximize, weight decay, centering, momentum, AMSGrad,
-# skipping together), so that, for example, every slot is checked to see the prepared gradient.
-_COMBOS = {
-    "SGD": [
-        {"lr": 0.05, "weight_decay": 0.1, "maximize": True},
-        {"lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1, "maximize": True},
-        {"lr": 0.02, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1, "maximize": True},
-    ],
-    "Adagrad": [
-        {
-            "lr": 0.1,
-            "lr_decay": 0.01,
-            "eps": 1e-6,
-            "initial_accumulator_value": 0.1,
-            "weight_decay": 0.05,
-            "maximize": True,
-        },
-    ],
-    "RMSprop": [
-        {
-            "lr": 0.01,
-            "alpha": 0.9,
-            "eps": 1e-6,
-            "centered": True,
-            "momentum": 0.5,
-            "weight_decay": 0.1,
-            "maximize": True,
-        },
-    ],
-    "Adam": [
-        {
-            "lr": 0.01,
-            "betas": (0.8, 0.99),
-            "eps": 1e-6,
-            "amsgrad": True,
-            "weight_decay": 0.1,
-            "maximize": True,
-        },
-    ],
-    "AdamW": [
-        {
-            "lr": 0.01,
-            "betas": (0.8, 0.99),
-            "eps": 1e-6,
-            "amsgrad": True,
-            "weight_decay": 0.5,
-            "maximize": True,
-        },
-    ],
-    "RAdam": [
-        {"lr": 0.01, "weight_decay": 0.1, "degenerated_to_sgd": False, "maximize": True},
-        {
-            "lr": 0.01,
-            "betas": (0.8, 0.99),
-            "eps": 1e-6,
-            "weight_decay": 0.1,
-            "decoupled_weight_decay": True,
-            "degenerated_to_sgd": False,
-            "maximize": True,
-        },
-    ],
-}
-COMBOS = [
-    pytest.param(info, Case(f"combo{k}", kwargs), id=f"{info.name}-combo{k}")
-    for info in TABLE
-    for k, kwargs in enumerate(_COMBOS.get(info.name, ()))
-]
 
 
 def test_every_optimizer_has_a_reference():

@@ -1,0 +1,78 @@
+"""Optimizer cases shared by the hand-computed and paper-reference tests: every case of the
+registry table, plus feature combinations the table does not hold."""
+
+from __future__ import annotations
+
+import pytest
+
+from uniopt.registry import TABLE, Case
+
+CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
+
+# Feature combinations the table does not hold (maximize, weight decay, centering, momentum, AMSGrad,
+# skipping together), so that, for example, every slot is checked to see the prepared gradient.
+_COMBOS = {
+    "SGD": [
+        {"lr": 0.05, "weight_decay": 0.1, "maximize": True},
+        {"lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1, "maximize": True},
+        {"lr": 0.02, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1, "maximize": True},
+    ],
+    "Adagrad": [
+        {
+            "lr": 0.1,
+            "lr_decay": 0.01,
+            "eps": 1e-6,
+            "initial_accumulator_value": 0.1,
+            "weight_decay": 0.05,
+            "maximize": True,
+        },
+    ],
+    "RMSprop": [
+        {
+            "lr": 0.01,
+            "alpha": 0.9,
+            "eps": 1e-6,
+            "centered": True,
+            "momentum": 0.5,
+            "weight_decay": 0.1,
+            "maximize": True,
+        },
+    ],
+    "Adam": [
+        {
+            "lr": 0.01,
+            "betas": (0.8, 0.99),
+            "eps": 1e-6,
+            "amsgrad": True,
+            "weight_decay": 0.1,
+            "maximize": True,
+        },
+    ],
+    "AdamW": [
+        {
+            "lr": 0.01,
+            "betas": (0.8, 0.99),
+            "eps": 1e-6,
+            "amsgrad": True,
+            "weight_decay": 0.5,
+            "maximize": True,
+        },
+    ],
+    "RAdam": [
+        {"lr": 0.01, "weight_decay": 0.1, "degenerated_to_sgd": False, "maximize": True},
+        {
+            "lr": 0.01,
+            "betas": (0.8, 0.99),
+            "eps": 1e-6,
+            "weight_decay": 0.1,
+            "decoupled_weight_decay": True,
+            "degenerated_to_sgd": False,
+            "maximize": True,
+        },
+    ],
+}
+COMBOS = [
+    pytest.param(info, Case(f"combo{k}", kwargs), id=f"{info.name}-combo{k}")
+    for info in TABLE
+    for k, kwargs in enumerate(_COMBOS.get(info.name, ()))
+]
