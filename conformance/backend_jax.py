@@ -1,11 +1,16 @@
 """The JAX backend: the real ``uniopt.jax`` transformation under optax's contract.
 
 Each cell builds the transformation through the public factory (``uniopt.jax.<name>(**optax-style
-arguments)``, the name mapping read backwards from the spec) and steps it the way optax users do:
-``updates, state = tx.update(grads, state, params)`` then ``params = optax.apply_updates(params,
-updates)``. Mode ``eager`` calls it without ``jax.jit``: every op of the rule runs as its own XLA
-computation (``jax.disable_jit()`` gives the same numbers about 150 times slower); mode ``jit``
-compiles the whole step, with default XLA flags, once per spec, dtype and parameter shapes.
+arguments)``, the name mapping read backwards from the spec). Modes:
+
+- ``eager``: ``params, state = tx.step(grads, state, params)`` without ``jax.jit``: every op of the
+  rule runs as its own XLA computation (``jax.disable_jit()`` gives the same numbers about 150 times
+  slower);
+- ``jit``: the same ``tx.step`` compiled whole, with default XLA flags, once per spec, dtype and
+  parameter shapes;
+- ``optax``: optax's additive contract, ``updates, state = tx.update(grads, state, params)`` then
+  ``params = optax.apply_updates(params, updates)``, under ``jax.jit``. Where a step changes a
+  parameter's sign no float ``u`` gives ``p + u == new p``, so this row carries a measured bound.
 float64 needs ``jax_enable_x64``, which the runner turns on in its own process (every backend runs
 in a process of its own). jax is imported only inside the runner. ``--device gpu`` runs on jax's
 first GPU.
@@ -33,7 +38,7 @@ def _make_runner(mode: str) -> Runner:
 
     import uniopt.jax as ujax
 
-    if mode not in ("eager", "jit"):
+    if mode not in ("eager", "jit", "optax"):
         raise ValueError(f"jax backend has no mode {mode!r}")
     platform = "gpu" if requested_device() == "gpu" else "cpu"
     try:
@@ -47,12 +52,17 @@ def _make_runner(mode: str) -> Runner:
         name, kwargs = ujax.optax_arguments(spec)
         tx = getattr(ujax, name)(**kwargs)
 
-        def step(params, state, grads):
+        def additive_step(params, state, grads):
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
+        def step(params, state, grads):
+            return tx.step(grads, state, params)
+
+        if mode == "eager":
+            return tx, step
         # jit compiles once per spec, dtype and parameter shapes (streams share them)
-        return tx, jax.jit(step) if mode == "jit" else step
+        return tx, jax.jit(additive_step if mode == "optax" else step)
 
     def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
         if spec not in steps_of:
@@ -82,7 +92,7 @@ def _make_runner(mode: str) -> Runner:
 BACKEND = Backend(
     "jax",
     "jax",
-    modes=("eager", "jit"),
+    modes=("eager", "jit", "optax"),
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
     default_cells={
@@ -90,6 +100,11 @@ BACKEND = Backend(
             lambda cell: cell.stream != "long",
             "eager leaves the 20k-step long stream to --full (op by op it takes minutes on 2 cores); "
             "jit runs it",
-        )
+        ),
+        "optax": (
+            lambda cell: cell.stream != "long" and cell.dtype in ("float32", "float64"),
+            "the optax row (apply_updates) covers float32 and float64 without the long stream by "
+            "default; --full runs the rest",
+        ),
     },
 )

@@ -215,12 +215,12 @@ TABLE: tuple[OptimizerInfo, ...] = (
         ),
         error_cases=_common_errors("AdamW", **_beta_errors("AdamW")),
         ulp_tolerance={
-            # measured: float32 8 (7 cells), float64 2 (8 cells), bfloat16 1 (2 cells), eager and
-            # jit alike. optax's contract adds updates (p + u); where decoupled decay plus the step
-            # changes a parameter's sign, no float u gives p + u == new p (22 of ~1M float32/64
-            # element-steps of the matrix) and the 1-ulp miss propagates. uniopt.jax's tx.step
-            # (the rule's new parameter itself) is 0 ulp in every cell.
-            "jax": 8,
+            # jax's optax row only (update + apply_updates); its eager and jit rows run tx.step (the
+            # rule's new parameter itself) and are 0 ulp. Measured: float32 8 (7 cells), float64 2
+            # (8 cells), bfloat16 1 (2 cells). optax's contract adds updates (p + u); where decoupled
+            # decay plus the step changes a parameter's sign, no float u gives p + u == new p (22 of
+            # ~1M float32/64 element-steps of the matrix) and the 1-ulp miss propagates.
+            "jax:optax": 8,
         },
     ),
     OptimizerInfo(
@@ -241,9 +241,9 @@ TABLE: tuple[OptimizerInfo, ...] = (
             ),
         ),
         ulp_tolerance={
-            # measured: decoupled/huge only, float32 2, float64 1: optax's additive contract, as
-            # for AdamW (a sign-changing step that no float update reproduces); tx.step is 0 ulp.
-            "jax:decoupled/huge": 2,
+            # jax's optax row, decoupled/huge only, measured float32 2, float64 1: the additive
+            # contract, as for AdamW (a sign-changing step that no float update reproduces).
+            "jax:optax:decoupled/huge": 2,
         },
     ),
 )

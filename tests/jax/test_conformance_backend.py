@@ -19,15 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_backend_declaration():
     assert BACKEND.name == "jax" and BACKEND.module == "jax"
-    assert BACKEND.modes == ("eager", "jit")
+    assert BACKEND.modes == ("eager", "jit", "optax")
     assert {"float32", "float64"} <= set(BACKEND.dtypes)
     long_cell = Cell("Adam", "default", "long", "float32", 20_000)
     assert BACKEND.skip_by_default("eager", long_cell) is not None
     assert BACKEND.skip_by_default("jit", long_cell) is None
     assert BACKEND.skip_by_default("eager", Cell("Adam", "default", "normal", "float32", 50)) is None
+    assert BACKEND.skip_by_default("optax", Cell("Adam", "default", "normal", "float16", 50)) is not None
 
 
-def test_small_matrix_is_bitwise_eager_and_jit(tmp_path):
+def test_small_matrix_is_bitwise_in_every_mode(tmp_path):
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     )
@@ -37,7 +38,7 @@ def test_small_matrix_is_bitwise_eager_and_jit(tmp_path):
         # is `nox -s conformance`
         # (eager compiles every op once per shape and dtype: few of each, too)
         *("--optimizers", "SGD", "Adagrad", "--streams", "nonfinite"),
-        *("--dtypes", "float64", "bfloat16", "--steps", "10"),
+        *("--dtypes", "float64", "bfloat16", "--steps", "10", "--full"),
     ]
     done = subprocess.run(
         [sys.executable, "-m", "conformance", *args],
@@ -51,9 +52,9 @@ def test_small_matrix_is_bitwise_eager_and_jit(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     results = [r for r in compare_dir(tmp_path / "trajectories") if r.backend == "jax"]
     ran = [r for r in results if r.verdict != "skipped"]
-    assert {r.mode for r in ran} == {"eager", "jit"}
+    assert {r.mode for r in ran} == {"eager", "jit", "optax"}
     assert {r.dtype for r in ran} == {"float64", "bfloat16"}
     expected = cells(["float64", "bfloat16"], 10, ["SGD", "Adagrad"], ["nonfinite"])
-    assert len(ran) == 2 * len(expected) == 2 * (6 + 5) * 2  # every case, both modes
+    assert len(ran) == 3 * len(expected) == 3 * (6 + 5) * 2  # every case, every mode
     assert [(r.mode, r.optimizer, r.case, r.stream, r.dtype, r.ulp) for r in ran if r.ulp != 0] == []
     assert all(r.verdict == "pass" for r in ran)
