@@ -86,3 +86,20 @@ def conformance_compare(session: nox.Session) -> None:
     """Compare every trajectory file with the NumPy reference; fail on any cell over tolerance."""
     session.install(".", *HARNESS_DEPS, "matplotlib")
     session.run("python", "-m", "conformance", "--out", OUT, "compare")
+
+
+BENCH_OUT = "build/bench"
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("framework", ["torch", "jax", "tf", "report"])
+def bench(session: nox.Session, framework: str) -> None:
+    """Step-time benchmark: each framework's variants in its own venv (interleaved, JSON under
+    build/bench), then ``report``: the ratio table, docs/benchmarks.md and its chart. ``nox -s bench``
+    runs all four in order; ``-- --quick`` or ``-- --all`` pass options to the framework runs."""
+    if framework == "report":
+        session.install(".", "rich", "matplotlib")
+        session.run("python", "-m", "bench", "--out", BENCH_OUT, "report")
+        return
+    session.install(".", *FRAMEWORK_DEPS[framework])
+    session.run("python", "-m", "bench", "--out", BENCH_OUT, "run", framework, *session.posargs)

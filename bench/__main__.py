@@ -1,0 +1,87 @@
+"""``python -m bench run {torch,jax,tf} [--quick] [--all]`` and ``python -m bench report``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from .common import arrays, bound_ms, measure, param_set, write_results
+
+DEFAULT_OPTIMIZERS = ("RAdam", "Adam")
+
+
+def run(args: argparse.Namespace) -> int:
+    mod = importlib.import_module(f"bench.{args.framework}_bench")
+    optimizers = list(mod.OPTIMIZERS) if args.all else list(args.optimizers or DEFAULT_OPTIMIZERS)
+    rounds, steps, warmup = (5, 2, 8) if args.quick else (args.rounds, args.steps, 8)
+    options = {
+        "quick": args.quick,
+        "rounds": rounds,
+        "steps": steps,
+        "warmup": warmup,
+        "compile_all": args.compile_all,
+    }
+    table: dict[str, dict[str, dict]] = {}
+    started = time.time()
+    for set_name in args.sets:
+        pset = param_set(set_name, args.quick)
+        params, grads = arrays(pset, 0), arrays(pset, 1)
+        for name in optimizers:
+            print(f"{args.framework} {name} on {pset.label}", flush=True)
+            rows = measure(
+                mod.variants(name, pset, options),
+                params,
+                grads,
+                warmup=warmup,
+                rounds=rounds,
+                steps=steps,
+                log=lambda s: print(s, flush=True),
+            )
+            rows.append(bound_ms(pset.size, mod.copies(), repeats=max(rounds, 5)))
+            for r in rows:
+                shown = "skipped" if r.ms is None else f"{r.ms:9.2f} ms"
+                print(f"  {r.name:60s} {shown}", flush=True)
+            table.setdefault(name, {})[set_name] = {
+                "label": pset.label,
+                "size": pset.size,
+                "tensors": len(pset.shapes),
+                "rows": rows,
+            }
+    options["seconds"] = round(time.time() - started, 1)
+    path = write_results(Path(args.out), args.framework, mod.versions(), options, table)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--out", default="build/bench", help="folder of the JSON results")
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="time one framework's variants (interleaved) and write <out>/<fw>.json")
+    r.add_argument("framework", choices=("torch", "jax", "tf"))
+    r.add_argument("--quick", action="store_true", help="smaller sets and fewer rounds (development)")
+    r.add_argument("--all", action="store_true", help="every optimizer, not only RAdam and Adam")
+    r.add_argument("--optimizers", nargs="+", help="a subset (default: RAdam Adam)")
+    r.add_argument("--sets", nargs="+", default=["large", "many_small"], choices=("large", "many_small"))
+    r.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median over them)")
+    r.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    r.add_argument(
+        "--compile-all",
+        action="store_true",
+        help="also torch.compile torch.optim's step on the 2000-tensor set (many minutes)",
+    )
+    p = sub.add_parser("report", help="print the ratio table; write docs/benchmarks.md and its chart")
+    p.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file to write ('' for none)")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    from .report import report
+
+    return report(Path(args.out), args.docs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""What every framework's benchmark shares: the parameter sets, interleaved timing, memory probes
+and the memory-bandwidth bound, and the JSON the report reads.
+
+Timing: every variant is built and warmed up (compilation and RAdam's unrectified first steps happen
+there), then ``rounds`` rounds each time ``steps`` consecutive steps of every variant in turn, so
+that load from other processes hits all variants alike. A variant's figure is the median over
+rounds of the mean step time in a round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SETS",
+    "Measured",
+    "ParamSet",
+    "Variant",
+    "bound_ms",
+    "machine",
+    "measure",
+    "param_set",
+    "write_results",
+]
+
+BYTES_PER_PARAM = 28
+"""Bytes an Adam-type step must move per float32 parameter: read param, grad and two moments (16),
+write param and two moments (12)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSet:
+    """A parameter set: ``count`` tensors; the shapes alternate between 2-D and 1-D."""
+
+    name: str
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def size(self) -> int:
+        return int(sum(np.prod(s) for s in self.shapes))
+
+    @property
+    def label(self) -> str:
+        return f"{self.size / 1e6:.1f}M params in {len(self.shapes)} tensors"
+
+
+def _alternating(count: int, two_d: tuple[int, int]) -> tuple[tuple[int, ...], ...]:
+    one_d = (two_d[0] * two_d[1],)
+    return tuple(two_d if i % 2 == 0 else one_d for i in range(count))
+
+
+SETS: dict[str, ParamSet] = {
+    "large": ParamSet("large", _alternating(16, (1260, 1250))),  # 25.2M params in 16 tensors
+    "many_small": ParamSet("many_small", _alternating(2000, (20, 25))),  # 1.0M params in 2000 tensors
+}
+QUICK_SETS: dict[str, ParamSet] = {
+    "large": ParamSet("large", _alternating(16, (630, 625))),  # 6.3M params in 16 tensors
+    "many_small": ParamSet("many_small", _alternating(500, (20, 25))),  # 0.25M params in 500 tensors
+}
+
+
+def param_set(name: str, quick: bool) -> ParamSet:
+    return (QUICK_SETS if quick else SETS)[name]
+
+
+def arrays(pset: ParamSet, seed: int) -> list[np.ndarray]:
+    """float32 arrays of the set's shapes, standard normal times 0.01."""
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(s, dtype=np.float32) * np.float32(0.01)) for s in pset.shapes]
+
+
+@dataclasses.dataclass
+class Variant:
+    """One way to take a step: ``build(params, grads)`` returns the step function; ``state_bytes``
+    (called after warm-up) counts the optimizer's state; ``sync`` waits for queued work."""
+
+    name: str
+    kind: str  # "uniopt", "native" or "bound"
+    build: Callable[[list[np.ndarray], list[np.ndarray]], Callable[[], None]]
+    state_bytes: Callable[[], int] = lambda: 0
+    sync: Callable[[], None] = lambda: None
+    note: str = ""
+    skip: str = ""  # non-empty: not run, and why
+
+
+@dataclasses.dataclass
+class Measured:
+    name: str
+    kind: str
+    ms: float | None
+    spread: float | None  # interquartile range of the per-round times, ms
+    first_step_s: float | None  # the first step, compilation included
+    state_bytes: int | None
+    peak_step_bytes: int | None  # resident memory a step adds above the steady state
+    note: str = ""
+    skip: str = ""
+
+
+def _rss(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak resident size (Linux ``clear_refs`` 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def measure(
+    variants: list[Variant],
+    params: list[np.ndarray],
+    grads: list[np.ndarray],
+    *,
+    warmup: int,
+    rounds: int,
+    steps: int,
+    log: Callable[[str], None] = print,
+) -> list[Measured]:
+    """Build and warm up every variant, then time them interleaved (see the module docstring)."""
+    live: list[tuple[Variant, Callable[[], None], float]] = []
+    results: dict[str, Measured] = {}
+    for v in variants:
+        if v.skip:
+            results[v.name] = Measured(v.name, v.kind, None, None, None, None, None, v.note, v.skip)
+            continue
+        step = v.build(params, grads)
+        start = time.perf_counter()
+        step()
+        v.sync()
+        first = time.perf_counter() - start
+        for _ in range(warmup - 1):
+            step()
+        v.sync()
+        live.append((v, step, first))
+        log(f"  built {v.name} (first step {first:.2f} s)")
+    times: dict[str, list[float]] = {v.name: [] for v, _, _ in live}
+    peaks: dict[str, int | None] = {}
+    for v, step, _ in live:  # peak memory of one step above the steady state
+        before = _rss("VmRSS")
+        ok = _reset_peak()
+        step()
+        v.sync()
+        after = _rss("VmHWM")
+        peaks[v.name] = max(0, after - before) if ok and before is not None and after is not None else None
+    for _ in range(rounds):
+        for v, step, _ in live:
+            v.sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            v.sync()
+            times[v.name].append((time.perf_counter() - start) / steps * 1e3)
+    for v, _, first in live:
+        t = sorted(times[v.name])
+        q1, q3 = np.percentile(t, [25, 75]) if len(t) > 1 else (t[0], t[0])
+        results[v.name] = Measured(
+            v.name,
+            v.kind,
+            statistics.median(t),
+            float(q3 - q1),
+            first,
+            int(v.state_bytes()),
+            peaks[v.name],
+            v.note,
+        )
+    return [results[v.name] for v in variants]
+
+
+def bound_ms(size: int, copies: dict[str, Callable[[int], Callable[[], None]]], repeats: int) -> Measured:
+    """The memory-bandwidth bound of an Adam-type step on ``size`` float32 params: the time to copy
+    ``BYTES_PER_PARAM * size`` bytes (half read, half written) with the fastest copy offered."""
+    best, label = float("inf"), ""
+    for name, make in copies.items():
+        run = make(BYTES_PER_PARAM * size // 8)  # float32 elements per buffer: 14 B read + 14 B written
+        run()
+        ts = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            ts.append((time.perf_counter() - start) * 1e3)
+        if statistics.median(ts) < best:
+            best, label = statistics.median(ts), name
+    return Measured(
+        "memory-bandwidth bound",
+        "bound",
+        best,
+        None,
+        None,
+        None,
+        None,
+        f"copy of {BYTES_PER_PARAM} B/param ({label})",
+    )
+
+
+def numpy_copy(elements: int) -> Callable[[], None]:
+    src = np.ones(elements, np.float32)
+    dst = np.empty_like(src)
+    return lambda: np.copyto(dst, src)
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def write_results(
+    out: Path,
+    framework: str,
+    versions: dict[str, str],
+    options: dict[str, Any],
+    table: dict[str, dict[str, dict[str, Any]]],
+) -> Path:
+    """``out/<framework>.json``: ``{"results": {optimizer: {set: {"label", "rows"}}}, ...}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{framework}.json"
+    payload = {
+        "framework": framework,
+        "versions": versions,
+        "machine": machine(),
+        "options": options,
+        "results": table,
+    }
+    path.write_text(json.dumps(payload, indent=1, default=lambda o: dataclasses.asdict(o)))
+    return path

@@ -1,0 +1,92 @@
+"""uniopt.tf against Keras 3 (TensorFlow backend): ``tf.function`` and ``tf.function(jit_compile=True)``.
+
+Keras has no RAdam; uniopt.tf.RAdam is compared with Keras's Adam, the closest native step."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .common import ParamSet, Variant
+
+FRAMEWORK = "tf"
+
+# optimizer -> (Keras class standing in as the native, keyword arguments both accept)
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "RAdam": ("Adam", {"learning_rate": 1e-3}),
+    "Adam": ("Adam", {"learning_rate": 1e-3}),
+    "AdamW": ("AdamW", {"learning_rate": 1e-3}),
+    "SGD": ("SGD", {"learning_rate": 1e-3, "momentum": 0.9}),
+    "Adagrad": ("Adagrad", {"learning_rate": 1e-2}),
+    "RMSprop": ("RMSprop", {"learning_rate": 1e-2}),
+}
+
+
+def versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _variant(name: str, kind: str, make: Callable[[], Any], jit: bool) -> Variant:
+    holder: dict[str, Any] = {}
+
+    def build(params: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], None]:
+        import keras
+        import tensorflow as tf
+
+        opt = holder["opt"] = make()
+        variables = holder["vars"] = [keras.Variable(a) for a in params]
+        gs = [tf.constant(g) for g in grads]
+        opt.build(variables)
+
+        @tf.function(jit_compile=jit)
+        def apply() -> None:
+            opt.apply(gs, variables)
+
+        return lambda: apply()
+
+    def state_bytes() -> int:
+        opt = holder["opt"]
+        return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in opt.variables)
+
+    def sync() -> None:
+        holder["vars"][0].numpy()  # tf runs ops synchronously on CPU; this is a cheap barrier
+
+    return Variant(name, kind, build, state_bytes=state_bytes, sync=sync)
+
+
+def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Variant]:
+    import keras
+
+    import uniopt.tf as utf
+
+    native, kwargs = OPTIMIZERS[optimizer]
+    ours = getattr(utf, optimizer)
+    theirs = getattr(keras.optimizers, native)
+    out = []
+    for jit, label in ((False, "tf.function"), (True, "jit_compile")):
+        out.append(
+            _variant(
+                f"uniopt.tf.{optimizer} ({label})",
+                "uniopt" if jit else "uniopt-mode",
+                lambda: ours(**kwargs),
+                jit,
+            )
+        )
+        out.append(_variant(f"keras.optimizers.{native} ({label})", "native", lambda: theirs(**kwargs), jit))
+    return out
+
+
+def copies() -> dict[str, Callable[[int], Callable[[], None]]]:
+    from .common import numpy_copy
+
+    return {"numpy copyto": numpy_copy}

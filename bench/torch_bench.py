@@ -1,0 +1,133 @@
+"""uniopt.torch against torch.optim: for-loop, foreach, fused (where torch has it) and compiled."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .common import ParamSet, Variant
+
+FRAMEWORK = "torch"
+
+# optimizer -> (hyperparameters shared by uniopt.torch and torch.optim)
+OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "RAdam": {"lr": 1e-3},
+    "Adam": {"lr": 1e-3},
+    "AdamW": {"lr": 1e-3},
+    "SGD": {"lr": 1e-3, "momentum": 0.9},
+    "Adagrad": {"lr": 1e-2},
+    "RMSprop": {"lr": 1e-2},
+}
+
+COMPILE_LIMIT_TENSORS = 64
+"""Above this many tensors torch.compile of a torch.optim step is left out unless asked for: its
+graph unrolls every tensor, and compiling 2000 takes many minutes on 2 cores."""
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    return {"torch": torch.__version__, "threads": str(torch.get_num_threads())}
+
+
+def _tensors(arrays: list[np.ndarray]) -> list[Any]:
+    import torch
+
+    return [torch.from_numpy(a.copy()) for a in arrays]
+
+
+def _state_bytes(opt: Any) -> Callable[[], int]:
+    import torch
+
+    def count() -> int:
+        seen: dict[int, int] = {}
+        for state in opt.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    storage = value.untyped_storage()
+                    seen[storage.data_ptr()] = storage.nbytes()
+        return sum(seen.values())
+
+    return count
+
+
+def _variant(
+    name: str,
+    kind: str,
+    make: Callable[[list[Any]], Any],
+    compiled: bool = False,
+    note: str = "",
+    skip: str = "",
+) -> Variant:
+    holder: dict[str, Any] = {}
+
+    def build(params: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], None]:
+        import torch
+
+        ps = _tensors(params)
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = torch.from_numpy(g)
+        opt = holder["opt"] = make(ps)
+        return torch.compile(opt.step) if compiled else opt.step
+
+    return Variant(name, kind, build, state_bytes=lambda: _state_bytes(holder["opt"])(), note=note, skip=skip)
+
+
+def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Variant]:
+    import torch
+
+    import uniopt.torch as ut
+
+    hyper = OPTIMIZERS[optimizer]
+    uniopt_cls = getattr(ut, optimizer)
+    native = getattr(torch.optim, optimizer)
+    accepted = inspect.signature(native.__init__).parameters
+    out = [_variant(f"uniopt.torch.{optimizer}", "uniopt", lambda ps: uniopt_cls(ps, **hyper))]
+    modes = getattr(ut, "IMPLEMENTATIONS", ())
+    for impl in modes:
+        if impl != "auto":
+            out.append(
+                _variant(
+                    f"uniopt.torch.{optimizer}(implementation={impl!r})",
+                    "uniopt-mode",
+                    lambda ps, impl=impl: uniopt_cls(ps, implementation=impl, **hyper),
+                )
+            )
+    base = f"torch.optim.{optimizer}"
+    out.append(_variant(f"{base}(foreach=False)", "native", lambda ps: native(ps, foreach=False, **hyper)))
+    out.append(_variant(f"{base}(foreach=True)", "native", lambda ps: native(ps, foreach=True, **hyper)))
+    if "fused" in accepted:
+        out.append(_variant(f"{base}(fused=True)", "native", lambda ps: native(ps, fused=True, **hyper)))
+    too_many = len(pset.shapes) > COMPILE_LIMIT_TENSORS and not options.get("compile_all")
+    out.append(
+        _variant(
+            f"torch.compile({base}.step)",
+            "native",
+            lambda ps: native(ps, **hyper),
+            compiled=True,
+            skip=(
+                f"not run on {len(pset.shapes)} tensors: compiling the unrolled step takes many minutes "
+                "(--compile-all runs it)"
+            )
+            if too_many
+            else "",
+        )
+    )
+    return out
+
+
+def copies() -> dict[str, Callable[[int], Callable[[], None]]]:
+    """Copies the bandwidth bound may use: torch's (all threads) and NumPy's."""
+    import torch
+
+    from .common import numpy_copy
+
+    def torch_copy(elements: int) -> Callable[[], None]:
+        src = torch.ones(elements)
+        dst = torch.empty_like(src)
+        return lambda: dst.copy_(src)
+
+    return {"torch copy_": torch_copy, "numpy copyto": numpy_copy}
