@@ -64,27 +64,42 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+# Backends in the order ``nox -s conformance`` queues them: the longest first.
+LAUNCH_ORDER = ["tf", "jax", "torch", "array_api_strict", "numpy"]
+_QUEUED = {"background": False}  # set by `conformance`: its backend sessions queue jobs
+
+
 @nox.session(python=PYTHON)
 @nox.parametrize("backend", list(BACKEND_DEPS))
 def conformance_run(session: nox.Session, backend: str) -> None:
-    """Write one backend's trajectories under build/conformance/trajectories."""
+    """Write one backend's trajectories under build/conformance/trajectories.
+
+    Run on its own, it runs in the foreground. Queued by ``conformance``, it starts one background
+    job per mode in this venv (as many at once as there are cores) and returns, so the next venv
+    installs while this one runs; ``conformance_compare`` waits for every job.
+    """
     session.install(".", *BACKEND_DEPS[backend])
-    session.run("python", "-m", "conformance", "--out", OUT, "run", "--backend", backend, *session.posargs)
+    command = "enqueue" if _QUEUED["background"] else "run"
+    session.run("python", "-m", "conformance", "--out", OUT, command, "--backend", backend, *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def conformance(session: nox.Session) -> None:
-    """The main job: every backend in its own venv, then the matrix and its reports."""
-    shutil.rmtree(f"{OUT}/trajectories", ignore_errors=True)  # no stale backend files
-    for backend in BACKEND_DEPS:
+    """The main job: every backend in its own venv, run side by side, then the matrix and reports."""
+    for stale in ("trajectories", "jobs"):  # no files left from an earlier run
+        shutil.rmtree(f"{OUT}/{stale}", ignore_errors=True)
+    _QUEUED["background"] = True
+    for backend in sorted(BACKEND_DEPS, key=LAUNCH_ORDER.index):
         session.notify(f"conformance_run(backend='{backend}')", session.posargs)
     session.notify("conformance_compare")
 
 
 @nox.session(python=PYTHON)
 def conformance_compare(session: nox.Session) -> None:
-    """Compare every trajectory file with the NumPy reference; fail on any cell over tolerance."""
+    """Wait for queued backend jobs, then compare every trajectory file with the NumPy reference;
+    fail on a failed job or on any cell over tolerance."""
     session.install(".", *HARNESS_DEPS, "matplotlib")
+    session.run("python", "-m", "conformance", "--out", OUT, "wait")
     session.run("python", "-m", "conformance", "--out", OUT, "compare")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import backends
 from .cells import ALL_DTYPES, DEFAULT_STEPS, cells
 from .compare import compare_dir
+from .jobs import enqueue, wait, write_progress
 from .report import Matrix, write_reports
 from .run import run_backend
 from .streams import STREAMS
@@ -38,11 +39,37 @@ def _run_one(backend: backends.Backend, args: argparse.Namespace) -> None:
     with Progress(transient=not sys.stdout.isatty()) as progress:
         task = progress.add_task(backend.name, total=len(selected) * len(modes))
 
+        done = 0
+
         def advance(n: int, desc: str) -> None:
+            nonlocal done
+            done += n
             progress.update(task, advance=n, description=desc[:60])
+            if args.progress_file is not None:
+                write_progress(args.progress_file, done, len(selected) * len(modes), desc)
 
         run_backend(backend, selected, args.out / "trajectories", modes, advance, full=args.full)
     print(f"{backend.name}: {len(selected)} cells x {len(modes)} mode(s) -> {args.out / 'trajectories'}")
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    """One background job per mode of each backend (see :mod:`conformance.jobs`)."""
+    run_args = ["--steps", str(args.steps), "--device", args.device]
+    for flag in ("dtypes", "optimizers", "streams"):
+        if getattr(args, flag):
+            run_args += [f"--{flag}", *getattr(args, flag)]
+    if args.full:
+        run_args.append("--full")
+    for name in args.backend:
+        backend = backends.get(name)
+        reason = backend.unavailable()
+        if reason is not None:
+            print(f"backend {name} cannot run here: {reason}", file=sys.stderr)
+            return 2
+        modes = [m for m in (args.modes or backend.modes) if m in backend.modes] or [backend.modes[0]]
+        for folder in enqueue(args.out, name, modes, run_args):
+            print(f"queued {folder.name} (log: {folder / 'log'})")
+    return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -74,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run backends and write their trajectories")
     every = sub.add_parser("all", help="run the backends, then compare")
-    for p in (run, every):
+    queue = sub.add_parser(
+        "enqueue", help="queue one background job per backend mode, starting those a free core can take"
+    )
+    sub.add_parser("wait", help="run the queued jobs to their end, with progress; fail if one failed")
+    run.add_argument("--progress-file", type=Path, help="where to record progress (for `wait`)")
+    every.set_defaults(progress_file=None)
+    for p in (run, every, queue):
         p.add_argument("--backend", nargs="+", choices=backends.names(), default=list(backends.names()))
         p.add_argument("--modes", nargs="+", help="modes to run (default: all of the backend's)")
         p.add_argument("--dtypes", nargs="+", help="dtypes (default: all of the backend's)")
@@ -94,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "enqueue":
+        return _enqueue(args)
+    if args.command == "wait":
+        return wait(args.out)
     if backends.REFERENCE not in args.backend:
         args.backend = [backends.REFERENCE, *args.backend]
     return _run(args) or _compare(args)

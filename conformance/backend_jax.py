@@ -101,6 +101,11 @@ BACKEND = Backend(
             "eager leaves the 20k-step long stream to --full (op by op it takes minutes on 2 cores); "
             "jit runs it",
         ),
+        "jit": (
+            lambda cell: cell.dtype in ("float32", "float64"),
+            "jit compiles once per case, dtype and parameter set: float16 and bfloat16 are left to "
+            "--full (eager runs them by default)",
+        ),
         "optax": (
             lambda cell: cell.stream != "long" and cell.dtype in ("float32", "float64"),
             "the optax row (apply_updates) covers float32 and float64 without the long stream by "

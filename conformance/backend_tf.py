@@ -136,9 +136,14 @@ _FTZ = (
 )
 
 
-def _selects(streams: tuple[str, ...] | None):
+_WIDE = ("float32", "float64")
+
+
+def _selects(streams: tuple[str, ...] | None, dtypes: tuple[str, ...] | None = None):
     def selects(cell) -> bool:
         if (cell.optimizer, cell.case, cell.stream, cell.dtype) in SUBNORMAL_CELLS:
+            return False
+        if dtypes is not None and cell.dtype not in dtypes:
             return False
         return cell.stream != "long" if streams is None else cell.stream in streams
 
@@ -159,11 +164,15 @@ BACKEND = Backend(
             "left to --full: eager runs the normal, nonfinite and mixed_shapes streams by default "
             "(Keras's eager apply costs about 10 ms a step here)" + _FTZ,
         ),
-        "function": (_selects(None), "left to --full: the 20k-step long stream (about 2 min here)" + _FTZ),
+        "function": (
+            _selects(None, _WIDE),
+            "left to --full: float16, bfloat16 and the 20k-step long stream (a graph per case, dtype "
+            "and parameter set; the long stream about 2 min here)" + _FTZ,
+        ),
         "xla": (
-            _selects(_QUICK),
-            "left to --full: xla runs the normal, nonfinite and mixed_shapes streams by default (an "
-            "XLA compilation per case and dtype)" + _FTZ,
+            _selects(_QUICK, _WIDE),
+            "left to --full: xla runs the normal, nonfinite and mixed_shapes streams in float32 and "
+            "float64 by default (an XLA compilation per case, dtype and parameter set)" + _FTZ,
         ),
     },
 )

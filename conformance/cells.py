@@ -56,6 +56,11 @@ def cells(
     :data:`LONG_STEPS` steps (or ``steps``, if that is longer).
     """
     wanted = set(optimizers) if optimizers is not None else None
+    unknown = sorted(wanted - {info.name for info in TABLE}) if wanted is not None else []
+    if unknown:
+        raise ValueError(
+            f"unknown optimizer(s) {', '.join(unknown)}; the table has {', '.join(i.name for i in TABLE)}"
+        )
     stream_names = list(streams) if streams is not None else list(STREAMS)
     return [
         Cell(info.name, case.desc, stream, dtype, max(steps, LONG_STEPS) if long else steps)

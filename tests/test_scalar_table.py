@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ml_dtypes
+import numpy as np
 import pytest
 
 import uniopt
@@ -16,7 +18,17 @@ CASES = [
     # float64 tables of beta2 = 0.999 run to ~40k rows: check them on one case each
     for dtype in ("float32", "float64")
     if dtype == "float32" or getattr(info.make(case), "betas", (0, 0))[1] < 0.999
+] + [
+    # half precisions: rounded from the host's float64 rows as a whole array, like one value at a time
+    pytest.param(info, info.cases[0], dtype, id=f"{info.name}-{info.cases[0].desc}-{dtype}")
+    for info in TABLE
+    if info.make(info.cases[0]).scalars_converge()
+    for dtype in ("float16", "bfloat16")
 ]
+
+
+def _dtype(name: str) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
 def _equal(a: tuple, b: tuple) -> bool:
@@ -27,11 +39,19 @@ def _equal(a: tuple, b: tuple) -> bool:
 
 @pytest.mark.parametrize(("info", "case", "dtype"), CASES)
 def test_table_rows_equal_the_host_scalars_before_and_after_its_end(info, case, dtype):
-    spec = info.make(case)
+    spec, dtype = info.make(case), _dtype(dtype)
     table = scalar_table(spec, dtype)
     end = table.length
     for step in sorted({1, 2, 5, 6, 7, 50, max(end - 1, 1), end, end + 1, 3 * end + 11, 10**9}):
         assert _equal(table.row(step), rounded_scalars(spec, step, dtype)), step
+
+
+def test_every_row_of_a_table_equals_the_host_scalars():
+    spec = uniopt.RAdam(lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    for dtype in (np.dtype("float32"), _dtype("bfloat16")):
+        table = scalar_table(spec, dtype)
+        for step in range(1, table.length + 1):
+            assert _equal(table.row(step), rounded_scalars(spec, step, dtype)), (dtype, step)
 
 
 def test_adam_table_ends_where_float32_bias_correction_reaches_one():

@@ -13,6 +13,7 @@ does too. Schedules that never converge (Adagrad's ``lr_decay``) raise :class:`N
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,12 @@ class ScalarTable:
 
 
 def scalar_table(spec: Spec, dtype: Any, max_steps: int = 1_000_000) -> ScalarTable:
-    """Tabulate ``spec``'s rounded scalars until they equal their limit (at most ``max_steps``)."""
+    """Tabulate ``spec``'s rounded scalars until they equal their limit (at most ``max_steps``).
+
+    Row ``t`` equals :func:`rounded_scalars` ``(spec, t, dtype)``: the host's float64 rows, computed
+    once per spec and shared by every dtype, are rounded to ``dtype`` as a whole array (the same
+    single rounding as one value at a time).
+    """
     if not spec.scalars_converge():
         raise NotConvergentError(
             f"{spec.name}: the per-step scalars never reach a limit with these hyperparameters "
@@ -75,27 +81,45 @@ def scalar_table(spec: Spec, dtype: Any, max_steps: int = 1_000_000) -> ScalarTa
     fields = type(spec.step_scalars(1))._fields
     limit = rounded_scalars(spec, LIMIT_STEP, dtype)
     is_flag = tuple(isinstance(v, bool) for v in limit)
-    floats, flags = [], []
-    for step in range(1, max_steps + 1):
-        row = rounded_scalars(spec, step, dtype)
-        floats.append([v for v, f in zip(row, is_flag, strict=True) if not f])
-        flags.append([v for v, f in zip(row, is_flag, strict=True) if f])
-        if all(_same(a, b) for a, b in zip(row, limit, strict=True)):
-            break
-    else:
-        raise NotConvergentError(
-            f"{spec.name}: the per-step scalars do not reach their limit within {max_steps} steps "
-            f"in {dtype} (a schedule such as lr_decay keeps changing them); compute them on the host"
-        )
-    return ScalarTable(
-        fields=fields,
-        floats=np.asarray(floats, dtype=dtype).reshape(len(floats), -1),
-        flags=np.asarray(flags, dtype=bool).reshape(len(flags), -1),
-        is_flag=is_flag,
-    )
+    limit_floats = np.asarray([v for v, f in zip(limit, is_flag, strict=True) if not f], dtype=dtype)
+    limit_flags = np.asarray([v for v, f in zip(limit, is_flag, strict=True) if f], dtype=bool)
+    rows = min(_FIRST_CHUNK, max_steps)
+    while True:
+        floats64, flags = _host_rows(spec, is_flag, rows)
+        floats = floats64.astype(dtype)
+        at_limit = np.all(
+            (floats == limit_floats) | (np.isnan(floats) & np.isnan(limit_floats)), axis=1
+        ) & np.all(flags == limit_flags, axis=1)
+        hits = np.flatnonzero(at_limit)
+        if hits.size:
+            end = int(hits[0]) + 1
+            return ScalarTable(fields=fields, floats=floats[:end], flags=flags[:end], is_flag=is_flag)
+        if rows >= max_steps:
+            raise NotConvergentError(
+                f"{spec.name}: the per-step scalars do not reach their limit within {max_steps} "
+                f"steps in {dtype} (a schedule such as lr_decay keeps changing them); compute them on "
+                "the host"
+            )
+        rows = min(4 * rows, max_steps)
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool):
-        return a is b
-    return bool(a == b) or bool(np.isnan(a) and np.isnan(b))
+_FIRST_CHUNK = 4096
+_HOST_ROWS: OrderedDict[Spec, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_HOST_ROWS_CACHE_SIZE = 32
+
+
+def _host_rows(spec: Spec, is_flag: tuple[bool, ...], rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``spec.step_scalars(t)`` for ``t = 1..rows``: float fields in float64, flags as bool;
+    extended and cached per spec (least recently used out)."""
+    float_columns = [i for i, flag in enumerate(is_flag) if not flag]
+    flag_columns = [i for i, flag in enumerate(is_flag) if flag]
+    empty = (np.empty((0, len(float_columns))), np.empty((0, len(flag_columns)), bool))
+    floats, flags = _HOST_ROWS.pop(spec, empty)
+    if len(floats) < rows:
+        new = np.asarray([spec.step_scalars(t) for t in range(len(floats) + 1, rows + 1)], np.float64)
+        floats = np.concatenate([floats, new[:, float_columns]])
+        flags = np.concatenate([flags, new[:, flag_columns].astype(bool)])
+    _HOST_ROWS[spec] = floats, flags
+    while len(_HOST_ROWS) > _HOST_ROWS_CACHE_SIZE:
+        _HOST_ROWS.popitem(last=False)
+    return floats[:rows], flags[:rows]

@@ -1,0 +1,168 @@
+"""Background jobs: one process per backend and mode, run side by side on the machine's cores.
+
+``nox -s conformance`` installs each backend's virtualenv in turn. Instead of running the backend
+there and then, each venv *enqueues* one job per mode (a ``run`` command with that venv's Python, in
+a process of its own) and starts it at once if a core is free, so the backends run while the next
+venv installs. ``wait`` starts the remaining jobs as cores free up, draws one progress bar per job
+and fails if any job failed, printing the end of its log. A job is a folder of small files under
+``<out>/jobs/<backend>@<mode>/``: ``job.json`` (the command), ``started``, ``progress.json``,
+``log`` and, once it has ended, ``rc`` (its exit status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["enqueue", "job_limit", "launch_ready", "wait", "write_progress"]
+
+JOBS = "jobs"
+LIMIT_VARIABLE = "UNIOPT_CONFORMANCE_JOBS"
+"""How many jobs run at once (default: the number of CPU cores)."""
+
+
+def job_limit() -> int:
+    return max(1, int(os.environ.get(LIMIT_VARIABLE, 0) or os.cpu_count() or 1))
+
+
+def write_progress(path: Path, done: int, total: int, current: str) -> None:
+    """Atomically record a job's progress (read by :func:`wait` in another process)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"done": done, "total": total, "current": current}))
+    os.replace(tmp, path)
+
+
+def enqueue(out: Path, backend: str, modes: Sequence[str], run_args: Sequence[str]) -> list[Path]:
+    """One job per mode of ``backend``: ``python -m conformance --out <out> run --backend <backend>
+    --modes <mode> <run_args>`` with this interpreter; starts those a free core can take."""
+    folders = []
+    for mode in modes:
+        folder = out / JOBS / f"{backend}@{mode}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in ("started", "rc", "progress.json", "log"):
+            (folder / stale).unlink(missing_ok=True)
+        argv = [
+            *(sys.executable, "-m", "conformance", "--out", str(out), "run"),
+            *("--backend", backend, "--modes", mode, "--progress-file", str(folder / "progress.json")),
+            *run_args,
+        ]
+        (folder / "job.json").write_text(json.dumps({"argv": argv, "enqueued": time.time()}))
+        folders.append(folder)
+    launch_ready(out)
+    return folders
+
+
+def _jobs(out: Path) -> list[Path]:
+    root = out / JOBS
+    if not root.is_dir():
+        return []
+    found = [f for f in root.iterdir() if (f / "job.json").exists()]
+    return sorted(found, key=lambda f: json.loads((f / "job.json").read_text())["enqueued"])
+
+
+def _running(folder: Path) -> bool:
+    return (folder / "started").exists() and not _ended(folder)
+
+
+_CHILDREN: dict[Path, subprocess.Popen] = {}
+
+
+def launch_ready(out: Path) -> None:
+    """Start queued jobs, oldest first, while fewer than :func:`job_limit` are running."""
+    jobs = _jobs(out)
+    free = job_limit() - sum(_running(f) for f in jobs)
+    for folder in jobs:
+        if free <= 0:
+            break
+        if (folder / "started").exists():
+            continue
+        argv = json.loads((folder / "job.json").read_text())["argv"]
+        # the shell records the exit status once the command ends, whoever started it
+        log, rc, tmp = (shlex.quote(str(folder / name)) for name in ("log", "rc", "rc.tmp"))
+        script = f"{shlex.join(argv)} >{log} 2>&1; echo $? >{tmp}; mv {tmp} {rc}"
+        started = time.time()
+        shell = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL)
+        _CHILDREN[folder] = shell
+        (folder / "started").write_text(f"{started} {shell.pid}")
+        free -= 1
+
+
+def _ended(folder: Path) -> bool:
+    """The job wrote its exit status, or its shell is gone without writing one (killed)."""
+    if (folder / "rc").exists():
+        return True
+    if folder in _CHILDREN:  # started by this process: poll() also reaps it
+        return _CHILDREN[folder].poll() is not None and not (folder / "rc").exists()
+    if not (folder / "started").exists():
+        return False
+    try:
+        os.kill(int((folder / "started").read_text().split()[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def wait(out: Path, poll: float = 0.5) -> int:
+    """Run the queue to its end with a progress bar per job; 0 if every job succeeded."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    jobs = _jobs(out)
+    if not jobs:
+        return 0
+    console = Console()
+    columns = (
+        TextColumn("{task.fields[job]:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=console, transient=not console.is_terminal) as progress:
+        tasks = {f: progress.add_task("queued", total=None, job=f.name) for f in jobs}
+        while True:
+            launch_ready(out)
+            for folder, task in tasks.items():
+                state = _progress_of(folder)
+                if state is not None:
+                    progress.update(task, completed=state["done"], total=state["total"])
+                    progress.update(task, description=state["current"][:50])
+                if _ended(folder):
+                    progress.update(task, description="done" if _rc(folder) == 0 else "[red]failed")
+                    progress.stop_task(task)
+            if all(_ended(f) for f in jobs):
+                break
+            time.sleep(poll)
+    failed = [f for f in jobs if _rc(f) != 0]
+    for folder in jobs:
+        ended = (folder / "rc").stat().st_mtime if (folder / "rc").exists() else time.time()
+        seconds = ended - float((folder / "started").read_text().split()[0])
+        console.print(f"{folder.name}: {'ok' if _rc(folder) == 0 else 'FAILED'} in {seconds:.0f} s")
+    for folder in failed:
+        log = folder / "log"
+        tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else ["(no log)"]
+        console.print(f"[red]{folder.name} failed (exit {_rc(folder)}); the end of its log:[/]")
+        console.print("\n".join(tail), markup=False, highlight=False)
+    return 1 if failed else 0
+
+
+def _progress_of(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "progress.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _rc(folder: Path) -> int:
+    try:
+        return int((folder / "rc").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return -1

@@ -1,0 +1,58 @@
+"""Background conformance jobs: queued per backend mode, run to their end, failures reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance import jobs
+from conformance.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _importable_from_jobs(monkeypatch):
+    # jobs run `python -m conformance` in a fresh process: make the checkout's package importable
+    monkeypatch.chdir(ROOT)
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+    monkeypatch.setenv(jobs.LIMIT_VARIABLE, "1")  # queued jobs wait for a free slot
+
+
+def test_queued_jobs_run_one_at_a_time_and_write_trajectories(tmp_path):
+    args = ["--out", str(tmp_path), "enqueue", "--backend", "numpy", "array_api_strict"]
+    assert main([*args, "--optimizers", "SGD", "--steps", "3", "--streams", "normal"]) == 0
+    folders = sorted((tmp_path / "jobs").iterdir())
+    assert [f.name for f in folders] == ["array_api_strict@eager", "numpy@eager"]
+    # the limit is 1: the first job started at once, the second waits in the queue
+    assert [(f / "started").exists() for f in folders] == [False, True]
+    assert json.loads((folders[0] / "job.json").read_text())["argv"][0] == sys.executable
+
+    assert jobs.wait(tmp_path, poll=0.05) == 0
+    for folder in folders:
+        assert (folder / "rc").read_text().strip() == "0"
+        progress = json.loads((folder / "progress.json").read_text())
+        assert progress["done"] == progress["total"] > 0
+    written = sorted(p.name for p in (tmp_path / "trajectories").glob("*.json"))
+    assert written == ["array_api_strict@eager.json", "numpy@eager.json"]
+
+
+def test_a_failing_job_fails_the_wait_and_its_log_is_shown(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "enqueue", "--backend", "numpy", "--optimizers", "NoSuchOpt"]) == 0
+    assert jobs.wait(tmp_path, poll=0.05) == 1
+    out = capsys.readouterr().out
+    assert "numpy@eager failed" in out and "NoSuchOpt" in out
+
+
+def test_a_job_killed_before_writing_its_status_counts_as_failed(tmp_path):
+    folder = tmp_path / "jobs" / "numpy@eager"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"argv": ["true"], "enqueued": 0.0}))
+    # a shell that is gone (pid far above any live one) and never wrote rc
+    (folder / "started").write_text("0.0 4194303")
+    assert jobs.wait(tmp_path, poll=0.05) == 1
