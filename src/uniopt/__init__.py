@@ -17,9 +17,22 @@ from ._spec import Spec, State
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamw import AdamW
+from .porting import PortableState, load_state, save_state
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RAdam", "RMSprop", "Spec", "State"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "PortableState",
+    "RAdam",
+    "RMSprop",
+    "Spec",
+    "State",
+    "load_state",
+    "save_state",
+]
 __version__ = "0.1.0"
