@@ -19,8 +19,21 @@ from __future__ import annotations
 import uniopt
 
 from ._optimizer import UnioptOptimizer
+from ._porting import export_state, from_torch_optim, import_state, to_torch_optim
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RAdam", "RMSprop", "UnioptOptimizer"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "RAdam",
+    "RMSprop",
+    "UnioptOptimizer",
+    "export_state",
+    "from_torch_optim",
+    "import_state",
+    "to_torch_optim",
+]
 
 
 class SGD(UnioptOptimizer):

@@ -1,0 +1,294 @@
+"""Optimizer state between ``uniopt.torch`` (or ``torch.optim``) and :class:`uniopt.PortableState`.
+
+Parameters are taken in ``param_groups`` order (group 0's parameters, then group 1's, ...), which is
+the order of ``state_dict()``'s indices. A record holds one step count and one set of
+hyperparameters, so every parameter must have taken the same number of steps and every group must
+have the same hyperparameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+import uniopt
+from uniopt import PortableState, Spec
+from uniopt.porting import check_compatible, make_state
+
+from ._namespace import xp
+from ._optimizer import UnioptOptimizer
+
+__all__ = ["export_state", "from_torch_optim", "import_state", "to_torch_optim"]
+
+_NATIVE: dict[type[torch.optim.Optimizer], type[Spec]] = {
+    torch.optim.SGD: uniopt.SGD,
+    torch.optim.Adagrad: uniopt.Adagrad,
+    torch.optim.RMSprop: uniopt.RMSprop,
+    torch.optim.Adam: uniopt.Adam,
+    torch.optim.AdamW: uniopt.AdamW,
+    torch.optim.RAdam: uniopt.RAdam,
+}
+"""torch.optim classes whose state uniopt reads: their hyperparameters and slots carry the names and
+meanings of the uniopt spec's (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``,
+``square_avg``, ``grad_avg``, ``sum``)."""
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A host copy with the same bits (bfloat16 through ml_dtypes)."""
+    t = tensor.detach().to("cpu", copy=True)
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    """A fresh CPU tensor with the array's bits."""
+    if str(array.dtype) == "bfloat16":
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(array.copy())
+
+
+def _params(optimizer: torch.optim.Optimizer, owner: str) -> list[torch.Tensor]:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        if p.is_complex():
+            raise ValueError(
+                f"{owner}: parameter {i} is complex ({p.dtype}); a PortableState holds real arrays only"
+            )
+    return params
+
+
+def _one_spec(specs: list[Spec], owner: str) -> Spec:
+    for g, spec in enumerate(specs[1:], start=1):
+        for name, value in spec.hyperparameters.items():
+            if specs[0].hyperparameters[name] != value:
+                raise ValueError(
+                    f"{owner}: param group {g} has {name}={value!r}, group 0 has "
+                    f"{specs[0].hyperparameters[name]!r}; a PortableState holds one set of hyperparameters"
+                )
+    return specs[0]
+
+
+def _group_spec(optimizer: UnioptOptimizer, group: Mapping[str, Any]) -> Spec:
+    """The spec of one param group (its hyperparameters are the spec's fields)."""
+    fields = [f.name for f in dataclasses.fields(optimizer.spec_class)]
+    return optimizer.spec_class(
+        **{n: tuple(group[n]) if isinstance(group[n], list) else group[n] for n in fields}
+    )
+
+
+def _common_step(steps: list[int | None], owner: str) -> int:
+    """The one step count of all parameters (``None``: no state yet, i.e. 0 steps)."""
+    counts = [0 if s is None else s for s in steps]
+    for i, count in enumerate(counts):
+        if count != counts[0]:
+            raise ValueError(
+                f"{owner}: parameter {i} has taken {count} steps and parameter 0 {counts[0]}; a "
+                "PortableState holds one step count (parameters without gradients do not advance)"
+            )
+    return counts[0] if counts else 0
+
+
+def export_state(optimizer: UnioptOptimizer) -> PortableState:
+    """The state of a ``uniopt.torch`` optimizer as a :class:`uniopt.PortableState`.
+
+    Reads ``optimizer.state[p]`` (``step``, a CPU int64 tensor, and the spec's slots) for every
+    parameter in ``param_groups`` order; a parameter without state yet gets step 0 and the spec's
+    initial slots. Raises ``ValueError`` if the groups' hyperparameters or the parameters' step
+    counts differ, or a parameter is complex.
+    """
+    owner = "uniopt.torch.export_state"
+    if not isinstance(optimizer, UnioptOptimizer):
+        raise TypeError(
+            f"{owner}: expected a uniopt.torch optimizer, got {type(optimizer).__name__}; for a "
+            "torch.optim optimizer use uniopt.torch.from_torch_optim"
+        )
+    spec = _one_spec([_group_spec(optimizer, g) for g in optimizer.param_groups], owner)
+    params = _params(optimizer, owner)
+    steps: list[int | None] = []
+    slots = []
+    for p in params:
+        entry = optimizer.state.get(p)
+        if not entry:
+            steps.append(None)
+            slots.append({n: _to_numpy(spec.init_slot(n, p.detach(), xp)) for n in spec.slot_names()})
+            continue
+        steps.append(int(entry["step"]))
+        slots.append({n: _to_numpy(entry[n]) for n in spec.slot_names()})
+    return make_state(
+        spec,
+        _common_step(steps, owner),
+        slots,
+        [tuple(p.shape) for p in params],
+        [_dtype_name(p.dtype) for p in params],
+    )
+
+
+def import_state(optimizer: UnioptOptimizer, state: PortableState, *, hyperparameters: bool = True) -> None:
+    """Load ``state`` into a ``uniopt.torch`` optimizer, so that it continues the saved run.
+
+    Everything is checked first (:func:`uniopt.porting.check_compatible` against every group: the
+    optimizer, parameter count, shapes, dtypes, slots and, unless ``hyperparameters=False``, each
+    hyperparameter); then the state goes through ``optimizer.load_state_dict``, which validates
+    again, as the state a native run would hold: per parameter ``step`` (a CPU int64 tensor) and the
+    slots, in the parameter's dtype and on its device. Nothing is changed if any check fails.
+    """
+    owner = "uniopt.torch.import_state"
+    if not isinstance(optimizer, UnioptOptimizer):
+        raise TypeError(
+            f"{owner}: expected a uniopt.torch optimizer, got {type(optimizer).__name__}; for a "
+            "torch.optim optimizer use uniopt.torch.to_torch_optim"
+        )
+    params = _params(optimizer, owner)
+    shapes = [tuple(p.shape) for p in params]
+    dtypes = [_dtype_name(p.dtype) for p in params]
+    for group in optimizer.param_groups:
+        spec = _group_spec(optimizer, group)
+        check_compatible(state, spec, shapes, dtypes, hyperparameters=hyperparameters, owner=owner)
+    current = optimizer.state_dict()
+    indices = [i for group in current["param_groups"] for i in group["params"]]
+    native = {
+        index: {"step": torch.tensor(state.step, dtype=torch.int64)}
+        | {name: _to_tensor(value) for name, value in slots.items()}
+        for index, slots in zip(indices, state.slots, strict=True)
+    }
+    optimizer.load_state_dict({**current, "state": native})
+
+
+# -- torch.optim's own optimizers ----------------------------------------------------------------
+
+
+def _native_spec(optimizer: torch.optim.Optimizer, owner: str) -> type[Spec]:
+    for cls in type(optimizer).__mro__:
+        if cls in _NATIVE:
+            return _NATIVE[cls]
+    raise TypeError(
+        f"{owner}: {type(optimizer).__name__} is not one of torch.optim's "
+        f"{', '.join(c.__name__ for c in _NATIVE)}"
+    )
+
+
+def _native_group_spec(spec_class: type[Spec], group: Mapping[str, Any], owner: str, index: int) -> Spec:
+    """The uniopt spec with a torch.optim group's hyperparameters (torch's names are the spec's)."""
+    if spec_class is uniopt.Adam and group.get("decoupled_weight_decay", False):
+        spec_class = uniopt.AdamW  # torch.optim.Adam(decoupled_weight_decay=True) is AdamW
+    if spec_class is uniopt.AdamW and not group.get("decoupled_weight_decay", True):
+        raise ValueError(f"{owner}: group {index} is AdamW with decoupled_weight_decay=False")
+    fields = [f.name for f in dataclasses.fields(spec_class)]
+    kwargs = {name: group[name] for name in fields if name in group}
+    if torch.is_tensor(kwargs.get("lr")):
+        kwargs["lr"] = float(kwargs["lr"])
+    kwargs["betas"] = tuple(float(b) for b in kwargs["betas"]) if "betas" in kwargs else None
+    if kwargs["betas"] is None:
+        del kwargs["betas"]
+    try:
+        return spec_class(**kwargs)
+    except ValueError as exc:
+        raise ValueError(f"{owner}: group {index}: {exc}") from None
+
+
+def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = None) -> PortableState:
+    """The state of a ``torch.optim`` SGD, Adagrad, RMSprop, Adam, AdamW or RAdam as a record with
+    ``convention="torch"``.
+
+    Conventions assumed (torch 2.x): the hyperparameters' names and meanings are the uniopt spec's
+    (``Adam(decoupled_weight_decay=True)`` is read as AdamW; RAdam's ``degenerated_to_sgd`` is
+    torch's behaviour, True); the slots are the spec's slots under the same names and meanings
+    (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (AMSGrad's maximum of the uncorrected
+    ``exp_avg_sq``), ``momentum_buffer`` (unscaled, seeded with the first gradient), ``square_avg``,
+    ``grad_avg``, ``sum``), copied bit for bit; ``state[p]["step"]`` (a float tensor) is the step
+    count. ``torch.optim.SGD`` keeps no step count: pass ``step`` (any value >= 1 continues the same
+    way once a momentum buffer exists). ``foreach``, ``fused``, ``capturable`` and ``differentiable``
+    do not change the state and are ignored. Continuing under uniopt's rules is torch's algorithm
+    except where docs/torch.md lists a difference (RAdam's eps placement, centered RMSprop's clamp)
+    and rounding.
+    """
+    owner = "uniopt.torch.from_torch_optim"
+    if isinstance(optimizer, UnioptOptimizer):
+        raise TypeError(
+            f"{owner}: {type(optimizer).__name__} is a uniopt optimizer; use uniopt.torch.export_state"
+        )
+    spec_class = _native_spec(optimizer, owner)
+    specs = [_native_group_spec(spec_class, g, owner, i) for i, g in enumerate(optimizer.param_groups)]
+    spec = _one_spec(specs, owner)
+    params = _params(optimizer, owner)
+    names = spec.slot_names()
+    steps: list[int | None] = []
+    slots = []
+    for i, p in enumerate(params):
+        entry = {k: v for k, v in optimizer.state.get(p, {}).items() if v is not None}
+        missing = [n for n in names if n not in entry]
+        if missing and len(missing) < len(names):
+            raise ValueError(f"{owner}: parameter {i} has state {sorted(entry)} but lacks {missing}")
+        slots.append(
+            {
+                n: _to_numpy(entry[n]) if n in entry else _to_numpy(spec.init_slot(n, p.detach(), xp))
+                for n in names
+            }
+        )
+        if "step" in entry:
+            steps.append(int(entry["step"]))
+        elif entry:  # SGD: no counter of its own
+            if step is None:
+                raise ValueError(
+                    f"{owner}: torch.optim.{type(optimizer).__name__} keeps no step count; pass step= "
+                    "(the number of steps taken)"
+                )
+            steps.append(step)
+        else:
+            steps.append(None)
+    count = _common_step(steps, owner)
+    if step is not None and count not in (0, step):
+        raise ValueError(f"{owner}: step={step} but the optimizer's state says {count}")
+    return dataclasses.replace(
+        make_state(
+            spec,
+            step if step is not None else count,
+            slots,
+            [tuple(p.shape) for p in params],
+            [_dtype_name(p.dtype) for p in params],
+        ),
+        convention="torch",
+    )
+
+
+def to_torch_optim(
+    state: PortableState, optimizer: torch.optim.Optimizer, *, hyperparameters: bool = True
+) -> None:
+    """Load a record into a ``torch.optim`` optimizer of the same algorithm (the inverse of
+    :func:`from_torch_optim`: the slots under torch's names, ``step`` as torch's float32 tensor; SGD
+    gets no counter). Checked first like :func:`import_state`; nothing changes on a mismatch."""
+    owner = "uniopt.torch.to_torch_optim"
+    if isinstance(optimizer, UnioptOptimizer):
+        raise TypeError(
+            f"{owner}: {type(optimizer).__name__} is a uniopt optimizer; use uniopt.torch.import_state"
+        )
+    spec_class = _native_spec(optimizer, owner)
+    params = _params(optimizer, owner)
+    shapes = [tuple(p.shape) for p in params]
+    dtypes = [_dtype_name(p.dtype) for p in params]
+    for i, group in enumerate(optimizer.param_groups):
+        spec = _native_group_spec(spec_class, group, owner, i)
+        check_compatible(state, spec, shapes, dtypes, hyperparameters=hyperparameters, owner=owner)
+    current = optimizer.state_dict()
+    indices = [i for group in current["param_groups"] for i in group["params"]]
+    native: dict[int, dict[str, torch.Tensor]] = {}
+    for index, slots in zip(indices, state.slots, strict=True):
+        if spec_class is uniopt.SGD and state.step == 0:
+            break  # torch.optim.SGD seeds its buffer with the first gradient: no state before that
+        entry = {name: _to_tensor(value) for name, value in slots.items()}
+        if spec_class is not uniopt.SGD:
+            entry["step"] = torch.tensor(float(state.step), dtype=torch.float32)
+        if entry:
+            native[index] = entry
+    optimizer.load_state_dict({**current, "state": native})
