@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import arrays, bound_ms, measure, param_set, write_results
+from .common import arrays, bound_variants, measure, param_set, write_results
 
 DEFAULT_OPTIMIZERS = ("RAdam", "Adam")
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         for name in optimizers:
             print(f"{args.framework} {name} on {pset.label}", flush=True)
             rows = measure(
-                mod.variants(name, pset, options),
+                [*mod.variants(name, pset, options), *bound_variants(pset.size, mod.copies())],
                 params,
                 grads,
                 warmup=warmup,
@@ -40,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
                 steps=steps,
                 log=lambda s: print(s, flush=True),
             )
-            rows.append(bound_ms(pset.size, mod.copies(), repeats=max(rounds, 5)))
             for r in rows:
                 shown = "skipped" if r.ms is None else f"{r.ms:9.2f} ms"
                 print(f"  {r.name:60s} {shown}", flush=True)

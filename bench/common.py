@@ -26,7 +26,7 @@ __all__ = [
     "Measured",
     "ParamSet",
     "Variant",
-    "bound_ms",
+    "bound_variants",
     "machine",
     "measure",
     "param_set",
@@ -185,30 +185,24 @@ def measure(
     return [results[v.name] for v in variants]
 
 
-def bound_ms(size: int, copies: dict[str, Callable[[int], Callable[[], None]]], repeats: int) -> Measured:
-    """The memory-bandwidth bound of an Adam-type step on ``size`` float32 params: the time to copy
-    ``BYTES_PER_PARAM * size`` bytes (half read, half written) with the fastest copy offered."""
-    best, label = float("inf"), ""
-    for name, make in copies.items():
-        run = make(BYTES_PER_PARAM * size // 8)  # float32 elements per buffer: 14 B read + 14 B written
-        run()
-        ts = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            ts.append((time.perf_counter() - start) * 1e3)
-        if statistics.median(ts) < best:
-            best, label = statistics.median(ts), name
-    return Measured(
-        "memory-bandwidth bound",
-        "bound",
-        best,
-        None,
-        None,
-        None,
-        None,
-        f"copy of {BYTES_PER_PARAM} B/param ({label})",
-    )
+def bound_variants(size: int, copies: dict[str, Callable[[int], Callable[[], None]]]) -> list[Variant]:
+    """The memory-bandwidth bound of an Adam-type step on ``size`` float32 params, timed with the
+    optimizers (interleaved): copying ``BYTES_PER_PARAM * size`` bytes, half read and half written,
+    with each copy offered (the report takes the fastest)."""
+    elements = BYTES_PER_PARAM * size // 8  # float32 elements per buffer: 14 B read + 14 B written
+
+    def build(make: Callable[[int], Callable[[], None]]) -> Callable[[list, list], Callable[[], None]]:
+        return lambda params, grads: make(elements)
+
+    return [
+        Variant(
+            f"memory-bandwidth bound ({name})",
+            "bound",
+            build(make),
+            note=f"copy of {BYTES_PER_PARAM} B/param",
+        )
+        for name, make in copies.items()
+    ]
 
 
 def numpy_copy(elements: int) -> Callable[[], None]:

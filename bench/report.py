@@ -206,7 +206,7 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
         for fw, data in results.items():
             for r in _rows(data, optimizer, set_name):
                 if r["ms"] is not None:
-                    names.append(r["name"] if r["kind"] != "bound" else f"bound ({fw} process)")
+                    names.append(r["name"] if r["kind"] != "bound" else f"{r['name']} [{fw}]")
                     values.append(r["ms"])
                     colors.append(COLORS.get(r["kind"], "grey"))
         ax.barh(range(len(values)), values, color=colors)

@@ -1,8 +1,17 @@
-"""The torch backend: the real ``uniopt.torch`` optimizers, eager and under ``torch.compile``.
+"""The torch backend: the real ``uniopt.torch`` optimizers, in each way ``step()`` can run.
 
-``eager`` calls ``opt.step()``; ``compile`` calls ``torch.compile(opt.step)``, the way torch's
-documentation compiles an optimizer step. Gradients are assigned to ``p.grad`` as a training loop
-would; snapshots read the parameters and ``opt.state``.
+* ``eager``: ``opt.step()`` as constructed by default (``implementation="auto"``: the flat path, eager
+  for these small parameter sets);
+* ``loop``: ``implementation="loop"``, the rule per tensor;
+* ``flat`` and ``compiled``: ``implementation="flat"`` (eager) and ``"compiled"`` (inductor), with
+  :data:`uniopt.torch._flat.LARGE` lowered to :data:`SPLIT_LARGE` so that both flat paths run: the
+  parameters with at least that many elements take the in-place per-tensor kernel, the others the
+  gathered vector;
+* ``compile``: ``torch.compile(opt.step)``, the way torch's documentation compiles an optimizer step
+  (dynamo traces the per-tensor rule).
+
+Gradients are assigned to ``p.grad`` as a training loop would; snapshots read the parameters and
+``opt.state``.
 """
 
 from __future__ import annotations
@@ -34,13 +43,20 @@ def to_numpy(tensor) -> np.ndarray:
 
 _last_spec: list = []
 
+SPLIT_LARGE = 6
+"""``_flat.LARGE`` in the ``flat`` and ``compiled`` modes (the suite's tensors are small)."""
+
+IMPLEMENTATION = {"eager": "auto", "loop": "loop", "flat": "flat", "compiled": "compiled", "compile": "auto"}
+
 
 def _runner(mode: str) -> Runner:
     import torch
 
     import uniopt.torch as uniopt_torch
+    from uniopt.torch import _flat
     from uniopt.torch._namespace import xp
 
+    default_large = _flat.LARGE
     device = "cuda" if requested_device() == "gpu" else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device gpu: torch sees no CUDA device")
@@ -50,15 +66,18 @@ def _runner(mode: str) -> Runner:
             torch._dynamo.reset()  # a new case: drop the previous case's graphs and guards
             _last_spec[:] = [spec]
         params = [to_torch(p).to(device) for p in params0]
-        opt = getattr(uniopt_torch, spec.name)(params, **spec.hyperparameters)
-        if mode == "compile":
+        _flat.LARGE = SPLIT_LARGE if mode in ("flat", "compiled") else default_large
+        opt = getattr(uniopt_torch, spec.name)(
+            params, implementation=IMPLEMENTATION[mode], **spec.hyperparameters
+        )
+        if mode in ("compile", "compiled"):
             # graphs are reused across cells with the same hyperparameters, dtype and shapes; never
             # fall back to eager silently: a recompile past the limit is an error
             torch._dynamo.config.recompile_limit = 256
             torch._dynamo.config.fail_on_recompile_limit_hit = True
             # round every intermediate to the parameter dtype, as eager (and the reference) do
             torch._inductor.config.emulate_precision_casts = True
-        step = opt.step if mode == "eager" else torch.compile(opt.step)
+        step = torch.compile(opt.step) if mode == "compile" else opt.step
 
         def slots_of(p: torch.Tensor) -> dict[str, np.ndarray]:
             state = opt.state[p]
@@ -82,15 +101,21 @@ def _runner(mode: str) -> Runner:
 BACKEND = Backend(
     "torch",
     "torch",
-    ("eager", "compile"),
+    ("eager", "loop", "flat", "compiled", "compile"),
     ("float32", "float64", "float16", "bfloat16"),
     _runner,
     default_cells={
+        "compiled": (
+            lambda cell: cell.stream != "long" and cell.dtype == "float32",
+            "compiled mode covers float32 by default (inductor compiles one graph per case, dtype and "
+            "RAdam branch, a few seconds each on 2 cores); --full compiles the other dtypes and the long "
+            "cases",
+        ),
         "compile": (
             lambda cell: cell.stream != "long" and cell.dtype == "float32",
             "compile mode covers float32 by default (inductor needs about 2.5 s per graph on 2 "
             "cores, and each case, dtype and parameter set is a graph); --full compiles the other "
             "dtypes and the long cases",
-        )
+        ),
     },
 )

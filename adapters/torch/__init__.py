@@ -11,17 +11,21 @@ defaults are the spec's and equal torch.optim's. What differs from torch.optim i
 docs/torch.md: the formulas are the spec's (RAdam's epsilon sits on sqrt(v-hat) as in Adam; centered
 RMSprop clamps its variance at 0), every result is correctly rounded the same way as the NumPy
 reference, and torch.optim's implementation switches (``foreach``, ``fused``, ``capturable``,
-``differentiable``) are not accepted.
+``differentiable``) are not accepted; ``implementation`` (:data:`IMPLEMENTATIONS`, default ``"auto"``)
+chooses how the rule is executed, always with the same bits: per tensor, or over flat state buffers,
+eager or compiled by inductor.
 """
 
 from __future__ import annotations
 
 import uniopt
 
-from ._optimizer import UnioptOptimizer
+from ._optimizer import AUTO_COMPILE_MIN, IMPLEMENTATIONS, UnioptOptimizer
 from ._porting import export_state, from_torch_optim, import_state, to_torch_optim
 
 __all__ = [
+    "AUTO_COMPILE_MIN",
+    "IMPLEMENTATIONS",
     "SGD",
     "Adagrad",
     "Adam",

@@ -7,11 +7,17 @@ torch.optim's CPU step counters) and the spec's slots, in the parameter's dtype 
 ``step()`` validates every group and gradient first and only then updates, so an error leaves
 parameters and state untouched. The update itself is the spec's ``rule``; this module holds none of
 its math.
+
+How the rule is executed is the ``implementation`` argument (see :data:`IMPLEMENTATIONS`): per
+tensor (``"loop"``), or over flat state buffers (``"flat"``, and ``"compiled"`` with inductor; see
+:mod:`uniopt.torch._flat`). Every implementation gives the same bits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -22,9 +28,23 @@ from torch.optim import Optimizer
 from uniopt import Spec
 from uniopt._validate import check_interval
 
+from . import _flat
 from ._namespace import xp
 
-__all__ = ["UnioptOptimizer"]
+__all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
+
+IMPLEMENTATIONS = ("auto", "compiled", "flat", "loop")
+"""How ``step()`` executes the rule. ``loop``: per tensor, eager. ``flat``: the group's state in flat
+buffers per dtype, the rule run eagerly once over all small tensors and once per large one.
+``compiled``: as ``flat``, with the rule compiled by inductor into one loop per buffer. ``auto`` (the
+default): ``compiled`` for a group's CPU parameters of one dtype holding at least
+:data:`AUTO_COMPILE_MIN` elements, ``flat`` below that. Parameters that cannot be flattened (not on
+the CPU, complex, non-contiguous) always take ``loop``, and so does a step traced by
+``torch.compile``."""
+
+AUTO_COMPILE_MIN = 1 << 18
+"""Below this many elements ``auto`` does not compile: the few seconds inductor takes on first use
+would outweigh what it saves."""
 
 _STATE_DICT_KEY = "uniopt"
 _SPEC_CACHE_SIZE = 64
@@ -49,7 +69,16 @@ class UnioptOptimizer(Optimizer):
 
     spec_class: ClassVar[type[Spec]]
 
-    def __init__(self, params: Iterable[Any], **hyperparameters: Any) -> None:
+    def __init__(
+        self, params: Iterable[Any], *, implementation: str = "auto", **hyperparameters: Any
+    ) -> None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"uniopt.torch.{self.spec_class.name}: implementation={implementation!r}; expected one "
+                f"of {', '.join(map(repr, IMPLEMENTATIONS))}"
+            )
+        self.implementation = implementation
+        self._buckets: dict[int, tuple[Any, ...]] = {}  # group index -> its layout (see _layout)
         unknown = set(hyperparameters) - set(self._fields())
         if unknown:
             raise TypeError(
@@ -60,6 +89,14 @@ class UnioptOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     # -- the contract -------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "implementation": self.implementation}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("implementation", "auto")
+        self.__dict__.setdefault("_buckets", {})
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyperparameters and parameters are checked before anything is added."""
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
@@ -78,13 +115,82 @@ class UnioptOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         compiling = torch.compiler.is_compiling()
-        prepare = _compiler_disabled_prepare() if compiling else UnioptOptimizer._prepare
-        for spec, param, grad, slots, scalars in prepare(self):
-            new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
-            param.copy_(new_param)
-            for name, value in new_slots.items():
-                slots[name].copy_(value)
+        if compiling or self.implementation == "loop":
+            prepare = _compiler_disabled_prepare() if compiling else UnioptOptimizer._prepare
+            _run_loop(prepare(self))
+        else:
+            self._step_flat()
         return loss
+
+    def _step_flat(self) -> None:
+        """A step of the flat implementations: validate every group, then run each group's buckets
+        (and the per-tensor path for parameters that cannot be flattened)."""
+        groups = []
+        for index, group in enumerate(self.param_groups):  # validate everything before any update
+            spec = self._spec_of(group)
+            params = group["params"]
+            grads = list(map(_GRAD, params))
+            if any(map(operator.is_, grads, itertools.repeat(None))):
+                params = [p for p, g in zip(params, grads, strict=True) if g is not None]
+                grads = [g for g in grads if g is not None]
+            if not _grads_match(params, grads):
+                for p in params:
+                    _check_grad(spec, p)
+            groups.append((index, spec, group["lr"], params))
+        rounded: dict[tuple[Spec, float, int, torch.dtype], Any] = {}
+        for index, spec, lr, params in groups:
+            loop, buckets = self._layout(index, spec, params)
+            if loop:
+                _run_loop(self._plan([(spec, lr, p) for p in loop], keep_buckets=True))
+            for bucket, compiled in buckets:
+                key = (spec, lr, bucket.step + 1, bucket.dtype)
+                if key not in rounded:
+                    rounded[key] = _round(spec.step_scalars(bucket.step + 1, lr=lr), bucket.dtype)
+                bucket.run(_flat.kernel(spec, bucket.dtype, compiled), rounded[key])
+
+    def _layout(
+        self, index: int, spec: Spec, params: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[tuple[_flat.Bucket, bool]]]:
+        """Group ``index``'s parameters with a gradient: those the per-tensor path takes, and the
+        buckets of the others, each with whether its rule is compiled. Kept from the previous step
+        while the parameters, ``opt.state`` and every bucket are unchanged; rebuilt otherwise."""
+        ids = tuple(map(id, params))
+        names = spec.slot_names()
+        cached = self._buckets.get(index)
+        if (
+            cached is not None
+            and cached[0] == ids
+            and cached[1] is self.state
+            and cached[2] == names
+            and all(b.intact(self.state) for b, _ in cached[4])
+        ):
+            return cached[3], cached[4]
+        loop, by_dtype = [], {}
+        for p in params:
+            if _flat.eligible(p):
+                by_dtype.setdefault(p.dtype, []).append(p)
+            else:
+                loop.append(p)
+        buckets = []
+        for members in by_dtype.values():
+            by_step: dict[int, tuple[list[torch.Tensor], list[dict[str, Any]]]] = {}
+            for p in members:
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.int64)
+                for name in names:
+                    self._slot(state, spec, name, p)
+                same_step = by_step.setdefault(int(state["step"]), ([], []))
+                same_step[0].append(p)
+                same_step[1].append(state)
+            made = [_flat.Bucket(ps, names, states) for ps, states in by_step.values()]
+            if self.implementation == "auto":
+                compiled = sum(b.size for b in made) >= AUTO_COMPILE_MIN
+            else:
+                compiled = self.implementation == "compiled"
+            buckets.extend((b, compiled) for b in made)
+        self._buckets[index] = (ids, self.state, names, loop, buckets)
+        return loop, buckets
 
     def _prepare(self) -> list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]:
         """Host work of a step: validate everything, create missing state, advance the step
@@ -101,6 +207,18 @@ class UnioptOptimizer(Optimizer):
                 if p.grad is not None:
                     _check_grad(spec, p)
                     work.append((spec, group["lr"], p))
+        return self._plan(work)
+
+    def _plan(
+        self, work: list[tuple[Spec, float, torch.Tensor]], keep_buckets: bool = False
+    ) -> list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]:
+        """Per-tensor work: lazy state, step counters advanced, scalars rounded once per dtype.
+
+        Unless ``keep_buckets`` (the work holds no flattened parameter), the flat buckets are
+        dropped: per-tensor steps move counters they cache, so they are rebuilt at the next flat step.
+        """
+        if self._buckets and not keep_buckets:
+            self._buckets.clear()
         scalars: dict[tuple[Spec, float, int], Any] = {}
         rounded: dict[tuple[Spec, float, int, torch.dtype], Any] = {}
         plan = []
@@ -205,6 +323,31 @@ class UnioptOptimizer(Optimizer):
                             f"{tuple(entry[name].shape)} but the parameter has shape "
                             f"{tuple(p.shape)}; nothing was loaded"
                         )
+
+
+_GRAD = operator.attrgetter("grad")
+_DTYPE = operator.attrgetter("dtype")
+_SHAPE = operator.attrgetter("shape")
+_LAYOUT = operator.attrgetter("layout")
+
+
+def _grads_match(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+    """Whether every gradient is dense with its parameter's dtype and shape (C-level passes; the
+    per-parameter check that names the culprit runs only when this fails)."""
+    return (
+        all(map(operator.is_, map(_LAYOUT, grads), itertools.repeat(torch.strided)))
+        and list(map(_DTYPE, grads)) == list(map(_DTYPE, params))
+        and list(map(_SHAPE, grads)) == list(map(_SHAPE, params))
+    )
+
+
+def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]) -> None:
+    """The rule per tensor, written back in place (traced by dynamo under ``torch.compile``)."""
+    for spec, param, grad, slots, scalars in plan:
+        new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
+        param.copy_(new_param)
+        for name, value in new_slots.items():
+            slots[name].copy_(value)
 
 
 def _hashable(value: Any) -> Any:

@@ -1,0 +1,260 @@
+r"""The flat fast path: a param group's state in contiguous buffers, the spec's rule run once per
+buffer instead of once per tensor.
+
+For each param group and dtype (CPU, real floating point, contiguous parameters), a *bucket* holds
+every slot of the spec as one flat buffer, and ``opt.state[p][slot]`` is a view of its piece, shaped
+like ``p``; the step counters are views of one int64 buffer. Nothing else is kept: the state is
+exactly the spec's slots. A step then runs the spec's own ``rule(param, grad, slots, scalars, xp)``
+
+* on each large tensor (at least :data:`LARGE` elements) in place, on 1-D views of the parameter, its
+  gradient and its slot pieces (one kernel per tensor);
+* once over all small tensors together: their gradients and parameters are gathered with one
+  ``torch.cat`` each, the rule runs on the flat vectors and the slot region in place, and the new
+  parameters are copied back with one ``torch._foreach_copy_``.
+
+The rule is elementwise, so running it over a concatenation computes, element by element, exactly the
+ops it computes per tensor: a flat step is the per-tensor step executed differently, never another
+formula. With ``compiled=True`` the rule is compiled by inductor (``torch.compile(fullgraph=True,
+dynamic=True)``) into one loop that reads ``p, g, m, v`` and writes ``p, m, v`` once: the
+memory-traffic minimum of 28 bytes per float32 parameter for Adam-type rules. Inductor's C++ takes the
+square root with ``std::sqrt`` (correctly rounded) and does not contract ``a*b + c`` into fused
+multiply-adds, so the compiled rule is bitwise equal to the eager one in float32 and float64; in
+float16 and bfloat16 it is compiled with ``emulate_precision_casts`` so every op rounds to the dtype as
+eager does. One graph is compiled per (spec, dtype, branch flags such as RAdam's rectified step): sizes
+are symbolic, so the small region and every large tensor share it. Compiling costs a few seconds per
+graph on first use (inductor's on-disk cache shortens later processes).
+
+A bucket is rebuilt (state copied into new buffers) when the set of parameters with a gradient
+changes, when ``opt.state`` was replaced (``load_state_dict``), when the slots change, or after a
+step of the per-tensor path touched its parameters. Parameters with different step counts go to
+different buckets, since the per-step scalars depend on the count.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import operator
+import types
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from uniopt import Spec
+
+from ._namespace import xp
+
+__all__ = ["FLAT_DTYPES", "LARGE", "Bucket", "copier", "eligible", "kernel"]
+
+LARGE = 1 << 16
+"""Tensors with at least this many elements are updated in place one by one; smaller ones are
+gathered into one vector (their per-tensor dispatch would cost more than the gather)."""
+
+_ALIGN = 16
+"""Large tensors' slot pieces start at multiples of 16 elements (64 bytes for float32)."""
+
+FLAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def eligible(p: torch.Tensor) -> bool:
+    """Whether ``p`` can live in a bucket: a contiguous real floating CPU tensor."""
+    return p.device.type == "cpu" and p.dtype in FLAT_DTYPES and p.is_contiguous()
+
+
+def _apply_rule(
+    spec: Spec, p: torch.Tensor, g: torch.Tensor, slots: tuple[torch.Tensor, ...], sc: Any
+) -> None:
+    """The spec's rule on one set of (flat) tensors, written back in place."""
+    names = spec.slot_names()
+    new_p, new_slots = spec.rule(p, g, dict(zip(names, slots, strict=True)), sc, xp)
+    p.copy_(new_p)
+    for buffer, name in zip(slots, names, strict=True):
+        buffer.copy_(new_slots[name])
+
+
+_KERNEL_CACHE_SIZE = 64
+_KERNELS: OrderedDict[tuple[Spec, torch.dtype, bool], Callable[..., None]] = OrderedDict()
+
+
+def kernel(spec: Spec, dtype: torch.dtype, compiled: bool) -> Callable[..., None]:
+    """``f(p, g, slots, scalars)``: the spec's rule in place, eager or compiled by inductor.
+
+    Each compiled kernel gets its own code object, so dynamo's per-function recompile limit counts
+    its branch flags only, not every spec and dtype in the process.
+    """
+    key = (spec, dtype, compiled)
+    if key in _KERNELS:
+        _KERNELS.move_to_end(key)
+        return _KERNELS[key]
+    if not compiled:
+        fn: Callable[..., None] = functools.partial(_apply_rule, spec)
+    else:
+        code = _apply_rule.__code__.replace(co_name=f"uniopt_{spec.name}_{str(dtype).split('.')[-1]}_rule")
+        own = types.FunctionType(code, _apply_rule.__globals__, code.co_name)
+        options = {"emulate_precision_casts": True} if dtype in _HALF else {}
+        fn = functools.partial(torch.compile(own, fullgraph=True, dynamic=True, options=options), spec)
+    _KERNELS[key] = fn
+    if len(_KERNELS) > _KERNEL_CACHE_SIZE:
+        _KERNELS.popitem(last=False)
+    return fn
+
+
+_COPY_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+void uniopt_gather(char *dst, char *const *src, const int64_t *nbytes, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        if (nbytes[i]) memcpy(dst, src[i], (size_t)nbytes[i]);
+        dst += nbytes[i];
+    }
+}
+void uniopt_scatter(const char *src, char *const *dst, const int64_t *nbytes, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        if (nbytes[i]) memcpy(dst[i], src, (size_t)nbytes[i]);
+        src += nbytes[i];
+    }
+}
+"""
+_COPIER: list[Any] = []
+
+
+def copier() -> Any:
+    """The gather/scatter helper (two ``memcpy`` loops, :data:`_COPY_SOURCE`), built with the
+    system C compiler on first use and cached on disk; ``None`` where none is available (then the
+    gather and scatter use torch ops, one dispatch per tensor)."""
+    if not _COPIER:
+        _COPIER.append(_build_copier())
+    return _COPIER[0]
+
+
+def _build_copier() -> Any:
+    import ctypes
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler or os.name != "posix":
+        return None
+    digest = hashlib.sha256((_COPY_SOURCE + compiler).encode()).hexdigest()[:16]
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uniopt"
+    library = folder / f"copy-{digest}.so"
+    try:
+        if not library.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                source = Path(tmp) / "copy.c"
+                source.write_text(_COPY_SOURCE)
+                built = Path(tmp) / "copy.so"
+                subprocess.run(
+                    [compiler, "-O2", "-shared", "-fPIC", str(source), "-o", str(built)],
+                    check=True,
+                    capture_output=True,
+                    timeout=60,
+                )
+                os.replace(built, library)  # atomic: concurrent processes see a whole file
+        lib = ctypes.CDLL(str(library))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for fn in (lib.uniopt_gather, lib.uniopt_scatter):
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        fn.restype = None
+    return lib
+
+
+_GRAD = operator.attrgetter("grad")
+_DATA_PTR = torch.Tensor.data_ptr
+
+
+class Bucket:
+    """The flat state of some parameters of one group, one dtype and one step count."""
+
+    def __init__(
+        self, params: Sequence[torch.Tensor], names: tuple[str, ...], states: Sequence[dict[str, Any]]
+    ):
+        """Move each ``states[i]`` (``opt.state[params[i]]``: ``step`` and every slot in ``names``) into
+        new flat buffers; the dicts stay the same objects, their entries become views."""
+        small = [i for i, p in enumerate(params) if p.numel() < LARGE]
+        large = [i for i, p in enumerate(params) if p.numel() >= LARGE]
+        offsets: dict[int, int] = {}
+        end = 0
+        for i in small:
+            offsets[i], end = end, end + params[i].numel()
+        self.small_end = end
+        for i in large:
+            end = -(-end // _ALIGN) * _ALIGN
+            offsets[i], end = end, end + params[i].numel()
+        p0 = params[0]
+        self.size = end
+        self.dtype = p0.dtype
+        self.params = tuple(params)
+        self.names = names
+        self.slots = {n: torch.empty(end, dtype=p0.dtype, device=p0.device) for n in names}
+        self.steps = torch.tensor([int(s["step"]) for s in states], dtype=torch.int64)
+        self.step = int(self.steps[0])
+        self.states = tuple(states)
+        for i, (p, state) in enumerate(zip(params, states, strict=True)):
+            lo, hi = offsets[i], offsets[i] + p.numel()
+            state["step"] = self.steps[i]
+            for n in names:
+                view = self.slots[n][lo:hi].view(p.shape)
+                view.copy_(state[n])
+                state[n] = view
+        self.keys = ("step", *names)
+        self.columns = tuple(tuple(s[k] for s in states) for k in self.keys)
+        # flat views keep each parameter's storage alive, so an unchanged data_ptr means unchanged storage
+        self.flat_views = tuple(p.view(-1) for p in params)
+        self.ptrs = tuple(map(_DATA_PTR, params))
+        self.small = [params[i] for i in small]
+        self.small_flat = [self.flat_views[i] for i in small]
+        self.small_sizes = [params[i].numel() for i in small]
+        itemsize = p0.element_size()
+        self.small_nbytes = np.array([n * itemsize for n in self.small_sizes], dtype=np.int64)
+        self.small_ptrs = np.array([self.ptrs[i] for i in small], dtype=np.uintp)
+        self.large = [(self.flat_views[i], params[i], offsets[i]) for i in large]
+
+    def intact(self, state: dict[Any, Any]) -> bool:
+        """Whether ``state`` still holds this bucket's dicts and views, and the parameters the storage
+        they had (C-level passes: this runs every step)."""
+        if not all(map(operator.is_, map(state.get, self.params), self.states)):
+            return False
+        for key, column in zip(self.keys, self.columns, strict=True):
+            if not all(map(operator.is_, map(dict.get, self.states, itertools.repeat(key)), column)):
+                return False
+        return tuple(map(_DATA_PTR, self.params)) == self.ptrs
+
+    def run(self, fn: Callable[..., None], scalars: Any) -> None:
+        """Advance the step counters and apply ``fn`` (see :func:`kernel`) to every parameter."""
+        self.steps.add_(1)
+        self.step += 1
+        if self.small:
+            region = tuple(self.slots[n][: self.small_end] for n in self.names)
+            grads = list(map(_GRAD, self.small))
+            lib = copier()
+            if lib is not None and all(map(torch.Tensor.is_contiguous, grads)):
+                # gradients and parameters are contiguous, of the parameter's dtype and shape (checked
+                # by the optimizer), so each is nbytes of plain memory
+                n = len(grads)
+                flat_g = torch.empty(self.small_end, dtype=self.dtype)
+                flat_p = torch.empty(self.small_end, dtype=self.dtype)
+                grad_ptrs = np.fromiter(map(_DATA_PTR, grads), dtype=np.uintp, count=n)
+                sizes = self.small_nbytes.ctypes.data
+                lib.uniopt_gather(flat_g.data_ptr(), grad_ptrs.ctypes.data, sizes, n)
+                lib.uniopt_gather(flat_p.data_ptr(), self.small_ptrs.ctypes.data, sizes, n)
+                fn(flat_p, flat_g, region, scalars)
+                lib.uniopt_scatter(flat_p.data_ptr(), self.small_ptrs.ctypes.data, sizes, n)
+            else:
+                flat_g = torch.cat([g.reshape(-1) for g in grads])
+                flat_p = torch.cat(self.small_flat)
+                fn(flat_p, flat_g, region, scalars)
+                torch._foreach_copy_(self.small_flat, list(torch.split(flat_p, self.small_sizes)))
+        for flat, p, lo in self.large:
+            hi = lo + p.numel()
+            fn(flat, p.grad.reshape(-1), tuple(self.slots[n][lo:hi] for n in self.names), scalars)

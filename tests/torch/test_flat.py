@@ -1,0 +1,178 @@
+"""The implementations of ``step()`` (``loop``, ``flat``, ``compiled``, ``auto``) give the same bits,
+and the flat state is exactly the spec's slots, kept through every bookkeeping event.
+
+``_flat.LARGE`` is lowered in these tests so that small tensors take both flat paths: the gathered
+vector (below it) and the in-place per-tensor kernel (at or above it).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import uniopt.torch as ut
+from uniopt.registry import TABLE
+from uniopt.torch import _flat
+
+CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
+SHAPES = [(3, 4), (40,), (), (5, 2, 3), (7,)]
+
+
+@pytest.fixture(autouse=True)
+def _small_large(monkeypatch):
+    monkeypatch.setattr(_flat, "LARGE", 30)  # (40,) and (5, 2, 3) run in place, the rest gathered
+
+
+def _params(dtype=torch.float32, shapes=SHAPES, seed=0):
+    rng = np.random.default_rng(seed)
+    return [torch.from_numpy(rng.standard_normal(s)).to(dtype) for s in shapes]
+
+
+def _run(name, hyper, implementation, steps=9, dtype=torch.float32, skip=None, shapes=SHAPES):
+    """``steps`` steps with seeded gradients; ``skip(t, i)`` leaves param ``i`` without a gradient."""
+    params = _params(dtype, shapes)
+    opt = getattr(ut, name)(params, implementation=implementation, **hyper)
+    for t in range(steps):
+        rng = np.random.default_rng(100 + t)
+        for i, p in enumerate(params):
+            g = torch.from_numpy(rng.standard_normal(p.shape)).to(dtype)
+            p.grad = None if skip and skip(t, i) else g
+        opt.step()
+    return params, opt
+
+
+def _assert_same(a, b):
+    (pa, oa), (pb, ob) = a, b
+    for x, y in zip(pa, pb, strict=True):
+        assert torch.equal(x, y)
+        assert oa.state[x].keys() == ob.state[y].keys()
+        for key in oa.state[x]:
+            assert torch.equal(oa.state[x][key], ob.state[y][key]), key
+
+
+@pytest.mark.parametrize(("info", "case"), CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_flat_equals_loop_bitwise_in_every_case(info, case, dtype):
+    hyper = info.make(case).hyperparameters
+    if dtype == torch.bfloat16 and "eps" in hyper:
+        hyper = {**hyper, "eps": max(hyper["eps"], 1e-3)}
+    skip = lambda t, i: t == 2 and i == 1  # noqa: E731 - one parameter falls one step behind
+    _assert_same(
+        _run(info.name, hyper, "flat", skip=skip, dtype=dtype),
+        _run(info.name, hyper, "loop", skip=skip, dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "hyper"),
+    [("RAdam", {"lr": 1e-2, "weight_decay": 0.1}), ("Adam", {"lr": 1e-2, "amsgrad": True, "maximize": True})],
+)
+def test_compiled_equals_loop_bitwise_in_float32(name, hyper):
+    # 9 steps: RAdam's unrectified (1-5) and rectified branches, each its own graph
+    _assert_same(_run(name, hyper, "compiled"), _run(name, hyper, "loop"))
+
+
+def test_state_is_views_of_one_buffer_per_slot_and_nothing_else():
+    params, opt = _run("Adam", {"lr": 1e-2}, "flat", steps=2)
+    storages = {
+        n: {opt.state[p][n].untyped_storage().data_ptr() for p in params} for n in opt.state[params[0]]
+    }
+    assert all(len(ptrs) == 1 for ptrs in storages.values())  # one buffer per slot and one for steps
+    assert set(opt.state[params[0]]) == {"step", "exp_avg", "exp_avg_sq"}
+    for p in params:
+        assert opt.state[p]["exp_avg"].shape == p.shape and opt.state[p]["step"].dim() == 0
+    total = sum(p.numel() for p in params)
+    slot_bytes = opt.state[params[0]]["exp_avg"].untyped_storage().nbytes()
+    assert total * 4 <= slot_bytes < (total + _flat._ALIGN * len(params)) * 4  # alignment only
+
+
+def test_resume_from_state_dict_is_bitwise_and_rebuilds_the_buckets():
+    hyper = {"lr": 1e-2, "weight_decay": 0.01}
+    params, opt = _run("RAdam", hyper, "flat", steps=4)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    resumed_params = [p.clone() for p in params]
+    resumed = ut.RAdam(resumed_params, implementation="flat", **hyper)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer))
+    for t in range(3):
+        rng = np.random.default_rng(7 + t)
+        for a, b in zip(params, resumed_params, strict=True):
+            a.grad = b.grad = torch.from_numpy(rng.standard_normal(a.shape)).float()
+        opt.step()
+        resumed.step()
+    _assert_same((params, opt), (resumed_params, resumed))
+    ptr = resumed.state[resumed_params[0]]["exp_avg"].untyped_storage().data_ptr()
+    assert all(resumed.state[p]["exp_avg"].untyped_storage().data_ptr() == ptr for p in resumed_params)
+
+
+def test_a_compiled_step_between_flat_steps_keeps_the_counters():
+    hyper = {"lr": 1e-2}
+    params = _params()
+    ref_params = _params()
+    opt = ut.Adam(params, implementation="flat", **hyper)
+    ref = ut.Adam(ref_params, implementation="loop", **hyper)
+    compiled = torch.compile(opt.step)
+    for t in range(4):
+        rng = np.random.default_rng(t)
+        for a, b in zip(params, ref_params, strict=True):
+            a.grad = b.grad = torch.from_numpy(rng.standard_normal(a.shape)).float()
+        (compiled if t == 1 else opt.step)()
+        ref.step()
+    _assert_same((params, opt), (ref_params, ref))
+
+
+def test_replacing_a_parameters_storage_is_seen():
+    params, opt = _run("SGD", {"lr": 0.1, "momentum": 0.9}, "flat", steps=2)
+    ref_params, ref = _run("SGD", {"lr": 0.1, "momentum": 0.9}, "loop", steps=2)
+    for p, q in zip(params, ref_params, strict=True):
+        p.data = p.data.clone()  # what module.to() and friends do
+        p.grad = q.grad = torch.ones_like(p)
+    opt.step()
+    ref.step()
+    _assert_same((params, opt), (ref_params, ref))
+
+
+def test_implementation_survives_pickle_and_deepcopy_and_bad_values_are_refused():
+    params, opt = _run("Adam", {"lr": 1e-2}, "flat", steps=2)
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone.implementation == "flat"
+        clone.step()  # the copy's state gets buckets of its own
+    with pytest.raises(ValueError, match=r"implementation='fast'; expected one of 'auto'"):
+        ut.Adam(params, implementation="fast")
+
+
+def test_auto_compiles_large_groups_only(monkeypatch):
+    compiled_flags = []
+    real = _flat.kernel
+    monkeypatch.setattr(
+        _flat,
+        "kernel",
+        lambda spec, dtype, compiled: compiled_flags.append(compiled) or real(spec, dtype, False),
+    )
+    _run("SGD", {"lr": 0.1}, "auto", steps=1)
+    _run("SGD", {"lr": 0.1}, "auto", steps=1, shapes=[(ut.AUTO_COMPILE_MIN,)])
+    assert compiled_flags == [False, True]
+
+
+def test_parameters_that_cannot_be_flattened_take_the_loop_with_the_rest_flat():
+    shapes = [(4, 6), (5,)]
+    hyper = {"lr": 1e-2}
+
+    def run(implementation):
+        params = _params(shapes=shapes)
+        params.append(_params(shapes=[(6, 4)])[0].t())  # non-contiguous
+        opt = ut.Adam(params, implementation=implementation, **hyper)
+        for t in range(3):
+            rng = np.random.default_rng(t)
+            for p in params:
+                p.grad = torch.from_numpy(rng.standard_normal(p.shape)).float()
+            opt.step()
+        return params, opt
+
+    _assert_same(run("flat"), run("loop"))
