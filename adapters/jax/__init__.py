@@ -18,6 +18,7 @@ once per dtype (a table gathered by the traced step count, or a host callback). 
 from __future__ import annotations
 
 from ._names import ALIASES, FACTORIES, inject_hyperparams, optax_arguments
+from ._porting import export_state, find_state, from_optax, import_state, to_optax
 from ._transform import Transformation, UnioptState, transformation
 
 __all__ = [
@@ -33,12 +34,17 @@ __all__ = [
     "adagrad",
     "adam",
     "adamw",
+    "export_state",
+    "find_state",
+    "from_optax",
     "from_spec",
+    "import_state",
     "inject_hyperparams",
     "optax_arguments",
     "radam",
     "rmsprop",
     "sgd",
+    "to_optax",
 ]
 
 sgd = SGD = FACTORIES["sgd"]

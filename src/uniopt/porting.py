@@ -112,7 +112,8 @@ class PortableState:
     def __post_init__(self) -> None:
         hyper = {k: _jsonable(k, v) for k, v in dict(self.hyperparameters).items()}
         object.__setattr__(self, "hyperparameters", hyper)
-        object.__setattr__(self, "slots", tuple(dict(s) for s in self.slots))
+        as_array = lambda v: np.asarray(v) if isinstance(v, np.generic) else v  # noqa: E731
+        object.__setattr__(self, "slots", tuple({k: as_array(v) for k, v in s.items()} for s in self.slots))
         object.__setattr__(self, "shapes", tuple(tuple(int(n) for n in s) for s in self.shapes))
         object.__setattr__(self, "dtypes", tuple(str(d) for d in self.dtypes))
         if not isinstance(self.optimizer, str) or not self.optimizer:

@@ -1,0 +1,327 @@
+"""Optimizer state between ``uniopt.jax`` (or optax's own aliases) and :class:`uniopt.PortableState`.
+
+Parameters are the leaves of the parameter pytree in ``jax.tree.leaves`` order (``None`` leaves are
+not parameters). A state may be given as the :class:`~uniopt.jax.UnioptState` itself or as any optax
+state holding exactly one (e.g. the state of ``optax.chain(clip, uniopt.jax.radam(...))``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import uniopt
+from uniopt import PortableState, Spec
+from uniopt.porting import check_compatible, make_state
+
+from ._transform import Transformation, UnioptState
+
+__all__ = ["export_state", "find_state", "from_optax", "import_state", "to_optax"]
+
+_MAX_COUNT = 2**31 - 1
+
+
+def _leaves(params: Any) -> tuple[list[Any], Any]:
+    return jax.tree.flatten(params)
+
+
+def _dtype(leaf: Any) -> str:
+    """The dtype jax computes a leaf in (float64 becomes float32 without ``jax_enable_x64``)."""
+    return str(
+        jax.dtypes.canonicalize_dtype(np.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype)
+    )
+
+
+def _spec_of(tx: Transformation | Spec, count: Any = None) -> Spec:
+    """The spec with the learning rate in effect (a schedule's value at ``count``)."""
+    if isinstance(tx, Spec):
+        return tx
+    if not isinstance(tx, Transformation):
+        raise TypeError(f"expected a uniopt.jax transformation or a uniopt spec, got {type(tx).__name__}")
+    if tx.learning_rate is None:
+        return tx.spec
+    lr = (
+        tx.learning_rate(count if count is not None else 0)
+        if callable(tx.learning_rate)
+        else tx.learning_rate
+    )
+    return tx.spec.replace(lr=float(lr))
+
+
+def _is_uniopt(node: Any) -> bool:
+    return isinstance(node, UnioptState)
+
+
+def find_state(opt_state: Any) -> UnioptState:
+    """The one :class:`UnioptState` inside an optax state (``ValueError`` for none or several)."""
+    found = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_uniopt) if _is_uniopt(n)]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one UnioptState in the optimizer state, found {len(found)}")
+    return found[0]
+
+
+def export_state(tx: Transformation | Spec, state: Any, params: Any) -> PortableState:
+    """The state of a ``uniopt.jax`` transformation for ``params`` as a :class:`uniopt.PortableState`.
+
+    ``tx`` gives the spec (a ``Transformation`` or the spec itself); with a schedule or array
+    learning rate the record's ``lr`` is the value in effect at the next step. ``step`` is
+    ``state.count``.
+    """
+    state = find_state(state)
+    count = int(state.count)
+    spec = _spec_of(tx, state.count)
+    leaves, treedef = _leaves(params)
+    names = spec.slot_names()
+    if set(state.slots) != set(names):
+        raise ValueError(
+            f"uniopt.jax.export_state: state slots {sorted(state.slots)}, {spec.name} has {sorted(names)}"
+        )
+    slot_leaves = {n: treedef.flatten_up_to(state.slots[n]) for n in names}
+    slots = [{n: np.array(slot_leaves[n][i], copy=True) for n in names} for i in range(len(leaves))]
+    return make_state(spec, count, slots, [tuple(np.shape(p)) for p in leaves], [_dtype(p) for p in leaves])
+
+
+def _place(value: np.ndarray, like: Any) -> jax.Array:
+    """The array on ``like``'s devices with its sharding (or the default device)."""
+    if isinstance(like, jax.Array) and not isinstance(like, jax.core.Tracer):
+        return jax.device_put(value, like.sharding)
+    return jnp.asarray(value)
+
+
+def import_state(
+    tx: Transformation | Spec,
+    state: PortableState,
+    params: Any,
+    *,
+    into: Any = None,
+    hyperparameters: bool = True,
+) -> Any:
+    """The :class:`UnioptState` of ``state`` for ``params`` (slots placed like each parameter).
+
+    Checked first with :func:`uniopt.porting.check_compatible` (optimizer, parameter count, shapes,
+    dtypes as jax computes them, slots and, unless ``hyperparameters=False``, hyperparameters). With
+    ``into`` (an optax state holding one ``UnioptState``), returns ``into`` with it replaced.
+    """
+    owner = "uniopt.jax.import_state"
+    leaves, treedef = _leaves(params)
+    spec = _spec_of(tx, state.step)
+    check_compatible(
+        state,
+        spec,
+        [tuple(np.shape(p)) for p in leaves],
+        [_dtype(p) for p in leaves],
+        hyperparameters=hyperparameters,
+        owner=owner,
+    )
+    if state.step > _MAX_COUNT:
+        raise ValueError(f"{owner}: step {state.step} does not fit uniopt.jax's int32 count")
+    new = UnioptState(
+        count=jnp.asarray(state.step, jnp.int32),
+        slots={
+            n: treedef.unflatten([_place(s[n], p) for s, p in zip(state.slots, leaves, strict=True)])
+            for n in spec.slot_names()
+        },
+    )
+    if into is None:
+        return new
+    find_state(into)
+    return jax.tree.map(lambda node: new if _is_uniopt(node) else node, into, is_leaf=_is_uniopt)
+
+
+# -- optax's own aliases -------------------------------------------------------------------------
+
+
+class _Native(NamedTuple):
+    spec: type[Spec]
+    fields: Callable[[dict[str, Any]], dict[str, Any]]  # optax arguments -> uniopt fields
+    unsupported: dict[str, Any]  # optax argument -> the only value uniopt can represent
+
+
+_NATIVE: dict[str, _Native] = {
+    "adam": _Native(
+        uniopt.Adam,
+        lambda a: {"betas": (a["b1"], a["b2"]), "eps": a["eps"]},
+        {"eps_root": 0.0, "mu_dtype": None, "nesterov": False},
+    ),
+    "adamw": _Native(
+        uniopt.AdamW,
+        lambda a: {"betas": (a["b1"], a["b2"]), "eps": a["eps"], "weight_decay": a["weight_decay"]},
+        {"eps_root": 0.0, "mu_dtype": None, "nesterov": False, "mask": None},
+    ),
+    "radam": _Native(
+        uniopt.RAdam,
+        lambda a: {"betas": (a["b1"], a["b2"]), "eps": a["eps"]},
+        {"eps_root": 0.0, "threshold": 5.0, "nesterov": False},
+    ),
+    "sgd": _Native(
+        uniopt.SGD,
+        lambda a: {"momentum": a["momentum"] or 0.0, "nesterov": a["nesterov"]},
+        {"accumulator_dtype": None},
+    ),
+    "rmsprop": _Native(
+        uniopt.RMSprop,
+        lambda a: {
+            "alpha": a["decay"],
+            "eps": a["eps"],
+            "centered": a["centered"],
+            "momentum": a["momentum"] or 0.0,
+        },
+        {"initial_scale": 0.0, "nesterov": False, "bias_correction": False},
+    ),
+    "adagrad": _Native(
+        uniopt.Adagrad,
+        lambda a: {"initial_accumulator_value": a["initial_accumulator_value"], "eps": a["eps"]},
+        {},
+    ),
+}
+
+# optax state class -> (its field -> uniopt slot name); "count" is the step
+_SLOTS: dict[type, dict[str, str]] = {
+    optax.ScaleByAdamState: {"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq"},
+    optax.TraceState: {"trace": "momentum_buffer"},
+    optax.ScaleByRStdDevState: {"mu": "grad_avg", "nu": "square_avg"},
+    optax.ScaleByRmsState: {"nu": "square_avg"},
+    optax.ScaleByRssState: {"sum_of_squares": "sum"},
+}
+
+
+def _native_spec(alias: str, kwargs: dict[str, Any], owner: str) -> Spec:
+    if alias not in _NATIVE:
+        raise ValueError(f"{owner}: alias {alias!r} is not one of {', '.join(_NATIVE)}")
+    native = _NATIVE[alias]
+    try:
+        bound = inspect.signature(getattr(optax, alias)).bind(**kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{owner}: optax.{alias}: {exc}") from None
+    bound.apply_defaults()
+    args = dict(bound.arguments)
+    for name, allowed in native.unsupported.items():
+        if args[name] != allowed:
+            raise ValueError(f"{owner}: optax.{alias}({name}={args[name]!r}) has no uniopt counterpart")
+    lr = args["learning_rate"]
+    if callable(lr) or np.ndim(lr) != 0:
+        raise ValueError(f"{owner}: learning_rate must be a number (the value in effect), got {lr!r}")
+    try:
+        return native.spec(lr=float(lr), **native.fields(args))
+    except ValueError as exc:
+        raise ValueError(f"{owner}: optax.{alias}: {exc}") from None
+
+
+def _native_parts(opt_state: Any, owner: str) -> dict[type, Any]:
+    parts: dict[type, Any] = {}
+    for node in jax.tree.leaves(opt_state, is_leaf=lambda n: type(n) in _SLOTS):
+        if type(node) in _SLOTS:
+            if type(node) in parts:
+                raise ValueError(f"{owner}: the state holds more than one {type(node).__name__}")
+            parts[type(node)] = node
+    return parts
+
+
+def _momentum_scale(alias: str, spec: Spec) -> float | None:
+    """optax's rmsprop traces learning-rate-scaled steps (``trace = -lr * buffer``)."""
+    return -spec.lr if alias == "rmsprop" else None
+
+
+def from_optax(
+    opt_state: Any, alias: str, params: Any, *, step: int | None = None, **optax_kwargs: Any
+) -> PortableState:
+    """The state of ``optax.<alias>(**optax_kwargs)`` as a record with ``convention="optax"``.
+
+    ``optax_kwargs`` are the arguments the optax optimizer was built with (optax's names and
+    defaults; ``learning_rate`` a number). Conventions assumed (optax 0.2): ``ScaleByAdamState``
+    ``count``, ``mu``, ``nu`` are the step, ``exp_avg``, ``exp_avg_sq`` (adam, adamw, radam);
+    ``TraceState.trace`` is sgd's ``momentum_buffer`` as is, and rmsprop's ``-lr *
+    momentum_buffer`` (divided back here, exact when ``lr`` is a power of two);
+    ``ScaleByRStdDevState`` ``mu``/``nu`` and ``ScaleByRmsState.nu`` are ``grad_avg``/``square_avg``;
+    ``ScaleByRssState.sum_of_squares`` is Adagrad's ``sum``. sgd, rmsprop and adagrad keep no step
+    count: pass ``step``. Arguments uniopt cannot represent (``eps_root``, ``nesterov`` of adam,
+    ``initial_scale``, ``mask``, ...) must keep their defaults. The optax rules differ from uniopt's
+    (``eps`` inside the root for rmsprop and adagrad, the rectification threshold, rounding), so a
+    run continued under uniopt follows uniopt's rules from there.
+    """
+    owner = "uniopt.jax.from_optax"
+    spec = _native_spec(alias, optax_kwargs, owner)
+    parts = _native_parts(opt_state, owner)
+    leaves, treedef = _leaves(params)
+    slots: list[dict[str, np.ndarray]] = [{} for _ in leaves]
+    count = None
+    for cls, fields in _SLOTS.items():
+        if cls not in parts:
+            continue
+        for field, slot in fields.items():
+            value = getattr(parts[cls], field)
+            if slot == "step":
+                count = int(value)
+                continue
+            scale = _momentum_scale(alias, spec) if slot == "momentum_buffer" else None
+            for i, leaf in enumerate(treedef.flatten_up_to(value)):
+                array = np.array(leaf, copy=True)
+                slots[i][slot] = (
+                    array if scale is None else np.asarray(array / np.asarray(scale, array.dtype))
+                )
+    missing = set(spec.slot_names()) - set(slots[0] if slots else ())
+    if leaves and missing:
+        raise ValueError(
+            f"{owner}: optax.{alias}'s state lacks {sorted(missing)} (was it built with these arguments?)"
+        )
+    if count is None:
+        if step is None:
+            raise ValueError(
+                f"{owner}: optax.{alias} keeps no step count; pass step= (the number of steps taken)"
+            )
+        count = step
+    elif step is not None and step != count:
+        raise ValueError(f"{owner}: step={step} but the state's count is {count}")
+    record = make_state(
+        spec,
+        count,
+        [{n: s[n] for n in spec.slot_names()} for s in slots],
+        [tuple(np.shape(p)) for p in leaves],
+        [_dtype(p) for p in leaves],
+    )
+    return dataclasses.replace(record, convention="optax")
+
+
+def to_optax(
+    state: PortableState, alias: str, params: Any, *, hyperparameters: bool = True, **optax_kwargs: Any
+) -> Any:
+    """The state of ``optax.<alias>(**optax_kwargs)`` holding ``state`` (the inverse of
+    :func:`from_optax`; the count saturates like optax's). Checked first; ``ValueError`` on a mismatch."""
+    owner = "uniopt.jax.to_optax"
+    spec = _native_spec(alias, optax_kwargs, owner)
+    leaves, treedef = _leaves(params)
+    check_compatible(
+        state,
+        spec,
+        [tuple(np.shape(p)) for p in leaves],
+        [_dtype(p) for p in leaves],
+        hyperparameters=hyperparameters,
+        owner=owner,
+    )
+    template = getattr(optax, alias)(**optax_kwargs).init(params)
+
+    def fill(node: Any) -> Any:
+        fields = _SLOTS.get(type(node))
+        if fields is None:
+            return node
+        values = {}
+        for field, slot in fields.items():
+            if slot == "step":
+                values[field] = jnp.asarray(min(state.step, _MAX_COUNT), jnp.int32)
+                continue
+            scale = _momentum_scale(alias, spec) if slot == "momentum_buffer" else None
+            arrays = [
+                s[slot] if scale is None else np.asarray(s[slot] * np.asarray(scale, s[slot].dtype))
+                for s in state.slots
+            ]
+            values[field] = treedef.unflatten([_place(a, p) for a, p in zip(arrays, leaves, strict=True)])
+        return node._replace(**values)
+
+    return jax.tree.map(fill, template, is_leaf=lambda n: type(n) in _SLOTS)

@@ -1,0 +1,197 @@
+"""uniopt.jax state export/import: files between runs resume bit for bit (against the uninterrupted
+NumPy reference of the core), mismatches raise before anything is built, and optax's own states
+are read and written back."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from porting_cases import PARAMS, STEPS, assert_bitwise, assert_state_bitwise, reference, stream
+
+import uniopt
+import uniopt.jax as uj
+from uniopt.porting import export_state as core_export
+
+
+def _run(tx, params, state, grads, jit):
+    step = jax.jit(tx.step) if jit else tx.step
+    for g in grads:
+        params, state = step(list(g), state, params)
+    return params, state
+
+
+@pytest.mark.parametrize("route", ["jax->jax", "jit->jit", "numpy->jax", "jax->numpy"])
+@pytest.mark.parametrize(("spec", "split", "dtype"), PARAMS)
+def test_resume_from_a_file_is_bitwise(tmp_path, spec, split, dtype, route):
+    jit = route == "jit->jit"
+    route = route.replace("jit", "jax")
+    params0, grads = stream(dtype)
+    expected_params, expected_state = reference(spec, params0, grads)
+    source, target = route.split("->")
+    with jax.enable_x64(dtype == "float64"):
+        if source == "jax":
+            tx = uj.from_spec(spec)
+            params = [jnp.asarray(p) for p in params0]
+            params, state = _run(tx, params, tx.init(params), grads[:split], jit)
+            record = uj.export_state(tx, state, params)
+            arrays = [np.asarray(p) for p in params]
+        else:
+            arrays, state = reference(spec, params0, grads[:split])
+            record = core_export(spec, state, arrays)
+        uniopt.save_state(tmp_path / "s.npz", record)
+        loaded = uniopt.load_state(tmp_path / "s.npz")
+        if target == "jax":
+            tx = uj.from_spec(loaded.to_spec())
+            params = [jnp.asarray(a) for a in arrays]
+            state = uj.import_state(tx, loaded, params)
+            params, state = _run(tx, params, state, grads[split:], jit)
+            final = uj.export_state(tx, state, params)
+            assert_bitwise([np.asarray(p) for p in params], expected_params, "params")
+            assert_state_bitwise(final.slots, expected_state, STEPS, final.step)
+        else:
+            state = uniopt.porting.import_state(loaded, spec, arrays)
+            for g in grads[split:]:
+                arrays, state = spec.update(g, state, arrays)
+            assert_bitwise(arrays, expected_params, "params")
+            assert_state_bitwise(state.slots, expected_state, STEPS, state.step)
+
+
+def test_import_gives_the_state_of_a_native_run_inside_a_chain():
+    spec = uniopt.RAdam(lr=0.01)
+    params0, grads = stream("float32", steps=3)
+    tx = optax.chain(optax.identity(), uj.from_spec(spec))
+    params = {"a": jnp.asarray(params0[0]), "b": [jnp.asarray(params0[1]), None, jnp.asarray(params0[2])]}
+    native = tx.init(params)
+    for g in grads:
+        _, native = tx.update({"a": g[0], "b": [g[1], None, g[2]]}, native, params)
+    record = uj.export_state(spec, native, params)
+    assert record.shapes == ((3, 4), (5,), ())
+    fresh = uj.import_state(spec, record, params, into=tx.init(params))
+    assert jax.tree.structure(fresh) == jax.tree.structure(native)
+    for mine, theirs in zip(jax.tree.leaves(fresh), jax.tree.leaves(native), strict=True):
+        assert mine.dtype == theirs.dtype and mine.shape == theirs.shape
+        assert_bitwise([mine], [theirs], "leaf")
+
+
+def test_a_schedule_records_the_learning_rate_in_effect():
+    schedule = optax.linear_schedule(0.1, 0.0, 10)
+    tx = uj.adam(schedule)
+    params = [jnp.ones(3)]
+    state = tx.init(params)
+    params, state = tx.step([jnp.ones(3)], state, params)
+    assert uj.export_state(tx, state, params).hyperparameters["lr"] == float(schedule(1))
+
+
+@pytest.mark.parametrize(
+    ("tx", "params_of", "match"),
+    [
+        (uj.adam(0.01), None, "the state is from RAdam, the optimizer is Adam"),
+        (uj.radam(0.01), lambda ps: ps[:2], "the state holds 3 parameters, the optimizer has 2"),
+        (uj.radam(0.01), lambda ps: [ps[0], jnp.zeros(6), ps[2]], r"parameter 1 has shape \(6,\)"),
+        (
+            uj.radam(0.01),
+            lambda ps: [ps[0], ps[1].astype(jnp.bfloat16), ps[2]],
+            "parameter 1 has dtype bfloat16",
+        ),
+        (uj.radam(0.02), None, "hyperparameter lr is 0.02 in the optimizer and 0.01 in the state"),
+    ],
+)
+def test_a_mismatch_raises(tx, params_of, match):
+    spec = uniopt.RAdam(lr=0.01)
+    params0, grads = stream("float32", steps=2)
+    arrays, state = reference(spec, params0, grads)
+    record = core_export(spec, state, arrays)
+    params = [jnp.asarray(a) for a in arrays]
+    with pytest.raises(ValueError, match=match):
+        uj.import_state(tx, record, params_of(params) if params_of else params)
+
+
+def test_float64_without_x64_is_a_dtype_mismatch():
+    spec = uniopt.SGD(lr=0.1, momentum=0.9)
+    params0, grads = stream("float64", steps=2)
+    arrays, state = reference(spec, params0, grads)
+    with pytest.raises(ValueError, match="parameter 0 has dtype float32, the state holds float64"):
+        uj.import_state(spec, core_export(spec, state, arrays), arrays)
+
+
+def test_find_state_needs_exactly_one():
+    tx = optax.chain(uj.adam(0.1), uj.sgd(0.1))
+    with pytest.raises(ValueError, match=r"exactly one UnioptState .* found 2"):
+        uj.export_state(uj.adam(0.1), tx.init([jnp.ones(2)]), [jnp.ones(2)])
+
+
+# -- optax's own aliases --------------------------------------------------------------------------
+
+NATIVE = [
+    ("adam", {"learning_rate": 0.01, "b1": 0.8}, None, "Adam"),
+    ("adamw", {"learning_rate": 0.01, "weight_decay": 0.1}, None, "AdamW"),
+    ("radam", {"learning_rate": 0.01}, None, "RAdam"),
+    ("sgd", {"learning_rate": 0.01, "momentum": 0.9, "nesterov": True}, 4, "SGD"),
+    ("rmsprop", {"learning_rate": 0.5, "centered": True, "momentum": 0.5}, 4, "RMSprop"),
+    ("adagrad", {"learning_rate": 0.1}, 4, "Adagrad"),
+]
+OPTAX_SLOTS = {  # where optax keeps each uniopt slot: (state class, field, factor)
+    "exp_avg": (optax.ScaleByAdamState, "mu", 1.0),
+    "exp_avg_sq": (optax.ScaleByAdamState, "nu", 1.0),
+    "momentum_buffer": (optax.TraceState, "trace", None),
+    "grad_avg": (optax.ScaleByRStdDevState, "mu", 1.0),
+    "square_avg": (optax.ScaleByRStdDevState, "nu", 1.0),
+    "sum": (optax.ScaleByRssState, "sum_of_squares", 1.0),
+}
+
+
+def _find(state, cls):
+    return next(n for n in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, cls)) if isinstance(n, cls))
+
+
+@pytest.mark.parametrize(("alias", "kwargs", "step", "name"), NATIVE, ids=[n[0] for n in NATIVE])
+def test_optax_state_is_read_and_written_back(alias, kwargs, step, name):
+    params0, grads = stream("float32", steps=5)
+    tx = getattr(optax, alias)(**kwargs)
+    params = [jnp.asarray(p) for p in params0]
+    state = tx.init(params)
+
+    def advance(params, state, g):
+        updates, state = tx.update(list(g), state, params)
+        return optax.apply_updates(params, updates), state
+
+    for g in grads[:4]:
+        params, state = advance(params, state, g)
+    record = uj.from_optax(state, alias, params, step=step, **kwargs)
+    assert (record.optimizer, record.convention, record.step) == (name, "optax", 4)
+    assert record.hyperparameters["lr"] == kwargs["learning_rate"]
+    for slot in record.slot_names:
+        cls, field, factor = OPTAX_SLOTS[slot]
+        factor = -kwargs["learning_rate"] if factor is None and alias == "rmsprop" else 1.0
+        for i, leaf in enumerate(getattr(_find(state, cls), field)):
+            np.testing.assert_array_equal(
+                record.slots[i][slot] * np.float32(factor), np.asarray(leaf), err_msg=slot
+            )
+    back = uj.to_optax(record, alias, params, **kwargs)
+    assert jax.tree.structure(back) == jax.tree.structure(state)
+    for mine, theirs in zip(jax.tree.leaves(back), jax.tree.leaves(state), strict=True):
+        assert_bitwise([mine], [theirs], "leaf")
+    resumed, _ = advance(params, back, grads[4])
+    uninterrupted, _ = advance(params, state, grads[4])
+    assert_bitwise(resumed, uninterrupted, "params")
+
+
+def test_optax_errors():
+    params = [jnp.ones(2)]
+    state = optax.sgd(0.1, momentum=0.9).init(params)
+    with pytest.raises(ValueError, match="keeps no step count; pass step="):
+        uj.from_optax(state, "sgd", params, learning_rate=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"optax.adam\(eps_root=1e-08\) has no uniopt counterpart"):
+        uj.from_optax(optax.adam(0.1).init(params), "adam", params, learning_rate=0.1, eps_root=1e-8)
+    with pytest.raises(ValueError, match="alias 'lion' is not one of"):
+        uj.from_optax(state, "lion", params, learning_rate=0.1)
+    with pytest.raises(ValueError, match="learning_rate must be a number"):
+        uj.from_optax(state, "sgd", params, learning_rate=optax.constant_schedule(0.1), momentum=0.9, step=1)
+    with pytest.raises(ValueError, match=r"lacks \['momentum_buffer'\]"):
+        uj.from_optax(optax.sgd(0.1).init(params), "sgd", params, learning_rate=0.1, momentum=0.9, step=1)
+    record = uj.from_optax(state, "sgd", params, learning_rate=0.1, momentum=0.9, step=1)
+    with pytest.raises(ValueError, match=r"hyperparameter momentum is 0\.5 in the optimizer and 0\.9"):
+        uj.to_optax(record, "sgd", params, learning_rate=0.1, momentum=0.5)
