@@ -16,9 +16,10 @@ DEFAULT_OPTIMIZERS = ("RAdam", "Adam")
 def run(args: argparse.Namespace) -> int:
     mod = importlib.import_module(f"bench.{args.framework}_bench")
     optimizers = list(mod.OPTIMIZERS) if args.all else list(args.optimizers or DEFAULT_OPTIMIZERS)
-    rounds, steps, warmup = (5, 2, 8) if args.quick else (args.rounds, args.steps, 8)
+    rounds, steps, warmup = (5, 2, 7) if args.quick else (args.rounds, args.steps, 7)
     options = {
         "quick": args.quick,
+        "all": args.all,
         "rounds": rounds,
         "steps": steps,
         "warmup": warmup,
@@ -62,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="time one framework's variants (interleaved) and write <out>/<fw>.json")
     r.add_argument("framework", choices=("torch", "jax", "tf"))
     r.add_argument("--quick", action="store_true", help="smaller sets and fewer rounds (development)")
-    r.add_argument("--all", action="store_true", help="every optimizer, not only RAdam and Adam")
+    r.add_argument(
+        "--all",
+        action="store_true",
+        help="every optimizer, not only RAdam and Adam, and every uniopt.torch implementation",
+    )
     r.add_argument("--optimizers", nargs="+", help="a subset (default: RAdam Adam)")
     r.add_argument("--sets", nargs="+", default=["large", "many_small"], choices=("large", "many_small"))
-    r.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median over them)")
-    r.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    r.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
+    r.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     r.add_argument(
         "--compile-all",
         action="store_true",

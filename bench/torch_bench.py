@@ -86,7 +86,7 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
     native = getattr(torch.optim, optimizer)
     accepted = inspect.signature(native.__init__).parameters
     out = [_variant(f"uniopt.torch.{optimizer}", "uniopt", lambda ps: uniopt_cls(ps, **hyper))]
-    modes = getattr(ut, "IMPLEMENTATIONS", ())
+    modes = getattr(ut, "IMPLEMENTATIONS", ()) if options.get("all") else ()
     for impl in modes:
         if impl != "auto":
             out.append(
