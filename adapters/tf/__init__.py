@@ -18,6 +18,7 @@ if _keras.backend.backend() != "tensorflow":  # before TensorFlow is imported: i
     )
 
 from . import xla, xp
+from ._porting import export_state, from_keras, import_state, to_keras
 from .optimizers import (
     KERAS_NAMES,
     SGD,
@@ -41,7 +42,11 @@ __all__ = [
     "RAdam",
     "RMSprop",
     "UnioptOptimizer",
+    "export_state",
+    "from_keras",
     "from_spec",
+    "import_state",
+    "to_keras",
     "to_keras_kwargs",
     "to_spec_kwargs",
     "xla",
