@@ -8,9 +8,12 @@ exactly the spec's slots. A step then runs the spec's own ``rule(param, grad, sl
 
 * on each large tensor (at least :data:`LARGE` elements) in place, on 1-D views of the parameter, its
   gradient and its slot pieces (one kernel per tensor);
-* once over all small tensors together: their gradients and parameters are gathered with one
-  ``torch.cat`` each, the rule runs on the flat vectors and the slot region in place, and the new
-  parameters are copied back with one ``torch._foreach_copy_``.
+* once over all small tensors together: their gradients and parameters are gathered into two
+  vectors, the rule runs on them and the slot region in place, and the new parameters are copied
+  back. The gather and scatter are plain ``memcpy`` loops (:func:`copier`, a few lines of C built on
+  first use) over the tensors' data pointers, since a torch op per tensor would cost more than the
+  arithmetic; the parameters' autograd version counters are bumped as an in-place op would. Without a
+  C compiler, ``torch.cat`` and ``torch._foreach_copy_`` do the same.
 
 The rule is elementwise, so running it over a concatenation computes, element by element, exactly the
 ops it computes per tensor: a flat step is the per-tensor step executed differently, never another
@@ -250,6 +253,9 @@ class Bucket:
                 lib.uniopt_gather(flat_p.data_ptr(), self.small_ptrs.ctypes.data, sizes, n)
                 fn(flat_p, flat_g, region, scalars)
                 lib.uniopt_scatter(flat_p.data_ptr(), self.small_ptrs.ctypes.data, sizes, n)
+                # written behind autograd's back: bump the version counters as an in-place op would,
+                # so a graph that saved these parameters still refuses to backpropagate through them
+                torch.autograd.graph.increment_version(self.small)
             else:
                 flat_g = torch.cat([g.reshape(-1) for g in grads])
                 flat_p = torch.cat(self.small_flat)

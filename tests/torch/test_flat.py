@@ -176,3 +176,16 @@ def test_parameters_that_cannot_be_flattened_take_the_loop_with_the_rest_flat():
         return params, opt
 
     _assert_same(run("flat"), run("loop"))
+
+
+@pytest.mark.parametrize("implementation", ["flat", "loop"])
+def test_a_step_between_forward_and_backward_is_caught_by_autograd(implementation):
+    weights = [torch.nn.Parameter(torch.randn(s)) for s in [(3,), (50,)]]  # gathered and in place
+    opt = ut.Adam(weights, implementation=implementation, lr=0.1)
+    for w in weights:
+        w.grad = torch.ones_like(w)
+    losses = [(w * w).sum() for w in weights]  # saves w for backward
+    opt.step()
+    for loss in losses:
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
