@@ -118,3 +118,23 @@ def bench(session: nox.Session, framework: str) -> None:
         return
     session.install(".", *FRAMEWORK_DEPS[framework])
     session.run("python", "-m", "bench", "--out", BENCH_OUT, "run", framework, *session.posargs)
+
+
+DEMO_OUT = "build/demo"
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Optimizer state moving between frameworks (docs/porting.md): each framework in its own venv
+    (.nox/demo-<framework>); open-loop TF -> PyTorch -> JAX hops checked bit for bit against NumPy,
+    then RAdam on digits hopping the same way beside single-framework runs (plot under build/demo)."""
+    session.install(".", "scikit-learn", "matplotlib", "ml-dtypes>=0.4")
+    env = {}
+    for name, deps in FRAMEWORK_DEPS.items():
+        venv = Path(session.virtualenv.location).parent / f"demo-{name}"
+        python = venv / "bin" / "python"
+        if not python.exists():
+            session.run("python", "-m", "venv", str(venv))
+        session.run(str(python), "-m", "pip", "install", "-q", ".", *deps, "ml-dtypes>=0.4", external=True)
+        env[f"UNIOPT_DEMO_PYTHON_{name.upper()}"] = str(python)
+    session.run("python", "-m", "demo", "all", "--out", DEMO_OUT, *session.posargs, env=env)
