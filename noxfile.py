@@ -64,6 +64,9 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+# What each venv runs: the framework's adapter rows and its native optimizers' parity rows.
+RUNS_IN = {"torch": ["torch", "torch.optim"], "tf": ["tf", "keras"], "jax": ["jax", "optax"]}
+
 # Backends in the order ``nox -s conformance`` queues them: the longest first.
 LAUNCH_ORDER = ["tf", "jax", "torch", "array_api_strict", "numpy"]
 _QUEUED = {"background": False}  # set by `conformance`: its backend sessions queue jobs
@@ -80,7 +83,8 @@ def conformance_run(session: nox.Session, backend: str) -> None:
     """
     session.install(".", *BACKEND_DEPS[backend])
     command = "enqueue" if _QUEUED["background"] else "run"
-    session.run("python", "-m", "conformance", "--out", OUT, command, "--backend", backend, *session.posargs)
+    runs = RUNS_IN.get(backend, [backend])
+    session.run("python", "-m", "conformance", "--out", OUT, command, "--backend", *runs, *session.posargs)
 
 
 @nox.session(python=PYTHON)

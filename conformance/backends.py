@@ -76,6 +76,8 @@ class Backend:
     make_runner: Callable[[str], Runner]
     # mode -> (which cells the default run covers, why the others wait for --full)
     default_cells: Mapping[str, tuple[Callable[[Cell], bool], str]] = dataclasses.field(default_factory=dict)
+    # cell -> why this backend cannot run it at all (even with --full), or None
+    supports: Callable[[Cell], str | None] | None = None
 
     def skip_by_default(self, mode: str, cell: Cell) -> str | None:
         """Why ``cell`` is left to ``--full`` in ``mode``, or ``None`` if the default run covers it."""
@@ -108,6 +110,8 @@ def _strict_runner(mode: str) -> Runner:
 def _framework_backends() -> list[Backend]:
     """The framework backends, one module each (``conformance/backend_<name>.py`` defining
     ``BACKEND``); those modules import their framework only inside their runners."""
+    from .native import NATIVE_BACKENDS
+
     found = []
     for module in ("torch", "tf", "jax"):
         try:
@@ -115,7 +119,7 @@ def _framework_backends() -> list[Backend]:
         except ModuleNotFoundError as exc:
             if exc.name != f"conformance.backend_{module}":
                 raise
-    return found
+    return [*found, *NATIVE_BACKENDS]
 
 
 BACKENDS: dict[str, Backend] = {

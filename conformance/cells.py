@@ -9,7 +9,18 @@ from uniopt.registry import TABLE
 
 from .streams import STREAMS
 
-__all__ = ["ALL_DTYPES", "DEFAULT_STEPS", "LONG_OPTIMIZERS", "LONG_STEPS", "Cell", "cells"]
+__all__ = [
+    "ALL_DTYPES",
+    "CONVENTION_DTYPES",
+    "CONVENTION_STREAMS",
+    "DEFAULT_STEPS",
+    "LONG_OPTIMIZERS",
+    "LONG_STEPS",
+    "PARITY_STEPS",
+    "Cell",
+    "cells",
+    "convention_of",
+]
 
 ALL_DTYPES = ("float32", "float64", "float16", "bfloat16")
 """Every dtype of the matrix; a backend without one shows its cells as skipped."""
@@ -24,6 +35,30 @@ LONG_STEPS = 20_000
 LONG_OPTIMIZERS = ("Adam", "RAdam")
 """The optimizers the ``long`` stream runs (their default case), in float32: the dtype whose
 bias corrections saturate within the run."""
+
+
+CONVENTION_STREAMS = ("normal", "huge", "nonfinite", "parity")
+"""The streams of a case with a framework convention (``convention`` other than ``"uniopt"``);
+``parity`` runs only those cases."""
+
+CONVENTION_DTYPES = ("float32", "float64")
+
+PARITY_STEPS = 1000
+"""Steps of the ``parity`` stream, long enough for a native optimizer's drift to show."""
+
+
+def convention_of(optimizer: str, case: str) -> str:
+    """The ``convention`` of a registry case (``"uniopt"`` unless the case names one)."""
+    for info in TABLE:
+        if info.name == optimizer:
+            return next(c for c in info.cases if c.desc == case).kwargs.get("convention", "uniopt")
+    raise KeyError(optimizer)
+
+
+def _runs(convention: str, stream: str, dtype: str) -> bool:
+    if convention == "uniopt":
+        return stream != "parity"
+    return stream in CONVENTION_STREAMS and dtype in CONVENTION_DTYPES
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -53,7 +88,9 @@ def cells(
     """Every (optimizer, case, stream, dtype) of the table, optionally filtered.
 
     The ``long`` stream runs only :data:`LONG_OPTIMIZERS` in their default case, for
-    :data:`LONG_STEPS` steps (or ``steps``, if that is longer).
+    :data:`LONG_STEPS` steps (or ``steps``, if that is longer). Cases with a framework convention
+    run :data:`CONVENTION_STREAMS` in :data:`CONVENTION_DTYPES`, the ``parity`` stream for
+    :data:`PARITY_STEPS` steps.
     """
     wanted = set(optimizers) if optimizers is not None else None
     unknown = sorted(wanted - {info.name for info in TABLE}) if wanted is not None else []
@@ -62,8 +99,9 @@ def cells(
             f"unknown optimizer(s) {', '.join(unknown)}; the table has {', '.join(i.name for i in TABLE)}"
         )
     stream_names = list(streams) if streams is not None else list(STREAMS)
+    lengths = {"long": max(steps, LONG_STEPS), "parity": max(steps, PARITY_STEPS)}
     return [
-        Cell(info.name, case.desc, stream, dtype, max(steps, LONG_STEPS) if long else steps)
+        Cell(info.name, case.desc, stream, dtype, lengths.get(stream, steps))
         for info in TABLE
         if wanted is None or info.name in wanted
         for case in info.cases
@@ -71,5 +109,5 @@ def cells(
         for long in [stream == "long"]
         if not long or (info.name in LONG_OPTIMIZERS and case.desc == "default")
         for dtype in dtypes
-        if not long or dtype == "float32"
+        if (not long or dtype == "float32") and _runs(case.kwargs.get("convention", "uniopt"), stream, dtype)
     ]

@@ -41,6 +41,7 @@ class CellResult:
     first_step: int | None = None  # first step with a nonzero distance
     tolerance: int | None = None
     rel_error_f64: float | None = None  # below float64: normwise relative error vs float64
+    rel_diff: float | None = None  # relative distance to the reference of the same dtype
     reason: str = ""
 
     @property
@@ -53,7 +54,7 @@ class _Trajectories:
 
     def __init__(self, meta_path: Path):
         self.meta = json.loads(meta_path.read_text())
-        self.npz = np.load(meta_path.with_suffix(".npz"))
+        self.npz = np.load(meta_path.parent / (meta_path.name.removesuffix(".json") + ".npz"))
         self.index: dict[str, list[str]] = {}
         for entry in self.npz.files:
             key, name = entry.split("::")
@@ -104,7 +105,7 @@ def _accuracy(got: dict[str, np.ndarray], exact: dict[str, np.ndarray] | None) -
 
 def compare_dir(traj_dir: Path) -> list[CellResult]:
     """Every cell of every ``<backend>@<mode>.json`` in ``traj_dir`` against the reference."""
-    runs = {p.stem: _Trajectories(p) for p in sorted(traj_dir.glob("*@*.json"))}
+    runs = {p.name.removesuffix(".json"): _Trajectories(p) for p in sorted(traj_dir.glob("*@*.json"))}
     ref_key = f"{REFERENCE}@eager"
     if ref_key not in runs:
         raise FileNotFoundError(f"no reference trajectories ({ref_key}.json) in {traj_dir}")
@@ -165,6 +166,7 @@ def _compare_cell(
         **base,
         verdict="pass" if worst <= tolerance else "FAIL",
         ulp=worst,
+        rel_diff=_accuracy(got, want) if worst else 0.0,
         first_step=first,
         tolerance=tolerance,
         rel_error_f64=_accuracy(got, exact),

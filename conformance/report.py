@@ -43,7 +43,7 @@ class _Group:
         self.verdicts.append(r.verdict)
         if r.ulp is not None:
             self.ulp = max(self.ulp or 0, r.ulp)
-        if r.tolerance:
+        if r.tolerance and r.ulp:  # the bound that admitted a nonzero distance
             self.tolerance = max(self.tolerance, r.tolerance)
 
     @property
@@ -127,7 +127,8 @@ class Matrix:
 
         table = Table(
             title="uniopt conformance: worst ulp vs the NumPy reference of the same dtype",
-            caption=self.summary() + "; * = some cells skipped; (≤n) = the table's bound",
+            caption=self.summary() + "; * = some cells skipped; (≤n) = the table's bound for the cells "
+            "that are not bitwise",
         )
         for name, justify in (("optimizer", "left"), ("backend@mode", "left")):
             table.add_column(name, justify=justify)

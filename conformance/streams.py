@@ -82,6 +82,12 @@ STREAMS: dict[str, Stream] = {
         Stream("mixed_shapes", "mixed", _normal(1.0), "normal over 0-d, empty and 3-d params"),
         Stream("long", "small", _normal(1.0), "standard normal over a small set, for long runs"),
         Stream(
+            "parity",
+            "standard",
+            _normal(1.0),
+            "standard normal for 1000 steps: convention cases against the native optimizers",
+        ),
+        Stream(
             "nonfinite",
             "standard",
             _nonfinite,

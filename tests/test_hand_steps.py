@@ -44,6 +44,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "nesterov": False,
         "weight_decay": 0.0,
         "maximize": False,
+        "convention": "uniopt",
     },
     "Adagrad": {
         "lr": 1e-2,
@@ -52,6 +53,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "initial_accumulator_value": 0.0,
         "weight_decay": 0.0,
         "maximize": False,
+        "convention": "uniopt",
     },
     "RMSprop": {
         "lr": 1e-2,
@@ -61,6 +63,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "momentum": 0.0,
         "centered": False,
         "maximize": False,
+        "convention": "uniopt",
     },
     "Adam": {
         "lr": 1e-3,
@@ -69,6 +72,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "weight_decay": 0.0,
         "amsgrad": False,
         "maximize": False,
+        "convention": "uniopt",
     },
     "AdamW": {
         "lr": 1e-3,
@@ -77,6 +81,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "weight_decay": 1e-2,
         "amsgrad": False,
         "maximize": False,
+        "convention": "uniopt",
     },
     "RAdam": {
         "lr": 1e-3,
@@ -86,7 +91,17 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "decoupled_weight_decay": False,
         "degenerated_to_sgd": True,
         "maximize": False,
+        "convention": "uniopt",
     },
+}
+
+
+# Each framework's own defaults (from its documentation) where they differ from uniopt's, for the
+# cases that name a convention.
+CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
+    "RMSprop": {"keras": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}, "optax": {"alpha": 0.9}},
+    "Adam": {"keras": {"eps": 1e-7}},
+    "AdamW": {"keras": {"eps": 1e-7, "weight_decay": 0.004}, "optax": {"weight_decay": 1e-4}},
 }
 
 
@@ -135,22 +150,40 @@ def rmsprop_init(h):
     return s
 
 
+def _sqrt(x):
+    return math.sqrt(x) if x >= 0 else math.nan
+
+
 def rmsprop_step(h, s, p, g, t, lr):
+    convention = h["convention"]
     if h["maximize"]:
         g = -g
-    g = g + h["weight_decay"] * p
+    if convention == "keras":  # Keras keeps lr in a float32 variable; decoupled weight decay
+        lr = float(np.float32(lr))
+        p = p - p * h["weight_decay"] * lr
+    else:
+        g = g + h["weight_decay"] * p
     a = h["alpha"]
     new = {"square_avg": a * s["square_avg"] + (1.0 - a) * g * g}
     if h["centered"]:
         new["grad_avg"] = a * s["grad_avg"] + (1.0 - a) * g
-        variance = max(new["square_avg"] - new["grad_avg"] ** 2, 0.0)
+        variance = new["square_avg"] - new["grad_avg"] ** 2
+        if convention == "uniopt":
+            variance = max(variance, 0.0)
     else:
         variance = new["square_avg"]
-    direction = g / (math.sqrt(variance) + h["eps"])
+    if convention == "keras":  # eps inside the root, lr inside the momentum buffer
+        direction = lr * g / _sqrt(variance + h["eps"])
+    elif convention == "optax":  # eps inside the root; -lr applied before the momentum trace
+        direction = -lr * g / _sqrt(variance + h["eps"])
+    else:
+        direction = g / (_sqrt(variance) + h["eps"])
     if h["momentum"] != 0:
         new["momentum_buffer"] = h["momentum"] * s["momentum_buffer"] + direction
         direction = new["momentum_buffer"]
-    return p - lr * direction, new
+    if convention == "optax":
+        return p + direction, new
+    return (p - direction if convention == "keras" else p - lr * direction), new
 
 
 def adam_init(h):
@@ -163,18 +196,34 @@ def adam_init(h):
 def _adam_like_step(h, s, p, g, t, lr, *, decoupled):
     b1, b2 = h["betas"]
     wd = h["weight_decay"]
+    convention = h["convention"]
     if h["maximize"]:
         g = -g
-    if decoupled:
+    p_old = p
+    if convention == "keras":  # Keras keeps lr in a float32 variable; its decay is decoupled
+        lr = float(np.float32(lr))
+        p = p - p * wd * lr
+    elif convention == "optax":
+        pass  # optax.adamw adds wd * p to the update below; optax.adam has none
+    elif decoupled:
         p = p - lr * wd * p
     else:
         g = g + wd * p
     m = b1 * s["exp_avg"] + (1.0 - b1) * g
     v = b2 * s["exp_avg_sq"] + (1.0 - b2) * g * g
     new = {"exp_avg": m, "exp_avg_sq": v}
+    m_hat = m / (1.0 - b1**t)
+    if convention == "optax":  # AMSGrad on the bias-corrected v
+        v_hat = v / (1.0 - b2**t)
+        if h["amsgrad"]:
+            v_hat = new["max_exp_avg_sq"] = max(s["max_exp_avg_sq"], v_hat)
+        update = m_hat / (math.sqrt(v_hat) + h["eps"]) + (wd * p_old if decoupled else 0.0)
+        return p - lr * update, new
     if h["amsgrad"]:
         v = new["max_exp_avg_sq"] = max(s["max_exp_avg_sq"], v)
-    m_hat = m / (1.0 - b1**t)
+    if convention == "keras":  # "epsilon hat": eps added to sqrt(v), not sqrt(v_hat)
+        alpha = lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+        return p - alpha * m / (math.sqrt(v) + h["eps"]), new
     v_hat = v / (1.0 - b2**t)
     return p - lr * m_hat / (math.sqrt(v_hat) + h["eps"]), new
 
@@ -197,6 +246,9 @@ def radam_init(h):
 
 
 def radam_step(h, s, p, g, t, lr):
+    convention = h["convention"]
+    if convention != "uniopt":
+        return _radam_convention_step(h, s, p, g, t, lr)
     b1, b2 = h["betas"]
     wd = h["weight_decay"]
     decoupled = h["decoupled_weight_decay"]
@@ -222,6 +274,45 @@ def radam_step(h, s, p, g, t, lr):
     return p - update, new
 
 
+def _radam_convention_step(h, s, p, g, t, lr):
+    """torch.optim.RAdam, optax.radam and the authors' radam.py, from their documented math."""
+    b1, b2 = h["betas"]
+    wd, convention = h["weight_decay"], h["convention"]
+    if h["maximize"]:
+        g = -g
+    if convention == "torch" and not h["decoupled_weight_decay"]:
+        g = g + wd * p
+    m = b1 * s["exp_avg"] + (1.0 - b1) * g
+    v = b2 * s["exp_avg_sq"] + (1.0 - b2) * g * g
+    new = {"exp_avg": m, "exp_avg_sq": v}
+    bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
+    rho_inf, rho_t = radam_rho(b2, t)
+    rectified = rho_t > 5.0 if convention == "torch" else rho_t >= 5.0
+    r = (
+        math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        if rectified
+        else 0
+    )
+    if convention == "torch":  # decoupled decay on every step; eps added to sqrt(v)
+        if h["decoupled_weight_decay"]:
+            p = p * (1.0 - lr * wd)
+        if rectified:
+            return p - (m / bc1) * lr * r * math.sqrt(bc2) / (math.sqrt(v) + h["eps"]), new
+        return p - (m / bc1) * lr, new
+    if convention == "optax":  # eps added to sqrt(v_hat)
+        if rectified:
+            return p - lr * r * (m / bc1) / (math.sqrt(v / bc2) + h["eps"]), new
+        return p - lr * (m / bc1), new
+    # official: weight decay only on the steps that update; no update unless degenerated_to_sgd
+    if rectified:
+        p = p - wd * lr * p
+        return p - lr * r * math.sqrt(bc2) / bc1 * m / (math.sqrt(v) + h["eps"]), new
+    if h["degenerated_to_sgd"]:
+        p = p - wd * lr * p
+        return p - lr / bc1 * m, new
+    return p, new
+
+
 HAND = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -238,7 +329,8 @@ HAND = {
 def hyperparameters(name, kwargs):
     unknown = set(kwargs) - set(DEFAULTS[name])
     assert not unknown, f"{name}: the hand formulas do not know {sorted(unknown)}"
-    h = {**DEFAULTS[name], **kwargs}
+    convention = kwargs.get("convention", "uniopt")
+    h = {**DEFAULTS[name], **CONVENTION_DEFAULTS.get(name, {}).get(convention, {}), **kwargs}
     if "betas" in h:
         h["betas"] = tuple(h["betas"])
     return h
@@ -320,6 +412,26 @@ def test_first_three_steps_by_hand(info, case):
     assert opt.hyperparameters == h
     lrs = [h["lr"]] * len(GRADS)
     check_against_hand(opt, info.name, h, P0, GRADS, lrs, overrides=False)
+
+
+CONVENTION_CASES = [c for c in CASES if c.values[1].kwargs.get("convention", "uniopt") != "uniopt"]
+
+
+@pytest.mark.parametrize(("info", "case"), CONVENTION_CASES)
+def test_framework_conventions_by_hand_past_rectification(info, case):
+    """Twelve steps (RAdam rectifies from step 5 or 6) against each framework's documented math."""
+    assert {c.values[1].kwargs["convention"] for c in CONVENTION_CASES} == {
+        "torch",
+        "keras",
+        "optax",
+        "official",
+    }
+    opt = info.make(case)
+    h = hyperparameters(info.name, dict(case.kwargs))
+    assert opt.hyperparameters == h
+    rng = np.random.default_rng(12)
+    grads = [list(rng.standard_normal(len(P0))) for _ in range(12)]
+    check_against_hand(opt, info.name, h, P0, grads, [h["lr"]] * len(grads), overrides=False)
 
 
 @pytest.mark.parametrize(("info", "case"), CASES + COMBOS)

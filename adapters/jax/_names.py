@@ -21,7 +21,8 @@ __all__ = ["ALIASES", "FACTORIES", "inject_hyperparams", "optax_arguments"]
 
 ALIASES: dict[str, tuple[type[Spec], dict[str, str]]] = {
     # factory: (spec, {optax-style argument: uniopt field}); "betas[i]" is one entry of the pair.
-    # Every argument but learning_rate is keyword-only; defaults are uniopt's.
+    # Every argument but learning_rate is keyword-only; defaults are uniopt's, and None (where a
+    # default depends on ``convention``) takes the convention's default.
     "sgd": (
         uniopt.SGD,
         {
@@ -31,6 +32,7 @@ ALIASES: dict[str, tuple[type[Spec], dict[str, str]]] = {
             "dampening": "dampening",
             "weight_decay": "weight_decay",
             "maximize": "maximize",
+            "convention": "convention",
         },
     ),
     "adagrad": (
@@ -42,6 +44,7 @@ ALIASES: dict[str, tuple[type[Spec], dict[str, str]]] = {
             "lr_decay": "lr_decay",
             "weight_decay": "weight_decay",
             "maximize": "maximize",
+            "convention": "convention",
         },
     ),
     "rmsprop": (
@@ -54,6 +57,7 @@ ALIASES: dict[str, tuple[type[Spec], dict[str, str]]] = {
             "momentum": "momentum",
             "weight_decay": "weight_decay",
             "maximize": "maximize",
+            "convention": "convention",
         },
     ),
     **{
@@ -67,6 +71,7 @@ ALIASES: dict[str, tuple[type[Spec], dict[str, str]]] = {
                 "weight_decay": "weight_decay",
                 "amsgrad": "amsgrad",
                 "maximize": "maximize",
+                "convention": "convention",
             },
         )
         for name, spec in (("adam", uniopt.Adam), ("adamw", uniopt.AdamW))
@@ -82,6 +87,7 @@ ALIASES: dict[str, tuple[type[Spec], dict[str, str]]] = {
             "decoupled_weight_decay": "decoupled_weight_decay",
             "degenerated_to_sgd": "degenerated_to_sgd",
             "maximize": "maximize",
+            "convention": "convention",
         },
     ),
 }

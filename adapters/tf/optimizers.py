@@ -112,6 +112,16 @@ class _TraceCache:
 _FROZEN = "_uniopt_frozen"
 
 
+class _ConventionDefault:
+    """Signature default of a hyperparameter whose default depends on ``convention``."""
+
+    def __repr__(self) -> str:
+        return "<the convention's default>"
+
+
+CONVENTION_DEFAULT: Any = _ConventionDefault()
+
+
 class UnioptOptimizer(keras.optimizers.Optimizer):
     """Base of the uniopt Keras optimizers: a Keras optimizer whose update is ``spec.rule``.
 
@@ -119,6 +129,11 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     translated by :data:`KERAS_NAMES` and validated by the spec (the core's ``ValueError``). The
     hyperparameters are fixed at construction (the spec is frozen); ``learning_rate`` stays
     settable as in Keras, and may be a float, a ``LearningRateSchedule`` or a callable.
+
+    ``convention`` picks whose formulas and defaults the spec follows: ``"uniopt"`` (default),
+    ``"torch"``, ``"keras"``, ``"optax"`` (and ``"official"`` for RAdam). Arguments left at
+    :data:`CONVENTION_DEFAULT` take that convention's default, so
+    ``uniopt.tf.RMSprop(convention="keras")`` is ``keras.optimizers.RMSprop()``'s algorithm.
     """
 
     spec_class: ClassVar[type[Spec]]
@@ -129,11 +144,12 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         hyper = {k: kwargs.pop(k) for k in list(kwargs) if k in hyper_names}
         if hyper.get("weight_decay", 0.0) is None:
             hyper["weight_decay"] = 0.0  # Keras's "no weight decay"
+        hyper = {k: v for k, v in hyper.items() if v is not CONVENTION_DEFAULT}  # the spec fills them
         dynamic = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule) or callable(
             learning_rate
         )
         spec_kwargs = to_spec_kwargs(hyper)
-        if not dynamic:
+        if not dynamic and learning_rate is not CONVENTION_DEFAULT:
             spec_kwargs["lr"] = learning_rate
         try:
             spec = self.spec_class(**spec_kwargs)
@@ -280,6 +296,7 @@ class SGD(UnioptOptimizer):
         dampening=0.0,
         weight_decay=0.0,
         maximize=False,
+        convention="uniopt",
         **kwargs,
     ):
         super().__init__(
@@ -289,6 +306,7 @@ class SGD(UnioptOptimizer):
             dampening=dampening,
             weight_decay=weight_decay,
             maximize=maximize,
+            convention=convention,
             **kwargs,
         )
 
@@ -312,6 +330,7 @@ class Adagrad(UnioptOptimizer):
         initial_accumulator_value=0.0,
         weight_decay=0.0,
         maximize=False,
+        convention="uniopt",
         **kwargs,
     ):
         super().__init__(
@@ -321,6 +340,7 @@ class Adagrad(UnioptOptimizer):
             initial_accumulator_value=initial_accumulator_value,
             weight_decay=weight_decay,
             maximize=maximize,
+            convention=convention,
             **kwargs,
         )
 
@@ -338,13 +358,14 @@ class RMSprop(UnioptOptimizer):
 
     def __init__(
         self,
-        learning_rate=1e-2,
-        rho=0.99,
+        learning_rate=CONVENTION_DEFAULT,
+        rho=CONVENTION_DEFAULT,
         momentum=0.0,
-        epsilon=1e-8,
+        epsilon=CONVENTION_DEFAULT,
         centered=False,
         weight_decay=0.0,
         maximize=False,
+        convention="uniopt",
         **kwargs,
     ):
         super().__init__(
@@ -355,6 +376,7 @@ class RMSprop(UnioptOptimizer):
             centered=centered,
             weight_decay=weight_decay,
             maximize=maximize,
+            convention=convention,
             **kwargs,
         )
 
@@ -375,10 +397,11 @@ class Adam(UnioptOptimizer):
         learning_rate=1e-3,
         beta_1=0.9,
         beta_2=0.999,
-        epsilon=1e-8,
+        epsilon=CONVENTION_DEFAULT,
         amsgrad=False,
-        weight_decay=0.0,
+        weight_decay=CONVENTION_DEFAULT,
         maximize=False,
+        convention="uniopt",
         **kwargs,
     ):
         super().__init__(
@@ -389,6 +412,7 @@ class Adam(UnioptOptimizer):
             amsgrad=amsgrad,
             weight_decay=weight_decay,
             maximize=maximize,
+            convention=convention,
             **kwargs,
         )
 
@@ -405,12 +429,13 @@ class AdamW(UnioptOptimizer):
     def __init__(
         self,
         learning_rate=1e-3,
-        weight_decay=1e-2,
+        weight_decay=CONVENTION_DEFAULT,
         beta_1=0.9,
         beta_2=0.999,
-        epsilon=1e-8,
+        epsilon=CONVENTION_DEFAULT,
         amsgrad=False,
         maximize=False,
+        convention="uniopt",
         **kwargs,
     ):
         super().__init__(
@@ -421,6 +446,7 @@ class AdamW(UnioptOptimizer):
             epsilon=epsilon,
             amsgrad=amsgrad,
             maximize=maximize,
+            convention=convention,
             **kwargs,
         )
 
@@ -443,8 +469,9 @@ class RAdam(UnioptOptimizer):
         epsilon=1e-8,
         weight_decay=0.0,
         decoupled_weight_decay=False,
-        degenerated_to_sgd=True,
+        degenerated_to_sgd=CONVENTION_DEFAULT,
         maximize=False,
+        convention="uniopt",
         **kwargs,
     ):
         super().__init__(
@@ -456,6 +483,7 @@ class RAdam(UnioptOptimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             degenerated_to_sgd=degenerated_to_sgd,
             maximize=maximize,
+            convention=convention,
             **kwargs,
         )
 

@@ -10,7 +10,15 @@ from typing import Any
 
 from ._spec import Array
 
-__all__ = ["adam_moments", "adam_step", "bias_correction", "ema", "prepare_grad"]
+__all__ = [
+    "adam_moments",
+    "adam_step",
+    "bias_correction",
+    "ema",
+    "keras_learning_rate",
+    "keras_weight_decay",
+    "prepare_grad",
+]
 
 
 def prepare_grad(grad: Array, param: Array, xp: Any, *, maximize: bool, weight_decay: Array | None) -> Array:
@@ -24,6 +32,19 @@ def prepare_grad(grad: Array, param: Array, xp: Any, *, maximize: bool, weight_d
     if weight_decay is not None:
         grad = xp.add(grad, xp.multiply(param, weight_decay))
     return grad
+
+
+def keras_learning_rate(lr: float) -> float:
+    """The learning rate as Keras uses it: stored in a float32 (``floatx``) variable, so a float64
+    model sees ``lr`` rounded to float32 (a float32 model sees the same value either way)."""
+    import numpy as np
+
+    return float(np.float32(lr))
+
+
+def keras_weight_decay(param: Array, weight_decay: Array, lr: Array, xp: Any) -> Array:
+    r"""Keras 3's decoupled weight decay, applied before the update: ``p - (p * wd) * lr``."""
+    return xp.subtract(param, xp.multiply(xp.multiply(param, weight_decay), lr))
 
 
 def ema(average: Array, value: Array, keep: Array, take: Array, xp: Any) -> Array:

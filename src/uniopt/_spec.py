@@ -79,6 +79,11 @@ class Spec:
 
     name: ClassVar[str]
     reference: ClassVar[str] = ""
+    # convention -> defaults of the hyperparameters whose default depends on the convention (those
+    # fields default to None and are filled in here); "uniopt" is the spec's own semantics
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {"uniopt": {}}
+    # convention -> why this optimizer does not offer it (e.g. the framework has no such optimizer)
+    unavailable_conventions: ClassVar[Mapping[str, str]] = {}
 
     # -- to be provided by each optimizer -------------------------------------------------------
     def _check(self) -> None:
@@ -117,11 +122,27 @@ class Spec:
 
     # -- shared machinery ---------------------------------------------------------------------
     def __post_init__(self) -> None:
+        self._resolve_convention()
         check_interval(self.name, "lr", self.lr, 0.0)
         for field in dataclasses.fields(self):
             if field.type in ("bool", bool):
                 check_bool(self.name, field.name, getattr(self, field.name))
         self._check()
+
+    def _resolve_convention(self) -> None:
+        """Check ``convention`` and give each hyperparameter left at ``None`` its default there."""
+        convention = getattr(self, "convention", "uniopt")
+        if convention not in self.conventions:
+            known = ", ".join(repr(c) for c in self.conventions)
+            why = self.unavailable_conventions.get(convention) if isinstance(convention, str) else None
+            raise ValueError(
+                f"{self.name}: convention={convention!r} is not available"
+                + (f" ({why})" if why else "")
+                + f"; expected one of {known}"
+            )
+        for name, default in self.conventions[convention].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
 
     @property
     def hyperparameters(self) -> dict[str, Any]:

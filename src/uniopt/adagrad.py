@@ -37,6 +37,12 @@ class Adagrad(Spec):
     """Adagrad with learning-rate decay and L2 weight decay (see the module docstring)."""
 
     name: ClassVar[str] = "Adagrad"
+    # uniopt's formula is PyTorch's; Keras's and optax's forms are not specified here yet
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {"uniopt": {}, "torch": {}}
+    unavailable_conventions: ClassVar[Mapping[str, str]] = {
+        "keras": "not yet specified for this optimizer",
+        "optax": "not yet specified for this optimizer",
+    }
     reference: ClassVar[str] = "Duchi, Hazan and Singer 2011, JMLR 12"
 
     lr: float = 1e-2
@@ -45,6 +51,7 @@ class Adagrad(Spec):
     initial_accumulator_value: float = 0.0
     weight_decay: float = 0.0
     maximize: bool = False
+    convention: str = "uniopt"
 
     def _check(self) -> None:
         check_interval(self.name, "lr_decay", self.lr_decay, 0.0)

@@ -18,6 +18,19 @@ Op sequence, with host scalars ``step_size = lr / (1 - beta1^t)`` and
 ``inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t)``: ``m = m*b1 + g*(1-b1)``; ``v = v*b2 + (g*g)*(1-b2)``;
 ``p = p - (m / (sqrt(v)*inv_sqrt_bc2 + eps)) * step_size``. :class:`uniopt.AdamW` adds
 ``p = p * (1 - lr*wd)`` first.
+
+Conventions (``convention=``), each with its framework's defaults for arguments left out:
+
+* ``"torch"`` (``torch.optim.Adam``/``AdamW``): uniopt's formula in PyTorch's op order,
+  ``denom = sqrt(v) / sqrt(1 - beta2^t) + eps``, ``p = p + (-step_size * m) / denom``.
+* ``"keras"`` (``keras.optimizers.Adam``/``AdamW``): the "epsilon hat" form, ``m = m + (g - m)*(1-b1)``,
+  ``v = v + (g*g - v)*(1-b2)``, ``p = p - (m * alpha) / (sqrt(v) + eps)`` with
+  ``alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t)``; weight decay is Keras's decoupled
+  ``p = p - (p*wd)*lr`` before the step; eps :math:`10^{-7}` (AdamW: weight decay 0.004).
+* ``"optax"`` (``optax.adam``/``adamw``/``amsgrad``): ``m_hat = m / (1 - beta1^t)``,
+  ``v_hat = v / (1 - beta2^t)``, ``u = m_hat / (sqrt(v_hat) + eps)``, AMSGrad keeps the maximum of
+  ``v_hat``; AdamW adds ``wd * p`` to ``u``; ``p = p + (-lr) * u``. Adam takes no weight decay there
+  (AdamW: weight decay :math:`10^{-4}`).
 """
 
 from __future__ import annotations
@@ -27,7 +40,14 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import adam_moments, adam_step, bias_correction, prepare_grad
+from ._math import (
+    adam_moments,
+    adam_step,
+    bias_correction,
+    keras_learning_rate,
+    keras_weight_decay,
+    prepare_grad,
+)
 from ._spec import Array, Spec
 from ._validate import check_betas, check_interval
 
@@ -44,6 +64,13 @@ class AdamScalars(NamedTuple):
     step_size: float  # lr / (1 - beta1^t)
     inv_sqrt_bc2: float  # 1 / sqrt(1 - beta2^t)
     eps: float
+    lr: float
+    neg_lr: float  # optax: the update is scaled by -lr
+    neg_step_size: float  # torch: -lr / (1 - beta1^t)
+    sqrt_bc2: float  # torch: sqrt(1 - beta2^t)
+    bc1: float  # optax: 1 - beta1^t
+    bc2: float  # optax: 1 - beta2^t
+    alpha: float  # keras: lr * sqrt(1 - beta2^t) / (1 - beta1^t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +81,27 @@ class Adam(Spec):
     reference: ClassVar[str] = "Kingma and Ba 2015, arXiv 1412.6980, Algorithm 1"
     decoupled: ClassVar[bool] = False
 
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "uniopt": {"eps": 1e-8, "weight_decay": 0.0},
+        "torch": {"eps": 1e-8, "weight_decay": 0.0},
+        "keras": {"eps": 1e-7, "weight_decay": 0.0},
+        "optax": {"eps": 1e-8, "weight_decay": 0.0},
+    }
+
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    eps: float = None  # type: ignore[assignment]  # None: the convention's default
+    weight_decay: float = None  # type: ignore[assignment]
     amsgrad: bool = False
     maximize: bool = False
+    convention: str = "uniopt"
 
     def _check(self) -> None:
+        if self.convention == "optax" and not self.decoupled and self.weight_decay != 0:
+            raise ValueError(
+                f"{self.name}: weight_decay={self.weight_decay!r} with convention='optax': optax.adam has "
+                "no weight decay (use AdamW, optax.adamw); expected weight_decay=0"
+            )
         object.__setattr__(self, "betas", check_betas(self.name, self.betas))
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
@@ -71,7 +111,10 @@ class Adam(Spec):
 
     def step_scalars(self, step: int, lr: float | None = None) -> AdamScalars:
         lr = float(self.lr if lr is None else lr)
+        if self.convention == "keras":
+            lr = keras_learning_rate(lr)
         beta1, beta2 = self.betas
+        bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
         return AdamScalars(
             weight_decay=float(self.weight_decay),
             decay=1.0 - lr * float(self.weight_decay),
@@ -79,14 +122,25 @@ class Adam(Spec):
             one_minus_beta1=1.0 - beta1,
             beta2=beta2,
             one_minus_beta2=1.0 - beta2,
-            step_size=lr / bias_correction(beta1, step),
-            inv_sqrt_bc2=1.0 / math.sqrt(bias_correction(beta2, step)),
+            step_size=lr / bc1,
+            inv_sqrt_bc2=1.0 / math.sqrt(bc2),
             eps=float(self.eps),
+            lr=lr,
+            neg_lr=-lr,
+            neg_step_size=-lr / bc1,
+            sqrt_bc2=math.sqrt(bc2),
+            bc1=bc1,
+            bc2=bc2,
+            alpha=lr * math.sqrt(bc2) / bc1,
         )
 
     def rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
+        if self.convention == "keras":
+            return self._keras_rule(param, grad, slots, sc, xp)
+        if self.convention == "optax":
+            return self._optax_rule(param, grad, slots, sc, xp)
         coupled = sc.weight_decay if (self.weight_decay != 0 and not self.decoupled) else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
         if self.decoupled and self.weight_decay != 0:
@@ -95,5 +149,33 @@ class Adam(Spec):
         new = {"exp_avg": m, "exp_avg_sq": v}
         if self.amsgrad:
             v = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
+        if self.convention == "torch":
+            denom = xp.add(xp.divide(xp.sqrt(v), sc.sqrt_bc2), sc.eps)
+            return xp.add(param, xp.divide(xp.multiply(m, sc.neg_step_size), denom)), new
         step = adam_step(m, v, sc.step_size, sc.inv_sqrt_bc2, sc.eps, xp)
         return xp.subtract(param, step), new
+
+    def _keras_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
+        if self.weight_decay != 0:  # Keras's weight decay is always decoupled
+            param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
+        m = xp.add(slots["exp_avg"], xp.multiply(xp.subtract(g, slots["exp_avg"]), sc.one_minus_beta1))
+        v = xp.multiply(g, g)
+        v = xp.add(slots["exp_avg_sq"], xp.multiply(xp.subtract(v, slots["exp_avg_sq"]), sc.one_minus_beta2))
+        new = {"exp_avg": m, "exp_avg_sq": v}
+        if self.amsgrad:
+            v = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
+        step = xp.divide(xp.multiply(m, sc.alpha), xp.add(xp.sqrt(v), sc.eps))
+        return xp.subtract(param, step), new
+
+    def _optax_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
+        m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
+        new = {"exp_avg": m, "exp_avg_sq": v}
+        m_hat, v_hat = xp.divide(m, sc.bc1), xp.divide(v, sc.bc2)
+        if self.amsgrad:  # optax.amsgrad: the maximum of the bias-corrected v
+            v_hat = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v_hat)
+        update = xp.divide(m_hat, xp.add(xp.sqrt(v_hat), sc.eps))
+        if self.decoupled and self.weight_decay != 0:  # optax.add_decayed_weights
+            update = xp.add(update, xp.multiply(param, sc.weight_decay))
+        return xp.add(param, xp.multiply(update, sc.neg_lr)), new

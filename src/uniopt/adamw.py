@@ -10,12 +10,14 @@ Choices where frameworks disagree: the decay is multiplied by the learning rate 
 Keras; the paper's schedule multiplier :math:`\eta_t` is folded into ``lr``), default
 :math:`\lambda = 10^{-2}` (PyTorch; optax uses :math:`10^{-4}`, Keras 0.004). The factor
 ``1 - lr*wd`` is one host scalar; the op sequence is ``p = p * decay`` followed by Adam's.
+Conventions as for :mod:`uniopt.adam`, with each framework's default weight decay.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from .adam import Adam
 
@@ -30,4 +32,9 @@ class AdamW(Adam):
     reference: ClassVar[str] = "Loshchilov and Hutter 2019, arXiv 1711.05101, Algorithm 2"
     decoupled: ClassVar[bool] = True
 
-    weight_decay: float = 1e-2
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "uniopt": {"eps": 1e-8, "weight_decay": 1e-2},
+        "torch": {"eps": 1e-8, "weight_decay": 1e-2},
+        "keras": {"eps": 1e-7, "weight_decay": 0.004},
+        "optax": {"eps": 1e-8, "weight_decay": 1e-4},
+    }

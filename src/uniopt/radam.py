@@ -33,6 +33,20 @@ Choices where frameworks disagree:
 
 Op sequence, all scalars from the host: rectified ``p = p - (m / (sqrt(v)*inv_sqrt_bc2 + eps)) *
 (lr*r/bc1)``; unrectified ``p = p - m * (lr/bc1)``.
+
+Conventions (``convention=``), each with its implementation's defaults for arguments left out:
+
+* ``"torch"`` (``torch.optim.RAdam``): :math:`\rho_t > 5`; the "epsilon hat" form in PyTorch's op
+  order, ``p = p - ((m / bc1) * lr) * (sqrt(bc2) / (sqrt(v) + eps)) * r``; unrectified
+  ``p = p - (m / bc1) * lr``; weight decay L2 or ``decoupled_weight_decay``; always a momentum step
+  before rectification.
+* ``"optax"`` (``optax.radam``): :math:`\rho_t \ge 5`, ``u = r * m_hat / (sqrt(v_hat) + eps)``
+  (``u = m_hat`` unrectified), ``p = p + (-lr) * u``; no weight decay.
+* ``"official"`` (``radam/radam.py`` of the authors' repository, class ``RAdam``): :math:`\rho_t
+  \ge 5`; rectified ``p = p + (-lr*r*sqrt(bc2)/bc1 * m) / (sqrt(v) + eps)``, unrectified
+  ``p = p + (-lr/bc1) * m`` if ``degenerated_to_sgd`` (its default, True) and no update otherwise;
+  weight decay ``p = p + (-wd*lr) * p`` on the steps that update.
+* ``"keras"`` is not available: Keras 3 has no RAdam.
 """
 
 from __future__ import annotations
@@ -64,6 +78,14 @@ class RAdamScalars(NamedTuple):
     sgd_step_size: float  # lr / (1 - beta1^t)
     inv_sqrt_bc2: float  # 1 / sqrt(1 - beta2^t)
     eps: float
+    lr: float
+    neg_lr: float  # optax: the update is scaled by -lr
+    r: float  # the rectification term r_t (0 when unrectified)
+    bc1: float  # 1 - beta1^t
+    bc2: float  # 1 - beta2^t
+    sqrt_bc2: float  # torch: (1 - beta2^t) ** 0.5
+    neg_wd_lr: float  # official: -weight_decay * lr
+    official_step: float  # official: -lr * (rectified or momentum) step size
 
 
 def rho(beta2: float, step: int) -> tuple[float, float]:
@@ -80,15 +102,42 @@ class RAdam(Spec):
     name: ClassVar[str] = "RAdam"
     reference: ClassVar[str] = "Liu et al. 2020, arXiv 1908.03265, Algorithm 2"
 
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "uniopt": {"degenerated_to_sgd": True},
+        "torch": {"degenerated_to_sgd": True},
+        "optax": {"degenerated_to_sgd": True},
+        "official": {"degenerated_to_sgd": True},
+    }
+    unavailable_conventions: ClassVar[Mapping[str, str]] = {
+        "keras": "Keras 3 has no RAdam; keras.optimizers offers Adam, AdamW, Adamax, Nadam, Lion and others"
+    }
+
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
     decoupled_weight_decay: bool = False
-    degenerated_to_sgd: bool = True
+    degenerated_to_sgd: bool = None  # type: ignore[assignment]  # None: the convention's default
     maximize: bool = False
+    convention: str = "uniopt"
 
     def _check(self) -> None:
+        unsupported = {
+            "torch": {"degenerated_to_sgd": False},
+            "optax": {"degenerated_to_sgd": False, "decoupled_weight_decay": True},
+            "official": {"decoupled_weight_decay": True},
+        }.get(self.convention, {})
+        for field, value in unsupported.items():
+            if getattr(self, field) == value:
+                raise ValueError(
+                    f"RAdam: {field}={value!r} has no counterpart in convention={self.convention!r}; "
+                    f"expected {field}={not value!r}"
+                )
+        if self.convention == "optax" and self.weight_decay != 0:
+            raise ValueError(
+                f"RAdam: weight_decay={self.weight_decay!r} with convention='optax': optax.radam has no "
+                "weight decay (chain optax.add_decayed_weights instead); expected weight_decay=0"
+            )
         object.__setattr__(self, "betas", check_betas(self.name, self.betas))
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
@@ -100,13 +149,26 @@ class RAdam(Spec):
         lr = float(self.lr if lr is None else lr)
         beta1, beta2 = self.betas
         rho_inf, rho_t = rho(beta2, step)
-        rectified = rho_t > RECTIFY_THRESHOLD
+        inclusive = self.convention in ("optax", "official")  # rectify from rho_t >= 5
+        rectified = rho_t >= RECTIFY_THRESHOLD if inclusive else rho_t > RECTIFY_THRESHOLD
         r = 0.0
-        if rectified:
+        if rectified and self.convention == "torch":  # PyTorch's expression, ** 0.5
+            r = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        elif rectified:
             r = math.sqrt(
                 (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
             )
-        bc1 = bias_correction(beta1, step)
+        bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
+        official_step = 0.0
+        if rectified:  # the official repository's step_size, as written there
+            n_sma, n_max, b2t = rho_t, rho_inf, 1 - bc2
+            official_step = -(
+                math.sqrt((1 - b2t) * (n_sma - 4) / (n_max - 4) * (n_sma - 2) / n_sma * n_max / (n_max - 2))
+                / bc1
+                * lr
+            )
+        elif self.degenerated_to_sgd:
+            official_step = -(1.0 / bc1 * lr)
         return RAdamScalars(
             rectified=rectified,
             weight_decay=float(self.weight_decay),
@@ -117,13 +179,23 @@ class RAdam(Spec):
             one_minus_beta2=1.0 - beta2,
             rect_step_size=lr * r / bc1,
             sgd_step_size=lr / bc1,
-            inv_sqrt_bc2=1.0 / math.sqrt(bias_correction(beta2, step)),
+            inv_sqrt_bc2=1.0 / math.sqrt(bc2),
             eps=float(self.eps),
+            lr=lr,
+            neg_lr=-lr,
+            r=r,
+            bc1=bc1,
+            bc2=bc2,
+            sqrt_bc2=bc2**0.5,
+            neg_wd_lr=-float(self.weight_decay) * lr,
+            official_step=official_step,
         )
 
     def rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
+        if self.convention != "uniopt":
+            return self._convention_rule(param, grad, slots, sc, xp)
         decay = self.weight_decay != 0
         coupled = sc.weight_decay if decay and not self.decoupled_weight_decay else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
@@ -139,3 +211,47 @@ class RAdam(Spec):
             return xp.subtract(decayed, xp.multiply(m, sc.sgd_step_size))
 
         return select(sc.rectified, rectified, unrectified, xp), {"exp_avg": m, "exp_avg_sq": v}
+
+    def _convention_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        """The torch, optax and official formulas (see the module docstring)."""
+        decay = self.weight_decay != 0
+        l2 = decay and self.convention == "torch" and not self.decoupled_weight_decay
+        coupled = sc.weight_decay if l2 else None
+        g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
+        m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
+        new = {"exp_avg": m, "exp_avg_sq": v}
+        if self.convention == "torch":
+            if decay and self.decoupled_weight_decay:
+                param = xp.multiply(param, sc.decay)
+            momentum = xp.multiply(xp.divide(m, sc.bc1), sc.lr)
+
+            def rectified() -> Array:
+                adaptive = xp.divide(sc.sqrt_bc2, xp.add(xp.sqrt(v), sc.eps))
+                return xp.subtract(param, xp.multiply(xp.multiply(momentum, adaptive), sc.r))
+
+            return select(sc.rectified, rectified, lambda: xp.subtract(param, momentum), xp), new
+        if self.convention == "optax":
+            m_hat = xp.divide(m, sc.bc1)
+
+            def rectified() -> Array:
+                v_hat = xp.divide(v, sc.bc2)
+                u = xp.divide(xp.multiply(sc.r, m_hat), xp.add(xp.sqrt(v_hat), sc.eps))
+                return xp.add(param, xp.multiply(u, sc.neg_lr))
+
+            def unrectified() -> Array:
+                return xp.add(param, xp.multiply(m_hat, sc.neg_lr))
+
+            return select(sc.rectified, rectified, unrectified, xp), new
+        # official: weight decay and the step only on the steps that update
+        decayed = xp.add(param, xp.multiply(param, sc.neg_wd_lr)) if decay else param
+
+        def official_rectified() -> Array:
+            denom = xp.add(xp.sqrt(v), sc.eps)
+            return xp.add(decayed, xp.divide(xp.multiply(m, sc.official_step), denom))
+
+        def official_unrectified() -> Array:
+            if not self.degenerated_to_sgd:
+                return param
+            return xp.add(decayed, xp.multiply(m, sc.official_step))
+
+        return select(sc.rectified, official_rectified, official_unrectified, xp), new

@@ -17,6 +17,21 @@ Choices where frameworks disagree: uniopt follows PyTorch: :math:`\alpha = 0.99`
 learning rate (Keras: :math:`\rho = 0.9`, eps inside the root, momentum includes lr). One deliberate
 difference from PyTorch: the centered variance is clamped at 0 before the square root, so rounding
 can never turn a near-zero variance into NaN.
+
+Conventions (``convention=``), each with its framework's defaults for arguments left out:
+
+* ``"torch"`` (``torch.optim.RMSprop``): uniopt's formula without the clamp (a negative centered
+  variance gives NaN, as in PyTorch); lr :math:`10^{-2}`, :math:`\alpha = 0.99`, eps :math:`10^{-8}`.
+* ``"keras"`` (``keras.optimizers.RMSprop``): eps inside the root and the learning rate inside the
+  momentum buffer, :math:`s = \sqrt{v_t - \bar g_t^2 + \epsilon}`, :math:`b_t = \mu b_{t-1} +
+  \eta g_t / s`, :math:`\theta_t = \theta_{t-1} - b_t`; weight decay is Keras's decoupled
+  :math:`\theta \leftarrow \theta - (\theta\lambda)\eta` first; lr :math:`10^{-3}`, :math:`\rho = 0.9`,
+  eps :math:`10^{-7}`.
+* ``"optax"`` (``optax.rmsprop``, ``eps_in_sqrt=True``, ``initial_scale=0``): update
+  :math:`u_t = -\eta\, g \cdot (1/\sqrt{v_t - \bar g_t^2 + \epsilon})`, then momentum as
+  ``optax.trace`` (:math:`b_t = u_t + \mu b_{t-1}`, the learning rate inside the buffer),
+  :math:`\theta_t = \theta_{t-1} + b_t`; decay 0.9, eps :math:`10^{-8}`, lr
+  :math:`10^{-2}` (optax has no default); no weight decay.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import ema, prepare_grad
+from ._math import ema, keras_learning_rate, keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
 from ._validate import check_interval
 
@@ -34,6 +49,8 @@ __all__ = ["RMSprop", "RMSpropScalars"]
 
 class RMSpropScalars(NamedTuple):
     lr: float
+    neg_lr: float  # -lr (optax's scale by -lr)
+    one: float
     weight_decay: float
     alpha: float
     one_minus_alpha: float
@@ -48,15 +65,28 @@ class RMSprop(Spec):
     name: ClassVar[str] = "RMSprop"
     reference: ClassVar[str] = "Hinton, Srivastava and Swersky 2012, Neural Networks lecture 6e"
 
-    lr: float = 1e-2
-    alpha: float = 0.99
-    eps: float = 1e-8
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "uniopt": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8},
+        "torch": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8},
+        "keras": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7},
+        "optax": {"lr": 1e-2, "alpha": 0.9, "eps": 1e-8},
+    }
+
+    lr: float = None  # type: ignore[assignment]  # None: the convention's default
+    alpha: float = None  # type: ignore[assignment]
+    eps: float = None  # type: ignore[assignment]
     weight_decay: float = 0.0
     momentum: float = 0.0
     centered: bool = False
     maximize: bool = False
+    convention: str = "uniopt"
 
     def _check(self) -> None:
+        if self.convention == "optax" and self.weight_decay != 0:
+            raise ValueError(
+                f"RMSprop: weight_decay={self.weight_decay!r} with convention='optax': optax.rmsprop has "
+                "no weight decay (chain optax.add_decayed_weights instead); expected weight_decay=0"
+            )
         check_interval(self.name, "alpha", self.alpha, 0.0, 1.0, high_open=True)
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
@@ -71,8 +101,13 @@ class RMSprop(Spec):
         return names
 
     def step_scalars(self, step: int, lr: float | None = None) -> RMSpropScalars:
+        lr = float(self.lr if lr is None else lr)
+        if self.convention == "keras":
+            lr = keras_learning_rate(lr)
         return RMSpropScalars(
-            lr=float(self.lr if lr is None else lr),
+            lr=lr,
+            neg_lr=-lr,
+            one=1.0,
             weight_decay=float(self.weight_decay),
             alpha=float(self.alpha),
             one_minus_alpha=1.0 - float(self.alpha),
@@ -83,19 +118,31 @@ class RMSprop(Spec):
     def rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
-        wd = sc.weight_decay if self.weight_decay != 0 else None
+        keras = self.convention == "keras"
+        wd = sc.weight_decay if self.weight_decay != 0 and not keras else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
+        if keras and self.weight_decay != 0:
+            param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         new: dict[str, Array] = {}
         new["square_avg"] = ema(slots["square_avg"], xp.multiply(g, g), sc.alpha, sc.one_minus_alpha, xp)
+        variance = new["square_avg"]
         if self.centered:
             new["grad_avg"] = ema(slots["grad_avg"], g, sc.alpha, sc.one_minus_alpha, xp)
-            variance = xp.subtract(new["square_avg"], xp.multiply(new["grad_avg"], new["grad_avg"]))
-            variance = xp.maximum(variance, xp.zeros_like(variance))
+            variance = xp.subtract(variance, xp.multiply(new["grad_avg"], new["grad_avg"]))
+            if self.convention == "uniopt":
+                variance = xp.maximum(variance, xp.zeros_like(variance))
+        if keras:
+            step_dir = xp.divide(xp.multiply(g, sc.lr), xp.sqrt(xp.add(variance, sc.eps)))
+        elif self.convention == "optax":  # optax scales by -lr before its momentum trace
+            step_dir = xp.multiply(g, xp.divide(sc.one, xp.sqrt(xp.add(variance, sc.eps))))
+            step_dir = xp.multiply(step_dir, sc.neg_lr)
         else:
-            variance = new["square_avg"]
-        sigma = xp.add(xp.sqrt(variance), sc.eps)
-        step_dir = xp.divide(g, sigma)
+            step_dir = xp.divide(g, xp.add(xp.sqrt(variance), sc.eps))
         if self.momentum != 0:
             new["momentum_buffer"] = xp.add(xp.multiply(slots["momentum_buffer"], sc.momentum), step_dir)
             step_dir = new["momentum_buffer"]
+        if keras:
+            return xp.subtract(param, step_dir), new
+        if self.convention == "optax":
+            return xp.add(param, step_dir), new
         return xp.subtract(param, xp.multiply(step_dir, sc.lr)), new

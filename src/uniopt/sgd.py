@@ -48,6 +48,12 @@ class SGD(Spec):
     """Stochastic gradient descent with optional momentum (see the module docstring)."""
 
     name: ClassVar[str] = "SGD"
+    # uniopt's formula is PyTorch's; Keras's and optax's forms are not specified here yet
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {"uniopt": {}, "torch": {}}
+    unavailable_conventions: ClassVar[Mapping[str, str]] = {
+        "keras": "not yet specified for this optimizer",
+        "optax": "not yet specified for this optimizer",
+    }
     reference: ClassVar[str] = (
         "Robbins and Monro 1951; Polyak 1964 (momentum); Sutskever et al. 2013 (Nesterov)"
     )
@@ -58,6 +64,7 @@ class SGD(Spec):
     nesterov: bool = False
     weight_decay: float = 0.0
     maximize: bool = False
+    convention: str = "uniopt"
 
     def _check(self) -> None:
         check_interval(self.name, "momentum", self.momentum, 0.0)

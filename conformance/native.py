@@ -1,0 +1,301 @@
+"""Native-parity rows: each framework's own optimizer on the cells whose case names its convention.
+
+The reference of such a cell is the NumPy run of the uniopt spec with that ``convention``; these
+backends run the *native* implementation instead, from the same hyperparameters, so the matrix
+shows how far uniopt's convention is from the optimizer people port from:
+
+- ``torch.optim@native``: ``torch.optim.<Name>`` (single-tensor path, ``foreach=False``), and for
+  ``convention="official"`` the authors' RAdam step, transcribed op for op into current torch calls;
+- ``keras@native``: ``keras.optimizers.<Name>`` on TensorFlow, eagerly;
+- ``optax@native``: ``optax.<alias>`` with ``optax.apply_updates``, under ``jax.jit``.
+
+Slots are read from the native state under uniopt's names, raw (no rescaling): a convention's slots
+are defined to hold what the native optimizer holds. Frameworks are imported inside the runners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from uniopt import Spec
+
+from .backends import Backend, GradsAt, Runner, Snapshot
+from .cells import Cell, convention_of
+
+__all__ = ["NATIVE_BACKENDS"]
+
+NONFINITE_REASON = (
+    "native rows compare finite streams: native kernels handle infinities their own way (PyTorch's "
+    "lerp turns an infinite moment into NaN on the next step where uniopt's average keeps it "
+    "infinite), which the spec does not try to reproduce"
+)
+
+_NATIVE_OF = {"torch.optim": ("torch", "official"), "keras": ("keras",), "optax": ("optax",)}
+
+
+def _supports(backend: str) -> Callable[[Cell], str | None]:
+    def check(cell: Cell) -> str | None:
+        convention = convention_of(cell.optimizer, cell.case)
+        if convention not in _NATIVE_OF[backend]:
+            return f"native rows run the cases whose convention is {' or '.join(_NATIVE_OF[backend])}"
+        if cell.stream == "nonfinite":
+            return NONFINITE_REASON
+        return None
+
+    return check
+
+
+def _hyper(spec: Spec) -> dict[str, Any]:
+    return {k: v for k, v in spec.hyperparameters.items() if k != "convention"}
+
+
+# -- torch.optim -------------------------------------------------------------------------------
+
+
+def _official_radam_step(p: Any, g: Any, state: dict, h: dict[str, Any]) -> None:
+    """One step of the authors' ``RAdam.step`` for one parameter (radam/radam.py), in today's torch
+    call signatures; the float64 host arithmetic is theirs, expression for expression."""
+    import math
+
+    beta1, beta2 = h["betas"]
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    exp_avg.mul_(beta1).add_(g, alpha=1 - beta1)
+    state["step"] += 1
+    step = state["step"]
+    beta2_t = beta2**step
+    n_sma_max = 2 / (1 - beta2) - 1
+    n_sma = n_sma_max - 2 * step * beta2_t / (1 - beta2_t)
+    if n_sma >= 5:
+        step_size = math.sqrt(
+            (1 - beta2_t) * (n_sma - 4) / (n_sma_max - 4) * (n_sma - 2) / n_sma * n_sma_max / (n_sma_max - 2)
+        ) / (1 - beta1**step)
+    elif h["degenerated_to_sgd"]:
+        step_size = 1.0 / (1 - beta1**step)
+    else:
+        step_size = -1
+    if n_sma >= 5:
+        if h["weight_decay"] != 0:
+            p.add_(p, alpha=-h["weight_decay"] * h["lr"])
+        denom = exp_avg_sq.sqrt().add_(h["eps"])
+        p.addcdiv_(exp_avg, denom, value=-step_size * h["lr"])
+    elif step_size > 0:
+        if h["weight_decay"] != 0:
+            p.add_(p, alpha=-h["weight_decay"] * h["lr"])
+        p.add_(exp_avg, alpha=-step_size * h["lr"])
+
+
+def _torch_runner(mode: str) -> Runner:
+    import torch
+
+    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+        params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
+        names = spec.slot_names()
+        h = _hyper(spec)
+        official = spec.convention == "official"
+        if official:
+            states = [
+                {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)} for p in params
+            ]
+        else:
+            if spec.name == "RAdam":
+                h.pop("degenerated_to_sgd")  # torch.optim.RAdam always takes the momentum step
+            optimizer = getattr(torch.optim, spec.name)(params, foreach=False, **h)
+
+        def slots_of(i: int, p: Any) -> dict[str, np.ndarray]:
+            state = states[i] if official else optimizer.state[p]
+            return {
+                n: (state[n] if n in state else spec.init_slot(n, p.detach(), torch)).detach().numpy().copy()
+                for n in names
+            }
+
+        def snapshot() -> Snapshot:
+            return [p.detach().numpy().copy() for p in params], [slots_of(i, p) for i, p in enumerate(params)]
+
+        yield snapshot()
+        for t in range(1, steps + 1):
+            for p, g in zip(params, grads_at(t), strict=True):
+                p.grad = torch.from_numpy(g.copy())
+            if official:
+                with torch.no_grad():
+                    for p, state in zip(params, states, strict=True):
+                        _official_radam_step(p.data, p.grad, state, h)
+            else:
+                optimizer.step()
+            yield snapshot()
+
+    return run
+
+
+# -- keras ---------------------------------------------------------------------------------------
+
+_KERAS_ARGS = {"lr": "learning_rate", "alpha": "rho", "eps": "epsilon", "momentum": "momentum"}
+_KERAS_SLOTS = {
+    "exp_avg": "_momentums",
+    "exp_avg_sq": "_velocities",
+    "max_exp_avg_sq": "_velocity_hats",
+    "square_avg": "_velocities",
+    "grad_avg": "_average_gradients",
+    "momentum_buffer": "_momentums",
+}
+
+
+def _keras_runner(mode: str) -> Runner:
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    def make(spec: Spec) -> Any:
+        h = _hyper(spec)
+        kwargs: dict[str, Any] = {}
+        for name, value in h.items():
+            if name == "betas":
+                kwargs["beta_1"], kwargs["beta_2"] = value
+            elif name == "weight_decay":
+                kwargs["weight_decay"] = value or None
+            elif name in ("amsgrad", "centered"):
+                kwargs[name] = value
+            elif name == "maximize":
+                if value:
+                    raise ValueError("Keras optimizers have no maximize")
+            else:
+                kwargs[_KERAS_ARGS[name]] = value
+        return getattr(keras.optimizers, spec.name)(**kwargs)
+
+    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+        import tensorflow as tf
+
+        variables = [keras.Variable(p, dtype=p.dtype.name) for p in params0]
+        optimizer = make(spec)
+        optimizer.build(variables)
+        names = spec.slot_names()
+
+        def snapshot() -> Snapshot:
+            return (
+                [np.array(v.numpy(), copy=True) for v in variables],
+                [
+                    {n: np.array(getattr(optimizer, _KERAS_SLOTS[n])[i].numpy(), copy=True) for n in names}
+                    for i in range(len(variables))
+                ],
+            )
+
+        yield snapshot()
+        for t in range(1, steps + 1):
+            optimizer.apply([tf.constant(g) for g in grads_at(t)], variables)
+            yield snapshot()
+
+    return run
+
+
+# -- optax ---------------------------------------------------------------------------------------
+
+_OPTAX_FIELDS = {
+    "RMSprop": {"nu": "square_avg", "mu": "grad_avg", "trace": "momentum_buffer"},
+    "Adam": {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
+}
+
+
+def _optax_transformation(spec: Spec) -> Any:
+    import optax
+
+    h = _hyper(spec)
+    if spec.name == "RMSprop":
+        return optax.rmsprop(
+            h["lr"],
+            decay=h["alpha"],
+            eps=h["eps"],
+            centered=h["centered"],
+            momentum=h["momentum"] or None,
+            eps_in_sqrt=True,
+        )
+    b1, b2 = h["betas"]
+    if spec.name == "AdamW":
+        return optax.adamw(h["lr"], b1=b1, b2=b2, eps=h["eps"], weight_decay=h["weight_decay"])
+    if spec.name == "RAdam":
+        return optax.radam(h["lr"], b1=b1, b2=b2, eps=h["eps"])
+    alias = optax.amsgrad if h["amsgrad"] else optax.adam
+    return alias(h["lr"], b1=b1, b2=b2, eps=h["eps"])
+
+
+def _optax_slots(spec: Spec, state: Any, n: int) -> list[dict[str, np.ndarray]]:
+    """Per parameter, uniopt's slots found by field name anywhere in the optax state."""
+    fields = _OPTAX_FIELDS["RMSprop" if spec.name == "RMSprop" else "Adam"]
+    found: dict[str, Any] = {}
+
+    def visit(node: Any) -> None:
+        if hasattr(node, "_fields"):
+            for field in node._fields:
+                if field in fields:
+                    found[fields[field]] = getattr(node, field)
+            for child in node:
+                visit(child)
+        elif isinstance(node, tuple | list):
+            for child in node:
+                visit(child)
+
+    visit(state)
+    names = spec.slot_names()
+    missing = set(names) - set(found)
+    if missing:
+        raise KeyError(f"optax state has no {sorted(missing)} for {spec!r}")
+    return [{name: np.array(found[name][i], copy=True) for name in names} for i in range(n)]
+
+
+def _optax_runner(mode: str) -> Runner:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import optax
+
+    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+        tx = _optax_transformation(spec)
+
+        @jax.jit
+        def step(params, state, grads):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        params = [jax.numpy.asarray(p) for p in params0]
+        state = tx.init(params)
+
+        def snapshot() -> Snapshot:
+            return [np.array(p, copy=True) for p in params], _optax_slots(spec, state, len(params))
+
+        yield snapshot()
+        for t in range(1, steps + 1):
+            params, state = step(params, state, [jax.numpy.asarray(g) for g in grads_at(t)])
+            yield snapshot()
+
+    return run
+
+
+NATIVE_BACKENDS = [
+    Backend(
+        "torch.optim",
+        "torch",
+        ("native",),
+        ("float32", "float64"),
+        _torch_runner,
+        supports=_supports("torch.optim"),
+    ),
+    Backend(
+        "keras",
+        "keras",
+        ("native",),
+        ("float32", "float64"),
+        _keras_runner,
+        supports=_supports("keras"),
+    ),
+    Backend(
+        "optax",
+        "optax",
+        ("native",),
+        ("float32", "float64"),
+        _optax_runner,
+        supports=_supports("optax"),
+    ),
+]

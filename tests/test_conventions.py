@@ -1,0 +1,112 @@
+"""``convention=``: each framework's formulas and defaults, chosen by name, checked before use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import uniopt
+from uniopt.registry import TABLE
+
+# Defaults from each framework's documentation (torch.optim, keras.optimizers, optax, the authors'
+# radam.py); uniopt's own are PyTorch's except where its docs say otherwise.
+DOCUMENTED_DEFAULTS = [
+    (uniopt.RMSprop, "torch", {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8}),
+    (uniopt.RMSprop, "keras", {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}),
+    (uniopt.RMSprop, "optax", {"alpha": 0.9, "eps": 1e-8}),
+    (uniopt.Adam, "torch", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}),
+    (uniopt.Adam, "keras", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7, "weight_decay": 0.0}),
+    (uniopt.Adam, "optax", {"betas": (0.9, 0.999), "eps": 1e-8}),
+    (uniopt.AdamW, "torch", {"eps": 1e-8, "weight_decay": 1e-2}),
+    (uniopt.AdamW, "keras", {"eps": 1e-7, "weight_decay": 0.004}),
+    (uniopt.AdamW, "optax", {"eps": 1e-8, "weight_decay": 1e-4}),
+    (uniopt.RAdam, "torch", {"lr": 1e-3, "eps": 1e-8, "degenerated_to_sgd": True}),
+    (uniopt.RAdam, "optax", {"eps": 1e-8, "degenerated_to_sgd": True}),
+    (uniopt.RAdam, "official", {"lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0, "degenerated_to_sgd": True}),
+    (uniopt.SGD, "torch", {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0}),
+    (uniopt.Adagrad, "torch", {"lr": 1e-2, "eps": 1e-10, "initial_accumulator_value": 0.0}),
+]
+
+
+def test_every_optimizer_takes_a_convention_and_defaults_to_uniopt():
+    for info in TABLE:
+        assert info.spec().convention == "uniopt"
+        assert "uniopt" in info.spec.conventions and "torch" in info.spec.conventions
+
+
+@pytest.mark.parametrize(("spec", "convention", "defaults"), DOCUMENTED_DEFAULTS)
+def test_a_convention_brings_its_framework_defaults(spec, convention, defaults):
+    made = spec(convention=convention)
+    assert made.convention == convention
+    for name, value in defaults.items():
+        assert getattr(made, name) == value, name
+
+
+def test_explicit_arguments_win_over_the_convention_defaults():
+    made = uniopt.RMSprop(convention="keras", lr=0.5, eps=1e-3)
+    assert (made.lr, made.alpha, made.eps) == (0.5, 0.9, 1e-3)
+
+
+@pytest.mark.parametrize(
+    ("spec", "kwargs", "match"),
+    [
+        (
+            uniopt.RAdam,
+            {"convention": "keras"},
+            r"RAdam: convention='keras' is not available \(Keras 3 has no RAdam",
+        ),
+        (
+            uniopt.Adam,
+            {"convention": "official"},
+            r"Adam: convention='official' is not available; expected one of",
+        ),
+        (uniopt.SGD, {"convention": "pytorch"}, r"expected one of 'uniopt', 'torch'"),
+        (uniopt.Adam, {"convention": "optax", "weight_decay": 0.1}, r"optax\.adam has no weight decay"),
+        (uniopt.RMSprop, {"convention": "optax", "weight_decay": 0.1}, r"optax\.rmsprop has no weight decay"),
+        (
+            uniopt.RAdam,
+            {"convention": "torch", "degenerated_to_sgd": False},
+            r"degenerated_to_sgd=False has no",
+        ),
+        (uniopt.RAdam, {"convention": "official", "decoupled_weight_decay": True}, r"decoupled_weight_decay"),
+        (uniopt.Adam, {"convention": None}, r"Adam: convention=None is not available"),
+    ],
+)
+def test_a_convention_a_framework_lacks_is_refused_by_name(spec, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        spec(**kwargs)
+
+
+def test_keras_rounds_the_learning_rate_through_its_float32_variable():
+    # Keras keeps learning_rate in a float32 variable, so a float64 model steps with float32(lr)
+    p, g = [np.array([1.0])], [np.array([0.5])]
+    keras_like = uniopt.RMSprop(lr=0.1, convention="keras")
+    new, _ = keras_like.update(g, keras_like.init(p), p)
+    step = 1.0 - new[0][0]
+    lr32 = float(np.float32(0.1))
+    assert lr32 != 0.1
+    expected = 0.5 * lr32 / np.sqrt(0.25 * (1 - 0.9) + 1e-7)
+    np.testing.assert_allclose(step, expected, rtol=1e-13)
+    assert abs(step - 0.5 * 0.1 / np.sqrt(0.25 * (1 - 0.9) + 1e-7)) > 1e-10 * step  # not the float64 lr
+
+
+def test_radam_conventions_differ_only_where_their_frameworks_do():
+    """From step 6 (the first rectified one for beta2=0.999) the eps placement separates torch and
+    the official code (eps on sqrt(v)) from uniopt and optax (eps on sqrt(v_hat))."""
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(8) * 1e-3]
+    grads = [[rng.standard_normal(8) * 1e-6] for _ in range(8)]
+    runs = {}
+    for convention in ("uniopt", "torch", "optax", "official"):
+        spec = uniopt.RAdam(lr=0.01, eps=1e-6, convention=convention)
+        p, state, history = params, spec.init(params), []
+        for g in grads:
+            p, state = spec.update(g, state, p)
+            history.append(p[0])
+        runs[convention] = history
+    for t in range(5):  # unrectified: the same momentum step everywhere
+        assert len({runs[c][t].tobytes() for c in runs}) <= 2  # op order may differ by rounding
+        np.testing.assert_allclose(runs["torch"][t], runs["uniopt"][t], rtol=1e-12)
+    assert np.max(np.abs(runs["torch"][7] - runs["uniopt"][7])) > 1e-6 * np.max(np.abs(runs["uniopt"][7]))
+    np.testing.assert_allclose(runs["optax"][7], runs["uniopt"][7], rtol=1e-12)
+    np.testing.assert_allclose(runs["official"][7], runs["torch"][7], rtol=1e-12)
