@@ -85,7 +85,7 @@ class Variant:
     (called after warm-up) counts the optimizer's state; ``sync`` waits for queued work."""
 
     name: str
-    kind: str  # "uniopt", "native" or "bound"
+    kind: str  # "uniopt", "uniopt-mode" (another mode), "native", "reference" (a yardstick) or "bound"
     build: Callable[[list[np.ndarray], list[np.ndarray]], Callable[[], None]]
     state_bytes: Callable[[], int] = lambda: 0
     sync: Callable[[], None] = lambda: None

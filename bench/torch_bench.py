@@ -101,6 +101,15 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
     out.append(_variant(f"{base}(foreach=True)", "native", lambda ps: native(ps, foreach=True, **hyper)))
     if "fused" in accepted:
         out.append(_variant(f"{base}(fused=True)", "native", lambda ps: native(ps, fused=True, **hyper)))
+    if optimizer != "Adam":  # the yardstick for every optimizer: fused Adam, timed in the same rounds
+        out.append(
+            _variant(
+                "torch.optim.Adam(fused=True)",
+                "reference",
+                lambda ps: torch.optim.Adam(ps, fused=True, lr=1e-3),
+                note="yardstick: torch's fastest Adam-type step",
+            )
+        )
     too_many = len(pset.shapes) > COMPILE_LIMIT_TENSORS and not options.get("compile_all")
     out.append(
         _variant(
