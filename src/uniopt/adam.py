@@ -19,16 +19,19 @@ Op sequence, with host scalars ``step_size = lr / (1 - beta1^t)`` and
 ``p = p - (m / (sqrt(v)*inv_sqrt_bc2 + eps)) * step_size``. :class:`uniopt.AdamW` adds
 ``p = p * (1 - lr*wd)`` first.
 
-Conventions (``convention=``), each with its framework's defaults for arguments left out:
+Conventions (``convention=``), each with its framework's defaults for arguments left out. Scalar
+divisions are multiplications by host reciprocals in every convention (compilers rewrite a division
+by a scalar into one, differently per backend):
 
-* ``"torch"`` (``torch.optim.Adam``/``AdamW``): uniopt's formula in PyTorch's op order,
-  ``denom = sqrt(v) / sqrt(1 - beta2^t) + eps``, ``p = p + (-step_size * m) / denom``.
+* ``"torch"`` (``torch.optim.Adam``/``AdamW``): uniopt's formula in PyTorch's op order where it does
+  not hinge on a compiler, ``denom = sqrt(v) * (1 / sqrt(1 - beta2^t)) + eps``,
+  ``p = p + (-step_size * m) / denom``.
 * ``"keras"`` (``keras.optimizers.Adam``/``AdamW``): the "epsilon hat" form, ``m = m + (g - m)*(1-b1)``,
   ``v = v + (g*g - v)*(1-b2)``, ``p = p - (m * alpha) / (sqrt(v) + eps)`` with
   ``alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t)``; weight decay is Keras's decoupled
   ``p = p - (p*wd)*lr`` before the step; eps :math:`10^{-7}` (AdamW: weight decay 0.004).
-* ``"optax"`` (``optax.adam``/``adamw``/``amsgrad``): ``m_hat = m / (1 - beta1^t)``,
-  ``v_hat = v / (1 - beta2^t)``, ``u = m_hat / (sqrt(v_hat) + eps)``, AMSGrad keeps the maximum of
+* ``"optax"`` (``optax.adam``/``adamw``/``amsgrad``): ``m_hat = m * (1 / (1 - beta1^t))``,
+  ``v_hat = v * (1 / (1 - beta2^t))``, ``u = m_hat / (sqrt(v_hat) + eps)``, AMSGrad keeps the maximum of
   ``v_hat``; AdamW adds ``wd * p`` to ``u``; ``p = p + (-lr) * u``. Adam takes no weight decay there
   (AdamW: weight decay :math:`10^{-4}`).
 """
@@ -67,9 +70,8 @@ class AdamScalars(NamedTuple):
     lr: float
     neg_lr: float  # optax: the update is scaled by -lr
     neg_step_size: float  # torch: -lr / (1 - beta1^t)
-    sqrt_bc2: float  # torch: sqrt(1 - beta2^t)
-    bc1: float  # optax: 1 - beta1^t
-    bc2: float  # optax: 1 - beta2^t
+    inv_bc1: float  # optax: 1 / (1 - beta1^t)
+    inv_bc2: float  # optax: 1 / (1 - beta2^t)
     alpha: float  # keras: lr * sqrt(1 - beta2^t) / (1 - beta1^t)
 
 
@@ -128,9 +130,8 @@ class Adam(Spec):
             lr=lr,
             neg_lr=-lr,
             neg_step_size=-lr / bc1,
-            sqrt_bc2=math.sqrt(bc2),
-            bc1=bc1,
-            bc2=bc2,
+            inv_bc1=1.0 / bc1,
+            inv_bc2=1.0 / bc2,
             alpha=lr * math.sqrt(bc2) / bc1,
         )
 
@@ -150,7 +151,7 @@ class Adam(Spec):
         if self.amsgrad:
             v = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
         if self.convention == "torch":
-            denom = xp.add(xp.divide(xp.sqrt(v), sc.sqrt_bc2), sc.eps)
+            denom = xp.add(xp.multiply(xp.sqrt(v), sc.inv_sqrt_bc2), sc.eps)
             return xp.add(param, xp.divide(xp.multiply(m, sc.neg_step_size), denom)), new
         step = adam_step(m, v, sc.step_size, sc.inv_sqrt_bc2, sc.eps, xp)
         return xp.subtract(param, step), new
@@ -172,7 +173,7 @@ class Adam(Spec):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
         m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
         new = {"exp_avg": m, "exp_avg_sq": v}
-        m_hat, v_hat = xp.divide(m, sc.bc1), xp.divide(v, sc.bc2)
+        m_hat, v_hat = xp.multiply(m, sc.inv_bc1), xp.multiply(v, sc.inv_bc2)
         if self.amsgrad:  # optax.amsgrad: the maximum of the bias-corrected v
             v_hat = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v_hat)
         update = xp.divide(m_hat, xp.add(xp.sqrt(v_hat), sc.eps))

@@ -37,8 +37,8 @@ Op sequence, all scalars from the host: rectified ``p = p - (m / (sqrt(v)*inv_sq
 Conventions (``convention=``), each with its implementation's defaults for arguments left out:
 
 * ``"torch"`` (``torch.optim.RAdam``): :math:`\rho_t > 5`; the "epsilon hat" form in PyTorch's op
-  order, ``p = p - ((m / bc1) * lr) * (sqrt(bc2) / (sqrt(v) + eps)) * r``; unrectified
-  ``p = p - (m / bc1) * lr``; weight decay L2 or ``decoupled_weight_decay``; always a momentum step
+  order, ``p = p - ((m * (1/bc1)) * lr) * (sqrt(bc2) / (sqrt(v) + eps)) * r``; unrectified
+  ``p = p - (m * (1/bc1)) * lr``; weight decay L2 or ``decoupled_weight_decay``; always a momentum step
   before rectification.
 * ``"optax"`` (``optax.radam``): :math:`\rho_t \ge 5`, ``u = r * m_hat / (sqrt(v_hat) + eps)``
   (``u = m_hat`` unrectified), ``p = p + (-lr) * u``; no weight decay.
@@ -81,8 +81,8 @@ class RAdamScalars(NamedTuple):
     lr: float
     neg_lr: float  # optax: the update is scaled by -lr
     r: float  # the rectification term r_t (0 when unrectified)
-    bc1: float  # 1 - beta1^t
-    bc2: float  # 1 - beta2^t
+    inv_bc1: float  # 1 / (1 - beta1^t)
+    inv_bc2: float  # 1 / (1 - beta2^t)
     sqrt_bc2: float  # torch: (1 - beta2^t) ** 0.5
     neg_wd_lr: float  # official: -weight_decay * lr
     official_step: float  # official: -lr * (rectified or momentum) step size
@@ -184,8 +184,8 @@ class RAdam(Spec):
             lr=lr,
             neg_lr=-lr,
             r=r,
-            bc1=bc1,
-            bc2=bc2,
+            inv_bc1=1.0 / bc1,
+            inv_bc2=1.0 / bc2,
             sqrt_bc2=bc2**0.5,
             neg_wd_lr=-float(self.weight_decay) * lr,
             official_step=official_step,
@@ -223,7 +223,7 @@ class RAdam(Spec):
         if self.convention == "torch":
             if decay and self.decoupled_weight_decay:
                 param = xp.multiply(param, sc.decay)
-            momentum = xp.multiply(xp.divide(m, sc.bc1), sc.lr)
+            momentum = xp.multiply(xp.multiply(m, sc.inv_bc1), sc.lr)
 
             def rectified() -> Array:
                 adaptive = xp.divide(sc.sqrt_bc2, xp.add(xp.sqrt(v), sc.eps))
@@ -231,10 +231,10 @@ class RAdam(Spec):
 
             return select(sc.rectified, rectified, lambda: xp.subtract(param, momentum), xp), new
         if self.convention == "optax":
-            m_hat = xp.divide(m, sc.bc1)
+            m_hat = xp.multiply(m, sc.inv_bc1)
 
             def rectified() -> Array:
-                v_hat = xp.divide(v, sc.bc2)
+                v_hat = xp.multiply(v, sc.inv_bc2)
                 u = xp.divide(xp.multiply(sc.r, m_hat), xp.add(xp.sqrt(v_hat), sc.eps))
                 return xp.add(param, xp.multiply(u, sc.neg_lr))
 

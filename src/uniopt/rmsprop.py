@@ -28,7 +28,7 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   :math:`\theta \leftarrow \theta - (\theta\lambda)\eta` first; lr :math:`10^{-3}`, :math:`\rho = 0.9`,
   eps :math:`10^{-7}`.
 * ``"optax"`` (``optax.rmsprop``, ``eps_in_sqrt=True``, ``initial_scale=0``): update
-  :math:`u_t = -\eta\, g \cdot (1/\sqrt{v_t - \bar g_t^2 + \epsilon})`, then momentum as
+  :math:`u_t = -\eta\, g / \sqrt{v_t - \bar g_t^2 + \epsilon}`, then momentum as
   ``optax.trace`` (:math:`b_t = u_t + \mu b_{t-1}`, the learning rate inside the buffer),
   :math:`\theta_t = \theta_{t-1} + b_t`; decay 0.9, eps :math:`10^{-8}`, lr
   :math:`10^{-2}` (optax has no default); no weight decay.
@@ -50,7 +50,6 @@ __all__ = ["RMSprop", "RMSpropScalars"]
 class RMSpropScalars(NamedTuple):
     lr: float
     neg_lr: float  # -lr (optax's scale by -lr)
-    one: float
     weight_decay: float
     alpha: float
     one_minus_alpha: float
@@ -107,7 +106,6 @@ class RMSprop(Spec):
         return RMSpropScalars(
             lr=lr,
             neg_lr=-lr,
-            one=1.0,
             weight_decay=float(self.weight_decay),
             alpha=float(self.alpha),
             one_minus_alpha=1.0 - float(self.alpha),
@@ -131,11 +129,15 @@ class RMSprop(Spec):
             variance = xp.subtract(variance, xp.multiply(new["grad_avg"], new["grad_avg"]))
             if self.convention == "uniopt":
                 variance = xp.maximum(variance, xp.zeros_like(variance))
-        if keras:
-            step_dir = xp.divide(xp.multiply(g, sc.lr), xp.sqrt(xp.add(variance, sc.eps)))
-        elif self.convention == "optax":  # optax scales by -lr before its momentum trace
-            step_dir = xp.multiply(g, xp.divide(sc.one, xp.sqrt(xp.add(variance, sc.eps))))
-            step_dir = xp.multiply(step_dir, sc.neg_lr)
+        if keras or self.convention == "optax":  # eps inside the root
+            root = xp.sqrt(xp.add(variance, sc.eps))
+            # a no-op clamp (the root is never negative) that keeps compilers from rewriting
+            # x / sqrt(y) into x * rsqrt(y), whose rounding differs between backends
+            root = xp.maximum(root, xp.zeros_like(root))
+            if keras:
+                step_dir = xp.divide(xp.multiply(g, sc.lr), root)
+            else:  # optax scales by -lr before its momentum trace
+                step_dir = xp.multiply(xp.divide(g, root), sc.neg_lr)
         else:
             step_dir = xp.divide(g, xp.add(xp.sqrt(variance), sc.eps))
         if self.momentum != 0:

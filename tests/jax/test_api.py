@@ -76,10 +76,13 @@ def test_signature_follows_optax_and_defaults_are_uniopts(name):
 
 
 def test_defaults_that_differ_from_optax_are_uniopts():
-    assert inspect.signature(ujax.rmsprop).parameters["decay"].default == 0.99  # optax: 0.9
+    # None in a signature: the default of the chosen convention (uniopt's unless one is named)
+    assert inspect.signature(ujax.rmsprop).parameters["decay"].default is None
+    assert ujax.rmsprop(1e-2).spec.alpha == 0.99  # optax: 0.9
     assert inspect.signature(ujax.adagrad).parameters["initial_accumulator_value"].default == 0.0
     assert inspect.signature(ujax.adagrad).parameters["eps"].default == 1e-10  # optax: 1e-7
-    assert inspect.signature(ujax.adamw).parameters["weight_decay"].default == 1e-2  # optax: 1e-4
+    assert inspect.signature(ujax.adamw).parameters["weight_decay"].default is None
+    assert ujax.adamw(1e-3).spec.weight_decay == 1e-2  # optax: 1e-4
 
 
 @pytest.mark.parametrize(("info", "case"), CASES)
