@@ -39,6 +39,8 @@ def test_a_convention_brings_its_framework_defaults(spec, convention, defaults):
     made = spec(convention=convention)
     assert made.convention == convention
     for name, value in defaults.items():
+        if convention == "keras" and name == "lr":  # Keras keeps it in a float32 variable
+            value = float(np.float32(value))
         assert getattr(made, name) == value, name
 
 
@@ -81,6 +83,7 @@ def test_keras_rounds_the_learning_rate_through_its_float32_variable():
     # Keras keeps learning_rate in a float32 variable, so a float64 model steps with float32(lr)
     p, g = [np.array([1.0])], [np.array([0.5])]
     keras_like = uniopt.RMSprop(lr=0.1, convention="keras")
+    assert keras_like.lr == float(np.float32(0.1))
     new, _ = keras_like.update(g, keras_like.init(p), p)
     step = 1.0 - new[0][0]
     lr32 = float(np.float32(0.1))

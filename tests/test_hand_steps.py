@@ -158,8 +158,7 @@ def rmsprop_step(h, s, p, g, t, lr):
     convention = h["convention"]
     if h["maximize"]:
         g = -g
-    if convention == "keras":  # Keras keeps lr in a float32 variable; decoupled weight decay
-        lr = float(np.float32(lr))
+    if convention == "keras":  # Keras's weight decay: decoupled, before the update
         p = p - p * h["weight_decay"] * lr
     else:
         g = g + h["weight_decay"] * p
@@ -200,8 +199,7 @@ def _adam_like_step(h, s, p, g, t, lr, *, decoupled):
     if h["maximize"]:
         g = -g
     p_old = p
-    if convention == "keras":  # Keras keeps lr in a float32 variable; its decay is decoupled
-        lr = float(np.float32(lr))
+    if convention == "keras":  # Keras's weight decay is always decoupled
         p = p - p * wd * lr
     elif convention == "optax":
         pass  # optax.adamw adds wd * p to the update below; optax.adam has none
@@ -331,6 +329,8 @@ def hyperparameters(name, kwargs):
     assert not unknown, f"{name}: the hand formulas do not know {sorted(unknown)}"
     convention = kwargs.get("convention", "uniopt")
     h = {**DEFAULTS[name], **CONVENTION_DEFAULTS.get(name, {}).get(convention, {}), **kwargs}
+    if convention == "keras":  # Keras keeps the learning rate in a float32 variable
+        h["lr"] = float(np.float32(h["lr"]))
     if "betas" in h:
         h["betas"] = tuple(h["betas"])
     return h

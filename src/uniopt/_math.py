@@ -35,8 +35,10 @@ def prepare_grad(grad: Array, param: Array, xp: Any, *, maximize: bool, weight_d
 
 
 def keras_learning_rate(lr: float) -> float:
-    """The learning rate as Keras uses it: stored in a float32 (``floatx``) variable, so a float64
-    model sees ``lr`` rounded to float32 (a float32 model sees the same value either way)."""
+    """The learning rate as Keras keeps it: in a float32 (``floatx``) variable, so a float64 model
+    sees ``lr`` rounded to float32 (a float32 model sees the same value either way). The keras
+    convention stores its ``lr`` rounded so; a learning rate passed per step (a schedule) is used as
+    given, which keeps the per-step scalars affine in it."""
     import numpy as np
 
     return float(np.float32(lr))

@@ -99,6 +99,8 @@ class Adam(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
+        if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
+            object.__setattr__(self, "lr", keras_learning_rate(self.lr))
         if self.convention == "optax" and not self.decoupled and self.weight_decay != 0:
             raise ValueError(
                 f"{self.name}: weight_decay={self.weight_decay!r} with convention='optax': optax.adam has "
@@ -113,8 +115,6 @@ class Adam(Spec):
 
     def step_scalars(self, step: int, lr: float | None = None) -> AdamScalars:
         lr = float(self.lr if lr is None else lr)
-        if self.convention == "keras":
-            lr = keras_learning_rate(lr)
         beta1, beta2 = self.betas
         bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
         return AdamScalars(

@@ -81,6 +81,8 @@ class RMSprop(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
+        if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
+            object.__setattr__(self, "lr", keras_learning_rate(self.lr))
         if self.convention == "optax" and self.weight_decay != 0:
             raise ValueError(
                 f"RMSprop: weight_decay={self.weight_decay!r} with convention='optax': optax.rmsprop has "
@@ -101,8 +103,6 @@ class RMSprop(Spec):
 
     def step_scalars(self, step: int, lr: float | None = None) -> RMSpropScalars:
         lr = float(self.lr if lr is None else lr)
-        if self.convention == "keras":
-            lr = keras_learning_rate(lr)
         return RMSpropScalars(
             lr=lr,
             neg_lr=-lr,

@@ -16,6 +16,7 @@ from tf_helpers import assert_trajectories, bits_equal, make_step, params_and_gr
 import uniopt
 import uniopt.tf as ut
 from uniopt.registry import TABLE
+from uniopt.tf.optimizers import CONVENTION_DEFAULT
 
 CLASSES = [ut.SGD, ut.Adagrad, ut.RMSprop, ut.Adam, ut.AdamW, ut.RAdam]
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -288,8 +289,8 @@ def test_errors_name_the_keras_argument():
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_defaults_are_the_specs(cls):
-    defaults = {
-        name: p.default
+    defaults = {  # CONVENTION_DEFAULT is the spec's None: the chosen convention's default
+        name: None if p.default is CONVENTION_DEFAULT else p.default
         for name, p in inspect.signature(cls.__init__).parameters.items()
         if p.kind == p.POSITIONAL_OR_KEYWORD and name != "self"
     }
