@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import Backend, GradsAt, Runner, requested_device
+from .backends import QUICK_STREAMS, WIDE, Backend, GradsAt, Runner, requested_device, selection
+from .cells import Cell, convention_of
 from .streams import dtype_of
 
 
@@ -98,6 +99,12 @@ def _runner(mode: str) -> Runner:
     return run
 
 
+def _uniopt_case(cell: Cell) -> bool:
+    """Framework-convention cases compile a graph each too; their rule runs bitwise in eager, loop
+    and flat, so the inductor rows leave them to --full."""
+    return convention_of(cell.optimizer, cell.case) == "uniopt"
+
+
 BACKEND = Backend(
     "torch",
     "torch",
@@ -105,17 +112,29 @@ BACKEND = Backend(
     ("float32", "float64", "float16", "bfloat16"),
     _runner,
     default_cells={
+        "loop": (
+            selection(QUICK_STREAMS, WIDE),
+            "left to --full: the per-tensor loop (the path for CUDA and complex parameters) runs the "
+            "normal, nonfinite and mixed_shapes streams in float32 and float64 by default",
+        ),
+        "flat": (
+            selection(QUICK_STREAMS, WIDE),
+            "left to --full: flat (in-place large tensors forced) runs the normal, nonfinite and "
+            "mixed_shapes streams in float32 and float64 by default; eager runs the gathered flat "
+            "path on every stream and dtype",
+        ),
         "compiled": (
-            lambda cell: cell.stream != "long" and cell.dtype == "float32",
-            "compiled mode covers float32 by default (inductor compiles one graph per case, dtype and "
-            "RAdam branch, a few seconds each on 2 cores); --full compiles the other dtypes and the long "
-            "cases",
+            lambda cell: _uniopt_case(cell) and cell.stream != "long" and cell.dtype == "float32",
+            "compiled mode covers the uniopt-convention cases in float32 by default (inductor "
+            "compiles one graph per case, dtype and RAdam branch, a few seconds each on 2 cores); "
+            "--full compiles the convention cases, the other dtypes and the long cases",
         ),
         "compile": (
-            lambda cell: cell.stream != "long" and cell.dtype == "float32",
-            "compile mode covers float32 by default (inductor needs about 2.5 s per graph on 2 "
-            "cores, and each case, dtype and parameter set is a graph); --full compiles the other "
-            "dtypes and the long cases",
+            lambda cell: _uniopt_case(cell) and selection(QUICK_STREAMS, ("float32",))(cell),
+            "compile mode (torch.compile of step) covers the uniopt-convention cases on the normal, "
+            "nonfinite and mixed_shapes streams in float32 by default (inductor needs about 2.5 s "
+            "per graph on 2 cores, and each case, dtype and parameter set is a graph); --full "
+            "compiles the rest",
         ),
     },
 )

@@ -95,6 +95,35 @@ class Backend:
         return None
 
 
+QUICK_STREAMS = ("normal", "nonfinite", "mixed_shapes")
+"""Streams a slow row runs by default: plain inputs, NaN/Inf propagation, and odd shapes."""
+
+WIDE = ("float32", "float64")
+
+
+def selection(
+    streams: Sequence[str] | None = None,
+    dtypes: Sequence[str] | None = None,
+    half_streams: Sequence[str] = (),
+) -> Callable[[Cell], bool]:
+    """A default-run choice of cells: ``streams`` (``None``: every stream but ``long``) in ``dtypes``
+    (``None``: every dtype), plus ``half_streams`` in float16 and bfloat16. Framework-convention
+    cases run their own streams (:data:`conformance.cells.CONVENTION_STREAMS`) in the chosen dtypes."""
+
+    def selects(cell: Cell) -> bool:
+        from .cells import convention_of
+
+        if cell.stream == "long":
+            return streams is not None and "long" in streams
+        if convention_of(cell.optimizer, cell.case) != "uniopt":
+            return dtypes is None or cell.dtype in dtypes
+        if cell.dtype in ("float16", "bfloat16") and cell.stream in half_streams:
+            return True
+        return (streams is None or cell.stream in streams) and (dtypes is None or cell.dtype in dtypes)
+
+    return selects
+
+
 def _numpy_runner(mode: str) -> Runner:
     import array_api_compat.numpy as xp
 
@@ -138,6 +167,13 @@ BACKENDS: dict[str, Backend] = {
             ("eager",),
             ("float32", "float64"),
             _strict_runner,
+            default_cells={
+                "eager": (
+                    selection(QUICK_STREAMS),
+                    "left to --full: array_api_strict (a validating wrapper, ~5 ms a step) runs the "
+                    "normal, nonfinite and mixed_shapes streams by default",
+                )
+            },
         ),
         *_framework_backends(),
     )

@@ -167,3 +167,16 @@ def test_cells_whose_hyperparameters_vanish_in_the_dtype_are_skipped_with_the_re
     default = "Adam/default/normal/float16/3"
     assert meta["skipped"][default] == "eps=1e-08 rounds to 0 in float16"
     assert "Adam/betas/normal/float16/3" in meta["cells"]  # eps=1e-6 survives in float16
+
+
+def test_default_selection_keeps_convention_cases_and_named_half_streams():
+    chosen = backends.selection(("normal",), ("float32",), half_streams=("nonfinite",))
+    assert chosen(Cell("Adam", "default", "normal", "float32", 50))
+    assert not chosen(Cell("Adam", "default", "huge", "float32", 50))
+    assert not chosen(Cell("Adam", "default", "normal", "float64", 50))
+    assert chosen(Cell("Adam", "default", "nonfinite", "bfloat16", 50))
+    assert not chosen(Cell("Adam", "default", "normal", "float16", 50))
+    assert not chosen(Cell("Adam", "default", "long", "float32", 20_000))
+    # a framework-convention case runs its own streams, in the row's dtypes
+    assert chosen(Cell("Adam", "keras", "huge", "float32", 50))
+    assert not chosen(Cell("Adam", "keras", "huge", "float64", 50))

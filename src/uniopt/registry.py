@@ -225,9 +225,10 @@ TABLE: tuple[OptimizerInfo, ...] = (
     OptimizerInfo(
         RMSprop,
         ulp_tolerance={
-            # jax's optax row only, measured 2 ulp (keras case: Keras's decoupled weight decay): the
-            # additive contract p + u cannot reproduce a sign-changing step, as for AdamW
-            "jax:optax": 2,
+            # jax's optax row only (update + apply_updates), the keras case (Keras's decoupled weight
+            # decay), measured 64 ulp in float32 (2 in float64) on the normal stream, first at step 4:
+            # the additive contract p + u cannot reproduce a sign-changing step, as for AdamW
+            "jax:optax": 64,
         },
         cases=(
             Case("default", {"lr": 0.01}),
@@ -270,6 +271,11 @@ TABLE: tuple[OptimizerInfo, ...] = (
             Case("optax_amsgrad", {"lr": 0.01, "amsgrad": True, "convention": "optax"}),
         ),
         error_cases=_common_errors("Adam", **_beta_errors("Adam")),
+        ulp_tolerance={
+            # jax's optax row only: the keras case (decoupled weight decay), measured 2 ulp in float32
+            # and float64 from step 21, where apply_updates cannot reproduce a sign-changing step
+            "jax:optax": 2,
+        },
     ),
     OptimizerInfo(
         AdamW,
