@@ -1,7 +1,8 @@
-"""Sessions: tests (core + one venv per framework), conformance (one venv per backend, then one
-comparison), lint.
+"""Sessions: check (what CI runs), tests (core + one venv per framework), conformance (one venv per
+backend, run side by side, then one comparison), lint, bench, demo.
 
-``nox -s conformance`` runs every backend, each in its own virtualenv, and compares them;
+``nox -s check`` lints, starts every backend's conformance jobs in the background, runs the test
+suites while they run and then compares the matrix. ``nox -s conformance`` runs the matrix alone;
 ``nox -s "conformance_run(backend='torch')"`` then ``nox -s conformance_compare`` runs one backend.
 ``nox -s tests`` runs the core tests and each framework's tests in that framework's own venv
 (import order, ``KERAS_BACKEND`` and jax's x64 flag are process-global).
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "conformance"]
+nox.options.sessions = ["check"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -95,6 +96,21 @@ def conformance(session: nox.Session) -> None:
     _QUEUED["background"] = True
     for backend in sorted(BACKEND_DEPS, key=LAUNCH_ORDER.index):
         session.notify(f"conformance_run(backend='{backend}')", session.posargs)
+    session.notify("conformance_compare")
+
+
+@nox.session(python=False)
+def check(session: nox.Session) -> None:
+    """What CI runs: lint, the conformance jobs started in the background, every test suite while
+    they run, then the matrix (failing on any failed test, job or cell)."""
+    for stale in ("trajectories", "jobs"):
+        shutil.rmtree(f"{OUT}/{stale}", ignore_errors=True)
+    _QUEUED["background"] = True
+    session.notify("lint")
+    for backend in sorted(BACKEND_DEPS, key=LAUNCH_ORDER.index):
+        session.notify(f"conformance_run(backend='{backend}')")
+    for suite in TEST_SUITES:
+        session.notify(f"tests(suite='{suite}')")
     session.notify("conformance_compare")
 
 
