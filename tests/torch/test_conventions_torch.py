@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ def test_convention_defaults_and_param_groups():
     w, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
     opt = ut.RMSprop([w], convention="keras")
     assert {k: opt.defaults[k] for k in ("lr", "alpha", "eps", "convention")} == {
-        "lr": 1e-3,
+        "lr": float(np.float32(1e-3)),  # Keras keeps its learning rate in a float32 variable
         "alpha": 0.9,
         "eps": 1e-7,
         "convention": "keras",
