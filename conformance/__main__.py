@@ -10,7 +10,7 @@ from pathlib import Path
 from . import backends
 from .cells import ALL_DTYPES, DEFAULT_STEPS, cells
 from .compare import compare_dir
-from .jobs import enqueue, wait, write_progress
+from .jobs import enqueue, launch_ready, wait, write_progress
 from .report import Matrix, write_reports
 from .run import run_backend
 from .streams import STREAMS
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "enqueue", help="queue one background job per backend mode, starting those a free core can take"
     )
     sub.add_parser("wait", help="run the queued jobs to their end, with progress; fail if one failed")
+    sub.add_parser("launch", help="start queued jobs while fewer than the limit are running")
     run.add_argument("--progress-file", type=Path, help="where to record progress (for `wait`)")
     every.set_defaults(progress_file=None)
     for p in (run, every, queue):
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         return _enqueue(args)
     if args.command == "wait":
         return wait(args.out)
+    if args.command == "launch":
+        launch_ready(args.out)
+        return 0
     if backends.REFERENCE not in args.backend:
         args.backend = [backends.REFERENCE, *args.backend]
     return _run(args) or _compare(args)

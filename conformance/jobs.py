@@ -82,14 +82,21 @@ def launch_ready(out: Path) -> None:
             break
         if (folder / "started").exists():
             continue
+        try:  # claim the job: of two launchers racing, one wins
+            claim = os.open(folder / "started", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
         argv = json.loads((folder / "job.json").read_text())["argv"]
-        # the shell records the exit status once the command ends, whoever started it
+        # the shell records the exit status once the command ends, then starts the next queued job
+        # itself (the queue drives itself while nox runs other sessions)
         log, rc, tmp = (shlex.quote(str(folder / name)) for name in ("log", "rc", "rc.tmp"))
-        script = f"{shlex.join(argv)} >{log} 2>&1; echo $? >{tmp}; mv {tmp} {rc}"
+        relaunch = shlex.join([argv[0], "-m", "conformance", "--out", str(out), "launch"])
+        script = f"{shlex.join(argv)} >{log} 2>&1; echo $? >{tmp}; mv {tmp} {rc}; {relaunch} >/dev/null 2>&1"
         started = time.time()
         shell = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL)
         _CHILDREN[folder] = shell
-        (folder / "started").write_text(f"{started} {shell.pid}")
+        os.write(claim, f"{started} {shell.pid}".encode())
+        os.close(claim)
         free -= 1
 
 
@@ -101,8 +108,11 @@ def _ended(folder: Path) -> bool:
         return _CHILDREN[folder].poll() is not None and not (folder / "rc").exists()
     if not (folder / "started").exists():
         return False
+    fields = (folder / "started").read_text().split()
+    if len(fields) < 2:  # claimed a moment ago, not yet launched
+        return False
     try:
-        os.kill(int((folder / "started").read_text().split()[1]), 0)
+        os.kill(int(fields[1]), 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, someone else's
@@ -144,6 +154,8 @@ def wait(out: Path, poll: float = 0.5) -> int:
     failed = [f for f in jobs if _rc(f) != 0]
     for folder in jobs:
         ended = (folder / "rc").stat().st_mtime if (folder / "rc").exists() else time.time()
+        if not (folder / "started").read_text().split():
+            continue
         seconds = ended - float((folder / "started").read_text().split()[0])
         console.print(f"{folder.name}: {'ok' if _rc(folder) == 0 else 'FAILED'} in {seconds:.0f} s")
     for folder in failed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,31 @@ def test_a_job_killed_before_writing_its_status_counts_as_failed(tmp_path):
     # a shell that is gone (pid far above any live one) and never wrote rc
     (folder / "started").write_text("0.0 4194303")
     assert jobs.wait(tmp_path, poll=0.05) == 1
+
+
+def test_the_queue_drives_itself_without_a_waiter(tmp_path):
+    # nox runs other sessions (the tests) between queueing and waiting: a finished job starts the next
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path),
+                "enqueue",
+                "--backend",
+                "numpy",
+                "array_api_strict",
+                "--steps",
+                "2",
+                "--optimizers",
+                "SGD",
+                "--streams",
+                "normal",
+            ]
+        )
+        == 0
+    )
+    folders = sorted((tmp_path / "jobs").iterdir())
+    deadline = time.time() + 120
+    while not all((f / "rc").exists() for f in folders) and time.time() < deadline:
+        time.sleep(0.1)
+    assert [(f / "rc").read_text().strip() for f in folders] == ["0", "0"]
