@@ -89,6 +89,7 @@ def _make_runner(mode: str) -> Runner:
     return run
 
 
+_EAGER_STREAMS = ("normal", "huge", "zeros", "nonfinite", "mixed_shapes")
 _ALL_BUT_LONG = ("normal", "tiny", "huge", "zeros", "sparse", "mixed_shapes", "nonfinite")
 
 BACKEND = Backend(
@@ -99,10 +100,12 @@ BACKEND = Backend(
     make_runner=_make_runner,
     default_cells={
         "eager": (
-            selection(None, WIDE, half_streams=("normal", "nonfinite")),
-            "left to --full: eager runs every stream but long in float32 and float64 and the normal "
-            "and nonfinite streams in float16 and bfloat16 (op by op, about 5 ms a step here); jit "
-            "runs the long stream",
+            selection(
+                ("normal", "huge", "zeros", "nonfinite", "mixed_shapes"), WIDE, half_streams=("normal",)
+            ),
+            "left to --full: eager runs the normal, huge, zeros, nonfinite and mixed_shapes streams "
+            "in float32 and float64 and the normal stream in float16 and bfloat16 (op by op, about "
+            "5 ms a step here); jit runs every stream",
         ),
         "jit": (
             selection(

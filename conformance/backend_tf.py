@@ -162,10 +162,10 @@ BACKEND = Backend(
     make_runner=_make_runner,
     default_cells={
         "eager": (
-            _selects(("normal", "nonfinite"), _WIDE, half=("normal",)),
-            "left to --full: eager runs the normal and nonfinite streams in float32 and float64 and "
-            "the normal stream in float16 and bfloat16 by default (Keras's eager apply costs about "
-            "12 ms a step here)" + _FTZ,
+            _selects(("normal", "nonfinite"), ("float32",), half=("normal",)),
+            "left to --full: eager runs the normal and nonfinite streams in float32 and the normal "
+            "stream in float16 and bfloat16 by default (Keras's eager apply costs about 12 ms a step "
+            "here; function runs every stream in float32 and float64)" + _FTZ,
         ),
         "function": (
             _selects(None, _WIDE),

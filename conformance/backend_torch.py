@@ -130,9 +130,9 @@ BACKEND = Backend(
             "--full compiles the convention cases, the other dtypes and the long cases",
         ),
         "compile": (
-            lambda cell: _uniopt_case(cell) and selection(QUICK_STREAMS, ("float32",))(cell),
-            "compile mode (torch.compile of step) covers the uniopt-convention cases on the normal, "
-            "nonfinite and mixed_shapes streams in float32 by default (inductor needs about 2.5 s "
+            lambda cell: _uniopt_case(cell) and selection(("normal", "nonfinite"), ("float32",))(cell),
+            "compile mode (torch.compile of step) covers the uniopt-convention cases on the normal "
+            "and nonfinite streams in float32 by default (inductor needs about 2.5 s "
             "per graph on 2 cores, and each case, dtype and parameter set is a graph); --full "
             "compiles the rest",
         ),
