@@ -3,8 +3,9 @@
 ``nox -s conformance`` installs each backend's virtualenv in turn. Instead of running the backend
 there and then, each venv *enqueues* one job per mode (a ``run`` command with that venv's Python, in
 a process of its own) and starts it at once if a core is free, so the backends run while the next
-venv installs. ``wait`` starts the remaining jobs as cores free up, draws one progress bar per job
-and fails if any job failed, printing the end of its log. A job is a folder of small files under
+venv installs. A job that ends starts the next queued one (``launch``), so the queue keeps going
+while nox runs other sessions; ``wait`` does the same, draws one progress bar per job and fails if
+any job failed, printing the end of its log. A job is a folder of small files under
 ``<out>/jobs/<backend>@<mode>/``: ``job.json`` (the command), ``started``, ``progress.json``,
 ``log`` and, once it has ended, ``rc`` (its exit status).
 """
