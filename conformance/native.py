@@ -132,7 +132,6 @@ def _torch_runner(mode: str) -> Runner:
 
 # -- keras ---------------------------------------------------------------------------------------
 
-_KERAS_ARGS = {"lr": "learning_rate", "alpha": "rho", "eps": "epsilon", "momentum": "momentum"}
 _KERAS_SLOTS = {
     "exp_avg": "_momentums",
     "exp_avg_sq": "_velocities",
@@ -149,21 +148,13 @@ def _keras_runner(mode: str) -> Runner:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
+    from uniopt.tf.optimizers import to_keras_kwargs  # the adapter's own name mapping
+
     def make(spec: Spec) -> Any:
-        h = _hyper(spec)
-        kwargs: dict[str, Any] = {}
-        for name, value in h.items():
-            if name == "betas":
-                kwargs["beta_1"], kwargs["beta_2"] = value
-            elif name == "weight_decay":
-                kwargs["weight_decay"] = value or None
-            elif name in ("amsgrad", "centered"):
-                kwargs[name] = value
-            elif name == "maximize":
-                if value:
-                    raise ValueError("Keras optimizers have no maximize")
-            else:
-                kwargs[_KERAS_ARGS[name]] = value
+        kwargs = to_keras_kwargs(_hyper(spec))
+        if kwargs.pop("maximize"):
+            raise ValueError("Keras optimizers have no maximize")
+        kwargs["weight_decay"] = kwargs["weight_decay"] or None  # Keras's "no weight decay"
         return getattr(keras.optimizers, spec.name)(**kwargs)
 
     def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
