@@ -139,7 +139,11 @@ _KERAS_SLOTS = {
     "square_avg": "_velocities",
     "grad_avg": "_average_gradients",
     "momentum_buffer": "_momentums",
+    "sum": "_accumulators",
 }
+_KERAS_SLOTS_OF = {"SGD": {**_KERAS_SLOTS, "momentum_buffer": "momentums"}}
+# uniopt arguments Keras lacks, with the only value the keras convention allows (dropped here)
+_NOT_IN_KERAS = {"dampening": 0.0, "lr_decay": 0.0}
 
 
 def _keras_runner(mode: str) -> Runner:
@@ -155,6 +159,9 @@ def _keras_runner(mode: str) -> Runner:
         if kwargs.pop("maximize"):
             raise ValueError("Keras optimizers have no maximize")
         kwargs["weight_decay"] = kwargs["weight_decay"] or None  # Keras's "no weight decay"
+        for name, neutral in _NOT_IN_KERAS.items():
+            if name in kwargs and kwargs.pop(name) != neutral:
+                raise ValueError(f"Keras's {spec.name} has no {name}")
         return getattr(keras.optimizers, spec.name)(**kwargs)
 
     def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
@@ -164,12 +171,13 @@ def _keras_runner(mode: str) -> Runner:
         optimizer = make(spec)
         optimizer.build(variables)
         names = spec.slot_names()
+        attributes = _KERAS_SLOTS_OF.get(spec.name, _KERAS_SLOTS)
 
         def snapshot() -> Snapshot:
             return (
                 [np.array(v.numpy(), copy=True) for v in variables],
                 [
-                    {n: np.array(getattr(optimizer, _KERAS_SLOTS[n])[i].numpy(), copy=True) for n in names}
+                    {n: np.array(getattr(optimizer, attributes[n])[i].numpy(), copy=True) for n in names}
                     for i in range(len(variables))
                 ],
             )
@@ -184,9 +192,11 @@ def _keras_runner(mode: str) -> Runner:
 
 # -- optax ---------------------------------------------------------------------------------------
 
+_ADAM_FIELDS = {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"}
 _OPTAX_FIELDS = {
+    "SGD": {"trace": "momentum_buffer"},
+    "Adagrad": {"sum_of_squares": "sum"},
     "RMSprop": {"nu": "square_avg", "mu": "grad_avg", "trace": "momentum_buffer"},
-    "Adam": {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
 }
 
 
@@ -194,6 +204,10 @@ def _optax_transformation(spec: Spec) -> Any:
     import optax
 
     h = _hyper(spec)
+    if spec.name == "SGD":
+        return optax.sgd(h["lr"], momentum=h["momentum"] or None, nesterov=h["nesterov"])
+    if spec.name == "Adagrad":
+        return optax.adagrad(h["lr"], initial_accumulator_value=h["initial_accumulator_value"], eps=h["eps"])
     if spec.name == "RMSprop":
         return optax.rmsprop(
             h["lr"],
@@ -214,7 +228,7 @@ def _optax_transformation(spec: Spec) -> Any:
 
 def _optax_slots(spec: Spec, state: Any, n: int) -> list[dict[str, np.ndarray]]:
     """Per parameter, uniopt's slots found by field name anywhere in the optax state."""
-    fields = _OPTAX_FIELDS["RMSprop" if spec.name == "RMSprop" else "Adam"]
+    fields = _OPTAX_FIELDS.get(spec.name, _ADAM_FIELDS)
     found: dict[str, Any] = {}
 
     def visit(node: Any) -> None:

@@ -24,7 +24,11 @@ DOCUMENTED_DEFAULTS = [
     (uniopt.RAdam, "optax", {"eps": 1e-8, "degenerated_to_sgd": True}),
     (uniopt.RAdam, "official", {"lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0, "degenerated_to_sgd": True}),
     (uniopt.SGD, "torch", {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0}),
+    (uniopt.SGD, "keras", {"lr": 1e-2, "momentum": 0.0, "nesterov": False}),
+    (uniopt.SGD, "optax", {"momentum": 0.0, "nesterov": False}),
     (uniopt.Adagrad, "torch", {"lr": 1e-2, "eps": 1e-10, "initial_accumulator_value": 0.0}),
+    (uniopt.Adagrad, "keras", {"lr": 1e-3, "eps": 1e-7, "initial_accumulator_value": 0.1}),
+    (uniopt.Adagrad, "optax", {"eps": 1e-7, "initial_accumulator_value": 0.1}),
 ]
 
 
@@ -39,8 +43,8 @@ def test_a_convention_brings_its_framework_defaults(spec, convention, defaults):
     made = spec(convention=convention)
     assert made.convention == convention
     for name, value in defaults.items():
-        if convention == "keras" and name == "lr":  # Keras keeps it in a float32 variable
-            value = float(np.float32(value))
+        if convention == "keras" and name in ("lr", "momentum", "initial_accumulator_value", "weight_decay"):
+            value = float(np.float32(value))  # Keras keeps or casts these through float32
         assert getattr(made, name) == value, name
 
 
@@ -65,6 +69,14 @@ def test_explicit_arguments_win_over_the_convention_defaults():
         (uniopt.SGD, {"convention": "pytorch"}, r"expected one of 'uniopt', 'torch'"),
         (uniopt.Adam, {"convention": "optax", "weight_decay": 0.1}, r"optax\.adam has no weight decay"),
         (uniopt.RMSprop, {"convention": "optax", "weight_decay": 0.1}, r"optax\.rmsprop has no weight decay"),
+        (uniopt.SGD, {"convention": "optax", "weight_decay": 0.1}, r"optax\.sgd has no weight decay"),
+        (
+            uniopt.SGD,
+            {"convention": "keras", "momentum": 0.9, "dampening": 0.1},
+            r"SGD: dampening=0\.1 with convention='keras': keras\.optimizers\.SGD has no dampening",
+        ),
+        (uniopt.Adagrad, {"convention": "keras", "lr_decay": 0.01}, r"lr_decay=0\.01 .* no lr decay"),
+        (uniopt.Adagrad, {"convention": "optax", "weight_decay": 0.1}, r"optax\.adagrad has no weight decay"),
         (
             uniopt.RAdam,
             {"convention": "torch", "degenerated_to_sgd": False},

@@ -99,6 +99,11 @@ DEFAULTS: dict[str, dict[str, object]] = {
 # Each framework's own defaults (from its documentation) where they differ from uniopt's, for the
 # cases that name a convention.
 CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
+    "SGD": {"keras": {"lr": 1e-2}},
+    "Adagrad": {
+        "keras": {"lr": 1e-3, "eps": 1e-7, "initial_accumulator_value": 0.1},
+        "optax": {"eps": 1e-7, "initial_accumulator_value": 0.1},
+    },
     "RMSprop": {"keras": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}, "optax": {"alpha": 0.9}},
     "Adam": {"keras": {"eps": 1e-7}},
     "AdamW": {"keras": {"eps": 1e-7, "weight_decay": 0.004}, "optax": {"weight_decay": 1e-4}},
@@ -118,8 +123,16 @@ def sgd_init(h):
 def sgd_step(h, s, p, g, t, lr):
     if h["maximize"]:
         g = -g
-    g = g + h["weight_decay"] * p
     mu = h["momentum"]
+    if h["convention"] == "keras":  # keras.optimizers.SGD's documented velocity form
+        p = p - lr * h["weight_decay"] * p  # Keras's weight decay: decoupled, before the update
+        if mu == 0:
+            return p - lr * g, {}
+        velocity = mu * s["momentum_buffer"] - lr * g
+        if h["nesterov"]:
+            return p + mu * velocity - lr * g, {"momentum_buffer": velocity}
+        return p + velocity, {"momentum_buffer": velocity}
+    g = g + h["weight_decay"] * p
     if mu == 0:
         return p - lr * g, {}
     # the first step seeds the buffer with the undampened gradient
@@ -135,6 +148,10 @@ def adagrad_init(h):
 def adagrad_step(h, s, p, g, t, lr):
     if h["maximize"]:
         g = -g
+    if h["convention"] in ("keras", "optax"):  # eps inside the root; no lr decay
+        p = p - lr * h["weight_decay"] * p  # Keras's decoupled decay (optax has none: 0)
+        total = s["sum"] + g * g
+        return p - lr * g / math.sqrt(total + h["eps"]), {"sum": total}
     g = g + h["weight_decay"] * p
     decayed_lr = lr / (1.0 + (t - 1) * h["lr_decay"])
     total = s["sum"] + g * g
@@ -331,6 +348,10 @@ def hyperparameters(name, kwargs):
     h = {**DEFAULTS[name], **CONVENTION_DEFAULTS.get(name, {}).get(convention, {}), **kwargs}
     if convention == "keras":  # Keras keeps the learning rate in a float32 variable
         h["lr"] = float(np.float32(h["lr"]))
+        # and casts these Python floats to the parameter dtype through a float32 tensor
+        cast = {"SGD": ("momentum",), "Adagrad": ("initial_accumulator_value",)}.get(name, ())
+        for field in ("weight_decay", *cast):
+            h[field] = float(np.float32(h[field]))
     if "betas" in h:
         h["betas"] = tuple(h["betas"])
     return h

@@ -283,14 +283,15 @@ class SGD(UnioptOptimizer):
     """:class:`uniopt.SGD` (momentum, Nesterov, dampening) as a Keras optimizer.
 
     Defaults are uniopt's: ``learning_rate=1e-3`` (Keras 0.01). The momentum buffer holds gradients,
-    not lr-scaled velocities as in Keras's SGD, so the two agree only for a constant lr.
+    not lr-scaled velocities as in Keras's SGD, so the two agree only for a constant lr;
+    ``convention="keras"`` is Keras's SGD (velocities, decoupled weight decay, ``learning_rate=0.01``).
     """
 
     spec_class = uniopt.SGD
 
     def __init__(
         self,
-        learning_rate=1e-3,
+        learning_rate=CONVENTION_DEFAULT,
         momentum=0.0,
         nesterov=False,
         dampening=0.0,
@@ -317,17 +318,18 @@ class Adagrad(UnioptOptimizer):
 
     Defaults are uniopt's (PyTorch's): ``learning_rate=1e-2`` (Keras 1e-3),
     ``initial_accumulator_value=0.0`` (Keras 0.1), ``epsilon=1e-10`` added outside the square
-    root (Keras 1e-7 inside); ``lr_decay`` as in PyTorch.
+    root (Keras 1e-7 inside); ``lr_decay`` as in PyTorch. ``convention="keras"`` is Keras's Adagrad
+    with its defaults.
     """
 
     spec_class = uniopt.Adagrad
 
     def __init__(
         self,
-        learning_rate=1e-2,
+        learning_rate=CONVENTION_DEFAULT,
         lr_decay=0.0,
-        epsilon=1e-10,
-        initial_accumulator_value=0.0,
+        epsilon=CONVENTION_DEFAULT,
+        initial_accumulator_value=CONVENTION_DEFAULT,
         weight_decay=0.0,
         maximize=False,
         convention="uniopt",

@@ -44,6 +44,16 @@ def keras_learning_rate(lr: float) -> float:
     return float(np.float32(lr))
 
 
+def keras_float32(value: float) -> float:
+    """A hyperparameter Keras casts with ``ops.cast(value, dtype)``: the Python float becomes a float32
+    tensor first, so a float64 model sees ``value`` rounded to float32 (``ops.cast(0.9, "float64")
+    == float32(0.9)``); Keras's ``Constant`` initializers round the same way. A float32 model sees
+    the same value either way."""
+    import numpy as np
+
+    return float(np.float32(value))
+
+
 def keras_weight_decay(param: Array, weight_decay: Array, lr: Array, xp: Any) -> Array:
     r"""Keras 3's decoupled weight decay, applied before the update: ``p - (p * wd) * lr``."""
     return xp.subtract(param, xp.multiply(xp.multiply(param, weight_decay), lr))

@@ -11,6 +11,28 @@ With :math:`g_t \leftarrow \pm g_t + \lambda\,\theta_{t-1}` and the decayed lear
 Choices where frameworks disagree: uniopt follows PyTorch: the accumulator starts at 0 and
 :math:`\epsilon = 10^{-10}` sits outside the square root (Keras and optax start at 0.1 with
 :math:`\epsilon` inside). Op sequence: ``s = s + g*g``; ``p = p - (g / (sqrt(s) + eps)) * clr``.
+
+Conventions (``convention=``), each with its framework's defaults for arguments left out:
+
+* ``"torch"`` (``torch.optim.Adagrad``): uniopt's formula; lr :math:`10^{-2}`, eps
+  :math:`10^{-10}`, initial accumulator 0.
+* ``"keras"`` (``keras.optimizers.Adagrad``): eps inside the root,
+  :math:`\theta_t = \theta_{t-1} - \eta g_t / \sqrt{s_t + \epsilon}`, Keras's decoupled weight
+  decay :math:`\theta \leftarrow \theta - (\theta\lambda)\eta` first, no lr decay; lr
+  :math:`10^{-3}`, eps :math:`10^{-7}`, initial accumulator 0.1; lr, the initial accumulator and
+  weight decay go through float32 as in Keras (``keras_float32``). Op sequence: ``s = s + g*g``;
+  ``p = p - (g*lr) / sqrt(s + eps)``.
+* ``"optax"`` (``optax.adagrad``, ``optax.scale_by_rss``): eps inside the root, the inverse root
+  first, :math:`u_t = -\eta\,(1/\sqrt{s_t + \epsilon})\, g_t`, :math:`\theta_t = \theta_{t-1}
+  + u_t`; no lr decay or weight decay; lr :math:`10^{-2}` (optax has no default), eps
+  :math:`10^{-7}`, initial accumulator 0.1. Op sequence: ``s = g*g + s``;
+  ``p = p + ((1 / sqrt(s + eps)) * g) * (-lr)``. optax's ``where(s > 0, rsqrt(s + eps), 0)``
+  gives the same update for every ``eps > 0`` (``s = 0`` only where every gradient was 0), and its
+  ``rsqrt`` is not correctly rounded on every device: the spec divides ``1`` by the correctly
+  rounded root.
+
+Where eps sits inside the root, a no-op clamp ``maximum(root, 0)`` keeps compilers from rewriting
+the division into a multiplication by ``rsqrt``, whose rounding differs between backends.
 """
 
 from __future__ import annotations
@@ -19,7 +41,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import prepare_grad
+from ._math import keras_float32, keras_learning_rate, keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
 from ._validate import check_interval
 
@@ -30,6 +52,8 @@ class AdagradScalars(NamedTuple):
     clr: float  # lr / (1 + (step - 1) * lr_decay)
     weight_decay: float
     eps: float
+    lr: float  # the undecayed learning rate (Keras's decoupled weight decay)
+    neg_lr: float  # -lr (optax's scale by -lr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,23 +61,38 @@ class Adagrad(Spec):
     """Adagrad with learning-rate decay and L2 weight decay (see the module docstring)."""
 
     name: ClassVar[str] = "Adagrad"
-    # uniopt's formula is PyTorch's; Keras's and optax's forms are not specified here yet
-    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {"uniopt": {}, "torch": {}}
-    unavailable_conventions: ClassVar[Mapping[str, str]] = {
-        "keras": "not yet specified for this optimizer",
-        "optax": "not yet specified for this optimizer",
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "uniopt": {"lr": 1e-2, "eps": 1e-10, "initial_accumulator_value": 0.0},
+        "torch": {"lr": 1e-2, "eps": 1e-10, "initial_accumulator_value": 0.0},
+        "keras": {"lr": 1e-3, "eps": 1e-7, "initial_accumulator_value": 0.1},
+        "optax": {"lr": 1e-2, "eps": 1e-7, "initial_accumulator_value": 0.1},
     }
     reference: ClassVar[str] = "Duchi, Hazan and Singer 2011, JMLR 12"
 
-    lr: float = 1e-2
+    lr: float = None  # type: ignore[assignment]  # None: the convention's default
     lr_decay: float = 0.0
-    eps: float = 1e-10
-    initial_accumulator_value: float = 0.0
+    eps: float = None  # type: ignore[assignment]
+    initial_accumulator_value: float = None  # type: ignore[assignment]
     weight_decay: float = 0.0
     maximize: bool = False
     convention: str = "uniopt"
 
     def _check(self) -> None:
+        if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
+            object.__setattr__(self, "lr", keras_learning_rate(self.lr))
+            for name in ("initial_accumulator_value", "weight_decay"):  # as Keras casts them
+                object.__setattr__(self, name, keras_float32(getattr(self, name)))
+        if self.convention in ("keras", "optax"):
+            native = "keras.optimizers.Adagrad" if self.convention == "keras" else "optax.adagrad"
+            refused = ["lr_decay"] + (["weight_decay"] if self.convention == "optax" else [])
+            for name in refused:
+                if getattr(self, name) != 0:
+                    raise ValueError(
+                        f"Adagrad: {name}={getattr(self, name)!r} with convention={self.convention!r}: "
+                        f"{native} has no {name.replace('_', ' ')}"
+                        + (" (chain optax.add_decayed_weights instead)" if name == "weight_decay" else "")
+                        + f"; expected {name}=0"
+                    )
         check_interval(self.name, "lr_decay", self.lr_decay, 0.0)
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "initial_accumulator_value", self.initial_accumulator_value, 0.0)
@@ -74,13 +113,28 @@ class Adagrad(Spec):
             clr=base / (1.0 + (step - 1) * float(self.lr_decay)),
             weight_decay=float(self.weight_decay),
             eps=float(self.eps),
+            lr=base,
+            neg_lr=-base,
         )
 
     def rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
-        wd = sc.weight_decay if self.weight_decay != 0 else None
+        keras = self.convention == "keras"
+        wd = sc.weight_decay if self.weight_decay != 0 and not keras else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
+        if keras and self.weight_decay != 0:
+            param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
+        if keras or self.convention == "optax":  # eps inside the root
+            total = (
+                xp.add(slots["sum"], xp.multiply(g, g)) if keras else xp.add(xp.multiply(g, g), slots["sum"])
+            )
+            root = xp.sqrt(xp.add(total, sc.eps))
+            root = xp.maximum(root, xp.zeros_like(root))  # no-op; blocks x / sqrt -> x * rsqrt
+            if keras:
+                return xp.subtract(param, xp.divide(xp.multiply(g, sc.lr), root)), {"sum": total}
+            inv_root = xp.divide(xp.full_like(root, 1.0), root)
+            return xp.add(param, xp.multiply(xp.multiply(inv_root, g), sc.neg_lr)), {"sum": total}
         total = xp.add(slots["sum"], xp.multiply(g, g))
         std = xp.add(xp.sqrt(total), sc.eps)
         new_param = xp.subtract(param, xp.multiply(xp.divide(g, std), sc.clr))

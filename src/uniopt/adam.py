@@ -29,7 +29,8 @@ by a scalar into one, differently per backend):
 * ``"keras"`` (``keras.optimizers.Adam``/``AdamW``): the "epsilon hat" form, ``m = m + (g - m)*(1-b1)``,
   ``v = v + (g*g - v)*(1-b2)``, ``p = p - (m * alpha) / (sqrt(v) + eps)`` with
   ``alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t)``; weight decay is Keras's decoupled
-  ``p = p - (p*wd)*lr`` before the step; eps :math:`10^{-7}` (AdamW: weight decay 0.004).
+  ``p = p - (p*wd)*lr`` before the step; eps :math:`10^{-7}` (AdamW: weight decay 0.004); lr and
+  weight decay go through float32 as in Keras (``keras_float32``).
 * ``"optax"`` (``optax.adam``/``adamw``/``amsgrad``): ``m_hat = m * (1 / (1 - beta1^t))``,
   ``v_hat = v * (1 / (1 - beta2^t))``, ``u = m_hat / (sqrt(v_hat) + eps)``, AMSGrad keeps the maximum of
   ``v_hat``; AdamW adds ``wd * p`` to ``u``; ``p = p + (-lr) * u``. Adam takes no weight decay there
@@ -47,6 +48,7 @@ from ._math import (
     adam_moments,
     adam_step,
     bias_correction,
+    keras_float32,
     keras_learning_rate,
     keras_weight_decay,
     prepare_grad,
@@ -101,6 +103,7 @@ class Adam(Spec):
     def _check(self) -> None:
         if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
             object.__setattr__(self, "lr", keras_learning_rate(self.lr))
+            object.__setattr__(self, "weight_decay", keras_float32(self.weight_decay))  # as Keras casts it
         if self.convention == "optax" and not self.decoupled and self.weight_decay != 0:
             raise ValueError(
                 f"{self.name}: weight_decay={self.weight_decay!r} with convention='optax': optax.adam has "

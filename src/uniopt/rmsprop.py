@@ -26,7 +26,7 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   momentum buffer, :math:`s = \sqrt{v_t - \bar g_t^2 + \epsilon}`, :math:`b_t = \mu b_{t-1} +
   \eta g_t / s`, :math:`\theta_t = \theta_{t-1} - b_t`; weight decay is Keras's decoupled
   :math:`\theta \leftarrow \theta - (\theta\lambda)\eta` first; lr :math:`10^{-3}`, :math:`\rho = 0.9`,
-  eps :math:`10^{-7}`.
+  eps :math:`10^{-7}`; lr and weight decay go through float32 as in Keras (``keras_float32``).
 * ``"optax"`` (``optax.rmsprop``, ``eps_in_sqrt=True``, ``initial_scale=0``): update
   :math:`u_t = -\eta\, g / \sqrt{v_t - \bar g_t^2 + \epsilon}`, then momentum as
   ``optax.trace`` (:math:`b_t = u_t + \mu b_{t-1}`, the learning rate inside the buffer),
@@ -40,7 +40,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import ema, keras_learning_rate, keras_weight_decay, prepare_grad
+from ._math import ema, keras_float32, keras_learning_rate, keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
 from ._validate import check_interval
 
@@ -83,6 +83,7 @@ class RMSprop(Spec):
     def _check(self) -> None:
         if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
             object.__setattr__(self, "lr", keras_learning_rate(self.lr))
+            object.__setattr__(self, "weight_decay", keras_float32(self.weight_decay))  # as Keras casts it
         if self.convention == "optax" and self.weight_decay != 0:
             raise ValueError(
                 f"RMSprop: weight_decay={self.weight_decay!r} with convention='optax': optax.rmsprop has "

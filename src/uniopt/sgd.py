@@ -20,6 +20,23 @@ exactly (a ``-0.0`` gradient gives a ``+0.0`` buffer).
 
 Op sequence (scalars rounded once to the parameter dtype):
 ``b = b*keep + g*take``; ``d = g + b*mu`` (nesterov) or ``d = b``; ``p = p - d*lr``.
+
+Conventions (``convention=``), each with its framework's defaults for arguments left out:
+
+* ``"torch"`` (``torch.optim.SGD``): uniopt's formula; lr :math:`10^{-3}`.
+* ``"keras"`` (``keras.optimizers.SGD``): the buffer is a velocity that includes the learning rate,
+  :math:`v_t = \mu v_{t-1} - \eta g_t` from :math:`v_0 = 0`, and
+  :math:`\theta_t = \theta_{t-1} + v_t`, or :math:`\theta_{t-1} + (\mu v_t - \eta g_t)` with
+  Nesterov; ``momentum_buffer`` holds :math:`v`. Weight decay is Keras's decoupled
+  :math:`\theta \leftarrow \theta - (\theta\lambda)\eta` first; no dampening; lr
+  :math:`10^{-2}`; lr, momentum and weight decay go through float32 as in Keras
+  (``keras_float32``). Op sequence: ``v = v*mu - g*lr``; ``p = p + v`` or
+  ``p = p + (v*mu - g*lr)``.
+* ``"optax"`` (``optax.sgd``, momentum through ``optax.trace``): :math:`t_t = g_t + \mu t_{t-1}`
+  from :math:`t_0 = 0`, :math:`d_t = g_t + \mu t_t` (Nesterov) or :math:`t_t`, and
+  :math:`\theta_t = \theta_{t-1} + (-\eta) d_t`: uniopt's formula rounded the same way (the
+  zero buffer makes step 1 :math:`g_1`; ``p + d*(-lr)`` equals ``p - d*lr``), without dampening or
+  weight decay (chain ``optax.add_decayed_weights``); lr :math:`10^{-3}` (optax has no default).
 """
 
 from __future__ import annotations
@@ -28,7 +45,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import ema, prepare_grad
+from ._math import ema, keras_float32, keras_learning_rate, keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
 from ._validate import check_interval
 
@@ -48,17 +65,17 @@ class SGD(Spec):
     """Stochastic gradient descent with optional momentum (see the module docstring)."""
 
     name: ClassVar[str] = "SGD"
-    # uniopt's formula is PyTorch's; Keras's and optax's forms are not specified here yet
-    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {"uniopt": {}, "torch": {}}
-    unavailable_conventions: ClassVar[Mapping[str, str]] = {
-        "keras": "not yet specified for this optimizer",
-        "optax": "not yet specified for this optimizer",
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "uniopt": {"lr": 1e-3},
+        "torch": {"lr": 1e-3},
+        "keras": {"lr": 1e-2},
+        "optax": {"lr": 1e-3},
     }
     reference: ClassVar[str] = (
         "Robbins and Monro 1951; Polyak 1964 (momentum); Sutskever et al. 2013 (Nesterov)"
     )
 
-    lr: float = 1e-3
+    lr: float = None  # type: ignore[assignment]  # None: the convention's default
     momentum: float = 0.0
     dampening: float = 0.0
     nesterov: bool = False
@@ -67,6 +84,21 @@ class SGD(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
+        if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
+            object.__setattr__(self, "lr", keras_learning_rate(self.lr))
+            for name in ("momentum", "weight_decay"):  # as Keras casts them
+                object.__setattr__(self, name, keras_float32(getattr(self, name)))
+        if self.convention in ("keras", "optax"):
+            native = "keras.optimizers.SGD" if self.convention == "keras" else "optax.sgd"
+            refused = ["dampening"] + (["weight_decay"] if self.convention == "optax" else [])
+            for name in refused:
+                if getattr(self, name) != 0:
+                    raise ValueError(
+                        f"SGD: {name}={getattr(self, name)!r} with convention={self.convention!r}: {native} "
+                        f"has no {name.replace('_', ' ')}"
+                        + (" (chain optax.add_decayed_weights instead)" if name == "weight_decay" else "")
+                        + f"; expected {name}=0"
+                    )
         check_interval(self.name, "momentum", self.momentum, 0.0)
         check_interval(self.name, "dampening", self.dampening, 0.0, 1.0)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
@@ -92,10 +124,19 @@ class SGD(Spec):
     def rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
-        wd = sc.weight_decay if self.weight_decay != 0 else None
+        keras = self.convention == "keras"
+        wd = sc.weight_decay if self.weight_decay != 0 and not keras else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
+        if keras and self.weight_decay != 0:
+            param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         if self.momentum == 0:
             return xp.subtract(param, xp.multiply(g, sc.lr)), {}
+        if keras:  # a velocity: v = v*mu - g*lr
+            velocity = xp.subtract(xp.multiply(slots["momentum_buffer"], sc.momentum), xp.multiply(g, sc.lr))
+            if self.nesterov:
+                step = xp.subtract(xp.multiply(velocity, sc.momentum), xp.multiply(g, sc.lr))
+                return xp.add(param, step), {"momentum_buffer": velocity}
+            return xp.add(param, velocity), {"momentum_buffer": velocity}
         buf = ema(slots["momentum_buffer"], g, sc.keep, sc.take, xp)
         d = xp.add(g, xp.multiply(buf, sc.momentum)) if self.nesterov else buf
         return xp.subtract(param, xp.multiply(d, sc.lr)), {"momentum_buffer": buf}
