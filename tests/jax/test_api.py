@@ -79,8 +79,10 @@ def test_defaults_that_differ_from_optax_are_uniopts():
     # None in a signature: the default of the chosen convention (uniopt's unless one is named)
     assert inspect.signature(ujax.rmsprop).parameters["decay"].default is None
     assert ujax.rmsprop(1e-2).spec.alpha == 0.99  # optax: 0.9
-    assert inspect.signature(ujax.adagrad).parameters["initial_accumulator_value"].default == 0.0
-    assert inspect.signature(ujax.adagrad).parameters["eps"].default == 1e-10  # optax: 1e-7
+    assert inspect.signature(ujax.adagrad).parameters["initial_accumulator_value"].default is None
+    assert ujax.adagrad().spec.initial_accumulator_value == 0.0  # optax: 0.1
+    assert ujax.adagrad().spec.eps == 1e-10  # optax: 1e-7
+    assert ujax.adagrad(convention="optax").spec.eps == 1e-7
     assert inspect.signature(ujax.adamw).parameters["weight_decay"].default is None
     assert ujax.adamw(1e-3).spec.weight_decay == 1e-2  # optax: 1e-4
 

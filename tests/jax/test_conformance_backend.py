@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from conformance.backends import get
-from conformance.cells import Cell, cells
+from conformance.cells import Cell, cells, convention_of
 from conformance.compare import compare_dir
 
 BACKEND = get("jax")
@@ -57,5 +57,12 @@ def test_small_matrix_is_bitwise_in_every_mode(tmp_path):
     expected = cells(["float64", "bfloat16"], 10, ["SGD", "Adagrad"], ["nonfinite"])
     # every case, every mode (framework-convention cases run float64 only of these two dtypes)
     assert len(ran) == 3 * len(expected) and len(expected) >= (6 + 5) * 2
-    assert [(r.mode, r.optimizer, r.case, r.stream, r.dtype, r.ulp) for r in ran if r.ulp != 0] == []
+    # bitwise, except the optax row on the keras cases: Keras's decoupled decay moves a parameter out
+    # of its binade, where no float u gives p + u == new p (the registry's measured "jax:optax" bound)
+    additive = [r for r in ran if r.mode == "optax" and convention_of(r.optimizer, r.case) == "keras"]
+    assert [
+        (r.mode, r.optimizer, r.case, r.stream, r.dtype, r.ulp)
+        for r in ran
+        if r.ulp != 0 and r not in additive
+    ] == []
     assert all(r.verdict == "pass" for r in ran)
