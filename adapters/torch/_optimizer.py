@@ -79,6 +79,9 @@ class UnioptOptimizer(Optimizer):
             )
         self.implementation = implementation
         self._buckets: dict[int, tuple[Any, ...]] = {}  # group index -> its layout (see _layout)
+        # group index -> (ids of the parameters with a gradient, their gradients' expected
+        # (layout, dtype, shape)): one C-level comparison checks every gradient of a step
+        self._grad_layouts: dict[int, tuple[tuple[int, ...], list[tuple[Any, ...]]]] = {}
         unknown = set(hyperparameters) - set(self._fields())
         if unknown:
             raise TypeError(
@@ -96,6 +99,7 @@ class UnioptOptimizer(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("_buckets", {})
+        self.__dict__.setdefault("_grad_layouts", {})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyperparameters and parameters are checked before anything is added."""
@@ -133,13 +137,16 @@ class UnioptOptimizer(Optimizer):
             if any(map(operator.is_, grads, itertools.repeat(None))):
                 params = [p for p, g in zip(params, grads, strict=True) if g is not None]
                 grads = [g for g in grads if g is not None]
-            if not _grads_match(params, grads):
-                for p in params:
+            ids = tuple(map(id, params))
+            cached = self._grad_layouts.get(index)
+            if cached is None or cached[0] != ids or list(map(_GRAD_LAYOUT, grads)) != cached[1]:
+                for p in params:  # names the first culprit; the layouts are then the expected ones
                     _check_grad(spec, p)
-            groups.append((index, spec, group["lr"], params))
+                self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
+            groups.append((index, spec, group["lr"], params, ids))
         rounded: dict[tuple[Spec, float, int, torch.dtype], Any] = {}
-        for index, spec, lr, params in groups:
-            loop, buckets = self._layout(index, spec, params)
+        for index, spec, lr, params, ids in groups:
+            loop, buckets = self._layout(index, spec, params, ids)
             if loop:
                 _run_loop(self._plan([(spec, lr, p) for p in loop], keep_buckets=True))
             for bucket, compiled in buckets:
@@ -149,12 +156,12 @@ class UnioptOptimizer(Optimizer):
                 bucket.run(_flat.kernel(spec, bucket.dtype, compiled), rounded[key])
 
     def _layout(
-        self, index: int, spec: Spec, params: list[torch.Tensor]
+        self, index: int, spec: Spec, params: list[torch.Tensor], ids: tuple[int, ...]
     ) -> tuple[list[torch.Tensor], list[tuple[_flat.Bucket, bool]]]:
-        """Group ``index``'s parameters with a gradient: those the per-tensor path takes, and the
-        buckets of the others, each with whether its rule is compiled. Kept from the previous step
-        while the parameters, ``opt.state`` and every bucket are unchanged; rebuilt otherwise."""
-        ids = tuple(map(id, params))
+        """Group ``index``'s parameters with a gradient (``ids``: their ``id``s): those the per-tensor
+        path takes, and the buckets of the others, each with whether its rule is compiled. Kept from
+        the previous step while the parameters, ``opt.state`` and every bucket are unchanged; rebuilt
+        otherwise."""
         names = spec.slot_names()
         cached = self._buckets.get(index)
         if (
@@ -326,19 +333,7 @@ class UnioptOptimizer(Optimizer):
 
 
 _GRAD = operator.attrgetter("grad")
-_DTYPE = operator.attrgetter("dtype")
-_SHAPE = operator.attrgetter("shape")
-_LAYOUT = operator.attrgetter("layout")
-
-
-def _grads_match(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
-    """Whether every gradient is dense with its parameter's dtype and shape (C-level passes; the
-    per-parameter check that names the culprit runs only when this fails)."""
-    return (
-        all(map(operator.is_, map(_LAYOUT, grads), itertools.repeat(torch.strided)))
-        and list(map(_DTYPE, grads)) == list(map(_DTYPE, params))
-        and list(map(_SHAPE, grads)) == list(map(_SHAPE, params))
-    )
+_GRAD_LAYOUT = operator.attrgetter("layout", "dtype", "shape")
 
 
 def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]) -> None:

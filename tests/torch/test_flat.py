@@ -189,3 +189,48 @@ def test_a_step_between_forward_and_backward_is_caught_by_autograd(implementatio
     for loss in losses:
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             loss.backward()
+
+
+def _float64_grad(p):
+    p.grad_dtype = None  # torch refuses a gradient of another dtype unless told to allow it
+    p.grad = torch.ones(p.shape, dtype=torch.float64)
+
+
+def _sparse_grad(p):
+    p.grad = torch.ones_like(p).to_sparse()
+
+
+@pytest.mark.parametrize("implementation", ["flat", "loop"])
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (_float64_grad, r"a gradient of shape \(3, 4\) and dtype torch.float64 does not match"),
+        (_sparse_grad, r"does not support sparse gradients"),
+    ],
+)
+def test_a_mismatched_gradient_after_good_steps_is_refused_before_any_change(implementation, bad, match):
+    """The per-step gradient check (one comparison against the layouts cached from earlier steps)
+    still names a gradient whose dtype or layout is wrong, and nothing is updated (torch itself
+    refuses a gradient of another shape)."""
+    params = [torch.nn.Parameter(p) for p in _params()]
+    opt = ut.Adam(params, lr=0.1, implementation=implementation)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    before = [p.detach().clone() for p in params]
+    state = copy.deepcopy(opt.state_dict())
+    bad(params[0])
+    with pytest.raises(RuntimeError, match=match):
+        opt.step()
+    for p, old in zip(params, before, strict=True):
+        assert torch.equal(p.detach(), old)
+    after = opt.state_dict()["state"]
+    for i, slots in state["state"].items():
+        for name, value in slots.items():
+            assert torch.equal(after[i][name], value), (i, name)
+    params[0].grad = None
+    params[0].grad_dtype = params[0].dtype
+    params[0].grad = torch.ones_like(params[0])
+    opt.step()  # a good gradient again: the step goes on from the same state
+    assert int(opt.state[params[0]]["step"]) == 3
