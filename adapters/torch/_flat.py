@@ -212,8 +212,11 @@ class Bucket:
                 state[n] = view
         self.keys = ("step", *names)
         self.columns = tuple(tuple(s[k] for s in states) for k in self.keys)
-        # flat views keep each parameter's storage alive, so an unchanged data_ptr means unchanged storage
-        self.flat_views = tuple(p.view(-1) for p in params)
+        # flat views keep each parameter's storage alive, so an unchanged data_ptr means unchanged storage.
+        # Detached: the kernels see plain tensors (a no_grad view of a leaf that requires grad breaks
+        # dynamo's recompiles), and a detached tensor shares its parameter's version counter, so an
+        # in-place write is still seen by autograd.
+        self.flat_views = tuple(p.detach().view(-1) for p in params)
         self.ptrs = tuple(map(_DATA_PTR, params))
         self.small = [params[i] for i in small]
         self.small_flat = [self.flat_views[i] for i in small]

@@ -234,3 +234,23 @@ def test_a_mismatched_gradient_after_good_steps_is_refused_before_any_change(imp
     params[0].grad = torch.ones_like(params[0])
     opt.step()  # a good gradient again: the step goes on from the same state
     assert int(opt.state[params[0]]["step"]) == 3
+
+
+@pytest.mark.parametrize("implementation", ["flat", "compiled"])
+def test_parameters_that_require_grad_step_past_a_recompile(implementation):
+    """nn.Parameters (leaves that require grad) through RAdam's branch change at step 6, which makes
+    the compiled kernel recompile: the kernels get detached views (a no_grad view of such a leaf
+    made dynamo's recompile fail), and the result is the loop's, bit for bit."""
+    results = []
+    for impl in ("loop", implementation):
+        params = [torch.nn.Parameter(p) for p in _params()]
+        opt = ut.RAdam(params, lr=0.01, implementation=impl)
+        rng = np.random.default_rng(5)
+        for _ in range(8):
+            for p in params:
+                p.grad = torch.from_numpy(rng.standard_normal(tuple(p.shape))).float()
+            opt.step()
+        assert all(p.requires_grad and p.is_leaf for p in params)
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(results[1], results[0], strict=True):
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
