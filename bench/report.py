@@ -269,7 +269,9 @@ def markdown(results: dict[str, dict[str, Any]], png_name: str) -> str:
         "so ratios are from one run). `x fastest native` divides by the fastest native variant of the "
         "same framework, optimizer and set; `x bound` by the memory-bandwidth bound measured in the same "
         "process (the time to copy 28 bytes per parameter: an Adam-type step reads parameter, gradient "
-        "and two moments and writes three of them). `state MiB` counts the optimizer's state; "
+        "and two moments and writes three of them). The bound is loose: a copy's destination is read "
+        "before it is written (write-allocate), which an in-place update does not pay, so a fused "
+        "in-place kernel can come in under it. `state MiB` counts the optimizer's state; "
         "`peak step MiB` is the resident memory one step adds above the steady state (temporaries).",
         "",
     ]
