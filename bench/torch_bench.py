@@ -34,9 +34,10 @@ def versions() -> dict[str, str]:
 
 
 def _tensors(arrays: list[np.ndarray]) -> list[Any]:
+    """``nn.Parameter``s, as in training (leaves that require grad)."""
     import torch
 
-    return [torch.from_numpy(a.copy()) for a in arrays]
+    return [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in arrays]
 
 
 def _state_bytes(opt: Any) -> Callable[[], int]:
