@@ -15,7 +15,7 @@ __all__ = [
     "adam_step",
     "bias_correction",
     "ema",
-    "keras_learning_rate",
+    "keras_float32",
     "keras_weight_decay",
     "prepare_grad",
 ]
@@ -34,21 +34,12 @@ def prepare_grad(grad: Array, param: Array, xp: Any, *, maximize: bool, weight_d
     return grad
 
 
-def keras_learning_rate(lr: float) -> float:
-    """The learning rate as Keras keeps it: in a float32 (``floatx``) variable, so a float64 model
-    sees ``lr`` rounded to float32 (a float32 model sees the same value either way). The keras
-    convention stores its ``lr`` rounded so; a learning rate passed per step (a schedule) is used as
-    given, which keeps the per-step scalars affine in it."""
-    import numpy as np
-
-    return float(np.float32(lr))
-
-
 def keras_float32(value: float) -> float:
-    """A hyperparameter Keras casts with ``ops.cast(value, dtype)``: the Python float becomes a float32
-    tensor first, so a float64 model sees ``value`` rounded to float32 (``ops.cast(0.9, "float64")
-    == float32(0.9)``); Keras's ``Constant`` initializers round the same way. A float32 model sees
-    the same value either way."""
+    """A hyperparameter as Keras holds it, rounded to float32: the learning rate lives in a float32
+    (``floatx``) variable, and ``ops.cast(value, dtype)`` turns a Python float into a float32 tensor
+    first (``ops.cast(0.9, "float64") == float32(0.9)``), as do ``Constant`` initializers. A float64
+    model sees these values rounded; a float32 model sees the same value either way. A learning rate
+    passed per step (a schedule) is used as given, which keeps the per-step scalars affine in it."""
     import numpy as np
 
     return float(np.float32(value))

@@ -84,6 +84,8 @@ class Spec:
     conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {"uniopt": {}}
     # convention -> why this optimizer does not offer it (e.g. the framework has no such optimizer)
     unavailable_conventions: ClassVar[Mapping[str, str]] = {}
+    # fields the keras convention stores rounded to float32, as Keras holds them (see keras_float32)
+    keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
 
     # -- to be provided by each optimizer -------------------------------------------------------
     def _check(self) -> None:
@@ -128,6 +130,11 @@ class Spec:
             if field.type in ("bool", bool):
                 check_bool(self.name, field.name, getattr(self, field.name))
         self._check()
+        if getattr(self, "convention", "uniopt") == "keras":
+            from ._math import keras_float32  # _math imports this module
+
+            for name in self.keras_float32_fields:
+                object.__setattr__(self, name, keras_float32(getattr(self, name)))
 
     def _resolve_convention(self) -> None:
         """Check ``convention`` and give each hyperparameter left at ``None`` its default there."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-__all__ = ["check_betas", "check_bool", "check_interval", "check_real"]
+__all__ = ["check_betas", "check_bool", "check_interval", "check_lacking", "check_real"]
 
 
 def check_real(owner: str, name: str, value: object) -> float:
@@ -63,6 +63,19 @@ def check_betas(owner: str, betas: object) -> tuple[float, float]:
         check_interval(owner, "betas[0]", betas[0], 0.0, 1.0, high_open=True),
         check_interval(owner, "betas[1]", betas[1], 0.0, 1.0, high_open=True),
     )
+
+
+def check_lacking(
+    owner: str, convention: str, native: str, values: dict[str, object], hint: str = ""
+) -> None:
+    """Refuse a nonzero value of an argument that ``native`` (the convention's framework optimizer)
+    lacks; ``hint`` (for example what to chain instead) follows the reason."""
+    for name, value in values.items():
+        if value != 0:
+            raise ValueError(
+                f"{owner}: {name}={value!r} with convention={convention!r}: {native} has no "
+                f"{name.replace('_', ' ')}{hint}; expected {name}=0"
+            )
 
 
 def _describe(name: str, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:

@@ -41,9 +41,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import keras_float32, keras_learning_rate, keras_weight_decay, prepare_grad
+from ._math import keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
-from ._validate import check_interval
+from ._validate import check_interval, check_lacking
 
 __all__ = ["Adagrad", "AdagradScalars"]
 
@@ -67,6 +67,7 @@ class Adagrad(Spec):
         "keras": {"lr": 1e-3, "eps": 1e-7, "initial_accumulator_value": 0.1},
         "optax": {"lr": 1e-2, "eps": 1e-7, "initial_accumulator_value": 0.1},
     }
+    keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "initial_accumulator_value")
     reference: ClassVar[str] = "Duchi, Hazan and Singer 2011, JMLR 12"
 
     lr: float = None  # type: ignore[assignment]  # None: the convention's default
@@ -78,21 +79,12 @@ class Adagrad(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
-        if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
-            object.__setattr__(self, "lr", keras_learning_rate(self.lr))
-            for name in ("initial_accumulator_value", "weight_decay"):  # as Keras casts them
-                object.__setattr__(self, name, keras_float32(getattr(self, name)))
         if self.convention in ("keras", "optax"):
             native = "keras.optimizers.Adagrad" if self.convention == "keras" else "optax.adagrad"
-            refused = ["lr_decay"] + (["weight_decay"] if self.convention == "optax" else [])
-            for name in refused:
-                if getattr(self, name) != 0:
-                    raise ValueError(
-                        f"Adagrad: {name}={getattr(self, name)!r} with convention={self.convention!r}: "
-                        f"{native} has no {name.replace('_', ' ')}"
-                        + (" (chain optax.add_decayed_weights instead)" if name == "weight_decay" else "")
-                        + f"; expected {name}=0"
-                    )
+            check_lacking(self.name, self.convention, native, {"lr_decay": self.lr_decay})
+        if self.convention == "optax":
+            hint = " (chain optax.add_decayed_weights instead)"
+            check_lacking(self.name, "optax", "optax.adagrad", {"weight_decay": self.weight_decay}, hint)
         check_interval(self.name, "lr_decay", self.lr_decay, 0.0)
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "initial_accumulator_value", self.initial_accumulator_value, 0.0)

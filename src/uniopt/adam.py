@@ -48,13 +48,11 @@ from ._math import (
     adam_moments,
     adam_step,
     bias_correction,
-    keras_float32,
-    keras_learning_rate,
     keras_weight_decay,
     prepare_grad,
 )
 from ._spec import Array, Spec
-from ._validate import check_betas, check_interval
+from ._validate import check_betas, check_interval, check_lacking
 
 __all__ = ["Adam", "AdamScalars"]
 
@@ -101,14 +99,9 @@ class Adam(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
-        if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
-            object.__setattr__(self, "lr", keras_learning_rate(self.lr))
-            object.__setattr__(self, "weight_decay", keras_float32(self.weight_decay))  # as Keras casts it
-        if self.convention == "optax" and not self.decoupled and self.weight_decay != 0:
-            raise ValueError(
-                f"{self.name}: weight_decay={self.weight_decay!r} with convention='optax': optax.adam has "
-                "no weight decay (use AdamW, optax.adamw); expected weight_decay=0"
-            )
+        if self.convention == "optax" and not self.decoupled:
+            hint = " (use AdamW, optax.adamw)"
+            check_lacking(self.name, "optax", "optax.adam", {"weight_decay": self.weight_decay}, hint)
         object.__setattr__(self, "betas", check_betas(self.name, self.betas))
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)

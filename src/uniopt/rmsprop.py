@@ -40,9 +40,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import ema, keras_float32, keras_learning_rate, keras_weight_decay, prepare_grad
+from ._math import ema, keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
-from ._validate import check_interval
+from ._validate import check_interval, check_lacking
 
 __all__ = ["RMSprop", "RMSpropScalars"]
 
@@ -81,14 +81,9 @@ class RMSprop(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
-        if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
-            object.__setattr__(self, "lr", keras_learning_rate(self.lr))
-            object.__setattr__(self, "weight_decay", keras_float32(self.weight_decay))  # as Keras casts it
-        if self.convention == "optax" and self.weight_decay != 0:
-            raise ValueError(
-                f"RMSprop: weight_decay={self.weight_decay!r} with convention='optax': optax.rmsprop has "
-                "no weight decay (chain optax.add_decayed_weights instead); expected weight_decay=0"
-            )
+        if self.convention == "optax":
+            hint = " (chain optax.add_decayed_weights instead)"
+            check_lacking(self.name, "optax", "optax.rmsprop", {"weight_decay": self.weight_decay}, hint)
         check_interval(self.name, "alpha", self.alpha, 0.0, 1.0, high_open=True)
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)

@@ -45,9 +45,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import ema, keras_float32, keras_learning_rate, keras_weight_decay, prepare_grad
+from ._math import ema, keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
-from ._validate import check_interval
+from ._validate import check_interval, check_lacking
 
 __all__ = ["SGD", "SGDScalars"]
 
@@ -71,6 +71,7 @@ class SGD(Spec):
         "keras": {"lr": 1e-2},
         "optax": {"lr": 1e-3},
     }
+    keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "momentum")
     reference: ClassVar[str] = (
         "Robbins and Monro 1951; Polyak 1964 (momentum); Sutskever et al. 2013 (Nesterov)"
     )
@@ -84,21 +85,12 @@ class SGD(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
-        if self.convention == "keras":  # stored as Keras stores it (a per-step lr passes as given)
-            object.__setattr__(self, "lr", keras_learning_rate(self.lr))
-            for name in ("momentum", "weight_decay"):  # as Keras casts them
-                object.__setattr__(self, name, keras_float32(getattr(self, name)))
         if self.convention in ("keras", "optax"):
             native = "keras.optimizers.SGD" if self.convention == "keras" else "optax.sgd"
-            refused = ["dampening"] + (["weight_decay"] if self.convention == "optax" else [])
-            for name in refused:
-                if getattr(self, name) != 0:
-                    raise ValueError(
-                        f"SGD: {name}={getattr(self, name)!r} with convention={self.convention!r}: {native} "
-                        f"has no {name.replace('_', ' ')}"
-                        + (" (chain optax.add_decayed_weights instead)" if name == "weight_decay" else "")
-                        + f"; expected {name}=0"
-                    )
+            check_lacking(self.name, self.convention, native, {"dampening": self.dampening})
+        if self.convention == "optax":
+            hint = " (chain optax.add_decayed_weights instead)"
+            check_lacking(self.name, "optax", "optax.sgd", {"weight_decay": self.weight_decay}, hint)
         check_interval(self.name, "momentum", self.momentum, 0.0)
         check_interval(self.name, "dampening", self.dampening, 0.0, 1.0)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
