@@ -25,7 +25,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
-from ._validate import check_bool, check_interval
+from ._validate import check_bool, check_interval, check_lacking
 
 __all__ = ["Array", "Scalars", "Spec", "State", "cast_scalars", "namespace_of"]
 
@@ -84,6 +84,9 @@ class Spec:
     conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {"uniopt": {}}
     # convention -> why this optimizer does not offer it (e.g. the framework has no such optimizer)
     unavailable_conventions: ClassVar[Mapping[str, str]] = {}
+    # convention -> (its framework's optimizer, {argument that optimizer lacks: what to use instead});
+    # a nonzero value of such an argument is refused with that convention
+    lacking: ClassVar[Mapping[str, tuple[str, Mapping[str, str]]]] = {}
     # fields the keras convention stores rounded to float32, as Keras holds them (see keras_float32)
     keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
 
@@ -129,8 +132,12 @@ class Spec:
         for field in dataclasses.fields(self):
             if field.type in ("bool", bool):
                 check_bool(self.name, field.name, getattr(self, field.name))
+        convention = getattr(self, "convention", "uniopt")
+        native, lacks = self.lacking.get(convention, ("", {}))
+        for name, hint in lacks.items():
+            check_lacking(self.name, convention, native, name, getattr(self, name), hint)
         self._check()
-        if getattr(self, "convention", "uniopt") == "keras":
+        if convention == "keras":
             from ._math import keras_float32  # _math imports this module
 
             for name in self.keras_float32_fields:

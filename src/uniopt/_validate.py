@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-__all__ = ["check_betas", "check_bool", "check_interval", "check_lacking", "check_real"]
+__all__ = ["CHAIN_DECAY", "check_betas", "check_bool", "check_interval", "check_lacking", "check_real"]
+
+CHAIN_DECAY = " (chain optax.add_decayed_weights instead)"
+"""What an optax user chains for the weight decay an optax alias lacks."""
 
 
 def check_real(owner: str, name: str, value: object) -> float:
@@ -65,17 +68,14 @@ def check_betas(owner: str, betas: object) -> tuple[float, float]:
     )
 
 
-def check_lacking(
-    owner: str, convention: str, native: str, values: dict[str, object], hint: str = ""
-) -> None:
-    """Refuse a nonzero value of an argument that ``native`` (the convention's framework optimizer)
-    lacks; ``hint`` (for example what to chain instead) follows the reason."""
-    for name, value in values.items():
-        if value != 0:
-            raise ValueError(
-                f"{owner}: {name}={value!r} with convention={convention!r}: {native} has no "
-                f"{name.replace('_', ' ')}{hint}; expected {name}=0"
-            )
+def check_lacking(owner: str, convention: str, native: str, name: str, value: object, hint: str) -> None:
+    """Refuse a nonzero ``value`` of argument ``name``, which ``native`` (the convention's framework
+    optimizer) lacks; ``hint`` (for example what to chain instead) follows the reason."""
+    if value != 0:
+        raise ValueError(
+            f"{owner}: {name}={value!r} with convention={convention!r}: {native} has no "
+            f"{name.replace('_', ' ')}{hint}; expected {name}=0"
+        )
 
 
 def _describe(name: str, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:

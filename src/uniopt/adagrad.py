@@ -25,7 +25,8 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
 * ``"optax"`` (``optax.adagrad``, ``optax.scale_by_rss``): eps inside the root, the inverse root
   first, :math:`u_t = -\eta\,(1/\sqrt{s_t + \epsilon})\, g_t`, :math:`\theta_t = \theta_{t-1}
   + u_t`; no lr decay or weight decay; lr :math:`10^{-2}` (optax has no default), eps
-  :math:`10^{-7}`, initial accumulator 0.1. Op sequence: ``s = g*g + s``;
+  :math:`10^{-7}`, initial accumulator 0.1. Op sequence: ``s = s + g*g`` (optax's ``g*g + s``, the
+  same sum);
   ``p = p + ((1 / sqrt(s + eps)) * g) * (-lr)``. optax's ``where(s > 0, rsqrt(s + eps), 0)``
   gives the same update for every ``eps > 0`` (``s = 0`` only where every gradient was 0), and its
   ``rsqrt`` is not correctly rounded on every device: the spec divides ``1`` by the correctly
@@ -43,7 +44,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from ._math import keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
-from ._validate import check_interval, check_lacking
+from ._validate import CHAIN_DECAY, check_interval
 
 __all__ = ["Adagrad", "AdagradScalars"]
 
@@ -67,7 +68,14 @@ class Adagrad(Spec):
         "keras": {"lr": 1e-3, "eps": 1e-7, "initial_accumulator_value": 0.1},
         "optax": {"lr": 1e-2, "eps": 1e-7, "initial_accumulator_value": 0.1},
     }
-    keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "initial_accumulator_value")
+    lacking: ClassVar[Mapping[str, tuple[str, Mapping[str, str]]]] = {
+        "keras": ("keras.optimizers.Adagrad", {"lr_decay": ""}),
+        "optax": ("optax.adagrad", {"lr_decay": "", "weight_decay": CHAIN_DECAY}),
+    }
+    keras_float32_fields: ClassVar[tuple[str, ...]] = (
+        *Spec.keras_float32_fields,
+        "initial_accumulator_value",
+    )
     reference: ClassVar[str] = "Duchi, Hazan and Singer 2011, JMLR 12"
 
     lr: float = None  # type: ignore[assignment]  # None: the convention's default
@@ -79,12 +87,6 @@ class Adagrad(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
-        if self.convention in ("keras", "optax"):
-            native = "keras.optimizers.Adagrad" if self.convention == "keras" else "optax.adagrad"
-            check_lacking(self.name, self.convention, native, {"lr_decay": self.lr_decay})
-        if self.convention == "optax":
-            hint = " (chain optax.add_decayed_weights instead)"
-            check_lacking(self.name, "optax", "optax.adagrad", {"weight_decay": self.weight_decay}, hint)
         check_interval(self.name, "lr_decay", self.lr_decay, 0.0)
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "initial_accumulator_value", self.initial_accumulator_value, 0.0)
@@ -117,17 +119,14 @@ class Adagrad(Spec):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
         if keras and self.weight_decay != 0:
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
+        total = xp.add(slots["sum"], xp.multiply(g, g))
         if keras or self.convention == "optax":  # eps inside the root
-            total = (
-                xp.add(slots["sum"], xp.multiply(g, g)) if keras else xp.add(xp.multiply(g, g), slots["sum"])
-            )
             root = xp.sqrt(xp.add(total, sc.eps))
             root = xp.maximum(root, xp.zeros_like(root))  # no-op; blocks x / sqrt -> x * rsqrt
             if keras:
                 return xp.subtract(param, xp.divide(xp.multiply(g, sc.lr), root)), {"sum": total}
             inv_root = xp.divide(xp.full_like(root, 1.0), root)
             return xp.add(param, xp.multiply(xp.multiply(inv_root, g), sc.neg_lr)), {"sum": total}
-        total = xp.add(slots["sum"], xp.multiply(g, g))
         std = xp.add(xp.sqrt(total), sc.eps)
         new_param = xp.subtract(param, xp.multiply(xp.divide(g, std), sc.clr))
         return new_param, {"sum": total}

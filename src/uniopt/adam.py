@@ -52,7 +52,7 @@ from ._math import (
     prepare_grad,
 )
 from ._spec import Array, Spec
-from ._validate import check_betas, check_interval, check_lacking
+from ._validate import check_betas, check_interval
 
 __all__ = ["Adam", "AdamScalars"]
 
@@ -83,6 +83,9 @@ class Adam(Spec):
     reference: ClassVar[str] = "Kingma and Ba 2015, arXiv 1412.6980, Algorithm 1"
     decoupled: ClassVar[bool] = False
 
+    lacking: ClassVar[Mapping[str, tuple[str, Mapping[str, str]]]] = {
+        "optax": ("optax.adam", {"weight_decay": " (use AdamW, optax.adamw)"})
+    }
     conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "uniopt": {"eps": 1e-8, "weight_decay": 0.0},
         "torch": {"eps": 1e-8, "weight_decay": 0.0},
@@ -99,9 +102,6 @@ class Adam(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
-        if self.convention == "optax" and not self.decoupled:
-            hint = " (use AdamW, optax.adamw)"
-            check_lacking(self.name, "optax", "optax.adam", {"weight_decay": self.weight_decay}, hint)
         object.__setattr__(self, "betas", check_betas(self.name, self.betas))
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)

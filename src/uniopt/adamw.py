@@ -32,6 +32,7 @@ class AdamW(Adam):
     reference: ClassVar[str] = "Loshchilov and Hutter 2019, arXiv 1711.05101, Algorithm 2"
     decoupled: ClassVar[bool] = True
 
+    lacking: ClassVar[Mapping[str, tuple[str, Mapping[str, str]]]] = {}  # optax.adamw decays
     conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "uniopt": {"eps": 1e-8, "weight_decay": 1e-2},
         "torch": {"eps": 1e-8, "weight_decay": 1e-2},

@@ -58,7 +58,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from ._math import adam_moments, adam_step, bias_correction, prepare_grad
 from ._spec import Array, Spec, select
-from ._validate import check_betas, check_interval
+from ._validate import CHAIN_DECAY, check_betas, check_interval
 
 __all__ = ["RECTIFY_THRESHOLD", "RAdam", "RAdamScalars", "rho"]
 
@@ -102,6 +102,9 @@ class RAdam(Spec):
     name: ClassVar[str] = "RAdam"
     reference: ClassVar[str] = "Liu et al. 2020, arXiv 1908.03265, Algorithm 2"
 
+    lacking: ClassVar[Mapping[str, tuple[str, Mapping[str, str]]]] = {
+        "optax": ("optax.radam", {"weight_decay": CHAIN_DECAY})
+    }
     conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "uniopt": {"degenerated_to_sgd": True},
         "torch": {"degenerated_to_sgd": True},
@@ -133,11 +136,6 @@ class RAdam(Spec):
                     f"RAdam: {field}={value!r} has no counterpart in convention={self.convention!r}; "
                     f"expected {field}={not value!r}"
                 )
-        if self.convention == "optax" and self.weight_decay != 0:
-            raise ValueError(
-                f"RAdam: weight_decay={self.weight_decay!r} with convention='optax': optax.radam has no "
-                "weight decay (chain optax.add_decayed_weights instead); expected weight_decay=0"
-            )
         object.__setattr__(self, "betas", check_betas(self.name, self.betas))
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)

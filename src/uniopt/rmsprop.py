@@ -42,7 +42,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from ._math import ema, keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
-from ._validate import check_interval, check_lacking
+from ._validate import CHAIN_DECAY, check_interval
 
 __all__ = ["RMSprop", "RMSpropScalars"]
 
@@ -64,6 +64,9 @@ class RMSprop(Spec):
     name: ClassVar[str] = "RMSprop"
     reference: ClassVar[str] = "Hinton, Srivastava and Swersky 2012, Neural Networks lecture 6e"
 
+    lacking: ClassVar[Mapping[str, tuple[str, Mapping[str, str]]]] = {
+        "optax": ("optax.rmsprop", {"weight_decay": CHAIN_DECAY})
+    }
     conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "uniopt": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8},
         "torch": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8},
@@ -81,9 +84,6 @@ class RMSprop(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
-        if self.convention == "optax":
-            hint = " (chain optax.add_decayed_weights instead)"
-            check_lacking(self.name, "optax", "optax.rmsprop", {"weight_decay": self.weight_decay}, hint)
         check_interval(self.name, "alpha", self.alpha, 0.0, 1.0, high_open=True)
         check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)

@@ -47,7 +47,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from ._math import ema, keras_weight_decay, prepare_grad
 from ._spec import Array, Spec
-from ._validate import check_interval, check_lacking
+from ._validate import CHAIN_DECAY, check_interval
 
 __all__ = ["SGD", "SGDScalars"]
 
@@ -71,7 +71,11 @@ class SGD(Spec):
         "keras": {"lr": 1e-2},
         "optax": {"lr": 1e-3},
     }
-    keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "momentum")
+    lacking: ClassVar[Mapping[str, tuple[str, Mapping[str, str]]]] = {
+        "keras": ("keras.optimizers.SGD", {"dampening": ""}),
+        "optax": ("optax.sgd", {"dampening": "", "weight_decay": CHAIN_DECAY}),
+    }
+    keras_float32_fields: ClassVar[tuple[str, ...]] = (*Spec.keras_float32_fields, "momentum")
     reference: ClassVar[str] = (
         "Robbins and Monro 1951; Polyak 1964 (momentum); Sutskever et al. 2013 (Nesterov)"
     )
@@ -85,12 +89,6 @@ class SGD(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
-        if self.convention in ("keras", "optax"):
-            native = "keras.optimizers.SGD" if self.convention == "keras" else "optax.sgd"
-            check_lacking(self.name, self.convention, native, {"dampening": self.dampening})
-        if self.convention == "optax":
-            hint = " (chain optax.add_decayed_weights instead)"
-            check_lacking(self.name, "optax", "optax.sgd", {"weight_decay": self.weight_decay}, hint)
         check_interval(self.name, "momentum", self.momentum, 0.0)
         check_interval(self.name, "dampening", self.dampening, 0.0, 1.0)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
