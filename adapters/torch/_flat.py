@@ -1,7 +1,8 @@
 r"""The flat fast path: a param group's state in contiguous buffers, the spec's rule run once per
 buffer instead of once per tensor.
 
-For each param group and dtype (CPU, real floating point, contiguous parameters), a *bucket* holds
+For each param group, device and dtype (CPU or CUDA, real floating point, contiguous parameters), a
+*bucket* holds
 every slot of the spec as one flat buffer, and ``opt.state[p][slot]`` is a view of its piece, shaped
 like ``p``; the step counters are views of one int64 buffer. Nothing else is kept: the state is
 exactly the spec's slots. A step then runs the spec's own ``rule(param, grad, slots, scalars, xp)``
@@ -10,10 +11,11 @@ exactly the spec's slots. A step then runs the spec's own ``rule(param, grad, sl
   gradient and its slot pieces (one kernel per tensor);
 * once over all small tensors together: their gradients and parameters are gathered into two
   vectors, the rule runs on them and the slot region in place, and the new parameters are copied
-  back. The gather and scatter are plain ``memcpy`` loops (:func:`copier`, a few lines of C built on
-  first use) over the tensors' data pointers, since a torch op per tensor would cost more than the
-  arithmetic; the parameters' autograd version counters are bumped as an in-place op would. Without a
-  C compiler, ``torch.cat`` and ``torch._foreach_copy_`` do the same.
+  back. On the CPU the gather and scatter are plain ``memcpy`` loops (:func:`copier`, a few lines of
+  C built on first use) over the tensors' data pointers, since a torch op per tensor would cost more
+  than the arithmetic; the parameters' autograd version counters are bumped as an in-place op would.
+  On CUDA, and without a C compiler, ``torch.cat`` and ``torch._foreach_copy_`` do the same (a few
+  kernel launches for all tensors).
 
 The rule is elementwise, so running it over a concatenation computes, element by element, exactly the
 ops it computes per tensor: a flat step is the per-tensor step executed differently, never another
@@ -25,7 +27,9 @@ multiply-adds, so the compiled rule is bitwise equal to the eager one in float32
 float16 and bfloat16 it is compiled with ``emulate_precision_casts`` so every op rounds to the dtype as
 eager does. One graph is compiled per (spec, dtype, branch flags such as RAdam's rectified step): sizes
 are symbolic, so the small region and every large tensor share it. Compiling costs a few seconds per
-graph on first use (inductor's on-disk cache shortens later processes).
+graph on first use (inductor's on-disk cache shortens later processes). On CUDA the rule compiles to a
+Triton kernel with :func:`exact_options`: no implicit fused multiply-adds, correctly rounded float32
+division, no flushing of subnormals, as eager CUDA kernels compute.
 
 A bucket is rebuilt (state copied into new buffers) when the set of parameters with a gradient
 changes, when ``opt.state`` was replaced (``load_state_dict``), when the slots change, or after a
@@ -50,7 +54,7 @@ from uniopt import Spec
 
 from ._namespace import xp
 
-__all__ = ["FLAT_DTYPES", "LARGE", "Bucket", "copier", "eligible", "kernel"]
+__all__ = ["DEVICES", "FLAT_DTYPES", "LARGE", "Bucket", "copier", "eligible", "exact_options", "kernel"]
 
 LARGE = 1 << 16
 """Tensors with at least this many elements are updated in place one by one; smaller ones are
@@ -61,11 +65,31 @@ _ALIGN = 16
 
 FLAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF = (torch.float16, torch.bfloat16)
+DEVICES = ("cpu", "cuda")
 
 
 def eligible(p: torch.Tensor) -> bool:
-    """Whether ``p`` can live in a bucket: a contiguous real floating CPU tensor."""
-    return p.device.type == "cpu" and p.dtype in FLAT_DTYPES and p.is_contiguous()
+    """Whether ``p`` can live in a bucket: a contiguous real floating CPU or CUDA tensor."""
+    return p.device.type in DEVICES and p.dtype in FLAT_DTYPES and p.is_contiguous()
+
+
+_TRITON_EXACT = {
+    "emulate_precision_casts": True,  # also turns off Triton's implicit fma contraction (enable_fp_fusion)
+    "eager_numerics.division_rounding": True,  # float32 x / y as div.rn, not Triton's approximate div.full
+    "eager_numerics.disable_ftz": True,
+}
+
+
+def exact_options(dtype: torch.dtype, device_type: str) -> dict[str, bool]:
+    """Inductor options under which the compiled rule rounds as the eager one: every op rounded to
+    ``dtype`` (half types), and on CUDA no fma contraction, IEEE division and no flush-to-zero. Options
+    this torch lacks are left out (the conformance rows of the compiled mode show what remains)."""
+    if device_type != "cuda":
+        return {"emulate_precision_casts": True} if dtype in _HALF else {}
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    return {k: v for k, v in _TRITON_EXACT.items() if k in known}
 
 
 def _apply_rule(
@@ -80,25 +104,25 @@ def _apply_rule(
 
 
 _KERNEL_CACHE_SIZE = 64
-_KERNELS: OrderedDict[tuple[Spec, torch.dtype, bool], Callable[..., None]] = OrderedDict()
+_KERNELS: OrderedDict[tuple[Spec, torch.dtype, bool, str], Callable[..., None]] = OrderedDict()
 
 
-def kernel(spec: Spec, dtype: torch.dtype, compiled: bool) -> Callable[..., None]:
+def kernel(spec: Spec, dtype: torch.dtype, compiled: bool, device_type: str = "cpu") -> Callable[..., None]:
     """``f(p, g, slots, scalars)``: the spec's rule in place, eager or compiled by inductor.
 
     Each compiled kernel gets its own code object, so dynamo's per-function recompile limit counts
-    its branch flags only, not every spec and dtype in the process.
+    its branch flags only, not every spec, dtype and device in the process.
     """
-    key = (spec, dtype, compiled)
+    key = (spec, dtype, compiled, device_type)
     if key in _KERNELS:
         _KERNELS.move_to_end(key)
         return _KERNELS[key]
     if not compiled:
         fn: Callable[..., None] = functools.partial(_apply_rule, spec)
     else:
-        code = _apply_rule.__code__.replace(co_name=f"uniopt_{spec.name}_{str(dtype).split('.')[-1]}_rule")
-        own = types.FunctionType(code, _apply_rule.__globals__, code.co_name)
-        options = {"emulate_precision_casts": True} if dtype in _HALF else {}
+        name = f"uniopt_{spec.name}_{str(dtype).split('.')[-1]}_{device_type}_rule"
+        own = types.FunctionType(_apply_rule.__code__.replace(co_name=name), _apply_rule.__globals__, name)
+        options = exact_options(dtype, device_type)
         fn = functools.partial(torch.compile(own, fullgraph=True, dynamic=True, options=options), spec)
     _KERNELS[key] = fn
     if len(_KERNELS) > _KERNEL_CACHE_SIZE:
@@ -177,7 +201,7 @@ _DATA_PTR = torch.Tensor.data_ptr
 
 
 class Bucket:
-    """The flat state of some parameters of one group, one dtype and one step count."""
+    """The flat state of some parameters of one group, one device, one dtype and one step count."""
 
     def __init__(
         self, params: Sequence[torch.Tensor], names: tuple[str, ...], states: Sequence[dict[str, Any]]
@@ -197,6 +221,7 @@ class Bucket:
         p0 = params[0]
         self.size = end
         self.dtype = p0.dtype
+        self.device = p0.device
         self.params = tuple(params)
         self.names = names
         self.slots = {n: torch.empty(end, dtype=p0.dtype, device=p0.device) for n in names}
@@ -243,7 +268,7 @@ class Bucket:
         if self.small:
             region = tuple(self.slots[n][: self.small_end] for n in self.names)
             grads = list(map(_GRAD, self.small))
-            lib = copier()
+            lib = copier() if self.device.type == "cpu" else None
             if lib is not None and all(map(torch.Tensor.is_contiguous, grads)):
                 # gradients and parameters are contiguous, of the parameter's dtype and shape (checked
                 # by the optimizer), so each is nbytes of plain memory

@@ -35,12 +35,12 @@ __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
 
 IMPLEMENTATIONS = ("auto", "compiled", "flat", "loop")
 """How ``step()`` executes the rule. ``loop``: per tensor, eager. ``flat``: the group's state in flat
-buffers per dtype, the rule run eagerly once over all small tensors and once per large one.
-``compiled``: as ``flat``, with the rule compiled by inductor into one loop per buffer. ``auto`` (the
-default): ``compiled`` for a group's CPU parameters of one dtype holding at least
-:data:`AUTO_COMPILE_MIN` elements, ``flat`` below that. Parameters that cannot be flattened (not on
-the CPU, complex, non-contiguous) always take ``loop``, and so does a step traced by
-``torch.compile``."""
+buffers per device and dtype, the rule run eagerly once over all small tensors and once per large
+one. ``compiled``: as ``flat``, with the rule compiled by inductor into one loop (CPU) or one Triton
+kernel (CUDA) per buffer. ``auto`` (the default): ``compiled`` for a group's parameters of one device
+and dtype holding at least :data:`AUTO_COMPILE_MIN` elements, ``flat`` below that. Parameters that
+cannot be flattened (neither on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``,
+and so does a step traced by ``torch.compile``."""
 
 AUTO_COMPILE_MIN = 1 << 18
 """Below this many elements ``auto`` does not compile: the few seconds inductor takes on first use
@@ -153,7 +153,7 @@ class UnioptOptimizer(Optimizer):
                 key = (spec, lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
                     rounded[key] = _round(spec.step_scalars(bucket.step + 1, lr=lr), bucket.dtype)
-                bucket.run(_flat.kernel(spec, bucket.dtype, compiled), rounded[key])
+                bucket.run(_flat.kernel(spec, bucket.dtype, compiled, bucket.device.type), rounded[key])
 
     def _layout(
         self, index: int, spec: Spec, params: list[torch.Tensor], ids: tuple[int, ...]
@@ -172,14 +172,14 @@ class UnioptOptimizer(Optimizer):
             and all(b.intact(self.state) for b, _ in cached[4])
         ):
             return cached[3], cached[4]
-        loop, by_dtype = [], {}
+        loop, by_kind = [], {}
         for p in params:
             if _flat.eligible(p):
-                by_dtype.setdefault(p.dtype, []).append(p)
+                by_kind.setdefault((p.device, p.dtype), []).append(p)
             else:
                 loop.append(p)
         buckets = []
-        for members in by_dtype.values():
+        for members in by_kind.values():
             by_step: dict[int, tuple[list[torch.Tensor], list[dict[str, Any]]]] = {}
             for p in members:
                 state = self.state[p]

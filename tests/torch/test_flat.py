@@ -153,7 +153,9 @@ def test_auto_compiles_large_groups_only(monkeypatch):
     monkeypatch.setattr(
         _flat,
         "kernel",
-        lambda spec, dtype, compiled: compiled_flags.append(compiled) or real(spec, dtype, False),
+        lambda spec, dtype, compiled, device_type: (
+            compiled_flags.append(compiled) or real(spec, dtype, False, device_type)
+        ),
     )
     _run("SGD", {"lr": 0.1}, "auto", steps=1)
     _run("SGD", {"lr": 0.1}, "auto", steps=1, shapes=[(ut.AUTO_COMPILE_MIN,)])
