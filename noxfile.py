@@ -131,10 +131,14 @@ BENCH_OUT = "build/bench"
 def bench(session: nox.Session, framework: str) -> None:
     """Step-time benchmark: each framework's variants in its own venv (interleaved, JSON under
     build/bench), then ``report``: the ratio table, docs/benchmarks.md and its chart. ``nox -s bench``
-    runs all four in order; ``-- --quick`` or ``-- --all`` pass options to the framework runs."""
+    runs all four in order; ``-- --quick`` or ``-- --all`` pass options to the framework runs, and
+    ``-- --device gpu`` runs on the GPU (frameworks' GPU builds through the UNIOPT_*_SPEC variables)
+    and writes docs/benchmarks-gpu.md."""
     if framework == "report":
         session.install(".", "rich", "matplotlib")
-        session.run("python", "-m", "bench", "--out", BENCH_OUT, "report")
+        args = list(session.posargs)
+        device = args[args.index("--device") + 1] if "--device" in args[:-1] else "cpu"
+        session.run("python", "-m", "bench", "--out", BENCH_OUT, "report", "--device", device)
         return
     session.install(".", *FRAMEWORK_DEPS[framework])
     session.run("python", "-m", "bench", "--out", BENCH_OUT, "run", framework, *session.posargs)

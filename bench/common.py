@@ -23,13 +23,17 @@ import numpy as np
 
 __all__ = [
     "SETS",
+    "Copy",
     "Measured",
     "ParamSet",
+    "PeakProbe",
     "Variant",
     "bound_variants",
     "machine",
     "measure",
     "param_set",
+    "results_name",
+    "rss_probe",
     "write_results",
 ]
 
@@ -125,6 +129,20 @@ def _reset_peak() -> bool:
     return True
 
 
+@dataclasses.dataclass(frozen=True)
+class PeakProbe:
+    """Memory a step adds above the steady state: ``start()`` resets the peak and returns the bytes in
+    use (``None`` where it cannot), ``peak()`` returns the peak since."""
+
+    start: Callable[[], int | None]
+    peak: Callable[[], int | None]
+
+
+def rss_probe() -> PeakProbe:
+    """The process's resident memory (host steps)."""
+    return PeakProbe(lambda: _rss("VmRSS") if _reset_peak() else None, lambda: _rss("VmHWM"))
+
+
 def measure(
     variants: list[Variant],
     params: list[np.ndarray],
@@ -134,8 +152,11 @@ def measure(
     rounds: int,
     steps: int,
     log: Callable[[str], None] = print,
+    probe: PeakProbe | None = None,
 ) -> list[Measured]:
-    """Build and warm up every variant, then time them interleaved (see the module docstring)."""
+    """Build and warm up every variant, then time them interleaved (see the module docstring).
+    ``probe`` measures a step's peak memory (default: the process's resident memory)."""
+    probe = probe or rss_probe()
     live: list[tuple[Variant, Callable[[], None], float]] = []
     results: dict[str, Measured] = {}
     for v in variants:
@@ -155,12 +176,12 @@ def measure(
     times: dict[str, list[float]] = {v.name: [] for v, _, _ in live}
     peaks: dict[str, int | None] = {}
     for v, step, _ in live:  # peak memory of one step above the steady state
-        before = _rss("VmRSS")
-        ok = _reset_peak()
+        v.sync()
+        before = probe.start()
         step()
         v.sync()
-        after = _rss("VmHWM")
-        peaks[v.name] = max(0, after - before) if ok and before is not None and after is not None else None
+        after = probe.peak()
+        peaks[v.name] = max(0, after - before) if before is not None and after is not None else None
     for _ in range(rounds):
         for v, step, _ in live:
             v.sync()
@@ -185,13 +206,19 @@ def measure(
     return [results[v.name] for v in variants]
 
 
-def bound_variants(size: int, copies: dict[str, Callable[[int], Callable[[], None]]]) -> list[Variant]:
+Copy = Callable[[int], Callable[[], None]]
+"""``make(elements)``: a function that copies ``elements`` float32 values from one buffer to another."""
+
+
+def bound_variants(
+    size: int, copies: dict[str, Copy], sync: Callable[[], None] = lambda: None
+) -> list[Variant]:
     """The memory-bandwidth bound of an Adam-type step on ``size`` float32 params, timed with the
     optimizers (interleaved): copying ``BYTES_PER_PARAM * size`` bytes, half read and half written,
-    with each copy offered (the report takes the fastest)."""
+    with each copy offered (the report takes the fastest). ``sync`` waits for queued copies (GPU)."""
     elements = BYTES_PER_PARAM * size // 8  # float32 elements per buffer: 14 B read + 14 B written
 
-    def build(make: Callable[[int], Callable[[], None]]) -> Callable[[list, list], Callable[[], None]]:
+    def build(make: Copy) -> Callable[[list, list], Callable[[], None]]:
         return lambda params, grads: make(elements)
 
     return [
@@ -199,6 +226,7 @@ def bound_variants(size: int, copies: dict[str, Callable[[int], Callable[[], Non
             f"memory-bandwidth bound ({name})",
             "bound",
             build(make),
+            sync=sync,
             note=f"copy of {BYTES_PER_PARAM} B/param",
         )
         for name, make in copies.items()
@@ -228,6 +256,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def results_name(framework: str, device: str) -> str:
+    """``<framework>.json`` for CPU runs, ``<framework>-gpu.json`` for GPU runs."""
+    return f"{framework}.json" if device == "cpu" else f"{framework}-{device}.json"
+
+
 def write_results(
     out: Path,
     framework: str,
@@ -235,9 +268,10 @@ def write_results(
     options: dict[str, Any],
     table: dict[str, dict[str, dict[str, Any]]],
 ) -> Path:
-    """``out/<framework>.json``: ``{"results": {optimizer: {set: {"label", "rows"}}}, ...}``."""
+    """``out/<framework>.json`` (``-gpu`` before ``.json`` for ``options["device"] == "gpu"``):
+    ``{"results": {optimizer: {set: {"label", "rows"}}}, ...}``."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{framework}.json"
+    path = out / results_name(framework, options.get("device", "cpu"))
     payload = {
         "framework": framework,
         "versions": versions,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import ParamSet, Variant
+from .common import Copy, ParamSet, PeakProbe, Variant
 
 FRAMEWORK = "jax"
 
@@ -22,13 +22,43 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def versions() -> dict[str, str]:
+_PENDING: list[Any] = []
+"""The last bound copy's output, for :func:`device_sync`."""
+
+
+def unavailable(device: str) -> str:
+    """Why the benchmark cannot run on ``device`` (empty: it can)."""
+    import jax
+
+    try:
+        jax.devices("cuda" if device == "gpu" else "cpu")
+    except Exception as exc:  # jax raises RuntimeError or AssertionError when a platform is missing
+        return f"jax sees no {device} ({type(exc).__name__}: {exc})"
+    return ""
+
+
+def versions(device: str = "cpu") -> dict[str, str]:
     import os
 
     import jax
     import optax
 
-    return {"jax": jax.__version__, "optax": optax.__version__, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    out = {"jax": jax.__version__, "optax": optax.__version__, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    if device == "gpu":
+        out["gpu"] = jax.devices()[0].device_kind
+    return out
+
+
+def peak_probe(device: str) -> PeakProbe:
+    """Not measured on the GPU: jax offers no reset of its peak-memory statistic."""
+    return PeakProbe(lambda: None, lambda: None)
+
+
+def device_sync(device: str) -> Callable[[], None]:
+    """Waits for the last bound copy."""
+    import jax
+
+    return lambda: jax.block_until_ready(_PENDING)
 
 
 def _variant(name: str, kind: str, make: Callable[[], Any], use_step: bool = False) -> Variant:
@@ -76,19 +106,38 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
     import uniopt.jax as uj
 
     factory, kwargs = OPTIMIZERS[optimizer]
-    return [
-        _variant(f"uniopt.jax.{factory} (jit, donated)", "uniopt", lambda: getattr(uj, factory)(**kwargs)),
-        _variant(
-            f"uniopt.jax.{factory} .step (jit, donated)",
-            "uniopt-mode",
-            lambda: getattr(uj, factory)(**kwargs),
-            use_step=True,
-        ),
-        _variant(f"optax.{factory} (jit, donated)", "native", lambda: getattr(optax, factory)(**kwargs)),
-    ]
+    out = [_variant(f"uniopt.jax.{factory} (jit, donated)", "uniopt", lambda: getattr(uj, factory)(**kwargs))]
+    if options.get("implementations") or options.get("device", "cpu") == "cpu":
+        out.append(
+            _variant(
+                f"uniopt.jax.{factory} .step (jit, donated)",
+                "uniopt-mode",
+                lambda: getattr(uj, factory)(**kwargs),
+                use_step=True,
+            )
+        )
+    native = _variant(f"optax.{factory} (jit, donated)", "native", lambda: getattr(optax, factory)(**kwargs))
+    out.append(native)
+    return out
 
 
-def copies() -> dict[str, Callable[[int], Callable[[], None]]]:
+def copies(device: str = "cpu") -> dict[str, Copy]:
+    """NumPy's copy on the CPU; on the GPU a jitted negation (reads and writes each element once)."""
     from .common import numpy_copy
 
-    return {"numpy copyto": numpy_copy}
+    if device == "cpu":
+        return {"numpy copyto": numpy_copy}
+
+    def jax_negate(elements: int) -> Callable[[], None]:
+        import jax
+        import jax.numpy as jnp
+
+        src = jnp.ones(elements, jnp.float32)
+        negate = jax.jit(jnp.negative)
+
+        def step() -> None:
+            _PENDING[:] = [negate(src)]
+
+        return step
+
+    return {"jax -x (GPU)": jax_negate}

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import ParamSet, Variant
+from .common import Copy, ParamSet, PeakProbe, Variant
 
 FRAMEWORK = "tf"
 
@@ -25,7 +25,16 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def versions() -> dict[str, str]:
+def unavailable(device: str) -> str:
+    """Why the benchmark cannot run on ``device`` (empty: it can)."""
+    import tensorflow as tf
+
+    if device == "gpu" and not tf.config.list_physical_devices("GPU"):
+        return "TensorFlow sees no GPU (nox installs tensorflow-cpu; set UNIOPT_TF_SPEC for a GPU build)"
+    return ""
+
+
+def versions(device: str = "cpu") -> dict[str, str]:
     import keras
     import tensorflow as tf
 
@@ -34,6 +43,16 @@ def versions() -> dict[str, str]:
         "keras": keras.__version__,
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def peak_probe(device: str) -> PeakProbe:
+    """Not measured on the GPU."""
+    return PeakProbe(lambda: None, lambda: None)
+
+
+def device_sync(device: str) -> Callable[[], None]:
+    """The bound's copies are NumPy's (synchronous)."""
+    return lambda: None
 
 
 def _variant(name: str, kind: str, make: Callable[[], Any], jit: bool) -> Variant:
@@ -86,7 +105,8 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
     return out
 
 
-def copies() -> dict[str, Callable[[int], Callable[[], None]]]:
+def copies(device: str = "cpu") -> dict[str, Copy]:
+    """NumPy's copy on the CPU; no bound is measured for a GPU run (a host copy is no GPU bound)."""
     from .common import numpy_copy
 
-    return {"numpy copyto": numpy_copy}
+    return {"numpy copyto": numpy_copy} if device == "cpu" else {}

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import ParamSet, Variant
+from .common import Copy, ParamSet, PeakProbe, Variant
 
 FRAMEWORK = "torch"
 
@@ -27,17 +27,49 @@ COMPILE_LIMIT_TENSORS = 64
 graph unrolls every tensor, and compiling 2000 takes many minutes on 2 cores."""
 
 
-def versions() -> dict[str, str]:
+def _device(device: str) -> str:
+    return "cuda" if device == "gpu" else "cpu"
+
+
+def unavailable(device: str) -> str:
+    """Why the benchmark cannot run on ``device`` (empty: it can)."""
     import torch
 
-    return {"torch": torch.__version__, "threads": str(torch.get_num_threads())}
+    return "" if device == "cpu" or torch.cuda.is_available() else "torch sees no CUDA device"
 
 
-def _tensors(arrays: list[np.ndarray]) -> list[Any]:
+def versions(device: str = "cpu") -> dict[str, str]:
+    import torch
+
+    out = {"torch": torch.__version__, "threads": str(torch.get_num_threads())}
+    if device == "gpu":
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def peak_probe(device: str) -> PeakProbe:
+    """CUDA memory a step allocates above what is allocated before it."""
+    import torch
+
+    def start() -> int:
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+
+    return PeakProbe(start, torch.cuda.max_memory_allocated)
+
+
+def device_sync(device: str) -> Callable[[], None]:
+    """Waits for the queued GPU work (nothing on the CPU)."""
+    import torch
+
+    return torch.cuda.synchronize if device == "gpu" else (lambda: None)
+
+
+def _tensors(arrays: list[np.ndarray], device: str) -> list[Any]:
     """``nn.Parameter``s, as in training (leaves that require grad)."""
     import torch
 
-    return [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in arrays]
+    return [torch.nn.Parameter(torch.from_numpy(a.copy()).to(_device(device))) for a in arrays]
 
 
 def _state_bytes(opt: Any) -> Callable[[], int]:
@@ -55,39 +87,46 @@ def _state_bytes(opt: Any) -> Callable[[], int]:
     return count
 
 
-def _variant(
-    name: str,
-    kind: str,
-    make: Callable[[list[Any]], Any],
-    compiled: bool = False,
-    note: str = "",
-    skip: str = "",
-) -> Variant:
-    holder: dict[str, Any] = {}
-
-    def build(params: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], None]:
-        import torch
-
-        ps = _tensors(params)
-        for p, g in zip(ps, grads, strict=True):
-            p.grad = torch.from_numpy(g)
-        opt = holder["opt"] = make(ps)
-        return torch.compile(opt.step) if compiled else opt.step
-
-    return Variant(name, kind, build, state_bytes=lambda: _state_bytes(holder["opt"])(), note=note, skip=skip)
-
-
 def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Variant]:
     import torch
 
     import uniopt.torch as ut
+
+    device = options.get("device", "cpu")
+
+    def _variant(
+        name: str,
+        kind: str,
+        make: Callable[[list[Any]], Any],
+        compiled: bool = False,
+        note: str = "",
+        skip: str = "",
+    ) -> Variant:
+        holder: dict[str, Any] = {}
+
+        def build(params: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], None]:
+            ps = _tensors(params, device)
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = torch.from_numpy(g).to(p.device)
+            opt = holder["opt"] = make(ps)
+            return torch.compile(opt.step) if compiled else opt.step
+
+        return Variant(
+            name,
+            kind,
+            build,
+            state_bytes=lambda: _state_bytes(holder["opt"])(),
+            sync=device_sync(device),
+            note=note,
+            skip=skip,
+        )
 
     hyper = OPTIMIZERS[optimizer]
     uniopt_cls = getattr(ut, optimizer)
     native = getattr(torch.optim, optimizer)
     accepted = inspect.signature(native.__init__).parameters
     out = [_variant(f"uniopt.torch.{optimizer}", "uniopt", lambda ps: uniopt_cls(ps, **hyper))]
-    modes = getattr(ut, "IMPLEMENTATIONS", ()) if options.get("all") else ()
+    modes = getattr(ut, "IMPLEMENTATIONS", ()) if options.get("implementations") else ()
     for impl in modes:
         if impl != "auto":
             out.append(
@@ -129,15 +168,18 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
     return out
 
 
-def copies() -> dict[str, Callable[[int], Callable[[], None]]]:
-    """Copies the bandwidth bound may use: torch's (all threads) and NumPy's."""
+def copies(device: str = "cpu") -> dict[str, Copy]:
+    """Copies the bandwidth bound may use: torch's (all threads, or the GPU's) and, on the CPU,
+    NumPy's."""
     import torch
 
     from .common import numpy_copy
 
     def torch_copy(elements: int) -> Callable[[], None]:
-        src = torch.ones(elements)
+        src = torch.ones(elements, device=_device(device))
         dst = torch.empty_like(src)
         return lambda: dst.copy_(src)
 
+    if device == "gpu":
+        return {"torch copy_ (CUDA)": torch_copy}
     return {"torch copy_": torch_copy, "numpy copyto": numpy_copy}
