@@ -16,6 +16,8 @@ Gradients are assigned to ``p.grad`` as a training loop would; snapshots read th
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .backends import QUICK_STREAMS, WIDE, Backend, GradsAt, Runner, requested_device, selection
@@ -76,8 +78,12 @@ def _runner(mode: str) -> Runner:
             # fall back to eager silently: a recompile past the limit is an error
             torch._dynamo.config.recompile_limit = 256
             torch._dynamo.config.fail_on_recompile_limit_hit = True
-            # round every intermediate to the parameter dtype, as eager (and the reference) do
-            torch._inductor.config.emulate_precision_casts = True
+            # round every intermediate to the parameter dtype, as eager (and the reference) do; on
+            # CUDA also no implicit fma and IEEE division (the options the flat kernels compile with)
+            exact = {"emulate_precision_casts": True, **_flat.exact_options(torch.float32, device)}
+            for key, value in exact.items():
+                *path, name = key.split(".")
+                setattr(functools.reduce(getattr, path, torch._inductor.config), name, value)
         step = torch.compile(opt.step) if mode == "compile" else opt.step
 
         def slots_of(p: torch.Tensor) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from uniopt import Spec
 
-from .backends import Backend, GradsAt, Runner, Snapshot
+from .backends import Backend, GradsAt, Runner, Snapshot, requested_device
 from .cells import Cell, convention_of
 
 __all__ = ["NATIVE_BACKENDS"]
@@ -91,8 +91,12 @@ def _official_radam_step(p: Any, g: Any, state: dict, h: dict[str, Any]) -> None
 def _torch_runner(mode: str) -> Runner:
     import torch
 
+    device = "cuda" if requested_device() == "gpu" else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device gpu: torch sees no CUDA device")
+
     def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
-        params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
+        params = [torch.nn.Parameter(torch.from_numpy(p.copy()).to(device)) for p in params0]
         names = spec.slot_names()
         h = _hyper(spec)
         official = spec.convention == "official"
@@ -108,17 +112,23 @@ def _torch_runner(mode: str) -> Runner:
         def slots_of(i: int, p: Any) -> dict[str, np.ndarray]:
             state = states[i] if official else optimizer.state[p]
             return {
-                n: (state[n] if n in state else spec.init_slot(n, p.detach(), torch)).detach().numpy().copy()
+                n: (state[n] if n in state else spec.init_slot(n, p.detach(), torch))
+                .detach()
+                .cpu()
+                .numpy()
+                .copy()
                 for n in names
             }
 
         def snapshot() -> Snapshot:
-            return [p.detach().numpy().copy() for p in params], [slots_of(i, p) for i, p in enumerate(params)]
+            return [p.detach().cpu().numpy().copy() for p in params], [
+                slots_of(i, p) for i, p in enumerate(params)
+            ]
 
         yield snapshot()
         for t in range(1, steps + 1):
             for p, g in zip(params, grads_at(t), strict=True):
-                p.grad = torch.from_numpy(g.copy())
+                p.grad = torch.from_numpy(g.copy()).to(device)
             if official:
                 with torch.no_grad():
                     for p, state in zip(params, states, strict=True):
@@ -256,6 +266,12 @@ def _optax_runner(mode: str) -> Runner:
     jax.config.update("jax_enable_x64", True)
     import optax
 
+    platform = "gpu" if requested_device() == "gpu" else "cpu"
+    try:
+        device = jax.devices(platform)[0]
+    except RuntimeError as exc:
+        raise RuntimeError(f"--device {platform}: jax sees no such device ({exc})") from None
+
     def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
         tx = _optax_transformation(spec)
 
@@ -264,15 +280,17 @@ def _optax_runner(mode: str) -> Runner:
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
-        params = [jax.numpy.asarray(p) for p in params0]
-        state = tx.init(params)
+        params = jax.device_put(params0, device)
+        with jax.default_device(device):  # the state's counters too
+            state = tx.init(params)
 
         def snapshot() -> Snapshot:
             return [np.array(p, copy=True) for p in params], _optax_slots(spec, state, len(params))
 
         yield snapshot()
         for t in range(1, steps + 1):
-            params, state = step(params, state, [jax.numpy.asarray(g) for g in grads_at(t)])
+            with jax.default_device(device):
+                params, state = step(params, state, jax.device_put(grads_at(t), device))
             yield snapshot()
 
     return run
