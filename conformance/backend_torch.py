@@ -47,7 +47,8 @@ def to_numpy(tensor) -> np.ndarray:
 _last_spec: list = []
 
 SPLIT_LARGE = 6
-"""``_flat.LARGE`` in the ``flat`` and ``compiled`` modes (the suite's tensors are small)."""
+"""``_flat.LARGE`` (every device's) in the ``flat`` and ``compiled`` modes (the suite's tensors are
+small)."""
 
 IMPLEMENTATION = {"eager": "auto", "loop": "loop", "flat": "flat", "compiled": "compiled", "compile": "auto"}
 
@@ -69,7 +70,8 @@ def _runner(mode: str) -> Runner:
             torch._dynamo.reset()  # a new case: drop the previous case's graphs and guards
             _last_spec[:] = [spec]
         params = [to_torch(p).to(device) for p in params0]
-        _flat.LARGE = SPLIT_LARGE if mode in ("flat", "compiled") else default_large
+        split = mode in ("flat", "compiled")
+        _flat.LARGE = dict.fromkeys(default_large, SPLIT_LARGE) if split else default_large
         opt = getattr(uniopt_torch, spec.name)(
             params, implementation=IMPLEMENTATION[mode], **spec.hyperparameters
         )

@@ -7,15 +7,17 @@ every slot of the spec as one flat buffer, and ``opt.state[p][slot]`` is a view 
 like ``p``; the step counters are views of one int64 buffer. Nothing else is kept: the state is
 exactly the spec's slots. A step then runs the spec's own ``rule(param, grad, slots, scalars, xp)``
 
-* on each large tensor (at least :data:`LARGE` elements) in place, on 1-D views of the parameter, its
-  gradient and its slot pieces (one kernel per tensor);
+* on each large tensor (at least :data:`LARGE` elements for its device) in place, on 1-D views of the
+  parameter, its gradient and its slot pieces (one kernel per tensor);
 * once over all small tensors together: their gradients and parameters are gathered into two
   vectors, the rule runs on them and the slot region in place, and the new parameters are copied
   back. On the CPU the gather and scatter are plain ``memcpy`` loops (:func:`copier`, a few lines of
   C built on first use) over the tensors' data pointers, since a torch op per tensor would cost more
   than the arithmetic; the parameters' autograd version counters are bumped as an in-place op would.
-  On CUDA, and without a C compiler, ``torch.cat`` and ``torch._foreach_copy_`` do the same (a few
-  kernel launches for all tensors).
+  On CUDA they are three ``torch._foreach_copy_`` calls (a few kernel launches for all tensors) into
+  and out of two gather buffers the bucket keeps (scratch, not state: 2 elements per gathered
+  parameter), so that a step launches a handful of kernels whatever the number of tensors. Without a
+  C compiler, ``torch.cat`` and ``torch._foreach_copy_`` do the CPU's.
 
 The rule is elementwise, so running it over a concatenation computes, element by element, exactly the
 ops it computes per tensor: a flat step is the per-tensor step executed differently, never another
@@ -56,9 +58,11 @@ from ._namespace import xp
 
 __all__ = ["DEVICES", "FLAT_DTYPES", "LARGE", "Bucket", "copier", "eligible", "exact_options", "kernel"]
 
-LARGE = 1 << 16
-"""Tensors with at least this many elements are updated in place one by one; smaller ones are
-gathered into one vector (their per-tensor dispatch would cost more than the gather)."""
+LARGE = {"cpu": 1 << 16, "cuda": 1 << 24}
+"""Per device type, tensors with at least this many elements are updated in place one by one; smaller
+ones are gathered into one vector, since their per-tensor dispatch would cost more than the gather.
+On CUDA a compiled call costs the host about 0.1 ms, which the GPU spends on some 10M parameters of
+an Adam-type step, so only tensors well above that are worth a call of their own."""
 
 _ALIGN = 16
 """Large tensors' slot pieces start at multiples of 16 elements (64 bytes for float32)."""
@@ -208,8 +212,9 @@ class Bucket:
     ):
         """Move each ``states[i]`` (``opt.state[params[i]]``: ``step`` and every slot in ``names``) into
         new flat buffers; the dicts stay the same objects, their entries become views."""
-        small = [i for i, p in enumerate(params) if p.numel() < LARGE]
-        large = [i for i, p in enumerate(params) if p.numel() >= LARGE]
+        threshold = LARGE[params[0].device.type]
+        small = [i for i, p in enumerate(params) if p.numel() < threshold]
+        large = [i for i, p in enumerate(params) if p.numel() >= threshold]
         offsets: dict[int, int] = {}
         end = 0
         for i in small:
@@ -250,6 +255,14 @@ class Bucket:
         self.small_nbytes = np.array([n * itemsize for n in self.small_sizes], dtype=np.int64)
         self.small_ptrs = np.array([self.ptrs[i] for i in small], dtype=np.uintp)
         self.large = [(self.flat_views[i], params[i], offsets[i]) for i in large]
+        self.region = tuple(self.slots[n][: self.small_end] for n in names)
+        self.gathers = None
+        if small and self.device.type != "cpu":
+            flat_g, flat_p = torch.empty((2, self.small_end), dtype=p0.dtype, device=p0.device)
+            pieces = [(offsets[i], offsets[i] + params[i].numel(), params[i].shape) for i in small]
+            grad_views = [flat_g[lo:hi].view(shape) for lo, hi, shape in pieces]
+            param_views = [flat_p[lo:hi] for lo, hi, _ in pieces]
+            self.gathers = (flat_g, flat_p, grad_views, param_views)
 
     def intact(self, state: dict[Any, Any]) -> bool:
         """Whether ``state`` still holds this bucket's dicts and views, and the parameters the storage
@@ -266,10 +279,16 @@ class Bucket:
         self.steps.add_(1)
         self.step += 1
         if self.small:
-            region = tuple(self.slots[n][: self.small_end] for n in self.names)
+            region = self.region
             grads = list(map(_GRAD, self.small))
-            lib = copier() if self.device.type == "cpu" else None
-            if lib is not None and all(map(torch.Tensor.is_contiguous, grads)):
+            lib = copier() if self.gathers is None else None
+            if self.gathers is not None:
+                flat_g, flat_p, grad_views, param_views = self.gathers
+                torch._foreach_copy_(grad_views, grads)
+                torch._foreach_copy_(param_views, self.small_flat)
+                fn(flat_p, flat_g, region, scalars)
+                torch._foreach_copy_(self.small_flat, param_views)
+            elif lib is not None and all(map(torch.Tensor.is_contiguous, grads)):
                 # gradients and parameters are contiguous, of the parameter's dtype and shape (checked
                 # by the optimizer), so each is nbytes of plain memory
                 n = len(grads)

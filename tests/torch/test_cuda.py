@@ -21,7 +21,8 @@ SHAPES = [(3, 4), (40,), (), (5, 2, 3), (7,), (64, 33)]
 
 @pytest.fixture(autouse=True)
 def _small_large(monkeypatch):
-    monkeypatch.setattr(_flat, "LARGE", 30)  # (40,), (5, 2, 3) and (64, 33) run in place, the rest gathered
+    # (40,), (5, 2, 3) and (64, 33) run in place, the rest gathered
+    monkeypatch.setattr(_flat, "LARGE", {"cpu": 30, "cuda": 30})
 
 
 def _run(name, hyper, implementation, dtype, devices, steps=9):

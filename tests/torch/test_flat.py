@@ -25,7 +25,8 @@ SHAPES = [(3, 4), (40,), (), (5, 2, 3), (7,)]
 
 @pytest.fixture(autouse=True)
 def _small_large(monkeypatch):
-    monkeypatch.setattr(_flat, "LARGE", 30)  # (40,) and (5, 2, 3) run in place, the rest gathered
+    # (40,) and (5, 2, 3) run in place, the rest gathered
+    monkeypatch.setattr(_flat, "LARGE", {"cpu": 30, "cuda": 30})
 
 
 def _params(dtype=torch.float32, shapes=SHAPES, seed=0):
