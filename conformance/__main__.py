@@ -95,6 +95,31 @@ def _compare(args: argparse.Namespace) -> int:
     return 1 if matrix.failed else 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    """One matrix from several runs' ``conformance.json`` (a run split across machines or dtypes): a
+    later file's cell replaces an earlier one's, except that a skipped cell never replaces a compared
+    one."""
+    import json
+
+    from rich.console import Console
+
+    from .compare import CellResult
+
+    cells: dict[tuple, CellResult] = {}
+    for path in args.inputs:
+        for entry in json.loads(path.read_text())["cells"]:
+            cell = CellResult(**entry)
+            key = (cell.backend, cell.mode, cell.optimizer, cell.case, cell.stream, cell.dtype, cell.steps)
+            if cell.verdict != "skipped" or key not in cells:
+                cells[key] = cell
+    matrix = Matrix(list(cells.values()))
+    paths = write_reports(matrix, args.out)
+    console = Console(width=max(Console().width, 160))
+    console.print("reports: " + ", ".join(str(p) for p in paths))
+    console.print(f"conformance: {matrix.summary()}")
+    return 1 if matrix.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conformance", description=__doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="build folder")
@@ -123,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
             help="where framework backends run (the NumPy reference always runs on the CPU)",
         )
     sub.add_parser("compare", help="compare every trajectory file with the reference")
+    merge = sub.add_parser("merge", help="one report (in --out) from several runs' conformance.json")
+    merge.add_argument("inputs", nargs="+", type=Path, help="conformance.json files, later ones win")
     args = parser.parse_args(argv)
+    if args.command == "merge":
+        return _merge(args)
     if args.command == "run":
         return _run(args)
     if args.command == "compare":

@@ -180,3 +180,29 @@ def test_default_selection_keeps_convention_cases_and_named_half_streams():
     # a framework-convention case runs its own streams, in the row's dtypes
     assert chosen(Cell("Adam", "keras", "huge", "float32", 50))
     assert not chosen(Cell("Adam", "keras", "huge", "float64", 50))
+
+
+def test_merge_joins_runs_and_a_later_run_replaces_a_row_but_never_with_a_skip(tmp_path):
+    def report(name, *cells_):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"cells": [dict(zip(FIELDS, c, strict=True)) for c in cells_]}))
+        return path
+
+    FIELDS = ("backend", "mode", "optimizer", "case", "stream", "dtype", "steps", "verdict", "ulp")
+    ref = ("numpy", "eager", "SGD", "default", "normal", "float32", 50, "reference", None)
+    first = report(
+        "first",
+        ref,
+        ("torch", "eager", "SGD", "default", "normal", "float32", 50, "FAIL", 3),
+        ("jax", "jit", "SGD", "default", "normal", "float32", 50, "pass", 0),
+    )
+    second = report(
+        "second",
+        ref,
+        ("torch", "eager", "SGD", "default", "normal", "float32", 50, "pass", 0),
+        ("jax", "jit", "SGD", "default", "normal", "float32", 50, "skipped", None),
+    )
+    out = tmp_path / "merged"
+    assert main(["--out", str(out), "merge", str(first), str(second)]) == 0
+    assert json.loads((out / "conformance.json").read_text())["summary"] == {"reference": 1, "pass": 2}
+    assert main(["--out", str(out), "merge", str(second), str(first)]) == 1  # the FAIL came last
