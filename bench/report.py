@@ -265,8 +265,9 @@ How to read the targets, and what limits each one:
 GPU_NOTES = """\
 This is a GPU run (`nox -s bench -- --device gpu`): parameters, gradients and optimizer state live on
 the GPU, every timed round ends with a device synchronisation, `peak step MiB` is the CUDA memory a
-step allocates above what is allocated before it (torch; not measured for jax), and the bound is a
-device copy. The targets above were set for the 2-core CPU machines (docs/benchmarks.md); they are
+step allocates above what is allocated before it (torch; not measured for jax), `state MiB` includes
+buffers an optimizer keeps besides its state (uniopt.torch's gather buffers, `opt.scratch_bytes()`),
+and the bound is a device copy. The targets above were set for the 2-core CPU machines (docs/benchmarks.md); they are
 applied here as they stand, for comparison.
 """
 

@@ -82,7 +82,8 @@ def _state_bytes(opt: Any) -> Callable[[], int]:
                 if isinstance(value, torch.Tensor):
                     storage = value.untyped_storage()
                     seen[storage.data_ptr()] = storage.nbytes()
-        return sum(seen.values())
+        # buffers kept besides the state (uniopt.torch's gather buffers on CUDA) count too
+        return sum(seen.values()) + getattr(opt, "scratch_bytes", lambda: 0)()
 
     return count
 

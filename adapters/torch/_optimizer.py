@@ -247,6 +247,16 @@ class UnioptOptimizer(Optimizer):
             plan.append((spec, real, grad, slots, rounded[key]))
         return plan
 
+    def scratch_bytes(self) -> int:
+        """Bytes the optimizer keeps between steps besides its state: the flat path's gather buffers
+        on CUDA (8 bytes per gathered float32 parameter); 0 on the CPU, whose gathers are temporary."""
+        seen = {}
+        for entry in self._buckets.values():
+            for bucket, _ in entry[4]:
+                if bucket.gathers is not None:
+                    seen[bucket.gathers[0].untyped_storage().data_ptr()] = bucket.gathers[0].untyped_storage()
+        return sum(storage.nbytes() for storage in seen.values())
+
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state_dict, plus which uniopt optimizer wrote it."""
         out = super().state_dict()

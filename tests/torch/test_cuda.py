@@ -93,3 +93,9 @@ def test_a_flat_cuda_step_never_synchronises(implementation):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(opt.state[p]["exp_avg"].is_cuda for p in params)
+
+
+def test_the_gather_buffers_are_reported_as_scratch():
+    params, opt = _run("Adam", {"lr": 1e-3}, "flat", torch.float32, ["cuda"], steps=2)
+    gathered = sum(p.numel() for p in params if p.numel() < 30)  # (3, 4), () and (7,)
+    assert opt.scratch_bytes() == 2 * 4 * gathered

@@ -257,3 +257,8 @@ def test_parameters_that_require_grad_step_past_a_recompile(implementation):
         results.append([p.detach().clone() for p in params])
     for got, want in zip(results[1], results[0], strict=True):
         assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+def test_cpu_steps_keep_no_scratch_besides_the_state():
+    _, opt = _run("Adam", {"lr": 1e-3}, "flat")
+    assert opt.scratch_bytes() == 0
