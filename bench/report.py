@@ -267,8 +267,8 @@ This is a GPU run (`nox -s bench -- --device gpu`): parameters, gradients and op
 the GPU, every timed round ends with a device synchronisation, `peak step MiB` is the CUDA memory a
 step allocates above what is allocated before it (torch; not measured for jax), `state MiB` includes
 buffers an optimizer keeps besides its state (uniopt.torch's gather buffers, `opt.scratch_bytes()`),
-and the bound is a device copy. The targets above were set for the 2-core CPU machines (docs/benchmarks.md); they are
-applied here as they stand, for comparison.
+and the bound is a device copy. The targets above were set for the 2-core CPU machines
+(docs/benchmarks.md); they are applied here as they stand, for comparison.
 """
 
 
