@@ -256,6 +256,7 @@ class Bucket:
         self.small_ptrs = np.array([self.ptrs[i] for i in small], dtype=np.uintp)
         self.large = [(self.flat_views[i], params[i], offsets[i]) for i in large]
         self.region = tuple(self.slots[n][: self.small_end] for n in names)
+        self.seen_changes: int | None = None  # opt.state's change count when last found intact
         self.gathers = None
         if small and self.device.type != "cpu":
             flat_g, flat_p = torch.empty((2, self.small_end), dtype=p0.dtype, device=p0.device)
@@ -266,9 +267,14 @@ class Bucket:
 
     def intact(self, state: dict[Any, Any]) -> bool:
         """Whether ``state`` still holds this bucket's dicts and views, and the parameters the storage
-        they had (C-level passes: this runs every step)."""
-        if not all(map(operator.is_, map(state.get, self.params), self.states)):
-            return False
+        they had (C-level passes: this runs every step). The parameters' entries are looked up only
+        when ``state`` counts changes (``changes``, see ``WatchedState``) and has changed since they
+        were last found intact."""
+        changes = getattr(state, "changes", None)
+        if changes is None or changes != self.seen_changes:
+            if not all(map(operator.is_, map(state.get, self.params), self.states)):
+                return False
+            self.seen_changes = changes
         for key, column in zip(self.keys, self.columns, strict=True):
             if not all(map(operator.is_, map(dict.get, self.states, itertools.repeat(key)), column)):
                 return False

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import operator
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -64,6 +64,50 @@ def _compiler_disabled_prepare() -> Callable[[UnioptOptimizer], list]:
     return _DISABLED_PREPARE[0]
 
 
+class WatchedState(defaultdict):
+    """``opt.state``: torch.optim's ``defaultdict(dict)`` that counts the changes made to it (an entry
+    set, deleted, popped or cleared), so that a flat step can tell in one comparison that no
+    parameter's state dict was replaced since the last step, instead of looking up every parameter
+    (a Python-level ``Tensor.__hash__`` each)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.changes = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.changes += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.changes += 1
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> WatchedState:
+        self.changes += 1
+        return super().__ior__(other)
+
+    def _changing(name: str) -> Callable[..., Any]:  # noqa: N805 (a helper of the class body)
+        method = getattr(defaultdict, name)
+
+        def changing(self: WatchedState, *args: Any, **kwargs: Any) -> Any:
+            self.changes += 1
+            return method(self, *args, **kwargs)
+
+        changing.__name__ = name
+        return changing
+
+    pop = _changing("pop")
+    popitem = _changing("popitem")
+    clear = _changing("clear")
+    update = _changing("update")
+    setdefault = _changing("setdefault")
+    del _changing
+
+
+def _watched(state: Any) -> WatchedState:
+    return state if isinstance(state, WatchedState) else WatchedState(dict, state)
+
+
 class UnioptOptimizer(Optimizer):
     """Base of ``uniopt.torch``'s optimizers: a ``torch.optim.Optimizer`` running a uniopt spec."""
 
@@ -90,6 +134,7 @@ class UnioptOptimizer(Optimizer):
             )
         defaults = self.spec_class(**hyperparameters).hyperparameters  # validates first
         super().__init__(params, defaults)
+        self.state = _watched(self.state)
 
     # -- the contract -------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -97,6 +142,7 @@ class UnioptOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.state = _watched(self.state)
         self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("_buckets", {})
         self.__dict__.setdefault("_grad_layouts", {})
@@ -268,6 +314,7 @@ class UnioptOptimizer(Optimizer):
         self._check_state_dict(state_dict)
         plain = {k: v for k, v in state_dict.items() if k != _STATE_DICT_KEY}
         super().load_state_dict(plain)
+        self.state = _watched(self.state)  # torch.optim built a new defaultdict
 
     # -- helpers -------------------------------------------------------------------------------
     @classmethod

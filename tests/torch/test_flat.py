@@ -7,6 +7,7 @@ vector (below it) and the in-place per-tensor kernel (at or above it).
 
 from __future__ import annotations
 
+import collections
 import copy
 import io
 import pickle
@@ -262,3 +263,41 @@ def test_parameters_that_require_grad_step_past_a_recompile(implementation):
 def test_cpu_steps_keep_no_scratch_besides_the_state():
     _, opt = _run("Adam", {"lr": 1e-3}, "flat")
     assert opt.scratch_bytes() == 0
+
+
+EDITS = {
+    "setitem": lambda state, p, fresh: state.__setitem__(p, fresh),
+    "update": lambda state, p, fresh: state.update({p: fresh}),
+    "ior": lambda state, p, fresh: state.__ior__({p: fresh}),
+    "delitem": lambda state, p, fresh: state.__delitem__(p),
+    "pop": lambda state, p, fresh: state.pop(p),
+    "clear": lambda state, p, fresh: state.clear(),
+}
+
+
+@pytest.mark.parametrize("edit", [*EDITS, "new_dict"])
+def test_a_state_dict_replaced_between_flat_steps_is_seen(edit):
+    """Each way of changing ``opt.state`` (a parameter's dict replaced, removed, or the whole state
+    replaced) is seen by the next flat step, which then runs on the new state as the loop does."""
+
+    def run(implementation, edited=True):
+        params = _params()
+        opt = ut.Adam(params, lr=1e-2, implementation=implementation)
+        for t in range(6):
+            rng = np.random.default_rng(100 + t)
+            for p in params:
+                p.grad = torch.from_numpy(rng.standard_normal(p.shape)).to(torch.float32)
+            opt.step()
+            if t == 2 and edited:
+                p = params[1]
+                fresh = {k: v.clone() for k, v in opt.state[p].items()}
+                fresh["exp_avg"] = torch.full_like(fresh["exp_avg"], 3.0)
+                if edit == "new_dict":
+                    opt.state = collections.defaultdict(dict, {**opt.state, p: fresh})
+                else:
+                    EDITS[edit](opt.state, p, fresh)
+        return params, opt
+
+    loop = run("loop")
+    assert not torch.equal(loop[0][1], run("loop", edited=False)[0][1])  # the edit changes the run
+    _assert_same(run("flat"), loop)
