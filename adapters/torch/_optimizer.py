@@ -189,9 +189,9 @@ class UnioptOptimizer(Optimizer):
                 for p in params:  # names the first culprit; the layouts are then the expected ones
                     _check_grad(spec, p)
                 self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
-            groups.append((index, spec, group["lr"], params, ids))
+            groups.append((index, spec, group["lr"], params, ids, grads))
         rounded: dict[tuple[Spec, float, int, torch.dtype], Any] = {}
-        for index, spec, lr, params, ids in groups:
+        for index, spec, lr, params, ids, grads in groups:
             loop, buckets = self._layout(index, spec, params, ids)
             if loop:
                 _run_loop(self._plan([(spec, lr, p) for p in loop], keep_buckets=True))
@@ -199,7 +199,8 @@ class UnioptOptimizer(Optimizer):
                 key = (spec, lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
                     rounded[key] = _round(spec.step_scalars(bucket.step + 1, lr=lr), bucket.dtype)
-                bucket.run(_flat.kernel(spec, bucket.dtype, compiled, bucket.device.type), rounded[key])
+                fn = _flat.kernel(spec, bucket.dtype, compiled, bucket.device.type)
+                bucket.run(fn, rounded[key], grads)
 
     def _layout(
         self, index: int, spec: Spec, params: list[torch.Tensor], ids: tuple[int, ...]
@@ -219,6 +220,7 @@ class UnioptOptimizer(Optimizer):
         ):
             return cached[3], cached[4]
         loop, by_kind = [], {}
+        position = {id(p): i for i, p in enumerate(params)}
         for p in params:
             if _flat.eligible(p):
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
@@ -237,6 +239,8 @@ class UnioptOptimizer(Optimizer):
                 same_step[0].append(p)
                 same_step[1].append(state)
             made = [_flat.Bucket(ps, names, states) for ps, states in by_step.values()]
+            for bucket in made:
+                bucket.index(position)
             if self.implementation == "auto":
                 compiled = sum(b.size for b in made) >= AUTO_COMPILE_MIN
             else:
@@ -295,7 +299,7 @@ class UnioptOptimizer(Optimizer):
 
     def scratch_bytes(self) -> int:
         """Bytes the optimizer keeps between steps besides its state: the flat path's gather buffers
-        on CUDA (8 bytes per gathered float32 parameter); 0 on the CPU, whose gathers are temporary."""
+        (8 bytes per gathered float32 parameter)."""
         seen = {}
         for entry in self._buckets.values():
             for bucket, _ in entry[4]:
