@@ -264,7 +264,10 @@ class Bucket:
         # float32 parameters in 2000 tensors)
         self.gathers: tuple[torch.Tensor, torch.Tensor, list | None, list | None] | None = None
         if small:
-            flat_g, flat_p = torch.empty((2, self.small_end), dtype=p0.dtype, device=p0.device)
+            # two allocations, not two rows of one: a compiled rule given inputs that share storage
+            # would have AOTAutograd treat them as aliases of one base
+            flat_g = torch.empty(self.small_end, dtype=p0.dtype, device=p0.device)
+            flat_p = torch.empty_like(flat_g)
             grad_views = param_views = None
             if self.device.type != "cpu":
                 pieces = [(offsets[i], offsets[i] + params[i].numel(), params[i].shape) for i in small]

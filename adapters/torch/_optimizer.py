@@ -300,12 +300,13 @@ class UnioptOptimizer(Optimizer):
     def scratch_bytes(self) -> int:
         """Bytes the optimizer keeps between steps besides its state: the flat path's gather buffers
         (8 bytes per gathered float32 parameter)."""
-        seen = {}
-        for entry in self._buckets.values():
-            for bucket, _ in entry[4]:
-                if bucket.gathers is not None:
-                    seen[bucket.gathers[0].untyped_storage().data_ptr()] = bucket.gathers[0].untyped_storage()
-        return sum(storage.nbytes() for storage in seen.values())
+        return sum(
+            buffer.untyped_storage().nbytes()
+            for entry in self._buckets.values()
+            for bucket, _ in entry[4]
+            if bucket.gathers is not None
+            for buffer in bucket.gathers[:2]
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state_dict, plus which uniopt optimizer wrote it."""
