@@ -269,20 +269,6 @@ def test_correctly_rounded_sqrt_is_what_makes_float32_bitwise():
     np.testing.assert_array_equal(xp.sqrt(y).numpy(), np.sqrt(y.numpy()))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_state_lives_on_the_device_and_step_never_syncs():
-    p = torch.ones(1000, device="cuda")
-    opt = ut.RAdam([p], lr=0.01)
-    p.grad = torch.ones_like(p)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(8):
-            opt.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert opt.state[p]["exp_avg"].device == p.device
-
-
 def test_the_spec_cache_stays_bounded_when_a_scheduler_cycles_betas():
     p = torch.zeros(2)
     opt = ut.Adam([p], lr=1e-3)

@@ -77,22 +77,24 @@ def test_cpu_and_cuda_parameters_of_one_group_get_a_bucket_each():
     assert all(p.device == b.device for b, _ in buckets for p in b.params)
 
 
-@pytest.mark.parametrize("implementation", ["flat", "compiled"])
-def test_a_flat_cuda_step_never_synchronises(implementation):
+@pytest.mark.parametrize(("implementation", "warmup"), [("auto", 0), ("flat", 7), ("compiled", 7)])
+def test_a_cuda_step_never_synchronises(implementation, warmup):
+    """From the first step on (lazy state, buckets built), or after ``warmup`` steps: past RAdam's
+    first rectified step, every graph compiled."""
     params = [torch.ones(s, device="cuda") for s in SHAPES]
     opt = ut.RAdam(params, lr=1e-3, implementation=implementation)
     for p in params:
         p.grad = torch.full_like(p, 0.5)
-    for _ in range(7):  # past RAdam's first rectified step: every graph compiled, every bucket built
+    for _ in range(warmup):
         opt.step()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(3):
+        for _ in range(8 - warmup + 2):
             opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert all(opt.state[p]["exp_avg"].is_cuda for p in params)
+    assert all(opt.state[p]["exp_avg"].device == p.device for p in params)
 
 
 def test_the_gather_buffers_are_reported_as_scratch():
