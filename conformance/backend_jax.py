@@ -25,7 +25,7 @@ import numpy as np
 
 from uniopt import Spec
 
-from .backends import WIDE, Backend, GradsAt, Runner, Snapshot, requested_device, selection
+from .backends import WIDE, Backend, GradsAt, Runner, Snapshot, jax_device, selection
 
 __all__ = ["BACKEND"]
 
@@ -40,11 +40,7 @@ def _make_runner(mode: str) -> Runner:
 
     if mode not in ("eager", "jit", "optax"):
         raise ValueError(f"jax backend has no mode {mode!r}")
-    platform = "gpu" if requested_device() == "gpu" else "cpu"
-    try:
-        device = jax.devices(platform)[0]
-    except RuntimeError as exc:
-        raise RuntimeError(f"--device {platform}: jax sees no such device ({exc})") from None
+    device = jax_device()
 
     steps_of: dict[Spec, tuple[Any, Callable]] = {}  # one transformation and step per spec
 

@@ -20,7 +20,7 @@ import functools
 
 import numpy as np
 
-from .backends import QUICK_STREAMS, WIDE, Backend, GradsAt, Runner, requested_device, selection
+from .backends import QUICK_STREAMS, WIDE, Backend, GradsAt, Runner, selection, torch_device
 from .cells import Cell, convention_of
 from .streams import dtype_of
 
@@ -61,9 +61,7 @@ def _runner(mode: str) -> Runner:
     from uniopt.torch._namespace import xp
 
     default_large = _flat.LARGE
-    device = "cuda" if requested_device() == "gpu" else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device gpu: torch sees no CUDA device")
+    device = torch_device()
 
     def run(spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int):
         if mode == "compile" and _last_spec[:1] != [spec]:

@@ -37,6 +37,27 @@ def requested_device() -> str:
     return os.environ.get(DEVICE_VARIABLE, "cpu")
 
 
+def torch_device() -> str:
+    """The torch device of :func:`requested_device` (``cuda`` for ``gpu``), checked to exist."""
+    import torch
+
+    device = "cuda" if requested_device() == "gpu" else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device gpu: torch sees no CUDA device")
+    return device
+
+
+def jax_device() -> Any:
+    """The first jax device of :func:`requested_device`'s platform, checked to exist."""
+    import jax
+
+    platform = "gpu" if requested_device() == "gpu" else "cpu"
+    try:
+        return jax.devices(platform)[0]
+    except RuntimeError as exc:
+        raise RuntimeError(f"--device {platform}: jax sees no such device ({exc})") from None
+
+
 REFERENCE = "numpy"
 """The backend every other one is compared against, in the same dtype."""
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from uniopt import Spec
 
-from .backends import Backend, GradsAt, Runner, Snapshot, requested_device
+from .backends import Backend, GradsAt, Runner, Snapshot, jax_device, torch_device
 from .cells import Cell, convention_of
 
 __all__ = ["NATIVE_BACKENDS"]
@@ -91,9 +91,7 @@ def _official_radam_step(p: Any, g: Any, state: dict, h: dict[str, Any]) -> None
 def _torch_runner(mode: str) -> Runner:
     import torch
 
-    device = "cuda" if requested_device() == "gpu" else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device gpu: torch sees no CUDA device")
+    device = torch_device()
 
     def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
         params = [torch.nn.Parameter(torch.from_numpy(p.copy()).to(device)) for p in params0]
@@ -266,11 +264,7 @@ def _optax_runner(mode: str) -> Runner:
     jax.config.update("jax_enable_x64", True)
     import optax
 
-    platform = "gpu" if requested_device() == "gpu" else "cpu"
-    try:
-        device = jax.devices(platform)[0]
-    except RuntimeError as exc:
-        raise RuntimeError(f"--device {platform}: jax sees no such device ({exc})") from None
+    device = jax_device()
 
     def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
         tx = _optax_transformation(spec)
