@@ -202,7 +202,6 @@ def _build_copier() -> Any:
     return lib
 
 
-_GRAD = operator.attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
 
 
@@ -210,10 +209,16 @@ class Bucket:
     """The flat state of some parameters of one group, one device, one dtype and one step count."""
 
     def __init__(
-        self, params: Sequence[torch.Tensor], names: tuple[str, ...], states: Sequence[dict[str, Any]]
+        self,
+        params: Sequence[torch.Tensor],
+        names: tuple[str, ...],
+        states: Sequence[dict[str, Any]],
+        position: dict[int, int],
     ):
         """Move each ``states[i]`` (``opt.state[params[i]]``: ``step`` and every slot in ``names``) into
-        new flat buffers; the dicts stay the same objects, their entries become views."""
+        new flat buffers; the dicts stay the same objects, their entries become views. ``position``
+        maps ``id(p)`` to ``p``'s index among the group's parameters with a gradient, so that a step
+        picks the gathered parameters' gradients from the group's list in one C call."""
         threshold = LARGE[params[0].device.type]
         small = [i for i, p in enumerate(params) if p.numel() < threshold]
         large = [i for i, p in enumerate(params) if p.numel() >= threshold]
@@ -256,7 +261,15 @@ class Bucket:
         itemsize = p0.element_size()
         self.small_nbytes = np.array([n * itemsize for n in self.small_sizes], dtype=np.int64)
         self.small_ptrs = np.array([self.ptrs[i] for i in small], dtype=np.uintp)
-        self.large = [(self.flat_views[i], params[i], offsets[i]) for i in large]
+        # each large tensor: its flat view, the parameter (for its gradient) and its slot pieces
+        self.large = [
+            (
+                self.flat_views[i],
+                params[i],
+                tuple(self.slots[n][offsets[i] : offsets[i] + params[i].numel()] for n in names),
+            )
+            for i in large
+        ]
         self.region = tuple(self.slots[n][: self.small_end] for n in names)
         self.seen_changes: int | None = None  # opt.state's change count when last found intact
         # the gather buffers, kept: memory fresh from the allocator is paged in on first touch, which
@@ -274,13 +287,10 @@ class Bucket:
                 grad_views = [flat_g[lo:hi].view(shape) for lo, hi, shape in pieces]
                 param_views = [flat_p[lo:hi] for lo, hi, _ in pieces]
             self.gathers = (flat_g, flat_p, grad_views, param_views)
-        self.pick: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]] | None = None
-
-    def index(self, position: dict[int, int]) -> None:
-        """Record where this bucket's gathered parameters sit among the group's parameters with a
-        gradient (``position``: ``id(p)`` -> index), so a step picks their gradients in one C call."""
         at = [position[id(p)] for p in self.small]
-        self.pick = operator.itemgetter(*at) if len(at) > 1 else (lambda grads: (grads[at[0]],))
+        self.pick: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]] = (
+            operator.itemgetter(*at) if len(at) > 1 else lambda grads: tuple(grads[i] for i in at)
+        )
 
     def intact(self, state: dict[Any, Any]) -> bool:
         """Whether ``state`` still holds this bucket's dicts and views, and the parameters the storage
@@ -297,15 +307,14 @@ class Bucket:
                 return False
         return tuple(map(_DATA_PTR, self.params)) == self.ptrs
 
-    def run(self, fn: Callable[..., None], scalars: Any, group_grads: Sequence[torch.Tensor] = ()) -> None:
+    def run(self, fn: Callable[..., None], scalars: Any, group_grads: Sequence[torch.Tensor]) -> None:
         """Advance the step counters and apply ``fn`` (see :func:`kernel`) to every parameter.
-        ``group_grads``: the gradients of the group's parameters with one, in order (see :meth:`index`);
-        without them each parameter's ``grad`` is read."""
+        ``group_grads``: the gradients of the group's parameters with one, in order."""
         self.steps.add_(1)
         self.step += 1
         if self.small:
             region = self.region
-            grads = self.pick(group_grads) if group_grads and self.pick else tuple(map(_GRAD, self.small))
+            grads = self.pick(group_grads)
             flat_g, flat_p, grad_views, param_views = self.gathers
             lib = copier() if grad_views is None else None
             if grad_views is not None:
@@ -331,6 +340,5 @@ class Bucket:
                 torch.cat(self.small_flat, out=flat_p)
                 fn(flat_p, flat_g, region, scalars)
                 torch._foreach_copy_(self.small_flat, list(torch.split(flat_p, self.small_sizes)))
-        for flat, p, lo in self.large:
-            hi = lo + p.numel()
-            fn(flat, p.grad.reshape(-1), tuple(self.slots[n][lo:hi] for n in self.names), scalars)
+        for flat, p, pieces in self.large:
+            fn(flat, p.grad.reshape(-1), pieces, scalars)

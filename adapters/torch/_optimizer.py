@@ -238,9 +238,7 @@ class UnioptOptimizer(Optimizer):
                 same_step = by_step.setdefault(int(state["step"]), ([], []))
                 same_step[0].append(p)
                 same_step[1].append(state)
-            made = [_flat.Bucket(ps, names, states) for ps, states in by_step.values()]
-            for bucket in made:
-                bucket.index(position)
+            made = [_flat.Bucket(ps, names, states, position) for ps, states in by_step.values()]
             if self.implementation == "auto":
                 compiled = sum(b.size for b in made) >= AUTO_COMPILE_MIN
             else:
