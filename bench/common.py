@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "NOT_MEASURED",
     "SETS",
     "Copy",
     "Measured",
@@ -136,6 +137,10 @@ class PeakProbe:
 
     start: Callable[[], int | None]
     peak: Callable[[], int | None]
+
+
+NOT_MEASURED = PeakProbe(lambda: None, lambda: None)
+"""A probe for a device whose peak memory a framework cannot reset and read."""
 
 
 def rss_probe() -> PeakProbe:

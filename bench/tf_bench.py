@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import Copy, ParamSet, PeakProbe, Variant
+from .common import NOT_MEASURED, Copy, ParamSet, PeakProbe, Variant
 
 FRAMEWORK = "tf"
 
@@ -47,7 +47,7 @@ def versions(device: str = "cpu") -> dict[str, str]:
 
 def peak_probe(device: str) -> PeakProbe:
     """Not measured on the GPU."""
-    return PeakProbe(lambda: None, lambda: None)
+    return NOT_MEASURED
 
 
 def device_sync(device: str) -> Callable[[], None]:
