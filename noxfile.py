@@ -1,5 +1,6 @@
 """Sessions: check (what CI runs), tests (core + one venv per framework), conformance (one venv per
-backend, run side by side, then one comparison), lint, bench, demo.
+backend, run side by side, then one comparison), peer (the frameworks' own optimizer tests against
+uniopt), lint, bench, demo.
 
 ``nox -s check`` lints, starts every backend's conformance jobs in the background, runs the test
 suites while they run and then compares the matrix. ``nox -s conformance`` runs the matrix alone;
@@ -111,6 +112,9 @@ def check(session: nox.Session) -> None:
         session.notify(f"conformance_run(backend='{backend}')")
     for suite in TEST_SUITES:
         session.notify(f"tests(suite='{suite}')")
+    for framework in PEER_DEPS:
+        session.notify(f"peer_run(framework='{framework}')")
+    session.notify("peer_report")
     session.notify("conformance_compare")
 
 
@@ -121,6 +125,39 @@ def conformance_compare(session: nox.Session) -> None:
     session.install(".", *HARNESS_DEPS, "matplotlib")
     session.run("python", "-m", "conformance", "--out", OUT, "wait")
     session.run("python", "-m", "conformance", "--out", OUT, "compare")
+
+
+PEER_OUT = "build/peer"
+# Each framework's own optimizer tests run in its own venv, with what those tests import.
+PEER_DEPS: dict[str, list[str]] = {
+    "keras": [*FRAMEWORK_DEPS["tf"]],
+    "optax": [*FRAMEWORK_DEPS["jax"], "scikit-learn", "scipy"],
+    "torch": [*FRAMEWORK_DEPS["torch"], "expecttest"],
+}
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("framework", list(PEER_DEPS))
+def peer_run(session: nox.Session, framework: str) -> None:
+    """One framework's own optimizer tests (from its installed wheel; torch: the tests derived from its
+    OptimizerInfo database) with uniopt's optimizers substituted; outcomes under build/peer."""
+    session.install(".[test]", *PEER_DEPS[framework])
+    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", framework, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def peer_report(session: nox.Session) -> None:
+    """Per-suite counts (passed / expected failures by reason / failed) and docs/peer.md."""
+    session.run("python", "-m", "peer", "--out", PEER_OUT, "report")
+
+
+@nox.session(python=False)
+def peer(session: nox.Session) -> None:
+    """The frameworks' own optimizer tests against uniopt, each framework in its own venv, then the
+    report; fails on any failure outside the table of expected failures."""
+    for framework in PEER_DEPS:
+        session.notify(f"peer_run(framework='{framework}')", session.posargs)
+    session.notify("peer_report")
 
 
 BENCH_OUT = "build/bench"
