@@ -53,8 +53,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if hasattr(report, "wasxfail"):
         outcome, reason = ("xfailed", report.wasxfail) if report.skipped else ("failed", "XPASS(strict)")
     elif report.failed:
-        strict_xpass = str(report.longrepr).startswith("[XPASS(strict)]")
-        outcome, reason = "failed", "XPASS(strict): remove its EXPECTED entry" if strict_xpass else report.when
+        xpass = str(report.longrepr).startswith("[XPASS(strict)]")
+        outcome, reason = "failed", "XPASS(strict): remove its EXPECTED entry" if xpass else report.when
     elif report.skipped:
         longrepr = report.longrepr
         outcome = "skipped"
