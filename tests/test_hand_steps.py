@@ -107,6 +107,8 @@ CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
     "RMSprop": {"keras": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}, "optax": {"alpha": 0.9}},
     "Adam": {"keras": {"eps": 1e-7}},
     "AdamW": {"keras": {"eps": 1e-7, "weight_decay": 0.004}, "optax": {"weight_decay": 1e-4}},
+    # LiyuanLucasLiu/RAdam radam/radam.py at HEAD (d9fd30a): RAdam(..., degenerated_to_sgd=False)
+    "RAdam": {"official": {"degenerated_to_sgd": False}},
 }
 
 

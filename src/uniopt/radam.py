@@ -26,8 +26,8 @@ Choices where frameworks disagree:
   so a rectified step is Adam's step scaled by :math:`r_t`; PyTorch and the official repository use
   the "epsilon hat" form :math:`\sqrt{1-\beta_2^t}/(\sqrt{v_t}+\epsilon)`.
 * unrectified steps take the momentum step by default (PyTorch, optax); ``degenerated_to_sgd=False``
-  skips the parameter update entirely (decoupled decay included), like the official repository's
-  current default.
+  skips the parameter update entirely (decoupled decay included), the official repository's
+  current default (``convention="official"`` defaults to it).
 * ``decoupled_weight_decay=True`` applies :math:`\theta \leftarrow (1-\eta\lambda)\theta` (PyTorch),
   on every step that updates the parameter.
 
@@ -44,8 +44,10 @@ Conventions (``convention=``), each with its implementation's defaults for argum
   (``u = m_hat`` unrectified), ``p = p + (-lr) * u``; no weight decay.
 * ``"official"`` (``radam/radam.py`` of the authors' repository, class ``RAdam``): :math:`\rho_t
   \ge 5`; rectified ``p = p + (-lr*r*sqrt(bc2)/bc1 * m) / (sqrt(v) + eps)``, unrectified
-  ``p = p + (-lr/bc1) * m`` if ``degenerated_to_sgd`` (its default, True) and no update otherwise;
-  weight decay ``p = p + (-wd*lr) * p`` on the steps that update.
+  ``p = p + (-lr/bc1) * m`` if ``degenerated_to_sgd`` and no update otherwise (its default, False,
+  since the repository's commit d9fd30a of 2021-07-31: with :math:`\beta_2 = 0.999` steps 1 to 5
+  leave the parameters unchanged while the moments advance); weight decay ``p = p + (-wd*lr) * p`` on
+  the steps that update.
 * ``"keras"`` is not available: Keras 3 has no RAdam.
 """
 
@@ -109,7 +111,7 @@ class RAdam(Spec):
         "uniopt": {"degenerated_to_sgd": True},
         "torch": {"degenerated_to_sgd": True},
         "optax": {"degenerated_to_sgd": True},
-        "official": {"degenerated_to_sgd": True},
+        "official": {"degenerated_to_sgd": False},  # radam/radam.py since commit d9fd30a
     }
     unavailable_conventions: ClassVar[Mapping[str, str]] = {
         "keras": "Keras 3 has no RAdam; keras.optimizers offers Adam, AdamW, Adamax, Nadam, Lion and others"
