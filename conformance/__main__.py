@@ -148,8 +148,19 @@ def main(argv: list[str] | None = None) -> int:
             help="where framework backends run (the NumPy reference always runs on the CPU)",
         )
     sub.add_parser("compare", help="compare every trajectory file with the reference")
+    sub.add_parser(
+        "parity",
+        help="native parity at the frameworks' defaults: `parity measure --native ROW`, `parity render`",
+        add_help=False,
+    )
     merge = sub.add_parser("merge", help="one report (in --out) from several runs' conformance.json")
     merge.add_argument("inputs", nargs="+", type=Path, help="conformance.json files, later ones win")
+    argv = sys.argv[1:] if argv is None else argv
+    command_at = 2 if argv[:1] == ["--out"] else 1 if argv[:1] and argv[0].startswith("--out=") else 0
+    if argv[command_at : command_at + 1] == ["parity"]:  # its own options (see conformance/parity.py)
+        from . import parity
+
+        return parity.main(argv[command_at + 1 :])
     args = parser.parse_args(argv)
     if args.command == "merge":
         return _merge(args)

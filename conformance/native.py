@@ -190,9 +190,15 @@ def _keras_runner(mode: str) -> Runner:
                 ],
             )
 
+        # "graph": inside a tf.function, as model.fit runs it on a CPU (Keras 3 turns XLA off there)
+        def apply(grads: list[Any]) -> None:
+            optimizer.apply(grads, variables)
+
+        if mode == "graph":
+            apply = tf.function(apply)
         yield snapshot()
         for t in range(1, steps + 1):
-            optimizer.apply([tf.constant(g) for g in grads_at(t)], variables)
+            apply([tf.constant(g) for g in grads_at(t)])
             yield snapshot()
 
     return run
@@ -258,10 +264,14 @@ def _optax_slots(spec: Spec, state: Any, n: int) -> list[dict[str, np.ndarray]]:
     return [{name: np.array(found[name][i], copy=True) for name in names} for i in range(n)]
 
 
-def _optax_runner(mode: str) -> Runner:
+def _optax_runner(mode: str, x64: bool = True) -> Runner:
+    """optax under ``jax.jit``; ``x64`` sets ``jax_enable_x64`` (process-global) before anything runs.
+
+    The matrix's row turns it on (its float64 cells need it); at jax's default (off) optax computes
+    its step scalars in float32 even for float16 and bfloat16 parameters."""
     import jax
 
-    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", x64)
     import optax
 
     device = jax_device()
