@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import operator
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -113,27 +113,52 @@ class UnioptOptimizer(Optimizer):
 
     spec_class: ClassVar[type[Spec]]
 
+    positional: ClassVar[tuple[str, ...]] = ()
+    """The arguments after ``params`` that torch.optim's optimizer takes by position, in its order."""
+    torch_options: ClassVar[Mapping[str, Any]] = {}
+    """torch.optim's arguments that choose its implementation (``foreach``, ``fused``, ``capturable``,
+    ``differentiable``; Adam's ``decoupled_weight_decay``) that this optimizer accepts, with
+    torch.optim's defaults. They are stored in ``defaults`` and every param group as torch.optim
+    stores them and never change the numbers (see :meth:`_check_options`)."""
+
     def __init__(
-        self, params: Iterable[Any], *, implementation: str = "auto", **hyperparameters: Any
+        self, params: Iterable[Any], *args: Any, implementation: str = "auto", **kwargs: Any
     ) -> None:
+        owner = f"uniopt.torch.{self.spec_class.name}"
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
-                f"uniopt.torch.{self.spec_class.name}: implementation={implementation!r}; expected one "
+                f"{owner}: implementation={implementation!r}; expected one "
                 f"of {', '.join(map(repr, IMPLEMENTATIONS))}"
             )
+        if len(args) > len(self.positional):
+            raise TypeError(
+                f"{owner}: takes at most {len(self.positional)} positional arguments after params "
+                f"({', '.join(self.positional)}), got {len(args)}"
+            )
+        for name, value in zip(self.positional, args, strict=False):
+            if name in kwargs:
+                raise TypeError(f"{owner}: got multiple values for argument {name!r}")
+            kwargs[name] = value
         self.implementation = implementation
         self._buckets: dict[int, tuple[Any, ...]] = {}  # group index -> its layout (see _layout)
         # group index -> (ids of the parameters with a gradient, their gradients' expected
         # (layout, dtype, shape)): one C-level comparison checks every gradient of a step
         self._grad_layouts: dict[int, tuple[tuple[int, ...], list[tuple[Any, ...]]]] = {}
-        unknown = set(hyperparameters) - set(self._fields())
+        unknown = set(kwargs) - set(self._fields()) - set(self.torch_options)
         if unknown:
             raise TypeError(
-                f"uniopt.torch.{self.spec_class.name}: unexpected argument(s) {sorted(unknown)}; "
-                f"accepted: {', '.join(self._fields())}"
+                f"{owner}: unexpected argument(s) {sorted(unknown)}; "
+                f"accepted: {', '.join((*self._fields(), *self.torch_options))}"
             )
-        defaults = self.spec_class(**hyperparameters).hyperparameters  # validates first
-        super().__init__(params, defaults)
+        hyperparameters = {k: v for k, v in kwargs.items() if k not in self.torch_options}
+        options = {**self.torch_options, **{k: v for k, v in kwargs.items() if k in self.torch_options}}
+        self._check_options(options, ())
+        plain = {k: _plain(owner, k, v) for k, v in hyperparameters.items()}
+        defaults = self.spec_class(**plain).hyperparameters  # validates first
+        # tensor hyperparameters stay the caller's tensors, as torch.optim keeps them (a scheduler
+        # writes a tensor lr in place)
+        defaults.update({k: v for k, v in hyperparameters.items() if _holds_tensor(v)})
+        super().__init__(params, {**defaults, **options})
         self.state = _watched(self.state)
 
     # -- the contract -------------------------------------------------------------------------
@@ -142,19 +167,54 @@ class UnioptOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        for name, default in self.torch_options.items():
+            self.defaults.setdefault(name, default)
+        for group in self.param_groups:  # groups of older state_dicts or pickles
+            self._complete(group)
         self.state = _watched(self.state)
         self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("_buckets", {})
         self.__dict__.setdefault("_grad_layouts", {})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its hyperparameters and parameters are checked before anything is added."""
+        """Add a group (torch.optim's ``add_param_group``); everything is checked before it is added.
+
+        ``params`` may be a tensor or any iterable (a generator is read once) of tensors or of
+        ``(name, tensor)`` pairs (``named_parameters()``: the names are kept as ``param_names``, as
+        torch.optim does). Raises ``ValueError`` for bad hyperparameters, a parameter listed twice
+        (torch.optim would update it twice per step) or in another group, ``TypeError`` for a
+        non-tensor, and what :meth:`_check_options` raises; nothing is added then.
+        """
+        owner = f"uniopt.torch.{self.spec_class.name}"
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
+        params = param_group["params"]
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif not isinstance(params, set):  # torch.optim refuses sets (unordered)
+            params = list(params)  # the one pass over a generator
+        param_group["params"] = params
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         spec = self._spec_of(merged)
-        params = param_group["params"]
-        params = [params] if isinstance(params, torch.Tensor) else list(params)
-        for p in params:
-            _check_param(spec, p)
+        if isinstance(params, list):
+            tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
+            names = [p[0] if isinstance(p, tuple) and len(p) == 2 else None for p in params]
+            tensors_only = [p for p in tensors if isinstance(p, torch.Tensor)]
+            self._check_options(merged, tensors_only)
+            seen: dict[int, int] = {}
+            for i, p in enumerate(tensors):
+                if not isinstance(p, torch.Tensor):
+                    continue  # torch.optim names the type
+                if id(p) in seen:
+                    first = seen[id(p)]
+                    label = f"{names[i]!r}" if names[i] is not None else f"of shape {tuple(p.shape)}"
+                    raise ValueError(
+                        f"{owner}: the param group lists a parameter {label} twice (positions "
+                        f"{first} and {i}); torch.optim would update it twice per step (deprecated), "
+                        "uniopt refuses it: list each parameter once"
+                    )
+                seen[id(p)] = i
+                _check_param(spec, p)
         super().add_param_group(param_group)
 
     @torch.no_grad()
@@ -189,7 +249,7 @@ class UnioptOptimizer(Optimizer):
                 for p in params:  # names the first culprit; the layouts are then the expected ones
                     _check_grad(spec, p)
                 self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
-            groups.append((index, spec, group["lr"], params, ids, grads))
+            groups.append((index, spec, _lr(group["lr"]), params, ids, grads))
         rounded: dict[tuple[Spec, float, int, torch.dtype], Any] = {}
         for index, spec, lr, params, ids, grads in groups:
             loop, buckets = self._layout(index, spec, params, ids)
@@ -222,7 +282,9 @@ class UnioptOptimizer(Optimizer):
         loop, by_kind = [], {}
         position = {id(p): i for i, p in enumerate(params)}
         for p in params:
-            if _flat.eligible(p):
+            # state in shared memory (Adagrad.share_memory) is updated in place per tensor: a
+            # bucket would move it into buffers of this process
+            if _flat.eligible(p) and not _in_shared_memory(self.state.get(p)):
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
             else:
                 loop.append(p)
@@ -230,11 +292,7 @@ class UnioptOptimizer(Optimizer):
         for members in by_kind.values():
             by_step: dict[int, tuple[list[torch.Tensor], list[dict[str, Any]]]] = {}
             for p in members:
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.int64)
-                for name in names:
-                    self._slot(state, spec, name, p)
+                state = self._init_state(spec, p)
                 same_step = by_step.setdefault(int(state["step"]), ([], []))
                 same_step[0].append(p)
                 same_step[1].append(state)
@@ -261,7 +319,7 @@ class UnioptOptimizer(Optimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     _check_grad(spec, p)
-                    work.append((spec, group["lr"], p))
+                    work.append((spec, _lr(group["lr"]), p))
         return self._plan(work)
 
     def _plan(
@@ -320,6 +378,83 @@ class UnioptOptimizer(Optimizer):
         self.state = _watched(self.state)  # torch.optim built a new defaultdict
 
     # -- helpers -------------------------------------------------------------------------------
+    def _check_options(self, group: Mapping[str, Any], params: Iterable[torch.Tensor]) -> None:
+        """Check torch.optim's implementation switches in ``group`` as torch.optim does, and refuse
+        the two that uniopt cannot honour.
+
+        ``foreach`` and ``fused`` (``None`` or a bool) choose torch.optim's kernels; uniopt's
+        numbers are the spec's whatever they say. Raises ``RuntimeError`` (torch.optim's message)
+        for ``fused=True`` with ``foreach=True``, and for ``fused=True`` with a parameter that is not
+        a floating-point tensor on a device with fused kernels (torch.optim raises this at its first
+        step; here nothing is added). Raises ``ValueError`` for ``capturable=True`` (uniopt keeps the
+        step counters and per-step scalars on the host, so a step captured in a CUDA graph would
+        replay its first scalars), ``differentiable=True`` (the step runs under ``torch.no_grad``),
+        a value that is not a bool, and Adam's ``decoupled_weight_decay=True`` (that is
+        ``uniopt.torch.AdamW``). Source: torch/optim/optimizer.py and each optimizer's ``__init__``.
+        """
+        owner = f"uniopt.torch.{self.spec_class.name}"
+        for name in ("foreach", "fused"):
+            if name in self.torch_options and group.get(name) not in (None, True, False):
+                raise ValueError(f"{owner}: {name}={group[name]!r}; expected None, True or False")
+        for name in ("capturable", "differentiable", "decoupled_weight_decay"):
+            if name in self.torch_options and not isinstance(group.get(name), bool):
+                raise ValueError(f"{owner}: {name}={group.get(name)!r}; expected True or False")
+        if group.get("fused") and group.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        if group.get("capturable"):
+            raise ValueError(
+                f"{owner}: capturable=True is not supported: uniopt keeps the step counters and "
+                "the per-step scalars on the host, so a step captured in a CUDA graph would replay "
+                "its first step's scalars; expected capturable=False (torch.compile(opt.step) "
+                "does not need it)"
+            )
+        if group.get("differentiable"):
+            raise ValueError(
+                f"{owner}: differentiable=True is not supported: step() runs under "
+                "torch.no_grad and writes the parameters in place, so no gradient flows through "
+                "it; expected differentiable=False"
+            )
+        dwd = self.torch_options.get("decoupled_weight_decay")
+        if dwd is not None and group.get("decoupled_weight_decay") != dwd:
+            other = "AdamW" if group["decoupled_weight_decay"] else "Adam"
+            raise ValueError(
+                f"{owner}: decoupled_weight_decay={group['decoupled_weight_decay']!r} is "
+                f"uniopt.torch.{other}; expected decoupled_weight_decay={dwd!r}"
+            )
+        if group.get("fused"):
+            from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+            devices = _get_fused_kernels_supported_devices()
+            for p in params:
+                if not (p.device.type in devices and torch.is_floating_point(p)):
+                    raise RuntimeError(
+                        "`fused=True` requires all the params to be floating point Tensors of "
+                        f"supported devices: {devices} but {p.dtype} and {p.device.type}"
+                    )
+
+    def _complete(self, group: dict[str, Any]) -> None:
+        """Give a group from an older state_dict or pickle the keys it lacks, with their defaults:
+        torch.optim's for its switches, the spec's for a hyperparameter (given the group's
+        ``convention``), as torch.optim's ``__setstate__`` fills its groups."""
+        for name, default in self.torch_options.items():
+            group.setdefault(name, default)
+        missing = [name for name in self._fields() if name not in group]
+        if missing:
+            owner = self.spec_class.name
+            given = {n: _plain(owner, n, group[n]) for n in self._fields() if n in group}
+            filled = self.spec_class(**given).hyperparameters
+            for name in missing:
+                group[name] = filled[name]
+
+    def _init_state(self, spec: Spec, p: torch.Tensor) -> dict[str, Any]:
+        """``p``'s state, created (step 0 and the spec's initial slots) where missing."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.int64)
+        for name in spec.slot_names():
+            self._slot(state, spec, name, p)
+        return state
+
     @classmethod
     def _fields(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls.spec_class))
@@ -327,7 +462,8 @@ class UnioptOptimizer(Optimizer):
     def _spec_of(self, group: dict[str, Any]) -> Spec:
         """The group's spec, validated; ``lr`` is passed per step, so a scheduler changing it keeps
         the same (cached) spec object."""
-        values = tuple((name, _hashable(group[name])) for name in self._fields() if name != "lr")
+        owner = self.spec_class.name
+        values = tuple((name, _plain(owner, name, group[name])) for name in self._fields() if name != "lr")
         key = (self.spec_class, values)
         if key in _SPECS:
             _SPECS.move_to_end(key)
@@ -336,7 +472,7 @@ class UnioptOptimizer(Optimizer):
             if len(_SPECS) > _SPEC_CACHE_SIZE:  # e.g. schedulers that cycle betas or momentum
                 _SPECS.popitem(last=False)
         spec = _SPECS[key]
-        check_interval(spec.name, "lr", group["lr"], 0.0)
+        check_interval(spec.name, "lr", _plain(owner, "lr", group["lr"]), 0.0)
         return spec
 
     def _slot(self, state: dict[str, Any], spec: Spec, name: str, p: torch.Tensor) -> torch.Tensor:
@@ -353,13 +489,24 @@ class UnioptOptimizer(Optimizer):
     def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
         owner = f"uniopt.torch.{self.spec_class.name}"
         tag = state_dict.get(_STATE_DICT_KEY)
-        if not isinstance(tag, dict) or tag.get("optimizer") != self.spec_class.name:
-            source = tag.get("optimizer") if isinstance(tag, dict) else "a non-uniopt optimizer"
+        name = self.spec_class.name
+        if not isinstance(tag, dict):
             raise ValueError(
-                f"{owner}.load_state_dict: the state_dict was saved by {source}, not by "
-                f"uniopt.torch.{self.spec_class.name}; nothing was loaded"
+                f"{owner}.load_state_dict: the state_dict was saved by a non-uniopt optimizer (it "
+                f"has no {_STATE_DICT_KEY!r} entry), for example torch.optim.{name}; nothing was "
+                f"loaded. To continue a torch.optim.{name} run, load the state_dict into "
+                f"torch.optim.{name} over the same parameters and call "
+                f"uniopt.torch.import_state(optimizer, uniopt.torch.from_torch_optim(torch_optimizer))"
             )
-        groups = state_dict["param_groups"]
+        if tag.get("optimizer") != name:
+            raise ValueError(
+                f"{owner}.load_state_dict: the state_dict was saved by {tag.get('optimizer')}, not "
+                f"by uniopt.torch.{name}; nothing was loaded"
+            )
+        groups = [dict(saved) for saved in state_dict["param_groups"]]
+        for saved in groups:  # an older state_dict's group may lack keys: they get their defaults
+            self._complete(saved)
+            self._check_options(saved, ())
         if len(groups) != len(self.param_groups):
             raise ValueError(
                 f"{owner}.load_state_dict: the state_dict has {len(groups)} param groups, this "
@@ -405,8 +552,41 @@ def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any],
             slots[name].copy_(value)
 
 
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+def _plain(owner: str, name: str, value: Any) -> Any:
+    """A hyperparameter as the spec takes it: a 1-element tensor (torch.optim accepts ``lr`` and
+    Adam's ``betas`` as tensors) as its value as a Python float, a list as a tuple. Raises
+    ``ValueError`` for a tensor of another size."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{owner}: {name} is a tensor of {value.numel()} elements; expected a float or a "
+                "1-element tensor"
+            )
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(owner, f"{name}[{i}]", v) for i, v in enumerate(value))
+    return value
+
+
+def _lr(value: Any) -> float:
+    """A group's ``lr`` as a float (validated by ``_spec_of`` before it is used)."""
+    return float(value) if isinstance(value, torch.Tensor) else value
+
+
+def _in_shared_memory(state: dict[str, Any] | None) -> bool:
+    """Whether a slot of ``state`` is a CPU tensor in shared memory (CUDA tensors count as shared
+    for ``is_shared``, and the flat path keeps their storage in place)."""
+    return bool(state) and any(
+        isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.is_shared()
+        for k, v in state.items()
+        if k != "step"
+    )
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(map(_holds_tensor, value))
+    return isinstance(value, torch.Tensor)
 
 
 def _round(scalars: Any, dtype: torch.dtype) -> Any:

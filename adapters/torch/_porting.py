@@ -20,7 +20,7 @@ from uniopt import PortableState, Spec
 from uniopt.porting import check_compatible, make_state
 
 from ._namespace import xp
-from ._optimizer import UnioptOptimizer
+from ._optimizer import UnioptOptimizer, _plain
 
 __all__ = ["export_state", "from_torch_optim", "import_state", "to_torch_optim"]
 
@@ -81,10 +81,9 @@ def _one_spec(specs: list[Spec], owner: str) -> Spec:
 
 def _group_spec(optimizer: UnioptOptimizer, group: Mapping[str, Any]) -> Spec:
     """The spec of one param group (its hyperparameters are the spec's fields)."""
+    owner = optimizer.spec_class.name
     fields = [f.name for f in dataclasses.fields(optimizer.spec_class)]
-    return optimizer.spec_class(
-        **{n: tuple(group[n]) if isinstance(group[n], list) else group[n] for n in fields}
-    )
+    return optimizer.spec_class(**{n: _plain(owner, n, group[n]) for n in fields})
 
 
 def _common_step(steps: list[int | None], owner: str) -> int:
@@ -185,12 +184,7 @@ def _native_group_spec(spec_class: type[Spec], group: Mapping[str, Any], owner: 
     if spec_class is uniopt.AdamW and not group.get("decoupled_weight_decay", True):
         raise ValueError(f"{owner}: group {index} is AdamW with decoupled_weight_decay=False")
     fields = [f.name for f in dataclasses.fields(spec_class)]
-    kwargs = {name: group[name] for name in fields if name in group}
-    if torch.is_tensor(kwargs.get("lr")):
-        kwargs["lr"] = float(kwargs["lr"])
-    kwargs["betas"] = tuple(float(b) for b in kwargs["betas"]) if "betas" in kwargs else None
-    if kwargs["betas"] is None:
-        del kwargs["betas"]
+    kwargs = {name: _plain(owner, name, group[name]) for name in fields if name in group}
     try:
         return spec_class(**kwargs)
     except ValueError as exc:
