@@ -137,29 +137,50 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     """
 
     spec_class: ClassVar[type[Spec]]
+    # whether weight_decay=None means 0, as in Keras's base optimizer (its AdamW refuses None)
+    weight_decay_none_is_zero: ClassVar[bool] = True
 
     def __init__(self, learning_rate: Any, **kwargs: Any):
+        owner = f"uniopt.tf.{type(self).__name__}"
         hyper_names = {n for f in dataclasses.fields(self.spec_class) for n in _keras_names(f.name)}
         hyper_names.discard("learning_rate")
         hyper = {k: kwargs.pop(k) for k in list(kwargs) if k in hyper_names}
-        if hyper.get("weight_decay", 0.0) is None:
+        if "weight_decay" in hyper and hyper["weight_decay"] is None:
+            if not self.weight_decay_none_is_zero:
+                raise ValueError(
+                    f"{owner}: weight_decay=None is not a float; expected weight_decay >= 0 "
+                    "(keras.optimizers.AdamW refuses None too)"
+                )
             hyper["weight_decay"] = 0.0  # Keras's "no weight decay"
         hyper = {k: v for k, v in hyper.items() if v is not CONVENTION_DEFAULT}  # the spec fills them
         dynamic = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule) or callable(
             learning_rate
         )
         spec_kwargs = to_spec_kwargs(hyper)
+        keras_convention = spec_kwargs.get("convention") == "keras"
         if not dynamic and learning_rate is not CONVENTION_DEFAULT:
+            if keras_convention and not isinstance(learning_rate, float):
+                raise ValueError(  # keras.optimizers.Optimizer's own check, same wording
+                    f"{owner}: Argument `learning_rate` should be float, or an instance of "
+                    "LearningRateSchedule, or a callable (that takes in the current iteration value "
+                    f"and returns the corresponding learning rate value). Received instead: "
+                    f"learning_rate={learning_rate!r}"
+                )
             spec_kwargs["lr"] = learning_rate
         try:
             spec = self.spec_class(**spec_kwargs)
         except ValueError as exc:
             raise _with_keras_name(exc, type(self).__name__) from None
         except TypeError as exc:  # an argument the spec does not know
-            raise ValueError(f"uniopt.tf.{type(self).__name__}: {exc}") from None
-        # a float lr goes to a float64 variable of ours (below), so Keras must not make its floatx one
-        super().__init__(learning_rate=learning_rate if dynamic else _no_lr, weight_decay=None, **kwargs)
-        if not dynamic:
+            raise ValueError(f"{owner}: {exc}") from None
+        if dynamic:
+            keras_lr = learning_rate
+        elif keras_convention:  # Keras's own floatx variable, holding the spec's float32-rounded lr
+            keras_lr = float(spec.lr)
+        else:  # a float64 variable of ours (below), so Keras must not make its floatx one
+            keras_lr = _no_lr
+        super().__init__(learning_rate=keras_lr, weight_decay=None, **kwargs)
+        if not dynamic and not keras_convention:
             self._learning_rate = self._exact_learning_rate_variable(float(spec.lr))
         self._spec = spec
         self._spec_without_decay = spec.replace(weight_decay=0.0) if spec.weight_decay != 0 else spec
@@ -242,10 +263,15 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         return self._spec_without_decay
 
     def _scalars(self, spec: Spec, dtype: tf.DType, learning_rate: Any) -> Any:
+        """The spec's scalars for this step. Under ``convention="keras"`` the learning rate first
+        goes through float32, however it was given (float, ``optimizer.learning_rate = x``, a
+        callable, a schedule), as Keras's float32 learning-rate variable and schedules hold it."""
         source = scalar_source(spec, dtype.name)
+        as_keras = tf.float32 if spec.convention == "keras" else None
         if tf.executing_eagerly():
             step = int(keras.ops.convert_to_numpy(self.iterations)) + 1
-            return source.eager(step, float(keras.ops.convert_to_numpy(learning_rate)))
+            lr = tf.cast(learning_rate, as_keras) if as_keras else learning_rate
+            return source.eager(step, float(keras.ops.convert_to_numpy(lr)))
         graph = tf.compat.v1.get_default_graph()
         key = (id(graph), spec, dtype.name, id(learning_rate))
         hit = self._uniopt_cache.entries.get(key)
@@ -253,6 +279,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
             return hit[1]
         step = tf.cast(tf.convert_to_tensor(self.iterations), tf.int64) + 1
         lr = tf.convert_to_tensor(learning_rate)
+        lr = tf.cast(lr, as_keras) if as_keras else lr
         scalars = source.traced(step, lr, type(self).__name__)
         self._uniopt_cache.entries[key] = (graph, scalars)
         return scalars
@@ -275,6 +302,12 @@ def _np_scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _arguments(scope: dict[str, Any]) -> dict[str, Any]:
+    """A subclass ``__init__``'s arguments (its ``locals()``) as keywords for the base ``__init__``."""
+    named = {k: v for k, v in scope.items() if k not in ("self", "__class__", "kwargs")}
+    return {**named, **scope["kwargs"]}
+
+
 _register = keras.saving.register_keras_serializable(package="uniopt")
 
 
@@ -294,22 +327,23 @@ class SGD(UnioptOptimizer):
         learning_rate=CONVENTION_DEFAULT,
         momentum=0.0,
         nesterov=False,
-        dampening=0.0,
         weight_decay=0.0,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name=None,
+        *,
+        dampening=0.0,
         maximize=False,
         convention="uniopt",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate,
-            momentum=momentum,
-            nesterov=nesterov,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            maximize=maximize,
-            convention=convention,
-            **kwargs,
-        )
+        super().__init__(**_arguments(locals()))
 
 
 @_register
@@ -327,24 +361,25 @@ class Adagrad(UnioptOptimizer):
     def __init__(
         self,
         learning_rate=CONVENTION_DEFAULT,
-        lr_decay=0.0,
-        epsilon=CONVENTION_DEFAULT,
         initial_accumulator_value=CONVENTION_DEFAULT,
+        epsilon=CONVENTION_DEFAULT,
         weight_decay=0.0,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name=None,
+        *,
+        lr_decay=0.0,
         maximize=False,
         convention="uniopt",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate,
-            lr_decay=lr_decay,
-            epsilon=epsilon,
-            initial_accumulator_value=initial_accumulator_value,
-            weight_decay=weight_decay,
-            maximize=maximize,
-            convention=convention,
-            **kwargs,
-        )
+        super().__init__(**_arguments(locals()))
 
 
 @_register
@@ -366,21 +401,21 @@ class RMSprop(UnioptOptimizer):
         epsilon=CONVENTION_DEFAULT,
         centered=False,
         weight_decay=0.0,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name=None,
+        *,
         maximize=False,
         convention="uniopt",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate,
-            rho=rho,
-            momentum=momentum,
-            epsilon=epsilon,
-            centered=centered,
-            weight_decay=weight_decay,
-            maximize=maximize,
-            convention=convention,
-            **kwargs,
-        )
+        super().__init__(**_arguments(locals()))
 
 
 @_register
@@ -402,21 +437,21 @@ class Adam(UnioptOptimizer):
         epsilon=CONVENTION_DEFAULT,
         amsgrad=False,
         weight_decay=CONVENTION_DEFAULT,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name=None,
+        *,
         maximize=False,
         convention="uniopt",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            amsgrad=amsgrad,
-            weight_decay=weight_decay,
-            maximize=maximize,
-            convention=convention,
-            **kwargs,
-        )
+        super().__init__(**_arguments(locals()))
 
 
 @_register
@@ -427,6 +462,7 @@ class AdamW(UnioptOptimizer):
     """
 
     spec_class = uniopt.AdamW
+    weight_decay_none_is_zero = False
 
     def __init__(
         self,
@@ -436,21 +472,21 @@ class AdamW(UnioptOptimizer):
         beta_2=0.999,
         epsilon=CONVENTION_DEFAULT,
         amsgrad=False,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name=None,
+        *,
         maximize=False,
         convention="uniopt",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate,
-            weight_decay=weight_decay,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            convention=convention,
-            **kwargs,
-        )
+        super().__init__(**_arguments(locals()))
 
 
 @_register
@@ -470,24 +506,23 @@ class RAdam(UnioptOptimizer):
         beta_2=0.999,
         epsilon=1e-8,
         weight_decay=0.0,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name=None,
+        *,
         decoupled_weight_decay=False,
         degenerated_to_sgd=CONVENTION_DEFAULT,
         maximize=False,
         convention="uniopt",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-            degenerated_to_sgd=degenerated_to_sgd,
-            maximize=maximize,
-            convention=convention,
-            **kwargs,
-        )
+        super().__init__(**_arguments(locals()))
 
 
 _BY_SPEC: dict[type[Spec], type[UnioptOptimizer]] = {

@@ -31,7 +31,8 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   :math:`\theta \leftarrow \theta - (\theta\lambda)\eta` first; no dampening; lr
   :math:`10^{-2}`; lr, momentum and weight decay go through float32 as in Keras
   (``keras_float32``). Op sequence: ``v = v*mu - g*lr``; ``p = p + v`` or
-  ``p = p + (v*mu - g*lr)``.
+  ``p = p + (v*mu - g*lr)``. Validation is Keras's: ``momentum`` a float in :math:`[0, 1]`;
+  ``nesterov=True`` with momentum 0 is a plain step.
 * ``"optax"`` (``optax.sgd``, momentum through ``optax.trace``): :math:`t_t = g_t + \mu t_{t-1}`
   from :math:`t_0 = 0`, :math:`d_t = g_t + \mu t_t` (Nesterov) or :math:`t_t`, and
   :math:`\theta_t = \theta_{t-1} + (-\eta) d_t`: uniopt's formula rounded the same way (the
@@ -89,10 +90,17 @@ class SGD(Spec):
     convention: str = "uniopt"
 
     def _check(self) -> None:
-        check_interval(self.name, "momentum", self.momentum, 0.0)
+        keras = self.convention == "keras"
+        if keras and not isinstance(self.momentum, float):  # keras.optimizers.SGD refuses 0, 1, ...
+            raise ValueError(
+                f"{self.name}: momentum={self.momentum!r} is not a float; expected a float with "
+                "0 <= momentum <= 1 (convention='keras', as keras.optimizers.SGD)"
+            )
+        check_interval(self.name, "momentum", self.momentum, 0.0, 1.0 if keras else None)
         check_interval(self.name, "dampening", self.dampening, 0.0, 1.0)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+        # Keras takes a plain step for nesterov=True without momentum; PyTorch refuses it
+        if self.nesterov and not keras and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(
                 f"{self.name}: nesterov=True needs momentum > 0 and dampening = 0; got "
                 f"momentum={self.momentum!r}, dampening={self.dampening!r}"

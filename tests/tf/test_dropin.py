@@ -1,0 +1,251 @@
+"""Drop-in fidelity of ``convention="keras"``: code written for ``keras.optimizers`` means the same
+with ``uniopt.tf``. Every expected value is Keras's own optimizer run side by side (or, for the
+refusals, Keras's own constructor)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import uniopt.tf as ut
+
+NATIVE = ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW")
+UNIOPT_ONLY = {
+    "dampening",
+    "lr_decay",
+    "maximize",
+    "convention",
+    "decoupled_weight_decay",
+    "degenerated_to_sgd",
+}
+
+
+def _positional(cls) -> list[str]:
+    return [
+        name
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def _keyword_only(cls) -> set[str]:
+    return {name for name, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
+
+
+# -- positional arguments --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NATIVE)
+def test_positional_order_is_keras_own(name):
+    """Name by name, the positional parameters are those of Keras's class, base arguments included;
+    what Keras lacks is keyword-only."""
+    assert _positional(getattr(ut, name)) == _positional(getattr(keras.optimizers, name))
+    assert _keyword_only(getattr(ut, name)) <= UNIOPT_ONLY
+    assert "convention" in _keyword_only(getattr(ut, name))
+
+
+def test_radam_positional_order_is_adams_without_amsgrad():
+    adam = [n for n in _positional(keras.optimizers.Adam) if n != "amsgrad"]
+    assert _positional(ut.RAdam) == adam
+    assert _keyword_only(ut.RAdam) == {
+        "decoupled_weight_decay",
+        "degenerated_to_sgd",
+        "maximize",
+        "convention",
+    }
+
+
+def test_positional_calls_mean_what_they_mean_in_keras():
+    ours, theirs = ut.Adagrad(0.01, 0.5, convention="keras"), keras.optimizers.Adagrad(0.01, 0.5)
+    assert ours.initial_accumulator_value == theirs.initial_accumulator_value == 0.5
+    assert ours.spec.lr_decay == 0.0
+    ours, theirs = (
+        ut.SGD(0.1, 0.9, False, 0.01, convention="keras"),
+        keras.optimizers.SGD(0.1, 0.9, False, 0.01),
+    )
+    assert ours.weight_decay == pytest.approx(theirs.weight_decay, rel=1e-7)
+    assert ours.spec.dampening == 0.0
+    base = (None, None, None, True, 0.5, 3, 4.0, 2, "opt")  # clipnorm .. name, positionally
+    for name in NATIVE:
+        lead = len(_positional(getattr(keras.optimizers, name))) - len(base)
+        args = [
+            inspect.signature(getattr(keras.optimizers, name)).parameters[n].default
+            for n in _positional(getattr(keras.optimizers, name))[:lead]
+        ]
+        ours = getattr(ut, name)(*args, *base, convention="keras")
+        theirs = getattr(keras.optimizers, name)(*args, *base)
+        for attr in (
+            "use_ema",
+            "ema_momentum",
+            "ema_overwrite_frequency",
+            "loss_scale_factor",
+            "gradient_accumulation_steps",
+            "name",
+        ):
+            assert getattr(ours, attr) == getattr(theirs, attr), (name, attr)
+
+
+@pytest.mark.parametrize("name", [*NATIVE, "RAdam"])
+def test_uniopt_only_arguments_are_keyword_only(name):
+    cls = getattr(ut, name)
+    with pytest.raises(TypeError):
+        cls(*([None] * len(_positional(cls))), "uniopt")
+
+
+# -- hyperparameter validation against Keras's ------------------------------------------------------
+VALUES = (-1.0, 0.0, 0.5, 1.0, 2.0, 0, 1, None, math.nan, np.float32(0.5), True)
+KERAS_HYPER = {
+    name: [n for n in _positional(getattr(keras.optimizers, name)) if n != "name"] for name in NATIVE
+}
+
+
+def _outcome(make):
+    try:
+        make()
+    except Exception as exc:
+        return type(exc)
+    return None
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_what_keras_refuses_is_refused_with_the_same_exception(name):
+    refused = 0
+    for arg in KERAS_HYPER[name]:
+        for value in VALUES:
+            extra = {"use_ema": True} if arg.startswith("ema_") else {}
+            kwargs = {arg: value, **extra}
+            theirs = _outcome(lambda kw=kwargs: getattr(keras.optimizers, name)(**kw))
+            if theirs is None:
+                continue
+            refused += 1
+            ours = _outcome(lambda kw=kwargs: getattr(ut, name)(convention="keras", **kw))
+            assert ours is theirs, (name, arg, value)
+    assert refused > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("SGD", {"momentum": 2.0}),
+        ("SGD", {"momentum": -0.1}),
+        ("SGD", {"momentum": 1}),  # Keras wants a float
+        ("SGD", {"learning_rate": 1}),
+        ("Adam", {"learning_rate": np.float32(0.1)}),
+        ("AdamW", {"weight_decay": None}),
+    ],
+)
+def test_keras_refusals(name, kwargs):
+    with pytest.raises(ValueError):
+        getattr(keras.optimizers, name)(**kwargs)  # the referee
+    with pytest.raises(ValueError, match="|".join(kwargs)):
+        getattr(ut, name)(convention="keras", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("SGD", {"momentum": 1.0}),
+        ("SGD", {"momentum": 0.0, "nesterov": True}),
+        ("SGD", {"weight_decay": None}),
+        ("Adam", {"weight_decay": None}),
+        ("AdamW", {"weight_decay": 0.0}),
+    ],
+)
+def test_keras_acceptances(name, kwargs):
+    getattr(keras.optimizers, name)(**kwargs)  # the referee
+    getattr(ut, name)(convention="keras", **kwargs)
+
+
+def test_adamw_refuses_weight_decay_none_in_every_convention():
+    for convention in ("keras", "uniopt", "torch"):
+        with pytest.raises(ValueError, match=r"weight_decay=None"):
+            ut.AdamW(weight_decay=None, convention=convention)
+
+
+def test_torch_convention_still_refuses_nesterov_without_momentum():
+    with pytest.raises(ValueError, match="nesterov"):
+        ut.SGD(momentum=0.0, nesterov=True, convention="torch")
+
+
+# -- side by side with Keras's optimizer ------------------------------------------------------------
+def _run_both(name, dtype, steps, configure, mode="eager", **kwargs):
+    rng = np.random.default_rng(7)
+    start = rng.standard_normal((3, 4)).astype(dtype)
+    native, ours = keras.Variable(start, dtype=dtype), keras.Variable(start, dtype=dtype)
+    theirs = getattr(keras.optimizers, name)(**kwargs)
+    mine = getattr(ut, name)(convention="keras", **kwargs)
+    configure(theirs), configure(mine)
+    grads = [tf.constant(rng.standard_normal((3, 4)).astype(dtype)) for _ in range(steps)]
+
+    def stepper(opt, var, mode):
+        def step(g):
+            opt.apply([g], [var])
+
+        return tf.function(step) if mode == "function" else step
+
+    # Keras's native step runs eagerly: in a tf.function TensorFlow's graph optimizer rewrites its
+    # Adagrad's x / sqrt(s) into x * rsqrt(s) (1 ulp apart in float64); uniopt is the same in both
+    s_theirs, s_mine = stepper(theirs, native, "eager"), stepper(mine, ours, mode)
+    for g in grads:
+        s_theirs(g)
+        s_mine(g)
+    assert not np.array_equal(ours.numpy(), start)
+    bits = f"uint{start.itemsize * 8}"
+    np.testing.assert_array_equal(ours.numpy().view(bits), native.numpy().view(bits))
+
+
+def test_nesterov_without_momentum_is_a_plain_step_as_in_keras():
+    _run_both("SGD", "float64", 3, lambda o: None, nesterov=True, learning_rate=0.1)
+    opt = ut.SGD(convention="keras", nesterov=True)
+    v = keras.Variable(np.array([1.0]))
+    opt.apply([tf.constant([1.0], tf.float64)], [v])
+    assert v.numpy()[0] == 1.0 - float(np.float32(0.01))  # Keras's float32 default lr, once
+
+
+def _set_after(opt):
+    opt.learning_rate = 0.1
+
+
+LR_WAYS = {
+    "float": ({"learning_rate": 0.1}, lambda o: None),
+    "set_after_construction": ({}, _set_after),
+    "callable": ({"learning_rate": lambda: 0.1}, lambda o: None),
+    "schedule": ({"learning_rate": keras.optimizers.schedules.ExponentialDecay(0.1, 3, 0.7)}, lambda o: None),
+}
+
+
+@pytest.mark.parametrize("way", list(LR_WAYS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("SGD", {}),
+        ("SGD", {"momentum": 0.9, "weight_decay": 0.01}),
+        ("Adagrad", {}),
+        ("RMSprop", {"momentum": 0.5}),
+    ],
+    ids=["SGD", "SGD-momentum", "Adagrad", "RMSprop"],
+)
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_learning_rate_passes_through_float32_however_it_is_set(way, dtype, name, kwargs, mode):
+    lr_kwargs, configure = LR_WAYS[way]
+    _run_both(name, dtype, 4, configure, mode, **lr_kwargs, **kwargs)
+
+
+def test_single_sgd_step_in_float64_sees_keras_float32_rate():
+    """One SGD step from 1.0 with gradient 1.0 in float64: 1 - float32(0.1) = 0.8999999985098839
+    (hand-computed), whichever way 0.1 was given."""
+    want = 1.0 - float(np.float32(0.1))
+    constant = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 1.0)  # 0.1 at every step
+    ways = [({"learning_rate": 0.1}, None), ({}, 0.1), ({"learning_rate": lambda: 0.1}, None)]
+    ways += [({"learning_rate": constant}, None), ({}, lambda: 0.1), ({}, constant)]
+    for kwargs, later in ways:
+        opt = ut.SGD(convention="keras", **kwargs)
+        if later is not None:
+            opt.learning_rate = later
+        v = keras.Variable(np.array([1.0]))
+        opt.apply([tf.constant([1.0], tf.float64)], [v])
+        assert v.numpy()[0] == want == 0.8999999985098839, (kwargs, later)
