@@ -124,6 +124,17 @@ class UnioptOptimizer(Optimizer):
     def __init__(
         self, params: Iterable[Any], *args: Any, implementation: str = "auto", **kwargs: Any
     ) -> None:
+        """Build the optimizer as torch.optim's namesake takes its arguments.
+
+        ``params``: tensors, ``(name, tensor)`` pairs or param group dicts (any iterable, read once;
+        see :meth:`add_param_group`). ``args``: the hyperparameters torch.optim takes by position
+        (:attr:`positional`); ``kwargs``: the spec's fields (torch.optim's names, plus
+        ``convention``) and :attr:`torch_options`. A hyperparameter may be a 1-element tensor
+        where a float is expected; its value is used, and the tensor is kept in ``defaults`` and
+        the groups. ``implementation``: see :data:`IMPLEMENTATIONS`. Raises ``TypeError`` for an
+        unknown argument, too many positional ones or one given twice, ``ValueError`` for a bad
+        value (the core's message) and what :meth:`_check_options` raises; the state is empty then.
+        """
         owner = f"uniopt.torch.{self.spec_class.name}"
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
@@ -564,7 +575,9 @@ def _plain(owner: str, name: str, value: Any) -> Any:
             )
         return float(value)
     if isinstance(value, (list, tuple)):
-        return tuple(_plain(owner, f"{name}[{i}]", v) for i, v in enumerate(value))
+        if any(isinstance(v, torch.Tensor) for v in value):
+            return tuple(_plain(owner, f"{name}[{i}]", v) for i, v in enumerate(value))
+        return tuple(value)
     return value
 
 
