@@ -19,6 +19,7 @@ SUITES: list[str] = [str(Path(__file__).resolve().parent / "torch_optiminfo.py")
 # reasons (categories), reused by the table below
 MESSAGE = "error message worded differently; same exception type"
 DIFFERENTIABLE = "differentiable=True refused (ValueError); torch.optim accepts it"
+CAPTURABLE = "capturable=True refused (ValueError); torch.optim accepts it"
 DUPLICATE = "duplicate parameter in a group refused (ValueError); torch.optim warns"
 PERMISSIVE = "accepts a configuration torch.optim refuses (a limit of torch's kernels)"
 SPARSE = "sparse gradients refused (RuntimeError); torch.optim supports them"
@@ -36,6 +37,7 @@ EXPECTED: dict[str, str] = {
     "test_duplicate_params_in_param_group[*]": DUPLICATE,
     "test_errors*[Adam*-lr as Tensor doesn't work with foreach & not capturable]": PERMISSIVE,
     "test_errors*[Adam*-betas*]": PERMISSIVE,
+    "test_capturable_argument[*-capturable_on]": CAPTURABLE,
     "test_rosenbrock_sparse[*]": SPARSE,
     "test_fused_matches_forloop[Adagrad-float16]": HALF_EPS,
     "test_step_state_dtype_device[Adagrad]": STEP_DTYPE,

@@ -105,7 +105,23 @@ def cases(source: Callable[[str], list[Any]], desc: Callable[[Any], str]) -> lis
     return params
 
 
+def user_inputs(name: str) -> list[OptimizerInput]:
+    """``all_inputs`` plus a ``foreach=True`` variant of each input set: torch's helper leaves
+    foreach out on the CPU (no foreach kernels there), but torch.optim accepts it there and users
+    pass it."""
+    inputs = all_inputs(name)
+    if "foreach" in INFOS[name].supported_impls:
+        descs = {i.desc for i in inputs}
+        for base in base_inputs(name):
+            if f"{base.desc} & foreach" not in descs:
+                kwargs = copy.deepcopy(next(i for i in inputs if i.desc == base.desc).kwargs)
+                kwargs["foreach"] = True
+                inputs.append(OptimizerInput(None, kwargs, f"{base.desc} & foreach"))
+    return inputs
+
+
 ALL = cases(all_inputs, lambda x: x.desc)
+USER = cases(user_inputs, lambda x: x.desc)
 NO_DIFF = cases(lambda n: all_inputs(n, SKIP_DIFF), lambda x: x.desc)
 NO_DIFF_FUSED = cases(lambda n: all_inputs(n, SKIP_DIFF_FUSED), lambda x: x.desc)
 BASE = cases(base_inputs, lambda x: x.desc)
@@ -253,14 +269,15 @@ def _run_differentiable(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize(("name", "index"), ALL)
+@pytest.mark.parametrize(("name", "index"), USER)
 def test_matches_native(name: str, index: int, dtype: torch.dtype) -> None:
     """uniopt.torch against torch.optim with the same input set: same parameters and state after
     each of 7 steps (torch's ``assertEqual`` tolerances for the dtype, or the database's override
     for ``test_<flag>_matches_forloop``); ``step`` compared by value (its dtype: see
     ``test_step_state_dtype_device``)."""
-    kwargs = pick(name, index)
-    figure_key = f"{name}-{all_inputs(name)[index].desc}-{str(dtype).removeprefix('torch.')}"
+    optim_input = user_inputs(name)[index]
+    kwargs = optim_input.kwargs
+    figure_key = f"{name}-{optim_input.desc}-{str(dtype).removeprefix('torch.')}"
     flag = next((f for f in ("fused", "foreach") if kwargs.get(f)), None)
     tol = tolerance(name, f"test_{flag}_matches_forloop", dtype) if flag else {}
     if kwargs.get("differentiable"):
@@ -1182,6 +1199,24 @@ def test_non_empty_state(name: str, index: int) -> None:
 # -- contract points of torch's older suite, judged against the native optimizer -----------------
 def _both(name: str, build: Callable[[Callable[..., Optimizer]], Any]) -> tuple[Any, Any]:
     return build(native(name)), build(uni(name))
+
+
+@pytest.mark.parametrize("capturable", [False, True], ids=["capturable_off", "capturable_on"])
+@pytest.mark.parametrize("name", [p for p in OPTIMS if INFOS[p.values[0]].has_capturable_arg])
+def test_capturable_argument(name: str, capturable: bool) -> None:
+    """``capturable=`` is a constructor argument of torch.optim's RMSprop, Adam, AdamW and RAdam:
+    it is accepted at construction and kept in the group, as torch.optim does (stepping
+    ``capturable=True`` on CPU parameters is refused by torch.optim's step, not compared here)."""
+    groups = []
+    for factory in (native(name), uni(name)):
+        opt = factory([Parameter(torch.randn(3))], capturable=capturable)
+        groups.append(opt.param_groups[0].get("capturable"))
+    assert groups[1] == groups[0]
+    if not capturable:
+        p = Parameter(torch.randn(3))
+        opt = uni(name)([p], capturable=False)
+        p.grad = torch.randn(3)
+        opt.step()
 
 
 @pytest.mark.parametrize("name", OPTIMS)
