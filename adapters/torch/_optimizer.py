@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import operator
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -182,6 +183,12 @@ class UnioptOptimizer(Optimizer):
             self.defaults.setdefault(name, default)
         for group in self.param_groups:  # groups of older state_dicts or pickles
             self._complete(group)
+            for p in group["params"]:
+                entry = self.state.get(p)
+                if entry and "step" in entry:
+                    step = entry["step"]
+                    if not (isinstance(step, torch.Tensor) and step.dtype == torch.int64 and step.is_cpu):
+                        entry["step"] = torch.tensor(_step_count(step), dtype=torch.int64)
         self.state = _watched(self.state)
         self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("_buckets", {})
@@ -382,11 +389,27 @@ class UnioptOptimizer(Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load after checking that the dict comes from this optimizer and fits these params."""
+        """torch.optim's ``load_state_dict``, checking that the dict comes from this optimizer and
+        fits these params before anything is loaded.
+
+        The load-state-dict pre-hooks run first (they may adapt the dict, as torch.optim lets them),
+        then the checks (``ValueError``, see docs/torch.md), then torch.optim's loading and the
+        post-hooks. A group lacking keys gets their defaults (:meth:`_complete`); a ``step`` saved
+        as a number or a float tensor becomes the int64 CPU tensor uniopt keeps.
+        """
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            adapted = pre_hook(self, state_dict)
+            if adapted is not None:
+                state_dict = adapted
         self._check_state_dict(state_dict)
         plain = {k: v for k, v in state_dict.items() if k != _STATE_DICT_KEY}
-        super().load_state_dict(plain)
-        self.state = _watched(self.state)  # torch.optim built a new defaultdict
+        hooks = self._optimizer_load_state_dict_pre_hooks
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()  # they ran above
+        try:
+            super().load_state_dict(plain)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = hooks
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_options(self, group: Mapping[str, Any], params: Iterable[torch.Tensor]) -> None:
@@ -541,6 +564,13 @@ class UnioptOptimizer(Optimizer):
                         f"{owner}.load_state_dict: param {index} has state {sorted(entry)}, "
                         f"expected {sorted(expected)}; nothing was loaded"
                     )
+                step = entry["step"]
+                if _step_count(step) is None:
+                    raise ValueError(
+                        f"{owner}.load_state_dict: param {index} has step {step!r}; expected a "
+                        "step count (an integer >= 0, as a number or a 1-element tensor); nothing "
+                        "was loaded"
+                    )
                 for name in spec.slot_names():
                     if tuple(entry[name].shape) != tuple(p.shape):
                         raise ValueError(
@@ -584,6 +614,20 @@ def _plain(owner: str, name: str, value: Any) -> Any:
 def _lr(value: Any) -> float:
     """A group's ``lr`` as a float (validated by ``_spec_of`` before it is used)."""
     return float(value) if isinstance(value, torch.Tensor) else value
+
+
+def _step_count(step: Any) -> int | None:
+    """A saved ``step`` (an int, a float as older torch.optim saved it, or a 1-element tensor of
+    any dtype) as an int; ``None`` if it is not a whole number >= 0."""
+    if isinstance(step, torch.Tensor):
+        if step.numel() != 1:
+            return None
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        return None
+    if not (math.isfinite(step) and step >= 0 and step == int(step)):
+        return None
+    return int(step)
 
 
 def _in_shared_memory(state: dict[str, Any] | None) -> bool:

@@ -640,3 +640,70 @@ def test_convention_is_a_keyword_stored_per_group():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _train(net, opt, steps=1)
+
+
+@pytest.mark.parametrize(
+    "step", [3, 3.0, torch.tensor(3.0), torch.tensor([3])], ids=["int", "float", "float32", "1-element"]
+)
+def test_a_step_saved_as_a_number_or_float_tensor_loads_as_torch_optim_loads_it(step):
+    older = _older_adam_state_dict()
+    older["state"][0]["step"] = step
+    p = torch.from_numpy(_core(uniopt.Adam(lr=0.05), 3)[0].copy())
+    opt = ut.Adam([p], lr=0.05)
+    opt.load_state_dict(older)
+    assert opt.state[p]["step"].dtype == torch.int64 and int(opt.state[p]["step"]) == 3
+    for t in (4, 5):
+        p.grad = torch.from_numpy(_grad(t))
+        opt.step()
+    np.testing.assert_array_equal(p.numpy(), _core(uniopt.Adam(lr=0.05), 5)[0])
+
+
+@pytest.mark.parametrize("step", [2.5, -1, True, "3", torch.tensor([1, 2])])
+def test_a_step_that_is_no_step_count_is_refused_before_loading(step):
+    older = _older_adam_state_dict()
+    older["state"][0]["step"] = step
+    opt = ut.Adam([torch.zeros(4, dtype=torch.float64)], lr=0.7)
+    with pytest.raises(ValueError, match=r"param 0 has step .*expected a step count.*nothing was loaded"):
+        opt.load_state_dict(older)
+    assert opt.param_groups[0]["lr"] == 0.7 and not opt.state
+
+
+def test_load_state_dict_pre_hooks_run_before_the_checks_as_in_torch_optim():
+    def fix_lr(optimizer, state_dict):
+        state_dict["param_groups"][0]["lr"] = 0.002
+
+    def copy_with_lr(optimizer, state_dict):
+        adapted = copy.deepcopy(state_dict)
+        adapted["param_groups"][0]["lr"] = 0.003
+        return adapted
+
+    for make in (ut.Adam, torch.optim.Adam):
+        opt = make([torch.zeros(4, dtype=torch.float64, requires_grad=True)], lr=0.05)
+        saved = opt.state_dict()
+        saved["param_groups"][0]["lr"] = -1.0  # invalid until a hook fixes it
+        opt.register_load_state_dict_pre_hook(fix_lr)
+        opt.load_state_dict(saved)
+        assert opt.param_groups[0]["lr"] == 0.002
+        opt.register_load_state_dict_pre_hook(copy_with_lr)
+        opt.load_state_dict(saved)
+        assert opt.param_groups[0]["lr"] == 0.003
+        assert saved["param_groups"][0]["lr"] == 0.002  # the first hook wrote into the given dict
+    opt = ut.Adam([torch.zeros(4, dtype=torch.float64)], lr=0.05)
+    opt.register_load_state_dict_pre_hook(
+        lambda o, sd: {**sd, "param_groups": [{**sd["param_groups"][0], "lr": -1.0}]}
+    )
+    with pytest.raises(ValueError, match=r"lr=-1\.0 is out of range"):
+        opt.load_state_dict(opt.state_dict())
+    assert opt.param_groups[0]["lr"] == 0.05
+
+
+def test_a_state_dict_pre_hook_may_keep_a_non_parameter_entry_in_the_state():
+    net, opt, twin, ref = _pair("Adam", lambda n: n.parameters(), lr=0.05)
+    for o in (opt, ref):
+        o.register_state_dict_pre_hook(lambda optimizer: optimizer.state.__setitem__("test", 1))
+    _train(net, opt, steps=2)
+    _train(twin, ref, steps=2)
+    assert opt.state_dict()["state"]["test"] == ref.state_dict()["state"]["test"] == 1
+    _train(net, opt, steps=2)
+    _train(twin, ref, steps=2)
+    _assert_close(net, twin)
