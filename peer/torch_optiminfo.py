@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import io
 import json
 import math
@@ -1207,6 +1208,8 @@ def test_non_empty_state(name: str, index: int) -> None:
     optim.zero_grad()
     model(torch.rand(2, 5)).sum().backward()
     optim.step()
+    # torch.optim.SGD without momentum keeps no state, so torch's loop below checks nothing there;
+    # uniopt keeps ``step`` for every optimizer (docs/torch.md), so both parameters have state
     assert len(optim.state) == 2
     for state in optim.state.values():
         assert len(state) > 0
@@ -1233,6 +1236,25 @@ def test_capturable_argument(name: str, capturable: bool) -> None:
         opt = uni(name)([p], capturable=False)
         p.grad = torch.randn(3)
         opt.step()
+
+
+@pytest.mark.parametrize("name", OPTIMS)
+def test_positional_arguments(name: str) -> None:
+    """torch.optim's positional arguments at their positions: every positional parameter of the
+    native constructor after ``params``, given by position (``lr`` changed so that a shift shows),
+    makes the same param group as torch.optim's."""
+    sig = inspect.signature(native(name).__init__)
+    positional = [
+        p
+        for p in list(sig.parameters.values())[2:]  # after self, params
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ]
+    assert positional and positional[0].name == "lr"
+    values = [0.0123] + [p.default for p in positional[1:]]
+    ref, opt = _both(name, lambda f: f([Parameter(torch.randn(3))], *values))
+    common = set(ref.param_groups[0]) - {"params"}
+    assert common <= set(opt.param_groups[0])
+    assert {k: opt.param_groups[0][k] for k in common} == {k: ref.param_groups[0][k] for k in common}
 
 
 @pytest.mark.parametrize("name", OPTIMS)
