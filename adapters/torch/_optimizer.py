@@ -163,6 +163,9 @@ class UnioptOptimizer(Optimizer):
                 f"accepted: {', '.join((*self._fields(), *self.torch_options))}"
             )
         hyperparameters = {k: v for k, v in kwargs.items() if k not in self.torch_options}
+        # what the constructor was given, as given: a group with another convention takes these and
+        # its own convention's defaults for the rest (see add_param_group)
+        self._given: dict[str, Any] | None = dict(hyperparameters)
         options = {**self.torch_options, **{k: v for k, v in kwargs.items() if k in self.torch_options}}
         self._check_options(options, ())
         plain = {k: _plain(owner, k, v) for k, v in hyperparameters.items()}
@@ -175,7 +178,7 @@ class UnioptOptimizer(Optimizer):
 
     # -- the contract -------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "implementation": self.implementation}
+        return {**super().__getstate__(), "implementation": self.implementation, "_given": self._given}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -191,6 +194,7 @@ class UnioptOptimizer(Optimizer):
                         entry["step"] = torch.tensor(_step_count(step), dtype=torch.int64)
         self.state = _watched(self.state)
         self.__dict__.setdefault("implementation", "auto")
+        self.__dict__.setdefault("_given", None)  # unknown: groups take ``defaults`` as they are
         self.__dict__.setdefault("_buckets", {})
         self.__dict__.setdefault("_grad_layouts", {})
 
@@ -202,6 +206,11 @@ class UnioptOptimizer(Optimizer):
         torch.optim does). Raises ``ValueError`` for bad hyperparameters, a parameter listed twice
         (torch.optim would update it twice per step) or in another group, ``TypeError`` for a
         non-tensor, and what :meth:`_check_options` raises; nothing is added then.
+
+        A group missing a hyperparameter takes ``defaults``' value, as in torch.optim, except in a
+        group whose ``convention`` differs from the constructor's: there a hyperparameter the
+        constructor was not given takes that convention's default (``eps=1e-8`` for ``"torch"``
+        in an optimizer built with ``convention="keras"``, not Keras's ``1e-7``).
         """
         owner = f"uniopt.torch.{self.spec_class.name}"
         if not isinstance(param_group, dict):
@@ -212,6 +221,13 @@ class UnioptOptimizer(Optimizer):
         elif not isinstance(params, set):  # torch.optim refuses sets (unordered)
             params = list(params)  # the one pass over a generator
         param_group["params"] = params
+        convention = self.defaults.get("convention")
+        if self._given is not None and param_group.get("convention", convention) != convention:
+            # the defaults a convention chooses (eps, ...) are the group's convention's
+            own = {**self._given, **{k: v for k, v in param_group.items() if k in self._fields()}}
+            resolved = self.spec_class(**{k: _plain(owner, k, v) for k, v in own.items()}).hyperparameters
+            for name in self._fields():
+                param_group.setdefault(name, own[name] if _holds_tensor(own.get(name)) else resolved[name])
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         spec = self._spec_of(merged)
         if isinstance(params, list):

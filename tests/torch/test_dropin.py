@@ -633,13 +633,31 @@ def test_convention_is_a_keyword_stored_per_group():
     net = _net()
     opt = ut.Adam(net[0].parameters(), convention="keras")
     assert opt.param_groups[0]["convention"] == "keras" and opt.param_groups[0]["eps"] == 1e-7
-    opt.add_param_group({"params": net[2].parameters(), "convention": "torch", "eps": 1e-8})
-    assert opt.param_groups[1]["convention"] == "torch"
+    with pytest.raises(TypeError, match="positional arguments"):
+        ut.Adam(net.parameters(), 1e-3, (0.9, 0.999), 1e-8, 0.0, False, "torch")
     with pytest.raises(ValueError, match=r"convention='tf' is not available"):
         ut.Adam(net.parameters(), convention="tf")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _train(net, opt, steps=1)
+
+
+def test_a_group_with_another_convention_takes_that_conventions_defaults():
+    net = _net()
+    opt = ut.Adam(net[0].parameters(), convention="keras")
+    opt.add_param_group({"params": net[2].parameters(), "convention": "torch"})
+    # torch.optim.Adam's defaults, not Keras's eps=1e-7 and its float32-rounded lr
+    assert (opt.param_groups[1]["eps"], opt.param_groups[1]["lr"]) == (1e-8, 1e-3)
+    assert opt.param_groups[0]["lr"] == float(np.float32(1e-3))
+    given = ut.Adam(net[0].parameters(), lr=0.01, eps=1e-3, convention="keras")
+    given.add_param_group({"params": net[2].parameters(), "convention": "torch"})
+    assert (given.param_groups[1]["eps"], given.param_groups[1]["lr"]) == (1e-3, 0.01)  # as given
+    same = ut.Adam(net[0].parameters(), convention="keras")
+    same.add_param_group({"params": net[2].parameters()})
+    assert same.param_groups[1]["eps"] == 1e-7 and same.param_groups[1]["convention"] == "keras"
+    unpickled = pickle.loads(pickle.dumps(opt))
+    unpickled.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "convention": "torch"})
+    assert unpickled.param_groups[2]["eps"] == 1e-8
 
 
 @pytest.mark.parametrize(
