@@ -147,9 +147,9 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         hyper = {k: kwargs.pop(k) for k in list(kwargs) if k in hyper_names}
         if "weight_decay" in hyper and hyper["weight_decay"] is None:
             if not self.weight_decay_none_is_zero:
-                raise ValueError(
-                    f"{owner}: weight_decay=None is not a float; expected weight_decay >= 0 "
-                    "(keras.optimizers.AdamW refuses None too)"
+                raise ValueError(  # keras.optimizers.AdamW's refusal, in its words
+                    f"{owner}: Argument `weight_decay` must be a float. Received: weight_decay=None "
+                    "(expected weight_decay >= 0)"
                 )
             hyper["weight_decay"] = 0.0  # Keras's "no weight decay"
         hyper = {k: v for k, v in hyper.items() if v is not CONVENTION_DEFAULT}  # the spec fills them

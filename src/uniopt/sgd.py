@@ -91,12 +91,12 @@ class SGD(Spec):
 
     def _check(self) -> None:
         keras = self.convention == "keras"
-        if keras and not isinstance(self.momentum, float):  # keras.optimizers.SGD refuses 0, 1, ...
-            raise ValueError(
-                f"{self.name}: momentum={self.momentum!r} is not a float; expected a float with "
-                "0 <= momentum <= 1 (convention='keras', as keras.optimizers.SGD)"
+        if keras and not (isinstance(self.momentum, float) and 0 <= self.momentum <= 1):
+            raise ValueError(  # keras.optimizers.SGD's check and wording (it refuses 0 and 1 as ints)
+                f"{self.name}: `momentum` must be a float between [0, 1]. Received: "
+                f"momentum={self.momentum!r} (convention='keras', as keras.optimizers.SGD)"
             )
-        check_interval(self.name, "momentum", self.momentum, 0.0, 1.0 if keras else None)
+        check_interval(self.name, "momentum", self.momentum, 0.0)
         check_interval(self.name, "dampening", self.dampening, 0.0, 1.0)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
         # Keras takes a plain step for nesterov=True without momentum; PyTorch refuses it

@@ -1,0 +1,143 @@
+"""Keras's own optimizer tests, run against ``uniopt.tf`` with ``convention="keras"``.
+
+Loaded as a pytest plugin from the repository root::
+
+    KERAS_BACKEND=tensorflow python -m pytest -p peer.keras <SUITES>
+
+``pytest_configure`` replaces ``SGD, Adam, AdamW, RMSprop, Adagrad`` by uniopt.tf's classes whose
+``convention`` defaults to ``"keras"`` (:func:`keras_default`), in every namespace Keras's tests
+read them from: each loaded module holding Keras's class (``keras.optimizers``,
+``keras.src.optimizers``, ``keras.src.optimizers.sgd``, ...) and the name tables behind
+``keras.optimizers.get``/``deserialize``. The test bodies are unchanged. Tests that only exercise
+optimizers uniopt does not have (Adadelta, Adamax, Lion, ...) or Keras's base class alone are
+deselected and counted in :data:`DESELECTED`; :data:`EXPECTED` lists the expected failures, each
+with a category reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import pytest
+
+import peer
+
+_HERE = Path(keras.__file__).parent / "src" / "optimizers"
+
+SUITES: list[str] = [
+    str(_HERE / f"{name}_test.py")
+    for name in (
+        "sgd",
+        "adam",
+        "adamw",
+        "rmsprop",
+        "adagrad",
+        "optimizer",
+        "optimizer_sparse",
+        "loss_scale_optimizer",
+    )
+]
+
+SUBSTITUTED = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")
+"""Keras optimizers replaced by uniopt.tf's classes (``convention="keras"`` by default)."""
+
+DESELECT_REASON = "tests a Keras optimizer uniopt does not implement (or Keras's base class alone)"
+
+# -- expected failures: short category reasons, each defined once ------------------------------
+SPARSE = "sparse gradients are densified (scatter updates not implemented)"
+
+EXPECTED: dict[str, str] = {
+    # Keras's SGD, Adagrad and RMSprop turn an IndexedSlices gradient into a scatter update of the
+    # model variable; uniopt's rule runs over the whole variable (same values, one dense write)
+    **{
+        f"OptimizerSparseTest::test_sparse_gradients_{name}": SPARSE
+        for name in ("sgd", "adagrad", "rmsprop", "loss_scale_optimizer_sgd")
+    },
+}
+
+DESELECTED: list[str] = []
+"""Node ids deselected by the last collection (tests that exercise no substituted optimizer)."""
+
+_SUBSTITUTES: dict[type, type] = {}  # Keras's class -> its substitute, filled by pytest_configure
+
+
+def keras_default(cls: type) -> type:
+    """``cls`` (a uniopt.tf class) with ``convention="keras"`` as its default, named as Keras's."""
+
+    def init(self: Any, *args: Any, convention: str = "keras", **kwargs: Any) -> None:
+        cls.__init__(self, *args, convention=convention, **kwargs)
+
+    namespace = {"__init__": init, "__module__": __name__, "__doc__": cls.__doc__}
+    wrapped = type(cls.__name__, (cls,), namespace)
+    # serialized as a registered custom object, as uniopt.tf's own classes are ("uniopt>SGD")
+    return keras.saving.register_keras_serializable(package="uniopt_keras_default")(wrapped)
+
+
+def _substitute() -> dict[type, type]:
+    import keras.src.optimizers as kso
+
+    import uniopt.tf as ut
+
+    replacements = {getattr(kso, name): keras_default(getattr(ut, name)) for name in SUBSTITUTED}
+    for cls in replacements.values():  # where pickle finds them by qualified name
+        globals()[cls.__name__] = cls
+    for module in list(sys.modules.values()):
+        if not (getattr(module, "__name__", "") or "").startswith("keras"):
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, type) and value in replacements:
+                setattr(module, attr, replacements[value])
+    kso.ALL_OBJECTS = {replacements.get(cls, cls) for cls in kso.ALL_OBJECTS}
+    for key, cls in list(kso.ALL_OBJECTS_DICT.items()):
+        kso.ALL_OBJECTS_DICT[key] = replacements.get(cls, cls)
+    return replacements
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _SUBSTITUTES.update(_substitute())
+
+
+def _case_parameters(function: Any) -> tuple[Any, ...] | None:
+    """The parameters of an absl parameterized case (``None`` for a plain test)."""
+    if function is None or getattr(function, "__closure__", None) is None:
+        return None
+    closure = inspect.getclosurevars(function).nonlocals.get("testcase_params")
+    if closure is None:
+        return None
+    return tuple(closure.values()) if isinstance(closure, dict) else tuple(closure)
+
+
+def _optimizer_of(value: Any) -> bool | None:
+    """For a case parameter naming or building an optimizer, whether that is a substituted one;
+    ``None`` for any other parameter (a flag, an argument name, ...)."""
+    import keras.src.optimizers as kso
+
+    if isinstance(value, str):
+        known = value.lower() in kso.ALL_OBJECTS_DICT
+        return value.lower() in {name.lower() for name in SUBSTITUTED} if known else None
+    if isinstance(value, type):
+        return value in _SUBSTITUTES.values() if issubclass(value, keras.optimizers.Optimizer) else None
+    code = getattr(value, "__code__", None)  # a factory such as lambda: LossScaleOptimizer(SGD(...))
+    return bool(set(code.co_names) & set(SUBSTITUTED)) if code is not None else None
+
+
+def _exercised(item: Any) -> bool:
+    """Every plain test of these suites builds a substituted optimizer (SGD, Adam, ...); so does a
+    parameterized case unless its parameters name only other optimizers (Adadelta, Lion, ...)."""
+    params = _case_parameters(getattr(item, "function", None))
+    optimizers = [o for o in map(_optimizer_of, params or ()) if o is not None]
+    return not optimizers or any(optimizers)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    before = {item.nodeid for item in items}
+    peer.select_and_mark(config, items, EXPECTED, _exercised)
+    DESELECTED[:] = sorted(before - {item.nodeid for item in items})
