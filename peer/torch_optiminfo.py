@@ -9,7 +9,7 @@ AdamW and RAdam drive the same tests with ``uniopt.torch``'s class in place of t
   on the same model, init and data for several steps, with the tolerances torch's
   ``assertEqual`` applies; the one-step max ulp distance of each is written to
   ``build/peer/torch_inputs.json``;
-* every error input (``optim_error_inputs_func``): the exception type (``test_errors_type``) and
+* every error input (``optim_error_inputs_func``): the exception type (``test_error_type``) and
   torch's own check of type and message (``test_errors``), each against the native optimizer too;
 * the contract tests ``TestOptimRenewed`` runs from the database on the CPU (state_dict round trip,
   older and named state_dicts, hooks, deepcopy, complex parameters, param groups, tensor ``lr``,
@@ -346,7 +346,7 @@ def _raise_or_warn(factory: Callable[..., Optimizer], error_input: Any, regex: s
 
 
 @pytest.mark.parametrize(("name", "index"), ERRORS)
-def test_errors_type(name: str, index: int) -> None:
+def test_error_type(name: str, index: int) -> None:
     """The same exception (or warning) type as torch.optim, at the same point, any message."""
     error_input = _error_input(name, index)
     _raise_or_warn(native(name), error_input, error_input.error_regex)  # the referee agrees
