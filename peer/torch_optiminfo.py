@@ -16,8 +16,12 @@ AdamW and RAdam drive the same tests with ``uniopt.torch``'s class in place of t
   closures, steps without gradients), plus the contract points torch's older suite checks (pickle,
   ``zero_grad``, duplicate parameters, param groups as generators, Adagrad's state at construction).
 
-Tests that torch runs only on CUDA, or that check torch.optim's internals (its ``_multi_tensor_*``
-functions, peak memory of its foreach kernels, its database itself), are not here.
+Not here, as torch's suite does not run them on the CPU: the CUDA-only tests (multi-GPU,
+mixed devices, default dtype with foreach, peak memory, found_inf, CPU-to-CUDA state_dicts, fused
+CPU against CUDA, the foreach default, which also mocks torch.optim's ``_multi_tensor_*``),
+``test_cpu_load_state_dict`` (skipped on the CPU), the 2**32-element large-tensor tests (64-72 GB)
+and LBFGS's ``test_second_order_optims_return_consistent_types``.
+``test_optim_infos_do_not_specify_global_cliquey_kwargs`` checks the database, not an optimizer.
 """
 
 from __future__ import annotations
@@ -745,6 +749,29 @@ def test_foreach_matches_forloop(name: str) -> None:
 @pytest.mark.parametrize("name", [p for p in OPTIMS if "cpu" in INFOS[p.values[0]].supports_fused_on])
 def test_fused_matches_forloop(name: str, dtype: torch.dtype) -> None:
     _derived(name, "fused", dtype)
+
+
+@pytest.mark.parametrize("name", [p for p in OPTIMS if "cpu" in INFOS[p.values[0]].supports_fused_on])
+def test_fused_error_on_params_on_meta(name: str) -> None:
+    """``fused=True`` over parameters on the meta device: the step raises torch's RuntimeError;
+    once the module is materialised on the CPU, steps work."""
+    with torch.device("meta"):
+        model = torch.nn.Sequential(
+            torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1), torch.nn.Sigmoid()
+        ).to(torch.float32)
+    optimizer = uni(name)(model.parameters(), fused=True)
+    with torch.device("meta"):
+        for p in model.parameters():
+            p.grad = torch.rand_like(p)
+    with pytest.raises(
+        RuntimeError, match="`fused=True` requires all the params to be floating point Tensors"
+    ):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.to_empty(device=DEVICE)
+    for p in model.parameters():
+        p.grad = torch.rand_like(p)
+    optimizer.step()
 
 
 @pytest.mark.parametrize(("name", "index"), NO_DIFF)
