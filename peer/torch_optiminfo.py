@@ -4,13 +4,15 @@
 (``TestOptimRenewed`` in test/test_optim.py). Here its entries for SGD, Adagrad, RMSprop, Adam,
 AdamW and RAdam drive the same tests with ``uniopt.torch``'s class in place of torch.optim's:
 
-* every input set (``optim_inputs_func``, with the ``foreach``/``fused``/``differentiable``
-  variants torch's suite adds) against the native torch.optim optimizer with the same arguments,
+* every input set (``optim_inputs_func``, with the ``fused``/``differentiable`` variants torch's
+  suite adds on the CPU, and ``foreach=True``, which it leaves out there but torch.optim accepts)
+  against the native torch.optim optimizer with the same arguments,
   on the same model, init and data for several steps, with the tolerances torch's
   ``assertEqual`` applies; the one-step max ulp distance of each is written to
   ``build/peer/torch_inputs.json``;
 * every error input (``optim_error_inputs_func``): the exception type (``test_error_type``) and
-  torch's own check of type and message (``test_errors``), each against the native optimizer too;
+  torch's own check of type and message (``test_errors``); ``test_error_type`` first checks that
+  torch.optim itself raises as the database says;
 * the contract tests ``TestOptimRenewed`` runs from the database on the CPU (state_dict round trip,
   older and named state_dicts, hooks, deepcopy, complex parameters, param groups, tensor ``lr``,
   closures, steps without gradients), plus the contract points torch's older suite checks (pickle,
@@ -224,7 +226,7 @@ def normwise(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
 
 # -- the numbers: every input set against the native optimizer -----------------------------------
 def _model(dtype: torch.dtype) -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
-    """``_test_derived_optimizers``' model and data, with its zero-size-ish trailing 0-d param."""
+    """``_test_derived_optimizers``' model and data, with its trailing 0-d parameter."""
     torch.manual_seed(1)
     model = torch.nn.Sequential(
         torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1), torch.nn.Sigmoid()
