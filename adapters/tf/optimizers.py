@@ -173,14 +173,9 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
             raise _with_keras_name(exc, type(self).__name__) from None
         except TypeError as exc:  # an argument the spec does not know
             raise ValueError(f"{owner}: {exc}") from None
-        if dynamic:
-            keras_lr = learning_rate
-        elif keras_convention:  # Keras's own floatx variable, holding the spec's float32-rounded lr
-            keras_lr = float(spec.lr)
-        else:  # a float64 variable of ours (below), so Keras must not make its floatx one
-            keras_lr = _no_lr
-        super().__init__(learning_rate=keras_lr, weight_decay=None, **kwargs)
-        if not dynamic and not keras_convention:
+        # a float lr goes to a float64 variable of ours (below), so Keras must not make its floatx one
+        super().__init__(learning_rate=learning_rate if dynamic else _no_lr, weight_decay=None, **kwargs)
+        if not dynamic:
             self._learning_rate = self._exact_learning_rate_variable(float(spec.lr))
         self._spec = spec
         self._spec_without_decay = spec.replace(weight_decay=0.0) if spec.weight_decay != 0 else spec
