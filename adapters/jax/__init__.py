@@ -7,8 +7,9 @@
 >>> updates, state = tx.update({"w": jnp.full(3, 0.5)}, state, params)
 >>> params = optax.apply_updates(params, updates)
 
-Each factory (``sgd, adagrad, rmsprop, adam, adamw, radam``) takes optax-style argument names,
-translated to the spec's in one declared mapping (:data:`ALIASES`), with uniopt's defaults, and
+Each factory (``sgd, adagrad, rmsprop, adam, adamw, radam``) takes optax's arguments in optax's
+order (:data:`POSITIONAL`), translated to the spec's in one declared mapping (:data:`ALIASES`), with
+uniopt's defaults (optax's own with ``convention="optax"``), and
 returns a :class:`Transformation` (an ``optax.GradientTransformationExtraArgs``) whose update
 includes the learning rate, like optax's aliases. The update is the core's ``spec.rule`` with
 ``xp = jax.numpy`` applied to every leaf; the per-step scalars are the host's float64 values rounded
@@ -17,12 +18,14 @@ once per dtype (a table gathered by the traced step count, or a host callback). 
 
 from __future__ import annotations
 
-from ._names import ALIASES, FACTORIES, inject_hyperparams, optax_arguments
+from ._names import ALIASES, FACTORIES, OPTAX_ONLY, POSITIONAL, inject_hyperparams, optax_arguments
 from ._porting import export_state, find_state, from_optax, import_state, to_optax
 from ._transform import Transformation, UnioptState, transformation
 
 __all__ = [
     "ALIASES",
+    "OPTAX_ONLY",
+    "POSITIONAL",
     "SGD",
     "Adagrad",
     "Adam",

@@ -44,8 +44,8 @@ from uniopt.scalar_table import NotConvergentError, scalar_table
 __all__ = ["Transformation", "UnioptState", "transformation"]
 
 NO_PARAMS_MSG = (
-    "{name}: update needs `params`: uniopt's rule computes the new parameter from the current one "
-    "(weight decay, and the additive update new_param - param); call tx.update(grads, state, params)"
+    "{name}: update needs `params` with weight decay (it reads the current parameter); call "
+    "tx.update(grads, state, params)"
 )
 
 
@@ -212,17 +212,38 @@ def _working_dtype() -> np.dtype:
     return np.dtype("float64" if jax.config.jax_enable_x64 else "float32")
 
 
+class Injected(NamedTuple):
+    """Hyperparameters given as jax arrays (``optax.inject_hyperparams`` passes them traced).
+
+    ``spec`` has the rule's structure (which slots and branches); ``make(values)`` is the spec of
+    the arrays' values (Python floats), validated, whose ``step_scalars`` the host computes at
+    every step (a host callback under tracing).
+    """
+
+    arrays: tuple[Any, ...]
+    make: Callable[[tuple[float, ...]], Spec]
+
+
 class _Scalars:
     """Per-step scalars of one spec for one update call, each dtype rounded once and cached."""
 
-    def __init__(self, spec: Spec, count: Any, lr: jax.Array | None, xp: Any, tracing: bool):
+    def __init__(
+        self,
+        spec: Spec,
+        count: Any,
+        lr: jax.Array | None,
+        xp: Any,
+        tracing: bool,
+        injected: Injected | None = None,
+    ):
         self.spec, self.count, self.lr, self.xp, self.tracing = spec, count, lr, xp, tracing
+        self.injected = injected
         first = spec.step_scalars(1)
         self.kind, self.flags = type(first), tuple(isinstance(v, bool) for v in first)
         self.cache: dict[Any, NamedTuple] = {}
         self.host_count = None if tracing else int(count)
         self.affine = None
-        if lr is not None and spec.scalars_converge():
+        if lr is not None and injected is None and spec.scalars_converge():
             try:
                 self.affine = _traced_lr_columns(spec, _working_dtype())
             except NotConvergentError:
@@ -238,6 +259,8 @@ class _Scalars:
         return columns.traced(self.count) if self.tracing else columns.eager(self.host_count)
 
     def _compute(self, dtype: np.dtype) -> list[Any]:
+        if self.injected is not None:
+            return self._host(dtype)
         if self.lr is None and self.spec.scalars_converge():
             try:
                 return self._values(_constant_lr_columns(self.spec, dtype))
@@ -266,14 +289,17 @@ class _Scalars:
 
     def _host(self, dtype: np.dtype) -> list[Any]:
         """The scalars computed on the host in float64 for the traced step, rounded once."""
-        spec, flags = self.spec, self.flags
+        spec, flags, injected = self.spec, self.flags, self.injected
+        has_lr = self.lr is not None
 
-        def compute(count, *lr):
-            sc = spec.step_scalars(int(count) + 1, float(lr[0]) if lr else None)
+        def compute(count, *rest):
+            lr = float(rest[0]) if has_lr else None
+            of = spec if injected is None else injected.make(tuple(float(v) for v in rest[has_lr:]))
+            sc = of.step_scalars(int(count) + 1, lr)
             return tuple(np.asarray(v, dtype=bool if f else dtype) for v, f in zip(sc, flags, strict=True))
 
         shapes = tuple(jax.ShapeDtypeStruct((), bool if f else dtype) for f in flags)
-        args = (self.count,) if self.lr is None else (self.count, self.lr)
+        args = (self.count, *((self.lr,) if has_lr else ()), *(injected.arrays if injected else ()))
         return list(jax.pure_callback(compute, shapes, *args, vmap_method="sequential"))
 
 
@@ -363,26 +389,71 @@ def _learning_rate(spec_name: str, learning_rate: Any) -> Callable[[jax.Array], 
     return lambda count: value
 
 
-def transformation(spec: Spec, learning_rate: Any = None) -> Transformation:
+def transformation(
+    spec: Spec,
+    learning_rate: Any = None,
+    *,
+    mask: Any = None,
+    injected: Injected | None = None,
+    state_dtype: tuple[str, Any] | None = None,
+) -> Transformation:
     """The optax transformation running ``spec``.
 
     ``learning_rate``: ``None`` (use ``spec.lr``, constant), an optax schedule ``count -> lr``
     (called with the 0-based step count, as optax does) or a 0-d array (e.g. injected by
     ``optax.inject_hyperparams``).
+
+    ``mask`` (as ``optax.adamw``'s): a pytree of bools shaped like (a prefix of) the parameters, or
+    a callable ``params -> such a pytree``; leaves whose mask is ``False`` get no weight decay (they
+    run ``spec.replace(weight_decay=0.0)``), everything else as usual.
+
+    ``injected``: hyperparameters given as arrays (see :class:`Injected`). ``state_dtype``:
+    ``(argument, dtype)``, optax's ``mu_dtype``/``accumulator_dtype``; the state is kept in each
+    parameter's dtype, so another dtype raises ``ValueError`` at ``init``.
     """
     name = spec.name
     lr_of = _learning_rate(name, learning_rate)
     names = spec.slot_names()
+    undecayed = None
+    if mask is not None:
+        undecayed = spec.replace(weight_decay=0.0)
+        if undecayed.slot_names() != names:  # pragma: no cover - every spec keeps its slots
+            raise ValueError(f"{name}: mask= would change the state's slots")
+
+    def leaf_specs(params: Any, count: int) -> list[Spec]:
+        if mask is None:
+            return [spec] * count
+        tree = mask(params) if callable(mask) else mask
+        try:
+            parts = jax.tree.structure(tree).flatten_up_to(params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{name}: mask must be a pytree of bools shaped like (a prefix of) the parameters, "
+                f"or a callable returning one: {exc}"
+            ) from None
+        out: list[Spec] = []
+        for keep, part in zip(jax.tree.leaves(tree), parts, strict=True):
+            if not isinstance(keep, (bool, np.bool_)):
+                raise TypeError(f"{name}: mask leaves must be Python bools; got {keep!r}")
+            out.extend([spec if keep else undecayed] * len(jax.tree.leaves(part)))
+        return out
 
     def init(params: Any) -> UnioptState:
         leaves, treedef = jax.tree.flatten(params)
-        arrays = [_as_float_array(name, p) for p in leaves]
-        slots = {n: treedef.unflatten([spec.init_slot(n, p, jnp) for p in arrays]) for n in names}
+        arrays = [_as_param(spec, p, state_dtype) for p in leaves]
+        slots = {
+            n: treedef.unflatten([_from_real(spec.init_slot(n, _as_real(p), jnp), p) for p in arrays])
+            for n in names
+        }
         return UnioptState(count=jnp.zeros([], jnp.int32), slots=slots)
 
     def step(grads: Any, state: UnioptState, params: Any) -> tuple[Any, UnioptState]:
         if params is None:
-            raise ValueError(NO_PARAMS_MSG.format(name=name))
+            if getattr(spec, "weight_decay", 0) != 0:
+                raise ValueError(NO_PARAMS_MSG.format(name=name))
+            # without weight decay the rule's step does not read the parameter: run it from 0,
+            # whose new value is the additive update itself (as optax's aliases allow)
+            params = jax.tree.map(lambda g: jnp.zeros_like(_as_param(spec, g)), grads)
         leaves, treedef = jax.tree.flatten(params)
         grad_leaves = treedef.flatten_up_to(grads)
         slot_leaves = {n: treedef.flatten_up_to(state.slots[n]) for n in names}
@@ -391,18 +462,23 @@ def transformation(spec: Spec, learning_rate: Any = None) -> Transformation:
         # under tracing: a zero the compiler cannot see (the step count is >= 0)
         xp = _Unfused(jnp.minimum(count, 0)) if tracing else _OP_BY_OP
         lr = None if lr_of is None else jnp.asarray(lr_of(count))
-        scalars = _Scalars(spec, count, lr, xp, tracing)
+        specs = leaf_specs(params, len(leaves))
+        scalars = {
+            id(s): _Scalars(s, count, lr, xp, tracing, injected if s is spec else _without_decay(injected))
+            for s in {id(s): s for s in specs}.values()
+        }
         new_params, new_slots = [], {n: [] for n in names}
-        for i, (p, g) in enumerate(zip(leaves, grad_leaves, strict=True)):
-            p = _as_float_array(name, p)
+        for i, (p, g, leaf_spec) in enumerate(zip(leaves, grad_leaves, specs, strict=True)):
+            p = _as_param(spec, p, state_dtype)
             g = _as_array(g, p.dtype)
             if g.shape != p.shape:
                 raise ValueError(f"{name}: a gradient of shape {g.shape} for a parameter of shape {p.shape}")
-            slots = {n: _as_array(slot_leaves[n][i], p.dtype) for n in names}
-            new_p, new_s = spec.rule(p, g, slots, scalars.of(p.dtype), xp)
-            new_params.append(new_p)
+            slots = {n: _as_real(_as_array(slot_leaves[n][i], p.dtype)) for n in names}
+            real = _as_real(p)
+            new_p, new_s = leaf_spec.rule(real, _as_real(g), slots, scalars[id(leaf_spec)].of(real.dtype), xp)
+            new_params.append(_from_real(new_p, p))
             for n in names:
-                new_slots[n].append(new_s[n])
+                new_slots[n].append(_from_real(new_s[n], p))
         new_state = UnioptState(
             count=_increment(count),
             slots={n: treedef.unflatten(new_slots[n]) for n in names},
@@ -411,12 +487,20 @@ def transformation(spec: Spec, learning_rate: Any = None) -> Transformation:
 
     def update(updates: Any, state: UnioptState, params: Any = None, **extra_args: Any):
         del extra_args  # optax's extra arguments (loss values, ...) are not used
+        if params is None and getattr(spec, "weight_decay", 0) == 0:
+            params = jax.tree.map(lambda g: jnp.zeros_like(_as_param(spec, g)), updates)
         new_params, new_state = step(updates, state, params)
-        return jax.tree.map(lambda n, p: _as_update(n, _as_array(p, n.dtype)), new_params, params), new_state
+        return jax.tree.map(lambda n, p: _update_of(n, _as_array(p, n.dtype)), new_params, params), new_state
 
     tx = Transformation(init, update)
     tx.__dict__.update(_spec=spec, _learning_rate=learning_rate, _step=step)
     return tx
+
+
+def _without_decay(injected: Injected | None) -> Injected | None:
+    if injected is None:
+        return None
+    return Injected(injected.arrays, lambda values: injected.make(values).replace(weight_decay=0.0))
 
 
 _increment = jax.jit(optax.safe_increment)
@@ -429,11 +513,67 @@ def _as_array(value: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(value, dtype)
 
 
-def _as_float_array(name: str, value: Any) -> jax.Array:
-    array = value if isinstance(value, jax.Array) else jnp.asarray(value)
-    if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise TypeError(
-            f"{name}: parameters must be floating point; got a leaf of dtype {array.dtype} "
-            "(mask it out, e.g. with optax.masked)"
+# Complex parameters: which conventions' frameworks treat a complex number as a pair of reals
+# (each part with its own moments, as torch.optim does), so that running the rule on the pairs
+# reproduces them. optax's adagrad, rmsprop, adam and radam take |g|^2 of each complex entry
+# (numerics.abs_sq): one second moment per complex number, which real pairs do not reproduce.
+_COMPLEX_AS_PAIRS = {"uniopt": None, "torch": None, "optax": frozenset({"SGD"})}
+
+
+def _complex_refusal(spec: Spec) -> str | None:
+    """Why ``spec`` cannot run complex parameters as real pairs, or ``None`` if it can."""
+    convention = getattr(spec, "convention", "uniopt")
+    if convention not in _COMPLEX_AS_PAIRS:
+        return f"convention={convention!r} defines no complex parameters"
+    allowed = _COMPLEX_AS_PAIRS[convention]
+    if allowed is not None and spec.name not in allowed:
+        return (
+            f"with convention={convention!r} the second moment of a complex entry is |g|^2 "
+            f"(optax's numerics.abs_sq), which uniopt's rule on (real, imag) pairs does not reproduce"
         )
+    return None
+
+
+def _as_param(spec: Spec, value: Any, state_dtype: tuple[str, Any] | None = None) -> jax.Array:
+    """A parameter leaf as a jax array, checked: floating or (where the convention allows it)
+    complex, and of the state dtype asked for."""
+    array = value if isinstance(value, jax.Array) else jnp.asarray(value)
+    if jnp.issubdtype(array.dtype, jnp.complexfloating):
+        why = _complex_refusal(spec)
+        if why is not None:
+            raise TypeError(f"{spec.name}: complex parameters are not supported: {why}")
+    elif not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(
+            f"{spec.name}: parameters must be floating point or complex; got a leaf of dtype "
+            f"{array.dtype} (mask it out, e.g. with optax.masked)"
+        )
+    if state_dtype is not None and state_dtype[1] is not None:
+        arg, dtype = state_dtype
+        if jnp.dtype(dtype) != array.dtype:
+            raise ValueError(
+                f"{spec.name}: {arg}={jnp.dtype(dtype).name} for a parameter of dtype {array.dtype}: "
+                f"optimizer state in another dtype than its parameter's is not implemented; "
+                f"expected {arg}=None (the state takes each parameter's dtype)"
+            )
     return array
+
+
+def _as_real(array: jax.Array) -> jax.Array:
+    """A complex array as its (real, imag) pairs along a new last axis; a real array unchanged."""
+    if jnp.issubdtype(array.dtype, jnp.complexfloating):
+        return jnp.stack([jnp.real(array), jnp.imag(array)], axis=-1)
+    return array
+
+
+def _from_real(array: jax.Array, like: jax.Array) -> jax.Array:
+    """The inverse of :func:`_as_real` for a leaf like ``like``."""
+    if jnp.issubdtype(like.dtype, jnp.complexfloating):
+        return lax.complex(array[..., 0], array[..., 1])
+    return array
+
+
+def _update_of(new: jax.Array, old: jax.Array) -> jax.Array:
+    """:func:`_as_update` of each part of a complex leaf."""
+    if jnp.issubdtype(new.dtype, jnp.complexfloating):
+        return lax.complex(_as_update(new.real, old.real), _as_update(new.imag, old.imag))
+    return _as_update(new, old)

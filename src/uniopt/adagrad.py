@@ -28,7 +28,9 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   :math:`10^{-7}`, initial accumulator 0.1. Op sequence: ``s = s + g*g`` (optax's ``g*g + s``, the
   same sum);
   ``p = p + ((1 / sqrt(s + eps)) * g) * (-lr)``. optax's ``where(s > 0, rsqrt(s + eps), 0)``
-  gives the same update for every ``eps > 0`` (``s = 0`` only where every gradient was 0), and its
+  gives the same update for every ``eps > 0`` where ``g*g`` does not underflow (``s = 0`` only where
+  every gradient was 0); ``eps = 0`` is accepted, as by optax, and then the spec takes that
+  ``where`` too (update 0 where ``s = 0``, instead of ``0 * inf``). optax's
   ``rsqrt`` is not correctly rounded on every device: the spec divides ``1`` by the correctly
   rounded root.
 
@@ -88,7 +90,8 @@ class Adagrad(Spec):
 
     def _check(self) -> None:
         check_interval(self.name, "lr_decay", self.lr_decay, 0.0)
-        check_interval(self.name, "eps", self.eps, 0.0, low_open=True)
+        # optax.adagrad accepts eps=0 (its update is 0 where the accumulator is 0)
+        check_interval(self.name, "eps", self.eps, 0.0, low_open=self.convention != "optax")
         check_interval(self.name, "initial_accumulator_value", self.initial_accumulator_value, 0.0)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
 
@@ -126,6 +129,8 @@ class Adagrad(Spec):
             if keras:
                 return xp.subtract(param, xp.divide(xp.multiply(g, sc.lr), root)), {"sum": total}
             inv_root = xp.divide(xp.full_like(root, 1.0), root)
+            if self.eps == 0:  # optax: where(s > 0, rsqrt(s + eps), 0), the same for s > 0
+                inv_root = xp.where(total > 0, inv_root, xp.zeros_like(total))
             return xp.add(param, xp.multiply(xp.multiply(inv_root, g), sc.neg_lr)), {"sum": total}
         std = xp.add(xp.sqrt(total), sc.eps)
         new_param = xp.subtract(param, xp.multiply(xp.divide(g, std), sc.clr))

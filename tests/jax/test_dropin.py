@@ -1,0 +1,303 @@
+"""uniopt.jax as a drop-in for optax's aliases: optax's signatures, ``mask=``, ``mu_dtype=``,
+complex parameters, ``eps=0`` Adagrad, ``optax.inject_hyperparams`` and ``update`` without params.
+
+Expected values come from optax's own aliases run side by side, or are computed by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import uniopt
+import uniopt.jax as ujax
+
+NAMES = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "radam")
+
+
+def _run(tx, params, grads_seq, jit=True):
+    """Updates and final params of ``tx`` over the gradient sequence."""
+    update = jax.jit(tx.update) if jit else tx.update
+    state = tx.init(params)
+    for grads in grads_seq:
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def _grads(shape, steps, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.normal(size=shape).astype(dtype)) for _ in range(steps)]
+
+
+# -- signatures -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signature_is_optaxs_name_by_name(name):
+    """Same names, same positional order (then keyword-only), and under convention="optax" the
+    same meaning of each default."""
+    ours = inspect.signature(getattr(ujax, name)).parameters
+    theirs = inspect.signature(getattr(optax, name)).parameters
+    assert list(ours)[: len(theirs)] == [
+        p for p in theirs if theirs[p].kind is not inspect.Parameter.KEYWORD_ONLY
+    ] + [p for p in theirs if theirs[p].kind is inspect.Parameter.KEYWORD_ONLY]
+    for arg, param in theirs.items():
+        assert ours[arg].kind is param.kind, arg
+    tx = getattr(ujax, name)(1e-3, convention="optax")
+    _, resolved = ujax.optax_arguments(tx.spec)
+    spec_args = ujax.ALIASES[name][1]
+    for arg, param in theirs.items():
+        if arg == "learning_rate":
+            continue
+        default = param.default
+        if arg in spec_args:  # the resolved value means optax's default
+            want = 0.0 if default is None else default  # optax's momentum=None: no momentum
+            assert resolved[arg] == want, arg
+            assert ours[arg].default in (None, default), arg  # None: the convention's default
+        else:  # optax-only: optax's default is accepted with convention="optax", and so is None
+            getattr(ujax, name)(1e-3, convention="optax", **{arg: default})
+            assert ours[arg].default in (None, default), arg
+            getattr(ujax, name)(1e-3, convention="optax", **{arg: ours[arg].default})
+
+
+@pytest.mark.parametrize(
+    ("name", "arg", "value"),
+    [
+        ("adam", "eps_root", 1e-8),
+        ("adamw", "eps_root", 1e-8),
+        ("radam", "eps_root", 1e-8),
+        ("radam", "threshold", 4.0),
+        ("adam", "nesterov", True),
+        ("radam", "nesterov", True),
+        ("rmsprop", "nesterov", True),
+        ("rmsprop", "initial_scale", 1.0),
+        ("rmsprop", "bias_correction", True),
+        ("rmsprop", "eps_in_sqrt", False),
+    ],
+)
+def test_optax_arguments_uniopt_cannot_honour_are_refused_by_name(name, arg, value):
+    with pytest.raises(ValueError, match=rf"uniopt.jax.{name}: {arg}={value!r} .* expected {arg}="):
+        getattr(ujax, name)(1e-3, convention="optax", **{arg: value})
+
+
+def test_positional_arguments_mean_what_optax_means():
+    assert ujax.adam(1e-3, 0.8, 0.99, 1e-6, convention="optax").spec.betas == (0.8, 0.99)
+    assert ujax.sgd(0.1, 0.9, True, convention="optax").spec.nesterov is True
+    assert ujax.rmsprop(0.1, 0.95, 1e-6, convention="optax").spec.alpha == 0.95
+    assert ujax.adamw(1e-3, 0.9, 0.999, 1e-8, 0.0, None, 0.3, convention="optax").spec.weight_decay == 0.3
+    # the threshold uniopt's convention would misread is refused there, accepted where it means >= 5
+    assert ujax.radam(1e-3, convention="optax", threshold=5.0).spec.convention == "optax"
+    with pytest.raises(ValueError, match=r"threshold=5\.0 with convention='uniopt'"):
+        ujax.radam(1e-3, threshold=5.0)
+
+
+# -- mu_dtype / accumulator_dtype -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "arg"), [("adam", "mu_dtype"), ("adamw", "mu_dtype"), ("sgd", "accumulator_dtype")]
+)
+def test_state_dtype_other_than_the_parameters_is_refused_naming_the_argument(name, arg):
+    params = {"w": jnp.ones(3, jnp.float32)}
+    extra = {"momentum": 0.9} if name == "sgd" else {}
+    for ok in (None, jnp.float32, "float32"):
+        state = getattr(ujax, name)(0.1, convention="optax", **extra, **{arg: ok}).init(params)
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.slots))
+    tx = getattr(ujax, name)(0.1, convention="optax", **extra, **{arg: jnp.bfloat16})
+    with pytest.raises(
+        ValueError, match=rf"{arg}=bfloat16 for a parameter of dtype float32: .*expected {arg}=None"
+    ):
+        tx.init(params)
+    with pytest.raises(TypeError, match=rf"{arg}='nonsense' is not a dtype"):
+        getattr(ujax, name)(0.1, **{arg: "nonsense"})
+
+
+# -- complex parameters ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_complex_sgd_matches_optax(nesterov):
+    rng = np.random.default_rng(1)
+    params = jnp.asarray((rng.normal(size=5) + 1j * rng.normal(size=5)).astype(np.complex64))
+    grads = [
+        jnp.asarray((rng.normal(size=5) + 1j * rng.normal(size=5)).astype(np.complex64)) for _ in range(6)
+    ]
+    ours, state = _run(ujax.sgd(0.1, 0.9, nesterov, convention="optax"), params, grads)
+    theirs, _ = _run(optax.sgd(0.1, 0.9, nesterov), params, grads)
+    assert ours.dtype == jnp.complex64
+    assert state.slots["momentum_buffer"].dtype == jnp.complex64
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_complex_params_follow_the_real_pairs_with_the_torch_convention():
+    """torch.optim (and uniopt.torch) treat a complex number as a (real, imag) pair: the result is
+    the NumPy reference run on the pairs."""
+    rng = np.random.default_rng(2)
+    z = (rng.normal(size=4) + 1j * rng.normal(size=4)).astype(np.complex64)
+    gs = [(rng.normal(size=4) + 1j * rng.normal(size=4)).astype(np.complex64) for _ in range(3)]
+    tx = ujax.adam(0.01, convention="torch")
+    state, params = tx.init(jnp.asarray(z)), jnp.asarray(z)
+    for g in gs:
+        params, state = tx.step(jnp.asarray(g), state, params)
+    spec = uniopt.Adam(lr=0.01, convention="torch")
+    pair = lambda c: np.stack([c.real, c.imag], axis=-1)  # noqa: E731
+    ref_params, ref_state = [pair(z)], spec.init([pair(z)])
+    for g in gs:
+        ref_params, ref_state = spec.update([pair(g)], ref_state, ref_params)
+    want = ref_params[0][..., 0] + 1j * ref_params[0][..., 1]
+    np.testing.assert_array_equal(np.asarray(params), want.astype(np.complex64))
+
+
+@pytest.mark.parametrize("name", ["adagrad", "rmsprop", "adam", "adamw", "radam"])
+def test_complex_params_are_refused_where_optax_takes_abs_squared(name):
+    tx = getattr(ujax, name)(0.1, convention="optax")
+    with pytest.raises(TypeError, match=r"complex parameters are not supported: .*\|g\|\^2"):
+        tx.init({"w": jnp.ones(2, jnp.complex64)})
+
+
+# -- mask= ----------------------------------------------------------------------------------------
+
+
+def test_adamw_mask_masks_only_the_weight_decay_as_optax_does():
+    params = {"kernel": jnp.asarray([1.0, -2.0]), "bias": jnp.asarray([1.0])}
+    grads = {"kernel": jnp.asarray([0.5, 0.5]), "bias": jnp.asarray([0.5])}
+    mask = {"kernel": True, "bias": False}
+    ours, _ = _run(ujax.adamw(1e-2, weight_decay=0.1, mask=mask, convention="optax"), params, [grads])
+    theirs, _ = _run(optax.adamw(1e-2, weight_decay=0.1, mask=mask), params, [grads])
+    # by hand: the first Adam step is lr * sign(g); the bias is not decayed: 1 - 0.01 = 0.99
+    np.testing.assert_allclose(np.asarray(ours["bias"]), [0.99], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ours["kernel"]), [1 - 0.01 * (1 + 0.1), -2 - 0.01 * (1 - 0.2)], rtol=1e-6
+    )
+    for key in params:
+        np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(theirs[key]))
+    # optax.masked means something else: masked-out leaves get the raw gradient as their update
+    wrapped, _ = _run(
+        optax.masked(ujax.adamw(1e-2, weight_decay=0.1, convention="optax"), mask), params, [grads]
+    )
+    assert float(wrapped["bias"][0]) == 1.5
+
+
+@pytest.mark.parametrize("convention", ["optax", "uniopt"])
+def test_adamw_mask_as_a_callable_over_several_steps(convention):
+    params = {"a": {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.zeros(3)}, "c": jnp.ones(2)}
+    grads = [jax.tree.map(lambda p, g=g: g[: p.size].reshape(p.shape), params) for g in _grads((6,), 5)]
+    decay_matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+    masked, _ = _run(
+        ujax.adamw(1e-2, weight_decay=0.5, mask=decay_matrices, convention=convention), params, grads
+    )
+    decayed, _ = _run(ujax.adamw(1e-2, weight_decay=0.5, convention=convention), params, grads)
+    undecayed, _ = _run(ujax.adamw(1e-2, weight_decay=0.0, convention=convention), params, grads)
+    np.testing.assert_array_equal(np.asarray(masked["a"]["w"]), np.asarray(decayed["a"]["w"]))
+    np.testing.assert_array_equal(np.asarray(masked["a"]["b"]), np.asarray(undecayed["a"]["b"]))
+    np.testing.assert_array_equal(np.asarray(masked["c"]), np.asarray(undecayed["c"]))
+    if convention == "optax":
+        theirs, _ = _run(optax.adamw(1e-2, weight_decay=0.5, mask=decay_matrices), params, grads)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), masked, theirs)
+
+
+def test_mask_prefix_and_bad_masks():
+    params = {"layer": {"w": jnp.ones(2), "b": jnp.ones(2)}}
+    grads = {"layer": {"w": jnp.ones(2), "b": jnp.ones(2)}}
+    ours, _ = _run(
+        ujax.adamw(0.1, weight_decay=0.1, mask={"layer": False}, convention="optax"), params, [grads]
+    )
+    theirs, _ = _run(optax.adamw(0.1, weight_decay=0.1, mask={"layer": False}), params, [grads])
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), ours, theirs)
+    tx = ujax.adamw(0.1, mask={"other": True})
+    with pytest.raises(ValueError, match="mask must be a pytree of bools shaped like"):
+        tx.update(grads, tx.init(params), params)
+    tx = ujax.adamw(0.1, mask={"layer": jnp.asarray(True)})
+    with pytest.raises(TypeError, match="mask leaves must be Python bools"):
+        tx.update(grads, tx.init(params), params)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'mask'"):
+        ujax.adam(0.1, mask={"layer": True})
+
+
+# -- Adagrad eps=0 --------------------------------------------------------------------------------
+
+
+def test_adagrad_eps_zero_matches_optax():
+    params = jnp.asarray([1.0, 2.0, 3.0])
+    grads = [jnp.asarray([0.0, 0.5, -1e-3]), jnp.asarray([0.0, -0.25, 2.0])]
+    tx = ujax.adagrad(0.1, initial_accumulator_value=0.0, eps=0.0, convention="optax")
+    ours, state = _run(tx, params, grads)
+    theirs, _ = _run(optax.adagrad(0.1, initial_accumulator_value=0.0, eps=0.0), params, grads)
+    # by hand: the first step is -lr * sign(g) where g != 0, 0 where the accumulator is 0
+    first, _ = _run(tx, params, grads[:1])
+    np.testing.assert_allclose(np.asarray(first), [1.0, 1.9, 3.1], rtol=1e-6)
+    assert float(first[0]) == 1.0 and float(state.slots["sum"][0]) == 0.0
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-6)
+    assert np.all(np.isfinite(np.asarray(ours)))
+    with pytest.raises(ValueError, match=r"Adagrad: eps=0\.0 is out of range; expected 0 < eps"):
+        ujax.adagrad(0.1, eps=0.0)  # uniopt's eps is outside the root: 0/0 at a zero accumulator
+
+
+# -- optax.inject_hyperparams ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "changes"),
+    [
+        ("adam", {"learning_rate": 0.1}, {"learning_rate": 0.01, "b1": 0.5}),
+        ("adamw", {"learning_rate": 0.1, "weight_decay": 0.01}, {"learning_rate": 0.05, "weight_decay": 0.1}),
+        ("sgd", {"learning_rate": 0.1, "momentum": 0.9}, {"momentum": 0.5}),
+        ("rmsprop", {"learning_rate": 0.01, "decay": 0.9, "momentum": 0.9}, {"decay": 0.5}),
+        ("adagrad", {"learning_rate": 0.1}, {"learning_rate": 0.2}),
+        ("radam", {"learning_rate": 0.1}, {"b2": 0.99}),
+    ],
+)
+def test_plain_optax_inject_hyperparams_matches_optax(name, kwargs, changes):
+    """optax's idiom: hyperparameters live in the state and may be changed between steps."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 4)}
+    grads = [{"w": g} for g in _grads((4,), 8)]
+    ours = optax.inject_hyperparams(functools.partial(getattr(ujax, name), convention="optax"))(**kwargs)
+    theirs = optax.inject_hyperparams(getattr(optax, name))(**kwargs)
+    results = []
+    for tx in (ours, theirs):
+        p, state = params, jax.jit(tx.init)(params)
+        update = jax.jit(tx.update)
+        for i, g in enumerate(grads):
+            if i == 4:
+                for key, value in changes.items():
+                    state.hyperparams[key] = jnp.asarray(value, state.hyperparams[key].dtype)
+            updates, state = update(g, state, p)
+            p = optax.apply_updates(p, updates)
+        results.append(p["w"])
+    np.testing.assert_allclose(np.asarray(results[0]), np.asarray(results[1]), rtol=2e-6, atol=1e-7)
+
+
+def test_injected_hyperparameters_change_the_steps():
+    params = {"w": jnp.ones(3)}
+    tx = optax.inject_hyperparams(ujax.adam)(learning_rate=0.1)
+    state = tx.init(params)
+    assert set(state.hyperparams) == {"learning_rate", "b1", "b2"}  # None defaults stay static
+    updates, state = tx.update({"w": jnp.full(3, 0.5)}, state, params)
+    np.testing.assert_allclose(np.asarray(updates["w"]), -0.1, rtol=1e-6)  # first Adam step: lr
+    state.hyperparams["learning_rate"] = jnp.asarray(0.02)
+    updates, _ = tx.update({"w": jnp.full(3, 0.5)}, state, params)
+    np.testing.assert_allclose(np.asarray(updates["w"]), -0.02, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"uniopt.jax.adam: eps_root is a jax array; .*static_args"):
+        optax.inject_hyperparams(ujax.adam)(learning_rate=0.1, eps_root=0.0).init(params)
+
+
+# -- update without params ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rmsprop", "adam", "radam"])
+def test_update_without_params_matches_optax(name):
+    grads = _grads((5,), 4)
+    kwargs = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
+    ours, theirs = getattr(ujax, name)(0.1, convention="optax", **kwargs), getattr(optax, name)(0.1, **kwargs)
+    s1, s2 = ours.init(grads[0]), theirs.init(grads[0])
+    for g in grads:
+        u1, s1 = ours.update(g, s1)
+        u2, s2 = theirs.update(g, s2)
+        np.testing.assert_allclose(np.asarray(u1), np.asarray(u2), rtol=2e-6, atol=1e-8)
