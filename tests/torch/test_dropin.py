@@ -11,6 +11,7 @@ relative 1e-9.
 from __future__ import annotations
 
 import copy
+import io
 import pickle
 import re
 import warnings
@@ -725,3 +726,28 @@ def test_a_state_dict_pre_hook_may_keep_a_non_parameter_entry_in_the_state():
     _train(net, opt, steps=2)
     _train(twin, ref, steps=2)
     _assert_close(net, twin)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_state_dict_survives_torch_load_with_weights_only(name):
+    net, opt, twin, ref = _pair(name, lambda n: n.named_parameters(), **KWARGS[name])
+    _train(net, opt, steps=2)
+    _train(twin, ref, steps=2)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)  # torch.load's default since torch 2.6
+    resumed = getattr(ut, name)(net.named_parameters(), convention="torch")
+    resumed.load_state_dict(loaded)
+    _train(net, resumed, steps=2)
+    _train(twin, ref, steps=2)
+    _assert_close(net, twin)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_optimizer_rebuilt_from_its_defaults_has_the_same_defaults(name):
+    """What wrappers such as ZeroRedundancyOptimizer do: ``type(opt)(params, **opt.defaults)``."""
+    params = [torch.zeros(2, requires_grad=True)]
+    opt = getattr(ut, name)(params, lr=torch.tensor(0.01), foreach=False, convention="torch")
+    rebuilt = type(opt)([torch.zeros(3, requires_grad=True)], **opt.defaults)
+    assert rebuilt.defaults == opt.defaults
