@@ -751,3 +751,19 @@ def test_an_optimizer_rebuilt_from_its_defaults_has_the_same_defaults(name):
     opt = getattr(ut, name)(params, lr=torch.tensor(0.01), foreach=False, convention="torch")
     rebuilt = type(opt)([torch.zeros(3, requires_grad=True)], **opt.defaults)
     assert rebuilt.defaults == opt.defaults
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_grad_scaler_with_fused_true_steps_as_torch_optim_fused(name):
+    net, opt, twin, ref = _pair(name, lambda n: n.parameters(), fused=True, **KWARGS[name])
+    assert getattr(ref, "_step_supports_amp_scaling", False)  # torch.optim takes the scale itself
+    for model, optimizer in ((net, opt), (twin, ref)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            optimizer.zero_grad()
+            x = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+            scaler.scale(model(x).pow(2).sum()).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    _assert_close(net, twin)
