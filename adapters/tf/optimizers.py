@@ -158,6 +158,11 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         )
         spec_kwargs = to_spec_kwargs(hyper)
         keras_convention = spec_kwargs.get("convention") == "keras"
+        if keras_convention:  # Keras reads its flags by truth value: nesterov=1, amsgrad=0 work there
+            for field in dataclasses.fields(self.spec_class):
+                value = spec_kwargs.get(field.name)
+                if field.type in ("bool", bool) and _is_zero_or_one(value):
+                    spec_kwargs[field.name] = bool(value)
         if not dynamic and learning_rate is not CONVENTION_DEFAULT:
             if keras_convention and not isinstance(learning_rate, float):
                 raise ValueError(  # keras.optimizers.Optimizer's own check, same wording
@@ -291,6 +296,11 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
 def _keras_names(spec_field: str) -> list[str]:
     names = [k for k, v in KERAS_NAMES.items() if v == spec_field or v.startswith(f"{spec_field}[")]
     return names or [spec_field]
+
+
+def _is_zero_or_one(value: Any) -> bool:
+    """An integer (or NumPy bool) 0 or 1 that is not already a Python bool."""
+    return isinstance(value, (int, np.integer, np.bool_)) and not isinstance(value, bool) and value in (0, 1)
 
 
 def _np_scalar(value: Any) -> Any:

@@ -249,3 +249,18 @@ def test_single_sgd_step_in_float64_sees_keras_float32_rate():
         v = keras.Variable(np.array([1.0]))
         opt.apply([tf.constant([1.0], tf.float64)], [v])
         assert v.numpy()[0] == want == 0.8999999985098839, (kwargs, later)
+
+
+@pytest.mark.parametrize(
+    ("name", "flag"),
+    [("SGD", "nesterov"), ("RMSprop", "centered"), ("Adam", "amsgrad"), ("AdamW", "amsgrad")],
+)
+@pytest.mark.parametrize("value", [0, 1, np.bool_(True)])
+def test_flags_given_as_zero_or_one_mean_what_keras_reads(name, flag, value):
+    """Keras tests its flags by truth value, so ``amsgrad=1`` is AMSGrad there; the same holds here,
+    side by side with Keras's optimizer."""
+    kwargs = {flag: value, "momentum": 0.5} if name == "SGD" else {flag: value}
+    assert getattr(ut, name)(convention="keras", **kwargs).spec.hyperparameters[flag] is bool(value)
+    _run_both(name, "float32", 3, lambda o: None, learning_rate=0.1, **kwargs)
+    with pytest.raises(ValueError, match=flag):  # other conventions keep uniopt's strict bools
+        getattr(ut, name)(**{flag: value})
