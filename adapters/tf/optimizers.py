@@ -134,6 +134,14 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     ``"torch"``, ``"keras"``, ``"optax"`` (and ``"official"`` for RAdam). Arguments left at
     :data:`CONVENTION_DEFAULT` take that convention's default, so
     ``uniopt.tf.RMSprop(convention="keras")`` is ``keras.optimizers.RMSprop()``'s algorithm.
+
+    Positional arguments are Keras's, in the order of Keras's own class (``keras/src/optimizers/``),
+    base arguments (``clipnorm`` ... ``name``) included; arguments Keras lacks are keyword-only.
+    ``weight_decay=None`` means 0 (``AdamW`` raises ``ValueError``, as Keras's AdamW does). With
+    ``convention="keras"``: a ``learning_rate`` that is not a float, schedule or callable raises
+    ``ValueError`` (Keras's check); flags given as 0 or 1 are read as bools; and the learning rate is
+    rounded through float32 at every step however it was set (float, ``optimizer.learning_rate =``,
+    callable, schedule), as Keras's float32 learning-rate variable holds it.
     """
 
     spec_class: ClassVar[type[Spec]]
