@@ -184,8 +184,11 @@ def _run_both(name, dtype, steps, configure, mode="eager", **kwargs):
         def step(g):
             opt.apply([g], [var])
 
-        return tf.function(step) if mode == "function" else step
+        if mode == "eager":
+            return step
+        return tf.function(step, jit_compile=mode == "xla")
 
+    # ours runs eagerly, in a tf.function or under XLA (conftest sets the bitwise XLA flags);
     # Keras's native step runs eagerly: in a tf.function TensorFlow's graph optimizer rewrites its
     # Adagrad's x / sqrt(s) into x * rsqrt(s) (1 ulp apart in float64); uniopt is the same in both
     s_theirs, s_mine = stepper(theirs, native, "eager"), stepper(mine, ours, mode)
@@ -229,7 +232,7 @@ LR_WAYS = {
     ],
     ids=["SGD", "SGD-momentum", "Adagrad", "RMSprop"],
 )
-@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
 def test_learning_rate_passes_through_float32_however_it_is_set(way, dtype, name, kwargs, mode):
     lr_kwargs, configure = LR_WAYS[way]
     _run_both(name, dtype, 4, configure, mode, **lr_kwargs, **kwargs)
