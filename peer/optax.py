@@ -24,6 +24,7 @@ import optax
 import pytest
 
 import peer
+import uniopt.jax as ujax
 
 _SRC = Path(optax.__file__).parent / "_src"
 
@@ -32,6 +33,7 @@ SUITES: list[str] = [
     str(_SRC / "float64_test.py"),
     str(_SRC / "combine_test.py"),
     str(_SRC / "transform_test.py"),
+    str(_SRC / "sharding_test.py"),
 ]
 
 SUBSTITUTED = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "radam", "amsgrad")
@@ -132,8 +134,6 @@ SUBSTITUTES: dict[str, Callable[..., Any]] = {}
 def pytest_configure(config: Any) -> None:
     import optax._src.alias as alias
 
-    import uniopt.jax as ujax
-
     SUBSTITUTES.update(
         {name: _substitute(ujax.FACTORIES[name]) for name in SUBSTITUTED if name in ujax.FACTORIES}
     )
@@ -160,6 +160,11 @@ def _exercised(item: Any) -> bool:
         name = peer.test_id(item.nodeid).rsplit("test_mixed_dtype_input_outputs_", 1)[-1]
         constructor = {n: c for n, c, _ in module.ALL_MODULES}.get(name)
         return constructor in SUBSTITUTES.values()
+    if module is not None and module.__name__.endswith("sharding_test"):
+        name = peer.test_id(item.nodeid)
+        keys = sorted((k for k in module.OPTIMIZERS if name.endswith(f"_{k}")), key=len)
+        optimizer = module.OPTIMIZERS[keys[-1]] if keys else None  # noisy_sgd, not sgd
+        return isinstance(optimizer, ujax.Transformation)
     try:
         source = inspect.getsource(item.function)
     except (OSError, TypeError):

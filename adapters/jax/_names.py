@@ -151,6 +151,8 @@ OPTAX_ONLY: dict[str, dict[str, tuple[Callable[[Any, str], bool], str]]] = {
     },
 }
 
+_INITIAL_STATE = ("initial_accumulator_value",)  # fields read by init, not by the step
+
 _STATE_DTYPE = ("mu_dtype", "accumulator_dtype")  # optax's dtype of the optimizer state
 _SUPPORTS_MASK = ("adamw",)  # factories whose optax alias has mask= (it masks the weight decay)
 
@@ -243,6 +245,11 @@ def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
         field, index = _target(target)
         value = _host_number(arguments[arg])
         if arg != "learning_rate" and isinstance(value, jax.Array):
+            if field in _INITIAL_STATE:
+                raise ValueError(
+                    f"uniopt.jax.{alias}: {arg} is a jax array; it sets the initial state, so pass it "
+                    f"as a number (with optax.inject_hyperparams: static_args=({arg!r},))"
+                )
             if getattr(value, "shape", ()) != ():
                 raise ValueError(
                     f"uniopt.jax.{alias}: {arg} must be a number or a 0-d array; got shape {value.shape}"

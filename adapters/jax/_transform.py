@@ -537,7 +537,10 @@ def _complex_refusal(spec: Spec) -> str | None:
 def _as_param(spec: Spec, value: Any, state_dtype: tuple[str, Any] | None = None) -> jax.Array:
     """A parameter leaf as a jax array, checked: floating or (where the convention allows it)
     complex, and of the state dtype asked for."""
-    array = value if isinstance(value, jax.Array) else jnp.asarray(value)
+    if isinstance(value, jax.ShapeDtypeStruct):  # an abstract parameter (init only reads its type)
+        array = jnp.zeros(value.shape, value.dtype, device=value.sharding)
+    else:
+        array = value if isinstance(value, jax.Array) else jnp.asarray(value)
     if jnp.issubdtype(array.dtype, jnp.complexfloating):
         why = _complex_refusal(spec)
         if why is not None:

@@ -301,3 +301,26 @@ def test_update_without_params_matches_optax(name):
         u1, s1 = ours.update(g, s1)
         u2, s2 = theirs.update(g, s2)
         np.testing.assert_allclose(np.asarray(u1), np.asarray(u2), rtol=2e-6, atol=1e-8)
+
+
+def test_an_injected_initial_accumulator_is_refused_naming_static_args():
+    with pytest.raises(
+        ValueError, match=r"initial_accumulator_value is a jax array; it sets the initial state"
+    ):
+        optax.inject_hyperparams(ujax.adagrad)(learning_rate=0.1, initial_accumulator_value=0.2).init(
+            jnp.ones(2)
+        )
+    tx = optax.inject_hyperparams(ujax.adagrad, static_args=("initial_accumulator_value",))
+    state = tx(learning_rate=0.1, initial_accumulator_value=0.2).init(jnp.ones(2))
+    np.testing.assert_array_equal(np.asarray(state.inner_state.slots["sum"]), np.full(2, 0.2, np.float32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_with_abstract_parameters_as_optax(name):
+    abstract = {"w": jax.ShapeDtypeStruct((2, 3), jnp.bfloat16)}
+    kwargs = {"momentum": 0.9} if name == "sgd" else {}
+    state = getattr(ujax, name)(0.1, convention="optax", **kwargs).init(abstract)
+    theirs = getattr(optax, name)(0.1, **kwargs).init(abstract)
+    ours_slots = {(x.shape, x.dtype) for x in jax.tree.leaves(state.slots)}
+    theirs_slots = {(x.shape, x.dtype) for x in jax.tree.leaves(theirs) if x.shape}
+    assert ours_slots == theirs_slots == {((2, 3), jnp.dtype(jnp.bfloat16))}
