@@ -13,7 +13,8 @@ torch.optim is documented in docs/torch.md: the formulas are the spec's (RAdam's
 sqrt(v-hat) as in Adam; centered RMSprop clamps its variance at 0), and every result is correctly
 rounded the same way as the NumPy reference. torch.optim's implementation switches (``foreach``,
 ``fused``) are accepted and stored as torch.optim stores them, and never change the numbers;
-``capturable=True`` and ``differentiable=True`` are refused. ``implementation``
+``capturable=True`` and ``differentiable=True`` are refused. A torch.optim checkpoint of the same
+algorithm continues under uniopt with :func:`load_torch_optim_state_dict`. ``implementation``
 (:data:`IMPLEMENTATIONS`, default ``"auto"``) chooses how the rule is executed, always with the same
 bits: per tensor, or over flat state buffers, eager or compiled by inductor.
 """
@@ -26,7 +27,13 @@ from typing import Any, ClassVar
 import uniopt
 
 from ._optimizer import AUTO_COMPILE_MIN, IMPLEMENTATIONS, UnioptOptimizer
-from ._porting import export_state, from_torch_optim, import_state, to_torch_optim
+from ._porting import (
+    export_state,
+    from_torch_optim,
+    import_state,
+    load_torch_optim_state_dict,
+    to_torch_optim,
+)
 
 __all__ = [
     "AUTO_COMPILE_MIN",
@@ -41,6 +48,7 @@ __all__ = [
     "export_state",
     "from_torch_optim",
     "import_state",
+    "load_torch_optim_state_dict",
     "to_torch_optim",
 ]
 

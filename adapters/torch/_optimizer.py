@@ -401,8 +401,12 @@ class UnioptOptimizer(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state_dict, plus which uniopt optimizer wrote it."""
         out = super().state_dict()
-        out[_STATE_DICT_KEY] = {"optimizer": self.spec_class.name, "format": 1}
+        out[_STATE_DICT_KEY] = self._state_dict_tag()
         return out
+
+    def _state_dict_tag(self) -> dict[str, Any]:
+        """The ``uniopt`` entry of this optimizer's state_dicts."""
+        return {"optimizer": self.spec_class.name, "format": 1}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's ``load_state_dict``, checking that the dict comes from this optimizer and
@@ -420,6 +424,15 @@ class UnioptOptimizer(Optimizer):
                 state_dict = adapted
         self._check_state_dict(state_dict)
         plain = {k: v for k, v in state_dict.items() if k != _STATE_DICT_KEY}
+        # steps as Python ints: torch.optim would cast a step tensor to float32 on the parameter's
+        # device in a group with fused=True, which rounds counts above 2**24
+        indices = {index for group in state_dict["param_groups"] for index in group["params"]}
+        plain["state"] = {
+            index: {**entry, "step": _step_count(entry["step"])}
+            if index in indices and "step" in entry
+            else entry
+            for index, entry in state_dict["state"].items()
+        }
         hooks = self._optimizer_load_state_dict_pre_hooks
         self._optimizer_load_state_dict_pre_hooks = OrderedDict()  # they ran above
         try:
@@ -544,9 +557,8 @@ class UnioptOptimizer(Optimizer):
             raise ValueError(
                 f"{owner}.load_state_dict: the state_dict was saved by a non-uniopt optimizer (it "
                 f"has no {_STATE_DICT_KEY!r} entry), for example torch.optim.{name}; nothing was "
-                f"loaded. To continue a torch.optim.{name} run, load the state_dict into "
-                f"torch.optim.{name} over the same parameters and call "
-                f"uniopt.torch.import_state(optimizer, uniopt.torch.from_torch_optim(torch_optimizer))"
+                f"loaded. To continue a torch.optim.{name} run, call "
+                "uniopt.torch.load_torch_optim_state_dict(optimizer, state_dict)"
             )
         if tag.get("optimizer") != name:
             raise ValueError(

@@ -20,9 +20,15 @@ from uniopt import PortableState, Spec
 from uniopt.porting import check_compatible, make_state
 
 from ._namespace import xp
-from ._optimizer import UnioptOptimizer, _plain
+from ._optimizer import _STATE_DICT_KEY, UnioptOptimizer, _plain
 
-__all__ = ["export_state", "from_torch_optim", "import_state", "to_torch_optim"]
+__all__ = [
+    "export_state",
+    "from_torch_optim",
+    "import_state",
+    "load_torch_optim_state_dict",
+    "to_torch_optim",
+]
 
 _NATIVE: dict[type[torch.optim.Optimizer], type[Spec]] = {
     torch.optim.SGD: uniopt.SGD,
@@ -286,3 +292,55 @@ def to_torch_optim(
         if entry:
             native[index] = entry
     optimizer.load_state_dict({**current, "state": native})
+
+
+def load_torch_optim_state_dict(
+    optimizer: UnioptOptimizer, state_dict: Mapping[str, Any], *, step: int | None = None
+) -> None:
+    """Load a ``torch.optim`` state_dict of the same algorithm (``torch.optim.Adam``'s into
+    ``uniopt.torch.Adam``, ...) into a ``uniopt.torch`` optimizer over the same parameters, so that
+    a torch.optim run (a checkpoint file) continues under uniopt.
+
+    Each param group keeps its saved hyperparameters, as ``load_state_dict`` keeps them (several
+    groups with different values are fine, unlike :func:`from_torch_optim`'s single record), and
+    takes the optimizer's own group's ``convention``, which a torch.optim dict lacks: build the
+    optimizer with ``convention="torch"`` to continue with torch.optim's formulas. The slots are
+    copied bit for bit (their names and meanings are the spec's, see :data:`_NATIVE`); ``step``
+    (torch.optim's float tensor) becomes the int64 count; ``None`` entries (torch.optim.SGD's
+    momentum buffer without momentum) are dropped. ``torch.optim.SGD`` keeps no step count: pass
+    ``step`` (the number of steps taken, >= 1) when its state holds momentum buffers.
+
+    Raises ``TypeError`` for an optimizer that is not a uniopt.torch one, and ``ValueError`` for a
+    dict saved by uniopt.torch (use ``optimizer.load_state_dict``), a missing or bad ``step``, or
+    whatever ``optimizer.load_state_dict`` refuses (group and parameter counts, the slots the
+    hyperparameters need, shapes, hyperparameters; a torch.optim.AdamW dict into ``Adam`` is refused
+    by its ``decoupled_weight_decay=True``); nothing is loaded then.
+    """
+    owner = "uniopt.torch.load_torch_optim_state_dict"
+    if not isinstance(optimizer, UnioptOptimizer):
+        raise TypeError(
+            f"{owner}: expected a uniopt.torch optimizer, got {type(optimizer).__name__}; a "
+            "torch.optim optimizer loads it with its own load_state_dict"
+        )
+    if _STATE_DICT_KEY in state_dict:
+        raise ValueError(f"{owner}: the state_dict was saved by uniopt.torch; use optimizer.load_state_dict")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
+        raise ValueError(f"{owner}: step={step!r}; expected the number of steps taken, an int >= 1")
+    groups = [dict(group) for group in state_dict["param_groups"]]
+    for group, current in zip(groups, optimizer.param_groups, strict=False):
+        group.setdefault("convention", current["convention"])
+    state: dict[Any, Any] = {}
+    for index, entry in state_dict["state"].items():
+        kept = {name: value for name, value in entry.items() if value is not None}
+        if kept and "step" not in kept:
+            if step is None:
+                raise ValueError(
+                    f"{owner}: param {index} has state {sorted(kept)} but no step count (torch.optim.SGD "
+                    "keeps none); pass step= (the number of steps taken); nothing was loaded"
+                )
+            kept["step"] = step
+        if kept:
+            state[index] = kept
+    optimizer.load_state_dict(
+        {**state_dict, "state": state, "param_groups": groups, _STATE_DICT_KEY: optimizer._state_dict_tag()}
+    )

@@ -409,30 +409,88 @@ def test_a_pickled_optimizer_of_the_older_format_unpickles_with_the_switches():
     assert older.defaults["fused"] is None and older.param_groups[0]["capturable"] is False
 
 
-def test_a_torch_optim_state_dict_names_the_way_to_resume_and_that_way_works():
+def _torch_groups(net):
+    return [
+        {"params": net[0].parameters()},
+        {"params": net[2].parameters(), "lr": 0.01, "weight_decay": 0.1},
+    ]
+
+
+def test_a_torch_optim_state_dict_names_the_function_that_loads_it():
     net, twin = _net(), _net()
     ref = torch.optim.Adam(twin.parameters(), lr=0.05)
     _train(twin, ref, steps=3)
-    checkpoint = ref.state_dict()
-    net.load_state_dict(twin.state_dict())
     opt = ut.Adam(net.parameters(), lr=0.05)
     with pytest.raises(ValueError, match=r"non-uniopt optimizer") as err:
-        opt.load_state_dict(checkpoint)
-    assert "uniopt.torch.import_state(optimizer, uniopt.torch.from_torch_optim(torch_optimizer))" in str(
-        err.value
-    )
+        opt.load_state_dict(ref.state_dict())
+    assert "uniopt.torch.load_torch_optim_state_dict(optimizer, state_dict)" in str(err.value)
     assert not opt.state  # nothing was loaded
-    # the way the message names
-    loader = torch.optim.Adam(_net(5).parameters(), lr=0.05)
-    loader.load_state_dict(checkpoint)
-    ut.import_state(opt, ut.from_torch_optim(loader))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_torch_optim_checkpoint_with_two_groups_continues_under_uniopt(name):
+    net, twin = _net(), _net()
+    ref = getattr(torch.optim, name)(_torch_groups(twin), **KWARGS[name])
+    _train(twin, ref, steps=3)
+    checkpoint = torch.load(_saved(ref.state_dict()), weights_only=True)
+    net.load_state_dict(twin.state_dict())
+    opt = getattr(ut, name)(_torch_groups(net), lr=0.5, convention="torch")  # other lr: the dict's wins
+    ut.load_torch_optim_state_dict(opt, checkpoint, step=3 if name == "SGD" else None)
+    for group, ref_group in zip(opt.param_groups, ref.param_groups, strict=True):
+        assert (group["lr"], group["weight_decay"]) == (ref_group["lr"], ref_group["weight_decay"])
+        assert group["convention"] == "torch"
     for p, q in zip(net.parameters(), twin.parameters(), strict=True):
-        assert int(opt.state[p]["step"]) == int(ref.state[q]["step"]) == 3
-        assert torch.equal(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"])
-        assert torch.equal(opt.state[p]["exp_avg_sq"], ref.state[q]["exp_avg_sq"])
+        assert int(opt.state[p]["step"]) == 3 and opt.state[p]["step"].dtype == torch.int64
+        assert set(opt.state[p]) - {"step"} == set(ref.state[q]) - {"step"}
+        for key in set(ref.state[q]) - {"step"}:
+            assert torch.equal(opt.state[p][key], ref.state[q][key])
     _train(net, opt, steps=3)
     _train(twin, ref, steps=3)
     _assert_close(net, twin)
+
+
+def _saved(state_dict) -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_load_torch_optim_state_dict_refuses_what_does_not_fit():
+    net = _net()
+    sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    _train(net, sgd, steps=2)
+    opt = ut.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"no step count \(torch.optim.SGD keeps none\); pass step="):
+        ut.load_torch_optim_state_dict(opt, sgd.state_dict())
+    with pytest.raises(ValueError, match=r"step=0; expected the number of steps taken"):
+        ut.load_torch_optim_state_dict(opt, sgd.state_dict(), step=0)
+    plain_sgd = torch.optim.SGD(net.parameters(), lr=0.1)  # momentum 0: a None buffer per param
+    _train(net, plain_sgd, steps=1)
+    ut.load_torch_optim_state_dict(ut.SGD(net.parameters()), plain_sgd.state_dict())
+    adamw = torch.optim.AdamW(net.parameters())
+    _train(net, adamw, steps=1)
+    adam = ut.Adam(net.parameters(), lr=0.3)
+    with pytest.raises(ValueError, match=r"decoupled_weight_decay=True is uniopt.torch.AdamW"):
+        ut.load_torch_optim_state_dict(adam, adamw.state_dict())
+    assert adam.param_groups[0]["lr"] == 0.3 and not adam.state
+    with pytest.raises(ValueError, match=r"saved by uniopt.torch; use optimizer.load_state_dict"):
+        ut.load_torch_optim_state_dict(adam, adam.state_dict())
+    with pytest.raises(TypeError, match=r"expected a uniopt\.torch optimizer"):
+        ut.load_torch_optim_state_dict(adamw, adamw.state_dict())
+
+
+def test_a_step_count_above_2_to_the_24_survives_a_fused_group():
+    p = torch.zeros(3, dtype=torch.float64)
+    p.grad = torch.ones_like(p)
+    opt = ut.Adam([p], lr=0.1, fused=True)
+    opt.step()
+    opt.state[p]["step"].fill_(2**24 + 1)  # float32, as torch.optim casts a fused group's step, rounds it
+    saved = opt.state_dict()
+    resumed = ut.Adam([torch.zeros(3, dtype=torch.float64)], fused=True)
+    resumed.load_state_dict(saved)
+    (q,) = resumed.param_groups[0]["params"]
+    assert int(resumed.state[q]["step"]) == 2**24 + 1 and resumed.state[q]["step"].device.type == "cpu"
 
 
 # -- 5. tensor hyperparameters -------------------------------------------------------------------
