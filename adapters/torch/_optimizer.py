@@ -456,12 +456,14 @@ class UnioptOptimizer(Optimizer):
         ``uniopt.torch.AdamW``). Source: torch/optim/optimizer.py and each optimizer's ``__init__``.
         """
         owner = f"uniopt.torch.{self.spec_class.name}"
+        # a group's key this optimizer does not take is the user's own, as in torch.optim
+        group = {name: value for name, value in group.items() if name in self.torch_options}
         for name in ("foreach", "fused"):
-            if name in self.torch_options and group.get(name) not in (None, True, False):
+            if name in group and group[name] not in (None, True, False):
                 raise ValueError(f"{owner}: {name}={group[name]!r}; expected None, True or False")
         for name in ("capturable", "differentiable", "decoupled_weight_decay"):
-            if name in self.torch_options and not isinstance(group.get(name), bool):
-                raise ValueError(f"{owner}: {name}={group.get(name)!r}; expected True or False")
+            if name in group and not isinstance(group[name], bool):
+                raise ValueError(f"{owner}: {name}={group[name]!r}; expected True or False")
         if group.get("fused") and group.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         if group.get("capturable"):

@@ -294,6 +294,10 @@ def to_torch_optim(
     optimizer.load_state_dict({**current, "state": native})
 
 
+_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
+"""torch.optim's implementation switches: a torch.optim state_dict's say how that run was executed."""
+
+
 def load_torch_optim_state_dict(
     optimizer: UnioptOptimizer, state_dict: Mapping[str, Any], *, step: int | None = None
 ) -> None:
@@ -303,8 +307,10 @@ def load_torch_optim_state_dict(
 
     Each param group keeps its saved hyperparameters, as ``load_state_dict`` keeps them (several
     groups with different values are fine, unlike :func:`from_torch_optim`'s single record), and
-    takes the optimizer's own group's ``convention``, which a torch.optim dict lacks: build the
-    optimizer with ``convention="torch"`` to continue with torch.optim's formulas. The slots are
+    takes the optimizer's own group's ``convention``, which a torch.optim dict lacks (build the
+    optimizer with ``convention="torch"`` to continue with torch.optim's formulas), and its
+    ``foreach``, ``fused``, ``capturable`` and ``differentiable`` (how the saving run was executed,
+    for example ``capturable=True`` on CUDA, does not carry over). The slots are
     copied bit for bit (their names and meanings are the spec's, see :data:`_NATIVE`); ``step``
     (torch.optim's float tensor) becomes the int64 count; ``None`` entries (torch.optim.SGD's
     momentum buffer without momentum) are dropped. ``torch.optim.SGD`` keeps no step count: pass
@@ -329,6 +335,11 @@ def load_torch_optim_state_dict(
     groups = [dict(group) for group in state_dict["param_groups"]]
     for group, current in zip(groups, optimizer.param_groups, strict=False):
         group.setdefault("convention", current["convention"])
+        for name in _SWITCHES:  # the saving run's kernel choices are not this optimizer's
+            if name in current:
+                group[name] = current[name]
+            else:
+                group.pop(name, None)
     state: dict[Any, Any] = {}
     for index, entry in state_dict["state"].items():
         kept = {name: value for name, value in entry.items() if value is not None}

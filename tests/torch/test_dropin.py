@@ -465,6 +465,19 @@ def test_load_torch_optim_state_dict_refuses_what_does_not_fit():
         ut.load_torch_optim_state_dict(opt, sgd.state_dict())
     with pytest.raises(ValueError, match=r"step=0; expected the number of steps taken"):
         ut.load_torch_optim_state_dict(opt, sgd.state_dict(), step=0)
+    captured = sgd.state_dict()  # as a CUDA run with capturable=True (or differentiable) saves it
+    captured["param_groups"][0].update(capturable=True, differentiable=True, foreach=True)
+    loaded = ut.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    ut.load_torch_optim_state_dict(loaded, captured, step=2)
+    assert "capturable" not in loaded.param_groups[0]  # torch.optim.SGD has no such argument
+    assert (loaded.param_groups[0]["differentiable"], loaded.param_groups[0]["foreach"]) == (False, None)
+    adam_run = torch.optim.Adam(net.parameters())
+    _train(net, adam_run, steps=1)
+    captured = adam_run.state_dict()
+    captured["param_groups"][0]["capturable"] = True
+    adam_loaded = ut.Adam(net.parameters())
+    ut.load_torch_optim_state_dict(adam_loaded, captured)
+    assert adam_loaded.param_groups[0]["capturable"] is False
     plain_sgd = torch.optim.SGD(net.parameters(), lr=0.1)  # momentum 0: a None buffer per param
     _train(net, plain_sgd, steps=1)
     ut.load_torch_optim_state_dict(ut.SGD(net.parameters()), plain_sgd.state_dict())
