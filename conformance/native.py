@@ -7,7 +7,8 @@ shows how far uniopt's convention is from the optimizer people port from:
 - ``torch.optim@native``: ``torch.optim.<Name>`` (single-tensor path, ``foreach=False``), and for
   ``convention="official"`` the authors' RAdam step, transcribed op for op into current torch calls;
 - ``keras@native``: ``keras.optimizers.<Name>`` on TensorFlow, eagerly;
-- ``optax@native``: ``optax.<alias>`` with ``optax.apply_updates``, under ``jax.jit``.
+- ``optax@native``: ``optax.<alias>`` with ``optax.apply_updates``, under ``jax.jit``, with
+  ``jax_enable_x64`` off (jax's default) except for float64 cells.
 
 Slots are read from the native state under uniopt's names, raw (no rescaling): a convention's slots
 are defined to hold what the native optimizer holds. Frameworks are imported inside the runners.
@@ -264,19 +265,21 @@ def _optax_slots(spec: Spec, state: Any, n: int) -> list[dict[str, np.ndarray]]:
     return [{name: np.array(found[name][i], copy=True) for name in names} for i in range(n)]
 
 
-def _optax_runner(mode: str, x64: bool = True) -> Runner:
-    """optax under ``jax.jit``; ``x64`` sets ``jax_enable_x64`` (process-global) before anything runs.
+def _optax_runner(mode: str, x64: bool | None = None) -> Runner:
+    """optax under ``jax.jit``, at jax's defaults where it can be.
 
-    The matrix's row turns it on (its float64 cells need it); at jax's default (off) optax computes
-    its step scalars in float32 even for float16 and bfloat16 parameters."""
+    ``jax_enable_x64`` (process-global) is set at the start of every cell: off (jax's default, where
+    optax computes its step scalars in float32, for float32, float16 and bfloat16 parameters) unless
+    the cell is float64, which needs it on; ``x64`` forces one setting for every cell. Each cell
+    builds its own transformation and arrays after the switch, so nothing crosses settings."""
     import jax
-
-    jax.config.update("jax_enable_x64", x64)
     import optax
 
     device = jax_device()
 
     def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+        wide = any(p.dtype == np.float64 for p in params0)
+        jax.config.update("jax_enable_x64", wide if x64 is None else x64)
         tx = _optax_transformation(spec)
 
         @jax.jit

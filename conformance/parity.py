@@ -72,7 +72,7 @@ def _runner(native: str, x64: bool | None):
         return _torch_runner("native")
     if native == "keras":
         return _keras_runner("graph")
-    return _optax_runner("native", x64=bool(x64))
+    return _optax_runner("native", x64=bool(x64))  # one setting for the whole process
 
 
 def _reference_step(spec: Any, params: list[np.ndarray], slots: list[dict], grads: list[np.ndarray], k: int):

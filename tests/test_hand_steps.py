@@ -239,7 +239,10 @@ def _adam_like_step(h, s, p, g, t, lr, *, decoupled):
     if h["amsgrad"]:
         v = new["max_exp_avg_sq"] = max(s["max_exp_avg_sq"], v)
     if convention == "keras":  # "epsilon hat": eps added to sqrt(v), not sqrt(v_hat)
-        alpha = lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+        # keras/src/optimizers/adam.py: ops.power(ops.cast(beta, dtype), t), and ops.cast takes a
+        # Python float through float32 (these formulas run in float64)
+        b1_32, b2_32 = float(np.float32(b1)), float(np.float32(b2))
+        alpha = lr * math.sqrt(1.0 - b2_32**t) / (1.0 - b1_32**t)
         return p - alpha * m / (math.sqrt(v) + h["eps"]), new
     v_hat = v / (1.0 - b2**t)
     return p - lr * m_hat / (math.sqrt(v_hat) + h["eps"]), new

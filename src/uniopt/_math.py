@@ -15,6 +15,9 @@ __all__ = [
     "adam_step",
     "bias_correction",
     "ema",
+    "float32_bias_correction",
+    "float32_pow",
+    "float_bits",
     "keras_float32",
     "keras_weight_decay",
     "prepare_grad",
@@ -82,3 +85,48 @@ def adam_step(m: Array, v: Array, step_size: Array, inv_sqrt_bc2: Array, eps: Ar
     """
     denom = xp.add(xp.multiply(xp.sqrt(v), inv_sqrt_bc2), eps)
     return xp.multiply(xp.divide(m, denom), step_size)
+
+
+# -- float32 scalar arithmetic of the frameworks, emulated on the host ----------------------------
+# optax at jax's default (``jax_enable_x64`` off) and Keras in float32 models compute their step
+# scalars in float32 on the device. The conventions that follow them compute the same values on the
+# host, one float32 operation at a time (NumPy float32 scalars round every operation), and hand
+# them to every backend like any other host scalar, so the backends stay bitwise with the NumPy
+# reference.
+
+
+def float32_pow(base: float, step: int | float) -> Any:
+    r"""``float32(base) ** float32(step)`` as a NumPy float32, subnormal results flushed to 0.
+
+    This is the in-graph ``pow`` of XLA:CPU (optax's ``decay**count`` with an int32 count) and of
+    TensorFlow's CPU kernels (Keras's ``ops.power``): both call the C library's ``powf``, which the
+    NumPy float32 scalar power calls too (measured bitwise for bases 0.5, 0.8, 0.9, 0.95, 0.99 and
+    0.999 at every step up to 40000, jax 0.10.2 and TensorFlow 2.21 on x86-64 Linux), and both run
+    flush-to-zero. NumPy's *vectorised* float32 power is a different approximation (thousands of
+    1-ulp differences over the same range), hence the scalar loop where tables are built.
+    """
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        value = np.float32(base) ** np.float32(step)
+    return np.float32(0.0) if abs(value) < np.finfo(np.float32).tiny else value
+
+
+def float32_bias_correction(beta: float, step: int | float) -> Any:
+    r""":math:`1 - \beta^t` in float32 as optax computes it at jax's defaults
+    (``optax.tree.bias_correction``: ``1 - decay**count``, decay a Python float and count int32)."""
+    import numpy as np
+
+    return np.float32(1.0) - float32_pow(beta, step)
+
+
+def float_bits(x: Array, xp: Any) -> int:
+    """The width in bits of ``x``'s floating dtype, read from the dtype object of any backend
+    (NumPy, jax and torch dtypes have ``itemsize``, TensorFlow's ``size``; array-api-strict's
+    answers ``xp.finfo``). Static under tracing and compilation."""
+    dtype = x.dtype
+    for attribute in ("itemsize", "size"):
+        width = getattr(dtype, attribute, None)
+        if isinstance(width, int):
+            return 8 * width
+    return int(xp.finfo(dtype).bits)

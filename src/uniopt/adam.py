@@ -28,13 +28,20 @@ by a scalar into one, differently per backend):
   ``p = p + (-step_size * m) / denom``.
 * ``"keras"`` (``keras.optimizers.Adam``/``AdamW``): the "epsilon hat" form, ``m = m + (g - m)*(1-b1)``,
   ``v = v + (g*g - v)*(1-b2)``, ``p = p - (m * alpha) / (sqrt(v) + eps)`` with
-  ``alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t)``; weight decay is Keras's decoupled
+  ``alpha = (lr * sqrt(1 - beta2^t)) / (1 - beta1^t)`` computed by the rule in the parameter dtype
+  from host values of ``1 - beta1^t`` and ``sqrt(1 - beta2^t)`` that are Keras's own in-graph
+  values (:func:`keras_adam_scalars`: float32 arithmetic for parameters of 32 bits or fewer,
+  float64 with float32-rounded betas for float64); weight decay is Keras's decoupled
   ``p = p - (p*wd)*lr`` before the step; eps :math:`10^{-7}` (AdamW: weight decay 0.004); lr and
   weight decay go through float32 as in Keras (``keras_float32``).
 * ``"optax"`` (``optax.adam``/``adamw``/``amsgrad``): ``m_hat = m * (1 / (1 - beta1^t))``,
   ``v_hat = v * (1 / (1 - beta2^t))``, ``u = m_hat / (sqrt(v_hat) + eps)``, AMSGrad keeps the maximum of
   ``v_hat``; AdamW adds ``wd * p`` to ``u``; ``p = p + (-lr) * u``. Adam takes no weight decay there
-  (AdamW: weight decay :math:`10^{-4}`).
+  (AdamW: weight decay :math:`10^{-4}`). For parameters of 32 bits or fewer the bias corrections are
+  optax's at jax's default (``jax_enable_x64`` off): ``1 - beta^t`` in float32 with float32 ``beta``
+  (``optax.tree.bias_correction``, ``optax/tree_utils/_tree_math.py``), emulated on the host by
+  :func:`uniopt._math.float32_bias_correction`; their reciprocals are then taken in float64 and
+  rounded once. float64 parameters (which need ``jax_enable_x64``) take them in float64.
 """
 
 from __future__ import annotations
@@ -48,13 +55,36 @@ from ._math import (
     adam_moments,
     adam_step,
     bias_correction,
+    float32_bias_correction,
+    float32_pow,
+    float_bits,
     keras_weight_decay,
     prepare_grad,
 )
 from ._spec import Array, Spec
 from ._validate import check_betas, check_interval
 
-__all__ = ["Adam", "AdamScalars"]
+__all__ = ["Adam", "AdamScalars", "keras_adam_scalars"]
+
+
+def keras_adam_scalars(beta1: float, beta2: float, step: int) -> tuple[float, float, float, float]:
+    r"""The step-dependent pieces of Keras's ``alpha``, as ``keras.optimizers.Adam.update_step``
+    (``keras/src/optimizers/adam.py``) computes them in the variable dtype:
+    ``beta_power = ops.power(ops.cast(beta, dtype), ops.cast(iterations + 1, dtype))``, then
+    ``1 - beta_1_power`` and ``ops.sqrt(1 - beta_2_power)``.
+
+    Returns ``(1 - b1^t, sqrt(1 - b2^t))`` in float32 (float32 betas, ``powf``, flush-to-zero:
+    TensorFlow's CPU kernels, measured bitwise against :func:`uniopt._math.float32_pow`), then the
+    same two in float64, where ``ops.cast`` has turned the Python-float betas into float32 values
+    first (``ops.cast(0.999, "float64") == float32(0.999)``) and TensorFlow's float64 ``pow`` is
+    the C library's ``pow`` (measured bitwise). Each is a Python float holding the exact value.
+    """
+    import numpy as np
+
+    b1_32, b2_32 = float(np.float32(beta1)), float(np.float32(beta2))
+    bc1_32 = np.float32(1.0) - float32_pow(beta1, step)
+    sqrt_bc2_32 = np.sqrt(np.float32(1.0) - float32_pow(beta2, step))
+    return float(bc1_32), float(sqrt_bc2_32), 1.0 - b1_32**step, math.sqrt(1.0 - b2_32**step)
 
 
 class AdamScalars(NamedTuple):
@@ -73,6 +103,12 @@ class AdamScalars(NamedTuple):
     inv_bc1: float  # optax: 1 / (1 - beta1^t)
     inv_bc2: float  # optax: 1 / (1 - beta2^t)
     alpha: float  # keras: lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+    inv_bc1_f32: float  # optax, parameters of 32 bits or fewer: 1 / float32(1 - beta1^t)
+    inv_bc2_f32: float  # optax, parameters of 32 bits or fewer: 1 / float32(1 - beta2^t)
+    keras_bc1: float  # keras, 32 bits or fewer: 1 - beta1^t in float32
+    keras_sqrt_bc2: float  # keras, 32 bits or fewer: sqrt(1 - beta2^t) in float32
+    keras_bc1_64: float  # keras, float64: 1 - float32(beta1)^t in float64
+    keras_sqrt_bc2_64: float  # keras, float64: sqrt(1 - float32(beta2)^t) in float64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +149,13 @@ class Adam(Spec):
         lr = float(self.lr if lr is None else lr)
         beta1, beta2 = self.betas
         bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
+        inv_bc1_f32, inv_bc2_f32 = 1.0 / bc1, 1.0 / bc2
+        if self.convention == "optax":  # optax at jax's defaults: float32 bias corrections
+            inv_bc1_f32 = 1.0 / float(float32_bias_correction(beta1, step))
+            inv_bc2_f32 = 1.0 / float(float32_bias_correction(beta2, step))
+        keras = (bc1, math.sqrt(bc2), bc1, math.sqrt(bc2))
+        if self.convention == "keras":
+            keras = keras_adam_scalars(beta1, beta2, step)
         return AdamScalars(
             weight_decay=float(self.weight_decay),
             decay=1.0 - lr * float(self.weight_decay),
@@ -129,6 +172,12 @@ class Adam(Spec):
             inv_bc1=1.0 / bc1,
             inv_bc2=1.0 / bc2,
             alpha=lr * math.sqrt(bc2) / bc1,
+            inv_bc1_f32=inv_bc1_f32,
+            inv_bc2_f32=inv_bc2_f32,
+            keras_bc1=keras[0],
+            keras_sqrt_bc2=keras[1],
+            keras_bc1_64=keras[2],
+            keras_sqrt_bc2_64=keras[3],
         )
 
     def rule(
@@ -162,14 +211,22 @@ class Adam(Spec):
         new = {"exp_avg": m, "exp_avg_sq": v}
         if self.amsgrad:
             v = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
-        step = xp.divide(xp.multiply(m, sc.alpha), xp.add(xp.sqrt(v), sc.eps))
+        # alpha = lr * sqrt(1 - b2^t) / (1 - b1^t) in the parameter dtype, as Keras computes it in-graph
+        narrow = float_bits(param, xp) <= 32
+        sqrt_bc2, bc1 = (
+            (sc.keras_sqrt_bc2, sc.keras_bc1) if narrow else (sc.keras_sqrt_bc2_64, sc.keras_bc1_64)
+        )
+        alpha = xp.divide(xp.multiply(sc.lr, sqrt_bc2), bc1)
+        step = xp.divide(xp.multiply(m, alpha), xp.add(xp.sqrt(v), sc.eps))
         return xp.subtract(param, step), new
 
     def _optax_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
         m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
         new = {"exp_avg": m, "exp_avg_sq": v}
-        m_hat, v_hat = xp.multiply(m, sc.inv_bc1), xp.multiply(v, sc.inv_bc2)
+        narrow = float_bits(param, xp) <= 32  # optax's bias corrections are float32 there
+        inv_bc1, inv_bc2 = (sc.inv_bc1_f32, sc.inv_bc2_f32) if narrow else (sc.inv_bc1, sc.inv_bc2)
+        m_hat, v_hat = xp.multiply(m, inv_bc1), xp.multiply(v, inv_bc2)
         if self.amsgrad:  # optax.amsgrad: the maximum of the bias-corrected v
             v_hat = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v_hat)
         update = xp.divide(m_hat, xp.add(xp.sqrt(v_hat), sc.eps))
