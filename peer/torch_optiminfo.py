@@ -978,6 +978,34 @@ def test_can_load_older_state_dict_steps_as_native(name: str, index: int) -> Non
     assert_equal(results[1], results[0])
 
 
+@pytest.mark.parametrize(("name", "index"), NO_DIFF)
+def test_continues_torch_optim_checkpoint(name: str, index: int) -> None:
+    """A torch.optim checkpoint (state_dict after 3 steps) loaded with
+    ``uniopt.torch.load_torch_optim_state_dict`` continues as torch.optim continues it: the same
+    parameters after 4 more steps on the same gradients (torch's default tolerances)."""
+    kwargs = pick(name, index, SKIP_DIFF)
+    torch.manual_seed(6)
+    weight = Parameter(torch.randn(10, 5))
+    bias = Parameter(torch.randn(10))
+    inpt = torch.randn(5)
+    ref = native(name)([weight, bias], **copy.deepcopy(kwargs))
+    for _ in range(3):
+        _linear_loss(ref, weight, bias, inpt)
+        ref.step()
+    checkpoint = copy.deepcopy(ref.state_dict())
+    weight_c = Parameter(weight.detach().clone())
+    bias_c = Parameter(bias.detach().clone())
+    opt = uni(name)([weight_c, bias_c], **copy.deepcopy(kwargs))
+    step = {"step": 3} if name == "SGD" and kwargs.get("momentum", 0) else {}
+    uniopt.torch.load_torch_optim_state_dict(opt, checkpoint, **step)
+    for _ in range(4):
+        _linear_loss(ref, weight, bias, inpt)
+        _linear_loss(opt, weight_c, bias_c, inpt)
+        ref.step()
+        opt.step()
+    assert_equal([weight_c, bias_c], [weight, bias])
+
+
 @pytest.mark.parametrize("is_named_optim1", [True, False], ids=["named1", "plain1"])
 @pytest.mark.parametrize("is_named_optim0", [True, False], ids=["named0", "plain0"])
 @pytest.mark.parametrize(("name", "index"), NO_DIFF)
