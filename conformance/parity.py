@@ -290,9 +290,11 @@ def render(inputs: list[Path], doc: Path) -> str:
     steps = sorted({row["steps"] for rec in records for row in rec["rows"]})
     lines.append("")
     commits = sorted({rec["uniopt"] for rec in records if rec["label"] != "before"})
+    earlier = sorted({rec["uniopt"] for rec in records if rec["label"] == "before"})
     lines.append(
         f"Stream `{STREAM}` (standard normal), {', '.join(map(str, steps))} steps; uniopt at "
         + ", ".join(commits)
+        + (f" (before: {', '.join(earlier)})" if earlier else "")
         + "; measured with "
         + ", ".join(versions)
         + "."
