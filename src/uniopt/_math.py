@@ -100,10 +100,12 @@ def float32_pow(base: float, step: int | float) -> Any:
 
     This is the in-graph ``pow`` of XLA:CPU (optax's ``decay**count`` with an int32 count) and of
     TensorFlow's CPU kernels (Keras's ``ops.power``): both call the C library's ``powf``, which the
-    NumPy float32 scalar power calls too (measured bitwise for bases 0.5, 0.8, 0.9, 0.95, 0.99 and
-    0.999 at every step up to 40000, jax 0.10.2 and TensorFlow 2.21 on x86-64 Linux), and both run
-    flush-to-zero. NumPy's *vectorised* float32 power is a different approximation (thousands of
-    1-ulp differences over the same range), hence the scalar loop where tables are built.
+    NumPy float32 scalar power calls too, and both run flush-to-zero. Measured bitwise on x86-64
+    Linux: jax 0.10.2 for bases 0.5, 0.8, 0.9, 0.95, 0.99 and 0.999 at every step up to 40000;
+    TensorFlow 2.21 on 0-d tensors (as Keras computes its powers) for bases 0.9 and 0.999 at every
+    step up to 3000 inside ``tf.function``. NumPy's *vectorised* float32 power, and TensorFlow's on
+    vectors, are other approximations (thousands of 1-ulp differences over the same range), so
+    these values are computed one scalar at a time.
     """
     import numpy as np
 

@@ -76,8 +76,9 @@ def keras_adam_scalars(beta1: float, beta2: float, step: int) -> tuple[float, fl
     Returns ``(1 - b1^t, sqrt(1 - b2^t))`` in float32 (float32 betas, ``powf``, flush-to-zero:
     TensorFlow's CPU kernels, measured bitwise against :func:`uniopt._math.float32_pow`), then the
     same two in float64, where ``ops.cast`` has turned the Python-float betas into float32 values
-    first (``ops.cast(0.999, "float64") == float32(0.999)``) and TensorFlow's float64 ``pow`` is
-    the C library's ``pow`` (measured bitwise). Each is a Python float holding the exact value.
+    first (``ops.cast(0.999, "float64") == float32(0.999)``) and TensorFlow's float64 ``pow`` on
+    0-d tensors is the C library's ``pow`` (measured bitwise, bases 0.9 and 0.999, steps up to
+    3000). Each is a Python float holding the exact value.
     """
     import numpy as np
 
