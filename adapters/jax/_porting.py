@@ -21,6 +21,7 @@ import uniopt
 from uniopt import PortableState, Spec
 from uniopt.porting import check_compatible, make_state
 
+from ._names import OPTAX_ONLY
 from ._transform import Transformation, UnioptState
 
 __all__ = ["export_state", "find_state", "from_optax", "import_state", "to_optax"]
@@ -141,29 +142,32 @@ def import_state(
 class _Native(NamedTuple):
     spec: type[Spec]
     fields: Callable[[dict[str, Any]], dict[str, Any]]  # optax arguments -> uniopt fields
-    unsupported: dict[str, Any]  # optax argument -> the only value uniopt can represent
+
+
+def _unsupported(alias: str) -> dict[str, Any]:
+    """optax argument -> the only value a ported state can have been built with: optax's default
+    of each argument without a spec field (:data:`OPTAX_ONLY`), and of ``mask``."""
+    names = [*OPTAX_ONLY[alias], *(["mask"] if alias == "adamw" else [])]
+    parameters = inspect.signature(getattr(optax, alias)).parameters
+    return {name: parameters[name].default for name in names}
 
 
 _NATIVE: dict[str, _Native] = {
     "adam": _Native(
         uniopt.Adam,
         lambda a: {"betas": (a["b1"], a["b2"]), "eps": a["eps"]},
-        {"eps_root": 0.0, "mu_dtype": None, "nesterov": False},
     ),
     "adamw": _Native(
         uniopt.AdamW,
         lambda a: {"betas": (a["b1"], a["b2"]), "eps": a["eps"], "weight_decay": a["weight_decay"]},
-        {"eps_root": 0.0, "mu_dtype": None, "nesterov": False, "mask": None},
     ),
     "radam": _Native(
         uniopt.RAdam,
         lambda a: {"betas": (a["b1"], a["b2"]), "eps": a["eps"]},
-        {"eps_root": 0.0, "threshold": 5.0, "nesterov": False},
     ),
     "sgd": _Native(
         uniopt.SGD,
         lambda a: {"momentum": a["momentum"] or 0.0, "nesterov": a["nesterov"]},
-        {"accumulator_dtype": None},
     ),
     "rmsprop": _Native(
         uniopt.RMSprop,
@@ -173,12 +177,10 @@ _NATIVE: dict[str, _Native] = {
             "centered": a["centered"],
             "momentum": a["momentum"] or 0.0,
         },
-        {"initial_scale": 0.0, "nesterov": False, "bias_correction": False},
     ),
     "adagrad": _Native(
         uniopt.Adagrad,
         lambda a: {"initial_accumulator_value": a["initial_accumulator_value"], "eps": a["eps"]},
-        {},
     ),
 }
 
@@ -202,7 +204,7 @@ def _native_spec(alias: str, kwargs: dict[str, Any], owner: str) -> Spec:
         raise TypeError(f"{owner}: optax.{alias}: {exc}") from None
     bound.apply_defaults()
     args = dict(bound.arguments)
-    for name, allowed in native.unsupported.items():
+    for name, allowed in _unsupported(alias).items():
         if args[name] != allowed:
             raise ValueError(f"{owner}: optax.{alias}({name}={args[name]!r}) has no uniopt counterpart")
     lr = args["learning_rate"]

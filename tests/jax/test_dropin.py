@@ -324,3 +324,24 @@ def test_init_with_abstract_parameters_as_optax(name):
     ours_slots = {(x.shape, x.dtype) for x in jax.tree.leaves(state.slots)}
     theirs_slots = {(x.shape, x.dtype) for x in jax.tree.leaves(theirs) if x.shape}
     assert ours_slots == theirs_slots == {((2, 3), jnp.dtype(jnp.bfloat16))}
+
+
+def test_complex_params_with_the_uniopt_convention_are_real_pairs_and_keras_refuses_them():
+    z = jnp.asarray([1 + 2j, -0.5 - 1j], jnp.complex64)
+    g = jnp.asarray([0.25 - 1j, 2 + 0.5j], jnp.complex64)
+    new, _ = ujax.rmsprop(0.01).step(g, ujax.rmsprop(0.01).init(z), z)
+    spec, pair = uniopt.RMSprop(lr=0.01), np.stack([np.asarray(z).real, np.asarray(z).imag], axis=-1)
+    gpair = np.stack([np.asarray(g).real, np.asarray(g).imag], axis=-1)
+    want, _ = spec.update([gpair], spec.init([pair]), [pair])
+    np.testing.assert_array_equal(
+        np.asarray(new), (want[0][..., 0] + 1j * want[0][..., 1]).astype(np.complex64)
+    )
+    with pytest.raises(TypeError, match="convention='keras' defines no complex parameters"):
+        ujax.sgd(0.1, convention="keras").init(z)
+
+
+def test_porting_from_optax_refuses_the_same_arguments_the_factories_do():
+    params = {"w": jnp.ones(2)}
+    tx = optax.rmsprop(0.1, eps_in_sqrt=False)
+    with pytest.raises(ValueError, match=r"optax.rmsprop\(eps_in_sqrt=False\) has no uniopt counterpart"):
+        ujax.from_optax(tx.init(params), "rmsprop", params, step=0, learning_rate=0.1, eps_in_sqrt=False)
