@@ -215,9 +215,9 @@ def _working_dtype() -> np.dtype:
 class Injected(NamedTuple):
     """Hyperparameters given as jax arrays (``optax.inject_hyperparams`` passes them traced).
 
-    ``spec`` has the rule's structure (which slots and branches); ``make(values)`` is the spec of
-    the arrays' values (Python floats), validated, whose ``step_scalars`` the host computes at
-    every step (a host callback under tracing).
+    The transformation's spec gives the rule's structure (which slots and branches);
+    ``make(values)`` is the spec of the arrays' values (Python floats), validated, whose
+    ``step_scalars`` the host computes at every step (a host callback under tracing).
     """
 
     arrays: tuple[Any, ...]
