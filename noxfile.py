@@ -160,6 +160,50 @@ def peer(session: nox.Session) -> None:
     session.notify("peer_report")
 
 
+PARITY_OUT = "build/parity"
+# The native rows at each framework's default settings (docs/porting.md, "Native parity"); jax's x64
+# flag is process-global, so optax is measured once with it off and once on (float64).
+PARITY_RUNS: dict[str, list[list[str]]] = {
+    "torch": [["--native", "torch.optim"]],
+    "tf": [["--native", "keras"]],
+    "jax": [
+        ["--native", "optax", "--x64", "off"],
+        ["--native", "optax", "--x64", "on", "--dtypes", "float64"],
+    ],
+}
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("framework", list(PARITY_RUNS))
+def parity_measure(session: nox.Session, framework: str) -> None:
+    """One framework's native rows: trajectory and one-step distances from uniopt's conventions."""
+    session.install(".", *FRAMEWORK_DEPS[framework], *HARNESS_DEPS)
+    env = {"KERAS_BACKEND": "tensorflow"} if framework == "tf" else {}
+    for args in PARITY_RUNS[framework]:
+        session.run("python", "-m", "conformance", "parity", "measure", *args, "--out", PARITY_OUT, env=env)
+
+
+@nox.session(python=PYTHON)
+def parity_render(session: nox.Session) -> None:
+    """The native-parity table of docs/porting.md, from this run's measurements and the recorded
+    measurements of the conventions before they took the frameworks' own scalar arithmetic
+    (docs/parity/*-before.json)."""
+    session.install(".", *HARNESS_DEPS)
+    inputs = sorted(map(str, Path(PARITY_OUT).glob("*.json"))) + sorted(
+        map(str, Path("docs/parity").glob("*-before.json"))
+    )
+    session.run("python", "-m", "conformance", "parity", "render", *inputs)
+
+
+@nox.session(python=False)
+def parity(session: nox.Session) -> None:
+    """Native parity at the frameworks' defaults: every framework's rows, then the table."""
+    shutil.rmtree(PARITY_OUT, ignore_errors=True)
+    for framework in PARITY_RUNS:
+        session.notify(f"parity_measure(framework='{framework}')")
+    session.notify("parity_render")
+
+
 BENCH_OUT = "build/bench"
 
 
