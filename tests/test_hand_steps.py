@@ -153,6 +153,8 @@ def adagrad_step(h, s, p, g, t, lr):
     if h["convention"] in ("keras", "optax"):  # eps inside the root; no lr decay
         p = p - lr * h["weight_decay"] * p  # Keras's decoupled decay (optax has none: 0)
         total = s["sum"] + g * g
+        if h["convention"] == "optax" and total <= 0:  # optax: where(s > 0, rsqrt(s + eps), 0) * g
+            return p, {"sum": total}
         return p - lr * g / math.sqrt(total + h["eps"]), {"sum": total}
     g = g + h["weight_decay"] * p
     decayed_lr = lr / (1.0 + (t - 1) * h["lr_decay"])

@@ -182,6 +182,8 @@ TABLE: tuple[OptimizerInfo, ...] = (
             ),
             Case("keras", {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.01, "convention": "keras"}),
             Case("keras_nesterov", {"lr": 0.02, "momentum": 0.9, "nesterov": True, "convention": "keras"}),
+            # Keras takes a plain step when nesterov is set without momentum
+            Case("keras_nesterov_no_momentum", {"lr": 0.02, "nesterov": True, "convention": "keras"}),
             Case("keras_defaults", {"convention": "keras"}),
             Case("optax", {"lr": 0.02, "momentum": 0.9, "nesterov": True, "convention": "optax"}),
         ),
@@ -201,6 +203,9 @@ TABLE: tuple[OptimizerInfo, ...] = (
             ),
             wd=ErrorCase({"weight_decay": -1.0}, r"SGD: weight_decay=-1\.0 is out of range"),
             flag=ErrorCase({"nesterov": "yes", "momentum": 0.9}, r"SGD: nesterov='yes' is not"),
+            keras_momentum=ErrorCase(
+                {"momentum": 2.0, "convention": "keras"}, r"SGD: `momentum` must be a float between \[0, 1\]"
+            ),
         ),
         ulp_tolerance={
             # jax's optax row only (update + apply_updates), the keras case (Keras's decoupled weight
@@ -221,6 +226,10 @@ TABLE: tuple[OptimizerInfo, ...] = (
             Case("keras", {"lr": 0.1, "weight_decay": 0.05, "convention": "keras"}),
             Case("keras_defaults", {"convention": "keras"}),
             Case("optax", {"lr": 0.1, "convention": "optax"}),
+            # optax accepts eps=0: the update is 0 where the accumulator is 0
+            Case(
+                "optax_eps0", {"lr": 0.1, "eps": 0.0, "initial_accumulator_value": 0.0, "convention": "optax"}
+            ),
         ),
         error_cases=_common_errors(
             "Adagrad",
