@@ -145,8 +145,12 @@ class _Columns:
         Python bools."""
         i = min(count, self.length - 1)
         if not self.device:
-            self.device["varying"] = jax.device_put(self.varying)
-            self.device.update({j: jax.device_put(v) for j, (k, v) in enumerate(self.where) if k == "const"})
+            # concrete even when the first eager step runs inside a trace (lax.cond, eval_shape,
+            # optax.apply_if_finite): a cached tracer would break every later step
+            with jax.ensure_compile_time_eval():
+                self.device["varying"] = jax.device_put(self.varying)
+                consts = {j: jax.device_put(v) for j, (k, v) in enumerate(self.where) if k == "const"}
+            self.device.update(consts)
         rows = _row(self.device["varying"], i) if self.varying.shape[1] else ()
         out = []
         for j, (kind, value) in enumerate(self.where):

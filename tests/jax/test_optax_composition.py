@@ -201,3 +201,35 @@ def test_masked_leaves_are_left_alone():
     updates, state = jax.jit(tx.update)({"w": jnp.ones(3), "steps": jnp.zeros((), jnp.int32)}, state, params)
     params = optax.apply_updates(params, updates)
     assert float(params["w"][0]) < 1.0 and params["steps"].dtype == jnp.int32
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ujax.adam(0.125, b1=0.75, b2=0.875),
+        lambda: ujax.radam(0.125, b1=0.75, b2=0.875, convention="optax"),
+        lambda: ujax.adam(optax.linear_schedule(0.125, 0.0625, 7), b1=0.75, b2=0.875),
+    ],
+    ids=["adam", "radam-optax", "adam-schedule"],
+)
+def test_a_first_eager_step_inside_a_trace_leaves_later_steps_working(make):
+    """optax.apply_if_finite, lax.cond and eval_shape run an eager-count update inside a trace;
+    the per-step table built then must not keep a tracer, and every later eager step must give
+    the same bits as a fresh optimizer's."""
+    params = {"w": jnp.ones(3, jnp.float32)}
+    grads = {"w": jnp.full(3, 0.5, jnp.float32)}
+    tx = make()
+    state = tx.init(params)
+    wrapped = optax.apply_if_finite(tx, 3)
+    wrapped.update(grads, wrapped.init(params), params)
+    jax.lax.cond(True, lambda: tx.update(grads, state, params), lambda: tx.update(grads, state, params))
+    jax.eval_shape(lambda: tx.update(grads, state, params))
+    got = []
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        got.append(np.asarray(updates["w"]))
+    fresh = make()
+    fresh_state = fresh.init(params)
+    for g in got:
+        updates, fresh_state = fresh.update(grads, fresh_state, params)
+        assert same_bits(g, np.asarray(updates["w"]))
