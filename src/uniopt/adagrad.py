@@ -44,7 +44,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import keras_weight_decay, prepare_grad
+from ._math import abs_sq, from_parts, is_complex, keras_weight_decay, prepare_grad, real_scalars
 from ._spec import Array, Spec
 from ._validate import CHAIN_DECAY, check_interval
 
@@ -122,6 +122,8 @@ class Adagrad(Spec):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
         if keras and self.weight_decay != 0:
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
+        if self.convention == "optax" and is_complex(param, xp):
+            return self._optax_complex_rule(param, g, slots, sc, xp)
         total = xp.add(slots["sum"], xp.multiply(g, g))
         if keras or self.convention == "optax":  # eps inside the root
             root = xp.sqrt(xp.add(total, sc.eps))
@@ -135,3 +137,25 @@ class Adagrad(Spec):
         std = xp.add(xp.sqrt(total), sc.eps)
         new_param = xp.subtract(param, xp.multiply(xp.divide(g, std), sc.clr))
         return new_param, {"sum": total}
+
+    def _optax_complex_rule(self, param: Array, g: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        r"""optax's Adagrad on complex parameters (``optax/_src/transform.py``, ``scale_by_rss``):
+        :math:`s_t = s_{t-1} + |g_t|^2` in a complex buffer (imaginary part 0, initial value
+        ``initial_accumulator_value + 0j``), :math:`u_t = -\eta\, g_t / \sqrt{s_t + \epsilon}`.
+
+        Op sequence: ``s = s + abs_sq(g)`` (complex), ``inv = 1 / sqrt(re(s) + eps)`` (``0`` where
+        ``re(s) = 0`` when ``eps = 0``), per part ``p = p + (inv * g) * (-lr)``. optax's
+        ``rsqrt`` of the complex ``s + eps`` has the real ``rsqrt`` as its real part (measured
+        bitwise); the spec divides 1 by the correctly rounded root, as for real parameters.
+        """
+        sc = real_scalars(sc, xp)
+        total = xp.add(slots["sum"], abs_sq(g, xp))
+        t_re = xp.real(total)
+        root = xp.sqrt(xp.add(t_re, sc.eps))
+        root = xp.maximum(root, xp.zeros_like(root))  # no-op; blocks x / sqrt -> x * rsqrt
+        inv_root = xp.divide(xp.full_like(root, 1.0), root)
+        if self.eps == 0:  # optax: where(s > 0, rsqrt(s + eps), 0)
+            inv_root = xp.where(t_re > 0, inv_root, xp.zeros_like(t_re))
+        new_re = xp.add(xp.real(param), xp.multiply(xp.multiply(inv_root, xp.real(g)), sc.neg_lr))
+        new_im = xp.add(xp.imag(param), xp.multiply(xp.multiply(inv_root, xp.imag(g)), sc.neg_lr))
+        return from_parts(new_re, new_im, param, xp), {"sum": total}

@@ -52,14 +52,20 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 from ._math import (
+    abs_sq,
     adam_moments,
     adam_step,
     bias_correction,
+    divide_by_scalar,
+    ema,
     float32_bias_correction,
     float32_pow,
     float_bits,
+    from_parts,
+    is_complex,
     keras_weight_decay,
     prepare_grad,
+    real_scalars,
 )
 from ._spec import Array, Spec
 from ._validate import check_betas, check_interval
@@ -110,6 +116,10 @@ class AdamScalars(NamedTuple):
     keras_sqrt_bc2: float  # keras, 32 bits or fewer: sqrt(1 - beta2^t) in float32
     keras_bc1_64: float  # keras, float64: 1 - float32(beta1)^t in float64
     keras_sqrt_bc2_64: float  # keras, float64: sqrt(1 - float32(beta2)^t) in float64
+    bc1: float  # optax, complex parameters: 1 - beta1^t (divided by)
+    bc2: float  # optax, complex parameters: 1 - beta2^t
+    bc1_f32: float  # optax, complex parameters of 32-bit parts: float32(1 - beta1^t)
+    bc2_f32: float  # optax, complex parameters of 32-bit parts: float32(1 - beta2^t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,10 +160,11 @@ class Adam(Spec):
         lr = float(self.lr if lr is None else lr)
         beta1, beta2 = self.betas
         bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
-        inv_bc1_f32, inv_bc2_f32 = 1.0 / bc1, 1.0 / bc2
+        bc1_f32, bc2_f32 = bc1, bc2
         if self.convention == "optax":  # optax at jax's defaults: float32 bias corrections
-            inv_bc1_f32 = 1.0 / float(float32_bias_correction(beta1, step))
-            inv_bc2_f32 = 1.0 / float(float32_bias_correction(beta2, step))
+            bc1_f32 = float(float32_bias_correction(beta1, step))
+            bc2_f32 = float(float32_bias_correction(beta2, step))
+        inv_bc1_f32, inv_bc2_f32 = 1.0 / bc1_f32, 1.0 / bc2_f32
         keras = (bc1, math.sqrt(bc2), bc1, math.sqrt(bc2))
         if self.convention == "keras":
             keras = keras_adam_scalars(beta1, beta2, step)
@@ -179,6 +190,10 @@ class Adam(Spec):
             keras_sqrt_bc2=keras[1],
             keras_bc1_64=keras[2],
             keras_sqrt_bc2_64=keras[3],
+            bc1=bc1,
+            bc2=bc2,
+            bc1_f32=bc1_f32,
+            bc2_f32=bc2_f32,
         )
 
     def rule(
@@ -223,6 +238,8 @@ class Adam(Spec):
 
     def _optax_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
+        if is_complex(param, xp):
+            return self._optax_complex_rule(param, g, slots, sc, xp)
         m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
         new = {"exp_avg": m, "exp_avg_sq": v}
         narrow = float_bits(param, xp) <= 32  # optax's bias corrections are float32 there
@@ -234,3 +251,41 @@ class Adam(Spec):
         if self.decoupled and self.weight_decay != 0:  # optax.add_decayed_weights
             update = xp.add(update, xp.multiply(param, sc.weight_decay))
         return xp.add(param, xp.multiply(update, sc.neg_lr)), new
+
+    def _optax_complex_rule(self, param: Array, g: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        r"""optax's Adam on complex parameters (``optax/_src/transform.py``, ``scale_by_adam`` and
+        ``scale_by_amsgrad``; ``optax/tree_utils/_tree_math.py``, ``update_moment_per_elem_norm``
+        and ``bias_correction``): :math:`m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t`,
+        :math:`v_t = \beta_2 v_{t-1} + (1-\beta_2) |g_t|^2` in complex buffers (the imaginary
+        part of :math:`v` stays 0), :math:`\hat m = m / (1-\beta_1^t)`,
+        :math:`\hat v = v / (1-\beta_2^t)`, :math:`u = \hat m / (\sqrt{\hat v} + \epsilon)`.
+
+        Op sequence on the parts (``re``, ``im``): ``m = m*b1 + g*(1-b1)``,
+        ``v = v*b2 + abs_sq(g)*(1-b2)`` (complex buffers); ``m_hat = m / bc1`` and
+        ``v_hat = re(v) / bc2``, true divisions as XLA's complex division by ``bc + 0j`` does;
+        AMSGrad keeps ``maximum(re(v_max), v_hat)`` (imaginary part 0, as optax's from its zero
+        state); ``u = m_hat / (sqrt(v_hat) + eps)`` per part (the real part of optax's complex root
+        of ``v_hat + 0j`` is the real root, measured bitwise); AdamW adds ``p * wd``;
+        ``p = p + u * (-lr)`` per part.
+        """
+        sc = real_scalars(sc, xp)
+        m = ema(slots["exp_avg"], g, sc.beta1, sc.one_minus_beta1, xp)
+        v = ema(slots["exp_avg_sq"], abs_sq(g, xp), sc.beta2, sc.one_minus_beta2, xp)
+        new = {"exp_avg": m, "exp_avg_sq": v}
+        p_re, p_im = xp.real(param), xp.imag(param)
+        narrow = float_bits(p_re, xp) <= 32  # optax's bias corrections are float32 there
+        bc1, bc2 = (sc.bc1_f32, sc.bc2_f32) if narrow else (sc.bc1, sc.bc2)
+        m_re = divide_by_scalar(xp.real(m), bc1, xp)
+        m_im = divide_by_scalar(xp.imag(m), bc1, xp)
+        v_hat = divide_by_scalar(xp.real(v), bc2, xp)
+        if self.amsgrad:  # optax.amsgrad: the maximum of the bias-corrected v
+            v_hat = xp.maximum(xp.real(slots["max_exp_avg_sq"]), v_hat)
+            new["max_exp_avg_sq"] = from_parts(v_hat, xp.zeros_like(v_hat), param, xp)
+        denom = xp.add(xp.sqrt(v_hat), sc.eps)
+        u_re, u_im = xp.divide(m_re, denom), xp.divide(m_im, denom)
+        if self.decoupled and self.weight_decay != 0:  # optax.add_decayed_weights
+            u_re = xp.add(u_re, xp.multiply(p_re, sc.weight_decay))
+            u_im = xp.add(u_im, xp.multiply(p_im, sc.weight_decay))
+        new_re = xp.add(p_re, xp.multiply(u_re, sc.neg_lr))
+        new_im = xp.add(p_im, xp.multiply(u_im, sc.neg_lr))
+        return from_parts(new_re, new_im, param, xp), new

@@ -63,13 +63,19 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 from ._math import (
+    abs_sq,
     adam_moments,
     adam_step,
     bias_correction,
+    divide_by_scalar,
+    ema,
     float32_bias_correction,
     float32_pow,
     float_bits,
+    from_parts,
+    is_complex,
     prepare_grad,
+    real_scalars,
 )
 from ._spec import Array, Spec, select
 from ._validate import CHAIN_DECAY, check_betas, check_interval
@@ -104,6 +110,10 @@ class RAdamScalars(NamedTuple):
     r_f32: float  # optax, parameters of 32 bits or fewer: r_t in float32 (0 when unrectified)
     inv_bc1_f32: float  # optax, parameters of 32 bits or fewer: 1 / float32(1 - beta1^t)
     inv_bc2_f32: float  # optax, parameters of 32 bits or fewer: 1 / float32(1 - beta2^t)
+    bc1: float  # optax, complex parameters: 1 - beta1^t (divided by)
+    bc2: float  # optax, complex parameters: 1 - beta2^t
+    bc1_f32: float  # optax, complex parameters of 32-bit parts: float32(1 - beta1^t)
+    bc2_f32: float  # optax, complex parameters of 32-bit parts: float32(1 - beta2^t)
 
 
 def optax_float32_r(beta2: float, step: int) -> tuple[bool, float]:
@@ -216,11 +226,12 @@ class RAdam(Spec):
             )
         elif self.degenerated_to_sgd:
             official_step = -(1.0 / bc1 * lr)
-        rectified_f32, r_f32, inv_bc1_f32, inv_bc2_f32 = rectified, r, 1.0 / bc1, 1.0 / bc2
+        rectified_f32, r_f32, bc1_f32, bc2_f32 = rectified, r, bc1, bc2
         if self.convention == "optax":  # optax at jax's defaults: float32 scalars
             rectified_f32, r_f32 = optax_float32_r(beta2, step)
-            inv_bc1_f32 = 1.0 / float(float32_bias_correction(beta1, step))
-            inv_bc2_f32 = 1.0 / float(float32_bias_correction(beta2, step))
+            bc1_f32 = float(float32_bias_correction(beta1, step))
+            bc2_f32 = float(float32_bias_correction(beta2, step))
+        inv_bc1_f32, inv_bc2_f32 = 1.0 / bc1_f32, 1.0 / bc2_f32
         return RAdamScalars(
             rectified=rectified,
             weight_decay=float(self.weight_decay),
@@ -245,6 +256,10 @@ class RAdam(Spec):
             r_f32=r_f32,
             inv_bc1_f32=inv_bc1_f32,
             inv_bc2_f32=inv_bc2_f32,
+            bc1=bc1,
+            bc2=bc2,
+            bc1_f32=bc1_f32,
+            bc2_f32=bc2_f32,
         )
 
     def rule(
@@ -274,6 +289,8 @@ class RAdam(Spec):
         l2 = decay and self.convention == "torch" and not self.decoupled_weight_decay
         coupled = sc.weight_decay if l2 else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
+        if self.convention == "optax" and is_complex(param, xp):
+            return self._optax_complex_rule(param, g, slots, sc, xp)
         m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
         new = {"exp_avg": m, "exp_avg_sq": v}
         if self.convention == "torch":
@@ -317,3 +334,40 @@ class RAdam(Spec):
             return xp.add(decayed, xp.multiply(m, sc.official_step))
 
         return select(sc.rectified, official_rectified, official_unrectified, xp), new
+
+    def _optax_complex_rule(self, param: Array, g: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        r"""optax's RAdam on complex parameters (``optax/_src/transform.py``, ``scale_by_radam``):
+        the moments as in :meth:`uniopt.Adam._optax_complex_rule` (:math:`v` accumulates
+        :math:`|g|^2` in a complex buffer), :math:`\hat m = m / (1-\beta_1^t)`, and
+        :math:`u = r_t \hat m / (\sqrt{v / (1-\beta_2^t)} + \epsilon)` when
+        :math:`\rho_t \ge 5`, else :math:`u = \hat m`; :math:`\theta = \theta - \eta u`.
+
+        Op sequence on the parts: ``m_hat = m / bc1`` (a true division, as XLA's complex division
+        by ``bc1 + 0j``), rectified ``u = (r * m_hat) / (sqrt(re(v) / bc2) + eps)``, then
+        ``p = p + u * (-lr)``.
+        """
+        sc = real_scalars(sc, xp)
+        m = ema(slots["exp_avg"], g, sc.beta1, sc.one_minus_beta1, xp)
+        v = ema(slots["exp_avg_sq"], abs_sq(g, xp), sc.beta2, sc.one_minus_beta2, xp)
+        p_re, p_im = xp.real(param), xp.imag(param)
+        narrow = float_bits(p_re, xp) <= 32  # optax's scalars are float32 there
+        flag, r, bc1, bc2 = (
+            (sc.rectified_f32, sc.r_f32, sc.bc1_f32, sc.bc2_f32)
+            if narrow
+            else (sc.rectified, sc.r, sc.bc1, sc.bc2)
+        )
+        m_re = divide_by_scalar(xp.real(m), bc1, xp)
+        m_im = divide_by_scalar(xp.imag(m), bc1, xp)
+
+        def rectified() -> Array:
+            denom = xp.add(xp.sqrt(divide_by_scalar(xp.real(v), bc2, xp)), sc.eps)
+            u_re = xp.divide(xp.multiply(r, m_re), denom)
+            u_im = xp.divide(xp.multiply(r, m_im), denom)
+            new_re = xp.add(p_re, xp.multiply(u_re, sc.neg_lr))
+            return from_parts(new_re, xp.add(p_im, xp.multiply(u_im, sc.neg_lr)), param, xp)
+
+        def unrectified() -> Array:
+            new_re = xp.add(p_re, xp.multiply(m_re, sc.neg_lr))
+            return from_parts(new_re, xp.add(p_im, xp.multiply(m_im, sc.neg_lr)), param, xp)
+
+        return select(flag, rectified, unrectified, xp), {"exp_avg": m, "exp_avg_sq": v}

@@ -40,7 +40,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import ema, keras_weight_decay, prepare_grad
+from ._math import abs_sq, ema, from_parts, is_complex, keras_weight_decay, prepare_grad, real_scalars
 from ._spec import Array, Spec
 from ._validate import CHAIN_DECAY, check_interval
 
@@ -117,6 +117,8 @@ class RMSprop(Spec):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
         if keras and self.weight_decay != 0:
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
+        if self.convention == "optax" and is_complex(param, xp):
+            return self._optax_complex_rule(param, g, slots, sc, xp)
         new: dict[str, Array] = {}
         new["square_avg"] = ema(slots["square_avg"], xp.multiply(g, g), sc.alpha, sc.one_minus_alpha, xp)
         variance = new["square_avg"]
@@ -144,3 +146,33 @@ class RMSprop(Spec):
         if self.convention == "optax":
             return xp.add(param, step_dir), new
         return xp.subtract(param, xp.multiply(step_dir, sc.lr)), new
+
+    def _optax_complex_rule(self, param: Array, g: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        r"""optax's RMSprop on complex parameters (``optax/_src/transform.py``, ``scale_by_rms``
+        and ``scale_by_stddev``; ``optax/_src/alias.py``, ``rmsprop``): :math:`v_t = \alpha
+        v_{t-1} + (1-\alpha)|g_t|^2` in a complex buffer (imaginary part 0), centered
+        :math:`\bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g_t` and variance
+        :math:`v_t - |\bar g_t|^2`; :math:`u_t = -\eta\, g_t / \sqrt{\mathrm{var} + \epsilon}`,
+        momentum :math:`b_t = u_t + \mu b_{t-1}`, :math:`\theta_t = \theta_{t-1} + b_t`.
+
+        Op sequence: ``v = v*a + abs_sq(g)*(1-a)`` (complex), ``root = sqrt(re(v) [- abs_sq(gbar)]
+        + eps)``, per part ``u = (g / root) * (-lr)``, then the complex ``b = b*mu + u`` and
+        ``p = p + b``. optax multiplies by ``rsqrt`` of the complex ``var + eps``, whose real part
+        is the real ``rsqrt`` (measured bitwise): the spec divides by the correctly rounded root,
+        as for real parameters.
+        """
+        sc = real_scalars(sc, xp)
+        new = {"square_avg": ema(slots["square_avg"], abs_sq(g, xp), sc.alpha, sc.one_minus_alpha, xp)}
+        variance = xp.real(new["square_avg"])
+        if self.centered:
+            new["grad_avg"] = ema(slots["grad_avg"], g, sc.alpha, sc.one_minus_alpha, xp)
+            variance = xp.subtract(variance, abs_sq(new["grad_avg"], xp))
+        root = xp.sqrt(xp.add(variance, sc.eps))
+        root = xp.maximum(root, xp.zeros_like(root))  # no-op; blocks x / sqrt -> x * rsqrt
+        step_re = xp.multiply(xp.divide(xp.real(g), root), sc.neg_lr)
+        step_im = xp.multiply(xp.divide(xp.imag(g), root), sc.neg_lr)
+        step_dir = from_parts(step_re, step_im, param, xp)
+        if self.momentum != 0:  # optax.trace
+            new["momentum_buffer"] = xp.add(xp.multiply(slots["momentum_buffer"], sc.momentum), step_dir)
+            step_dir = new["momentum_buffer"]
+        return xp.add(param, step_dir), new
