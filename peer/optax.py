@@ -44,10 +44,7 @@ DESELECT_REASON = "tests an optax optimizer uniopt does not implement (or no opt
 # -- expected failures: short category reasons, each defined once ------------------------------
 STATE_DTYPE = "lower-precision optimizer state (mu_dtype/accumulator_dtype) not implemented"
 STATE_NAMES = "state layout: uniopt's slots are named by the spec (exp_avg), not optax's (mu, trace)"
-COMPLEX_ABS_SQ = "complex parameters with |g|^2 moments (optax's numerics.abs_sq) not in the spec"
 INTEGER_PARAMS = "integer parameters: uniopt's optimizers take floating or complex leaves only"
-
-_COMPLEX_ABS_SQ_ALIASES = ("adagrad", "rmsprop", "adam", "adamw", "radam", "amsgrad")
 
 # alias_test's parameterized cases, by their parameters (absl names them by index only):
 # (test name, predicate on the case's parameters) -> reason
@@ -58,16 +55,6 @@ _RULES: list[tuple[str, Callable[[dict[str, str]], bool], str]] = [
         STATE_DTYPE,
     ),
     ("test_explicit_dtype", lambda p: True, STATE_NAMES),
-    (
-        "test_optimization",
-        lambda p: p["opt_name"] in _COMPLEX_ABS_SQ_ALIASES and "complex" in p["dtype"],
-        COMPLEX_ABS_SQ,
-    ),
-    (
-        "test_state_shape_dtype_shard_stability",
-        lambda p: p["opt_name"] in _COMPLEX_ABS_SQ_ALIASES and "complex" in p["dtype"],
-        COMPLEX_ABS_SQ,
-    ),
 ]
 
 _PARAM = re.compile(r"(\w+)=(?:'([^']*)'|<class '([^']*)'>|(\w+))")

@@ -155,11 +155,143 @@ def test_complex_params_follow_the_real_pairs_with_the_torch_convention():
     np.testing.assert_array_equal(np.asarray(params), want.astype(np.complex64))
 
 
-@pytest.mark.parametrize("name", ["adagrad", "rmsprop", "adam", "adamw", "radam"])
-def test_complex_params_are_refused_where_optax_takes_abs_squared(name):
-    tx = getattr(ujax, name)(0.1, convention="optax")
-    with pytest.raises(TypeError, match=r"complex parameters are not supported: .*\|g\|\^2"):
-        tx.init({"w": jnp.ones(2, jnp.complex64)})
+def _complex(rng, shape, dtype=np.complex64):
+    return jnp.asarray((rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype))
+
+
+# (uniopt.jax factory and arguments, optax alias and arguments, our slot -> optax's state field)
+COMPLEX_CASES = {
+    "adam": (("adam", {}), ("adam", {}), {"exp_avg": "mu", "exp_avg_sq": "nu"}),
+    "adamw": (
+        ("adamw", {"weight_decay": 0.1}),
+        ("adamw", {"weight_decay": 0.1}),
+        {"exp_avg": "mu", "exp_avg_sq": "nu"},
+    ),
+    "amsgrad": (
+        ("adam", {"amsgrad": True}),
+        ("amsgrad", {}),
+        {"exp_avg": "mu", "exp_avg_sq": "nu", "max_exp_avg_sq": "nu_max"},
+    ),
+    "radam": (("radam", {}), ("radam", {}), {"exp_avg": "mu", "exp_avg_sq": "nu"}),
+    "adagrad": (("adagrad", {}), ("adagrad", {}), {"sum": "sum_of_squares"}),
+    "adagrad_eps0": (
+        ("adagrad", {"eps": 0.0, "initial_accumulator_value": 0.0}),
+        ("adagrad", {"eps": 0.0, "initial_accumulator_value": 0.0}),
+        {"sum": "sum_of_squares"},
+    ),
+    "rmsprop": (("rmsprop", {}), ("rmsprop", {}), {"square_avg": "nu"}),
+    "rmsprop_centered_momentum": (
+        ("rmsprop", {"centered": True, "momentum": 0.9}),
+        ("rmsprop", {"centered": True, "momentum": 0.9}),
+        {"square_avg": "nu", "grad_avg": "mu", "momentum_buffer": "trace"},
+    ),
+}
+
+
+def _complex_pair(case):
+    (ours, ours_kw), (theirs, theirs_kw), fields = COMPLEX_CASES[case]
+    return (
+        getattr(ujax, ours)(0.01, convention="optax", **ours_kw),
+        getattr(optax, theirs)(0.01, **theirs_kw),
+        fields,
+    )
+
+
+def _optax_field(state, field):
+    """The leaf of optax's (chained) state named ``field``."""
+    for part in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "_fields")):
+        if hasattr(part, "_fields") and field in part._fields:
+            return getattr(part, field)
+    raise KeyError(field)
+
+
+def _complex_run(case, jit, steps=20, size=2000):
+    rng = np.random.default_rng(7)
+    params = _complex(rng, (size,))
+    grads = [_complex(rng, (size,)) for _ in range(steps)]
+    if case == "adagrad_eps0":  # an entry whose accumulator stays 0: optax's update there is 0
+        grads = [g.at[0].set(0) for g in grads]
+    ours, theirs, fields = _complex_pair(case)
+    p1, s1 = _run(ours, params, grads, jit=jit)
+    p2, s2 = _run(theirs, params, grads, jit=jit)
+    return (p1, s1), (p2, s2), fields
+
+
+@pytest.mark.parametrize("case", ["adam", "adamw", "amsgrad"])
+def test_complex_adam_matches_optax_bit_for_bit_eagerly(case):
+    """optax keeps |g|^2 (numerics.abs_sq) in a complex second moment; op by op, every part of the
+    parameters and of each state buffer is optax's."""
+    (p1, s1), (p2, s2), fields = _complex_run(case, jit=False)
+    assert p1.dtype == jnp.complex64
+    np.testing.assert_array_equal(np.asarray(p1), np.asarray(p2))
+    for ours, theirs in fields.items():
+        np.testing.assert_array_equal(np.asarray(s1.slots[ours]), np.asarray(_optax_field(s2, theirs)))
+
+
+# Measured distances from optax under jax.jit (2000 complex64 parameters of unit scale, 20 steps of
+# lr 0.01, CPU): at most 6e-7 in any part of a parameter, the same as for real float32 parameters.
+# Why not 0: optax's compiled update contracts (1 - b2) * |g|^2 + b2 * v into a fused multiply-add
+# (the spec rounds the product); adagrad and rmsprop multiply by rsqrt, which is not correctly
+# rounded, where the spec divides by the correctly rounded root; optax's radam computes its
+# scalars op by op when eager, differently from its compiled graph, which the spec follows.
+COMPLEX_JIT_ATOL = 1e-6
+
+
+@pytest.mark.parametrize("case", sorted(COMPLEX_CASES))
+def test_complex_params_match_optax_under_jit(case):
+    (p1, s1), (p2, s2), fields = _complex_run(case, jit=True)
+    np.testing.assert_allclose(np.asarray(p1), np.asarray(p2), rtol=0, atol=COMPLEX_JIT_ATOL)
+    for ours, theirs in fields.items():
+        mine, optaxs = np.asarray(s1.slots[ours]), np.asarray(_optax_field(s2, theirs))
+        assert mine.dtype == optaxs.dtype == np.complex64, ours  # optax's state dtype
+        np.testing.assert_allclose(mine, optaxs, rtol=1e-5, atol=1e-7)
+    # the second moment is |g|^2 per complex entry: real, in a complex buffer
+    second = {"exp_avg_sq", "sum", "square_avg"} & set(fields)
+    for name in second:
+        assert not np.any(np.asarray(s1.slots[name]).imag)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "radam"])
+def test_complex_first_step_moves_by_lr_along_the_gradients_phase(name):
+    """By hand: at step 1, m_hat = g and v_hat = |g|^2 * c, so Adam's (and AdamW's, here without
+    decay) update is -lr * g / (|g| sqrt(c)), a step of length lr whatever the phase; RAdam's
+    unrectified first step is -lr * g. (Real pairs with their own moments would move each part by
+    lr.) c = float32(1 - 0.999) / (1 - float32(0.999)) = 1 - 1.3e-5: optax's float32 bias
+    correction at jax's defaults."""
+    g = jnp.asarray([3 + 4j, -1j, 0.5 - 0.5j], jnp.complex64)
+    kwargs = {"weight_decay": 0.0} if name == "adamw" else {}
+    tx = getattr(ujax, name)(0.01, convention="optax", **kwargs)
+    new, _ = tx.step(g, tx.init(jnp.zeros(3, jnp.complex64)), jnp.zeros(3, jnp.complex64))
+    gn = np.asarray(g, np.complex128)
+    c = float(np.float32(1 - 0.999)) / (1 - float(np.float32(0.999)))
+    want = -0.01 * gn if name == "radam" else -0.01 * gn / (np.abs(gn) * np.sqrt(c))
+    np.testing.assert_allclose(np.asarray(new), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(COMPLEX_CASES))
+def test_complex_numpy_reference_eager_and_jit_agree_bit_for_bit(case):
+    """The spec's complex branch is one op sequence: uniopt.jax eagerly and under jax.jit give the
+    NumPy reference's bits."""
+    rng = np.random.default_rng(11)
+    z = np.asarray(_complex(rng, (3, 50)))
+    gs = [np.array(_complex(rng, (3, 50))) for _ in range(8)]
+    for g in gs if case == "adagrad_eps0" else ():
+        g[0, 0] = 0
+    tx = _complex_pair(case)[0]
+    spec = tx.spec
+    ref_params, ref_state = [z], spec.init([z])
+    for g in gs:
+        ref_params, ref_state = spec.update([g], ref_state, ref_params)
+    for step in (tx.step, jax.jit(tx.step)):
+        params, state = jnp.asarray(z), tx.init(jnp.asarray(z))
+        for g in gs:
+            params, state = step(jnp.asarray(g), state, params)
+        assert params.dtype == jnp.complex64
+        np.testing.assert_array_equal(np.asarray(params).view(np.uint32), ref_params[0].view(np.uint32))
+        for name in spec.slot_names():
+            np.testing.assert_array_equal(
+                np.asarray(state.slots[name]).view(np.uint32), ref_state.slots[0][name].view(np.uint32)
+            )
 
 
 # -- mask= ----------------------------------------------------------------------------------------
