@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -147,12 +148,24 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     spec_class: ClassVar[type[Spec]]
     # whether weight_decay=None means 0, as in Keras's base optimizer (its AdamW refuses None)
     weight_decay_none_is_zero: ClassVar[bool] = True
+    # whether Keras's own update of an IndexedSlices gradient with repeated indices equals the
+    # update of the densified gradient (duplicates summed): SGD's is linear in the gradient; the
+    # others scatter-add each slice's square into their moments
+    sparse_duplicates_match_keras: ClassVar[bool] = False
+    # arguments Keras refuses unless they are Python floats (a tensor or NumPy scalar included):
+    # passed to the spec as given, whose keras convention makes the same check
+    keras_checks_float: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, learning_rate: Any, **kwargs: Any):
         owner = f"uniopt.tf.{type(self).__name__}"
         hyper_names = {n for f in dataclasses.fields(self.spec_class) for n in _keras_names(f.name)}
         hyper_names.discard("learning_rate")
-        hyper = {k: kwargs.pop(k) for k in list(kwargs) if k in hyper_names}
+        # a 1-element tensor or array hyperparameter (beta_1=tf.constant(0.9)) is its value, as
+        # Keras's ops read it
+        hyper = {
+            k: v if k in self.keras_checks_float else _host_scalar(v)
+            for k, v in ((k, kwargs.pop(k)) for k in list(kwargs) if k in hyper_names)
+        }
         if "weight_decay" in hyper and hyper["weight_decay"] is None:
             if not self.weight_decay_none_is_zero:
                 raise ValueError(  # keras.optimizers.AdamW's refusal, in its words
@@ -214,6 +227,26 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         self._track_variable(variable)
         return variable
 
+    @property
+    def learning_rate(self) -> Any:
+        return keras.optimizers.Optimizer.learning_rate.fget(self)
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        """Keras's setter; under ``convention="keras"`` a value assigned to the learning-rate
+        variable is stored rounded through float32, as Keras's float32 variable stores it, so a
+        callback reading the rate back and compounding it (``LearningRateScheduler(lambda e, lr:
+        lr * 0.9)``) sees Keras's values."""
+        spec = self.__dict__.get("_spec")
+        if (
+            spec is not None
+            and spec.convention == "keras"
+            and not callable(learning_rate)
+            and not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+        ):
+            learning_rate = float(np.float32(keras.ops.convert_to_numpy(learning_rate)))
+        keras.optimizers.Optimizer.learning_rate.fset(self, learning_rate)
+
     def __setattr__(self, name: str, value: Any) -> None:
         if getattr(self, _FROZEN, False) and (name == "weight_decay" or name in self._keras_hyper_names()):
             raise AttributeError(
@@ -253,6 +286,8 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
             self._uniopt_cache.entries.clear()
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if isinstance(gradient, tf.IndexedSlices):
+            self._warn_densified()
         spec = self._spec_for(variable)
         slot_vars = self.slots(variable)
         param = tf.convert_to_tensor(variable)
@@ -263,6 +298,23 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         for name, value in new_slots.items():
             self.assign(slot_vars[name], value)
         self.assign(variable, new_param)
+
+    def _warn_densified(self) -> None:
+        """Once per optimizer, under ``convention="keras"``: say how a sparse gradient's update can
+        differ from Keras's (see docs/tf.md, "IndexedSlices gradients")."""
+        if self._spec.convention != "keras" or self.sparse_duplicates_match_keras:
+            return
+        if getattr(self, "_uniopt_warned_sparse", False):
+            return
+        self._uniopt_warned_sparse = True
+        name = type(self).__name__
+        warnings.warn(
+            f"uniopt.tf.{name}: an IndexedSlices gradient is densified (repeated indices summed) "
+            f"before the update; keras.optimizers.{name} adds each slice's square to its moments "
+            "separately, so rows with repeated indices (embedding lookups) get different values",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _spec_for(self, variable: Any) -> Spec:
         """The spec, or the same spec without weight decay for variables excluded from it."""
@@ -311,6 +363,13 @@ def _is_zero_or_one(value: Any) -> bool:
     return isinstance(value, (int, np.integer, np.bool_)) and not isinstance(value, bool) and value in (0, 1)
 
 
+def _host_scalar(value: Any) -> Any:
+    """A 1-element tensor, variable or array as its Python value; anything else unchanged."""
+    if isinstance(value, (tf.Tensor, tf.Variable, keras.Variable, np.ndarray)) and np.size(value) == 1:
+        return np.asarray(keras.ops.convert_to_numpy(value)).item()
+    return value
+
+
 def _np_scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -334,6 +393,8 @@ class SGD(UnioptOptimizer):
     """
 
     spec_class = uniopt.SGD
+    sparse_duplicates_match_keras = True
+    keras_checks_float = ("momentum",)
 
     def __init__(
         self,

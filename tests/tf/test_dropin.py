@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -96,7 +97,7 @@ def test_uniopt_only_arguments_are_keyword_only(name):
 
 
 # -- hyperparameter validation against Keras's ------------------------------------------------------
-VALUES = (-1.0, 0.0, 0.5, 1.0, 2.0, 0, 1, None, math.nan, np.float32(0.5), True)
+VALUES = (-1.0, 0.0, 0.5, 1.0, 2.0, 0, 1, None, math.nan, np.float32(0.5), tf.constant(0.5), True)
 KERAS_HYPER = {
     name: [n for n in _positional(getattr(keras.optimizers, name)) if n != "name"] for name in NATIVE
 }
@@ -267,3 +268,66 @@ def test_flags_given_as_zero_or_one_mean_what_keras_reads(name, flag, value):
     _run_both(name, "float32", 3, lambda o: None, learning_rate=0.1, **kwargs)
     with pytest.raises(ValueError, match=flag):  # other conventions keep uniopt's strict bools
         getattr(ut, name)(**{flag: value})
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_a_callback_compounding_the_rate_sees_kerass_float32_values(name):
+    """``LearningRateScheduler(lambda epoch, lr: lr * 0.9)`` reads the rate back and multiplies it:
+    Keras's float32 variable re-rounds each product, so uniopt's must store it the same way."""
+    results = []
+    for make in (
+        lambda: getattr(ut, name)(0.01, convention="keras"),
+        lambda: getattr(keras.optimizers, name)(0.01),
+    ):
+        opt = make()
+        var = keras.Variable(np.ones(3, "float64"))
+        for _ in range(8):
+            opt.learning_rate = float(keras.ops.convert_to_numpy(opt.learning_rate)) * 0.9
+            opt.apply_gradients([(tf.constant([0.5, -0.25, 1.0], tf.float64), var)])
+        results.append((float(keras.ops.convert_to_numpy(opt.learning_rate)), var.numpy()))
+    (uni_lr, uni_var), (native_lr, native_var) = results
+    assert uni_lr == native_lr
+    assert np.array_equal(uni_var, native_var)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_tensor_hyperparameters_are_taken_as_keras_takes_them(name):
+    """``beta_1=tf.constant(0.9)``: Keras reads the tensor's (float32) value; so does uniopt."""
+    trajectories = []
+    for make in (
+        lambda: getattr(ut, name)(beta_1=tf.constant(0.9), beta_2=np.float32(0.99), convention="keras"),
+        lambda: getattr(keras.optimizers, name)(beta_1=tf.constant(0.9), beta_2=np.float32(0.99)),
+    ):
+        opt = make()
+        var = keras.Variable(np.ones(3, "float32"))
+        for _ in range(3):
+            opt.apply_gradients([(tf.constant([0.5, -0.25, 1.0]), var)])
+        trajectories.append(var.numpy())
+    np.testing.assert_array_equal(*trajectories)
+
+
+def _sparse_steps(opt, steps=2):
+    grad = tf.IndexedSlices(tf.ones((2, 2)), tf.constant([0, 0]), tf.constant([3, 2]))
+    var = keras.Variable(np.ones((3, 2), "float32"))
+    for _ in range(steps):
+        opt.apply_gradients([(grad, var)])
+    return var.numpy()
+
+
+@pytest.mark.parametrize("name", ["Adagrad", "RMSprop", "Adam", "AdamW"])
+def test_a_sparse_gradient_with_repeated_indices_warns_where_keras_differs(name):
+    """Keras adds each slice's square to its moments; uniopt densifies first (duplicates summed):
+    the rows hit twice differ (measured here against Keras), and uniopt says so once."""
+    with pytest.warns(UserWarning, match="repeated indices") as caught:
+        got = _sparse_steps(getattr(ut, name)(convention="keras"))
+    assert len([w for w in caught if "repeated indices" in str(w.message)]) == 1
+    native = _sparse_steps(getattr(keras.optimizers, name)())
+    assert not np.array_equal(got[0], native[0])  # the row with repeated indices differs
+    np.testing.assert_array_equal(got[1:], native[1:])  # rows without a gradient agree
+
+
+def test_sgd_with_repeated_sparse_indices_is_kerass_and_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        got = _sparse_steps(ut.SGD(0.1, 0.9, convention="keras"))
+    np.testing.assert_array_equal(got, _sparse_steps(keras.optimizers.SGD(0.1, 0.9)))
