@@ -9,10 +9,11 @@ characters): ``?`` stands for the ``[`` and ``]`` of pytest's parameter ids.
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 
 import pytest
+
+import peer
 
 SUITES: list[str] = [str(Path(__file__).resolve().parent / "torch_optiminfo.py")]
 
@@ -50,17 +51,5 @@ EXPECTED: dict[str, str] = {
 }
 
 
-def expected_reason(test_id: str) -> str | None:
-    """The reason ``test_id`` (node id after the file name) is expected to fail, or None."""
-    for pattern, reason in EXPECTED.items():
-        if fnmatch.fnmatchcase(test_id, pattern):
-            return reason
-    return None
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        test_id = item.nodeid.split("::", 1)[-1]
-        reason = expected_reason(test_id)
-        if reason is not None:
-            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+    peer.select_and_mark(config, items, EXPECTED)

@@ -34,6 +34,7 @@ import inspect
 import io
 import json
 import math
+import os
 import pickle
 import re
 import tempfile
@@ -64,7 +65,8 @@ from torch.testing._internal.common_optimizers import (
 
 import uniopt.torch
 
-DEVICE = "cpu"
+DEVICE = os.environ.get("UNIOPT_PEER_DEVICE", "cpu")
+"""Where the tests run (``UNIOPT_PEER_DEVICE=cuda`` on a GPU); torch's suite runs this list on the CPU."""
 NAMES = ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "RAdam")
 INFOS: dict[str, OptimizerInfo] = {
     info.optim_cls.__name__: info for info in optim_db if info.optim_cls.__name__ in NAMES
