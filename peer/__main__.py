@@ -116,6 +116,10 @@ def _report(args: argparse.Namespace) -> int:
         "|---|---|---|",
     ]
     md += [f"| {fw} | `{pattern}` | {reason} |" for fw, pattern, reason in _expected_table(runs)]
+    seen = {name: version for run in runs.values() for name, version in run["versions"].items()}
+    versions = ", ".join(f"{name} {version}" for name, version in sorted(seen.items()))
+    lines.append(f"\nversions: {versions}")
+    md.append(f"\nVersions: {versions}.")
     if missing:
         lines.append(f"\nnot run: {', '.join(missing)}")
         md.append(f"\nNot run in this report: {', '.join(missing)}.")

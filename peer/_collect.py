@@ -82,6 +82,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     plugin = sys.modules.get(f"peer.{framework}")
     payload = {
         "framework": framework,
+        "versions": {
+            name: getattr(sys.modules[name], "__version__", "?")
+            for name in ("torch", "tensorflow", "keras", "jax", "optax", "numpy")
+            if name in sys.modules
+        },
         "expected": dict(getattr(plugin, "EXPECTED", {})),
         "deselect_reason": getattr(plugin, "DESELECT_REASON", ""),
         "stale": list(peer.STALE) if getattr(plugin, "EXPECTED", None) else [],
