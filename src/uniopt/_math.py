@@ -149,9 +149,15 @@ def float_bits(x: Array, xp: Any) -> int:
 
 def is_complex(x: Array, xp: Any) -> bool:
     """Whether ``x`` has a complex dtype (``xp.isdtype``). A namespace without ``isdtype``
-    (TensorFlow's, :mod:`uniopt.tf`) has no complex arrays here."""
+    (TensorFlow's, :mod:`uniopt.tf`) has no complex arrays here, and neither has a dtype the
+    namespace does not know (NumPy's ``isdtype`` raises ``TypeError`` for ml_dtypes' bfloat16)."""
     isdtype = getattr(xp, "isdtype", None)
-    return isdtype is not None and bool(isdtype(x.dtype, "complex floating"))
+    if isdtype is None:
+        return False
+    try:
+        return bool(isdtype(x.dtype, "complex floating"))
+    except TypeError:
+        return False
 
 
 def real_scalars(sc: Any, xp: Any) -> Any:
