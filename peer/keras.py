@@ -10,8 +10,8 @@ read them from: each loaded module holding Keras's class (``keras.optimizers``,
 ``keras.src.optimizers``, ``keras.src.optimizers.sgd``, ...) and the name tables behind
 ``keras.optimizers.get``/``deserialize``. The test bodies are unchanged. Tests that only exercise
 optimizers uniopt does not have (Adadelta, Adamax, Lion, ...) or Keras's base class alone are
-deselected and counted in :data:`DESELECTED`; :data:`EXPECTED` lists the expected failures, each
-with a category reason.
+deselected (the harness counts them, :mod:`peer._collect`); :data:`EXPECTED` lists the expected
+failures, each with a category reason.
 """
 
 from __future__ import annotations
@@ -63,8 +63,6 @@ EXPECTED: dict[str, str] = {
     },
 }
 
-DESELECTED: list[str] = []
-"""Node ids deselected by the last collection (tests that exercise no substituted optimizer)."""
 
 _SUBSTITUTES: dict[type, type] = {}  # Keras's class -> its substitute, filled by pytest_configure
 
@@ -138,6 +136,4 @@ def _exercised(item: Any) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    before = {item.nodeid for item in items}
     peer.select_and_mark(config, items, EXPECTED, _exercised)
-    DESELECTED[:] = sorted(before - {item.nodeid for item in items})

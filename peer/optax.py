@@ -134,8 +134,6 @@ EXPECTED: dict[str, str] = _expected()
 """Expected failures (``fnmatch`` pattern on the test id -> reason), from :data:`_RULES`
 (alias_test's cases are named by index, so they are matched by their parameters)."""
 
-DESELECTED: list[str] = []
-
 
 def _exercised(item: Any) -> bool:
     """Whether the test calls one of the substituted aliases."""
@@ -176,6 +174,4 @@ def pytest_runtest_call(item: Any) -> Any:
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    before = {item.nodeid for item in items}
     peer.select_and_mark(config, items, EXPECTED, _exercised)
-    DESELECTED[:] = sorted(before - {item.nodeid for item in items})
