@@ -73,32 +73,33 @@ def _enqueue(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    """Compare, print the 80-column report (the wide matrix too where the terminal fits it), write
+    ``conformance.{json,md,png}``."""
     from rich.console import Console
 
+    from .report import run_info
+
     results = compare_dir(args.out / "trajectories")
-    matrix = Matrix(results)
-    console = Console(width=max(Console().width, 160))
-    console.print(matrix.rich_table())
+    matrix = Matrix(results, run_info(args.out / "trajectories"))
+    console = Console()
+    matrix.print_report(console)
+    wide = matrix.rich_table()
+    if console.measure(wide, options=console.options.update_width(10_000)).maximum <= console.width:
+        console.print(wide)
     paths = write_reports(matrix, args.out)
     console.print("reports: " + ", ".join(str(p) for p in paths))
     compared = [r for r in results if r.verdict in ("pass", "FAIL")]
     if not compared:
         console.print("[red]no backend besides the reference was compared[/]")
         return 1
-    for r in matrix.failed[:20]:
-        console.print(
-            f"[red]FAIL[/] {r.backend}@{r.mode} {r.optimizer}/{r.case}/{r.stream}/"
-            f"{r.dtype}: {r.ulp} ulp > {r.tolerance} (first at step {r.first_step}) "
-            f"{r.reason}"
-        )
     console.print(f"conformance: {matrix.summary()}")
     return 1 if matrix.failed else 0
 
 
 def _merge(args: argparse.Namespace) -> int:
     """One matrix from several runs' ``conformance.json`` (a run split across machines or dtypes): a
-    later file's cell replaces an earlier one's, except that a skipped cell never replaces a compared
-    one."""
+    later file's cell replaces an earlier one's, except that a cell not run (not applicable, or left
+    to ``--full``) never replaces a compared one. The runs' details are joined."""
     import json
 
     from rich.console import Console
@@ -106,18 +107,37 @@ def _merge(args: argparse.Namespace) -> int:
     from .compare import CellResult
 
     cells: dict[tuple, CellResult] = {}
+    run: dict = {"date": "", "commit": "", "versions": {}, "seconds": {}}
     for path in args.inputs:
-        for entry in json.loads(path.read_text())["cells"]:
+        data = json.loads(path.read_text())
+        for entry in data["cells"]:
             cell = CellResult(**entry)
             key = (cell.backend, cell.mode, cell.optimizer, cell.case, cell.stream, cell.dtype, cell.steps)
-            if cell.verdict != "skipped" or key not in cells:
+            if cell.verdict not in ("skipped", "deferred") or key not in cells:
                 cells[key] = cell
-    matrix = Matrix(list(cells.values()))
+        info = data.get("run") or {}
+        for field in ("date", "commit"):
+            if info.get(field) and info[field] not in run[field].split(" + "):
+                run[field] = " + ".join(filter(None, [run[field], info[field]]))
+        for name, versions in (info.get("versions") or {}).items():
+            run["versions"][name] = sorted({*run["versions"].get(name, []), *versions})
+        run["seconds"].update(info.get("seconds") or {})
+    matrix = Matrix(list(cells.values()), run)
     paths = write_reports(matrix, args.out)
-    console = Console(width=max(Console().width, 160))
+    console = Console()
     console.print("reports: " + ", ".join(str(p) for p in paths))
     console.print(f"conformance: {matrix.summary()}")
     return 1 if matrix.failed else 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    """Fill the generated block of a Markdown page from ``<out>/conformance.json``."""
+    from .report import load, publish
+
+    matrix = load(args.out / "conformance.json")
+    publish(matrix, args.page)
+    print(f"{args.page}: matrix block from {args.out / 'conformance.json'} ({matrix.summary()})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     merge = sub.add_parser("merge", help="one report (in --out) from several runs' conformance.json")
     merge.add_argument("inputs", nargs="+", type=Path, help="conformance.json files, later ones win")
+    publish = sub.add_parser(
+        "publish", help="fill a page's <!-- matrix:begin/end --> block from --out's results"
+    )
+    publish.add_argument("page", type=Path, help="the Markdown page, e.g. docs/conformance.md")
     argv = sys.argv[1:] if argv is None else argv
     command_at = 2 if argv[:1] == ["--out"] else 1 if argv[:1] and argv[0].startswith("--out=") else 0
     if argv[command_at : command_at + 1] == ["parity"]:  # its own options (see conformance/parity.py)
@@ -164,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "merge":
         return _merge(args)
+    if args.command == "publish":
+        return _publish(args)
     if args.command == "run":
         return _run(args)
     if args.command == "compare":
