@@ -4,8 +4,9 @@
 there and then, each venv *enqueues* one job per mode (a ``run`` command with that venv's Python, in
 a process of its own) and starts it at once if a core is free, so the backends run while the next
 venv installs. A job that ends starts the next queued one (``launch``), so the queue keeps going
-while nox runs other sessions; ``wait`` does the same, draws one progress bar per job and fails if
-any job failed, printing the end of its log. A job is a folder of small files under
+while nox runs other sessions; ``wait`` does the same, draws one progress bar per job (on a terminal;
+elsewhere it prints a plain progress line every 30 seconds) and fails if any job failed, printing the
+end of its log. A job is a folder of small files under
 ``<out>/jobs/<backend>@<mode>/``: ``job.json`` (the command), ``started``, ``progress.json``,
 ``log`` and, once it has ended, ``rc`` (its exit status).
 """
@@ -21,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["enqueue", "job_limit", "launch_ready", "wait", "write_progress"]
+__all__ = ["enqueue", "job_limit", "launch_ready", "progress_line", "wait", "write_progress"]
 
 JOBS = "jobs"
 LIMIT_VARIABLE = "UNIOPT_CONFORMANCE_JOBS"
@@ -121,15 +122,40 @@ def _ended(folder: Path) -> bool:
     return False
 
 
-def wait(out: Path, poll: float = 0.5) -> int:
-    """Run the queue to its end with a progress bar per job; 0 if every job succeeded."""
+def wait(out: Path, poll: float = 0.5, report_every: float = 30.0) -> int:
+    """Run the queue to its end; 0 if every job succeeded.
+
+    On a terminal, a progress bar per job; elsewhere (CI, nohup, a pipe) a plain progress line (see
+    :func:`progress_line`) at the start, every ``report_every`` seconds and at the end.
+    """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     jobs = _jobs(out)
     if not jobs:
         return 0
     console = Console()
+    if console.is_terminal:
+        _wait_with_bars(out, jobs, console, poll)
+    else:
+        _wait_with_lines(out, jobs, poll, report_every)
+    failed = [f for f in jobs if _rc(f) != 0]
+    for folder in jobs:
+        ended = (folder / "rc").stat().st_mtime if (folder / "rc").exists() else time.time()
+        if not (folder / "started").read_text().split():
+            continue
+        seconds = ended - float((folder / "started").read_text().split()[0])
+        console.print(f"{folder.name}: {'ok' if _rc(folder) == 0 else 'FAILED'} in {seconds:.0f} s")
+    for folder in failed:
+        log = folder / "log"
+        tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else ["(no log)"]
+        console.print(f"[red]{folder.name} failed (exit {_rc(folder)}); the end of its log:[/]")
+        console.print("\n".join(tail), markup=False, highlight=False)
+    return 1 if failed else 0
+
+
+def _wait_with_bars(out: Path, jobs: list[Path], console, poll: float) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (
         TextColumn("{task.fields[job]:<22}"),
         BarColumn(),
@@ -137,7 +163,7 @@ def wait(out: Path, poll: float = 0.5) -> int:
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
     )
-    with Progress(*columns, console=console, transient=not console.is_terminal) as progress:
+    with Progress(*columns, console=console) as progress:
         tasks = {f: progress.add_task("queued", total=None, job=f.name) for f in jobs}
         while True:
             launch_ready(out)
@@ -152,19 +178,45 @@ def wait(out: Path, poll: float = 0.5) -> int:
             if all(_ended(f) for f in jobs):
                 break
             time.sleep(poll)
-    failed = [f for f in jobs if _rc(f) != 0]
+
+
+def _wait_with_lines(out: Path, jobs: list[Path], poll: float, report_every: float) -> None:
+    start = last = time.monotonic()
+    print(progress_line(jobs, 0.0), flush=True)
+    while True:
+        launch_ready(out)
+        if all(_ended(f) for f in jobs):
+            break
+        time.sleep(poll)
+        if time.monotonic() - last >= report_every:
+            last = time.monotonic()
+            print(progress_line(jobs, last - start), flush=True)
+    print(progress_line(jobs, time.monotonic() - start), flush=True)
+
+
+def progress_line(jobs: Sequence[Path], elapsed: float) -> str:
+    """``conformance: 3/14 jobs done (1 failed); running tf@xla 120/400 cells, jax@jit 5/200 cells;
+    9 queued; elapsed 2:10``: the queue's state in one plain line (for logs)."""
+    ended = [f for f in jobs if _ended(f)]
+    failed = sum(_rc(f) != 0 for f in ended)
+    running, queued = [], 0
     for folder in jobs:
-        ended = (folder / "rc").stat().st_mtime if (folder / "rc").exists() else time.time()
-        if not (folder / "started").read_text().split():
+        if folder in ended:
             continue
-        seconds = ended - float((folder / "started").read_text().split()[0])
-        console.print(f"{folder.name}: {'ok' if _rc(folder) == 0 else 'FAILED'} in {seconds:.0f} s")
-    for folder in failed:
-        log = folder / "log"
-        tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else ["(no log)"]
-        console.print(f"[red]{folder.name} failed (exit {_rc(folder)}); the end of its log:[/]")
-        console.print("\n".join(tail), markup=False, highlight=False)
-    return 1 if failed else 0
+        if not (folder / "started").exists():
+            queued += 1
+            continue
+        state = _progress_of(folder)
+        cells = f"{state['done']}/{state['total']} cells" if state else "starting"
+        running.append(f"{folder.name} {cells}")
+    minutes, seconds = divmod(int(elapsed), 60)
+    parts = [f"conformance: {len(ended)}/{len(jobs)} jobs done" + (f" ({failed} failed)" if failed else "")]
+    if running:
+        parts.append("running " + ", ".join(running))
+    if queued:
+        parts.append(f"{queued} queued")
+    parts.append(f"elapsed {minutes}:{seconds:02d}")
+    return "; ".join(parts)
 
 
 def _progress_of(folder: Path) -> dict | None:
