@@ -364,16 +364,15 @@ class Matrix:
         return texts, f"{ran}/{cells}", verdict
 
     def provenance(self) -> str:
-        """Where the results came from: date, commit, versions (from the trajectories' records)."""
-        parts = []
-        if self.run.get("date"):
-            parts.append(f"run of {self.run['date']}")
-        if self.run.get("commit"):
-            parts.append(f"at commit {self.run['commit']}")
+        """Where the results came from: ``the run of <date> at commit <c>, with <versions>``."""
+        date, commit = self.run.get("date"), self.run.get("commit")
+        if not date and not commit:
+            return "a run whose details were not recorded"
+        text = "the run of " + " at commit ".join(filter(None, [date, commit]))
         versions = self.run.get("versions") or {}
         if versions:
-            parts.append("with " + ", ".join(f"{k} {'/'.join(v)}" for k, v in sorted(versions.items())))
-        return "; ".join(parts) or "run details not recorded"
+            text += ", with " + ", ".join(f"{k} {'/'.join(v)}" for k, v in sorted(versions.items()))
+        return text
 
     # -- renderers --------------------------------------------------------------------------------
     def rich_table(self):
@@ -432,7 +431,7 @@ class Matrix:
         plain(lines[0], "bold red" if self.failed else "bold green")
         for line in lines[1:]:
             console.print(Text(line), soft_wrap=False)
-        plain(self.provenance(), "dim")
+        plain(f"from {self.provenance()}", "dim")
         if self.failed:
             console.print()
             plain(f"FAILED cells ({len(self.failed)}; all in conformance.md):", "bold red")
@@ -482,7 +481,7 @@ class Matrix:
     def markdown_body(self, level: int = 2) -> str:
         """The report in Markdown under headings of ``level`` (for the docs' generated block)."""
         h = "#" * level
-        out = [f"Results {self.provenance()}.", ""]
+        out = [f"Results from {self.provenance()}.", ""]
         seconds = self.run.get("seconds") or {}
         if seconds:
             jobs = ", ".join(f"{name} {value:.0f}" for name, value in sorted(seconds.items()))

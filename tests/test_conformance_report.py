@@ -90,7 +90,9 @@ def test_the_first_lines_say_what_was_proved():
     assert count_line(head, "failed") == 1
     assert count_line(head, "not applicable") == 3
     assert count_line(head, "left to --full for time") == 2
-    assert any("run of 2026-11-30 12:00 UTC; at commit abc1234; with torch 2.13.0" in line for line in head)
+    assert any(
+        "from the run of 2026-11-30 12:00 UTC at commit abc1234, with torch 2.13.0" in line for line in head
+    )
 
 
 def test_the_terminal_report_fits_80_columns_failures_first():
@@ -183,7 +185,7 @@ def test_publish_replaces_only_the_marked_block(tmp_path):
     text = page.read_text()
     assert text.startswith(before + BEGIN) and text.endswith(END + after)
     assert "old hand-kept table" not in text
-    assert "Results run of 2026-11-30 12:00 UTC; at commit abc1234" in text
+    assert "Results from the run of 2026-11-30 12:00 UTC at commit abc1234, with torch 2.13.0." in text
     assert "     2 bitwise identical to the NumPy reference" in text and "### Matrix" in text
     publish(load(tmp_path / "out" / "conformance.json"), page)
     assert page.read_text() == text  # filling it again changes nothing
