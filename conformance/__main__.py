@@ -87,7 +87,7 @@ def _compare(args: argparse.Namespace) -> int:
     if console.measure(wide, options=console.options.update_width(10_000)).maximum <= console.width:
         console.print(wide)
     paths = write_reports(matrix, args.out)
-    console.print("reports: " + ", ".join(str(p) for p in paths))
+    console.print(f"reports in {args.out}: " + ", ".join(p.name for p in paths))
     compared = [r for r in results if r.verdict in ("pass", "FAIL")]
     if not compared:
         console.print("[red]no backend besides the reference was compared[/]")
@@ -125,7 +125,7 @@ def _merge(args: argparse.Namespace) -> int:
     matrix = Matrix(list(cells.values()), run)
     paths = write_reports(matrix, args.out)
     console = Console()
-    console.print("reports: " + ", ".join(str(p) for p in paths))
+    console.print(f"reports in {args.out}: " + ", ".join(p.name for p in paths))
     console.print(f"conformance: {matrix.summary()}")
     return 1 if matrix.failed else 0
 

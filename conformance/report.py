@@ -421,7 +421,7 @@ class Matrix:
         from rich.text import Text
 
         def plain(text: str, style: str = "", indent: int = 0, hang: int = 2) -> None:
-            width = max(40, console.width - 1)
+            width = max(40, min(console.width - 1, 100))
             pad = " " * indent
             wrapped = textwrap.wrap(text, width, initial_indent=pad, subsequent_indent=pad + " " * hang)
             for line in wrapped or [""]:
@@ -589,7 +589,7 @@ def draw_heatmap(matrix: Matrix, path: Path) -> dict[str, int]:
     codes = {c: i for i, c in enumerate(CATEGORIES)}
     cmap = ListedColormap([COLOURS[c] for c in CATEGORIES])
     drawn: Counter = Counter()
-    cell_w, cell_h, label_w = 0.68, 0.34, 1.3
+    cell_w, cell_h, label_w = 0.68, 0.34, 2.0
     width = label_w + cell_w * len(columns) + 0.4
     panel_h = cell_h * len(optimizers) + 0.42
     height = 1.9 + panel_h * len(dtypes) + 0.5
@@ -620,7 +620,7 @@ def draw_heatmap(matrix: Matrix, path: Path) -> dict[str, int]:
         ax.set_yticks(range(len(optimizers)), optimizers, fontsize=9)
         ax.set_xticks(range(len(columns)), [])
         ax.tick_params(axis="x", length=0)
-        ax.set_ylabel(dtype, fontsize=11, fontweight="bold", labelpad=8)
+        ax.set_ylabel(dtype, fontsize=11, fontweight="bold", rotation=0, ha="right", va="center", labelpad=8)
         if n_native:
             ax.axvline(len(columns) - n_native - 0.5, color="black", linewidth=1.5)
     top = axes[0, 0]
