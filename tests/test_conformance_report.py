@@ -273,5 +273,5 @@ def test_wait_prints_plain_progress_lines_when_not_a_terminal(tmp_path, monkeypa
     assert lines[0] == "conformance: 0/1 jobs done; 1 queued; elapsed 0:00"
     running = [line for line in lines if "running numpy@eager 3/7 cells" in line]
     # a line at the start, every 0.3 s while it runs, and at the end
-    assert len(running) >= 3 and len(lines) >= int(elapsed / 0.3)
+    assert len(running) >= 3 and len(lines) >= max(4, int(elapsed / 0.3) - 1)
     assert lines[-1].startswith("conformance: 1/1 jobs done; elapsed 0:0")
