@@ -1,9 +1,58 @@
-"""Fixtures: the array namespaces the core must run on unchanged (both are test dependencies)."""
+"""Fixtures: the array namespaces the core must run on unchanged (both are test dependencies).
+
+Collection: each framework's suite (tests/<framework>_adapter, named so that no folder on sys.path
+passes for the framework's own package) is skipped, with the reason in pytest's summary, where its
+framework is not installed; ``pytest`` from the root then runs the core and the suites this venv
+can run.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from pathlib import Path
+
 import pytest
 from namespaces import NAMESPACES
+
+# Keras reads its backend at its first import and TensorFlow its log level at its first: the core
+# tests are collected (and may import them) before tests/tf_adapter/conftest.py sets the same.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+HERE = Path(__file__).resolve().parent
+
+# folder -> (module, pip extra) pairs its tests import
+FRAMEWORK_SUITES: dict[str, tuple[tuple[str, str], ...]] = {
+    "torch_adapter": (("torch", "torch"),),
+    "tf_adapter": (("tensorflow", "tf"), ("keras", "tf")),
+    "jax_adapter": (("jax", "jax"), ("optax", "jax")),
+}
+
+
+def missing_framework(folder: str) -> str | None:
+    """Why the suite in ``tests/<folder>`` cannot run here, or None."""
+    for module, extra in FRAMEWORK_SUITES.get(folder, ()):
+        if importlib.util.find_spec(module) is None:
+            return f"tests/{folder}: {module} is not installed (pip install uniopt[{extra}])"
+    return None
+
+
+class UnavailableSuite(pytest.Dir):
+    """A framework's suite whose framework is missing: one skip, with the reason."""
+
+    reason = ""
+
+    def collect(self):
+        raise pytest.skip.Exception(self.reason)
+
+
+def pytest_collect_directory(path: Path, parent: pytest.Collector):
+    if path.parent == HERE and (reason := missing_framework(path.name)) is not None:
+        suite = UnavailableSuite.from_parent(parent, path=path)
+        suite.reason = reason
+        return suite
+    return None
 
 
 @pytest.fixture(params=NAMESPACES)

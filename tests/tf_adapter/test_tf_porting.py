@@ -8,10 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import uniopt
-import uniopt.tf as utf
-from tests.porting_cases import (  # tests/tf/conftest.py takes tests/ itself off sys.path
+from porting_cases import (
     PARAMS,
     STEPS,
     assert_bitwise,
@@ -19,6 +16,9 @@ from tests.porting_cases import (  # tests/tf/conftest.py takes tests/ itself of
     reference,
     stream,
 )
+
+import uniopt
+import uniopt.tf as utf
 from uniopt.porting import export_state as core_export
 from uniopt.porting import import_state as core_import
 
