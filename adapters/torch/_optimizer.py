@@ -618,9 +618,20 @@ def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any],
     """The rule per tensor, written back in place (traced by dynamo under ``torch.compile``)."""
     for spec, param, grad, slots, scalars in plan:
         new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
-        param.copy_(new_param)
+        _write(param, new_param)
         for name, value in new_slots.items():
-            slots[name].copy_(value)
+            _write(slots[name], value)
+
+
+def _write(target: torch.Tensor, value: torch.Tensor) -> None:
+    """``target.copy_(value)``; a 0-d target is written through a 1-element view: under
+    ``torch.compile`` (torch 2.13, CPU) dynamo takes a 0-d float64 input as a Python scalar and an
+    in-place write to it is lost (the step silently left 0-d float64 parameters and slots unchanged;
+    found by the conformance matrix's mixed_shapes stream in the compile mode)."""
+    if target.dim() == 0:
+        target.view(1).copy_(value.reshape(1))
+    else:
+        target.copy_(value)
 
 
 def _plain(owner: str, name: str, value: Any) -> Any:
