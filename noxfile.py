@@ -2,9 +2,12 @@
 backend, run side by side, then one comparison), peer (the frameworks' own optimizer tests against
 uniopt), lint, bench, demo.
 
-``nox -s check`` lints, starts every backend's conformance jobs in the background, runs the test
-suites while they run and then compares the matrix. ``nox -s conformance`` runs the matrix alone;
-``nox -s "conformance_run(backend='torch')"`` then ``nox -s conformance_compare`` runs one backend.
+``nox -s check`` lints, queues every backend's conformance jobs in the background, runs the test
+suites while they run, then waits for the jobs and compares the matrix. ``nox -s conformance`` runs
+the matrix alone. The sessions that gather others (check, conformance, peer, parity) name them in
+``requires=`` and run after them, so each reports success only once the work it stands for is done.
+``nox -s "conformance_run(backend='torch')"`` then ``nox -s conformance_compare`` runs one backend
+(with the NumPy reference where there is none from this version of the code).
 ``nox -s tests`` runs the core tests and each framework's tests in that framework's own venv
 (import order, ``KERAS_BACKEND`` and jax's x64 flag are process-global).
 GPU users override the pinned CPU framework wheels through the UNIOPT_*_SPEC variables.
@@ -12,14 +15,23 @@ GPU users override the pinned CPU framework wheels through the UNIOPT_*_SPEC var
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import re
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["check"]
 nox.options.reuse_existing_virtualenvs = True
+
+# TensorFlow's C++ INFO and WARNING lines stay off the screen in every session and in the background
+# jobs (which inherit this environment). Not TF_ENABLE_ONEDNN_OPTS: that would change the numbers.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PYTHON = "3.11"
 OUT = "build/conformance"
@@ -47,6 +59,7 @@ SUITE_DIRS = {
     name: f"tests/{name}_adapter" for name in FRAMEWORK_DEPS if (ROOT / "tests" / f"{name}_adapter").is_dir()
 }
 TEST_SUITES = ["core", *SUITE_DIRS]
+TEST_SESSIONS = [f"tests(suite='{suite}')" for suite in TEST_SUITES]
 
 
 @nox.session(python=PYTHON)
@@ -72,63 +85,164 @@ def lint(session: nox.Session) -> None:
 
 # What each venv runs: the framework's adapter rows and its native optimizers' parity rows.
 RUNS_IN = {"torch": ["torch", "torch.optim"], "tf": ["tf", "keras"], "jax": ["jax", "optax"]}
+REFERENCE = "numpy"  # conformance.backends.REFERENCE (nox's own Python has no numpy to import it)
 
 # Backends in the order ``nox -s conformance`` queues them: the longest first.
 LAUNCH_ORDER = ["tf", "jax", "torch", "array_api_strict", "numpy"]
-_QUEUED = {"background": False}  # set by `conformance`: its backend sessions queue jobs
+RUN_SESSIONS = [f"conformance_run(backend='{b}')" for b in sorted(BACKEND_DEPS, key=LAUNCH_ORDER.index)]
+
+# What TensorFlow writes to stderr at its import whatever TF_CPP_MIN_LOG_LEVEL says (absl's lines
+# before its initialisation: oneDNN's notice); dropped from the commands run by _run_quietly.
+TF_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on\..*"
+)
+
+
+def _run_quietly(session: nox.Session, *args: str) -> None:
+    """A short command whose output is logged without TensorFlow's import notices (all of it, notices
+    included, where it fails). Its output goes through a file, not a pipe: the background jobs it
+    starts inherit the descriptor, and a pipe would hold nox until they end."""
+    with tempfile.TemporaryFile("w+") as out:
+        try:
+            session.run(*args, stdout=out, stderr=subprocess.STDOUT)
+        except BaseException:
+            out.seek(0)
+            for line in out.read().splitlines():
+                session.log(line)
+            raise
+        out.seek(0)
+        for line in out.read().splitlines():
+            if line.strip() and not TF_NOISE.fullmatch(line.strip()):
+                session.log(line)
+
+
+def _source_fingerprint() -> str:
+    """conformance.fingerprint.source_fingerprint() of this checkout (standard library only, loaded by
+    its path: nox's own Python has no numpy)."""
+    spec = importlib.util.spec_from_file_location(
+        "_uniopt_fingerprint", ROOT / "conformance" / "fingerprint.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_fingerprint()
+
+
+def _job_pending(folder: Path) -> bool:
+    """Whether a job of conformance/jobs.py (a folder: ``job.json``, ``started`` holding "<time>
+    <pid>", ``rc`` once it has ended) is queued or running."""
+    if not (folder / "job.json").exists() or (folder / "rc").exists():
+        return False
+    started = (folder / "started").read_text().split() if (folder / "started").exists() else []
+    if len(started) < 2:
+        return True  # queued, or claimed a moment ago
+    try:
+        os.kill(int(started[1]), 0)
+    except ProcessLookupError:
+        return False  # killed before it wrote its exit status
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+# The options (posargs) the noxfile last queued the reference with: a reference of this code that ran
+# other cells (``-- --steps 3``) cannot stand for another selection.
+REFERENCE_OPTIONS = Path(OUT) / "reference-options.json"
+
+
+def _reference_wanted(session: nox.Session) -> str | None:
+    """Why a backend's venv also runs the NumPy reference, or None: the reference there is from this
+    version of the code (its source fingerprint) and ran with these options, or it is queued."""
+    if _job_pending(Path(OUT) / "jobs" / f"{REFERENCE}@eager"):
+        return None
+    meta = Path(OUT) / "trajectories" / f"{REFERENCE}@eager.json"
+    if not meta.exists():
+        return f"there is none in {meta.parent}"
+    try:
+        found = json.loads(meta.read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        found = None
+    if not found:
+        return f"{meta} has no source fingerprint (unknown provenance)"
+    if found != _source_fingerprint():
+        return f"{meta} is from another version of the code"
+    try:
+        options = json.loads(REFERENCE_OPTIONS.read_text())["posargs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{meta} ran with options unknown here"
+    if options != list(session.posargs):
+        said = " ".join(options) or "none"
+        return f"{meta} ran with other options ({said}; these: {' '.join(session.posargs) or 'none'})"
+    return None
 
 
 @nox.session(python=PYTHON)
 @nox.parametrize("backend", list(BACKEND_DEPS))
 def conformance_run(session: nox.Session, backend: str) -> None:
-    """Write one backend's trajectories under build/conformance/trajectories.
-
-    Run on its own, it runs in the foreground. Queued by ``conformance``, it starts one background
-    job per mode in this venv (as many at once as there are cores) and returns, so the next venv
-    installs while this one runs; ``conformance_compare`` waits for every job.
-    """
+    """Queue one backend's conformance jobs (one per mode, run in the background with this venv's
+    Python, as many at once as there are cores) and return, so the next venv installs while they run:
+    its success means queued. ``conformance`` and ``check`` wait for the jobs and compare; run alone,
+    follow it with ``nox -s conformance_compare``. A backend other than NumPy also queues the NumPy
+    reference here when there is none from this version of the code run with the same options (the
+    NumPy session queues it only then)."""
     session.install(".", *BACKEND_DEPS[backend])
-    command = "enqueue" if _QUEUED["background"] else "run"
     runs = RUNS_IN.get(backend, [backend])
-    session.run("python", "-m", "conformance", "--out", OUT, command, "--backend", *runs, *session.posargs)
-
-
-@nox.session(python=PYTHON)
-def conformance(session: nox.Session) -> None:
-    """The main job: every backend in its own venv, run side by side, then the matrix and reports."""
-    for stale in ("trajectories", "jobs"):  # no files left from an earlier run
-        shutil.rmtree(f"{OUT}/{stale}", ignore_errors=True)
-    _QUEUED["background"] = True
-    for backend in sorted(BACKEND_DEPS, key=LAUNCH_ORDER.index):
-        session.notify(f"conformance_run(backend='{backend}')", session.posargs)
-    session.notify("conformance_compare")
+    why = _reference_wanted(session)
+    if backend == REFERENCE and why is None:
+        session.log(
+            f"the NumPy reference in {OUT} is queued, or this code's with these options: not queued again"
+        )
+        return
+    if backend != REFERENCE and why is not None:
+        session.log(f"the NumPy reference runs in this venv too: {why}")
+        runs = [*runs, REFERENCE]
+    # a job queued or running (this nox run's reference, or an earlier run's) is not queued again
+    busy = [name for name in runs if any(map(_job_pending, Path(OUT, "jobs").glob(f"{name}@*")))]
+    if busy:
+        session.log(f"{', '.join(busy)}: queued or running already ({OUT}/jobs), not queued again")
+        runs = [name for name in runs if name not in busy]
+        if not runs:
+            return
+    _run_quietly(
+        session, "python", "-m", "conformance", "--out", OUT, "enqueue", "--backend", *runs, *session.posargs
+    )
+    if REFERENCE in runs:
+        REFERENCE_OPTIONS.parent.mkdir(parents=True, exist_ok=True)
+        REFERENCE_OPTIONS.write_text(json.dumps({"posargs": list(session.posargs)}))
+    session.log(
+        f"queued {', '.join(runs)}: the jobs run in the background (logs: {OUT}/jobs/*/log); "
+        "conformance, check or conformance_compare waits for them and compares"
+    )
 
 
 @nox.session(python=False)
-def check(session: nox.Session) -> None:
-    """What CI runs: lint, the conformance jobs started in the background, every test suite while
-    they run, then the matrix (failing on any failed test, job or cell)."""
+def conformance_clean(session: nox.Session) -> None:
+    """Remove an earlier run's trajectories and jobs (``conformance`` and ``check`` start with it)."""
     for stale in ("trajectories", "jobs"):
         shutil.rmtree(f"{OUT}/{stale}", ignore_errors=True)
-    _QUEUED["background"] = True
-    session.notify("lint")
-    for backend in sorted(BACKEND_DEPS, key=LAUNCH_ORDER.index):
-        session.notify(f"conformance_run(backend='{backend}')")
-    for suite in TEST_SUITES:
-        session.notify(f"tests(suite='{suite}')")
-    for framework in PEER_DEPS:
-        session.notify(f"peer_run(framework='{framework}')")
-    session.notify("peer_report")
-    session.notify("conformance_compare")
+    REFERENCE_OPTIONS.unlink(missing_ok=True)
+    session.log(f"removed {OUT}/trajectories and {OUT}/jobs")
+
+
+def _wait_and_compare(session: nox.Session) -> None:
+    session.install(".", *HARNESS_DEPS, "matplotlib")
+    session.run("python", "-m", "conformance", "--out", OUT, "wait")
+    session.run("python", "-m", "conformance", "--out", OUT, "compare")
+
+
+@nox.session(python=PYTHON, requires=["conformance_clean", *RUN_SESSIONS])
+def conformance(session: nox.Session) -> None:
+    """The main job: every backend in its own venv (the required sessions queue their jobs, which run
+    side by side), then this session waits for every job and compares: the matrix and reports. Fails
+    on a failed job or on any cell over tolerance."""
+    _wait_and_compare(session)
 
 
 @nox.session(python=PYTHON)
 def conformance_compare(session: nox.Session) -> None:
     """Wait for queued backend jobs, then compare every trajectory file with the NumPy reference;
     fail on a failed job or on any cell over tolerance."""
-    session.install(".", *HARNESS_DEPS, "matplotlib")
-    session.run("python", "-m", "conformance", "--out", OUT, "wait")
-    session.run("python", "-m", "conformance", "--out", OUT, "compare")
+    _wait_and_compare(session)
 
 
 PEER_OUT = "build/peer"
@@ -155,13 +269,25 @@ def peer_report(session: nox.Session) -> None:
     session.run("python", "-m", "peer", "--out", PEER_OUT, "report")
 
 
-@nox.session(python=False)
+PEER_SESSIONS = [*(f"peer_run(framework='{framework}')" for framework in PEER_DEPS), "peer_report"]
+
+
+@nox.session(python=False, requires=PEER_SESSIONS)
 def peer(session: nox.Session) -> None:
     """The frameworks' own optimizer tests against uniopt, each framework in its own venv, then the
-    report; fails on any failure outside the table of expected failures."""
-    for framework in PEER_DEPS:
-        session.notify(f"peer_run(framework='{framework}')", session.posargs)
-    session.notify("peer_report")
+    report (the required sessions); fails on any failure outside the table of expected failures."""
+    session.log(f"peer: every suite within its expected failures ({PEER_OUT}, docs/peer.md)")
+
+
+@nox.session(
+    python=False,
+    requires=["lint", "conformance_clean", *RUN_SESSIONS, *TEST_SESSIONS, *PEER_SESSIONS, "conformance"],
+)
+def check(session: nox.Session) -> None:
+    """What CI runs, as required sessions in this order: lint, every backend's conformance jobs queued
+    in the background, every test suite and peer suite while they run, then ``conformance`` (waits
+    for the jobs and compares the matrix). Passes only once every one of them has passed."""
+    session.log("check: lint, the test suites, the peer suites and the conformance matrix passed")
 
 
 PARITY_OUT = "build/parity"
@@ -200,12 +326,20 @@ def parity_render(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
-def parity(session: nox.Session) -> None:
-    """Native parity at the frameworks' defaults: every framework's rows, then the table."""
+def parity_clean(session: nox.Session) -> None:
+    """Remove an earlier run's measurements (``parity`` starts with it)."""
     shutil.rmtree(PARITY_OUT, ignore_errors=True)
-    for framework in PARITY_RUNS:
-        session.notify(f"parity_measure(framework='{framework}')")
-    session.notify("parity_render")
+    session.log(f"removed {PARITY_OUT}")
+
+
+@nox.session(
+    python=False,
+    requires=["parity_clean", *(f"parity_measure(framework='{f}')" for f in PARITY_RUNS), "parity_render"],
+)
+def parity(session: nox.Session) -> None:
+    """Native parity at the frameworks' defaults: every framework's rows, then the table (the required
+    sessions)."""
+    session.log("parity: every framework measured, the table rendered")
 
 
 BENCH_OUT = "build/bench"
