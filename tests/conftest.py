@@ -2,8 +2,9 @@
 
 Collection: each framework's suite (tests/<framework>_adapter, named so that no folder on sys.path
 passes for the framework's own package) is skipped, with the reason in pytest's summary, where its
-framework is not installed; ``pytest`` from the root then runs the core and the suites this venv
-can run.
+framework is not installed; ``pytest`` from the root then runs the core and the suite this venv can
+run (nox gives each framework a venv of its own; where several are installed, one suite runs per
+process and the others are skipped, saying how to run them).
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def missing_framework(folder: str) -> str | None:
     return None
 
 
-class UnavailableSuite(pytest.Dir):
-    """A framework's suite whose framework is missing: one skip, with the reason."""
+_SUITE = pytest.StashKey[str]()  # the framework suite this process runs
+
+
+class UnavailableSuite(pytest.File):
+    """A framework's suite that does not run here: one skip, with the reason. Not a directory
+    collector, so the suite's conftest.py (process-wide settings) is not imported."""
 
     reason = ""
 
@@ -48,11 +53,23 @@ class UnavailableSuite(pytest.Dir):
 
 
 def pytest_collect_directory(path: Path, parent: pytest.Collector):
-    if path.parent == HERE and (reason := missing_framework(path.name)) is not None:
-        suite = UnavailableSuite.from_parent(parent, path=path)
-        suite.reason = reason
-        return suite
-    return None
+    if path.parent != HERE or path.name not in FRAMEWORK_SUITES:
+        return None
+    reason = missing_framework(path.name)
+    if reason is None:
+        # A venv with several frameworks: one suite per process. Each sets process-wide state (Keras's
+        # backend, XLA's flags, jax's x64 flag) and the suites share module names (test_dropin.py).
+        first = parent.config.stash.setdefault(_SUITE, path.name)
+        if first != path.name:
+            reason = (
+                f"tests/{path.name}: one framework suite per process and this one runs tests/{first} "
+                f"(run pytest tests/{path.name} on its own)"
+            )
+    if reason is None:
+        return None
+    suite = UnavailableSuite.from_parent(parent, path=path)
+    suite.reason = reason
+    return suite
 
 
 @pytest.fixture(params=NAMESPACES)
