@@ -1,7 +1,9 @@
 """Compare every backend's trajectories with the NumPy reference of the same dtype, in ulp.
 
 Each cell's verdict: ``pass`` (worst ulp within the table's tolerance), ``FAIL`` (over it, or a
-recorded array missing or of another shape), ``skipped`` (with the table's or backend's reason) or
+recorded array missing or of another shape), ``skipped`` (the cell cannot exist there: a dtype the
+backend lacks, a hyperparameter that rounds to 0, a native framework without the optimizer or
+convention; with the reason), ``deferred`` (left to ``--full`` for time; with the reason) or
 ``reference`` (the NumPy run itself). Beside the ulp distance every cell reports its accuracy: the
 normwise relative error of its float32 trajectory against the NumPy float64 run of the same cell
 (per array and step ``max|x32 - x64|`` over the largest ``|x64|`` the array has had so far, worst
@@ -24,7 +26,7 @@ from .cells import Cell
 from .streams import dtype_of
 from .ulp import ulp_distance
 
-__all__ = ["CellResult", "compare_dir"]
+__all__ = ["CellResult", "compare_dir", "stale_runs", "stale_warning"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +38,7 @@ class CellResult:
     stream: str
     dtype: str
     steps: int
-    verdict: str  # pass | FAIL | skipped | reference
+    verdict: str  # pass | FAIL | skipped (cannot exist) | deferred (left to --full) | reference
     ulp: int | None = None  # worst distance to the reference over all steps and arrays
     first_step: int | None = None  # first step with a nonzero distance
     tolerance: int | None = None
@@ -103,23 +105,86 @@ def _accuracy(got: dict[str, np.ndarray], exact: dict[str, np.ndarray] | None) -
     return max((_relative_error(got[name], value) for name, value in exact.items()), default=0.0)
 
 
-def compare_dir(traj_dir: Path) -> list[CellResult]:
-    """Every cell of every ``<backend>@<mode>.json`` in ``traj_dir`` against the reference."""
-    runs = {p.name.removesuffix(".json"): _Trajectories(p) for p in sorted(traj_dir.glob("*@*.json"))}
+STALE_HINT = "rerun them or delete {traj_dir}"
+
+
+def _run_files(traj_dir: Path) -> list[Path]:
+    return sorted(Path(traj_dir).glob("*@*.json"))
+
+
+def _staleness(traj_dir: Path, current: str | None = None) -> dict[str, str]:
+    """``{"<backend>@<mode>.json": why}`` for every trajectory file not made by this version of the code:
+    its ``fingerprint`` (:func:`conformance.fingerprint.source_fingerprint` when it ran) differs from
+    this checkout's or from the reference's, or it has none (unknown provenance)."""
+    from .fingerprint import source_fingerprint
+
+    current = source_fingerprint() if current is None else current
+    prints = {p.name: json.loads(p.read_text()).get("fingerprint") for p in _run_files(traj_dir)}
+    reference = prints.get(f"{REFERENCE}@eager.json")
+    stale = {}
+    for name, found in prints.items():
+        if not found:
+            stale[name] = "no fingerprint: unknown provenance"
+        elif found != current:
+            stale[name] = f"fingerprint {found[:12]}, this code's is {current[:12]}"
+        elif reference and found != reference:
+            stale[name] = f"fingerprint {found[:12]}, the reference's is {reference[:12]}"
+    return stale
+
+
+def stale_runs(traj_dir: Path, current: str | None = None) -> list[str]:
+    """The trajectory files :func:`compare_dir` leaves out, each as ``"<file> (why)"``: made by
+    another version of the code (their source fingerprint is not this checkout's or the reference's)
+    or of unknown provenance (no fingerprint)."""
+    return [f"{name} ({why})" for name, why in _staleness(traj_dir, current).items()]
+
+
+def stale_warning(traj_dir: Path, current: str | None = None) -> str | None:
+    """The line to print when :func:`compare_dir` left files out (None when it left none)."""
+    stale = stale_runs(traj_dir, current)
+    if not stale:
+        return None
+    files = "file is" if len(stale) == 1 else "files are"
+    hint = STALE_HINT.format(traj_dir=traj_dir)
+    return (
+        f"{len(stale)} trajectory {files} from another version of the code, left out of the comparison: "
+        f"{'; '.join(stale)}. {hint[0].upper()}{hint[1:]}."
+    )
+
+
+def compare_dir(traj_dir: Path, current: str | None = None) -> list[CellResult]:
+    """Every cell of every ``<backend>@<mode>.json`` in ``traj_dir`` against the reference.
+
+    Files from another version of the code or of unknown provenance (see :func:`stale_runs`, which
+    names them for the caller to print) are left out: none of their cells is counted. ``current``
+    is the source fingerprint to hold them to (default: this checkout's).
+    """
+    stale = _staleness(traj_dir, current)
     ref_key = f"{REFERENCE}@eager"
+    if f"{ref_key}.json" in stale:
+        hint = STALE_HINT.format(traj_dir=traj_dir)
+        raise FileNotFoundError(
+            f"no reference trajectories from this version of the code in {traj_dir}: {ref_key}.json has "
+            f"{stale[f'{ref_key}.json']} ({hint}; python -m conformance run --backend {REFERENCE} "
+            f"writes the reference)"
+        )
+    runs = {
+        p.name.removesuffix(".json"): _Trajectories(p) for p in _run_files(traj_dir) if p.name not in stale
+    }
     if ref_key not in runs:
         raise FileNotFoundError(f"no reference trajectories ({ref_key}.json) in {traj_dir}")
     reference = runs[ref_key]
     results: list[CellResult] = []
     for run in runs.values():
         backend, mode = run.meta["backend"], run.meta["mode"]
-        for key, reason in run.meta["skipped"].items():
-            c = Cell.from_key(key)
-            results.append(
-                CellResult(
-                    backend, mode, c.optimizer, c.case, c.stream, c.dtype, c.steps, "skipped", reason=reason
+        for verdict, field in (("skipped", "skipped"), ("deferred", "deferred")):
+            for key, reason in run.meta.get(field, {}).items():
+                c = Cell.from_key(key)
+                results.append(
+                    CellResult(
+                        backend, mode, c.optimizer, c.case, c.stream, c.dtype, c.steps, verdict, reason=reason
+                    )
                 )
-            )
         for key in run.meta["cells"]:
             results.append(_compare_cell(run, reference, key, backend, mode))
     return results
