@@ -18,14 +18,25 @@ first GPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from uniopt import Spec
 
-from .backends import WIDE, Backend, GradsAt, Runner, Snapshot, jax_device, selection
+from .backends import (
+    Backend,
+    Member,
+    Runner,
+    Snapshot,
+    jax_device,
+    long_elsewhere,
+    snapshots_of,
+    split_flat,
+    unit_arrays,
+    units_of,
+)
 
 __all__ = ["BACKEND"]
 
@@ -34,6 +45,7 @@ def _make_runner(mode: str) -> Runner:
     import jax
 
     jax.config.update("jax_enable_x64", True)  # float64 cells; float32 arrays stay float32
+    import jax.numpy as jnp
     import optax
 
     import uniopt.jax as ujax
@@ -42,51 +54,68 @@ def _make_runner(mode: str) -> Runner:
         raise ValueError(f"jax backend has no mode {mode!r}")
     device = jax_device()
 
-    steps_of: dict[Spec, tuple[Any, Callable]] = {}  # one transformation and step per spec
-
-    def make_step(spec: Spec) -> tuple[Any, Callable]:
+    def transformation(spec: Spec) -> Any:
         name, kwargs = ujax.optax_arguments(spec)
-        tx = getattr(ujax, name)(**kwargs)
+        return getattr(ujax, name)(**kwargs)
 
-        def additive_step(params, state, grads):
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
+    def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
+        units = units_of(batch)
+        txs = [transformation(unit.spec) for unit in units]
 
-        def step(params, state, grads):
-            return tx.step(grads, state, params)
+        def step_all(params: list, states: list, grads: list) -> tuple[list, list]:
+            new_params, new_states = [], []
+            for tx, p, s, g in zip(txs, params, states, grads, strict=True):
+                if mode == "optax":
+                    updates, s = tx.update(g, s, p)
+                    p = optax.apply_updates(p, updates)
+                else:
+                    p, s = tx.step(g, s, p)
+                new_params.append(p)
+                new_states.append(s)
+            return new_params, new_states
 
-        if mode == "eager":
-            return tx, step
-        # jit compiles once per spec, dtype and parameter shapes (streams share them)
-        return tx, jax.jit(additive_step if mode == "optax" else step)
+        # jit and optax: one compiled program steps every transformation of the batch
+        step = step_all if mode == "eager" else jax.jit(step_all)
+        params = [jax.device_put(list(unit.params0), device) for unit in units]
+        with jax.default_device(device):  # the transformations' tables and constants too
+            states = [tx.init(p) for tx, p in zip(txs, params, strict=True)]
 
-    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
-        if spec not in steps_of:
-            steps_of[spec] = make_step(spec)
-        tx, step = steps_of[spec]
-        params = jax.device_put(params0, device)
-        with jax.default_device(device):  # the transformation's tables and constants too
-            state = tx.init(params)
-        names = spec.slot_names()
+        def arrays_of(params: list, states: list) -> list[list]:
+            return [
+                unit_arrays(
+                    p,
+                    [{n: s.slots[n][i] for n in unit.spec.slot_names()} for i in range(len(p))],
+                    unit.spec.slot_names(),
+                )
+                for unit, p, s in zip(units, params, states, strict=True)
+            ]
 
-        def snapshot() -> Snapshot:
-            return (
-                [np.array(p, copy=True) for p in params],
-                [{n: np.array(state.slots[n][i], copy=True) for n in names} for i in range(len(params))],
+        # one transfer per step: every array of the batch concatenated (a copy: no bits change)
+        pack = jax.jit(
+            lambda params, states: [
+                jnp.concatenate([a.reshape(-1) for a in unit]) if unit else jnp.zeros(0)
+                for unit in arrays_of(params, states)
+            ]
+        )
+        shapes = [[tuple(a.shape) for a in unit] for unit in arrays_of(params, states)]
+
+        def snapshot() -> list[Snapshot]:
+            flat = jax.device_get(pack(params, states))
+            return snapshots_of(
+                batch, units, [split_flat(np.asarray(f), s) for f, s in zip(flat, shapes, strict=False)]
             )
 
         yield snapshot()
         for t in range(1, steps + 1):
-            grads = jax.device_put(grads_at(t), device)
+            grads = [jax.device_put(unit.grads(batch, t), device) for unit in units]
             with jax.default_device(device):
-                params, state = step(params, state, grads)
+                params, states = step(params, states, grads)
             yield snapshot()
 
     return run
 
 
-_EAGER_STREAMS = ("normal", "huge", "zeros", "nonfinite", "mixed_shapes")
-_ALL_BUT_LONG = ("normal", "tiny", "huge", "zeros", "sparse", "mixed_shapes", "nonfinite")
+_ELSEWHERE = long_elsewhere("jax@jit")
 
 BACKEND = Backend(
     "jax",
@@ -94,26 +123,5 @@ BACKEND = Backend(
     modes=("eager", "jit", "optax"),
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
-    default_cells={
-        "eager": (
-            selection(
-                ("normal", "huge", "zeros", "nonfinite", "mixed_shapes"), WIDE, half_streams=("normal",)
-            ),
-            "left to --full: eager runs the normal, huge, zeros, nonfinite and mixed_shapes streams "
-            "in float32 and float64 and the normal stream in float16 and bfloat16 (op by op, about "
-            "5 ms a step here); jit runs every stream",
-        ),
-        "jit": (
-            selection(
-                ("normal", "tiny", "huge", "zeros", "sparse", "mixed_shapes", "nonfinite", "long"), WIDE
-            ),
-            "jit compiles once per case, dtype and parameter set: float16 and bfloat16 are left to "
-            "--full (eager runs them by default)",
-        ),
-        "optax": (
-            selection(("normal", "huge", "nonfinite"), ("float32",)),
-            "the optax row (apply_updates) covers the normal, huge and nonfinite streams in float32 "
-            "by default; --full runs the rest (float64: at most 2 ulp, measured)",
-        ),
-    },
+    default_cells={"eager": _ELSEWHERE, "optax": _ELSEWHERE},
 )

@@ -12,13 +12,22 @@ replaces them (an empty value measures XLA's defaults); see docs/tf.md.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from uniopt import Spec
-
-from .backends import Backend, GradsAt, Runner, Snapshot, requested_device, selection
+from .backends import (
+    Backend,
+    Member,
+    Runner,
+    Snapshot,
+    long_elsewhere,
+    requested_device,
+    snapshots_of,
+    split_flat,
+    unit_arrays,
+    units_of,
+)
 from .streams import dtype_of
 
 __all__ = ["BACKEND"]
@@ -51,67 +60,53 @@ def _check_xla_flags(wanted: str) -> None:
 def _make_runner(mode: str) -> Runner:
     wanted = _xla_flags()
     device = "/GPU:0" if requested_device() == "gpu" else "/CPU:0"
-    # One optimizer, its variables and its compiled step per (spec, dtype, shapes), shared by the
-    # streams over the same parameter set: every cell starts from fresh values (the spec's initial
-    # slots, step 0), so tracing and XLA compilation happen once per group rather than per cell.
-    prepared: dict[tuple, tuple] = {}
 
-    def prepare(spec: Spec, params0: list[np.ndarray]) -> tuple:
+    def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
         import tensorflow as tf
 
         import uniopt.tf
-
-        key = (spec, tuple((p.dtype.str, p.shape) for p in params0))
-        if key not in prepared:
-            variables = [tf.Variable(p) for p in params0]
-            opt = uniopt.tf.from_spec(spec)
-            opt.build(variables)
-
-            def step(grads: list) -> None:
-                opt.apply_gradients(zip(grads, variables, strict=True))
-
-            if mode == "function":
-                step = tf.function(step)
-            elif mode == "xla":
-                step = tf.function(step, jit_compile=True)
-            state = [(v, opt.slots(v)) for v in variables]
-            # one call reads every parameter and slot (snapshots are taken after every step)
-            read = tf.function(
-                lambda: [
-                    [tf.convert_to_tensor(v), [tf.convert_to_tensor(s) for s in slots.values()]]
-                    for v, slots in state
-                ]
-            )
-            prepared[key] = (opt, variables, step, read)
-        opt, variables, step, read = prepared[key]
-        for v, p in zip(variables, params0, strict=True):
-            v.assign(p)
-            for name, slot in opt.slots(v).items():
-                slot.assign(spec.init_slot(name, tf.zeros_like(v), uniopt.tf.xp))
-        opt.iterations.assign(0)
-        return step, read
-
-    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
-        import tensorflow as tf
 
         if device == "/GPU:0" and not tf.config.list_physical_devices("GPU"):
             raise RuntimeError("--device gpu: TensorFlow sees no GPU")
         if mode == "xla":
             _check_xla_flags(wanted)
-        names = spec.slot_names()
+        units = units_of(batch)
         with tf.device(device):
-            step, read = prepare(spec, params0)
+            # one Keras optimizer per unit over its members' variables; one training step applies
+            # them all (in function and xla modes one traced, and compiled, program per batch)
+            variables = [[tf.Variable(p) for p in unit.params0] for unit in units]
+            opts = [uniopt.tf.from_spec(unit.spec) for unit in units]
+            for opt, vs in zip(opts, variables, strict=True):
+                opt.build(vs)
 
-            def snapshot() -> Snapshot:
-                values = read()
-                return (
-                    [_to_numpy(p) for p, _ in values],
-                    [dict(zip(names, (_to_numpy(s) for s in slots), strict=True)) for _, slots in values],
-                )
+            def step_all(grads: list) -> None:
+                for opt, vs, gs in zip(opts, variables, grads, strict=True):
+                    opt.apply_gradients(zip(gs, vs, strict=True))
+
+            if mode == "function":
+                step_all = tf.function(step_all)
+            elif mode == "xla":
+                step_all = tf.function(step_all, jit_compile=True)
+            arrays = [
+                unit_arrays(vs, [opt.slots(v) for v in vs], unit.spec.slot_names())
+                for unit, opt, vs in zip(units, opts, variables, strict=True)
+            ]
+            shapes = [[tuple(a.shape) for a in unit] for unit in arrays]
+            # one call reads every parameter and slot, concatenated (a copy: no bits change)
+            read = tf.function(
+                lambda: [
+                    tf.concat([tf.reshape(a, [-1]) for a in unit], 0) if unit else tf.zeros([0])
+                    for unit in arrays
+                ]
+            )
+
+            def snapshot() -> list[Snapshot]:
+                flat = [split_flat(_to_numpy(f), s) for f, s in zip(read(), shapes, strict=True)]
+                return snapshots_of(batch, units, flat)
 
             yield snapshot()
             for t in range(1, steps + 1):
-                step([tf.constant(g) for g in grads_at(t)])
+                step_all([[tf.constant(g) for g in unit.grads(batch, t)] for unit in units])
                 yield snapshot()
 
     return run
@@ -122,37 +117,7 @@ def _to_numpy(tensor) -> np.ndarray:
     return value.view(dtype_of("bfloat16")) if value.dtype.name == "bfloat16" else np.array(value, copy=True)
 
 
-SUBNORMAL_CELLS = {
-    ("Adagrad", "weight_decay", "zeros", "float32"),
-    ("Adagrad", "weight_decay", "zeros", "bfloat16"),
-}
-"""Cells whose reference passes through subnormal numbers, which TensorFlow's CPU kernels flush to
-zero (FTZ/DAZ, in every mode, with no switch): measured 49472240 ulp (float32) and 672 ulp
-(bfloat16), from step 24 and 23. Left to ``--full``, where they show as FAIL."""
-
-_FTZ = (
-    "; and cells whose reference passes through subnormals, which TensorFlow flushes to zero on CPU "
-    "(FTZ/DAZ, no switch): Adagrad/weight_decay/zeros float32 (49472240 ulp) and bfloat16 (672)"
-)
-
-
-_WIDE = ("float32", "float64")
-
-
-def _selects(
-    streams: tuple[str, ...] | None, dtypes: tuple[str, ...] | None = None, half: tuple[str, ...] = ()
-):
-    chosen = selection(streams, dtypes, half)
-
-    def selects(cell) -> bool:
-        if (cell.optimizer, cell.case, cell.stream, cell.dtype) in SUBNORMAL_CELLS:
-            return False
-        return chosen(cell)
-
-    return selects
-
-
-_QUICK = ("normal", "nonfinite", "mixed_shapes")
+_ELSEWHERE = long_elsewhere("tf@function")
 
 BACKEND = Backend(
     "tf",
@@ -160,22 +125,7 @@ BACKEND = Backend(
     modes=("eager", "function", "xla"),
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
-    default_cells={
-        "eager": (
-            _selects(("normal", "nonfinite"), ("float32",), half=("normal",)),
-            "left to --full: eager runs the normal and nonfinite streams in float32 and the normal "
-            "stream in float16 and bfloat16 by default (Keras's eager apply costs about 12 ms a step "
-            "here; function runs every stream in float32 and float64)" + _FTZ,
-        ),
-        "function": (
-            _selects(None, _WIDE),
-            "left to --full: float16, bfloat16 and the 20k-step long stream (a graph per case, dtype "
-            "and parameter set; the long stream about 2 min here)" + _FTZ,
-        ),
-        "xla": (
-            _selects(("normal", "nonfinite"), ("float32",)),
-            "left to --full: xla runs the normal and nonfinite streams in float32 by default (an XLA "
-            "compilation per case, dtype and parameter set, about 2 s each here)" + _FTZ,
-        ),
-    },
+    default_cells={"eager": _ELSEWHERE, "xla": _ELSEWHERE},
 )
+"""Adagrad's weight_decay/zeros cells pass through subnormal numbers, which TensorFlow's CPU kernels
+flush to zero in every mode: they carry the registry's stated bound (``tf:weight_decay/zeros``)."""

@@ -17,11 +17,22 @@ Gradients are assigned to ``p.grad`` as a training loop would; snapshots read th
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .backends import QUICK_STREAMS, WIDE, Backend, GradsAt, Runner, selection, torch_device
-from .cells import Cell, convention_of
+from .backends import (
+    Backend,
+    Member,
+    Runner,
+    Snapshot,
+    long_elsewhere,
+    snapshots_of,
+    split_flat,
+    torch_device,
+    unit_arrays,
+    units_of,
+)
 from .streams import dtype_of
 
 
@@ -44,13 +55,21 @@ def to_numpy(tensor) -> np.ndarray:
     return tensor.numpy().copy()
 
 
-_last_spec: list = []
-
 SPLIT_LARGE = 6
 """``_flat.LARGE`` (every device's) in the ``flat`` and ``compiled`` modes (the suite's tensors are
 small)."""
 
 IMPLEMENTATION = {"eager": "auto", "loop": "loop", "flat": "flat", "compiled": "compiled", "compile": "auto"}
+
+
+def _gather(tensors: list) -> list[np.ndarray]:
+    """NumPy copies of same-dtype tensors through one concatenation (a copy: no bits change)."""
+    import torch
+
+    if not tensors:
+        return []
+    flat = to_numpy(torch.cat([t.detach().reshape(-1) for t in tensors]))
+    return split_flat(flat, [tuple(t.shape) for t in tensors])
 
 
 def _runner(mode: str) -> Runner:
@@ -63,19 +82,21 @@ def _runner(mode: str) -> Runner:
     default_large = _flat.LARGE
     device = torch_device()
 
-    def run(spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int):
-        if mode == "compile" and _last_spec[:1] != [spec]:
-            torch._dynamo.reset()  # a new case: drop the previous case's graphs and guards
-            _last_spec[:] = [spec]
-        params = [to_torch(p).to(device) for p in params0]
+    def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
+        units = units_of(batch)
+        if mode == "compile":
+            torch._dynamo.reset()  # a new batch: drop the previous batch's graphs and guards
         split = mode in ("flat", "compiled")
         _flat.LARGE = dict.fromkeys(default_large, SPLIT_LARGE) if split else default_large
-        opt = getattr(uniopt_torch, spec.name)(
-            params, implementation=IMPLEMENTATION[mode], **spec.hyperparameters
-        )
+        params = [[to_torch(p).to(device) for p in unit.params0] for unit in units]
+        opts = [
+            getattr(uniopt_torch, unit.spec.name)(
+                ps, implementation=IMPLEMENTATION[mode], **unit.spec.hyperparameters
+            )
+            for unit, ps in zip(units, params, strict=True)
+        ]
         if mode in ("compile", "compiled"):
-            # graphs are reused across cells with the same hyperparameters, dtype and shapes; never
-            # fall back to eager silently: a recompile past the limit is an error
+            # never fall back to eager silently: a recompile past the limit is an error
             torch._dynamo.config.recompile_limit = 256
             torch._dynamo.config.fail_on_recompile_limit_hit = True
             # round every intermediate to the parameter dtype, as eager (and the reference) do; on
@@ -84,32 +105,40 @@ def _runner(mode: str) -> Runner:
             for key, value in exact.items():
                 *path, name = key.split(".")
                 setattr(functools.reduce(getattr, path, torch._inductor.config), name, value)
-        step = torch.compile(opt.step) if mode == "compile" else opt.step
 
-        def slots_of(p: torch.Tensor) -> dict[str, np.ndarray]:
+        # compile: torch.compile(opt.step), the way torch's documentation compiles an optimizer step
+        # (dynamo traces the optimizer's per-tensor rule), one graph per optimizer
+        steps_of = [torch.compile(opt.step) if mode == "compile" else opt.step for opt in opts]
+
+        def step() -> None:
+            for step_one in steps_of:
+                step_one()
+
+        def slots_of(opt, spec, p: torch.Tensor) -> dict:
             state = opt.state[p]
             if not state:  # before the first step: the adapter's lazy init, done here to record it
-                return {n: to_numpy(spec.init_slot(n, p, xp)) for n in spec.slot_names()}
-            return {n: to_numpy(state[n]) for n in spec.slot_names()}
+                return {n: spec.init_slot(n, p.detach(), xp) for n in spec.slot_names()}
+            return {n: state[n] for n in spec.slot_names()}
 
-        def snapshot():
-            return [to_numpy(p) for p in params], [slots_of(p) for p in params]
+        def snapshot() -> list[Snapshot]:
+            arrays = []
+            for unit, opt, ps in zip(units, opts, params, strict=True):
+                names = unit.spec.slot_names()
+                arrays.append(_gather(unit_arrays(ps, [slots_of(opt, unit.spec, p) for p in ps], names)))
+            return snapshots_of(batch, units, arrays)
 
         yield snapshot()
         for t in range(1, steps + 1):
-            for p, g in zip(params, grads_at(t), strict=True):
-                p.grad = to_torch(g).to(device)
+            for unit, ps in zip(units, params, strict=True):
+                for p, g in zip(ps, unit.grads(batch, t), strict=True):
+                    p.grad = to_torch(g).to(device)
             step()
             yield snapshot()
 
     return run
 
 
-def _uniopt_case(cell: Cell) -> bool:
-    """Framework-convention cases compile a graph each too; their rule runs bitwise in eager, loop
-    and flat, so the inductor rows leave them to --full."""
-    return convention_of(cell.optimizer, cell.case) == "uniopt"
-
+_ELSEWHERE = long_elsewhere("torch@eager")
 
 BACKEND = Backend(
     "torch",
@@ -117,30 +146,5 @@ BACKEND = Backend(
     ("eager", "loop", "flat", "compiled", "compile"),
     ("float32", "float64", "float16", "bfloat16"),
     _runner,
-    default_cells={
-        "loop": (
-            selection(QUICK_STREAMS, WIDE),
-            "left to --full: the per-tensor loop (the path for CUDA and complex parameters) runs the "
-            "normal, nonfinite and mixed_shapes streams in float32 and float64 by default",
-        ),
-        "flat": (
-            selection(QUICK_STREAMS, WIDE),
-            "left to --full: flat (in-place large tensors forced) runs the normal, nonfinite and "
-            "mixed_shapes streams in float32 and float64 by default; eager runs the gathered flat "
-            "path on every stream and dtype",
-        ),
-        "compiled": (
-            lambda cell: _uniopt_case(cell) and cell.stream != "long" and cell.dtype == "float32",
-            "compiled mode covers the uniopt-convention cases in float32 by default (inductor "
-            "compiles one graph per case, dtype and RAdam branch, a few seconds each on 2 cores); "
-            "--full compiles the convention cases, the other dtypes and the long cases",
-        ),
-        "compile": (
-            lambda cell: _uniopt_case(cell) and selection(("normal", "nonfinite"), ("float32",))(cell),
-            "compile mode (torch.compile of step) covers the uniopt-convention cases on the normal "
-            "and nonfinite streams in float32 by default (inductor needs about 2.5 s "
-            "per graph on 2 cores, and each case, dtype and parameter set is a graph); --full "
-            "compiles the rest",
-        ),
-    },
+    default_cells={mode: _ELSEWHERE for mode in ("loop", "flat", "compiled", "compile")},
 )

@@ -8,6 +8,7 @@ array-API namespaces share :func:`run_namespace`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -16,15 +17,186 @@ import numpy as np
 
 from uniopt import Spec
 
-from .cells import Cell
+from .cells import LONG_STEPS, PARITY_STEPS, Cell
 
-__all__ = ["BACKENDS", "REFERENCE", "Backend", "Snapshot", "get"]
+__all__ = [
+    "BACKENDS",
+    "LONG_STREAMS",
+    "REFERENCE",
+    "Backend",
+    "CellRunner",
+    "Member",
+    "Runner",
+    "Snapshot",
+    "Unit",
+    "batched",
+    "by_unit",
+    "get",
+    "long_elsewhere",
+    "one_cell",
+    "snapshots_of",
+    "split_flat",
+    "unit_arrays",
+    "units_of",
+]
 
 Snapshot = tuple[list[np.ndarray], list[dict[str, np.ndarray]]]
 """Parameters and per-parameter slots after a step, as NumPy arrays."""
 
 GradsAt = Callable[[int], list[np.ndarray]]
-Runner = Callable[[Spec, list[np.ndarray], GradsAt, int], Iterator[Snapshot]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One cell's inputs inside a batch: its spec, starting parameters and gradient stream."""
+
+    spec: Spec
+    params0: list[np.ndarray]
+    grads_at: GradsAt
+
+
+Runner = Callable[[Sequence[Member], int], Iterator[list[Snapshot]]]
+"""A backend mode's executor: runs every member of a batch for ``steps`` steps at once and yields,
+before the first step and after each, one snapshot per member (in the members' order).
+
+How a backend batches is its own choice; what it must keep is that each member is an optimizer over
+exactly its own parameters, so a member's numbers cannot depend on the others. The runners here keep
+one optimizer per (spec, dtype) over the parameters of its members side by side (every optimizer of
+the table updates each parameter from that parameter's own gradient and state), and the compiled
+modes trace one program that steps all of a batch's optimizers."""
+
+CellRunner = Callable[[Spec, list[np.ndarray], GradsAt, int], Iterator[Snapshot]]
+"""The one-cell form: ``run(spec, params0, grads_at, steps)`` yields one snapshot per step."""
+
+
+def one_cell(runner: Runner) -> CellRunner:
+    """The one-cell form of a batch runner."""
+
+    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+        for snapshots in runner([Member(spec, params0, grads_at)], steps):
+            yield snapshots[0]
+
+    return run
+
+
+def batched(run_one: CellRunner) -> Runner:
+    """A batch runner that runs each member on its own with a one-cell runner."""
+
+    def run(members: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
+        trajectories = [list(run_one(m.spec, m.params0, m.grads_at, steps)) for m in members]
+        yield from (list(step) for step in zip(*trajectories, strict=True))
+
+    return run
+
+
+@dataclasses.dataclass
+class Unit:
+    """The members of a batch that share a spec and a dtype: one optimizer over their parameters.
+
+    ``sources[j]`` says what the unit's parameter ``j`` holds: ``[(k, i)]``, member ``k``'s
+    parameter ``i`` as it is, or, for an elementwise optimizer (``OptimizerInfo.elementwise``),
+    several members' parameters of one shape stacked along a new first axis, one row each."""
+
+    spec: Spec
+    params0: list[np.ndarray]
+    sources: list[list[tuple[int, int]]]
+    stacked: list[bool]
+
+    def grads(self, batch: Sequence[Member], step: int) -> list[np.ndarray]:
+        out = []
+        for source, stacked in zip(self.sources, self.stacked, strict=True):
+            if stacked:
+                out.append(np.stack([batch[k].grads_at(step)[i] for k, i in source]))
+            else:
+                k, i = source[0]
+                out.append(batch[k].grads_at(step)[i])
+        return out
+
+
+def units_of(batch: Sequence[Member]) -> list[Unit]:
+    """Group a batch's members by (spec, dtype), in first-seen order; within a unit of an elementwise
+    optimizer, stack the parameters of members whose parameter shapes are the same (two or more)."""
+    from uniopt.registry import get as get_info
+
+    grouped: dict[tuple, list[int]] = {}
+    for k, member in enumerate(batch):
+        dtype = member.params0[0].dtype.str if member.params0 else ""
+        grouped.setdefault((member.spec, dtype), []).append(k)
+    units = []
+    for (spec, _), members in grouped.items():
+        try:
+            elementwise = get_info(spec.name).elementwise
+        except KeyError:
+            elementwise = False
+        by_shapes: dict[tuple, list[int]] = {}
+        for k in members:
+            shapes = tuple(p.shape for p in batch[k].params0)
+            by_shapes.setdefault(shapes if elementwise else (k,), []).append(k)
+        unit = Unit(spec, [], [], [])
+        for same in by_shapes.values():
+            for i in range(len(batch[same[0]].params0)):
+                if len(same) > 1:
+                    unit.params0.append(np.stack([batch[k].params0[i] for k in same]))
+                    unit.sources.append([(k, i) for k in same])
+                    unit.stacked.append(True)
+                else:
+                    unit.params0.append(batch[same[0]].params0[i])
+                    unit.sources.append([(same[0], i)])
+                    unit.stacked.append(False)
+        units.append(unit)
+    return units
+
+
+def by_unit(run_unit: CellRunner) -> Runner:
+    """A batch runner from a runner of one optimizer over a list of parameters: one optimizer per
+    unit (spec and dtype) over its members' parameters, the units run one after the other (the
+    native rows: each framework's own optimizer, driven as its users drive it)."""
+
+    def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
+        units = units_of(batch)
+        runs = [list(run_unit(u.spec, u.params0, functools.partial(u.grads, batch), steps)) for u in units]
+        for per_unit in zip(*runs, strict=True):
+            arrays = [
+                unit_arrays(params, slots, u.spec.slot_names())
+                for u, (params, slots) in zip(units, per_unit, strict=True)
+            ]
+            yield snapshots_of(batch, units, arrays)
+
+    return run
+
+
+def snapshots_of(
+    batch: Sequence[Member], units: Sequence[Unit], arrays: Sequence[Sequence[np.ndarray]]
+) -> list[Snapshot]:
+    """Per member, its parameters and slots out of each unit's arrays, laid out as
+    :func:`unit_arrays` lays them out (every parameter, then each parameter's slots in
+    ``spec.slot_names()`` order); a stacked array gives each member its row."""
+    params: list[dict[int, np.ndarray]] = [{} for _ in batch]
+    slots: list[dict[int, dict[str, np.ndarray]]] = [{} for _ in batch]
+    for unit, flat in zip(units, arrays, strict=True):
+        n, names = len(unit.params0), unit.spec.slot_names()
+        for j, (source, stacked) in enumerate(zip(unit.sources, unit.stacked, strict=True)):
+            own = {name: flat[n + j * len(names) + s] for s, name in enumerate(names)}
+            for row, (k, i) in enumerate(source):
+                params[k][i] = flat[j][row] if stacked else flat[j]
+                slots[k][i] = {name: v[row] for name, v in own.items()} if stacked else own
+    return [
+        ([p[i] for i in range(len(p))], [s[i] for i in range(len(s))])
+        for p, s in zip(params, slots, strict=True)
+    ]
+
+
+def unit_arrays(params: Sequence[Any], slots: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[Any]:
+    """A unit's arrays in :func:`snapshots_of`'s layout."""
+    return [*params, *(s[name] for s in slots for name in names)]
+
+
+def split_flat(flat: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Undo a concatenation of flattened arrays of ``shapes`` (views of ``flat``)."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    pieces = np.split(flat, np.cumsum(sizes)[:-1]) if sizes else []
+    return [piece.reshape(shape) for piece, shape in zip(pieces, shapes, strict=True)]
+
 
 DEVICE_VARIABLE = "UNIOPT_CONFORMANCE_DEVICE"
 """``cpu`` or ``gpu``: where framework runners put their arrays (set by ``--device``)."""
@@ -65,22 +237,26 @@ REFERENCE = "numpy"
 def run_namespace(
     xp: Any, to_xp: Callable[[np.ndarray], Any], to_numpy: Callable[[Any], np.ndarray]
 ) -> Runner:
-    """Runner for a pure array-API namespace: the core's own ``init``/``update`` over ``xp``."""
+    """Runner for a pure array-API namespace: the core's own ``init``/``update`` over ``xp``, one
+    call per unit (spec and dtype) and step."""
 
-    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int):
-        params = [to_xp(p) for p in params0]
-        state = spec.init(params, xp)
+    def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
+        units = units_of(batch)
+        params = [[to_xp(p) for p in u.params0] for u in units]
+        states = [u.spec.init(p, xp) for u, p in zip(units, params, strict=True)]
 
-        def snapshot() -> Snapshot:
-            return (
-                [to_numpy(p) for p in params],
-                [{k: to_numpy(v) for k, v in slots.items()} for slots in state.slots],
-            )
+        def snapshot() -> list[Snapshot]:
+            arrays = [
+                [to_numpy(a) for a in unit_arrays(p, s.slots, u.spec.slot_names())]
+                for u, p, s in zip(units, params, states, strict=True)
+            ]
+            return snapshots_of(batch, units, arrays)
 
         yield snapshot()
         for step in range(1, steps + 1):
-            grads = [to_xp(g) for g in grads_at(step)]
-            params, state = spec.update(grads, state, params, xp)
+            for i, unit in enumerate(units):
+                grads = [to_xp(g) for g in unit.grads(batch, step)]
+                params[i], states[i] = unit.spec.update(grads, states[i], params[i], xp)
             yield snapshot()
 
     return run
@@ -116,33 +292,19 @@ class Backend:
         return None
 
 
-QUICK_STREAMS = ("normal", "nonfinite", "mixed_shapes")
-"""Streams a slow row runs by default: plain inputs, NaN/Inf propagation, and odd shapes."""
-
-WIDE = ("float32", "float64")
+LONG_STREAMS = ("long", "parity")
+"""The streams of many steps: ``long`` (20,000) and ``parity`` (1,000)."""
 
 
-def selection(
-    streams: Sequence[str] | None = None,
-    dtypes: Sequence[str] | None = None,
-    half_streams: Sequence[str] = (),
-) -> Callable[[Cell], bool]:
-    """A default-run choice of cells: ``streams`` (``None``: every stream but ``long``) in ``dtypes``
-    (``None``: every dtype), plus ``half_streams`` in float16 and bfloat16. Framework-convention
-    cases run their own streams (:data:`conformance.cells.CONVENTION_STREAMS`) in the chosen dtypes."""
-
-    def selects(cell: Cell) -> bool:
-        from .cells import convention_of
-
-        if cell.stream == "long":
-            return streams is not None and "long" in streams
-        if convention_of(cell.optimizer, cell.case) != "uniopt":
-            return dtypes is None or cell.dtype in dtypes
-        if cell.dtype in ("float16", "bfloat16") and cell.stream in half_streams:
-            return True
-        return (streams is None or cell.stream in streams) and (dtypes is None or cell.dtype in dtypes)
-
-    return selects
+def long_elsewhere(where: str) -> tuple[Callable[[Cell], bool], str]:
+    """A mode's default cells: every cell but those of the long streams (:data:`LONG_STREAMS`),
+    which run by default in ``where`` (one mode of the same framework), in the NumPy reference and
+    in the native rows, and everywhere with ``--full``."""
+    return (
+        lambda cell: cell.stream not in LONG_STREAMS,
+        f"left to --full: the long streams ({LONG_STEPS:,}-step long, {PARITY_STEPS:,}-step parity) "
+        f"run by default in {where}; the other modes run them with --full",
+    )
 
 
 def _numpy_runner(mode: str) -> Runner:
@@ -188,13 +350,7 @@ BACKENDS: dict[str, Backend] = {
             ("eager",),
             ("float32", "float64"),
             _strict_runner,
-            default_cells={
-                "eager": (
-                    selection(QUICK_STREAMS),
-                    "left to --full: array_api_strict (a validating wrapper, ~5 ms a step) runs the "
-                    "normal, nonfinite and mixed_shapes streams by default",
-                )
-            },
+            default_cells={"eager": long_elsewhere("numpy@eager, torch@eager, tf@function and jax@jit")},
         ),
         *_framework_backends(),
     )

@@ -6,7 +6,8 @@ shows how far uniopt's convention is from the optimizer people port from:
 
 - ``torch.optim@native``: ``torch.optim.<Name>`` (single-tensor path, ``foreach=False``), and for
   ``convention="official"`` the authors' RAdam step, transcribed op for op into current torch calls;
-- ``keras@native``: ``keras.optimizers.<Name>`` on TensorFlow, eagerly;
+- ``keras@native``: ``keras.optimizers.<Name>`` on TensorFlow, its ``apply`` inside a
+  ``tf.function`` (as ``model.fit`` runs it on a CPU, where Keras 3 leaves XLA off);
 - ``optax@native``: ``optax.<alias>`` with ``optax.apply_updates``, under ``jax.jit``, with
   ``jax_enable_x64`` off (jax's default) except for float64 cells.
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from uniopt import Spec
 
-from .backends import Backend, GradsAt, Runner, Snapshot, jax_device, torch_device
+from .backends import Backend, GradsAt, Runner, Snapshot, by_unit, jax_device, torch_device
 from .cells import Cell, convention_of
 
 __all__ = ["NATIVE_BACKENDS"]
@@ -94,7 +95,7 @@ def _torch_runner(mode: str) -> Runner:
 
     device = torch_device()
 
-    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+    def run_unit(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
         params = [torch.nn.Parameter(torch.from_numpy(p.copy()).to(device)) for p in params0]
         names = spec.slot_names()
         h = _hyper(spec)
@@ -136,7 +137,7 @@ def _torch_runner(mode: str) -> Runner:
                 optimizer.step()
             yield snapshot()
 
-    return run
+    return by_unit(run_unit)
 
 
 # -- keras ---------------------------------------------------------------------------------------
@@ -173,7 +174,7 @@ def _keras_runner(mode: str) -> Runner:
                 raise ValueError(f"Keras's {spec.name} has no {name}")
         return getattr(keras.optimizers, spec.name)(**kwargs)
 
-    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+    def run_unit(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
         import tensorflow as tf
 
         variables = [keras.Variable(p, dtype=p.dtype.name) for p in params0]
@@ -191,18 +192,17 @@ def _keras_runner(mode: str) -> Runner:
                 ],
             )
 
-        # "graph": inside a tf.function, as model.fit runs it on a CPU (Keras 3 turns XLA off there)
+        # inside a tf.function, as model.fit runs it on a CPU (Keras 3 turns XLA off there)
+        @tf.function
         def apply(grads: list[Any]) -> None:
             optimizer.apply(grads, variables)
 
-        if mode == "graph":
-            apply = tf.function(apply)
         yield snapshot()
         for t in range(1, steps + 1):
             apply([tf.constant(g) for g in grads_at(t)])
             yield snapshot()
 
-    return run
+    return by_unit(run_unit)
 
 
 # -- optax ---------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def _optax_runner(mode: str, x64: bool | None = None) -> Runner:
 
     device = jax_device()
 
-    def run(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+    def run_unit(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
         wide = any(p.dtype == np.float64 for p in params0)
         jax.config.update("jax_enable_x64", wide if x64 is None else x64)
         tx = _optax_transformation(spec)
@@ -287,7 +287,7 @@ def _optax_runner(mode: str, x64: bool | None = None) -> Runner:
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
-        params = jax.device_put(params0, device)
+        params = jax.device_put(list(params0), device)
         with jax.default_device(device):  # the state's counters too
             state = tx.init(params)
 
@@ -300,7 +300,7 @@ def _optax_runner(mode: str, x64: bool | None = None) -> Runner:
                 params, state = step(params, state, jax.device_put(grads_at(t), device))
             yield snapshot()
 
-    return run
+    return by_unit(run_unit)
 
 
 NATIVE_BACKENDS = [
@@ -318,13 +318,6 @@ NATIVE_BACKENDS = [
         ("native",),
         ("float32", "float64"),
         _keras_runner,
-        default_cells={
-            "native": (
-                lambda cell: not (cell.stream == "parity" and cell.dtype == "float64"),
-                "left to --full: Keras's eager apply (about 17 ms a step here) runs the 1000-step "
-                "parity stream in float32 by default",
-            )
-        },
         supports=_supports("keras"),
     ),
     Backend(

@@ -45,6 +45,7 @@ import numpy as np
 from uniopt import State
 from uniopt.registry import TABLE
 
+from .backends import one_cell
 from .cells import Cell, convention_of
 from .native import _keras_runner, _optax_runner, _torch_runner
 from .streams import STREAMS, dtype_of, gradients, initial_params
@@ -69,10 +70,10 @@ BEGIN, END = "<!-- parity-table:begin -->", "<!-- parity-table:end -->"
 
 def _runner(native: str, x64: bool | None):
     if native == "torch.optim":
-        return _torch_runner("native")
+        return one_cell(_torch_runner("native"))
     if native == "keras":
-        return _keras_runner("graph")
-    return _optax_runner("native", x64=bool(x64))  # one setting for the whole process
+        return one_cell(_keras_runner("graph"))
+    return one_cell(_optax_runner("native", x64=bool(x64)))  # one setting for the whole process
 
 
 def _reference_step(spec: Any, params: list[np.ndarray], slots: list[dict], grads: list[np.ndarray], k: int):

@@ -1,9 +1,17 @@
 """Run one backend over the matrix and write its trajectories.
 
+Cells run in batches (:func:`batches`): every cell of one optimizer, dtype and step count goes to
+the mode's runner in one call, which steps them all at once (see ``conformance.backends.Runner``:
+one optimizer per case over its cells' parameters, same-shape parameters of an elementwise
+optimizer stacked, one traced program per batch in the compiled modes). Each cell's trajectory is
+still recorded and compared on its own; the harness tests show that a batch gives every cell the
+numbers it gets alone, and that a 1-ulp change in one cell of a batch fails that cell and no other.
+
 Output, per mode: ``<out>/<backend>@<mode>.npz`` with one entry per recorded array, keyed
 ``<cell key>::param<i>`` / ``<cell key>::<slot><i>``, each stacked over steps (index 0 is the state
-before the first step), and ``<backend>@<mode>.json`` with the cells run, the cells skipped and why,
-library versions and timing.
+before the first step), and ``<backend>@<mode>.json`` with the cells run, the cells that cannot
+exist there (``skipped``) and those left to ``--full`` (``deferred``), each with its reason, library
+versions, the source fingerprint, and the time of the whole mode and of each batch.
 """
 
 from __future__ import annotations
@@ -20,40 +28,57 @@ import numpy as np
 
 from uniopt.registry import get as get_info
 
-from .backends import REFERENCE, Backend, Runner
+from .backends import Backend, Member, Runner
 from .cells import Cell
 from .streams import STREAMS, dtype_of, gradients, initial_params
 
-__all__ = ["run_backend", "run_cell"]
+__all__ = ["batches", "member_of", "run_backend", "run_batch", "run_cell"]
+
+
+def member_of(cell: Cell) -> Member:
+    """A cell's spec, starting parameters and gradient stream."""
+    info = get_info(cell.optimizer)
+    stream = STREAMS[cell.stream]
+    return Member(
+        info.make(info.case(cell.case)),
+        initial_params(stream.param_set, cell.dtype),
+        lambda step: gradients(stream, step, cell.dtype),
+    )
+
+
+def run_batch(runner: Runner, batch: Sequence[Cell]) -> dict[Cell, dict[str, np.ndarray]]:
+    """The trajectories of cells that run together (same step count): per cell, every parameter and
+    slot at steps ``0..steps``, keyed ``param<i>`` / ``<slot><i>``."""
+    steps = {cell.steps for cell in batch}
+    if len(steps) != 1:
+        raise ValueError(f"a batch runs one step count, got {sorted(steps)}")
+    record: list[dict[str, list[np.ndarray]]] = [{} for _ in batch]
+    with np.errstate(all="ignore"):  # the nonfinite stream divides by inf and NaN on purpose
+        for snapshots in runner([member_of(cell) for cell in batch], steps.pop()):
+            for rec, (params, slots) in zip(record, snapshots, strict=True):
+                for i, p in enumerate(params):
+                    rec.setdefault(f"param{i}", []).append(p)
+                for i, named in enumerate(slots):
+                    for name, value in named.items():
+                        rec.setdefault(f"{name}{i}", []).append(value)
+    return {
+        cell: {name: np.stack(values) for name, values in rec.items()}
+        for cell, rec in zip(batch, record, strict=True)
+    }
 
 
 def run_cell(runner: Runner, cell: Cell) -> dict[str, np.ndarray]:
-    """The trajectory of one cell: every parameter and slot at steps ``0..cell.steps``."""
-    info = get_info(cell.optimizer)
-    spec = info.make(info.case(cell.case))
-    stream = STREAMS[cell.stream]
-    params0 = initial_params(stream.param_set, cell.dtype)
-    with np.errstate(all="ignore"):  # the nonfinite stream divides by inf and NaN on purpose
-        snapshots = list(runner(spec, params0, lambda step: gradients(stream, step, cell.dtype), cell.steps))
-    record: dict[str, list[np.ndarray]] = {}
-    for params, slots in snapshots:
-        for i, p in enumerate(params):
-            record.setdefault(f"param{i}", []).append(p)
-        for i, named in enumerate(slots):
-            for name, value in named.items():
-                record.setdefault(f"{name}{i}", []).append(value)
-    return {name: np.stack(values) for name, values in record.items()}
+    """The trajectory of one cell (a batch of one)."""
+    return run_batch(runner, [cell])[cell]
 
 
-PARITY_DEFAULT = (
-    "left to --full: the 1000-step parity stream runs in the reference and the native rows by "
-    "default (the other rows prove the convention on the 50-step streams)"
-)
-
-
-def _compares_spec(backend: Backend, mode: str) -> bool:
-    """A row that executes the uniopt spec (not the reference, not a native optimizer)."""
-    return backend.name != REFERENCE and mode != "native"
+def batches(cells: Sequence[Cell]) -> list[list[Cell]]:
+    """Cells that run in one call: same optimizer, dtype and step count (one compiled program per
+    batch in the jit modes), in the order first seen."""
+    found: dict[tuple[str, str, int], list[Cell]] = {}
+    for cell in cells:
+        found.setdefault((cell.optimizer, cell.dtype, cell.steps), []).append(cell)
+    return list(found.values())
 
 
 def _vanishing(info, cell: Cell) -> str | None:
@@ -71,6 +96,22 @@ def _versions(backend: Backend) -> dict[str, str]:
     return found
 
 
+def _why_not(backend: Backend, mode: str, cell: Cell, full: bool) -> tuple[str, str] | None:
+    """``("skipped", why)`` for a cell that cannot exist in this row, ``("deferred", why)`` for one
+    left to ``--full`` for time, ``None`` for a cell to run."""
+    info = get_info(cell.optimizer)
+    reason = backend.supports(cell) if backend.supports is not None else None
+    reason = reason or info.skip_reason(backend.name, mode) or _vanishing(info, cell)
+    if reason is None and cell.dtype not in backend.dtypes:
+        reason = f"{backend.name} does not support {cell.dtype}"
+    if reason is not None:
+        return "skipped", reason
+    if full:
+        return None
+    reason = backend.skip_by_default(mode, cell)
+    return None if reason is None else ("deferred", reason)
+
+
 def run_backend(
     backend: Backend,
     cells: Sequence[Cell],
@@ -85,36 +126,54 @@ def run_backend(
     for mode in modes or backend.modes:
         runner = backend.make_runner(mode)
         arrays: dict[str, np.ndarray] = {}
-        ran, skipped = [], {}
-        start = time.perf_counter()
+        ran: list[str] = []
+        not_run: dict[str, dict[str, str]] = {"skipped": {}, "deferred": {}}
+        to_run: list[Cell] = []
         for cell in cells:
-            info = get_info(cell.optimizer)
-            reason = backend.supports(cell) if backend.supports is not None else None
-            reason = reason or info.skip_reason(backend.name, mode) or _vanishing(info, cell)
-            if reason is None and not full and cell.stream == "parity" and _compares_spec(backend, mode):
-                reason = PARITY_DEFAULT
-            if reason is None and cell.dtype not in backend.dtypes:
-                reason = f"{backend.name} does not support {cell.dtype}"
-            if reason is None and not full:
-                reason = backend.skip_by_default(mode, cell)
-            if reason is not None:
-                skipped[cell.key] = reason
+            why = _why_not(backend, mode, cell, full)
+            if why is None:
+                to_run.append(cell)
             else:
-                for name, value in run_cell(runner, cell).items():
+                not_run[why[0]][cell.key] = why[1]
+        if progress is not None and len(to_run) < len(cells):
+            progress(len(cells) - len(to_run), f"{backend.name}@{mode}: cells not run here")
+        start = time.perf_counter()
+        timings = []
+        for batch in batches(to_run):
+            began = time.perf_counter()
+            for cell, trajectory in run_batch(runner, batch).items():
+                for name, value in trajectory.items():
                     arrays[f"{cell.key}::{name}"] = value
                 ran.append(cell.key)
+            first = batch[0]
+            label = f"{first.optimizer}/{first.dtype}/{first.steps}"
+            timings.append([label, len(batch), round(time.perf_counter() - began, 3)])
             if progress is not None:
-                progress(1, f"{backend.name}@{mode} {cell.key}")
+                progress(len(batch), f"{backend.name}@{mode} {label}")
         stem = f"{backend.name}@{mode}"  # may contain dots (torch.optim): no with_suffix
         np.savez_compressed(out / f"{stem}.npz", **arrays)
         meta = {
             "backend": backend.name,
             "mode": mode,
+            "full": full,
             "cells": ran,
-            "skipped": skipped,
+            "skipped": not_run["skipped"],
+            "deferred": not_run["deferred"],
             "versions": _versions(backend),
             "seconds": round(time.perf_counter() - start, 3),
+            "batches": timings,
+            "fingerprint": _fingerprint(),
+            "finished": time.time(),
         }
         (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
         written.append(out / f"{stem}.json")
     return written
+
+
+def _fingerprint() -> str | None:
+    """The digest of the sources that made these numbers (``conformance.fingerprint``), if present."""
+    try:
+        from .fingerprint import source_fingerprint
+    except ImportError:
+        return None
+    return source_fingerprint()

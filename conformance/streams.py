@@ -8,6 +8,7 @@ exactly the same inputs without exchanging them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections.abc import Callable
 
@@ -101,17 +102,30 @@ def _rng(*key: object) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
+def _read_only(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+@functools.cache
 def initial_params(param_set: str, dtype: str) -> list[np.ndarray]:
-    """Starting parameters: standard normal, rounded to ``dtype``."""
-    return [
-        _rng("init", param_set, i).standard_normal(shape).astype(dtype_of(dtype))
-        for i, shape in enumerate(PARAM_SETS[param_set])
-    ]
+    """Starting parameters: standard normal, rounded to ``dtype`` (cached, read-only: copy them)."""
+    return _read_only(
+        [
+            _rng("init", param_set, i).standard_normal(shape).astype(dtype_of(dtype))
+            for i, shape in enumerate(PARAM_SETS[param_set])
+        ]
+    )
 
 
+@functools.cache
 def gradients(stream: Stream, step: int, dtype: str) -> list[np.ndarray]:
-    """The gradients of 1-based ``step``, rounded to ``dtype``."""
-    return [
-        np.asarray(stream.draw(_rng(stream.name, step, i), shape, step)).astype(dtype_of(dtype))
-        for i, shape in enumerate(PARAM_SETS[stream.param_set])
-    ]
+    """The gradients of 1-based ``step``, rounded to ``dtype`` (cached for the process, as every mode
+    and case of a backend reads the same streams; read-only: copy them)."""
+    return _read_only(
+        [
+            np.asarray(stream.draw(_rng(stream.name, step, i), shape, step)).astype(dtype_of(dtype))
+            for i, shape in enumerate(PARAM_SETS[stream.param_set])
+        ]
+    )

@@ -9,10 +9,10 @@ import pytest
 
 from conformance import backends
 from conformance.__main__ import main
-from conformance.backends import Backend, run_namespace
+from conformance.backends import Backend, batched, one_cell, run_namespace
 from conformance.cells import Cell, cells
 from conformance.compare import compare_dir
-from conformance.run import run_backend, run_cell
+from conformance.run import batches, run_backend, run_batch, run_cell
 from conformance.streams import NONFINITE_STEP, STREAMS, gradients, initial_params
 from conformance.ulp import NAN_MISMATCH, max_ulp, ulp_distance
 from uniopt.registry import TABLE
@@ -61,7 +61,7 @@ def _one_ulp_late(step_to_perturb: int) -> Backend:
     """A backend that is numpy except for a 1-ulp nudge of the first parameter at one step."""
     import array_api_compat.numpy as xp
 
-    inner = run_namespace(xp, lambda a: a.copy(), lambda a: np.array(a, copy=True))
+    inner = one_cell(run_namespace(xp, lambda a: a.copy(), lambda a: np.array(a, copy=True)))
 
     def runner(mode):
         def run(spec, params0, grads_at, steps):
@@ -70,9 +70,80 @@ def _one_ulp_late(step_to_perturb: int) -> Backend:
                     params[0].reshape(-1)[0] = np.nextafter(params[0].reshape(-1)[0], np.inf)
                 yield params, slots
 
+        return batched(run)
+
+    return Backend("nudged", "numpy", ("eager",), ("float32",), runner)
+
+
+def _numpy_batch_runner():
+    import array_api_compat.numpy as xp
+
+    return run_namespace(xp, lambda a: a.copy(), lambda a: np.array(a, copy=True))
+
+
+def _nudging_one_member(victim: Cell, step_to_perturb: int) -> Backend:
+    """numpy's batch runner, except that the member made from ``victim`` has its first parameter's
+    first entry nudged 1 ulp up at one step; every member runs in the same batch."""
+    from conformance.run import member_of
+
+    inner = _numpy_batch_runner()
+    victim_spec = member_of(victim).spec
+
+    def runner(mode):
+        def run(batch, steps):
+            # the victim: the member with the victim's spec and the mixed stream's five parameters
+            hit = [k for k, m in enumerate(batch) if m.spec == victim_spec and len(m.params0) == 5]
+            assert len(hit) == 1
+            for step, snapshots in enumerate(inner(batch, steps)):
+                if step == step_to_perturb:
+                    params = snapshots[hit[0]][0]
+                    params[0] = np.nextafter(params[0], np.asarray(np.inf, params[0].dtype)).copy()
+                yield snapshots
+
         return run
 
     return Backend("nudged", "numpy", ("eager",), ("float32",), runner)
+
+
+def test_batches_run_every_cell_of_an_optimizer_dtype_and_length_together():
+    selected = cells(["float32", "float64"], steps=6, optimizers=["Adam", "SGD"])
+    groups = batches(selected)
+    assert sorted(c for g in groups for c in g) == sorted(selected)
+    for group in groups:
+        assert len({(c.optimizer, c.dtype, c.steps) for c in group}) == 1
+    assert len(groups) == len({(c.optimizer, c.dtype, c.steps) for c in selected})
+
+
+def test_a_batch_gives_each_cell_the_numbers_it_gets_alone():
+    """The reference runs batched: every cell of a batch equals the same cell run on its own."""
+    runner = _numpy_batch_runner()
+    selected = cells(
+        ["float32"], steps=9, optimizers=["RAdam"], streams=["normal", "nonfinite", "mixed_shapes"]
+    )
+    together = run_batch(runner, selected)
+    assert len(together) == len(selected) > 10
+    for cell in selected:
+        alone = run_cell(runner, cell)
+        assert together[cell].keys() == alone.keys()
+        for name, value in alone.items():
+            np.testing.assert_array_equal(together[cell][name], value)
+
+
+def test_a_one_ulp_change_in_one_cell_of_a_batch_fails_that_cell_and_only_that_cell(tmp_path):
+    selected = cells(["float32"], steps=6, optimizers=["Adam"], streams=["normal", "huge", "mixed_shapes"])
+    victim = Cell("Adam", "amsgrad", "mixed_shapes", "float32", 6)
+    assert victim in selected and len(batches(selected)) == 1  # every cell in one batch
+    traj = tmp_path / "trajectories"
+    run_backend(backends.get("numpy"), selected, traj)
+    run_backend(_nudging_one_member(victim, 4), selected, traj)
+    results = [r for r in compare_dir(traj) if r.backend == "nudged"]
+    failed = [r for r in results if r.verdict == "FAIL"]
+    assert [(r.optimizer, r.case, r.stream, r.dtype) for r in failed] == [
+        ("Adam", "amsgrad", "mixed_shapes", "float32")
+    ]
+    assert failed[0].ulp == 1 and failed[0].first_step == 4
+    others = [r for r in results if r is not failed[0]]
+    assert len(others) == len(selected) - 1 and all(r.verdict == "pass" and r.ulp == 0 for r in others)
 
 
 def test_pipeline_passes_bitwise_backends_and_catches_a_one_ulp_difference(tmp_path):
@@ -169,17 +240,33 @@ def test_cells_whose_hyperparameters_vanish_in_the_dtype_are_skipped_with_the_re
     assert "Adam/betas/normal/float16/3" in meta["cells"]  # eps=1e-6 survives in float16
 
 
-def test_default_selection_keeps_convention_cases_and_named_half_streams():
-    chosen = backends.selection(("normal",), ("float32",), half_streams=("nonfinite",))
-    assert chosen(Cell("Adam", "default", "normal", "float32", 50))
-    assert not chosen(Cell("Adam", "default", "huge", "float32", 50))
-    assert not chosen(Cell("Adam", "default", "normal", "float64", 50))
-    assert chosen(Cell("Adam", "default", "nonfinite", "bfloat16", 50))
-    assert not chosen(Cell("Adam", "default", "normal", "float16", 50))
-    assert not chosen(Cell("Adam", "default", "long", "float32", 20_000))
-    # a framework-convention case runs its own streams, in the row's dtypes
-    assert chosen(Cell("Adam", "keras", "huge", "float32", 50))
-    assert not chosen(Cell("Adam", "keras", "huge", "float64", 50))
+def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_one_mode_each():
+    """Every row runs every cell it can by default, except the 20,000-step long and 1,000-step parity
+    streams, which run in the reference, the native rows and one mode per framework."""
+    long_cell = Cell("Adam", "default", "long", "float32", 20_000)
+    parity = Cell("Adam", "keras", "parity", "float64", 1000)
+    short = [
+        Cell("Adam", case, stream, dtype, 50)
+        for case in ("default", "keras")
+        for stream in ("normal", "tiny", "huge", "zeros", "sparse", "mixed_shapes", "nonfinite")
+        for dtype in ("float32", "float64", "float16", "bfloat16")
+    ]
+    every_mode = [(b, m) for b in backends.BACKENDS.values() for m in b.modes]
+    assert all(b.skip_by_default(m, c) is None for b, m in every_mode for c in short)
+    runs_long = {f"{b.name}@{m}" for b, m in every_mode if b.skip_by_default(m, long_cell) is None}
+    assert runs_long == {
+        "numpy@eager",
+        "torch@eager",
+        "tf@function",
+        "jax@jit",
+        "torch.optim@native",
+        "keras@native",
+        "optax@native",
+    } & {f"{b.name}@{m}" for b, m in every_mode}
+    runs_parity = {f"{b.name}@{m}" for b, m in every_mode if b.skip_by_default(m, parity) is None}
+    assert runs_parity == runs_long
+    reason = backends.get("torch").skip_by_default("compile", long_cell)
+    assert reason.startswith("left to --full") and "torch@eager" in reason
 
 
 def test_merge_joins_runs_and_a_later_run_replaces_a_row_but_never_with_a_skip(tmp_path):

@@ -50,6 +50,11 @@ class OptimizerInfo:
     error_cases: tuple[ErrorCase, ...]
     ulp_tolerance: Mapping[str, int] = dataclasses.field(default_factory=dict)
     skips: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    elementwise: bool = True
+    """The rule updates each element from that element's gradient and slots alone (plus per-step
+    host scalars): no norm, factorisation or matrix product over a parameter. The conformance
+    harness then stacks same-shape parameters of several cells into one array (the bits of each
+    element are unchanged); an optimizer that is not elementwise keeps every parameter as it is."""
 
     @property
     def name(self) -> str:
