@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from uniopt.scalar_table import CACHE_VARIABLE
+
 from . import backends
 from .cells import ALL_DTYPES, DEFAULT_STEPS, cells
 from .compare import compare_dir
@@ -20,6 +22,9 @@ DEFAULT_OUT = Path("build/conformance")
 
 def _run(args: argparse.Namespace) -> int:
     os.environ[backends.DEVICE_VARIABLE] = args.device
+    # the TensorFlow and JAX adapters tabulate every spec's per-step scalars (about a second each);
+    # the jobs of one run share them through files (uniopt.scalar_table.CACHE_VARIABLE)
+    os.environ.setdefault(CACHE_VARIABLE, str(args.out / "scalar-cache"))
     for name in args.backend:
         backend = backends.get(name)
         reason = backend.unavailable()

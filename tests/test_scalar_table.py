@@ -66,3 +66,36 @@ def test_adam_table_ends_where_float32_bias_correction_reaches_one():
 def test_a_never_converging_schedule_is_refused_at_once():
     with pytest.raises(NotConvergentError, match="Adagrad: the per-step scalars never reach a limit"):
         scalar_table(uniopt.Adagrad(lr_decay=0.01), "float32")
+
+
+def test_host_rows_are_shared_through_the_cache_folder_and_equal_fresh_ones(tmp_path, monkeypatch):
+    from uniopt import scalar_table as st
+
+    spec = uniopt.Adam(lr=0.003, betas=(0.8, 0.99), convention="keras")
+    monkeypatch.delenv(st.CACHE_VARIABLE, raising=False)
+    st._HOST_ROWS.clear()
+    fresh = st.scalar_table(spec, np.float32)
+    assert not any(tmp_path.iterdir())  # unset: nothing written
+    monkeypatch.setenv(st.CACHE_VARIABLE, str(tmp_path))
+    st._HOST_ROWS.clear()
+    st.scalar_table(spec, np.float32)
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("Adam-")
+    st._HOST_ROWS.clear()  # another process: only the file
+    calls = []
+    original = type(spec).step_scalars
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(spec), "step_scalars", counted)
+    cached = st.scalar_table(spec, np.float32)
+    assert len(calls) <= 2 < fresh.length  # the field names and the limit row; the rows are read
+    np.testing.assert_array_equal(cached.floats, fresh.floats)
+    np.testing.assert_array_equal(cached.flags, fresh.flags)
+    monkeypatch.undo()
+    other = spec.replace(lr=0.004)  # another spec: another file
+    monkeypatch.setenv(st.CACHE_VARIABLE, str(tmp_path))
+    st.scalar_table(other, np.float32)
+    assert len(list(tmp_path.iterdir())) == 2

@@ -13,7 +13,10 @@ does too. Schedules that never converge (Adagrad's ``lr_decay``) raise :class:`N
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,10 +119,64 @@ def _host_rows(spec: Spec, is_flag: tuple[bool, ...], rows: int) -> tuple[np.nda
     empty = (np.empty((0, len(float_columns))), np.empty((0, len(flag_columns)), bool))
     floats, flags = _HOST_ROWS.pop(spec, empty)
     if len(floats) < rows:
+        floats, flags = _read_cached(spec, rows) or (floats, flags)
+    if len(floats) < rows:
         new = np.asarray([spec.step_scalars(t) for t in range(len(floats) + 1, rows + 1)], np.float64)
         floats = np.concatenate([floats, new[:, float_columns]])
         flags = np.concatenate([flags, new[:, flag_columns].astype(bool)])
+        _write_cached(spec, floats, flags)
     _HOST_ROWS[spec] = floats, flags
     while len(_HOST_ROWS) > _HOST_ROWS_CACHE_SIZE:
         _HOST_ROWS.popitem(last=False)
     return floats[:rows], flags[:rows]
+
+
+CACHE_VARIABLE = "UNIOPT_SCALAR_CACHE"
+"""A folder where :func:`scalar_table` keeps the host rows it computes, for other processes that
+need the same spec (unset by default: nothing is written). The conformance suite sets it for its
+jobs, which build the same tables in every TensorFlow and JAX mode."""
+
+
+def _cache_path(spec: Spec) -> Path | None:
+    folder = os.environ.get(CACHE_VARIABLE)
+    if not folder:
+        return None
+    # the spec's repr names its type and every hyperparameter (floats round-trip); the sources of the
+    # core make the rows, so any change to them is another file
+    digest = hashlib.sha256(repr(spec).encode() + _core_digest().encode()).hexdigest()[:32]
+    return Path(folder) / f"{spec.name}-{digest}.npz"
+
+
+_CORE_DIGEST: list[str] = []
+
+
+def _core_digest() -> str:
+    """A digest of this package's sources (the code that computes the rows)."""
+    if not _CORE_DIGEST:
+        h = hashlib.sha256()
+        for path in sorted(Path(__file__).parent.rglob("*.py")):
+            h.update(path.name.encode() + path.read_bytes())
+        _CORE_DIGEST.append(h.hexdigest())
+    return _CORE_DIGEST[0]
+
+
+def _read_cached(spec: Spec, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+    path = _cache_path(spec)
+    if path is None or not path.exists():
+        return None
+    try:
+        with np.load(path) as saved:
+            floats, flags = saved["floats"], saved["flags"]
+    except (OSError, ValueError, KeyError):  # a partial or foreign file: compute instead
+        return None
+    return (floats, flags) if len(floats) >= rows else None
+
+
+def _write_cached(spec: Spec, floats: np.ndarray, flags: np.ndarray) -> None:
+    path = _cache_path(spec)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, floats=floats, flags=flags)
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
