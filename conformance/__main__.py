@@ -11,7 +11,7 @@ from uniopt.scalar_table import CACHE_VARIABLE
 
 from . import backends
 from .cells import ALL_DTYPES, DEFAULT_STEPS, cells
-from .compare import compare_dir
+from .compare import compare_dir, stale_warning
 from .jobs import enqueue, launch_ready, wait, write_progress
 from .report import Matrix, write_reports
 from .run import run_backend
@@ -84,9 +84,17 @@ def _compare(args: argparse.Namespace) -> int:
 
     from .report import run_info
 
-    results = compare_dir(args.out / "trajectories")
-    matrix = Matrix(results, run_info(args.out / "trajectories"))
     console = Console()
+    traj = args.out / "trajectories"
+    try:
+        results = compare_dir(traj)
+    except FileNotFoundError as exc:  # no reference, or one from another version of the code
+        console.print(f"[red]{exc}[/]")
+        return 1
+    stale = stale_warning(traj)  # files of another version of the code: left out, and said so
+    if stale:
+        console.print(f"[red]{stale}[/]")
+    matrix = Matrix(results, run_info(traj))
     matrix.print_report(console)
     wide = matrix.rich_table()
     if console.measure(wide, options=console.options.update_width(10_000)).maximum <= console.width:
@@ -98,6 +106,8 @@ def _compare(args: argparse.Namespace) -> int:
         console.print("[red]no backend besides the reference was compared[/]")
         return 1
     console.print(f"conformance: {matrix.summary()}")
+    if stale:
+        console.print(f"[red]{stale}[/]")
     return 1 if matrix.failed else 0
 
 

@@ -170,10 +170,8 @@ def run_backend(
     return written
 
 
-def _fingerprint() -> str | None:
-    """The digest of the sources that made these numbers (``conformance.fingerprint``), if present."""
-    try:
-        from .fingerprint import source_fingerprint
-    except ImportError:
-        return None
+def _fingerprint() -> str:
+    """The digest of the sources that made these numbers (see :mod:`conformance.fingerprint`)."""
+    from .fingerprint import source_fingerprint
+
     return source_fingerprint()

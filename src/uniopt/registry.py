@@ -254,7 +254,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
             # measured: one cell, weight_decay/zeros (float32 49472240, bfloat16 672; every other
             # Adagrad cell 0). XLA:CPU flushes subnormals to zero (FTZ/DAZ) eagerly and under jit;
             # the parameters decay into the subnormal range at step 24 and stop there while NumPy
-            # goes on towards 0. tests/jax asserts 0 ulp for every Adagrad case on normal inputs.
+            # goes on towards 0. tests/jax_adapter asserts 0 ulp for every Adagrad case on normal inputs.
             "jax:weight_decay/zeros": 49472240,
             # the same cell on TensorFlow: its CPU kernels always run flush-to-zero (FTZ/DAZ), in
             # every mode; measured float32 49472240, bfloat16 672, every other Adagrad cell 0

@@ -1,6 +1,6 @@
 """The flat implementations on CUDA: the same bits as the per-tensor loop on the same device, buckets
 per device, and no host-device synchronisation in a step. Skipped where torch sees no CUDA device
-(CI); run on a GPU with ``pytest tests/torch/test_cuda.py``.
+(CI); run on a GPU with ``pytest tests/torch_adapter/test_cuda.py``.
 """
 
 from __future__ import annotations
