@@ -59,11 +59,12 @@ Runner = Callable[[Sequence[Member], int], Iterator[list[Snapshot]]]
 """A backend mode's executor: runs every member of a batch for ``steps`` steps at once and yields,
 before the first step and after each, one snapshot per member (in the members' order).
 
-How a backend batches is its own choice; what it must keep is that each member is an optimizer over
-exactly its own parameters, so a member's numbers cannot depend on the others. The runners here keep
-one optimizer per (spec, dtype) over the parameters of its members side by side (every optimizer of
-the table updates each parameter from that parameter's own gradient and state), and the compiled
-modes trace one program that steps all of a batch's optimizers."""
+How a backend batches is its own choice; what it must keep is that a member's numbers cannot depend
+on the others. The runners here keep one optimizer per (spec, dtype) over the parameters of its
+members (:func:`units_of`: side by side, or stacked for an elementwise optimizer; every optimizer of
+the table updates each parameter from that parameter's own gradient and state); ``tf.function`` and
+``jax.jit`` trace one program that steps all of a batch's optimizers, ``torch.compile`` one per
+optimizer."""
 
 CellRunner = Callable[[Spec, list[np.ndarray], GradsAt, int], Iterator[Snapshot]]
 """The one-cell form: ``run(spec, params0, grads_at, steps)`` yields one snapshot per step."""
