@@ -122,6 +122,7 @@ def run_backend(
 ) -> list[Path]:
     """Run ``cells`` on every mode of ``backend``; returns the metadata files written."""
     out.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint()  # of the code this process imported, taken before it runs
     written = []
     for mode in modes or backend.modes:
         runner = backend.make_runner(mode)
@@ -162,7 +163,7 @@ def run_backend(
             "versions": _versions(backend),
             "seconds": round(time.perf_counter() - start, 3),
             "batches": timings,
-            "fingerprint": _fingerprint(),
+            "fingerprint": fingerprint,
             "finished": time.time(),
         }
         (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
@@ -171,7 +172,8 @@ def run_backend(
 
 
 def _fingerprint() -> str:
-    """The digest of the sources that made these numbers (see :mod:`conformance.fingerprint`)."""
-    from .fingerprint import source_fingerprint
+    """The digest of the sources that make these numbers: those this process imported (a venv's
+    installed uniopt may predate an edit of the checkout; see :mod:`conformance.fingerprint`)."""
+    from .fingerprint import imported_fingerprint
 
-    return source_fingerprint()
+    return imported_fingerprint()

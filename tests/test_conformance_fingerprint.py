@@ -133,3 +133,11 @@ def test_a_missing_reference_is_still_said_as_before(tmp_path):
     write_run(traj, "array_api_strict", "eager", source_fingerprint())
     with pytest.raises(FileNotFoundError, match=r"no reference trajectories \(numpy@eager.json\)"):
         compare_dir(traj)
+
+
+def test_the_code_this_process_imported_has_the_checkouts_fingerprint():
+    """run.py records the fingerprint of the code it imported (a venv's installed copy, named by its
+    place in the checkout): here the same code as the checkout, installed or editable."""
+    from conformance.fingerprint import imported_fingerprint
+
+    assert imported_fingerprint() == source_fingerprint()
