@@ -20,8 +20,35 @@ from .streams import STREAMS
 DEFAULT_OUT = Path("build/conformance")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--steps must be at least 1, got {value}")
+    return value
+
+
+def _check_selection(args: argparse.Namespace) -> str | None:
+    """Why the cell selection or the modes asked for cannot run, or ``None`` (checked before any job
+    is queued or run)."""
+    try:
+        cells(args.dtypes or ALL_DTYPES, args.steps, args.optimizers, args.streams)
+    except ValueError as exc:
+        return str(exc)
+    known = {m for name in args.backend for m in backends.get(name).modes}
+    unknown = sorted(set(args.modes or ()) - known)
+    if unknown:
+        return (
+            f"no backend asked for has mode(s) {', '.join(unknown)}; their modes: {', '.join(sorted(known))}"
+        )
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
     os.environ[backends.DEVICE_VARIABLE] = args.device
+    problem = _check_selection(args)
+    if problem is not None:
+        print(f"python -m conformance: {problem}", file=sys.stderr)
+        return 2
     # the TensorFlow and JAX adapters tabulate every spec's per-step scalars (about a second each);
     # the jobs of one run share them through files (uniopt.scalar_table.CACHE_VARIABLE)
     os.environ.setdefault(CACHE_VARIABLE, str(args.out / "scalar-cache"))
@@ -59,6 +86,10 @@ def _run_one(backend: backends.Backend, args: argparse.Namespace) -> None:
 
 def _enqueue(args: argparse.Namespace) -> int:
     """One background job per mode of each backend (see :mod:`conformance.jobs`)."""
+    problem = _check_selection(args)
+    if problem is not None:
+        print(f"python -m conformance: {problem}", file=sys.stderr)
+        return 2
     run_args = ["--steps", str(args.steps), "--device", args.device]
     for flag in ("dtypes", "optimizers", "streams"):
         if getattr(args, flag):
@@ -150,6 +181,13 @@ def _publish(args: argparse.Namespace) -> int:
     from .report import load, publish
 
     matrix = load(args.out / "conformance.json")
+    if matrix.failed:  # the page shows the project's evidence: a failing run is not published
+        print(
+            f"{args.out / 'conformance.json'} has {len(matrix.failed)} failed cell(s): not published "
+            f"(fix them or publish a passing run); {args.page} is unchanged",
+            file=sys.stderr,
+        )
+        return 1
     publish(matrix, args.page)
     print(f"{args.page}: matrix block from {args.out / 'conformance.json'} ({matrix.summary()})")
     return 0
@@ -171,8 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     for p in (run, every, queue):
         p.add_argument("--backend", nargs="+", choices=backends.names(), default=list(backends.names()))
         p.add_argument("--modes", nargs="+", help="modes to run (default: all of the backend's)")
-        p.add_argument("--dtypes", nargs="+", help="dtypes (default: all of the backend's)")
-        p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+        p.add_argument(
+            "--dtypes", nargs="+", choices=ALL_DTYPES, help="dtypes (default: all of the backend's)"
+        )
+        p.add_argument(
+            "--steps",
+            type=_positive,
+            default=DEFAULT_STEPS,
+            help=f"steps of the short streams (default {DEFAULT_STEPS}; the long and parity streams keep "
+            "their own lengths, or this one if it is longer)",
+        )
         p.add_argument("--optimizers", nargs="+", help="names from uniopt.registry.TABLE")
         p.add_argument("--streams", nargs="+", choices=list(STREAMS))
         p.add_argument("--full", action="store_true", help="also the cells a backend leaves out by default")

@@ -43,11 +43,25 @@ def test_queued_jobs_run_one_at_a_time_and_write_trajectories(tmp_path):
     assert written == ["array_api_strict@eager.json", "numpy@eager.json"]
 
 
+def test_a_selection_that_cannot_run_is_refused_before_anything_is_queued(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "enqueue", "--backend", "numpy", "--optimizers", "NoSuchOpt"]) == 2
+    assert "unknown optimizer(s) NoSuchOpt" in capsys.readouterr().err
+    assert not (tmp_path / "jobs").exists()
+
+
 def test_a_failing_job_fails_the_wait_and_its_log_is_shown(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "enqueue", "--backend", "numpy", "--optimizers", "NoSuchOpt"]) == 0
+    args = ["--optimizers", "SGD", "--streams", "normal", "--steps", "2"]
+    assert main(["--out", str(tmp_path), "enqueue", "--backend", "numpy", *args]) == 0
+    folder = tmp_path / "jobs" / "numpy@eager"
+    jobs.wait(tmp_path, poll=0.05)  # the real job; then the same folder holds one that fails
+    for name in ("started", "rc", "log", "progress.json"):
+        (folder / name).unlink(missing_ok=True)
+    failing = [sys.executable, "-c", "import sys; print('boom: NoSuchOpt'); sys.exit(3)"]
+    (folder / "job.json").write_text(json.dumps({"argv": failing, "enqueued": 0.0}))
+    capsys.readouterr()
     assert jobs.wait(tmp_path, poll=0.05) == 1
     out = capsys.readouterr().out
-    assert "numpy@eager failed" in out and "NoSuchOpt" in out
+    assert "numpy@eager failed" in out and "boom: NoSuchOpt" in out
 
 
 def test_a_job_killed_before_writing_its_status_counts_as_failed(tmp_path):
