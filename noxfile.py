@@ -28,6 +28,8 @@ import nox
 
 nox.options.sessions = ["check"]
 nox.options.reuse_existing_virtualenvs = True
+# a missing python3.11 fails the run (skipped sessions would let `conformance` pass having run nothing)
+nox.options.error_on_missing_interpreters = True
 
 # TensorFlow's C++ INFO and WARNING lines stay off the screen in every session and in the background
 # jobs (which inherit this environment). Not TF_ENABLE_ONEDNN_OPTS: that would change the numbers.

@@ -590,7 +590,8 @@ def draw_heatmap(matrix: Matrix, path: Path) -> dict[str, int]:
     cmap = ListedColormap([COLOURS[c] for c in CATEGORIES])
     drawn: Counter = Counter()
     cell_w, cell_h, label_w = 0.68, 0.34, 2.0
-    width = label_w + cell_w * len(columns) + 0.4
+    # at least as wide as the title and the one-row legend, however few columns there are
+    width = max(label_w + cell_w * len(columns) + 0.4, 11.0)
     panel_h = cell_h * len(optimizers) + 0.42
     height = 1.9 + panel_h * len(dtypes) + 0.5
     fig, axes = plt.subplots(
@@ -661,6 +662,11 @@ def write_reports(matrix: Matrix, out: Path) -> list[Path]:
     md_path = out / "conformance.md"
     md_path.write_text(matrix.markdown())
     png_path = out / "conformance.png"
+    try:
+        import matplotlib  # noqa: F401  (the picture's only dependency)
+    except ImportError:
+        print("conformance.png not drawn: matplotlib is not installed here (pip install matplotlib)")
+        return [json_path, md_path]
     matrix.heatmap(png_path)
     return [json_path, md_path, png_path]
 

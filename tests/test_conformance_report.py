@@ -176,11 +176,14 @@ def test_reports_keep_the_verdict_summary_and_the_run(tmp_path):
 
 
 def test_publish_replaces_only_the_marked_block(tmp_path):
-    write_reports(Matrix(sample(), RUN), tmp_path / "out")
     before = "# Title\n\n## The latest matrix\n\nIntro kept.\n\n"
     after = "\n\n## After\n\nKept too.\n"
     page = tmp_path / "page.md"
     page.write_text(before + "<!-- matrix:begin -->\nold hand-kept table\n" + END + after)
+    write_reports(Matrix(sample(), RUN), tmp_path / "failing")  # one FAIL cell: not published
+    assert main(["--out", str(tmp_path / "failing"), "publish", str(page)]) == 1
+    assert "old hand-kept table" in page.read_text()
+    write_reports(Matrix([r for r in sample() if r.verdict != "FAIL"], RUN), tmp_path / "out")
     assert main(["--out", str(tmp_path / "out"), "publish", str(page)]) == 0
     text = page.read_text()
     assert text.startswith(before + BEGIN) and text.endswith(END + after)
