@@ -99,3 +99,30 @@ def test_host_rows_are_shared_through_the_cache_folder_and_equal_fresh_ones(tmp_
     monkeypatch.setenv(st.CACHE_VARIABLE, str(tmp_path))
     st.scalar_table(other, np.float32)
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_shorter_cached_prefix_is_extended_not_recomputed(tmp_path, monkeypatch):
+    from uniopt import scalar_table as st
+
+    spec = uniopt.Adam(lr=0.002, betas=(0.9, 0.995))
+    monkeypatch.setenv(st.CACHE_VARIABLE, str(tmp_path))
+    st._HOST_ROWS.clear()
+    is_flag = tuple(isinstance(v, bool) for v in spec.step_scalars(1))
+    short = st._host_rows(spec, is_flag, 100)  # another process computed 100 rows
+    st._HOST_ROWS.clear()
+    calls = []
+    original = type(spec).step_scalars
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(spec), "step_scalars", counted)
+    longer = st._host_rows(spec, is_flag, 250)
+    assert [c[0] for c in calls] == list(range(101, 251))  # only the missing rows
+    np.testing.assert_array_equal(longer[0][:100], short[0])
+    monkeypatch.undo()
+    st._HOST_ROWS.clear()
+    fresh = st._host_rows(spec, is_flag, 250)  # unset: computed here from step 1
+    np.testing.assert_array_equal(longer[0], fresh[0])
+    np.testing.assert_array_equal(longer[1], fresh[1])

@@ -119,8 +119,10 @@ def _host_rows(spec: Spec, is_flag: tuple[bool, ...], rows: int) -> tuple[np.nda
     empty = (np.empty((0, len(float_columns))), np.empty((0, len(flag_columns)), bool))
     floats, flags = _HOST_ROWS.pop(spec, empty)
     if len(floats) < rows:
-        floats, flags = _read_cached(spec, rows) or (floats, flags)
-    if len(floats) < rows:
+        cached = _read_cached(spec)  # another process's rows: as many as it computed
+        if cached is not None and len(cached[0]) > len(floats):
+            floats, flags = cached
+    if len(floats) < rows:  # the rows still missing, after those found
         new = np.asarray([spec.step_scalars(t) for t in range(len(floats) + 1, rows + 1)], np.float64)
         floats = np.concatenate([floats, new[:, float_columns]])
         flags = np.concatenate([flags, new[:, flag_columns].astype(bool)])
@@ -160,7 +162,7 @@ def _core_digest() -> str:
     return _CORE_DIGEST[0]
 
 
-def _read_cached(spec: Spec, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_cached(spec: Spec) -> tuple[np.ndarray, np.ndarray] | None:
     path = _cache_path(spec)
     if path is None or not path.exists():
         return None
@@ -169,7 +171,7 @@ def _read_cached(spec: Spec, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
             floats, flags = saved["floats"], saved["flags"]
     except (OSError, ValueError, KeyError):  # a partial or foreign file: compute instead
         return None
-    return (floats, flags) if len(floats) >= rows else None
+    return floats, flags
 
 
 def _write_cached(spec: Spec, floats: np.ndarray, flags: np.ndarray) -> None:
