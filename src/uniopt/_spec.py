@@ -103,14 +103,32 @@ class Spec:
         return xp.zeros_like(param)
 
     def step_scalars(self, step: int, lr: float | None = None) -> NamedTuple:
-        """Host-side float64 scalars for 1-based ``step``; ``lr`` overrides ``self.lr``."""
-        raise NotImplementedError
+        """Host-side float64 scalars for 1-based ``step``; ``lr`` overrides ``self.lr``.
+
+        By default the convention's own method ``<convention>_scalars(step, lr)`` where the spec
+        defines one (``keras_scalars``, ...), else ``uniopt_scalars``: each convention computes
+        the scalars its rule reads, as its framework computes them.
+        """
+        return self._of_convention("scalars")(step, float(self.lr if lr is None else lr))
 
     def rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
-        """Elementwise update of one parameter: returns ``(new_param, new_slots)``."""
-        raise NotImplementedError
+        """Elementwise update of one parameter: returns ``(new_param, new_slots)``.
+
+        By default the convention's own rule, a sibling method ``<convention>_rule`` (``torch_rule``,
+        ``keras_rule``, ``optax_rule``, ...) where the spec defines one, else ``uniopt_rule``, the
+        spec's own formula (the paper's algorithm box). Each is short and reads like its source.
+        """
+        return self._of_convention("rule")(param, grad, slots, sc, xp)
+
+    def _of_convention(self, kind: str) -> Callable[..., Any]:
+        """``<convention>_<kind>`` of this spec, else ``uniopt_<kind>``."""
+        convention = getattr(self, "convention", "uniopt")
+        method = getattr(self, f"{convention}_{kind}", None) or getattr(self, f"uniopt_{kind}", None)
+        if method is None:
+            raise NotImplementedError(f"{self.name} defines neither {kind}() nor uniopt_{kind}()")
+        return method
 
     def underflowing(self, round_to: Callable[[float], float]) -> list[str]:
         """``name=value`` of each nonzero float hyperparameter that ``round_to`` (rounding to a

@@ -22,7 +22,18 @@ from .radam import RAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["MODE_TOLERANCES", "TABLE", "Case", "ErrorCase", "OptimizerInfo", "get"]
+__all__ = [
+    "KERAS_COMMON_NAMES",
+    "MODE_TOLERANCES",
+    "TABLE",
+    "Case",
+    "ErrorCase",
+    "KerasNames",
+    "OptaxNames",
+    "OptimizerInfo",
+    "TorchNames",
+    "get",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +52,99 @@ class ErrorCase:
     match: str
 
 
+KERAS_COMMON_NAMES: Mapping[str, str] = {
+    "learning_rate": "lr",
+    "epsilon": "eps",
+    "beta_1": "betas[0]",
+    "beta_2": "betas[1]",
+}
+"""Keras argument -> spec field, shared by every row (``"betas[i]"`` is one entry of the pair)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchNames:
+    """How ``torch.optim`` spells an optimizer: uniopt.torch's class, porting and the native row.
+
+    ``native`` is the ``torch.optim`` class name (``None`` where torch.optim has none: uniopt.torch
+    still offers the optimizer, with the spec's names). ``positional`` are the constructor's
+    positional arguments after ``params``, in torch.optim's order (spec field names, or names in
+    ``options``). ``options`` are torch.optim arguments without a spec field, with the values
+    torch.optim stores in each param group (``foreach``, ``capturable``, ...; uniopt.torch accepts
+    them and never changes the numbers, except that it refuses ``capturable=True`` and
+    ``differentiable=True``). ``state_at_construction``: torch.optim creates the state of every
+    parameter in the constructor (Adagrad). ``state`` maps a torch.optim state key to the spec's
+    slot where the names differ (the default: the same names).
+    """
+
+    native: str | None
+    positional: tuple[str, ...]
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    state_at_construction: bool = False
+    state: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasNames:
+    """How Keras 3 spells an optimizer: uniopt.tf's class, porting and the native row.
+
+    ``native`` is the ``keras.optimizers`` class name (``None`` where Keras has none).
+    ``positional`` are Keras's own arguments before the base ones (``clipnorm`` ... ``name``), by
+    Keras name, in Keras's order (for an optimizer Keras lacks, the order Keras would use); every
+    other spec field is keyword-only. ``names`` maps a Keras argument to the spec field it sets
+    (beyond :data:`KERAS_COMMON_NAMES`; ``"rho": "alpha"`` for RMSprop). ``slots`` maps each spec
+    slot to the attribute of Keras's optimizer holding its list of variables (porting, the native
+    row). ``checks_float``: arguments Keras refuses unless they are Python floats.
+    ``weight_decay_none_is_zero``: ``weight_decay=None`` means 0 (Keras's base optimizer; AdamW
+    refuses None). ``sparse_duplicates_match_keras``: Keras's update of an IndexedSlices gradient
+    with repeated indices equals that of the densified gradient (linear in the gradient).
+    """
+
+    native: str | None
+    positional: tuple[str, ...]
+    names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    slots: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    checks_float: tuple[str, ...] = ()
+    weight_decay_none_is_zero: bool = True
+    sparse_duplicates_match_keras: bool = False
+
+    @property
+    def all_names(self) -> dict[str, str]:
+        """Every Keras argument that names a spec field -> that field."""
+        return {**KERAS_COMMON_NAMES, **self.names}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptaxNames:
+    """One optax-style factory of an optimizer (``uniopt.jax.<alias>``): porting, the native row.
+
+    ``alias`` is the factory's name, optax's alias where optax has one (``native``: whether
+    ``optax.<alias>`` exists). ``names`` maps each factory argument that sets a spec field to that
+    field (``"b1": "betas[0]"``), in the order uniopt's own ones are listed. ``positional`` are
+    optax's positional arguments in optax's order. ``only`` are optax arguments without a spec
+    field: ``(accepts(value, convention), the accepted values in words)``. ``fixed`` are spec fields
+    the factory sets (``optax.nadamw``: decoupled weight decay). ``state`` maps a field of optax's
+    state (``mu``, ``nu``, ``trace``, ...) to the spec's slot.
+    """
+
+    alias: str
+    names: Mapping[str, str]
+    positional: tuple[str, ...]
+    only: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    state: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    native: bool = True
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerInfo:
-    """A row of the table."""
+    """A row of the table: the spec, its test cases, and how each framework names it."""
 
     spec: type[Spec]
     cases: tuple[Case, ...]
     error_cases: tuple[ErrorCase, ...]
+    torch: TorchNames | None = None
+    keras: KerasNames | None = None
+    optax: tuple[OptaxNames, ...] = ()
     ulp_tolerance: Mapping[str, int] = dataclasses.field(default_factory=dict)
     skips: Mapping[str, str] = dataclasses.field(default_factory=dict)
     elementwise: bool = True
