@@ -262,11 +262,11 @@ class RAdam(Spec):
             bc2_f32=bc2_f32,
         )
 
-    def rule(
+    # -- the rules: uniopt's (the paper's algorithm box) and one beside it per convention ----------
+    def uniopt_rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
-        if self.convention != "uniopt":
-            return self._convention_rule(param, grad, slots, sc, xp)
+        """Algorithm 2 with eps on :math:`\\sqrt{\\hat v_t}`, rectified where :math:`\\rho_t > 5`."""
         decay = self.weight_decay != 0
         coupled = sc.weight_decay if decay and not self.decoupled_weight_decay else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
@@ -283,57 +283,66 @@ class RAdam(Spec):
 
         return select(sc.rectified, rectified, unrectified, xp), {"exp_avg": m, "exp_avg_sq": v}
 
-    def _convention_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
-        """The torch, optax and official formulas (see the module docstring)."""
-        decay = self.weight_decay != 0
-        l2 = decay and self.convention == "torch" and not self.decoupled_weight_decay
-        coupled = sc.weight_decay if l2 else None
-        g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
-        if self.convention == "optax" and is_complex(param, xp):
+    def torch_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        """``torch.optim.RAdam`` (``_single_tensor_radam``): the "epsilon hat" form, always a
+        momentum step before rectification."""
+        l2 = sc.weight_decay if self.weight_decay != 0 and not self.decoupled_weight_decay else None
+        g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=l2)
+        m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
+        if self.weight_decay != 0 and self.decoupled_weight_decay:
+            param = xp.multiply(param, sc.decay)
+        momentum = xp.multiply(xp.multiply(m, sc.inv_bc1), sc.lr)
+
+        def rectified() -> Array:
+            adaptive = xp.divide(sc.sqrt_bc2, xp.add(xp.sqrt(v), sc.eps))
+            return xp.subtract(param, xp.multiply(xp.multiply(momentum, adaptive), sc.r))
+
+        new = {"exp_avg": m, "exp_avg_sq": v}
+        return select(sc.rectified, rectified, lambda: xp.subtract(param, momentum), xp), new
+
+    def optax_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        """``optax.radam`` (``scale_by_radam``, then ``scale(-lr)``), its scalars in float32 for
+        parameters of 32 bits or fewer."""
+        g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
+        if is_complex(param, xp):
             return self._optax_complex_rule(param, g, slots, sc, xp)
         m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
-        new = {"exp_avg": m, "exp_avg_sq": v}
-        if self.convention == "torch":
-            if decay and self.decoupled_weight_decay:
-                param = xp.multiply(param, sc.decay)
-            momentum = xp.multiply(xp.multiply(m, sc.inv_bc1), sc.lr)
+        narrow = float_bits(param, xp) <= 32  # optax's scalars are float32 there
+        flag, r, inv_bc1, inv_bc2 = (
+            (sc.rectified_f32, sc.r_f32, sc.inv_bc1_f32, sc.inv_bc2_f32)
+            if narrow
+            else (sc.rectified, sc.r, sc.inv_bc1, sc.inv_bc2)
+        )
+        m_hat = xp.multiply(m, inv_bc1)
 
-            def rectified() -> Array:
-                adaptive = xp.divide(sc.sqrt_bc2, xp.add(xp.sqrt(v), sc.eps))
-                return xp.subtract(param, xp.multiply(xp.multiply(momentum, adaptive), sc.r))
+        def rectified() -> Array:
+            v_hat = xp.multiply(v, inv_bc2)
+            u = xp.divide(xp.multiply(r, m_hat), xp.add(xp.sqrt(v_hat), sc.eps))
+            return xp.add(param, xp.multiply(u, sc.neg_lr))
 
-            return select(sc.rectified, rectified, lambda: xp.subtract(param, momentum), xp), new
-        if self.convention == "optax":
-            narrow = float_bits(param, xp) <= 32  # optax's scalars are float32 there
-            flag, r, inv_bc1, inv_bc2 = (
-                (sc.rectified_f32, sc.r_f32, sc.inv_bc1_f32, sc.inv_bc2_f32)
-                if narrow
-                else (sc.rectified, sc.r, sc.inv_bc1, sc.inv_bc2)
-            )
-            m_hat = xp.multiply(m, inv_bc1)
+        def unrectified() -> Array:
+            return xp.add(param, xp.multiply(m_hat, sc.neg_lr))
 
-            def rectified() -> Array:
-                v_hat = xp.multiply(v, inv_bc2)
-                u = xp.divide(xp.multiply(r, m_hat), xp.add(xp.sqrt(v_hat), sc.eps))
-                return xp.add(param, xp.multiply(u, sc.neg_lr))
+        return select(flag, rectified, unrectified, xp), {"exp_avg": m, "exp_avg_sq": v}
 
-            def unrectified() -> Array:
-                return xp.add(param, xp.multiply(m_hat, sc.neg_lr))
-
-            return select(flag, rectified, unrectified, xp), new
-        # official: weight decay and the step only on the steps that update
+    def official_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        """The authors' ``RAdam.step`` (radam/radam.py): weight decay and the step only on the
+        steps that update."""
+        g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
+        m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
+        decay = self.weight_decay != 0
         decayed = xp.add(param, xp.multiply(param, sc.neg_wd_lr)) if decay else param
 
-        def official_rectified() -> Array:
+        def rectified() -> Array:
             denom = xp.add(xp.sqrt(v), sc.eps)
             return xp.add(decayed, xp.divide(xp.multiply(m, sc.official_step), denom))
 
-        def official_unrectified() -> Array:
+        def unrectified() -> Array:
             if not self.degenerated_to_sgd:
                 return param
             return xp.add(decayed, xp.multiply(m, sc.official_step))
 
-        return select(sc.rectified, official_rectified, official_unrectified, xp), new
+        return select(sc.rectified, rectified, unrectified, xp), {"exp_avg": m, "exp_avg_sq": v}
 
     def _optax_complex_rule(self, param: Array, g: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         r"""optax's RAdam on complex parameters (``optax/_src/transform.py``, ``scale_by_radam``):
