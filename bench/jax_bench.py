@@ -7,19 +7,32 @@ from typing import Any
 
 import numpy as np
 
-from .common import NOT_MEASURED, Copy, ParamSet, PeakProbe, Variant
+from .common import NOT_MEASURED, Copy, ParamSet, PeakProbe, Variant, bench_hyperparameters
 
 FRAMEWORK = "jax"
 
-# optimizer -> (factory name in uniopt.jax and in optax, keyword arguments both accept)
-OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "RAdam": ("radam", {"learning_rate": 1e-3}),
-    "Adam": ("adam", {"learning_rate": 1e-3}),
-    "AdamW": ("adamw", {"learning_rate": 1e-3}),
-    "SGD": ("sgd", {"learning_rate": 1e-3, "momentum": 0.9}),
-    "Adagrad": ("adagrad", {"learning_rate": 1e-2}),
-    "RMSprop": ("rmsprop", {"learning_rate": 1e-2}),
-}
+
+def _optimizers() -> dict[str, tuple[str, dict[str, Any]]]:
+    """optimizer -> (its first factory in the table's ``optax`` names, keyword arguments uniopt.jax
+    and optax both accept, by optax name)."""
+    from uniopt.registry import get
+
+    out = {}
+    for name, hyper in bench_hyperparameters().items():
+        factories = get(name).optax
+        if factories:
+            kwargs = {("learning_rate" if k == "lr" else k): v for k, v in hyper.items()}
+            out[name] = (factories[0].alias, kwargs)
+    return out
+
+
+def _has_native(optimizer: str) -> bool:
+    from uniopt.registry import get
+
+    return get(optimizer).optax[0].native
+
+
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = _optimizers()
 
 
 _PENDING: list[Any] = []
@@ -116,8 +129,9 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
                 use_step=True,
             )
         )
-    native = _variant(f"optax.{factory} (jit, donated)", "native", lambda: getattr(optax, factory)(**kwargs))
-    out.append(native)
+    if _has_native(optimizer):
+        name = f"optax.{factory} (jit, donated)"
+        out.append(_variant(name, "native", lambda: getattr(optax, factory)(**kwargs)))
     return out
 
 

@@ -1,6 +1,7 @@
 """uniopt.tf against Keras 3 (TensorFlow backend): ``tf.function`` and ``tf.function(jit_compile=True)``.
 
-Keras has no RAdam; uniopt.tf.RAdam is compared with Keras's Adam, the closest native step."""
+Keras has no RAdam; uniopt.tf.RAdam is compared with Keras's Adam, the closest native step (likewise
+any optimizer Keras lacks)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,25 @@ from typing import Any
 
 import numpy as np
 
-from .common import NOT_MEASURED, Copy, ParamSet, PeakProbe, Variant
+from .common import NOT_MEASURED, Copy, ParamSet, PeakProbe, Variant, bench_hyperparameters
 
 FRAMEWORK = "tf"
 
-# optimizer -> (Keras class standing in as the native, keyword arguments both accept)
-OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "RAdam": ("Adam", {"learning_rate": 1e-3}),
-    "Adam": ("Adam", {"learning_rate": 1e-3}),
-    "AdamW": ("AdamW", {"learning_rate": 1e-3}),
-    "SGD": ("SGD", {"learning_rate": 1e-3, "momentum": 0.9}),
-    "Adagrad": ("Adagrad", {"learning_rate": 1e-2}),
-    "RMSprop": ("RMSprop", {"learning_rate": 1e-2}),
-}
+
+def _optimizers() -> dict[str, tuple[str, dict[str, Any]]]:
+    """optimizer -> (Keras class standing in as the native: the table's ``KerasNames.native``, or
+    Keras's Adam where Keras has none; keyword arguments both accept, by Keras name)."""
+    from uniopt.registry import get
+
+    out = {}
+    for name, hyper in bench_hyperparameters().items():
+        keras_names = get(name).keras
+        native = (keras_names.native if keras_names is not None else None) or "Adam"
+        out[name] = (native, {("learning_rate" if k == "lr" else k): v for k, v in hyper.items()})
+    return out
+
+
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = _optimizers()
 
 
 def unavailable(device: str) -> str:

@@ -8,19 +8,21 @@ from typing import Any
 
 import numpy as np
 
-from .common import Copy, ParamSet, PeakProbe, Variant
+from .common import Copy, ParamSet, PeakProbe, Variant, bench_hyperparameters
 
 FRAMEWORK = "torch"
 
-# optimizer -> (hyperparameters shared by uniopt.torch and torch.optim)
-OPTIMIZERS: dict[str, dict[str, Any]] = {
-    "RAdam": {"lr": 1e-3},
-    "Adam": {"lr": 1e-3},
-    "AdamW": {"lr": 1e-3},
-    "SGD": {"lr": 1e-3, "momentum": 0.9},
-    "Adagrad": {"lr": 1e-2},
-    "RMSprop": {"lr": 1e-2},
-}
+OPTIMIZERS: dict[str, dict[str, Any]] = bench_hyperparameters()
+"""optimizer -> hyperparameters shared by uniopt.torch and torch.optim (every row of the table)."""
+
+
+def _native_name(optimizer: str) -> str | None:
+    """The torch.optim class of ``optimizer`` (the table's ``TorchNames.native``), if torch has one."""
+    from uniopt.registry import get
+
+    names = get(optimizer).torch
+    return names.native if names is not None else None
+
 
 COMPILE_LIMIT_TENSORS = 64
 """Above this many tensors torch.compile of a torch.optim step is left out unless asked for: its
@@ -124,8 +126,7 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
 
     hyper = OPTIMIZERS[optimizer]
     uniopt_cls = getattr(ut, optimizer)
-    native = getattr(torch.optim, optimizer)
-    accepted = inspect.signature(native.__init__).parameters
+    native_name = _native_name(optimizer)
     out = [_variant(f"uniopt.torch.{optimizer}", "uniopt", lambda ps: uniopt_cls(ps, **hyper))]
     modes = getattr(ut, "IMPLEMENTATIONS", ()) if options.get("implementations") else ()
     for impl in modes:
@@ -137,11 +138,8 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
                     lambda ps, impl=impl: uniopt_cls(ps, implementation=impl, **hyper),
                 )
             )
-    base = f"torch.optim.{optimizer}"
-    out.append(_variant(f"{base}(foreach=False)", "native", lambda ps: native(ps, foreach=False, **hyper)))
-    out.append(_variant(f"{base}(foreach=True)", "native", lambda ps: native(ps, foreach=True, **hyper)))
-    if "fused" in accepted:
-        out.append(_variant(f"{base}(fused=True)", "native", lambda ps: native(ps, fused=True, **hyper)))
+    if native_name is not None:
+        out += _native_variants(native_name, hyper, _variant)
     if optimizer != "Adam":  # the issue's yardstick for every optimizer: fused Adam, timed in the same rounds
         out.append(
             _variant(
@@ -152,20 +150,37 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
             )
         )
     too_many = len(pset.shapes) > COMPILE_LIMIT_TENSORS and not options.get("compile_all")
-    out.append(
-        _variant(
-            f"torch.compile({base}.step)",
-            "native",
-            lambda ps: native(ps, **hyper),
-            compiled=True,
-            skip=(
-                f"not run on {len(pset.shapes)} tensors: compiling the unrolled step takes many minutes "
-                "(--compile-all runs it)"
+    if native_name is not None:
+        native = getattr(torch.optim, native_name)
+        out.append(
+            _variant(
+                f"torch.compile(torch.optim.{native_name}.step)",
+                "native",
+                lambda ps: native(ps, **hyper),
+                compiled=True,
+                skip=(
+                    f"not run on {len(pset.shapes)} tensors: compiling the unrolled step takes many "
+                    "minutes (--compile-all runs it)"
+                )
+                if too_many
+                else "",
             )
-            if too_many
-            else "",
         )
-    )
+    return out
+
+
+def _native_variants(native_name: str, hyper: dict[str, Any], make: Callable[..., Variant]) -> list[Variant]:
+    """torch.optim's for-loop, foreach and (where it has one) fused steps."""
+    import torch
+
+    native = getattr(torch.optim, native_name)
+    base = f"torch.optim.{native_name}"
+    out = [
+        make(f"{base}(foreach=False)", "native", lambda ps: native(ps, foreach=False, **hyper)),
+        make(f"{base}(foreach=True)", "native", lambda ps: native(ps, foreach=True, **hyper)),
+    ]
+    if "fused" in inspect.signature(native.__init__).parameters:
+        out.append(make(f"{base}(fused=True)", "native", lambda ps: native(ps, fused=True, **hyper)))
     return out
 
 
