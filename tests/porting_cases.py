@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import uniopt
+from uniopt.registry import TABLE
 
 SHAPES = ((3, 4), (5,), ())
 STEPS = 9  # RAdam with betas[1]=0.999 is rectified from step 6 on
@@ -22,6 +23,12 @@ CASES = [
     ("SGD-momentum", uniopt.SGD(lr=1e-2, momentum=0.9, nesterov=True), 1),
     ("RMSprop-centered", uniopt.RMSprop(lr=1e-2, centered=True, momentum=0.5), 4),
     ("Adagrad", uniopt.Adagrad(lr=1e-1, lr_decay=0.01, initial_accumulator_value=0.1), 2),
+]
+# every other optimizer of the table, with its first case (checkpointed after step 3)
+CASES += [
+    (info.name, info.make(info.cases[0]), 3)
+    for info in TABLE
+    if info.name not in {spec.name for _, spec, _ in CASES}
 ]
 DTYPES = ("float32", "float64")
 PARAMS = [
