@@ -16,6 +16,7 @@ Adapters (``uniopt.torch``, ``uniopt.tf``, ``uniopt.jax``) bind it to each frame
 from ._spec import Spec, State
 from .adagrad import Adagrad
 from .adam import Adam
+from .adamax import Adamax
 from .adamw import AdamW
 from .porting import PortableState, load_state, save_state
 from .radam import RAdam
@@ -27,6 +28,7 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
     "PortableState",
     "RAdam",
     "RMSprop",

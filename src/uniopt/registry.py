@@ -17,6 +17,7 @@ from typing import Any
 from ._spec import Spec
 from .adagrad import Adagrad
 from .adam import Adam
+from .adamax import Adamax
 from .adamw import AdamW
 from .radam import RAdam
 from .rmsprop import RMSprop
@@ -488,6 +489,48 @@ TABLE: tuple[OptimizerInfo, ...] = (
             "jax:optax:torch_decoupled/parity": 256,
             "jax:optax:official/parity": 4,
         },
+    ),
+    OptimizerInfo(
+        Adamax,
+        cases=(
+            Case("default", {"lr": 0.01}),
+            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+            Case("betas", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}),
+            Case("maximize", {"lr": 0.01, "maximize": True}),
+            Case("torch", {"lr": 0.01, "weight_decay": 0.1, "convention": "torch"}),
+            # torch's lerp takes its other branch, end - (end - self) * (1 - w), for w = 1 - beta1 >= 0.5
+            Case("torch_small_beta1", {"lr": 0.01, "betas": (0.3, 0.999), "convention": "torch"}),
+            Case("keras", {"lr": 0.01, "weight_decay": 0.1, "convention": "keras"}),
+            Case("keras_defaults", {"convention": "keras"}),
+            Case("optax", {"lr": 0.01, "convention": "optax"}),
+        ),
+        error_cases=_common_errors("Adamax", **_beta_errors("Adamax")),
+        torch=TorchNames(
+            "Adamax",
+            ("lr", "betas", "eps", "weight_decay", "foreach"),
+            {"foreach": None, "capturable": False, "differentiable": False},
+        ),
+        keras=KerasNames(
+            "Adamax",
+            ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay"),
+            slots={"exp_avg": "_m", "exp_inf": "_u"},
+        ),
+        optax=(
+            OptaxNames(
+                alias="adamax",
+                names={
+                    "learning_rate": "lr",
+                    "b1": "betas[0]",
+                    "b2": "betas[1]",
+                    "eps": "eps",
+                    "weight_decay": "weight_decay",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=("learning_rate", "b1", "b2", "eps"),
+                state={"mu": "exp_avg", "nu": "exp_inf"},
+            ),
+        ),
     ),
 )
 
