@@ -14,6 +14,7 @@ Adapters (``uniopt.torch``, ``uniopt.tf``, ``uniopt.jax``) bind it to each frame
 """
 
 from ._spec import Spec, State
+from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
@@ -25,6 +26,7 @@ from .sgd import SGD
 
 __all__ = [
     "SGD",
+    "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._spec import Spec
+from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
@@ -269,23 +270,9 @@ def _beta_errors(name: str) -> dict[str, ErrorCase]:
     }
 
 
-_KERAS_ADAM_SLOTS = {
-    "exp_avg": "_momentums",
-    "exp_avg_sq": "_velocities",
-    "max_exp_avg_sq": "_velocity_hats",
-}
-"""Keras's Adam and AdamW keep the moments in these lists of variables."""
-
 TABLE: tuple[OptimizerInfo, ...] = (
     OptimizerInfo(
         SGD,
-        keras=KerasNames(
-            "SGD",
-            ("learning_rate", "momentum", "nesterov", "weight_decay"),
-            slots={"momentum_buffer": "momentums"},
-            checks_float=("momentum",),
-            sparse_duplicates_match_keras=True,
-        ),
         cases=(
             Case("plain", {"lr": 0.05}),
             Case("momentum", {"lr": 0.02, "momentum": 0.9}),
@@ -337,11 +324,6 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         Adagrad,
-        keras=KerasNames(
-            "Adagrad",
-            ("learning_rate", "initial_accumulator_value", "epsilon", "weight_decay"),
-            slots={"sum": "_accumulators"},
-        ),
         cases=(
             Case("default", {"lr": 0.1}),
             Case("lr_decay", {"lr": 0.1, "lr_decay": 0.01}),
@@ -396,16 +378,6 @@ TABLE: tuple[OptimizerInfo, ...] = (
             # over the steps; measured over the whole matrix (2026-11-30)
             "jax:optax:keras/parity": 4096,
         },
-        keras=KerasNames(
-            "RMSprop",
-            ("learning_rate", "rho", "momentum", "epsilon", "centered", "weight_decay"),
-            names={"rho": "alpha"},
-            slots={
-                "square_avg": "_velocities",
-                "grad_avg": "_average_gradients",
-                "momentum_buffer": "_momentums",
-            },
-        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("centered", {"lr": 0.01, "centered": True}),
@@ -434,11 +406,6 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         Adam,
-        keras=KerasNames(
-            "Adam",
-            ("learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"),
-            slots=_KERAS_ADAM_SLOTS,
-        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("amsgrad", {"lr": 0.01, "amsgrad": True}),
@@ -463,12 +430,6 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         AdamW,
-        keras=KerasNames(
-            "AdamW",
-            ("learning_rate", "weight_decay", "beta_1", "beta_2", "epsilon", "amsgrad"),
-            slots=_KERAS_ADAM_SLOTS,
-            weight_decay_none_is_zero=False,
-        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("strong_decay", {"lr": 0.01, "weight_decay": 0.5}),
@@ -495,7 +456,6 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         RAdam,
-        keras=KerasNames(None, ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay")),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("skip_unrectified", {"lr": 0.01, "degenerated_to_sgd": False}),
@@ -570,6 +530,54 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 },
                 positional=("learning_rate", "b1", "b2", "eps"),
                 state={"mu": "exp_avg", "nu": "exp_inf"},
+            ),
+        ),
+    ),
+    OptimizerInfo(
+        Adadelta,
+        cases=(
+            Case("default", {}),
+            Case("lr", {"lr": 0.5}),
+            Case("rho_eps", {"rho": 0.95, "eps": 1e-5}),
+            Case("weight_decay", {"weight_decay": 0.1}),
+            Case("maximize", {"maximize": True}),
+            Case("torch", {"lr": 0.5, "rho": 0.95, "weight_decay": 0.1, "convention": "torch"}),
+            Case("keras", {"lr": 0.5, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.1, "convention": "keras"}),
+            Case("keras_defaults", {"convention": "keras"}),
+            Case("optax", {"lr": 0.5, "weight_decay": 0.1, "convention": "optax"}),
+        ),
+        error_cases=_common_errors(
+            "Adadelta",
+            rho=ErrorCase({"rho": 1.5}, r"Adadelta: rho=1\.5 is out of range; expected 0 <= rho <= 1"),
+            rho_nan=ErrorCase({"rho": float("nan")}, r"Adadelta: rho=nan is not finite"),
+            eps=ErrorCase({"eps": 0.0}, r"Adadelta: eps=0\.0 is out of range; expected 0 < eps"),
+            wd=ErrorCase({"weight_decay": -0.1}, r"Adadelta: weight_decay=-0\.1 is out of range"),
+        ),
+        torch=TorchNames(
+            "Adadelta",
+            ("lr", "rho", "eps", "weight_decay", "foreach"),
+            {"foreach": None, "capturable": False, "differentiable": False},
+        ),
+        keras=KerasNames(
+            "Adadelta",
+            ("learning_rate", "rho", "epsilon", "weight_decay"),
+            names={"rho": "rho"},
+            slots={"square_avg": "_accumulated_grads", "acc_delta": "_accumulated_delta_vars"},
+        ),
+        optax=(
+            OptaxNames(
+                "adadelta",
+                names={
+                    "learning_rate": "lr",
+                    "rho": "rho",
+                    "eps": "eps",
+                    "weight_decay": "weight_decay",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=("learning_rate", "rho", "eps", "weight_decay", "weight_decay_mask"),
+                only={"weight_decay_mask": (lambda v, c: v is None, "None (every parameter is decayed)")},
+                state={"e_g": "square_avg", "e_x": "acc_delta"},
             ),
         ),
     ),
