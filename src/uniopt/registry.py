@@ -270,9 +270,23 @@ def _beta_errors(name: str) -> dict[str, ErrorCase]:
     }
 
 
+_KERAS_ADAM_SLOTS = {
+    "exp_avg": "_momentums",
+    "exp_avg_sq": "_velocities",
+    "max_exp_avg_sq": "_velocity_hats",
+}
+"""Keras's Adam and AdamW keep the moments in these lists of variables."""
+
 TABLE: tuple[OptimizerInfo, ...] = (
     OptimizerInfo(
         SGD,
+        keras=KerasNames(
+            "SGD",
+            ("learning_rate", "momentum", "nesterov", "weight_decay"),
+            slots={"momentum_buffer": "momentums"},
+            checks_float=("momentum",),
+            sparse_duplicates_match_keras=True,
+        ),
         cases=(
             Case("plain", {"lr": 0.05}),
             Case("momentum", {"lr": 0.02, "momentum": 0.9}),
@@ -324,6 +338,11 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         Adagrad,
+        keras=KerasNames(
+            "Adagrad",
+            ("learning_rate", "initial_accumulator_value", "epsilon", "weight_decay"),
+            slots={"sum": "_accumulators"},
+        ),
         cases=(
             Case("default", {"lr": 0.1}),
             Case("lr_decay", {"lr": 0.1, "lr_decay": 0.01}),
@@ -378,6 +397,16 @@ TABLE: tuple[OptimizerInfo, ...] = (
             # over the steps; measured over the whole matrix (2026-11-30)
             "jax:optax:keras/parity": 4096,
         },
+        keras=KerasNames(
+            "RMSprop",
+            ("learning_rate", "rho", "momentum", "epsilon", "centered", "weight_decay"),
+            names={"rho": "alpha"},
+            slots={
+                "square_avg": "_velocities",
+                "grad_avg": "_average_gradients",
+                "momentum_buffer": "_momentums",
+            },
+        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("centered", {"lr": 0.01, "centered": True}),
@@ -406,6 +435,11 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         Adam,
+        keras=KerasNames(
+            "Adam",
+            ("learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"),
+            slots=_KERAS_ADAM_SLOTS,
+        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("amsgrad", {"lr": 0.01, "amsgrad": True}),
@@ -430,6 +464,12 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         AdamW,
+        keras=KerasNames(
+            "AdamW",
+            ("learning_rate", "weight_decay", "beta_1", "beta_2", "epsilon", "amsgrad"),
+            slots=_KERAS_ADAM_SLOTS,
+            weight_decay_none_is_zero=False,
+        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("strong_decay", {"lr": 0.01, "weight_decay": 0.5}),
@@ -456,6 +496,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         RAdam,
+        keras=KerasNames(None, ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay")),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("skip_unrectified", {"lr": 0.01, "degenerated_to_sgd": False}),
