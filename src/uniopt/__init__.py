@@ -19,6 +19,7 @@ from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
+from .lion import Lion
 from .porting import PortableState, load_state, save_state
 from .radam import RAdam
 from .rmsprop import RMSprop
@@ -31,6 +32,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "Lion",
     "PortableState",
     "RAdam",
     "RMSprop",

@@ -20,6 +20,7 @@ from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
+from .lion import Lion
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
@@ -619,6 +620,67 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 positional=("learning_rate", "rho", "eps", "weight_decay", "weight_decay_mask"),
                 only={"weight_decay_mask": (lambda v, c: v is None, "None (every parameter is decayed)")},
                 state={"e_g": "square_avg", "e_x": "acc_delta"},
+            ),
+        ),
+    ),
+    OptimizerInfo(
+        Lion,
+        cases=(
+            Case("default", {"lr": 0.01}),
+            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.5}),
+            Case("betas", {"lr": 0.01, "betas": (0.95, 0.98)}),
+            # beta1 = 0: the sign of the gradient itself (signSGD), with the momentum still kept
+            Case("sign_sgd", {"lr": 0.01, "betas": (0.0, 0.99)}),
+            Case("maximize", {"lr": 0.01, "maximize": True}),
+            Case("keras", {"lr": 0.01, "weight_decay": 0.1, "convention": "keras"}),
+            Case("keras_defaults", {"convention": "keras"}),
+            Case("optax", {"lr": 0.01, "convention": "optax"}),
+            Case("optax_no_decay", {"lr": 0.01, "weight_decay": 0.0, "convention": "optax"}),
+        ),
+        error_cases=_common_errors(
+            "Lion",
+            beta1=ErrorCase(
+                {"betas": (1.5, 0.99)},
+                r"Lion: betas\[0\]=1\.5 is out of range; expected 0 <= betas\[0\] <= 1",
+            ),
+            beta2=ErrorCase({"betas": (0.9, -0.1)}, r"Lion: betas\[1\]=-0\.1 is out of range"),
+            pair=ErrorCase({"betas": 0.9}, r"Lion: betas=0\.9 is not a pair"),
+            wd=ErrorCase({"weight_decay": -0.1}, r"Lion: weight_decay=-0\.1 is out of range"),
+            keras_beta1=ErrorCase(
+                {"betas": (0.0, 0.99), "convention": "keras"},
+                r"Lion: betas\[0\]=0\.0 is out of range with convention='keras'; "
+                r"expected 0 < betas\[0\] <= 1",
+            ),
+            torch=ErrorCase(
+                {"convention": "torch"},
+                r"Lion: convention='torch' is not available \(torch\.optim has no Lion",
+            ),
+        ),
+        # torch.optim has no Lion: uniopt.torch.Lion takes the names of the lion-pytorch package
+        torch=TorchNames(
+            None,
+            ("lr", "betas", "weight_decay"),
+            {"foreach": None, "capturable": False, "differentiable": False},
+        ),
+        keras=KerasNames(
+            "Lion",
+            ("learning_rate", "beta_1", "beta_2", "weight_decay"),
+            slots={"exp_avg": "_momentums"},
+        ),
+        optax=(
+            OptaxNames(
+                alias="lion",
+                names={
+                    "learning_rate": "lr",
+                    "b1": "betas[0]",
+                    "b2": "betas[1]",
+                    "weight_decay": "weight_decay",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=("learning_rate", "b1", "b2", "mu_dtype", "weight_decay", "mask"),
+                only={"mu_dtype": (lambda v, c: True, "None")},
+                state={"mu": "exp_avg"},
             ),
         ),
     ),
