@@ -21,12 +21,15 @@ bits: per tensor, or over flat state buffers, eager or compiled by inductor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, ClassVar
+import dataclasses
+from typing import Any
 
-import uniopt
+import torch
 
-from ._optimizer import AUTO_COMPILE_MIN, IMPLEMENTATIONS, UnioptOptimizer
+from uniopt import Spec
+from uniopt.registry import TABLE, OptimizerInfo
+
+from ._optimizer import AUTO_COMPILE_MIN, IMPLEMENTATIONS, UnioptOptimizer, _selected
 from ._porting import (
     export_state,
     from_torch_optim,
@@ -38,12 +41,7 @@ from ._porting import (
 __all__ = [
     "AUTO_COMPILE_MIN",
     "IMPLEMENTATIONS",
-    "SGD",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "RAdam",
-    "RMSprop",
+    "OPTIMIZERS",
     "UnioptOptimizer",
     "export_state",
     "from_torch_optim",
@@ -53,97 +51,123 @@ __all__ = [
 ]
 
 
-class SGD(UnioptOptimizer):
-    """SGD with optional (Nesterov) momentum; the math is :class:`uniopt.SGD`'s (torch/optim/sgd.py's
-    arguments)."""
-
-    spec_class = uniopt.SGD
-    positional = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
-    torch_options: ClassVar[dict[str, Any]] = {"foreach": None, "differentiable": False, "fused": None}
-
-
-class Adagrad(UnioptOptimizer):
-    """Adagrad; the math is :class:`uniopt.Adagrad`'s (torch/optim/adagrad.py's arguments).
-
-    As torch.optim.Adagrad, the state of the parameters given to the constructor (``step`` 0 and
-    ``sum`` filled with ``initial_accumulator_value``) exists from construction, so that
-    :meth:`share_memory` can share it before training starts.
-    """
-
-    spec_class = uniopt.Adagrad
-    positional = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "foreach")
-    torch_options: ClassVar[dict[str, Any]] = {"foreach": None, "differentiable": False, "fused": None}
-
-    def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
-        super().__init__(params, *args, **kwargs)
-        for group in self.param_groups:
-            spec = self._spec_of(group)
-            for p in group["params"]:
-                self._init_state(spec, p)
-
-    def share_memory(self) -> None:
-        """Move each parameter's ``sum`` into shared memory (``Tensor.share_memory_``), as
-        torch.optim.Adagrad does, for Hogwild-style training in several processes."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p)
-                if state and "sum" in state:
-                    state["sum"].share_memory_()
+def _share_memory(self: UnioptOptimizer) -> None:
+    """Move each parameter's slots into shared memory (``Tensor.share_memory_``), as
+    torch.optim.Adagrad does with its ``sum``, for Hogwild-style training in several processes."""
+    for group in self.param_groups:
+        for p in group["params"]:
+            state = self.state.get(p)
+            for name in self._spec_of(group).slot_names() if state else ():
+                if name in state:
+                    state[name].share_memory_()
 
 
-class RMSprop(UnioptOptimizer):
-    """RMSprop (centered, momentum); the math is :class:`uniopt.RMSprop`'s
-    (torch/optim/rmsprop.py's arguments)."""
-
-    spec_class = uniopt.RMSprop
-    positional = (
-        "lr",
-        "alpha",
-        "eps",
-        "weight_decay",
-        "momentum",
-        "centered",
-        "capturable",
-        "foreach",
-        "maximize",
-        "differentiable",
-    )
-    torch_options: ClassVar[dict[str, Any]] = {"capturable": False, "foreach": None, "differentiable": False}
+def _value(value: Any) -> str:
+    return f"``{value!r}``"
 
 
-class Adam(UnioptOptimizer):
-    """Adam (AMSGrad); the math is :class:`uniopt.Adam`'s (torch/optim/adam.py's arguments;
-    ``decoupled_weight_decay=True`` is :class:`AdamW`)."""
+def _defaults(spec: type[Spec]) -> list[str]:
+    """One line per spec field: its default, per convention where the conventions differ."""
+    resolved: dict[str, dict[str, Any]] = {}
+    for convention in spec.conventions:
+        try:
+            resolved[convention] = spec(convention=convention).hyperparameters
+        except (TypeError, ValueError):  # a convention without defaults for every field
+            continue
+    lines = []
+    for field in dataclasses.fields(spec):
+        if field.name == "convention":
+            continue
+        values: dict[str, list[str]] = {}
+        for convention, hyper in resolved.items():
+            values.setdefault(repr(hyper[field.name]), []).append(convention)
+        if len(values) == 1:
+            lines.append(f"``{field.name}={next(iter(values))}``")
+        else:
+            per = "; ".join(f"{v} ({', '.join(cs)})" for v, cs in values.items())
+            lines.append(f"``{field.name}``: {per}")
+    return lines
 
-    spec_class = uniopt.Adam
-    positional = ("lr", "betas", "eps", "weight_decay", "amsgrad")
-    torch_options: ClassVar[dict[str, Any]] = {
-        "foreach": None,
-        "capturable": False,
-        "differentiable": False,
-        "fused": None,
-        "decoupled_weight_decay": False,
+
+def _docstring(info: OptimizerInfo) -> str:
+    """The class's docstring, from the row and the spec (its summary, fields, conventions,
+    reference)."""
+    spec, names = info.spec, info.torch
+    assert names is not None
+    summary = (spec.__doc__ or info.name).strip().splitlines()[0].removesuffix(" (see the module docstring).")
+    summary = summary.rstrip(".")
+    if names.native is not None:
+        source = getattr(torch.optim, names.native).__module__.replace(".", "/") + ".py"
+        origin = f"a drop-in for ``torch.optim.{names.native}`` ({source}'s arguments)"
+    else:
+        origin = f"torch.optim has no {info.name}: the arguments are the spec's names"
+    lines = [
+        f"{summary}; the math is :class:`uniopt.{info.name}`'s, {origin}.",
+        "",
+        f"Positional arguments after ``params``: {', '.join(f'``{n}``' for n in names.positional)}; "
+        "every argument may be given by keyword.",
+        "",
+        "Hyperparameters (the spec's fields, a param group's keys; defaults per ``convention``):",
+        "",
+        *(f"* {line}" for line in _defaults(spec)),
+        f"* ``convention``: {', '.join(_value(c) for c in spec.conventions)} (default ``'uniopt'``)",
+        "",
+    ]
+    if names.options:
+        options = ", ".join(f"``{k}={v!r}``" for k, v in names.options.items())
+        lines += [
+            f"torch.optim's switches, stored in every group and never changing the numbers: {options} "
+            "(``capturable=True`` and ``differentiable=True`` are refused).",
+            "",
+        ]
+    if names.options.get("decoupled_weight_decay") is not None:
+        fixed = names.options["decoupled_weight_decay"]
+        other = _selected(spec, "decoupled_weight_decay", not fixed)
+        lines += [
+            f"Its groups hold ``decoupled_weight_decay={fixed!r}``, as torch.optim.{names.native}'s "
+            f"do; ``decoupled_weight_decay={not fixed!r}`` is refused"
+            + (f" (that is :class:`{other}`)." if other else "."),
+            "",
+        ]
+    if names.state_at_construction:
+        lines += [
+            f"As torch.optim.{names.native}, the state of the parameters given to the constructor "
+            "(``step`` 0 and the spec's initial slots) exists from construction, so that "
+            ":meth:`share_memory` can share it before training starts.",
+            "",
+        ]
+    if spec.reference:
+        lines += [f"Reference: {spec.reference}.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _make(info: OptimizerInfo) -> type[UnioptOptimizer]:
+    """``uniopt.torch.<Name>`` for a table row with torch names."""
+    names = info.torch
+    assert names is not None
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__qualname__": info.name,
+        "__doc__": _docstring(info),
+        "spec_class": info.spec,
+        "positional": tuple(names.positional),
+        "torch_options": dict(names.options),
+        "state_at_construction": names.state_at_construction,
     }
+    if names.state_at_construction:
+        namespace["share_memory"] = _share_memory
+    return type(info.name, (UnioptOptimizer,), namespace)
 
 
-class AdamW(UnioptOptimizer):
-    """AdamW; the math is :class:`uniopt.AdamW`'s (torch/optim/adamw.py's arguments; its groups hold
-    ``decoupled_weight_decay=True``, as torch.optim.AdamW's do)."""
+OPTIMIZERS: dict[str, type[UnioptOptimizer]] = {
+    info.name: _make(info) for info in TABLE if info.torch is not None
+}
+"""Every optimizer of :data:`uniopt.registry.TABLE` whose row has torch names, by name."""
+globals().update(OPTIMIZERS)
 
-    spec_class = uniopt.AdamW
-    positional = ("lr", "betas", "eps", "weight_decay", "amsgrad")
-    torch_options: ClassVar[dict[str, Any]] = {
-        "foreach": None,
-        "capturable": False,
-        "differentiable": False,
-        "fused": None,
-        "decoupled_weight_decay": True,
-    }
+__all__ += OPTIMIZERS  # the table's, generated
+__all__.sort()
 
 
-class RAdam(UnioptOptimizer):
-    """Rectified Adam; the math is :class:`uniopt.RAdam`'s (torch/optim/radam.py's arguments)."""
-
-    spec_class = uniopt.RAdam
-    positional = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay")
-    torch_options: ClassVar[dict[str, Any]] = {"foreach": None, "capturable": False, "differentiable": False}
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

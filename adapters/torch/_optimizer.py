@@ -121,6 +121,10 @@ class UnioptOptimizer(Optimizer):
     ``differentiable``; Adam's ``decoupled_weight_decay``) that this optimizer accepts, with
     torch.optim's defaults. They are stored in ``defaults`` and every param group as torch.optim
     stores them and never change the numbers (see :meth:`_check_options`)."""
+    state_at_construction: ClassVar[bool] = False
+    """Whether the state of the constructor's parameters (``step`` 0 and the spec's initial slots)
+    is created by the constructor, as torch.optim.Adagrad creates it (so that ``share_memory`` can
+    share it before training starts); otherwise it is created at a parameter's first step."""
 
     def __init__(
         self, params: Iterable[Any], *args: Any, implementation: str = "auto", **kwargs: Any
@@ -175,6 +179,11 @@ class UnioptOptimizer(Optimizer):
         defaults.update({k: v for k, v in hyperparameters.items() if _holds_tensor(v)})
         super().__init__(params, {**defaults, **options})
         self.state = _watched(self.state)
+        if self.state_at_construction:
+            for group in self.param_groups:
+                spec = self._spec_of(group)
+                for p in group["params"]:
+                    self._init_state(spec, p)
 
     # -- the contract -------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -479,13 +488,14 @@ class UnioptOptimizer(Optimizer):
                 "torch.no_grad and writes the parameters in place, so no gradient flows through "
                 "it; expected differentiable=False"
             )
-        dwd = self.torch_options.get("decoupled_weight_decay")
-        if dwd is not None and group.get("decoupled_weight_decay") != dwd:
-            other = "AdamW" if group["decoupled_weight_decay"] else "Adam"
-            raise ValueError(
-                f"{owner}: decoupled_weight_decay={group['decoupled_weight_decay']!r} is "
-                f"uniopt.torch.{other}; expected decoupled_weight_decay={dwd!r}"
-            )
+        for name in _SELECTING:  # an option whose value is another uniopt class (Adam, AdamW)
+            fixed = self.torch_options.get(name)
+            if fixed is not None and group.get(name) != fixed:
+                other = _selected(self.spec_class, name, group[name])
+                raise ValueError(
+                    f"{owner}: {name}={group[name]!r} is "
+                    f"{f'uniopt.torch.{other}' if other else 'another optimizer'}; expected {name}={fixed!r}"
+                )
         if group.get("fused"):
             from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
@@ -608,6 +618,25 @@ class UnioptOptimizer(Optimizer):
                             f"{tuple(entry[name].shape)} but the parameter has shape "
                             f"{tuple(p.shape)}; nothing was loaded"
                         )
+
+
+_SELECTING = ("decoupled_weight_decay",)
+"""torch.optim options (not spec fields) whose value chooses the algorithm: torch.optim.Adam with
+``decoupled_weight_decay=True`` is AdamW. A class's :attr:`UnioptOptimizer.torch_options` fixes the
+value it runs (``False`` for Adam, ``True`` for AdamW) and refuses the other."""
+
+
+def _selected(spec_class: type[Spec], name: str, value: Any) -> str | None:
+    """The table's optimizer of ``spec_class``'s family (a spec class deriving from the other)
+    whose torch.optim option ``name`` has ``value`` (``AdamW`` for Adam's
+    ``decoupled_weight_decay=True``), or ``None``."""
+    from uniopt.registry import TABLE
+
+    for info in TABLE:
+        related = issubclass(info.spec, spec_class) or issubclass(spec_class, info.spec)
+        if info.torch is not None and related and info.torch.options.get(name, not value) == value:
+            return info.name
+    return None
 
 
 _GRAD = operator.attrgetter("grad")

@@ -281,6 +281,11 @@ _KERAS_ADAM_SLOTS = {
 TABLE: tuple[OptimizerInfo, ...] = (
     OptimizerInfo(
         SGD,
+        torch=TorchNames(
+            "SGD",
+            ("lr", "momentum", "dampening", "weight_decay", "nesterov"),
+            {"foreach": None, "differentiable": False, "fused": None},
+        ),
         keras=KerasNames(
             "SGD",
             ("learning_rate", "momentum", "nesterov", "weight_decay"),
@@ -339,6 +344,12 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         Adagrad,
+        torch=TorchNames(
+            "Adagrad",
+            ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "foreach"),
+            {"foreach": None, "differentiable": False, "fused": None},
+            state_at_construction=True,
+        ),
         keras=KerasNames(
             "Adagrad",
             ("learning_rate", "initial_accumulator_value", "epsilon", "weight_decay"),
@@ -389,6 +400,22 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         RMSprop,
+        torch=TorchNames(
+            "RMSprop",
+            (
+                "lr",
+                "alpha",
+                "eps",
+                "weight_decay",
+                "momentum",
+                "centered",
+                "capturable",
+                "foreach",
+                "maximize",
+                "differentiable",
+            ),
+            {"capturable": False, "foreach": None, "differentiable": False},
+        ),
         ulp_tolerance={
             # jax's optax row only (update + apply_updates), the keras case (Keras's decoupled weight
             # decay), measured 64 ulp in float32 (2 in float64) on the normal stream, first at step 4:
@@ -436,6 +463,17 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         Adam,
+        torch=TorchNames(
+            "Adam",
+            ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+            {
+                "foreach": None,
+                "capturable": False,
+                "differentiable": False,
+                "fused": None,
+                "decoupled_weight_decay": False,
+            },
+        ),
         keras=KerasNames(
             "Adam",
             ("learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"),
@@ -465,6 +503,17 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         AdamW,
+        torch=TorchNames(
+            "AdamW",
+            ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+            {
+                "foreach": None,
+                "capturable": False,
+                "differentiable": False,
+                "fused": None,
+                "decoupled_weight_decay": True,
+            },
+        ),
         keras=KerasNames(
             "AdamW",
             ("learning_rate", "weight_decay", "beta_1", "beta_2", "epsilon", "amsgrad"),
@@ -497,6 +546,11 @@ TABLE: tuple[OptimizerInfo, ...] = (
     ),
     OptimizerInfo(
         RAdam,
+        torch=TorchNames(
+            "RAdam",
+            ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay"),
+            {"foreach": None, "capturable": False, "differentiable": False},
+        ),
         keras=KerasNames(None, ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay")),
         cases=(
             Case("default", {"lr": 0.01}),
