@@ -20,6 +20,7 @@ from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
 from .lion import Lion
+from .nadam import NAdam
 from .porting import PortableState, load_state, save_state
 from .radam import RAdam
 from .rmsprop import RMSprop
@@ -33,6 +34,7 @@ __all__ = [
     "AdamW",
     "Adamax",
     "Lion",
+    "NAdam",
     "PortableState",
     "RAdam",
     "RMSprop",

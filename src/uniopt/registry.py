@@ -21,6 +21,7 @@ from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
 from .lion import Lion
+from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
@@ -735,6 +736,126 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 positional=("learning_rate", "b1", "b2", "mu_dtype", "weight_decay", "mask"),
                 only={"mu_dtype": (lambda v, c: True, "None")},
                 state={"mu": "exp_avg"},
+            ),
+        ),
+    ),
+    OptimizerInfo(
+        NAdam,
+        cases=(
+            Case("default", {"lr": 0.01}),
+            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+            Case("decoupled", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+            Case("betas", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}),
+            # a faster warm-up of mu_t (the default 0.004 takes ~225k steps to settle in float64)
+            Case("momentum_decay", {"lr": 0.01, "momentum_decay": 0.05}),
+            Case("maximize", {"lr": 0.01, "maximize": True}),
+            Case("torch", {"lr": 0.01, "weight_decay": 0.1, "convention": "torch"}),
+            Case(
+                "torch_decoupled",
+                {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "convention": "torch"},
+            ),
+            # torch's lerp takes its other branch, end - (end - self) * (1 - w), for w = 1 - beta1 >= 0.5
+            Case("torch_small_beta1", {"lr": 0.01, "betas": (0.3, 0.999), "convention": "torch"}),
+            Case("keras", {"lr": 0.01, "weight_decay": 0.1, "convention": "keras"}),
+            Case("keras_defaults", {"convention": "keras"}),
+            Case("optax", {"lr": 0.01, "convention": "optax"}),
+            Case(
+                "optax_nadamw",
+                {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "convention": "optax"},
+            ),
+        ),
+        error_cases=_common_errors(
+            "NAdam",
+            **_beta_errors("NAdam"),
+            momentum_decay=ErrorCase(
+                {"momentum_decay": -0.004},
+                r"NAdam: momentum_decay=-0\.004 is out of range; expected 0 <= momentum_decay",
+            ),
+            momentum_decay_nan=ErrorCase(
+                {"momentum_decay": float("nan")}, r"NAdam: momentum_decay=nan is not"
+            ),
+            flag=ErrorCase(
+                {"decoupled_weight_decay": "yes"}, r"NAdam: decoupled_weight_decay='yes' is not a bool"
+            ),
+            keras_schedule=ErrorCase(
+                {"momentum_decay": 0.004, "convention": "keras"},
+                r"NAdam: momentum_decay=0\.004 has no counterpart in convention='keras'",
+            ),
+            keras_coupled=ErrorCase(
+                {"decoupled_weight_decay": False, "convention": "keras"},
+                r"NAdam: decoupled_weight_decay=False has no counterpart in convention='keras'",
+            ),
+            optax_schedule=ErrorCase(
+                {"momentum_decay": 0.004, "convention": "optax"},
+                r"NAdam: momentum_decay=0\.004 has no counterpart in convention='optax'",
+            ),
+            optax_l2=ErrorCase(
+                {"weight_decay": 0.1, "convention": "optax"},
+                r"NAdam: weight_decay=0\.1 with convention='optax': optax\.nadam has no weight decay",
+            ),
+        ),
+        torch=TorchNames(
+            "NAdam",
+            ("lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay"),
+            {"foreach": None, "capturable": False, "differentiable": False},
+        ),
+        keras=KerasNames(
+            "Nadam",
+            ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay"),
+            slots={"exp_avg": "_momentums", "exp_avg_sq": "_velocities"},
+        ),
+        optax=(
+            OptaxNames(
+                "nadam",
+                names={
+                    "learning_rate": "lr",
+                    "b1": "betas[0]",
+                    "b2": "betas[1]",
+                    "eps": "eps",
+                    "weight_decay": "weight_decay",
+                    "momentum_decay": "momentum_decay",
+                    "decoupled_weight_decay": "decoupled_weight_decay",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=("learning_rate", "b1", "b2", "eps", "eps_root", "mu_dtype"),
+                only={
+                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
+                    "mu_dtype": (lambda v, c: True, "None"),
+                    "nesterov": (lambda v, c: v is True, "True (optax.nadam's)"),
+                },
+                state={"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq"},
+            ),
+            OptaxNames(
+                "nadamw",
+                names={
+                    "learning_rate": "lr",
+                    "b1": "betas[0]",
+                    "b2": "betas[1]",
+                    "eps": "eps",
+                    "weight_decay": "weight_decay",
+                    "momentum_decay": "momentum_decay",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=(
+                    "learning_rate",
+                    "b1",
+                    "b2",
+                    "eps",
+                    "eps_root",
+                    "mu_dtype",
+                    "weight_decay",
+                    "mask",
+                ),
+                only={
+                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
+                    "mu_dtype": (lambda v, c: True, "None"),
+                    "mask": (lambda v, c: v is None, "None (every parameter is decayed)"),
+                    "nesterov": (lambda v, c: v is True, "True (optax.nadamw's)"),
+                },
+                fixed={"decoupled_weight_decay": True},
+                state={"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq"},
             ),
         ),
     ),
