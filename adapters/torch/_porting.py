@@ -18,9 +18,10 @@ import torch
 import uniopt
 from uniopt import PortableState, Spec
 from uniopt.porting import check_compatible, make_state
+from uniopt.registry import TABLE, OptimizerInfo, get
 
 from ._namespace import xp
-from ._optimizer import _STATE_DICT_KEY, UnioptOptimizer, _plain
+from ._optimizer import _SELECTING, _STATE_DICT_KEY, UnioptOptimizer, _plain, _selected, _step_count
 
 __all__ = [
     "export_state",
@@ -30,17 +31,56 @@ __all__ = [
     "to_torch_optim",
 ]
 
-_NATIVE: dict[type[torch.optim.Optimizer], type[Spec]] = {
-    torch.optim.SGD: uniopt.SGD,
-    torch.optim.Adagrad: uniopt.Adagrad,
-    torch.optim.RMSprop: uniopt.RMSprop,
-    torch.optim.Adam: uniopt.Adam,
-    torch.optim.AdamW: uniopt.AdamW,
-    torch.optim.RAdam: uniopt.RAdam,
+_ROWS: dict[type[Spec], OptimizerInfo] = {
+    info.spec: info for info in TABLE if info.torch is not None and info.torch.native is not None
 }
-"""torch.optim classes whose state uniopt reads: their hyperparameters and slots carry the names and
-meanings of the uniopt spec's (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``,
-``square_avg``, ``grad_avg``, ``sum``)."""
+_NATIVE: dict[type[torch.optim.Optimizer], type[Spec]] = {
+    getattr(torch.optim, info.torch.native): spec
+    for spec, info in _ROWS.items()
+    if info.torch is not None and hasattr(torch.optim, str(info.torch.native))
+}
+"""torch.optim classes whose state uniopt reads, from the table's rows (``TorchNames.native``): their
+hyperparameters carry the names and meanings of the uniopt spec's fields, and their state the spec's
+slots under the names ``TorchNames.state`` gives (the same names where it is silent: ``exp_avg``,
+``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``,
+``exp_inf``, ``acc_delta``), except the entries of :data:`_DERIVED`."""
+
+
+def _torch_mu_product(spec: Spec, step: int) -> float:
+    from uniopt.nadam import torch_mu_product
+
+    h = spec.hyperparameters
+    return torch_mu_product(h["betas"][0], h["momentum_decay"], step)
+
+
+_DERIVED: dict[str, dict[str, Any]] = {"NAdam": {"mu_product": _torch_mu_product}}
+"""torch.optim state entries that are no spec slot but a function ``(spec, step) -> float`` of the
+hyperparameters and the step count (torch.optim.NAdam's ``mu_product``, the float32 product of its
+momentum coefficients): dropped on the way in once checked against that function (a run whose
+``betas`` or ``momentum_decay`` changed holds another value and is refused), recomputed on the way
+out as torch.optim keeps it (a 0-d float32 tensor)."""
+
+
+def _slot_names_of(spec: Spec) -> dict[str, str]:
+    """torch.optim's state key -> the spec's slot, for each slot of ``spec``."""
+    info = _ROWS.get(type(spec))
+    renamed = {slot: key for key, slot in info.torch.state.items()} if info and info.torch else {}
+    return {renamed.get(slot, slot): slot for slot in spec.slot_names()}
+
+
+def _take_derived(spec: Spec, entry: Mapping[str, Any], step: int | None, owner: str, where: str) -> None:
+    """Check ``entry``'s derived entries (:data:`_DERIVED`) against what ``step`` gives; raises
+    ``ValueError`` naming ``where`` on a mismatch."""
+    for key, derive in _DERIVED.get(spec.name, {}).items():
+        if key not in entry or step is None:
+            continue
+        saved, expected = float(entry[key]), float(torch.tensor(derive(spec, step), dtype=torch.float32))
+        if saved != expected:
+            raise ValueError(
+                f"{owner}: {where} has {key}={saved!r}, but {step} steps with these hyperparameters "
+                f"give {expected!r} (were they changed during the run?); uniopt derives {key} from the "
+                "step count and cannot continue it; nothing was loaded"
+            )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -184,11 +224,21 @@ def _native_spec(optimizer: torch.optim.Optimizer, owner: str) -> type[Spec]:
 
 
 def _native_group_spec(spec_class: type[Spec], group: Mapping[str, Any], owner: str, index: int) -> Spec:
-    """The uniopt spec with a torch.optim group's hyperparameters (torch's names are the spec's)."""
-    if spec_class is uniopt.Adam and group.get("decoupled_weight_decay", False):
-        spec_class = uniopt.AdamW  # torch.optim.Adam(decoupled_weight_decay=True) is AdamW
-    if spec_class is uniopt.AdamW and not group.get("decoupled_weight_decay", True):
-        raise ValueError(f"{owner}: group {index} is AdamW with decoupled_weight_decay=False")
+    """The uniopt spec with a torch.optim group's hyperparameters (torch's names are the spec's).
+
+    An option of :data:`uniopt.torch._optimizer._SELECTING` that is no spec field picks the row:
+    torch.optim.Adam with ``decoupled_weight_decay=True`` is read as AdamW; torch.optim.AdamW
+    (whose subclass of Adam always holds True) with False is refused."""
+    fields = [f.name for f in dataclasses.fields(spec_class)]
+    info = _ROWS[spec_class]
+    options = info.torch.options if info.torch is not None else {}
+    for name in _SELECTING:
+        if name in fields or name not in options or group.get(name, options[name]) == options[name]:
+            continue
+        other = _selected(spec_class, name, group[name])
+        if other is None or not issubclass(get(other).spec, spec_class):
+            raise ValueError(f"{owner}: group {index} is {spec_class.name} with {name}={group[name]!r}")
+        spec_class = get(other).spec
     fields = [f.name for f in dataclasses.fields(spec_class)]
     kwargs = {name: _plain(owner, name, group[name]) for name in fields if name in group}
     try:
@@ -198,20 +248,21 @@ def _native_group_spec(spec_class: type[Spec], group: Mapping[str, Any], owner: 
 
 
 def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = None) -> PortableState:
-    """The state of a ``torch.optim`` SGD, Adagrad, RMSprop, Adam, AdamW or RAdam as a record with
-    ``convention="torch"``.
+    """The state of a ``torch.optim`` optimizer of the table (:data:`_NATIVE`: SGD, Adagrad, RMSprop,
+    Adam, AdamW, RAdam, Adamax, NAdam, Adadelta) as a record with ``convention="torch"``.
 
     Conventions assumed (torch 2.x): the hyperparameters' names and meanings are the uniopt spec's
     (``Adam(decoupled_weight_decay=True)`` is read as AdamW; RAdam's ``degenerated_to_sgd`` is
     torch's behaviour, True); the slots are the spec's slots under the same names and meanings
     (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (AMSGrad's maximum of the uncorrected
     ``exp_avg_sq``), ``momentum_buffer`` (unscaled, seeded with the first gradient), ``square_avg``,
-    ``grad_avg``, ``sum``), copied bit for bit; ``state[p]["step"]`` (a float tensor) is the step
-    count. ``torch.optim.SGD`` keeps no step count: pass ``step`` (any value >= 1 continues the same
-    way once a momentum buffer exists). ``foreach``, ``fused``, ``capturable`` and ``differentiable``
-    do not change the state and are ignored. Continuing under uniopt's rules is torch's algorithm
-    except where docs/torch.md lists a difference (RAdam's eps placement, centered RMSprop's clamp)
-    and rounding.
+    ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``), copied bit for bit; ``state[p]["step"]`` (a
+    float tensor) is the step count; NAdam's ``mu_product`` is checked against the step count and
+    dropped (:data:`_DERIVED`). ``torch.optim.SGD`` keeps no step count: pass ``step`` (any value
+    >= 1 continues the same way once a momentum buffer exists). ``foreach``, ``fused``,
+    ``capturable`` and ``differentiable`` do not change the state and are ignored. Continuing under
+    uniopt's rules is torch's algorithm except where docs/torch.md lists a difference (RAdam's eps
+    placement, centered RMSprop's clamp) and rounding.
     """
     owner = "uniopt.torch.from_torch_optim"
     if isinstance(optimizer, UnioptOptimizer):
@@ -222,21 +273,22 @@ def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = Non
     specs = [_native_group_spec(spec_class, g, owner, i) for i, g in enumerate(optimizer.param_groups)]
     spec = _one_spec(specs, owner)
     params = _params(optimizer, owner)
-    names = spec.slot_names()
+    keys = _slot_names_of(spec)  # torch.optim's state key -> the spec's slot
     steps: list[int | None] = []
     slots = []
     for i, p in enumerate(params):
         entry = {k: v for k, v in optimizer.state.get(p, {}).items() if v is not None}
-        missing = [n for n in names if n not in entry]
-        if missing and len(missing) < len(names):
+        missing = [k for k in keys if k not in entry]
+        if missing and len(missing) < len(keys):
             raise ValueError(f"{owner}: parameter {i} has state {sorted(entry)} but lacks {missing}")
         slots.append(
             {
-                n: _to_numpy(entry[n]) if n in entry else _to_numpy(spec.init_slot(n, p.detach(), xp))
-                for n in names
+                n: _to_numpy(entry[k]) if k in entry else _to_numpy(spec.init_slot(n, p.detach(), xp))
+                for k, n in keys.items()
             }
         )
         if "step" in entry:
+            _take_derived(spec, entry, int(entry["step"]), owner, f"parameter {i}")
             steps.append(int(entry["step"]))
         elif entry:  # SGD: no counter of its own
             if step is None:
@@ -283,12 +335,16 @@ def to_torch_optim(
     current = optimizer.state_dict()
     indices = [i for group in current["param_groups"] for i in group["params"]]
     native: dict[int, dict[str, torch.Tensor]] = {}
+    keys = {slot: key for key, slot in _slot_names_of(spec).items()}
+    derived = _DERIVED.get(spec.name, {})
     for index, slots in zip(indices, state.slots, strict=True):
         if spec_class is uniopt.SGD and state.step == 0:
             break  # torch.optim.SGD seeds its buffer with the first gradient: no state before that
-        entry = {name: _to_tensor(value) for name, value in slots.items()}
+        entry = {keys.get(name, name): _to_tensor(value) for name, value in slots.items()}
         if spec_class is not uniopt.SGD:
             entry["step"] = torch.tensor(float(state.step), dtype=torch.float32)
+        for key, derive in derived.items():  # as torch.optim keeps it: a 0-d float32 tensor
+            entry[key] = torch.tensor(derive(spec, state.step), dtype=torch.float32)
         if entry:
             native[index] = entry
     optimizer.load_state_dict({**current, "state": native})
@@ -341,8 +397,21 @@ def load_torch_optim_state_dict(
             else:
                 group.pop(name, None)
     state: dict[Any, Any] = {}
+    where = {index: g for g, group in enumerate(groups) for index in group["params"]}
     for index, entry in state_dict["state"].items():
         kept = {name: value for name, value in entry.items() if value is not None}
+        g = where.get(index)
+        group = optimizer.param_groups[g] if g is not None and g < len(optimizer.param_groups) else None
+        if group is not None:  # torch.optim's key names and derived entries (NAdam's mu_product)
+            spec = optimizer._spec_of({**group, **{k: v for k, v in groups[g].items() if k in group}})
+            for key, slot in _slot_names_of(spec).items():
+                if key in kept and key != slot:
+                    kept[slot] = kept.pop(key)
+            if spec.name in _DERIVED and "step" in kept:
+                count = _step_count(kept["step"])
+                _take_derived(spec, kept, count, owner, f"param {index}")
+                for key in _DERIVED[spec.name]:
+                    kept.pop(key, None)
         if kept and "step" not in kept:
             if step is None:
                 raise ValueError(

@@ -22,8 +22,10 @@ import torch
 
 import uniopt
 import uniopt.torch as ut
+from uniopt.registry import TABLE
 
-NAMES = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "RAdam"]
+# every row of the table that torch.optim has
+NAMES = [info.name for info in TABLE if info.torch is not None and info.torch.native is not None]
 # hyperparameters that make every optimizer keep state and use its main branches
 KWARGS = {
     "SGD": {"lr": 0.05, "momentum": 0.9},
@@ -32,9 +34,16 @@ KWARGS = {
     "Adam": {"lr": 0.05},
     "AdamW": {"lr": 0.05},
     "RAdam": {"lr": 0.05},
+    "Adamax": {"lr": 0.05},
+    "NAdam": {"lr": 0.05},
+    "Adadelta": {"lr": 1.0},
 }
-FUSED = ["SGD", "Adagrad", "Adam", "AdamW"]  # the torch.optim optimizers with a fused argument
-CAPTURABLE = ["RMSprop", "Adam", "AdamW", "RAdam"]
+# the torch.optim optimizers with a fused argument, with a capturable one
+FUSED = [name for name in NAMES if "fused" in getattr(torch.optim, name).__init__.__code__.co_varnames]
+CAPTURABLE = [
+    name for name in NAMES if "capturable" in getattr(torch.optim, name).__init__.__code__.co_varnames
+]
+DERIVED = {"mu_product"}  # torch.optim.NAdam's state entry that uniopt derives from the step count
 
 
 def _net(seed: int = 0) -> torch.nn.Sequential:
@@ -279,6 +288,9 @@ POSITIONAL = {
     "Adam": (0.1, (0.8, 0.99), 1e-7, 0.01, True),
     "AdamW": (0.1, (0.8, 0.99), 1e-7, 0.01, True),
     "RAdam": (0.1, (0.8, 0.99), 1e-7, 0.01, True),
+    "Adamax": (0.1, (0.8, 0.99), 1e-7, 0.01, False),
+    "NAdam": (0.1, (0.8, 0.99), 1e-7, 0.01, 0.005, True),
+    "Adadelta": (0.5, 0.8, 1e-5, 0.01, False),
 }
 
 
@@ -441,12 +453,28 @@ def test_a_torch_optim_checkpoint_with_two_groups_continues_under_uniopt(name):
         assert group["convention"] == "torch"
     for p, q in zip(net.parameters(), twin.parameters(), strict=True):
         assert int(opt.state[p]["step"]) == 3 and opt.state[p]["step"].dtype == torch.int64
-        assert set(opt.state[p]) - {"step"} == set(ref.state[q]) - {"step"}
-        for key in set(ref.state[q]) - {"step"}:
+        assert set(opt.state[p]) - {"step"} == set(ref.state[q]) - {"step", *DERIVED}
+        for key in set(ref.state[q]) - {"step", *DERIVED}:
             assert torch.equal(opt.state[p][key], ref.state[q][key])
     _train(net, opt, steps=3)
     _train(twin, ref, steps=3)
     _assert_close(net, twin)
+
+
+def test_a_nadam_checkpoint_whose_mu_product_the_step_count_does_not_give_is_refused():
+    # torch.optim.NAdam multiplies mu_product by each step's mu: after betas changed during the run
+    # it is no function of the step count, which is all uniopt keeps
+    net, twin = _net(), _net()
+    ref = torch.optim.NAdam(twin.parameters(), lr=0.05)
+    _train(twin, ref, steps=2)
+    ref.param_groups[0]["betas"] = (0.8, 0.999)
+    _train(twin, ref, steps=1)
+    opt = ut.NAdam(net.parameters(), convention="torch")
+    with pytest.raises(ValueError, match=r"has mu_product=.* but 3 steps with these hyperparameters give"):
+        ut.load_torch_optim_state_dict(opt, ref.state_dict())
+    assert not opt.state
+    with pytest.raises(ValueError, match=r"has mu_product="):
+        ut.from_torch_optim(ref)
 
 
 def _saved(state_dict) -> io.BytesIO:

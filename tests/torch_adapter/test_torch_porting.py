@@ -190,7 +190,16 @@ NATIVE = [
     (torch.optim.SGD, {"lr": 0.01, "momentum": 0.9, "dampening": 0.1}, "SGD"),
     (torch.optim.RMSprop, {"lr": 0.01, "centered": True, "momentum": 0.5}, "RMSprop"),
     (torch.optim.Adagrad, {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1}, "Adagrad"),
+    (torch.optim.Adamax, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1}, "Adamax"),
+    (torch.optim.NAdam, {"lr": 0.01, "momentum_decay": 0.01, "weight_decay": 0.1}, "NAdam"),
+    (
+        torch.optim.NAdam,
+        {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+        "NAdam",
+    ),
+    (torch.optim.Adadelta, {"lr": 0.5, "rho": 0.8, "eps": 1e-5, "weight_decay": 0.1}, "Adadelta"),
 ]
+DERIVED = {"mu_product"}  # torch.optim.NAdam's product of its momentum coefficients: from the step count
 
 
 @pytest.mark.parametrize(("cls", "kwargs", "name"), NATIVE, ids=[f"{c.__name__}-{n}" for c, _, n in NATIVE])
@@ -204,9 +213,9 @@ def test_torch_optim_state_is_read_and_written_back(cls, kwargs, name):
     assert (record.optimizer, record.convention, record.step) == (name, "torch", 4)
     spec = record.to_spec()
     for key, value in kwargs.items():
-        if key != "decoupled_weight_decay" or name == "RAdam":
+        if key != "decoupled_weight_decay" or name in ("RAdam", "NAdam"):
             assert spec.hyperparameters[key] == value
-    assert set(record.slot_names) == {k for k in native.state[params[0]] if k != "step"}
+    assert set(record.slot_names) == {k for k in native.state[params[0]] if k not in {"step", *DERIVED}}
     for p, slots in zip(params, record.slots, strict=True):
         for slot, value in slots.items():
             assert_bitwise([value], [native.state[p][slot].numpy()], slot)
@@ -232,7 +241,7 @@ def test_torch_optim_errors():
     with pytest.raises(ValueError, match="keeps no step count; pass step="):
         ut.from_torch_optim(sgd)
     with pytest.raises(TypeError, match=r"not one of torch.optim's"):
-        ut.from_torch_optim(torch.optim.NAdam(params))
+        ut.from_torch_optim(torch.optim.ASGD(params))
     with pytest.raises(TypeError, match=r"use uniopt.torch.export_state"):
         ut.from_torch_optim(ut.SGD(params))
     record = ut.from_torch_optim(sgd, step=1)
