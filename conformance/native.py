@@ -210,43 +210,55 @@ def _keras_runner(mode: str) -> Runner:
 
 # -- optax ---------------------------------------------------------------------------------------
 
-_ADAM_FIELDS = {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"}
-_OPTAX_FIELDS = {
-    "SGD": {"trace": "momentum_buffer"},
-    "Adagrad": {"sum_of_squares": "sum"},
-    "RMSprop": {"nu": "square_avg", "mu": "grad_avg", "trace": "momentum_buffer"},
-}
+_OPTAX_FLAG_ALIASES = {"amsgrad": "amsgrad"}
+"""Spec bool fields that optax spells as another alias taking the same arguments: Adam with
+``amsgrad=True`` is ``optax.amsgrad`` (``optax.adam`` has no such flag)."""
+
+
+def _optax_names(spec: Spec) -> Any:
+    """The row's native :class:`~uniopt.registry.OptaxNames` for ``spec``: among those whose
+    ``fixed`` fields ``spec`` has (``nadamw`` for a NAdam with decoupled weight decay), the most
+    specific."""
+    from uniopt.registry import get
+
+    hp = spec.hyperparameters
+    fitting = [
+        names
+        for names in get(spec.name).optax
+        if names.native and all(hp[f] == v for f, v in names.fixed.items())
+    ]
+    if not fitting:
+        raise KeyError(f"optax has no alias for {spec!r}")
+    return max(fitting, key=lambda names: len(names.fixed))
 
 
 def _optax_transformation(spec: Spec) -> Any:
+    """``optax.<alias>`` of the spec's row, from the spec's hyperparameters through the row's names
+    (``"b1": "betas[0]"``); arguments optax lacks stay out, and a 0 where optax's default is
+    ``None`` (``momentum``: no trace at all) is passed as ``None``."""
+    import inspect
+    import re
+
     import optax
 
-    h = _hyper(spec)
-    if spec.name == "SGD":
-        return optax.sgd(h["lr"], momentum=h["momentum"] or None, nesterov=h["nesterov"])
-    if spec.name == "Adagrad":
-        return optax.adagrad(h["lr"], initial_accumulator_value=h["initial_accumulator_value"], eps=h["eps"])
-    if spec.name == "RMSprop":
-        return optax.rmsprop(
-            h["lr"],
-            decay=h["alpha"],
-            eps=h["eps"],
-            centered=h["centered"],
-            momentum=h["momentum"] or None,
-            eps_in_sqrt=True,
-        )
-    b1, b2 = h["betas"]
-    if spec.name == "AdamW":
-        return optax.adamw(h["lr"], b1=b1, b2=b2, eps=h["eps"], weight_decay=h["weight_decay"])
-    if spec.name == "RAdam":
-        return optax.radam(h["lr"], b1=b1, b2=b2, eps=h["eps"])
-    alias = optax.amsgrad if h["amsgrad"] else optax.adam
-    return alias(h["lr"], b1=b1, b2=b2, eps=h["eps"])
+    names = _optax_names(spec)
+    h = spec.hyperparameters
+    alias = next((a for f, a in _OPTAX_FLAG_ALIASES.items() if h.get(f) is True), names.alias)
+    parameters = inspect.signature(getattr(optax, alias)).parameters
+    kwargs: dict[str, Any] = {}
+    for arg, target in names.names.items():
+        if arg not in parameters:
+            continue
+        field, index = re.fullmatch(r"(\w+)(?:\[(\d)\])?", target).groups()
+        value = h[field] if index is None else h[field][int(index)]
+        kwargs[arg] = None if value == 0 and parameters[arg].default is None else value
+    return getattr(optax, alias)(**kwargs)
 
 
 def _optax_slots(spec: Spec, state: Any, n: int) -> list[dict[str, np.ndarray]]:
-    """Per parameter, uniopt's slots found by field name anywhere in the optax state."""
-    fields = _OPTAX_FIELDS.get(spec.name, _ADAM_FIELDS)
+    """Per parameter, uniopt's slots found by field name anywhere in the optax state (the row's
+    ``OptaxNames.state``)."""
+    fields = dict(_optax_names(spec).state)
     found: dict[str, Any] = {}
 
     def visit(node: Any) -> None:

@@ -1,8 +1,8 @@
 """optax's own tests, from the installed wheel, run against ``uniopt.jax`` (``convention="optax"``).
 
-``pytest_configure`` replaces ``optax.sgd``, ``adagrad``, ``rmsprop``, ``adam``, ``adamw``, ``radam``
-and ``amsgrad`` (``uniopt.jax.adam(amsgrad=True)``) by uniopt.jax's factories whose ``convention``
-defaults to ``"optax"``, in every namespace the tests read them from (``optax``,
+``pytest_configure`` replaces each optax alias that uniopt.jax has a factory of (:data:`SUBSTITUTED`,
+from the table) and ``amsgrad`` (``uniopt.jax.adam(amsgrad=True)``) by uniopt.jax's factories whose
+``convention`` defaults to ``"optax"``, in every namespace the tests read them from (``optax``,
 ``optax._src.alias``), before the test modules are imported (``float64_test`` binds the aliases at
 import). The test bodies are unchanged. Deselected: the tests of optax optimizers uniopt does not
 implement (absl's parameterized cases are identified by their ``opt_name``; other tests by whether
@@ -36,8 +36,10 @@ SUITES: list[str] = [
     str(_SRC / "sharding_test.py"),
 ]
 
-SUBSTITUTED = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "radam", "amsgrad")
-"""optax aliases replaced by uniopt.jax factories (``amsgrad`` is uniopt's Adam with ``amsgrad=True``)."""
+SUBSTITUTED: tuple[str, ...] = (*(a for a, names in ujax.OPTAX.items() if names.native), "amsgrad")
+"""optax aliases replaced by uniopt.jax factories: every factory of the table that optax has (``sgd``,
+``adagrad``, ``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``,
+``adadelta``, ``lion``), and ``amsgrad`` (uniopt's Adam with ``amsgrad=True``)."""
 
 DESELECT_REASON = "tests an optax optimizer uniopt does not implement (or no optimizer)"
 

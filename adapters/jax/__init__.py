@@ -7,8 +7,10 @@
 >>> updates, state = tx.update({"w": jnp.full(3, 0.5)}, state, params)
 >>> params = optax.apply_updates(params, updates)
 
-Each factory (``sgd, adagrad, rmsprop, adam, adamw, radam``) takes optax's arguments in optax's
-order (:data:`POSITIONAL`), translated to the spec's in one declared mapping (:data:`ALIASES`), with
+There is one factory per optax name of a row of :data:`uniopt.registry.TABLE` (``sgd``, ``adagrad``,
+``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``, ``adadelta``, ``lion``,
+each also under its CamelCase name, :data:`CAMEL_CASE`). Each takes optax's arguments in optax's
+order (:data:`POSITIONAL`), translated to the spec's by the row's mapping (:data:`ALIASES`), with
 uniopt's defaults (optax's own with ``convention="optax"``), and
 returns a :class:`Transformation` (an ``optax.GradientTransformationExtraArgs``) whose update
 includes the learning rate, like optax's aliases. The update is the core's ``spec.rule`` with
@@ -18,25 +20,50 @@ once per dtype (a table gathered by the traced step count, or a host callback). 
 
 from __future__ import annotations
 
-from ._names import ALIASES, FACTORIES, OPTAX_ONLY, POSITIONAL, inject_hyperparams, optax_arguments
+from ._names import (
+    ALIASES,
+    FACTORIES,
+    MASKS,
+    OPTAX,
+    OPTAX_ONLY,
+    POSITIONAL,
+    inject_hyperparams,
+    optax_arguments,
+)
 from ._porting import export_state, find_state, from_optax, import_state, to_optax
 from ._transform import Transformation, UnioptState, transformation
 
+
+def camel_case(alias: str) -> str:
+    """The CamelCase name of factory ``alias``: its spec's class name (``radam`` -> ``RAdam``),
+    plus the rest of the alias upper-cased where the alias extends it (``nadamw`` -> ``NAdamW``)."""
+    spec_type = ALIASES[alias][0]
+    stem = spec_type.__name__
+    if not alias.startswith(stem.lower()):
+        raise ValueError(f"uniopt.jax: factory {alias!r} does not start with {stem.lower()!r}")
+    return stem + alias[len(stem.lower()) :].upper()
+
+
+CAMEL_CASE: dict[str, str] = {alias: camel_case(alias) for alias in FACTORIES}
+"""Factory name -> its CamelCase alias (the same object): ``uniopt.jax.RAdam is uniopt.jax.radam``."""
+
+globals().update(FACTORIES)
+globals().update({CAMEL_CASE[alias]: factory for alias, factory in FACTORIES.items()})
+
+from_spec = transformation
+"""``from_spec(spec, learning_rate=None)``: the transformation of a ready :class:`uniopt.Spec`
+(``learning_rate`` ``None`` keeps ``spec.lr``; a schedule or 0-d array replaces it)."""
+
 __all__ = [
     "ALIASES",
+    "CAMEL_CASE",
+    "MASKS",
+    "OPTAX",
     "OPTAX_ONLY",
     "POSITIONAL",
-    "SGD",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "RAdam",
-    "RMSprop",
     "Transformation",
     "UnioptState",
-    "adagrad",
-    "adam",
-    "adamw",
+    "camel_case",
     "export_state",
     "find_state",
     "from_optax",
@@ -44,19 +71,6 @@ __all__ = [
     "import_state",
     "inject_hyperparams",
     "optax_arguments",
-    "radam",
-    "rmsprop",
-    "sgd",
     "to_optax",
 ]
-
-sgd = SGD = FACTORIES["sgd"]
-adagrad = Adagrad = FACTORIES["adagrad"]
-rmsprop = RMSprop = FACTORIES["rmsprop"]
-adam = Adam = FACTORIES["adam"]
-adamw = AdamW = FACTORIES["adamw"]
-radam = RAdam = FACTORIES["radam"]
-
-from_spec = transformation
-"""``from_spec(spec, learning_rate=None)``: the transformation of a ready :class:`uniopt.Spec`
-(``learning_rate`` ``None`` keeps ``spec.lr``; a schedule or 0-d array replaces it)."""
+__all__ += sorted([*FACTORIES, *CAMEL_CASE.values()])  # the factories, from the table

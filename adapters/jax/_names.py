@@ -1,4 +1,11 @@
-"""The optax-style factories, all generated from one declared name mapping (:data:`ALIASES`)."""
+"""The optax-style factories, all generated from the table's optax names.
+
+Each row of :data:`uniopt.registry.TABLE` lists its factories in ``optax=``
+(:class:`uniopt.registry.OptaxNames`: the factory's name, its argument -> spec field mapping,
+optax's positional order, the optax arguments without a spec field and what uniopt accepts for
+them, spec fields the factory fixes); :data:`FACTORIES` holds one factory per entry, so a new row
+is a new factory with no edit here.
+"""
 
 from __future__ import annotations
 
@@ -12,149 +19,51 @@ import jax
 import numpy as np
 import optax
 
-import uniopt
 from uniopt import Spec
+from uniopt.registry import TABLE, OptaxNames
 
 from ._transform import Injected, Transformation, transformation
 
-__all__ = ["ALIASES", "FACTORIES", "OPTAX_ONLY", "POSITIONAL", "inject_hyperparams", "optax_arguments"]
+__all__ = [
+    "ALIASES",
+    "FACTORIES",
+    "MASKS",
+    "OPTAX",
+    "OPTAX_ONLY",
+    "POSITIONAL",
+    "inject_hyperparams",
+    "optax_arguments",
+]
+
+OPTAX: dict[str, OptaxNames] = {names.alias: names for info in TABLE for names in info.optax}
+"""Factory name -> its row's :class:`uniopt.registry.OptaxNames` (every row that has one)."""
 
 ALIASES: dict[str, tuple[type[Spec], dict[str, str]]] = {
-    # factory: (spec, {optax-style argument: uniopt field}); "betas[i]" is one entry of the pair.
-    # optax's arguments come in optax's order (POSITIONAL), the others are keyword-only; defaults
-    # are uniopt's, and None takes the convention's default.
-    "sgd": (
-        uniopt.SGD,
-        {
-            "learning_rate": "lr",
-            "momentum": "momentum",
-            "nesterov": "nesterov",
-            "dampening": "dampening",
-            "weight_decay": "weight_decay",
-            "maximize": "maximize",
-            "convention": "convention",
-        },
-    ),
-    "adagrad": (
-        uniopt.Adagrad,
-        {
-            "learning_rate": "lr",
-            "initial_accumulator_value": "initial_accumulator_value",
-            "eps": "eps",
-            "lr_decay": "lr_decay",
-            "weight_decay": "weight_decay",
-            "maximize": "maximize",
-            "convention": "convention",
-        },
-    ),
-    "rmsprop": (
-        uniopt.RMSprop,
-        {
-            "learning_rate": "lr",
-            "decay": "alpha",
-            "eps": "eps",
-            "centered": "centered",
-            "momentum": "momentum",
-            "weight_decay": "weight_decay",
-            "maximize": "maximize",
-            "convention": "convention",
-        },
-    ),
-    **{
-        name: (
-            spec,
-            {
-                "learning_rate": "lr",
-                "b1": "betas[0]",
-                "b2": "betas[1]",
-                "eps": "eps",
-                "weight_decay": "weight_decay",
-                "amsgrad": "amsgrad",
-                "maximize": "maximize",
-                "convention": "convention",
-            },
-        )
-        for name, spec in (("adam", uniopt.Adam), ("adamw", uniopt.AdamW))
-    },
-    "radam": (
-        uniopt.RAdam,
-        {
-            "learning_rate": "lr",
-            "b1": "betas[0]",
-            "b2": "betas[1]",
-            "eps": "eps",
-            "weight_decay": "weight_decay",
-            "decoupled_weight_decay": "decoupled_weight_decay",
-            "degenerated_to_sgd": "degenerated_to_sgd",
-            "maximize": "maximize",
-            "convention": "convention",
-        },
-    ),
+    names.alias: (info.spec, dict(names.names)) for info in TABLE for names in info.optax
 }
+"""Factory -> (spec, {optax-style argument: uniopt field}), from the table; ``"betas[i]"`` is one
+entry of the pair. optax's arguments come in optax's order (:data:`POSITIONAL`), the others are
+keyword-only; defaults are uniopt's, and ``None`` takes the convention's default."""
 
-POSITIONAL: dict[str, tuple[str, ...]] = {
-    # optax's positional arguments, in optax's order (optax 0.2.8); the factory's other arguments
-    # (optax's keyword-only ones, then uniopt's own) are keyword-only
-    "sgd": ("learning_rate", "momentum", "nesterov", "accumulator_dtype"),
-    "adagrad": ("learning_rate", "initial_accumulator_value", "eps"),
-    "rmsprop": (
-        "learning_rate",
-        "decay",
-        "eps",
-        "initial_scale",
-        "eps_in_sqrt",
-        "centered",
-        "momentum",
-        "nesterov",
-        "bias_correction",
-    ),
-    "adam": ("learning_rate", "b1", "b2", "eps", "eps_root", "mu_dtype"),
-    "adamw": ("learning_rate", "b1", "b2", "eps", "eps_root", "mu_dtype", "weight_decay", "mask"),
-    "radam": ("learning_rate", "b1", "b2", "eps", "eps_root", "threshold"),
-}
-
-_EPS_INSIDE = ("optax", "keras")  # conventions whose RMSprop adds eps inside the square root
-_RECTIFY_FROM_5 = ("optax", "official")  # conventions whose RAdam rectifies from rho_t >= 5
+POSITIONAL: dict[str, tuple[str, ...]] = {alias: tuple(n.positional) for alias, n in OPTAX.items()}
+"""optax's positional arguments, in optax's order (optax 0.2.8); the factory's other arguments
+(optax's keyword-only ones, then uniopt's own) are keyword-only."""
 
 OPTAX_ONLY: dict[str, dict[str, tuple[Callable[[Any, str], bool], str]]] = {
-    # optax arguments without a spec field: (accepts(value, convention), the accepted values). Each
-    # defaults to None, optax's default meaning (so optax.inject_hyperparams leaves it static).
-    # mu_dtype/accumulator_dtype: None, or a dtype checked against each parameter's at init.
-    "sgd": {"accumulator_dtype": (lambda v, c: True, "None")},
-    "adagrad": {},
-    "rmsprop": {
-        "initial_scale": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
-        "eps_in_sqrt": (
-            lambda v, c: v is None or bool(v) == (c in _EPS_INSIDE),
-            "None (the convention's placement: inside the root with convention='optax' or 'keras', "
-            "outside otherwise) or that placement as a bool",
-        ),
-        "nesterov": (lambda v, c: v is False, "False (RMSprop has no Nesterov momentum in uniopt)"),
-        "bias_correction": (lambda v, c: v is False, "False (optax's default)"),
-    },
-    **{
-        name: {
-            "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
-            "mu_dtype": (lambda v, c: True, "None"),
-            "nesterov": (lambda v, c: v is False, "False (use uniopt's Adam; NAdam is not in uniopt)"),
-        }
-        for name in ("adam", "adamw")
-    },
-    "radam": {
-        "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
-        "threshold": (
-            lambda v, c: v is None or (v == 5 and c in _RECTIFY_FROM_5),
-            "None (the convention's threshold) or 5.0 with convention='optax' or 'official' "
-            "(rectified where rho_t >= 5; uniopt and torch: rho_t > 5)",
-        ),
-        "nesterov": (lambda v, c: v is False, "False (optax's default)"),
-    },
+    alias: dict(n.only) for alias, n in OPTAX.items()
 }
+"""optax arguments without a spec field: ``(accepts(value, convention), the accepted values)``.
+Each defaults to ``None``, optax's default meaning (so ``optax.inject_hyperparams`` leaves it
+static), or optax's own bool default where every convention accepts it. ``mu_dtype`` and
+``accumulator_dtype``: ``None``, or a dtype checked against each parameter's at init."""
 
 _INITIAL_STATE = ("initial_accumulator_value",)  # fields read by init, not by the step
 
 _STATE_DTYPE = ("mu_dtype", "accumulator_dtype")  # optax's dtype of the optimizer state
-_SUPPORTS_MASK = ("adamw",)  # factories whose optax alias has mask= (it masks the weight decay)
+MASKS = ("mask", "weight_decay_mask")
+"""optax's names of the weight-decay mask (``optax.adamw``'s ``mask``, ``optax.adadelta``'s
+``weight_decay_mask``): a factory whose optax alias has one passes it on as :func:`transformation`'s
+``mask``."""
 
 _TARGET = re.compile(r"^(?P<field>\w+)(\[(?P<index>\d)\])?$")
 
@@ -173,13 +82,21 @@ def _spec_default(spec: type[Spec], target: str) -> Any:
     return default if index is None else default[index]
 
 
+def _optax_parameters(alias: str) -> dict[str, inspect.Parameter]:
+    """The parameters of ``optax.<alias>`` (none where optax lacks the alias)."""
+    if not OPTAX[alias].native:
+        return {}
+    return dict(inspect.signature(getattr(optax, alias)).parameters)
+
+
 def _default(alias: str, arg: str) -> Any:
     """The factory's default for ``arg``: the spec's, except that ``None`` ("the spec's default for
     the convention") stands for numbers optax has no argument for or defaults to ``None``, so that
     ``optax.inject_hyperparams`` does not turn them into arrays."""
     spec_type, names = ALIASES[alias]
     if arg not in names:  # OPTAX_ONLY and mask: optax's bool default where every convention has it
-        default = inspect.signature(getattr(optax, alias)).parameters[arg].default
+        parameter = _optax_parameters(alias).get(arg)
+        default = None if parameter is None else parameter.default
         accepts = OPTAX_ONLY[alias].get(arg, (lambda v, c: False, ""))[0]
         return default if isinstance(default, bool) and accepts(default, "uniopt") else None
     default = _spec_default(spec_type, names[arg])
@@ -236,10 +153,13 @@ _GIVEN_NONE = object()
 def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
     spec_type, names = ALIASES[alias]
     _check_optax_only(alias, arguments)
-    mask = arguments.get("mask")
+    mask_arg = next((a for a in MASKS if a in arguments), "mask")
+    mask = arguments.get(mask_arg)
     if mask is not None and not (callable(mask) or jax.tree.leaves(mask) or mask == {}):
-        raise TypeError(f"uniopt.jax.{alias}: mask must be a pytree of bools or a callable; got {mask!r}")
-    kwargs: dict[str, Any] = {}
+        raise TypeError(
+            f"uniopt.jax.{alias}: {mask_arg} must be a pytree of bools or a callable; got {mask!r}"
+        )
+    kwargs: dict[str, Any] = dict(OPTAX[alias].fixed)
     arrays: list[tuple[str, int | None, jax.Array]] = []  # hyperparameters given as jax arrays
     for arg, target in names.items():
         field, index = _target(target)
@@ -330,7 +250,7 @@ def _injected(base: Spec, arrays: list[tuple[str, int | None, jax.Array]]) -> tu
 
 def _factory(alias: str) -> Callable[..., Transformation]:
     spec_type, names = ALIASES[alias]
-    optax_params = inspect.signature(getattr(optax, alias)).parameters
+    optax_params = _optax_parameters(alias)
     positional = POSITIONAL[alias]
     keyword = [a for a in optax_params if a not in positional]  # optax's keyword-only ones
     keyword += [a for a in names if a not in positional and a not in keyword]
@@ -350,21 +270,29 @@ def _factory(alias: str) -> Callable[..., Transformation]:
             return f"uniopt's ``{field}`` (default ``{_default(alias, arg)!r}``" + (
                 ": the convention's)" if _default(alias, arg) is None else ")"
             )
-        if arg == "mask":
+        if arg in MASKS and arg not in OPTAX_ONLY[alias]:
             return (
                 "a pytree of bools like the parameters, or a callable ``params -> pytree``: where "
-                "``False``, no weight decay (as ``optax.adamw``)"
+                f"``False``, no weight decay (as ``optax.{alias}``)"
             )
         return f"optax's; accepted: {OPTAX_ONLY[alias][arg][1]}"
 
     rows = "\n".join(f"        {p.name}: {describe(p.name)}" for p in parameters)
+    row = OPTAX[alias]
+    fixed = ", ".join(f"``{f}={v!r}``" for f, v in row.fixed.items())
+    origin = (
+        f"``optax.{alias}``'s arguments in optax's order"
+        if row.native
+        else f"optax has no ``optax.{alias}``; optax-style arguments"
+    )
+    source = f"optax/_src/alias.py (``optax.{alias}``)" if row.native else "optax has no such alias"
     factory.__signature__ = signature  # type: ignore[attr-defined]
     factory.__name__ = factory.__qualname__ = alias
     factory.__module__ = "uniopt.jax"
     factory.__doc__ = (
         f"{spec_type.name} (:class:`uniopt.{spec_type.__name__}`; {spec_type.reference}) as an optax "
-        f"transformation whose update includes the learning rate; ``optax.{alias}``'s arguments in "
-        "optax's order, then uniopt's own (keyword-only).\n\n"
+        f"transformation whose update includes the learning rate{'; it sets ' + fixed if fixed else ''}; "
+        f"{origin}, then uniopt's own (keyword-only).\n\n"
         "    ``learning_rate`` is a float (bitwise equal to the NumPy reference), an optax schedule or "
         "a 0-d array (the learning rate then enters the per-step scalars in-graph; see docs/jax.md). "
         "Other numeric arguments are Python numbers, or 0-d jax arrays (as "
@@ -375,7 +303,7 @@ def _factory(alias: str) -> Callable[..., Transformation]:
         f"    Args:\n{rows}\n\n"
         "    Returns:\n"
         "        :class:`uniopt.jax.Transformation`, an ``optax.GradientTransformationExtraArgs``.\n\n"
-        f"    Source: optax/_src/alias.py (``optax.{alias}``); "
+        f"    Source: {source}; "
         f"src/uniopt/{spec_type.__module__.split('.')[-1]}.py.\n"
     )
     return factory
@@ -385,16 +313,25 @@ FACTORIES: dict[str, Callable[..., Transformation]] = {alias: _factory(alias) fo
 
 
 def optax_arguments(spec: Spec) -> tuple[str, dict[str, Any]]:
-    """The factory name and its arguments that build ``spec`` (the mapping read backwards)."""
-    for alias, (spec_type, names) in ALIASES.items():
-        if type(spec) is spec_type:
-            hp = spec.hyperparameters
-            out = {}
-            for arg, target in names.items():
-                field, index = _target(target)
-                out[arg] = hp[field] if index is None else hp[field][index]
-            return alias, out
-    raise KeyError(f"no uniopt.jax factory for {type(spec).__name__}")
+    """The factory name and its arguments that build ``spec`` (the mapping read backwards).
+
+    Among the factories of ``spec``'s row, the one fixing the most fields to ``spec``'s values
+    (``nadamw`` for a NAdam with ``decoupled_weight_decay=True``, else ``nadam``).
+    """
+    hp = spec.hyperparameters
+    fitting = [
+        alias
+        for alias, (spec_type, _) in ALIASES.items()
+        if type(spec) is spec_type and all(hp[f] == v for f, v in OPTAX[alias].fixed.items())
+    ]
+    if not fitting:
+        raise KeyError(f"no uniopt.jax factory for {spec!r}")
+    alias = max(fitting, key=lambda a: len(OPTAX[a].fixed))
+    out = {}
+    for arg, target in ALIASES[alias][1].items():
+        field, index = _target(target)
+        out[arg] = hp[field] if index is None else hp[field][index]
+    return alias, out
 
 
 def inject_hyperparams(

@@ -10,18 +10,18 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import uniopt
 from uniopt import PortableState, Spec
 from uniopt.porting import check_compatible, make_state
+from uniopt.registry import OptaxNames
 
-from ._names import OPTAX_ONLY
+from ._names import ALIASES, MASKS, OPTAX, OPTAX_ONLY, _target
 from ._transform import Transformation, UnioptState
 
 __all__ = ["export_state", "find_state", "from_optax", "import_state", "to_optax"]
@@ -139,65 +139,30 @@ def import_state(
 # -- optax's own aliases -------------------------------------------------------------------------
 
 
-class _Native(NamedTuple):
-    spec: type[Spec]
-    fields: Callable[[dict[str, Any]], dict[str, Any]]  # optax arguments -> uniopt fields
+_NATIVE: dict[str, OptaxNames] = {alias: names for alias, names in OPTAX.items() if names.native}
+"""optax aliases whose state ports (every factory of the table that optax has): their row's names."""
+
+_SLOTS: dict[str, dict[str, str]] = {alias: dict(names.state) for alias, names in _NATIVE.items()}
+"""optax alias -> (field of its state, found in any node of the state -> uniopt slot); ``"step"``
+stands for the step count. From the rows' :attr:`uniopt.registry.OptaxNames.state`."""
+
+_SCALED_BY_NEG_LR = {("rmsprop", "trace")}
+"""The one field optax keeps scaled: rmsprop's momentum traces learning-rate-scaled steps
+(``trace = -lr * momentum_buffer``, ``optax.rmsprop``: ``scale_by_learning_rate`` before ``trace``)."""
 
 
 def _unsupported(alias: str) -> dict[str, Any]:
     """optax argument -> the only value a ported state can have been built with: optax's default
-    of each argument without a spec field (:data:`OPTAX_ONLY`), and of ``mask``."""
-    names = [*OPTAX_ONLY[alias], *(["mask"] if alias == "adamw" else [])]
+    of each argument without a spec field (the row's ``only``), and of the weight-decay mask."""
     parameters = inspect.signature(getattr(optax, alias)).parameters
+    names = [*OPTAX_ONLY[alias], *(m for m in MASKS if m in parameters and m not in OPTAX_ONLY[alias])]
     return {name: parameters[name].default for name in names}
-
-
-_NATIVE: dict[str, _Native] = {
-    "adam": _Native(
-        uniopt.Adam,
-        lambda a: {"betas": (a["b1"], a["b2"]), "eps": a["eps"]},
-    ),
-    "adamw": _Native(
-        uniopt.AdamW,
-        lambda a: {"betas": (a["b1"], a["b2"]), "eps": a["eps"], "weight_decay": a["weight_decay"]},
-    ),
-    "radam": _Native(
-        uniopt.RAdam,
-        lambda a: {"betas": (a["b1"], a["b2"]), "eps": a["eps"]},
-    ),
-    "sgd": _Native(
-        uniopt.SGD,
-        lambda a: {"momentum": a["momentum"] or 0.0, "nesterov": a["nesterov"]},
-    ),
-    "rmsprop": _Native(
-        uniopt.RMSprop,
-        lambda a: {
-            "alpha": a["decay"],
-            "eps": a["eps"],
-            "centered": a["centered"],
-            "momentum": a["momentum"] or 0.0,
-        },
-    ),
-    "adagrad": _Native(
-        uniopt.Adagrad,
-        lambda a: {"initial_accumulator_value": a["initial_accumulator_value"], "eps": a["eps"]},
-    ),
-}
-
-# optax state class -> (its field -> uniopt slot name); "count" is the step
-_SLOTS: dict[type, dict[str, str]] = {
-    optax.ScaleByAdamState: {"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq"},
-    optax.TraceState: {"trace": "momentum_buffer"},
-    optax.ScaleByRStdDevState: {"mu": "grad_avg", "nu": "square_avg"},
-    optax.ScaleByRmsState: {"nu": "square_avg"},
-    optax.ScaleByRssState: {"sum_of_squares": "sum"},
-}
 
 
 def _native_spec(alias: str, kwargs: dict[str, Any], owner: str) -> Spec:
     if alias not in _NATIVE:
         raise ValueError(f"{owner}: alias {alias!r} is not one of {', '.join(_NATIVE)}")
-    native = _NATIVE[alias]
+    row = _NATIVE[alias]
     try:
         bound = inspect.signature(getattr(optax, alias)).bind(**kwargs)
     except TypeError as exc:
@@ -208,27 +173,51 @@ def _native_spec(alias: str, kwargs: dict[str, Any], owner: str) -> Spec:
         if args[name] != allowed:
             raise ValueError(f"{owner}: optax.{alias}({name}={args[name]!r}) has no uniopt counterpart")
     lr = args["learning_rate"]
-    if callable(lr) or np.ndim(lr) != 0:
+    if lr is None or callable(lr) or np.ndim(lr) != 0:
         raise ValueError(f"{owner}: learning_rate must be a number (the value in effect), got {lr!r}")
+    fields: dict[str, Any] = dict(row.fixed)
+    for arg, target in row.names.items():
+        if arg == "learning_rate" or arg not in args:
+            continue
+        value = 0.0 if args[arg] is None else args[arg]  # optax's None: off (momentum=None)
+        field, index = _target(target)
+        if index is None:
+            fields[field] = value
+        else:
+            pair = fields.setdefault(field, [None, None])
+            pair[index] = value
+    fields = {f: tuple(v) if isinstance(v, list) else v for f, v in fields.items()}
     try:
-        return native.spec(lr=float(lr), **native.fields(args))
+        return ALIASES[alias][0](lr=float(lr), **fields)
     except ValueError as exc:
         raise ValueError(f"{owner}: optax.{alias}: {exc}") from None
 
 
-def _native_parts(opt_state: Any, owner: str) -> dict[type, Any]:
-    parts: dict[type, Any] = {}
-    for node in jax.tree.leaves(opt_state, is_leaf=lambda n: type(n) in _SLOTS):
-        if type(node) in _SLOTS:
-            if type(node) in parts:
-                raise ValueError(f"{owner}: the state holds more than one {type(node).__name__}")
-            parts[type(node)] = node
-    return parts
+def _mapped(alias: str) -> Callable[[Any], bool]:
+    """Whether a node of an optax state holds one of ``alias``'s fields (a NamedTuple state)."""
+    fields = _SLOTS[alias]
+    return lambda node: hasattr(node, "_fields") and any(f in fields for f in node._fields)
 
 
-def _momentum_scale(alias: str, spec: Spec) -> float | None:
-    """optax's rmsprop traces learning-rate-scaled steps (``trace = -lr * buffer``)."""
-    return -spec.lr if alias == "rmsprop" else None
+def _native_fields(opt_state: Any, alias: str, owner: str) -> dict[str, Any]:
+    """optax field -> its value, each found in exactly one node of the state."""
+    found: dict[str, Any] = {}
+    is_mapped = _mapped(alias)
+    for node in jax.tree.leaves(opt_state, is_leaf=is_mapped):
+        if not is_mapped(node):
+            continue
+        for field in node._fields:
+            if field not in _SLOTS[alias]:
+                continue
+            if field in found:
+                raise ValueError(f"{owner}: the state holds more than one {field!r} ({type(node).__name__})")
+            found[field] = getattr(node, field)
+    return found
+
+
+def _momentum_scale(alias: str, field: str, spec: Spec) -> float | None:
+    """The factor optax's ``field`` holds the slot scaled by (:data:`_SCALED_BY_NEG_LR`)."""
+    return -spec.lr if (alias, field) in _SCALED_BY_NEG_LR else None
 
 
 def from_optax(
@@ -237,37 +226,33 @@ def from_optax(
     """The state of ``optax.<alias>(**optax_kwargs)`` as a record with ``convention="optax"``.
 
     ``optax_kwargs`` are the arguments the optax optimizer was built with (optax's names and
-    defaults; ``learning_rate`` a number). Conventions assumed (optax 0.2): ``ScaleByAdamState``
-    ``count``, ``mu``, ``nu`` are the step, ``exp_avg``, ``exp_avg_sq`` (adam, adamw, radam);
-    ``TraceState.trace`` is sgd's ``momentum_buffer`` as is, and rmsprop's ``-lr *
-    momentum_buffer`` (divided back here, exact when ``lr`` is a power of two);
-    ``ScaleByRStdDevState`` ``mu``/``nu`` and ``ScaleByRmsState.nu`` are ``grad_avg``/``square_avg``;
-    ``ScaleByRssState.sum_of_squares`` is Adagrad's ``sum``. sgd, rmsprop and adagrad keep no step
-    count: pass ``step``. Arguments uniopt cannot represent (``eps_root``, ``nesterov`` of adam,
-    ``initial_scale``, ``mask``, ...) must keep their defaults. The optax rules differ from uniopt's
+    defaults; ``learning_rate`` a number), translated by the row's names
+    (:class:`uniopt.registry.OptaxNames`; optax's ``None`` for a number, ``momentum=None``, is 0).
+    Each field of optax's state named in the row's ``state`` (``mu``, ``nu``, ``trace``, ...) is
+    read wherever it sits in the state, as is (optax 0.2): e.g. ``ScaleByAdamState`` ``count``,
+    ``mu``, ``nu`` are the step, ``exp_avg``, ``exp_avg_sq``; ``TraceState.trace`` is sgd's
+    ``momentum_buffer``. The one exception: rmsprop's ``trace`` is ``-lr * momentum_buffer``
+    (divided back here, exact when ``lr`` is a power of two). States without a ``count`` (sgd,
+    rmsprop, adagrad, adadelta) need ``step``. Arguments uniopt cannot represent (``eps_root``,
+    ``nesterov`` of adam, ``initial_scale``, ``mask``, ...) must keep their defaults. The optax
+    rules differ from uniopt's
     (``eps`` inside the root for rmsprop and adagrad, the rectification threshold, rounding), so a
     run continued under uniopt follows uniopt's rules from there.
     """
     owner = "uniopt.jax.from_optax"
     spec = _native_spec(alias, optax_kwargs, owner)
-    parts = _native_parts(opt_state, owner)
     leaves, treedef = _leaves(params)
     slots: list[dict[str, np.ndarray]] = [{} for _ in leaves]
     count = None
-    for cls, fields in _SLOTS.items():
-        if cls not in parts:
+    for field, value in _native_fields(opt_state, alias, owner).items():
+        slot = _SLOTS[alias][field]
+        if slot == "step":
+            count = int(value)
             continue
-        for field, slot in fields.items():
-            value = getattr(parts[cls], field)
-            if slot == "step":
-                count = int(value)
-                continue
-            scale = _momentum_scale(alias, spec) if slot == "momentum_buffer" else None
-            for i, leaf in enumerate(treedef.flatten_up_to(value)):
-                array = np.array(leaf, copy=True)
-                slots[i][slot] = (
-                    array if scale is None else np.asarray(array / np.asarray(scale, array.dtype))
-                )
+        scale = _momentum_scale(alias, field, spec)
+        for i, leaf in enumerate(treedef.flatten_up_to(value)):
+            array = np.array(leaf, copy=True)
+            slots[i][slot] = array if scale is None else np.asarray(array / np.asarray(scale, array.dtype))
     missing = set(spec.slot_names()) - set(slots[0] if slots else ())
     if leaves and missing:
         raise ValueError(
@@ -309,16 +294,20 @@ def to_optax(
     )
     template = getattr(optax, alias)(**optax_kwargs).init(params)
 
+    is_mapped = _mapped(alias)
+
     def fill(node: Any) -> Any:
-        fields = _SLOTS.get(type(node))
-        if fields is None:
+        if not is_mapped(node):
             return node
         values = {}
-        for field, slot in fields.items():
+        for field in node._fields:
+            slot = _SLOTS[alias].get(field)
+            if slot is None:
+                continue
             if slot == "step":
                 values[field] = jnp.asarray(min(state.step, _MAX_COUNT), jnp.int32)
                 continue
-            scale = _momentum_scale(alias, spec) if slot == "momentum_buffer" else None
+            scale = _momentum_scale(alias, field, spec)
             arrays = [
                 s[slot] if scale is None else np.asarray(s[slot] * np.asarray(scale, s[slot].dtype))
                 for s in state.slots
@@ -326,4 +315,4 @@ def to_optax(
             values[field] = treedef.unflatten([_place(a, p) for a, p in zip(arrays, leaves, strict=True)])
         return node._replace(**values)
 
-    return jax.tree.map(fill, template, is_leaf=lambda n: type(n) in _SLOTS)
+    return jax.tree.map(fill, template, is_leaf=is_mapped)

@@ -328,7 +328,10 @@ def _rounded_jvp(primals, tangents):
 
 class _Unfused:
     """Under tracing: ``jax.numpy`` whose ``multiply`` returns the rounded product even inside a
-    fused kernel (XLA would otherwise contract ``a*b + c`` into one FMA on CPUs and GPUs)."""
+    fused kernel (XLA would otherwise contract ``a*b + c`` into one FMA on CPUs and GPUs), and whose
+    ``sqrt`` stays a correctly rounded root (never an ``rsqrt`` of a division). The other ops the
+    rules use (``add``, ``divide``, ``maximum``, ``abs``, ``sign``, ``where``, ...) are
+    ``jax.numpy``'s: exact or correctly rounded, NaN-propagating ``maximum``."""
 
     def __init__(self, zero: jax.Array):
         self._zero = zero
@@ -342,6 +345,15 @@ class _Unfused:
             return lax.complex(_rounded(product.real, self._zero), _rounded(product.imag, self._zero))
         return _rounded(product, self._zero)
 
+    def sqrt(self, x: Any) -> jax.Array:
+        """The correctly rounded root, kept a root: XLA rewrites ``a / sqrt(b)`` into
+        ``a * rsqrt(b)`` (not correctly rounded; Adadelta's ``sqrt(acc + eps) / sqrt(v + eps)``
+        moved by an ulp), so the root reaches its consumer through the integer no-op."""
+        root = jnp.sqrt(x)
+        if jnp.issubdtype(root.dtype, jnp.complexfloating):
+            return root
+        return _rounded(root, self._zero)
+
     def ones_like(self, x: Any) -> jax.Array:
         """Ones that vary with the element as far as the compiler knows (the bits of ``1`` plus
         ``zero * iota``), so that ``x / (ones * s)``, the spec's division by a scalar, stays a
@@ -354,7 +366,20 @@ class _Unfused:
         return _rounded(ones, self._zero * index)
 
 
-_ELEMENTWISE = ("add", "subtract", "multiply", "divide", "sqrt", "negative", "maximum", "where", "zeros_like")
+_ELEMENTWISE = (
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "sqrt",
+    "negative",
+    "maximum",
+    "minimum",
+    "abs",
+    "sign",
+    "where",
+    "zeros_like",
+)
 
 
 class _OpByOp:

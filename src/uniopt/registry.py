@@ -294,6 +294,23 @@ TABLE: tuple[OptimizerInfo, ...] = (
             checks_float=("momentum",),
             sparse_duplicates_match_keras=True,
         ),
+        optax=(
+            OptaxNames(
+                "sgd",
+                names={
+                    "learning_rate": "lr",
+                    "momentum": "momentum",
+                    "nesterov": "nesterov",
+                    "dampening": "dampening",
+                    "weight_decay": "weight_decay",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=("learning_rate", "momentum", "nesterov", "accumulator_dtype"),
+                only={"accumulator_dtype": (lambda v, c: True, "None")},
+                state={"trace": "momentum_buffer"},
+            ),
+        ),
         cases=(
             Case("plain", {"lr": 0.05}),
             Case("momentum", {"lr": 0.02, "momentum": 0.9}),
@@ -355,6 +372,22 @@ TABLE: tuple[OptimizerInfo, ...] = (
             "Adagrad",
             ("learning_rate", "initial_accumulator_value", "epsilon", "weight_decay"),
             slots={"sum": "_accumulators"},
+        ),
+        optax=(
+            OptaxNames(
+                "adagrad",
+                names={
+                    "learning_rate": "lr",
+                    "initial_accumulator_value": "initial_accumulator_value",
+                    "eps": "eps",
+                    "lr_decay": "lr_decay",
+                    "weight_decay": "weight_decay",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=("learning_rate", "initial_accumulator_value", "eps"),
+                state={"sum_of_squares": "sum"},
+            ),
         ),
         cases=(
             Case("default", {"lr": 0.1}),
@@ -436,6 +469,47 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 "momentum_buffer": "_momentums",
             },
         ),
+        optax=(
+            OptaxNames(
+                "rmsprop",
+                names={
+                    "learning_rate": "lr",
+                    "decay": "alpha",
+                    "eps": "eps",
+                    "centered": "centered",
+                    "momentum": "momentum",
+                    "weight_decay": "weight_decay",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=(
+                    "learning_rate",
+                    "decay",
+                    "eps",
+                    "initial_scale",
+                    "eps_in_sqrt",
+                    "centered",
+                    "momentum",
+                    "nesterov",
+                    "bias_correction",
+                ),
+                only={
+                    "initial_scale": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
+                    "eps_in_sqrt": (
+                        lambda v, c: v is None or bool(v) == (c in ("optax", "keras")),
+                        "None (the convention's placement: inside the root with convention='optax' or "
+                        "'keras', outside otherwise) or that placement as a bool",
+                    ),
+                    "nesterov": (
+                        lambda v, c: v is False,
+                        "False (RMSprop has no Nesterov momentum in uniopt)",
+                    ),
+                    "bias_correction": (lambda v, c: v is False, "False (optax's default)"),
+                },
+                # optax's trace holds the learning-rate-scaled step (-lr * momentum_buffer)
+                state={"nu": "square_avg", "mu": "grad_avg", "trace": "momentum_buffer"},
+            ),
+        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("centered", {"lr": 0.01, "centered": True}),
@@ -480,6 +554,28 @@ TABLE: tuple[OptimizerInfo, ...] = (
             ("learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"),
             slots=_KERAS_ADAM_SLOTS,
         ),
+        optax=(
+            OptaxNames(
+                "adam",
+                names={
+                    "learning_rate": "lr",
+                    "b1": "betas[0]",
+                    "b2": "betas[1]",
+                    "eps": "eps",
+                    "weight_decay": "weight_decay",
+                    "amsgrad": "amsgrad",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=("learning_rate", "b1", "b2", "eps", "eps_root", "mu_dtype"),
+                only={
+                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
+                    "mu_dtype": (lambda v, c: True, "None"),
+                    "nesterov": (lambda v, c: v is False, "False (NAdam is uniopt.jax.nadam)"),
+                },
+                state={"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
+            ),
+        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("amsgrad", {"lr": 0.01, "amsgrad": True}),
@@ -521,6 +617,37 @@ TABLE: tuple[OptimizerInfo, ...] = (
             slots=_KERAS_ADAM_SLOTS,
             weight_decay_none_is_zero=False,
         ),
+        optax=(
+            OptaxNames(
+                "adamw",
+                names={
+                    "learning_rate": "lr",
+                    "b1": "betas[0]",
+                    "b2": "betas[1]",
+                    "eps": "eps",
+                    "weight_decay": "weight_decay",
+                    "amsgrad": "amsgrad",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=(
+                    "learning_rate",
+                    "b1",
+                    "b2",
+                    "eps",
+                    "eps_root",
+                    "mu_dtype",
+                    "weight_decay",
+                    "mask",
+                ),
+                only={
+                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
+                    "mu_dtype": (lambda v, c: True, "None"),
+                    "nesterov": (lambda v, c: v is False, "False (NAdam is uniopt.jax.nadam)"),
+                },
+                state={"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
+            ),
+        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("strong_decay", {"lr": 0.01, "weight_decay": 0.5}),
@@ -553,6 +680,33 @@ TABLE: tuple[OptimizerInfo, ...] = (
             {"foreach": None, "capturable": False, "differentiable": False},
         ),
         keras=KerasNames(None, ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay")),
+        optax=(
+            OptaxNames(
+                "radam",
+                names={
+                    "learning_rate": "lr",
+                    "b1": "betas[0]",
+                    "b2": "betas[1]",
+                    "eps": "eps",
+                    "weight_decay": "weight_decay",
+                    "decoupled_weight_decay": "decoupled_weight_decay",
+                    "degenerated_to_sgd": "degenerated_to_sgd",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=("learning_rate", "b1", "b2", "eps", "eps_root", "threshold"),
+                only={
+                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
+                    "threshold": (
+                        lambda v, c: v is None or (v == 5 and c in ("optax", "official")),
+                        "None (the convention's threshold) or 5.0 with convention='optax' or 'official' "
+                        "(rectified where rho_t >= 5; uniopt and torch: rho_t > 5)",
+                    ),
+                    "nesterov": (lambda v, c: v is False, "False (optax's default)"),
+                },
+                state={"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq"},
+            ),
+        ),
         cases=(
             Case("default", {"lr": 0.01}),
             Case("skip_unrectified", {"lr": 0.01, "degenerated_to_sgd": False}),
@@ -626,7 +780,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "convention": "convention",
                 },
                 positional=("learning_rate", "b1", "b2", "eps"),
-                state={"mu": "exp_avg", "nu": "exp_inf"},
+                state={"count": "step", "mu": "exp_avg", "nu": "exp_inf"},
             ),
         ),
     ),
@@ -735,7 +889,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 },
                 positional=("learning_rate", "b1", "b2", "mu_dtype", "weight_decay", "mask"),
                 only={"mu_dtype": (lambda v, c: True, "None")},
-                state={"mu": "exp_avg"},
+                state={"count": "step", "mu": "exp_avg"},
             ),
         ),
     ),

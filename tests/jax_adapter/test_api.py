@@ -13,15 +13,20 @@ import uniopt
 import uniopt.jax as ujax
 from uniopt.registry import TABLE
 
-NAMES = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "radam")
-CAMEL = {
+CAMEL = {  # every factory uniopt.jax offers, and its CamelCase name (written out, not generated)
     "sgd": "SGD",
     "adagrad": "Adagrad",
     "rmsprop": "RMSprop",
     "adam": "Adam",
     "adamw": "AdamW",
     "radam": "RAdam",
+    "adamax": "Adamax",
+    "nadam": "NAdam",
+    "nadamw": "NAdamW",
+    "adadelta": "Adadelta",
+    "lion": "Lion",
 }
+NAMES = tuple(CAMEL)
 # argument names uniopt.jax shares with the optax alias of the same name
 SHARED_WITH_OPTAX = {
     "sgd": {"learning_rate", "momentum", "nesterov"},
@@ -30,6 +35,11 @@ SHARED_WITH_OPTAX = {
     "adam": {"learning_rate", "b1", "b2", "eps"},
     "adamw": {"learning_rate", "b1", "b2", "eps", "weight_decay"},
     "radam": {"learning_rate", "b1", "b2", "eps"},
+    "adamax": {"learning_rate", "b1", "b2", "eps"},
+    "nadam": {"learning_rate", "b1", "b2", "eps"},
+    "nadamw": {"learning_rate", "b1", "b2", "eps", "weight_decay"},
+    "adadelta": {"learning_rate", "rho", "eps", "weight_decay"},
+    "lion": {"learning_rate", "b1", "b2", "weight_decay"},
 }
 CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
 
@@ -56,13 +66,34 @@ def _to_optax_names(spec_name: str, kwargs: dict) -> dict | None:
 def test_every_optimizer_has_a_factory_and_its_camel_case_alias_is_the_same_object():
     assert set(ujax.ALIASES) == set(NAMES)
     assert {t for t, _ in ujax.ALIASES.values()} == {info.spec for info in TABLE}
+    assert ujax.CAMEL_CASE == CAMEL
     for name in NAMES:
         assert getattr(ujax, name) is getattr(ujax, CAMEL[name]) is ujax.FACTORIES[name]
         assert getattr(ujax, name).__name__ == name
+        assert {name, CAMEL[name]} <= set(ujax.__all__)
+    assert all(hasattr(ujax, name) for name in ujax.__all__)
+
+
+def test_the_factories_are_the_tables_optax_names():
+    # one factory per OptaxNames of a row, with the row's spec, mapping and positional order
+    rows = {n.alias: (info.spec, n) for info in TABLE for n in info.optax}
+    assert set(rows) == set(ujax.FACTORIES)
+    for alias, (spec_type, names) in rows.items():
+        assert ujax.ALIASES[alias] == (spec_type, dict(names.names))
+        params = inspect.signature(ujax.FACTORIES[alias]).parameters.values()
+        positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        assert tuple(positional) == names.positional
+        assert set(names.names) | set(names.only) <= {p.name for p in params}
+        assert hasattr(optax, alias) == names.native
+        assert ujax.FACTORIES[alias]().spec.hyperparameters | dict(names.fixed) == (
+            ujax.FACTORIES[alias]().spec.hyperparameters
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_signature_follows_optax_and_defaults_are_uniopts(name):
+    if name not in ujax.OPTAX or not ujax.OPTAX[name].native:
+        pytest.skip(f"optax has no optax.{name}")
     sig = inspect.signature(getattr(ujax, name))
     params = list(sig.parameters.values())
     assert params[0].name == "learning_rate"
@@ -77,7 +108,8 @@ def test_signature_follows_optax_and_defaults_are_uniopts(name):
     optax_params = set(inspect.signature(getattr(optax, name)).parameters)
     assert SHARED_WITH_OPTAX[name] <= set(sig.parameters) & optax_params
     spec_type = ujax.ALIASES[name][0]
-    assert getattr(ujax, name)().spec == spec_type()  # defaults: uniopt's
+    fixed = dict(ujax.OPTAX[name].fixed)  # nadamw: decoupled weight decay
+    assert getattr(ujax, name)().spec == spec_type(**fixed)  # defaults: uniopt's
     assert getattr(ujax, name)().learning_rate is None  # a constant learning rate lives in the spec
 
 
@@ -125,7 +157,7 @@ def test_only_the_pair_errors_are_inexpressible_with_b1_and_b2():
         for err in info.error_cases
         if _to_optax_names(info.name, dict(err.kwargs)) is None
     ]
-    assert sorted(n for n, _ in inexpressible) == ["Adam", "AdamW", "RAdam"]
+    assert {"Adam", "AdamW", "RAdam"} <= {n for n, _ in inexpressible}
     assert all("is not a pair" in m for _, m in inexpressible)
 
 

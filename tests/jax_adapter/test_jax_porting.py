@@ -132,14 +132,27 @@ NATIVE = [
     ("sgd", {"learning_rate": 0.01, "momentum": 0.9, "nesterov": True}, 4, "SGD"),
     ("rmsprop", {"learning_rate": 0.5, "centered": True, "momentum": 0.5}, 4, "RMSprop"),
     ("adagrad", {"learning_rate": 0.1}, 4, "Adagrad"),
+    ("adamax", {"learning_rate": 0.01, "b2": 0.99}, None, "Adamax"),
+    ("nadam", {"learning_rate": 0.01, "b1": 0.8}, None, "NAdam"),
+    ("nadamw", {"learning_rate": 0.01, "weight_decay": 0.1}, None, "NAdam"),
+    ("adadelta", {"learning_rate": 0.5, "rho": 0.95}, 4, "Adadelta"),
+    ("lion", {"learning_rate": 0.01, "weight_decay": 0.1}, 4, "Lion"),
 ]
 OPTAX_SLOTS = {  # where optax keeps each uniopt slot: (state class, field, factor)
     "exp_avg": (optax.ScaleByAdamState, "mu", 1.0),
     "exp_avg_sq": (optax.ScaleByAdamState, "nu", 1.0),
+    "exp_inf": (optax.ScaleByAdamState, "nu", 1.0),  # optax.adamax: the infinity norm in nu
     "momentum_buffer": (optax.TraceState, "trace", None),
     "grad_avg": (optax.ScaleByRStdDevState, "mu", 1.0),
     "square_avg": (optax.ScaleByRStdDevState, "nu", 1.0),
     "sum": (optax.ScaleByRssState, "sum_of_squares", 1.0),
+}
+OPTAX_SLOTS_OF = {  # where an alias keeps a slot elsewhere
+    "lion": {"exp_avg": (optax.ScaleByLionState, "mu", 1.0)},
+    "adadelta": {
+        "square_avg": (optax.ScaleByAdaDeltaState, "e_g", 1.0),
+        "acc_delta": (optax.ScaleByAdaDeltaState, "e_x", 1.0),
+    },
 }
 
 
@@ -164,7 +177,7 @@ def test_optax_state_is_read_and_written_back(alias, kwargs, step, name):
     assert (record.optimizer, record.convention, record.step) == (name, "optax", 4)
     assert record.hyperparameters["lr"] == kwargs["learning_rate"]
     for slot in record.slot_names:
-        cls, field, factor = OPTAX_SLOTS[slot]
+        cls, field, factor = {**OPTAX_SLOTS, **OPTAX_SLOTS_OF.get(alias, {})}[slot]
         factor = -kwargs["learning_rate"] if factor is None and alias == "rmsprop" else 1.0
         for i, leaf in enumerate(getattr(_find(state, cls), field)):
             np.testing.assert_array_equal(
@@ -186,8 +199,12 @@ def test_optax_errors():
         uj.from_optax(state, "sgd", params, learning_rate=0.1, momentum=0.9)
     with pytest.raises(ValueError, match=r"optax.adam\(eps_root=1e-08\) has no uniopt counterpart"):
         uj.from_optax(optax.adam(0.1).init(params), "adam", params, learning_rate=0.1, eps_root=1e-8)
-    with pytest.raises(ValueError, match="alias 'lion' is not one of"):
-        uj.from_optax(state, "lion", params, learning_rate=0.1)
+    with pytest.raises(ValueError, match="alias 'adafactor' is not one of"):
+        uj.from_optax(state, "adafactor", params, learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"optax.lion\(mask=.*\) has no uniopt counterpart"):
+        uj.from_optax(optax.lion(0.1).init(params), "lion", params, learning_rate=0.1, mask=[False], step=1)
+    with pytest.raises(ValueError, match=r"optax.nadam\(nesterov=False\) has no uniopt counterpart"):
+        uj.from_optax(optax.adam(0.1).init(params), "nadam", params, learning_rate=0.1, nesterov=False)
     with pytest.raises(ValueError, match="learning_rate must be a number"):
         uj.from_optax(state, "sgd", params, learning_rate=optax.constant_schedule(0.1), momentum=0.9, step=1)
     with pytest.raises(ValueError, match=r"lacks \['momentum_buffer'\]"):
