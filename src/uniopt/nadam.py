@@ -84,7 +84,7 @@ Scalars converge: :math:`\mu_t \to \beta_1` and :math:`\Pi_t \to 0`; with the de
 ``momentum_decay`` 0.004 the float64 scalars reach their limit after about 225,000 steps (float32
 about 110,000), within :func:`uniopt.scalar_table.scalar_table`'s reach; a schedule too slow to
 settle within 900,000 steps (``momentum_decay`` below about 0.001, or :math:`\beta_1` within
-:math:`5\cdot 10^{-5}` of 1) reports ``scalars_converge() == False`` and its scalars are computed
+:math:`4\cdot 10^{-5}` of 1) reports ``scalars_converge() == False`` and its scalars are computed
 on the host at every step.
 """
 
