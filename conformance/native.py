@@ -4,8 +4,9 @@ The reference of such a cell is the NumPy run of the uniopt spec with that ``con
 backends run the *native* implementation instead, from the same hyperparameters, so the matrix
 shows how far uniopt's convention is from the optimizer people port from:
 
-- ``torch.optim@native``: ``torch.optim.<Name>`` (single-tensor path, ``foreach=False``), and for
-  ``convention="official"`` the authors' RAdam step, transcribed op for op into current torch calls;
+- ``torch.optim@native``: the row's ``torch.optim.<TorchNames.native>`` (single-tensor path,
+  ``foreach=False``), and for ``convention="official"`` the authors' RAdam step, transcribed op for
+  op into current torch calls;
 - ``keras@native``: ``keras.optimizers.<Name>`` on TensorFlow, eagerly (the keras convention
   reproduces Keras's eager apply; inside ``tf.function`` TensorFlow's graph optimizations move some
   results by a few ulp, which ``python -m conformance parity`` measures);
@@ -91,6 +92,33 @@ def _official_radam_step(p: Any, g: Any, state: dict, h: dict[str, Any]) -> None
         p.add_(exp_avg, alpha=-step_size * h["lr"])
 
 
+def _torch_optimizer(spec: Spec, params: list[Any], h: dict[str, Any]) -> Any:
+    """``torch.optim.<TorchNames.native>`` (single-tensor path) with the spec's hyperparameters: the
+    fields its constructor takes (torch's names are the spec's). A field it lacks is left out; the
+    torch convention holds it at torch's behaviour (RAdam's ``degenerated_to_sgd``: the spec refuses
+    another value there)."""
+    import inspect
+
+    import torch
+
+    from uniopt import registry
+
+    names = registry.get(spec.name).torch
+    if names is None or names.native is None:
+        raise ValueError(f"torch.optim has no {spec.name}")
+    cls = getattr(torch.optim, names.native)
+    accepted = inspect.signature(cls).parameters
+    return cls(params, foreach=False, **{k: v for k, v in h.items() if k in accepted})
+
+
+def _torch_state_keys(spec: Spec) -> dict[str, str]:
+    """The spec's slot -> torch.optim's state key, where the row's ``TorchNames.state`` renames it."""
+    from uniopt import registry
+
+    names = registry.get(spec.name).torch
+    return {slot: key for key, slot in names.state.items()} if names is not None else {}
+
+
 def _torch_runner(mode: str) -> Runner:
     import torch
 
@@ -106,14 +134,15 @@ def _torch_runner(mode: str) -> Runner:
                 {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)} for p in params
             ]
         else:
-            if spec.name == "RAdam":
-                h.pop("degenerated_to_sgd")  # torch.optim.RAdam always takes the momentum step
-            optimizer = getattr(torch.optim, spec.name)(params, foreach=False, **h)
+            optimizer = _torch_optimizer(spec, params, h)
+        keys = {} if official else _torch_state_keys(spec)  # uniopt slot -> torch.optim's state key
 
         def slots_of(i: int, p: Any) -> dict[str, np.ndarray]:
             state = states[i] if official else optimizer.state[p]
             return {
-                n: (state[n] if n in state else spec.init_slot(n, p.detach(), torch))
+                n: (
+                    state[keys.get(n, n)] if keys.get(n, n) in state else spec.init_slot(n, p.detach(), torch)
+                )
                 .detach()
                 .cpu()
                 .numpy()

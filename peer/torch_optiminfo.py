@@ -1,8 +1,9 @@
 """torch's OptimizerInfo database as the referee for ``uniopt.torch`` (``convention="torch"``).
 
 ``torch.testing._internal.common_optimizers.optim_db`` drives torch's own optimizer suite
-(``TestOptimRenewed`` in test/test_optim.py). Here its entries for SGD, Adagrad, RMSprop, Adam,
-AdamW and RAdam drive the same tests with ``uniopt.torch``'s class in place of torch.optim's:
+(``TestOptimRenewed`` in test/test_optim.py). Here its entries for the table's optimizers that
+torch.optim has (:data:`NAMES`: SGD, Adagrad, RMSprop, Adam, AdamW, RAdam, Adamax, NAdam, Adadelta)
+drive the same tests with ``uniopt.torch``'s class in place of torch.optim's:
 
 * every input set (``optim_inputs_func``, with the ``fused``/``differentiable`` variants torch's
   suite adds on the CPU, and ``foreach=True``, which it leaves out there but torch.optim accepts)
@@ -64,10 +65,17 @@ from torch.testing._internal.common_optimizers import (
 )
 
 import uniopt.torch
+from uniopt.registry import TABLE
 
 DEVICE = os.environ.get("UNIOPT_PEER_DEVICE", "cpu")
 """Where the tests run (``UNIOPT_PEER_DEVICE=cuda`` on a GPU); torch's suite runs this list on the CPU."""
-NAMES = ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "RAdam")
+NAMES = tuple(
+    info.name
+    for info in TABLE
+    if info.torch is not None and info.torch.native is not None and info.torch.native == info.name
+)
+"""The table's rows that torch.optim has (under the same name): SGD, Adagrad, RMSprop, Adam, AdamW,
+RAdam, Adamax, NAdam, Adadelta."""
 INFOS: dict[str, OptimizerInfo] = {
     info.optim_cls.__name__: info for info in optim_db if info.optim_cls.__name__ in NAMES
 }
@@ -106,7 +114,7 @@ def _unique(descs: list[str]) -> list[str]:
 
 
 def cases(source: Callable[[str], list[Any]], desc: Callable[[Any], str]) -> list[Any]:
-    """pytest params ``(name, index)`` with ids ``Name-desc`` over the six optimizers."""
+    """pytest params ``(name, index)`` with ids ``Name-desc`` over :data:`NAMES`."""
     params = []
     for name in NAMES:
         items = source(name)

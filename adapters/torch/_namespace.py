@@ -9,11 +9,11 @@ rounding of a square root is still correct (24 >= 2*8 + 2 bits). On other device
 ``sqrt`` is used. Under ``torch.compile`` tracing, torch's ``sqrt`` is emitted and inductor
 generates the correctly rounded instruction.
 
-``sign`` is also replaced: ``torch.sign`` of a NaN is 0 or NaN depending on the tensor (torch 2.13
-on CPU: 0 for a tensor of NaNs of any length and dtype, NaN for a NaN among other values in one
-9-element float32 tensor; inductor's lowering always gives 0), where NumPy and the array API give
-NaN; uniopt's ``sign`` passes NaN through with a ``where``, eagerly and compiled. The other
-elementwise ops the rules use (``abs``, ``maximum`` (NaN-propagating), ``where``, ``negative``) are
+``sign`` is array_api_compat's: ``torch.sign`` of a NaN is 0 or NaN depending on the tensor (torch
+2.13 on CPU: 0 for a tensor of NaNs of any length and dtype; inductor's lowering always gives 0),
+and array_api_compat puts NaN back where the input is NaN, as NumPy and the array API have it,
+eagerly and under ``torch.compile`` (tests/torch_adapter/test_namespace.py). The other elementwise
+ops the rules use (``abs``, ``maximum`` (NaN-propagating), ``where``, ``negative``) are
 exact in torch eagerly and compiled. Only the sign of a zero chosen by ``maximum`` between ``-0.0``
 and ``+0.0`` is left unspecified, as by the array API (NumPy itself returns the first argument in
 float16 and the second in float32).
@@ -45,17 +45,10 @@ def sqrt(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def sign(x: torch.Tensor) -> torch.Tensor:
-    """Elementwise sign: -1, 0 or 1 in ``x``'s dtype (``sign(-0.0)`` is ``+0.0``), NaN for NaN, also
-    eagerly and under ``torch.compile`` (see the module docstring)."""
-    return torch.where(torch.isnan(x), x, torch.sign(x))
-
-
 class _TorchNamespace:
-    """``array_api_compat.torch`` with :func:`sqrt` and :func:`sign` replaced."""
+    """``array_api_compat.torch`` with :func:`sqrt` replaced."""
 
     sqrt = staticmethod(sqrt)
-    sign = staticmethod(sign)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_compat, name)
