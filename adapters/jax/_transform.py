@@ -326,12 +326,34 @@ def _rounded_jvp(primals, tangents):
     return _rounded(x, zero), tangents[0]
 
 
+def _sign(x: Any) -> jax.Array:
+    """The array API's ``sign`` of a real float array as NumPy gives it: ``1`` where ``x > 0``,
+    ``-1`` where ``x < 0``, ``+0`` for both zeros (``jnp.sign(-0.0)`` is ``-0.0``; in bfloat16 a
+    zero stays itself, as ml_dtypes' ``sign`` leaves it) and NaN for NaN.
+
+    Decided on the bits (XLA:CPU compares subnormals as zero, where NumPy's sign is ``±1``): NaN
+    where the magnitude's bits exceed the infinity's, zero where they are 0, else the sign bit.
+    Complex arrays take ``jnp.sign``.
+    """
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return jnp.sign(x)
+    bits = lax.bitcast_convert_type(x, _INT_OF_SIZE[x.dtype.itemsize])
+    magnitude = bits & jnp.asarray(jnp.iinfo(bits.dtype).max, bits.dtype)
+    infinity = lax.bitcast_convert_type(jnp.asarray(jnp.inf, x.dtype), bits.dtype)
+    one = jnp.ones_like(x)
+    signed = jnp.where(bits < 0, -one, one)
+    zero = x if x.dtype == jnp.bfloat16 else jnp.zeros_like(x)
+    return jnp.where(magnitude > infinity, x, jnp.where(magnitude == 0, zero, signed))
+
+
 class _Unfused:
     """Under tracing: ``jax.numpy`` whose ``multiply`` returns the rounded product even inside a
     fused kernel (XLA would otherwise contract ``a*b + c`` into one FMA on CPUs and GPUs), and whose
-    ``sqrt`` stays a correctly rounded root (never an ``rsqrt`` of a division). The other ops the
-    rules use (``add``, ``divide``, ``maximum``, ``abs``, ``sign``, ``where``, ...) are
-    ``jax.numpy``'s: exact or correctly rounded, NaN-propagating ``maximum``."""
+    ``sqrt`` stays a correctly rounded root (never an ``rsqrt`` of a division), and whose ``sign``
+    is NumPy's (:func:`_sign`). The other ops the rules use (``add``, ``divide``, ``maximum``,
+    ``minimum``, ``abs``, ``where``, ...) are ``jax.numpy``'s: exact or correctly rounded,
+    NaN-propagating ``maximum`` and ``minimum``."""
 
     def __init__(self, zero: jax.Array):
         self._zero = zero
@@ -344,6 +366,10 @@ class _Unfused:
         if jnp.issubdtype(product.dtype, jnp.complexfloating):  # each part rounded on its own
             return lax.complex(_rounded(product.real, self._zero), _rounded(product.imag, self._zero))
         return _rounded(product, self._zero)
+
+    def sign(self, x: Any) -> jax.Array:
+        """:func:`_sign` (NumPy's: ``+0`` for ``±0``, ``±1`` for subnormals)."""
+        return _sign(x)
 
     def sqrt(self, x: Any) -> jax.Array:
         """The correctly rounded root, kept a root: XLA rewrites ``a / sqrt(b)`` into
@@ -385,11 +411,11 @@ _ELEMENTWISE = (
 class _OpByOp:
     """Eagerly: ``jax.numpy`` with each elementwise function compiled on its own, so every op of
     the rule is one XLA computation (the same numbers as plain eager jax.numpy, dispatched through
-    jax's fast path for compiled functions)."""
+    jax's fast path for compiled functions; ``sign`` is :func:`_sign`)."""
 
     def __init__(self) -> None:
         for name in _ELEMENTWISE:
-            setattr(self, name, jax.jit(getattr(jnp, name)))
+            setattr(self, name, jax.jit(_sign if name == "sign" else getattr(jnp, name)))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(jnp, name)

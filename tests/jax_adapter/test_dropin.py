@@ -18,7 +18,19 @@ import pytest
 import uniopt
 import uniopt.jax as ujax
 
-NAMES = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "radam")
+NAMES = (
+    "sgd",
+    "adagrad",
+    "rmsprop",
+    "adam",
+    "adamw",
+    "radam",
+    "adamax",
+    "nadam",
+    "nadamw",
+    "adadelta",
+    "lion",
+)
 
 
 def _run(tx, params, grads_seq, jit=True):
@@ -80,6 +92,9 @@ def test_signature_is_optaxs_name_by_name(name):
         ("rmsprop", "initial_scale", 1.0),
         ("rmsprop", "bias_correction", True),
         ("rmsprop", "eps_in_sqrt", False),
+        ("nadam", "nesterov", False),
+        ("nadamw", "nesterov", False),
+        ("nadam", "eps_root", 1e-8),
     ],
 )
 def test_optax_arguments_uniopt_cannot_honour_are_refused_by_name(name, arg, value):
@@ -353,6 +368,22 @@ def test_mask_prefix_and_bad_masks():
         ujax.adam(0.1, mask={"layer": True})
 
 
+def test_lion_and_nadamw_masks_mask_only_the_weight_decay_as_optax_does():
+    params = {"kernel": jnp.asarray([1.0, -2.0]), "bias": jnp.asarray([1.0])}
+    grads = [{"kernel": jnp.asarray([0.5, -0.25]), "bias": jnp.asarray([0.5])}] * 3
+    mask = {"kernel": True, "bias": False}
+    ours, _ = _run(ujax.lion(1e-2, weight_decay=0.5, mask=mask, convention="optax"), params, grads)
+    theirs, _ = _run(optax.lion(1e-2, weight_decay=0.5, mask=mask), params, grads)
+    # by hand: Lion moves by lr * sign each step; the bias is not decayed: 1 - 3 * 0.01
+    np.testing.assert_allclose(np.asarray(ours["bias"]), [0.97], rtol=1e-6)
+    for key in params:
+        np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(theirs[key]))
+    ours, _ = _run(ujax.nadamw(1e-2, weight_decay=0.5, convention="optax"), params, grads)
+    theirs, _ = _run(optax.nadamw(1e-2, weight_decay=0.5), params, grads)
+    for key in params:
+        np.testing.assert_allclose(np.asarray(ours[key]), np.asarray(theirs[key]), rtol=2e-6)
+
+
 # -- Adagrad eps=0 --------------------------------------------------------------------------------
 
 
@@ -384,6 +415,11 @@ def test_adagrad_eps_zero_matches_optax():
         ("rmsprop", {"learning_rate": 0.01, "decay": 0.9, "momentum": 0.9}, {"decay": 0.5}),
         ("adagrad", {"learning_rate": 0.1}, {"learning_rate": 0.2}),
         ("radam", {"learning_rate": 0.1}, {"b2": 0.99}),
+        ("adamax", {"learning_rate": 0.1}, {"b1": 0.5}),
+        ("nadam", {"learning_rate": 0.1}, {"b2": 0.9}),
+        ("nadamw", {"learning_rate": 0.1, "weight_decay": 0.01}, {"weight_decay": 0.1}),
+        ("adadelta", {"learning_rate": 0.5, "rho": 0.9}, {"rho": 0.5}),
+        ("lion", {"learning_rate": 0.1, "weight_decay": 0.01}, {"b1": 0.5, "weight_decay": 0.1}),
     ],
 )
 def test_plain_optax_inject_hyperparams_matches_optax(name, kwargs, changes):
@@ -423,7 +459,8 @@ def test_injected_hyperparameters_change_the_steps():
 # -- update without params ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["sgd", "adagrad", "rmsprop", "adam", "radam"])
+# optax.adadelta and optax.lion chain add_decayed_weights, which needs params even at weight_decay=0
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rmsprop", "adam", "radam", "adamax", "nadam"])
 def test_update_without_params_matches_optax(name):
     grads = _grads((5,), 4)
     kwargs = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}

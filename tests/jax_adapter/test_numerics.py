@@ -231,3 +231,59 @@ def test_jit_bitwise_is_not_an_accident_plain_jax_numpy_would_differ():
     state = ujax.UnioptState(jnp.asarray(2, jnp.int32), {k: [jnp.asarray(v)] for k, v in slots.items()})
     ours = jax.jit(tx.step)([g], state, [p])[0][0]
     assert same_bits(ours, want)
+
+
+def test_a_root_divided_stays_a_correctly_rounded_root_under_jit():
+    """XLA rewrites ``a / sqrt(b)`` into ``a * rsqrt(b)`` (not correctly rounded); Adadelta's
+    ``sqrt(acc_delta + eps) / sqrt(square_avg + eps)`` then moved by an ulp under jit. Plain
+    jax.numpy under jit differs from the reference; the traced namespace does not."""
+    spec = uniopt.Adadelta(lr=1.0)
+    rng = np.random.default_rng(1)
+    p, g = (rng.standard_normal(4096).astype(np.float32) for _ in range(2))
+    slots = {
+        "square_avg": rng.uniform(1e-3, 2.0, 4096).astype(np.float32),
+        "acc_delta": rng.uniform(1e-3, 2.0, 4096).astype(np.float32),
+    }
+    sc = spec.step_scalars(3)
+    want, _ = spec.update_one(p, g, slots, sc, array_api_compat.numpy)
+    scalars = type(sc)(*(jnp.asarray(v, jnp.float32) for v in sc))
+    plain = jax.jit(lambda p, g, s: spec.rule(p, g, s, scalars, jnp)[0])(p, g, slots)
+    assert not same_bits(plain, want)
+    tx = ujax.from_spec(spec)
+    state = ujax.UnioptState(jnp.asarray(2, jnp.int32), {k: [jnp.asarray(v)] for k, v in slots.items()})
+    ours = jax.jit(tx.step)([g], state, [p])[0][0]
+    assert same_bits(ours, want)
+
+
+SPECIAL = np.asarray([0.0, -0.0, 1.0, -1.0, 2.5, -3.75, 1e-40, -1e-40, np.inf, -np.inf, np.nan, 4.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, jnp.bfloat16])
+@pytest.mark.parametrize("op", ["sqrt", "abs", "sign", "maximum", "minimum", "divide", "negative"])
+def test_the_namespaces_elementwise_ops_are_numpys_bit_for_bit(op, dtype):
+    """The ops the rules use (Lion's sign, Adamax's abs and maximum, Adadelta's roots), eagerly
+    (one compiled op each) and traced (inside one jitted function), against NumPy: signed zeros,
+    infinities and NaN included (maximum and minimum propagate NaN; sign(NaN) is NaN). Elements
+    where an input or NumPy's result is subnormal are left out: XLA:CPU flushes them to zero."""
+    from uniopt.jax._transform import _OP_BY_OP, _Unfused
+
+    rng = np.random.default_rng(2)
+    with np.errstate(over="ignore"):  # float16 overflows to infinities, which are kept
+        x = np.concatenate([SPECIAL, rng.standard_normal(500) * 10.0 ** rng.integers(-30, 30, 500)])
+        x, y = x.astype(dtype), np.concatenate([SPECIAL[::-1], rng.standard_normal(500)]).astype(dtype)
+    args = (x, y) if op in ("maximum", "minimum", "divide") else (np.abs(x) if op == "sqrt" else x,)
+    with np.errstate(all="ignore"):
+        want = getattr(np, op)(*args)
+    tiny = float(jnp.finfo(dtype).tiny)
+    keep = np.all([~((a != 0) & (np.abs(a) < tiny)) for a in (*args, want)], axis=0)
+
+    @jax.jit
+    def traced(count, *arrays):
+        return getattr(_Unfused(jnp.minimum(count, 0)), op)(*arrays)
+
+    with jax.enable_x64(dtype == np.float64):
+        eager = np.asarray(getattr(_OP_BY_OP, op)(*args))
+        jitted = np.asarray(traced(jnp.asarray(3, jnp.int32), *args))
+    assert keep.sum() > 200
+    assert same_bits(eager[keep], want[keep])
+    assert same_bits(jitted[keep], want[keep])
