@@ -33,6 +33,9 @@ EXPECTED: dict[str, str] = {
     "test_errors?*-Tensor lr must be 1-element?": MESSAGE,
     "test_errors?*-momentum should be between 0 and 1?": MESSAGE,
     "test_errors?*-beta1 should be between 0 and 1?": MESSAGE,
+    "test_errors?*-beta2 should be between 0 and 1?": MESSAGE,
+    "test_errors?Adadelta-rho should be between 0 and 1?": MESSAGE,
+    "test_errors?NAdam-momentum_decay should > 0?": MESSAGE,
     "test_errors?*-weight_decay should > 0?": MESSAGE,
     "test_errors?Adagrad-lr_decay must be bigger than 0?": MESSAGE,
     "test_error*?*-a param group cannot have duplicate parameters?": DUPLICATE,
@@ -48,6 +51,9 @@ EXPECTED: dict[str, str] = {
     "test_step_state_dtype_device?Adam?": STEP_DTYPE,
     "test_step_state_dtype_device?AdamW?": STEP_DTYPE,
     "test_step_state_dtype_device?RAdam?": STEP_DTYPE,
+    "test_step_state_dtype_device?Adamax?": STEP_DTYPE,
+    "test_step_state_dtype_device?NAdam?": STEP_DTYPE,
+    "test_step_state_dtype_device?Adadelta?": STEP_DTYPE,
 }
 
 
