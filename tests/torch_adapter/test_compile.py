@@ -31,6 +31,7 @@ STEPS = 8  # RAdam: steps 1-5 unrectified, 6-8 rectified, so both branches run c
 CONFIGS = {
     "RAdam": {"lr": 0.01},
     "SGD": {"lr": 0.05, "momentum": 0.9},
+    "Lion": {"lr": 0.01, "weight_decay": 0.1},  # its sign: an op the new rules add
 }
 
 

@@ -24,7 +24,8 @@ STEPS = 12
 SHAPES = ((7, 5), (5,), (2, 3, 2))
 
 # One TABLE case per optimizer, chosen so that the per-step lr enters every kind of scalar
-# (SGD's lr, Adagrad's decayed lr, Adam's step size, AdamW's decay, RAdam's rectified step).
+# (SGD's lr, Adagrad's decayed lr, Adam's step size, AdamW's decay, RAdam's rectified step, Adamax's
+# and NAdam's step sizes, NAdamW's and Lion's decay, Adadelta's applied step).
 CASES = {
     "SGD": "momentum",
     "Adagrad": "lr_decay",
@@ -32,6 +33,10 @@ CASES = {
     "Adam": "amsgrad",
     "AdamW": "strong_decay",
     "RAdam": "default",
+    "Adamax": "weight_decay",
+    "NAdam": "decoupled",
+    "Adadelta": "lr",
+    "Lion": "weight_decay",
 }
 DTYPES = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.float64)}
 
