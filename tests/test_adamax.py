@@ -156,7 +156,8 @@ def test_paper_algorithm_2_over_150_steps():
 def test_float32_optax_transcription_bitwise():
     """optax.adamax at jax's default (x64 off), one float32 operation at a time as written in
     ``optax/_src/transform.py`` (``scale_by_adamax``), ``optax/tree_utils/_tree_math.py`` and
-    ``optax.apply_updates``: the bias correction ``1 - 0.9**t`` is float32, and divided by."""
+    ``optax.apply_updates``: the bias correction ``1 - 0.9**t`` is float32. optax divides by it;
+    the convention multiplies by its reciprocal rounded once to float32 (as XLA would)."""
     f = np.float32
     spec = uniopt.Adamax(lr=0.01, convention="optax")
     got = run(spec, P0, GRADS, np.float32)
@@ -167,7 +168,7 @@ def test_float32_optax_transcription_bitwise():
             gj = f(g[j])
             m[j] = f(1 - 0.9) * gj + f(0.9) * m[j]
             u[j] = max(abs(gj) + f(1e-8), f(0.999) * u[j])
-            p[j] = p[j] + ((m[j] / bc) / u[j]) * f(-0.01)
+            p[j] = p[j] + ((m[j] * f(1 / float(bc))) / u[j]) * f(-0.01)
         np.testing.assert_array_equal(got[t - 1][0], np.array(p, np.float32), err_msg=f"step {t}")
         np.testing.assert_array_equal(got[t - 1][1]["exp_inf"], np.array(u, np.float32))
 
