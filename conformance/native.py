@@ -172,18 +172,34 @@ def _torch_runner(mode: str) -> Runner:
 
 # -- keras ---------------------------------------------------------------------------------------
 
-_KERAS_SLOTS = {
-    "exp_avg": "_momentums",
-    "exp_avg_sq": "_velocities",
-    "max_exp_avg_sq": "_velocity_hats",
-    "square_avg": "_velocities",
-    "grad_avg": "_average_gradients",
-    "momentum_buffer": "_momentums",
-    "sum": "_accumulators",
-}
-_KERAS_SLOTS_OF = {"SGD": {**_KERAS_SLOTS, "momentum_buffer": "momentums"}}
-# uniopt arguments Keras lacks, with the only value the keras convention allows (dropped here)
-_NOT_IN_KERAS = {"dampening": 0.0, "lr_decay": 0.0}
+
+def _keras_arguments(spec: Spec) -> tuple[str, dict[str, Any]]:
+    """Keras's class name and arguments for a keras-convention spec, from its table row: the
+    row's Keras arguments (``KerasNames.positional``) by the adapter's own name mapping; every other
+    field (``maximize``, ``dampening``, NAdam's ``momentum_decay``, ...) must hold what Keras does
+    without an argument (the keras convention's value, else the field's default) and is dropped."""
+    import dataclasses
+
+    from uniopt import registry
+    from uniopt.tf.optimizers import _BY_SPEC  # the adapter's own name mapping
+
+    names = registry.get(spec.name).keras
+    if names is None or names.native is None:
+        raise ValueError(f"Keras has no {spec.name}")
+    fields = {f.name: f for f in dataclasses.fields(spec)}
+    keras_convention = spec.conventions.get("keras", {})
+    adapter = _BY_SPEC[type(spec)]
+    kwargs = {}
+    for name, value in adapter.to_keras_kwargs(_hyper(spec)).items():
+        if name in names.positional:
+            kwargs[name] = value
+            continue
+        field = fields[adapter.KERAS_NAMES.get(name, name)]
+        if value != keras_convention.get(field.name, field.default):
+            raise ValueError(f"Keras's {names.native} has no {name} (got {name}={value!r})")
+    if names.weight_decay_none_is_zero:
+        kwargs["weight_decay"] = kwargs.get("weight_decay") or None  # Keras's "no weight decay"
+    return names.native, kwargs
 
 
 def _keras_runner(mode: str) -> Runner:
@@ -192,17 +208,11 @@ def _keras_runner(mode: str) -> Runner:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
-    from uniopt.tf.optimizers import to_keras_kwargs  # the adapter's own name mapping
+    from uniopt import registry
 
     def make(spec: Spec) -> Any:
-        kwargs = to_keras_kwargs(_hyper(spec))
-        if kwargs.pop("maximize"):
-            raise ValueError("Keras optimizers have no maximize")
-        kwargs["weight_decay"] = kwargs["weight_decay"] or None  # Keras's "no weight decay"
-        for name, neutral in _NOT_IN_KERAS.items():
-            if name in kwargs and kwargs.pop(name) != neutral:
-                raise ValueError(f"Keras's {spec.name} has no {name}")
-        return getattr(keras.optimizers, spec.name)(**kwargs)
+        native, kwargs = _keras_arguments(spec)
+        return getattr(keras.optimizers, native)(**kwargs)
 
     def run_unit(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
         import tensorflow as tf
@@ -211,7 +221,7 @@ def _keras_runner(mode: str) -> Runner:
         optimizer = make(spec)
         optimizer.build(variables)
         names = spec.slot_names()
-        attributes = _KERAS_SLOTS_OF.get(spec.name, _KERAS_SLOTS)
+        attributes = registry.get(spec.name).keras.slots  # uniopt slot -> Keras's list of variables
 
         def snapshot() -> Snapshot:
             return (

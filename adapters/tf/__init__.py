@@ -3,10 +3,12 @@
 >>> import keras, uniopt.tf
 >>> model.compile(optimizer=uniopt.tf.RAdam(learning_rate=1e-3), loss="mse")  # doctest: +SKIP
 
-``SGD, Adagrad, RMSprop, Adam, AdamW, RAdam`` subclass ``keras.optimizers.Optimizer`` with Keras
-argument names (:data:`KERAS_NAMES` maps them to the spec's) and uniopt's defaults. The update is
-the core's ``spec.rule`` executed through :mod:`uniopt.tf.xp`, a small TensorFlow array namespace;
-the adapter holds no update math. See docs/tf.md.
+One class per row of :data:`uniopt.registry.TABLE` (:data:`OPTIMIZERS`: ``SGD, Adagrad, RMSprop,
+Adam, AdamW, RAdam, ...``, named as Keras names them, with the spec's name as an alias where it
+differs: ``Nadam`` and ``NAdam``), each a ``keras.optimizers.Optimizer`` with Keras's argument names
+(each class's ``KERAS_NAMES`` maps them to the spec's) and uniopt's defaults. The update is the
+core's ``spec.rule`` executed through :mod:`uniopt.tf.xp`, a small TensorFlow array namespace; the
+adapter holds no update math. See docs/tf.md.
 """
 
 import keras as _keras
@@ -17,30 +19,24 @@ if _keras.backend.backend() != "tensorflow":  # before TensorFlow is imported: i
         f"Keras on {_keras.backend.backend()!r}. Use uniopt.jax or uniopt.torch there."
     )
 
+from . import optimizers as _optimizers
 from . import xla, xp
 from ._porting import export_state, from_keras, import_state, to_keras
 from .optimizers import (
     KERAS_NAMES,
-    SGD,
-    Adagrad,
-    Adam,
-    AdamW,
-    RAdam,
-    RMSprop,
+    OPTIMIZERS,
     UnioptOptimizer,
     from_spec,
     to_keras_kwargs,
     to_spec_kwargs,
 )
 
+# the generated classes (and aliases) of the table's rows: SGD, Adagrad, ..., Nadam, NAdam
+globals().update({name: getattr(_optimizers, name) for name in _optimizers._BY_NAME})
+
 __all__ = [
     "KERAS_NAMES",
-    "SGD",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "RAdam",
-    "RMSprop",
+    "OPTIMIZERS",
     "UnioptOptimizer",
     "export_state",
     "from_keras",
@@ -51,4 +47,5 @@ __all__ = [
     "to_spec_kwargs",
     "xla",
     "xp",
+    *sorted(_optimizers._BY_NAME),
 ]

@@ -14,11 +14,11 @@ import array_api_compat.numpy as npx
 import keras
 import numpy as np
 
-import uniopt
-from uniopt import PortableState, Spec
+from uniopt import PortableState, Spec, registry
 from uniopt.porting import check_compatible, make_state
+from uniopt.registry import TABLE, OptimizerInfo
 
-from .optimizers import UnioptOptimizer
+from .optimizers import _BY_SPEC, UnioptOptimizer
 
 __all__ = ["export_state", "from_keras", "import_state", "to_keras"]
 
@@ -152,57 +152,75 @@ def _scaled(factor: Callable[[float], float]) -> tuple[Callable, Callable]:
     )
 
 
-_KERAS_SLOTS: dict[type[Spec], dict[str, _Slot]] = {
-    uniopt.Adam: {
-        "exp_avg": _Slot("_momentums", *_same()),
-        "exp_avg_sq": _Slot("_velocities", *_same()),
-        "max_exp_avg_sq": _Slot("_velocity_hats", *_same()),
-    },
-    uniopt.SGD: {"momentum_buffer": _Slot("momentums", *_scaled(lambda lr: -lr))},
-    uniopt.RMSprop: {
-        "square_avg": _Slot("_velocities", *_same()),
-        "grad_avg": _Slot("_average_gradients", *_same()),
-        "momentum_buffer": _Slot("_momentums", *_scaled(lambda lr: lr)),
-    },
-    uniopt.Adagrad: {"sum": _Slot("_accumulators", *_same())},
+# Slots Keras keeps rescaled (declared exceptions; every other slot is the same quantity under the
+# attribute the row's KerasNames.slots names): SGD's momentums are velocities -lr * momentum_buffer,
+# RMSprop's momentums lr * momentum_buffer
+_RESCALED: dict[tuple[str, str], tuple[Callable, Callable]] = {
+    ("SGD", "momentum_buffer"): _scaled(lambda lr: -lr),
+    ("RMSprop", "momentum_buffer"): _scaled(lambda lr: lr),
 }
-_KERAS_SLOTS[uniopt.AdamW] = _KERAS_SLOTS[uniopt.Adam]
+# Keras's weight decay is decoupled (p -= lr*wd*p): specs whose weight_decay is decoupled too, and
+# the spec a decayed Keras optimizer is recorded as where its own spec's decay is L2 (declared)
+_DECOUPLED_SPECS = ("AdamW", "Lion")
+_DECOUPLED_TWIN = {"Adam": "AdamW"}
+
+_KERAS_SLOTS: dict[type[Spec], dict[str, _Slot]] = {
+    info.spec: {
+        slot: _Slot(attribute, *_RESCALED.get((info.name, slot), _same()))
+        for slot, attribute in info.keras.slots.items()
+    }
+    for info in TABLE
+    if info.keras is not None and info.keras.native is not None
+}
+"""Spec -> its slots in Keras's optimizer (attribute, conversions), from the table."""
+_ROWS_BY_KERAS = {info.keras.native: info for info in TABLE if info.keras is not None and info.keras.native}
+
+
+def _row_of(optimizer: keras.optimizers.Optimizer, owner: str) -> OptimizerInfo:
+    """The table row of a Keras optimizer: its class or the nearest Keras base class the table names
+    (keras.optimizers.AdamW before Adam)."""
+    for cls in type(optimizer).__mro__:
+        info = _ROWS_BY_KERAS.get(cls.__name__)
+        if info is not None and getattr(keras.optimizers, cls.__name__, None) is cls:
+            return info
+    known = ", ".join(_ROWS_BY_KERAS)
+    raise TypeError(f"{owner}: {type(optimizer).__name__} is not one of Keras's {known}")
 
 
 def _native_spec(optimizer: keras.optimizers.Optimizer, owner: str) -> Spec:
-    """The uniopt spec with a Keras optimizer's hyperparameters (Keras's meaning, see from_keras)."""
+    """The uniopt spec with a Keras optimizer's hyperparameters (Keras's meaning, see from_keras):
+    the row's Keras arguments read back from the optimizer and renamed by the row's names."""
     if isinstance(optimizer, UnioptOptimizer):
         raise TypeError(
             f"{owner}: {type(optimizer).__name__} is a uniopt optimizer; use uniopt.tf.export_state"
         )
     _check_portable(optimizer, owner)
-    lr = _learning_rate(optimizer)
+    info = _row_of(optimizer, owner)
+    fields = {f.name: f for f in dataclasses.fields(info.spec)}
+    names = _BY_SPEC[info.spec].KERAS_NAMES
+    keras_kwargs: dict[str, Any] = {"learning_rate": _learning_rate(optimizer)}
+    for name in info.keras.positional:
+        if name not in ("learning_rate", "weight_decay"):
+            flag = fields[names.get(name, name).split("[")[0]].type in ("bool", bool)
+            keras_kwargs[name] = bool(getattr(optimizer, name)) if flag else float(getattr(optimizer, name))
+    kwargs = _BY_SPEC[info.spec].to_spec_kwargs(keras_kwargs)
     wd = float(optimizer.weight_decay or 0.0)
-    o = optimizer
-    if isinstance(o, keras.optimizers.Adam):  # AdamW is an Adam
-        betas = (float(o.beta_1), float(o.beta_2))
-        kwargs = {"lr": lr, "betas": betas, "eps": float(o.epsilon), "amsgrad": bool(o.amsgrad)}
-        return uniopt.AdamW(weight_decay=wd, **kwargs) if wd else uniopt.Adam(**kwargs)
     if wd:
-        raise ValueError(
-            f"{owner}: Keras's weight_decay={wd} is decoupled; uniopt's {type(o).__name__} decays through "
-            "the gradient (L2), so the record could not say what was run"
-        )
-    if isinstance(o, keras.optimizers.SGD):
-        return uniopt.SGD(lr=lr, momentum=float(o.momentum), nesterov=bool(o.nesterov))
-    if isinstance(o, keras.optimizers.RMSprop):
-        return uniopt.RMSprop(
-            lr=lr,
-            alpha=float(o.rho),
-            eps=float(o.epsilon),
-            momentum=float(o.momentum),
-            centered=bool(o.centered),
-        )
-    if isinstance(o, keras.optimizers.Adagrad):
-        return uniopt.Adagrad(
-            lr=lr, eps=float(o.epsilon), initial_accumulator_value=float(o.initial_accumulator_value)
-        )
-    raise TypeError(f"{owner}: {type(o).__name__} is not one of Keras's Adam, AdamW, SGD, RMSprop, Adagrad")
+        if info.name in _DECOUPLED_TWIN:
+            info = registry.get(_DECOUPLED_TWIN[info.name])
+        elif "decoupled_weight_decay" in fields:
+            kwargs["decoupled_weight_decay"] = True
+        elif info.name not in _DECOUPLED_SPECS:
+            raise ValueError(
+                f"{owner}: Keras's weight_decay={wd} is decoupled; uniopt's {info.name} decays "
+                "through the gradient (L2), so the record could not say what was run"
+            )
+    if "weight_decay" in fields:
+        kwargs["weight_decay"] = wd
+    # what Keras fixes without an argument (NAdam's momentum_decay=1): the keras convention's values
+    for name, value in info.spec.conventions.get("keras", {}).items():
+        kwargs.setdefault(name, value)
+    return info.spec(**kwargs)
 
 
 def _native_lists(optimizer: keras.optimizers.Optimizer, spec: Spec, owner: str) -> dict[str, list[Any]]:
@@ -219,20 +237,22 @@ def _native_lists(optimizer: keras.optimizers.Optimizer, spec: Spec, owner: str)
 
 
 def from_keras(optimizer: keras.optimizers.Optimizer, variables: Sequence[Any]) -> PortableState:
-    """The state of Keras's ``Adam``, ``AdamW``, ``SGD``, ``RMSprop`` or ``Adagrad`` as a record
-    with ``convention="keras"``.
+    """The state of one of Keras's optimizers the table names (``Adam``, ``AdamW``, ``SGD``,
+    ``RMSprop``, ``Adagrad``, ``Adamax``, ``Nadam``, ``Adadelta``, ``Lion``) as a record with
+    ``convention="keras"``.
 
-    Conventions assumed (Keras 3): ``learning_rate``, ``beta_1``/``beta_2``, ``epsilon``, ``rho``,
-    ``momentum``, ``nesterov``, ``centered``, ``amsgrad`` and ``initial_accumulator_value`` map to
-    the spec's fields with Keras's values; Keras's ``weight_decay`` is decoupled (``p -= lr*wd*p``),
-    so Adam with a decay is recorded as AdamW and the other optimizers refuse it. Slots: Adam's
-    ``momentums``/``velocities``/``velocity_hats`` are ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``;
-    RMSprop's ``velocities``/``average_gradients`` are ``square_avg``/``grad_avg``; Adagrad's
-    ``accumulators`` are ``sum``; SGD's ``momentums`` hold velocities ``-lr * momentum_buffer`` and
-    RMSprop's ``momentums`` ``lr * momentum_buffer`` (divided back here with the current lr, exact
-    when it is a power of two). ``iterations`` is the step. Keras's rules differ from uniopt's
-    (``epsilon`` in the "epsilon hat" form or inside the root, defaults), so a run continued under
-    uniopt follows uniopt's rules from there.
+    Conventions assumed (Keras 3): the arguments of the row's ``KerasNames.positional`` are read
+    back from the optimizer and map to the spec's fields by the class's ``KERAS_NAMES``
+    (``learning_rate``, ``beta_1``/``beta_2``, ``epsilon``, RMSprop's ``rho`` -> ``alpha``, ...),
+    with Keras's values. Keras's ``weight_decay`` is decoupled (``p -= lr*wd*p``): Adam with a decay
+    is recorded as AdamW, NAdam with ``decoupled_weight_decay=True``, AdamW and Lion as they are,
+    and the other optimizers (whose uniopt decay is L2) refuse it. Slots are read from the lists of
+    variables the row's ``KerasNames.slots`` names, as they are, except SGD's ``momentums``, which
+    hold velocities ``-lr * momentum_buffer``, and RMSprop's ``momentums``, ``lr *
+    momentum_buffer`` (divided back here with the current lr, exact when it is a power of two).
+    ``iterations`` is the step (Nadam's ``_u_product`` is a function of it). Keras's rules differ
+    from uniopt's (``epsilon`` in the "epsilon hat" form or inside the root, defaults), so a run
+    continued under uniopt follows uniopt's rules from there.
     """
     owner = "uniopt.tf.from_keras"
     spec = _native_spec(optimizer, owner)
@@ -287,4 +307,18 @@ def to_keras(
     for slots, index in zip(state.slots, indices, strict=True):
         for name, value in slots.items():
             lists[name][index].assign(_KERAS_SLOTS[type(spec)][name].to_keras(value, spec.lr))
+    if isinstance(optimizer, keras.optimizers.Nadam):
+        _replay_nadam_u_product(optimizer, state.step)
     optimizer.iterations.assign(state.step)
+
+
+def _replay_nadam_u_product(optimizer: keras.optimizers.Nadam, step: int) -> None:
+    """Keras's Nadam keeps one more variable, ``_u_product`` (the product of its momentum schedule,
+    a function of the step alone): set it to what ``step`` steps leave there, by Keras's own
+    expression (``keras/src/optimizers/nadam.py``, ``_backend_update_step``), step by step, in the
+    variable's dtype (a declared exception: no slot of a parameter holds it)."""
+    u_product = optimizer._u_product
+    u_product.assign(1.0)
+    for t in range(1, step + 1):
+        power = keras.ops.power(0.96, keras.ops.cast(t, u_product.dtype))
+        u_product.assign(u_product * optimizer.beta_1 * (1.0 - 0.5 * power))

@@ -1,4 +1,4 @@
-"""Keras 3 optimizers (TensorFlow backend) that execute the uniopt spec.
+"""Keras 3 optimizers (TensorFlow backend) that execute the uniopt spec, one per row of the table.
 
 Each class is a ``keras.optimizers.Optimizer`` holding one validated spec (``optimizer.spec``).
 ``build`` creates one Keras variable per spec slot and model variable, initialised by the spec's
@@ -7,11 +7,22 @@ the TF namespace :mod:`uniopt.tf.xp` with the step's scalars (:mod:`uniopt.tf._s
 the results. Keras's base class keeps what it does around that (gradient clipping, loss scaling,
 gradient accumulation, EMA, the ``iterations`` counter, tf.distribute), except weight decay: the
 spec applies its own, so Keras's is switched off (``exclude_from_weight_decay`` still works).
+
+The classes are generated from :data:`uniopt.registry.TABLE`: every row with a
+:class:`~uniopt.registry.KerasNames` (``keras=``) gets a class named as Keras names it (``Nadam``;
+the spec's name, ``NAdam``, is an alias) or, where Keras has none, as the spec (``RAdam``). Its
+signature is Keras's: the row's ``positional`` arguments (Keras's own, in Keras's order), then the
+base ones (``clipnorm`` ... ``name``), then every other spec field keyword-only, in the spec's field
+order, named by the spec. Defaults are the spec's, or :data:`CONVENTION_DEFAULT` where the spec's
+default depends on ``convention``. The row's ``names`` (with
+:data:`uniopt.registry.KERAS_COMMON_NAMES`) translate Keras's argument names to the spec's, per
+class (``RMSprop.KERAS_NAMES["rho"] == "alpha"``, ``Adadelta``'s ``rho`` is ``rho``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import warnings
 from collections.abc import Mapping
@@ -20,44 +31,54 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.optimizers.base_optimizer import BaseOptimizer
 
-import uniopt
 from uniopt import Spec
+from uniopt.registry import KERAS_COMMON_NAMES, TABLE, OptimizerInfo
 
 from . import xp
 from ._scalars import scalar_source
 
-__all__ = [
-    "KERAS_NAMES",
-    "SGD",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "RAdam",
-    "RMSprop",
-    "UnioptOptimizer",
-    "from_spec",
-]
+KERAS_NAMES: dict[str, str] = dict(KERAS_COMMON_NAMES)
+"""Keras argument name -> spec hyperparameter, for the names every optimizer shares
+(``learning_rate``, ``epsilon``, ``beta_1``, ``beta_2``). Each class's own ``KERAS_NAMES`` adds its
+row's names (``uniopt.tf.RMSprop.KERAS_NAMES["rho"] == "alpha"``); any other argument keeps the
+spec's name."""
 
-KERAS_NAMES: dict[str, str] = {
-    "learning_rate": "lr",
-    "epsilon": "eps",
-    "rho": "alpha",
-    "beta_1": "betas[0]",
-    "beta_2": "betas[1]",
-}
-"""Keras argument name -> spec hyperparameter. Every other argument keeps the spec's name."""
-
-_SPEC_TO_KERAS = {spec_name: keras_name for keras_name, spec_name in KERAS_NAMES.items()}
 _INDEXED = re.compile(r"(\w+)\[(\d+)\]")
 
 
-def to_spec_kwargs(keras_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Keras-named hyperparameters -> the spec's keyword arguments (``beta_1, beta_2 -> betas``)."""
+def _names_of(optimizer: Any) -> Mapping[str, str]:
+    """The Keras-name table of ``optimizer``: a uniopt.tf class or instance, a spec class or
+    instance, or an optimizer's name (``"RMSprop"``, ``"Nadam"``); ``None``: :data:`KERAS_NAMES`."""
+    if optimizer is None:
+        return KERAS_NAMES
+    if isinstance(optimizer, str):
+        cls = _BY_NAME.get(optimizer)
+        if cls is None:
+            raise ValueError(f"no uniopt.tf optimizer named {optimizer!r}; known: {', '.join(_BY_NAME)}")
+        return cls.KERAS_NAMES
+    if isinstance(optimizer, Spec):
+        optimizer = type(optimizer)
+    if isinstance(optimizer, type) and issubclass(optimizer, Spec):
+        if optimizer not in _BY_SPEC:
+            raise TypeError(f"no uniopt.tf optimizer for {optimizer.__name__}")
+        return _BY_SPEC[optimizer].KERAS_NAMES
+    return optimizer.KERAS_NAMES  # a uniopt.tf class or optimizer
+
+
+def to_spec_kwargs(keras_kwargs: Mapping[str, Any], optimizer: Any = None) -> dict[str, Any]:
+    """Keras-named hyperparameters -> the spec's keyword arguments (``beta_1, beta_2 -> betas``).
+
+    ``optimizer`` (a uniopt.tf class, a spec class or instance, or a name such as ``"RMSprop"``)
+    selects its row's names (RMSprop's ``rho`` is ``alpha``); without it only the shared
+    :data:`KERAS_NAMES` are translated.
+    """
+    names = _names_of(optimizer)
     out: dict[str, Any] = {}
     parts: dict[str, dict[int, Any]] = {}
     for name, value in keras_kwargs.items():
-        target = KERAS_NAMES.get(name, name)
+        target = names.get(name, name)
         indexed = _INDEXED.fullmatch(target)
         if indexed:
             parts.setdefault(indexed[1], {})[int(indexed[2])] = value
@@ -68,24 +89,26 @@ def to_spec_kwargs(keras_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def to_keras_kwargs(spec_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The inverse of :func:`to_spec_kwargs`."""
+def to_keras_kwargs(spec_kwargs: Mapping[str, Any], optimizer: Any = None) -> dict[str, Any]:
+    """The inverse of :func:`to_spec_kwargs` (same ``optimizer``)."""
+    to_keras = {spec_name: keras_name for keras_name, spec_name in _names_of(optimizer).items()}
     out: dict[str, Any] = {}
     for name, value in spec_kwargs.items():
-        if isinstance(value, tuple) and f"{name}[0]" in _SPEC_TO_KERAS:
+        if isinstance(value, tuple) and f"{name}[0]" in to_keras:
             for i, item in enumerate(value):
-                out[_SPEC_TO_KERAS[f"{name}[{i}]"]] = item
+                out[to_keras[f"{name}[{i}]"]] = item
         else:
-            out[_SPEC_TO_KERAS.get(name, name)] = value
+            out[to_keras.get(name, name)] = value
     return out
 
 
-def _with_keras_name(error: ValueError, owner: str) -> ValueError:
+def _with_keras_name(error: ValueError, cls: type[UnioptOptimizer]) -> ValueError:
     """The core's message, plus the Keras argument's name where it differs from the spec's."""
     message = str(error)
     field = re.match(r"\w+: ([\w\[\]]+)=", message)
-    if field and field[1] in _SPEC_TO_KERAS:
-        message += f" (uniopt.tf.{owner} argument {_SPEC_TO_KERAS[field[1]]})"
+    to_keras = {spec_name: keras_name for keras_name, spec_name in cls.KERAS_NAMES.items()}
+    if field and field[1] in to_keras:
+        message += f" (uniopt.tf.{cls.__name__} argument {to_keras[field[1]]})"
     return ValueError(message)
 
 
@@ -126,8 +149,9 @@ CONVENTION_DEFAULT: Any = _ConventionDefault()
 class UnioptOptimizer(keras.optimizers.Optimizer):
     """Base of the uniopt Keras optimizers: a Keras optimizer whose update is ``spec.rule``.
 
-    Subclasses set ``spec_class`` and declare the Keras-style signature; every hyperparameter is
-    translated by :data:`KERAS_NAMES` and validated by the spec (the core's ``ValueError``). The
+    Subclasses (generated from the table, see the module docstring) set ``spec_class`` and the
+    row's Keras names (``KERAS_NAMES``) and declare the Keras-style signature; every hyperparameter
+    is translated by ``KERAS_NAMES`` and validated by the spec (the core's ``ValueError``). The
     hyperparameters are fixed at construction (the spec is frozen); ``learning_rate`` stays
     settable as in Keras, and may be a float, a ``LearningRateSchedule`` or a callable.
 
@@ -146,6 +170,8 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     """
 
     spec_class: ClassVar[type[Spec]]
+    # Keras argument -> spec field: the row's KerasNames.all_names restricted to the spec's fields
+    KERAS_NAMES: ClassVar[Mapping[str, str]] = KERAS_NAMES
     # whether weight_decay=None means 0, as in Keras's base optimizer (its AdamW refuses None)
     weight_decay_none_is_zero: ClassVar[bool] = True
     # whether Keras's own update of an IndexedSlices gradient with repeated indices equals the
@@ -158,7 +184,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate: Any, **kwargs: Any):
         owner = f"uniopt.tf.{type(self).__name__}"
-        hyper_names = {n for f in dataclasses.fields(self.spec_class) for n in _keras_names(f.name)}
+        hyper_names = {n for f in dataclasses.fields(self.spec_class) for n in self._keras_names(f.name)}
         hyper_names.discard("learning_rate")
         # a 1-element tensor or array hyperparameter (beta_1=tf.constant(0.9)) is its value, as
         # Keras's ops read it
@@ -177,7 +203,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         dynamic = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule) or callable(
             learning_rate
         )
-        spec_kwargs = to_spec_kwargs(hyper)
+        spec_kwargs = to_spec_kwargs(hyper, type(self))
         keras_convention = spec_kwargs.get("convention") == "keras"
         if keras_convention:  # Keras reads its flags by truth value: nesterov=1, amsgrad=0 work there
             for field in dataclasses.fields(self.spec_class):
@@ -196,7 +222,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         try:
             spec = self.spec_class(**spec_kwargs)
         except ValueError as exc:
-            raise _with_keras_name(exc, type(self).__name__) from None
+            raise _with_keras_name(exc, type(self)) from None
         except TypeError as exc:  # an argument the spec does not know
             raise ValueError(f"{owner}: {exc}") from None
         # a float lr goes to a float64 variable of ours (below), so Keras must not make its floatx one
@@ -207,7 +233,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         self._spec_without_decay = spec.replace(weight_decay=0.0) if spec.weight_decay != 0 else spec
         self._uniopt_cache = _TraceCache()
         self.weight_decay = float(spec.weight_decay)
-        for name, value in to_keras_kwargs(self._hyperparameters()).items():
+        for name, value in to_keras_kwargs(self._hyperparameters(), type(self)).items():
             setattr(self, name, value)
         setattr(self, _FROZEN, True)
 
@@ -256,7 +282,23 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         super().__setattr__(name, value)
 
     def _keras_hyper_names(self) -> set[str]:
-        return set(to_keras_kwargs(self._hyperparameters()))
+        return set(to_keras_kwargs(self._hyperparameters(), type(self)))
+
+    @classmethod
+    def _keras_names(cls, spec_field: str) -> list[str]:
+        """The Keras arguments setting ``spec_field`` (``betas``: ``beta_1``, ``beta_2``)."""
+        names = [k for k, v in cls.KERAS_NAMES.items() if v == spec_field or v.startswith(f"{spec_field}[")]
+        return names or [spec_field]
+
+    @classmethod
+    def to_spec_kwargs(cls, keras_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """This optimizer's Keras-named hyperparameters -> the spec's (:func:`to_spec_kwargs`)."""
+        return to_spec_kwargs(keras_kwargs, cls)
+
+    @classmethod
+    def to_keras_kwargs(cls, spec_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The spec's hyperparameters -> this optimizer's Keras names (:func:`to_keras_kwargs`)."""
+        return to_keras_kwargs(spec_kwargs, cls)
 
     @property
     def spec(self) -> Spec:
@@ -310,7 +352,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         name = type(self).__name__
         warnings.warn(
             f"uniopt.tf.{name}: an IndexedSlices gradient is densified (repeated indices summed) "
-            f"before the update; keras.optimizers.{name} adds each slice's square to its moments "
+            f"before the update; keras.optimizers.{name} updates its slots from each slice "
             "separately, so rows with repeated indices (embedding lookups) get different values",
             UserWarning,
             stacklevel=3,
@@ -349,13 +391,8 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(to_keras_kwargs(self._hyperparameters()))
+        config.update(to_keras_kwargs(self._hyperparameters(), type(self)))
         return config
-
-
-def _keras_names(spec_field: str) -> list[str]:
-    names = [k for k, v in KERAS_NAMES.items() if v == spec_field or v.startswith(f"{spec_field}[")]
-    return names or [spec_field]
 
 
 def _is_zero_or_one(value: Any) -> bool:
@@ -374,234 +411,196 @@ def _np_scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _arguments(scope: dict[str, Any]) -> dict[str, Any]:
-    """A subclass ``__init__``'s arguments (its ``locals()``) as keywords for the base ``__init__``."""
-    named = {k: v for k, v in scope.items() if k not in ("self", "__class__", "kwargs")}
-    return {**named, **scope["kwargs"]}
-
-
 _register = keras.saving.register_keras_serializable(package="uniopt")
 
+# Keras's base-optimizer arguments after ``weight_decay``, in Keras's order (clipnorm ... name)
+_BASE_ARGUMENTS: tuple[inspect.Parameter, ...] = tuple(
+    p
+    for name, p in inspect.signature(BaseOptimizer.__init__).parameters.items()
+    if p.kind is p.POSITIONAL_OR_KEYWORD and name not in ("self", "learning_rate", "weight_decay")
+)
 
-@_register
-class SGD(UnioptOptimizer):
-    """:class:`uniopt.SGD` (momentum, Nesterov, dampening) as a Keras optimizer.
-
-    Defaults are uniopt's: ``learning_rate=1e-3`` (Keras 0.01). The momentum buffer holds gradients,
-    not lr-scaled velocities as in Keras's SGD, so the two agree only for a constant lr;
-    ``convention="keras"`` is Keras's SGD (velocities, decoupled weight decay, ``learning_rate=0.01``).
-    """
-
-    spec_class = uniopt.SGD
-    sparse_duplicates_match_keras = True
-    keras_checks_float = ("momentum",)
-
-    def __init__(
-        self,
-        learning_rate=CONVENTION_DEFAULT,
-        momentum=0.0,
-        nesterov=False,
-        weight_decay=0.0,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        *,
-        dampening=0.0,
-        maximize=False,
-        convention="uniopt",
-        **kwargs,
-    ):
-        super().__init__(**_arguments(locals()))
-
-
-@_register
-class Adagrad(UnioptOptimizer):
-    """:class:`uniopt.Adagrad` as a Keras optimizer.
-
-    Defaults are uniopt's (PyTorch's): ``learning_rate=1e-2`` (Keras 1e-3),
-    ``initial_accumulator_value=0.0`` (Keras 0.1), ``epsilon=1e-10`` added outside the square
-    root (Keras 1e-7 inside); ``lr_decay`` as in PyTorch. ``convention="keras"`` is Keras's Adagrad
-    with its defaults.
-    """
-
-    spec_class = uniopt.Adagrad
-
-    def __init__(
-        self,
-        learning_rate=CONVENTION_DEFAULT,
-        initial_accumulator_value=CONVENTION_DEFAULT,
-        epsilon=CONVENTION_DEFAULT,
-        weight_decay=0.0,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        *,
-        lr_decay=0.0,
-        maximize=False,
-        convention="uniopt",
-        **kwargs,
-    ):
-        super().__init__(**_arguments(locals()))
-
-
-@_register
-class RMSprop(UnioptOptimizer):
-    """:class:`uniopt.RMSprop` (centered, momentum) as a Keras optimizer.
-
-    Defaults are uniopt's (PyTorch's): ``learning_rate=1e-2`` (Keras 1e-3), ``rho=0.99`` (Keras
-    0.9), ``epsilon=1e-8`` outside the square root (Keras 1e-7 inside); the momentum buffer does not
-    include the learning rate.
-    """
-
-    spec_class = uniopt.RMSprop
-
-    def __init__(
-        self,
-        learning_rate=CONVENTION_DEFAULT,
-        rho=CONVENTION_DEFAULT,
-        momentum=0.0,
-        epsilon=CONVENTION_DEFAULT,
-        centered=False,
-        weight_decay=0.0,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        *,
-        maximize=False,
-        convention="uniopt",
-        **kwargs,
-    ):
-        super().__init__(**_arguments(locals()))
-
-
-@_register
-class Adam(UnioptOptimizer):
-    """:class:`uniopt.Adam` (AMSGrad, L2 weight decay) as a Keras optimizer.
-
-    Defaults are uniopt's: ``epsilon=1e-8`` added to the bias-corrected ``sqrt(v_hat)`` (Keras: 1e-7
-    in the "epsilon hat" form). ``weight_decay`` is L2 (added to the gradient), as in PyTorch's Adam;
-    use :class:`AdamW` for decoupled decay.
-    """
-
-    spec_class = uniopt.Adam
-
-    def __init__(
-        self,
-        learning_rate=1e-3,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=CONVENTION_DEFAULT,
-        amsgrad=False,
-        weight_decay=CONVENTION_DEFAULT,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        *,
-        maximize=False,
-        convention="uniopt",
-        **kwargs,
-    ):
-        super().__init__(**_arguments(locals()))
-
-
-@_register
-class AdamW(UnioptOptimizer):
-    """:class:`uniopt.AdamW` (decoupled weight decay, ``p *= 1 - lr*wd``) as a Keras optimizer.
-
-    Defaults are uniopt's: ``weight_decay=1e-2`` (Keras 0.004), ``epsilon=1e-8`` (Keras 1e-7, eps-hat).
-    """
-
-    spec_class = uniopt.AdamW
-    weight_decay_none_is_zero = False
-
-    def __init__(
-        self,
-        learning_rate=1e-3,
-        weight_decay=CONVENTION_DEFAULT,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=CONVENTION_DEFAULT,
-        amsgrad=False,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        *,
-        maximize=False,
-        convention="uniopt",
-        **kwargs,
-    ):
-        super().__init__(**_arguments(locals()))
-
-
-@_register
-class RAdam(UnioptOptimizer):
-    """:class:`uniopt.RAdam` (rectified Adam; Keras 3 ships none) as a Keras optimizer.
-
-    Rectifies when rho_t > 5 (PyTorch), eps on ``sqrt(v_hat)``, momentum step on unrectified steps
-    unless ``degenerated_to_sgd=False``; ``decoupled_weight_decay=True`` for ``p *= 1 - lr*wd``.
-    """
-
-    spec_class = uniopt.RAdam
-
-    def __init__(
-        self,
-        learning_rate=1e-3,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        weight_decay=0.0,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        *,
-        decoupled_weight_decay=False,
-        degenerated_to_sgd=CONVENTION_DEFAULT,
-        maximize=False,
-        convention="uniopt",
-        **kwargs,
-    ):
-        super().__init__(**_arguments(locals()))
-
-
-_BY_SPEC: dict[type[Spec], type[UnioptOptimizer]] = {
-    cls.spec_class: cls for cls in (SGD, Adagrad, RMSprop, Adam, AdamW, RAdam)
+# What the docstring says beyond what the table holds (documentation only: a row needs none)
+_NOTES: dict[str, str] = {
+    "SGD": "The momentum buffer holds gradients, not lr-scaled velocities as in Keras's SGD, so the "
+    'two agree only for a constant lr; ``convention="keras"`` is Keras\'s SGD (velocities, '
+    "decoupled weight decay).",
+    "Adagrad": "``epsilon`` is added outside the square root (Keras: inside); ``lr_decay`` as in PyTorch.",
+    "RMSprop": "``epsilon`` is added outside the square root (Keras: inside); the momentum buffer "
+    "does not include the learning rate.",
+    "Adam": '``epsilon`` is added to the bias-corrected ``sqrt(v_hat)`` (Keras: the "epsilon hat" '
+    "form). ``weight_decay`` is L2 (added to the gradient), as in PyTorch's Adam; use "
+    ":class:`AdamW` for decoupled decay.",
+    "AdamW": "Decoupled weight decay, ``p *= 1 - lr*wd``; ``epsilon`` on the bias-corrected "
+    '``sqrt(v_hat)`` (Keras: the "epsilon hat" form).',
 }
+
+
+def _spec_fields(info: OptimizerInfo) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(info.spec)}
+
+
+def _row_names(info: OptimizerInfo) -> dict[str, str]:
+    """The row's Keras argument -> spec field, for the fields the spec has."""
+    fields = _spec_fields(info)
+    return {k: v for k, v in info.keras.all_names.items() if v.split("[")[0] in fields}
+
+
+def _field_default(field: dataclasses.Field, index: int | None) -> Any:
+    """A spec field's default (one entry of a pair); :data:`CONVENTION_DEFAULT` where it is ``None``."""
+    default = field.default
+    if default is None:
+        return CONVENTION_DEFAULT
+    return default[index] if index is not None else default
+
+
+def _keras_parameters(info: OptimizerInfo) -> list[inspect.Parameter]:
+    """The generated ``__init__``'s parameters, ``self`` first (see the module docstring)."""
+    fields, names = _spec_fields(info), _row_names(info)
+    positional, covered = [], set()
+    for keras_name in info.keras.positional:
+        target = names.get(keras_name, keras_name)
+        indexed = _INDEXED.fullmatch(target)
+        field_name, index = (indexed[1], int(indexed[2])) if indexed else (target, None)
+        if field_name not in fields:
+            raise TypeError(
+                f"the keras names of {info.name} list {keras_name!r}, which is no field of "
+                f"{info.spec.__name__}"
+            )
+        covered.add(field_name)
+        default = _field_default(fields[field_name], index)
+        positional.append(
+            inspect.Parameter(keras_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+        )
+    keyword_only = []
+    for field_name, field in fields.items():
+        if field_name in covered:
+            continue
+        keras_names = [k for k, v in names.items() if v == field_name or v.startswith(f"{field_name}[")]
+        for keras_name in keras_names or [field_name]:
+            target = names.get(keras_name, keras_name)
+            indexed = _INDEXED.fullmatch(target)
+            default = _field_default(field, int(indexed[2]) if indexed else None)
+            keyword_only.append(
+                inspect.Parameter(keras_name, inspect.Parameter.KEYWORD_ONLY, default=default)
+            )
+    return [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        *positional,
+        *_BASE_ARGUMENTS,
+        *keyword_only,
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+
+
+def _make_init(signature: inspect.Signature, qualname: str) -> Any:
+    """An ``__init__`` with ``signature`` (for ``inspect.signature``, ``help()`` and positional
+    calls) passing every argument to :meth:`UnioptOptimizer.__init__` by keyword."""
+
+    def init(self: UnioptOptimizer, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        extra = arguments.pop("kwargs")
+        UnioptOptimizer.__init__(self, **arguments, **extra)
+
+    init.__signature__ = signature  # type: ignore[attr-defined]
+    init.__name__, init.__qualname__, init.__module__ = "__init__", f"{qualname}.__init__", __name__
+    return init
+
+
+def _value(value: Any) -> str:
+    return "None" if value is None else repr(value)
+
+
+def _docstring(info: OptimizerInfo, cls_name: str, parameters: list[inspect.Parameter]) -> str:
+    """The class docstring: what the spec is, its Keras names, defaults per convention, notes."""
+    spec, keras_names = info.spec, info.keras
+    summary = (spec.__doc__ or spec.name).strip().splitlines()[0].rstrip(".")
+    summary = summary.replace("(see the module docstring)", f"(the math: :mod:`{spec.__module__}`)")
+    lines = [f":class:`uniopt.{spec.name}` as a Keras optimizer: {summary}.", ""]
+    if spec.reference:
+        lines.append(f"Reference: {spec.reference}.")
+    if keras_names.native:
+        lines.append(
+            f'Keras\'s own: ``keras.optimizers.{keras_names.native}``; ``convention="keras"`` is its '
+            "algorithm, with its defaults, op for op."
+        )
+    else:
+        lines.append("Keras 3 ships none; the arguments are named as Keras would name them.")
+    names = _row_names(info)
+    renamed = ", ".join(f"``{k}`` -> ``{v}``" for k, v in names.items() if k != v)
+    lines.append(f"Keras arguments -> spec fields: {renamed}; every other argument has the spec's name.")
+    keyword_only = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+    if keyword_only:
+        lines.append(
+            "Keyword-only (Keras has no such argument): " + ", ".join(f"``{n}``" for n in keyword_only) + "."
+        )
+    lines.append("")
+    to_keras = {v: k for k, v in names.items()}
+    conventions = [c for c in spec.conventions if c != "uniopt"]
+    lines.append(
+        'Defaults are uniopt\'s (``convention="uniopt"``); ``convention=`` '
+        + ", ".join(f"``{c!r}``" for c in conventions)
+        + " picks that framework's formulas and, for arguments left at ``CONVENTION_DEFAULT``, its "
+        "defaults:"
+    )
+    lines.append("")
+    for convention, defaults in spec.conventions.items():
+        spelled = []
+        for field_name, value in defaults.items():
+            if isinstance(value, tuple):
+                parts = [
+                    f"{to_keras.get(f'{field_name}[{i}]', f'{field_name}[{i}]')}={v!r}"
+                    for i, v in enumerate(value)
+                ]
+                spelled.extend(parts)
+            else:
+                spelled.append(f"{to_keras.get(field_name, field_name)}={_value(value)}")
+        lines.append(
+            f"* ``{convention}``: " + (", ".join(spelled) if spelled else "the signature's defaults")
+        )
+    if not keras_names.weight_decay_none_is_zero:
+        lines += ["", f"``weight_decay=None`` raises ``ValueError``, as Keras's {cls_name} does."]
+    note = _NOTES.get(info.name)
+    if note:
+        lines += ["", note]
+    return "\n".join(lines)
+
+
+def _make_class(info: OptimizerInfo) -> type[UnioptOptimizer]:
+    """The uniopt.tf class of one table row (registered as ``uniopt>{name}`` for Keras's saving)."""
+    keras_names = info.keras
+    name = keras_names.native or info.name
+    parameters = _keras_parameters(info)
+    namespace = {
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": _docstring(info, name, parameters),
+        "__init__": _make_init(inspect.Signature(parameters), name),
+        "spec_class": info.spec,
+        "KERAS_NAMES": _row_names(info),
+        "weight_decay_none_is_zero": keras_names.weight_decay_none_is_zero,
+        "sparse_duplicates_match_keras": keras_names.sparse_duplicates_match_keras,
+        "keras_checks_float": tuple(keras_names.checks_float),
+    }
+    return _register(type(name, (UnioptOptimizer,), namespace))
+
+
+_CLASSES: tuple[type[UnioptOptimizer], ...] = tuple(
+    _make_class(info) for info in TABLE if info.keras is not None
+)
+_BY_SPEC: dict[type[Spec], type[UnioptOptimizer]] = {cls.spec_class: cls for cls in _CLASSES}
+_ALIASES: dict[str, type[UnioptOptimizer]] = {
+    cls.spec_class.name: cls for cls in _CLASSES if cls.__name__ != cls.spec_class.name
+}
+"""The spec's name where Keras names the class otherwise (``NAdam`` for ``Nadam``)."""
+_BY_NAME: dict[str, type[UnioptOptimizer]] = {**{cls.__name__: cls for cls in _CLASSES}, **_ALIASES}
+globals().update(_BY_NAME)
+
+OPTIMIZERS: tuple[str, ...] = tuple(cls.__name__ for cls in _CLASSES)
+"""The names of the generated classes, in table order (aliases not included)."""
 
 
 def from_spec(spec: Spec, **keras_kwargs: Any) -> UnioptOptimizer:
@@ -611,6 +610,18 @@ def from_spec(spec: Spec, **keras_kwargs: Any) -> UnioptOptimizer:
         cls = _BY_SPEC[type(spec)]
     except KeyError:
         raise TypeError(f"no uniopt.tf optimizer for {type(spec).__name__}") from None
-    kwargs = {k: _np_scalar(v) for k, v in to_keras_kwargs(spec.hyperparameters).items()}
+    kwargs = {k: _np_scalar(v) for k, v in to_keras_kwargs(spec.hyperparameters, cls).items()}
     kwargs.update(keras_kwargs)
     return cls(**kwargs)
+
+
+__all__ = [  # generated from the table
+    "CONVENTION_DEFAULT",
+    "KERAS_NAMES",
+    "OPTIMIZERS",
+    "UnioptOptimizer",
+    "from_spec",
+    "to_keras_kwargs",
+    "to_spec_kwargs",
+    *sorted(_BY_NAME),
+]

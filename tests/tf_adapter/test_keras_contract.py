@@ -19,7 +19,7 @@ import uniopt.tf as ut
 from uniopt.registry import TABLE
 from uniopt.tf.optimizers import CONVENTION_DEFAULT
 
-CLASSES = [ut.SGD, ut.Adagrad, ut.RMSprop, ut.Adam, ut.AdamW, ut.RAdam]
+CLASSES = [getattr(ut, name) for name in ut.OPTIMIZERS]  # one per table row
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -260,7 +260,7 @@ def _keras_error_inputs():
     for info in TABLE:
         cls = getattr(ut, info.name)
         for i, err in enumerate(info.error_cases):
-            kwargs = ut.to_keras_kwargs(err.kwargs)
+            kwargs = cls.to_keras_kwargs(err.kwargs)
             yield pytest.param(cls, kwargs, err.match, id=f"{info.name}-{i}-{'-'.join(kwargs)}")
 
 
@@ -300,7 +300,7 @@ def test_defaults_are_the_specs(cls):
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in keras_base
     }
     spec_defaults = {f.name: f.default for f in dataclasses.fields(cls.spec_class)}
-    assert ut.to_spec_kwargs(defaults) == spec_defaults
+    assert cls.to_spec_kwargs(defaults) == spec_defaults
     assert cls().spec == cls.spec_class()
 
 
@@ -308,9 +308,11 @@ def test_the_name_mapping_round_trips_every_case():
     for info in TABLE:
         for case in info.cases:
             spec = info.make(case)
-            keras_kwargs = ut.to_keras_kwargs(spec.hyperparameters)
-            assert set(keras_kwargs).isdisjoint(ut.KERAS_NAMES.values())
-            assert ut.to_spec_kwargs(keras_kwargs) == spec.hyperparameters
+            keras_kwargs = ut.to_keras_kwargs(spec.hyperparameters, info.name)
+            cls = ut.from_spec(spec).__class__
+            assert keras_kwargs == cls.to_keras_kwargs(spec.hyperparameters)
+            assert set(keras_kwargs).isdisjoint(v for k, v in cls.KERAS_NAMES.items() if k != v)
+            assert ut.to_spec_kwargs(keras_kwargs, type(spec)) == spec.hyperparameters
             assert ut.from_spec(spec).spec == spec
 
 

@@ -93,3 +93,32 @@ def test_the_cores_own_update_runs_on_tf_tensors(info):
         )
         want.append(([p.copy() for p in np_params], [dict(s) for s in np_state.slots]))
     assert_trajectories(got, want)
+
+
+SIGN_INPUTS = [0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45, 1e-40, -1e-310, 6e-8, -6e-8, 2.5]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_sign_and_abs_are_numpys_bit_for_bit_subnormals_included(dtype, mode):
+    """sign and abs decide on the bits, so TF's denormals-are-zero does not reach them: NumPy's
+    values (ml_dtypes' for bfloat16), zeros' and NaNs' signs included, in every mode."""
+    import ml_dtypes
+
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(3)
+    spread = rng.standard_normal(1000) * 10.0 ** rng.integers(-320, 30, 1000)
+    with np.errstate(over="ignore"):  # huge values become infinities in the narrow dtypes
+        x = np.concatenate([np.asarray(SIGN_INPUTS), spread]).astype(np_dtype)
+    ops = {"sign": xp.sign, "abs": xp.abs}
+    if mode != "eager":
+        ops = {k: tf.function(f, jit_compile=mode == "xla") for k, f in ops.items()}
+    for name, op in ops.items():
+        got = np.asarray(op(tf.constant(x)))
+        want = getattr(np, name)(x)
+        unsigned = f"u{want.dtype.itemsize}"  # NaN payloads and signs compared too
+        assert got.dtype == want.dtype and np.array_equal(got.view(unsigned), want.view(unsigned)), name
+    # tf.math.sign itself is not: eagerly it returns a subnormal for a subnormal (DAZ)
+    if dtype == "float32" and mode == "eager":
+        assert tf.math.sign(tf.constant(np.float32([1e-45]))).numpy()[0] != 1.0
+        assert xp.sign(tf.constant(np.float32([1e-45]))).numpy()[0] == 1.0

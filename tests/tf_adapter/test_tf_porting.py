@@ -157,21 +157,37 @@ NATIVE = [
     (keras.optimizers.SGD, {"learning_rate": 0.5, "momentum": 0.9, "nesterov": True}, "SGD"),
     (keras.optimizers.RMSprop, {"learning_rate": 0.25, "centered": True, "momentum": 0.5}, "RMSprop"),
     (keras.optimizers.Adagrad, {"learning_rate": 0.1}, "Adagrad"),
+    (keras.optimizers.Adamax, {"learning_rate": 0.01, "beta_1": 0.8}, "Adamax"),
+    (keras.optimizers.Nadam, {"learning_rate": 0.01}, "NAdam"),
+    (keras.optimizers.Nadam, {"learning_rate": 0.01, "weight_decay": 0.1}, "NAdam"),
+    (keras.optimizers.Adadelta, {"learning_rate": 0.5, "rho": 0.9}, "Adadelta"),
+    (keras.optimizers.Lion, {"learning_rate": 0.01, "weight_decay": 0.1}, "Lion"),
 ]
-KERAS_SLOTS = {  # uniopt slot -> (Keras attribute, Keras value / uniopt value as a function of lr)
-    "exp_avg": ("_momentums", lambda lr: 1.0),
-    "exp_avg_sq": ("_velocities", lambda lr: 1.0),
-    "max_exp_avg_sq": ("_velocity_hats", lambda lr: 1.0),
-    "square_avg": ("_velocities", lambda lr: 1.0),
-    "grad_avg": ("_average_gradients", lambda lr: 1.0),
-    "sum": ("_accumulators", lambda lr: 1.0),
+_ADAM = {"exp_avg": "_momentums", "exp_avg_sq": "_velocities", "max_exp_avg_sq": "_velocity_hats"}
+KERAS_SLOTS = {  # Keras class -> uniopt slot -> Keras's list of variables (keras/src/optimizers/*.py)
+    "Adam": _ADAM,
+    "AdamW": _ADAM,
+    "SGD": {"momentum_buffer": "momentums"},
+    "RMSprop": {
+        "square_avg": "_velocities",
+        "grad_avg": "_average_gradients",
+        "momentum_buffer": "_momentums",
+    },
+    "Adagrad": {"sum": "_accumulators"},
+    "Adamax": {"exp_avg": "_m", "exp_inf": "_u"},
+    "Nadam": {"exp_avg": "_momentums", "exp_avg_sq": "_velocities"},
+    "Adadelta": {"square_avg": "_accumulated_grads", "acc_delta": "_accumulated_delta_vars"},
+    "Lion": {"exp_avg": "_momentums"},
 }
 
 
 def _keras_slot(opt, name):
-    if name == "momentum_buffer":  # SGD: velocities -lr*b; RMSprop: lr*b
-        return ("momentums", -1.0) if isinstance(opt, keras.optimizers.SGD) else ("_momentums", 1.0)
-    return KERAS_SLOTS[name][0], 1.0
+    """(Keras's attribute, Keras's value / uniopt's per unit lr): SGD keeps velocities -lr*b,
+    RMSprop's momentum lr*b; every other slot is the same quantity."""
+    attribute = KERAS_SLOTS[type(opt).__name__][name]
+    if name == "momentum_buffer":
+        return attribute, (-1.0 if isinstance(opt, keras.optimizers.SGD) else 1.0)
+    return attribute, None
 
 
 @pytest.mark.parametrize(("cls", "kwargs", "name"), NATIVE, ids=[f"{c.__name__}-{n}" for c, _, n in NATIVE])
@@ -184,9 +200,12 @@ def test_keras_state_is_read_and_written_back(cls, kwargs, name):
     assert (record.optimizer, record.convention, record.step) == (name, "keras", 4)
     assert record.hyperparameters["lr"] == float(np.float32(kwargs["learning_rate"]))
     lr = record.hyperparameters["lr"]
+    assert set(record.slot_names) == set(KERAS_SLOTS[cls.__name__]) - {"max_exp_avg_sq"} | (
+        {"max_exp_avg_sq"} if kwargs.get("amsgrad") else set()
+    )
     for slot in record.slot_names:
         attribute, sign = _keras_slot(native, slot)
-        scale = sign * lr if slot == "momentum_buffer" else 1.0
+        scale = sign * lr if sign is not None else 1.0
         for i, v in enumerate(variables):
             keras_value = getattr(native, attribute)[native._get_variable_index(v)].numpy()
             np.testing.assert_array_equal(
@@ -205,7 +224,10 @@ def test_keras_errors():
     with pytest.raises(ValueError, match=r"Keras's weight_decay=0\.1 is decoupled"):
         utf.from_keras(keras.optimizers.SGD(weight_decay=0.1), variables)
     with pytest.raises(TypeError, match="is not one of Keras's"):
-        utf.from_keras(keras.optimizers.Lion(), variables)
+        utf.from_keras(keras.optimizers.Ftrl(), variables)
+    for cls in (keras.optimizers.Adagrad, keras.optimizers.Adamax, keras.optimizers.Adadelta):
+        with pytest.raises(ValueError, match=r"Keras's weight_decay=0\.1 is decoupled"):
+            utf.from_keras(cls(weight_decay=0.1), variables)
     with pytest.raises(TypeError, match=r"use uniopt.tf.export_state"):
         utf.from_keras(utf.Adam(), variables)
     record = utf.from_keras(keras.optimizers.SGD(momentum=0.9), variables)
@@ -213,3 +235,20 @@ def test_keras_errors():
     with pytest.raises(ValueError, match="the state is from SGD, the optimizer is Adam"):
         utf.to_keras(record, adam, variables)
     assert not adam.built
+
+
+def test_keras_decoupled_decay_is_recorded_as_the_spec_that_decouples():
+    """Keras's weight decay is decoupled: Adam with one is AdamW, Nadam with one NAdamW
+    (decoupled_weight_decay=True), Lion's own decay is decoupled; Nadam's schedule is Keras's."""
+    variables = _variables(stream("float32", steps=0)[0])
+    record = utf.from_keras(keras.optimizers.Nadam(weight_decay=0.1), variables)
+    hyper = record.hyperparameters
+    assert (record.optimizer, hyper["decoupled_weight_decay"], hyper["momentum_decay"]) == (
+        "NAdam",
+        True,
+        1.0,
+    )
+    assert hyper["weight_decay"] == 0.1 and hyper["eps"] == 1e-7
+    record = utf.from_keras(keras.optimizers.Lion(weight_decay=0.1), variables)
+    assert (record.optimizer, record.hyperparameters["weight_decay"]) == ("Lion", 0.1)
+    assert record.hyperparameters["betas"] == [0.9, 0.99]
