@@ -457,7 +457,7 @@ def _field_default(field: dataclasses.Field, index: int | None) -> Any:
 def _keras_parameters(info: OptimizerInfo) -> list[inspect.Parameter]:
     """The generated ``__init__``'s parameters, ``self`` first (see the module docstring)."""
     fields, names = _spec_fields(info), _row_names(info)
-    positional, covered = [], set()
+    positional = []
     for keras_name in info.keras.positional:
         target = names.get(keras_name, keras_name)
         indexed = _INDEXED.fullmatch(target)
@@ -467,17 +467,16 @@ def _keras_parameters(info: OptimizerInfo) -> list[inspect.Parameter]:
                 f"the keras names of {info.name} list {keras_name!r}, which is no field of "
                 f"{info.spec.__name__}"
             )
-        covered.add(field_name)
         default = _field_default(fields[field_name], index)
         positional.append(
             inspect.Parameter(keras_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
         )
     keyword_only = []
     for field_name, field in fields.items():
-        if field_name in covered:
-            continue
         keras_names = [k for k, v in names.items() if v == field_name or v.startswith(f"{field_name}[")]
         for keras_name in keras_names or [field_name]:
+            if keras_name in info.keras.positional:
+                continue
             target = names.get(keras_name, keras_name)
             indexed = _INDEXED.fullmatch(target)
             default = _field_default(field, int(indexed[2]) if indexed else None)

@@ -331,3 +331,85 @@ def test_unknown_arguments_are_refused():
         ut.RAdam(betas=(0.9, 0.99))
     with pytest.raises(ValueError, match="not recognized"):
         ut.SGD(lr=0.1)
+
+
+# -- generated from the table ---------------------------------------------------------------------
+def _row_parameters(info):
+    """What the row says the signature is: Keras's own arguments, the base ones, then every other
+    spec field keyword-only (by its Keras name where the row renames it)."""
+    base = [
+        n
+        for n, p in inspect.signature(BaseOptimizer.__init__).parameters.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and n not in ("self", "learning_rate", "weight_decay")
+    ]
+    names = info.keras.all_names
+    keyword_only = []
+    for field in dataclasses.fields(info.spec):
+        renamed = [k for k, v in names.items() if v.split("[")[0] == field.name]
+        keyword_only += [n for n in renamed or [field.name] if n not in info.keras.positional]
+    return [*info.keras.positional, *base], keyword_only
+
+
+@pytest.mark.parametrize("info", [i for i in TABLE if i.keras is not None], ids=lambda i: i.name)
+def test_every_row_with_keras_names_is_an_exported_class_with_the_rows_signature(info):
+    cls = getattr(ut, info.keras.native or info.name)
+    assert cls is getattr(ut, info.name) and cls.spec_class is info.spec  # NAdam is Nadam
+    assert info.name in ut.__all__ and cls.__name__ in ut.__all__ and cls.__name__ in ut.OPTIMIZERS
+    params = inspect.signature(cls).parameters.values()
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    assert (positional, keyword_only) == _row_parameters(info)
+    assert keras.saving.get_registered_name(cls) == f"uniopt>{cls.__name__}"
+    assert keras.saving.get_registered_object(f"uniopt>{cls.__name__}") is cls
+    assert cls.keras_checks_float == tuple(info.keras.checks_float)
+    assert f"uniopt.{info.name}" in cls.__doc__ and (info.spec.reference or "") in cls.__doc__
+    if info.keras.native:  # the same positional names as Keras's own class
+        native = inspect.signature(getattr(keras.optimizers, info.keras.native)).parameters.values()
+        assert positional == [p.name for p in native if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def test_names_are_per_optimizer():
+    """RMSprop's rho is the spec's alpha, Adadelta's rho is rho: one global table could not say both."""
+    assert ut.to_spec_kwargs({"rho": 0.5, "epsilon": 0.1}, "RMSprop") == {"alpha": 0.5, "eps": 0.1}
+    assert ut.to_spec_kwargs({"rho": 0.5, "epsilon": 0.1}, ut.Adadelta) == {"rho": 0.5, "eps": 0.1}
+    assert ut.to_keras_kwargs({"alpha": 0.5}, uniopt.RMSprop()) == {"rho": 0.5}
+    assert ut.Adadelta.to_keras_kwargs({"rho": 0.5}) == {"rho": 0.5}
+    assert ut.to_spec_kwargs({"beta_1": 0.8, "beta_2": 0.9}) == {"betas": (0.8, 0.9)}  # the shared names
+    assert ut.RMSprop(rho=0.5).spec.alpha == 0.5 and ut.Adadelta(rho=0.5).spec.rho == 0.5
+    with pytest.raises(ValueError, match=r"no uniopt\.tf optimizer named 'Nope'"):
+        ut.to_spec_kwargs({}, "Nope")
+
+
+def test_a_new_row_becomes_a_working_class_without_adapter_code():
+    """A spec and its KerasNames alone give a Keras optimizer: signature, validation, config round
+    trip and steps bitwise against the NumPy core."""
+    from uniopt.registry import KerasNames, OptimizerInfo
+    from uniopt.tf.optimizers import _make_class
+
+    @dataclasses.dataclass(frozen=True)
+    class ToyLion(uniopt.Lion):
+        name = "ToyLion"
+
+    info = OptimizerInfo(
+        ToyLion, cases=(), error_cases=(), keras=KerasNames(None, ("learning_rate", "beta_1"))
+    )
+    cls = _make_class(info)
+    assert str(inspect.signature(cls)).startswith(
+        "(learning_rate=<the convention's default>, beta_1=0.9, clipnorm"
+    )
+    assert "*, beta_2=0.99, weight_decay=<the convention's default>, maximize=False" in str(
+        inspect.signature(cls)
+    )
+    opt = cls(0.01, 0.8, beta_2=0.95, weight_decay=0.1)
+    assert opt.spec == ToyLion(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1)
+    assert cls.from_config(opt.get_config()).spec == opt.spec
+    with pytest.raises(ValueError, match=r"argument beta_1"):
+        cls(beta_1=-1.0)
+    params, grads = params_and_grads(5, seed=4)
+    variables = [tf.Variable(p) for p in params]
+    step = make_step(opt, variables, "function")
+    got = []
+    for g in grads:
+        step([tf.constant(x) for x in g])
+        got.append(snapshot(opt, variables))
+    assert_trajectories(got, reference(opt.spec, params, grads))
