@@ -92,6 +92,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -154,25 +156,28 @@ class _RunningProduct:
     def __init__(self, multiply: Callable[[float, int], float], bound: float):
         self.multiply, self.bound = multiply, bound
         self.values = [1.0]
+        self.lock = threading.Lock()  # host callbacks of compiled steps may run on other threads
 
     def at(self, step: int) -> float:
         values = self.values
         if step < len(values):
             return values[step]
-        last = values[-1]
-        if last == 0.0:
-            return 0.0
-        ahead = step - (len(values) - 1)
-        if ahead > self._FAR and self.bound < 1.0:
-            margin = math.log(self.bound) + 2.0**-20  # float32 rounding: at most 2^-23 per step
-            if margin < 0 and math.log(last) + ahead * margin < -80 * math.log(2.0):
+        with self.lock:
+            last = values[-1]
+            if last == 0.0:
                 return 0.0
-        for i in range(len(values), step + 1):
-            values.append(self.multiply(values[-1], i))
-        return values[step]
+            ahead = step - (len(values) - 1)
+            if ahead > self._FAR and self.bound < 1.0:
+                margin = math.log(self.bound) + 2.0**-20  # float32 rounding: at most 2^-23 per step
+                if margin < 0 and math.log(last) + ahead * margin < -80 * math.log(2.0):
+                    return 0.0
+            for i in range(len(values), step + 1):
+                values.append(self.multiply(values[-1], i))
+            return values[step]
 
 
-_PRODUCTS: dict[tuple[Any, ...], _RunningProduct] = {}
+_PRODUCTS: OrderedDict[tuple[Any, ...], _RunningProduct] = OrderedDict()
+_PRODUCTS_KEPT = 32  # (kind, beta1, momentum_decay) memos kept, least recently used out
 
 
 def _product(kind: str, beta1: float, momentum_decay: float, step: int) -> float:
@@ -180,6 +185,10 @@ def _product(kind: str, beta1: float, momentum_decay: float, step: int) -> float
     running = _PRODUCTS.get(key)
     if running is None:
         running = _PRODUCTS[key] = _make_product(kind, beta1, momentum_decay)
+        while len(_PRODUCTS) > _PRODUCTS_KEPT:
+            _PRODUCTS.popitem(last=False)
+    else:
+        _PRODUCTS.move_to_end(key)
     return running.at(step)
 
 
