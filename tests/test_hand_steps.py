@@ -93,6 +93,14 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "maximize": False,
         "convention": "uniopt",
     },
+    "Adamax": {
+        "lr": 2e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "maximize": False,
+        "convention": "uniopt",
+    },
 }
 
 
@@ -109,6 +117,8 @@ CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
     "AdamW": {"keras": {"eps": 1e-7, "weight_decay": 0.004}, "optax": {"weight_decay": 1e-4}},
     # LiyuanLucasLiu/RAdam radam/radam.py at HEAD (d9fd30a): RAdam(..., degenerated_to_sgd=False)
     "RAdam": {"official": {"degenerated_to_sgd": False}},
+    # keras.optimizers.Adamax(learning_rate=0.001, epsilon=1e-7)
+    "Adamax": {"keras": {"lr": 1e-3, "eps": 1e-7}},
 }
 
 
@@ -335,6 +345,30 @@ def _radam_convention_step(h, s, p, g, t, lr):
     return p, new
 
 
+def adamax_init(h):
+    return {"exp_avg": 0.0, "exp_inf": 0.0}
+
+
+def adamax_step(h, s, p, g, t, lr):
+    """Kingma and Ba 2015, Algorithm 2, with eps added to |g| inside the maximum (PyTorch, optax)
+    or, for Keras, to u at the division; Keras's decay is decoupled and its bias correction
+    1 - float32(beta_1)^t (ops.cast takes the Python float through float32)."""
+    b1, b2 = h["betas"]
+    wd, eps = h["weight_decay"], h["eps"]
+    if h["maximize"]:
+        g = -g
+    if h["convention"] == "keras":
+        p = p - p * wd * lr
+        m = b1 * s["exp_avg"] + (1.0 - b1) * g
+        u = max(b2 * s["exp_inf"], abs(g))
+        bc1 = 1.0 - float(np.float32(b1)) ** t
+        return p - lr / bc1 * m / (u + eps), {"exp_avg": m, "exp_inf": u}
+    g = g + wd * p  # optax refuses weight_decay != 0
+    m = b1 * s["exp_avg"] + (1.0 - b1) * g
+    u = max(b2 * s["exp_inf"], abs(g) + eps)
+    return p - lr / (1.0 - b1**t) * m / u, {"exp_avg": m, "exp_inf": u}
+
+
 HAND = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -342,6 +376,7 @@ HAND = {
     "Adam": (adam_init, adam_step),
     "AdamW": (adam_init, adamw_step),
     "RAdam": (radam_init, radam_step),
+    "Adamax": (adamax_init, adamax_step),
 }
 
 

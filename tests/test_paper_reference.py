@@ -54,6 +54,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         degenerated_to_sgd=True,
         maximize=False,
     ),
+    "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
 }
 
 
@@ -218,6 +219,27 @@ def radam_step(h, state, theta, grad, t, variant=None):
     return theta - step, new
 
 
+def adamax_init(h, theta):
+    return {"exp_avg": np.zeros_like(theta), "exp_inf": np.zeros_like(theta)}
+
+
+def adamax_step(h, state, theta, grad, t, variant=None):
+    """Kingma and Ba 2015, Algorithm 2, eps added to |g| inside the maximum (PyTorch, optax);
+    ``variant="eps_outside"``: Keras's placement, u = max(b2 u, |g|), step m_hat / (u + eps)."""
+    beta1, beta2 = h["betas"]
+    lr, wd, eps = h["lr"], h["weight_decay"], h["eps"]
+    g = -grad if h["maximize"] else grad
+    if wd != 0:
+        g = g + wd * theta
+    m = beta1 * state["exp_avg"] + (1 - beta1) * g
+    m_hat = m / (1 - beta1**t)
+    if variant == "eps_outside":
+        u = np.maximum(beta2 * state["exp_inf"], np.abs(g))
+        return theta - lr * m_hat / (u + eps), {"exp_avg": m, "exp_inf": u}
+    u = np.maximum(beta2 * state["exp_inf"], np.abs(g) + eps)
+    return theta - lr * m_hat / u, {"exp_avg": m, "exp_inf": u}
+
+
 REFERENCES = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -225,6 +247,7 @@ REFERENCES = {
     "Adam": (adam_init, adam_step),
     "AdamW": (adam_init, adamw_step),
     "RAdam": (radam_init, radam_step),
+    "Adamax": (adamax_init, adamax_step),
 }
 
 
@@ -333,6 +356,7 @@ ALTERNATIVES = [
     ("AdamW", "default", "decay_not_scaled_by_lr"),
     ("AdamW", "amsgrad", "amsgrad_over_v_hat"),
     ("RAdam", "default", "eps_hat"),
+    ("Adamax", "default", "eps_outside"),
 ]
 
 
