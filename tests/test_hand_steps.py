@@ -101,6 +101,14 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "maximize": False,
         "convention": "uniopt",
     },
+    "Adadelta": {
+        "lr": 1.0,
+        "rho": 0.9,
+        "eps": 1e-6,
+        "weight_decay": 0.0,
+        "maximize": False,
+        "convention": "uniopt",
+    },
 }
 
 
@@ -119,6 +127,7 @@ CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
     "RAdam": {"official": {"degenerated_to_sgd": False}},
     # keras.optimizers.Adamax(learning_rate=0.001, epsilon=1e-7)
     "Adamax": {"keras": {"lr": 1e-3, "eps": 1e-7}},
+    "Adadelta": {"keras": {"lr": 1e-3, "rho": 0.95, "eps": 1e-7}},
 }
 
 
@@ -369,6 +378,25 @@ def adamax_step(h, s, p, g, t, lr):
     return p - lr / (1.0 - b1**t) * m / u, {"exp_avg": m, "exp_inf": u}
 
 
+def adadelta_init(h):
+    return {"square_avg": 0.0, "acc_delta": 0.0}
+
+
+def adadelta_step(h, s, p, g, t, lr):
+    """Zeiler 2012, Algorithm 1 with PyTorch's lr (every convention); Keras decays decoupled."""
+    rho, eps, wd = h["rho"], h["eps"], h["weight_decay"]
+    if h["maximize"]:
+        g = -g
+    if h["convention"] == "keras":
+        p = p - lr * wd * p
+    else:
+        g = g + wd * p
+    sq = rho * s["square_avg"] + (1.0 - rho) * g * g
+    delta = math.sqrt(s["acc_delta"] + eps) / math.sqrt(sq + eps) * g
+    acc = rho * s["acc_delta"] + (1.0 - rho) * delta * delta
+    return p - lr * delta, {"square_avg": sq, "acc_delta": acc}
+
+
 HAND = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -377,6 +405,7 @@ HAND = {
     "AdamW": (adam_init, adamw_step),
     "RAdam": (radam_init, radam_step),
     "Adamax": (adamax_init, adamax_step),
+    "Adadelta": (adadelta_init, adadelta_step),
 }
 
 

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         maximize=False,
     ),
     "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
+    "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
 }
 
 
@@ -240,6 +241,20 @@ def adamax_step(h, state, theta, grad, t, variant=None):
     return theta - lr * m_hat / u, {"exp_avg": m, "exp_inf": u}
 
 
+def adadelta_init(h, theta):
+    return {"square_avg": np.zeros_like(theta), "acc_delta": np.zeros_like(theta)}
+
+
+def adadelta_step(h, state, theta, grad, t, variant=None):
+    """Zeiler 2012, Algorithm 1: RMS[y] = sqrt(E[y^2] + eps); x += lr * dx, dx = -RMS[dx]/RMS[g] g."""
+    rho, eps, lr, wd = h["rho"], h["eps"], h["lr"], h["weight_decay"]
+    g = (-grad if h["maximize"] else grad) + wd * theta
+    e_g2 = rho * state["square_avg"] + (1 - rho) * g**2
+    dx = -np.sqrt(state["acc_delta"] + eps) / np.sqrt(e_g2 + eps) * g
+    e_dx2 = rho * state["acc_delta"] + (1 - rho) * dx**2
+    return theta + lr * dx, {"square_avg": e_g2, "acc_delta": e_dx2}
+
+
 REFERENCES = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -248,6 +263,7 @@ REFERENCES = {
     "AdamW": (adam_init, adamw_step),
     "RAdam": (radam_init, radam_step),
     "Adamax": (adamax_init, adamax_step),
+    "Adadelta": (adadelta_init, adadelta_step),
 }
 
 
