@@ -37,7 +37,10 @@ DOCUMENTED_DEFAULTS = [
 def test_every_optimizer_takes_a_convention_and_defaults_to_uniopt():
     for info in TABLE:
         assert info.spec().convention == "uniopt"
-        assert "uniopt" in info.spec.conventions and "torch" in info.spec.conventions
+        assert "uniopt" in info.spec.conventions
+        for framework in ("torch", "keras", "optax"):  # offered, or refused with the reason
+            offered = framework in info.spec.conventions
+            assert offered != bool(info.spec.unavailable_conventions.get(framework)), (info.name, framework)
 
 
 @pytest.mark.parametrize(("spec", "convention", "defaults"), DOCUMENTED_DEFAULTS)

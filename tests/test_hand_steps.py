@@ -109,6 +109,13 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "maximize": False,
         "convention": "uniopt",
     },
+    "Lion": {
+        "lr": 1e-4,
+        "betas": (0.9, 0.99),
+        "weight_decay": 0.0,
+        "maximize": False,
+        "convention": "uniopt",
+    },
 }
 
 
@@ -128,6 +135,8 @@ CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
     # keras.optimizers.Adamax(learning_rate=0.001, epsilon=1e-7)
     "Adamax": {"keras": {"lr": 1e-3, "eps": 1e-7}},
     "Adadelta": {"keras": {"lr": 1e-3, "rho": 0.95, "eps": 1e-7}},
+    # keras.optimizers.Lion(learning_rate=0.001); optax.lion(weight_decay=1e-3)
+    "Lion": {"keras": {"lr": 1e-3}, "optax": {"weight_decay": 1e-3}},
 }
 
 
@@ -397,6 +406,24 @@ def adadelta_step(h, s, p, g, t, lr):
     return p - lr * delta, {"square_avg": sq, "acc_delta": acc}
 
 
+def lion_init(h):
+    return {"exp_avg": 0.0}
+
+
+def lion_step(h, s, p, g, t, lr):
+    """Chen et al. 2023, Algorithm 2: theta -= lr * (sign(b1*m + (1-b1)*g) + wd*theta), then
+    m = b2*m + (1-b2)*g; Keras takes its betas through float32 (ops.cast of a Python float)."""
+    b1, b2 = h["betas"]
+    if h["convention"] == "keras":
+        b1, b2 = float(np.float32(b1)), float(np.float32(b2))
+    if h["maximize"]:
+        g = -g
+    m = s["exp_avg"]
+    c = b1 * m + (1.0 - b1) * g
+    sign = float(c > 0) - float(c < 0)
+    return p - lr * (sign + h["weight_decay"] * p), {"exp_avg": b2 * m + (1.0 - b2) * g}
+
+
 HAND = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -406,6 +433,7 @@ HAND = {
     "RAdam": (radam_init, radam_step),
     "Adamax": (adamax_init, adamax_step),
     "Adadelta": (adadelta_init, adadelta_step),
+    "Lion": (lion_init, lion_step),
 }
 
 

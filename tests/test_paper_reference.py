@@ -56,6 +56,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
     ),
     "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
     "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
+    "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
 }
 
 
@@ -255,6 +256,22 @@ def adadelta_step(h, state, theta, grad, t, variant=None):
     return theta + lr * dx, {"square_avg": e_g2, "acc_delta": e_dx2}
 
 
+def lion_init(h, theta):
+    return {"exp_avg": np.zeros_like(theta)}
+
+
+def lion_step(h, state, theta, grad, t, variant=None):
+    """Chen et al. 2023, Algorithm 2: c = b1 m + (1-b1) g, theta -= lr (sign(c) + wd theta),
+    m = b2 m + (1-b2) g; ``variant="one_beta"``: the momentum update's beta (b2) also
+    interpolates the step, Adam-style, c = m_t with b2."""
+    beta1, beta2 = h["betas"]
+    lr, wd = h["lr"], h["weight_decay"]
+    g = -grad if h["maximize"] else grad
+    m = beta2 * state["exp_avg"] + (1 - beta2) * g
+    c = m if variant == "one_beta" else beta1 * state["exp_avg"] + (1 - beta1) * g
+    return theta - lr * (np.sign(c) + wd * theta), {"exp_avg": m}
+
+
 REFERENCES = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -264,6 +281,7 @@ REFERENCES = {
     "RAdam": (radam_init, radam_step),
     "Adamax": (adamax_init, adamax_step),
     "Adadelta": (adadelta_init, adadelta_step),
+    "Lion": (lion_init, lion_step),
 }
 
 
@@ -373,6 +391,7 @@ ALTERNATIVES = [
     ("AdamW", "amsgrad", "amsgrad_over_v_hat"),
     ("RAdam", "default", "eps_hat"),
     ("Adamax", "default", "eps_outside"),
+    ("Lion", "default", "one_beta"),
 ]
 
 
