@@ -47,6 +47,7 @@ DESELECT_REASON = "tests an optax optimizer uniopt does not implement (or no opt
 STATE_DTYPE = "lower-precision optimizer state (mu_dtype/accumulator_dtype) not implemented"
 STATE_NAMES = "state layout: uniopt's slots are named by the spec (exp_avg), not optax's (mu, trace)"
 INTEGER_PARAMS = "integer parameters: uniopt's optimizers take floating or complex leaves only"
+COMPLEX_NADAM = "complex parameters: uniopt's NAdam refuses them (optax's nadam runs adam's complex moments)"
 
 # alias_test's parameterized cases, by their parameters (absl names them by index only):
 # (test name, predicate on the case's parameters) -> reason
@@ -57,6 +58,10 @@ _RULES: list[tuple[str, Callable[[dict[str, str]], bool], str]] = [
         STATE_DTYPE,
     ),
     ("test_explicit_dtype", lambda p: True, STATE_NAMES),
+    *(
+        (test, lambda p: p["opt_name"] in ("nadam", "nadamw") and "complex" in p["dtype"], COMPLEX_NADAM)
+        for test in ("test_optimization", "test_state_shape_dtype_shard_stability")
+    ),
 ]
 
 _PARAM = re.compile(r"(\w+)=(?:'([^']*)'|<class '([^']*)'>|(\w+))")
