@@ -229,3 +229,39 @@ def test_from_spec_matches_the_factory():
     tx = ujax.radam(0.01, weight_decay=0.1)
     b = tx.step(grads, tx.init(params), params)[0]
     assert np.array_equal(a["w"], b["w"])
+
+
+def test_a_new_row_is_a_working_factory_without_adapter_code(monkeypatch):
+    """An OptaxNames entry optax has no alias for (native=False), with a fixed field: the generator
+    alone gives its signature, docstring and a transformation equal to the spec's own."""
+    from uniopt.jax import _names
+    from uniopt.registry import OptaxNames
+
+    names = OptaxNames(
+        "myamsgrad",
+        names={"learning_rate": "lr", "b1": "betas[0]", "b2": "betas[1]", "maximize": "maximize"},
+        positional=("learning_rate", "b1", "b2"),
+        fixed={"amsgrad": True},
+        native=False,
+    )
+    monkeypatch.setitem(_names.OPTAX, "myamsgrad", names)
+    monkeypatch.setitem(_names.ALIASES, "myamsgrad", (uniopt.Adam, dict(names.names)))
+    monkeypatch.setitem(_names.POSITIONAL, "myamsgrad", names.positional)
+    monkeypatch.setitem(_names.OPTAX_ONLY, "myamsgrad", {})
+    factory = _names._factory("myamsgrad")
+    assert str(inspect.signature(factory)) == (
+        "(learning_rate=0.001, b1=0.9, b2=0.999, *, maximize=False) -> uniopt.jax._transform.Transformation"
+    )
+    assert (
+        "it sets ``amsgrad=True``" in factory.__doc__
+        and "optax has no ``optax.myamsgrad``" in factory.__doc__
+    )
+    tx = factory(0.01, 0.8)
+    assert tx.spec == uniopt.Adam(lr=0.01, betas=(0.8, 0.999), amsgrad=True)
+    params, grads = {"w": jnp.linspace(-1.0, 1.0, 5)}, {"w": jnp.linspace(0.5, -0.25, 5)}
+    reference = ujax.from_spec(uniopt.Adam(lr=0.01, betas=(0.8, 0.999), amsgrad=True))
+    ours, _ = tx.step(grads, tx.init(params), params)
+    theirs, _ = reference.step(grads, reference.init(params), params)
+    np.testing.assert_array_equal(np.asarray(ours["w"]), np.asarray(theirs["w"]))
+    monkeypatch.setitem(_names.FACTORIES, "myamsgrad", factory)
+    assert ujax.optax_arguments(tx.spec)[0] == "myamsgrad"  # the factory fixing amsgrad, over adam's
