@@ -173,6 +173,12 @@ def test_torch_mu_product_is_a_float32_running_product():
             prod = F32(prod * F32(mu_schedule(beta1, psi, float(t))))
             if t in (1, 2, 3, 50, 400, 1200):
                 assert torch_mu_product(beta1, psi, t) == float(prod), (beta1, psi, t)
+    # without the warm-up (momentum_decay = inf, mu = 0.9) the float32 product stops in the
+    # subnormal range: 4 * 2**-149 * 0.9 rounds back to 4 * 2**-149, for ever
+    prod = F32(1.0)
+    for _ in range(2000):
+        prod = F32(prod * F32(0.9))
+    assert float(prod) == 4 * 2.0**-149 == torch_mu_product(0.9, math.inf, 2000)
     # the float32 product differs from the float64 one (here by more than float32's last bit)
     exact = math.prod(mu_schedule(0.9, 0.004, i) for i in range(1, 31))
     assert torch_mu_product(0.9, 0.004, 30) != exact

@@ -158,7 +158,8 @@ class _RunningProduct:
         self.values = [1.0]
         self.lock = threading.Lock()  # host callbacks of compiled steps may run on other threads
 
-    def at(self, step: int) -> float:
+    def at(self, step: int, exact: bool = False) -> float:
+        r""":math:`\Pi_t` at ``step``; ``exact`` always iterates (no answer 0 far ahead)."""
         values = self.values
         if step < len(values):
             return values[step]
@@ -167,7 +168,7 @@ class _RunningProduct:
             if last == 0.0:
                 return 0.0
             ahead = step - (len(values) - 1)
-            if ahead > self._FAR and self.bound < 1.0:
+            if not exact and ahead > self._FAR and self.bound < 1.0:
                 margin = math.log(self.bound) + 2.0**-20  # float32 rounding: at most 2^-23 per step
                 if margin < 0 and math.log(last) + ahead * margin < -80 * math.log(2.0):
                     return 0.0
@@ -180,7 +181,7 @@ _PRODUCTS: OrderedDict[tuple[Any, ...], _RunningProduct] = OrderedDict()
 _PRODUCTS_KEPT = 32  # (kind, beta1, momentum_decay) memos kept, least recently used out
 
 
-def _product(kind: str, beta1: float, momentum_decay: float, step: int) -> float:
+def _product(kind: str, beta1: float, momentum_decay: float, step: int, exact: bool = False) -> float:
     key = (kind, beta1, momentum_decay)
     running = _PRODUCTS.get(key)
     if running is None:
@@ -189,7 +190,7 @@ def _product(kind: str, beta1: float, momentum_decay: float, step: int) -> float
             _PRODUCTS.popitem(last=False)
     else:
         _PRODUCTS.move_to_end(key)
-    return running.at(step)
+    return running.at(step, exact)
 
 
 def _make_product(kind: str, beta1: float, momentum_decay: float) -> _RunningProduct:
@@ -220,8 +221,10 @@ def _make_product(kind: str, beta1: float, momentum_decay: float) -> _RunningPro
 def torch_mu_product(beta1: float, momentum_decay: float, step: int) -> float:
     r"""``state["mu_product"]`` of ``torch.optim.NAdam`` after ``step`` steps (float32, under
     torch's default dtype), as a Python float: :math:`\prod_{i \le t} \mu_i` with each product
-    rounded to float32 (``mu_product *= mu``)."""
-    return _product("torch", beta1, momentum_decay, step)
+    rounded to float32 (``mu_product *= mu``). Always the iterated value: a float32 product that
+    stops in the subnormal range (where ``k * 2**-149 * mu`` rounds back to itself) stays there,
+    which the scalars may ignore but a ported state may not."""
+    return _product("torch", beta1, momentum_decay, step, exact=True)
 
 
 def keras_nadam_scalars(beta1: float, beta2: float, step: int, narrow: bool) -> tuple[float, ...]:
