@@ -116,6 +116,16 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "maximize": False,
         "convention": "uniopt",
     },
+    "NAdam": {
+        "lr": 2e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "momentum_decay": 4e-3,
+        "decoupled_weight_decay": False,
+        "maximize": False,
+        "convention": "uniopt",
+    },
 }
 
 
@@ -137,6 +147,12 @@ CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
     "Adadelta": {"keras": {"lr": 1e-3, "rho": 0.95, "eps": 1e-7}},
     # keras.optimizers.Lion(learning_rate=0.001); optax.lion(weight_decay=1e-3)
     "Lion": {"keras": {"lr": 1e-3}, "optax": {"weight_decay": 1e-3}},
+    # keras.optimizers.Nadam(learning_rate=0.001, epsilon=1e-7): u_t = b1 (1 - 0.5 * 0.96^t), decay
+    # decoupled (Keras's base); optax.nadam: no schedule, mu_t = b1 (momentum_decay = inf)
+    "NAdam": {
+        "keras": {"lr": 1e-3, "eps": 1e-7, "momentum_decay": 1.0, "decoupled_weight_decay": True},
+        "optax": {"momentum_decay": math.inf},
+    },
 }
 
 
@@ -424,6 +440,60 @@ def lion_step(h, s, p, g, t, lr):
     return p - lr * (sign + h["weight_decay"] * p), {"exp_avg": b2 * m + (1.0 - b2) * g}
 
 
+def nadam_init(h):
+    return {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+
+
+def _nadam_schedule(h):
+    """``(mu(t), prod(t))``: Dozat's mu_t = b1 (1 - 0.5 * 0.96^(t * momentum_decay)) and the
+    product of mu_1..mu_t as each framework keeps it: float64 (uniopt; optax's b1^t), a float32
+    tensor multiplied by each float64 mu (torch.optim.NAdam's state mu_product), or Keras's
+    variable _u_product (Python constants) read by u_t from float32-cast b1 and 0.96."""
+    b1, psi, convention = h["betas"][0], h["momentum_decay"], h["convention"]
+    if convention == "keras":
+        b1_32, d32 = float(np.float32(b1)), float(np.float32(0.96))
+        return (
+            lambda t: b1_32 * (1 - 0.5 * d32**t),
+            lambda t: math.prod(b1 * (1 - 0.5 * 0.96**i) for i in range(1, t + 1)),
+        )
+
+    def mu(t):
+        return b1 * (1 - 0.5 * 0.96 ** (t * psi))
+
+    if convention == "torch":
+
+        def prod(t):
+            value = np.float32(1.0)
+            for i in range(1, t + 1):
+                value = np.float32(value * np.float32(mu(i)))
+            return float(value)
+
+        return mu, prod
+    return mu, lambda t: math.prod(mu(i) for i in range(1, t + 1))
+
+
+def nadam_step(h, s, p, g, t, lr):
+    """Dozat 2016, Algorithm 2 (without the extra b2 on n-hat, as every framework):
+    m-bar = (1 - mu_t) g / (1 - prod_t) + mu_{t+1} m / (1 - prod_t mu_{t+1}),
+    p -= lr m-bar / (sqrt(v / (1 - b2^t)) + eps); decay L2 or decoupled (optax adds wd*p to the
+    update, the same real number); Keras's betas go through float32."""
+    b1, b2 = h["betas"]
+    if h["convention"] == "keras":  # update_step casts the betas to the variable dtype via float32
+        b1, b2 = float(np.float32(b1)), float(np.float32(b2))
+    wd, eps = h["weight_decay"], h["eps"]
+    mu, prod = _nadam_schedule(h)
+    if h["maximize"]:
+        g = -g
+    if wd and h["decoupled_weight_decay"]:
+        p = p - lr * wd * p
+    elif wd:
+        g = g + wd * p
+    m = b1 * s["exp_avg"] + (1 - b1) * g
+    v = b2 * s["exp_avg_sq"] + (1 - b2) * g * g
+    m_bar = (1 - mu(t)) * g / (1 - prod(t)) + mu(t + 1) * m / (1 - prod(t) * mu(t + 1))
+    return p - lr * m_bar / (math.sqrt(v / (1 - b2**t)) + eps), {"exp_avg": m, "exp_avg_sq": v}
+
+
 HAND = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -434,6 +504,7 @@ HAND = {
     "Adamax": (adamax_init, adamax_step),
     "Adadelta": (adadelta_init, adadelta_step),
     "Lion": (lion_init, lion_step),
+    "NAdam": (nadam_init, nadam_step),
 }
 
 

@@ -57,6 +57,15 @@ DEFAULTS: dict[str, dict[str, object]] = {
     "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
     "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
     "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
+    "NAdam": dict(
+        lr=2e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum_decay=4e-3,
+        decoupled_weight_decay=False,
+        maximize=False,
+    ),
 }
 
 
@@ -272,6 +281,37 @@ def lion_step(h, state, theta, grad, t, variant=None):
     return theta - lr * (np.sign(c) + wd * theta), {"exp_avg": m}
 
 
+def nadam_init(h, theta):
+    return {"exp_avg": np.zeros_like(theta), "exp_avg_sq": np.zeros_like(theta)}
+
+
+def nadam_step(h, state, theta, grad, t, variant=None):
+    """Dozat 2016, Algorithm 2, with mu_t = beta1 (1 - 0.5 * 0.96^(t psi)) (the paper's psi is
+    1/250; PyTorch's momentum_decay) and n-hat = n / (1 - beta2^t) (the paper's extra beta2 factor
+    is left out by every framework): g-hat = g / (1 - prod_{i<=t} mu_i),
+    m-hat = m / (1 - prod_{i<=t+1} mu_i), m-bar = (1 - mu_t) g-hat + mu_{t+1} m-hat,
+    theta -= lr m-bar / (sqrt(n-hat) + eps); weight decay L2 (or decoupled, theta *= 1 - lr wd).
+    ``variant="adam_momentum"``: m-bar = m-hat with the constant mu = beta1 (no Nesterov look-ahead,
+    Adam's step)."""
+    beta1, beta2 = h["betas"]
+    lr, wd, eps, psi = h["lr"], h["weight_decay"], h["eps"], h["momentum_decay"]
+    g = -grad if h["maximize"] else grad
+    if wd and h["decoupled_weight_decay"]:
+        theta = theta * (1 - lr * wd)
+    elif wd:
+        g = g + wd * theta
+    mus = [beta1 * (1 - 0.5 * 0.96 ** (i * psi)) for i in range(1, t + 2)]
+    prod_t = math.prod(mus[:t])
+    m = beta1 * state["exp_avg"] + (1 - beta1) * g
+    n = beta2 * state["exp_avg_sq"] + (1 - beta2) * g**2
+    n_hat = n / (1 - beta2**t)
+    if variant == "adam_momentum":
+        m_bar = m / (1 - beta1**t)
+    else:
+        m_bar = (1 - mus[t - 1]) * g / (1 - prod_t) + mus[t] * m / (1 - prod_t * mus[t])
+    return theta - lr * m_bar / (np.sqrt(n_hat) + eps), {"exp_avg": m, "exp_avg_sq": n}
+
+
 REFERENCES = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -282,6 +322,7 @@ REFERENCES = {
     "Adamax": (adamax_init, adamax_step),
     "Adadelta": (adadelta_init, adadelta_step),
     "Lion": (lion_init, lion_step),
+    "NAdam": (nadam_init, nadam_step),
 }
 
 
@@ -392,6 +433,7 @@ ALTERNATIVES = [
     ("RAdam", "default", "eps_hat"),
     ("Adamax", "default", "eps_outside"),
     ("Lion", "default", "one_beta"),
+    ("NAdam", "default", "adam_momentum"),
 ]
 
 
