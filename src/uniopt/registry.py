@@ -902,6 +902,9 @@ TABLE: tuple[OptimizerInfo, ...] = (
             "Lion",
             ("learning_rate", "beta_1", "beta_2", "weight_decay"),
             slots={"exp_avg": "_momentums"},
+            # Keras's moment and its sign argument are linear in the gradient (measured equal with
+            # repeated indices of mixed signs, tests/tf_adapter/test_dropin.py)
+            sparse_duplicates_match_keras=True,
         ),
         optax=(
             OptaxNames(

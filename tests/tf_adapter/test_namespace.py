@@ -122,3 +122,23 @@ def test_sign_and_abs_are_numpys_bit_for_bit_subnormals_included(dtype, mode):
     if dtype == "float32" and mode == "eager":
         assert tf.math.sign(tf.constant(np.float32([1e-45]))).numpy()[0] != 1.0
         assert xp.sign(tf.constant(np.float32([1e-45]))).numpy()[0] == 1.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("jit", [False, True], ids=["function", "xla"])
+def test_a_division_by_a_root_stays_a_division(dtype, jit):
+    """TensorFlow's graph optimizer (tf.function) and XLA rewrite x / sqrt(y) into x * rsqrt(y),
+    which rounds differently; xp.sqrt keeps the quotient NumPy's (Adadelta divides by roots)."""
+    rng = np.random.default_rng(5)
+    a, b = ((rng.random(20_000) + 0.1).astype(dtype) for _ in range(2))
+    b[:5] = [-0.0, 0.0, np.nan, -1.0, np.inf]
+    apply = tf.function(
+        lambda a, b: (xp.divide(a, xp.sqrt(b)), xp.divide(xp.sqrt(a), xp.sqrt(b))), jit_compile=jit
+    )
+    plain = tf.function(lambda a, b: tf.math.divide(a, tf.math.sqrt(b)), jit_compile=jit)
+    with np.errstate(all="ignore"):
+        want = (a / np.sqrt(b), np.sqrt(a) / np.sqrt(b))
+    for got, expected in zip(apply(tf.constant(a), tf.constant(b)), want, strict=True):
+        assert bits_equal(got.numpy(), expected)
+    if dtype != "float16":  # the rewrite is real: without the guard the quotients differ
+        assert not bits_equal(plain(tf.constant(a), tf.constant(b)).numpy(), want[0])
