@@ -457,7 +457,9 @@ class NAdam(Spec):
         t = float(step)  # torch's step is a float32 tensor read back as a Python float
         mu = momentum_schedule(beta1, self.momentum_decay, t)
         mu_next = momentum_schedule(beta1, self.momentum_decay, t + 1)
-        mu_product = torch_mu_product(beta1, self.momentum_decay, step)
+        # the scalars read the product only through 1 - product: far ahead (LIMIT_STEP) it is 0
+        # there, where torch's float32 product may sit in the subnormal range (1 - it is still 1)
+        mu_product = _product("torch", beta1, self.momentum_decay, step)
         mu_product_next = mu_product * mu_next
         return NAdamTorchScalars(
             weight_decay=self.weight_decay,
