@@ -285,6 +285,12 @@ def _common_errors(name: str, **extra: ErrorCase) -> tuple[ErrorCase, ...]:
     )
 
 
+# optax arguments without a spec field that several aliases share: (accepts(value, convention), the
+# accepted values in words)
+_OPTAX_EPS_ROOT = (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)")
+_OPTAX_MU_DTYPE = (lambda v, c: True, "None")  # a dtype, checked against each parameter's at init
+
+
 def _beta_errors(name: str) -> dict[str, ErrorCase]:
     return {
         "beta1": ErrorCase(
@@ -596,8 +602,8 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 },
                 positional=("learning_rate", "b1", "b2", "eps", "eps_root", "mu_dtype"),
                 only={
-                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
-                    "mu_dtype": (lambda v, c: True, "None"),
+                    "eps_root": _OPTAX_EPS_ROOT,
+                    "mu_dtype": _OPTAX_MU_DTYPE,
                     "nesterov": (lambda v, c: v is False, "False (NAdam is uniopt.jax.nadam)"),
                 },
                 state={"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
@@ -668,8 +674,8 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "mask",
                 ),
                 only={
-                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
-                    "mu_dtype": (lambda v, c: True, "None"),
+                    "eps_root": _OPTAX_EPS_ROOT,
+                    "mu_dtype": _OPTAX_MU_DTYPE,
                     "nesterov": (lambda v, c: v is False, "False (NAdam is uniopt.jax.nadam)"),
                 },
                 state={"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
@@ -723,7 +729,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 },
                 positional=("learning_rate", "b1", "b2", "eps", "eps_root", "threshold"),
                 only={
-                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
+                    "eps_root": _OPTAX_EPS_ROOT,
                     "threshold": (
                         lambda v, c: v is None or (v == 5 and c in ("optax", "official")),
                         "None (the convention's threshold) or 5.0 with convention='optax' or 'official' "
@@ -1013,8 +1019,8 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 },
                 positional=("learning_rate", "b1", "b2", "eps", "eps_root", "mu_dtype"),
                 only={
-                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
-                    "mu_dtype": (lambda v, c: True, "None"),
+                    "eps_root": _OPTAX_EPS_ROOT,
+                    "mu_dtype": _OPTAX_MU_DTYPE,
                     "nesterov": (lambda v, c: v is True, "True (optax.nadam's)"),
                 },
                 state={"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq"},
@@ -1042,8 +1048,8 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "mask",
                 ),
                 only={
-                    "eps_root": (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)"),
-                    "mu_dtype": (lambda v, c: True, "None"),
+                    "eps_root": _OPTAX_EPS_ROOT,
+                    "mu_dtype": _OPTAX_MU_DTYPE,
                     "mask": (lambda v, c: v is None, "None (every parameter is decayed)"),
                     "nesterov": (lambda v, c: v is True, "True (optax.nadamw's)"),
                 },
