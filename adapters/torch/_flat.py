@@ -30,7 +30,9 @@ square root with ``std::sqrt`` (correctly rounded) and does not contract ``a*b +
 multiply-adds, so the compiled rule is bitwise equal to the eager one in float32 and float64; in
 float16 and bfloat16 it is compiled with ``emulate_precision_casts`` so every op rounds to the dtype as
 eager does. One graph is compiled per (spec, dtype, branch flags such as RAdam's rectified step): sizes
-are symbolic, so the small region and every large tensor share it. Compiling costs a few seconds per
+are symbolic and the kernel is handed plain 1-D tensors, not views (:func:`_alias`), so the small
+region and every large tensor share it (a one-element tensor gets its own: torch specialises lengths
+0 and 1). Compiling costs a few seconds per
 graph on first use (inductor's on-disk cache shortens later processes). On CUDA the rule compiles to a
 Triton kernel with :func:`exact_options`: no implicit fused multiply-adds, correctly rounded float32
 division, no flushing of subnormals, as eager CUDA kernels compute.
@@ -129,11 +131,37 @@ def kernel(spec: Spec, dtype: torch.dtype, compiled: bool, device_type: str = "c
         name = f"uniopt_{spec.name}_{str(dtype).split('.')[-1]}_{device_type}_rule"
         own = types.FunctionType(_apply_rule.__code__.replace(co_name=name), _apply_rule.__globals__, name)
         options = exact_options(dtype, device_type)
-        fn = functools.partial(torch.compile(own, fullgraph=True, dynamic=True, options=options), spec)
+        fn = functools.partial(
+            _call_on_aliases, torch.compile(own, fullgraph=True, dynamic=True, options=options), spec
+        )
     _KERNELS[key] = fn
     if len(_KERNELS) > _KERNEL_CACHE_SIZE:
         _KERNELS.popitem(last=False)
     return fn
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor over the memory of the contiguous ``t``, not a view of it (no ``_base``).
+
+    Dynamo guards a view input on its base's sizes and strides; the kernels' inputs are 1-D views of
+    parameters, gradients and slot buffers of many shapes and offsets, and those guards recompiled
+    a compiled rule up to five times per spec (a stream of mixed shapes). Given plain tensors it
+    compiles twice at most: for one element (0/1 specialisation) and for any other length."""
+    if not t.is_contiguous():
+        return t
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,)
+    )
+
+
+def _call_on_aliases(
+    compiled: Callable[..., None], spec: Spec, p: torch.Tensor, g: torch.Tensor, slots: tuple, sc: Any
+) -> None:
+    """``compiled(spec, ...)`` on :func:`_alias` es of the tensors. An alias does not share the
+    parameter's autograd version counter, so the write to ``p`` is recorded on ``p`` afterwards, as
+    an in-place op would record it."""
+    compiled(spec, _alias(p), _alias(g), tuple(map(_alias, slots)), sc)
+    torch.autograd.graph.increment_version(p)
 
 
 _COPY_SOURCE = r"""

@@ -182,7 +182,7 @@ def test_parameters_that_cannot_be_flattened_take_the_loop_with_the_rest_flat():
     _assert_same(run("flat"), run("loop"))
 
 
-@pytest.mark.parametrize("implementation", ["flat", "loop"])
+@pytest.mark.parametrize("implementation", ["flat", "compiled", "loop"])
 def test_a_step_between_forward_and_backward_is_caught_by_autograd(implementation):
     weights = [torch.nn.Parameter(torch.randn(s)) for s in [(3,), (50,)]]  # gathered and in place
     opt = ut.Adam(weights, implementation=implementation, lr=0.1)
@@ -193,6 +193,24 @@ def test_a_step_between_forward_and_backward_is_caught_by_autograd(implementatio
     for loss in losses:
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             loss.backward()
+
+
+def test_the_compiled_kernel_compiles_twice_for_tensors_of_many_shapes(monkeypatch):
+    """Stacked, empty, 0-d and 3-d parameters, most of them in place: the kernel compiles once for the
+    one-element gathered region (torch specialises lengths 0 and 1) and once for every other length.
+    The kernels see plain 1-D tensors, not views, so dynamo has no base sizes, strides or storage
+    offsets to guard on (views compiled this set five times)."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(_flat, "LARGE", {"cpu": 6, "cuda": 6})
+    torch._dynamo.reset()
+    counters.clear()
+    shapes = [(6, 16), (6, 4, 8), (), (0,), (3, 1, 5), (2, 0, 3), (7,)]
+    _assert_same(
+        _run("Adam", {"lr": 1e-2}, "compiled", shapes=shapes, steps=3),
+        _run("Adam", {"lr": 1e-2}, "loop", shapes=shapes, steps=3),
+    )
+    assert counters["stats"]["unique_graphs"] == 2
 
 
 def _float64_grad(p):
