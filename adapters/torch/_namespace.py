@@ -45,10 +45,31 @@ def sqrt(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _same_dtype(op: Any, compat: Any) -> Any:
+    """``op`` called directly when both arguments are tensors of one dtype, where
+    ``array_api_compat``'s wrapper would call it unchanged (its promotion fix-up converts a 0-d
+    argument to the result dtype, here the dtype it already has); ``compat`` otherwise. The same
+    torch op on the same tensors, with far less Python for ``torch.compile`` to trace."""
+
+    def call(x1: Any, x2: Any, /) -> Any:
+        if isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor) and x1.dtype == x2.dtype:
+            return op(x1, x2)
+        return compat(x1, x2)
+
+    call.__name__ = call.__qualname__ = compat.__name__
+    return staticmethod(call)
+
+
 class _TorchNamespace:
-    """``array_api_compat.torch`` with :func:`sqrt` replaced."""
+    """``array_api_compat.torch`` with :func:`sqrt` replaced, and its binary arithmetic called
+    directly on same-dtype tensors (:func:`_same_dtype`)."""
 
     sqrt = staticmethod(sqrt)
+    add = _same_dtype(torch.add, _compat.add)
+    subtract = _same_dtype(torch.subtract, _compat.subtract)
+    multiply = _same_dtype(torch.multiply, _compat.multiply)
+    divide = _same_dtype(torch.divide, _compat.divide)
+    maximum = _same_dtype(torch.maximum, _compat.maximum)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_compat, name)

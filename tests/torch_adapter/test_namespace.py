@@ -84,3 +84,26 @@ def test_maximum_with_a_0d_scalar_keeps_the_tensor_dtype():
     got = xp.maximum(x, torch.tensor(0.5, dtype=torch.bfloat16))
     assert got.dtype == torch.bfloat16
     assert got[:2].tolist() == [1.0, 0.5] and bool(torch.isnan(got[2]))
+
+
+@pytest.mark.parametrize("name", ["add", "subtract", "multiply", "divide", "maximum"])
+def test_binary_ops_keep_array_api_compat_results(name):
+    """The namespace calls torch directly on two tensors of one dtype and array_api_compat otherwise:
+    the same results and dtypes as array_api_compat's wrappers, whose array-API promotion of a 0-d
+    tensor of another dtype (torch alone would keep the other operand's dtype) is kept."""
+    import array_api_compat.torch as compat
+
+    ours, theirs = getattr(xp, name), getattr(compat, name)
+    x = torch.tensor([1.5, -2.0, 3e-39, float("nan")], dtype=torch.float32)
+    for y in (
+        torch.tensor([0.25, 7.0, -1e-45, 2.0], dtype=torch.float32),  # same dtype: torch directly
+        torch.tensor(0.1, dtype=torch.float32),
+        torch.tensor(0.1, dtype=torch.float64),  # 0-d of another dtype: promoted to float64
+        torch.tensor([0.25, 7.0, -1e-45, 2.0], dtype=torch.float16),
+        0.1,
+    ):
+        for a, b in ((x, y), (y, x)):
+            got, want = ours(a, b), theirs(a, b)
+            assert got.dtype == want.dtype, (name, a, b)
+            assert torch.equal(got, want) or torch.equal(torch.isnan(got), torch.isnan(want))
+    assert ours(x, torch.tensor(0.1, dtype=torch.float64)).dtype == torch.float64
