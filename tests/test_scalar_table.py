@@ -68,20 +68,27 @@ def test_a_never_converging_schedule_is_refused_at_once():
         scalar_table(uniopt.Adagrad(lr_decay=0.01), "float32")
 
 
+def _new_process(st) -> None:
+    """Forget what this process computed and read, as another process would start."""
+    st._HOST_ROWS.clear()
+    st._READ.clear()
+    st._UNSAVED.clear()
+
+
 def test_host_rows_are_shared_through_the_cache_folder_and_equal_fresh_ones(tmp_path, monkeypatch):
     from uniopt import scalar_table as st
 
     spec = uniopt.Adam(lr=0.003, betas=(0.8, 0.99), convention="keras")
     monkeypatch.delenv(st.CACHE_VARIABLE, raising=False)
-    st._HOST_ROWS.clear()
+    _new_process(st)
     fresh = st.scalar_table(spec, np.float32)
     assert not any(tmp_path.iterdir())  # unset: nothing written
     monkeypatch.setenv(st.CACHE_VARIABLE, str(tmp_path))
-    st._HOST_ROWS.clear()
+    _new_process(st)
     st.scalar_table(spec, np.float32)
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and files[0].name.startswith("Adam-")
-    st._HOST_ROWS.clear()  # another process: only the file
+    _new_process(st)  # another process: only the file
     calls = []
     original = type(spec).step_scalars
 
@@ -106,10 +113,11 @@ def test_a_shorter_cached_prefix_is_extended_not_recomputed(tmp_path, monkeypatc
 
     spec = uniopt.Adam(lr=0.002, betas=(0.9, 0.995))
     monkeypatch.setenv(st.CACHE_VARIABLE, str(tmp_path))
-    st._HOST_ROWS.clear()
+    _new_process(st)
     is_flag = tuple(isinstance(v, bool) for v in spec.step_scalars(1))
     short = st._host_rows(spec, is_flag, 100)  # another process computed 100 rows
-    st._HOST_ROWS.clear()
+    st._save_host_rows(spec)
+    _new_process(st)
     calls = []
     original = type(spec).step_scalars
 
@@ -122,7 +130,30 @@ def test_a_shorter_cached_prefix_is_extended_not_recomputed(tmp_path, monkeypatc
     assert [c[0] for c in calls] == list(range(101, 251))  # only the missing rows
     np.testing.assert_array_equal(longer[0][:100], short[0])
     monkeypatch.undo()
-    st._HOST_ROWS.clear()
+    _new_process(st)
     fresh = st._host_rows(spec, is_flag, 250)  # unset: computed here from step 1
     np.testing.assert_array_equal(longer[0], fresh[0])
     np.testing.assert_array_equal(longer[1], fresh[1])
+
+
+def test_a_table_computes_rows_a_chunk_at_a_time_and_writes_the_cache_once(tmp_path, monkeypatch):
+    """Adam's float64 table ends near step 36,700 (where ``1 - 0.999**t`` rounds to 1): the host
+    rows stop within a chunk of that, and the cache file is written once, not once per chunk."""
+    from uniopt import scalar_table as st
+
+    spec = uniopt.Adam()
+    monkeypatch.setenv(st.CACHE_VARIABLE, str(tmp_path))
+    _new_process(st)
+    calls, writes = [], []
+    original, write = type(spec).step_scalars, st._write_cached
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(spec), "step_scalars", counted)
+    monkeypatch.setattr(st, "_write_cached", lambda *args: writes.append(args) or write(*args))
+    table = st.scalar_table(spec, np.float64)
+    assert 30_000 < table.length < 40_000
+    assert table.length <= len(calls) <= table.length + st._CHUNK + 2  # + the field names and the limit
+    assert len(writes) == 1 and len(writes[0][1]) == len(calls) - 2

@@ -86,29 +86,45 @@ def scalar_table(spec: Spec, dtype: Any, max_steps: int = 1_000_000) -> ScalarTa
     is_flag = tuple(isinstance(v, bool) for v in limit)
     limit_floats = np.asarray([v for v, f in zip(limit, is_flag, strict=True) if not f], dtype=dtype)
     limit_flags = np.asarray([v for v, f in zip(limit, is_flag, strict=True) if f], dtype=bool)
-    rows = min(_FIRST_CHUNK, max_steps)
-    while True:
+    checked, rows = 0, min(_CHUNK, max_steps)
+    while True:  # a chunk of rows at a time: the rows past the limit are computed for nothing
         floats64, flags = _host_rows(spec, is_flag, rows)
-        floats = floats64.astype(dtype)
+        floats = floats64[checked:].astype(dtype)
         at_limit = np.all(
             (floats == limit_floats) | (np.isnan(floats) & np.isnan(limit_floats)), axis=1
-        ) & np.all(flags == limit_flags, axis=1)
+        ) & np.all(flags[checked:] == limit_flags, axis=1)
         hits = np.flatnonzero(at_limit)
         if hits.size:
-            end = int(hits[0]) + 1
-            return ScalarTable(fields=fields, floats=floats[:end], flags=flags[:end], is_flag=is_flag)
+            end = checked + int(hits[0]) + 1
+            _save_host_rows(spec)
+            return ScalarTable(
+                fields=fields, floats=floats64[:end].astype(dtype), flags=flags[:end], is_flag=is_flag
+            )
         if rows >= max_steps:
+            _save_host_rows(spec)
             raise NotConvergentError(
                 f"{spec.name}: the per-step scalars do not reach their limit within {max_steps} "
                 f"steps in {dtype} (a schedule such as lr_decay keeps changing them); compute them on "
                 "the host"
             )
-        rows = min(4 * rows, max_steps)
+        checked, rows = rows, min(rows + _CHUNK, max_steps)
 
 
-_FIRST_CHUNK = 4096
+_CHUNK = 4096
 _HOST_ROWS: OrderedDict[Spec, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _HOST_ROWS_CACHE_SIZE = 32
+
+
+_READ: set[Spec] = set()  # specs whose cache file this process has read
+_UNSAVED: set[Spec] = set()  # specs with rows computed here and not yet written to the cache
+
+
+def _save_host_rows(spec: Spec) -> None:
+    """Write ``spec``'s host rows to the cache (:data:`CACHE_VARIABLE`) if this process computed any
+    since it last wrote them: once per table, not once per chunk."""
+    if spec in _UNSAVED and spec in _HOST_ROWS:
+        _UNSAVED.discard(spec)
+        _write_cached(spec, *_HOST_ROWS[spec])
 
 
 def _host_rows(spec: Spec, is_flag: tuple[bool, ...], rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +134,8 @@ def _host_rows(spec: Spec, is_flag: tuple[bool, ...], rows: int) -> tuple[np.nda
     flag_columns = [i for i, flag in enumerate(is_flag) if flag]
     empty = (np.empty((0, len(float_columns))), np.empty((0, len(flag_columns)), bool))
     floats, flags = _HOST_ROWS.pop(spec, empty)
-    if len(floats) < rows:
+    if len(floats) < rows and spec not in _READ:
+        _READ.add(spec)
         cached = _read_cached(spec)  # another process's rows: as many as it computed
         if cached is not None and len(cached[0]) > len(floats):
             floats, flags = cached
@@ -126,7 +143,7 @@ def _host_rows(spec: Spec, is_flag: tuple[bool, ...], rows: int) -> tuple[np.nda
         new = np.asarray([spec.step_scalars(t) for t in range(len(floats) + 1, rows + 1)], np.float64)
         floats = np.concatenate([floats, new[:, float_columns]])
         flags = np.concatenate([flags, new[:, flag_columns].astype(bool)])
-        _write_cached(spec, floats, flags)
+        _UNSAVED.add(spec)
     _HOST_ROWS[spec] = floats, flags
     while len(_HOST_ROWS) > _HOST_ROWS_CACHE_SIZE:
         _HOST_ROWS.popitem(last=False)
