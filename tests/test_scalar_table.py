@@ -157,3 +157,23 @@ def test_a_table_computes_rows_a_chunk_at_a_time_and_writes_the_cache_once(tmp_p
     assert 30_000 < table.length < 40_000
     assert table.length <= len(calls) <= table.length + st._CHUNK + 2  # + the field names and the limit
     assert len(writes) == 1 and len(writes[0][1]) == len(calls) - 2
+
+
+def test_rows_evicted_from_memory_are_read_back_from_the_cache_not_recomputed(tmp_path, monkeypatch):
+    from uniopt import scalar_table as st
+
+    spec, other = uniopt.Adam(lr=0.001, betas=(0.5, 0.9)), uniopt.Adam(lr=0.002, betas=(0.5, 0.9))
+    monkeypatch.setenv(st.CACHE_VARIABLE, str(tmp_path))
+    monkeypatch.setattr(st, "_HOST_ROWS_CACHE_SIZE", 1)
+    _new_process(st)
+    first = st.scalar_table(spec, np.float64)
+    st.scalar_table(other, np.float64)  # evicts spec's rows
+    assert spec not in st._HOST_ROWS
+    calls = []
+    original = type(spec).step_scalars
+    monkeypatch.setattr(
+        type(spec), "step_scalars", lambda self, *a, **k: calls.append(a) or original(self, *a, **k)
+    )
+    again = st.scalar_table(spec, np.float32)
+    assert len(calls) <= 2 < again.length  # the field names and the limit row; the rows are read
+    np.testing.assert_array_equal(again.floats, first.floats[: again.length].astype(np.float32))

@@ -115,7 +115,7 @@ _HOST_ROWS: OrderedDict[Spec, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _HOST_ROWS_CACHE_SIZE = 32
 
 
-_READ: set[Spec] = set()  # specs whose cache file this process has read
+_READ: dict[Spec, int] = {}  # per spec, the modification time of its cache file when last read here
 _UNSAVED: set[Spec] = set()  # specs with rows computed here and not yet written to the cache
 
 
@@ -134,9 +134,8 @@ def _host_rows(spec: Spec, is_flag: tuple[bool, ...], rows: int) -> tuple[np.nda
     flag_columns = [i for i, flag in enumerate(is_flag) if flag]
     empty = (np.empty((0, len(float_columns))), np.empty((0, len(flag_columns)), bool))
     floats, flags = _HOST_ROWS.pop(spec, empty)
-    if len(floats) < rows and spec not in _READ:
-        _READ.add(spec)
-        cached = _read_cached(spec)  # another process's rows: as many as it computed
+    if len(floats) < rows:
+        cached = _read_cached(spec)  # another process's rows (or this one's, evicted): as many as it wrote
         if cached is not None and len(cached[0]) > len(floats):
             floats, flags = cached
     if len(floats) < rows:  # the rows still missing, after those found
@@ -146,7 +145,8 @@ def _host_rows(spec: Spec, is_flag: tuple[bool, ...], rows: int) -> tuple[np.nda
         _UNSAVED.add(spec)
     _HOST_ROWS[spec] = floats, flags
     while len(_HOST_ROWS) > _HOST_ROWS_CACHE_SIZE:
-        _HOST_ROWS.popitem(last=False)
+        evicted, _ = _HOST_ROWS.popitem(last=False)
+        _READ.pop(evicted, None)  # its file is worth reading again
     return floats[:rows], flags[:rows]
 
 
@@ -180,9 +180,16 @@ def _core_digest() -> str:
 
 
 def _read_cached(spec: Spec) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows in ``spec``'s cache file, or ``None`` where there is none or where this process read
+    it, unchanged since, into rows it still holds (no more than those the caller already has)."""
     path = _cache_path(spec)
-    if path is None or not path.exists():
+    try:
+        modified = path.stat().st_mtime_ns if path is not None else None
+    except OSError:
         return None
+    if modified is None or modified == _READ.get(spec):
+        return None
+    _READ[spec] = modified
     try:
         with np.load(path) as saved:
             floats, flags = saved["floats"], saved["flags"]
