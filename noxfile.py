@@ -89,8 +89,9 @@ def lint(session: nox.Session) -> None:
 RUNS_IN = {"torch": ["torch", "torch.optim"], "tf": ["tf", "keras"], "jax": ["jax", "optax"]}
 REFERENCE = "numpy"  # conformance.backends.REFERENCE (nox's own Python has no numpy to import it)
 
-# Backends in the order ``nox -s conformance`` queues them: the longest first.
-LAUNCH_ORDER = ["tf", "jax", "torch", "array_api_strict", "numpy"]
+# Backends in the order ``nox -s conformance`` queues them: the longest first (torch: its two compiled
+# modes are the run's longest jobs; each backend queues its slowest modes first, Backend.slowest).
+LAUNCH_ORDER = ["torch", "tf", "jax", "array_api_strict", "numpy"]
 RUN_SESSIONS = [f"conformance_run(backend='{b}')" for b in sorted(BACKEND_DEPS, key=LAUNCH_ORDER.index)]
 
 # What TensorFlow writes to stderr at its import whatever TF_CPP_MIN_LOG_LEVEL says (absl's lines

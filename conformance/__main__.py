@@ -103,7 +103,7 @@ def _enqueue(args: argparse.Namespace) -> int:
             print(f"backend {name} cannot run here: {reason}", file=sys.stderr)
             return 2
         modes = [m for m in (args.modes or backend.modes) if m in backend.modes] or [backend.modes[0]]
-        for folder in enqueue(args.out, name, modes, run_args):
+        for folder in enqueue(args.out, name, backend.queue_order(modes), run_args):
             print(f"queued {folder.name} (log: {folder / 'log'})")
     return 0
 

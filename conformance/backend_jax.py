@@ -124,4 +124,5 @@ BACKEND = Backend(
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
     default_cells={"eager": _ELSEWHERE, "optax": _ELSEWHERE},
+    slowest=("jit", "optax"),
 )

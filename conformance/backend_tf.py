@@ -126,6 +126,7 @@ BACKEND = Backend(
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
     default_cells={"eager": _ELSEWHERE, "xla": _ELSEWHERE},
+    slowest=("xla", "function"),
 )
 """Adagrad's weight_decay/zeros cells pass through subnormal numbers, which TensorFlow's CPU kernels
 flush to zero in every mode: they carry the registry's stated bound (``tf:weight_decay/zeros``)."""

@@ -147,4 +147,5 @@ BACKEND = Backend(
     ("float32", "float64", "float16", "bfloat16"),
     _runner,
     default_cells={mode: _ELSEWHERE for mode in ("loop", "flat", "compiled", "compile")},
+    slowest=("compile", "compiled"),
 )

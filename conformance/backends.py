@@ -276,6 +276,14 @@ class Backend:
     default_cells: Mapping[str, tuple[Callable[[Cell], bool], str]] = dataclasses.field(default_factory=dict)
     # cell -> why this backend cannot run it at all (even with --full), or None
     supports: Callable[[Cell], str | None] | None = None
+    # the modes that take longest, longest first: their jobs are queued before the others', so that
+    # two cores do not end the run with one long job alone (modes not named keep their order)
+    slowest: tuple[str, ...] = ()
+
+    def queue_order(self, modes: Sequence[str]) -> list[str]:
+        """``modes`` in the order their jobs are queued: :attr:`slowest` first."""
+        rank = {m: i for i, m in enumerate(self.slowest)}
+        return sorted(modes, key=lambda m: rank.get(m, len(rank)))
 
     def skip_by_default(self, mode: str, cell: Cell) -> str | None:
         """Why ``cell`` is left to ``--full`` in ``mode``, or ``None`` if the default run covers it."""

@@ -99,3 +99,15 @@ def test_the_queue_drives_itself_without_a_waiter(tmp_path):
     while not all((f / "rc").exists() for f in folders) and time.time() < deadline:
         time.sleep(0.1)
     assert [(f / "rc").read_text().strip() for f in folders] == ["0", "0"]
+
+
+def test_each_backend_queues_its_slowest_modes_first():
+    """The compiled modes, the run's longest jobs, are queued before the others (keeping the others'
+    order), so that the two cores do not end the run with one long job alone."""
+    from conformance import backends
+
+    torch_modes = backends.get("torch").modes
+    assert backends.get("torch").queue_order(torch_modes) == ["compile", "compiled", "eager", "loop", "flat"]
+    assert backends.get("tf").queue_order(["eager", "function", "xla"]) == ["xla", "function", "eager"]
+    assert backends.get("jax").queue_order(["eager", "optax"]) == ["optax", "eager"]
+    assert backends.get("numpy").queue_order(["eager"]) == ["eager"]
