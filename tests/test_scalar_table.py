@@ -177,3 +177,20 @@ def test_rows_evicted_from_memory_are_read_back_from_the_cache_not_recomputed(tm
     again = st.scalar_table(spec, np.float32)
     assert len(calls) <= 2 < again.length  # the field names and the limit row; the rows are read
     np.testing.assert_array_equal(again.floats, first.floats[: again.length].astype(np.float32))
+
+
+def test_a_process_does_not_read_back_the_rows_it_just_wrote(tmp_path, monkeypatch):
+    """Its float32 table written, the float64 one extends the rows in memory: the cache file, which
+    holds only those rows, is not loaded again."""
+    from uniopt import scalar_table as st
+
+    spec = uniopt.Adam(lr=0.003)  # float32 ends near step 17,000, float64 near 36,700
+    monkeypatch.setenv(st.CACHE_VARIABLE, str(tmp_path))
+    _new_process(st)
+    st.scalar_table(spec, np.float32)
+    assert len(list(tmp_path.iterdir())) == 1
+    loads = []
+    original = np.load
+    monkeypatch.setattr(st.np, "load", lambda *a, **k: loads.append(a) or original(*a, **k))
+    st.scalar_table(spec, np.float64)
+    assert loads == []

@@ -206,3 +206,4 @@ def _write_cached(spec: Spec, floats: np.ndarray, flags: np.ndarray) -> None:
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, floats=floats, flags=flags)
     os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+    _READ[spec] = path.stat().st_mtime_ns  # its rows are in memory: no need to read them back
