@@ -8,7 +8,8 @@
   parameters with at least that many elements take the in-place per-tensor kernel, the others the
   gathered vector;
 * ``compile``: ``torch.compile(opt.step)``, the way torch's documentation compiles an optimizer step
-  (dynamo traces the per-tensor rule).
+  (dynamo traces the per-tensor rule), for one optimizer per batch whose param groups are the
+  batch's cases (each group with its case's settings and convention): one graph per batch.
 
 Gradients are assigned to ``p.grad`` as a training loop would; snapshots read the parameters and
 ``opt.state``.
@@ -89,12 +90,23 @@ def _runner(mode: str) -> Runner:
         split = mode in ("flat", "compiled")
         _flat.LARGE = dict.fromkeys(default_large, SPLIT_LARGE) if split else default_large
         params = [[to_torch(p).to(device) for p in unit.params0] for unit in units]
-        opts = [
-            getattr(uniopt_torch, unit.spec.name)(
-                ps, implementation=IMPLEMENTATION[mode], **unit.spec.hyperparameters
-            )
-            for unit, ps in zip(units, params, strict=True)
-        ]
+        if mode == "compile":
+            # one optimizer with a param group per unit (each case's settings, convention included),
+            # so that dynamo traces every case's rule into one graph: one inductor compile per batch
+            # where one per case cost most of this mode's time (a group's rule is the same per-tensor
+            # rule, and each parameter is still compared alone)
+            groups: dict[str, list[dict]] = {}
+            for unit, ps in zip(units, params, strict=True):
+                groups.setdefault(unit.spec.name, []).append(dict(params=ps, **unit.spec.hyperparameters))
+            shared = {n: getattr(uniopt_torch, n)(gs, implementation="auto") for n, gs in groups.items()}
+            opts = [shared[unit.spec.name] for unit in units]
+        else:
+            opts = [
+                getattr(uniopt_torch, unit.spec.name)(
+                    ps, implementation=IMPLEMENTATION[mode], **unit.spec.hyperparameters
+                )
+                for unit, ps in zip(units, params, strict=True)
+            ]
         if mode in ("compile", "compiled"):
             # never fall back to eager silently: a recompile past the limit is an error
             torch._dynamo.config.recompile_limit = 256
@@ -107,8 +119,11 @@ def _runner(mode: str) -> Runner:
                 setattr(functools.reduce(getattr, path, torch._inductor.config), name, value)
 
         # compile: torch.compile(opt.step), the way torch's documentation compiles an optimizer step
-        # (dynamo traces the optimizer's per-tensor rule), one graph per optimizer
-        steps_of = [torch.compile(opt.step) if mode == "compile" else opt.step for opt in opts]
+        # (dynamo traces the optimizer's per-tensor rule): the batch's one optimizer, one graph
+        if mode == "compile":
+            steps_of = [torch.compile(opt.step) for opt in shared.values()]
+        else:
+            steps_of = [opt.step for opt in opts]
 
         def step() -> None:
             for step_one in steps_of:
