@@ -29,10 +29,10 @@ memory-traffic minimum of 28 bytes per float32 parameter for Adam-type rules. In
 square root with ``std::sqrt`` (correctly rounded) and does not contract ``a*b + c`` into fused
 multiply-adds, so the compiled rule is bitwise equal to the eager one in float32 and float64; in
 float16 and bfloat16 it is compiled with ``emulate_precision_casts`` so every op rounds to the dtype as
-eager does. One graph is compiled per (spec, dtype, branch flags such as RAdam's rectified step): the
-kernel is handed plain 1-D tensors, not views (:func:`_alias`), whose length is unbacked (no case
-made of lengths 0 and 1), so the small region and every large tensor share it, one element or
-many. Compiling costs a few seconds per
+eager does. One graph is compiled per (spec, dtype, branch flags such as RAdam's rectified step): sizes
+are symbolic and the kernel is handed plain 1-D tensors, not views (:func:`_alias`), so the small
+region and every large tensor share it (a one-element tensor gets its own: torch specialises lengths
+0 and 1). Compiling costs a few seconds per
 graph on first use (inductor's on-disk cache shortens later processes). On CUDA the rule compiles to a
 Triton kernel with :func:`exact_options`: no implicit fused multiply-adds, correctly rounded float32
 division, no flushing of subnormals, as eager CUDA kernels compute.
@@ -145,8 +145,8 @@ def _alias(t: torch.Tensor) -> torch.Tensor:
 
     Dynamo guards a view input on its base's sizes and strides; the kernels' inputs are 1-D views of
     parameters, gradients and slot buffers of many shapes and offsets, and those guards recompiled
-    a compiled rule up to five times per spec (a stream of mixed shapes). Given plain tensors of
-    an unbacked length (:func:`_call_on_aliases`) it compiles once."""
+    a compiled rule up to five times per spec (a stream of mixed shapes). Given plain tensors it
+    compiles twice at most: for one element (0/1 specialisation) and for any other length."""
     if not t.is_contiguous():
         return t
     return torch.empty(0, dtype=t.dtype, device=t.device).set_(
@@ -157,18 +157,10 @@ def _alias(t: torch.Tensor) -> torch.Tensor:
 def _call_on_aliases(
     compiled: Callable[..., None], spec: Spec, p: torch.Tensor, g: torch.Tensor, slots: tuple, sc: Any
 ) -> None:
-    """``compiled(spec, ...)`` on :func:`_alias` es of the tensors, their length marked unbacked (one
-    symbol for all of them): dynamo then makes no case of lengths 0 and 1, so one graph serves
-    every length (a one-element region, a bias of one element, compiled a second graph). An alias
-    does not share the parameter's autograd version counter, so the write to ``p`` is recorded on
-    ``p`` afterwards, as an in-place op would record it."""
-    from torch._dynamo.decorators import mark_unbacked
-
-    tensors = [_alias(p), _alias(g), *map(_alias, slots)]
-    for alias, t in zip(tensors, (p, g, *slots), strict=True):
-        if alias is not t:  # never a mark on the caller's own tensor
-            mark_unbacked(alias, 0, shape_id="uniopt_flat_length")
-    compiled(spec, tensors[0], tensors[1], tuple(tensors[2:]), sc)
+    """``compiled(spec, ...)`` on :func:`_alias` es of the tensors. An alias does not share the
+    parameter's autograd version counter, so the write to ``p`` is recorded on ``p`` afterwards, as
+    an in-place op would record it."""
+    compiled(spec, _alias(p), _alias(g), tuple(map(_alias, slots)), sc)
     torch.autograd.graph.increment_version(p)
 
 
