@@ -98,7 +98,10 @@ def _runner(mode: str) -> Runner:
             groups: dict[str, list[dict]] = {}
             for unit, ps in zip(units, params, strict=True):
                 groups.setdefault(unit.spec.name, []).append(dict(params=ps, **unit.spec.hyperparameters))
-            shared = {n: getattr(uniopt_torch, n)(gs, implementation="auto") for n, gs in groups.items()}
+            shared = {
+                n: getattr(uniopt_torch, n)(gs, implementation=IMPLEMENTATION[mode])
+                for n, gs in groups.items()
+            }
             opts = [shared[unit.spec.name] for unit in units]
         else:
             opts = [
@@ -120,10 +123,7 @@ def _runner(mode: str) -> Runner:
 
         # compile: torch.compile(opt.step), the way torch's documentation compiles an optimizer step
         # (dynamo traces the optimizer's per-tensor rule): the batch's one optimizer, one graph
-        if mode == "compile":
-            steps_of = [torch.compile(opt.step) for opt in shared.values()]
-        else:
-            steps_of = [opt.step for opt in opts]
+        steps_of = [torch.compile(opt.step) if mode == "compile" else opt.step for opt in dict.fromkeys(opts)]
 
         def step() -> None:
             for step_one in steps_of:
