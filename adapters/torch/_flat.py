@@ -19,7 +19,8 @@ exactly the spec's slots. A step then runs the spec's own ``rule(param, grad, sl
   On CUDA they are three ``torch._foreach_copy_`` calls (a few kernel launches for all tensors), so
   that a step launches a handful of kernels whatever the number of tensors. Without a C compiler,
   ``torch.cat`` and ``torch._foreach_copy_`` do the CPU's. The two vectors are gather buffers the
-  bucket keeps (scratch, not state: 2 elements per gathered parameter, ``opt.scratch_bytes()``).
+  bucket keeps (scratch, not state: 2 elements per gathered parameter, ``opt.scratch_bytes()``; a
+  region of fewer than :data:`MIN_REGION` elements is padded to it).
 
 The rule is elementwise, so running it over a concatenation computes, element by element, exactly the
 ops it computes per tensor: a flat step is the per-tensor step executed differently, never another
@@ -31,8 +32,9 @@ multiply-adds, so the compiled rule is bitwise equal to the eager one in float32
 float16 and bfloat16 it is compiled with ``emulate_precision_casts`` so every op rounds to the dtype as
 eager does. One graph is compiled per (spec, dtype, branch flags such as RAdam's rectified step): sizes
 are symbolic and the kernel is handed plain 1-D tensors, not views (:func:`_alias`), so the small
-region and every large tensor share it (a one-element tensor gets its own: torch specialises lengths
-0 and 1). Compiling costs a few seconds per
+region and every large tensor share it (torch specialises lengths 0 and 1, so the small region is
+padded to :data:`MIN_REGION` elements; large tensors are never that short). Compiling costs a few
+seconds per
 graph on first use (inductor's on-disk cache shortens later processes). On CUDA the rule compiles to a
 Triton kernel with :func:`exact_options`: no implicit fused multiply-adds, correctly rounded float32
 division, no flushing of subnormals, as eager CUDA kernels compute.
@@ -60,13 +62,29 @@ from uniopt import Spec
 
 from ._namespace import xp
 
-__all__ = ["DEVICES", "FLAT_DTYPES", "LARGE", "Bucket", "copier", "eligible", "exact_options", "kernel"]
+__all__ = [
+    "DEVICES",
+    "FLAT_DTYPES",
+    "LARGE",
+    "MIN_REGION",
+    "Bucket",
+    "copier",
+    "eligible",
+    "exact_options",
+    "kernel",
+]
 
 LARGE = {"cpu": 1 << 16, "cuda": 1 << 24}
 """Per device type, tensors with at least this many elements are updated in place one by one; smaller
 ones are gathered into one vector, since their per-tensor dispatch would cost more than the gather.
 On CUDA a compiled call costs the host about 0.1 ms, which the GPU spends on some 10M parameters of
 an Adam-type step, so only tensors well above that are worth a call of their own."""
+
+MIN_REGION = 2
+"""The gathered vector of a bucket's small tensors is padded with zeros to at least this many elements,
+so that a compiled rule sees one length class (torch specialises lengths 0 and 1): one graph per spec
+and dtype. The padding is scratch, part of no parameter's state; the rule runs on it and its values
+are never read."""
 
 _ALIGN = 16
 """Large tensors' slot pieces start at multiples of 16 elements (64 bytes for float32)."""
@@ -146,7 +164,7 @@ def _alias(t: torch.Tensor) -> torch.Tensor:
     Dynamo guards a view input on its base's sizes and strides; the kernels' inputs are 1-D views of
     parameters, gradients and slot buffers of many shapes and offsets, and those guards recompiled
     a compiled rule up to five times per spec (a stream of mixed shapes). Given plain tensors it
-    compiles twice at most: for one element (0/1 specialisation) and for any other length."""
+    compiles once (lengths 0 and 1, which torch specialises, never reach it: see :data:`MIN_REGION`)."""
     if not t.is_contiguous():
         return t
     return torch.empty(0, dtype=t.dtype, device=t.device).set_(
@@ -255,6 +273,9 @@ class Bucket:
         for i in small:
             offsets[i], end = end, end + params[i].numel()
         self.small_end = end
+        # the gathered region is at least MIN_REGION elements (zero padding after the small tensors):
+        # a compiled rule specialises lengths 0 and 1, and would compile a graph for each
+        end = self.region_size = max(end, MIN_REGION) if small else 0
         for i in large:
             end = -(-end // _ALIGN) * _ALIGN
             offsets[i], end = end, end + params[i].numel()
@@ -298,7 +319,9 @@ class Bucket:
             )
             for i in large
         ]
-        self.region = tuple(self.slots[n][: self.small_end] for n in names)
+        self.region = tuple(self.slots[n][: self.region_size] for n in names)
+        for piece in self.region:
+            piece[self.small_end :].zero_()  # the padding (no parameter's state)
         self.seen_changes: int | None = None  # opt.state's change count when last found intact
         # the gather buffers, kept: memory fresh from the allocator is paged in on first touch, which
         # on the CPU cost more than the copies themselves (measured: 1.9 ms against 0.75 ms for 1M
@@ -307,8 +330,8 @@ class Bucket:
         if small:
             # two allocations, not two rows of one: a compiled rule given inputs that share storage
             # would have AOTAutograd treat them as aliases of one base
-            flat_g = torch.empty(self.small_end, dtype=p0.dtype, device=p0.device)
-            flat_p = torch.empty_like(flat_g)
+            flat_g = torch.zeros(self.region_size, dtype=p0.dtype, device=p0.device)
+            flat_p = torch.zeros_like(flat_g)
             grad_views = param_views = None
             if self.device.type != "cpu":
                 pieces = [(offsets[i], offsets[i] + params[i].numel(), params[i].shape) for i in small]
@@ -364,9 +387,10 @@ class Bucket:
                 # so a graph that saved these parameters still refuses to backpropagate through them
                 torch.autograd.graph.increment_version(self.small)
             else:
-                torch.cat([g.reshape(-1) for g in grads], out=flat_g)
-                torch.cat(self.small_flat, out=flat_p)
+                end = self.small_end
+                torch.cat([g.reshape(-1) for g in grads], out=flat_g[:end])
+                torch.cat(self.small_flat, out=flat_p[:end])
                 fn(flat_p, flat_g, region, scalars)
-                torch._foreach_copy_(self.small_flat, list(torch.split(flat_p, self.small_sizes)))
+                torch._foreach_copy_(self.small_flat, list(torch.split(flat_p[:end], self.small_sizes)))
         for flat, p, pieces in self.large:
             fn(flat, p.grad.reshape(-1), pieces, scalars)
