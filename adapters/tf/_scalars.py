@@ -67,6 +67,12 @@ def _columns(table: ScalarTable) -> list[_Column]:
     return out
 
 
+def _padded(rows: np.ndarray, length: int) -> np.ndarray:
+    """``rows`` (a table's ``(T, k)`` floats or flags) extended to ``length`` rows by repeating the
+    last one, the limit row that ``ScalarTable.row`` gives past the table's end."""
+    return np.concatenate([rows, np.repeat(rows[-1:], length - len(rows), axis=0)])
+
+
 def _gather(column: _Column, index: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     if column.values is None:
         return tf.constant(column.constant, dtype=dtype)
@@ -113,22 +119,23 @@ class ScalarSource:
         at0 = scalar_table(self.spec.replace(lr=0.0), np.float64)
         at1 = scalar_table(self.spec.replace(lr=1.0), np.float64)
         length = max(at0.length, at1.length)
-        rows0 = [at0.row(s) for s in range(1, length + 1)]
-        rows1 = [at1.row(s) for s in range(1, length + 1)]
-        a_cols, b_cols, flag_cols = [], [], []
+        # every field over steps 1..length, as ScalarTable.row gives it (the limit row past the end)
+        floats0, floats1 = _padded(at0.floats, length), _padded(at1.floats, length)
+        flags0, flags1 = _padded(at0.flags, length), _padded(at1.flags, length)
+        a_cols, b_cols, flag_cols, fi, bi = [], [], [], 0, 0
         for i, flag in enumerate(self.is_flag):
-            c0 = np.array([r[i] for r in rows0])
-            c1 = np.array([r[i] for r in rows1])
             if flag:
-                if not np.array_equal(c0, c1):
+                if not np.array_equal(flags0[:, bi], flags1[:, bi]):
                     raise NotImplementedError(
                         f"{self.spec.name}: the step flag {self.scalars_type._fields[i]} depends on "
                         "the learning rate, so it cannot be read from a table under XLA"
                     )
-                flag_cols.append(c1)
+                flag_cols.append(flags1[:, bi])
+                bi += 1
             else:
-                a_cols.append(c0.astype(np.float64))
-                b_cols.append(c1.astype(np.float64) - c0.astype(np.float64))
+                a_cols.append(floats0[:, fi])
+                b_cols.append(floats1[:, fi] - floats0[:, fi])
+                fi += 1
         self._check_affine(length, a_cols, b_cols)
 
         def as_columns(cols: list[np.ndarray]) -> list[_Column]:
