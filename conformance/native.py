@@ -7,9 +7,13 @@ shows how far uniopt's convention is from the optimizer people port from:
 - ``torch.optim@native``: the row's ``torch.optim.<TorchNames.native>`` (single-tensor path,
   ``foreach=False``), and for ``convention="official"`` the authors' RAdam step, transcribed op for
   op into current torch calls;
-- ``keras@native``: ``keras.optimizers.<Name>`` on TensorFlow, eagerly (the keras convention
-  reproduces Keras's eager apply; inside ``tf.function`` TensorFlow's graph optimizations move some
-  results by a few ulp, which ``python -m conformance parity`` measures);
+- ``keras@native``: ``keras.optimizers.<Name>`` on TensorFlow, its ``apply`` traced once per case
+  into a ``tf.function`` that runs with TensorFlow's graph optimizer (grappler) off, so the graph
+  executes the kernels eager execution runs, op for op: the results of Keras's eager apply, bitwise
+  (``tests/tf_adapter/test_native_keras_row.py``), in one call per step instead of some fifty eager
+  dispatches (the keras convention reproduces Keras's eager apply; with grappler on, as ``model.fit``
+  runs it, TensorFlow's rewrites move some results by a few ulp, which ``python -m conformance
+  parity`` measures);
 - ``optax@native``: ``optax.<alias>`` with ``optax.apply_updates``, under ``jax.jit``, with
   ``jax_enable_x64`` off (jax's default) except for float64 cells.
 
@@ -19,6 +23,7 @@ are defined to hold what the native optimizer holds. Frameworks are imported ins
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -233,18 +238,35 @@ def _keras_runner(mode: str) -> Runner:
             )
 
         # "graph" (the parity measurement): inside a tf.function, as model.fit runs it on a CPU
-        # (Keras 3 turns XLA off there)
+        # (Keras 3 turns XLA off there); "native": a tf.function run without grappler (eager's ops)
         def apply(grads: list[Any]) -> None:
             optimizer.apply(grads, variables)
 
-        if mode == "graph":
-            apply = tf.function(apply)
-        yield snapshot()
-        for t in range(1, steps + 1):
-            apply([tf.constant(g) for g in grads_at(t)])
+        apply = tf.function(apply) if mode == "graph" else tf.function(apply, jit_compile=False)
+        with _grappler_off() if mode == "native" else contextlib.nullcontext():
             yield snapshot()
+            for t in range(1, steps + 1):
+                apply([tf.constant(g) for g in grads_at(t)])
+                yield snapshot()
 
     return by_unit(run_unit)
+
+
+@contextlib.contextmanager
+def _grappler_off() -> Iterator[None]:
+    """TensorFlow's graph optimizer (grappler) off while the block runs, restored after: a
+    ``tf.function`` first called inside runs its graph's ops as written, the kernels eager
+    execution runs (the option is process-wide, and the other TF rows run with it on)."""
+    import tensorflow as tf
+
+    before = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options(
+            {**before, "disable_meta_optimizer": before.get("disable_meta_optimizer", False)}
+        )
 
 
 # -- optax ---------------------------------------------------------------------------------------
