@@ -1,18 +1,21 @@
 """The array namespace the spec runs on for torch tensors.
 
-``array_api_compat.torch`` with one replacement: ``sqrt``. torch's CPU kernels compute ``sqrt`` with
-a vectorised approximation that is not correctly rounded (measured with torch 2.13 on AVX-512: 17% of
-float32 and 1.2% of float64 results 1 ulp off), while IEEE 754, NumPy, CUDA and XLA round it
-correctly. On CPU the tensor's memory is handed to NumPy's ``sqrt`` (hardware ``vsqrtps``/``vsqrtpd``,
-correctly rounded) without a copy; bfloat16, which NumPy lacks, goes through float32, where double
-rounding of a square root is still correct (24 >= 2*8 + 2 bits). On other devices torch's own
-``sqrt`` is used. Under ``torch.compile`` tracing, torch's ``sqrt`` is emitted and inductor
-generates the correctly rounded instruction.
+``array_api_compat.torch`` with two replacements, ``sqrt`` and ``sign``. torch's CPU kernels compute
+``sqrt`` with a vectorised approximation that is not correctly rounded (measured with torch 2.13 on
+AVX-512: 17% of float32 and 1.2% of float64 results 1 ulp off), while IEEE 754, NumPy, CUDA and XLA
+round it correctly. On CPU the tensor's memory is handed to NumPy's ``sqrt`` (hardware
+``vsqrtps``/``vsqrtpd``, correctly rounded) without a copy; bfloat16, which NumPy lacks, goes through
+float32, where double rounding of a square root is still correct (24 >= 2*8 + 2 bits). On other
+devices torch's own ``sqrt`` is used. Under ``torch.compile`` tracing, torch's ``sqrt`` is emitted
+and inductor generates the correctly rounded instruction.
 
-``sign`` is array_api_compat's: ``torch.sign`` of a NaN is 0 or NaN depending on the tensor (torch
-2.13 on CPU: 0 for a tensor of NaNs of any length and dtype; inductor's lowering always gives 0),
-and array_api_compat puts NaN back where the input is NaN, as NumPy and the array API have it,
-eagerly and under ``torch.compile`` (tests/torch_adapter/test_namespace.py). The other elementwise
+``sign``: ``torch.sign`` of a NaN is 0 or NaN depending on the tensor (torch 2.13 on CPU: 0 for a
+tensor of NaNs of any length and dtype; inductor's lowering always gives 0), so NaN is put back where
+the input is NaN, as NumPy and the array API have it, eagerly and under ``torch.compile``
+(tests/torch_adapter/test_namespace.py). array_api_compat does the same with a masked write,
+``out[isnan(x)] = nan``, which on a 0-d tensor is a data-dependent branch that ``torch.compile``
+cannot trace (a graph break per 0-d parameter: 39 graphs for one step of the conformance Lion batch);
+for real floating tensors uniopt selects with ``torch.where`` instead, the same values. The other elementwise
 ops the rules use (``abs``, ``maximum`` (NaN-propagating), ``where``, ``negative``) are
 exact in torch eagerly and compiled. Only the sign of a zero chosen by ``maximum`` between ``-0.0``
 and ``+0.0`` is left unspecified, as by the array API (NumPy itself returns the first argument in
@@ -45,6 +48,14 @@ def sqrt(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def sign(x: Any, /) -> Any:
+    """The array API's elementwise sign: -1, 0 or +1 (signed zeros kept), NaN for NaN (see the module
+    docstring); array_api_compat's for other dtypes (complex: ``x / |x|``)."""
+    if isinstance(x, torch.Tensor) and x.dtype.is_floating_point:
+        return torch.where(torch.isnan(x), torch.nan, torch.sign(x))
+    return _compat.sign(x)
+
+
 def _same_dtype(op: Any, compat: Any) -> Any:
     """``op`` called directly when both arguments are tensors of one dtype, where
     ``array_api_compat``'s wrapper would call it unchanged (its promotion fix-up converts a 0-d
@@ -61,10 +72,11 @@ def _same_dtype(op: Any, compat: Any) -> Any:
 
 
 class _TorchNamespace:
-    """``array_api_compat.torch`` with :func:`sqrt` replaced, and its binary arithmetic called
-    directly on same-dtype tensors (:func:`_same_dtype`)."""
+    """``array_api_compat.torch`` with :func:`sqrt` and :func:`sign` replaced, and its binary
+    arithmetic called directly on same-dtype tensors (:func:`_same_dtype`)."""
 
     sqrt = staticmethod(sqrt)
+    sign = staticmethod(sign)
     add = _same_dtype(torch.add, _compat.add)
     subtract = _same_dtype(torch.subtract, _compat.subtract)
     multiply = _same_dtype(torch.multiply, _compat.multiply)

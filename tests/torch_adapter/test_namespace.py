@@ -67,6 +67,16 @@ def test_sign_of_nan_is_nan_in_a_tensor_of_nans(dtype, run):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("value", [np.nan, -0.0, -3.0, 0.5])
+def test_sign_of_a_zero_dim_tensor_compiles_into_one_graph(dtype, value, run):
+    """A 0-d parameter (a scalar temperature, a gate) traces into the graph: array_api_compat's
+    masked NaN write is a data-dependent branch on a 0-d tensor, which broke the graph."""
+    x = torch.tensor(value, dtype=dtype)
+    expected = np.sign(np.asarray(value, np.float32)).astype(DTYPES[dtype])
+    _assert_same(run(lambda t: xp.sign(t), x), np.asarray(expected), f"sign({value}) {dtype}")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
 def test_maximum_propagates_nan_and_equals_numpy_off_signed_zero_ties(dtype, run):
     rng = np.random.default_rng(0)
     a = np.concatenate([np.array(VALUES), rng.standard_normal(20)])
