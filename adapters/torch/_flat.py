@@ -34,10 +34,9 @@ eager does. One graph is compiled per (spec, dtype, branch flags such as RAdam's
 are symbolic and the kernel is handed plain 1-D tensors, not views (:func:`_alias`), so the small
 region and every large tensor share it (torch specialises lengths 0 and 1, so the small region is
 padded to :data:`MIN_REGION` elements; large tensors are never that short). Compiling costs a few
-seconds per
-graph on first use (inductor's on-disk cache shortens later processes). On CUDA the rule compiles to a
-Triton kernel with :func:`exact_options`: no implicit fused multiply-adds, correctly rounded float32
-division, no flushing of subnormals, as eager CUDA kernels compute.
+seconds per graph on first use (inductor's on-disk cache shortens later processes). On CUDA the rule
+compiles to a Triton kernel with :func:`exact_options`: no implicit fused multiply-adds, correctly
+rounded float32 division, no flushing of subnormals, as eager CUDA kernels compute.
 
 A bucket is rebuilt (state copied into new buffers) when the set of parameters with a gradient
 changes, when ``opt.state`` was replaced (``load_state_dict``), when the slots change, or after a

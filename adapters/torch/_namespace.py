@@ -15,11 +15,12 @@ the input is NaN, as NumPy and the array API have it, eagerly and under ``torch.
 (tests/torch_adapter/test_namespace.py). array_api_compat does the same with a masked write,
 ``out[isnan(x)] = nan``, which on a 0-d tensor is a data-dependent branch that ``torch.compile``
 cannot trace (a graph break per 0-d parameter: 39 graphs for one step of the conformance Lion batch);
-for real floating tensors uniopt selects with ``torch.where`` instead, the same values. The other elementwise
-ops the rules use (``abs``, ``maximum`` (NaN-propagating), ``where``, ``negative``) are
-exact in torch eagerly and compiled. Only the sign of a zero chosen by ``maximum`` between ``-0.0``
-and ``+0.0`` is left unspecified, as by the array API (NumPy itself returns the first argument in
-float16 and the second in float32).
+for real floating tensors uniopt selects with ``torch.where`` instead, the same values.
+
+The other elementwise ops the rules use (``abs``, ``maximum`` (NaN-propagating), ``where``,
+``negative``) are exact in torch eagerly and compiled. Only the sign of a zero chosen by ``maximum``
+between ``-0.0`` and ``+0.0`` is left unspecified, as by the array API (NumPy itself returns the
+first argument in float16 and the second in float32).
 """
 
 from __future__ import annotations
