@@ -54,6 +54,18 @@ def test_every_row_of_a_table_equals_the_host_scalars():
             assert _equal(table.row(step), rounded_scalars(spec, step, dtype)), (dtype, step)
 
 
+def test_an_extended_table_holds_the_rows_that_row_gives_past_its_end():
+    """``extended(n)`` lays out steps 1..n as ``row`` reads them: the table, then its limit row."""
+    spec = uniopt.RAdam(lr=3e-3)  # float fields and a flag (the rectified step)
+    table = scalar_table(spec, np.dtype("float32"))
+    assert table.extended(table.length) is table and table.extended(3) is table
+    longer = table.extended(table.length + 7)
+    assert longer.length == table.length + 7 and longer.is_flag == table.is_flag
+    for step in (1, 2, table.length - 1, table.length, table.length + 1, table.length + 7):
+        assert _equal(longer.row(step), table.row(step)), step
+        assert _equal(longer.row(step), rounded_scalars(spec, step, np.dtype("float32"))), step
+
+
 def test_adam_table_ends_where_float32_bias_correction_reaches_one():
     table = scalar_table(uniopt.Adam(), "float32")
     # 1 - 0.999^t rounds to 1.0f once 0.999^t <= 2^-25, i.e. t >= 25 ln2 / -ln(0.999) ~ 17,320;

@@ -179,8 +179,8 @@ def _traced_lr_columns(spec: Spec, working: np.dtype) -> tuple[_Columns, _Column
     at0 = scalar_table(spec.replace(lr=0.0), working)
     at1 = scalar_table(spec.replace(lr=1.0), working)
     length = max(at0.length, at1.length)
-    flags = _pad(at0.flags, length)
-    if not np.array_equal(flags, _pad(at1.flags, length)):
+    flags = at0.extended(length).flags
+    if not np.array_equal(flags, at1.extended(length).flags):
         return None
     # a(t) and b(t) in float64 on the host, then rounded once to the working dtype
     a64 = np.empty((length, at0.floats.shape[1]))
@@ -199,13 +199,6 @@ def _traced_lr_columns(spec: Spec, working: np.dtype) -> tuple[_Columns, _Column
         _Columns.split(at0.is_flag, a64.astype(working), flags),
         _Columns.split(at0.is_flag, b64.astype(working), flags),
     )
-
-
-def _pad(rows: np.ndarray, length: int) -> np.ndarray:
-    """``rows`` extended to ``length`` by repeating its last (limit) row."""
-    if len(rows) >= length:
-        return rows
-    return np.concatenate([rows, np.repeat(rows[-1:], length - len(rows), axis=0)])
 
 
 def _float_fields(sc: NamedTuple) -> list[float]:

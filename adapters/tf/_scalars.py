@@ -67,12 +67,6 @@ def _columns(table: ScalarTable) -> list[_Column]:
     return out
 
 
-def _padded(rows: np.ndarray, length: int) -> np.ndarray:
-    """``rows`` (a table's ``(T, k)`` floats or flags) extended to ``length`` rows by repeating the
-    last one, the limit row that ``ScalarTable.row`` gives past the table's end."""
-    return np.concatenate([rows, np.repeat(rows[-1:], length - len(rows), axis=0)])
-
-
 def _gather(column: _Column, index: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     if column.values is None:
         return tf.constant(column.constant, dtype=dtype)
@@ -120,21 +114,20 @@ class ScalarSource:
         at1 = scalar_table(self.spec.replace(lr=1.0), np.float64)
         length = max(at0.length, at1.length)
         # every field over steps 1..length, as ScalarTable.row gives it (the limit row past the end)
-        floats0, floats1 = _padded(at0.floats, length), _padded(at1.floats, length)
-        flags0, flags1 = _padded(at0.flags, length), _padded(at1.flags, length)
+        at0, at1 = at0.extended(length), at1.extended(length)
         a_cols, b_cols, flag_cols, fi, bi = [], [], [], 0, 0
         for i, flag in enumerate(self.is_flag):
             if flag:
-                if not np.array_equal(flags0[:, bi], flags1[:, bi]):
+                if not np.array_equal(at0.flags[:, bi], at1.flags[:, bi]):
                     raise NotImplementedError(
                         f"{self.spec.name}: the step flag {self.scalars_type._fields[i]} depends on "
                         "the learning rate, so it cannot be read from a table under XLA"
                     )
-                flag_cols.append(flags1[:, bi])
+                flag_cols.append(at1.flags[:, bi])
                 bi += 1
             else:
-                a_cols.append(floats0[:, fi])
-                b_cols.append(floats1[:, fi] - floats0[:, fi])
+                a_cols.append(at0.floats[:, fi])
+                b_cols.append(at1.floats[:, fi] - at0.floats[:, fi])
                 fi += 1
         self._check_affine(length, a_cols, b_cols)
 

@@ -53,6 +53,18 @@ class ScalarTable:
     def length(self) -> int:
         return len(self.floats)
 
+    def extended(self, length: int) -> ScalarTable:
+        """The same table over steps ``1..length`` (at least its own length): the limit row repeated
+        past the end, as :meth:`row` gives it there."""
+        extra = max(length - self.length, 0)
+        if not extra:
+            return self
+
+        def grow(rows: np.ndarray) -> np.ndarray:
+            return np.concatenate([rows, np.repeat(rows[-1:], extra, axis=0)])
+
+        return dataclasses.replace(self, floats=grow(self.floats), flags=grow(self.flags))
+
     def row(self, step: int) -> tuple:
         """The scalars of 1-based ``step`` (the limit row past the table's end)."""
         i = min(step, self.length) - 1
