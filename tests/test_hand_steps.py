@@ -116,6 +116,14 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "maximize": False,
         "convention": "uniopt",
     },
+    "Lamb": {
+        "lr": 1e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-6,
+        "weight_decay": 0.0,
+        "maximize": False,
+        "convention": "uniopt",
+    },
     "NAdam": {
         "lr": 2e-3,
         "betas": (0.9, 0.999),
@@ -147,6 +155,8 @@ CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
     "Adadelta": {"keras": {"lr": 1e-3, "rho": 0.95, "eps": 1e-7}},
     # keras.optimizers.Lion(learning_rate=0.001); optax.lion(weight_decay=1e-3)
     "Lion": {"keras": {"lr": 1e-3}, "optax": {"weight_decay": 1e-3}},
+    # keras.optimizers.Lamb(epsilon=1e-7); optax.lamb(eps=1e-6) as uniopt's
+    "Lamb": {"keras": {"eps": 1e-7}},
     # keras.optimizers.Nadam(learning_rate=0.001, epsilon=1e-7): u_t = b1 (1 - 0.5 * 0.96^t), decay
     # decoupled (Keras's base); optax.nadam: no schedule, mu_t = b1 (momentum_decay = inf)
     "NAdam": {
@@ -494,6 +504,32 @@ def nadam_step(h, s, p, g, t, lr):
     return p - lr * m_bar / (math.sqrt(v / (1 - b2**t)) + eps), {"exp_avg": m, "exp_avg_sq": v}
 
 
+def lamb_init(h):
+    return {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+
+
+def lamb_step(h, s, p, g, t, lr):
+    """You et al. 2020, Algorithm 2, on the whole tensor (lists ``p``, ``g`` and slot lists):
+    r = m-hat / (sqrt(v-hat) + eps), u = r + wd p, p -= lr (||p|| / ||u||) u, the ratio 1 where a
+    norm is 0. Keras decays first, p -= lr wd p, outside the ratio, and takes its bias corrections
+    from float32-cast betas (ops.cast of a Python float)."""
+    b1, b2 = h["betas"]
+    wd, eps, keras = h["weight_decay"], h["eps"], h["convention"] == "keras"
+    c1, c2 = (float(np.float32(b1)), float(np.float32(b2))) if keras else (b1, b2)
+    if h["maximize"]:
+        g = [-x for x in g]
+    if keras and wd:
+        p = [x - lr * wd * x for x in p]
+    m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(s["exp_avg"], g, strict=True)]
+    v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(s["exp_avg_sq"], g, strict=True)]
+    u = [(mi / (1 - c1**t)) / (math.sqrt(vi / (1 - c2**t)) + eps) for mi, vi in zip(m, v, strict=True)]
+    if not keras:
+        u = [ui + wd * x for ui, x in zip(u, p, strict=True)]
+    p_norm, u_norm = math.sqrt(sum(x * x for x in p)), math.sqrt(sum(x * x for x in u))
+    ratio = p_norm / u_norm if p_norm > 0 and u_norm > 0 else 1.0
+    return [x - lr * ratio * ui for x, ui in zip(p, u, strict=True)], {"exp_avg": m, "exp_avg_sq": v}
+
+
 HAND = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -504,6 +540,7 @@ HAND = {
     "Adamax": (adamax_init, adamax_step),
     "Adadelta": (adadelta_init, adadelta_step),
     "Lion": (lion_init, lion_step),
+    "Lamb": (lamb_init, lamb_step),
     "NAdam": (nadam_init, nadam_step),
 }
 
@@ -527,9 +564,20 @@ def hyperparameters(name, kwargs):
     return h
 
 
+VECTOR = {"Lamb"}
+"""Optimizers whose step reads the whole tensor (norms): their ``*_step`` takes lists."""
+
+
 def hand_trajectory(name, h, p0, grads, lrs):
     """``[(params, slots)]`` after each step, as float64 arrays built from scalar hand work."""
     init, step = HAND[name]
+    if name in VECTOR:
+        p, s, out = list(p0), {k: [v] * len(p0) for k, v in init(h).items()}, []
+        for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
+            p, s = step(h, s, p, list(g), t, lr)
+            slots = {k: np.array(v, dtype=np.float64) for k, v in s.items()}
+            out.append((np.array(p, dtype=np.float64), slots))
+        return out
     per_element = []
     for j, p in enumerate(p0):
         s = init(h)

@@ -57,6 +57,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
     "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
     "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
     "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
+    "Lamb": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, maximize=False),
     "NAdam": dict(
         lr=2e-3,
         betas=(0.9, 0.999),
@@ -281,6 +282,21 @@ def lion_step(h, state, theta, grad, t, variant=None):
     return theta - lr * (np.sign(c) + wd * theta), {"exp_avg": m}
 
 
+def lamb_step(h, state, theta, grad, t, variant=None):
+    """You et al. 2020, Algorithm 2 (phi the identity): r = m-hat / (sqrt(v-hat) + eps),
+    u = r + wd theta, theta -= lr ||theta|| / ||u|| u, the ratio 1 where a norm is 0.
+    ``variant="decay_outside_ratio"``: Keras's, theta -= lr wd theta first and u = r."""
+    lr, wd = h["lr"], h["weight_decay"]
+    g = -grad if h["maximize"] else grad
+    if variant == "decay_outside_ratio":
+        theta, wd = theta - lr * wd * theta, 0.0
+    r, new = _adam_direction({**h, "amsgrad": False}, state, g, t, None)
+    u = r + wd * theta
+    p_norm, u_norm = np.linalg.norm(theta), np.linalg.norm(u)
+    ratio = p_norm / u_norm if p_norm > 0 and u_norm > 0 else 1.0
+    return theta - lr * ratio * u, new
+
+
 def nadam_init(h, theta):
     return {"exp_avg": np.zeros_like(theta), "exp_avg_sq": np.zeros_like(theta)}
 
@@ -322,6 +338,7 @@ REFERENCES = {
     "Adamax": (adamax_init, adamax_step),
     "Adadelta": (adadelta_init, adadelta_step),
     "Lion": (lion_init, lion_step),
+    "Lamb": (lambda h, theta: adam_init({**h, "amsgrad": False}, theta), lamb_step),
     "NAdam": (nadam_init, nadam_step),
 }
 
@@ -433,6 +450,7 @@ ALTERNATIVES = [
     ("RAdam", "default", "eps_hat"),
     ("Adamax", "default", "eps_outside"),
     ("Lion", "default", "one_beta"),
+    ("Lamb", "weight_decay", "decay_outside_ratio"),
     ("NAdam", "default", "adam_momentum"),
 ]
 

@@ -9,7 +9,7 @@
 
 There is one factory per optax name of a row of :data:`uniopt.registry.TABLE` (``sgd``, ``adagrad``,
 ``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``, ``adadelta``, ``lion``,
-each also under its CamelCase name, :data:`CAMEL_CASE`). Each takes optax's arguments in optax's
+``lamb``, each also under its CamelCase name, :data:`CAMEL_CASE`). Each takes optax's arguments in optax's
 order (:data:`POSITIONAL`), translated to the spec's by the row's mapping (:data:`ALIASES`), with
 uniopt's defaults (optax's own with ``convention="optax"``), and
 returns a :class:`Transformation` (an ``optax.GradientTransformationExtraArgs``) whose update

@@ -17,15 +17,21 @@ __all__ = [
     "abs",
     "add",
     "asarray",
+    "concat",
     "divide",
+    "equal",
     "full_like",
+    "greater",
+    "logical_or",
     "maximum",
     "multiply",
     "negative",
     "ones_like",
+    "reshape",
     "sign",
     "sqrt",
     "subtract",
+    "sum",
     "where",
     "zeros_like",
 ]
@@ -132,3 +138,32 @@ def asarray(obj: Any, dtype: Any = None, device: Any = None, copy: Any = None) -
     TensorFlow places the op with its inputs."""
     del device, copy
     return tf.constant(obj, dtype=dtype) if not tf.is_tensor(obj) else tf.cast(obj, dtype or obj.dtype)
+
+
+# -- what uniopt._math.sum_pairwise and trust_ratio use (no arithmetic beyond add's) --------------
+
+
+def reshape(x: Any, shape: tuple[int, ...]) -> tf.Tensor:
+    return tf.reshape(x, shape)
+
+
+def concat(arrays: Any, axis: int = 0) -> tf.Tensor:
+    return tf.concat(list(arrays), axis)
+
+
+def sum(x: Any) -> tf.Tensor:
+    """Used only for an empty array (``+0``); non-empty sums are :func:`uniopt._math.sum_pairwise`'s
+    elementwise additions in a fixed order."""
+    return tf.math.reduce_sum(x)
+
+
+def equal(x1: Any, x2: Any) -> tf.Tensor:
+    return tf.math.equal(x1, x2)
+
+
+def greater(x1: Any, x2: Any) -> tf.Tensor:
+    return tf.math.greater(x1, x2)
+
+
+def logical_or(x1: Any, x2: Any) -> tf.Tensor:
+    return tf.math.logical_or(x1, x2)

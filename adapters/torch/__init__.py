@@ -4,22 +4,22 @@
 >>> model = torch.nn.Linear(4, 2)
 >>> opt = uniopt.torch.RAdam(model.parameters(), lr=1e-3)   # in place of torch.optim.RAdam
 
-One class per row of :data:`uniopt.registry.TABLE` with torch names (``TorchNames``), generated
-from the row (:data:`OPTIMIZERS`): SGD, Adagrad, RMSprop, Adam, AdamW, RAdam, Adamax, NAdam,
-Adadelta and Lion. Argument names, positions and defaults are torch.optim's (``lr``, ``betas``,
-``eps``, ``weight_decay``, ``momentum``, ``dampening``, ``nesterov``, ``alpha``, ``rho``,
-``centered``, ``lr_decay``, ``initial_accumulator_value``, ``amsgrad``, ``momentum_decay``,
-``decoupled_weight_decay``, ``maximize``; RAdam adds ``degenerated_to_sgd``; Lion, which torch.optim
-lacks, takes the spec's names); ``lr`` (and Adam's ``betas``) may be 1-element tensors, and params may be
-tensors, ``(name, tensor)`` pairs or param group dicts, as torch.optim takes them. What differs from
-torch.optim is documented in docs/torch.md: the formulas are the spec's (RAdam's epsilon sits on
-sqrt(v-hat) as in Adam; centered RMSprop clamps its variance at 0), and every result is correctly
-rounded the same way as the NumPy reference. torch.optim's implementation switches (``foreach``,
-``fused``) are accepted and stored as torch.optim stores them, and never change the numbers;
-``capturable=True`` and ``differentiable=True`` are refused. A torch.optim checkpoint of the same
-algorithm continues under uniopt with :func:`load_torch_optim_state_dict`. ``implementation``
-(:data:`IMPLEMENTATIONS`, default ``"auto"``) chooses how the rule is executed, always with the same
-bits: per tensor, or over flat state buffers, eager or compiled by inductor.
+One class per row of :data:`uniopt.registry.TABLE` with torch names (``TorchNames``), generated from
+the row (:data:`OPTIMIZERS`): SGD, Adagrad, RMSprop, Adam, AdamW, RAdam, Adamax, NAdam, Adadelta,
+Lion and Lamb. Argument names, positions and defaults are torch.optim's (``lr``, ``betas``, ``eps``,
+``weight_decay``, ``momentum``, ``dampening``, ``nesterov``, ``alpha``, ``rho``, ``centered``,
+``lr_decay``, ``initial_accumulator_value``, ``amsgrad``, ``momentum_decay``,
+``decoupled_weight_decay``, ``maximize``; RAdam adds ``degenerated_to_sgd``; Lion and Lamb, which
+torch.optim lacks, take the spec's names); ``lr`` (and Adam's ``betas``) may be 1-element tensors,
+and params may be tensors, ``(name, tensor)`` pairs or param group dicts, as torch.optim takes them.
+What differs from torch.optim is documented in docs/torch.md: the formulas are the spec's (RAdam's
+epsilon sits on sqrt(v-hat) as in Adam; centered RMSprop clamps its variance at 0), and every result
+is correctly rounded the same way as the NumPy reference. torch.optim's implementation switches
+(``foreach``, ``fused``) are accepted and stored as torch.optim stores them, and never change the
+numbers; ``capturable=True`` and ``differentiable=True`` are refused. A torch.optim checkpoint of
+the same algorithm continues under uniopt with :func:`load_torch_optim_state_dict`.
+``implementation`` (:data:`IMPLEMENTATIONS`, default ``"auto"``) chooses how the rule is executed,
+always with the same bits: per tensor, or over flat state buffers, eager or compiled by inductor.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ one. ``compiled``: as ``flat``, with the rule compiled by inductor into one loop
 kernel (CUDA) per buffer. ``auto`` (the default): ``compiled`` for a group's parameters of one device
 and dtype holding at least :data:`AUTO_COMPILE_MIN` elements, ``flat`` below that. Parameters that
 cannot be flattened (neither on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``,
-and so does a step traced by ``torch.compile``."""
+and so does a step traced by ``torch.compile``. A spec that is not elementwise (``Lamb``: a norm per
+parameter) always takes ``loop``; ``flat`` and ``compiled`` are refused for it."""
 
 AUTO_COMPILE_MIN = 1 << 18
 """Below this many elements ``auto`` does not compile: the few seconds inductor takes on first use
@@ -145,6 +146,12 @@ class UnioptOptimizer(Optimizer):
             raise ValueError(
                 f"{owner}: implementation={implementation!r}; expected one "
                 f"of {', '.join(map(repr, IMPLEMENTATIONS))}"
+            )
+        if not self.spec_class.elementwise and implementation in ("flat", "compiled"):
+            raise ValueError(
+                f"{owner}: implementation={implementation!r} runs the rule over a concatenation of "
+                f"parameters, which only an elementwise rule allows ({self.spec_class.name} reduces "
+                "over each parameter); expected 'auto' or 'loop'"
             )
         if len(args) > len(self.positional):
             raise TypeError(
@@ -268,7 +275,7 @@ class UnioptOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         compiling = torch.compiler.is_compiling()
-        if compiling or self.implementation == "loop":
+        if compiling or self.implementation == "loop" or not self.spec_class.elementwise:
             prepare = _compiler_disabled_prepare() if compiling else UnioptOptimizer._prepare
             _run_loop(prepare(self))
         else:

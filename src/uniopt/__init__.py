@@ -19,6 +19,7 @@ from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
+from .lamb import Lamb
 from .lion import Lion
 from .nadam import NAdam
 from .porting import PortableState, load_state, save_state
@@ -33,6 +34,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "Lamb",
     "Lion",
     "NAdam",
     "PortableState",

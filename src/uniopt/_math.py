@@ -24,8 +24,11 @@ __all__ = [
     "is_complex",
     "keras_float32",
     "keras_weight_decay",
+    "norm",
     "prepare_grad",
     "real_scalars",
+    "sum_pairwise",
+    "trust_ratio",
 ]
 
 
@@ -189,3 +192,61 @@ def from_parts(re: Array, im: Array, like: Array, xp: Any) -> Array:
     r"""The complex array ``re + i im`` of ``like``'s dtype (the array API has no constructor):
     ``re + (im * 1j)``, exact for finite parts (the product's real part is a zero)."""
     return xp.add(xp.astype(re, like.dtype), xp.multiply(xp.astype(im, like.dtype), 1j))
+
+
+# -- reductions in a defined order -------------------------------------------------------------------
+# A sum depends on the order of its additions, and every library picks its own (NumPy: pairwise blocks
+# of 8 lanes; torch: vectorised partial sums; XLA and TensorFlow: their own trees, again different on
+# GPUs). The specs that reduce (LAMB's norms) fix the order here, with elementwise additions only, so
+# that every backend adds the same pairs and rounds each sum once: the result is the same bits
+# everywhere, in every dtype, eagerly and compiled (no compiler reassociates floating-point adds).
+
+
+def sum_pairwise(x: Array, xp: Any) -> Array:
+    r"""The sum of every element of ``x`` in one defined order, as a 0-d array of ``x``'s dtype.
+
+    Pairwise halving: with ``n`` elements (``x`` read in C order) and ``h`` the largest power of
+    two below ``n``, element ``i < n - h`` becomes ``x[i] + x[i + h]`` and elements
+    ``n - h <= i < h`` are kept as they are; repeat on the first ``h`` until one is left. Every
+    addition is one correctly rounded elementwise ``add``, so NumPy, torch, TensorFlow and XLA give
+    the same bits; the rounding error is at most :math:`\lceil\log_2 n\rceil` ulp of the
+    partial sums (the error bound of pairwise summation, Higham 2002, section 4.2). ``n - 1``
+    additions in :math:`\lceil\log_2 n\rceil` array ops (slices of views: no gather). An empty
+    ``x`` sums to ``+0``; a single element is returned as it is (``-0`` kept).
+    """
+    flat = xp.reshape(x, (-1,))
+    n = int(flat.shape[0])
+    if n == 0:
+        return xp.sum(flat)  # +0, exact in every library
+    while n > 1:
+        h = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n
+        paired = xp.add(flat[: n - h], flat[h:n])
+        flat = paired if 2 * h == n else xp.concat([paired, flat[n - h : h]])
+        n = h
+    return xp.reshape(flat, ())
+
+
+def norm(x: Array, xp: Any) -> Array:
+    r"""The Euclidean (Frobenius) norm :math:`\sqrt{\sum_i x_i^2}` of all of ``x``, a 0-d array
+    of ``x``'s dtype: each square rounded once (``x * x``), summed by :func:`sum_pairwise`, one
+    correctly rounded ``sqrt``. No rescaling: squares overflow to ``inf`` above about
+    :math:`1.8\times10^{19}` in float32 (as in Keras's ``sqrt(sum(x**2))``; ``jnp.linalg.norm``
+    does not rescale either)."""
+    return xp.sqrt(sum_pairwise(xp.multiply(x, x), xp))
+
+
+def trust_ratio(param_norm: Array, update_norm: Array, xp: Any, *, keras: bool = False) -> Array:
+    r"""LAMB's layer-wise trust ratio :math:`\|\theta\| / \|u\|`, and 1 where either norm is 0:
+    a 0-d array.
+
+    The two frameworks differ only where a norm is NaN. optax (``scale_by_trust_ratio`` with
+    ``min_norm=0``: ``where(pn == 0 or un == 0, 1, pn / un)``) then gives NaN, and so does uniopt's
+    own convention; Keras (``keras/src/optimizers/lamb.py``:
+    ``where(pn > 0, where(un > 0, pn / un, 1), 1)``, ``keras=True``) gives 1."""
+    one, zero = xp.ones_like(param_norm), xp.zeros_like(param_norm)
+    ratio = xp.divide(param_norm, update_norm)
+    if keras:
+        inner = xp.where(xp.greater(update_norm, zero), ratio, one)
+        return xp.where(xp.greater(param_norm, zero), inner, one)
+    either_zero = xp.logical_or(xp.equal(param_norm, zero), xp.equal(update_norm, zero))
+    return xp.where(either_zero, one, ratio)

@@ -87,6 +87,10 @@ class Spec:
     # convention -> (its framework's optimizer, {argument that optimizer lacks: what to use instead});
     # a nonzero value of such an argument is refused with that convention
     lacking: ClassVar[Mapping[str, tuple[str, Mapping[str, str]]]] = {}
+    # whether the rule updates each element from that element's gradient and slots alone (plus the
+    # per-step host scalars): no norm, factorisation or matrix product over a parameter. Only then
+    # may an adapter run the rule over a concatenation of parameters (uniopt.torch's flat path)
+    elementwise: ClassVar[bool] = True
     # fields the keras convention stores rounded to float32, as Keras holds them (see keras_float32)
     keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
 

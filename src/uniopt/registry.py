@@ -20,6 +20,7 @@ from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
+from .lamb import Lamb
 from .lion import Lion
 from .nadam import NAdam
 from .radam import RAdam
@@ -151,11 +152,14 @@ class OptimizerInfo:
     optax: tuple[OptaxNames, ...] = ()
     ulp_tolerance: Mapping[str, int] = dataclasses.field(default_factory=dict)
     skips: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    elementwise: bool = True
-    """The rule updates each element from that element's gradient and slots alone (plus per-step
-    host scalars): no norm, factorisation or matrix product over a parameter. The conformance
-    harness then stacks same-shape parameters of several cells into one array (the bits of each
-    element are unchanged); an optimizer that is not elementwise keeps every parameter as it is."""
+
+    @property
+    def elementwise(self) -> bool:
+        """The spec's ``elementwise`` (:attr:`uniopt.Spec.elementwise`). The conformance harness
+        stacks same-shape parameters of several cells of an elementwise optimizer into one array
+        (the bits of each element are unchanged); any other optimizer keeps every parameter as it
+        is."""
+        return self.spec.elementwise
 
     @property
     def name(self) -> str:
@@ -304,6 +308,12 @@ def _beta_errors(name: str) -> dict[str, ErrorCase]:
         "wd": ErrorCase({"weight_decay": -0.1}, rf"{name}: weight_decay=-0\.1 is out of range"),
     }
 
+
+_PER_TENSOR = (
+    "the rule reduces over each parameter (a norm), so uniopt.torch refuses the flat "
+    "implementations, which run the rule over a concatenation of parameters; torch@loop and "
+    "torch@eager run it"
+)
 
 _KERAS_ADAM_SLOTS = {
     "exp_avg": "_momentums",
@@ -864,6 +874,60 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 state={"e_g": "square_avg", "e_x": "acc_delta"},
             ),
         ),
+    ),
+    OptimizerInfo(
+        Lamb,
+        cases=(
+            Case("default", {"lr": 0.01}),
+            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+            Case("betas_eps", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-8}),
+            Case("maximize", {"lr": 0.01, "maximize": True}),
+            Case("keras", {"lr": 0.01, "weight_decay": 0.1, "convention": "keras"}),
+            Case("keras_defaults", {"convention": "keras"}),
+            Case("optax", {"lr": 0.01, "weight_decay": 0.1, "convention": "optax"}),
+            Case("optax_defaults", {"lr": 0.01, "convention": "optax"}),
+        ),
+        error_cases=_common_errors(
+            "Lamb",
+            **_beta_errors("Lamb"),
+            torch=ErrorCase(
+                {"convention": "torch"},
+                r"Lamb: convention='torch' is not available \(torch\.optim has no LAMB",
+            ),
+        ),
+        # torch.optim has no LAMB: uniopt.torch.Lamb takes torch-style names in the order of the
+        # torch-optimizer package's Lamb (lr, betas, eps, weight_decay)
+        torch=TorchNames(
+            None,
+            ("lr", "betas", "eps", "weight_decay"),
+            {"foreach": None, "capturable": False, "differentiable": False},
+        ),
+        keras=KerasNames(
+            "Lamb",
+            ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay"),
+            slots={"exp_avg": "_momentums", "exp_avg_sq": "_velocities"},
+        ),
+        optax=(
+            OptaxNames(
+                alias="lamb",
+                names={
+                    "learning_rate": "lr",
+                    "b1": "betas[0]",
+                    "b2": "betas[1]",
+                    "eps": "eps",
+                    "weight_decay": "weight_decay",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=("learning_rate", "b1", "b2", "eps", "eps_root", "weight_decay", "mask"),
+                only={"eps_root": _OPTAX_EPS_ROOT},
+                state={"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq"},
+            ),
+        ),
+        skips={
+            "torch:flat": _PER_TENSOR,
+            "torch:compiled": _PER_TENSOR,
+        },
     ),
     OptimizerInfo(
         Lion,

@@ -25,6 +25,7 @@ CAMEL = {  # every factory uniopt.jax offers, and its CamelCase name (written ou
     "nadamw": "NAdamW",
     "adadelta": "Adadelta",
     "lion": "Lion",
+    "lamb": "Lamb",
 }
 NAMES = tuple(CAMEL)
 # argument names uniopt.jax shares with the optax alias of the same name
@@ -40,6 +41,7 @@ SHARED_WITH_OPTAX = {
     "nadamw": {"learning_rate", "b1", "b2", "eps", "weight_decay"},
     "adadelta": {"learning_rate", "rho", "eps", "weight_decay"},
     "lion": {"learning_rate", "b1", "b2", "weight_decay"},
+    "lamb": {"learning_rate", "b1", "b2", "eps", "weight_decay"},
 }
 CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
 

@@ -58,7 +58,10 @@ def _assert_same(a, b):
             assert torch.equal(oa.state[x][key], ob.state[y][key]), key
 
 
-@pytest.mark.parametrize(("info", "case"), CASES)
+ELEMENTWISE_CASES = [c for c in CASES if c.values[0].elementwise]
+
+
+@pytest.mark.parametrize(("info", "case"), ELEMENTWISE_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_flat_equals_loop_bitwise_in_every_case(info, case, dtype):
     hyper = info.make(case).hyperparameters
@@ -345,3 +348,25 @@ def test_a_state_dict_replaced_between_flat_steps_is_seen(edit):
     loop = run("loop")
     assert not torch.equal(loop[0][1], run("loop", edited=False)[0][1])  # the edit changes the run
     _assert_same(run("flat"), loop)
+
+
+NOT_ELEMENTWISE = [info.name for info in TABLE if not info.elementwise]
+
+
+@pytest.mark.parametrize("name", NOT_ELEMENTWISE)
+@pytest.mark.parametrize("implementation", ["flat", "compiled"])
+def test_a_rule_that_reduces_refuses_the_flat_implementations(name, implementation):
+    """A norm over a concatenation of parameters is not the norm of each: refused by name."""
+    params = _params(torch.float32, [(3,), (2, 4)])
+    with pytest.raises(ValueError, match=rf"{name}: implementation='{implementation}' runs the rule over"):
+        getattr(ut, name)(params, implementation=implementation)
+
+
+@pytest.mark.parametrize("name", NOT_ELEMENTWISE)
+def test_a_rule_that_reduces_steps_per_tensor_under_auto(name):
+    """``auto`` runs such a rule per tensor, for a group large enough to compile: the loop's bits,
+    and no flat bucket is built."""
+    shapes = [(3,), (700, 400)]  # 280,003 elements >= AUTO_COMPILE_MIN
+    auto = _run(name, {"lr": 0.01}, "auto", shapes=shapes)
+    assert not auto[1]._buckets
+    _assert_same(auto, _run(name, {"lr": 0.01}, "loop", shapes=shapes))
