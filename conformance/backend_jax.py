@@ -31,7 +31,7 @@ from .backends import (
     Runner,
     Snapshot,
     jax_device,
-    long_elsewhere,
+    reduced_elsewhere,
     snapshots_of,
     split_flat,
     unit_arrays,
@@ -115,7 +115,7 @@ def _make_runner(mode: str) -> Runner:
     return run
 
 
-_ELSEWHERE = long_elsewhere("jax@jit")
+_REDUCED = reduced_elsewhere("jax@jit")
 
 BACKEND = Backend(
     "jax",
@@ -123,6 +123,6 @@ BACKEND = Backend(
     modes=("eager", "jit", "optax"),
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
-    default_cells={"eager": _ELSEWHERE, "optax": _ELSEWHERE},
+    default_cells={"eager": _REDUCED, "optax": _REDUCED},
     slowest=("jit", "optax"),
 )

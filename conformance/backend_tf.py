@@ -21,7 +21,7 @@ from .backends import (
     Member,
     Runner,
     Snapshot,
-    long_elsewhere,
+    reduced_elsewhere,
     requested_device,
     snapshots_of,
     split_flat,
@@ -117,7 +117,7 @@ def _to_numpy(tensor) -> np.ndarray:
     return value.view(dtype_of("bfloat16")) if value.dtype.name == "bfloat16" else np.array(value, copy=True)
 
 
-_ELSEWHERE = long_elsewhere("tf@function")
+_REDUCED = reduced_elsewhere("tf@function")
 
 BACKEND = Backend(
     "tf",
@@ -125,7 +125,7 @@ BACKEND = Backend(
     modes=("eager", "function", "xla"),
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
-    default_cells={"eager": _ELSEWHERE, "xla": _ELSEWHERE},
+    default_cells={"eager": _REDUCED, "xla": _REDUCED},
     slowest=("xla", "function"),
 )
 """Adagrad's weight_decay/zeros cells pass through subnormal numbers, which TensorFlow's CPU kernels

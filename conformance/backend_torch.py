@@ -28,6 +28,7 @@ from .backends import (
     Runner,
     Snapshot,
     long_elsewhere,
+    reduced_elsewhere,
     snapshots_of,
     split_flat,
     torch_device,
@@ -161,6 +162,9 @@ BACKEND = Backend(
     ("eager", "loop", "flat", "compiled", "compile"),
     ("float32", "float64", "float16", "bfloat16"),
     _runner,
-    default_cells={mode: _ELSEWHERE for mode in ("loop", "flat", "compiled", "compile")},
+    default_cells={
+        **{mode: _ELSEWHERE for mode in ("loop", "flat", "compiled")},
+        "compile": reduced_elsewhere("torch@eager"),
+    },
     slowest=("compile", "compiled"),
 )

@@ -22,6 +22,7 @@ from .cells import LONG_STEPS, PARITY_STEPS, Cell
 __all__ = [
     "BACKENDS",
     "LONG_STREAMS",
+    "REDUCING_STREAMS",
     "REFERENCE",
     "Backend",
     "CellRunner",
@@ -34,6 +35,7 @@ __all__ = [
     "get",
     "long_elsewhere",
     "one_cell",
+    "reduced_elsewhere",
     "snapshots_of",
     "split_flat",
     "unit_arrays",
@@ -313,6 +315,34 @@ def long_elsewhere(where: str) -> tuple[Callable[[Cell], bool], str]:
         lambda cell: cell.stream not in LONG_STREAMS,
         f"left to --full: the long streams ({LONG_STEPS:,}-step long, {PARITY_STEPS:,}-step parity) "
         f"run by default in {where}; the other modes run them with --full",
+    )
+
+
+REDUCING_STREAMS = ("normal", "mixed_shapes", "nonfinite")
+"""The short streams a compiled mode runs by default for an optimizer that is not elementwise."""
+
+
+def reduced_elsewhere(where: str) -> tuple[Callable[[Cell], bool], str]:
+    """As :func:`long_elsewhere`, and for an optimizer that is not elementwise (a norm, a
+    factorisation, a matrix product: ``OptimizerInfo.elementwise``) only the streams of
+    :data:`REDUCING_STREAMS` (0-d, empty and 3-d shapes; NaN and infinities) besides ``normal``.
+    Its cells cannot be stacked into one array per batch, so each costs a mode its own ops (and
+    ``torch.compile`` one graph node per op): every stream runs in ``where``, in the NumPy
+    reference, the native rows and with ``--full``."""
+    long_cells, _ = long_elsewhere(where)
+
+    def selects(cell: Cell) -> bool:
+        if not long_cells(cell):
+            return False
+        from uniopt.registry import get as get_info
+
+        return cell.stream in REDUCING_STREAMS or get_info(cell.optimizer).elementwise
+
+    return (
+        selects,
+        f"left to --full: the long streams ({LONG_STEPS:,}-step long, {PARITY_STEPS:,}-step parity), "
+        f"and for an optimizer that is not elementwise the streams other than "
+        f"{', '.join(REDUCING_STREAMS)}, run by default in {where}; the other modes run them with --full",
     )
 
 

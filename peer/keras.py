@@ -5,12 +5,12 @@ Loaded as a pytest plugin from the repository root::
     KERAS_BACKEND=tensorflow python -m pytest -p peer.keras <SUITES>
 
 ``pytest_configure`` replaces every Keras optimizer the table names (:data:`SUBSTITUTED`: ``SGD,
-Adagrad, RMSprop, Adam, AdamW, Adamax, Nadam, Adadelta, Lion``, each row's ``KerasNames.native``) by
+Adagrad, RMSprop, Adam, AdamW, Adamax, Nadam, Adadelta, Lion, Lamb``, each row's ``KerasNames.native``) by
 uniopt.tf's class whose ``convention`` defaults to ``"keras"`` (:func:`keras_default`), in every
 namespace Keras's tests read them from: each loaded module holding Keras's class
 (``keras.optimizers``, ``keras.src.optimizers``, ``keras.src.optimizers.sgd``, ...) and the name
 tables behind ``keras.optimizers.get``/``deserialize``. The test bodies are unchanged. Tests that
-only exercise optimizers uniopt does not have (Adafactor, Ftrl, Lamb, Muon, ...) or Keras's base
+only exercise optimizers uniopt does not have (Adafactor, Ftrl, Muon, ...) or Keras's base
 class alone are deselected (the harness counts them, :mod:`peer._collect`); :data:`EXPECTED` lists
 the expected failures, each with a category reason.
 """
@@ -91,7 +91,8 @@ def _substitute() -> dict[type, type]:
 
     import uniopt.tf as ut
 
-    replacements = {getattr(kso, name): keras_default(getattr(ut, name)) for name in SUBSTITUTED}
+    # keras.optimizers, the public namespace: keras.src.optimizers does not import every class (Lamb)
+    replacements = {getattr(keras.optimizers, name): keras_default(getattr(ut, name)) for name in SUBSTITUTED}
     for cls in replacements.values():  # where pickle finds them by qualified name
         globals()[cls.__name__] = cls
     for module in list(sys.modules.values()):

@@ -39,7 +39,7 @@ SUITES: list[str] = [
 SUBSTITUTED: tuple[str, ...] = (*(a for a, names in ujax.OPTAX.items() if names.native), "amsgrad")
 """optax aliases replaced by uniopt.jax factories: every factory of the table that optax has (``sgd``,
 ``adagrad``, ``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``,
-``adadelta``, ``lion``), and ``amsgrad`` (uniopt's Adam with ``amsgrad=True``)."""
+``adadelta``, ``lion``, ``lamb``), and ``amsgrad`` (uniopt's Adam with ``amsgrad=True``)."""
 
 DESELECT_REASON = "tests an optax optimizer uniopt does not implement (or no optimizer)"
 
@@ -48,6 +48,10 @@ STATE_DTYPE = "lower-precision optimizer state (mu_dtype/accumulator_dtype) not 
 STATE_NAMES = "state layout: uniopt's slots are named by the spec (exp_avg), not optax's (mu, trace)"
 INTEGER_PARAMS = "integer parameters: uniopt's optimizers take floating or complex leaves only"
 COMPLEX_NADAM = "complex parameters: uniopt's NAdam refuses them (optax's nadam runs adam's complex moments)"
+COMPLEX_LAMB = (
+    "complex parameters: uniopt's Lamb refuses them under convention='optax' (optax's lamb runs "
+    "adam's complex moments and a complex norm; uniopt's own convention takes (re, im) pairs)"
+)
 
 # alias_test's parameterized cases, by their parameters (absl names them by index only):
 # (test name, predicate on the case's parameters) -> reason
@@ -60,6 +64,10 @@ _RULES: list[tuple[str, Callable[[dict[str, str]], bool], str]] = [
     ("test_explicit_dtype", lambda p: True, STATE_NAMES),
     *(
         (test, lambda p: p["opt_name"] in ("nadam", "nadamw") and "complex" in p["dtype"], COMPLEX_NADAM)
+        for test in ("test_optimization", "test_state_shape_dtype_shard_stability")
+    ),
+    *(
+        (test, lambda p: p["opt_name"] == "lamb" and "complex" in p["dtype"], COMPLEX_LAMB)
         for test in ("test_optimization", "test_state_shape_dtype_shard_stability")
     ),
 ]

@@ -269,6 +269,28 @@ def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_o
     assert reason.startswith("left to --full") and "torch@eager" in reason
 
 
+def test_an_optimizer_that_reduces_runs_every_stream_in_one_mode_per_framework():
+    """A non-elementwise optimizer's cells are not stacked, so the modes listed below run only the
+    normal, mixed-shape and non-finite streams by default; every other mode runs all of them."""
+    short = {
+        stream: Cell("Lamb", "default", stream, "float32", 50)
+        for stream in ("normal", "tiny", "huge", "zeros", "sparse", "mixed_shapes", "nonfinite")
+    }
+    every_mode = [(b, m) for b in backends.BACKENDS.values() for m in b.modes]
+    reduced = {"torch@compile", "tf@eager", "tf@xla", "jax@eager", "jax@optax"}
+    for b, m in every_mode:
+        runs = {name for name, c in short.items() if b.skip_by_default(m, c) is None}
+        if f"{b.name}@{m}" in reduced:
+            assert runs == set(backends.REDUCING_STREAMS), f"{b.name}@{m}"
+            reason = b.skip_by_default(m, short["tiny"])
+            assert reason.startswith("left to --full") and "not elementwise" in reason
+        else:
+            assert runs == set(short), f"{b.name}@{m}"
+    # an elementwise optimizer's short cells run everywhere
+    adam = Cell("Adam", "default", "tiny", "float32", 50)
+    assert all(b.skip_by_default(m, adam) is None for b, m in every_mode)
+
+
 def test_merge_joins_runs_and_a_later_run_replaces_a_row_but_never_with_a_skip(tmp_path):
     def report(name, *cells_):
         path = tmp_path / f"{name}.json"
