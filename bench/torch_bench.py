@@ -130,7 +130,8 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
     out = [_variant(f"uniopt.torch.{optimizer}", "uniopt", lambda ps: uniopt_cls(ps, **hyper))]
     modes = getattr(ut, "IMPLEMENTATIONS", ()) if options.get("implementations") else ()
     for impl in modes:
-        if impl != "auto":
+        # flat and compiled run the rule over concatenated tensors: elementwise rules only
+        if impl != "auto" and (uniopt_cls.spec_class.elementwise or impl == "loop"):
             out.append(
                 _variant(
                     f"uniopt.torch.{optimizer}(implementation={impl!r})",

@@ -318,17 +318,19 @@ def long_elsewhere(where: str) -> tuple[Callable[[Cell], bool], str]:
     )
 
 
-REDUCING_STREAMS = ("normal", "mixed_shapes", "nonfinite")
-"""The short streams a compiled mode runs by default for an optimizer that is not elementwise."""
+REDUCING_STREAMS = ("normal", "mixed_shapes")
+"""The short streams the modes of :func:`reduced_elsewhere` run by default for an optimizer that is
+not elementwise: the standard parameters (16 and 32 elements) and the mixed shapes (0-d, empty, 7
+and 15 elements: the sums' odd lengths)."""
 
 
 def reduced_elsewhere(where: str) -> tuple[Callable[[Cell], bool], str]:
     """As :func:`long_elsewhere`, and for an optimizer that is not elementwise (a norm, a
     factorisation, a matrix product: ``OptimizerInfo.elementwise``) only the streams of
-    :data:`REDUCING_STREAMS` (0-d, empty and 3-d shapes; NaN and infinities) besides ``normal``.
-    Its cells cannot be stacked into one array per batch, so each costs a mode its own ops (and
-    ``torch.compile`` one graph node per op): every stream runs in ``where``, in the NumPy
-    reference, the native rows and with ``--full``."""
+    :data:`REDUCING_STREAMS`. Its cells cannot be stacked into one array per batch, so each costs a
+    mode its own ops (and ``torch.compile`` graph nodes, whose compile time grows with their
+    number): every stream runs in ``where``, in the NumPy reference, the native rows and with
+    ``--full``."""
     long_cells, _ = long_elsewhere(where)
 
     def selects(cell: Cell) -> bool:

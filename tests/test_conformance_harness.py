@@ -271,7 +271,7 @@ def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_o
 
 def test_an_optimizer_that_reduces_runs_every_stream_in_one_mode_per_framework():
     """A non-elementwise optimizer's cells are not stacked, so the modes listed below run only the
-    normal, mixed-shape and non-finite streams by default; every other mode runs all of them."""
+    normal and mixed-shape streams by default; every other mode runs all of them."""
     short = {
         stream: Cell("Lamb", "default", stream, "float32", 50)
         for stream in ("normal", "tiny", "huge", "zeros", "sparse", "mixed_shapes", "nonfinite")

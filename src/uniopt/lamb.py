@@ -31,9 +31,12 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
 * ``"keras"`` (``keras.optimizers.Lamb``, ``keras/src/optimizers/lamb.py``; lr :math:`10^{-3}`,
   eps :math:`10^{-7}`): weight decay is Keras's decoupled ``p = p - (p*wd)*lr`` before the step,
   outside the trust ratio; ``m = m + (g - m)*(1-b1)``, ``v = v + (g*g - v)*(1-b2)``;
-  ``m_hat = m / (1 - b1^t)``, ``v_sqrt = sqrt(v / (1 - b2^t)) + eps`` (the bias corrections
-  computed in-graph as Keras does, :func:`uniopt.adam.keras_adam_scalars`'s float32 ``powf``
-  for parameters of 32 bits or fewer; divisions of every element, never by a reciprocal);
+  ``m_hat = m * (1/(1 - b1^t))``, ``v_sqrt = sqrt(v * (1/(1 - b2^t))) + eps``: the bias
+  corrections are Keras's in-graph values (float32 ``powf`` of the float32-cast beta for
+  parameters of 32 bits or fewer, as :func:`uniopt.adam.keras_adam_scalars`), and Keras divides by
+  them where the spec multiplies by their reciprocals, taken on the host in float64 and rounded
+  once: XLA and TensorFlow's graph optimizer rewrite a division by a broadcast scalar into that
+  multiplication anyway, and the native row differs from the spec in the norms' order already;
   ``u = m_hat / v_sqrt``; the trust ratio with Keras's comparisons (a NaN norm gives 1);
   ``p = p - (ratio * lr) * u``. lr and weight decay go through float32 as Keras holds them.
 * ``"optax"`` (``optax.lamb``, ``optax/_src/alias.py``: ``scale_by_adam(eps=1e-6)``,
@@ -60,7 +63,6 @@ from typing import Any, ClassVar, NamedTuple
 from ._math import (
     adam_moments,
     bias_correction,
-    divide_by_scalar,
     float32_bias_correction,
     float32_pow,
     float_bits,
@@ -90,10 +92,10 @@ class LambScalars(NamedTuple):
     inv_bc2: float  # optax in float64: 1 / (1 - beta2^t)
     inv_bc1_f32: float  # optax, parameters of 32 bits or fewer: 1 / float32(1 - beta1^t)
     inv_bc2_f32: float  # optax, parameters of 32 bits or fewer: 1 / float32(1 - beta2^t)
-    keras_bc1: float  # keras, 32 bits or fewer: float32(1) - powf(float32(beta1), t)
-    keras_bc2: float
-    keras_bc1_64: float  # keras, float64: 1 - float32(beta1)^t in float64
-    keras_bc2_64: float
+    keras_inv_bc1: float  # keras, 32 bits or fewer: 1 / (float32(1) - powf(float32(beta1), t))
+    keras_inv_bc2: float
+    keras_inv_bc1_64: float  # keras, float64: 1 / (1 - float32(beta1)^t in float64)
+    keras_inv_bc2_64: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,10 +173,10 @@ class Lamb(Spec):
             inv_bc2=1.0 / bc2,
             inv_bc1_f32=1.0 / bc1_f32,
             inv_bc2_f32=1.0 / bc2_f32,
-            keras_bc1=keras[0],
-            keras_bc2=keras[1],
-            keras_bc1_64=keras[2],
-            keras_bc2_64=keras[3],
+            keras_inv_bc1=1.0 / keras[0],
+            keras_inv_bc2=1.0 / keras[1],
+            keras_inv_bc1_64=1.0 / keras[2],
+            keras_inv_bc2_64=1.0 / keras[3],
         )
 
     # -- rules ------------------------------------------------------------------------------------
@@ -205,9 +207,11 @@ class Lamb(Spec):
         m = xp.add(m, xp.multiply(xp.subtract(g, m), sc.one_minus_beta1))
         v = xp.add(v, xp.multiply(xp.subtract(xp.multiply(g, g), v), sc.one_minus_beta2))
         narrow = float_bits(param, xp) <= 32
-        bc1, bc2 = (sc.keras_bc1, sc.keras_bc2) if narrow else (sc.keras_bc1_64, sc.keras_bc2_64)
-        m_hat = divide_by_scalar(m, bc1, xp)
-        v_sqrt = xp.add(xp.sqrt(divide_by_scalar(v, bc2, xp)), sc.eps)
+        inv_bc1, inv_bc2 = (
+            (sc.keras_inv_bc1, sc.keras_inv_bc2) if narrow else (sc.keras_inv_bc1_64, sc.keras_inv_bc2_64)
+        )
+        m_hat = xp.multiply(m, inv_bc1)  # Keras divides by 1 - b1^t: here its reciprocal
+        v_sqrt = xp.add(xp.sqrt(xp.multiply(v, inv_bc2)), sc.eps)
         u = xp.divide(m_hat, v_sqrt)
         ratio = trust_ratio(norm(param, xp), norm(u, xp), xp, keras=True)
         new_param = xp.subtract(param, xp.multiply(xp.multiply(ratio, sc.lr), u))

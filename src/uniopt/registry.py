@@ -223,6 +223,11 @@ _OPTAX_JIT = (
     "broadcast bias correction into a multiplication by the reciprocal, a / sqrt(b) into "
     "a * rsqrt(b), not correctly rounded)"
 )
+_NORM_ORDER = (
+    "the framework sums a norm's squares in its own order (uniopt in one defined order, the same "
+    "on every backend), so the trust ratio differs in its last bits; under jit XLA also contracts "
+    "multiply-adds into FMAs"
+)
 NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
     # optimizer -> native backend -> (ulp bound, why): 4x the worst distance measured on the team's
     # 2-core x86-64 machine over the normal, huge and 1000-step parity streams in float32 and float64
@@ -270,6 +275,11 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
     # 1.1e-15 (float64): Adamax 37115 (float64; float32 13533), NAdam 221940 (nadam, float64;
     # float32 74647; nadamw 37115 and 24920), Adadelta 56 (float32; float64 20); on the 50-step
     # streams at most 1529, 1529 and 13
+    # Lamb's natives sum the norms in their own orders (uniopt: pairwise halving, the same on every
+    # backend), so the trust ratio differs in its last bits from the first step; measured
+    # 2026-12-01 (normal, huge and parity streams): optax 311121 ulp (optax_defaults, parity,
+    # float64; relative 9.7e-16; float32 149727, relative 4.7e-7; the 50-step streams at most 2944)
+    "Lamb": {"optax": (4 * 311121, _NORM_ORDER)},
     "Adamax": {"torch.optim": (4 * 35102, _TORCH_KERNELS), "optax": (4 * 37115, _OPTAX_JIT)},
     "NAdam": {"torch.optim": (4 * 1430484, _TORCH_KERNELS), "optax": (4 * 221940, _OPTAX_JIT)},
     "Adadelta": {"torch.optim": (4 * 5760, _TORCH_KERNELS), "optax": (4 * 56, _OPTAX_JIT)},
@@ -927,6 +937,12 @@ TABLE: tuple[OptimizerInfo, ...] = (
         skips={
             "torch:flat": _PER_TENSOR,
             "torch:compiled": _PER_TENSOR,
+        },
+        ulp_tolerance={
+            # jax's optax row only (update + apply_updates), in the keras cases, whose decoupled
+            # decay moves p before the step: optax's additive contract p + u cannot reproduce every
+            # such step, as for AdamW and Lion; measured (2026-12-01) 2 ulp in float32, 1 in float64
+            "jax:optax": 2,
         },
     ),
     OptimizerInfo(
