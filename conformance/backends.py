@@ -324,13 +324,15 @@ not elementwise: the standard parameters (16 and 32 elements) and the mixed shap
 and 15 elements: the sums' odd lengths)."""
 
 
-def reduced_elsewhere(where: str) -> tuple[Callable[[Cell], bool], str]:
-    """As :func:`long_elsewhere`, and for an optimizer that is not elementwise (a norm, a
-    factorisation, a matrix product: ``OptimizerInfo.elementwise``) only the streams of
-    :data:`REDUCING_STREAMS`. Its cells cannot be stacked into one array per batch, so each costs a
-    mode its own ops (and ``torch.compile`` graph nodes, whose compile time grows with their
-    number): every stream runs in ``where``, in the NumPy reference, the native rows and with
-    ``--full``."""
+def reduced_elsewhere(
+    where: str, streams: tuple[str, ...] = REDUCING_STREAMS
+) -> tuple[Callable[[Cell], bool], str]:
+    """As :func:`long_elsewhere`, and for an optimizer that is not elementwise (a norm, a factorisation, a
+    matrix product: ``OptimizerInfo.elementwise``) only ``streams`` (default
+    :data:`REDUCING_STREAMS`; none: every cell of such an optimizer waits for ``--full``). Its cells
+    cannot be stacked into one array per batch, so each costs a mode its own ops (and
+    ``torch.compile`` graph nodes, whose compile time grows with their number): every stream runs in
+    ``where``, in the NumPy reference, the native rows and with ``--full``."""
     long_cells, _ = long_elsewhere(where)
 
     def selects(cell: Cell) -> bool:
@@ -338,13 +340,14 @@ def reduced_elsewhere(where: str) -> tuple[Callable[[Cell], bool], str]:
             return False
         from uniopt.registry import get as get_info
 
-        return cell.stream in REDUCING_STREAMS or get_info(cell.optimizer).elementwise
+        return cell.stream in streams or get_info(cell.optimizer).elementwise
 
     return (
         selects,
         f"left to --full: the long streams ({LONG_STEPS:,}-step long, {PARITY_STEPS:,}-step parity), "
-        f"and for an optimizer that is not elementwise the streams other than "
-        f"{', '.join(REDUCING_STREAMS)}, run by default in {where}; the other modes run them with --full",
+        f"and for an optimizer that is not elementwise "
+        + (f"the streams other than {', '.join(streams)}" if streams else "every stream")
+        + f", run by default in {where}; the other modes run them with --full",
     )
 
 

@@ -32,6 +32,7 @@ CONFIGS = {
     "RAdam": {"lr": 0.01},
     "SGD": {"lr": 0.05, "momentum": 0.9},
     "Lion": {"lr": 0.01, "weight_decay": 0.1},  # its sign: an op the new rules add
+    "Lamb": {"lr": 0.01, "weight_decay": 0.1},  # its norms: slices, concat, comparisons, where
 }
 
 
