@@ -198,8 +198,9 @@ class Lamb(Spec):
     def keras_rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
-        """``keras.optimizers.Lamb.update_step`` after Keras's decoupled weight decay, op for op
-        (norms in the spec's order)."""
+        """``keras.optimizers.Lamb.update_step`` after Keras's decoupled weight decay, op for op,
+        except the norms (the spec's order) and the bias corrections (multiplications by their
+        host reciprocals where Keras divides; see the module docstring)."""
         g = self._grad(param, grad, xp)
         if self.weight_decay != 0:  # Keras's base optimizer, before update_step
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
