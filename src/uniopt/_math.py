@@ -22,11 +22,13 @@ __all__ = [
     "float_bits",
     "from_parts",
     "is_complex",
+    "keras_bias_correction",
     "keras_float32",
     "keras_weight_decay",
     "norm",
     "prepare_grad",
     "real_scalars",
+    "refuse_complex",
     "sum_pairwise",
     "trust_ratio",
 ]
@@ -130,6 +132,17 @@ def float32_bias_correction(beta: float, step: int | float) -> Any:
     return np.float32(1.0) - float32_pow(beta, step)
 
 
+def keras_bias_correction(beta: float, step: int) -> tuple[float, float]:
+    r""":math:`1 - \beta^t` as Keras computes it in-graph from ``ops.power(ops.cast(beta, dtype),
+    t)``: in float32 for parameters of 32 bits or fewer (``powf`` of the float32 beta, flush to
+    zero: :func:`float32_pow`), and in float64 from the float32-rounded beta (``ops.cast`` turns a
+    Python float into a float32 tensor first). Each is a Python float holding the exact value."""
+    import numpy as np
+
+    beta_32 = float(np.float32(beta))
+    return float(np.float32(1.0) - float32_pow(beta, step)), 1.0 - beta_32**step
+
+
 def float_bits(x: Array, xp: Any) -> int:
     """The width in bits of ``x``'s floating dtype, read from the dtype object of any backend
     (NumPy, jax and torch dtypes have ``itemsize``, TensorFlow's ``size``; array-api-strict's
@@ -161,6 +174,16 @@ def is_complex(x: Array, xp: Any) -> bool:
         return bool(isdtype(x.dtype, "complex floating"))
     except TypeError:
         return False
+
+
+def refuse_complex(owner: str, why: str, param: Array, xp: Any) -> None:
+    """Raise ``ValueError`` for a complex ``param`` of a spec that defines no complex rule
+    (``why``: the reason)."""
+    if is_complex(param, xp):
+        raise ValueError(
+            f"{owner}: complex parameters are not supported ({why}); expected real floating "
+            "parameters, or the real and imaginary parts as separate parameters"
+        )
 
 
 def real_scalars(sc: Any, xp: Any) -> Any:

@@ -59,10 +59,10 @@ from ._math import (
     divide_by_scalar,
     ema,
     float32_bias_correction,
-    float32_pow,
     float_bits,
     from_parts,
     is_complex,
+    keras_bias_correction,
     keras_weight_decay,
     prepare_grad,
     real_scalars,
@@ -88,10 +88,9 @@ def keras_adam_scalars(beta1: float, beta2: float, step: int) -> tuple[float, fl
     """
     import numpy as np
 
-    b1_32, b2_32 = float(np.float32(beta1)), float(np.float32(beta2))
-    bc1_32 = np.float32(1.0) - float32_pow(beta1, step)
-    sqrt_bc2_32 = np.sqrt(np.float32(1.0) - float32_pow(beta2, step))
-    return float(bc1_32), float(sqrt_bc2_32), 1.0 - b1_32**step, math.sqrt(1.0 - b2_32**step)
+    bc1_32, bc1_64 = keras_bias_correction(beta1, step)
+    bc2_32, bc2_64 = keras_bias_correction(beta2, step)
+    return bc1_32, float(np.sqrt(np.float32(bc2_32))), bc1_64, math.sqrt(bc2_64)
 
 
 class AdamScalars(NamedTuple):

@@ -64,12 +64,12 @@ from ._math import (
     adam_moments,
     bias_correction,
     float32_bias_correction,
-    float32_pow,
     float_bits,
-    is_complex,
+    keras_bias_correction,
     keras_weight_decay,
     norm,
     prepare_grad,
+    refuse_complex,
     trust_ratio,
 )
 from ._spec import Array, Spec
@@ -142,7 +142,6 @@ class Lamb(Spec):
     def uniopt_scalars(self, step: int, lr: float) -> LambScalars:
         """Every convention's scalars at 1-based ``step``, in float64 (Keras's and optax's float32
         bias corrections only where the convention is theirs)."""
-        import numpy as np
 
         beta1, beta2 = self.betas
         bc1, bc2 = bias_correction(beta1, step), bias_correction(beta2, step)
@@ -152,13 +151,8 @@ class Lamb(Spec):
             bc2_f32 = float(float32_bias_correction(beta2, step))
         keras = (bc1, bc2, bc1, bc2)
         if self.convention == "keras":  # 1 - ops.power(ops.cast(beta, dtype), t), in the dtype
-            b1_32, b2_32 = float(np.float32(beta1)), float(np.float32(beta2))
-            keras = (
-                float(np.float32(1.0) - float32_pow(beta1, step)),
-                float(np.float32(1.0) - float32_pow(beta2, step)),
-                1.0 - b1_32**step,
-                1.0 - b2_32**step,
-            )
+            (bc1_32, bc1_64), (bc2_32, bc2_64) = (keras_bias_correction(b, step) for b in self.betas)
+            keras = (bc1_32, bc2_32, bc1_64, bc2_64)
         return LambScalars(
             beta1=beta1,
             one_minus_beta1=1.0 - beta1,
@@ -235,10 +229,5 @@ class Lamb(Spec):
 
     def _grad(self, param: Array, grad: Array, xp: Any) -> Array:
         """The gradient, negated when ``maximize``; complex parameters are refused."""
-        if is_complex(param, xp):
-            raise ValueError(
-                "Lamb: complex parameters are not supported (the spec defines no complex norm); "
-                "expected real floating parameters, or the real and imaginary parts as separate "
-                "parameters"
-            )
+        refuse_complex(self.name, "the spec defines no complex norm", param, xp)
         return prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)

@@ -64,7 +64,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import ema, is_complex, keras_float32, keras_weight_decay, prepare_grad
+from ._math import ema, keras_float32, keras_weight_decay, prepare_grad, refuse_complex
 from ._spec import Array, Spec
 from ._validate import check_interval
 
@@ -195,10 +195,6 @@ class Lion(Spec):
 
     def _grad(self, param: Array, grad: Array, xp: Any) -> Array:
         """The gradient, negated when ``maximize``; complex parameters are refused."""
-        if is_complex(param, xp):
-            raise ValueError(
-                "Lion: complex parameters are not supported (the sign of a complex number is not "
-                "one correctly rounded operation); expected real floating parameters, or the real "
-                "and imaginary parts as separate parameters"
-            )
+        why = "the sign of a complex number is not one correctly rounded operation"
+        refuse_complex(self.name, why, param, xp)
         return prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
