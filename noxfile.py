@@ -3,7 +3,8 @@ backend, run side by side, then one comparison), peer (the frameworks' own optim
 uniopt), lint, bench, demo.
 
 ``nox -s check`` lints, queues every backend's conformance jobs in the background, runs the test
-suites while they run, then waits for the jobs and compares the matrix. ``nox -s conformance`` runs
+suites and the peer suites while they run (each framework's tests and its peer suite in one venv,
+``tests_and_peer``), then waits for the jobs and compares the matrix. ``nox -s conformance`` runs
 the matrix alone. The sessions that gather others (check, conformance, peer, parity) name them in
 ``requires=`` and run after them, so each reports success only once the work it stands for is done.
 ``nox -s "conformance_run(backend='torch')"`` then ``nox -s conformance_compare`` runs one backend
@@ -282,14 +283,41 @@ def peer(session: nox.Session) -> None:
     session.log(f"peer: every suite within its expected failures ({PEER_OUT}, docs/peer.md)")
 
 
-@nox.session(
-    python=False,
-    requires=["lint", "conformance_clean", *RUN_SESSIONS, *TEST_SESSIONS, *PEER_SESSIONS, "conformance"],
-)
+# Each framework's tests and that framework's own optimizer tests, in one venv for check: one install
+# of the framework instead of two (each takes one to two minutes on 2 cores beside the matrix's jobs).
+PEER_OF_SUITE = {"torch": "torch", "tf": "keras", "jax": "optax"}
+SUITES_WITH_PEER = [suite for suite in SUITE_DIRS if suite in PEER_OF_SUITE]
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("suite", SUITES_WITH_PEER)
+def tests_and_peer(session: nox.Session, suite: str) -> None:
+    """``tests`` for one framework, then ``peer_run`` for that framework, in one venv (what ``check``
+    runs; ``peer_report`` reads the outcomes)."""
+    framework = PEER_OF_SUITE[suite]
+    session.install(".[test]", *dict.fromkeys([*FRAMEWORK_DEPS[suite], *PEER_DEPS[framework]]))
+    session.run("pytest", SUITE_DIRS[suite])
+    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", framework)
+
+
+CHECK_SESSIONS = [
+    "lint",
+    "conformance_clean",
+    *RUN_SESSIONS,
+    *(f"tests(suite='{suite}')" for suite in TEST_SUITES if suite not in SUITES_WITH_PEER),
+    *(f"tests_and_peer(suite='{suite}')" for suite in SUITES_WITH_PEER),
+    *(f"peer_run(framework='{fw}')" for fw in PEER_DEPS if fw not in PEER_OF_SUITE.values()),
+    "peer_report",
+    "conformance",
+]
+
+
+@nox.session(python=False, requires=CHECK_SESSIONS)
 def check(session: nox.Session) -> None:
     """What CI runs, as required sessions in this order: lint, every backend's conformance jobs queued
-    in the background, every test suite and peer suite while they run, then ``conformance`` (waits
-    for the jobs and compares the matrix). Passes only once every one of them has passed."""
+    in the background, the core tests, then each framework's tests and its peer suite in one venv
+    while the jobs run, the peer report, then ``conformance`` (waits for the jobs and compares the
+    matrix). Passes only once every one of them has passed."""
     session.log("check: lint, the test suites, the peer suites and the conformance matrix passed")
 
 
