@@ -9,6 +9,23 @@ from uniopt.registry import TABLE, Case
 
 CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
 
+
+def _first_per_convention() -> list:
+    params, seen = [], set()
+    for info in TABLE:
+        for case in info.cases:
+            key = (info.name, info.make(case).convention)
+            if key not in seen:
+                seen.add(key)
+                params.append(pytest.param(info, case, id=f"{info.name}-{case.desc}"))
+    return params
+
+
+PER_CONVENTION = _first_per_convention()
+"""The first case of each optimizer and convention in the table: the adapters' per-case tests run
+these (each convention is its own rule and its own scalars); the conformance matrix, which ``nox -s
+check`` runs too, runs every case of the table on every stream in every mode."""
+
 # Feature combinations the table does not hold (maximize, weight decay, centering, momentum, AMSGrad,
 # skipping together), so that, for example, every slot is checked to see the prepared gradient.
 _COMBOS = {

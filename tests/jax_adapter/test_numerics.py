@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from cases import PER_CONVENTION
 from ujax_helpers import (
     SHAPES,
     assert_history_equal,
@@ -28,7 +29,6 @@ import uniopt.jax as ujax
 from uniopt.registry import TABLE
 from uniopt.scalar_table import scalar_table
 
-CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
 DEFAULTS = [pytest.param(info, info.cases[0], id=info.name) for info in TABLE]
 STEPS = 8
 
@@ -43,7 +43,7 @@ def _inputs(dtype, steps=STEPS, scale=1.0):
     return params0, [grads_at(t, SHAPES, dtype, scale) for t in range(1, steps + 1)]
 
 
-@pytest.mark.parametrize(("info", "case"), CASES)
+@pytest.mark.parametrize(("info", "case"), PER_CONVENTION)
 def test_every_case_is_bitwise_eager_and_jit(info, case):
     spec = info.make(case)
     tx = _tx(spec)
