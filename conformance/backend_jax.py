@@ -34,6 +34,7 @@ from .backends import (
     reduced_elsewhere,
     snapshots_of,
     split_flat,
+    training_dtypes_only,
     unit_arrays,
     units_of,
 )
@@ -123,6 +124,6 @@ BACKEND = Backend(
     modes=("eager", "jit", "optax"),
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
-    default_cells={"eager": _REDUCED, "optax": _REDUCED},
+    default_cells={"eager": _REDUCED, "optax": training_dtypes_only(_REDUCED, "jax@eager and jax@jit")},
     slowest=("jit", "optax"),
 )

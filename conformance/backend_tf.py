@@ -25,6 +25,7 @@ from .backends import (
     requested_device,
     snapshots_of,
     split_flat,
+    training_dtypes_only,
     unit_arrays,
     units_of,
 )
@@ -125,7 +126,7 @@ BACKEND = Backend(
     modes=("eager", "function", "xla"),
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
-    default_cells={"eager": _REDUCED, "xla": _REDUCED},
+    default_cells={"eager": _REDUCED, "xla": training_dtypes_only(_REDUCED, "tf@eager and tf@function")},
     slowest=("xla", "function"),
 )
 """Adagrad's weight_decay/zeros cells pass through subnormal numbers, which TensorFlow's CPU kernels

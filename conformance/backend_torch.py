@@ -32,6 +32,7 @@ from .backends import (
     snapshots_of,
     split_flat,
     torch_device,
+    training_dtypes_only,
     unit_arrays,
     units_of,
 )
@@ -163,11 +164,14 @@ BACKEND = Backend(
     ("float32", "float64", "float16", "bfloat16"),
     _runner,
     default_cells={
-        **{mode: _ELSEWHERE for mode in ("loop", "flat", "compiled")},
+        **{mode: _ELSEWHERE for mode in ("loop", "flat")},
+        "compiled": training_dtypes_only(_ELSEWHERE, "torch@eager, torch@loop and torch@flat"),
         # torch.compile traces a graph node per op of every parameter of such an optimizer (Lamb's
         # 38 normal and mixed-shape cells took 163 s): its step is compiled in the torch tests
         # (tests/torch_adapter/test_compile.py) and here with --full
-        "compile": reduced_elsewhere("torch@eager", streams=()),
+        "compile": training_dtypes_only(
+            reduced_elsewhere("torch@eager", streams=()), "torch@eager, torch@loop and torch@flat"
+        ),
     },
     slowest=("compile", "compiled"),
 )

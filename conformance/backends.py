@@ -24,6 +24,7 @@ __all__ = [
     "LONG_STREAMS",
     "REDUCING_STREAMS",
     "REFERENCE",
+    "TRAINING_DTYPES",
     "Backend",
     "CellRunner",
     "Member",
@@ -38,6 +39,7 @@ __all__ = [
     "reduced_elsewhere",
     "snapshots_of",
     "split_flat",
+    "training_dtypes_only",
     "unit_arrays",
     "units_of",
 ]
@@ -348,6 +350,27 @@ def reduced_elsewhere(
         f"and for an optimizer that is not elementwise "
         + (f"the streams other than {', '.join(streams)}" if streams else "every stream")
         + f", run by default in {where}; the other modes run them with --full",
+    )
+
+
+TRAINING_DTYPES = ("float32", "bfloat16")
+"""The dtypes the compilers' modes run by default (:func:`training_dtypes_only`)."""
+
+
+def training_dtypes_only(
+    rule: tuple[Callable[[Cell], bool], str], where: str
+) -> tuple[Callable[[Cell], bool], str]:
+    """``rule``'s default cells, of the dtypes models are trained and compiled in
+    (:data:`TRAINING_DTYPES`) only. A compiled mode costs its time in tracing and compiling, once
+    per optimizer and dtype whatever the number of steps, so its float64 and float16 cells are left
+    to ``--full``: they run by default in ``where`` (the same framework's op sequence, uncompiled),
+    in the NumPy reference, the native rows and every other framework's modes. ``float16`` and
+    ``bfloat16`` take the compilers' same paths (upcast to float32, rounded back per op)."""
+    selects, reason = rule
+    return (
+        lambda cell: cell.dtype in TRAINING_DTYPES and selects(cell),
+        f"{reason}; and every float64 and float16 cell, run by default in {where}: a compiled mode "
+        "spends its time compiling, once per optimizer and dtype",
     )
 
 

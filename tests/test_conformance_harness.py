@@ -240,9 +240,14 @@ def test_cells_whose_hyperparameters_vanish_in_the_dtype_are_skipped_with_the_re
     assert "Adam/betas/normal/float16/3" in meta["cells"]  # eps=1e-6 survives in float16
 
 
+COMPILERS = {"torch@compile", "torch@compiled", "tf@xla", "jax@optax"}
+"""The compiled modes that run only the training dtypes by default (backends.training_dtypes_only)."""
+
+
 def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_one_mode_each():
     """Every row runs every cell it can by default, except the 20,000-step long and 1,000-step parity
-    streams, which run in the reference, the native rows and one mode per framework."""
+    streams, which run in the reference, the native rows and one mode per framework, and the float64
+    and float16 cells of four compiled modes, which run in the same framework's other modes."""
     long_cell = Cell("Adam", "default", "long", "float32", 20_000)
     parity = Cell("Adam", "keras", "parity", "float64", 1000)
     short = [
@@ -252,7 +257,18 @@ def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_o
         for dtype in ("float32", "float64", "float16", "bfloat16")
     ]
     every_mode = [(b, m) for b in backends.BACKENDS.values() for m in b.modes]
-    assert all(b.skip_by_default(m, c) is None for b, m in every_mode for c in short)
+    for b, m in every_mode:
+        for c in short:
+            reason = b.skip_by_default(m, c)
+            if f"{b.name}@{m}" in COMPILERS and c.dtype not in backends.TRAINING_DTYPES:
+                assert reason is not None and "every float64 and float16 cell" in reason, (b.name, m, c)
+            else:
+                assert reason is None, (b.name, m, c)
+    # every framework still runs each dtype's short cells by default in some mode
+    for framework in ("torch", "tf", "jax"):
+        backend = backends.get(framework)
+        for c in short:
+            assert any(backend.skip_by_default(m, c) is None for m in backend.modes), (framework, c)
     runs_long = {f"{b.name}@{m}" for b, m in every_mode if b.skip_by_default(m, long_cell) is None}
     assert runs_long == {
         "numpy@eager",
