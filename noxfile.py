@@ -75,7 +75,11 @@ def tests(session: nox.Session, suite: str) -> None:
         session.run("pytest", *ignored, *session.posargs)
     else:
         session.install(".[test]", *FRAMEWORK_DEPS[suite])
-        session.run("pytest", SUITE_DIRS[suite], *session.posargs)
+        _framework_tests(session, suite, *session.posargs)
+
+
+def _framework_tests(session: nox.Session, suite: str, *args: str) -> None:
+    session.run("pytest", SUITE_DIRS[suite], *args)
 
 
 @nox.session(python=PYTHON)
@@ -264,7 +268,11 @@ def peer_run(session: nox.Session, framework: str) -> None:
     """One framework's own optimizer tests (from its installed wheel; torch: the tests derived from its
     OptimizerInfo database) with uniopt's optimizers substituted; outcomes under build/peer."""
     session.install(".[test]", *PEER_DEPS[framework])
-    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", framework, *session.posargs)
+    _peer_suite(session, framework, *session.posargs)
+
+
+def _peer_suite(session: nox.Session, framework: str, *args: str) -> None:
+    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", framework, *args)
 
 
 @nox.session(python=PYTHON)
@@ -296,8 +304,8 @@ def tests_and_peer(session: nox.Session, suite: str) -> None:
     runs; ``peer_report`` reads the outcomes)."""
     framework = PEER_OF_SUITE[suite]
     session.install(".[test]", *dict.fromkeys([*FRAMEWORK_DEPS[suite], *PEER_DEPS[framework]]))
-    session.run("pytest", SUITE_DIRS[suite])
-    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", framework)
+    _framework_tests(session, suite)
+    _peer_suite(session, framework)
 
 
 CHECK_SESSIONS = [
