@@ -134,6 +134,16 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "maximize": False,
         "convention": "uniopt",
     },
+    "ScheduleFreeAdamW": {
+        "lr": 0.0025,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "warmup_steps": 0,
+        "r": 0.0,
+        "weight_lr_power": 2.0,
+        "convention": "uniopt",
+    },
 }
 
 
@@ -163,6 +173,8 @@ CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
         "keras": {"lr": 1e-3, "eps": 1e-7, "momentum_decay": 1.0, "decoupled_weight_decay": True},
         "optax": {"momentum_decay": math.inf},
     },
+    # keras.optimizers.ScheduleFreeAdamW averages uniformly (c = 1/t)
+    "ScheduleFreeAdamW": {"keras": {"weight_lr_power": 0.0}},
 }
 
 
@@ -530,6 +542,59 @@ def lamb_step(h, s, p, g, t, lr):
     return [x - lr * ratio * ui for x, ui in zip(p, u, strict=True)], {"exp_avg": m, "exp_avg_sq": v}
 
 
+def sfadamw_init(h, p):
+    """z starts at the parameter; the history (``_`` keys, not slots) at nothing summed, the largest
+    lr at -1 (the package) or 0 (optax); x (``_x``) at the parameter too."""
+    start = 0.0 if h["convention"] == "optax" else -1.0
+    return {"z": p, "exp_avg_sq": 0.0, "_x": p, "_weight_sum": 0.0, "_lr_max": start}
+
+
+def _optax_linear_warmup(lr, count, warmup):
+    """optax.linear_schedule(0, lr, warmup)(count): (-lr) (1 - count/W) + lr, in float32 (jax
+    promotes the int32 count to float32, also with x64), then widened."""
+    f = np.float32
+    count = min(max(count, 0), warmup)
+    return float(f(-lr) * (f(1) - f(count) / f(warmup)) + f(lr))
+
+
+def sfadamw_step(h, s, p, g, t, lr):
+    """Defazio et al. 2024, Algorithm 1 with the package's bias-corrected denominator, in x, y, z:
+    the gradient is taken at y = p; v = b2 v + (1-b2) g^2; u = g / (sqrt(v / (1-b2^t)) + eps)
+    (+ wd y); z' = z - lr_t u; x' = (1-c) x + c z'; y' = (1-b1) z' + b1 x'.
+
+    uniopt (schedulefree.AdamWScheduleFree): lr_t = lr min(1, t/W); c = w_t / sum w_i with
+    w_t = t^r lr_max^p. optax (contrib.schedule_free_adamw): the same with p = 2 and r = 0, lr_max
+    from 0, the warmup read at t for the weight and at t-1 for the step (float32 schedule), x from
+    (y - (1-b1) z) / b1. keras (ScheduleFreeAdamW): c = 1/t; y -= y wd lr (un-warmed) first and
+    y only; x recovered from y and the *new* z (Keras reads the live variable after assign_sub)."""
+    b1, b2 = h["betas"]
+    wd, eps, warmup, convention = h["weight_decay"], h["eps"], h["warmup_steps"], h["convention"]
+    v = b2 * s["exp_avg_sq"] + (1 - b2) * g * g
+    d = math.sqrt(v / (1 - b2**t)) + eps
+    if convention == "keras":
+        if wd:
+            p = p - p * wd * lr
+        lr_t = lr * min(t / warmup, 1.0) if warmup else lr
+        z = s["z"] - lr_t * g / d
+        x = (p - (1 - b1) * z) / b1
+        x = (1 - 1 / t) * x + (1 / t) * z
+        return (1 - b1) * z + b1 * x, {**s, "z": z, "exp_avg_sq": v}
+    if convention == "optax":
+        lr_w = _optax_linear_warmup(lr, t, warmup) if warmup else lr
+        lr_z = _optax_linear_warmup(lr, t - 1, warmup) if warmup else lr
+    else:
+        lr_w = lr_z = lr * min(t / warmup, 1.0) if warmup else lr
+    lr_max = max(s["_lr_max"], lr_w)
+    weight = t ** h["r"] * lr_max ** h["weight_lr_power"]
+    weight_sum = s["_weight_sum"] + weight
+    c = weight / weight_sum if weight_sum else 0.0
+    u = g / d + wd * p
+    z = s["z"] - lr_z * u
+    x = (1 - c) * s["_x"] + c * z
+    y = (1 - b1) * z + b1 * x
+    return y, {"z": z, "exp_avg_sq": v, "_x": x, "_weight_sum": weight_sum, "_lr_max": lr_max}
+
+
 HAND = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -542,7 +607,10 @@ HAND = {
     "Lion": (lion_init, lion_step),
     "Lamb": (lamb_init, lamb_step),
     "NAdam": (nadam_init, nadam_step),
+    "ScheduleFreeAdamW": (sfadamw_init, sfadamw_step),
 }
+PARAM_INIT = {"ScheduleFreeAdamW"}
+"""Optimizers whose ``*_init(h, p)`` reads the parameter (a slot that starts as its copy)."""
 
 
 # -- drivers ---------------------------------------------------------------------------------
@@ -555,6 +623,9 @@ def hyperparameters(name, kwargs):
     h = {**DEFAULTS[name], **CONVENTION_DEFAULTS.get(name, {}).get(convention, {}), **kwargs}
     if convention == "keras":  # Keras keeps the learning rate in a float32 variable
         h["lr"] = float(np.float32(h["lr"]))
+        if name == "ScheduleFreeAdamW":  # ops.cast of the Python floats, float32 tensors first
+            h["eps"] = float(np.float32(h["eps"]))
+            h["betas"] = tuple(float(np.float32(b)) for b in h["betas"])
         # and casts these Python floats to the parameter dtype through a float32 tensor
         cast = {"SGD": ("momentum",), "Adagrad": ("initial_accumulator_value",)}.get(name, ())
         for field in ("weight_decay", *cast):
@@ -580,7 +651,7 @@ def hand_trajectory(name, h, p0, grads, lrs):
         return out
     per_element = []
     for j, p in enumerate(p0):
-        s = init(h)
+        s = init(h, p) if name in PARAM_INIT else init(h)
         history = []
         for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
             p, s = step(h, s, p, g[j], t, lr)
@@ -589,7 +660,7 @@ def hand_trajectory(name, h, p0, grads, lrs):
     out = []
     for k in range(len(grads)):
         params = np.array([per_element[j][k][0] for j in range(len(p0))], dtype=np.float64)
-        names = per_element[0][k][1]
+        names = [n for n in per_element[0][k][1] if not n.startswith("_")]  # "_": the hand's own
         slots = {
             n: np.array([per_element[j][k][1][n] for j in range(len(p0))], dtype=np.float64) for n in names
         }
@@ -597,9 +668,13 @@ def hand_trajectory(name, h, p0, grads, lrs):
     return out
 
 
-def hand_initial_slots(name, h, n):
+def hand_initial_slots(name, h, p0):
     init, _ = HAND[name]
-    return {k: np.full(n, v, dtype=np.float64) for k, v in init(h).items()}
+    if name in PARAM_INIT:
+        per_element = [init(h, p) for p in p0]
+        names = [n for n in per_element[0] if not n.startswith("_")]
+        return {n: np.array([e[n] for e in per_element], dtype=np.float64) for n in names}
+    return {k: np.full(len(p0), v, dtype=np.float64) for k, v in init(h).items()}
 
 
 def assert_matches(actual, expected, what):
@@ -615,7 +690,7 @@ def check_against_hand(opt, name, h, p0, grads, lrs, overrides):
     params = [np.array(p0, dtype=np.float64)]
     state = opt.init(params)
     assert state.step == 0
-    init_expected = hand_initial_slots(name, h, len(p0))
+    init_expected = hand_initial_slots(name, h, p0)
     assert set(state.slots[0]) == set(init_expected)
     for key, value in init_expected.items():
         assert_matches(state.slots[0][key], value, f"initial slot {key}")

@@ -67,6 +67,9 @@ DEFAULTS: dict[str, dict[str, object]] = {
         decoupled_weight_decay=False,
         maximize=False,
     ),
+    "ScheduleFreeAdamW": dict(
+        lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_steps=0, r=0.0, weight_lr_power=2.0
+    ),
 }
 
 
@@ -328,6 +331,44 @@ def nadam_step(h, state, theta, grad, t, variant=None):
     return theta - lr * m_bar / (np.sqrt(n_hat) + eps), {"exp_avg": m, "exp_avg_sq": n}
 
 
+def sfadamw_init(h, theta):
+    """z and x start at the parameter; ``_`` keys are the reference's own (not slots): x and the
+    weights' history (every parameter keeps its copy; all see the same learning rates)."""
+    return {
+        "z": theta.copy(),
+        "exp_avg_sq": np.zeros_like(theta),
+        "_x": theta.copy(),
+        "_weight_sum": 0.0,
+        "_lr_max": -1.0,
+    }
+
+
+def sfadamw_step(h, state, theta, grad, t, variant=None):
+    """Defazio et al. 2024 ("The Road Less Scheduled"), Algorithm 1 (AdamW) as the authors' package
+    runs it (schedulefree.AdamWScheduleFreeReference): with y = theta the point the gradient was
+    taken at, v = b2 v + (1-b2) g^2, gamma_t = lr min(1, t/W), z -= gamma_t (g / (sqrt(v / (1-b2^t))
+    + eps) + wd y), c = w_t / sum_{i<=t} w_i with w_t = t^r (max_{i<=t} gamma_i)^p,
+    x = (1-c) x + c z, y = (1-b1) z + b1 x. ``variant="paper_lr"``: the paper's printed Algorithm 1
+    (gamma_t = lr sqrt(1-b2^t) min(1, t/W) in the step and the weights, denominator sqrt(v) + eps)."""
+    beta1, beta2 = h["betas"]
+    lr, wd, eps, warmup = h["lr"], h["weight_decay"], h["eps"], h["warmup_steps"]
+    gamma = lr * min(1.0, t / warmup) if warmup else lr
+    v = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad**2
+    if variant == "paper_lr":
+        gamma *= math.sqrt(1 - beta2**t)
+        direction = grad / (np.sqrt(v) + eps)
+    else:
+        direction = grad / (np.sqrt(v / (1 - beta2**t)) + eps)
+    z = state["z"] - gamma * (direction + wd * theta)
+    lr_max = max(state["_lr_max"], gamma)
+    weight = t ** h["r"] * lr_max ** h["weight_lr_power"]
+    weight_sum = state["_weight_sum"] + weight
+    c = weight / weight_sum if weight_sum else 0.0
+    x = (1 - c) * state["_x"] + c * z
+    y = (1 - beta1) * z + beta1 * x
+    return y, {"z": z, "exp_avg_sq": v, "_x": x, "_weight_sum": weight_sum, "_lr_max": lr_max}
+
+
 REFERENCES = {
     "SGD": (sgd_init, sgd_step),
     "Adagrad": (adagrad_init, adagrad_step),
@@ -340,6 +381,7 @@ REFERENCES = {
     "Lion": (lion_init, lion_step),
     "Lamb": (lambda h, theta: adam_init({**h, "amsgrad": False}, theta), lamb_step),
     "NAdam": (nadam_init, nadam_step),
+    "ScheduleFreeAdamW": (sfadamw_init, sfadamw_step),
 }
 
 
@@ -399,9 +441,10 @@ def worst_ratio(info, case, variant=None, *, params_only=False):
         for i, g in enumerate(step_grads):
             ref_params[i], ref_states[i] = step(h, ref_states[i], ref_params[i], g, t, variant)
             pairs = [("param", params[i], ref_params[i])]
-            assert set(state.slots[i]) == set(ref_states[i]), f"slot names at step {t}"
+            slots = sorted(k for k in ref_states[i] if not k.startswith("_"))  # "_": the reference's
+            assert set(state.slots[i]) == set(slots), f"slot names at step {t}"
             if not params_only:
-                pairs += [(k, state.slots[i][k], ref_states[i][k]) for k in sorted(ref_states[i])]
+                pairs += [(k, state.slots[i][k], ref_states[i][k]) for k in slots]
             for what, actual, expected in pairs:
                 assert actual.dtype == np.float64 and actual.shape == expected.shape, what
                 key = (i, what)
@@ -452,6 +495,7 @@ ALTERNATIVES = [
     ("Lion", "default", "one_beta"),
     ("Lamb", "weight_decay", "decay_outside_ratio"),
     ("NAdam", "default", "adam_momentum"),
+    ("ScheduleFreeAdamW", "warmup", "paper_lr"),
 ]
 
 

@@ -37,6 +37,16 @@ def run(spec, param, grads, xp_name="numpy"):
 
 ALL_CASES = [(info, case) for info in TABLE for case in info.cases]
 case_strategy = st.sampled_from(ALL_CASES)
+# the optimizers with a maximize flag (torch.optim's; the Schedule-Free package has none)
+MAXIMIZING = st.sampled_from([(i, c) for i, c in ALL_CASES if "maximize" in i.spec.__dataclass_fields__])
+
+
+def recomputes_params(info, case) -> bool:
+    """Whether the case's rule rebuilds the parameter from other state every step, as its framework
+    does, so that lr = 0 still moves it by rounding: Schedule-Free AdamW's keras and optax
+    conventions recover x from y and z and form y again (Keras's update_step; optax's
+    schedule_free, whose lr-0 runs move by a few ulp natively too)."""
+    return info.name == "ScheduleFreeAdamW" and case.kwargs.get("convention") in ("keras", "optax")
 
 
 @settings(max_examples=60, deadline=None)
@@ -49,7 +59,7 @@ def test_zero_gradients_leave_sgd_without_weight_decay_unchanged(data, steps, mu
 
 
 @settings(max_examples=80, deadline=None)
-@given(data=vectors(np.float32), steps=st.integers(1, 8), case=case_strategy)
+@given(data=vectors(np.float32), steps=st.integers(1, 8), case=MAXIMIZING)
 def test_maximize_is_descent_on_the_negated_gradient(data, steps, case):
     info, c = case
     kwargs = {**c.kwargs, "maximize": False}
@@ -68,7 +78,10 @@ def test_zero_learning_rate_changes_nothing(data, steps, case):
     info, c = case
     param, g = data
     out, state = run(info.spec(**{**c.kwargs, "lr": 0.0}), param, [g] * steps)
-    np.testing.assert_array_equal(out, param)
+    if recomputes_params(info, c):  # a rounding of the round trip y -> x -> y per step, no more
+        np.testing.assert_allclose(out, param, rtol=8 * steps * np.finfo(np.float64).eps, atol=0)
+    else:
+        np.testing.assert_array_equal(out, param)
     assert state.step == steps
 
 

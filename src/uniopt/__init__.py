@@ -25,6 +25,7 @@ from .nadam import NAdam
 from .porting import PortableState, load_state, save_state
 from .radam import RAdam
 from .rmsprop import RMSprop
+from .schedule_free_adamw import ScheduleFreeAdamW
 from .sgd import SGD
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "PortableState",
     "RAdam",
     "RMSprop",
+    "ScheduleFreeAdamW",
     "Spec",
     "State",
     "load_state",

@@ -37,13 +37,18 @@ Scalars = NamedTuple
 
 
 class State(NamedTuple):
-    """Optimizer state: the number of steps taken and one slot mapping per parameter.
+    """Optimizer state: the number of steps taken, one slot mapping per parameter, and the history.
 
     ``slots[i]`` maps each name of :meth:`Spec.slot_names` to an array shaped like ``params[i]``.
+    ``history`` is what a spec carries from step to step besides the step count and the slots
+    (:meth:`Spec.init_history`): ``None`` for every spec whose per-step scalars are a function of the
+    step and the learning rate alone, a NamedTuple of Python floats otherwise (Schedule-Free AdamW's
+    running weight sum and largest learning rate, which depend on every learning rate used so far).
     """
 
     step: int
     slots: tuple[dict[str, Array], ...]
+    history: Any = None
 
 
 def namespace_of(*arrays: Array) -> Any:
@@ -147,6 +152,30 @@ class Spec:
         """Whether every per-step scalar tends to a limit as the step grows (for a fixed lr)."""
         return True
 
+    # -- a history, for the specs that carry one ----------------------------------------------
+    # whether the parameters the rule updates are not the ones to evaluate the model at, so that
+    # an adapter offers the switch (eval_param / train_param; Schedule-Free AdamW's x and y)
+    has_eval_view: ClassVar[bool] = False
+
+    def init_history(self) -> Any:
+        """The history before the first step (:attr:`State.history`): ``None`` unless the spec's
+        scalars depend on more than the step and the learning rate of that step."""
+        return None
+
+    def history_scalars(self, step: int, lr: float, history: Any) -> tuple[NamedTuple, Any]:
+        """The scalars of 1-based ``step`` at learning rate ``lr`` after ``history``, and the
+        history after the step. Without a history: ``(step_scalars(step, lr), None)``."""
+        return self.step_scalars(step, lr), history
+
+    def eval_param(self, param: Array, slots: Mapping[str, Array], xp: Any) -> Array:
+        """The parameter to evaluate the model at, from the one the rule updates (the identity
+        unless :attr:`has_eval_view`)."""
+        return param
+
+    def train_param(self, param: Array, slots: Mapping[str, Array], xp: Any) -> Array:
+        """The inverse of :meth:`eval_param`: the parameter the rule updates."""
+        return param
+
     # -- shared machinery ---------------------------------------------------------------------
     def __post_init__(self) -> None:
         self._resolve_convention()
@@ -194,10 +223,11 @@ class Spec:
         return {name: self.init_slot(name, param, xp) for name in self.slot_names()}
 
     def init(self, params: Sequence[Array], xp: Any = None) -> State:
-        """State before the first step: step 0 and the initial slots of every parameter."""
+        """State before the first step: step 0, the initial slots of every parameter and the
+        initial history."""
         params = list(params)
         xp = xp if xp is not None else _namespace_or_none(params)
-        return State(0, tuple(self.init_slots(p, xp) for p in params))
+        return State(0, tuple(self.init_slots(p, xp) for p in params), self.init_history())
 
     def update_one(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: NamedTuple, xp: Any
@@ -231,7 +261,10 @@ class Spec:
             check_interval(self.name, "lr", lr, 0.0)
         xp = xp if xp is not None else _namespace_or_none(params)
         step = state.step + 1
-        sc = self.step_scalars(step, lr)
+        if self.init_history() is None:
+            sc, history = self.step_scalars(step, lr), None
+        else:
+            sc, history = self.history_scalars(step, float(self.lr if lr is None else lr), state.history)
         rounded: dict[tuple[str, str], NamedTuple] = {}  # scalars cast once per dtype and device
         new_params, new_slots = [], []
         for p, g, s in zip(params, grads, state.slots, strict=True):
@@ -241,7 +274,7 @@ class Spec:
             new_p, new_s = self.rule(p, g, s, rounded[where], xp)
             new_params.append(new_p)
             new_slots.append(new_s)
-        return new_params, State(step, tuple(new_slots))
+        return new_params, State(step, tuple(new_slots), history)
 
 
 def _device(array: Array) -> Any:

@@ -37,6 +37,7 @@ __all__ = [
     "PortableState",
     "check_compatible",
     "export_state",
+    "history_of",
     "import_state",
     "load_state",
     "save_state",
@@ -98,7 +99,9 @@ class PortableState:
 
     ``slots[i]`` maps each slot name to a NumPy array with parameter ``i``'s shape ``shapes[i]`` and
     dtype ``dtypes[i]`` (``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"``). Every parameter
-    has the same slot names. Construction validates all of it.
+    has the same slot names. ``history`` is the spec's history (:attr:`uniopt.State.history`) as a
+    mapping of its field names to finite Python floats, ``None`` for a spec that keeps none.
+    Construction validates all of it.
     """
 
     optimizer: str
@@ -108,8 +111,18 @@ class PortableState:
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[str, ...]
     convention: str = "uniopt"
+    history: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.history is not None:
+            if not isinstance(self.history, Mapping):
+                raise TypeError(f"history must be a mapping of names to floats or None, got {self.history!r}")
+            object.__setattr__(
+                self, "history", {str(k): _jsonable(f"history {k}", v) for k, v in self.history.items()}
+            )
+            for k, v in self.history.items():
+                if not isinstance(v, float):
+                    raise ValueError(f"history {k}={v!r} is not a float")
         hyper = {k: _jsonable(k, v) for k, v in dict(self.hyperparameters).items()}
         object.__setattr__(self, "hyperparameters", hyper)
         as_array = lambda v: np.asarray(v) if isinstance(v, np.generic) else v  # noqa: E731
@@ -181,9 +194,12 @@ def make_state(
     shapes: Sequence[tuple[int, ...]],
     dtypes: Sequence[str],
     hyperparameters: Mapping[str, Any] | None = None,
+    history: Any = None,
 ) -> PortableState:
-    """The record of ``spec``'s state (hyperparameters from ``spec`` unless given)."""
+    """The record of ``spec``'s state (hyperparameters from ``spec`` unless given; ``history`` the
+    spec's NamedTuple, or ``None``)."""
     return PortableState(
+        history=None if history is None else {k: float(v) for k, v in history._asdict().items()},
         optimizer=spec.name,
         hyperparameters=spec.hyperparameters if hyperparameters is None else hyperparameters,
         step=step,
@@ -225,6 +241,15 @@ def check_compatible(
             raise ValueError(
                 f"{owner}: parameter {i} has dtype {dtypes[i]}, the state holds {state.dtypes[i]}"
             )
+    start = spec.init_history()
+    if (start is None) != (state.history is None) or (
+        start is not None and set(state.history) != set(start._fields)
+    ):
+        want = "no history" if start is None else f"the history {list(start._fields)}"
+        have = "none" if state.history is None else sorted(state.history)
+        raise ValueError(
+            f"{owner}: {spec.name} with these hyperparameters keeps {want}; the state holds {have}"
+        )
     expected = spec.slot_names()
     if state.shapes and set(state.slot_names) != set(expected):
         raise ValueError(
@@ -254,7 +279,12 @@ def export_state(spec: Spec, state: State, params: Sequence[Any]) -> PortableSta
             raise ValueError(f"export_state: parameter {i} lacks slots {sorted(missing)}")
         slots.append({name: _host_copy(entry[name]) for name in spec.slot_names()})
     return make_state(
-        spec, state.step, slots, [tuple(p.shape) for p in params], [str(p.dtype) for p in params]
+        spec,
+        state.step,
+        slots,
+        [tuple(p.shape) for p in params],
+        [str(p.dtype) for p in params],
+        history=state.history,
     )
 
 
@@ -273,9 +303,18 @@ def import_state(
         [str(p.dtype) for p in params],
         hyperparameters=hyperparameters,
     )
+    history = history_of(state, spec)
     if xp is None:
-        return State(state.step, tuple({k: v.copy() for k, v in s.items()} for s in state.slots))
-    return State(state.step, tuple({k: xp.asarray(v.copy()) for k, v in s.items()} for s in state.slots))
+        return State(state.step, tuple({k: v.copy() for k, v in s.items()} for s in state.slots), history)
+    return State(
+        state.step, tuple({k: xp.asarray(v.copy()) for k, v in s.items()} for s in state.slots), history
+    )
+
+
+def history_of(state: PortableState, spec: Spec) -> Any:
+    """The spec's history (its NamedTuple) from the record's mapping, ``None`` for none."""
+    start = spec.init_history()
+    return None if start is None or state.history is None else type(start)(**state.history)
 
 
 def _host_copy(value: Any) -> np.ndarray:
@@ -304,6 +343,8 @@ def save_state(path: str | os.PathLike[str], state: PortableState) -> None:
         "dtypes": list(state.dtypes),
         "slot_names": list(state.slot_names),
     }
+    if state.history is not None:
+        meta["history"] = state.history
     arrays = {_META: np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)}
     for i, slots in enumerate(state.slots):
         for name, value in slots.items():
@@ -357,4 +398,5 @@ def load_state(path: str | os.PathLike[str]) -> PortableState:
         shapes=tuple(tuple(s) for s in shapes),
         dtypes=tuple(dtypes),
         convention=meta["convention"],
+        history=meta.get("history"),  # files of specs without a history have none
     )

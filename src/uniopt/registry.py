@@ -25,6 +25,7 @@ from .lion import Lion
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
+from .schedule_free_adamw import ScheduleFreeAdamW
 from .sgd import SGD
 
 __all__ = [
@@ -327,6 +328,11 @@ _PER_TENSOR = (
     "the rule reduces over each parameter (a norm), so uniopt.torch refuses the flat "
     "implementations, which run the rule over a concatenation of parameters; torch@loop and "
     "torch@eager run it"
+)
+
+_NO_HISTORY = (
+    "{adapter} does not offer ScheduleFreeAdamW yet: its adapter does not carry the spec's "
+    "history (the running weight sum and largest learning rate) nor offer the train/eval switch"
 )
 
 _KERAS_ADAM_SLOTS = {
@@ -1152,6 +1158,61 @@ TABLE: tuple[OptimizerInfo, ...] = (
             "jax:optax:torch/parity": 4256,
             "jax:optax:torch_decoupled/parity": 360,
             "jax:optax:keras/parity": 32,
+        },
+    ),
+    OptimizerInfo(
+        ScheduleFreeAdamW,
+        cases=(
+            Case("default"),
+            Case("warmup", {"lr": 0.01, "warmup_steps": 5}),
+            Case("weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
+            # beta1 = 0.5: lerp weights 1 - 1/beta1 = -1 and 1 - beta1 = 0.5 take torch's other branch
+            Case("beta1_half", {"lr": 0.01, "betas": (0.5, 0.99), "eps": 1e-6}),
+            Case("polynomial", {"lr": 0.01, "r": 1.0, "weight_lr_power": 1.0}),
+            Case("keras", {"lr": 0.01, "weight_decay": 0.01, "warmup_steps": 5, "convention": "keras"}),
+            Case("keras_defaults", {"convention": "keras"}),
+            Case("optax", {"lr": 0.01, "weight_decay": 0.01, "warmup_steps": 5, "convention": "optax"}),
+            Case("optax_defaults", {"convention": "optax"}),
+        ),
+        error_cases=(
+            ErrorCase({"lr": -1e-3}, r"ScheduleFreeAdamW: lr=-0\.001 is out of range; expected 0 <= lr"),
+            ErrorCase({"lr": float("nan")}, r"ScheduleFreeAdamW: lr=nan is not finite"),
+            ErrorCase({"lr": "0.1"}, r"ScheduleFreeAdamW: lr='0\.1' is not a real number"),
+            ErrorCase(
+                {"betas": (0.0, 0.999)},
+                r"ScheduleFreeAdamW: betas\[0\]=0\.0 is out of range; expected 0 < betas\[0\] < 1",
+            ),
+            ErrorCase({"betas": (0.9, 1.0)}, r"ScheduleFreeAdamW: betas\[1\]=1\.0 is out of range"),
+            ErrorCase({"betas": 0.9}, r"ScheduleFreeAdamW: betas=0\.9 is not a pair"),
+            ErrorCase({"eps": 0.0}, r"ScheduleFreeAdamW: eps=0\.0 is out of range; expected 0 < eps"),
+            ErrorCase({"weight_decay": -0.1}, r"ScheduleFreeAdamW: weight_decay=-0\.1 is out of range"),
+            ErrorCase(
+                {"warmup_steps": 2.5},
+                r"ScheduleFreeAdamW: warmup_steps=2\.5 is not an integer >= 0",
+            ),
+            ErrorCase({"warmup_steps": -1}, r"ScheduleFreeAdamW: warmup_steps=-1 is not an integer >= 0"),
+            ErrorCase({"r": float("inf")}, r"ScheduleFreeAdamW: r=inf is not finite"),
+            ErrorCase(
+                {"weight_lr_power": 1.0, "convention": "keras"},
+                r"ScheduleFreeAdamW: .*weight_lr_power.*keras",
+            ),
+            ErrorCase({"r": 1.0, "convention": "optax"}, r"ScheduleFreeAdamW: .*r.*optax"),
+            ErrorCase(
+                {"convention": "torch"},
+                r"ScheduleFreeAdamW: convention='torch' is not available \(torch\.optim has no "
+                r"Schedule-Free",
+            ),
+        ),
+        # torch.optim has none: uniopt.torch.ScheduleFreeAdamW takes the names, order and defaults
+        # of the authors' package (schedulefree.AdamWScheduleFree), with its train()/eval() contract
+        torch=TorchNames(
+            None,
+            ("lr", "betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power"),
+            {"foreach": None},
+        ),
+        skips={
+            "tf": _NO_HISTORY.format(adapter="uniopt.tf"),
+            "jax": _NO_HISTORY.format(adapter="uniopt.jax"),
         },
     ),
 )
