@@ -42,7 +42,8 @@ ROOT = Path(__file__).parent
 
 # Each framework's packages; the pinned torch is the CPU wheel (an unpinned torch is a CUDA build).
 FRAMEWORK_DEPS: dict[str, list[str]] = {
-    "torch": [os.environ.get("UNIOPT_TORCH_SPEC", "torch==2.13.0")],
+    # schedulefree: the authors' Schedule-Free AdamW for torch, uniopt's convention's native
+    "torch": [os.environ.get("UNIOPT_TORCH_SPEC", "torch==2.13.0"), "schedulefree==1.4.1"],
     "tf": [os.environ.get("UNIOPT_TF_SPEC", "tensorflow-cpu>=2.16"), "keras>=3.3"],
     "jax": [os.environ.get("UNIOPT_JAX_SPEC", "jax>=0.4.30"), "optax>=0.2.3"],
 }

@@ -141,6 +141,8 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
             )
     if native_name is not None:
         out += _native_variants(native_name, hyper, _variant)
+    if optimizer == "ScheduleFreeAdamW":  # torch.optim has none: the authors' package is the native
+        out += _schedulefree_variants(hyper, _variant)
     if optimizer != "Adam":  # the issue's yardstick for every optimizer: fused Adam, timed in the same rounds
         out.append(
             _variant(
@@ -200,3 +202,21 @@ def copies(device: str = "cpu") -> dict[str, Copy]:
     if device == "gpu":
         return {"torch copy_ (CUDA)": torch_copy}
     return {"torch copy_": torch_copy, "numpy copyto": numpy_copy}
+
+
+def _schedulefree_variants(hyper: dict[str, Any], make: Callable[..., Variant]) -> list[Variant]:
+    """The authors' ``schedulefree.AdamWScheduleFree`` (foreach and single-tensor), in train mode."""
+    import schedulefree
+
+    def build(foreach: bool) -> Callable[[list[Any]], Any]:
+        def make_opt(ps: list[Any]) -> Any:
+            opt = schedulefree.AdamWScheduleFree(ps, foreach=foreach, **hyper)
+            opt.train()
+            return opt
+
+        return make_opt
+
+    return [
+        make(f"schedulefree.AdamWScheduleFree(foreach={foreach})", "native", build(foreach))
+        for foreach in (False, True)
+    ]

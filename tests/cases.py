@@ -10,6 +10,17 @@ from uniopt.registry import TABLE, Case
 CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
 
 
+def table_for(backend: str) -> list:
+    """The table's rows that ``backend``'s adapter runs (``OptimizerInfo.skip_reason`` names the
+    others: ScheduleFreeAdamW on tf and jax, whose adapters do not carry a history yet)."""
+    return [info for info in TABLE if info.skip_reason(backend) is None]
+
+
+def per_convention(backend: str) -> list:
+    """:data:`PER_CONVENTION` of the rows ``backend`` runs."""
+    return [p for p in PER_CONVENTION if p.values[0].skip_reason(backend) is None]
+
+
 def _first_per_convention() -> list:
     params, seen = [], set()
     for info in TABLE:

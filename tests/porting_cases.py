@@ -36,6 +36,13 @@ PARAMS = [
 ]
 
 
+def params_for(backend: str) -> list:
+    """:data:`PARAMS` of the optimizers ``backend``'s adapter runs (``OptimizerInfo.skip_reason``)."""
+    from uniopt.registry import get
+
+    return [p for p in PARAMS if get(p.values[0].name).skip_reason(backend) is None]
+
+
 def stream(dtype: str, steps: int = STEPS, shapes: Sequence[tuple[int, ...]] = SHAPES, seed: int = 0):
     """Initial parameters and ``steps`` gradient lists, drawn in float64 and rounded once."""
     rng = np.random.default_rng(seed)

@@ -477,6 +477,11 @@ def transformation(
     parameter's dtype, so another dtype raises ``ValueError`` at ``init``.
     """
     name = spec.name
+    if spec.init_history() is not None or spec.has_eval_view:
+        raise ValueError(
+            f"uniopt.jax does not run {name} yet: its state would need the spec's history (the "
+            "learning-rate history's running sums) and its evaluation view; uniopt.torch runs it"
+        )
     lr_of = _learning_rate(name, learning_rate)
     names = spec.slot_names()
     pairs = _complex_as_pairs(spec)

@@ -608,7 +608,8 @@ def from_spec(spec: Spec, **keras_kwargs: Any) -> UnioptOptimizer:
     try:
         cls = _BY_SPEC[type(spec)]
     except KeyError:
-        raise TypeError(f"no uniopt.tf optimizer for {type(spec).__name__}") from None
+        why = " yet: its adapter does not carry the spec's history" if spec.has_eval_view else ""
+        raise TypeError(f"no uniopt.tf optimizer for {type(spec).__name__}{why}") from None
     kwargs = {k: _np_scalar(v) for k, v in to_keras_kwargs(spec.hyperparameters, cls).items()}
     kwargs.update(keras_kwargs)
     return cls(**kwargs)

@@ -32,6 +32,7 @@ import torch
 from uniopt import Spec
 from uniopt.registry import TABLE, OptimizerInfo
 
+from ._history import HistoryOptimizer
 from ._optimizer import AUTO_COMPILE_MIN, IMPLEMENTATIONS, UnioptOptimizer, _selected
 from ._porting import (
     export_state,
@@ -45,6 +46,7 @@ __all__ = [
     "AUTO_COMPILE_MIN",
     "IMPLEMENTATIONS",
     "OPTIMIZERS",
+    "HistoryOptimizer",
     "UnioptOptimizer",
     "export_state",
     "from_torch_optim",
@@ -159,7 +161,9 @@ def _make(info: OptimizerInfo) -> type[UnioptOptimizer]:
     }
     if names.state_at_construction:
         namespace["share_memory"] = _share_memory
-    return type(info.name, (UnioptOptimizer,), namespace)
+    keeps_history = info.spec.init_history is not Spec.init_history
+    base = HistoryOptimizer if keeps_history or info.spec.has_eval_view else UnioptOptimizer
+    return type(info.name, (base,), namespace)
 
 
 OPTIMIZERS: dict[str, type[UnioptOptimizer]] = {

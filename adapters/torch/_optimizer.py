@@ -300,15 +300,15 @@ class UnioptOptimizer(Optimizer):
                     _check_grad(spec, p)
                 self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
             groups.append((index, spec, _lr(group["lr"]), params, ids, grads))
-        rounded: dict[tuple[Spec, float, int, torch.dtype], Any] = {}
+        rounded: dict[tuple[int, Spec, float, int, torch.dtype], Any] = {}
         for index, spec, lr, params, ids, grads in groups:
             loop, buckets = self._layout(index, spec, params, ids)
             if loop:
-                _run_loop(self._plan([(spec, lr, p) for p in loop], keep_buckets=True))
+                _run_loop(self._plan([(index, spec, lr, p) for p in loop], keep_buckets=True))
             for bucket, compiled in buckets:
-                key = (spec, lr, bucket.step + 1, bucket.dtype)
+                key = (index, spec, lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
-                    rounded[key] = _round(spec.step_scalars(bucket.step + 1, lr=lr), bucket.dtype)
+                    rounded[key] = _round(self._scalars_of(index, spec, lr, bucket.step + 1), bucket.dtype)
                 fn = _flat.kernel(spec, bucket.dtype, compiled, bucket.device.type)
                 bucket.run(fn, rounded[key], grads)
 
@@ -364,16 +364,20 @@ class UnioptOptimizer(Optimizer):
         run without recompiling each step.
         """
         work = []
-        for group in self.param_groups:  # validate everything before touching any state
+        for index, group in enumerate(self.param_groups):  # validate everything before any change
             spec = self._spec_of(group)
             for p in group["params"]:
                 if p.grad is not None:
                     _check_grad(spec, p)
-                    work.append((spec, _lr(group["lr"]), p))
+                    work.append((index, spec, _lr(group["lr"]), p))
         return self._plan(work)
 
+    def _scalars_of(self, index: int, spec: Spec, lr: float, step: int) -> Any:
+        """The host scalars of group ``index`` at 1-based ``step`` (a parameter's step count)."""
+        return spec.step_scalars(step, lr=lr)
+
     def _plan(
-        self, work: list[tuple[Spec, float, torch.Tensor]], keep_buckets: bool = False
+        self, work: list[tuple[int, Spec, float, torch.Tensor]], keep_buckets: bool = False
     ) -> list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]:
         """Per-tensor work: lazy state, step counters advanced, scalars rounded once per dtype.
 
@@ -382,22 +386,22 @@ class UnioptOptimizer(Optimizer):
         """
         if self._buckets and not keep_buckets:
             self._buckets.clear()
-        scalars: dict[tuple[Spec, float, int], Any] = {}
-        rounded: dict[tuple[Spec, float, int, torch.dtype], Any] = {}
+        scalars: dict[tuple[int, Spec, float, int], Any] = {}
+        rounded: dict[tuple[int, Spec, float, int, torch.dtype], Any] = {}
         plan = []
-        for spec, lr, p in work:
+        for index, spec, lr, p in work:
             state = self.state[p]
             if not state:
                 state["step"] = torch.zeros((), dtype=torch.int64)
             state["step"] += 1
             step = int(state["step"])
-            if (spec, lr, step) not in scalars:
-                scalars[spec, lr, step] = spec.step_scalars(step, lr=lr)
+            if (index, spec, lr, step) not in scalars:
+                scalars[index, spec, lr, step] = self._scalars_of(index, spec, lr, step)
             real = torch.view_as_real(p) if p.is_complex() else p
-            key = (spec, lr, step, real.dtype)
+            key = (index, spec, lr, step, real.dtype)
             if key not in rounded:
                 # 0-d CPU tensors: torch reads them as scalars on any device, with no transfer
-                rounded[key] = _round(scalars[spec, lr, step], real.dtype)
+                rounded[key] = _round(scalars[index, spec, lr, step], real.dtype)
             slots = {name: self._slot(state, spec, name, p) for name in spec.slot_names()}
             grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
             plan.append((spec, real, grad, slots, rounded[key]))

@@ -20,6 +20,7 @@ from uniopt import PortableState, Spec
 from uniopt.porting import check_compatible, make_state
 from uniopt.registry import TABLE, OptimizerInfo, get
 
+from ._history import HistoryOptimizer
 from ._namespace import xp
 from ._optimizer import _SELECTING, _STATE_DICT_KEY, UnioptOptimizer, _plain, _selected, _step_count
 
@@ -170,13 +171,31 @@ def export_state(optimizer: UnioptOptimizer) -> PortableState:
             continue
         steps.append(int(entry["step"]))
         slots.append({n: _to_numpy(entry[n]) for n in spec.slot_names()})
+    step, history = _common_step(steps, owner), None
+    if isinstance(optimizer, HistoryOptimizer):
+        step, history = _group_history(optimizer, spec, owner)
     return make_state(
         spec,
-        _common_step(steps, owner),
+        step,
         slots,
         [tuple(p.shape) for p in params],
         [_dtype_name(p.dtype) for p in params],
+        history=history,
     )
+
+
+def _group_history(optimizer: HistoryOptimizer, spec: Spec, owner: str) -> tuple[int, Any]:
+    """The step count and history every group of a :class:`HistoryOptimizer` shares (a record
+    holds one), refused in eval mode: a record continues training, whose parameters are y."""
+    if not all(group["train_mode"] for group in optimizer.param_groups):
+        raise ValueError(
+            f"{owner}: the optimizer is in eval mode (its parameters hold x); call optimizer.train() "
+            "first: the state continues training, from the parameters y"
+        )
+    kept = {(group["k"], optimizer._history(group, spec)) for group in optimizer.param_groups}
+    if len(kept) != 1:
+        raise ValueError(f"{owner}: the param groups have taken different steps or hold different histories")
+    return next(iter(kept))
 
 
 def import_state(optimizer: UnioptOptimizer, state: PortableState, *, hyperparameters: bool = True) -> None:
@@ -201,6 +220,14 @@ def import_state(optimizer: UnioptOptimizer, state: PortableState, *, hyperparam
         spec = _group_spec(optimizer, group)
         check_compatible(state, spec, shapes, dtypes, hyperparameters=hyperparameters, owner=owner)
     current = optimizer.state_dict()
+    if isinstance(optimizer, HistoryOptimizer):
+        if not all(group["train_mode"] for group in optimizer.param_groups):
+            raise ValueError(
+                f"{owner}: the optimizer is in eval mode (its parameters hold x); call "
+                "optimizer.train() first: the state continues training, from the parameters y"
+            )
+        for group in current["param_groups"]:  # the record's step count and history, in every group
+            group.update(k=state.step, **(state.history or {}))
     indices = [i for group in current["param_groups"] for i in group["params"]]
     native = {
         index: {"step": torch.tensor(state.step, dtype=torch.int64)}

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from porting_cases import PARAMS, STEPS, assert_bitwise, assert_state_bitwise, reference, stream
+from porting_cases import STEPS, assert_bitwise, assert_state_bitwise, params_for, reference, stream
 
 import uniopt
 import uniopt.jax as uj
@@ -24,7 +24,7 @@ def _run(tx, params, state, grads, jit):
 
 
 @pytest.mark.parametrize("route", ["jax->jax", "jit->jit", "numpy->jax", "jax->numpy"])
-@pytest.mark.parametrize(("spec", "split", "dtype"), PARAMS)
+@pytest.mark.parametrize(("spec", "split", "dtype"), params_for("jax"))
 def test_resume_from_a_file_is_bitwise(tmp_path, spec, split, dtype, route):
     jit = route == "jit->jit"
     route = route.replace("jit", "jax")

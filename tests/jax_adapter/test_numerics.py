@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from cases import PER_CONVENTION
+from cases import per_convention, table_for
 from ujax_helpers import (
     SHAPES,
     assert_history_equal,
@@ -26,10 +26,9 @@ from ujax_helpers import (
 
 import uniopt
 import uniopt.jax as ujax
-from uniopt.registry import TABLE
 from uniopt.scalar_table import scalar_table
 
-DEFAULTS = [pytest.param(info, info.cases[0], id=info.name) for info in TABLE]
+DEFAULTS = [pytest.param(info, info.cases[0], id=info.name) for info in table_for("jax")]
 STEPS = 8
 
 
@@ -43,7 +42,7 @@ def _inputs(dtype, steps=STEPS, scale=1.0):
     return params0, [grads_at(t, SHAPES, dtype, scale) for t in range(1, steps + 1)]
 
 
-@pytest.mark.parametrize(("info", "case"), PER_CONVENTION)
+@pytest.mark.parametrize(("info", "case"), per_convention("jax"))
 def test_every_case_is_bitwise_eager_and_jit(info, case):
     spec = info.make(case)
     tx = _tx(spec)

@@ -9,17 +9,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from cases import PER_CONVENTION
+from cases import per_convention, table_for
 from tf_helpers import Recording, assert_trajectories, params_and_grads, reference, run_adapter, snapshot
 
 import uniopt
 import uniopt.tf as ut
-from uniopt.registry import TABLE
 from uniopt.scalar_table import rounded_scalars, scalar_table
 
 STEPS = 8  # past RAdam's first rectified step (6)
 
-DEFAULTS = [pytest.param(info, info.cases[0], id=info.name) for info in TABLE]
+DEFAULTS = [pytest.param(info, info.cases[0], id=info.name) for info in table_for("tf")]
 
 
 def _inputs(dtype: str, nonfinite: bool = False):
@@ -29,7 +28,7 @@ def _inputs(dtype: str, nonfinite: bool = False):
     return params, grads
 
 
-@pytest.mark.parametrize(("info", "case"), PER_CONVENTION)
+@pytest.mark.parametrize(("info", "case"), per_convention("tf"))
 def test_every_case_is_bitwise_float32_in_tf_function(info, case):
     """One case per optimizer and convention; the conformance matrix runs every case over every
     stream and mode."""

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from cases import table_for
 from keras.src.optimizers.base_optimizer import BaseOptimizer
 from tf_helpers import assert_trajectories, bits_equal, make_step, params_and_grads, reference, snapshot
 
@@ -257,7 +258,7 @@ def test_use_ema_leaves_the_update_alone_and_keeps_averages():
 
 # -- construction ---------------------------------------------------------------------------------
 def _keras_error_inputs():
-    for info in TABLE:
+    for info in table_for("tf"):
         cls = getattr(ut, info.name)
         for i, err in enumerate(info.error_cases):
             kwargs = cls.to_keras_kwargs(err.kwargs)
@@ -305,7 +306,7 @@ def test_defaults_are_the_specs(cls):
 
 
 def test_the_name_mapping_round_trips_every_case():
-    for info in TABLE:
+    for info in table_for("tf"):
         for case in info.cases:
             spec = info.make(case)
             keras_kwargs = ut.to_keras_kwargs(spec.hyperparameters, info.name)
@@ -413,3 +414,11 @@ def test_a_new_row_becomes_a_working_class_without_adapter_code():
         step([tf.constant(x) for x in g])
         got.append(snapshot(opt, variables))
     assert_trajectories(got, reference(opt.spec, params, grads))
+
+
+def test_a_spec_with_a_history_is_refused_by_name():
+    """ScheduleFreeAdamW's history and train/eval views are not carried by uniopt.tf yet."""
+    assert [info.name for info in TABLE if info not in table_for("tf")] == ["ScheduleFreeAdamW"]
+    with pytest.raises(TypeError, match=r"no uniopt\.tf optimizer for ScheduleFreeAdamW yet: .*history"):
+        ut.from_spec(uniopt.ScheduleFreeAdamW())
+    assert not hasattr(ut, "ScheduleFreeAdamW")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from porting_cases import (
-    PARAMS,
     STEPS,
     assert_bitwise,
     assert_state_bitwise,
+    params_for,
     reference,
     stream,
 )
@@ -37,7 +37,7 @@ def _run(opt, variables, grads, function=False):
 
 
 @pytest.mark.parametrize("route", ["tf->tf", "function->function", "numpy->tf", "tf->numpy"])
-@pytest.mark.parametrize(("spec", "split", "dtype"), PARAMS)
+@pytest.mark.parametrize(("spec", "split", "dtype"), params_for("tf"))
 def test_resume_from_a_file_is_bitwise(tmp_path, spec, split, dtype, route):
     function = route == "function->function"
     source, target = route.replace("function", "tf").split("->")
