@@ -31,6 +31,7 @@ from .backends import (
     Runner,
     Snapshot,
     jax_device,
+    per_convention_only,
     reduced_elsewhere,
     snapshots_of,
     split_flat,
@@ -124,6 +125,9 @@ BACKEND = Backend(
     modes=("eager", "jit", "optax"),
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
-    default_cells={"eager": _REDUCED, "optax": training_dtypes_only(_REDUCED, "jax@eager and jax@jit")},
+    default_cells={
+        "eager": per_convention_only(_REDUCED, "jax@jit"),
+        "optax": per_convention_only(training_dtypes_only(_REDUCED, "jax@eager and jax@jit"), "jax@jit"),
+    },
     slowest=("jit", "optax"),
 )

@@ -21,6 +21,7 @@ from .backends import (
     Member,
     Runner,
     Snapshot,
+    per_convention_only,
     reduced_elsewhere,
     requested_device,
     snapshots_of,
@@ -126,7 +127,10 @@ BACKEND = Backend(
     modes=("eager", "function", "xla"),
     dtypes=("float32", "float64", "float16", "bfloat16"),
     make_runner=_make_runner,
-    default_cells={"eager": _REDUCED, "xla": training_dtypes_only(_REDUCED, "tf@eager and tf@function")},
+    default_cells={
+        "eager": per_convention_only(_REDUCED, "tf@function"),
+        "xla": training_dtypes_only(_REDUCED, "tf@eager and tf@function"),
+    },
     slowest=("xla", "function"),
 )
 """Adagrad's weight_decay/zeros cells pass through subnormal numbers, which TensorFlow's CPU kernels

@@ -33,9 +33,11 @@ __all__ = [
     "Unit",
     "batched",
     "by_unit",
+    "first_case_per_convention",
     "get",
     "long_elsewhere",
     "one_cell",
+    "per_convention_only",
     "reduced_elsewhere",
     "snapshots_of",
     "split_flat",
@@ -371,6 +373,39 @@ def training_dtypes_only(
         lambda cell: cell.dtype in TRAINING_DTYPES and selects(cell),
         f"{reason}; and every float64 and float16 cell, run by default in {where}: a compiled mode "
         "spends its time compiling, once per optimizer and dtype",
+    )
+
+
+def first_case_per_convention() -> frozenset[tuple[str, str]]:
+    """``(optimizer, case)`` of the first case of each optimizer and convention in the table (each
+    convention is its own rule and its own scalars; the other cases vary hyperparameter values
+    and flags within one)."""
+    from uniopt.registry import TABLE
+
+    firsts, seen = set(), set()
+    for info in TABLE:
+        for case in info.cases:
+            convention = getattr(info.make(case), "convention", "uniopt")
+            if (info.name, convention) not in seen:
+                seen.add((info.name, convention))
+                firsts.add((info.name, case.desc))
+    return frozenset(firsts)
+
+
+def per_convention_only(
+    rule: tuple[Callable[[Cell], bool], str], where: str
+) -> tuple[Callable[[Cell], bool], str]:
+    """``rule``'s default cells, of the first case of each optimizer and convention only
+    (:func:`first_case_per_convention`): a mode that runs the same rule through the same namespace
+    as ``where`` (eagerly, or compiled by the compiler ``where`` compiles every case with) proves
+    its own path per convention by default, and every case with ``--full``. Every case runs by
+    default in ``where``."""
+    selects, reason = rule
+    firsts = first_case_per_convention()
+    return (
+        lambda cell: (cell.optimizer, cell.case) in firsts and selects(cell),
+        f"{reason}; and of each optimizer the cases after the first of each convention, run by "
+        f"default in {where}",
     )
 
 

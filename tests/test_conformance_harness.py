@@ -285,6 +285,37 @@ def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_o
     assert reason.startswith("left to --full") and "torch@eager" in reason
 
 
+PER_CONVENTION_MODES = {"torch@compile", "tf@eager", "jax@eager", "jax@optax"}
+"""The modes that run only the first case of each optimizer and convention by default
+(backends.per_convention_only)."""
+
+
+def test_the_cases_after_the_first_per_convention_run_in_one_mode_per_framework_by_default():
+    """Adam's amsgrad case (not the first of its convention) is left to --full in the modes of
+    PER_CONVENTION_MODES, with the reason, and runs by default in every other mode; every case of
+    every optimizer runs by default in some mode of each framework that runs the optimizer."""
+    later = Cell("Adam", "amsgrad", "normal", "float32", 50)
+    for b in backends.BACKENDS.values():
+        for m in b.modes:
+            reason = b.skip_by_default(m, later)
+            if f"{b.name}@{m}" in PER_CONVENTION_MODES:
+                assert reason is not None and "the cases after the first of each convention" in reason
+            elif b.name not in ("keras", "optax", "torch.optim"):  # native rows: their conventions
+                assert reason is None, (b.name, m)
+    for framework in ("torch", "tf", "jax"):
+        backend = backends.get(framework)
+        for info in TABLE:
+            if info.skip_reason(framework) is not None:
+                continue
+            for case in info.cases:
+                cell = Cell(info.name, case.desc, "normal", "float32", 50)
+                assert any(backend.skip_by_default(m, cell) is None for m in backend.modes), (framework, cell)
+    firsts = backends.first_case_per_convention()
+    assert {("Adam", "default"), ("Adam", "torch"), ("Adam", "keras"), ("Adam", "optax")} == {
+        f for f in firsts if f[0] == "Adam"
+    }
+
+
 def test_an_optimizer_that_reduces_runs_every_stream_in_one_mode_per_framework():
     """A non-elementwise optimizer's cells are not stacked, so the modes listed below run only the
     normal and mixed-shape streams by default; every other mode runs all of them."""
