@@ -6,7 +6,9 @@ shows how far uniopt's convention is from the optimizer people port from:
 
 - ``torch.optim@native``: the row's ``torch.optim.<TorchNames.native>`` (single-tensor path,
   ``foreach=False``), and for ``convention="official"`` the authors' RAdam step, transcribed op for
-  op into current torch calls;
+  op into current torch calls; for the optimizers torch.optim lacks whose uniopt convention is an
+  authors' torch package (:data:`PACKAGE_NATIVES`: Schedule-Free AdamW's ``schedulefree``), that
+  package's optimizer on the uniopt cases;
 - ``keras@native``: ``keras.optimizers.<Name>`` on TensorFlow, its ``apply`` traced once per case
   into a ``tf.function`` that runs with TensorFlow's graph optimizer (grappler) off, so the graph
   executes the kernels eager execution runs, op for op: the results of Keras's eager apply, bitwise
@@ -44,6 +46,10 @@ NONFINITE_REASON = (
 
 _NATIVE_OF = {"torch.optim": ("torch", "official"), "keras": ("keras",), "optax": ("optax",)}
 
+PACKAGE_NATIVES = {"ScheduleFreeAdamW": ("schedulefree", "AdamWScheduleFree")}
+"""Optimizers torch.optim lacks whose ``uniopt`` convention follows the authors' torch package:
+name -> (module, class). The ``torch.optim@native`` row runs it (single-tensor, in train mode)."""
+
 
 def _native_named(backend: str, optimizer: str) -> bool:
     """Whether the table's row names ``backend``'s own optimizer (Keras's class, an optax alias)."""
@@ -60,6 +66,11 @@ def _native_named(backend: str, optimizer: str) -> bool:
 def _supports(backend: str) -> Callable[[Cell], str | None]:
     def check(cell: Cell) -> str | None:
         convention = convention_of(cell.optimizer, cell.case)
+        if backend == "torch.optim" and cell.optimizer in PACKAGE_NATIVES:
+            module, name = PACKAGE_NATIVES[cell.optimizer]
+            if convention != "uniopt":
+                return f"this row runs {module}.{name} on the uniopt convention's cases"
+            return NONFINITE_REASON if cell.stream == "nonfinite" else None
         if convention not in _NATIVE_OF[backend]:
             return f"native rows run the cases whose convention is {' or '.join(_NATIVE_OF[backend])}"
         if not _native_named(backend, cell.optimizer):
@@ -125,6 +136,15 @@ def _torch_optimizer(spec: Spec, params: list[Any], h: dict[str, Any]) -> Any:
 
     from uniopt import registry
 
+    if spec.name in PACKAGE_NATIVES:
+        import importlib
+
+        module, name = PACKAGE_NATIVES[spec.name]
+        native = getattr(importlib.import_module(module), name)
+        accepted = inspect.signature(native).parameters
+        optimizer = native(params, foreach=False, **{k: v for k, v in h.items() if k in accepted})
+        optimizer.train()  # the package starts in eval mode and refuses step() there
+        return optimizer
     names = registry.get(spec.name).torch
     if names is None or names.native is None:
         raise ValueError(f"torch.optim has no {spec.name}")

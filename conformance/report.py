@@ -89,6 +89,10 @@ def _short(text: str, width: int = REASON_WIDTH) -> str:
 
 
 def _native_name(backend: str, optimizer: str) -> str:
+    from .native import PACKAGE_NATIVES
+
+    if backend == "torch.optim" and optimizer in PACKAGE_NATIVES:
+        return ".".join(PACKAGE_NATIVES[optimizer])
     spelled = NATIVE.get(backend, backend + ".{}")
     return spelled.format(optimizer.lower() if backend == "optax" else optimizer)
 
