@@ -98,11 +98,15 @@ class HistoryOptimizer(UnioptOptimizer):
         self._upcoming = upcoming
 
     def _end_step(self) -> None:
-        """After a step that ran: each group's ``k`` and history move on."""
+        """After a step that ran: each group's ``k`` and history move on, and ``scheduled_lr`` (the
+        package's logging key) holds the step's warmed-up learning rate."""
         for group, (_, history) in zip(self.param_groups, self._upcoming, strict=True):
             group["k"] += 1
             if history is not None:
                 group.update(history._asdict())
+            spec = self._spec_of(group)
+            if hasattr(spec, "warmed_lr"):
+                group["scheduled_lr"] = spec.warmed_lr(group["k"], _lr(group["lr"]))
         self._upcoming = None
 
     def _scalars_of(self, index: int, spec: Spec, lr: float, step: int) -> Any:

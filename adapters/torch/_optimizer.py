@@ -577,10 +577,11 @@ class UnioptOptimizer(Optimizer):
         tag = state_dict.get(_STATE_DICT_KEY)
         name = self.spec_class.name
         if not isinstance(tag, dict):
+            other = f"torch.optim.{name}" if hasattr(torch.optim, name) else f"another {name}"
             raise ValueError(
                 f"{owner}.load_state_dict: the state_dict was saved by a non-uniopt optimizer (it "
-                f"has no {_STATE_DICT_KEY!r} entry), for example torch.optim.{name}; nothing was "
-                f"loaded. To continue a torch.optim.{name} run, call "
+                f"has no {_STATE_DICT_KEY!r} entry), for example {other}; nothing was "
+                f"loaded. To continue that run, call "
                 "uniopt.torch.load_torch_optim_state_dict(optimizer, state_dict)"
             )
         if tag.get("optimizer") != name:

@@ -397,7 +397,9 @@ def load_torch_optim_state_dict(
     copied bit for bit (their names and meanings are the spec's, see :data:`_NATIVE`); ``step``
     (torch.optim's float tensor) becomes the int64 count; ``None`` entries (torch.optim.SGD's
     momentum buffer without momentum) are dropped. ``torch.optim.SGD`` keeps no step count: pass
-    ``step`` (the number of steps taken, >= 1) when its state holds momentum buffers.
+    ``step`` (the number of steps taken, >= 1) when its state holds momentum buffers. A group that
+    counts its steps (``k``: the authors' ``schedulefree.AdamWScheduleFree``, whose dict loads into
+    ``uniopt.torch.ScheduleFreeAdamW`` with its history and mode) gives its parameters that count.
 
     Raises ``TypeError`` for an optimizer that is not a uniopt.torch one, and ``ValueError`` for a
     dict saved by uniopt.torch (use ``optimizer.load_state_dict``), a missing or bad ``step``, or
@@ -439,6 +441,8 @@ def load_torch_optim_state_dict(
                 _take_derived(spec, kept, count, owner, f"param {index}")
                 for key in _DERIVED[spec.name]:
                     kept.pop(key, None)
+        if kept and "step" not in kept and step is None and g is not None and "k" in groups[g]:
+            kept["step"] = _step_count(groups[g]["k"])  # schedulefree's: the group counts the steps
         if kept and "step" not in kept:
             if step is None:
                 raise ValueError(

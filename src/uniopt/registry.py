@@ -1217,7 +1217,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
         # of the authors' package (schedulefree.AdamWScheduleFree), with its train()/eval() contract
         torch=TorchNames(
             None,
-            ("lr", "betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power"),
+            ("lr", "betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power", "foreach"),
             {"foreach": None},
         ),
         skips={

@@ -103,6 +103,7 @@ convention keeps the parameters at :math:`y`; :meth:`ScheduleFreeAdamW.eval_para
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -246,11 +247,15 @@ class ScheduleFreeAdamW(Spec):
         check_interval(self.name, "r", self.r)
         check_interval(self.name, "weight_lr_power", self.weight_lr_power)
         w = self.warmup_steps
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+        # an integral value of any type (NumPy's, a whole float from a config: the package takes
+        # any number), stored as an int
+        whole = isinstance(w, numbers.Integral) or (isinstance(w, numbers.Real) and float(w).is_integer())
+        if isinstance(w, bool) or not whole or w < 0:
             raise ValueError(
                 f"{self.name}: warmup_steps={w!r} is not an integer >= 0; expected 0 (no warmup) "
                 "or the length of the linear warmup"
             )
+        object.__setattr__(self, "warmup_steps", int(w))
 
     def slot_names(self) -> tuple[str, ...]:
         return ("z", "exp_avg_sq")
@@ -264,6 +269,15 @@ class ScheduleFreeAdamW(Spec):
 
     def scalars_converge(self) -> bool:
         return False  # c_t ~ 1/t changes at every step, in every dtype
+
+    def warmed_lr(self, step: int, lr: float) -> float:
+        """The learning rate of the z step at 1-based ``step`` for the base ``lr``, in float64 (the
+        package's ``group['scheduled_lr']``, for logging): ``lr * min(1, t / warmup_steps)``;
+        optax's warmup at ``t - 1``."""
+        w = self.warmup_steps
+        if self.convention == "optax":
+            return lr * min(1.0, (step - 1) / w) if w else lr
+        return lr * min(1.0, step / w) if w else lr
 
     # -- history ----------------------------------------------------------------------------------
     def init_history(self) -> History | None:

@@ -238,3 +238,52 @@ def test_compiled_step_is_eager_bitwise():
     assert compiled_opt.param_groups[0]["k"] == 6
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x.detach(), y.detach())
+
+
+def test_a_package_state_dict_loads_and_continues_as_the_package():
+    """schedulefree's state_dict (no per-parameter step: its groups count them in k) loads through
+    load_torch_optim_state_dict with its history and mode, and the run continues as the package's."""
+    params0, grads = stream(16)
+    theirs, ours = leaves(params0), leaves(params0)
+    package = schedulefree.AdamWScheduleFree(theirs, lr=0.01, warmup_steps=3)
+    package.train()
+    for g in grads[:8]:
+        set_grads(theirs, g)
+        package.step()
+    buffer = io.BytesIO()
+    torch.save(package.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    with torch.no_grad():
+        for a, b in zip(ours, theirs, strict=True):
+            a.copy_(b)
+    opt = ut.ScheduleFreeAdamW(ours, lr=0.01, warmup_steps=3)
+    with pytest.raises(
+        ValueError, match=r"non-uniopt optimizer .*another ScheduleFreeAdamW.*load_torch_optim"
+    ):
+        opt.load_state_dict(saved)
+    ut.load_torch_optim_state_dict(opt, saved)
+    group = opt.param_groups[0]
+    assert (group["k"], group["weight_sum"], group["lr_max"]) == (
+        8,
+        saved["param_groups"][0]["weight_sum"],
+        0.01,
+    )
+    for g in grads[8:]:
+        set_grads(theirs, g), set_grads(ours, g)
+        package.step(), opt.step()
+    assert group["scheduled_lr"] == package.param_groups[0]["scheduled_lr"]
+    for a, b in zip(ours, theirs, strict=True):
+        assert normwise(a.detach().numpy(), b.detach().numpy()) <= 8 * float(np.finfo(np.float32).eps)
+
+
+def test_the_packages_argument_spellings():
+    """foreach is the package's ninth positional argument; warmup_steps may be any integral value
+    (NumPy's, a whole float, a 1-element tensor), as the package takes it; 2.5 is refused."""
+    params0, _ = stream(1)
+    opt = ut.ScheduleFreeAdamW(leaves(params0), 0.01, (0.9, 0.99), 1e-8, 0.01, 5, 0.5, 1.0, True)
+    assert opt.param_groups[0]["foreach"] is True and opt.param_groups[0]["warmup_steps"] == 5
+    for w in (np.int64(3), 3.0, torch.tensor(3)):
+        assert ut.ScheduleFreeAdamW(leaves(params0), warmup_steps=w).param_groups[0]["warmup_steps"] == 3
+    with pytest.raises(ValueError, match=r"warmup_steps=2\.5 is not an integer >= 0"):
+        ut.ScheduleFreeAdamW(leaves(params0), warmup_steps=2.5)
