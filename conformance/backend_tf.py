@@ -21,6 +21,7 @@ from .backends import (
     Member,
     Runner,
     Snapshot,
+    parity_per_convention,
     per_convention_only,
     reduced_elsewhere,
     requested_device,
@@ -129,7 +130,11 @@ BACKEND = Backend(
     make_runner=_make_runner,
     default_cells={
         "eager": per_convention_only(_REDUCED, "tf@function"),
-        "xla": training_dtypes_only(_REDUCED, "tf@eager and tf@function"),
+        "function": parity_per_convention("the native rows"),
+        # XLA compiles every case in jax@jit; uniopt.tf's ops run every case in tf@function
+        "xla": per_convention_only(
+            training_dtypes_only(_REDUCED, "tf@eager and tf@function"), "tf@function and jax@jit"
+        ),
     },
     slowest=("xla", "function"),
 )

@@ -37,6 +37,7 @@ __all__ = [
     "get",
     "long_elsewhere",
     "one_cell",
+    "parity_per_convention",
     "per_convention_only",
     "reduced_elsewhere",
     "snapshots_of",
@@ -406,6 +407,20 @@ def per_convention_only(
         lambda cell: (cell.optimizer, cell.case) in firsts and selects(cell),
         f"{reason}; and of each optimizer the cases after the first of each convention, run by "
         f"default in {where}",
+    )
+
+
+def parity_per_convention(where: str) -> tuple[Callable[[Cell], bool], str]:
+    """A framework's long-stream mode's default cells: every cell but the 1,000-step parity stream
+    of the cases after the first of each optimizer and convention, which runs by default in the
+    NumPy reference and ``where`` (the native rows), and everywhere with ``--full``. The parity
+    stream exists for the native rows; a framework's mode runs it per convention (its own rule and
+    scalars), every case's short streams, and the long stream."""
+    firsts = first_case_per_convention()
+    return (
+        lambda cell: cell.stream != "parity" or (cell.optimizer, cell.case) in firsts,
+        f"left to --full: the {PARITY_STEPS:,}-step parity stream of the cases after the first of "
+        f"each optimizer and convention (the native rows' stream: it runs in the reference and {where})",
     )
 
 

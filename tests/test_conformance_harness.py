@@ -281,11 +281,18 @@ def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_o
     } & {f"{b.name}@{m}" for b, m in every_mode}
     runs_parity = {f"{b.name}@{m}" for b, m in every_mode if b.skip_by_default(m, parity) is None}
     assert runs_parity == runs_long
+    # the parity stream of a later case of a convention (keras_defaults after keras) runs by
+    # default in the reference and the native rows only
+    later = Cell("Adam", "keras_defaults", "parity", "float64", 1000)
+    runs_later = {f"{b.name}@{m}" for b, m in every_mode if b.skip_by_default(m, later) is None}
+    natives = {f"{b.name}@{m}" for b, m in every_mode if m == "native"}  # each takes its convention
+    assert runs_later == {"numpy@eager", *natives}
+    assert "parity stream of the cases after the first" in backends.get("tf").skip_by_default("function", later)
     reason = backends.get("torch").skip_by_default("compile", long_cell)
     assert reason.startswith("left to --full") and "torch@eager" in reason
 
 
-PER_CONVENTION_MODES = {"torch@compile", "tf@eager", "jax@eager", "jax@optax"}
+PER_CONVENTION_MODES = {"torch@compile", "tf@eager", "tf@xla", "jax@eager", "jax@optax"}
 """The modes that run only the first case of each optimizer and convention by default
 (backends.per_convention_only)."""
 
