@@ -287,7 +287,8 @@ def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_o
     runs_later = {f"{b.name}@{m}" for b, m in every_mode if b.skip_by_default(m, later) is None}
     natives = {f"{b.name}@{m}" for b, m in every_mode if m == "native"}  # each takes its convention
     assert runs_later == {"numpy@eager", *natives}
-    assert "parity stream of the cases after the first" in backends.get("tf").skip_by_default("function", later)
+    why = backends.get("tf").skip_by_default("function", later)
+    assert "parity stream of the cases after the first" in why
     reason = backends.get("torch").skip_by_default("compile", long_cell)
     assert reason.startswith("left to --full") and "torch@eager" in reason
 
