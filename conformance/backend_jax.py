@@ -31,7 +31,7 @@ from .backends import (
     Runner,
     Snapshot,
     jax_device,
-    parity_per_convention,
+    parity_for_natives,
     per_convention_only,
     reduced_elsewhere,
     snapshots_of,
@@ -128,7 +128,7 @@ BACKEND = Backend(
     make_runner=_make_runner,
     default_cells={
         "eager": per_convention_only(_REDUCED, "jax@jit"),
-        "jit": parity_per_convention("the native rows"),
+        "jit": parity_for_natives("jax@jit"),
         "optax": per_convention_only(training_dtypes_only(_REDUCED, "jax@eager and jax@jit"), "jax@jit"),
     },
     slowest=("jit", "optax"),

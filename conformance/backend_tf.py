@@ -21,7 +21,7 @@ from .backends import (
     Member,
     Runner,
     Snapshot,
-    parity_per_convention,
+    parity_for_natives,
     per_convention_only,
     reduced_elsewhere,
     requested_device,
@@ -130,7 +130,7 @@ BACKEND = Backend(
     make_runner=_make_runner,
     default_cells={
         "eager": per_convention_only(_REDUCED, "tf@function"),
-        "function": parity_per_convention("the native rows"),
+        "function": parity_for_natives("tf@function"),
         # XLA compiles every case in jax@jit; uniopt.tf's ops run every case in tf@function
         "xla": per_convention_only(
             training_dtypes_only(_REDUCED, "tf@eager and tf@function"), "tf@function and jax@jit"

@@ -28,7 +28,7 @@ from .backends import (
     Runner,
     Snapshot,
     long_elsewhere,
-    parity_per_convention,
+    parity_for_natives,
     per_convention_only,
     reduced_elsewhere,
     snapshots_of,
@@ -166,7 +166,7 @@ BACKEND = Backend(
     ("float32", "float64", "float16", "bfloat16"),
     _runner,
     default_cells={
-        "eager": parity_per_convention("the native rows"),
+        "eager": parity_for_natives("torch@eager"),
         **{mode: _ELSEWHERE for mode in ("loop", "flat")},
         "compiled": training_dtypes_only(_ELSEWHERE, "torch@eager, torch@loop and torch@flat"),
         # torch.compile traces a graph node per op of every parameter of such an optimizer (Lamb's

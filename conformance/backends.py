@@ -37,7 +37,7 @@ __all__ = [
     "get",
     "long_elsewhere",
     "one_cell",
-    "parity_per_convention",
+    "parity_for_natives",
     "per_convention_only",
     "reduced_elsewhere",
     "snapshots_of",
@@ -318,8 +318,9 @@ def long_elsewhere(where: str) -> tuple[Callable[[Cell], bool], str]:
     in the native rows, and everywhere with ``--full``."""
     return (
         lambda cell: cell.stream not in LONG_STREAMS,
-        f"left to --full: the long streams ({LONG_STEPS:,}-step long, {PARITY_STEPS:,}-step parity) "
-        f"run by default in {where}; the other modes run them with --full",
+        f"left to --full: the long streams ({LONG_STEPS:,}-step long, run by default in {where}; "
+        f"{PARITY_STEPS:,}-step parity, in the reference and the native rows); the other modes run "
+        "them with --full",
     )
 
 
@@ -349,8 +350,8 @@ def reduced_elsewhere(
 
     return (
         selects,
-        f"left to --full: the long streams ({LONG_STEPS:,}-step long, {PARITY_STEPS:,}-step parity), "
-        f"and for an optimizer that is not elementwise "
+        f"left to --full: the long streams ({LONG_STEPS:,}-step long; {PARITY_STEPS:,}-step parity, "
+        f"in the reference and the native rows), and for an optimizer that is not elementwise "
         + (f"the streams other than {', '.join(streams)}" if streams else "every stream")
         + f", run by default in {where}; the other modes run them with --full",
     )
@@ -410,17 +411,15 @@ def per_convention_only(
     )
 
 
-def parity_per_convention(where: str) -> tuple[Callable[[Cell], bool], str]:
-    """A framework's long-stream mode's default cells: every cell but the 1,000-step parity stream
-    of the cases after the first of each optimizer and convention, which runs by default in the
-    NumPy reference and ``where`` (the native rows), and everywhere with ``--full``. The parity
-    stream exists for the native rows; a framework's mode runs it per convention (its own rule and
-    scalars), every case's short streams, and the long stream."""
-    firsts = first_case_per_convention()
+def parity_for_natives(where: str) -> tuple[Callable[[Cell], bool], str]:
+    """A framework's long-stream mode's default cells: every cell but those of the 1,000-step parity
+    stream, which exists for the native rows: it runs by default in the NumPy reference and the
+    native rows, and everywhere with ``--full``. The mode runs every case's short streams and the
+    20,000-step long stream (``where``: the mode)."""
     return (
-        lambda cell: cell.stream != "parity" or (cell.optimizer, cell.case) in firsts,
-        f"left to --full: the {PARITY_STEPS:,}-step parity stream of the cases after the first of "
-        f"each optimizer and convention (the native rows' stream: it runs in the reference and {where})",
+        lambda cell: cell.stream != "parity",
+        f"left to --full: the {PARITY_STEPS:,}-step parity stream, the native rows' stream (it runs by "
+        f"default in the reference and the native rows; {where} runs the long stream)",
     )
 
 
