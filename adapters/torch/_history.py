@@ -39,20 +39,19 @@ class HistoryOptimizer(UnioptOptimizer):
         """torch.optim's ``add_param_group``; the group also gets ``k = 0``, ``train_mode`` (this
         optimizer's mode) and its spec's initial history, unless it already holds them."""
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
         mode = all(g.get("train_mode", True) for g in self.param_groups[:-1])
-        group.setdefault("k", 0)
-        group.setdefault("train_mode", mode)
-        start = self._spec_of(group).init_history()
-        for name, value in (start._asdict() if start is not None else {}).items():
-            group.setdefault(name, value)
+        self._start_group(self.param_groups[-1], mode)
 
     def _complete(self, group: dict[str, Any]) -> None:
         """As :meth:`UnioptOptimizer._complete`; a group without ``k``, ``train_mode`` or the
         history (saved by another optimizer) gets them at their start."""
         super()._complete(group)
+        self._start_group(group, True)
+
+    def _start_group(self, group: dict[str, Any], train_mode: bool) -> None:
+        """``k = 0``, ``train_mode`` and the spec's initial history, where the group lacks them."""
         group.setdefault("k", 0)
-        group.setdefault("train_mode", True)
+        group.setdefault("train_mode", train_mode)
         start = self._spec_of(group).init_history()
         for name, value in (start._asdict() if start is not None else {}).items():
             group.setdefault(name, value)
@@ -94,17 +93,16 @@ class HistoryOptimizer(UnioptOptimizer):
         for group in self.param_groups:
             spec = self._spec_of(group)
             history = self._history(group, spec)
-            upcoming.append(spec.history_scalars(group["k"] + 1, _lr(group["lr"]), history))
+            upcoming.append((spec, *spec.history_scalars(group["k"] + 1, _lr(group["lr"]), history)))
         self._upcoming = upcoming
 
     def _end_step(self) -> None:
         """After a step that ran: each group's ``k`` and history move on, and ``scheduled_lr`` (the
         package's logging key) holds the step's warmed-up learning rate."""
-        for group, (_, history) in zip(self.param_groups, self._upcoming, strict=True):
+        for group, (spec, _, history) in zip(self.param_groups, self._upcoming, strict=True):
             group["k"] += 1
             if history is not None:
                 group.update(history._asdict())
-            spec = self._spec_of(group)
             if hasattr(spec, "warmed_lr"):
                 group["scheduled_lr"] = spec.warmed_lr(group["k"], _lr(group["lr"]))
         self._upcoming = None
@@ -115,7 +113,7 @@ class HistoryOptimizer(UnioptOptimizer):
         upcoming = getattr(self, "_upcoming", None)
         if upcoming is None:
             raise RuntimeError(f"uniopt.torch.{self.spec_class.name}: scalars asked for outside step()")
-        return upcoming[index][0]
+        return upcoming[index][1]
 
     @torch.no_grad()
     def eval(self) -> None:
