@@ -36,12 +36,14 @@ from ._transform import Transformation, UnioptState, transformation
 
 def camel_case(alias: str) -> str:
     """The CamelCase name of factory ``alias``: its spec's class name (``radam`` -> ``RAdam``),
-    plus the rest of the alias upper-cased where the alias extends it (``nadamw`` -> ``NAdamW``)."""
+    plus the rest of the alias upper-cased where the alias extends it (``nadamw`` -> ``NAdamW``);
+    underscores are dropped (``schedule_free_adamw`` -> ``ScheduleFreeAdamW``)."""
     spec_type = ALIASES[alias][0]
     stem = spec_type.__name__
-    if not alias.startswith(stem.lower()):
+    joined = alias.replace("_", "")
+    if not joined.startswith(stem.lower()):
         raise ValueError(f"uniopt.jax: factory {alias!r} does not start with {stem.lower()!r}")
-    return stem + alias[len(stem.lower()) :].upper()
+    return stem + joined[len(stem.lower()) :].upper()
 
 
 CAMEL_CASE: dict[str, str] = {alias: camel_case(alias) for alias in FACTORIES}
