@@ -46,7 +46,7 @@ from uniopt import Spec
 from uniopt._validate import check_interval
 from uniopt.scalar_table import NotConvergentError, scalar_table
 
-__all__ = ["Transformation", "UnioptState", "find_state", "transformation"]
+__all__ = ["Transformation", "UnioptState", "find_state", "schedule_free_eval_params", "transformation"]
 
 NO_PARAMS_MSG = (
     "{name}: update needs `params` {why} (it reads the current parameter); call "
@@ -345,12 +345,48 @@ class _Scalars:
         def compute(count, *rest):
             lr = float(rest[0]) if has_lr else None
             of = spec if injected is None else injected.make(tuple(float(v) for v in rest[has_lr:]))
-            sc = of.step_scalars(int(count) + 1, lr)
-            return tuple(np.asarray(v, dtype=bool if f else dtype) for v, f in zip(sc, flags, strict=True))
+            return _packed(of.step_scalars(int(count) + 1, lr), flags, dtype)
 
-        shapes = tuple(jax.ShapeDtypeStruct((), bool if f else dtype) for f in flags)
         args = (self.count, *((self.lr,) if has_lr else ()), *(injected.arrays if injected else ()))
-        return list(jax.pure_callback(compute, shapes, *args, vmap_method="sequential"))
+        out = jax.pure_callback(compute, _packed_shapes(flags, dtype), *args, vmap_method="sequential")
+        return _unpacked(*out, flags, dtype)
+
+
+def _packed(sc: NamedTuple, flags: tuple[bool, ...], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Host scalars as a callback returns them: the float fields rounded once to ``dtype``, as their
+    bits (``uint16`` or ``uint32``, shape ``(k, 1)``; float64 as ``uint32`` pairs, ``(k, 2)``), and
+    the bool fields. Bits, because jax converts a callback's float64 results to float32 on a thread
+    where x64 is off, and XLA may run the callback on a thread that a ``jax.enable_x64`` context
+    does not reach."""
+    floats = np.asarray([v for v, f in zip(sc, flags, strict=True) if not f], dtype)
+    unsigned = np.uint16 if floats.itemsize == 2 else np.uint32
+    bits = np.ascontiguousarray(floats).view(unsigned).reshape(floats.size, -1)
+    return bits, np.asarray([v for v, f in zip(sc, flags, strict=True) if f], bool)
+
+
+def _packed_shapes(flags: tuple[bool, ...], dtype: Any) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """The shapes of :func:`_packed`'s arrays."""
+    itemsize = np.dtype(dtype).itemsize
+    unsigned = np.uint16 if itemsize == 2 else np.uint32
+    count = len(flags) - sum(flags)
+    return jax.ShapeDtypeStruct((count, 2 if itemsize == 8 else 1), unsigned), jax.ShapeDtypeStruct(
+        (sum(flags),), bool
+    )
+
+
+def _unpacked(bits: Any, flag_values: Any, flags: tuple[bool, ...], dtype: Any) -> list[Any]:
+    """The fields of :func:`_packed`'s arrays, in order: 0-d arrays of ``dtype`` and the flags (host
+    arrays, eagerly: the flags as Python bools; else jax arrays, bit-cast in the graph)."""
+    if isinstance(bits, np.ndarray):
+        floats = [jnp.asarray(v) for v in np.ascontiguousarray(bits).reshape(-1).view(dtype)]
+        marks = [bool(v) for v in flag_values]
+    else:
+        values = lax.bitcast_convert_type(bits if bits.shape[1] == 2 else bits[:, 0], dtype)
+        floats = [values[i] for i in range(values.shape[0])]
+        marks = [flag_values[i] for i in range(flag_values.shape[0])]
+    floats.reverse()
+    marks.reverse()
+    return [marks.pop() if f else floats.pop() for f in flags]
 
 
 def _history_step(parts: list[_Scalars], dtypes: list[Any], history: Any) -> Any:
@@ -381,28 +417,26 @@ def _history_step(parts: list[_Scalars], dtypes: list[Any], history: Any) -> Any
             sc, new = spec.history_scalars(int(count) + 1, rate, before)
             after = new if after is None else after
             for dtype in dtypes:
-                out.extend(np.asarray(v, bool if f else dtype) for v, f in zip(sc, part.flags, strict=True))
+                out.extend(_packed(sc, part.flags, dtype))
         return (history_bits(after), *out)
 
     concrete = not any(isinstance(x, jax.core.Tracer) for x in (count, history, *arrays))
     if concrete:  # eagerly: the host computation itself, no callback
-        host = compute(np.asarray(count), np.asarray(history), *(np.asarray(a) for a in arrays))
-        results = [jnp.asarray(host[0])]
-        results += [bool(v) if v.dtype == bool else jnp.asarray(v) for v in host[1:]]
+        results = compute(np.asarray(count), np.asarray(history), *(np.asarray(a) for a in arrays))
     else:
         shapes = [jax.ShapeDtypeStruct(np.shape(history), np.uint32)]
         for part in parts:
             for dtype in dtypes:
-                shapes += [jax.ShapeDtypeStruct((), bool if f else dtype) for f in part.flags]
+                shapes.extend(_packed_shapes(part.flags, dtype))
         call = jax.pure_callback(compute, tuple(shapes), count, history, *arrays, vmap_method="sequential")
         results = list(call)
     position = 1
     for part in parts:
         for dtype in dtypes:
-            width = len(part.flags)
-            part.cache[jnp.dtype(dtype)] = part.kind(*results[position : position + width])
-            position += width
-    return results[0]
+            bits, marks = results[position : position + 2]
+            part.cache[jnp.dtype(dtype)] = part.kind(*_unpacked(bits, marks, part.flags, dtype))
+            position += 2
+    return jnp.asarray(results[0])
 
 
 # -- the array namespaces --------------------------------------------------------------------------
@@ -703,6 +737,27 @@ def transformation(
     tx = Transformation(init, update)
     tx.__dict__.update(_spec=spec, _learning_rate=learning_rate, _step=step, _eval_params=eval_params)
     return tx
+
+
+def schedule_free_eval_params(tx: Transformation, state: Any, params: Any) -> Any:
+    """The parameters to evaluate a Schedule-Free model at (:math:`x`), as
+    ``optax.contrib.schedule_free_eval_params(state, params)`` gives them: ``tx.eval_params(state,
+    params)`` (:meth:`Transformation.eval_params`). One difference: optax reads ``b1`` from its
+    state, while a :class:`UnioptState` holds no hyperparameters, so the transformation (the one
+    from ``uniopt.jax.schedule_free_adamw``, not a chain around it) comes first; ``state`` may be a
+    chain's state holding its :class:`UnioptState`. Raises ``ValueError`` for a transformation
+    whose spec has no evaluation view."""
+    if not isinstance(tx, Transformation):
+        raise TypeError(
+            f"schedule_free_eval_params: tx must be the uniopt.jax transformation (e.g. "
+            f"uniopt.jax.schedule_free_adamw(...)), got {type(tx).__name__}"
+        )
+    if not tx.spec.has_eval_view:
+        raise ValueError(
+            f"schedule_free_eval_params: {tx.spec.name} has no evaluation view (its parameters are "
+            "the ones to evaluate at); expected the transformation of a Schedule-Free spec"
+        )
+    return tx.eval_params(state, params)
 
 
 def _reads_params(spec: Spec) -> str:
