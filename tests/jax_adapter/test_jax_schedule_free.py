@@ -118,6 +118,30 @@ def test_a_general_schedule_eagerly():
     assert_history_equal(got, want, "eager cosine")
 
 
+def test_injected_hyperparameters_and_a_learning_rate_changed_between_steps():
+    """optax.inject_hyperparams: the injected values reach the host computation of each step (the
+    history advances with the learning rate of the state, changed after 5 steps)."""
+    tx = optax.inject_hyperparams(ujax.schedule_free_adamw)(learning_rate=0.01, b1=0.5, weight_decay=0.1)
+    params0, grads = _inputs("float32", steps=10)
+
+    @jax.jit
+    def step(params, state, g):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = [jnp.asarray(p) for p in params0]
+    state = tx.init(params)
+    got = []
+    for t, g in enumerate(grads):
+        if t == 5:
+            state.hyperparams["learning_rate"] = jnp.asarray(0.02, jnp.float32)
+        params, state = step(params, state, g)
+        got.append([np.asarray(p) for p in params])
+    f32 = [float(np.float32(v)) for v in (0.01, 0.02, 0.5, 0.999, 1e-8, 0.1)]
+    spec = uniopt.ScheduleFreeAdamW(lr=f32[0], betas=(f32[2], f32[3]), eps=f32[4], weight_decay=f32[5])
+    assert_history_equal(got, reference(spec, params0, grads, [f32[0]] * 5 + [f32[1]] * 5)[0], "injected")
+
+
 def test_eval_params_and_schedule_free_eval_params():
     tx = ujax.schedule_free_adamw(0.01, convention="optax")
     params0, grads = _inputs("float32", steps=4)
