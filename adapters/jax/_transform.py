@@ -678,7 +678,8 @@ def transformation(
         specs = leaf_specs(params, len(leaves))
         scalars = {
             id(s): _Scalars(s, count, lr, xp, tracing, injected if s is spec else _without_decay(injected))
-            for s in {id(s): s for s in [spec, *specs]}.values()  # the spec's own first (its history)
+            # with a history, the spec's own first: the state carries its history (_history_step)
+            for s in {id(s): s for s in ([spec, *specs] if start is not None else specs)}.values()
         }
         arrays = [_as_param(spec, p, state_dtype) for p in leaves]
         # complex leaves the spec runs natively: scalars of their parts' dtype

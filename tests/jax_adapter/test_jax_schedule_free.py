@@ -107,6 +107,22 @@ def test_one_host_callback_per_step_for_every_dtype():
         assert history_of(tx.spec, state.history) == want_state.history
 
 
+def test_a_weight_decay_mask_shares_the_one_history():
+    """transformation(spec, mask=...): the masked leaves run the spec without weight decay, every
+    leaf reads the one history (it does not depend on the decay), still one callback per step."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, weight_decay=0.1, warmup_steps=3)
+    shapes = [(4,), (3, 2)]
+    params0, grads = _inputs("float32", steps=8, shapes=shapes)
+    tx = ujax.transformation(spec, mask=[True, False])
+    decayed = reference(spec, params0[:1], [g[:1] for g in grads])[0]
+    undecayed = reference(spec.replace(weight_decay=0.0), params0[1:], [g[1:] for g in grads])[0]
+    want = [a + b for a, b in zip(decayed, undecayed, strict=True)]
+    for jit in (False, True):
+        assert_history_equal(run_direct(tx, params0, grads, jit=jit)[0], want, f"jit={jit}")
+    params = [jnp.asarray(p) for p in params0]
+    assert str(jax.make_jaxpr(tx.step)(grads[0], tx.init(params), params)).count("pure_callback") == 1
+
+
 def test_a_general_schedule_eagerly():
     """A schedule whose values XLA might round differently inside a compiled step (a cosine):
     eagerly the schedule's values are jax's eager ones, which the core reference reads too."""
