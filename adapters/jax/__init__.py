@@ -9,13 +9,16 @@
 
 There is one factory per optax name of a row of :data:`uniopt.registry.TABLE` (``sgd``, ``adagrad``,
 ``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``, ``adadelta``, ``lion``,
-``lamb``, each also under its CamelCase name, :data:`CAMEL_CASE`). Each takes optax's arguments in optax's
-order (:data:`POSITIONAL`), translated to the spec's by the row's mapping (:data:`ALIASES`), with
-uniopt's defaults (optax's own with ``convention="optax"``), and
-returns a :class:`Transformation` (an ``optax.GradientTransformationExtraArgs``) whose update
-includes the learning rate, like optax's aliases. The update is the core's ``spec.rule`` with
+``lamb``, and optax.contrib's ``schedule_free_adamw``), each also under its CamelCase name
+(:data:`CAMEL_CASE`). Each takes optax's arguments in optax's order (:data:`POSITIONAL`), translated
+to the spec's by the row's mapping (:data:`ALIASES`), with uniopt's defaults (optax's own with
+``convention="optax"``), and returns a :class:`Transformation` (an
+``optax.GradientTransformationExtraArgs``) whose update includes the learning rate, like optax's
+aliases. The update is the core's ``spec.rule`` with
 ``xp = jax.numpy`` applied to every leaf; the per-step scalars are the host's float64 values rounded
-once per dtype (a table gathered by the traced step count, or a host callback). See docs/jax.md.
+once per dtype (a table gathered by the traced step count, or a host callback). For Schedule-Free
+AdamW, :meth:`Transformation.eval_params` and :func:`schedule_free_eval_params` give the parameters
+to evaluate at. See docs/jax.md.
 """
 
 from __future__ import annotations
@@ -31,17 +34,19 @@ from ._names import (
     optax_arguments,
 )
 from ._porting import export_state, find_state, from_optax, import_state, to_optax
-from ._transform import Transformation, UnioptState, transformation
+from ._transform import Transformation, UnioptState, schedule_free_eval_params, transformation
 
 
 def camel_case(alias: str) -> str:
     """The CamelCase name of factory ``alias``: its spec's class name (``radam`` -> ``RAdam``),
-    plus the rest of the alias upper-cased where the alias extends it (``nadamw`` -> ``NAdamW``)."""
+    plus the rest of the alias upper-cased where the alias extends it (``nadamw`` -> ``NAdamW``);
+    underscores are dropped (``schedule_free_adamw`` -> ``ScheduleFreeAdamW``)."""
     spec_type = ALIASES[alias][0]
     stem = spec_type.__name__
-    if not alias.startswith(stem.lower()):
+    joined = alias.replace("_", "")
+    if not joined.startswith(stem.lower()):
         raise ValueError(f"uniopt.jax: factory {alias!r} does not start with {stem.lower()!r}")
-    return stem + alias[len(stem.lower()) :].upper()
+    return stem + joined[len(stem.lower()) :].upper()
 
 
 CAMEL_CASE: dict[str, str] = {alias: camel_case(alias) for alias in FACTORIES}
@@ -71,6 +76,7 @@ __all__ = [
     "import_state",
     "inject_hyperparams",
     "optax_arguments",
+    "schedule_free_eval_params",
     "to_optax",
 ]
 __all__ += sorted([*FACTORIES, *CAMEL_CASE.values()])  # the factories, from the table

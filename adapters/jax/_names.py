@@ -94,6 +94,8 @@ def _default(alias: str, arg: str) -> Any:
     the convention") stands for numbers optax has no argument for or defaults to ``None``, so that
     ``optax.inject_hyperparams`` does not turn them into arrays."""
     spec_type, names = ALIASES[alias]
+    if arg in OPTAX[alias].none_means:  # optax's None, which stands for a spec value
+        return None
     if arg not in names:  # OPTAX_ONLY and mask: optax's bool default where every convention has it
         parameter = _optax_parameters(alias).get(arg)
         default = None if parameter is None else parameter.default
@@ -150,9 +152,29 @@ def _host_number(value: Any) -> Any:
 _GIVEN_NONE = object()
 
 
+def _none_means(alias: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` with the row's ``none_means`` applied (:class:`uniopt.registry.OptaxNames`):
+    ``None`` becomes the spec value it stands for, and that value given literally (optax reads it
+    otherwise) raises ``ValueError`` naming the argument and why."""
+    out = dict(arguments)
+    for arg, (value, why) in OPTAX[alias].none_means.items():
+        given = _host_number(out[arg])
+        if given is None:
+            out[arg] = value
+        elif isinstance(given, jax.Array):
+            raise ValueError(
+                f"uniopt.jax.{alias}: {arg} is a jax array; pass a Python number or None (with "
+                f"optax.inject_hyperparams: static_args=({arg!r},))"
+            )
+        elif not isinstance(given, bool) and given == value:
+            raise ValueError(f"uniopt.jax.{alias}: {arg}={given!r} is refused: {why}")
+    return out
+
+
 def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
     spec_type, names = ALIASES[alias]
     _check_optax_only(alias, arguments)
+    arguments = _none_means(alias, arguments)
     mask_arg = next((a for a in MASKS if a in arguments), "mask")
     mask = arguments.get(mask_arg)
     if mask is not None and not (callable(mask) or jax.tree.leaves(mask) or mask == {}):
@@ -265,6 +287,9 @@ def _factory(alias: str) -> Callable[..., Transformation]:
         return _build(alias, bound.arguments)
 
     def describe(arg: str) -> str:
+        if arg in row.none_means:
+            value, why = row.none_means[arg]
+            return f"uniopt's ``{names[arg]}`` (default ``None``: ``{names[arg]}={value!r}``; {why})"
         if arg in names:
             field = names[arg]
             return f"uniopt's ``{field}`` (default ``{_default(alias, arg)!r}``" + (
@@ -277,8 +302,8 @@ def _factory(alias: str) -> Callable[..., Transformation]:
             )
         return f"optax's; accepted: {OPTAX_ONLY[alias][arg][1]}"
 
-    rows = "\n".join(f"        {p.name}: {describe(p.name)}" for p in parameters)
     row = OPTAX[alias]
+    rows = "\n".join(f"        {p.name}: {describe(p.name)}" for p in parameters)
     fixed = ", ".join(f"``{f}={v!r}``" for f, v in row.fixed.items())
     origin = (
         f"``optax.{alias}``'s arguments in optax's order"
@@ -331,6 +356,8 @@ def optax_arguments(spec: Spec) -> tuple[str, dict[str, Any]]:
     for arg, target in ALIASES[alias][1].items():
         field, index = _target(target)
         out[arg] = hp[field] if index is None else hp[field][index]
+        if arg in OPTAX[alias].none_means and out[arg] == OPTAX[alias].none_means[arg][0]:
+            out[arg] = None  # the factory's spelling of that value
     return alias, out
 
 

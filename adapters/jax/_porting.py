@@ -19,10 +19,11 @@ import optax
 
 from uniopt import PortableState, Spec
 from uniopt.porting import check_compatible, make_state
+from uniopt.porting import history_of as history_of_record
 from uniopt.registry import OptaxNames
 
 from ._names import ALIASES, MASKS, OPTAX, OPTAX_ONLY, _target
-from ._transform import Transformation, UnioptState
+from ._transform import Transformation, UnioptState, _is_uniopt, find_state, history_bits, history_of
 
 __all__ = ["export_state", "find_state", "from_optax", "import_state", "to_optax"]
 
@@ -56,24 +57,13 @@ def _spec_of(tx: Transformation | Spec, count: Any = None) -> Spec:
     return tx.spec.replace(lr=float(lr))
 
 
-def _is_uniopt(node: Any) -> bool:
-    return isinstance(node, UnioptState)
-
-
-def find_state(opt_state: Any) -> UnioptState:
-    """The one :class:`UnioptState` inside an optax state (``ValueError`` for none or several)."""
-    found = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_uniopt) if _is_uniopt(n)]
-    if len(found) != 1:
-        raise ValueError(f"expected exactly one UnioptState in the optimizer state, found {len(found)}")
-    return found[0]
-
-
 def export_state(tx: Transformation | Spec, state: Any, params: Any) -> PortableState:
     """The state of a ``uniopt.jax`` transformation for ``params`` as a :class:`uniopt.PortableState`.
 
     ``tx`` gives the spec (a ``Transformation`` or the spec itself); with a schedule or array
     learning rate the record's ``lr`` is the value in effect at the next step. ``step`` is
-    ``state.count``.
+    ``state.count``; ``history`` the spec's history (:attr:`UnioptState.history`, exact), ``None``
+    for a spec without one.
     """
     state = find_state(state)
     count = int(state.count)
@@ -86,7 +76,16 @@ def export_state(tx: Transformation | Spec, state: Any, params: Any) -> Portable
         )
     slot_leaves = {n: treedef.flatten_up_to(state.slots[n]) for n in names}
     slots = [{n: np.array(slot_leaves[n][i], copy=True) for n in names} for i in range(len(leaves))]
-    return make_state(spec, count, slots, [tuple(np.shape(p)) for p in leaves], [_dtype(p) for p in leaves])
+    if spec.init_history() is not None and state.history is None:
+        raise ValueError(f"uniopt.jax.export_state: {spec.name} keeps a history and the state has none")
+    return make_state(
+        spec,
+        count,
+        slots,
+        [tuple(np.shape(p)) for p in leaves],
+        [_dtype(p) for p in leaves],
+        history=history_of(spec, state.history),
+    )
 
 
 def _place(value: np.ndarray, like: Any) -> jax.Array:
@@ -107,7 +106,8 @@ def import_state(
     """The :class:`UnioptState` of ``state`` for ``params`` (slots placed like each parameter).
 
     Checked first with :func:`uniopt.porting.check_compatible` (optimizer, parameter count, shapes,
-    dtypes as jax computes them, slots and, unless ``hyperparameters=False``, hyperparameters). With
+    dtypes as jax computes them, slots, the history's fields and, unless ``hyperparameters=False``,
+    hyperparameters). The record's history becomes :attr:`UnioptState.history` bit for bit. With
     ``into`` (an optax state holding one ``UnioptState``), returns ``into`` with it replaced.
     """
     owner = "uniopt.jax.import_state"
@@ -123,12 +123,14 @@ def import_state(
     )
     if state.step > _MAX_COUNT:
         raise ValueError(f"{owner}: step {state.step} does not fit uniopt.jax's int32 count")
+    history = history_of_record(state, spec)
     new = UnioptState(
         count=jnp.asarray(state.step, jnp.int32),
         slots={
             n: treedef.unflatten([_place(s[n], p) for s, p in zip(state.slots, leaves, strict=True)])
             for n in spec.slot_names()
         },
+        history=None if history is None else jnp.asarray(history_bits(history)),
     )
     if into is None:
         return new

@@ -17,6 +17,11 @@ Where the per-step scalars come from (the step count is a traced int32 under ``j
 * scalars that never converge (Adagrad's ``lr_decay``) or are not affine in ``lr``: a host
   callback (``jax.pure_callback``) computes ``spec.step_scalars(count + 1, lr)`` in float64 and
   rounds once per dtype, exactly like the NumPy reference.
+* a spec with a history (:meth:`uniopt.Spec.init_history`: Schedule-Free AdamW's running weight
+  sum and largest learning rate): the history rides in the state (:attr:`UnioptState.history`, the
+  float64 fields as their bits) and one host callback per step (no callback eagerly) computes
+  ``spec.history_scalars(count + 1, lr, history)``, returning the scalars rounded once to each
+  parameter dtype and the next history (:func:`_history_step`).
 
 Under tracing, ``xp.multiply`` rounds its product behind an integer no-op (adding a zero the
 compiler cannot see, derived from the traced step count) so that XLA cannot contract ``a*b + c``
@@ -41,10 +46,10 @@ from uniopt import Spec
 from uniopt._validate import check_interval
 from uniopt.scalar_table import NotConvergentError, scalar_table
 
-__all__ = ["Transformation", "UnioptState", "transformation"]
+__all__ = ["Transformation", "UnioptState", "find_state", "schedule_free_eval_params", "transformation"]
 
 NO_PARAMS_MSG = (
-    "{name}: update needs `params` with weight decay (it reads the current parameter); call "
+    "{name}: update needs `params` {why} (it reads the current parameter); call "
     "tx.update(grads, state, params)"
 )
 
@@ -53,24 +58,72 @@ class UnioptState(NamedTuple):
     """State of a uniopt.jax transformation: a pytree of arrays.
 
     ``slots`` maps each slot name of the spec (``spec.slot_names()``, e.g. ``"exp_avg"``) to a tree
-    shaped like the parameters (``None`` where a parameter is ``None``).
+    shaped like the parameters (``None`` where a parameter is ``None``). ``history`` is ``None``
+    for every spec without one (:meth:`uniopt.Spec.init_history`); for a spec with one
+    (Schedule-Free AdamW) a ``uint32`` array of shape ``(n_fields, 2)``: each float64 field of the
+    spec's history NamedTuple as its 64 bits, in the machine's byte order (exact with and without
+    ``jax_enable_x64``; :func:`history_of` reads it back).
     """
 
     count: jax.Array  # int32 [], steps taken; saturates at 2**31 - 1 (optax.safe_increment)
     slots: dict[str, Any]  # slot name -> tree like params, each leaf in its parameter's dtype
+    history: Any = None  # None, or uint32 (n_fields, 2): the spec's history as float64 bits
+
+
+def history_bits(history: NamedTuple) -> np.ndarray:
+    """A spec's history (a NamedTuple of floats) as :attr:`UnioptState.history` stores it: the
+    float64 bits of each field, a ``uint32`` array of shape ``(n_fields, 2)``."""
+    return np.asarray(tuple(history), np.float64).view(np.uint32).reshape(-1, 2)
+
+
+def history_of(spec: Spec, bits: Any) -> Any:
+    """The spec's history NamedTuple from :attr:`UnioptState.history` (``None`` for ``None``)."""
+    start = spec.init_history()
+    if start is None or bits is None:
+        return None
+    values = np.ascontiguousarray(np.asarray(bits), np.uint32).reshape(-1).view(np.float64)
+    if values.shape != (len(start),):
+        raise ValueError(
+            f"{spec.name}: the state's history has {values.size} values; expected {len(start)} "
+            f"({', '.join(start._fields)})"
+        )
+    return type(start)(*(float(v) for v in values))
+
+
+def _is_uniopt(node: Any) -> bool:
+    return isinstance(node, UnioptState)
+
+
+def find_state(opt_state: Any) -> UnioptState:
+    """The one :class:`UnioptState` inside an optax state (``ValueError`` for none or several)."""
+    found = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_uniopt) if _is_uniopt(n)]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one UnioptState in the optimizer state, found {len(found)}")
+    return found[0]
 
 
 class Transformation(optax.GradientTransformationExtraArgs):
     """``optax.GradientTransformationExtraArgs`` running a uniopt spec.
 
     Besides ``init`` and ``update`` it carries ``spec`` (the validated :class:`uniopt.Spec`),
-    ``learning_rate`` (as given) and :meth:`step`, which returns the rule's new parameters directly
-    instead of an additive update (bitwise equal to the NumPy reference; see docs/jax.md).
+    ``learning_rate`` (as given), :meth:`step`, which returns the rule's new parameters directly
+    instead of an additive update (bitwise equal to the NumPy reference; see docs/jax.md), and
+    :meth:`eval_params` (the parameters to evaluate the model at, for a spec with an evaluation
+    view).
     """
 
     def step(self, grads: Any, state: UnioptState, params: Any) -> tuple[Any, UnioptState]:
         """One step without ``optax.apply_updates``: ``(new_params, new_state)``."""
         return self.__dict__["_step"](grads, state, params)
+
+    def eval_params(self, state: Any, params: Any) -> Any:
+        """The parameters to evaluate the model at: the spec's ``eval_param`` of every leaf
+        (Schedule-Free AdamW: :math:`x` from the training parameters :math:`y` and the slot
+        :math:`z`; bitwise with the core's ``spec.eval_params``). ``state`` is this
+        transformation's state or an optax state holding it (:func:`find_state`); ``params`` are
+        the training parameters. The identity (``params`` itself) for a spec without an
+        evaluation view (:attr:`uniopt.Spec.has_eval_view`). Eagerly or under ``jax.jit``."""
+        return self.__dict__["_eval_params"](state, params)
 
     @property
     def spec(self) -> Spec:
@@ -292,12 +345,98 @@ class _Scalars:
         def compute(count, *rest):
             lr = float(rest[0]) if has_lr else None
             of = spec if injected is None else injected.make(tuple(float(v) for v in rest[has_lr:]))
-            sc = of.step_scalars(int(count) + 1, lr)
-            return tuple(np.asarray(v, dtype=bool if f else dtype) for v, f in zip(sc, flags, strict=True))
+            return _packed(of.step_scalars(int(count) + 1, lr), flags, dtype)
 
-        shapes = tuple(jax.ShapeDtypeStruct((), bool if f else dtype) for f in flags)
         args = (self.count, *((self.lr,) if has_lr else ()), *(injected.arrays if injected else ()))
-        return list(jax.pure_callback(compute, shapes, *args, vmap_method="sequential"))
+        out = jax.pure_callback(compute, _packed_shapes(flags, dtype), *args, vmap_method="sequential")
+        return _unpacked(*out, flags, dtype)
+
+
+def _packed(sc: NamedTuple, flags: tuple[bool, ...], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Host scalars as a callback returns them: the float fields rounded once to ``dtype``, as their
+    bits (``uint16`` or ``uint32``, shape ``(k, 1)``; float64 as ``uint32`` pairs, ``(k, 2)``), and
+    the bool fields. Bits, because jax converts a callback's float64 results to float32 on a thread
+    where x64 is off, and XLA may run the callback on a thread that a ``jax.enable_x64`` context
+    does not reach."""
+    floats = np.asarray([v for v, f in zip(sc, flags, strict=True) if not f], dtype)
+    unsigned = np.uint16 if floats.itemsize == 2 else np.uint32
+    bits = np.ascontiguousarray(floats).view(unsigned).reshape(floats.size, -1)
+    return bits, np.asarray([v for v, f in zip(sc, flags, strict=True) if f], bool)
+
+
+def _packed_shapes(flags: tuple[bool, ...], dtype: Any) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """The shapes of :func:`_packed`'s arrays."""
+    itemsize = np.dtype(dtype).itemsize
+    unsigned = np.uint16 if itemsize == 2 else np.uint32
+    count = len(flags) - sum(flags)
+    return jax.ShapeDtypeStruct((count, 2 if itemsize == 8 else 1), unsigned), jax.ShapeDtypeStruct(
+        (sum(flags),), bool
+    )
+
+
+def _unpacked(bits: Any, flag_values: Any, flags: tuple[bool, ...], dtype: Any) -> list[Any]:
+    """The fields of :func:`_packed`'s arrays, in order: 0-d arrays of ``dtype`` and the flags (host
+    arrays, eagerly: the flags as Python bools; else jax arrays, bit-cast in the graph)."""
+    if isinstance(bits, np.ndarray):
+        floats = [jnp.asarray(v) for v in np.ascontiguousarray(bits).reshape(-1).view(dtype)]
+        marks = [bool(v) for v in flag_values]
+    else:
+        values = lax.bitcast_convert_type(bits if bits.shape[1] == 2 else bits[:, 0], dtype)
+        floats = [values[i] for i in range(values.shape[0])]
+        marks = [flag_values[i] for i in range(flag_values.shape[0])]
+    floats.reverse()
+    marks.reverse()
+    return [marks.pop() if f else floats.pop() for f in flags]
+
+
+def _history_step(parts: list[_Scalars], dtypes: list[Any], history: Any) -> Any:
+    """One step of a spec with a history: fills each part's scalars for every dtype in ``dtypes``
+    and returns the next :attr:`UnioptState.history` (``parts[0]`` is the transformation's own spec,
+    whose history the state carries; the others are its ``mask``'s undecayed spec).
+
+    The host computes ``spec.history_scalars(count + 1, lr, history)`` in float64, as the core's
+    ``update`` does, and rounds each scalar once to each dtype: directly eagerly, else in one
+    ``jax.pure_callback`` per step taking the count, the learning rate (constant, traced from a
+    schedule or injected), the injected hyperparameters and the history bits, so the history
+    advances once per step, bit for bit as in the core.
+    """
+    main = parts[0]
+    lr, injected, count = main.lr, main.injected, main.count
+    dtypes = [np.dtype(d) for d in dict.fromkeys(jnp.dtype(d) for d in dtypes)]
+    arrays = (() if lr is None else (lr,)) + (() if injected is None else injected.arrays)
+    has_lr = lr is not None
+
+    def compute(count: Any, bits: Any, *rest: Any) -> tuple[Any, ...]:
+        values = tuple(float(v) for v in rest[has_lr:])
+        before = history_of(main.spec, bits)
+        out: list[Any] = []
+        after = None
+        for part in parts:
+            spec = part.spec if part.injected is None else part.injected.make(values)
+            rate = float(rest[0]) if has_lr else float(spec.lr)
+            sc, new = spec.history_scalars(int(count) + 1, rate, before)
+            after = new if after is None else after
+            for dtype in dtypes:
+                out.extend(_packed(sc, part.flags, dtype))
+        return (history_bits(after), *out)
+
+    concrete = not any(isinstance(x, jax.core.Tracer) for x in (count, history, *arrays))
+    if concrete:  # eagerly: the host computation itself, no callback
+        results = compute(np.asarray(count), np.asarray(history), *(np.asarray(a) for a in arrays))
+    else:
+        shapes = [jax.ShapeDtypeStruct(np.shape(history), np.uint32)]
+        for part in parts:
+            for dtype in dtypes:
+                shapes.extend(_packed_shapes(part.flags, dtype))
+        call = jax.pure_callback(compute, tuple(shapes), count, history, *arrays, vmap_method="sequential")
+        results = list(call)
+    position = 1
+    for part in parts:
+        for dtype in dtypes:
+            bits, marks = results[position : position + 2]
+            part.cache[jnp.dtype(dtype)] = part.kind(*_unpacked(bits, marks, part.flags, dtype))
+            position += 2
+    return jnp.asarray(results[0])
 
 
 # -- the array namespaces --------------------------------------------------------------------------
@@ -475,13 +614,13 @@ def transformation(
     ``injected``: hyperparameters given as arrays (see :class:`Injected`). ``state_dtype``:
     ``(argument, dtype)``, optax's ``mu_dtype``/``accumulator_dtype``; the state is kept in each
     parameter's dtype, so another dtype raises ``ValueError`` at ``init``.
+
+    A spec with a history (:meth:`uniopt.Spec.init_history`) keeps it in
+    :attr:`UnioptState.history` and advances it once per step (:func:`_history_step`); a spec with
+    an evaluation view offers it as :meth:`Transformation.eval_params`.
     """
     name = spec.name
-    if spec.init_history() is not None or spec.has_eval_view:
-        raise ValueError(
-            f"uniopt.jax does not run {name} yet: its state would need the spec's history (the "
-            "learning-rate history's running sums) and its evaluation view; uniopt.torch runs it"
-        )
+    start = spec.init_history()
     lr_of = _learning_rate(name, learning_rate)
     names = spec.slot_names()
     pairs = _complex_as_pairs(spec)
@@ -518,12 +657,13 @@ def transformation(
             )
             for n in names
         }
-        return UnioptState(count=jnp.zeros([], jnp.int32), slots=slots)
+        history = None if start is None else jnp.asarray(history_bits(start))
+        return UnioptState(count=jnp.zeros([], jnp.int32), slots=slots, history=history)
 
     def step(grads: Any, state: UnioptState, params: Any) -> tuple[Any, UnioptState]:
         if params is None:
-            if getattr(spec, "weight_decay", 0) != 0:
-                raise ValueError(NO_PARAMS_MSG.format(name=name))
+            if _reads_params(spec):
+                raise ValueError(NO_PARAMS_MSG.format(name=name, why=_reads_params(spec)))
             # without weight decay the rule's step does not read the parameter: run it from 0,
             # whose new value is the additive update itself (as optax's aliases allow)
             params = jax.tree.map(lambda g: jnp.zeros_like(_as_param(spec, g)), grads)
@@ -538,20 +678,28 @@ def transformation(
         specs = leaf_specs(params, len(leaves))
         scalars = {
             id(s): _Scalars(s, count, lr, xp, tracing, injected if s is spec else _without_decay(injected))
-            for s in {id(s): s for s in specs}.values()
+            # with a history, the spec's own first: the state carries its history (_history_step)
+            for s in {id(s): s for s in ([spec, *specs] if start is not None else specs)}.values()
         }
+        arrays = [_as_param(spec, p, state_dtype) for p in leaves]
+        # complex leaves the spec runs natively: scalars of their parts' dtype
+        dtypes = [jnp.finfo(a.dtype).dtype if jnp.iscomplexobj(a) else a.dtype for a in arrays]
+        history = None
+        if start is not None:
+            if state.history is None:
+                raise ValueError(
+                    f"{name}: the state has no history ({', '.join(start._fields)}); expected the "
+                    "state of this transformation's init and updates"
+                )
+            history = _history_step(list(scalars.values()), dtypes, state.history)
         new_params, new_slots = [], {n: [] for n in names}
-        for i, (p, g, leaf_spec) in enumerate(zip(leaves, grad_leaves, specs, strict=True)):
-            p = _as_param(spec, p, state_dtype)
+        for i, (p, g, leaf_spec) in enumerate(zip(arrays, grad_leaves, specs, strict=True)):
             g = _as_array(g, p.dtype)
             if g.shape != p.shape:
                 raise ValueError(f"{name}: a gradient of shape {g.shape} for a parameter of shape {p.shape}")
             slots = {n: _as_real(_as_array(slot_leaves[n][i], p.dtype), pairs) for n in names}
             real = _as_real(p, pairs)
-            dtype = real.dtype  # complex leaves the spec runs natively: scalars of their parts' dtype
-            if jnp.issubdtype(dtype, jnp.complexfloating):
-                dtype = jnp.finfo(dtype).dtype
-            sc = scalars[id(leaf_spec)].of(dtype)
+            sc = scalars[id(leaf_spec)].of(dtypes[i])
             new_p, new_s = leaf_spec.rule(real, _as_real(g, pairs), slots, sc, xp)
             new_params.append(_from_real(new_p, p, pairs))
             for n in names:
@@ -559,19 +707,69 @@ def transformation(
         new_state = UnioptState(
             count=_increment(count),
             slots={n: treedef.unflatten(new_slots[n]) for n in names},
+            history=history,
         )
         return treedef.unflatten(new_params), new_state
 
     def update(updates: Any, state: UnioptState, params: Any = None, **extra_args: Any):
         del extra_args  # optax's extra arguments (loss values, ...) are not used
-        if params is None and getattr(spec, "weight_decay", 0) == 0:
+        if params is None and not _reads_params(spec):
             params = jax.tree.map(lambda g: jnp.zeros_like(_as_param(spec, g)), updates)
         new_params, new_state = step(updates, state, params)
         return jax.tree.map(lambda n, p: _update_of(n, _as_array(p, n.dtype)), new_params, params), new_state
 
+    def eval_params(state: Any, params: Any) -> Any:
+        if not spec.has_eval_view:
+            return params
+        state = find_state(state)
+        leaves, treedef = jax.tree.flatten(params)
+        slot_leaves = {n: treedef.flatten_up_to(state.slots[n]) for n in names}
+        count = _as_array(state.count, jnp.int32)
+        traced = [count, *leaves, *(x for n in names for x in slot_leaves[n])]
+        tracing = any(isinstance(x, jax.core.Tracer) for x in traced)
+        xp = _Unfused(jnp.minimum(count, 0)) if tracing else _OP_BY_OP
+        out = []
+        for i, p in enumerate(leaves):
+            p = _as_param(spec, p, state_dtype)
+            slots = {n: _as_array(slot_leaves[n][i], p.dtype) for n in names}
+            out.append(spec.eval_param(p, slots, xp))
+        return treedef.unflatten(out)
+
     tx = Transformation(init, update)
-    tx.__dict__.update(_spec=spec, _learning_rate=learning_rate, _step=step)
+    tx.__dict__.update(_spec=spec, _learning_rate=learning_rate, _step=step, _eval_params=eval_params)
     return tx
+
+
+def schedule_free_eval_params(tx: Transformation, state: Any, params: Any) -> Any:
+    """The parameters to evaluate a Schedule-Free model at (:math:`x`), as
+    ``optax.contrib.schedule_free_eval_params(state, params)`` gives them: ``tx.eval_params(state,
+    params)`` (:meth:`Transformation.eval_params`). One difference: optax reads ``b1`` from its
+    state, while a :class:`UnioptState` holds no hyperparameters, so the transformation (the one
+    from ``uniopt.jax.schedule_free_adamw``, not a chain around it) comes first; ``state`` may be a
+    chain's state holding its :class:`UnioptState`. Raises ``ValueError`` for a transformation
+    whose spec has no evaluation view."""
+    if not isinstance(tx, Transformation):
+        raise TypeError(
+            f"schedule_free_eval_params: tx must be the uniopt.jax transformation (e.g. "
+            f"uniopt.jax.schedule_free_adamw(...)), got {type(tx).__name__}"
+        )
+    if not tx.spec.has_eval_view:
+        raise ValueError(
+            f"schedule_free_eval_params: {tx.spec.name} has no evaluation view (its parameters are "
+            "the ones to evaluate at); expected the transformation of a Schedule-Free spec"
+        )
+    return tx.eval_params(state, params)
+
+
+def _reads_params(spec: Spec) -> str:
+    """Why ``spec``'s update needs the parameters (``""`` when it does not): its weight decay reads
+    them, and so does a spec with an evaluation view, whose parameters are one of its sequences
+    (Schedule-Free AdamW's :math:`y`, interpolated towards :math:`z` at every step)."""
+    if spec.has_eval_view:
+        return f"for {spec.name} (its step interpolates the parameters)"
+    if getattr(spec, "weight_decay", 0) != 0:
+        return "with weight decay"
+    return ""
 
 
 def _without_decay(injected: Injected | None) -> Injected | None:

@@ -155,7 +155,6 @@ class KerasSFScalars(NamedTuple):
     weight_decay: float
     t: float  # the 1-based step as a float (exact)
     warmup: float  # warmup_steps as a float (exact); unused when no warmup
-    has_warmup: bool
     one: float
     beta1: float  # float32(beta1): ops.cast of a Python float
     beta2: float
@@ -376,7 +375,6 @@ class ScheduleFreeAdamW(Spec):
             weight_decay=float(self.weight_decay),
             t=float(step),
             warmup=float(self.warmup_steps),
-            has_warmup=self.warmup_steps > 0,
             one=1.0,
             beta1=beta1,
             beta2=beta2,
@@ -392,7 +390,9 @@ class ScheduleFreeAdamW(Spec):
         if self.weight_decay != 0:  # base_optimizer._apply_weight_decay, with the un-warmed lr
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         lr = sc.lr
-        if sc.has_warmup:  # lr * minimum(t / warmup_steps, 1)
+        # lr * minimum(t / warmup_steps, 1); the branch is the hyperparameter's, not a per-step
+        # scalar's (a compiled step may hold those traced: uniopt.jax's host callback)
+        if self.warmup_steps > 0:
             frac = xp.divide(sc.t, sc.warmup)
             lr = xp.multiply(lr, xp.where(xp.greater(frac, sc.one), sc.one, frac))
         bc2 = sc.bc2_32 if float_bits(param, xp) <= 32 else sc.bc2_64

@@ -27,6 +27,7 @@ CAMEL = {  # every factory uniopt.jax offers, and its CamelCase name (written ou
     "adadelta": "Adadelta",
     "lion": "Lion",
     "lamb": "Lamb",
+    "schedule_free_adamw": "ScheduleFreeAdamW",  # optax.contrib.schedule_free_adamw's name
 }
 NAMES = tuple(CAMEL)
 # argument names uniopt.jax shares with the optax alias of the same name
@@ -273,10 +274,7 @@ def test_a_new_row_is_a_working_factory_without_adapter_code(monkeypatch):
     assert ujax.optax_arguments(tx.spec)[0] == "myamsgrad"  # the factory fixing amsgrad, over adam's
 
 
-def test_a_spec_with_a_history_is_refused_by_name():
-    """ScheduleFreeAdamW's history and evaluation view are not carried by uniopt.jax yet: a clear
-    refusal, not a run whose weights silently ignore the learning rates used so far."""
-    assert [info.name for info in TABLE if info not in JAX_TABLE] == ["ScheduleFreeAdamW"]
-    with pytest.raises(ValueError, match=r"uniopt\.jax does not run ScheduleFreeAdamW yet: .*history"):
-        ujax.transformation(uniopt.ScheduleFreeAdamW())
-    assert not hasattr(ujax, "schedule_free_adamw")
+def test_every_row_of_the_table_runs_on_jax():
+    """ScheduleFreeAdamW (a history and an evaluation view) included: no row is skipped."""
+    assert [info.name for info in TABLE if info not in JAX_TABLE] == []
+    assert ujax.schedule_free_adamw is ujax.ScheduleFreeAdamW

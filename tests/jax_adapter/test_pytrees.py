@@ -76,8 +76,9 @@ def test_state_is_a_namedtuple_pytree_of_arrays():
     params = {"a": jnp.ones((2, 3)), "b": [jnp.zeros(4), None]}
     tx = ujax.rmsprop(0.01, centered=True, momentum=0.5)
     state = tx.init(params)
-    assert isinstance(state, ujax.UnioptState) and state._fields == ("count", "slots")
+    assert isinstance(state, ujax.UnioptState) and state._fields == ("count", "slots", "history")
     assert set(state.slots) == {"square_avg", "grad_avg", "momentum_buffer"}
+    assert state.history is None  # RMSprop keeps no history: no leaf
     leaves, treedef = jax.tree_util.tree_flatten(state)
     assert all(isinstance(x, jax.Array) for x in leaves)
     assert len(leaves) == 1 + 3 * 2  # the count and three slots of two arrays
