@@ -34,12 +34,22 @@ SUITES: list[str] = [
     str(_SRC / "combine_test.py"),
     str(_SRC / "transform_test.py"),
     str(_SRC / "sharding_test.py"),
+    str(Path(optax.__file__).parent / "contrib" / "_schedule_free_test.py"),
 ]
 
-SUBSTITUTED: tuple[str, ...] = (*(a for a, names in ujax.OPTAX.items() if names.native), "amsgrad")
+CONTRIB: dict[str, str] = {"schedule_free_adamw": "optax.contrib._schedule_free"}
+"""uniopt.jax factories of optax.contrib optimizers -> the contrib module the tests read them from
+(``_schedule_free_test`` calls ``_schedule_free.schedule_free_adamw``)."""
+
+SUBSTITUTED: tuple[str, ...] = (
+    *(a for a, names in ujax.OPTAX.items() if names.native),
+    *CONTRIB,
+    "amsgrad",
+)
 """optax aliases replaced by uniopt.jax factories: every factory of the table that optax has (``sgd``,
 ``adagrad``, ``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``,
-``adadelta``, ``lion``, ``lamb``), and ``amsgrad`` (uniopt's Adam with ``amsgrad=True``)."""
+``adadelta``, ``lion``, ``lamb``), the optax.contrib ones of :data:`CONTRIB`, and ``amsgrad``
+(uniopt's Adam with ``amsgrad=True``)."""
 
 DESELECT_REASON = "tests an optax optimizer uniopt does not implement (or no optimizer)"
 
@@ -134,15 +144,22 @@ SUBSTITUTES: dict[str, Callable[..., Any]] = {}
 
 
 def pytest_configure(config: Any) -> None:
+    import importlib
+
     import optax._src.alias as alias
+    import optax.contrib
 
     SUBSTITUTES.update(
         {name: _substitute(ujax.FACTORIES[name]) for name in SUBSTITUTED if name in ujax.FACTORIES}
     )
     SUBSTITUTES["amsgrad"] = _substitute(ujax.adam, amsgrad=True)
     for name, substitute in SUBSTITUTES.items():
-        setattr(optax, name, substitute)
-        setattr(alias, name, substitute)
+        if name in CONTRIB:
+            setattr(optax.contrib, name, substitute)
+            setattr(importlib.import_module(CONTRIB[name]), name, substitute)
+        else:
+            setattr(optax, name, substitute)
+            setattr(alias, name, substitute)
 
 
 EXPECTED: dict[str, str] = _expected()
@@ -169,7 +186,9 @@ def _exercised(item: Any) -> bool:
         source = inspect.getsource(item.function)
     except (OSError, TypeError):
         return False
-    return any(re.search(rf"\b(alias|optax)\.{name}\(", source) for name in SUBSTITUTED)
+    return any(
+        re.search(rf"\b(alias|optax|contrib|_schedule_free)\.{name}\(", source) for name in SUBSTITUTED
+    )
 
 
 @pytest.hookimpl(wrapper=True)
