@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,11 @@ def test_init_creates_the_declared_slots_in_param_dtype(info, xp_name):
             to_namespace(xp_name, np.ones((2, 3), np.float32)),
             to_namespace(xp_name, np.zeros((), np.float64)),
         ]
+        refused = [p for p in params if spec.param_refusal(tuple(p.shape)) is not None]
+        for p in refused:  # Muon's torch and uniopt conventions: 2-D parameters only
+            with pytest.raises(ValueError, match=re.escape(spec.param_refusal(tuple(p.shape)))):
+                spec.init([p])
+        params = [p for p in params if spec.param_refusal(tuple(p.shape)) is None]
         state = spec.init(params)
         assert state.step == 0
         for p, slots in zip(params, state.slots, strict=True):

@@ -67,3 +67,21 @@ def test_cell_specific_tolerances_win_over_backend_wide_ones():
     assert info.tolerance("x", "jit", "plain", "normal") == 2
     assert info.tolerance("x", "eager", "plain", "normal") == 1
     assert info.tolerance("y", "eager", "plain", "huge") == 0
+
+
+def test_a_case_wide_tolerance_or_skip_covers_every_stream_of_that_case():
+    from uniopt.registry import OptimizerInfo
+
+    info = OptimizerInfo(
+        get("SGD").spec,
+        cases=(),
+        error_cases=(),
+        ulp_tolerance={"x:plain/huge": 9, "x:jit:plain/*": 3, "x:plain/*": 0, "x": 7},
+        skips={"x:odd/*": "odd", "x:jit:even/*": "even"},
+    )
+    assert info.tolerance("x", "jit", "plain", "huge") == 9  # a stream's own key first
+    assert info.tolerance("x", "jit", "plain", "zeros") == 3
+    assert info.tolerance("x", "eager", "plain", "zeros") == 0  # 0: bitwise, over the backend's 7
+    assert info.tolerance("x", "eager", "other", "zeros") == 7
+    assert info.skip_reason("x", "eager", "odd") == "odd" and info.skip_reason("x", "jit", "even") == "even"
+    assert info.skip_reason("x", "eager", "even") is None and info.skip_reason("x") is None

@@ -737,6 +737,9 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
     owner = f"uniopt.torch.{spec.name}"
     if not (p.is_floating_point() or p.is_complex()):
         raise ValueError(f"{owner}: parameters must be floating point or complex, got {p.dtype}")
+    refused = spec.param_refusal(tuple(p.shape), p.is_complex())
+    if refused is not None:
+        raise ValueError(f"{owner}: {refused}")
     real_dtype = p.real.dtype if p.is_complex() else p.dtype
     vanishing = spec.underflowing(lambda value: float(torch.tensor(value, dtype=real_dtype)))
     if vanishing:

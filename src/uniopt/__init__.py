@@ -21,6 +21,7 @@ from .adamax import Adamax
 from .adamw import AdamW
 from .lamb import Lamb
 from .lion import Lion
+from .muon import Muon
 from .nadam import NAdam
 from .porting import PortableState, load_state, save_state
 from .radam import RAdam
@@ -37,6 +38,7 @@ __all__ = [
     "Adamax",
     "Lamb",
     "Lion",
+    "Muon",
     "NAdam",
     "PortableState",
     "RAdam",

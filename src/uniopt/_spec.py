@@ -148,6 +148,14 @@ class Spec:
             if isinstance(value, float) and value != 0 and round_to(value) == 0
         ]
 
+    def param_refusal(self, shape: tuple[int, ...], is_complex: bool = False) -> str | None:
+        """Why this spec refuses a parameter of ``shape`` (complex when ``is_complex``), in words
+        for a ``ValueError``, or ``None`` where it takes it (every spec takes every shape unless it
+        says otherwise: ``Muon``'s torch and uniopt conventions take 2-D parameters only). Adapters
+        ask it when a parameter is handed to them (``uniopt.torch`` at construction, as torch.optim
+        refuses there), the rules when they run."""
+        return None
+
     def scalars_converge(self) -> bool:
         """Whether every per-step scalar tends to a limit as the step grows (for a fixed lr)."""
         return True

@@ -22,6 +22,7 @@ from .adamax import Adamax
 from .adamw import AdamW
 from .lamb import Lamb
 from .lion import Lion
+from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
@@ -159,6 +160,12 @@ class OptimizerInfo:
     optax: tuple[OptaxNames, ...] = ()
     ulp_tolerance: Mapping[str, int] = dataclasses.field(default_factory=dict)
     skips: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # key (as ulp_tolerance's, "backend:native" for a native row) -> (bound, why): a cell beyond its
+    # ulp tolerance still passes where its normwise relative distance to the reference (per array
+    # and step, over the largest magnitude the array has had) is within the bound. For rules whose
+    # last bits no spec can fix (a backend's matrix products), where values crossing 0 make ulp
+    # counts meaningless (a sign change near 0 is ~2**31 float32 ulp, ~2**63 float64 ulp)
+    relative_tolerance: Mapping[str, tuple[float, str]] = dataclasses.field(default_factory=dict)
 
     @property
     def elementwise(self) -> bool:
@@ -188,21 +195,43 @@ class OptimizerInfo:
         """Allowed ulp distance for ``backend`` in ``mode`` (0 = bitwise).
 
         The row's own ``ulp_tolerance`` wins, most specific key first (``backend:mode:case/stream``,
-        ``backend:case/stream``, ``backend:mode``, ``backend``); otherwise :data:`MODE_TOLERANCES`
+        ``backend:case/stream``, ``backend:mode:case/*`` and ``backend:case/*`` (every stream of a
+        case), ``backend:mode``, ``backend``); otherwise :data:`MODE_TOLERANCES`
         (compiled modes whose bound holds for every optimizer); otherwise 0. Native rows take
         :data:`NATIVE_TOLERANCES`.
         """
         if mode == "native":
             return NATIVE_TOLERANCES.get(self.name, {}).get(backend, (0, ""))[0]
         cell = f"{case}/{stream}"
-        for key in (f"{backend}:{mode}:{cell}", f"{backend}:{cell}", f"{backend}:{mode}", backend):
+        every = f"{case}/*"  # one case, every stream
+        keys = (f"{backend}:{mode}:{cell}", f"{backend}:{cell}", f"{backend}:{mode}:{every}")
+        for key in (*keys, f"{backend}:{every}", f"{backend}:{mode}", backend):
             if key in self.ulp_tolerance:
                 return self.ulp_tolerance[key]
         return MODE_TOLERANCES.get(f"{backend}:{mode}", (0, ""))[0]
 
-    def skip_reason(self, backend: str, mode: str = "eager") -> str | None:
-        """Why ``backend`` in ``mode`` does not run this optimizer, or ``None``."""
-        return self.skips.get(f"{backend}:{mode}", self.skips.get(backend))
+    def relative_bound(
+        self, backend: str, mode: str = "eager", case: str | None = None, stream: str | None = None
+    ) -> tuple[float, str] | None:
+        """The relative bound (and why) of :attr:`relative_tolerance` for this cell, most specific
+        key first as in :meth:`tolerance`; ``None`` where the ulp tolerance alone decides."""
+        cell, every = f"{case}/{stream}", f"{case}/*"
+        keys = (f"{backend}:{mode}:{cell}", f"{backend}:{cell}", f"{backend}:{mode}:{every}")
+        for key in (*keys, f"{backend}:{every}", f"{backend}:{mode}", backend):
+            if key in self.relative_tolerance:
+                return self.relative_tolerance[key]
+        return None
+
+    def skip_reason(self, backend: str, mode: str = "eager", case: str | None = None) -> str | None:
+        """Why ``backend`` in ``mode`` does not run this optimizer (or its ``case``), or ``None``.
+
+        Keys, most specific first: ``backend:mode:case/*`` and ``backend:case/*`` (one case, every
+        stream), ``backend:mode``, ``backend``."""
+        keys = [f"{backend}:{mode}:{case}/*", f"{backend}:{case}/*"] if case is not None else []
+        for key in (*keys, f"{backend}:{mode}", backend):
+            if key in self.skips:
+                return self.skips[key]
+        return None
 
 
 MODE_TOLERANCES: dict[str, tuple[int, str]] = {
@@ -349,6 +378,12 @@ _PER_TENSOR = (
 _NO_HISTORY = (
     "{adapter} does not offer ScheduleFreeAdamW yet: its adapter does not carry the spec's "
     "history (the running weight sum and largest learning rate) nor offer the train/eval switch"
+)
+
+_NO_MATMUL = (
+    "{adapter} does not offer Muon yet: its namespace has no matmul, matrix_transpose or bfloat16 "
+    "astype, and its optimizer does not yet map Muon's arguments (Keras's exclude_layers, optax's "
+    "partition of the non-2-D parameters)"
 )
 
 _KERAS_ADAM_SLOTS = {
@@ -1174,6 +1209,132 @@ TABLE: tuple[OptimizerInfo, ...] = (
             "jax:optax:torch/parity": 4256,
             "jax:optax:torch_decoupled/parity": 360,
             "jax:optax:keras/parity": 32,
+        },
+    ),
+    OptimizerInfo(
+        Muon,
+        cases=(
+            Case("default", {"lr": 0.02}),
+            Case("no_nesterov", {"lr": 0.02, "nesterov": False, "weight_decay": 0.0}),
+            Case(
+                "ns_custom",
+                {
+                    "lr": 0.02,
+                    "momentum": 0.9,
+                    "ns_coefficients": (2.0, -1.5, 0.5),
+                    "ns_steps": 3,
+                    "eps": 1e-6,
+                },
+            ),
+            Case("match_rms_adamw", {"lr": 0.02, "adjust_lr_fn": "match_rms_adamw", "rms_rate": 0.3}),
+            Case("no_adjust", {"lr": 0.02, "adjust_lr_fn": "none"}),
+            Case("exact", {"lr": 0.02, "matmul": "exact"}),
+            Case("torch", {"lr": 0.02, "convention": "torch"}),
+            Case(
+                "torch_match_rms_adamw",
+                {"lr": 0.02, "adjust_lr_fn": "match_rms_adamw", "convention": "torch"},
+            ),
+            Case("keras", {"lr": 0.02, "convention": "keras"}),
+            Case(
+                "keras_adam",
+                {
+                    "lr": 0.02,
+                    "adjust_lr_fn": "none",
+                    "adam_betas": (0.8, 0.99),
+                    "adam_eps": 1e-6,
+                    "adam_weight_decay": 0.01,
+                    "convention": "keras",
+                },
+            ),
+            Case("optax", {"lr": 0.02, "weight_decay": 0.01, "convention": "optax"}),
+            Case("optax_defaults", {"lr": 0.02, "convention": "optax"}),
+        ),
+        error_cases=(
+            ErrorCase({"lr": -1e-3}, r"Muon: lr=-0\.001 is out of range; expected 0 <= lr"),
+            ErrorCase({"lr": float("nan")}, r"Muon: lr=nan is not finite"),
+            ErrorCase({"nesterov": 1}, r"Muon: nesterov=1 is not a bool"),
+            ErrorCase(
+                {"weight_decay": -0.1},
+                r"Muon: weight_decay=-0\.1 is out of range; expected 0 <= weight_decay",
+            ),
+            ErrorCase({"momentum": 1.5}, r"Muon: momentum=1\.5 is out of range; expected 0 <= momentum <= 1"),
+            ErrorCase(
+                {"momentum": 1.0, "convention": "optax"},
+                r"Muon: momentum=1\.0 is out of range; expected 0 <= momentum < 1",
+            ),
+            ErrorCase({"eps": 0.0}, r"Muon: eps=0\.0 is out of range; expected 0 < eps"),
+            ErrorCase(
+                {"ns_steps": 100}, r"Muon: ns_steps=100 is out of range; expected an int, 0 <= ns_steps < 100"
+            ),
+            ErrorCase({"ns_steps": 2.0}, r"Muon: ns_steps=2\.0 is out of range; expected an int"),
+            ErrorCase(
+                {"ns_coefficients": (1.0, 2.0)}, r"Muon: ns_coefficients=\(1\.0, 2\.0\) is not three numbers"
+            ),
+            ErrorCase(
+                {"ns_coefficients": (1.0, 2.0, float("inf"))}, r"Muon: ns_coefficients\[2\]=inf is not finite"
+            ),
+            ErrorCase(
+                {"adjust_lr_fn": "sqrt"}, r"Muon: adjust_lr_fn='sqrt' is not supported; expected one of"
+            ),
+            ErrorCase({"rms_rate": 0.0}, r"Muon: rms_rate=0\.0 is out of range; expected 0 < rms_rate"),
+            ErrorCase(
+                {"matmul": "blas"},
+                r"Muon: matmul='blas' is not supported; expected one of 'backend', 'exact'",
+            ),
+            ErrorCase({"adam_betas": (0.9, 1.0)}, r"Muon: betas\[1\]=1\.0 is out of range"),
+            ErrorCase({"adam_eps": -1.0}, r"Muon: adam_eps=-1\.0 is out of range; expected 0 < adam_eps"),
+            ErrorCase(
+                {"adjust_lr_fn": "none", "convention": "torch"},
+                r"Muon: adjust_lr_fn='none' with convention='torch': torch\.optim\.Muon scales",
+            ),
+            ErrorCase(
+                {"rms_rate": 0.3, "convention": "torch"},
+                r"Muon: rms_rate=0\.3 with convention='torch': torch\.optim\.Muon fixes 0\.2",
+            ),
+            ErrorCase(
+                {"eps": 1e-8, "convention": "keras"},
+                r"Muon: eps=1e-08 with convention='keras': keras\.optimizers\.Muon hard-codes 1e-7",
+            ),
+            ErrorCase(
+                {"adjust_lr_fn": "original", "convention": "keras"},
+                r"Muon: adjust_lr_fn='original' with convention='keras'",
+            ),
+            ErrorCase(
+                {"adjust_lr_fn": "none", "convention": "optax"},
+                r"Muon: adjust_lr_fn='none' with convention='optax': optax\.contrib\.muon always scales",
+            ),
+            ErrorCase(
+                {"eps": 1e-7, "adam_eps": 1e-8, "convention": "optax"},
+                r"Muon: adam_eps=1e-08 with convention='optax': optax\.contrib\.muon passes eps to Adam",
+            ),
+        ),
+        # torch.optim.Muon (torch/optim/_muon.py): its names, positional order and state key
+        torch=TorchNames(
+            "Muon",
+            (
+                "lr",
+                "weight_decay",
+                "momentum",
+                "nesterov",
+                "ns_coefficients",
+                "eps",
+                "ns_steps",
+                "adjust_lr_fn",
+            ),
+        ),
+        skips={
+            "torch:flat": _PER_TENSOR,
+            "torch:compiled": _PER_TENSOR,
+            # the torch convention rounds to bfloat16 as torch.optim.Muon does
+            **{
+                f"array_api_strict:{case}/*": (
+                    "the torch convention rounds to bfloat16 as torch.optim.Muon does, and the array API "
+                    "standard (array_api_strict) has no bfloat16 dtype: the rule refuses the namespace"
+                )
+                for case in ("torch", "torch_match_rms_adamw")
+            },
+            "tf": _NO_MATMUL.format(adapter="uniopt.tf"),
+            "jax": _NO_MATMUL.format(adapter="uniopt.jax"),
         },
     ),
     OptimizerInfo(

@@ -1,0 +1,774 @@
+r"""Muon, momentum orthogonalized by Newton-Schulz (Jordan et al. 2024, "Muon: An optimizer for hidden
+layers in neural networks", https://kellerjordan.github.io/posts/muon/; Liu et al. 2025, arXiv
+2502.16982 for the RMS-matching learning rate).
+
+For a 2-D parameter :math:`\theta \in \mathbb{R}^{A\times B}` with momentum :math:`\mu`, learning
+rate :math:`\eta`, decoupled weight decay :math:`\lambda` and Newton-Schulz coefficients
+:math:`(a, b, c)`:
+
+.. math::
+
+    M_t &= \mu M_{t-1} + (1-\mu) g_t, \qquad
+    U_t = \begin{cases} \mu M_t + (1-\mu) g_t & \text{nesterov} \\ M_t & \text{otherwise}\end{cases} \\
+    X_0 &= U_t / \max(\|U_t\|_F, \epsilon) \quad (\text{transposed first when } A > B) \\
+    X_{k+1} &= a X_k + \bigl(b\, X_k X_k^\top + c\, (X_k X_k^\top)^2\bigr) X_k,
+        \qquad k = 0, \dots, n-1 \quad (n = \texttt{ns\_steps}) \\
+    \theta_t &= (1 - \eta\lambda)\,\theta_{t-1} - \eta\, s(A, B)\, X_n
+
+(``X_n`` transposed back). :math:`s(A,B)` is the learning-rate adjustment by shape: ``"original"``
+:math:`\sqrt{\max(1, A/B)}` (Keller Jordan's), ``"match_rms_adamw"``
+:math:`r\sqrt{\max(A, B)}` with :math:`r` = ``rms_rate`` = 0.2 (Moonlight's), or ``"none"``
+(:math:`s = 1`). One state slot, ``momentum_buffer`` (:math:`M`), shaped like the parameter; the
+``keras`` and ``optax`` conventions add ``exp_avg_sq`` for the Adam step of non-2-D parameters.
+
+**Not elementwise; matrix products.** The Frobenius norm sums in the spec's defined order
+(:func:`uniopt._math.norm`, every backend the same bits). The matrix products are chosen by the
+field ``matmul``: ``"backend"`` (the default) is ``xp.matmul``, and no two libraries (nor one
+library across CPU kinds, shapes or GPUs) sum a dot product in the same order (NumPy/OpenBLAS, MKL,
+oneDNN and XLA block the sums differently; NumPy even turns ``X @ X.T`` into a ``syrk``), so Muon
+is then **not bitwise across backends**: the spec fixes every op around the products (which scalar
+multiplies what, where each rounding happens, the norm's order), and the distance between two
+backends is the products' rounding, carried through the steps. ``"exact"`` is
+:func:`matmul_exact`, the elementwise products summed in a defined pairwise order: the same bits
+on every backend, at 7x to 180x the cost of a BLAS product (measured in
+``docs/optimizers/muon.md``, with the per-operation decision table and the measured distances of
+``"backend"``: on torch against NumPy at most 2.6e-7 (float32) and 4.6e-16 (float64) of the
+largest value, normwise, over the conformance streams). Everything that is not a product is the
+same bits on every backend (the non-2-D Adam steps of the ``keras`` and ``optax`` conventions
+included).
+
+Choices where the frameworks disagree:
+
+* momentum: the exponential average :math:`M = \mu M + (1-\mu) g` (torch.optim.Muon's ``lerp_``,
+  optax); Keras keeps the sum :math:`M = \mu M + g` (a scale of :math:`1/(1-\mu)`, which the
+  normalisation removes up to ``eps``). optax bias-corrects :math:`M` (``1/(1-\mu^t)``).
+* normalisation: torch divides by ``max(norm, eps)`` (``clamp(min=eps)``, eps :math:`10^{-7}`);
+  Keras and optax by ``norm + eps`` (Keras hard-codes :math:`10^{-7}`, optax's ``eps`` is
+  :math:`10^{-8}` and also Adam's).
+* quintic: torch ``addmm(A, A, A, beta=b, alpha=c)`` is :math:`bA + c(AA)`; Keras and optax write
+  ``b * A + c * A @ A``, which Python parses as :math:`bA + (cA)A`: another rounding.
+* the shape adjustment: torch's ``"original"`` is :math:`\sqrt{\max(1, A/B)}` for a tensor of
+  shape ``(A, B)`` (``nn.Linear`` stores ``(out, in)``); optax's width scaling is
+  :math:`\sqrt{\max(1, \mathrm{fan\_out}/\mathrm{fan\_in})}` with ``fan_in = shape[0]``, i.e.
+  :math:`\sqrt{\max(1, B/A)}` (a jax ``Dense`` kernel is ``(in, out)``). Both mean "fan-out over
+  fan-in" in their framework's layout, so each convention keeps its own. Keras has no
+  ``"original"``: its ``rms_rate`` (default 0.2) gives Moonlight's, ``rms_rate=None`` none.
+* weight decay: always decoupled and multiplied by the unadjusted :math:`\eta`; torch multiplies
+  ``p * (1 - lr*wd)`` first, Keras subtracts ``(p*wd)*lr`` first, optax adds ``wd * p`` to the
+  update before the ``-lr`` scaling.
+* precision: torch.optim.Muon runs the whole Newton-Schulz iteration in **bfloat16**
+  (``grad.bfloat16()``, whatever the parameter dtype) with float32 accumulation; Keras and optax
+  in the parameter's dtype. The ``torch`` convention rounds to bfloat16 exactly where torch does
+  (``xp.astype`` through the namespace's ``bfloat16``, values held in float32); uniopt's own
+  convention keeps the parameter's dtype (a float64 run is then a float64-accurate yardstick).
+* parameters that are not 2-D: torch.optim.Muon refuses them (``ValueError``), and so do the
+  ``uniopt`` and ``torch`` conventions (at ``init`` and in the rule). Keras and optax step them
+  with Adam(W) instead (below), as do those conventions. No convention reshapes higher-rank
+  tensors (optax's ``muon_weight_dimension_numbers``, Keras's 3-D "flatten" are not offered).
+
+Op sequence of ``convention="uniopt"`` (host scalars ``1 - mu``, ``1 - lr*wd`` in float64, rounded
+once; ``s`` computed on the host from the static shape and rounded once; ``@`` is ``xp.matmul``,
+``.T`` ``xp.matrix_transpose``): ``m = m*mu + g*(1-mu)``; ``u = m*mu + g*(1-mu)`` (nesterov) else
+``m``; ``x = u.T`` when ``A > B``; ``x = x / max(norm(x), eps)`` (a division of every element);
+``ns_steps`` times ``A = x @ x.T``, ``B = A*b + (A @ A)*c``, ``x = x*a + B @ x``; ``x = x.T`` back;
+``p = p * (1 - lr*wd)`` (only when ``wd != 0``); ``p = p - x * (lr * s)`` (``lr * s`` one rounded
+product of 0-d arrays). Defaults: torch.optim.Muon's, lr :math:`10^{-3}`, weight decay 0.1,
+momentum 0.95, nesterov, coefficients (3.4445, -4.7750, 2.0315), eps :math:`10^{-7}`, 5 steps,
+``"original"``.
+
+Conventions (``convention=``), each with its framework's defaults for arguments left out:
+
+* ``"torch"`` (``torch.optim.Muon``, ``torch/optim/_muon.py``: ``_single_tensor_muon``,
+  ``_zeropower_via_newtonschulz``, ``_adjust_lr``): ``m = lerp(m, g, 1-mu)`` and
+  ``u = lerp(g, m, mu)`` written as torch's lerp kernel computes them (``start + (end-start)*w``
+  for ``w < 0.5``, else ``end - (end-start)*(1 - w)`` with ``1 - w`` taken from ``w`` rounded to
+  the parameter dtype); then bfloat16 as torch: ``x = bf(u)`` (through float32, as torch converts
+  float64), ``x = x.T`` when ``A > B``, ``x = bf(x / max(bf(norm(x)), bf(eps)))``, ``ns_steps``
+  times ``A = bf(x @ x.T)``, ``B = bf(A*b + (A @ A)*c)``, ``x = bf(x*a + B @ x)`` (each
+  ``addmm`` rounded once to bfloat16 from float32, as measured against torch 2.13's CPU kernels:
+  0 mismatches over 4 shapes), where ``bf`` rounds float32 to bfloat16 and back; ``x.T`` back;
+  ``p = p * (1 - lr*wd)``; ``p = p + x * (-(lr * s))``. torch's CPU kernels fuse ``lerp_`` and
+  ``add_(alpha=)`` into multiply-adds (measured: 0 mismatches against an FMA model), which the
+  spec rounds twice; torch also takes ``lr * s`` in float64 where the spec multiplies the rounded
+  ``lr`` and ``s``. ``adjust_lr_fn`` ``"none"`` and ``rms_rate != 0.2`` are refused
+  (torch.optim.Muon has neither), and so are ``ns_steps >= 100``.
+* ``"keras"`` (``keras.optimizers.Muon``, ``keras/src/optimizers/muon.py``; lr :math:`10^{-3}`,
+  weight decay 0.004, ``adam_weight_decay`` 0.004, ``epsilon`` (Adam's) :math:`10^{-7}`,
+  ``rms_rate`` 0.2, so ``adjust_lr_fn="match_rms_adamw"``): weight decay Keras's
+  ``p = p - (p*wd)*lr`` first (``_apply_weight_decay``; ``adam_weight_decay`` for non-2-D
+  parameters); 2-D: ``m = m + (g + m*(mu-1))``, ``u = g + m*mu`` (nesterov) else ``m``;
+  ``x = x / (norm(x) + 1e-7)``; ``A = x @ x.T``, ``B = A*b + (A*c) @ A``, ``x = x*a + B @ x``;
+  ``p = p - ((lr*x) * sqrt32(max(A, B))) * rms_rate`` (``sqrt32``: Keras's ``ops.sqrt`` of an
+  int, float32), or ``p = p - lr*x`` for ``adjust_lr_fn="none"`` (``rms_rate=None``). Keras's
+  float64 2-D variables fail there (``lr_adjust`` multiplies float64 by float32:
+  ``InvalidArgumentError``); the spec widens the float32 root. non-2-D: Keras's
+  ``_adamw_update_step``, which is :class:`uniopt.Adam`'s keras rule with ``adam_betas`` and
+  ``adam_eps``. Keras's NS eps is not an argument: ``eps`` other than :math:`10^{-7}` and
+  ``adjust_lr_fn="original"`` are refused; variables excluded by name
+  (``exclude_embeddings``, ``exclude_layers``) are an adapter's business. lr, weight decays go
+  through float32 as Keras holds them.
+* ``"optax"`` (``optax.contrib.muon``, ``optax/contrib/_muon.py``: ``scale_by_muon``,
+  ``orthogonalize_via_newton_schulz``, ``scale_by_shape``, then ``add_decayed_weights``,
+  ``scale_by_learning_rate``; weight decay 0, eps :math:`10^{-8}` shared with Adam, beta 0.95;
+  optax has no default learning rate, uniopt's is taken): 2-D: ``m = m*mu + g*(1-mu)``,
+  ``u = (m * (1/(1-mu^(t+1))))*mu + (g * (1/(1-mu^t)))*(1-mu)`` (nesterov) else
+  ``m * (1/(1-mu^t))`` (optax's bias corrections, float32 at jax's default for parameters of 32
+  bits or fewer, reciprocals on the host as in :class:`uniopt.NAdam`'s optax convention: optax's
+  ``tree.bias_correction`` is a jitted division by a broadcast scalar, which XLA turns into a
+  multiplication by its reciprocal); ``x = x * (1 / (norm(x) + eps))`` (optax writes
+  ``x /= norm + eps``; XLA multiplies by the reciprocal, measured eagerly: 0 mismatches, a true
+  division 678 of 2048); ``A = x @ x.T``, ``B = A*b + (A*c) @ A``, ``x = x*a + B @ x``;
+  ``u = x * s`` with optax's ``s`` (``"original"``: ``sqrt(max(1, B/A))``, ``"match_rms_adamw"``:
+  ``sqrt(max(A, B)) * rms_rate`` = ``consistent_rms``, each in float32 for parameters of 32 bits or
+  fewer); ``u = u + p*wd`` (only when ``wd != 0``); ``p = p + u*(-lr)``. non-2-D:
+  ``optax.adamw(nesterov=nesterov, eps=eps, weight_decay=adam_weight_decay)``, i.e.
+  :class:`uniopt.NAdam`'s optax rule (nesterov) or :class:`uniopt.AdamW`'s, except that a 0-d
+  parameter is divided by its bias corrections (there is no broadcast, and XLA divides: measured,
+  multiplying by the reciprocal moved 1049 of 3000 values). ``adjust_lr_fn="none"`` is refused
+  (optax always scales), and so is ``adam_eps`` other than ``eps``. optax runs its Newton-Schulz
+  loop as one compiled ``fori_loop`` even eagerly (XLA fuses it its own way), so no convention can
+  follow it op for op there; with optax's compiled loop substituted, the spec's other ops gave
+  optax's bits over 20 steps (measured with optax 0.2.8 eagerly).
+
+Complex parameters are refused (torch.optim.Muon refuses them too). An empty matrix (a zero
+dimension) is not moved; its scale :math:`s` is taken as 1 (torch.optim.Muon's ``_adjust_lr``
+divides by zero there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
+
+from ._math import (
+    bias_correction,
+    divide_by_scalar,
+    ema,
+    float32_bias_correction,
+    float_bits,
+    is_complex,
+    keras_weight_decay,
+    norm,
+)
+from ._spec import Array, Spec, _device
+from ._validate import check_betas, check_bool, check_interval, check_real
+from .adam import keras_adam_scalars
+
+__all__ = ["MATMULS", "Muon", "MuonScalars", "matmul_exact", "round_to_bfloat16"]
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""Keller Jordan's quintic coefficients, the default of all three frameworks."""
+
+ADJUST_LR_FNS = ("original", "match_rms_adamw", "none")
+
+MATMULS = ("backend", "exact")
+"""The two ways a spec forms its matrix products (``Muon.matmul``): the backend's ``xp.matmul``,
+or :func:`matmul_exact`, the elementwise products summed in one defined order."""
+
+EXACT_BLOCK = 1 << 22
+""":func:`matmul_exact` forms at most this many elementwise products at once (16 MiB of float32),
+a block of output rows at a time; the block size does not change any sum."""
+
+
+class MuonScalars(NamedTuple):
+    lr: float
+    neg_lr: float  # optax: the update is scaled by -lr
+    decay: float  # uniopt, torch: 1 - lr * weight_decay
+    weight_decay: float  # keras (before the step), optax (added to the update)
+    momentum: float
+    one_minus_momentum: float  # 1 - mu in float64 (uniopt, optax; torch's first lerp weight)
+    momentum_minus_one: float  # keras: m * (momentum - 1), the Python float
+    lerp_m_complement_32: float  # torch, lerp(m, g, 1-mu) when 1-mu >= 0.5: 1 - float32(1-mu)
+    lerp_m_complement_64: float  # ... for float64: 1 - (1-mu)
+    lerp_u_complement_32: float  # torch, lerp(g, m, mu) when mu >= 0.5: 1 - float32(mu)
+    lerp_u_complement_64: float  # ... for float64: 1 - mu
+    ns_a: float
+    ns_b: float
+    ns_c: float
+    eps: float  # Newton-Schulz eps
+    rms_rate: float  # keras: multiplied in the parameter dtype
+    inv_bc: float  # optax: 1 / (1 - mu^t), float64
+    inv_bc_next: float  # optax: 1 / (1 - mu^(t+1)), float64
+    inv_bc_f32: float  # optax at jax's default: 1 / float32(1 - mu^t)
+    inv_bc_next_f32: float
+    # -- the Adam step of non-2-D parameters (keras, optax) --
+    adam_beta1: float
+    adam_one_minus_beta1: float
+    adam_beta2: float
+    adam_one_minus_beta2: float
+    adam_eps: float
+    adam_weight_decay: float
+    adam_inv_bc1: float  # optax, float64
+    adam_inv_bc1_next: float
+    adam_inv_bc2: float
+    adam_inv_bc1_f32: float  # optax at jax's default
+    adam_inv_bc1_next_f32: float
+    adam_inv_bc2_f32: float
+    adam_bc1: float  # optax, 0-d parameters (a true division there): 1 - beta1^t, float64
+    adam_bc1_next: float
+    adam_bc2: float
+    adam_bc1_f32: float  # ... float32 at jax's default
+    adam_bc1_next_f32: float
+    adam_bc2_f32: float
+    keras_bc1: float  # keras, 32 bits or fewer: 1 - beta1^t in float32
+    keras_sqrt_bc2: float
+    keras_bc1_64: float  # keras, float64
+    keras_sqrt_bc2_64: float
+
+
+def round_to_bfloat16(x: Array, xp: Any) -> Array:
+    r"""``x`` (float32) rounded to the nearest bfloat16 (ties to even) and held again in float32:
+    ``xp.astype`` through the namespace's ``bfloat16`` (``ml_dtypes.bfloat16`` for NumPy, which
+    has none of its own). The conversion is correctly rounded in NumPy (ml_dtypes), torch, jax and
+    TensorFlow, so every backend gets the same bits. (Veltkamp's split ``c = x * 65537``,
+    ``c - (c - x)`` gives the same values with float32 multiplies and subtractions alone, measured
+    on every bfloat16 tie and 4.6 million random normal floats; not used, as it overflows above
+    :math:`5\cdot 10^{33}` and a compiler may fuse it.)
+
+    Raises ``ValueError`` for a namespace without bfloat16 (``array_api_strict``: the array API
+    standard has no bfloat16), naming it."""
+    bf16 = getattr(xp, "bfloat16", None)
+    if bf16 is None:
+        module = getattr(xp, "__name__", type(xp).__name__)
+        if "numpy" not in module:
+            raise ValueError(
+                f"Muon: convention='torch' rounds to bfloat16 as torch.optim.Muon does, and the "
+                f"namespace {module} has no bfloat16 dtype (the array API standard defines none); run "
+                "it on NumPy (ml_dtypes), torch, jax or TensorFlow, or use convention='uniopt'"
+            )
+        try:
+            import ml_dtypes  # NumPy's bfloat16 (jax and TensorFlow depend on it)
+        except ImportError as error:
+            raise ValueError(
+                "Muon: convention='torch' on NumPy rounds to bfloat16 through ml_dtypes, which is not "
+                "installed (pip install ml-dtypes)"
+            ) from error
+        bf16 = ml_dtypes.bfloat16
+    return xp.astype(xp.astype(x, bf16), x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Muon(Spec):
+    """Muon: momentum orthogonalized by a Newton-Schulz iteration (see the module docstring).
+
+    Slots per parameter (its shape and dtype): ``momentum_buffer``, and ``exp_avg_sq`` with the
+    ``keras`` and ``optax`` conventions (read only for parameters that are not 2-D). Raises
+    ``ValueError`` for ``lr < 0``, ``weight_decay < 0``, ``momentum`` outside :math:`[0, 1]`
+    (optax: :math:`[0, 1)`), ``eps <= 0``, ``ns_coefficients`` not three finite floats,
+    ``ns_steps`` not an int in :math:`[0, 100)`, an unknown ``adjust_lr_fn``, ``rms_rate <= 0``,
+    ``matmul`` other than ``"backend"`` or ``"exact"``,
+    a convention's refusals (module docstring), and, at ``init`` and in the rule, parameters that
+    are not 2-D (``uniopt``, ``torch``) and complex parameters.
+    """
+
+    name: ClassVar[str] = "Muon"
+    reference: ClassVar[str] = (
+        "Jordan et al. 2024, kellerjordan.github.io/posts/muon; Liu et al. 2025, arXiv 2502.16982"
+    )
+    elementwise: ClassVar[bool] = False
+    keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "adam_weight_decay")
+
+    conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        # adam_*: unused by uniopt and torch (they refuse non-2-D parameters)
+        "uniopt": {
+            "weight_decay": 0.1,
+            "eps": 1e-7,
+            "adjust_lr_fn": "original",
+            "adam_eps": 1e-8,
+            "adam_weight_decay": 0.0,
+        },
+        "torch": {
+            "weight_decay": 0.1,
+            "eps": 1e-7,
+            "adjust_lr_fn": "original",
+            "adam_eps": 1e-8,
+            "adam_weight_decay": 0.0,
+        },
+        "keras": {
+            "weight_decay": 0.004,
+            "eps": 1e-7,
+            "adjust_lr_fn": "match_rms_adamw",
+            "adam_eps": 1e-7,
+            "adam_weight_decay": 0.004,
+        },
+        # optax: adam_eps defaults to eps (one argument), see _resolve_convention
+        "optax": {"weight_decay": 0.0, "eps": 1e-8, "adjust_lr_fn": "original", "adam_weight_decay": 0.0},
+    }
+
+    # torch.optim.Muon's arguments, in its positional order
+    lr: float = 1e-3
+    weight_decay: float = None  # type: ignore[assignment]  # None: the convention's default
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS
+    eps: float = None  # type: ignore[assignment]
+    ns_steps: int = 5
+    adjust_lr_fn: str = None  # type: ignore[assignment]
+    # Moonlight's factor (Keras's rms_rate, optax's consistent_rms; torch fixes 0.2)
+    rms_rate: float = 0.2
+    # the Adam step of non-2-D parameters (keras, optax; unused by uniopt and torch, which refuse them)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = None  # type: ignore[assignment]  # optax: eps (one eps for both)
+    adam_weight_decay: float = None  # type: ignore[assignment]
+    # how the matrix products are formed: "backend" (xp.matmul) or "exact" (matmul_exact)
+    matmul: str = "backend"
+    convention: str = "uniopt"
+
+    def _resolve_convention(self) -> None:
+        """The convention's defaults; optax's ``adam_eps`` defaults to ``eps`` (one argument)."""
+        if getattr(self, "convention", "uniopt") == "optax" and self.adam_eps is None:
+            eps = 1e-8 if self.eps is None else self.eps
+            object.__setattr__(self, "adam_eps", eps)
+        super()._resolve_convention()
+
+    def _check(self) -> None:
+        name, convention = self.name, self.convention
+        check_interval(name, "weight_decay", self.weight_decay, 0.0)
+        high_open = convention == "optax"  # optax divides by 1 - momentum^t
+        check_interval(name, "momentum", self.momentum, 0.0, 1.0, high_open=high_open)
+        check_bool(name, "nesterov", self.nesterov)
+        coefficients = self.ns_coefficients
+        if not isinstance(coefficients, (tuple, list)) or len(coefficients) != 3:
+            raise ValueError(
+                f"Muon: ns_coefficients={coefficients!r} is not three numbers; expected (a, b, c), "
+                f"e.g. {NS_COEFFICIENTS}"
+            )
+        coefficients = tuple(check_real(name, f"ns_coefficients[{i}]", c) for i, c in enumerate(coefficients))
+        object.__setattr__(self, "ns_coefficients", coefficients)
+        check_interval(name, "eps", self.eps, 0.0, low_open=True)
+        steps = self.ns_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps < 100:
+            raise ValueError(
+                f"Muon: ns_steps={steps!r} is out of range; expected an int, 0 <= ns_steps < 100"
+            )
+        if self.adjust_lr_fn not in ADJUST_LR_FNS:
+            raise ValueError(
+                f"Muon: adjust_lr_fn={self.adjust_lr_fn!r} is not supported; expected one of "
+                + ", ".join(repr(f) for f in ADJUST_LR_FNS)
+            )
+        check_interval(name, "rms_rate", self.rms_rate, 0.0, low_open=True)
+        if self.matmul not in MATMULS:
+            raise ValueError(
+                f"Muon: matmul={self.matmul!r} is not supported; expected one of "
+                + ", ".join(repr(m) for m in MATMULS)
+            )
+        object.__setattr__(self, "adam_betas", check_betas(name, self.adam_betas))
+        check_interval(name, "adam_eps", self.adam_eps, 0.0, low_open=True)
+        check_interval(name, "adam_weight_decay", self.adam_weight_decay, 0.0)
+        refusals = {
+            "torch": [
+                (
+                    self.adjust_lr_fn == "none",
+                    "adjust_lr_fn='none'",
+                    "torch.optim.Muon scales by 'original' or 'match_rms_adamw'",
+                ),
+                (self.rms_rate != 0.2, f"rms_rate={self.rms_rate!r}", "torch.optim.Muon fixes 0.2"),
+            ],
+            "keras": [
+                (
+                    self.adjust_lr_fn == "original",
+                    "adjust_lr_fn='original'",
+                    "keras.optimizers.Muon has no width scaling (rms_rate=None is adjust_lr_fn='none')",
+                ),
+                (self.eps != 1e-7, f"eps={self.eps!r}", "keras.optimizers.Muon hard-codes 1e-7"),
+            ],
+            "optax": [
+                (
+                    self.adjust_lr_fn == "none",
+                    "adjust_lr_fn='none'",
+                    "optax.contrib.muon always scales by shape",
+                ),
+                (
+                    self.adam_eps != self.eps,
+                    f"adam_eps={self.adam_eps!r}",
+                    "optax.contrib.muon passes eps to Adam",
+                ),
+            ],
+        }
+        for refused, what, why in refusals.get(convention, []):
+            if refused:
+                raise ValueError(f"Muon: {what} with convention={convention!r}: {why}")
+
+    def underflowing(self, round_to: Any) -> list[str]:
+        """:meth:`Spec.underflowing`, leaving out the Adam fields where the convention never reads
+        them (``uniopt`` and ``torch`` refuse the parameters Adam would step)."""
+        unused = ("adam_eps=", "adam_weight_decay=") if self.convention in ("uniopt", "torch") else ()
+        return [s for s in super().underflowing(round_to) if not s.startswith(unused)]
+
+    def slot_names(self) -> tuple[str, ...]:
+        if self.convention in ("keras", "optax"):
+            return ("momentum_buffer", "exp_avg_sq")
+        return ("momentum_buffer",)
+
+    def init_slot(self, name: str, param: Array, xp: Any) -> Array:
+        self._check_param(param, xp)
+        return xp.zeros_like(param)
+
+    # -- host scalars -------------------------------------------------------------------------------
+    def uniopt_scalars(self, step: int, lr: float) -> MuonScalars:
+        """Every convention's scalars at 1-based ``step``, in float64 (Keras's and optax's float32
+        values only where the convention is theirs)."""
+        import numpy as np
+
+        mu, wd = float(self.momentum), float(self.weight_decay)
+        b1, b2 = self.adam_betas
+        optax = self.convention == "optax"
+        keras = self.convention == "keras"
+
+        def bc64(beta: float, t: int) -> float:  # optax's bias corrections (only read there)
+            return bias_correction(beta, t) if optax else 1.0
+
+        def bc32(beta: float, t: int) -> float:  # ... at jax's default, float32
+            return float(float32_bias_correction(beta, t)) if optax else 1.0
+
+        kbc = keras_adam_scalars(b1, b2, step) if keras else (1.0, 1.0, 1.0, 1.0)
+        a, b, c = self.ns_coefficients
+        return MuonScalars(
+            lr=lr,
+            neg_lr=-lr,
+            decay=1.0 - lr * wd,
+            weight_decay=wd,
+            momentum=mu,
+            one_minus_momentum=1.0 - mu,
+            momentum_minus_one=mu - 1.0,
+            lerp_m_complement_32=1.0 - float(np.float32(1.0 - mu)),
+            lerp_m_complement_64=1.0 - (1.0 - mu),
+            lerp_u_complement_32=1.0 - float(np.float32(mu)),
+            lerp_u_complement_64=1.0 - mu,
+            ns_a=a,
+            ns_b=b,
+            ns_c=c,
+            eps=float(self.eps),
+            rms_rate=float(self.rms_rate),
+            inv_bc=1.0 / bc64(mu, step),
+            inv_bc_next=1.0 / bc64(mu, step + 1),
+            inv_bc_f32=1.0 / bc32(mu, step),
+            inv_bc_next_f32=1.0 / bc32(mu, step + 1),
+            adam_beta1=b1,
+            adam_one_minus_beta1=1.0 - b1,
+            adam_beta2=b2,
+            adam_one_minus_beta2=1.0 - b2,
+            adam_eps=float(self.adam_eps),
+            adam_weight_decay=float(self.adam_weight_decay),
+            adam_inv_bc1=1.0 / bc64(b1, step),
+            adam_inv_bc1_next=1.0 / bc64(b1, step + 1),
+            adam_inv_bc2=1.0 / bc64(b2, step),
+            adam_inv_bc1_f32=1.0 / bc32(b1, step),
+            adam_inv_bc1_next_f32=1.0 / bc32(b1, step + 1),
+            adam_inv_bc2_f32=1.0 / bc32(b2, step),
+            adam_bc1=bc64(b1, step),
+            adam_bc1_next=bc64(b1, step + 1),
+            adam_bc2=bc64(b2, step),
+            adam_bc1_f32=bc32(b1, step),
+            adam_bc1_next_f32=bc32(b1, step + 1),
+            adam_bc2_f32=bc32(b2, step),
+            keras_bc1=kbc[0],
+            keras_sqrt_bc2=kbc[1],
+            keras_bc1_64=kbc[2],
+            keras_sqrt_bc2_64=kbc[3],
+        )
+
+    def shape_scale(self, shape: tuple[int, ...], narrow: bool) -> float:
+        r"""The learning-rate factor :math:`s` of a ``shape`` parameter as a Python float, computed
+        on the host as the convention's framework computes it (``narrow``: parameters of 32 bits or
+        fewer, where Keras's root and optax's (at jax's default) are float32 values)."""
+        import numpy as np
+
+        rows, cols = int(shape[0]), int(shape[1])
+        fn = self.adjust_lr_fn
+        if fn == "none" or rows == 0 or cols == 0:  # an empty matrix has nothing to scale (torch's
+            return 1.0  # _adjust_lr divides by zero for a (A, 0) parameter: ZeroDivisionError)
+        if self.convention == "keras":  # ops.sqrt(ops.maximum(A, B)): float32, widened for float64
+            return float(np.sqrt(np.float32(max(rows, cols))))
+        if self.convention == "optax":
+            if fn == "original":  # jnp.sqrt(jnp.maximum(1, fan_out / fan_in)), fan_in = shape[0]
+                ratio = max(1.0, cols / rows)
+                return float(np.sqrt(np.float32(ratio))) if narrow else math.sqrt(ratio)
+            # jnp.sqrt(jnp.maximum(fan_in, fan_out)) * consistent_rms
+            if narrow:
+                return float(np.sqrt(np.float32(max(rows, cols))) * np.float32(self.rms_rate))
+            return math.sqrt(max(rows, cols)) * float(self.rms_rate)
+        if fn == "original":  # torch._adjust_lr: sqrt(max(1, A / B)), (A, B) = shape[:2]
+            return math.sqrt(max(1.0, rows / cols))
+        rate = 0.2 if self.convention == "torch" else self.rms_rate  # torch: 0.2 * sqrt(max(A, B))
+        return rate * math.sqrt(max(rows, cols))
+
+    # -- rules --------------------------------------------------------------------------------------
+    def uniopt_rule(
+        self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
+    ) -> tuple[Array, dict[str, Array]]:
+        """torch.optim.Muon's algorithm in the parameter's dtype, each op rounded (no bfloat16)."""
+        self._check_param(param, xp)
+        m = ema(slots["momentum_buffer"], grad, sc.momentum, sc.one_minus_momentum, xp)
+        u = ema(m, grad, sc.momentum, sc.one_minus_momentum, xp) if self.nesterov else m
+        x = _newton_schulz(u, sc, self.ns_steps, xp, self._product, norm_form="clamp", quintic="torch")
+        if self.weight_decay != 0:
+            param = xp.multiply(param, sc.decay)
+        step_size = xp.multiply(sc.lr, self._scale(param, xp))
+        return xp.subtract(param, xp.multiply(x, step_size)), {"momentum_buffer": m}
+
+    def torch_rule(
+        self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
+    ) -> tuple[Array, dict[str, Array]]:
+        """``torch.optim.Muon`` (``_single_tensor_muon``), op for op without its fused kernels; the
+        Newton-Schulz iteration in bfloat16 held in float32."""
+        self._check_param(param, xp)
+        narrow = float_bits(param, xp) <= 32
+        g = grad
+        m = _torch_lerp(
+            slots["momentum_buffer"],
+            g,
+            1.0 - self.momentum,
+            sc.one_minus_momentum,
+            sc.lerp_m_complement_32 if narrow else sc.lerp_m_complement_64,
+            narrow,
+            xp,
+        )
+        u = m
+        if self.nesterov:
+            u = _torch_lerp(
+                g,
+                m,
+                self.momentum,
+                sc.momentum,
+                sc.lerp_u_complement_32 if narrow else sc.lerp_u_complement_64,
+                narrow,
+                xp,
+            )
+        x = _newton_schulz_bf16(u, sc, self.ns_steps, xp, self._product)
+        x = xp.astype(x, param.dtype)  # bfloat16 values: exact
+        if self.weight_decay != 0:  # torch multiplies even by 1 - lr*0 == 1 (exact)
+            param = xp.multiply(param, sc.decay)
+        neg_step = xp.negative(xp.multiply(sc.lr, self._scale(param, xp)))
+        return xp.add(param, xp.multiply(x, neg_step)), {"momentum_buffer": m}
+
+    def keras_rule(
+        self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
+    ) -> tuple[Array, dict[str, Array]]:
+        """``keras.optimizers.Muon``: the base optimizer's weight decay, then ``_muon_update_step``
+        (2-D) or ``_adamw_update_step``, op for op (norms in the spec's order)."""
+        self._check_param(param, xp)
+        if len(param.shape) != 2:
+            return self._keras_adam(param, grad, slots, sc, xp)
+        g = grad
+        if self.weight_decay != 0:
+            param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
+        m = slots["momentum_buffer"]
+        m = xp.add(m, xp.add(g, xp.multiply(m, sc.momentum_minus_one)))
+        u = xp.add(g, xp.multiply(sc.momentum, m)) if self.nesterov else m
+        x = _newton_schulz(u, sc, self.ns_steps, xp, self._product, norm_form="add", quintic="python")
+        step = xp.multiply(sc.lr, x)
+        if self.adjust_lr_fn == "match_rms_adamw":
+            step = xp.multiply(xp.multiply(step, self._scale(param, xp)), sc.rms_rate)
+        return xp.subtract(param, step), {"momentum_buffer": m, "exp_avg_sq": slots["exp_avg_sq"]}
+
+    def optax_rule(
+        self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
+    ) -> tuple[Array, dict[str, Array]]:
+        """``optax.contrib.muon``: the ``'muon'`` chain (2-D) or ``optax.adamw`` (``'adam'``), then
+        ``apply_updates`` (norms in the spec's order)."""
+        self._check_param(param, xp)
+        if len(param.shape) != 2:
+            return self._optax_adam(param, grad, slots, sc, xp)
+        g = grad
+        narrow = float_bits(param, xp) <= 32  # optax's bias corrections are float32 there
+        inv_bc, inv_bc_next = (sc.inv_bc_f32, sc.inv_bc_next_f32) if narrow else (sc.inv_bc, sc.inv_bc_next)
+        m = ema(slots["momentum_buffer"], g, sc.momentum, sc.one_minus_momentum, xp)
+        if self.nesterov:
+            u = xp.add(
+                xp.multiply(xp.multiply(m, inv_bc_next), sc.momentum),
+                xp.multiply(xp.multiply(g, inv_bc), sc.one_minus_momentum),
+            )
+        else:
+            u = xp.multiply(m, inv_bc)
+        x = _newton_schulz(u, sc, self.ns_steps, xp, self._product, norm_form="reciprocal", quintic="python")
+        update = xp.multiply(x, self._scale(param, xp))
+        if self.weight_decay != 0:  # optax.add_decayed_weights skips a zero constant
+            update = xp.add(update, xp.multiply(param, sc.weight_decay))
+        new_param = xp.add(param, xp.multiply(update, sc.neg_lr))
+        return new_param, {"momentum_buffer": m, "exp_avg_sq": slots["exp_avg_sq"]}
+
+    # -- the Adam steps of non-2-D parameters --------------------------------------------------------
+    def _keras_adam(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        """``Muon._adamw_update_step`` after ``_apply_weight_decay`` with ``adam_weight_decay``:
+        :class:`uniopt.Adam`'s keras rule (``adam_lr_ratio`` 1)."""
+        g = grad
+        if self.adam_weight_decay != 0:
+            param = keras_weight_decay(param, sc.adam_weight_decay, sc.lr, xp)
+        m0, v0 = slots["momentum_buffer"], slots["exp_avg_sq"]
+        m = xp.add(m0, xp.multiply(xp.subtract(g, m0), sc.adam_one_minus_beta1))
+        v = xp.add(v0, xp.multiply(xp.subtract(xp.multiply(g, g), v0), sc.adam_one_minus_beta2))
+        narrow = float_bits(param, xp) <= 32
+        if narrow:
+            sqrt_bc2, bc1 = sc.keras_sqrt_bc2, sc.keras_bc1
+        else:
+            sqrt_bc2, bc1 = sc.keras_sqrt_bc2_64, sc.keras_bc1_64
+        alpha = xp.divide(xp.multiply(sc.lr, sqrt_bc2), bc1)
+        step = xp.divide(xp.multiply(m, alpha), xp.add(xp.sqrt(v), sc.adam_eps))
+        return xp.subtract(param, step), {"momentum_buffer": m, "exp_avg_sq": v}
+
+    def _optax_adam(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
+        """``optax.adamw(b1, b2, eps, eps_root=0, weight_decay=adam_weight_decay, nesterov=nesterov)``:
+        :class:`uniopt.NAdam`'s optax rule (nesterov) or :class:`uniopt.AdamW`'s."""
+        g = grad
+        m = ema(slots["momentum_buffer"], g, sc.adam_beta1, sc.adam_one_minus_beta1, xp)
+        v = ema(slots["exp_avg_sq"], xp.multiply(g, g), sc.adam_beta2, sc.adam_one_minus_beta2, xp)
+        narrow = float_bits(param, xp) <= 32
+        width = "_f32" if narrow else ""
+        if len(param.shape) == 0:  # no broadcast: XLA divides by the bias correction itself
+            bc1, bc1_next, bc2 = (getattr(sc, f"adam_{n}{width}") for n in ("bc1", "bc1_next", "bc2"))
+            correct = lambda x, bc: xp.divide(x, bc)  # noqa: E731
+        else:  # by a broadcast scalar XLA multiplies by its reciprocal (measured, eagerly too)
+            bc1, bc1_next, bc2 = (getattr(sc, f"adam_inv_{n}{width}") for n in ("bc1", "bc1_next", "bc2"))
+            correct = lambda x, inv: xp.multiply(x, inv)  # noqa: E731
+        if self.nesterov:
+            m_hat = xp.add(
+                xp.multiply(correct(m, bc1_next), sc.adam_beta1),
+                xp.multiply(correct(g, bc1), sc.adam_one_minus_beta1),
+            )
+        else:
+            m_hat = correct(m, bc1)
+        v_hat = correct(v, bc2)
+        update = xp.divide(m_hat, xp.add(xp.sqrt(v_hat), sc.adam_eps))
+        if self.adam_weight_decay != 0:  # optax.add_decayed_weights
+            update = xp.add(update, xp.multiply(param, sc.adam_weight_decay))
+        return xp.add(param, xp.multiply(update, sc.neg_lr)), {"momentum_buffer": m, "exp_avg_sq": v}
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _product(self, a: Array, b: Array, xp: Any) -> Array:
+        """The matrix product ``a @ b`` as :attr:`matmul` says: ``xp.matmul`` or
+        :func:`matmul_exact`."""
+        if self.matmul == "exact":
+            return matmul_exact(a, b, xp)
+        product = xp.matmul(a, b)
+        # ml_dtypes' bfloat16 matmul returns its float32 accumulation: rounded once here, as torch's
+        # bfloat16 matmul rounds its float32 accumulation
+        return product if product.dtype == a.dtype else xp.astype(product, a.dtype)
+
+    def _scale(self, param: Array, xp: Any) -> Array:
+        """:meth:`shape_scale` as a 0-d array of ``param``'s dtype (rounded once)."""
+        value = self.shape_scale(tuple(param.shape), float_bits(param, xp) <= 32)
+        return xp.asarray(value, dtype=param.dtype, device=_device(param))
+
+    def param_refusal(self, shape: tuple[int, ...], is_complex: bool = False) -> str | None:
+        """Complex parameters (every convention: torch.optim.Muon refuses them, and Keras and optax
+        define no complex Newton-Schulz); parameters that are not 2-D with the ``uniopt`` and
+        ``torch`` conventions (torch.optim.Muon refuses them at construction)."""
+        if is_complex:
+            return "complex parameters are not supported; expected a real floating dtype"
+        if len(shape) != 2 and self.convention in ("uniopt", "torch"):
+            return (
+                f"a parameter of shape {tuple(shape)} with convention={self.convention!r}; Muon only "
+                "supports 2-D parameters (as torch.optim.Muon); step the others with AdamW, or use "
+                "convention='keras' or 'optax', which step them with Adam"
+            )
+        return None
+
+    def _check_param(self, param: Array, xp: Any) -> None:
+        """Raise ``ValueError`` with :meth:`param_refusal`'s reason, if any."""
+        why = self.param_refusal(tuple(param.shape), is_complex(param, xp))
+        if why is not None:
+            raise ValueError(f"Muon: {why}")
+
+
+def matmul_exact(a: Array, b: Array, xp: Any) -> Array:
+    r"""The matrix product :math:`C = AB` of ``a`` (``m x k``) and ``b`` (``k x n``), the same bits on
+    every backend: each :math:`C_{ij} = \sum_l A_{il} B_{lj}` is its ``k`` elementwise products
+    (``xp.multiply``, each rounded once) summed in the order of :func:`uniopt._math.sum_pairwise`
+    (pairwise halving over ``l``), with elementwise ``xp.add`` only. A backend's ``xp.matmul`` sums
+    in its BLAS's own order (blocked, vectorised, sometimes with fused multiply-adds), which differs
+    between libraries, CPU kinds and shapes; this product does not depend on any of them. It costs
+    what its definition costs: :math:`mkn` multiplications and :math:`m(k-1)n` additions as array
+    ops over ``k x rows x n`` blocks of at most :data:`EXACT_BLOCK` products (tens to thousands of
+    times slower than a BLAS ``matmul``, measured in ``docs/optimizers/muon.md``), and error
+    bound :math:`\lceil\log_2 k\rceil` ulp of the partial sums (pairwise summation; a BLAS
+    ``matmul`` in float32 is usually a sum with blocked partial sums, of the same order). Same dtype
+    as the inputs; ``k = 0`` gives zeros."""
+    m, k = int(a.shape[0]), int(a.shape[1])
+    n = int(b.shape[1])
+    if k == 0 or m == 0 or n == 0:
+        return xp.zeros((m, n), dtype=a.dtype, device=_device(a))
+    at = xp.expand_dims(xp.matrix_transpose(a), axis=2)  # (k, m, 1)
+    bt = xp.expand_dims(b, axis=1)  # (k, 1, n)
+    rows = max(1, EXACT_BLOCK // (k * n))
+    blocks = []
+    for start in range(0, m, rows):
+        terms = xp.multiply(at[:, start : min(start + rows, m), :], bt)  # (k, rows, n)
+        blocks.append(_sum_leading_pairwise(terms, xp))
+    return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
+
+
+def _sum_leading_pairwise(terms: Array, xp: Any) -> Array:
+    """The sum over the leading axis of ``terms`` (``k >= 1`` entries), in
+    :func:`uniopt._math.sum_pairwise`'s order for every position of the other axes: with ``h`` the
+    largest power of two below ``k``, entry ``i < k - h`` becomes ``t[i] + t[i + h]`` and entries
+    ``k - h <= i < h`` are kept; repeat on the first ``h`` until one is left."""
+    k = int(terms.shape[0])
+    while k > 1:
+        h = 1 << ((k - 1).bit_length() - 1)
+        paired = xp.add(terms[: k - h, ...], terms[h:k, ...])
+        terms = paired if 2 * h == k else xp.concat([paired, terms[k - h : h, ...]], axis=0)
+        k = h
+    return terms[0, ...]
+
+
+def _orient(x: Array, xp: Any) -> tuple[Array, bool]:
+    """``x`` transposed when it has more rows than columns (every framework iterates on the wide
+    orientation, so that ``x @ x.T`` is the smaller Gram matrix)."""
+    tall = int(x.shape[0]) > int(x.shape[1])
+    return (xp.matrix_transpose(x) if tall else x), tall
+
+
+def _newton_schulz(u: Array, sc: Any, steps: int, xp: Any, mm: Any, *, norm_form: str, quintic: str) -> Array:
+    """The Newton-Schulz iteration in ``u``'s dtype. ``norm_form``: ``"clamp"`` divides by
+    ``max(norm, eps)`` (torch), ``"add"`` by ``norm + eps`` (Keras), ``"reciprocal"`` multiplies by
+    ``1 / (norm + eps)`` (optax, as XLA computes its division). ``quintic``:
+    ``"torch"`` is ``A*b + (A @ A)*c`` (``addmm``), ``"python"`` ``A*b + (A*c) @ A``."""
+    x, tall = _orient(u, xp)
+    n = norm(x, xp)
+    if norm_form == "clamp":  # torch: x / max(norm, eps)
+        x = divide_by_scalar(x, xp.maximum(n, sc.eps), xp)
+    elif norm_form == "add":  # Keras: x / (norm + eps), a division of every element
+        x = divide_by_scalar(x, xp.add(n, sc.eps), xp)
+    else:  # optax: XLA multiplies by the reciprocal of the broadcast norm + eps (measured, eagerly too)
+        one = xp.ones_like(n)
+        x = xp.multiply(x, xp.divide(one, xp.add(n, sc.eps)))
+    for _ in range(steps):
+        gram = mm(x, xp.matrix_transpose(x), xp)
+        if quintic == "torch":
+            poly = xp.add(xp.multiply(gram, sc.ns_b), xp.multiply(mm(gram, gram, xp), sc.ns_c))
+        else:
+            poly = xp.add(xp.multiply(gram, sc.ns_b), mm(xp.multiply(gram, sc.ns_c), gram, xp))
+        x = xp.add(xp.multiply(x, sc.ns_a), mm(poly, x, xp))
+    return xp.matrix_transpose(x) if tall else x
+
+
+def _newton_schulz_bf16(u: Array, sc: Any, steps: int, xp: Any, mm: Any) -> Array:
+    """torch's ``_zeropower_via_newtonschulz``: bfloat16 values held in float32, each torch op's
+    result rounded once to bfloat16 (``bf``); returns float32."""
+    f32 = xp.float32
+    bf = lambda v: round_to_bfloat16(v, xp)  # noqa: E731
+    scalar = lambda v: xp.astype(v, f32)  # noqa: E731  # torch's float opmath of a Python float
+    a, b, c, eps = scalar(sc.ns_a), scalar(sc.ns_b), scalar(sc.ns_c), scalar(sc.eps)
+    x, tall = _orient(bf(xp.astype(u, f32)), xp)  # grad.bfloat16(): float64 goes through float32
+    n = bf(xp.maximum(bf(norm(x, xp)), eps))  # norm().clamp(min=eps): max in float32, then bfloat16
+    x = bf(divide_by_scalar(x, n, xp))
+    for _ in range(steps):
+        gram = bf(mm(x, xp.matrix_transpose(x), xp))
+        poly = bf(xp.add(xp.multiply(gram, b), xp.multiply(mm(gram, gram, xp), c)))
+        x = bf(xp.add(xp.multiply(x, a), mm(poly, x, xp)))
+    return xp.matrix_transpose(x) if tall else x
+
+
+def _torch_lerp(start: Array, end: Array, weight: float, w: Array, complement: Array, narrow: bool, xp: Any):
+    """``torch.lerp(start, end, weight)`` as its CPU kernel computes it, the multiply-add rounded
+    twice: ``start + (end - start)*w`` for a weight below 0.5 (decided on the weight as the kernel
+    holds it), else ``end - (end - start)*(1 - w)``."""
+    import numpy as np
+
+    held = float(np.float32(weight)) if narrow else weight
+    if abs(held) < 0.5:
+        return xp.add(start, xp.multiply(xp.subtract(end, start), w))
+    return xp.subtract(end, xp.multiply(xp.subtract(end, start), complement))
