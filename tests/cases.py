@@ -104,3 +104,22 @@ COMBOS = [
     for info in TABLE
     for k, kwargs in enumerate(_COMBOS.get(info.name, ()))
 ]
+
+
+def as_matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """A 2-D shape holding the same elements: ``()`` -> ``(1, 1)``, ``(n,)`` -> ``(1, n)``,
+    ``(a, b, c, ...)`` -> ``(a, b*c*...)``."""
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (1, shape[0])
+    rest = 1
+    for n in shape[1:]:
+        rest *= n
+    return (shape[0], rest)
+
+
+def shapes_for(spec, shapes):
+    """``shapes`` with each shape ``spec`` refuses (``Spec.param_refusal``: Muon's uniopt and torch
+    conventions take matrices only) replaced by :func:`as_matrix_shape`; the others unchanged."""
+    return [tuple(s) if spec.param_refusal(tuple(s)) is None else as_matrix_shape(tuple(s)) for s in shapes]

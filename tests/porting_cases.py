@@ -23,6 +23,8 @@ CASES = [
     ("SGD-momentum", uniopt.SGD(lr=1e-2, momentum=0.9, nesterov=True), 1),
     ("RMSprop-centered", uniopt.RMSprop(lr=1e-2, centered=True, momentum=0.5), 4),
     ("Adagrad", uniopt.Adagrad(lr=1e-1, lr_decay=0.01, initial_accumulator_value=0.1), 2),
+    # the exact products: bitwise on every backend (matmul="backend" is not: the BLAS's order)
+    ("Muon-exact", uniopt.Muon(lr=0.02, matmul="exact"), 3),
 ]
 # every other optimizer of the table, with its first case (checkpointed after step 3)
 CASES += [
@@ -43,8 +45,19 @@ def params_for(backend: str) -> list:
     return [p for p in PARAMS if get(p.values[0].name).skip_reason(backend) is None]
 
 
-def stream(dtype: str, steps: int = STEPS, shapes: Sequence[tuple[int, ...]] = SHAPES, seed: int = 0):
-    """Initial parameters and ``steps`` gradient lists, drawn in float64 and rounded once."""
+def stream(
+    dtype: str,
+    steps: int = STEPS,
+    shapes: Sequence[tuple[int, ...]] = SHAPES,
+    seed: int = 0,
+    spec: uniopt.Spec | None = None,
+):
+    """Initial parameters and ``steps`` gradient lists, drawn in float64 and rounded once; with
+    ``spec``, each shape it refuses as a matrix of the same elements (``cases.shapes_for``)."""
+    if spec is not None:
+        from cases import shapes_for
+
+        shapes = shapes_for(spec, shapes)
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
     grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(steps)]

@@ -15,7 +15,7 @@ from uniopt.porting import check_compatible, export_state, import_state
 
 @pytest.mark.parametrize(("spec", "split", "dtype"), PARAMS)
 def test_checkpoint_file_resumes_the_core_bitwise(tmp_path, spec, split, dtype):
-    params0, grads = stream(dtype)
+    params0, grads = stream(dtype, spec=spec)
     expected_params, expected_state = reference(spec, params0, grads)
     params, state = reference(spec, params0, grads[:split])
     uniopt.save_state(tmp_path / "state.npz", export_state(spec, state, params))

@@ -47,6 +47,10 @@ slots under the names ``TorchNames.state`` gives (the same names where it is sil
 ``exp_inf``, ``acc_delta``), except the entries of :data:`_DERIVED`."""
 
 
+_NO_STEP_COUNT = (uniopt.SGD, uniopt.Muon)
+"""Specs whose torch.optim optimizer keeps no ``step`` in its state."""
+
+
 def _torch_mu_product(spec: Spec, step: int) -> float:
     from uniopt.nadam import torch_mu_product
 
@@ -276,7 +280,7 @@ def _native_group_spec(spec_class: type[Spec], group: Mapping[str, Any], owner: 
 
 def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = None) -> PortableState:
     """The state of a ``torch.optim`` optimizer of the table (:data:`_NATIVE`: SGD, Adagrad, RMSprop,
-    Adam, AdamW, RAdam, Adamax, NAdam, Adadelta) as a record with ``convention="torch"``.
+    Adam, AdamW, RAdam, Adamax, NAdam, Adadelta, Muon) as a record with ``convention="torch"``.
 
     Conventions assumed (torch 2.x): the hyperparameters' names and meanings are the uniopt spec's
     (``Adam(decoupled_weight_decay=True)`` is read as AdamW; RAdam's ``degenerated_to_sgd`` is
@@ -285,8 +289,9 @@ def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = Non
     ``exp_avg_sq``), ``momentum_buffer`` (unscaled, seeded with the first gradient), ``square_avg``,
     ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``), copied bit for bit; ``state[p]["step"]`` (a
     float tensor) is the step count; NAdam's ``mu_product`` is checked against the step count and
-    dropped (:data:`_DERIVED`). ``torch.optim.SGD`` keeps no step count: pass ``step`` (any value
-    >= 1 continues the same way once a momentum buffer exists). ``foreach``, ``fused``,
+    dropped (:data:`_DERIVED`). ``torch.optim.SGD`` and ``torch.optim.Muon`` keep no step count:
+    pass ``step`` (any value >= 1 continues the same way once a momentum buffer exists; Muon's
+    torch convention reads no step count at all). ``foreach``, ``fused``,
     ``capturable`` and ``differentiable`` do not change the state and are ignored. Continuing under
     uniopt's rules is torch's algorithm except where docs/torch.md lists a difference (RAdam's eps
     placement, centered RMSprop's clamp) and rounding.
@@ -317,7 +322,7 @@ def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = Non
         if "step" in entry:
             _take_derived(spec, entry, int(entry["step"]), owner, f"parameter {i}")
             steps.append(int(entry["step"]))
-        elif entry:  # SGD: no counter of its own
+        elif entry:  # SGD, Muon: no counter of their own
             if step is None:
                 raise ValueError(
                     f"{owner}: torch.optim.{type(optimizer).__name__} keeps no step count; pass step= "
@@ -368,7 +373,7 @@ def to_torch_optim(
         if spec_class is uniopt.SGD and state.step == 0:
             break  # torch.optim.SGD seeds its buffer with the first gradient: no state before that
         entry = {keys.get(name, name): _to_tensor(value) for name, value in slots.items()}
-        if spec_class is not uniopt.SGD:
+        if spec_class not in _NO_STEP_COUNT:
             entry["step"] = torch.tensor(float(state.step), dtype=torch.float32)
         for key, derive in derived.items():  # as torch.optim keeps it: a 0-d float32 tensor
             entry[key] = torch.tensor(derive(spec, state.step), dtype=torch.float32)
@@ -396,7 +401,8 @@ def load_torch_optim_state_dict(
     for example ``capturable=True`` on CUDA, does not carry over). The slots are
     copied bit for bit (their names and meanings are the spec's, see :data:`_NATIVE`); ``step``
     (torch.optim's float tensor) becomes the int64 count; ``None`` entries (torch.optim.SGD's
-    momentum buffer without momentum) are dropped. ``torch.optim.SGD`` keeps no step count: pass
+    momentum buffer without momentum) are dropped. ``torch.optim.SGD`` and ``torch.optim.Muon``
+    keep no step count: pass
     ``step`` (the number of steps taken, >= 1) when its state holds momentum buffers. A group that
     counts its steps (``k``: the authors' ``schedulefree.AdamWScheduleFree``, whose dict loads into
     ``uniopt.torch.ScheduleFreeAdamW`` with its history and mode) gives its parameters that count.
@@ -447,7 +453,8 @@ def load_torch_optim_state_dict(
             if step is None:
                 raise ValueError(
                     f"{owner}: param {index} has state {sorted(kept)} but no step count (torch.optim.SGD "
-                    "keeps none); pass step= (the number of steps taken); nothing was loaded"
+                    "and torch.optim.Muon keep none); pass step= (the number of steps taken); nothing was "
+                    "loaded"
                 )
             kept["step"] = step
         if kept:

@@ -28,7 +28,7 @@ def _run(tx, params, state, grads, jit):
 def test_resume_from_a_file_is_bitwise(tmp_path, spec, split, dtype, route):
     jit = route == "jit->jit"
     route = route.replace("jit", "jax")
-    params0, grads = stream(dtype)
+    params0, grads = stream(dtype, spec=spec)
     expected_params, expected_state = reference(spec, params0, grads)
     source, target = route.split("->")
     with jax.enable_x64(dtype == "float64"):

@@ -41,7 +41,7 @@ def _run(opt, variables, grads, function=False):
 def test_resume_from_a_file_is_bitwise(tmp_path, spec, split, dtype, route):
     function = route == "function->function"
     source, target = route.replace("function", "tf").split("->")
-    params0, grads = stream(dtype)
+    params0, grads = stream(dtype, spec=spec)
     expected_params, expected_state = reference(spec, params0, grads)
     if source == "tf":
         variables = _variables(params0)

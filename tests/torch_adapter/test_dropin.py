@@ -24,8 +24,20 @@ import uniopt
 import uniopt.torch as ut
 from uniopt.registry import TABLE
 
-# every row of the table that torch.optim has
-NAMES = [info.name for info in TABLE if info.torch is not None and info.torch.native is not None]
+# every row of the table that torch.optim has, but those twinned in their own file
+TWINNED_ELSEWHERE = {
+    "Muon": (
+        "test_muon_torch.py: torch.optim.Muon refuses the biases of these nets (2-D parameters only), "
+        "and its bfloat16 Newton-Schulz puts it further from the torch convention than these twins' "
+        "1e-9 (a bfloat16 ulp where torch's fused kernels cross a rounding boundary): it is compared "
+        "there within a stated bound, with its own refusals, positions and state_dict"
+    )
+}
+NAMES = [
+    info.name
+    for info in TABLE
+    if info.torch is not None and info.torch.native is not None and info.name not in TWINNED_ELSEWHERE
+]
 # hyperparameters that make every optimizer keep state and use its main branches
 KWARGS = {
     "SGD": {"lr": 0.05, "momentum": 0.9},
@@ -489,7 +501,8 @@ def test_load_torch_optim_state_dict_refuses_what_does_not_fit():
     sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     _train(net, sgd, steps=2)
     opt = ut.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    with pytest.raises(ValueError, match=r"no step count \(torch.optim.SGD keeps none\); pass step="):
+    keeps_none = r"no step count \(torch.optim.SGD and torch.optim.Muon keep none\); pass step="
+    with pytest.raises(ValueError, match=keeps_none):
         ut.load_torch_optim_state_dict(opt, sgd.state_dict())
     with pytest.raises(ValueError, match=r"step=0; expected the number of steps taken"):
         ut.load_torch_optim_state_dict(opt, sgd.state_dict(), step=0)

@@ -16,7 +16,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from cases import shapes_for
 
+import uniopt
 import uniopt.torch as ut
 from uniopt.registry import TABLE
 from uniopt.torch import _flat
@@ -366,7 +368,7 @@ def test_a_rule_that_reduces_refuses_the_flat_implementations(name, implementati
 def test_a_rule_that_reduces_steps_per_tensor_under_auto(name):
     """``auto`` runs such a rule per tensor, for a group large enough to compile: the loop's bits,
     and no flat bucket is built."""
-    shapes = [(3,), (700, 400)]  # 280,003 elements >= AUTO_COMPILE_MIN
+    shapes = shapes_for(getattr(uniopt, name)(), [(3,), (700, 400)])  # 280,003 >= AUTO_COMPILE_MIN
     auto = _run(name, {"lr": 0.01}, "auto", shapes=shapes)
     assert not auto[1]._buckets
     _assert_same(auto, _run(name, {"lr": 0.01}, "loop", shapes=shapes))

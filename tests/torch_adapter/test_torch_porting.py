@@ -32,7 +32,7 @@ def _tensors(arrays):
 @pytest.mark.parametrize("route", ["torch->torch", "numpy->torch", "torch->numpy"])
 @pytest.mark.parametrize(("spec", "split", "dtype"), PARAMS)
 def test_resume_from_a_file_is_bitwise(tmp_path, spec, split, dtype, route):
-    params0, grads = stream(dtype)
+    params0, grads = stream(dtype, spec=spec)
     expected_params, expected_state = reference(spec, params0, grads)
     source, target = route.split("->")
     if source == "torch":
