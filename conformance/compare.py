@@ -1,6 +1,8 @@
 """Compare every backend's trajectories with the NumPy reference of the same dtype, in ulp.
 
-Each cell's verdict: ``pass`` (worst ulp within the table's tolerance), ``FAIL`` (over it, or a
+Each cell's verdict: ``pass`` (worst ulp within the table's tolerance, or, where the row states a
+relative bound for the cell (``OptimizerInfo.relative_tolerance``: a backend's matrix products),
+the normwise relative distance within it), ``FAIL`` (over it, or a
 recorded array missing or of another shape), ``skipped`` (the cell cannot exist there: a dtype the
 backend lacks, a hyperparameter that rounds to 0, a native framework without the optimizer or
 convention; with the reason), ``deferred`` (left to ``--full`` for time; with the reason) or
@@ -42,6 +44,7 @@ class CellResult:
     ulp: int | None = None  # worst distance to the reference over all steps and arrays
     first_step: int | None = None  # first step with a nonzero distance
     tolerance: int | None = None
+    rel_tolerance: float | None = None  # the row's relative bound, where it has one for this cell
     rel_error_f64: float | None = None  # below float64: normwise relative error vs float64
     rel_diff: float | None = None  # relative distance to the reference of the same dtype
     reason: str = ""
@@ -227,12 +230,19 @@ def _compare_cell(
             reason=f"recorded arrays differ: {sorted(got)} vs {sorted(want)}",
         )
     worst, first = _distance(got, want)
+    rel_diff = _accuracy(got, want) if worst else 0.0
+    relative = get_info(c.optimizer).relative_bound(backend, mode, c.case, c.stream)
+    within = worst <= tolerance or (relative is not None and rel_diff is not None and rel_diff <= relative[0])
     return CellResult(
         **base,
-        verdict="pass" if worst <= tolerance else "FAIL",
+        verdict="pass" if within else "FAIL",
         ulp=worst,
-        rel_diff=_accuracy(got, want) if worst else 0.0,
+        rel_diff=rel_diff,
         first_step=first,
         tolerance=tolerance,
+        rel_tolerance=relative[0] if relative is not None else None,
         rel_error_f64=_accuracy(got, exact),
+        reason=f"relative distance {rel_diff:.2g} within {relative[0]:g}: {relative[1]}"
+        if worst > tolerance and within and relative is not None
+        else "",
     )

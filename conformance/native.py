@@ -150,7 +150,8 @@ def _torch_optimizer(spec: Spec, params: list[Any], h: dict[str, Any]) -> Any:
         raise ValueError(f"torch.optim has no {spec.name}")
     cls = getattr(torch.optim, names.native)
     accepted = inspect.signature(cls).parameters
-    return cls(params, foreach=False, **{k: v for k, v in h.items() if k in accepted})
+    single = {"foreach": False} if "foreach" in accepted else {}  # torch.optim.Muon has no foreach
+    return cls(params, **single, **{k: v for k, v in h.items() if k in accepted})
 
 
 def _torch_state_keys(spec: Spec) -> dict[str, str]:

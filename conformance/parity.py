@@ -48,7 +48,7 @@ from uniopt.registry import TABLE
 from .backends import one_cell
 from .cells import Cell, convention_of
 from .native import _keras_runner, _optax_runner, _torch_runner
-from .streams import STREAMS, dtype_of, gradients, initial_params
+from .streams import STREAMS, dtype_of, gradients, initial_params, param_set_for
 from .ulp import ulp_distance
 
 __all__ = ["main", "measure", "render"]
@@ -107,10 +107,11 @@ def measure_cell(native: str, runner: Any, cell: Cell) -> dict[str, Any]:
     info = next(i for i in TABLE if i.name == cell.optimizer)
     spec = info.make(info.case(cell.case))
     stream = STREAMS[cell.stream]
-    params0 = initial_params(stream.param_set, cell.dtype)
+    param_set = param_set_for(spec, stream)
+    params0 = initial_params(param_set, cell.dtype)
 
     def grads_at(step: int) -> list[np.ndarray]:
-        return gradients(stream, step, cell.dtype)
+        return gradients(stream, step, cell.dtype, param_set)
 
     with np.errstate(all="ignore"):
         snaps = list(runner(spec, params0, grads_at, cell.steps))

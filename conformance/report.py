@@ -99,15 +99,21 @@ def _native_name(backend: str, optimizer: str) -> str:
 
 def _bound_source(r: CellResult) -> tuple[str, str]:
     """Where a bound comes from in ``uniopt.registry`` and, where the table keeps one, its reason."""
+    info = next((i for i in TABLE if i.name == r.optimizer), None)
+    if info is not None and r.rel_tolerance is not None and (r.ulp or 0) > (r.tolerance or 0):
+        relative = info.relative_bound(r.backend, r.mode, r.case, r.stream)
+        if relative is not None:  # admitted by the relative bound, beyond the ulp one
+            return f"{r.optimizer} relative_tolerance (relative distance <= {relative[0]:g})", relative[1]
     if r.mode == "native":
         why = NATIVE_TOLERANCES.get(r.optimizer, {}).get(r.backend, (0, ""))[1]
         return f"NATIVE_TOLERANCES[{r.optimizer!r}][{r.backend!r}]", why
-    info = next((i for i in TABLE if i.name == r.optimizer), None)
     cell = f"{r.case}/{r.stream}"
     if info is not None:
         for key in (
             f"{r.backend}:{r.mode}:{cell}",
             f"{r.backend}:{cell}",
+            f"{r.backend}:{r.mode}:{r.case}/*",
+            f"{r.backend}:{r.case}/*",
             f"{r.backend}:{r.mode}",
             r.backend,
         ):

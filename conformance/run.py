@@ -30,7 +30,7 @@ from uniopt.registry import get as get_info
 
 from .backends import Backend, Member, Runner
 from .cells import Cell
-from .streams import STREAMS, dtype_of, gradients, initial_params
+from .streams import STREAMS, dtype_of, gradients, initial_params, param_set_for
 
 __all__ = ["batches", "member_of", "run_backend", "run_batch", "run_cell"]
 
@@ -39,10 +39,12 @@ def member_of(cell: Cell) -> Member:
     """A cell's spec, starting parameters and gradient stream."""
     info = get_info(cell.optimizer)
     stream = STREAMS[cell.stream]
+    spec = info.make(info.case(cell.case))
+    param_set = param_set_for(spec, stream)
     return Member(
-        info.make(info.case(cell.case)),
-        initial_params(stream.param_set, cell.dtype),
-        lambda step: gradients(stream, step, cell.dtype),
+        spec,
+        initial_params(param_set, cell.dtype),
+        lambda step: gradients(stream, step, cell.dtype, param_set),
     )
 
 
@@ -101,7 +103,7 @@ def _why_not(backend: Backend, mode: str, cell: Cell, full: bool) -> tuple[str, 
     left to ``--full`` for time, ``None`` for a cell to run."""
     info = get_info(cell.optimizer)
     reason = backend.supports(cell) if backend.supports is not None else None
-    reason = reason or info.skip_reason(backend.name, mode) or _vanishing(info, cell)
+    reason = reason or info.skip_reason(backend.name, mode, cell.case) or _vanishing(info, cell)
     if reason is None and cell.dtype not in backend.dtypes:
         reason = f"{backend.name} does not support {cell.dtype}"
     if reason is not None:

@@ -11,10 +11,20 @@ import dataclasses
 import functools
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-__all__ = ["PARAM_SETS", "STREAMS", "Stream", "dtype_of", "gradients", "initial_params"]
+__all__ = [
+    "MATRIX_SETS",
+    "PARAM_SETS",
+    "STREAMS",
+    "Stream",
+    "dtype_of",
+    "gradients",
+    "initial_params",
+    "param_set_for",
+]
 
 PARAM_SETS: dict[str, tuple[tuple[int, ...], ...]] = {
     "standard": ((16,), (4, 8)),
@@ -22,7 +32,26 @@ PARAM_SETS: dict[str, tuple[tuple[int, ...], ...]] = {
     "mixed": ((), (0,), (3, 1, 5), (2, 0, 3), (7,)),
     # for the long cases (tens of thousands of steps)
     "small": ((3,), (2, 2)),
+    # the sets above for an optimizer that takes matrices only (MATRIX_SETS)
+    "matrices": ((16, 8), (4, 8), (5, 5)),
+    "matrices_mixed": ((1, 1), (0, 3), (3, 0), (1, 7), (7, 1)),
+    "matrices_small": ((3, 2), (2, 2)),
 }
+
+MATRIX_SETS: dict[str, str] = {"standard": "matrices", "mixed": "matrices_mixed", "small": "matrices_small"}
+"""The set a stream runs for a spec that refuses a shape of its own set (``Spec.param_refusal``:
+Muon's uniopt and torch conventions take 2-D parameters only): matrices of the same kinds, tall,
+wide and square in place of vectors, and 1x1, empty, row and column matrices in place of the 0-d,
+empty and 3-d arrays of ``mixed``."""
+
+
+def param_set_for(spec: Any, stream: Stream) -> str:
+    """The parameter set ``spec`` runs ``stream`` over: the stream's own, or its
+    :data:`MATRIX_SETS` counterpart where the spec refuses one of its shapes."""
+    own = stream.param_set
+    if any(spec.param_refusal(shape) is not None for shape in PARAM_SETS[own]):
+        return MATRIX_SETS[own]
+    return own
 
 
 def dtype_of(name: str) -> np.dtype:
@@ -120,12 +149,14 @@ def initial_params(param_set: str, dtype: str) -> list[np.ndarray]:
 
 
 @functools.cache
-def gradients(stream: Stream, step: int, dtype: str) -> list[np.ndarray]:
+def gradients(stream: Stream, step: int, dtype: str, param_set: str | None = None) -> list[np.ndarray]:
     """The gradients of 1-based ``step``, rounded to ``dtype`` (cached for the process, as every mode
-    and case of a backend reads the same streams; read-only: copy them)."""
+    and case of a backend reads the same streams; read-only: copy them), over ``param_set`` (the
+    stream's own by default; see :func:`param_set_for`)."""
+    shapes = PARAM_SETS[param_set or stream.param_set]
     return _read_only(
         [
             np.asarray(stream.draw(_rng(stream.name, step, i), shape, step)).astype(dtype_of(dtype))
-            for i, shape in enumerate(PARAM_SETS[stream.param_set])
+            for i, shape in enumerate(shapes)
         ]
     )

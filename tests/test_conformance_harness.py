@@ -369,3 +369,39 @@ def test_merge_joins_runs_and_a_later_run_replaces_a_row_but_never_with_a_skip(t
     assert main(["--out", str(out), "merge", str(first), str(second)]) == 0
     assert json.loads((out / "conformance.json").read_text())["summary"] == {"reference": 1, "pass": 2}
     assert main(["--out", str(out), "merge", str(second), str(first)]) == 1  # the FAIL came last
+
+
+@pytest.mark.parametrize(("bound", "verdict"), [(1e-3, "pass"), (1e-12, "FAIL")])
+def test_a_relative_bound_admits_a_cell_beyond_its_ulp_tolerance_only_within_it(
+    tmp_path, monkeypatch, bound, verdict
+):
+    import dataclasses
+
+    from uniopt import registry
+
+    row = dataclasses.replace(registry.get("SGD"), relative_tolerance={"nudged": (bound, "a stated reason")})
+    monkeypatch.setitem(registry._BY_NAME, "SGD", row)
+    selected = cells(["float32"], steps=5, optimizers=["SGD"], streams=["normal"])
+    traj = tmp_path / "trajectories"
+    run_backend(backends.get("numpy"), selected, traj)
+    run_backend(_one_ulp_late(2), selected, traj)
+    nudged = [r for r in compare_dir(traj) if r.backend == "nudged"]
+    assert nudged and all(r.ulp == 1 and r.tolerance == 0 and r.rel_tolerance == bound for r in nudged)
+    assert all(0 < r.rel_diff < 1e-6 for r in nudged)  # one float32 ulp of a value of order 1
+    assert {r.verdict for r in nudged} == {verdict}
+    if verdict == "pass":
+        assert all("within 0.001: a stated reason" in r.reason for r in nudged)
+
+
+def test_a_spec_that_takes_matrices_only_runs_the_matrix_sets():
+    from conformance.run import member_of
+    from conformance.streams import MATRIX_SETS, PARAM_SETS
+
+    for stream, own in (("normal", "standard"), ("mixed_shapes", "mixed")):
+        for case, matrices in (("default", True), ("keras", False), ("exact", True)):
+            if stream == "mixed_shapes" and case == "keras":
+                continue  # convention cases run normal, huge, nonfinite and parity
+            member = member_of(Cell("Muon", case, stream, "float32", 3))
+            expected = PARAM_SETS[MATRIX_SETS[own] if matrices else own]
+            assert [p.shape for p in member.params0] == list(expected)
+            assert [g.shape for g in member.grads_at(1)] == list(expected)
