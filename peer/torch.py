@@ -27,6 +27,21 @@ SPARSE = "sparse gradients refused (RuntimeError); torch.optim supports them"
 HALF_EPS = "a hyperparameter that rounds to 0 in the dtype is refused (by design)"
 FUSED_EARLY = "fused=True with unsupported parameters refused when added; torch.optim at the step"
 STEP_DTYPE = "state['step'] is an int64 tensor (by design); torch.optim's is float32"
+MUON_2D = (
+    "Muon takes 2-D parameters only, as torch.optim.Muon does (ValueError at construction in both): "
+    "this test's fixture has parameters that are not 2-D (biases, 0-d or 4-D tensors)"
+)
+MUON_COMPLEX = (
+    "Muon refuses complex parameters, as torch.optim.Muon does, with another type and moment: "
+    "torch.optim.Muon raises RuntimeError at the first step, uniopt.torch.Muon ValueError when the "
+    "parameter is added (torch's database: supports_complex=False)"
+)
+MUON_NO_ARG = "torch.optim.Muon has no {} argument: a TypeError in both"
+MUON_DECAY = (
+    "Muon's default weight_decay is torch.optim.Muon's 0.1, decoupled: the parameters decay without a "
+    "gradient in both (checked: torch.optim.Muon moves them too); the test skips only the input sets "
+    "that name a weight decay"
+)
 
 EXPECTED: dict[str, str] = {
     "*differentiable*": DIFFERENTIABLE,
@@ -54,6 +69,48 @@ EXPECTED: dict[str, str] = {
     "test_step_state_dtype_device?Adamax?": STEP_DTYPE,
     "test_step_state_dtype_device?NAdam?": STEP_DTYPE,
     "test_step_state_dtype_device?Adadelta?": STEP_DTYPE,
+    # Muon (torch.optim.Muon): the port's fixtures are the other optimizers'; the native comparison
+    # (test_matches_native) gives it the 2-D parameters, as torch.optim.Muon's documentation does
+    "test_add_param_group_with_named_params?Muon*": MUON_2D,
+    "test_can_load_from_to_named_state_dict?Muon*": MUON_2D,
+    "test_can_load_older_state_dict?Muon*": MUON_2D,
+    "test_can_load_older_state_dict_steps_as_native?Muon*": MUON_2D,
+    "test_continues_torch_optim_checkpoint?Muon*": MUON_2D,
+    "test_forloop_goes_right_direction?Muon*": MUON_2D,
+    "test_lr_tensor_in_state_dict?Muon*": MUON_2D,
+    "test_non_empty_state?Muon*": MUON_2D,
+    "test_param_group_with_lrscheduler_goes_right_direction?Muon*": MUON_2D,
+    "test_param_groups_as_generator_of_dicts?Muon*": MUON_2D,
+    "test_param_groups_lr?Muon*": MUON_2D,
+    "test_param_groups_weight_decay?Muon*": MUON_2D,
+    "test_param_groups_with_named_params?Muon*": MUON_2D,
+    "test_params_as_generator_of_tensors?Muon*": MUON_2D,
+    "test_pickle_round_trip?Muon*": MUON_2D,
+    "test_positional_arguments?Muon*": MUON_2D,
+    "test_save_load_equality_with_weights_only?Muon*": MUON_2D,
+    "test_state_at_construction?Muon*": MUON_2D,
+    "test_state_dict_deterministic?Muon*": MUON_2D,
+    "test_step_all_hooks?Muon*": MUON_2D,
+    "test_step_post_hook?Muon*": MUON_2D,
+    "test_step_pre_hook?Muon*": MUON_2D,
+    "test_step_returns_closure_loss?Muon*": MUON_2D,
+    "test_step_state_dtype_device?Muon*": MUON_2D,
+    "test_tensor_lr?Muon*": MUON_2D,
+    "test_zero_grad?Muon*": MUON_2D,
+    "test_complex?Muon*": MUON_COMPLEX,
+    "test_complex_2d?Muon*": MUON_COMPLEX,
+    "test_error_type?Muon-does not support complex parameters?": MUON_COMPLEX,
+    "test_errors?Muon-does not support complex parameters?": MUON_COMPLEX,
+    "test_errors?Muon-only support 2D parameters?": MESSAGE,
+    "test_errors?Muon-only support `original` and `match_rms_adamw`?": MESSAGE,
+    "test_foreach_matches_forloop?Muon*": MUON_NO_ARG.format("foreach"),
+    "test_maximize_is_negated_minimize?Muon*": MUON_NO_ARG.format("maximize"),
+    "test_step_is_noop_for_zero_grads?Muon-default?": MUON_DECAY,
+    "test_step_is_noop_for_zero_grads?Muon-non-default lr?": MUON_DECAY,
+    "test_step_is_noop_for_zero_grads?Muon-Tensor lr?": MUON_DECAY,
+    "test_step_is_noop_for_zero_grads?Muon-non-default momentum?": MUON_DECAY,
+    "test_step_is_noop_for_zero_grads?Muon-passing alternative ns_steps?": MUON_DECAY,
+    "test_step_is_noop_for_zero_grads?Muon-passing alternative ns_coefficients?": MUON_DECAY,
 }
 
 
