@@ -12,6 +12,7 @@ from cases import table_for
 
 import uniopt
 import uniopt.jax as ujax
+import uniopt.registry
 from uniopt.registry import TABLE
 
 CAMEL = {  # every factory uniopt.jax offers, and its CamelCase name (written out, not generated)
@@ -275,6 +276,8 @@ def test_a_new_row_is_a_working_factory_without_adapter_code(monkeypatch):
 
 
 def test_every_row_of_the_table_runs_on_jax():
-    """ScheduleFreeAdamW (a history and an evaluation view) included: no row is skipped."""
-    assert [info.name for info in TABLE if info not in JAX_TABLE] == []
+    """ScheduleFreeAdamW (a history and an evaluation view) included: no row is skipped but Muon,
+    which uniopt.jax does not offer yet (no optax names in its row; the table's skip says why)."""
+    assert [info.name for info in TABLE if info not in JAX_TABLE] == ["Muon"]
+    assert "uniopt.jax does not offer Muon yet" in uniopt.registry.get("Muon").skip_reason("jax")
     assert ujax.schedule_free_adamw is ujax.ScheduleFreeAdamW
