@@ -357,6 +357,14 @@ class Matrix:
                 bound, why = NATIVE_TOLERANCES.get(opt, {}).get(backend, (0, ""))
                 bound = max([bound, *(r.tolerance or 0 for r in ran)])
                 why = why or "no bound in the table: bitwise expected"
+                relative = [
+                    r for r in ran if r.rel_tolerance is not None and (r.ulp or 0) > (r.tolerance or 0)
+                ]
+                if relative:  # admitted by the row's relative bound (values crossing 0)
+                    why += (
+                        f"; {len(relative)} cell(s) beyond the ulp bound are within the row's relative "
+                        f"bound {relative[0].rel_tolerance:g} (normwise, relative_tolerance)"
+                    )
                 notes[(f"{backend}@native", why)].append((opt, max(r.ulp or 0 for r in ran), bound))
         return [(row, why, entries) for (row, why), entries in notes.items()]
 
