@@ -222,3 +222,25 @@ def test_implementation_switches_torch_optim_muon_lacks_are_refused_as_it_refuse
             torch.optim.Muon(_params(), **{name: False})
         with pytest.raises(TypeError, match=rf"unexpected argument\(s\) \['{name}'\]"):
             uniopt.torch.Muon(_params(), **{name: False})
+
+
+def test_torch_optim_muon_state_ports_through_a_record_and_back():
+    """from_torch_optim reads torch.optim.Muon's momentum buffers (it keeps no step count: step=);
+    to_torch_optim writes them back under the same key and no step entry, bit for bit."""
+    from uniopt.torch import from_torch_optim, to_torch_optim
+
+    a = _params()
+    native = torch.optim.Muon(a, lr=0.02)
+    _run(native, a, _grads(a, 4))
+    with pytest.raises(ValueError, match="keeps no step count; pass step="):
+        from_torch_optim(native)
+    record = from_torch_optim(native, step=4)
+    assert record.optimizer == "Muon" and record.convention == "torch" and record.step == 4
+    for p, slots in zip(a, record.slots, strict=True):
+        np.testing.assert_array_equal(slots["momentum_buffer"], native.state[p]["momentum_buffer"].numpy())
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    other = torch.optim.Muon(b, lr=0.02)
+    to_torch_optim(record, other)
+    for p, q in zip(a, b, strict=True):
+        assert set(other.state[q]) == {"momentum_buffer"}
+        assert torch.equal(other.state[q]["momentum_buffer"], native.state[p]["momentum_buffer"])
