@@ -21,6 +21,7 @@ if _keras.backend.backend() != "tensorflow":  # before TensorFlow is imported: i
 
 from . import optimizers as _optimizers
 from . import xla, xp
+from ._history import EvalAtX, HistoryOptimizer
 from ._porting import export_state, from_keras, import_state, to_keras
 from .optimizers import (
     KERAS_NAMES,
@@ -35,6 +36,8 @@ from .optimizers import (
 globals().update({name: getattr(_optimizers, name) for name in _optimizers._BY_NAME})
 
 __all__ = [
+    "EvalAtX",
+    "HistoryOptimizer",
     "KERAS_NAMES",
     "OPTIMIZERS",
     "UnioptOptimizer",
