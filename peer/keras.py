@@ -34,11 +34,18 @@ from uniopt.registry import TABLE
 
 _HERE = Path(keras.__file__).parent / "src" / "optimizers"
 
+_SUITE_NAMES = {"ScheduleFreeAdamW": "schedule_free_adamw"}
+"""Keras classes whose test module is not named by the lowercased class name."""
+
 SUITES: list[str] = [
     str(_HERE / f"{name}_test.py")
     for name in (
         # each Keras optimizer the table names has its own suite (keras/src/optimizers/<name>_test.py)
-        *(info.keras.native.lower() for info in TABLE if info.keras is not None and info.keras.native),
+        *(
+            _SUITE_NAMES.get(info.keras.native, info.keras.native.lower())
+            for info in TABLE
+            if info.keras is not None and info.keras.native
+        ),
         "optimizer",
         "optimizer_sparse",
         "loss_scale_optimizer",

@@ -112,6 +112,34 @@ def test_a_learning_rate_set_mid_run_enters_the_history():
     assert opt.history().lr_max == 0.03
 
 
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_gradient_accumulation_advances_the_history_once_per_update(mode):
+    """With gradient_accumulation_steps=2 the history (and the step count) moves on every second
+    apply, with the mean gradient; odd applies change nothing but the accumulators."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=2)
+    params, grads = params_and_grads(8, seed=13)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec, gradient_accumulation_steps=2)
+    step = make_step(opt, variables, mode)
+    got = []
+    for g in grads:
+        step([tf.constant(x) for x in g])
+        got.append(snapshot(opt, variables))
+    means = [
+        [(a + b) / np.float32(2) for a, b in zip(grads[i], grads[i + 1], strict=True)] for i in range(0, 8, 2)
+    ]
+    assert_trajectories(got[1::2], reference(spec, params, means))
+    assert opt.history() == _state_after(spec, params, means)[1].history
+
+
+def test_use_ema_keeps_averages_beside_the_update():
+    spec = uniopt.ScheduleFreeAdamW(lr=0.05)
+    params, grads = params_and_grads(4, seed=14)
+    opt = ut.from_spec(spec, use_ema=True, ema_momentum=0.5)
+    got = run_adapter(opt, params, grads, "function")
+    assert_trajectories(got, reference(spec, params, grads))
+
+
 # -- the keras convention against Keras's own optimizer -----------------------------------------------
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(
