@@ -16,7 +16,9 @@ base ones (``clipnorm`` ... ``name``), then every other spec field keyword-only,
 order, named by the spec. Defaults are the spec's, or :data:`CONVENTION_DEFAULT` where the spec's
 default depends on ``convention``. The row's ``names`` (with
 :data:`uniopt.registry.KERAS_COMMON_NAMES`) translate Keras's argument names to the spec's, per
-class (``RMSprop.KERAS_NAMES["rho"] == "alpha"``, ``Adadelta``'s ``rho`` is ``rho``).
+class (``RMSprop.KERAS_NAMES["rho"] == "alpha"``, ``Adadelta``'s ``rho`` is ``rho``). A row whose
+spec keeps a history or has an evaluation view (Schedule-Free AdamW) gets the base
+:class:`uniopt.tf.HistoryOptimizer` (``_history.py``): history variables and train/eval modes.
 """
 
 from __future__ import annotations
