@@ -234,6 +234,8 @@ class HistoryOptimizer(UnioptOptimizer):
         if self.built and int(keras.ops.convert_to_numpy(self.iterations)) > 0:
             convert = self._spec.eval_param if to_eval else self._spec.train_param
             for variable in self._trainable_variables:
+                if self._overwrite_variable_with_gradient(variable):
+                    continue  # no slots: Keras overwrites it with its gradient
                 slots = {n: tf.convert_to_tensor(s) for n, s in self.slots(variable).items()}
                 variable.assign(convert(tf.convert_to_tensor(variable), slots, xp))
         self._uniopt_mode.assign(0 if to_eval else 1)
