@@ -437,6 +437,11 @@ _NOTES: dict[str, str] = {
     "Adam": '``epsilon`` is added to the bias-corrected ``sqrt(v_hat)`` (Keras: the "epsilon hat" '
     "form). ``weight_decay`` is L2 (added to the gradient), as in PyTorch's Adam; use "
     ":class:`AdamW` for decoupled decay.",
+    "ScheduleFreeAdamW": "The model's variables hold y (where gradients are taken); ``eval()`` and "
+    "``train()`` switch them to x (where to evaluate) and back, ``apply`` is refused in eval mode, "
+    "``evaluating()`` and the callback ``uniopt.tf.EvalAtX`` evaluate at x and restore y exactly. "
+    "The history (``history()``) and the mode are optimizer variables. XLA (``jit_compile=True``) "
+    'is refused: the scalars come from the host. See docs/tf.md, "Schedule-Free AdamW".',
     "AdamW": "Decoupled weight decay, ``p *= 1 - lr*wd``; ``epsilon`` on the bias-corrected "
     '``sqrt(v_hat)`` (Keras: the "epsilon hat" form).',
 }
