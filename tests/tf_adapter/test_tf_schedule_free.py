@@ -475,3 +475,20 @@ def test_kerass_own_optimizer_is_recorded_with_the_keras_convention():
         ours.apply([tf.constant(x) for x in g], ours_vars)
     for a, b in zip(ours_vars, native_vars, strict=True):
         assert bits_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("convention", ["uniopt", "keras"])
+def test_built_inside_a_tf_function_z_still_starts_at_the_parameters(convention):
+    """The first apply inside a tf.function builds the optimizer: each z is initialised from its
+    variable's value when created (Keras's own optimizer assigns the copy in-graph, where it is
+    lost, and starts z at 0: see docs/optimizers/schedule_free_adamw.md)."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, convention=convention)
+    params, grads = params_and_grads(4, "float32", seed=15)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    step = make_step(opt, variables, "function")  # not built yet
+    got = []
+    for g in grads:
+        step([tf.constant(x) for x in g])
+        got.append(snapshot(opt, variables))
+    assert_trajectories(got, reference(spec, params, grads))
