@@ -11,8 +11,8 @@ CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TAB
 
 
 def table_for(backend: str) -> list:
-    """The table's rows that ``backend``'s adapter runs (``OptimizerInfo.skip_reason`` names the
-    others: ScheduleFreeAdamW on tf and jax, whose adapters do not carry a history yet)."""
+    """The table's rows that ``backend``'s adapter runs eagerly (``OptimizerInfo.skip_reason`` names
+    the others; a row may still refuse one mode: ScheduleFreeAdamW under tf's XLA)."""
     return [info for info in TABLE if info.skip_reason(backend) is None]
 
 
