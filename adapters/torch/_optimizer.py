@@ -624,11 +624,13 @@ class UnioptOptimizer(Optimizer):
                         "was loaded"
                     )
                 for name in spec.slot_names():
-                    if tuple(entry[name].shape) != tuple(p.shape):
+                    want = spec.slot_shape(name, tuple(p.shape))
+                    if tuple(entry[name].shape) != want:
+                        slot = "" if want == tuple(p.shape) else f", whose slot has shape {want}"
                         raise ValueError(
                             f"{owner}.load_state_dict: param {index} slot {name!r} has shape "
                             f"{tuple(entry[name].shape)} but the parameter has shape "
-                            f"{tuple(p.shape)}; nothing was loaded"
+                            f"{tuple(p.shape)}{slot}; nothing was loaded"
                         )
 
 

@@ -305,7 +305,8 @@ def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = Non
     slots = []
     for i, p in enumerate(params):
         entry = {k: v for k, v in optimizer.state.get(p, {}).items() if v is not None}
-        missing = [k for k in keys if k not in entry]
+        in_use = set(spec.slots_in_use(tuple(p.shape)))  # torch.optim keeps no placeholders
+        missing = [k for k, n in keys.items() if k not in entry and n in in_use]
         if missing and len(missing) < len(keys):
             raise ValueError(f"{owner}: parameter {i} has state {sorted(entry)} but lacks {missing}")
         slots.append(
@@ -364,10 +365,11 @@ def to_torch_optim(
     native: dict[int, dict[str, torch.Tensor]] = {}
     keys = {slot: key for key, slot in _slot_names_of(spec).items()}
     derived = _DERIVED.get(spec.name, {})
-    for index, slots in zip(indices, state.slots, strict=True):
+    for index, slots, shape in zip(indices, state.slots, state.shapes, strict=True):
         if spec_class is uniopt.SGD and state.step == 0:
             break  # torch.optim.SGD seeds its buffer with the first gradient: no state before that
-        entry = {keys.get(name, name): _to_tensor(value) for name, value in slots.items()}
+        in_use = set(spec.slots_in_use(shape))
+        entry = {keys.get(name, name): _to_tensor(value) for name, value in slots.items() if name in in_use}
         if spec_class is not uniopt.SGD:
             entry["step"] = torch.tensor(float(state.step), dtype=torch.float32)
         for key, derive in derived.items():  # as torch.optim keeps it: a 0-d float32 tensor
@@ -436,6 +438,12 @@ def load_torch_optim_state_dict(
             for key, slot in _slot_names_of(spec).items():
                 if key in kept and key != slot:
                     kept[slot] = kept.pop(key)
+            params = optimizer.param_groups[g]["params"]
+            position = groups[g]["params"].index(index)
+            if kept and position < len(params):  # the placeholders torch.optim does not keep
+                p = params[position]
+                for slot in set(spec.slot_names()) - set(spec.slots_in_use(tuple(p.shape))) - set(kept):
+                    kept[slot] = spec.init_slot(slot, p.detach(), xp)
             if spec.name in _DERIVED and "step" in kept:
                 count = _step_count(kept["step"])
                 _take_derived(spec, kept, count, owner, f"param {index}")
