@@ -14,6 +14,7 @@ Adapters (``uniopt.torch``, ``uniopt.tf``, ``uniopt.jax``) bind it to each frame
 """
 
 from ._spec import Spec, State
+from .adafactor import Adafactor
 from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam
@@ -31,6 +32,7 @@ from .sgd import SGD
 __all__ = [
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",

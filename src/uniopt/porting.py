@@ -77,7 +77,10 @@ def _dtype(name: str) -> np.dtype:
 
 
 def _jsonable(name: str, value: Any) -> Any:
-    """A hyperparameter as plain JSON (tuples become lists; NumPy scalars become Python ones)."""
+    """A hyperparameter as plain JSON (tuples become lists; NumPy scalars become Python ones;
+    ``None`` stays ``None``, as Adafactor's ``eps[0]`` means the dtype's machine epsilon)."""
+    if value is None:
+        return None
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -90,7 +93,9 @@ def _jsonable(name: str, value: Any) -> Any:
         return value
     if isinstance(value, (tuple, list)):
         return [_jsonable(f"{name}[{i}]", v) for i, v in enumerate(value)]
-    raise TypeError(f"hyperparameter {name}={value!r} ({type(value).__name__}) is not a number, bool or str")
+    raise TypeError(
+        f"hyperparameter {name}={value!r} ({type(value).__name__}) is not a number, bool, str or None"
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
