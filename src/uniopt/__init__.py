@@ -14,8 +14,8 @@ Adapters (``uniopt.torch``, ``uniopt.tf``, ``uniopt.jax``) bind it to each frame
 """
 
 from ._spec import Spec, State
-from .adafactor import Adafactor
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
