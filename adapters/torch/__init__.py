@@ -141,6 +141,13 @@ def _docstring(info: OptimizerInfo) -> str:
             ":meth:`share_memory` can share it before training starts.",
             "",
         ]
+    if names.extensions:
+        lines += [
+            f"{', '.join(f'``{n}``' for n in names.extensions)} are no torch.optim.{names.native} "
+            "arguments (the spec's optax convention reads them): keyword-only here, kept in the "
+            "groups like ``convention``.",
+            "",
+        ]
     if spec.reference:
         lines += [f"Reference: {spec.reference}.", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -129,8 +129,7 @@ def _one_spec(specs: list[Spec], owner: str) -> Spec:
 def _group_spec(optimizer: UnioptOptimizer, group: Mapping[str, Any]) -> Spec:
     """The spec of one param group (its hyperparameters are the spec's fields)."""
     owner = optimizer.spec_class.name
-    fields = [f.name for f in dataclasses.fields(optimizer.spec_class)]
-    return optimizer.spec_class(**{n: _plain(owner, n, group[n]) for n in fields})
+    return optimizer.spec_class(**{n: _plain(owner, n, group[n]) for n in optimizer._fields()})
 
 
 def _common_step(steps: list[int | None], owner: str) -> int:
@@ -170,7 +169,12 @@ def export_state(optimizer: UnioptOptimizer) -> PortableState:
             slots.append({n: _to_numpy(spec.init_slot(n, p.detach(), xp)) for n in spec.slot_names()})
             continue
         steps.append(int(entry["step"]))
-        slots.append({n: _to_numpy(entry[n]) for n in spec.slot_names()})
+        slots.append(  # the placeholders the state does not keep (slots_in_use) as their zeros
+            {
+                n: _to_numpy(entry[n] if n in entry else spec.init_slot(n, p.detach(), xp))
+                for n in spec.slot_names()
+            }
+        )
     step, history = _common_step(steps, owner), None
     if isinstance(optimizer, HistoryOptimizer):
         step, history = _group_history(optimizer, spec, owner)
@@ -231,8 +235,8 @@ def import_state(optimizer: UnioptOptimizer, state: PortableState, *, hyperparam
     indices = [i for group in current["param_groups"] for i in group["params"]]
     native = {
         index: {"step": torch.tensor(state.step, dtype=torch.int64)}
-        | {name: _to_tensor(value) for name, value in slots.items()}
-        for index, slots in zip(indices, state.slots, strict=True)
+        | {name: _to_tensor(value) for name, value in slots.items() if name in spec.slots_in_use(shape)}
+        for index, slots, shape in zip(indices, state.slots, state.shapes, strict=True)
     }
     optimizer.load_state_dict({**current, "state": native})
 
@@ -438,12 +442,6 @@ def load_torch_optim_state_dict(
             for key, slot in _slot_names_of(spec).items():
                 if key in kept and key != slot:
                     kept[slot] = kept.pop(key)
-            params = optimizer.param_groups[g]["params"]
-            position = groups[g]["params"].index(index)
-            if kept and position < len(params):  # the placeholders torch.optim does not keep
-                p = params[position]
-                for slot in set(spec.slot_names()) - set(spec.slots_in_use(tuple(p.shape))) - set(kept):
-                    kept[slot] = spec.init_slot(slot, p.detach(), xp)
             if spec.name in _DERIVED and "step" in kept:
                 count = _step_count(kept["step"])
                 _take_derived(spec, kept, count, owner, f"param {index}")

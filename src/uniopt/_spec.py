@@ -98,6 +98,10 @@ class Spec:
     # per-step host scalars): no norm, factorisation or matrix product over a parameter. Only then
     # may an adapter run the rule over a concatenation of parameters (uniopt.torch's flat path)
     elementwise: ClassVar[bool] = True
+    # whether complex parameters are refused outright: an adapter that hands a complex parameter to
+    # the rule as real (re, im) pairs (uniopt.torch) must not, where the rule reads the parameter's
+    # shape (Adafactor factors the last two axes, and the pairs would be one of them)
+    real_only: ClassVar[bool] = False
     # fields the keras convention stores rounded to float32, as Keras holds them (see keras_float32)
     keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
 

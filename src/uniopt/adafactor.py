@@ -168,6 +168,7 @@ class Adafactor(Spec):
     name: ClassVar[str] = "Adafactor"
     reference: ClassVar[str] = "Shazeer and Stern 2018, arXiv 1804.04235, Algorithm 4"
     elementwise: ClassVar[bool] = False
+    real_only: ClassVar[bool] = True  # torch.optim.Adafactor refuses complex parameters too
     keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
 
     conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {

@@ -80,7 +80,10 @@ class TorchNames:
     them and never changes the numbers, except that it refuses ``capturable=True`` and
     ``differentiable=True``). ``state_at_construction``: torch.optim creates the state of every
     parameter in the constructor (Adagrad). ``state`` maps a torch.optim state key to the spec's
-    slot where the names differ (the default: the same names).
+    slot where the names differ (the default: the same names). ``extensions`` are spec fields
+    torch.optim's optimizer has no argument for (optax.adafactor's own, on Adafactor's spec):
+    uniopt.torch's class takes them by keyword and keeps them in ``defaults`` and the groups, as it
+    keeps ``convention``; left out, they take the spec's default for the group's convention.
     """
 
     native: str | None
@@ -88,6 +91,7 @@ class TorchNames:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     state_at_construction: bool = False
     state: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    extensions: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1366,7 +1370,18 @@ TABLE: tuple[OptimizerInfo, ...] = (
         # torch.optim.Adafactor(params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
         # weight_decay=0.0, *, foreach=None, maximize=False) (torch/optim/_adafactor.py); its state
         # keys are the spec's slots (row_var and col_var for 2+ dimensions, variance otherwise)
-        torch=TorchNames("Adafactor", ("lr", "beta2_decay", "eps", "d", "weight_decay"), {"foreach": None}),
+        torch=TorchNames(
+            "Adafactor",
+            ("lr", "beta2_decay", "eps", "d", "weight_decay"),
+            {"foreach": None},
+            extensions=(
+                "momentum",
+                "decay_offset",
+                "min_dim_size_to_factor",
+                "factored",
+                "multiply_by_parameter_scale",
+            ),
+        ),
         # keras.optimizers.Adafactor and optax.adafactor are conventions of the spec; their adapters
         # (the keras= and optax= names, which generate uniopt.tf.Adafactor and uniopt.jax.adafactor)
         # come later: see the skips
