@@ -130,6 +130,8 @@ class Spec:
     def init_slot(self, name: str, param: Array, xp: Any) -> Array:
         """Initial value of slot ``name`` for ``param``: zeros of its dtype, of the shape
         :meth:`slot_shape` gives (on its device), unless overridden."""
+        if type(self).slot_shape is Spec.slot_shape:  # every slot parameter-shaped: as it was
+            return xp.zeros_like(param)
         shape = self.slot_shape(name, tuple(param.shape))
         if shape == tuple(int(n) for n in param.shape):
             return xp.zeros_like(param)

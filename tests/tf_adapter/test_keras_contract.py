@@ -417,8 +417,9 @@ def test_a_new_row_becomes_a_working_class_without_adapter_code():
 
 
 def test_a_spec_with_a_history_is_refused_by_name():
-    """ScheduleFreeAdamW's history and train/eval views are not carried by uniopt.tf yet."""
-    assert [info.name for info in TABLE if info not in table_for("tf")] == ["ScheduleFreeAdamW"]
+    """ScheduleFreeAdamW's history and train/eval views are not carried by uniopt.tf yet (nor
+    Adafactor's slots, which are not shaped like the variable: the row's skip says why)."""
+    assert [info.name for info in TABLE if info not in table_for("tf")] == ["ScheduleFreeAdamW", "Adafactor"]
     with pytest.raises(TypeError, match=r"no uniopt\.tf optimizer for ScheduleFreeAdamW yet: .*history"):
         ut.from_spec(uniopt.ScheduleFreeAdamW())
     assert not hasattr(ut, "ScheduleFreeAdamW")
