@@ -280,14 +280,16 @@ def _native_group_spec(spec_class: type[Spec], group: Mapping[str, Any], owner: 
 
 def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = None) -> PortableState:
     """The state of a ``torch.optim`` optimizer of the table (:data:`_NATIVE`: SGD, Adagrad, RMSprop,
-    Adam, AdamW, RAdam, Adamax, NAdam, Adadelta) as a record with ``convention="torch"``.
+    Adam, AdamW, RAdam, Adamax, NAdam, Adadelta, Adafactor) as a record with ``convention="torch"``.
 
     Conventions assumed (torch 2.x): the hyperparameters' names and meanings are the uniopt spec's
     (``Adam(decoupled_weight_decay=True)`` is read as AdamW; RAdam's ``degenerated_to_sgd`` is
     torch's behaviour, True); the slots are the spec's slots under the same names and meanings
     (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (AMSGrad's maximum of the uncorrected
     ``exp_avg_sq``), ``momentum_buffer`` (unscaled, seeded with the first gradient), ``square_avg``,
-    ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``), copied bit for bit; ``state[p]["step"]`` (a
+    ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``, Adafactor's ``row_var``, ``col_var`` and
+    ``variance``, of which torch.optim keeps only those a parameter uses: the record gets the
+    others as the spec's placeholders), copied bit for bit; ``state[p]["step"]`` (a
     float tensor) is the step count; NAdam's ``mu_product`` is checked against the step count and
     dropped (:data:`_DERIVED`). ``torch.optim.SGD`` keeps no step count: pass ``step`` (any value
     >= 1 continues the same way once a momentum buffer exists). ``foreach``, ``fused``,
