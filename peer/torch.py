@@ -27,6 +27,10 @@ SPARSE = "sparse gradients refused (RuntimeError); torch.optim supports them"
 HALF_EPS = "a hyperparameter that rounds to 0 in the dtype is refused (by design)"
 FUSED_EARLY = "fused=True with unsupported parameters refused when added; torch.optim at the step"
 STEP_DTYPE = "state['step'] is an int64 tensor (by design); torch.optim's is float32"
+COMPLEX_EARLY = (
+    "complex parameters refused when added (ValueError, before any state exists: the rule would "
+    "factor the (re, im) pairs); torch.optim.Adafactor raises RuntimeError at the first step"
+)
 
 EXPECTED: dict[str, str] = {
     "*differentiable*": DIFFERENTIABLE,
@@ -54,6 +58,11 @@ EXPECTED: dict[str, str] = {
     "test_step_state_dtype_device?Adamax?": STEP_DTYPE,
     "test_step_state_dtype_device?NAdam?": STEP_DTYPE,
     "test_step_state_dtype_device?Adadelta?": STEP_DTYPE,
+    "test_step_state_dtype_device?Adafactor?": STEP_DTYPE,
+    "test_errors?Adafactor-epsilon1 should be >= 0?": MESSAGE,
+    "test_errors?Adafactor-invalid d?": MESSAGE,
+    "test_errors?Adafactor-invalid beta2_decay?": MESSAGE,
+    "test_error*?Adafactor-does not support complex parameters?": COMPLEX_EARLY,
 }
 
 

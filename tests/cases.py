@@ -98,6 +98,17 @@ _COMBOS = {
             "maximize": True,
         },
     ],
+    # every uniopt field of Adafactor at once: decay, maximize, a given eps1, clipping above 1
+    "Adafactor": [
+        {
+            "lr": 0.05,
+            "beta2_decay": -0.5,
+            "eps": (1e-3, 1e-2),
+            "d": 1.5,
+            "weight_decay": 0.1,
+            "maximize": True,
+        },
+    ],
 }
 COMBOS = [
     pytest.param(info, Case(f"combo{k}", kwargs), id=f"{info.name}-combo{k}")

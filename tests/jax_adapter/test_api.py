@@ -275,6 +275,8 @@ def test_a_new_row_is_a_working_factory_without_adapter_code(monkeypatch):
 
 
 def test_every_row_of_the_table_runs_on_jax():
-    """ScheduleFreeAdamW (a history and an evaluation view) included: no row is skipped."""
-    assert [info.name for info in TABLE if info not in JAX_TABLE] == []
+    """ScheduleFreeAdamW (a history and an evaluation view) included: no row is skipped but
+    Adafactor, whose factored statistics uniopt.jax's factory and porting do not map yet (the row's
+    skip says why)."""
+    assert [info.name for info in TABLE if info not in JAX_TABLE] == ["Adafactor"]
     assert ujax.schedule_free_adamw is ujax.ScheduleFreeAdamW
