@@ -137,7 +137,10 @@ def _runner(mode: str) -> Runner:
             state = opt.state[p]
             if not state:  # before the first step: the adapter's lazy init, done here to record it
                 return {n: spec.init_slot(n, p.detach(), xp) for n in spec.slot_names()}
-            return {n: state[n] for n in spec.slot_names()}
+            # the placeholders uniopt.torch does not keep (Spec.slots_in_use) are their zeros
+            return {
+                n: state[n] if n in state else spec.init_slot(n, p.detach(), xp) for n in spec.slot_names()
+            }
 
         def snapshot() -> list[Snapshot]:
             arrays = []

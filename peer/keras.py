@@ -5,9 +5,10 @@ Loaded as a pytest plugin from the repository root::
     KERAS_BACKEND=tensorflow python -m pytest -p peer.keras <SUITES>
 
 ``pytest_configure`` replaces every Keras optimizer the table names (:data:`SUBSTITUTED`: ``SGD,
-Adagrad, RMSprop, Adam, AdamW, Adamax, Nadam, Adadelta, Lion, Lamb``, each row's ``KerasNames.native``) by
-uniopt.tf's class whose ``convention`` defaults to ``"keras"`` (:func:`keras_default`), in every
-namespace Keras's tests read them from: each loaded module holding Keras's class
+Adagrad, RMSprop, Adam, AdamW, Adamax, Nadam, Adadelta, Lion, Lamb, ScheduleFreeAdamW``, each row's
+``KerasNames.native``) by uniopt.tf's class whose ``convention`` defaults to ``"keras"``
+(:func:`keras_default`), in every namespace Keras's tests read them from:
+each loaded module holding Keras's class
 (``keras.optimizers``, ``keras.src.optimizers``, ``keras.src.optimizers.sgd``, ...) and the name
 tables behind ``keras.optimizers.get``/``deserialize``. The test bodies are unchanged. Tests that
 only exercise optimizers uniopt does not have (Adafactor, Ftrl, Muon, ...) or Keras's base
@@ -34,11 +35,18 @@ from uniopt.registry import TABLE
 
 _HERE = Path(keras.__file__).parent / "src" / "optimizers"
 
+_SUITE_NAMES = {"ScheduleFreeAdamW": "schedule_free_adamw"}
+"""Keras classes whose test module is not named by the lowercased class name."""
+
 SUITES: list[str] = [
     str(_HERE / f"{name}_test.py")
     for name in (
         # each Keras optimizer the table names has its own suite (keras/src/optimizers/<name>_test.py)
-        *(info.keras.native.lower() for info in TABLE if info.keras is not None and info.keras.native),
+        *(
+            _SUITE_NAMES.get(info.keras.native, info.keras.native.lower())
+            for info in TABLE
+            if info.keras is not None and info.keras.native
+        ),
         "optimizer",
         "optimizer_sparse",
         "loss_scale_optimizer",

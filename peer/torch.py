@@ -42,6 +42,10 @@ MUON_DECAY = (
     "gradient in both (checked: torch.optim.Muon moves them too); the test skips only the input sets "
     "that name a weight decay"
 )
+COMPLEX_EARLY = (
+    "complex parameters refused when added (ValueError, before any state exists: the rule would "
+    "factor the (re, im) pairs); torch.optim.Adafactor raises RuntimeError at the first step"
+)
 
 EXPECTED: dict[str, str] = {
     "*differentiable*": DIFFERENTIABLE,
@@ -111,6 +115,11 @@ EXPECTED: dict[str, str] = {
     "test_step_is_noop_for_zero_grads?Muon-non-default momentum?": MUON_DECAY,
     "test_step_is_noop_for_zero_grads?Muon-passing alternative ns_steps?": MUON_DECAY,
     "test_step_is_noop_for_zero_grads?Muon-passing alternative ns_coefficients?": MUON_DECAY,
+    "test_step_state_dtype_device?Adafactor?": STEP_DTYPE,
+    "test_errors?Adafactor-epsilon1 should be >= 0?": MESSAGE,
+    "test_errors?Adafactor-invalid d?": MESSAGE,
+    "test_errors?Adafactor-invalid beta2_decay?": MESSAGE,
+    "test_error*?Adafactor-does not support complex parameters?": COMPLEX_EARLY,
 }
 
 

@@ -2,7 +2,7 @@
 
 ``torch.testing._internal.common_optimizers.optim_db`` drives torch's own optimizer suite
 (``TestOptimRenewed`` in test/test_optim.py). Here its entries for the table's optimizers that
-torch.optim has (:data:`NAMES`: SGD, Adagrad, RMSprop, Adam, AdamW, RAdam, Adamax, NAdam, Adadelta)
+torch.optim has (:data:`NAMES`: SGD, Adagrad, RMSprop, Adam, AdamW, RAdam, Adamax, NAdam, Adadelta, Adafactor)
 drive the same tests with ``uniopt.torch``'s class in place of torch.optim's:
 
 * every input set (``optim_inputs_func``, with the ``fused``/``differentiable`` variants torch's
@@ -76,7 +76,7 @@ NAMES = tuple(
     if info.torch is not None and info.torch.native is not None and info.torch.native == info.name
 )
 """The table's rows that torch.optim has (under the same name): SGD, Adagrad, RMSprop, Adam, AdamW,
-RAdam, Adamax, NAdam, Adadelta."""
+RAdam, Adamax, NAdam, Adadelta, Adafactor."""
 INFOS: dict[str, OptimizerInfo] = {
     info.optim_cls.__name__: info for info in optim_db if info.optim_cls.__name__ in NAMES
 }
@@ -624,7 +624,13 @@ def drosenbrock(tensor: torch.Tensor) -> torch.Tensor:
     return torch.stack((-400 * x * (y - x**2) - 2 * (1 - x), 200 * (y - x**2)))
 
 
-@pytest.mark.parametrize(("name", "index"), NO_DIFF_FUSED)
+COMPLEX = [p for p in NO_DIFF_FUSED if INFOS[p.values[0]].supports_complex]
+"""torch's test_complex and test_complex_2d run the database's optimizers with ``supports_complex``
+(``@optims([o for o in optim_db if o.supports_complex], ...)``): not Adafactor, which refuses
+complex parameters."""
+
+
+@pytest.mark.parametrize(("name", "index"), COMPLEX)
 def test_complex(name: str, index: int) -> None:
     """Complex parameters step as their real views, bitwise (torch's test_complex)."""
     dtype = torch.complex64
@@ -680,7 +686,7 @@ def test_complex(name: str, index: int) -> None:
     assert_equal(complex_steps, real_steps)
 
 
-@pytest.mark.parametrize(("name", "index"), NO_DIFF_FUSED)
+@pytest.mark.parametrize(("name", "index"), COMPLEX)
 def test_complex_2d(name: str, index: int) -> None:
     """A complex parameter against its real and imaginary parts as two parameters."""
     case = Case()

@@ -11,8 +11,8 @@ CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TAB
 
 
 def table_for(backend: str) -> list:
-    """The table's rows that ``backend``'s adapter runs (``OptimizerInfo.skip_reason`` names the
-    others: ScheduleFreeAdamW on tf and jax, whose adapters do not carry a history yet)."""
+    """The table's rows that ``backend``'s adapter runs eagerly (``OptimizerInfo.skip_reason`` names
+    the others; a row may still refuse one mode: ScheduleFreeAdamW under tf's XLA)."""
     return [info for info in TABLE if info.skip_reason(backend) is None]
 
 
@@ -95,6 +95,17 @@ _COMBOS = {
             "weight_decay": 0.1,
             "decoupled_weight_decay": True,
             "degenerated_to_sgd": False,
+            "maximize": True,
+        },
+    ],
+    # every uniopt field of Adafactor at once: decay, maximize, a given eps1, clipping above 1
+    "Adafactor": [
+        {
+            "lr": 0.05,
+            "beta2_decay": -0.5,
+            "eps": (1e-3, 1e-2),
+            "d": 1.5,
+            "weight_decay": 0.1,
             "maximize": True,
         },
     ],

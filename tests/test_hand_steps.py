@@ -141,6 +141,22 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "maximize": False,
         "convention": "uniopt",
     },
+    # torch.optim.Adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0);
+    # optax.adafactor's own arguments at their neutral values (refused otherwise outside optax)
+    "Adafactor": {
+        "lr": 1e-2,
+        "beta2_decay": -0.8,
+        "eps": (None, 1e-3),
+        "d": 1.0,
+        "weight_decay": 0.0,
+        "maximize": False,
+        "momentum": 0.0,
+        "decay_offset": 0,
+        "min_dim_size_to_factor": None,
+        "factored": True,
+        "multiply_by_parameter_scale": True,
+        "convention": "uniopt",
+    },
     "ScheduleFreeAdamW": {
         "lr": 0.0025,
         "betas": (0.9, 0.999),
@@ -174,6 +190,12 @@ CONVENTION_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
     "Lion": {"keras": {"lr": 1e-3}, "optax": {"weight_decay": 1e-3}},
     # keras.optimizers.Lamb(epsilon=1e-7); optax.lamb(eps=1e-6) as uniopt's
     "Lamb": {"keras": {"eps": 1e-7}},
+    # keras.optimizers.Adafactor(learning_rate=0.001, epsilon_1=1e-30, epsilon_2=1e-3);
+    # optax.adafactor(learning_rate=None (no scaling), eps=1e-30, min_dim_size_to_factor=128)
+    "Adafactor": {
+        "keras": {"lr": 1e-3, "eps": (1e-30, 1e-3)},
+        "optax": {"lr": 1.0, "eps": (1e-30, 1e-3), "min_dim_size_to_factor": 128},
+    },
     # keras.optimizers.Nadam(learning_rate=0.001, epsilon=1e-7): u_t = b1 (1 - 0.5 * 0.96^t), decay
     # decoupled (Keras's base); optax.nadam: no schedule, mu_t = b1 (momentum_decay = inf)
     "NAdam": {
@@ -549,6 +571,82 @@ def lamb_step(h, s, p, g, t, lr):
     return [x - lr * ratio * ui for x, ui in zip(p, u, strict=True)], {"exp_avg": m, "exp_avg_sq": v}
 
 
+def adafactor_init(h):
+    """Per element: the second moment (0). The factored statistics are unused for a vector: the
+    placeholders, 0-d zeros (optax: zeros of shape (1,), as optax.adafactor keeps them)."""
+    convention = h["convention"]
+    if convention == "keras":
+        return {"r": np.zeros(()), "c": np.zeros(()), "v": 0.0}
+    if convention == "optax":
+        extra = {"momentum": 0.0} if h["momentum"] else {}
+        return {"v_row": np.zeros((1,)), "v_col": np.zeros((1,)), "v": 0.0, **extra}
+    return {"row_var": np.zeros(()), "col_var": np.zeros(()), "variance": 0.0}
+
+
+def _rms(x):
+    return math.sqrt(sum(e * e for e in x) / len(x))
+
+
+def adafactor_step(h, s, p, g, t, lr):
+    """Shazeer and Stern 2018, Algorithm 4 (a vector: V not factored) with update clipping, on the
+    whole tensor (lists): beta2_t = 1 - t^c, rho_t = min(lr, 1/sqrt(t)),
+    alpha = max(eps2, RMS(p)) rho_t, V = beta2_t V + (1 - beta2_t) g^2, U = g / sqrt(V),
+    U /= max(1, RMS(U)/d), p -= alpha U. As each framework places eps1 and the decay:
+
+    torch.optim.Adafactor (uniopt, torch): eps1 (None: the dtype's machine epsilon) bounds V,
+    U = g / sqrt(max(V, eps1^2)); alpha from p before the decay p *= 1 - lr wd.
+    keras.optimizers.Adafactor: p -= p wd lr first (Keras's base optimizer), then alpha from the
+    decayed p; V from g^2 + eps1; epsilon_2 through a float32 tensor (ops.cast).
+    optax.adafactor: beta2_t = 1 - float32(t - offset)^float32(c) in float32 (optax's
+    _decay_rate_pow), V from g^2 + eps1, U = g V^-1/2, clipped (clipping_threshold = d, None: no
+    clipping), times lr, times max(RMS(p), eps2) (multiply_by_parameter_scale), an EMA of
+    momentum (m = (1 - mom) U + mom m, optax's float32 accumulator: mom m in float32, stored
+    float32), + wd p, p -= U."""
+    c, d, wd, convention = h["beta2_decay"], h["d"], h["weight_decay"], h["convention"]
+    eps1, eps2 = h["eps"]
+    if h["maximize"]:
+        g = [-x for x in g]
+    if convention == "optax":
+        f32 = np.float32
+        beta = float(f32(1) - f32(t - h["decay_offset"]) ** f32(c))
+        v = [beta * vi + (1 - beta) * (gi * gi + eps1) for vi, gi in zip(s["v"], g, strict=True)]
+        u = [gi / math.sqrt(vi) for gi, vi in zip(g, v, strict=True)]
+        if d is not None:
+            u = [ui / max(1.0, _rms(u) / d) for ui in u]
+        u = [lr * ui for ui in u]
+        if h["multiply_by_parameter_scale"]:
+            u = [ui * max(_rms(p), eps2) for ui in u]
+        out = {**s, "v": v}
+        if h["momentum"]:
+            mom = h["momentum"]
+            u = [
+                (1 - mom) * ui + float(f32(f32(mom) * f32(mi)))
+                for ui, mi in zip(u, s["momentum"], strict=True)
+            ]
+            out["momentum"] = [float(f32(ui)) for ui in u]
+        u = [ui + wd * x for ui, x in zip(u, p, strict=True)]
+        return [x - ui for x, ui in zip(p, u, strict=True)], out
+    w = t**c
+    rho = min(lr, 1 / math.sqrt(t))
+    if convention == "keras":
+        if wd:
+            p = [x - x * wd * lr for x in p]
+        alpha = max(float(np.float32(eps2)), _rms(p)) * rho
+        v = [(1 - w) * vi + w * (gi * gi + eps1) for vi, gi in zip(s["v"], g, strict=True)]
+        u = [gi / math.sqrt(vi) for gi, vi in zip(g, v, strict=True)]
+        out = {**s, "v": v}
+    else:
+        alpha = max(eps2, _rms(p)) * rho
+        if wd:
+            p = [x * (1 - lr * wd) for x in p]
+        floor = (2.0**-52 if eps1 is None else eps1) ** 2  # float64's machine epsilon, squared
+        v = [(1 - w) * vi + w * gi * gi for vi, gi in zip(s["variance"], g, strict=True)]
+        u = [gi / math.sqrt(max(vi, floor)) for gi, vi in zip(g, v, strict=True)]
+        out = {**s, "variance": v}
+    clip = max(1.0, _rms(u) / d)
+    return [x - alpha * ui / clip for x, ui in zip(p, u, strict=True)], out
+
+
 def sfadamw_init(h, p):
     """z starts at the parameter; the history (``_`` keys, not slots) at nothing summed, the largest
     lr at -1 (the package) or 0 (optax); x (``_x``) at the parameter too."""
@@ -615,6 +713,7 @@ HAND = {
     "Lamb": (lamb_init, lamb_step),
     "NAdam": (nadam_init, nadam_step),
     "ScheduleFreeAdamW": (sfadamw_init, sfadamw_step),
+    "Adafactor": (adafactor_init, adafactor_step),
 }
 PARAM_INIT = {"ScheduleFreeAdamW"}
 """Optimizers whose ``*_init(h, p)`` reads the parameter (a slot that starts as its copy)."""
@@ -642,15 +741,20 @@ def hyperparameters(name, kwargs):
     return h
 
 
-VECTOR = {"Lamb"}
-"""Optimizers whose step reads the whole tensor (norms): their ``*_step`` takes lists."""
+VECTOR = {"Lamb", "Adafactor"}
+"""Optimizers whose step reads the whole tensor (norms): their ``*_step`` takes lists. An initial
+slot given as an array (Adafactor's placeholders) is that slot, not one value per element."""
+
+
+def _vector_slots(init, n):
+    return {k: v if isinstance(v, np.ndarray) else [v] * n for k, v in init.items()}
 
 
 def hand_trajectory(name, h, p0, grads, lrs):
     """``[(params, slots)]`` after each step, as float64 arrays built from scalar hand work."""
     init, step = HAND[name]
     if name in VECTOR:
-        p, s, out = list(p0), {k: [v] * len(p0) for k, v in init(h).items()}, []
+        p, s, out = list(p0), _vector_slots(init(h), len(p0)), []
         for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
             p, s = step(h, s, p, list(g), t, lr)
             slots = {k: np.array(v, dtype=np.float64) for k, v in s.items()}
@@ -681,7 +785,7 @@ def hand_initial_slots(name, h, p0):
         per_element = [init(h, p) for p in p0]
         names = [n for n in per_element[0] if not n.startswith("_")]
         return {n: np.array([e[n] for e in per_element], dtype=np.float64) for n in names}
-    return {k: np.full(len(p0), v, dtype=np.float64) for k, v in init(h).items()}
+    return {k: np.asarray(v, dtype=np.float64) for k, v in _vector_slots(init(h), len(p0)).items()}
 
 
 def assert_matches(actual, expected, what):

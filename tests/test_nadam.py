@@ -166,6 +166,23 @@ def test_torch_first_two_steps_by_hand(kwargs):
     check(run(uniopt.NAdam(lr=0.01, convention="torch", **kwargs), P0, [G1, G2]), want)
 
 
+def test_torch_large_lerp_weight_takes_one_minus_weight_in_the_dtype():
+    """torch's lerp_ kernel with weight w = 1 - beta1 >= 0.5 computes end - (end - self) * (1 - w) with
+    1 - w in the tensor's dtype (float32: 1 - float32(w), exact by Sterbenz), not float64's
+    1 - (1 - beta1) rounded to float32: for beta1 = 0.4 the two differ by one float32 ulp."""
+    b1 = 0.4
+    w32 = F32(1 - b1)
+    assert F32(1) - w32 != F32(1 - (1 - b1))  # the case tells the two apart
+    (_, m1, _), (_, m2, _) = run(
+        uniopt.NAdam(lr=0.01, betas=(b1, 0.999), convention="torch"), P0, [G1, G2], np.float32
+    )
+    c = F32(1) - w32
+    m1_hand = np.asarray(G1, F32) - (np.asarray(G1, F32) - F32(0)) * c
+    m2_hand = np.asarray(G2, F32) - (np.asarray(G2, F32) - m1_hand) * c
+    np.testing.assert_array_equal(m1, m1_hand)
+    np.testing.assert_array_equal(m2, m2_hand)
+
+
 def test_torch_mu_product_is_a_float32_running_product():
     for beta1, psi in ((0.9, 0.004), (0.99, 0.004), (0.9, 0.5)):
         prod = F32(1.0)

@@ -65,6 +65,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
     "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
     "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
     "Lamb": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, maximize=False),
+    "Adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False),
     "NAdam": dict(
         lr=2e-3,
         betas=(0.9, 0.999),
@@ -307,6 +308,54 @@ def lamb_step(h, state, theta, grad, t, variant=None):
     return theta - lr * ratio * u, new
 
 
+def adafactor_init(h, theta):
+    """Factored statistics for 2+ dimensions (stored as torch.optim.Adafactor stores them: the row
+    means R/m, shape (..., n, 1), and the column means C/n, shape (..., 1, m)), the full second
+    moment otherwise; the slot a parameter does not use is a 0-d zero."""
+    if theta.ndim >= 2:
+        row = np.zeros((*theta.shape[:-1], 1))
+        col = np.zeros((*theta.shape[:-2], 1, theta.shape[-1]))
+        return {"row_var": row, "col_var": col, "variance": np.zeros(())}
+    return {"row_var": np.zeros(()), "col_var": np.zeros(()), "variance": np.zeros_like(theta)}
+
+
+def adafactor_step(h, state, theta, grad, t, variant=None):
+    """Shazeer and Stern 2018, Algorithm 4 (factored, for 2-d) and Algorithm 5 (a vector), with
+    the relative step size rho_t = min(lr, 1/sqrt(t)), alpha_t = max(eps2, RMS(theta)) rho_t,
+    beta2-hat = 1 - t^c and update clipping U-hat = U / max(1, RMS(U)/d), in the paper's form:
+    R = beta R + (1-beta) (G^2) 1_m, C = beta C + (1-beta) 1_n^T (G^2) (row and column *sums*),
+    V-hat = R C / (1_n^T R). eps1 as torch.optim.Adafactor places it (None: float64's machine
+    epsilon): V-hat's normaliser sum(R)/(n m) clamped at eps1, U = G / sqrt(max(V-hat, eps1^2));
+    decoupled decay theta *= 1 - lr wd after alpha is taken. ``variant="eps1_on_squared_grad"``:
+    the paper's (and Keras's, optax's) G^2 + eps1 with no clamps; ``variant="alpha_after_decay"``:
+    Keras's, alpha from the decayed theta."""
+    c, lr, wd, d = h["beta2_decay"], h["lr"], h["weight_decay"], h["d"]
+    eps1, eps2 = h["eps"]
+    eps1 = np.finfo(np.float64).eps if eps1 is None else eps1
+    g = -grad if h["maximize"] else grad
+    beta = 1 - t**c
+    rho = min(lr, 1 / math.sqrt(t))
+    decayed = theta * (1 - lr * wd)
+    scale_from = decayed if variant == "alpha_after_decay" else theta
+    alpha = max(eps2, math.sqrt(np.mean(scale_from**2))) * rho
+    on_grad = variant == "eps1_on_squared_grad"
+    g2 = g**2 + eps1 if on_grad else g**2
+    floor, clamp = (0.0, 0.0) if on_grad else (eps1**2, eps1)
+    if theta.ndim >= 2:
+        n, m = theta.shape[-2:]
+        r = beta * state["row_var"] * m + (1 - beta) * (g2 @ np.ones((m, 1)))  # sums over columns
+        col = beta * state["col_var"] * n + (1 - beta) * (np.ones((1, n)) @ g2)  # sums over rows
+        normaliser = max(float(np.sum(r)) / (n * m), clamp) * n * m  # 1_n^T R, torch's clamp
+        v_hat = (r @ col) / normaliser
+        new = {"row_var": r / m, "col_var": col / n, "variance": state["variance"]}
+    else:
+        v_hat = beta * state["variance"] + (1 - beta) * g2
+        new = {**state, "variance": v_hat}
+    u = g / np.sqrt(np.maximum(v_hat, floor))
+    u_hat = u / max(1.0, math.sqrt(np.mean(u**2)) / d)
+    return decayed - alpha * u_hat, new
+
+
 def nadam_init(h, theta):
     return {"exp_avg": np.zeros_like(theta), "exp_avg_sq": np.zeros_like(theta)}
 
@@ -389,6 +438,7 @@ REFERENCES = {
     "Lamb": (lambda h, theta: adam_init({**h, "amsgrad": False}, theta), lamb_step),
     "NAdam": (nadam_init, nadam_step),
     "ScheduleFreeAdamW": (sfadamw_init, sfadamw_step),
+    "Adafactor": (adafactor_init, adafactor_step),
 }
 
 
@@ -506,6 +556,8 @@ ALTERNATIVES = [
     ("Lamb", "weight_decay", "decay_outside_ratio"),
     ("NAdam", "default", "adam_momentum"),
     ("ScheduleFreeAdamW", "warmup", "paper_lr"),
+    ("Adafactor", "default", "eps1_on_squared_grad"),
+    ("Adafactor", "weight_decay", "alpha_after_decay"),
 ]
 
 

@@ -8,7 +8,8 @@ Adam, AdamW, RAdam, ...``, named as Keras names them, with the spec's name as an
 differs: ``Nadam`` and ``NAdam``), each a ``keras.optimizers.Optimizer`` with Keras's argument names
 (each class's ``KERAS_NAMES`` maps them to the spec's) and uniopt's defaults. The update is the
 core's ``spec.rule`` executed through :mod:`uniopt.tf.xp`, a small TensorFlow array namespace; the
-adapter holds no update math. See docs/tf.md.
+adapter holds no update math. ``ScheduleFreeAdamW`` keeps its history in optimizer variables and
+has train/eval modes (:class:`HistoryOptimizer`, :class:`EvalAtX`). See docs/tf.md.
 """
 
 import keras as _keras
@@ -21,6 +22,7 @@ if _keras.backend.backend() != "tensorflow":  # before TensorFlow is imported: i
 
 from . import optimizers as _optimizers
 from . import xla, xp
+from ._history import EvalAtX, HistoryOptimizer
 from ._porting import export_state, from_keras, import_state, to_keras
 from .optimizers import (
     KERAS_NAMES,
@@ -35,6 +37,8 @@ from .optimizers import (
 globals().update({name: getattr(_optimizers, name) for name in _optimizers._BY_NAME})
 
 __all__ = [
+    "EvalAtX",
+    "HistoryOptimizer",
     "KERAS_NAMES",
     "OPTIMIZERS",
     "UnioptOptimizer",

@@ -15,9 +15,10 @@ import keras
 import numpy as np
 
 from uniopt import PortableState, Spec, registry
-from uniopt.porting import check_compatible, make_state
+from uniopt.porting import check_compatible, history_of, make_state
 from uniopt.registry import TABLE, OptimizerInfo
 
+from ._history import HistoryOptimizer
 from .optimizers import _BY_SPEC, UnioptOptimizer
 
 __all__ = ["export_state", "from_keras", "import_state", "to_keras"]
@@ -75,8 +76,10 @@ def _slot_variables(optimizer: UnioptOptimizer, variables: Sequence[Any], owner:
 def export_state(optimizer: UnioptOptimizer, variables: Sequence[Any]) -> PortableState:
     """The state of a ``uniopt.tf`` optimizer for ``variables`` as a :class:`uniopt.PortableState`.
 
-    An optimizer not built yet has step 0 and the spec's initial slots. Raises ``ValueError`` for
-    state a record does not hold (gradient accumulation, EMA, variables excluded from weight decay).
+    An optimizer not built yet has step 0 and the spec's initial slots. A spec with a history
+    (Schedule-Free AdamW) records it from the optimizer's history variables, exactly. Raises
+    ``ValueError`` for state a record does not hold (gradient accumulation, EMA, variables excluded
+    from weight decay) and for a Schedule-Free optimizer in eval mode.
     """
     owner = "uniopt.tf.export_state"
     if not isinstance(optimizer, UnioptOptimizer):
@@ -88,13 +91,34 @@ def export_state(optimizer: UnioptOptimizer, variables: Sequence[Any]) -> Portab
     variables = list(variables)
     spec = _spec(optimizer, variables, owner)
     names = spec.slot_names()
+    history = _history_of(optimizer, owner)
     if optimizer.built:
         slots = [{n: _numpy(s[n]) for n in names} for s in _slot_variables(optimizer, variables, owner)]
         step = int(keras.ops.convert_to_numpy(optimizer.iterations))
     else:
         slots = [{n: np.asarray(spec.init_slot(n, _numpy(v), npx)) for n in names} for v in variables]
         step = 0
-    return make_state(spec, step, slots, [_shape(v) for v in variables], [_dtype(v) for v in variables])
+    return make_state(
+        spec, step, slots, [_shape(v) for v in variables], [_dtype(v) for v in variables], history=history
+    )
+
+
+def _history_of(optimizer: UnioptOptimizer, owner: str) -> Any:
+    """The spec's history of a :class:`~uniopt.tf.HistoryOptimizer` (``None`` for every other
+    optimizer, and for a convention that keeps none), refused in eval mode: a record continues
+    training, whose parameters are y."""
+    if not isinstance(optimizer, HistoryOptimizer):
+        return None
+    _check_train_mode(optimizer, owner)
+    return optimizer.history()
+
+
+def _check_train_mode(optimizer: UnioptOptimizer, owner: str) -> None:
+    if isinstance(optimizer, HistoryOptimizer) and not optimizer.train_mode:
+        raise ValueError(
+            f"{owner}: the optimizer is in eval mode (the variables hold x); call optimizer.train() "
+            "first: the state continues training, from the parameters y"
+        )
 
 
 def import_state(
@@ -107,8 +131,10 @@ def import_state(
     """Load ``state`` into a ``uniopt.tf`` optimizer for ``variables`` (built here if it is not).
 
     Everything is checked before any variable is assigned: the optimizer, variable count, shapes,
-    dtypes, slots, hyperparameters (unless ``hyperparameters=False``) and that a built optimizer
-    tracks these variables. Then ``iterations`` and every slot variable are assigned.
+    dtypes, slots, the history (a spec that keeps one needs it; Schedule-Free AdamW), train mode
+    (a Schedule-Free optimizer in eval mode is refused), hyperparameters (unless
+    ``hyperparameters=False``) and that a built optimizer tracks these variables. Then
+    ``iterations``, every slot variable and the history variables are assigned.
     """
     owner = "uniopt.tf.import_state"
     if not isinstance(optimizer, UnioptOptimizer):
@@ -121,6 +147,8 @@ def import_state(
     spec = _spec(optimizer, variables, owner)
     shapes, dtypes = [_shape(v) for v in variables], [_dtype(v) for v in variables]
     check_compatible(state, spec, shapes, dtypes, hyperparameters=hyperparameters, owner=owner)
+    _check_train_mode(optimizer, owner)
+    history = history_of(state, spec)
     if optimizer.built:
         _slot_variables(optimizer, variables, owner)
     else:
@@ -128,6 +156,8 @@ def import_state(
     for slots, slot_vars in zip(state.slots, _slot_variables(optimizer, variables, owner), strict=True):
         for name, value in slots.items():
             slot_vars[name].assign(value)
+    if history is not None:
+        optimizer._set_history(history)
     optimizer.iterations.assign(state.step)
 
 
@@ -163,6 +193,8 @@ _RESCALED: dict[tuple[str, str], tuple[Callable, Callable]] = {
 # the spec a decayed Keras optimizer is recorded as where its own spec's decay is L2 (declared)
 _DECOUPLED_SPECS = ("AdamW", "Lion")
 _DECOUPLED_TWIN = {"Adam": "AdamW"}
+# rows whose Keras optimizer is recorded with convention="keras" in the spec itself (declared)
+_KERAS_CONVENTION_RECORDS = ("ScheduleFreeAdamW",)
 
 _KERAS_SLOTS: dict[type[Spec], dict[str, _Slot]] = {
     info.spec: {
@@ -204,8 +236,13 @@ def _native_spec(optimizer: keras.optimizers.Optimizer, owner: str) -> Spec:
             flag = fields[names.get(name, name).split("[")[0]].type in ("bool", bool)
             keras_kwargs[name] = bool(getattr(optimizer, name)) if flag else float(getattr(optimizer, name))
     kwargs = _BY_SPEC[info.spec].to_spec_kwargs(keras_kwargs)
+    # Schedule-Free AdamW: uniopt's convention keeps a history that Keras's (uniform averaging,
+    # c = 1/t) does not, so Keras's optimizer is recorded with its own convention, decay included
+    keras_rules = info.name in _KERAS_CONVENTION_RECORDS
+    if keras_rules:
+        kwargs["convention"] = "keras"
     wd = float(optimizer.weight_decay or 0.0)
-    if wd:
+    if wd and not keras_rules:
         if info.name in _DECOUPLED_TWIN:
             info = registry.get(_DECOUPLED_TWIN[info.name])
         elif "decoupled_weight_decay" in fields:

@@ -16,7 +16,9 @@ base ones (``clipnorm`` ... ``name``), then every other spec field keyword-only,
 order, named by the spec. Defaults are the spec's, or :data:`CONVENTION_DEFAULT` where the spec's
 default depends on ``convention``. The row's ``names`` (with
 :data:`uniopt.registry.KERAS_COMMON_NAMES`) translate Keras's argument names to the spec's, per
-class (``RMSprop.KERAS_NAMES["rho"] == "alpha"``, ``Adadelta``'s ``rho`` is ``rho``).
+class (``RMSprop.KERAS_NAMES["rho"] == "alpha"``, ``Adadelta``'s ``rho`` is ``rho``). A row whose
+spec keeps a history or has an evaluation view (Schedule-Free AdamW) gets the base
+:class:`uniopt.tf.HistoryOptimizer` (``_history.py``): history variables and train/eval modes.
 """
 
 from __future__ import annotations
@@ -113,13 +115,17 @@ def _with_keras_name(error: ValueError, cls: type[UnioptOptimizer]) -> ValueErro
 
 
 class _SlotInit:
-    """A Keras initializer giving the spec's initial value of one slot."""
+    """A Keras initializer giving the spec's initial value of one slot: from zeros of the shape
+    and dtype, or, given ``reference`` (the model variable), from its value (Schedule-Free's ``z``
+    is a copy of the parameter)."""
 
-    def __init__(self, spec: Spec, name: str):
-        self.spec, self.name = spec, name
+    def __init__(self, spec: Spec, name: str, reference: Any = None):
+        self.spec, self.name, self.reference = spec, name, reference
 
     def __call__(self, shape: Any, dtype: Any = None) -> tf.Tensor:
-        return self.spec.init_slot(self.name, tf.zeros(shape, dtype=dtype), xp)
+        if self.reference is None:
+            return self.spec.init_slot(self.name, tf.zeros(shape, dtype=dtype), xp)
+        return self.spec.init_slot(self.name, tf.cast(tf.convert_to_tensor(self.reference), dtype), xp)
 
 
 def _no_lr() -> float:  # pragma: no cover - replaced before any use
@@ -431,6 +437,11 @@ _NOTES: dict[str, str] = {
     "Adam": '``epsilon`` is added to the bias-corrected ``sqrt(v_hat)`` (Keras: the "epsilon hat" '
     "form). ``weight_decay`` is L2 (added to the gradient), as in PyTorch's Adam; use "
     ":class:`AdamW` for decoupled decay.",
+    "ScheduleFreeAdamW": "The model's variables hold y (where gradients are taken); ``eval()`` and "
+    "``train()`` switch them to x (where to evaluate) and back, ``apply`` is refused in eval mode, "
+    "``evaluating()`` and the callback ``uniopt.tf.EvalAtX`` evaluate at x and restore y exactly. "
+    "The history (``history()``) and the mode are optimizer variables. XLA (``jit_compile=True``) "
+    'is refused: the scalars come from the host. See docs/tf.md, "Schedule-Free AdamW".',
     "AdamW": "Decoupled weight decay, ``p *= 1 - lr*wd``; ``epsilon`` on the bias-corrected "
     '``sqrt(v_hat)`` (Keras: the "epsilon hat" form).',
 }
@@ -492,9 +503,10 @@ def _keras_parameters(info: OptimizerInfo) -> list[inspect.Parameter]:
     ]
 
 
-def _make_init(signature: inspect.Signature, qualname: str) -> Any:
+def _make_init(signature: inspect.Signature, qualname: str, base: type[UnioptOptimizer]) -> Any:
     """An ``__init__`` with ``signature`` (for ``inspect.signature``, ``help()`` and positional
-    calls) passing every argument to :meth:`UnioptOptimizer.__init__` by keyword."""
+    calls) passing every argument to ``base.__init__`` (:meth:`UnioptOptimizer.__init__` or a
+    subclass's) by keyword."""
 
     def init(self: UnioptOptimizer, *args: Any, **kwargs: Any) -> None:
         bound = signature.bind(self, *args, **kwargs)
@@ -502,7 +514,7 @@ def _make_init(signature: inspect.Signature, qualname: str) -> Any:
         arguments = dict(bound.arguments)
         del arguments["self"]
         extra = arguments.pop("kwargs")
-        UnioptOptimizer.__init__(self, **arguments, **extra)
+        base.__init__(self, **arguments, **extra)
 
     init.__signature__ = signature  # type: ignore[attr-defined]
     init.__name__, init.__qualname__, init.__module__ = "__init__", f"{qualname}.__init__", __name__
@@ -573,18 +585,25 @@ def _make_class(info: OptimizerInfo) -> type[UnioptOptimizer]:
     keras_names = info.keras
     name = keras_names.native or info.name
     parameters = _keras_parameters(info)
+    base = UnioptOptimizer
+    if info.spec.has_eval_view or any(
+        info.spec(convention=c).init_history() is not None for c in info.spec.conventions
+    ):  # a history and train/eval views (Schedule-Free AdamW): uniopt.tf._history
+        from ._history import HistoryOptimizer
+
+        base = HistoryOptimizer
     namespace = {
         "__module__": __name__,
         "__qualname__": name,
         "__doc__": _docstring(info, name, parameters),
-        "__init__": _make_init(inspect.Signature(parameters), name),
+        "__init__": _make_init(inspect.Signature(parameters), name, base),
         "spec_class": info.spec,
         "KERAS_NAMES": _row_names(info),
         "weight_decay_none_is_zero": keras_names.weight_decay_none_is_zero,
         "sparse_duplicates_match_keras": keras_names.sparse_duplicates_match_keras,
         "keras_checks_float": tuple(keras_names.checks_float),
     }
-    return _register(type(name, (UnioptOptimizer,), namespace))
+    return _register(type(name, (base,), namespace))
 
 
 _CLASSES: tuple[type[UnioptOptimizer], ...] = tuple(
@@ -608,8 +627,7 @@ def from_spec(spec: Spec, **keras_kwargs: Any) -> UnioptOptimizer:
     try:
         cls = _BY_SPEC[type(spec)]
     except KeyError:
-        why = " yet: its adapter does not carry the spec's history" if spec.has_eval_view else ""
-        raise TypeError(f"no uniopt.tf optimizer for {type(spec).__name__}{why}") from None
+        raise TypeError(f"no uniopt.tf optimizer for {type(spec).__name__}") from None
     kwargs = {k: _np_scalar(v) for k, v in to_keras_kwargs(spec.hyperparameters, cls).items()}
     kwargs.update(keras_kwargs)
     return cls(**kwargs)

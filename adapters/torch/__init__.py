@@ -6,10 +6,11 @@
 
 One class per row of :data:`uniopt.registry.TABLE` with torch names (``TorchNames``), generated from
 the row (:data:`OPTIMIZERS`): SGD, Adagrad, RMSprop, Adam, AdamW, RAdam, Adamax, NAdam, Adadelta,
-Lion and Lamb. Argument names, positions and defaults are torch.optim's (``lr``, ``betas``, ``eps``,
-``weight_decay``, ``momentum``, ``dampening``, ``nesterov``, ``alpha``, ``rho``, ``centered``,
-``lr_decay``, ``initial_accumulator_value``, ``amsgrad``, ``momentum_decay``,
-``decoupled_weight_decay``, ``maximize``; RAdam adds ``degenerated_to_sgd``; Lion and Lamb, which
+Adafactor, Lion, Lamb and ScheduleFreeAdamW. Argument names, positions and defaults are
+torch.optim's (``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``dampening``,
+``nesterov``, ``alpha``, ``rho``, ``centered``, ``lr_decay``, ``initial_accumulator_value``,
+``amsgrad``, ``momentum_decay``, ``decoupled_weight_decay``, ``beta2_decay``, ``d``,
+``maximize``; RAdam adds ``degenerated_to_sgd``, Adafactor optax's arguments; Lion and Lamb, which
 torch.optim lacks, take the spec's names); ``lr`` (and Adam's ``betas``) may be 1-element tensors,
 and params may be tensors, ``(name, tensor)`` pairs or param group dicts, as torch.optim takes them.
 What differs from torch.optim is documented in docs/torch.md: the formulas are the spec's (RAdam's
@@ -139,6 +140,13 @@ def _docstring(info: OptimizerInfo) -> str:
             f"As torch.optim.{names.native}, the state of the parameters given to the constructor "
             "(``step`` 0 and the spec's initial slots) exists from construction, so that "
             ":meth:`share_memory` can share it before training starts.",
+            "",
+        ]
+    if names.extensions:
+        lines += [
+            f"{', '.join(f'``{n}``' for n in names.extensions)} are no torch.optim.{names.native} "
+            "arguments (the spec's optax convention reads them): keyword-only here, kept in the "
+            "groups like ``convention``.",
             "",
         ]
     if spec.reference:

@@ -402,7 +402,7 @@ class UnioptOptimizer(Optimizer):
             if key not in rounded:
                 # 0-d CPU tensors: torch reads them as scalars on any device, with no transfer
                 rounded[key] = _round(scalars[index, spec, lr, step], real.dtype)
-            slots = {name: self._slot(state, spec, name, p) for name in spec.slot_names()}
+            slots = self._slots(state, spec, p)
             grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
             plan.append((spec, real, grad, slots, rounded[key]))
         return plan
@@ -537,7 +537,7 @@ class UnioptOptimizer(Optimizer):
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.int64)
-        for name in spec.slot_names():
+        for name in spec.slots_in_use(tuple(p.shape)):
             self._slot(state, spec, name, p)
         return state
 
@@ -560,6 +560,16 @@ class UnioptOptimizer(Optimizer):
         spec = _SPECS[key]
         check_interval(spec.name, "lr", _plain(owner, "lr", group["lr"]), 0.0)
         return spec
+
+    def _slots(self, state: dict[str, Any], spec: Spec, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every slot the rule takes: those in use from ``state`` (created where missing), the
+        placeholders (:meth:`uniopt.Spec.slots_in_use`) as fresh zeros that ``state`` does not keep,
+        as torch.optim.Adafactor keeps no ``variance`` for a matrix."""
+        used = spec.slots_in_use(tuple(p.shape))
+        return {
+            name: self._slot(state, spec, name, p) if name in used else spec.init_slot(name, p, xp)
+            for name in spec.slot_names()
+        }
 
     def _slot(self, state: dict[str, Any], spec: Spec, name: str, p: torch.Tensor) -> torch.Tensor:
         """The slot's tensor, viewed as real for complex params; created if the group gained it."""
@@ -606,11 +616,11 @@ class UnioptOptimizer(Optimizer):
                     f"state_dict and {len(group['params'])} here; nothing was loaded"
                 )
             spec = self._spec_of(saved)  # the saved hyperparameters must be valid too
-            expected = {"step", *spec.slot_names()}
             for index, p in zip(saved["params"], group["params"], strict=True):
                 if index not in saved_state:
                     continue
                 entry = saved_state[index]
+                expected = {"step", *spec.slots_in_use(tuple(p.shape))}
                 if set(entry) != expected:
                     raise ValueError(
                         f"{owner}.load_state_dict: param {index} has state {sorted(entry)}, "
@@ -623,12 +633,14 @@ class UnioptOptimizer(Optimizer):
                         "step count (an integer >= 0, as a number or a 1-element tensor); nothing "
                         "was loaded"
                     )
-                for name in spec.slot_names():
-                    if tuple(entry[name].shape) != tuple(p.shape):
+                for name in expected - {"step"}:
+                    want = spec.slot_shape(name, tuple(p.shape))
+                    if tuple(entry[name].shape) != want:
+                        slot = "" if want == tuple(p.shape) else f", whose slot has shape {want}"
                         raise ValueError(
                             f"{owner}.load_state_dict: param {index} slot {name!r} has shape "
                             f"{tuple(entry[name].shape)} but the parameter has shape "
-                            f"{tuple(p.shape)}; nothing was loaded"
+                            f"{tuple(p.shape)}{slot}; nothing was loaded"
                         )
 
 
@@ -737,6 +749,11 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
     owner = f"uniopt.torch.{spec.name}"
     if not (p.is_floating_point() or p.is_complex()):
         raise ValueError(f"{owner}: parameters must be floating point or complex, got {p.dtype}")
+    if spec.real_only and p.is_complex():
+        raise ValueError(
+            f"{owner}: complex parameters are not supported ({spec.name}'s rule has no complex form, "
+            f"as torch.optim.{spec.name} has none), got {p.dtype}; expected real floating parameters"
+        )
     refused = spec.param_refusal(tuple(p.shape), p.is_complex())
     if refused is not None:
         raise ValueError(f"{owner}: {refused}")

@@ -133,8 +133,7 @@ def _one_spec(specs: list[Spec], owner: str) -> Spec:
 def _group_spec(optimizer: UnioptOptimizer, group: Mapping[str, Any]) -> Spec:
     """The spec of one param group (its hyperparameters are the spec's fields)."""
     owner = optimizer.spec_class.name
-    fields = [f.name for f in dataclasses.fields(optimizer.spec_class)]
-    return optimizer.spec_class(**{n: _plain(owner, n, group[n]) for n in fields})
+    return optimizer.spec_class(**{n: _plain(owner, n, group[n]) for n in optimizer._fields()})
 
 
 def _common_step(steps: list[int | None], owner: str) -> int:
@@ -174,7 +173,12 @@ def export_state(optimizer: UnioptOptimizer) -> PortableState:
             slots.append({n: _to_numpy(spec.init_slot(n, p.detach(), xp)) for n in spec.slot_names()})
             continue
         steps.append(int(entry["step"]))
-        slots.append({n: _to_numpy(entry[n]) for n in spec.slot_names()})
+        slots.append(  # the placeholders the state does not keep (slots_in_use) as their zeros
+            {
+                n: _to_numpy(entry[n] if n in entry else spec.init_slot(n, p.detach(), xp))
+                for n in spec.slot_names()
+            }
+        )
     step, history = _common_step(steps, owner), None
     if isinstance(optimizer, HistoryOptimizer):
         step, history = _group_history(optimizer, spec, owner)
@@ -235,8 +239,8 @@ def import_state(optimizer: UnioptOptimizer, state: PortableState, *, hyperparam
     indices = [i for group in current["param_groups"] for i in group["params"]]
     native = {
         index: {"step": torch.tensor(state.step, dtype=torch.int64)}
-        | {name: _to_tensor(value) for name, value in slots.items()}
-        for index, slots in zip(indices, state.slots, strict=True)
+        | {name: _to_tensor(value) for name, value in slots.items() if name in spec.slots_in_use(shape)}
+        for index, slots, shape in zip(indices, state.slots, state.shapes, strict=True)
     }
     optimizer.load_state_dict({**current, "state": native})
 
@@ -280,14 +284,16 @@ def _native_group_spec(spec_class: type[Spec], group: Mapping[str, Any], owner: 
 
 def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = None) -> PortableState:
     """The state of a ``torch.optim`` optimizer of the table (:data:`_NATIVE`: SGD, Adagrad, RMSprop,
-    Adam, AdamW, RAdam, Adamax, NAdam, Adadelta, Muon) as a record with ``convention="torch"``.
+    Adam, AdamW, RAdam, Adamax, NAdam, Adadelta, Adafactor, Muon) as a record with ``convention="torch"``.
 
     Conventions assumed (torch 2.x): the hyperparameters' names and meanings are the uniopt spec's
     (``Adam(decoupled_weight_decay=True)`` is read as AdamW; RAdam's ``degenerated_to_sgd`` is
     torch's behaviour, True); the slots are the spec's slots under the same names and meanings
     (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (AMSGrad's maximum of the uncorrected
     ``exp_avg_sq``), ``momentum_buffer`` (unscaled, seeded with the first gradient), ``square_avg``,
-    ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``), copied bit for bit; ``state[p]["step"]`` (a
+    ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``, Adafactor's ``row_var``, ``col_var`` and
+    ``variance``, of which torch.optim keeps only those a parameter uses: the record gets the
+    others as the spec's placeholders), copied bit for bit; ``state[p]["step"]`` (a
     float tensor) is the step count; NAdam's ``mu_product`` is checked against the step count and
     dropped (:data:`_DERIVED`). ``torch.optim.SGD`` and ``torch.optim.Muon`` keep no step count:
     pass ``step`` (any value >= 1 continues the same way once a momentum buffer exists; Muon's
@@ -310,7 +316,8 @@ def from_torch_optim(optimizer: torch.optim.Optimizer, *, step: int | None = Non
     slots = []
     for i, p in enumerate(params):
         entry = {k: v for k, v in optimizer.state.get(p, {}).items() if v is not None}
-        missing = [k for k in keys if k not in entry]
+        in_use = set(spec.slots_in_use(tuple(p.shape)))  # torch.optim keeps no placeholders
+        missing = [k for k, n in keys.items() if k not in entry and n in in_use]
         if missing and len(missing) < len(keys):
             raise ValueError(f"{owner}: parameter {i} has state {sorted(entry)} but lacks {missing}")
         slots.append(
@@ -369,10 +376,11 @@ def to_torch_optim(
     native: dict[int, dict[str, torch.Tensor]] = {}
     keys = {slot: key for key, slot in _slot_names_of(spec).items()}
     derived = _DERIVED.get(spec.name, {})
-    for index, slots in zip(indices, state.slots, strict=True):
+    for index, slots, shape in zip(indices, state.slots, state.shapes, strict=True):
         if spec_class is uniopt.SGD and state.step == 0:
             break  # torch.optim.SGD seeds its buffer with the first gradient: no state before that
-        entry = {keys.get(name, name): _to_tensor(value) for name, value in slots.items()}
+        in_use = set(spec.slots_in_use(shape))
+        entry = {keys.get(name, name): _to_tensor(value) for name, value in slots.items() if name in in_use}
         if spec_class not in _NO_STEP_COUNT:
             entry["step"] = torch.tensor(float(state.step), dtype=torch.float32)
         for key, derive in derived.items():  # as torch.optim keeps it: a 0-d float32 tensor

@@ -15,6 +15,7 @@ Adapters (``uniopt.torch``, ``uniopt.tf``, ``uniopt.jax``) bind it to each frame
 
 from ._spec import Spec, State
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
@@ -32,6 +33,7 @@ from .sgd import SGD
 __all__ = [
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",

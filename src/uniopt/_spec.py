@@ -39,7 +39,9 @@ Scalars = NamedTuple
 class State(NamedTuple):
     """Optimizer state: the number of steps taken, one slot mapping per parameter, and the history.
 
-    ``slots[i]`` maps each name of :meth:`Spec.slot_names` to an array shaped like ``params[i]``.
+    ``slots[i]`` maps each name of :meth:`Spec.slot_names` to an array of ``params[i]``'s dtype and
+    of the shape :meth:`Spec.slot_shape` gives for ``params[i]``'s shape: ``params[i]``'s own shape
+    for every elementwise spec; Adafactor's factored row and column statistics are smaller.
     ``history`` is what a spec carries from step to step besides the step count and the slots
     (:meth:`Spec.init_history`): ``None`` for every spec whose per-step scalars are a function of the
     step and the learning rate alone, a NamedTuple of Python floats otherwise (Schedule-Free AdamW's
@@ -96,6 +98,10 @@ class Spec:
     # per-step host scalars): no norm, factorisation or matrix product over a parameter. Only then
     # may an adapter run the rule over a concatenation of parameters (uniopt.torch's flat path)
     elementwise: ClassVar[bool] = True
+    # whether complex parameters are refused outright: an adapter that hands a complex parameter to
+    # the rule as real (re, im) pairs (uniopt.torch) must not, where the rule reads the parameter's
+    # shape (Adafactor factors the last two axes, and the pairs would be one of them)
+    real_only: ClassVar[bool] = False
     # fields the keras convention stores rounded to float32, as Keras holds them (see keras_float32)
     keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
 
@@ -107,9 +113,29 @@ class Spec:
         """Names of the per-parameter state slots for these hyperparameters."""
         raise NotImplementedError
 
+    def slot_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of slot ``name`` for a parameter of ``shape``: ``shape`` itself unless the spec
+        overrides this (Adafactor's factored statistics, whose shapes drop or shrink axes). The
+        adapters and :mod:`uniopt.porting` check saved slots against it."""
+        return tuple(int(n) for n in shape)
+
+    def slots_in_use(self, shape: tuple[int, ...]) -> tuple[str, ...]:
+        """The slots the rule reads and writes for a parameter of ``shape``: every one of
+        :meth:`slot_names` unless the spec overrides this. The others are placeholders (zeros of
+        their :meth:`slot_shape`, passed through unchanged), kept so that every parameter has the
+        same slot names; a framework that stores no such entry (torch.optim.Adafactor keeps no
+        ``variance`` for a matrix) has them filled in or dropped when its state is ported."""
+        return self.slot_names()
+
     def init_slot(self, name: str, param: Array, xp: Any) -> Array:
-        """Initial value of slot ``name`` for ``param`` (zeros unless overridden)."""
-        return xp.zeros_like(param)
+        """Initial value of slot ``name`` for ``param``: zeros of its dtype, of the shape
+        :meth:`slot_shape` gives (on its device), unless overridden."""
+        if type(self).slot_shape is Spec.slot_shape:  # every slot parameter-shaped: as it was
+            return xp.zeros_like(param)
+        shape = self.slot_shape(name, tuple(param.shape))
+        if shape == tuple(int(n) for n in param.shape):
+            return xp.zeros_like(param)
+        return xp.zeros(shape, dtype=param.dtype, device=_device_or_none(param))
 
     def step_scalars(self, step: int, lr: float | None = None) -> NamedTuple:
         """Host-side float64 scalars for 1-based ``step``; ``lr`` overrides ``self.lr``.
@@ -289,6 +315,15 @@ def _device(array: Array) -> Any:
     from array_api_compat import device
 
     return device(array)
+
+
+def _device_or_none(array: Array) -> Any:
+    """``array``'s device, or ``None`` where array-api-compat cannot tell (a namespace without
+    devices, such as :mod:`uniopt.tf`'s)."""
+    try:
+        return _device(array)
+    except Exception:  # any backend's refusal means: no device to pass
+        return None
 
 
 def _namespace_or_none(params: list[Array]) -> Any:

@@ -279,7 +279,7 @@ class NAdamTorchScalars(NamedTuple):
     weight_decay: float
     decay: float  # 1 - lr * weight_decay
     lerp_weight: float  # 1 - beta1
-    lerp_complement: float  # beta1: lerp's large-weight form g - (g - m) * (1 - weight)
+    one: float  # lerp's large-weight form g - (g - m) * (1 - weight): 1 - weight in the dtype
     beta2: float
     one_minus_beta2: float
     bc2: float  # 1 - beta2**t (divided by)
@@ -465,7 +465,7 @@ class NAdam(Spec):
             weight_decay=self.weight_decay,
             decay=1 - lr * self.weight_decay,
             lerp_weight=1 - beta1,
-            lerp_complement=1 - (1 - beta1),
+            one=1.0,
             beta2=beta2,
             one_minus_beta2=1 - beta2,
             bc2=1 - beta2**t,
@@ -529,7 +529,9 @@ class NAdam(Spec):
         if 1.0 - self.betas[0] < 0.5:  # lerp_(g, 1 - beta1): its two forms by the weight
             m = xp.add(m, xp.multiply(xp.subtract(g, m), sc.lerp_weight))
         else:
-            m = xp.subtract(g, xp.multiply(xp.subtract(g, m), sc.lerp_complement))
+            # torch's kernel takes 1 - weight in the parameter's dtype (exact: weight >= 0.5),
+            # not the float64 1 - (1 - beta1), which rounds otherwise in 67% of float32 cases
+            m = xp.subtract(g, xp.multiply(xp.subtract(g, m), xp.subtract(sc.one, sc.lerp_weight)))
         v = xp.multiply(slots["exp_avg_sq"], sc.beta2)
         v = xp.add(v, xp.multiply(xp.multiply(g, sc.one_minus_beta2), g))
         denom = xp.add(xp.sqrt(divide_by_scalar(v, sc.bc2, xp)), sc.eps)

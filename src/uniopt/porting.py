@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,7 +77,10 @@ def _dtype(name: str) -> np.dtype:
 
 
 def _jsonable(name: str, value: Any) -> Any:
-    """A hyperparameter as plain JSON (tuples become lists; NumPy scalars become Python ones)."""
+    """A hyperparameter as plain JSON (tuples become lists; NumPy scalars become Python ones;
+    ``None`` stays ``None``, as Adafactor's ``eps[0]`` means the dtype's machine epsilon)."""
+    if value is None:
+        return None
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -90,15 +93,19 @@ def _jsonable(name: str, value: Any) -> Any:
         return value
     if isinstance(value, (tuple, list)):
         return [_jsonable(f"{name}[{i}]", v) for i, v in enumerate(value)]
-    raise TypeError(f"hyperparameter {name}={value!r} ({type(value).__name__}) is not a number, bool or str")
+    raise TypeError(
+        f"hyperparameter {name}={value!r} ({type(value).__name__}) is not a number, bool, str or None"
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PortableState:
     """One optimizer's state, framework-neutral.
 
-    ``slots[i]`` maps each slot name to a NumPy array with parameter ``i``'s shape ``shapes[i]`` and
-    dtype ``dtypes[i]`` (``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"``). Every parameter
+    ``slots[i]`` maps each slot name to a NumPy array of parameter ``i``'s dtype ``dtypes[i]``
+    (``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"``) and of the shape the spec's
+    :meth:`~uniopt.Spec.slot_shape` gives for its shape ``shapes[i]`` (``shapes[i]`` itself except
+    for Adafactor's factored statistics). Every parameter
     has the same slot names. ``history`` is the spec's history (:attr:`uniopt.State.history`) as a
     mapping of its field names to finite Python floats, ``None`` for a spec that keeps none.
     Construction validates all of it.
@@ -142,6 +149,7 @@ class PortableState:
                 "dtypes; there must be one of each per parameter"
             )
         names = tuple(self.slots[0]) if self.slots else ()
+        slot_shape = _slot_shape_of(self.optimizer, self.hyperparameters, self.convention)
         for i, (slots, shape, dtype) in enumerate(zip(self.slots, self.shapes, self.dtypes, strict=True)):
             if dtype not in _FLOAT_DTYPES:
                 raise ValueError(f"parameter {i}: dtype {dtype!r} is not one of {', '.join(_FLOAT_DTYPES)}")
@@ -152,10 +160,12 @@ class PortableState:
                     raise TypeError(
                         f"parameter {i} slot {name!r} is a {type(value).__name__}, not a NumPy array"
                     )
-                if value.shape != shape or str(value.dtype) != dtype:
+                expected = slot_shape(name, shape)
+                if value.shape != expected or str(value.dtype) != dtype:
+                    needs = "" if expected == shape else f" (the slot: {dtype}{list(expected)})"
                     raise ValueError(
                         f"parameter {i} slot {name!r} is {value.dtype}{list(value.shape)}, the parameter "
-                        f"is {dtype}{list(shape)}"
+                        f"is {dtype}{list(shape)}{needs}"
                     )
 
     @property
@@ -180,6 +190,25 @@ class PortableState:
     def replace(self, **changes: Any) -> PortableState:
         """A validated copy with ``changes`` applied (e.g. ``hyperparameters=...``)."""
         return dataclasses.replace(self, **changes)
+
+
+def _slot_shape_of(
+    optimizer: str, hyperparameters: Mapping[str, Any], convention: str
+) -> Callable[[str, tuple[int, ...]], tuple[int, ...]]:
+    """``slot_shape(name, param_shape)`` of a record's spec: the parameter's shape for every spec
+    that keeps the base :meth:`Spec.slot_shape` (or an optimizer this package does not know), else
+    the spec's own, built from the record's hyperparameters (its errors are the spec's)."""
+    try:
+        cls = spec_class(optimizer)
+    except ValueError:
+        cls = None
+    if cls is None or cls.slot_shape is Spec.slot_shape:
+        return lambda name, shape: tuple(shape)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in hyperparameters.items() if k in fields}
+    if "convention" in fields and "convention" not in kwargs:
+        kwargs["convention"] = convention
+    return cls(**kwargs).slot_shape
 
 
 def convention_of(spec: Spec) -> str:
@@ -256,6 +285,14 @@ def check_compatible(
             f"{owner}: the state has slots {sorted(state.slot_names)}, {spec.name} with these "
             f"hyperparameters needs {sorted(expected)}"
         )
+    for i, (slots, shape) in enumerate(zip(state.slots, state.shapes, strict=True)):
+        for name in expected:  # the spec's slot shapes (another convention may factor otherwise)
+            want = spec.slot_shape(name, shape)
+            if tuple(slots[name].shape) != want:
+                raise ValueError(
+                    f"{owner}: parameter {i} slot {name!r} has shape {tuple(slots[name].shape)}, "
+                    f"{spec.name} with these hyperparameters keeps shape {want}"
+                )
     if hyperparameters:
         mine = {k: _jsonable(k, v) for k, v in spec.hyperparameters.items()}
         for name in sorted(set(mine) | set(state.hyperparameters)):
@@ -376,6 +413,7 @@ def load_state(path: str | os.PathLike[str]) -> PortableState:
             problem = f"arrays {lacking} are missing" if lacking else f"arrays {extra} are unexpected"
             raise ValueError(f"{os.fspath(path)}: {problem}")
         slots = []
+        slot_shape = _slot_shape_of(meta["optimizer"], meta["hyperparameters"], meta["convention"])
         for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
             if dtype not in _FLOAT_DTYPES:
                 raise ValueError(f"{os.fspath(path)}: parameter {i} has dtype {dtype!r}")
@@ -383,10 +421,11 @@ def load_state(path: str | os.PathLike[str]) -> PortableState:
             entry = {}
             for name in names:
                 raw = archive[f"slots/{i}/{name}"]
-                if raw.dtype != np.dtype(f"u{target.itemsize}") or list(raw.shape) != list(shape):
+                want = list(slot_shape(name, tuple(shape)))
+                if raw.dtype != np.dtype(f"u{target.itemsize}") or list(raw.shape) != want:
                     raise ValueError(
                         f"{os.fspath(path)}: parameter {i} slot {name!r} is {raw.dtype}{list(raw.shape)}, "
-                        f"expected the bits of {dtype}{list(shape)}"
+                        f"expected the bits of {dtype}{want}"
                     )
                 entry[name] = raw.view(target)
             slots.append(entry)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._spec import Spec
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
@@ -80,7 +81,10 @@ class TorchNames:
     them and never changes the numbers, except that it refuses ``capturable=True`` and
     ``differentiable=True``). ``state_at_construction``: torch.optim creates the state of every
     parameter in the constructor (Adagrad). ``state`` maps a torch.optim state key to the spec's
-    slot where the names differ (the default: the same names).
+    slot where the names differ (the default: the same names). ``extensions`` are spec fields
+    torch.optim's optimizer has no argument for (optax.adafactor's own, on Adafactor's spec):
+    uniopt.torch's class takes them by keyword and keeps them in ``defaults`` and the groups, as it
+    keeps ``convention``; left out, they take the spec's default for the group's convention.
     """
 
     native: str | None
@@ -88,6 +92,7 @@ class TorchNames:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     state_at_construction: bool = False
     state: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    extensions: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +335,20 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
     # 2944), Keras 57344 (keras, parity, float32; relative 1.5e-7; float64 49152, relative
     # 2.9e-16; the 50-step streams at most 1664)
     "Lamb": {"keras": (4 * 57344, _NORM_ORDER), "optax": (4 * 311121, f"{_NORM_ORDER}; {_OPTAX_LAMB}")},
+    # torch.optim.Adafactor against the torch convention, measured 2026-12-01 (normal, huge and
+    # parity streams, float32 and float64, the torch, torch_defaults and torch_eps cases): 122090 ulp
+    # (torch_eps, parity, float64; relative 1.4e-15; float32 63719, relative 4.1e-7); on the
+    # 50-step streams at most 397 (relative 2.4e-16). torch sums its norms and row/column means in
+    # its own order (the spec pairwise), fuses lerp_ and add_(alpha=) into multiply-adds, and takes
+    # alpha and the clipping denominator in float64 on the host from norms rounded to the dtype
+    "Adafactor": {
+        "torch.optim": (
+            4 * 122090,
+            "torch.optim.Adafactor sums its norms and row and column means in its own order (the spec in "
+            "one pairwise order), fuses lerp_ and add_(alpha=) into multiply-adds, and computes alpha "
+            "and the clipping denominator in float64 on the host",
+        )
+    },
     # torch.optim.Muon against the torch convention, measured 2026-12-01 (normal, huge and parity
     # streams over 16x8, 4x8 and 5x5, float32 and float64): from step 1 (torch's fused lerp_ and
     # add_(alpha=)), 2676086 ulp on the 50-step normal stream (float32; float64 5037 on huge); on
@@ -381,9 +400,15 @@ _PER_TENSOR = (
     "torch@eager run it"
 )
 
-_NO_HISTORY = (
-    "{adapter} does not offer ScheduleFreeAdamW yet: its adapter does not carry the spec's "
-    "history (the running weight sum and largest learning rate) nor offer the train/eval switch"
+_SF_NO_XLA = (
+    "uniopt.tf refuses ScheduleFreeAdamW under XLA (jit_compile=True) with a ValueError: its per-step "
+    "scalars come from the host (the history of learning rates; the keras convention's step count "
+    "t, which never reaches a limit), and XLA cannot call the host; tf@eager and tf@function run it"
+)
+
+_ADAFACTOR_LATER = (
+    "{adapter} does not offer Adafactor yet: its factored statistics are not shaped like the "
+    "parameter ({slots}), which {adapter}'s slot creation and porting assume{extra}"
 )
 
 _BFLOAT16_BOUNDARY = (
@@ -1424,6 +1449,13 @@ TABLE: tuple[OptimizerInfo, ...] = (
             ("lr", "betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power", "foreach"),
             {"foreach": None},
         ),
+        # keras.optimizers.ScheduleFreeAdamW's names, order and defaults (Keras 3.15); r and
+        # weight_lr_power keyword-only (Keras averages uniformly: the keras convention's 0)
+        keras=KerasNames(
+            "ScheduleFreeAdamW",
+            ("learning_rate", "beta_1", "beta_2", "epsilon", "warmup_steps", "weight_decay"),
+            slots={"z": "_momentums", "exp_avg_sq": "_velocities"},
+        ),
         # optax.contrib.schedule_free_adamw's names and order (optax 0.2.8; not optax.<alias>: native
         # False), then uniopt's r (keyword-only; optax has none); weight_lr_power defaults to None,
         # the convention's (keras averages uniformly)
@@ -1473,7 +1505,127 @@ TABLE: tuple[OptimizerInfo, ...] = (
             # optax's additive contract), and the miss carries on. The default cells are bitwise.
             "jax:optax": 32,
         },
-        skips={"tf": _NO_HISTORY.format(adapter="uniopt.tf")},
+        skips={"tf:xla": _SF_NO_XLA},
+    ),
+    OptimizerInfo(
+        Adafactor,
+        cases=(
+            Case("default"),
+            Case("weight_decay", {"lr": 0.05, "weight_decay": 0.1}),
+            Case("eps_d", {"beta2_decay": -0.5, "eps": (1e-3, 1e-2), "d": 1.5}),
+            Case("maximize", {"maximize": True}),
+            Case("torch", {"weight_decay": 0.1, "convention": "torch"}),
+            Case("torch_defaults", {"convention": "torch"}),
+            Case("torch_eps", {"lr": 0.05, "eps": (1e-3, 1e-3), "d": 1.2, "convention": "torch"}),
+            Case("keras", {"lr": 0.01, "weight_decay": 0.004, "d": 1.3, "convention": "keras"}),
+            Case("keras_defaults", {"convention": "keras"}),
+            Case(
+                "optax",
+                {
+                    "lr": 0.01,
+                    "momentum": 0.9,
+                    "weight_decay": 1e-3,
+                    "min_dim_size_to_factor": 3,
+                    "d": 1.5,
+                    "convention": "optax",
+                },
+            ),
+            Case("optax_defaults", {"convention": "optax"}),
+            # optax.adafactor(factored=False, multiply_by_parameter_scale=False,
+            # clipping_threshold=None, decay_offset=-5, decay_rate=0.7): no factoring, no clipping
+            Case(
+                "optax_unfactored",
+                {
+                    "lr": 0.01,
+                    "beta2_decay": -0.7,
+                    "decay_offset": -5,
+                    "factored": False,
+                    "multiply_by_parameter_scale": False,
+                    "d": None,
+                    "convention": "optax",
+                },
+            ),
+        ),
+        error_cases=_common_errors(
+            "Adafactor",
+            beta2_decay=ErrorCase(
+                {"beta2_decay": 0.1},
+                r"Adafactor: beta2_decay=0\.1 is out of range; expected beta2_decay <= 0",
+            ),
+            pair=ErrorCase(
+                {"eps": 1e-3}, r"Adafactor: eps=0\.001 is not a pair; expected \(eps1 or None, eps2\)"
+            ),
+            eps1=ErrorCase(
+                {"eps": (-1e-3, 1e-3)}, r"Adafactor: eps\[0\]=-0\.001 is out of range; expected 0 <= eps\[0\]"
+            ),
+            eps2=ErrorCase(
+                {"eps": (None, -1.0)}, r"Adafactor: eps\[1\]=-1\.0 is out of range; expected 0 <= eps\[1\]"
+            ),
+            d=ErrorCase({"d": 0.5}, r"Adafactor: d=0\.5 is out of range; expected 1 <= d"),
+            d_none=ErrorCase(
+                {"d": None}, r"Adafactor: d=None \(no update clipping\) with convention='uniopt'"
+            ),
+            wd=ErrorCase(
+                {"weight_decay": -0.1},
+                r"Adafactor: weight_decay=-0\.1 is out of range; expected 0 <= weight_decay",
+            ),
+            momentum=ErrorCase(
+                {"momentum": 0.9},
+                r"Adafactor: momentum=0\.9 with convention='uniopt': .* has no momentum; expected momentum=0",
+            ),
+            optax_only=ErrorCase(
+                {"factored": False, "convention": "torch"},
+                r"Adafactor: factored=False with convention='torch': only optax\.adafactor has it",
+            ),
+            min_dim=ErrorCase(
+                {"min_dim_size_to_factor": -1, "convention": "optax"},
+                r"Adafactor: min_dim_size_to_factor=-1; expected an int >= 0",
+            ),
+            optax_momentum=ErrorCase(
+                {"momentum": 1.5, "convention": "optax"},
+                r"Adafactor: momentum=1\.5 is out of range; expected 0 <= momentum <= 1",
+            ),
+            jax=ErrorCase({"convention": "jax"}, r"Adafactor: convention='jax' is not available"),
+        ),
+        # torch.optim.Adafactor(params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
+        # weight_decay=0.0, *, foreach=None, maximize=False) (torch/optim/_adafactor.py); its state
+        # keys are the spec's slots (row_var and col_var for 2+ dimensions, variance otherwise)
+        torch=TorchNames(
+            "Adafactor",
+            ("lr", "beta2_decay", "eps", "d", "weight_decay"),
+            {"foreach": None},
+            extensions=(
+                "momentum",
+                "decay_offset",
+                "min_dim_size_to_factor",
+                "factored",
+                "multiply_by_parameter_scale",
+            ),
+        ),
+        # keras.optimizers.Adafactor and optax.adafactor are conventions of the spec; their adapters
+        # (the keras= and optax= names, which generate uniopt.tf.Adafactor and uniopt.jax.adafactor)
+        # come later: see the skips
+        skips={
+            "torch:flat": _PER_TENSOR,
+            "torch:compiled": _PER_TENSOR,
+            "tf": _ADAFACTOR_LATER.format(
+                adapter="uniopt.tf",
+                slots="Keras's r and c drop an axis",
+                extra=(
+                    " (build() creates every slot with the variable's shape); inside tf.function "
+                    "grappler also rewrites the divisions by counts into reciprocal multiplies and "
+                    "reassociates broadcast products, which uniopt.tf.xp does not guard yet"
+                ),
+            ),
+            "jax": _ADAFACTOR_LATER.format(
+                adapter="uniopt.jax",
+                slots="optax's v_row and v_col drop an axis, unused ones are (1,)",
+                extra=(
+                    " (optax's FactoredState and the optax names of adafactor's arguments are not "
+                    "mapped in its porting and factory yet)"
+                ),
+            ),
+        },
     ),
 )
 

@@ -276,8 +276,9 @@ def test_a_new_row_is_a_working_factory_without_adapter_code(monkeypatch):
 
 
 def test_every_row_of_the_table_runs_on_jax():
-    """ScheduleFreeAdamW (a history and an evaluation view) included: no row is skipped but Muon,
-    which uniopt.jax does not offer yet (no optax names in its row; the table's skip says why)."""
-    assert [info.name for info in TABLE if info not in JAX_TABLE] == ["Muon"]
+    """ScheduleFreeAdamW (a history and an evaluation view) included: no row is skipped but
+    Adafactor, whose factored statistics uniopt.jax's factory and porting do not map yet, and Muon,
+    which uniopt.jax does not offer yet (the rows' skips say why)."""
+    assert sorted(info.name for info in TABLE if info not in JAX_TABLE) == ["Adafactor", "Muon"]
     assert "uniopt.jax does not offer Muon yet" in uniopt.registry.get("Muon").skip_reason("jax")
     assert ujax.schedule_free_adamw is ujax.ScheduleFreeAdamW

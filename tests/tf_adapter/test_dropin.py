@@ -26,6 +26,8 @@ UNIOPT_ONLY = {
     "decoupled_weight_decay",
     "degenerated_to_sgd",
     "momentum_decay",
+    "r",  # ScheduleFreeAdamW's (Keras averages uniformly)
+    "weight_lr_power",
 }
 
 

@@ -114,3 +114,48 @@ def test_keras_on_another_backend_is_refused_clearly():
         """,
     )
     assert result["error"] and "KERAS_BACKEND=tensorflow" in result["error"] and "'jax'" in result["error"]
+
+
+def test_schedule_free_under_mirrored_strategy_keeps_one_history():
+    """ScheduleFreeAdamW's history variables advance once per step under tf.distribute (each
+    replica computes the same host step; the variables aggregate as the first replica's), and the
+    replicas stay identical."""
+    result = _run(
+        """
+        import json
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras, uniopt, uniopt.tf as ut
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        x, y = (data.data / 16.0).astype(np.float32), data.target.astype(np.int32)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
+                                      keras.layers.Dense(10)])
+            model.compile(optimizer=ut.ScheduleFreeAdamW(learning_rate=2e-2, warmup_steps=10),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(x, y, epochs=3, batch_size=128, verbose=0)
+        replicas, differ = 0, []
+        for v in model.weights + model.optimizer.variables:
+            parts = [np.asarray(p.numpy()) for p in v.value.values]
+            replicas = max(replicas, len(parts))
+            if any(p.tobytes() != parts[0].tobytes() for p in parts):
+                differ.append(v.path)
+        spec = uniopt.ScheduleFreeAdamW(lr=2e-2, warmup_steps=10)
+        want = spec.init_history()
+        for t in range(1, 46):
+            want = spec.history_scalars(t, 2e-2, want)[1]
+        print(json.dumps({"replicas": replicas, "differ": differ, "loss": history.history["loss"],
+                          "steps": int(model.optimizer.iterations.numpy()),
+                          "history": list(model.optimizer.history()), "want": list(want)}))
+        """
+    )
+    assert result["replicas"] == 2
+    assert result["differ"] == []
+    assert result["loss"][-1] < 0.9 * result["loss"][0]
+    assert result["steps"] == 3 * 15
+    assert result["history"] == result["want"]

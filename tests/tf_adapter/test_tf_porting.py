@@ -162,6 +162,11 @@ NATIVE = [
     (keras.optimizers.Nadam, {"learning_rate": 0.01, "weight_decay": 0.1}, "NAdam"),
     (keras.optimizers.Adadelta, {"learning_rate": 0.5, "rho": 0.9}, "Adadelta"),
     (keras.optimizers.Lion, {"learning_rate": 0.01, "weight_decay": 0.1}, "Lion"),
+    (
+        keras.optimizers.ScheduleFreeAdamW,
+        {"learning_rate": 0.01, "weight_decay": 0.1, "warmup_steps": 3},
+        "ScheduleFreeAdamW",
+    ),
 ]
 _ADAM = {"exp_avg": "_momentums", "exp_avg_sq": "_velocities", "max_exp_avg_sq": "_velocity_hats"}
 KERAS_SLOTS = {  # Keras class -> uniopt slot -> Keras's list of variables (keras/src/optimizers/*.py)
@@ -178,6 +183,7 @@ KERAS_SLOTS = {  # Keras class -> uniopt slot -> Keras's list of variables (kera
     "Nadam": {"exp_avg": "_momentums", "exp_avg_sq": "_velocities"},
     "Adadelta": {"square_avg": "_accumulated_grads", "acc_delta": "_accumulated_delta_vars"},
     "Lion": {"exp_avg": "_momentums"},
+    "ScheduleFreeAdamW": {"z": "_momentums", "exp_avg_sq": "_velocities"},
 }
 
 

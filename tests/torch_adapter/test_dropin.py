@@ -49,13 +49,24 @@ KWARGS = {
     "Adamax": {"lr": 0.05},
     "NAdam": {"lr": 0.05},
     "Adadelta": {"lr": 1.0},
+    "Adafactor": {"lr": 0.05, "weight_decay": 0.01},
 }
 # the torch.optim optimizers with a fused argument, with a capturable one
 FUSED = [name for name in NAMES if "fused" in getattr(torch.optim, name).__init__.__code__.co_varnames]
+DIFFERENTIABLE = [
+    name for name in NAMES if "differentiable" in getattr(torch.optim, name).__init__.__code__.co_varnames
+]
 CAPTURABLE = [
     name for name in NAMES if "capturable" in getattr(torch.optim, name).__init__.__code__.co_varnames
 ]
 DERIVED = {"mu_product"}  # torch.optim.NAdam's state entry that uniopt derives from the step count
+
+
+def _extensions(name: str) -> set[str]:
+    """The keys uniopt.torch's groups hold beyond torch.optim's: ``convention``, RAdam's
+    ``degenerated_to_sgd``, and the row's ``TorchNames.extensions`` (Adafactor's optax arguments)."""
+    info = next(info for info in TABLE if info.name == name)
+    return {"convention", "degenerated_to_sgd", *info.torch.extensions}
 
 
 def _net(seed: int = 0) -> torch.nn.Sequential:
@@ -199,15 +210,16 @@ def test_defaults_hold_torch_optim_keys_and_values(name):
     opt, ref = getattr(ut, name)(params), getattr(torch.optim, name)(params)
     for key, value in ref.defaults.items():
         assert opt.defaults[key] == value, key
-    assert set(opt.defaults) - set(ref.defaults) <= {"convention", "degenerated_to_sgd"}
-    assert set(opt.param_groups[0]) - set(ref.param_groups[0]) <= {"convention", "degenerated_to_sgd"}
+    assert set(opt.defaults) - set(ref.defaults) <= _extensions(name)
+    assert set(opt.param_groups[0]) - set(ref.param_groups[0]) <= _extensions(name)
 
 
 def _switch_cases():
     for name in NAMES:
         yield name, {"foreach": False}
         yield name, {"foreach": True}
-        yield name, {"differentiable": False}
+        if name in DIFFERENTIABLE:  # torch.optim.Adafactor has no such argument
+            yield name, {"differentiable": False}
         if name in FUSED:
             yield name, {"fused": True}
             yield name, {"fused": False, "foreach": True}
@@ -263,7 +275,7 @@ def test_capturable_true_is_refused_with_the_reason(name):
     assert len(opt.param_groups) == 1
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
 def test_differentiable_true_is_refused_with_the_reason(name):
     with pytest.raises(ValueError, match=r"differentiable=True is not supported: .*torch.no_grad"):
         getattr(ut, name)([torch.zeros(2, requires_grad=True)], differentiable=True)
@@ -303,6 +315,7 @@ POSITIONAL = {
     "Adamax": (0.1, (0.8, 0.99), 1e-7, 0.01, False),
     "NAdam": (0.1, (0.8, 0.99), 1e-7, 0.01, 0.005, True),
     "Adadelta": (0.5, 0.8, 1e-5, 0.01, False),
+    "Adafactor": (0.05, -0.5, (1e-3, 1e-2), 1.5, 0.01),
 }
 
 
@@ -738,7 +751,7 @@ def test_repr_lists_the_keys_torch_optim_lists(name):
         return {line.split(":")[0].strip() for line in text.splitlines() if ":" in line}
 
     assert repr(opt).startswith(f"{name} (\nParameter Group 0\n")
-    assert keys(repr(opt)) - keys(repr(ref)) <= {"convention", "degenerated_to_sgd"}
+    assert keys(repr(opt)) - keys(repr(ref)) <= _extensions(name)
     assert keys(repr(ref)) <= keys(repr(opt))
 
 

@@ -1,0 +1,317 @@
+"""uniopt.tf's optimizers whose spec carries a history and an evaluation view (Schedule-Free AdamW).
+
+**History.** The spec's history (:meth:`uniopt.Spec.init_history`: Schedule-Free's running weight
+sum and largest learning rate) depends on every learning rate used so far, so it lives in
+optimizer variables, one float64 scalar per field (``weight_sum``, ``lr_max``, ``weight_sum_f32``,
+``lr_max_f32``), created by ``build`` and tracked like the slots: ``optimizer.variables``, Keras's
+``.keras`` files and ``tf.train.Checkpoint`` save and restore them. Once per update
+(``_backend_update_step``, which Keras calls once per step, also under gradient accumulation) the
+host computes ``spec.history_scalars(iterations + 1, lr, history)`` in float64, as the core's
+``update`` does, rounds each scalar once to every variable dtype, runs the spec's rule on each
+variable with them and then assigns the next history. Eagerly that is plain Python; inside a
+``tf.function`` one ``tf.numpy_function`` per step. XLA (``jit_compile=True``) cannot call the host,
+and the history's arithmetic is not affine in the learning rate nor a function of the step alone,
+so it is refused with a ``ValueError`` saying to compile without XLA (also for
+``convention="keras"``, which keeps no history but whose scalars hold the step count ``t``, which
+never reaches a limit). The keras convention keeps no history (it averages uniformly, ``c = 1/t``)
+and takes its scalars as every other uniopt.tf optimizer does.
+
+**Train and eval.** The parameters hold the training sequence ``y`` (where gradients are taken) in
+train mode and the evaluation sequence ``x`` in eval mode, as in the authors' package:
+:meth:`~HistoryOptimizer.eval` and :meth:`~HistoryOptimizer.train` rewrite the model variables the
+optimizer was built for in place (the spec's ``eval_param``/``train_param``), and ``apply`` refuses
+to run in eval mode. The mode is an optimizer variable too (``train_mode``, int64, 1 = train), so a
+checkpoint saved in eval mode comes back in eval mode. For evaluating during ``fit``,
+:class:`EvalAtX` (a Keras callback) evaluates and predicts at ``x`` and puts the exact ``y`` back
+afterwards; :meth:`~HistoryOptimizer.evaluating` does the same around any block. The optimizer
+starts in train mode (Keras's own ScheduleFreeAdamW has no modes; the package starts in eval mode
+and refuses a step until ``train()``: before the first step both hold the same values).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from uniopt import Spec
+
+from . import xp
+from ._scalars import in_xla_context
+from .optimizers import UnioptOptimizer, _SlotInit
+
+__all__ = ["EvalAtX", "HistoryOptimizer"]
+
+
+class HistoryOptimizer(UnioptOptimizer):
+    """A :class:`~uniopt.tf.UnioptOptimizer` whose spec keeps a history and an evaluation view (see
+    the module docstring). Adds :meth:`train`, :meth:`eval`, :attr:`train_mode`,
+    :meth:`evaluating` and :meth:`history` to the Keras optimizer contract."""
+
+    def __init__(self, learning_rate: Any, **kwargs: Any):
+        super().__init__(learning_rate, **kwargs)
+        with keras.name_scope(self.name, caller=self):
+            mode = keras.Variable(
+                1, name="train_mode", dtype="int64", trainable=False, aggregation="only_first_replica"
+            )
+        self._track_variable(mode)
+        self._uniopt_mode = mode
+        self._uniopt_history: list[Any] = []
+
+    # -- Keras contract -----------------------------------------------------------------------
+    def build(self, variables: list[Any]) -> None:
+        """Keras's ``build``, then the spec's slots of every variable, each initialised from that
+        variable's value (``z`` is a copy of the parameter: the initial value is read when the
+        slot is created, also when the first ``apply`` runs inside a ``tf.function``), then the
+        history variables (the spec's ``init_history()``)."""
+        if self.built:
+            return
+        keras.optimizers.Optimizer.build(self, variables)
+        self._uniopt_slots = {
+            name: [
+                None
+                if self._overwrite_variable_with_gradient(v)
+                else self.add_variable_from_reference(v, name, initializer=_SlotInit(self._spec, name, v))
+                for v in variables
+            ]
+            for name in self._spec.slot_names()
+        }
+        start = self._spec.init_history()
+        if start is not None:
+            self._uniopt_history = [
+                self.add_variable(
+                    (),
+                    initializer=keras.initializers.Constant(value),
+                    dtype="float64",
+                    aggregation="only_first_replica",
+                    name=field,
+                )
+                for field, value in start._asdict().items()
+            ]
+
+    def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
+        """Keras's ``apply``; refused in eval mode, before anything changes: eagerly (and when a
+        ``tf.function`` is traced) with a ``RuntimeError``, in a traced function called later
+        with TensorFlow's ``InvalidArgumentError`` carrying the same message (an in-graph check
+        that every op of the step waits for)."""
+        message = self._eval_mode_message()
+        with tf.init_scope():  # eagerly, or when a tf.function is traced: the mode now
+            if int(self._uniopt_mode.numpy()) != 1:
+                raise RuntimeError(message)
+        if tf.executing_eagerly():
+            return super().apply(grads, trainable_variables)
+        check = tf.debugging.Assert(tf.equal(self._uniopt_mode.value, 1), [message])
+        with tf.control_dependencies([check]):
+            return super().apply(grads, trainable_variables)
+
+    def _eval_mode_message(self) -> str:
+        return (
+            f"uniopt.tf.{type(self).__name__}: the optimizer is in eval mode (the model's variables "
+            "hold x, the average to evaluate at); call optimizer.train() before training, and "
+            "optimizer.eval() before evaluating or saving"
+        )
+
+    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
+        """One update: the step's scalars and next history from the host, the rule on every
+        variable (Keras's own loop, tf.distribute included), then the history assigned."""
+        if not self._uniopt_history:  # no history (the keras convention): the plain scalars
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        after = self._history_step(learning_rate)
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        for variable, value in zip(self._uniopt_history, after, strict=True):
+            variable.assign(value)
+        return None
+
+    def _specs(self) -> list[Spec]:
+        specs = [self._spec]
+        if self._spec_without_decay is not self._spec:
+            specs.append(self._spec_without_decay)
+        return specs
+
+    def _dtypes(self) -> list[str]:
+        return sorted({tf.as_dtype(v.dtype).name for v in self._trainable_variables})
+
+    def _refuse_xla(self) -> None:
+        if in_xla_context():
+            raise ValueError(
+                f"uniopt.tf.{type(self).__name__}: Schedule-Free AdamW's per-step scalars depend on "
+                "the history of learning rates (or, with convention='keras', on the step count, "
+                "which never reaches a limit); they are computed on the host, which XLA cannot "
+                "call. Run without jit_compile (model.compile(..., jit_compile=False), "
+                "tf.function(..., jit_compile=False))"
+            )
+
+    def _history_step(self, learning_rate: Any) -> list[Any]:
+        """Fill the scalar cache of this step (every spec and dtype) and return the next history."""
+        self._refuse_xla()
+        specs, dtypes = self._specs(), self._dtypes()
+        np_dtypes = [np.dtype(tf.as_dtype(d).as_numpy_dtype) for d in dtypes]
+        kinds = [type(spec.step_scalars(1)) for spec in specs]
+
+        def compute(step: Any, lr: Any, bits: Any) -> list[np.ndarray]:
+            start = self._spec.init_history()
+            before = type(start)(*(float(v) for v in np.asarray(bits, np.float64)))
+            after, out = None, []
+            for spec in specs:
+                sc, new = spec.history_scalars(int(step), float(lr), before)
+                after = new if after is None else after
+                for dtype in np_dtypes:
+                    out.extend(np.asarray(v, dtype) for v in sc)
+            return [np.asarray(tuple(after), np.float64), *out]
+
+        bits = tf.stack([tf.convert_to_tensor(v) for v in self._uniopt_history])
+        if tf.executing_eagerly():
+            step = int(keras.ops.convert_to_numpy(self.iterations)) + 1
+            lr = float(keras.ops.convert_to_numpy(learning_rate))
+            results = [tf.constant(v) for v in compute(step, lr, bits.numpy())]
+            key: Any = None
+        else:
+            step = tf.cast(tf.convert_to_tensor(self.iterations), tf.int64) + 1
+            lr = tf.cast(tf.convert_to_tensor(learning_rate), tf.float64)
+            types = [tf.float64]
+            for kind in kinds:
+                for d in dtypes:
+                    types.extend([tf.as_dtype(d)] * len(kind._fields))
+            results = tf.numpy_function(compute, [step, lr, bits], types, stateful=True)
+            results[0].set_shape([len(self._uniopt_history)])
+            for tensor in results[1:]:
+                tensor.set_shape([])
+            key = id(tf.compat.v1.get_default_graph())
+        position = 1
+        for spec, kind in zip(specs, kinds, strict=True):
+            for d in dtypes:
+                width = len(kind._fields)
+                scalars = kind(*results[position : position + width])
+                self._uniopt_cache.entries[(key, spec, d)] = (None, scalars)
+                position += width
+        return [results[0][i] for i in range(len(self._uniopt_history))]
+
+    def _scalars(self, spec: Spec, dtype: tf.DType, learning_rate: Any) -> Any:
+        self._refuse_xla()
+        if not self._uniopt_history:
+            return super()._scalars(spec, dtype, learning_rate)
+        key = None if tf.executing_eagerly() else id(tf.compat.v1.get_default_graph())
+        hit = self._uniopt_cache.entries.get((key, spec, dtype.name))
+        if hit is None:  # pragma: no cover - update_step is only called through _backend_update_step
+            raise RuntimeError(
+                f"uniopt.tf.{type(self).__name__}: update_step ran outside apply(); its scalars "
+                "come from the step's history"
+            )
+        return hit[1]
+
+    # -- train / eval -------------------------------------------------------------------------
+    @property
+    def train_mode(self) -> bool:
+        """Whether the model's variables hold ``y`` (train mode) rather than ``x`` (eval mode)."""
+        return int(self._uniopt_mode.numpy()) == 1
+
+    def eval(self) -> None:
+        """Eval mode: every model variable this optimizer was built for becomes ``x``, the spec's
+        ``eval_param`` of it and its ``z`` (uniopt: the package's ``p.lerp_(z, 1 - 1/beta1)``;
+        optax: ``schedule_free_eval_params``; keras: Keras's in-step recovery of ``x``). Before
+        the first step ``x = y`` and nothing is assigned. No-op in eval mode; eager only."""
+        self._switch(to_eval=True)
+
+    def train(self) -> None:
+        """Train mode: every model variable becomes ``y`` again (the spec's ``train_param``; the
+        package's ``p.lerp_(z, 1 - beta1)``, which rounds, so ``eval()`` then ``train()`` moves
+        ``y`` by a few ulp, as the package's does; :meth:`evaluating` restores ``y`` exactly).
+        No-op in train mode; eager only."""
+        self._switch(to_eval=False)
+
+    def _switch(self, *, to_eval: bool) -> None:
+        if not tf.executing_eagerly():
+            raise RuntimeError(
+                f"uniopt.tf.{type(self).__name__}: train() and eval() rewrite the model's variables; "
+                "call them eagerly, outside tf.function"
+            )
+        if self.train_mode != to_eval:
+            return
+        if self.built and int(keras.ops.convert_to_numpy(self.iterations)) > 0:
+            convert = self._spec.eval_param if to_eval else self._spec.train_param
+            for variable in self._trainable_variables:
+                if self._overwrite_variable_with_gradient(variable):
+                    continue  # no slots: Keras overwrites it with its gradient
+                slots = {n: tf.convert_to_tensor(s) for n, s in self.slots(variable).items()}
+                variable.assign(convert(tf.convert_to_tensor(variable), slots, xp))
+        self._uniopt_mode.assign(0 if to_eval else 1)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """``with optimizer.evaluating():`` the model's variables hold ``x`` inside the block; after
+        it they hold exactly the ``y`` they held before (saved, not recomputed) and the optimizer is
+        in train mode. A no-op wrapper in eval mode."""
+        if not self.train_mode:
+            yield
+            return
+        saved = [tf.identity(v) for v in self._trainable_variables] if self.built else []
+        self.eval()
+        try:
+            yield
+        finally:
+            for variable, value in zip(self._trainable_variables if self.built else [], saved, strict=True):
+                variable.assign(value)
+            self._uniopt_mode.assign(1)
+
+    def history(self) -> NamedTuple | None:
+        """The spec's history after the steps taken (``uniopt.schedule_free_adamw.History``), read
+        from the optimizer's variables; ``None`` for a convention that keeps none (keras)."""
+        start = self._spec.init_history()
+        if start is None:
+            return None
+        if not self._uniopt_history:
+            return start
+        return type(start)(*(float(v.numpy()) for v in self._uniopt_history))
+
+    def _set_history(self, history: NamedTuple) -> None:
+        """Assign ``history`` (the spec's NamedTuple) to the built optimizer's variables (porting)."""
+        for variable, value in zip(self._uniopt_history, tuple(history), strict=True):
+            variable.assign(float(value))
+
+
+class EvalAtX(keras.callbacks.Callback):
+    """A Keras callback that evaluates and predicts at ``x``: ``model.evaluate``, ``predict`` and
+    ``fit``'s validation run inside :meth:`HistoryOptimizer.evaluating` of ``optimizer`` (the
+    model's compiled optimizer when ``None``), so training continues from exactly the same ``y``.
+
+    >>> model.fit(x, y, validation_data=(vx, vy), callbacks=[uniopt.tf.EvalAtX()])  # doctest: +SKIP
+    """
+
+    def __init__(self, optimizer: HistoryOptimizer | None = None):
+        super().__init__()
+        self._optimizer = optimizer
+        self._stack: contextlib.ExitStack | None = None
+
+    def _opt(self) -> HistoryOptimizer:
+        opt = self._optimizer if self._optimizer is not None else getattr(self.model, "optimizer", None)
+        if not isinstance(opt, HistoryOptimizer):
+            raise TypeError(
+                "uniopt.tf.EvalAtX: expected a uniopt.tf optimizer with an evaluation view "
+                f"(ScheduleFreeAdamW), got {type(opt).__name__}"
+            )
+        return opt
+
+    def _begin(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(self._opt().evaluating())
+
+    def _end(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()
+
+    def on_test_begin(self, logs: Any = None) -> None:
+        self._begin()
+
+    def on_test_end(self, logs: Any = None) -> None:
+        self._end()
+
+    def on_predict_begin(self, logs: Any = None) -> None:
+        self._begin()
+
+    def on_predict_end(self, logs: Any = None) -> None:
+        self._end()

@@ -1,0 +1,494 @@
+"""uniopt.tf.ScheduleFreeAdamW: the history in optimizer variables, train/eval modes, XLA refused.
+
+Expected values: the core's NumPy run of the same spec (as the conformance suite compares every
+backend), and for the keras convention Keras's own ``keras.optimizers.ScheduleFreeAdamW``
+(independent); the spec's steps themselves are checked by hand in tests/test_hand_steps.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import array_api_compat.numpy as npx
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tf_helpers import (
+    Recording,
+    assert_trajectories,
+    bits_equal,
+    make_step,
+    params_and_grads,
+    reference,
+    run_adapter,
+    snapshot,
+)
+
+import uniopt
+import uniopt.tf as ut
+from uniopt.registry import get
+
+INFO = get("ScheduleFreeAdamW")
+CASES = [pytest.param(case, id=case.desc) for case in INFO.cases]
+STEPS = 8
+
+
+def _spec(desc: str) -> uniopt.ScheduleFreeAdamW:
+    return INFO.make(INFO.case(desc))
+
+
+def _state_after(spec, params, grads):
+    """The core's NumPy run: final parameters and State."""
+    params = [np.array(p, copy=True) for p in params]
+    state = spec.init(params, npx)
+    for g in grads:
+        params, state = spec.update(g, state, params, npx)
+    return params, state
+
+
+# -- the update, against the core's NumPy run --------------------------------------------------------
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("case", CASES)
+def test_every_case_is_bitwise_with_the_core(case, mode):
+    spec = INFO.make(case)
+    for dtype in ("float32", "float64"):
+        params, grads = params_and_grads(STEPS, dtype, seed=1)
+        opt = ut.from_spec(spec)
+        assert type(opt) is ut.ScheduleFreeAdamW
+        got = run_adapter(opt, params, grads, mode)
+        assert_trajectories(got, reference(spec, params, grads))
+        _, state = _state_after(spec, params, grads)
+        assert opt.history() == state.history  # exact floats, every field
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_and_mixed_dtypes_get_their_own_rounding(dtype):
+    """One step computes the scalars of every dtype the optimizer was built for."""
+    import ml_dtypes
+
+    half = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=2, weight_decay=0.01)
+    params, grads = params_and_grads(STEPS, "float32", seed=2)
+    params = [params[0], params[1].astype(half), params[2].astype("float64")]
+    grads = [[g[0], g[1].astype(half), g[2].astype("float64")] for g in grads]
+    for mode in ("eager", "function"):
+        got = run_adapter(ut.from_spec(spec), params, grads, mode)
+        assert_trajectories(got, reference(spec, params, grads))
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("convention", ["uniopt", "optax"])
+def test_a_schedule_advances_the_history_with_each_steps_lr(mode, convention):
+    """The history depends on every learning rate used: a schedule's values, as the graph computed
+    them, fed to the core step by step give the same run."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=2, convention=convention)
+    schedule = Recording(keras.optimizers.schedules.PiecewiseConstantDecay([2, 4], [0.01, 0.05, 0.002]))
+    params, grads = params_and_grads(STEPS, "float32", seed=3)
+    opt = ut.from_spec(spec, learning_rate=schedule)
+    got = run_adapter(opt, params, grads, mode, schedule)
+    assert len(set(schedule.values)) == 3
+    assert_trajectories(got, reference(spec, params, grads, lrs=schedule.values))
+    state = spec.init(params, npx)
+    ps = params
+    for g, lr in zip(grads, schedule.values, strict=True):
+        ps, state = spec.update(g, state, ps, npx, lr=lr)
+    assert opt.history() == state.history
+
+
+def test_a_learning_rate_set_mid_run_enters_the_history():
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01)
+    params, grads = params_and_grads(STEPS, "float64", seed=4)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    step = make_step(opt, variables, "function")
+    lrs = [0.01] * 3 + [0.03] * (STEPS - 3)
+    for i, g in enumerate(grads):
+        if i == 3:
+            opt.learning_rate = 0.03
+        step([tf.constant(x) for x in g])
+    want = reference(spec, params, grads, lrs=lrs)
+    assert_trajectories([snapshot(opt, variables)], want[-1:])
+    assert opt.history().lr_max == 0.03
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_gradient_accumulation_advances_the_history_once_per_update(mode):
+    """With gradient_accumulation_steps=2 the history (and the step count) moves on every second
+    apply, with the mean gradient; odd applies change nothing but the accumulators."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=2)
+    params, grads = params_and_grads(8, seed=13)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec, gradient_accumulation_steps=2)
+    step = make_step(opt, variables, mode)
+    got = []
+    for g in grads:
+        step([tf.constant(x) for x in g])
+        got.append(snapshot(opt, variables))
+    means = [
+        [(a + b) / np.float32(2) for a, b in zip(grads[i], grads[i + 1], strict=True)] for i in range(0, 8, 2)
+    ]
+    assert_trajectories(got[1::2], reference(spec, params, means))
+    assert opt.history() == _state_after(spec, params, means)[1].history
+
+
+def test_use_ema_keeps_averages_beside_the_update():
+    spec = uniopt.ScheduleFreeAdamW(lr=0.05)
+    params, grads = params_and_grads(4, seed=14)
+    opt = ut.from_spec(spec, use_ema=True, ema_momentum=0.5)
+    got = run_adapter(opt, params, grads, "function")
+    assert_trajectories(got, reference(spec, params, grads))
+
+
+# -- the keras convention against Keras's own optimizer -----------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"learning_rate": 0.01, "weight_decay": 0.01, "warmup_steps": 5}, {"beta_1": 0.5, "epsilon": 1e-6}],
+    ids=["defaults", "decay-warmup", "beta1-eps"],
+)
+def test_keras_convention_is_kerass_schedule_free_adamw(kwargs, dtype):
+    """Keras's optimizer built eagerly (its z is then a copy of the parameters) and applied eagerly:
+    uniopt's keras convention is bitwise, in eager and tf.function."""
+    params, grads = params_and_grads(12, dtype, seed=5)
+    for mode in ("eager", "function"):
+        native_vars = [keras.Variable(p, dtype=dtype) for p in params]
+        native = keras.optimizers.ScheduleFreeAdamW(**kwargs)
+        native.build(native_vars)
+        ours_vars = [keras.Variable(p, dtype=dtype) for p in params]
+        ours = ut.ScheduleFreeAdamW(**kwargs, convention="keras")
+        ours.build(ours_vars)
+        step = make_step(ours, ours_vars, mode)
+        for t, g in enumerate(grads, start=1):
+            native.apply([tf.constant(x) for x in g], native_vars)
+            step([tf.constant(x) for x in g])
+            for i, (a, b) in enumerate(zip(ours_vars, native_vars, strict=True)):
+                assert bits_equal(a.numpy(), b.numpy()), (mode, t, i)
+                j = native._get_variable_index(b)
+                assert bits_equal(ours.slots(a)["z"].numpy(), native._momentums[j].numpy())
+                assert bits_equal(ours.slots(a)["exp_avg_sq"].numpy(), native._velocities[j].numpy())
+        moved = [not np.array_equal(v.numpy(), p) for v, p in zip(native_vars, params, strict=True)]
+        assert all(moved)
+
+
+def test_signature_and_defaults_are_kerass():
+    import inspect
+
+    ours = inspect.signature(ut.ScheduleFreeAdamW).parameters
+    theirs = inspect.signature(keras.optimizers.ScheduleFreeAdamW).parameters
+    positional = [n for n, p in ours.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == [n for n in theirs if n != "kwargs"]
+    for name in ("learning_rate", "beta_1", "beta_2", "epsilon", "warmup_steps"):
+        assert ours[name].default == theirs[name].default, name
+    assert {n for n, p in ours.items() if p.kind is p.KEYWORD_ONLY} == {"r", "weight_lr_power", "convention"}
+    opt = ut.ScheduleFreeAdamW(0.01, 0.8, 0.99, 1e-6, 3, 0.1)  # Keras's positional order
+    assert opt.spec == uniopt.ScheduleFreeAdamW(
+        lr=0.01, betas=(0.8, 0.99), eps=1e-6, warmup_steps=3, weight_decay=0.1
+    )
+    assert ut.ScheduleFreeAdamW(convention="keras").spec.weight_lr_power == 0.0
+    assert ut.ScheduleFreeAdamW().spec.weight_lr_power == 2.0
+    with pytest.raises(ValueError, match=r"weight_lr_power.*keras"):
+        ut.ScheduleFreeAdamW(weight_lr_power=1.0, convention="keras")
+    with pytest.raises(ValueError, match=r"warmup_steps=2\.5 is not an integer"):
+        ut.ScheduleFreeAdamW(warmup_steps=2.5)
+    with pytest.raises(ValueError, match=r"convention='torch' is not available"):
+        ut.ScheduleFreeAdamW(convention="torch")
+    back = ut.ScheduleFreeAdamW.from_config(opt.get_config())
+    assert back.spec == opt.spec
+
+
+# -- XLA -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("convention", ["uniopt", "keras", "optax"])
+def test_xla_is_refused_before_anything_changes(convention):
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, convention=convention)
+    params, grads = params_and_grads(1, "float32")
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    opt.build(variables)
+    step = make_step(opt, variables, "xla")
+    with pytest.raises(ValueError, match=r"ScheduleFreeAdamW: .*host.*XLA cannot call.*jit_compile=False"):
+        step([tf.constant(x) for x in grads[0]])
+    assert int(opt.iterations.numpy()) == 0
+    for v, p in zip(variables, params, strict=True):
+        assert bits_equal(v.numpy(), p)
+    assert opt.history() == spec.init_history()
+
+
+# -- the history is optimizer state -----------------------------------------------------------------
+def test_history_variables_are_in_optimizer_variables_and_checkpoints(tmp_path):
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=3)
+    params, grads = params_and_grads(10, seed=6)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    step = make_step(opt, variables, "function")
+    for g in grads[:5]:
+        step([tf.constant(x) for x in g])
+    names = [v.name for v in opt.variables]
+    assert {"weight_sum", "lr_max", "weight_sum_f32", "lr_max_f32", "train_mode"} <= set(names)
+    path = tf.train.Checkpoint(optimizer=opt, variables=variables).save(str(tmp_path / "ckpt"))
+    restored_vars = [tf.Variable(np.zeros_like(p)) for p in params]
+    restored = ut.ScheduleFreeAdamW.from_config(opt.get_config())
+    restored.build(restored_vars)
+    tf.train.Checkpoint(optimizer=restored, variables=restored_vars).restore(
+        path
+    ).assert_existing_objects_matched()
+    assert restored.history() == opt.history() != spec.init_history()
+    restored_step = make_step(restored, restored_vars, "function")
+    for g in grads[5:]:
+        step([tf.constant(x) for x in g])
+        restored_step([tf.constant(x) for x in g])
+    assert_trajectories([snapshot(restored, restored_vars)], [snapshot(opt, variables)])
+    assert_trajectories([snapshot(opt, variables)], reference(spec, params, grads)[-1:])
+
+
+def _mlp():
+    return keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(2)]
+    )
+
+
+def _data():
+    rng = np.random.default_rng(7)
+    return rng.standard_normal((64, 6)).astype("float32"), rng.standard_normal((64, 2)).astype("float32")
+
+
+def test_model_save_load_continues_bitwise(tmp_path):
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    model = _mlp()
+    model.compile(optimizer=ut.ScheduleFreeAdamW(learning_rate=0.01, warmup_steps=4), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is ut.ScheduleFreeAdamW
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
+        assert bits_equal(a.numpy(), b.numpy()), a.path
+    assert loaded.optimizer.history() == model.optimizer.history()
+    model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    loaded.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for a, b in zip(
+        model.weights + model.optimizer.variables, loaded.weights + loaded.optimizer.variables, strict=True
+    ):
+        assert bits_equal(a.numpy(), b.numpy()), a.path
+
+
+# -- train / eval ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("convention", ["uniopt", "keras", "optax"])
+def test_eval_and_train_give_the_specs_views(convention):
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, convention=convention)
+    params, grads = params_and_grads(5, "float32", seed=8)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    step = make_step(opt, variables, "function")
+    for g in grads:
+        step([tf.constant(x) for x in g])
+    y, state = _state_after(spec, params, grads)
+    x = spec.eval_params(y, state, npx)
+    assert opt.train_mode
+    opt.eval()
+    assert not opt.train_mode
+    for v, want in zip(variables, x, strict=True):
+        assert bits_equal(v.numpy(), want)
+    opt.eval()  # no-op in eval mode
+    for v, want in zip(variables, x, strict=True):
+        assert bits_equal(v.numpy(), want)
+    opt.train()
+    back = spec.train_params(x, state, npx)
+    for v, want in zip(variables, back, strict=True):
+        assert bits_equal(v.numpy(), want)
+    assert opt.train_mode
+
+
+def test_before_the_first_step_eval_changes_nothing():
+    params, _ = params_and_grads(1, "float32")
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.ScheduleFreeAdamW(convention="optax")  # its view of x = y = z rounds: not applied
+    opt.build(variables)
+    opt.eval()
+    assert not opt.train_mode
+    for v, p in zip(variables, params, strict=True):
+        assert bits_equal(v.numpy(), p)
+    opt.train()
+    assert opt.train_mode
+
+
+def _unchanged(opt, variables, before_vars, before_opt):
+    for v, b in zip(variables, before_vars, strict=True):
+        assert bits_equal(v.numpy(), b)
+    for v, b in zip(opt.variables, before_opt, strict=True):
+        assert bits_equal(v.numpy(), b), v.path
+
+
+def test_apply_is_refused_in_eval_mode_eagerly_traced_and_in_a_traced_function():
+    params, grads = params_and_grads(3, "float32", seed=9)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.ScheduleFreeAdamW(learning_rate=0.01)
+    traced = make_step(opt, variables, "function")
+    traced([tf.constant(x) for x in grads[0]])  # traced in train mode
+    opt.eval()
+    before_vars = [v.numpy() for v in variables]
+    before_opt = [v.numpy() for v in opt.variables]
+    message = r"ScheduleFreeAdamW: the optimizer is in eval mode .* call optimizer\.train\(\)"
+    with pytest.raises(RuntimeError, match=message):
+        opt.apply_gradients(zip([tf.constant(x) for x in grads[1]], variables, strict=True))
+    _unchanged(opt, variables, before_vars, before_opt)
+    with pytest.raises(RuntimeError, match=message):  # a new trace sees the mode
+        make_step(opt, variables, "function")([tf.constant(x) for x in grads[1]])
+    _unchanged(opt, variables, before_vars, before_opt)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):  # the in-graph check
+        traced([tf.constant(x) for x in grads[1]])
+    _unchanged(opt, variables, before_vars, before_opt)
+    opt.train()
+    traced([tf.constant(x) for x in grads[1]])
+    assert int(opt.iterations.numpy()) == 2
+
+
+def test_eval_and_train_are_eager_only():
+    opt = ut.ScheduleFreeAdamW()
+    with pytest.raises(RuntimeError, match=r"call them eagerly"):
+        tf.function(opt.eval)()
+
+
+def test_evaluating_restores_y_exactly():
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=2)
+    params, grads = params_and_grads(5, "float32", seed=10)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    step = make_step(opt, variables, "eager")
+    for g in grads:
+        step([tf.constant(x) for x in g])
+    y, state = _state_after(spec, params, grads)
+    with opt.evaluating():
+        assert not opt.train_mode
+        for v, want in zip(variables, spec.eval_params(y, state, npx), strict=True):
+            assert bits_equal(v.numpy(), want)
+    assert opt.train_mode
+    for v, want in zip(variables, y, strict=True):
+        assert bits_equal(v.numpy(), want)
+
+
+def test_eval_at_x_callback_validates_at_x_and_training_is_unchanged():
+    """fit's validation inside EvalAtX sees x (its loss is model.evaluate's at x), and training
+    continues from the same y as a run without validation."""
+    x, y = _data()
+    runs = []
+    for callback in (False, True):
+        keras.utils.set_random_seed(0)
+        model = _mlp()
+        model.compile(optimizer=ut.ScheduleFreeAdamW(learning_rate=0.05), loss="mse")
+        if callback:
+            history = model.fit(
+                x,
+                y,
+                epochs=2,
+                batch_size=16,
+                shuffle=False,
+                verbose=0,
+                validation_data=(x, y),
+                callbacks=[ut.EvalAtX()],
+            )
+        else:
+            model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+        runs.append((model, history if callback else None))
+    plain, (with_cb, history) = runs[0][0], runs[1]
+    for a, b in zip(
+        plain.weights + plain.optimizer.variables, with_cb.weights + with_cb.optimizer.variables, strict=True
+    ):
+        assert bits_equal(a.numpy(), b.numpy()), a.path
+    assert with_cb.optimizer.train_mode
+    with with_cb.optimizer.evaluating():
+        at_x = with_cb.evaluate(x, y, batch_size=16, verbose=0)
+    at_y = with_cb.evaluate(x, y, batch_size=16, verbose=0)
+    assert history.history["val_loss"][-1] == at_x != at_y
+
+
+def test_eval_at_x_refuses_an_optimizer_without_a_view():
+    x, y = _data()
+    model = _mlp()
+    model.compile(optimizer=ut.Adam(), loss="mse")
+    with pytest.raises(TypeError, match=r"EvalAtX: expected a uniopt\.tf optimizer with an evaluation view"):
+        model.evaluate(x, y, verbose=0, callbacks=[ut.EvalAtX()])
+
+
+# -- porting -------------------------------------------------------------------------------------------
+def test_export_in_eval_mode_is_refused_and_a_record_needs_the_history():
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01)
+    params, grads = params_and_grads(2, "float32")
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    make_step(opt, variables, "eager")([tf.constant(x) for x in grads[0]])
+    record = ut.export_state(opt, variables)
+    assert record.history == opt.history()._asdict()
+    opt.eval()
+    with pytest.raises(ValueError, match=r"export_state: the optimizer is in eval mode"):
+        ut.export_state(opt, variables)
+    other = ut.from_spec(spec)
+    with pytest.raises(ValueError, match=r"history"):
+        ut.import_state(other, dataclasses.replace(record, history=None), variables)
+    assert not other.built
+
+
+@pytest.mark.parametrize("convention", ["uniopt", "optax"])
+def test_a_run_moves_numpy_tf_numpy_through_files_bitwise(tmp_path, convention):
+    """The record carries the history both ways: steps 1-3 in the core (as uniopt.torch and
+    uniopt.jax export the same record), 4-6 in uniopt.tf (imported into an optimizer not built yet),
+    7-9 in the core again; bitwise with the uninterrupted run, history included."""
+    from uniopt.porting import export_state as core_export
+    from uniopt.porting import import_state as core_import
+
+    spec = uniopt.ScheduleFreeAdamW(lr=0.02, warmup_steps=4, weight_decay=0.01, convention=convention)
+    params, grads = params_and_grads(9, "float32", seed=11)
+    ps, state = _state_after(spec, params, grads[:3])
+    uniopt.save_state(tmp_path / "a.npz", core_export(spec, state, ps))
+    variables = [tf.Variable(p) for p in ps]
+    opt = ut.from_spec(spec)
+    ut.import_state(opt, uniopt.load_state(tmp_path / "a.npz"), variables)
+    assert opt.history() == state.history
+    step = make_step(opt, variables, "function")
+    for g in grads[3:6]:
+        step([tf.constant(x) for x in g])
+    uniopt.save_state(tmp_path / "b.npz", ut.export_state(opt, variables))
+    ps = [v.numpy() for v in variables]
+    state = core_import(uniopt.load_state(tmp_path / "b.npz"), spec, ps)
+    for g in grads[6:]:
+        ps, state = spec.update(g, state, ps, npx)
+    want, want_state = _state_after(spec, params, grads)
+    for a, b in zip(ps, want, strict=True):
+        assert bits_equal(a, b)
+    assert state.history == want_state.history
+
+
+def test_kerass_own_optimizer_is_recorded_with_the_keras_convention():
+    params, grads = params_and_grads(6, "float32", seed=12)
+    native_vars = [keras.Variable(p) for p in params]
+    native = keras.optimizers.ScheduleFreeAdamW(learning_rate=0.01, weight_decay=0.1, warmup_steps=3)
+    native.build(native_vars)
+    for g in grads[:3]:
+        native.apply([tf.constant(x) for x in g], native_vars)
+    record = ut.from_keras(native, native_vars)
+    assert (record.optimizer, record.convention, record.history) == ("ScheduleFreeAdamW", "keras", None)
+    ours_vars = [keras.Variable(v.numpy()) for v in native_vars]
+    ours = ut.ScheduleFreeAdamW(learning_rate=0.01, weight_decay=0.1, warmup_steps=3, convention="keras")
+    ut.import_state(ours, record, ours_vars)
+    for g in grads[3:]:
+        native.apply([tf.constant(x) for x in g], native_vars)
+        ours.apply([tf.constant(x) for x in g], ours_vars)
+    for a, b in zip(ours_vars, native_vars, strict=True):
+        assert bits_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("convention", ["uniopt", "keras"])
+def test_built_inside_a_tf_function_z_still_starts_at_the_parameters(convention):
+    """The first apply inside a tf.function builds the optimizer: each z is initialised from its
+    variable's value when created (Keras's own optimizer assigns the copy in-graph, where it is
+    lost, and starts z at 0: see docs/optimizers/schedule_free_adamw.md)."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, convention=convention)
+    params, grads = params_and_grads(4, "float32", seed=15)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    step = make_step(opt, variables, "function")  # not built yet
+    got = []
+    for g in grads:
+        step([tf.constant(x) for x in g])
+        got.append(snapshot(opt, variables))
+    assert_trajectories(got, reference(spec, params, grads))
