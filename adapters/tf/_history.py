@@ -31,6 +31,7 @@ and refuses a step until ``train()``: before the first step both hold the same v
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -105,7 +106,19 @@ class HistoryOptimizer(UnioptOptimizer):
         if tf.executing_eagerly():
             return super().apply(grads, trainable_variables)
         check = tf.debugging.Assert(tf.equal(self._uniopt_mode.value, 1), [message])
-        with tf.control_dependencies([check]):
+        # a learning rate set after construction (or a schedule's) is checked before any op of the
+        # step, the step count's included; eagerly the host refuses it (_history_step)
+        lr = tf.cast(self._get_current_learning_rate(), tf.float64)
+        lr_check = tf.debugging.Assert(
+            tf.logical_and(tf.math.is_finite(lr), lr >= 0),
+            [
+                f"uniopt.tf.{type(self).__name__}: the learning_rate is out of range; expected a "
+                "finite learning_rate >= 0 (the history of learning rates would keep it; nothing "
+                "was changed); learning_rate =",
+                lr,
+            ],
+        )
+        with tf.control_dependencies([check, lr_check]):
             return super().apply(grads, trainable_variables)
 
     def _eval_mode_message(self) -> str:
@@ -153,6 +166,12 @@ class HistoryOptimizer(UnioptOptimizer):
         kinds = [type(spec.step_scalars(1)) for spec in specs]
 
         def compute(step: Any, lr: Any, bits: Any) -> list[np.ndarray]:
+            if not (math.isfinite(float(lr)) and float(lr) >= 0):  # a rate set after construction
+                raise ValueError(
+                    f"uniopt.tf.{type(self).__name__}: learning_rate={float(lr)!r} at step {int(step)} "
+                    "is out of range; expected a finite learning_rate >= 0 (the history of learning "
+                    "rates would keep it; nothing was changed)"
+                )
             start = self._spec.init_history()
             before = type(start)(*(float(v) for v in np.asarray(bits, np.float64)))
             after, out = None, []
@@ -291,7 +310,7 @@ class EvalAtX(keras.callbacks.Callback):
         if not isinstance(opt, HistoryOptimizer):
             raise TypeError(
                 "uniopt.tf.EvalAtX: expected a uniopt.tf optimizer with an evaluation view "
-                f"(ScheduleFreeAdamW), got {type(opt).__name__}"
+                f"(uniopt.tf.ScheduleFreeAdamW), got {type(opt).__module__}.{type(opt).__qualname__}"
             )
         return opt
 

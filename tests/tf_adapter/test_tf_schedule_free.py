@@ -113,6 +113,30 @@ def test_a_learning_rate_set_mid_run_enters_the_history():
 
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf")])
+def test_a_bad_learning_rate_set_mid_run_is_refused_and_changes_nothing(mode, bad):
+    """The constructor validates learning_rate; a rate set later reaches the history only through
+    the host, which refuses it (a ValueError eagerly, TensorFlow's InvalidArgumentError carrying it
+    in a tf.function) before any variable, slot, history value or the step count changes."""
+    params, grads = params_and_grads(3, "float32", seed=5)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.ScheduleFreeAdamW(0.01)
+    step = make_step(opt, variables, mode)
+    step([tf.constant(x) for x in grads[0]])
+    state = [v for v in opt.variables if "learning_rate" not in v.name]  # the rate itself changes
+    before = [v.numpy().copy() for v in state] + [v.numpy().copy() for v in variables]
+    opt.learning_rate = bad
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=r"learning_rate.* out of range"):
+        step([tf.constant(x) for x in grads[1]])
+    after = [v.numpy() for v in state] + [v.numpy() for v in variables]
+    for b, a in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    opt.learning_rate = 0.01
+    step([tf.constant(x) for x in grads[1]])
+    assert np.isfinite(opt.history().weight_sum)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
 def test_gradient_accumulation_advances_the_history_once_per_update(mode):
     """With gradient_accumulation_steps=2 the history (and the step count) moves on every second
     apply, with the mean gradient; odd applies change nothing but the accumulators."""
@@ -407,6 +431,12 @@ def test_eval_at_x_refuses_an_optimizer_without_a_view():
     model = _mlp()
     model.compile(optimizer=ut.Adam(), loss="mse")
     with pytest.raises(TypeError, match=r"EvalAtX: expected a uniopt\.tf optimizer with an evaluation view"):
+        model.evaluate(x, y, verbose=0, callbacks=[ut.EvalAtX()])
+    # Keras's own ScheduleFreeAdamW is named by its module, not only its class name
+    model.compile(optimizer=keras.optimizers.ScheduleFreeAdamW(), loss="mse")
+    with pytest.raises(
+        TypeError, match=r"got keras\.src\.optimizers\.schedule_free_adamw\.ScheduleFreeAdamW"
+    ):
         model.evaluate(x, y, verbose=0, callbacks=[ut.EvalAtX()])
 
 
