@@ -38,6 +38,17 @@ def _spec(desc: str) -> uniopt.ScheduleFreeAdamW:
     return INFO.make(INFO.case(desc))
 
 
+def _stepped(spec: uniopt.ScheduleFreeAdamW, params, grads, mode: str):
+    """The spec's uniopt.tf optimizer on variables holding ``params``, after a step per entry of
+    ``grads`` in ``mode``: (variables, optimizer, the step function)."""
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    step = make_step(opt, variables, mode)
+    for g in grads:
+        step([tf.constant(x) for x in g])
+    return variables, opt, step
+
+
 def _state_after(spec, params, grads):
     """The core's NumPy run: final parameters and State."""
     params = [np.array(p, copy=True) for p in params]
@@ -242,11 +253,7 @@ def test_xla_is_refused_before_anything_changes(convention):
 def test_history_variables_are_in_optimizer_variables_and_checkpoints(tmp_path):
     spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=3)
     params, grads = params_and_grads(10, seed=6)
-    variables = [tf.Variable(p) for p in params]
-    opt = ut.from_spec(spec)
-    step = make_step(opt, variables, "function")
-    for g in grads[:5]:
-        step([tf.constant(x) for x in g])
+    variables, opt, step = _stepped(spec, params, grads[:5], "function")
     names = [v.name for v in opt.variables]
     assert {"weight_sum", "lr_max", "weight_sum_f32", "lr_max_f32", "train_mode"} <= set(names)
     path = tf.train.Checkpoint(optimizer=opt, variables=variables).save(str(tmp_path / "ckpt"))
@@ -301,11 +308,7 @@ def test_model_save_load_continues_bitwise(tmp_path):
 def test_eval_and_train_give_the_specs_views(convention):
     spec = uniopt.ScheduleFreeAdamW(lr=0.01, convention=convention)
     params, grads = params_and_grads(5, "float32", seed=8)
-    variables = [tf.Variable(p) for p in params]
-    opt = ut.from_spec(spec)
-    step = make_step(opt, variables, "function")
-    for g in grads:
-        step([tf.constant(x) for x in g])
+    variables, opt, _ = _stepped(spec, params, grads, "function")
     y, state = _state_after(spec, params, grads)
     x = spec.eval_params(y, state, npx)
     assert opt.train_mode
@@ -376,11 +379,7 @@ def test_eval_and_train_are_eager_only():
 def test_evaluating_restores_y_exactly():
     spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=2)
     params, grads = params_and_grads(5, "float32", seed=10)
-    variables = [tf.Variable(p) for p in params]
-    opt = ut.from_spec(spec)
-    step = make_step(opt, variables, "eager")
-    for g in grads:
-        step([tf.constant(x) for x in g])
+    variables, opt, _ = _stepped(spec, params, grads, "eager")
     y, state = _state_after(spec, params, grads)
     with opt.evaluating():
         assert not opt.train_mode
