@@ -103,21 +103,20 @@ class HistoryOptimizer(UnioptOptimizer):
         with tf.init_scope():  # eagerly, or when a tf.function is traced: the mode now
             if int(self._uniopt_mode.numpy()) != 1:
                 raise RuntimeError(message)
+        # a learning rate set after construction (or a schedule's) is checked before any op of the
+        # step, the step count's included: the history of learning rates would keep a bad one
+        lr = tf.cast(self._get_current_learning_rate(), tf.float64)
+        lr_message = (
+            f"uniopt.tf.{type(self).__name__}: the learning_rate is out of range; expected a finite "
+            "learning_rate >= 0 (the history of learning rates would keep it; nothing was changed); "
+            "learning_rate ="
+        )
         if tf.executing_eagerly():
+            if not (math.isfinite(float(lr)) and float(lr) >= 0):
+                raise ValueError(f"{lr_message} {float(lr)!r}")
             return super().apply(grads, trainable_variables)
         check = tf.debugging.Assert(tf.equal(self._uniopt_mode.value, 1), [message])
-        # a learning rate set after construction (or a schedule's) is checked before any op of the
-        # step, the step count's included; eagerly the host refuses it (_history_step)
-        lr = tf.cast(self._get_current_learning_rate(), tf.float64)
-        lr_check = tf.debugging.Assert(
-            tf.logical_and(tf.math.is_finite(lr), lr >= 0),
-            [
-                f"uniopt.tf.{type(self).__name__}: the learning_rate is out of range; expected a "
-                "finite learning_rate >= 0 (the history of learning rates would keep it; nothing "
-                "was changed); learning_rate =",
-                lr,
-            ],
-        )
+        lr_check = tf.debugging.Assert(tf.logical_and(tf.math.is_finite(lr), lr >= 0), [lr_message, lr])
         with tf.control_dependencies([check, lr_check]):
             return super().apply(grads, trainable_variables)
 
@@ -166,12 +165,6 @@ class HistoryOptimizer(UnioptOptimizer):
         kinds = [type(spec.step_scalars(1)) for spec in specs]
 
         def compute(step: Any, lr: Any, bits: Any) -> list[np.ndarray]:
-            if not (math.isfinite(float(lr)) and float(lr) >= 0):  # a rate set after construction
-                raise ValueError(
-                    f"uniopt.tf.{type(self).__name__}: learning_rate={float(lr)!r} at step {int(step)} "
-                    "is out of range; expected a finite learning_rate >= 0 (the history of learning "
-                    "rates would keep it; nothing was changed)"
-                )
             start = self._spec.init_history()
             before = type(start)(*(float(v) for v in np.asarray(bits, np.float64)))
             after, out = None, []

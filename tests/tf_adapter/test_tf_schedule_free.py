@@ -126,9 +126,9 @@ def test_a_learning_rate_set_mid_run_enters_the_history():
 @pytest.mark.parametrize("mode", ["eager", "function"])
 @pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf")])
 def test_a_bad_learning_rate_set_mid_run_is_refused_and_changes_nothing(mode, bad):
-    """The constructor validates learning_rate; a rate set later reaches the history only through
-    the host, which refuses it (a ValueError eagerly, TensorFlow's InvalidArgumentError carrying it
-    in a tf.function) before any variable, slot, history value or the step count changes."""
+    """The constructor validates learning_rate; a rate set later is refused by apply (a ValueError
+    eagerly, TensorFlow's InvalidArgumentError carrying it in a tf.function) before any variable,
+    slot, history value or the step count changes."""
     params, grads = params_and_grads(3, "float32", seed=5)
     variables = [tf.Variable(p) for p in params]
     opt = ut.ScheduleFreeAdamW(0.01)
