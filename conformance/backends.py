@@ -32,6 +32,7 @@ __all__ = [
     "Snapshot",
     "Unit",
     "batched",
+    "bfloat16_per_convention",
     "by_unit",
     "first_case_per_convention",
     "get",
@@ -408,6 +409,24 @@ def per_convention_only(
         lambda cell: (cell.optimizer, cell.case) in firsts and selects(cell),
         f"{reason}; and of each optimizer the cases after the first of each convention, run by "
         f"default in {where}",
+    )
+
+
+def bfloat16_per_convention(
+    rule: tuple[Callable[[Cell], bool], str], where: str
+) -> tuple[Callable[[Cell], bool], str]:
+    """``rule``'s default cells, with the ``bfloat16`` cells of the first case of each optimizer and
+    convention only (:func:`first_case_per_convention`): a compiled mode spends its time compiling
+    once per case and dtype, and a ``bfloat16`` rule is the ``float32`` one upcast and rounded back
+    per op, so every case's ``float32`` cells and each convention's ``bfloat16`` cells prove the
+    compiled path by default, every case's ``bfloat16`` cells with ``--full``. They run by default
+    in ``where``."""
+    selects, reason = rule
+    firsts = first_case_per_convention()
+    return (
+        lambda cell: (cell.dtype != "bfloat16" or (cell.optimizer, cell.case) in firsts) and selects(cell),
+        f"{reason}; and the bfloat16 cells of each optimizer's cases after the first of each "
+        f"convention, run by default in {where}",
     )
 
 

@@ -320,6 +320,27 @@ def test_the_cases_after_the_first_per_convention_run_in_one_mode_per_framework_
     }
 
 
+def test_torch_compiled_runs_bfloat16_for_the_first_case_per_convention_and_float32_for_every_case():
+    """torch@compiled (inductor, one compile per case and dtype) leaves the bfloat16 cells of a case
+    after the first of its convention (Adam's amsgrad) to --full, with the reason; it runs that
+    case's float32 cells and the first cases' bfloat16 cells by default, and torch's uncompiled
+    modes run the bfloat16 cells of every case."""
+    torch_backend = backends.get("torch")
+    later = Cell("Adam", "amsgrad", "normal", "bfloat16", 50)
+    reason = torch_backend.skip_by_default("compiled", later)
+    assert reason is not None and "the bfloat16 cells of each optimizer's cases after the first" in reason
+    for case, dtype in (("amsgrad", "float32"), ("default", "bfloat16"), ("keras", "bfloat16")):
+        cell = Cell("Adam", case, "normal", dtype, 50)
+        assert torch_backend.skip_by_default("compiled", cell) is None, cell
+    for mode in ("eager", "loop", "flat"):
+        assert torch_backend.skip_by_default(mode, later) is None, mode
+    for b in backends.BACKENDS.values():  # the rule is torch@compiled's alone
+        for m in b.modes:
+            if f"{b.name}@{m}" != "torch@compiled":
+                why = b.skip_by_default(m, later)
+                assert why is None or "the bfloat16 cells of each" not in why, (b.name, m)
+
+
 def test_an_optimizer_that_reduces_runs_every_stream_in_one_mode_per_framework():
     """A non-elementwise optimizer's cells are not stacked, so the modes listed below run only the
     normal and mixed-shape streams by default; every other mode runs all of them."""

@@ -31,6 +31,7 @@ and refuses a step until ``train()``: before the first step both hold the same v
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -102,10 +103,21 @@ class HistoryOptimizer(UnioptOptimizer):
         with tf.init_scope():  # eagerly, or when a tf.function is traced: the mode now
             if int(self._uniopt_mode.numpy()) != 1:
                 raise RuntimeError(message)
+        # a learning rate set after construction (or a schedule's) is checked before any op of the
+        # step, the step count's included: the history of learning rates would keep a bad one
+        lr = tf.cast(self._get_current_learning_rate(), tf.float64)
+        lr_message = (
+            f"uniopt.tf.{type(self).__name__}: the learning_rate is out of range; expected a finite "
+            "learning_rate >= 0 (the history of learning rates would keep it; nothing was changed); "
+            "learning_rate ="
+        )
         if tf.executing_eagerly():
+            if not (math.isfinite(float(lr)) and float(lr) >= 0):
+                raise ValueError(f"{lr_message} {float(lr)!r}")
             return super().apply(grads, trainable_variables)
         check = tf.debugging.Assert(tf.equal(self._uniopt_mode.value, 1), [message])
-        with tf.control_dependencies([check]):
+        lr_check = tf.debugging.Assert(tf.logical_and(tf.math.is_finite(lr), lr >= 0), [lr_message, lr])
+        with tf.control_dependencies([check, lr_check]):
             return super().apply(grads, trainable_variables)
 
     def _eval_mode_message(self) -> str:
@@ -291,7 +303,7 @@ class EvalAtX(keras.callbacks.Callback):
         if not isinstance(opt, HistoryOptimizer):
             raise TypeError(
                 "uniopt.tf.EvalAtX: expected a uniopt.tf optimizer with an evaluation view "
-                f"(ScheduleFreeAdamW), got {type(opt).__name__}"
+                f"(uniopt.tf.ScheduleFreeAdamW), got {type(opt).__module__}.{type(opt).__qualname__}"
             )
         return opt
 

@@ -633,7 +633,7 @@ class UnioptOptimizer(Optimizer):
                         "step count (an integer >= 0, as a number or a 1-element tensor); nothing "
                         "was loaded"
                     )
-                for name in expected - {"step"}:
+                for name in spec.slots_in_use(tuple(p.shape)):  # in the spec's order
                     want = spec.slot_shape(name, tuple(p.shape))
                     if tuple(entry[name].shape) != want:
                         slot = "" if want == tuple(p.shape) else f", whose slot has shape {want}"

@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import uniopt
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,8 +30,12 @@ def _run(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> di
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_mirrored_strategy_over_two_cpus_trains_and_replicas_stay_identical():
-    result = _run(
+def _fit_mirrored(optimizer: str) -> dict:
+    """Fit a small MLP on the digits for 3 epochs under a MirroredStrategy over two logical CPUs,
+    with ``optimizer`` (a Python expression over ``ut``, uniopt.tf), in a fresh process: the
+    replica count, the variables whose replicas differ, the losses, the step count, the number of
+    optimizer variables and the optimizer's history (``None`` without one)."""
+    return _run(
         """
         import json
         import numpy as np, tensorflow as tf
@@ -45,7 +51,7 @@ def test_mirrored_strategy_over_two_cpus_trains_and_replicas_stay_identical():
             keras.utils.set_random_seed(0)
             model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
                                       keras.layers.Dense(10)])
-            model.compile(optimizer=ut.RAdam(learning_rate=2e-2, weight_decay=0.01),
+            model.compile(optimizer=OPTIMIZER,
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         history = model.fit(x, y, epochs=3, batch_size=128, verbose=0)
         replicas, differ = 0, []
@@ -54,11 +60,16 @@ def test_mirrored_strategy_over_two_cpus_trains_and_replicas_stay_identical():
             replicas = max(replicas, len(parts))
             if any(p.tobytes() != parts[0].tobytes() for p in parts):
                 differ.append(v.path)
+        kept = list(model.optimizer.history()) if hasattr(model.optimizer, "history") else None
         print(json.dumps({"replicas": replicas, "differ": differ, "loss": history.history["loss"],
                           "steps": int(model.optimizer.iterations.numpy()),
-                          "slots": len(model.optimizer.variables)}))
-        """
+                          "slots": len(model.optimizer.variables), "history": kept}))
+        """.replace("OPTIMIZER", optimizer)
     )
+
+
+def test_mirrored_strategy_over_two_cpus_trains_and_replicas_stay_identical():
+    result = _fit_mirrored("ut.RAdam(learning_rate=2e-2, weight_decay=0.01)")
     assert result["replicas"] == 2
     assert result["differ"] == []
     assert result["loss"][-1] < 0.9 * result["loss"][0]
@@ -120,42 +131,13 @@ def test_schedule_free_under_mirrored_strategy_keeps_one_history():
     """ScheduleFreeAdamW's history variables advance once per step under tf.distribute (each
     replica computes the same host step; the variables aggregate as the first replica's), and the
     replicas stay identical."""
-    result = _run(
-        """
-        import json
-        import numpy as np, tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        import keras, uniopt, uniopt.tf as ut
-        from sklearn.datasets import load_digits
-
-        data = load_digits()
-        x, y = (data.data / 16.0).astype(np.float32), data.target.astype(np.int32)
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        with strategy.scope():
-            keras.utils.set_random_seed(0)
-            model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-                                      keras.layers.Dense(10)])
-            model.compile(optimizer=ut.ScheduleFreeAdamW(learning_rate=2e-2, warmup_steps=10),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        history = model.fit(x, y, epochs=3, batch_size=128, verbose=0)
-        replicas, differ = 0, []
-        for v in model.weights + model.optimizer.variables:
-            parts = [np.asarray(p.numpy()) for p in v.value.values]
-            replicas = max(replicas, len(parts))
-            if any(p.tobytes() != parts[0].tobytes() for p in parts):
-                differ.append(v.path)
-        spec = uniopt.ScheduleFreeAdamW(lr=2e-2, warmup_steps=10)
-        want = spec.init_history()
-        for t in range(1, 46):
-            want = spec.history_scalars(t, 2e-2, want)[1]
-        print(json.dumps({"replicas": replicas, "differ": differ, "loss": history.history["loss"],
-                          "steps": int(model.optimizer.iterations.numpy()),
-                          "history": list(model.optimizer.history()), "want": list(want)}))
-        """
-    )
+    result = _fit_mirrored("ut.ScheduleFreeAdamW(learning_rate=2e-2, warmup_steps=10)")
+    spec = uniopt.ScheduleFreeAdamW(lr=2e-2, warmup_steps=10)
+    want = spec.init_history()
+    for t in range(1, 46):
+        want = spec.history_scalars(t, 2e-2, want)[1]
     assert result["replicas"] == 2
     assert result["differ"] == []
     assert result["loss"][-1] < 0.9 * result["loss"][0]
     assert result["steps"] == 3 * 15
-    assert result["history"] == result["want"]
+    assert result["history"] == list(want)

@@ -38,6 +38,17 @@ def _spec(desc: str) -> uniopt.ScheduleFreeAdamW:
     return INFO.make(INFO.case(desc))
 
 
+def _stepped(spec: uniopt.ScheduleFreeAdamW, params, grads, mode: str):
+    """The spec's uniopt.tf optimizer on variables holding ``params``, after a step per entry of
+    ``grads`` in ``mode``: (variables, optimizer, the step function)."""
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.from_spec(spec)
+    step = make_step(opt, variables, mode)
+    for g in grads:
+        step([tf.constant(x) for x in g])
+    return variables, opt, step
+
+
 def _state_after(spec, params, grads):
     """The core's NumPy run: final parameters and State."""
     params = [np.array(p, copy=True) for p in params]
@@ -110,6 +121,30 @@ def test_a_learning_rate_set_mid_run_enters_the_history():
     want = reference(spec, params, grads, lrs=lrs)
     assert_trajectories([snapshot(opt, variables)], want[-1:])
     assert opt.history().lr_max == 0.03
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf")])
+def test_a_bad_learning_rate_set_mid_run_is_refused_and_changes_nothing(mode, bad):
+    """The constructor validates learning_rate; a rate set later is refused by apply (a ValueError
+    eagerly, TensorFlow's InvalidArgumentError carrying it in a tf.function) before any variable,
+    slot, history value or the step count changes."""
+    params, grads = params_and_grads(3, "float32", seed=5)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.ScheduleFreeAdamW(0.01)
+    step = make_step(opt, variables, mode)
+    step([tf.constant(x) for x in grads[0]])
+    state = [v for v in opt.variables if "learning_rate" not in v.name]  # the rate itself changes
+    before = [v.numpy().copy() for v in state] + [v.numpy().copy() for v in variables]
+    opt.learning_rate = bad
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=r"learning_rate.* out of range"):
+        step([tf.constant(x) for x in grads[1]])
+    after = [v.numpy() for v in state] + [v.numpy() for v in variables]
+    for b, a in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    opt.learning_rate = 0.01
+    step([tf.constant(x) for x in grads[1]])
+    assert np.isfinite(opt.history().weight_sum)
 
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
@@ -218,11 +253,7 @@ def test_xla_is_refused_before_anything_changes(convention):
 def test_history_variables_are_in_optimizer_variables_and_checkpoints(tmp_path):
     spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=3)
     params, grads = params_and_grads(10, seed=6)
-    variables = [tf.Variable(p) for p in params]
-    opt = ut.from_spec(spec)
-    step = make_step(opt, variables, "function")
-    for g in grads[:5]:
-        step([tf.constant(x) for x in g])
+    variables, opt, step = _stepped(spec, params, grads[:5], "function")
     names = [v.name for v in opt.variables]
     assert {"weight_sum", "lr_max", "weight_sum_f32", "lr_max_f32", "train_mode"} <= set(names)
     path = tf.train.Checkpoint(optimizer=opt, variables=variables).save(str(tmp_path / "ckpt"))
@@ -277,11 +308,7 @@ def test_model_save_load_continues_bitwise(tmp_path):
 def test_eval_and_train_give_the_specs_views(convention):
     spec = uniopt.ScheduleFreeAdamW(lr=0.01, convention=convention)
     params, grads = params_and_grads(5, "float32", seed=8)
-    variables = [tf.Variable(p) for p in params]
-    opt = ut.from_spec(spec)
-    step = make_step(opt, variables, "function")
-    for g in grads:
-        step([tf.constant(x) for x in g])
+    variables, opt, _ = _stepped(spec, params, grads, "function")
     y, state = _state_after(spec, params, grads)
     x = spec.eval_params(y, state, npx)
     assert opt.train_mode
@@ -352,11 +379,7 @@ def test_eval_and_train_are_eager_only():
 def test_evaluating_restores_y_exactly():
     spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=2)
     params, grads = params_and_grads(5, "float32", seed=10)
-    variables = [tf.Variable(p) for p in params]
-    opt = ut.from_spec(spec)
-    step = make_step(opt, variables, "eager")
-    for g in grads:
-        step([tf.constant(x) for x in g])
+    variables, opt, _ = _stepped(spec, params, grads, "eager")
     y, state = _state_after(spec, params, grads)
     with opt.evaluating():
         assert not opt.train_mode
@@ -407,6 +430,12 @@ def test_eval_at_x_refuses_an_optimizer_without_a_view():
     model = _mlp()
     model.compile(optimizer=ut.Adam(), loss="mse")
     with pytest.raises(TypeError, match=r"EvalAtX: expected a uniopt\.tf optimizer with an evaluation view"):
+        model.evaluate(x, y, verbose=0, callbacks=[ut.EvalAtX()])
+    # Keras's own ScheduleFreeAdamW is named by its module, not only its class name
+    model.compile(optimizer=keras.optimizers.ScheduleFreeAdamW(), loss="mse")
+    with pytest.raises(
+        TypeError, match=r"got keras\.src\.optimizers\.schedule_free_adamw\.ScheduleFreeAdamW"
+    ):
         model.evaluate(x, y, verbose=0, callbacks=[ut.EvalAtX()])
 
 
