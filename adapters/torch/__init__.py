@@ -146,7 +146,8 @@ def _docstring(info: OptimizerInfo) -> str:
         lines += [
             f"{', '.join(f'``{n}``' for n in names.extensions)} are no torch.optim.{names.native} "
             "arguments (the spec's optax convention reads them): keyword-only here, kept in the "
-            "groups like ``convention``.",
+            "groups like ``convention`` but not in ``defaults``, which holds torch.optim's keys (so "
+            "``OneCycleLR(cycle_momentum=True)`` refuses it as it refuses torch.optim's).",
             "",
         ]
     if spec.reference:
@@ -166,6 +167,7 @@ def _make(info: OptimizerInfo) -> type[UnioptOptimizer]:
         "positional": tuple(names.positional),
         "torch_options": dict(names.options),
         "state_at_construction": names.state_at_construction,
+        "extensions": tuple(names.extensions),
     }
     if names.state_at_construction:
         namespace["share_memory"] = _share_memory

@@ -122,6 +122,11 @@ class UnioptOptimizer(Optimizer):
     ``differentiable``; Adam's ``decoupled_weight_decay``) that this optimizer accepts, with
     torch.optim's defaults. They are stored in ``defaults`` and every param group as torch.optim
     stores them and never change the numbers (see :meth:`_check_options`)."""
+    extensions: ClassVar[tuple[str, ...]] = ()
+    """Spec fields that torch.optim's optimizer has no argument for (optax.adafactor's own, on
+    Adafactor). They are kept in every param group but not in ``defaults``, so that code reading
+    ``defaults`` sees torch.optim's keys: ``OneCycleLR(cycle_momentum=True)`` refuses Adafactor,
+    which has no momentum in torch.optim, instead of cycling the optax convention's ``momentum``."""
     state_at_construction: ClassVar[bool] = False
     """Whether the state of the constructor's parameters (``step`` 0 and the spec's initial slots)
     is created by the constructor, as torch.optim.Adagrad creates it (so that ``share_memory`` can
@@ -184,6 +189,7 @@ class UnioptOptimizer(Optimizer):
         # tensor hyperparameters stay the caller's tensors, as torch.optim keeps them (a scheduler
         # writes a tensor lr in place)
         defaults.update({k: v for k, v in hyperparameters.items() if _holds_tensor(v)})
+        self._extension_defaults = {k: defaults.pop(k) for k in self.extensions}
         super().__init__(params, {**defaults, **options})
         self.state = _watched(self.state)
         if self.state_at_construction:
@@ -194,7 +200,12 @@ class UnioptOptimizer(Optimizer):
 
     # -- the contract -------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "implementation": self.implementation, "_given": self._given}
+        return {
+            **super().__getstate__(),
+            "implementation": self.implementation,
+            "_given": self._given,
+            "_extension_defaults": self._extension_defaults,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -211,6 +222,8 @@ class UnioptOptimizer(Optimizer):
         self.state = _watched(self.state)
         self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("_given", None)  # unknown: groups take ``defaults`` as they are
+        # a pickle from before extensions left ``defaults``: they are in its ``defaults`` still
+        self.__dict__.setdefault("_extension_defaults", {})
         self.__dict__.setdefault("_buckets", {})
         self.__dict__.setdefault("_grad_layouts", {})
 
@@ -244,6 +257,8 @@ class UnioptOptimizer(Optimizer):
             resolved = self.spec_class(**{k: _plain(owner, k, v) for k, v in own.items()}).hyperparameters
             for name in self._fields():
                 param_group.setdefault(name, own[name] if _holds_tensor(own.get(name)) else resolved[name])
+        for name, value in self._extension_defaults.items():  # not in ``defaults`` (see extensions)
+            param_group.setdefault(name, value)
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         spec = self._spec_of(merged)
         if isinstance(params, list):

@@ -253,7 +253,10 @@ def check_compatible(
 
     Checked in this order: the optimizer, the parameter count, each parameter's shape and dtype, the
     slot names ``spec`` needs, and (unless ``hyperparameters=False``) every hyperparameter, which must
-    be equal for the import to continue the saved run (``lr`` included).
+    be equal for the import to continue the saved run (``lr`` included). ``convention`` is not
+    compared: it chooses whose formulas run, and a record moves between conventions (a
+    ``convention="torch"`` run of uniopt.torch into torch.optim, a Keras record into uniopt's rules);
+    where conventions keep different slots or a history, the checks above refuse the record.
     """
     if state.optimizer != spec.name:
         raise ValueError(f"{owner}: the state is from {state.optimizer}, the optimizer is {spec.name}")
@@ -295,7 +298,7 @@ def check_compatible(
                 )
     if hyperparameters:
         mine = {k: _jsonable(k, v) for k, v in spec.hyperparameters.items()}
-        for name in sorted(set(mine) | set(state.hyperparameters)):
+        for name in sorted((set(mine) | set(state.hyperparameters)) - {"convention"}):
             if mine.get(name) != state.hyperparameters.get(name):
                 raise ValueError(
                     f"{owner}: hyperparameter {name} is {mine.get(name)!r} in the optimizer and "

@@ -113,3 +113,51 @@ def test_torch_optim_validation_messages_name_the_same_arguments():
             torch.optim.Adafactor(params, **kwargs)
         with pytest.raises(ValueError, match=we_say):
             ut.Adafactor(params, **kwargs)
+
+
+@pytest.mark.parametrize("convention", ["torch", "optax"])
+def test_defaults_hold_torch_optims_keys_and_the_groups_every_field(convention):
+    """optax's arguments (momentum, ...) are kept in the groups, not in ``defaults``: a scheduler
+    that looks for momentum in ``defaults`` (OneCycleLR and CyclicLR with cycle_momentum=True)
+    refuses uniopt.torch.Adafactor as it refuses torch.optim.Adafactor, instead of writing a
+    momentum that the optax convention would run."""
+    ref = torch.optim.Adafactor([torch.ones(3, requires_grad=True)], lr=0.01)
+    opt = ut.Adafactor([torch.ones(3, requires_grad=True)], lr=0.01, convention=convention)
+    for scheduler in (
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10),
+        lambda o: torch.optim.lr_scheduler.CyclicLR(o, base_lr=0.01, max_lr=0.1),
+    ):
+        with pytest.raises(ValueError) as native:
+            scheduler(ref)
+        with pytest.raises(ValueError) as ours:
+            scheduler(opt)
+        assert str(ours.value) == str(native.value)
+    assert "momentum" not in opt.defaults and "momentum" in opt.param_groups[0]
+    assert set(opt.defaults) - {"convention"} == set(ref.defaults)
+    extra = torch.ones(2, requires_grad=True)
+    opt.add_param_group({"params": [extra]})
+    assert opt.param_groups[1]["momentum"] == opt.param_groups[0]["momentum"]
+
+
+def test_optax_arguments_given_reach_every_group_and_survive_a_pickle():
+    """momentum given to the constructor is every group's (added groups too, after a pickle round
+    trip), and the steps run it: the parameter differs from a run without momentum."""
+    import pickle
+
+    def run(**kwargs):
+        p = torch.ones(3, 2, dtype=torch.float64, requires_grad=True)
+        opt = ut.Adafactor([p], lr=0.1, convention="optax", **kwargs)
+        opt = pickle.loads(pickle.dumps(opt))
+        q = torch.ones(4, dtype=torch.float64, requires_grad=True)
+        opt.add_param_group({"params": [q]})
+        p, q = opt.param_groups[0]["params"][0], opt.param_groups[1]["params"][0]
+        for _ in range(3):
+            p.grad, q.grad = torch.full_like(p, 0.5), torch.full_like(q, -0.25)
+            opt.step()
+        return opt, p, q
+
+    with_momentum, p1, q1 = run(momentum=0.9)
+    plain, p0, q0 = run()
+    assert [g["momentum"] for g in with_momentum.param_groups] == [0.9, 0.9]
+    assert [g["momentum"] for g in plain.param_groups] == [0.0, 0.0]
+    assert not torch.equal(p1, p0) and not torch.equal(q1, q0)

@@ -249,3 +249,28 @@ def test_torch_optim_errors():
     with pytest.raises(ValueError, match="the state is from SGD, the optimizer is Adam"):
         ut.to_torch_optim(record, adam)
     assert not adam.state
+
+
+def test_a_torch_convention_run_moves_into_torch_optim_and_back_with_its_hyperparameters():
+    """A record of uniopt.torch.Adam(convention='torch') loads into torch.optim.Adam with the
+    hyperparameter check on (the convention says whose formulas ran and is not compared), and
+    torch.optim's record loads into uniopt's default convention: the slots arrive bit for bit."""
+    params = _tensors(stream("float32", steps=0)[0])
+    ours = ut.Adam(params, lr=0.01, convention="torch")
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.full_like(p, 0.25)
+        ours.step()
+    record = ut.export_state(ours)
+    copies = _tensors([p.detach().numpy() for p in params])
+    native = torch.optim.Adam(copies, lr=0.01)
+    ut.to_torch_optim(record, native)
+    for p, q in zip(params, copies, strict=True):
+        assert int(native.state[q]["step"]) == 3
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert_bitwise([native.state[q][key].numpy()], [ours.state[p][key].numpy()], key)
+    back = ut.Adam(_tensors([p.detach().numpy() for p in copies]), lr=0.01)
+    ut.import_state(back, ut.from_torch_optim(native))
+    assert_bitwise(ut.export_state(back).slots[0].values(), record.slots[0].values(), "slots")
+    with pytest.raises(ValueError, match=r"hyperparameter lr is 0.02 in the optimizer and 0.01"):
+        ut.to_torch_optim(record, torch.optim.Adam(copies, lr=0.02))
