@@ -101,8 +101,6 @@ EXPECTED: dict[str, str] = {
     "test_step_state_dtype_device?Muon*": MUON_2D,
     "test_tensor_lr?Muon*": MUON_2D,
     "test_zero_grad?Muon*": MUON_2D,
-    "test_complex?Muon*": MUON_COMPLEX,
-    "test_complex_2d?Muon*": MUON_COMPLEX,
     "test_error_type?Muon-does not support complex parameters?": MUON_COMPLEX,
     "test_errors?Muon-does not support complex parameters?": MUON_COMPLEX,
     "test_errors?Muon-only support 2D parameters?": MESSAGE,
