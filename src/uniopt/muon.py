@@ -151,6 +151,7 @@ from ._math import (
     is_complex,
     keras_weight_decay,
     norm,
+    sum_pairwise_axis,
 )
 from ._spec import Array, Spec, _device
 from ._validate import check_betas, check_bool, check_interval, check_real
@@ -696,22 +697,8 @@ def matmul_exact(a: Array, b: Array, xp: Any) -> Array:
     blocks = []
     for start in range(0, m, rows):
         terms = xp.multiply(at[:, start : min(start + rows, m), :], bt)  # (k, rows, n)
-        blocks.append(_sum_leading_pairwise(terms, xp))
+        blocks.append(sum_pairwise_axis(terms, 0, xp))
     return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
-
-
-def _sum_leading_pairwise(terms: Array, xp: Any) -> Array:
-    """The sum over the leading axis of ``terms`` (``k >= 1`` entries), in
-    :func:`uniopt._math.sum_pairwise`'s order for every position of the other axes: with ``h`` the
-    largest power of two below ``k``, entry ``i < k - h`` becomes ``t[i] + t[i + h]`` and entries
-    ``k - h <= i < h`` are kept; repeat on the first ``h`` until one is left."""
-    k = int(terms.shape[0])
-    while k > 1:
-        h = 1 << ((k - 1).bit_length() - 1)
-        paired = xp.add(terms[: k - h, ...], terms[h:k, ...])
-        terms = paired if 2 * h == k else xp.concat([paired, terms[k - h : h, ...]], axis=0)
-        k = h
-    return terms[0, ...]
 
 
 def _orient(x: Array, xp: Any) -> tuple[Array, bool]:
