@@ -108,6 +108,10 @@ class KerasNames:
     ``weight_decay_none_is_zero``: ``weight_decay=None`` means 0 (Keras's base optimizer; AdamW
     refuses None). ``sparse_duplicates_match_keras``: Keras's update of an IndexedSlices gradient
     with repeated indices equals that of the densified gradient (linear in the gradient).
+    ``inert`` are Keras flags without a spec field because they change nothing in Keras's own
+    optimizer either (Adafactor's ``relative_step``: Keras's step size is ``min(lr, 1/sqrt(t))``
+    whatever it holds): flag -> Keras's default. uniopt.tf's class takes them where Keras does,
+    refuses a value that is not a bool, and keeps them as attributes and in ``get_config``.
     """
 
     native: str | None
@@ -117,11 +121,16 @@ class KerasNames:
     checks_float: tuple[str, ...] = ()
     weight_decay_none_is_zero: bool = True
     sparse_duplicates_match_keras: bool = False
+    inert: Mapping[str, bool] = dataclasses.field(default_factory=dict)
 
     @property
     def all_names(self) -> dict[str, str]:
-        """Every Keras argument that names a spec field -> that field."""
-        return {**KERAS_COMMON_NAMES, **self.names}
+        """Every Keras argument that names a spec field -> that field. A shared name whose field
+        the row names entry by entry is left out (Adafactor's ``epsilon_1``, ``epsilon_2`` are
+        ``eps[0]``, ``eps[1]``: there is no ``epsilon``)."""
+        split = {target.split("[")[0] for target in self.names.values() if "[" in target}
+        common = {k: v for k, v in KERAS_COMMON_NAMES.items() if v not in split}
+        return {**common, **self.names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,6 +383,13 @@ _SF_NO_XLA = (
 _ADAFACTOR_LATER = (
     "{adapter} does not offer Adafactor yet: its factored statistics are not shaped like the "
     "parameter ({slots}), which {adapter}'s slot creation and porting assume{extra}"
+)
+
+_ADAFACTOR_NO_XLA = (
+    "uniopt.tf refuses Adafactor under XLA (jit_compile=True) with a ValueError: its per-step "
+    "scalars (1 - t^c, min(lr, 1/sqrt(t))) never reach a limit, so no finite table holds them, and "
+    "they are not affine in the learning rate (the min), so they come from the host, which XLA "
+    "cannot call; tf@eager and tf@function run it"
 )
 
 _KERAS_ADAM_SLOTS = {
@@ -1404,21 +1420,36 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 "multiply_by_parameter_scale",
             ),
         ),
-        # keras.optimizers.Adafactor and optax.adafactor are conventions of the spec; their adapters
-        # (the keras= and optax= names, which generate uniopt.tf.Adafactor and uniopt.jax.adafactor)
-        # come later: see the skips
+        # keras.optimizers.Adafactor(learning_rate=0.001, beta_2_decay=-0.8, epsilon_1=1e-30,
+        # epsilon_2=1e-3, clip_threshold=1.0, relative_step=True, weight_decay=None, ...) (Keras
+        # 3.15, keras/src/optimizers/adafactor.py); its r, c and v lists are the keras convention's
+        # slots; relative_step changes nothing there (rho_t = min(lr, 1/sqrt(t)) either way)
+        keras=KerasNames(
+            "Adafactor",
+            (
+                "learning_rate",
+                "beta_2_decay",
+                "epsilon_1",
+                "epsilon_2",
+                "clip_threshold",
+                "relative_step",
+                "weight_decay",
+            ),
+            names={
+                "beta_2_decay": "beta2_decay",
+                "epsilon_1": "eps[0]",
+                "epsilon_2": "eps[1]",
+                "clip_threshold": "d",
+            },
+            slots={"r": "_r", "c": "_c", "v": "_v"},
+            inert={"relative_step": True},
+        ),
+        # optax.adafactor is a convention of the spec; its adapter (the optax= names, which generate
+        # uniopt.jax.adafactor) comes later: see the skips
         skips={
             "torch:flat": _PER_TENSOR,
             "torch:compiled": _PER_TENSOR,
-            "tf": _ADAFACTOR_LATER.format(
-                adapter="uniopt.tf",
-                slots="Keras's r and c drop an axis",
-                extra=(
-                    " (build() creates every slot with the variable's shape); inside tf.function "
-                    "grappler also rewrites the divisions by counts into reciprocal multiplies and "
-                    "reassociates broadcast products, which uniopt.tf.xp does not guard yet"
-                ),
-            ),
+            "tf:xla": _ADAFACTOR_NO_XLA,
             "jax": _ADAFACTOR_LATER.format(
                 adapter="uniopt.jax",
                 slots="optax's v_row and v_col drop an axis, unused ones are (1,)",
