@@ -218,6 +218,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
                     "(expected weight_decay >= 0)"
                 )
             hyper["weight_decay"] = 0.0  # Keras's "no weight decay"
+        _fill_pairs(hyper, type(self))
         hyper = {k: v for k, v in hyper.items() if v is not CONVENTION_DEFAULT}  # the spec fills them
         dynamic = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule) or callable(
             learning_rate
@@ -453,6 +454,23 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         config.update(to_keras_kwargs(self._hyperparameters(), type(self)))
         config.update({name: getattr(self, name) for name in self.KERAS_INERT})
         return config
+
+
+def _fill_pairs(hyper: dict[str, Any], cls: type[UnioptOptimizer]) -> None:
+    """A pair the spec takes whole (Adafactor's ``eps``) but Keras as two arguments
+    (``epsilon_1``, ``epsilon_2``), given in part: the entries left at :data:`CONVENTION_DEFAULT`
+    become the chosen convention's (``convention`` as given, else ``"uniopt"``) entries, in place."""
+    given: dict[str, set[int]] = {}
+    for name, value in hyper.items():
+        indexed = _INDEXED.fullmatch(cls.KERAS_NAMES.get(name, name))
+        if indexed and value is not CONVENTION_DEFAULT:
+            given.setdefault(indexed[1], set()).add(int(indexed[2]))
+    convention = hyper.get("convention", "uniopt")
+    defaults = cls.spec_class.conventions.get(convention, {}) if isinstance(convention, str) else {}
+    for name, value in hyper.items():
+        indexed = _INDEXED.fullmatch(cls.KERAS_NAMES.get(name, name))
+        if indexed and value is CONVENTION_DEFAULT and indexed[1] in given and indexed[1] in defaults:
+            hyper[name] = defaults[indexed[1]][int(indexed[2])]
 
 
 def _is_zero_or_one(value: Any) -> bool:

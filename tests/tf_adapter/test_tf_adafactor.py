@@ -28,6 +28,7 @@ from tf_helpers import (
 import uniopt
 import uniopt.tf as ut
 from uniopt.registry import NATIVE_TOLERANCES, get
+from uniopt.tf.optimizers import CONVENTION_DEFAULT
 
 INFO = get("Adafactor")
 SHAPES = ((3, 4), (5,), (), (2, 3, 4), (1, 6))
@@ -58,7 +59,7 @@ def test_signature_is_kerass_with_the_spec_fields_keras_lacks_keyword_only():
     for name in ("beta_2_decay", "clip_threshold", "relative_step"):
         assert ours[name].default == theirs[name].default, name
     for name in ("learning_rate", "epsilon_1", "epsilon_2"):  # uniopt's and Keras's differ
-        assert ours[name].default is ut.CONVENTION_DEFAULT
+        assert ours[name].default is CONVENTION_DEFAULT
     # the keras convention's defaults are Keras's (its weight_decay=None is no decay)
     assert ut.Adafactor(convention="keras").spec == uniopt.Adafactor(
         lr=1e-3, beta2_decay=-0.8, eps=(1e-30, 1e-3), d=1.0, weight_decay=0.0, convention="keras"
@@ -105,6 +106,13 @@ def test_config_round_trips_relative_step_included():
 def test_bad_arguments_are_refused_naming_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ut.Adafactor(**kwargs)
+
+
+def test_one_epsilon_given_takes_the_conventions_other():
+    assert ut.Adafactor(epsilon_1=1e-20).spec.eps == (1e-20, 1e-3)
+    assert ut.Adafactor(epsilon_2=1e-2).spec.eps == (None, 1e-2)  # uniopt's eps1: machine epsilon
+    assert ut.Adafactor(epsilon_2=1e-2, convention="keras").spec.eps == (1e-30, 1e-2)
+    assert ut.Adafactor(epsilon_1=None, convention="keras").spec.eps == (None, 1e-3)
 
 
 def test_relative_step_is_read_as_keras_reads_its_flags_under_the_keras_convention():
@@ -381,9 +389,9 @@ def test_tf_train_checkpoint_restores_and_continues_bitwise(tmp_path, build_firs
 
 
 # -- porting -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("convention", ["uniopt", "keras", "optax"])
-def test_export_import_round_trip_continues_bitwise(convention):
-    spec = INFO.make(INFO.case(convention))
+@pytest.mark.parametrize("case", ["default", "keras", "optax"])
+def test_export_import_round_trip_continues_bitwise(case):
+    spec = INFO.make(INFO.case(case))
     params, grads = params_and_grads(8, seed=4, shapes=SHAPES)
     variables = [tf.Variable(p) for p in params]
     opt = ut.from_spec(spec)
@@ -391,7 +399,7 @@ def test_export_import_round_trip_continues_bitwise(convention):
     for g in grads[:4]:
         step([tf.constant(x) for x in g])
     record = ut.export_state(opt, variables)
-    assert record.step == 4 and record.optimizer == "Adafactor" and record.convention == convention
+    assert record.step == 4 and record.optimizer == "Adafactor" and record.convention == spec.convention
     for slots, v in zip(record.slots, variables, strict=True):
         for name, value in slots.items():
             assert value.shape == spec.slot_shape(name, tuple(v.shape))
@@ -430,7 +438,7 @@ def test_kerass_adafactor_state_ports_both_ways():
         native.apply([tf.constant(x) for x in g], native_vars)
     record = ut.from_keras(native, native_vars)
     assert record.convention == "keras" and record.step == 4
-    assert record.hyperparameters["d"] == 1.3 and record.hyperparameters["eps"] == (1e-30, 1e-3)
+    assert record.hyperparameters["d"] == 1.3 and tuple(record.hyperparameters["eps"]) == (1e-30, 1e-3)
     j = native._get_variable_index(native_vars[0])
     assert bits_equal(record.slots[0]["r"], native._r[j].numpy())
     assert record.slots[1]["r"].shape == () and record.slots[1]["r"].dtype == np.float32
