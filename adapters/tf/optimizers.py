@@ -1,12 +1,14 @@
 """Keras 3 optimizers (TensorFlow backend) that execute the uniopt spec, one per row of the table.
 
 Each class is a ``keras.optimizers.Optimizer`` holding one validated spec (``optimizer.spec``).
-``build`` creates one Keras variable per spec slot and model variable, initialised by the spec's
-``init_slot``; ``update_step`` reads the variable and its slots, calls the spec's ``rule`` through
-the TF namespace :mod:`uniopt.tf.xp` with the step's scalars (:mod:`uniopt.tf._scalars`) and assigns
-the results. Keras's base class keeps what it does around that (gradient clipping, loss scaling,
-gradient accumulation, EMA, the ``iterations`` counter, tf.distribute), except weight decay: the
-spec applies its own, so Keras's is switched off (``exclude_from_weight_decay`` still works).
+``build`` creates one Keras variable per spec slot and model variable, of the shape the spec gives
+(``spec.slot_shape``: the variable's own except for Adafactor's factored statistics), initialised
+by the spec's ``init_slot``; ``update_step`` reads the variable and its slots, calls the spec's
+``rule`` through the TF namespace :mod:`uniopt.tf.xp` with the step's scalars
+(:mod:`uniopt.tf._scalars`) and assigns the results. Keras's base class keeps what it does around
+that (gradient clipping, loss scaling, gradient accumulation, EMA, the ``iterations`` counter,
+tf.distribute), except weight decay: the spec applies its own, so Keras's is switched off
+(``exclude_from_weight_decay`` still works).
 
 The classes are generated from :data:`uniopt.registry.TABLE`: every row with a
 :class:`~uniopt.registry.KerasNames` (``keras=``) gets a class named as Keras names it (``Nadam``;
@@ -514,6 +516,15 @@ _NOTES: dict[str, str] = {
     "``evaluating()`` and the callback ``uniopt.tf.EvalAtX`` evaluate at x and restore y exactly. "
     "The history (``history()``) and the mode are optimizer variables. XLA (``jit_compile=True``) "
     'is refused: the scalars come from the host. See docs/tf.md, "Schedule-Free AdamW".',
+    "Adafactor": "The slots are the spec's, of its shapes (``spec.slot_shape``): ``row_var`` "
+    "``(..., n, 1)``, ``col_var`` ``(..., 1, m)`` and ``variance`` (0-d placeholders where unused) "
+    "for uniopt's and torch's conventions; Keras's ``r`` ``(..., n)``, ``c`` ``(..., m)`` and "
+    "``v`` (the variable's shape) for ``convention=\"keras\"``. ``clip_threshold`` is the spec's "
+    "``d`` (``>= 1``; ``> 0`` with the keras convention, as Keras takes it). XLA "
+    "(``jit_compile=True``) is refused: the scalars come from the host. The keras convention sums "
+    "its row and column means in the spec's pairwise order (Keras: ``reduce_mean``'s), so it "
+    "follows Keras's Adafactor within a few ulp, not bit for bit. See "
+    "docs/optimizers/adafactor.md.",
     "AdamW": "Decoupled weight decay, ``p *= 1 - lr*wd``; ``epsilon`` on the bias-corrected "
     '``sqrt(v_hat)`` (Keras: the "epsilon hat" form).',
 }
