@@ -424,7 +424,7 @@ def test_a_record_of_other_shapes_is_refused_and_changes_nothing():
     target = ut.Adafactor()
     with pytest.raises(ValueError, match="shape"):
         ut.import_state(target, record, transposed)
-    assert not target.built or int(target.iterations.numpy()) == 0
+    assert not target.built  # refused before the optimizer was built or anything assigned
 
 
 def test_kerass_adafactor_state_ports_both_ways():
