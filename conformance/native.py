@@ -266,13 +266,18 @@ def _keras_runner(mode: str) -> Runner:
         names = spec.slot_names()
         attributes = registry.get(spec.name).keras.slots  # uniopt slot -> Keras's list of variables
 
+        in_use = [spec.slots_in_use(tuple(p.shape)) for p in params0]
+
+        def slot(name: str, i: int) -> np.ndarray:
+            value = np.array(getattr(optimizer, attributes[name])[i].numpy(), copy=True)
+            # a placeholder (Adafactor's r and c of a vector: Keras's int32 0-d dummies) is the
+            # spec's zero in the parameter's dtype
+            return value if name in in_use[i] else value.astype(params0[i].dtype)
+
         def snapshot() -> Snapshot:
             return (
                 [np.array(v.numpy(), copy=True) for v in variables],
-                [
-                    {n: np.array(getattr(optimizer, attributes[n])[i].numpy(), copy=True) for n in names}
-                    for i in range(len(variables))
-                ],
+                [{n: slot(n, i) for n in names} for i in range(len(variables))],
             )
 
         # "graph" (the parity measurement): inside a tf.function, as model.fit runs it on a CPU

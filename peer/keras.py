@@ -5,13 +5,14 @@ Loaded as a pytest plugin from the repository root::
     KERAS_BACKEND=tensorflow python -m pytest -p peer.keras <SUITES>
 
 ``pytest_configure`` replaces every Keras optimizer the table names (:data:`SUBSTITUTED`: ``SGD,
-Adagrad, RMSprop, Adam, AdamW, Adamax, Nadam, Adadelta, Lion, Lamb, ScheduleFreeAdamW``, each row's
+Adagrad, RMSprop, Adam, AdamW, Adamax, Nadam, Adadelta, Lion, Lamb, ScheduleFreeAdamW, Adafactor``,
+each row's
 ``KerasNames.native``) by uniopt.tf's class whose ``convention`` defaults to ``"keras"``
 (:func:`keras_default`), in every namespace Keras's tests read them from:
 each loaded module holding Keras's class
 (``keras.optimizers``, ``keras.src.optimizers``, ``keras.src.optimizers.sgd``, ...) and the name
 tables behind ``keras.optimizers.get``/``deserialize``. The test bodies are unchanged. Tests that
-only exercise optimizers uniopt does not have (Adafactor, Ftrl, Muon, ...) or Keras's base
+only exercise optimizers uniopt does not have (Ftrl, Muon, ...) or Keras's base
 class alone are deselected (the harness counts them, :mod:`peer._collect`); :data:`EXPECTED` lists
 the expected failures, each with a category reason.
 """
@@ -68,11 +69,12 @@ HOST_PRODUCT = (
 WORDING = "checks Keras's error wording; uniopt's spec refuses the same value in its own words"
 
 EXPECTED: dict[str, str] = {
-    # Keras's SGD, Adagrad, RMSprop and Adadelta turn an IndexedSlices gradient into a scatter update of the
-    # model variable; uniopt's rule runs over the whole variable (same values, one dense write)
+    # Keras's SGD, Adagrad, RMSprop, Adadelta and Adafactor turn an IndexedSlices gradient into a
+    # scatter update of the model variable; uniopt's rule runs over the whole variable (same values,
+    # one dense write)
     **{
         f"OptimizerSparseTest::test_sparse_gradients_{name}": SPARSE
-        for name in ("sgd", "adagrad", "rmsprop", "adadelta", "loss_scale_optimizer_sgd")
+        for name in ("sgd", "adagrad", "rmsprop", "adadelta", "adafactor", "loss_scale_optimizer_sgd")
     },
     "NadamTest::test_build_with_empty_var_list": HOST_PRODUCT,
     "LionTest::test_invalid_beta_1": WORDING,

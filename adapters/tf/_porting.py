@@ -193,8 +193,9 @@ _RESCALED: dict[tuple[str, str], tuple[Callable, Callable]] = {
 # the spec a decayed Keras optimizer is recorded as where its own spec's decay is L2 (declared)
 _DECOUPLED_SPECS = ("AdamW", "Lion")
 _DECOUPLED_TWIN = {"Adam": "AdamW"}
-# rows whose Keras optimizer is recorded with convention="keras" in the spec itself (declared)
-_KERAS_CONVENTION_RECORDS = ("ScheduleFreeAdamW",)
+# rows whose Keras optimizer is recorded with convention="keras" in the spec itself (declared):
+# Schedule-Free AdamW's averaging, Adafactor's slots (Keras's r, c, v are the keras convention's)
+_KERAS_CONVENTION_RECORDS = ("ScheduleFreeAdamW", "Adafactor")
 
 _KERAS_SLOTS: dict[type[Spec], dict[str, _Slot]] = {
     info.spec: {
@@ -232,7 +233,7 @@ def _native_spec(optimizer: keras.optimizers.Optimizer, owner: str) -> Spec:
     names = _BY_SPEC[info.spec].KERAS_NAMES
     keras_kwargs: dict[str, Any] = {"learning_rate": _learning_rate(optimizer)}
     for name in info.keras.positional:
-        if name not in ("learning_rate", "weight_decay"):
+        if name not in ("learning_rate", "weight_decay", *info.keras.inert):
             flag = fields[names.get(name, name).split("[")[0]].type in ("bool", bool)
             keras_kwargs[name] = bool(getattr(optimizer, name)) if flag else float(getattr(optimizer, name))
     kwargs = _BY_SPEC[info.spec].to_spec_kwargs(keras_kwargs)
@@ -275,8 +276,8 @@ def _native_lists(optimizer: keras.optimizers.Optimizer, spec: Spec, owner: str)
 
 def from_keras(optimizer: keras.optimizers.Optimizer, variables: Sequence[Any]) -> PortableState:
     """The state of one of Keras's optimizers the table names (``Adam``, ``AdamW``, ``SGD``,
-    ``RMSprop``, ``Adagrad``, ``Adamax``, ``Nadam``, ``Adadelta``, ``Lion``) as a record with
-    ``convention="keras"``.
+    ``RMSprop``, ``Adagrad``, ``Adamax``, ``Nadam``, ``Adadelta``, ``Lion``, ``Lamb``,
+    ``ScheduleFreeAdamW``, ``Adafactor``) as a record with ``convention="keras"``.
 
     Conventions assumed (Keras 3): the arguments of the row's ``KerasNames.positional`` are read
     back from the optimizer and map to the spec's fields by the class's ``KERAS_NAMES``
@@ -287,6 +288,11 @@ def from_keras(optimizer: keras.optimizers.Optimizer, variables: Sequence[Any]) 
     variables the row's ``KerasNames.slots`` names, as they are, except SGD's ``momentums``, which
     hold velocities ``-lr * momentum_buffer``, and RMSprop's ``momentums``, ``lr *
     momentum_buffer`` (divided back here with the current lr, exact when it is a power of two).
+    Schedule-Free AdamW and Adafactor are recorded with the spec's keras convention itself (its
+    rules and slots: Adafactor's ``_r``, ``_c``, ``_v`` are the keras convention's ``r``, ``c``,
+    ``v``; Keras's int32 0-d dummies ``r`` and ``c`` of a vector or scalar are the spec's
+    placeholders, zeros, and :func:`to_keras` leaves them as they are); Adafactor's
+    ``relative_step`` changes nothing in Keras and is not recorded.
     ``iterations`` is the step (Nadam's ``_u_product`` is a function of it). Keras's rules differ
     from uniopt's (``epsilon`` in the "epsilon hat" form or inside the root, defaults), so a run
     continued under uniopt follows uniopt's rules from there.
@@ -308,8 +314,15 @@ def from_keras(optimizer: keras.optimizers.Optimizer, variables: Sequence[Any]) 
                 raise ValueError(
                     f"{owner}: variable {i} ({v.path}) is not one this optimizer was built for"
                 ) from None
+            in_use = spec.slots_in_use(_shape(v))
             slots.append(
-                {n: _KERAS_SLOTS[type(spec)][n].to_uniopt(_numpy(lists[n][index]), spec.lr) for n in names}
+                {
+                    n: _KERAS_SLOTS[type(spec)][n].to_uniopt(_numpy(lists[n][index]), spec.lr)
+                    if n in in_use
+                    # a placeholder (Adafactor's r and c of a vector: Keras's int32 dummies)
+                    else np.asarray(spec.init_slot(n, _numpy(v), npx))
+                    for n in names
+                }
             )
         step = int(keras.ops.convert_to_numpy(optimizer.iterations))
     record = make_state(spec, step, slots, [_shape(v) for v in variables], [_dtype(v) for v in variables])
@@ -341,9 +354,11 @@ def to_keras(
             raise ValueError(
                 f"{owner}: variable {i} ({v.path}) is not one this optimizer was built for"
             ) from None
-    for slots, index in zip(state.slots, indices, strict=True):
+    for slots, index, shape in zip(state.slots, indices, shapes, strict=True):
+        in_use = spec.slots_in_use(shape)
         for name, value in slots.items():
-            lists[name][index].assign(_KERAS_SLOTS[type(spec)][name].to_keras(value, spec.lr))
+            if name in in_use:  # placeholders stay Keras's own (Adafactor's dummy r and c)
+                lists[name][index].assign(_KERAS_SLOTS[type(spec)][name].to_keras(value, spec.lr))
     if isinstance(optimizer, keras.optimizers.Nadam):
         _replay_nadam_u_product(optimizer, state.step)
     optimizer.iterations.assign(state.step)

@@ -1,12 +1,14 @@
 """Keras 3 optimizers (TensorFlow backend) that execute the uniopt spec, one per row of the table.
 
 Each class is a ``keras.optimizers.Optimizer`` holding one validated spec (``optimizer.spec``).
-``build`` creates one Keras variable per spec slot and model variable, initialised by the spec's
-``init_slot``; ``update_step`` reads the variable and its slots, calls the spec's ``rule`` through
-the TF namespace :mod:`uniopt.tf.xp` with the step's scalars (:mod:`uniopt.tf._scalars`) and assigns
-the results. Keras's base class keeps what it does around that (gradient clipping, loss scaling,
-gradient accumulation, EMA, the ``iterations`` counter, tf.distribute), except weight decay: the
-spec applies its own, so Keras's is switched off (``exclude_from_weight_decay`` still works).
+``build`` creates one Keras variable per spec slot and model variable, of the shape the spec gives
+(``spec.slot_shape``: the variable's own except for Adafactor's factored statistics), initialised
+by the spec's ``init_slot``; ``update_step`` reads the variable and its slots, calls the spec's
+``rule`` through the TF namespace :mod:`uniopt.tf.xp` with the step's scalars
+(:mod:`uniopt.tf._scalars`) and assigns the results. Keras's base class keeps what it does around
+that (gradient clipping, loss scaling, gradient accumulation, EMA, the ``iterations`` counter,
+tf.distribute), except weight decay: the spec applies its own, so Keras's is switched off
+(``exclude_from_weight_decay`` still works).
 
 The classes are generated from :data:`uniopt.registry.TABLE`: every row with a
 :class:`~uniopt.registry.KerasNames` (``keras=``) gets a class named as Keras names it (``Nadam``;
@@ -115,17 +117,26 @@ def _with_keras_name(error: ValueError, cls: type[UnioptOptimizer]) -> ValueErro
 
 
 class _SlotInit:
-    """A Keras initializer giving the spec's initial value of one slot: from zeros of the shape
-    and dtype, or, given ``reference`` (the model variable), from its value (Schedule-Free's ``z``
-    is a copy of the parameter)."""
+    """A Keras initializer giving the spec's initial value of one slot: from zeros of the model
+    variable's shape (``param_shape``; the slot's own shape, ``spec.slot_shape``, may differ:
+    Adafactor's factored statistics) and the dtype, or, given ``reference`` (the model variable),
+    from its value (Schedule-Free's ``z`` is a copy of the parameter)."""
 
-    def __init__(self, spec: Spec, name: str, reference: Any = None):
-        self.spec, self.name, self.reference = spec, name, reference
+    def __init__(self, spec: Spec, name: str, reference: Any = None, param_shape: Any = None):
+        self.spec, self.name, self.reference, self.param_shape = spec, name, reference, param_shape
 
     def __call__(self, shape: Any, dtype: Any = None) -> tf.Tensor:
         if self.reference is None:
-            return self.spec.init_slot(self.name, tf.zeros(shape, dtype=dtype), xp)
-        return self.spec.init_slot(self.name, tf.cast(tf.convert_to_tensor(self.reference), dtype), xp)
+            param_shape = shape if self.param_shape is None else self.param_shape
+            value = self.spec.init_slot(self.name, tf.zeros(param_shape, dtype=dtype), xp)
+        else:
+            value = self.spec.init_slot(self.name, tf.cast(tf.convert_to_tensor(self.reference), dtype), xp)
+        if tuple(int(n) for n in value.shape) != tuple(int(n) for n in shape):
+            raise ValueError(  # pragma: no cover - the spec's init_slot and slot_shape disagree
+                f"{self.spec.name}: init_slot({self.name!r}) gave shape {tuple(value.shape)}, the "
+                f"variable has {tuple(shape)}"
+            )
+        return value
 
 
 def _no_lr() -> float:  # pragma: no cover - replaced before any use
@@ -187,9 +198,13 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     # arguments Keras refuses unless they are Python floats (a tensor or NumPy scalar included):
     # passed to the spec as given, whose keras convention makes the same check
     keras_checks_float: ClassVar[tuple[str, ...]] = ()
+    # Keras flags that change nothing in Keras's optimizer either (the row's KerasNames.inert):
+    # flag -> Keras's default; accepted as bools, kept as attributes and in get_config
+    KERAS_INERT: ClassVar[Mapping[str, bool]] = {}
 
     def __init__(self, learning_rate: Any, **kwargs: Any):
         owner = f"uniopt.tf.{type(self).__name__}"
+        inert = {k: kwargs.pop(k) for k in list(kwargs) if k in self.KERAS_INERT}
         hyper_names = {n for f in dataclasses.fields(self.spec_class) for n in self._keras_names(f.name)}
         hyper_names.discard("learning_rate")
         # a 1-element tensor or array hyperparameter (beta_1=tf.constant(0.9)) is its value, as
@@ -205,6 +220,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
                     "(expected weight_decay >= 0)"
                 )
             hyper["weight_decay"] = 0.0  # Keras's "no weight decay"
+        _fill_pairs(hyper, type(self))
         hyper = {k: v for k, v in hyper.items() if v is not CONVENTION_DEFAULT}  # the spec fills them
         dynamic = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule) or callable(
             learning_rate
@@ -231,6 +247,15 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
             raise _with_keras_name(exc, type(self)) from None
         except TypeError as exc:  # an argument the spec does not know
             raise ValueError(f"{owner}: {exc}") from None
+        for name, value in inert.items():
+            if keras_convention and _is_zero_or_one(value):
+                value = inert[name] = bool(value)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(
+                    f"{owner}: {name}={value!r} is not a bool (it changes nothing: Keras's "
+                    f"{type(self).__name__} reads it, and its step size is the same either way)"
+                )
+            inert[name] = bool(value)
         # a float lr goes to a float64 variable of ours (below), so Keras must not make its floatx one
         super().__init__(learning_rate=learning_rate if dynamic else _no_lr, weight_decay=None, **kwargs)
         if not dynamic:
@@ -241,6 +266,8 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         self.weight_decay = float(spec.weight_decay)
         for name, value in to_keras_kwargs(self._hyperparameters(), type(self)).items():
             setattr(self, name, value)
+        for name, default in self.KERAS_INERT.items():
+            setattr(self, name, inert.get(name, default))
         setattr(self, _FROZEN, True)
 
     # -- construction -------------------------------------------------------------------------
@@ -288,7 +315,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         super().__setattr__(name, value)
 
     def _keras_hyper_names(self) -> set[str]:
-        return set(to_keras_kwargs(self._hyperparameters(), type(self)))
+        return set(to_keras_kwargs(self._hyperparameters(), type(self))) | set(self.KERAS_INERT)
 
     @classmethod
     def _keras_names(cls, spec_field: str) -> list[str]:
@@ -313,13 +340,42 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
 
     # -- Keras contract -----------------------------------------------------------------------
     def build(self, variables: list[Any]) -> None:
+        """Keras's ``build``, then one variable per spec slot and model variable, of the shape the
+        spec gives (``spec.slot_shape``: the variable's own, except for Adafactor's factored
+        statistics and placeholders), in the variable's dtype, initialised by ``spec.init_slot``;
+        ``None`` for a variable Keras overwrites with its gradient. A slot shaped like its variable
+        is made as Keras makes its own (``add_optimizer_variables``: named ``<path>_<slot>``, the
+        variable's layout); any other under the same name."""
         if self.built:
             return
         super().build(variables)
+        spec = self._spec
+        if type(spec).slot_shape is Spec.slot_shape:  # every slot shaped like its variable
+            self._uniopt_slots = {
+                name: self.add_optimizer_variables(variables, name, initializer=_SlotInit(spec, name))
+                for name in spec.slot_names()
+            }
+            return
         self._uniopt_slots = {
-            name: self.add_optimizer_variables(variables, name, initializer=_SlotInit(self._spec, name))
-            for name in self._spec.slot_names()
+            name: [self._slot_variable(v, name) for v in variables] for name in spec.slot_names()
         }
+
+    def _slot_variable(self, variable: Any, name: str) -> Any:
+        """Slot ``name`` of model ``variable`` (see :meth:`build`)."""
+        if self._overwrite_variable_with_gradient(variable):
+            return None
+        shape = tuple(int(n) for n in variable.shape)
+        slot_shape = self._spec.slot_shape(name, shape)
+        initializer = _SlotInit(self._spec, name, param_shape=shape)
+        if slot_shape == shape:
+            return self.add_variable_from_reference(variable, name, initializer=initializer)
+        path = getattr(variable, "path", None) or str(variable.name).replace(":", "_")
+        return self.add_variable(
+            shape=slot_shape,
+            initializer=initializer,
+            dtype=variable.dtype,
+            name=f"{path.replace('/', '_')}_{name}",
+        )
 
     def slots(self, variable: Any) -> dict[str, Any]:
         """The spec's slots of model ``variable``, keyed by the core's slot names (e.g. exp_avg)."""
@@ -398,7 +454,25 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(to_keras_kwargs(self._hyperparameters(), type(self)))
+        config.update({name: getattr(self, name) for name in self.KERAS_INERT})
         return config
+
+
+def _fill_pairs(hyper: dict[str, Any], cls: type[UnioptOptimizer]) -> None:
+    """A pair the spec takes whole (Adafactor's ``eps``) but Keras as two arguments
+    (``epsilon_1``, ``epsilon_2``), given in part: the entries left at :data:`CONVENTION_DEFAULT`
+    become the chosen convention's (``convention`` as given, else ``"uniopt"``) entries, in place."""
+    given: dict[str, set[int]] = {}
+    for name, value in hyper.items():
+        indexed = _INDEXED.fullmatch(cls.KERAS_NAMES.get(name, name))
+        if indexed and value is not CONVENTION_DEFAULT:
+            given.setdefault(indexed[1], set()).add(int(indexed[2]))
+    convention = hyper.get("convention", "uniopt")
+    defaults = cls.spec_class.conventions.get(convention, {}) if isinstance(convention, str) else {}
+    for name, value in hyper.items():
+        indexed = _INDEXED.fullmatch(cls.KERAS_NAMES.get(name, name))
+        if indexed and value is CONVENTION_DEFAULT and indexed[1] in given and indexed[1] in defaults:
+            hyper[name] = defaults[indexed[1]][int(indexed[2])]
 
 
 def _is_zero_or_one(value: Any) -> bool:
@@ -442,6 +516,15 @@ _NOTES: dict[str, str] = {
     "``evaluating()`` and the callback ``uniopt.tf.EvalAtX`` evaluate at x and restore y exactly. "
     "The history (``history()``) and the mode are optimizer variables. XLA (``jit_compile=True``) "
     'is refused: the scalars come from the host. See docs/tf.md, "Schedule-Free AdamW".',
+    "Adafactor": "The slots are the spec's, of its shapes (``spec.slot_shape``): ``row_var`` "
+    "``(..., n, 1)``, ``col_var`` ``(..., 1, m)`` and ``variance`` (0-d placeholders where unused) "
+    "for uniopt's and torch's conventions; Keras's ``r`` ``(..., n)``, ``c`` ``(..., m)`` and "
+    "``v`` (the variable's shape) for ``convention=\"keras\"``. ``clip_threshold`` is the spec's "
+    "``d`` (``>= 1``; ``> 0`` with the keras convention, as Keras takes it). XLA "
+    "(``jit_compile=True``) is refused: the scalars come from the host. The keras convention sums "
+    "its row and column means in the spec's pairwise order (Keras: ``reduce_mean``'s), so it "
+    "follows Keras's Adafactor within a few ulp, not bit for bit. See "
+    "docs/optimizers/adafactor.md.",
     "AdamW": "Decoupled weight decay, ``p *= 1 - lr*wd``; ``epsilon`` on the bias-corrected "
     '``sqrt(v_hat)`` (Keras: the "epsilon hat" form).',
 }
@@ -469,7 +552,15 @@ def _keras_parameters(info: OptimizerInfo) -> list[inspect.Parameter]:
     """The generated ``__init__``'s parameters, ``self`` first (see the module docstring)."""
     fields, names = _spec_fields(info), _row_names(info)
     positional = []
+    inert = dict(info.keras.inert)
     for keras_name in info.keras.positional:
+        if keras_name in inert:  # a Keras flag without a spec field (Adafactor's relative_step)
+            positional.append(
+                inspect.Parameter(
+                    keras_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=inert.pop(keras_name)
+                )
+            )
+            continue
         target = names.get(keras_name, keras_name)
         indexed = _INDEXED.fullmatch(target)
         field_name, index = (indexed[1], int(indexed[2])) if indexed else (target, None)
@@ -494,6 +585,9 @@ def _keras_parameters(info: OptimizerInfo) -> list[inspect.Parameter]:
             keyword_only.append(
                 inspect.Parameter(keras_name, inspect.Parameter.KEYWORD_ONLY, default=default)
             )
+    keyword_only += [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in inert.items()
+    ]
     return [
         inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         *positional,
@@ -543,6 +637,12 @@ def _docstring(info: OptimizerInfo, cls_name: str, parameters: list[inspect.Para
     names = _row_names(info)
     renamed = ", ".join(f"``{k}`` -> ``{v}``" for k, v in names.items() if k != v)
     lines.append(f"Keras arguments -> spec fields: {renamed}; every other argument has the spec's name.")
+    if keras_names.inert:
+        lines.append(
+            "Accepted as Keras does and without effect, as in Keras's own optimizer: "
+            + ", ".join(f"``{n}``" for n in keras_names.inert)
+            + " (a bool, kept in ``get_config``)."
+        )
     keyword_only = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
     if keyword_only:
         lines.append(
@@ -602,6 +702,7 @@ def _make_class(info: OptimizerInfo) -> type[UnioptOptimizer]:
         "weight_decay_none_is_zero": keras_names.weight_decay_none_is_zero,
         "sparse_duplicates_match_keras": keras_names.sparse_duplicates_match_keras,
         "keras_checks_float": tuple(keras_names.checks_float),
+        "KERAS_INERT": dict(keras_names.inert),
     }
     return _register(type(name, (base,), namespace))
 

@@ -161,7 +161,8 @@ class Adafactor(Spec):
     """Adafactor with factored second moments (see the module docstring).
 
     Raises ``ValueError`` for ``lr < 0``, ``beta2_decay > 0``, ``eps`` not a pair
-    ``(None or >= 0, >= 0)``, ``d < 1``, ``weight_decay < 0``, non-bool ``maximize``, an optax-only
+    ``(None or >= 0, >= 0)``, ``d < 1`` (``convention="keras"``: ``d <= 0``; Keras's
+    ``clip_threshold`` may be below 1), ``weight_decay < 0``, non-bool ``maximize``, an optax-only
     argument with another convention, and, in the rule, complex parameters.
     """
 
@@ -217,6 +218,8 @@ class Adafactor(Spec):
                     f"{name}: d=None (no update clipping) with convention={self.convention!r}; "
                     "only optax.adafactor (clipping_threshold=None) disables clipping; expected d >= 1"
                 )
+        elif self.convention == "keras":  # Keras divides by any clip_threshold (its tests use 0.5)
+            check_interval(name, "d", self.d, 0.0, low_open=True)
         else:
             check_interval(name, "d", self.d, 1.0)
         check_interval(name, "weight_decay", self.weight_decay, 0.0)

@@ -109,6 +109,10 @@ class KerasNames:
     ``weight_decay_none_is_zero``: ``weight_decay=None`` means 0 (Keras's base optimizer; AdamW
     refuses None). ``sparse_duplicates_match_keras``: Keras's update of an IndexedSlices gradient
     with repeated indices equals that of the densified gradient (linear in the gradient).
+    ``inert`` are Keras flags without a spec field because they change nothing in Keras's own
+    optimizer either (Adafactor's ``relative_step``: Keras's step size is ``min(lr, 1/sqrt(t))``
+    whatever it holds): flag -> Keras's default. uniopt.tf's class takes them where Keras does,
+    refuses a value that is not a bool, and keeps them as attributes and in ``get_config``.
     """
 
     native: str | None
@@ -118,11 +122,16 @@ class KerasNames:
     checks_float: tuple[str, ...] = ()
     weight_decay_none_is_zero: bool = True
     sparse_duplicates_match_keras: bool = False
+    inert: Mapping[str, bool] = dataclasses.field(default_factory=dict)
 
     @property
     def all_names(self) -> dict[str, str]:
-        """Every Keras argument that names a spec field -> that field."""
-        return {**KERAS_COMMON_NAMES, **self.names}
+        """Every Keras argument that names a spec field -> that field. A shared name whose field
+        the row names entry by entry is left out (Adafactor's ``epsilon_1``, ``epsilon_2`` are
+        ``eps[0]``, ``eps[1]``: there is no ``epsilon``)."""
+        split = {target.split("[")[0] for target in self.names.values() if "[" in target}
+        common = {k: v for k, v in KERAS_COMMON_NAMES.items() if v not in split}
+        return {**common, **self.names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +356,16 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
             "torch.optim.Adafactor sums its norms and row and column means in its own order (the spec in "
             "one pairwise order), fuses lerp_ and add_(alpha=) into multiply-adds, and computes alpha "
             "and the clipping denominator in float64 on the host",
-        )
+        ),
+        # keras.optimizers.Adafactor against the keras convention, measured 2026-12-01 (normal,
+        # huge and parity streams, float32 and float64, the keras and keras_defaults cases): 14912
+        # ulp (keras, parity, float32; relative 1.7e-7; float64 5152, relative 3.8e-16); on the
+        # 50-step streams at most 256 (relative 1.0e-16); every cell differs from the first step
+        "keras": (
+            4 * 14912,
+            "keras.optimizers.Adafactor takes its row and column means and RMS with TensorFlow's "
+            "reduce_mean, which sums in its own order (the spec in one pairwise order)",
+        ),
     },
     # torch.optim.Muon against the torch convention, measured 2026-12-01 (normal, huge and parity
     # streams over 16x8, 4x8 and 5x5, float32 and float64): from step 1 (torch's fused lerp_ and
@@ -423,6 +441,13 @@ _NO_MATMUL = (
     "{adapter} does not offer Muon yet: its namespace has no matmul, matrix_transpose or bfloat16 "
     "astype, and its optimizer does not yet map Muon's arguments (Keras's exclude_layers, optax's "
     "partition of the non-2-D parameters)"
+)
+
+_ADAFACTOR_NO_XLA = (
+    "uniopt.tf refuses Adafactor under XLA (jit_compile=True) with a ValueError: its per-step "
+    "scalars (1 - t^c, min(lr, 1/sqrt(t))) never reach a limit, so no finite table holds them, and "
+    "they are not affine in the learning rate (the min), so they come from the host, which XLA "
+    "cannot call; tf@eager and tf@function run it"
 )
 
 _KERAS_ADAM_SLOTS = {
@@ -1602,21 +1627,36 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 "multiply_by_parameter_scale",
             ),
         ),
-        # keras.optimizers.Adafactor and optax.adafactor are conventions of the spec; their adapters
-        # (the keras= and optax= names, which generate uniopt.tf.Adafactor and uniopt.jax.adafactor)
-        # come later: see the skips
+        # keras.optimizers.Adafactor(learning_rate=0.001, beta_2_decay=-0.8, epsilon_1=1e-30,
+        # epsilon_2=1e-3, clip_threshold=1.0, relative_step=True, weight_decay=None, ...) (Keras
+        # 3.15, keras/src/optimizers/adafactor.py); its r, c and v lists are the keras convention's
+        # slots; relative_step changes nothing there (rho_t = min(lr, 1/sqrt(t)) either way)
+        keras=KerasNames(
+            "Adafactor",
+            (
+                "learning_rate",
+                "beta_2_decay",
+                "epsilon_1",
+                "epsilon_2",
+                "clip_threshold",
+                "relative_step",
+                "weight_decay",
+            ),
+            names={
+                "beta_2_decay": "beta2_decay",
+                "epsilon_1": "eps[0]",
+                "epsilon_2": "eps[1]",
+                "clip_threshold": "d",
+            },
+            slots={"r": "_r", "c": "_c", "v": "_v"},
+            inert={"relative_step": True},
+        ),
+        # optax.adafactor is a convention of the spec; its adapter (the optax= names, which generate
+        # uniopt.jax.adafactor) comes later: see the skips
         skips={
             "torch:flat": _PER_TENSOR,
             "torch:compiled": _PER_TENSOR,
-            "tf": _ADAFACTOR_LATER.format(
-                adapter="uniopt.tf",
-                slots="Keras's r and c drop an axis",
-                extra=(
-                    " (build() creates every slot with the variable's shape); inside tf.function "
-                    "grappler also rewrites the divisions by counts into reciprocal multiplies and "
-                    "reassociates broadcast products, which uniopt.tf.xp does not guard yet"
-                ),
-            ),
+            "tf:xla": _ADAFACTOR_NO_XLA,
             "jax": _ADAFACTOR_LATER.format(
                 adapter="uniopt.jax",
                 slots="optax's v_row and v_col drop an axis, unused ones are (1,)",

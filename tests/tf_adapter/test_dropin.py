@@ -28,6 +28,12 @@ UNIOPT_ONLY = {
     "momentum_decay",
     "r",  # ScheduleFreeAdamW's (Keras averages uniformly)
     "weight_lr_power",
+    # Adafactor's: optax.adafactor's arguments (the optax convention)
+    "momentum",
+    "decay_offset",
+    "min_dim_size_to_factor",
+    "factored",
+    "multiply_by_parameter_scale",
 }
 
 

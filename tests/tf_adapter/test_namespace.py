@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 from tf_helpers import assert_trajectories, bits_equal, params_and_grads
 
-import uniopt
 from uniopt.registry import TABLE
 from uniopt.tf import xp
 
@@ -77,12 +76,7 @@ def test_tf_flushes_subnormals_to_zero():
     assert np.multiply(tiny, np.float32(1.0))[0] != 0.0
 
 
-# every row whose slots are shaped like the parameter: uniopt.tf.xp has no zeros() for the others
-# (Adafactor's factored statistics; the row's tf skip says what remains)
-PARAMETER_SHAPED = [info for info in TABLE if info.spec.slot_shape is uniopt.Spec.slot_shape]
-
-
-@pytest.mark.parametrize("info", PARAMETER_SHAPED, ids=lambda i: i.name)
+@pytest.mark.parametrize("info", TABLE, ids=lambda i: i.name)
 def test_the_cores_own_update_runs_on_tf_tensors(info):
     """Spec.update with xp=uniopt.tf.xp (scalars cast through xp.asarray) equals NumPy's."""
     spec = info.make(info.cases[-1])
