@@ -10,7 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-from .common import arrays, bound_variants, measure, param_set, rss_probe, write_results
+from .common import (
+    accepted_shapes,
+    arrays,
+    bound_variants,
+    measure,
+    param_set,
+    rss_probe,
+    write_results,
+)
 
 DEFAULT_OPTIMIZERS = ("RAdam", "Adam")
 DOCS = {"cpu": "docs/benchmarks.md", "gpu": "docs/benchmarks-gpu.md"}
@@ -43,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
     table: dict[str, dict[str, dict]] = {}
     started = time.time()
     for set_name in args.sets:
-        pset = param_set(set_name, args.quick)
-        params, grads = arrays(pset, 0), arrays(pset, 1)
+        full = param_set(set_name, args.quick)
         for name in optimizers:
+            pset = accepted_shapes(full, name)
+            params, grads = arrays(pset, 0), arrays(pset, 1)
             print(f"{args.framework} {name} on {pset.label}", flush=True)
             rows = measure(
                 [*mod.variants(name, pset, options), *bound_variants(pset.size, copies, sync)],

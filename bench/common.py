@@ -97,6 +97,17 @@ def param_set(name: str, quick: bool) -> ParamSet:
     return (QUICK_SETS if quick else SETS)[name]
 
 
+def accepted_shapes(pset: ParamSet, optimizer: str) -> ParamSet:
+    """``pset`` without the shapes ``optimizer``'s spec (default hyperparameters) refuses
+    (:meth:`uniopt.Spec.param_refusal`): Muon, like torch.optim.Muon, takes 2-D parameters only, so
+    it is timed on the set's 2-D tensors, natives and yardstick alike."""
+    from uniopt.registry import get
+
+    spec = get(optimizer).spec()
+    shapes = tuple(s for s in pset.shapes if spec.param_refusal(s) is None)
+    return pset if len(shapes) == len(pset.shapes) else ParamSet(pset.name, shapes)
+
+
 def arrays(pset: ParamSet, seed: int) -> list[np.ndarray]:
     """float32 arrays of the set's shapes, standard normal times 0.01."""
     rng = np.random.default_rng(seed)

@@ -173,16 +173,20 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
 
 
 def _native_variants(native_name: str, hyper: dict[str, Any], make: Callable[..., Variant]) -> list[Variant]:
-    """torch.optim's for-loop, foreach and (where it has one) fused steps."""
+    """torch.optim's for-loop, foreach and (where it has one) fused steps; the one step of an
+    optimizer without ``foreach`` (Muon)."""
     import torch
 
     native = getattr(torch.optim, native_name)
     base = f"torch.optim.{native_name}"
+    accepted = inspect.signature(native.__init__).parameters
+    if "foreach" not in accepted:  # torch.optim.Muon: one implementation
+        return [make(base, "native", lambda ps: native(ps, **hyper))]
     out = [
         make(f"{base}(foreach=False)", "native", lambda ps: native(ps, foreach=False, **hyper)),
         make(f"{base}(foreach=True)", "native", lambda ps: native(ps, foreach=True, **hyper)),
     ]
-    if "fused" in inspect.signature(native.__init__).parameters:
+    if "fused" in accepted:
         out.append(make(f"{base}(fused=True)", "native", lambda ps: native(ps, fused=True, **hyper)))
     return out
 
