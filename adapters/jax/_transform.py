@@ -767,6 +767,8 @@ def _reads_params(spec: Spec) -> str:
     (Schedule-Free AdamW's :math:`y`, interpolated towards :math:`z` at every step)."""
     if spec.has_eval_view:
         return f"for {spec.name} (its step interpolates the parameters)"
+    if not spec.elementwise:
+        return f"for {spec.name} (its step reads the parameter's norm)"
     if getattr(spec, "weight_decay", 0) != 0:
         return "with weight decay"
     return ""
@@ -826,7 +828,9 @@ def _as_param(spec: Spec, value: Any, state_dtype: tuple[str, Any] | None = None
             f"{spec.name}: parameters must be floating point or complex; got a leaf of dtype "
             f"{array.dtype} (mask it out, e.g. with optax.masked)"
         )
-    if state_dtype is not None and state_dtype[1] is not None:
+    if state_dtype is not None and state_dtype[0] == "dtype_momentum":
+        _check_momentum_dtype(spec, state_dtype[1], array.dtype)
+    elif state_dtype is not None and state_dtype[1] is not None:
         arg, dtype = state_dtype
         if jnp.dtype(dtype) != array.dtype:
             raise ValueError(
@@ -835,6 +839,25 @@ def _as_param(spec: Spec, value: Any, state_dtype: tuple[str, Any] | None = None
                 f"expected {arg}=None (the state takes each parameter's dtype)"
             )
     return array
+
+
+def _check_momentum_dtype(spec: Spec, dtype: Any, param_dtype: Any) -> None:
+    """``optax.adafactor``'s ``dtype_momentum`` against the spec's momentum slot: optax keeps the
+    momentum in ``dtype`` (``None``: the parameter's), the optax convention of
+    :class:`uniopt.Adafactor` in float32 for float32 and float64 parameters (float64 slots holding
+    float32-rounded values, bit for bit optax's float32 accumulator) and in the parameter's dtype
+    for 16-bit ones. Unused (no check) without momentum."""
+    if getattr(spec, "momentum", 0) == 0:
+        return
+    param_dtype = jnp.dtype(param_dtype)
+    kept = jnp.dtype(jnp.float32) if param_dtype.itemsize >= 4 else param_dtype
+    asked = param_dtype if dtype is None else jnp.dtype(dtype)
+    if asked != kept:
+        raise ValueError(
+            f"{spec.name}: dtype_momentum={asked.name} (the momentum accumulator) for a parameter of "
+            f"dtype {param_dtype.name}: uniopt's momentum is {kept.name} there; expected "
+            f"dtype_momentum={kept.name}" + (" or None" if kept == param_dtype else "")
+        )
 
 
 def _as_real(array: jax.Array, pairs: bool = True) -> jax.Array:

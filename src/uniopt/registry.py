@@ -139,7 +139,12 @@ class OptaxNames:
     otherwise: ``argument: (the spec value, why the literal value is refused)``; the factory's
     default is ``None``, ``None`` becomes that value and the value itself is refused
     (``optax.contrib.schedule_free_adamw``'s ``warmup_steps``: ``None`` is no warmup, the spec's 0;
-    optax's own 0 builds a learning rate stuck at 0).
+    optax's own 0 builds a learning rate stuck at 0). A target ``"-field"`` is the field's negative
+    (``optax.adafactor``'s ``decay_rate`` is ``-beta2_decay``). ``default_convention`` is the
+    factory's default ``convention`` when it is not the spec's own: ``"optax"`` where optax's
+    arguments name another algorithm than the spec's ``"uniopt"`` convention (``adafactor``: no
+    relative step size, ``learning_rate=None`` scales by nothing, factoring from
+    ``min_dim_size_to_factor``); such a row's optax state also ports with that convention.
     """
 
     alias: str
@@ -150,6 +155,7 @@ class OptaxNames:
     state: Mapping[str, str] = dataclasses.field(default_factory=dict)
     native: bool = True
     none_means: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
+    default_convention: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1404,9 +1410,54 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 "multiply_by_parameter_scale",
             ),
         ),
-        # keras.optimizers.Adafactor and optax.adafactor are conventions of the spec; their adapters
-        # (the keras= and optax= names, which generate uniopt.tf.Adafactor and uniopt.jax.adafactor)
-        # come later: see the skips
+        # optax.adafactor(learning_rate=None, min_dim_size_to_factor=128, decay_rate=0.8,
+        # decay_offset=0, multiply_by_parameter_scale=True, clipping_threshold=1.0, momentum=None,
+        # dtype_momentum=jnp.float32, weight_decay_rate=None, eps=1e-30, factored=True,
+        # weight_decay_mask=None) (optax/_src/alias.py, optax 0.2.8): uniopt.jax.adafactor's
+        # convention defaults to "optax" (the uniopt convention is torch.optim's algorithm, whose
+        # learning rate caps a relative step size); state FactoredState(count, v_row, v_col, v) and,
+        # with momentum, EmaState(count, ema)
+        optax=(
+            OptaxNames(
+                "adafactor",
+                names={
+                    "learning_rate": "lr",
+                    "min_dim_size_to_factor": "min_dim_size_to_factor",
+                    "decay_rate": "-beta2_decay",
+                    "decay_offset": "decay_offset",
+                    "multiply_by_parameter_scale": "multiply_by_parameter_scale",
+                    "clipping_threshold": "d",
+                    "momentum": "momentum",
+                    "weight_decay_rate": "weight_decay",
+                    "eps": "eps[0]",
+                    "factored": "factored",
+                    # optax.scale_by_param_block_rms's min_scale, which optax.adafactor fixes at 1e-3
+                    "min_scale": "eps[1]",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=(
+                    "learning_rate",
+                    "min_dim_size_to_factor",
+                    "decay_rate",
+                    "decay_offset",
+                    "multiply_by_parameter_scale",
+                    "clipping_threshold",
+                    "momentum",
+                    "dtype_momentum",
+                    "weight_decay_rate",
+                    "eps",
+                    "factored",
+                    "weight_decay_mask",
+                ),
+                # the momentum accumulator's dtype: checked against each parameter's at init
+                only={"dtype_momentum": (lambda v, c: True, "float32 (optax's default) or None")},
+                state={"count": "step", "v_row": "v_row", "v_col": "v_col", "v": "v", "ema": "momentum"},
+                default_convention="optax",
+            ),
+        ),
+        # keras.optimizers.Adafactor is a convention of the spec; its adapter (uniopt.tf.Adafactor)
+        # comes later: see the skips
         skips={
             "torch:flat": _PER_TENSOR,
             "torch:compiled": _PER_TENSOR,
@@ -1417,14 +1468,6 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     " (build() creates every slot with the variable's shape); inside tf.function "
                     "grappler also rewrites the divisions by counts into reciprocal multiplies and "
                     "reassociates broadcast products, which uniopt.tf.xp does not guard yet"
-                ),
-            ),
-            "jax": _ADAFACTOR_LATER.format(
-                adapter="uniopt.jax",
-                slots="optax's v_row and v_col drop an axis, unused ones are (1,)",
-                extra=(
-                    " (optax's FactoredState and the optax names of adafactor's arguments are not "
-                    "mapped in its porting and factory yet)"
                 ),
             ),
         },
