@@ -194,6 +194,12 @@ def _none_means(alias: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
     spec_type, names = ALIASES[alias]
+    momentum = arguments.get("momentum")
+    unused = momentum is None or (not isinstance(momentum, jax.Array) and momentum == 0)
+    if isinstance(arguments.get("dtype_momentum"), jax.Array) and unused:
+        # optax.inject_hyperparams injects optax.adafactor's default dtype_momentum=jnp.float32 as a
+        # schedule (a callable); without momentum optax never reads it, and neither does uniopt
+        arguments = {**arguments, "dtype_momentum": None}
     _check_optax_only(alias, arguments)
     arguments = _none_means(alias, arguments)
     mask_arg = next((a for a in MASKS if a in arguments), "mask")
