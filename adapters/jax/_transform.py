@@ -653,7 +653,10 @@ def transformation(
         arrays = [_as_param(spec, p, state_dtype) for p in leaves]
         slots = {
             n: treedef.unflatten(
-                [_from_real(spec.init_slot(n, _as_real(p, pairs), jnp), p, pairs) for p in arrays]
+                [
+                    _placed_like(_from_real(spec.init_slot(n, _as_real(p, pairs), jnp), p, pairs), p)
+                    for p in arrays
+                ]
             )
             for n in names
         }
@@ -858,6 +861,17 @@ def _check_momentum_dtype(spec: Spec, dtype: Any, param_dtype: Any) -> None:
             f"dtype {param_dtype.name}: uniopt's momentum is {kept.name} there; expected "
             f"dtype_momentum={kept.name}" + (" or None" if kept == param_dtype else "")
         )
+
+
+def _placed_like(slot: jax.Array, param: jax.Array) -> jax.Array:
+    """A slot not shaped like its parameter (Adafactor's factored statistics and placeholders), which
+    the core makes on the parameter's device, left uncommitted where the parameter is (as optax's
+    ``jnp.zeros``): a committed slot beside uncommitted parameters makes ``jax.jit`` compile the
+    step again at its second call, once every input is committed (optax's alias_test checks)."""
+    uncommitted = isinstance(param, jax.Array) and not isinstance(param, jax.core.Tracer)
+    if uncommitted and not param.committed and slot.shape != param.shape:
+        return jnp.zeros(slot.shape, slot.dtype)
+    return slot
 
 
 def _as_real(array: jax.Array, pairs: bool = True) -> jax.Array:
