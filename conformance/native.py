@@ -353,15 +353,18 @@ def _optax_transformation(spec: Spec) -> Any:
     for arg, target in names.names.items():
         if arg not in parameters:
             continue
-        field, index = re.fullmatch(r"(\w+)(?:\[(\d)\])?", target).groups()
+        sign, field, index = re.fullmatch(r"(-?)(\w+)(?:\[(\d)\])?", target).groups()
         value = h[field] if index is None else h[field][int(index)]
+        if sign and value is not None:  # "-field": optax's argument is the field's negative
+            value = -value
         kwargs[arg] = None if value == 0 and parameters[arg].default is None else value
     return getattr(optax, alias)(**kwargs)
 
 
-def _optax_slots(spec: Spec, state: Any, n: int) -> list[dict[str, np.ndarray]]:
+def _optax_slots(spec: Spec, state: Any, params: list[Any]) -> list[dict[str, np.ndarray]]:
     """Per parameter, uniopt's slots found by field name anywhere in the optax state (the row's
-    ``OptaxNames.state``)."""
+    ``OptaxNames.state``), in the parameter's dtype (``optax.adafactor`` keeps the momentum of a
+    float64 parameter in float32, the spec float32-rounded in float64: the same values)."""
     fields = dict(_optax_names(spec).state)
     found: dict[str, Any] = {}
 
@@ -381,7 +384,10 @@ def _optax_slots(spec: Spec, state: Any, n: int) -> list[dict[str, np.ndarray]]:
     missing = set(names) - set(found)
     if missing:
         raise KeyError(f"optax state has no {sorted(missing)} for {spec!r}")
-    return [{name: np.array(found[name][i], copy=True) for name in names} for i in range(n)]
+    return [
+        {name: np.array(found[name][i], copy=True).astype(np.asarray(p).dtype) for name in names}
+        for i, p in enumerate(params)
+    ]
 
 
 def _optax_runner(mode: str, x64: bool | None = None) -> Runner:
@@ -411,7 +417,7 @@ def _optax_runner(mode: str, x64: bool | None = None) -> Runner:
             state = tx.init(params)
 
         def snapshot() -> Snapshot:
-            return [np.array(p, copy=True) for p in params], _optax_slots(spec, state, len(params))
+            return [np.array(p, copy=True) for p in params], _optax_slots(spec, state, params)
 
         yield snapshot()
         for t in range(1, steps + 1):

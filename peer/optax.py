@@ -48,7 +48,7 @@ SUBSTITUTED: tuple[str, ...] = (
 )
 """optax aliases replaced by uniopt.jax factories: every factory of the table that optax has (``sgd``,
 ``adagrad``, ``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``,
-``adadelta``, ``lion``, ``lamb``), the optax.contrib ones of :data:`CONTRIB`, and ``amsgrad``
+``adadelta``, ``lion``, ``lamb``, ``adafactor``), the optax.contrib ones of :data:`CONTRIB`, and ``amsgrad``
 (uniopt's Adam with ``amsgrad=True``)."""
 
 DESELECT_REASON = "tests an optax optimizer uniopt does not implement (or no optimizer)"
@@ -58,6 +58,10 @@ STATE_DTYPE = "lower-precision optimizer state (mu_dtype/accumulator_dtype) not 
 STATE_NAMES = "state layout: uniopt's slots are named by the spec (exp_avg), not optax's (mu, trace)"
 INTEGER_PARAMS = "integer parameters: uniopt's optimizers take floating or complex leaves only"
 COMPLEX_NADAM = "complex parameters: uniopt's NAdam refuses them (optax's nadam runs adam's complex moments)"
+COMPLEX_ADAFACTOR = (
+    "complex parameters: uniopt's Adafactor refuses them (as torch.optim.Adafactor; its factored "
+    "moments have no complex form), optax's adafactor takes |g|^2 of complex gradients"
+)
 COMPLEX_LAMB = (
     "complex parameters: uniopt's Lamb refuses them under convention='optax' (optax's lamb runs "
     "adam's complex moments and a complex norm; uniopt's own convention takes (re, im) pairs)"
@@ -78,6 +82,10 @@ _RULES: list[tuple[str, Callable[[dict[str, str]], bool], str]] = [
     ),
     *(
         (test, lambda p: p["opt_name"] == "lamb" and "complex" in p["dtype"], COMPLEX_LAMB)
+        for test in ("test_optimization", "test_state_shape_dtype_shard_stability")
+    ),
+    *(
+        (test, lambda p: p["opt_name"] == "adafactor" and "complex" in p["dtype"], COMPLEX_ADAFACTOR)
         for test in ("test_optimization", "test_state_shape_dtype_shard_stability")
     ),
 ]

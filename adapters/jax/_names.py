@@ -58,17 +58,19 @@ static), or optax's own bool default where every convention accepts it. ``mu_dty
 ``accumulator_dtype``: ``None``, or a dtype checked against each parameter's at init."""
 
 _INITIAL_STATE = ("initial_accumulator_value",)  # fields read by init, not by the step
+_LAYOUT = ("min_dim_size_to_factor",)  # fields that decide the state's layout (slot shapes)
 
-_STATE_DTYPE = ("mu_dtype", "accumulator_dtype")  # optax's dtype of the optimizer state
+_STATE_DTYPE = ("mu_dtype", "accumulator_dtype", "dtype_momentum")  # optax's dtype of the state
 MASKS = ("mask", "weight_decay_mask")
 """optax's names of the weight-decay mask (``optax.adamw``'s ``mask``, ``optax.adadelta``'s
 ``weight_decay_mask``): a factory whose optax alias has one passes it on as :func:`transformation`'s
 ``mask``."""
 
-_TARGET = re.compile(r"^(?P<field>\w+)(\[(?P<index>\d)\])?$")
+_TARGET = re.compile(r"^(?P<sign>-?)(?P<field>\w+)(\[(?P<index>\d)\])?$")
 
 
 def _target(target: str) -> tuple[str, int | None]:
+    """``(field, index)`` of a mapping target (``"betas[0]"``, ``"-beta2_decay"``)."""
     match = _TARGET.match(target)
     if match is None:
         raise ValueError(f"bad mapping target {target!r}")
@@ -76,10 +78,24 @@ def _target(target: str) -> tuple[str, int | None]:
     return match.group("field"), None if index is None else int(index)
 
 
+def _signed(target: str, value: Any) -> Any:
+    """``value`` carried across a ``"-field"`` target (negated; ``None`` stays ``None``)."""
+    if target.startswith("-") and value is not None:
+        return -value
+    return value
+
+
 def _spec_default(spec: type[Spec], target: str) -> Any:
     field, index = _target(target)
     default = {f.name: f.default for f in dataclasses.fields(spec)}[field]
-    return default if index is None else default[index]
+    if default is None:  # the convention's
+        return None
+    return _signed(target, default if index is None else default[index])
+
+
+def _default_convention(alias: str) -> str:
+    """The factory's default ``convention`` (:attr:`uniopt.registry.OptaxNames.default_convention`)."""
+    return OPTAX[alias].default_convention or _spec_default(ALIASES[alias][0], "convention")
 
 
 def _optax_parameters(alias: str) -> dict[str, inspect.Parameter]:
@@ -100,27 +116,32 @@ def _default(alias: str, arg: str) -> Any:
         parameter = _optax_parameters(alias).get(arg)
         default = None if parameter is None else parameter.default
         accepts = OPTAX_ONLY[alias].get(arg, (lambda v, c: False, ""))[0]
+        if arg in _STATE_DTYPE and default is not None:  # optax's dtype (dtype_momentum=float32)
+            return default
         return default if isinstance(default, bool) and accepts(default, "uniopt") else None
+    if names[arg] == "convention":
+        return _default_convention(alias)
     default = _spec_default(spec_type, names[arg])
     if isinstance(default, (bool, str)) or arg == "learning_rate":
         return default
-    if arg in POSITIONAL[alias] and arg != "momentum":
-        return default
+    optax_default = getattr(_optax_parameters(alias).get(arg), "default", 0)
+    if arg in POSITIONAL[alias] and arg != "momentum" and optax_default is not None:
+        return default  # optax's None (weight_decay_rate): the convention's default
     return None
 
 
 def _explain(alias: str, message: str) -> str:
     """The core's message, plus which of this factory's arguments it is about."""
     renamed = [
-        f"{arg} is uniopt's {target}"
+        f"{arg} is uniopt's {target}" + (" (negated)" if target.startswith("-") else "")
         for arg, target in ALIASES[alias][1].items()
-        if arg != target and re.search(rf"(^|\W){re.escape(target)}=", message)
+        if arg != target and re.search(rf"(^|\W){re.escape(target.lstrip('-'))}=", message)
     ]
     return f"{message} [uniopt.jax.{alias}: {'; '.join(renamed)}]" if renamed else message
 
 
 def _check_optax_only(alias: str, arguments: dict[str, Any]) -> None:
-    convention = arguments.get("convention", "uniopt")
+    convention = arguments.get("convention", _default_convention(alias))
     for arg, (accepts, accepted) in OPTAX_ONLY[alias].items():
         value = arguments[arg]
         if isinstance(value, jax.Array):
@@ -173,6 +194,12 @@ def _none_means(alias: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
     spec_type, names = ALIASES[alias]
+    momentum = arguments.get("momentum")
+    unused = momentum is None or (not isinstance(momentum, jax.Array) and momentum == 0)
+    if isinstance(arguments.get("dtype_momentum"), jax.Array) and unused:
+        # optax.inject_hyperparams injects optax.adafactor's default dtype_momentum=jnp.float32 as a
+        # schedule (a callable); without momentum optax never reads it, and neither does uniopt
+        arguments = {**arguments, "dtype_momentum": None}
     _check_optax_only(alias, arguments)
     arguments = _none_means(alias, arguments)
     mask_arg = next((a for a in MASKS if a in arguments), "mask")
@@ -187,16 +214,17 @@ def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
         field, index = _target(target)
         value = _host_number(arguments[arg])
         if arg != "learning_rate" and isinstance(value, jax.Array):
-            if field in _INITIAL_STATE:
+            if field in _INITIAL_STATE or field in _LAYOUT:
+                what = "the initial state" if field in _INITIAL_STATE else "the state's layout"
                 raise ValueError(
-                    f"uniopt.jax.{alias}: {arg} is a jax array; it sets the initial state, so pass it "
+                    f"uniopt.jax.{alias}: {arg} is a jax array; it sets {what}, so pass it "
                     f"as a number (with optax.inject_hyperparams: static_args=({arg!r},))"
                 )
             if getattr(value, "shape", ()) != ():
                 raise ValueError(
                     f"uniopt.jax.{alias}: {arg} must be a number or a 0-d array; got shape {value.shape}"
                 )
-            arrays.append((field, index, value))
+            arrays.append((field, index, _signed(target, value)))
             if index is not None:
                 kwargs.setdefault(field, [None, None])  # the entry takes the spec's default
             continue
@@ -204,14 +232,19 @@ def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
             value = None  # the spec's default for the convention
         elif value is None:
             value = _GIVEN_NONE  # refused by the core's check of that field
+        else:
+            value = _signed(target, value)
         if index is None:
             if value is not None:
                 kwargs[field] = None if value is _GIVEN_NONE else value
         else:
             kwargs.setdefault(field, [None, None])[index] = value
+    convention = arguments.get("convention") or _default_convention(alias)
     for field, value in list(kwargs.items()):
         if isinstance(value, list):  # a pair: entries left out take the spec's default entry
             default = _spec_default(spec_type, field)
+            if default is None:  # the convention's default pair
+                default = spec_type.conventions.get(convention, {}).get(field, (None, None))
             pairs = zip(value, default, strict=True)
             kwargs[field] = tuple(d if v is None else None if v is _GIVEN_NONE else v for v, d in pairs)
     learning_rate = kwargs.pop("lr", None)
@@ -246,7 +279,7 @@ def _injected(base: Spec, arrays: list[tuple[str, int | None, jax.Array]]) -> tu
     for field, index, _ in arrays:
         current = stand_in.get(field, getattr(base, field))
         if index is None:
-            stand_in[field] = current if current != 0 else 0.5
+            stand_in[field] = current if current != 0 else 1 if _is_int(current) else 0.5
         else:
             pair = list(current)
             pair[index] = pair[index] if pair[index] != 0 else 0.5
@@ -257,7 +290,8 @@ def _injected(base: Spec, arrays: list[tuple[str, int | None, jax.Array]]) -> tu
         fields: dict[str, Any] = {}
         for (field, index, _), value in zip(arrays, values, strict=True):
             if index is None:
-                fields[field] = value
+                integral = _is_int(getattr(template, field)) and float(value).is_integer()
+                fields[field] = int(value) if integral else value  # decay_offset: an int field
             else:
                 pair = list(fields.get(field, getattr(template, field)))
                 pair[index] = value
@@ -268,6 +302,10 @@ def _injected(base: Spec, arrays: list[tuple[str, int | None, jax.Array]]) -> tu
     if len(concrete) == len(arrays):
         make(tuple(float(a) for a in concrete))  # validate now: ValueError naming the field
     return template, Injected(tuple(a for _, _, a in arrays), make)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _factory(alias: str) -> Callable[..., Transformation]:
@@ -355,7 +393,7 @@ def optax_arguments(spec: Spec) -> tuple[str, dict[str, Any]]:
     out = {}
     for arg, target in ALIASES[alias][1].items():
         field, index = _target(target)
-        out[arg] = hp[field] if index is None else hp[field][index]
+        out[arg] = _signed(target, hp[field] if index is None else hp[field][index])
         if arg in OPTAX[alias].none_means and out[arg] == OPTAX[alias].none_means[arg][0]:
             out[arg] = None  # the factory's spelling of that value
     return alias, out

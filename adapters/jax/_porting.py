@@ -22,7 +22,7 @@ from uniopt.porting import check_compatible, make_state
 from uniopt.porting import history_of as history_of_record
 from uniopt.registry import OptaxNames
 
-from ._names import ALIASES, MASKS, OPTAX, OPTAX_ONLY, _target
+from ._names import ALIASES, MASKS, OPTAX, OPTAX_ONLY, _signed, _target
 from ._transform import Transformation, UnioptState, _is_uniopt, find_state, history_bits, history_of
 
 __all__ = ["export_state", "find_state", "from_optax", "import_state", "to_optax"]
@@ -174,25 +174,44 @@ def _native_spec(alias: str, kwargs: dict[str, Any], owner: str) -> Spec:
     for name, allowed in _unsupported(alias).items():
         if args[name] != allowed:
             raise ValueError(f"{owner}: optax.{alias}({name}={args[name]!r}) has no uniopt counterpart")
+    spec_type = ALIASES[alias][0]
+    fields: dict[str, Any] = dict(row.fixed)
+    if row.default_convention is not None:  # optax's arguments mean that convention's algorithm
+        fields["convention"] = row.default_convention
     lr = args["learning_rate"]
+    none_lr = spec_type.conventions.get(fields.get("convention", "uniopt"), {}).get("lr")
+    if lr is None and none_lr is not None and optax_lr_default_is_none(alias):
+        lr = none_lr  # optax.adafactor(learning_rate=None) scales by nothing: lr 1
     if lr is None or callable(lr) or np.ndim(lr) != 0:
         raise ValueError(f"{owner}: learning_rate must be a number (the value in effect), got {lr!r}")
-    fields: dict[str, Any] = dict(row.fixed)
     for arg, target in row.names.items():
         if arg == "learning_rate" or arg not in args:
             continue
-        value = 0.0 if args[arg] is None else args[arg]  # optax's None: off (momentum=None)
+        value = args[arg]
+        if value is None and bound.signature.parameters[arg].default is None:
+            value = 0.0  # optax's default None: off (momentum=None, weight_decay_rate=None)
+        value = _signed(target, value)  # clipping_threshold=None stays None: no clipping
         field, index = _target(target)
         if index is None:
             fields[field] = value
         else:
             pair = fields.setdefault(field, [None, None])
             pair[index] = value
+    for field, value in fields.items():
+        if isinstance(value, list):  # a pair's entries optax has no argument for: the convention's
+            default = spec_type.conventions.get(fields.get("convention", "uniopt"), {}).get(field)
+            if default is not None:
+                fields[field] = [d if v is None else v for v, d in zip(value, default, strict=True)]
     fields = {f: tuple(v) if isinstance(v, list) else v for f, v in fields.items()}
     try:
         return ALIASES[alias][0](lr=float(lr), **fields)
     except ValueError as exc:
         raise ValueError(f"{owner}: optax.{alias}: {exc}") from None
+
+
+def optax_lr_default_is_none(alias: str) -> bool:
+    """Whether ``optax.<alias>``'s ``learning_rate`` defaults to ``None`` (adafactor: no scaling)."""
+    return inspect.signature(getattr(optax, alias)).parameters["learning_rate"].default is None
 
 
 def _mapped(alias: str) -> Callable[[Any], bool]:
@@ -211,9 +230,13 @@ def _native_fields(opt_state: Any, alias: str, owner: str) -> dict[str, Any]:
         for field in node._fields:
             if field not in _SLOTS[alias]:
                 continue
+            value = getattr(node, field)
             if field in found:
+                same = _SLOTS[alias][field] == "step" and int(found[field]) == int(value)
+                if same:  # several step counts (adafactor's FactoredState and EmaState), all equal
+                    continue
                 raise ValueError(f"{owner}: the state holds more than one {field!r} ({type(node).__name__})")
-            found[field] = getattr(node, field)
+            found[field] = value
     return found
 
 
@@ -254,7 +277,8 @@ def from_optax(
         scale = _momentum_scale(alias, field, spec)
         for i, leaf in enumerate(treedef.flatten_up_to(value)):
             array = np.array(leaf, copy=True)
-            slots[i][slot] = array if scale is None else np.asarray(array / np.asarray(scale, array.dtype))
+            array = array if scale is None else np.asarray(array / np.asarray(scale, array.dtype))
+            slots[i][slot] = _as_dtype(array, _dtype(leaves[i]), f"{owner}: optax.{alias}'s {field!r}")
     missing = set(spec.slot_names()) - set(slots[0] if slots else ())
     if leaves and missing:
         raise ValueError(
@@ -276,6 +300,21 @@ def from_optax(
         [_dtype(p) for p in leaves],
     )
     return dataclasses.replace(record, convention="optax")
+
+
+def _as_dtype(array: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    """``array`` in ``dtype``, where that keeps every value (optax.adafactor's float32 momentum
+    of a float64 parameter); ``ValueError`` where it would round."""
+    target = np.dtype(jax.dtypes.canonicalize_dtype(jnp.dtype(dtype)))
+    if array.dtype == target:
+        return array
+    cast = array.astype(target)
+    if not np.array_equal(cast.astype(array.dtype), array, equal_nan=True):
+        raise ValueError(
+            f"{what} is {array.dtype} and {target} would round it (uniopt keeps each slot in its "
+            f"parameter's dtype, optax.adafactor its momentum in dtype_momentum)"
+        )
+    return cast
 
 
 def to_optax(
@@ -313,6 +352,11 @@ def to_optax(
             arrays = [
                 s[slot] if scale is None else np.asarray(s[slot] * np.asarray(scale, s[slot].dtype))
                 for s in state.slots
+            ]
+            kinds = treedef.flatten_up_to(getattr(node, field))  # optax's dtype of each leaf
+            arrays = [
+                _as_dtype(a, str(k.dtype), f"{owner}: slot {slot!r}")
+                for a, k in zip(arrays, kinds, strict=True)
             ]
             values[field] = treedef.unflatten([_place(a, p) for a, p in zip(arrays, leaves, strict=True)])
         return node._replace(**values)

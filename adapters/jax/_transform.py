@@ -653,7 +653,10 @@ def transformation(
         arrays = [_as_param(spec, p, state_dtype) for p in leaves]
         slots = {
             n: treedef.unflatten(
-                [_from_real(spec.init_slot(n, _as_real(p, pairs), jnp), p, pairs) for p in arrays]
+                [
+                    _placed_like(_from_real(spec.init_slot(n, _as_real(p, pairs), jnp), p, pairs), p)
+                    for p in arrays
+                ]
             )
             for n in names
         }
@@ -767,6 +770,8 @@ def _reads_params(spec: Spec) -> str:
     (Schedule-Free AdamW's :math:`y`, interpolated towards :math:`z` at every step)."""
     if spec.has_eval_view:
         return f"for {spec.name} (its step interpolates the parameters)"
+    if not spec.elementwise:
+        return f"for {spec.name} (its step reads the parameter's norm)"
     if getattr(spec, "weight_decay", 0) != 0:
         return "with weight decay"
     return ""
@@ -826,7 +831,9 @@ def _as_param(spec: Spec, value: Any, state_dtype: tuple[str, Any] | None = None
             f"{spec.name}: parameters must be floating point or complex; got a leaf of dtype "
             f"{array.dtype} (mask it out, e.g. with optax.masked)"
         )
-    if state_dtype is not None and state_dtype[1] is not None:
+    if state_dtype is not None and state_dtype[0] == "dtype_momentum":
+        _check_momentum_dtype(spec, state_dtype[1], array.dtype)
+    elif state_dtype is not None and state_dtype[1] is not None:
         arg, dtype = state_dtype
         if jnp.dtype(dtype) != array.dtype:
             raise ValueError(
@@ -835,6 +842,36 @@ def _as_param(spec: Spec, value: Any, state_dtype: tuple[str, Any] | None = None
                 f"expected {arg}=None (the state takes each parameter's dtype)"
             )
     return array
+
+
+def _check_momentum_dtype(spec: Spec, dtype: Any, param_dtype: Any) -> None:
+    """``optax.adafactor``'s ``dtype_momentum`` against the spec's momentum slot: optax keeps the
+    momentum in ``dtype`` (``None``: the parameter's), the optax convention of
+    :class:`uniopt.Adafactor` in float32 for float32 and float64 parameters (float64 slots holding
+    float32-rounded values, bit for bit optax's float32 accumulator) and in the parameter's dtype
+    for 16-bit ones. Unused (no check) without momentum."""
+    if getattr(spec, "momentum", 0) == 0:
+        return
+    param_dtype = jnp.dtype(param_dtype)
+    kept = jnp.dtype(jnp.float32) if param_dtype.itemsize >= 4 else param_dtype
+    asked = param_dtype if dtype is None else jnp.dtype(dtype)
+    if asked != kept:
+        raise ValueError(
+            f"{spec.name}: dtype_momentum={asked.name} (the momentum accumulator) for a parameter of "
+            f"dtype {param_dtype.name}: uniopt's momentum is {kept.name} there; expected "
+            f"dtype_momentum={kept.name}" + (" or None" if kept == param_dtype else "")
+        )
+
+
+def _placed_like(slot: jax.Array, param: jax.Array) -> jax.Array:
+    """A slot not shaped like its parameter (Adafactor's factored statistics and placeholders), which
+    the core makes on the parameter's device, left uncommitted where the parameter is (as optax's
+    ``jnp.zeros``): a committed slot beside uncommitted parameters makes ``jax.jit`` compile the
+    step again at its second call, once every input is committed (optax's alias_test checks)."""
+    uncommitted = isinstance(param, jax.Array) and not isinstance(param, jax.core.Tracer)
+    if uncommitted and not param.committed and slot.shape != param.shape:
+        return jnp.zeros(slot.shape, slot.dtype)
+    return slot
 
 
 def _as_real(array: jax.Array, pairs: bool = True) -> jax.Array:

@@ -149,7 +149,12 @@ class OptaxNames:
     otherwise: ``argument: (the spec value, why the literal value is refused)``; the factory's
     default is ``None``, ``None`` becomes that value and the value itself is refused
     (``optax.contrib.schedule_free_adamw``'s ``warmup_steps``: ``None`` is no warmup, the spec's 0;
-    optax's own 0 builds a learning rate stuck at 0).
+    optax's own 0 builds a learning rate stuck at 0). A target ``"-field"`` is the field's negative
+    (``optax.adafactor``'s ``decay_rate`` is ``-beta2_decay``). ``default_convention`` is the
+    factory's default ``convention`` when it is not the spec's own: ``"optax"`` where optax's
+    arguments name another algorithm than the spec's ``"uniopt"`` convention (``adafactor``: no
+    relative step size, ``learning_rate=None`` scales by nothing, factoring from
+    ``min_dim_size_to_factor``); such a row's optax state also ports with that convention.
     """
 
     alias: str
@@ -160,6 +165,7 @@ class OptaxNames:
     state: Mapping[str, str] = dataclasses.field(default_factory=dict)
     native: bool = True
     none_means: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
+    default_convention: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +372,17 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
             "keras.optimizers.Adafactor takes its row and column means and RMS with TensorFlow's "
             "reduce_mean, which sums in its own order (the spec in one pairwise order)",
         ),
+        # optax.adafactor against the optax convention, measured 2026-12-01 (optax 0.2.8, jax 0.10.2;
+        # normal, huge and parity streams, float32 at x64 off and float64 with x64, the optax,
+        # optax_defaults and optax_unfactored cases): 132096 ulp (optax, parity, float32; relative
+        # 7.8e-7; float64 108544, relative 1.3e-15); on the 50-step streams at most 2018 (relative
+        # 2.2e-7)
+        "optax": (
+            4 * 132096,
+            "optax sums its means in XLA's order (the spec pairwise), takes XLA's rsqrt for x**-0.5 "
+            "(not correctly rounded; the spec sqrt(1/x)) and, under jit, fuses its moving averages "
+            "into multiply-adds",
+        ),
     },
     # torch.optim.Muon against the torch convention, measured 2026-12-01 (normal, huge and parity
     # streams over 16x8, 4x8 and 5x5, float32 and float64): from step 1 (torch's fused lerp_ and
@@ -422,11 +439,6 @@ _SF_NO_XLA = (
     "uniopt.tf refuses ScheduleFreeAdamW under XLA (jit_compile=True) with a ValueError: its per-step "
     "scalars come from the host (the history of learning rates; the keras convention's step count "
     "t, which never reaches a limit), and XLA cannot call the host; tf@eager and tf@function run it"
-)
-
-_ADAFACTOR_LATER = (
-    "{adapter} does not offer Adafactor yet: its factored statistics are not shaped like the "
-    "parameter ({slots}), which {adapter}'s slot creation and porting assume{extra}"
 )
 
 _BFLOAT16_BOUNDARY = (
@@ -1651,20 +1663,67 @@ TABLE: tuple[OptimizerInfo, ...] = (
             slots={"r": "_r", "c": "_c", "v": "_v"},
             inert={"relative_step": True},
         ),
-        # optax.adafactor is a convention of the spec; its adapter (the optax= names, which generate
-        # uniopt.jax.adafactor) comes later: see the skips
+        ulp_tolerance={
+            # jax's optax row only (update + optax.apply_updates); jax@eager and jax@jit run tx.step
+            # and are 0 ulp in every cell (jit with --full: all 176). Measured 2026-12-01 with --full:
+            # 22 of 176 cells differ, where a step's p + (new - p) != new (optax's additive contract,
+            # as for AdamW): at most 256 ulp on the 50-step streams (weight_decay/tiny, float64;
+            # relative 1.4e-17), on the 1,000-step parity stream 2048 (torch, float64) and 4096
+            # (keras, float64; relative 2.9e-17)
+            "jax:optax": 256,
+            "jax:optax:torch/parity": 2048,
+            "jax:optax:keras/parity": 4096,
+        },
+        # optax.adafactor(learning_rate=None, min_dim_size_to_factor=128, decay_rate=0.8,
+        # decay_offset=0, multiply_by_parameter_scale=True, clipping_threshold=1.0, momentum=None,
+        # dtype_momentum=jnp.float32, weight_decay_rate=None, eps=1e-30, factored=True,
+        # weight_decay_mask=None) (optax/_src/alias.py, optax 0.2.8): uniopt.jax.adafactor's
+        # convention defaults to "optax" (the uniopt convention is torch.optim's algorithm, whose
+        # learning rate caps a relative step size); state FactoredState(count, v_row, v_col, v) and,
+        # with momentum, EmaState(count, ema)
+        optax=(
+            OptaxNames(
+                "adafactor",
+                names={
+                    "learning_rate": "lr",
+                    "min_dim_size_to_factor": "min_dim_size_to_factor",
+                    "decay_rate": "-beta2_decay",
+                    "decay_offset": "decay_offset",
+                    "multiply_by_parameter_scale": "multiply_by_parameter_scale",
+                    "clipping_threshold": "d",
+                    "momentum": "momentum",
+                    "weight_decay_rate": "weight_decay",
+                    "eps": "eps[0]",
+                    "factored": "factored",
+                    # optax.scale_by_param_block_rms's min_scale, which optax.adafactor fixes at 1e-3
+                    "min_scale": "eps[1]",
+                    "maximize": "maximize",
+                    "convention": "convention",
+                },
+                positional=(
+                    "learning_rate",
+                    "min_dim_size_to_factor",
+                    "decay_rate",
+                    "decay_offset",
+                    "multiply_by_parameter_scale",
+                    "clipping_threshold",
+                    "momentum",
+                    "dtype_momentum",
+                    "weight_decay_rate",
+                    "eps",
+                    "factored",
+                    "weight_decay_mask",
+                ),
+                # the momentum accumulator's dtype: checked against each parameter's at init
+                only={"dtype_momentum": (lambda v, c: True, "float32 (optax's default) or None")},
+                state={"count": "step", "v_row": "v_row", "v_col": "v_col", "v": "v", "ema": "momentum"},
+                default_convention="optax",
+            ),
+        ),
         skips={
             "torch:flat": _PER_TENSOR,
             "torch:compiled": _PER_TENSOR,
             "tf:xla": _ADAFACTOR_NO_XLA,
-            "jax": _ADAFACTOR_LATER.format(
-                adapter="uniopt.jax",
-                slots="optax's v_row and v_col drop an axis, unused ones are (1,)",
-                extra=(
-                    " (optax's FactoredState and the optax names of adafactor's arguments are not "
-                    "mapped in its porting and factory yet)"
-                ),
-            ),
         },
     ),
 )

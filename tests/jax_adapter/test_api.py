@@ -28,6 +28,7 @@ CAMEL = {  # every factory uniopt.jax offers, and its CamelCase name (written ou
     "adadelta": "Adadelta",
     "lion": "Lion",
     "lamb": "Lamb",
+    "adafactor": "Adafactor",
     "schedule_free_adamw": "ScheduleFreeAdamW",  # optax.contrib.schedule_free_adamw's name
 }
 NAMES = tuple(CAMEL)
@@ -45,6 +46,7 @@ SHARED_WITH_OPTAX = {
     "adadelta": {"learning_rate", "rho", "eps", "weight_decay"},
     "lion": {"learning_rate", "b1", "b2", "weight_decay"},
     "lamb": {"learning_rate", "b1", "b2", "eps", "weight_decay"},
+    "adafactor": {"learning_rate", "min_dim_size_to_factor", "momentum", "eps", "factored"},
 }
 JAX_TABLE = table_for("jax")
 CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in JAX_TABLE for case in info.cases]
@@ -60,12 +62,16 @@ def _to_optax_names(spec_name: str, kwargs: dict) -> dict | None:
     by_target = {target: arg for arg, target in ujax.ALIASES[alias][1].items()}
     out = {}
     for key, value in kwargs.items():
-        if key == "betas":
+        if f"{key}[0]" in by_target:  # a pair given as two arguments (b1, b2; eps, min_scale)
             if not (isinstance(value, tuple) and len(value) == 2):
-                return None  # b1 and b2 are separate arguments: "not a pair" cannot be said
-            out[by_target["betas[0]"]], out[by_target["betas[1]"]] = value
+                return None  # separate arguments: "not a pair" cannot be said
+            out[by_target[f"{key}[0]"]], out[by_target[f"{key}[1]"]] = value
+        elif f"-{key}" in by_target:  # the field's negative (adafactor's decay_rate)
+            out[by_target[f"-{key}"]] = -value
         else:
             out[by_target[key]] = value
+    if "convention" in by_target and "convention" not in kwargs:  # the spec's default convention
+        out[by_target["convention"]] = "uniopt"  # (uniopt.jax.adafactor's default is "optax")
     return out
 
 
@@ -115,7 +121,9 @@ def test_signature_follows_optax_and_defaults_are_uniopts(name):
     assert SHARED_WITH_OPTAX[name] <= set(sig.parameters) & optax_params
     spec_type = ujax.ALIASES[name][0]
     fixed = dict(ujax.OPTAX[name].fixed)  # nadamw: decoupled weight decay
-    assert getattr(ujax, name)().spec == spec_type(**fixed)  # defaults: uniopt's
+    convention = ujax.OPTAX[name].default_convention  # adafactor: optax's names mean optax's rule
+    expected = spec_type(**fixed, **({"convention": convention} if convention else {}))
+    assert getattr(ujax, name)().spec == expected  # defaults: uniopt's (of that convention)
     assert getattr(ujax, name)().learning_rate is None  # a constant learning rate lives in the spec
 
 
@@ -276,9 +284,9 @@ def test_a_new_row_is_a_working_factory_without_adapter_code(monkeypatch):
 
 
 def test_every_row_of_the_table_runs_on_jax():
-    """ScheduleFreeAdamW (a history and an evaluation view) included: no row is skipped but
-    Adafactor, whose factored statistics uniopt.jax's factory and porting do not map yet, and Muon,
-    which uniopt.jax does not offer yet (the rows' skips say why)."""
-    assert sorted(info.name for info in TABLE if info not in JAX_TABLE) == ["Adafactor", "Muon"]
+    """ScheduleFreeAdamW (a history and an evaluation view) and Adafactor (slots not shaped like
+    the parameter) included: no row is skipped but Muon, which uniopt.jax does not offer yet (the
+    row's skip says why)."""
+    assert [info.name for info in TABLE if info not in JAX_TABLE] == ["Muon"]
     assert "uniopt.jax does not offer Muon yet" in uniopt.registry.get("Muon").skip_reason("jax")
     assert ujax.schedule_free_adamw is ujax.ScheduleFreeAdamW
