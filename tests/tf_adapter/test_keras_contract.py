@@ -124,28 +124,41 @@ def test_model_save_load_continues_bitwise(tmp_path, digits, learning_rate):
         assert bits_equal(a.numpy(), b.numpy()), a.path
 
 
+CHECKPOINTED = [
+    pytest.param(uniopt.Adam(lr=0.01, amsgrad=True), 10, {}, id="Adam"),
+    # slots not shaped like the variable (row and column statistics, 0-d placeholders)
+    pytest.param(
+        uniopt.Adafactor(lr=0.05, weight_decay=0.1),
+        8,
+        {"shapes": ((3, 4), (5,), (), (2, 3, 4), (1, 6))},
+        id="Adafactor",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "steps", "shapes"), CHECKPOINTED)
 @pytest.mark.parametrize("build_first", [True, False], ids=["built", "deferred"])
-def test_tf_train_checkpoint_restores_and_continues_bitwise(tmp_path, build_first):
-    spec = uniopt.Adam(lr=0.01, amsgrad=True)
-    params, grads = params_and_grads(10, seed=3)
+def test_tf_train_checkpoint_restores_and_continues_bitwise(tmp_path, build_first, spec, steps, shapes):
+    params, grads = params_and_grads(steps, seed=3, **shapes)
     variables = [tf.Variable(p) for p in params]
     opt = ut.from_spec(spec)
     step = make_step(opt, variables, "function")
-    for g in grads[:5]:
+    half = steps // 2
+    for g in grads[:half]:
         step([tf.constant(x) for x in g])
     path = tf.train.Checkpoint(optimizer=opt, variables=variables).save(str(tmp_path / "ckpt"))
 
     restored_vars = [tf.Variable(np.zeros_like(p)) for p in params]
-    restored = ut.Adam.from_config(opt.get_config())
+    restored = type(opt).from_config(opt.get_config())
     if build_first:
         restored.build(restored_vars)
     status = tf.train.Checkpoint(optimizer=restored, variables=restored_vars).restore(path)
     if not build_first:
         restored.build(restored_vars)
     status.assert_existing_objects_matched()
-    assert int(restored.iterations.numpy()) == 5
+    assert int(restored.iterations.numpy()) == half
     restored_step = make_step(restored, restored_vars, "function")
-    for g in grads[5:]:
+    for g in grads[half:]:
         step([tf.constant(x) for x in g])
         restored_step([tf.constant(x) for x in g])
         assert_trajectories([snapshot(restored, restored_vars)], [snapshot(opt, variables)])

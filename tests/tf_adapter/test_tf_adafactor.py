@@ -361,33 +361,6 @@ def test_model_save_load_continues_bitwise(tmp_path):
         assert bits_equal(a.numpy(), b.numpy()), a.path
 
 
-@pytest.mark.parametrize("build_first", [True, False], ids=["built", "deferred"])
-def test_tf_train_checkpoint_restores_and_continues_bitwise(tmp_path, build_first):
-    spec = uniopt.Adafactor(lr=0.05, weight_decay=0.1)
-    params, grads = params_and_grads(8, seed=3, shapes=SHAPES)
-    variables = [tf.Variable(p) for p in params]
-    opt = ut.from_spec(spec)
-    step = make_step(opt, variables, "function")
-    for g in grads[:4]:
-        step([tf.constant(x) for x in g])
-    path = tf.train.Checkpoint(optimizer=opt, variables=variables).save(str(tmp_path / "ckpt"))
-    restored_vars = [tf.Variable(np.zeros_like(p)) for p in params]
-    restored = ut.Adafactor.from_config(opt.get_config())
-    if build_first:
-        restored.build(restored_vars)
-    status = tf.train.Checkpoint(optimizer=restored, variables=restored_vars).restore(path)
-    if not build_first:
-        restored.build(restored_vars)
-    status.assert_existing_objects_matched()
-    assert int(restored.iterations.numpy()) == 4
-    restored_step = make_step(restored, restored_vars, "function")
-    for g in grads[4:]:
-        step([tf.constant(x) for x in g])
-        restored_step([tf.constant(x) for x in g])
-        assert_trajectories([snapshot(restored, restored_vars)], [snapshot(opt, variables)])
-    assert_trajectories([snapshot(opt, variables)], reference(spec, params, grads)[-1:])
-
-
 # -- porting -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["default", "keras", "optax"])
 def test_export_import_round_trip_continues_bitwise(case):
