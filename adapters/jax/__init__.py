@@ -9,8 +9,8 @@
 
 There is one factory per optax name of a row of :data:`uniopt.registry.TABLE` (``sgd``, ``adagrad``,
 ``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``, ``adadelta``, ``lion``,
-``lamb``, and optax.contrib's ``schedule_free_adamw``), each also under its CamelCase name
-(:data:`CAMEL_CASE`). Each takes optax's arguments in optax's order (:data:`POSITIONAL`), translated
+``lamb``, ``adafactor``, and optax.contrib's ``schedule_free_adamw`` and ``muon``), each also under
+its CamelCase name (:data:`CAMEL_CASE`). Each takes optax's arguments in optax's order (:data:`POSITIONAL`), translated
 to the spec's by the row's mapping (:data:`ALIASES`), with uniopt's defaults (optax's own with
 ``convention="optax"``), and returns a :class:`Transformation` (an
 ``optax.GradientTransformationExtraArgs``) whose update includes the learning rate, like optax's
@@ -32,6 +32,7 @@ from ._names import (
     POSITIONAL,
     inject_hyperparams,
     optax_arguments,
+    optax_function,
 )
 from ._porting import export_state, find_state, from_optax, import_state, to_optax
 from ._transform import Transformation, UnioptState, schedule_free_eval_params, transformation
@@ -76,6 +77,7 @@ __all__ = [
     "import_state",
     "inject_hyperparams",
     "optax_arguments",
+    "optax_function",
     "schedule_free_eval_params",
     "to_optax",
 ]

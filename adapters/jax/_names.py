@@ -10,9 +10,12 @@ is a new factory with no edit here.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import inspect
 import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -33,6 +36,7 @@ __all__ = [
     "POSITIONAL",
     "inject_hyperparams",
     "optax_arguments",
+    "optax_function",
 ]
 
 OPTAX: dict[str, OptaxNames] = {names.alias: names for info in TABLE for names in info.optax}
@@ -58,7 +62,11 @@ static), or optax's own bool default where every convention accepts it. ``mu_dty
 ``accumulator_dtype``: ``None``, or a dtype checked against each parameter's at init."""
 
 _INITIAL_STATE = ("initial_accumulator_value",)  # fields read by init, not by the step
-_LAYOUT = ("min_dim_size_to_factor",)  # fields that decide the state's layout (slot shapes)
+_STRUCTURE = {  # fields the rule reads as Python values (not through the per-step scalars): what each decides
+    "min_dim_size_to_factor": "the state's layout",
+    "ns_steps": "the number of Newton-Schulz iterations",
+    "rms_rate": "the shape scale, computed on the host from the parameter's shape",
+}
 
 _STATE_DTYPE = ("mu_dtype", "accumulator_dtype", "dtype_momentum")  # optax's dtype of the state
 MASKS = ("mask", "weight_decay_mask")
@@ -98,11 +106,26 @@ def _default_convention(alias: str) -> str:
     return OPTAX[alias].default_convention or _spec_default(ALIASES[alias][0], "convention")
 
 
+def optax_function(alias: str) -> Callable[..., Any]:
+    """optax's own ``<module>.<alias>`` of factory ``alias`` (:attr:`uniopt.registry.OptaxNames.module`:
+    ``optax.adam``, ``optax.contrib.muon``); ``ValueError`` for a factory without one (``native``
+    false)."""
+    row = OPTAX[alias]
+    if not row.native:
+        raise ValueError(f"uniopt.jax.{alias} stands for no optax function (optax has no {alias!r})")
+    return getattr(importlib.import_module(row.module), alias)
+
+
+def optax_name(alias: str) -> str:
+    """``"optax.adam"``, ``"optax.contrib.muon"``: where optax defines factory ``alias``'s optimizer."""
+    return f"{OPTAX[alias].module}.{alias}"
+
+
 def _optax_parameters(alias: str) -> dict[str, inspect.Parameter]:
-    """The parameters of ``optax.<alias>`` (none where optax lacks the alias)."""
+    """The parameters of optax's ``<module>.<alias>`` (none where optax lacks the alias)."""
     if not OPTAX[alias].native:
         return {}
-    return dict(inspect.signature(getattr(optax, alias)).parameters)
+    return dict(inspect.signature(optax_function(alias)).parameters)
 
 
 def _default(alias: str, arg: str) -> Any:
@@ -173,6 +196,37 @@ def _host_number(value: Any) -> Any:
 _GIVEN_NONE = object()
 
 
+def _check_narrows(alias: str, arguments: dict[str, Any]) -> None:
+    """``ValueError`` for a mapped argument's value that optax reads and the spec field cannot hold
+    (:attr:`uniopt.registry.OptaxNames.narrows`), before the spec is built."""
+    convention = arguments.get("convention") or _default_convention(alias)
+    for arg, (accepts, accepted) in OPTAX[alias].narrows.items():
+        value = arguments[arg]
+        if value is not None and not accepts(value, convention):
+            raise ValueError(f"uniopt.jax.{alias}: {arg}={value!r} is not supported; expected {accepted}")
+
+
+def _implied(alias: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` with the fields an argument implies set (:attr:`uniopt.registry.OptaxNames.implies`:
+    ``consistent_rms`` given is ``adjust_lr_fn="match_rms_adamw"``); ``ValueError`` where the
+    implied field's own argument was given another value."""
+    out = dict(arguments)
+    by_field = {_target(t)[0]: a for a, t in ALIASES[alias][1].items()}
+    for arg, fields in OPTAX[alias].implies.items():
+        if out[arg] is None:
+            continue
+        for field, value in fields.items():
+            own = by_field[field]
+            if out[own] is not None and out[own] != value:
+                raise ValueError(
+                    f"uniopt.jax.{alias}: {arg}={out[arg]!r} means {field}={value!r} (as "
+                    f"{optax_name(alias) if OPTAX[alias].native else alias} reads it); got "
+                    f"{own}={out[own]!r}: leave {own} out, or pass {arg}=None"
+                )
+            out[own] = value
+    return out
+
+
 def _none_means(alias: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """``arguments`` with the row's ``none_means`` applied (:class:`uniopt.registry.OptaxNames`):
     ``None`` becomes the spec value it stands for, and that value given literally (optax reads it
@@ -201,7 +255,8 @@ def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
         # schedule (a callable); without momentum optax never reads it, and neither does uniopt
         arguments = {**arguments, "dtype_momentum": None}
     _check_optax_only(alias, arguments)
-    arguments = _none_means(alias, arguments)
+    _check_narrows(alias, arguments)
+    arguments = _none_means(alias, _implied(alias, arguments))
     mask_arg = next((a for a in MASKS if a in arguments), "mask")
     mask = arguments.get(mask_arg)
     if mask is not None and not (callable(mask) or jax.tree.leaves(mask) or mask == {}):
@@ -214,8 +269,8 @@ def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
         field, index = _target(target)
         value = _host_number(arguments[arg])
         if arg != "learning_rate" and isinstance(value, jax.Array):
-            if field in _INITIAL_STATE or field in _LAYOUT:
-                what = "the initial state" if field in _INITIAL_STATE else "the state's layout"
+            if field in _INITIAL_STATE or field in _STRUCTURE:
+                what = "the initial state" if field in _INITIAL_STATE else _STRUCTURE[field]
                 raise ValueError(
                     f"uniopt.jax.{alias}: {arg} is a jax array; it sets {what}, so pass it "
                     f"as a number (with optax.inject_hyperparams: static_args=({arg!r},))"
@@ -308,6 +363,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _source_file(alias: str) -> str:
+    """The file optax defines ``<module>.<alias>`` in, from the package root
+    (``optax/_src/alias.py``, ``optax/contrib/_muon.py``)."""
+    function = optax_function(alias)
+    while isinstance(function, functools.partial):  # optax.nadam is a partial of optax.adam
+        function = function.func
+    path = Path(inspect.getsourcefile(inspect.unwrap(function)) or "")
+    root = Path(optax.__file__).parent.parent
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+
 def _factory(alias: str) -> Callable[..., Transformation]:
     spec_type, names = ALIASES[alias]
     optax_params = _optax_parameters(alias)
@@ -330,13 +396,19 @@ def _factory(alias: str) -> Callable[..., Transformation]:
             return f"uniopt's ``{names[arg]}`` (default ``None``: ``{names[arg]}={value!r}``; {why})"
         if arg in names:
             field = names[arg]
-            return f"uniopt's ``{field}`` (default ``{_default(alias, arg)!r}``" + (
+            text = f"uniopt's ``{field}`` (default ``{_default(alias, arg)!r}``" + (
                 ": the convention's)" if _default(alias, arg) is None else ")"
             )
+            if arg in row.implies:
+                implied = ", ".join(f"``{f}={v!r}``" for f, v in row.implies[arg].items())
+                text += f"; given (not ``None``), it also sets {implied}"
+            if arg in row.narrows:
+                text += f"; accepted: {row.narrows[arg][1]}"
+            return text
         if arg in MASKS and arg not in OPTAX_ONLY[alias]:
             return (
                 "a pytree of bools like the parameters, or a callable ``params -> pytree``: where "
-                f"``False``, no weight decay (as ``optax.{alias}``)"
+                f"``False``, no weight decay (as ``{optax_name(alias)}``)"
             )
         return f"optax's; accepted: {OPTAX_ONLY[alias][arg][1]}"
 
@@ -344,11 +416,11 @@ def _factory(alias: str) -> Callable[..., Transformation]:
     rows = "\n".join(f"        {p.name}: {describe(p.name)}" for p in parameters)
     fixed = ", ".join(f"``{f}={v!r}``" for f, v in row.fixed.items())
     origin = (
-        f"``optax.{alias}``'s arguments in optax's order"
+        f"``{optax_name(alias)}``'s arguments in optax's order"
         if row.native
         else f"optax has no ``optax.{alias}``; optax-style arguments"
     )
-    source = f"optax/_src/alias.py (``optax.{alias}``)" if row.native else "optax has no such alias"
+    source = f"{_source_file(alias)} (``{optax_name(alias)}``)" if row.native else "optax has no such alias"
     factory.__signature__ = signature  # type: ignore[attr-defined]
     factory.__name__ = factory.__qualname__ = alias
     factory.__module__ = "uniopt.jax"
@@ -396,6 +468,15 @@ def optax_arguments(spec: Spec) -> tuple[str, dict[str, Any]]:
         out[arg] = _signed(target, hp[field] if index is None else hp[field][index])
         if arg in OPTAX[alias].none_means and out[arg] == OPTAX[alias].none_means[arg][0]:
             out[arg] = None  # the factory's spelling of that value
+    for arg, fields in OPTAX[alias].implies.items():
+        if any(hp[f] != v for f, v in fields.items()):  # the argument given would set those fields
+            field = _target(ALIASES[alias][1][arg])[0]
+            if hp[field] != _spec_default(ALIASES[alias][0], field):
+                raise KeyError(
+                    f"uniopt.jax.{alias} cannot build {spec!r}: {arg}={hp[field]!r} would also set "
+                    + ", ".join(f"{f}={v!r}" for f, v in fields.items())
+                )
+            out[arg] = None  # the field keeps its default, the implied ones their own arguments
     return alias, out
 
 

@@ -479,13 +479,23 @@ def _sign(x: Any) -> jax.Array:
     return jnp.where(magnitude > infinity, x, jnp.where(magnitude == 0, zero, signed))
 
 
+def _matmul(x1: Any, x2: Any) -> jax.Array:
+    """The array API's ``matmul`` at ``jax.lax.Precision.HIGHEST``: float32 products are formed and
+    summed in float32 on every device (jax's default precision lets a GPU or TPU round float32
+    inputs to TF32 or bfloat16 first). The order of the sums is XLA's (its dot emitter or the
+    device's BLAS), not the spec's: Muon's ``matmul="backend"``, within a measured bound."""
+    return jnp.matmul(x1, x2, precision=lax.Precision.HIGHEST)
+
+
 class _Unfused:
     """Under tracing: ``jax.numpy`` whose ``multiply`` returns the rounded product even inside a
     fused kernel (XLA would otherwise contract ``a*b + c`` into one FMA on CPUs and GPUs), and whose
     ``sqrt`` stays a correctly rounded root (never an ``rsqrt`` of a division), and whose ``sign``
-    is NumPy's (:func:`_sign`). The other ops the rules use (``add``, ``divide``, ``maximum``,
-    ``minimum``, ``abs``, ``where``, ...) are ``jax.numpy``'s: exact or correctly rounded,
-    NaN-propagating ``maximum`` and ``minimum``."""
+    is NumPy's (:func:`_sign`), whose ``matmul`` is :func:`_matmul` (``Precision.HIGHEST``), and
+    whose ``astype`` to a narrower float keeps its rounding (:meth:`astype`). The other ops the
+    rules use (``add``, ``divide``, ``maximum``, ``minimum``, ``abs``, ``where``,
+    ``matrix_transpose``, ...) are ``jax.numpy``'s: exact or correctly rounded, NaN-propagating
+    ``maximum`` and ``minimum``."""
 
     def __init__(self, zero: jax.Array):
         self._zero = zero
@@ -502,6 +512,22 @@ class _Unfused:
     def sign(self, x: Any) -> jax.Array:
         """:func:`_sign` (NumPy's: ``+0`` for ``±0``, ``±1`` for subnormals)."""
         return _sign(x)
+
+    def matmul(self, x1: Any, x2: Any) -> jax.Array:
+        """:func:`_matmul`."""
+        return _matmul(x1, x2)
+
+    def astype(self, x: Any, dtype: Any, /, *, copy: bool = False, device: Any = None) -> jax.Array:
+        """``jnp.astype``; a conversion to a narrower float (float32 to bfloat16, as Muon's torch
+        convention rounds) reaches its consumer through the integer no-op, so that XLA cannot drop
+        a float32 -> bfloat16 -> float32 pair as a mere loss of precision (its simplifier may, with
+        ``xla_allow_excess_precision``, on by default)."""
+        out = jnp.astype(x, dtype, copy=copy, device=device)
+        source = jnp.result_type(x)
+        narrower = out.dtype.itemsize < source.itemsize
+        if narrower and jnp.issubdtype(out.dtype, jnp.floating) and jnp.issubdtype(source, jnp.floating):
+            return _rounded(out, self._zero)
+        return out
 
     def sqrt(self, x: Any) -> jax.Array:
         """The correctly rounded root, kept a root: XLA rewrites ``a / sqrt(b)`` into
@@ -546,11 +572,13 @@ _ELEMENTWISE = (
 class _OpByOp:
     """Eagerly: ``jax.numpy`` with each elementwise function compiled on its own, so every op of
     the rule is one XLA computation (the same numbers as plain eager jax.numpy, dispatched through
-    jax's fast path for compiled functions; ``sign`` is :func:`_sign`)."""
+    jax's fast path for compiled functions; ``sign`` is :func:`_sign`, ``matmul`` :func:`_matmul`,
+    ``Precision.HIGHEST``)."""
 
     def __init__(self) -> None:
         for name in _ELEMENTWISE:
             setattr(self, name, jax.jit(_sign if name == "sign" else getattr(jnp, name)))
+        self.matmul = jax.jit(_matmul)  # Precision.HIGHEST
 
     def __getattr__(self, name: str) -> Any:
         return getattr(jnp, name)
@@ -651,6 +679,7 @@ def transformation(
     def init(params: Any) -> UnioptState:
         leaves, treedef = jax.tree.flatten(params)
         arrays = [_as_param(spec, p, state_dtype) for p in leaves]
+        _check_shapes(spec, params, arrays)  # before any state exists
         slots = {
             n: treedef.unflatten(
                 [
@@ -767,11 +796,12 @@ def schedule_free_eval_params(tx: Transformation, state: Any, params: Any) -> An
 def _reads_params(spec: Spec) -> str:
     """Why ``spec``'s update needs the parameters (``""`` when it does not): its weight decay reads
     them, and so does a spec with an evaluation view, whose parameters are one of its sequences
-    (Schedule-Free AdamW's :math:`y`, interpolated towards :math:`z` at every step)."""
+    (Schedule-Free AdamW's :math:`y`, interpolated towards :math:`z` at every step), and a rule
+    that is not elementwise (Lamb, Adafactor, Muon), which the adapter runs only on parameters."""
     if spec.has_eval_view:
         return f"for {spec.name} (its step interpolates the parameters)"
-    if not spec.elementwise:
-        return f"for {spec.name} (its step reads the parameter's norm)"
+    if not spec.elementwise:  # Lamb's norms, Adafactor's factors, Muon's matrix products
+        return f"for {spec.name} (its rule is not elementwise: it works on whole parameters)"
     if getattr(spec, "weight_decay", 0) != 0:
         return "with weight decay"
     return ""
@@ -842,6 +872,17 @@ def _as_param(spec: Spec, value: Any, state_dtype: tuple[str, Any] | None = None
                 f"expected {arg}=None (the state takes each parameter's dtype)"
             )
     return array
+
+
+def _check_shapes(spec: Spec, params: Any, arrays: list[jax.Array]) -> None:
+    """``ValueError`` for the first parameter the spec refuses (:meth:`uniopt.Spec.param_refusal`:
+    Muon's ``uniopt`` and ``torch`` conventions take 2-D parameters only), naming its place in the
+    pytree and the spec's reason (which names the shape)."""
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for path, array in zip(paths, arrays, strict=True):
+        why = spec.param_refusal(tuple(array.shape), bool(jnp.iscomplexobj(array)))
+        if why is not None:
+            raise ValueError(f"{spec.name}: parameter {path or '(the root)'}: {why}")
 
 
 def _check_momentum_dtype(spec: Spec, dtype: Any, param_dtype: Any) -> None:

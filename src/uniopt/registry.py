@@ -139,8 +139,10 @@ class OptaxNames:
     """One optax-style factory of an optimizer (``uniopt.jax.<alias>``): porting, the native row.
 
     ``alias`` is the factory's name, optax's alias where optax has one (``native``: whether
-    ``optax.<alias>`` exists). ``names`` maps each factory argument that sets a spec field to that
-    field (``"b1": "betas[0]"``), in the order uniopt's own ones are listed. ``positional`` are
+    ``<module>.<alias>`` exists and uniopt.jax reads it: its signature, its state for porting, the
+    native row; ``schedule_free_adamw``'s is not read). ``names`` maps each factory argument that
+    sets a spec field to that field (``"b1": "betas[0]"``), in the order uniopt's own ones are
+    listed. ``positional`` are
     optax's positional arguments in optax's order. ``only`` are optax arguments without a spec
     field: ``(accepts(value, convention), the accepted values in words)``. ``fixed`` are spec fields
     the factory sets (``optax.nadamw``: decoupled weight decay). ``state`` maps a field of optax's
@@ -155,6 +157,22 @@ class OptaxNames:
     arguments name another algorithm than the spec's ``"uniopt"`` convention (``adafactor``: no
     relative step size, ``learning_rate=None`` scales by nothing, factoring from
     ``min_dim_size_to_factor``); such a row's optax state also ports with that convention.
+    ``module`` is the module optax defines the alias in (``"optax.contrib"`` for
+    ``optax.contrib.muon``); the factory's signature, porting, the native row and the peer suite
+    read ``<module>.<alias>``. ``narrows`` are mapped arguments whose optax meaning is wider than
+    their spec field's: ``argument: (accepts(value, convention), the accepted values in words and
+    what optax means otherwise)``, checked before the spec is built (``optax.contrib.muon``'s
+    ``ns_coeffs`` presets and per-step coefficient tuples); values it accepts go on to the spec's
+    own checks. ``implies`` are arguments that, given (not ``None``), also set other spec fields:
+    ``argument: {field: value}`` (``optax.contrib.muon``'s ``consistent_rms=r`` is
+    ``rms_rate=r`` with ``adjust_lr_fn="match_rms_adamw"``; ``None`` leaves those fields to their
+    own arguments); an argument for such a field given with another value raises ``ValueError``.
+    ``state_hyperparameters`` maps a field of optax's state that holds a hyperparameter
+    (``MuonState.ns_coeffs``) to its spec field: porting checks that it holds the spec's value.
+    A state field found in several nodes of optax's state (``optax.contrib.muon`` keeps ``mu`` in
+    its Muon and its Adam partition) is one slot: each parameter's value sits in one node, the
+    others hold optax's ``MaskedNode`` there; a parameter no node holds a slot for keeps the
+    spec's initial value (zeros: the Adam slot ``exp_avg_sq`` of a matrix).
     """
 
     alias: str
@@ -166,6 +184,10 @@ class OptaxNames:
     native: bool = True
     none_means: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
     default_convention: str | None = None
+    module: str = "optax"
+    narrows: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
+    implies: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    state_hyperparameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,7 +411,21 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
     # add_(alpha=)), 2676086 ulp on the 50-step normal stream (float32; float64 5037 on huge); on
     # the parity stream elements near 0 change sign (2**31 / 2**63 ulp), normwise relative 1.8e-4 in
     # both dtypes: the row's relative_tolerance["torch.optim:native"] admits those cells
-    "Muon": {"torch.optim": (4 * 2676086, _TORCH_KERNELS)},
+    # optax.contrib.muon against the optax convention, measured 2026-12-02 (optax 0.2.8, jax 0.10.2;
+    # normal, huge and parity streams, float32 at x64 off and float64 with x64, the optax and
+    # optax_defaults cases): 101972 ulp (parity, float64; relative 1.2e-15; float32 24175, relative
+    # 5.6e-7); on the 50-step streams at most 15573 (optax_defaults/huge, float32; relative 1.7e-7);
+    # every cell differs from step 1
+    "Muon": {
+        "torch.optim": (4 * 2676086, _TORCH_KERNELS),
+        "optax": (
+            4 * 101972,
+            "optax runs its Newton-Schulz iteration as one compiled loop whose products XLA sums and "
+            "fuses in its own order (the spec's are the backend's matmul, another order), and under "
+            "jit XLA contracts optax's moving averages into multiply-adds and rewrites its "
+            "bias-correction divisions",
+        ),
+    },
     "Adamax": {"torch.optim": (4 * 35102, _TORCH_KERNELS), "optax": (4 * 37115, _OPTAX_JIT)},
     "NAdam": {"torch.optim": (4 * 1430484, _TORCH_KERNELS), "optax": (4 * 221940, _OPTAX_JIT)},
     "Adadelta": {"torch.optim": (4 * 5760, _TORCH_KERNELS), "optax": (4 * 56, _OPTAX_JIT)},
@@ -1411,11 +1447,37 @@ TABLE: tuple[OptimizerInfo, ...] = (
         # torch@compile (--full, normal and huge streams, float32 and float64; inductor's own mm):
         # backend products up to 58368 ulp (optax_defaults/huge, float32; relative 2.8e-7), 36864
         # in float64; exact products and the torch convention bitwise
+        # uniopt.jax.muon, measured 2026-12-02 with --full (jax 0.10.2 on the CPU, every cell of
+        # jax@eager, jax@jit and jax@optax): matmul="exact" and the torch convention (bfloat16
+        # iteration) bitwise in every dtype, eagerly and under jit (parity included); the backend's
+        # products (XLA's dot at Precision.HIGHEST, another summation order than NumPy's BLAS) in
+        # each of the three modes up to 38912 ulp in float32 (match_rms_adamw/tiny; normwise relative
+        # distance 1.2e-7; the worst relative one 1.1e-6, default/mixed_shapes under jit), 26944 on
+        # the parity stream (keras, relative 5.3e-7), float64 24288 (keras/parity; 1.1e-15), float16
+        # 10064 (default/mixed_shapes under jit; 1.3e-3, about one float16 ulp of the largest
+        # value), bfloat16 bitwise, from step 1. jax@optax's additive contract (p + (new - p) !=
+        # new where a step changes a sign or halves a value) moves the exact and torch-convention
+        # cells, measured: at most 192 ulp (exact/huge, bfloat16) on the 50-step streams but
+        # exact/sparse (29152, bfloat16: an element near 0; relative 1.5e-4), the torch convention
+        # 8 and 128 (torch_match_rms_adamw/huge, float64), on the parity stream 256 and 1792
+        # (torch_match_rms_adamw, float64; relative 9.6e-18)
         ulp_tolerance={
             "torch": 4 * 52864,
             "torch:exact/*": 0,
             "torch:torch/*": 0,
             "torch:torch_match_rms_adamw/*": 0,
+            "jax:eager": 4 * 38912,
+            "jax:jit": 4 * 38912,
+            "jax:optax": 4 * 38912,
+            "jax:exact/*": 0,
+            "jax:torch/*": 0,
+            "jax:torch_match_rms_adamw/*": 0,
+            "jax:optax:exact/*": 192,
+            "jax:optax:exact/sparse": 29152,
+            "jax:optax:torch/*": 8,
+            "jax:optax:torch_match_rms_adamw/*": 128,
+            "jax:optax:torch/parity": 256,
+            "jax:optax:torch_match_rms_adamw/parity": 1792,
         },
         relative_tolerance={
             f"torch:{case}/*": (4 * 7.7e-5, _BFLOAT16_BOUNDARY) for case in ("torch", "torch_match_rms_adamw")
@@ -1433,8 +1495,89 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 for case in ("torch", "torch_match_rms_adamw")
             },
             "tf": _NO_MATMUL.format(adapter="uniopt.tf"),
-            "jax": _NO_MATMUL.format(adapter="uniopt.jax"),
         },
+        # optax.contrib.muon(learning_rate, ns_coeffs=(3.4445, -4.775, 2.0315), ns_steps=5,
+        # beta=0.95, eps=1e-8, weight_decay=0.0, weight_decay_mask=None, mu_dtype=None, *,
+        # nesterov=True, adaptive=False, preconditioning='frobenius', adam_b1=0.9, adam_b2=0.999,
+        # adam_eps_root=0.0, adam_weight_decay=0.0, adam_learning_rate=None,
+        # muon_weight_dimension_numbers=None, consistent_rms=None) (optax/contrib/_muon.py, optax
+        # 0.2.8): uniopt.jax.muon's convention defaults to "optax" (the uniopt convention is
+        # torch.optim.Muon's algorithm, which refuses non-2-D parameters); uniopt's adjust_lr_fn,
+        # adam_eps and matmul are keyword-only. State: a partition of MuonState(count, mu,
+        # ns_coeffs) for the 2-D parameters and optax.adamw's ScaleByAdamState(count, mu, nu) for
+        # the others, each holding MaskedNode where the other partition has the parameter
+        optax=(
+            OptaxNames(
+                "muon",
+                names={
+                    "learning_rate": "lr",
+                    "ns_coeffs": "ns_coefficients",
+                    "ns_steps": "ns_steps",
+                    "beta": "momentum",
+                    "eps": "eps",
+                    "weight_decay": "weight_decay",
+                    "nesterov": "nesterov",
+                    "adam_b1": "adam_betas[0]",
+                    "adam_b2": "adam_betas[1]",
+                    "adam_weight_decay": "adam_weight_decay",
+                    "consistent_rms": "rms_rate",
+                    "adjust_lr_fn": "adjust_lr_fn",
+                    "adam_eps": "adam_eps",
+                    "matmul": "matmul",
+                    "convention": "convention",
+                },
+                positional=(
+                    "learning_rate",
+                    "ns_coeffs",
+                    "ns_steps",
+                    "beta",
+                    "eps",
+                    "weight_decay",
+                    "weight_decay_mask",
+                    "mu_dtype",
+                ),
+                only={
+                    "mu_dtype": _OPTAX_MU_DTYPE,
+                    "adaptive": (
+                        lambda v, c: v is None or v is False,
+                        "False (optax's default; adaptive=True scales each update by the dual norm "
+                        "<mu_hat, O(mu_hat)> of arXiv 2409.20325, which uniopt's Muon does not define)",
+                    ),
+                    "preconditioning": (
+                        lambda v, c: v is None or v == "frobenius",
+                        "'frobenius' (optax's default, the Frobenius normalisation of every "
+                        "convention; optax's 'spectral', 'aol' and 'schatten' are not offered)",
+                    ),
+                    "adam_eps_root": _OPTAX_EPS_ROOT,
+                    "adam_learning_rate": (
+                        lambda v, c: v is None,
+                        "None (optax's default: the Adam step of the non-2-D parameters takes "
+                        "learning_rate, as uniopt's Muon always does)",
+                    ),
+                    "muon_weight_dimension_numbers": (
+                        lambda v, c: v is None,
+                        "None (optax's default: 2-D parameters are orthogonalised as they are, the "
+                        "others stepped with Adam; uniopt's Muon reshapes no tensor)",
+                    ),
+                },
+                module="optax.contrib",
+                narrows={
+                    "ns_coeffs": (
+                        lambda v, c: (
+                            not isinstance(v, str)
+                            and not (isinstance(v, tuple | list) and v and isinstance(v[0], tuple | list))
+                        ),
+                        "three numbers (a, b, c), used at every step; optax's presets ('standard' is "
+                        "the default (3.4445, -4.775, 2.0315), 'dion') and per-step coefficient "
+                        "tuples ((a, b, c), ...) are not offered",
+                    )
+                },
+                implies={"consistent_rms": {"adjust_lr_fn": "match_rms_adamw"}},
+                state={"count": "step", "mu": "momentum_buffer", "nu": "exp_avg_sq"},
+                state_hyperparameters={"ns_coeffs": "ns_coefficients"},
+                default_convention="optax",
+            ),
+        ),
     ),
     OptimizerInfo(
         ScheduleFreeAdamW,
