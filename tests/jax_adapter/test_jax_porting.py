@@ -4,6 +4,8 @@ are read and written back."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,3 +214,107 @@ def test_optax_errors():
     record = uj.from_optax(state, "sgd", params, learning_rate=0.1, momentum=0.9, step=1)
     with pytest.raises(ValueError, match=r"hyperparameter momentum is 0\.5 in the optimizer and 0\.9"):
         uj.to_optax(record, "sgd", params, learning_rate=0.1, momentum=0.5)
+
+
+# -- optax.contrib.muon: a partition of MuonState and ScaleByAdamState -------------------------------
+
+MUON_SHAPES = {"tall": (4, 2), "wide": (2, 3), "vec": (3,), "scalar": ()}
+MUON_KWARGS = {"learning_rate": 0.02, "weight_decay": 0.01, "adam_weight_decay": 0.05}
+
+
+def _muon_tree(seed, dtype):
+    rng = np.random.default_rng(seed)
+    return {k: jnp.asarray(rng.standard_normal(s).astype(dtype)) for k, s in MUON_SHAPES.items()}
+
+
+def _muon_run(tx, params, grads, state=None):
+    @jax.jit
+    def step(params, state, g):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params) if state is None else state
+    for g in grads:
+        params, state = step(params, state, g)
+    return params, state
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_optax_muon_state_is_read_and_written_back(x64):
+    """optax.contrib.muon's mu (MuonState for the matrices, ScaleByAdamState for the others:
+    MaskedNode in the other partition) is one slot, momentum_buffer; nu is exp_avg_sq, zeros for the
+    matrices (optax keeps none). Read as is, written back bit for bit; the run goes on under
+    uniopt.jax as it goes on under optax (within the products' rounding: optax's fused loop)."""
+    dtype = np.float64 if x64 else np.float32
+    with jax.enable_x64(x64):
+        params = _muon_tree(0, dtype)
+        grads = [_muon_tree(10 + t, dtype) for t in range(5)]
+        theirs = optax.contrib.muon(**MUON_KWARGS)
+        half, state = _muon_run(theirs, params, grads[:3])
+        record = uj.from_optax(state, "muon", half, **MUON_KWARGS)
+        assert (record.optimizer, record.convention, record.step) == ("Muon", "optax", 3)
+        assert record.hyperparameters["adam_weight_decay"] == 0.05
+        muon_state = state.inner_states["muon"].inner_state[0]
+        adam_state = state.inner_states["adam"].inner_state[0]
+        for i, k in enumerate(sorted(MUON_SHAPES)):  # the record's order: jax.tree.leaves of the dict
+            matrix = len(MUON_SHAPES[k]) == 2
+            mu = (muon_state if matrix else adam_state).mu[k]
+            np.testing.assert_array_equal(record.slots[i]["momentum_buffer"], np.asarray(mu), err_msg=k)
+            assert record.slots[i]["momentum_buffer"].dtype == dtype
+            nu = np.zeros(MUON_SHAPES[k], dtype) if matrix else np.asarray(adam_state.nu[k])
+            np.testing.assert_array_equal(record.slots[i]["exp_avg_sq"], nu, err_msg=k)
+        back = uj.to_optax(record, "muon", half, **MUON_KWARGS)
+        is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+        assert jax.tree.structure(back, is_leaf=is_masked) == jax.tree.structure(state, is_leaf=is_masked)
+        for mine, theirs_leaf in zip(jax.tree.leaves(back), jax.tree.leaves(state), strict=True):
+            assert mine.dtype == theirs_leaf.dtype
+            np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs_leaf))
+        tx = uj.muon(**MUON_KWARGS)
+        ours, _ = _muon_run(tx, half, grads[3:], state=uj.import_state(tx, record, half))
+        want, _ = _muon_run(theirs, half, grads[3:], state=state)
+        for k in MUON_SHAPES:
+            a, b = np.asarray(ours[k], np.float64), np.asarray(want[k], np.float64)
+            np.testing.assert_allclose(a, b, rtol=0, atol=(1e-13 if x64 else 5e-6) * np.max(np.abs(b)))
+
+
+def test_uniopt_muon_state_goes_to_optax_and_back_bit_for_bit():
+    """A uniopt.jax.muon state: export, to_optax (each momentum in its partition's node), from_optax,
+    import: the same arrays; a matrix's exp_avg_sq that is not zeros cannot go to optax."""
+    params = _muon_tree(1, np.float32)
+    tx = uj.muon(**MUON_KWARGS)
+    params, state = _muon_run(tx, params, [_muon_tree(20 + t, np.float32) for t in range(2)])
+    record = uj.export_state(tx, state, params)
+    native = uj.to_optax(record, "muon", params, **MUON_KWARGS)
+    assert int(native.inner_states["muon"].inner_state[0].count) == 2
+    again = uj.import_state(tx, uj.from_optax(native, "muon", params, **MUON_KWARGS), params)
+    assert int(again.count) == 2
+    for name in ("momentum_buffer", "exp_avg_sq"):
+        for k in MUON_SHAPES:
+            np.testing.assert_array_equal(np.asarray(again.slots[name][k]), np.asarray(state.slots[name][k]))
+    slots = [dict(s) for s in record.slots]
+    slots[sorted(MUON_SHAPES).index("tall")]["exp_avg_sq"] = np.ones((4, 2), np.float32)
+    bad = dataclasses.replace(record, slots=tuple(slots))
+    with pytest.raises(ValueError, match=r"keeps no 'exp_avg_sq' for parameter 1 \(shape \(4, 2\)\)"):
+        uj.to_optax(bad, "muon", params, **MUON_KWARGS)
+
+
+def test_optax_muon_porting_errors():
+    params = _muon_tree(2, np.float32)
+    state = optax.contrib.muon(0.02).init(params)
+    with pytest.raises(ValueError, match=r"holds ns_coeffs=\[3\.444.*the arguments give ns_coefficients"):
+        uj.from_optax(state, "muon", params, learning_rate=0.02, ns_coeffs=(3.0, -4.0, 2.0))
+    with pytest.raises(ValueError, match=r"optax\.contrib\.muon\(adaptive=True\) has no uniopt counterpart"):
+        uj.from_optax(state, "muon", params, learning_rate=0.02, adaptive=True)
+    with pytest.raises(ValueError, match=r"optax\.contrib\.muon\(ns_coeffs='dion'\): uniopt accepts three"):
+        uj.from_optax(state, "muon", params, learning_rate=0.02, ns_coeffs="dion")
+    with pytest.raises(ValueError, match=r"weight_decay_mask=.* has no uniopt counterpart"):
+        uj.from_optax(state, "muon", params, learning_rate=0.02, weight_decay_mask={"tall": False})
+    record = uj.from_optax(state, "muon", params, learning_rate=0.02, consistent_rms=0.2)
+    assert (record.hyperparameters["adjust_lr_fn"], record.hyperparameters["rms_rate"]) == (
+        "match_rms_adamw",
+        0.2,
+    )
+    with pytest.raises(
+        ValueError, match=r"hyperparameter rms_rate is 0\.3 in the optimizer and 0\.2 in the state"
+    ):
+        uj.to_optax(record, "muon", params, learning_rate=0.02, consistent_rms=0.3)
