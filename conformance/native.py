@@ -336,19 +336,28 @@ def _optax_names(spec: Spec) -> Any:
     return max(fitting, key=lambda names: len(names.fixed))
 
 
+def _optax_function(names: Any, alias: str) -> Any:
+    """optax's ``<module>.<alias>`` for the row's :class:`~uniopt.registry.OptaxNames`
+    (``optax.adam``, ``optax.contrib.muon``)."""
+    import importlib
+
+    return getattr(importlib.import_module(names.module), alias)
+
+
 def _optax_transformation(spec: Spec) -> Any:
-    """``optax.<alias>`` of the spec's row, from the spec's hyperparameters through the row's names
-    (``"b1": "betas[0]"``); arguments optax lacks stay out, and a 0 where optax's default is
-    ``None`` (``momentum``: no trace at all) is passed as ``None``."""
+    """optax's ``<module>.<alias>`` of the spec's row, from the spec's hyperparameters through the
+    row's names (``"b1": "betas[0]"``); arguments optax lacks stay out, and a 0 where optax's default
+    is ``None`` (``momentum``: no trace at all) is passed as ``None``. An argument that implies other
+    fields (``OptaxNames.implies``: ``consistent_rms``) is passed only where the spec has them
+    (``None`` otherwise, optax's default)."""
     import inspect
     import re
-
-    import optax
 
     names = _optax_names(spec)
     h = spec.hyperparameters
     alias = next((a for f, a in _OPTAX_FLAG_ALIASES.items() if h.get(f) is True), names.alias)
-    parameters = inspect.signature(getattr(optax, alias)).parameters
+    function = _optax_function(names, alias)
+    parameters = inspect.signature(function).parameters
     kwargs: dict[str, Any] = {}
     for arg, target in names.names.items():
         if arg not in parameters:
@@ -357,26 +366,41 @@ def _optax_transformation(spec: Spec) -> Any:
         value = h[field] if index is None else h[field][int(index)]
         if sign and value is not None:  # "-field": optax's argument is the field's negative
             value = -value
+        if arg in names.implies and any(h[f] != v for f, v in names.implies[arg].items()):
+            value = None  # consistent_rms=None: optax's width scaling, the spec's "original"
         kwargs[arg] = None if value == 0 and parameters[arg].default is None else value
-    return getattr(optax, alias)(**kwargs)
+    return function(**kwargs)
 
 
 def _optax_slots(spec: Spec, state: Any, params: list[Any]) -> list[dict[str, np.ndarray]]:
     """Per parameter, uniopt's slots found by field name anywhere in the optax state (the row's
     ``OptaxNames.state``), in the parameter's dtype (``optax.adafactor`` keeps the momentum of a
-    float64 parameter in float32, the spec float32-rounded in float64: the same values)."""
+    float64 parameter in float32, the spec float32-rounded in float64: the same values). A field in
+    several nodes (``optax.contrib.muon``'s ``mu`` in its Muon and its Adam partition) is read from
+    the node holding each parameter (the others hold ``optax.MaskedNode`` there); a slot no node
+    holds for a parameter (Muon's ``exp_avg_sq`` of a matrix) is the spec's initial value, zeros."""
+    import optax
+
     fields = dict(_optax_names(spec).state)
-    found: dict[str, Any] = {}
+    found: dict[str, list[Any]] = {}
 
     def visit(node: Any) -> None:
         if hasattr(node, "_fields"):
             for field in node._fields:
-                if field in fields:
-                    found[fields[field]] = getattr(node, field)
+                if field in fields and fields[field] != "step":
+                    value = getattr(node, field)
+                    leaves = [None if isinstance(v, optax.MaskedNode) else v for v in value]
+                    before = found.get(fields[field], [None] * len(leaves))
+                    found[fields[field]] = [
+                        b if v is None else v for v, b in zip(leaves, before, strict=True)
+                    ]
             for child in node:
                 visit(child)
         elif isinstance(node, tuple | list):
             for child in node:
+                visit(child)
+        elif isinstance(node, dict):
+            for child in node.values():
                 visit(child)
 
     visit(state)
@@ -384,10 +408,14 @@ def _optax_slots(spec: Spec, state: Any, params: list[Any]) -> list[dict[str, np
     missing = set(names) - set(found)
     if missing:
         raise KeyError(f"optax state has no {sorted(missing)} for {spec!r}")
-    return [
-        {name: np.array(found[name][i], copy=True).astype(np.asarray(p).dtype) for name in names}
-        for i, p in enumerate(params)
-    ]
+
+    def slot(name: str, i: int, p: Any) -> np.ndarray:
+        value = found[name][i]
+        if value is None:  # optax keeps no such state for this parameter
+            return np.asarray(spec.init_slot(name, np.zeros(np.shape(p), np.asarray(p).dtype), np))
+        return np.array(value, copy=True).astype(np.asarray(p).dtype)
+
+    return [{name: slot(name, i, p) for name in names} for i, p in enumerate(params)]
 
 
 def _optax_runner(mode: str, x64: bool | None = None) -> Runner:
