@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ CAMEL = {  # every factory uniopt.jax offers, and its CamelCase name (written ou
     "lamb": "Lamb",
     "adafactor": "Adafactor",
     "schedule_free_adamw": "ScheduleFreeAdamW",  # optax.contrib.schedule_free_adamw's name
+    "muon": "Muon",  # optax.contrib.muon's name
 }
 NAMES = tuple(CAMEL)
 # argument names uniopt.jax shares with the optax alias of the same name
@@ -47,6 +49,7 @@ SHARED_WITH_OPTAX = {
     "lion": {"learning_rate", "b1", "b2", "weight_decay"},
     "lamb": {"learning_rate", "b1", "b2", "eps", "weight_decay"},
     "adafactor": {"learning_rate", "min_dim_size_to_factor", "momentum", "eps", "factored"},
+    "muon": {"learning_rate", "ns_coeffs", "ns_steps", "beta", "eps", "weight_decay", "nesterov"},
 }
 JAX_TABLE = table_for("jax")
 CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in JAX_TABLE for case in info.cases]
@@ -96,7 +99,8 @@ def test_the_factories_are_the_tables_optax_names():
         positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
         assert tuple(positional) == names.positional
         assert set(names.names) | set(names.only) <= {p.name for p in params}
-        assert hasattr(optax, alias) == names.native
+        # native: the factory stands for optax's <module>.<alias> (optax.contrib.muon)
+        assert hasattr(importlib.import_module(names.module), alias) == names.native
         assert ujax.FACTORIES[alias]().spec.hyperparameters | dict(names.fixed) == (
             ujax.FACTORIES[alias]().spec.hyperparameters
         )
@@ -109,15 +113,16 @@ def test_signature_follows_optax_and_defaults_are_uniopts(name):
     sig = inspect.signature(getattr(ujax, name))
     params = list(sig.parameters.values())
     assert params[0].name == "learning_rate"
+    native = getattr(importlib.import_module(ujax.OPTAX[name].module), name)  # optax.contrib.muon
     optax_positional = [
         p.name
-        for p in inspect.signature(getattr(optax, name)).parameters.values()
+        for p in inspect.signature(native).parameters.values()
         if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     ]
     positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
     assert positional == optax_positional  # optax's positional order; the rest keyword-only
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[len(positional) :])
-    optax_params = set(inspect.signature(getattr(optax, name)).parameters)
+    optax_params = set(inspect.signature(native).parameters)
     assert SHARED_WITH_OPTAX[name] <= set(sig.parameters) & optax_params
     spec_type = ujax.ALIASES[name][0]
     fixed = dict(ujax.OPTAX[name].fixed)  # nadamw: decoupled weight decay
@@ -284,9 +289,9 @@ def test_a_new_row_is_a_working_factory_without_adapter_code(monkeypatch):
 
 
 def test_every_row_of_the_table_runs_on_jax():
-    """ScheduleFreeAdamW (a history and an evaluation view) and Adafactor (slots not shaped like
-    the parameter) included: no row is skipped but Muon, which uniopt.jax does not offer yet (the
-    row's skip says why)."""
-    assert [info.name for info in TABLE if info not in JAX_TABLE] == ["Muon"]
-    assert "uniopt.jax does not offer Muon yet" in uniopt.registry.get("Muon").skip_reason("jax")
+    """ScheduleFreeAdamW (a history and an evaluation view), Adafactor (slots not shaped like the
+    parameter) and Muon (matrix products) included: no row is skipped on jax."""
+    assert [info.name for info in TABLE if info not in JAX_TABLE] == []
+    assert all(info.skip_reason("jax") is None for info in TABLE)
     assert ujax.schedule_free_adamw is ujax.ScheduleFreeAdamW
+    assert ujax.muon is ujax.Muon

@@ -12,16 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from cases import per_convention, table_for
+from cases import per_convention, shapes_for, table_for
 from ujax_helpers import (
     SHAPES,
     assert_history_equal,
+    assert_history_within,
     grads_at,
     initial,
     reference,
     run_contract,
     run_direct,
     same_bits,
+    ulp_distance,
 )
 
 import uniopt
@@ -37,36 +39,47 @@ def _tx(spec):
     return getattr(ujax, name)(**kwargs)
 
 
-def _inputs(dtype, steps=STEPS, scale=1.0):
-    params0 = initial(SHAPES, dtype)
-    return params0, [grads_at(t, SHAPES, dtype, scale) for t in range(1, steps + 1)]
+def _inputs(dtype, steps=STEPS, scale=1.0, spec=None):
+    """Parameters and gradients of :data:`SHAPES`; with ``spec``, each shape it refuses as a matrix
+    (Muon's uniopt and torch conventions take 2-D parameters only)."""
+    shapes = SHAPES if spec is None else shapes_for(spec, SHAPES)
+    params0 = initial(shapes, dtype)
+    return params0, [grads_at(t, shapes, dtype, scale) for t in range(1, steps + 1)]
 
 
 @pytest.mark.parametrize(("info", "case"), per_convention("jax"))
 def test_every_case_is_bitwise_eager_and_jit(info, case):
+    """Bitwise, unless the table states a bound for the cell (Muon's backend matrix products: XLA's
+    dot sums in another order than NumPy's BLAS)."""
     spec = info.make(case)
     tx = _tx(spec)
-    params0, grads = _inputs("float32")
+    params0, grads = _inputs("float32", spec=spec)
     want, want_state = reference(spec, params0, grads)
     got, state = run_direct(tx, params0, grads, jit=False)
-    assert_history_equal(got, want, "eager tx.step")
+    assert_history_within(got, want, info.tolerance("jax", "eager", case.desc), "eager tx.step")
     # |p| >= 1 and small steps: p + (new - p) == new exactly, so the optax contract is bitwise too
-    assert_history_equal(run_contract(tx, params0, grads, jit=False)[0], want, "eager update")
+    bound = info.tolerance("jax", "optax", case.desc)
+    assert_history_within(run_contract(tx, params0, grads, jit=False)[0], want, bound, "eager update")
     got, state = run_contract(tx, params0, grads, jit=True)
-    assert_history_equal(got, want, "jit update")
+    assert_history_within(got, want, bound, "jit update")
     assert int(state.count) == want_state.step == STEPS
     assert set(state.slots) == set(spec.slot_names())
     for name in spec.slot_names():
         for i, slots in enumerate(want_state.slots):
-            assert same_bits(state.slots[name][i], slots[name]), (name, i)
+            if bound == 0:
+                assert same_bits(state.slots[name][i], slots[name]), (name, i)
+            else:
+                assert ulp_distance(state.slots[name][i], slots[name]) <= bound, (name, i)
 
 
 @pytest.mark.parametrize(("info", "case"), DEFAULTS)
 def test_jitted_step_is_bitwise(info, case):
     spec = info.make(case)
-    params0, grads = _inputs("float32")
-    assert_history_equal(
-        run_direct(_tx(spec), params0, grads, jit=True)[0], reference(spec, params0, grads)[0]
+    params0, grads = _inputs("float32", spec=spec)
+    assert_history_within(
+        run_direct(_tx(spec), params0, grads, jit=True)[0],
+        reference(spec, params0, grads)[0],
+        info.tolerance("jax", "jit", case.desc),
     )
 
 
@@ -75,10 +88,11 @@ def test_float64_is_bitwise_eager_and_jit(info, case):
     spec = info.make(case)
     with jax.enable_x64(True):
         tx = _tx(spec)
-        params0, grads = _inputs("float64", steps=6)
+        params0, grads = _inputs("float64", steps=6, spec=spec)
         want = reference(spec, params0, grads)[0]
-        assert_history_equal(run_contract(tx, params0, grads, jit=False)[0], want, "eager")
-        assert_history_equal(run_contract(tx, params0, grads, jit=True)[0], want, "jit")
+        bound = info.tolerance("jax", "optax", case.desc)
+        assert_history_within(run_contract(tx, params0, grads, jit=False)[0], want, bound, "eager")
+        assert_history_within(run_contract(tx, params0, grads, jit=True)[0], want, bound, "jit")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -96,12 +110,13 @@ def test_half_precision_is_bitwise_eager_and_jit(spec, dtype):
 @pytest.mark.parametrize(("info", "case"), DEFAULTS)
 def test_nonfinite_gradients_propagate_like_the_reference(info, case):
     spec = info.make(case)
-    params0, grads = _inputs("float32", steps=6)
-    grads[2][0][:3] = [np.nan, np.inf, -np.inf]
+    params0, grads = _inputs("float32", steps=6, spec=spec)
+    grads[2][0].reshape(-1)[:3] = [np.nan, np.inf, -np.inf]
     want = reference(spec, params0, grads)[0]
     assert any(np.isnan(p).any() or np.isinf(p).any() for p in want[-1])
-    assert_history_equal(run_contract(_tx(spec), params0, grads, jit=True)[0], want, "jit update")
-    assert_history_equal(run_contract(_tx(spec), params0, grads, jit=False)[0], want, "eager update")
+    bound = info.tolerance("jax", "optax", case.desc)
+    assert_history_within(run_contract(_tx(spec), params0, grads, jit=True)[0], want, bound, "jit update")
+    assert_history_within(run_contract(_tx(spec), params0, grads, jit=False)[0], want, bound, "eager update")
 
 
 def test_adagrad_lr_decay_scalars_come_from_the_host_and_are_bitwise():

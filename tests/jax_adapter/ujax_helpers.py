@@ -97,6 +97,22 @@ def assert_history_equal(got, want, what: str = "") -> None:
             assert same_bits(g, w), f"{what} step {t} param {i}: {g!r} != {w!r}"
 
 
+def assert_history_within(got, want, bound: int, what: str = "") -> None:
+    """:func:`assert_history_equal` where ``bound`` is 0 (bitwise), else every value within
+    ``bound`` ulp (the table's bound for the cell: Muon's backend matrix products)."""
+    if bound == 0:
+        assert_history_equal(got, want, what)
+        return
+    for t, (g_step, w_step) in enumerate(zip(got, want, strict=True), start=1):
+        for i, (g, w) in enumerate(zip(g_step, w_step, strict=True)):
+            g, w = np.asarray(g), np.asarray(w)
+            both_nan = np.isnan(g.astype(np.float64)) & np.isnan(w.astype(np.float64))
+            distance = ulp_distance(
+                np.where(both_nan, 0, g).astype(g.dtype), np.where(both_nan, 0, w).astype(w.dtype)
+            )
+            assert distance <= bound, f"{what} step {t} param {i}: {distance} ulp > {bound}"
+
+
 def ulp_distance(a, b) -> int:
     """Largest ulp distance between two float arrays of one dtype (0 for identical bits)."""
     a, b = np.asarray(a), np.asarray(b)
