@@ -35,21 +35,34 @@ SUITES: list[str] = [
     str(_SRC / "transform_test.py"),
     str(_SRC / "sharding_test.py"),
     str(Path(optax.__file__).parent / "contrib" / "_schedule_free_test.py"),
+    str(Path(optax.__file__).parent / "contrib" / "_muon_test.py"),
 ]
 
-CONTRIB: dict[str, str] = {"schedule_free_adamw": "optax.contrib._schedule_free"}
+CONTRIB: dict[str, str] = {
+    "schedule_free_adamw": "optax.contrib._schedule_free",
+    **{
+        alias: inspect.getmodule(ujax.optax_function(alias)).__name__
+        for alias, names in ujax.OPTAX.items()
+        if names.native and names.module != "optax"
+    },
+}
 """uniopt.jax factories of optax.contrib optimizers -> the contrib module the tests read them from
-(``_schedule_free_test`` calls ``_schedule_free.schedule_free_adamw``)."""
+(``_schedule_free_test`` calls ``_schedule_free.schedule_free_adamw``, ``_muon_test``
+``_muon.muon``): ``schedule_free_adamw``, and each factory of the table whose optax function lives
+outside ``optax`` itself (:attr:`uniopt.registry.OptaxNames.module`), in its defining module."""
 
 SUBSTITUTED: tuple[str, ...] = (
-    *(a for a, names in ujax.OPTAX.items() if names.native),
+    *(a for a, names in ujax.OPTAX.items() if names.native and a not in CONTRIB),
     *CONTRIB,
     "amsgrad",
 )
 """optax aliases replaced by uniopt.jax factories: every factory of the table that optax has (``sgd``,
 ``adagrad``, ``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``,
-``adadelta``, ``lion``, ``lamb``, ``adafactor``), the optax.contrib ones of :data:`CONTRIB`, and ``amsgrad``
-(uniopt's Adam with ``amsgrad=True``)."""
+``adadelta``, ``lion``, ``lamb``, ``adafactor``), the optax.contrib ones of :data:`CONTRIB`
+(``schedule_free_adamw``, ``muon``), and ``amsgrad`` (uniopt's Adam with ``amsgrad=True``)."""
+
+_CALLED_AS = ("alias", "optax", "contrib", *sorted({m.rsplit(".", 1)[-1] for m in CONTRIB.values()}))
+"""The names a test calls a substituted alias through (``optax.adam(``, ``_muon.muon(``)."""
 
 DESELECT_REASON = "tests an optax optimizer uniopt does not implement (or no optimizer)"
 
@@ -61,6 +74,24 @@ COMPLEX_NADAM = "complex parameters: uniopt's NAdam refuses them (optax's nadam 
 COMPLEX_ADAFACTOR = (
     "complex parameters: uniopt's Adafactor refuses them (as torch.optim.Adafactor; its factored "
     "moments have no complex form), optax's adafactor takes |g|^2 of complex gradients"
+)
+MUON_PRECONDITIONING = (
+    "preconditioning other than 'frobenius' (optax's AOL and Schatten-4 first steps, and the 'dion' "
+    "per-step coefficients): uniopt's Muon normalises by the Frobenius norm and uses one (a, b, c) at "
+    "every step, in every convention, and refuses the others with a ValueError"
+)
+MUON_DIM_NUMS = (
+    "muon_weight_dimension_numbers: uniopt's Muon orthogonalises 2-D parameters as they are and steps "
+    "the others with Adam; it reshapes no tensor and takes no per-parameter choice (refused with a "
+    "ValueError)"
+)
+COMPLEX_MUON = (
+    "complex parameters: uniopt's Muon refuses them at init (as torch.optim.Muon; its Newton-Schulz "
+    "iteration is real), optax's runs a complex one (X X^H)"
+)
+ADAPTIVE_MUON = (
+    "adaptive=True (optax's dual-norm scaling of the orthogonalised update, arXiv 2409.20325): not "
+    "part of uniopt's Muon, refused with a ValueError (the case's parameters are complex too)"
 )
 COMPLEX_LAMB = (
     "complex parameters: uniopt's Lamb refuses them under convention='optax' (optax's lamb runs "
@@ -88,7 +119,31 @@ _RULES: list[tuple[str, Callable[[dict[str, str]], bool], str]] = [
         (test, lambda p: p["opt_name"] == "adafactor" and "complex" in p["dtype"], COMPLEX_ADAFACTOR)
         for test in ("test_optimization", "test_state_shape_dtype_shard_stability")
     ),
+    # contrib/_muon_test.py
+    ("test_complex_mixed_target", lambda p: p["adaptive"] == "True", ADAPTIVE_MUON),
+    ("test_complex_mixed_target", lambda p: True, COMPLEX_MUON),
 ]
+
+_MUON_EXPECTED: dict[str, str] = {
+    "MuonTest::test_aol_numerical_difference": MUON_PRECONDITIONING,
+    "MuonTest::test_callable_weight_dim_nums_*": MUON_DIM_NUMS,
+    "MuonTest::test_muon_orthogonalization_modes_aol_*": MUON_PRECONDITIONING,
+    "MuonTest::test_orthogonality_aol": MUON_PRECONDITIONING,
+    "MuonTest::test_orthogonality_schatten": MUON_PRECONDITIONING,
+    # the first check of each: optax's preconditioning (aol, schatten), else the dimension numbers
+    **{
+        f"MuonTest::{test}_{preconditioning}": MUON_DIM_NUMS
+        if preconditioning == "frobenius"
+        else MUON_PRECONDITIONING
+        for test in (
+            "test_reshape_update_for_square_parameter_matches_muon_without_dim_nums",
+            "test_reshape_and_update_single_param",
+            "test_dim_nums_combinations",
+        )
+        for preconditioning in ("frobenius", "aol", "schatten")
+    },
+}
+"""contrib/_muon_test.py's expected failures by name (absl's named parameters)."""
 
 _PARAM = re.compile(r"(\w+)=(?:'([^']*)'|<class '([^']*)'>|(\w+))")
 
@@ -102,11 +157,12 @@ def _parameters(function: Any) -> dict[str, str] | None:
 
 
 def _alias_cases() -> dict[str, dict[str, str]]:
-    """alias_test's generated methods -> their parameters."""
+    """alias_test's (and contrib/_muon_test's) generated methods -> their parameters."""
     import optax._src.alias_test as alias_test
+    import optax.contrib._muon_test as muon_test
 
     cases = {}
-    for cls in (alias_test.AliasTest,):
+    for cls in (alias_test.AliasTest, muon_test.MuonTest):
         for name, function in vars(cls).items():
             params = _parameters(function)
             if name.startswith("test") and params is not None:
@@ -118,6 +174,7 @@ def _expected() -> dict[str, str]:
     table = {
         # update(params, state) with int "parameters" {'a': 1, 'b': 2}
         "ExtraArgsTest::test_extra_args": INTEGER_PARAMS,
+        **_MUON_EXPECTED,
     }
     for test_id, params in _alias_cases().items():
         base = test_id.split("::")[1].rstrip("0123456789")
@@ -194,9 +251,29 @@ def _exercised(item: Any) -> bool:
         source = inspect.getsource(item.function)
     except (OSError, TypeError):
         return False
-    return any(
-        re.search(rf"\b(alias|optax|contrib|_schedule_free)\.{name}\(", source) for name in SUBSTITUTED
-    )
+    helpers = _helpers(module) if module is not None else set()
+    return _calls_substituted(source) or any(re.search(rf"\b{h}\(", source) for h in helpers)
+
+
+def _calls_substituted(source: str) -> bool:
+    """Whether ``source`` calls a substituted alias (``optax.adam(``, ``_muon.muon(``)."""
+    called_as = "|".join(_CALLED_AS)
+    return any(re.search(rf"\b({called_as})\.{name}\(", source) for name in SUBSTITUTED)
+
+
+@functools.cache
+def _helpers(module: Any) -> frozenset[str]:
+    """The test module's own functions that call a substituted alias (``_muon_test.get_updates``):
+    a test calling one of them exercises the alias too."""
+    names = set()
+    for name, function in vars(module).items():
+        if inspect.isfunction(function) and function.__module__ == module.__name__:
+            try:
+                if _calls_substituted(inspect.getsource(function)):
+                    names.add(name)
+            except (OSError, TypeError):
+                continue
+    return frozenset(names)
 
 
 @pytest.hookimpl(wrapper=True)
