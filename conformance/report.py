@@ -93,6 +93,10 @@ def _native_name(backend: str, optimizer: str) -> str:
 
     if backend == "torch.optim" and optimizer in PACKAGE_NATIVES:
         return ".".join(PACKAGE_NATIVES[optimizer])
+    if backend == "optax":  # the row's optax function: optax.adam, optax.contrib.muon
+        names = next((n for i in TABLE if i.name == optimizer for n in i.optax if n.native), None)
+        if names is not None:
+            return f"{names.module}.{names.alias}"
     spelled = NATIVE.get(backend, backend + ".{}")
     return spelled.format(optimizer.lower() if backend == "optax" else optimizer)
 
