@@ -79,8 +79,8 @@ def tests(session: nox.Session, suite: str) -> None:
         _framework_tests(session, suite, *session.posargs)
 
 
-def _framework_tests(session: nox.Session, suite: str, *args: str) -> None:
-    session.run("pytest", SUITE_DIRS[suite], *args)
+def _framework_tests(session: nox.Session, suite: str, *args: str, env: dict[str, str] | None = None) -> None:
+    session.run("pytest", SUITE_DIRS[suite], *args, env=env)
 
 
 @nox.session(python=PYTHON)
@@ -126,15 +126,26 @@ def _run_quietly(session: nox.Session, *args: str) -> None:
                 session.log(line)
 
 
-def _source_fingerprint() -> str:
-    """conformance.fingerprint.source_fingerprint() of this checkout (standard library only, loaded by
-    its path: nox's own Python has no numpy)."""
-    spec = importlib.util.spec_from_file_location(
-        "_uniopt_fingerprint", ROOT / "conformance" / "fingerprint.py"
-    )
+def _stdlib_module(name: str):
+    """``conformance.<name>`` of this checkout (standard library only, loaded by its path: nox's own
+    Python has no numpy to import the package)."""
+    spec = importlib.util.spec_from_file_location(f"_uniopt_{name}", ROOT / "conformance" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.source_fingerprint()
+    return module
+
+
+def _source_fingerprint() -> str:
+    """conformance.fingerprint.source_fingerprint() of this checkout."""
+    return _stdlib_module("fingerprint").source_fingerprint()
+
+
+def _beside_the_jobs() -> dict[str, str]:
+    """The thread-pool sizes of a session that runs beside the background jobs: one job's share of
+    the cores, as each job has (conformance.jobs.thread_environment)."""
+    jobs = _stdlib_module("jobs")
+    env = jobs.thread_environment()
+    return {name: env[name] for name in (*jobs.THREAD_VARIABLES, "XLA_FLAGS") if name in env}
 
 
 def _job_pending(folder: Path) -> bool:
@@ -272,8 +283,8 @@ def peer_run(session: nox.Session, framework: str) -> None:
     _peer_suite(session, framework, *session.posargs)
 
 
-def _peer_suite(session: nox.Session, framework: str, *args: str) -> None:
-    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", framework, *args)
+def _peer_suite(session: nox.Session, framework: str, *args: str, env: dict[str, str] | None = None) -> None:
+    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", framework, *args, env=env)
 
 
 @nox.session(python=PYTHON)
@@ -302,11 +313,13 @@ SUITES_WITH_PEER = [suite for suite in SUITE_DIRS if suite in PEER_OF_SUITE]
 @nox.parametrize("suite", SUITES_WITH_PEER)
 def tests_and_peer(session: nox.Session, suite: str) -> None:
     """``tests`` for one framework, then ``peer_run`` for that framework, in one venv (what ``check``
-    runs; ``peer_report`` reads the outcomes)."""
+    runs; ``peer_report`` reads the outcomes). They run beside the matrix's background jobs, with one
+    job's share of the cores as their thread pools (:func:`_beside_the_jobs`)."""
     framework = PEER_OF_SUITE[suite]
     session.install(".[test]", *dict.fromkeys([*FRAMEWORK_DEPS[suite], *PEER_DEPS[framework]]))
-    _framework_tests(session, suite)
-    _peer_suite(session, framework)
+    env = _beside_the_jobs()
+    _framework_tests(session, suite, env=env)
+    _peer_suite(session, framework, env=env)
 
 
 CHECK_SESSIONS = [

@@ -31,6 +31,7 @@ from .backends import (
     Runner,
     Snapshot,
     jax_device,
+    low_precision_per_convention,
     parity_for_natives,
     per_convention_only,
     reduced_elsewhere,
@@ -128,7 +129,9 @@ BACKEND = Backend(
     make_runner=_make_runner,
     default_cells={
         "eager": per_convention_only(_REDUCED, "jax@jit"),
-        "jit": parity_for_natives("jax@jit"),
+        "jit": low_precision_per_convention(
+            parity_for_natives("jax@jit"), "torch@eager, torch@loop and the NumPy reference"
+        ),
         "optax": per_convention_only(training_dtypes_only(_REDUCED, "jax@eager and jax@jit"), "jax@jit"),
     },
     slowest=("jit", "optax"),

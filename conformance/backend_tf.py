@@ -21,6 +21,7 @@ from .backends import (
     Member,
     Runner,
     Snapshot,
+    low_precision_per_convention,
     parity_for_natives,
     per_convention_only,
     reduced_elsewhere,
@@ -130,7 +131,9 @@ BACKEND = Backend(
     make_runner=_make_runner,
     default_cells={
         "eager": per_convention_only(_REDUCED, "tf@function"),
-        "function": parity_for_natives("tf@function"),
+        "function": low_precision_per_convention(
+            parity_for_natives("tf@function"), "torch@eager, torch@loop and the NumPy reference"
+        ),
         # XLA compiles every case in jax@jit; uniopt.tf's ops run every case in tf@function
         "xla": per_convention_only(
             training_dtypes_only(_REDUCED, "tf@eager and tf@function"), "tf@function and jax@jit"

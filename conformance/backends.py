@@ -430,6 +430,38 @@ def bfloat16_per_convention(
     )
 
 
+LOW_PRECISION = ("float16", "bfloat16")
+"""The dtypes of :func:`low_precision_per_convention`."""
+
+
+def low_precision_per_convention(
+    rule: tuple[Callable[[Cell], bool], str], where: str
+) -> tuple[Callable[[Cell], bool], str]:
+    """``rule``'s default cells, where for an optimizer that is not elementwise the float16 and
+    bfloat16 cells (:data:`LOW_PRECISION`) are those of the first case of each optimizer and
+    convention only (:func:`first_case_per_convention`). Such an optimizer's cells cannot be stacked
+    (each costs the mode its own trace and compile: Adafactor's 28 bfloat16 cells took 83 s of
+    jax@jit and 93 s of tf@function in one CI dry run), and its float16 and bfloat16 rule is its
+    float32 op sequence in that dtype: each convention's first case proves that path per dtype by
+    default, every case with ``--full``, and every case's cells of these dtypes run by default in
+    ``where``."""
+    selects, reason = rule
+    firsts = first_case_per_convention()
+
+    def keeps(cell: Cell) -> bool:
+        if cell.dtype not in LOW_PRECISION or (cell.optimizer, cell.case) in firsts:
+            return True
+        from uniopt.registry import get as get_info
+
+        return get_info(cell.optimizer).elementwise
+
+    return (
+        lambda cell: keeps(cell) and selects(cell),
+        f"{reason}; and for an optimizer that is not elementwise the float16 and bfloat16 cells of the "
+        f"cases after the first of each convention, run by default in {where}",
+    )
+
+
 def parity_for_natives(where: str) -> tuple[Callable[[Cell], bool], str]:
     """A framework's long-stream mode's default cells: every cell but those of the 1,000-step parity
     stream, which exists for the native rows: it runs by default in the NumPy reference and the

@@ -111,3 +111,35 @@ def test_each_backend_queues_its_slowest_modes_first():
     assert backends.get("tf").queue_order(["eager", "function", "xla"]) == ["xla", "function", "eager"]
     assert backends.get("jax").queue_order(["eager", "optax"]) == ["optax", "eager"]
     assert backends.get("numpy").queue_order(["eager"]) == ["eager"]
+
+
+def test_each_job_gets_its_share_of_the_cores_as_thread_pools(monkeypatch):
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 8)
+    monkeypatch.setenv(jobs.LIMIT_VARIABLE, "4")
+    env = jobs.thread_environment({"PATH": "/bin"})
+    assert {name: env[name] for name in jobs.THREAD_VARIABLES} == dict.fromkeys(jobs.THREAD_VARIABLES, "2")
+    assert "XLA_FLAGS" not in env  # two threads each: XLA keeps its thread pool
+    monkeypatch.setenv(jobs.LIMIT_VARIABLE, "8")
+    env = jobs.thread_environment({"OMP_NUM_THREADS": "3", "XLA_FLAGS": "--xla_dump_to=/tmp/x"})
+    assert env["OMP_NUM_THREADS"] == "3"  # the user's setting is kept
+    assert env["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false"
+    given = "--xla_cpu_multi_thread_eigen=true"
+    assert jobs.thread_environment({"XLA_FLAGS": given})["XLA_FLAGS"] == given
+
+
+def test_a_launched_job_runs_with_the_thread_environment(tmp_path, monkeypatch):
+    launched = []
+
+    class Shell:
+        pid = 12345
+
+        def __init__(self, argv, stdin, env):
+            launched.append(env)
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", Shell)
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 2)
+    monkeypatch.setenv(jobs.LIMIT_VARIABLE, "2")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    jobs.enqueue(tmp_path, "numpy", ["eager"], ["--optimizers", "SGD"])
+    assert len(launched) == 1 and launched[0]["OMP_NUM_THREADS"] == "1"

@@ -338,7 +338,9 @@ class _Scalars:
         return out
 
     def _host(self, dtype: np.dtype) -> list[Any]:
-        """The scalars computed on the host in float64 for the traced step, rounded once."""
+        """The scalars computed on the host in float64, rounded once: directly eagerly, else in a
+        ``jax.pure_callback`` of the traced step. (Eagerly, a callback compiles a program of its own
+        at every step: 15 ms of Adafactor's 30 ms eager step on the suite's parameters.)"""
         spec, flags, injected = self.spec, self.flags, self.injected
         has_lr = self.lr is not None
 
@@ -348,6 +350,8 @@ class _Scalars:
             return _packed(of.step_scalars(int(count) + 1, lr), flags, dtype)
 
         args = (self.count, *((self.lr,) if has_lr else ()), *(injected.arrays if injected else ()))
+        if not self.tracing and not any(isinstance(a, jax.core.Tracer) for a in args):
+            return _unpacked(*compute(*(np.asarray(a) for a in args)), flags, dtype)
         out = jax.pure_callback(compute, _packed_shapes(flags, dtype), *args, vmap_method="sequential")
         return _unpacked(*out, flags, dtype)
 
