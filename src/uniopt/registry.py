@@ -1565,11 +1565,12 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "ns_coeffs": (
                         lambda v, c: (
                             not isinstance(v, str)
+                            and not hasattr(v, "shape")
                             and not (isinstance(v, tuple | list) and v and isinstance(v[0], tuple | list))
                         ),
-                        "three numbers (a, b, c), used at every step; optax's presets ('standard' is "
-                        "the default (3.4445, -4.775, 2.0315), 'dion') and per-step coefficient "
-                        "tuples ((a, b, c), ...) are not offered",
+                        "three numbers (a, b, c) as a tuple, used at every step; optax's presets "
+                        "('standard' is the default (3.4445, -4.775, 2.0315), 'dion'), per-step "
+                        "coefficient tuples ((a, b, c), ...) and arrays are not offered",
                     )
                 },
                 implies={"consistent_rms": {"adjust_lr_fn": "match_rms_adamw"}},

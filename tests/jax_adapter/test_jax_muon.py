@@ -374,6 +374,7 @@ def test_update_needs_params():
         ),
         ({"ns_coeffs": "dion"}, r"ns_coeffs='dion' is not supported; expected three numbers \(a, b, c\)"),
         ({"ns_coeffs": ((3.0, -4.0, 2.0),) * 5}, r"per-step coefficient tuples .* are not offered"),
+        ({"ns_coeffs": jnp.asarray(NS)}, r"ns_coeffs=Array\(.* is not supported; expected three numbers"),
         ({"ns_coeffs": (1.0, 2.0)}, r"ns_coefficients=\(1\.0, 2\.0\) is not three numbers"),
         (
             {"beta": 1.0},
