@@ -69,7 +69,7 @@ class AdamRoutedOptimizer(UnioptOptimizer):
         spec = self._spec
         decays = {f: 0.0 for f in ("weight_decay", "adam_weight_decay") if getattr(spec, f) != 0}
         self._spec_without_decay = spec.replace(**decays) if decays else spec
-        self._routed_specs: dict[tuple[int, bool], Spec] = {}
+        self._routed_specs: dict[int, Spec] = {}  # id of a spec -> that spec with adam_2d=True
 
     def _keras_hyper_names(self) -> set[str]:
         return super()._keras_hyper_names() | set(self.KERAS_ROUTING)
@@ -107,7 +107,7 @@ class AdamRoutedOptimizer(UnioptOptimizer):
         spec = self._portable_spec_for(variable)
         if len(variable.shape) != 2 or self._routed_by_path(variable) is None:
             return spec
-        key = (id(spec), True)
+        key = id(spec)  # the spec or the spec without decay, both held by the optimizer
         routed = self._routed_specs.get(key)
         if routed is None:
             try:
@@ -195,4 +195,7 @@ def _check_flag(owner: str, name: str, value: Any, keras_flags: bool) -> bool:
         return bool(value)
     if keras_flags and isinstance(value, (int, np.integer)) and value in (0, 1):
         return bool(value)
-    raise ValueError(f"{owner}: {name}={value!r} is not a bool")
+    accepted = (
+        "True or False (or 0 or 1 with convention='keras')" if not keras_flags else "True, False, 0 or 1"
+    )
+    raise ValueError(f"{owner}: {name}={value!r} is not a bool; expected {accepted}")

@@ -90,8 +90,8 @@ def test_signature_defaults_and_order_are_kerass():
     assert spec.lr == float(np.float32(1e-3)) and spec.weight_decay == float(np.float32(0.004))
     assert spec.adam_weight_decay == float(np.float32(0.004)) and spec.adam_eps == 1e-7
     assert spec.adjust_lr_fn == "match_rms_adamw" and spec.rms_rate == 0.2 and spec.adam_lr_ratio == 1
-    # Keras's positional order, base arguments in the middle
-    opt = ut.Muon(
+    # Keras's positional order, base arguments in the middle: the same attributes as Keras's
+    args = (
         0.01,
         0.8,
         0.99,
@@ -118,6 +118,11 @@ def test_signature_defaults_and_order_are_kerass():
         False,
         None,
     )
+    opt, theirs = ut.Muon(*args), keras.optimizers.Muon(*args)
+    for name in ("adam_beta_1", "epsilon", "exclude_layers", "exclude_embeddings", "muon_b", "momentum"):
+        assert getattr(opt, name) == getattr(theirs, name), name
+    for name in ("adam_lr_ratio", "ns_steps", "nesterov", "rms_rate", "name", "use_ema"):
+        assert getattr(opt, name) == getattr(theirs, name), name
     assert opt.spec == uniopt.Muon(
         lr=0.01,
         adam_betas=(0.8, 0.99),
