@@ -92,7 +92,7 @@ def _make_runner(mode: str) -> Runner:
             elif mode == "xla":
                 step_all = tf.function(step_all, jit_compile=True)
             arrays = [
-                unit_arrays(vs, [opt.slots(v) for v in vs], unit.spec.slot_names())
+                unit_arrays(vs, [_slots_of(opt, v) for v in vs], unit.spec.slot_names())
                 for unit, opt, vs in zip(units, opts, variables, strict=True)
             ]
             shapes = [[tuple(a.shape) for a in unit] for unit in arrays]
@@ -114,6 +114,15 @@ def _make_runner(mode: str) -> Runner:
                 yield snapshot()
 
     return run
+
+
+def _slots_of(opt, variable) -> dict:
+    """The optimizer's slot variables of ``variable``; a slot it keeps no variable for (Muon's
+    ``velocity`` of a variable its Muon step takes, as Keras keeps none) is the spec's initial
+    value, zeros, which the rule passes through unchanged."""
+    import tensorflow as tf
+
+    return {name: tf.zeros_like(variable) if v is None else v for name, v in opt.slots(variable).items()}
 
 
 def _to_numpy(tensor) -> np.ndarray:

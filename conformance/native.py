@@ -80,6 +80,14 @@ def _supports(backend: str) -> Callable[[Cell], str | None]:
             )
         if cell.stream == "nonfinite":
             return NONFINITE_REASON
+        if backend == "keras":
+            from uniopt.registry import KERAS_NATIVE_REFUSALS, get
+
+            refused = KERAS_NATIVE_REFUSALS.get(cell.optimizer)
+            if refused is not None:
+                info = get(cell.optimizer)
+                if refused[0](info.make(info.case(cell.case)), cell.dtype):
+                    return refused[1]
         return None
 
     return check
@@ -234,8 +242,11 @@ def _keras_arguments(spec: Spec) -> tuple[str, dict[str, Any]]:
     adapter = _BY_SPEC[type(spec)]
     kwargs = {}
     for name, value in adapter.to_keras_kwargs(_hyper(spec)).items():
-        if name in names.positional:
+        if name in (*names.positional, *names.positional_after_base):
             kwargs[name] = value
+            continue
+        if name in _KERAS_ROUTED and value == _KERAS_ROUTED[name][0]:
+            kwargs.update(_KERAS_ROUTED[name][1])
             continue
         field = fields[adapter.KERAS_NAMES.get(name, name)]
         if value != keras_convention.get(field.name, field.default):
@@ -243,6 +254,11 @@ def _keras_arguments(spec: Spec) -> tuple[str, dict[str, Any]]:
     if names.weight_decay_none_is_zero:
         kwargs["weight_decay"] = kwargs.get("weight_decay") or None  # Keras's "no weight decay"
     return names.native, kwargs
+
+
+_KERAS_ROUTED = {"adam_2d": (True, {"exclude_layers": [""]})}
+"""Spec fields Keras sets through its routing arguments: Muon's ``adam_2d=True`` (every matrix
+takes the Adam step) is ``exclude_layers=[""]`` (the empty pattern is found in every path)."""
 
 
 def _keras_runner(mode: str) -> Runner:
@@ -269,7 +285,10 @@ def _keras_runner(mode: str) -> Runner:
         in_use = [spec.slots_in_use(tuple(p.shape)) for p in params0]
 
         def slot(name: str, i: int) -> np.ndarray:
-            value = np.array(getattr(optimizer, attributes[name])[i].numpy(), copy=True)
+            variable = getattr(optimizer, attributes[name])[i]
+            if variable is None:  # Muon's velocity of a variable its Muon step takes: Keras keeps
+                return np.zeros_like(params0[i])  # none, the spec's zeros pass through unchanged
+            value = np.array(variable.numpy(), copy=True)
             # a placeholder (Adafactor's r and c of a vector: Keras's int32 0-d dummies) is the
             # spec's zero in the parameter's dtype
             return value if name in in_use[i] else value.astype(params0[i].dtype)

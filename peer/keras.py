@@ -5,14 +5,15 @@ Loaded as a pytest plugin from the repository root::
     KERAS_BACKEND=tensorflow python -m pytest -p peer.keras <SUITES>
 
 ``pytest_configure`` replaces every Keras optimizer the table names (:data:`SUBSTITUTED`: ``SGD,
-Adagrad, RMSprop, Adam, AdamW, Adamax, Nadam, Adadelta, Lion, Lamb, ScheduleFreeAdamW, Adafactor``,
+Adagrad, RMSprop, Adam, AdamW, Adamax, Nadam, Adadelta, Lion, Lamb, ScheduleFreeAdamW, Adafactor,
+Muon``,
 each row's
 ``KerasNames.native``) by uniopt.tf's class whose ``convention`` defaults to ``"keras"``
 (:func:`keras_default`), in every namespace Keras's tests read them from:
 each loaded module holding Keras's class
 (``keras.optimizers``, ``keras.src.optimizers``, ``keras.src.optimizers.sgd``, ...) and the name
 tables behind ``keras.optimizers.get``/``deserialize``. The test bodies are unchanged. Tests that
-only exercise optimizers uniopt does not have (Ftrl, Muon, ...) or Keras's base
+only exercise optimizers uniopt does not have (Ftrl, ...) or Keras's base
 class alone are deselected (the harness counts them, :mod:`peer._collect`); :data:`EXPECTED` lists
 the expected failures, each with a category reason.
 """
@@ -67,6 +68,15 @@ HOST_PRODUCT = (
     "the host, a function of the step"
 )
 WORDING = "checks Keras's error wording; uniopt's spec refuses the same value in its own words"
+HELPER = (
+    "calls a helper method of Keras's Muon (zeropower_via_newtonschulz5, lr_adjust); uniopt.tf.Muon "
+    "runs the spec's Newton-Schulz iteration and scaling inside the core's rule and offers no helpers"
+)
+DECAY_IN_RULE = (
+    "calls Keras's _apply_weight_decay, or update_step expecting no decay: uniopt.tf turns Keras's "
+    "separate decay off and applies weight_decay and adam_weight_decay in the spec's rule, inside "
+    "update_step (the same values in one step of apply)"
+)
 
 EXPECTED: dict[str, str] = {
     # Keras's SGD, Adagrad, RMSprop, Adadelta and Adafactor turn an IndexedSlices gradient into a
@@ -78,6 +88,12 @@ EXPECTED: dict[str, str] = {
     },
     "NadamTest::test_build_with_empty_var_list": HOST_PRODUCT,
     "LionTest::test_invalid_beta_1": WORDING,
+    "MuonTest::test_Newton_Schulz": HELPER,
+    "MuonTest::test_lr_adjust_none": HELPER,
+    "MuonTest::test_lr_adjust_2d": HELPER,
+    "MuonTest::test_adamw_single_step": DECAY_IN_RULE,
+    "MuonTest::test_muon_weight_decay": DECAY_IN_RULE,
+    "MuonTest::test_adamw_weight_decay": DECAY_IN_RULE,
 }
 
 

@@ -107,11 +107,14 @@ def hand_optax(h, p, m, g, shape, t):
 
 def hand_keras_adam(h, p, m, v, g, t):
     """keras.optimizers.Muon._adamw_update_step for a vector, after the weight decay with
-    adam_weight_decay: Keras's betas are cast through float32 (``ops.cast``)."""
+    adam_weight_decay (at the learning rate itself): Keras's betas are cast through float32
+    (``ops.cast``), and its Adam learning rate is ``learning_rate * adam_lr_ratio``, a float32
+    product (its learning rate is a float32 variable), cast to the variable's dtype."""
     b1, b2 = h["adam_betas"]
     lr = h["lr"]
     p = [pi - pi * h["adam_weight_decay"] * lr for pi in p]
-    alpha = lr * math.sqrt(1 - float(np.float32(b2)) ** t) / (1 - float(np.float32(b1)) ** t)
+    adam_lr = float(np.float32(lr) * np.float32(h["adam_lr_ratio"]))
+    alpha = adam_lr * math.sqrt(1 - float(np.float32(b2)) ** t) / (1 - float(np.float32(b1)) ** t)
     m = [mi + (gi - mi) * (1 - b1) for mi, gi in zip(m, g, strict=True)]
     v = [vi + (gi * gi - vi) * (1 - b2) for vi, gi in zip(v, g, strict=True)]
     p = [pi - (mi * alpha) / (math.sqrt(vi) + h["adam_eps"]) for pi, mi, vi in zip(p, m, v, strict=True)]
@@ -146,16 +149,20 @@ HAND_CASES = [
 @pytest.mark.parametrize("case", HAND_CASES)
 def test_matrix_steps_by_hand(case, orientation):
     """Three steps of a 1x3 and a 3x1 parameter (the column is iterated transposed) against the
-    framework's formula, to 1e-12 relative."""
+    framework's formula, to 1e-12 relative; with ``adam_2d`` (Keras's exclude_layers) Keras's Adam
+    step."""
     spec = INFO.make(case)
     h = spec.hyperparameters
     assert h["ns_coefficients"] == tuple(case.kwargs.get("ns_coefficients", NS))
     params = [np.array(P0, dtype=np.float64).reshape(orientation)]
     state = spec.init(params)
-    p, m = list(P0), [0.0, 0.0, 0.0]
+    p, m, v = list(P0), [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
     for t, g in enumerate(GRADS, start=1):
         params, state = spec.update([np.array(g).reshape(orientation)], state, params)
-        if spec.convention == "keras":
+        if h["adam_2d"]:
+            p, m, v = hand_keras_adam(h, p, m, v, g, t)
+            np.testing.assert_allclose(state.slots[0]["exp_avg_sq"].reshape(-1), v, rtol=1e-12, atol=0)
+        elif spec.convention == "keras":
             p, m = hand_keras(h, p, m, g, orientation)
         elif spec.convention == "optax":
             p, m = hand_optax(h, p, m, g, orientation, t)
@@ -214,6 +221,61 @@ def test_defaults_are_each_frameworks():
     assert optax["adjust_lr_fn"] == "original" and optax["adam_weight_decay"] == 0.0
     assert uniopt.Muon(convention="optax", eps=1e-6).adam_eps == 1e-6  # optax has one eps
     assert uniopt.Muon().matmul == "backend"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("convention", ["keras", "optax"])
+def test_adam_2d_steps_a_matrix_with_the_adam_step_by_hand(convention, dtype):
+    """adam_2d=True (Keras's exclude_layers, optax's None dimension numbers for one matrix): a 2x3
+    matrix takes the convention's Adam step, elementwise: the same bits as the vector of its values
+    (which takes that step by its shape), and Keras's or optax's Adam written out by hand (float64,
+    1e-12); without it the same matrix takes the Muon step (another trajectory), and exp_avg_sq
+    stays zeros there."""
+    kwargs = {"lr": 0.02, "convention": convention, "adam_betas": (0.8, 0.99)}
+    if convention == "keras":
+        kwargs["adam_lr_ratio"] = 0.3
+    routed, plain = uniopt.Muon(adam_2d=True, **kwargs), uniopt.Muon(**kwargs)
+    assert routed.adam_routed((2, 3)) and not plain.adam_routed((2, 3)) and plain.adam_routed((6,))
+    assert not uniopt.Muon().adam_routed((2, 3)) and not uniopt.Muon().adam_routed((6,))
+    rng = np.random.default_rng(21)
+    p0 = rng.standard_normal((2, 3)).astype(dtype)
+    grads = [rng.standard_normal((2, 3)).astype(dtype) for _ in range(10)]
+    matrix, flat, muon = [p0.copy()], [p0.reshape(-1).copy()], [p0.copy()]
+    states = routed.init(matrix), routed.init(flat), plain.init(muon)
+    h = routed.hyperparameters
+    p, m, v = list(p0.reshape(-1).astype(float)), [0.0] * 6, [0.0] * 6
+    for t, g in enumerate(grads, start=1):
+        matrix, s0 = routed.update([g], states[0], matrix)
+        flat, s1 = routed.update([g.reshape(-1)], states[1], flat)
+        muon, s2 = plain.update([g], states[2], muon)
+        states = s0, s1, s2
+        assert np.array_equal(matrix[0].reshape(-1), flat[0])
+        for name in ("momentum_buffer", "exp_avg_sq"):
+            assert np.array_equal(s0.slots[0][name].reshape(-1), s1.slots[0][name])
+        assert not np.any(s2.slots[0]["exp_avg_sq"])
+        step = hand_keras_adam if convention == "keras" else hand_optax_adam
+        p, m, v = step(h, p, m, v, list(g.reshape(-1).astype(float)), t)
+        if dtype == np.float64:
+            np.testing.assert_allclose(matrix[0].reshape(-1), p, rtol=1e-12, atol=0, err_msg=f"step {t}")
+            np.testing.assert_allclose(s0.slots[0]["exp_avg_sq"].reshape(-1), v, rtol=1e-12, atol=0)
+    assert not np.allclose(matrix[0], muon[0], rtol=1e-3)
+
+
+def test_adam_lr_ratio_scales_only_the_adam_steps_learning_rate():
+    """Keras's adam_lr_ratio: the Adam step of a vector at lr * ratio, its weight decay at lr (the
+    hand formula checks both); a matrix's Muon step does not read it (the same bits)."""
+    vec0, mat0 = np.array([1.0, -2.0, 0.5]), np.array([[1.0, -2.0], [0.5, 0.25]])
+    g_vec, g_mat = np.array([0.3, -0.1, 0.2]), np.array([[0.1, 0.4], [-0.3, 0.2]])
+    out = {}
+    for ratio in (1.0, 0.3):
+        spec = uniopt.Muon(lr=0.02, adam_lr_ratio=ratio, adam_weight_decay=0.5, convention="keras")
+        params = [vec0.copy(), mat0.copy()]
+        params, _ = spec.update([g_vec, g_mat], spec.init(params), params)
+        out[ratio] = params
+        p, _, _ = hand_keras_adam(spec.hyperparameters, list(vec0), [0.0] * 3, [0.0] * 3, list(g_vec), 1)
+        np.testing.assert_allclose(params[0], p, rtol=1e-12, atol=0)
+    assert np.array_equal(out[1.0][1], out[0.3][1])
+    assert not np.allclose(out[1.0][0], out[0.3][0], rtol=1e-6)
 
 
 def test_two_d_only_conventions_refuse_other_parameters_before_any_state():

@@ -53,7 +53,7 @@ def _check_portable(optimizer: keras.optimizers.Optimizer, owner: str) -> None:
 def _spec(optimizer: UnioptOptimizer, variables: Sequence[Any], owner: str) -> Spec:
     spec = optimizer.spec
     for i, v in enumerate(variables):
-        if optimizer.built and optimizer._spec_for(v) is not spec:
+        if optimizer.built and optimizer._portable_spec_for(v) is not spec:
             raise ValueError(
                 f"{owner}: variable {i} ({v.path}) is excluded from weight decay; a PortableState holds "
                 "one set of hyperparameters"
@@ -71,6 +71,25 @@ def _slot_variables(optimizer: UnioptOptimizer, variables: Sequence[Any], owner:
                 f"{owner}: variable {i} ({v.path}) is not one this optimizer was built for"
             ) from None
     return out
+
+
+def _slot_value(slot: Any, variable: Any) -> np.ndarray:
+    """A slot variable's value; a slot kept in no variable (``None``: Muon's ``velocity`` of a
+    variable its Muon step takes, as Keras keeps none) is the zeros the rule passes through."""
+    return np.zeros(_shape(variable), _numpy(variable).dtype) if slot is None else _numpy(slot)
+
+
+def _check_unkept(state: PortableState, kept: Sequence[dict[str, Any]], owner: str, where: str) -> None:
+    """Refuse a record whose slot is not zeros where the optimizer keeps no variable for it (the
+    value would be lost): before anything is assigned."""
+    for i, (slots, variables) in enumerate(zip(state.slots, kept, strict=True)):
+        for name, value in slots.items():
+            if variables[name] is None and np.any(np.asarray(value) != 0):
+                raise ValueError(
+                    f"{owner}: the record's {name} of variable {i} is not zeros, and {where} keeps no "
+                    f"variable for it (it steps that variable with its Muon step, which reads no "
+                    f"{name}); nothing was assigned"
+                )
 
 
 def export_state(optimizer: UnioptOptimizer, variables: Sequence[Any]) -> PortableState:
@@ -93,7 +112,10 @@ def export_state(optimizer: UnioptOptimizer, variables: Sequence[Any]) -> Portab
     names = spec.slot_names()
     history = _history_of(optimizer, owner)
     if optimizer.built:
-        slots = [{n: _numpy(s[n]) for n in names} for s in _slot_variables(optimizer, variables, owner)]
+        slots = [
+            {n: _slot_value(s[n], v) for n in names}
+            for v, s in zip(variables, _slot_variables(optimizer, variables, owner), strict=True)
+        ]
         step = int(keras.ops.convert_to_numpy(optimizer.iterations))
     else:
         slots = [{n: np.asarray(spec.init_slot(n, _numpy(v), npx)) for n in names} for v in variables]
@@ -150,12 +172,16 @@ def import_state(
     _check_train_mode(optimizer, owner)
     history = history_of(state, spec)
     if optimizer.built:
-        _slot_variables(optimizer, variables, owner)
+        kept = _slot_variables(optimizer, variables, owner)
+        _check_unkept(state, kept, owner, "this optimizer")
     else:
         optimizer.build(variables)
-    for slots, slot_vars in zip(state.slots, _slot_variables(optimizer, variables, owner), strict=True):
+        kept = _slot_variables(optimizer, variables, owner)
+        _check_unkept(state, kept, owner, "this optimizer")
+    for slots, slot_vars in zip(state.slots, kept, strict=True):
         for name, value in slots.items():
-            slot_vars[name].assign(value)
+            if slot_vars[name] is not None:
+                slot_vars[name].assign(value)
     if history is not None:
         optimizer._set_history(history)
     optimizer.iterations.assign(state.step)
@@ -195,7 +221,8 @@ _DECOUPLED_SPECS = ("AdamW", "Lion")
 _DECOUPLED_TWIN = {"Adam": "AdamW"}
 # rows whose Keras optimizer is recorded with convention="keras" in the spec itself (declared):
 # Schedule-Free AdamW's averaging, Adafactor's slots (Keras's r, c, v are the keras convention's)
-_KERAS_CONVENTION_RECORDS = ("ScheduleFreeAdamW", "Adafactor")
+# Muon's (Keras's Muon and AdamW steps, its momentums and adam_velocities)
+_KERAS_CONVENTION_RECORDS = ("ScheduleFreeAdamW", "Adafactor", "Muon")
 
 _KERAS_SLOTS: dict[type[Spec], dict[str, _Slot]] = {
     info.spec: {
@@ -232,10 +259,10 @@ def _native_spec(optimizer: keras.optimizers.Optimizer, owner: str) -> Spec:
     fields = {f.name: f for f in dataclasses.fields(info.spec)}
     names = _BY_SPEC[info.spec].KERAS_NAMES
     keras_kwargs: dict[str, Any] = {"learning_rate": _learning_rate(optimizer)}
-    for name in info.keras.positional:
-        if name not in ("learning_rate", "weight_decay", *info.keras.inert):
-            flag = fields[names.get(name, name).split("[")[0]].type in ("bool", bool)
-            keras_kwargs[name] = bool(getattr(optimizer, name)) if flag else float(getattr(optimizer, name))
+    skipped = ("learning_rate", "weight_decay", *info.keras.inert, *info.keras.routing)
+    for name in (*info.keras.positional, *info.keras.positional_after_base):
+        if name not in skipped:
+            keras_kwargs[name] = _read_back(optimizer, name, fields[names.get(name, name).split("[")[0]])
     kwargs = _BY_SPEC[info.spec].to_spec_kwargs(keras_kwargs)
     # Schedule-Free AdamW: uniopt's convention keeps a history that Keras's (uniform averaging,
     # c = 1/t) does not, so Keras's optimizer is recorded with its own convention, decay included
@@ -261,6 +288,20 @@ def _native_spec(optimizer: keras.optimizers.Optimizer, owner: str) -> Spec:
     return info.spec(**kwargs)
 
 
+def _read_back(optimizer: keras.optimizers.Optimizer, name: str, field: dataclasses.Field) -> Any:
+    """A Keras argument read back from the optimizer, as the spec field's type: a bool, an int
+    (Muon's ``ns_steps``), a float, or ``None`` where Keras keeps one (Muon's ``rms_rate=None``,
+    ``adam_weight_decay=None``: the row's ``none_means``)."""
+    value = getattr(optimizer, name)
+    if value is None:
+        return None
+    if field.type in ("bool", bool):
+        return bool(value)
+    if field.type in ("int", int):
+        return int(value)
+    return float(value)
+
+
 def _native_lists(optimizer: keras.optimizers.Optimizer, spec: Spec, owner: str) -> dict[str, list[Any]]:
     out = {}
     for name in spec.slot_names():
@@ -277,7 +318,7 @@ def _native_lists(optimizer: keras.optimizers.Optimizer, spec: Spec, owner: str)
 def from_keras(optimizer: keras.optimizers.Optimizer, variables: Sequence[Any]) -> PortableState:
     """The state of one of Keras's optimizers the table names (``Adam``, ``AdamW``, ``SGD``,
     ``RMSprop``, ``Adagrad``, ``Adamax``, ``Nadam``, ``Adadelta``, ``Lion``, ``Lamb``,
-    ``ScheduleFreeAdamW``, ``Adafactor``) as a record with ``convention="keras"``.
+    ``ScheduleFreeAdamW``, ``Adafactor``, ``Muon``) as a record with ``convention="keras"``.
 
     Conventions assumed (Keras 3): the arguments of the row's ``KerasNames.positional`` are read
     back from the optimizer and map to the spec's fields by the class's ``KERAS_NAMES``
@@ -292,7 +333,13 @@ def from_keras(optimizer: keras.optimizers.Optimizer, variables: Sequence[Any]) 
     rules and slots: Adafactor's ``_r``, ``_c``, ``_v`` are the keras convention's ``r``, ``c``,
     ``v``; Keras's int32 0-d dummies ``r`` and ``c`` of a vector or scalar are the spec's
     placeholders, zeros, and :func:`to_keras` leaves them as they are); Adafactor's
-    ``relative_step`` changes nothing in Keras and is not recorded.
+    ``relative_step`` changes nothing in Keras and is not recorded. Muon is recorded with the keras
+    convention too: its ``momentums`` are ``momentum_buffer``, its ``adam_velocities``
+    ``exp_avg_sq``, zeros where Keras keeps none (a variable its Muon step takes, whose velocity the
+    rule never reads); ``rms_rate=None`` is ``adjust_lr_fn="none"``; ``exclude_layers`` and
+    ``exclude_embeddings`` choose steps by variable path and are not recorded (a record holds state,
+    not routing), and :func:`to_keras` refuses a record whose velocity of such a variable is not
+    zeros.
     ``iterations`` is the step (Nadam's ``_u_product`` is a function of it). Keras's rules differ
     from uniopt's (``epsilon`` in the "epsilon hat" form or inside the root, defaults), so a run
     continued under uniopt follows uniopt's rules from there.
@@ -318,8 +365,9 @@ def from_keras(optimizer: keras.optimizers.Optimizer, variables: Sequence[Any]) 
             slots.append(
                 {
                     n: _KERAS_SLOTS[type(spec)][n].to_uniopt(_numpy(lists[n][index]), spec.lr)
-                    if n in in_use
-                    # a placeholder (Adafactor's r and c of a vector: Keras's int32 dummies)
+                    if n in in_use and lists[n][index] is not None
+                    # a placeholder (Adafactor's r and c of a vector: Keras's int32 dummies), or a
+                    # slot Keras keeps no variable for (Muon's velocity of a Muon-stepped variable)
                     else np.asarray(spec.init_slot(n, _numpy(v), npx))
                     for n in names
                 }
@@ -354,10 +402,15 @@ def to_keras(
             raise ValueError(
                 f"{owner}: variable {i} ({v.path}) is not one this optimizer was built for"
             ) from None
+    _check_unkept(
+        state, [{n: lists[n][index] for n in lists} for index in indices], owner, "Keras's optimizer"
+    )
     for slots, index, shape in zip(state.slots, indices, shapes, strict=True):
         in_use = spec.slots_in_use(shape)
         for name, value in slots.items():
-            if name in in_use:  # placeholders stay Keras's own (Adafactor's dummy r and c)
+            # placeholders stay Keras's own (Adafactor's dummy r and c); Keras keeps no variable for
+            # Muon's velocity of a Muon-stepped variable (the record's is zeros: checked above)
+            if name in in_use and lists[name][index] is not None:
                 lists[name][index].assign(_KERAS_SLOTS[type(spec)][name].to_keras(value, spec.lr))
     if isinstance(optimizer, keras.optimizers.Nadam):
         _replay_nadam_u_product(optimizer, state.step)

@@ -52,23 +52,30 @@ spec's name."""
 _INDEXED = re.compile(r"(\w+)\[(\d+)\]")
 
 
-def _names_of(optimizer: Any) -> Mapping[str, str]:
-    """The Keras-name table of ``optimizer``: a uniopt.tf class or instance, a spec class or
-    instance, or an optimizer's name (``"RMSprop"``, ``"Nadam"``); ``None``: :data:`KERAS_NAMES`."""
+def _class_of(optimizer: Any) -> Any:
+    """The uniopt.tf class (or instance) of ``optimizer``: a uniopt.tf class or instance, a spec
+    class or instance, or an optimizer's name (``"RMSprop"``, ``"Nadam"``); ``None`` stays ``None``."""
     if optimizer is None:
-        return KERAS_NAMES
+        return None
     if isinstance(optimizer, str):
         cls = _BY_NAME.get(optimizer)
         if cls is None:
             raise ValueError(f"no uniopt.tf optimizer named {optimizer!r}; known: {', '.join(_BY_NAME)}")
-        return cls.KERAS_NAMES
+        return cls
     if isinstance(optimizer, Spec):
         optimizer = type(optimizer)
     if isinstance(optimizer, type) and issubclass(optimizer, Spec):
         if optimizer not in _BY_SPEC:
             raise TypeError(f"no uniopt.tf optimizer for {optimizer.__name__}")
-        return _BY_SPEC[optimizer].KERAS_NAMES
-    return optimizer.KERAS_NAMES  # a uniopt.tf class or optimizer
+        return _BY_SPEC[optimizer]
+    return optimizer  # a uniopt.tf class or optimizer
+
+
+def _names_of(optimizer: Any) -> Mapping[str, str]:
+    """The Keras-name table of ``optimizer`` (as :func:`_class_of` takes it); ``None``:
+    :data:`KERAS_NAMES`."""
+    cls = _class_of(optimizer)
+    return KERAS_NAMES if cls is None else cls.KERAS_NAMES
 
 
 def to_spec_kwargs(keras_kwargs: Mapping[str, Any], optimizer: Any = None) -> dict[str, Any]:
@@ -76,11 +83,35 @@ def to_spec_kwargs(keras_kwargs: Mapping[str, Any], optimizer: Any = None) -> di
 
     ``optimizer`` (a uniopt.tf class, a spec class or instance, or a name such as ``"RMSprop"``)
     selects its row's names (RMSprop's ``rho`` is ``alpha``); without it only the shared
-    :data:`KERAS_NAMES` are translated.
+    :data:`KERAS_NAMES` are translated. An argument whose ``None`` Keras reads as a setting (the
+    row's ``KerasNames.none_means``) becomes that setting: of its own field (Muon's
+    ``adam_weight_decay=None`` is 0), or of another field, its own taking the spec's default
+    (Muon's ``rms_rate=None`` is ``adjust_lr_fn="none"`` with the default ``rms_rate``);
+    ``ValueError`` if that other field is also given otherwise.
     """
+    cls = _class_of(optimizer)
     names = _names_of(optimizer)
+    none_means = {} if cls is None else cls.KERAS_NONE_MEANS
     out: dict[str, Any] = {}
     parts: dict[str, dict[int, Any]] = {}
+    keras_kwargs = dict(keras_kwargs)
+    to_keras = {spec_name: keras_name for keras_name, spec_name in names.items()}
+    for name, (field, meaning) in none_means.items():
+        if name not in keras_kwargs or keras_kwargs[name] is not None:
+            continue
+        own = names.get(name, name)
+        if own == field:
+            keras_kwargs[name] = meaning
+            continue
+        other = to_keras.get(field, field)
+        given = keras_kwargs.get(other, meaning)
+        if given != meaning:
+            raise ValueError(
+                f"uniopt.tf.{cls.__name__}: {name}=None means {field}={meaning!r}, and "
+                f"{other}={given!r} was given too; pass one of them"
+            )
+        keras_kwargs[other] = meaning
+        keras_kwargs[name] = _spec_fields_of(cls)[own].default
     for name, value in keras_kwargs.items():
         target = names.get(name, name)
         indexed = _INDEXED.fullmatch(target)
@@ -94,7 +125,12 @@ def to_spec_kwargs(keras_kwargs: Mapping[str, Any], optimizer: Any = None) -> di
 
 
 def to_keras_kwargs(spec_kwargs: Mapping[str, Any], optimizer: Any = None) -> dict[str, Any]:
-    """The inverse of :func:`to_spec_kwargs` (same ``optimizer``)."""
+    """The inverse of :func:`to_spec_kwargs` (same ``optimizer``): a field holding the setting
+    another argument's ``None`` stands for (``adjust_lr_fn="none"``) is written as that ``None``
+    (``rms_rate=None``) where the argument's own field holds its default (else both are written as
+    they are); an argument whose ``None`` is a value of its own field (Muon's
+    ``adam_weight_decay=None``, no decay: 0) keeps the value."""
+    cls = _class_of(optimizer)
     to_keras = {spec_name: keras_name for keras_name, spec_name in _names_of(optimizer).items()}
     out: dict[str, Any] = {}
     for name, value in spec_kwargs.items():
@@ -103,7 +139,19 @@ def to_keras_kwargs(spec_kwargs: Mapping[str, Any], optimizer: Any = None) -> di
                 out[to_keras[f"{name}[{i}]"]] = item
         else:
             out[to_keras.get(name, name)] = value
+    for keras_name, (field, meaning) in ({} if cls is None else cls.KERAS_NONE_MEANS).items():
+        own = _names_of(optimizer).get(keras_name, keras_name)
+        if own == field:  # None is a value of the field itself (no decay: 0), which is kept
+            continue
+        default = _spec_fields_of(cls)[own].default
+        if spec_kwargs.get(field) == meaning and spec_kwargs.get(own, default) == default:
+            out.pop(to_keras.get(field, field))
+            out[keras_name] = None
     return out
+
+
+def _spec_fields_of(cls: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls.spec_class)}
 
 
 def _with_keras_name(error: ValueError, cls: type[UnioptOptimizer]) -> ValueError:
@@ -201,6 +249,10 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     # Keras flags that change nothing in Keras's optimizer either (the row's KerasNames.inert):
     # flag -> Keras's default; accepted as bools, kept as attributes and in get_config
     KERAS_INERT: ClassVar[Mapping[str, bool]] = {}
+    # Keras argument whose None means a setting of another field (KerasNames.none_means)
+    KERAS_NONE_MEANS: ClassVar[Mapping[str, tuple[str, Any]]] = {}
+    # spec slot -> the name of its Keras variable (KerasNames.variables; default: the slot's name)
+    KERAS_VARIABLES: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, learning_rate: Any, **kwargs: Any):
         owner = f"uniopt.tf.{type(self).__name__}"
@@ -315,7 +367,12 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         super().__setattr__(name, value)
 
     def _keras_hyper_names(self) -> set[str]:
-        return set(to_keras_kwargs(self._hyperparameters(), type(self))) | set(self.KERAS_INERT)
+        return (
+            set(to_keras_kwargs(self._hyperparameters(), type(self)))
+            | set(self.KERAS_INERT)
+            | set(self.KERAS_NONE_MEANS)
+            | {field for field, _ in self.KERAS_NONE_MEANS.values()}
+        )
 
     @classmethod
     def _keras_names(cls, spec_field: str) -> list[str]:
@@ -396,11 +453,17 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         slot_vars = self.slots(variable)
         param = tf.convert_to_tensor(variable)
         grad = tf.cast(tf.convert_to_tensor(gradient), param.dtype)
-        slots = {name: tf.convert_to_tensor(v) for name, v in slot_vars.items()}
+        # a slot without a variable (Muon's velocity of a variable its Muon step takes, as Keras
+        # keeps none) is one the rule does not read: its initial value, passed through
+        slots = {
+            name: spec.init_slot(name, param, xp) if v is None else tf.convert_to_tensor(v)
+            for name, v in slot_vars.items()
+        }
         sc = self._scalars(spec, param.dtype, learning_rate)
         new_param, new_slots = spec.rule(param, grad, slots, sc, xp)
         for name, value in new_slots.items():
-            self.assign(slot_vars[name], value)
+            if slot_vars[name] is not None:
+                self.assign(slot_vars[name], value)
         self.assign(variable, new_param)
 
     def _warn_densified(self) -> None:
@@ -425,6 +488,12 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         if self._spec is self._spec_without_decay or self._use_weight_decay(variable):
             return self._spec
         return self._spec_without_decay
+
+    def _portable_spec_for(self, variable: Any) -> Spec:
+        """The spec whose hyperparameters a record of this variable's state would hold: that of
+        :meth:`_spec_for` (a subclass may run a variant that is not a hyperparameter of its own:
+        Muon's Adam step for a matrix chosen by its path, :mod:`uniopt.tf._routed`)."""
+        return self._spec_for(variable)
 
     def _scalars(self, spec: Spec, dtype: tf.DType, learning_rate: Any) -> Any:
         """The spec's scalars for this step. Under ``convention="keras"`` the learning rate first
@@ -525,6 +594,16 @@ _NOTES: dict[str, str] = {
     "its row and column means in the spec's pairwise order (Keras: ``reduce_mean``'s), so it "
     "follows Keras's Adafactor within a few ulp, not bit for bit. See "
     "docs/optimizers/adafactor.md.",
+    "Muon": 'Keras\'s own: ``convention="keras"`` is the default. A variable takes the Adam step '
+    "when it is not 2-D, when ``exclude_embeddings`` and its lowercased path contains "
+    '``"embedding"``, or when a pattern of ``exclude_layers`` is found in its path '
+    "(``_should_use_adamw``, as Keras decides); a matrix picked by its path runs the spec with "
+    "``adam_2d=True``. Slots are Keras's: a ``momentum`` per variable and a ``velocity`` only for "
+    "those the Adam step takes (``slots(v)['exp_avg_sq']`` is ``None`` otherwise). The products are "
+    'TensorFlow\'s ``matmul`` (``matmul="exact"``: the same bits on every backend, at a cost); the '
+    "Frobenius norm sums in the spec's pairwise order (Keras's in TensorFlow's), so the Muon step is "
+    "within the native row's measured bound of Keras's, the Adam steps bit for bit. "
+    'See docs/tf.md, "Muon", and docs/optimizers/muon.md.',
     "AdamW": "Decoupled weight decay, ``p *= 1 - lr*wd``; ``epsilon`` on the bias-corrected "
     '``sqrt(v_hat)`` (Keras: the "epsilon hat" form).',
 }
@@ -551,16 +630,15 @@ def _field_default(field: dataclasses.Field, index: int | None) -> Any:
 def _keras_parameters(info: OptimizerInfo) -> list[inspect.Parameter]:
     """The generated ``__init__``'s parameters, ``self`` first (see the module docstring)."""
     fields, names = _spec_fields(info), _row_names(info)
-    positional = []
     inert = dict(info.keras.inert)
-    for keras_name in info.keras.positional:
+    routing = dict(info.keras.routing)
+
+    def parameter(keras_name: str) -> inspect.Parameter:
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
         if keras_name in inert:  # a Keras flag without a spec field (Adafactor's relative_step)
-            positional.append(
-                inspect.Parameter(
-                    keras_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=inert.pop(keras_name)
-                )
-            )
-            continue
+            return inspect.Parameter(keras_name, kind, default=inert.pop(keras_name))
+        if keras_name in routing:  # chooses each variable's step by its path (Muon's exclude_layers)
+            return inspect.Parameter(keras_name, kind, default=routing.pop(keras_name))
         target = names.get(keras_name, keras_name)
         indexed = _INDEXED.fullmatch(target)
         field_name, index = (indexed[1], int(indexed[2])) if indexed else (target, None)
@@ -569,29 +647,36 @@ def _keras_parameters(info: OptimizerInfo) -> list[inspect.Parameter]:
                 f"the keras names of {info.name} list {keras_name!r}, which is no field of "
                 f"{info.spec.__name__}"
             )
-        default = _field_default(fields[field_name], index)
-        positional.append(
-            inspect.Parameter(keras_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
-        )
+        return inspect.Parameter(keras_name, kind, default=_field_default(fields[field_name], index))
+
+    positional = [parameter(n) for n in info.keras.positional]
+    after_base = [parameter(n) for n in info.keras.positional_after_base]
+    keras_positional = {*info.keras.positional, *info.keras.positional_after_base}
     keyword_only = []
     for field_name, field in fields.items():
         keras_names = [k for k, v in names.items() if v == field_name or v.startswith(f"{field_name}[")]
         for keras_name in keras_names or [field_name]:
-            if keras_name in info.keras.positional:
+            if keras_name in keras_positional:
                 continue
             target = names.get(keras_name, keras_name)
             indexed = _INDEXED.fullmatch(target)
             default = _field_default(field, int(indexed[2]) if indexed else None)
+            if field_name == "convention" and info.keras.default_convention is not None:
+                default = info.keras.default_convention
             keyword_only.append(
                 inspect.Parameter(keras_name, inspect.Parameter.KEYWORD_ONLY, default=default)
             )
     keyword_only += [
         inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in inert.items()
     ]
+    keyword_only += [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in routing.items()
+    ]
     return [
         inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         *positional,
         *_BASE_ARGUMENTS,
+        *after_base,
         *keyword_only,
         inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
     ]
@@ -643,6 +728,12 @@ def _docstring(info: OptimizerInfo, cls_name: str, parameters: list[inspect.Para
             + ", ".join(f"``{n}``" for n in keras_names.inert)
             + " (a bool, kept in ``get_config``)."
         )
+    if keras_names.routing:
+        lines.append(
+            "Keras's arguments choosing each variable's step by its path: "
+            + ", ".join(f"``{n}``" for n in keras_names.routing)
+            + " (see the notes)."
+        )
     keyword_only = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
     if keyword_only:
         lines.append(
@@ -650,9 +741,11 @@ def _docstring(info: OptimizerInfo, cls_name: str, parameters: list[inspect.Para
         )
     lines.append("")
     to_keras = {v: k for k, v in names.items()}
-    conventions = [c for c in spec.conventions if c != "uniopt"]
+    default = keras_names.default_convention or "uniopt"
+    conventions = [c for c in spec.conventions if c != default]
     lines.append(
-        'Defaults are uniopt\'s (``convention="uniopt"``); ``convention=`` '
+        f'Defaults are {"uniopt" if default == "uniopt" else "Keras"}\'s (``convention="{default}"``); '
+        "``convention=`` "
         + ", ".join(f"``{c!r}``" for c in conventions)
         + " picks that framework's formulas and, for arguments left at ``CONVENTION_DEFAULT``, its "
         "defaults:"
@@ -692,6 +785,10 @@ def _make_class(info: OptimizerInfo) -> type[UnioptOptimizer]:
         from ._history import HistoryOptimizer
 
         base = HistoryOptimizer
+    if keras_names.routing:  # variables routed to the spec's Adam step by their paths (Muon)
+        from ._routed import AdamRoutedOptimizer
+
+        base = AdamRoutedOptimizer
     namespace = {
         "__module__": __name__,
         "__qualname__": name,
@@ -703,6 +800,9 @@ def _make_class(info: OptimizerInfo) -> type[UnioptOptimizer]:
         "sparse_duplicates_match_keras": keras_names.sparse_duplicates_match_keras,
         "keras_checks_float": tuple(keras_names.checks_float),
         "KERAS_INERT": dict(keras_names.inert),
+        "KERAS_NONE_MEANS": dict(keras_names.none_means),
+        "KERAS_VARIABLES": dict(keras_names.variables),
+        "KERAS_ROUTING": dict(keras_names.routing),
     }
     return _register(type(name, (base,), namespace))
 

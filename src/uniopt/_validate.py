@@ -55,16 +55,17 @@ def check_bool(owner: str, name: str, value: object) -> bool:
     return value
 
 
-def check_betas(owner: str, betas: object) -> tuple[float, float]:
-    """Check a pair of moment decay rates, each in ``[0, 1)``."""
+def check_betas(owner: str, betas: object, field: str = "betas") -> tuple[float, float]:
+    """Check a pair of moment decay rates, each in ``[0, 1)``; messages name ``field`` (Muon's
+    ``adam_betas``)."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(
-            f"{owner}: betas={betas!r} is not a pair; expected (beta1, beta2) with "
+            f"{owner}: {field}={betas!r} is not a pair; expected (beta1, beta2) with "
             "0 <= beta1 < 1 and 0 <= beta2 < 1"
         )
     return (
-        check_interval(owner, "betas[0]", betas[0], 0.0, 1.0, high_open=True),
-        check_interval(owner, "betas[1]", betas[1], 0.0, 1.0, high_open=True),
+        check_interval(owner, f"{field}[0]", betas[0], 0.0, 1.0, high_open=True),
+        check_interval(owner, f"{field}[1]", betas[1], 0.0, 1.0, high_open=True),
     )
 
 

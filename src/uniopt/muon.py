@@ -103,10 +103,17 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   float64 2-D variables fail there (``lr_adjust`` multiplies float64 by float32:
   ``InvalidArgumentError``); the spec widens the float32 root. non-2-D: Keras's
   ``_adamw_update_step``, which is :class:`uniopt.Adam`'s keras rule with ``adam_betas`` and
-  ``adam_eps``. Keras's NS eps is not an argument: ``eps`` other than :math:`10^{-7}` and
-  ``adjust_lr_fn="original"`` are refused; variables excluded by name
-  (``exclude_embeddings``, ``exclude_layers``) are an adapter's business. lr, weight decays go
-  through float32 as Keras holds them.
+  ``adam_eps`` at the learning rate ``lr * adam_lr_ratio`` (Keras's ``learning_rate *
+  self.adam_lr_ratio``: a float32 product of its float32 learning rate, then cast to the
+  variable's dtype; the spec rounds ``lr * float32(adam_lr_ratio)`` to float32 in the rule for
+  wider parameters, and once to the dtype for narrower ones, where Keras rounds through float32
+  first); the weight decay before it takes the unscaled ``lr``, as Keras's
+  ``_apply_weight_decay`` does. Keras's NS eps is not an argument: ``eps`` other than
+  :math:`10^{-7}` and ``adjust_lr_fn="original"`` are refused. Keras also steps a 2-D variable
+  with Adam when its path names an embedding (``exclude_embeddings``) or matches a regex of
+  ``exclude_layers``: choosing the variables is an adapter's business (``uniopt.tf.Muon`` reads
+  the paths), the step is the spec's, asked for with ``adam_2d=True`` (below). lr, weight decays
+  go through float32 as Keras holds them.
 * ``"optax"`` (``optax.contrib.muon``, ``optax/contrib/_muon.py``: ``scale_by_muon``,
   ``orthogonalize_via_newton_schulz``, ``scale_by_shape``, then ``add_decayed_weights``,
   ``scale_by_learning_rate``; weight decay 0, eps :math:`10^{-8}` shared with Adam, beta 0.95;
@@ -129,6 +136,17 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   loop as one compiled ``fori_loop`` even eagerly (XLA fuses it its own way), so no convention can
   follow it op for op there; with optax's compiled loop substituted, the spec's other ops gave
   optax's bits over 20 steps (measured with optax 0.2.8 eagerly).
+
+The Adam step of a 2-D parameter (``adam_2d``): the ``keras`` and ``optax`` conventions step
+every parameter whose shape is not 2-D with their Adam step; with ``adam_2d=True`` they step the
+2-D ones with it too (the field :meth:`Muon.adam_routed` reads). That is what Keras does for the
+variables its ``exclude_embeddings`` and ``exclude_layers`` pick, and optax for a matrix whose
+``muon_weight_dimension_numbers`` entry is ``None``: an adapter that routes some matrices to Adam
+runs those with ``spec.replace(adam_2d=True)`` (both slots are in every parameter's state
+already). The ``uniopt`` and ``torch`` conventions have no Adam step and refuse ``adam_2d=True``.
+``adam_lr_ratio`` (Keras's, default 1) scales the Adam step's learning rate in the ``keras``
+convention only (optax's ``adam_learning_rate`` is an absolute rate, not a ratio: the ``optax``
+convention refuses a ratio other than 1; ``uniopt`` and ``torch`` never read it).
 
 Complex parameters are refused (torch.optim.Muon refuses them too). An empty matrix (a zero
 dimension) is not moved; its scale :math:`s` is taken as 1 (torch.optim.Muon's ``_adjust_lr``
@@ -213,6 +231,7 @@ class MuonScalars(NamedTuple):
     adam_bc1_f32: float  # ... float32 at jax's default
     adam_bc1_next_f32: float
     adam_bc2_f32: float
+    adam_lr: float  # the Adam step's lr: keras lr * float32(adam_lr_ratio) (exact in float64); lr
     keras_bc1: float  # keras, 32 bits or fewer: 1 - beta1^t in float32
     keras_sqrt_bc2: float
     keras_bc1_64: float  # keras, float64
@@ -255,12 +274,14 @@ class Muon(Spec):
     """Muon: momentum orthogonalized by a Newton-Schulz iteration (see the module docstring).
 
     Slots per parameter (its shape and dtype): ``momentum_buffer``, and ``exp_avg_sq`` with the
-    ``keras`` and ``optax`` conventions (read only for parameters that are not 2-D). Raises
-    ``ValueError`` for ``lr < 0``, ``weight_decay < 0``, ``momentum`` outside :math:`[0, 1]`
-    (optax: :math:`[0, 1)`), ``eps <= 0``, ``ns_coefficients`` not three finite floats,
-    ``ns_steps`` not an int in :math:`[0, 100)`, an unknown ``adjust_lr_fn``, ``rms_rate <= 0``,
-    ``matmul`` other than ``"backend"`` or ``"exact"``,
-    a convention's refusals (module docstring), and, at ``init`` and in the rule, parameters that
+    ``keras`` and ``optax`` conventions (read only for the parameters the Adam step takes:
+    :meth:`adam_routed`). Raises ``ValueError`` for ``lr < 0``, ``weight_decay < 0``,
+    ``momentum`` outside :math:`[0, 1]` (optax: :math:`[0, 1)`), ``eps <= 0``,
+    ``ns_coefficients`` not three finite floats, ``ns_steps`` not an int in :math:`[0, 100)`, an
+    unknown ``adjust_lr_fn``, ``rms_rate <= 0``, ``matmul`` other than ``"backend"`` or
+    ``"exact"``, ``adam_lr_ratio`` not a finite float ``>= 0``, ``adam_2d`` not a bool, a
+    convention's refusals (module docstring: ``adam_2d=True`` with ``uniopt`` and ``torch``,
+    ``adam_lr_ratio != 1`` with ``optax``), and, at ``init`` and in the rule, parameters that
     are not 2-D (``uniopt``, ``torch``) and complex parameters.
     """
 
@@ -270,6 +291,8 @@ class Muon(Spec):
     )
     elementwise: ClassVar[bool] = False
     keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "adam_weight_decay")
+    # the slots only the Adam step reads and writes (the Muon step passes them through unchanged)
+    adam_slots: ClassVar[tuple[str, ...]] = ("exp_avg_sq",)
 
     conventions: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         # adam_*: unused by uniopt and torch (they refuse non-2-D parameters)
@@ -316,6 +339,11 @@ class Muon(Spec):
     # how the matrix products are formed: "backend" (xp.matmul) or "exact" (matmul_exact)
     matmul: str = "backend"
     convention: str = "uniopt"
+    # the Adam step's learning rate over lr (Keras's adam_lr_ratio; keras convention only)
+    adam_lr_ratio: float = 1.0
+    # step 2-D parameters with the Adam step too (keras, optax: what Keras's exclude_embeddings and
+    # exclude_layers, optax's None dimension numbers ask for one matrix); see adam_routed
+    adam_2d: bool = False
 
     def _resolve_convention(self) -> None:
         """The convention's defaults; optax's ``adam_eps`` defaults to ``eps`` (one argument)."""
@@ -355,11 +383,19 @@ class Muon(Spec):
                 f"Muon: matmul={self.matmul!r} is not supported; expected one of "
                 + ", ".join(repr(m) for m in MATMULS)
             )
-        object.__setattr__(self, "adam_betas", check_betas(name, self.adam_betas))
+        check_interval(name, "adam_lr_ratio", self.adam_lr_ratio, 0.0)
+        object.__setattr__(self, "adam_betas", check_betas(name, self.adam_betas, "adam_betas"))
         check_interval(name, "adam_eps", self.adam_eps, 0.0, low_open=True)
         check_interval(name, "adam_weight_decay", self.adam_weight_decay, 0.0)
+        no_adam = (
+            self.adam_2d,
+            "adam_2d=True",
+            "this convention has no Adam step (the keras and optax conventions step parameters with Adam)",
+        )
         refusals = {
+            "uniopt": [no_adam],
             "torch": [
+                no_adam,
                 (
                     self.adjust_lr_fn == "none",
                     "adjust_lr_fn='none'",
@@ -386,6 +422,11 @@ class Muon(Spec):
                     f"adam_eps={self.adam_eps!r}",
                     "optax.contrib.muon passes eps to Adam",
                 ),
+                (
+                    self.adam_lr_ratio != 1,
+                    f"adam_lr_ratio={self.adam_lr_ratio!r}",
+                    "optax.contrib.muon takes adam_learning_rate, an absolute rate, not a ratio",
+                ),
             ],
         }
         for refused, what, why in refusals.get(convention, []):
@@ -395,7 +436,8 @@ class Muon(Spec):
     def underflowing(self, round_to: Any) -> list[str]:
         """:meth:`Spec.underflowing`, leaving out the Adam fields where the convention never reads
         them (``uniopt`` and ``torch`` refuse the parameters Adam would step)."""
-        unused = ("adam_eps=", "adam_weight_decay=") if self.convention in ("uniopt", "torch") else ()
+        no_adam = self.convention in ("uniopt", "torch")
+        unused = ("adam_eps=", "adam_weight_decay=", "adam_lr_ratio=") if no_adam else ()
         return [s for s in super().underflowing(round_to) if not s.startswith(unused)]
 
     def slot_names(self) -> tuple[str, ...]:
@@ -406,6 +448,15 @@ class Muon(Spec):
     def init_slot(self, name: str, param: Array, xp: Any) -> Array:
         self._check_param(param, xp)
         return xp.zeros_like(param)
+
+    def adam_routed(self, shape: tuple[int, ...]) -> bool:
+        """Whether the rule steps a parameter of ``shape`` with the convention's Adam step (the
+        ``keras`` and ``optax`` conventions: a shape that is not 2-D, or any with ``adam_2d``);
+        the Muon step otherwise. ``exp_avg_sq`` is read and written only for such a parameter
+        (Keras keeps its ``velocity`` for those variables alone)."""
+        if self.convention not in ("keras", "optax"):
+            return False
+        return self.adam_2d or len(tuple(shape)) != 2
 
     # -- host scalars -------------------------------------------------------------------------------
     def uniopt_scalars(self, step: int, lr: float) -> MuonScalars:
@@ -465,6 +516,7 @@ class Muon(Spec):
             adam_bc1_f32=bc32(b1, step),
             adam_bc1_next_f32=bc32(b1, step + 1),
             adam_bc2_f32=bc32(b2, step),
+            adam_lr=lr * float(np.float32(self.adam_lr_ratio)) if keras else lr,
             keras_bc1=kbc[0],
             keras_sqrt_bc2=kbc[1],
             keras_bc1_64=kbc[2],
@@ -551,7 +603,7 @@ class Muon(Spec):
         """``keras.optimizers.Muon``: the base optimizer's weight decay, then ``_muon_update_step``
         (2-D) or ``_adamw_update_step``, op for op (norms in the spec's order)."""
         self._check_param(param, xp)
-        if len(param.shape) != 2:
+        if self.adam_routed(tuple(param.shape)):
             return self._keras_adam(param, grad, slots, sc, xp)
         g = grad
         if self.weight_decay != 0:
@@ -571,7 +623,7 @@ class Muon(Spec):
         """``optax.contrib.muon``: the ``'muon'`` chain (2-D) or ``optax.adamw`` (``'adam'``), then
         ``apply_updates`` (norms in the spec's order)."""
         self._check_param(param, xp)
-        if len(param.shape) != 2:
+        if self.adam_routed(tuple(param.shape)):
             return self._optax_adam(param, grad, slots, sc, xp)
         g = grad
         narrow = float_bits(param, xp) <= 32  # optax's bias corrections are float32 there
@@ -594,7 +646,8 @@ class Muon(Spec):
     # -- the Adam steps of non-2-D parameters --------------------------------------------------------
     def _keras_adam(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         """``Muon._adamw_update_step`` after ``_apply_weight_decay`` with ``adam_weight_decay``:
-        :class:`uniopt.Adam`'s keras rule (``adam_lr_ratio`` 1)."""
+        :class:`uniopt.Adam`'s keras rule at the learning rate ``lr * adam_lr_ratio`` (the decay
+        at ``lr``, as Keras)."""
         g = grad
         if self.adam_weight_decay != 0:
             param = keras_weight_decay(param, sc.adam_weight_decay, sc.lr, xp)
@@ -606,7 +659,10 @@ class Muon(Spec):
             sqrt_bc2, bc1 = sc.keras_sqrt_bc2, sc.keras_bc1
         else:
             sqrt_bc2, bc1 = sc.keras_sqrt_bc2_64, sc.keras_bc1_64
-        alpha = xp.divide(xp.multiply(sc.lr, sqrt_bc2), bc1)
+        adam_lr = sc.adam_lr
+        if self.adam_lr_ratio != 1 and not narrow:  # Keras's float32 product, widened
+            adam_lr = xp.astype(xp.astype(adam_lr, xp.float32), param.dtype)
+        alpha = xp.divide(xp.multiply(adam_lr, sqrt_bc2), bc1)
         step = xp.divide(xp.multiply(m, alpha), xp.add(xp.sqrt(v), sc.adam_eps))
         return xp.subtract(param, step), {"momentum_buffer": m, "exp_avg_sq": v}
 

@@ -113,6 +113,18 @@ class KerasNames:
     optimizer either (Adafactor's ``relative_step``: Keras's step size is ``min(lr, 1/sqrt(t))``
     whatever it holds): flag -> Keras's default. uniopt.tf's class takes them where Keras does,
     refuses a value that is not a bool, and keeps them as attributes and in ``get_config``.
+    ``positional_after_base`` are Keras's positional arguments after the base ones (Muon's
+    ``exclude_layers`` ... ``rms_rate``), in Keras's order. ``routing`` are Keras arguments without
+    a spec field that choose, by the variable's path, which of the spec's steps a variable takes
+    (Muon's ``exclude_layers``, ``exclude_embeddings``: the Adam step, :meth:`uniopt.Muon.
+    adam_routed`): argument -> Keras's default. ``none_means`` maps an argument whose ``None``
+    Keras reads as a setting of another spec field: ``argument: (field, value)`` (Muon's
+    ``rms_rate=None`` is ``adjust_lr_fn="none"``); the reverse holds when the record is written
+    back (``get_config``, porting). ``variables`` maps a spec slot to the name Keras gives its
+    variable (``add_variable_from_reference(name=...)``; the default: the slot's own name).
+    ``default_convention`` is the class's default ``convention`` where Keras's arguments name
+    another algorithm than the spec's ``"uniopt"`` convention (Muon: Keras's steps non-2-D and
+    excluded variables with Adam, which the ``uniopt`` convention refuses).
     """
 
     native: str | None
@@ -123,6 +135,11 @@ class KerasNames:
     weight_decay_none_is_zero: bool = True
     sparse_duplicates_match_keras: bool = False
     inert: Mapping[str, bool] = dataclasses.field(default_factory=dict)
+    positional_after_base: tuple[str, ...] = ()
+    routing: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    none_means: Mapping[str, tuple[str, Any]] = dataclasses.field(default_factory=dict)
+    variables: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    default_convention: str | None = None
 
     @property
     def all_names(self) -> dict[str, str]:
@@ -416,6 +433,11 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
     # optax_defaults cases): 101972 ulp (parity, float64; relative 1.2e-15; float32 24175, relative
     # 5.6e-7); on the 50-step streams at most 15573 (optax_defaults/huge, float32; relative 1.7e-7);
     # every cell differs from step 1
+    # keras.optimizers.Muon against the keras convention, measured 2026-12-02 (--full: normal, huge
+    # and parity streams, float32; Keras cannot step float64 matrices, KERAS_NATIVE_REFUSALS):
+    # 8384 ulp (keras, parity; relative 2.0e-7; keras_adam 5632, 2.1e-7), on the 50-step streams at
+    # most 320 (keras_adam/huge, 1.4e-7); keras_adam_2d (every matrix by Adam) bitwise in float32
+    # and float64
     "Muon": {
         "torch.optim": (4 * 2676086, _TORCH_KERNELS),
         "optax": (
@@ -425,6 +447,12 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
             "jit XLA contracts optax's moving averages into multiply-adds and rewrites its "
             "bias-correction divisions",
         ),
+        "keras": (
+            4 * 8384,
+            "keras.optimizers.Muon takes the Frobenius norm with TensorFlow's reduction, which sums in "
+            "its own order (the spec in one pairwise order), and its products are TensorFlow's "
+            "matmul (the reference's NumPy's BLAS)",
+        ),
     },
     "Adamax": {"torch.optim": (4 * 35102, _TORCH_KERNELS), "optax": (4 * 37115, _OPTAX_JIT)},
     "NAdam": {"torch.optim": (4 * 1430484, _TORCH_KERNELS), "optax": (4 * 221940, _OPTAX_JIT)},
@@ -432,6 +460,21 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
 }
 """Bounds of the native-parity rows (``<framework>@native``: the framework's own optimizer against
 uniopt's spec with that framework's ``convention``)."""
+
+KERAS_NATIVE_REFUSALS: dict[str, tuple[Any, str]] = {
+    # keras.optimizers.Muon's Muon step of a float64 variable fails in lr_adjust (x * ops.sqrt(...)
+    # * rms_rate: float64 times float32) or, with rms_rate=None, in lr * update (float32 learning
+    # rate times float64): TensorFlow raises InvalidArgumentError. The keras cases' streams all
+    # hold a 2-D parameter, which takes the Muon step unless the case routes matrices to Adam
+    "Muon": (
+        lambda spec, dtype: dtype == "float64" and not spec.adam_2d,
+        "keras.optimizers.Muon fails on a float64 matrix it steps with Muon: it multiplies the float64 "
+        "update by its float32 learning rate or root (TensorFlow's InvalidArgumentError); the keras "
+        "convention widens them, and tf@ and torch@ run these cells",
+    ),
+}
+"""Optimizer -> (predicate(spec, dtype), reason): the ``keras@native`` cells Keras's own optimizer
+cannot run, skipped with the reason."""
 
 
 def _common_errors(name: str, **extra: ErrorCase) -> tuple[ErrorCase, ...]:
@@ -483,12 +526,6 @@ _BFLOAT16_BOUNDARY = (
     "the other side of a bfloat16 rounding boundary, that element's update moves by a bfloat16 ulp "
     "(2**-8 of it), and an element near 0 can change sign, so the bound is on the normwise relative "
     "distance"
-)
-
-_NO_MATMUL = (
-    "{adapter} does not offer Muon yet: its namespace has no matmul, matrix_transpose or bfloat16 "
-    "astype, and its optimizer does not yet map Muon's arguments (Keras's exclude_layers, optax's "
-    "partition of the non-2-D parameters)"
 )
 
 _ADAFACTOR_NO_XLA = (
@@ -1358,6 +1395,9 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "convention": "keras",
                 },
             ),
+            # every matrix takes Keras's Adam step too (Keras's exclude_layers / exclude_embeddings
+            # pick such variables by path), at 0.3 times the learning rate
+            Case("keras_adam_2d", {"lr": 0.02, "adam_2d": True, "adam_lr_ratio": 0.3, "convention": "keras"}),
             Case("optax", {"lr": 0.02, "weight_decay": 0.01, "convention": "optax"}),
             Case("optax_defaults", {"lr": 0.02, "convention": "optax"}),
         ),
@@ -1393,7 +1433,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 {"matmul": "blas"},
                 r"Muon: matmul='blas' is not supported; expected one of 'backend', 'exact'",
             ),
-            ErrorCase({"adam_betas": (0.9, 1.0)}, r"Muon: betas\[1\]=1\.0 is out of range"),
+            ErrorCase({"adam_betas": (0.9, 1.0)}, r"Muon: adam_betas\[1\]=1\.0 is out of range"),
             ErrorCase({"adam_eps": -1.0}, r"Muon: adam_eps=-1\.0 is out of range; expected 0 < adam_eps"),
             ErrorCase(
                 {"adjust_lr_fn": "none", "convention": "torch"},
@@ -1419,6 +1459,25 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 {"eps": 1e-7, "adam_eps": 1e-8, "convention": "optax"},
                 r"Muon: adam_eps=1e-08 with convention='optax': optax\.contrib\.muon passes eps to Adam",
             ),
+            ErrorCase(
+                {"adam_lr_ratio": -0.5, "convention": "keras"},
+                r"Muon: adam_lr_ratio=-0\.5 is out of range; expected 0 <= adam_lr_ratio",
+            ),
+            ErrorCase({"adam_lr_ratio": float("inf")}, r"Muon: adam_lr_ratio=inf is not finite"),
+            ErrorCase({"adam_2d": 1}, r"Muon: adam_2d=1 is not a bool"),
+            ErrorCase(
+                {"adam_2d": True},
+                r"Muon: adam_2d=True with convention='uniopt': this convention has no Adam step",
+            ),
+            ErrorCase(
+                {"adam_2d": True, "convention": "torch"},
+                r"Muon: adam_2d=True with convention='torch': this convention has no Adam step",
+            ),
+            ErrorCase(
+                {"adam_lr_ratio": 0.5, "convention": "optax"},
+                r"Muon: adam_lr_ratio=0\.5 with convention='optax': optax\.contrib\.muon takes "
+                r"adam_learning_rate",
+            ),
         ),
         # torch.optim.Muon (torch/optim/_muon.py): its names, positional order and state key
         torch=TorchNames(
@@ -1433,6 +1492,57 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 "ns_steps",
                 "adjust_lr_fn",
             ),
+        ),
+        # keras.optimizers.Muon(learning_rate=0.001, adam_beta_1=0.9, adam_beta_2=0.999,
+        # adam_weight_decay=0.004, epsilon=1e-7, weight_decay=0.004, <base arguments>,
+        # exclude_layers=None, exclude_embeddings=True, muon_a=3.4445, muon_b=-4.7750,
+        # muon_c=2.0315, adam_lr_ratio=1, momentum=0.95, ns_steps=5, nesterov=True, rms_rate=0.2)
+        # (Keras 3.15, keras/src/optimizers/muon.py): epsilon is Adam's; rms_rate=None scales by
+        # nothing; its momentums and adam_velocities (only for the variables stepped with Adam)
+        # are the keras convention's slots, variables named "momentum" and "velocity"
+        keras=KerasNames(
+            "Muon",
+            (
+                "learning_rate",
+                "adam_beta_1",
+                "adam_beta_2",
+                "adam_weight_decay",
+                "epsilon",
+                "weight_decay",
+            ),
+            names={
+                "adam_beta_1": "adam_betas[0]",
+                "adam_beta_2": "adam_betas[1]",
+                "epsilon": "adam_eps",
+                "muon_a": "ns_coefficients[0]",
+                "muon_b": "ns_coefficients[1]",
+                "muon_c": "ns_coefficients[2]",
+            },
+            slots={"momentum_buffer": "momentums", "exp_avg_sq": "adam_velocities"},
+            positional_after_base=(
+                "exclude_layers",
+                "exclude_embeddings",
+                "muon_a",
+                "muon_b",
+                "muon_c",
+                "adam_lr_ratio",
+                "momentum",
+                "ns_steps",
+                "nesterov",
+                "rms_rate",
+            ),
+            routing={"exclude_layers": None, "exclude_embeddings": True},
+            # rms_rate=None scales by nothing; adam_weight_decay=None decays nothing (Keras's
+            # _apply_weight_decay skips a None value)
+            none_means={
+                "rms_rate": ("adjust_lr_fn", "none"),
+                "adam_weight_decay": ("adam_weight_decay", 0.0),
+            },
+            variables={"momentum_buffer": "momentum", "exp_avg_sq": "velocity"},
+            default_convention="keras",
+            # Keras's Muon has no scatter updates: its ops densify an IndexedSlices gradient (summing
+            # repeated indices) before the step, as uniopt.tf does
+            sparse_duplicates_match_keras=True,
         ),
         # Measured 2026-12-01 with --full (torch@eager and torch@loop, every cell): matmul="exact"
         # cells bitwise in every dtype; the backend's products in float32 up to 34496 ulp
@@ -1461,6 +1571,16 @@ TABLE: tuple[OptimizerInfo, ...] = (
         # exact/sparse (29152, bfloat16: an element near 0; relative 1.5e-4), the torch convention
         # 8 and 128 (torch_match_rms_adamw/huge, float64), on the parity stream 256 and 1792
         # (torch_match_rms_adamw, float64; relative 9.6e-18)
+        # uniopt.tf (--full, 2026-12-02, tensorflow-cpu 2.21, every cell of tf@eager, tf@function
+        # and tf@xla with uniopt.tf.xla's flags): matmul="exact" cells bitwise in every dtype and
+        # mode, and so are the torch convention (its bfloat16 products agree), keras_adam_2d (no
+        # product) and every float16 and bfloat16 cell but under XLA; the backend's products
+        # (Eigen's blocked sums eagerly; in tf.function grappler folds the transposes into the
+        # MatMul kernel; XLA emits its own dot) in float64 up to 52864 ulp (optax/parity, every mode;
+        # relative 1.4e-15), in float32 up to 288 ulp eagerly (mixed_shapes; the 50-step streams
+        # over 16x8, 4x8, 5x5 are bitwise there), 47104 in tf.function (optax_defaults/huge;
+        # relative 3.9e-7) and 38912 under XLA (match_rms_adamw/tiny; 1.7e-7), and float16 under
+        # XLA up to 512 ulp (sparse; relative 6.8e-4): within torch's bound
         ulp_tolerance={
             "torch": 4 * 52864,
             "torch:exact/*": 0,
@@ -1478,6 +1598,11 @@ TABLE: tuple[OptimizerInfo, ...] = (
             "jax:optax:torch_match_rms_adamw/*": 128,
             "jax:optax:torch/parity": 256,
             "jax:optax:torch_match_rms_adamw/parity": 1792,
+            "tf": 4 * 52864,
+            "tf:exact/*": 0,
+            "tf:torch/*": 0,
+            "tf:torch_match_rms_adamw/*": 0,
+            "tf:keras_adam_2d/*": 0,
         },
         relative_tolerance={
             f"torch:{case}/*": (4 * 7.7e-5, _BFLOAT16_BOUNDARY) for case in ("torch", "torch_match_rms_adamw")
@@ -1494,7 +1619,6 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 )
                 for case in ("torch", "torch_match_rms_adamw")
             },
-            "tf": _NO_MATMUL.format(adapter="uniopt.tf"),
         },
         # optax.contrib.muon(learning_rate, ns_coeffs=(3.4445, -4.775, 2.0315), ns_steps=5,
         # beta=0.95, eps=1e-8, weight_decay=0.0, weight_decay_mask=None, mu_dtype=None, *,

@@ -34,6 +34,12 @@ UNIOPT_ONLY = {
     "min_dim_size_to_factor",
     "factored",
     "multiply_by_parameter_scale",
+    # Muon's: the normalisation's eps (Keras hard-codes 1e-7), torch's and optax's scalings, the
+    # products, the Adam step for every matrix
+    "eps",
+    "adjust_lr_fn",
+    "matmul",
+    "adam_2d",
 }
 
 
@@ -82,13 +88,14 @@ def test_positional_calls_mean_what_they_mean_in_keras():
     assert ours.spec.dampening == 0.0
     base = (None, None, None, True, 0.5, 3, 4.0, 2, "opt")  # clipnorm .. name, positionally
     for name in NATIVE:
-        lead = len(_positional(getattr(keras.optimizers, name))) - len(base)
-        args = [
-            inspect.signature(getattr(keras.optimizers, name)).parameters[n].default
-            for n in _positional(getattr(keras.optimizers, name))[:lead]
+        positional = _positional(getattr(keras.optimizers, name))
+        lead = positional.index("clipnorm")  # Keras's own before the base ones (Muon's after them too)
+        defaults = [
+            inspect.signature(getattr(keras.optimizers, name)).parameters[n].default for n in positional
         ]
-        ours = getattr(ut, name)(*args, *base, convention="keras")
-        theirs = getattr(keras.optimizers, name)(*args, *base)
+        args, tail = defaults[:lead], defaults[lead + len(base) :]
+        ours = getattr(ut, name)(*args, *base, *tail, convention="keras")
+        theirs = getattr(keras.optimizers, name)(*args, *base, *tail)
         for attr in (
             "use_ema",
             "ema_momentum",

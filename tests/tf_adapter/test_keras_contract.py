@@ -133,6 +133,13 @@ CHECKPOINTED = [
         {"shapes": ((3, 4), (5,), (), (2, 3, 4), (1, 6))},
         id="Adafactor",
     ),
+    # a velocity only for the variables the Adam step takes (Keras's layout): none for the matrix
+    pytest.param(
+        uniopt.Muon(lr=0.02, convention="keras", matmul="exact"),
+        8,
+        {"shapes": ((4, 3), (5,), ())},
+        id="Muon",
+    ),
 ]
 
 
@@ -274,8 +281,24 @@ def _keras_error_inputs():
     for info in table_for("tf"):
         cls = getattr(ut, info.name)
         for i, err in enumerate(info.error_cases):
-            kwargs = cls.to_keras_kwargs(err.kwargs)
+            spec_kwargs = dict(err.kwargs)
+            # the table's inputs are the spec's, with the spec's default convention where none is
+            # named; a class whose default is Keras's (Muon) is given it
+            spec_kwargs.setdefault("convention", "uniopt")
+            kwargs = cls.to_keras_kwargs(spec_kwargs)
+            if _split_wrongly(cls, spec_kwargs):  # a triple of the wrong length has no Keras spelling
+                kwargs = spec_kwargs
             yield pytest.param(cls, kwargs, err.match, id=f"{info.name}-{i}-{'-'.join(kwargs)}")
+
+
+def _split_wrongly(cls, spec_kwargs) -> bool:
+    """Whether a field Keras takes entry by entry (Muon's ns_coefficients: muon_a, muon_b, muon_c)
+    is given with another number of entries."""
+    for field, value in spec_kwargs.items():
+        entries = [k for k, v in cls.KERAS_NAMES.items() if v.startswith(f"{field}[")]
+        if entries and isinstance(value, tuple) and len(value) != len(entries):
+            return True
+    return False
 
 
 # error inputs of the table that have no Keras spelling: a non-pair ``betas`` (Keras takes beta_1
@@ -311,6 +334,8 @@ def test_errors_name_the_keras_argument():
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_defaults_are_the_specs(cls):
+    """The signature's defaults are the spec's fields' (``CONVENTION_DEFAULT``: the chosen
+    convention's), the convention the row's (uniopt's, Keras's for Muon)."""
     keras_base = set(inspect.signature(BaseOptimizer.__init__).parameters) - {
         "learning_rate",
         "weight_decay",
@@ -321,14 +346,22 @@ def test_defaults_are_the_specs(cls):
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         and name not in keras_base
         and name not in cls.KERAS_INERT  # Keras flags without a spec field (relative_step)
+        and name not in getattr(cls, "KERAS_ROUTING", {})  # Muon's exclude_layers, exclude_embeddings
     }
+    info = next(i for i in TABLE if i.spec is cls.spec_class)
+    convention = info.keras.default_convention or "uniopt"
     spec_defaults = {f.name: f.default for f in dataclasses.fields(cls.spec_class)}
-    translated = cls.to_spec_kwargs(defaults)
+    spec_defaults["convention"] = convention
+    # an argument whose None means a setting (Muon's adam_weight_decay=None: no decay) left at the
+    # convention's default is that default, not None's setting
+    left = {n for n, v in defaults.items() if v is None and n in cls.KERAS_NONE_MEANS}
+    translated = cls.to_spec_kwargs({k: v for k, v in defaults.items() if k not in left})
+    translated.update({cls.KERAS_NAMES.get(n, n): None for n in left})
     for name, value in translated.items():  # a pair Keras splits, every entry the convention's
         if isinstance(value, tuple) and value and all(v is None for v in value):
             translated[name] = None
     assert translated == spec_defaults
-    assert cls().spec == cls.spec_class()
+    assert cls().spec == cls.spec_class(convention=convention)
 
 
 def test_the_name_mapping_round_trips_every_case():
@@ -371,10 +404,11 @@ def _row_parameters(info):
     ]
     names = info.keras.all_names
     keyword_only = []
+    keras_positional = (*info.keras.positional, *info.keras.positional_after_base)
     for field in dataclasses.fields(info.spec):
         renamed = [k for k, v in names.items() if v.split("[")[0] == field.name]
-        keyword_only += [n for n in renamed or [field.name] if n not in info.keras.positional]
-    return [*info.keras.positional, *base], keyword_only
+        keyword_only += [n for n in renamed or [field.name] if n not in keras_positional]
+    return [*info.keras.positional, *base, *info.keras.positional_after_base], keyword_only
 
 
 @pytest.mark.parametrize("info", [i for i in TABLE if i.keras is not None], ids=lambda i: i.name)
@@ -442,13 +476,13 @@ def test_a_new_row_becomes_a_working_class_without_adapter_code():
     assert_trajectories(got, reference(opt.spec, params, grads))
 
 
-def test_every_row_runs_but_muon_and_only_schedule_free_and_adafactor_declare_a_mode_they_refuse():
-    """Every row of the table but Muon (uniopt.tf's namespace has no matmul yet) is a uniopt.tf
-    optimizer (the row's skip says why); ScheduleFreeAdamW and Adafactor (whose scalars come from
-    the host) declare XLA refused, which tests/tf_adapter/test_tf_schedule_free.py and
+def test_every_row_runs_and_only_schedule_free_and_adafactor_declare_a_mode_they_refuse():
+    """Every row of the table is a uniopt.tf optimizer (Muon too: the namespace's matmul,
+    matrix_transpose and bfloat16); ScheduleFreeAdamW and Adafactor (whose scalars come from the
+    host) declare XLA refused, which tests/tf_adapter/test_tf_schedule_free.py and
     test_tf_adafactor.py check."""
-    assert [info.name for info in TABLE if info not in table_for("tf")] == ["Muon"]
-    assert not hasattr(ut, "Muon")
+    assert [info.name for info in TABLE if info not in table_for("tf")] == []
+    assert isinstance(ut.from_spec(uniopt.Muon(convention="keras")), ut.Muon)
     refused = {info.name for info in table_for("tf") if info.skip_reason("tf", "xla")}
     assert refused == {"ScheduleFreeAdamW", "Adafactor"}
     assert isinstance(ut.from_spec(uniopt.ScheduleFreeAdamW()), ut.ScheduleFreeAdamW)

@@ -79,8 +79,10 @@ def test_tf_flushes_subnormals_to_zero():
 @pytest.mark.parametrize("info", table_for("tf"), ids=lambda i: i.name)
 def test_the_cores_own_update_runs_on_tf_tensors(info):
     """Spec.update with xp=uniopt.tf.xp (scalars cast through xp.asarray) equals NumPy's, for every
-    row uniopt.tf offers (Muon's matrix products need a matmul the namespace lacks: its skip)."""
-    spec = info.make(info.cases[-1])
+    row uniopt.tf offers: bitwise, but where the table states a bound (Muon's products with
+    TensorFlow's matmul, whose sums are blocked in another order than NumPy's BLAS)."""
+    case = info.cases[-1]
+    spec = info.make(case)
     params, grads = params_and_grads(7, "float32", seed=12)
     tf_params = [tf.constant(p) for p in params]
     state = spec.init(tf_params, xp)
@@ -93,7 +95,7 @@ def test_the_cores_own_update_runs_on_tf_tensors(info):
             ([p.numpy() for p in tf_params], [{k: v.numpy() for k, v in s.items()} for s in state.slots])
         )
         want.append(([p.copy() for p in np_params], [dict(s) for s in np_state.slots]))
-    assert_trajectories(got, want)
+    assert_trajectories(got, want, ulp=info.tolerance("tf", "eager", case.desc))
 
 
 SIGN_INPUTS = [0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45, 1e-40, -1e-310, 6e-8, -6e-8, 2.5]
@@ -143,3 +145,37 @@ def test_a_division_by_a_root_stays_a_division(dtype, jit):
         assert bits_equal(got.numpy(), expected)
     if dtype != "float16":  # the rewrite is real: without the guard the quotients differ
         assert not bits_equal(plain(tf.constant(a), tf.constant(b)).numpy(), want[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_muons_matrix_functions_are_exact_or_the_backends_products(dtype, mode):
+    """matrix_transpose and expand_dims move elements (bitwise), astype rounds float32 to bfloat16
+    as ml_dtypes does (every tie, spread values), and matmul is TensorFlow's product: within a few
+    ulp of the float64 product rounded once (its sums are blocked in TensorFlow's order)."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((7, 5)).astype(dtype)
+    b = rng.standard_normal((5, 3)).astype(dtype)
+    ties = ((np.arange(1, 2**15, 97, dtype=np.uint32) << 16) | 0x8000).view(np.float32)
+    x = np.concatenate([ties, -ties, rng.standard_normal(5000).astype(np.float32)])
+
+    def ops(a, b, x):
+        return (
+            xp.matrix_transpose(a),
+            xp.expand_dims(a, 1),
+            xp.matmul(a, b),
+            xp.astype(xp.astype(x, xp.bfloat16), xp.float32),
+        )
+
+    run = ops if mode == "eager" else tf.function(ops, jit_compile=mode == "xla")
+    transposed, expanded, product, rounded = (
+        np.asarray(t) for t in run(tf.constant(a), tf.constant(b), tf.constant(x))
+    )
+    assert bits_equal(transposed, a.T) and bits_equal(expanded, a[:, None, :])
+    assert bits_equal(rounded, x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    exact = (a.astype(np.float64) @ b.astype(np.float64)).astype(dtype)
+    assert product.dtype == exact.dtype
+    tiny = np.finfo(dtype).eps * np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    assert np.all(np.abs(product.astype(np.float64) - exact) <= 5 * tiny + np.finfo(dtype).tiny)

@@ -39,7 +39,12 @@ def snapshot(opt, variables):
     """The adapter's state as NumPy: (params, [slots per variable keyed by the core's names])."""
     return (
         [v.numpy().copy() for v in variables],
-        [{k: s.numpy().copy() for k, s in opt.slots(v).items()} for v in variables],
+        # a slot kept in no variable (Muon's velocity of a Muon-stepped variable, as Keras keeps
+        # none) is the zeros the rule passes through
+        [
+            {k: np.zeros_like(v.numpy()) if s is None else s.numpy().copy() for k, s in opt.slots(v).items()}
+            for v in variables
+        ],
     )
 
 
