@@ -10,9 +10,9 @@
 There is one factory per optax name of a row of :data:`uniopt.registry.TABLE` (``sgd``, ``adagrad``,
 ``rmsprop``, ``adam``, ``adamw``, ``radam``, ``adamax``, ``nadam``, ``nadamw``, ``adadelta``, ``lion``,
 ``lamb``, ``adafactor``, and optax.contrib's ``schedule_free_adamw`` and ``muon``), each also under
-its CamelCase name (:data:`CAMEL_CASE`). Each takes optax's arguments in optax's order (:data:`POSITIONAL`), translated
-to the spec's by the row's mapping (:data:`ALIASES`), with uniopt's defaults (optax's own with
-``convention="optax"``), and returns a :class:`Transformation` (an
+its CamelCase name (:data:`CAMEL_CASE`). Each takes optax's arguments in optax's order
+(:data:`POSITIONAL`), translated to the spec's by the row's mapping (:data:`ALIASES`), with uniopt's
+defaults (optax's own with ``convention="optax"``), and returns a :class:`Transformation` (an
 ``optax.GradientTransformationExtraArgs``) whose update includes the learning rate, like optax's
 aliases. The update is the core's ``spec.rule`` with
 ``xp = jax.numpy`` applied to every leaf; the per-step scalars are the host's float64 values rounded
