@@ -1648,6 +1648,8 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "adjust_lr_fn": "adjust_lr_fn",
                     "adam_eps": "adam_eps",
                     "matmul": "matmul",
+                    "adam_2d": "adam_2d",
+                    "adam_lr_ratio": "adam_lr_ratio",
                     "convention": "convention",
                 },
                 positional=(

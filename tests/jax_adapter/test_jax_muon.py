@@ -79,7 +79,14 @@ def test_signature_is_optax_contrib_muons_then_uniopts_keyword_only_arguments():
     ours = inspect.signature(uj.muon).parameters
     theirs = inspect.signature(optax.contrib.muon).parameters
     assert list(ours)[: len(theirs)] == list(theirs)
-    assert list(ours)[len(theirs) :] == ["adjust_lr_fn", "adam_eps", "matmul", "convention"]
+    assert list(ours)[len(theirs) :] == [
+        "adjust_lr_fn",
+        "adam_eps",
+        "matmul",
+        "adam_2d",
+        "adam_lr_ratio",
+        "convention",
+    ]
     for arg, param in list(theirs.items())[1:]:  # after learning_rate (optax has no default)
         assert ours[arg].kind is param.kind, arg  # positional where optax's are, keyword-only after
         # the same default, or None where None stands for optax's default (checked on the spec below)
