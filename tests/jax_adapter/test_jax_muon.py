@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import optax.contrib
 import pytest
+from ujax_helpers import contract_steps
 
 import uniopt
 import uniopt.jax as uj
@@ -35,23 +36,6 @@ def _tree(seed: int, dtype=np.float32, shapes=SHAPES) -> dict[str, jax.Array]:
 
 def _grads(steps: int, dtype=np.float32, shapes=SHAPES) -> list[dict[str, jax.Array]]:
     return [_tree(100 + t, dtype, shapes) for t in range(steps)]
-
-
-def _contract(tx, params, grads, state=None):
-    """``tx.update`` + ``optax.apply_updates`` over ``grads``, one compiled step: (params, state).
-    The state is made outside ``jax.jit``, as a training loop makes it (traced from an ``init`` in
-    the same program, the zero slots and step count are constants XLA folds into the first step,
-    which then rounds otherwise)."""
-
-    @jax.jit
-    def step(params, state, g):
-        updates, state = tx.update(g, state, params)
-        return optax.apply_updates(params, updates), state
-
-    state = tx.init(params) if state is None else state
-    for g in grads:
-        params, state = step(params, state, g)
-    return params, state
 
 
 def _steps(tx, params, grads, jit=True):
@@ -163,9 +147,9 @@ def test_matches_optax_contrib_muon_at_its_defaults(x64):
     rtol = 1e-13 if x64 else 5e-6
     with jax.enable_x64(x64):
         params, grads = _tree(0, dtype), _grads(6, dtype)
-        theirs_p, theirs_s = _contract(optax.contrib.muon(0.02), params, grads)
+        theirs_p, theirs_s = contract_steps(optax.contrib.muon(0.02), params, grads)
         tx = uj.muon(0.02)
-        ours_p, ours_s = _contract(tx, params, grads)
+        ours_p, ours_s = contract_steps(tx, params, grads)
         _close(ours_p, theirs_p, rtol)
         inner = theirs_s.inner_states
         muon_mu = inner["muon"].inner_state[0].mu
@@ -194,11 +178,11 @@ def test_matches_optax_with_weight_decay_a_mask_and_consistent_rms():
         "beta": 0.9,
     }
     params, grads = _tree(1), _grads(4)
-    theirs, _ = _contract(optax.contrib.muon(0.05, **kwargs), params, grads)
-    ours, _ = _contract(uj.muon(0.05, **kwargs), params, grads)
+    theirs, _ = contract_steps(optax.contrib.muon(0.05, **kwargs), params, grads)
+    ours, _ = contract_steps(uj.muon(0.05, **kwargs), params, grads)
     _close(ours, theirs, 5e-6)
     unmasked = {**kwargs, "weight_decay_mask": None}
-    other, _ = _contract(uj.muon(0.05, **unmasked), params, grads)
+    other, _ = contract_steps(uj.muon(0.05, **unmasked), params, grads)
     assert not np.array_equal(np.asarray(other["tall"]), np.asarray(ours["tall"]))  # the mask acted
     np.testing.assert_array_equal(np.asarray(other["wide"]), np.asarray(ours["wide"]))
 
@@ -261,7 +245,7 @@ def _torch_by_hand(params, grads, lr, momentum=0.95, eps=1e-7, wd=0.1):
 def test_three_optax_convention_steps_by_hand_in_float64():
     with jax.enable_x64(True):
         params, grads = _tree(2, np.float64), _grads(3, np.float64)
-        ours, state = _contract(uj.muon(0.03, weight_decay=0.02), params, grads)
+        ours, state = contract_steps(uj.muon(0.03, weight_decay=0.02), params, grads)
         want, mu, nu = _optax_by_hand(params, grads, 0.03, wd=0.02)
         _close(ours, want, 1e-14)
         _close(state.slots["momentum_buffer"], mu, 1e-15)
@@ -417,8 +401,8 @@ def test_inject_hyperparams():
     injected = uj.inject_hyperparams(uj.muon)(learning_rate=0.02)
     state = injected.init(params)
     assert float(state.hyperparams["learning_rate"]) == np.float32(0.02)
-    ours, _ = _contract(injected, params, grads)
-    plain, _ = _contract(uj.muon(0.02), params, grads)
+    ours, _ = contract_steps(injected, params, grads)
+    plain, _ = contract_steps(uj.muon(0.02), params, grads)
     _close(ours, plain, 1e-6)  # the learning rate enters in-graph (a + lr * b), plain is constant
     with pytest.raises(ValueError, match=r"ns_steps is a jax array.*static_args=\('ns_steps',\)"):
         optax.inject_hyperparams(uj.muon)(learning_rate=0.02).init(params)

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 from porting_cases import STEPS, assert_bitwise, assert_state_bitwise, params_for, reference, stream
+from ujax_helpers import contract_steps
 
 import uniopt
 import uniopt.jax as uj
@@ -227,18 +228,6 @@ def _muon_tree(seed, dtype):
     return {k: jnp.asarray(rng.standard_normal(s).astype(dtype)) for k, s in MUON_SHAPES.items()}
 
 
-def _muon_run(tx, params, grads, state=None):
-    @jax.jit
-    def step(params, state, g):
-        updates, state = tx.update(g, state, params)
-        return optax.apply_updates(params, updates), state
-
-    state = tx.init(params) if state is None else state
-    for g in grads:
-        params, state = step(params, state, g)
-    return params, state
-
-
 @pytest.mark.parametrize("x64", [False, True])
 def test_optax_muon_state_is_read_and_written_back(x64):
     """optax.contrib.muon's mu (MuonState for the matrices, ScaleByAdamState for the others:
@@ -250,7 +239,7 @@ def test_optax_muon_state_is_read_and_written_back(x64):
         params = _muon_tree(0, dtype)
         grads = [_muon_tree(10 + t, dtype) for t in range(5)]
         theirs = optax.contrib.muon(**MUON_KWARGS)
-        half, state = _muon_run(theirs, params, grads[:3])
+        half, state = contract_steps(theirs, params, grads[:3])
         record = uj.from_optax(state, "muon", half, **MUON_KWARGS)
         assert (record.optimizer, record.convention, record.step) == ("Muon", "optax", 3)
         assert record.hyperparameters["adam_weight_decay"] == 0.05
@@ -270,8 +259,8 @@ def test_optax_muon_state_is_read_and_written_back(x64):
             assert mine.dtype == theirs_leaf.dtype
             np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs_leaf))
         tx = uj.muon(**MUON_KWARGS)
-        ours, _ = _muon_run(tx, half, grads[3:], state=uj.import_state(tx, record, half))
-        want, _ = _muon_run(theirs, half, grads[3:], state=state)
+        ours, _ = contract_steps(tx, half, grads[3:], state=uj.import_state(tx, record, half))
+        want, _ = contract_steps(theirs, half, grads[3:], state=state)
         for k in MUON_SHAPES:
             a, b = np.asarray(ours[k], np.float64), np.asarray(want[k], np.float64)
             np.testing.assert_allclose(a, b, rtol=0, atol=(1e-13 if x64 else 5e-6) * np.max(np.abs(b)))
@@ -282,7 +271,7 @@ def test_uniopt_muon_state_goes_to_optax_and_back_bit_for_bit():
     import: the same arrays; a matrix's exp_avg_sq that is not zeros cannot go to optax."""
     params = _muon_tree(1, np.float32)
     tx = uj.muon(**MUON_KWARGS)
-    params, state = _muon_run(tx, params, [_muon_tree(20 + t, np.float32) for t in range(2)])
+    params, state = contract_steps(tx, params, [_muon_tree(20 + t, np.float32) for t in range(2)])
     record = uj.export_state(tx, state, params)
     native = uj.to_optax(record, "muon", params, **MUON_KWARGS)
     assert int(native.inner_states["muon"].inner_state[0].count) == 2

@@ -69,6 +69,23 @@ def run_contract(tx, params0, grads, *, jit: bool):
     return history, state
 
 
+def contract_steps(tx, params, grads, state=None):
+    """``tx.update`` + ``optax.apply_updates`` over ``grads``, one compiled step: (params, state).
+    The state is made outside ``jax.jit``, as a training loop makes it (traced from an ``init`` in
+    the same program, the zero slots and step count are constants XLA folds into the first step,
+    which then rounds otherwise)."""
+
+    @jax.jit
+    def step(params, state, g):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params) if state is None else state
+    for g in grads:
+        params, state = step(params, state, g)
+    return params, state
+
+
 def run_direct(tx, params0, grads, *, jit: bool):
     """``tx.step``: the rule's new parameters without optax.apply_updates."""
     step = jax.jit(tx.step) if jit else tx.step
