@@ -20,7 +20,7 @@ from .common import (
     write_results,
 )
 
-DEFAULT_OPTIMIZERS = ("RAdam", "Adam")
+DEFAULT_OPTIMIZERS = ("RAdam", "Adam", "Adafactor", "Lamb", "Muon", "ScheduleFreeAdamW")
 DOCS = {"cpu": "docs/benchmarks.md", "gpu": "docs/benchmarks-gpu.md"}
 
 
@@ -92,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--all",
         action="store_true",
-        help="every optimizer, not only RAdam and Adam, and every uniopt.torch implementation",
+        help="every optimizer, not only the default ones, and every uniopt.torch implementation",
     )
     r.add_argument(
         "--implementations",
         action="store_true",
         help="also every other implementation of the uniopt optimizers (implied by --all)",
     )
-    r.add_argument("--optimizers", nargs="+", help="a subset (default: RAdam Adam)")
+    r.add_argument("--optimizers", nargs="+", help=f"a subset (default: {' '.join(DEFAULT_OPTIMIZERS)})")
     r.add_argument("--sets", nargs="+", default=["large", "many_small"], choices=("large", "many_small"))
     r.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
     r.add_argument("--steps", type=int, default=2, help="steps per variant per round")

@@ -117,7 +117,10 @@ def arrays(pset: ParamSet, seed: int) -> list[np.ndarray]:
 @dataclasses.dataclass
 class Variant:
     """One way to take a step: ``build(params, grads)`` returns the step function; ``state_bytes``
-    (called after warm-up) counts the optimizer's state; ``sync`` waits for queued work."""
+    (called after warm-up) counts the optimizer's state; ``sync`` waits for queued work.
+    ``refusal(exc)`` says whether an exception raised by the build or the first step is the
+    library's documented refusal of this variant (uniopt.tf refusing XLA where its per-step scalars
+    come from the host): the row is then recorded as not run, with the message."""
 
     name: str
     kind: str  # "uniopt", "uniopt-mode" (another mode), "native", "reference" (a yardstick) or "bound"
@@ -126,6 +129,7 @@ class Variant:
     sync: Callable[[], None] = lambda: None
     note: str = ""
     skip: str = ""  # non-empty: not run, and why
+    refusal: Callable[[Exception], bool] = lambda exc: False
 
 
 @dataclasses.dataclass
@@ -198,10 +202,20 @@ def measure(
         if v.skip:
             results[v.name] = Measured(v.name, v.kind, None, None, None, None, None, v.note, v.skip)
             continue
-        step = v.build(params, grads)
-        start = time.perf_counter()
-        step()
-        v.sync()
+        try:
+            step = v.build(params, grads)
+            start = time.perf_counter()
+            step()
+            v.sync()
+        except Exception as exc:
+            if not v.refusal(exc):
+                raise
+            # the refusal's own words: TensorFlow prefixes the traced frames to the message
+            words = " ".join(str(exc).split())
+            reason = f"refused: {words.rpartition(f'{type(exc).__name__}: ')[2]}"
+            results[v.name] = Measured(v.name, v.kind, None, None, None, None, None, v.note, reason)
+            log(f"  {v.name}: {reason}")
+            continue
         first = time.perf_counter() - start
         for _ in range(warmup - 1):
             step()

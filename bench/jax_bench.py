@@ -26,10 +26,17 @@ def _optimizers() -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
-def _has_native(optimizer: str) -> bool:
+def _native(optimizer: str) -> tuple[str, Callable[..., Any]] | None:
+    """optax's own factory of ``optimizer`` and its dotted name (``optax.contrib.muon``), where optax
+    defines it: the table's ``<module>.<alias>``. Timed even where uniopt.jax does not read it
+    (``optax.contrib.schedule_free_adamw``: ``native=False`` is about porting, not about existence)."""
+    import importlib
+
     from uniopt.registry import get
 
-    return get(optimizer).optax[0].native
+    names = get(optimizer).optax[0]
+    factory = getattr(importlib.import_module(names.module), names.alias, None)
+    return None if factory is None else (f"{names.module}.{names.alias}", factory)
 
 
 OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = _optimizers()
@@ -114,8 +121,6 @@ def _variant(name: str, kind: str, make: Callable[[], Any], use_step: bool = Fal
 
 
 def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Variant]:
-    import optax
-
     import uniopt.jax as uj
 
     factory, kwargs = OPTIMIZERS[optimizer]
@@ -129,9 +134,10 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
                 use_step=True,
             )
         )
-    if _has_native(optimizer):
-        name = f"optax.{factory} (jit, donated)"
-        out.append(_variant(name, "native", lambda: getattr(optax, factory)(**kwargs)))
+    native = _native(optimizer)
+    if native is not None:
+        dotted, native_factory = native
+        out.append(_variant(f"{dotted} (jit, donated)", "native", lambda: native_factory(**kwargs)))
     return out
 
 

@@ -177,6 +177,42 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
     return out
 
 
+def against_natives(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """One row per framework, optimizer and set: uniopt's default step (the fastest other mode where
+    that was refused), the fastest native, their ratio, and the fastest uniopt row of another mode
+    or convention where it is faster than the default. Rows without a native say so (torch.optim
+    has no LAMB)."""
+    out = []
+    for fw, data in results.items():
+        for optimizer, sets in data["results"].items():
+            for entry in sets.values():
+                rows = entry["rows"]
+                # the default step, or where it was refused (uniopt.tf's XLA) the fastest other mode
+                ours = _fastest(rows, "uniopt") or _fastest(rows, "uniopt-mode")
+                if ours is None:
+                    continue
+                native = _fastest(rows, "native")
+                other = _fastest(rows, "uniopt-mode")
+                faster = (
+                    f"{other['name']}: {other['ms']:.2f} ms" if other and other["ms"] < ours["ms"] else ""
+                )
+                out.append(
+                    [
+                        fw,
+                        optimizer,
+                        entry["label"],
+                        f"{ours['name']}: {ours['ms']:.2f} ms",
+                        f"{native['name']}: {native['ms']:.2f} ms" if native else "none",
+                        f"{ours['ms'] / native['ms']:.2f}" if native else "",
+                        faster,
+                    ]
+                )
+    return out
+
+
+AGAINST_HEADER = ["framework", "optimizer", "set", "uniopt", "fastest native", "ratio", "faster uniopt row"]
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "missed"
 
@@ -262,6 +298,30 @@ How to read the targets, and what limits each one:
 """
 
 
+NON_ELEMENTWISE_NOTES = """\
+What separates the non-elementwise optimizers from their natives:
+
+* **Adafactor and LAMB outside XLA** (uniopt.torch, uniopt.tf's `tf.function`): every norm, row
+  sum and column sum is summed in the spec's fixed order, pairwise halving in ceil(log2 n)
+  elementwise additions of slices, each its own kernel, where a native makes one fused reduction;
+  Adafactor's divisions by broadcast statistics are full-size exact divisions; and each tensor is
+  stepped on its own (over a concatenation a norm would span several tensors). The fixed order is
+  what makes these optimizers bitwise across backends and modes (docs/conformance.md,
+  "Reductions"); these ratios are its price. Under XLA (uniopt.jax, uniopt.tf with `jit_compile`)
+  the slices fuse and the figures come close to the natives'.
+* **Muon**: a step is its Newton-Schulz products, 15 per matrix at 5 iterations.
+  torch.optim.Muon runs them in bfloat16, on this CPU's bfloat16 matrix units.
+  uniopt.torch.Muon's default convention runs them in float32, and `convention="torch"` computes
+  each bfloat16 product as a float32 product of bfloat16 values rounded once (how the spec fixes
+  torch's rounding, docs/optimizers/muon.md), so both run float32 products. Keras and optax, like
+  uniopt.tf and uniopt.jax, multiply in float32.
+* **Rows marked refused**: uniopt.tf refuses `jit_compile` where a step's scalars come from the
+  host (Adafactor's relative step size never reaches a limit; Schedule-Free AdamW's weights depend
+  on the history of learning rates), with the message shown; there the `tf.function` row is
+  uniopt.tf's step.
+"""
+
+
 GPU_NOTES = """\
 This is a GPU run (`nox -s bench -- --device gpu`): parameters, gradients and optimizer state live on
 the GPU, every timed round ends with a device synchronisation, `peak step MiB` is the CUDA memory a
@@ -270,6 +330,10 @@ buffers an optimizer keeps besides its state (uniopt.torch's gather buffers, `op
 and the bound is a device copy. The targets above were set for the 2-core CPU machines
 (docs/benchmarks.md); they are applied here as they stand, for comparison.
 """
+
+
+def _markdown_rows(rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
 def markdown(results: dict[str, dict[str, Any]], png_name: str, device: str = "cpu") -> str:
@@ -304,6 +368,18 @@ def markdown(results: dict[str, dict[str, Any]], png_name: str, device: str = "c
     lines += [f"| {t} | {m} | {v} |" for t, m, v in targets(results)]
     lines += ["", NOTES if device == "cpu" else GPU_NOTES]
     lines += [
+        "## uniopt against the fastest native",
+        "",
+        "uniopt's headline row (uniopt.torch's default step, uniopt.jax's jitted `update`, uniopt.tf "
+        "under `jit_compile`; where that is refused, the fastest other uniopt row) over the fastest "
+        "native variant timed in the same rounds; below 1 is faster.",
+        "",
+        "| " + " | ".join(AGAINST_HEADER) + " |",
+        "|" + "---|" * len(AGAINST_HEADER),
+    ]
+    lines += _markdown_rows(against_natives(results))
+    lines += ["", NON_ELEMENTWISE_NOTES if device == "cpu" else "", ""]
+    lines += [
         f"![step times]({png_name})",
         "",
         "## All variants",
@@ -311,7 +387,7 @@ def markdown(results: dict[str, dict[str, Any]], png_name: str, device: str = "c
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table_rows(results)]
+    lines += _markdown_rows(table_rows(results))
     return "\n".join(lines) + "\n"
 
 
@@ -328,6 +404,10 @@ def report(out: Path, docs: str, device: str = "cpu") -> int:
     for row in table_rows(results):
         table.add_row(*row)
     console.print(table)
+    against = Table(*AGAINST_HEADER, title="uniopt against the fastest native")
+    for row in against_natives(results):
+        against.add_row(*row)
+    console.print(against)
     goals = Table("target", "measured", "", title="targets")
     for t, m, v in targets(results):
         goals.add_row(t, m, f"[green]{v}[/]" if v == "met" else f"[red]{v}[/]")

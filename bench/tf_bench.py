@@ -64,6 +64,11 @@ def device_sync(device: str) -> Callable[[], None]:
     return lambda: None
 
 
+def _refuses_xla(exc: Exception) -> bool:
+    """uniopt.tf's refusal of ``jit_compile`` (per-step scalars from the host; docs/tf.md)."""
+    return isinstance(exc, ValueError) and "jit_compile" in str(exc)
+
+
 def _variant(name: str, kind: str, make: Callable[[], Any], jit: bool) -> Variant:
     holder: dict[str, Any] = {}
 
@@ -89,7 +94,8 @@ def _variant(name: str, kind: str, make: Callable[[], Any], jit: bool) -> Varian
     def sync() -> None:
         holder["vars"][0].numpy()  # tf runs ops synchronously on CPU; this is a cheap barrier
 
-    return Variant(name, kind, build, state_bytes=state_bytes, sync=sync)
+    refusal = _refuses_xla if jit else (lambda exc: False)
+    return Variant(name, kind, build, state_bytes=state_bytes, sync=sync, refusal=refusal)
 
 
 def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Variant]:
