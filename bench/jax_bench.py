@@ -27,16 +27,19 @@ def _optimizers() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def _native(optimizer: str) -> tuple[str, Callable[..., Any]] | None:
-    """optax's own factory of ``optimizer`` and its dotted name (``optax.contrib.muon``), where optax
-    defines it: the table's ``<module>.<alias>``. Timed even where uniopt.jax does not read it
-    (``optax.contrib.schedule_free_adamw``: ``native=False`` is about porting, not about existence)."""
+    """optax's own factory of ``optimizer`` and its dotted name (``optax.contrib.muon``): the table's
+    ``<module>.<alias>``, or for a factory uniopt.jax does not read (``native=False``) the alias in
+    ``optax`` or ``optax.contrib`` where optax has it (``optax.contrib.schedule_free_adamw``)."""
     import importlib
 
     from uniopt.registry import get
 
     names = get(optimizer).optax[0]
-    factory = getattr(importlib.import_module(names.module), names.alias, None)
-    return None if factory is None else (f"{names.module}.{names.alias}", factory)
+    for module in (names.module,) if names.native else ("optax", "optax.contrib"):
+        factory = getattr(importlib.import_module(module), names.alias, None)
+        if factory is not None:
+            return f"{module}.{names.alias}", factory
+    return None
 
 
 OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = _optimizers()

@@ -299,7 +299,7 @@ How to read the targets, and what limits each one:
 
 
 NON_ELEMENTWISE_NOTES = """\
-What separates the non-elementwise optimizers from their natives:
+What separates the non-elementwise optimizers (and Schedule-Free AdamW) from their natives:
 
 * **Adafactor and LAMB outside XLA** (uniopt.torch, uniopt.tf's `tf.function`): every norm, row
   sum and column sum is summed in the spec's fixed order, pairwise halving in ceil(log2 n)
@@ -307,8 +307,12 @@ What separates the non-elementwise optimizers from their natives:
   Adafactor's divisions by broadcast statistics are full-size exact divisions; and each tensor is
   stepped on its own (over a concatenation a norm would span several tensors). The fixed order is
   what makes these optimizers bitwise across backends and modes (docs/conformance.md,
-  "Reductions"); these ratios are its price. Under XLA (uniopt.jax, uniopt.tf with `jit_compile`)
-  the slices fuse and the figures come close to the natives'.
+  "Reductions"); these ratios are its price, largest on many small tensors, where the per-kernel
+  cost dominates. Under XLA (uniopt.jax, uniopt.tf with `jit_compile`) the slices fuse.
+* **Compilation grows with those slices**: XLA compiles uniopt.jax's 2000-tensor Adafactor, LAMB
+  and Schedule-Free steps and its 1000-matrix Muon step in about twice optax's time (the first
+  step column), and a `tf.function` of uniopt.tf's non-elementwise steps holds 250 to 530 graph
+  ops per tensor, so the many-tensor set is not traced there (the skipped rows say why).
 * **Muon**: a step is its Newton-Schulz products, 15 per matrix at 5 iterations.
   torch.optim.Muon runs them in bfloat16, on this CPU's bfloat16 matrix units.
   uniopt.torch.Muon's default convention runs them in float32, and `convention="torch"` computes
@@ -318,7 +322,7 @@ What separates the non-elementwise optimizers from their natives:
 * **Rows marked refused**: uniopt.tf refuses `jit_compile` where a step's scalars come from the
   host (Adafactor's relative step size never reaches a limit; Schedule-Free AdamW's weights depend
   on the history of learning rates), with the message shown; there the `tf.function` row is
-  uniopt.tf's step.
+  uniopt.tf's step, and the fastest native may be Keras's under XLA.
 """
 
 

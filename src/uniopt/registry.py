@@ -1796,7 +1796,6 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "state_dtype": (lambda v, c: v is None, "None (the state takes each parameter's dtype)")
                 },
                 native=False,
-                module="optax.contrib",
                 none_means={
                     "warmup_steps": (
                         0,
