@@ -187,12 +187,12 @@ def against_natives(results: dict[str, dict[str, Any]]) -> list[list[str]]:
         for optimizer, sets in data["results"].items():
             for entry in sets.values():
                 rows = entry["rows"]
+                other = _fastest(rows, "uniopt-mode")
                 # the default step, or where it was refused (uniopt.tf's XLA) the fastest other mode
-                ours = _fastest(rows, "uniopt") or _fastest(rows, "uniopt-mode")
+                ours = _fastest(rows, "uniopt") or other
                 if ours is None:
                     continue
                 native = _fastest(rows, "native")
-                other = _fastest(rows, "uniopt-mode")
                 faster = (
                     f"{other['name']}: {other['ms']:.2f} ms" if other and other["ms"] < ours["ms"] else ""
                 )

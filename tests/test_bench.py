@@ -23,21 +23,25 @@ def _variant(name: str, kind: str, fail: Exception | None = None, refusal=lambda
     return Variant(name, kind, build, refusal=refusal)
 
 
-def test_a_refused_variant_is_recorded_as_not_run_with_the_refusal():
-    refusal = ValueError("in user code: File x.py, line 3 ValueError: Adafactor: run without jit_compile")
-    rows = measure(
-        [
-            _variant("ours (jit_compile)", "uniopt", refusal, _refuses_xla),
-            _variant("theirs", "native"),
-        ],
+def _measure(variants: list[Variant], rounds: int = 1):
+    """``measure`` over one three-element float32 parameter, quietly."""
+    return measure(
+        variants,
         [np.zeros(3, np.float32)],
         [np.ones(3, np.float32)],
-        warmup=2,
-        rounds=2,
+        warmup=rounds,
+        rounds=rounds,
         steps=1,
         log=lambda s: None,
     )
-    ours, theirs = rows
+
+
+def test_a_refused_variant_is_recorded_as_not_run_with_the_refusal():
+    refusal = ValueError("in user code: File x.py, line 3 ValueError: Adafactor: run without jit_compile")
+    ours, theirs = _measure(
+        [_variant("ours (jit_compile)", "uniopt", refusal, _refuses_xla), _variant("theirs", "native")],
+        rounds=2,
+    )
     assert ours.ms is None and ours.first_step_s is None
     assert ours.skip == "refused: Adafactor: run without jit_compile"
     assert theirs.ms is not None and theirs.ms >= 0 and theirs.skip == ""
@@ -45,25 +49,9 @@ def test_a_refused_variant_is_recorded_as_not_run_with_the_refusal():
 
 def test_a_failure_that_is_no_refusal_stops_the_run():
     with pytest.raises(ValueError, match="a bug"):
-        measure(
-            [_variant("ours (jit_compile)", "uniopt", ValueError("a bug"), _refuses_xla)],
-            [np.zeros(3, np.float32)],
-            [np.ones(3, np.float32)],
-            warmup=1,
-            rounds=1,
-            steps=1,
-            log=lambda s: None,
-        )
+        _measure([_variant("ours (jit_compile)", "uniopt", ValueError("a bug"), _refuses_xla)])
     with pytest.raises(TypeError):  # only a ValueError naming jit_compile is uniopt.tf's refusal
-        measure(
-            [_variant("ours", "uniopt", TypeError("jit_compile"), _refuses_xla)],
-            [np.zeros(3, np.float32)],
-            [np.ones(3, np.float32)],
-            warmup=1,
-            rounds=1,
-            steps=1,
-            log=lambda s: None,
-        )
+        _measure([_variant("ours", "uniopt", TypeError("jit_compile"), _refuses_xla)])
 
 
 def _row(name: str, kind: str, ms: float | None) -> dict:
