@@ -492,7 +492,10 @@ def _common_errors(name: str, **extra: ErrorCase) -> tuple[ErrorCase, ...]:
 # optax arguments without a spec field that several aliases share: (accepts(value, convention), the
 # accepted values in words)
 _OPTAX_EPS_ROOT = (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)")
-_OPTAX_MU_DTYPE = (lambda v, c: True, "None")  # a dtype, checked against each parameter's at init
+_OPTAX_MU_DTYPE = (
+    lambda v, c: True,
+    "None, or a real floating dtype each parameter's dtype holds exactly (checked at init)",
+)
 
 
 def _beta_errors(name: str) -> dict[str, ErrorCase]:
@@ -571,7 +574,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "convention": "convention",
                 },
                 positional=("learning_rate", "momentum", "nesterov", "accumulator_dtype"),
-                only={"accumulator_dtype": (lambda v, c: True, "None")},
+                only={"accumulator_dtype": _OPTAX_MU_DTYPE},
                 state={"trace": "momentum_buffer"},
             ),
         ),
@@ -1215,7 +1218,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "convention": "convention",
                 },
                 positional=("learning_rate", "b1", "b2", "mu_dtype", "weight_decay", "mask"),
-                only={"mu_dtype": (lambda v, c: True, "None")},
+                only={"mu_dtype": _OPTAX_MU_DTYPE},
                 state={"count": "step", "mu": "exp_avg"},
             ),
         ),
