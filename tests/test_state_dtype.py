@@ -161,3 +161,15 @@ def test_round_to_dtype_is_ml_dtypes_rounding_of_the_float64():
             got = round_to_dtype(float(v), name)
             assert got == want or (math.isnan(got) and math.isnan(want)), (name, v, got, want)
             assert math.copysign(1, got) == math.copysign(1, want)
+
+
+def test_from_float64_a_bfloat16_slot_is_rounded_through_float32():
+    """m = 0.1 * g = -490.99999990 in float64: float32 rounds it to -491, a bfloat16 tie between
+    -490 and -492 that goes to the even -492 (XLA's conversion); rounded directly it would be -490."""
+    g = np.array([-4909.999999], np.float64)
+    m64 = g[0] * 0.1
+    assert np.asarray(m64).astype(BF16) == -490  # ml_dtypes' direct rounding
+    spec = uniopt.Adam(lr=1e-3)
+    state = spec.init([np.zeros(1)], slot_dtypes={"exp_avg": "bfloat16"})
+    _, state = spec.update([g], state, [np.zeros(1)])
+    assert float(state.slots[0]["exp_avg"][0]) == float(np.float32(m64).astype(BF16)) == -492.0

@@ -368,11 +368,12 @@ def rms(x: Array, xp: Any, one: Array) -> Array:
 # -- lower-precision state (optax's mu_dtype / accumulator_dtype) ------------------------------------
 # A slot of Spec.lower_precision_slots may be stored in a narrower float dtype than its parameter's.
 # The rule widens it to the parameter's dtype (exact: every value of the stored dtype is one of the
-# parameter's), computes in the parameter's dtype, and rounds the slot's new value once, to nearest
-# with ties to even, to the stored dtype (widened, stored). The update is computed from the unrounded
-# value. Conversions between float dtypes are correctly rounded in NumPy (ml_dtypes for bfloat16),
-# torch, TensorFlow and XLA, so every backend stores the same bits. optax's convention adds one
-# rounding optax makes (stored_product).
+# parameter's), computes in the parameter's dtype, and rounds the slot's new value to nearest with
+# ties to even to the stored dtype (widened, stored): once, or from float64 to a 16-bit dtype through
+# float32, as XLA converts. The update is computed from the unrounded value. Conversions from
+# float32 (and float64 to float32) are correctly rounded in NumPy (ml_dtypes for bfloat16), torch,
+# TensorFlow and XLA, so every backend stores the same bits. optax's convention adds one rounding
+# optax makes (stored_product).
 
 EXACTLY_WIDENS: dict[str, tuple[str, ...]] = {
     "float64": ("float32", "bfloat16", "float16"),
@@ -430,10 +431,17 @@ def widened(slot: Array, param: Array, xp: Any) -> Array:
 
 
 def stored(value: Array, slot: Array, xp: Any) -> Array:
-    """A slot's new value (computed in the parameter's dtype) as it is stored: rounded once, to
-    nearest with ties to even, to the dtype of ``slot`` (the value before the step) where that is
-    narrower; unchanged otherwise."""
-    return value if value.dtype == slot.dtype else xp.astype(value, slot.dtype)
+    """A slot's new value (computed in the parameter's dtype) as it is stored: rounded to nearest
+    with ties to even to the dtype of ``slot`` (the value before the step) where that is narrower;
+    unchanged otherwise. From float64 to a 16-bit dtype it is rounded to float32 first, then to the
+    16-bit dtype, as XLA converts float64 to bfloat16 (eagerly and under jit, measured with jax
+    0.10.2; NumPy's ml_dtypes rounds directly, and differs where the float32 rounding lands on a
+    bfloat16 tie): two roundings every backend makes alike."""
+    if value.dtype == slot.dtype:
+        return value
+    if float_bits(value, xp) == 64 and float_bits(slot, xp) == 16:
+        value = xp.astype(value, xp.float32)
+    return xp.astype(value, slot.dtype)
 
 
 def stored_product(slot: Array, factor: Array, param: Array, xp: Any) -> Array:
@@ -445,9 +453,7 @@ def stored_product(slot: Array, factor: Array, param: Array, xp: Any) -> Array:
     values is exact in float32, so one rounding to the stored dtype is the correctly rounded
     product. Where the slot is stored in the parameter's dtype, ``slot * factor``."""
     product = xp.multiply(widened(slot, param, xp), factor)
-    if slot.dtype == param.dtype:
-        return product
-    return xp.astype(xp.astype(product, slot.dtype), param.dtype)
+    return widened(stored(product, slot, xp), param, xp)
 
 
 def round_to_dtype(value: float, dtype: str) -> float:
