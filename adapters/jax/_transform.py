@@ -744,10 +744,16 @@ def transformation(
             g = _as_array(g, p.dtype)
             if g.shape != p.shape:
                 raise ValueError(f"{name}: a gradient of shape {g.shape} for a parameter of shape {p.shape}")
-            slots = {
-                n: _as_real(_as_array(slot_leaves[n][i], _slot_dtype(spec, n, p, state_dtype)), pairs)
-                for n in names
-            }
+            stored_as = {n: _slot_dtype(spec, n, p, state_dtype) for n in names}
+            for n in names:  # a narrower slot arrives as stored: never rounded here
+                have = getattr(slot_leaves[n][i], "dtype", None)
+                if stored_as[n] != p.dtype and have is not None and jnp.dtype(have) != stored_as[n]:
+                    raise ValueError(
+                        f"{name}: the state's slot {n!r} is {jnp.dtype(have).name}; this transformation "
+                        f"stores it in {jnp.dtype(stored_as[n]).name} ({state_dtype[0]}): expected the "
+                        "state of its init and updates"
+                    )
+            slots = {n: _as_real(_as_array(slot_leaves[n][i], stored_as[n]), pairs) for n in names}
             real = _as_real(p, pairs)
             sc = scalars[id(leaf_spec)].of(dtypes[i])
             new_p, new_s = leaf_spec.rule(real, _as_real(g, pairs), slots, sc, xp)

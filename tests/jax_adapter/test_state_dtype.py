@@ -159,6 +159,16 @@ def test_refused_state_dtypes_name_the_argument_before_any_state_exists():
         ujax.adam(1e-3, mu_dtype=jnp.float32).init({"w": jnp.ones(2, jnp.float16)})
 
 
+def test_a_state_whose_narrow_slot_has_another_dtype_is_refused_not_rounded():
+    params = {"w": jnp.ones(3)}
+    full = ujax.adam(1e-3).init(params)  # exp_avg in float32
+    tx = ujax.adam(1e-3, mu_dtype=jnp.bfloat16)
+    with pytest.raises(
+        ValueError, match=r"slot 'exp_avg' is float32; this transformation stores it in bfloat16"
+    ):
+        tx.update({"w": jnp.ones(3)}, full, params)
+
+
 def test_the_hosts_rounding_of_a_decay_is_jaxs_weak_typed_conversion():
     """optax multiplies the stored moment by a Python float: jax converts it to the moment's dtype.
     The spec rounds it on the host (round_to_dtype); both agree on the decays one uses and on
