@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 from uniopt import Spec
 from uniopt._validate import check_interval
 
-from . import _flat
+from . import _flat, _sparse
 from ._namespace import xp
 
 __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
@@ -300,7 +300,7 @@ class UnioptOptimizer(Optimizer):
     def _step_flat(self) -> None:
         """A step of the flat implementations: validate every group, then run each group's buckets
         (and the per-tensor path for parameters that cannot be flattened)."""
-        groups = []
+        groups, sparse = [], False
         for index, group in enumerate(self.param_groups):  # validate everything before any update
             spec = self._spec_of(group)
             params = group["params"]
@@ -313,8 +313,12 @@ class UnioptOptimizer(Optimizer):
             if cached is None or cached[0] != ids or list(map(_GRAD_LAYOUT, grads)) != cached[1]:
                 for p in params:  # names the first culprit; the layouts are then the expected ones
                     _check_grad(spec, p)
+                sparse = sparse or any(g.is_sparse for g in grads)
                 self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
             groups.append((index, spec, _lr(group["lr"]), params, ids, grads))
+        if sparse:  # a sparse gradient's step runs per tensor (_sparse.step_rows)
+            _run_loop(self._prepare())
+            return
         rounded: dict[tuple[int, Spec, float, int, torch.dtype], Any] = {}
         for index, spec, lr, params, ids, grads in groups:
             loop, buckets = self._layout(index, spec, params, ids)
@@ -418,7 +422,11 @@ class UnioptOptimizer(Optimizer):
                 # 0-d CPU tensors: torch reads them as scalars on any device, with no transfer
                 rounded[key] = _round(scalars[index, spec, lr, step], real.dtype)
             slots = self._slots(state, spec, p)
-            grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
+            grad = p.grad
+            if grad.is_sparse:  # coalesced; densified unless the spec's sparse rule is "rows"
+                grad = _sparse.prepared(spec, grad)
+            elif grad.is_complex():
+                grad = torch.view_as_real(grad)
             plan.append((spec, real, grad, slots, rounded[key]))
         return plan
 
@@ -685,6 +693,9 @@ _GRAD_LAYOUT = operator.attrgetter("layout", "dtype", "shape")
 def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]) -> None:
     """The rule per tensor, written back in place (traced by dynamo under ``torch.compile``)."""
     for spec, param, grad, slots, scalars in plan:
+        if grad.is_sparse:  # the "rows" sparse rule: the touched rows only
+            _sparse.step_rows(spec, param, grad, slots, scalars)
+            continue
         new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
         _write(param, new_param)
         for name, value in new_slots.items():
@@ -784,11 +795,9 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
 
 def _check_grad(spec: Spec, p: torch.Tensor) -> None:
     owner = f"uniopt.torch.{spec.name}"
+    _sparse.check(spec, p)  # sparse gradients where torch.optim takes them (SparseAdam: only them)
     if p.grad.is_sparse:
-        raise RuntimeError(
-            f"{owner} does not support sparse gradients; use dense gradients (for example "
-            "torch.nn.Embedding(..., sparse=False))"
-        )
+        return
     if p.grad.shape != p.shape or p.grad.dtype != p.dtype:
         raise RuntimeError(
             f"{owner}: a gradient of shape {tuple(p.grad.shape)} and dtype {p.grad.dtype} does "
