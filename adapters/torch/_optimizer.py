@@ -316,8 +316,8 @@ class UnioptOptimizer(Optimizer):
                 sparse = sparse or any(g.is_sparse for g in grads)
                 self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
             groups.append((index, spec, _lr(group["lr"]), params, ids, grads))
-        if sparse:  # a sparse gradient's step runs per tensor (_sparse.step_rows)
-            _run_loop(self._prepare())
+        if sparse:  # a step with a sparse gradient runs per tensor (_sparse.step_rows)
+            _run_loop(self._plan([(i, spec, lr, p) for i, spec, lr, params, _, _ in groups for p in params]))
             return
         rounded: dict[tuple[int, Spec, float, int, torch.dtype], Any] = {}
         for index, spec, lr, params, ids, grads in groups:
@@ -766,9 +766,31 @@ def _holds_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
+_ROUNDED: OrderedDict[tuple, Any] = OrderedDict()
+_ROUNDED_SIZE = 256
+
+
 def _round(scalars: Any, dtype: torch.dtype) -> Any:
-    """Each float field as a 0-d CPU tensor of ``dtype`` (rounded once); bools stay bools."""
-    return type(scalars)(*(v if isinstance(v, bool) else torch.tensor(v, dtype=dtype) for v in scalars))
+    """Each float field as a 0-d CPU tensor of ``dtype`` (rounded once); bools stay bools.
+
+    Kept by the fields' values (and which of them are ``-0.0``) and ``dtype``, least recently used
+    first out: a spec whose scalars reach their limit (SGD from its second step) gets the same
+    tensors step after step instead of making new ones (the rules only read them)."""
+    try:
+        negative_zeros = tuple(i for i, v in enumerate(scalars) if v == 0 and math.copysign(1.0, v) < 0)
+        key = (type(scalars), dtype, tuple(scalars), negative_zeros)
+        hit = _ROUNDED.get(key)
+    except TypeError:  # a field that is no number (unhashable, or without a sign)
+        key, hit = None, None
+    if hit is not None:
+        _ROUNDED.move_to_end(key)
+        return hit
+    out = type(scalars)(*(v if isinstance(v, bool) else torch.tensor(v, dtype=dtype) for v in scalars))
+    if key is not None:
+        _ROUNDED[key] = out
+        if len(_ROUNDED) > _ROUNDED_SIZE:
+            _ROUNDED.popitem(last=False)
+    return out
 
 
 def _check_param(spec: Spec, p: torch.Tensor) -> None:
