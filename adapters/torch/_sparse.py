@@ -15,7 +15,7 @@ or weight decay the rule is ``"dense"``, which torch.optim.SGD's sparse momentum
 computes), ``Adagrad`` without ``weight_decay`` (torch.optim.Adagrad refuses it), and
 ``SparseAdam``, which in turn refuses dense gradients as torch.optim.SparseAdam does. Every other
 optimizer refuses them with ``RuntimeError``, as its torch.optim namesake does. Complex parameters
-with sparse gradients are refused. A step with a sparse gradient runs per tensor, eagerly.
+with sparse gradients are refused. A step with a sparse gradient runs per tensor.
 """
 
 from __future__ import annotations

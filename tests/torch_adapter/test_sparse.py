@@ -320,3 +320,39 @@ def test_the_sparse_rule_of_each_spec():
     assert uniopt.Adagrad(weight_decay=0.1).sparse_rule() == "dense"
     assert uniopt.Adam().sparse_rule() == "dense"
     assert uniopt.sparse.SparseAdam().sparse_rule() == "rows"
+
+
+def test_a_sparse_adam_state_dict_resumes_bit_for_bit():
+    start = _start(np.float32)
+    stream = _stream(np.float32, steps=4)
+    p = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    opt = ut.SparseAdam([p], lr=0.05)
+    for indices, values in stream:
+        p.grad = _sparse(indices, values)
+        opt.step()
+    q = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    first = ut.SparseAdam([q], lr=0.05)
+    for indices, values in stream[:2]:
+        q.grad = _sparse(indices, values)
+        first.step()
+    resumed = ut.SparseAdam([q], lr=0.05)
+    resumed.load_state_dict(first.state_dict())
+    for indices, values in stream[2:]:
+        q.grad = _sparse(indices, values)
+        resumed.step()
+    assert torch.equal(p, q)
+    assert torch.equal(opt.state[p]["exp_avg_sq"], resumed.state[q]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("opt_cls", [ut.SGD, ut.SparseAdam])
+def test_a_sparse_step_under_torch_compile_gives_the_eager_values(opt_cls):
+    results = []
+    for compiled in (False, True):
+        p = torch.nn.Parameter(torch.from_numpy(_start(np.float32)))
+        opt = opt_cls([p], lr=0.1)
+        step = torch.compile(opt.step) if compiled else opt.step
+        for indices, values in _stream(np.float32, steps=3):
+            p.grad = _sparse(indices, values)
+            step()
+        results.append(p.detach().clone())
+    assert torch.equal(*results)
