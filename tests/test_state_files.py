@@ -452,3 +452,41 @@ def test_a_compressed_copy_still_loads(tmp_path):
     data[start + info.compress_size // 2] ^= 0xFF
     (tmp_path / "c.npz").write_bytes(data)
     assert "array 'slots/0/exp_avg' is damaged" in _load_error(tmp_path / "c.npz")
+
+
+# -- a record changed after it was made: refused before an import changes anything ----------------
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (
+            lambda r: r.slots[1].update(exp_avg=r.slots[1]["exp_avg"].astype(np.float64)),
+            r"parameter 1 slot 'exp_avg' is float64, the state holds the parameter as float32",
+        ),
+        (
+            lambda r: r.slots[2].update(exp_avg_sq=r.slots[2]["exp_avg_sq"].tolist()),
+            "parameter 2 slot 'exp_avg_sq' is float, the state holds the parameter as float32",
+        ),
+    ],
+)
+def test_a_slot_changed_after_the_record_checked_it_is_refused(change, match):
+    """A record's slot mappings are plain dicts: a slot replaced after construction is caught by
+    ``check_compatible`` (which every import runs first), not rounded into the target's dtype."""
+    spec = uniopt.RAdam(lr=0.01)
+    params, grads = stream("float32", steps=2)
+    params, state = reference(spec, params, grads)
+    record = export_state(spec, state, params)
+    change(record)
+    with pytest.raises(ValueError, match=match):
+        uniopt.porting.import_state(record, spec, params)
+
+
+def test_a_step_beyond_64_bits_is_refused():
+    spec = uniopt.RAdam(lr=0.01)
+    params, grads = stream("float32", steps=2)
+    params, state = reference(spec, params, grads)
+    record = export_state(spec, state, params).replace(step=2**63)
+    with pytest.raises(ValueError, match=r"step 9223372036854775808 does not fit a 64-bit step counter"):
+        uniopt.porting.import_state(record, spec, params)
+    uniopt.porting.check_compatible(record.replace(step=2**63 - 1), spec, [p.shape for p in params])

@@ -259,15 +259,19 @@ def check_compatible(
     """Raise ``ValueError`` naming the first mismatch between ``state`` and an optimizer running
     ``spec`` on parameters of ``shapes`` (and ``dtypes``).
 
-    Checked in this order: the optimizer, the parameter count, each parameter's shape and dtype, the
-    slot names ``spec`` needs, and (unless ``hyperparameters=False``) every hyperparameter, which must
-    be equal for the import to continue the saved run (``lr`` included). ``convention`` is not
+    Checked in this order: the optimizer, the step (below ``2**63``), the parameter count, each
+    parameter's shape and dtype, the history, the slot names ``spec`` needs, each slot's array (a
+    NumPy array of its parameter's dtype: a record's slot mappings can be changed after it checked
+    them) and shape, and (unless ``hyperparameters=False``) every hyperparameter, which must be
+    equal for the import to continue the saved run (``lr`` included). ``convention`` is not
     compared: it chooses whose formulas run, and a record moves between conventions (a
-    ``convention="torch"`` run of uniopt.torch into torch.optim, a Keras record into uniopt's rules);
-    where conventions keep different slots or a history, the checks above refuse the record.
+    ``convention="torch"`` run of uniopt.torch into torch.optim, a Keras record into uniopt's
+    rules); where conventions keep different slots or a history, the checks above refuse the record.
     """
     if state.optimizer != spec.name:
         raise ValueError(f"{owner}: the state is from {state.optimizer}, the optimizer is {spec.name}")
+    if state.step >= 2**63:  # the frameworks' step counters are int64 (uniopt.jax's int32: checked there)
+        raise ValueError(f"{owner}: step {state.step} does not fit a 64-bit step counter")
     if len(state.shapes) != len(shapes):
         raise ValueError(
             f"{owner}: the state holds {len(state.shapes)} parameters, the optimizer has {len(shapes)}"
@@ -298,8 +302,15 @@ def check_compatible(
         )
     for i, (slots, shape) in enumerate(zip(state.slots, state.shapes, strict=True)):
         for name in expected:  # the spec's slot shapes (another convention may factor otherwise)
-            want = spec.slot_shape(name, shape)
-            if tuple(slots[name].shape) != want:
+            value, want = slots[name], spec.slot_shape(name, shape)
+            # the record checked its arrays when it was made; its slot mappings can be changed since
+            if not isinstance(value, np.ndarray) or str(value.dtype) != state.dtypes[i]:
+                kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+                raise ValueError(
+                    f"{owner}: parameter {i} slot {name!r} is {kind}, the state holds the parameter as "
+                    f"{state.dtypes[i]} (a slot is a NumPy array of its parameter's dtype)"
+                )
+            if tuple(value.shape) != want:
                 raise ValueError(
                     f"{owner}: parameter {i} slot {name!r} has shape {tuple(slots[name].shape)}, "
                     f"{spec.name} with these hyperparameters keeps shape {want}"
