@@ -3,8 +3,9 @@
 :class:`PortableState` is a framework-neutral record of one optimizer's state: which optimizer, its
 hyperparameters, the convention whose rules produced the numbers, the step count and each
 parameter's slots as NumPy arrays, in parameter order. :func:`save_state` writes it to one ``.npz``
-file (the arrays as raw bits, the rest as JSON in a ``uint8`` array); :func:`load_state` reads it
-back with ``allow_pickle=False`` and validates everything, so loading never executes code.
+file (the arrays as raw bits, the rest as JSON in a ``uint8`` array), atomically (a temporary file
+renamed over the old one); :func:`load_state` reads it back without unpickling anything and
+validates everything, raising ``ValueError`` naming the file for any damaged or foreign file.
 
 The adapters (``uniopt.torch``, ``uniopt.tf``, ``uniopt.jax``) export their optimizers' state to this
 record and import it; :func:`export_state` and :func:`import_state` do the same for the core's
