@@ -213,6 +213,9 @@ def train(name: str) -> dict[str, np.ndarray]:
 
 def main() -> None:
     assert STRATEGY.num_replicas_in_sync == REPLICAS
+    if not ARGS.mirrored:  # the ring across the two workers, one replica each
+        assert STRATEGY.extended._communication_options.implementation == RING
+        assert len(STRATEGY.extended.worker_devices) == 1
     results = {}
     for label, build in (("keras_fit_error", False), ("keras_fit_error_after_build", True)):
         error = keras_fit_error(build)
