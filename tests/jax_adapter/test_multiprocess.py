@@ -129,12 +129,15 @@ def test_sums_over_four_devices_agree_across_processes_not_with_one_process(runs
 
 
 def test_sharded_and_data_parallel_steps_agree(runs):
-    """The two layouts compute the same math with different partial sums: close, and each
-    optimizer trained (the worker checks that every loss fell)."""
+    """The two layouts compute the same math with different partial sums, so they agree to
+    rounding (measured: the parameters and state the same bits, the losses within 2 ulp); the
+    worker checks that every loss fell."""
     single = runs["single"]
     for key in single:
-        if key.startswith("data/") and not key.endswith("/group"):  # the same math, other partial sums
-            np.testing.assert_allclose(single[key], single["sharded/" + key[5:]], rtol=2e-4, atol=2e-6)
+        if key.startswith("data/") and not key.endswith("/group"):
+            np.testing.assert_allclose(
+                single[key], single["sharded/" + key[5:]], rtol=1e-6, atol=1e-7, err_msg=key
+            )
 
 
 def test_every_cross_device_sum_adds_two_terms(runs):
