@@ -93,9 +93,13 @@ _HALF = (torch.float16, torch.bfloat16)
 DEVICES = ("cpu", "cuda")
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def eligible(p: torch.Tensor) -> bool:
-    """Whether ``p`` can live in a bucket: a contiguous real floating CPU or CUDA tensor."""
-    return p.device.type in DEVICES and p.dtype in FLAT_DTYPES and p.is_contiguous()
+    """Whether ``p`` can live in a bucket: a contiguous real floating CPU or CUDA tensor, not a
+    tensor subclass (a DTensor's memory is its local shard: the per-tensor path updates it)."""
+    return type(p) in _PLAIN and p.device.type in DEVICES and p.dtype in FLAT_DTYPES and p.is_contiguous()
 
 
 _TRITON_EXACT = {

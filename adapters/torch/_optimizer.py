@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 from uniopt import Spec
 from uniopt._validate import check_interval
 
-from . import _flat
+from . import _dtensor, _flat
 from ._namespace import xp
 
 __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
@@ -418,6 +418,9 @@ class UnioptOptimizer(Optimizer):
                 # 0-d CPU tensors: torch reads them as scalars on any device, with no transfer
                 rounded[key] = _round(scalars[index, spec, lr, step], real.dtype)
             slots = self._slots(state, spec, p)
+            if _dtensor.is_dtensor(p):  # FSDP2, tensor parallelism: the rule on the local shards
+                plan.append(_dtensor.plan_entry(spec, p, slots, rounded[key]))
+                continue
             grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
             plan.append((spec, real, grad, slots, rounded[key]))
         return plan
@@ -434,9 +437,16 @@ class UnioptOptimizer(Optimizer):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state_dict, plus which uniopt optimizer wrote it."""
+        """torch.optim's state_dict, plus which uniopt optimizer wrote it: a ``uniopt`` entry in the
+        dict and in each saved param group. ``torch.distributed.checkpoint.state_dict``'s
+        ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups`` (keyed by parameter
+        names), so the groups' entries are what tells :meth:`load_state_dict` that such a dict was
+        saved by this optimizer; a loaded group does not keep it."""
         out = super().state_dict()
-        out[_STATE_DICT_KEY] = self._state_dict_tag()
+        tag = self._state_dict_tag()
+        out[_STATE_DICT_KEY] = tag
+        for group in out["param_groups"]:
+            group[_STATE_DICT_KEY] = dict(tag)
         return out
 
     def _state_dict_tag(self) -> dict[str, Any]:
@@ -459,6 +469,9 @@ class UnioptOptimizer(Optimizer):
                 state_dict = adapted
         self._check_state_dict(state_dict)
         plain = {k: v for k, v in state_dict.items() if k != _STATE_DICT_KEY}
+        plain["param_groups"] = [
+            {k: v for k, v in group.items() if k != _STATE_DICT_KEY} for group in state_dict["param_groups"]
+        ]
         # steps as Python ints: torch.optim would cast a step tensor to float32 on the parameter's
         # device in a group with fused=True, which rounds counts above 2**24
         indices = {index for group in state_dict["param_groups"] for index in group["params"]}
@@ -582,7 +595,7 @@ class UnioptOptimizer(Optimizer):
         as torch.optim.Adafactor keeps no ``variance`` for a matrix."""
         used = spec.slots_in_use(tuple(p.shape))
         return {
-            name: self._slot(state, spec, name, p) if name in used else spec.init_slot(name, p, xp)
+            name: self._slot(state, spec, name, p) if name in used else _new_slot(spec, name, p)
             for name in spec.slot_names()
         }
 
@@ -590,7 +603,7 @@ class UnioptOptimizer(Optimizer):
         """The slot's tensor, viewed as real for complex params; created if the group gained it."""
         if name not in state:
             state[name] = (
-                spec.init_slot(name, p, xp)
+                _new_slot(spec, name, p)
                 if not p.is_complex()
                 else torch.view_as_complex(spec.init_slot(name, torch.view_as_real(p), xp))
             )
@@ -599,7 +612,7 @@ class UnioptOptimizer(Optimizer):
 
     def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
         owner = f"uniopt.torch.{self.spec_class.name}"
-        tag = state_dict.get(_STATE_DICT_KEY)
+        tag = _tag_of(state_dict)
         name = self.spec_class.name
         if not isinstance(tag, dict):
             other = f"torch.optim.{name}" if hasattr(torch.optim, name) else f"another {name}"
@@ -614,7 +627,9 @@ class UnioptOptimizer(Optimizer):
                 f"{owner}.load_state_dict: the state_dict was saved by {tag.get('optimizer')}, not "
                 f"by uniopt.torch.{name}; nothing was loaded"
             )
-        groups = [dict(saved) for saved in state_dict["param_groups"]]
+        groups = [
+            {k: v for k, v in saved.items() if k != _STATE_DICT_KEY} for saved in state_dict["param_groups"]
+        ]
         for saved in groups:  # an older state_dict's group may lack keys: they get their defaults
             self._complete(saved)
             self._check_options(saved, ())
@@ -659,6 +674,20 @@ class UnioptOptimizer(Optimizer):
                         )
 
 
+def _tag_of(state_dict: Mapping[str, Any]) -> Any:
+    """The ``uniopt`` entry of a state_dict: the dict's own, else the one every saved param group
+    holds (a dict rebuilt from ``state`` and ``param_groups`` alone, as
+    ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` returns it); ``None``
+    if there is none or the groups disagree."""
+    if _STATE_DICT_KEY in state_dict:
+        return state_dict[_STATE_DICT_KEY]
+    groups = state_dict.get("param_groups") or []
+    tags = [group.get(_STATE_DICT_KEY) if isinstance(group, Mapping) else None for group in groups]
+    if tags and all(isinstance(t, Mapping) and t == tags[0] for t in tags):
+        return dict(tags[0])
+    return None
+
+
 _SELECTING = ("decoupled_weight_decay",)
 """torch.optim options (not spec fields) whose value chooses the algorithm: torch.optim.Adam with
 ``decoupled_weight_decay=True`` is AdamW. A class's :attr:`UnioptOptimizer.torch_options` fixes the
@@ -700,6 +729,11 @@ def _write(target: torch.Tensor, value: torch.Tensor) -> None:
         target.view(1).copy_(value.reshape(1))
     else:
         target.copy_(value)
+
+
+def _new_slot(spec: Spec, name: str, p: torch.Tensor) -> torch.Tensor:
+    """The spec's initial slot ``name`` for ``p`` (a DTensor parameter's: see :mod:`._dtensor`)."""
+    return _dtensor.new_slot(spec, name, p) if _dtensor.is_dtensor(p) else spec.init_slot(name, p, xp)
 
 
 def _plain(owner: str, name: str, value: Any) -> Any:
@@ -764,6 +798,11 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
     owner = f"uniopt.torch.{spec.name}"
     if not (p.is_floating_point() or p.is_complex()):
         raise ValueError(f"{owner}: parameters must be floating point or complex, got {p.dtype}")
+    if p.is_complex() and _dtensor.is_dtensor(p):
+        raise ValueError(
+            f"{owner}: complex DTensor parameters are not supported, got {p.dtype}; expected real "
+            "floating DTensor parameters (or plain complex tensors)"
+        )
     if spec.real_only and p.is_complex():
         raise ValueError(
             f"{owner}: complex parameters are not supported ({spec.name}'s rule has no complex form, "
