@@ -14,10 +14,12 @@ tensor of every uniopt.torch parameter (torch.optim keeps a plain ``step`` tenso
 How a step runs the spec's rule, chosen by :attr:`uniopt.Spec.elementwise`:
 
 * elementwise rule: on the local shards (``DTensor._local_tensor``: parameter, gradient, slots), the
-  results written back in place. An element's update depends on that element alone, so the local
-  update is the single-process update restricted to the shard, bit for bit, with no communication.
-  A gradient whose placements differ from the parameter's (a replicated gradient of a sharded
-  parameter) is first redistributed to the parameter's placements.
+  results written back in place: per tensor (``"loop"``), or over flat buffers of the local shards
+  (:class:`uniopt.torch._flat.Bucket`, whose slot entries are DTensors over their pieces). An
+  element's update depends on that element alone, so the local update is the single-process update
+  restricted to the shard, bit for bit, with no communication. A gradient whose placements differ
+  from the parameter's (a replicated gradient of a sharded parameter) is first redistributed to the
+  parameter's placements.
 * not elementwise (``Lamb``'s norms, ``Adafactor``'s row and column means, ``Muon``'s matrix
   products): the rule reads the whole tensor, so the parameter, its gradient and its slots are
   gathered (``DTensor.full_tensor()``, an all-gather per tensor), the rule runs on the full tensors
@@ -43,7 +45,7 @@ from uniopt import Spec
 
 from ._namespace import xp
 
-__all__ = ["GatheredRule", "is_dtensor", "local", "new_slot", "plan_entry"]
+__all__ = ["GatheredRule", "is_dtensor", "like", "local", "local_grads", "new_slot", "plan_entry"]
 
 
 def is_dtensor(t: Any) -> bool:
@@ -77,18 +79,41 @@ def new_slot(spec: Spec, name: str, p: Any) -> Any:
     rank keeps its shard. A slot of another shape is replicated, from ``init_slot`` on the gathered
     parameter. ``init_slot`` of the gathered parameter is what a single process computes, so every
     rank's shard is the single-process slot's."""
-    from torch.distributed.tensor import DTensor, Replicate
+    from torch.distributed.tensor import Replicate
 
     shape = spec.slot_shape(name, tuple(p.shape))
     if shape == tuple(p.shape) and spec.elementwise:
-        value = spec.init_slot(name, p._local_tensor, xp)
-        return DTensor.from_local(
-            value, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
-        )
+        return like(p, spec.init_slot(name, p._local_tensor, xp))
     full = spec.init_slot(name, p.full_tensor(), xp)
     if shape == tuple(p.shape):
         return _shard(full, p)
     return _shard(full, p, [Replicate()] * p.device_mesh.ndim)
+
+
+def like(p: Any, value: torch.Tensor) -> Any:
+    """A DTensor whose local shard is ``value`` (shared, not copied), with ``p``'s mesh,
+    placements, shape and stride."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        value, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
+    )
+
+
+def local_grads(params: list[Any], grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The local shards of the DTensor parameters' gradients (with the parameters' placements), the
+    other gradients as they are; each shard checked against its parameter's."""
+    out = []
+    for p, g in zip(params, grads, strict=True):
+        if is_dtensor(p):
+            g = _grad_like(p)._local_tensor
+            if g.shape != p._local_tensor.shape:
+                raise RuntimeError(
+                    f"the local shard of a gradient has shape {tuple(g.shape)}, its parameter's "
+                    f"{tuple(p._local_tensor.shape)}"
+                )
+        out.append(g)
+    return out
 
 
 def _grad_like(p: Any) -> Any:

@@ -320,6 +320,8 @@ class UnioptOptimizer(Optimizer):
             loop, buckets = self._layout(index, spec, params, ids)
             if loop:
                 _run_loop(self._plan([(index, spec, lr, p) for p in loop], keep_buckets=True))
+            if any(bucket.distributed for bucket, _ in buckets):  # DTensor parameters: local shards
+                grads = _dtensor.local_grads(params, grads)
             for bucket, compiled in buckets:
                 key = (index, spec, lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
@@ -348,9 +350,11 @@ class UnioptOptimizer(Optimizer):
         position = {id(p): i for i, p in enumerate(params)}
         for p in params:
             # state in shared memory (Adagrad.share_memory) is updated in place per tensor: a
-            # bucket would move it into buffers of this process
-            if _flat.eligible(p) and not _in_shared_memory(self.state.get(p)):
-                by_kind.setdefault((p.device, p.dtype), []).append(p)
+            # bucket would move it into buffers of this process. A DTensor parameter is bucketed
+            # by its local shard, in buckets of DTensor parameters only
+            distributed = _dtensor.is_dtensor(p)
+            if _flat.eligible(_dtensor.local(p)) and not _in_shared_memory(self.state.get(p)):
+                by_kind.setdefault((p.device, p.dtype, distributed), []).append(p)
             else:
                 loop.append(p)
         buckets = []
@@ -777,7 +781,7 @@ def _in_shared_memory(state: dict[str, Any] | None) -> bool:
     """Whether a slot of ``state`` is a CPU tensor in shared memory (CUDA tensors count as shared
     for ``is_shared``, and the flat path keeps their storage in place)."""
     return bool(state) and any(
-        isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.is_shared()
+        isinstance(v, torch.Tensor) and v.device.type == "cpu" and _dtensor.local(v).is_shared()
         for k, v in state.items()
         if k != "step"
     )

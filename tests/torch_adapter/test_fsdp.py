@@ -53,12 +53,20 @@ OPTIONS = {"Muon": {"matmul": "exact"}}
 uniopt.muon); the exact products make the NumPy core a bitwise reference."""
 
 
+COMPILED = ("Adam",)
+"""The optimizers run with ``implementation="compiled"`` (inductor compiles a graph per spec: seconds
+each on a small machine)."""
+
+
 def _implementations(name: str, setup: str) -> tuple[str, ...]:
-    """Every implementation in the default FSDP2 setup; the per-tensor one and the default in the
-    others (flat and compiled are refused for a spec that is not elementwise)."""
+    """In the default FSDP2 setup every implementation (``"compiled"`` for :data:`COMPILED`); the
+    per-tensor one and the default in the others (``"flat"`` and ``"compiled"`` are refused for a
+    spec that is not elementwise)."""
     if not ELEMENTWISE[name]:
         return ("loop", "auto")
-    return ("loop", "flat", "compiled", "auto") if setup == "fsdp" else ("loop", "auto")
+    if setup != "fsdp":
+        return ("loop", "auto")
+    return ("loop", "flat", "auto", *(("compiled",) if name in COMPILED else ()))
 
 
 def _model() -> torch.nn.Module:
@@ -122,6 +130,7 @@ def _record(model, opt, name) -> dict:
                     "placements": _placements(value),
                     "full": value.full_tensor().clone(),
                     "local": value.to_local().clone(),
+                    "storage": value.to_local().untyped_storage().data_ptr(),
                 }
         state.append(entry)
     return {
@@ -410,6 +419,12 @@ def _check_run(ranks: list[dict], key: tuple[str, str, str]) -> None:
                     placements = [("Replicate", None)]
                 assert held["placements"] == placements, f"{where} {slot}: {held['placements']}"
                 assert torch.equal(held["local"], _shard(held["full"], placements, rank)), f"{where} {slot}"
+        # the flat implementations keep DTensor parameters' local shards of each slot in one buffer
+        for slot in {n for entry in run["state"] for n in entry if n != "step"}:
+            holding = [entry[slot] for entry in run["state"] if slot in entry]
+            storages = {held["storage"] for held in holding}
+            flat = ELEMENTWISE[name] and key[2] != "loop"
+            assert len(storages) == (1 if flat else len(holding)), f"{key}: rank {rank}, {slot}"
     initial = [p.detach().numpy() for p in _model().parameters()]
     assert not all(np.array_equal(a, b) for a, b in zip(expected, initial, strict=True)), (
         f"{key}: nothing moved"
