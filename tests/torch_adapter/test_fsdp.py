@@ -161,7 +161,13 @@ def _train(
         opt.step()
     if implementation is None:
         return {"params": [p.detach().full_tensor().clone() for p in model.parameters()]}
-    return {"grads": grads, **_record(model, opt, name)}
+    result = {"grads": grads, **_record(model, opt, name)}
+    if opt.spec_class.has_eval_view:  # Schedule-Free: the parameters to evaluate at, then back
+        opt.eval()
+        result["eval_params"] = [p.detach().full_tensor().clone() for p in model.parameters()]
+        opt.train()
+        result["train_params"] = [p.detach().full_tensor().clone() for p in model.parameters()]
+    return result
 
 
 def _checkpoint_runs(name: str, mesh, rank: int, folder: Path) -> dict:
@@ -429,6 +435,38 @@ def _check_run(ranks: list[dict], key: tuple[str, str, str]) -> None:
     assert not all(np.array_equal(a, b) for a, b in zip(expected, initial, strict=True)), (
         f"{key}: nothing moved"
     )
+
+
+@pytest.mark.parametrize("setup", ["fsdp", "tp"])
+def test_schedule_free_eval_and_train_switch_the_shards(ranks: list[dict], setup: str) -> None:
+    """``eval()`` turns each rank's shards into the evaluation sequence x, as the NumPy core's
+    ``eval_params`` of the same state; ``train()`` turns them back."""
+    run = ranks[0]["runs"]["ScheduleFreeAdamW", setup, "auto"]
+    params, state = _core("ScheduleFreeAdamW", run["grads"])
+    spec = uniopt.torch.ScheduleFreeAdamW.spec_class(lr=LR)
+    expected = spec.eval_params(params, state)
+    for i, (got, want) in enumerate(zip(run["eval_params"], expected, strict=True)):
+        np.testing.assert_array_equal(got.numpy(), want, err_msg=f"param {i}")
+    assert not all(np.array_equal(a, b) for a, b in zip(expected, params, strict=True))
+    back = spec.train_params(expected, state)
+    for i, (got, want) in enumerate(zip(run["train_params"], back, strict=True)):
+        np.testing.assert_array_equal(got.numpy(), want, err_msg=f"param {i}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_state_dict_template_step_leaves_the_parameters(name: str) -> None:
+    """``get_optimizer_state_dict`` of an optimizer without state first runs a ``step()`` with lr 0
+    and zero gradients (torch's ``_init_optim_state``, to create the state a checkpoint loads
+    into): it must not move the parameters, even with weight decay."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = uniopt.torch.OPTIMIZERS[name](_trained(name, model), lr=LR, weight_decay=0.1)
+    optim_sd = get_optimizer_state_dict(model, opt)
+    assert optim_sd["state"], "no state was created"
+    for i, (a, b) in enumerate(zip(before, model.parameters(), strict=True)):
+        assert torch.equal(a, b), f"param {i}"
 
 
 FSDP_KEYS = [(n, s, i) for n in NAMES for s in FSDP_SETUPS for i in _implementations(n, s)]
