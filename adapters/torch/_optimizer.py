@@ -620,11 +620,22 @@ class UnioptOptimizer(Optimizer):
         name = self.spec_class.name
         if not isinstance(tag, dict):
             other = f"torch.optim.{name}" if hasattr(torch.optim, name) else f"another {name}"
+            groups = state_dict.get("param_groups") or []
+            named = any(
+                isinstance(i, str) for g in groups if isinstance(g, dict) for i in g.get("params", ())
+            )
+            hint = (
+                " (a dict of torch.distributed.checkpoint.state_dict keeps the entry in its default "
+                "form; StateDictOptions(flatten_optimizer_state_dict=True) drops it: save and load "
+                "uniopt optimizers unflattened)"
+                if named
+                else ""
+            )
             raise ValueError(
                 f"{owner}.load_state_dict: the state_dict was saved by a non-uniopt optimizer (it "
                 f"has no {_STATE_DICT_KEY!r} entry), for example {other}; nothing was "
                 f"loaded. To continue that run, call "
-                "uniopt.torch.load_torch_optim_state_dict(optimizer, state_dict)"
+                f"uniopt.torch.load_torch_optim_state_dict(optimizer, state_dict){hint}"
             )
         if tag.get("optimizer") != name:
             raise ValueError(

@@ -469,6 +469,34 @@ def test_the_state_dict_template_step_leaves_the_parameters(name: str) -> None:
         assert torch.equal(a, b), f"param {i}"
 
 
+def test_distributed_state_dicts_without_the_uniopt_entry_are_refused() -> None:
+    """A torch.optim dict from ``get_optimizer_state_dict`` is refused as torch.optim dicts are; the
+    flattened form (``flatten_optimizer_state_dict=True``), which drops the groups' ``uniopt`` entry,
+    is refused with the reason; nothing is loaded either way."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    model = _model()
+    x, y = _rank_data(0)
+    native = torch.optim.RAdam(model.parameters(), lr=LR)
+    _loss(model, x, y).backward()
+    native.step()
+    opt = uniopt.torch.RAdam(model.parameters(), lr=LR)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[next(model.parameters())].items()}
+    with pytest.raises(ValueError, match=r"non-uniopt optimizer.*load_torch_optim_state_dict"):
+        set_optimizer_state_dict(model, opt, get_optimizer_state_dict(model, native))
+    flattened = StateDictOptions(flatten_optimizer_state_dict=True)
+    optim_sd = get_optimizer_state_dict(model, opt, options=flattened)
+    with pytest.raises(ValueError, match="flatten_optimizer_state_dict=True"):
+        set_optimizer_state_dict(model, opt, optim_sd, options=flattened)
+    after = opt.state[next(model.parameters())]
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
 FSDP_KEYS = [(n, s, i) for n in NAMES for s in FSDP_SETUPS for i in _implementations(n, s)]
 
 
