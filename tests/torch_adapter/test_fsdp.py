@@ -536,6 +536,29 @@ def test_fsdp2_native_torch_optim_is_close(ranks: list[dict], name: str) -> None
         assert (a - b).norm() <= within, f"param {i}: {(a - b).norm()} against a displacement of {moved}"
 
 
+def test_fsdp2_muon_backend_products_match_a_single_process(ranks: list[dict]) -> None:
+    """Muon's default products (torch's ``matmul``, not bitwise with NumPy) on the gathered matrices:
+    under FSDP2 (``convention="torch"``, the cross-check's run) bitwise a single process's
+    uniopt.torch.Muon on the averaged gradients, one intra-op thread on both sides."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = _model()
+        params = _trained("Muon", model)
+        opt = uniopt.torch.Muon(params, lr=LR, convention="torch")
+        for _ in range(STEPS):
+            current = [p.detach().numpy().copy() for p in model.parameters()]
+            for p, g in zip(params, _averaged_gradients("Muon", current), strict=True):
+                p.grad = g
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    for i, (got, want) in enumerate(
+        zip(ranks[0]["native"]["Muon"]["uniopt"], model.parameters(), strict=True)
+    ):
+        assert torch.equal(got, want.detach()), f"param {i}"
+
+
 TP_KEYS = [(n, "tp", i) for n in NAMES for i in ("loop", "auto")]
 
 
