@@ -45,7 +45,16 @@ from uniopt import Spec
 
 from ._namespace import xp
 
-__all__ = ["GatheredRule", "is_dtensor", "like", "local", "local_grads", "new_slot", "plan_entry"]
+__all__ = [
+    "GatheredRule",
+    "check_grads",
+    "is_dtensor",
+    "like",
+    "local",
+    "local_grads",
+    "new_slot",
+    "plan_entry",
+]
 
 
 def is_dtensor(t: Any) -> bool:
@@ -114,6 +123,24 @@ def local_grads(params: list[Any], grads: list[torch.Tensor]) -> list[torch.Tens
                 )
         out.append(g)
     return out
+
+
+def check_grads(owner: str, groups: list[dict[str, Any]]) -> None:
+    """Raise ``RuntimeError`` for a DTensor parameter whose gradient is not a DTensor on its mesh (a
+    gradient assigned by hand): checked for every parameter before a step changes anything."""
+    for group in groups:
+        for p in group["params"]:
+            grad = p.grad
+            if (
+                grad is not None
+                and is_dtensor(p)
+                and not (is_dtensor(grad) and grad.device_mesh == p.device_mesh)
+            ):
+                raise RuntimeError(
+                    f"uniopt.torch.{owner}: a DTensor parameter of shape {tuple(p.shape)} has a "
+                    f"gradient of type {type(grad).__name__}; expected a DTensor on the parameter's "
+                    "device mesh (the gradient autograd computes for it)"
+                )
 
 
 def _grad_like(p: Any) -> Any:

@@ -281,6 +281,9 @@ class UnioptOptimizer(Optimizer):
                 seen[id(p)] = i
                 _check_param(spec, p)
         super().add_param_group(param_group)
+        # DTensor parameters (FSDP2, tensor parallelism): their gradients are checked before a step
+        distributed = any(map(_dtensor.is_dtensor, self.param_groups[-1]["params"]))
+        self._distributed = getattr(self, "_distributed", False) or distributed
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -289,6 +292,8 @@ class UnioptOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if getattr(self, "_distributed", False):  # before anything changes
+            _dtensor.check_grads(self.spec_class.name, self.param_groups)
         compiling = torch.compiler.is_compiling()
         if compiling or self.implementation == "loop" or not self.spec_class.elementwise:
             prepare = _compiler_disabled_prepare() if compiling else UnioptOptimizer._prepare

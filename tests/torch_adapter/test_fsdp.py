@@ -170,6 +170,32 @@ def _train(
     return result
 
 
+def _refusals(mesh) -> dict:
+    """A step with a plain gradient assigned to a DTensor parameter: the error, and whether the
+    parameters and the state (gathered) are as before it."""
+    out = {}
+    for implementation in ("loop", "auto"):
+        model = _fsdp_model("fsdp", mesh)
+        opt = uniopt.torch.Adam(model.parameters(), lr=LR, implementation=implementation)
+        _loss(model, *_rank_data(0)).backward()
+        opt.step()
+        before = _record(model, opt, "Adam")
+        first = next(iter(model.parameters()))
+        first.grad = torch.zeros(first.shape)
+        try:
+            opt.step()
+            error = None
+        except RuntimeError as raised:
+            error = str(raised)
+        after = _record(model, opt, "Adam")
+        same = all(torch.equal(a, b) for a, b in zip(before["params"], after["params"], strict=True))
+        for old, new in zip(before["state"], after["state"], strict=True):
+            same = same and old["step"] == new["step"]
+            same = same and all(torch.equal(old[k]["full"], new[k]["full"]) for k in old if k != "step")
+        out[implementation] = {"error": error, "unchanged": same}
+    return out
+
+
 def _checkpoint_runs(name: str, mesh, rank: int, folder: Path) -> dict:
     """FSDP2: ``SAVED_AT`` steps, a distributed checkpoint (model and optimizer), then the uninterrupted
     run to ``STEPS``; a fresh model and optimizer load the checkpoint and continue to ``STEPS``."""
@@ -255,7 +281,7 @@ def _worker(rank: int, port: int, out: Path) -> None:
         world_size=WORLD,
         timeout=timedelta(seconds=60),
     )
-    results: dict = {"runs": {}, "native": {}, "checkpoint": {}, "seconds": {}}
+    results: dict = {"runs": {}, "native": {}, "checkpoint": {}, "refusals": {}, "seconds": {}}
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
         start = time.monotonic()
@@ -273,6 +299,7 @@ def _worker(rank: int, port: int, out: Path) -> None:
                 except RuntimeError as error:  # a torch.optim optimizer that DTensors refuse
                     native = {"error": str(error).splitlines()[0]}
                 results["native"][name] = {"uniopt": ours["params"], **native}
+        results["refusals"] = _refusals(mesh)
         results["seconds"]["fsdp"] = time.monotonic() - start
         start = time.monotonic()
         for name in NAMES:
@@ -467,6 +494,16 @@ def test_the_state_dict_template_step_leaves_the_parameters(name: str) -> None:
     assert optim_sd["state"], "no state was created"
     for i, (a, b) in enumerate(zip(before, model.parameters(), strict=True)):
         assert torch.equal(a, b), f"param {i}"
+
+
+@pytest.mark.parametrize("implementation", ["loop", "auto"])
+def test_a_plain_gradient_of_a_dtensor_parameter_is_refused_before_any_change(
+    ranks: list[dict], implementation: str
+) -> None:
+    for rank, result in enumerate(ranks):
+        refusal = result["refusals"][implementation]
+        assert refusal["error"] is not None and "expected a DTensor" in refusal["error"], (rank, refusal)
+        assert refusal["unchanged"], f"rank {rank}: the failed step changed parameters or state"
 
 
 def test_distributed_state_dicts_without_the_uniopt_entry_are_refused() -> None:
