@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 from uniopt import Spec
 from uniopt._validate import check_interval
 
-from . import _flat, _sparse
+from . import _dtensor, _flat, _sparse
 from ._namespace import xp
 
 __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
@@ -281,6 +281,9 @@ class UnioptOptimizer(Optimizer):
                 seen[id(p)] = i
                 _check_param(spec, p)
         super().add_param_group(param_group)
+        # DTensor parameters (FSDP2, tensor parallelism): their gradients are checked before a step
+        distributed = any(map(_dtensor.is_dtensor, self.param_groups[-1]["params"]))
+        self._distributed = getattr(self, "_distributed", False) or distributed
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -289,6 +292,8 @@ class UnioptOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if getattr(self, "_distributed", False):  # before anything changes
+            _dtensor.check_grads(self.spec_class.name, self.param_groups)
         compiling = torch.compiler.is_compiling()
         if compiling or self.implementation == "loop" or not self.spec_class.elementwise:
             prepare = _compiler_disabled_prepare() if compiling else UnioptOptimizer._prepare
@@ -324,6 +329,8 @@ class UnioptOptimizer(Optimizer):
             loop, buckets = self._layout(index, spec, params, ids)
             if loop:
                 _run_loop(self._plan([(index, spec, lr, p) for p in loop], keep_buckets=True))
+            if any(bucket.distributed for bucket, _ in buckets):  # DTensor parameters: local shards
+                grads = _dtensor.local_grads(params, grads)
             for bucket, compiled in buckets:
                 key = (index, spec, lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
@@ -352,9 +359,11 @@ class UnioptOptimizer(Optimizer):
         position = {id(p): i for i, p in enumerate(params)}
         for p in params:
             # state in shared memory (Adagrad.share_memory) is updated in place per tensor: a
-            # bucket would move it into buffers of this process
-            if _flat.eligible(p) and not _in_shared_memory(self.state.get(p)):
-                by_kind.setdefault((p.device, p.dtype), []).append(p)
+            # bucket would move it into buffers of this process. A DTensor parameter is bucketed
+            # by its local shard, in buckets of DTensor parameters only
+            distributed = _dtensor.is_dtensor(p)
+            if _flat.eligible(_dtensor.local(p)) and not _in_shared_memory(self.state.get(p)):
+                by_kind.setdefault((p.device, p.dtype, distributed), []).append(p)
             else:
                 loop.append(p)
         buckets = []
@@ -422,6 +431,9 @@ class UnioptOptimizer(Optimizer):
                 # 0-d CPU tensors: torch reads them as scalars on any device, with no transfer
                 rounded[key] = _round(scalars[index, spec, lr, step], real.dtype)
             slots = self._slots(state, spec, p)
+            if _dtensor.is_dtensor(p):  # FSDP2, tensor parallelism: the rule on the local shards
+                plan.append(_dtensor.plan_entry(spec, p, slots, rounded[key]))
+                continue
             grad = p.grad
             if grad.is_sparse:  # coalesced; densified unless the spec's sparse rule is "rows"
                 grad = _sparse.prepared(spec, grad)
@@ -442,9 +454,16 @@ class UnioptOptimizer(Optimizer):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state_dict, plus which uniopt optimizer wrote it."""
+        """torch.optim's state_dict, plus which uniopt optimizer wrote it: a ``uniopt`` entry in the
+        dict and in each saved param group. ``torch.distributed.checkpoint.state_dict``'s
+        ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups`` (keyed by parameter
+        names), so the groups' entries are what tells :meth:`load_state_dict` that such a dict was
+        saved by this optimizer; a loaded group does not keep it."""
         out = super().state_dict()
-        out[_STATE_DICT_KEY] = self._state_dict_tag()
+        tag = self._state_dict_tag()
+        out[_STATE_DICT_KEY] = tag
+        for group in out["param_groups"]:
+            group[_STATE_DICT_KEY] = dict(tag)
         return out
 
     def _state_dict_tag(self) -> dict[str, Any]:
@@ -467,6 +486,9 @@ class UnioptOptimizer(Optimizer):
                 state_dict = adapted
         self._check_state_dict(state_dict)
         plain = {k: v for k, v in state_dict.items() if k != _STATE_DICT_KEY}
+        plain["param_groups"] = [
+            {k: v for k, v in group.items() if k != _STATE_DICT_KEY} for group in state_dict["param_groups"]
+        ]
         # steps as Python ints: torch.optim would cast a step tensor to float32 on the parameter's
         # device in a group with fused=True, which rounds counts above 2**24
         indices = {index for group in state_dict["param_groups"] for index in group["params"]}
@@ -590,7 +612,7 @@ class UnioptOptimizer(Optimizer):
         as torch.optim.Adafactor keeps no ``variance`` for a matrix."""
         used = spec.slots_in_use(tuple(p.shape))
         return {
-            name: self._slot(state, spec, name, p) if name in used else spec.init_slot(name, p, xp)
+            name: self._slot(state, spec, name, p) if name in used else _new_slot(spec, name, p)
             for name in spec.slot_names()
         }
 
@@ -598,7 +620,7 @@ class UnioptOptimizer(Optimizer):
         """The slot's tensor, viewed as real for complex params; created if the group gained it."""
         if name not in state:
             state[name] = (
-                spec.init_slot(name, p, xp)
+                _new_slot(spec, name, p)
                 if not p.is_complex()
                 else torch.view_as_complex(spec.init_slot(name, torch.view_as_real(p), xp))
             )
@@ -607,22 +629,35 @@ class UnioptOptimizer(Optimizer):
 
     def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
         owner = f"uniopt.torch.{self.spec_class.name}"
-        tag = state_dict.get(_STATE_DICT_KEY)
+        tag = _tag_of(state_dict)
         name = self.spec_class.name
         if not isinstance(tag, dict):
             other = f"torch.optim.{name}" if hasattr(torch.optim, name) else f"another {name}"
+            groups = state_dict.get("param_groups") or []
+            named = any(
+                isinstance(i, str) for g in groups if isinstance(g, dict) for i in g.get("params", ())
+            )
+            hint = (
+                " (a dict of torch.distributed.checkpoint.state_dict keeps the entry in its default "
+                "form; StateDictOptions(flatten_optimizer_state_dict=True) drops it: save and load "
+                "uniopt optimizers unflattened)"
+                if named
+                else ""
+            )
             raise ValueError(
                 f"{owner}.load_state_dict: the state_dict was saved by a non-uniopt optimizer (it "
                 f"has no {_STATE_DICT_KEY!r} entry), for example {other}; nothing was "
                 f"loaded. To continue that run, call "
-                "uniopt.torch.load_torch_optim_state_dict(optimizer, state_dict)"
+                f"uniopt.torch.load_torch_optim_state_dict(optimizer, state_dict){hint}"
             )
         if tag.get("optimizer") != name:
             raise ValueError(
                 f"{owner}.load_state_dict: the state_dict was saved by {tag.get('optimizer')}, not "
                 f"by uniopt.torch.{name}; nothing was loaded"
             )
-        groups = [dict(saved) for saved in state_dict["param_groups"]]
+        groups = [
+            {k: v for k, v in saved.items() if k != _STATE_DICT_KEY} for saved in state_dict["param_groups"]
+        ]
         for saved in groups:  # an older state_dict's group may lack keys: they get their defaults
             self._complete(saved)
             self._check_options(saved, ())
@@ -665,6 +700,20 @@ class UnioptOptimizer(Optimizer):
                             f"{tuple(entry[name].shape)} but the parameter has shape "
                             f"{tuple(p.shape)}{slot}; nothing was loaded"
                         )
+
+
+def _tag_of(state_dict: Mapping[str, Any]) -> Any:
+    """The ``uniopt`` entry of a state_dict: the dict's own, else the one every saved param group
+    holds (a dict rebuilt from ``state`` and ``param_groups`` alone, as
+    ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` returns it); ``None``
+    if there is none or the groups disagree."""
+    if _STATE_DICT_KEY in state_dict:
+        return state_dict[_STATE_DICT_KEY]
+    groups = state_dict.get("param_groups") or []
+    tags = [group.get(_STATE_DICT_KEY) if isinstance(group, Mapping) else None for group in groups]
+    if tags and all(isinstance(t, Mapping) and t == tags[0] for t in tags):
+        return dict(tags[0])
+    return None
 
 
 _SELECTING = ("decoupled_weight_decay",)
@@ -713,6 +762,11 @@ def _write(target: torch.Tensor, value: torch.Tensor) -> None:
         target.copy_(value)
 
 
+def _new_slot(spec: Spec, name: str, p: torch.Tensor) -> torch.Tensor:
+    """The spec's initial slot ``name`` for ``p`` (a DTensor parameter's: see :mod:`._dtensor`)."""
+    return _dtensor.new_slot(spec, name, p) if _dtensor.is_dtensor(p) else spec.init_slot(name, p, xp)
+
+
 def _plain(owner: str, name: str, value: Any) -> Any:
     """A hyperparameter as the spec takes it: a 1-element tensor (torch.optim accepts ``lr`` and
     Adam's ``betas`` as tensors) as its value as a Python float, a list as a tuple. Raises
@@ -754,7 +808,7 @@ def _in_shared_memory(state: dict[str, Any] | None) -> bool:
     """Whether a slot of ``state`` is a CPU tensor in shared memory (CUDA tensors count as shared
     for ``is_shared``, and the flat path keeps their storage in place)."""
     return bool(state) and any(
-        isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.is_shared()
+        isinstance(v, torch.Tensor) and v.device.type == "cpu" and _dtensor.local(v).is_shared()
         for k, v in state.items()
         if k != "step"
     )
@@ -797,6 +851,11 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
     owner = f"uniopt.torch.{spec.name}"
     if not (p.is_floating_point() or p.is_complex()):
         raise ValueError(f"{owner}: parameters must be floating point or complex, got {p.dtype}")
+    if p.is_complex() and _dtensor.is_dtensor(p):
+        raise ValueError(
+            f"{owner}: complex DTensor parameters are not supported, got {p.dtype}; expected real "
+            "floating DTensor parameters (or plain complex tensors)"
+        )
     if spec.real_only and p.is_complex():
         raise ValueError(
             f"{owner}: complex parameters are not supported ({spec.name}'s rule has no complex form, "
