@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 from uniopt import Spec
 from uniopt._validate import check_interval
 
-from . import _dtensor, _flat
+from . import _dtensor, _flat, _sparse
 from ._namespace import xp
 
 __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
@@ -305,7 +305,7 @@ class UnioptOptimizer(Optimizer):
     def _step_flat(self) -> None:
         """A step of the flat implementations: validate every group, then run each group's buckets
         (and the per-tensor path for parameters that cannot be flattened)."""
-        groups = []
+        groups, sparse = [], False
         for index, group in enumerate(self.param_groups):  # validate everything before any update
             spec = self._spec_of(group)
             params = group["params"]
@@ -318,8 +318,12 @@ class UnioptOptimizer(Optimizer):
             if cached is None or cached[0] != ids or list(map(_GRAD_LAYOUT, grads)) != cached[1]:
                 for p in params:  # names the first culprit; the layouts are then the expected ones
                     _check_grad(spec, p)
+                sparse = sparse or any(g.is_sparse for g in grads)
                 self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
             groups.append((index, spec, _lr(group["lr"]), params, ids, grads))
+        if sparse:  # a step with a sparse gradient runs per tensor (_sparse.step_rows)
+            _run_loop(self._plan([(i, spec, lr, p) for i, spec, lr, params, _, _ in groups for p in params]))
+            return
         rounded: dict[tuple[int, Spec, float, int, torch.dtype], Any] = {}
         for index, spec, lr, params, ids, grads in groups:
             loop, buckets = self._layout(index, spec, params, ids)
@@ -430,7 +434,11 @@ class UnioptOptimizer(Optimizer):
             if _dtensor.is_dtensor(p):  # FSDP2, tensor parallelism: the rule on the local shards
                 plan.append(_dtensor.plan_entry(spec, p, slots, rounded[key]))
                 continue
-            grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
+            grad = p.grad
+            if grad.is_sparse:  # coalesced; densified unless the spec's sparse rule is "rows"
+                grad = _sparse.prepared(spec, grad)
+            elif grad.is_complex():
+                grad = torch.view_as_real(grad)
             plan.append((spec, real, grad, slots, rounded[key]))
         return plan
 
@@ -734,6 +742,9 @@ _GRAD_LAYOUT = operator.attrgetter("layout", "dtype", "shape")
 def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]) -> None:
     """The rule per tensor, written back in place (traced by dynamo under ``torch.compile``)."""
     for spec, param, grad, slots, scalars in plan:
+        if grad.is_sparse:  # the "rows" sparse rule: the touched rows only
+            _sparse.step_rows(spec, param, grad, slots, scalars)
+            continue
         new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
         _write(param, new_param)
         for name, value in new_slots.items():
@@ -809,9 +820,31 @@ def _holds_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
+_ROUNDED: OrderedDict[tuple, Any] = OrderedDict()
+_ROUNDED_SIZE = 256
+
+
 def _round(scalars: Any, dtype: torch.dtype) -> Any:
-    """Each float field as a 0-d CPU tensor of ``dtype`` (rounded once); bools stay bools."""
-    return type(scalars)(*(v if isinstance(v, bool) else torch.tensor(v, dtype=dtype) for v in scalars))
+    """Each float field as a 0-d CPU tensor of ``dtype`` (rounded once); bools stay bools.
+
+    Kept by the fields' values (and which of them are ``-0.0``) and ``dtype``, least recently used
+    first out: a spec whose scalars reach their limit (SGD from its second step) gets the same
+    tensors step after step instead of making new ones (the rules only read them)."""
+    try:
+        negative_zeros = tuple(i for i, v in enumerate(scalars) if v == 0 and math.copysign(1.0, v) < 0)
+        key = (type(scalars), dtype, tuple(scalars), negative_zeros)
+        hit = _ROUNDED.get(key)
+    except TypeError:  # a field that is no number (unhashable, or without a sign)
+        key, hit = None, None
+    if hit is not None:
+        _ROUNDED.move_to_end(key)
+        return hit
+    out = type(scalars)(*(v if isinstance(v, bool) else torch.tensor(v, dtype=dtype) for v in scalars))
+    if key is not None:
+        _ROUNDED[key] = out
+        if len(_ROUNDED) > _ROUNDED_SIZE:
+            _ROUNDED.popitem(last=False)
+    return out
 
 
 def _check_param(spec: Spec, p: torch.Tensor) -> None:
@@ -843,11 +876,9 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
 
 def _check_grad(spec: Spec, p: torch.Tensor) -> None:
     owner = f"uniopt.torch.{spec.name}"
+    _sparse.check(spec, p)  # sparse gradients where torch.optim takes them (SparseAdam: only them)
     if p.grad.is_sparse:
-        raise RuntimeError(
-            f"{owner} does not support sparse gradients; use dense gradients (for example "
-            "torch.nn.Embedding(..., sparse=False))"
-        )
+        return
     if p.grad.shape != p.shape or p.grad.dtype != p.dtype:
         raise RuntimeError(
             f"{owner}: a gradient of shape {tuple(p.grad.shape)} and dtype {p.grad.dtype} does "
