@@ -9,17 +9,27 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from .common import (
+    SPARSE_ROWS,
+    SPARSE_SHAPE,
     accepted_shapes,
     arrays,
     bound_variants,
     measure,
     param_set,
     rss_probe,
+    sparse_gradient,
     write_results,
 )
 
+SPARSE_STEPS = 20
+"""Consecutive steps per variant and round on the sparse set: uniopt's steps take well under a
+millisecond (two would time mostly the clock), Keras's Adagrad computes a dense root of its
+accumulator (0.3 s a step here), which bounds the count above."""
 DEFAULT_OPTIMIZERS = ("RAdam", "Adam", "Adafactor", "Lamb", "Muon", "ScheduleFreeAdamW")
 DOCS = {"cpu": "docs/benchmarks.md", "gpu": "docs/benchmarks-gpu.md"}
 
@@ -51,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     table: dict[str, dict[str, dict]] = {}
     started = time.time()
     for set_name in args.sets:
+        if set_name == "sparse":
+            path = _run_sparse(args, mod, options, table, started, probe)
+            continue
         full = param_set(set_name, args.quick)
         for name in optimizers:
             pset = accepted_shapes(full, name)
@@ -82,6 +95,42 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sparse(
+    args: argparse.Namespace, mod: Any, options: dict[str, Any], table: dict, started: float, probe: Any
+) -> Path:
+    """The sparse set: a :data:`SPARSE_SHAPE` embedding whose gradient touches :data:`SPARSE_ROWS`
+    rows, for the framework's optimizers that take sparse gradients (``SPARSE_OPTIMIZERS``), uniopt
+    against the native sparse step; no bandwidth bound (the step moves a few rows)."""
+    label = f"{SPARSE_SHAPE[0]:,} x {SPARSE_SHAPE[1]} embedding, {SPARSE_ROWS} rows touched"
+    table_rng = np.random.default_rng(0)
+    params = [table_rng.standard_normal(SPARSE_SHAPE, dtype=np.float32) * np.float32(0.01)]
+    grads = [sparse_gradient(1)]
+    names = getattr(mod, "SPARSE_OPTIMIZERS", ())
+    if not names:
+        print(f"{args.framework}: no sparse set (no optimizer here takes sparse gradients)", flush=True)
+    path = write_results(Path(args.out), args.framework, mod.versions(args.device), options, table)
+    for name in names:
+        print(f"{args.framework} {name} on {label}", flush=True)
+        rows = measure(
+            mod.sparse_variants(name, options),
+            params,
+            grads,
+            warmup=options["warmup"],
+            rounds=options["rounds"],
+            steps=SPARSE_STEPS,
+            log=lambda s: print(s, flush=True),
+            probe=probe,
+        )
+        for r in rows:
+            shown = "skipped" if r.ms is None else f"{r.ms:9.3f} ms"
+            print(f"  {r.name:60s} {shown}", flush=True)
+        size = SPARSE_SHAPE[0] * SPARSE_SHAPE[1]
+        table.setdefault(name, {})["sparse"] = {"label": label, "size": size, "tensors": 1, "rows": rows}
+        options["seconds"] = round(time.time() - started, 1)
+        path = write_results(Path(args.out), args.framework, mod.versions(args.device), options, table)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--out", default="build/bench", help="folder of the JSON results")
@@ -100,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also every other implementation of the uniopt optimizers (implied by --all)",
     )
     r.add_argument("--optimizers", nargs="+", help=f"a subset (default: {' '.join(DEFAULT_OPTIMIZERS)})")
-    r.add_argument("--sets", nargs="+", default=["large", "many_small"], choices=("large", "many_small"))
+    r.add_argument(
+        "--sets",
+        nargs="+",
+        default=["large", "many_small"],
+        choices=("large", "many_small", "sparse"),
+        help="parameter sets (sparse: an embedding with a sparse gradient, the optimizers that take one)",
+    )
     r.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
     r.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     r.add_argument(

@@ -24,6 +24,8 @@ import numpy as np
 __all__ = [
     "NOT_MEASURED",
     "SETS",
+    "SPARSE_ROWS",
+    "SPARSE_SHAPE",
     "Copy",
     "Measured",
     "ParamSet",
@@ -35,6 +37,7 @@ __all__ = [
     "param_set",
     "results_name",
     "rss_probe",
+    "sparse_gradient",
     "write_results",
 ]
 
@@ -91,6 +94,21 @@ QUICK_SETS: dict[str, ParamSet] = {
     "large": ParamSet("large", _alternating(16, (630, 625))),  # 6.3M params in 16 tensors
     "many_small": ParamSet("many_small", _alternating(500, (20, 25))),  # 0.25M params in 500 tensors
 }
+
+
+SPARSE_SHAPE = (1_000_000, 64)
+"""The sparse set: one embedding table of this shape (float32, standard normal times 0.01)."""
+SPARSE_ROWS = 32
+"""Rows of it a step's sparse gradient touches (distinct indices)."""
+
+
+def sparse_gradient(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sparse set's gradient: :data:`SPARSE_ROWS` distinct row indices (int64) and their rows
+    (float32, standard normal times 0.01)."""
+    rng = np.random.default_rng(seed)
+    indices = rng.choice(SPARSE_SHAPE[0], size=SPARSE_ROWS, replace=False).astype(np.int64)
+    values = rng.standard_normal((SPARSE_ROWS, SPARSE_SHAPE[1]), dtype=np.float32) * np.float32(0.01)
+    return indices, values
 
 
 def param_set(name: str, quick: bool) -> ParamSet:

@@ -139,6 +139,67 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
     return out
 
 
+SPARSE_OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "SGD": {"learning_rate": 1e-2},
+    "Adagrad": {"learning_rate": 1e-3},
+}
+"""The sparse set's optimizers (those Keras and uniopt.tf update by scatter from an
+``IndexedSlices`` gradient) with Keras's default learning rates, for both; uniopt.tf under the keras
+convention."""
+
+
+def sparse_variants(optimizer: str, options: dict[str, Any]) -> list[Variant]:
+    """uniopt.tf (keras convention) against Keras on the sparse set: the same ``IndexedSlices``
+    gradient each step, applied in ``tf.function`` and eagerly."""
+    import keras
+    import tensorflow as tf
+
+    import uniopt.tf as utf
+
+    kwargs = SPARSE_OPTIMIZERS[optimizer]
+
+    def variant(name: str, kind: str, make: Callable[[], Any], function: bool) -> Variant:
+        holder: dict[str, Any] = {}
+
+        def build(params: list[np.ndarray], grads: list[Any]) -> Callable[[], None]:
+            indices, values = grads[0]
+            opt = holder["opt"] = make()
+            var = keras.Variable(params[0])
+            grad = tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant(params[0].shape))
+            opt.build([var])
+
+            def apply() -> None:
+                opt.apply([grad], [var])
+
+            return tf.function(apply) if function else apply
+
+        def state_bytes() -> int:
+            opt = holder["opt"]
+            return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in opt.variables)
+
+        return Variant(name, kind, build, state_bytes=state_bytes)
+
+    out = []
+    for function, label in ((True, "tf.function"), (False, "eager")):
+        out.append(
+            variant(
+                f"uniopt.tf.{optimizer} ({label})",
+                "uniopt" if function else "uniopt-mode",
+                lambda: getattr(utf, optimizer)(convention="keras", **kwargs),
+                function,
+            )
+        )
+        out.append(
+            variant(
+                f"keras.optimizers.{optimizer} ({label})",
+                "native",
+                lambda: getattr(keras.optimizers, optimizer)(**kwargs),
+                function,
+            )
+        )
+    return out
+
+
 def copies(device: str = "cpu") -> dict[str, Copy]:
     """NumPy's copy on the CPU; no bound is measured for a GPU run (a host copy is no GPU bound)."""
     from .common import numpy_copy

@@ -210,6 +210,55 @@ def _native_variants(native_name: str, hyper: dict[str, Any], make: Callable[...
     return out
 
 
+SPARSE_OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "SGD": {"lr": 1e-3},
+    "Adagrad": {"lr": 1e-2},
+    "SparseAdam": {"lr": 1e-3},
+}
+"""The sparse set's optimizers (those torch.optim steps with a sparse gradient) and their
+hyperparameters, the same for uniopt.torch and torch.optim: SGD without momentum (with momentum
+both step every row the buffer holds), each one's default lr."""
+
+
+def sparse_variants(optimizer: str, options: dict[str, Any]) -> list[Variant]:
+    """uniopt.torch against torch.optim on the sparse set: each step sets ``.grad`` to the same
+    uncoalesced sparse COO gradient (as ``nn.Embedding(sparse=True)`` gives one) and steps."""
+    import torch
+
+    import uniopt.torch as ut
+
+    device = options.get("device", "cpu")
+    hyper = SPARSE_OPTIMIZERS[optimizer]
+
+    def variant(name: str, kind: str, make: Callable[[list[Any]], Any]) -> Variant:
+        holder: dict[str, Any] = {}
+
+        def build(params: list[np.ndarray], grads: list[Any]) -> Callable[[], None]:
+            (indices, values) = grads[0]
+            p = _tensors(params, device)[0]
+            grad = torch.sparse_coo_tensor(
+                torch.from_numpy(indices)[None], torch.from_numpy(values), p.shape, device=p.device
+            )
+            opt = holder["opt"] = make([p])
+
+            def step() -> None:
+                p.grad = grad
+                opt.step()
+
+            return step
+
+        return Variant(
+            name, kind, build, state_bytes=lambda: _state_bytes(holder["opt"])(), sync=device_sync(device)
+        )
+
+    return [
+        variant(f"uniopt.torch.{optimizer}", "uniopt", lambda ps: getattr(ut, optimizer)(ps, **hyper)),
+        variant(
+            f"torch.optim.{optimizer}", "native", lambda ps: getattr(torch.optim, optimizer)(ps, **hyper)
+        ),
+    ]
+
+
 def copies(device: str = "cpu") -> dict[str, Copy]:
     """Copies the bandwidth bound may use: torch's (all threads, or the GPU's) and, on the CPU,
     NumPy's."""

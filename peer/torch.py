@@ -23,7 +23,6 @@ DIFFERENTIABLE = "differentiable=True refused (ValueError); torch.optim accepts 
 CAPTURABLE = "capturable=True refused (ValueError); torch.optim accepts it"
 DUPLICATE = "duplicate parameter in a group refused (ValueError); torch.optim warns"
 PERMISSIVE = "accepts a configuration torch.optim refuses (a limit of torch's kernels)"
-SPARSE = "sparse gradients refused (RuntimeError); torch.optim supports them"
 HALF_EPS = "a hyperparameter that rounds to 0 in the dtype is refused (by design)"
 FUSED_EARLY = "fused=True with unsupported parameters refused when added; torch.optim at the step"
 STEP_DTYPE = "state['step'] is an int64 tensor (by design); torch.optim's is float32"
@@ -62,7 +61,6 @@ EXPECTED: dict[str, str] = {
     "test_error*?Adam*-lr as Tensor doesn't work with foreach & not capturable?": PERMISSIVE,
     "test_error*?Adam*-betas*?": PERMISSIVE,
     "test_capturable_argument?*-capturable_on?": CAPTURABLE,
-    "test_rosenbrock_sparse?*?": SPARSE,
     "test_fused_matches_forloop?Adagrad-float16?": HALF_EPS,
     "test_fused_error_on_params_on_meta?*?": FUSED_EARLY,
     "test_step_state_dtype_device?Adagrad?": STEP_DTYPE,

@@ -591,6 +591,33 @@ class _OpByOp:
 _OP_BY_OP = _OpByOp()
 
 
+class _SlotNamespace:
+    """``jax.numpy`` for :meth:`uniopt.Spec.init_slot`, except ``zeros``: a slot not shaped like
+    its parameter (Adafactor's factored statistics and placeholders), which the core makes with
+    ``device=`` the parameter's sharding, is replicated over that sharding's devices instead. A
+    sharding names the parameter's axes (a ``NamedSharding`` of ``P("data", "model")`` does not
+    fit a 1-d row statistic: jax raises ``IndexError`` in ``named_sharding_to_xla_hlo_sharding``),
+    and the factored statistics are small by design. Under ``jax.jit`` the step's output
+    shardings are then the compiler's choice, as for any jitted value."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(jnp, name)
+
+    @staticmethod
+    def zeros(shape: Any, dtype: Any = None, *, device: Any = None) -> jax.Array:
+        if isinstance(device, jax.sharding.Sharding) and not device.is_fully_replicated:
+            if isinstance(device, jax.sharding.NamedSharding):
+                device = jax.sharding.NamedSharding(device.mesh, jax.sharding.PartitionSpec())
+            else:  # another multi-device sharding: replicated over its devices, in id order
+                devices = np.array(sorted(device.device_set, key=lambda d: d.id))
+                mesh = jax.sharding.Mesh(devices, ("devices",))
+                device = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return jnp.zeros(shape, dtype, device=device)
+
+
+_SLOT_XP = _SlotNamespace()
+
+
 # -- the transformation --------------------------------------------------------------------------
 
 
@@ -694,7 +721,7 @@ def transformation(
                 [
                     _placed_like(
                         _stored_as(
-                            _from_real(spec.init_slot(n, _as_real(p, pairs), jnp), p, pairs),
+                            _from_real(spec.init_slot(n, _as_real(p, pairs), _SLOT_XP), p, pairs),
                             _slot_dtype(spec, n, p, state_dtype),
                         ),
                         p,

@@ -39,9 +39,10 @@ from keras.src.optimizers.base_optimizer import BaseOptimizer
 
 from uniopt import Spec
 from uniopt.registry import KERAS_COMMON_NAMES, TABLE, OptimizerInfo
+from uniopt.sparse import sparse_rule
 
 from . import xp
-from ._scalars import scalar_source
+from ._scalars import in_xla_context, scalar_source
 
 KERAS_NAMES: dict[str, str] = dict(KERAS_COMMON_NAMES)
 """Keras argument name -> spec hyperparameter, for the names every optimizer shares
@@ -447,9 +448,11 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
             self._uniopt_cache.entries.clear()
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        spec = self._spec_for(variable)
         if isinstance(gradient, tf.IndexedSlices):
             self._warn_densified()
-        spec = self._spec_for(variable)
+            if sparse_rule(spec) == "rows" and not in_xla_context():  # XLA: no tf.unique; dense
+                return self._update_rows(spec, gradient, variable, learning_rate)
         slot_vars = self.slots(variable)
         param = tf.convert_to_tensor(variable)
         grad = tf.cast(tf.convert_to_tensor(gradient), param.dtype)
@@ -466,6 +469,31 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
                 self.assign(slot_vars[name], value)
         self.assign(variable, new_param)
 
+    def _update_rows(self, spec: Spec, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        """The ``"rows"`` sparse rule (:mod:`uniopt.sparse`) of an ``IndexedSlices`` gradient:
+        repeated indices summed (``tf.unique``, ``tf.math.unsorted_segment_sum``, as the densified
+        gradient sums them), the touched rows of the variable and of every slot gathered, the
+        spec's rule run on them, and written back as ``IndexedSlices`` through ``self.assign``
+        (``scatter_update``, as Keras's own sparse updates); the other rows are not touched.
+
+        Traced, the rows are taken after the scalars (a control dependency): the graph is then one
+        chain, which TensorFlow runs on the calling thread; two independent branches went to its
+        thread pool, and the step took 0.40 ms instead of 0.15 ms (1,000,000 x 64 float32, 32 rows,
+        2-core CPU)."""
+        sc = self._scalars(spec, tf.as_dtype(variable.dtype), learning_rate)
+        after = [v for v in sc if tf.is_tensor(v)][:1] if not tf.executing_eagerly() else []
+        with tf.control_dependencies(after):
+            indices, position = tf.unique(gradient.indices)
+        values = tf.cast(gradient.values, variable.dtype)
+        grad = tf.math.unsorted_segment_sum(values, position, tf.shape(indices)[0])
+        slot_vars = self.slots(variable)
+        param = tf.gather(_tf_variable(variable), indices)
+        slots = {name: tf.gather(_tf_variable(v), indices) for name, v in slot_vars.items()}
+        new_param, new_slots = spec.rule(param, grad, slots, sc, xp)
+        for name, value in new_slots.items():
+            self.assign(slot_vars[name], tf.IndexedSlices(value, indices))
+        self.assign(variable, tf.IndexedSlices(new_param, indices))
+
     def _warn_densified(self) -> None:
         """Once per optimizer, under ``convention="keras"``: say how a sparse gradient's update can
         differ from Keras's (see docs/tf.md, "IndexedSlices gradients")."""
@@ -476,8 +504,8 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         self._uniopt_warned_sparse = True
         name = type(self).__name__
         warnings.warn(
-            f"uniopt.tf.{name}: an IndexedSlices gradient is densified (repeated indices summed) "
-            f"before the update; keras.optimizers.{name} updates its slots from each slice "
+            f"uniopt.tf.{name}: an IndexedSlices gradient's repeated indices are summed before "
+            f"the update (docs/sparse.md); keras.optimizers.{name} updates its slots from each slice "
             "separately, so rows with repeated indices (embedding lookups) get different values",
             UserWarning,
             stacklevel=3,
@@ -525,6 +553,11 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         config.update(to_keras_kwargs(self._hyperparameters(), type(self)))
         config.update({name: getattr(self, name) for name in self.KERAS_INERT})
         return config
+
+
+def _tf_variable(variable: Any) -> Any:
+    """The ``tf.Variable`` behind a Keras variable (``tf.gather`` reads only the rows it takes)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 def _fill_pairs(hyper: dict[str, Any], cls: type[UnioptOptimizer]) -> None:

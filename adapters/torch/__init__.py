@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+import uniopt.sparse
 from uniopt import Spec
 from uniopt.registry import TABLE, OptimizerInfo
 
@@ -183,6 +184,41 @@ OPTIMIZERS: dict[str, type[UnioptOptimizer]] = {
 globals().update(OPTIMIZERS)
 
 __all__ += OPTIMIZERS  # the table's, generated
+
+
+class SparseAdam(UnioptOptimizer):
+    """Lazy Adam for sparse gradients, a drop-in for ``torch.optim.SparseAdam``
+    (torch/optim/sparse_adam.py's arguments); the math is :class:`uniopt.sparse.SparseAdam`'s.
+
+    ``SparseAdam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False)``, positional in
+    that order; ``convention`` ``'uniopt'`` or ``'torch'`` (the same formula). Only the rows a
+    sparse COO gradient touches change, in the parameter and in ``exp_avg``/``exp_avg_sq``; the
+    bias corrections take the parameter's step count. A dense gradient raises ``RuntimeError`` and
+    a sparse or complex parameter ``ValueError``, as with torch.optim.SparseAdam; ``lr`` and ``eps``
+    must be > 0 and each beta in [0, 1) (``ValueError``). See docs/sparse.md.
+    """
+
+    spec_class = uniopt.sparse.SparseAdam
+    positional = ("lr", "betas", "eps", "maximize")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As :meth:`UnioptOptimizer.add_param_group`, refusing sparse parameters first (torch.optim
+        .SparseAdam's refusal: it requires dense parameter tensors)."""
+        params = param_group.get("params") if isinstance(param_group, dict) else None
+        if params is not None and not isinstance(params, (torch.Tensor, set)):
+            param_group["params"] = params = list(params)  # the one pass over a generator
+        tensors = [params] if isinstance(params, torch.Tensor) else list(params or ())
+        tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in tensors]
+        if any(isinstance(p, torch.Tensor) and p.is_sparse for p in tensors):
+            raise ValueError(
+                "uniopt.torch.SparseAdam: sparse parameters are not supported (as in "
+                "torch.optim.SparseAdam, which requires dense parameter tensors); expected dense "
+                "parameters with sparse gradients"
+            )
+        super().add_param_group(param_group)
+
+
+__all__ += ["SparseAdam"]
 __all__.sort()
 
 

@@ -38,6 +38,11 @@ seconds per graph on first use (inductor's on-disk cache shortens later processe
 compiles to a Triton kernel with :func:`exact_options`: no implicit fused multiply-adds, correctly
 rounded float32 division, no flushing of subnormals, as eager CUDA kernels compute.
 
+DTensor parameters (FSDP2, tensor parallelism) are bucketed by their local shards, in buckets of
+DTensor parameters only: the buffers hold this rank's shards of the slots, each ``opt.state[p][slot]``
+is a DTensor over its piece with ``p``'s placements, and a step is handed the gradients' local shards
+(see :mod:`uniopt.torch._dtensor`).
+
 A bucket is rebuilt (state copied into new buffers) when the set of parameters with a gradient
 changes, when ``opt.state`` was replaced (``load_state_dict``), when the slots change, or after a
 step of the per-tensor path touched its parameters. Parameters with different step counts go to
@@ -59,6 +64,7 @@ import torch
 
 from uniopt import Spec
 
+from . import _dtensor
 from ._namespace import xp
 
 __all__ = [
@@ -93,9 +99,13 @@ _HALF = (torch.float16, torch.bfloat16)
 DEVICES = ("cpu", "cuda")
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def eligible(p: torch.Tensor) -> bool:
-    """Whether ``p`` can live in a bucket: a contiguous real floating CPU or CUDA tensor."""
-    return p.device.type in DEVICES and p.dtype in FLAT_DTYPES and p.is_contiguous()
+    """Whether ``p`` can live in a bucket: a contiguous real floating CPU or CUDA tensor, not a
+    tensor subclass (a DTensor parameter is bucketed by its local shard, a plain tensor)."""
+    return type(p) in _PLAIN and p.device.type in DEVICES and p.dtype in FLAT_DTYPES and p.is_contiguous()
 
 
 _TRITON_EXACT = {
@@ -248,6 +258,7 @@ def _build_copier() -> Any:
 
 
 _DATA_PTR = torch.Tensor.data_ptr
+_LOCAL_TENSOR = operator.attrgetter("_local_tensor")
 
 
 class Bucket:
@@ -263,22 +274,28 @@ class Bucket:
         """Move each ``states[i]`` (``opt.state[params[i]]``: ``step`` and every slot in ``names``) into
         new flat buffers; the dicts stay the same objects, their entries become views. ``position``
         maps ``id(p)`` to ``p``'s index among the group's parameters with a gradient, so that a step
-        picks the gathered parameters' gradients from the group's list in one C call."""
-        threshold = LARGE[params[0].device.type]
-        small = [i for i, p in enumerate(params) if p.numel() < threshold]
-        large = [i for i, p in enumerate(params) if p.numel() >= threshold]
+        picks the gathered parameters' gradients from the group's list in one C call.
+
+        DTensor parameters (all of the bucket's or none) are bucketed by their local shards: the
+        buffers hold the shards of their slots, each slot entry a DTensor over its piece with the
+        parameter's placements, and a step is handed the gradients' local shards."""
+        self.distributed = _dtensor.is_dtensor(params[0])
+        tensors = [p._local_tensor for p in params] if self.distributed else list(params)
+        threshold = LARGE[tensors[0].device.type]
+        small = [i for i, p in enumerate(tensors) if p.numel() < threshold]
+        large = [i for i, p in enumerate(tensors) if p.numel() >= threshold]
         offsets: dict[int, int] = {}
         end = 0
         for i in small:
-            offsets[i], end = end, end + params[i].numel()
+            offsets[i], end = end, end + tensors[i].numel()
         self.small_end = end
         # the gathered region is at least MIN_REGION elements (zero padding after the small tensors):
         # a compiled rule specialises lengths 0 and 1, and would compile a graph for each
         end = self.region_size = max(end, MIN_REGION) if small else 0
         for i in large:
             end = -(-end // _ALIGN) * _ALIGN
-            offsets[i], end = end, end + params[i].numel()
-        p0 = params[0]
+            offsets[i], end = end, end + tensors[i].numel()
+        p0 = tensors[0]
         self.size = end
         self.dtype = p0.dtype
         self.device = p0.device
@@ -288,33 +305,33 @@ class Bucket:
         self.steps = torch.tensor([int(s["step"]) for s in states], dtype=torch.int64)
         self.step = int(self.steps[0])
         self.states = tuple(states)
-        for i, (p, state) in enumerate(zip(params, states, strict=True)):
+        for i, (p, state) in enumerate(zip(tensors, states, strict=True)):
             lo, hi = offsets[i], offsets[i] + p.numel()
             state["step"] = self.steps[i]
             for n in names:
                 view = self.slots[n][lo:hi].view(p.shape)
-                view.copy_(state[n])
-                state[n] = view
+                view.copy_(_dtensor.local(state[n]))
+                state[n] = _dtensor.like(params[i], view) if self.distributed else view
         self.keys = ("step", *names)
         self.columns = tuple(tuple(s[k] for s in states) for k in self.keys)
         # flat views keep each parameter's storage alive, so an unchanged data_ptr means unchanged storage.
         # Detached: the kernels see plain tensors (a no_grad view of a leaf that requires grad breaks
         # dynamo's recompiles), and a detached tensor shares its parameter's version counter, so an
         # in-place write is still seen by autograd.
-        self.flat_views = tuple(p.detach().view(-1) for p in params)
-        self.ptrs = tuple(map(_DATA_PTR, params))
-        self.small = [params[i] for i in small]
+        self.flat_views = tuple(p.detach().view(-1) for p in tensors)
+        self.ptrs = tuple(map(_DATA_PTR, tensors))
+        self.small = [tensors[i] for i in small]
         self.small_flat = [self.flat_views[i] for i in small]
-        self.small_sizes = [params[i].numel() for i in small]
+        self.small_sizes = [tensors[i].numel() for i in small]
         itemsize = p0.element_size()
         self.small_nbytes = np.array([n * itemsize for n in self.small_sizes], dtype=np.int64)
         self.small_ptrs = np.array([self.ptrs[i] for i in small], dtype=np.uintp)
-        # each large tensor: its flat view, the parameter (for its gradient) and its slot pieces
+        # each large tensor: its flat view, its gradient's index in a step's list and its slot pieces
         self.large = [
             (
                 self.flat_views[i],
-                params[i],
-                tuple(self.slots[n][offsets[i] : offsets[i] + params[i].numel()] for n in names),
+                position[id(params[i])],
+                tuple(self.slots[n][offsets[i] : offsets[i] + tensors[i].numel()] for n in names),
             )
             for i in large
         ]
@@ -333,11 +350,11 @@ class Bucket:
             flat_p = torch.zeros_like(flat_g)
             grad_views = param_views = None
             if self.device.type != "cpu":
-                pieces = [(offsets[i], offsets[i] + params[i].numel(), params[i].shape) for i in small]
+                pieces = [(offsets[i], offsets[i] + tensors[i].numel(), tensors[i].shape) for i in small]
                 grad_views = [flat_g[lo:hi].view(shape) for lo, hi, shape in pieces]
                 param_views = [flat_p[lo:hi] for lo, hi, _ in pieces]
             self.gathers = (flat_g, flat_p, grad_views, param_views)
-        at = [position[id(p)] for p in self.small]
+        at = [position[id(params[i])] for i in small]
         self.pick: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]] = (
             operator.itemgetter(*at) if len(at) > 1 else lambda grads: tuple(grads[i] for i in at)
         )
@@ -355,11 +372,13 @@ class Bucket:
         for key, column in zip(self.keys, self.columns, strict=True):
             if not all(map(operator.is_, map(dict.get, self.states, itertools.repeat(key)), column)):
                 return False
-        return tuple(map(_DATA_PTR, self.params)) == self.ptrs
+        tensors = map(_LOCAL_TENSOR, self.params) if self.distributed else self.params
+        return tuple(map(_DATA_PTR, tensors)) == self.ptrs
 
     def run(self, fn: Callable[..., None], scalars: Any, group_grads: Sequence[torch.Tensor]) -> None:
         """Advance the step counters and apply ``fn`` (see :func:`kernel`) to every parameter.
-        ``group_grads``: the gradients of the group's parameters with one, in order."""
+        ``group_grads``: the gradients of the group's parameters with one, in order (their local
+        shards for DTensor parameters)."""
         self.steps.add_(1)
         self.step += 1
         if self.small:
@@ -391,5 +410,5 @@ class Bucket:
                 torch.cat(self.small_flat, out=flat_p[:end])
                 fn(flat_p, flat_g, region, scalars)
                 torch._foreach_copy_(self.small_flat, list(torch.split(flat_p[:end], self.small_sizes)))
-        for flat, p, pieces in self.large:
-            fn(flat, p.grad.reshape(-1), pieces, scalars)
+        for flat, at, pieces in self.large:
+            fn(flat, group_grads[at].reshape(-1), pieces, scalars)

@@ -27,6 +27,7 @@ import torch
 
 from uniopt._spec import Spec
 
+from ._dtensor import local
 from ._namespace import xp
 from ._optimizer import UnioptOptimizer, _lr
 
@@ -137,8 +138,8 @@ class HistoryOptimizer(UnioptOptimizer):
                 state = self.state.get(p)
                 if not state or any(name not in state for name in spec.slot_names()):
                     continue  # no step yet: x = y = z
-                slots = {name: state[name] for name in spec.slot_names()}
-                p.copy_(convert(p, slots, xp))
+                slots = {name: local(state[name]) for name in spec.slot_names()}
+                local(p).copy_(convert(local(p), slots, xp))  # a DTensor's shard (elementwise)
             group["train_mode"] = not to_eval
 
 

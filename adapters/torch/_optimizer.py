@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 from uniopt import Spec
 from uniopt._validate import check_interval
 
-from . import _flat
+from . import _dtensor, _flat, _sparse
 from ._namespace import xp
 
 __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
@@ -281,6 +281,9 @@ class UnioptOptimizer(Optimizer):
                 seen[id(p)] = i
                 _check_param(spec, p)
         super().add_param_group(param_group)
+        # DTensor parameters (FSDP2, tensor parallelism): their gradients are checked before a step
+        distributed = any(map(_dtensor.is_dtensor, self.param_groups[-1]["params"]))
+        self._distributed = getattr(self, "_distributed", False) or distributed
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -289,6 +292,8 @@ class UnioptOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if getattr(self, "_distributed", False):  # before anything changes
+            _dtensor.check_grads(self.spec_class.name, self.param_groups)
         compiling = torch.compiler.is_compiling()
         if compiling or self.implementation == "loop" or not self.spec_class.elementwise:
             prepare = _compiler_disabled_prepare() if compiling else UnioptOptimizer._prepare
@@ -300,7 +305,7 @@ class UnioptOptimizer(Optimizer):
     def _step_flat(self) -> None:
         """A step of the flat implementations: validate every group, then run each group's buckets
         (and the per-tensor path for parameters that cannot be flattened)."""
-        groups = []
+        groups, sparse = [], False
         for index, group in enumerate(self.param_groups):  # validate everything before any update
             spec = self._spec_of(group)
             params = group["params"]
@@ -313,13 +318,19 @@ class UnioptOptimizer(Optimizer):
             if cached is None or cached[0] != ids or list(map(_GRAD_LAYOUT, grads)) != cached[1]:
                 for p in params:  # names the first culprit; the layouts are then the expected ones
                     _check_grad(spec, p)
+                sparse = sparse or any(g.is_sparse for g in grads)
                 self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
             groups.append((index, spec, _lr(group["lr"]), params, ids, grads))
+        if sparse:  # a step with a sparse gradient runs per tensor (_sparse.step_rows)
+            _run_loop(self._plan([(i, spec, lr, p) for i, spec, lr, params, _, _ in groups for p in params]))
+            return
         rounded: dict[tuple[int, Spec, float, int, torch.dtype], Any] = {}
         for index, spec, lr, params, ids, grads in groups:
             loop, buckets = self._layout(index, spec, params, ids)
             if loop:
                 _run_loop(self._plan([(index, spec, lr, p) for p in loop], keep_buckets=True))
+            if any(bucket.distributed for bucket, _ in buckets):  # DTensor parameters: local shards
+                grads = _dtensor.local_grads(params, grads)
             for bucket, compiled in buckets:
                 key = (index, spec, lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
@@ -348,9 +359,11 @@ class UnioptOptimizer(Optimizer):
         position = {id(p): i for i, p in enumerate(params)}
         for p in params:
             # state in shared memory (Adagrad.share_memory) is updated in place per tensor: a
-            # bucket would move it into buffers of this process
-            if _flat.eligible(p) and not _in_shared_memory(self.state.get(p)):
-                by_kind.setdefault((p.device, p.dtype), []).append(p)
+            # bucket would move it into buffers of this process. A DTensor parameter is bucketed
+            # by its local shard, in buckets of DTensor parameters only
+            distributed = _dtensor.is_dtensor(p)
+            if _flat.eligible(_dtensor.local(p)) and not _in_shared_memory(self.state.get(p)):
+                by_kind.setdefault((p.device, p.dtype, distributed), []).append(p)
             else:
                 loop.append(p)
         buckets = []
@@ -418,7 +431,14 @@ class UnioptOptimizer(Optimizer):
                 # 0-d CPU tensors: torch reads them as scalars on any device, with no transfer
                 rounded[key] = _round(scalars[index, spec, lr, step], real.dtype)
             slots = self._slots(state, spec, p)
-            grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
+            if _dtensor.is_dtensor(p):  # FSDP2, tensor parallelism: the rule on the local shards
+                plan.append(_dtensor.plan_entry(spec, p, slots, rounded[key]))
+                continue
+            grad = p.grad
+            if grad.is_sparse:  # coalesced; densified unless the spec's sparse rule is "rows"
+                grad = _sparse.prepared(spec, grad)
+            elif grad.is_complex():
+                grad = torch.view_as_real(grad)
             plan.append((spec, real, grad, slots, rounded[key]))
         return plan
 
@@ -434,9 +454,16 @@ class UnioptOptimizer(Optimizer):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state_dict, plus which uniopt optimizer wrote it."""
+        """torch.optim's state_dict, plus which uniopt optimizer wrote it: a ``uniopt`` entry in the
+        dict and in each saved param group. ``torch.distributed.checkpoint.state_dict``'s
+        ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups`` (keyed by parameter
+        names), so the groups' entries are what tells :meth:`load_state_dict` that such a dict was
+        saved by this optimizer; a loaded group does not keep it."""
         out = super().state_dict()
-        out[_STATE_DICT_KEY] = self._state_dict_tag()
+        tag = self._state_dict_tag()
+        out[_STATE_DICT_KEY] = tag
+        for group in out["param_groups"]:
+            group[_STATE_DICT_KEY] = dict(tag)
         return out
 
     def _state_dict_tag(self) -> dict[str, Any]:
@@ -459,6 +486,9 @@ class UnioptOptimizer(Optimizer):
                 state_dict = adapted
         self._check_state_dict(state_dict)
         plain = {k: v for k, v in state_dict.items() if k != _STATE_DICT_KEY}
+        plain["param_groups"] = [
+            {k: v for k, v in group.items() if k != _STATE_DICT_KEY} for group in state_dict["param_groups"]
+        ]
         # steps as Python ints: torch.optim would cast a step tensor to float32 on the parameter's
         # device in a group with fused=True, which rounds counts above 2**24
         indices = {index for group in state_dict["param_groups"] for index in group["params"]}
@@ -582,7 +612,7 @@ class UnioptOptimizer(Optimizer):
         as torch.optim.Adafactor keeps no ``variance`` for a matrix."""
         used = spec.slots_in_use(tuple(p.shape))
         return {
-            name: self._slot(state, spec, name, p) if name in used else spec.init_slot(name, p, xp)
+            name: self._slot(state, spec, name, p) if name in used else _new_slot(spec, name, p)
             for name in spec.slot_names()
         }
 
@@ -590,7 +620,7 @@ class UnioptOptimizer(Optimizer):
         """The slot's tensor, viewed as real for complex params; created if the group gained it."""
         if name not in state:
             state[name] = (
-                spec.init_slot(name, p, xp)
+                _new_slot(spec, name, p)
                 if not p.is_complex()
                 else torch.view_as_complex(spec.init_slot(name, torch.view_as_real(p), xp))
             )
@@ -599,22 +629,35 @@ class UnioptOptimizer(Optimizer):
 
     def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
         owner = f"uniopt.torch.{self.spec_class.name}"
-        tag = state_dict.get(_STATE_DICT_KEY)
+        tag = _tag_of(state_dict)
         name = self.spec_class.name
         if not isinstance(tag, dict):
             other = f"torch.optim.{name}" if hasattr(torch.optim, name) else f"another {name}"
+            groups = state_dict.get("param_groups") or []
+            named = any(
+                isinstance(i, str) for g in groups if isinstance(g, dict) for i in g.get("params", ())
+            )
+            hint = (
+                " (a dict of torch.distributed.checkpoint.state_dict keeps the entry in its default "
+                "form; StateDictOptions(flatten_optimizer_state_dict=True) drops it: save and load "
+                "uniopt optimizers unflattened)"
+                if named
+                else ""
+            )
             raise ValueError(
                 f"{owner}.load_state_dict: the state_dict was saved by a non-uniopt optimizer (it "
                 f"has no {_STATE_DICT_KEY!r} entry), for example {other}; nothing was "
                 f"loaded. To continue that run, call "
-                "uniopt.torch.load_torch_optim_state_dict(optimizer, state_dict)"
+                f"uniopt.torch.load_torch_optim_state_dict(optimizer, state_dict){hint}"
             )
         if tag.get("optimizer") != name:
             raise ValueError(
                 f"{owner}.load_state_dict: the state_dict was saved by {tag.get('optimizer')}, not "
                 f"by uniopt.torch.{name}; nothing was loaded"
             )
-        groups = [dict(saved) for saved in state_dict["param_groups"]]
+        groups = [
+            {k: v for k, v in saved.items() if k != _STATE_DICT_KEY} for saved in state_dict["param_groups"]
+        ]
         for saved in groups:  # an older state_dict's group may lack keys: they get their defaults
             self._complete(saved)
             self._check_options(saved, ())
@@ -659,6 +702,20 @@ class UnioptOptimizer(Optimizer):
                         )
 
 
+def _tag_of(state_dict: Mapping[str, Any]) -> Any:
+    """The ``uniopt`` entry of a state_dict: the dict's own, else the one every saved param group
+    holds (a dict rebuilt from ``state`` and ``param_groups`` alone, as
+    ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` returns it); ``None``
+    if there is none or the groups disagree."""
+    if _STATE_DICT_KEY in state_dict:
+        return state_dict[_STATE_DICT_KEY]
+    groups = state_dict.get("param_groups") or []
+    tags = [group.get(_STATE_DICT_KEY) if isinstance(group, Mapping) else None for group in groups]
+    if tags and all(isinstance(t, Mapping) and t == tags[0] for t in tags):
+        return dict(tags[0])
+    return None
+
+
 _SELECTING = ("decoupled_weight_decay",)
 """torch.optim options (not spec fields) whose value chooses the algorithm: torch.optim.Adam with
 ``decoupled_weight_decay=True`` is AdamW. A class's :attr:`UnioptOptimizer.torch_options` fixes the
@@ -685,6 +742,9 @@ _GRAD_LAYOUT = operator.attrgetter("layout", "dtype", "shape")
 def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]) -> None:
     """The rule per tensor, written back in place (traced by dynamo under ``torch.compile``)."""
     for spec, param, grad, slots, scalars in plan:
+        if grad.is_sparse:  # the "rows" sparse rule: the touched rows only
+            _sparse.step_rows(spec, param, grad, slots, scalars)
+            continue
         new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
         _write(param, new_param)
         for name, value in new_slots.items():
@@ -700,6 +760,11 @@ def _write(target: torch.Tensor, value: torch.Tensor) -> None:
         target.view(1).copy_(value.reshape(1))
     else:
         target.copy_(value)
+
+
+def _new_slot(spec: Spec, name: str, p: torch.Tensor) -> torch.Tensor:
+    """The spec's initial slot ``name`` for ``p`` (a DTensor parameter's: see :mod:`._dtensor`)."""
+    return _dtensor.new_slot(spec, name, p) if _dtensor.is_dtensor(p) else spec.init_slot(name, p, xp)
 
 
 def _plain(owner: str, name: str, value: Any) -> Any:
@@ -743,7 +808,7 @@ def _in_shared_memory(state: dict[str, Any] | None) -> bool:
     """Whether a slot of ``state`` is a CPU tensor in shared memory (CUDA tensors count as shared
     for ``is_shared``, and the flat path keeps their storage in place)."""
     return bool(state) and any(
-        isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.is_shared()
+        isinstance(v, torch.Tensor) and v.device.type == "cpu" and _dtensor.local(v).is_shared()
         for k, v in state.items()
         if k != "step"
     )
@@ -755,15 +820,42 @@ def _holds_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
+_ROUNDED: OrderedDict[tuple, Any] = OrderedDict()
+_ROUNDED_SIZE = 256
+
+
 def _round(scalars: Any, dtype: torch.dtype) -> Any:
-    """Each float field as a 0-d CPU tensor of ``dtype`` (rounded once); bools stay bools."""
-    return type(scalars)(*(v if isinstance(v, bool) else torch.tensor(v, dtype=dtype) for v in scalars))
+    """Each float field as a 0-d CPU tensor of ``dtype`` (rounded once); bools stay bools.
+
+    Kept by the fields' values (and which of them are ``-0.0``) and ``dtype``, least recently used
+    first out: a spec whose scalars reach their limit (SGD from its second step) gets the same
+    tensors step after step instead of making new ones (the rules only read them)."""
+    try:
+        negative_zeros = tuple(i for i, v in enumerate(scalars) if v == 0 and math.copysign(1.0, v) < 0)
+        key = (type(scalars), dtype, tuple(scalars), negative_zeros)
+        hit = _ROUNDED.get(key)
+    except TypeError:  # a field that is no number (unhashable, or without a sign)
+        key, hit = None, None
+    if hit is not None:
+        _ROUNDED.move_to_end(key)
+        return hit
+    out = type(scalars)(*(v if isinstance(v, bool) else torch.tensor(v, dtype=dtype) for v in scalars))
+    if key is not None:
+        _ROUNDED[key] = out
+        if len(_ROUNDED) > _ROUNDED_SIZE:
+            _ROUNDED.popitem(last=False)
+    return out
 
 
 def _check_param(spec: Spec, p: torch.Tensor) -> None:
     owner = f"uniopt.torch.{spec.name}"
     if not (p.is_floating_point() or p.is_complex()):
         raise ValueError(f"{owner}: parameters must be floating point or complex, got {p.dtype}")
+    if p.is_complex() and _dtensor.is_dtensor(p):
+        raise ValueError(
+            f"{owner}: complex DTensor parameters are not supported, got {p.dtype}; expected real "
+            "floating DTensor parameters (or plain complex tensors)"
+        )
     if spec.real_only and p.is_complex():
         raise ValueError(
             f"{owner}: complex parameters are not supported ({spec.name}'s rule has no complex form, "
@@ -784,11 +876,9 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
 
 def _check_grad(spec: Spec, p: torch.Tensor) -> None:
     owner = f"uniopt.torch.{spec.name}"
+    _sparse.check(spec, p)  # sparse gradients where torch.optim takes them (SparseAdam: only them)
     if p.grad.is_sparse:
-        raise RuntimeError(
-            f"{owner} does not support sparse gradients; use dense gradients (for example "
-            "torch.nn.Embedding(..., sparse=False))"
-        )
+        return
     if p.grad.shape != p.shape or p.grad.dtype != p.dtype:
         raise RuntimeError(
             f"{owner}: a gradient of shape {tuple(p.grad.shape)} and dtype {p.grad.dtype} does "

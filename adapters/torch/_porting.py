@@ -22,7 +22,15 @@ from uniopt.registry import TABLE, OptimizerInfo, get
 
 from ._history import HistoryOptimizer
 from ._namespace import xp
-from ._optimizer import _SELECTING, _STATE_DICT_KEY, UnioptOptimizer, _plain, _selected, _step_count
+from ._optimizer import (
+    _SELECTING,
+    _STATE_DICT_KEY,
+    UnioptOptimizer,
+    _plain,
+    _selected,
+    _step_count,
+    _tag_of,
+)
 
 __all__ = [
     "export_state",
@@ -427,7 +435,7 @@ def load_torch_optim_state_dict(
             f"{owner}: expected a uniopt.torch optimizer, got {type(optimizer).__name__}; a "
             "torch.optim optimizer loads it with its own load_state_dict"
         )
-    if _STATE_DICT_KEY in state_dict:
+    if _tag_of(state_dict) is not None:
         raise ValueError(f"{owner}: the state_dict was saved by uniopt.torch; use optimizer.load_state_dict")
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
         raise ValueError(f"{owner}: step={step!r}; expected the number of steps taken, an int >= 1")

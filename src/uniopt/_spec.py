@@ -193,6 +193,16 @@ class Spec:
         """Whether every per-step scalar tends to a limit as the step grows (for a fixed lr)."""
         return True
 
+    def sparse_rule(self) -> str:
+        """How a sparse gradient (some rows of the parameter, the others 0) updates it:
+        ``"rows"`` (the rule on the touched rows only; the other rows of the parameter and of every
+        slot unchanged) or ``"dense"`` (the gradient densified, the rule over every row). ``"dense"``
+        unless the spec says otherwise: a spec returns ``"rows"`` where a zero gradient leaves a row
+        of the parameter and of every slot unchanged under its rule (then the two agree; SGD without
+        momentum, Adagrad), or where its algorithm is lazy by definition
+        (:class:`uniopt.sparse.SparseAdam`). See :mod:`uniopt.sparse`."""
+        return "dense"
+
     # -- a history, for the specs that carry one ----------------------------------------------
     # whether the parameters the rule updates are not the ones to evaluate the model at, so that
     # an adapter offers the switch (eval_param / train_param; Schedule-Free AdamW's x and y)

@@ -98,6 +98,13 @@ class Adagrad(Spec):
     def slot_names(self) -> tuple[str, ...]:
         return ("sum",)
 
+    def sparse_rule(self) -> str:
+        """``"rows"`` without weight decay (a zero gradient leaves the sum and the parameter as they
+        are, in every convention), as torch.optim.Adagrad and keras.optimizers.Adagrad scatter it;
+        ``"dense"`` with weight decay, which shrinks every row (Keras's decoupled decay; torch.optim
+        refuses it with sparse gradients) (:mod:`uniopt.sparse`)."""
+        return "rows" if self.weight_decay == 0 else "dense"
+
     def init_slot(self, name: str, param: Array, xp: Any) -> Array:
         return xp.full_like(param, float(self.initial_accumulator_value))
 

@@ -3,8 +3,9 @@
 :class:`PortableState` is a framework-neutral record of one optimizer's state: which optimizer, its
 hyperparameters, the convention whose rules produced the numbers, the step count and each
 parameter's slots as NumPy arrays, in parameter order. :func:`save_state` writes it to one ``.npz``
-file (the arrays as raw bits, the rest as JSON in a ``uint8`` array); :func:`load_state` reads it
-back with ``allow_pickle=False`` and validates everything, so loading never executes code.
+file (the arrays as raw bits, the rest as JSON in a ``uint8`` array), atomically (a temporary file
+renamed over the old one); :func:`load_state` reads it back without unpickling anything and
+validates everything, raising ``ValueError`` naming the file for any damaged or foreign file.
 
 The adapters (``uniopt.torch``, ``uniopt.tf``, ``uniopt.jax``) export their optimizers' state to this
 record and import it; :func:`export_state` and :func:`import_state` do the same for the core's
@@ -20,12 +21,19 @@ own optimizers, whose update rules, defaults and rounding differ from uniopt's (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
+import stat
+import struct
+import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -42,6 +50,7 @@ __all__ = [
     "load_state",
     "save_state",
     "spec_class",
+    "state_file_name",
 ]
 
 FORMAT = 1
@@ -251,15 +260,19 @@ def check_compatible(
     """Raise ``ValueError`` naming the first mismatch between ``state`` and an optimizer running
     ``spec`` on parameters of ``shapes`` (and ``dtypes``).
 
-    Checked in this order: the optimizer, the parameter count, each parameter's shape and dtype, the
-    slot names ``spec`` needs, and (unless ``hyperparameters=False``) every hyperparameter, which must
-    be equal for the import to continue the saved run (``lr`` included). ``convention`` is not
+    Checked in this order: the optimizer, the step (below ``2**63``), the parameter count, each
+    parameter's shape and dtype, the history, the slot names ``spec`` needs, each slot's array (a
+    NumPy array of its parameter's dtype: a record's slot mappings can be changed after it checked
+    them) and shape, and (unless ``hyperparameters=False``) every hyperparameter, which must be
+    equal for the import to continue the saved run (``lr`` included). ``convention`` is not
     compared: it chooses whose formulas run, and a record moves between conventions (a
-    ``convention="torch"`` run of uniopt.torch into torch.optim, a Keras record into uniopt's rules);
-    where conventions keep different slots or a history, the checks above refuse the record.
+    ``convention="torch"`` run of uniopt.torch into torch.optim, a Keras record into uniopt's
+    rules); where conventions keep different slots or a history, the checks above refuse the record.
     """
     if state.optimizer != spec.name:
         raise ValueError(f"{owner}: the state is from {state.optimizer}, the optimizer is {spec.name}")
+    if state.step >= 2**63:  # the frameworks' step counters are int64 (uniopt.jax's int32: checked there)
+        raise ValueError(f"{owner}: step {state.step} does not fit a 64-bit step counter")
     if len(state.shapes) != len(shapes):
         raise ValueError(
             f"{owner}: the state holds {len(state.shapes)} parameters, the optimizer has {len(shapes)}"
@@ -290,8 +303,15 @@ def check_compatible(
         )
     for i, (slots, shape) in enumerate(zip(state.slots, state.shapes, strict=True)):
         for name in expected:  # the spec's slot shapes (another convention may factor otherwise)
-            want = spec.slot_shape(name, shape)
-            if tuple(slots[name].shape) != want:
+            value, want = slots[name], spec.slot_shape(name, shape)
+            # the record checked its arrays when it was made; its slot mappings can be changed since
+            if not isinstance(value, np.ndarray) or str(value.dtype) != state.dtypes[i]:
+                kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+                raise ValueError(
+                    f"{owner}: parameter {i} slot {name!r} is {kind}, the state holds the parameter as "
+                    f"{state.dtypes[i]} (a slot is a NumPy array of its parameter's dtype)"
+                )
+            if tuple(value.shape) != want:
                 raise ValueError(
                     f"{owner}: parameter {i} slot {name!r} has shape {tuple(slots[name].shape)}, "
                     f"{spec.name} with these hyperparameters keeps shape {want}"
@@ -368,11 +388,8 @@ def _bits(array: np.ndarray) -> np.ndarray:
     return np.array(array, order="C", copy=True).view(f"u{array.dtype.itemsize}")
 
 
-def save_state(path: str | os.PathLike[str], state: PortableState) -> None:
-    """Write ``state`` to ``path`` as one ``.npz`` file (no pickles: raw bits plus JSON metadata).
-
-    ``np.savez`` appends ``.npz`` to a path that lacks it; give the full name to avoid surprises.
-    """
+def _arrays_of(state: PortableState) -> dict[str, np.ndarray]:
+    """The arrays of ``state``'s file: the JSON metadata as ``uint8`` and each slot as its bits."""
     meta = {
         "format": FORMAT,
         "optimizer": state.optimizer,
@@ -389,56 +406,315 @@ def save_state(path: str | os.PathLike[str], state: PortableState) -> None:
     for i, slots in enumerate(state.slots):
         for name, value in slots.items():
             arrays[f"slots/{i}/{name}"] = _bits(value)
-    np.savez(path, **arrays)
+    return arrays
 
 
-def load_state(path: str | os.PathLike[str]) -> PortableState:
-    """Read a file written by :func:`save_state`; ``ValueError`` if it is not one or is inconsistent."""
-    with np.load(path, allow_pickle=False) as archive:
-        if _META not in archive.files:
-            raise ValueError(f"{os.fspath(path)}: not a uniopt state file (no {_META} entry)")
+def state_file_name(path: str | os.PathLike[str]) -> str:
+    """The file :func:`save_state` writes for ``path``: ``path`` with ``.npz`` appended when it does
+    not end with it (``numpy.savez``'s rule, kept: ``"ckpt"`` -> ``"ckpt.npz"``)."""
+    name = os.fsdecode(os.fspath(path))
+    return name if name.endswith(".npz") else name + ".npz"
+
+
+def _umask_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open`` gives a new file (read without
+    changing the umask where ``/proc`` says it; else by setting it back at once)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _sync_folder(folder: str) -> None:
+    """fsync ``folder`` so that a rename in it survives a power loss (POSIX). Where the OS cannot
+    open or sync a folder (Windows; file systems that answer EINVAL), the rename is left to the OS."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_FOLDER_SYNC:
+            raise
+    finally:
+        os.close(fd)
+
+
+_NO_FOLDER_SYNC = {
+    getattr(errno, e) for e in ("EINVAL", "EBADF", "ENOTSUP", "EOPNOTSUPP") if hasattr(errno, e)
+}
+
+
+def save_state(path: str | os.PathLike[str] | BinaryIO, state: PortableState) -> None:
+    """Write ``state`` to one ``.npz`` file at ``path``, atomically.
+
+    **Format** (version :data:`FORMAT`): an uncompressed zip of ``.npy`` arrays, as
+    ``numpy.savez`` writes it: ``__uniopt_state__``, the JSON metadata (``format``, ``optimizer``,
+    ``convention``, ``hyperparameters``, ``step``, ``shapes``, ``dtypes``, ``slot_names`` and, for
+    a spec that keeps one, ``history``) as a 1-d ``uint8`` array; and ``slots/<i>/<name>``, the raw
+    bits of parameter ``i``'s slot ``name`` (``uint16``, ``uint32`` or ``uint64`` for ``float16``
+    and ``bfloat16``, ``float32``, ``float64``). No pickles.
+
+    **File name**: ``.npz`` is appended to a path that does not end with it, as ``numpy.savez``
+    does (``save_state("ckpt", s)`` writes ``ckpt.npz``; :func:`state_file_name` gives the name).
+    A symbolic link is written through: the file it points to is replaced.
+
+    **Atomicity**: the file is written to a temporary file in the same folder
+    (``.<name>.<random>.tmp``), flushed and ``os.fsync``-ed, then renamed over ``path`` with
+    ``os.replace`` and the folder fsync-ed (where the OS allows). A process killed at any point
+    leaves either the previous file or the new one at ``path``, never a partial one; a kill before
+    the rename may leave the hidden temporary file behind (its name does not end with ``.npz``, and
+    it may be deleted). On an exception the temporary file is removed and ``path`` is untouched.
+    The new file gets the old file's permission bits, or those of a new file (``0o666`` less the
+    umask).
+
+    ``path`` may also be a binary file object (anything with ``write``): the archive is written to it
+    as it is, with no atomicity (the caller owns that file).
+
+    Raises ``OSError`` from the file system (``FileNotFoundError`` for a missing folder).
+    """
+    arrays = _arrays_of(state)
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+        return
+    target = os.path.realpath(state_file_name(path))
+    folder = os.path.dirname(target)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = _umask_mode()
+    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _sync_folder(folder)
+
+
+# what reading a damaged zip or .npy raises (zipfile, numpy.lib.format, zlib for deflated members)
+_DAMAGED = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    struct.error,
+    zlib.error,
+    NotImplementedError,  # an unknown compression method
+    RuntimeError,  # an encrypted member
+    OverflowError,
+    ValueError,  # numpy's header checks
+)
+
+
+def _reraise_io(exc: BaseException) -> None:
+    """Re-raise an ``OSError`` that is the file system's (a read error); ``EINVAL`` is a damaged
+    archive's (zipfile seeking to a negative offset it read)."""
+    if isinstance(exc, OSError) and exc.errno != errno.EINVAL:
+        raise exc
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _read_array(
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    name: str,
+    want: tuple[np.dtype, list[int] | None],
+    what: str,
+    expected: str,
+) -> np.ndarray:
+    """One member's array, whose header must say ``want`` (a dtype, and a shape or ``None`` for any
+    1-d shape; else ``ValueError``: ``<name>: <what> is <dtype><shape>, expected <expected>``), checked
+    before any data is read. ``ValueError`` naming the file and the array when the member is damaged
+    (bad header, short or long data, CRC mismatch)."""
+    key = info.filename[: -len(".npy")]
+    with contextlib.ExitStack() as stack:
         try:
-            meta = json.loads(archive[_META].tobytes().decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{os.fspath(path)}: unreadable metadata ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"{os.fspath(path)}: format {meta.get('format')!r}, expected {FORMAT}")
-        keys = ("optimizer", "convention", "hyperparameters", "step", "shapes", "dtypes", "slot_names")
-        missing = [k for k in keys if k not in meta]
-        if missing:
-            raise ValueError(f"{os.fspath(path)}: metadata lacks {missing}")
+            member = stack.enter_context(archive.open(info))
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise ValueError(f"npy format version {version[0]}.{version[1]}; save_state writes 1.0")
+            data_bytes = info.file_size - member.tell()
+        except (*_DAMAGED, OSError) as exc:
+            _reraise_io(exc)
+            raise ValueError(f"{name}: array {key!r} is damaged ({_why(exc)})") from None
+        if dtype.hasobject:
+            raise ValueError(
+                f"{name}: array {key!r} holds Python objects (pickled data), which load_state never "
+                "loads (numpy.load with allow_pickle=False); not a uniopt state file"
+            )
+        want_dtype, want_shape = want
+        if dtype != want_dtype or (list(shape) != want_shape if want_shape is not None else len(shape) != 1):
+            raise ValueError(f"{name}: {what} is {dtype}{list(shape)}, expected {expected}")
+        size = math.prod(shape) * dtype.itemsize
+        if size != data_bytes:
+            raise ValueError(
+                f"{name}: array {key!r} is damaged (its header says {dtype}{list(shape)}, {size} bytes; "
+                f"the archive holds {data_bytes} bytes of data)"
+            )
+        out = np.empty(math.prod(shape), dtype)
+        view = memoryview(out).cast("B")
+        try:
+            done = 0
+            while done < size:
+                count = member.readinto(view[done:])
+                if not count:
+                    break
+                done += count
+            extra = member.read(1)  # at the end: zipfile checks the CRC
+        except (*_DAMAGED, OSError) as exc:
+            _reraise_io(exc)
+            raise ValueError(f"{name}: array {key!r} is damaged ({_why(exc)})") from None
+        if done != size or extra:
+            raise ValueError(f"{name}: array {key!r} is damaged ({done} bytes of data where {size} were due)")
+    return out.reshape(shape, order="F" if fortran else "C")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _metadata(raw: np.ndarray, name: str) -> dict[str, Any]:
+    """The metadata's JSON, its fields' types checked (their values are checked by the record)."""
+    try:
+        meta = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{name}: unreadable metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{name}: the metadata is a JSON {type(meta).__name__}, expected an object")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{name}: format {meta.get('format')!r}, expected {FORMAT}")
+    keys = ("optimizer", "convention", "hyperparameters", "step", "shapes", "dtypes", "slot_names")
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise ValueError(f"{name}: metadata lacks {missing}")
+    shapes, dtypes, names = meta["shapes"], meta["dtypes"], meta["slot_names"]
+    if not (isinstance(shapes, list) and isinstance(dtypes, list) and len(shapes) == len(dtypes)):
+        raise ValueError(f"{name}: shapes and dtypes must be lists of equal length")
+    for i, shape in enumerate(shapes):
+        if not (isinstance(shape, list) and all(_is_count(n) for n in shape)):
+            raise ValueError(f"{name}: parameter {i} has shape {shape!r}, expected a list of integers >= 0")
+    for i, dtype in enumerate(dtypes):
+        if dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{name}: parameter {i} has dtype {dtype!r}")
+    if not (
+        isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
+    ):
+        raise ValueError(f"{name}: slot_names {names!r} is not a list of distinct names")
+    for key, kind in (("hyperparameters", dict), ("optimizer", str), ("convention", str)):
+        if not isinstance(meta[key], kind):
+            raise ValueError(f"{name}: {key} {meta[key]!r} is not a JSON {kind.__name__}")
+    return meta
+
+
+def load_state(path: str | os.PathLike[str] | BinaryIO) -> PortableState:
+    """Read a file written by :func:`save_state` (or a binary file object holding one).
+
+    Nothing in the file is executed (no pickles are read), and every part is checked: the zip
+    archive and each ``.npy`` header and its CRC, the metadata (format version, fields and their
+    types), that exactly the expected arrays are present, each with the recorded shape and width,
+    and the record's own validation (:class:`PortableState`). The arrays come back as the recorded
+    dtypes, bit for bit. ``path`` is read as given (no ``.npz`` is appended).
+
+    Raises ``OSError`` from opening ``path`` (``FileNotFoundError``, ``IsADirectoryError``,
+    ``PermissionError``) and ``ValueError`` for any file that is not a complete, consistent state
+    file, its message starting with the file's name and saying what is wrong: an empty file, a file
+    that is not a zip archive (truncated, or another kind of file), a damaged array (bad header,
+    CRC mismatch, short data), an array of Python objects, a ``.npz`` without uniopt's metadata,
+    another format version, missing or unexpected arrays, an array of the wrong shape or width, or
+    metadata the record refuses.
+    """
+    if hasattr(path, "read"):
+        return _load(path, str(getattr(path, "name", "<file object>")))
+    name = os.fsdecode(os.fspath(path))
+    with open(name, "rb") as file:
+        return _load(file, name)
+
+
+def _load(file: BinaryIO, name: str) -> PortableState:
+    try:
+        start = file.tell()
+        empty = file.seek(0, os.SEEK_END) == start
+        file.seek(start)
+    except (OSError, ValueError):
+        empty = False  # not seekable: zipfile says so below
+    if empty:
+        raise ValueError(f"{name}: the file is empty, not a uniopt state file")
+    try:
+        archive = zipfile.ZipFile(file)
+    except (*_DAMAGED, OSError) as exc:
+        _reraise_io(exc)
+        raise ValueError(
+            f"{name}: not a readable zip archive ({_why(exc)}); a uniopt state file is the .npz that "
+            "save_state writes, and this file is truncated, damaged or of another kind"
+        ) from None
+    with archive:
+        members = {}
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{name}: {info.filename!r} is not an array; not a uniopt state file")
+            members[info.filename[: -len(".npy")]] = info
+        if _META not in members:
+            raise ValueError(f"{name}: not a uniopt state file (no {_META} entry)")
+        raw = _read_array(
+            archive, members[_META], name, (np.dtype(np.uint8), None), "the metadata", "uint8 text"
+        )
+        meta = _metadata(raw, name)
         shapes, dtypes, names = meta["shapes"], meta["dtypes"], meta["slot_names"]
-        if not (isinstance(shapes, list) and isinstance(dtypes, list) and len(shapes) == len(dtypes)):
-            raise ValueError(f"{os.fspath(path)}: shapes and dtypes must be lists of equal length")
         expected = {f"slots/{i}/{n}" for i in range(len(shapes)) for n in names} | {_META}
-        if set(archive.files) != expected:
-            lacking, extra = sorted(expected - set(archive.files)), sorted(set(archive.files) - expected)
+        if set(members) != expected:
+            lacking, extra = sorted(expected - set(members)), sorted(set(members) - expected)
             problem = f"arrays {lacking} are missing" if lacking else f"arrays {extra} are unexpected"
-            raise ValueError(f"{os.fspath(path)}: {problem}")
+            raise ValueError(f"{name}: {problem}")
+        try:
+            slot_shape = _slot_shape_of(meta["optimizer"], meta["hyperparameters"], meta["convention"])
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{name}: {exc}") from None
         slots = []
-        slot_shape = _slot_shape_of(meta["optimizer"], meta["hyperparameters"], meta["convention"])
         for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
-            if dtype not in _FLOAT_DTYPES:
-                raise ValueError(f"{os.fspath(path)}: parameter {i} has dtype {dtype!r}")
             target = _dtype(dtype)
             entry = {}
-            for name in names:
-                raw = archive[f"slots/{i}/{name}"]
-                want = list(slot_shape(name, tuple(shape)))
-                if raw.dtype != np.dtype(f"u{target.itemsize}") or list(raw.shape) != want:
-                    raise ValueError(
-                        f"{os.fspath(path)}: parameter {i} slot {name!r} is {raw.dtype}{list(raw.shape)}, "
-                        f"expected the bits of {dtype}{want}"
-                    )
-                entry[name] = raw.view(target)
+            for slot in names:
+                try:
+                    want = list(slot_shape(slot, tuple(shape)))
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"{name}: parameter {i} slot {slot!r}: {exc}") from None
+                raw = _read_array(
+                    archive,
+                    members[f"slots/{i}/{slot}"],
+                    name,
+                    (np.dtype(f"u{target.itemsize}"), want),
+                    f"parameter {i} slot {slot!r}",
+                    f"the bits of {dtype}{want}",
+                )
+                entry[slot] = raw.view(target)
             slots.append(entry)
-    return PortableState(
-        optimizer=meta["optimizer"],
-        hyperparameters=meta["hyperparameters"],
-        step=meta["step"],
-        slots=tuple(slots),
-        shapes=tuple(tuple(s) for s in shapes),
-        dtypes=tuple(dtypes),
-        convention=meta["convention"],
-        history=meta.get("history"),  # files of specs without a history have none
-    )
+    try:
+        return PortableState(
+            optimizer=meta["optimizer"],
+            hyperparameters=meta["hyperparameters"],
+            step=meta["step"],
+            slots=tuple(slots),
+            shapes=tuple(tuple(s) for s in shapes),
+            dtypes=tuple(dtypes),
+            convention=meta["convention"],
+            history=meta.get("history"),  # files of specs without a history have none
+        )
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name}: {exc}") from None

@@ -122,6 +122,13 @@ class SGD(Spec):
     def slot_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum != 0 else ()
 
+    def sparse_rule(self) -> str:
+        """``"rows"`` without momentum and weight decay (a zero gradient moves nothing: ``p - 0*lr``);
+        ``"dense"`` otherwise: momentum keeps moving rows touched before and weight decay shrinks
+        every row, as torch.optim.SGD's sparse buffer and Keras's densified update do
+        (:mod:`uniopt.sparse`)."""
+        return "rows" if self.momentum == 0 and self.weight_decay == 0 else "dense"
+
     def step_scalars(self, step: int, lr: float | None = None) -> SGDScalars:
         first = step == 1
         keep = 0.0 if first else float(self.momentum)

@@ -307,3 +307,53 @@ def test_optax_muon_porting_errors():
         ValueError, match=r"hyperparameter rms_rate is 0\.3 in the optimizer and 0\.2 in the state"
     ):
         uj.to_optax(record, "muon", params, learning_rate=0.02, consistent_rms=0.3)
+
+
+def _changed_slot(record):
+    record.slots[1]["exp_avg"] = record.slots[1]["exp_avg"].astype(np.float64)  # after its checks
+    return record
+
+
+def _listed_slot(record):
+    record.slots[2]["exp_avg_sq"] = record.slots[2]["exp_avg_sq"].tolist()  # after its checks
+    return record
+
+
+def _bad_record(bad):
+    spec = uniopt.Adam(lr=0.01)
+    params0, grads = stream("float32", steps=2)
+    arrays, state = reference(spec, params0, grads)
+    return bad(core_export(spec, state, arrays)), [jnp.asarray(a) for a in arrays]
+
+
+_CHANGED = (_changed_slot, r"parameter 1 slot 'exp_avg' is float64, the state holds the parameter as float32")
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [_CHANGED, (lambda r: r.replace(step=2**31), "step 2147483648 does not fit uniopt.jax's int32 count")],
+)
+def test_a_bad_record_is_refused_and_the_given_state_kept(bad, match):
+    """uniopt.jax builds a new state (nothing is assigned in place): a bad record raises, and the
+    state passed as ``into`` keeps its leaves, bit for bit."""
+    record, params = _bad_record(bad)
+    tx = uj.adam(0.01)
+    into = tx.init(params)
+    leaves = [np.asarray(leaf).copy() for leaf in jax.tree.leaves(into)]
+    with pytest.raises(ValueError, match=match):
+        uj.import_state(tx, record, params, into=into)
+    for mine, kept in zip(jax.tree.leaves(into), leaves, strict=True):
+        assert np.asarray(mine).tobytes() == kept.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        _CHANGED,
+        (_listed_slot, "parameter 2 slot 'exp_avg_sq' is float, the state holds the parameter as float32"),
+    ],
+)
+def test_a_bad_record_is_refused_by_to_optax(bad, match):
+    record, params = _bad_record(bad)
+    with pytest.raises(ValueError, match=match):
+        uj.to_optax(record, "adam", params, learning_rate=0.01)

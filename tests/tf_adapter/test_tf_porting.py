@@ -258,3 +258,55 @@ def test_keras_decoupled_decay_is_recorded_as_the_spec_that_decouples():
     record = utf.from_keras(keras.optimizers.Lion(weight_decay=0.1), variables)
     assert (record.optimizer, record.hyperparameters["weight_decay"]) == ("Lion", 0.1)
     assert record.hyperparameters["betas"] == [0.9, 0.99]
+
+
+# -- a bad record assigns nothing ------------------------------------------------------------------
+
+
+def _changed_slot(record):
+    record.slots[1]["exp_avg"] = record.slots[1]["exp_avg"].astype(np.float64)  # after its checks
+    return record
+
+
+_BAD_RECORDS = [
+    (_changed_slot, r"parameter 1 slot 'exp_avg' is float64, the state holds the parameter as float32"),
+    # the slots were assigned before Keras's int64 iterations refused this step
+    (lambda r: r.replace(step=2**63), "step 9223372036854775808 does not fit a 64-bit step counter"),
+]
+
+
+def _assert_bits_unchanged(before, after):
+    assert len(before) == len(after)
+    for a, b in zip(before, after, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize(("bad", "match"), _BAD_RECORDS)
+def test_a_bad_record_assigns_nothing_to_a_stepped_optimizer(bad, match):
+    spec = uniopt.Adam(lr=0.01)
+    params0, grads = stream("float32", steps=3)
+    arrays, state = reference(spec, params0, grads)
+    record = bad(core_export(spec, state, arrays))
+    variables = _variables(params0)
+    opt = utf.from_spec(spec)
+    _run(opt, variables, grads[:1])
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        utf.import_state(opt, record, variables)
+    _assert_bits_unchanged(before, _snapshot(opt))
+
+
+@pytest.mark.parametrize(("bad", "match"), _BAD_RECORDS)
+def test_a_bad_record_assigns_nothing_to_a_keras_optimizer(bad, match):
+    params0, grads = stream("float32", steps=3)
+    source_variables = _variables(params0)
+    source = keras.optimizers.Adam(learning_rate=0.01)
+    _run(source, source_variables, grads)
+    record = bad(utf.from_keras(source, source_variables))
+    variables = _variables(params0)
+    opt = keras.optimizers.Adam(learning_rate=0.01)
+    _run(opt, variables, grads[:1])
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        utf.to_keras(record, opt, variables)
+    _assert_bits_unchanged(before, _snapshot(opt))

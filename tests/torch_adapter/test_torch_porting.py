@@ -274,3 +274,72 @@ def test_a_torch_convention_run_moves_into_torch_optim_and_back_with_its_hyperpa
     assert_bitwise(ut.export_state(back).slots[0].values(), record.slots[0].values(), "slots")
     with pytest.raises(ValueError, match=r"hyperparameter lr is 0.02 in the optimizer and 0.01"):
         ut.to_torch_optim(record, torch.optim.Adam(copies, lr=0.02))
+
+
+# -- a bad record changes nothing, flat buffers included -------------------------------------------
+
+
+def _changed_slot(record):
+    record.slots[1]["exp_avg"] = record.slots[1]["exp_avg"].astype(np.float64)  # after its checks
+    return record
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (_changed_slot, r"parameter 1 slot 'exp_avg' is float64, the state holds the parameter as float32"),
+        (lambda r: r.replace(step=2**63), "step 9223372036854775808 does not fit a 64-bit step counter"),
+        (
+            lambda r: ut.export_state(
+                ut.Adam(_tensors(stream("float32", 0, ((3, 4), (6,), ()))[0]), lr=0.01)
+            ),
+            r"parameter 1 has shape \(5,\), the state holds shape \(6,\)",
+        ),
+        (
+            lambda r: ut.export_state(ut.RAdam(_tensors(stream("float32", steps=0)[0]), lr=0.01)),
+            "the state is from RAdam, the optimizer is Adam",
+        ),
+    ],
+)
+@pytest.mark.parametrize("implementation", ["flat", "loop"])
+def test_a_bad_record_leaves_a_stepped_optimizer_able_to_continue_bitwise(bad, match, implementation):
+    """A stepped optimizer (its state in flat buffers, or per tensor) refuses a bad record with its
+    state unchanged bit for bit, and then continues exactly like a twin that never saw the record."""
+    params0, grads = stream("float32", steps=4)
+    params, twin_params = _tensors(params0), _tensors(params0)
+    opt = ut.Adam(params, lr=0.01, amsgrad=True, implementation=implementation)
+    twin = ut.Adam(twin_params, lr=0.01, amsgrad=True, implementation=implementation)
+    _torch_run(opt, params, grads[:2])
+    _torch_run(twin, twin_params, grads[:2])
+    source = _tensors(params0)
+    record = bad(ut.export_state(_optimizer(uniopt.Adam(lr=0.01, amsgrad=True), source)))
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        ut.import_state(opt, record)
+    _same(before, _snapshot(opt))
+    _torch_run(opt, params, grads[2:])
+    _torch_run(twin, twin_params, grads[2:])
+    assert_bitwise([p.detach().numpy() for p in params], [p.detach().numpy() for p in twin_params], "params")
+    mine, theirs = ut.export_state(opt), ut.export_state(twin)
+    assert mine.step == theirs.step == 4
+    for a, b in zip(mine.slots, theirs.slots, strict=True):
+        assert_bitwise([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], "slots")
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (_changed_slot, r"parameter 1 slot 'exp_avg' is float64, the state holds the parameter as float32"),
+        (lambda r: r.replace(step=2**63), "does not fit a 64-bit step counter"),
+    ],
+)
+def test_a_bad_record_leaves_a_torch_optim_optimizer_unchanged(bad, match):
+    params0, grads = stream("float32", steps=2)
+    params = _tensors(params0)
+    native = torch.optim.Adam(params, lr=0.01)
+    _torch_run(native, params, grads)
+    record = bad(ut.from_torch_optim(native))
+    before = _snapshot(native)
+    with pytest.raises(ValueError, match=match):
+        ut.to_torch_optim(record, native)
+    _same(before, _snapshot(native))
