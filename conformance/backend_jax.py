@@ -58,13 +58,17 @@ def _make_runner(mode: str) -> Runner:
         raise ValueError(f"jax backend has no mode {mode!r}")
     device = jax_device()
 
-    def transformation(spec: Spec) -> Any:
+    def transformation(spec: Spec, slot_dtypes: dict[str, str]) -> Any:
         name, kwargs = ujax.optax_arguments(spec)
+        if slot_dtypes:  # optax's mu_dtype / accumulator_dtype: one dtype for the spec's narrow slots
+            (dtype,) = set(slot_dtypes.values())
+            arg = next(a for a in ujax.POSITIONAL[name] if a in ("mu_dtype", "accumulator_dtype"))
+            kwargs[arg] = dtype
         return getattr(ujax, name)(**kwargs)
 
     def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
         units = units_of(batch)
-        txs = [transformation(unit.spec) for unit in units]
+        txs = [transformation(unit.spec, unit.slot_dtypes) for unit in units]
 
         def step_all(params: list, states: list, grads: list) -> tuple[list, list]:
             new_params, new_states = [], []
@@ -94,7 +98,8 @@ def _make_runner(mode: str) -> Runner:
                 for unit, p, s in zip(units, params, states, strict=True)
             ]
 
-        # one transfer per step: every array of the batch concatenated (a copy: no bits change)
+        # one transfer per step: every array of the batch concatenated (a copy: no bits change; a
+        # slot stored narrower widens exactly and is narrowed back exactly after the transfer)
         pack = jax.jit(
             lambda params, states: [
                 jnp.concatenate([a.reshape(-1) for a in unit]) if unit else jnp.zeros(0)
@@ -102,12 +107,16 @@ def _make_runner(mode: str) -> Runner:
             ]
         )
         shapes = [[tuple(a.shape) for a in unit] for unit in arrays_of(params, states)]
+        dtypes = [[np.dtype(a.dtype) for a in unit] for unit in arrays_of(params, states)]
 
         def snapshot() -> list[Snapshot]:
             flat = jax.device_get(pack(params, states))
-            return snapshots_of(
-                batch, units, [split_flat(np.asarray(f), s) for f, s in zip(flat, shapes, strict=False)]
-            )
+            split = [split_flat(np.asarray(f), s) for f, s in zip(flat, shapes, strict=False)]
+            split = [
+                [a if a.dtype == d else a.astype(d) for a, d in zip(unit, ds, strict=True)]
+                for unit, ds in zip(split, dtypes, strict=False)
+            ]
+            return snapshots_of(batch, units, split)
 
         yield snapshot()
         for t in range(1, steps + 1):
@@ -135,4 +144,5 @@ BACKEND = Backend(
         "optax": per_convention_only(training_dtypes_only(_REDUCED, "jax@eager and jax@jit"), "jax@jit"),
     },
     slowest=("jit", "optax"),
+    slot_dtypes=True,
 )

@@ -61,6 +61,7 @@ class Member:
     spec: Spec
     params0: list[np.ndarray]
     grads_at: GradsAt
+    slot_dtypes: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the case's (registry.Case)
 
 
 Runner = Callable[[Sequence[Member], int], Iterator[list[Snapshot]]]
@@ -92,6 +93,8 @@ def batched(run_one: CellRunner) -> Runner:
     """A batch runner that runs each member on its own with a one-cell runner."""
 
     def run(members: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
+        if any(m.slot_dtypes for m in members):  # a backend with slot_dtypes=True runs units
+            raise ValueError("a one-cell runner takes no slot_dtypes (registry.Case.slot_dtypes)")
         trajectories = [list(run_one(m.spec, m.params0, m.grads_at, steps)) for m in members]
         yield from (list(step) for step in zip(*trajectories, strict=True))
 
@@ -110,6 +113,7 @@ class Unit:
     params0: list[np.ndarray]
     sources: list[list[tuple[int, int]]]
     stacked: list[bool]
+    slot_dtypes: Mapping[str, str] = dataclasses.field(default_factory=dict)  # its members'
 
     def grads(self, batch: Sequence[Member], step: int) -> list[np.ndarray]:
         out = []
@@ -123,16 +127,17 @@ class Unit:
 
 
 def units_of(batch: Sequence[Member]) -> list[Unit]:
-    """Group a batch's members by (spec, dtype), in first-seen order; within a unit of an elementwise
-    optimizer, stack the parameters of members whose parameter shapes are the same (two or more)."""
+    """Group a batch's members by (spec, dtype, slot dtypes), in first-seen order; within a unit of an
+    elementwise optimizer, stack the parameters of members whose parameter shapes are the same (two
+    or more)."""
     from uniopt.registry import get as get_info
 
     grouped: dict[tuple, list[int]] = {}
     for k, member in enumerate(batch):
         dtype = member.params0[0].dtype.str if member.params0 else ""
-        grouped.setdefault((member.spec, dtype), []).append(k)
+        grouped.setdefault((member.spec, dtype, tuple(sorted(member.slot_dtypes.items()))), []).append(k)
     units = []
-    for (spec, _), members in grouped.items():
+    for (spec, _, slot_dtypes), members in grouped.items():
         try:
             elementwise = get_info(spec.name).elementwise
         except KeyError:
@@ -141,7 +146,7 @@ def units_of(batch: Sequence[Member]) -> list[Unit]:
         for k in members:
             shapes = tuple(p.shape for p in batch[k].params0)
             by_shapes.setdefault(shapes if elementwise else (k,), []).append(k)
-        unit = Unit(spec, [], [], [])
+        unit = Unit(spec, [], [], [], dict(slot_dtypes))
         for same in by_shapes.values():
             for i in range(len(batch[same[0]].params0)):
                 if len(same) > 1:
@@ -252,7 +257,7 @@ def run_namespace(
     def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
         units = units_of(batch)
         params = [[to_xp(p) for p in u.params0] for u in units]
-        states = [u.spec.init(p, xp) for u, p in zip(units, params, strict=True)]
+        states = [u.spec.init(p, xp, slot_dtypes=u.slot_dtypes) for u, p in zip(units, params, strict=True)]
 
         def snapshot() -> list[Snapshot]:
             arrays = [
@@ -287,6 +292,9 @@ class Backend:
     # the modes that take longest, longest first: their jobs are queued before the others', so that
     # two cores do not end the run with one long job alone (modes not named keep their order)
     slowest: tuple[str, ...] = ()
+    # whether it runs the cases with lower-precision slots (registry.Case.slot_dtypes): the core's
+    # init(slot_dtypes=...) on NumPy, uniopt.jax's mu_dtype/accumulator_dtype
+    slot_dtypes: bool = False
 
     def queue_order(self, modes: Sequence[str]) -> list[str]:
         """``modes`` in the order their jobs are queued: :attr:`slowest` first."""
@@ -510,6 +518,7 @@ BACKENDS: dict[str, Backend] = {
             ("eager",),
             ("float32", "float64", "float16", "bfloat16"),
             _numpy_runner,
+            slot_dtypes=True,
         ),
         Backend(
             "array_api_strict",

@@ -51,7 +51,7 @@ def convention_of(optimizer: str, case: str) -> str:
     """The ``convention`` of a registry case (``"uniopt"`` unless the case names one)."""
     for info in TABLE:
         if info.name == optimizer:
-            return next(c for c in info.cases if c.desc == case).kwargs.get("convention", "uniopt")
+            return info.case(case).kwargs.get("convention", "uniopt")
     raise KeyError(optimizer)
 
 
@@ -104,7 +104,7 @@ def cells(
         Cell(info.name, case.desc, stream, dtype, lengths.get(stream, steps))
         for info in TABLE
         if wanted is None or info.name in wanted
-        for case in info.cases
+        for case in info.all_cases
         for stream in stream_names
         for long in [stream == "long"]
         if not long or (info.name in LONG_OPTIMIZERS and case.desc == "default")

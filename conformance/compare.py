@@ -66,9 +66,21 @@ class _Trajectories:
             self.index.setdefault(key, []).append(name)
 
     def cell(self, key: str) -> dict[str, np.ndarray]:
-        # npz keeps extension dtypes (bfloat16) as raw bytes: view them back
         dtype = dtype_of(Cell.from_key(key).dtype)
-        return {name: self.npz[f"{key}::{name}"].view(dtype) for name in self.index.get(key, [])}
+        return {name: _restored(self.npz[f"{key}::{name}"], dtype) for name in self.index.get(key, [])}
+
+
+def _restored(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An array as the run held it: npz keeps extension dtypes (bfloat16) as raw bytes, viewed back
+    here as the cell's dtype, or, for 2 bytes beside wider parameters, as bfloat16 (a slot stored in
+    bfloat16, ``registry.Case.slot_dtypes``; NumPy's own float16 comes back as itself)."""
+    if array.dtype == dtype or array.dtype.kind != "V":
+        return array
+    if array.dtype.itemsize == dtype.itemsize:
+        return array.view(dtype)
+    if array.dtype.itemsize == 2:
+        return array.view(dtype_of("bfloat16"))
+    raise ValueError(f"an array of {array.dtype.itemsize}-byte raw values in a {dtype} cell")
 
 
 def _distance(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> tuple[int, int | None]:

@@ -39,12 +39,14 @@ def member_of(cell: Cell) -> Member:
     """A cell's spec, starting parameters and gradient stream."""
     info = get_info(cell.optimizer)
     stream = STREAMS[cell.stream]
-    spec = info.make(info.case(cell.case))
+    case = info.case(cell.case)
+    spec = info.make(case)
     param_set = param_set_for(spec, stream)
     return Member(
         spec,
         initial_params(param_set, cell.dtype),
         lambda step: gradients(stream, step, cell.dtype, param_set),
+        dict(case.slot_dtypes),
     )
 
 
@@ -83,6 +85,24 @@ def batches(cells: Sequence[Cell]) -> list[list[Cell]]:
     return list(found.values())
 
 
+def _slot_dtypes_refused(backend: Backend, info, cell: Cell) -> str | None:
+    """Why a case with lower-precision slots (``registry.Case.slot_dtypes``) does not run here: the
+    backend does not store them, or the cell's parameter dtype does not take them."""
+    case = info.case(cell.case)
+    if not case.slot_dtypes:
+        return None
+    if not backend.slot_dtypes:
+        return (
+            f"{backend.name} runs no lower-precision state (slot_dtypes): the core on NumPy and uniopt.jax do"
+        )
+    spec = info.make(case)
+    for name, dtype in case.slot_dtypes.items():
+        why = spec.slot_dtype_refusal(name, dtype, cell.dtype)
+        if why is not None:
+            return f"slot_dtypes {name}={dtype} beside {cell.dtype} parameters: {why}"
+    return None
+
+
 def _vanishing(info, cell: Cell) -> str | None:
     """Why a cell cannot run in its dtype: a hyperparameter that rounds to 0 there."""
     dtype = dtype_of(cell.dtype)
@@ -103,6 +123,7 @@ def _why_not(backend: Backend, mode: str, cell: Cell, full: bool) -> tuple[str, 
     left to ``--full`` for time, ``None`` for a cell to run."""
     info = get_info(cell.optimizer)
     reason = backend.supports(cell) if backend.supports is not None else None
+    reason = reason or _slot_dtypes_refused(backend, info, cell)
     reason = reason or info.skip_reason(backend.name, mode, cell.case) or _vanishing(info, cell)
     if reason is None and cell.dtype not in backend.dtypes:
         reason = f"{backend.name} does not support {cell.dtype}"

@@ -75,6 +75,14 @@ def _one_ulp_late(step_to_perturb: int) -> Backend:
     return Backend("nudged", "numpy", ("eager",), ("float32",), runner)
 
 
+def _full_precision_state(selected: list[Cell]) -> list[Cell]:
+    """The cells whose case keeps every slot in the parameters' dtype (no ``Case.slot_dtypes``: the
+    one-cell runners here and array_api_strict run no lower-precision state)."""
+    from uniopt.registry import get
+
+    return [c for c in selected if not get(c.optimizer).case(c.case).slot_dtypes]
+
+
 def _numpy_batch_runner():
     import array_api_compat.numpy as xp
 
@@ -102,7 +110,8 @@ def _nudging_one_member(victim: Cell, step_to_perturb: int) -> Backend:
 
         return run
 
-    return Backend("nudged", "numpy", ("eager",), ("float32",), runner)
+    # numpy's runner stores the cases' lower-precision slots (registry.Case.slot_dtypes) too
+    return Backend("nudged", "numpy", ("eager",), ("float32",), runner, slot_dtypes=True)
 
 
 def test_batches_run_every_cell_of_an_optimizer_dtype_and_length_together():
@@ -147,8 +156,10 @@ def test_a_one_ulp_change_in_one_cell_of_a_batch_fails_that_cell_and_only_that_c
 
 
 def test_pipeline_passes_bitwise_backends_and_catches_a_one_ulp_difference(tmp_path):
-    selected = cells(
-        ["float32", "float64"], steps=8, optimizers=["RAdam", "SGD"], streams=["normal", "mixed_shapes"]
+    selected = _full_precision_state(
+        cells(
+            ["float32", "float64"], steps=8, optimizers=["RAdam", "SGD"], streams=["normal", "mixed_shapes"]
+        )
     )
     traj = tmp_path / "trajectories"
     run_backend(backends.get("numpy"), selected, traj)
@@ -402,7 +413,7 @@ def test_a_relative_bound_admits_a_cell_beyond_its_ulp_tolerance_only_within_it(
 
     row = dataclasses.replace(registry.get("SGD"), relative_tolerance={"nudged": (bound, "a stated reason")})
     monkeypatch.setitem(registry._BY_NAME, "SGD", row)
-    selected = cells(["float32"], steps=5, optimizers=["SGD"], streams=["normal"])
+    selected = _full_precision_state(cells(["float32"], steps=5, optimizers=["SGD"], streams=["normal"]))
     traj = tmp_path / "trajectories"
     run_backend(backends.get("numpy"), selected, traj)
     run_backend(_one_ulp_late(2), selected, traj)

@@ -59,7 +59,8 @@ OPTAX_ONLY: dict[str, dict[str, tuple[Callable[[Any, str], bool], str]]] = {
 """optax arguments without a spec field: ``(accepts(value, convention), the accepted values)``.
 Each defaults to ``None``, optax's default meaning (so ``optax.inject_hyperparams`` leaves it
 static), or optax's own bool default where every convention accepts it. ``mu_dtype`` and
-``accumulator_dtype``: ``None``, or a dtype checked against each parameter's at init."""
+``accumulator_dtype``: ``None``, or a real floating dtype (else ``ValueError``; not a dtype:
+``TypeError``), checked against each parameter's at init (:meth:`uniopt.Spec.slot_dtype_refusal`)."""
 
 _INITIAL_STATE = ("initial_accumulator_value",)  # fields read by init, not by the step
 _STRUCTURE = {  # fields the rule reads as Python values (not through the per-step scalars): what each decides
@@ -175,9 +176,15 @@ def _check_optax_only(alias: str, arguments: dict[str, Any]) -> None:
         if arg in _STATE_DTYPE:
             if value is not None:
                 try:
-                    np.dtype(value)
+                    dtype = np.dtype(value)
                 except TypeError:
                     raise TypeError(f"uniopt.jax.{alias}: {arg}={value!r} is not a dtype") from None
+                if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+                    raise ValueError(
+                        f"uniopt.jax.{alias}: {arg}={dtype.name} is not a real floating dtype; expected "
+                        f"{arg}=None (each parameter's dtype) or a real floating dtype (bfloat16, "
+                        "float16, float32, float64)"
+                    )
             continue
         if not accepts(value, convention):
             raise ValueError(

@@ -671,8 +671,13 @@ def transformation(
     run ``spec.replace(weight_decay=0.0)``), everything else as usual.
 
     ``injected``: hyperparameters given as arrays (see :class:`Injected`). ``state_dtype``:
-    ``(argument, dtype)``, optax's ``mu_dtype``/``accumulator_dtype``; the state is kept in each
-    parameter's dtype, so another dtype raises ``ValueError`` at ``init``.
+    ``(argument, dtype)``, optax's ``mu_dtype``/``accumulator_dtype``: the slots of
+    :attr:`uniopt.Spec.lower_precision_slots` are stored in ``dtype`` (canonicalized as optax does,
+    ``jax.dtypes.canonicalize_dtype``) after ``init`` and after every update, the others in each
+    parameter's dtype; ``None`` keeps every slot in its parameter's dtype. A dtype the spec
+    refuses beside a parameter (:meth:`uniopt.Spec.slot_dtype_refusal`: wider than the parameter,
+    complex, or a spec without such slots) raises ``ValueError`` at ``init``, naming the argument.
+    (optax's ``dtype_momentum`` of ``adafactor`` is checked against the spec's own rule.)
 
     A spec with a history (:meth:`uniopt.Spec.init_history`) keeps it in
     :attr:`UnioptState.history` and advances it once per step (:func:`_history_step`); a spec with
@@ -714,7 +719,13 @@ def transformation(
         slots = {
             n: treedef.unflatten(
                 [
-                    _placed_like(_from_real(spec.init_slot(n, _as_real(p, pairs), _SLOT_XP), p, pairs), p)
+                    _placed_like(
+                        _stored_as(
+                            _from_real(spec.init_slot(n, _as_real(p, pairs), _SLOT_XP), p, pairs),
+                            _slot_dtype(spec, n, p, state_dtype),
+                        ),
+                        p,
+                    )
                     for p in arrays
                 ]
             )
@@ -760,7 +771,16 @@ def transformation(
             g = _as_array(g, p.dtype)
             if g.shape != p.shape:
                 raise ValueError(f"{name}: a gradient of shape {g.shape} for a parameter of shape {p.shape}")
-            slots = {n: _as_real(_as_array(slot_leaves[n][i], p.dtype), pairs) for n in names}
+            stored_as = {n: _slot_dtype(spec, n, p, state_dtype) for n in names}
+            for n in names:  # a narrower slot arrives as stored: never rounded here
+                have = getattr(slot_leaves[n][i], "dtype", None)
+                if stored_as[n] != p.dtype and have is not None and jnp.dtype(have) != stored_as[n]:
+                    raise ValueError(
+                        f"{name}: the state's slot {n!r} is {jnp.dtype(have).name}; this transformation "
+                        f"stores it in {jnp.dtype(stored_as[n]).name} ({state_dtype[0]}): expected the "
+                        "state of its init and updates"
+                    )
+            slots = {n: _as_real(_as_array(slot_leaves[n][i], stored_as[n]), pairs) for n in names}
             real = _as_real(p, pairs)
             sc = scalars[id(leaf_spec)].of(dtypes[i])
             new_p, new_s = leaf_spec.rule(real, _as_real(g, pairs), slots, sc, xp)
@@ -896,13 +916,34 @@ def _as_param(spec: Spec, value: Any, state_dtype: tuple[str, Any] | None = None
         _check_momentum_dtype(spec, state_dtype[1], array.dtype)
     elif state_dtype is not None and state_dtype[1] is not None:
         arg, dtype = state_dtype
-        if jnp.dtype(dtype) != array.dtype:
-            raise ValueError(
-                f"{spec.name}: {arg}={jnp.dtype(dtype).name} for a parameter of dtype {array.dtype}: "
-                f"optimizer state in another dtype than its parameter's is not implemented; "
-                f"expected {arg}=None (the state takes each parameter's dtype)"
-            )
+        dtype = jax.dtypes.canonicalize_dtype(dtype)  # as optax's utils.canonicalize_dtype
+        for slot in spec.lower_precision_slots or spec.slot_names()[:1]:
+            why = spec.slot_dtype_refusal(slot, dtype, array.dtype)
+            if why is not None:
+                raise ValueError(
+                    f"{spec.name}: {arg}={dtype.name} for a parameter of dtype {array.dtype}: {why}; "
+                    f"or {arg}=None (the parameter's dtype)"
+                )
     return array
+
+
+def _slot_dtype(spec: Spec, name: str, param: jax.Array, state_dtype: tuple[str, Any] | None) -> Any:
+    """The dtype slot ``name`` of ``param`` is stored in: ``mu_dtype``/``accumulator_dtype``
+    (canonicalized) for a slot of :attr:`uniopt.Spec.lower_precision_slots`, else the parameter's
+    (``dtype_momentum`` is adafactor's, handled by its spec)."""
+    if (
+        state_dtype is None
+        or state_dtype[1] is None
+        or state_dtype[0] == "dtype_momentum"
+        or name not in spec.lower_precision_slots
+    ):
+        return param.dtype
+    return jax.dtypes.canonicalize_dtype(state_dtype[1])
+
+
+def _stored_as(slot: jax.Array, dtype: Any) -> jax.Array:
+    """An initial slot (zeros) in the dtype it is stored in (exact)."""
+    return slot if slot.dtype == dtype else slot.astype(dtype)
 
 
 def _check_shapes(spec: Spec, params: Any, arrays: list[jax.Array]) -> None:

@@ -12,12 +12,15 @@ from typing import Any
 from ._spec import Array
 
 __all__ = [
+    "EXACTLY_WIDENS",
     "abs_sq",
     "adam_moments",
     "adam_step",
     "bias_correction",
     "divide_by_scalar",
     "divide_exactly",
+    "dtype_in",
+    "dtype_name",
     "ema",
     "float32_bias_correction",
     "float32_pow",
@@ -33,9 +36,13 @@ __all__ = [
     "real_scalars",
     "refuse_complex",
     "rms",
+    "round_to_dtype",
+    "stored",
+    "stored_product",
     "sum_pairwise",
     "sum_pairwise_axis",
     "trust_ratio",
+    "widened",
 ]
 
 
@@ -356,3 +363,116 @@ def rms(x: Array, xp: Any, one: Array) -> Array:
     n = math.prod(int(s) for s in x.shape)
     total = sum_pairwise(xp.multiply(x, x), xp)
     return xp.sqrt(divide_exactly(total, xp.full_like(one, float(n)), xp))
+
+
+# -- lower-precision state (optax's mu_dtype / accumulator_dtype) ------------------------------------
+# A slot of Spec.lower_precision_slots may be stored in a narrower float dtype than its parameter's.
+# The rule widens it to the parameter's dtype (exact: every value of the stored dtype is one of the
+# parameter's), computes in the parameter's dtype, and rounds the slot's new value to nearest with
+# ties to even to the stored dtype (widened, stored): once, or from float64 to a 16-bit dtype through
+# float32, as XLA converts. The update is computed from the unrounded value. Conversions from
+# float32 (and float64 to float32) are correctly rounded in NumPy (ml_dtypes for bfloat16), torch,
+# TensorFlow and XLA, so every backend stores the same bits. optax's convention adds one rounding
+# optax makes (stored_product).
+
+EXACTLY_WIDENS: dict[str, tuple[str, ...]] = {
+    "float64": ("float32", "bfloat16", "float16"),
+    "float32": ("bfloat16", "float16"),
+}
+"""Parameter dtype -> the narrower real floating dtypes a slot may be stored in beside it: those
+whose every value (subnormals included) the parameter's dtype holds exactly. ``bfloat16`` beside
+``float16`` (or the reverse) is not one: bfloat16's range exceeds float16's, float16's precision
+bfloat16's."""
+
+_FORMATS = {
+    "bfloat16": (8, -133, 3.3895313892515355e38),
+    "float16": (11, -24, 65504.0),
+    "float32": (24, -149, 3.4028234663852886e38),
+}
+"""dtype -> (significand bits, exponent of the smallest subnormal, largest finite value)."""
+
+
+def dtype_name(dtype: Any) -> str:
+    """The name of a dtype object of any backend, or a dtype name itself: ``"bfloat16"``, ...
+    (NumPy, ml_dtypes, jax and TensorFlow dtypes have ``name``; torch's print as ``torch.<name>``)."""
+    if isinstance(dtype, str):
+        return dtype
+    name = getattr(dtype, "name", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(dtype, type):  # a scalar type: numpy.float32, ml_dtypes.bfloat16
+        import numpy as np
+
+        return np.dtype(dtype).name
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def dtype_in(dtype: Any, xp: Any) -> Any:
+    """The namespace's dtype named like ``dtype`` (a name or a dtype object); NumPy's
+    ``bfloat16`` is ml_dtypes' (NumPy has none of its own). ``ValueError`` for a namespace without
+    it (array-api-strict has no bfloat16), naming it."""
+    name = dtype_name(dtype)
+    found = getattr(xp, name, None)
+    if found is None and name == "bfloat16" and "numpy" in getattr(xp, "__name__", ""):
+        try:
+            import ml_dtypes  # NumPy's bfloat16 (jax and TensorFlow depend on it)
+        except ImportError:  # pragma: no cover - installed with every framework
+            raise ValueError("bfloat16 slots on NumPy need ml_dtypes (pip install ml_dtypes)") from None
+        found = ml_dtypes.bfloat16
+    if found is None:
+        raise ValueError(f"the namespace {getattr(xp, '__name__', xp)} has no {name} dtype")
+    return found
+
+
+def widened(slot: Array, param: Array, xp: Any) -> Array:
+    """A slot as the rule computes with it: in ``param``'s dtype, widened exactly where it is
+    stored narrower (unchanged otherwise)."""
+    return slot if slot.dtype == param.dtype else xp.astype(slot, param.dtype)
+
+
+def stored(value: Array, slot: Array, xp: Any) -> Array:
+    """A slot's new value (computed in the parameter's dtype) as it is stored: rounded to nearest
+    with ties to even to the dtype of ``slot`` (the value before the step) where that is narrower;
+    unchanged otherwise. From float64 to a 16-bit dtype it is rounded to float32 first, then to the
+    16-bit dtype, as XLA converts float64 to bfloat16 (eagerly and under jit, measured with jax
+    0.10.2; NumPy's ml_dtypes rounds directly, and differs where the float32 rounding lands on a
+    bfloat16 tie): two roundings every backend makes alike."""
+    if value.dtype == slot.dtype:
+        return value
+    if float_bits(value, xp) == 64 and float_bits(slot, xp) == 16:
+        value = xp.astype(value, xp.float32)
+    return xp.astype(value, slot.dtype)
+
+
+def stored_product(slot: Array, factor: Array, param: Array, xp: Any) -> Array:
+    r"""``slot * factor`` rounded to ``slot``'s (stored) dtype and widened again to ``param``'s: the
+    product optax forms when it multiplies a moment stored in ``mu_dtype`` by a Python-float decay
+    (``b1 * mu`` in ``optax.tree.update_moment``: jax's weak typing keeps the product in the moment's
+    dtype, with the decay rounded to that dtype first). ``factor`` is that rounded decay, held in the
+    parameter's dtype (:func:`round_to_dtype` on the host). The product of two bfloat16 (float16)
+    values is exact in float32, so one rounding to the stored dtype is the correctly rounded
+    product. Where the slot is stored in the parameter's dtype, ``slot * factor``."""
+    product = xp.multiply(widened(slot, param, xp), factor)
+    return widened(stored(product, slot, xp), param, xp)
+
+
+def round_to_dtype(value: float, dtype: str) -> float:
+    """``value`` rounded once (to nearest, ties to even) to ``bfloat16``, ``float16`` or
+    ``float32``, as a Python float holding the exact value: the host's rounding of a Python-float
+    hyperparameter to a slot's dtype, as jax's weak typing rounds it (against ml_dtypes' rounding
+    of 20,000 random values and edge cases in tests/test_state_dtype.py, and jax's ``decay * x``
+    of a bfloat16 or float16 ``x`` in tests/jax_adapter/test_jax_state_dtype.py). Subnormals kept,
+    overflow to infinity, NaN and infinities unchanged."""
+    if dtype == "float64" or not math.isfinite(value) or value == 0.0:
+        return float(value)
+    bits, min_exp, largest = _FORMATS[dtype]
+    _, exp = math.frexp(value)  # |value| = m * 2**exp, 0.5 <= m < 1
+    quantum = max(exp - bits, min_exp)  # the dtype's spacing at |value|
+    scaled = math.ldexp(value, -quantum)  # exact: a power-of-two scaling of a float64
+    # round(): to nearest, ties to even; copysign keeps the sign of a value that rounds to zero
+    rounded = math.copysign(math.ldexp(float(round(scaled)), quantum), value)
+    if abs(rounded) > largest:
+        # beyond the largest finite value: infinity where value is at least halfway to the next
+        # power of the spacing (rounded then exceeds largest)
+        return math.copysign(math.inf, value)
+    return rounded

@@ -39,8 +39,10 @@ Scalars = NamedTuple
 class State(NamedTuple):
     """Optimizer state: the number of steps taken, one slot mapping per parameter, and the history.
 
-    ``slots[i]`` maps each name of :meth:`Spec.slot_names` to an array of ``params[i]``'s dtype and
-    of the shape :meth:`Spec.slot_shape` gives for ``params[i]``'s shape: ``params[i]``'s own shape
+    ``slots[i]`` maps each name of :meth:`Spec.slot_names` to an array of ``params[i]``'s dtype (or of
+    the narrower dtype :meth:`Spec.init` was asked to store a slot of
+    :attr:`Spec.lower_precision_slots` in: "Lower-precision state" in docs/conventions.md) and of
+    the shape :meth:`Spec.slot_shape` gives for ``params[i]``'s shape: ``params[i]``'s own shape
     for every elementwise spec; Adafactor's factored row and column statistics are smaller.
     ``history`` is what a spec carries from step to step besides the step count and the slots
     (:meth:`Spec.init_history`): ``None`` for every spec whose per-step scalars are a function of the
@@ -104,6 +106,11 @@ class Spec:
     real_only: ClassVar[bool] = False
     # fields the keras convention stores rounded to float32, as Keras holds them (see keras_float32)
     keras_float32_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
+    # slots that :meth:`init` may store in a narrower float dtype than their parameter's (optax's
+    # mu_dtype / accumulator_dtype): the rule widens such a slot exactly to the parameter's dtype,
+    # computes in that dtype, and rounds the slot's new value once (to nearest, ties to even) to
+    # the stored dtype (:func:`uniopt._math.widened`, :func:`uniopt._math.stored`)
+    lower_precision_slots: ClassVar[tuple[str, ...]] = ()
 
     # -- to be provided by each optimizer -------------------------------------------------------
     def _check(self) -> None:
@@ -262,16 +269,73 @@ class Spec:
         """A validated copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
-    def init_slots(self, param: Array, xp: Any) -> dict[str, Array]:
-        """All slots of one parameter."""
-        return {name: self.init_slot(name, param, xp) for name in self.slot_names()}
+    def slot_dtype_refusal(self, name: str, dtype: Any, param_dtype: Any) -> str | None:
+        """Why slot ``name`` cannot be stored in ``dtype`` beside a parameter of ``param_dtype``
+        (dtype objects of any backend, or their names), in words for a ``ValueError``; ``None``
+        where it can. Accepted: the parameter's own dtype, and for a slot of
+        :attr:`lower_precision_slots` a real floating dtype every value of which the parameter's
+        dtype holds exactly (``bfloat16`` and ``float16`` beside ``float32`` or ``float64``,
+        ``float32`` beside ``float64``), so that widening the stored slot is exact."""
+        from ._math import EXACTLY_WIDENS, dtype_name  # _math imports this module
 
-    def init(self, params: Sequence[Array], xp: Any = None) -> State:
+        asked, own = dtype_name(dtype), dtype_name(param_dtype)
+        if asked == own:
+            return None
+        if name not in self.lower_precision_slots:
+            kept = ", ".join(self.lower_precision_slots) or "none"
+            return (
+                f"slot {name!r} is stored in its parameter's dtype, {own} (the slots stored narrower: {kept})"
+            )
+        narrower = EXACTLY_WIDENS.get(own, ())
+        if asked not in narrower:
+            return (
+                f"expected {' or '.join((own, *narrower))}: the parameter's dtype or a narrower real "
+                "floating dtype it holds exactly (wider, complex or non-float state is not offered)"
+            )
+        return None
+
+    def init_slots(
+        self, param: Array, xp: Any, slot_dtypes: Mapping[str, Any] | None = None
+    ) -> dict[str, Array]:
+        """All slots of one parameter; ``slot_dtypes`` as :meth:`init`'s."""
+        from ._math import dtype_in  # _math imports this module
+
+        slots = {name: self.init_slot(name, param, xp) for name in self.slot_names()}
+        for name, dtype in (slot_dtypes or {}).items():
+            slots[name] = xp.astype(slots[name], dtype_in(dtype, xp))  # zeros: exact
+        return slots
+
+    def init(
+        self, params: Sequence[Array], xp: Any = None, *, slot_dtypes: Mapping[str, Any] | None = None
+    ) -> State:
         """State before the first step: step 0, the initial slots of every parameter and the
-        initial history."""
+        initial history.
+
+        ``slot_dtypes`` maps slots of :attr:`lower_precision_slots` to the dtype to store them in
+        (a dtype name, ``"bfloat16"``, or a dtype object), for every parameter: each must be
+        accepted beside each parameter's dtype (:meth:`slot_dtype_refusal`), else ``ValueError``
+        before any state exists. A slot stored narrower is rounded once per step (see
+        :attr:`lower_precision_slots`)."""
+        from ._math import dtype_name  # _math imports this module
+
         params = list(params)
         xp = xp if xp is not None else _namespace_or_none(params)
-        return State(0, tuple(self.init_slots(p, xp) for p in params), self.init_history())
+        slot_dtypes = dict(slot_dtypes or {})
+        unknown = sorted(set(slot_dtypes) - set(self.slot_names()))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: slot_dtypes names {', '.join(map(repr, unknown))}, not a slot of this "
+                f"optimizer; its slots: {', '.join(self.slot_names())}"
+            )
+        for i, p in enumerate(params):
+            for name, dtype in slot_dtypes.items():
+                why = self.slot_dtype_refusal(name, dtype, p.dtype)
+                if why is not None:
+                    raise ValueError(
+                        f"{self.name}: slot_dtypes[{name!r}]={dtype_name(dtype)} for params[{i}] of "
+                        f"dtype {dtype_name(p.dtype)}: {why}"
+                    )
+        return State(0, tuple(self.init_slots(p, xp, slot_dtypes) for p in params), self.init_history())
 
     def update_one(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: NamedTuple, xp: Any

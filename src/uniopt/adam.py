@@ -57,6 +57,7 @@ from ._math import (
     adam_step,
     bias_correction,
     divide_by_scalar,
+    dtype_name,
     ema,
     float32_bias_correction,
     float_bits,
@@ -66,6 +67,10 @@ from ._math import (
     keras_weight_decay,
     prepare_grad,
     real_scalars,
+    round_to_dtype,
+    stored,
+    stored_product,
+    widened,
 )
 from ._spec import Array, Spec
 from ._validate import check_betas, check_interval
@@ -119,6 +124,8 @@ class AdamScalars(NamedTuple):
     bc2: float  # optax, complex parameters: 1 - beta2^t
     bc1_f32: float  # optax, complex parameters of 32-bit parts: float32(1 - beta1^t)
     bc2_f32: float  # optax, complex parameters of 32-bit parts: float32(1 - beta2^t)
+    beta1_bfloat16: float  # optax, exp_avg stored in bfloat16: beta1 rounded to bfloat16
+    beta1_float16: float  # optax, exp_avg stored in float16: beta1 rounded to float16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +145,8 @@ class Adam(Spec):
         "keras": {"eps": 1e-7, "weight_decay": 0.0},
         "optax": {"eps": 1e-8, "weight_decay": 0.0},
     }
+
+    lower_precision_slots: ClassVar[tuple[str, ...]] = ("exp_avg",)  # optax's mu_dtype
 
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
@@ -193,6 +202,8 @@ class Adam(Spec):
             bc2=bc2,
             bc1_f32=bc1_f32,
             bc2_f32=bc2_f32,
+            beta1_bfloat16=round_to_dtype(beta1, "bfloat16"),
+            beta1_float16=round_to_dtype(beta1, "float16"),
         )
 
     def rule(
@@ -206,8 +217,8 @@ class Adam(Spec):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
         if self.decoupled and self.weight_decay != 0:
             param = xp.multiply(param, sc.decay)
-        m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
-        new = {"exp_avg": m, "exp_avg_sq": v}
+        m, v = adam_moments(widened(slots["exp_avg"], param, xp), slots["exp_avg_sq"], g, sc, xp)
+        new = {"exp_avg": stored(m, slots["exp_avg"], xp), "exp_avg_sq": v}
         if self.amsgrad:
             v = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
         if self.convention == "torch":
@@ -220,10 +231,11 @@ class Adam(Spec):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
         if self.weight_decay != 0:  # Keras's weight decay is always decoupled
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
-        m = xp.add(slots["exp_avg"], xp.multiply(xp.subtract(g, slots["exp_avg"]), sc.one_minus_beta1))
+        m = widened(slots["exp_avg"], param, xp)
+        m = xp.add(m, xp.multiply(xp.subtract(g, m), sc.one_minus_beta1))
         v = xp.multiply(g, g)
         v = xp.add(slots["exp_avg_sq"], xp.multiply(xp.subtract(v, slots["exp_avg_sq"]), sc.one_minus_beta2))
-        new = {"exp_avg": m, "exp_avg_sq": v}
+        new = {"exp_avg": stored(m, slots["exp_avg"], xp), "exp_avg_sq": v}
         if self.amsgrad:
             v = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
         # alpha = lr * sqrt(1 - b2^t) / (1 - b1^t) in the parameter dtype, as Keras computes it in-graph
@@ -239,8 +251,12 @@ class Adam(Spec):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
         if is_complex(param, xp):
             return self._optax_complex_rule(param, g, slots, sc, xp)
-        m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
-        new = {"exp_avg": m, "exp_avg_sq": v}
+        # m = b1*m + (1-b1)*g, with b1*m formed in the stored dtype (optax's weak-typed product)
+        mu = slots["exp_avg"]
+        b1 = sc.beta1 if mu.dtype == param.dtype else getattr(sc, f"beta1_{dtype_name(mu.dtype)}")
+        m = xp.add(stored_product(mu, b1, param, xp), xp.multiply(g, sc.one_minus_beta1))
+        v = ema(slots["exp_avg_sq"], xp.multiply(g, g), sc.beta2, sc.one_minus_beta2, xp)
+        new = {"exp_avg": stored(m, mu, xp), "exp_avg_sq": v}
         narrow = float_bits(param, xp) <= 32  # optax's bias corrections are float32 there
         inv_bc1, inv_bc2 = (sc.inv_bc1_f32, sc.inv_bc2_f32) if narrow else (sc.inv_bc1, sc.inv_bc2)
         m_hat, v_hat = xp.multiply(m, inv_bc1), xp.multiply(v, inv_bc2)

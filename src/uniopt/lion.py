@@ -54,7 +54,9 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   :math:`10^{-3}`, :math:`\beta = (0.9, 0.99)`; optax has no default learning rate, uniopt's is
   taken): ``c = (1-b1)*g + b1*m`` (``optax/_src/transform.py``), ``u = sign(c)``, ``u = u + wd*p``
   (only when ``wd != 0``, as optax skips a zero constant), ``p = p + (-lr)*u``;
-  ``m = (1-b2)*g + b2*m``. ``mu_dtype`` other than the parameters' dtype is not offered.
+  ``m = (1-b2)*g + b2*m``. With ``exp_avg`` stored narrower (optax's ``mu_dtype``), ``b1*m`` and
+  ``b2*m`` are products in the stored dtype, as jax forms them (docs/conventions.md,
+  "Lower-precision state").
 * ``"torch"`` is not available: torch.optim has no Lion.
 """
 
@@ -64,7 +66,18 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import ema, keras_float32, keras_weight_decay, prepare_grad, refuse_complex
+from ._math import (
+    dtype_name,
+    ema,
+    keras_float32,
+    keras_weight_decay,
+    prepare_grad,
+    refuse_complex,
+    round_to_dtype,
+    stored,
+    stored_product,
+    widened,
+)
 from ._spec import Array, Spec
 from ._validate import check_interval
 
@@ -81,6 +94,10 @@ class LionScalars(NamedTuple):
     neg_lr: float  # optax: the update is scaled by -lr
     weight_decay: float
     decay: float  # uniopt: 1 - lr * weight_decay (decoupled weight decay)
+    beta1_bfloat16: float  # optax, exp_avg stored in bfloat16: the betas rounded to bfloat16
+    beta2_bfloat16: float
+    beta1_float16: float  # optax, exp_avg stored in float16: the betas rounded to float16
+    beta2_float16: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +118,8 @@ class Lion(Spec):
             "convention, whose defaults are the lion-pytorch package's"
         )
     }
+
+    lower_precision_slots: ClassVar[tuple[str, ...]] = ("exp_avg",)  # optax's mu_dtype
 
     lr: float = None  # type: ignore[assignment]  # None: the convention's default
     betas: tuple[float, float] = (0.9, 0.99)
@@ -143,6 +162,10 @@ class Lion(Spec):
             neg_lr=-lr,
             weight_decay=wd,
             decay=1.0 - lr * wd,
+            beta1_bfloat16=round_to_dtype(beta1, "bfloat16"),
+            beta2_bfloat16=round_to_dtype(beta2, "bfloat16"),
+            beta1_float16=round_to_dtype(beta1, "float16"),
+            beta2_float16=round_to_dtype(beta2, "float16"),
         )
 
     def uniopt_rule(
@@ -153,12 +176,14 @@ class Lion(Spec):
         :math:`m \leftarrow \beta_2 m + (1-\beta_2) g`. ``param``, ``grad`` and ``exp_avg`` share
         shape and real floating dtype; raises ``ValueError`` for complex parameters."""
         g = self._grad(param, grad, xp)
-        m = slots["exp_avg"]
+        m = widened(slots["exp_avg"], param, xp)
         c = ema(m, g, sc.beta1, sc.one_minus_beta1, xp)
         if self.weight_decay != 0:
             param = xp.multiply(param, sc.decay)
         new_param = xp.subtract(param, xp.multiply(xp.sign(c), sc.lr))
-        return new_param, {"exp_avg": ema(m, g, sc.beta2, sc.one_minus_beta2, xp)}
+        return new_param, {
+            "exp_avg": stored(ema(m, g, sc.beta2, sc.one_minus_beta2, xp), slots["exp_avg"], xp)
+        }
 
     # -- keras.optimizers.Lion ----------------------------------------------------------------------
     def keras_scalars(self, step: int, lr: float) -> LionScalars:
@@ -173,11 +198,12 @@ class Lion(Spec):
         g = self._grad(param, grad, xp)
         if self.weight_decay != 0:  # Keras's base optimizer, before update_step
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
-        m = slots["exp_avg"]
+        m = widened(slots["exp_avg"], param, xp)
         take1, take2 = xp.subtract(sc.one, sc.beta1), xp.subtract(sc.one, sc.beta2)  # in the param dtype
         c = xp.add(xp.multiply(m, sc.beta1), xp.multiply(g, take1))
         new_param = xp.subtract(param, xp.multiply(sc.lr, xp.sign(c)))
-        return new_param, {"exp_avg": xp.add(xp.multiply(m, sc.beta2), xp.multiply(g, take2))}
+        new_m = xp.add(xp.multiply(m, sc.beta2), xp.multiply(g, take2))
+        return new_param, {"exp_avg": stored(new_m, slots["exp_avg"], xp)}
 
     # -- optax.lion -----------------------------------------------------------------------------------
     def optax_rule(
@@ -186,12 +212,17 @@ class Lion(Spec):
         """``optax.lion``: ``scale_by_lion``, ``add_decayed_weights``, ``scale_by_learning_rate``
         and ``apply_updates``, op for op (``(1-b1)*g + b1*m`` is ``ema``'s sum, reordered)."""
         g = self._grad(param, grad, xp)
-        m = slots["exp_avg"]
-        u = xp.sign(ema(m, g, sc.beta1, sc.one_minus_beta1, xp))
+        mu = slots["exp_avg"]
+        b1, b2 = sc.beta1, sc.beta2
+        if mu.dtype != param.dtype:  # b1*m and b2*m formed in the stored dtype (jax's weak typing)
+            name = dtype_name(mu.dtype)
+            b1, b2 = getattr(sc, f"beta1_{name}"), getattr(sc, f"beta2_{name}")
+        u = xp.sign(xp.add(stored_product(mu, b1, param, xp), xp.multiply(g, sc.one_minus_beta1)))
         if self.weight_decay != 0:  # optax skips a zero constant weight decay
             u = xp.add(u, xp.multiply(param, sc.weight_decay))
         new_param = xp.add(param, xp.multiply(u, sc.neg_lr))
-        return new_param, {"exp_avg": ema(m, g, sc.beta2, sc.one_minus_beta2, xp)}
+        new_m = xp.add(stored_product(mu, b2, param, xp), xp.multiply(g, sc.one_minus_beta2))
+        return new_param, {"exp_avg": stored(new_m, mu, xp)}
 
     def _grad(self, param: Array, grad: Array, xp: Any) -> Array:
         """The gradient, negated when ``maximize``; complex parameters are refused."""

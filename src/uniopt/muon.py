@@ -163,13 +163,18 @@ from typing import Any, ClassVar, NamedTuple
 from ._math import (
     bias_correction,
     divide_by_scalar,
+    dtype_name,
     ema,
     float32_bias_correction,
     float_bits,
     is_complex,
     keras_weight_decay,
     norm,
+    round_to_dtype,
+    stored,
+    stored_product,
     sum_pairwise_axis,
+    widened,
 )
 from ._spec import Array, Spec, _device
 from ._validate import check_betas, check_bool, check_interval, check_real
@@ -236,6 +241,11 @@ class MuonScalars(NamedTuple):
     keras_sqrt_bc2: float
     keras_bc1_64: float  # keras, float64
     keras_sqrt_bc2_64: float
+    # -- momentum_buffer stored narrower (optax's mu_dtype): the decays rounded to its dtype --
+    momentum_bfloat16: float
+    momentum_float16: float
+    adam_beta1_bfloat16: float
+    adam_beta1_float16: float
 
 
 def round_to_bfloat16(x: Array, xp: Any) -> Array:
@@ -321,7 +331,10 @@ class Muon(Spec):
         "optax": {"weight_decay": 0.0, "eps": 1e-8, "adjust_lr_fn": "original", "adam_weight_decay": 0.0},
     }
 
+    lower_precision_slots: ClassVar[tuple[str, ...]] = ("momentum_buffer",)  # optax's mu_dtype
+
     # torch.optim.Muon's arguments, in its positional order
+
     lr: float = 1e-3
     weight_decay: float = None  # type: ignore[assignment]  # None: the convention's default
     momentum: float = 0.95
@@ -517,6 +530,10 @@ class Muon(Spec):
             adam_bc1_next_f32=bc32(b1, step + 1),
             adam_bc2_f32=bc32(b2, step),
             adam_lr=lr * float(np.float32(self.adam_lr_ratio)) if keras else lr,
+            momentum_bfloat16=round_to_dtype(mu, "bfloat16"),
+            momentum_float16=round_to_dtype(mu, "float16"),
+            adam_beta1_bfloat16=round_to_dtype(b1, "bfloat16"),
+            adam_beta1_float16=round_to_dtype(b1, "float16"),
             keras_bc1=kbc[0],
             keras_sqrt_bc2=kbc[1],
             keras_bc1_64=kbc[2],
@@ -554,13 +571,15 @@ class Muon(Spec):
     ) -> tuple[Array, dict[str, Array]]:
         """torch.optim.Muon's algorithm in the parameter's dtype, each op rounded (no bfloat16)."""
         self._check_param(param, xp)
-        m = ema(slots["momentum_buffer"], grad, sc.momentum, sc.one_minus_momentum, xp)
+        m = ema(widened(slots["momentum_buffer"], param, xp), grad, sc.momentum, sc.one_minus_momentum, xp)
         u = ema(m, grad, sc.momentum, sc.one_minus_momentum, xp) if self.nesterov else m
         x = _newton_schulz(u, sc, self.ns_steps, xp, self._product, norm_form="clamp", quintic="torch")
         if self.weight_decay != 0:
             param = xp.multiply(param, sc.decay)
         step_size = xp.multiply(sc.lr, self._scale(param, xp))
-        return xp.subtract(param, xp.multiply(x, step_size)), {"momentum_buffer": m}
+        return xp.subtract(param, xp.multiply(x, step_size)), {
+            "momentum_buffer": stored(m, slots["momentum_buffer"], xp)
+        }
 
     def torch_rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
@@ -571,7 +590,7 @@ class Muon(Spec):
         narrow = float_bits(param, xp) <= 32
         g = grad
         m = _torch_lerp(
-            slots["momentum_buffer"],
+            widened(slots["momentum_buffer"], param, xp),
             g,
             1.0 - self.momentum,
             sc.one_minus_momentum,
@@ -595,7 +614,9 @@ class Muon(Spec):
         if self.weight_decay != 0:  # torch multiplies even by 1 - lr*0 == 1 (exact)
             param = xp.multiply(param, sc.decay)
         neg_step = xp.negative(xp.multiply(sc.lr, self._scale(param, xp)))
-        return xp.add(param, xp.multiply(x, neg_step)), {"momentum_buffer": m}
+        return xp.add(param, xp.multiply(x, neg_step)), {
+            "momentum_buffer": stored(m, slots["momentum_buffer"], xp)
+        }
 
     def keras_rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
@@ -608,14 +629,15 @@ class Muon(Spec):
         g = grad
         if self.weight_decay != 0:
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
-        m = slots["momentum_buffer"]
+        m = widened(slots["momentum_buffer"], param, xp)
         m = xp.add(m, xp.add(g, xp.multiply(m, sc.momentum_minus_one)))
         u = xp.add(g, xp.multiply(sc.momentum, m)) if self.nesterov else m
         x = _newton_schulz(u, sc, self.ns_steps, xp, self._product, norm_form="add", quintic="python")
         step = xp.multiply(sc.lr, x)
         if self.adjust_lr_fn == "match_rms_adamw":
             step = xp.multiply(xp.multiply(step, self._scale(param, xp)), sc.rms_rate)
-        return xp.subtract(param, step), {"momentum_buffer": m, "exp_avg_sq": slots["exp_avg_sq"]}
+        new = {"momentum_buffer": stored(m, slots["momentum_buffer"], xp), "exp_avg_sq": slots["exp_avg_sq"]}
+        return xp.subtract(param, step), new
 
     def optax_rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
@@ -628,7 +650,11 @@ class Muon(Spec):
         g = grad
         narrow = float_bits(param, xp) <= 32  # optax's bias corrections are float32 there
         inv_bc, inv_bc_next = (sc.inv_bc_f32, sc.inv_bc_next_f32) if narrow else (sc.inv_bc, sc.inv_bc_next)
-        m = ema(slots["momentum_buffer"], g, sc.momentum, sc.one_minus_momentum, xp)
+        mu = slots["momentum_buffer"]  # beta*mu formed in the stored dtype (jax's weak typing)
+        m = xp.add(
+            stored_product(mu, self._decay(mu, "momentum", sc, param), param, xp),
+            xp.multiply(g, sc.one_minus_momentum),
+        )
         if self.nesterov:
             u = xp.add(
                 xp.multiply(xp.multiply(m, inv_bc_next), sc.momentum),
@@ -641,7 +667,7 @@ class Muon(Spec):
         if self.weight_decay != 0:  # optax.add_decayed_weights skips a zero constant
             update = xp.add(update, xp.multiply(param, sc.weight_decay))
         new_param = xp.add(param, xp.multiply(update, sc.neg_lr))
-        return new_param, {"momentum_buffer": m, "exp_avg_sq": slots["exp_avg_sq"]}
+        return new_param, {"momentum_buffer": stored(m, mu, xp), "exp_avg_sq": slots["exp_avg_sq"]}
 
     # -- the Adam steps of non-2-D parameters --------------------------------------------------------
     def _keras_adam(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
@@ -651,7 +677,7 @@ class Muon(Spec):
         g = grad
         if self.adam_weight_decay != 0:
             param = keras_weight_decay(param, sc.adam_weight_decay, sc.lr, xp)
-        m0, v0 = slots["momentum_buffer"], slots["exp_avg_sq"]
+        m0, v0 = widened(slots["momentum_buffer"], param, xp), slots["exp_avg_sq"]
         m = xp.add(m0, xp.multiply(xp.subtract(g, m0), sc.adam_one_minus_beta1))
         v = xp.add(v0, xp.multiply(xp.subtract(xp.multiply(g, g), v0), sc.adam_one_minus_beta2))
         narrow = float_bits(param, xp) <= 32
@@ -664,13 +690,20 @@ class Muon(Spec):
             adam_lr = xp.astype(xp.astype(adam_lr, xp.float32), param.dtype)
         alpha = xp.divide(xp.multiply(adam_lr, sqrt_bc2), bc1)
         step = xp.divide(xp.multiply(m, alpha), xp.add(xp.sqrt(v), sc.adam_eps))
-        return xp.subtract(param, step), {"momentum_buffer": m, "exp_avg_sq": v}
+        return xp.subtract(param, step), {
+            "momentum_buffer": stored(m, slots["momentum_buffer"], xp),
+            "exp_avg_sq": v,
+        }
 
     def _optax_adam(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         """``optax.adamw(b1, b2, eps, eps_root=0, weight_decay=adam_weight_decay, nesterov=nesterov)``:
         :class:`uniopt.NAdam`'s optax rule (nesterov) or :class:`uniopt.AdamW`'s."""
         g = grad
-        m = ema(slots["momentum_buffer"], g, sc.adam_beta1, sc.adam_one_minus_beta1, xp)
+        mu = slots["momentum_buffer"]  # b1*mu formed in the stored dtype (jax's weak typing)
+        m = xp.add(
+            stored_product(mu, self._decay(mu, "adam_beta1", sc, param), param, xp),
+            xp.multiply(g, sc.adam_one_minus_beta1),
+        )
         v = ema(slots["exp_avg_sq"], xp.multiply(g, g), sc.adam_beta2, sc.adam_one_minus_beta2, xp)
         narrow = float_bits(param, xp) <= 32
         width = "_f32" if narrow else ""
@@ -691,9 +724,21 @@ class Muon(Spec):
         update = xp.divide(m_hat, xp.add(xp.sqrt(v_hat), sc.adam_eps))
         if self.adam_weight_decay != 0:  # optax.add_decayed_weights
             update = xp.add(update, xp.multiply(param, sc.adam_weight_decay))
-        return xp.add(param, xp.multiply(update, sc.neg_lr)), {"momentum_buffer": m, "exp_avg_sq": v}
+        return xp.add(param, xp.multiply(update, sc.neg_lr)), {
+            "momentum_buffer": stored(m, mu, xp),
+            "exp_avg_sq": v,
+        }
 
     # -- helpers --------------------------------------------------------------------------------------
+    @staticmethod
+    def _decay(slot: Array, name: str, sc: Any, param: Array) -> Array:
+        """The scalar ``name`` (``momentum``, ``adam_beta1``) as optax multiplies ``slot`` by it: the
+        parameter-dtype scalar where the slot is stored in the parameter's dtype, else the decay
+        rounded to the slot's dtype (``<name>_bfloat16``, ``<name>_float16``)."""
+        if slot.dtype == param.dtype:
+            return getattr(sc, name)
+        return getattr(sc, f"{name}_{dtype_name(slot.dtype)}")
+
     def _product(self, a: Array, b: Array, xp: Any) -> Array:
         """The matrix product ``a @ b`` as :attr:`matmul` says: ``xp.matmul`` or
         :func:`matmul_exact`."""

@@ -101,6 +101,7 @@ from ._math import (
     adam_moments,
     bias_correction,
     divide_by_scalar,
+    dtype_name,
     ema,
     float32_bias_correction,
     float32_pow,
@@ -109,6 +110,10 @@ from ._math import (
     keras_float32,
     keras_weight_decay,
     prepare_grad,
+    round_to_dtype,
+    stored,
+    stored_product,
+    widened,
 )
 from ._spec import Array, Spec
 from ._validate import check_betas, check_interval, check_real
@@ -326,6 +331,8 @@ class NAdamOptaxScalars(NamedTuple):
     inv_bc2_f32: float
     eps: float
     neg_lr: float
+    beta1_bfloat16: float  # exp_avg stored in bfloat16: beta1 rounded to bfloat16 (optax's b1 * mu)
+    beta1_float16: float  # exp_avg stored in float16: beta1 rounded to float16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,6 +374,8 @@ class NAdam(Spec):
             "decoupled_weight_decay": False,
         },
     }
+
+    lower_precision_slots: ClassVar[tuple[str, ...]] = ("exp_avg",)  # optax's mu_dtype
 
     lr: float = None  # type: ignore[assignment]  # None: the convention's default
     betas: tuple[float, float] = (0.9, 0.999)
@@ -496,6 +505,8 @@ class NAdam(Spec):
             inv_bc2_f32=1.0 / float(float32_bias_correction(beta2, step)),
             eps=self.eps,
             neg_lr=-lr,
+            beta1_bfloat16=round_to_dtype(beta1, "bfloat16"),
+            beta1_float16=round_to_dtype(beta1, "float16"),
         )
 
     # -- the rules: uniopt's (the paper's algorithm box) and one beside it per convention ----------
@@ -510,11 +521,11 @@ class NAdam(Spec):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
         if decay and self.decoupled_weight_decay:
             param = xp.multiply(param, sc.decay)
-        m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
+        m, v = adam_moments(widened(slots["exp_avg"], param, xp), slots["exp_avg_sq"], g, sc, xp)
         nesterov = xp.add(xp.multiply(g, sc.grad_coef), xp.multiply(m, sc.momentum_coef))
         denom = xp.add(xp.multiply(xp.sqrt(v), sc.inv_sqrt_bc2), sc.eps)
         return xp.subtract(param, xp.multiply(xp.divide(nesterov, denom), sc.lr)), {
-            "exp_avg": m,
+            "exp_avg": stored(m, slots["exp_avg"], xp),
             "exp_avg_sq": v,
         }
 
@@ -525,7 +536,7 @@ class NAdam(Spec):
         if self.weight_decay != 0 and self.decoupled_weight_decay:
             param = xp.multiply(param, sc.decay)
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=l2)
-        m = slots["exp_avg"]
+        m = widened(slots["exp_avg"], param, xp)
         if 1.0 - self.betas[0] < 0.5:  # lerp_(g, 1 - beta1): its two forms by the weight
             m = xp.add(m, xp.multiply(xp.subtract(g, m), sc.lerp_weight))
         else:
@@ -537,7 +548,7 @@ class NAdam(Spec):
         denom = xp.add(xp.sqrt(divide_by_scalar(v, sc.bc2, xp)), sc.eps)
         param = xp.add(param, xp.divide(xp.multiply(g, sc.grad_value), denom))
         param = xp.add(param, xp.divide(xp.multiply(m, sc.momentum_value), denom))
-        return param, {"exp_avg": m, "exp_avg_sq": v}
+        return param, {"exp_avg": stored(m, slots["exp_avg"], xp), "exp_avg_sq": v}
 
     def keras_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         """``keras.optimizers.Nadam.update_step`` after the base optimizer's weight decay."""
@@ -558,7 +569,8 @@ class NAdam(Spec):
                 "bc2",
             )
         )
-        m = xp.add(slots["exp_avg"], xp.multiply(xp.subtract(g, slots["exp_avg"]), omb1))
+        m = widened(slots["exp_avg"], param, xp)
+        m = xp.add(m, xp.multiply(xp.subtract(g, m), omb1))
         v = xp.add(
             slots["exp_avg_sq"], xp.multiply(xp.subtract(xp.multiply(g, g), slots["exp_avg_sq"]), omb2)
         )
@@ -568,14 +580,17 @@ class NAdam(Spec):
         )
         v_hat = divide_by_scalar(v, bc2, xp)
         step = xp.divide(xp.multiply(m_hat, sc.lr), xp.add(xp.sqrt(v_hat), sc.eps))
-        return xp.subtract(param, step), {"exp_avg": m, "exp_avg_sq": v}
+        return xp.subtract(param, step), {"exp_avg": stored(m, slots["exp_avg"], xp), "exp_avg_sq": v}
 
     def optax_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         """``optax.nadam``/``optax.nadamw``: ``scale_by_adam(nesterov=True)``, then decayed
         weights (NAdamW), then ``-lr``."""
         _refuse_complex(param, xp)
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
-        m = ema(slots["exp_avg"], g, sc.beta1, sc.one_minus_beta1, xp)
+        # m = b1*m + (1-b1)*g, with b1*m formed in the stored dtype (optax's weak-typed product)
+        mu = slots["exp_avg"]
+        b1 = sc.beta1 if mu.dtype == param.dtype else getattr(sc, f"beta1_{dtype_name(mu.dtype)}")
+        m = xp.add(stored_product(mu, b1, param, xp), xp.multiply(g, sc.one_minus_beta1))
         v = ema(slots["exp_avg_sq"], xp.multiply(g, g), sc.beta2, sc.one_minus_beta2, xp)
         narrow = float_bits(param, xp) <= 32  # optax's bias corrections are float32 there
         inv_bc1, inv_bc1_next, inv_bc2 = (
@@ -590,7 +605,7 @@ class NAdam(Spec):
         update = xp.divide(m_hat, xp.add(xp.sqrt(xp.multiply(v, inv_bc2)), sc.eps))
         if self.decoupled_weight_decay and self.weight_decay != 0:  # optax.add_decayed_weights
             update = xp.add(update, xp.multiply(param, sc.weight_decay))
-        return xp.add(param, xp.multiply(update, sc.neg_lr)), {"exp_avg": m, "exp_avg_sq": v}
+        return xp.add(param, xp.multiply(update, sc.neg_lr)), {"exp_avg": stored(m, mu, xp), "exp_avg_sq": v}
 
 
 def _refuse_complex(param: Array, xp: Any) -> None:

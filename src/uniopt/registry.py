@@ -46,10 +46,16 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One hyperparameter setting, named by what it exercises."""
+    """One hyperparameter setting, named by what it exercises.
+
+    ``slot_dtypes``: slots stored in a narrower dtype than the parameters' (``init``'s
+    ``slot_dtypes``, optax's ``mu_dtype``: docs/conventions.md, "Lower-precision state"), by name;
+    such a case runs on the backends that store them (:attr:`conformance.backends.Backend.slot_dtypes`)
+    in the parameter dtypes that take them (:meth:`uniopt.Spec.slot_dtype_refusal`)."""
 
     desc: str
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    slot_dtypes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +220,10 @@ class OptimizerInfo:
     spec: type[Spec]
     cases: tuple[Case, ...]
     error_cases: tuple[ErrorCase, ...]
+    # cases with lower-precision slots (Case.slot_dtypes, optax's mu_dtype): the matrix runs them
+    # (cells, on the backends that store such slots) beside ``cases``; the adapters' tests that walk
+    # ``cases`` leave them out (each is one of the row's settings with a slot stored narrower)
+    state_cases: tuple[Case, ...] = ()
     torch: TorchNames | None = None
     keras: KerasNames | None = None
     optax: tuple[OptaxNames, ...] = ()
@@ -242,8 +252,13 @@ class OptimizerInfo:
         """The spec for ``case`` (defaults when ``None``)."""
         return self.spec(**dict(case.kwargs)) if case is not None else self.spec()
 
+    @property
+    def all_cases(self) -> tuple[Case, ...]:
+        """:attr:`cases` then :attr:`state_cases`: every case the matrix runs."""
+        return (*self.cases, *self.state_cases)
+
     def case(self, desc: str) -> Case:
-        for case in self.cases:
+        for case in self.all_cases:
             if case.desc == desc:
                 return case
         raise KeyError(f"{self.name} has no case {desc!r}")
@@ -492,7 +507,10 @@ def _common_errors(name: str, **extra: ErrorCase) -> tuple[ErrorCase, ...]:
 # optax arguments without a spec field that several aliases share: (accepts(value, convention), the
 # accepted values in words)
 _OPTAX_EPS_ROOT = (lambda v, c: v is None or v == 0, "None or 0.0 (optax's default)")
-_OPTAX_MU_DTYPE = (lambda v, c: True, "None")  # a dtype, checked against each parameter's at init
+_OPTAX_MU_DTYPE = (
+    lambda v, c: True,
+    "None, or a real floating dtype each parameter's dtype holds exactly (checked at init)",
+)
 
 
 def _beta_errors(name: str) -> dict[str, ErrorCase]:
@@ -571,7 +589,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "convention": "convention",
                 },
                 positional=("learning_rate", "momentum", "nesterov", "accumulator_dtype"),
-                only={"accumulator_dtype": (lambda v, c: True, "None")},
+                only={"accumulator_dtype": _OPTAX_MU_DTYPE},
                 state={"trace": "momentum_buffer"},
             ),
         ),
@@ -592,6 +610,14 @@ TABLE: tuple[OptimizerInfo, ...] = (
             Case("keras_nesterov_no_momentum", {"lr": 0.02, "nesterov": True, "convention": "keras"}),
             Case("keras_defaults", {"convention": "keras"}),
             Case("optax", {"lr": 0.02, "momentum": 0.9, "nesterov": True, "convention": "optax"}),
+        ),
+        state_cases=(
+            # lower-precision state: the buffer in bfloat16 (optax's accumulator_dtype)
+            Case(
+                "optax_accumulator_bfloat16",
+                {"lr": 0.02, "momentum": 0.9, "convention": "optax"},
+                {"momentum_buffer": "bfloat16"},
+            ),
         ),
         error_cases=_common_errors(
             "SGD",
@@ -851,6 +877,13 @@ TABLE: tuple[OptimizerInfo, ...] = (
             Case("keras_defaults", {"convention": "keras"}),
             Case("optax", {"lr": 0.01, "convention": "optax"}),
             Case("optax_amsgrad", {"lr": 0.01, "amsgrad": True, "convention": "optax"}),
+        ),
+        state_cases=(
+            # lower-precision state: exp_avg stored in bfloat16 / float16 (optax's mu_dtype)
+            Case("mu_bfloat16", {"lr": 0.01}, {"exp_avg": "bfloat16"}),
+            Case("mu_float16", {"lr": 0.01}, {"exp_avg": "float16"}),
+            Case("optax_mu_bfloat16", {"lr": 0.01, "convention": "optax"}, {"exp_avg": "bfloat16"}),
+            Case("optax_mu_float16", {"lr": 0.01, "convention": "optax"}, {"exp_avg": "float16"}),
         ),
         error_cases=_common_errors("Adam", **_beta_errors("Adam")),
         ulp_tolerance={
@@ -1170,6 +1203,10 @@ TABLE: tuple[OptimizerInfo, ...] = (
             Case("optax", {"lr": 0.01, "convention": "optax"}),
             Case("optax_no_decay", {"lr": 0.01, "weight_decay": 0.0, "convention": "optax"}),
         ),
+        state_cases=(
+            # lower-precision state: exp_avg stored in bfloat16 (optax's mu_dtype)
+            Case("optax_mu_bfloat16", {"lr": 0.01, "convention": "optax"}, {"exp_avg": "bfloat16"}),
+        ),
         error_cases=_common_errors(
             "Lion",
             beta1=ErrorCase(
@@ -1215,7 +1252,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
                     "convention": "convention",
                 },
                 positional=("learning_rate", "b1", "b2", "mu_dtype", "weight_decay", "mask"),
-                only={"mu_dtype": (lambda v, c: True, "None")},
+                only={"mu_dtype": _OPTAX_MU_DTYPE},
                 state={"count": "step", "mu": "exp_avg"},
             ),
         ),
@@ -1253,6 +1290,10 @@ TABLE: tuple[OptimizerInfo, ...] = (
                 "optax_nadamw",
                 {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "convention": "optax"},
             ),
+        ),
+        state_cases=(
+            # lower-precision state: exp_avg stored in bfloat16 (optax's mu_dtype)
+            Case("optax_mu_bfloat16", {"lr": 0.01, "convention": "optax"}, {"exp_avg": "bfloat16"}),
         ),
         error_cases=_common_errors(
             "NAdam",
@@ -1401,6 +1442,15 @@ TABLE: tuple[OptimizerInfo, ...] = (
             Case("keras_adam_2d", {"lr": 0.02, "adam_2d": True, "adam_lr_ratio": 0.3, "convention": "keras"}),
             Case("optax", {"lr": 0.02, "weight_decay": 0.01, "convention": "optax"}),
             Case("optax_defaults", {"lr": 0.02, "convention": "optax"}),
+        ),
+        state_cases=(
+            # lower-precision state: the momentum (both partitions) in bfloat16 (optax's mu_dtype);
+            # matmul="exact", whose products every backend forms alike
+            Case(
+                "optax_mu_bfloat16",
+                {"lr": 0.02, "matmul": "exact", "convention": "optax"},
+                {"momentum_buffer": "bfloat16"},
+            ),
         ),
         error_cases=(
             ErrorCase({"lr": -1e-3}, r"Muon: lr=-0\.001 is out of range; expected 0 <= lr"),

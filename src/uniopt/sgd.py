@@ -46,7 +46,16 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ._math import ema, keras_weight_decay, prepare_grad
+from ._math import (
+    dtype_name,
+    ema,
+    keras_weight_decay,
+    prepare_grad,
+    round_to_dtype,
+    stored,
+    stored_product,
+    widened,
+)
 from ._spec import Array, Spec
 from ._validate import CHAIN_DECAY, check_interval
 
@@ -59,6 +68,8 @@ class SGDScalars(NamedTuple):
     momentum: float
     keep: float  # buffer coefficient: 0 at step 1, momentum afterwards
     take: float  # gradient coefficient: 1 at step 1, 1 - dampening afterwards
+    keep_bfloat16: float  # optax, buffer stored in bfloat16: keep rounded to bfloat16
+    keep_float16: float  # optax, buffer stored in float16: keep rounded to float16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +91,8 @@ class SGD(Spec):
     reference: ClassVar[str] = (
         "Robbins and Monro 1951; Polyak 1964 (momentum); Sutskever et al. 2013 (Nesterov)"
     )
+
+    lower_precision_slots: ClassVar[tuple[str, ...]] = ("momentum_buffer",)  # optax's accumulator_dtype
 
     lr: float = None  # type: ignore[assignment]  # None: the convention's default
     momentum: float = 0.0
@@ -118,12 +131,15 @@ class SGD(Spec):
 
     def step_scalars(self, step: int, lr: float | None = None) -> SGDScalars:
         first = step == 1
+        keep = 0.0 if first else float(self.momentum)
         return SGDScalars(
             lr=float(self.lr if lr is None else lr),
             weight_decay=float(self.weight_decay),
             momentum=float(self.momentum),
-            keep=0.0 if first else float(self.momentum),
+            keep=keep,
             take=1.0 if first else 1.0 - float(self.dampening),
+            keep_bfloat16=round_to_dtype(keep, "bfloat16"),
+            keep_float16=round_to_dtype(keep, "float16"),
         )
 
     def rule(
@@ -136,12 +152,18 @@ class SGD(Spec):
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         if self.momentum == 0:
             return xp.subtract(param, xp.multiply(g, sc.lr)), {}
+        b = slots["momentum_buffer"]  # in its stored dtype (see Spec.lower_precision_slots)
         if keras:  # a velocity: v = v*mu - g*lr
-            velocity = xp.subtract(xp.multiply(slots["momentum_buffer"], sc.momentum), xp.multiply(g, sc.lr))
+            velocity = xp.subtract(xp.multiply(widened(b, param, xp), sc.momentum), xp.multiply(g, sc.lr))
             if self.nesterov:
                 step = xp.subtract(xp.multiply(velocity, sc.momentum), xp.multiply(g, sc.lr))
-                return xp.add(param, step), {"momentum_buffer": velocity}
-            return xp.add(param, velocity), {"momentum_buffer": velocity}
-        buf = ema(slots["momentum_buffer"], g, sc.keep, sc.take, xp)
+                return xp.add(param, step), {"momentum_buffer": stored(velocity, b, xp)}
+            return xp.add(param, velocity), {"momentum_buffer": stored(velocity, b, xp)}
+        if self.convention == "optax" and b.dtype != param.dtype:
+            # optax.trace's g + decay*t: decay*t formed in the stored dtype (jax's weak typing)
+            keep = getattr(sc, f"keep_{dtype_name(b.dtype)}")
+            buf = xp.add(stored_product(b, keep, param, xp), xp.multiply(g, sc.take))
+        else:
+            buf = ema(widened(b, param, xp), g, sc.keep, sc.take, xp)
         d = xp.add(g, xp.multiply(buf, sc.momentum)) if self.nesterov else buf
-        return xp.subtract(param, xp.multiply(d, sc.lr)), {"momentum_buffer": buf}
+        return xp.subtract(param, xp.multiply(d, sc.lr)), {"momentum_buffer": stored(buf, b, xp)}

@@ -119,17 +119,22 @@ def test_positional_arguments_mean_what_optax_means():
 @pytest.mark.parametrize(
     ("name", "arg"), [("adam", "mu_dtype"), ("adamw", "mu_dtype"), ("sgd", "accumulator_dtype")]
 )
-def test_state_dtype_other_than_the_parameters_is_refused_naming_the_argument(name, arg):
+def test_state_dtype_is_taken_or_refused_naming_the_argument(name, arg):
     params = {"w": jnp.ones(3, jnp.float32)}
     extra = {"momentum": 0.9} if name == "sgd" else {}
     for ok in (None, jnp.float32, "float32"):
         state = getattr(ujax, name)(0.1, convention="optax", **extra, **{arg: ok}).init(params)
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.slots))
-    tx = getattr(ujax, name)(0.1, convention="optax", **extra, **{arg: jnp.bfloat16})
+    # a moment wider than its parameter is refused at init, before any state exists
+    wide = getattr(ujax, name)(0.1, convention="optax", **extra, **{arg: jnp.float32})
     with pytest.raises(
-        ValueError, match=rf"{arg}=bfloat16 for a parameter of dtype float32: .*expected {arg}=None"
+        ValueError, match=rf"{arg}=float32 for a parameter of dtype bfloat16: expected bfloat16: .*{arg}=None"
     ):
-        tx.init(params)
+        wide.init({"w": jnp.ones(3, jnp.bfloat16)})
+    with pytest.raises(ValueError, match=rf"{arg}=int32 is not a real floating dtype; expected {arg}=None"):
+        getattr(ujax, name)(0.1, **extra, **{arg: jnp.int32})
+    with pytest.raises(ValueError, match=rf"{arg}=complex64 is not a real floating dtype"):
+        getattr(ujax, name)(0.1, **extra, **{arg: "complex64"})
     with pytest.raises(TypeError, match=rf"{arg}='nonsense' is not a dtype"):
         getattr(ujax, name)(0.1, **{arg: "nonsense"})
 

@@ -386,11 +386,14 @@ def test_arguments_uniopt_cannot_honour_raise_naming_them(kwargs, match):
         uj.muon(0.02, **kwargs)
 
 
-def test_a_state_dtype_other_than_the_parameters_is_refused_at_init():
-    tx = uj.muon(0.02, mu_dtype=jnp.bfloat16)
-    with pytest.raises(ValueError, match=r"mu_dtype=bfloat16 for a parameter of dtype float32"):
-        tx.init({"w": jnp.ones((2, 2))})
-    uj.muon(0.02, mu_dtype=jnp.float32).init({"w": jnp.ones((2, 2))})
+def test_a_state_dtype_wider_than_the_parameters_is_refused_at_init():
+    tx = uj.muon(0.02, mu_dtype=jnp.float32)
+    with pytest.raises(
+        ValueError, match=r"mu_dtype=float32 for a parameter of dtype bfloat16: expected bfloat16"
+    ):
+        tx.init({"w": jnp.ones((2, 2), jnp.bfloat16)})
+    state = uj.muon(0.02, mu_dtype=jnp.bfloat16).init({"w": jnp.ones((2, 2))})
+    assert state.slots["momentum_buffer"]["w"].dtype == jnp.bfloat16
 
 
 def test_inject_hyperparams():
