@@ -248,8 +248,16 @@ def test_a_symbolic_link_is_written_through(tmp_path):
 
 
 def test_a_missing_folder_raises_the_os_error(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        uniopt.save_state(tmp_path / "nowhere" / "s.npz", _record(0, 10))
+    target = tmp_path / "nowhere" / "s.npz"
+    with pytest.raises(FileNotFoundError) as missing:
+        uniopt.save_state(target, _record(0, 10))
+    assert missing.value.filename == str(target)  # the state file, not the temporary one
+    assert "cannot create a file in its folder" in str(missing.value)
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(IsADirectoryError if os.name == "posix" else OSError) as folder:
+        uniopt.save_state(tmp_path / "d.npz", _record(0, 10))
+    assert folder.value.filename == str(tmp_path / "d.npz") and "cannot be replaced" in str(folder.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]  # no temporary file left
     with pytest.raises(FileNotFoundError):
         uniopt.load_state(tmp_path / "missing.npz")
     with pytest.raises(IsADirectoryError if os.name == "posix" else OSError):
@@ -490,3 +498,12 @@ def test_a_step_beyond_64_bits_is_refused():
     with pytest.raises(ValueError, match=r"step 9223372036854775808 does not fit a 64-bit step counter"):
         uniopt.porting.import_state(record, spec, params)
     uniopt.porting.check_compatible(record.replace(step=2**63 - 1), spec, [p.shape for p in params])
+
+
+def test_a_state_of_another_type_is_a_type_error_before_anything_is_written(tmp_path):
+    record = _record(0, 10)
+    with pytest.raises(TypeError, match=r"state must be a uniopt\.PortableState .*got str \(the arguments"):
+        uniopt.save_state(record, str(tmp_path / "s.npz"))
+    with pytest.raises(TypeError, match=r"state must be a uniopt\.PortableState .*got dict$"):
+        uniopt.save_state(tmp_path / "s.npz", {"state": {}, "param_groups": []})
+    assert list(tmp_path.iterdir()) == []

@@ -475,8 +475,17 @@ def save_state(path: str | os.PathLike[str] | BinaryIO, state: PortableState) ->
     ``path`` may also be a binary file object (anything with ``write``): the archive is written to it
     as it is, with no atomicity (the caller owns that file).
 
-    Raises ``OSError`` from the file system (``FileNotFoundError`` for a missing folder).
+    Raises ``TypeError`` where ``state`` is not a :class:`PortableState` (the arguments are
+    ``(path, state)``; an adapter's ``export_state`` makes one), and ``OSError`` from the file system
+    naming ``path`` (``FileNotFoundError`` for a missing folder, ``PermissionError`` for one that
+    cannot be written, ``IsADirectoryError`` where ``path`` is a folder), before anything is written.
     """
+    if not isinstance(state, PortableState):
+        hint = " (the arguments are swapped)" if isinstance(path, PortableState) else ""
+        raise TypeError(
+            f"save_state(path, state): state must be a uniopt.PortableState (an adapter's export_state "
+            f"makes one), got {type(state).__name__}{hint}"
+        )
     arrays = _arrays_of(state)
     if hasattr(path, "write"):
         np.savez(path, **arrays)
@@ -487,7 +496,10 @@ def save_state(path: str | os.PathLike[str] | BinaryIO, state: PortableState) ->
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         mode = _umask_mode()
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _naming(exc, target, f"cannot create a file in its folder {folder}") from exc
     try:
         with os.fdopen(fd, "wb") as file:
             np.savez(file, **arrays)
@@ -495,11 +507,21 @@ def save_state(path: str | os.PathLike[str] | BinaryIO, state: PortableState) ->
             os.fsync(file.fileno())
         os.chmod(temp, mode)
         os.replace(temp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, target, "cannot be replaced") from exc
         raise
     _sync_folder(folder)
+
+
+def _naming(exc: OSError, target: str, what: str) -> OSError:
+    """``exc`` again (the same ``OSError`` subclass, chosen by its errno) naming the state file, not
+    the temporary file it failed on."""
+    return OSError(
+        exc.errno, f"{exc.strerror}: {what} (the state file is written through a temporary file)", target
+    )
 
 
 # what reading a damaged zip or .npy raises (zipfile, numpy.lib.format, zlib for deflated members)
