@@ -44,6 +44,9 @@ def _native(optimizer: str) -> tuple[str, Callable[..., Any]] | None:
 
 OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = _optimizers()
 
+LOWER_PRECISION_STATE: dict[str, str] = {"Adam": "mu_dtype"}
+"""Optimizers also timed with a lower-precision state, by the option naming it (optax's)."""
+
 
 _PENDING: list[Any] = []
 """The last bound copy's output, for :func:`device_sync`."""
@@ -141,6 +144,24 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
     if native is not None:
         dotted, native_factory = native
         out.append(_variant(f"{dotted} (jit, donated)", "native", lambda: native_factory(**kwargs)))
+    if optimizer in LOWER_PRECISION_STATE:
+        # the state bytes a bfloat16 first moment saves, and what it costs a step (uniopt.jax's rule
+        # and optax's own; the optax row is a yardstick, not the native the headline ratio uses)
+        import jax.numpy as jnp
+
+        narrow = {**kwargs, LOWER_PRECISION_STATE[optimizer]: jnp.bfloat16}
+        label = f"{LOWER_PRECISION_STATE[optimizer]}=bfloat16"
+        out.append(
+            _variant(
+                f"uniopt.jax.{factory}({label}) (jit, donated)",
+                "uniopt-mode",
+                lambda: getattr(uj, factory)(**narrow),
+            )
+        )
+        if native is not None:
+            out.append(
+                _variant(f"{dotted}({label}) (jit, donated)", "reference", lambda: native[1](**narrow))
+            )
     return out
 
 
