@@ -13,6 +13,9 @@ the DDP test in test_distributed.py explains); tensor parallelism splits the mat
 are compared to a single process within rounding. torch.optim's optimizer trained in the same FSDP2
 setup is a cross-check of the setup (close, not bitwise: its formulas round differently).
 Both sides use one intra-op thread so each rank's local gradients equal the reference's.
+The same launch saves the state every way a user saves it (``torch.save``, ``copy.deepcopy``,
+``pickle``, ``dcp.async_save``) and continues a torch.optim.AdamW distributed checkpoint under
+uniopt.torch by docs/torch.md's recipe.
 """
 
 from __future__ import annotations
