@@ -101,12 +101,32 @@ def new_slot(spec: Spec, name: str, p: Any) -> Any:
 
 def like(p: Any, value: torch.Tensor) -> Any:
     """A DTensor whose local shard is ``value`` (shared, not copied), with ``p``'s mesh,
-    placements, shape and stride."""
+    placements, shape and stride.
+
+    ``value`` may be a view at a nonzero offset into a flat buffer (:class:`uniopt.torch._flat.Bucket`).
+    torch 2.13's DTensor constructor (``torch.Tensor._dtensor__new__``, behind ``DTensor.from_local``)
+    gives the wrapper tensor the local tensor's ``storage_offset``; the wrapper has no memory of its
+    own (a null data pointer), and a nonzero offset makes ``pickle``, ``torch.save`` and
+    ``copy.deepcopy`` take it for a tensor with memory and fail ("Attempted to access the data
+    pointer on an invalid python storage"; the same holds for torch's own ``dtensor[1:]``). Such a
+    wrapper is therefore built over an alias of ``value`` at offset 0 (the same shape, stride, dtype
+    and device, in the same buffer) and then given ``value`` as its local tensor: the constructor
+    itself sets ``_local_tensor`` as a plain attribute after building the wrapper, so the result is
+    the DTensor ``from_local(value)`` describes, with the wrapper offset 0 that pickling expects.
+    A torch whose constructor leaves the offset 0 takes the first branch only."""
     from torch.distributed.tensor import DTensor
 
-    return DTensor.from_local(
-        value, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
-    )
+    def wrap(local: torch.Tensor) -> Any:
+        return DTensor.from_local(
+            local, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
+        )
+
+    out = wrap(value)
+    if out.storage_offset() == 0:
+        return out
+    out = wrap(value.as_strided(value.shape, value.stride(), 0))
+    out._local_tensor = value
+    return out
 
 
 def local_grads(params: list[Any], grads: list[torch.Tensor]) -> list[torch.Tensor]:

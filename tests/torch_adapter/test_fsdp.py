@@ -13,6 +13,9 @@ the DDP test in test_distributed.py explains); tensor parallelism splits the mat
 are compared to a single process within rounding. torch.optim's optimizer trained in the same FSDP2
 setup is a cross-check of the setup (close, not bitwise: its formulas round differently).
 Both sides use one intra-op thread so each rank's local gradients equal the reference's.
+The same launch saves the state every way a user saves it (``torch.save``, ``copy.deepcopy``,
+``pickle``, ``dcp.async_save``) and continues a torch.optim.AdamW distributed checkpoint under
+uniopt.torch by docs/torch.md's recipe.
 """
 
 from __future__ import annotations
@@ -241,6 +244,189 @@ def _checkpoint_runs(name: str, mesh, rank: int, folder: Path) -> dict:
     }
 
 
+SERIALIZED = ("AdamW", ("loop", "flat", "auto"))
+"""The optimizer and implementations whose state is pickled, deep-copied, saved with ``torch.save``
+and with ``dcp.async_save`` under FSDP2 (the flat ones keep each slot entry a DTensor over a piece of
+one buffer, most pieces at a nonzero offset)."""
+RESTORES = ("torch_save", "torch_save_distributed", "deepcopy", "async_save")
+
+
+def _serialization_runs(mesh, rank: int, folder: Path) -> dict:
+    """Per implementation of :data:`SERIALIZED`: ``SAVED_AT`` steps, then the state saved every way a
+    user saves it (``torch.save`` of ``opt.state_dict()`` and of ``get_optimizer_state_dict``,
+    ``copy.deepcopy`` of ``opt.state_dict()``, ``pickle.dumps`` of ``opt.state``, ``dcp.async_save``
+    of ``get_state_dict``), the uninterrupted run to ``STEPS``; then a fresh model and optimizer
+    restored from each (the model from a copy of its state dict, or from the async checkpoint) and
+    continued to ``STEPS``."""
+    import copy
+    import io
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+        set_state_dict,
+    )
+
+    name, implementations = SERIALIZED
+    x, y = _rank_data(rank)
+
+    def fresh(implementation):
+        model = _fsdp_model("fsdp", mesh)
+        return model, uniopt.torch.OPTIMIZERS[name](model.parameters(), lr=LR, implementation=implementation)
+
+    def steps(model, opt, count, grads=None):
+        for _ in range(count):
+            opt.zero_grad()
+            _loss(model, x, y).backward()
+            if grads is not None:
+                grads.append([p.grad.full_tensor().clone() for p in model.parameters()])
+            opt.step()
+
+    def saved(buffer):
+        return torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+
+    out = {}
+    for implementation in implementations:
+        model, opt = fresh(implementation)
+        grads: list = []
+        steps(model, opt, SAVED_AT, grads)
+        at_save = [
+            {k: (v.to_local().clone(), _placements(v)) for k, v in opt.state[p].items() if k != "step"}
+            for p in model.parameters()
+        ]
+        model_sd = copy.deepcopy(get_model_state_dict(model))
+        files = {"torch_save": io.BytesIO(), "torch_save_distributed": io.BytesIO()}
+        torch.save(opt.state_dict(), files["torch_save"])
+        torch.save(get_optimizer_state_dict(model, opt), files["torch_save_distributed"])
+        copied = copy.deepcopy(opt.state_dict())
+        pickled = pickle.dumps(opt.state)
+        checkpoint = folder / f"async-{implementation}"
+        model_sd_live, optim_sd_live = get_state_dict(model, opt)
+        dcp.async_save({"model": model_sd_live, "optim": optim_sd_live}, checkpoint_id=checkpoint).result()
+        steps(model, opt, STEPS - SAVED_AT, grads)
+        uninterrupted = [p.detach().full_tensor().clone() for p in model.parameters()]
+        unpickled = pickle.loads(pickled)
+        run = {
+            "grads": grads,
+            "uninterrupted": uninterrupted,
+            "at_save": at_save,
+            "unpickled": [
+                {
+                    k: (type(v).__name__, v.to_local().clone(), _placements(v))
+                    for k, v in s.items()
+                    if k != "step"
+                }
+                for s in unpickled.values()
+            ],
+            "unpickled_steps": [int(s["step"]) for s in unpickled.values()],
+            "copied_after_steps": [
+                {k: v.to_local().clone() for k, v in s.items() if k != "step"}
+                for s in copied["state"].values()
+            ],
+            "continued": {},
+        }
+        for how in RESTORES:
+            model, opt = fresh(implementation)
+            if how == "async_save":
+                model_sd_new, optim_sd_new = get_state_dict(model, opt)
+                loaded = {"model": model_sd_new, "optim": optim_sd_new}
+                dcp.load(loaded, checkpoint_id=checkpoint)
+                set_state_dict(model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+            else:
+                set_model_state_dict(model, copy.deepcopy(model_sd))
+                if how == "torch_save":
+                    opt.load_state_dict(saved(files[how]))
+                elif how == "torch_save_distributed":
+                    set_optimizer_state_dict(model, opt, saved(files[how]))
+                else:
+                    opt.load_state_dict(copy.deepcopy(copied))
+            steps(model, opt, STEPS - SAVED_AT)
+            run["continued"][how] = [p.detach().full_tensor().clone() for p in model.parameters()]
+        out[implementation] = run
+    return out
+
+
+def _torch_optim_checkpoint_runs(mesh, rank: int, folder: Path) -> dict:
+    """docs/torch.md's recipe for a torch.optim distributed checkpoint: torch.optim.AdamW under FSDP2
+    for ``SAVED_AT`` steps, saved with ``dcp.save``; loaded into a torch.optim.AdamW template, which
+    then hands its state to ``uniopt.torch.AdamW(convention="torch")`` by
+    ``load_torch_optim_state_dict``, continued to ``STEPS``. Also what the direct way (a uniopt
+    template) raises inside ``dcp.load``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    x, y = _rank_data(rank)
+
+    def steps(model, opt, count, grads=None):
+        for _ in range(count):
+            opt.zero_grad()
+            _loss(model, x, y).backward()
+            if grads is not None:
+                grads.append([p.grad.full_tensor().clone() for p in model.parameters()])
+            opt.step()
+
+    model = _fsdp_model("fsdp", mesh)
+    native = torch.optim.AdamW(model.parameters(), lr=LR)
+    steps(model, native, SAVED_AT)
+    model_sd, optim_sd = get_state_dict(model, native)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=folder)
+    at_save = {
+        "params": [p.detach().full_tensor().clone() for p in model.parameters()],
+        "state": [
+            {k: v.full_tensor().clone() if k != "step" else float(v) for k, v in native.state[p].items()}
+            for p in model.parameters()
+        ],
+    }
+    steps(model, native, STEPS - SAVED_AT)
+    native_end = [p.detach().full_tensor().clone() for p in model.parameters()]
+
+    # the recipe
+    model = _fsdp_model("fsdp", mesh)
+    template = torch.optim.AdamW(model.parameters(), lr=LR)
+    model_sd, optim_sd = get_state_dict(model, template)
+    loaded = {"model": model_sd, "optim": optim_sd}
+    dcp.load(loaded, checkpoint_id=folder)
+    set_state_dict(model, template, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    opt = uniopt.torch.AdamW(model.parameters(), lr=LR, convention="torch")
+    uniopt.torch.load_torch_optim_state_dict(opt, template.state_dict())
+    del template, loaded, optim_sd
+    restored = [
+        {
+            k: (v.full_tensor().clone(), _placements(v)) if k != "step" else int(v)
+            for k, v in opt.state[p].items()
+        }
+        for p in model.parameters()
+    ]
+    grads: list = []
+    steps(model, opt, STEPS - SAVED_AT, grads)
+    continued = [p.detach().full_tensor().clone() for p in model.parameters()]
+
+    # the direct way: dcp.load into uniopt's template
+    model = _fsdp_model("fsdp", mesh)
+    opt = uniopt.torch.AdamW(model.parameters(), lr=LR)
+    model_sd, optim_sd = get_state_dict(model, opt)
+    try:
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=folder)
+        direct = None
+    except CheckpointException as error:  # torch's planner, on every rank (a BaseException)
+        direct = f"{type(error).__name__}: {error}"
+    return {
+        "at_save": at_save,
+        "native_end": native_end,
+        "restored": restored,
+        "placements": [_placements(p) for p in model.parameters()],
+        "grads": grads,
+        "continued": continued,
+        "direct": direct,
+    }
+
+
 def _one_process_continuation(name: str, folder: Path, grads: list) -> dict:
     """One process, no process group: a plain model and optimizer load the two ranks' checkpoint
     (the state resharded into whole tensors) and continue with the gradients the ranks applied."""
@@ -311,6 +497,10 @@ def _worker(rank: int, port: int, out: Path) -> None:
         for name in NAMES:
             results["checkpoint"][name] = _checkpoint_runs(name, mesh, rank, out / f"checkpoint-{name}")
         results["seconds"]["checkpoint"] = time.monotonic() - start
+        start = time.monotonic()
+        results["serialization"] = _serialization_runs(mesh, rank, out / "serialization")
+        results["torch_optim_checkpoint"] = _torch_optim_checkpoint_runs(mesh, rank, out / "torch-optim")
+        results["seconds"]["serialization"] = time.monotonic() - start
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -647,6 +837,79 @@ def test_checkpoint_of_two_ranks_continues_bitwise_in_one_process(ranks: list[di
         zip(run["continued"], ranks[0]["checkpoint"][name]["uninterrupted"], strict=True)
     ):
         assert torch.equal(a, b), f"param {i}"
+
+
+@pytest.mark.parametrize("implementation", SERIALIZED[1])
+def test_state_saved_every_way_continues_bitwise(ranks: list[dict], implementation: str) -> None:
+    """Under FSDP2, each rank's state saved with ``torch.save`` (``opt.state_dict()`` and
+    ``get_optimizer_state_dict``), deep-copied, or saved with ``dcp.async_save``, restored into a
+    fresh model and optimizer, continues bitwise to the uninterrupted run, which equals the NumPy
+    core; ``pickle.loads(pickle.dumps(opt.state))`` gives back DTensors holding each rank's shards of
+    the core's state at the save; the deep copy is not changed by the later steps."""
+    name = SERIALIZED[0]
+    for rank, result in enumerate(ranks):
+        run = result["serialization"][implementation]
+        expected, _ = _core(name, run["grads"])
+        for i, (got, want) in enumerate(zip(run["uninterrupted"], expected, strict=True)):
+            np.testing.assert_array_equal(got.numpy(), want, err_msg=f"rank {rank}, param {i}: uninterrupted")
+        for how in RESTORES:
+            for i, (a, b) in enumerate(zip(run["continued"][how], run["uninterrupted"], strict=True)):
+                assert torch.equal(a, b), f"rank {rank}, {how}, param {i}: the continued run differs"
+        _, core_state = _core(name, run["grads"][:SAVED_AT])
+        assert run["unpickled_steps"] == [SAVED_AT] * len(core_state.slots)
+        for i, (core_slots, saved, unpickled, copied) in enumerate(
+            zip(core_state.slots, run["at_save"], run["unpickled"], run["copied_after_steps"], strict=True)
+        ):
+            assert set(saved) == set(unpickled) == set(copied) == set(core_slots), i
+            for slot, (local, placements) in saved.items():
+                where = f"rank {rank}, param {i}, {slot}"
+                want = _shard(torch.from_numpy(core_slots[slot]), placements, rank)
+                assert torch.equal(local, want), f"{where}: the state at the save"
+                kind, unpickled_local, unpickled_placements = unpickled[slot]
+                assert kind == "DTensor" and unpickled_placements == placements, where
+                assert torch.equal(unpickled_local, want), f"{where}: unpickled"
+                assert torch.equal(copied[slot], want), f"{where}: the deep copy after the later steps"
+
+
+def test_a_torch_optim_checkpoint_continues_under_uniopt_by_the_documented_recipe(ranks: list[dict]) -> None:
+    """docs/torch.md's recipe: a torch.optim.AdamW ``dcp.save`` checkpoint under FSDP2, loaded into a
+    torch.optim.AdamW template and handed to ``uniopt.torch.AdamW(convention="torch")`` by
+    ``load_torch_optim_state_dict``: the state is torch.optim's at the save bit for bit (sharded as
+    the parameters), and the continuation equals the NumPy core (torch's convention) started from
+    torch.optim's parameters and state on the gradients the ranks applied, and is close to
+    torch.optim's own uninterrupted run. ``dcp.load`` straight into uniopt's template fails in torch's
+    planner (the groups' ``convention``, which a torch.optim checkpoint lacks)."""
+    spec = uniopt.torch.AdamW.spec_class(lr=LR, convention="torch")
+    for rank, result in enumerate(ranks):
+        run = result["torch_optim_checkpoint"]
+        assert run["direct"] is not None and "convention" in run["direct"], run["direct"]
+        saved = run["at_save"]
+        for i, (entry, native, placements) in enumerate(
+            zip(run["restored"], saved["state"], run["placements"], strict=True)
+        ):
+            assert entry["step"] == SAVED_AT and native["step"] == SAVED_AT, (
+                i,
+                entry["step"],
+                native["step"],
+            )
+            assert set(entry) == set(native) == {"step", *spec.slot_names()}, i
+            for slot in spec.slot_names():
+                full, held = entry[slot]
+                assert torch.equal(full, native[slot]), f"rank {rank}, param {i}, {slot}"
+                assert held == placements, f"rank {rank}, param {i}, {slot}: {held}"
+        params = [p.numpy().copy() for p in saved["params"]]
+        state = uniopt.State(
+            step=SAVED_AT,
+            slots=tuple({k: s[k].numpy().copy() for k in spec.slot_names()} for s in saved["state"]),
+        )
+        for step_grads in run["grads"]:
+            params, state = spec.update([g.numpy().copy() for g in step_grads], state, params)
+        for i, (got, want, native_end, start) in enumerate(
+            zip(run["continued"], params, run["native_end"], saved["params"], strict=True)
+        ):
+            np.testing.assert_array_equal(got.numpy(), want, err_msg=f"rank {rank}, param {i}")
+            moved = (native_end - start).norm()
+            assert (got - native_end).norm() <= 1e-4 * moved, f"rank {rank}, param {i}"
 
 
 if __name__ == "__main__":
