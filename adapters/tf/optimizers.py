@@ -228,7 +228,14 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
 
     Positional arguments are Keras's, in the order of Keras's own class (``keras/src/optimizers/``),
     base arguments (``clipnorm`` ... ``name``) included; arguments Keras lacks are keyword-only.
-    ``weight_decay=None`` means 0 (``AdamW`` raises ``ValueError``, as Keras's AdamW does). With
+    ``weight_decay=None`` means 0 (``AdamW`` raises ``ValueError``, as Keras's AdamW does).
+    ``state_dtypes`` (keyword only, kept in ``get_config`` where given): slot name -> dtype
+    (``"bfloat16"``, ``"float16"``, ``"float32"``, a ``tf.DType``) for the slots of
+    ``Spec.lower_precision_slots`` (Adam's ``exp_avg``, ...) whose Keras variables are created in
+    that dtype, which every variable's dtype must hold exactly (checked at ``build``, before any
+    slot variable exists; ``ValueError`` naming the slot, the variable and the accepted dtypes);
+    the step widens such a slot exactly and assigns its new value rounded once to nearest, ties
+    to even (docs/conventions.md, "Lower-precision state"). With
     ``convention="keras"``: a ``learning_rate`` that is not a float, schedule or callable raises
     ``ValueError`` (Keras's check); flags given as 0 or 1 are read as bools; and the learning rate is
     rounded through float32 at every step however it was set (float, ``optimizer.learning_rate =``,

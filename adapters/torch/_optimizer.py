@@ -3,7 +3,8 @@
 A param group's hyperparameters are exactly the spec's fields (torch.optim's names), so schedulers
 that write ``group['lr']`` (or ``group['betas']``/``group['momentum']``, as OneCycleLR does) are seen
 by the spec at the next ``step()``. Per parameter the state holds ``step`` (a CPU int64 tensor, like
-torch.optim's CPU step counters) and the spec's slots, in the parameter's dtype and on its device.
+torch.optim's CPU step counters) and the spec's slots, in the parameter's dtype (or the narrower one
+the group's ``state_dtypes`` gives a slot of ``Spec.lower_precision_slots``) and on its device.
 ``step()`` validates every group and gradient first and only then updates, so an error leaves
 parameters and state untouched. The update itself is the spec's ``rule``; this module holds none of
 its math.
@@ -41,8 +42,9 @@ one. ``compiled``: as ``flat``, with the rule compiled by inductor into one loop
 kernel (CUDA) per buffer. ``auto`` (the default): ``compiled`` for a group's parameters of one device
 and dtype holding at least :data:`AUTO_COMPILE_MIN` elements, ``flat`` below that. Parameters that
 cannot be flattened (neither on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``,
-and so does a step traced by ``torch.compile``. A spec that is not elementwise (``Lamb``: a norm per
-parameter) always takes ``loop``; ``flat`` and ``compiled`` are refused for it."""
+and so do those of a group whose ``state_dtypes`` stores a slot narrower than the parameter (the flat
+buffers hold one dtype), and a step traced by ``torch.compile``. A spec that is not elementwise
+(``Lamb``: a norm per parameter) always takes ``loop``; ``flat`` and ``compiled`` are refused for it."""
 
 AUTO_COMPILE_MIN = 1 << 18
 """Below this many elements ``auto`` does not compile: the few seconds inductor takes on first use
@@ -142,9 +144,19 @@ class UnioptOptimizer(Optimizer):
         (:attr:`positional`); ``kwargs``: the spec's fields (torch.optim's names, plus
         ``convention``) and :attr:`torch_options`. A hyperparameter may be a 1-element tensor
         where a float is expected; its value is used, and the tensor is kept in ``defaults`` and
-        the groups. ``implementation``: see :data:`IMPLEMENTATIONS`. Raises ``TypeError`` for an
+        the groups. ``implementation``: see :data:`IMPLEMENTATIONS`. ``state_dtypes`` (optional,
+        kept in ``defaults`` and every group where given, as torch.optim keeps its options; a group
+        may give its own): slot name -> dtype (``torch.bfloat16``, ``torch.float16``,
+        ``torch.float32`` or their names) for the slots of ``Spec.lower_precision_slots`` (Adam's
+        ``exp_avg``, SGD's ``momentum_buffer``, ...) to store in that dtype, which each parameter's
+        dtype must hold exactly (bfloat16/float16 beside float32 or float64, float32 beside
+        float64): the state is created in it, and the rule widens it exactly, computes in the
+        parameter's dtype and stores the new value rounded once to nearest, ties to even
+        (docs/conventions.md, "Lower-precision state"). Raises ``TypeError`` for an
         unknown argument, too many positional ones or one given twice, ``ValueError`` for a bad
-        value (the core's message) and what :meth:`_check_options` raises; the state is empty then.
+        value (the core's message; for ``state_dtypes`` a value that is not such a mapping, a name
+        that is not a slot, a dtype the core's :meth:`uniopt.Spec.slot_dtype_refusal` refuses beside
+        a parameter) and what :meth:`_check_options` raises; the state is empty then.
         """
         owner = f"uniopt.torch.{self.spec_class.name}"
         if implementation not in IMPLEMENTATIONS:
@@ -488,7 +500,11 @@ class UnioptOptimizer(Optimizer):
         The load-state-dict pre-hooks run first (they may adapt the dict, as torch.optim lets them),
         then the checks (``ValueError``, see docs/torch.md), then torch.optim's loading and the
         post-hooks. A group lacking keys gets their defaults (:meth:`_complete`); a ``step`` saved
-        as a number or a float tensor becomes the int64 CPU tensor uniopt keeps.
+        as a number or a float tensor becomes the int64 CPU tensor uniopt keeps. The saved groups'
+        ``state_dtypes`` come with them (torch.optim restores every group key): a slot they store
+        narrower must arrive in that dtype, and a narrower slot needs such an entry (``ValueError``
+        otherwise), and it keeps its dtype (torch.optim's loading casts every floating state entry
+        but ``step`` to its parameter's dtype; uniopt casts it back, exactly).
         """
         owner = f"uniopt.torch.{self.spec_class.name}"
         state_dict = state_dict.copy()
