@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import uniopt
+import uniopt.porting
 import uniopt.torch as ut
 from uniopt.registry import TABLE
 
@@ -241,3 +242,53 @@ def test_float32_slot_beside_float64_parameters():
     assert opt.state[p]["exp_avg"].dtype == torch.float32
     np.testing.assert_array_equal(opt.state[p]["exp_avg"].numpy(), state.slots[0]["exp_avg"])
     np.testing.assert_array_equal(p.detach().numpy(), ref[0])
+
+
+def test_export_save_load_import_continues_the_numpy_run():
+    """A bfloat16 moment goes out through export_state/save_state and back through
+    load_state/import_state in its dtype; the NumPy core continues the exported record, the
+    re-imported optimizer continues bit for bit with it; an optimizer keeping float32 refuses it."""
+    params0, grads = _draws([(6, 4), (4,)], 6, seed=12)
+    ps = [torch.tensor(p, requires_grad=True) for p in params0]
+    unstepped = ut.export_state(ut.Adam(ps, lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16}))
+    assert unstepped.slot_dtypes == ({"exp_avg": "bfloat16"},) * 2  # initial slots in their dtype
+    opt = ut.Adam(ps, lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16})
+    for g in grads[:3]:
+        for p, gi in zip(ps, g, strict=True):
+            p.grad = torch.tensor(gi)
+        opt.step()
+    buffer = io.BytesIO()
+    uniopt.save_state(buffer, ut.export_state(opt))
+    buffer.seek(0)
+    record = uniopt.load_state(buffer)
+    assert record.slot_dtypes == ({"exp_avg": "bfloat16"},) * 2
+    assert record.slots[0]["exp_avg"].dtype == np.dtype(ml_dtypes.bfloat16)
+    spec = uniopt.Adam(lr=1e-2)
+    params = [p.detach().numpy().copy() for p in ps]
+    state = uniopt.porting.import_state(record, spec, params)
+    qs = [torch.tensor(p, requires_grad=True) for p in params]
+    wide = ut.Adam(qs, lr=1e-2)
+    with pytest.raises(ValueError, match=r"slot 'exp_avg' is torch.bfloat16 beside a torch.float32"):
+        ut.import_state(wide, record)
+    assert not wide.state
+    resumed = ut.Adam(qs, lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16})
+    ut.import_state(resumed, record)
+    for g in grads[3:]:
+        params, state = spec.update(g, state, params)
+        for q, gi in zip(qs, g, strict=True):
+            q.grad = torch.tensor(gi)
+        resumed.step()
+    for i, q in enumerate(qs):
+        np.testing.assert_array_equal(_bits(q), _bits(params[i]))
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert str(resumed.state[q][name].dtype).rsplit(".")[-1] == state.slots[i][name].dtype.name
+            np.testing.assert_array_equal(_bits(resumed.state[q][name]), _bits(state.slots[i][name]))
+
+
+def test_a_record_refuses_a_narrow_slot_the_spec_keeps_wide():
+    p = np.zeros(3, np.float32)
+    slots = {"exp_avg": p.copy(), "exp_avg_sq": p.astype(ml_dtypes.bfloat16)}
+    with pytest.raises(
+        ValueError, match=r"slot 'exp_avg_sq' is bfloat16\[3\], the parameter is float32\[3\]"
+    ):
+        uniopt.PortableState("Adam", uniopt.Adam(lr=1e-2).hyperparameters, 1, (slots,), ((3,),), ("float32",))
