@@ -79,7 +79,12 @@ def _make_runner(mode: str) -> Runner:
             # one Keras optimizer per unit over its members' variables; one training step applies
             # them all (in function and xla modes one traced, and compiled, program per batch)
             variables = [[tf.Variable(p) for p in unit.params0] for unit in units]
-            opts = [uniopt.tf.from_spec(unit.spec) for unit in units]
+            opts = [
+                uniopt.tf.from_spec(
+                    unit.spec, **({"state_dtypes": dict(unit.slot_dtypes)} if unit.slot_dtypes else {})
+                )
+                for unit in units
+            ]
             for opt, vs in zip(opts, variables, strict=True):
                 opt.build(vs)
 
@@ -96,16 +101,26 @@ def _make_runner(mode: str) -> Runner:
                 for unit, opt, vs in zip(units, opts, variables, strict=True)
             ]
             shapes = [[tuple(a.shape) for a in unit] for unit in arrays]
-            # one call reads every parameter and slot, concatenated (a copy: no bits change)
+            dtypes = [[tf.as_dtype(a.dtype) for a in unit] for unit in arrays]
+            # one call reads every parameter and slot, concatenated (a copy: no bits change; a slot
+            # stored narrower, state_dtypes, widens exactly to the first array's dtype and is
+            # narrowed back exactly)
             read = tf.function(
                 lambda: [
-                    tf.concat([tf.reshape(a, [-1]) for a in unit], 0) if unit else tf.zeros([0])
-                    for unit in arrays
+                    tf.concat([tf.reshape(tf.cast(a, ds[0]), [-1]) for a in unit], 0)
+                    if unit
+                    else tf.zeros([0])
+                    for unit, ds in zip(arrays, dtypes, strict=True)
                 ]
             )
+            stored = [[_to_numpy(tf.zeros([0], d)).dtype for d in ds] for ds in dtypes]
 
             def snapshot() -> list[Snapshot]:
                 flat = [split_flat(_to_numpy(f), s) for f, s in zip(read(), shapes, strict=True)]
+                flat = [
+                    [a if a.dtype == d else a.astype(d) for a, d in zip(unit, ds, strict=True)]
+                    for unit, ds in zip(flat, stored, strict=True)
+                ]
                 return snapshots_of(batch, units, flat)
 
             yield snapshot()
@@ -149,6 +164,7 @@ BACKEND = Backend(
         ),
     },
     slowest=("xla", "function"),
+    slot_dtypes=True,
 )
 """Adagrad's weight_decay/zeros cells pass through subnormal numbers, which TensorFlow's CPU kernels
 flush to zero in every mode: they carry the registry's stated bound (``tf:weight_decay/zeros``)."""

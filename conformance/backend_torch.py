@@ -69,13 +69,16 @@ IMPLEMENTATION = {"eager": "auto", "loop": "loop", "flat": "flat", "compiled": "
 
 
 def _gather(tensors: list) -> list[np.ndarray]:
-    """NumPy copies of same-dtype tensors through one concatenation (a copy: no bits change)."""
+    """NumPy copies of tensors through one concatenation (a copy: no bits change; a slot stored
+    narrower, ``state_dtypes``, widens exactly in the concatenation and is narrowed back exactly)."""
     import torch
 
     if not tensors:
         return []
     flat = to_numpy(torch.cat([t.detach().reshape(-1) for t in tensors]))
-    return split_flat(flat, [tuple(t.shape) for t in tensors])
+    split = split_flat(flat, [tuple(t.shape) for t in tensors])
+    dtypes = [to_numpy(t.detach().reshape(-1)[:0]).dtype for t in tensors]
+    return [a if a.dtype == d else a.astype(d) for a, d in zip(split, dtypes, strict=True)]
 
 
 def _runner(mode: str) -> Runner:
@@ -102,7 +105,10 @@ def _runner(mode: str) -> Runner:
             # rule, and each parameter is still compared alone)
             groups: dict[str, list[dict]] = {}
             for unit, ps in zip(units, params, strict=True):
-                groups.setdefault(unit.spec.name, []).append(dict(params=ps, **unit.spec.hyperparameters))
+                group = dict(params=ps, **unit.spec.hyperparameters)
+                if unit.slot_dtypes:
+                    group["state_dtypes"] = dict(unit.slot_dtypes)
+                groups.setdefault(unit.spec.name, []).append(group)
             shared = {
                 n: getattr(uniopt_torch, n)(gs, implementation=IMPLEMENTATION[mode])
                 for n, gs in groups.items()
@@ -111,7 +117,10 @@ def _runner(mode: str) -> Runner:
         else:
             opts = [
                 getattr(uniopt_torch, unit.spec.name)(
-                    ps, implementation=IMPLEMENTATION[mode], **unit.spec.hyperparameters
+                    ps,
+                    implementation=IMPLEMENTATION[mode],
+                    **unit.spec.hyperparameters,
+                    **({"state_dtypes": dict(unit.slot_dtypes)} if unit.slot_dtypes else {}),
                 )
                 for unit, ps in zip(units, params, strict=True)
             ]
@@ -134,10 +143,15 @@ def _runner(mode: str) -> Runner:
             for step_one in steps_of:
                 step_one()
 
-        def slots_of(opt, spec, p: torch.Tensor) -> dict:
+        def slots_of(opt, spec, p: torch.Tensor, stored: dict) -> dict:
             state = opt.state[p]
             if not state:  # before the first step: the adapter's lazy init, done here to record it
-                return {n: spec.init_slot(n, p.detach(), xp) for n in spec.slot_names()}
+                return {
+                    n: spec.init_slot(n, p.detach(), xp).to(getattr(torch, stored.get(n, "float32")))
+                    if n in stored
+                    else spec.init_slot(n, p.detach(), xp)
+                    for n in spec.slot_names()
+                }
             # the placeholders uniopt.torch does not keep (Spec.slots_in_use) are their zeros
             return {
                 n: state[n] if n in state else spec.init_slot(n, p.detach(), xp) for n in spec.slot_names()
@@ -147,7 +161,8 @@ def _runner(mode: str) -> Runner:
             arrays = []
             for unit, opt, ps in zip(units, opts, params, strict=True):
                 names = unit.spec.slot_names()
-                arrays.append(_gather(unit_arrays(ps, [slots_of(opt, unit.spec, p) for p in ps], names)))
+                slots = [slots_of(opt, unit.spec, p, unit.slot_dtypes) for p in ps]
+                arrays.append(_gather(unit_arrays(ps, slots, names)))
             return snapshots_of(batch, units, arrays)
 
         yield snapshot()
@@ -191,4 +206,5 @@ BACKEND = Backend(
         ),
     },
     slowest=("compile", "compiled"),
+    slot_dtypes=True,
 )

@@ -293,7 +293,8 @@ class Backend:
     # two cores do not end the run with one long job alone (modes not named keep their order)
     slowest: tuple[str, ...] = ()
     # whether it runs the cases with lower-precision slots (registry.Case.slot_dtypes): the core's
-    # init(slot_dtypes=...) on NumPy, uniopt.jax's mu_dtype/accumulator_dtype
+    # init(slot_dtypes=...) on NumPy, uniopt.jax's mu_dtype/accumulator_dtype, uniopt.torch's and
+    # uniopt.tf's state_dtypes
     slot_dtypes: bool = False
 
     def queue_order(self, modes: Sequence[str]) -> list[str]:

@@ -93,7 +93,8 @@ def _slot_dtypes_refused(backend: Backend, info, cell: Cell) -> str | None:
         return None
     if not backend.slot_dtypes:
         return (
-            f"{backend.name} runs no lower-precision state (slot_dtypes): the core on NumPy and uniopt.jax do"
+            f"{backend.name} runs no lower-precision state (slot_dtypes): the core on NumPy, uniopt.jax, "
+            "uniopt.torch and uniopt.tf do"
         )
     spec = info.make(case)
     for name, dtype in case.slot_dtypes.items():

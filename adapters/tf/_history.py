@@ -71,6 +71,7 @@ class HistoryOptimizer(UnioptOptimizer):
         history variables (the spec's ``init_history()``)."""
         if self.built:
             return
+        self._check_state_dtypes(variables)
         keras.optimizers.Optimizer.build(self, variables)
         self._uniopt_slots = {
             name: [

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import array_api_compat.numpy as npx
 import keras
 import numpy as np
+import tensorflow as tf
 
 from uniopt import PortableState, Spec, registry
 from uniopt.porting import check_compatible, history_of, make_state
@@ -178,6 +179,15 @@ def import_state(
         optimizer.build(variables)
         kept = _slot_variables(optimizer, variables, owner)
         _check_unkept(state, kept, owner, "this optimizer")
+    for i, (slots, slot_vars) in enumerate(zip(state.slots, kept, strict=True)):  # before any assign
+        for name, value in slots.items():
+            have = None if slot_vars[name] is None else tf.as_dtype(slot_vars[name].dtype).name
+            if have is not None and have != str(value.dtype):
+                raise ValueError(
+                    f"{owner}: parameter {i} slot {name!r} is {value.dtype} in the state and {have} in "
+                    f"this optimizer; build it with state_dtypes={dict(state.slot_dtypes[i]) or None!r} "
+                    "(the state's slot dtypes, PortableState.slot_dtypes)"
+                )
     for slots, slot_vars in zip(state.slots, kept, strict=True):
         for name, value in slots.items():
             if slot_vars[name] is not None:

@@ -136,6 +136,7 @@ class AdamRoutedOptimizer(UnioptOptimizer):
                 refusal = spec.param_refusal(tuple(int(n) for n in v.shape))
                 if refusal is not None:
                     raise ValueError(f"uniopt.tf.{type(self).__name__}: variable {_path(v)!r}: {refusal}")
+        self._check_state_dtypes(variables)
         keras.optimizers.Optimizer.build(self, variables)
         names = self._spec.slot_names()
         slots: dict[str, list[Any]] = {name: [] for name in names}

@@ -228,7 +228,14 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
 
     Positional arguments are Keras's, in the order of Keras's own class (``keras/src/optimizers/``),
     base arguments (``clipnorm`` ... ``name``) included; arguments Keras lacks are keyword-only.
-    ``weight_decay=None`` means 0 (``AdamW`` raises ``ValueError``, as Keras's AdamW does). With
+    ``weight_decay=None`` means 0 (``AdamW`` raises ``ValueError``, as Keras's AdamW does).
+    ``state_dtypes`` (keyword only, kept in ``get_config`` where given): slot name -> dtype
+    (``"bfloat16"``, ``"float16"``, ``"float32"``, a ``tf.DType``) for the slots of
+    ``Spec.lower_precision_slots`` (Adam's ``exp_avg``, ...) whose Keras variables are created in
+    that dtype, which every variable's dtype must hold exactly (checked at ``build``, before any
+    slot variable exists; ``ValueError`` naming the slot, the variable and the accepted dtypes);
+    the step widens such a slot exactly and assigns its new value rounded once to nearest, ties
+    to even (docs/conventions.md, "Lower-precision state"). With
     ``convention="keras"``: a ``learning_rate`` that is not a float, schedule or callable raises
     ``ValueError`` (Keras's check); flags given as 0 or 1 are read as bools; and the learning rate is
     rounded through float32 at every step however it was set (float, ``optimizer.learning_rate =``,
@@ -258,6 +265,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     def __init__(self, learning_rate: Any, **kwargs: Any):
         owner = f"uniopt.tf.{type(self).__name__}"
         inert = {k: kwargs.pop(k) for k in list(kwargs) if k in self.KERAS_INERT}
+        state_dtypes = kwargs.pop("state_dtypes", None)
         hyper_names = {n for f in dataclasses.fields(self.spec_class) for n in self._keras_names(f.name)}
         hyper_names.discard("learning_rate")
         # a 1-element tensor or array hyperparameter (beta_1=tf.constant(0.9)) is its value, as
@@ -300,6 +308,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
             raise _with_keras_name(exc, type(self)) from None
         except TypeError as exc:  # an argument the spec does not know
             raise ValueError(f"{owner}: {exc}") from None
+        state_dtypes = _state_dtypes(owner, spec, state_dtypes)
         for name, value in inert.items():
             if keras_convention and _is_zero_or_one(value):
                 value = inert[name] = bool(value)
@@ -314,6 +323,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         if not dynamic:
             self._learning_rate = self._exact_learning_rate_variable(float(spec.lr))
         self._spec = spec
+        self._state_dtypes = state_dtypes
         self._spec_without_decay = spec.replace(weight_decay=0.0) if spec.weight_decay != 0 else spec
         self._uniopt_cache = _TraceCache()
         self.weight_decay = float(spec.weight_decay)
@@ -406,6 +416,7 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         variable's layout); any other under the same name."""
         if self.built:
             return
+        self._check_state_dtypes(variables)
         super().build(variables)
         spec = self._spec
         if type(spec).slot_shape is Spec.slot_shape:  # every slot shaped like its variable
@@ -433,6 +444,50 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
             initializer=initializer,
             dtype=variable.dtype,
             name=f"{path.replace('/', '_')}_{name}",
+        )
+
+    @property
+    def state_dtypes(self) -> dict[str, str]:
+        """The slots stored in another dtype than their variable's (``state_dtypes``), by name."""
+        return dict(self._state_dtypes)
+
+    def _check_state_dtypes(self, variables: list[Any]) -> None:
+        """``ValueError`` before any slot variable exists where a slot of ``state_dtypes`` cannot be
+        stored in its dtype beside a variable (:meth:`uniopt.Spec.slot_dtype_refusal`: a slot the
+        spec keeps in the variable's dtype, a dtype wider than the variable's, float16 beside
+        bfloat16), naming the variable."""
+        for v in variables:
+            if not self._state_dtypes or self._overwrite_variable_with_gradient(v):
+                continue
+            for name, dtype in self._state_dtypes.items():
+                why = self._spec.slot_dtype_refusal(name, dtype, tf.as_dtype(v.dtype).name)
+                if why is not None:
+                    path = getattr(v, "path", None) or v.name
+                    raise ValueError(
+                        f"uniopt.tf.{type(self).__name__}: state_dtypes[{name!r}]={dtype!r} for variable "
+                        f"{path!r} of dtype {tf.as_dtype(v.dtype).name}: {why}"
+                    )
+
+    def add_variable_from_reference(
+        self, reference_variable: Any, name: Any = None, initializer: Any = "zeros"
+    ):
+        """Keras's ``add_variable_from_reference`` (named ``<path>_<name>``, the variable's shape and
+        layout), in the dtype ``state_dtypes`` gives the slot named ``name`` (its Keras variable
+        name, :attr:`KERAS_VARIABLES`); Keras's (the variable's dtype) otherwise."""
+        slot = {self.KERAS_VARIABLES.get(n, n): n for n in self._spec.slot_names()}.get(name, name)
+        dtype = self._state_dtypes.get(slot)
+        if dtype is None or dtype == tf.as_dtype(reference_variable.dtype).name:
+            return super().add_variable_from_reference(reference_variable, name, initializer=initializer)
+        if hasattr(reference_variable, "path"):  # Keras's naming (keras/src/optimizers/base_optimizer.py)
+            prefix = reference_variable.path.replace("/", "_")
+        else:
+            prefix = str(reference_variable.name).replace("/", "_").replace(":", "_")
+        return self.add_variable(
+            shape=reference_variable.shape,
+            initializer=initializer,
+            dtype=dtype,
+            name=f"{prefix}_{name or 'var'}",
+            layout=getattr(reference_variable, "_layout", None),
         )
 
     def slots(self, variable: Any) -> dict[str, Any]:
@@ -552,7 +607,49 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(to_keras_kwargs(self._hyperparameters(), type(self)))
         config.update({name: getattr(self, name) for name in self.KERAS_INERT})
+        if self._state_dtypes:  # only where given: a config without it is Keras's own keys
+            config["state_dtypes"] = dict(self._state_dtypes)
         return config
+
+
+_STATE_DTYPE_NAMES = ("bfloat16", "float16", "float32", "float64")
+
+
+def _state_dtypes(owner: str, spec: Spec, value: Any) -> dict[str, str]:
+    """``state_dtypes`` as the optimizer keeps it (and ``get_config`` writes it): slot name -> dtype
+    name. ``None`` is ``{}``; a dtype may be a name, a ``tf.DType`` or a NumPy dtype. ``ValueError``
+    for a value that is not such a mapping, a name that is not one of the spec's slots (as the
+    core's ``init(slot_dtypes=...)``), or a dtype that is not a real floating one; each dtype is
+    checked against each variable at ``build`` (:meth:`UnioptOptimizer._check_state_dtypes`)."""
+    if value is None:
+        return {}
+    narrow = ", ".join(spec.lower_precision_slots) or "none"
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        example = (spec.lower_precision_slots or ("exp_avg",))[0]
+        raise ValueError(
+            f"{owner}: state_dtypes={value!r}; expected a dict mapping slot names to dtypes, such as "
+            f"{{{example!r}: 'bfloat16'}} (the slots stored narrower: {narrow})"
+        )
+    unknown = sorted(set(value) - set(spec.slot_names()))
+    if unknown:
+        raise ValueError(
+            f"{owner}: state_dtypes names {', '.join(map(repr, unknown))}, not a slot of this optimizer "
+            f"with these hyperparameters; its slots: {', '.join(spec.slot_names()) or 'none'} (those it "
+            f"may store narrower: {narrow})"
+        )
+    out = {}
+    for name, dtype in value.items():
+        try:
+            found = tf.as_dtype(dtype).name
+        except TypeError:
+            found = None
+        if found not in _STATE_DTYPE_NAMES:
+            raise ValueError(
+                f"{owner}: state_dtypes[{name!r}]={dtype!r}; expected a real floating dtype "
+                f"({', '.join(_STATE_DTYPE_NAMES)}), one each variable's dtype holds exactly"
+            )
+        out[name] = found
+    return out
 
 
 def _tf_variable(variable: Any) -> Any:

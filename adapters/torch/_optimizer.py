@@ -3,7 +3,8 @@
 A param group's hyperparameters are exactly the spec's fields (torch.optim's names), so schedulers
 that write ``group['lr']`` (or ``group['betas']``/``group['momentum']``, as OneCycleLR does) are seen
 by the spec at the next ``step()``. Per parameter the state holds ``step`` (a CPU int64 tensor, like
-torch.optim's CPU step counters) and the spec's slots, in the parameter's dtype and on its device.
+torch.optim's CPU step counters) and the spec's slots, in the parameter's dtype (or the narrower one
+the group's ``state_dtypes`` gives a slot of ``Spec.lower_precision_slots``) and on its device.
 ``step()`` validates every group and gradient first and only then updates, so an error leaves
 parameters and state untouched. The update itself is the spec's ``rule``; this module holds none of
 its math.
@@ -41,8 +42,9 @@ one. ``compiled``: as ``flat``, with the rule compiled by inductor into one loop
 kernel (CUDA) per buffer. ``auto`` (the default): ``compiled`` for a group's parameters of one device
 and dtype holding at least :data:`AUTO_COMPILE_MIN` elements, ``flat`` below that. Parameters that
 cannot be flattened (neither on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``,
-and so does a step traced by ``torch.compile``. A spec that is not elementwise (``Lamb``: a norm per
-parameter) always takes ``loop``; ``flat`` and ``compiled`` are refused for it."""
+and so do those of a group whose ``state_dtypes`` stores a slot narrower than the parameter (the flat
+buffers hold one dtype), and a step traced by ``torch.compile``. A spec that is not elementwise
+(``Lamb``: a norm per parameter) always takes ``loop``; ``flat`` and ``compiled`` are refused for it."""
 
 AUTO_COMPILE_MIN = 1 << 18
 """Below this many elements ``auto`` does not compile: the few seconds inductor takes on first use
@@ -142,9 +144,19 @@ class UnioptOptimizer(Optimizer):
         (:attr:`positional`); ``kwargs``: the spec's fields (torch.optim's names, plus
         ``convention``) and :attr:`torch_options`. A hyperparameter may be a 1-element tensor
         where a float is expected; its value is used, and the tensor is kept in ``defaults`` and
-        the groups. ``implementation``: see :data:`IMPLEMENTATIONS`. Raises ``TypeError`` for an
+        the groups. ``implementation``: see :data:`IMPLEMENTATIONS`. ``state_dtypes`` (optional,
+        kept in ``defaults`` and every group where given, as torch.optim keeps its options; a group
+        may give its own): slot name -> dtype (``torch.bfloat16``, ``torch.float16``,
+        ``torch.float32`` or their names) for the slots of ``Spec.lower_precision_slots`` (Adam's
+        ``exp_avg``, SGD's ``momentum_buffer``, ...) to store in that dtype, which each parameter's
+        dtype must hold exactly (bfloat16/float16 beside float32 or float64, float32 beside
+        float64): the state is created in it, and the rule widens it exactly, computes in the
+        parameter's dtype and stores the new value rounded once to nearest, ties to even
+        (docs/conventions.md, "Lower-precision state"). Raises ``TypeError`` for an
         unknown argument, too many positional ones or one given twice, ``ValueError`` for a bad
-        value (the core's message) and what :meth:`_check_options` raises; the state is empty then.
+        value (the core's message; for ``state_dtypes`` a value that is not such a mapping, a name
+        that is not a slot, a dtype the core's :meth:`uniopt.Spec.slot_dtype_refusal` refuses beside
+        a parameter) and what :meth:`_check_options` raises; the state is empty then.
         """
         owner = f"uniopt.torch.{self.spec_class.name}"
         if implementation not in IMPLEMENTATIONS:
@@ -158,6 +170,7 @@ class UnioptOptimizer(Optimizer):
                 f"parameters, which only an elementwise rule allows ({self.spec_class.name} reduces "
                 "over each parameter); expected 'auto' or 'loop'"
             )
+        state_dtypes = kwargs.pop(STATE_DTYPES, None)
         if len(args) > len(self.positional):
             raise TypeError(
                 f"{owner}: takes at most {len(self.positional)} positional arguments after params "
@@ -184,6 +197,8 @@ class UnioptOptimizer(Optimizer):
         self._given: dict[str, Any] | None = dict(hyperparameters)
         options = {**self.torch_options, **{k: v for k, v in kwargs.items() if k in self.torch_options}}
         self._check_options(options, ())
+        if state_dtypes is not None:  # in every group, as torch.optim keeps its options
+            options[STATE_DTYPES] = _state_dtypes(owner, self.spec_class, state_dtypes)
         plain = {k: _plain(owner, k, v) for k, v in hyperparameters.items()}
         defaults = self.spec_class(**plain).hyperparameters  # validates first
         # tensor hyperparameters stay the caller's tensors, as torch.optim keeps them (a scheduler
@@ -196,7 +211,7 @@ class UnioptOptimizer(Optimizer):
             for group in self.param_groups:
                 spec = self._spec_of(group)
                 for p in group["params"]:
-                    self._init_state(spec, p)
+                    self._init_state(spec, p, group.get(STATE_DTYPES))
 
     # -- the contract -------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -259,8 +274,11 @@ class UnioptOptimizer(Optimizer):
                 param_group.setdefault(name, own[name] if _holds_tensor(own.get(name)) else resolved[name])
         for name, value in self._extension_defaults.items():  # not in ``defaults`` (see extensions)
             param_group.setdefault(name, value)
+        if param_group.get(STATE_DTYPES) is not None:  # a group's own, checked as the constructor's
+            param_group[STATE_DTYPES] = _state_dtypes(owner, self.spec_class, param_group[STATE_DTYPES])
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         spec = self._spec_of(merged)
+        _check_state_dtype_names(spec, merged.get(STATE_DTYPES))
         if isinstance(params, list):
             tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
             names = [p[0] if isinstance(p, tuple) and len(p) == 2 else None for p in params]
@@ -280,6 +298,7 @@ class UnioptOptimizer(Optimizer):
                     )
                 seen[id(p)] = i
                 _check_param(spec, p)
+                _check_state_dtypes(spec, p, merged.get(STATE_DTYPES), names[i])
         super().add_param_group(param_group)
         # DTensor parameters (FSDP2, tensor parallelism): their gradients are checked before a step
         distributed = any(map(_dtensor.is_dtensor, self.param_groups[-1]["params"]))
@@ -362,7 +381,11 @@ class UnioptOptimizer(Optimizer):
             # bucket would move it into buffers of this process. A DTensor parameter is bucketed
             # by its local shard, in buckets of DTensor parameters only
             distributed = _dtensor.is_dtensor(p)
-            if _flat.eligible(_dtensor.local(p)) and not _in_shared_memory(self.state.get(p)):
+            if (
+                _flat.eligible(_dtensor.local(p))
+                and not _in_shared_memory(self.state.get(p))
+                and not _narrow(self.param_groups[index].get(STATE_DTYPES), p)
+            ):
                 by_kind.setdefault((p.device, p.dtype, distributed), []).append(p)
             else:
                 loop.append(p)
@@ -370,7 +393,7 @@ class UnioptOptimizer(Optimizer):
         for members in by_kind.values():
             by_step: dict[int, tuple[list[torch.Tensor], list[dict[str, Any]]]] = {}
             for p in members:
-                state = self._init_state(spec, p)
+                state = self._init_state(spec, p, None)
                 same_step = by_step.setdefault(int(state["step"]), ([], []))
                 same_step[0].append(p)
                 same_step[1].append(state)
@@ -430,7 +453,7 @@ class UnioptOptimizer(Optimizer):
             if key not in rounded:
                 # 0-d CPU tensors: torch reads them as scalars on any device, with no transfer
                 rounded[key] = _round(scalars[index, spec, lr, step], real.dtype)
-            slots = self._slots(state, spec, p)
+            slots = self._slots(state, spec, p, self.param_groups[index].get(STATE_DTYPES))
             if _dtensor.is_dtensor(p):  # FSDP2, tensor parallelism: the rule on the local shards
                 plan.append(_dtensor.plan_entry(spec, p, slots, rounded[key]))
                 continue
@@ -477,8 +500,13 @@ class UnioptOptimizer(Optimizer):
         The load-state-dict pre-hooks run first (they may adapt the dict, as torch.optim lets them),
         then the checks (``ValueError``, see docs/torch.md), then torch.optim's loading and the
         post-hooks. A group lacking keys gets their defaults (:meth:`_complete`); a ``step`` saved
-        as a number or a float tensor becomes the int64 CPU tensor uniopt keeps.
+        as a number or a float tensor becomes the int64 CPU tensor uniopt keeps. The saved groups'
+        ``state_dtypes`` come with them (torch.optim restores every group key): a slot they store
+        narrower must arrive in that dtype, and a narrower slot needs such an entry (``ValueError``
+        otherwise), and it keeps its dtype (torch.optim's loading casts every floating state entry
+        but ``step`` to its parameter's dtype; uniopt casts it back, exactly).
         """
+        owner = f"uniopt.torch.{self.spec_class.name}"
         state_dict = state_dict.copy()
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             adapted = pre_hook(self, state_dict)
@@ -489,6 +517,9 @@ class UnioptOptimizer(Optimizer):
         plain["param_groups"] = [
             {k: v for k, v in group.items() if k != _STATE_DICT_KEY} for group in state_dict["param_groups"]
         ]
+        for group in plain["param_groups"]:  # dtype names as torch.dtype (checked above)
+            if group.get(STATE_DTYPES) is not None:
+                group[STATE_DTYPES] = _state_dtypes(owner, self.spec_class, group[STATE_DTYPES])
         # steps as Python ints: torch.optim would cast a step tensor to float32 on the parameter's
         # device in a group with fused=True, which rounds counts above 2**24
         indices = {index for group in state_dict["param_groups"] for index in group["params"]}
@@ -504,6 +535,15 @@ class UnioptOptimizer(Optimizer):
             super().load_state_dict(plain)
         finally:
             self._optimizer_load_state_dict_pre_hooks = hooks
+        # torch.optim casts every floating state entry but ``step`` to its parameter's dtype
+        # (Optimizer._process_value_according_to_param_policy); a slot stored narrower
+        # (state_dtypes, checked above to arrive in its dtype) goes back to it: exact both ways
+        for group in self.param_groups:
+            for p in group["params"] if group.get(STATE_DTYPES) else ():
+                entry = self.state.get(p)
+                for name, dtype in group[STATE_DTYPES].items() if entry else ():
+                    if name in entry and entry[name].dtype != dtype:
+                        entry[name] = entry[name].to(dtype)
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_options(self, group: Mapping[str, Any], params: Iterable[torch.Tensor]) -> None:
@@ -577,13 +617,16 @@ class UnioptOptimizer(Optimizer):
             for name in missing:
                 group[name] = filled[name]
 
-    def _init_state(self, spec: Spec, p: torch.Tensor) -> dict[str, Any]:
-        """``p``'s state, created (step 0 and the spec's initial slots) where missing."""
+    def _init_state(
+        self, spec: Spec, p: torch.Tensor, dtypes: Mapping[str, torch.dtype] | None
+    ) -> dict[str, Any]:
+        """``p``'s state, created (step 0 and the spec's initial slots) where missing; ``dtypes``:
+        the group's ``state_dtypes``."""
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.int64)
         for name in spec.slots_in_use(tuple(p.shape)):
-            self._slot(state, spec, name, p)
+            self._slot(state, spec, name, p, dtypes)
         return state
 
     @classmethod
@@ -606,21 +649,34 @@ class UnioptOptimizer(Optimizer):
         check_interval(spec.name, "lr", _plain(owner, "lr", group["lr"]), 0.0)
         return spec
 
-    def _slots(self, state: dict[str, Any], spec: Spec, p: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _slots(
+        self, state: dict[str, Any], spec: Spec, p: torch.Tensor, dtypes: Mapping[str, torch.dtype] | None
+    ) -> dict[str, torch.Tensor]:
         """Every slot the rule takes: those in use from ``state`` (created where missing), the
         placeholders (:meth:`uniopt.Spec.slots_in_use`) as fresh zeros that ``state`` does not keep,
-        as torch.optim.Adafactor keeps no ``variance`` for a matrix."""
+        as torch.optim.Adafactor keeps no ``variance`` for a matrix. ``dtypes``: the group's
+        ``state_dtypes``."""
         used = spec.slots_in_use(tuple(p.shape))
         return {
-            name: self._slot(state, spec, name, p) if name in used else _new_slot(spec, name, p)
+            name: self._slot(state, spec, name, p, dtypes)
+            if name in used
+            else _new_slot(spec, name, p, dtypes)
             for name in spec.slot_names()
         }
 
-    def _slot(self, state: dict[str, Any], spec: Spec, name: str, p: torch.Tensor) -> torch.Tensor:
-        """The slot's tensor, viewed as real for complex params; created if the group gained it."""
+    def _slot(
+        self,
+        state: dict[str, Any],
+        spec: Spec,
+        name: str,
+        p: torch.Tensor,
+        dtypes: Mapping[str, torch.dtype] | None,
+    ) -> torch.Tensor:
+        """The slot's tensor, viewed as real for complex params; created if the group gained it (in
+        its ``state_dtypes`` dtype where the group names one)."""
         if name not in state:
             state[name] = (
-                _new_slot(spec, name, p)
+                _new_slot(spec, name, p, dtypes)
                 if not p.is_complex()
                 else torch.view_as_complex(spec.init_slot(name, torch.view_as_real(p), xp))
             )
@@ -674,6 +730,11 @@ class UnioptOptimizer(Optimizer):
                     f"state_dict and {len(group['params'])} here; nothing was loaded"
                 )
             spec = self._spec_of(saved)  # the saved hyperparameters must be valid too
+            if saved.get(STATE_DTYPES) is not None:
+                saved[STATE_DTYPES] = _state_dtypes(owner, self.spec_class, saved[STATE_DTYPES])
+                _check_state_dtype_names(spec, saved[STATE_DTYPES])
+                for p in group["params"]:
+                    _check_state_dtypes(spec, p, saved[STATE_DTYPES], None)
             for index, p in zip(saved["params"], group["params"], strict=True):
                 if index not in saved_state:
                     continue
@@ -691,7 +752,23 @@ class UnioptOptimizer(Optimizer):
                         "step count (an integer >= 0, as a number or a 1-element tensor); nothing "
                         "was loaded"
                     )
+                dtypes = saved.get(STATE_DTYPES) or {}
                 for name in spec.slots_in_use(tuple(p.shape)):  # in the spec's order
+                    have = getattr(entry[name], "dtype", None)
+                    stored = dtypes.get(name, p.dtype)
+                    if stored != p.dtype and have != stored:
+                        raise ValueError(
+                            f"{owner}.load_state_dict: param {index} slot {name!r} is {have}, but its "
+                            f"group stores it in {stored} (state_dtypes); expected the state it saved; "
+                            "nothing was loaded"
+                        )
+                    if stored == p.dtype and have in _NARROW_DTYPES and have != p.dtype:
+                        raise ValueError(
+                            f"{owner}.load_state_dict: param {index} slot {name!r} is {have} beside a "
+                            f"{p.dtype} parameter, and its group has no state_dtypes entry for it; "
+                            f"expected a group with state_dtypes={{{name!r}: {have}}} (as the optimizer "
+                            "that saved a narrower slot has); nothing was loaded"
+                        )
                     want = spec.slot_shape(name, tuple(p.shape))
                     if tuple(entry[name].shape) != want:
                         slot = "" if want == tuple(p.shape) else f", whose slot has shape {want}"
@@ -762,9 +839,90 @@ def _write(target: torch.Tensor, value: torch.Tensor) -> None:
         target.copy_(value)
 
 
-def _new_slot(spec: Spec, name: str, p: torch.Tensor) -> torch.Tensor:
-    """The spec's initial slot ``name`` for ``p`` (a DTensor parameter's: see :mod:`._dtensor`)."""
-    return _dtensor.new_slot(spec, name, p) if _dtensor.is_dtensor(p) else spec.init_slot(name, p, xp)
+def _new_slot(
+    spec: Spec, name: str, p: torch.Tensor, dtypes: Mapping[str, torch.dtype] | None = None
+) -> torch.Tensor:
+    """The spec's initial slot ``name`` for ``p`` (a DTensor parameter's: see :mod:`._dtensor`), in
+    ``dtypes[name]`` where given (the group's ``state_dtypes``: zeros, so the conversion is exact)."""
+    slot = _dtensor.new_slot(spec, name, p) if _dtensor.is_dtensor(p) else spec.init_slot(name, p, xp)
+    dtype = (dtypes or {}).get(name)
+    return slot if dtype is None or dtype == slot.dtype else slot.to(dtype)
+
+
+STATE_DTYPES = "state_dtypes"
+"""The option naming the slots stored in a narrower dtype than their parameter's (optax's
+``mu_dtype``; docs/torch.md, "Lower-precision state")."""
+
+_TORCH_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def _state_dtypes(owner: str, spec_class: type[Spec], value: Any) -> dict[str, torch.dtype]:
+    """``state_dtypes`` as every group keeps it: slot name -> ``torch.dtype`` (a name such as
+    ``"bfloat16"`` or a ``torch.dtype``). ``ValueError`` for a value that is not such a mapping or a
+    dtype that is not a real floating one; the names and whether each dtype fits each parameter
+    are checked as the group is added (:func:`_check_state_dtypes`)."""
+    accepted = ", ".join(f"torch.{n}" for n in _TORCH_DTYPES)
+    narrow = ", ".join(spec_class.lower_precision_slots) or "none"
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        example = (spec_class.lower_precision_slots or ("exp_avg",))[0]
+        raise ValueError(
+            f"{owner}: state_dtypes={value!r}; expected a dict mapping slot names to dtypes, such as "
+            f"{{{example!r}: torch.bfloat16}} (the slots stored narrower: {narrow})"
+        )
+    out = {}
+    for name, dtype in value.items():
+        found = _TORCH_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+        if found not in _TORCH_DTYPES.values():
+            raise ValueError(
+                f"{owner}: state_dtypes[{name!r}]={dtype!r}; expected a real floating dtype ({accepted}, "
+                "or its name), one the parameters' dtype holds exactly"
+            )
+        out[name] = found
+    return out
+
+
+_NARROW_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _check_state_dtype_names(spec: Spec, dtypes: Mapping[str, torch.dtype] | None) -> None:
+    """``ValueError`` where ``state_dtypes`` names a slot the group's spec does not keep, as the
+    core's ``init(slot_dtypes=...)`` refuses it (SGD keeps ``momentum_buffer`` only with
+    ``momentum``)."""
+    unknown = sorted(set(dtypes or {}) - set(spec.slot_names()))
+    if unknown:
+        narrow = ", ".join(spec.lower_precision_slots) or "none"
+        kept = ", ".join(spec.slot_names()) or "none"
+        raise ValueError(
+            f"uniopt.torch.{spec.name}: state_dtypes names {', '.join(map(repr, unknown))}, not a slot "
+            f"of this optimizer with these hyperparameters; its slots: {kept} (those it may store "
+            f"narrower: {narrow})"
+        )
+
+
+def _check_state_dtypes(
+    spec: Spec, p: torch.Tensor, dtypes: Mapping[str, torch.dtype] | None, label: str | None
+) -> None:
+    """``ValueError`` where a slot of ``state_dtypes`` cannot be stored in its dtype beside ``p``
+    (:meth:`uniopt.Spec.slot_dtype_refusal`: a slot the spec keeps in the parameter's dtype, a dtype
+    wider than the parameter's, float16 beside bfloat16, complex parameters)."""
+    for name, dtype in (dtypes or {}).items():
+        why = spec.slot_dtype_refusal(name, dtype, p.dtype)
+        if why is not None:
+            which = f"parameter {label!r}" if label is not None else f"a parameter of shape {tuple(p.shape)}"
+            raise ValueError(
+                f"uniopt.torch.{spec.name}: state_dtypes[{name!r}]={dtype} for {which} of dtype "
+                f"{p.dtype}: {why}"
+            )
+
+
+def _narrow(dtypes: Mapping[str, torch.dtype] | None, p: torch.Tensor) -> bool:
+    """Whether ``state_dtypes`` stores a slot of ``p`` in another dtype than ``p``'s."""
+    return bool(dtypes) and any(dtype != p.dtype for dtype in dtypes.values())
 
 
 def _plain(owner: str, name: str, value: Any) -> Any:

@@ -25,7 +25,9 @@ from ._namespace import xp
 from ._optimizer import (
     _SELECTING,
     _STATE_DICT_KEY,
+    STATE_DTYPES,
     UnioptOptimizer,
+    _new_slot,
     _plain,
     _selected,
     _step_count,
@@ -172,13 +174,17 @@ def export_state(optimizer: UnioptOptimizer) -> PortableState:
         )
     spec = _one_spec([_group_spec(optimizer, g) for g in optimizer.param_groups], owner)
     params = _params(optimizer, owner)
+    # each parameter's group's state_dtypes: the slots stored narrower (a record holds them so)
+    dtypes_of = {id(p): g.get(STATE_DTYPES) for g in optimizer.param_groups for p in g["params"]}
     steps: list[int | None] = []
     slots = []
     for p in params:
         entry = optimizer.state.get(p)
         if not entry:
             steps.append(None)
-            slots.append({n: _to_numpy(spec.init_slot(n, p.detach(), xp)) for n in spec.slot_names()})
+            slots.append(
+                {n: _to_numpy(_new_slot(spec, n, p.detach(), dtypes_of[id(p)])) for n in spec.slot_names()}
+            )
             continue
         steps.append(int(entry["step"]))
         slots.append(  # the placeholders the state does not keep (slots_in_use) as their zeros

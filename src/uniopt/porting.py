@@ -112,7 +112,10 @@ class PortableState:
     """One optimizer's state, framework-neutral.
 
     ``slots[i]`` maps each slot name to a NumPy array of parameter ``i``'s dtype ``dtypes[i]``
-    (``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"``) and of the shape the spec's
+    (``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"``), or, for a slot of the spec's
+    :attr:`~uniopt.Spec.lower_precision_slots`, of a narrower dtype that one holds exactly (a
+    moment stored in bfloat16: :attr:`slot_dtypes`, docs/conventions.md "Lower-precision state"),
+    and of the shape the spec's
     :meth:`~uniopt.Spec.slot_shape` gives for its shape ``shapes[i]`` (``shapes[i]`` itself except
     for Adafactor's factored statistics). Every parameter
     has the same slot names. ``history`` is the spec's history (:attr:`uniopt.State.history`) as a
@@ -170,12 +173,26 @@ class PortableState:
                         f"parameter {i} slot {name!r} is a {type(value).__name__}, not a NumPy array"
                     )
                 expected = slot_shape(name, shape)
-                if value.shape != expected or str(value.dtype) != dtype:
+                if value.shape != expected or not (
+                    str(value.dtype) == dtype
+                    or _narrower_allowed(self.optimizer, name, str(value.dtype), dtype)
+                ):
                     needs = "" if expected == shape else f" (the slot: {dtype}{list(expected)})"
+                    narrow = _narrow_hint(self.optimizer, dtype)
                     raise ValueError(
                         f"parameter {i} slot {name!r} is {value.dtype}{list(value.shape)}, the parameter "
-                        f"is {dtype}{list(shape)}{needs}"
+                        f"is {dtype}{list(shape)}{needs}{narrow}"
                     )
+
+    @property
+    def slot_dtypes(self) -> tuple[dict[str, str], ...]:
+        """Per parameter, the slots stored in another dtype than the parameter's, by name (``{}``
+        where every slot has its parameter's dtype): what an adapter's ``state_dtypes`` (optax's
+        ``mu_dtype``) must say to import the record."""
+        return tuple(
+            {name: str(value.dtype) for name, value in slots.items() if str(value.dtype) != dtype}
+            for slots, dtype in zip(self.slots, self.dtypes, strict=True)
+        )
 
     @property
     def slot_names(self) -> tuple[str, ...]:
@@ -199,6 +216,33 @@ class PortableState:
     def replace(self, **changes: Any) -> PortableState:
         """A validated copy with ``changes`` applied (e.g. ``hyperparameters=...``)."""
         return dataclasses.replace(self, **changes)
+
+
+def _narrower_allowed(optimizer: str, name: str, stored: str, param_dtype: str) -> bool:
+    """Whether slot ``name`` of ``optimizer`` may be held in ``stored`` beside a ``param_dtype``
+    parameter: a slot of the spec's :attr:`~uniopt.Spec.lower_precision_slots`, in a dtype that
+    ``param_dtype`` holds exactly (:data:`uniopt._math.EXACTLY_WIDENS`)."""
+    from ._math import EXACTLY_WIDENS
+
+    try:
+        cls = spec_class(optimizer)
+    except ValueError:
+        return False
+    return name in cls.lower_precision_slots and stored in EXACTLY_WIDENS.get(param_dtype, ())
+
+
+def _narrow_hint(optimizer: str, param_dtype: str) -> str:
+    """What a record may hold narrower for ``optimizer``, for a refusal's message."""
+    from ._math import EXACTLY_WIDENS
+
+    try:
+        slots = spec_class(optimizer).lower_precision_slots
+    except ValueError:
+        return ""
+    narrower = EXACTLY_WIDENS.get(param_dtype, ())
+    if not slots or not narrower:
+        return ""
+    return f" (only {', '.join(map(repr, slots))} may be narrower: {' or '.join(narrower)})"
 
 
 def _slot_shape_of(
@@ -305,11 +349,15 @@ def check_compatible(
         for name in expected:  # the spec's slot shapes (another convention may factor otherwise)
             value, want = slots[name], spec.slot_shape(name, shape)
             # the record checked its arrays when it was made; its slot mappings can be changed since
-            if not isinstance(value, np.ndarray) or str(value.dtype) != state.dtypes[i]:
+            if not isinstance(value, np.ndarray) or (
+                str(value.dtype) != state.dtypes[i]
+                and spec.slot_dtype_refusal(name, str(value.dtype), state.dtypes[i]) is not None
+            ):
                 kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
                 raise ValueError(
                     f"{owner}: parameter {i} slot {name!r} is {kind}, the state holds the parameter as "
-                    f"{state.dtypes[i]} (a slot is a NumPy array of its parameter's dtype)"
+                    f"{state.dtypes[i]} (a slot is a NumPy array of its parameter's dtype, or of a "
+                    "narrower one for a slot of the spec's lower_precision_slots)"
                 )
             if tuple(value.shape) != want:
                 raise ValueError(
@@ -400,6 +448,8 @@ def _arrays_of(state: PortableState) -> dict[str, np.ndarray]:
         "dtypes": list(state.dtypes),
         "slot_names": list(state.slot_names),
     }
+    if any(state.slot_dtypes):  # only then: a file without narrow slots is as before
+        meta["slot_dtypes"] = [dict(d) for d in state.slot_dtypes]
     if state.history is not None:
         meta["history"] = state.history
     arrays = {_META: np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)}
@@ -454,10 +504,13 @@ def save_state(path: str | os.PathLike[str] | BinaryIO, state: PortableState) ->
 
     **Format** (version :data:`FORMAT`): an uncompressed zip of ``.npy`` arrays, as
     ``numpy.savez`` writes it: ``__uniopt_state__``, the JSON metadata (``format``, ``optimizer``,
-    ``convention``, ``hyperparameters``, ``step``, ``shapes``, ``dtypes``, ``slot_names`` and, for
-    a spec that keeps one, ``history``) as a 1-d ``uint8`` array; and ``slots/<i>/<name>``, the raw
-    bits of parameter ``i``'s slot ``name`` (``uint16``, ``uint32`` or ``uint64`` for ``float16``
-    and ``bfloat16``, ``float32``, ``float64``). No pickles.
+    ``convention``, ``hyperparameters``, ``step``, ``shapes``, ``dtypes``, ``slot_names``, for
+    a spec that keeps one, ``history``, and where a slot is stored narrower than its parameter,
+    ``slot_dtypes``: one mapping per parameter of those slots to their dtype,
+    :attr:`PortableState.slot_dtypes`; a file without it holds every slot in its parameter's dtype,
+    as files written before it) as a 1-d ``uint8`` array; and ``slots/<i>/<name>``, the raw bits of
+    parameter ``i``'s slot ``name`` (``uint16``, ``uint32`` or ``uint64`` for ``float16`` and
+    ``bfloat16``, ``float32``, ``float64``). No pickles.
 
     **File name**: ``.npz`` is appended to a path that does not end with it, as ``numpy.savez``
     does (``save_state("ckpt", s)`` writes ``ckpt.npz``; :func:`state_file_name` gives the name).
@@ -642,6 +695,19 @@ def _metadata(raw: np.ndarray, name: str) -> dict[str, Any]:
     for key, kind in (("hyperparameters", dict), ("optimizer", str), ("convention", str)):
         if not isinstance(meta[key], kind):
             raise ValueError(f"{name}: {key} {meta[key]!r} is not a JSON {kind.__name__}")
+    narrow = meta.setdefault("slot_dtypes", [{} for _ in shapes])  # older files: every slot as its parameter
+    if not (
+        isinstance(narrow, list)
+        and len(narrow) == len(shapes)
+        and all(
+            isinstance(d, dict) and all(k in names and v in _FLOAT_DTYPES for k, v in d.items())
+            for d in narrow
+        )
+    ):
+        raise ValueError(
+            f"{name}: slot_dtypes {narrow!r} is not a list of one mapping per parameter from slot names "
+            f"to {', '.join(_FLOAT_DTYPES)}"
+        )
     return meta
 
 
@@ -710,9 +776,10 @@ def _load(file: BinaryIO, name: str) -> PortableState:
             raise ValueError(f"{name}: {exc}") from None
         slots = []
         for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
-            target = _dtype(dtype)
             entry = {}
             for slot in names:
+                stored = meta["slot_dtypes"][i].get(slot, dtype)
+                target = _dtype(stored)
                 try:
                     want = list(slot_shape(slot, tuple(shape)))
                 except (ValueError, TypeError) as exc:
@@ -723,7 +790,7 @@ def _load(file: BinaryIO, name: str) -> PortableState:
                     name,
                     (np.dtype(f"u{target.itemsize}"), want),
                     f"parameter {i} slot {slot!r}",
-                    f"the bits of {dtype}{want}",
+                    f"the bits of {stored}{want}",
                 )
                 entry[slot] = raw.view(target)
             slots.append(entry)

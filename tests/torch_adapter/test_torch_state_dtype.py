@@ -1,0 +1,294 @@
+"""uniopt.torch's ``state_dtypes``: slots of ``Spec.lower_precision_slots`` stored in bfloat16 or
+float16 beside float32 parameters (docs/torch.md, docs/conventions.md "Lower-precision state").
+
+Expected values: the NumPy reference (the core's ``init(slot_dtypes=...)``/``update`` on NumPy
+arrays, ml_dtypes' bfloat16) bit for bit, and for one optimizer a hand-written NumPy float32 step
+with ml_dtypes' rounding (each operation of the formula written out here, not the spec's rule)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import uniopt
+import uniopt.porting
+import uniopt.torch as ut
+from uniopt.registry import TABLE
+
+NUMPY = {torch.bfloat16: np.dtype(ml_dtypes.bfloat16), torch.float16: np.dtype(np.float16)}
+TORCH = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+STEPS = 6
+
+STATE_CASES = [  # flat only for elementwise rules (Muon's is refused there: it runs per tensor)
+    pytest.param(info, case, implementation, id=f"{info.name}-{case.desc}-{implementation}")
+    for info in TABLE
+    if info.torch is not None
+    for case in info.state_cases
+    for implementation in ("loop", "flat")
+    if implementation == "loop" or info.elementwise
+]
+
+
+def _draws(shapes, steps: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [
+        [(rng.standard_normal(s) * 10 ** rng.uniform(-3, 2)).astype(np.float32) for s in shapes]
+        for _ in range(steps)
+    ]
+    return params, grads
+
+
+def _bits(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach()
+        return a.view(torch.int16 if a.element_size() == 2 else torch.int32).numpy()
+    a = np.asarray(a)
+    return a.view(np.uint16 if a.dtype.itemsize == 2 else np.uint32).astype(
+        np.int16 if a.dtype.itemsize == 2 else np.int32
+    )
+
+
+def _optimizer(info, case, params, implementation="loop", **extra):
+    cls = getattr(ut, info.name)
+    dtypes = {name: TORCH[d] for name, d in case.slot_dtypes.items()}
+    return cls(params, **dict(case.kwargs), state_dtypes=dtypes, implementation=implementation, **extra)
+
+
+@pytest.mark.parametrize(("info", "case", "implementation"), STATE_CASES)
+def test_matches_the_numpy_reference(info, case, implementation):
+    """Every state case of a row with torch names, against the core run on NumPy: parameters and
+    every slot (in its stored dtype) bit for bit after each step."""
+    shapes = [(8, 6), (5, 4)]
+    params0, grads = _draws(shapes, STEPS, seed=3)
+    spec = info.make(case)
+    state = spec.init(params0, slot_dtypes=case.slot_dtypes)
+    ref = list(params0)
+    ps = [torch.tensor(p, requires_grad=True) for p in params0]
+    opt = _optimizer(info, case, ps, implementation)
+    for t, g in enumerate(grads, start=1):
+        ref, state = spec.update(g, state, ref)
+        for p, gi in zip(ps, g, strict=True):
+            p.grad = torch.tensor(gi)
+        opt.step()
+        for i, p in enumerate(ps):
+            np.testing.assert_array_equal(_bits(p), _bits(ref[i]), err_msg=f"param {i} step {t}")
+            for name, want in state.slots[i].items():
+                got = opt.state[p][name]
+                assert str(got.dtype).rsplit(".")[-1] == want.dtype.name, (name, got.dtype)
+                np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=f"{name} {i} step {t}")
+    # the stored slot really is narrower than the parameters
+    narrow = next(iter(case.slot_dtypes))
+    assert opt.state[ps[0]][narrow].dtype == TORCH[case.slot_dtypes[narrow]]
+
+
+@pytest.mark.parametrize("narrow", ["bfloat16", "float16"])
+def test_adam_hand_steps(narrow):
+    """Two steps of uniopt's Adam formula written out in NumPy float32, the moment rounded once per
+    step to the stored dtype by ml_dtypes/NumPy (m1 = g*(1-b1); the step from the unrounded m)."""
+    dt = np.dtype(ml_dtypes.bfloat16) if narrow == "bfloat16" else np.dtype(np.float16)
+    (p0,), grads = _draws([(300,)], 2, seed=4)
+    p = torch.tensor(p0, requires_grad=True)
+    opt = ut.Adam([p], lr=1e-2, state_dtypes={"exp_avg": narrow})
+    b1, b2, eps = np.float32(0.9), np.float32(0.999), np.float32(1e-8)
+    m, v, q = np.zeros(p0.shape, dt), np.zeros_like(p0), p0.copy()
+    for t, (g,) in enumerate(grads, start=1):
+        p.grad = torch.tensor(g)
+        opt.step()
+        m32 = m.astype(np.float32) * b1 + g * np.float32(1 - 0.9)
+        v = v * b2 + (g * g) * np.float32(1 - 0.999)
+        step_size = np.float32(1e-2 / (1 - 0.9**t))
+        inv_sqrt_bc2 = np.float32(1 / math.sqrt(1 - 0.999**t))
+        q = q - (m32 / (np.sqrt(v) * inv_sqrt_bc2 + eps)) * step_size
+        m = m32.astype(dt)
+        np.testing.assert_array_equal(_bits(opt.state[p]["exp_avg"]), _bits(m), err_msg=f"step {t}")
+        np.testing.assert_array_equal(_bits(opt.state[p]["exp_avg_sq"]), _bits(v))
+        np.testing.assert_array_equal(_bits(p), _bits(q))
+    assert opt.state[p]["exp_avg"].dtype == TORCH[narrow]
+    assert opt.state[p]["exp_avg_sq"].dtype == torch.float32
+    assert np.any(m32 != m.astype(np.float32))  # rounding happened: float32 would keep more bits
+
+
+def test_state_dict_round_trip_keeps_the_dtype_and_continues_bitwise():
+    """torch.optim's load_state_dict casts state to the parameter's dtype; uniopt's keeps the
+    stored dtype, and the run continues as the uninterrupted one, through torch.save/torch.load."""
+    (p0, w0), grads = _draws([(50,), (7, 3)], 6, seed=5)
+    a = [torch.tensor(x, requires_grad=True) for x in (p0, w0)]
+    opt = ut.Adam(a, lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16})
+    for g in grads[:3]:
+        for p, gi in zip(a, g, strict=True):
+            p.grad = torch.tensor(gi)
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    b = [p.detach().clone().requires_grad_() for p in a]
+    resumed = ut.Adam(b, lr=1e-2)  # the state_dict's groups carry state_dtypes
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["state_dtypes"] == {"exp_avg": torch.bfloat16}
+    for p in b:
+        assert resumed.state[p]["exp_avg"].dtype == torch.bfloat16
+    for g in grads[3:]:
+        for p, q, gi in zip(a, b, g, strict=True):
+            p.grad, q.grad = torch.tensor(gi), torch.tensor(gi)
+        opt.step()
+        resumed.step()
+    for p, q in zip(a, b, strict=True):
+        np.testing.assert_array_equal(_bits(p), _bits(q))
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert resumed.state[q][name].dtype == opt.state[p][name].dtype
+            np.testing.assert_array_equal(_bits(resumed.state[q][name]), _bits(opt.state[p][name]))
+
+
+def test_load_refuses_a_narrow_slot_its_group_does_not_store():
+    p = torch.randn(10, requires_grad=True)
+    opt = ut.Adam([p], lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16})
+    p.grad = torch.randn(10)
+    opt.step()
+    saved = opt.state_dict()
+    del saved["param_groups"][0]["state_dtypes"]
+    target = ut.Adam([p.detach().clone().requires_grad_()], lr=1e-2)
+    with pytest.raises(ValueError, match=r"slot 'exp_avg' is torch.bfloat16 beside a torch.float32"):
+        target.load_state_dict(saved)
+    assert not target.state
+    # and a float32 slot where the group says bfloat16: not rounded silently
+    saved = opt.state_dict()
+    saved["state"][0]["exp_avg"] = saved["state"][0]["exp_avg"].float()
+    with pytest.raises(ValueError, match=r"stores it in torch.bfloat16 \(state_dtypes\)"):
+        target.load_state_dict(saved)
+
+
+def test_per_group_dtypes_and_flat_path_agree_with_loop():
+    """A group with a bfloat16 moment beside one without: the flat implementations run the narrow
+    group per tensor and give the loop's bits."""
+    params0, grads = _draws([(40,), (6, 5), (9,)], 4, seed=6)
+    results = {}
+    for implementation in ("loop", "flat", "compiled"):
+        ps = [torch.tensor(x, requires_grad=True) for x in params0]
+        opt = ut.Adam(
+            [{"params": ps[:2], "state_dtypes": {"exp_avg": "bfloat16"}}, {"params": ps[2:]}],
+            lr=1e-2,
+            implementation=implementation,
+        )
+        for g in grads:
+            for p, gi in zip(ps, g, strict=True):
+                p.grad = torch.tensor(gi)
+            opt.step()
+        assert [opt.state[p]["exp_avg"].dtype for p in ps] == [torch.bfloat16] * 2 + [torch.float32]
+        results[implementation] = [_bits(p) for p in ps] + [_bits(opt.state[p]["exp_avg"]) for p in ps]
+    for implementation in ("flat", "compiled"):
+        for got, want in zip(results[implementation], results["loop"], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"state_dtypes": {"exp_avg_sq": torch.bfloat16}},
+            r"state_dtypes\['exp_avg_sq'\]=torch.bfloat16 .* slot 'exp_avg_sq' is stored in its parameter's",
+        ),
+        (
+            {"state_dtypes": {"exp_avg": torch.float64}},
+            r"state_dtypes\['exp_avg'\]=torch.float64 .*expected float32 or bfloat16 or float16",
+        ),
+        ({"state_dtypes": {"exp_avg": torch.int8}}, r"state_dtypes\['exp_avg'\]=torch.int8; expected a real"),
+        ({"state_dtypes": {"exp_avg": "bf16"}}, r"state_dtypes\['exp_avg'\]='bf16'; expected a real"),
+        ({"state_dtypes": {"mu": torch.bfloat16}}, r"state_dtypes names 'mu', not a slot"),
+        ({"state_dtypes": torch.bfloat16}, r"state_dtypes=torch.bfloat16; expected a dict"),
+    ],
+)
+def test_bad_values_are_refused_before_any_state(kwargs, message):
+    p = torch.randn(4, requires_grad=True)
+    with pytest.raises(ValueError, match=message):
+        ut.Adam([p], lr=1e-2, **kwargs)
+
+
+def test_refusals_per_parameter_and_per_group():
+    half = torch.randn(4, dtype=torch.float16, requires_grad=True)
+    with pytest.raises(ValueError, match=r"state_dtypes\['exp_avg'\]=torch.bfloat16 .* dtype torch.float16"):
+        ut.Adam([half], lr=1e-2, eps=1e-3, state_dtypes={"exp_avg": torch.bfloat16})
+    cplx = torch.randn(4, dtype=torch.complex64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"dtype torch.complex64"):
+        ut.Adam([cplx], lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16})
+    with pytest.raises(ValueError, match=r"state_dtypes names 'momentum_buffer'.*its slots: none"):
+        ut.SGD([torch.randn(3, requires_grad=True)], lr=0.1, state_dtypes={"momentum_buffer": "bfloat16"})
+    opt = ut.Adam([torch.randn(3, requires_grad=True)], lr=1e-2, eps=1e-3)
+    with pytest.raises(ValueError, match=r"state_dtypes\['exp_avg'\]=torch.bfloat16 .* dtype torch.float16"):
+        opt.add_param_group({"params": [half], "state_dtypes": {"exp_avg": torch.bfloat16}})
+    assert len(opt.param_groups) == 1 and not opt.state
+    # Adagrad creates its state in the constructor: nothing is made when the check fails
+    with pytest.raises(ValueError, match=r"slot 'sum' is stored in its parameter's dtype"):
+        ut.Adagrad([torch.randn(3, requires_grad=True)], state_dtypes={"sum": torch.bfloat16})
+
+
+def test_float32_slot_beside_float64_parameters():
+    """float32 is narrower than float64 too: the moment stored in float32, against the core."""
+    p0 = np.random.default_rng(7).standard_normal(30)
+    g = np.random.default_rng(8).standard_normal(30)
+    spec = uniopt.Adam(lr=1e-2)
+    state = spec.init([p0], slot_dtypes={"exp_avg": "float32"})
+    ref, state = spec.update([g], state, [p0])
+    p = torch.tensor(p0, requires_grad=True)
+    opt = ut.Adam([p], lr=1e-2, state_dtypes={"exp_avg": torch.float32})
+    p.grad = torch.tensor(g)
+    opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.float32
+    np.testing.assert_array_equal(opt.state[p]["exp_avg"].numpy(), state.slots[0]["exp_avg"])
+    np.testing.assert_array_equal(p.detach().numpy(), ref[0])
+
+
+def test_export_save_load_import_continues_the_numpy_run():
+    """A bfloat16 moment goes out through export_state/save_state and back through
+    load_state/import_state in its dtype; the NumPy core continues the exported record, the
+    re-imported optimizer continues bit for bit with it; an optimizer keeping float32 refuses it."""
+    params0, grads = _draws([(6, 4), (4,)], 6, seed=12)
+    ps = [torch.tensor(p, requires_grad=True) for p in params0]
+    unstepped = ut.export_state(ut.Adam(ps, lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16}))
+    assert unstepped.slot_dtypes == ({"exp_avg": "bfloat16"},) * 2  # initial slots in their dtype
+    opt = ut.Adam(ps, lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16})
+    for g in grads[:3]:
+        for p, gi in zip(ps, g, strict=True):
+            p.grad = torch.tensor(gi)
+        opt.step()
+    buffer = io.BytesIO()
+    uniopt.save_state(buffer, ut.export_state(opt))
+    buffer.seek(0)
+    record = uniopt.load_state(buffer)
+    assert record.slot_dtypes == ({"exp_avg": "bfloat16"},) * 2
+    assert record.slots[0]["exp_avg"].dtype == np.dtype(ml_dtypes.bfloat16)
+    spec = uniopt.Adam(lr=1e-2)
+    params = [p.detach().numpy().copy() for p in ps]
+    state = uniopt.porting.import_state(record, spec, params)
+    qs = [torch.tensor(p, requires_grad=True) for p in params]
+    wide = ut.Adam(qs, lr=1e-2)
+    with pytest.raises(ValueError, match=r"slot 'exp_avg' is torch.bfloat16 beside a torch.float32"):
+        ut.import_state(wide, record)
+    assert not wide.state
+    resumed = ut.Adam(qs, lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16})
+    ut.import_state(resumed, record)
+    for g in grads[3:]:
+        params, state = spec.update(g, state, params)
+        for q, gi in zip(qs, g, strict=True):
+            q.grad = torch.tensor(gi)
+        resumed.step()
+    for i, q in enumerate(qs):
+        np.testing.assert_array_equal(_bits(q), _bits(params[i]))
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert str(resumed.state[q][name].dtype).rsplit(".")[-1] == state.slots[i][name].dtype.name
+            np.testing.assert_array_equal(_bits(resumed.state[q][name]), _bits(state.slots[i][name]))
+
+
+def test_a_record_refuses_a_narrow_slot_the_spec_keeps_wide():
+    p = np.zeros(3, np.float32)
+    slots = {"exp_avg": p.copy(), "exp_avg_sq": p.astype(ml_dtypes.bfloat16)}
+    with pytest.raises(
+        ValueError, match=r"slot 'exp_avg_sq' is bfloat16\[3\], the parameter is float32\[3\]"
+    ):
+        uniopt.PortableState("Adam", uniopt.Adam(lr=1e-2).hyperparameters, 1, (slots,), ((3,),), ("float32",))
