@@ -285,3 +285,19 @@ def test_wait_prints_plain_progress_lines_when_not_a_terminal(tmp_path, monkeypa
     # a line at the start, every 0.3 s while it runs, and at the end
     assert len(running) >= 3 and len(lines) >= max(4, int(elapsed / 0.3) - 1)
     assert lines[-1].startswith("conformance: 1/1 jobs done; elapsed 0:0")
+
+
+def test_the_reference_accuracy_leaves_out_cases_with_a_lower_precision_state():
+    """The headline accuracy is the float32 rule's: a state case (a bfloat16 moment) measures the
+    narrow state's rounding, so its larger error is not the optimizer's."""
+    from uniopt.registry import get
+
+    (narrow, *_) = get("SGD").state_cases
+
+    def reference(case: str, error: float) -> CellResult:
+        return CellResult(
+            "numpy", "eager", "SGD", case, "normal", "float32", 50, "reference", rel_error_f64=error
+        )
+
+    m = Matrix([reference("plain", 1e-6), reference("momentum", 2e-6), reference(narrow.desc, 3e-3)])
+    assert m.accuracy == {"SGD": 2e-6}
