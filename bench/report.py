@@ -38,6 +38,12 @@ def _fastest(rows: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     return min(timed, key=lambda r: r["ms"]) if timed else None
 
 
+def _ms(value: float) -> str:
+    """Milliseconds to two decimals, or three significant digits below 1 ms (the sparse set's steps
+    take a few hundredths of a millisecond)."""
+    return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
+
+
 def _mb(value: int | None) -> str:
     return "" if value is None else f"{value / 2**20:.1f}"
 
@@ -67,7 +73,7 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
                             optimizer,
                             entry["label"],
                             r["name"],
-                            f"{r['ms']:.2f}",
+                            _ms(r["ms"]),
                             vs_native,
                             vs_bound,
                             _mb(r["state_bytes"]),
