@@ -52,8 +52,9 @@ def check(spec: Spec, p: torch.Tensor) -> None:
             )
         return
     if spec.name not in ACCEPTING:
+        native = f", as torch.optim.{spec.name} does not" if hasattr(torch.optim, spec.name) else ""
         raise RuntimeError(
-            f"{owner} does not support sparse gradients, as torch.optim.{spec.name} does not; use "
+            f"{owner} does not support sparse gradients{native}; use "
             "dense gradients (torch.nn.Embedding(..., sparse=False)), or an optimizer that takes "
             f"them: {', '.join(f'uniopt.torch.{n}' for n in ACCEPTING)}"
         )

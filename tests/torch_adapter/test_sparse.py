@@ -276,6 +276,17 @@ def test_optimizers_torch_optim_refuses_sparse_gradients_for_refuse_them(name):
     assert not opt.state[p] and torch.equal(p, torch.zeros(ROWS, COLS))
 
 
+@pytest.mark.parametrize("name", ["Adam", "Lamb", "ScheduleFreeAdamW"])
+def test_the_refusal_names_a_torch_optim_class_only_where_torch_has_one(name):
+    p = torch.nn.Parameter(torch.zeros(ROWS, COLS))
+    opt = getattr(ut, name)([p])
+    p.grad = _sparse([1], np.ones((1, COLS), np.float32))
+    with pytest.raises(RuntimeError) as refused:
+        opt.step()
+    named = f"as torch.optim.{name} does not" in str(refused.value)
+    assert named == (name == "Adam"), str(refused.value)  # torch 2.13 has no Lamb or ScheduleFreeAdamW
+
+
 def test_adagrad_weight_decay_with_a_sparse_gradient_is_refused_before_any_change():
     a, b = torch.nn.Parameter(torch.ones(ROWS, COLS)), torch.nn.Parameter(torch.ones(ROWS, COLS))
     opt = ut.Adagrad([{"params": [a]}, {"params": [b], "weight_decay": 0.1}], lr=0.1)
