@@ -456,7 +456,9 @@ def load_torch_optim_state_dict(
     state: dict[Any, Any] = {}
     where = {index: g for g, group in enumerate(groups) for index in group["params"]}
     for index, entry in state_dict["state"].items():
-        kept = {name: value for name, value in entry.items() if value is not None}
+        # torch.optim.SGD keeps a sparse momentum buffer for a sparse gradient (torch/optim/sgd.py
+        # clones the first one); uniopt's slots are dense: densified, which is exact
+        kept = {name: _dense(value) for name, value in entry.items() if value is not None}
         g = where.get(index)
         group = optimizer.param_groups[g] if g is not None and g < len(optimizer.param_groups) else None
         if group is not None:  # torch.optim's key names and derived entries (NAdam's mu_product)
@@ -484,3 +486,8 @@ def load_torch_optim_state_dict(
     optimizer.load_state_dict(
         {**state_dict, "state": state, "param_groups": groups, _STATE_DICT_KEY: optimizer._state_dict_tag()}
     )
+
+
+def _dense(value: Any) -> Any:
+    """A sparse COO tensor as a dense one (exact: the absent entries are zeros); anything else as is."""
+    return value.to_dense() if isinstance(value, torch.Tensor) and value.is_sparse else value

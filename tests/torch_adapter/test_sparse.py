@@ -367,3 +367,32 @@ def test_a_sparse_step_under_torch_compile_gives_the_eager_values(opt_cls):
             step()
         results.append(p.detach().clone())
     assert torch.equal(*results)
+
+
+def test_a_torch_optim_sgd_checkpoint_with_a_sparse_momentum_buffer_loads_dense_and_continues():
+    """torch.optim.SGD keeps a sparse COO momentum buffer for a sparse gradient; loading it densifies
+    it (exactly), and the next steps run (they failed with ``add(sparse, dense)`` when it stayed sparse)."""
+    torch.manual_seed(0)
+    native_table = torch.nn.Embedding(10, 3, sparse=True)
+    table = torch.nn.Embedding(10, 3, sparse=True)
+    native = torch.optim.SGD(native_table.parameters(), lr=0.1, momentum=0.9)
+    batches = [torch.tensor([1, 2, 2]), torch.tensor([2, 5]), torch.tensor([7, 1])]
+
+    def step(module, opt, batch):
+        opt.zero_grad()
+        module(batch).pow(2).sum().backward()
+        opt.step()
+
+    for batch in batches[:2]:
+        step(native_table, native, batch)
+    saved = native.state[native_table.weight]["momentum_buffer"]
+    assert saved.is_sparse
+    with torch.no_grad():
+        table.weight.copy_(native_table.weight)
+    opt = ut.SGD(table.parameters(), lr=0.1, momentum=0.9, convention="torch")
+    ut.load_torch_optim_state_dict(opt, native.state_dict(), step=2)
+    loaded = opt.state[table.weight]["momentum_buffer"]
+    assert loaded.layout == torch.strided and torch.equal(loaded, saved.to_dense())
+    step(native_table, native, batches[2])
+    step(table, opt, batches[2])
+    torch.testing.assert_close(table.weight, native_table.weight, rtol=1e-6, atol=1e-7)
