@@ -276,10 +276,14 @@ def test_foreign_or_mismatched_state_dicts_raise_and_change_nothing():
     two_groups = ut.Adam([{"params": [torch.ones(3)]}, {"params": [torch.ones(1)]}]).state_dict()
     with pytest.raises(ValueError, match=r"has 2 param groups, this optimizer has 1"):
         opt.load_state_dict(two_groups)
-    amsgrad = _trained(ut.Adam, [torch.ones(3)], amsgrad=True).state_dict()
-    amsgrad["param_groups"][0]["amsgrad"] = False  # slots no longer fit the hyperparameters
-    with pytest.raises(ValueError, match=r"has state \['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step'\]"):
-        opt.load_state_dict(amsgrad)
+    plain = _trained(ut.Adam, [torch.ones(3)]).state_dict()
+    plain["param_groups"][0]["amsgrad"] = True  # a slot these hyperparameters use is missing
+    with pytest.raises(ValueError, match=r"has state \['exp_avg', 'exp_avg_sq', 'step'\], expected"):
+        opt.load_state_dict(plain)
+    unknown = _trained(ut.Adam, [torch.ones(3)]).state_dict()
+    unknown["state"][0]["momentum_buffer"] = torch.zeros(3)  # no setting of Adam keeps it
+    with pytest.raises(ValueError, match=r"'momentum_buffer', 'step'\], expected"):
+        opt.load_state_dict(unknown)
     assert opt.param_groups[0]["lr"] == 0.1
     for k, v in before.items():
         assert torch.equal(opt.state[p][k], v)
