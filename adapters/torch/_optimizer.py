@@ -458,19 +458,27 @@ class UnioptOptimizer(Optimizer):
             group = self.param_groups[index]
             if dtypes is not None:
                 group[STATE_DTYPES] = dtypes  # as add_param_group keeps it: torch.dtype values
-            for p in group["params"]:
-                entry = self.state.get(p)
-                for name in self.spec_class.lower_precision_slots if entry else ():
-                    value = entry.get(name)
-                    if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
-                        continue
-                    want = (dtypes or {}).get(name, p.dtype)
-                    if value.dtype != want:
-                        entry[name] = _stored(value, value.new_empty((), dtype=want), xp)
-                        cast = True
+            for p, name, value in self._recast(group["params"], dtypes):
+                self.state[p][name] = value
+                cast = True
             self._dtypes_applied[index] = None if dtypes is None else dict(dtypes)
         if cast:  # the flat buffers hold the old slots: rebuilt at the next flat step
             self._buckets.clear()
+
+    def _recast(
+        self, params: Iterable[torch.Tensor], dtypes: Mapping[str, torch.dtype] | None
+    ) -> Iterable[tuple[torch.Tensor, str, torch.Tensor]]:
+        """``(param, slot name, the slot stored as dtypes says)`` for each existing slot of
+        ``params`` that ``dtypes`` (a group's ``state_dtypes``) stores in another dtype than it is in."""
+        for p in params:
+            entry = self.state.get(p)
+            for name in self.spec_class.lower_precision_slots if entry else ():
+                value = entry.get(name)
+                if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+                    continue
+                want = (dtypes or {}).get(name, p.dtype)
+                if value.dtype != want:
+                    yield p, name, _stored(value, value.new_empty((), dtype=want), xp)
 
     def _scalars_of(self, index: int, spec: Spec, lr: float, step: int) -> Any:
         """The host scalars of group ``index`` at 1-based ``step`` (a parameter's step count)."""
@@ -530,8 +538,21 @@ class UnioptOptimizer(Optimizer):
         dict and in each saved param group. ``torch.distributed.checkpoint.state_dict``'s
         ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups`` (keyed by parameter
         names), so the groups' entries are what tells :meth:`load_state_dict` that such a dict was
-        saved by this optimizer; a loaded group does not keep it."""
+        saved by this optimizer; a loaded group does not keep it. A group's ``state_dtypes`` set
+        since the last step is saved with its slots in those dtypes (as the next step stores
+        them; ``ValueError`` for a value the step would refuse), the live state unchanged."""
         out = super().state_dict()
+        # a group's state_dtypes changed since the last step (applied at the next one): the dict
+        # holds its slots as that step will store them, so that it loads back
+        for index, dtypes in self._state_dtypes_changes():
+            saved = out["param_groups"][index]
+            if dtypes is not None:
+                saved[STATE_DTYPES] = dtypes
+            group = self.param_groups[index]
+            position = {id(p): i for i, p in zip(saved["params"], group["params"], strict=True)}
+            for p, name, value in self._recast(group["params"], dtypes):
+                i = position[id(p)]
+                out["state"][i] = {**out["state"][i], name: value}  # the live state is not changed
         tag = self._state_dict_tag()
         out[_STATE_DICT_KEY] = tag
         for group in out["param_groups"]:

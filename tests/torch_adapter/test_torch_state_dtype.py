@@ -434,3 +434,32 @@ def test_a_saved_group_without_state_dtypes_takes_defaults_and_a_float32_slot_is
         m.to(torch.bfloat16).float().numpy() * np.float32(0.9) + g.numpy() * np.float32(1 - 0.9)
     ).astype(BF16)
     np.testing.assert_array_equal(_bits(wide.state[p]["exp_avg"]), _bits(expected))
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [({"exp_avg": torch.bfloat16}, None), (None, {"exp_avg": "bfloat16"})]
+)
+def test_state_dict_saved_right_after_a_change_holds_the_slots_as_the_next_step_stores_them(before, after):
+    """state_dict() between the change and the next step: the saved slot is in the new dtype
+    (widened exactly, or rounded by ml_dtypes' rounding), the live state unchanged, and the dict
+    loads back into an optimizer built with the former setting."""
+    p = torch.randn(40, requires_grad=True)
+    opt = ut.Adam([p], lr=1e-2, state_dtypes=before)
+    for _ in range(2):
+        p.grad = torch.randn(40)
+        opt.step()
+    live = opt.state[p]["exp_avg"]
+    opt.param_groups[0]["state_dtypes"] = after
+    saved = opt.state_dict()
+    assert opt.state[p]["exp_avg"] is live  # not changed until the next step
+    got = saved["state"][0]["exp_avg"]
+    if after is None:
+        assert got.dtype == torch.float32
+        np.testing.assert_array_equal(got.numpy(), live.float().numpy())
+    else:
+        assert got.dtype == torch.bfloat16
+        np.testing.assert_array_equal(_bits(got), _bits(live.numpy().astype(BF16)))
+    resumed = ut.Adam([p.detach().clone().requires_grad_()], lr=1e-2, state_dtypes=before)
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["state_dtypes"] == (after and {"exp_avg": torch.bfloat16})
+    assert torch.equal(next(iter(resumed.state.values()))["exp_avg"], got)
