@@ -28,6 +28,7 @@ import torch
 from torch.optim import Optimizer
 
 from uniopt import Spec
+from uniopt._math import stored as _stored
 from uniopt._validate import check_interval
 
 from . import _dtensor, _flat, _sparse
@@ -185,6 +186,8 @@ class UnioptOptimizer(Optimizer):
         # group index -> (ids of the parameters with a gradient, their gradients' expected
         # (layout, dtype, shape)): one C-level comparison checks every gradient of a step
         self._grad_layouts: dict[int, tuple[tuple[int, ...], list[tuple[Any, ...]]]] = {}
+        # group index -> the state_dtypes its state was last made to follow (see _state_dtypes_changes)
+        self._dtypes_applied: dict[int, dict[str, torch.dtype] | None] = {}
         unknown = set(kwargs) - set(self._fields()) - set(self.torch_options)
         if unknown:
             raise TypeError(
@@ -241,6 +244,7 @@ class UnioptOptimizer(Optimizer):
         self.__dict__.setdefault("_extension_defaults", {})
         self.__dict__.setdefault("_buckets", {})
         self.__dict__.setdefault("_grad_layouts", {})
+        self.__dict__["_dtypes_applied"] = {}  # the groups may have changed: checked at the next step
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (torch.optim's ``add_param_group``); everything is checked before it is added.
@@ -340,6 +344,7 @@ class UnioptOptimizer(Optimizer):
                 sparse = sparse or any(g.is_sparse for g in grads)
                 self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
             groups.append((index, spec, _lr(group["lr"]), params, ids, grads))
+        self._apply_state_dtypes(self._state_dtypes_changes())  # checked, then applied
         if sparse:  # a step with a sparse gradient runs per tensor (_sparse.step_rows)
             _run_loop(self._plan([(i, spec, lr, p) for i, spec, lr, params, _, _ in groups for p in params]))
             return
@@ -421,7 +426,59 @@ class UnioptOptimizer(Optimizer):
                 if p.grad is not None:
                     _check_grad(spec, p)
                     work.append((index, spec, _lr(group["lr"]), p))
+        self._apply_state_dtypes(self._state_dtypes_changes())  # checked, then applied
         return self._plan(work)
+
+    def _state_dtypes_changes(self) -> list[tuple[int, dict[str, torch.dtype] | None]]:
+        """The groups whose ``state_dtypes`` changed since their state last followed it (set or
+        replaced in ``param_groups``, as torch.optim's options are: ``None`` stores every slot in its
+        parameter's dtype), each with the new value, checked as :meth:`add_param_group` checks it
+        (``ValueError`` before anything changes), except that it may name a slot another setting of
+        the optimizer keeps (SGD's ``momentum_buffer`` after ``momentum`` was set to 0)."""
+        owner = f"uniopt.torch.{self.spec_class.name}"
+        changed = []
+        for index, group in enumerate(self.param_groups):
+            current = group.get(STATE_DTYPES)
+            if index in self._dtypes_applied and self._dtypes_applied[index] == current:
+                continue
+            dtypes = None if current is None else _state_dtypes(owner, self.spec_class, current)
+            spec = self._spec_of(group)
+            _check_state_dtype_names(spec, dtypes, _possible_slots(self.spec_class, spec))
+            for p in group["params"]:
+                _check_state_dtypes(spec, p, dtypes, None)
+            changed.append((index, dtypes))
+        return changed
+
+    def _apply_state_dtypes(self, changed: list[tuple[int, dict[str, torch.dtype] | None]]) -> None:
+        """Store the existing slots of each changed group in its new ``state_dtypes`` (the
+        parameter's dtype for a slot it does not name): a wider dtype exactly, a narrower one rounded
+        as the rule stores a narrower slot (:func:`uniopt._math.stored`: to nearest, ties to even)."""
+        cast = False
+        for index, dtypes in changed:
+            group = self.param_groups[index]
+            if dtypes is not None:
+                group[STATE_DTYPES] = dtypes  # as add_param_group keeps it: torch.dtype values
+            for p, name, value in self._recast(group["params"], dtypes):
+                self.state[p][name] = value
+                cast = True
+            self._dtypes_applied[index] = None if dtypes is None else dict(dtypes)
+        if cast:  # the flat buffers hold the old slots: rebuilt at the next flat step
+            self._buckets.clear()
+
+    def _recast(
+        self, params: Iterable[torch.Tensor], dtypes: Mapping[str, torch.dtype] | None
+    ) -> Iterable[tuple[torch.Tensor, str, torch.Tensor]]:
+        """``(param, slot name, the slot stored as dtypes says)`` for each existing slot of
+        ``params`` that ``dtypes`` (a group's ``state_dtypes``) stores in another dtype than it is in."""
+        for p in params:
+            entry = self.state.get(p)
+            for name in self.spec_class.lower_precision_slots if entry else ():
+                value = entry.get(name)
+                if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+                    continue
+                want = (dtypes or {}).get(name, p.dtype)
+                if value.dtype != want:
+                    yield p, name, _stored(value, value.new_empty((), dtype=want), xp)
 
     def _scalars_of(self, index: int, spec: Spec, lr: float, step: int) -> Any:
         """The host scalars of group ``index`` at 1-based ``step`` (a parameter's step count)."""
@@ -481,8 +538,21 @@ class UnioptOptimizer(Optimizer):
         dict and in each saved param group. ``torch.distributed.checkpoint.state_dict``'s
         ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups`` (keyed by parameter
         names), so the groups' entries are what tells :meth:`load_state_dict` that such a dict was
-        saved by this optimizer; a loaded group does not keep it."""
+        saved by this optimizer; a loaded group does not keep it. A group's ``state_dtypes`` set
+        since the last step is saved with its slots in those dtypes (as the next step stores
+        them; ``ValueError`` for a value the step would refuse), the live state unchanged."""
         out = super().state_dict()
+        # a group's state_dtypes changed since the last step (applied at the next one): the dict
+        # holds its slots as that step will store them, so that it loads back
+        for index, dtypes in self._state_dtypes_changes():
+            saved = out["param_groups"][index]
+            if dtypes is not None:
+                saved[STATE_DTYPES] = dtypes
+            group = self.param_groups[index]
+            position = {id(p): i for i, p in zip(saved["params"], group["params"], strict=True)}
+            for p, name, value in self._recast(group["params"], dtypes):
+                i = position[id(p)]
+                out["state"][i] = {**out["state"][i], name: value}  # the live state is not changed
         tag = self._state_dict_tag()
         out[_STATE_DICT_KEY] = tag
         for group in out["param_groups"]:
@@ -501,10 +571,15 @@ class UnioptOptimizer(Optimizer):
         then the checks (``ValueError``, see docs/torch.md), then torch.optim's loading and the
         post-hooks. A group lacking keys gets their defaults (:meth:`_complete`); a ``step`` saved
         as a number or a float tensor becomes the int64 CPU tensor uniopt keeps. The saved groups'
-        ``state_dtypes`` come with them (torch.optim restores every group key): a slot they store
+        ``state_dtypes`` come with them (torch.optim restores every group key; a saved group without
+        one takes ``defaults``' where this optimizer was built with one): a slot they store
         narrower must arrive in that dtype, and a narrower slot needs such an entry (``ValueError``
-        otherwise), and it keeps its dtype (torch.optim's loading casts every floating state entry
-        but ``step`` to its parameter's dtype; uniopt casts it back, exactly).
+        otherwise, as :func:`uniopt.torch.import_state` refuses it), and it keeps its dtype
+        (torch.optim's loading casts every floating state entry but ``step`` to its parameter's
+        dtype; uniopt casts it back, exactly). A parameter's state must hold ``step`` and the slots
+        its group's settings use; it may also hold slots that other settings of the optimizer keep
+        (written after a group's ``momentum`` or ``amsgrad`` changed mid-run), which are loaded
+        and kept unused, as torch.optim keeps them; any other entry is refused.
         """
         owner = f"uniopt.torch.{self.spec_class.name}"
         state_dict = state_dict.copy()
@@ -542,8 +617,9 @@ class UnioptOptimizer(Optimizer):
             for p in group["params"] if group.get(STATE_DTYPES) else ():
                 entry = self.state.get(p)
                 for name, dtype in group[STATE_DTYPES].items() if entry else ():
-                    if name in entry and entry[name].dtype != dtype:
-                        entry[name] = entry[name].to(dtype)
+                    value = entry.get(name)
+                    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != dtype:
+                        entry[name] = _stored(value, value.new_empty((), dtype=dtype), xp)
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_options(self, group: Mapping[str, Any], params: Iterable[torch.Tensor]) -> None:
@@ -606,9 +682,12 @@ class UnioptOptimizer(Optimizer):
     def _complete(self, group: dict[str, Any]) -> None:
         """Give a group from an older state_dict or pickle the keys it lacks, with their defaults:
         torch.optim's for its switches, the spec's for a hyperparameter (given the group's
-        ``convention``), as torch.optim's ``__setstate__`` fills its groups."""
+        ``convention``), as torch.optim's ``__setstate__`` fills its groups; ``state_dtypes`` where
+        ``defaults`` has it (a group saved by an optimizer built without it takes this one's)."""
         for name, default in self.torch_options.items():
             group.setdefault(name, default)
+        if STATE_DTYPES in self.defaults:
+            group.setdefault(STATE_DTYPES, self.defaults[STATE_DTYPES])
         missing = [name for name in self._fields() if name not in group]
         if missing:
             owner = self.spec_class.name
@@ -714,6 +793,8 @@ class UnioptOptimizer(Optimizer):
         groups = [
             {k: v for k, v in saved.items() if k != _STATE_DICT_KEY} for saved in state_dict["param_groups"]
         ]
+        # the groups that take this optimizer's state_dtypes (_complete): named in a refusal
+        filled = [STATE_DTYPES not in saved and STATE_DTYPES in self.defaults for saved in groups]
         for saved in groups:  # an older state_dict's group may lack keys: they get their defaults
             self._complete(saved)
             self._check_options(saved, ())
@@ -732,7 +813,7 @@ class UnioptOptimizer(Optimizer):
             spec = self._spec_of(saved)  # the saved hyperparameters must be valid too
             if saved.get(STATE_DTYPES) is not None:
                 saved[STATE_DTYPES] = _state_dtypes(owner, self.spec_class, saved[STATE_DTYPES])
-                _check_state_dtype_names(spec, saved[STATE_DTYPES])
+                _check_state_dtype_names(spec, saved[STATE_DTYPES], _possible_slots(self.spec_class, spec))
                 for p in group["params"]:
                     _check_state_dtypes(spec, p, saved[STATE_DTYPES], None)
             for index, p in zip(saved["params"], group["params"], strict=True):
@@ -740,10 +821,15 @@ class UnioptOptimizer(Optimizer):
                     continue
                 entry = saved_state[index]
                 expected = {"step", *spec.slots_in_use(tuple(p.shape))}
-                if set(entry) != expected:
+                # a slot of the group's former settings (SGD's momentum_buffer after momentum was
+                # set to 0) is kept unused, as torch.optim keeps it; a placeholder is not stored
+                former = _possible_slots(self.spec_class, spec) - set(spec.slot_names())
+                if not expected <= set(entry) or set(entry) - expected - former:
                     raise ValueError(
                         f"{owner}.load_state_dict: param {index} has state {sorted(entry)}, "
-                        f"expected {sorted(expected)}; nothing was loaded"
+                        f"expected {sorted(expected)}"
+                        + (f" (and possibly {sorted(former)}, kept by other settings)" if former else "")
+                        + "; nothing was loaded"
                     )
                 step = entry["step"]
                 if _step_count(step) is None:
@@ -757,10 +843,17 @@ class UnioptOptimizer(Optimizer):
                     have = getattr(entry[name], "dtype", None)
                     stored = dtypes.get(name, p.dtype)
                     if stored != p.dtype and have != stored:
+                        why = (
+                            f"the saved group {g} has no state_dtypes, so it takes this optimizer's "
+                            f"state_dtypes={dtypes!r}; expected a slot in {stored}. To continue in "
+                            f"{stored}, load into an optimizer built without state_dtypes, then set "
+                            f"param_groups[{g}]['state_dtypes'] (the next step() stores the slot in it)"
+                            if filled[g]
+                            else "expected the state it saved"
+                        )
                         raise ValueError(
                             f"{owner}.load_state_dict: param {index} slot {name!r} is {have}, but its "
-                            f"group stores it in {stored} (state_dtypes); expected the state it saved; "
-                            "nothing was loaded"
+                            f"group stores it in {stored} (state_dtypes); {why}; nothing was loaded"
                         )
                     if stored == p.dtype and have in _NARROW_DTYPES and have != p.dtype:
                         raise ValueError(
@@ -889,11 +982,14 @@ def _state_dtypes(owner: str, spec_class: type[Spec], value: Any) -> dict[str, t
 _NARROW_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def _check_state_dtype_names(spec: Spec, dtypes: Mapping[str, torch.dtype] | None) -> None:
+def _check_state_dtype_names(
+    spec: Spec, dtypes: Mapping[str, torch.dtype] | None, allowed: Iterable[str] | None = None
+) -> None:
     """``ValueError`` where ``state_dtypes`` names a slot the group's spec does not keep, as the
     core's ``init(slot_dtypes=...)`` refuses it (SGD keeps ``momentum_buffer`` only with
-    ``momentum``)."""
-    unknown = sorted(set(dtypes or {}) - set(spec.slot_names()))
+    ``momentum``); ``allowed``: the names accepted instead (a group whose settings changed
+    mid-run, or a saved one: :func:`_possible_slots`)."""
+    unknown = sorted(set(dtypes or {}) - set(spec.slot_names() if allowed is None else allowed))
     if unknown:
         narrow = ", ".join(spec.lower_precision_slots) or "none"
         kept = ", ".join(spec.slot_names()) or "none"
@@ -918,6 +1014,27 @@ def _check_state_dtypes(
                 f"uniopt.torch.{spec.name}: state_dtypes[{name!r}]={dtype} for {which} of dtype "
                 f"{p.dtype}: {why}"
             )
+
+
+_POSSIBLE_SLOTS: dict[type[Spec], frozenset[str]] = {}
+
+
+def _possible_slots(spec_class: type[Spec], spec: Spec) -> frozenset[str]:
+    """The slots some setting of ``spec_class`` keeps: ``spec``'s and those of every case of the
+    table's rows of its family (a spec class deriving from the other: Adam's ``max_exp_avg_sq``
+    with ``amsgrad``, SGD's ``momentum_buffer`` with ``momentum``). A group whose settings change
+    mid-run keeps the slots of the former ones, as torch.optim keeps them, unused; a state_dict
+    holding them loads back (:meth:`UnioptOptimizer.load_state_dict`)."""
+    if spec_class not in _POSSIBLE_SLOTS:
+        from uniopt.registry import TABLE
+
+        names: set[str] = set()
+        for info in TABLE:
+            if issubclass(info.spec, spec_class) or issubclass(spec_class, info.spec):
+                for case in info.all_cases:
+                    names.update(info.make(case).slot_names())
+        _POSSIBLE_SLOTS[spec_class] = frozenset(names)
+    return _POSSIBLE_SLOTS[spec_class] | set(spec.slot_names())
 
 
 def _narrow(dtypes: Mapping[str, torch.dtype] | None, p: torch.Tensor) -> bool:

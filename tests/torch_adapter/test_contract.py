@@ -276,10 +276,14 @@ def test_foreign_or_mismatched_state_dicts_raise_and_change_nothing():
     two_groups = ut.Adam([{"params": [torch.ones(3)]}, {"params": [torch.ones(1)]}]).state_dict()
     with pytest.raises(ValueError, match=r"has 2 param groups, this optimizer has 1"):
         opt.load_state_dict(two_groups)
-    amsgrad = _trained(ut.Adam, [torch.ones(3)], amsgrad=True).state_dict()
-    amsgrad["param_groups"][0]["amsgrad"] = False  # slots no longer fit the hyperparameters
-    with pytest.raises(ValueError, match=r"has state \['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step'\]"):
-        opt.load_state_dict(amsgrad)
+    plain = _trained(ut.Adam, [torch.ones(3)]).state_dict()
+    plain["param_groups"][0]["amsgrad"] = True  # a slot these hyperparameters use is missing
+    with pytest.raises(ValueError, match=r"has state \['exp_avg', 'exp_avg_sq', 'step'\], expected"):
+        opt.load_state_dict(plain)
+    unknown = _trained(ut.Adam, [torch.ones(3)]).state_dict()
+    unknown["state"][0]["momentum_buffer"] = torch.zeros(3)  # no setting of Adam keeps it
+    with pytest.raises(ValueError, match=r"'momentum_buffer', 'step'\], expected"):
+        opt.load_state_dict(unknown)
     assert opt.param_groups[0]["lr"] == 0.1
     for k, v in before.items():
         assert torch.equal(opt.state[p][k], v)
@@ -315,3 +319,72 @@ def test_importing_the_adapter_does_not_load_the_compiler():
     code = "import sys, uniopt.torch; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _run_then_reload(module, cls, kwargs, change, grads):
+    """One step, ``change`` applied to the group, one step, state_dict saved and loaded into a new
+    optimizer built with ``kwargs``, one step, the change undone, one step: torch.optim's sequence
+    (``module`` torch.optim) or uniopt's. Returns the parameter and the reloaded optimizer."""
+    p = torch.tensor([0.5, -1.0, 2.0, 0.25], requires_grad=True)
+    opt = getattr(module, cls)([p], **kwargs)
+    p.grad = grads[0].clone()
+    opt.step()
+    opt.param_groups[0].update(change)
+    p.grad = grads[1].clone()
+    opt.step()
+    saved = opt.state_dict()
+    q = p.detach().clone().requires_grad_()
+    resumed = getattr(module, cls)([q], **kwargs)
+    resumed.load_state_dict(saved)
+    q.grad = grads[2].clone()
+    resumed.step()
+    resumed.param_groups[0].update({k: kwargs[k] for k in change})
+    q.grad = grads[3].clone()
+    resumed.step()
+    return q, resumed
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "change", "stale"),
+    [
+        ("SGD", {"lr": 0.1, "momentum": 0.9}, {"momentum": 0.0}, "momentum_buffer"),
+        ("Adam", {"lr": 0.1, "amsgrad": True}, {"amsgrad": False}, "max_exp_avg_sq"),
+    ],
+)
+def test_a_slot_of_a_former_setting_is_saved_loaded_and_kept_as_torch_optim_keeps_it(
+    cls, kwargs, change, stale
+):
+    """A group's ``momentum`` (``amsgrad``) switched off mid-run leaves its slot in the state, which
+    state_dict() writes; that dict loads back into the same optimizer (it was refused), the slot
+    kept unused until the setting returns, as in torch.optim: the same parameters and slots as
+    torch.optim's run of the same sequence."""
+    grads = [torch.tensor(g) for g in ([0.3, -0.2, 0.1, 1.0], [-0.5, 0.4, 0.2, 0.1], [0.1, 0.1, -0.3, 0.2])]
+    grads.append(torch.tensor([0.2, -0.1, 0.4, -0.6]))
+    want, native = _run_then_reload(torch.optim, cls, kwargs, change, grads)
+    got, ours = _run_then_reload(ut, cls, kwargs, change, grads)
+    assert stale in ours.state[got]
+    torch.testing.assert_close(ours.state[got][stale], native.state[want][stale])
+    torch.testing.assert_close(got, want)
+
+
+def test_a_narrow_slot_of_a_former_setting_loads_back():
+    """SGD with momentum_buffer stored in bfloat16, momentum then set to 0: the dict it writes
+    (state_dtypes still naming momentum_buffer) loads back, the slot kept in bfloat16."""
+    p = torch.randn(5, requires_grad=True)
+    opt = ut.SGD([p], lr=0.1, momentum=0.9, state_dtypes={"momentum_buffer": torch.bfloat16})
+    p.grad = torch.randn(5)
+    opt.step()
+    buffer = opt.state[p]["momentum_buffer"].clone()
+    opt.param_groups[0]["momentum"] = 0.0
+    p.grad = torch.randn(5)
+    opt.step()
+    resumed = ut.SGD([p], lr=0.1, momentum=0.9, state_dtypes={"momentum_buffer": torch.bfloat16})
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.param_groups[0]["momentum"] == 0.0
+    assert resumed.state[p]["momentum_buffer"].dtype == torch.bfloat16
+    assert torch.equal(resumed.state[p]["momentum_buffer"], buffer)
+    before = p.detach().clone()
+    g = torch.randn(5)
+    p.grad = g
+    resumed.step()
+    torch.testing.assert_close(p.detach(), before - 0.1 * g)  # plain SGD: the buffer unused

@@ -292,3 +292,174 @@ def test_a_record_refuses_a_narrow_slot_the_spec_keeps_wide():
         ValueError, match=r"slot 'exp_avg_sq' is bfloat16\[3\], the parameter is float32\[3\]"
     ):
         uniopt.PortableState("Adam", uniopt.Adam(lr=1e-2).hyperparameters, 1, (slots,), ((3,),), ("float32",))
+
+
+def _hand_adam(p0, grads, stored):
+    """uniopt's Adam (lr 1e-2, betas (0.9, 0.999), eps 1e-8) written out in NumPy float32 as in
+    test_adam_hand_steps; ``stored[t - 1]``: the NumPy dtype the moment is kept in from step ``t``
+    on (widened exactly, or rounded once by ml_dtypes/NumPy, where it changes). Returns, per step,
+    (param, exp_avg, exp_avg_sq)."""
+    b1, b2, eps = np.float32(0.9), np.float32(0.999), np.float32(1e-8)
+    m, v, q = np.zeros(p0.shape, stored[0]), np.zeros_like(p0), p0.copy()
+    out = []
+    for t, (g, dt) in enumerate(zip(grads, stored, strict=True), start=1):
+        m = m.astype(dt)  # the slot as the group now stores it, before the step
+        m32 = m.astype(np.float32) * b1 + g * np.float32(1 - 0.9)
+        v = v * b2 + (g * g) * np.float32(1 - 0.999)
+        step_size = np.float32(1e-2 / (1 - 0.9**t))
+        inv_sqrt_bc2 = np.float32(1 / math.sqrt(1 - 0.999**t))
+        q = q - (m32 / (np.sqrt(v) * inv_sqrt_bc2 + eps)) * step_size
+        m = m32.astype(dt)
+        out.append((q, m, v))
+    return out
+
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+@pytest.mark.parametrize("implementation", ["loop", "flat"])
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"exp_avg": torch.bfloat16}, None),
+        (None, {"exp_avg": torch.bfloat16}),
+        (None, {"exp_avg": "bfloat16"}),
+    ],
+    ids=["bf16-to-none", "none-to-bf16", "none-to-bf16-by-name"],
+)
+def test_state_dtypes_changed_mid_run_applies_at_the_next_step(before, after, implementation):
+    """``group['state_dtypes']`` set between steps (as torch.optim's options are) is what the next
+    step stores the slot in: bfloat16 -> float32 widened exactly, float32 -> bfloat16 rounded once
+    (ml_dtypes' rounding in the hand-written NumPy run); the state_dict then saved loads back into
+    an optimizer built with the former setting, and continues bit for bit."""
+    (p0,), grads = _draws([(300,)], 5, seed=7)
+    p = torch.tensor(p0, requires_grad=True)
+    opt = ut.Adam([p], lr=1e-2, state_dtypes=before, implementation=implementation)
+    dt_before = BF16 if before else np.dtype(np.float32)
+    dt_after = BF16 if after else np.dtype(np.float32)
+    want = _hand_adam(p0, [g for (g,) in grads], [dt_before] * 2 + [dt_after] * 3)
+    for t, (g,) in enumerate(grads[:3], start=1):
+        if t == 3:
+            opt.param_groups[0]["state_dtypes"] = after
+        p.grad = torch.tensor(g)
+        opt.step()
+    q, m, v = want[2]
+    assert opt.state[p]["exp_avg"].dtype == (torch.bfloat16 if after else torch.float32)
+    np.testing.assert_array_equal(_bits(opt.state[p]["exp_avg"]), _bits(m))
+    np.testing.assert_array_equal(_bits(opt.state[p]["exp_avg_sq"]), _bits(v))
+    np.testing.assert_array_equal(_bits(p), _bits(q))
+    if after is not None:  # kept as torch.dtype values, as add_param_group keeps them
+        assert opt.param_groups[0]["state_dtypes"] == {"exp_avg": torch.bfloat16}
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    b = torch.tensor(np.asarray(q), requires_grad=True)
+    resumed = ut.Adam([b], lr=1e-2, state_dtypes=before, implementation=implementation)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert resumed.param_groups[0]["state_dtypes"] == opt.param_groups[0]["state_dtypes"]
+    for (g,) in grads[3:]:
+        b.grad = torch.tensor(g)
+        resumed.step()
+    q, m, v = want[4]
+    assert resumed.state[b]["exp_avg"].dtype == (torch.bfloat16 if after else torch.float32)
+    np.testing.assert_array_equal(_bits(resumed.state[b]["exp_avg"]), _bits(m))
+    np.testing.assert_array_equal(_bits(b), _bits(q))
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "message"),
+    [
+        ({"exp_avg_sq": torch.bfloat16}, r"state_dtypes\['exp_avg_sq'\]=torch\.bfloat16 .* stored in its"),
+        ({"exp_avg": torch.float64}, r"state_dtypes\['exp_avg'\]=torch\.float64 .* expected float32 or"),
+        ({"nu": torch.bfloat16}, r"state_dtypes names 'nu', not a slot"),
+        ("bfloat16", r"state_dtypes='bfloat16'; expected a dict"),
+    ],
+)
+def test_a_bad_state_dtypes_set_mid_run_is_refused_before_anything_changes(dtypes, message):
+    p = torch.randn(6, requires_grad=True)
+    opt = ut.Adam([p], lr=1e-2)
+    p.grad = torch.randn(6)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    p0 = p.detach().clone()
+    opt.param_groups[0]["state_dtypes"] = dtypes
+    with pytest.raises(ValueError, match=message):
+        opt.step()
+    assert torch.equal(p, p0)
+    for k, v in before.items():
+        assert opt.state[p][k].dtype == v.dtype and torch.equal(opt.state[p][k], v)
+
+
+def test_a_saved_group_without_state_dtypes_takes_defaults_and_a_float32_slot_is_refused():
+    """An optimizer built with state_dtypes loading a dict whose groups have none (written by one
+    built without): the groups take defaults' (not left without the key), so a float32 slot is
+    refused as import_state refuses it, nothing loaded; a dict without state loads and the group
+    keeps state_dtypes; the way the refusal names (load into one built without, then set the
+    group's state_dtypes) stores the slot in bfloat16 from the next step."""
+    src_p = torch.randn(5, requires_grad=True)
+    src = ut.Adam([src_p], lr=1e-2)
+    fresh_state = src.state_dict()  # no state yet
+    src_p.grad = torch.randn(5)
+    src.step()
+    saved = src.state_dict()
+    p = src_p.detach().clone().requires_grad_()
+    opt = ut.Adam([p], lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16})
+    with pytest.raises(ValueError, match=r"the saved group 0 has no state_dtypes, so it takes this optim"):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["state_dtypes"] == {"exp_avg": torch.bfloat16}
+    assert not opt.state
+    q = src_p.detach().clone().requires_grad_()
+    native = torch.optim.Adam([q], lr=1e-2)
+    q.grad = torch.randn(5)
+    native.step()
+    with pytest.raises(ValueError, match=r"has no state_dtypes"):  # the torch.optim route alike
+        ut.load_torch_optim_state_dict(opt, native.state_dict())
+    assert not opt.state
+    assert opt.param_groups[0]["state_dtypes"] == {"exp_avg": torch.bfloat16}
+    opt.load_state_dict(fresh_state)
+    assert opt.param_groups[0]["state_dtypes"] == {"exp_avg": torch.bfloat16}
+    p.grad = torch.randn(5)
+    opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.bfloat16
+    # the way out the message gives
+    wide = ut.Adam([p], lr=1e-2)
+    wide.load_state_dict(saved)
+    m = saved["state"][0]["exp_avg"]
+    wide.param_groups[0]["state_dtypes"] = {"exp_avg": torch.bfloat16}
+    g = torch.randn(5)
+    p.grad = g
+    wide.step()
+    assert wide.state[p]["exp_avg"].dtype == torch.bfloat16
+    expected = (
+        m.to(torch.bfloat16).float().numpy() * np.float32(0.9) + g.numpy() * np.float32(1 - 0.9)
+    ).astype(BF16)
+    np.testing.assert_array_equal(_bits(wide.state[p]["exp_avg"]), _bits(expected))
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [({"exp_avg": torch.bfloat16}, None), (None, {"exp_avg": "bfloat16"})]
+)
+def test_state_dict_saved_right_after_a_change_holds_the_slots_as_the_next_step_stores_them(before, after):
+    """state_dict() between the change and the next step: the saved slot is in the new dtype
+    (widened exactly, or rounded by ml_dtypes' rounding), the live state unchanged, and the dict
+    loads back into an optimizer built with the former setting."""
+    p = torch.randn(40, requires_grad=True)
+    opt = ut.Adam([p], lr=1e-2, state_dtypes=before)
+    for _ in range(2):
+        p.grad = torch.randn(40)
+        opt.step()
+    live = opt.state[p]["exp_avg"]
+    opt.param_groups[0]["state_dtypes"] = after
+    saved = opt.state_dict()
+    assert opt.state[p]["exp_avg"] is live  # not changed until the next step
+    got = saved["state"][0]["exp_avg"]
+    if after is None:
+        assert got.dtype == torch.float32
+        np.testing.assert_array_equal(got.numpy(), live.float().numpy())
+    else:
+        assert got.dtype == torch.bfloat16
+        np.testing.assert_array_equal(_bits(got), _bits(live.numpy().astype(BF16)))
+    resumed = ut.Adam([p.detach().clone().requires_grad_()], lr=1e-2, state_dtypes=before)
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["state_dtypes"] == (after and {"exp_avg": torch.bfloat16})
+    assert torch.equal(next(iter(resumed.state.values()))["exp_avg"], got)
