@@ -38,6 +38,7 @@ import tensorflow as tf
 from keras.src.optimizers.base_optimizer import BaseOptimizer
 
 from uniopt import Spec
+from uniopt._validate import check_state_dtypes_mapping
 from uniopt.registry import KERAS_COMMON_NAMES, TABLE, OptimizerInfo
 from uniopt.sparse import sparse_rule
 
@@ -623,13 +624,8 @@ def _state_dtypes(owner: str, spec: Spec, value: Any) -> dict[str, str]:
     checked against each variable at ``build`` (:meth:`UnioptOptimizer._check_state_dtypes`)."""
     if value is None:
         return {}
+    check_state_dtypes_mapping(owner, value, spec.lower_precision_slots, "'bfloat16'")
     narrow = ", ".join(spec.lower_precision_slots) or "none"
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        example = (spec.lower_precision_slots or ("exp_avg",))[0]
-        raise ValueError(
-            f"{owner}: state_dtypes={value!r}; expected a dict mapping slot names to dtypes, such as "
-            f"{{{example!r}: 'bfloat16'}} (the slots stored narrower: {narrow})"
-        )
     unknown = sorted(set(value) - set(spec.slot_names()))
     if unknown:
         raise ValueError(

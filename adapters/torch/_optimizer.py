@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 
 from uniopt import Spec
 from uniopt._math import stored as _stored
-from uniopt._validate import check_interval
+from uniopt._validate import check_interval, check_state_dtypes_mapping
 
 from . import _dtensor, _flat, _sparse
 from ._namespace import xp
@@ -960,13 +960,7 @@ def _state_dtypes(owner: str, spec_class: type[Spec], value: Any) -> dict[str, t
     dtype that is not a real floating one; the names and whether each dtype fits each parameter
     are checked as the group is added (:func:`_check_state_dtypes`)."""
     accepted = ", ".join(f"torch.{n}" for n in _TORCH_DTYPES)
-    narrow = ", ".join(spec_class.lower_precision_slots) or "none"
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        example = (spec_class.lower_precision_slots or ("exp_avg",))[0]
-        raise ValueError(
-            f"{owner}: state_dtypes={value!r}; expected a dict mapping slot names to dtypes, such as "
-            f"{{{example!r}: torch.bfloat16}} (the slots stored narrower: {narrow})"
-        )
+    check_state_dtypes_mapping(owner, value, spec_class.lower_precision_slots, "torch.bfloat16")
     out = {}
     for name, dtype in value.items():
         found = _TORCH_DTYPES.get(dtype) if isinstance(dtype, str) else dtype

@@ -8,9 +8,18 @@ Checks run in the hyperparameter record's ``__post_init__``, so no state exists 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Real
 
-__all__ = ["CHAIN_DECAY", "check_betas", "check_bool", "check_interval", "check_lacking", "check_real"]
+__all__ = [
+    "CHAIN_DECAY",
+    "check_betas",
+    "check_bool",
+    "check_interval",
+    "check_lacking",
+    "check_real",
+    "check_state_dtypes_mapping",
+]
 
 CHAIN_DECAY = " (chain optax.add_decayed_weights instead)"
 """What an optax user chains for the weight decay an optax alias lacks."""
@@ -67,6 +76,19 @@ def check_betas(owner: str, betas: object, field: str = "betas") -> tuple[float,
         check_interval(owner, f"{field}[0]", betas[0], 0.0, 1.0, high_open=True),
         check_interval(owner, f"{field}[1]", betas[1], 0.0, 1.0, high_open=True),
     )
+
+
+def check_state_dtypes_mapping(
+    owner: str, value: object, narrow_slots: tuple[str, ...], example: str
+) -> None:
+    """Refuse a ``state_dtypes`` that is not a mapping of slot names (str) to dtypes; ``example`` is
+    the framework's spelling of bfloat16 in the message (``'bfloat16'``, ``torch.bfloat16``)."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        narrow = ", ".join(narrow_slots) or "none"
+        raise ValueError(
+            f"{owner}: state_dtypes={value!r}; expected a dict mapping slot names to dtypes, such as "
+            f"{{{(narrow_slots or ('exp_avg',))[0]!r}: {example}}} (the slots stored narrower: {narrow})"
+        )
 
 
 def check_lacking(owner: str, convention: str, native: str, name: str, value: object, hint: str) -> None:
