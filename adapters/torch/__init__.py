@@ -217,6 +217,19 @@ class SparseAdam(UnioptOptimizer):
             )
         super().add_param_group(param_group)
 
+    def state_dict(self) -> dict[str, Any]:
+        """:meth:`UnioptOptimizer.state_dict` with each ``step`` a Python int, as
+        torch.optim.SparseAdam keeps it (torch/optim/sparse_adam.py): that optimizer takes its bias
+        corrections ``1 - beta ** step`` in float64 from an int, and in float32 from the int64
+        tensor uniopt keeps, so a dict of tensor steps loaded into it would change its numbers.
+        :meth:`load_state_dict` takes either form."""
+        out = super().state_dict()
+        out["state"] = {
+            index: {**entry, "step": int(entry["step"])} if "step" in entry else entry
+            for index, entry in out["state"].items()
+        }
+        return out
+
 
 __all__ += ["SparseAdam"]
 __all__.sort()

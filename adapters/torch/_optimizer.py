@@ -183,9 +183,12 @@ class UnioptOptimizer(Optimizer):
             kwargs[name] = value
         self.implementation = implementation
         self._buckets: dict[int, tuple[Any, ...]] = {}  # group index -> its layout (see _layout)
-        # group index -> (ids of the parameters with a gradient, their gradients' expected
-        # (layout, dtype, shape)): one C-level comparison checks every gradient of a step
-        self._grad_layouts: dict[int, tuple[tuple[int, ...], list[tuple[Any, ...]]]] = {}
+        # group index -> (ids of the parameters with a gradient, their gradients' accepted
+        # (layout, dtype, shape), and their sparse_dim()s if any is sparse, else None): one C-level
+        # comparison checks every gradient of a step
+        self._grad_layouts: dict[int, tuple[tuple[int, ...], list[tuple[Any, ...]], list[int] | None]] = {}
+        # id(param group) -> (its options at its last step, their types, its spec): see _spec_of
+        self._spec_hits: dict[int, tuple[tuple[Any, ...], tuple[type, ...], Spec]] = {}
         # group index -> the state_dtypes its state was last made to follow (see _state_dtypes_changes)
         self._dtypes_applied: dict[int, dict[str, torch.dtype] | None] = {}
         unknown = set(kwargs) - set(self._fields()) - set(self.torch_options)
@@ -243,7 +246,8 @@ class UnioptOptimizer(Optimizer):
         # a pickle from before extensions left ``defaults``: they are in its ``defaults`` still
         self.__dict__.setdefault("_extension_defaults", {})
         self.__dict__.setdefault("_buckets", {})
-        self.__dict__.setdefault("_grad_layouts", {})
+        self.__dict__["_grad_layouts"] = {}  # a cache (an older pickle's entries have another form)
+        self.__dict__["_spec_hits"] = {}  # a cache: id(group) -> (its options, its spec)
         self.__dict__["_dtypes_applied"] = {}  # the groups may have changed: checked at the next step
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -338,17 +342,25 @@ class UnioptOptimizer(Optimizer):
                 grads = [g for g in grads if g is not None]
             ids = tuple(map(id, params))
             cached = self._grad_layouts.get(index)
-            if cached is None or cached[0] != ids or list(map(_GRAD_LAYOUT, grads)) != cached[1]:
-                for p in params:  # names the first culprit; the layouts are then the expected ones
-                    _check_grad(spec, p)
-                sparse = sparse or any(g.is_sparse for g in grads)
-                self._grad_layouts[index] = (ids, [(torch.strided, p.dtype, p.shape) for p in params])
+            layouts = list(map(_GRAD_LAYOUT, grads))
+            if (
+                cached is None
+                or cached[0] != ids
+                or layouts != cached[1]
+                or (cached[2] is not None and _sparse_dims(grads) != cached[2])
+            ):
+                for p in params:  # names the first culprit; the layouts are then accepted ones
+                    _check_grad(spec, p, bool(group.get("fused")))
+                any_sparse = any(g.is_sparse for g in grads)
+                cached = (ids, layouts, _sparse_dims(grads) if any_sparse else None)
+                self._grad_layouts[index] = cached
+            sparse = sparse or cached[2] is not None
             groups.append((index, spec, _lr(group["lr"]), params, ids, grads))
         self._apply_state_dtypes(self._state_dtypes_changes())  # checked, then applied
         if sparse:  # a step with a sparse gradient runs per tensor (_sparse.step_rows)
             _run_loop(self._plan([(i, spec, lr, p) for i, spec, lr, params, _, _ in groups for p in params]))
             return
-        rounded: dict[tuple[int, Spec, float, int, torch.dtype], Any] = {}
+        rounded: dict[tuple[int, int, float, int, torch.dtype], Any] = {}
         for index, spec, lr, params, ids, grads in groups:
             loop, buckets = self._layout(index, spec, params, ids)
             if loop:
@@ -356,7 +368,7 @@ class UnioptOptimizer(Optimizer):
             if any(bucket.distributed for bucket, _ in buckets):  # DTensor parameters: local shards
                 grads = _dtensor.local_grads(params, grads)
             for bucket, compiled in buckets:
-                key = (index, spec, lr, bucket.step + 1, bucket.dtype)
+                key = (index, id(spec), lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
                     rounded[key] = _round(self._scalars_of(index, spec, lr, bucket.step + 1), bucket.dtype)
                 fn = _flat.kernel(spec, bucket.dtype, compiled, bucket.device.type)
@@ -424,7 +436,7 @@ class UnioptOptimizer(Optimizer):
             spec = self._spec_of(group)
             for p in group["params"]:
                 if p.grad is not None:
-                    _check_grad(spec, p)
+                    _check_grad(spec, p, bool(group.get("fused")))
                     work.append((index, spec, _lr(group["lr"]), p))
         self._apply_state_dtypes(self._state_dtypes_changes())  # checked, then applied
         return self._plan(work)
@@ -494,8 +506,10 @@ class UnioptOptimizer(Optimizer):
         """
         if self._buckets and not keep_buckets:
             self._buckets.clear()
-        scalars: dict[tuple[int, Spec, float, int], Any] = {}
-        rounded: dict[tuple[int, Spec, float, int, torch.dtype], Any] = {}
+        # keyed by the spec's id (it outlives the step: ``work`` holds it), not by the spec, whose
+        # dataclass hash goes through every field
+        scalars: dict[tuple[int, int, float, int], Any] = {}
+        rounded: dict[tuple[int, int, float, int, torch.dtype], Any] = {}
         plan = []
         for index, spec, lr, p in work:
             state = self.state[p]
@@ -503,13 +517,14 @@ class UnioptOptimizer(Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.int64)
             state["step"] += 1
             step = int(state["step"])
-            if (index, spec, lr, step) not in scalars:
-                scalars[index, spec, lr, step] = self._scalars_of(index, spec, lr, step)
+            at = (index, id(spec), lr, step)
+            if at not in scalars:
+                scalars[at] = self._scalars_of(index, spec, lr, step)
             real = torch.view_as_real(p) if p.is_complex() else p
-            key = (index, spec, lr, step, real.dtype)
+            key = (*at, real.dtype)
             if key not in rounded:
                 # 0-d CPU tensors: torch reads them as scalars on any device, with no transfer
-                rounded[key] = _round(scalars[index, spec, lr, step], real.dtype)
+                rounded[key] = _round(scalars[at], real.dtype)
             slots = self._slots(state, spec, p, self.param_groups[index].get(STATE_DTYPES))
             if _dtensor.is_dtensor(p):  # FSDP2, tensor parallelism: the rule on the local shards
                 plan.append(_dtensor.plan_entry(spec, p, slots, rounded[key]))
@@ -710,11 +725,26 @@ class UnioptOptimizer(Optimizer):
 
     @classmethod
     def _fields(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls.spec_class))
+        fields = _FIELDS.get(cls.spec_class)
+        if fields is None:
+            fields = _FIELDS[cls.spec_class] = tuple(f.name for f in dataclasses.fields(cls.spec_class))
+        return fields
 
     def _spec_of(self, group: dict[str, Any]) -> Spec:
         """The group's spec, validated; ``lr`` is passed per step, so a scheduler changing it keeps
-        the same (cached) spec object."""
+        the same (cached) spec object. A group whose options are all immutable values (floats,
+        tuples: no tensor or list, which can change in place) equal to those of its previous step
+        gets that step's spec without validating again."""
+        raw = tuple(map(group.__getitem__, self._fields()))
+        hit = self._spec_hits.get(id(group))
+        if hit is not None and hit[0] == raw and hit[1] == tuple(map(type, raw)):  # 1 is not True
+            return hit[2]
+        spec = self._validated_spec(group)
+        if all(map(_immutable, raw)):
+            self._spec_hits[id(group)] = (raw, tuple(map(type, raw)), spec)
+        return spec
+
+    def _validated_spec(self, group: dict[str, Any]) -> Spec:
         owner = self.spec_class.name
         values = tuple((name, _plain(owner, name, group[name])) for name in self._fields() if name != "lr")
         key = (self.spec_class, values)
@@ -909,6 +939,12 @@ _GRAD = operator.attrgetter("grad")
 _GRAD_LAYOUT = operator.attrgetter("layout", "dtype", "shape")
 
 
+def _sparse_dims(grads: list[torch.Tensor]) -> list[int]:
+    """Each sparse gradient's ``sparse_dim()`` (``-1`` for a dense one): with the layouts, what
+    :func:`_check_grad` accepted, kept so that a step with the same ones need not check again."""
+    return [g.sparse_dim() if g.is_sparse else -1 for g in grads]
+
+
 def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any], Any]]) -> None:
     """The rule per tensor, written back in place (traced by dynamo under ``torch.compile``)."""
     for spec, param, grad, slots, scalars in plan:
@@ -1054,6 +1090,17 @@ def _plain(owner: str, name: str, value: Any) -> Any:
     return value
 
 
+_FIELDS: dict[type[Spec], tuple[str, ...]] = {}
+_IMMUTABLE = (float, int, str, type(None))
+
+
+def _immutable(value: Any) -> bool:
+    """Whether ``value`` cannot change in place (a number, a string, ``None``, a tuple of them)."""
+    if isinstance(value, tuple):
+        return all(map(_immutable, value))
+    return type(value) in _IMMUTABLE or isinstance(value, (bool, float, int, str))
+
+
 def _lr(value: Any) -> float:
     """A group's ``lr`` as a float (validated by ``_spec_of`` before it is used)."""
     return float(value) if isinstance(value, torch.Tensor) else value
@@ -1143,9 +1190,12 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
         )
 
 
-def _check_grad(spec: Spec, p: torch.Tensor) -> None:
+def _check_grad(spec: Spec, p: torch.Tensor, fused: bool = False) -> None:
+    """``RuntimeError`` (torch.optim's type) for a gradient the step cannot take: a layout
+    :func:`_sparse.check` refuses (a sparse one also in a ``fused=True`` group), or a dense one of
+    another shape or dtype than ``p``."""
     owner = f"uniopt.torch.{spec.name}"
-    _sparse.check(spec, p)  # sparse gradients where torch.optim takes them (SparseAdam: only them)
+    _sparse.check(spec, p, fused)  # sparse gradients where torch.optim takes them (SparseAdam: only)
     if p.grad.is_sparse:
         return
     if p.grad.shape != p.shape or p.grad.dtype != p.dtype:

@@ -256,7 +256,20 @@ def import_state(optimizer: UnioptOptimizer, state: PortableState, *, hyperparam
         | {name: _to_tensor(value) for name, value in slots.items() if name in spec.slots_in_use(shape)}
         for index, slots, shape in zip(indices, state.slots, state.shapes, strict=True)
     }
-    optimizer.load_state_dict({**current, "state": native})
+    _load(optimizer, {**current, "state": native}, owner)
+
+
+def _load(optimizer: UnioptOptimizer, state_dict: dict[str, Any], owner: str) -> None:
+    """``optimizer.load_state_dict(state_dict)``, its ``ValueError`` (raised before anything is
+    loaded) naming ``owner``, the function the user called, instead of ``load_state_dict``."""
+    try:
+        optimizer.load_state_dict(state_dict)
+    except ValueError as exc:
+        message = str(exc)
+        prefix = f"uniopt.torch.{optimizer.spec_class.name}.load_state_dict: "
+        if not message.startswith(prefix):
+            raise
+        raise ValueError(f"{owner}: {message[len(prefix) :]}") from None
 
 
 # -- torch.optim's own optimizers ----------------------------------------------------------------
@@ -483,8 +496,10 @@ def load_torch_optim_state_dict(
             kept["step"] = step
         if kept:
             state[index] = kept
-    optimizer.load_state_dict(
-        {**state_dict, "state": state, "param_groups": groups, _STATE_DICT_KEY: optimizer._state_dict_tag()}
+    _load(
+        optimizer,
+        {**state_dict, "state": state, "param_groups": groups, _STATE_DICT_KEY: optimizer._state_dict_tag()},
+        owner,
     )
 
 

@@ -15,7 +15,8 @@ or weight decay the rule is ``"dense"``, which torch.optim.SGD's sparse momentum
 computes), ``Adagrad`` without ``weight_decay`` (torch.optim.Adagrad refuses it), and
 ``SparseAdam``, which in turn refuses dense gradients as torch.optim.SparseAdam does. Every other
 optimizer refuses them with ``RuntimeError``, as its torch.optim namesake does. Complex parameters
-with sparse gradients are refused. A step with a sparse gradient runs per tensor.
+with sparse gradients are refused, and so are sparse gradients in a group with ``fused=True`` (as
+torch.optim's fused kernels refuse them). A step with a sparse gradient runs per tensor.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ adagrad.py, sparse_adam.py)."""
 _SPARSE_ONLY = ("SparseAdam",)
 
 
-def check(spec: Spec, p: torch.Tensor) -> None:
+def check(spec: Spec, p: torch.Tensor, fused: bool = False) -> None:
     """Raise ``RuntimeError`` (torch.optim's type for these refusals) if ``p.grad``'s layout is not
-    one this optimizer takes, or a sparse gradient does not fit ``p``; nothing is changed."""
+    one this optimizer takes, or a sparse gradient does not fit ``p``, or is in a group with
+    ``fused=True`` (torch.optim's fused SGD and Adagrad refuse sparse gradients; ``fused``: the
+    group's option); nothing is changed."""
     owner = f"uniopt.torch.{spec.name}"
     grad = p.grad
     if not grad.is_sparse:
@@ -57,6 +60,11 @@ def check(spec: Spec, p: torch.Tensor) -> None:
             f"{owner} does not support sparse gradients{native}; use "
             "dense gradients (torch.nn.Embedding(..., sparse=False)), or an optimizer that takes "
             f"them: {', '.join(f'uniopt.torch.{n}' for n in ACCEPTING)}"
+        )
+    if fused:  # torch/optim/sgd.py _fused_sgd, adagrad.py _fused_adagrad
+        raise RuntimeError(
+            f"{owner}: `fused` does not support sparse gradients (torch.optim.{spec.name}(fused=True) "
+            "refuses them too); use fused=None or fused=False with sparse gradients"
         )
     if spec.name == "Adagrad" and spec.weight_decay != 0:  # type: ignore[attr-defined]
         raise RuntimeError(  # torch.optim.Adagrad's refusal
@@ -95,27 +103,22 @@ def step_rows(
     if values.shape[0] == 0:
         return
     indices = grad._indices()
-    k = indices.shape[0]
-    if k == 1:
+    if indices.shape[0] == 1:  # rows of the first dimension: index_select / index_copy_
         rows = indices[0]
-
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            return t.index_select(0, rows)
-
-        def scatter(t: torch.Tensor, new: torch.Tensor) -> None:
-            t.index_copy_(0, rows, new)
-    else:
-        where = tuple(indices)
-
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            return t[where]
-
-        def scatter(t: torch.Tensor, new: torch.Tensor) -> None:
-            t.index_put_(where, new)
-
-    new_param, new_slots = spec.rule(
-        gather(param), values, {n: gather(s) for n, s in slots.items()}, scalars, xp
-    )
-    scatter(param, new_param)
+        new_param, new_slots = spec.rule(
+            param.index_select(0, rows),
+            values,
+            {n: s.index_select(0, rows) for n, s in slots.items()},
+            scalars,
+            xp,
+        )
+        param.index_copy_(0, rows, new_param)
+        for name, value in new_slots.items():
+            slots[name].index_copy_(0, rows, value)
+        return
+    where = tuple(indices)  # elements of several sparse dimensions: advanced indexing
+    gathered = {n: s[where] for n, s in slots.items()}
+    new_param, new_slots = spec.rule(param[where], values, gathered, scalars, xp)
+    param.index_put_(where, new_param)
     for name, value in new_slots.items():
-        scatter(slots[name], value)
+        slots[name].index_put_(where, value)

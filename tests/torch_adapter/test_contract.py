@@ -388,3 +388,79 @@ def test_a_narrow_slot_of_a_former_setting_loads_back():
     p.grad = g
     resumed.step()
     torch.testing.assert_close(p.detach(), before - 0.1 * g)  # plain SGD: the buffer unused
+
+
+def _adam_reference(p0: np.ndarray, grads: list[np.ndarray], betas_per_step, lr: float = 0.01) -> np.ndarray:
+    """Adam (torch's convention, bias-corrected, eps outside the root) by hand in float64, each
+    step with its own betas: an independent check that a changed option reaches the step."""
+    p, m, v = p0.astype(np.float64), np.zeros_like(p0, np.float64), np.zeros_like(p0, np.float64)
+    for t, (g, (b1, b2)) in enumerate(zip(grads, betas_per_step, strict=True), start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + 1e-8)
+    return p
+
+
+@pytest.mark.parametrize("how", ["list mutated in place", "tuple replaced"])
+def test_options_changed_between_steps_reach_the_next_step(how):
+    """The spec a group's options give is reused while they are unchanged; a change between steps,
+    even in place in a list (torch.optim reads ``group["betas"]`` afresh each step), reaches the
+    next step."""
+    p0 = np.array([0.5, -1.0, 2.0, 0.25])
+    grads = [np.array(g) for g in ([0.3, -0.2, 0.1, 1.0], [-0.5, 0.4, 0.2, 0.1], [0.1, 0.1, -0.3, 0.2])]
+    p = torch.tensor(p0, dtype=torch.float64, requires_grad=True)
+    opt = ut.Adam([p], lr=0.01, convention="torch")
+    for t, g in enumerate(grads):
+        if t == 1:
+            opt.param_groups[0]["betas"] = [0.9, 0.999]  # a list, as a user sets it
+        if t == 2:
+            if how == "list mutated in place":
+                opt.param_groups[0]["betas"][0] = 0.5
+            else:
+                opt.param_groups[0]["betas"] = (0.5, 0.999)
+        p.grad = torch.tensor(g)
+        opt.step()
+    want = _adam_reference(p0, grads, [(0.9, 0.999), (0.9, 0.999), (0.5, 0.999)])
+    np.testing.assert_allclose(p.detach().numpy(), want, rtol=1e-12)
+
+
+def test_a_tensor_lr_changed_in_place_reaches_the_next_step():
+    p = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    opt = ut.SGD([p], lr=lr)
+    p.grad = torch.ones(3, dtype=torch.float64)
+    opt.step()
+    lr.fill_(0.5)  # the group holds this very tensor
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.full((3,), -0.6, dtype=torch.float64))
+
+
+def test_an_invalid_option_set_after_steps_is_refused_before_anything_changes():
+    p = torch.ones(3, requires_grad=True)
+    opt = ut.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(3)
+    opt.step()
+    before = p.detach().clone(), opt.state[p]["momentum_buffer"].clone()
+    opt.param_groups[0]["momentum"] = -0.5
+    with pytest.raises(ValueError, match="momentum"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0]) and torch.equal(opt.state[p]["momentum_buffer"], before[1])
+    opt.param_groups[0]["momentum"] = 0.9
+    opt.step()  # valid again: steps
+
+
+def test_a_flag_given_as_an_int_after_a_bool_is_read_afresh():
+    """``maximize=True`` then ``maximize=1`` (equal as Python values; the step validates what was
+    set): the run equals torch.optim.SGD's with the same change, bit for bit."""
+    p = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    q = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = ut.SGD([p], lr=0.1, momentum=0.9, maximize=True, convention="torch")
+    ref = torch.optim.SGD([q], lr=0.1, momentum=0.9, maximize=True)
+    for t in range(3):
+        if t == 1:
+            opt.param_groups[0]["maximize"] = 1
+            ref.param_groups[0]["maximize"] = 1
+        for x, o in ((p, opt), (q, ref)):
+            x.grad = torch.full((3,), 0.5 + t, dtype=torch.float64)
+            o.step()
+    torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=0)

@@ -10,6 +10,7 @@ rounded, and its sparse ``add_`` with ``alpha`` fuses the multiply-add; docs/tor
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -396,3 +397,84 @@ def test_a_torch_optim_sgd_checkpoint_with_a_sparse_momentum_buffer_loads_dense_
     step(native_table, native, batches[2])
     step(table, opt, batches[2])
     torch.testing.assert_close(table.weight, native_table.weight, rtol=1e-6, atol=1e-7)
+
+
+def test_a_sparse_gradient_naming_no_rows_is_refused_after_valid_sparse_steps():
+    """A step with sparse gradients is checked once per layout; a gradient of the same layout,
+    dtype and shape but with ``sparse_dim() == 0`` (all dimensions dense) is still refused."""
+    p = torch.zeros(4, 2, requires_grad=True)
+    opt = ut.SGD([p], lr=0.1)
+    for _ in range(2):
+        p.grad = torch.sparse_coo_tensor([[1]], torch.ones(1, 2), (4, 2))
+        opt.step()
+    before = p.detach().clone()
+    # indices of shape (0, 1): one entry whose value is the whole (4, 2) block
+    p.grad = torch.sparse_coo_tensor(torch.zeros(0, 1, dtype=torch.long), torch.ones(1, 4, 2), (4, 2))
+    assert p.grad.sparse_dim() == 0
+    with pytest.raises(RuntimeError, match=r"sparse_dim\(\)=0"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad"])
+def test_fused_refuses_sparse_gradients_as_torch_optim_does(name):
+    """torch.optim.SGD(fused=True) and Adagrad(fused=True) raise RuntimeError at a step with a sparse
+    gradient (torch/optim/sgd.py, adagrad.py); so does uniopt.torch, before anything changes."""
+    grad = torch.sparse_coo_tensor([[1]], torch.ones(1, 2), (4, 2))
+    native_p = torch.nn.Parameter(torch.zeros(4, 2))
+    native = getattr(torch.optim, name)([native_p], lr=0.1, fused=True)
+    native_p.grad = grad
+    with pytest.raises(RuntimeError, match="does not support sparse"):
+        native.step()
+    p = torch.nn.Parameter(torch.zeros(4, 2))
+    opt = getattr(ut, name)([p], lr=0.1, fused=True)
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    p.grad = grad
+    refusal = rf"uniopt.torch.{name}: `fused` does not support sparse gradients"
+    with pytest.raises(RuntimeError, match=refusal):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(4, 2))
+    assert set(opt.state[p]) == set(before)
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before.items())
+    opt.param_groups[0]["fused"] = None  # as torch.optim: the same gradient steps without fused
+    opt.step()
+    assert (p.detach()[1] < 0).all()  # the touched row moved against its gradient, the others not
+    assert torch.equal(p.detach()[[0, 2, 3]], torch.zeros(3, 2))
+
+
+def test_sparse_adam_state_dict_continues_in_torch_optim_sparse_adam_bitwise():
+    """uniopt.torch.SparseAdam's state_dict holds ``step`` as a Python int, as torch.optim.SparseAdam
+    keeps it; loaded into torch.optim.SparseAdam (after torch.save/torch.load), that optimizer
+    continues exactly as from its own state (the moments are bitwise torch's, see above). A tensor
+    step would make its bias corrections float32."""
+    torch.manual_seed(0)
+    embs = [torch.nn.Embedding(50, 4, sparse=True) for _ in range(3)]
+    for emb in embs[1:]:
+        emb.load_state_dict(embs[0].state_dict())
+    mine = ut.SparseAdam(embs[0].parameters(), lr=0.01)
+    theirs = torch.optim.SparseAdam(embs[1].parameters(), lr=0.01)
+    batches = [(torch.randint(0, 50, (16,)), torch.randn(16, 4)) for _ in range(5)]
+
+    def train(emb, opt, part):
+        for ids, target in part:
+            opt.zero_grad()
+            ((emb(ids) - target) ** 2).sum().backward()
+            opt.step()
+
+    train(embs[0], mine, batches[:3])
+    train(embs[1], theirs, batches[:3])
+    saved = mine.state_dict()
+    assert type(saved["state"][0]["step"]) is int and saved["state"][0]["step"] == 3
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    with torch.no_grad():
+        embs[2].weight.copy_(embs[1].weight)  # torch's parameters: only the state comes from uniopt
+    moved = torch.optim.SparseAdam(embs[2].parameters(), lr=0.01)
+    moved.load_state_dict(torch.load(buffer, weights_only=True))
+    train(embs[1], theirs, batches[3:])
+    train(embs[2], moved, batches[3:])
+    assert torch.equal(embs[2].weight, embs[1].weight)
+    resumed = ut.SparseAdam(embs[0].parameters(), lr=0.01)
+    resumed.load_state_dict(saved)  # uniopt takes the int steps back
+    assert resumed.state[embs[0].weight]["step"].dtype == torch.int64

@@ -343,3 +343,48 @@ def test_a_bad_record_leaves_a_torch_optim_optimizer_unchanged(bad, match):
     with pytest.raises(ValueError, match=match):
         ut.to_torch_optim(record, native)
     _same(before, _snapshot(native))
+
+
+def _adam_run() -> tuple[torch.nn.Parameter, torch.nn.Parameter, torch.optim.Adam]:
+    a, b = torch.nn.Parameter(torch.zeros(4, 2)), torch.nn.Parameter(torch.zeros(3))
+    native = torch.optim.Adam([a, b])
+    a.grad, b.grad = torch.ones(4, 2), torch.ones(3)
+    native.step()
+    return a, b, native
+
+
+@pytest.mark.parametrize(
+    ("target", "edit", "message"),
+    [
+        ("two groups", None, r"the state_dict has 1 param groups, this optimizer has 2"),
+        ("one param", None, r"group 0 has 2 params in the state_dict and 1 here"),
+        ("same", "exp_avg of shape (5,)", r"param 0 slot 'exp_avg' has shape \(5,\)"),
+    ],
+)
+def test_load_torch_optim_state_dict_refusals_name_the_function_called(target, edit, message):
+    """The checks ``load_state_dict`` makes, reached through ``load_torch_optim_state_dict``, name
+    that function (the one the user called), and load nothing."""
+    a, b, native = _adam_run()
+    state_dict = native.state_dict()
+    if edit:
+        state_dict["state"][0]["exp_avg"] = torch.zeros(5)
+    params = {"two groups": [{"params": [a]}, {"params": [b]}], "one param": [a], "same": [a, b]}[target]
+    opt = ut.Adam(params)
+    with pytest.raises(ValueError, match=rf"^uniopt\.torch\.load_torch_optim_state_dict: {message}"):
+        ut.load_torch_optim_state_dict(opt, state_dict)
+    assert not opt.state
+
+
+def test_import_state_refusals_name_the_function_called():
+    """A record with a bfloat16 ``exp_avg`` imported into an optimizer without ``state_dtypes``:
+    ``load_state_dict``'s checks refuse it, and the refusal names ``import_state``."""
+    a = torch.nn.Parameter(torch.zeros(4, 2))
+    source = ut.Adam([a], state_dtypes={"exp_avg": torch.bfloat16})
+    a.grad = torch.ones(4, 2)
+    source.step()
+    record = ut.export_state(source)
+    target = ut.Adam([torch.nn.Parameter(torch.zeros(4, 2))])
+    with pytest.raises(ValueError, match=r"^uniopt\.torch\.import_state: ") as caught:
+        ut.import_state(target, record)
+    assert "load_state_dict" not in str(caught.value).split(":")[0]
+    assert not target.state
