@@ -3,6 +3,7 @@ registry table, plus feature combinations the table does not hold."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from uniopt.registry import TABLE, Case
@@ -134,3 +135,15 @@ def shapes_for(spec, shapes):
     """``shapes`` with each shape ``spec`` refuses (``Spec.param_refusal``: Muon's uniopt and torch
     conventions take matrices only) replaced by :func:`as_matrix_shape`; the others unchanged."""
     return [tuple(s) if spec.param_refusal(tuple(s)) is None else as_matrix_shape(tuple(s)) for s in shapes]
+
+
+def float32_draws(shapes, steps: int, seed: int = 0) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """float32 parameters (standard normal) of ``shapes`` and ``steps`` lists of gradients, each
+    scaled by a random power of ten in [1e-3, 1e2) so that moments span many binades."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [
+        [(rng.standard_normal(s) * 10 ** rng.uniform(-3, 2)).astype(np.float32) for s in shapes]
+        for _ in range(steps)
+    ]
+    return params, grads

@@ -20,23 +20,16 @@ kernel splits a sum by the number of threads of its process.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import free_ports, run_workers
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240  # all three processes together, on a busy 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -52,36 +45,22 @@ def _env(devices: int) -> dict[str, str]:
 def runs(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
     """The three runs' results: ``"0"`` and ``"1"`` (the two processes), ``"single"``."""
     out = tmp_path_factory.mktemp("multiprocess")
-    port = _free_port()
+    (port,) = free_ports(1)
     commands = {
         "0": ([sys.executable, str(WORKER), "--process-id", "0", "--port", str(port)], 2),
         "1": ([sys.executable, str(WORKER), "--process-id", "1", "--port", str(port)], 2),
         "single": ([sys.executable, str(WORKER), "--single"], 4),
     }
-    procs = {
-        label: subprocess.Popen(
-            [*cmd, "--out", str(out / f"{label}.npz")],
-            env=_env(devices),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for label, (cmd, devices) in commands.items()
-    }
-    logs = {}
-    try:
-        for label, proc in procs.items():
-            logs[label] = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for label, proc in procs.items():
-        stdout, stderr = logs[label]
-        assert proc.returncode == 0, f"{label}: {stdout}\n{stderr[-6000:]}"
-        assert stdout.strip().endswith("OK"), stdout
-    return {label: dict(np.load(out / f"{label}.npz")) for label in procs}
+    stdout = run_workers(
+        {label: [*cmd, "--out", str(out / f"{label}.npz")] for label, (cmd, _) in commands.items()},
+        out,
+        TIMEOUT_S,
+        {label: _env(devices) for label, (_, devices) in commands.items()},
+        per_worker_env=True,
+    )
+    for label, said in stdout.items():
+        assert said.strip().endswith("OK"), f"{label}: {said[-3000:]}"
+    return {label: dict(np.load(out / f"{label}.npz")) for label in commands}
 
 
 def _differing(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:

@@ -21,15 +21,13 @@ Keras 3.15's own ``fit`` does not run under two workers: the test records its tw
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from processes import free_ports, run_workers
 
 import uniopt
 import uniopt.tf
@@ -41,20 +39,12 @@ STEPS = 10  # multiworker_worker: EPOCHS * STEPS
 OPTIMIZERS = ("radam", "adam", "schedule_free_adamw", "keras_adam")
 
 
-def _free_ports(n: int) -> list[int]:
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """The three runs' results: ``"0"`` and ``"1"`` (the workers), ``"mirrored"``, and the path
     of the ``.keras`` file worker 0 saved."""
     out = tmp_path_factory.mktemp("multiworker")
-    ports = ",".join(map(str, _free_ports(2)))
+    ports = ",".join(map(str, free_ports(2)))
     commands = {
         "0": ["--index", "0", "--ports", ports, "--save", str(out / "radam.keras")],
         "1": ["--index", "1", "--ports", ports],
@@ -63,30 +53,18 @@ def runs(tmp_path_factory) -> dict:
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("TF_CONFIG", None)
-    procs = {
-        label: subprocess.Popen(
-            [sys.executable, str(WORKER), *args, "--out", str(out / f"{label}.npz")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for label, args in commands.items()
-    }
-    logs = {}
-    try:
-        for label, proc in procs.items():
-            logs[label] = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for label, proc in procs.items():
-        stdout, stderr = logs[label]
-        assert proc.returncode == 0, f"{label}: {stdout}\n{stderr[-6000:]}"
-        assert stdout.strip().endswith("OK"), stdout
-    results = {label: dict(np.load(out / f"{label}.npz")) for label in procs}
+    stdout = run_workers(
+        {
+            label: [sys.executable, str(WORKER), *args, "--out", str(out / f"{label}.npz")]
+            for label, args in commands.items()
+        },
+        out,
+        TIMEOUT_S,
+        env,
+    )
+    for label, said in stdout.items():
+        assert said.strip().endswith("OK"), f"{label}: {said[-3000:]}"
+    results = {label: dict(np.load(out / f"{label}.npz")) for label in commands}
     results["saved"] = out / "radam.keras"
     return results
 

@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
+from cases import float32_draws
 
 import uniopt
 import uniopt.porting
@@ -31,16 +32,6 @@ STATE_CASES = [
 STEPS = 5
 
 
-def _draws(shapes, steps: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-    grads = [
-        [(rng.standard_normal(s) * 10 ** rng.uniform(-3, 2)).astype(np.float32) for s in shapes]
-        for _ in range(steps)
-    ]
-    return params, grads
-
-
 def _bits(a) -> np.ndarray:
     a = a.numpy() if hasattr(a, "numpy") else np.asarray(a)
     return a.view(f"u{a.dtype.itemsize}")
@@ -50,7 +41,7 @@ def _bits(a) -> np.ndarray:
 def test_matches_the_numpy_reference(info, case, mode):
     """Every state case of a row with Keras names, eagerly and in ``tf.function``: variables and
     every slot (in its stored dtype) bit for bit against the core run on NumPy after each step."""
-    params0, grads = _draws([(8, 6), (5, 4)], STEPS, seed=3)
+    params0, grads = float32_draws([(8, 6), (5, 4)], STEPS, seed=3)
     spec = info.make(case)
     state = spec.init(params0, slot_dtypes=case.slot_dtypes)
     ref = list(params0)
@@ -80,7 +71,7 @@ def test_adam_hand_steps(narrow):
     """Two steps of uniopt's Adam formula in NumPy float32, the moment rounded once per step to the
     stored dtype by ml_dtypes/NumPy; the step taken from the unrounded moment."""
     dt = np.dtype(ml_dtypes.bfloat16) if narrow == "bfloat16" else np.dtype(np.float16)
-    (p0,), grads = _draws([(300,)], 2, seed=4)
+    (p0,), grads = float32_draws([(300,)], 2, seed=4)
     v_ = keras.Variable(p0)
     opt = ut.Adam(1e-2, state_dtypes={"exp_avg": narrow})
     b1, b2, eps = np.float32(0.9), np.float32(0.999), np.float32(1e-8)
@@ -167,7 +158,7 @@ def test_import_of_a_narrow_record_continues_the_numpy_run():
     """A record with a bfloat16 moment (made by the core on NumPy, as any backend makes it) goes
     into uniopt.tf through save_state/load_state and continues bit for bit; an optimizer that keeps
     the moment in float32 refuses it before anything is assigned."""
-    params0, grads = _draws([(6, 4), (4,)], 6, seed=11)
+    params0, grads = float32_draws([(6, 4), (4,)], 6, seed=11)
     spec = uniopt.Adam(lr=1e-2)
     state, params = spec.init(params0, slot_dtypes={"exp_avg": "bfloat16"}), list(params0)
     for g in grads[:3]:

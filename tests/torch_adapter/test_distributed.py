@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -96,37 +93,15 @@ def _worker(rank: int, port: int, out: Path) -> None:
 
 
 # -- the test side ---------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(out: Path) -> list[dict]:
     """Start both ranks, wait at most ``TIMEOUT_S`` for them together, kill what is left."""
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = []
-    for rank in range(WORLD):
-        with open(out / f"rank{rank}.log", "w") as log:
-            cmd = [sys.executable, __file__, str(rank), str(port), str(out)]
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
-    deadline = time.monotonic() + TIMEOUT_S
-    timed_out = False
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for rank, proc in enumerate(procs):
-        log = (out / f"rank{rank}.log").read_text()[-4000:]
-        assert not timed_out, f"the ranks did not finish within {TIMEOUT_S} s; rank {rank} said:\n{log}"
-        assert proc.returncode == 0, f"rank {rank} exited with {proc.returncode}:\n{log}"
+    from processes import free_ports, run_workers  # tests/: the test side only (ranks run this file)
+
+    (port,) = free_ports(1)
+    commands = {
+        str(rank): [sys.executable, __file__, str(rank), str(port), str(out)] for rank in range(WORLD)
+    }
+    run_workers(commands, out, TIMEOUT_S, {**os.environ, "OMP_NUM_THREADS": "1"})
     return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)]
 
 

@@ -14,6 +14,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from cases import float32_draws
 
 import uniopt
 import uniopt.porting
@@ -32,16 +33,6 @@ STATE_CASES = [  # flat only for elementwise rules (Muon's is refused there: it 
     for implementation in ("loop", "flat")
     if implementation == "loop" or info.elementwise
 ]
-
-
-def _draws(shapes, steps: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-    grads = [
-        [(rng.standard_normal(s) * 10 ** rng.uniform(-3, 2)).astype(np.float32) for s in shapes]
-        for _ in range(steps)
-    ]
-    return params, grads
 
 
 def _bits(a) -> np.ndarray:
@@ -65,7 +56,7 @@ def test_matches_the_numpy_reference(info, case, implementation):
     """Every state case of a row with torch names, against the core run on NumPy: parameters and
     every slot (in its stored dtype) bit for bit after each step."""
     shapes = [(8, 6), (5, 4)]
-    params0, grads = _draws(shapes, STEPS, seed=3)
+    params0, grads = float32_draws(shapes, STEPS, seed=3)
     spec = info.make(case)
     state = spec.init(params0, slot_dtypes=case.slot_dtypes)
     ref = list(params0)
@@ -92,7 +83,7 @@ def test_adam_hand_steps(narrow):
     """Two steps of uniopt's Adam formula written out in NumPy float32, the moment rounded once per
     step to the stored dtype by ml_dtypes/NumPy (m1 = g*(1-b1); the step from the unrounded m)."""
     dt = np.dtype(ml_dtypes.bfloat16) if narrow == "bfloat16" else np.dtype(np.float16)
-    (p0,), grads = _draws([(300,)], 2, seed=4)
+    (p0,), grads = float32_draws([(300,)], 2, seed=4)
     p = torch.tensor(p0, requires_grad=True)
     opt = ut.Adam([p], lr=1e-2, state_dtypes={"exp_avg": narrow})
     b1, b2, eps = np.float32(0.9), np.float32(0.999), np.float32(1e-8)
@@ -117,7 +108,7 @@ def test_adam_hand_steps(narrow):
 def test_state_dict_round_trip_keeps_the_dtype_and_continues_bitwise():
     """torch.optim's load_state_dict casts state to the parameter's dtype; uniopt's keeps the
     stored dtype, and the run continues as the uninterrupted one, through torch.save/torch.load."""
-    (p0, w0), grads = _draws([(50,), (7, 3)], 6, seed=5)
+    (p0, w0), grads = float32_draws([(50,), (7, 3)], 6, seed=5)
     a = [torch.tensor(x, requires_grad=True) for x in (p0, w0)]
     opt = ut.Adam(a, lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16})
     for g in grads[:3]:
@@ -167,7 +158,7 @@ def test_load_refuses_a_narrow_slot_its_group_does_not_store():
 def test_per_group_dtypes_and_flat_path_agree_with_loop():
     """A group with a bfloat16 moment beside one without: the flat implementations run the narrow
     group per tensor and give the loop's bits."""
-    params0, grads = _draws([(40,), (6, 5), (9,)], 4, seed=6)
+    params0, grads = float32_draws([(40,), (6, 5), (9,)], 4, seed=6)
     results = {}
     for implementation in ("loop", "flat", "compiled"):
         ps = [torch.tensor(x, requires_grad=True) for x in params0]
@@ -248,7 +239,7 @@ def test_export_save_load_import_continues_the_numpy_run():
     """A bfloat16 moment goes out through export_state/save_state and back through
     load_state/import_state in its dtype; the NumPy core continues the exported record, the
     re-imported optimizer continues bit for bit with it; an optimizer keeping float32 refuses it."""
-    params0, grads = _draws([(6, 4), (4,)], 6, seed=12)
+    params0, grads = float32_draws([(6, 4), (4,)], 6, seed=12)
     ps = [torch.tensor(p, requires_grad=True) for p in params0]
     unstepped = ut.export_state(ut.Adam(ps, lr=1e-2, state_dtypes={"exp_avg": torch.bfloat16}))
     assert unstepped.slot_dtypes == ({"exp_avg": "bfloat16"},) * 2  # initial slots in their dtype
@@ -332,7 +323,7 @@ def test_state_dtypes_changed_mid_run_applies_at_the_next_step(before, after, im
     step stores the slot in: bfloat16 -> float32 widened exactly, float32 -> bfloat16 rounded once
     (ml_dtypes' rounding in the hand-written NumPy run); the state_dict then saved loads back into
     an optimizer built with the former setting, and continues bit for bit."""
-    (p0,), grads = _draws([(300,)], 5, seed=7)
+    (p0,), grads = float32_draws([(300,)], 5, seed=7)
     p = torch.tensor(p0, requires_grad=True)
     opt = ut.Adam([p], lr=1e-2, state_dtypes=before, implementation=implementation)
     dt_before = BF16 if before else np.dtype(np.float32)
