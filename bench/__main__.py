@@ -1,5 +1,5 @@
-"""``python -m bench run {torch,jax,tf} [--quick] [--all] [--device gpu]`` and ``python -m bench report
-[--device gpu]``."""
+"""``python -m bench run {torch,jax,tf} [--quick] [--all] [--optimizers ...] [--sets ...] [--merge]
+[--device gpu]`` and ``python -m bench report [--device gpu]``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from .common import (
     arrays,
     bound_variants,
     measure,
+    new_run,
     param_set,
+    read_results,
+    results_name,
     rss_probe,
     sparse_gradient,
     write_results,
@@ -30,6 +33,7 @@ SPARSE_STEPS = 20
 """Consecutive steps per variant and round on the sparse set: uniopt's steps take well under a
 millisecond (two would time mostly the clock), Keras's Adagrad computes a dense root of its
 accumulator (0.3 s a step here), which bounds the count above."""
+SET_NAMES = ("large", "many_small", "sparse")
 DEFAULT_OPTIMIZERS = ("RAdam", "Adam", "Adafactor", "Lamb", "Muon", "ScheduleFreeAdamW")
 DOCS = {"cpu": "docs/benchmarks.md", "gpu": "docs/benchmarks-gpu.md"}
 
@@ -38,7 +42,25 @@ def run(args: argparse.Namespace) -> int:
     if args.framework == "jax":  # jax picks its platform once, at its first use
         os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
     mod = importlib.import_module(f"bench.{args.framework}_bench")
-    optimizers = list(mod.OPTIMIZERS) if args.all else list(args.optimizers or DEFAULT_OPTIMIZERS)
+    sparse_names = tuple(getattr(mod, "SPARSE_OPTIMIZERS", ()))
+    if args.optimizers:
+        unknown = [n for n in args.optimizers if n not in mod.OPTIMIZERS and n not in sparse_names]
+        if unknown:
+            raise SystemExit(
+                f"--optimizers: {', '.join(unknown)} not in the {args.framework} benchmark; accepted: "
+                f"{', '.join(sorted({*mod.OPTIMIZERS, *sparse_names}))}"
+            )
+    if args.all:
+        optimizers = list(mod.OPTIMIZERS)
+    else:
+        optimizers = [n for n in args.optimizers or DEFAULT_OPTIMIZERS if n in mod.OPTIMIZERS]
+        dense = [s for s in args.sets if s != "sparse"]
+        for n in args.optimizers or DEFAULT_OPTIMIZERS:
+            if n not in mod.OPTIMIZERS and dense:
+                why = "only on the sparse set" if n in sparse_names else "not in this benchmark"
+                print(f"{args.framework}: {n} not run on {', '.join(dense)} ({why})")
+    if args.optimizers and not args.all:  # --optimizers chooses the sparse set's optimizers too
+        sparse_names = tuple(n for n in sparse_names if n in args.optimizers)
     rounds, steps, warmup = (5, 2, 7) if args.quick else (args.rounds, args.steps, 7)
     options = {
         "quick": args.quick,
@@ -49,20 +71,31 @@ def run(args: argparse.Namespace) -> int:
         "warmup": warmup,
         "compile_all": args.compile_all,
         "device": args.device,
+        "optimizers": optimizers if any(s != "sparse" for s in args.sets) else [],
+        "sets": list(args.sets),
+        "sparse_optimizers": list(sparse_names) if "sparse" in args.sets else [],
+        "merge": args.merge,
     }
+    out = Path(args.out)
+    base = read_results(out / results_name(args.framework, args.device)) if args.merge else None
+    if base is not None:
+        print(f"merging into {out / results_name(args.framework, args.device)}: {len(base['runs'])} run(s)")
+        if any(bool(r["options"].get("quick")) != args.quick for r in base["runs"]):
+            print("  note: --quick differs from a run kept there (the report lists each run's options)")
     missing = mod.unavailable(args.device)
     if missing:  # recorded, so the report says what was not measured and why
         print(f"{args.framework}: not run on {args.device}: {missing}")
         options["not_run"] = missing
-        write_results(Path(args.out), args.framework, {}, options, {})
+        write_results(out, args.framework, new_run({}, options), {}, base)
         return 0
+    record = new_run(mod.versions(args.device), options)
     probe = mod.peak_probe(args.device) if args.device != "cpu" else rss_probe()
     sync, copies = mod.device_sync(args.device), mod.copies(args.device)
     table: dict[str, dict[str, dict]] = {}
     started = time.time()
     for set_name in args.sets:
         if set_name == "sparse":
-            path = _run_sparse(args, mod, options, table, started, probe)
+            _run_sparse(args, mod, sparse_names, record, table, base, started, probe)
             continue
         full = param_set(set_name, args.quick)
         for name in optimizers:
@@ -90,25 +123,35 @@ def run(args: argparse.Namespace) -> int:
             }
             # written after every set, so a run cut short still leaves what it measured
             options["seconds"] = round(time.time() - started, 1)
-            path = write_results(Path(args.out), args.framework, mod.versions(args.device), options, table)
-    print(f"wrote {path}")
+            write_results(out, args.framework, record, table, base)
+    options["seconds"] = round(time.time() - started, 1)
+    print(f"wrote {write_results(out, args.framework, record, table, base)}")
     return 0
 
 
 def _run_sparse(
-    args: argparse.Namespace, mod: Any, options: dict[str, Any], table: dict, started: float, probe: Any
-) -> Path:
+    args: argparse.Namespace,
+    mod: Any,
+    names: tuple[str, ...],
+    record: dict[str, Any],
+    table: dict,
+    base: dict[str, Any] | None,
+    started: float,
+    probe: Any,
+) -> None:
     """The sparse set: a :data:`SPARSE_SHAPE` embedding whose gradient touches :data:`SPARSE_ROWS`
-    rows, for the framework's optimizers that take sparse gradients (``SPARSE_OPTIMIZERS``), uniopt
-    against the native sparse step; no bandwidth bound (the step moves a few rows)."""
+    rows, for ``names`` (the framework's optimizers that take sparse gradients, its
+    ``SPARSE_OPTIMIZERS``, or those of them ``--optimizers`` names), uniopt against the native sparse
+    step; no bandwidth bound (the step moves a few rows)."""
+    options = record["options"]
     label = f"{SPARSE_SHAPE[0]:,} x {SPARSE_SHAPE[1]} embedding, {SPARSE_ROWS} rows touched"
     table_rng = np.random.default_rng(0)
     params = [table_rng.standard_normal(SPARSE_SHAPE, dtype=np.float32) * np.float32(0.01)]
     grads = [sparse_gradient(1)]
-    names = getattr(mod, "SPARSE_OPTIMIZERS", ())
-    if not names:
+    if not getattr(mod, "SPARSE_OPTIMIZERS", ()):
         print(f"{args.framework}: no sparse set (no optimizer here takes sparse gradients)", flush=True)
-    path = write_results(Path(args.out), args.framework, mod.versions(args.device), options, table)
+    elif not names:
+        print(f"{args.framework}: no sparse set (--optimizers names none of the sparse set's)", flush=True)
     for name in names:
         print(f"{args.framework} {name} on {label}", flush=True)
         rows = measure(
@@ -127,8 +170,7 @@ def _run_sparse(
         size = SPARSE_SHAPE[0] * SPARSE_SHAPE[1]
         table.setdefault(name, {})["sparse"] = {"label": label, "size": size, "tensors": 1, "rows": rows}
         options["seconds"] = round(time.time() - started, 1)
-        path = write_results(Path(args.out), args.framework, mod.versions(args.device), options, table)
-    return path
+        write_results(Path(args.out), args.framework, record, table, base)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,9 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--sets",
         nargs="+",
-        default=["large", "many_small"],
-        choices=("large", "many_small", "sparse"),
-        help="parameter sets (sparse: an embedding with a sparse gradient, the optimizers that take one)",
+        default=list(SET_NAMES),
+        choices=SET_NAMES,
+        help="parameter sets (default: all; sparse: an embedding with a sparse gradient, the framework's "
+        "optimizers that take one, those of them --optimizers names where given)",
+    )
+    r.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the entries of the existing <out>/<fw>.json this run does not measure (by optimizer "
+        "and set) and replace those it does; without it the file is replaced",
     )
     r.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median over them)")
     r.add_argument("--steps", type=int, default=2, help="steps per variant per round")

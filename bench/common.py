@@ -9,7 +9,9 @@ rounds of the mean step time in a round.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -34,10 +36,14 @@ __all__ = [
     "bound_variants",
     "machine",
     "measure",
+    "merged",
+    "new_run",
     "param_set",
+    "read_results",
     "results_name",
     "rss_probe",
     "sparse_gradient",
+    "with_runs",
     "write_results",
 ]
 
@@ -307,6 +313,8 @@ def numpy_copy(elements: int) -> Callable[[], None]:
 
 
 def machine() -> dict[str, Any]:
+    """The machine a run measures on: CPU model, cores, Python, and the 1-minute load average before
+    the run (``load_before``; :func:`write_results` adds ``load_after`` at each write)."""
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -319,8 +327,12 @@ def machine() -> dict[str, Any]:
         "cpu": cpu or platform.processor(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_before": _load(),
     }
+
+
+def _load() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def results_name(framework: str, device: str) -> str:
@@ -328,23 +340,87 @@ def results_name(framework: str, device: str) -> str:
     return f"{framework}.json" if device == "cpu" else f"{framework}-{device}.json"
 
 
+def new_run(versions: dict[str, str], options: dict[str, Any]) -> dict[str, Any]:
+    """The record of a run about to start: ``started`` (UTC, ISO 8601), the framework's ``versions``,
+    the :func:`machine` and the run's ``options`` (kept by reference: the caller may add to them,
+    ``seconds`` for one, before each :func:`write_results`). Its ``id`` is given on writing."""
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"id": None, "started": started, "versions": versions, "machine": machine(), "options": options}
+
+
+def with_runs(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` (a results file's JSON) in the current form: a ``runs`` list, each entry of
+    ``results`` naming its run by ``id``. A file written before runs were recorded (``versions``,
+    ``machine`` and ``options`` at the top) reads as one run, id 1, with no start time, that measured
+    every entry. Returns a new dict; ``payload`` is not changed."""
+    payload = copy.deepcopy(payload)
+    if "runs" not in payload:
+        legacy = {
+            "id": 1,
+            "started": None,
+            "versions": payload.pop("versions", {}),
+            "machine": payload.pop("machine", {}),
+            "options": payload.pop("options", {}),
+        }
+        payload["runs"] = [legacy]
+        for sets in payload.get("results", {}).values():
+            for entry in sets.values():
+                entry.setdefault("run", 1)
+    ids = {run["id"] for run in payload["runs"]}
+    for optimizer, sets in payload.get("results", {}).items():
+        for set_name, entry in sets.items():
+            if entry.get("run") not in ids:
+                raise ValueError(
+                    f"results of {optimizer} on {set_name} name run {entry.get('run')!r}, which the file's "
+                    f"runs ({sorted(ids)}) do not hold"
+                )
+    return payload
+
+
+def read_results(path: Path) -> dict[str, Any] | None:
+    """The results file at ``path`` in the current form (:func:`with_runs`), ``None`` if there is none."""
+    return with_runs(json.loads(path.read_text())) if path.exists() else None
+
+
+def merged(
+    base: dict[str, Any] | None,
+    framework: str,
+    run: dict[str, Any],
+    table: dict[str, dict[str, dict[str, Any]]],
+) -> dict[str, Any]:
+    """The results file after ``run``, which measured ``table`` (optimizer -> set -> entry), on top
+    of ``base`` (a file in the :func:`with_runs` form, or ``None`` to replace it): ``base``'s entries
+    that ``run`` did not measure are kept, the ones it did are replaced; the runs whose entries are
+    all replaced are dropped, and ``run`` (always listed, even where it measured nothing) gets the
+    next id. ``run["id"]`` is set (so the entries of later writes of the same run carry it)."""
+    if base is not None and base.get("framework") != framework:
+        raise ValueError(f"cannot merge {framework} results into a file of {base.get('framework')!r} results")
+    kept: dict[str, dict[str, dict[str, Any]]] = copy.deepcopy(base["results"]) if base else {}
+    if run["id"] is None:
+        run["id"] = max((r["id"] for r in base["runs"]), default=0) + 1 if base else 1
+    for optimizer, sets in table.items():
+        for set_name, entry in sets.items():
+            kept.setdefault(optimizer, {})[set_name] = {**entry, "run": run["id"]}
+    used = {entry["run"] for sets in kept.values() for entry in sets.values()}
+    earlier = [r for r in (base["runs"] if base else []) if r["id"] in used and r["id"] != run["id"]]
+    return {"framework": framework, "runs": [*earlier, run], "results": kept}
+
+
 def write_results(
     out: Path,
     framework: str,
-    versions: dict[str, str],
-    options: dict[str, Any],
+    run: dict[str, Any],
     table: dict[str, dict[str, dict[str, Any]]],
+    base: dict[str, Any] | None = None,
 ) -> Path:
-    """``out/<framework>.json`` (``-gpu`` before ``.json`` for ``options["device"] == "gpu"``):
-    ``{"results": {optimizer: {set: {"label", "rows"}}}, ...}``."""
+    """``out/<framework>.json`` (``-gpu`` before ``.json`` for ``run["options"]["device"] == "gpu"``):
+    ``{"framework", "runs": [{"id", "started", "versions", "machine", "options"}, ...],
+    "results": {optimizer: {set: {"label", "size", "tensors", "rows", "run"}}}}``, ``run`` (see
+    :func:`new_run`) merged onto ``base`` (:func:`merged`; ``None``: the file is replaced). Records
+    the load average now as the run's ``machine["load_after"]``."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / results_name(framework, options.get("device", "cpu"))
-    payload = {
-        "framework": framework,
-        "versions": versions,
-        "machine": machine(),
-        "options": options,
-        "results": table,
-    }
+    path = out / results_name(framework, run["options"].get("device", "cpu"))
+    run["machine"]["load_after"] = _load()
+    payload = merged(base, framework, run, table)
     path.write_text(json.dumps(payload, indent=1, default=lambda o: dataclasses.asdict(o)))
     return path

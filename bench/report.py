@@ -4,6 +4,7 @@ with a bar chart (PNG next to it)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,36 @@ COLORS = {
 
 
 def load(out: Path, device: str = "cpu") -> dict[str, dict[str, Any]]:
-    """Each framework's results on ``device`` that a run wrote under ``out``."""
+    """Each framework's results on ``device`` that runs wrote under ``out``, :func:`prepared`."""
     from .common import results_name
 
     paths = {fw: out / results_name(fw, device) for fw in FRAMEWORKS}
-    return {fw: json.loads(path.read_text()) for fw, path in paths.items() if path.exists()}
+    return {fw: prepared(json.loads(path.read_text())) for fw, path in paths.items() if path.exists()}
+
+
+def prepared(payload: dict[str, Any]) -> dict[str, Any]:
+    """A results file's JSON with its ``runs`` (a file without them reads as one run,
+    :func:`bench.common.with_runs`) and each row marked with the ``run`` of its entry, so that
+    :func:`_ratio` can check that the two rows it divides come from one run."""
+    from .common import with_runs
+
+    data = with_runs(payload)
+    for sets in data["results"].values():
+        for entry in sets.values():
+            for r in entry["rows"]:
+                r["run"] = entry["run"]
+    return data
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """``a``'s step time over ``b``'s. Raises ``AssertionError`` where the two rows come from
+    different runs: a ratio is only ever formed within one run (rows timed in the same rounds)."""
+    if a.get("run") != b.get("run"):
+        raise AssertionError(
+            f"{a['name']} (run {a.get('run')}) and {b['name']} (run {b.get('run')}) come from different "
+            "runs: a ratio is formed within one run only"
+        )
+    return a["ms"] / b["ms"]
 
 
 def _rows(data: dict[str, Any], optimizer: str, set_name: str) -> list[dict[str, Any]]:
@@ -38,10 +64,34 @@ def _fastest(rows: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     return min(timed, key=lambda r: r["ms"]) if timed else None
 
 
+LOWER_PRECISION = re.compile(r"\([^()]*bfloat16[^()]*\)")
+"""The option of a lower-precision-state row in its name (``(state_dtypes={'exp_avg': torch.bfloat16})``,
+``(mu_dtype=bfloat16)``); the name without it is the float32 row the row is compared with."""
+
+
+def _lower_precision(r: dict[str, Any]) -> bool:
+    return LOWER_PRECISION.search(r["name"]) is not None
+
+
+def _headline(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """uniopt's default step (the fastest other mode where that was refused) and the fastest uniopt
+    row of another mode or convention; lower-precision-state rows (other work: a narrower state)
+    are neither."""
+    same_state = [r for r in rows if not _lower_precision(r)]
+    other = _fastest(same_state, "uniopt-mode")
+    return _fastest(same_state, "uniopt") or other, other
+
+
 def _ms(value: float) -> str:
     """Milliseconds to two decimals, or three significant digits below 1 ms (the sparse set's steps
     take a few hundredths of a millisecond)."""
     return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
+
+
+def _times(ratio: float) -> str:
+    """A ratio to two decimals, or two significant digits below 0.1 (uniopt's sparse step against a
+    native's that steps the whole table)."""
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
 
 
 def _mb(value: int | None) -> str:
@@ -64,8 +114,8 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
                             [fw, optimizer, entry["label"], r["name"], "skipped", "", "", "", "", r["skip"]]
                         )
                         continue
-                    vs_native = f"{r['ms'] / native['ms']:.2f}" if native and r["kind"] != "bound" else ""
-                    vs_bound = f"{r['ms'] / bound['ms']:.2f}" if bound else ""
+                    vs_native = _times(_ratio(r, native)) if native and r["kind"] != "bound" else ""
+                    vs_bound = _times(_ratio(r, bound)) if bound else ""
                     first = "" if r["first_step_s"] is None else f"{r['first_step_s']:.2f}"
                     out.append(
                         [
@@ -106,12 +156,14 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
         for set_name in ("large", "many_small"):
             rows = _rows(torch_data, "RAdam", set_name)
             ours = _find(rows, "uniopt.torch.RAdam")
-            # fused Adam timed in the same rounds as uniopt's RAdam (a "reference" row) when present
-            fused = _find(rows, "torch.optim.Adam(fused=True)") or _find(
-                _rows(torch_data, "Adam", set_name), "torch.optim.Adam(fused=True)"
-            )
+            # fused Adam timed in the same rounds as uniopt's RAdam (a "reference" row) when present,
+            # else the Adam entry's where the same run measured it
+            fused = _find(rows, "torch.optim.Adam(fused=True)")
+            if fused is None and ours is not None:
+                fused = _find(_rows(torch_data, "Adam", set_name), "torch.optim.Adam(fused=True)")
+                fused = fused if fused is not None and fused["run"] == ours["run"] else None
             if ours and fused:
-                ratio = ours["ms"] / fused["ms"]
+                ratio = _ratio(ours, fused)
                 out.append(
                     (
                         f"uniopt.torch.RAdam ≤ torch.optim.Adam(fused=True), {set_name}",
@@ -122,7 +174,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
         rows = _rows(torch_data, "RAdam", "large")
         ours, foreach = _find(rows, "uniopt.torch.RAdam"), _find(rows, "torch.optim.RAdam(foreach=True)")
         if ours and foreach:
-            speedup = foreach["ms"] / ours["ms"]
+            speedup = _ratio(foreach, ours)
             out.append(
                 (
                     "uniopt.torch.RAdam ≥ 5x faster than torch.optim.RAdam(foreach=True), large",
@@ -138,7 +190,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
         rows = _rows(torch_data, "RAdam", "large")
         ours, bound = _find(rows, "uniopt.torch.RAdam"), _fastest(rows, "bound")
         if ours and bound:
-            ratio = ours["ms"] / bound["ms"]
+            ratio = _ratio(ours, bound)
             out.append(
                 (
                     "uniopt.torch.RAdam ≤ 1.3x memory-bandwidth bound, large",
@@ -155,7 +207,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
                 _find(rows, "optax.radam (jit, donated)"),
             )
             if ours and theirs:
-                ratio = ours["ms"] / theirs["ms"]
+                ratio = _ratio(ours, theirs)
                 out.append(
                     (
                         f"uniopt.jax.radam ≤ optax.radam (jit), {set_name}",
@@ -172,12 +224,38 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
             )
             theirs = _find(rows, "keras.optimizers.Adam (jit_compile)")
             if ours and theirs:
-                ratio = ours["ms"] / theirs["ms"]
+                ratio = _ratio(ours, theirs)
                 out.append(
                     (
                         f"uniopt.tf.RAdam (jit_compile) ≤ keras Adam (jit_compile), {set_name}",
                         f"{ours['ms']:.2f} / {theirs['ms']:.2f} ms = {ratio:.2f}",
                         _verdict(ratio <= 1.0),
+                    )
+                )
+    out += sparse_targets(results)
+    return out
+
+
+SPARSE_TARGET = 1.5
+"""uniopt's sparse step within this factor of the native sparse step (the fastest native row)."""
+
+
+def sparse_targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """``(target, measured, verdict)`` per framework and optimizer of the sparse set: uniopt's
+    headline row within :data:`SPARSE_TARGET` times the fastest native sparse step of the same run."""
+    out = []
+    for fw, data in results.items():
+        for optimizer, sets in data["results"].items():
+            rows = sets.get("sparse", {}).get("rows", [])
+            ours, native = _headline(rows)[0], _fastest(rows, "native")
+            if ours and native:
+                ratio = _ratio(ours, native)
+                out.append(
+                    (
+                        f"uniopt.{fw}.{optimizer} within {SPARSE_TARGET}x of the native sparse step, sparse",
+                        f"{ours['name']} {_ms(ours['ms'])} / {native['name']} {_ms(native['ms'])} ms "
+                        f"= {_times(ratio)}",
+                        _verdict(ratio <= SPARSE_TARGET),
                     )
                 )
     return out
@@ -193,23 +271,22 @@ def against_natives(results: dict[str, dict[str, Any]]) -> list[list[str]]:
         for optimizer, sets in data["results"].items():
             for entry in sets.values():
                 rows = entry["rows"]
-                other = _fastest(rows, "uniopt-mode")
                 # the default step, or where it was refused (uniopt.tf's XLA) the fastest other mode
-                ours = _fastest(rows, "uniopt") or other
+                ours, other = _headline(rows)
                 if ours is None:
                     continue
                 native = _fastest(rows, "native")
                 faster = (
-                    f"{other['name']}: {other['ms']:.2f} ms" if other and other["ms"] < ours["ms"] else ""
+                    f"{other['name']}: {_ms(other['ms'])} ms" if other and other["ms"] < ours["ms"] else ""
                 )
                 out.append(
                     [
                         fw,
                         optimizer,
                         entry["label"],
-                        f"{ours['name']}: {ours['ms']:.2f} ms",
-                        f"{native['name']}: {native['ms']:.2f} ms" if native else "none",
-                        f"{ours['ms'] / native['ms']:.2f}" if native else "",
+                        f"{ours['name']}: {_ms(ours['ms'])} ms",
+                        f"{native['name']}: {_ms(native['ms'])} ms" if native else "none",
+                        _times(_ratio(ours, native)) if native else "",
                         faster,
                     ]
                 )
@@ -217,6 +294,90 @@ def against_natives(results: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 
 AGAINST_HEADER = ["framework", "optimizer", "set", "uniopt", "fastest native", "ratio", "faster uniopt row"]
+
+
+def lower_precision(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """One row per lower-precision-state row (a bfloat16 first moment) and the float32 row of the
+    same variant (its name without the option), both timed: framework, optimizer, set, variant,
+    state MiB of both, step ms of both, and their ratio. The two come from one entry, so one run."""
+    out = []
+    for fw, data in results.items():
+        for optimizer, sets in data["results"].items():
+            for entry in sets.values():
+                for narrow in entry["rows"]:
+                    if narrow["ms"] is None or not _lower_precision(narrow):
+                        continue
+                    wide = _find(entry["rows"], LOWER_PRECISION.sub("", narrow["name"], count=1))
+                    if wide is None:
+                        continue
+                    out.append(
+                        [
+                            fw,
+                            optimizer,
+                            entry["label"],
+                            wide["name"],
+                            _mb(wide["state_bytes"]),
+                            _mb(narrow["state_bytes"]),
+                            _ms(wide["ms"]),
+                            _ms(narrow["ms"]),
+                            _times(_ratio(narrow, wide)),
+                        ]
+                    )
+    return out
+
+
+LOWER_HEADER = [
+    "framework",
+    "optimizer",
+    "set",
+    "variant",
+    "state MiB, float32",
+    "state MiB, bfloat16 first moment",
+    "ms/step, float32",
+    "ms/step, bfloat16 first moment",
+    "x step time (bfloat16 / float32)",
+]
+
+
+def _covered(data: dict[str, Any], run_id: int) -> str:
+    """The entries of ``data`` that run ``run_id`` measured, by set: ``large (label): Adam, RAdam; ...``."""
+    by_set: dict[str, tuple[str, list[str]]] = {}
+    for optimizer, sets in data["results"].items():
+        for set_name, entry in sets.items():
+            if entry["run"] == run_id:
+                by_set.setdefault(set_name, (entry["label"], []))[1].append(optimizer)
+    parts = [f"{name} ({label}): {', '.join(names)}" for name, (label, names) in by_set.items()]
+    return "; ".join(parts) or "none"
+
+
+def run_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """One Markdown list item per run of each framework: its start (UTC), versions, machine and load
+    average, options, and the rows it measured (optimizers by set)."""
+    lines = []
+    for fw, data in results.items():
+        for run in data["runs"]:
+            started = (
+                run["started"].replace("T", " ").replace("Z", " UTC")
+                if run["started"]
+                else "date not recorded"
+            )
+            head = f"* {fw}, run {run['id']} ({started})"
+            options = run["options"]
+            if options.get("not_run"):
+                lines.append(f"{head}: not run on this device: {options['not_run']}.")
+                continue
+            v = ", ".join(f"{k} {val}" for k, val in run["versions"].items() if val)
+            m = run["machine"]
+            load = f"load average {m['load_before']:.2f} before the run"
+            if m.get("load_after") is not None:
+                load += f", {m['load_after']:.2f} after"
+            quick = " (--quick)" if options.get("quick") else ""
+            lines.append(
+                f"{head}: {v}; {m['cpu']}, {m['cores']} cores, {load}; {options['rounds']} rounds x "
+                f"{options['steps']} steps after {options['warmup']} warm-up steps{quick}; "
+                f"rows: {_covered(data, run['id'])}."
+            )
+    return lines
 
 
 def _verdict(ok: bool) -> str:
@@ -268,7 +429,7 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_title(f"{optimizer}, {label}", fontsize=9)
         for i, v in enumerate(values):
-            ax.text(v, i, f" {v:.2f}", va="center", fontsize=6)
+            ax.text(v, i, f" {_ms(v)}", va="center", fontsize=6)
     axes[-1, 0].set_xlabel("median step time, ms (log scale; shorter is faster)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -332,6 +493,20 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
 """
 
 
+LOWER_PRECISION_NOTES = """\
+Adam with its first moment stored in bfloat16 (`state_dtypes={"exp_avg": torch.bfloat16}` on
+uniopt.torch, `state_dtypes={"exp_avg": "bfloat16"}` on uniopt.tf, `mu_dtype=jnp.bfloat16` on
+uniopt.jax and optax) beside the same variant with a float32 state, both timed in the same rounds of
+one run: the state it saves (a quarter of Adam's two float32 moments) and what it costs a step.
+torch.optim and Keras have no Adam with a bfloat16 first moment, so the torch and tf rows have no
+native to compare with (none is made up); optax's `mu_dtype` is jax's. uniopt.torch runs the
+parameters of a group with a narrower slot under its `loop` implementation, the eager rule one
+tensor at a time (its flat and compiled buffers hold one dtype; docs/torch.md,
+"Lower-precision state"), so its bfloat16 row times the eager rule against the float32 row's
+compiled one.
+"""
+
+
 GPU_NOTES = """\
 This is a GPU run (`nox -s bench -- --device gpu`): parameters, gradients and optimizer state live on
 the GPU, every timed round ends with a device synchronisation, `peak step MiB` is the CUDA memory a
@@ -361,19 +536,12 @@ def markdown(results: dict[str, dict[str, Any]], png_name: str, device: str = "c
         "in-place kernel can come in under it. `state MiB` counts the optimizer's state; "
         "`peak step MiB` is the resident memory one step adds above the steady state (temporaries).",
         "",
+        "A framework's rows may come from several runs: `python -m bench run <framework> --merge` "
+        "replaces the optimizers and sets it measures and keeps the others. Each run is listed below "
+        "with the rows it measured; every ratio divides two rows of one run.",
+        "",
     ]
-    for fw, data in results.items():
-        if data["options"].get("not_run"):
-            lines.append(f"* {fw}: not run on this device: {data['options']['not_run']}.")
-            continue
-        v = ", ".join(f"{k} {val}" for k, val in data["versions"].items() if val)
-        m = data["machine"]
-        quick = " (--quick)" if data["options"]["quick"] else ""
-        lines.append(
-            f"* {fw}: {v}; {m['cpu']}, {m['cores']} cores, load average {m['load_before']:.2f} before "
-            f"the run; {data['options']['rounds']} rounds x {data['options']['steps']} steps "
-            f"after {data['options']['warmup']} warm-up steps{quick}."
-        )
+    lines += run_lines(results)
     lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {v} |" for t, m, v in targets(results)]
     lines += ["", NOTES if device == "cpu" else GPU_NOTES]
@@ -389,6 +557,14 @@ def markdown(results: dict[str, dict[str, Any]], png_name: str, device: str = "c
     ]
     lines += _markdown_rows(against_natives(results))
     lines += ["", NON_ELEMENTWISE_NOTES if device == "cpu" else "", ""]
+    lines += ["## Lower-precision state", "", LOWER_PRECISION_NOTES]
+    narrow = lower_precision(results)
+    if narrow:
+        lines += ["| " + " | ".join(LOWER_HEADER) + " |", "|" + "---|" * len(LOWER_HEADER)]
+        lines += _markdown_rows(narrow)
+    else:
+        lines.append("No run listed above measured a lower-precision state.")
+    lines += [""]
     lines += [
         f"![step times]({png_name})",
         "",
@@ -418,6 +594,12 @@ def report(out: Path, docs: str, device: str = "cpu") -> int:
     for row in against_natives(results):
         against.add_row(*row)
     console.print(against)
+    narrow = Table(*LOWER_HEADER, title="lower-precision state")
+    for row in lower_precision(results):
+        narrow.add_row(*row)
+    console.print(narrow)
+    for line in run_lines(results):
+        console.print(line, markup=False)
     goals = Table("target", "measured", "", title="targets")
     for t, m, v in targets(results):
         goals.add_row(t, m, f"[green]{v}[/]" if v == "met" else f"[red]{v}[/]")

@@ -69,6 +69,10 @@ def _refuses_xla(exc: Exception) -> bool:
     return isinstance(exc, ValueError) and "jit_compile" in str(exc)
 
 
+LOWER_PRECISION_STATE: dict[str, dict[str, str]] = {"Adam": {"exp_avg": "bfloat16"}}
+"""Optimizers also timed with a lower-precision state: their ``state_dtypes``. Keras has no Adam
+with a bfloat16 first moment, so these rows have no native of their own."""
+
 TRACE_LIMIT_TENSORS = 64
 """Above this many tensors the non-elementwise optimizers (Adafactor, LAMB, Muon) are not traced,
 uniopt.tf's or Keras's. uniopt.tf's fixed-order reductions are slices in the graph, about 250
@@ -79,7 +83,16 @@ machine out of memory twice: tracing uniopt.tf's Adafactor, and compiling Keras'
 ``jit_compile`` after Keras's Adafactor (every variant of a run lives in one process)."""
 
 
-def _variant(name: str, kind: str, make: Callable[[], Any], jit: bool, skip: str = "") -> Variant:
+def _variable_bytes(opt: Any) -> int:
+    """Bytes of an optimizer's variables, by each one's dtype (bfloat16 slots count 2 bytes)."""
+    import tensorflow as tf
+
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in opt.variables)
+
+
+def _variant(
+    name: str, kind: str, make: Callable[[], Any], jit: bool, skip: str = "", note: str = ""
+) -> Variant:
     holder: dict[str, Any] = {}
 
     def build(params: list[np.ndarray], grads: list[np.ndarray]) -> Callable[[], None]:
@@ -98,14 +111,15 @@ def _variant(name: str, kind: str, make: Callable[[], Any], jit: bool, skip: str
         return lambda: apply()
 
     def state_bytes() -> int:
-        opt = holder["opt"]
-        return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in opt.variables)
+        return _variable_bytes(holder["opt"])
 
     def sync() -> None:
         holder["vars"][0].numpy()  # tf runs ops synchronously on CPU; this is a cheap barrier
 
     refusal = _refuses_xla if jit else (lambda exc: False)
-    return Variant(name, kind, build, state_bytes=state_bytes, sync=sync, refusal=refusal, skip=skip)
+    return Variant(
+        name, kind, build, state_bytes=state_bytes, sync=sync, refusal=refusal, skip=skip, note=note
+    )
 
 
 def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Variant]:
@@ -122,6 +136,8 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
             f"not run on {len(pset.shapes)} tensors: the process ran 24 GiB out of memory there "
             "(uniopt.tf's graph holds 250 to 530 ops per tensor for the fixed-order reductions)"
         )
+    narrow = LOWER_PRECISION_STATE.get(optimizer, {})
+    shown = ", ".join(f"{slot!r}: {dtype!r}" for slot, dtype in narrow.items())
     out = []
     for jit, label in ((False, "tf.function"), (True, "jit_compile")):
         out.append(
@@ -136,6 +152,17 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
         out.append(
             _variant(f"keras.optimizers.{native} ({label})", "native", lambda: theirs(**kwargs), jit, skip)
         )
+        if narrow:  # the state bytes a bfloat16 first moment saves, and what it costs a step
+            out.append(
+                _variant(
+                    f"uniopt.tf.{optimizer}(state_dtypes={{{shown}}}) ({label})",
+                    "uniopt-mode",
+                    lambda: ours(state_dtypes=narrow, **kwargs),
+                    jit,
+                    skip,
+                    note="lower-precision state; Keras has none",
+                )
+            )
     return out
 
 
@@ -174,8 +201,7 @@ def sparse_variants(optimizer: str, options: dict[str, Any]) -> list[Variant]:
             return tf.function(apply) if function else apply
 
         def state_bytes() -> int:
-            opt = holder["opt"]
-            return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in opt.variables)
+            return _variable_bytes(holder["opt"])
 
         return Variant(name, kind, build, state_bytes=state_bytes)
 

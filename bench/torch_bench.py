@@ -33,6 +33,10 @@ NATIVE_WORK_CONVENTIONS: dict[str, str] = {
 """optimizer -> the convention whose step does the same arithmetic as the torch.optim native, where
 uniopt.torch's default convention does other work."""
 
+LOWER_PRECISION_STATE: dict[str, dict[str, str]] = {"Adam": {"exp_avg": "bfloat16"}}
+"""Optimizers also timed with a lower-precision state: their ``state_dtypes`` (torch dtype names).
+torch.optim has no Adam with a bfloat16 first moment, so these rows have no native of their own."""
+
 COMPILE_LIMIT_TENSORS = 64
 """Above this many tensors torch.compile of a torch.optim step is left out unless asked for: its
 graph unrolls every tensor, and compiling 2000 takes many minutes on 2 cores."""
@@ -145,6 +149,19 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
                 "uniopt-mode",
                 lambda ps: uniopt_cls(ps, convention=convention, **hyper),
                 note=f"the {convention} convention: the native's arithmetic",
+            )
+        )
+    if optimizer in LOWER_PRECISION_STATE:
+        # the state bytes a bfloat16 first moment saves, and what it costs a step
+        dtypes = LOWER_PRECISION_STATE[optimizer]
+        narrow = {slot: getattr(torch, dtype) for slot, dtype in dtypes.items()}
+        shown = ", ".join(f"{slot!r}: torch.{dtype}" for slot, dtype in dtypes.items())
+        out.append(
+            _variant(
+                f"uniopt.torch.{optimizer}(state_dtypes={{{shown}}})",
+                "uniopt-mode",
+                lambda ps: uniopt_cls(ps, state_dtypes=narrow, **hyper),
+                note="lower-precision state; torch.optim has none",
             )
         )
     modes = getattr(ut, "IMPLEMENTATIONS", ()) if options.get("implementations") else ()
