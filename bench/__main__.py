@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -152,18 +153,11 @@ def _run_sparse(
         print(f"{args.framework}: no sparse set (no optimizer here takes sparse gradients)", flush=True)
     elif not names:
         print(f"{args.framework}: no sparse set (--optimizers names none of the sparse set's)", flush=True)
+    threads = getattr(mod, "sparse_threads", contextlib.nullcontext)
     for name in names:
         print(f"{args.framework} {name} on {label}", flush=True)
-        rows = measure(
-            mod.sparse_variants(name, options),
-            params,
-            grads,
-            warmup=options["warmup"],
-            rounds=options["rounds"],
-            steps=SPARSE_STEPS,
-            log=lambda s: print(s, flush=True),
-            probe=probe,
-        )
+        with threads(options):
+            rows = _measure_sparse(mod, name, options, params, grads, probe)
         for r in rows:
             shown = "skipped" if r.ms is None else f"{r.ms:9.3f} ms"
             print(f"  {r.name:60s} {shown}", flush=True)
@@ -171,6 +165,21 @@ def _run_sparse(
         table.setdefault(name, {})["sparse"] = {"label": label, "size": size, "tensors": 1, "rows": rows}
         options["seconds"] = round(time.time() - started, 1)
         write_results(Path(args.out), args.framework, record, table, base)
+
+
+def _measure_sparse(
+    mod: Any, name: str, options: dict[str, Any], params: list, grads: list, probe: Any
+) -> list:
+    return measure(
+        mod.sparse_variants(name, options),
+        params,
+        grads,
+        warmup=options["warmup"],
+        rounds=options["rounds"],
+        steps=SPARSE_STEPS,
+        log=lambda s: print(s, flush=True),
+        probe=probe,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

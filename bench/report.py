@@ -372,9 +372,11 @@ def run_lines(results: dict[str, dict[str, Any]]) -> list[str]:
             if m.get("load_after") is not None:
                 load += f", {m['load_after']:.2f} after"
             quick = " (--quick)" if options.get("quick") else ""
+            threads = options.get("sparse_threads")
+            sparse = f"; the sparse set with {threads} intra-op thread(s)" if threads else ""
             lines.append(
                 f"{head}: {v}; {m['cpu']}, {m['cores']} cores, {load}; {options['rounds']} rounds x "
-                f"{options['steps']} steps after {options['warmup']} warm-up steps{quick}; "
+                f"{options['steps']} steps after {options['warmup']} warm-up steps{quick}{sparse}; "
                 f"rows: {_covered(data, run['id'])}."
             )
     return lines

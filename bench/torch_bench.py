@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,23 @@ def unavailable(device: str) -> str:
     import torch
 
     return "" if device == "cpu" or torch.cuda.is_available() else "torch sees no CUDA device"
+
+
+@contextlib.contextmanager
+def sparse_threads(options: dict[str, Any]) -> Iterator[None]:
+    """The sparse set runs with one intra-op thread, uniopt and torch.optim alike (recorded in
+    ``options["sparse_threads"]``): a step touches 32 rows, which a second thread cannot speed up,
+    and with two threads on a shared 2-core machine torch.optim's sparse ``add_`` waited on its
+    other thread (0.015 to 12 ms a step from run to run, measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    options["sparse_threads"] = 1
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def versions(device: str = "cpu") -> dict[str, str]:

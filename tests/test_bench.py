@@ -291,7 +291,7 @@ def test_the_report_lists_each_run_with_the_rows_it_measured():
         "runs": [
             {**_run("2024-01-01T10:00:00Z", 0.5), "id": 1},
             {
-                **_run("2024-01-02T11:30:00Z", 1.5, quick=True),
+                **_run("2024-01-02T11:30:00Z", 1.5, quick=True, sparse_threads=1),
                 "id": 2,
                 "machine": {
                     "cpu": "CPU",
@@ -334,8 +334,8 @@ def test_the_report_lists_each_run_with_the_rows_it_measured():
         "run; 7 rounds x 2 steps after 7 warm-up steps; rows: large (25M): RAdam; "
         "many_small (1M): RAdam, Adam.",
         "* torch, run 2 (2024-01-02 11:30:00 UTC): torch 2.0; CPU, 2 cores, load average 1.50 before the "
-        "run, 2.25 after; 7 rounds x 2 steps after 7 warm-up steps (--quick); rows: large (6M): Adam; "
-        "sparse (emb): SGD.",
+        "run, 2.25 after; 7 rounds x 2 steps after 7 warm-up steps (--quick); the sparse set with 1 "
+        "intra-op thread(s); rows: large (6M): Adam; sparse (emb): SGD.",
         "* jax, run 1 (date not recorded): jax 0.4; CPU, 2 cores, load average 1.00 before the run; "
         "7 rounds x 2 steps after 7 warm-up steps; rows: large (25M): Adam.",
         "* tf, run 3 (2024-01-03 00:00:00 UTC): not run on this device: TensorFlow sees no GPU.",
