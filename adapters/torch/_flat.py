@@ -115,12 +115,17 @@ _TRITON_EXACT = {
 }
 
 
-def exact_options(dtype: torch.dtype, device_type: str) -> dict[str, bool]:
+def exact_options(
+    dtype: torch.dtype, device_type: str, slot_dtypes: Sequence[torch.dtype] = ()
+) -> dict[str, bool]:
     """Inductor options under which the compiled rule rounds as the eager one: every op rounded to
-    ``dtype`` (half types), and on CUDA no fma contraction, IEEE division and no flush-to-zero. Options
-    this torch lacks are left out (the conformance rows of the compiled mode show what remains)."""
+    ``dtype`` and every cast kept (half types, of the parameter or of a slot stored narrower: the
+    rule's rounding of a ``state_dtypes`` slot must not be folded away), and on CUDA no fma
+    contraction, IEEE division and no flush-to-zero. Options this torch lacks are left out (the
+    conformance rows of the compiled mode show what remains)."""
+    half = dtype in _HALF or any(d in _HALF for d in slot_dtypes)
     if device_type != "cuda":
-        return {"emulate_precision_casts": True} if dtype in _HALF else {}
+        return {"emulate_precision_casts": True} if half else {}
     import torch._inductor.config as inductor_config
 
     known = inductor_config.get_config_copy()
@@ -139,25 +144,35 @@ def _apply_rule(
 
 
 _KERNEL_CACHE_SIZE = 64
-_KERNELS: OrderedDict[tuple[Spec, torch.dtype, bool, str], Callable[..., None]] = OrderedDict()
+_KERNELS: OrderedDict[tuple[Spec, torch.dtype, bool, str, tuple], Callable[..., None]] = OrderedDict()
 
 
-def kernel(spec: Spec, dtype: torch.dtype, compiled: bool, device_type: str = "cpu") -> Callable[..., None]:
-    """``f(p, g, slots, scalars)``: the spec's rule in place, eager or compiled by inductor.
+def kernel(
+    spec: Spec,
+    dtype: torch.dtype,
+    compiled: bool,
+    device_type: str = "cpu",
+    slot_dtypes: tuple[torch.dtype, ...] = (),
+) -> Callable[..., None]:
+    """``f(p, g, slots, scalars)``: the spec's rule in place, eager or compiled by inductor;
+    ``slot_dtypes``: the slot buffers' dtypes (in ``spec.slot_names()`` order) where a group's
+    ``state_dtypes`` stores some narrower than ``dtype``.
 
     Each compiled kernel gets its own code object, so dynamo's per-function recompile limit counts
     its branch flags only, not every spec, dtype and device in the process.
     """
-    key = (spec, dtype, compiled, device_type)
+    slot_dtypes = tuple(slot_dtypes) if any(d != dtype for d in slot_dtypes) else ()
+    key = (spec, dtype, compiled, device_type, slot_dtypes)
     if key in _KERNELS:
         _KERNELS.move_to_end(key)
         return _KERNELS[key]
     if not compiled:
         fn: Callable[..., None] = functools.partial(_apply_rule, spec)
     else:
-        name = f"uniopt_{spec.name}_{str(dtype).split('.')[-1]}_{device_type}_rule"
+        narrow = "".join(f"_{str(d).split('.')[-1]}" for d in slot_dtypes)
+        name = f"uniopt_{spec.name}_{str(dtype).split('.')[-1]}{narrow}_{device_type}_rule"
         own = types.FunctionType(_apply_rule.__code__.replace(co_name=name), _apply_rule.__globals__, name)
-        options = exact_options(dtype, device_type)
+        options = exact_options(dtype, device_type, slot_dtypes)
         fn = functools.partial(
             _call_on_aliases, torch.compile(own, fullgraph=True, dynamic=True, options=options), spec
         )
@@ -270,6 +285,7 @@ class Bucket:
         names: tuple[str, ...],
         states: Sequence[dict[str, Any]],
         position: dict[int, int],
+        slot_dtypes: Sequence[torch.dtype] | None = None,
     ):
         """Move each ``states[i]`` (``opt.state[params[i]]``: ``step`` and every slot in ``names``) into
         new flat buffers; the dicts stay the same objects, their entries become views. ``position``
@@ -278,7 +294,10 @@ class Bucket:
 
         DTensor parameters (all of the bucket's or none) are bucketed by their local shards: the
         buffers hold the shards of their slots, each slot entry a DTensor over its piece with the
-        parameter's placements, and a step is handed the gradients' local shards."""
+        parameter's placements, and a step is handed the gradients' local shards.
+
+        ``slot_dtypes`` (in ``names`` order; default: the parameters' dtype): each slot buffer's
+        dtype, as the group's ``state_dtypes`` stores the slot (the states' slots are in it)."""
         self.distributed = _dtensor.is_dtensor(params[0])
         tensors = [p._local_tensor for p in params] if self.distributed else list(params)
         threshold = LARGE[tensors[0].device.type]
@@ -301,7 +320,11 @@ class Bucket:
         self.device = p0.device
         self.params = tuple(params)
         self.names = names
-        self.slots = {n: torch.empty(end, dtype=p0.dtype, device=p0.device) for n in names}
+        self.slot_dtypes = tuple(slot_dtypes) if slot_dtypes is not None else (p0.dtype,) * len(names)
+        self.slots = {
+            n: torch.empty(end, dtype=d, device=p0.device)
+            for n, d in zip(names, self.slot_dtypes, strict=True)
+        }
         self.steps = torch.tensor([int(s["step"]) for s in states], dtype=torch.int64)
         self.step = int(self.steps[0])
         self.states = tuple(states)

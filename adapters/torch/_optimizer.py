@@ -371,7 +371,7 @@ class UnioptOptimizer(Optimizer):
                 key = (index, id(spec), lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
                     rounded[key] = _round(self._scalars_of(index, spec, lr, bucket.step + 1), bucket.dtype)
-                fn = _flat.kernel(spec, bucket.dtype, compiled, bucket.device.type)
+                fn = _flat.kernel(spec, bucket.dtype, compiled, bucket.device.type, bucket.slot_dtypes)
                 bucket.run(fn, rounded[key], grads)
 
     def _layout(
@@ -393,28 +393,27 @@ class UnioptOptimizer(Optimizer):
             return cached[3], cached[4]
         loop, by_kind = [], {}
         position = {id(p): i for i, p in enumerate(params)}
+        dtypes = self.param_groups[index].get(STATE_DTYPES)
         for p in params:
             # state in shared memory (Adagrad.share_memory) is updated in place per tensor: a
             # bucket would move it into buffers of this process. A DTensor parameter is bucketed
-            # by its local shard, in buckets of DTensor parameters only
+            # by its local shard, in buckets of DTensor parameters only; a bucket's slot buffers
+            # are each of one dtype (the group's state_dtypes, else the parameter's)
             distributed = _dtensor.is_dtensor(p)
-            if (
-                _flat.eligible(_dtensor.local(p))
-                and not _in_shared_memory(self.state.get(p))
-                and not _narrow(self.param_groups[index].get(STATE_DTYPES), p)
-            ):
-                by_kind.setdefault((p.device, p.dtype, distributed), []).append(p)
+            if _flat.eligible(_dtensor.local(p)) and not _in_shared_memory(self.state.get(p)):
+                slot_dtypes = tuple((dtypes or {}).get(n, p.dtype) for n in names)
+                by_kind.setdefault((p.device, p.dtype, distributed, slot_dtypes), []).append(p)
             else:
                 loop.append(p)
         buckets = []
-        for members in by_kind.values():
+        for (*_, slot_dtypes), members in by_kind.items():
             by_step: dict[int, tuple[list[torch.Tensor], list[dict[str, Any]]]] = {}
             for p in members:
-                state = self._init_state(spec, p, None)
+                state = self._init_state(spec, p, dtypes)
                 same_step = by_step.setdefault(int(state["step"]), ([], []))
                 same_step[0].append(p)
                 same_step[1].append(state)
-            made = [_flat.Bucket(ps, names, states, position) for ps, states in by_step.values()]
+            made = [_flat.Bucket(ps, names, states, position, slot_dtypes) for ps, states in by_step.values()]
             if self.implementation == "auto":
                 compiled = sum(b.size for b in made) >= AUTO_COMPILE_MIN
             else:
@@ -1065,11 +1064,6 @@ def _possible_slots(spec_class: type[Spec], spec: Spec) -> frozenset[str]:
                     names.update(info.make(case).slot_names())
         _POSSIBLE_SLOTS[spec_class] = frozenset(names)
     return _POSSIBLE_SLOTS[spec_class] | set(spec.slot_names())
-
-
-def _narrow(dtypes: Mapping[str, torch.dtype] | None, p: torch.Tensor) -> bool:
-    """Whether ``state_dtypes`` stores a slot of ``p`` in another dtype than ``p``'s."""
-    return bool(dtypes) and any(dtype != p.dtype for dtype in dtypes.values())
 
 
 def _plain(owner: str, name: str, value: Any) -> Any:

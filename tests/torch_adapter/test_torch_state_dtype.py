@@ -25,12 +25,12 @@ NUMPY = {torch.bfloat16: np.dtype(ml_dtypes.bfloat16), torch.float16: np.dtype(n
 TORCH = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 STEPS = 6
 
-STATE_CASES = [  # flat only for elementwise rules (Muon's is refused there: it runs per tensor)
+STATE_CASES = [  # flat and compiled only for elementwise rules (Muon's runs per tensor there)
     pytest.param(info, case, implementation, id=f"{info.name}-{case.desc}-{implementation}")
     for info in TABLE
     if info.torch is not None
     for case in info.state_cases
-    for implementation in ("loop", "flat")
+    for implementation in ("loop", "flat", "compiled")
     if implementation == "loop" or info.elementwise
 ]
 
@@ -76,6 +76,11 @@ def test_matches_the_numpy_reference(info, case, implementation):
     # the stored slot really is narrower than the parameters
     narrow = next(iter(case.slot_dtypes))
     assert opt.state[ps[0]][narrow].dtype == TORCH[case.slot_dtypes[narrow]]
+    if implementation != "loop":  # the flat paths bucket narrow slots: each slot a view of a buffer
+        assert all(opt.state[p][narrow]._base is not None for p in ps)
+        buckets = opt._buckets[0][4]  # the group's (bucket, compiled) pairs
+        want = tuple(TORCH.get(case.slot_dtypes.get(n), torch.float32) for n in spec.slot_names())
+        assert buckets and {bucket.slot_dtypes for bucket, _ in buckets} == {want}
 
 
 @pytest.mark.parametrize("narrow", ["bfloat16", "float16"])
