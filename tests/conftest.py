@@ -28,6 +28,8 @@ FRAMEWORK_SUITES: dict[str, tuple[tuple[str, str], ...]] = {
     "torch_adapter": (("torch", "torch"),),
     "tf_adapter": (("tensorflow", "tf"), ("keras", "tf")),
     "jax_adapter": (("jax", "jax"), ("optax", "jax")),
+    # uniopt.keras on the backend KERAS_BACKEND names (tensorflow by default): run once per backend
+    "keras_adapter": (("keras", "keras"),),
 }
 
 

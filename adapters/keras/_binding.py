@@ -30,7 +30,7 @@ A binding defines (each module documents its own):
 
 from __future__ import annotations
 
-import functools
+import importlib
 from types import ModuleType
 from typing import Any
 
@@ -47,11 +47,15 @@ PACKAGE: str = "uniopt.tf" if BACKEND == "tensorflow" else "uniopt.keras"
 _BINDINGS = {"tensorflow": "uniopt.tf._binding", "jax": "uniopt.keras._jax", "torch": "uniopt.keras._torch"}
 
 
-@functools.cache
-def binding() -> ModuleType:
-    """The binding module of this process's Keras backend (``ImportError`` for another backend)."""
-    import importlib
+_LOADED: list[ModuleType] = []
 
+
+def binding() -> ModuleType:
+    """The binding module of this process's Keras backend (``ImportError`` for another backend).
+    Imported once, at the first call (a plain list, not ``functools.cache``: torch.compile traces
+    through this call)."""
+    if _LOADED:
+        return _LOADED[0]
     try:
         name = _BINDINGS[BACKEND]
     except KeyError:
@@ -59,7 +63,8 @@ def binding() -> ModuleType:
             f"uniopt.keras runs on Keras's tensorflow, jax and torch backends; this process runs Keras "
             f"on {BACKEND!r}"
         ) from None
-    return importlib.import_module(name)
+    _LOADED.append(importlib.import_module(name))
+    return _LOADED[0]
 
 
 def dtype_name(dtype: Any) -> str:
