@@ -359,6 +359,16 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         self._track_variable(variable)
         return variable
 
+    def _float_learning_rate(self) -> float:
+        """The float learning rate the variable stands for: its value, or the spec's ``lr`` where a
+        float32 variable (JAX without x64, which has no float64) holds ``float32(spec.lr)``."""
+        value = float(keras.ops.convert_to_numpy(self._learning_rate))
+        if dtype_name(self._learning_rate.dtype) == "float32" and np.float32(value) == np.float32(
+            self._spec.lr
+        ):
+            return float(self._spec.lr)
+        return value
+
     @property
     def learning_rate(self) -> Any:
         return keras.optimizers.Optimizer.learning_rate.fget(self)
@@ -584,6 +594,8 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
+        if not self._dynamic_learning_rate():
+            config["learning_rate"] = self._float_learning_rate()
         config.update(to_keras_kwargs(self._hyperparameters(), type(self)))
         config.update({name: getattr(self, name) for name in self.KERAS_INERT})
         if self._state_dtypes:  # only where given: a config without it is Keras's own keys

@@ -41,6 +41,7 @@ def snapshot(opt, variables):
     return params, slots
 
 
+@keras.saving.register_keras_serializable(package="uniopt_tests")
 class FeedModel(keras.Model):
     """A model whose weights have ``shapes`` and whose gradient, for a batch of one row ``x``, is
     that row cut into the weights' shapes, exactly: the output is ``sum_i sum(w_i * x_i)`` and the
@@ -54,6 +55,9 @@ class FeedModel(keras.Model):
             self.add_weight(shape=s, initializer="zeros", dtype=dtype, name=f"w{i}")
             for i, s in enumerate(self.shapes)
         ]
+
+    def get_config(self):
+        return {"shapes": self.shapes, "dtype": self.ws[0].dtype if self.ws else "float32", "name": self.name}
 
     def call(self, x):
         total, start = 0.0, 0
