@@ -36,7 +36,14 @@ from typing import Any
 
 import keras
 
-__all__ = ["PACKAGE", "binding", "dtype_name"]
+__all__ = [
+    "PACKAGE",
+    "assign_each",
+    "binding",
+    "dtype_name",
+    "float64_history_variables",
+    "keras_dtype_name",
+]
 
 BACKEND: str = keras.backend.backend()
 """The Keras backend of this process."""
@@ -73,3 +80,37 @@ def dtype_name(dtype: Any) -> str:
     if name is None:  # pragma: no cover - a variable always has a dtype
         raise TypeError(f"not a dtype: {dtype!r}")
     return name
+
+
+# -- pieces several bindings share ----------------------------------------------------------------
+
+
+def keras_dtype_name(dtype: Any) -> str | None:
+    """Keras's name of ``dtype`` (``keras.backend.standardize_dtype``: a name, a NumPy, jax or torch
+    dtype); ``None`` where it is none (``None`` included, which Keras reads as ``floatx``)."""
+    if dtype is None:
+        return None
+    try:
+        return keras.backend.standardize_dtype(dtype)
+    except (ValueError, TypeError):
+        return None
+
+
+def float64_history_variables(optimizer: Any, start: Any) -> list[Any]:
+    """One float64 scalar variable per field of the spec's history ``start``, initialised to it."""
+    return [
+        optimizer.add_variable(
+            (),
+            initializer=keras.initializers.Constant(value),
+            dtype="float64",
+            aggregation="only_first_replica",
+            name=field,
+        )
+        for field, value in start._asdict().items()
+    ]
+
+
+def assign_each(variables: list[Any], values: Any) -> None:
+    """``variable.assign(value)`` pairwise (the history's variables and their new values)."""
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)

@@ -50,6 +50,8 @@ from uniopt.jax._transform import (
 )
 from uniopt.scalar_table import NotConvergentError
 
+from ._binding import assign_each, float64_history_variables, keras_dtype_name
+
 _X64 = bool(jax.config.jax_enable_x64)
 
 EXACT_LR_DTYPE = "float64" if _X64 else "float32"
@@ -73,14 +75,7 @@ def zeros(shape: Any, dtype: Any) -> jax.Array:
     return jnp.zeros(shape, dtype)
 
 
-def dtype_name(dtype: Any) -> str | None:
-    """Keras's name of ``dtype`` (``keras.backend.standardize_dtype``); ``None`` if it is none."""
-    if dtype is None:
-        return None
-    try:
-        return keras.backend.standardize_dtype(dtype)
-    except (ValueError, TypeError):
-        return None
+dtype_name = keras_dtype_name
 
 
 def is_variable(value: Any) -> bool:
@@ -206,25 +201,26 @@ def _bits(values: Any) -> np.ndarray:
     return np.asarray(values, np.float64).reshape(-1).view(np.uint32).reshape(-1, 2)
 
 
+def _bits_initializer(value: float) -> Callable[..., jax.Array]:
+    bits = _bits([value])[0]
+    return lambda shape, dtype: jnp.asarray(bits, dtype)
+
+
 def history_variables(optimizer: Any, start: Any) -> list[Any]:
     """One variable per field of the spec's history: a float64 scalar with ``jax_enable_x64``, else
     the field's 64 bits as a ``uint32`` pair."""
-    out = []
-    for field, value in start._asdict().items():
-        if _X64:
-            variable = optimizer.add_variable(
-                (), initializer=keras.initializers.Constant(value), dtype="float64", name=field
-            )
-        else:
-            bits = _bits([value])[0]
-            variable = optimizer.add_variable(
-                (2,),
-                initializer=lambda shape, dtype, bits=bits: jnp.asarray(bits, dtype),
-                dtype="uint32",
-                name=field,
-            )
-        out.append(variable)
-    return out
+    if _X64:
+        return float64_history_variables(optimizer, start)
+    return [
+        optimizer.add_variable(
+            (2,),
+            initializer=_bits_initializer(value),
+            dtype="uint32",
+            aggregation="only_first_replica",
+            name=field,
+        )
+        for field, value in start._asdict().items()
+    ]
 
 
 def _decode(values: Any) -> tuple[float, ...]:
@@ -239,9 +235,7 @@ def history_values(optimizer: Any) -> tuple[float, ...]:
 
 
 def history_assign(optimizer: Any, values: tuple[float, ...]) -> None:
-    encoded = np.asarray(values, np.float64) if _X64 else _bits(values)
-    for variable, value in zip(optimizer._uniopt_history, encoded, strict=True):
-        variable.assign(value)
+    assign_each(optimizer._uniopt_history, np.asarray(values, np.float64) if _X64 else _bits(values))
 
 
 def history_step(

@@ -25,6 +25,8 @@ from uniopt import Spec
 from uniopt.scalar_table import rounded_scalars
 from uniopt.torch._namespace import xp as _xp
 
+from ._binding import assign_each, float64_history_variables, keras_dtype_name
+
 EXACT_LR_DTYPE = "float64"
 """A float learning rate is held in a float64 variable (Keras's own is float32)."""
 MODE_DTYPE = "int64"
@@ -49,14 +51,7 @@ def zeros(shape: Any, dtype: Any) -> torch.Tensor:
     return keras.ops.zeros(shape, dtype)
 
 
-def dtype_name(dtype: Any) -> str | None:
-    """Keras's name of ``dtype`` (``keras.backend.standardize_dtype``); ``None`` if it is none."""
-    if dtype is None:
-        return None
-    try:
-        return keras.backend.standardize_dtype(dtype)
-    except (ValueError, TypeError):
-        return None
+dtype_name = keras_dtype_name
 
 
 def is_variable(value: Any) -> bool:
@@ -131,14 +126,7 @@ def update_sparse(optimizer: Any, spec: Spec, gradient: Any, variable: Any, lear
 # -- a spec with a history (uniopt.keras._history) -----------------------------------------------
 
 
-def history_variables(optimizer: Any, start: Any) -> list[Any]:
-    """One float64 scalar variable per field of the spec's history."""
-    return [
-        optimizer.add_variable(
-            (), initializer=keras.initializers.Constant(value), dtype="float64", name=field
-        )
-        for field, value in start._asdict().items()
-    ]
+history_variables = float64_history_variables
 
 
 def history_values(optimizer: Any) -> tuple[float, ...]:
@@ -146,8 +134,7 @@ def history_values(optimizer: Any) -> tuple[float, ...]:
 
 
 def history_assign(optimizer: Any, values: tuple[float, ...]) -> None:
-    for variable, value in zip(optimizer._uniopt_history, values, strict=True):
-        variable.assign(value)
+    assign_each(optimizer._uniopt_history, values)
 
 
 def history_step(

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from uniopt import Spec
+from uniopt.keras._binding import assign_each, float64_history_variables
 from uniopt.sparse import sparse_rule
 
 from . import xp
@@ -146,18 +147,7 @@ def _tf_variable(variable: Any) -> Any:
 # -- a spec with a history (uniopt.keras._history) -----------------------------------------------
 
 
-def history_variables(optimizer: Any, start: Any) -> list[Any]:
-    """One float64 scalar variable per field of the spec's history, initialised to ``start``."""
-    return [
-        optimizer.add_variable(
-            (),
-            initializer=keras.initializers.Constant(value),
-            dtype="float64",
-            aggregation="only_first_replica",
-            name=field,
-        )
-        for field, value in start._asdict().items()
-    ]
+history_variables = float64_history_variables
 
 
 def history_values(optimizer: Any) -> tuple[float, ...]:
@@ -165,8 +155,7 @@ def history_values(optimizer: Any) -> tuple[float, ...]:
 
 
 def history_assign(optimizer: Any, values: tuple[float, ...]) -> None:
-    for variable, value in zip(optimizer._uniopt_history, values, strict=True):
-        variable.assign(value)
+    assign_each(optimizer._uniopt_history, values)
 
 
 def history_step(
