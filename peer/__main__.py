@@ -21,11 +21,18 @@ OUTCOMES = ("passed", "xfailed", "failed", "skipped", "deselected")
 def _run(args: argparse.Namespace) -> int:
     import pytest
 
+    name = args.framework
     if args.framework == "keras":
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        if args.backend:
+            os.environ["KERAS_BACKEND"] = args.backend
+        backend = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        if backend != "tensorflow":  # the report reads keras.json: Keras on TensorFlow
+            name = f"keras-{backend}"
+    elif args.backend:
+        raise SystemExit(f"python -m peer run {args.framework}: --backend is Keras's (run keras)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     plugin = importlib.import_module(f"peer.{args.framework}")
-    out = args.out / f"{args.framework}.json"
+    out = args.out / f"{name}.json"
     out.unlink(missing_ok=True)  # never report a stale run
     pytest_args = [
         "-p", f"peer.{args.framework}",
@@ -140,10 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one framework's suites against uniopt (pytest)")
     run.add_argument("framework", choices=FRAMEWORKS)
+    run.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
+        default=None,
+        help="keras only: the Keras backend (KERAS_BACKEND; default tensorflow). Another backend "
+        "than tensorflow writes keras-<backend>.json, which the report does not read",
+    )
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
     report = sub.add_parser("report", help="per-suite counts; writes docs/peer.md")
     report.add_argument("--docs", type=Path, default=DOCS, help="Markdown report ('' for none)")
     args = parser.parse_args(argv)
+    if args.command == "run" and args.pytest_args[:1] == ["--backend"]:  # after FRAMEWORK, before -k ...
+        if len(args.pytest_args) < 2 or args.pytest_args[1] not in ("tensorflow", "jax", "torch"):
+            parser.error("--backend takes tensorflow, jax or torch")
+        args.backend, args.pytest_args = args.pytest_args[1], args.pytest_args[2:]
     if args.command == "run":
         return _run(args)
     if args.command == "report" and str(args.docs) in ("", "."):

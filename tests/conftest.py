@@ -28,6 +28,8 @@ FRAMEWORK_SUITES: dict[str, tuple[tuple[str, str], ...]] = {
     "torch_adapter": (("torch", "torch"),),
     "tf_adapter": (("tensorflow", "tf"), ("keras", "tf")),
     "jax_adapter": (("jax", "jax"), ("optax", "jax")),
+    # uniopt.keras on the backend KERAS_BACKEND names (tensorflow by default): run once per backend
+    "keras_adapter": (("keras", "keras"),),
 }
 
 
@@ -52,6 +54,17 @@ class UnavailableSuite(pytest.File):
         raise pytest.skip.Exception(self.reason)
 
 
+def _named_suite(config: pytest.Config) -> str | None:
+    """The framework suite a command-line path points into (``pytest tests/keras_adapter/x.py``),
+    which is then the suite this process runs, whichever folder pytest visits first."""
+    for arg in config.args:
+        parts = Path(str(arg).split("::", 1)[0]).resolve().parts
+        for name in FRAMEWORK_SUITES:
+            if (*HERE.parts, name) == parts[: len(HERE.parts) + 1]:
+                return name
+    return None
+
+
 def pytest_collect_directory(path: Path, parent: pytest.Collector):
     if path.parent != HERE or path.name not in FRAMEWORK_SUITES:
         return None
@@ -59,7 +72,7 @@ def pytest_collect_directory(path: Path, parent: pytest.Collector):
     if reason is None:
         # A venv with several frameworks: one suite per process. Each sets process-wide state (Keras's
         # backend, XLA's flags, jax's x64 flag) and the suites share module names (test_dropin.py).
-        first = parent.config.stash.setdefault(_SUITE, path.name)
+        first = parent.config.stash.setdefault(_SUITE, _named_suite(parent.config) or path.name)
         if first != path.name:
             reason = (
                 f"tests/{path.name}: one framework suite per process and this one runs tests/{first} "

@@ -8,7 +8,9 @@ Adam, AdamW, RAdam, ...``, named as Keras names them, with the spec's name as an
 differs: ``Nadam`` and ``NAdam``), each a ``keras.optimizers.Optimizer`` with Keras's argument names
 (each class's ``KERAS_NAMES`` maps them to the spec's) and uniopt's defaults. The update is the
 core's ``spec.rule`` executed through :mod:`uniopt.tf.xp`, a small TensorFlow array namespace; the
-adapter holds no update math. ``ScheduleFreeAdamW`` keeps its history in optimizer variables and
+adapter holds no update math. The classes are :mod:`uniopt.keras`'s, which on TensorFlow are these
+(``uniopt.tf.RAdam is uniopt.keras.RAdam``), run through this package's binding
+(:mod:`uniopt.tf._binding`). ``ScheduleFreeAdamW`` keeps its history in optimizer variables and
 has train/eval modes (:class:`HistoryOptimizer`, :class:`EvalAtX`). See docs/tf.md.
 """
 
@@ -17,14 +19,13 @@ import keras as _keras
 if _keras.backend.backend() != "tensorflow":  # before TensorFlow is imported: it may not be there
     raise ImportError(
         f"uniopt.tf needs Keras's TensorFlow backend (KERAS_BACKEND=tensorflow); this process runs "
-        f"Keras on {_keras.backend.backend()!r}. Use uniopt.jax or uniopt.torch there."
+        f"Keras on {_keras.backend.backend()!r}. Use uniopt.keras there (the same optimizers on every "
+        "Keras backend), or uniopt.jax or uniopt.torch."
     )
 
-from . import optimizers as _optimizers
-from . import xla, xp
-from ._history import EvalAtX, HistoryOptimizer
-from ._porting import export_state, from_keras, import_state, to_keras
-from .optimizers import (
+from uniopt.keras import optimizers as _optimizers
+from uniopt.keras._history import EvalAtX, HistoryOptimizer
+from uniopt.keras.optimizers import (
     KERAS_NAMES,
     OPTIMIZERS,
     UnioptOptimizer,
@@ -32,6 +33,9 @@ from .optimizers import (
     to_keras_kwargs,
     to_spec_kwargs,
 )
+
+from . import optimizers, xla, xp  # noqa: F401 - uniopt.tf.optimizers, as before
+from ._porting import export_state, from_keras, import_state, to_keras
 
 # the generated classes (and aliases) of the table's rows: SGD, Adagrad, ..., Nadam, NAdam
 globals().update({name: getattr(_optimizers, name) for name in _optimizers._BY_NAME})

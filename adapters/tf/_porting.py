@@ -16,11 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from uniopt import PortableState, Spec, registry
+from uniopt.keras._history import HistoryOptimizer
+from uniopt.keras.optimizers import _BY_SPEC, UnioptOptimizer
 from uniopt.porting import check_compatible, history_of, make_state
 from uniopt.registry import TABLE, OptimizerInfo
-
-from ._history import HistoryOptimizer
-from .optimizers import _BY_SPEC, UnioptOptimizer
 
 __all__ = ["export_state", "from_keras", "import_state", "to_keras"]
 

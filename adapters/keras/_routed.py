@@ -1,4 +1,4 @@
-"""uniopt.tf's optimizers that step some variables with the spec's Adam step, chosen by path (Muon).
+"""The uniopt Keras optimizers that step some variables with the spec's Adam step, chosen by path (Muon).
 
 ``keras.optimizers.Muon`` (``keras/src/optimizers/muon.py``, ``_should_use_adamw``) steps a variable
 with its AdamW step when the variable is not 2-D, when ``exclude_embeddings`` is true and
@@ -29,6 +29,7 @@ import numpy as np
 
 from uniopt import Spec
 
+from ._binding import PACKAGE
 from .optimizers import UnioptOptimizer, _SlotInit
 
 __all__ = ["AdamRoutedOptimizer"]
@@ -41,7 +42,7 @@ def _path(variable: Any) -> str:
 
 
 class AdamRoutedOptimizer(UnioptOptimizer):
-    """A :class:`~uniopt.tf.UnioptOptimizer` whose spec has a Muon step and an Adam step, with
+    """A :class:`~uniopt.keras.UnioptOptimizer` whose spec has a Muon step and an Adam step, with
     Keras's ``exclude_layers`` (``None`` or a list of regular expressions searched in each
     variable's path) and ``exclude_embeddings`` (a bool) choosing the Adam step by path (see the
     module docstring). Both are fixed at construction and kept in ``get_config``.
@@ -59,7 +60,7 @@ class AdamRoutedOptimizer(UnioptOptimizer):
     def __init__(
         self, learning_rate: Any, exclude_layers: Any = None, exclude_embeddings: Any = True, **kwargs
     ):
-        owner = f"uniopt.tf.{type(self).__name__}"
+        owner = f"{PACKAGE}.{type(self).__name__}"
         keras_flags = kwargs.get("convention") == "keras"
         layers = _check_exclude_layers(owner, exclude_layers)
         embeddings = _check_flag(owner, "exclude_embeddings", exclude_embeddings, keras_flags)
@@ -114,7 +115,7 @@ class AdamRoutedOptimizer(UnioptOptimizer):
                 routed = spec.replace(adam_2d=True)
             except ValueError as error:
                 raise ValueError(
-                    f"uniopt.tf.{type(self).__name__}: variable {_path(variable)!r} takes the Adam "
+                    f"{PACKAGE}.{type(self).__name__}: variable {_path(variable)!r} takes the Adam "
                     f"step ({self._routed_by_path(variable)}), and convention={spec.convention!r} "
                     f"has none ({error}); use convention='keras' or 'optax', or leave it out of "
                     "exclude_layers and pass exclude_embeddings=False"
@@ -135,7 +136,7 @@ class AdamRoutedOptimizer(UnioptOptimizer):
             if spec is not None:
                 refusal = spec.param_refusal(tuple(int(n) for n in v.shape))
                 if refusal is not None:
-                    raise ValueError(f"uniopt.tf.{type(self).__name__}: variable {_path(v)!r}: {refusal}")
+                    raise ValueError(f"{PACKAGE}.{type(self).__name__}: variable {_path(v)!r}: {refusal}")
         self._check_state_dtypes(variables)
         keras.optimizers.Optimizer.build(self, variables)
         names = self._spec.slot_names()

@@ -1,20 +1,22 @@
-"""uniopt.tf's optimizers whose spec carries a history and an evaluation view (Schedule-Free AdamW).
+"""The uniopt Keras optimizers whose spec carries a history and an evaluation view (Schedule-Free AdamW).
 
 **History.** The spec's history (:meth:`uniopt.Spec.init_history`: Schedule-Free's running weight
 sum and largest learning rate) depends on every learning rate used so far, so it lives in
 optimizer variables, one float64 scalar per field (``weight_sum``, ``lr_max``, ``weight_sum_f32``,
-``lr_max_f32``), created by ``build`` and tracked like the slots: ``optimizer.variables``, Keras's
+``lr_max_f32``; on JAX without ``jax_enable_x64``, which has no float64, each field's 64 bits as a
+``uint32`` pair), created by ``build`` and tracked like the slots: ``optimizer.variables``, Keras's
 ``.keras`` files and ``tf.train.Checkpoint`` save and restore them. Once per update
 (``_backend_update_step``, which Keras calls once per step, also under gradient accumulation) the
 host computes ``spec.history_scalars(iterations + 1, lr, history)`` in float64, as the core's
 ``update`` does, rounds each scalar once to every variable dtype, runs the spec's rule on each
-variable with them and then assigns the next history. Eagerly that is plain Python; inside a
-``tf.function`` one ``tf.numpy_function`` per step. XLA (``jit_compile=True``) cannot call the host,
-and the history's arithmetic is not affine in the learning rate nor a function of the step alone,
-so it is refused with a ``ValueError`` saying to compile without XLA (also for
-``convention="keras"``, which keeps no history but whose scalars hold the step count ``t``, which
-never reaches a limit). The keras convention keeps no history (it averages uniformly, ``c = 1/t``)
-and takes its scalars as every other uniopt.tf optimizer does.
+variable with them and then assigns the next history. Eagerly that is plain Python; traced, one
+host call per step (the backend binding's ``history_step``: TensorFlow's ``tf.numpy_function``,
+JAX's ``jax.pure_callback``). TensorFlow's XLA (``jit_compile=True``) cannot call the host, and the
+history's arithmetic is not affine in the learning rate nor a function of the step alone, so there
+it is refused with a ``ValueError`` saying to compile without XLA (also for ``convention="keras"``,
+which keeps no history but whose scalars hold the step count ``t``, which never reaches a limit);
+JAX's XLA calls the host, so ``jit_compile=True`` runs there. The keras convention keeps no history
+(it averages uniformly, ``c = 1/t``) and takes its scalars as every other optimizer does.
 
 **Train and eval.** The parameters hold the training sequence ``y`` (where gradients are taken) in
 train mode and the evaluation sequence ``x`` in eval mode, as in the authors' package:
@@ -31,25 +33,22 @@ and refuses a step until ``train()``: before the first step both hold the same v
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from uniopt import Spec
 
-from . import xp
-from ._scalars import in_xla_context
+from ._binding import PACKAGE, binding, dtype_name
 from .optimizers import UnioptOptimizer, _SlotInit
 
 __all__ = ["EvalAtX", "HistoryOptimizer"]
 
 
 class HistoryOptimizer(UnioptOptimizer):
-    """A :class:`~uniopt.tf.UnioptOptimizer` whose spec keeps a history and an evaluation view (see
+    """A :class:`~uniopt.keras.UnioptOptimizer` whose spec keeps a history and an evaluation view (see
     the module docstring). Adds :meth:`train`, :meth:`eval`, :attr:`train_mode`,
     :meth:`evaluating` and :meth:`history` to the Keras optimizer contract."""
 
@@ -57,7 +56,11 @@ class HistoryOptimizer(UnioptOptimizer):
         super().__init__(learning_rate, **kwargs)
         with keras.name_scope(self.name, caller=self):
             mode = keras.Variable(
-                1, name="train_mode", dtype="int64", trainable=False, aggregation="only_first_replica"
+                1,
+                name="train_mode",
+                dtype=binding().MODE_DTYPE,
+                trainable=False,
+                aggregation="only_first_replica",
             )
         self._track_variable(mode)
         self._uniopt_mode = mode
@@ -84,46 +87,32 @@ class HistoryOptimizer(UnioptOptimizer):
         }
         start = self._spec.init_history()
         if start is not None:
-            self._uniopt_history = [
-                self.add_variable(
-                    (),
-                    initializer=keras.initializers.Constant(value),
-                    dtype="float64",
-                    aggregation="only_first_replica",
-                    name=field,
-                )
-                for field, value in start._asdict().items()
-            ]
+            self._uniopt_history = binding().history_variables(self, start)
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
         """Keras's ``apply``; refused in eval mode, before anything changes: eagerly (and when a
-        ``tf.function`` is traced) with a ``RuntimeError``, in a traced function called later
-        with TensorFlow's ``InvalidArgumentError`` carrying the same message (an in-graph check
-        that every op of the step waits for)."""
-        message = self._eval_mode_message()
-        with tf.init_scope():  # eagerly, or when a tf.function is traced: the mode now
-            if int(self._uniopt_mode.numpy()) != 1:
-                raise RuntimeError(message)
-        # a learning rate set after construction (or a schedule's) is checked before any op of the
-        # step, the step count's included: the history of learning rates would keep a bad one
-        lr = tf.cast(self._get_current_learning_rate(), tf.float64)
+        ``tf.function`` is traced) with a ``RuntimeError``, in a traced TensorFlow function called
+        later with TensorFlow's ``InvalidArgumentError`` carrying the same message (an in-graph
+        check that every op of the step waits for); a learning rate out of range likewise
+        (``ValueError`` eagerly). On JAX and torch the mode is read on the host when ``apply`` (or
+        ``stateless_apply``) is called."""
         lr_message = (
-            f"uniopt.tf.{type(self).__name__}: the learning_rate is out of range; expected a finite "
+            f"{PACKAGE}.{type(self).__name__}: the learning_rate is out of range; expected a finite "
             "learning_rate >= 0 (the history of learning rates would keep it; nothing was changed); "
             "learning_rate ="
         )
-        if tf.executing_eagerly():
-            if not (math.isfinite(float(lr)) and float(lr) >= 0):
-                raise ValueError(f"{lr_message} {float(lr)!r}")
-            return super().apply(grads, trainable_variables)
-        check = tf.debugging.Assert(tf.equal(self._uniopt_mode.value, 1), [message])
-        lr_check = tf.debugging.Assert(tf.logical_and(tf.math.is_finite(lr), lr >= 0), [lr_message, lr])
-        with tf.control_dependencies([check, lr_check]):
-            return super().apply(grads, trainable_variables)
+        # a learning rate set after construction (or a schedule's) is checked before any op of the
+        # step, the step count's included: the history of learning rates would keep a bad one
+        return binding().history_guard(
+            self,
+            self._eval_mode_message(),
+            lr_message,
+            lambda: super(HistoryOptimizer, self).apply(grads, trainable_variables),
+        )
 
     def _eval_mode_message(self) -> str:
         return (
-            f"uniopt.tf.{type(self).__name__}: the optimizer is in eval mode (the model's variables "
+            f"{PACKAGE}.{type(self).__name__}: the optimizer is in eval mode (the model's variables "
             "hold x, the average to evaluate at); call optimizer.train() before training, and "
             "optimizer.eval() before evaluating or saving"
         )
@@ -146,12 +135,12 @@ class HistoryOptimizer(UnioptOptimizer):
         return specs
 
     def _dtypes(self) -> list[str]:
-        return sorted({tf.as_dtype(v.dtype).name for v in self._trainable_variables})
+        return sorted({dtype_name(v.dtype) for v in self._trainable_variables})
 
     def _refuse_xla(self) -> None:
-        if in_xla_context():
+        if binding().host_calls_refused():
             raise ValueError(
-                f"uniopt.tf.{type(self).__name__}: Schedule-Free AdamW's per-step scalars depend on "
+                f"{PACKAGE}.{type(self).__name__}: Schedule-Free AdamW's per-step scalars depend on "
                 "the history of learning rates (or, with convention='keras', on the step count, "
                 "which never reaches a limit); they are computed on the host, which XLA cannot "
                 "call. Run without jit_compile (model.compile(..., jit_compile=False), "
@@ -159,59 +148,45 @@ class HistoryOptimizer(UnioptOptimizer):
             )
 
     def _history_step(self, learning_rate: Any) -> list[Any]:
-        """Fill the scalar cache of this step (every spec and dtype) and return the next history."""
+        """Fill the scalar cache of this step (every spec and dtype) and return the next history
+        (the values to assign to the history variables)."""
         self._refuse_xla()
         specs, dtypes = self._specs(), self._dtypes()
-        np_dtypes = [np.dtype(tf.as_dtype(d).as_numpy_dtype) for d in dtypes]
+        np_dtypes = [_np_dtype(d) for d in dtypes]
         kinds = [type(spec.step_scalars(1)) for spec in specs]
 
-        def compute(step: Any, lr: Any, bits: Any) -> list[np.ndarray]:
-            start = self._spec.init_history()
-            before = type(start)(*(float(v) for v in np.asarray(bits, np.float64)))
+        def compute(step: int, lr: float, before_values: tuple[float, ...]) -> list[Any]:
+            """The host's float64 step: the next history's fields, then each spec's scalars in
+            each dtype (floats rounded once; flags as bools)."""
+            before = type(self._spec.init_history())(*before_values)
             after, out = None, []
             for spec in specs:
-                sc, new = spec.history_scalars(int(step), float(lr), before)
+                sc, new = spec.history_scalars(step, lr, before)
                 after = new if after is None else after
                 for dtype in np_dtypes:
                     out.extend(np.asarray(v, dtype) for v in sc)
-            return [np.asarray(tuple(after), np.float64), *out]
+            return [tuple(float(v) for v in after), *out]
 
-        bits = tf.stack([tf.convert_to_tensor(v) for v in self._uniopt_history])
-        if tf.executing_eagerly():
-            step = int(keras.ops.convert_to_numpy(self.iterations)) + 1
-            lr = float(keras.ops.convert_to_numpy(learning_rate))
-            results = [tf.constant(v) for v in compute(step, lr, bits.numpy())]
-            key: Any = None
-        else:
-            step = tf.cast(tf.convert_to_tensor(self.iterations), tf.int64) + 1
-            lr = tf.cast(tf.convert_to_tensor(learning_rate), tf.float64)
-            types = [tf.float64]
-            for kind in kinds:
-                for d in dtypes:
-                    types.extend([tf.as_dtype(d)] * len(kind._fields))
-            results = tf.numpy_function(compute, [step, lr, bits], types, stateful=True)
-            results[0].set_shape([len(self._uniopt_history)])
-            for tensor in results[1:]:
-                tensor.set_shape([])
-            key = id(tf.compat.v1.get_default_graph())
-        position = 1
+        types = [d for kind in kinds for d in dtypes for _ in kind._fields]
+        after, results, key = binding().history_step(self, compute, learning_rate, types)
+        position = 0
         for spec, kind in zip(specs, kinds, strict=True):
             for d in dtypes:
                 width = len(kind._fields)
                 scalars = kind(*results[position : position + width])
                 self._uniopt_cache.entries[(key, spec, d)] = (None, scalars)
                 position += width
-        return [results[0][i] for i in range(len(self._uniopt_history))]
+        return after
 
-    def _scalars(self, spec: Spec, dtype: tf.DType, learning_rate: Any) -> Any:
+    def _scalars(self, spec: Spec, dtype: str, learning_rate: Any) -> Any:
         self._refuse_xla()
         if not self._uniopt_history:
             return super()._scalars(spec, dtype, learning_rate)
-        key = None if tf.executing_eagerly() else id(tf.compat.v1.get_default_graph())
-        hit = self._uniopt_cache.entries.get((key, spec, dtype.name))
+        key = binding().trace_key()
+        hit = self._uniopt_cache.entries.get((key, spec, dtype))
         if hit is None:  # pragma: no cover - update_step is only called through _backend_update_step
             raise RuntimeError(
-                f"uniopt.tf.{type(self).__name__}: update_step ran outside apply(); its scalars "
+                f"{PACKAGE}.{type(self).__name__}: update_step ran outside apply(); its scalars "
                 "come from the step's history"
             )
         return hit[1]
@@ -220,7 +195,7 @@ class HistoryOptimizer(UnioptOptimizer):
     @property
     def train_mode(self) -> bool:
         """Whether the model's variables hold ``y`` (train mode) rather than ``x`` (eval mode)."""
-        return int(self._uniopt_mode.numpy()) == 1
+        return int(keras.ops.convert_to_numpy(self._uniopt_mode)) == 1
 
     def eval(self) -> None:
         """Eval mode: every model variable this optimizer was built for becomes ``x``, the spec's
@@ -237,9 +212,9 @@ class HistoryOptimizer(UnioptOptimizer):
         self._switch(to_eval=False)
 
     def _switch(self, *, to_eval: bool) -> None:
-        if not tf.executing_eagerly():
+        if not binding().eager():
             raise RuntimeError(
-                f"uniopt.tf.{type(self).__name__}: train() and eval() rewrite the model's variables; "
+                f"{PACKAGE}.{type(self).__name__}: train() and eval() rewrite the model's variables; "
                 "call them eagerly, outside tf.function"
             )
         if self.train_mode != to_eval:
@@ -249,8 +224,9 @@ class HistoryOptimizer(UnioptOptimizer):
             for variable in self._trainable_variables:
                 if self._overwrite_variable_with_gradient(variable):
                     continue  # no slots: Keras overwrites it with its gradient
-                slots = {n: tf.convert_to_tensor(s) for n, s in self.slots(variable).items()}
-                variable.assign(convert(tf.convert_to_tensor(variable), slots, xp))
+                b = binding()
+                slots = {n: b.as_array(s) for n, s in self.slots(variable).items()}
+                variable.assign(convert(b.as_array(variable), slots, b.namespace(self, b.as_array(variable))))
         self._uniopt_mode.assign(0 if to_eval else 1)
 
     @contextlib.contextmanager
@@ -261,7 +237,8 @@ class HistoryOptimizer(UnioptOptimizer):
         if not self.train_mode:
             yield
             return
-        saved = [tf.identity(v) for v in self._trainable_variables] if self.built else []
+        as_array = binding().as_array
+        saved = [keras.ops.copy(as_array(v)) for v in self._trainable_variables] if self.built else []
         self.eval()
         try:
             yield
@@ -278,12 +255,11 @@ class HistoryOptimizer(UnioptOptimizer):
             return None
         if not self._uniopt_history:
             return start
-        return type(start)(*(float(v.numpy()) for v in self._uniopt_history))
+        return type(start)(*binding().history_values(self))
 
     def _set_history(self, history: NamedTuple) -> None:
         """Assign ``history`` (the spec's NamedTuple) to the built optimizer's variables (porting)."""
-        for variable, value in zip(self._uniopt_history, tuple(history), strict=True):
-            variable.assign(float(value))
+        binding().history_assign(self, tuple(float(v) for v in history))
 
 
 class EvalAtX(keras.callbacks.Callback):
@@ -291,7 +267,7 @@ class EvalAtX(keras.callbacks.Callback):
     ``fit``'s validation run inside :meth:`HistoryOptimizer.evaluating` of ``optimizer`` (the
     model's compiled optimizer when ``None``), so training continues from exactly the same ``y``.
 
-    >>> model.fit(x, y, validation_data=(vx, vy), callbacks=[uniopt.tf.EvalAtX()])  # doctest: +SKIP
+    >>> model.fit(x, y, validation_data=(vx, vy), callbacks=[uniopt.keras.EvalAtX()])  # doctest: +SKIP
     """
 
     def __init__(self, optimizer: HistoryOptimizer | None = None):
@@ -303,8 +279,8 @@ class EvalAtX(keras.callbacks.Callback):
         opt = self._optimizer if self._optimizer is not None else getattr(self.model, "optimizer", None)
         if not isinstance(opt, HistoryOptimizer):
             raise TypeError(
-                "uniopt.tf.EvalAtX: expected a uniopt.tf optimizer with an evaluation view "
-                f"(uniopt.tf.ScheduleFreeAdamW), got {type(opt).__module__}.{type(opt).__qualname__}"
+                f"{PACKAGE}.EvalAtX: expected a {PACKAGE} optimizer with an evaluation view "
+                f"({PACKAGE}.ScheduleFreeAdamW), got {type(opt).__module__}.{type(opt).__qualname__}"
             )
         return opt
 
@@ -328,3 +304,12 @@ class EvalAtX(keras.callbacks.Callback):
 
     def on_predict_end(self, logs: Any = None) -> None:
         self._end()
+
+
+def _np_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a dtype name (ml_dtypes' for bfloat16)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)

@@ -1,0 +1,162 @@
+"""The torch binding of the uniopt Keras optimizers (:mod:`uniopt.keras._binding` says what a
+binding provides), on uniopt.torch's namespace (:mod:`uniopt.torch._namespace`).
+
+Keras's variables hold torch tensors; the rule runs on uniopt.torch's ``xp``
+(``array_api_compat.torch`` with a correctly rounded ``sqrt`` on CPU, where torch's own is not, and
+NumPy's ``sign``), so its steps are bitwise the NumPy reference's. The step's scalars are computed
+on the host at every step (``iterations + 1`` and the learning rate read as Python numbers; float64,
+rounded once to each variable's dtype, as the NumPy reference has them), as 0-d tensors; flags are
+Python bools. A float learning rate is held in a float64 variable, as on TensorFlow. Under
+``torch.compile`` (Keras's ``jit_compile=True`` on torch) reading the step count and the learning
+rate on the host breaks the graph there (docs/keras.md). No update math lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import torch
+from keras.src.backend.torch.core import to_torch_dtype
+
+from uniopt import Spec
+from uniopt.scalar_table import rounded_scalars
+from uniopt.torch._namespace import xp as _xp
+
+from ._binding import assign_each, float64_history_variables, keras_dtype_name
+
+EXACT_LR_DTYPE = "float64"
+"""A float learning rate is held in a float64 variable (Keras's own is float32)."""
+MODE_DTYPE = "int64"
+
+
+def as_array(x: Any, dtype: Any = None) -> torch.Tensor:
+    """``x`` (a Keras variable, a tensor, a sparse gradient densified) as a tensor outside autograd,
+    cast to ``dtype``."""
+    tensor = keras.ops.convert_to_tensor(x)
+    if tensor.is_sparse:
+        tensor = tensor.to_dense()
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if dtype is not None:
+        dtype = dtype if isinstance(dtype, torch.dtype) else to_torch_dtype(dtype)
+        if tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+    return tensor
+
+
+def zeros(shape: Any, dtype: Any) -> torch.Tensor:
+    return keras.ops.zeros(shape, dtype)
+
+
+dtype_name = keras_dtype_name
+
+
+def is_variable(value: Any) -> bool:
+    return False
+
+
+def namespace(optimizer: Any, array: Any) -> Any:
+    return _xp
+
+
+def slot_namespace() -> Any:
+    return _xp
+
+
+def eager() -> bool:
+    return not torch.compiler.is_compiling()
+
+
+def trace_key() -> Any:
+    return None
+
+
+def host_calls_refused() -> bool:
+    return False
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _host_number(value: Any) -> float:
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr: bool) -> Any:
+    """The spec's scalars of this step in ``dtype``, from the host (cached for one ``apply``).
+    Under ``convention="keras"`` the learning rate goes through float32 first."""
+    key = ("torch", spec, dtype, id(learning_rate))
+    hit = optimizer._uniopt_cache.entries.get(key)
+    if hit is not None:
+        return hit[1]
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations)) + 1
+    lr = _host_number(learning_rate)
+    if spec.convention == "keras":
+        lr = float(np.float32(lr))
+    values = rounded_scalars(spec, step, _np_dtype(dtype), lr)
+    kind = type(spec.step_scalars(1))
+    result = kind(*_as_tensors(values, dtype))
+    optimizer._uniopt_cache.entries[key] = (None, result)
+    return result
+
+
+def _as_tensors(values: Any, dtype: str) -> list[Any]:
+    """Host scalars (floats already rounded to ``dtype``) as 0-d tensors of ``dtype`` on Keras's
+    device; flags as Python bools."""
+    torch_dtype = to_torch_dtype(dtype)
+    device = keras.ops.convert_to_tensor(0.0).device
+    return [
+        v if isinstance(v, bool) else torch.tensor(float(v), dtype=torch_dtype, device=device) for v in values
+    ]
+
+
+def update_sparse(optimizer: Any, spec: Spec, gradient: Any, variable: Any, learning_rate: Any) -> bool:
+    """A sparse torch gradient is densified by :func:`as_array` (the dense path)."""
+    return False
+
+
+# -- a spec with a history (uniopt.keras._history) -----------------------------------------------
+
+
+history_variables = float64_history_variables
+
+
+def history_values(optimizer: Any) -> tuple[float, ...]:
+    return tuple(_host_number(v) for v in optimizer._uniopt_history)
+
+
+def history_assign(optimizer: Any, values: tuple[float, ...]) -> None:
+    assign_each(optimizer._uniopt_history, values)
+
+
+def history_step(
+    optimizer: Any, compute: Callable[..., list[Any]], learning_rate: Any, types: list[str]
+) -> tuple[list[Any], list[Any], Any]:
+    """``compute(step, lr, history)`` on the host; the next history as float64 values, the scalars
+    as 0-d tensors, and the cache key (``None``)."""
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations)) + 1
+    after, *out = compute(step, _host_number(learning_rate), history_values(optimizer))
+    scalars = [torch.tensor(float(v), dtype=to_torch_dtype(d)) for v, d in zip(out, types, strict=True)]
+    device = keras.ops.convert_to_tensor(0.0).device
+    return list(after), [s.to(device) for s in scalars], None
+
+
+def history_guard(optimizer: Any, message: str, lr_message: str, apply: Callable[[], Any]) -> Any:
+    """``apply()`` unless the optimizer is in eval mode (``RuntimeError``) or its learning rate is
+    out of range (``ValueError``), both read on the host."""
+    import math
+
+    if int(keras.ops.convert_to_numpy(optimizer._uniopt_mode)) != 1:
+        raise RuntimeError(message)
+    value = _host_number(optimizer._get_current_learning_rate())
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{lr_message} {value!r}")
+    return apply()

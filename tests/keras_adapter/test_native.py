@@ -1,0 +1,65 @@
+"""``convention="keras"`` against Keras's own optimizer on this process's backend: the same
+parameters and gradients through ``uniopt.keras.X(convention="keras")`` and ``keras.optimizers.X()``,
+eagerly (``apply``) and in ``fit(jit_compile=True)``. Bitwise, but where a bound was measured (6 steps
+of float32, seed 11; docs/keras.md): Keras's own optimizers on torch run ``torch._foreach`` kernels
+(fused multiply-adds, torch's CPU ``sqrt``), Lamb's and Muon's norms sum in the backend's order,
+XLA fuses Keras's own ops, and Keras's own ScheduleFreeAdamW on JAX differs from the same class on
+TensorFlow (whose steps the keras convention follows) by thousands of ulp."""
+
+from __future__ import annotations
+
+import keras
+import pytest
+from keras_helpers import BACKEND, fit_feed, numpy
+from trajectories import max_ulp, params_and_grads
+
+import uniopt.keras as uk
+from uniopt.registry import TABLE
+
+NATIVE = [info.keras.native for info in TABLE if info.keras is not None and info.keras.native]
+
+# backend -> mode -> optimizer -> measured max ulp (absent: 0, bitwise)
+BOUNDS = {
+    "tensorflow": {"eager": {"Lamb": 1}, "jit": {"RMSprop": 1}},
+    "jax": {
+        "eager": {"Muon": 1, "ScheduleFreeAdamW": 54784},
+        "jit": {"SGD": 1, "Lamb": 1, "Muon": 1, "ScheduleFreeAdamW": 54783},
+    },
+    "torch": {
+        "eager": {"SGD": 1, "RMSprop": 1, "AdamW": 2, "Lamb": 1, "Nadam": 6},
+        "jit": {"SGD": 1, "RMSprop": 1, "AdamW": 2, "Lamb": 1, "Nadam": 6},
+    },
+}
+# TensorFlow's XLA refuses what takes its scalars from the host (tests/tf_adapter)
+REFUSED = {"tensorflow": {"jit": {"ScheduleFreeAdamW", "Adafactor"}}}
+
+
+def _inputs(name):
+    shapes = ((4, 3), (3, 5), (6,)) if name == "Muon" else ((3, 4), (5,), (2, 3))
+    return params_and_grads(6, "float32", seed=11, shapes=shapes)
+
+
+def _run(opt, params, grads, mode):
+    if mode == "jit":
+        return [numpy(w) for w in fit_feed(opt, params, grads, jit_compile=True).ws]
+    variables = [keras.Variable(p) for p in params]
+    opt.build(variables)
+    for step in grads:
+        opt.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
+    return [numpy(v) for v in variables]
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+@pytest.mark.parametrize("name", NATIVE)
+def test_keras_convention_against_keras_own(name, mode):
+    params, grads = _inputs(name)
+    ours = getattr(uk, name)(convention="keras")
+    if name in REFUSED.get(BACKEND, {}).get(mode, ()):
+        with pytest.raises(ValueError, match="jit_compile"):
+            _run(ours, params, grads, mode)
+        return
+    got = _run(ours, params, grads, mode)
+    want = _run(getattr(keras.optimizers, name)(), params, grads, mode)
+    distance = max(max_ulp(a, b) for a, b in zip(got, want, strict=True))
+    bound = BOUNDS[BACKEND][mode].get(name, 0)
+    assert distance <= bound, (distance, bound)

@@ -1,0 +1,66 @@
+"""Every row of the table with Keras names, one case per optimizer and convention, a few steps on this
+process's Keras backend: bitwise against the NumPy reference (``spec.update``), eagerly
+(``optimizer.apply``) and compiled (``model.fit(jit_compile=True)``; on JAX also ``jax.jit`` of
+``stateless_apply``: test_jax_jit.py), but where the table states a bound (Muon's products by the backend's
+matmul)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from cases import PER_CONVENTION, shapes_for
+from keras_helpers import BACKEND, REGISTRY, fit_feed, snapshot, tolerance
+from trajectories import SHAPES, assert_trajectories, params_and_grads, reference
+
+import uniopt.keras as uk
+
+STEPS = 7  # past RAdam's first rectified step (6)
+
+ROWS = [p for p in PER_CONVENTION if p.values[0].keras is not None]
+
+
+def _inputs(spec, dtype="float32", nonfinite=False):
+    params, grads = params_and_grads(STEPS, dtype, seed=3, shapes=shapes_for(spec, SHAPES))
+    if nonfinite:  # NaN, +Inf and -Inf at step 3 propagate exactly as in NumPy
+        grads[2][0].reshape(-1)[:3] = [np.nan, np.inf, -np.inf]
+    return params, grads
+
+
+def _compiled_refusal(info):
+    """Why this backend's compiled mode refuses the row (TensorFlow's XLA: scalars from the host)."""
+    backend, _, jit = REGISTRY
+    return info.skip_reason(backend, jit) if BACKEND == "tensorflow" else None
+
+
+@pytest.mark.parametrize(("info", "case"), ROWS)
+def test_eager_apply_is_the_numpy_reference(info, case):
+    spec = info.make(case)
+    params, grads = _inputs(spec, nonfinite=True)
+    opt = uk.from_spec(spec)
+    variables = [keras.Variable(p) for p in params]
+    opt.build(variables)
+    got = []
+    for step in grads:
+        with np.errstate(all="ignore"):
+            opt.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
+        got.append(snapshot(opt, variables))
+    assert_trajectories(got, reference(spec, params, grads), ulp=tolerance(info, case, compiled=False))
+
+
+@pytest.mark.parametrize(("info", "case"), ROWS)
+def test_fit_with_jit_compile_is_the_numpy_reference(info, case):
+    """``model.fit(jit_compile=True)`` of a model whose gradients are the inputs (keras_helpers'
+    FeedModel): TensorFlow's XLA, JAX's jit, torch.compile."""
+    spec = info.make(case)
+    why = _compiled_refusal(info)
+    params, grads = _inputs(spec)
+    opt = uk.from_spec(spec)
+    if why is not None:
+        with pytest.raises(ValueError, match="jit_compile"):
+            fit_feed(opt, params, grads, jit_compile=True)
+        return
+    model = fit_feed(opt, params, grads, jit_compile=True)
+    want = reference(spec, params, grads)[-1]
+    got = snapshot(model.optimizer, model.ws)
+    assert_trajectories([got], [want], ulp=tolerance(info, case, compiled=True))

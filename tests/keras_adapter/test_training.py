@@ -1,0 +1,183 @@
+"""uniopt.keras in Keras's training machinery on this process's backend: ``fit`` on a real model
+(sklearn's digits), ``get_config``/``from_config``, ``.keras`` save, ``load_model`` and continued
+training, learning-rate schedules and the LearningRateScheduler callback,
+``exclude_from_weight_decay``, ``LossScaleOptimizer``, ``use_ema`` and
+``gradient_accumulation_steps``. Expected values: the NumPy reference (``spec.update``)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras_helpers import BACKEND, feed_loss, fit_feed, numpy, snapshot
+from trajectories import assert_trajectories, bits_equal, params_and_grads, reference
+
+import uniopt
+import uniopt.keras as uk
+
+SHAPES = ((3, 4), (5,), ())
+
+
+def _inputs(steps, seed=5, dtype="float32"):
+    return params_and_grads(steps, dtype, seed=seed, shapes=SHAPES)
+
+
+def _jax_without_x64() -> bool:
+    if BACKEND != "jax":
+        return False
+    import jax
+
+    return not jax.config.jax_enable_x64
+
+
+def test_fit_on_digits_learns():
+    """A small MLP on sklearn's digits (shipped with scikit-learn), compiled as Keras compiles by
+    default for this backend: uniopt's RAdam trains it."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = (x[order] / 16.0).astype("float32"), y[order]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile(
+        optimizer=uk.RAdam(learning_rate=0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = model.fit(x[:1500], y[:1500], batch_size=64, epochs=8, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0] / 4
+    _, accuracy = model.evaluate(x[1500:], y[1500:], verbose=0)
+    assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("name", uk.OPTIMIZERS)
+def test_config_round_trip(name):
+    cls = getattr(uk, name)
+    opt = cls()
+    again = cls.from_config(opt.get_config())
+    assert type(again) is cls and again.spec == opt.spec
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(restored) is cls and restored.spec == opt.spec
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: uk.RAdam(learning_rate=0.01, weight_decay=0.1),
+        lambda: uk.ScheduleFreeAdamW(learning_rate=0.01),  # its history lives in optimizer variables
+        lambda: uk.Adam(convention="keras", amsgrad=True),
+    ],
+    ids=["RAdam", "ScheduleFreeAdamW", "Adam-keras"],
+)
+def test_save_load_and_continue_is_the_uninterrupted_run(make, tmp_path):
+    """``model.save`` after 3 steps of ``fit(jit_compile=True)``, ``keras.models.load_model``, 4
+    more: bitwise the NumPy reference of 7 steps and the uninterrupted run."""
+    params, grads = _inputs(7)
+    spec = make().spec
+    jit = BACKEND != "tensorflow" or spec.name != "ScheduleFreeAdamW"  # TF's XLA refuses it
+    model = fit_feed(make(), params, grads[:3], jit_compile=jit)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, custom_objects={"feed_loss": feed_loss})
+    assert type(loaded.optimizer) is type(model.optimizer) and loaded.optimizer.spec == spec
+    fit_feed(None, None, grads[3:], jit_compile=jit, model=loaded)
+    whole = fit_feed(make(), params, grads, jit_compile=jit)
+    want = reference(spec, params, grads)[-1]
+    got = snapshot(loaded.optimizer, loaded.ws)
+    assert_trajectories([got], [want])
+    assert_trajectories([snapshot(whole.optimizer, whole.ws)], [got])
+
+
+def test_a_schedule_in_fit():
+    """A LearningRateSchedule's float32 values, as the step computes them, at every step."""
+    boundaries, values = [2, 4], [0.02, 0.01, 0.003]
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    params, grads = _inputs(6)
+    opt = uk.Adam(learning_rate=schedule, weight_decay=0.1)
+    model = fit_feed(opt, params, grads, jit_compile=True)
+    # PiecewiseConstantDecay at Keras's 0-based step count t: t <= 2, 2 < t <= 4, t > 4
+    lrs = [float(np.float32(values[0 if t <= 2 else 1 if t <= 4 else 2])) for t in range(6)]
+    want = reference(uniopt.Adam(lr=0.02, weight_decay=0.1), params, grads, lrs=lrs)[-1]
+    assert_trajectories([snapshot(model.optimizer, model.ws)], [want])
+
+
+def test_learning_rate_scheduler_callback():
+    """``LearningRateScheduler`` sets ``optimizer.learning_rate`` at each epoch: the float64 variable
+    holds it exactly on TensorFlow and torch (and on JAX with x64); JAX without x64 holds float32,
+    so a rate other than the spec's own is the float32 value there (docs/keras.md)."""
+    params, grads = _inputs(2)
+    rates = [0.01, 0.3, 0.7]
+    callback = keras.callbacks.LearningRateScheduler(lambda epoch, lr: rates[epoch])
+    opt = uk.RAdam(learning_rate=0.01)
+    model = fit_feed(opt, params, grads, jit_compile=True, epochs=3, callbacks=[callback])
+    held = [r if r == 0.01 or not _jax_without_x64() else float(np.float32(r)) for r in rates]
+    lrs = [lr for lr in held for _ in grads]
+    want = reference(uniopt.RAdam(lr=0.01), params, grads * 3, lrs=lrs)[-1]
+    assert_trajectories([snapshot(model.optimizer, model.ws)], [want])
+    if _jax_without_x64():  # the difference is real: the exact rates give other bits
+        exact = reference(uniopt.RAdam(lr=0.01), params, grads * 3, lrs=[r for r in rates for _ in grads])
+        assert not all(bits_equal(a, b) for a, b in zip(exact[-1][0], want[0], strict=True))
+
+
+def test_exclude_from_weight_decay():
+    """The excluded variable steps without weight decay, the others with it."""
+    params, grads = _inputs(5)
+    opt = uk.AdamW(learning_rate=0.01, weight_decay=0.2)
+    opt.exclude_from_weight_decay(var_names=["w1"])
+    model = fit_feed(opt, params, grads, jit_compile=True)
+    spec = uniopt.AdamW(lr=0.01, weight_decay=0.2)
+    got_params, got_slots = snapshot(model.optimizer, model.ws)
+    for i in range(len(SHAPES)):
+        var_spec = spec.replace(weight_decay=0.0) if i == 1 else spec
+        want_params, want_slots = reference(var_spec, [params[i]], [[g[i]] for g in grads])[-1]
+        assert_trajectories([([got_params[i]], [got_slots[i]])], [(want_params, want_slots)])
+    decayed = reference(spec, [params[1]], [[g[1]] for g in grads])[-1][0][0]
+    assert not bits_equal(decayed, got_params[1])
+
+
+def test_loss_scale_optimizer():
+    """Keras's LossScaleOptimizer scales the loss by 2**15 and the gradients back (exact): the inner
+    uniopt optimizer's steps are the reference's."""
+    params, grads = _inputs(5)
+    inner = uk.NAdam(learning_rate=0.01)
+    model = fit_feed(keras.optimizers.LossScaleOptimizer(inner), params, grads, jit_compile=True)
+    want = reference(inner.spec, params, grads)[-1]
+    assert_trajectories([snapshot(model.optimizer.inner_optimizer, model.ws)], [want])
+
+
+def test_use_ema():
+    """``use_ema=True``: the variables follow the reference; Keras's moving averages of them are
+    Keras's formula (``m * average + (1 - m) * variable``, ``m = 0`` at the first step), in float32."""
+    params, grads = _inputs(6)
+    opt = uk.Adam(learning_rate=0.01, use_ema=True, ema_momentum=0.9)
+    variables = [keras.Variable(p) for p in params]
+    opt.build(variables)
+    want = reference(opt.spec, params, grads)
+    averages = [np.zeros_like(p) for p in params]
+    for t, step in enumerate(grads):
+        opt.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
+        m = np.float32(0.9) * np.float32(t != 0)
+        averages = [m * a + (np.float32(1) - m) * p for a, p in zip(averages, want[t][0], strict=True)]
+        assert_trajectories([snapshot(opt, variables)], [want[t]])
+        for got, expected in zip(opt._model_variables_moving_average, averages, strict=True):
+            assert bits_equal(numpy(got), expected.astype(np.float32))
+
+
+def test_gradient_accumulation_steps():
+    """``gradient_accumulation_steps=2``: every second ``apply`` steps with the mean of the two
+    gradients (``(g2 + g1) / 2``, as Keras sums and divides), the step count advancing once."""
+    params, grads = _inputs(6)
+    opt = uk.RAdam(learning_rate=0.01, gradient_accumulation_steps=2)
+    variables = [keras.Variable(p) for p in params]
+    opt.build(variables)
+    for step in grads:
+        opt.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
+    means = [
+        [(b + a) / np.float32(2) for a, b in zip(grads[i], grads[i + 1], strict=True)] for i in (0, 2, 4)
+    ]
+    want = reference(opt.spec, params, means)[-1]
+    assert_trajectories([snapshot(opt, variables)], [want])
+    assert int(numpy(opt.iterations)) == 3
