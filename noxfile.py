@@ -10,7 +10,8 @@ the matrix alone. The sessions that gather others (check, conformance, peer, par
 ``nox -s "conformance_run(backend='torch')"`` then ``nox -s conformance_compare`` runs one backend
 (with the NumPy reference where there is none from this version of the code).
 ``nox -s tests`` runs the core tests and each framework's tests in that framework's own venv
-(import order, ``KERAS_BACKEND`` and jax's x64 flag are process-global).
+(import order, ``KERAS_BACKEND`` and jax's x64 flag are process-global), each followed by
+uniopt.keras's tests (tests/keras_adapter) on that framework's Keras backend.
 GPU users override the pinned CPU framework wheels through the UNIOPT_*_SPEC variables.
 """
 
@@ -41,12 +42,18 @@ OUT = "build/conformance"
 ROOT = Path(__file__).parent
 
 # Each framework's packages; the pinned torch is the CPU wheel (an unpinned torch is a CUDA build).
+# Keras in every framework's venv: uniopt.keras runs on Keras's tensorflow, jax and torch backends,
+# each tested in that framework's venv (tests/keras_adapter, Keras's own tests through peer).
+KERAS = os.environ.get("UNIOPT_KERAS_SPEC", "keras>=3.3")
 FRAMEWORK_DEPS: dict[str, list[str]] = {
     # schedulefree: the authors' Schedule-Free AdamW for torch, uniopt's convention's native
-    "torch": [os.environ.get("UNIOPT_TORCH_SPEC", "torch==2.13.0"), "schedulefree==1.4.1"],
-    "tf": [os.environ.get("UNIOPT_TF_SPEC", "tensorflow-cpu>=2.16"), "keras>=3.3"],
-    "jax": [os.environ.get("UNIOPT_JAX_SPEC", "jax>=0.4.30"), "optax>=0.2.3"],
+    "torch": [os.environ.get("UNIOPT_TORCH_SPEC", "torch==2.13.0"), "schedulefree==1.4.1", KERAS],
+    "tf": [os.environ.get("UNIOPT_TF_SPEC", "tensorflow-cpu>=2.16"), KERAS],
+    "jax": [os.environ.get("UNIOPT_JAX_SPEC", "jax>=0.4.30"), "optax>=0.2.3", KERAS],
 }
+# The Keras backend each framework's venv runs uniopt.keras's tests on (KERAS_BACKEND).
+KERAS_BACKEND_OF = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
+KERAS_SUITE = "tests/keras_adapter"
 # A framework joins the matrix once its conformance backend exists, and the tests once its tests do.
 HARNESS_DEPS = ["rich", "ml-dtypes>=0.4"]  # ml_dtypes: the bfloat16 reference and its files
 BACKEND_DEPS: dict[str, list[str]] = {
@@ -72,7 +79,7 @@ def tests(session: nox.Session, suite: str) -> None:
     """Unit and integration tests: the core, or one framework's adapter in its own venv."""
     if suite == "core":
         session.install(".[test]")
-        ignored = [f"--ignore={folder}" for folder in SUITE_DIRS.values()]
+        ignored = [f"--ignore={folder}" for folder in [*SUITE_DIRS.values(), KERAS_SUITE]]
         session.run("pytest", *ignored, *session.posargs)
     else:
         session.install(".[test]", *FRAMEWORK_DEPS[suite])
@@ -80,7 +87,12 @@ def tests(session: nox.Session, suite: str) -> None:
 
 
 def _framework_tests(session: nox.Session, suite: str, *args: str, env: dict[str, str] | None = None) -> None:
+    """The framework's own suite, then uniopt.keras's on that framework's Keras backend (one pytest
+    process each: Keras's backend and the suites' settings are process-wide)."""
     session.run("pytest", SUITE_DIRS[suite], *args, env=env)
+    if Path(KERAS_SUITE).is_dir():
+        keras_env = {**(env or {}), "KERAS_BACKEND": KERAS_BACKEND_OF[suite]}
+        session.run("pytest", KERAS_SUITE, *args, env=keras_env)
 
 
 @nox.session(python=PYTHON)
@@ -271,6 +283,14 @@ PEER_DEPS: dict[str, list[str]] = {
     "keras": [*FRAMEWORK_DEPS["tf"]],
     "optax": [*FRAMEWORK_DEPS["jax"], "scikit-learn", "scipy"],
     "torch": [*FRAMEWORK_DEPS["torch"], "expecttest"],
+    # Keras's own optimizer tests again, on its JAX and torch backends (uniopt.keras there)
+    "keras-jax": [*FRAMEWORK_DEPS["jax"]],
+    "keras-torch": [*FRAMEWORK_DEPS["torch"]],
+}
+# peer run -> `python -m peer run` arguments
+PEER_ARGS: dict[str, list[str]] = {
+    "keras-jax": ["keras", "--backend", "jax"],
+    "keras-torch": ["keras", "--backend", "torch"],
 }
 
 
@@ -284,7 +304,8 @@ def peer_run(session: nox.Session, framework: str) -> None:
 
 
 def _peer_suite(session: nox.Session, framework: str, *args: str, env: dict[str, str] | None = None) -> None:
-    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", framework, *args, env=env)
+    command = PEER_ARGS.get(framework, [framework])
+    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", *command, *args, env=env)
 
 
 @nox.session(python=PYTHON)
@@ -303,23 +324,26 @@ def peer(session: nox.Session) -> None:
     session.log(f"peer: every suite within its expected failures ({PEER_OUT}, docs/peer.md)")
 
 
-# Each framework's tests and that framework's own optimizer tests, in one venv for check: one install
-# of the framework instead of two (each takes one to two minutes on 2 cores beside the matrix's jobs).
-PEER_OF_SUITE = {"torch": "torch", "tf": "keras", "jax": "optax"}
-SUITES_WITH_PEER = [suite for suite in SUITE_DIRS if suite in PEER_OF_SUITE]
+# Each framework's tests and the peer runs of that venv (its own optimizer tests, and Keras's on its
+# Keras backend), in one venv for check: one install of the framework instead of several (each takes
+# one to two minutes on 2 cores beside the matrix's jobs).
+PEERS_OF_SUITE = {"torch": ["torch", "keras-torch"], "tf": ["keras"], "jax": ["optax", "keras-jax"]}
+SUITES_WITH_PEER = [suite for suite in SUITE_DIRS if suite in PEERS_OF_SUITE]
 
 
 @nox.session(python=PYTHON)
 @nox.parametrize("suite", SUITES_WITH_PEER)
 def tests_and_peer(session: nox.Session, suite: str) -> None:
-    """``tests`` for one framework, then ``peer_run`` for that framework, in one venv (what ``check``
-    runs; ``peer_report`` reads the outcomes). They run beside the matrix's background jobs, with one
-    job's share of the cores as their thread pools (:func:`_beside_the_jobs`)."""
-    framework = PEER_OF_SUITE[suite]
-    session.install(".[test]", *dict.fromkeys([*FRAMEWORK_DEPS[suite], *PEER_DEPS[framework]]))
+    """``tests`` for one framework, then its ``peer_run`` runs, in one venv (what ``check`` runs;
+    ``peer_report`` reads the outcomes). They run beside the matrix's background jobs, with one job's
+    share of the cores as their thread pools (:func:`_beside_the_jobs`)."""
+    peers = PEERS_OF_SUITE[suite]
+    deps = [*FRAMEWORK_DEPS[suite], *(dep for peer in peers for dep in PEER_DEPS[peer])]
+    session.install(".[test]", *dict.fromkeys(deps))
     env = _beside_the_jobs()
     _framework_tests(session, suite, env=env)
-    _peer_suite(session, framework, env=env)
+    for peer in peers:
+        _peer_suite(session, peer, env=env)
 
 
 CHECK_SESSIONS = [
@@ -328,7 +352,7 @@ CHECK_SESSIONS = [
     *RUN_SESSIONS,
     *(f"tests(suite='{suite}')" for suite in TEST_SUITES if suite not in SUITES_WITH_PEER),
     *(f"tests_and_peer(suite='{suite}')" for suite in SUITES_WITH_PEER),
-    *(f"peer_run(framework='{fw}')" for fw in PEER_DEPS if fw not in PEER_OF_SUITE.values()),
+    *(f"peer_run(framework='{fw}')" for fw in PEER_DEPS if all(fw not in p for p in PEERS_OF_SUITE.values())),
     "peer_report",
     "conformance",
 ]

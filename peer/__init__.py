@@ -24,6 +24,10 @@ from typing import Any
 FRAMEWORKS = ("keras", "optax", "torch")
 """Plugin module names, one per framework (each run in its framework's own environment)."""
 
+RUNS = ("keras", "keras-jax", "keras-torch", "optax", "torch")
+"""The runs the report reads (``<run>.json``): each framework's, and Keras's tests again on its JAX
+and torch backends (``python -m peer run keras --backend jax|torch``)."""
+
 STALE: list[str] = []
 """``EXPECTED`` patterns that matched no collected test in this run (filled by :func:`select_and_mark`)."""
 

@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from . import FRAMEWORKS
+from . import FRAMEWORKS, RUNS
 
 DEFAULT_OUT = Path("build/peer")
 DOCS = Path("docs/peer.md")
@@ -26,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.backend:
             os.environ["KERAS_BACKEND"] = args.backend
         backend = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        if backend != "tensorflow":  # the report reads keras.json: Keras on TensorFlow
+        if backend != "tensorflow":  # keras.json: Keras on TensorFlow; keras-<backend>.json otherwise
             name = f"keras-{backend}"
     elif args.backend:
         raise SystemExit(f"python -m peer run {args.framework}: --backend is Keras's (run keras)")
@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _load(out: Path) -> dict[str, dict]:
     runs = {}
-    for framework in FRAMEWORKS:
+    for framework in RUNS:
         path = out / f"{framework}.json"
         if path.exists():
             runs[framework] = json.loads(path.read_text())
@@ -95,7 +95,7 @@ def _report(args: argparse.Namespace) -> int:
     ]
     failed_total = 0
     by_reason: Counter = Counter()
-    missing = [fw for fw in FRAMEWORKS if fw not in runs]
+    missing = [fw for fw in RUNS if fw not in runs]
     for framework, run in runs.items():
         total: Counter = Counter()
         lines.append(f"{framework}:")
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("tensorflow", "jax", "torch"),
         default=None,
         help="keras only: the Keras backend (KERAS_BACKEND; default tensorflow). Another backend "
-        "than tensorflow writes keras-<backend>.json, which the report does not read",
+        "than tensorflow writes keras-<backend>.json, which the report reads as its own run",
     )
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
     report = sub.add_parser("report", help="per-suite counts; writes docs/peer.md")
