@@ -462,6 +462,14 @@ How to read the targets, and what limits each one:
   --xla_cpu_enable_fast_min_max=false"` (docs/tf.md); the benchmark runs with XLA's defaults (the
   flags are process-wide and would slow the Keras natives timed beside it), so its `jit_compile` rows
   are XLA's speed, not the bitwise mode's.
+* **uniopt.torch.SGD on the sparse set** misses 1.5x by construction: torch.optim.SGD adds the
+  uncoalesced gradient into the parameter in one kernel (repeated rows added one by one), while
+  uniopt's rule sees the gradient's value, so it sums repeated rows first (`coalesce()`), gathers
+  the rows, runs the rule's two ops and writes them back. Those five torch ops alone took 13 us
+  (measured one by one, one thread), about torch.optim's whole step (14 us, of which about 8 us
+  is torch.optim.Optimizer's step wrapper, which uniopt's step runs too); the rest of uniopt's
+  step is its per-step bookkeeping in Python. Adagrad and SparseAdam, whose torch.optim steps
+  coalesce too, are within 1.5x.
 * Every figure is a median over interleaved rounds on a shared 2-core machine; compare ratios within
   one framework's rows, not across runs.
 """
@@ -501,11 +509,10 @@ uniopt.torch, `state_dtypes={"exp_avg": "bfloat16"}` on uniopt.tf, `mu_dtype=jnp
 uniopt.jax and optax) beside the same variant with a float32 state, both timed in the same rounds of
 one run: the state it saves (a quarter of Adam's two float32 moments) and what it costs a step.
 torch.optim and Keras have no Adam with a bfloat16 first moment, so the torch and tf rows have no
-native to compare with (none is made up); optax's `mu_dtype` is jax's. uniopt.torch runs the
-parameters of a group with a narrower slot under its `loop` implementation, the eager rule one
-tensor at a time (its flat and compiled buffers hold one dtype; docs/torch.md,
-"Lower-precision state"), so its bfloat16 row times the eager rule against the float32 row's
-compiled one.
+native to compare with (none is made up); optax's `mu_dtype` is jax's. uniopt.torch keeps the
+narrower slot in flat buffers of its dtype and runs the same compiled rule (docs/torch.md,
+"Lower-precision state"): on the large set the step moves fewer bytes and is faster; on the CPU,
+inductor's conversions to and from bfloat16 cost more where the step is not memory-bound.
 """
 
 
