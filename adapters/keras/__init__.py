@@ -11,7 +11,10 @@ backend code and no update math (:mod:`uniopt.keras.optimizers`); the spec's ``r
 through the binding of the process's Keras backend (:mod:`uniopt.keras._binding`): on TensorFlow
 uniopt.tf's (the classes are uniopt.tf's: ``uniopt.keras.RAdam is uniopt.tf.RAdam``), on JAX
 uniopt.jax's namespaces and scalar tables (``jax`` and ``optax`` installed: ``uniopt[jax]``), on
-torch uniopt.torch's namespace. See docs/keras.md; the classes themselves: docs/tf.md.
+torch uniopt.torch's namespace. The state moves to and from a :class:`uniopt.PortableState` on every
+backend (:func:`export_state`, :func:`import_state`; Keras's own optimizers: :func:`from_keras`,
+:func:`to_keras`; on TensorFlow these are uniopt.tf's). See docs/keras.md; the classes
+themselves: docs/tf.md.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ if _BACKEND not in ("tensorflow", "jax", "torch"):
 
 from . import optimizers as _optimizers
 from ._history import EvalAtX, HistoryOptimizer
+from ._porting import export_state, from_keras, import_state, to_keras
 from .optimizers import (
     CONVENTION_DEFAULT,
     KERAS_NAMES,
@@ -50,7 +54,11 @@ __all__ = [
     "KERAS_NAMES",
     "OPTIMIZERS",
     "UnioptOptimizer",
+    "export_state",
+    "from_keras",
     "from_spec",
+    "import_state",
+    "to_keras",
     "to_keras_kwargs",
     "to_spec_kwargs",
     *sorted(_optimizers._BY_NAME),

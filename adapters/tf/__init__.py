@@ -10,8 +10,10 @@ differs: ``Nadam`` and ``NAdam``), each a ``keras.optimizers.Optimizer`` with Ke
 core's ``spec.rule`` executed through :mod:`uniopt.tf.xp`, a small TensorFlow array namespace; the
 adapter holds no update math. The classes are :mod:`uniopt.keras`'s, which on TensorFlow are these
 (``uniopt.tf.RAdam is uniopt.keras.RAdam``), run through this package's binding
-(:mod:`uniopt.tf._binding`). ``ScheduleFreeAdamW`` keeps its history in optimizer variables and
-has train/eval modes (:class:`HistoryOptimizer`, :class:`EvalAtX`). See docs/tf.md.
+(:mod:`uniopt.tf._binding`); so are the porting functions (``export_state``,
+``import_state``, ``from_keras``, ``to_keras``: ``uniopt.tf.export_state is
+uniopt.keras.export_state``). ``ScheduleFreeAdamW`` keeps its history in optimizer variables and has
+train/eval modes (:class:`HistoryOptimizer`, :class:`EvalAtX`). See docs/tf.md.
 """
 
 import keras as _keras
@@ -25,6 +27,7 @@ if _keras.backend.backend() != "tensorflow":  # before TensorFlow is imported: i
 
 from uniopt.keras import optimizers as _optimizers
 from uniopt.keras._history import EvalAtX, HistoryOptimizer
+from uniopt.keras._porting import export_state, from_keras, import_state, to_keras
 from uniopt.keras.optimizers import (
     KERAS_NAMES,
     OPTIMIZERS,
@@ -35,7 +38,6 @@ from uniopt.keras.optimizers import (
 )
 
 from . import optimizers, xla, xp  # noqa: F401 - uniopt.tf.optimizers, as before
-from ._porting import export_state, from_keras, import_state, to_keras
 
 # the generated classes (and aliases) of the table's rows: SGD, Adagrad, ..., Nadam, NAdam
 globals().update({name: getattr(_optimizers, name) for name in _optimizers._BY_NAME})

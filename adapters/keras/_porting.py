@@ -1,7 +1,13 @@
-"""Optimizer state between ``uniopt.tf`` (or Keras's own optimizers) and :class:`uniopt.PortableState`.
+"""Optimizer state between the uniopt Keras optimizers (or Keras's own) and :class:`uniopt.PortableState`,
+on every Keras backend.
 
 Parameters are the model variables in the order given (``model.trainable_variables``). The step is
-Keras's ``optimizer.iterations``; the record's ``lr`` is the learning rate in effect.
+Keras's ``optimizer.iterations``; the record's ``lr`` is the learning rate in effect. Nothing here
+depends on the backend: Keras's variables, ``keras.ops.convert_to_numpy`` (bfloat16 through ml_dtypes)
+and ``Variable.assign`` are the same on TensorFlow, JAX and torch, and a slot's dtype is read through the
+backend's binding. These are ``uniopt.keras.export_state``, ``import_state``, ``from_keras`` and
+``to_keras``, and on TensorFlow ``uniopt.tf``'s (the same functions); messages name them
+``uniopt.tf.*`` on TensorFlow and ``uniopt.keras.*`` elsewhere, as the optimizers name themselves.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from typing import Any, NamedTuple
 import array_api_compat.numpy as npx
 import keras
 import numpy as np
-import tensorflow as tf
 
 from uniopt import PortableState, Spec, registry
-from uniopt.keras._history import HistoryOptimizer
-from uniopt.keras.optimizers import _BY_SPEC, UnioptOptimizer
 from uniopt.porting import check_compatible, history_of, make_state
 from uniopt.registry import TABLE, OptimizerInfo
+
+from ._binding import PACKAGE, dtype_name
+from ._history import HistoryOptimizer
+from .optimizers import _BY_SPEC, UnioptOptimizer
 
 __all__ = ["export_state", "from_keras", "import_state", "to_keras"]
 
@@ -58,7 +65,17 @@ def _spec(optimizer: UnioptOptimizer, variables: Sequence[Any], owner: str) -> S
                 f"{owner}: variable {i} ({v.path}) is excluded from weight decay; a PortableState holds "
                 "one set of hyperparameters"
             )
-    return spec.replace(lr=_learning_rate(optimizer))
+    return spec.replace(lr=_uniopt_learning_rate(optimizer))
+
+
+def _uniopt_learning_rate(optimizer: UnioptOptimizer) -> float:
+    """The learning rate in effect: a float learning rate is the spec's ``lr`` exactly, also where a
+    float32 variable holds ``float32(lr)`` (Keras on JAX without ``jax_enable_x64``, which has no
+    float64: :meth:`UnioptOptimizer._float_learning_rate`); a schedule's is its value at the next
+    step, as the optimizer reads it (``optimizer.learning_rate``)."""
+    if optimizer._dynamic_learning_rate():
+        return _learning_rate(optimizer)
+    return optimizer._float_learning_rate()
 
 
 def _slot_variables(optimizer: UnioptOptimizer, variables: Sequence[Any], owner: str) -> list[dict[str, Any]]:
@@ -93,18 +110,18 @@ def _check_unkept(state: PortableState, kept: Sequence[dict[str, Any]], owner: s
 
 
 def export_state(optimizer: UnioptOptimizer, variables: Sequence[Any]) -> PortableState:
-    """The state of a ``uniopt.tf`` optimizer for ``variables`` as a :class:`uniopt.PortableState`.
+    """The state of a uniopt Keras optimizer for ``variables`` as a :class:`uniopt.PortableState`.
 
     An optimizer not built yet has step 0 and the spec's initial slots. A spec with a history
     (Schedule-Free AdamW) records it from the optimizer's history variables, exactly. Raises
     ``ValueError`` for state a record does not hold (gradient accumulation, EMA, variables excluded
     from weight decay) and for a Schedule-Free optimizer in eval mode.
     """
-    owner = "uniopt.tf.export_state"
+    owner = f"{PACKAGE}.export_state"
     if not isinstance(optimizer, UnioptOptimizer):
         raise TypeError(
-            f"{owner}: expected a uniopt.tf optimizer, got {type(optimizer).__name__}; for a Keras "
-            "optimizer use uniopt.tf.from_keras"
+            f"{owner}: expected a {PACKAGE} optimizer, got {type(optimizer).__name__}; for a Keras "
+            f"optimizer use {PACKAGE}.from_keras"
         )
     _check_portable(optimizer, owner)
     variables = list(variables)
@@ -126,7 +143,7 @@ def export_state(optimizer: UnioptOptimizer, variables: Sequence[Any]) -> Portab
 
 
 def _history_of(optimizer: UnioptOptimizer, owner: str) -> Any:
-    """The spec's history of a :class:`~uniopt.tf.HistoryOptimizer` (``None`` for every other
+    """The spec's history of a :class:`~uniopt.keras.HistoryOptimizer` (``None`` for every other
     optimizer, and for a convention that keeps none), refused in eval mode: a record continues
     training, whose parameters are y."""
     if not isinstance(optimizer, HistoryOptimizer):
@@ -150,19 +167,23 @@ def import_state(
     *,
     hyperparameters: bool = True,
 ) -> None:
-    """Load ``state`` into a ``uniopt.tf`` optimizer for ``variables`` (built here if it is not).
+    """Load ``state`` into a uniopt Keras optimizer for ``variables`` (built here if it is not).
 
     Everything is checked before any variable is assigned: the optimizer, variable count, shapes,
     dtypes, slots, the history (a spec that keeps one needs it; Schedule-Free AdamW), train mode
     (a Schedule-Free optimizer in eval mode is refused), hyperparameters (unless
     ``hyperparameters=False``) and that a built optimizer tracks these variables. Then
-    ``iterations``, every slot variable and the history variables are assigned.
+    ``iterations``, every slot variable and the history variables are assigned. A slot the record
+    holds in another dtype than its variable's (a bfloat16 ``exp_avg``: ``PortableState.slot_dtypes``)
+    needs an optimizer built with that ``state_dtypes``; ``ValueError`` naming it otherwise, never a
+    rounding or widening. ``TypeError`` for an optimizer that is not a uniopt one (Keras's own:
+    :func:`to_keras`).
     """
-    owner = "uniopt.tf.import_state"
+    owner = f"{PACKAGE}.import_state"
     if not isinstance(optimizer, UnioptOptimizer):
         raise TypeError(
-            f"{owner}: expected a uniopt.tf optimizer, got {type(optimizer).__name__}; for a Keras "
-            "optimizer use uniopt.tf.to_keras"
+            f"{owner}: expected a {PACKAGE} optimizer, got {type(optimizer).__name__}; for a Keras "
+            f"optimizer use {PACKAGE}.to_keras"
         )
     _check_portable(optimizer, owner)
     variables = list(variables)
@@ -180,7 +201,7 @@ def import_state(
         _check_unkept(state, kept, owner, "this optimizer")
     for i, (slots, slot_vars) in enumerate(zip(state.slots, kept, strict=True)):  # before any assign
         for name, value in slots.items():
-            have = None if slot_vars[name] is None else tf.as_dtype(slot_vars[name].dtype).name
+            have = None if slot_vars[name] is None else dtype_name(slot_vars[name].dtype)
             if have is not None and have != str(value.dtype):
                 raise ValueError(
                     f"{owner}: parameter {i} slot {name!r} is {value.dtype} in the state and {have} in "
@@ -261,7 +282,7 @@ def _native_spec(optimizer: keras.optimizers.Optimizer, owner: str) -> Spec:
     the row's Keras arguments read back from the optimizer and renamed by the row's names."""
     if isinstance(optimizer, UnioptOptimizer):
         raise TypeError(
-            f"{owner}: {type(optimizer).__name__} is a uniopt optimizer; use uniopt.tf.export_state"
+            f"{owner}: {type(optimizer).__name__} is a uniopt optimizer; use {PACKAGE}.export_state"
         )
     _check_portable(optimizer, owner)
     info = _row_of(optimizer, owner)
@@ -353,7 +374,7 @@ def from_keras(optimizer: keras.optimizers.Optimizer, variables: Sequence[Any]) 
     from uniopt's (``epsilon`` in the "epsilon hat" form or inside the root, defaults), so a run
     continued under uniopt follows uniopt's rules from there.
     """
-    owner = "uniopt.tf.from_keras"
+    owner = f"{PACKAGE}.from_keras"
     spec = _native_spec(optimizer, owner)
     variables = list(variables)
     names = spec.slot_names()
@@ -395,7 +416,7 @@ def to_keras(
 ) -> None:
     """Load a record into a Keras optimizer of the same algorithm (the inverse of :func:`from_keras`;
     built here if it is not). Checked first; nothing is assigned on a mismatch."""
-    owner = "uniopt.tf.to_keras"
+    owner = f"{PACKAGE}.to_keras"
     spec = _native_spec(optimizer, owner)
     variables = list(variables)
     shapes, dtypes = [_shape(v) for v in variables], [_dtype(v) for v in variables]
