@@ -91,8 +91,26 @@ def _framework_tests(session: nox.Session, suite: str, *args: str, env: dict[str
     process each: Keras's backend and the suites' settings are process-wide)."""
     session.run("pytest", SUITE_DIRS[suite], *args, env=env)
     if Path(KERAS_SUITE).is_dir():
-        keras_env = {**(env or {}), "KERAS_BACKEND": KERAS_BACKEND_OF[suite]}
+        keras_env = {**(env or {}), "KERAS_BACKEND": KERAS_BACKEND_OF[suite], **_other_pythons(suite)}
         session.run("pytest", KERAS_SUITE, *args, env=keras_env)
+
+
+# tests/keras_adapter/test_moves.py moves optimizer state between frameworks, each in its own venv:
+# the JAX run gets the interpreters of the torch and tf venvs this nox run has made (check runs the
+# torch and tf suites first); a move whose venv is missing is skipped, naming the variable.
+OTHER_PYTHONS = {"jax": {"UNIOPT_PYTHON_TF": "tf", "UNIOPT_PYTHON_TORCH": "torch"}}
+
+
+def _other_pythons(suite: str) -> dict[str, str]:
+    """``UNIOPT_PYTHON_<FW>`` -> the python of framework FW's tests venv, where it exists."""
+    found = {}
+    for variable, framework in OTHER_PYTHONS.get(suite, {}).items():
+        for session_dir in (f"tests_and_peer-suite-{framework}", f"tests-suite-{framework}"):
+            python = ROOT / ".nox" / session_dir / "bin" / "python"
+            if python.exists():
+                found[variable] = str(python)
+                break
+    return found
 
 
 @nox.session(python=PYTHON)
