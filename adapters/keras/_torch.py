@@ -7,8 +7,12 @@ NumPy's ``sign``), so its steps are bitwise the NumPy reference's. The step's sc
 on the host at every step (``iterations + 1`` and the learning rate read as Python numbers; float64,
 rounded once to each variable's dtype, as the NumPy reference has them), as 0-d tensors; flags are
 Python bools. A float learning rate is held in a float64 variable, as on TensorFlow. Under
-``torch.compile`` (Keras's ``jit_compile=True`` on torch) reading the step count and the learning
-rate on the host breaks the graph there (docs/keras.md). No update math lives here.
+``torch.compile`` (Keras's ``jit_compile=True`` on torch) that host work runs in functions excluded
+from dynamo's tracing (``torch.compiler.disable``, as uniopt.torch's ``_prepare``): the graph
+breaks there, and the compiled graphs receive the scalars as 0-d tensor inputs (and the flags as
+Python bools, constant while they do not change), so they are not recompiled at every step; a
+step count or learning rate traced symbolically would make the scalars' float64 arithmetic guards
+of dynamo (docs/keras.md). No update math lives here.
 """
 
 from __future__ import annotations
@@ -90,6 +94,22 @@ def _host_number(value: Any) -> float:
     return float(keras.ops.convert_to_numpy(value))
 
 
+_OFF_GRAPH: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def _host(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` itself eagerly; under ``torch.compile`` the same function excluded from dynamo's
+    tracing (``torch.compiler.disable``, made on first use so that importing this module does not
+    load torch._dynamo): it runs as plain Python at a graph break, so the step count and learning
+    rate it reads are numbers, never symbols that dynamo would guard on."""
+    if not torch.compiler.is_compiling():
+        return function
+    disabled = _OFF_GRAPH.get(function)
+    if disabled is None:
+        disabled = _OFF_GRAPH[function] = torch.compiler.disable(function)
+    return disabled
+
+
 def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr: bool) -> Any:
     """The spec's scalars of this step in ``dtype``, from the host (cached for one ``apply``).
     Under ``convention="keras"`` the learning rate goes through float32 first."""
@@ -97,15 +117,21 @@ def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr
     hit = optimizer._uniopt_cache.entries.get(key)
     if hit is not None:
         return hit[1]
+    result = _host(_host_scalars)(optimizer, spec, dtype, learning_rate)
+    optimizer._uniopt_cache.entries[key] = (None, result)
+    return result
+
+
+def _host_scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any) -> Any:
+    """The scalars of step ``iterations + 1`` at the learning rate's value, computed on the host
+    (float64, each rounded once to ``dtype``): float fields as 0-d tensors, flags as bools."""
     step = int(keras.ops.convert_to_numpy(optimizer.iterations)) + 1
     lr = _host_number(learning_rate)
     if spec.convention == "keras":
         lr = float(np.float32(lr))
     values = rounded_scalars(spec, step, _np_dtype(dtype), lr)
     kind = type(spec.step_scalars(1))
-    result = kind(*_as_tensors(values, dtype))
-    optimizer._uniopt_cache.entries[key] = (None, result)
-    return result
+    return kind(*_as_tensors(values, dtype))
 
 
 def _as_tensors(values: Any, dtype: str) -> list[Any]:
@@ -140,18 +166,30 @@ def history_assign(optimizer: Any, values: tuple[float, ...]) -> None:
 def history_step(
     optimizer: Any, compute: Callable[..., list[Any]], learning_rate: Any, types: list[str]
 ) -> tuple[list[Any], list[Any], Any]:
-    """``compute(step, lr, history)`` on the host; the next history as float64 values, the scalars
-    as 0-d tensors, and the cache key (``None``)."""
+    """``compute(step, lr, history)`` on the host (outside ``torch.compile``'s graphs); the next
+    history as 0-d float64 tensors, the scalars as 0-d tensors, and the cache key (``None``)."""
+    return _host(_host_history_step)(optimizer, compute, learning_rate, types)
+
+
+def _host_history_step(
+    optimizer: Any, compute: Callable[..., list[Any]], learning_rate: Any, types: list[str]
+) -> tuple[list[Any], list[Any], Any]:
     step = int(keras.ops.convert_to_numpy(optimizer.iterations)) + 1
     after, *out = compute(step, _host_number(learning_rate), history_values(optimizer))
-    scalars = [torch.tensor(float(v), dtype=to_torch_dtype(d)) for v, d in zip(out, types, strict=True)]
     device = keras.ops.convert_to_tensor(0.0).device
-    return list(after), [s.to(device) for s in scalars], None
+    history = [torch.tensor(float(v), dtype=torch.float64, device=device) for v in after]
+    scalars = [torch.tensor(float(v), dtype=to_torch_dtype(d)) for v, d in zip(out, types, strict=True)]
+    return history, [s.to(device) for s in scalars], None
 
 
 def history_guard(optimizer: Any, message: str, lr_message: str, apply: Callable[[], Any]) -> Any:
     """``apply()`` unless the optimizer is in eval mode (``RuntimeError``) or its learning rate is
-    out of range (``ValueError``), both read on the host."""
+    out of range (``ValueError``), both read on the host (outside ``torch.compile``'s graphs)."""
+    _host(_check_history)(optimizer, message, lr_message)
+    return apply()
+
+
+def _check_history(optimizer: Any, message: str, lr_message: str) -> None:
     import math
 
     if int(keras.ops.convert_to_numpy(optimizer._uniopt_mode)) != 1:
@@ -159,4 +197,3 @@ def history_guard(optimizer: Any, message: str, lr_message: str, apply: Callable
     value = _host_number(optimizer._get_current_learning_rate())
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{lr_message} {value!r}")
-    return apply()
