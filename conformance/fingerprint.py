@@ -41,7 +41,7 @@ def _digest(files: Iterable[tuple[str, Path]]) -> str:
     return digest.hexdigest()
 
 
-ADAPTERS = ("torch", "tf", "jax")
+ADAPTERS = ("torch", "tf", "jax", "keras")
 
 
 def imported_fingerprint() -> str:
