@@ -1,6 +1,7 @@
 """uniopt.tf state export/import: files between runs resume bit for bit (against the uninterrupted
-NumPy reference of the core), mismatches assign nothing, and Keras's own optimizers' state is read
-and written back."""
+NumPy reference of the core), through tf.function too, and a bad record assigns nothing. The
+checks shared with every Keras backend (mismatches, Keras's own optimizers' state read and written
+back) are tests/keras_adapter/test_porting.py's, which runs on TensorFlow too."""
 
 from __future__ import annotations
 
@@ -69,178 +70,11 @@ def test_resume_from_a_file_is_bitwise(tmp_path, spec, split, dtype, route):
         assert_state_bitwise(state.slots, expected_state, STEPS, state.step)
 
 
-def test_export_of_an_unbuilt_optimizer_is_the_initial_state():
-    spec = uniopt.Adagrad(initial_accumulator_value=0.25)
-    variables = _variables(stream("float64", steps=0)[0])
-    record = utf.export_state(utf.from_spec(spec), variables)
-    assert record.step == 0 and record.dtypes == ("float64",) * 3
-    for slots, v in zip(record.slots, variables, strict=True):
-        np.testing.assert_array_equal(slots["sum"], np.full(v.shape, 0.25))
-
-
 def _snapshot(opt):
     return [v.numpy().copy() for v in opt.variables]
 
 
-@pytest.mark.parametrize(
-    ("make", "vars_of", "match"),
-    [
-        (lambda: utf.Adam(learning_rate=0.01), None, "the state is from RAdam, the optimizer is Adam"),
-        (
-            lambda: utf.RAdam(learning_rate=0.01),
-            lambda vs: vs[:2],
-            "the state holds 3 parameters, the optimizer has 2",
-        ),
-        (
-            lambda: utf.RAdam(learning_rate=0.01),
-            lambda vs: [vs[0], keras.Variable(np.zeros(6, np.float32)), vs[2]],
-            r"parameter 1 has shape \(6,\), the state holds shape \(5,\)",
-        ),
-        (
-            lambda: utf.RAdam(learning_rate=0.01),
-            lambda vs: [vs[0], keras.Variable(np.zeros(5), dtype="float64"), vs[2]],
-            "parameter 1 has dtype float64, the state holds float32",
-        ),
-        (
-            lambda: utf.RAdam(learning_rate=0.02),
-            None,
-            r"hyperparameter lr is 0\.02 in the optimizer and 0\.01",
-        ),
-    ],
-)
-def test_a_mismatch_raises_and_assigns_nothing(make, vars_of, match):
-    spec = uniopt.RAdam(lr=0.01)
-    params0, grads = stream("float32", steps=2)
-    arrays, state = reference(spec, params0, grads)
-    record = core_export(spec, state, arrays)
-    variables = _variables(params0)
-    opt = make()
-    _run(opt, variables, grads[:1])
-    before = _snapshot(opt)
-    with pytest.raises(ValueError, match=match):
-        utf.import_state(opt, record, vars_of(variables) if vars_of else variables)
-    for a, b in zip(_snapshot(opt), before, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_variables_the_optimizer_does_not_track_are_refused():
-    spec = uniopt.Adam(lr=0.01)
-    params0, grads = stream("float32", steps=1)
-    arrays, state = reference(spec, params0, grads)
-    opt = utf.from_spec(spec)
-    _run(opt, _variables(params0), grads)
-    with pytest.raises(ValueError, match=r"variable 0 .* is not one this optimizer was built for"):
-        utf.import_state(opt, core_export(spec, state, arrays), _variables(params0))
-
-
-def test_state_a_record_cannot_hold_is_refused():
-    variables = _variables(stream("float32", steps=0)[0])
-    with pytest.raises(ValueError, match="use_ema keeps moving averages"):
-        utf.export_state(utf.Adam(use_ema=True), variables)
-    with pytest.raises(ValueError, match="gradient_accumulation_steps keeps accumulators"):
-        utf.export_state(utf.Adam(gradient_accumulation_steps=2), variables)
-    decayed = utf.AdamW(weight_decay=0.1)
-    decayed.exclude_from_weight_decay(var_list=variables[:1])
-    decayed.build(variables)
-    with pytest.raises(ValueError, match=r"variable 0 .* is excluded from weight decay"):
-        utf.export_state(decayed, variables)
-    with pytest.raises(TypeError, match=r"use uniopt.tf.from_keras"):
-        utf.export_state(keras.optimizers.Adam(), variables)
-
-
 # -- Keras's own optimizers -----------------------------------------------------------------------
-
-NATIVE = [
-    (keras.optimizers.Adam, {"learning_rate": 0.01, "amsgrad": True}, "Adam"),
-    (keras.optimizers.Adam, {"learning_rate": 0.01, "weight_decay": 0.1}, "AdamW"),
-    (keras.optimizers.AdamW, {"learning_rate": 0.01}, "AdamW"),
-    (keras.optimizers.SGD, {"learning_rate": 0.5, "momentum": 0.9, "nesterov": True}, "SGD"),
-    (keras.optimizers.RMSprop, {"learning_rate": 0.25, "centered": True, "momentum": 0.5}, "RMSprop"),
-    (keras.optimizers.Adagrad, {"learning_rate": 0.1}, "Adagrad"),
-    (keras.optimizers.Adamax, {"learning_rate": 0.01, "beta_1": 0.8}, "Adamax"),
-    (keras.optimizers.Nadam, {"learning_rate": 0.01}, "NAdam"),
-    (keras.optimizers.Nadam, {"learning_rate": 0.01, "weight_decay": 0.1}, "NAdam"),
-    (keras.optimizers.Adadelta, {"learning_rate": 0.5, "rho": 0.9}, "Adadelta"),
-    (keras.optimizers.Lion, {"learning_rate": 0.01, "weight_decay": 0.1}, "Lion"),
-    (
-        keras.optimizers.ScheduleFreeAdamW,
-        {"learning_rate": 0.01, "weight_decay": 0.1, "warmup_steps": 3},
-        "ScheduleFreeAdamW",
-    ),
-]
-_ADAM = {"exp_avg": "_momentums", "exp_avg_sq": "_velocities", "max_exp_avg_sq": "_velocity_hats"}
-KERAS_SLOTS = {  # Keras class -> uniopt slot -> Keras's list of variables (keras/src/optimizers/*.py)
-    "Adam": _ADAM,
-    "AdamW": _ADAM,
-    "SGD": {"momentum_buffer": "momentums"},
-    "RMSprop": {
-        "square_avg": "_velocities",
-        "grad_avg": "_average_gradients",
-        "momentum_buffer": "_momentums",
-    },
-    "Adagrad": {"sum": "_accumulators"},
-    "Adamax": {"exp_avg": "_m", "exp_inf": "_u"},
-    "Nadam": {"exp_avg": "_momentums", "exp_avg_sq": "_velocities"},
-    "Adadelta": {"square_avg": "_accumulated_grads", "acc_delta": "_accumulated_delta_vars"},
-    "Lion": {"exp_avg": "_momentums"},
-    "ScheduleFreeAdamW": {"z": "_momentums", "exp_avg_sq": "_velocities"},
-}
-
-
-def _keras_slot(opt, name):
-    """(Keras's attribute, Keras's value / uniopt's per unit lr): SGD keeps velocities -lr*b,
-    RMSprop's momentum lr*b; every other slot is the same quantity."""
-    attribute = KERAS_SLOTS[type(opt).__name__][name]
-    if name == "momentum_buffer":
-        return attribute, (-1.0 if isinstance(opt, keras.optimizers.SGD) else 1.0)
-    return attribute, None
-
-
-@pytest.mark.parametrize(("cls", "kwargs", "name"), NATIVE, ids=[f"{c.__name__}-{n}" for c, _, n in NATIVE])
-def test_keras_state_is_read_and_written_back(cls, kwargs, name):
-    params0, grads = stream("float32", steps=5)
-    variables = _variables(params0)
-    native = cls(**kwargs)
-    _run(native, variables, grads[:4])
-    record = utf.from_keras(native, variables)
-    assert (record.optimizer, record.convention, record.step) == (name, "keras", 4)
-    assert record.hyperparameters["lr"] == float(np.float32(kwargs["learning_rate"]))
-    lr = record.hyperparameters["lr"]
-    assert set(record.slot_names) == set(KERAS_SLOTS[cls.__name__]) - {"max_exp_avg_sq"} | (
-        {"max_exp_avg_sq"} if kwargs.get("amsgrad") else set()
-    )
-    for slot in record.slot_names:
-        attribute, sign = _keras_slot(native, slot)
-        scale = sign * lr if sign is not None else 1.0
-        for i, v in enumerate(variables):
-            keras_value = getattr(native, attribute)[native._get_variable_index(v)].numpy()
-            np.testing.assert_array_equal(
-                record.slots[i][slot] * np.float32(scale), keras_value, err_msg=slot
-            )
-    copies = _variables([v.numpy() for v in variables])
-    resumed = cls(**kwargs)
-    utf.to_keras(record, resumed, copies)
-    _run(native, variables, grads[4:])
-    _run(resumed, copies, grads[4:])
-    assert_bitwise([v.numpy() for v in copies], [v.numpy() for v in variables], "params")
-
-
-def test_keras_errors():
-    variables = _variables(stream("float32", steps=0)[0])
-    with pytest.raises(ValueError, match=r"Keras's weight_decay=0\.1 is decoupled"):
-        utf.from_keras(keras.optimizers.SGD(weight_decay=0.1), variables)
-    with pytest.raises(TypeError, match="is not one of Keras's"):
-        utf.from_keras(keras.optimizers.Ftrl(), variables)
-    for cls in (keras.optimizers.Adagrad, keras.optimizers.Adamax, keras.optimizers.Adadelta):
-        with pytest.raises(ValueError, match=r"Keras's weight_decay=0\.1 is decoupled"):
-            utf.from_keras(cls(weight_decay=0.1), variables)
-    with pytest.raises(TypeError, match=r"use uniopt.tf.export_state"):
-        utf.from_keras(utf.Adam(), variables)
-    record = utf.from_keras(keras.optimizers.SGD(momentum=0.9), variables)
-    adam = keras.optimizers.Adam()
-    with pytest.raises(ValueError, match="the state is from SGD, the optimizer is Adam"):
-        utf.to_keras(record, adam, variables)
-    assert not adam.built
 
 
 def test_keras_decoupled_decay_is_recorded_as_the_spec_that_decouples():
