@@ -122,7 +122,13 @@ def lint(session: nox.Session) -> None:
 
 
 # What each venv runs: the framework's adapter rows and its native optimizers' parity rows.
-RUNS_IN = {"torch": ["torch", "torch.optim"], "tf": ["tf", "keras"], "jax": ["jax", "optax"]}
+# uniopt.keras on Keras's JAX and torch backends (keras_jax, keras_torch: Keras installed in those
+# venvs, each job setting its KERAS_BACKEND) and Keras's own optimizers there run in the same venvs.
+RUNS_IN = {
+    "torch": ["torch", "torch.optim", "keras_torch"],
+    "tf": ["tf", "keras"],
+    "jax": ["jax", "optax", "keras_jax"],
+}
 REFERENCE = "numpy"  # conformance.backends.REFERENCE (nox's own Python has no numpy to import it)
 
 # Backends in the order ``nox -s conformance`` queues them: the longest first (torch: its two compiled

@@ -33,6 +33,7 @@ __all__ = [
     "Unit",
     "batched",
     "bfloat16_per_convention",
+    "bounds_of",
     "by_unit",
     "first_case_per_convention",
     "get",
@@ -296,6 +297,24 @@ class Backend:
     # init(slot_dtypes=...) on NumPy, uniopt.jax's mu_dtype/accumulator_dtype, uniopt.torch's and
     # uniopt.tf's state_dtypes
     slot_dtypes: bool = False
+    # mode -> (cell -> why this mode cannot run it, or None), beside ``supports``: a mode that runs
+    # another optimizer than the backend's other modes (a Keras backend's ``native`` mode: Keras's
+    # own optimizers, on their convention's cases)
+    supports_in: Mapping[str, Callable[[Cell], str | None]] = dataclasses.field(default_factory=dict)
+    # mode -> (backend, mode) whose bounds in the table (ulp_tolerance, relative_tolerance keys) this
+    # mode's cells take where the row states none of their own: the same kernels run there
+    # (OptimizerInfo.tolerance's same_as)
+    bounds_from: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # called before the module's first import (the availability check): sets what the process needs
+    # then (Keras's KERAS_BACKEND, read at Keras's first import) and says why it cannot run, or None
+    prepare: Callable[[], str | None] | None = None
+
+    def unsupported(self, mode: str, cell: Cell) -> str | None:
+        """Why ``cell`` cannot exist in this backend's ``mode`` (``supports``, ``supports_in``)."""
+        reason = self.supports(cell) if self.supports is not None else None
+        if reason is None and mode in self.supports_in:
+            reason = self.supports_in[mode](cell)
+        return reason
 
     def queue_order(self, modes: Sequence[str]) -> list[str]:
         """``modes`` in the order their jobs are queued: :attr:`slowest` first."""
@@ -310,7 +329,12 @@ class Backend:
         return None if selects(cell) else reason
 
     def unavailable(self) -> str | None:
-        """Why this backend cannot run in this environment, or ``None``."""
+        """Why this backend cannot run in this environment, or ``None`` (imports its module, after
+        :attr:`prepare`)."""
+        if self.prepare is not None:
+            reason = self.prepare()
+            if reason is not None:
+                return reason
         try:
             importlib.import_module(self.module)
         except ImportError as exc:
@@ -497,11 +521,12 @@ def _strict_runner(mode: str) -> Runner:
 
 def _framework_backends() -> list[Backend]:
     """The framework backends, one module each (``conformance/backend_<name>.py`` defining
-    ``BACKEND``); those modules import their framework only inside their runners."""
+    ``BACKEND``; uniopt.keras on Keras's JAX and torch backends: ``backend_keras_jax.py`` and
+    ``backend_keras_torch.py``); those modules import their framework only inside their runners."""
     from .native import NATIVE_BACKENDS
 
     found = []
-    for module in ("torch", "tf", "jax"):
+    for module in ("torch", "tf", "jax", "keras_jax", "keras_torch"):
         try:
             found.append(importlib.import_module(f"conformance.backend_{module}").BACKEND)
         except ModuleNotFoundError as exc:
@@ -543,3 +568,10 @@ def get(name: str) -> Backend:
 
 def names() -> Sequence[str]:
     return tuple(BACKENDS)
+
+
+def bounds_of(backend: str, mode: str) -> tuple[str, str] | None:
+    """The backend and mode whose bounds in the table ``backend``'s ``mode`` also takes
+    (:attr:`Backend.bounds_from`), or ``None``; a name not in :data:`BACKENDS` has none."""
+    found = BACKENDS.get(backend)
+    return None if found is None else found.bounds_from.get(mode)

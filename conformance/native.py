@@ -17,7 +17,12 @@ shows how far uniopt's convention is from the optimizer people port from:
   runs it, TensorFlow's rewrites move some results by a few ulp, which ``python -m conformance
   parity`` measures);
 - ``optax@native``: ``optax.<alias>`` with ``optax.apply_updates``, under ``jax.jit``, with
-  ``jax_enable_x64`` off (jax's default) except for float64 cells.
+  ``jax_enable_x64`` off (jax's default) except for float64 cells;
+- ``keras_jax@native`` and ``keras_torch@native`` (the ``native`` mode of the Keras-on-JAX and
+  Keras-on-torch backends, ``conformance/backend_keras_jax.py`` and ``backend_keras_torch.py``):
+  ``keras.optimizers.<Name>`` on Keras's JAX backend, ``apply`` eagerly at jax's defaults (the steps
+  the keras convention reproduces; under ``jax.jit`` XLA fuses Keras's own multiply-adds), and on its
+  torch backend, ``apply`` under ``torch.no_grad()`` (what ``fit`` runs there: eager by default).
 
 Slots are read from the native state under uniopt's names, raw (no rescaling): a convention's slots
 are defined to hold what the native optimizer holds. Frameworks are imported inside the runners.
@@ -63,7 +68,10 @@ def _native_named(backend: str, optimizer: str) -> bool:
     return True  # torch.optim: the torch and official conventions exist only where torch names one
 
 
-def _supports(backend: str) -> Callable[[Cell], str | None]:
+def _supports(backend: str, keras_backend: str = "tensorflow") -> Callable[[Cell], str | None]:
+    """Why the ``backend`` native row cannot run a cell (``keras_backend``: the Keras backend a
+    ``keras`` row runs on: on TensorFlow it takes :data:`uniopt.registry.KERAS_NATIVE_REFUSALS`)."""
+
     def check(cell: Cell) -> str | None:
         convention = convention_of(cell.optimizer, cell.case)
         if backend == "torch.optim" and cell.optimizer in PACKAGE_NATIVES:
@@ -83,7 +91,8 @@ def _supports(backend: str) -> Callable[[Cell], str | None]:
         if backend == "keras":
             from uniopt.registry import KERAS_NATIVE_REFUSALS, get
 
-            refused = KERAS_NATIVE_REFUSALS.get(cell.optimizer)
+            refusals = KERAS_NATIVE_REFUSALS if keras_backend == "tensorflow" else {}
+            refused = refusals.get(cell.optimizer)
             if refused is not None:
                 info = get(cell.optimizer)
                 if refused[0](info.make(info.case(cell.case)), cell.dtype):
@@ -91,6 +100,12 @@ def _supports(backend: str) -> Callable[[Cell], str | None]:
         return None
 
     return check
+
+
+def keras_native_supports(keras_backend: str) -> Callable[[Cell], str | None]:
+    """Why Keras's own optimizers on Keras's ``keras_backend`` (a ``native`` mode) cannot run a
+    cell: the ``keras@native`` row's reasons, with that backend's refusals."""
+    return _supports("keras", keras_backend)
 
 
 def _hyper(spec: Spec) -> dict[str, Any]:
@@ -232,7 +247,7 @@ def _keras_arguments(spec: Spec) -> tuple[str, dict[str, Any]]:
     import dataclasses
 
     from uniopt import registry
-    from uniopt.tf.optimizers import _BY_SPEC  # the adapter's own name mapping
+    from uniopt.keras.optimizers import _BY_SPEC  # the adapter's own name mapping (every backend)
 
     names = registry.get(spec.name).keras
     if names is None or names.native is None:
@@ -261,43 +276,81 @@ _KERAS_ROUTED = {"adam_2d": (True, {"exclude_layers": [""]})}
 takes the Adam step) is ``exclude_layers=[""]`` (the empty pattern is found in every path)."""
 
 
-def _keras_runner(mode: str) -> Runner:
-    import os
+def keras_on(backend: str) -> Callable[[], str | None]:
+    """A :attr:`Backend.prepare` for a row on Keras's ``backend`` (``tensorflow``, ``jax``,
+    ``torch``): sets ``KERAS_BACKEND`` before Keras's first import in this process, or says why the
+    row cannot run here: Keras already imported on another backend (it reads ``KERAS_BACKEND`` once,
+    at its first import, so each Keras backend runs in a process of its own)."""
 
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    def prepare() -> str | None:
+        import os
+        import sys
+
+        if "keras" in sys.modules:
+            running = sys.modules["keras"].backend.backend()
+            if running != backend:
+                return (
+                    f"Keras runs on {running} in this process (it reads KERAS_BACKEND at its first "
+                    f"import); run the rows on Keras's {backend} backend in a process of their own"
+                )
+            return None
+        os.environ["KERAS_BACKEND"] = backend
+        return None
+
+    return prepare
+
+
+def import_keras(backend: str) -> Any:
+    """``keras``, on Keras's ``backend`` (``RuntimeError`` where this process's Keras runs on another)."""
+    why = keras_on(backend)()
+    if why is not None:
+        raise RuntimeError(why)
     import keras
 
+    return keras
+
+
+def _keras_optimizer(keras: Any, spec: Spec) -> Any:
+    """``keras.optimizers.<Name>`` for a keras-convention spec (:func:`_keras_arguments`)."""
+    native, kwargs = _keras_arguments(spec)
+    return getattr(keras.optimizers, native)(**kwargs)
+
+
+def _keras_slots(
+    spec: Spec, optimizer: Any, params0: list[np.ndarray], read: Callable[[Any], np.ndarray]
+) -> Callable[[], list[dict[str, np.ndarray]]]:
+    """A reader of a Keras optimizer's slots under uniopt's names, per parameter (``read``: a Keras
+    variable's value as NumPy)."""
     from uniopt import registry
 
-    def make(spec: Spec) -> Any:
-        native, kwargs = _keras_arguments(spec)
-        return getattr(keras.optimizers, native)(**kwargs)
+    attributes = registry.get(spec.name).keras.slots  # uniopt slot -> Keras's list of variables
+    in_use = [spec.slots_in_use(tuple(p.shape)) for p in params0]
+
+    def slot(name: str, i: int) -> np.ndarray:
+        variable = getattr(optimizer, attributes[name])[i]
+        if variable is None:  # Muon's velocity of a variable its Muon step takes: Keras keeps
+            return np.zeros_like(params0[i])  # none, the spec's zeros pass through unchanged
+        value = read(variable)
+        # a placeholder (Adafactor's r and c of a vector: Keras's int32 0-d dummies) is the
+        # spec's zero in the parameter's dtype
+        return value if name in in_use[i] else value.astype(params0[i].dtype)
+
+    return lambda: [{n: slot(n, i) for n in spec.slot_names()} for i in range(len(params0))]
+
+
+def _keras_runner(mode: str) -> Runner:
+    keras = import_keras("tensorflow")
 
     def run_unit(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
         import tensorflow as tf
 
         variables = [keras.Variable(p, dtype=p.dtype.name) for p in params0]
-        optimizer = make(spec)
+        optimizer = _keras_optimizer(keras, spec)
         optimizer.build(variables)
-        names = spec.slot_names()
-        attributes = registry.get(spec.name).keras.slots  # uniopt slot -> Keras's list of variables
-
-        in_use = [spec.slots_in_use(tuple(p.shape)) for p in params0]
-
-        def slot(name: str, i: int) -> np.ndarray:
-            variable = getattr(optimizer, attributes[name])[i]
-            if variable is None:  # Muon's velocity of a variable its Muon step takes: Keras keeps
-                return np.zeros_like(params0[i])  # none, the spec's zeros pass through unchanged
-            value = np.array(variable.numpy(), copy=True)
-            # a placeholder (Adafactor's r and c of a vector: Keras's int32 0-d dummies) is the
-            # spec's zero in the parameter's dtype
-            return value if name in in_use[i] else value.astype(params0[i].dtype)
+        slots = _keras_slots(spec, optimizer, params0, lambda v: np.array(v.numpy(), copy=True))
 
         def snapshot() -> Snapshot:
-            return (
-                [np.array(v.numpy(), copy=True) for v in variables],
-                [{n: slot(n, i) for n in names} for i in range(len(variables))],
-            )
+            return [np.array(v.numpy(), copy=True) for v in variables], slots()
 
         # "graph" (the parity measurement): inside a tf.function, as model.fit runs it on a CPU
         # (Keras 3 turns XLA off there); "native": a tf.function run without grappler (eager's ops)
@@ -310,6 +363,68 @@ def _keras_runner(mode: str) -> Runner:
             for t in range(1, steps + 1):
                 apply([tf.constant(g) for g in grads_at(t)])
                 yield snapshot()
+
+    return by_unit(run_unit)
+
+
+def keras_jax_native_runner() -> Runner:
+    """Keras's own optimizers on Keras's JAX backend, ``optimizer.apply`` eagerly (each of Keras's
+    ops on its own), at jax's defaults (``jax_enable_x64`` off: Keras sets none of jax's
+    configuration): the steps the keras convention reproduces. Under ``jax.jit`` (``fit``'s
+    default on JAX) XLA contracts Keras's own multiply-adds into fused ones, which moves its moments
+    by a few ulp from the second step (Adam's keras cases: up to 959 ulp in 6 steps, the parameters
+    bitwise there)."""
+    keras = import_keras("jax")
+    import jax
+
+    device = jax_device()
+
+    def run_unit(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+        with jax.default_device(device):
+            variables = [keras.Variable(p, dtype=p.dtype.name, name=f"p{i}") for i, p in enumerate(params0)]
+            optimizer = _keras_optimizer(keras, spec)
+            optimizer.build(variables)
+        slots = _keras_slots(spec, optimizer, params0, lambda v: np.array(v.value, copy=True))
+
+        def snapshot() -> Snapshot:
+            return [np.array(v.value, copy=True) for v in variables], slots()
+
+        yield snapshot()
+        for t in range(1, steps + 1):
+            with jax.default_device(device):
+                optimizer.apply(jax.device_put(grads_at(t), device), variables)
+            yield snapshot()
+
+    return by_unit(run_unit)
+
+
+def keras_torch_native_runner() -> Runner:
+    """Keras's own optimizers on Keras's torch backend, as its trainer runs them (``fit``'s default
+    ``jit_compile`` there is eager): ``optimizer.apply`` under ``torch.no_grad()``."""
+    keras = import_keras("torch")
+    import torch
+
+    from .backend_torch import to_numpy, to_torch
+
+    device = torch_device()
+
+    def run_unit(spec: Spec, params0: list[np.ndarray], grads_at: GradsAt, steps: int) -> Iterator[Snapshot]:
+        with keras.device(device):
+            variables = [
+                keras.Variable(to_torch(p), dtype=p.dtype.name, name=f"p{i}") for i, p in enumerate(params0)
+            ]
+            optimizer = _keras_optimizer(keras, spec)
+            optimizer.build(variables)
+        slots = _keras_slots(spec, optimizer, params0, lambda v: to_numpy(v.value))
+
+        def snapshot() -> Snapshot:
+            return [to_numpy(v.value) for v in variables], slots()
+
+        yield snapshot()
+        for t in range(1, steps + 1):
+            with keras.device(device), torch.no_grad():
+                optimizer.apply([to_torch(g).to(device) for g in grads_at(t)], variables)
+            yield snapshot()
 
     return by_unit(run_unit)
 
@@ -491,6 +606,7 @@ NATIVE_BACKENDS = [
         ("float32", "float64"),
         _keras_runner,
         supports=_supports("keras"),
+        prepare=keras_on("tensorflow"),
     ),
     Backend(
         "optax",

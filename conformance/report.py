@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from uniopt.registry import MODE_TOLERANCES, NATIVE_TOLERANCES, TABLE
+from uniopt.registry import MODE_TOLERANCES, NATIVE_TOLERANCES, TABLE, bound_keys
 
+from .backends import bounds_of
 from .cells import ALL_DTYPES
 from .compare import CellResult
 from .ulp import NAN_MISMATCH
@@ -55,8 +56,15 @@ COLOURS = {
     "deferred": "#9ecae1",
 }
 """Heat map colour of each category (hex RGB)."""
-NATIVE = {"torch.optim": "torch.optim.{}", "keras": "keras.optimizers.{}", "optax": "optax.{}"}
-"""Native rows (mode ``native``): the framework's own optimizer, as it is spelled there."""
+NATIVE = {
+    "torch.optim": "torch.optim.{}",
+    "keras": "keras.optimizers.{}",
+    "optax": "optax.{}",
+    "keras_jax": "keras.optimizers.{} (JAX)",
+    "keras_torch": "keras.optimizers.{} (torch)",
+}
+"""Native rows (mode ``native``): the framework's own optimizer, as it is spelled there (Keras's
+on TensorFlow, ``keras@native``, and on Keras's JAX and torch backends)."""
 REASON_WIDTH = 110
 BACKEND_COLUMNS = ("backend@mode", "run", "bitwise", "bound", "worst≤bound", "failed", "n/a", "full")
 
@@ -104,28 +112,22 @@ def _native_name(backend: str, optimizer: str) -> str:
 def _bound_source(r: CellResult) -> tuple[str, str]:
     """Where a bound comes from in ``uniopt.registry`` and, where the table keeps one, its reason."""
     info = next((i for i in TABLE if i.name == r.optimizer), None)
+    same_as = bounds_of(r.backend, r.mode)  # a mode that runs another backend's kernels takes its bounds
     if info is not None and r.rel_tolerance is not None and (r.ulp or 0) > (r.tolerance or 0):
-        relative = info.relative_bound(r.backend, r.mode, r.case, r.stream)
+        relative = info.relative_bound(r.backend, r.mode, r.case, r.stream, same_as)
         if relative is not None:  # admitted by the relative bound, beyond the ulp one
             return f"{r.optimizer} relative_tolerance (relative distance <= {relative[0]:g})", relative[1]
     if r.mode == "native":
         why = NATIVE_TOLERANCES.get(r.optimizer, {}).get(r.backend, (0, ""))[1]
         return f"NATIVE_TOLERANCES[{r.optimizer!r}][{r.backend!r}]", why
-    cell = f"{r.case}/{r.stream}"
     if info is not None:
-        for key in (
-            f"{r.backend}:{r.mode}:{cell}",
-            f"{r.backend}:{cell}",
-            f"{r.backend}:{r.mode}:{r.case}/*",
-            f"{r.backend}:{r.case}/*",
-            f"{r.backend}:{r.mode}",
-            r.backend,
-        ):
+        for key in bound_keys(r.backend, r.mode, r.case, r.stream, same_as):
             if key in info.ulp_tolerance:
                 return f"{r.optimizer} ulp_tolerance[{key!r}]", ""
-    mode_key = f"{r.backend}:{r.mode}"
-    if mode_key in MODE_TOLERANCES:
-        return f"MODE_TOLERANCES[{mode_key!r}]", MODE_TOLERANCES[mode_key][1]
+    for backend, mode in ((r.backend, r.mode), *([same_as] if same_as else [])):
+        mode_key = f"{backend}:{mode}"
+        if mode_key in MODE_TOLERANCES:
+            return f"MODE_TOLERANCES[{mode_key!r}]", MODE_TOLERANCES[mode_key][1]
     return "the recorded tolerance", ""
 
 

@@ -123,7 +123,7 @@ def _why_not(backend: Backend, mode: str, cell: Cell, full: bool) -> tuple[str, 
     """``("skipped", why)`` for a cell that cannot exist in this row, ``("deferred", why)`` for one
     left to ``--full`` for time, ``None`` for a cell to run."""
     info = get_info(cell.optimizer)
-    reason = backend.supports(cell) if backend.supports is not None else None
+    reason = backend.unsupported(mode, cell)
     reason = reason or _slot_dtypes_refused(backend, info, cell)
     reason = reason or info.skip_reason(backend.name, mode, cell.case) or _vanishing(info, cell)
     if reason is None and cell.dtype not in backend.dtypes:

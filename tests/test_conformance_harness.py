@@ -12,6 +12,7 @@ from conformance.__main__ import main
 from conformance.backends import Backend, batched, one_cell, run_namespace
 from conformance.cells import Cell, cells
 from conformance.compare import compare_dir
+from conformance.native import NONFINITE_REASON
 from conformance.run import batches, run_backend, run_batch, run_cell
 from conformance.streams import NONFINITE_STEP, STREAMS, gradients, initial_params
 from conformance.ulp import NAN_MISMATCH, max_ulp, ulp_distance
@@ -290,6 +291,8 @@ def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_o
         "torch.optim@native",
         "keras@native",
         "optax@native",
+        "keras_jax@native",
+        "keras_torch@native",
     } & {f"{b.name}@{m}" for b, m in every_mode}
     runs_parity = {f"{b.name}@{m}" for b, m in every_mode if b.skip_by_default(m, parity) is None}
     natives = {f"{b.name}@{m}" for b, m in every_mode if m == "native"}  # each takes its convention
@@ -300,7 +303,16 @@ def test_the_default_run_leaves_only_the_long_streams_to_full_and_runs_them_in_o
     assert reason.startswith("left to --full") and "torch@eager" in reason
 
 
-PER_CONVENTION_MODES = {"torch@compile", "tf@eager", "tf@xla", "jax@eager", "jax@optax"}
+PER_CONVENTION_MODES = {
+    "torch@compile",
+    "tf@eager",
+    "tf@xla",
+    "jax@eager",
+    "jax@optax",
+    "keras_jax@eager",
+    "keras_jax@jit",
+    "keras_torch@eager",
+}
 """The modes that run only the first case of each optimizer and convention by default
 (backends.per_convention_only)."""
 
@@ -360,7 +372,15 @@ def test_an_optimizer_that_reduces_runs_every_stream_in_one_mode_per_framework()
         for stream in ("normal", "tiny", "huge", "zeros", "sparse", "mixed_shapes", "nonfinite")
     }
     every_mode = [(b, m) for b in backends.BACKENDS.values() for m in b.modes]
-    reduced = {"tf@eager", "tf@xla", "jax@eager", "jax@optax"}
+    reduced = {
+        "tf@eager",
+        "tf@xla",
+        "jax@eager",
+        "jax@optax",
+        "keras_jax@eager",
+        "keras_jax@jit",
+        "keras_torch@eager",
+    }
     for b, m in every_mode:
         runs = {name for name, c in short.items() if b.skip_by_default(m, c) is None}
         if f"{b.name}@{m}" == "torch@compile":  # compiled in tests/torch_adapter/test_compile.py
@@ -460,3 +480,72 @@ def test_a_reducing_optimizers_later_cases_leave_float16_and_bfloat16_to_torch_i
                 assert backends.get("torch").skip_by_default(torch_mode, later) is None
         for dtype in ("float32", "float64"):
             assert b.skip_by_default(mode, Cell("Lamb", "weight_decay", "normal", dtype, 50)) is None
+
+
+def test_the_keras_backends_run_uniopt_keras_on_every_case_and_keras_own_on_the_keras_convention():
+    """keras_jax and keras_torch: uniopt.keras's modes run every case; their ``native`` mode
+    (Keras's own optimizers) only the keras convention's; Keras on JAX runs without
+    jax_enable_x64, so no float64 there (jax@eager and jax@jit run those cells)."""
+    keras_case = Cell("Adam", "keras", "normal", "float32", 50)
+    uniopt_case = Cell("Adam", "default", "normal", "float32", 50)
+    wide = Cell("Adam", "default", "normal", "float64", 50)
+    for name in ("keras_jax", "keras_torch"):
+        b = backends.get(name)
+        assert b.unsupported("native", keras_case) is None
+        assert "whose convention is keras" in b.unsupported("native", uniopt_case)
+        assert b.unsupported("native", Cell("Adam", "keras", "nonfinite", "float32", 50)) == NONFINITE_REASON
+        for mode in b.modes:
+            if mode != "native":
+                assert b.unsupported(mode, uniopt_case) is None, (name, mode)
+    assert "jax_enable_x64" in backends.get("keras_jax").unsupported("eager", wide)
+    assert backends.get("keras_torch").unsupported("eager", wide) is None
+
+
+def test_the_keras_backends_take_the_bounds_of_the_adapter_whose_kernels_they_run():
+    """uniopt.keras runs the rule on uniopt.jax's namespaces on JAX and on uniopt.torch's on torch:
+    keras_jax@eager and @jit take jax@eager's and jax@jit's bounds (XLA flushes Adagrad's subnormal
+    parameters to zero), keras_torch@eager torch@loop's (Muon's products by torch's matmul); a
+    backend without such a declaration takes none of another's."""
+    from uniopt.registry import get
+
+    adagrad = get("Adagrad")
+    for mode in ("eager", "jit"):
+        same = backends.bounds_of("keras_jax", mode)
+        assert same == ("jax", mode)
+        want = adagrad.tolerance("jax", mode, "weight_decay", "zeros")
+        assert want > 0 and adagrad.tolerance("keras_jax", mode, "weight_decay", "zeros", same) == want
+    assert backends.bounds_of("keras_torch", "eager") == ("torch", "loop")
+    muon = get("Muon")
+    same = backends.bounds_of("keras_torch", "eager")
+    backend_products = muon.tolerance("torch", "loop")
+    assert muon.tolerance("keras_torch", "eager", "default", "normal", same) == backend_products > 0
+    assert muon.tolerance("keras_torch", "eager", "exact", "normal", same) == 0
+    assert backends.bounds_of("keras_jax", "native") is None and backends.bounds_of("tf", "eager") is None
+    assert backends.bounds_of("no_such_backend", "eager") is None
+
+
+def test_a_keras_backend_sets_keras_backend_before_keras_is_imported_and_refuses_another(monkeypatch):
+    """Keras reads KERAS_BACKEND once, at its first import: a Keras row sets it where Keras is not
+    imported yet, runs where Keras already runs on its backend, and otherwise says why it cannot
+    run in this process (the availability check, before any job's work); keras_jax also refuses a
+    process where jax_enable_x64 is on (Keras runs on jax's defaults)."""
+    import os
+    import sys
+    import types
+
+    from conformance.native import keras_on
+
+    monkeypatch.delitem(sys.modules, "keras", raising=False)
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert keras_on("torch")() is None
+    assert os.environ["KERAS_BACKEND"] == "torch"
+    fake = types.SimpleNamespace(backend=types.SimpleNamespace(backend=lambda: "tensorflow"))
+    monkeypatch.setitem(sys.modules, "keras", fake)
+    assert keras_on("tensorflow")() is None
+    why = keras_on("jax")()
+    assert why is not None and "Keras runs on tensorflow in this process" in why
+    assert backends.get("keras_torch").unavailable() == keras_on("torch")()
+    assert backends.get("keras").unavailable() is None  # Keras's own on TensorFlow: this Keras's backend
+    x64 = types.SimpleNamespace(config=types.SimpleNamespace(jax_enable_x64=True))
+    monkeypatch.setitem(sys.modules, "jax", x64)
+    assert "jax_enable_x64 is on" in backends.get("keras_jax").unavailable()

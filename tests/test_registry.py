@@ -85,3 +85,26 @@ def test_a_case_wide_tolerance_or_skip_covers_every_stream_of_that_case():
     assert info.tolerance("x", "eager", "other", "zeros") == 7
     assert info.skip_reason("x", "eager", "odd") == "odd" and info.skip_reason("x", "jit", "even") == "even"
     assert info.skip_reason("x", "eager", "even") is None and info.skip_reason("x") is None
+
+
+def test_a_backend_running_another_ones_kernels_takes_its_bounds_after_its_own():
+    """``same_as`` (a mode that runs another backend's kernels: uniopt.keras on JAX runs uniopt.jax's
+    namespaces): the backend's own keys first, then those of ``same_as``'s backend and mode, most
+    specific first; without ``same_as`` the other backend's bounds do not apply."""
+    from uniopt.registry import OptimizerInfo
+
+    info = OptimizerInfo(
+        uniopt.SGD,
+        cases=(),
+        error_cases=(),
+        ulp_tolerance={"x:jit": 4, "x:plain/zeros": 6, "k:plain/huge": 2},
+        relative_tolerance={"x:plain/*": (1e-6, "why")},
+    )
+    same = ("x", "jit")
+    assert info.tolerance("k", "jit", "plain", "huge", same) == 2  # its own key wins
+    assert info.tolerance("k", "jit", "plain", "zeros", same) == 6  # x's cell key, before x:jit
+    assert info.tolerance("k", "jit", "plain", "normal", same) == 4
+    assert info.tolerance("k", "eager", "plain", "normal", ("x", "eager")) == 0
+    assert info.tolerance("k", "jit", "plain", "normal") == 0
+    assert info.relative_bound("k", "jit", "plain", "normal", same) == (1e-6, "why")
+    assert info.relative_bound("k", "jit", "plain", "normal") is None

@@ -375,18 +375,30 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
 
     @learning_rate.setter
     def learning_rate(self, learning_rate: Any) -> None:
-        """Keras's setter; under ``convention="keras"`` a value assigned to the learning-rate
-        variable is stored rounded through float32, as Keras's float32 variable stores it, so a
-        callback reading the rate back and compounding it (``LearningRateScheduler(lambda e, lr:
-        lr * 0.9)``) sees Keras's values."""
+        """Keras's setter, after the check the constructor makes: a value (not a schedule or a
+        callable) must be a real number the spec accepts as ``lr`` (``ValueError`` naming
+        ``learning_rate`` and the range otherwise, with the rate unchanged: a negative or NaN rate
+        would train, and the model saved with it would not load). Under ``convention="keras"`` a
+        value assigned to the learning-rate variable is stored rounded through float32, as Keras's
+        float32 variable stores it, so a callback reading the rate back and compounding it
+        (``LearningRateScheduler(lambda e, lr: lr * 0.9)``) sees Keras's values."""
         spec = self.__dict__.get("_spec")
         if (
             spec is not None
-            and spec.convention == "keras"
             and not callable(learning_rate)
             and not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
         ):
-            learning_rate = float(np.float32(keras.ops.convert_to_numpy(learning_rate)))
+            try:
+                value = _host_scalar(learning_rate)
+            except Exception:  # a traced value (no host value to check): Keras's setter alone
+                value = None
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                try:
+                    spec.replace(lr=float(value))
+                except ValueError as exc:
+                    raise _with_keras_name(exc, type(self)) from None
+            if spec.convention == "keras":
+                learning_rate = float(np.float32(keras.ops.convert_to_numpy(learning_rate)))
         keras.optimizers.Optimizer.learning_rate.fset(self, learning_rate)
 
     def __setattr__(self, name: str, value: Any) -> None:

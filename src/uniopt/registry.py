@@ -40,6 +40,7 @@ __all__ = [
     "OptaxNames",
     "OptimizerInfo",
     "TorchNames",
+    "bound_keys",
     "get",
 ]
 
@@ -264,36 +265,48 @@ class OptimizerInfo:
         raise KeyError(f"{self.name} has no case {desc!r}")
 
     def tolerance(
-        self, backend: str, mode: str = "eager", case: str | None = None, stream: str | None = None
+        self,
+        backend: str,
+        mode: str = "eager",
+        case: str | None = None,
+        stream: str | None = None,
+        same_as: tuple[str, str] | None = None,
     ) -> int:
         """Allowed ulp distance for ``backend`` in ``mode`` (0 = bitwise).
 
         The row's own ``ulp_tolerance`` wins, most specific key first (``backend:mode:case/stream``,
         ``backend:case/stream``, ``backend:mode:case/*`` and ``backend:case/*`` (every stream of a
-        case), ``backend:mode``, ``backend``); otherwise :data:`MODE_TOLERANCES`
-        (compiled modes whose bound holds for every optimizer); otherwise 0. Native rows take
-        :data:`NATIVE_TOLERANCES`.
+        case), ``backend:mode``, ``backend``); then, given ``same_as`` (a backend and mode that run
+        the same kernels: uniopt.keras on JAX runs uniopt.jax's namespaces), that backend and mode's
+        keys in the same order; otherwise :data:`MODE_TOLERANCES` (compiled modes whose bound holds
+        for every optimizer); otherwise 0. Native rows take :data:`NATIVE_TOLERANCES`.
         """
         if mode == "native":
             return NATIVE_TOLERANCES.get(self.name, {}).get(backend, (0, ""))[0]
-        cell = f"{case}/{stream}"
-        every = f"{case}/*"  # one case, every stream
-        keys = (f"{backend}:{mode}:{cell}", f"{backend}:{cell}", f"{backend}:{mode}:{every}")
-        for key in (*keys, f"{backend}:{every}", f"{backend}:{mode}", backend):
+        for key in bound_keys(backend, mode, case, stream, same_as):
             if key in self.ulp_tolerance:
                 return self.ulp_tolerance[key]
-        return MODE_TOLERANCES.get(f"{backend}:{mode}", (0, ""))[0]
+        for b, m in ((backend, mode), *([same_as] if same_as else [])):
+            if f"{b}:{m}" in MODE_TOLERANCES:
+                return MODE_TOLERANCES[f"{b}:{m}"][0]
+        return 0
 
     def relative_bound(
-        self, backend: str, mode: str = "eager", case: str | None = None, stream: str | None = None
+        self,
+        backend: str,
+        mode: str = "eager",
+        case: str | None = None,
+        stream: str | None = None,
+        same_as: tuple[str, str] | None = None,
     ) -> tuple[float, str] | None:
         """The relative bound (and why) of :attr:`relative_tolerance` for this cell, most specific
-        key first as in :meth:`tolerance`; ``None`` where the ulp tolerance alone decides."""
-        cell, every = f"{case}/{stream}", f"{case}/*"
-        keys = (f"{backend}:{mode}:{cell}", f"{backend}:{cell}", f"{backend}:{mode}:{every}")
-        for key in (*keys, f"{backend}:{every}", f"{backend}:{mode}", backend):
+        key first as in :meth:`tolerance` (a native row: then :data:`NATIVE_RELATIVE_TOLERANCES`);
+        ``None`` where the ulp tolerance alone decides."""
+        for key in bound_keys(backend, mode, case, stream, same_as):
             if key in self.relative_tolerance:
                 return self.relative_tolerance[key]
+        if mode == "native":
+            return NATIVE_RELATIVE_TOLERANCES.get(self.name, {}).get(backend)
         return None
 
     def skip_reason(self, backend: str, mode: str = "eager", case: str | None = None) -> str | None:
@@ -306,6 +319,23 @@ class OptimizerInfo:
             if key in self.skips:
                 return self.skips[key]
         return None
+
+
+def bound_keys(
+    backend: str,
+    mode: str,
+    case: str | None = None,
+    stream: str | None = None,
+    same_as: tuple[str, str] | None = None,
+) -> tuple[str, ...]:
+    """The keys of a row's ``ulp_tolerance`` and ``relative_tolerance`` that may bound a cell, most
+    specific first (see :meth:`OptimizerInfo.tolerance`): ``backend``'s, then those of ``same_as``
+    (a backend and mode that run the same kernels)."""
+    keys: list[str] = []
+    for b, m in ((backend, mode), *([same_as] if same_as else [])):
+        cell, every = f"{case}/{stream}", f"{case}/*"  # every: one case, every stream
+        keys += [f"{b}:{m}:{cell}", f"{b}:{cell}", f"{b}:{m}:{every}", f"{b}:{every}", f"{b}:{m}", b]
+    return tuple(keys)
 
 
 MODE_TOLERANCES: dict[str, tuple[int, str]] = {
@@ -476,6 +506,85 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
 }
 """Bounds of the native-parity rows (``<framework>@native``: the framework's own optimizer against
 uniopt's spec with that framework's ``convention``)."""
+
+# keras.optimizers on Keras's JAX backend (keras_jax@native: apply eagerly, jax_enable_x64 off, so
+# float32 only) against the keras convention, measured 2026-12-02 (keras 3.15.1, jax 0.10.2 on the
+# CPU; normal, huge and 1,000-step parity streams, every keras-convention case): SGD, Adagrad,
+# RMSprop, Adam, AdamW, Adamax, Adadelta and Lion bitwise; the others (worst cell, normwise relative
+# distance; the 50-step streams' worst)
+_KERAS_JAX = "keras.optimizers.{} on Keras's JAX backend"
+_KERAS_JAX_NATIVE: dict[str, tuple[int, str]] = {
+    # 18048 ulp (keras/parity; 2.9e-7); 50-step streams 80
+    "Lamb": (4 * 18048, _NORM_ORDER),
+    # 14592 ulp (keras/parity; 2.2e-7); 50-step streams 192, from step 1
+    "Adafactor": (
+        4 * 14592,
+        f"{_KERAS_JAX.format('Adafactor')} takes its row and column means and RMS with jax's reductions, "
+        "which sum in XLA's order (the spec in one pairwise order)",
+    ),
+    # 41760 ulp (keras/parity; 4.1e-7, keras_adam/parity 5.9e-7); 50-step streams 1016, from step 1
+    "Muon": (
+        4 * 41760,
+        f"{_KERAS_JAX.format('Muon')} takes the Frobenius norm with jax's reduction, which sums in XLA's "
+        "order (the spec in one pairwise order), and its products are XLA's dot (the reference's "
+        "NumPy's BLAS)",
+    ),
+    # 5504 ulp (keras/parity; 6.6e-8); 50-step streams 12 (relative 7.2e-8), first at steps 1 to 7
+    "NAdam": (
+        4 * 5504,
+        f"{_KERAS_JAX.format('Nadam')} rounds some of its step scalars otherwise than on TensorFlow (the "
+        "keras convention's): its momentum schedule 0.96 ** (0.004 t) is XLA's pow, which is not "
+        "correctly rounded, nor is TensorFlow's",
+    ),
+    # 2025337597 ulp (keras/parity; 0.03); 50-step streams 6929359 (relative 6.4e-3), from step 2:
+    # docs/keras.md measured 54,784 ulp in 6 steps (keras.optimizers.ScheduleFreeAdamW on JAX
+    # against the same class on TensorFlow)
+    "ScheduleFreeAdamW": (
+        4 * 2025337597,
+        f"{_KERAS_JAX.format('ScheduleFreeAdamW')} is not its TensorFlow self, whose steps the keras "
+        "convention follows: from the second step its averages differ by a relative 1e-3 and more "
+        "(docs/keras.md)",
+    ),
+}
+# keras.optimizers on Keras's torch backend (keras_torch@native: apply under torch.no_grad) against
+# the keras convention, measured 2026-12-02 (keras 3.15.1, torch 2.13.0 CPU; normal, huge and
+# 1,000-step parity streams, float32 and float64, every keras-convention case): most cells differ
+# from step 1 (bitwise: 6 of Adagrad's 12 cells, 2 of Muon's 18, 4 of Schedule-Free AdamW's 12,
+# none of the others'). The ulp bound is 4x the worst float32 cell; float64 cells differ by up to a relative
+# 1.3e-5 (float32 roundings in Keras's torch steps: SGD's weight decay, Adam's update), 1e13 ulp
+# and more, and are admitted by NATIVE_RELATIVE_TOLERANCES (4x the worst relative distance, both
+# dtypes). Worst float32 cell, its relative distance; the worst relative distance
+_KERAS_TORCH = (
+    "Keras's own optimizers on torch are torch._foreach kernels (keras/src/backend/torch/optimizers/): "
+    "fused multiply-adds (add_ with alpha, addcmul), torch's CPU sqrt (not correctly rounded) and "
+    "their own op order, and for float64 variables some of their steps in float32"
+)
+_KERAS_TORCH_NATIVE: dict[str, tuple[int, float]] = {
+    "SGD": (1399296, 1.3e-5),  # keras/parity; float32 relative 1.3e-5
+    "Adagrad": (1478656, 5.3e-7),  # keras/parity
+    "RMSprop": (935936, 5.9e-6),  # keras/parity
+    "Adam": (1314592, 6.8e-6),  # keras/parity
+    "AdamW": (575392, 6.8e-6),  # keras/parity
+    "Adamax": (649600, 4.8e-6),  # keras/parity; the relative one float64
+    "Adadelta": (73728, 1.2e-6),  # keras/parity; relative keras_defaults/parity
+    "Lion": (4912128, 6.1e-6),  # keras/parity
+    "NAdam": (4433920, 1.4e-5),  # keras/parity
+    "Lamb": (309248, 9.5e-6),  # keras/parity
+    "Adafactor": (75536, 6.1e-6),  # keras/parity
+    "Muon": (13824, 2.9e-6),  # keras_adam/parity; relative keras/parity, float64
+    "ScheduleFreeAdamW": (147456, 8.3e-6),  # keras/parity
+}
+for _name, _bound in _KERAS_JAX_NATIVE.items():
+    NATIVE_TOLERANCES.setdefault(_name, {})["keras_jax"] = _bound
+for _name, (_ulp, _relative) in _KERAS_TORCH_NATIVE.items():
+    NATIVE_TOLERANCES.setdefault(_name, {})["keras_torch"] = (4 * _ulp, _KERAS_TORCH)
+
+NATIVE_RELATIVE_TOLERANCES: dict[str, dict[str, tuple[float, str]]] = {
+    name: {"keras_torch": (4 * relative, _KERAS_TORCH)} for name, (_, relative) in _KERAS_TORCH_NATIVE.items()
+}
+"""Relative bounds of native rows (as :attr:`OptimizerInfo.relative_tolerance`, for the rows whose
+float64 cells sit a float32 rounding away: keras_torch@native): a cell beyond its ulp bound in
+:data:`NATIVE_TOLERANCES` passes where its normwise relative distance is within this bound."""
 
 KERAS_NATIVE_REFUSALS: dict[str, tuple[Any, str]] = {
     # keras.optimizers.Muon's Muon step of a float64 variable fails in lr_adjust (x * ops.sqrt(...)

@@ -181,3 +181,22 @@ def test_gradient_accumulation_steps():
     want = reference(opt.spec, params, means)[-1]
     assert_trajectories([snapshot(opt, variables)], [want])
     assert int(numpy(opt.iterations)) == 3
+
+
+@pytest.mark.parametrize("convention", ["uniopt", "keras"])
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf")])
+def test_a_learning_rate_set_out_of_range_is_refused_and_the_rate_kept(convention, bad):
+    """``optimizer.learning_rate = x`` (what LearningRateScheduler and ReduceLROnPlateau do) is
+    checked as the constructor checks ``learning_rate``: a negative or non-finite rate raises
+    ``ValueError`` naming the argument and its range, and the rate stays what it was (a model saved
+    with such a rate would not load: the saved config is checked at load)."""
+    opt = uk.Adam(learning_rate=0.01, convention=convention)
+    opt.build([keras.Variable(np.ones(3, "float32"))])
+    before = float(keras.ops.convert_to_numpy(opt.learning_rate))
+    with pytest.raises(
+        ValueError, match=r"lr=.*(out of range; expected 0 <= lr|not finite).*argument learning_rate"
+    ):
+        opt.learning_rate = bad
+    assert float(keras.ops.convert_to_numpy(opt.learning_rate)) == before
+    opt.learning_rate = 0.001  # a valid rate is still taken
+    assert float(keras.ops.convert_to_numpy(opt.learning_rate)) == pytest.approx(0.001, rel=1e-7)

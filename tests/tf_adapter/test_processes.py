@@ -83,7 +83,7 @@ def test_xla_default_flags_drift_and_the_bitwise_flags_are_needed():
     result = _run(
         """
         import json, sys
-        sys.path.insert(0, "tests/tf_adapter")
+        sys.path[:0] = ["tests/tf_adapter", "tests"]  # tf_helpers imports tests/trajectories.py
         import numpy as np, tensorflow as tf, uniopt, uniopt.tf as ut
         from uniopt.tf.xla import xla_is_bitwise
         from tf_helpers import params_and_grads, reference, run_adapter, max_ulp

@@ -161,8 +161,8 @@ def test_auto_compiles_large_groups_only(monkeypatch):
     monkeypatch.setattr(
         _flat,
         "kernel",
-        lambda spec, dtype, compiled, device_type: (
-            compiled_flags.append(compiled) or real(spec, dtype, False, device_type)
+        lambda spec, dtype, compiled, device_type, slot_dtypes=(): (
+            compiled_flags.append(compiled) or real(spec, dtype, False, device_type, slot_dtypes)
         ),
     )
     _run("SGD", {"lr": 0.1}, "auto", steps=1)
