@@ -3,15 +3,20 @@ provides), on uniopt.jax's numerics (:mod:`uniopt.jax._transform`).
 
 Keras's JAX trainer calls ``optimizer.stateless_apply`` inside ``jax.jit``: the variables, the step
 count (``iterations``) and the learning rate are tracers there. The rule runs on uniopt.jax's
-namespaces: eagerly each op compiled on its own (``_OpByOp``), traced ``_Unfused`` (every product
-rounded on its own behind an integer no-op derived from the traced step count, so that XLA cannot
-contract ``a*b + c`` into a fused multiply-add; roots kept roots; NumPy's ``sign``), so the steps
-are bitwise the NumPy reference's. Slots are made by ``init_slot`` on ``_SLOT_XP``.
+namespaces: eagerly each op compiled on its own (``_OpByOp``), and ``_Unfused`` whenever jax traces,
+whatever the arrays at hand (every product rounded on its own behind an integer no-op that XLA
+cannot fold, so that it cannot contract ``a*b + c`` into a fused multiply-add; roots kept roots;
+NumPy's ``sign``), so the steps are bitwise the NumPy reference's. The no-op's zero comes from the
+traced step count; where the step count is a constant of the traced program (a ``jax.jit`` closing
+over the optimizer's variables, ``lax.cond`` of eager code as Keras's ``LossScaleOptimizer`` runs
+it) from the host, in one ``jax.pure_callback``. Slots are made by ``init_slot`` on ``_SLOT_XP``.
 
 The step's scalars (the spec's ``step_scalars`` rounded once to the variable's dtype, as the NumPy
 reference has them):
 
-* eagerly, computed on the host for ``iterations + 1`` and the learning rate's value;
+* eagerly, computed on the host for ``iterations + 1`` and the learning rate's value; so too while
+  jax traces with a concrete step count and learning rate, each value then passed through the
+  no-op (a constant would let XLA turn a division by it into a product by its reciprocal);
 * traced, at the spec's own learning rate: row ``min(t, T)`` of
   :func:`uniopt.scalar_table.scalar_table` gathered by the traced step count; at any other (a
   schedule's, one set with ``optimizer.learning_rate = x``) or for scalars without a limit
@@ -32,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import keras
 import numpy as np
@@ -45,6 +51,7 @@ from uniopt.jax._transform import (
     _constant_lr_columns,
     _packed,
     _packed_shapes,
+    _rounded,
     _Unfused,
     _unpacked,
 )
@@ -86,13 +93,52 @@ def _tracing(*values: Any) -> bool:
     return any(isinstance(v, jax.core.Tracer) for v in values)
 
 
+_TOP_LEVEL: list[Any] = []
+"""jax's trace state where no trace is active (``jax.extend.core.get_opaque_trace_state``), once
+:func:`_under_trace` has seen it."""
+
+
+def _under_trace() -> bool:
+    """Whether jax is tracing here (``jax.jit``, the branches of ``lax.cond``, ...), whatever the
+    arrays at hand are: an op of a concrete array gives a tracer then. Keras's
+    ``LossScaleOptimizer`` steps its optimizer inside ``lax.cond`` with concrete variables and
+    gradients, and a ``jax.jit`` may close over the optimizer's variables."""
+    state = jax.extend.core.get_opaque_trace_state()
+    if _TOP_LEVEL and state == _TOP_LEVEL[0]:
+        return False
+    traced = _tracing(lax.optimization_barrier(np.int32(0)))
+    if not traced and not _TOP_LEVEL:
+        _TOP_LEVEL.append(state)
+    return traced
+
+
 def namespace(optimizer: Any, array: Any) -> Any:
-    """``_Unfused`` (its no-op zero from the traced step count) when ``array`` is traced, else
-    ``_OpByOp``."""
-    if not _tracing(array):
+    """``_Unfused`` while jax traces (``array`` a tracer, or any trace active: a ``lax.cond``
+    branch of eager code, a ``jax.jit`` closing over concrete arrays), else ``_OpByOp``."""
+    if not (_tracing(array) or _under_trace()):
         return _OP_BY_OP
+    return _Unfused(_traced_zero(optimizer))
+
+
+def _traced_zero(optimizer: Any) -> jax.Array:
+    """The integer no-op of ``_Unfused``: a 0 that XLA cannot see. From a traced step count, its
+    minimum with 0 (the count is ``>= 0``). A step count that is a constant of the traced program
+    (the optimizer's variables closed over, as in ``lax.cond`` of eager code) would let XLA fold
+    that away and contract products into fused multiply-adds again (an optimization barrier does
+    not stop it: XLA:CPU drops barriers before its code generator folds constants), so the zero
+    comes from the host instead, in one ``jax.pure_callback`` per traced program and ``apply``."""
     count = as_array(optimizer.iterations)
-    return _Unfused(jnp.minimum(count, 0).astype(jnp.int32))
+    if _tracing(count):
+        return jnp.minimum(count, 0).astype(jnp.int32)
+    state = jax.extend.core.get_opaque_trace_state()
+    hit = optimizer._uniopt_cache.entries.get(("jax", "zero"))
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    zero = jax.pure_callback(
+        lambda: np.zeros((), np.int32), jax.ShapeDtypeStruct((), jnp.int32), vmap_method="broadcast_all"
+    )
+    optimizer._uniopt_cache.entries[("jax", "zero")] = (state, zero)
+    return zero
 
 
 def slot_namespace() -> Any:
@@ -145,7 +191,7 @@ def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr
     if not _tracing(count, lr):
         value = _host_lr(float(np.asarray(lr)), spec, exact_lr, lr.dtype)
         host = spec.step_scalars(int(np.asarray(count)) + 1, value)
-        return kind(*_unpacked(*_packed(host, flags, np_dtype), flags, np_dtype))
+        return kind(*_hidden(optimizer, _unpacked(*_packed(host, flags, np_dtype), flags, np_dtype)))
     key = ("jax", spec, dtype, id(learning_rate))
     hit = optimizer._uniopt_cache.entries.get(key)
     if hit is not None:
@@ -183,9 +229,23 @@ def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr
         host_floats.reverse()
         # flags depend on the step alone (the table's); the floats on the learning rate too
         values = [v if f else host_floats.pop() for v, f in zip(table, flags, strict=True)]
+    if not _tracing(count):  # the table's row of a constant step count: a constant too
+        values = _hidden(optimizer, values)
     result = kind(*values)
     optimizer._uniopt_cache.entries[key] = (None, result)
     return result
+
+
+def _hidden(optimizer: Any, values: list[Any]) -> list[Any]:
+    """Host scalars as the rule receives them: unchanged eagerly; while jax traces (a ``lax.cond``
+    branch of eager code, a ``jax.jit`` closing over the optimizer's variables) each float passes
+    through the integer no-op of :func:`_traced_zero`, so that it is no constant of the traced
+    program (XLA turns a division by a constant into a product by its rounded reciprocal, and folds
+    constants into fused multiply-adds); flags stay Python bools."""
+    if not _under_trace():
+        return values
+    zero = _traced_zero(optimizer)
+    return [_rounded(v, zero) if jnp.issubdtype(jnp.result_type(v), jnp.floating) else v for v in values]
 
 
 def update_sparse(optimizer: Any, spec: Spec, gradient: Any, variable: Any, learning_rate: Any) -> bool:
@@ -257,7 +317,8 @@ def history_step(
         return [encoded, *(np.asarray(v, dtype) for v, dtype in zip(out, types, strict=True))]
 
     if not _tracing(count, lr, stored):
-        results = [jnp.asarray(v) for v in call(np.asarray(count), np.asarray(lr), np.asarray(stored))]
+        history, *values = call(np.asarray(count), np.asarray(lr), np.asarray(stored))
+        results = [jnp.asarray(history), *_hidden(optimizer, [jnp.asarray(v) for v in values])]
     else:
         shapes = [jax.ShapeDtypeStruct(stored.shape, stored.dtype)]
         shapes += [jax.ShapeDtypeStruct((), jnp.dtype(d)) for d in types]

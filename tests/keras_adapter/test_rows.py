@@ -18,6 +18,10 @@ import uniopt.keras as uk
 STEPS = 7  # past RAdam's first rectified step (6)
 
 ROWS = [p for p in PER_CONVENTION if p.values[0].keras is not None]
+FIRST_PER_OPTIMIZER = [
+    p for i, p in enumerate(ROWS) if all(q.values[0].name != p.values[0].name for q in ROWS[:i])
+]
+"""The first case (convention) of each optimizer of :data:`ROWS`."""
 
 
 def _inputs(spec, dtype="float32", nonfinite=False):

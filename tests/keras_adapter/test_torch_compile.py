@@ -10,7 +10,7 @@ import keras
 import pytest
 from cases import shapes_for
 from keras_helpers import BACKEND, fit_feed, snapshot, tolerance
-from test_rows import ROWS
+from test_rows import FIRST_PER_OPTIMIZER
 from trajectories import SHAPES, assert_trajectories, params_and_grads, reference
 
 import uniopt.keras as uk
@@ -21,11 +21,8 @@ if BACKEND != "torch":
 WARM = 7  # RAdam's rectification flag turns at step 6; every flag is constant from here
 STEPS = 12  # Keras's train step would hit dynamo's recompile_limit (8) if each step recompiled
 
-# one case per optimizer, the first convention of the table
-CASES = [p for i, p in enumerate(ROWS) if all(q.values[0].name != p.values[0].name for q in ROWS[:i])]
 
-
-@pytest.mark.parametrize(("info", "case"), CASES)
+@pytest.mark.parametrize(("info", "case"), FIRST_PER_OPTIMIZER)
 def test_fit_with_jit_compile_does_not_recompile_per_step(info, case):
     import torch
 
