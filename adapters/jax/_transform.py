@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -285,9 +286,10 @@ class _Scalars:
         xp: Any,
         tracing: bool,
         injected: Injected | None = None,
+        hide: jax.Array | None = None,
     ):
         self.spec, self.count, self.lr, self.xp, self.tracing = spec, count, lr, xp, tracing
-        self.injected = injected
+        self.injected, self.hide = injected, hide
         first = spec.step_scalars(1)
         self.kind, self.flags = type(first), tuple(isinstance(v, bool) for v in first)
         self.cache: dict[Any, NamedTuple] = {}
@@ -302,8 +304,13 @@ class _Scalars:
     def of(self, dtype: Any) -> NamedTuple:
         dtype = jnp.dtype(dtype)
         if dtype not in self.cache:
-            self.cache[dtype] = self.kind(*self._compute(dtype))
+            self.cache[dtype] = self.kind(*self.hidden(self._compute(dtype)))
         return self.cache[dtype]
+
+    def hidden(self, values: list[Any]) -> list[Any]:
+        """``values`` unchanged, but where jax traces with a step count that is a constant of the
+        traced program (``hide``, the step's zero): then :func:`hidden`."""
+        return values if self.hide is None else hidden(values, self.hide)
 
     def _values(self, columns: _Columns) -> list[Any]:
         return columns.traced(self.count) if self.tracing else columns.eager(self.host_count)
@@ -438,7 +445,7 @@ def _history_step(parts: list[_Scalars], dtypes: list[Any], history: Any) -> Any
     for part in parts:
         for dtype in dtypes:
             bits, marks = results[position : position + 2]
-            part.cache[jnp.dtype(dtype)] = part.kind(*_unpacked(bits, marks, part.flags, dtype))
+            part.cache[jnp.dtype(dtype)] = part.kind(*part.hidden(_unpacked(bits, marks, part.flags, dtype)))
             position += 2
     return jnp.asarray(results[0])
 
@@ -489,6 +496,61 @@ def _matmul(x1: Any, x2: Any) -> jax.Array:
     inputs to TF32 or bfloat16 first). The order of the sums is XLA's (its dot emitter or the
     device's BLAS), not the spec's: Muon's ``matmul="backend"``, within a measured bound."""
     return jnp.matmul(x1, x2, precision=lax.Precision.HIGHEST)
+
+
+_TOP_LEVEL: list[Any] = []
+"""jax's trace state where no trace is active (``jax.extend.core.get_opaque_trace_state``), once
+:func:`under_trace` has seen it."""
+
+
+def under_trace() -> bool:
+    """Whether jax is tracing here (``jax.jit``, a branch of ``lax.cond``, ``jax.vmap``, ...),
+    whatever the arrays at hand are: an op of a concrete array gives a tracer then, and its value
+    becomes a constant of the traced program (a ``jax.jit`` closing over the optimizer state,
+    ``lax.cond`` of eager code)."""
+    state = jax.extend.core.get_opaque_trace_state()
+    if _TOP_LEVEL and state == _TOP_LEVEL[0]:
+        return False
+    traced = isinstance(lax.optimization_barrier(np.int32(0)), jax.core.Tracer)
+    if not traced and not _TOP_LEVEL:
+        _TOP_LEVEL.append(state)
+    return traced
+
+
+def host_zero() -> jax.Array:
+    """The integer no-op's zero (:func:`_rounded`) where the step count is a constant of the traced
+    program: XLA would fold ``min(count, 0)`` of a constant and contract products into fused
+    multiply-adds again (an optimization barrier does not stop it: XLA:CPU drops barriers before
+    its code generator folds constants), so the zero comes from the host, in one
+    ``jax.pure_callback``."""
+    return jax.pure_callback(
+        lambda: np.zeros((), np.int32), jax.ShapeDtypeStruct((), jnp.int32), vmap_method="broadcast_all"
+    )
+
+
+def hidden(values: list[Any], zero: jax.Array) -> list[Any]:
+    """Scalars known on the host as the traced rule receives them: each float through the integer
+    no-op, so that it is no constant of the traced program (XLA turns a division by a constant
+    into a product by its rounded reciprocal, and folds constants into fused multiply-adds); flags
+    (Python bools) unchanged."""
+    return [_rounded(jnp.asarray(v), zero) if _is_float(v) else v for v in values]
+
+
+def _is_float(value: Any) -> bool:
+    return not isinstance(value, bool) and jnp.issubdtype(jnp.result_type(value), jnp.floating)
+
+
+def _step_namespace(count: jax.Array, *arrays: Any) -> tuple[Any, jax.Array | None]:
+    """``(xp, zero)`` of one step: eagerly ``(_OP_BY_OP, None)``; while jax traces, ``_Unfused``
+    and its zero: from a traced step count (its minimum with 0; the count is ``>= 0``), else from
+    the host (:func:`host_zero`), the count then being a constant of the traced program."""
+    if isinstance(count, jax.core.Tracer):
+        zero = jnp.minimum(count, 0)
+        return _Unfused(zero), zero
+    if any(isinstance(a, jax.core.Tracer) for a in arrays) or under_trace():
+        zero = host_zero()
+        return _Unfused(zero), zero
+    return _OP_BY_OP, None
 
 
 class _Unfused:
@@ -745,13 +807,14 @@ def transformation(
         grad_leaves = treedef.flatten_up_to(grads)
         slot_leaves = {n: treedef.flatten_up_to(state.slots[n]) for n in names}
         count = _as_array(state.count, jnp.int32)
-        tracing = any(isinstance(x, jax.core.Tracer) for x in (count, *leaves, *grad_leaves))
-        # under tracing: a zero the compiler cannot see (the step count is >= 0)
-        xp = _Unfused(jnp.minimum(count, 0)) if tracing else _OP_BY_OP
+        # while jax traces: _Unfused, with a zero the compiler cannot see (_step_namespace)
+        xp, zero = _step_namespace(count, *leaves, *grad_leaves)
+        tracing = isinstance(count, jax.core.Tracer)
+        hide = None if tracing else zero  # host scalars of a constant step count, hidden
         lr = None if lr_of is None else jnp.asarray(lr_of(count))
         specs = leaf_specs(params, len(leaves))
         scalars = {
-            id(s): _Scalars(s, count, lr, xp, tracing, injected if s is spec else _without_decay(injected))
+            id(s): _Scalars(s, count, lr, xp, tracing, injected if s is spec else _without_decay(injected), hide)
             # with a history, the spec's own first: the state carries its history (_history_step)
             for s in {id(s): s for s in ([spec, *specs] if start is not None else specs)}.values()
         }
@@ -808,9 +871,7 @@ def transformation(
         leaves, treedef = jax.tree.flatten(params)
         slot_leaves = {n: treedef.flatten_up_to(state.slots[n]) for n in names}
         count = _as_array(state.count, jnp.int32)
-        traced = [count, *leaves, *(x for n in names for x in slot_leaves[n])]
-        tracing = any(isinstance(x, jax.core.Tracer) for x in traced)
-        xp = _Unfused(jnp.minimum(count, 0)) if tracing else _OP_BY_OP
+        xp, _ = _step_namespace(count, *leaves, *(x for n in names for x in slot_leaves[n]))
         out = []
         for i, p in enumerate(leaves):
             p = _as_param(spec, p, state_dtype)

@@ -51,9 +51,11 @@ from uniopt.jax._transform import (
     _constant_lr_columns,
     _packed,
     _packed_shapes,
-    _rounded,
     _Unfused,
     _unpacked,
+    hidden,
+    host_zero,
+    under_trace,
 )
 from uniopt.scalar_table import NotConvergentError
 
@@ -93,29 +95,10 @@ def _tracing(*values: Any) -> bool:
     return any(isinstance(v, jax.core.Tracer) for v in values)
 
 
-_TOP_LEVEL: list[Any] = []
-"""jax's trace state where no trace is active (``jax.extend.core.get_opaque_trace_state``), once
-:func:`_under_trace` has seen it."""
-
-
-def _under_trace() -> bool:
-    """Whether jax is tracing here (``jax.jit``, the branches of ``lax.cond``, ...), whatever the
-    arrays at hand are: an op of a concrete array gives a tracer then. Keras's
-    ``LossScaleOptimizer`` steps its optimizer inside ``lax.cond`` with concrete variables and
-    gradients, and a ``jax.jit`` may close over the optimizer's variables."""
-    state = jax.extend.core.get_opaque_trace_state()
-    if _TOP_LEVEL and state == _TOP_LEVEL[0]:
-        return False
-    traced = _tracing(lax.optimization_barrier(np.int32(0)))
-    if not traced and not _TOP_LEVEL:
-        _TOP_LEVEL.append(state)
-    return traced
-
-
 def namespace(optimizer: Any, array: Any) -> Any:
     """``_Unfused`` while jax traces (``array`` a tracer, or any trace active: a ``lax.cond``
     branch of eager code, a ``jax.jit`` closing over concrete arrays), else ``_OpByOp``."""
-    if not (_tracing(array) or _under_trace()):
+    if not (_tracing(array) or under_trace()):
         return _OP_BY_OP
     return _Unfused(_traced_zero(optimizer))
 
@@ -124,9 +107,8 @@ def _traced_zero(optimizer: Any) -> jax.Array:
     """The integer no-op of ``_Unfused``: a 0 that XLA cannot see. From a traced step count, its
     minimum with 0 (the count is ``>= 0``). A step count that is a constant of the traced program
     (the optimizer's variables closed over, as in ``lax.cond`` of eager code) would let XLA fold
-    that away and contract products into fused multiply-adds again (an optimization barrier does
-    not stop it: XLA:CPU drops barriers before its code generator folds constants), so the zero
-    comes from the host instead, in one ``jax.pure_callback`` per traced program and ``apply``."""
+    that away, so the zero comes from the host instead (``host_zero``), once per traced program
+    and ``apply``."""
     count = as_array(optimizer.iterations)
     if _tracing(count):
         return jnp.minimum(count, 0).astype(jnp.int32)
@@ -134,9 +116,7 @@ def _traced_zero(optimizer: Any) -> jax.Array:
     hit = optimizer._uniopt_cache.entries.get(("jax", "zero"))
     if hit is not None and hit[0] == state:
         return hit[1]
-    zero = jax.pure_callback(
-        lambda: np.zeros((), np.int32), jax.ShapeDtypeStruct((), jnp.int32), vmap_method="broadcast_all"
-    )
+    zero = host_zero()
     optimizer._uniopt_cache.entries[("jax", "zero")] = (state, zero)
     return zero
 
@@ -242,10 +222,9 @@ def _hidden(optimizer: Any, values: list[Any]) -> list[Any]:
     through the integer no-op of :func:`_traced_zero`, so that it is no constant of the traced
     program (XLA turns a division by a constant into a product by its rounded reciprocal, and folds
     constants into fused multiply-adds); flags stay Python bools."""
-    if not _under_trace():
+    if not under_trace():
         return values
-    zero = _traced_zero(optimizer)
-    return [_rounded(v, zero) if jnp.issubdtype(jnp.result_type(v), jnp.floating) else v for v in values]
+    return hidden(values, _traced_zero(optimizer))
 
 
 def update_sparse(optimizer: Any, spec: Spec, gradient: Any, variable: Any, learning_rate: Any) -> bool:
