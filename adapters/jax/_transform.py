@@ -814,7 +814,9 @@ def transformation(
         lr = None if lr_of is None else jnp.asarray(lr_of(count))
         specs = leaf_specs(params, len(leaves))
         scalars = {
-            id(s): _Scalars(s, count, lr, xp, tracing, injected if s is spec else _without_decay(injected), hide)
+            id(s): _Scalars(
+                s, count, lr, xp, tracing, injected if s is spec else _without_decay(injected), hide=hide
+            )
             # with a history, the spec's own first: the state carries its history (_history_step)
             for s in {id(s): s for s in ([spec, *specs] if start is not None else specs)}.values()
         }
