@@ -25,37 +25,13 @@ if _keras.backend.backend() != "tensorflow":  # before TensorFlow is imported: i
         "Keras backend), or uniopt.jax or uniopt.torch."
     )
 
-from uniopt.keras import optimizers as _optimizers
-from uniopt.keras._history import EvalAtX, HistoryOptimizer
-from uniopt.keras._porting import export_state, from_keras, import_state, to_keras
-from uniopt.keras.optimizers import (
-    KERAS_NAMES,
-    OPTIMIZERS,
-    UnioptOptimizer,
-    from_spec,
-    to_keras_kwargs,
-    to_spec_kwargs,
-)
+import uniopt.keras as _keras_api
 
 from . import optimizers, xla, xp  # noqa: F401 - uniopt.tf.optimizers, as before
 
-# the generated classes (and aliases) of the table's rows: SGD, Adagrad, ..., Nadam, NAdam
-globals().update({name: getattr(_optimizers, name) for name in _optimizers._BY_NAME})
+# uniopt.keras's public names (the classes of the table's rows, SGD, ..., Nadam, NAdam, and the
+# porting functions), but what tells one Keras backend from another
+_SHARED = [name for name in _keras_api.__all__ if name not in ("BACKEND", "CONVENTION_DEFAULT")]
+globals().update({name: getattr(_keras_api, name) for name in _SHARED})
 
-__all__ = [
-    "EvalAtX",
-    "HistoryOptimizer",
-    "KERAS_NAMES",
-    "OPTIMIZERS",
-    "UnioptOptimizer",
-    "export_state",
-    "from_keras",
-    "from_spec",
-    "import_state",
-    "to_keras",
-    "to_keras_kwargs",
-    "to_spec_kwargs",
-    "xla",
-    "xp",
-    *sorted(_optimizers._BY_NAME),
-]
+__all__ = [*_SHARED, "xla", "xp"]
