@@ -32,6 +32,7 @@ from .backends import (
     Runner,
     Snapshot,
     jax_device,
+    keras_units,
     per_convention_only,
     reduced_elsewhere,
     snapshots_of,
@@ -78,8 +79,6 @@ def _make_runner(mode: str) -> Runner:
     import jax
     import jax.numpy as jnp
 
-    import uniopt.keras
-
     if jax.config.jax_enable_x64:
         raise RuntimeError(_prepare())
     device = jax_device()
@@ -87,18 +86,7 @@ def _make_runner(mode: str) -> Runner:
     def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
         units = units_of(batch)
         with jax.default_device(device):
-            variables = [
-                [keras.Variable(p, dtype=p.dtype.name, name=f"p{i}") for i, p in enumerate(unit.params0)]
-                for unit in units
-            ]
-            opts = [
-                uniopt.keras.from_spec(
-                    unit.spec, **({"state_dtypes": dict(unit.slot_dtypes)} if unit.slot_dtypes else {})
-                )
-                for unit in units
-            ]
-            for opt, vs in zip(opts, variables, strict=True):
-                opt.build(vs)
+            variables, opts = keras_units(keras, units, lambda p: p)
             # the values the step runs on: the variables' own (eager), or held out of them and
             # passed through stateless_apply, as Keras's JAX trainer holds them (jit)
             values = [[v.value for v in vs] for vs in variables]

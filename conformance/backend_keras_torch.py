@@ -32,6 +32,7 @@ from .backends import (
     Member,
     Runner,
     Snapshot,
+    keras_units,
     per_convention_only,
     reduced_elsewhere,
     snapshots_of,
@@ -54,28 +55,12 @@ def _make_runner(mode: str) -> Runner:
     keras = import_keras(KERAS_BACKEND)
     import torch
 
-    import uniopt.keras
-
     device = torch_device()
 
     def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
         units = units_of(batch)
         with keras.device(device):
-            variables = [
-                [
-                    keras.Variable(to_torch(p), dtype=p.dtype.name, name=f"p{i}")
-                    for i, p in enumerate(unit.params0)
-                ]
-                for unit in units
-            ]
-            opts = [
-                uniopt.keras.from_spec(
-                    unit.spec, **({"state_dtypes": dict(unit.slot_dtypes)} if unit.slot_dtypes else {})
-                )
-                for unit in units
-            ]
-            for opt, vs in zip(opts, variables, strict=True):
-                opt.build(vs)
+            variables, opts = keras_units(keras, units, to_torch)
 
         def snapshot() -> list[Snapshot]:
             arrays = []

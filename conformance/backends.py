@@ -127,6 +127,27 @@ class Unit:
         return out
 
 
+def keras_units(keras: Any, units: Sequence[Unit], convert: Callable[[np.ndarray], Any]) -> tuple[list, list]:
+    """Each unit's Keras variables (its starting parameters through ``convert``, the backend's array
+    conversion) and its ``uniopt.keras.from_spec`` optimizer built on them, as a Keras user makes
+    them: ``(variables, optimizers)``, one entry per unit. Keras's backend is the process's."""
+    import uniopt.keras
+
+    variables = [
+        [keras.Variable(convert(p), dtype=p.dtype.name, name=f"p{i}") for i, p in enumerate(unit.params0)]
+        for unit in units
+    ]
+    opts = [
+        uniopt.keras.from_spec(
+            unit.spec, **({"state_dtypes": dict(unit.slot_dtypes)} if unit.slot_dtypes else {})
+        )
+        for unit in units
+    ]
+    for opt, vs in zip(opts, variables, strict=True):
+        opt.build(vs)
+    return variables, opts
+
+
 def units_of(batch: Sequence[Member]) -> list[Unit]:
     """Group a batch's members by (spec, dtype, slot dtypes), in first-seen order; within a unit of an
     elementwise optimizer, stack the parameters of members whose parameter shapes are the same (two
