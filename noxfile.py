@@ -71,6 +71,15 @@ SUITE_DIRS = {
 }
 TEST_SUITES = ["core", *SUITE_DIRS]
 TEST_SESSIONS = [f"tests(suite='{suite}')" for suite in TEST_SUITES]
+# Each pytest run's worker processes (pytest-xdist), whole test files to a worker (a file's module
+# fixtures and compiled programs stay in one process): the cores, at most 4 (each worker imports its
+# framework); UNIOPT_TEST_WORKERS overrides (0 or 1: the tests run in pytest's own process).
+TEST_WORKERS = os.environ.get("UNIOPT_TEST_WORKERS", str(min(4, os.cpu_count() or 1)))
+
+
+def _workers() -> list[str]:
+    """pytest's arguments for :data:`TEST_WORKERS`."""
+    return ["-n", TEST_WORKERS, "--dist", "loadfile"] if TEST_WORKERS not in ("0", "1") else []
 
 
 @nox.session(python=PYTHON)
@@ -80,7 +89,7 @@ def tests(session: nox.Session, suite: str) -> None:
     if suite == "core":
         session.install(".[test]")
         ignored = [f"--ignore={folder}" for folder in [*SUITE_DIRS.values(), KERAS_SUITE]]
-        session.run("pytest", *ignored, *session.posargs)
+        session.run("pytest", *_workers(), *ignored, *session.posargs)
     else:
         session.install(".[test]", *FRAMEWORK_DEPS[suite])
         _framework_tests(session, suite, *session.posargs)
@@ -89,10 +98,10 @@ def tests(session: nox.Session, suite: str) -> None:
 def _framework_tests(session: nox.Session, suite: str, *args: str, env: dict[str, str] | None = None) -> None:
     """The framework's own suite, then uniopt.keras's on that framework's Keras backend (one pytest
     process each: Keras's backend and the suites' settings are process-wide)."""
-    session.run("pytest", SUITE_DIRS[suite], *args, env=env)
+    session.run("pytest", *_workers(), SUITE_DIRS[suite], *args, env=env)
     if Path(KERAS_SUITE).is_dir():
         keras_env = {**(env or {}), "KERAS_BACKEND": KERAS_BACKEND_OF[suite], **_other_pythons(suite)}
-        session.run("pytest", KERAS_SUITE, *args, env=keras_env)
+        session.run("pytest", *_workers(), KERAS_SUITE, *args, env=keras_env)
 
 
 # tests/keras_adapter/test_moves.py moves optimizer state between frameworks, each in its own venv:
