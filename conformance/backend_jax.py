@@ -30,8 +30,8 @@ from .backends import (
     Member,
     Runner,
     Snapshot,
+    float32_every_case,
     jax_device,
-    low_precision_per_convention,
     parity_for_natives,
     per_convention_only,
     reduced_elsewhere,
@@ -138,7 +138,7 @@ BACKEND = Backend(
     make_runner=_make_runner,
     default_cells={
         "eager": per_convention_only(_REDUCED, "jax@jit"),
-        "jit": low_precision_per_convention(
+        "jit": float32_every_case(
             parity_for_natives("jax@jit"), "torch@eager, torch@loop and the NumPy reference"
         ),
         "optax": per_convention_only(training_dtypes_only(_REDUCED, "jax@eager and jax@jit"), "jax@jit"),

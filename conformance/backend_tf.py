@@ -21,7 +21,7 @@ from .backends import (
     Member,
     Runner,
     Snapshot,
-    low_precision_per_convention,
+    float32_every_case,
     parity_for_natives,
     per_convention_only,
     reduced_elsewhere,
@@ -155,7 +155,7 @@ BACKEND = Backend(
     make_runner=_make_runner,
     default_cells={
         "eager": per_convention_only(_REDUCED, "tf@function"),
-        "function": low_precision_per_convention(
+        "function": float32_every_case(
             parity_for_natives("tf@function"), "torch@eager, torch@loop and the NumPy reference"
         ),
         # XLA compiles every case in jax@jit; uniopt.tf's ops run every case in tf@function

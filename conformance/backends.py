@@ -484,26 +484,27 @@ def bfloat16_per_convention(
     )
 
 
-LOW_PRECISION = ("float16", "bfloat16")
-"""The dtypes of :func:`low_precision_per_convention`."""
+NOT_FLOAT32 = ("float64", "float16", "bfloat16")
+"""The dtypes of :func:`float32_every_case`."""
 
 
-def low_precision_per_convention(
+def float32_every_case(
     rule: tuple[Callable[[Cell], bool], str], where: str
 ) -> tuple[Callable[[Cell], bool], str]:
-    """``rule``'s default cells, where for an optimizer that is not elementwise the float16 and
-    bfloat16 cells (:data:`LOW_PRECISION`) are those of the first case of each optimizer and
-    convention only (:func:`first_case_per_convention`). Such an optimizer's cells cannot be stacked
-    (each costs the mode its own trace and compile: Adafactor's 28 bfloat16 cells took 83 s of
-    jax@jit and 93 s of tf@function in one CI dry run), and its float16 and bfloat16 rule is its
-    float32 op sequence in that dtype: each convention's first case proves that path per dtype by
-    default, every case with ``--full``, and every case's cells of these dtypes run by default in
-    ``where``."""
+    """``rule``'s default cells, where for an optimizer that is not elementwise the cells of the
+    dtypes other than float32 (:data:`NOT_FLOAT32`) are those of the first case of each optimizer
+    and convention only (:func:`first_case_per_convention`). Such an optimizer's cells cannot be
+    stacked, so each costs the mode its own trace and compile (in one CI dry run Muon's 66 float64
+    cells took 192 s of jax@jit and 76 s of tf@function, Adafactor's 28 bfloat16 cells 83 s of
+    jax@jit and 93 s of tf@function), and its rule in another dtype is its float32 op sequence in
+    that dtype: every case's float32 cells and each convention's first case in every dtype prove
+    the compiled path by default, every case in every dtype with ``--full``, and every case's cells
+    of these dtypes run by default in ``where``."""
     selects, reason = rule
     firsts = first_case_per_convention()
 
     def keeps(cell: Cell) -> bool:
-        if cell.dtype not in LOW_PRECISION or (cell.optimizer, cell.case) in firsts:
+        if cell.dtype not in NOT_FLOAT32 or (cell.optimizer, cell.case) in firsts:
             return True
         from uniopt.registry import get as get_info
 
@@ -511,8 +512,8 @@ def low_precision_per_convention(
 
     return (
         lambda cell: keeps(cell) and selects(cell),
-        f"{reason}; and for an optimizer that is not elementwise the float16 and bfloat16 cells of the "
-        f"cases after the first of each convention, run by default in {where}",
+        f"{reason}; and for an optimizer that is not elementwise the float64, float16 and bfloat16 cells "
+        f"of the cases after the first of each convention, run by default in {where}",
     )
 
 
