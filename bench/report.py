@@ -484,8 +484,11 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   Adafactor's divisions by broadcast statistics are full-size exact divisions; and each tensor is
   stepped on its own (over a concatenation a norm would span several tensors). The fixed order is
   what makes these optimizers bitwise across backends and modes (docs/conformance.md,
-  "Reductions"); these ratios are its price, largest on many small tensors, where the per-kernel
-  cost dominates. Under XLA (uniopt.jax, uniopt.tf with `jit_compile`) the slices fuse.
+  "Reductions"); these ratios are its price on the large set. On many small tensors, where the
+  per-kernel cost would dominate, uniopt.torch stacks the parameters of one shape and runs the
+  rule once per stack under `torch.func.vmap` (docs/torch.md, "Speed"; bitwise the per-tensor
+  step): Adafactor went from 499 ms (9.25x torch.optim's foreach step, the run before) to 66 ms
+  (0.93x), LAMB from 310 to 57 ms. Under XLA (uniopt.jax, uniopt.tf with `jit_compile`) the slices fuse.
 * **Compilation grows with those slices**: XLA compiles uniopt.jax's 2000-tensor Adafactor, LAMB
   and Schedule-Free steps and its 1000-matrix Muon step in about twice optax's time (the first
   step column), and a `tf.function` of uniopt.tf's non-elementwise steps holds 250 to 530 graph

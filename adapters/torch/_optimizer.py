@@ -31,7 +31,7 @@ from uniopt import Spec
 from uniopt._math import stored as _stored
 from uniopt._validate import check_interval, check_state_dtypes_mapping
 
-from . import _dtensor, _flat, _sparse
+from . import _dtensor, _flat, _sparse, _stacked
 from ._namespace import xp
 
 __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
@@ -45,7 +45,9 @@ and dtype holding at least :data:`AUTO_COMPILE_MIN` elements, ``flat`` below tha
 cannot be flattened (neither on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``,
 and so do those of a group whose ``state_dtypes`` stores a slot narrower than the parameter (the flat
 buffers hold one dtype), and a step traced by ``torch.compile``. A spec that is not elementwise
-(``Lamb``: a norm per parameter) always takes ``loop``; ``flat`` and ``compiled`` are refused for it."""
+(``Lamb``: a norm per parameter) takes ``loop``, under ``auto`` with its small parameters of one
+shape stacked, one rule call per stack (Adafactor, LAMB: :mod:`._stacked`, bitwise the per-tensor
+step); ``flat`` and ``compiled`` are refused for it."""
 
 AUTO_COMPILE_MIN = 1 << 18
 """Below this many elements ``auto`` does not compile: the few seconds inductor takes on first use
@@ -324,7 +326,12 @@ class UnioptOptimizer(Optimizer):
         compiling = torch.compiler.is_compiling()
         if compiling or self.implementation == "loop" or not self.spec_class.elementwise:
             prepare = _compiler_disabled_prepare() if compiling else UnioptOptimizer._prepare
-            _run_loop(prepare(self))
+            plan = prepare(self)
+            if not compiling and self.implementation == "auto" and self.spec_class.name in _stacked.SPECS:
+                stacks, plan = _stacked.split(plan)  # many small parameters of one shape: one rule call
+                for members in stacks:
+                    _stacked.run(members)
+            _run_loop(plan)
         else:
             self._step_flat()
         return loss
@@ -768,9 +775,24 @@ class UnioptOptimizer(Optimizer):
         return {
             name: self._slot(state, spec, name, p, dtypes)
             if name in used
-            else _new_slot(spec, name, p, dtypes)
+            else self._placeholder(spec, name, p, dtypes)
             for name in spec.slot_names()
         }
+
+    def _placeholder(
+        self, spec: Spec, name: str, p: torch.Tensor, dtypes: Mapping[str, torch.dtype] | None
+    ) -> torch.Tensor:
+        """A slot the rule does not use for ``p`` (:meth:`uniopt.Spec.slots_in_use`): zeros it
+        passes through unchanged, made once per spec, slot, shape, dtype and device and shared by
+        the parameters and steps that take it (a DTensor parameter's made each time)."""
+        if _dtensor.is_dtensor(p):
+            return _new_slot(spec, name, p, dtypes)
+        key = (id(spec), name, p.shape, p.dtype, p.device, (dtypes or {}).get(name))
+        cache = self.__dict__.setdefault("_placeholders", {})
+        hit = cache.get(key)
+        if hit is None:  # the spec kept with its zeros: its id is not reused while cached
+            hit = cache[key] = (spec, _new_slot(spec, name, p, dtypes))
+        return hit[1]
 
     def _slot(
         self,
@@ -953,7 +975,8 @@ def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any],
         new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
         _write(param, new_param)
         for name, value in new_slots.items():
-            _write(slots[name], value)
+            if value is not slots[name]:  # a slot passed through (a placeholder) is left as it is
+                _write(slots[name], value)
 
 
 def _write(target: torch.Tensor, value: torch.Tensor) -> None:
