@@ -33,6 +33,7 @@ from .backends import (
     Snapshot,
     jax_device,
     keras_units,
+    parity_in,
     per_convention_only,
     reduced_elsewhere,
     snapshots_of,
@@ -174,6 +175,7 @@ BACKEND = Backend(
         # convention's first case proves Keras's path (variables, scalars, state) per mode
         "eager": per_convention_only(_REDUCED, "jax@eager and jax@jit"),
         "jit": per_convention_only(_REDUCED, "jax@jit"),
+        "native": parity_in("keras@native (Keras's same optimizers on TensorFlow)"),
     },
     supports=_supports,
     supports_in={"native": keras_native_supports(KERAS_BACKEND)},

@@ -33,6 +33,7 @@ from .backends import (
     Runner,
     Snapshot,
     keras_units,
+    parity_in,
     per_convention_only,
     reduced_elsewhere,
     snapshots_of,
@@ -99,6 +100,7 @@ BACKEND = Backend(
         # the rule's ops are uniopt.torch's, which torch@loop runs on every case: here each
         # convention's first case proves Keras's path (variables, scalars, state)
         "eager": per_convention_only(reduced_elsewhere("torch@loop"), "torch@loop"),
+        "native": parity_in("keras@native (Keras's same optimizers on TensorFlow)"),
     },
     supports_in={"native": keras_native_supports(KERAS_BACKEND)},
     bounds_from={"eager": ("torch", "loop")},

@@ -529,6 +529,19 @@ def parity_for_natives(where: str) -> tuple[Callable[[Cell], bool], str]:
     )
 
 
+def parity_in(where: str) -> tuple[Callable[[Cell], bool], str]:
+    """A native row's default cells where another native row runs the same optimizers' code on its
+    parity stream (``where``): every cell but those of the 1,000-step parity stream, which runs by
+    default there and in the NumPy reference, and here with ``--full``. Keras's own optimizers on
+    its JAX and torch backends are the code Keras runs on TensorFlow (``keras@native``), on other
+    kernels: their short streams show where those kernels round otherwise."""
+    return (
+        lambda cell: cell.stream != "parity",
+        f"left to --full: the {PARITY_STEPS:,}-step parity stream, run by default in {where} and the "
+        "NumPy reference",
+    )
+
+
 def _numpy_runner(mode: str) -> Runner:
     import array_api_compat.numpy as xp
 
