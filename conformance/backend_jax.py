@@ -18,12 +18,13 @@ first GPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from uniopt import Spec
+from uniopt.registry import get as get_info
 
 from .backends import (
     Backend,
@@ -66,24 +67,57 @@ def _make_runner(mode: str) -> Runner:
             kwargs[arg] = dtype
         return getattr(ujax, name)(**kwargs)
 
+    compiled: dict[Any, Any] = {}  # (spec, slot dtypes) -> its transformation and jitted step
+
+    def step_of(tx: Any) -> Callable[[list, Any, list], tuple[list, Any]]:
+        def step_one(p: list, s: Any, g: list) -> tuple[list, Any]:
+            if mode == "optax":
+                updates, s = tx.update(g, s, p)
+                return optax.apply_updates(p, updates), s
+            return tx.step(g, s, p)
+
+        return step_one
+
+    def alone(spec: Spec, slot_dtypes: dict[str, str]) -> tuple[Any, Any]:
+        """The transformation of a spec that is not elementwise and its step, compiled once per
+        shapes and reused by every member (and batch) with them."""
+        key = (spec, tuple(sorted(slot_dtypes.items())))
+        if key not in compiled:
+            tx = transformation(spec, slot_dtypes)
+            compiled[key] = tx, (step_of(tx) if mode == "eager" else jax.jit(step_of(tx)))
+        return compiled[key]
+
     def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
-        units = units_of(batch)
-        txs = [transformation(unit.spec, unit.slot_dtypes) for unit in units]
+        # an elementwise optimizer's members stacked per spec, all in one compiled program; one that
+        # is not elementwise a unit per member, each spec and shapes its own program
+        units = units_of(batch, per_member=True)
+        together = [i for i, unit in enumerate(units) if get_info(unit.spec.name).elementwise]
+        txs, steps_alone = [], {}
+        for i, unit in enumerate(units):
+            if i in together:
+                txs.append(transformation(unit.spec, unit.slot_dtypes))
+            else:
+                tx, steps_alone[i] = alone(unit.spec, unit.slot_dtypes)
+                txs.append(tx)
+        one_step = [step_of(txs[i]) for i in together]
 
-        def step_all(params: list, states: list, grads: list) -> tuple[list, list]:
-            new_params, new_states = [], []
-            for tx, p, s, g in zip(txs, params, states, grads, strict=True):
-                if mode == "optax":
-                    updates, s = tx.update(g, s, p)
-                    p = optax.apply_updates(p, updates)
-                else:
-                    p, s = tx.step(g, s, p)
-                new_params.append(p)
-                new_states.append(s)
-            return new_params, new_states
+        def step_together(params: list, states: list, grads: list) -> list:
+            return [fn(p, s, g) for fn, p, s, g in zip(one_step, params, states, grads, strict=True)]
 
-        # jit and optax: one compiled program steps every transformation of the batch
-        step = step_all if mode == "eager" else jax.jit(step_all)
+        compiled_together = step_together if mode == "eager" else jax.jit(step_together)
+
+        def step(params: list, states: list, grads: list) -> tuple[list, list]:
+            out = dict(
+                zip(
+                    together,
+                    compiled_together(*([x[i] for i in together] for x in (params, states, grads))),
+                    strict=True,
+                )
+            )
+            for i, fn in steps_alone.items():
+                out[i] = fn(params[i], states[i], grads[i])
+            return [out[i][0] for i in range(len(units))], [out[i][1] for i in range(len(units))]
+
         params = [jax.device_put(list(unit.params0), device) for unit in units]
         with jax.default_device(device):  # the transformations' tables and constants too
             states = [tx.init(p) for tx, p in zip(txs, params, strict=True)]

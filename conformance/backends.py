@@ -148,10 +148,12 @@ def keras_units(keras: Any, units: Sequence[Unit], convert: Callable[[np.ndarray
     return variables, opts
 
 
-def units_of(batch: Sequence[Member]) -> list[Unit]:
+def units_of(batch: Sequence[Member], per_member: bool = False) -> list[Unit]:
     """Group a batch's members by (spec, dtype, slot dtypes), in first-seen order; within a unit of an
     elementwise optimizer, stack the parameters of members whose parameter shapes are the same (two
-    or more)."""
+    or more). With ``per_member``, an optimizer that is not elementwise gets a unit per member (a
+    compiled mode then compiles one program per spec and shapes, shared by the members that have
+    them, instead of one holding every member)."""
     from uniopt.registry import get as get_info
 
     grouped: dict[tuple, list[int]] = {}
@@ -168,6 +170,20 @@ def units_of(batch: Sequence[Member]) -> list[Unit]:
         for k in members:
             shapes = tuple(p.shape for p in batch[k].params0)
             by_shapes.setdefault(shapes if elementwise else (k,), []).append(k)
+        if per_member and not elementwise:
+            for same in by_shapes.values():
+                (k,) = same
+                params = batch[k].params0
+                units.append(
+                    Unit(
+                        spec,
+                        list(params),
+                        [[(k, i)] for i in range(len(params))],
+                        [False] * len(params),
+                        dict(slot_dtypes),
+                    )
+                )
+            continue
         unit = Unit(spec, [], [], [], dict(slot_dtypes))
         for same in by_shapes.values():
             for i in range(len(batch[same[0]].params0)):
