@@ -24,8 +24,10 @@ Where the per-step scalars come from (the step count is a traced int32 under ``j
   parameter dtype and the next history (:func:`_history_step`).
 
 Under tracing, ``xp.multiply`` rounds its product behind an integer no-op (adding a zero the
-compiler cannot see, derived from the traced step count) so that XLA cannot contract ``a*b + c``
-into a fused multiply-add. Eagerly, ``xp`` is ``jax.numpy`` with each elementwise function compiled
+compiler cannot see: ``min(count, 0)`` of the traced step count, or, where the state is a constant
+of the traced program, a zero from the host, :func:`host_zero`) so that XLA cannot contract
+``a*b + c`` into a fused multiply-add; host scalars of a constant step count pass through the same
+no-op (:func:`hidden`). Eagerly, ``xp`` is ``jax.numpy`` with each elementwise function compiled
 on its own (one op per XLA computation, as in plain eager jax, through jax's faster dispatch).
 """
 
