@@ -71,15 +71,16 @@ SUITE_DIRS = {
 }
 TEST_SUITES = ["core", *SUITE_DIRS]
 TEST_SESSIONS = [f"tests(suite='{suite}')" for suite in TEST_SUITES]
-# Each pytest run's worker processes (pytest-xdist), whole test files to a worker (a file's module
-# fixtures and compiled programs stay in one process): the cores, at most 4 (each worker imports its
-# framework); UNIOPT_TEST_WORKERS overrides (0 or 1: the tests run in pytest's own process).
+# Each pytest run's worker processes (pytest-xdist): the cores, at most 4 (each worker imports its
+# framework); UNIOPT_TEST_WORKERS overrides (0 or 1: the tests run in pytest's own process). Tests
+# go to whichever worker is free, but a module with a module-scoped fixture (processes it starts,
+# a model it trains) is one xdist_group, run whole by one worker ("loadgroup").
 TEST_WORKERS = os.environ.get("UNIOPT_TEST_WORKERS", str(min(4, os.cpu_count() or 1)))
 
 
 def _workers() -> list[str]:
     """pytest's arguments for :data:`TEST_WORKERS`."""
-    return ["-n", TEST_WORKERS, "--dist", "loadfile"] if TEST_WORKERS not in ("0", "1") else []
+    return ["-n", TEST_WORKERS, "--dist", "loadgroup"] if TEST_WORKERS not in ("0", "1") else []
 
 
 @nox.session(python=PYTHON)

@@ -27,6 +27,9 @@ import numpy as np
 import pytest
 from processes import free_ports, run_workers
 
+# one worker runs this module (pytest-xdist's loadgroup): its module fixture runs once
+pytestmark = pytest.mark.xdist_group("test_multiprocess")
+
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240  # all three processes together, on a busy 2-core machine

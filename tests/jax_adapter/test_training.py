@@ -11,6 +11,9 @@ from sklearn.datasets import load_digits
 
 import uniopt.jax as ujax
 
+# one worker runs this module (pytest-xdist's loadgroup): its module fixture runs once
+pytestmark = pytest.mark.xdist_group("test_training")
+
 OPTIMIZERS = {
     "sgd": lambda: ujax.sgd(0.1, momentum=0.9, nesterov=True),
     "adagrad": lambda: ujax.adagrad(0.05),

@@ -31,6 +31,9 @@ from processes import run_workers
 
 import uniopt
 
+# one worker runs this module (pytest-xdist's loadgroup): its module fixture runs once
+pytestmark = pytest.mark.xdist_group("test_moves")
+
 WORKER = Path(__file__).resolve().parent / "port_worker.py"
 TIMEOUT_S = 600
 # framework -> (the variable naming its interpreter, the modules a segment imports there)

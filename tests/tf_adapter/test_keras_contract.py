@@ -20,6 +20,9 @@ import uniopt.tf as ut
 from uniopt.registry import TABLE
 from uniopt.tf.optimizers import CONVENTION_DEFAULT
 
+# one worker runs this module (pytest-xdist's loadgroup): its module fixture runs once
+pytestmark = pytest.mark.xdist_group("test_keras_contract")
+
 CLASSES = [getattr(ut, name) for name in ut.OPTIMIZERS]  # one per table row
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

@@ -32,6 +32,9 @@ from processes import free_ports, run_workers
 import uniopt
 import uniopt.tf
 
+# one worker runs this module (pytest-xdist's loadgroup): its module fixture runs once
+pytestmark = pytest.mark.xdist_group("test_multiworker")
+
 WORKER = Path(__file__).with_name("multiworker_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 300  # all three processes together, on a busy 2-core machine

@@ -24,6 +24,9 @@ import torch
 import uniopt
 import uniopt.torch
 
+# one worker runs this module (pytest-xdist's loadgroup): its module fixture runs once
+pytestmark = pytest.mark.xdist_group("test_distributed")
+
 WORLD = 2
 STEPS = 8  # RAdam (beta2=0.999) takes its first rectified step at step 6
 LR = 0.01

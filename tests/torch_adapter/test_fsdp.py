@@ -34,6 +34,9 @@ import torch
 import uniopt.torch
 from uniopt.registry import TABLE
 
+# one worker runs this module (pytest-xdist's loadgroup): its module fixture runs once
+pytestmark = pytest.mark.xdist_group("test_fsdp")
+
 WORLD = 2
 STEPS = 8  # RAdam (beta2=0.999) takes its first rectified step at step 6
 SAVED_AT = 4  # the checkpoint's step
