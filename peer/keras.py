@@ -75,11 +75,11 @@ HOST_PRODUCT = (
 )
 WORDING = "checks Keras's error wording; uniopt's spec refuses the same value in its own words"
 HELPER = (
-    "calls a helper method of Keras's Muon (zeropower_via_newtonschulz5, lr_adjust); uniopt.tf.Muon "
+    "calls a helper method of Keras's Muon (zeropower_via_newtonschulz5, lr_adjust); uniopt.keras.Muon "
     "runs the spec's Newton-Schulz iteration and scaling inside the core's rule and offers no helpers"
 )
 DECAY_IN_RULE = (
-    "calls Keras's _apply_weight_decay, or update_step expecting no decay: uniopt.tf turns Keras's "
+    "calls Keras's _apply_weight_decay, or update_step expecting no decay: uniopt.keras turns Keras's "
     "separate decay off and applies weight_decay and adam_weight_decay in the spec's rule, inside "
     "update_step (the same values in one step of apply)"
 )
