@@ -34,7 +34,7 @@ from uniopt import Spec
 from . import _flat
 from ._namespace import _TorchNamespace, sqrt
 
-__all__ = ["MIN_STACK", "SPECS", "split"]
+__all__ = ["MIN_STACK", "SPECS", "STACK_ELEMENTS", "run", "split"]
 
 SPECS = frozenset({"Adafactor", "Lamb"})
 """The specs stepped stacked. Muon is not: its Newton-Schulz products dominate its step, and
