@@ -46,6 +46,14 @@ from .backends import (
 __all__ = ["BACKEND"]
 
 
+def _elementwise(spec: Spec) -> bool:
+    """Whether the table says ``spec``'s optimizer is elementwise (a spec outside it: not)."""
+    try:
+        return get_info(spec.name).elementwise
+    except KeyError:
+        return False
+
+
 def _make_runner(mode: str) -> Runner:
     import jax
 
@@ -91,7 +99,7 @@ def _make_runner(mode: str) -> Runner:
         # an elementwise optimizer's members stacked per spec, all in one compiled program; one that
         # is not elementwise a unit per member, each spec and shapes its own program
         units = units_of(batch, per_member=True)
-        together = [i for i, unit in enumerate(units) if get_info(unit.spec.name).elementwise]
+        together = [i for i, unit in enumerate(units) if _elementwise(unit.spec)]
         txs, steps_alone = [], {}
         for i, unit in enumerate(units):
             if i in together:
