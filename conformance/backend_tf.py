@@ -22,6 +22,7 @@ from .backends import (
     Runner,
     Snapshot,
     float32_every_case,
+    keras_optimizers,
     parity_for_natives,
     per_convention_only,
     reduced_elsewhere,
@@ -68,8 +69,6 @@ def _make_runner(mode: str) -> Runner:
     def run(batch: Sequence[Member], steps: int) -> Iterator[list[Snapshot]]:
         import tensorflow as tf
 
-        import uniopt.tf
-
         if device == "/GPU:0" and not tf.config.list_physical_devices("GPU"):
             raise RuntimeError("--device gpu: TensorFlow sees no GPU")
         if mode == "xla":
@@ -79,14 +78,7 @@ def _make_runner(mode: str) -> Runner:
             # one Keras optimizer per unit over its members' variables; one training step applies
             # them all (in function and xla modes one traced, and compiled, program per batch)
             variables = [[tf.Variable(p) for p in unit.params0] for unit in units]
-            opts = [
-                uniopt.tf.from_spec(
-                    unit.spec, **({"state_dtypes": dict(unit.slot_dtypes)} if unit.slot_dtypes else {})
-                )
-                for unit in units
-            ]
-            for opt, vs in zip(opts, variables, strict=True):
-                opt.build(vs)
+            opts = keras_optimizers(units, variables)
 
             def step_all(grads: list) -> None:
                 for opt, vs, gs in zip(opts, variables, grads, strict=True):

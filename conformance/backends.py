@@ -127,16 +127,12 @@ class Unit:
         return out
 
 
-def keras_units(keras: Any, units: Sequence[Unit], convert: Callable[[np.ndarray], Any]) -> tuple[list, list]:
-    """Each unit's Keras variables (its starting parameters through ``convert``, the backend's array
-    conversion) and its ``uniopt.keras.from_spec`` optimizer built on them, as a Keras user makes
-    them: ``(variables, optimizers)``, one entry per unit. Keras's backend is the process's."""
+def keras_optimizers(units: Sequence[Unit], variables: Sequence[Sequence[Any]]) -> list[Any]:
+    """Each unit's ``uniopt.keras.from_spec`` optimizer (its lower-precision slots as
+    ``state_dtypes``), built on that unit's ``variables``. Keras's backend is the process's (on
+    TensorFlow the classes are uniopt.tf's)."""
     import uniopt.keras
 
-    variables = [
-        [keras.Variable(convert(p), dtype=p.dtype.name, name=f"p{i}") for i, p in enumerate(unit.params0)]
-        for unit in units
-    ]
     opts = [
         uniopt.keras.from_spec(
             unit.spec, **({"state_dtypes": dict(unit.slot_dtypes)} if unit.slot_dtypes else {})
@@ -145,7 +141,18 @@ def keras_units(keras: Any, units: Sequence[Unit], convert: Callable[[np.ndarray
     ]
     for opt, vs in zip(opts, variables, strict=True):
         opt.build(vs)
-    return variables, opts
+    return opts
+
+
+def keras_units(keras: Any, units: Sequence[Unit], convert: Callable[[np.ndarray], Any]) -> tuple[list, list]:
+    """Each unit's Keras variables (its starting parameters through ``convert``, the backend's array
+    conversion) and its optimizer built on them (:func:`keras_optimizers`), as a Keras user makes
+    them: ``(variables, optimizers)``, one entry per unit."""
+    variables = [
+        [keras.Variable(convert(p), dtype=p.dtype.name, name=f"p{i}") for i, p in enumerate(unit.params0)]
+        for unit in units
+    ]
+    return variables, keras_optimizers(units, variables)
 
 
 def units_of(batch: Sequence[Member], per_member: bool = False) -> list[Unit]:
