@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,13 @@ DOCS = {"cpu": "docs/benchmarks.md", "gpu": "docs/benchmarks-gpu.md"}
 def run(args: argparse.Namespace) -> int:
     if args.framework == "jax":  # jax picks its platform once, at its first use
         os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
+    if args.framework == "torch" and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # compile into an empty cache: a kernel cached by an earlier process (another torch, another
+        # thread count, another benchmark) would time that process's build, and the first-step
+        # column is then a first step's compile on a fresh machine
+        cache = tempfile.mkdtemp(prefix="uniopt-bench-inductor-")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     mod = importlib.import_module(f"bench.{args.framework}_bench")
     sparse_names = tuple(getattr(mod, "SPARSE_OPTIMIZERS", ()))
     if args.optimizers:

@@ -546,7 +546,10 @@ def markdown(results: dict[str, dict[str, Any]], png_name: str, device: str = "c
         "and two moments and writes three of them). The bound is loose: a copy's destination is read "
         "before it is written (write-allocate), which an in-place update does not pay, so a fused "
         "in-place kernel can come in under it. `state MiB` counts the optimizer's state; "
-        "`peak step MiB` is the resident memory one step adds above the steady state (temporaries).",
+        "`peak step MiB` is the resident memory one step adds above the steady state (temporaries). "
+        "The torch process compiles into an empty inductor cache of its own (unless "
+        "`TORCHINDUCTOR_CACHE_DIR` is set), so no kernel built by an earlier process is timed and "
+        "`first step s` includes the compile.",
         "",
         "A framework's rows may come from several runs: `python -m bench run <framework> --merge` "
         "replaces the optimizers and sets it measures and keeps the others. Each run is listed below "

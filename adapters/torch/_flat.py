@@ -122,10 +122,15 @@ def exact_options(
     ``dtype`` and every cast kept (half types, of the parameter or of a slot stored narrower: the
     rule's rounding of a ``state_dtypes`` slot must not be folded away), and on CUDA no fma
     contraction, IEEE division and no flush-to-zero. Options this torch lacks are left out (the
-    conformance rows of the compiled mode show what remains)."""
+    conformance rows of the compiled mode show what remains). On the CPU also
+    ``cpp.dynamic_threads``: the kernel's OpenMP region takes the thread count of each call, not of
+    the first step (which does not change the result: the rule is elementwise)."""
     half = dtype in _HALF or any(d in _HALF for d in slot_dtypes)
     if device_type != "cuda":
-        return {"emulate_precision_casts": True} if half else {}
+        # the C++ kernel asks OpenMP for its thread count at each call: otherwise inductor writes the
+        # thread count of the first step into the kernel, and one compiled (or cached on disk) while
+        # the process ran on one thread stays serial after torch.set_num_threads raises it
+        return {"cpp.dynamic_threads": True, **({"emulate_precision_casts": True} if half else {})}
     import torch._inductor.config as inductor_config
 
     known = inductor_config.get_config_copy()

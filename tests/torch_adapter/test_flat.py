@@ -201,6 +201,29 @@ def test_a_step_between_forward_and_backward_is_caught_by_autograd(implementatio
             loss.backward()
 
 
+def test_a_kernel_compiled_on_one_thread_runs_on_every_thread_given_later(monkeypatch):
+    """A kernel compiled while torch runs on one thread (a worker that called
+    ``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``) is not serial: inductor would otherwise write
+    the thread count of the first step into the C++ kernel (no OpenMP region at all for one thread),
+    and that kernel, kept by dynamo and cached on disk, stays serial after the count is raised. The
+    kernel asks OpenMP for its thread count at each call instead."""
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.setattr(_flat, "_KERNELS", collections.OrderedDict())
+    p = torch.nn.Parameter(torch.randn(64, 8))
+    p.grad = torch.randn_like(p)
+    opt = ut.Adam([p], lr=1e-3, implementation="compiled")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch._inductor.config.patch(force_disable_caches=True):
+            _, sources = run_and_get_code(opt.step)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(sources) == 1, "the step compiled no kernel (or several)"
+    assert "#pragma omp parallel" in sources[0]
+
+
 def test_the_compiled_kernel_compiles_once_for_tensors_of_many_shapes(monkeypatch):
     """Stacked, empty, 0-d and 3-d parameters, most of them in place, and a gathered region of one
     element: the kernel compiles once. The region is padded to two elements (torch specialises
