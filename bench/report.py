@@ -514,8 +514,10 @@ one run: the state it saves (a quarter of Adam's two float32 moments) and what i
 torch.optim and Keras have no Adam with a bfloat16 first moment, so the torch and tf rows have no
 native to compare with (none is made up); optax's `mu_dtype` is jax's. uniopt.torch keeps the
 narrower slot in flat buffers of its dtype and runs the same compiled rule (docs/torch.md,
-"Lower-precision state"): on the large set the step moves fewer bytes and is faster; on the CPU,
-inductor's conversions to and from bfloat16 cost more where the step is not memory-bound.
+"Lower-precision state"). The step moves fewer bytes, but on this CPU inductor's conversions to and
+from bfloat16 cost more than the bytes saved, so it is slower on both sets. (An earlier run showed
+it faster on the large set: its float32 row had timed a serial kernel cached on disk by a
+one-thread process, since fixed, docs/torch.md "Speed".)
 """
 
 
