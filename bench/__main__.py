@@ -42,16 +42,24 @@ DEFAULT_OPTIMIZERS = ("RAdam", "Adam", "Adafactor", "Lamb", "Muon", "ScheduleFre
 DOCS = {"cpu": "docs/benchmarks.md", "gpu": "docs/benchmarks-gpu.md"}
 
 
+def fresh_inductor_cache() -> str | None:
+    """Point inductor at an empty cache directory of this process's own (removed at exit), unless
+    ``TORCHINDUCTOR_CACHE_DIR`` is set; returns it. A kernel cached by an earlier process (another
+    torch, another thread count, another benchmark) would time that process's build, and the
+    first-step column is then a first step's compile on a fresh machine."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return None
+    cache = tempfile.mkdtemp(prefix="uniopt-bench-inductor-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    return cache
+
+
 def run(args: argparse.Namespace) -> int:
     if args.framework == "jax":  # jax picks its platform once, at its first use
         os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
-    if args.framework == "torch" and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        # compile into an empty cache: a kernel cached by an earlier process (another torch, another
-        # thread count, another benchmark) would time that process's build, and the first-step
-        # column is then a first step's compile on a fresh machine
-        cache = tempfile.mkdtemp(prefix="uniopt-bench-inductor-")
-        atexit.register(shutil.rmtree, cache, ignore_errors=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    if args.framework == "torch":
+        fresh_inductor_cache()
     mod = importlib.import_module(f"bench.{args.framework}_bench")
     sparse_names = tuple(getattr(mod, "SPARSE_OPTIMIZERS", ()))
     if args.optimizers:

@@ -4,6 +4,8 @@ the rows it says it picks. No timing is asserted (speed is measured by ``nox -s 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -560,3 +562,16 @@ def test_the_lower_precision_section_pairs_each_bfloat16_row_with_its_float32_ro
     section = md.split("## Lower-precision state")[1].split("![step times]")[0]
     assert "| torch | Adam | L | uniopt.torch.Adam | 96.0 | 72.0 | 30.00 | 20.00 | 0.67 |" in section
     assert "torch.optim and Keras have no Adam with a bfloat16 first moment" in section
+
+
+def test_the_torch_benchmark_compiles_into_an_empty_cache_of_its_own(monkeypatch):
+    """No kernel cached by an earlier process is timed (one built on one thread ran serially)."""
+    from bench.__main__ import fresh_inductor_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cache = fresh_inductor_cache()
+    assert cache is not None and os.environ["TORCHINDUCTOR_CACHE_DIR"] == cache
+    assert os.path.isdir(cache) and not os.listdir(cache)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/chosen")
+    assert fresh_inductor_cache() is None
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/chosen"
