@@ -453,17 +453,17 @@ def parity(session: nox.Session) -> None:
     session.log("parity: every framework measured, the table rendered")
 
 
-BENCH_OUT = "build/bench"
+BENCH_OUT = "bench/results"
 
 
 @nox.session(python=PYTHON)
 @nox.parametrize("framework", ["torch", "jax", "tf", "report"])
 def bench(session: nox.Session, framework: str) -> None:
     """Step-time benchmark: each framework's variants in its own venv (interleaved, JSON under
-    build/bench), then ``report``: the ratio table, docs/benchmarks.md and its chart. ``nox -s bench``
-    runs all four in order; ``-- --quick`` or ``-- --all`` pass options to the framework runs, and
-    ``-- --device gpu`` runs on the GPU (frameworks' GPU builds through the UNIOPT_*_SPEC variables)
-    and writes docs/benchmarks-gpu.md."""
+    bench/results, kept in the repository), then ``report``: the ratio table, docs/benchmarks.md and
+    its chart. ``nox -s bench`` runs all four in order; ``-- --quick`` or ``-- --all`` pass options
+    to the framework runs, and ``-- --device gpu`` runs on the GPU (frameworks' GPU builds through
+    the UNIOPT_*_SPEC variables) and writes docs/benchmarks-gpu.md."""
     if framework == "report":
         session.install(".", "rich", "matplotlib")
         args = list(session.posargs)

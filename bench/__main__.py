@@ -202,7 +202,9 @@ def _measure_sparse(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--out", default="build/bench", help="folder of the JSON results")
+    parser.add_argument(
+        "--out", default="bench/results", help="folder of the JSON results (kept in the repository)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="time one framework's variants (interleaved) and write <out>/<fw>.json")
     r.add_argument("framework", choices=("torch", "jax", "tf"))

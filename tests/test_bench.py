@@ -374,11 +374,42 @@ def test_a_ratio_is_only_formed_within_one_run():
             }
         )
 
-    fused = "uniopt.torch.RAdam ≤ torch.optim.Adam(fused=True), large"
+    fused = "uniopt.torch.RAdam ≤ 0.9x torch.optim.Adam(fused=True), large"
     assert [t for t in targets({"torch": torch_file(1)}) if t[0] == fused] == []
     assert [t for t in targets({"torch": torch_file(2)}) if t[0] == fused] == [
         (fused, "12.00 / 16.00 ms = 0.75", "met")
     ]
+
+
+def test_the_fused_adam_targets_are_the_issues_ratios():
+    """0.9x fused Adam on the large set, 0.3x on the many-small set: a ratio between 0.3 and 1 on
+    the many-small set is missed."""
+
+    def results(ms_small):
+        rows = {
+            set_name: {
+                "label": set_name,
+                "rows": [
+                    _row("uniopt.torch.RAdam", "uniopt", ours),
+                    _row("torch.optim.Adam(fused=True)", "reference", 10.0),
+                ],
+                "run": 1,
+            }
+            for set_name, ours in (("large", 8.9), ("many_small", ms_small))
+        }
+        return {
+            "torch": {"framework": "torch", "runs": [{**_run("t", 1.0), "id": 1}], "results": {"RAdam": rows}}
+        }
+
+    def verdicts(ms_small):
+        return {
+            t[0].split(", ")[-1]: (t[0].split(" ≤ ")[1].split("x")[0], t[2])
+            for t in targets(results(ms_small))
+            if "fused" in t[0]
+        }
+
+    assert verdicts(3.0) == {"large": ("0.9", "met"), "many_small": ("0.3", "met")}
+    assert verdicts(5.0)["many_small"] == ("0.3", "missed")
 
 
 def test_sparse_rows_are_in_the_table_against_natives_and_in_the_targets():

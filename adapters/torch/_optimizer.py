@@ -31,23 +31,25 @@ from uniopt import Spec
 from uniopt._math import stored as _stored
 from uniopt._validate import check_interval, check_state_dtypes_mapping
 
-from . import _dtensor, _flat, _sparse, _stacked
+from . import _dtensor, _flat, _native, _sparse, _stacked
 from ._namespace import xp
 
 __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
 
 IMPLEMENTATIONS = ("auto", "compiled", "flat", "loop")
 """How ``step()`` executes the rule. ``loop``: per tensor, eager. ``flat``: the group's state in flat
-buffers per device and dtype, the rule run eagerly once over all small tensors and once per large
-one. ``compiled``: as ``flat``, with the rule compiled by inductor into one loop (CPU) or one Triton
-kernel (CUDA) per buffer. ``auto`` (the default): ``compiled`` for a group's parameters of one device
-and dtype holding at least :data:`AUTO_COMPILE_MIN` elements, ``flat`` below that. Parameters that
-cannot be flattened (neither on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``,
-and so do those of a group whose ``state_dtypes`` stores a slot narrower than the parameter (the flat
-buffers hold one dtype), and a step traced by ``torch.compile``. A spec that is not elementwise
-(``Lamb``: a norm per parameter) takes ``loop``, under ``auto`` with its small parameters of one
-shape stacked, one rule call per stack (Adafactor, LAMB: :mod:`._stacked`, bitwise the per-tensor
-step); ``flat`` and ``compiled`` are refused for it."""
+buffers per device and dtype, the rule run eagerly once over all small tensors and once per large one.
+``compiled``: as ``flat``, with the rule compiled: on the CPU in float32 and float64, where the rule
+translates, one C kernel per bucket over every tensor in place (:mod:`._native`); otherwise by
+inductor into one loop (CPU) or one Triton kernel (CUDA) per buffer. ``auto`` (the default):
+``compiled`` for a group's parameters of one device and dtype holding at least
+:data:`AUTO_COMPILE_MIN` elements, ``flat`` below that. Parameters that cannot be flattened (neither
+on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``, and so do those of a group
+whose ``state_dtypes`` stores a slot narrower than the parameter (the flat buffers hold one dtype),
+and a step traced by ``torch.compile``. A spec that is not elementwise (``Lamb``: a norm per
+parameter) takes ``loop``, under ``auto`` with its small parameters of one shape stacked, one rule
+call per stack (Adafactor, LAMB: :mod:`._stacked`, bitwise the per-tensor step); ``flat`` and
+``compiled`` are refused for it."""
 
 AUTO_COMPILE_MIN = 1 << 18
 """Below this many elements ``auto`` does not compile: the few seconds inductor takes on first use
@@ -378,6 +380,12 @@ class UnioptOptimizer(Optimizer):
                 key = (index, id(spec), lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
                     rounded[key] = _round(self._scalars_of(index, spec, lr, bucket.step + 1), bucket.dtype)
+                if compiled and bucket.native_segments() is not None:
+                    native = _native.kernel(spec, bucket.dtype, rounded[key])
+                    if native is not None and bucket.run_native(
+                        native, native.scalar_values(rounded[key]), grads
+                    ):
+                        continue
                 fn = _flat.kernel(spec, bucket.dtype, compiled, bucket.device.type, bucket.slot_dtypes)
                 bucket.run(fn, rounded[key], grads)
 

@@ -21,7 +21,7 @@ from cases import shapes_for
 import uniopt
 import uniopt.torch as ut
 from uniopt.registry import TABLE
-from uniopt.torch import _flat
+from uniopt.torch import _flat, _native
 
 CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
 SHAPES = [(3, 4), (40,), (), (5, 2, 3), (7,)]
@@ -31,6 +31,13 @@ SHAPES = [(3, 4), (40,), (), (5, 2, 3), (7,)]
 def _small_large(monkeypatch):
     # (40,) and (5, 2, 3) run in place, the rest gathered
     monkeypatch.setattr(_flat, "LARGE", {"cpu": 30, "cuda": 30})
+
+
+@pytest.fixture
+def inductor_kernels(monkeypatch):
+    """The compiled flat path with inductor's kernels only: no rule runs as a C kernel
+    (:mod:`uniopt.torch._native`, tested in test_native.py), as for bfloat16 and on CUDA."""
+    monkeypatch.setattr(_native, "kernel", lambda spec, dtype, scalars: None)
 
 
 def _params(dtype=torch.float32, shapes=SHAPES, seed=0):
@@ -80,6 +87,7 @@ def test_flat_equals_loop_bitwise_in_every_case(info, case, dtype):
     ("name", "hyper"),
     [("RAdam", {"lr": 1e-2, "weight_decay": 0.1}), ("Adam", {"lr": 1e-2, "amsgrad": True, "maximize": True})],
 )
+@pytest.mark.usefixtures("inductor_kernels")
 def test_compiled_equals_loop_bitwise_in_float32(name, hyper):
     # 9 steps: RAdam's unrectified (1-5) and rectified branches, each its own graph
     _assert_same(_run(name, hyper, "compiled"), _run(name, hyper, "loop"))
@@ -155,6 +163,7 @@ def test_implementation_survives_pickle_and_deepcopy_and_bad_values_are_refused(
         ut.Adam(params, implementation="fast")
 
 
+@pytest.mark.usefixtures("inductor_kernels")
 def test_auto_compiles_large_groups_only(monkeypatch):
     compiled_flags = []
     real = _flat.kernel
@@ -201,6 +210,7 @@ def test_a_step_between_forward_and_backward_is_caught_by_autograd(implementatio
             loss.backward()
 
 
+@pytest.mark.usefixtures("inductor_kernels")
 def test_a_kernel_compiled_on_one_thread_runs_on_every_thread_given_later(monkeypatch):
     """A kernel compiled while torch runs on one thread (a worker that called
     ``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``) is not serial: inductor would otherwise write
@@ -224,6 +234,7 @@ def test_a_kernel_compiled_on_one_thread_runs_on_every_thread_given_later(monkey
     assert "#pragma omp parallel" in sources[0]
 
 
+@pytest.mark.usefixtures("inductor_kernels")
 def test_the_compiled_kernel_compiles_once_for_tensors_of_many_shapes(monkeypatch):
     """Stacked, empty, 0-d and 3-d parameters, most of them in place, and a gathered region of one
     element: the kernel compiles once. The region is padded to two elements (torch specialises
