@@ -1,9 +1,11 @@
 """The torch backend: the real ``uniopt.torch`` optimizers, in each way ``step()`` can run.
 
-* ``eager``: ``opt.step()`` as constructed by default (``implementation="auto"``: the flat path, eager
-  for these small parameter sets);
+* ``eager``: ``opt.step()`` as constructed by default (``implementation="auto"``: the flat path, with
+  the C kernel of :mod:`uniopt.torch._native` in float32 and float64 where it translates the rule,
+  eager otherwise for these small parameter sets);
 * ``loop``: ``implementation="loop"``, the rule per tensor;
-* ``flat`` and ``compiled``: ``implementation="flat"`` (eager) and ``"compiled"`` (inductor), with
+* ``flat`` and ``compiled``: ``implementation="flat"`` (eager) and ``"compiled"`` (the C kernel where
+  it applies, inductor otherwise), with
   :data:`uniopt.torch._flat.LARGE` lowered to :data:`SPLIT_LARGE` so that both flat paths run: the
   parameters with at least that many elements take the in-place per-tensor kernel, the others the
   gathered vector;

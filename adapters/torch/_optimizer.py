@@ -41,8 +41,9 @@ IMPLEMENTATIONS = ("auto", "compiled", "flat", "loop")
 buffers per device and dtype, the rule run eagerly once over all small tensors and once per large one.
 ``compiled``: as ``flat``, with the rule compiled: on the CPU in float32 and float64, where the rule
 translates, one C kernel per bucket over every tensor in place (:mod:`._native`); otherwise by
-inductor into one loop (CPU) or one Triton kernel (CUDA) per buffer. ``auto`` (the default):
-``compiled`` for a group's parameters of one device and dtype holding at least
+inductor into one loop (CPU) or one Triton kernel (CUDA) per buffer. ``auto`` (the default): the C
+kernel wherever it applies (CPU, float32 and float64, a rule it translates), whatever the size;
+elsewhere ``compiled`` for a group's parameters of one device and dtype holding at least
 :data:`AUTO_COMPILE_MIN` elements, ``flat`` below that. Parameters that cannot be flattened (neither
 on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``, and so do those of a group
 whose ``state_dtypes`` stores a slot narrower than the parameter (the flat buffers hold one dtype),
@@ -52,8 +53,8 @@ call per stack (Adafactor, LAMB: :mod:`._stacked`, bitwise the per-tensor step);
 ``compiled`` are refused for it."""
 
 AUTO_COMPILE_MIN = 1 << 18
-"""Below this many elements ``auto`` does not compile: the few seconds inductor takes on first use
-would outweigh what it saves."""
+"""Below this many elements ``auto`` does not compile with inductor (where the C kernel does not apply):
+the few seconds inductor takes on first use would outweigh what it saves."""
 
 _STATE_DICT_KEY = "uniopt"
 _SPEC_CACHE_SIZE = 64
@@ -380,7 +381,9 @@ class UnioptOptimizer(Optimizer):
                 key = (index, id(spec), lr, bucket.step + 1, bucket.dtype)
                 if key not in rounded:
                     rounded[key] = _round(self._scalars_of(index, spec, lr, bucket.step + 1), bucket.dtype)
-                if compiled and bucket.native_segments() is not None:
+                # the C kernel builds in a fraction of a second, so ``auto`` takes it at any size
+                native_allowed = compiled or self.implementation == "auto"
+                if native_allowed and bucket.native_segments() is not None:
                     native = _native.kernel(spec, bucket.dtype, rounded[key])
                     if native is not None and bucket.run_native(
                         native, native.scalar_values(rounded[key]), grads

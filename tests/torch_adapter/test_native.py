@@ -111,6 +111,17 @@ def test_every_elementwise_rule_translates(info, case):
             assert (_native.translate(spec, dtype, sc) is not None) == expected, (step, dtype)
 
 
+def test_auto_takes_the_c_kernel_at_any_size_and_flat_never(native_steps):
+    """``auto`` (the default) runs the C kernel even on a few small tensors (it builds in a fraction
+    of a second, unlike inductor's); ``flat`` stays the eager rule over the gathered vector."""
+    assert sum(p.numel() for p in _run("Adam", {"lr": 1e-2}, "loop", steps=1)[0]) < ut.AUTO_COMPILE_MIN
+    _assert_same(_run("RAdam", {"lr": 1e-2}, "auto"), _run("RAdam", {"lr": 1e-2}, "loop"))
+    assert native_steps == [True] * 9
+    native_steps.clear()
+    _assert_same(_run("RAdam", {"lr": 1e-2}, "flat"), _run("RAdam", {"lr": 1e-2}, "loop"))
+    assert native_steps == []
+
+
 def test_the_kernel_is_handed_each_tensor_in_tiles():
     params, opt = _run("Adam", {"lr": 1e-2}, "compiled", steps=1)
     ((bucket, compiled),) = next(iter(opt._buckets.values()))[4]
