@@ -446,25 +446,24 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
 NOTES = """\
 How to read the targets, and what limits each one:
 
-* **uniopt.torch on the large set** runs the spec's rule compiled by inductor once per tensor, in place:
-  one loop that reads parameter, gradient and both moments and writes parameter and moments once, so
-  it moves the bound's 28 bytes per parameter and comes in under the bound (no write-allocate).
-  torch.optim.Adam(fused=True) is faster still. Measured in one process on the same 16 arrays
-  (Adam's arithmetic, 2 threads): inductor's loop alone takes 15.9 ms with static sizes and 16.7 ms
-  with symbolic ones, against ATen's fused kernel's 13.8 ms. In inductor's generated C++, each 0-d
-  scalar is loaded again in every iteration (the compiler cannot assume the stores do not alias
-  it), and each product and sum is rounded on its own (no fused multiply-adds, which bitwise
-  equality with the reference rules out); which of these costs the difference was not measured.
-  Each compiled call also costs the host about 44 us (dynamo's guards and the call's wrappers), 0.7
-  ms over 16 tensors.
-* **uniopt.torch on many small tensors** gathers the small tensors' gradients and parameters into two
-  vectors (plain memory copies), runs the compiled rule once over them and the flat moment buffers,
-  and copies the new parameters back. The arithmetic is then as cheap as on one tensor; what remains
-  is host work that grows with the number of tensors and not with their size: reading each `p.grad`,
-  checking each gradient's dtype and shape, checking that each parameter's state and storage are the
-  ones the flat buffers hold, and the per-tensor copies. That is a few hundred nanoseconds per tensor
-  in CPython, a few milliseconds for 2000 tensors: above the 0.28 ms bound, far below
-  torch.optim's per-tensor dispatch.
+* **uniopt.torch on the large set** runs the spec's rule as one C kernel over all 16 tensors, in
+  place (docs/torch.md, "The CPU kernel"): the rule traced once into C, one statement per op,
+  vectorised without fused multiply-adds or fast-math (bitwise with the reference), its scalars
+  passed as arguments, tiles of 32768 elements shared over torch's OpenMP threads. It reads
+  parameter, gradient and both moments and writes parameter and moments once, the bound's 28 bytes
+  per parameter, and comes in under the bound (no write-allocate). torch.optim.Adam(fused=True)
+  does Adam's lighter arithmetic in the same single pass with AVX-512, and stays slightly faster.
+  Before this kernel, inductor's loop per tensor took 15.9 to 16.7 ms on the same arrays against
+  ATen's 13.8 ms (Intel Xeon); its C++ reloads every 0-d scalar in each iteration, and each
+  compiled call cost the host about 44 us.
+* **uniopt.torch on many small tensors** runs the same kernel over every tensor where it lives: no
+  gather, no scatter, one call for all 2000 tensors. What remains is host work that grows with the
+  number of tensors and not with their size: reading each `p.grad`, checking each gradient's dtype,
+  shape and contiguity, checking that each parameter's state and storage are the ones the flat
+  buffers hold, writing the gradients' addresses into the kernel's table, and bumping each
+  parameter's autograd version counter. That is about a microsecond per tensor in CPython, a few
+  milliseconds for 2000 tensors: above the 0.28 ms bound, far below torch.optim's per-tensor
+  dispatch.
 * **uniopt.jax and uniopt.tf** run under XLA like their natives; XLA fuses the rule as it fuses
   optax's and Keras's, so the figures are close to each other. The extra integer no-op uniopt.jax
   places after each product (so that XLA cannot contract `a*b + c` into a fused multiply-add, which
@@ -526,11 +525,9 @@ uniopt.jax and optax) beside the same variant with a float32 state, both timed i
 one run: the state it saves (a quarter of Adam's two float32 moments) and what it costs a step.
 torch.optim and Keras have no Adam with a bfloat16 first moment, so the torch and tf rows have no
 native to compare with (none is made up); optax's `mu_dtype` is jax's. uniopt.torch keeps the
-narrower slot in flat buffers of its dtype and runs the same compiled rule (docs/torch.md,
-"Lower-precision state"). The step moves fewer bytes, but on this CPU inductor's conversions to and
-from bfloat16 cost more than the bytes saved, so it is slower on both sets. (An earlier run showed
-it faster on the large set: its float32 row had timed a serial kernel cached on disk by a
-one-thread process, since fixed, docs/torch.md "Speed".)
+narrower slot in flat buffers of its dtype and runs inductor's compiled rule on them (docs/torch.md,
+"Lower-precision state"), while its float32 row runs the C kernel (docs/torch.md, "The CPU kernel",
+which takes slots of the parameter's dtype only): the two rows differ in kernel as well as in bytes.
 """
 
 
