@@ -245,35 +245,9 @@ def copier() -> Any:
 
 def _build_copier() -> Any:
     import ctypes
-    import hashlib
-    import os
-    import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
 
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not compiler or os.name != "posix":
-        return None
-    digest = hashlib.sha256((_COPY_SOURCE + compiler).encode()).hexdigest()[:16]
-    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uniopt"
-    library = folder / f"copy-{digest}.so"
-    try:
-        if not library.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                source = Path(tmp) / "copy.c"
-                source.write_text(_COPY_SOURCE)
-                built = Path(tmp) / "copy.so"
-                subprocess.run(
-                    [compiler, "-O2", "-shared", "-fPIC", str(source), "-o", str(built)],
-                    check=True,
-                    capture_output=True,
-                    timeout=60,
-                )
-                os.replace(built, library)  # atomic: concurrent processes see a whole file
-        lib = ctypes.CDLL(str(library))
-    except (OSError, subprocess.SubprocessError):
+    lib = _native.shared_library("copy", _COPY_SOURCE, ("-O2", "-shared", "-fPIC"))
+    if lib is None:
         return None
     for fn in (lib.uniopt_gather, lib.uniopt_scatter):
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]

@@ -47,7 +47,7 @@ import torch
 
 from uniopt import Spec
 
-__all__ = ["DTYPES", "TILE", "Kernel", "Tracer", "kernel", "translate"]
+__all__ = ["DTYPES", "TILE", "Kernel", "Tracer", "kernel", "shared_library", "translate"]
 
 TILE = 1 << 15
 """Elements per segment of a large tensor (128 KiB of float32 per array): small enough for the
@@ -94,8 +94,6 @@ class Tracer:
         self.dtype = dtype
         self.ctype, self.csqrt, self.cabs = _CTYPES[dtype]
         self.lines: list[str] = []
-        self.float32 = torch.float32
-        self.float64 = torch.float64
 
     def _operand(self, x: Any) -> str:
         if not isinstance(x, Value) or x.tracer is not self or x.dtype != self.dtype:
@@ -294,35 +292,43 @@ def kernel(spec: Spec, dtype: torch.dtype, scalars: Any) -> Kernel | None:
 _LIBRARIES: dict[str, Any] = {}
 
 
+def shared_library(stem: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:
+    """``source`` (C) compiled with the system C compiler (``$CC``, else ``cc``, ``gcc`` or
+    ``clang``) and ``flags`` into ``<cache>/uniopt/<stem>-<digest>.so``, the digest covering the
+    source, the compiler and the flags, and loaded; built once per machine and reused by later
+    processes. ``None`` where there is no compiler or the build fails."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler or os.name != "posix":
+        return None
+    digest = hashlib.sha256("\0".join((source, compiler, *flags)).encode()).hexdigest()[:20]
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uniopt"
+    library = folder / f"{stem}-{digest}.so"
+    try:
+        if not library.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                (Path(tmp) / f"{stem}.c").write_text(source)
+                subprocess.run(
+                    [compiler, *flags, f"{stem}.c", "-o", f"{stem}.so"],
+                    cwd=tmp,
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
+                # atomic: concurrent processes see a whole file
+                os.replace(Path(tmp) / f"{stem}.so", library)
+        return ctypes.CDLL(str(library))
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _build(source: str) -> Any:
-    """``uniopt_rule`` of ``source``, compiled (cached on disk by the source, compiler and flags)."""
-    if source in _LIBRARIES:
-        return _LIBRARIES[source]
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    fn = None
-    if compiler and os.name == "posix":
-        flags = (*_FLAGS, *arch_flags())
-        digest = hashlib.sha256("\0".join((source, compiler, *flags)).encode()).hexdigest()[:20]
-        folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uniopt"
-        library = folder / f"rule-{digest}.so"
-        try:
-            if not library.exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                    (Path(tmp) / "rule.c").write_text(source)
-                    subprocess.run(
-                        [compiler, *flags, "rule.c", "-o", "rule.so"],
-                        cwd=tmp,
-                        check=True,
-                        capture_output=True,
-                        timeout=120,
-                    )
-                    # atomic: concurrent processes see a whole file
-                    os.replace(Path(tmp) / "rule.so", library)
-            fn = ctypes.CDLL(str(library)).uniopt_rule
+    """``uniopt_rule`` of ``source``, compiled (:func:`shared_library`, once per process and source)."""
+    if source not in _LIBRARIES:
+        lib = shared_library("rule", source, (*_FLAGS, *arch_flags()))
+        fn = None if lib is None else lib.uniopt_rule
+        if fn is not None:
             fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
             fn.restype = None
-        except (OSError, subprocess.SubprocessError):
-            fn = None
-    _LIBRARIES[source] = fn
-    return fn
+        _LIBRARIES[source] = fn
+    return _LIBRARIES[source]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_flat import _assert_same  # parameters and every state entry, bitwise
 
 import uniopt
 import uniopt.torch as ut
@@ -45,15 +46,6 @@ def _run(name, hyper, implementation, dtype=torch.float32, steps=9, grad=None):
             p.grad = g if grad is None else grad(g)
         opt.step()
     return params, opt
-
-
-def _assert_same(a, b):
-    (pa, oa), (pb, ob) = a, b
-    for x, y in zip(pa, pb, strict=True):
-        assert torch.equal(x, y)
-        assert oa.state[x].keys() == ob.state[y].keys()
-        for key in oa.state[x]:
-            assert torch.equal(oa.state[x][key], ob.state[y][key]), key
 
 
 @pytest.fixture
