@@ -514,29 +514,37 @@ NOT_FLOAT32 = ("float64", "float16", "bfloat16")
 def float32_every_case(
     rule: tuple[Callable[[Cell], bool], str], where: str
 ) -> tuple[Callable[[Cell], bool], str]:
-    """``rule``'s default cells, where for an optimizer that is not elementwise the cells of the
-    dtypes other than float32 (:data:`NOT_FLOAT32`) are those of the first case of each optimizer
-    and convention only (:func:`first_case_per_convention`). Such an optimizer's cells cannot be
-    stacked, so each costs the mode its own trace and compile (in one CI dry run Muon's 66 float64
-    cells took 192 s of jax@jit and 76 s of tf@function, Adafactor's 28 bfloat16 cells 83 s of
-    jax@jit and 93 s of tf@function), and its rule in another dtype is its float32 op sequence in
-    that dtype: every case's float32 cells and each convention's first case in every dtype prove
-    the compiled path by default, every case in every dtype with ``--full``, and every case's cells
-    of these dtypes run by default in ``where``."""
+    """``rule``'s default cells, of the first case of each optimizer and convention
+    (:func:`first_case_per_convention`) in every dtype and stream, and of the other cases the
+    float32 cells, on :data:`REDUCING_STREAMS` only for an optimizer that is not elementwise.
+
+    A mode that runs every case of its framework (``tf@function``, ``jax@jit``) traces and compiles
+    once per batch and case: in a CI dry run at ce8693c (AMD EPYC, 2 cores, beside the test suites)
+    ``tf@function`` took 719 s and ``jax@jit`` 546 s of the matrix's 3,594 job seconds, Muon's 66
+    float32 cells alone 104 s and 78 s. A case after the first of its convention varies
+    hyperparameter values and flags of that convention's rule; its rule in another dtype is its
+    float32 op sequence in that dtype, which the first case proves in every dtype; and a
+    non-elementwise optimizer's other short streams (tiny, huge, zeros, sparse, nonfinite) take the
+    same ops as its ``normal`` and ``mixed_shapes`` streams on other values, which the first case
+    proves on every stream. Every cell these modes leave runs by default in ``where``, and here with
+    ``--full``."""
     selects, reason = rule
     firsts = first_case_per_convention()
 
     def keeps(cell: Cell) -> bool:
-        if cell.dtype not in NOT_FLOAT32 or (cell.optimizer, cell.case) in firsts:
+        if (cell.optimizer, cell.case) in firsts:
             return True
+        if cell.dtype in NOT_FLOAT32:
+            return False
         from uniopt.registry import get as get_info
 
-        return get_info(cell.optimizer).elementwise
+        return cell.stream in REDUCING_STREAMS or get_info(cell.optimizer).elementwise
 
     return (
         lambda cell: keeps(cell) and selects(cell),
-        f"{reason}; and for an optimizer that is not elementwise the float64, float16 and bfloat16 cells "
-        f"of the cases after the first of each convention, run by default in {where}",
+        f"{reason}; and of each optimizer's cases after the first of each convention the float64, "
+        f"float16 and bfloat16 cells, and for an optimizer that is not elementwise the streams other "
+        f"than {', '.join(REDUCING_STREAMS)}, run by default in {where}",
     )
 
 

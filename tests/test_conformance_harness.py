@@ -466,26 +466,46 @@ def test_a_spec_that_takes_matrices_only_runs_the_matrix_sets():
             assert [g.shape for g in member.grads_at(1)] == list(expected)
 
 
-def test_a_reducing_optimizers_later_cases_leave_all_but_float32_to_torch_in_tf_function_and_jax_jit():
+def test_later_cases_leave_all_but_float32_to_torch_in_tf_function_and_jax_jit():
     """tf@function and jax@jit (every case of every optimizer) leave the float64, float16 and
-    bfloat16 cells of a non-elementwise optimizer's cases after the first of each convention (Lamb's
-    weight_decay) to --full, with the reason; they keep those cases' float32 cells, the first cases'
-    cells in every dtype, and an elementwise optimizer's later cases in every dtype; torch's eager
-    and loop modes run the cells they leave."""
+    bfloat16 cells of each optimizer's cases after the first of each convention (Lamb's
+    weight_decay, Adam's amsgrad) to --full, with the reason, and a non-elementwise optimizer's
+    later cases' float32 cells on the streams other than normal and mixed_shapes; they keep the
+    first cases' cells in every dtype and stream; torch's eager and loop modes run every cell they
+    leave."""
+    torch = backends.get("torch")
     for backend, mode in (("tf", "function"), ("jax", "jit")):
         b = backends.get(backend)
-        for dtype in backends.NOT_FLOAT32:
-            later = Cell("Lamb", "weight_decay", "normal", dtype, 50)
-            reason = b.skip_by_default(mode, later)
-            assert reason is not None and "float64, float16 and bfloat16 cells of the cases after" in reason
-            for cell in (
-                Cell("Lamb", "keras", "normal", dtype, 50),
-                Cell("Adam", "amsgrad", "normal", dtype, 50),
-            ):
-                assert b.skip_by_default(mode, cell) is None, (backend, cell)
+        left = [
+            Cell(opt, case, "normal", dtype, 50)
+            for opt, case in (("Lamb", "weight_decay"), ("Adam", "amsgrad"))
+            for dtype in backends.NOT_FLOAT32
+        ]
+        left += [
+            Cell("Lamb", "weight_decay", stream, "float32", 50)
+            for stream in ("tiny", "huge", "zeros", "sparse")
+        ]
+        for cell in left:
+            reason = b.skip_by_default(mode, cell)
+            assert reason is not None and "float64, float16 and bfloat16 cells" in reason, (backend, cell)
             for torch_mode in ("eager", "loop"):
-                assert backends.get("torch").skip_by_default(torch_mode, later) is None
-        assert b.skip_by_default(mode, Cell("Lamb", "weight_decay", "normal", "float32", 50)) is None
+                assert torch.skip_by_default(torch_mode, cell) is None, (torch_mode, cell)
+        kept = [
+            Cell(opt, case, stream, "float32", 50)
+            for opt, case in (("Lamb", "weight_decay"), ("Adam", "amsgrad"))
+            for stream in ("normal", "mixed_shapes")
+        ]
+        kept += [
+            Cell("Adam", "amsgrad", stream, "float32", 50) for stream in ("tiny", "huge", "zeros", "sparse")
+        ]
+        kept += [
+            Cell(opt, case, stream, dtype, 50)
+            for opt, case in (("Lamb", "keras"), ("Adam", "default"))
+            for stream in ("normal", "huge")
+            for dtype in ("float32", *backends.NOT_FLOAT32)
+        ]
+        for cell in kept:
+            assert b.skip_by_default(mode, cell) is None, (backend, cell)
 
 
 def test_the_keras_backends_run_uniopt_keras_on_every_case_and_keras_own_on_the_keras_convention():
