@@ -408,6 +408,14 @@ not elementwise: the standard parameters (16 and 32 elements) and the mixed shap
 and 15 elements: the sums' odd lengths)."""
 
 
+def on_streams_if_reducing(cell: Cell, streams: tuple[str, ...] = REDUCING_STREAMS) -> bool:
+    """Whether ``cell`` is on one of ``streams``, or of an optimizer that is elementwise (whose
+    cells stack, so every stream costs a mode the same ops)."""
+    from uniopt.registry import get as get_info
+
+    return cell.stream in streams or get_info(cell.optimizer).elementwise
+
+
 def reduced_elsewhere(
     where: str, streams: tuple[str, ...] = REDUCING_STREAMS
 ) -> tuple[Callable[[Cell], bool], str]:
@@ -420,11 +428,7 @@ def reduced_elsewhere(
     long_cells, _ = long_elsewhere(where)
 
     def selects(cell: Cell) -> bool:
-        if not long_cells(cell):
-            return False
-        from uniopt.registry import get as get_info
-
-        return cell.stream in streams or get_info(cell.optimizer).elementwise
+        return long_cells(cell) and on_streams_if_reducing(cell, streams)
 
     return (
         selects,
@@ -534,11 +538,7 @@ def float32_every_case(
     def keeps(cell: Cell) -> bool:
         if (cell.optimizer, cell.case) in firsts:
             return True
-        if cell.dtype in NOT_FLOAT32:
-            return False
-        from uniopt.registry import get as get_info
-
-        return cell.stream in REDUCING_STREAMS or get_info(cell.optimizer).elementwise
+        return cell.dtype not in NOT_FLOAT32 and on_streams_if_reducing(cell)
 
     return (
         lambda cell: keeps(cell) and selects(cell),
