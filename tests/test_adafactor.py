@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import uniopt
-from uniopt._math import divide_exactly, mean_axis, rms, sum_pairwise, sum_pairwise_axis
+from uniopt._math import divide_exactly, mean_axis, rms, squared, sum_pairwise, sum_pairwise_axis
 
 RTOL = 1e-12
 
@@ -251,6 +251,8 @@ def test_sum_pairwise_axis_is_sum_pairwise_of_every_slice(shape):
         for index in np.ndindex(*moved.shape[:-1]):
             want[index] = sum_pairwise(moved[index], xnp)
         assert got.tobytes() == want.tobytes(), (shape, axis)
+        squares = sum_pairwise_axis(x, axis, xnp, of=squared(xnp))  # of= on the first halving
+        assert squares.tobytes() == sum_pairwise_axis(x * x, axis, xnp).tobytes(), (shape, axis)
         kept = sum_pairwise_axis(x, axis, xnp, keepdims=True)
         assert kept.shape == tuple(1 if i == axis else s for i, s in enumerate(shape))
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from namespaces import NAMESPACES, to_namespace, to_numpy
 
-from uniopt._math import norm, sum_pairwise, trust_ratio
+from uniopt._math import norm, squared, sum_pairwise, trust_ratio
 from uniopt._spec import namespace_of
 
 
@@ -105,3 +105,44 @@ def test_the_trust_ratio_follows_each_framework(p_norm, u_norm, optax, keras):
             assert np.isnan(value)
         else:
             assert value == np.float32(expected)
+
+
+def _halving_by_hand(values: list[np.floating]) -> np.floating:
+    """The documented order written out on Python lists of NumPy scalars (no array op)."""
+    while len(values) > 1:
+        n = len(values)
+        h = 1 << ((n - 1).bit_length() - 1)
+        values = [values[i] + values[i + h] for i in range(n - h)] + values[n - h : h]
+    return values[0]
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 31, 33, 1000, 1025])
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_of_sums_the_function_values_in_the_documented_order(ns, n):
+    """``of=`` (applied on the first halving's slices) gives the sum of ``of(x)`` in the order
+    written out by hand: squares, and the identity on signed zeros, infinities, NaN, subnormals."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-20, 20, n)).astype(np.float32)
+    special = np.array([-0.0, 0.0, 1e-45, -1e-45, np.inf, np.nan], np.float32)
+    for values in (x, np.resize(special[:2], n), np.resize(special, n)):
+        a, xp = _xp(ns, values)
+        squares = _numpy(sum_pairwise(a, xp, of=squared(xp)))
+        want = _halving_by_hand([v * v for v in values])
+        assert squares.tobytes() == np.asarray(want, np.float32).tobytes(), (n, values[:6])
+        same = _numpy(sum_pairwise(a, xp, of=lambda t: t))
+        assert same.tobytes() == np.asarray(_halving_by_hand(list(values)), np.float32).tobytes()
+
+
+def test_of_is_applied_to_each_element_once():
+    seen = []
+
+    def count(t):
+        seen.append(int(t.shape[0]))
+        return t
+
+    for n in (1, 2, 7, 16, 100):
+        seen.clear()
+        sum_pairwise(np.ones(n, np.float32), namespace_of(np.zeros(1)), of=count)
+        assert sum(seen) == n, (n, seen)

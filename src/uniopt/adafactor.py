@@ -102,6 +102,7 @@ from ._math import (
     mean_axis,
     prepare_grad,
     rms,
+    squared,
     sum_pairwise,
     sum_pairwise_axis,
 )
@@ -434,7 +435,7 @@ class Adafactor(Spec):
         one = sc.one
         n = math.prod(int(s) for s in param.shape)
         sqrt_n = xp.full_like(one, math.sqrt(n))
-        norm_p = xp.sqrt(sum_pairwise(xp.multiply(param, param), xp))
+        norm_p = xp.sqrt(sum_pairwise(param, xp, of=squared(xp)))
         alpha = xp.multiply(xp.maximum(sc.eps2, divide_exactly(norm_p, sqrt_n, xp)), sc.rho)
         if self.weight_decay != 0:
             param = xp.multiply(param, sc.decay)  # param.mul_(1 - lr * weight_decay)
@@ -450,7 +451,7 @@ class Adafactor(Spec):
             )
 
         def norm_sq_mean(axis: int) -> Array:  # torch.norm(g, dim).square_().div_(size)
-            root = xp.sqrt(sum_pairwise_axis(xp.multiply(g, g), axis, xp, keepdims=True))
+            root = xp.sqrt(sum_pairwise_axis(g, axis, xp, keepdims=True, of=squared(xp)))
             return divide_exactly(xp.multiply(root, root), xp.full_like(one, float(g.shape[axis])), xp)
 
         new = dict(slots)
@@ -463,7 +464,7 @@ class Adafactor(Spec):
         else:
             v = new["variance"] = lerp(slots["variance"], xp.multiply(g, g))
         update = xp.multiply(xp.divide(one, xp.sqrt(xp.maximum(v, eps1_sq))), g)  # rsqrt_().mul_(g)
-        norm_u = xp.sqrt(sum_pairwise(xp.multiply(update, update), xp))
+        norm_u = xp.sqrt(sum_pairwise(update, xp, of=squared(xp)))
         d = float(self.d)
         denom = xp.maximum(one, divide_exactly(norm_u, xp.full_like(one, math.sqrt(n) * d), xp))
         step = divide_exactly(xp.negative(alpha), denom, xp)
@@ -520,7 +521,7 @@ class Adafactor(Spec):
 
         def block_rms(x: Array) -> Array:  # sqrt(jnp.mean(abs_sq(x)))
             n = math.prod(int(s) for s in x.shape)
-            return xp.sqrt(xp.multiply(sum_pairwise(xp.multiply(x, x), xp), inv(n)))
+            return xp.sqrt(xp.multiply(sum_pairwise(x, xp, of=squared(xp)), inv(n)))
 
         def rsqrt(x: Array) -> Array:  # x ** -0.5
             return xp.sqrt(xp.divide(one, x))
