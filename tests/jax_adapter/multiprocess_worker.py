@@ -26,11 +26,12 @@ import os
 import re
 import sys
 
-STEPS = 8  # RAdam (beta2=0.999) takes its first rectified step at step 6
+STEPS = 8
+# One optimizer of each kind of step: elementwise (Adam; RAdam and AdamW are elementwise too, their
+# steps shard as Adam's does), norms (LAMB), factored row and column sums (Adafactor), a host
+# callback and a history in the state (Schedule-Free AdamW).
 OPTIMIZERS = {
     "adam": lambda u: u.adam(1e-2),
-    "radam": lambda u: u.radam(1e-2),
-    "adamw": lambda u: u.adamw(1e-2, weight_decay=0.1),
     "lamb": lambda u: u.lamb(1e-2, weight_decay=0.01),
     "adafactor": lambda u: u.adafactor(5e-2, min_dim_size_to_factor=4),  # W1 and W2 factored
     "schedule_free_adamw": lambda u: u.schedule_free_adamw(1e-2, warmup_steps=3),  # a host callback

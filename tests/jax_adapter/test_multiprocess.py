@@ -2,7 +2,7 @@
 collectives (``jax_cpu_collectives_implementation="gloo"``, jax 0.10's default), 2 host CPU
 devices per process, against one process with 4 host devices running the same global computation
 on a mesh of the same shape (``multiprocess_worker.py``: a data-parallel and a parameter-sharded
-train step for Adam, RAdam, AdamW, LAMB, Adafactor and Schedule-Free AdamW).
+train step for Adam, LAMB, Adafactor and Schedule-Free AdamW: one of each kind of step).
 
 Bitwise is expected, and not by luck: the SPMD partitioner turns the same jitted step and the same
 mesh shape into the same per-device program in both runs, and the runs differ only in how the
@@ -78,7 +78,7 @@ def _differing(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
 def test_both_runs_cover_every_optimizer_and_mode(runs):
     keys = runs["single"].keys()
     for mode in ("data", "sharded"):
-        for name in ("adam", "radam", "adamw", "lamb", "adafactor", "schedule_free_adamw"):
+        for name in ("adam", "lamb", "adafactor", "schedule_free_adamw"):
             assert f"{mode}/{name}/params/w1" in keys
             assert f"{mode}/{name}/loss" in keys
     assert "sharded/adafactor/slots/v_row/w1" in keys  # factored: a statistic not shaped like W1
@@ -128,5 +128,5 @@ def test_every_cross_device_sum_adds_two_terms(runs):
     groups = {
         k: int(v) for k, v in _layout(runs["single"], "data", "sharded").items() if k.endswith("/group")
     }
-    assert len(groups) == 12
+    assert len(groups) == 8  # 4 optimizers x 2 layouts
     assert all(size == 2 for size in groups.values()), groups
