@@ -259,23 +259,9 @@ def sum_pairwise(x: Array, xp: Any, *, of: Callable[[Array], Array] | None = Non
     under ``jax.jit`` on 1.575M float32 elements: 0.31 against 0.89 ms for a sum of squares).
     """
     flat = xp.reshape(x, (-1,))
-    n = int(flat.shape[0])
-    if n == 0:
-        return xp.sum(flat if of is None else of(flat))  # +0, exact in every library
-    if of is not None:  # the first halving on of's values, each element's computed once
-        h = 1 << ((n - 1).bit_length() - 1) if n > 1 else 0
-        if h == 0:
-            flat = of(flat)
-        else:
-            paired = xp.add(of(flat[: n - h]), of(flat[h:n]))
-            flat = paired if 2 * h == n else xp.concat([paired, of(flat[n - h : h])])
-            n = h
-    while n > 1:
-        h = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n
-        paired = xp.add(flat[: n - h], flat[h:n])
-        flat = paired if 2 * h == n else xp.concat([paired, flat[n - h : h]])
-        n = h
-    return xp.reshape(flat, ())
+    if int(flat.shape[0]) == 0:  # +0, exact in every library (uniopt.tf's sum takes no axis)
+        return xp.sum(flat if of is None else of(flat))
+    return sum_pairwise_axis(flat, 0, xp, of=of)
 
 
 def squared(xp: Any) -> Callable[[Array], Array]:
@@ -343,20 +329,19 @@ def sum_pairwise_axis(
     if n == 0:
         out = xp.sum(x if of is None else of(x), axis=axis, keepdims=True)  # +0, exact in every library
     else:
-        out = x
-        if of is not None:  # the first halving on of's values, each element's computed once
-            if n == 1:
-                out = of(out)
-            else:
-                h = 1 << ((n - 1).bit_length() - 1)
-                paired = xp.add(of(part(out, 0, n - h)), of(part(out, h, n)))
-                out = paired if 2 * h == n else xp.concat([paired, of(part(out, n - h, h))], axis=axis)
-                n = h
+        out, first = x, of  # of: on the first halving's slabs only, so each element's computed once
         while n > 1:
             h = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n
-            paired = xp.add(part(out, 0, n - h), part(out, h, n))
-            out = paired if 2 * h == n else xp.concat([paired, part(out, n - h, h)], axis=axis)
+            low, high = part(out, 0, n - h), part(out, h, n)
+            kept = part(out, n - h, h) if 2 * h != n else None
+            if first is not None:
+                low, high, kept = first(low), first(high), None if kept is None else first(kept)
+                first = None
+            paired = xp.add(low, high)
+            out = paired if kept is None else xp.concat([paired, kept], axis=axis)
             n = h
+        if first is not None:  # a single element along the axis
+            out = first(out)
     if keepdims:
         return out
     shape = tuple(int(s) for i, s in enumerate(x.shape) if i != axis)
