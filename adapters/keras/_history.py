@@ -122,8 +122,9 @@ class HistoryOptimizer(UnioptOptimizer):
         variable (Keras's own loop, tf.distribute included), then the history assigned."""
         if not self._uniopt_history:  # no history (the keras convention): the plain scalars
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        after = self._history_step(learning_rate)
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        after = self._history_step(learning_rate)  # every spec and dtype's scalars, at once
+        # Keras's own loop (UnioptOptimizer's would compute the plain scalars before it)
+        super(UnioptOptimizer, self)._backend_update_step(grads, trainable_variables, learning_rate)
         for variable, value in zip(self._uniopt_history, after, strict=True):
             variable.assign(value)
         return None

@@ -67,6 +67,7 @@ EXACT_LR_DTYPE = "float64" if _X64 else "float32"
 """The dtype of the variable holding a float learning rate: float64 only with ``jax_enable_x64``
 (see the module docstring for how the spec's ``lr`` is kept exact without it)."""
 MODE_DTYPE = "int64" if _X64 else "int32"
+SCALARS_BEFORE_THE_LOOP = False  # each update_step takes its scalars (no before_update_loop)
 
 
 def as_array(x: Any, dtype: Any = None) -> jax.Array:

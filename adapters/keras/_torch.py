@@ -111,15 +111,41 @@ def _host(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr: bool) -> Any:
-    """The spec's scalars of this step in ``dtype``, from the host (cached for one ``apply``).
-    Under ``convention="keras"`` the learning rate goes through float32 first."""
+    """The spec's scalars of this step in ``dtype``, from the host (cached for one ``apply``; within
+    Keras's update loop those :func:`before_update_loop` computed). Under ``convention="keras"`` the
+    learning rate goes through float32 first."""
+    entries = optimizer._uniopt_cache.entries
+    hit = entries.get(("torch", "loop", spec, dtype))
+    if hit is not None:
+        return hit[1]
     key = ("torch", spec, dtype, id(learning_rate))
-    hit = optimizer._uniopt_cache.entries.get(key)
+    hit = entries.get(key)
     if hit is not None:
         return hit[1]
     result = _host(_host_scalars)(optimizer, spec, dtype, learning_rate)
     optimizer._uniopt_cache.entries[key] = (None, result)
     return result
+
+
+SCALARS_BEFORE_THE_LOOP = True
+
+
+def before_update_loop(optimizer: Any, variables: list[Any], learning_rate: Any) -> None:
+    """Before Keras's loop of ``update_step`` over ``variables`` (``_backend_update_step``, whose
+    ``learning_rate`` every ``update_step`` of the loop receives): the scalars of every spec and
+    dtype the loop needs, in one host call. Under ``torch.compile`` the graph then breaks once per
+    step, here, and dynamo traces the loop whole; computed in the first ``update_step`` instead,
+    the break there made dynamo compile ``update_step`` once per variable shape, and a five-layer
+    MLP passed its recompile limit (then ran ``update_step`` eagerly, silently)."""
+    _host(_host_loop_scalars)(optimizer, list(variables), learning_rate)
+
+
+def _host_loop_scalars(optimizer: Any, variables: list[Any], learning_rate: Any) -> None:
+    entries = optimizer._uniopt_cache.entries
+    for variable in variables:
+        key = ("torch", "loop", optimizer._spec_for(variable), dtype_name(variable.dtype))
+        if key not in entries:
+            entries[key] = (None, _host_scalars(optimizer, key[2], key[3], learning_rate))
 
 
 def _host_scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any) -> Any:

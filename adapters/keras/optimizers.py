@@ -534,6 +534,15 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         finally:
             self._uniopt_cache.entries.clear()
 
+    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
+        """Keras's loop of :meth:`update_step` over the variables, after the binding's
+        ``before_update_loop`` where it has one (torch: every spec and dtype's scalars from the
+        host at once, so that ``torch.compile`` traces the loop whole)."""
+        b = binding()
+        if b.SCALARS_BEFORE_THE_LOOP:
+            b.before_update_loop(self, trainable_variables, learning_rate)
+        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         spec = self._spec_for(variable)
         b = binding()

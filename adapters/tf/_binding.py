@@ -71,6 +71,9 @@ def trace_key() -> Any:
     return None if tf.executing_eagerly() else id(tf.compat.v1.get_default_graph())
 
 
+SCALARS_BEFORE_THE_LOOP = False  # each update_step takes its scalars (no before_update_loop)
+
+
 def host_calls_refused() -> bool:
     """XLA cannot call the host (``tf.numpy_function``)."""
     return in_xla_context()

@@ -38,6 +38,7 @@ __all__ = [
     "refuse_complex",
     "rms",
     "round_to_dtype",
+    "size",
     "squared",
     "stored",
     "stored_product",
@@ -239,6 +240,12 @@ def from_parts(re: Array, im: Array, like: Array, xp: Any) -> Array:
 # everywhere, in every dtype, eagerly and compiled (no compiler reassociates floating-point adds).
 
 
+def size(x: Array) -> int:
+    """The number of elements of ``x`` (1 for a 0-d array). A product over a list, not a generator:
+    ``torch.compile`` traces ``math.prod`` of a list, and breaks its graph at one of a generator."""
+    return math.prod([int(s) for s in x.shape])
+
+
 def sum_pairwise(x: Array, xp: Any, *, of: Callable[[Array], Array] | None = None) -> Array:
     r"""The sum of every element of ``x`` (or of ``of(x)``) in one defined order, as a 0-d array of
     ``x``'s dtype.
@@ -380,7 +387,7 @@ def rms(x: Array, xp: Any, one: Array) -> Array:
     r"""Root mean square :math:`\sqrt{\sum x_i^2 / n}` of all of ``x``, a 0-d array: each square
     rounded once, :func:`uniopt._math.sum_pairwise`, one exact division by ``n`` (rounded to the
     dtype: exact below :math:`2^{24}` elements in float32), one correctly rounded ``sqrt``."""
-    n = math.prod(int(s) for s in x.shape)
+    n = size(x)
     total = sum_pairwise(x, xp, of=squared(xp))
     return xp.sqrt(divide_exactly(total, xp.full_like(one, float(n)), xp))
 

@@ -102,6 +102,7 @@ from ._math import (
     mean_axis,
     prepare_grad,
     rms,
+    size,
     squared,
     sum_pairwise,
     sum_pairwise_axis,
@@ -375,7 +376,7 @@ class Adafactor(Spec):
     ) -> tuple[Array, dict[str, Array]]:
         """The convention's rule; a parameter with no element is returned unchanged with its slots
         (its RMS would be ``0/0``), after the complex check."""
-        if math.prod(int(s) for s in param.shape) == 0:
+        if size(param) == 0:
             self._grad(param, grad, xp)  # complex parameters are refused all the same
             return param, dict(slots)
         return super().rule(param, grad, slots, sc, xp)
@@ -433,7 +434,7 @@ class Adafactor(Spec):
         on the device; its float64 host arithmetic on the norms is done in the parameter dtype."""
         g = self._grad(param, grad, xp)
         one = sc.one
-        n = math.prod(int(s) for s in param.shape)
+        n = size(param)
         sqrt_n = xp.full_like(one, math.sqrt(n))
         norm_p = xp.sqrt(sum_pairwise(param, xp, of=squared(xp)))
         alpha = xp.multiply(xp.maximum(sc.eps2, divide_exactly(norm_p, sqrt_n, xp)), sc.rho)
@@ -520,7 +521,7 @@ class Adafactor(Spec):
             return xp.multiply(sum_pairwise_axis(x, axis, xp, keepdims=keepdims), inv(x.shape[axis]))
 
         def block_rms(x: Array) -> Array:  # sqrt(jnp.mean(abs_sq(x)))
-            n = math.prod(int(s) for s in x.shape)
+            n = size(x)
             return xp.sqrt(xp.multiply(sum_pairwise(x, xp, of=squared(xp)), inv(n)))
 
         def rsqrt(x: Array) -> Array:  # x ** -0.5

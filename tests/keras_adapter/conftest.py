@@ -18,8 +18,39 @@ if BACKEND == "tensorflow" and importlib.util.find_spec("tensorflow") is not Non
     request_bitwise_xla()
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-keras-native-jit",
+        action="store_true",
+        help="on Keras's torch backend, also run test_native.py's fit(jit_compile=True) rows "
+        "(Keras's own optimizers under torch.compile; two inductor compiles each)",
+    )
+
+
 def pytest_configure(config):
     # Keras's TF backend calls np.array on tensors the NumPy 2 way it warns about; not ours
     config.addinivalue_line(
         "filterwarnings", "ignore:__array__ implementation doesn't accept:DeprecationWarning"
     )
+
+
+if BACKEND == "torch":
+    import pytest
+
+    @pytest.fixture(autouse=True)
+    def _compile_afresh():
+        """``fit(jit_compile=True)`` compiles for real in every test. Keras's torch trainer compiles
+        one function shared by every model, so past dynamo's recompile limit (8 per worker) a
+        test's train step would silently run eagerly: each test starts from an empty dynamo cache,
+        and hitting the limit is an error. Inductor rounds every cast as eager torch does
+        (``emulate_precision_casts``, as docs/keras.md asks of a bitwise compiled step and the
+        conformance suite's torch@compile sets); without it inductor keeps float32 where the rule
+        rounds to bfloat16 (Muon's torch convention)."""
+        import torch
+
+        torch._dynamo.reset()
+        with (
+            torch._dynamo.config.patch(fail_on_recompile_limit_hit=True),
+            torch._inductor.config.patch(emulate_precision_casts=True),
+        ):
+            yield

@@ -140,10 +140,14 @@ def test_exclude_from_weight_decay():
 
 def test_loss_scale_optimizer():
     """Keras's LossScaleOptimizer scales the loss by 2**15 and the gradients back (exact): the inner
-    uniopt optimizer's steps are the reference's."""
+    uniopt optimizer's steps are the reference's. Eagerly on torch: under ``torch.compile`` Keras's
+    LossScaleOptimizer recompiles at every step (its ``ops.cond`` names each call anew, and dynamo
+    guards on the name counter), so past dynamo's recompile limit it would run eagerly anyway; with
+    Keras's own Nadam inside it does the same (measured 2026-12-04, Keras 3.15.1, torch 2.13)."""
     params, grads = _inputs(5)
     inner = uk.NAdam(learning_rate=0.01)
-    model = fit_feed(keras.optimizers.LossScaleOptimizer(inner), params, grads, jit_compile=True)
+    jit = BACKEND != "torch"
+    model = fit_feed(keras.optimizers.LossScaleOptimizer(inner), params, grads, jit_compile=jit)
     want = reference(inner.spec, params, grads)[-1]
     assert_trajectories([snapshot(model.optimizer.inner_optimizer, model.ws)], [want])
 
