@@ -20,10 +20,11 @@ if BACKEND == "tensorflow" and importlib.util.find_spec("tensorflow") is not Non
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--run-keras-native-jit",
+        "--torch-compile-all",  # keras_helpers.TORCH_COMPILE_ALL
         action="store_true",
-        help="on Keras's torch backend, also run test_native.py's fit(jit_compile=True) rows "
-        "(Keras's own optimizers under torch.compile; two inductor compiles each)",
+        help="on Keras's torch backend, compile every fit(jit_compile=True) row: test_rows.py's "
+        "every convention (by default one case per optimizer) and test_native.py's Keras-own "
+        "optimizers (by default none); about 20 s of inductor per compile",
     )
 
 

@@ -19,6 +19,10 @@ REGISTRY = {
 }[BACKEND]
 
 
+TORCH_COMPILE_ALL = "--torch-compile-all"
+"""The option (conftest) that compiles every ``fit(jit_compile=True)`` row on torch."""
+
+
 def tolerance(info, case, compiled: bool) -> int:
     """The table's ulp bound of ``info``'s ``case`` on this backend's adapter (0: bitwise)."""
     backend, eager, jit = REGISTRY

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 import pytest
-from keras_helpers import BACKEND, fit_feed, numpy
+from keras_helpers import BACKEND, TORCH_COMPILE_ALL, fit_feed, numpy
 from trajectories import max_ulp, params_and_grads
 
 import uniopt.keras as uk
@@ -37,8 +37,7 @@ REFUSED = {"tensorflow": {"jit": {"ScheduleFreeAdamW", "Adafactor"}}}
 # On torch each compiled row costs two inductor compiles of Keras's train step (184 s of test time
 # for the 15 optimizers on 2026-12-04, every row then within the eager bounds above); uniopt's own
 # compiled step is bitwise the reference in test_rows.py, so what a compiled row adds here is
-# Keras's own optimizer under torch.compile, left to --run-keras-native-jit
-NATIVE_JIT_OPTION = "--run-keras-native-jit"
+# Keras's own optimizer under torch.compile, left to --torch-compile-all (conftest)
 
 
 def _inputs(name):
@@ -59,10 +58,10 @@ def _run(opt, params, grads, mode):
 @pytest.mark.parametrize("mode", ["eager", "jit"])
 @pytest.mark.parametrize("name", NATIVE)
 def test_keras_convention_against_keras_own(name, mode, request):
-    if BACKEND == "torch" and mode == "jit" and not request.config.getoption(NATIVE_JIT_OPTION):
+    if BACKEND == "torch" and mode == "jit" and not request.config.getoption(TORCH_COMPILE_ALL):
         pytest.skip(
             "Keras's own optimizers under torch.compile: two inductor compiles per row, run with "
-            f"{NATIVE_JIT_OPTION} (uniopt's compiled step: test_rows.py)"
+            f"{TORCH_COMPILE_ALL} (uniopt's compiled step: test_rows.py)"
         )
     params, grads = _inputs(name)
     ours = getattr(uk, name)(convention="keras")
