@@ -235,11 +235,12 @@ def test_every_rule_traces_into_one_graph(info, case):
     op and shape: ``math.prod`` of a generator in Adafactor's rule did that, and a few steps of
     Keras's ``torch.compile`` of the torch convention then passed the recompile limit."""
     from uniopt.torch._namespace import xp
+    from uniopt.torch._optimizer import _round
 
     spec = info.make(case)
     history = spec.init_history()
     raw = spec.step_scalars(1) if history is None else spec.history_scalars(1, spec.lr, history)[0]
-    scalars = type(raw)(*(v if isinstance(v, bool) else torch.tensor(v, dtype=torch.float32) for v in raw))
+    scalars = _round(raw, torch.float32)  # as uniopt.torch hands them to the rule
     gen = torch.Generator().manual_seed(0)
     for shape in shapes_for(spec, SHAPES):
         param = torch.randn(shape, generator=gen)
