@@ -5,7 +5,8 @@
   eager otherwise for these small parameter sets);
 * ``loop``: ``implementation="loop"``, the rule per tensor;
 * ``flat`` and ``compiled``: ``implementation="flat"`` (eager) and ``"compiled"`` (the C kernel where
-  it applies, inductor otherwise), with
+  it applies, inductor otherwise; Adafactor's and LAMB's rule compiled by inductor per parameter
+  shape, :mod:`uniopt.torch._pertensor`), with
   :data:`uniopt.torch._flat.LARGE` lowered to :data:`SPLIT_LARGE` so that both flat paths run: the
   parameters with at least that many elements take the in-place per-tensor kernel, the others the
   gathered vector;
@@ -34,6 +35,7 @@ from .backends import (
     parity_for_natives,
     per_convention_only,
     reduced_elsewhere,
+    reducing_per_convention,
     snapshots_of,
     split_flat,
     torch_device,
@@ -191,9 +193,14 @@ BACKEND = Backend(
         **{mode: _ELSEWHERE for mode in ("loop", "flat")},
         # inductor compiles once per case and dtype: every case in float32, each convention's first
         # case in bfloat16 (torch@compiled took 1,140 of the matrix's 5,164 job seconds at 9318687)
-        "compiled": bfloat16_per_convention(
-            training_dtypes_only(_ELSEWHERE, "torch@eager, torch@loop and torch@flat"),
-            "torch@eager, torch@loop and torch@flat",
+        # Adafactor and LAMB compile per parameter shape (uniopt.torch._pertensor): each
+        # convention's first case, float32, the normal stream
+        "compiled": reducing_per_convention(
+            bfloat16_per_convention(
+                training_dtypes_only(_ELSEWHERE, "torch@eager, torch@loop and torch@flat"),
+                "torch@eager, torch@loop and torch@flat",
+            ),
+            "torch@eager and torch@loop",
         ),
         # torch.compile traces a graph node per op of every parameter of such an optimizer (Lamb's
         # 38 normal and mixed-shape cells took 163 s): its step is compiled in the torch tests

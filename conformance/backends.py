@@ -511,6 +511,33 @@ def bfloat16_per_convention(
     )
 
 
+def reducing_per_convention(
+    rule: tuple[Callable[[Cell], bool], str], where: str, streams: tuple[str, ...] = ("normal",)
+) -> tuple[Callable[[Cell], bool], str]:
+    """``rule``'s default cells, and of an optimizer that is not elementwise only the ``float32``
+    cells of ``streams`` in the first case of each convention (:func:`first_case_per_convention`):
+    a mode that compiles such a rule per parameter shape (uniopt.torch's ``compiled``) pays a
+    compile for every shape, case and dtype, so each convention's rule proves the compiled path by
+    default, and the other cells run with ``--full``. They run by default in ``where``."""
+    from uniopt.registry import get as get_info
+
+    selects, reason = rule
+    firsts = first_case_per_convention()
+
+    def pick(cell: Cell) -> bool:
+        if get_info(cell.optimizer).elementwise:
+            return selects(cell)
+        first = (cell.optimizer, cell.case) in firsts
+        return first and cell.stream in streams and cell.dtype == "float32" and selects(cell)
+
+    return (
+        pick,
+        f"{reason}; and for an optimizer that is not elementwise (compiled per parameter shape) "
+        f"every cell but the float32 ones of the {', '.join(streams)} stream in the first case of "
+        f"each convention, run by default in {where}",
+    )
+
+
 NOT_FLOAT32 = ("float64", "float16", "bfloat16")
 """The dtypes of :func:`float32_every_case`."""
 

@@ -373,7 +373,8 @@ def test_torch_compiled_runs_bfloat16_for_the_first_case_per_convention_and_floa
 
 def test_an_optimizer_that_reduces_runs_every_stream_in_one_mode_per_framework():
     """A non-elementwise optimizer's cells are not stacked, so the modes listed below run only the
-    normal and mixed-shape streams by default; every other mode runs all of them."""
+    normal and mixed-shape streams by default (torch@compiled, which compiles each parameter shape,
+    the normal stream of each convention's first case); every other mode runs all of them."""
     short = {
         stream: Cell("Lamb", "default", stream, "float32", 50)
         for stream in ("normal", "tiny", "huge", "zeros", "sparse", "mixed_shapes", "nonfinite")
@@ -393,6 +394,12 @@ def test_an_optimizer_that_reduces_runs_every_stream_in_one_mode_per_framework()
         if f"{b.name}@{m}" == "torch@compile":  # compiled in tests/torch_adapter/test_compile.py
             assert runs == set(), runs
             assert "every stream" in b.skip_by_default(m, short["normal"])
+        elif f"{b.name}@{m}" == "torch@compiled":  # compiled per shape: one stream per convention
+            assert runs == {"normal"}, runs
+            reason = b.skip_by_default(m, short["mixed_shapes"])
+            assert "compiled per parameter shape" in reason
+            other_case = Cell("Lamb", "weight_decay", "normal", "float32", 50)  # a later case
+            assert b.skip_by_default(m, other_case) is not None
         elif f"{b.name}@{m}" in reduced:
             assert runs == set(backends.REDUCING_STREAMS), f"{b.name}@{m}"
             reason = b.skip_by_default(m, short["tiny"])

@@ -31,7 +31,7 @@ from uniopt import Spec
 from uniopt._math import stored as _stored
 from uniopt._validate import check_interval, check_state_dtypes_mapping
 
-from . import _dtensor, _flat, _native, _sparse, _stacked
+from . import _dtensor, _flat, _native, _pertensor, _sparse, _stacked
 from ._namespace import xp
 
 __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
@@ -49,12 +49,16 @@ on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``, and so do
 whose ``state_dtypes`` stores a slot narrower than the parameter (the flat buffers hold one dtype),
 and a step traced by ``torch.compile``. A spec that is not elementwise (``Lamb``: a norm per
 parameter) takes ``loop``, under ``auto`` with its small parameters of one shape stacked, one rule
-call per stack (Adafactor, LAMB: :mod:`._stacked`, bitwise the per-tensor step); ``flat`` and
-``compiled`` are refused for it."""
+call per stack (Adafactor, LAMB: :mod:`._stacked`, bitwise the per-tensor step), and its CPU
+parameters of at least :data:`AUTO_COMPILE_MIN` elements compiled by inductor per shape
+(Adafactor, LAMB: :mod:`._pertensor`, bitwise the per-tensor step); ``compiled`` compiles every
+such parameter; ``flat`` is refused for it (and ``compiled`` for Muon, whose matrix products
+inductor would choose)."""
 
 AUTO_COMPILE_MIN = 1 << 18
-"""Below this many elements ``auto`` does not compile with inductor (where the C kernel does not apply):
-the few seconds inductor takes on first use would outweigh what it saves."""
+"""Below this many elements ``auto`` does not compile with inductor (where the C kernel does not apply:
+a bucket's elements in all; for Adafactor and LAMB, one parameter's): the few seconds inductor
+takes on first use would outweigh what it saves."""
 
 _STATE_DICT_KEY = "uniopt"
 _SPEC_CACHE_SIZE = 64
@@ -170,11 +174,26 @@ class UnioptOptimizer(Optimizer):
                 f"{owner}: implementation={implementation!r}; expected one "
                 f"of {', '.join(map(repr, IMPLEMENTATIONS))}"
             )
-        if not self.spec_class.elementwise and implementation in ("flat", "compiled"):
+        if not self.spec_class.elementwise and implementation == "flat":
+            accepted = (
+                "'auto', 'compiled' or 'loop'"
+                if self.spec_class.name in _pertensor.SPECS
+                else "'auto' or 'loop'"
+            )
             raise ValueError(
                 f"{owner}: implementation={implementation!r} runs the rule over a concatenation of "
                 f"parameters, which only an elementwise rule allows ({self.spec_class.name} reduces "
-                "over each parameter); expected 'auto' or 'loop'"
+                f"over each parameter); expected {accepted}"
+            )
+        if (
+            not self.spec_class.elementwise
+            and implementation == "compiled"
+            and self.spec_class.name not in _pertensor.SPECS
+        ):
+            raise ValueError(
+                f"{owner}: implementation={implementation!r} is not offered for "
+                f"{self.spec_class.name}: its rule multiplies matrices, which inductor would hand to "
+                "a kernel of its own choice (another summation order); expected 'auto' or 'loop'"
             )
         state_dtypes = kwargs.pop(STATE_DTYPES, None)
         if len(args) > len(self.positional):
@@ -334,6 +353,15 @@ class UnioptOptimizer(Optimizer):
                 stacks, plan = _stacked.split(plan)  # many small parameters of one shape: one rule call
                 for members in stacks:
                     _stacked.run(members)
+            if (
+                not compiling
+                and self.implementation in ("auto", "compiled")
+                and not self.spec_class.elementwise
+            ):
+                # large parameters (every one under "compiled"): the rule compiled per shape
+                auto = self.implementation == "auto"
+                taken, plan = _pertensor.split(plan, AUTO_COMPILE_MIN if auto else 0)
+                plan += _pertensor.run(taken, fallback=auto)
             _run_loop(plan)
         else:
             self._step_flat()
@@ -370,6 +398,7 @@ class UnioptOptimizer(Optimizer):
         if sparse:  # a step with a sparse gradient runs per tensor (_sparse.step_rows)
             _run_loop(self._plan([(i, spec, lr, p) for i, spec, lr, params, _, _ in groups for p in params]))
             return
+        host: dict[tuple[int, int, float, int], Any] = {}
         rounded: dict[tuple[int, int, float, int, torch.dtype], Any] = {}
         for index, spec, lr, params, ids, grads in groups:
             loop, buckets = self._layout(index, spec, params, ids)
@@ -378,17 +407,22 @@ class UnioptOptimizer(Optimizer):
             if any(bucket.distributed for bucket, _ in buckets):  # DTensor parameters: local shards
                 grads = _dtensor.local_grads(params, grads)
             for bucket, compiled in buckets:
-                key = (index, id(spec), lr, bucket.step + 1, bucket.dtype)
-                if key not in rounded:
-                    rounded[key] = _round(self._scalars_of(index, spec, lr, bucket.step + 1), bucket.dtype)
-                # the C kernel builds in a fraction of a second, so ``auto`` takes it at any size
+                step_key = (index, id(spec), lr, bucket.step + 1)
+                if step_key not in host:
+                    host[step_key] = self._scalars_of(index, spec, lr, bucket.step + 1)
+                # the C kernel builds in a fraction of a second, so ``auto`` takes it at any size;
+                # it takes the host's float64 scalars, rounded once to its dtype by NumPy (as
+                # _round rounds them into tensors for the other kernels)
                 native_allowed = compiled or self.implementation == "auto"
                 if native_allowed and bucket.native_segments() is not None:
-                    native = _native.kernel(spec, bucket.dtype, rounded[key])
+                    native = _native.kernel(spec, bucket.dtype, host[step_key])
                     if native is not None and bucket.run_native(
-                        native, native.scalar_values(rounded[key]), grads
+                        native, native.scalar_values(host[step_key]), grads
                     ):
                         continue
+                key = (*step_key, bucket.dtype)
+                if key not in rounded:
+                    rounded[key] = _round(host[step_key], bucket.dtype)
                 fn = _flat.kernel(spec, bucket.dtype, compiled, bucket.device.type, bucket.slot_dtypes)
                 bucket.run(fn, rounded[key], grads)
 

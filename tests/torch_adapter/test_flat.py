@@ -390,18 +390,19 @@ NOT_ELEMENTWISE = [info.name for info in TABLE if not info.elementwise]
 
 
 @pytest.mark.parametrize("name", NOT_ELEMENTWISE)
-@pytest.mark.parametrize("implementation", ["flat", "compiled"])
-def test_a_rule_that_reduces_refuses_the_flat_implementations(name, implementation):
-    """A norm over a concatenation of parameters is not the norm of each: refused by name."""
+def test_a_rule_that_reduces_refuses_the_flat_implementation(name):
+    """A norm over a concatenation of parameters is not the norm of each: refused by name
+    (``"compiled"`` compiles such a rule per parameter: tests/torch_adapter/test_pertensor.py)."""
     params = _params(torch.float32, [(3,), (2, 4)])
-    with pytest.raises(ValueError, match=rf"{name}: implementation='{implementation}' runs the rule over"):
-        getattr(ut, name)(params, implementation=implementation)
+    with pytest.raises(ValueError, match=rf"{name}: implementation='flat' runs the rule over"):
+        getattr(ut, name)(params, implementation="flat")
 
 
 @pytest.mark.parametrize("name", NOT_ELEMENTWISE)
 def test_a_rule_that_reduces_steps_per_tensor_under_auto(name):
-    """``auto`` runs such a rule per tensor, for a group large enough to compile: the loop's bits,
-    and no flat bucket is built."""
+    """``auto`` runs such a rule per tensor, for a group large enough to compile (Adafactor's and
+    LAMB's large parameter compiled for its shape, :mod:`uniopt.torch._pertensor`): the loop's
+    bits, and no flat bucket is built."""
     shapes = shapes_for(getattr(uniopt, name)(), [(3,), (700, 400)])  # 280,003 >= AUTO_COMPILE_MIN
     auto = _run(name, {"lr": 0.01}, "auto", shapes=shapes)
     assert not auto[1]._buckets

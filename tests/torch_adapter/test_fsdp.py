@@ -64,8 +64,8 @@ each on a small machine)."""
 
 def _implementations(name: str, setup: str) -> tuple[str, ...]:
     """In the default FSDP2 setup every implementation (``"compiled"`` for :data:`COMPILED`); the
-    per-tensor one and the default in the others (``"flat"`` and ``"compiled"`` are refused for a
-    spec that is not elementwise)."""
+    per-tensor one and the default in the others (``"flat"`` is refused for a spec that is not
+    elementwise, and its ``"compiled"`` steps DTensor parameters per tensor eagerly, as ``"loop"``)."""
     if not ELEMENTWISE[name]:
         return ("loop", "auto")
     if setup != "fsdp":

@@ -95,9 +95,8 @@ def test_complex_parameters_and_flat_implementations_are_refused():
         ref.step()
     with pytest.raises(ValueError, match=r"uniopt.torch.Adafactor: complex parameters are not supported"):
         ut.Adafactor([z])
-    for implementation in ("flat", "compiled"):
-        with pytest.raises(ValueError, match=rf"implementation='{implementation}' runs the rule over a"):
-            ut.Adafactor(_params(), implementation=implementation)
+    with pytest.raises(ValueError, match=r"implementation='flat' runs the rule over a"):
+        ut.Adafactor(_params(), implementation="flat")
 
 
 def test_torch_optim_validation_messages_name_the_same_arguments():

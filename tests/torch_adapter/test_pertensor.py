@@ -1,0 +1,140 @@
+"""The compiled per-tensor step of Adafactor and LAMB (:mod:`uniopt.torch._pertensor`): inductor's
+kernel per parameter shape, taken by ``implementation="compiled"`` for every parameter and by
+``"auto"`` for those of at least ``AUTO_COMPILE_MIN`` elements. Bit for bit the per-tensor loop
+(itself checked against the NumPy reference by the conformance matrix, which also runs this path's
+float32 cells per convention), with the parameters' version counters moved as an in-place step
+moves them, and the fallbacks said where they happen."""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from cases import PER_CONVENTION
+
+import uniopt.torch as ut
+from uniopt.torch import _pertensor
+
+PER_TENSOR_CASES = [p for p in PER_CONVENTION if p.values[0].name in _pertensor.SPECS]
+# a 3-d parameter (factored over its last two axes), a 0-d and an empty one (these two take the
+# loop); the conformance matrix runs each convention's vectors and matrices through this path
+SHAPES = [(3, 1, 2), (), (0, 3)]
+STEPS = 3
+
+
+def _run(name, hyper, implementation, shapes=SHAPES, dtype=torch.float32, steps=STEPS):
+    """Params and state after ``steps`` steps (seeded draws), and the optimizer."""
+    rng = np.random.default_rng(3)
+    params = [torch.nn.Parameter(torch.from_numpy(rng.standard_normal(s)).to(dtype)) for s in shapes]
+    opt = getattr(ut, name)(params, implementation=implementation, **hyper)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.from_numpy(rng.standard_normal(tuple(p.shape))).to(dtype)
+        opt.step()
+    return params, opt
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bits as integers (``torch.equal`` on floats takes -0 for +0)."""
+    return t.detach().reshape(-1).view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def _assert_same(a, b):
+    (pa, oa), (pb, ob) = a, b
+    for x, y in zip(pa, pb, strict=True):
+        assert torch.equal(_bits(x), _bits(y))
+        sa, sb = oa.state[x], ob.state[y]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(_bits(sa[key]), _bits(sb[key])), key
+
+
+@pytest.mark.parametrize(("info", "case"), PER_TENSOR_CASES)
+def test_compiled_is_the_loop_bit_for_bit(info, case):
+    spec = info.make(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the optax convention's eager fallback
+        compiled = _run(info.name, spec.hyperparameters, "compiled")
+    _assert_same(compiled, _run(info.name, spec.hyperparameters, "loop"))
+
+
+@pytest.mark.parametrize("name", sorted(_pertensor.SPECS))
+def test_bfloat16_parameters_compile_with_their_roundings(name):
+    shapes = [(4, 5), (6,)]
+    got = _run(name, {}, "compiled", shapes=shapes, dtype=torch.bfloat16)
+    _assert_same(got, _run(name, {}, "loop", shapes=shapes, dtype=torch.bfloat16))
+
+
+def test_auto_compiles_the_large_parameters_only(monkeypatch):
+    """Under ``auto`` a parameter of ``AUTO_COMPILE_MIN`` elements takes a compiled kernel and a
+    smaller one does not; both end as the loop leaves them, and the version counter of each moved
+    once per step (a graph that saved the parameter refuses to backpropagate through it)."""
+    compiled_shapes = []
+    kernel = _pertensor._kernel
+
+    def spy(spec, param, slots):
+        compiled_shapes.append(tuple(param.shape))
+        return kernel(spec, param, slots)
+
+    monkeypatch.setattr(_pertensor, "_kernel", spy)
+    large = (512, ut.AUTO_COMPILE_MIN // 512)
+    shapes = [large, (4, 5)]
+    params, opt = _run("Adafactor", {}, "auto", shapes=shapes, steps=2)
+    assert set(compiled_shapes) == {large}
+    assert [p._version for p in params] == [2, 2]
+    _assert_same((params, opt), _run("Adafactor", {}, "loop", shapes=shapes, steps=2))
+
+
+def test_explicit_compiled_says_when_a_convention_runs_eagerly():
+    _pertensor._WARNED.clear()
+    with pytest.warns(RuntimeWarning, match="runs the optax convention's rule eagerly"):
+        _run("Adafactor", {"convention": "optax"}, "compiled", shapes=[(4, 5)], steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # auto: the documented fallback, no warning
+        _run("Adafactor", {"convention": "optax"}, "auto", shapes=[(4, 5)], steps=1)
+
+
+class _BuildError(RuntimeError):
+    pass
+
+
+def test_a_failed_build_falls_back_under_auto_and_raises_when_compiled_was_asked(monkeypatch):
+    """Inductor builds before it runs (nothing written): ``auto`` warns and steps eagerly, the same
+    bits; ``implementation="compiled"`` lets the error through."""
+
+    def failing(spec, param, slots):
+        def build(*args):
+            raise _BuildError("no C++ compiler")
+
+        return build
+
+    monkeypatch.setattr(_pertensor, "_KERNELS", OrderedDict())  # the failures stay in this test
+    monkeypatch.setattr(_pertensor, "_kernel", failing)
+    monkeypatch.setattr(_pertensor, "_errors", lambda: ((), (_BuildError,)))
+    monkeypatch.setattr(ut, "AUTO_COMPILE_MIN", 1)
+    from uniopt.torch import _optimizer
+
+    monkeypatch.setattr(_optimizer, "AUTO_COMPILE_MIN", 1)
+    shapes = [(4, 5), (6,)]
+    with pytest.warns(RuntimeWarning, match=r"could not compile the rule .* runs eagerly"):
+        got = _run("Lamb", {}, "auto", shapes=shapes, steps=2)
+    _assert_same(got, _run("Lamb", {}, "loop", shapes=shapes, steps=2))
+    with pytest.raises(_BuildError, match="no C\\+\\+ compiler"):
+        _run("Lamb", {}, "compiled", shapes=shapes, steps=1)
+
+
+def test_only_the_concatenating_implementation_is_refused():
+    params = [torch.nn.Parameter(torch.ones(4, 5))]
+    with pytest.raises(
+        ValueError,
+        match=r"implementation='flat' runs the rule over a concatenation.*"
+        r"expected 'auto', 'compiled' or 'loop'",
+    ):
+        ut.Adafactor(params, implementation="flat")
+    ut.Adafactor(params, implementation="compiled")
+    ut.Lamb(params, implementation="compiled")
+    with pytest.raises(ValueError, match=r"implementation='compiled' is not offered for Muon"):
+        ut.Muon(params, implementation="compiled")
