@@ -15,10 +15,14 @@ reasons :mod:`._flat`'s compiled rule is exact; half types with ``emulate_precis
 :func:`uniopt.torch._flat.exact_options`). The conformance matrix's ``torch@compiled`` rows run
 these specs through this path and compare with the NumPy reference.
 
-Each (spec, dtype, shape, slot layout) compiles its own function (``dynamic=False``: the pairwise
-reductions' slices depend on the shape anyway), with its own code object so that dynamo's
-per-function recompile limit counts only the scalars' branch flags. The first step of a new shape
-pays inductor's compile (about 1 to 5 s; inductor caches it on disk for later processes).
+Each (spec class and convention, dtype, shape, slot layout) compiles its own function
+(``dynamic=False``: the pairwise reductions' slices depend on the shape anyway), with its own code
+object, so that dynamo's per-function recompile limit counts only what varies within one: the
+scalars' branch flags (Adafactor's ``lerp_small`` turns at its third step, so a shape compiles
+twice) and the hyperparameters the rule branches on. The spec is an argument, not a constant: its
+per-step values are the scalars' 0-d tensors, so a new spec object with other ``betas`` (a
+scheduler's) reuses the kernel. The first step of a new shape pays inductor's compile (about 1 to 5
+s on 2 cores; inductor caches it on disk for later processes).
 
 Taken for the specs of :data:`SPECS`, outside ``torch.compile``, by ``implementation="compiled"`` for
 every dense, contiguous CPU parameter with at least one dimension and one element, and by
@@ -123,8 +127,12 @@ def _step_one(spec: Spec, param: torch.Tensor, grad: torch.Tensor, slots: dict, 
 
 
 def _key(spec: Spec, param: torch.Tensor, slots: dict) -> tuple:
+    """What a kernel is compiled for: the spec's class and convention (not its values: a scheduler
+    that sets ``betas`` at every step, as OneCycleLR does, makes a new spec each step, and dynamo
+    guards on the values the rule reads as constants, recompiling only where one changes a branch
+    or a constant of the graph), the parameter's dtype and shape, and its slots' layout."""
     layout = tuple((name, s.dtype, tuple(s.shape)) for name, s in slots.items())
-    return (spec, param.dtype, tuple(param.shape), layout)
+    return (type(spec), getattr(spec, "convention", None), param.dtype, tuple(param.shape), layout)
 
 
 def _kernel(spec: Spec, param: torch.Tensor, slots: dict) -> Callable[..., None] | None:
@@ -140,7 +148,7 @@ def _kernel(spec: Spec, param: torch.Tensor, slots: dict) -> Callable[..., None]
     own = types.FunctionType(_step_one.__code__.replace(co_name=name), _step_one.__globals__, name)
     slot_dtypes = tuple(s.dtype for s in slots.values() if s.dtype != param.dtype)
     options = _flat.exact_options(param.dtype, "cpu", slot_dtypes)
-    fn = functools.partial(torch.compile(own, fullgraph=True, dynamic=False, options=options), spec)
+    fn = torch.compile(own, fullgraph=True, dynamic=False, options=options)
     _KERNELS[key] = fn
     if len(_KERNELS) > _KERNEL_CACHE_SIZE:
         _KERNELS.popitem(last=False)
@@ -179,7 +187,7 @@ def run(entries: list[tuple], *, fallback: bool) -> list[tuple]:
             left.append(entry)
             continue
         try:
-            fn(param, grad, slots, scalars)
+            fn(spec, param, grad, slots, scalars)
         except untraceable as exc:  # dynamo stops while tracing, before anything runs
             # a convention whose rule leaves the graph (Adafactor's optax convention picks its
             # factored axes with np.argsort): eager, as under torch.compile(opt.step)

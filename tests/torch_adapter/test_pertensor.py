@@ -138,3 +138,26 @@ def test_only_the_concatenating_implementation_is_refused():
     ut.Lamb(params, implementation="compiled")
     with pytest.raises(ValueError, match=r"implementation='compiled' is not offered for Muon"):
         ut.Muon(params, implementation="compiled")
+
+
+def test_a_scheduler_changing_betas_every_step_reuses_the_kernel():
+    """OneCycleLR sets ``betas`` at every step, which makes a new spec each step; its values reach
+    the rule as the step's scalars, so the kernel compiled for the shape is reused: the graphs
+    dynamo builds over 5 steps are those of the first step's (LAMB has no branch flag)."""
+    from torch._dynamo.utils import counters
+
+    rng = np.random.default_rng(1)
+    param = torch.nn.Parameter(torch.from_numpy(rng.standard_normal((5, 7)).astype(np.float32)))
+    opt = ut.Lamb([param], lr=0.01, implementation="compiled")
+    loop_param = torch.nn.Parameter(param.detach().clone())
+    loop = ut.Lamb([loop_param], lr=0.01, implementation="loop")
+    graphs = []
+    for t in range(5):
+        beta1 = 0.95 - 0.01 * t
+        for o, p in ((opt, param), (loop, loop_param)):
+            o.param_groups[0]["betas"] = (beta1, 0.999)
+            p.grad = torch.from_numpy(np.sin(np.arange(35, dtype=np.float32) * (t + 1)).reshape(5, 7))
+            o.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1:] == [graphs[0]] * 4, graphs
+    assert torch.equal(_bits(param), _bits(loop_param))
