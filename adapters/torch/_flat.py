@@ -153,7 +153,7 @@ def _apply_rule(
 
 
 _KERNEL_CACHE_SIZE = 64
-_KERNELS: OrderedDict[tuple[Spec, torch.dtype, bool, str, tuple], Callable[..., None]] = OrderedDict()
+_KERNELS: OrderedDict[tuple, Callable[..., None]] = OrderedDict()
 
 
 def kernel(
@@ -167,28 +167,29 @@ def kernel(
     ``slot_dtypes``: the slot buffers' dtypes (in ``spec.slot_names()`` order) where a group's
     ``state_dtypes`` stores some narrower than ``dtype``.
 
-    Each compiled kernel gets its own code object, so dynamo's per-function recompile limit counts
-    its branch flags only, not every spec, dtype and device in the process.
+    Each compiled kernel (per spec class and convention, dtype, device and slot dtypes) gets its
+    own code object, so dynamo's per-function recompile limit counts only its branch flags and the
+    hyperparameters its rule branches on, not every spec, dtype and device in the process; a spec
+    with other values (a scheduler's ``betas``) reuses it.
     """
+    if not compiled:
+        return functools.partial(_apply_rule, spec)
     slot_dtypes = tuple(slot_dtypes) if any(d != dtype for d in slot_dtypes) else ()
-    key = (spec, dtype, compiled, device_type, slot_dtypes)
+    # keyed by the spec's class and convention, not its values: a scheduler that sets ``betas`` or
+    # ``momentum`` at every step (OneCycleLR) makes a new spec each step, whose values reach the
+    # rule as the step's scalars; the spec is an argument, and dynamo guards on what it reads
+    key = (type(spec), getattr(spec, "convention", None), dtype, device_type, slot_dtypes)
     if key in _KERNELS:
         _KERNELS.move_to_end(key)
-        return _KERNELS[key]
-    if not compiled:
-        fn: Callable[..., None] = functools.partial(_apply_rule, spec)
     else:
         narrow = "".join(f"_{str(d).split('.')[-1]}" for d in slot_dtypes)
         name = f"uniopt_{spec.name}_{str(dtype).split('.')[-1]}{narrow}_{device_type}_rule"
         own = types.FunctionType(_apply_rule.__code__.replace(co_name=name), _apply_rule.__globals__, name)
         options = exact_options(dtype, device_type, slot_dtypes)
-        fn = functools.partial(
-            _call_on_aliases, torch.compile(own, fullgraph=True, dynamic=True, options=options), spec
-        )
-    _KERNELS[key] = fn
-    if len(_KERNELS) > _KERNEL_CACHE_SIZE:
-        _KERNELS.popitem(last=False)
-    return fn
+        _KERNELS[key] = torch.compile(own, fullgraph=True, dynamic=True, options=options)
+        if len(_KERNELS) > _KERNEL_CACHE_SIZE:
+            _KERNELS.popitem(last=False)
+    return functools.partial(_call_on_aliases, _KERNELS[key], spec)
 
 
 def _alias(t: torch.Tensor) -> torch.Tensor:

@@ -407,3 +407,26 @@ def test_a_rule_that_reduces_steps_per_tensor_under_auto(name):
     auto = _run(name, {"lr": 0.01}, "auto", shapes=shapes)
     assert not auto[1]._buckets
     _assert_same(auto, _run(name, {"lr": 0.01}, "loop", shapes=shapes))
+
+
+@pytest.mark.usefixtures("inductor_kernels")
+def test_a_scheduler_changing_betas_every_step_reuses_the_compiled_kernel():
+    """OneCycleLR sets ``betas`` (and ``momentum``) at every step, which makes a new spec each
+    step; its values reach the rule as the step's scalars, so the kernel compiled for the first
+    step is reused (no graph after the first step's) and the steps are the loop's bits."""
+    from torch._dynamo.utils import counters
+
+    compiled = [torch.nn.Parameter(p) for p in _params(torch.bfloat16, [(30, 20), (7,)])]
+    looped = [torch.nn.Parameter(p.detach().clone()) for p in compiled]
+    opts = [ut.Adam(compiled, implementation="compiled"), ut.Adam(looped, implementation="loop")]
+    graphs = []
+    for t in range(5):
+        for opt, params in zip(opts, (compiled, looped), strict=True):
+            opt.param_groups[0]["betas"] = (0.95 - 0.01 * t, 0.999)
+            for i, p in enumerate(params):
+                p.grad = torch.full_like(p, 0.1 * (t + 1) - 0.05 * i)
+            opt.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1:] == [graphs[0]] * 4, graphs
+    for a, b in zip(compiled, looped, strict=True):
+        assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16))
