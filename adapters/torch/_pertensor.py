@@ -18,11 +18,12 @@ these specs through this path and compare with the NumPy reference.
 Each (spec class and convention, dtype, shape, slot layout) compiles its own function
 (``dynamic=False``: the pairwise reductions' slices depend on the shape anyway), with its own code
 object, so that dynamo's per-function recompile limit counts only what varies within one: the
-scalars' branch flags (Adafactor's ``lerp_small`` turns at its third step, so a shape compiles
-twice) and the hyperparameters the rule branches on. The spec is an argument, not a constant: its
-per-step values are the scalars' 0-d tensors, so a new spec object with other ``betas`` (a
-scheduler's) reuses the kernel. The first step of a new shape pays inductor's compile (about 1 to 5
-s on 2 cores; inductor caches it on disk for later processes).
+scalars' branch flags (the torch convention of Adafactor takes torch's other ``lerp`` formula
+from its third step, so a shape compiles twice there) and the hyperparameters the rule branches
+on. The spec is an argument, not a constant: its per-step values are the scalars' 0-d tensors, so
+a new spec object with other ``betas`` (a scheduler's) reuses the kernel. The first step of a new
+shape pays inductor's compile (about 1 to 5 s on 2 cores; inductor caches it on disk for later
+processes).
 
 Taken for the specs of :data:`SPECS`, outside ``torch.compile``, by ``implementation="compiled"`` for
 every dense, contiguous CPU parameter with at least one dimension and one element, and by
@@ -62,6 +63,9 @@ UNTRACEABLE: dict[tuple[str, str], str] = {
 bits), as under ``torch.compile(opt.step)`` (tests/torch_adapter/test_compile.py)."""
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+_BUILD_FAILED: list[str] = []
+"""Set (the first failure's words) once inductor failed to build a kernel under ``"auto"``."""
 
 _KERNEL_CACHE_SIZE = 128
 _KERNELS: OrderedDict[tuple, Callable[..., None] | None] = OrderedDict()
@@ -111,6 +115,8 @@ def split(plan: list[tuple], minimum: int) -> tuple[list[tuple], list[tuple]]:
     """``(compiled, rest)``: the entries of ``plan`` (spec, parameter, gradient, slots, scalars) this
     path takes (parameters of at least ``minimum`` elements, see the module docstring), and the
     others."""
+    if minimum > 0 and _BUILD_FAILED:  # "auto" where inductor could not build: eager from then on
+        return [], plan
     taken, rest = [], []
     for entry in plan:
         (taken if _eligible(entry, minimum) else rest).append(entry)
@@ -182,6 +188,9 @@ def run(entries: list[tuple], *, fallback: bool) -> list[tuple]:
     untraceable, compile_failed = _errors() if entries else ((), ())
     for entry in entries:
         spec, param, grad, slots, scalars = entry
+        if fallback and _BUILD_FAILED:
+            left.append(entry)
+            continue
         fn = _kernel(spec, param, slots)
         if fn is None:
             left.append(entry)
@@ -204,11 +213,14 @@ def run(entries: list[tuple], *, fallback: bool) -> list[tuple]:
         except compile_failed as exc:  # inductor builds before it runs: nothing was written
             if not fallback:
                 raise
-            _KERNELS[_key(spec, param, slots)] = None
+            # a machine where inductor cannot build (no C++ compiler) fails for every shape: said
+            # once, and "auto" stops trying in this process
+            _BUILD_FAILED.append(f"{type(exc).__name__}: {exc}")
             warnings.warn(
                 f"uniopt.torch.{spec.name}: inductor could not compile the rule for a parameter of "
-                f"shape {tuple(param.shape)} ({type(exc).__name__}); it runs eagerly (the same "
-                "bits, slower). implementation='loop' skips the attempt",
+                f"shape {tuple(param.shape)} ({type(exc).__name__}); implementation='auto' runs "
+                "the rule of large parameters eagerly from now on in this process (the same bits, "
+                "slower); implementation='loop' skips the attempt",
                 RuntimeWarning,
                 stacklevel=4,
             )

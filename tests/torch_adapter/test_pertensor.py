@@ -102,8 +102,8 @@ class _BuildError(RuntimeError):
 
 
 def test_a_failed_build_falls_back_under_auto_and_raises_when_compiled_was_asked(monkeypatch):
-    """Inductor builds before it runs (nothing written): ``auto`` warns and steps eagerly, the same
-    bits; ``implementation="compiled"`` lets the error through."""
+    """Inductor builds before it runs (nothing written): ``auto`` warns once and steps eagerly from
+    then on, the same bits; ``implementation="compiled"`` lets the error through."""
 
     def failing(spec, param, slots):
         def build(*args):
@@ -112,6 +112,7 @@ def test_a_failed_build_falls_back_under_auto_and_raises_when_compiled_was_asked
         return build
 
     monkeypatch.setattr(_pertensor, "_KERNELS", OrderedDict())  # the failures stay in this test
+    monkeypatch.setattr(_pertensor, "_BUILD_FAILED", [])
     monkeypatch.setattr(_pertensor, "_kernel", failing)
     monkeypatch.setattr(_pertensor, "_errors", lambda: ((), (_BuildError,)))
     monkeypatch.setattr(ut, "AUTO_COMPILE_MIN", 1)
@@ -119,8 +120,13 @@ def test_a_failed_build_falls_back_under_auto_and_raises_when_compiled_was_asked
 
     monkeypatch.setattr(_optimizer, "AUTO_COMPILE_MIN", 1)
     shapes = [(4, 5), (6,)]
-    with pytest.warns(RuntimeWarning, match=r"could not compile the rule .* runs eagerly"):
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
         got = _run("Lamb", {}, "auto", shapes=shapes, steps=2)
+    # said once (two parameters, two steps): after the first failure "auto" does not try again
+    failures = [str(w.message) for w in said if "could not compile" in str(w.message)]
+    assert len(failures) == 1, failures
+    assert "runs the rule of large parameters eagerly from now on" in failures[0]
     _assert_same(got, _run("Lamb", {}, "loop", shapes=shapes, steps=2))
     with pytest.raises(_BuildError, match="no C\\+\\+ compiler"):
         _run("Lamb", {}, "compiled", shapes=shapes, steps=1)
