@@ -153,7 +153,7 @@ def _apply_rule(
 
 
 _KERNEL_CACHE_SIZE = 64
-_KERNELS: OrderedDict[tuple, Callable[..., None]] = OrderedDict()
+_KERNELS: OrderedDict[tuple, Callable[..., None] | None] = OrderedDict()
 
 
 def kernel(
@@ -189,7 +189,47 @@ def kernel(
         _KERNELS[key] = torch.compile(own, fullgraph=True, dynamic=True, options=options)
         if len(_KERNELS) > _KERNEL_CACHE_SIZE:
             _KERNELS.popitem(last=False)
-    return functools.partial(_call_on_aliases, _KERNELS[key], spec)
+    compiled_fn = _KERNELS[key]
+    if compiled_fn is None:  # recompiled past dynamo's limit before: eager (the same bits)
+        return functools.partial(_apply_rule, spec)
+    return functools.partial(_call_on_aliases, compiled_fn, spec, key)
+
+
+def recompile_limit_error() -> type[BaseException]:
+    """dynamo's error for a ``fullgraph`` function past its recompile limit (imported on first use:
+    importing uniopt.torch does not load torch._dynamo)."""
+    import torch._dynamo.exc as dynamo_exc
+
+    return getattr(dynamo_exc, "FailOnRecompileLimitHit", _AbsentError)
+
+
+class _AbsentError(Exception):
+    """Stands for an error this torch does not have."""
+
+
+_SAID_RECOMPILED: set[tuple] = set()
+
+
+def past_recompile_limit(name: str, key: tuple, exc: BaseException) -> None:
+    """Said once per kernel: dynamo recompiled it up to its limit (every guard it failed was a value
+    the rule reads as a constant, such as ``weight_decay`` set at every step), so it runs eagerly
+    from now on, the same bits. Nothing was written: dynamo stops before the graph runs. Re-raised
+    where ``torch._dynamo.config.fail_on_recompile_limit_hit`` asks for the error (as the
+    conformance matrix's compiled modes do)."""
+    if torch._dynamo.config.fail_on_recompile_limit_hit:
+        raise exc
+    if key in _SAID_RECOMPILED:
+        return
+    _SAID_RECOMPILED.add(key)
+    import warnings
+
+    warnings.warn(
+        f"uniopt.torch.{name}: the compiled rule was recompiled up to torch._dynamo's recompile "
+        "limit (a hyperparameter the rule branches on, such as weight_decay, changed at every "
+        f"step?); it runs eagerly from now on, the same bits ({type(exc).__name__})",
+        RuntimeWarning,
+        stacklevel=6,
+    )
 
 
 def _alias(t: torch.Tensor) -> torch.Tensor:
@@ -207,12 +247,26 @@ def _alias(t: torch.Tensor) -> torch.Tensor:
 
 
 def _call_on_aliases(
-    compiled: Callable[..., None], spec: Spec, p: torch.Tensor, g: torch.Tensor, slots: tuple, sc: Any
+    compiled: Callable[..., None],
+    spec: Spec,
+    key: tuple,
+    p: torch.Tensor,
+    g: torch.Tensor,
+    slots: tuple,
+    sc: Any,
 ) -> None:
     """``compiled(spec, ...)`` on :func:`_alias` es of the tensors. An alias does not share the
     parameter's autograd version counter, so the write to ``p`` is recorded on ``p`` afterwards, as
-    an in-place op would record it."""
-    compiled(spec, _alias(p), _alias(g), tuple(map(_alias, slots)), sc)
+    an in-place op would record it. Past dynamo's recompile limit (``key``'s kernel), the rule
+    eagerly, for this call and every later one (:func:`past_recompile_limit`)."""
+    try:
+        compiled(spec, _alias(p), _alias(g), tuple(map(_alias, slots)), sc)
+    except recompile_limit_error() as exc:
+        past_recompile_limit(spec.name, key, exc)
+        if key in _KERNELS:
+            _KERNELS[key] = None
+        _apply_rule(spec, p, g, slots, sc)
+        return
     torch.autograd.graph.increment_version(p)
 
 

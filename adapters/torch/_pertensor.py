@@ -197,6 +197,10 @@ def run(entries: list[tuple], *, fallback: bool) -> list[tuple]:
             continue
         try:
             fn(spec, param, grad, slots, scalars)
+        except _flat.recompile_limit_error() as exc:  # dynamo stops before the graph runs
+            _flat.past_recompile_limit(spec.name, _key(spec, param, slots), exc)
+            _KERNELS[_key(spec, param, slots)] = None
+            left.append(entry)
         except untraceable as exc:  # dynamo stops while tracing, before anything runs
             # a convention whose rule leaves the graph (Adafactor's optax convention picks its
             # factored axes with np.argsort): eager, as under torch.compile(opt.step)

@@ -12,6 +12,7 @@ import copy
 import io
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -430,3 +431,39 @@ def test_a_scheduler_changing_betas_every_step_reuses_the_compiled_kernel():
     assert graphs[1:] == [graphs[0]] * 4, graphs
     for a, b in zip(compiled, looped, strict=True):
         assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16))
+
+
+@pytest.mark.usefixtures("inductor_kernels")
+def test_a_kernel_past_the_recompile_limit_gives_way_to_the_eager_rule(monkeypatch):
+    """dynamo stops a ``fullgraph`` function at its recompile limit with an error, before the graph
+    runs (every guard it failed was a value the rule reads as a constant). The compiled flat kernel
+    then steps eagerly, for that call and every later one, with one warning: the loop's bits.
+    (No elementwise rule guards on a scheduled hyperparameter today: betas, momentum, alpha,
+    dampening, lr_decay and weight_decay set at every step compiled once, measured; the error is
+    raised here by hand.)"""
+    from torch._dynamo.exc import FailOnRecompileLimitHit
+
+    monkeypatch.setattr(_flat, "_KERNELS", collections.OrderedDict())
+    monkeypatch.setattr(_flat, "_SAID_RECOMPILED", set())
+    compiled = [torch.nn.Parameter(p) for p in _params(torch.bfloat16, [(30, 20), (7,)])]
+    looped = [torch.nn.Parameter(p.detach().clone()) for p in compiled]
+    opts = [ut.Adam(compiled, implementation="compiled"), ut.Adam(looped, implementation="loop")]
+
+    def past_the_limit(*args):
+        raise FailOnRecompileLimitHit("recompile_limit reached with fullgraph=True")
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for t in range(4):
+            if t == 1:  # the kernel compiled at the first step, now past its limit
+                for key in _flat._KERNELS:
+                    _flat._KERNELS[key] = past_the_limit
+            for opt, params in zip(opts, (compiled, looped), strict=True):
+                for i, p in enumerate(params):
+                    p.grad = torch.full_like(p, 0.1 * (t + 1) - 0.05 * i)
+                opt.step()
+            for a, b in zip(compiled, looped, strict=True):
+                assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16)), t
+    limits = [str(w.message) for w in said if "recompile limit" in str(w.message)]
+    assert len(limits) == 1 and "runs eagerly from now on" in limits[0], limits
+    assert all(kernel is None for kernel in _flat._KERNELS.values())

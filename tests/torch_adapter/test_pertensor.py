@@ -167,3 +167,27 @@ def test_a_scheduler_changing_betas_every_step_reuses_the_kernel():
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[1:] == [graphs[0]] * 4, graphs
     assert torch.equal(_bits(param), _bits(loop_param))
+
+
+def test_a_weight_decay_set_every_step_ends_in_the_eager_rule_not_an_error():
+    """The rule branches on ``weight_decay != 0``, so dynamo guards on its value and recompiles for
+    each new one; at its recompile limit the kernel gives way to the eager rule (one warning), and
+    every step is the loop's bits."""
+    rng = np.random.default_rng(2)
+    param = torch.nn.Parameter(torch.from_numpy(rng.standard_normal((4, 5)).astype(np.float32)))
+    loop_param = torch.nn.Parameter(param.detach().clone())
+    opts = {
+        "compiled": (ut.Lamb([param], weight_decay=0.01, implementation="compiled"), param),
+        "loop": (ut.Lamb([loop_param], weight_decay=0.01, implementation="loop"), loop_param),
+    }
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for t in range(12):
+            grad = torch.from_numpy(rng.standard_normal((4, 5)).astype(np.float32))
+            for opt, p in opts.values():
+                opt.param_groups[0]["weight_decay"] = 0.01 * (t + 1)
+                p.grad = grad.clone()
+                opt.step()
+            assert torch.equal(_bits(param), _bits(loop_param)), t
+    limits = [str(w.message) for w in said if "recompile limit" in str(w.message)]
+    assert len(limits) == 1 and "runs eagerly from now on" in limits[0], limits
