@@ -195,6 +195,18 @@ def kernel(
     return functools.partial(_call_on_aliases, compiled_fn, spec, key)
 
 
+def stance_is_default() -> bool:
+    """Whether ``torch.compiler.set_stance`` is at its default. Under another stance the user set
+    (``"force_eager"``, ``"fail_on_recompile"``, ``"eager_on_recompile"``) uniopt.torch's own
+    compiled kernels step eagerly instead, the same bits: they are how a step is run, not the
+    user's compiled code, and a recompile refused mid-step would leave a step half done (step
+    counts advanced, parameters not)."""
+    import torch._dynamo.eval_frame as eval_frame
+
+    stance = getattr(eval_frame, "_stance", None)
+    return getattr(stance, "stance", "default") == "default"
+
+
 def recompile_limit_error() -> type[BaseException]:
     """dynamo's error for a ``fullgraph`` function past its recompile limit (imported on first use:
     importing uniopt.torch does not load torch._dynamo)."""
@@ -259,6 +271,9 @@ def _call_on_aliases(
     parameter's autograd version counter, so the write to ``p`` is recorded on ``p`` afterwards, as
     an in-place op would record it. Past dynamo's recompile limit (``key``'s kernel), the rule
     eagerly, for this call and every later one (:func:`past_recompile_limit`)."""
+    if not stance_is_default():
+        _apply_rule(spec, p, g, slots, sc)
+        return
     try:
         compiled(spec, _alias(p), _alias(g), tuple(map(_alias, slots)), sc)
     except recompile_limit_error() as exc:

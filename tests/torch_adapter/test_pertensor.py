@@ -191,3 +191,18 @@ def test_a_weight_decay_set_every_step_ends_in_the_eager_rule_not_an_error():
             assert torch.equal(_bits(param), _bits(loop_param)), t
     limits = [str(w.message) for w in said if "recompile limit" in str(w.message)]
     assert len(limits) == 1 and "runs eagerly from now on" in limits[0], limits
+
+
+@pytest.mark.parametrize("stance", ["fail_on_recompile", "force_eager"])
+def test_a_stance_the_user_set_runs_the_rule_eagerly(stance):
+    """Under a ``torch.compiler.set_stance`` other than the default, the kernels step eagerly: the
+    torch convention of Adafactor recompiles at its third step, which ``fail_on_recompile`` would
+    refuse half-way through a step (step counts advanced, parameters not)."""
+    compiled = _run("Adafactor", {"convention": "torch"}, "compiled", shapes=[(6, 7)], steps=1)
+    loop = _run("Adafactor", {"convention": "torch"}, "loop", shapes=[(6, 7)], steps=1)
+    with torch.compiler.set_stance(stance):
+        for params, opt in (compiled, loop):
+            for t in range(3):
+                params[0].grad = torch.full_like(params[0], 0.1 * (t + 1))
+                opt.step()
+    _assert_same(compiled, loop)
