@@ -49,6 +49,8 @@ from uniopt import Spec
 from uniopt._validate import check_interval
 from uniopt.scalar_table import NotConvergentError, scalar_table
 
+from ._divide import divide_on_gpu
+
 __all__ = ["Transformation", "UnioptState", "find_state", "schedule_free_eval_params", "transformation"]
 
 NO_PARAMS_MSG = (
@@ -559,9 +561,10 @@ class _Unfused:
     """Under tracing: ``jax.numpy`` whose ``multiply`` returns the rounded product even inside a
     fused kernel (XLA would otherwise contract ``a*b + c`` into one FMA on CPUs and GPUs), and whose
     ``sqrt`` stays a correctly rounded root (never an ``rsqrt`` of a division), and whose ``sign``
-    is NumPy's (:func:`_sign`), whose ``matmul`` is :func:`_matmul` (``Precision.HIGHEST``), and
-    whose ``astype`` to a narrower float keeps its rounding (:meth:`astype`). The other ops the
-    rules use (``add``, ``divide``, ``maximum``, ``minimum``, ``abs``, ``where``,
+    is NumPy's (:func:`_sign`), whose ``divide`` is correctly rounded on GPUs too
+    (:func:`uniopt.jax._divide.divide_on_gpu`), whose ``matmul`` is :func:`_matmul`
+    (``Precision.HIGHEST``), and whose ``astype`` to a narrower float keeps its rounding
+    (:meth:`astype`). The other ops the rules use (``add``, ``maximum``, ``minimum``, ``abs``, ``where``,
     ``matrix_transpose``, ...) are ``jax.numpy``'s: exact or correctly rounded, NaN-propagating
     ``maximum`` and ``minimum``."""
 
@@ -580,6 +583,10 @@ class _Unfused:
     def sign(self, x: Any) -> jax.Array:
         """:func:`_sign` (NumPy's: ``+0`` for ``±0``, ``±1`` for subnormals)."""
         return _sign(x)
+
+    def divide(self, x1: Any, x2: Any) -> jax.Array:
+        """:func:`uniopt.jax._divide.divide_on_gpu`: correctly rounded on GPUs too."""
+        return divide_on_gpu(x1, x2)
 
     def matmul(self, x1: Any, x2: Any) -> jax.Array:
         """:func:`_matmul`."""
@@ -637,15 +644,19 @@ _ELEMENTWISE = (
 )
 
 
+_OWN = {"sign": _sign, "divide": divide_on_gpu}  # the ops not jax.numpy's
+
+
 class _OpByOp:
     """Eagerly: ``jax.numpy`` with each elementwise function compiled on its own, so every op of
     the rule is one XLA computation (the same numbers as plain eager jax.numpy, dispatched through
-    jax's fast path for compiled functions; ``sign`` is :func:`_sign`, ``matmul`` :func:`_matmul`,
+    jax's fast path for compiled functions; ``sign`` is :func:`_sign`, ``divide``
+    :func:`uniopt.jax._divide.divide_on_gpu`, ``matmul`` :func:`_matmul`,
     ``Precision.HIGHEST``)."""
 
     def __init__(self) -> None:
         for name in _ELEMENTWISE:
-            setattr(self, name, jax.jit(_sign if name == "sign" else getattr(jnp, name)))
+            setattr(self, name, jax.jit(_OWN.get(name) or getattr(jnp, name)))
         self.matmul = jax.jit(_matmul)  # Precision.HIGHEST
 
     def __getattr__(self, name: str) -> Any:
