@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from uniopt.scalar_table import CACHE_VARIABLE
@@ -16,6 +17,9 @@ from .jobs import enqueue, launch_ready, wait, write_progress
 from .report import Matrix, write_reports
 from .run import run_backend
 from .streams import STREAMS
+
+STARTED = time.perf_counter()
+"""When this process started (``run --deadline`` counts from here)."""
 
 DEFAULT_OUT = Path("build/conformance")
 
@@ -80,7 +84,9 @@ def _run_one(backend: backends.Backend, args: argparse.Namespace) -> None:
             if args.progress_file is not None:
                 write_progress(args.progress_file, done, len(selected) * len(modes), desc)
 
-        run_backend(backend, selected, args.out / "trajectories", modes, advance, full=args.full)
+        deadline = None if getattr(args, "deadline", None) is None else STARTED + args.deadline
+        traj = args.out / "trajectories"
+        run_backend(backend, selected, traj, modes, advance, full=args.full, deadline=deadline)
     print(f"{backend.name}: {len(selected)} cells x {len(modes)} mode(s) -> {args.out / 'trajectories'}")
 
 
@@ -205,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("wait", help="run the queued jobs to their end, with progress; fail if one failed")
     sub.add_parser("launch", help="start queued jobs while fewer than the limit are running")
     run.add_argument("--progress-file", type=Path, help="where to record progress (for `wait`)")
+    run.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds after the start past which no further batch of cells starts (the cells not "
+        "reached are recorded as deferred; for a lent machine's short lease)",
+    )
     every.set_defaults(progress_file=None)
     for p in (run, every, queue):
         p.add_argument("--backend", nargs="+", choices=backends.names(), default=list(backends.names()))

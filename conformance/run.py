@@ -143,8 +143,13 @@ def run_backend(
     modes: Sequence[str] | None = None,
     progress: Callable[[int, str], None] | None = None,
     full: bool = False,
+    deadline: float | None = None,
 ) -> list[Path]:
-    """Run ``cells`` on every mode of ``backend``; returns the metadata files written."""
+    """Run ``cells`` on every mode of ``backend``; returns the metadata files written.
+
+    ``deadline`` (a ``time.perf_counter()`` value; for a lent machine's short lease): no batch
+    starts after it; the cells not reached are recorded as deferred, with that reason, and the
+    file is written as usual."""
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint()  # of the code this process imported, taken before it runs
     written = []
@@ -166,6 +171,10 @@ def run_backend(
         timings = []
         for batch in batches(to_run):
             began = time.perf_counter()
+            if deadline is not None and began > deadline:
+                for cell in batch:
+                    not_run["deferred"][cell.key] = "not reached before the run's --deadline"
+                continue
             for cell, trajectory in run_batch(runner, batch).items():
                 for name, value in trajectory.items():
                     arrays[f"{cell.key}::{name}"] = value

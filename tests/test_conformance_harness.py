@@ -156,6 +156,33 @@ def test_a_one_ulp_change_in_one_cell_of_a_batch_fails_that_cell_and_only_that_c
     assert len(others) == len(selected) - 1 and all(r.verdict == "pass" and r.ulp == 0 for r in others)
 
 
+def test_a_deadline_defers_the_batches_not_started_and_still_writes_the_file(tmp_path, monkeypatch):
+    import conformance.run as run_module
+
+    selected = cells(["float32"], steps=4, optimizers=["SGD", "Adam"], streams=["normal"])
+    first, second = batches(selected)  # SGD's cells, then Adam's
+    traj = tmp_path / "trajectories"
+    run_backend(backends.get("numpy"), selected, traj)
+    clock = {"now": 0.0}  # a batch takes 100 s on this clock
+    fake_time = {"perf_counter": lambda: clock["now"], "time": lambda: clock["now"]}
+    monkeypatch.setattr(run_module, "time", type("Clock", (), fake_time))
+    real_batch = run_module.run_batch
+
+    def slow_batch(runner, batch):
+        clock["now"] += 100.0
+        return real_batch(runner, batch)
+
+    monkeypatch.setattr(run_module, "run_batch", slow_batch)
+    run_backend(backends.get("array_api_strict"), selected, traj, deadline=50.0)
+    meta = json.loads((traj / "array_api_strict@eager.json").read_text())
+    assert meta["cells"] and {k.split("/")[0] for k in meta["cells"]} == {"SGD"}  # (a few it skips)
+    assert meta["deferred"] and set(meta["deferred"]) | set(meta["skipped"]) >= {c.key for c in second}
+    assert not set(meta["deferred"]) & {c.key for c in first}
+    assert all("--deadline" in why for why in meta["deferred"].values())
+    results = {r.optimizer: r.verdict for r in compare_dir(traj) if r.backend == "array_api_strict"}
+    assert results == {"SGD": "pass", "Adam": "deferred"}
+
+
 def test_pipeline_passes_bitwise_backends_and_catches_a_one_ulp_difference(tmp_path):
     selected = _full_precision_state(
         cells(
