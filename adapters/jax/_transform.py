@@ -49,7 +49,7 @@ from uniopt import Spec
 from uniopt._validate import check_interval
 from uniopt.scalar_table import NotConvergentError, scalar_table
 
-from ._divide import divide_on_gpu
+from ._ieee import divide_on_gpu, sqrt_on_gpu
 
 __all__ = ["Transformation", "UnioptState", "find_state", "schedule_free_eval_params", "transformation"]
 
@@ -561,8 +561,8 @@ class _Unfused:
     """Under tracing: ``jax.numpy`` whose ``multiply`` returns the rounded product even inside a
     fused kernel (XLA would otherwise contract ``a*b + c`` into one FMA on CPUs and GPUs), and whose
     ``sqrt`` stays a correctly rounded root (never an ``rsqrt`` of a division), and whose ``sign``
-    is NumPy's (:func:`_sign`), whose ``divide`` is correctly rounded on GPUs too
-    (:func:`uniopt.jax._divide.divide_on_gpu`), whose ``matmul`` is :func:`_matmul`
+    is NumPy's (:func:`_sign`), whose ``divide`` and ``sqrt`` are correctly rounded on GPUs too
+    (:mod:`uniopt.jax._ieee`), whose ``matmul`` is :func:`_matmul`
     (``Precision.HIGHEST``), and whose ``astype`` to a narrower float keeps its rounding
     (:meth:`astype`). The other ops the rules use (``add``, ``maximum``, ``minimum``, ``abs``, ``where``,
     ``matrix_transpose``, ...) are ``jax.numpy``'s: exact or correctly rounded, NaN-propagating
@@ -585,7 +585,7 @@ class _Unfused:
         return _sign(x)
 
     def divide(self, x1: Any, x2: Any) -> jax.Array:
-        """:func:`uniopt.jax._divide.divide_on_gpu`: correctly rounded on GPUs too."""
+        """:func:`uniopt.jax._ieee.divide_on_gpu`: correctly rounded on GPUs too."""
         return divide_on_gpu(x1, x2)
 
     def matmul(self, x1: Any, x2: Any) -> jax.Array:
@@ -607,8 +607,10 @@ class _Unfused:
     def sqrt(self, x: Any) -> jax.Array:
         """The correctly rounded root, kept a root: XLA rewrites ``a / sqrt(b)`` into
         ``a * rsqrt(b)`` (not correctly rounded; Adadelta's ``sqrt(acc + eps) / sqrt(v + eps)``
-        moved by an ulp), so the root reaches its consumer through the integer no-op."""
-        root = jnp.sqrt(x)
+        moved by an ulp), so the root reaches its consumer through the integer no-op; on GPUs
+        :func:`uniopt.jax._ieee.sqrt_on_gpu`'s (XLA:GPU's float32 root is not correctly
+        rounded)."""
+        root = sqrt_on_gpu(x)
         if jnp.issubdtype(root.dtype, jnp.complexfloating):
             return root
         return _rounded(root, self._zero)
@@ -644,14 +646,14 @@ _ELEMENTWISE = (
 )
 
 
-_OWN = {"sign": _sign, "divide": divide_on_gpu}  # the ops not jax.numpy's
+_OWN = {"sign": _sign, "divide": divide_on_gpu, "sqrt": sqrt_on_gpu}  # the ops not jax.numpy's
 
 
 class _OpByOp:
     """Eagerly: ``jax.numpy`` with each elementwise function compiled on its own, so every op of
     the rule is one XLA computation (the same numbers as plain eager jax.numpy, dispatched through
     jax's fast path for compiled functions; ``sign`` is :func:`_sign`, ``divide``
-    :func:`uniopt.jax._divide.divide_on_gpu`, ``matmul`` :func:`_matmul`,
+    and ``sqrt`` :mod:`uniopt.jax._ieee`'s (correctly rounded on GPUs), ``matmul`` :func:`_matmul`,
     ``Precision.HIGHEST``)."""
 
     def __init__(self) -> None:
