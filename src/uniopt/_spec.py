@@ -167,7 +167,11 @@ class Spec:
     def _of_convention(self, kind: str) -> Callable[..., Any]:
         """``<convention>_<kind>`` of this spec, else ``uniopt_<kind>``."""
         convention = getattr(self, "convention", "uniopt")
-        method = getattr(self, f"{convention}_{kind}", None) or getattr(self, f"uniopt_{kind}", None)
+        # ``is None``, not ``or``: dynamo before torch 2.13 cannot take the truth of a bound method
+        # (a "data-dependent branching" error in every compiled rule)
+        method = getattr(self, f"{convention}_{kind}", None)
+        if method is None:
+            method = getattr(self, f"uniopt_{kind}", None)
         if method is None:
             raise NotImplementedError(f"{self.name} defines neither {kind}() nor uniopt_{kind}()")
         return method
