@@ -1,6 +1,10 @@
 """The flat implementations on CUDA: the same bits as the per-tensor loop on the same device, buckets
 per device, and no host-device synchronisation in a step. Skipped where torch sees no CUDA device
-(CI); run on a GPU with ``pytest tests/torch_adapter/test_cuda.py``.
+(CI); run on a GPU with ``pytest tests/torch_adapter/test_cuda.py`` (bench/gpu_checks.sh does).
+
+``flat`` runs the elementwise rules only (the others refuse it); ``compiled`` every row but Muon's
+(refused: inductor would choose its matrix products' kernel). Muon's uniopt and torch conventions
+take matrices: their vectors and scalars are reshaped (``cases.shapes_for``).
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cases import shapes_for
 
 import uniopt.torch as ut
 from uniopt.registry import TABLE
@@ -16,6 +21,8 @@ from uniopt.torch import _flat
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 CASES = [pytest.param(info, case, id=f"{info.name}-{case.desc}") for info in TABLE for case in info.cases]
+FLAT_CASES = [p for p in CASES if p.values[0].spec.elementwise]
+COMPILED_CASES = [p for p in CASES if p.values[0].name != "Muon"]
 SHAPES = [(3, 4), (40,), (), (5, 2, 3), (7,), (64, 33)]
 
 
@@ -29,9 +36,10 @@ def _run(name, hyper, implementation, dtype, devices, steps=9):
     """``steps`` steps with seeded gradients; parameter ``i`` lives on ``devices[i % len(devices)]``;
     parameter 1 has no gradient at step 3."""
     rng = np.random.default_rng(0)
+    spec = next(info for info in TABLE if info.name == name).spec(**hyper)
     params = [
         torch.from_numpy(rng.standard_normal(s)).to(dtype).to(devices[i % len(devices)])
-        for i, s in enumerate(SHAPES)
+        for i, s in enumerate(shapes_for(spec, SHAPES))
     ]
     opt = getattr(ut, name)(params, implementation=implementation, **hyper)
     for t in range(steps):
@@ -53,14 +61,14 @@ def _assert_same(a, b):
             assert torch.equal(oa.state[x][key], ob.state[y][key]), key
 
 
-@pytest.mark.parametrize(("info", "case"), CASES)
+@pytest.mark.parametrize(("info", "case"), FLAT_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_flat_on_cuda_equals_the_loop_on_cuda_bitwise(info, case, dtype):
     loop = _run(info.name, case.kwargs, "loop", dtype, ["cuda"])
     _assert_same(_run(info.name, case.kwargs, "flat", dtype, ["cuda"]), loop)
 
 
-@pytest.mark.parametrize(("info", "case"), CASES)
+@pytest.mark.parametrize(("info", "case"), COMPILED_CASES)
 def test_compiled_on_cuda_equals_the_loop_on_cuda_bitwise_in_float32(info, case):
     """The Triton kernel, compiled with exact_options, rounds every op as the eager kernels do."""
     loop = _run(info.name, case.kwargs, "loop", torch.float32, ["cuda"])
