@@ -56,8 +56,10 @@ def fresh_inductor_cache() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.framework == "jax":  # jax picks its platform once, at its first use
-        os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
+    if args.framework == "jax":  # jax picks its platform once, at its first use; on the GPU the
+        # CPU stays listed: uniopt.jax's host callbacks (Adafactor's and Schedule-Free AdamW's
+        # scalars, Adagrad's lr_decay) run there, and jax.pure_callback needs a CPU device
+        os.environ["JAX_PLATFORMS"] = "cuda,cpu" if args.device == "gpu" else "cpu"
     if args.framework == "torch":
         fresh_inductor_cache()
     mod = importlib.import_module(f"bench.{args.framework}_bench")
