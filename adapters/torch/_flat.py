@@ -60,7 +60,7 @@ import itertools
 import operator
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -141,15 +141,38 @@ def exact_options(
     return {k: v for k, v in _TRITON_EXACT.items() if k in known}
 
 
+def write(target: torch.Tensor, value: torch.Tensor) -> None:
+    """``target.copy_(value)``; a 0-d target is written through a 1-element view: under
+    ``torch.compile`` (torch 2.13, CPU) dynamo takes a 0-d float64 input as a Python scalar and an
+    in-place write to it is lost (the step silently left 0-d float64 parameters and slots unchanged;
+    found by the conformance matrix's mixed_shapes stream in the compile mode)."""
+    if target.dim() == 0:
+        target.view(1).copy_(value.reshape(1))
+    else:
+        target.copy_(value)
+
+
+def write_back(
+    param: torch.Tensor,
+    slots: Mapping[str, torch.Tensor],
+    new_param: torch.Tensor,
+    new_slots: Mapping[str, torch.Tensor],
+) -> None:
+    """A rule's results written into its parameter and slots in place (every implementation's last
+    step); a slot the rule passed through (a placeholder) is left as it is."""
+    write(param, new_param)
+    for name, value in new_slots.items():
+        if value is not slots[name]:
+            write(slots[name], value)
+
+
 def _apply_rule(
     spec: Spec, p: torch.Tensor, g: torch.Tensor, slots: tuple[torch.Tensor, ...], sc: Any
 ) -> None:
     """The spec's rule on one set of (flat) tensors, written back in place."""
-    names = spec.slot_names()
-    new_p, new_slots = spec.rule(p, g, dict(zip(names, slots, strict=True)), sc, xp)
-    p.copy_(new_p)
-    for buffer, name in zip(slots, names, strict=True):
-        buffer.copy_(new_slots[name])
+    by_name = dict(zip(spec.slot_names(), slots, strict=True))
+    new_p, new_slots = spec.rule(p, g, by_name, sc, xp)
+    write_back(p, by_name, new_p, new_slots)
 
 
 _KERNEL_CACHE_SIZE = 64
@@ -201,10 +224,17 @@ def stance_is_default() -> bool:
     compiled kernels step eagerly instead, the same bits: they are how a step is run, not the
     user's compiled code, and a recompile refused mid-step would leave a step half done (step
     counts advanced, parameters not)."""
+    stance = getattr(_eval_frame(), "_stance", None)
+    return getattr(stance, "stance", "default") == "default"
+
+
+@functools.cache
+def _eval_frame() -> Any:
+    """``torch._dynamo.eval_frame``, imported on first use (importing uniopt.torch does not load
+    torch._dynamo)."""
     import torch._dynamo.eval_frame as eval_frame
 
-    stance = getattr(eval_frame, "_stance", None)
-    return getattr(stance, "stance", "default") == "default"
+    return eval_frame
 
 
 def recompile_limit_error() -> type[BaseException]:

@@ -360,7 +360,7 @@ class UnioptOptimizer(Optimizer):
             ):
                 # large parameters (every one under "compiled"): the rule compiled per shape
                 auto = self.implementation == "auto"
-                taken, plan = _pertensor.split(plan, AUTO_COMPILE_MIN if auto else 0)
+                taken, plan = _pertensor.split(plan, AUTO_COMPILE_MIN if auto else 0, explicit=not auto)
                 plan += _pertensor.run(taken, fallback=auto)
             _run_loop(plan)
         else:
@@ -1018,21 +1018,7 @@ def _run_loop(plan: list[tuple[Spec, torch.Tensor, torch.Tensor, dict[str, Any],
             _sparse.step_rows(spec, param, grad, slots, scalars)
             continue
         new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
-        _write(param, new_param)
-        for name, value in new_slots.items():
-            if value is not slots[name]:  # a slot passed through (a placeholder) is left as it is
-                _write(slots[name], value)
-
-
-def _write(target: torch.Tensor, value: torch.Tensor) -> None:
-    """``target.copy_(value)``; a 0-d target is written through a 1-element view: under
-    ``torch.compile`` (torch 2.13, CPU) dynamo takes a 0-d float64 input as a Python scalar and an
-    in-place write to it is lost (the step silently left 0-d float64 parameters and slots unchanged;
-    found by the conformance matrix's mixed_shapes stream in the compile mode)."""
-    if target.dim() == 0:
-        target.view(1).copy_(value.reshape(1))
-    else:
-        target.copy_(value)
+        _flat.write_back(param, slots, new_param, new_slots)
 
 
 def _new_slot(

@@ -94,12 +94,12 @@ def _traceable(spec: Spec, explicit: bool) -> bool:
     return False
 
 
-def _eligible(entry: tuple, minimum: int) -> bool:
+def _eligible(entry: tuple, minimum: int, explicit: bool) -> bool:
     spec, param, grad, slots, _ = entry
     return (
         isinstance(spec, Spec)
         and spec.name in SPECS
-        and _traceable(spec, explicit=minimum == 0)
+        and _traceable(spec, explicit)
         and type(param) in _PLAIN
         and type(grad) in _PLAIN
         and param.device.type == "cpu"
@@ -114,15 +114,16 @@ def _eligible(entry: tuple, minimum: int) -> bool:
     )
 
 
-def split(plan: list[tuple], minimum: int) -> tuple[list[tuple], list[tuple]]:
+def split(plan: list[tuple], minimum: int, *, explicit: bool) -> tuple[list[tuple], list[tuple]]:
     """``(compiled, rest)``: the entries of ``plan`` (spec, parameter, gradient, slots, scalars) this
     path takes (parameters of at least ``minimum`` elements, see the module docstring), and the
-    others."""
-    if minimum > 0 and _BUILD_FAILED:  # "auto" where inductor could not build: eager from then on
+    others. ``explicit``: the user asked for ``implementation="compiled"`` (a convention that runs
+    eagerly is then said, once); otherwise ``"auto"``."""
+    if not explicit and _BUILD_FAILED:  # "auto" where inductor could not build: eager from then on
         return [], plan
     taken, rest = [], []
     for entry in plan:
-        (taken if _eligible(entry, minimum) else rest).append(entry)
+        (taken if _eligible(entry, minimum, explicit) else rest).append(entry)
     if taken and not _flat.stance_is_default():  # a torch.compiler.set_stance the user set: eager
         return [], plan
     return taken, rest
@@ -131,10 +132,7 @@ def split(plan: list[tuple], minimum: int) -> tuple[list[tuple], list[tuple]]:
 def _step_one(spec: Spec, param: torch.Tensor, grad: torch.Tensor, slots: dict, scalars: Any) -> None:
     """The spec's rule on one parameter, written back in place (the body of the per-tensor loop)."""
     new_param, new_slots = spec.rule(param, grad, slots, scalars, xp)
-    param.copy_(new_param)
-    for name, value in new_slots.items():
-        if value is not slots[name]:  # a slot passed through (a placeholder) is left as it is
-            slots[name].copy_(value)
+    _flat.write_back(param, slots, new_param, new_slots)
 
 
 def _key(spec: Spec, param: torch.Tensor, slots: dict) -> tuple:
@@ -146,10 +144,9 @@ def _key(spec: Spec, param: torch.Tensor, slots: dict) -> tuple:
     return (type(spec), getattr(spec, "convention", None), param.dtype, tuple(param.shape), layout)
 
 
-def _kernel(spec: Spec, param: torch.Tensor, slots: dict) -> Callable[..., None] | None:
-    """The compiled rule for ``param``'s shape and dtype and its slots' layout (``None``: known not
-    to compile)."""
-    key = _key(spec, param, slots)
+def _kernel(spec: Spec, param: torch.Tensor, slots: dict, key: tuple) -> Callable[..., None] | None:
+    """The compiled rule for ``param``'s shape and dtype and its slots' layout, cached under ``key``
+    (:func:`_key`; ``None``: known not to compile)."""
     if key in _KERNELS:
         _KERNELS.move_to_end(key)
         return _KERNELS[key]
@@ -196,20 +193,21 @@ def run(entries: list[tuple], *, fallback: bool) -> list[tuple]:
         if fallback and _BUILD_FAILED:
             left.append(entry)
             continue
-        fn = _kernel(spec, param, slots)
+        key = _key(spec, param, slots)
+        fn = _kernel(spec, param, slots, key)
         if fn is None:
             left.append(entry)
             continue
         try:
             fn(spec, param, grad, slots, scalars)
         except _flat.recompile_limit_error() as exc:  # dynamo stops before the graph runs
-            _flat.past_recompile_limit(spec.name, _key(spec, param, slots), exc)
-            _KERNELS[_key(spec, param, slots)] = None
+            _flat.past_recompile_limit(spec.name, key, exc)
+            _KERNELS[key] = None
             left.append(entry)
         except untraceable as exc:  # dynamo stops while tracing, before anything runs
             # a convention whose rule leaves the graph (Adafactor's optax convention picks its
             # factored axes with np.argsort): eager, as under torch.compile(opt.step)
-            _KERNELS[_key(spec, param, slots)] = None
+            _KERNELS[key] = None
             if not fallback:
                 warnings.warn(
                     f"uniopt.torch.{spec.name}: the rule of {spec!r} cannot be traced whole "

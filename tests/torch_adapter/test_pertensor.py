@@ -75,9 +75,9 @@ def test_auto_compiles_the_large_parameters_only(monkeypatch):
     compiled_shapes = []
     kernel = _pertensor._kernel
 
-    def spy(spec, param, slots):
+    def spy(spec, param, slots, key):
         compiled_shapes.append(tuple(param.shape))
-        return kernel(spec, param, slots)
+        return kernel(spec, param, slots, key)
 
     monkeypatch.setattr(_pertensor, "_kernel", spy)
     large = (512, ut.AUTO_COMPILE_MIN // 512)
@@ -105,7 +105,7 @@ def test_a_failed_build_falls_back_under_auto_and_raises_when_compiled_was_asked
     """Inductor builds before it runs (nothing written): ``auto`` warns once and steps eagerly from
     then on, the same bits; ``implementation="compiled"`` lets the error through."""
 
-    def failing(spec, param, slots):
+    def failing(spec, param, slots, key):
         def build(*args):
             raise _BuildError("no C++ compiler")
 
