@@ -28,7 +28,9 @@ Zeros, infinities and NaNs follow IEEE 754's tables in integers too (a NaN resul
 
 :func:`divide_on_gpu` and :func:`sqrt_on_gpu` are what the jax namespaces use: these functions
 where the computation is lowered for a GPU (``lax.platform_dependent``), ``jax.numpy``'s elsewhere
-(XLA:CPU rounds both correctly, and faster). float16 and bfloat16 go through float32 and are
+(XLA:CPU rounds both correctly, and faster, except that it reads subnormal operands and writes
+subnormal results as zeros, as its other ops do: there the GPU's bits are IEEE 754's and the CPU's
+are not). float16 and bfloat16 go through float32 and are
 rounded once more: a float32 quotient or root rounded to 11 or 8 bits is the correctly rounded one
 (24 >= 2p + 2, the condition under which double rounding of a quotient or a root is innocuous).
 float64 (``div.rn.f64``, ``sqrt.rn.f64`` on GPUs) and complex results are ``jax.numpy``'s.
@@ -142,7 +144,9 @@ def _root_magnitude(magnitude: jax.Array, nudge: int = 0) -> jax.Array:
     the estimate."""
     m, e = _significand(magnitude)
     j = jnp.where((e - 23) % 2 == 0, 26, 25)  # x = (m * 2**j) * 2**(e - 23 - j), that exponent even
-    big = jnp.ldexp(m.astype(jnp.float32), j)  # M = m * 2**j in [2**48, 2**50): exact in float32
+    # M = m * 2**j in [2**48, 2**50), exact in float32: a product by a power of two (jnp.ldexp goes
+    # through pow, which a GPU's libdevice does not promise exact)
+    big = m.astype(jnp.float32) * jnp.where(j == 26, jnp.float32(2.0**26), jnp.float32(2.0**25))
     s = jnp.sqrt(big).astype(_U32) + _U32(nudge % 2**32)  # the platform's root, truncated
     rem = _as_int32((m << j.astype(_U32)) - s * s)  # M - s*s, exact: |rem| < 2**31
     for _ in range(_STEPS):  # M - (s-1)**2 = rem + 2s - 1
@@ -244,10 +248,10 @@ def _exact_dtype(dtype: Any) -> bool:
 
 def divide_on_gpu(x1: Any, x2: Any) -> jax.Array:
     """``jnp.divide(x1, x2)``, except where XLA lowers it for a GPU (CUDA or ROCm) and the quotient
-    is float32, float16 or bfloat16: there :func:`divide` (float16 and bfloat16 through float32,
-    rounded once more)."""
+    is float32, float16 or bfloat16 (integer operands included: their quotient is a float): there
+    :func:`divide` (float16 and bfloat16 through float32, rounded once more)."""
     x1, x2 = jnp.asarray(x1), jnp.asarray(x2)
-    dtype = jnp.result_type(x1, x2)
+    dtype = jax.eval_shape(jnp.divide, x1, x2).dtype
     if not _exact_dtype(dtype):
         return jnp.divide(x1, x2)
     x1, x2 = x1.astype(dtype), x2.astype(dtype)
@@ -259,6 +263,8 @@ def sqrt_on_gpu(x: Any) -> jax.Array:
     float16 or bfloat16: there :func:`sqrt` (float16 and bfloat16 through float32, rounded once
     more)."""
     x = jnp.asarray(x)
-    if not _exact_dtype(x.dtype):
+    dtype = jax.eval_shape(jnp.sqrt, x).dtype  # an integer array's root is a float
+    if not _exact_dtype(dtype):
         return jnp.sqrt(x)
+    x = x.astype(dtype)
     return lax.platform_dependent(x, cuda=_SQRT_ON_GPU, rocm=_SQRT_ON_GPU, default=jnp.sqrt)

@@ -2,8 +2,9 @@
 correctly rounded ones: random bit patterns (every class of float32), every exponent pair, exact
 quotients, ties, a/a, subnormal quotients, overflow and the special values; every significand of
 each exponent class for the root. Each corrects the platform's estimate in integer arithmetic; the
-tests nudge the estimate by up to 7 either way (the corrections' reach: 8, where a GPU's estimate is
-within 4 and the CPU's within 1), so what passes here holds for any estimate within that reach."""
+tests move the estimate (0 or 1 above the result on the CPU) by -8 to 7, to 8 either way (the
+corrections' reach, where a GPU's estimate is within 4), so what passes here holds for any estimate
+within that reach."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from uniopt.jax import _ieee
 
 DIVIDE = jax.jit(_ieee.divide)
 RNG_SEED = 20261204
-NUDGES = (-7, -3, 0, 2, 7)
+NUDGES = (-8, -7, -3, 0, 2, 7)  # the CPU's estimate is 0 or 1 above the result: -8 to 8 in all
 
 
 @functools.cache
@@ -184,6 +185,20 @@ def test_roots_with_nudged_estimates_and_special_values() -> None:
         both_nan = np.isnan(want) & np.isnan(got)
         bad = (want.view(np.uint32) != got.view(np.uint32)) & ~both_nan
         assert not bad.any(), f"{bad.sum()} roots differ with the estimate nudged by {nudge}"
+
+
+def test_integer_operands_take_the_float_path() -> None:
+    """An integer quotient or root is a float (float32 here): it goes through the platform choice
+    (``platform_index``), so that on a GPU it takes the exact path too."""
+    cases = ((_ieee.divide_on_gpu, (jnp.arange(1, 5), jnp.int32(3))), (_ieee.sqrt_on_gpu, (jnp.arange(5),)))
+    for fn, args in cases:
+        assert "platform_index" in str(jax.make_jaxpr(fn)(*args))
+        assert jax.jit(fn)(*args).dtype == jnp.float32
+    assert "platform_index" not in str(jax.make_jaxpr(_ieee.divide_on_gpu)(jnp.ones(2, jnp.complex64), 2.0))
+    np.testing.assert_array_equal(
+        _ieee.divide_on_gpu(jnp.arange(1, 5), 3), np.arange(1, 5, dtype=np.float32) / 3
+    )
+    np.testing.assert_array_equal(_ieee.sqrt_on_gpu(jnp.arange(5)), np.sqrt(np.arange(5, dtype=np.float32)))
 
 
 def test_cpu_lowering_is_xla_division_and_root() -> None:
