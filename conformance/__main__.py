@@ -84,10 +84,10 @@ def _run_one(backend: backends.Backend, args: argparse.Namespace) -> None:
             if args.progress_file is not None:
                 write_progress(args.progress_file, done, len(selected) * len(modes), desc)
 
-        deadline = None if getattr(args, "deadline", None) is None else STARTED + args.deadline
+        deadline = None if args.deadline is None else STARTED + args.deadline
         traj = args.out / "trajectories"
         run_backend(backend, selected, traj, modes, advance, full=args.full, deadline=deadline)
-    print(f"{backend.name}: {len(selected)} cells x {len(modes)} mode(s) -> {args.out / 'trajectories'}")
+    print(f"{backend.name}: {len(selected)} cells x {len(modes)} mode(s) -> {traj}")
 
 
 def _enqueue(args: argparse.Namespace) -> int:
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds after the start past which no further batch of cells starts (the cells not "
         "reached are recorded as deferred; for a lent machine's short lease)",
     )
-    every.set_defaults(progress_file=None)
+    every.set_defaults(progress_file=None, deadline=None)
     for p in (run, every, queue):
         p.add_argument("--backend", nargs="+", choices=backends.names(), default=list(backends.names()))
         p.add_argument("--modes", nargs="+", help="modes to run (default: all of the backend's)")

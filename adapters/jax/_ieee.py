@@ -24,7 +24,7 @@ corrects it with exact integer arithmetic:
   the sticky bit. A root is never subnormal and never overflows.
 
 Zeros, infinities and NaNs follow IEEE 754's tables in integers too (a NaN result is
-``0x7FC00000``): XLA:CPU's own division reads subnormal operands as zeros.
+``0x7FC00000``).
 
 :func:`divide_on_gpu` and :func:`sqrt_on_gpu` are what the jax namespaces use: these functions
 where the computation is lowered for a GPU (``lax.platform_dependent``), ``jax.numpy``'s elsewhere
@@ -35,12 +35,13 @@ rounded once more: a float32 quotient or root rounded to 11 or 8 bits is the cor
 (24 >= 2p + 2, the condition under which double rounding of a quotient or a root is innocuous).
 float64 (``div.rn.f64``, ``sqrt.rn.f64`` on GPUs) and complex results are ``jax.numpy``'s.
 
-The bits are proved against NumPy on the CPU, where this code runs too, with the estimates nudged
-by up to 7 in either direction (tests/jax_adapter/test_ieee.py: the root of every significand of
-each exponent class the code tells apart, and once of every positive float32; quotients of random
-bit patterns, every exponent pair, ties, ``a/a``, subnormal quotients, overflow and the special
-values). The long-division form of the quotient this replaced was checked on an H200 (docs/gpu.md);
-this form has not run on a GPU yet.
+The bits are proved against NumPy on the CPU, where this code runs too, with the estimates moved
+by up to 8 either way (the CPU's own estimate is 0 or 1 above the result, nudged by -8 to 7;
+tests/jax_adapter/test_ieee.py: the root of every significand of each exponent class the code
+tells apart, and once of every positive float32; quotients of random bit patterns, every exponent
+pair, ties, ``a/a``, subnormal quotients, overflow and the special values). The long-division form
+of the quotient this replaced was checked on an H200 (docs/gpu.md); this form has not run on a GPU
+yet.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ _QUIET_NAN = 0x7FC00000
 _STEPS = 8
 """Corrections each way. The estimates are within 4 of the result where the platform's quotient or
 root is within 2 ulp (PTX's ``div.full.f32`` and ``sqrt.approx.f32`` promise that); the rest is a
-margin, proved by the tests with the estimates nudged by up to 7 (a correctly rounded estimate is
-within 1)."""
+margin, proved by the tests with the estimates moved by up to 8 either way (a correctly rounded
+estimate is 0 or 1 above the result, nudged by -8 to 7)."""
 
 
 def _significand(magnitude: jax.Array) -> tuple[jax.Array, jax.Array]:
