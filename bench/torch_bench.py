@@ -74,7 +74,12 @@ def sparse_threads(options: dict[str, Any]) -> Iterator[None]:
 def versions(device: str = "cpu") -> dict[str, str]:
     import torch
 
+    from uniopt.torch import _host
+
     out = {"torch": torch.__version__, "threads": str(torch.get_num_threads())}
+    # uniopt.torch builds its C++ host loops in the background on first use and steps with the Python
+    # code meanwhile; the benchmark times the steady state, so it waits for the build here
+    out["host loops"] = "C++" if _host.wait() is not None else "Python (no C++ extension here)"
     if device == "gpu":
         out["gpu"] = torch.cuda.get_device_name()
     return out

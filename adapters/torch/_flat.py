@@ -68,7 +68,7 @@ import torch
 
 from uniopt import Spec
 
-from . import _dtensor, _native
+from . import _dtensor, _host, _native
 from ._namespace import xp
 
 __all__ = [
@@ -462,6 +462,7 @@ class Bucket:
         self.segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.pick = _picker([position[id(params[i])] for i in small])
         self.pick_every = _picker([position[id(p)] for p in params])
+        self.every_at = np.array([position[id(p)] for p in params], dtype=np.intp)
 
     def gather_buffers(self) -> tuple[torch.Tensor, torch.Tensor, list | None, list | None]:
         """The small tensors' gradient and parameter vectors (and, on CUDA, their views per tensor),
@@ -527,18 +528,36 @@ class Bucket:
         segments = self.native_segments()
         if segments is None:
             return False
-        grads = self.pick_every(group_grads)
-        if not all(map(torch.Tensor.is_contiguous, grads)):
-            return False
         lengths, pointers, tensor, offset = segments
-        grad_ptrs = np.fromiter(map(_DATA_PTR, grads), dtype=np.uintp, count=len(grads))
-        pointers[:, 1] = grad_ptrs[tensor] + offset
+        host = _host.module(start=False)
+        if host is not None:  # the gradients' addresses written in C++ (False: one not contiguous)
+            every = self.every_at
+            if not host.fill(
+                group_grads,
+                every.ctypes.data,
+                len(every),
+                tensor.ctypes.data,
+                offset.ctypes.data,
+                len(tensor),
+                pointers.ctypes.data,
+                pointers.shape[1],
+            ):
+                return False
+        else:
+            grads = self.pick_every(group_grads)
+            if not all(map(torch.Tensor.is_contiguous, grads)):
+                return False
+            grad_ptrs = np.fromiter(map(_DATA_PTR, grads), dtype=np.uintp, count=len(grads))
+            pointers[:, 1] = grad_ptrs[tensor] + offset
         self.steps.add_(1)
         self.step += 1
         kern(lengths, pointers, values)
         # written behind autograd's back: bump the version counters as an in-place op would, so a
         # graph that saved these parameters still refuses to backpropagate through them
-        torch.autograd.graph.increment_version(self._tensors)
+        if host is not None:
+            host.bump(self._tensors)
+        else:
+            torch.autograd.graph.increment_version(self._tensors)
         return True
 
     def intact(self, state: dict[Any, Any]) -> bool:
@@ -551,6 +570,10 @@ class Bucket:
             if not all(map(operator.is_, map(state.get, self.params), self.states)):
                 return False
             self.seen_changes = changes
+        if not self.distributed:
+            host = _host.module(start=False)
+            if host is not None:  # the same checks in C++
+                return host.intact(self.states, self.keys, self.columns, self.params, self.ptrs)
         for key, column in zip(self.keys, self.columns, strict=True):
             if not all(map(operator.is_, map(dict.get, self.states, itertools.repeat(key)), column)):
                 return False

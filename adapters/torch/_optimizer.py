@@ -31,7 +31,7 @@ from uniopt import Spec
 from uniopt._math import stored as _stored
 from uniopt._validate import check_interval, check_state_dtypes_mapping
 
-from . import _dtensor, _flat, _native, _pertensor, _sparse, _stacked
+from . import _dtensor, _flat, _host, _native, _pertensor, _sparse, _stacked
 from ._namespace import xp
 
 __all__ = ["AUTO_COMPILE_MIN", "IMPLEMENTATIONS", "UnioptOptimizer"]
@@ -371,20 +371,27 @@ class UnioptOptimizer(Optimizer):
         """A step of the flat implementations: validate every group, then run each group's buckets
         (and the per-tensor path for parameters that cannot be flattened)."""
         groups, sparse = [], False
+        # the C++ host loops (_host.py) where built, and no torch function mode would see `p.grad`
+        host = None if torch._C._is_torch_function_mode_enabled() else _host.module()
         for index, group in enumerate(self.param_groups):  # validate everything before any update
             spec = self._spec_of(group)
             params = group["params"]
-            grads = list(map(_GRAD, params))
-            if any(map(operator.is_, grads, itertools.repeat(None))):
-                params = [p for p, g in zip(params, grads, strict=True) if g is not None]
-                grads = [g for g in grads if g is not None]
+            # every gradient present, dense, of its parameter's dtype, shape and device: the layouts
+            # are a function of the parameters, recorded as _MATCHING
+            grads = host.dense_grads(params) if host is not None else None
+            layouts: Any = _MATCHING
+            if grads is None:
+                grads = list(map(_GRAD, params))
+                if any(map(operator.is_, grads, itertools.repeat(None))):
+                    params = [p for p, g in zip(params, grads, strict=True) if g is not None]
+                    grads = [g for g in grads if g is not None]
+                layouts = list(map(_GRAD_LAYOUT, grads))
             ids = tuple(map(id, params))
             cached = self._grad_layouts.get(index)
-            layouts = list(map(_GRAD_LAYOUT, grads))
             if (
                 cached is None
                 or cached[0] != ids
-                or layouts != cached[1]
+                or (layouts is not cached[1] and layouts != cached[1])
                 or (cached[2] is not None and _sparse_dims(grads) != cached[2])
             ):
                 for p in params:  # names the first culprit; the layouts are then accepted ones
@@ -1003,6 +1010,9 @@ def _selected(spec_class: type[Spec], name: str, value: Any) -> str | None:
 
 _GRAD = operator.attrgetter("grad")
 _GRAD_LAYOUT = operator.attrgetter("layout", "dtype", "shape")
+_MATCHING = ("every gradient dense, of its parameter's dtype, shape and device",)
+"""The layouts of a group whose gradients ``_host.dense_grads`` found all matching their parameters
+(compared by identity: a list of layouts is never this object)."""
 
 
 def _sparse_dims(grads: list[torch.Tensor]) -> list[int]:

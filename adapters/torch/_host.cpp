@@ -1,0 +1,196 @@
+// uniopt.torch's per-tensor host work of a flat CPU step, in C++: the loops over a step's
+// parameters that cost about a microsecond per tensor in CPython (docs/torch.md, "Host work").
+// Bookkeeping only: no update math (the rule runs in the C kernel of _native.py). Each function
+// answers "not here" (None or False) for anything but the plain case, and the Python code it
+// replaces (_host.py names it) then runs as before, so the two paths accept, refuse and compute the
+// same. Built and loaded by _host.py against the running torch's headers.
+#include <Python.h>
+
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <cstdint>
+#include <exception>
+#include <vector>
+
+namespace {
+
+// A tensor passed as a Python object: exactly torch.Tensor or nn.Parameter (no subclass, whose
+// attributes may be overridden in Python).
+bool plain(PyObject* obj) { return THPVariable_CheckExact(obj); }
+
+const at::Tensor& unpack(PyObject* obj) { return THPVariable_Unpack(obj); }
+
+// dense_grads(params: list) -> list | None
+// Each parameter's .grad, where every parameter is a plain tensor whose .grad is a plain, strided
+// tensor of the parameter's dtype, shape and device; else None.
+PyObject* dense_grads(PyObject*, PyObject* params) {
+  try {
+    if (!PyList_CheckExact(params) && !PyTuple_CheckExact(params)) Py_RETURN_NONE;
+    PyObject* fast = PySequence_Fast(params, "params");
+    if (!fast) return nullptr;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject** items = PySequence_Fast_ITEMS(fast);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (!plain(items[i])) {
+        Py_DECREF(fast);
+        Py_RETURN_NONE;
+      }
+      const at::Tensor& p = unpack(items[i]);
+      const at::Tensor& g = p.grad();
+      if (!g.defined() || g.layout() != c10::kStrided || g.scalar_type() != p.scalar_type() ||
+          g.device() != p.device() || g.sizes() != p.sizes()) {
+        Py_DECREF(fast);
+        Py_RETURN_NONE;
+      }
+    }
+    PyObject* out = PyList_New(n);
+    if (!out) {
+      Py_DECREF(fast);
+      return nullptr;
+    }
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* g = THPVariable_Wrap(unpack(items[i]).grad());
+      if (!g || !plain(g)) {
+        Py_XDECREF(g);
+        Py_DECREF(out);
+        Py_DECREF(fast);
+        if (PyErr_Occurred()) return nullptr;
+        Py_RETURN_NONE;
+      }
+      PyList_SET_ITEM(out, i, g);
+    }
+    Py_DECREF(fast);
+    return out;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+// intact(states, keys, columns, params, ptrs) -> bool
+// states: tuple of dicts; keys: tuple; columns: tuple (one per key) of tuples (one per state);
+// params: tuple of plain tensors; ptrs: tuple of ints. True where states[i][keys[k]] is
+// columns[k][i] for every i and k, and params[i].data_ptr() == ptrs[i] for every i.
+PyObject* intact(PyObject*, PyObject* args) {
+  PyObject *states, *keys, *columns, *params, *ptrs;
+  if (!PyArg_ParseTuple(args, "O!O!O!O!O!", &PyTuple_Type, &states, &PyTuple_Type, &keys, &PyTuple_Type,
+                        &columns, &PyTuple_Type, &params, &PyTuple_Type, &ptrs))
+    return nullptr;
+  try {
+    Py_ssize_t n = PyTuple_GET_SIZE(states);
+    Py_ssize_t k = PyTuple_GET_SIZE(keys);
+    if (PyTuple_GET_SIZE(columns) != k || PyTuple_GET_SIZE(params) != n || PyTuple_GET_SIZE(ptrs) != n) {
+      PyErr_SetString(PyExc_ValueError, "intact: mismatched lengths");
+      return nullptr;
+    }
+    for (Py_ssize_t j = 0; j < k; ++j) {
+      PyObject* key = PyTuple_GET_ITEM(keys, j);
+      PyObject* column = PyTuple_GET_ITEM(columns, j);
+      if (!PyTuple_Check(column) || PyTuple_GET_SIZE(column) != n) {
+        PyErr_SetString(PyExc_ValueError, "intact: a column of the wrong length");
+        return nullptr;
+      }
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject* state = PyTuple_GET_ITEM(states, i);
+        if (!PyDict_Check(state)) Py_RETURN_FALSE;
+        PyObject* value = PyDict_GetItemWithError(state, key);  // borrowed
+        if (!value && PyErr_Occurred()) return nullptr;
+        if (value != PyTuple_GET_ITEM(column, i)) Py_RETURN_FALSE;
+      }
+    }
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* p = PyTuple_GET_ITEM(params, i);
+      if (!plain(p)) Py_RETURN_FALSE;
+      void* expected = PyLong_AsVoidPtr(PyTuple_GET_ITEM(ptrs, i));
+      if (!expected && PyErr_Occurred()) return nullptr;
+      if (unpack(p).const_data_ptr() != expected) Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+// fill(grads, picks, tensor, offset, pointers, stride) -> bool
+// grads: list or tuple of tensors; picks: address of n intp, the index in grads of each of the
+// bucket's n tensors; tensor, offset: addresses of m intp and m uintp, each segment's tensor and
+// byte offset; pointers: address of the m x stride uintp table whose column 1 receives each
+// segment's gradient address. False, with nothing written, where a picked gradient is not a
+// contiguous plain tensor.
+PyObject* fill(PyObject*, PyObject* args) {
+  PyObject* grads;
+  unsigned long long picks_at, n, tensor_at, offset_at, m, pointers_at, stride;
+  if (!PyArg_ParseTuple(args, "OKKKKKKK", &grads, &picks_at, &n, &tensor_at, &offset_at, &m, &pointers_at,
+                        &stride))
+    return nullptr;
+  try {
+    PyObject* fast = PySequence_Fast(grads, "grads");
+    if (!fast) return nullptr;
+    Py_ssize_t size = PySequence_Fast_GET_SIZE(fast);
+    PyObject** items = PySequence_Fast_ITEMS(fast);
+    const intptr_t* picks = reinterpret_cast<const intptr_t*>(picks_at);
+    std::vector<uintptr_t> address(n);
+    for (unsigned long long i = 0; i < n; ++i) {
+      intptr_t at = picks[i];
+      if (at < 0 || at >= size || !plain(items[at])) {
+        Py_DECREF(fast);
+        Py_RETURN_FALSE;
+      }
+      const at::Tensor& g = unpack(items[at]);
+      if (!g.is_contiguous()) {
+        Py_DECREF(fast);
+        Py_RETURN_FALSE;
+      }
+      address[i] = reinterpret_cast<uintptr_t>(g.const_data_ptr());
+    }
+    Py_DECREF(fast);
+    const intptr_t* tensor = reinterpret_cast<const intptr_t*>(tensor_at);
+    const uintptr_t* offset = reinterpret_cast<const uintptr_t*>(offset_at);
+    uintptr_t* pointers = reinterpret_cast<uintptr_t*>(pointers_at);
+    for (unsigned long long s = 0; s < m; ++s) pointers[s * stride + 1] = address[tensor[s]] + offset[s];
+    Py_RETURN_TRUE;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+// bump(tensors: tuple | list) -> None: each tensor's autograd version counter advanced, as an
+// in-place op advances it (torch.autograd.graph.increment_version).
+PyObject* bump(PyObject*, PyObject* tensors) {
+  try {
+    PyObject* fast = PySequence_Fast(tensors, "tensors");
+    if (!fast) return nullptr;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject** items = PySequence_Fast_ITEMS(fast);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (!THPVariable_Check(items[i])) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_TypeError, "bump: not a tensor");
+        return nullptr;
+      }
+      torch::autograd::impl::bump_version(unpack(items[i]));
+    }
+    Py_DECREF(fast);
+    Py_RETURN_NONE;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+PyMethodDef methods[] = {
+    {"dense_grads", dense_grads, METH_O, "each parameter's plain strided gradient of its dtype and shape, or None"},
+    {"intact", intact, METH_VARARGS, "whether a bucket's state entries and parameter storage are unchanged"},
+    {"fill", fill, METH_VARARGS, "the gradients' addresses into a kernel's segment table"},
+    {"bump", bump, METH_O, "advance each tensor's autograd version counter"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "uniopt_host", nullptr, -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit_uniopt_host(void) { return PyModule_Create(&module); }
