@@ -460,6 +460,7 @@ class Bucket:
         # (measured: 1.9 ms against 0.75 ms for 1M float32 parameters in 2000 tensors)
         self.gathers: tuple[torch.Tensor, torch.Tensor, list | None, list | None] | None = None
         self.segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.work = np.zeros(1, dtype=np.int64)  # the kernel's work items (_native.work_items)
         self.pick = _picker([position[id(params[i])] for i in small])
         self.pick_every = _picker([position[id(p)] for p in params])
         self.every_at = np.array([position[id(p)] for p in params], dtype=np.intp)
@@ -511,6 +512,7 @@ class Bucket:
                     pointers.append(
                         [base + start * itemsize, 0, *(s + (at + start) * itemsize for s in slot_ptrs)]
                     )
+            self.work = _native.work_items(np.array(lengths, dtype=np.int64))
             self.segments = (
                 np.array(lengths, dtype=np.int64),
                 np.array(pointers, dtype=np.uintp).reshape(len(lengths), 2 + len(self.names)),
@@ -551,7 +553,7 @@ class Bucket:
             pointers[:, 1] = grad_ptrs[tensor] + offset
         self.steps.add_(1)
         self.step += 1
-        kern(lengths, pointers, values)
+        kern(self.work, lengths, pointers, values)
         # written behind autograd's back: bump the version counters as an in-place op would, so a
         # graph that saved these parameters still refuses to backpropagate through them
         if host is not None:

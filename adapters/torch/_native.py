@@ -17,7 +17,9 @@ elementwise rule of uniopt translates today but optax's Adagrad with ``eps=0`` (
 The kernel takes a table of *segments*: each a length and the addresses of its parameter, gradient
 and slot pieces. A small tensor is one segment; a large one is split into tiles of :data:`TILE`
 elements. The segments are shared out over torch's OpenMP threads (``torch.get_num_threads()``,
-the same libgomp torch runs), and each reads ``p, g`` and the slots and writes ``p`` and the slots
+the same libgomp torch runs) in work items of about :data:`TILE` elements (:func:`work_items`: runs
+of consecutive small tensors, or one tile; handing out 2000 small tensors one at a time cost 0.6 ms
+of a 1.4 ms step), and each reads ``p, g`` and the slots and writes ``p`` and the slots
 once: no gather into a buffer and no scatter back. The step's scalars are arguments, read once per
 call; the table's parameter and slot columns are fixed per bucket, only the gradients' addresses are
 written each step.
@@ -47,7 +49,7 @@ import torch
 
 from uniopt import Spec
 
-__all__ = ["DTYPES", "TILE", "Kernel", "Tracer", "kernel", "shared_library", "translate"]
+__all__ = ["DTYPES", "TILE", "Kernel", "Tracer", "kernel", "shared_library", "translate", "work_items"]
 
 TILE = 1 << 15
 """Elements per segment of a large tensor (128 KiB of float32 per array): small enough for the
@@ -208,20 +210,24 @@ def translate(spec: Spec, dtype: torch.dtype, scalars: Any) -> tuple[str, tuple[
     lines = [
         "#include <math.h>",
         "#include <stdint.h>",
-        f"void uniopt_rule(int64_t nseg, const int64_t *restrict len, void *const *restrict ptr,"
-        f" const {t} *restrict k, int threads) {{",
+        f"void uniopt_rule(int64_t nwork, const int64_t *restrict start, const int64_t *restrict len,"
+        f" void *const *restrict ptr, const {t} *restrict k, int threads) {{",
         *(f"  const {t} k{i} = k[{j}];" for j, i in enumerate(fields)),
+        # a work item is a run of segments of about TILE elements (Bucket.native_segments): a
+        # thread takes one at a time, so 2000 small tensors cost some 30 grabs, not 2000
         "  #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)",
-        "  for (int64_t s = 0; s < nseg; ++s) {",
-        f"    {t} *restrict p = ({t} *)ptr[s * {width}];",
-        f"    const {t} *restrict g = (const {t} *)ptr[s * {width} + 1];",
-        *(f"    {t} *restrict s{j} = ({t} *)ptr[s * {width} + {2 + j}];" for j in range(len(names))),
-        "    const int64_t n = len[s];",
-        "    for (int64_t i = 0; i < n; ++i) {",
-        *(f"      {line}" for line in tracer.lines),
+        "  for (int64_t w = 0; w < nwork; ++w) {",
+        "    for (int64_t s = start[w]; s < start[w + 1]; ++s) {",
+        f"      {t} *restrict p = ({t} *)ptr[s * {width}];",
+        f"      const {t} *restrict g = (const {t} *)ptr[s * {width} + 1];",
+        *(f"      {t} *restrict s{j} = ({t} *)ptr[s * {width} + {2 + j}];" for j in range(len(names))),
+        "      const int64_t n = len[s];",
+        "      for (int64_t i = 0; i < n; ++i) {",
+        *(f"        {line}" for line in tracer.lines),
         # every input is read before any output is written: the outputs are stored last
-        f"      p[i] = {outputs[0]};",
-        *(f"      s{j}[i] = {out};" for j, out in enumerate(outputs[1:])),
+        f"        p[i] = {outputs[0]};",
+        *(f"        s{j}[i] = {out};" for j, out in enumerate(outputs[1:])),
+        "      }",
         "    }",
         "  }",
         "}",
@@ -255,14 +261,34 @@ class Kernel:
         """The kernel's scalar arguments from the step's scalars (rounded 0-d tensors or floats)."""
         return np.array([float(scalars[i]) for i in self.fields], dtype=self.numpy_dtype)
 
-    def __call__(self, lengths: np.ndarray, pointers: np.ndarray, values: np.ndarray) -> None:
+    def __call__(
+        self, starts: np.ndarray, lengths: np.ndarray, pointers: np.ndarray, values: np.ndarray
+    ) -> None:
+        """Run over the segments (``lengths``, ``pointers``: see ``Bucket.native_segments``), shared
+        out over torch's threads by work items: item ``w`` is segments ``starts[w]`` to
+        ``starts[w + 1] - 1`` (int64, one more entry than items)."""
         self.fn(
-            len(lengths),
+            len(starts) - 1,
+            starts.ctypes.data,
             lengths.ctypes.data,
             pointers.ctypes.data,
             values.ctypes.data,
             torch.get_num_threads(),
         )
+
+
+def work_items(lengths: np.ndarray) -> np.ndarray:
+    """The work items' starts over segments of ``lengths``: consecutive segments packed while their
+    elements stay within :data:`TILE` (a tile of a large tensor is an item of its own), and the
+    number of segments last."""
+    starts, held = [0], 0
+    for s, n in enumerate(lengths.tolist()):
+        if held and held + n > TILE:
+            starts.append(s)
+            held = 0
+        held += n
+    starts.append(len(lengths))
+    return np.array(starts, dtype=np.int64)
 
 
 _KERNELS: OrderedDict[tuple, Kernel | None] = OrderedDict()
@@ -328,7 +354,14 @@ def _build(source: str) -> Any:
         lib = shared_library("rule", source, (*_FLAGS, *arch_flags()))
         fn = None if lib is None else lib.uniopt_rule
         if fn is not None:
-            fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+            fn.argtypes = [
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_int,
+            ]
             fn.restype = None
         _LIBRARIES[source] = fn
     return _LIBRARIES[source]

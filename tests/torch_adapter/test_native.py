@@ -9,6 +9,8 @@ tensors, tensors of one tile and tensors split over several tiles.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,43 @@ def test_the_c_source_is_the_rules_ops_in_order():
     assert len(body) >= 3 and body[-2].startswith("p[i] = ") and body[-1].startswith("s0[i] = ")
     assert all(("*" in line) + ("+" in line) + ("-" in line.split("=", 1)[1]) <= 1 for line in body[:-2])
     assert len(fields) >= 2
+
+
+def test_work_items_pack_small_tensors_up_to_a_tile():
+    """Consecutive segments share a work item while their elements stay within a tile (here 16): a
+    thread takes an item at a time, so many small tensors are not handed out one by one."""
+    lengths = np.array([5, 5, 5, 16, 16, 3, 0, 7, 9, 1, 16], dtype=np.int64)
+    starts = _native.work_items(lengths)
+    assert starts.tolist() == [0, 3, 4, 5, 8, 10, 11]  # [5 5 5] [16] [16] [3 0 7] [9 1] [16]
+    assert _native.work_items(np.array([], dtype=np.int64)).tolist() == [0, 0]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = rng.integers(0, 20, size=rng.integers(1, 60))
+        starts = _native.work_items(lengths)
+        assert starts[0] == 0 and starts[-1] == len(lengths) and np.all(np.diff(starts) > 0)
+        for lo, hi in itertools.pairwise(starts):
+            assert hi - lo == 1 or lengths[lo:hi].sum() <= 16
+            if hi < len(lengths):  # closed only when the next segment would not fit
+                assert lengths[lo:hi].sum() + lengths[hi] > 16
+
+
+def test_a_bucket_of_many_small_tensors_and_tiles_steps_bitwise_as_the_loop(native_steps):
+    """Small tensors packed into shared work items beside the tiles of larger ones."""
+    shapes = [(int(n),) for n in np.random.default_rng(3).integers(0, 12, size=60)] + [(70,), (3, 40)]
+
+    def run(implementation):
+        start = np.random.default_rng(4)
+        params = [torch.nn.Parameter(torch.from_numpy(start.standard_normal(s)).float()) for s in shapes]
+        opt = ut.RAdam(params, lr=1e-2, implementation=implementation)
+        for t in range(7):
+            g = np.random.default_rng(t)
+            for p in params:
+                p.grad = torch.from_numpy(g.standard_normal(p.shape)).float()
+            opt.step()
+        return params, opt
+
+    compiled = run("compiled")
+    _assert_same(compiled, run("loop"))
+    assert native_steps == [True] * 7
+    ((bucket, _),) = compiled[1]._buckets[0][4]
+    assert 2 < len(bucket.work) - 1 < len(bucket.native_segments()[0])  # packed, and more than one item
