@@ -364,6 +364,7 @@ def _picker(at: list[int]) -> Callable[[Sequence[torch.Tensor]], Sequence[torch.
 
 
 _LOCAL_TENSOR = operator.attrgetter("_local_tensor")
+_DTYPE = operator.attrgetter("dtype")
 
 
 class Bucket:
@@ -433,6 +434,10 @@ class Bucket:
         # in-place write is still seen by autograd.
         self.flat_views = tuple(p.detach().view(-1) for p in tensors)
         self.ptrs = tuple(map(_DATA_PTR, tensors))
+        # with the addresses, what the buffers were laid out for: a parameter whose data was replaced
+        # by a smaller piece of the same storage keeps its address
+        self.numels = tuple(p.numel() for p in tensors)
+        self.probe = torch.empty(0, dtype=p0.dtype)  # the bucket's dtype, for the C++ check
         self.small = [tensors[i] for i in small]
         self.small_flat = [self.flat_views[i] for i in small]
         self.small_sizes = [tensors[i].numel() for i in small]
@@ -575,12 +580,18 @@ class Bucket:
         if not self.distributed:
             host = _host.module(start=False)
             if host is not None:  # the same checks in C++
-                return host.intact(self.states, self.keys, self.columns, self.params, self.ptrs)
+                return host.intact(
+                    self.states, self.keys, self.columns, self.params, self.ptrs, self.numels, self.probe
+                )
         for key, column in zip(self.keys, self.columns, strict=True):
             if not all(map(operator.is_, map(dict.get, self.states, itertools.repeat(key)), column)):
                 return False
-        tensors = map(_LOCAL_TENSOR, self.params) if self.distributed else self.params
-        return tuple(map(_DATA_PTR, tensors)) == self.ptrs
+        tensors = tuple(map(_LOCAL_TENSOR, self.params)) if self.distributed else self.params
+        return (
+            tuple(map(_DATA_PTR, tensors)) == self.ptrs
+            and tuple(map(torch.Tensor.numel, tensors)) == self.numels
+            and all(map(operator.is_, map(_DTYPE, tensors), itertools.repeat(self.dtype)))
+        )
 
     def run(self, fn: Callable[..., None], scalars: Any, group_grads: Sequence[torch.Tensor]) -> None:
         """Advance the step counters and apply ``fn`` (see :func:`kernel`) to every parameter.

@@ -9,11 +9,20 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include <c10/util/Exception.h>
+
 #include <cstdint>
 #include <exception>
 #include <vector>
 
 namespace {
+
+// A C++ exception as a Python RuntimeError, torch's message without its C++ backtrace.
+PyObject* raised(const std::exception& e) {
+  const auto* error = dynamic_cast<const c10::Error*>(&e);
+  PyErr_SetString(PyExc_RuntimeError, error ? error->what_without_backtrace() : e.what());
+  return nullptr;
+}
 
 // A tensor passed as a Python object: exactly torch.Tensor or nn.Parameter (no subclass, whose
 // attributes may be overridden in Python).
@@ -23,7 +32,8 @@ const at::Tensor& unpack(PyObject* obj) { return THPVariable_Unpack(obj); }
 
 // dense_grads(params: list) -> list | None
 // Each parameter's .grad, where every parameter is a plain tensor whose .grad is a plain, strided
-// tensor of the parameter's dtype, shape and device; else None.
+// tensor of the parameter's dtype, shape and device, with neither the negative nor the conjugate
+// bit set (its memory holds its values); else None.
 PyObject* dense_grads(PyObject*, PyObject* params) {
   try {
     if (!PyList_CheckExact(params) && !PyTuple_CheckExact(params)) Py_RETURN_NONE;
@@ -39,7 +49,7 @@ PyObject* dense_grads(PyObject*, PyObject* params) {
       const at::Tensor& p = unpack(items[i]);
       const at::Tensor& g = p.grad();
       if (!g.defined() || g.layout() != c10::kStrided || g.scalar_type() != p.scalar_type() ||
-          g.device() != p.device() || g.sizes() != p.sizes()) {
+          g.device() != p.device() || g.sizes() != p.sizes() || g.is_neg() || g.is_conj()) {
         Py_DECREF(fast);
         Py_RETURN_NONE;
       }
@@ -63,24 +73,31 @@ PyObject* dense_grads(PyObject*, PyObject* params) {
     Py_DECREF(fast);
     return out;
   } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
+    return raised(e);
   }
 }
 
-// intact(states, keys, columns, params, ptrs) -> bool
+// intact(states, keys, columns, params, ptrs, numels, probe) -> bool
 // states: tuple of dicts; keys: tuple; columns: tuple (one per key) of tuples (one per state);
-// params: tuple of plain tensors; ptrs: tuple of ints. True where states[i][keys[k]] is
-// columns[k][i] for every i and k, and params[i].data_ptr() == ptrs[i] for every i.
+// params: tuple of plain tensors; ptrs, numels: tuples of ints; probe: a tensor of the bucket's
+// dtype. True where states[i][keys[k]] is columns[k][i] for every i and k, and every params[i]
+// has data_ptr() ptrs[i] (Tensor.data_ptr(): copy-on-write storage is copied first, as in
+// Python), numel() numels[i] and probe's dtype.
 PyObject* intact(PyObject*, PyObject* args) {
-  PyObject *states, *keys, *columns, *params, *ptrs;
-  if (!PyArg_ParseTuple(args, "O!O!O!O!O!", &PyTuple_Type, &states, &PyTuple_Type, &keys, &PyTuple_Type,
-                        &columns, &PyTuple_Type, &params, &PyTuple_Type, &ptrs))
+  PyObject *states, *keys, *columns, *params, *ptrs, *numels, *probe;
+  if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O", &PyTuple_Type, &states, &PyTuple_Type, &keys, &PyTuple_Type,
+                        &columns, &PyTuple_Type, &params, &PyTuple_Type, &ptrs, &PyTuple_Type, &numels, &probe))
     return nullptr;
   try {
+    if (!THPVariable_Check(probe)) {
+      PyErr_SetString(PyExc_TypeError, "intact: probe is not a tensor");
+      return nullptr;
+    }
+    const c10::ScalarType dtype = unpack(probe).scalar_type();
     Py_ssize_t n = PyTuple_GET_SIZE(states);
     Py_ssize_t k = PyTuple_GET_SIZE(keys);
-    if (PyTuple_GET_SIZE(columns) != k || PyTuple_GET_SIZE(params) != n || PyTuple_GET_SIZE(ptrs) != n) {
+    if (PyTuple_GET_SIZE(columns) != k || PyTuple_GET_SIZE(params) != n || PyTuple_GET_SIZE(ptrs) != n ||
+        PyTuple_GET_SIZE(numels) != n) {
       PyErr_SetString(PyExc_ValueError, "intact: mismatched lengths");
       return nullptr;
     }
@@ -104,12 +121,14 @@ PyObject* intact(PyObject*, PyObject* args) {
       if (!plain(p)) Py_RETURN_FALSE;
       void* expected = PyLong_AsVoidPtr(PyTuple_GET_ITEM(ptrs, i));
       if (!expected && PyErr_Occurred()) return nullptr;
-      if (unpack(p).const_data_ptr() != expected) Py_RETURN_FALSE;
+      long long count = PyLong_AsLongLong(PyTuple_GET_ITEM(numels, i));
+      if (count == -1 && PyErr_Occurred()) return nullptr;
+      const at::Tensor& t = unpack(p);
+      if (t.scalar_type() != dtype || t.numel() != count || t.data_ptr() != expected) Py_RETURN_FALSE;
     }
     Py_RETURN_TRUE;
   } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
+    return raised(e);
   }
 }
 
@@ -118,7 +137,7 @@ PyObject* intact(PyObject*, PyObject* args) {
 // bucket's n tensors; tensor, offset: addresses of m intp and m uintp, each segment's tensor and
 // byte offset; pointers: address of the m x stride uintp table whose column 1 receives each
 // segment's gradient address. False, with nothing written, where a picked gradient is not a
-// contiguous plain tensor.
+// contiguous plain tensor whose memory holds its values (no negative or conjugate bit).
 PyObject* fill(PyObject*, PyObject* args) {
   PyObject* grads;
   unsigned long long picks_at, n, tensor_at, offset_at, m, pointers_at, stride;
@@ -139,7 +158,7 @@ PyObject* fill(PyObject*, PyObject* args) {
         Py_RETURN_FALSE;
       }
       const at::Tensor& g = unpack(items[at]);
-      if (!g.is_contiguous()) {
+      if (!g.is_contiguous() || g.is_neg() || g.is_conj()) {
         Py_DECREF(fast);
         Py_RETURN_FALSE;
       }
@@ -152,13 +171,13 @@ PyObject* fill(PyObject*, PyObject* args) {
     for (unsigned long long s = 0; s < m; ++s) pointers[s * stride + 1] = address[tensor[s]] + offset[s];
     Py_RETURN_TRUE;
   } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
+    return raised(e);
   }
 }
 
 // bump(tensors: tuple | list) -> None: each tensor's autograd version counter advanced, as an
-// in-place op advances it (torch.autograd.graph.increment_version).
+// in-place op advances it; inference tensors, which have none, are skipped
+// (torch.autograd.graph.increment_version).
 PyObject* bump(PyObject*, PyObject* tensors) {
   try {
     PyObject* fast = PySequence_Fast(tensors, "tensors");
@@ -171,13 +190,13 @@ PyObject* bump(PyObject*, PyObject* tensors) {
         PyErr_SetString(PyExc_TypeError, "bump: not a tensor");
         return nullptr;
       }
-      torch::autograd::impl::bump_version(unpack(items[i]));
+      const at::Tensor& t = unpack(items[i]);
+      if (!t.is_inference()) torch::autograd::impl::bump_version(t);
     }
     Py_DECREF(fast);
     Py_RETURN_NONE;
   } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
+    return raised(e);
   }
 }
 

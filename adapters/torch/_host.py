@@ -74,13 +74,21 @@ def _target(compiler: str, source: str) -> tuple[Path, list[str]]:
 
 def _build(library: Path, command: list[str], source: str) -> None:
     """Compile into a temporary folder and move the library into place atomically (concurrent
-    processes each see a whole file); failures leave no file."""
+    processes each see a whole file); failures leave no file. One build at a time per machine: a
+    process that finds another building waits for it (in this background thread) and uses its
+    library, so parallel test or conformance processes do not each run the compiler."""
+    import fcntl
+
     try:
         library.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-            (Path(tmp) / "host.cpp").write_text(source)
-            subprocess.run(command, cwd=tmp, check=True, capture_output=True, timeout=600)
-            os.replace(Path(tmp) / "host.so", library)
+        with open(library.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if library.exists():
+                return
+            with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+                (Path(tmp) / "host.cpp").write_text(source)
+                subprocess.run(command, cwd=tmp, check=True, capture_output=True, timeout=600)
+                os.replace(Path(tmp) / "host.so", library)
     except (OSError, subprocess.SubprocessError):
         pass
 

@@ -385,7 +385,12 @@ class UnioptOptimizer(Optimizer):
                 if any(map(operator.is_, grads, itertools.repeat(None))):
                     params = [p for p, g in zip(params, grads, strict=True) if g is not None]
                     grads = [g for g in grads if g is not None]
-                layouts = list(map(_GRAD_LAYOUT, grads))
+                # the flat kernels read a gradient's memory: one with the negative bit set (the
+                # imaginary part of a conjugate) is materialised first
+                if any(map(torch.Tensor.is_neg, grads)):
+                    grads = [g.resolve_neg() for g in grads]
+                # checked again when a gradient's or its parameter's layout changes
+                layouts = (list(map(_GRAD_LAYOUT, grads)), list(map(_PARAM_LAYOUT, params)))
             ids = tuple(map(id, params))
             cached = self._grad_layouts.get(index)
             if (
@@ -1010,9 +1015,10 @@ def _selected(spec_class: type[Spec], name: str, value: Any) -> str | None:
 
 _GRAD = operator.attrgetter("grad")
 _GRAD_LAYOUT = operator.attrgetter("layout", "dtype", "shape")
+_PARAM_LAYOUT = operator.attrgetter("dtype", "shape")
 _MATCHING = ("every gradient dense, of its parameter's dtype, shape and device",)
 """The layouts of a group whose gradients ``_host.dense_grads`` found all matching their parameters
-(compared by identity: a list of layouts is never this object)."""
+(compared by identity: the layouts the Python code records are never this object)."""
 
 
 def _sparse_dims(grads: list[torch.Tensor]) -> list[int]:

@@ -174,7 +174,15 @@ def test_intact_is_the_python_check(host, path):
         finally:
             path("host")
 
-    args = lambda: (bucket.states, bucket.keys, bucket.columns, bucket.params, bucket.ptrs)  # noqa: E731
+    args = lambda: (  # noqa: E731
+        bucket.states,
+        bucket.keys,
+        bucket.columns,
+        bucket.params,
+        bucket.ptrs,
+        bucket.numels,
+        bucket.probe,
+    )
     assert host.intact(*args()) is True and python_intact() is True
     opt.state[params[4]]["exp_avg"] = opt.state[params[4]]["exp_avg"].clone()
     assert host.intact(*args()) is False and python_intact() is False
@@ -186,8 +194,19 @@ def test_intact_is_the_python_check(host, path):
     ((bucket, _),) = opt._buckets[0][4]
     params[2].data = params[2].data.clone()
     assert host.intact(*args()) is False and python_intact() is False
+    params, opt = _train("Adam", {"lr": 1e-2}, steps=2)
+    ((bucket, _),) = opt._buckets[0][4]
+    params[1].data = params[1].data[:5]  # a smaller piece of the same storage: the same address
+    assert params[1].data_ptr() == bucket.ptrs[1]
+    assert host.intact(*args()) is False and python_intact() is False
+    params, opt = _train("Adam", {"lr": 1e-2}, steps=2)
+    ((bucket, _),) = opt._buckets[0][4]
+    params[1].requires_grad_(False)  # torch allows an integer dtype then
+    params[1].data = params[1].data.view(torch.int32)  # another dtype over the same bytes
+    assert params[1].data_ptr() == bucket.ptrs[1] and params[1].numel() == bucket.numels[1]
+    assert host.intact(*args()) is False and python_intact() is False
     with pytest.raises(ValueError, match="mismatched lengths"):
-        host.intact(bucket.states, bucket.keys, bucket.columns, bucket.params[:1], bucket.ptrs)
+        host.intact(*args()[:3], bucket.params[:1], *args()[4:])
 
 
 def test_fill_writes_the_addresses_python_would(host, path):
@@ -280,3 +299,105 @@ def test_the_switch_turns_it_off(monkeypatch):
     for name, value in (("_loaded", None), ("_failed", False), ("_builder", None)):
         monkeypatch.setattr(_host, name, value)
     assert _host.module() is None and _host._builder is None
+
+
+def test_processes_building_at_once_run_the_compiler_once(tmp_path, host):
+    """Parallel processes (pytest workers, conformance batches) that find no cached library: one
+    compiles, the others wait for it in their background threads and load its library."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    real = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    log = tmp_path / "compiler-calls"
+    wrapper = tmp_path / "cxx"
+    wrapper.write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "CXX": str(wrapper), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    script = "from uniopt.torch import _host; print(_host.wait() is not None)"
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE) for _ in range(3)
+    ]
+    outs = [r.communicate(timeout=600)[0].decode().strip() for r in runs]
+    assert outs == ["True"] * 3
+    assert log.read_text().splitlines() == ["run"]
+    assert len(list((tmp_path / "cache" / "uniopt").glob("host-*.so"))) == 1
+
+
+@pytest.mark.parametrize("which", ["host", "python"])
+def test_a_gradient_with_the_negative_bit_steps_with_its_value(which, path):
+    """A gradient whose memory holds the negation of its values (the imaginary part of a conjugated
+    complex tensor) steps with its values, as in the per-tensor loop."""
+    path(which)
+
+    def run(implementation):
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = ut.RAdam([p], lr=0.1, implementation=implementation)
+        for _ in range(3):
+            p.grad = torch.tensor([1 + 2j, 3 - 1j, -2 + 0.5j]).conj().imag
+            assert p.grad.is_neg()
+            opt.step()
+        return [p], opt
+
+    _assert_same(run("auto"), run("loop"))
+
+
+@pytest.mark.parametrize("which", ["host", "python"])
+@pytest.mark.parametrize("change", ["smaller piece", "other dtype", "other shape"])
+def test_a_parameter_changed_under_its_old_gradient_is_refused_as_in_the_loop(which, change, path):
+    """``p.data`` replaced after a step, before the next (``grad_dtype=None``: torch allows a
+    gradient of another dtype only when told): the next step refuses what the per-tensor loop
+    refuses, with its error, and reads no memory outside the tensors."""
+
+    def run(implementation):
+        path(which)
+        p = torch.nn.Parameter(torch.zeros(4096))
+        p.grad_dtype = None
+        opt = ut.RAdam([p], lr=0.1, implementation=implementation)
+        p.grad = torch.ones(4096)
+        opt.step()
+        if change == "smaller piece":
+            p.data = p.data[:1]
+            p.grad = torch.ones(1)
+        elif change == "other dtype":
+            p.data = p.data.double()
+        else:
+            p.data = p.data.view(64, 64)
+        with pytest.raises(RuntimeError) as raised:
+            opt.step()
+        return str(raised.value).replace(implementation, "")
+
+    assert run("auto") == run("loop")
+
+
+def test_copy_on_write_parameter_storage_is_not_written_through(path):
+    """A parameter whose storage became copy-on-write (``torch._lazy_clone``) gets storage of its own
+    before the kernel writes, as ``Tensor.data_ptr()`` gives it in Python: the clone's source keeps
+    its values."""
+    if not hasattr(torch, "_lazy_clone"):
+        pytest.skip("this torch has no torch._lazy_clone")
+    for which in ("host", "python"):
+        path(which)
+        p = torch.nn.Parameter(torch.zeros(2))
+        opt = ut.RAdam([p], lr=0.1)
+        p.grad = torch.ones(2)
+        opt.step()
+        snapshot = torch._lazy_clone(p.detach())
+        kept = snapshot.clone()
+        p.grad = torch.ones(2)
+        opt.step()
+        assert torch.equal(snapshot, kept), which
+
+
+@pytest.mark.parametrize("which", ["host", "python"])
+def test_inference_tensor_parameters_step_as_before(which, path):
+    """Inference tensors have no version counter: both paths skip them when bumping counters (as
+    ``torch.autograd.graph.increment_version`` does) instead of raising after the update."""
+    path(which)
+    with torch.inference_mode():
+        p = torch.zeros(2)
+    opt = ut.RAdam([p], lr=0.1)
+    p.grad = torch.ones(2)
+    opt.step()
+    assert torch.all(p != 0)
