@@ -18,6 +18,8 @@ from torch.overrides import TorchFunctionMode
 import uniopt.torch as ut
 from uniopt.torch import _flat, _host, _native
 
+pytestmark = pytest.mark.xdist_group("test_host")  # one worker builds (or loads) the extension once
+
 SHAPES = [(3, 4), (40,), (), (5, 2, 3), (7,), (0,), (2, 33), (64,)]
 
 
