@@ -37,9 +37,9 @@ def _small_tiles(monkeypatch):
     monkeypatch.setattr(_native, "TILE", 16)  # (40,) in 3 tiles, (2, 33) in 5
 
 
-def _run(name, hyper, implementation, dtype=torch.float32, steps=9, grad=None):
+def _run(name, hyper, implementation, dtype=torch.float32, steps=9, grad=None, shapes=SHAPES):
     rng = np.random.default_rng(0)
-    params = [torch.nn.Parameter(torch.from_numpy(rng.standard_normal(s)).to(dtype)) for s in SHAPES]
+    params = [torch.nn.Parameter(torch.from_numpy(rng.standard_normal(s)).to(dtype)) for s in shapes]
     opt = getattr(ut, name)(params, implementation=implementation, **hyper)
     for t in range(steps):
         rng = np.random.default_rng(100 + t)
@@ -210,17 +210,7 @@ def test_work_items_pack_small_tensors_up_to_a_tile():
 def test_a_bucket_of_many_small_tensors_and_tiles_steps_bitwise_as_the_loop(native_steps):
     """Small tensors packed into shared work items beside the tiles of larger ones."""
     shapes = [(int(n),) for n in np.random.default_rng(3).integers(0, 12, size=60)] + [(70,), (3, 40)]
-
-    def run(implementation):
-        start = np.random.default_rng(4)
-        params = [torch.nn.Parameter(torch.from_numpy(start.standard_normal(s)).float()) for s in shapes]
-        opt = ut.RAdam(params, lr=1e-2, implementation=implementation)
-        for t in range(7):
-            g = np.random.default_rng(t)
-            for p in params:
-                p.grad = torch.from_numpy(g.standard_normal(p.shape)).float()
-            opt.step()
-        return params, opt
+    run = lambda implementation: _run("RAdam", {"lr": 1e-2}, implementation, steps=7, shapes=shapes)  # noqa: E731
 
     compiled = run("compiled")
     _assert_same(compiled, run("loop"))
