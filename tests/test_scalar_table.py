@@ -206,3 +206,34 @@ def test_a_process_does_not_read_back_the_rows_it_just_wrote(tmp_path, monkeypat
     monkeypatch.setattr(st.np, "load", lambda *a, **k: loads.append(a) or original(*a, **k))
     st.scalar_table(spec, np.float64)
     assert loads == []
+
+
+# -- term tables (Spec.step_terms: the step-only part of scalars computed in-graph) -----------------
+def test_a_term_table_holds_every_steps_terms_up_to_the_first_at_the_limit():
+    """Schedule-Free AdamW's bias correction 1 - beta2**t, computed independently here: the table
+    ends at the first step where it is 1.0 in float64, and every row is the host's value."""
+    from uniopt.scalar_table import term_table
+
+    for beta2 in (0.9, 0.99):
+        spec = uniopt.ScheduleFreeAdamW(betas=(0.9, beta2))
+        table = term_table(spec)
+        expected = [1 - beta2**t for t in range(1, len(table) + 1)]
+        assert table.shape == (len(expected), 1)
+        assert table[:, 0].tolist() == expected
+        assert expected[-1] == 1.0 and expected[-2] != 1.0
+        keras = term_table(spec.replace(convention="keras", r=None, weight_lr_power=None))
+        b2 = np.float32(beta2)
+        for t in (1, 2, len(keras) // 2, len(keras)):
+            assert keras[t - 1, 0] == float(np.float32(1) - b2 ** np.float32(t))
+            assert keras[t - 1, 1] == 1.0 - float(b2) ** t
+        assert keras[-1].tolist() == [1.0, 1.0]
+
+
+def test_a_term_table_that_does_not_reach_its_limit_or_a_spec_without_terms_is_refused():
+    from uniopt.scalar_table import term_table
+
+    with pytest.raises(NotConvergentError, match=r"ScheduleFreeAdamW: the per-step terms .* 100 steps"):
+        term_table(uniopt.ScheduleFreeAdamW(), max_steps=100)
+    with pytest.raises(ValueError, match=r"Adam: .* has no per-step terms"):
+        term_table(uniopt.Adam())
+    assert uniopt.ScheduleFreeAdamW(convention="optax").step_terms(1) is None

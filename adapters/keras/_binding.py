@@ -28,7 +28,9 @@ A binding defines (each module documents its own):
 * ``update_sparse(optimizer, spec, gradient, variable, learning_rate)``: apply a sparse gradient
   itself and return ``True``, or ``False`` to let the dense path run;
 * ``history_step(optimizer, compute, step, lr, bits, types)``, ``history_guard(...)``: the host
-  call of a spec with a history (Schedule-Free AdamW), see :mod:`uniopt.keras._history`.
+  call of a spec with a history (Schedule-Free AdamW), see :mod:`uniopt.keras._history`; where
+  ``host_calls_refused()``, ``history_in_graph(optimizer, specs, dtypes, learning_rate)`` computes
+  it in-graph instead (``None`` where a spec has no in-graph formula).
 """
 
 from __future__ import annotations

@@ -11,12 +11,14 @@ host computes ``spec.history_scalars(iterations + 1, lr, history)`` in float64, 
 ``update`` does, rounds each scalar once to every variable dtype, runs the spec's rule on each
 variable with them and then assigns the next history. Eagerly that is plain Python; traced, one
 host call per step (the backend binding's ``history_step``: TensorFlow's ``tf.numpy_function``,
-JAX's ``jax.pure_callback``). TensorFlow's XLA (``jit_compile=True``) cannot call the host, and the
-history's arithmetic is not affine in the learning rate nor a function of the step alone, so there
-it is refused with a ``ValueError`` saying to compile without XLA (also for ``convention="keras"``,
-which keeps no history but whose scalars hold the step count ``t``, which never reaches a limit);
-JAX's XLA calls the host, so ``jit_compile=True`` runs there. The keras convention keeps no history
-(it averages uniformly, ``c = 1/t``) and takes its scalars as every other optimizer does.
+JAX's ``jax.pure_callback``). TensorFlow's XLA (``jit_compile=True``) cannot call the host; there
+the spec's float64 formula runs in-graph (the TensorFlow binding's ``history_in_graph``: the
+step-only terms, ``1 - beta2**t``, from a table, the rest with :mod:`uniopt.scalar_ops`), for the
+uniopt convention and the keras convention (which keeps no history but whose scalars hold the step
+count ``t``, which never reaches a limit). The optax convention, whose float32 history has no such
+formula, is refused there with a ``ValueError`` saying to compile without XLA. JAX's XLA calls the
+host, so ``jit_compile=True`` runs there. The keras convention keeps no history (it averages
+uniformly, ``c = 1/t``) and takes its scalars as every other optimizer does.
 
 **Train and eval.** The parameters hold the training sequence ``y`` (where gradients are taken) in
 train mode and the evaluation sequence ``x`` in eval mode, as in the authors' package:
@@ -65,29 +67,60 @@ class HistoryOptimizer(UnioptOptimizer):
         self._track_variable(mode)
         self._uniopt_mode = mode
         self._uniopt_history: list[Any] = []
+        self._uniopt_initial: list[tuple[str, int]] = []  # slots built inside XLA (build)
 
     # -- Keras contract -----------------------------------------------------------------------
     def build(self, variables: list[Any]) -> None:
         """Keras's ``build``, then the spec's slots of every variable, each initialised from that
         variable's value (``z`` is a copy of the parameter: the initial value is read when the
         slot is created, also when the first ``apply`` runs inside a ``tf.function``), then the
-        history variables (the spec's ``init_history()``)."""
+        history variables (the spec's ``init_history()``). Built inside a function compiled by
+        TensorFlow's XLA (``fit(jit_compile=True)`` builds the optimizer in its first step), whose
+        variables must be created from values known outside it, the slots start at zeros and take
+        the spec's initial values from the variables in the first step
+        (:meth:`_initialize_slots_in_first_step`)."""
         if self.built:
             return
         self._check_state_dtypes(variables)
         keras.optimizers.Optimizer.build(self, variables)
+        later = binding().host_calls_refused()  # inside XLA: nothing read from the variables here
         self._uniopt_slots = {
             name: [
                 None
                 if self._overwrite_variable_with_gradient(v)
-                else self.add_variable_from_reference(v, name, initializer=_SlotInit(self._spec, name, v))
+                else self.add_variable_from_reference(
+                    v, name, initializer="zeros" if later else _SlotInit(self._spec, name, v)
+                )
                 for v in variables
             ]
             for name in self._spec.slot_names()
         }
+        # (slot name, variable index) pairs, not the variables: Keras's tracker would take a
+        # model variable held by the optimizer for one of its own
+        self._uniopt_initial = (
+            [
+                (name, i)
+                for name, slots in self._uniopt_slots.items()
+                for i, slot in enumerate(slots)
+                if slot is not None
+            ]
+            if later
+            else []
+        )
         start = self._spec.init_history()
         if start is not None:
             self._uniopt_history = binding().history_variables(self, start)
+
+    def _initialize_slots_in_first_step(self) -> None:
+        """For slots created inside XLA (:meth:`build`): each takes the spec's initial value from its
+        variable in the update whose ``iterations`` is 0 (the first; with gradient accumulation, the
+        first that updates, before which the variables have not moved)."""
+        if self._uniopt_initial:
+            initial = [
+                (self._uniopt_slots[name][i], self._trainable_variables[i], name)
+                for name, i in self._uniopt_initial
+            ]
+            binding().initialize_in_first_step(self, self._spec, initial)
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
         """Keras's ``apply``; refused in eval mode, before anything changes: eagerly (and when a
@@ -103,6 +136,14 @@ class HistoryOptimizer(UnioptOptimizer):
         )
         # a learning rate set after construction (or a schedule's) is checked before any op of the
         # step, the step count's included: the history of learning rates would keep a bad one
+        if trainable_variables is not None and not self.built and len(grads):
+            # built as Keras's apply builds, but before the guard: a variable created under its
+            # control dependencies could not be lifted out of an XLA function (fit(jit_compile=True)
+            # on TensorFlow builds the optimizer in its first step)
+            trainable_variables = list(trainable_variables)
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
         return binding().history_guard(
             self,
             self._eval_mode_message(),
@@ -120,6 +161,7 @@ class HistoryOptimizer(UnioptOptimizer):
     def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
         """One update: the step's scalars and next history from the host, the rule on every
         variable (Keras's own loop, tf.distribute included), then the history assigned."""
+        self._initialize_slots_in_first_step()
         if not self._uniopt_history:  # no history (the keras convention): the plain scalars
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         after = self._history_step(learning_rate)  # every spec and dtype's scalars, at once
@@ -139,13 +181,13 @@ class HistoryOptimizer(UnioptOptimizer):
         return sorted({dtype_name(v.dtype) for v in self._trainable_variables})
 
     def _refuse_xla(self) -> None:
-        if binding().host_calls_refused():
+        in_graph = all(spec.step_terms(1) is not None for spec in self._specs())
+        if binding().host_calls_refused() and not in_graph:
             raise ValueError(
                 f"{PACKAGE}.{type(self).__name__}: Schedule-Free AdamW's per-step scalars depend on "
-                "the history of learning rates (or, with convention='keras', on the step count, "
-                "which never reaches a limit); they are computed on the host, which XLA cannot "
-                "call. Run without jit_compile (model.compile(..., jit_compile=False), "
-                "tf.function(..., jit_compile=False))"
+                "the history of learning rates, and with convention='optax' (a float32 history) "
+                "they are computed on the host, which XLA cannot call. Run without jit_compile "
+                "(model.compile(..., jit_compile=False), tf.function(..., jit_compile=False))"
             )
 
     def _history_step(self, learning_rate: Any) -> list[Any]:
@@ -169,7 +211,13 @@ class HistoryOptimizer(UnioptOptimizer):
             return [tuple(float(v) for v in after), *out]
 
         types = [d for kind in kinds for d in dtypes for _ in kind._fields]
-        after, results, key = binding().history_step(self, compute, learning_rate, types)
+        in_graph = binding().host_calls_refused() and binding().history_in_graph(
+            self, specs, dtypes, learning_rate
+        )
+        if in_graph:  # XLA (TensorFlow): the spec's float64 formula, in-graph
+            after, results, key = in_graph
+        else:
+            after, results, key = binding().history_step(self, compute, learning_rate, types)
         position = 0
         for spec, kind in zip(specs, kinds, strict=True):
             for d in dtypes:

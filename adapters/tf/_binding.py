@@ -4,8 +4,9 @@ binding provides).
 The rule runs on :mod:`uniopt.tf.xp`; the step's scalars come from :mod:`uniopt.tf._scalars`
 (host eagerly; a table, ``tf.numpy_function`` or, under XLA, affine tables when traced); an
 ``tf.IndexedSlices`` gradient of a spec whose sparse rule is ``"rows"`` updates only its rows;
-a spec with a history calls the host once per step (``tf.numpy_function`` when traced) and is
-refused under XLA. No update math lives here.
+a spec with a history calls the host once per step (``tf.numpy_function`` when traced); under XLA,
+which cannot call the host, its float64 formula runs in-graph (:func:`history_in_graph`). No update
+math lives here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from uniopt.keras._binding import assign_each, float64_history_variables
 from uniopt.sparse import sparse_rule
 
 from . import xp
-from ._scalars import in_xla_context, scalar_source
+from ._scalars import has_terms, in_graph_scalars, in_xla_context, scalar_source
 
 EXACT_LR_DTYPE = "float64"
 """A float learning rate is held in a float64 variable (Keras's own is float32)."""
@@ -189,6 +190,41 @@ def history_step(
             tensor.set_shape([])
         key = id(tf.compat.v1.get_default_graph())
     return [results[0][i] for i in range(fields)], list(results[1:]), key
+
+
+def history_in_graph(
+    optimizer: Any, specs: list[Spec], dtypes: list[str], learning_rate: Any
+) -> tuple[list[Any], list[Any], Any] | None:
+    """:func:`history_step` without the host, for XLA: each spec's
+    :meth:`~uniopt.Spec.scalars_from_terms` in-graph in float64
+    (:func:`uniopt.tf._scalars.in_graph_scalars`) from the history variables, rounded once to each
+    dtype; the next history is ``specs[0]``'s. ``None`` when a spec has no such formula."""
+    if not all(map(has_terms, specs)):
+        return None
+    step = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64) + 1
+    lr = tf.cast(tf.convert_to_tensor(learning_rate), tf.float64)
+    kind = type(optimizer._spec.init_history())
+    before = kind(*(tf.convert_to_tensor(v) for v in optimizer._uniopt_history))
+    after, out = None, []
+    for spec in specs:
+        values, new = in_graph_scalars(spec, step, lr, before)
+        after = new if after is None else after
+        for dtype in dtypes:
+            out.extend(scalar_source(spec, dtype).rounded(values, step))
+    return list(after), out, id(tf.compat.v1.get_default_graph())
+
+
+def initialize_in_first_step(optimizer: Any, spec: Spec, initial: list[tuple[Any, Any, str]]) -> None:
+    """Assign each ``(slot, variable, name)`` the spec's initial value of slot ``name`` from the
+    variable's value, in-graph and only while ``optimizer.iterations`` is 0 (a ``tf.cond``; the
+    slots were created as zeros inside an XLA function, see :mod:`uniopt.keras._history`)."""
+
+    def assign() -> tf.Tensor:
+        for slot, variable, name in initial:
+            slot.assign(spec.init_slot(name, as_array(variable, slot.dtype), xp))
+        return tf.constant(True)
+
+    tf.cond(tf.equal(optimizer.iterations, 0), assign, lambda: tf.constant(False))
 
 
 def history_guard(optimizer: Any, message: str, lr_message: str, apply: Callable[[], Any]) -> Any:

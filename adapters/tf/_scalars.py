@@ -14,9 +14,12 @@ spec's scalars, each rounded once to the variable dtype, for every case:
   and rounded once to the dtype (every spec's scalars are affine in lr; checked when the tables are
   built). That costs the double rounding of float64 ``A + B*lr`` against the host's own formula:
   nothing in float32 but a rare tie, about 1 ulp of a scalar in float64 (docs/tf.md has the
-  measured numbers). Scalars without a finite table are, under XLA, the core's ``step_scalars``
-  evaluated in-graph in float64 with a traced step (the host's ops in the host's order), or, if
-  that spec's code cannot take a traced step, a ``ValueError`` asking to run without XLA.
+  measured numbers). Scalars without a finite table are, under XLA, the spec's float64 formula
+  evaluated in-graph: :meth:`uniopt.Spec.scalars_from_terms` on a table of its step-only terms with
+  :class:`TracedOps` (:mod:`uniopt.scalar_ops`; Schedule-Free AdamW, whose history
+  :func:`in_graph_scalars` also advances), else the core's ``step_scalars`` with a traced step (the
+  host's ops in the host's order), or, if that spec's code cannot take a traced step, a
+  ``ValueError`` asking to run without XLA.
 
 No update math lives here: every value is the core's ``step_scalars``, only tabulated or called.
 """
@@ -31,9 +34,9 @@ import numpy as np
 import tensorflow as tf
 
 from uniopt import Spec
-from uniopt.scalar_table import ScalarTable, rounded_scalars, scalar_table
+from uniopt.scalar_table import ScalarTable, rounded_scalars, scalar_table, term_table
 
-__all__ = ["ScalarSource", "in_xla_context", "scalar_source"]
+__all__ = ["ScalarSource", "TracedOps", "in_graph_scalars", "in_xla_context", "scalar_source"]
 
 
 def in_xla_context() -> bool:
@@ -182,6 +185,9 @@ class ScalarSource:
         if not xla:
             return self._from_host(step, lr64)
         if not self.converges:
+            if has_terms(self.spec):
+                values, _ = in_graph_scalars(self.spec, step, lr64, None)
+                return self.rounded(values, step)
             return self._from_traced_spec(step, lr64, owner)
         length, a_cols, b_cols, flag_cols = self.affine
         index = tf.minimum(step, length) - 1
@@ -191,6 +197,22 @@ class ScalarSource:
         )
         flags = iter(_gather(c, index, tf.bool) for c in flag_cols)
         return [next(flags) if f else next(floats) for f in self.is_flag]
+
+    def rounded(self, values: tuple, step: tf.Tensor) -> list[tf.Tensor]:
+        """In-graph float64 scalars (and host floats) rounded once to the dtype: a tensor by
+        ``tf.cast``, a host float by NumPy (as :meth:`host` rounds it) and then hidden from XLA's
+        constant folding (times ``1 + min(step, 0)``, exact: XLA rewrites a division by a constant
+        into a product with its reciprocal, measured on Schedule-Free's ``/ beta1``); flags as
+        bools."""
+        one = tf.cast(1 - tf.minimum(step, 0), self.tf_dtype)  # 1, unknown to XLA
+        return [
+            tf.cast(v, tf.bool)
+            if f
+            else tf.cast(v, self.tf_dtype)
+            if tf.is_tensor(v)
+            else tf.constant(np.asarray(v, self.np_dtype), self.tf_dtype) * one
+            for v, f in zip(values, self.is_flag, strict=True)
+        ]
 
     def _from_traced_spec(self, step: tf.Tensor, lr64: tf.Tensor, owner: str) -> list[tf.Tensor]:
         """XLA, scalars without a finite table (Adagrad's ``lr_decay``): the core's own
@@ -237,6 +259,65 @@ class ScalarSource:
         for tensor in out:
             tensor.set_shape([])
         return list(out)
+
+
+class TracedOps:
+    """:mod:`uniopt.scalar_ops`'s namespace for a traced float64 graph. Each constant is a float64
+    constant plus a zero XLA cannot see (``min(step, 0)`` of the traced step count), so that no
+    division by it becomes a product with its reciprocal and nothing is folded; the other
+    operations are TensorFlow's, each one IEEE float64 operation."""
+
+    def __init__(self, step: tf.Tensor):
+        self.zero = tf.cast(tf.minimum(step, 0), tf.float64)
+
+    def const(self, value: Any) -> tf.Tensor:
+        if tf.is_tensor(value):
+            return tf.cast(value, tf.float64)
+        return tf.constant(float(value), tf.float64) + self.zero
+
+    @staticmethod
+    def minimum(a: Any, b: Any) -> tf.Tensor:
+        return tf.minimum(a, b)
+
+    @staticmethod
+    def maximum(a: Any, b: Any) -> tf.Tensor:
+        return tf.maximum(a, b)
+
+    @staticmethod
+    def divide(a: Any, b: Any) -> tf.Tensor:
+        return tf.math.truediv(a, b)
+
+    @staticmethod
+    def pow(a: Any, b: Any) -> tf.Tensor:
+        return tf.pow(tf.cast(a, tf.float64), tf.cast(b, tf.float64))
+
+    @staticmethod
+    def div_or_zero(a: Any, b: Any) -> tf.Tensor:
+        zero = tf.equal(b, 0.0)
+        return tf.where(zero, tf.zeros_like(a), a / tf.where(zero, tf.ones_like(b), b))
+
+
+def has_terms(spec: Spec) -> bool:
+    """Whether ``spec`` splits its scalars into step-only terms and in-graph float64 arithmetic."""
+    return spec.step_terms(1) is not None
+
+
+def in_graph_scalars(spec: Spec, step: tf.Tensor, lr64: tf.Tensor, history: Any) -> tuple[tuple, Any]:
+    """``spec.history_scalars(step, lr, history)`` inside a traced graph: the step-only terms
+    gathered from :func:`uniopt.scalar_table.term_table` (row ``min(step, T)``), the rest computed by
+    :meth:`uniopt.Spec.scalars_from_terms` in float64 with :class:`TracedOps`. Returns the scalars
+    (float64 tensors, or host floats for the constant fields) and the next history. ``step`` is the
+    1-based int64 step, ``lr64`` the float64 learning rate."""
+    table = term_table(spec)
+    index = tf.minimum(step, len(table)) - 1
+    terms = tuple(
+        tf.gather(tf.constant(table[:, i], tf.float64), index)
+        if not np.all(table[:, i] == table[-1, i])
+        else float(table[-1, i])
+        for i in range(table.shape[1])
+    )
+    ops = TracedOps(step)
+    return spec.scalars_from_terms(terms, tf.cast(step, tf.float64), lr64, history, ops)
 
 
 @functools.cache

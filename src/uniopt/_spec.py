@@ -222,6 +222,22 @@ class Spec:
         history after the step. Without a history: ``(step_scalars(step, lr), None)``."""
         return self.step_scalars(step, lr), history
 
+    def step_terms(self, step: int) -> tuple[float, ...] | None:
+        """The part of 1-based ``step``'s scalars that depends on the step alone, as float64 values
+        each monotone in the step and reaching its limit after finitely many steps (so that a table
+        holds it: :func:`uniopt.scalar_table.term_table`); ``None`` (the default) where the spec has
+        no such split (:mod:`uniopt.scalar_ops`)."""
+        return None
+
+    def scalars_from_terms(
+        self, terms: tuple[Any, ...], step: Any, lr: Any, history: Any, ops: Any
+    ) -> tuple[NamedTuple, Any]:
+        """:meth:`history_scalars` from :meth:`step_terms`'s ``terms``, the step, the learning rate
+        and the history, computed with the scalar operations ``ops`` (:mod:`uniopt.scalar_ops`:
+        :data:`~uniopt.scalar_ops.HOST` gives :meth:`history_scalars`' own floats). Only for a spec
+        whose ``step_terms`` is not ``None``."""
+        raise NotImplementedError(f"{self.name}: no in-graph formula for the per-step scalars")
+
     def eval_param(self, param: Array, slots: Mapping[str, Array], xp: Any) -> Array:
         """The parameter to evaluate the model at, from the one the rule updates (the identity
         unless :attr:`has_eval_view`)."""

@@ -648,9 +648,10 @@ _MATRIX_PRODUCTS = (
 )
 
 _SF_NO_XLA = (
-    "uniopt.tf refuses ScheduleFreeAdamW under XLA (jit_compile=True) with a ValueError: its per-step "
-    "scalars come from the host (the history of learning rates; the keras convention's step count "
-    "t, which never reaches a limit), and XLA cannot call the host; tf@eager and tf@function run it"
+    "uniopt.tf refuses ScheduleFreeAdamW's optax convention under XLA (jit_compile=True) with a "
+    "ValueError: its float32 history has no in-graph formula, so its per-step scalars come from the "
+    "host, which XLA cannot call; tf@eager and tf@function run it (the uniopt and keras conventions "
+    "run in-graph under XLA)"
 )
 
 _BFLOAT16_BOUNDARY = (
@@ -1977,7 +1978,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
             # optax's additive contract), and the miss carries on. The default cells are bitwise.
             "jax:optax": 32,
         },
-        skips={"tf:xla": _SF_NO_XLA},
+        skips={"tf:xla:optax/*": _SF_NO_XLA, "tf:xla:optax_defaults/*": _SF_NO_XLA},
     ),
     OptimizerInfo(
         Adafactor,

@@ -13,6 +13,7 @@ does too. Schedules that never converge (Adagrad's ``lr_decay``) raise :class:`N
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections import OrderedDict
@@ -23,7 +24,14 @@ import numpy as np
 
 from ._spec import Spec
 
-__all__ = ["LIMIT_STEP", "NotConvergentError", "ScalarTable", "rounded_scalars", "scalar_table"]
+__all__ = [
+    "LIMIT_STEP",
+    "NotConvergentError",
+    "ScalarTable",
+    "rounded_scalars",
+    "scalar_table",
+    "term_table",
+]
 
 LIMIT_STEP = 2**62
 """A step count standing for t -> infinity (``beta**LIMIT_STEP`` underflows to 0)."""
@@ -120,6 +128,30 @@ def scalar_table(spec: Spec, dtype: Any, max_steps: int = 1_000_000) -> ScalarTa
                 "the host"
             )
         checked, rows = rows, min(rows + _CHUNK, max_steps)
+
+
+@functools.lru_cache(maxsize=64)
+def term_table(spec: Spec, max_steps: int = 1_000_000) -> np.ndarray:
+    """:meth:`Spec.step_terms` of steps ``1..T`` as a float64 array of shape ``(T, number of
+    terms)``, ``T`` the first step whose terms equal their limit (each term is monotone in the step,
+    so every later step's do too: row ``T - 1`` stands for every ``t >= T``). Raises
+    :class:`NotConvergentError` when the limit is not reached within ``max_steps`` steps
+    (``beta2`` so close to 1 that ``1 - beta2**t`` takes longer), ``ValueError`` for a spec
+    without terms."""
+    limit = spec.step_terms(LIMIT_STEP)
+    if limit is None:
+        raise ValueError(f"{spec.name}: {spec!r} has no per-step terms (Spec.step_terms)")
+    limit_row = np.asarray(limit, np.float64)
+    rows = []
+    for step in range(1, max_steps + 1):
+        row = np.asarray(spec.step_terms(step), np.float64)
+        rows.append(row)
+        if np.array_equal(row, limit_row, equal_nan=True):
+            return np.stack(rows).reshape(len(rows), len(limit_row))
+    raise NotConvergentError(
+        f"{spec.name}: the per-step terms {spec.step_terms(1)!r} do not reach their limit within "
+        f"{max_steps} steps with these hyperparameters ({spec!r})"
+    )
 
 
 _CHUNK = 4096

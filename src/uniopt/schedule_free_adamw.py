@@ -117,6 +117,7 @@ from ._math import (
 )
 from ._spec import Array, Spec, State, _namespace_or_none, cast_scalars
 from ._validate import check_interval
+from .scalar_ops import HOST
 
 __all__ = ["History", "KerasSFScalars", "OptaxSFScalars", "ScheduleFreeAdamW", "UnioptSFScalars"]
 
@@ -318,21 +319,48 @@ class ScheduleFreeAdamW(Spec):
         cache[lr] = (step, history)
         return sc if sc is not None else self.history_scalars(step, lr, history)[0]
 
+    # -- the scalars in two parts (uniopt.scalar_ops), for a step counted on the device -----------
+    def step_terms(self, step: int) -> tuple[float, ...] | None:
+        """The bias corrections, functions of the step alone that converge (to 1): the uniopt
+        convention's ``(1 - beta2**t,)``, the keras convention's ``(bc2_32, bc2_64)``; ``None`` for
+        the optax convention (its float32 history has no float64 form)."""
+        beta2 = self.betas[1]
+        if self.convention == "uniopt":
+            return (1 - beta2**step,)
+        if self.convention == "keras":
+            import numpy as np
+
+            return (float(np.float32(1.0) - float32_pow(beta2, step)), 1.0 - beta2**step)
+        return None
+
+    def scalars_from_terms(
+        self, terms: tuple[Any, ...], step: Any, lr: Any, history: Any, ops: Any
+    ) -> tuple[NamedTuple, Any]:
+        if self.convention == "uniopt":
+            return self._uniopt_from_terms(terms, step, lr, history, ops)
+        if self.convention == "keras":
+            return self._keras_from_terms(terms, step, lr, ops), history
+        return super().scalars_from_terms(terms, step, lr, history, ops)
+
     # -- uniopt: schedulefree.AdamWScheduleFree -----------------------------------------------------
     def uniopt_history_scalars(self, step: int, lr: float, h: History):
+        return self._uniopt_from_terms(self.step_terms(step), step, lr, h, HOST)
 
+    def _uniopt_from_terms(self, terms: tuple[Any, ...], t: Any, lr: Any, h: History, ops: Any):
+        """The package's float64 expressions (``k = t - 1``): ``sched = (k+1)/warmup_steps`` while
+        ``k < warmup_steps`` (here ``min(t/W, 1)``, the same value), ``lr_max = max(lr_t,
+        lr_max)``, ``weight = (k+1)**r * lr_max**weight_lr_power``, ``c = weight/weight_sum`` (0 on a
+        zero sum); ``t`` is the host's int step or an adapter's float64 value."""
         beta1, beta2 = self.betas
-        k = step - 1
-        sched = (k + 1) / self.warmup_steps if k < self.warmup_steps else 1.0
-        bias_correction2 = 1 - beta2 ** (k + 1)
+        (bias_correction2,) = terms
+        one = ops.const(1.0)
+        w = self.warmup_steps
+        sched = ops.minimum(ops.divide(t, ops.const(w)), one) if w else one
         lr_t = lr * sched
-        lr_max = max(lr_t, h.lr_max)
-        weight = ((k + 1) ** self.r) * (lr_max**self.weight_lr_power)
+        lr_max = ops.maximum(lr_t, h.lr_max)
+        weight = ops.pow(t, self.r) * ops.pow(lr_max, self.weight_lr_power)
         weight_sum = h.weight_sum + weight
-        try:
-            c = weight / weight_sum
-        except ZeroDivisionError:
-            c = 0.0
+        c = ops.div_or_zero(weight, weight_sum)
         sc = UnioptSFScalars(
             beta2=beta2,
             one_minus_beta2=1 - beta2,
@@ -342,7 +370,7 @@ class ScheduleFreeAdamW(Spec):
             lr=lr_t,
             c=c,
             one=1.0,
-            y_coef=lr_t * (beta1 * (1 - c) - 1),
+            y_coef=lr_t * (ops.const(beta1) * (one - c) - one),
         )
         return sc, h._replace(weight_sum=weight_sum, lr_max=lr_max)
 
@@ -367,22 +395,23 @@ class ScheduleFreeAdamW(Spec):
 
     # -- keras.optimizers.ScheduleFreeAdamW -------------------------------------------------------
     def keras_history_scalars(self, step: int, lr: float, h: None):
-        import numpy as np
+        return self._keras_from_terms(self.step_terms(step), step, lr, HOST), h  # c = 1/t: no history
 
+    def _keras_from_terms(self, terms: tuple[Any, ...], t: Any, lr: Any, ops: Any) -> KerasSFScalars:
         beta1, beta2 = self.betas  # float32 values already (_check)
-        sc = KerasSFScalars(
+        bc2_32, bc2_64 = terms
+        return KerasSFScalars(
             lr=lr,
             weight_decay=float(self.weight_decay),
-            t=float(step),
-            warmup=float(self.warmup_steps),
+            t=ops.const(t),
+            warmup=ops.const(self.warmup_steps),
             one=1.0,
             beta1=beta1,
             beta2=beta2,
             eps=float(self.eps),
-            bc2_32=float(np.float32(1.0) - float32_pow(beta2, step)),
-            bc2_64=1.0 - beta2**step,
+            bc2_32=bc2_32,
+            bc2_64=bc2_64,
         )
-        return sc, h  # Keras keeps no history: c = 1/t
 
     def keras_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         """``ScheduleFreeAdamW.update_step`` after Keras's weight decay, op for op in the parameter

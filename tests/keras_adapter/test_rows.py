@@ -31,10 +31,11 @@ def _inputs(spec, dtype="float32", nonfinite=False):
     return params, grads
 
 
-def _compiled_refusal(info):
-    """Why this backend's compiled mode refuses the row (TensorFlow's XLA: scalars from the host)."""
+def _compiled_refusal(info, case):
+    """Why this backend's compiled mode refuses the row's case (TensorFlow's XLA: scalars from the
+    host)."""
     backend, _, jit = REGISTRY
-    return info.skip_reason(backend, jit) if BACKEND == "tensorflow" else None
+    return info.skip_reason(backend, jit, case.desc) if BACKEND == "tensorflow" else None
 
 
 @pytest.mark.parametrize(("info", "case"), ROWS)
@@ -86,7 +87,7 @@ def test_fit_with_jit_compile_is_the_numpy_reference(info, case, request):
         if why is not None:
             pytest.skip(why)
     spec = info.make(case)
-    why = _compiled_refusal(info)
+    why = _compiled_refusal(info, case)
     params, grads = _inputs(spec)
     opt = uk.from_spec(spec)
     if why is not None:

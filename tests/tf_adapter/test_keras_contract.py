@@ -17,7 +17,7 @@ from tf_helpers import assert_trajectories, bits_equal, make_step, params_and_gr
 
 import uniopt
 import uniopt.tf as ut
-from uniopt.registry import TABLE
+from uniopt.registry import TABLE, get
 from uniopt.tf.optimizers import CONVENTION_DEFAULT
 
 # one worker runs this module (pytest-xdist's loadgroup): its module fixture runs once
@@ -479,13 +479,17 @@ def test_a_new_row_becomes_a_working_class_without_adapter_code():
     assert_trajectories(got, reference(opt.spec, params, grads))
 
 
-def test_every_row_runs_and_only_schedule_free_and_adafactor_declare_a_mode_they_refuse():
+def test_every_row_runs_and_only_adafactor_and_an_optax_schedule_free_declare_xla_refused():
     """Every row of the table is a uniopt.tf optimizer (Muon too: the namespace's matmul,
-    matrix_transpose and bfloat16); ScheduleFreeAdamW and Adafactor (whose scalars come from the
-    host) declare XLA refused, which tests/tf_adapter/test_tf_schedule_free.py and
-    test_tf_adafactor.py check."""
+    matrix_transpose and bfloat16); Adafactor (whose scalars come from the host) declares XLA
+    refused, and ScheduleFreeAdamW its optax convention's cases (the others compute their history
+    in-graph), which tests/tf_adapter/test_tf_schedule_free.py and test_tf_adafactor.py check."""
     assert [info.name for info in TABLE if info not in table_for("tf")] == []
     assert isinstance(ut.from_spec(uniopt.Muon(convention="keras")), ut.Muon)
     refused = {info.name for info in table_for("tf") if info.skip_reason("tf", "xla")}
-    assert refused == {"ScheduleFreeAdamW", "Adafactor"}
+    assert refused == {"Adafactor"}
+    schedule_free = get("ScheduleFreeAdamW")
+    refused_cases = {c.desc for c in schedule_free.cases if schedule_free.skip_reason("tf", "xla", c.desc)}
+    assert refused_cases == {c.desc for c in schedule_free.cases if c.kwargs.get("convention") == "optax"}
+    assert refused_cases == {"optax", "optax_defaults"}
     assert isinstance(ut.from_spec(uniopt.ScheduleFreeAdamW()), ut.ScheduleFreeAdamW)
