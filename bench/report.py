@@ -526,10 +526,18 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   each bfloat16 product as a float32 product of bfloat16 values rounded once (how the spec fixes
   torch's rounding, docs/optimizers/muon.md), so both run float32 products. Keras and optax, like
   uniopt.tf and uniopt.jax, multiply in float32.
+* **Schedule-Free AdamW under XLA on TensorFlow**: uniopt.tf computes the step's scalars and the
+  history of learning rates in-graph there (docs/tf.md, "Schedule-Free AdamW"). Its default
+  convention, the authors' algorithm, steps `y` from the old `z` and the normalised gradient `u`,
+  which the step of `z` reads too: XLA keeps `u` in memory and copies each `z` before updating it
+  in place (its optimized HLO: five passes over each tensor, about 60 bytes per parameter against
+  the 28 a fused in-place step needs), while Keras's algorithm (uniform averaging) steps `y` from
+  the new `z` in three. `uniopt.tf.ScheduleFreeAdamW(convention='keras')`, Keras's algorithm run
+  by the spec, is timed beside it: that row is the like-for-like comparison with Keras's own.
 * **Rows marked refused**: uniopt.tf refuses `jit_compile` where a step's scalars come from the
-  host (Adafactor's relative step size never reaches a limit; Schedule-Free AdamW's weights depend
-  on the history of learning rates), with the message shown; there the `tf.function` row is
-  uniopt.tf's step, and the fastest native may be Keras's under XLA.
+  host (Adafactor's relative step size never reaches a limit and is not affine in the learning
+  rate), with the message shown; there the `tf.function` row is uniopt.tf's step, and the fastest
+  native may be Keras's under XLA.
 """
 
 

@@ -5,6 +5,7 @@ any optimizer Keras lacks)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,11 @@ def _refuses_xla(exc: Exception) -> bool:
 LOWER_PRECISION_STATE: dict[str, dict[str, str]] = {"Adam": {"exp_avg": "bfloat16"}}
 """Optimizers also timed with a lower-precision state: their ``state_dtypes``. Keras has no Adam
 with a bfloat16 first moment, so these rows have no native of their own."""
+
+NATIVES_CONVENTION: dict[str, str] = {"ScheduleFreeAdamW": "keras"}
+"""Optimizers whose uniopt default runs another algorithm than the Keras native (Schedule-Free
+AdamW: the authors' weighting of the average, against Keras's uniform one), also timed with the
+convention that runs the native's own algorithm."""
 
 TRACE_LIMIT_TENSORS = 64
 """Above this many tensors the non-elementwise optimizers (Adafactor, LAMB, Muon) are not traced,
@@ -152,6 +158,17 @@ def variants(optimizer: str, pset: ParamSet, options: dict[str, Any]) -> list[Va
         out.append(
             _variant(f"keras.optimizers.{native} ({label})", "native", lambda: theirs(**kwargs), jit, skip)
         )
+        if optimizer in NATIVES_CONVENTION:  # the native's algorithm, side by side with it
+            convention = NATIVES_CONVENTION[optimizer]
+            out.append(
+                _variant(
+                    f"uniopt.tf.{optimizer}(convention={convention!r}) ({label})",
+                    "uniopt-mode",
+                    functools.partial(ours, convention=convention, **kwargs),
+                    jit,
+                    skip,
+                )
+            )
         if narrow:  # the state bytes a bfloat16 first moment saves, and what it costs a step
             out.append(
                 _variant(
