@@ -35,6 +35,7 @@ and refuses a step until ``train()``: before the first step both hold the same v
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -136,6 +137,8 @@ class HistoryOptimizer(UnioptOptimizer):
         )
         # a learning rate set after construction (or a schedule's) is checked before any op of the
         # step, the step count's included: the history of learning rates would keep a bad one
+        self._refuse_xla()  # before anything is built: the optax convention under XLA
+        self._check_xla()
         if trainable_variables is not None and not self.built and len(grads):
             # built as Keras's apply builds, but before the guard: a variable created under its
             # control dependencies could not be lifted out of an XLA function (fit(jit_compile=True)
@@ -150,6 +153,28 @@ class HistoryOptimizer(UnioptOptimizer):
             lr_message,
             lambda: super(HistoryOptimizer, self).apply(grads, trainable_variables),
         )
+
+    def _train_before_an_xla_step(self) -> None:
+        """Inside an XLA function, which cannot raise: where the optimizer is in eval mode when the
+        step runs, switch back to train mode in-graph first (what :meth:`train` does: every
+        variable from ``x`` back to ``y``), then step. The step's gradients were taken where the
+        variables stood, at ``x``. :meth:`eval` warns once steps have been traced for XLA."""
+        self._uniopt_xla_steps = True
+        b = binding()
+
+        def to_train() -> None:
+            def convert() -> None:
+                for variable in self._trainable_variables:
+                    if self._overwrite_variable_with_gradient(variable):
+                        continue
+                    slots = {n: b.as_array(s) for n, s in self.slots(variable).items()}
+                    value = b.as_array(variable)
+                    variable.assign(self._spec.train_param(value, slots, b.namespace(self, value)))
+
+            b.run_if(keras.ops.greater(self.iterations, 0), convert)
+            self._uniopt_mode.assign(1)
+
+        b.run_if(keras.ops.not_equal(self._uniopt_mode, 1), to_train)
 
     def _eval_mode_message(self) -> str:
         return (
@@ -251,6 +276,14 @@ class HistoryOptimizer(UnioptOptimizer):
         ``eval_param`` of it and its ``z`` (uniopt: the package's ``p.lerp_(z, 1 - 1/beta1)``;
         optax: ``schedule_free_eval_params``; keras: Keras's in-step recovery of ``x``). Before
         the first step ``x = y`` and nothing is assigned. No-op in eval mode; eager only."""
+        if getattr(self, "_uniopt_xla_steps", False):
+            warnings.warn(
+                f"{PACKAGE}.{type(self).__name__}: this optimizer's steps run compiled by XLA, which "
+                "cannot refuse a step in eval mode; call optimizer.train() before training again "
+                "(a step taken in eval mode switches back to train mode first, with gradients taken "
+                "at x)",
+                stacklevel=2,
+            )
         self._switch(to_eval=True)
 
     def train(self) -> None:

@@ -528,11 +528,21 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         return {name: self._uniopt_slots[name][index] for name in self._spec.slot_names()}
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
+        self._check_xla()
         self._uniopt_cache.entries.clear()
         try:
             return super().apply(grads, trainable_variables)
         finally:
             self._uniopt_cache.entries.clear()
+
+    def _check_xla(self) -> None:
+        """Under TensorFlow's XLA, a ``ValueError`` saying why this optimizer's scalars cannot be
+        computed there, before anything is built or changed (the binding's ``xla_refusal``)."""
+        if binding().host_calls_refused():
+            specs = {id(s): s for s in (self._spec, self._spec_without_decay)}.values()
+            why = binding().xla_refusal(self, list(specs))
+            if why is not None:
+                raise ValueError(why)
 
     def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
         """Keras's loop of :meth:`update_step` over the variables, after the binding's

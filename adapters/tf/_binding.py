@@ -80,6 +80,33 @@ def host_calls_refused() -> bool:
     return in_xla_context()
 
 
+def xla_refusal(optimizer: Any, specs: list[Spec]) -> str | None:
+    """Why ``specs``' scalars cannot be computed in the XLA function being traced (``None`` where
+    they can, or where nothing is traced for XLA); asked before anything is built or changed."""
+    if not in_xla_context():
+        return None
+    owner = f"uniopt.tf.{type(optimizer).__name__}"
+    for spec in specs:
+        why = scalar_source(spec, "float64").xla_refusal(owner)
+        if why is not None:
+            return why
+    return None
+
+
+def run_if(condition: Any, body: Callable[[], None]) -> None:
+    """``body()`` (assignments) where ``condition`` holds: a ``tf.cond`` when traced."""
+    if tf.executing_eagerly():
+        if bool(condition):
+            body()
+        return
+
+    def then() -> tf.Tensor:
+        body()
+        return tf.constant(True)
+
+    tf.cond(condition, then, lambda: tf.constant(False))
+
+
 def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr: bool) -> Any:
     """The spec's scalars for this step (:mod:`uniopt.tf._scalars`): eagerly from the host; traced,
     cached per graph, spec, dtype and learning-rate tensor within one ``apply``. Under
@@ -231,7 +258,9 @@ def history_guard(optimizer: Any, message: str, lr_message: str, apply: Callable
     """``apply()`` unless the optimizer is in eval mode or its learning rate is out of range:
     eagerly (and when a ``tf.function`` is traced) ``RuntimeError``/``ValueError``; in a traced
     function called later, TensorFlow's ``InvalidArgumentError`` from in-graph checks that every
-    op of the step waits for."""
+    op of the step waits for. XLA drops such checks: there a step in eval mode first switches the
+    variables back to train mode in-graph (the optimizer's ``_train_before_an_xla_step``), and a
+    learning rate out of range is not checked."""
     import math
 
     with tf.init_scope():  # eagerly, or when a tf.function is traced: the mode now
@@ -241,6 +270,9 @@ def history_guard(optimizer: Any, message: str, lr_message: str, apply: Callable
     if tf.executing_eagerly():
         if not (math.isfinite(float(lr)) and float(lr) >= 0):
             raise ValueError(f"{lr_message} {float(lr)!r}")
+        return apply()
+    if in_xla_context():  # XLA drops assertions: a step in eval mode goes back to train mode first
+        optimizer._train_before_an_xla_step()
         return apply()
     check = tf.debugging.Assert(tf.equal(optimizer._uniopt_mode.value, 1), [message])
     lr_check = tf.debugging.Assert(tf.logical_and(tf.math.is_finite(lr), lr >= 0), [lr_message, lr])

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from uniopt import Spec
-from uniopt.scalar_table import ScalarTable, rounded_scalars, scalar_table, term_table
+from uniopt.scalar_table import NotConvergentError, ScalarTable, rounded_scalars, scalar_table, term_table
 
 __all__ = ["ScalarSource", "TracedOps", "in_graph_scalars", "in_xla_context", "scalar_source"]
 
@@ -214,6 +214,37 @@ class ScalarSource:
             for v, f in zip(values, self.is_flag, strict=True)
         ]
 
+    def xla_refusal(self, owner: str) -> str | None:
+        """Why this spec's scalars cannot be computed under XLA (``None`` where they can), found
+        without changing anything: a spec without a finite table whose in-graph formula needs a
+        term table that does not converge, or whose ``step_scalars`` cannot take a traced step."""
+        if self.converges:
+            return None
+        if has_terms(self.spec):
+            try:
+                term_table(self.spec)
+            except NotConvergentError as exc:
+                return (
+                    f"{owner}: under XLA the step-only part of the per-step scalars is read from a "
+                    f"table, and {exc}; run without jit_compile (e.g. model.compile(..., "
+                    "jit_compile=False))"
+                )
+            return None
+        try:
+            with tf.Graph().as_default():
+                self.spec.step_scalars(tf.constant(1.0, tf.float64), None)
+        except Exception as exc:
+            return self._refusal(owner, exc)
+        return None
+
+    def _refusal(self, owner: str, exc: Exception) -> str:
+        return (
+            f"{owner}: with these hyperparameters ({self.spec!r}) the per-step scalars never "
+            "reach a limit and cannot be evaluated inside XLA, so they come from the host "
+            "(tf.numpy_function), which XLA cannot compile; run without jit_compile "
+            f"(e.g. model.compile(..., jit_compile=False)). ({type(exc).__name__}: {exc})"
+        )
+
     def _from_traced_spec(self, step: tf.Tensor, lr64: tf.Tensor, owner: str) -> list[tf.Tensor]:
         """XLA, scalars without a finite table (Adagrad's ``lr_decay``): the core's own
         ``step_scalars`` evaluated in-graph in float64 with the step as a float64 tensor. At the
@@ -223,12 +254,7 @@ class ScalarSource:
         try:
             at_lr, at0, at1 = (self.spec.step_scalars(t, lr) for lr in (None, 0.0, 1.0))
         except Exception as exc:  # the spec's host code does not take a traced step
-            raise ValueError(
-                f"{owner}: with these hyperparameters ({self.spec!r}) the per-step scalars never "
-                "reach a limit and cannot be evaluated inside XLA, so they come from the host "
-                "(tf.numpy_function), which XLA cannot compile; run without jit_compile "
-                f"(e.g. model.compile(..., jit_compile=False)). ({type(exc).__name__}: {exc})"
-            ) from None
+            raise ValueError(self._refusal(owner, exc)) from None
 
         def pick(values: tuple) -> list[tf.Tensor]:
             # a Python float becomes a float64 constant directly (tf.cast would go through float32)

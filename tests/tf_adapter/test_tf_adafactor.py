@@ -299,6 +299,22 @@ def test_xla_is_refused_before_anything_changes(convention):
         assert all(not np.any(s.numpy()) for s in opt.slots(v).values())
 
 
+def test_xla_refusal_comes_before_the_build_and_leaves_the_optimizer_usable():
+    """Refused in the first XLA step of an optimizer not yet built (as fit(jit_compile=True) on
+    TensorFlow builds it): nothing is built, and the same optimizer then steps in tf.function as
+    the refusal says, bitwise with the core."""
+    params, grads = params_and_grads(3, "float32", shapes=SHAPES)
+    variables = [tf.Variable(p) for p in params]
+    opt = ut.Adafactor()
+    with pytest.raises(ValueError, match=r"Adafactor: .*cannot be evaluated inside XLA.*jit_compile"):
+        make_step(opt, variables, "xla")([tf.constant(x) for x in grads[0]])
+    assert not opt.built
+    step = make_step(opt, variables, "function")
+    for g in grads:
+        step([tf.constant(x) for x in g])
+    assert_trajectories([snapshot(opt, variables)], reference(opt.spec, params, grads)[-1:])
+
+
 # -- Keras: fit, files, checkpoints ------------------------------------------------------------------
 def _model():
     """A conv kernel of rank 4 (3, 3, 1, 2), biases, a Dense kernel: every slot layout."""

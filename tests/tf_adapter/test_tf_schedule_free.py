@@ -336,6 +336,52 @@ def test_xla_is_refused_for_the_optax_convention_before_anything_changes():
     assert opt.history() == spec.init_history()
 
 
+def test_xla_refusals_come_before_the_build_and_leave_the_optimizer_usable():
+    """The optax convention, and a beta2 so close to 1 that the bias correction's table does not
+    end within 1,000,000 steps, are refused in the first XLA step of an optimizer not yet built
+    (as fit(jit_compile=True) on TensorFlow builds it): a ValueError saying to run without XLA,
+    nothing built, and the same optimizer then steps in tf.function bitwise with the core."""
+    params, grads = params_and_grads(2, "float32", seed=21)
+    for spec, match in (
+        (uniopt.ScheduleFreeAdamW(lr=0.01, convention="optax"), r"optax.*host.*jit_compile=False"),
+        (uniopt.ScheduleFreeAdamW(lr=0.01, betas=(0.9, 0.99999)), r"table.*1000000 steps.*jit_compile"),
+    ):
+        variables = [tf.Variable(p) for p in params]
+        opt = ut.from_spec(spec)
+        with pytest.raises(ValueError, match=r"ScheduleFreeAdamW: .*" + match):
+            make_step(opt, variables, "xla")([tf.constant(x) for x in grads[0]])
+        assert not opt.built and int(opt.iterations.numpy()) == 0
+        step = make_step(opt, variables, "function")
+        for g in grads:
+            step([tf.constant(x) for x in g])
+        assert_trajectories([snapshot(opt, variables)], reference(spec, params, grads)[-1:])
+
+
+def test_under_xla_a_step_in_eval_mode_goes_back_to_train_mode_first():
+    """XLA cannot raise: a compiled step taken in eval mode first does what train() does (the
+    variables from x back to y, in-graph), then steps, so it equals train() followed by the step;
+    eval() warns once the optimizer's steps run under XLA."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=2)
+    params, grads = params_and_grads(4, "float32", seed=22)
+    runs = []
+    for call_train in (False, True):
+        variables = [tf.Variable(p) for p in params]
+        opt = ut.from_spec(spec)
+        opt.build(variables)
+        step = make_step(opt, variables, "xla")
+        for g in grads[:3]:
+            step([tf.constant(x) for x in g])
+        with pytest.warns(UserWarning, match=r"compiled by XLA.*cannot refuse a step in eval mode"):
+            opt.eval()
+        assert not opt.train_mode
+        if call_train:
+            opt.train()
+        step([tf.constant(x) for x in grads[3]])
+        assert opt.train_mode
+        runs.append(snapshot(opt, variables))
+    assert_trajectories(runs[:1], runs[1:])
+
+
 # -- the history is optimizer state -----------------------------------------------------------------
 def test_history_variables_are_in_optimizer_variables_and_checkpoints(tmp_path):
     spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=3)
