@@ -246,12 +246,11 @@ def initialize_in_first_step(optimizer: Any, spec: Spec, initial: list[tuple[Any
     variable's value, in-graph and only while ``optimizer.iterations`` is 0 (a ``tf.cond``; the
     slots were created as zeros inside an XLA function, see :mod:`uniopt.keras._history`)."""
 
-    def assign() -> tf.Tensor:
+    def assign() -> None:
         for slot, variable, name in initial:
             slot.assign(spec.init_slot(name, as_array(variable, slot.dtype), xp))
-        return tf.constant(True)
 
-    tf.cond(tf.equal(optimizer.iterations, 0), assign, lambda: tf.constant(False))
+    run_if(tf.equal(optimizer.iterations, 0), assign)
 
 
 def history_guard(optimizer: Any, message: str, lr_message: str, apply: Callable[[], Any]) -> Any:
