@@ -163,15 +163,7 @@ class HistoryOptimizer(UnioptOptimizer):
         b = binding()
 
         def to_train() -> None:
-            def convert() -> None:
-                for variable in self._trainable_variables:
-                    if self._overwrite_variable_with_gradient(variable):
-                        continue
-                    slots = {n: b.as_array(s) for n, s in self.slots(variable).items()}
-                    value = b.as_array(variable)
-                    variable.assign(self._spec.train_param(value, slots, b.namespace(self, value)))
-
-            b.run_if(keras.ops.greater(self.iterations, 0), convert)
+            b.run_if(keras.ops.greater(self.iterations, 0), lambda: self._rewrite(self._spec.train_param))
             self._uniopt_mode.assign(1)
 
         b.run_if(keras.ops.not_equal(self._uniopt_mode, 1), to_train)
@@ -302,14 +294,19 @@ class HistoryOptimizer(UnioptOptimizer):
         if self.train_mode != to_eval:
             return
         if self.built and int(keras.ops.convert_to_numpy(self.iterations)) > 0:
-            convert = self._spec.eval_param if to_eval else self._spec.train_param
-            for variable in self._trainable_variables:
-                if self._overwrite_variable_with_gradient(variable):
-                    continue  # no slots: Keras overwrites it with its gradient
-                b = binding()
-                slots = {n: b.as_array(s) for n, s in self.slots(variable).items()}
-                variable.assign(convert(b.as_array(variable), slots, b.namespace(self, b.as_array(variable))))
+            self._rewrite(self._spec.eval_param if to_eval else self._spec.train_param)
         self._uniopt_mode.assign(0 if to_eval else 1)
+
+    def _rewrite(self, convert: Any) -> None:
+        """Assign every model variable this optimizer was built for ``convert(variable, its slots,
+        xp)`` (the spec's ``eval_param`` or ``train_param``), eagerly or in-graph."""
+        b = binding()
+        for variable in self._trainable_variables:
+            if self._overwrite_variable_with_gradient(variable):
+                continue  # no slots: Keras overwrites it with its gradient
+            slots = {n: b.as_array(s) for n, s in self.slots(variable).items()}
+            value = b.as_array(variable)
+            variable.assign(convert(value, slots, b.namespace(self, value)))
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
