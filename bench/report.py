@@ -534,10 +534,14 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   the 28 a fused in-place step needs), while Keras's algorithm (uniform averaging) steps `y` from
   the new `z` in three. `uniopt.tf.ScheduleFreeAdamW(convention='keras')`, Keras's algorithm run
   by the spec, is timed beside it: that row is the like-for-like comparison with Keras's own.
-* **Rows marked refused**: uniopt.tf refuses `jit_compile` where a step's scalars come from the
-  host (Adafactor's relative step size never reaches a limit and is not affine in the learning
-  rate), with the message shown; there the `tf.function` row is uniopt.tf's step, and the fastest
-  native may be Keras's under XLA.
+* **Adafactor under XLA on TensorFlow**: its scalars never reach a limit (the relative step size),
+  and uniopt.tf computes them in-graph there (docs/tf.md, "How a step runs"; until 2026-12-04 it
+  refused `jit_compile`, and its `tf.function` step was the row compared). Keras's own Adafactor
+  is faster in `tf.function` than under XLA on this CPU (its reductions are TensorFlow's fused
+  kernels there), so that is the fastest native.
+* **Rows marked refused**: uniopt.tf refuses `jit_compile` where a step's scalars need the host
+  (Schedule-Free AdamW's optax convention, a float32 history), with the message shown; there the
+  `tf.function` row is uniopt.tf's step, and the fastest native may be Keras's under XLA.
 """
 
 

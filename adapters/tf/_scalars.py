@@ -317,6 +317,18 @@ class TracedOps:
     def pow(a: Any, b: Any) -> tf.Tensor:
         return tf.pow(tf.cast(a, tf.float64), tf.cast(b, tf.float64))
 
+    def sqrt(self, a: Any) -> tf.Tensor:
+        # + 0: XLA rewrites a / sqrt(b) into a * rsqrt(b), in float32 an approximation
+        return tf.sqrt(tf.cast(a, tf.float64)) + self.zero
+
+    @staticmethod
+    def float32(a: Any) -> tf.Tensor:
+        return tf.cast(tf.cast(a, tf.float32), tf.float64)
+
+    @staticmethod
+    def pow32(a: Any, b: Any) -> tf.Tensor:
+        return tf.cast(tf.pow(tf.cast(a, tf.float32), tf.cast(b, tf.float32)), tf.float64)
+
     @staticmethod
     def div_or_zero(a: Any, b: Any) -> tf.Tensor:
         zero = tf.equal(b, 0.0)

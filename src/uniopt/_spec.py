@@ -225,8 +225,9 @@ class Spec:
     def step_terms(self, step: int) -> tuple[float, ...] | None:
         """The part of 1-based ``step``'s scalars that depends on the step alone, as float64 values
         each monotone in the step and reaching its limit after finitely many steps (so that a table
-        holds it: :func:`uniopt.scalar_table.term_table`); ``None`` (the default) where the spec has
-        no such split (:mod:`uniopt.scalar_ops`)."""
+        holds it: :func:`uniopt.scalar_table.term_table`); ``()`` where no part converges and
+        :meth:`scalars_from_terms` computes every scalar from the step (Adafactor); ``None`` (the
+        default) where the spec has no such split (:mod:`uniopt.scalar_ops`)."""
         return None
 
     def scalars_from_terms(

@@ -94,7 +94,6 @@ from typing import Any, ClassVar, NamedTuple
 from ._math import (
     divide_exactly,
     ema,
-    float32_pow,
     float_bits,
     is_complex,
     keras_float32,
@@ -109,6 +108,7 @@ from ._math import (
 )
 from ._spec import Array, Spec, select
 from ._validate import check_bool, check_interval
+from .scalar_ops import HOST
 
 __all__ = ["Adafactor", "AdafactorScalars"]
 
@@ -324,35 +324,57 @@ class Adafactor(Spec):
     def uniopt_scalars(self, step: int, lr: float) -> AdafactorScalars:
         """Every convention's scalars at 1-based ``step`` in float64 (Keras's and optax's float32
         in-graph values emulated one float32 op at a time)."""
-        import numpy as np
+        return self._scalars(step, lr, HOST)
 
-        t = float(step)
-        w = t**self.beta2_decay
+    # -- the same scalars in-graph (uniopt.scalar_ops), for a step counted on the device ----------
+    def step_terms(self, step: int) -> tuple[()]:
+        """No tabulated terms: none of the scalars reaches a limit (``t^c``, ``1/sqrt(t)``), so
+        :meth:`scalars_from_terms` computes all of them from the step itself, ``pow`` and ``sqrt``
+        included (the scalar namespace's, the C library's ``pow``/``powf`` on the host)."""
+        return ()
+
+    def scalars_from_terms(
+        self, terms: tuple[Any, ...], step: Any, lr: Any, history: Any, ops: Any
+    ) -> tuple[AdafactorScalars, Any]:
+        return self._scalars(step, lr, ops), history
+
+    def _scalars(self, step: Any, lr: Any, ops: Any) -> AdafactorScalars:
+        """The scalars with the scalar operations ``ops`` (:mod:`uniopt.scalar_ops`): ``w = t^c``
+        (``pow``), ``rho = min(lr, 1/sqrt(t))``, ``decay = 1 - lr*wd``; Keras's float32 values as
+        float64 operations each rounded to float32 (exact for ``+ - * /`` and ``sqrt``), its
+        ``powf`` as ``pow32``; optax's ``1 - powf(float32(t - offset), float32(c))``. ``step`` is the
+        host's int step or an adapter's float64 value; the constant fields are host floats."""
+        t = ops.const(step)
+        one = ops.const(1.0)
+        c = ops.const(self.beta2_decay)
+        w = ops.pow(t, c)
+        rho = ops.minimum(lr, ops.divide(one, ops.sqrt(t)))
         eps1, eps2 = self.eps
         d = math.inf if self.d is None else float(self.d)
-        f32 = np.float32
-        keras = (0.0,) * 6
+        f32 = ops.float32
+        keras: tuple[Any, ...] = (0.0,) * 6
         if self.convention == "keras":
-            rho32 = min(f32(lr), f32(1.0) / np.sqrt(f32(t)))
-            beta32 = f32(1.0) - float32_pow(t, self.beta2_decay)  # powf(float32 t, float32 c)
-            rho64 = min(lr, 1.0 / math.sqrt(t))
-            beta64 = 1.0 - t**self.beta2_decay  # ops.power in float64 (C pow)
-            keras = (float(rho32), float(beta32), float(f32(1.0) - beta32), rho64, beta64, 1.0 - beta64)
-        optax_beta = optax_omb = 0.0
+            t32 = f32(t)
+            rho32 = ops.minimum(f32(lr), f32(ops.divide(one, f32(ops.sqrt(t32)))))
+            beta32 = f32(one - ops.pow32(t32, c))  # 1 - powf(float32 t, float32 c)
+            beta64 = one - w  # ops.power in float64 (C pow)
+            keras = (rho32, beta32, f32(one - beta32), rho, beta64, one - beta64)
+        optax_beta: Any = 0.0
+        optax_omb: Any = 0.0
         if self.convention == "optax":
-            count = float(step - 1 - self.decay_offset + 1)
-            beta = f32(1.0) - float32_pow(count, self.beta2_decay)
-            optax_beta, optax_omb = float(beta), float(f32(1.0) - beta)
+            count = t - ops.const(self.decay_offset)  # optax's count - offset + 1, count 0-based
+            optax_beta = f32(one - ops.pow32(f32(count), c))
+            optax_omb = f32(one - optax_beta)
         return AdafactorScalars(
             one=1.0,
-            beta2=1.0 - w,
+            beta2=one - w,
             one_minus_beta2=w,
-            lerp_small=bool(abs(w) < 0.5),
-            rho=min(lr, 1.0 / math.sqrt(t)),
+            lerp_small=abs(w) < 0.5,
+            rho=rho,
             eps1=0.0 if eps1 is None else float(eps1),
             eps1_sq=0.0 if eps1 is None else float(eps1) * float(eps1),
             eps2=float(keras_float32(eps2) if self.convention == "keras" else eps2),
-            decay=1.0 - lr * float(self.weight_decay),
+            decay=one - lr * ops.const(self.weight_decay),
             lr=lr,
             weight_decay=float(self.weight_decay),
             d=d,
@@ -367,7 +389,7 @@ class Adafactor(Spec):
             optax_one_minus_beta2=optax_omb,
             momentum=float(self.momentum),
             one_minus_momentum=1.0 - float(self.momentum),
-            momentum_f32=float(np.float32(self.momentum)),
+            momentum_f32=keras_float32(self.momentum),
         )
 
     # -- rules -------------------------------------------------------------------------------------

@@ -662,13 +662,6 @@ _BFLOAT16_BOUNDARY = (
     "distance"
 )
 
-_ADAFACTOR_NO_XLA = (
-    "uniopt.tf refuses Adafactor under XLA (jit_compile=True) with a ValueError: its per-step "
-    "scalars (1 - t^c, min(lr, 1/sqrt(t))) never reach a limit, so no finite table holds them, and "
-    "they are not affine in the learning rate (the min), so they come from the host, which XLA "
-    "cannot call; tf@eager and tf@function run it"
-)
-
 _KERAS_ADAM_SLOTS = {
     "exp_avg": "_momentums",
     "exp_avg_sq": "_velocities",
@@ -2158,7 +2151,6 @@ TABLE: tuple[OptimizerInfo, ...] = (
         ),
         skips={
             "torch:flat": _PER_TENSOR_FLAT,
-            "tf:xla": _ADAFACTOR_NO_XLA,
         },
     ),
 )

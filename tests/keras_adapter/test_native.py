@@ -35,8 +35,6 @@ BOUNDS = {
         "jit": {"SGD": 1, "RMSprop": 1, "AdamW": 2, "Lamb": 1, "Nadam": 6},
     },
 }
-# TensorFlow's XLA refuses what takes its scalars from the host (tests/tf_adapter)
-REFUSED = {"tensorflow": {"jit": {"Adafactor"}}}
 # Keras's own ScheduleFreeAdamW built inside a traced function (fit on TensorFlow builds the
 # optimizer in its first step) loses the assign that copies the parameters into z, which starts at
 # 0 (docs/optimizers/schedule_free_adamw.md); uniopt's starts at the parameters, as when built
@@ -84,10 +82,6 @@ def test_keras_convention_against_keras_own(name, mode, request):
         )
     params, grads = _inputs(name)
     ours = getattr(uk, name)(convention="keras")
-    if name in REFUSED.get(BACKEND, {}).get(mode, ()):
-        with pytest.raises(ValueError, match="jit_compile"):
-            _run(ours, params, grads, mode)
-        return
     got = _run(ours, params, grads, mode)
     want = _run(getattr(keras.optimizers, name)(), params, grads, mode)
     if name in Z_FROM_ZERO.get(BACKEND, {}).get(mode, ()):

@@ -1,4 +1,4 @@
-"""uniopt.tf.Adafactor: Keras's signature, slots of the spec's shapes, bitwise steps, XLA refused.
+"""uniopt.tf.Adafactor: Keras's signature, slots of the spec's shapes, bitwise steps, under XLA too.
 
 Expected values: ``keras.optimizers.Adafactor`` itself (its signature, its steps, Keras's own test
 values), a float64 NumPy transcription of torch.optim.Adafactor's algorithm written here, and the
@@ -284,35 +284,76 @@ def test_an_empty_variable_is_left_as_it_is():
 
 
 # -- XLA ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("convention", ["uniopt", "keras"])
-def test_xla_is_refused_before_anything_changes(convention):
-    params, grads = params_and_grads(1, "float32", shapes=SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("convention", ["uniopt", "torch", "keras", "optax"])
+def test_xla_steps_are_bitwise_with_the_core(convention, dtype):
+    """Under jit_compile the per-step scalars are computed in-graph (uniopt.scalar_ops) and the
+    rule's divisions by counts stay divisions (3 and 5 are not powers of two): the trajectory is
+    the core's NumPy run, bit for bit."""
+    kwargs = {"convention": convention, "weight_decay": 0.1}
+    if convention == "optax":
+        kwargs.update(min_dim_size_to_factor=2, momentum=0.5, decay_offset=2)
+    params, grads = params_and_grads(6, dtype, shapes=SHAPES)
     variables = [tf.Variable(p) for p in params]
-    opt = ut.Adafactor(convention=convention)
-    opt.build(variables)
+    opt = ut.from_spec(uniopt.Adafactor(**kwargs))
     step = make_step(opt, variables, "xla")
-    with pytest.raises(ValueError, match=r"Adafactor: .*cannot be evaluated inside XLA.*jit_compile"):
-        step([tf.constant(x) for x in grads[0]])
-    assert int(opt.iterations.numpy()) == 0
-    for v, p in zip(variables, params, strict=True):
-        assert bits_equal(v.numpy(), p)
-        assert all(not np.any(s.numpy()) for s in opt.slots(v).values())
-
-
-def test_xla_refusal_comes_before_the_build_and_leaves_the_optimizer_usable():
-    """Refused in the first XLA step of an optimizer not yet built (as fit(jit_compile=True) on
-    TensorFlow builds it): nothing is built, and the same optimizer then steps in tf.function as
-    the refusal says, bitwise with the core."""
-    params, grads = params_and_grads(3, "float32", shapes=SHAPES)
-    variables = [tf.Variable(p) for p in params]
-    opt = ut.Adafactor()
-    with pytest.raises(ValueError, match=r"Adafactor: .*cannot be evaluated inside XLA.*jit_compile"):
-        make_step(opt, variables, "xla")([tf.constant(x) for x in grads[0]])
-    assert not opt.built
-    step = make_step(opt, variables, "function")
+    got = []
     for g in grads:
         step([tf.constant(x) for x in g])
-    assert_trajectories([snapshot(opt, variables)], reference(opt.spec, params, grads)[-1:])
+        got.append(snapshot(opt, variables))
+    assert_trajectories(got, reference(opt.spec, params, grads))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("convention", ["uniopt", "torch", "keras", "optax"])
+def test_xla_scalars_equal_the_hosts_at_any_step_and_learning_rate(convention, dtype):
+    """The in-graph scalars (``t^c`` by XLA's ``pow``, ``min(lr, 1/sqrt(t))``, Keras's float32
+    values, optax's ``powf``) against the host's ``step_scalars`` (the C library's ``pow`` and
+    ``powf`` in Python and NumPy): equal at the first steps (where ``torch.lerp``'s branch flips),
+    far past any table (2^31 + 5, where float32 ``t`` is rounded) and at learning rates other
+    than the spec's (a schedule's)."""
+    from uniopt.tf._scalars import scalar_source
+
+    spec = uniopt.Adafactor(convention=convention, weight_decay=0.1, beta2_decay=-0.7)
+    source = scalar_source(spec, dtype)
+    compiled = tf.function(lambda step, lr: tuple(source.traced(step, lr, "test")), jit_compile=True)
+    fields = source.scalars_type._fields
+    for step in (*range(1, 12), 1000, 12_345, 10**6 + 7, 2**31 + 5):
+        for lr in (spec.lr, 0.37, 3e-5):
+            lr32 = float(np.float32(lr))  # Keras's learning rate variable is float32
+            got = compiled(tf.constant(step, tf.int64), tf.constant(lr32, tf.float32))
+            want = source.host(step, lr32)
+            for name, g, w in zip(fields, got, want, strict=True):
+                if isinstance(w, bool):  # torch.lerp's branch
+                    assert bool(g.numpy()) is w, (name, step, lr)
+                else:
+                    assert bits_equal(np.asarray(g.numpy()), np.asarray(w)), (name, step, lr, g, w)
+
+
+def test_fit_with_jit_compile_follows_the_same_fit_without_it():
+    """``model.fit(jit_compile=True)`` (what ``jit_compile="auto"`` picks on a GPU): the optimizer
+    is built inside the first XLA step and steps as in ``tf.function``. XLA computes the model's
+    gradients in its own order, so the weights after two epochs agree within float32 rounding (a
+    step count or scalar off by one step would move them by percents)."""
+    x, y = _data()
+    weights, opts = [], []
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = _model()
+        opt = ut.Adafactor(learning_rate=0.05)
+        model.compile(optimizer=opt, loss="mse", jit_compile=jit)
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+        weights.append([w.numpy() for w in model.weights])
+        opts.append(opt)
+    assert [int(o.iterations.numpy()) for o in opts] == [6, 6]
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert any(not np.array_equal(w, w0) for w, w0 in zip(weights[1], _initial_weights(), strict=True))
+
+
+def _initial_weights():
+    keras.utils.set_random_seed(0)
+    return [w.numpy() for w in _model().weights]
 
 
 # -- Keras: fit, files, checkpoints ------------------------------------------------------------------
