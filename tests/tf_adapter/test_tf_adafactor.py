@@ -304,21 +304,29 @@ def test_xla_steps_are_bitwise_with_the_core(convention, dtype):
     assert_trajectories(got, reference(opt.spec, params, grads))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+# steps where a 16-bit scalar of the default spec lies just past a halfway point (found by a
+# review): float16 t^-0.8 at 10984 and 95170, 1/sqrt(t) at 62390; bfloat16 1/sqrt(t) at 66835,
+# t^-0.8 at 418286; float32 double rounding would land them on the halfway point
+HALFWAY_STEPS = (10_984, 62_390, 66_835, 95_170, 418_286)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 @pytest.mark.parametrize("convention", ["uniopt", "torch", "keras", "optax"])
 def test_xla_scalars_equal_the_hosts_at_any_step_and_learning_rate(convention, dtype):
     """The in-graph scalars (``t^c`` by XLA's ``pow``, ``min(lr, 1/sqrt(t))``, Keras's float32
     values, optax's ``powf``) against the host's ``step_scalars`` (the C library's ``pow`` and
-    ``powf`` in Python and NumPy): equal at the first steps (where ``torch.lerp``'s branch flips),
-    far past any table (2^31 + 5, where float32 ``t`` is rounded) and at learning rates other
-    than the spec's (a schedule's)."""
+    ``powf`` in Python and NumPy), rounded once to the dtype: equal at the first steps (where
+    ``torch.lerp``'s branch flips), far past any table (2^31 + 5, where float32 ``t`` is rounded),
+    where a 16-bit value lies just past a halfway point (rounding through float32 would move it)
+    and at learning rates other than the spec's (a schedule's)."""
     from uniopt.tf._scalars import scalar_source
 
-    spec = uniopt.Adafactor(convention=convention, weight_decay=0.1, beta2_decay=-0.7)
+    beta2_decay = -0.8 if dtype in ("float16", "bfloat16") else -0.7
+    spec = uniopt.Adafactor(convention=convention, weight_decay=0.1, beta2_decay=beta2_decay)
     source = scalar_source(spec, dtype)
     compiled = tf.function(lambda step, lr: tuple(source.traced(step, lr, "test")), jit_compile=True)
     fields = source.scalars_type._fields
-    for step in (*range(1, 12), 1000, 12_345, 10**6 + 7, 2**31 + 5):
+    for step in (*range(1, 12), 1000, 12_345, *HALFWAY_STEPS, 10**6 + 7, 2**31 + 5):
         for lr in (spec.lr, 0.37, 3e-5):
             lr32 = float(np.float32(lr))  # Keras's learning rate variable is float32
             got = compiled(tf.constant(step, tf.int64), tf.constant(lr32, tf.float32))
