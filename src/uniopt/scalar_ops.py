@@ -35,6 +35,8 @@ import math
 import operator
 from typing import Any
 
+from ._math import float32_pow, keras_float32
+
 __all__ = ["HOST", "HostOps"]
 
 
@@ -50,17 +52,14 @@ class HostOps:
 
     @staticmethod
     def float32(a: Any) -> float:
-        """``a`` rounded to float32 (round to nearest even), as a Python float."""
-        import numpy as np
-
-        return float(np.float32(a))
+        """``a`` rounded to float32 (round to nearest even), as a Python float
+        (:func:`uniopt._math.keras_float32`'s rounding)."""
+        return keras_float32(a)
 
     @staticmethod
     def pow32(a: Any, b: Any) -> float:
         """``powf(float32(a), float32(b))``, the C library's float32 power
         (:func:`uniopt._math.float32_pow`: subnormal results flushed to 0)."""
-        from ._math import float32_pow
-
         return float(float32_pow(a, b))
 
     @staticmethod
