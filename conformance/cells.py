@@ -14,6 +14,8 @@ __all__ = [
     "CONVENTION_DTYPES",
     "CONVENTION_STREAMS",
     "DEFAULT_STEPS",
+    "LARGE_OPTIMIZERS",
+    "LARGE_STEPS",
     "LONG_OPTIMIZERS",
     "LONG_STEPS",
     "PARITY_STEPS",
@@ -35,6 +37,15 @@ LONG_STEPS = 20_000
 LONG_OPTIMIZERS = ("Adam", "RAdam")
 """The optimizers the ``long`` stream runs (their default case), in float32: the dtype whose
 bias corrections saturate within the run."""
+
+LARGE_OPTIMIZERS = ("Adam", "RAdam", "ScheduleFreeAdamW")
+"""The optimizers the ``large`` stream runs (their default case), in float32: those whose fast
+paths change with a parameter's size (the torch CPU kernel's tiles; uniopt.tf's XLA scheduling
+hints, which Schedule-Free AdamW's rule takes from 32,768 elements)."""
+
+LARGE_STEPS = 8
+"""Steps of the ``large`` stream: past RAdam's first rectified step (6), few
+because each step is 74,571 elements."""
 
 
 CONVENTION_STREAMS = ("normal", "huge", "nonfinite", "parity")
@@ -88,9 +99,10 @@ def cells(
     """Every (optimizer, case, stream, dtype) of the table, optionally filtered.
 
     The ``long`` stream runs only :data:`LONG_OPTIMIZERS` in their default case, for
-    :data:`LONG_STEPS` steps (or ``steps``, if that is longer). Cases with a framework convention
-    run :data:`CONVENTION_STREAMS` in :data:`CONVENTION_DTYPES`, the ``parity`` stream for
-    :data:`PARITY_STEPS` steps.
+    :data:`LONG_STEPS` steps (or ``steps``, if that is longer); the ``large`` stream only
+    :data:`LARGE_OPTIMIZERS` in their default case, for :data:`LARGE_STEPS` steps. Cases with a
+    framework convention run :data:`CONVENTION_STREAMS` in :data:`CONVENTION_DTYPES`, the
+    ``parity`` stream for :data:`PARITY_STEPS` steps.
     """
     wanted = set(optimizers) if optimizers is not None else None
     unknown = sorted(wanted - {info.name for info in TABLE}) if wanted is not None else []
@@ -99,15 +111,17 @@ def cells(
             f"unknown optimizer(s) {', '.join(unknown)}; the table has {', '.join(i.name for i in TABLE)}"
         )
     stream_names = list(streams) if streams is not None else list(STREAMS)
-    lengths = {"long": max(steps, LONG_STEPS), "parity": max(steps, PARITY_STEPS)}
+    lengths = {"long": max(steps, LONG_STEPS), "parity": max(steps, PARITY_STEPS), "large": LARGE_STEPS}
+    only = {"long": LONG_OPTIMIZERS, "large": LARGE_OPTIMIZERS}
     return [
         Cell(info.name, case.desc, stream, dtype, lengths.get(stream, steps))
         for info in TABLE
         if wanted is None or info.name in wanted
         for case in info.all_cases
         for stream in stream_names
-        for long in [stream == "long"]
-        if not long or (info.name in LONG_OPTIMIZERS and case.desc == "default")
+        for few in [only.get(stream)]
+        if few is None or (info.name in few and case.desc == "default")
         for dtype in dtypes
-        if (not long or dtype == "float32") and _runs(case.kwargs.get("convention", "uniopt"), stream, dtype)
+        if few is None or dtype == "float32"
+        if _runs(case.kwargs.get("convention", "uniopt"), stream, dtype)
     ]

@@ -32,6 +32,9 @@ PARAM_SETS: dict[str, tuple[tuple[int, ...], ...]] = {
     "mixed": ((), (0,), (3, 1, 5), (2, 0, 3), (7,)),
     # for the long cases (tens of thousands of steps)
     "small": ((3,), (2, 2)),
+    # past 32,768 elements: uniopt.tf's scheduling hints under XLA (xp.HINT_MIN_SIZE) and more than
+    # one of the torch CPU kernel's 32,768-element tiles, an odd matrix and a vector
+    "large": ((181, 191), (40000,)),
     # the sets above for an optimizer that takes matrices only (MATRIX_SETS)
     "matrices": ((16, 8), (4, 8), (5, 5)),
     "matrices_mixed": ((1, 1), (0, 3), (3, 0), (1, 7), (7, 1)),
@@ -111,6 +114,7 @@ STREAMS: dict[str, Stream] = {
         Stream("sparse", "standard", _sparse, "normal with about half the entries exactly 0"),
         Stream("mixed_shapes", "mixed", _normal(1.0), "normal over 0-d, empty and 3-d params"),
         Stream("long", "small", _normal(1.0), "standard normal over a small set, for long runs"),
+        Stream("large", "large", _normal(1.0), "standard normal over 34,571 and 40,000 elements"),
         Stream(
             "parity",
             "standard",

@@ -557,6 +557,14 @@ def _step_namespace(count: jax.Array, *arrays: Any) -> tuple[Any, jax.Array | No
     return _OP_BY_OP, None
 
 
+HINT_MIN_SIZE = 2**20
+"""The fewest elements for which :meth:`_Unfused.uniopt_recomputed` acts: where an array no longer
+stays in the CPU's caches between XLA's loops. Measured on Schedule-Free AdamW (float32, a jitted,
+donated update and apply_updates, interleaved steps; 2 MiB L2 per core, 32 MiB L3): with the hint,
+256x256 matrices 7.2 -> 8.0 ms, 512x512 8.0 -> 10.6, 724x724 7.9 -> 12.0, 1024x1024 23.6 -> 15.3,
+1260x1250 62.7 -> 35.6 (optax.contrib.schedule_free_adamw 47.7). On a GPU: not measured."""
+
+
 class _Unfused:
     """Under tracing: ``jax.numpy`` whose ``multiply`` returns the rounded product even inside a
     fused kernel (XLA would otherwise contract ``a*b + c`` into one FMA on CPUs and GPUs), and whose
@@ -579,6 +587,15 @@ class _Unfused:
         if jnp.issubdtype(product.dtype, jnp.complexfloating):  # each part rounded on its own
             return lax.complex(_rounded(product.real, self._zero), _rounded(product.imag, self._zero))
         return _rounded(product, self._zero)
+
+    def uniopt_recomputed(self, x: Any) -> jax.Array | None:
+        """:func:`uniopt._math.recomputed`: ``x`` through the integer no-op (:func:`_rounded`), a
+        value XLA does not identify with ``x``, for arrays of at least :data:`HINT_MIN_SIZE`
+        elements; ``None`` for smaller ones."""
+        x = jnp.asarray(x)
+        if x.size < HINT_MIN_SIZE or not jnp.issubdtype(x.dtype, jnp.floating):
+            return None
+        return _rounded(x, self._zero)
 
     def sign(self, x: Any) -> jax.Array:
         """:func:`_sign` (NumPy's: ``+0`` for ``±0``, ``±1`` for subnormals)."""

@@ -167,6 +167,8 @@ class Tracer:
         return torch.empty(0, dtype=dtype).is_complex() if kind == "complex floating" else _refuse(kind)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("uniopt_"):  # a fusing compiler's scheduling hint (uniopt._math.after):
+            raise AttributeError(name)  # absent here, where the rule is one loop already
         raise UntranslatableError(f"xp.{name}")
 
 

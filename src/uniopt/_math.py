@@ -17,6 +17,7 @@ __all__ = [
     "abs_sq",
     "adam_moments",
     "adam_step",
+    "after",
     "bias_correction",
     "divide_by_scalar",
     "divide_exactly",
@@ -35,6 +36,7 @@ __all__ = [
     "norm",
     "prepare_grad",
     "real_scalars",
+    "recomputed",
     "refuse_complex",
     "rms",
     "round_to_dtype",
@@ -238,6 +240,33 @@ def from_parts(re: Array, im: Array, like: Array, xp: Any) -> Array:
 # GPUs). The specs that reduce (LAMB's norms) fix the order here, with elementwise additions only, so
 # that every backend adds the same pairs and rounds each sum once: the result is the same bits
 # everywhere, in every dtype, eagerly and compiled (no compiler reassociates floating-point adds).
+
+
+# -- scheduling hints for fusing compilers (XLA) ---------------------------------------------------
+# A rule whose outputs share an expensive intermediate (a division, a square root) and read an old
+# value that another output replaces in place is run by XLA as several loops: it stores the
+# intermediate and reads it back, and copies the old value before overwriting it, because without
+# multi-output fusion each output is its own loop and nothing orders the loop that reads the old
+# value before the one that overwrites it. These two hooks let a rule say so; they change no value.
+# A namespace offers them as ``uniopt_recomputed`` and ``uniopt_after`` (uniopt.tf's under XLA);
+# elsewhere (NumPy, torch, TensorFlow outside XLA) they are absent and the rule runs as written.
+
+
+def recomputed(x: Array, xp: Any) -> Array | None:
+    """``x`` again, as a value a compiler does not identify with ``x`` (a bitwise no-op it cannot
+    see through), so that an expression built on it is computed again inside the loop that reads it
+    instead of being stored once and read back; ``None`` where the namespace offers no such value
+    (the caller then reuses what it computed from ``x``, the same bits)."""
+    hook = getattr(xp, "uniopt_recomputed", None)
+    return None if hook is None else hook(x)
+
+
+def after(x: Array, first: Array, xp: Any) -> Array:
+    """``x``, the same bits, computed after ``first`` is (one element of ``first`` enters ``x``'s
+    loop as a bitwise no-op): an in-place update of an array that ``first``'s loop reads then waits
+    for it instead of working on a copy. ``x`` itself where the namespace offers no ordering."""
+    hook = getattr(xp, "uniopt_after", None)
+    return x if hook is None else hook(x, first)
 
 
 def size(x: Array) -> int:

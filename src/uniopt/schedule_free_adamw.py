@@ -108,12 +108,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 from ._math import (
+    after,
     divide_by_scalar,
     float32_pow,
     float_bits,
     is_complex,
     keras_float32,
     keras_weight_decay,
+    recomputed,
 )
 from ._spec import Array, Spec, State, _namespace_or_none, cast_scalars
 from ._validate import check_interval
@@ -381,17 +383,27 @@ class ScheduleFreeAdamW(Spec):
             xp.multiply(slots["exp_avg_sq"], sc.beta2),
             xp.multiply(xp.multiply(grad, grad), sc.one_minus_beta2),
         )
-        denom = xp.add(xp.sqrt(divide_by_scalar(v, sc.bc2, xp)), sc.eps)
-        u = xp.divide(grad, denom)
-        if self.weight_decay != 0:  # weight decay calculated at y
-            u = xp.add(u, xp.multiply(y, sc.weight_decay))
+        u = self._uniopt_normalized(grad, v, y, sc, xp)
+        # y's step reads the old z and u, and z's step replaces z: under XLA (no multi-output
+        # fusion) y's loop computes u again from v rather than reading a stored u, and z's loop
+        # runs after it, in place, rather than on a copy of z (the same bits; docs/tf.md)
+        v_again = recomputed(v, xp)
+        u_y = u if v_again is None else self._uniopt_normalized(grad, v_again, y, sc, xp)
         # y.lerp_(z, c): torch's form for |c| < 0.5, taken for every c (no branch that flips
         # with the step, which would recompile a compiled step; the package's fused lerp_ differs
         # from either form by a rounding anyway)
-        y = xp.add(y, xp.multiply(sc.c, xp.subtract(z, y)))
-        y = xp.add(y, xp.multiply(u, sc.y_coef))
-        z = xp.subtract(z, xp.multiply(u, sc.lr))
-        return y, {"z": z, "exp_avg_sq": v}
+        new_y = xp.add(y, xp.multiply(sc.c, xp.subtract(z, y)))
+        new_y = xp.add(new_y, xp.multiply(u_y, sc.y_coef))
+        z = after(xp.subtract(z, xp.multiply(u, sc.lr)), new_y, xp)
+        return new_y, {"z": z, "exp_avg_sq": v}
+
+    def _uniopt_normalized(self, grad: Array, v: Array, y: Array, sc: Any, xp: Any) -> Array:
+        """``u = grad / (sqrt(v / bc2) + eps) + weight_decay * y`` (weight decay at ``y``)."""
+        denom = xp.add(xp.sqrt(divide_by_scalar(v, sc.bc2, xp)), sc.eps)
+        u = xp.divide(grad, denom)
+        if self.weight_decay != 0:
+            u = xp.add(u, xp.multiply(y, sc.weight_decay))
+        return u
 
     # -- keras.optimizers.ScheduleFreeAdamW -------------------------------------------------------
     def keras_history_scalars(self, step: int, lr: float, h: None):

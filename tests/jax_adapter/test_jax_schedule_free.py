@@ -77,6 +77,39 @@ def test_bitwise_with_the_core_eagerly_and_under_jit(case, dtype, lr):
             assert_history_equal([x], [_core_eval(spec, want[-1], want_state)], f"{what} eval_params")
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_under_jit_a_parameter_past_the_hint_size_is_bitwise_with_the_core(weight_decay):
+    """A parameter of at least uniopt.jax._transform.HINT_MIN_SIZE elements, where y's update
+    recomputes u from v under jit (uniopt._math.recomputed) instead of reading a stored u: the
+    core's NumPy run bit for bit, beside a small parameter that takes the unhinted step, eagerly
+    (no hint) and under jit (the hint taken for the large parameter only)."""
+    from uniopt.jax._transform import HINT_MIN_SIZE
+
+    shapes = [(1024, HINT_MIN_SIZE // 1024 + 3), (3, 5)]
+    spec = uniopt.ScheduleFreeAdamW(lr=0.02, weight_decay=weight_decay, warmup_steps=2)
+    params0, grads = _inputs("float32", steps=4, shapes=shapes)
+    want, want_state = reference(spec, params0, grads)
+    tx = ujax.from_spec(spec)
+    for jit in (False, True):
+        got, state = run_direct(tx, params0, grads, jit=jit)
+        assert_history_equal(got, want, "jit" if jit else "eager")
+        for name in spec.slot_names():
+            for i, core in enumerate(want_state.slots):
+                assert same_bits(state.slots[name][i], core[name]), (jit, name, i)
+    recomputed = []
+    hook = ujax._transform._Unfused.uniopt_recomputed
+
+    def spy(self, x):
+        out = hook(self, x)
+        recomputed.append((x.shape, out is not None))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ujax._transform._Unfused, "uniopt_recomputed", spy)
+        jax.jit(lambda g, s, p: tx.step(g, s, p))(grads[0], tx.init(params0), params0)
+    assert sorted(set(recomputed)) == [((3, 5), False), (shapes[0], True)]
+
+
 def test_the_history_is_exact_without_x64():
     """jax has no float64 with x64 off: the history rides as the float64 bits in uint32 pairs."""
     spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=3)

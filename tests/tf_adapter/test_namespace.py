@@ -240,3 +240,36 @@ def test_muons_matrix_functions_are_exact_or_the_backends_products(dtype, mode):
     assert product.dtype == exact.dtype
     tiny = np.finfo(dtype).eps * np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
     assert np.all(np.abs(product.astype(np.float64) - exact) <= 5 * tiny + np.finfo(dtype).tiny)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_the_scheduling_hints_change_no_bits(dtype, mode):
+    """uniopt._math.recomputed and after (xp.uniopt_recomputed, xp.uniopt_after) give back their
+    operand's bits exactly, NaN payloads, infinities, -0 and subnormals included; they act under XLA
+    only, and only on arrays of at least xp.HINT_MIN_SIZE elements (recomputed is None elsewhere)."""
+    import ml_dtypes
+
+    from uniopt._math import after, recomputed
+
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    info = ml_dtypes.finfo(np_dtype)
+    specials = [np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, float(info.smallest_subnormal), float(info.max)]
+    rng = np.random.default_rng(5)
+    values = {}
+    for n in (xp.HINT_MIN_SIZE, 9):
+        x = rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)
+        x[: len(specials)] = specials
+        values[n] = np.asarray(x, np_dtype)
+    first = np.asarray(-rng.standard_normal(xp.HINT_MIN_SIZE), np_dtype)
+    first[0] = np.nan
+
+    def hinted(x, first):
+        again = recomputed(x, xp)
+        return (x if again is None else again), after(x, first, xp), again is not None
+
+    run = hinted if mode == "eager" else tf.function(hinted, jit_compile=mode == "xla")
+    for n, x in values.items():
+        again, ordered, acted = run(tf.constant(x), tf.constant(first[:n]))
+        assert bits_equal(again.numpy(), x) and bits_equal(ordered.numpy(), x), n
+        assert bool(acted) == (mode == "xla" and n >= xp.HINT_MIN_SIZE), n

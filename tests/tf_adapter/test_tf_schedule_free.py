@@ -93,6 +93,60 @@ def test_under_xla_every_case_but_optax_is_bitwise_with_the_core(case):
         assert opt.history() == state.history
 
 
+# parameters of at least uniopt.tf.xp.HINT_MIN_SIZE elements, where the XLA step runs scheduled (y's
+# loop recomputes u, z's loop follows it in place): a power-of-two matrix, an odd one, a vector
+LARGE_SHAPES = [(256, 256), (181, 191), (40000,), (3, 5)]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_under_xla_large_parameters_take_the_scheduled_step_bitwise(dtype, weight_decay):
+    """The default convention's XLA step on parameters large enough for the scheduling hints
+    (uniopt._math.recomputed and after, which change no value) is the core's NumPy run bit for bit,
+    with and without weight decay (which makes z's step read y as well), a small parameter in the
+    same step taking the unscheduled step; and in ``tf.function`` (where the hints are absent)."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.02, weight_decay=weight_decay, warmup_steps=2)
+    params, grads = params_and_grads(5, dtype, seed=4, shapes=LARGE_SHAPES)
+    want = reference(spec, params, grads)
+    for mode in ("xla", "function"):
+        assert_trajectories(run_adapter(ut.from_spec(spec), params, grads, mode), want)
+
+
+def _optimized_hlo(spec, shape):
+    """The optimized HLO of one jit_compile step of ``spec`` over a float32 variable of ``shape``."""
+    variable = tf.Variable(np.ones(shape, np.float32))
+    opt = ut.from_spec(spec)
+    opt.build([variable])
+    step = tf.function(lambda g: opt.apply_gradients([(g, variable)]), jit_compile=True)
+    grad = tf.constant(np.full(shape, 0.5, np.float32))
+    return step.experimental_get_compiler_ir(grad)(stage="optimized_hlo")
+
+
+def test_under_xla_z_is_updated_in_place_not_copied():
+    """What the hints are for, read from XLA's optimized program: with them, no copy of a
+    parameter-sized array and one loop per output (v, y, z); without them (the same step through a
+    namespace that offers no hints), XLA copies z before updating it and stores u."""
+    import uniopt.tf.xp as txp
+
+    spec = uniopt.ScheduleFreeAdamW(lr=0.02)
+    shape, array = (256, 256), "f32[256,256]{1,0}"
+
+    def copies_and_loops(hlo: str) -> tuple[int, int]:
+        entry = hlo[hlo.index("ENTRY") :]
+        lines = [line for line in entry.splitlines() if f"= {array} " in line]
+        copies = sum(" copy(" in line for line in lines)
+        return copies, sum(" fusion(" in line for line in lines)
+
+    assert copies_and_loops(_optimized_hlo(spec, shape)) == (0, 3)
+    hooks = txp.uniopt_recomputed, txp.uniopt_after
+    try:
+        txp.uniopt_recomputed, txp.uniopt_after = (lambda x: None), (lambda x, first: x)
+        copies, loops = copies_and_loops(_optimized_hlo(spec, shape))
+    finally:
+        txp.uniopt_recomputed, txp.uniopt_after = hooks
+    assert copies >= 1 and loops == 4
+
+
 def test_under_xla_a_long_warmup_and_many_steps_keep_the_history_exact():
     """40 steps inside a 25-step warmup and past it, the bias correction read from its table: the
     float64 history after each step is the core's, bit for bit."""
