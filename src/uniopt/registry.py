@@ -403,8 +403,10 @@ NATIVE_TOLERANCES: dict[str, dict[str, tuple[int, str]]] = {
     # every default and long cell: 510 ulp (beta1_half, normal, float64; relative 2.2e-16), float32
     # 163 (relative 1.1e-7)
     "ScheduleFreeAdamW": {
+        # 510 ulp on the 50-step streams; 9166 on the large stream (74,571 elements, at step 1),
+        # measured 2026-12-05: more elements, more of the fused roundings' worst cases
         "torch.optim": (
-            4 * 510,
+            4 * 9166,
             f"{_TORCH_KERNELS}; the package's y.lerp_(z, c) is also z - (z - y)(1 - c) for c >= 0.5 "
             "(the first steps), which the spec writes y + c(z - y)",
         )
