@@ -248,7 +248,8 @@ def from_parts(re: Array, im: Array, like: Array, xp: Any) -> Array:
 # intermediate and reads it back, and copies the old value before overwriting it, because without
 # multi-output fusion each output is its own loop and nothing orders the loop that reads the old
 # value before the one that overwrites it. These two hooks let a rule say so; they change no value.
-# A namespace offers them as ``uniopt_recomputed`` and ``uniopt_after`` (uniopt.tf's under XLA);
+# A namespace offers them as ``uniopt_recomputed`` and ``uniopt_after`` (uniopt.tf's under XLA;
+# uniopt.jax's traced namespace the first);
 # elsewhere (NumPy, torch, TensorFlow outside XLA) they are absent and the rule runs as written.
 
 
