@@ -112,6 +112,9 @@ def module(start: bool = True) -> ModuleType | None:
     global _loaded, _failed, _builder
     if _loaded is not None or _failed:
         return _loaded
+    building = _builder
+    if building is not None and building.is_alive():  # every step until the build ends: no work
+        return None
     with _lock:
         if _loaded is not None or _failed:
             return _loaded

@@ -296,6 +296,31 @@ def test_without_a_compiler_the_python_code_steps(monkeypatch, tmp_path):
     _assert_same(_train("RAdam", {"lr": 1e-2}), _train("RAdam", {"lr": 1e-2}, implementation="loop"))
 
 
+def test_while_the_build_runs_a_step_does_no_build_work(monkeypatch):
+    """Until the background build ends, ``module()`` answers ``None`` at once: each step of a
+    process's first seconds used to look up the compiler, read the source and hash the build's
+    identity again (measured: a sparse SGD step 0.60 ms against 0.16 ms once built)."""
+    import threading
+
+    release = threading.Event()
+    builder = threading.Thread(target=release.wait, daemon=True)
+    builder.start()
+
+    def no_build_work(*args, **kwargs):
+        raise AssertionError("build work during a step")
+
+    for name, value in (("_loaded", None), ("_failed", False), ("_builder", builder)):
+        monkeypatch.setattr(_host, name, value)
+    monkeypatch.setattr(_host, "_compiler", no_build_work)
+    monkeypatch.setattr(_host, "_target", no_build_work)
+    try:
+        assert _host.module() is None
+        assert _host.module(start=False) is None
+    finally:
+        release.set()
+        builder.join()
+
+
 def test_the_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv("UNIOPT_TORCH_HOST", "0")
     for name, value in (("_loaded", None), ("_failed", False), ("_builder", None)):
