@@ -484,6 +484,16 @@ How to read the targets, and what limits each one:
   --xla_cpu_enable_fast_min_max=false"` (docs/tf.md); the benchmark runs with XLA's defaults (the
   flags are process-wide and would slow the Keras natives timed beside it), so its `jit_compile` rows
   are XLA's speed, not the bitwise mode's.
+* **uniopt.tf on many small tensors** (2000 tensors of 500 elements) pays TensorFlow's cost per
+  tensor and per variable, which dwarfs the arithmetic (the bandwidth bound is about 1.3 ms).
+  Measured in one process (TensorFlow 2.21, a hand-written Adam step, interleaved): a step that
+  only takes the 2000 gradients as arguments of its `tf.function` costs 40 to 46 ms, XLA or not,
+  for uniopt and Keras alike; the Adam step over 6000 variables (each parameter and its two
+  moments) 125 to 134 ms under XLA and 96 to 98 ms in `tf.function`, like Keras's and uniopt.tf's
+  rows; the same step with each moment kept in one flat variable for all 2000 tensors (2002
+  variables) 69 to 78 ms under XLA. So the XLA rows are slower than the `tf.function` ones here,
+  and uniopt.tf's state would have to live in flat variables (a different Keras variable layout:
+  checkpoints, `optimizer.variables`) to reach Keras's `tf.function` step; not done.
 * **uniopt.torch.SGD on the sparse set** misses 1.5x by construction: torch.optim.SGD adds the
   uncoalesced gradient into the parameter in one kernel (repeated rows added one by one), while
   uniopt's rule sees the gradient's value, so it sums repeated rows first (`coalesce()`), gathers
@@ -535,9 +545,9 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   through two hints that change no value (`uniopt._math.recomputed` and `after`; the conformance
   matrix's `large` stream runs them): `y`'s loop recomputes `u` from `v`, and `z`'s loop follows
   it in place (three loops, 48 bytes per parameter; Keras's algorithm, which steps `y` from the new
-  `z`, needs 40). uniopt.tf's large-set step went from 1.75x to about 1.1x Keras's; uniopt.jax's,
-  measured in one process, from 61-63 ms to 32-36 ms against optax's 45-48 ms (hint from 2^20
-  elements per array, where an array no longer stays in this CPU's caches between loops). The
+  `z`, needs 40). uniopt.tf's large-set step went from 1.75x to about 1.1x Keras's; uniopt.jax's
+  from 1.09x optax's (the run of 2026-12-04) to the 0.64x above (hint from 2^20 elements per
+  array, where an array no longer stays in this CPU's caches between loops). The
   many-small set's tensors are below both thresholds. `uniopt.tf.ScheduleFreeAdamW(convention=
   'keras')`, Keras's algorithm run by the spec, is timed beside it.
 * **Adafactor under XLA on TensorFlow**: its scalars never reach a limit (the relative step size),
