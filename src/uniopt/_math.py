@@ -354,6 +354,15 @@ def sum_pairwise_axis(
     :math:`\lceil\log_2 n\rceil` ulp of the partial sums. An empty axis sums to ``+0``.
     ``of``: an elementwise function applied to the first halving's half-slabs, as in
     :func:`sum_pairwise` (the same bits as ``sum_pairwise_axis(of(x), ...)``).
+
+    A halving is computed as one ``add`` of ``x[..., :h, ...]`` and ``x[..., h:n, ...]`` padded
+    with ``-0`` to ``h`` slices: ``v + (-0)`` is ``v`` for every ``v`` (``±0``, infinities and NaN
+    included) in IEEE arithmetic, so a kept slice is its own value, and the halving is a single
+    elementwise op rather than an ``add`` and a concatenation with the kept slices. Under XLA the
+    concatenation read the producer of ``x`` twice, so XLA stored it (an array the size of ``x``
+    written and read back: ``u`` in Adafactor's clipping RMS); padded, the producer fuses into the
+    halving (measured with uniopt.jax's Adafactor, jitted and donated, on 16 tensors of 1.575M
+    float32 elements: 166.8 ms against optax's 136.7 before, 141.0 after, the same bits).
     """
     ndim = len(x.shape)
     axis = axis % ndim
@@ -369,13 +378,13 @@ def sum_pairwise_axis(
         out, first = x, of  # of: on the first halving's slabs only, so each element's computed once
         while n > 1:
             h = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n
-            low, high = part(out, 0, n - h), part(out, h, n)
-            kept = part(out, n - h, h) if 2 * h != n else None
+            low, high = part(out, 0, h), part(out, h, n)
             if first is not None:
-                low, high, kept = first(low), first(high), None if kept is None else first(kept)
+                low, high = first(low), first(high)
                 first = None
-            paired = xp.add(low, high)
-            out = paired if kept is None else xp.concat([paired, kept], axis=axis)
+            if 2 * h != n:  # the kept slices n-h <= i < h: plus -0, which leaves every value as it is
+                high = xp.concat([high, xp.full_like(part(low, 0, 2 * h - n), -0.0)], axis=axis)
+            out = xp.add(low, high)
             n = h
         if first is not None:  # a single element along the axis
             out = first(out)
