@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import numbers
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -250,6 +251,12 @@ def _none_means(alias: str, arguments: dict[str, Any]) -> dict[str, Any]:
             )
         elif not isinstance(given, bool) and given == value:
             raise ValueError(f"uniopt.jax.{alias}: {arg}={given!r} is refused: {why}")
+        elif isinstance(given, numbers.Real) and not isinstance(given, bool) and not given > value:
+            # below the spec's value: the spec's own message would offer that value, refused here
+            raise ValueError(
+                f"uniopt.jax.{alias}: {arg}={given!r} is out of range; expected None or a number "
+                f"above {value!r} ({why})"
+            )
     return out
 
 

@@ -255,8 +255,16 @@ def test_warmup_steps_none_is_no_warmup_and_zero_is_refused():
             r"pass warmup_steps=None for no warmup",
         ):
             ujax.schedule_free_adamw(warmup_steps=zero)
-    with pytest.raises(ValueError, match=r"ScheduleFreeAdamW: warmup_steps=-2 is not an integer >= 0"):
-        ujax.schedule_free_adamw(warmup_steps=-2)
+    # a negative count: the spec's own message would offer 0, which this factory refuses
+    for negative in (-2, -0.5, np.int64(-1)):
+        with pytest.raises(
+            ValueError,
+            match=r"uniopt\.jax\.schedule_free_adamw: warmup_steps=\S+ is out of range; expected None "
+            r"or a number above 0 \(.*pass warmup_steps=None for no warmup\)",
+        ):
+            ujax.schedule_free_adamw(warmup_steps=negative)
+    with pytest.raises(ValueError, match=r"ScheduleFreeAdamW: warmup_steps=2\.5 is not an integer >= 0"):
+        ujax.schedule_free_adamw(warmup_steps=2.5)
     with pytest.raises(ValueError, match=r"warmup_steps is a jax array; pass a Python number or None"):
         ujax.schedule_free_adamw(warmup_steps=jnp.asarray(5))
     # the reverse mapping spells the spec's 0 as None, and the table's cases go through the factory
