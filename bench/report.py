@@ -525,7 +525,11 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   uniopt.torch stacks the parameters of one shape and runs the rule once per stack under
   `torch.func.vmap` (bitwise the per-tensor step): Adafactor went from 499 ms (9.25x torch.optim's
   foreach step, two runs before) to 66 ms (0.93x), LAMB from 310 to 57 ms. Under XLA (uniopt.jax,
-  uniopt.tf with `jit_compile`) the slices fuse.
+  uniopt.tf with `jit_compile`) the slices fuse. Since 2026-12-05 each halving of an odd length adds
+  `-0` to the slices it keeps (`x + (-0)` is `x`, bit for bit) rather than concatenating them after
+  the addition; the concatenation read the summed array's producer twice, so XLA stored that array
+  (Adafactor's `u`) and read it back: uniopt.jax's large-set Adafactor went from 1.19x optax's (the
+  run of 2026-12-04) to the figure above, the same bits.
 * **Compilation grows with those slices**: XLA compiles uniopt.jax's 2000-tensor Adafactor, LAMB
   and Schedule-Free steps and its 1000-matrix Muon step in about twice optax's time (the first
   step column), and a `tf.function` of uniopt.tf's non-elementwise steps holds 250 to 530 graph
