@@ -261,13 +261,16 @@ class HistoryOptimizer(UnioptOptimizer):
     @property
     def train_mode(self) -> bool:
         """Whether the model's variables hold ``y`` (train mode) rather than ``x`` (eval mode)."""
-        return int(keras.ops.convert_to_numpy(self._uniopt_mode)) == 1
+        return int(self._uniopt_mode.value) == 1
 
     def eval(self) -> None:
         """Eval mode: every model variable this optimizer was built for becomes ``x``, the spec's
         ``eval_param`` of it and its ``z`` (uniopt: the package's ``p.lerp_(z, 1 - 1/beta1)``;
         optax: ``schedule_free_eval_params``; keras: Keras's in-step recovery of ``x``). Before
-        the first step ``x = y`` and nothing is assigned. No-op in eval mode; eager only."""
+        the first step ``x = y`` and nothing is assigned. No-op in eval mode; eager only.
+        ``RuntimeError`` where steps were taken but the optimizer is not built (a checkpoint restored
+        into an optimizer not built yet: its ``z`` slots come back only when ``build`` creates
+        them), before anything changes."""
         if getattr(self, "_uniopt_xla_steps", False):
             warnings.warn(
                 f"{PACKAGE}.{type(self).__name__}: this optimizer's steps run compiled by XLA, which "
@@ -281,8 +284,9 @@ class HistoryOptimizer(UnioptOptimizer):
     def train(self) -> None:
         """Train mode: every model variable becomes ``y`` again (the spec's ``train_param``; the
         package's ``p.lerp_(z, 1 - beta1)``, which rounds, so ``eval()`` then ``train()`` moves
-        ``y`` by a few ulp, as the package's does; :meth:`evaluating` restores ``y`` exactly).
-        No-op in train mode; eager only."""
+        ``y`` by about an ulp of the larger of ``y`` and ``z``, as the package's does;
+        :meth:`evaluating` restores ``y`` exactly).
+        No-op in train mode; eager only; ``RuntimeError`` as :meth:`eval` where not built."""
         self._switch(to_eval=False)
 
     def _switch(self, *, to_eval: bool) -> None:
@@ -293,9 +297,27 @@ class HistoryOptimizer(UnioptOptimizer):
             )
         if self.train_mode != to_eval:
             return
-        if self.built and int(keras.ops.convert_to_numpy(self.iterations)) > 0:
+        if self._steps_without_slots():
+            raise RuntimeError(self._unbuilt_message("train() and eval() rewrite"))
+        if self.built and int(self.iterations.value) > 0:
             self._rewrite(self._spec.eval_param if to_eval else self._spec.train_param)
         self._uniopt_mode.assign(0 if to_eval else 1)
+
+    def _steps_without_slots(self) -> bool:
+        """Whether steps were taken (``iterations > 0``) but the optimizer is not built: restored
+        from a checkpoint (``tf.train.Checkpoint``) into an optimizer built later, whose ``z`` slots
+        the checkpoint restores only when :meth:`build` creates them. ``x`` and ``y`` differ then,
+        and neither can be computed."""
+        return not self.built and int(self.iterations.value) > 0
+
+    def _unbuilt_message(self, what: str) -> str:
+        steps = int(self.iterations.value)
+        return (
+            f"{PACKAGE}.{type(self).__name__}: {what} the model's variables from the "
+            f"optimizer's slots (z), but the optimizer has taken {steps} steps and is not built (a "
+            "checkpoint restored into it restores the slots only when build creates them); call "
+            "optimizer.build(model.trainable_variables) first (nothing was changed)"
+        )
 
     def _rewrite(self, convert: Any) -> None:
         """Assign every model variable this optimizer was built for ``convert(variable, its slots,
@@ -312,13 +334,18 @@ class HistoryOptimizer(UnioptOptimizer):
     def evaluating(self) -> Iterator[None]:
         """``with optimizer.evaluating():`` the model's variables hold ``x`` inside the block; after
         it they hold exactly the ``y`` they held before (saved, not recomputed) and the optimizer is
-        in train mode. A no-op wrapper in eval mode."""
+        in train mode. A no-op wrapper in eval mode; ``RuntimeError`` as :meth:`eval` where not
+        built."""
         if not self.train_mode:
             yield
             return
+        if self._steps_without_slots():
+            raise RuntimeError(self._unbuilt_message("evaluating() rewrites"))
         as_array = binding().as_array
         saved = [keras.ops.copy(as_array(v)) for v in self._trainable_variables] if self.built else []
-        self.eval()
+        # not eval(): its warning (a step under XLA cannot be refused in eval mode) is moot here,
+        # where train mode comes back when the block ends
+        self._switch(to_eval=True)
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ backend), and for the keras convention Keras's own ``keras.optimizers.ScheduleFr
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import array_api_compat.numpy as npx
 import keras
@@ -457,6 +458,64 @@ def test_history_variables_are_in_optimizer_variables_and_checkpoints(tmp_path):
         restored_step([tf.constant(x) for x in g])
     assert_trajectories([snapshot(restored, restored_vars)], [snapshot(opt, variables)])
     assert_trajectories([snapshot(opt, variables)], reference(spec, params, grads)[-1:])
+
+
+@pytest.mark.parametrize("saved_in", ["train", "eval"])
+def test_a_checkpoint_restored_into_an_unbuilt_optimizer_refuses_the_switch_until_built(tmp_path, saved_in):
+    """A tf.train.Checkpoint restores an unbuilt optimizer's step count and mode at once, its z slots
+    only when build creates them: until then x and y cannot be computed, so train(), eval() and
+    evaluating() raise before changing anything; once built they give the spec's views."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01, warmup_steps=2)
+    params, grads = params_and_grads(4, "float32", seed=31)
+    variables, opt, _ = _stepped(spec, params, grads, "function")
+    y, state = _state_after(spec, params, grads)
+    x = spec.eval_params(y, state, npx)
+    if saved_in == "eval":
+        opt.eval()
+    path = tf.train.Checkpoint(optimizer=opt, variables=variables).save(str(tmp_path / "ckpt"))
+    held = y if saved_in == "train" else x
+
+    restored_vars = [tf.Variable(np.zeros_like(p)) for p in params]
+    restored = ut.from_spec(spec)
+    tf.train.Checkpoint(optimizer=restored, variables=restored_vars).restore(path)
+    assert not restored.built and int(restored.iterations.numpy()) == len(grads)
+    assert restored.train_mode == (saved_in == "train")
+    message = r"ScheduleFreeAdamW: .* but the optimizer has taken 4 steps and is not built.*optimizer\.build"
+    switch = restored.eval if saved_in == "train" else restored.train
+    for attempt in (switch, lambda: restored.evaluating().__enter__()):
+        if saved_in == "eval" and attempt is not switch:
+            continue  # evaluating() in eval mode is a no-op wrapper
+        with pytest.raises(RuntimeError, match=message):
+            attempt()
+        assert restored.train_mode == (saved_in == "train")
+        for v, want in zip(restored_vars, held, strict=True):
+            assert bits_equal(v.numpy(), want)
+
+    restored.build(restored_vars)  # creates the slots; the checkpoint fills them
+    if saved_in == "train":
+        with restored.evaluating():
+            for v, want in zip(restored_vars, x, strict=True):
+                assert bits_equal(v.numpy(), want)
+        for v, want in zip(restored_vars, y, strict=True):
+            assert bits_equal(v.numpy(), want)
+    else:
+        restored.train()
+        for v, want in zip(restored_vars, spec.train_params(x, state, npx), strict=True):
+            assert bits_equal(v.numpy(), want)
+    assert restored.train_mode
+
+
+def test_evaluating_does_not_warn_about_steps_under_xla():
+    """eval() warns once steps ran under XLA (a compiled step cannot be refused in eval mode);
+    evaluating() puts train mode back itself, so it does not."""
+    spec = uniopt.ScheduleFreeAdamW(lr=0.01)
+    params, grads = params_and_grads(2, "float32", seed=32)
+    _, opt, _ = _stepped(spec, params, grads, "xla")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with opt.evaluating():
+            assert not opt.train_mode
+    assert opt.train_mode
 
 
 def _mlp():
