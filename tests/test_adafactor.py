@@ -270,6 +270,44 @@ def test_sums_of_integers_are_exact_and_means_divide_exactly():
     assert float(rms(np.array([3.0, 4.0]), xnp, np.asarray(1.0))) == math.sqrt(12.5)
 
 
+# (convention, its kwargs, the first step's size: rho * max(eps2, rms(p)) for p = 0.5, by hand)
+FLOAT16_FIRST_STEP = [
+    ("uniopt", {}, 0.01 * 0.5),  # lr 1e-2, rho_1 = min(lr, 1/sqrt(1))
+    ("torch", {}, 0.01 * 0.5),
+    ("keras", {}, 1e-3 * 0.5),  # learning_rate 1e-3
+    ("optax", {"lr": 0.01}, 0.01 * 0.5),  # multiply_by_parameter_scale: lr * max(rms(p), eps2)
+]
+
+
+@pytest.mark.parametrize(("convention", "kwargs", "step"), FLOAT16_FIRST_STEP, ids=lambda v: str(v))
+@pytest.mark.parametrize("shape", [(256, 256), (70000,), (4, 70000), (70000, 2)], ids=str)
+@pytest.mark.parametrize("value", [0.5, 1.0])
+def test_float16_reductions_past_its_range_take_the_step_by_hand(convention, kwargs, step, shape, value):
+    """A float16 parameter of 65,520+ elements (or rows, columns that long): its counts round to
+    inf in float16 and its sums of squares (65,536 at 1.0) overflow, so the spec accumulates in
+    float32 (uniopt._math.accumulated), as torch's norms, Keras's means and jnp.mean do. Constant p
+    and g: the first step's second moment is g*g, u = g/|g| = 1 (to float16 rounding), its RMS 1,
+    so p - step*value/0.5 by hand (torch.optim.Adafactor on (256, 256) at 0.5: 0.49512)."""
+    spec = uniopt.Adafactor(convention=convention, **kwargs)
+    p = np.full(shape, value, np.float16)
+    g = np.full(shape, 0.1, np.float16)
+    (new,), _ = spec.update([g], spec.init([p], xnp), [p], xnp)
+    want = np.float16(value - step * value / 0.5)  # u = 1 within 2^-10: far below an ulp of p
+    assert new.dtype == np.float16
+    np.testing.assert_array_equal(new, np.full(shape, want, np.float16))
+
+
+def test_float16_means_and_rms_are_float32_rounded_once():
+    one = np.asarray(np.float16(1.0))
+    x = np.full((3, 70000), 1.5, np.float16)
+    m = mean_axis(x, -1, xnp, one)
+    assert m.dtype == np.float16 and np.array_equal(m, np.full(3, 1.5, np.float16))
+    r = rms(x, xnp, one)
+    assert r.dtype == np.float16 and float(r) == 1.5
+    small = np.array([3.0, 4.0], np.float16)  # in range: the float32 value rounded once
+    assert float(rms(small, xnp, one)) == float(np.float16(math.sqrt(12.5)))
+
+
 # -- properties ------------------------------------------------------------------------------------
 
 SHAPES = [(6, 5), (3, 4, 7), (8,), (), (130, 3)]

@@ -415,20 +415,42 @@ def divide_exactly(x: Array, y: Array, xp: Any) -> Array:
     return xp.multiply(xp.divide(x, xp.multiply(ones, y)), ones)
 
 
+def accumulated(x: Array, xp: Any) -> Array:
+    """``x`` in the dtype a reduction of it accumulates in: float16 widened to float32 (exact),
+    every other dtype as it is. In float16 a count of 65,520 or more rounds to infinity and a sum
+    of squares overflows above 65,504, so its means, norms and RMS are computed in float32 and
+    rounded once to float16 (:func:`rounded_as`), as torch's reductions (float32 accumulation of
+    half tensors), Keras's means and ``jnp.mean`` (``_upcast_f16``) compute them."""
+    return xp.astype(x, xp.float32) if dtype_name(x.dtype) == "float16" else x
+
+
+def rounded_as(value: Array, like: Array, xp: Any) -> Array:
+    """``value`` rounded once (to nearest, ties to even) to ``like``'s dtype; unchanged where it is
+    already that dtype (the other half of :func:`accumulated`)."""
+    return value if value.dtype == like.dtype else xp.astype(value, like.dtype)
+
+
 def mean_axis(x: Array, axis: int, xp: Any, one: Array, *, keepdims: bool = False) -> Array:
     """:func:`sum_pairwise_axis` divided by the axis length (:func:`divide_exactly`); ``one`` is
-    any 0-d array of ``x``'s dtype and device (the count is made from it with ``full_like``)."""
-    total = sum_pairwise_axis(x, axis, xp, keepdims=keepdims)
-    return divide_exactly(total, xp.full_like(one, float(x.shape[axis])), xp)
+    any 0-d array of ``x``'s dtype and device (the count is made from it with ``full_like``).
+    float16 is summed and divided in float32 and rounded once (:func:`accumulated`)."""
+    wide = accumulated(x, xp)
+    total = sum_pairwise_axis(wide, axis, xp, keepdims=keepdims)
+    count = xp.full_like(accumulated(one, xp), float(x.shape[axis]))
+    return rounded_as(divide_exactly(total, count, xp), x, xp)
 
 
 def rms(x: Array, xp: Any, one: Array) -> Array:
     r"""Root mean square :math:`\sqrt{\sum x_i^2 / n}` of all of ``x``, a 0-d array: each square
     rounded once, :func:`uniopt._math.sum_pairwise`, one exact division by ``n`` (rounded to the
-    dtype: exact below :math:`2^{24}` elements in float32), one correctly rounded ``sqrt``."""
+    dtype: exact below :math:`2^{24}` elements in float32), one correctly rounded ``sqrt``. float16
+    is squared, summed, divided and square-rooted in float32 (each square exact there) and the RMS
+    rounded once to float16 (:func:`accumulated`)."""
     n = size(x)
-    total = sum_pairwise(x, xp, of=squared(xp))
-    return xp.sqrt(divide_exactly(total, xp.full_like(one, float(n)), xp))
+    wide = accumulated(x, xp)
+    total = sum_pairwise(wide, xp, of=squared(xp))
+    count = xp.full_like(accumulated(one, xp), float(n))
+    return rounded_as(xp.sqrt(divide_exactly(total, count, xp)), x, xp)
 
 
 # -- lower-precision state (optax's mu_dtype / accumulator_dtype) ------------------------------------

@@ -40,7 +40,9 @@ rounded once): ``scale = max(eps2, rms(p)) * rho`` (before the decay, as torch);
 ``R = R*beta2 + mean(gg, -1)*(1-beta2)``, ``C = C*beta2 + mean(gg, -2)*(1-beta2)``,
 ``v = (R*C) / max(mean(R, -2), eps1)``; else ``V = V*beta2 + gg*(1-beta2)``, ``v = V``;
 ``u = g / sqrt(max(v, eps1*eps1))``; ``clip = max(1, rms(u)*inv_d)``;
-``p = p - u*(scale/clip)``. ``rms(x) = sqrt(sum(x*x)/numel)``, ``mean`` = ``sum / count``.
+``p = p - u*(scale/clip)``. ``rms(x) = sqrt(sum(x*x)/numel)``, ``mean`` = ``sum / count``; a
+float16 tensor's sums, norms, means and RMS (every convention's) are computed in float32 and rounded
+once to float16 (``uniopt._math.accumulated``: its counts and sums of squares overflow float16).
 
 Conventions (``convention=``), each with its framework's defaults for arguments left out:
 
@@ -92,6 +94,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 from ._math import (
+    accumulated,
     divide_exactly,
     ema,
     float_bits,
@@ -101,6 +104,7 @@ from ._math import (
     mean_axis,
     prepare_grad,
     rms,
+    rounded_as,
     size,
     squared,
     sum_pairwise,
@@ -458,7 +462,17 @@ class Adafactor(Spec):
         one = sc.one
         n = size(param)
         sqrt_n = xp.full_like(one, math.sqrt(n))
-        norm_p = xp.sqrt(sum_pairwise(param, xp, of=squared(xp)))
+
+        def norm_of(x: Array, axis: int | None = None) -> Array:  # torch.norm: float16 via float32
+            wide = accumulated(x, xp)
+            total = (
+                sum_pairwise(wide, xp, of=squared(xp))
+                if axis is None
+                else sum_pairwise_axis(wide, axis, xp, keepdims=True, of=squared(xp))
+            )
+            return rounded_as(xp.sqrt(total), x, xp)
+
+        norm_p = norm_of(param)
         alpha = xp.multiply(xp.maximum(sc.eps2, divide_exactly(norm_p, sqrt_n, xp)), sc.rho)
         if self.weight_decay != 0:
             param = xp.multiply(param, sc.decay)  # param.mul_(1 - lr * weight_decay)
@@ -474,8 +488,9 @@ class Adafactor(Spec):
             )
 
         def norm_sq_mean(axis: int) -> Array:  # torch.norm(g, dim).square_().div_(size)
-            root = xp.sqrt(sum_pairwise_axis(g, axis, xp, keepdims=True, of=squared(xp)))
-            return divide_exactly(xp.multiply(root, root), xp.full_like(one, float(g.shape[axis])), xp)
+            root = norm_of(g, axis)
+            count = xp.full_like(accumulated(one, xp), float(g.shape[axis]))  # float16: in float32
+            return rounded_as(divide_exactly(accumulated(xp.multiply(root, root), xp), count, xp), g, xp)
 
         new = dict(slots)
         if len(param.shape) >= 2:
@@ -487,7 +502,7 @@ class Adafactor(Spec):
         else:
             v = new["variance"] = lerp(slots["variance"], xp.multiply(g, g))
         update = xp.multiply(xp.divide(one, xp.sqrt(xp.maximum(v, eps1_sq))), g)  # rsqrt_().mul_(g)
-        norm_u = xp.sqrt(sum_pairwise(update, xp, of=squared(xp)))
+        norm_u = norm_of(update)
         d = float(self.d)
         denom = xp.maximum(one, divide_exactly(norm_u, xp.full_like(one, math.sqrt(n) * d), xp))
         step = divide_exactly(xp.negative(alpha), denom, xp)
@@ -536,15 +551,18 @@ class Adafactor(Spec):
         shape = tuple(int(s) for s in param.shape)
         beta, omb = sc.optax_beta2, sc.optax_one_minus_beta2
 
-        def inv(count: int) -> Array:  # XLA folds 1/count in the dtype
-            return xp.divide(one, xp.full_like(one, float(count)))
+        def inv(count: int) -> Array:  # XLA folds 1/count in the dtype (float32 for float16)
+            wide_one = accumulated(one, xp)
+            return xp.divide(wide_one, xp.full_like(wide_one, float(count)))
 
         def mean(x: Array, axis: int, keepdims: bool = False) -> Array:  # jnp.mean under XLA
-            return xp.multiply(sum_pairwise_axis(x, axis, xp, keepdims=keepdims), inv(x.shape[axis]))
+            total = sum_pairwise_axis(accumulated(x, xp), axis, xp, keepdims=keepdims)
+            return rounded_as(xp.multiply(total, inv(x.shape[axis])), x, xp)
 
-        def block_rms(x: Array) -> Array:  # sqrt(jnp.mean(abs_sq(x)))
+        def block_rms(x: Array) -> Array:  # sqrt(jnp.mean(abs_sq(x))): the squares in x's dtype
             n = size(x)
-            return xp.sqrt(xp.multiply(sum_pairwise(x, xp, of=squared(xp)), inv(n)))
+            total = sum_pairwise(accumulated(xp.multiply(x, x), xp), xp)
+            return xp.sqrt(rounded_as(xp.multiply(total, inv(n)), x, xp))
 
         def rsqrt(x: Array) -> Array:  # x ** -0.5
             return xp.sqrt(xp.divide(one, x))
