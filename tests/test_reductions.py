@@ -146,3 +146,30 @@ def test_of_is_applied_to_each_element_once():
         seen.clear()
         sum_pairwise(np.ones(n, np.float32), namespace_of(np.zeros(1)), of=count)
         assert sum(seen) == n, (n, seen)
+
+
+def test_a_float16_norm_accumulates_in_float32():
+    """A float16 sum of squares overflows above 65,504 (76,800 squares of about 1 here): the norm is
+    summed in float32 and rounded once, so it is NumPy's float64 norm rounded to float16."""
+    import array_api_compat.numpy as xnp
+
+    x = np.random.default_rng(5).standard_normal((256, 300)).astype(np.float16)
+    got = norm(x, xnp)
+    assert got.dtype == np.float16
+    assert float(got) == float(np.float16(np.linalg.norm(x.astype(np.float64))))
+
+
+@pytest.mark.parametrize("convention", ["uniopt", "keras", "optax"])
+def test_lamb_in_float16_past_its_range_takes_the_step_by_hand(convention):
+    """LAMB's first step on a constant float16 (256, 300) parameter 0.5 with gradient 1: Adam's
+    direction u = 1/(1 + eps) = 1 in float16, ||u|| = sqrt(76800) (its sum of squares overflows
+    float16), ||p|| = ||u||/2, so the trust ratio is 1/2 and p = 0.5 - lr/2, by hand."""
+    import array_api_compat.numpy as xnp
+
+    import uniopt
+
+    spec = uniopt.Lamb(convention=convention, lr=1e-3, weight_decay=0.0)
+    p = np.full((256, 300), 0.5, np.float16)
+    g = np.ones((256, 300), np.float16)
+    (new,), _ = spec.update([g], spec.init([p], xnp), [p], xnp)
+    np.testing.assert_array_equal(new, np.full(p.shape, np.float16(0.5 - 1e-3 / 2), np.float16))

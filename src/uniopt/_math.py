@@ -312,8 +312,11 @@ def norm(x: Array, xp: Any) -> Array:
     of ``x``'s dtype: each square rounded once (``x * x``), summed by :func:`sum_pairwise`, one
     correctly rounded ``sqrt``. No rescaling: squares overflow to ``inf`` above about
     :math:`1.8\times10^{19}` in float32 (as in Keras's ``sqrt(sum(x**2))``; ``jnp.linalg.norm``
-    does not rescale either)."""
-    return xp.sqrt(sum_pairwise(x, xp, of=squared(xp)))
+    does not rescale either). float16 is squared, summed and square-rooted in float32 (each
+    square exact there) and the norm rounded once to float16 (:func:`accumulated`: a float16 sum
+    of squares overflows above 65,504, as ``jnp.sum`` and torch's norms avoid by accumulating in
+    float32)."""
+    return rounded_as(xp.sqrt(sum_pairwise(accumulated(x, xp), xp, of=squared(xp))), x, xp)
 
 
 def trust_ratio(param_norm: Array, update_norm: Array, xp: Any, *, keras: bool = False) -> Array:
