@@ -132,10 +132,14 @@ class Transformation(optax.GradientTransformationExtraArgs):
 
     @property
     def spec(self) -> Spec:
+        """The spec the steps run. Where :attr:`learning_rate` is set (a schedule or a jax array),
+        its ``lr`` field is the spec's default, which no step reads."""
         return self.__dict__["_spec"]
 
     @property
     def learning_rate(self) -> Any:
+        """The optax schedule or jax array the steps take their learning rate from; ``None``
+        where it is a number, held in :attr:`spec` (``spec.lr``)."""
         return self.__dict__["_learning_rate"]
 
     def __repr__(self) -> str:
