@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import importlib
 import inspect
-import numbers
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -162,6 +161,13 @@ def _explain(alias: str, message: str) -> str:
         for arg, target in ALIASES[alias][1].items()
         if arg != target and re.search(rf"(^|\W){re.escape(target.lstrip('-'))}=", message)
     ]
+    # an argument whose None stands for a spec value refused given literally (the core's message
+    # would offer that value): say so
+    renamed += [
+        f"{arg}=None is the spec's {value!r} here, and {arg}={value!r} is refused: {why}"
+        for arg, (value, why) in OPTAX[alias].none_means.items()
+        if re.search(rf"(^|\W){re.escape(ALIASES[alias][1].get(arg, arg))}=", message)
+    ]
     return f"{message} [uniopt.jax.{alias}: {'; '.join(renamed)}]" if renamed else message
 
 
@@ -251,12 +257,6 @@ def _none_means(alias: str, arguments: dict[str, Any]) -> dict[str, Any]:
             )
         elif not isinstance(given, bool) and given == value:
             raise ValueError(f"uniopt.jax.{alias}: {arg}={given!r} is refused: {why}")
-        elif isinstance(given, numbers.Real) and not isinstance(given, bool) and not given > value:
-            # below the spec's value: the spec's own message would offer that value, refused here
-            raise ValueError(
-                f"uniopt.jax.{alias}: {arg}={given!r} is out of range; expected None or a number "
-                f"above {value!r} ({why})"
-            )
     return out
 
 

@@ -255,12 +255,13 @@ def test_warmup_steps_none_is_no_warmup_and_zero_is_refused():
             r"pass warmup_steps=None for no warmup",
         ):
             ujax.schedule_free_adamw(warmup_steps=zero)
-    # a negative count: the spec's own message would offer 0, which this factory refuses
+    # a negative count: the core's message offers 0, which this factory refuses; the factory says so
     for negative in (-2, -0.5, np.int64(-1)):
         with pytest.raises(
             ValueError,
-            match=r"uniopt\.jax\.schedule_free_adamw: warmup_steps=\S+ is out of range; expected None "
-            r"or a number above 0 \(.*pass warmup_steps=None for no warmup\)",
+            match=r"ScheduleFreeAdamW: warmup_steps=\S+ is not an integer >= 0.*\[uniopt\.jax\."
+            r"schedule_free_adamw: warmup_steps=None is the spec's 0 here, and warmup_steps=0 is "
+            r"refused: .*pass warmup_steps=None for no warmup\]",
         ):
             ujax.schedule_free_adamw(warmup_steps=negative)
     with pytest.raises(ValueError, match=r"ScheduleFreeAdamW: warmup_steps=2\.5 is not an integer >= 0"):
