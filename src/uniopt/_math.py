@@ -307,16 +307,23 @@ def squared(xp: Any) -> Callable[[Array], Array]:
     return lambda t: xp.multiply(t, t)
 
 
-def norm(x: Array, xp: Any) -> Array:
+def norm(x: Array, xp: Any, axis: int | None = None) -> Array:
     r"""The Euclidean (Frobenius) norm :math:`\sqrt{\sum_i x_i^2}` of all of ``x``, a 0-d array
-    of ``x``'s dtype: each square rounded once (``x * x``), summed by :func:`sum_pairwise`, one
-    correctly rounded ``sqrt``. No rescaling: squares overflow to ``inf`` above about
+    of ``x``'s dtype (or along ``axis``, kept with length 1: :func:`sum_pairwise_axis`): each
+    square rounded once (``x * x``), summed by :func:`sum_pairwise`, one correctly rounded
+    ``sqrt``. No rescaling: squares overflow to ``inf`` above about
     :math:`1.8\times10^{19}` in float32 (as in Keras's ``sqrt(sum(x**2))``; ``jnp.linalg.norm``
     does not rescale either). float16 is squared, summed and square-rooted in float32 (each
     square exact there) and the norm rounded once to float16 (:func:`accumulated`: a float16 sum
     of squares overflows above 65,504, as ``jnp.sum`` and torch's norms avoid by accumulating in
     float32)."""
-    return rounded_as(xp.sqrt(sum_pairwise(accumulated(x, xp), xp, of=squared(xp))), x, xp)
+    wide = accumulated(x, xp)
+    total = (
+        sum_pairwise(wide, xp, of=squared(xp))
+        if axis is None
+        else sum_pairwise_axis(wide, axis, xp, keepdims=True, of=squared(xp))
+    )
+    return rounded_as(xp.sqrt(total), x, xp)
 
 
 def trust_ratio(param_norm: Array, update_norm: Array, xp: Any, *, keras: bool = False) -> Array:

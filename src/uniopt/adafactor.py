@@ -102,11 +102,11 @@ from ._math import (
     keras_float32,
     keras_weight_decay,
     mean_axis,
+    norm,
     prepare_grad,
     rms,
     rounded_as,
     size,
-    squared,
     sum_pairwise,
     sum_pairwise_axis,
 )
@@ -462,17 +462,7 @@ class Adafactor(Spec):
         one = sc.one
         n = size(param)
         sqrt_n = xp.full_like(one, math.sqrt(n))
-
-        def norm_of(x: Array, axis: int | None = None) -> Array:  # torch.norm: float16 via float32
-            wide = accumulated(x, xp)
-            total = (
-                sum_pairwise(wide, xp, of=squared(xp))
-                if axis is None
-                else sum_pairwise_axis(wide, axis, xp, keepdims=True, of=squared(xp))
-            )
-            return rounded_as(xp.sqrt(total), x, xp)
-
-        norm_p = norm_of(param)
+        norm_p = norm(param, xp)  # torch.norm: float16 accumulated in float32
         alpha = xp.multiply(xp.maximum(sc.eps2, divide_exactly(norm_p, sqrt_n, xp)), sc.rho)
         if self.weight_decay != 0:
             param = xp.multiply(param, sc.decay)  # param.mul_(1 - lr * weight_decay)
@@ -488,7 +478,7 @@ class Adafactor(Spec):
             )
 
         def norm_sq_mean(axis: int) -> Array:  # torch.norm(g, dim).square_().div_(size)
-            root = norm_of(g, axis)
+            root = norm(g, xp, axis)
             count = xp.full_like(accumulated(one, xp), float(g.shape[axis]))  # float16: in float32
             return rounded_as(divide_exactly(accumulated(xp.multiply(root, root), xp), count, xp), g, xp)
 
@@ -502,7 +492,7 @@ class Adafactor(Spec):
         else:
             v = new["variance"] = lerp(slots["variance"], xp.multiply(g, g))
         update = xp.multiply(xp.divide(one, xp.sqrt(xp.maximum(v, eps1_sq))), g)  # rsqrt_().mul_(g)
-        norm_u = norm_of(update)
+        norm_u = norm(update, xp)
         d = float(self.d)
         denom = xp.maximum(one, divide_exactly(norm_u, xp.full_like(one, math.sqrt(n) * d), xp))
         step = divide_exactly(xp.negative(alpha), denom, xp)
@@ -561,7 +551,8 @@ class Adafactor(Spec):
 
         def block_rms(x: Array) -> Array:  # sqrt(jnp.mean(abs_sq(x))): the squares in x's dtype
             n = size(x)
-            total = sum_pairwise(accumulated(xp.multiply(x, x), xp), xp)
+            # the squares in x's dtype, then widened, in the first halving (of=): no stored squares
+            total = sum_pairwise(x, xp, of=lambda t: accumulated(xp.multiply(t, t), xp))
             return xp.sqrt(rounded_as(xp.multiply(total, inv(n)), x, xp))
 
         def rsqrt(x: Array) -> Array:  # x ** -0.5
