@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from namespaces import NAMESPACES
+from xdist_groups import pytest_collection_modifyitems  # noqa: F401 (a hook: see its module)
 
 # Keras reads its backend at its first import and TensorFlow its log level at its first: the core
 # tests are collected (and may import them) before tests/tf_adapter/conftest.py sets the same.
