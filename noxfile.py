@@ -17,6 +17,7 @@ GPU users override the pinned CPU framework wheels through the UNIOPT_*_SPEC var
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -376,8 +377,44 @@ def tests_and_peer(session: nox.Session, suite: str) -> None:
     session.install(".[test]", *dict.fromkeys(deps))
     env = _beside_the_jobs()
     _framework_tests(session, suite, env=env)
-    for peer in peers:
-        _peer_suite(session, peer, env=env)
+    _peer_suites_side_by_side(session, peers, env=env)
+
+
+def _peer_suites_side_by_side(session: nox.Session, peers: list[str], env: dict[str, str]) -> None:
+    """Each peer run of one venv as a process of its own, all at once (each is one pytest process:
+    run one after the other, a core idles once the matrix's jobs have ended); their outputs are logged
+    one after the other as each ends, and any failure fails the session, naming the run."""
+    if len(peers) < 2:
+        for peer in peers:
+            _peer_suite(session, peer, env=env)
+        return
+    bin_dir = Path(session.bin)
+    process_env = {
+        **os.environ,
+        "VIRTUAL_ENV": str(bin_dir.parent),
+        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
+        **env,
+    }
+    failed = []
+    with contextlib.ExitStack() as stack:
+        running = []
+        for peer in peers:
+            args = ["-m", "peer", "--out", PEER_OUT, "run", *PEER_ARGS.get(peer, [peer])]
+            session.log(" ".join(["python", *args]) + "  (side by side with this venv's other peer runs)")
+            command = [str(bin_dir / "python"), *args]
+            out = stack.enter_context(tempfile.TemporaryFile("w+"))
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=process_env)
+            stack.callback(process.kill)  # where this session is interrupted (after its wait: no-op)
+            running.append((peer, out, process))
+        for peer, out, process in running:
+            code = process.wait()
+            out.seek(0)
+            for line in out.read().splitlines():
+                session.log(f"[{peer}] {line}")
+            if code != 0:
+                failed.append(f"{peer} (exit status {code})")
+    if failed:
+        session.error(f"peer runs failed: {', '.join(failed)}")
 
 
 CHECK_SESSIONS = [
