@@ -57,8 +57,10 @@ KERAS_BACKEND_OF = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
 KERAS_SUITE = "tests/keras_adapter"
 # A framework joins the matrix once its conformance backend exists, and the tests once its tests do.
 HARNESS_DEPS = ["rich", "ml-dtypes>=0.4"]  # ml_dtypes: the bfloat16 reference and its files
+# What `python -m conformance compare` needs (matplotlib: the report's figure).
+COMPARE_DEPS = [*HARNESS_DEPS, "matplotlib"]
 BACKEND_DEPS: dict[str, list[str]] = {
-    "numpy": HARNESS_DEPS,
+    "numpy": COMPARE_DEPS,  # the reference's venv is the one ``conformance`` compares in
     "array_api_strict": ["array-api-strict>=2.0", *HARNESS_DEPS],
     **{
         name: [*deps, *HARNESS_DEPS]
@@ -291,18 +293,25 @@ def conformance_clean(session: nox.Session) -> None:
     session.log(f"removed {OUT}/trajectories and {OUT}/jobs")
 
 
-def _wait_and_compare(session: nox.Session) -> None:
-    session.install(".", *HARNESS_DEPS, "matplotlib")
-    session.run("python", "-m", "conformance", "--out", OUT, "wait")
-    session.run("python", "-m", "conformance", "--out", OUT, "compare")
+def _wait_and_compare(session: nox.Session, python: str = "python") -> None:
+    if python == "python":
+        session.install(".", *COMPARE_DEPS)
+    session.run(python, "-m", "conformance", "--out", OUT, "wait", external=True)
+    session.run(python, "-m", "conformance", "--out", OUT, "compare", external=True)
 
 
-@nox.session(python=PYTHON, requires=["conformance_clean", *RUN_SESSIONS])
+@nox.session(python=False, requires=["conformance_clean", *RUN_SESSIONS])
 def conformance(session: nox.Session) -> None:
     """The main job: every backend in its own venv (the required sessions queue their jobs, which run
     side by side), then this session waits for every job and compares: the matrix and reports. Fails
-    on a failed job or on any cell over tolerance."""
-    _wait_and_compare(session)
+    on a failed job or on any cell over tolerance. It compares in the NumPy reference's venv
+    (``conformance_run(backend='numpy')``, which installs the comparison's packages too): no venv of
+    its own to make and fill after the last job."""
+    venv = session.cache_dir.parent / f"conformance_run-backend-{REFERENCE}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        session.error(f"{python} is missing: conformance_run(backend='{REFERENCE}') makes it")
+    _wait_and_compare(session, str(python))
 
 
 @nox.session(python=PYTHON)
