@@ -99,30 +99,46 @@ def tests(session: nox.Session, suite: str) -> None:
         _framework_tests(session, suite, *session.posargs)
 
 
-def _framework_tests(session: nox.Session, suite: str, *args: str, env: dict[str, str] | None = None) -> None:
+def _framework_tests(
+    session: nox.Session, suite: str, *args: str, env: dict[str, str] | None = None, venv: Path | None = None
+) -> None:
     """The framework's own suite, then uniopt.keras's on that framework's Keras backend (one pytest
-    process each: Keras's backend and the suites' settings are process-wide)."""
-    session.run("pytest", *_workers(), SUITE_DIRS[suite], *args, env=env)
+    process each: Keras's backend and the suites' settings are process-wide); in ``venv`` where
+    given, else in the session's own."""
+    pytest, env = _in_venv("pytest", env, venv)
+    session.run(pytest, *_workers(), SUITE_DIRS[suite], *args, env=env, external=True)
     if Path(KERAS_SUITE).is_dir():
-        keras_env = {**(env or {}), "KERAS_BACKEND": KERAS_BACKEND_OF[suite], **_other_pythons(suite)}
-        session.run("pytest", *_workers(), KERAS_SUITE, *args, env=keras_env)
+        kind = "tests-suite" if venv is None else venv.name.rsplit("-", 1)[0]
+        keras_env = {**env, "KERAS_BACKEND": KERAS_BACKEND_OF[suite], **_other_pythons(suite, kind)}
+        session.run(pytest, *_workers(), KERAS_SUITE, *args, env=keras_env, external=True)
+
+
+def _in_venv(program: str, env: dict[str, str] | None, venv: Path | None) -> tuple[str, dict[str, str]]:
+    """``program`` of ``venv`` (a path) and ``env`` with that venv first on PATH, as if activated
+    (the processes tests start find its Python); unchanged where ``venv`` is None."""
+    if venv is None:
+        return program, dict(env or {})
+    bin_dir = venv / "bin"
+    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+    return str(bin_dir / program), {**(env or {}), "VIRTUAL_ENV": str(venv), "PATH": path}
 
 
 # tests/keras_adapter/test_moves.py moves optimizer state between frameworks, each in its own venv:
-# the JAX run gets the interpreters of the torch and tf venvs this nox run has made (check runs the
-# torch and tf suites first); a move whose venv is missing is skipped, naming the variable.
+# the JAX run gets the interpreters of the torch and tf venvs this nox run has made (``tests`` and
+# ``check`` make them before JAX's); a move whose venv is missing is skipped, naming the variable.
 OTHER_PYTHONS = {"jax": {"UNIOPT_PYTHON_TF": "tf", "UNIOPT_PYTHON_TORCH": "torch"}}
 
 
-def _other_pythons(suite: str) -> dict[str, str]:
-    """``UNIOPT_PYTHON_<FW>`` -> the python of framework FW's tests venv, where it exists."""
+def _other_pythons(suite: str, session_prefix: str) -> dict[str, str]:
+    """``UNIOPT_PYTHON_<FW>`` -> the python of framework FW's venv of the same kind as this run's
+    (``session_prefix``: tests-suite or conformance_run-backend), where it exists with the test
+    packages in it (the moves' recipe trains on scikit-learn's digits)."""
     found = {}
     for variable, framework in OTHER_PYTHONS.get(suite, {}).items():
-        for session_dir in (f"tests_and_peer-suite-{framework}", f"tests-suite-{framework}"):
-            python = ROOT / ".nox" / session_dir / "bin" / "python"
-            if python.exists():
-                found[variable] = str(python)
-                break
+        bin_dir = ROOT / ".nox" / f"{session_prefix}-{framework}" / "bin"
+        python = bin_dir / "python"
+        if python.exists() and (bin_dir / "pytest").exists():
+            found[variable] = str(python)
     return found
 
 
@@ -307,7 +323,7 @@ def conformance(session: nox.Session) -> None:
     on a failed job or on any cell over tolerance. It compares in the NumPy reference's venv
     (``conformance_run(backend='numpy')``, which installs the comparison's packages too): no venv of
     its own to make and fill after the last job."""
-    venv = session.cache_dir.parent / f"conformance_run-backend-{REFERENCE}"
+    venv = (session.cache_dir.parent / f"conformance_run-backend-{REFERENCE}").resolve()
     python = venv / "bin" / "python"
     if not python.exists():
         session.error(f"{python} is missing: conformance_run(backend='{REFERENCE}') makes it")
@@ -347,9 +363,16 @@ def peer_run(session: nox.Session, framework: str) -> None:
     _peer_suite(session, framework, *session.posargs)
 
 
-def _peer_suite(session: nox.Session, framework: str, *args: str, env: dict[str, str] | None = None) -> None:
+def _peer_suite(
+    session: nox.Session,
+    framework: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    venv: Path | None = None,
+) -> None:
     command = PEER_ARGS.get(framework, [framework])
-    session.run("python", "-m", "peer", "--out", PEER_OUT, "run", *command, *args, env=env)
+    python, env = _in_venv("python", env, venv)
+    session.run(python, "-m", "peer", "--out", PEER_OUT, "run", *command, *args, env=env, external=True)
 
 
 @nox.session(python=PYTHON)
@@ -369,48 +392,69 @@ def peer(session: nox.Session) -> None:
 
 
 # Each framework's tests and the peer runs of that venv (its own optimizer tests, and Keras's on its
-# Keras backend), in one venv for check: one install of the framework instead of several (each takes
-# one to two minutes on 2 cores beside the matrix's jobs).
+# Keras backend), for check, in the venv its conformance_run made: one install of the framework
+# instead of two (each takes about a minute on 2 cores beside the matrix's jobs).
 PEERS_OF_SUITE = {"torch": ["torch", "keras-torch"], "tf": ["keras"], "jax": ["optax", "keras-jax"]}
-SUITES_WITH_PEER = [suite for suite in SUITE_DIRS if suite in PEERS_OF_SUITE]
+SUITES_WITH_PEER = [suite for suite in SUITE_DIRS if suite in PEERS_OF_SUITE and suite in BACKEND_DEPS]
 
 
-@nox.session(python=PYTHON)
+def _test_extra() -> list[str]:
+    """The requirements of uniopt's ``test`` extra (pyproject.toml)."""
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+
+
+@nox.session(python=False)
 @nox.parametrize("suite", SUITES_WITH_PEER)
 def tests_and_peer(session: nox.Session, suite: str) -> None:
-    """``tests`` for one framework, then its ``peer_run`` runs, in one venv (what ``check`` runs;
-    ``peer_report`` reads the outcomes). They run beside the matrix's background jobs, with one job's
+    """``tests`` for one framework, then its ``peer_run`` runs (side by side), in the venv that
+    ``conformance_run`` made for that framework (what ``check`` runs, after it; ``peer_report`` reads
+    the outcomes). The test and peer packages are added to that venv with every package already there
+    held at its version (pip constraints: no second copy of the framework, and nothing the matrix's
+    jobs import changes under them; a conflict fails here). They run beside the jobs, with one job's
     share of the cores as their thread pools (:func:`_beside_the_jobs`)."""
+    venv = (session.cache_dir.parent / f"conformance_run-backend-{suite}").resolve()
+    python = venv / "bin" / "python"
+    if not python.exists():
+        session.error(f"{python} is missing: conformance_run(backend='{suite}') makes it (nox -s check)")
     peers = PEERS_OF_SUITE[suite]
-    deps = [*FRAMEWORK_DEPS[suite], *(dep for peer in peers for dep in PEER_DEPS[peer])]
-    session.install(".[test]", *dict.fromkeys(deps))
+    wanted = [*_test_extra(), *(dep for peer in peers for dep in PEER_DEPS[peer])]
+    frozen = subprocess.run(
+        [str(python), "-m", "pip", "freeze", "--exclude", "uniopt"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    constraints = venv / "installed-constraints.txt"
+    constraints.write_text("".join(f"{line}\n" for line in frozen if "==" in line and " @ " not in line))
+    session.run(
+        str(python), "-m", "pip", "install", "-c", str(constraints), *dict.fromkeys(wanted), external=True
+    )
     env = _beside_the_jobs()
-    _framework_tests(session, suite, env=env)
-    _peer_suites_side_by_side(session, peers, env=env)
+    _framework_tests(session, suite, env=env, venv=venv)
+    _peer_suites_side_by_side(session, peers, env=env, venv=venv)
 
 
-def _peer_suites_side_by_side(session: nox.Session, peers: list[str], env: dict[str, str]) -> None:
+def _peer_suites_side_by_side(
+    session: nox.Session, peers: list[str], env: dict[str, str], venv: Path
+) -> None:
     """Each peer run of one venv as a process of its own, all at once (each is one pytest process:
     run one after the other, a core idles once the matrix's jobs have ended); their outputs are logged
     one after the other as each ends, and any failure fails the session, naming the run."""
     if len(peers) < 2:
         for peer in peers:
-            _peer_suite(session, peer, env=env)
+            _peer_suite(session, peer, env=env, venv=venv)
         return
-    bin_dir = Path(session.bin)
-    process_env = {
-        **os.environ,
-        "VIRTUAL_ENV": str(bin_dir.parent),
-        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
-        **env,
-    }
+    python, env = _in_venv("python", env, venv)
+    process_env = {**os.environ, **env}
     failed = []
     with contextlib.ExitStack() as stack:
         running = []
         for peer in peers:
             args = ["-m", "peer", "--out", PEER_OUT, "run", *PEER_ARGS.get(peer, [peer])]
             session.log(" ".join(["python", *args]) + "  (side by side with this venv's other peer runs)")
-            command = [str(bin_dir / "python"), *args]
+            command = [python, *args]
             out = stack.enter_context(tempfile.TemporaryFile("w+"))
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=process_env)
             stack.callback(process.kill)  # where this session is interrupted (after its wait: no-op)
