@@ -3,8 +3,9 @@ backend, run side by side, then one comparison), peer (the frameworks' own optim
 uniopt), lint, bench, demo.
 
 ``nox -s check`` lints, queues every backend's conformance jobs in the background, runs the test
-suites and the peer suites while they run (each framework's tests and its peer suite in one venv,
-``tests_and_peer``), then waits for the jobs and compares the matrix. ``nox -s conformance`` runs
+suites and the peer suites while they run (each framework's tests and its peer suites in the venv
+of that framework's jobs, ``tests_and_peer``), then waits for the jobs and compares the matrix (in
+the NumPy reference's venv). ``nox -s conformance`` runs
 the matrix alone. The sessions that gather others (check, conformance, peer, parity) name them in
 ``requires=`` and run after them, so each reports success only once the work it stands for is done.
 ``nox -s "conformance_run(backend='torch')"`` then ``nox -s conformance_compare`` runs one backend
