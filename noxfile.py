@@ -311,10 +311,16 @@ def conformance_clean(session: nox.Session) -> None:
 
 
 def _wait_and_compare(session: nox.Session, python: str = "python") -> None:
-    if python == "python":
-        session.install(".", *COMPARE_DEPS)
     session.run(python, "-m", "conformance", "--out", OUT, "wait", external=True)
     session.run(python, "-m", "conformance", "--out", OUT, "compare", external=True)
+
+
+def _conformance_venv(session: nox.Session, backend: str) -> Path:
+    """The venv ``conformance_run(backend=...)`` made (absolute); a clear error where it is missing."""
+    venv = (session.cache_dir.parent / f"conformance_run-backend-{backend}").resolve()
+    if not (venv / "bin" / "python").exists():
+        session.error(f"{venv} is missing: conformance_run(backend='{backend}') makes it (nox -s check)")
+    return venv
 
 
 @nox.session(python=False, requires=["conformance_clean", *RUN_SESSIONS])
@@ -324,17 +330,14 @@ def conformance(session: nox.Session) -> None:
     on a failed job or on any cell over tolerance. It compares in the NumPy reference's venv
     (``conformance_run(backend='numpy')``, which installs the comparison's packages too): no venv of
     its own to make and fill after the last job."""
-    venv = (session.cache_dir.parent / f"conformance_run-backend-{REFERENCE}").resolve()
-    python = venv / "bin" / "python"
-    if not python.exists():
-        session.error(f"{python} is missing: conformance_run(backend='{REFERENCE}') makes it")
-    _wait_and_compare(session, str(python))
+    _wait_and_compare(session, str(_conformance_venv(session, REFERENCE) / "bin" / "python"))
 
 
 @nox.session(python=PYTHON)
 def conformance_compare(session: nox.Session) -> None:
     """Wait for queued backend jobs, then compare every trajectory file with the NumPy reference;
     fail on a failed job or on any cell over tolerance."""
+    session.install(".", *COMPARE_DEPS)
     _wait_and_compare(session)
 
 
@@ -364,6 +367,11 @@ def peer_run(session: nox.Session, framework: str) -> None:
     _peer_suite(session, framework, *session.posargs)
 
 
+def _peer_args(framework: str, *args: str) -> list[str]:
+    """Python's arguments for one peer run: ``-m peer --out build/peer run <framework> ...``."""
+    return ["-m", "peer", "--out", PEER_OUT, "run", *PEER_ARGS.get(framework, [framework]), *args]
+
+
 def _peer_suite(
     session: nox.Session,
     framework: str,
@@ -371,9 +379,8 @@ def _peer_suite(
     env: dict[str, str] | None = None,
     venv: Path | None = None,
 ) -> None:
-    command = PEER_ARGS.get(framework, [framework])
     python, env = _in_venv("python", env, venv)
-    session.run(python, "-m", "peer", "--out", PEER_OUT, "run", *command, *args, env=env, external=True)
+    session.run(python, *_peer_args(framework, *args), env=env, external=True)
 
 
 @nox.session(python=PYTHON)
@@ -415,10 +422,8 @@ def tests_and_peer(session: nox.Session, suite: str) -> None:
     held at its version (pip constraints: no second copy of the framework, and nothing the matrix's
     jobs import changes under them; a conflict fails here). They run beside the jobs, with one job's
     share of the cores as their thread pools (:func:`_beside_the_jobs`)."""
-    venv = (session.cache_dir.parent / f"conformance_run-backend-{suite}").resolve()
+    venv = _conformance_venv(session, suite)
     python = venv / "bin" / "python"
-    if not python.exists():
-        session.error(f"{python} is missing: conformance_run(backend='{suite}') makes it (nox -s check)")
     peers = PEERS_OF_SUITE[suite]
     wanted = [*_test_extra(), *(dep for peer in peers for dep in PEER_DEPS[peer])]
     frozen = subprocess.run(
@@ -453,11 +458,10 @@ def _peer_suites_side_by_side(
     with contextlib.ExitStack() as stack:
         running = []
         for peer in peers:
-            args = ["-m", "peer", "--out", PEER_OUT, "run", *PEER_ARGS.get(peer, [peer])]
+            args = _peer_args(peer)
             session.log(" ".join(["python", *args]) + "  (side by side with this venv's other peer runs)")
-            command = [python, *args]
             out = stack.enter_context(tempfile.TemporaryFile("w+"))
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=process_env)
+            process = subprocess.Popen([python, *args], stdout=out, stderr=subprocess.STDOUT, env=process_env)
             stack.callback(process.kill)  # where this session is interrupted (after its wait: no-op)
             running.append((peer, out, process))
         for peer, out, process in running:
