@@ -116,19 +116,19 @@ def _make_runner(mode: str) -> Runner:
                 ]
                 return snapshots_of(batch, units, flat)
 
-            yield snapshot()
             if mode == "function":
                 # the step and the read in one traced call: half the calls of a long stream (20000
                 # steps), each a Python-to-graph dispatch; the read follows the step's assignments
                 # (tf.function's automatic control dependencies), as a separate call would
-                step_and_read = tf.function(lambda grads: (step_all(grads), read())[1])
-                for t in range(1, steps + 1):
-                    grads = [[tf.constant(g) for g in unit.grads(batch, t)] for unit in units]
-                    yield snapshot(step_and_read(grads))
-                return
+                advance = tf.function(lambda grads: (step_all(grads), read())[1])
+            else:
+
+                def advance(grads: list) -> None:  # the step; snapshot() reads after it
+                    step_all(grads)
+
+            yield snapshot()
             for t in range(1, steps + 1):
-                step_all([[tf.constant(g) for g in unit.grads(batch, t)] for unit in units])
-                yield snapshot()
+                yield snapshot(advance([[tf.constant(g) for g in unit.grads(batch, t)] for unit in units]))
 
     return run
 
