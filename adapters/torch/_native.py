@@ -145,10 +145,14 @@ class Tracer:
         return self._emit(f"{condition.name} ? {self._operand(a)} : {self._operand(b)}")
 
     def sign(self, a: Any, /) -> Value:
-        # uniopt's sign (:mod:`._namespace`): -1 or +1, +0 for either zero, NaN for NaN
+        # uniopt's sign (:mod:`._namespace`): -1 or +1, +0 for either zero (1 - 1 cannot occur;
+        # 0 - 0 is +0), NaN for NaN. Written as selects of constants and one subtraction, which
+        # GCC's vectoriser if-converts; the nested form `x > 0 ? 1 : (x < 0 ? -1 : ...)` left the
+        # loop scalar with a branch per element ("control flow in loop"; Lion on 25.2M float32
+        # parameters took 112 ms where Adam takes 16)
         x = self._operand(a)
-        one = f"({self.ctype})1"
-        return self._emit(f"{x} > 0 ? {one} : ({x} < 0 ? -{one} : ({x} != {x} ? {x} : ({self.ctype})0))")
+        one, zero = f"({self.ctype})1", f"({self.ctype})0"
+        return self._emit(f"{x} != {x} ? {x} : ({x} > 0 ? {one} : {zero}) - ({x} < 0 ? {one} : {zero})")
 
     def full_like(self, a: Any, fill_value: Any, /) -> Value:
         """A constant: ``fill_value`` must be a float the dtype holds exactly (no rounding to agree on)."""
