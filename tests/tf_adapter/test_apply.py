@@ -233,3 +233,43 @@ def test_request_bitwise_xla_keeps_the_users_flags(monkeypatch):
     flags = os.environ["XLA_FLAGS"].split()
     assert flags[0] == "--xla_dump_to=/tmp/x"
     assert sorted(set(flags[1:])) == sorted(XLA_BITWISE_FLAGS.split())
+
+
+SPECIAL = [-0.0, 0.0, np.nan, np.inf, -np.inf, 1.5, -2.5, 3e38, 1e-30]
+"""Parameter and gradient values where an in-place update could differ from ``assign(p - d)`` if
+it computed anything else: signed zeros (``-0 - 0`` is ``-0``, ``-0 - (-0)`` is ``+0``), NaN,
+infinities, a product that overflows and one that underflows to zero. (No subnormal operands:
+TensorFlow's CPU kernels read them as zero, where NumPy does not; docs/tf.md.)"""
+
+
+@pytest.mark.parametrize("mode", ["function", "xla"])
+@pytest.mark.parametrize(
+    ("spec", "in_place"),
+    [
+        (uniopt.SGD(lr=0.5), {"AssignSubVariableOp": 1}),
+        (uniopt.Adagrad(lr=0.5), {"AssignSubVariableOp": 1, "AssignAddVariableOp": 1}),
+        (uniopt.Adam(lr=0.5, convention="keras"), {"AssignSubVariableOp": 1}),
+    ],
+    ids=["SGD", "Adagrad", "Adam-keras"],
+)
+def test_a_result_of_p_minus_d_is_written_in_place_with_the_same_bits(spec, in_place, mode):
+    """Traced, a rule result ``p - d`` (``s + d``) is written with ``assign_sub(d)``
+    (``assign_add``): TensorFlow's in-place update, the same IEEE operation on the same operands
+    (uniopt.tf._binding.assign_result). Bitwise with the NumPy reference on every pairing of the
+    special values, over three steps (the second and third from the first's NaNs and infinities)."""
+    p0 = np.repeat(np.array(SPECIAL, np.float32), len(SPECIAL))
+    g = np.tile(np.array(SPECIAL, np.float32), len(SPECIAL))
+    params, grads = [p0], [[g], [g[::-1].copy()], [g]]
+    opt = ut.from_spec(spec)
+    got = run_adapter(opt, params, grads, mode)
+    assert_trajectories(got, reference(spec, params, grads))
+    variables = [tf.Variable(p0)]
+    opt = ut.from_spec(spec)
+    opt.build(variables)
+    graph = (
+        tf.function(lambda g: opt.apply_gradients([(g, variables[0])]))
+        .get_concrete_function(tf.constant(g))
+        .graph
+    )
+    ops = [op.type for op in graph.get_operations()]
+    assert {name: ops.count(name) for name in in_place} == in_place
