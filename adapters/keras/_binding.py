@@ -27,10 +27,6 @@ A binding defines (each module documents its own):
   host call, so that ``torch.compile`` traces the loop whole);
 * ``update_sparse(optimizer, spec, gradient, variable, learning_rate)``: apply a sparse gradient
   itself and return ``True``, or ``False`` to let the dense path run;
-* optionally ``assign_result(optimizer, variable, value, read)``: write the rule's result
-  ``value`` into ``variable`` (whose value the rule read as ``read``) in a way the backend does
-  faster with the same bits (TensorFlow: ``assign_sub`` of ``read - d``); without it,
-  ``optimizer.assign(variable, value)``;
 * ``history_step(optimizer, compute, step, lr, bits, types)``, ``history_guard(...)``: the host
   call of a spec with a history (Schedule-Free AdamW), see :mod:`uniopt.keras._history`; where
   ``host_calls_refused()``, ``history_in_graph(optimizer, specs, dtypes, learning_rate)`` computes

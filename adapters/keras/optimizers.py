@@ -570,12 +570,10 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         }
         sc = self._scalars(spec, dtype_name(variable.dtype), learning_rate)
         new_param, new_slots = spec.rule(param, grad, slots, sc, xp)
-        # the binding's in-place write where it has one (TensorFlow: assign_sub of ``p - d``)
-        write = getattr(b, "assign_result", None) or (lambda opt, var, value, read: opt.assign(var, value))
         for name, value in new_slots.items():
             if slot_vars[name] is not None:
-                write(self, slot_vars[name], value, slots[name])
-        write(self, variable, new_param, param)
+                self.assign(slot_vars[name], value)
+        self.assign(variable, new_param)
         return None
 
     def _warn_densified(self) -> None:

@@ -131,39 +131,6 @@ def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr
     return values
 
 
-_IN_PLACE = {"Sub": "assign_sub", "AddV2": "assign_add"}
-"""The last ops of a rule's result that TensorFlow's in-place variable updates compute:
-``AssignSubVariableOp`` and ``AssignAddVariableOp`` subtract and add elementwise as ``Sub`` and
-``AddV2`` do (one IEEE 754 operation per element)."""
-
-
-def assign_result(optimizer: Any, variable: Any, value: Any, read: Any) -> None:
-    """Write the rule's result ``value`` into ``variable``, whose value the rule read as ``read``.
-
-    Eagerly ``optimizer.assign(variable, value)``. Traced, where ``value`` is ``read - d`` (the
-    rule's last op ``xp.subtract(param, d)``) or ``read + d`` (``xp.add``, either order), it is
-    ``optimizer.assign_sub(variable, d)`` or ``assign_add``: the same subtraction or addition of
-    the same operands, done in the variable's buffer, where ``assign`` allocates the result and
-    copies it in (measured in ``tf.function``, 2000 float32 variables of 500 elements: 56.6 ms
-    a step with ``assign(v - d)``, 51.0 ms with ``assign_sub(d)``). The ``Sub`` or ``AddV2`` left
-    without a consumer is pruned from the graph."""
-    op = None if tf.executing_eagerly() or not tf.is_tensor(read) else getattr(value, "op", None)
-    method = _IN_PLACE.get(op.type) if op is not None and len(op.inputs) == 2 else None
-    if method is not None and value.dtype == read.dtype and _same_full_shape(value, read):
-        a, b = op.inputs
-        # the other operand must have the variable's shape: the in-place ops do not broadcast
-        if a.name == read.name and _same_full_shape(b, read):
-            return getattr(optimizer, method)(variable, b)
-        if method == "assign_add" and b.name == read.name and _same_full_shape(a, read):
-            return getattr(optimizer, method)(variable, a)
-    optimizer.assign(variable, value)
-    return None
-
-
-def _same_full_shape(x: Any, y: Any) -> bool:
-    return x.shape.is_fully_defined() and x.shape.as_list() == y.shape.as_list()
-
-
 def update_sparse(optimizer: Any, spec: Spec, gradient: Any, variable: Any, learning_rate: Any) -> bool:
     """An ``IndexedSlices`` gradient: the ``"rows"`` sparse rule updates its rows
     (:func:`_update_rows`, not under XLA, which has no ``tf.unique``); any other is densified by
