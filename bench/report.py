@@ -502,6 +502,31 @@ How to read the targets, and what limits each one:
   is torch.optim.Optimizer's step wrapper, which uniopt's step runs too); the rest of uniopt's
   step is its per-step bookkeeping in Python. Adagrad and SparseAdam, whose torch.optim steps
   coalesce too, are within 1.5x.
+* **The other elementwise optimizers** (SGD, Adagrad, RMSprop, AdamW, Adamax, Adadelta, Lion,
+  NAdam) were first timed on all three frameworks on 2026-12-05 (the runs listed above).
+  uniopt.torch's Lion then took 112.5 ms on the large set, 7x fused Adam's step although it moves
+  20 bytes per parameter to Adam's 28: the C kernel's `sign`, a nested select (`x > 0 ? 1 : (x <
+  0 ? -1 : ...)`), left GCC's loop scalar with a branch per element ("not vectorized: control flow
+  in loop"), and random signs mispredict half of them. Written as selects of constants and one
+  subtraction (`(x > 0 ? 1 : 0) - (x < 0 ? 1 : 0)`, NaN kept; the same bits, +0 for either zero),
+  the loop vectorises: 11.2 ms on the large set and 1.69 ms on the many-small one (from 5.98).
+  tests/torch_adapter/test_native.py now compiles every translated rule and requires GCC's report
+  to show its inner loop vectorised. torch.optim has no Lion, so the row has no native to divide
+  by; fused Adam's row is timed beside it.
+* **Those eight on jax and tf**: uniopt.jax is within 1.08x of optax on the large set (SGD 1.08,
+  Adamax 1.06, the rest 1.01 to 1.03, Adadelta and Lion faster) and faster on the many-small set
+  (0.90 to 0.95); uniopt.tf under XLA within 1.13x of Keras's fastest row on the large set
+  (Adamax 1.13, Lion 1.07, the rest 0.93 to 1.04). Lion is slow under XLA for everyone (optax 54 ms,
+  Keras 52 to 54 ms, against 13 to 18 ms for SGD), and so is Keras's Adadelta (133 ms under XLA,
+  70 in `tf.function`); not traced further. On the many-small set uniopt.tf's `tf.function` row,
+  its faster one there, is 1.03x (Adamax) to 1.54x (Lion) Keras's `tf.function` step, NAdam and
+  AdamW 0.83x and 0.95x: TensorFlow's cost per variable and op (see "uniopt.tf on many small
+  tensors" above).
+  Writing a result `p - d` with `assign_sub(d)` instead of `assign(p - d)` (the same bits, no
+  result buffer) was tried on 2026-12-05 and reverted: in interleaved rounds of one process, in
+  random order, it changed a 2000-tensor step by -4% (SGD) and -1% (Adam), and a 16-tensor one
+  by -13% (SGD), +9% and -10% (Adam, two runs) and +21% (Adagrad); a fixed order had shown -9%
+  for SGD and +7% and +9% for Adam. No benefit beyond this machine's noise was shown.
 * Every figure is a median over interleaved rounds on a shared 2-core machine; compare ratios within
   one framework's rows, not across runs.
 """
