@@ -510,9 +510,9 @@ How to read the targets, and what limits each one:
   in loop"), and random signs mispredict half of them. Written as selects of constants and one
   subtraction (`(x > 0 ? 1 : 0) - (x < 0 ? 1 : 0)`, NaN kept; the same bits, +0 for either zero),
   the loop vectorises: 11.2 ms on the large set and 1.69 ms on the many-small one (from 5.98).
-  tests/torch_adapter/test_native.py now compiles every translated rule and requires GCC's report
-  to show its inner loop vectorised. torch.optim has no Lion, so the row has no native to divide
-  by; fused Adam's row is timed beside it.
+  tests/torch_adapter/test_native.py now compiles every elementwise case's float32 kernel and
+  requires GCC's report to show its inner loop vectorised. torch.optim has no Lion, so the row
+  has no native to divide by; fused Adam's row is timed beside it.
 * **Those eight on jax and tf**: uniopt.jax is within 1.08x of optax on the large set (SGD 1.08,
   Adamax 1.06, the rest 1.01 to 1.03, Adadelta and Lion faster) and faster on the many-small set
   (0.90 to 0.95); uniopt.tf under XLA within 1.13x of Keras's fastest row on the large set
