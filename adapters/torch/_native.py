@@ -49,7 +49,17 @@ import torch
 
 from uniopt import Spec
 
-__all__ = ["DTYPES", "TILE", "Kernel", "Tracer", "kernel", "shared_library", "translate", "work_items"]
+__all__ = [
+    "DTYPES",
+    "TILE",
+    "Kernel",
+    "Tracer",
+    "c_compiler",
+    "kernel",
+    "shared_library",
+    "translate",
+    "work_items",
+]
 
 TILE = 1 << 15
 """Elements per segment of a large tensor (128 KiB of float32 per array): small enough for the
@@ -324,12 +334,18 @@ def kernel(spec: Spec, dtype: torch.dtype, scalars: Any) -> Kernel | None:
 _LIBRARIES: dict[str, Any] = {}
 
 
+def c_compiler() -> str | None:
+    """The system C compiler the kernels are built with: ``$CC``, else ``cc``, ``gcc`` or ``clang``
+    on the ``PATH``; ``None`` where there is none."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
 def shared_library(stem: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:
     """``source`` (C) compiled with the system C compiler (``$CC``, else ``cc``, ``gcc`` or
     ``clang``) and ``flags`` into ``<cache>/uniopt/<stem>-<digest>.so``, the digest covering the
     source, the compiler and the flags, and loaded; built once per machine and reused by later
     processes. ``None`` where there is no compiler or the build fails."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    compiler = c_compiler()
     if not compiler or os.name != "posix":
         return None
     digest = hashlib.sha256("\0".join((source, compiler, *flags)).encode()).hexdigest()[:20]

@@ -10,8 +10,6 @@ tensors, tensors of one tile and tensors split over several tiles.
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -225,7 +223,7 @@ def test_every_translated_rule_compiles_to_a_vectorised_loop(tmp_path):
     inner loop vectorised (GCC's ``-fopt-info-vec`` report): a branch per element, as Lion's nested
     ``sign`` select once left, ran Lion's large step 9x slower with the same bits. (float64's
     source differs in its type names only.)"""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = _native.c_compiler()  # the one the kernels are built with
     version = compiler and subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     if not version or "Free Software Foundation" not in version:
         pytest.skip(f"the vectorisation report is GCC's; the C compiler here is {compiler!r}")
@@ -238,8 +236,9 @@ def test_every_translated_rule_compiles_to_a_vectorised_loop(tmp_path):
                 translated = _native.translate(spec, torch.float32, sc)
                 if translated is not None:
                     sources.add(translated[0])
+    sources = sorted(sources)
     names = []
-    for i, source in enumerate(sorted(sources)):
+    for i, source in enumerate(sources):
         (tmp_path / f"rule{i}.c").write_text(source)
         lines = source.splitlines()
         names.append(f"rule{i}.c:{lines.index(next(line for line in lines if 'i < n' in line)) + 1}:")
@@ -253,7 +252,7 @@ def test_every_translated_rule_compiles_to_a_vectorised_loop(tmp_path):
     ).stderr.splitlines()
     assert len(names) > 40
     scalar = [n for n in names if not any(r.startswith(n) and "loop vectorized" in r for r in report)]
-    assert not scalar, [(n, sorted(sources)[names.index(n)]) for n in scalar[:2]]
+    assert not scalar, [(n, sources[names.index(n)]) for n in scalar[:2]]
 
 
 def test_work_items_pack_small_tensors_up_to_a_tile():
