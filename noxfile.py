@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import nox
@@ -416,12 +417,14 @@ def _test_extra() -> list[str]:
 @nox.session(python=False)
 @nox.parametrize("suite", SUITES_WITH_PEER)
 def tests_and_peer(session: nox.Session, suite: str) -> None:
-    """``tests`` for one framework, then its ``peer_run`` runs (side by side), in the venv that
-    ``conformance_run`` made for that framework (what ``check`` runs, after it; ``peer_report`` reads
-    the outcomes). The test and peer packages are added to that venv with every package already there
-    held at its version (pip constraints: no second copy of the framework, and nothing the matrix's
-    jobs import changes under them; a conflict fails here). They run beside the jobs, with one job's
-    share of the cores as their thread pools (:func:`_beside_the_jobs`)."""
+    """``tests`` for one framework with its ``peer_run`` runs beside them (each its own process), in
+    the venv that ``conformance_run`` made for that framework (what ``check`` runs, after it;
+    ``peer_report`` reads the outcomes). The test and peer packages are added to that venv with
+    every package already there held at its version (pip constraints: no second copy of the
+    framework, and nothing the matrix's jobs import changes under them; a conflict fails here). They
+    run beside the jobs, with one job's share of the cores as their thread pools
+    (:func:`_beside_the_jobs`), and read the scalar tables' host rows the jobs computed
+    (``UNIOPT_SCALAR_CACHE``)."""
     venv = _conformance_venv(session, suite)
     python = venv / "bin" / "python"
     peers = PEERS_OF_SUITE[suite]
@@ -437,21 +440,22 @@ def tests_and_peer(session: nox.Session, suite: str) -> None:
     session.run(
         str(python), "-m", "pip", "install", "-c", str(constraints), *dict.fromkeys(wanted), external=True
     )
-    env = _beside_the_jobs()
-    _framework_tests(session, suite, env=env, venv=venv)
-    _peer_suites_side_by_side(session, peers, env=env, venv=venv)
+    # the scalar tables' host rows the matrix's jobs computed (conformance/__main__.py), read by
+    # the tests and peer runs where they build the same specs' tables instead of computing them again
+    env = {**_beside_the_jobs(), "UNIOPT_SCALAR_CACHE": str(ROOT / OUT / "scalar-cache")}
+    with _peer_suites_beside(session, peers, env=env, venv=venv):
+        _framework_tests(session, suite, env=env, venv=venv)
 
 
-def _peer_suites_side_by_side(
+@contextlib.contextmanager
+def _peer_suites_beside(
     session: nox.Session, peers: list[str], env: dict[str, str], venv: Path
-) -> None:
-    """Each peer run of one venv as a process of its own, all at once (each is one pytest process:
-    run one after the other, a core idles once the matrix's jobs have ended); their outputs are logged
-    one after the other as each ends, and any failure fails the session, naming the run."""
-    if len(peers) < 2:
-        for peer in peers:
-            _peer_suite(session, peer, env=env, venv=venv)
-        return
+) -> Iterator[None]:
+    """Each peer run of one venv as a process of its own, started on entering and running beside the
+    body (that venv's own tests) and each other; on leaving, their outputs are logged one after the
+    other as each ends, and any failure fails the session, naming the run. Started after the tests
+    instead, the last session's peer runs ended about a minute apart with a core idle (the matrix's
+    jobs have ended by then). Where the body fails, the peer runs are stopped."""
     python, env = _in_venv("python", env, venv)
     process_env = {**os.environ, **env}
     failed = []
@@ -459,11 +463,12 @@ def _peer_suites_side_by_side(
         running = []
         for peer in peers:
             args = _peer_args(peer)
-            session.log(" ".join(["python", *args]) + "  (side by side with this venv's other peer runs)")
+            session.log(" ".join(["python", *args]) + "  (in the background, beside this venv's tests)")
             out = stack.enter_context(tempfile.TemporaryFile("w+"))
             process = subprocess.Popen([python, *args], stdout=out, stderr=subprocess.STDOUT, env=process_env)
-            stack.callback(process.kill)  # where this session is interrupted (after its wait: no-op)
+            stack.callback(process.kill)  # where the body fails or this session is interrupted
             running.append((peer, out, process))
+        yield
         for peer, out, process in running:
             code = process.wait()
             out.seek(0)
