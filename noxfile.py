@@ -442,7 +442,9 @@ def tests_and_peer(session: nox.Session, suite: str) -> None:
     )
     # the scalar tables' host rows the matrix's jobs computed (conformance/__main__.py), read by
     # the tests and peer runs where they build the same specs' tables instead of computing them again
-    env = {**_beside_the_jobs(), "UNIOPT_SCALAR_CACHE": str(ROOT / OUT / "scalar-cache")}
+    # (the variable is uniopt.scalar_table.CACHE_VARIABLE, which nox's own Python cannot import)
+    cache = ROOT / OUT / _stdlib_module("jobs").SCALAR_CACHE
+    env = {**_beside_the_jobs(), "UNIOPT_SCALAR_CACHE": str(cache)}
     with _peer_suites_beside(session, peers, env=env, venv=venv):
         _framework_tests(session, suite, env=env, venv=venv)
 
@@ -453,9 +455,10 @@ def _peer_suites_beside(
 ) -> Iterator[None]:
     """Each peer run of one venv as a process of its own, started on entering and running beside the
     body (that venv's own tests) and each other; on leaving, their outputs are logged one after the
-    other as each ends, and any failure fails the session, naming the run. Started after the tests
-    instead, the last session's peer runs ended about a minute apart with a core idle (the matrix's
-    jobs have ended by then). Where the body fails, the peer runs are stopped."""
+    other as each ends, and any failure fails the session, naming the run. Where the body fails, the
+    peer runs are stopped. (Run after the tests, the last session's two peer runs ended about a
+    minute apart with a core idle; run beside them, that session took as long, 777 s against 773 s
+    on the 2-core machine: the tests slowed by what the peer runs took.)"""
     python, env = _in_venv("python", env, venv)
     process_env = {**os.environ, **env}
     failed = []

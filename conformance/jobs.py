@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 JOBS = "jobs"
+SCALAR_CACHE = "scalar-cache"
+"""The folder under the output directory where a run's processes share the scalar tables' host rows
+(``uniopt.scalar_table.CACHE_VARIABLE``): the jobs, and ``check``'s test sessions beside them."""
 LIMIT_VARIABLE = "UNIOPT_CONFORMANCE_JOBS"
 """How many jobs run at once (default: the number of CPU cores)."""
 
