@@ -424,7 +424,7 @@ def tests_and_peer(session: nox.Session, suite: str) -> None:
     framework, and nothing the matrix's jobs import changes under them; a conflict fails here). They
     run beside the jobs, with one job's share of the cores as their thread pools
     (:func:`_beside_the_jobs`), and read the scalar tables' host rows the jobs computed
-    (``UNIOPT_SCALAR_CACHE``)."""
+    (``UNIOPT_SCALAR_CACHE``) and, in JAX's venv, share the jobs' persistent compilation cache."""
     venv = _conformance_venv(session, suite)
     python = venv / "bin" / "python"
     peers = PEERS_OF_SUITE[suite]
@@ -443,8 +443,11 @@ def tests_and_peer(session: nox.Session, suite: str) -> None:
     # the scalar tables' host rows the matrix's jobs computed (conformance/__main__.py), read by
     # the tests and peer runs where they build the same specs' tables instead of computing them again
     # (the variable is uniopt.scalar_table.CACHE_VARIABLE, which nox's own Python cannot import)
-    cache = ROOT / OUT / _stdlib_module("jobs").SCALAR_CACHE
-    env = {**_beside_the_jobs(), "UNIOPT_SCALAR_CACHE": str(cache)}
+    jobs = _stdlib_module("jobs")
+    cache = ROOT / OUT / jobs.SCALAR_CACHE
+    # and the programs XLA compiled for them, where JAX runs (conformance.jobs.xla_cache_environment)
+    xla = {} if suite != "jax" else jobs.xla_cache_environment(ROOT / OUT / jobs.XLA_CACHE)
+    env = {**_beside_the_jobs(), "UNIOPT_SCALAR_CACHE": str(cache), **xla}
     with _peer_suites_beside(session, peers, env=env, venv=venv):
         _framework_tests(session, suite, env=env, venv=venv)
 

@@ -13,7 +13,7 @@ from uniopt.scalar_table import CACHE_VARIABLE
 from . import backends
 from .cells import ALL_DTYPES, DEFAULT_STEPS, cells
 from .compare import compare_dir, stale_warning
-from .jobs import SCALAR_CACHE, enqueue, launch_ready, wait, write_progress
+from .jobs import SCALAR_CACHE, XLA_CACHE, enqueue, launch_ready, wait, write_progress, xla_cache_environment
 from .report import Matrix, write_reports
 from .run import run_backend
 from .streams import STREAMS
@@ -56,6 +56,9 @@ def _run(args: argparse.Namespace) -> int:
     # the TensorFlow and JAX adapters tabulate every spec's per-step scalars (about a second each);
     # the jobs of one run share them through files (uniopt.scalar_table.CACHE_VARIABLE)
     os.environ.setdefault(CACHE_VARIABLE, str(args.out / SCALAR_CACHE))
+    # and the programs XLA compiled for the JAX backends (before any runner imports jax)
+    for name, value in xla_cache_environment((args.out / XLA_CACHE).resolve()).items():
+        os.environ.setdefault(name, value)
     for name in args.backend:
         backend = backends.get(name)
         reason = backend.unavailable()
