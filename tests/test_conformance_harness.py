@@ -415,6 +415,7 @@ def test_an_optimizer_that_reduces_runs_every_stream_in_one_mode_per_framework()
         "keras_jax@eager",
         "keras_jax@jit",
         "keras_torch@eager",
+        "array_api_strict@eager",  # NumPy's kernels, each call checked in Python: numpy@eager runs them
     }
     for b, m in every_mode:
         runs = {name for name, c in short.items() if b.skip_by_default(m, c) is None}
