@@ -71,3 +71,20 @@ def test_the_update_loop_is_traced_whole_for_many_variables():
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert 0 < graphs <= 8, graphs  # measured 6 with 10 or 22 variables, Keras's own Adam 3
     assert_trajectories([snapshot(model.optimizer, model.ws)], [reference(spec, params, grads)[-1]])
+
+
+@pytest.mark.parametrize("kind", ["float", "schedule"])
+def test_the_learning_rate_getter_traces_without_a_graph_break(kind):
+    """``optimizer.learning_rate`` read inside a compiled function (as Keras's train step reads it):
+    Keras's getter, traced whole (``fullgraph=True`` raises at any graph break; the getter called
+    as ``property.fget`` was one, which dynamo cannot trace), giving what it gives eagerly."""
+    import torch
+
+    lr = 0.01 if kind == "float" else keras.optimizers.schedules.ExponentialDecay(0.01, 3, 0.5)
+    opt = uk.Adam(learning_rate=lr)
+    opt.build([keras.Variable([1.0, 2.0])])
+    opt.iterations.assign(5)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda: keras.ops.convert_to_tensor(opt.learning_rate) * 1, fullgraph=True)
+    want = keras.ops.convert_to_numpy(opt.learning_rate)
+    assert keras.ops.convert_to_numpy(compiled()) == want
