@@ -304,11 +304,13 @@ def conformance_run(session: nox.Session, backend: str) -> None:
 
 @nox.session(python=False)
 def conformance_clean(session: nox.Session) -> None:
-    """Remove an earlier run's trajectories and jobs (``conformance`` and ``check`` start with it)."""
-    for stale in ("trajectories", "jobs"):
+    """Remove an earlier run's trajectories, jobs and JAX compilation cache (``conformance`` and
+    ``check`` start with it: the cache holds one run's programs, not every run's)."""
+    stale_folders = ("trajectories", "jobs", _stdlib_module("jobs").XLA_CACHE)
+    for stale in stale_folders:
         shutil.rmtree(f"{OUT}/{stale}", ignore_errors=True)
     REFERENCE_OPTIONS.unlink(missing_ok=True)
-    session.log(f"removed {OUT}/trajectories and {OUT}/jobs")
+    session.log(f"removed {', '.join(f'{OUT}/{stale}' for stale in stale_folders)}")
 
 
 def _wait_and_compare(session: nox.Session, python: str = "python") -> None:
