@@ -110,17 +110,6 @@ def _host(function: Callable[..., Any]) -> Callable[..., Any]:
     return disabled
 
 
-def prepare_host_calls() -> None:
-    """Make :func:`_host`'s ``torch.compiler.disable`` wrappers of this module's host calls now,
-    where nothing is being traced (the optimizer's constructor; Keras's torch trainer has loaded
-    torch._dynamo by then). Made while dynamo traces (the first step of ``fit(jit_compile=True)``),
-    the call to ``torch.compiler.disable`` itself is a graph break dynamo cannot resume from inside
-    Keras's ``name_scope``: it ran that step's enclosing frame eagerly instead of compiling it."""
-    for function in (_host_scalars, _host_loop_scalars, _host_history_step, _check_history):
-        if function not in _OFF_GRAPH:
-            _OFF_GRAPH[function] = torch.compiler.disable(function)
-
-
 def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr: bool) -> Any:
     """The spec's scalars of this step in ``dtype``, from the host (cached for one ``apply``; within
     Keras's update loop those :func:`before_update_loop` computed). Under ``convention="keras"`` the

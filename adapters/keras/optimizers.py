@@ -332,9 +332,6 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         self._state_dtypes = state_dtypes
         self._spec_without_decay = spec.replace(weight_decay=0.0) if spec.weight_decay != 0 else spec
         self._uniopt_cache = _TraceCache()
-        prepare = getattr(binding(), "prepare_host_calls", None)
-        if prepare is not None:  # torch: its host calls' compiler wrappers, made outside any trace
-            prepare()
         self.weight_decay = float(spec.weight_decay)
         for name, value in to_keras_kwargs(self._hyperparameters(), type(self)).items():
             setattr(self, name, value)
@@ -376,8 +373,8 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     def learning_rate(self) -> Any:
         """Keras's getter (``BaseOptimizer.learning_rate``: the schedule's value at this step, the
         callable's value or the variable), the body itself rather than ``property.fget``, which
-        ``torch.compile`` cannot trace: it broke Keras's torch train step under
-        ``fit(jit_compile=True)`` and ran the step's enclosing frame eagerly."""
+        ``torch.compile`` cannot trace: a graph break in Keras's torch train step under
+        ``fit(jit_compile=True)``."""
         return self._get_current_learning_rate()
 
     @learning_rate.setter
