@@ -22,9 +22,10 @@ A binding defines (each module documents its own):
   reference has them; ``exact_lr`` says ``learning_rate`` is the optimizer's own float variable;
 * ``EXACT_LR_DTYPE``: the dtype of the variable holding a float learning rate (``"float64"`` where
   the backend has it); ``eager()``: whether this code runs eagerly (not traced);
-* ``SCALARS_BEFORE_THE_LOOP``: whether ``before_update_loop(optimizer, variables, learning_rate)``
-  runs before Keras's loop of ``update_step`` (torch: the scalars of every spec and dtype in one
-  host call, so that ``torch.compile`` traces the loop whole);
+* ``SCALARS_BEFORE_THE_LOOP``: whether ``before_apply(optimizer, variables)`` runs when ``apply``
+  is called, before Keras's ``apply`` enters its name scope, and ``before_update_loop(optimizer,
+  variables, learning_rate)`` before Keras's loop of ``update_step`` (torch: the scalars of every
+  spec and dtype in one host call, so that ``torch.compile`` traces Keras's ``apply`` whole);
 * ``update_sparse(optimizer, spec, gradient, variable, learning_rate)``: apply a sparse gradient
   itself and return ``True``, or ``False`` to let the dense path run;
 * ``history_step(optimizer, compute, step, lr, bits, types)``, ``history_guard(...)``: the host

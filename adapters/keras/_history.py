@@ -49,6 +49,9 @@ from .optimizers import UnioptOptimizer, _SlotInit
 
 __all__ = ["EvalAtX", "HistoryOptimizer"]
 
+_AFTER = ("history", "after")
+"""The scalar cache's entry of this step's next history, where ``apply`` computed it."""
+
 
 class HistoryOptimizer(UnioptOptimizer):
     """A :class:`~uniopt.keras.UnioptOptimizer` whose spec keeps a history and an evaluation view (see
@@ -154,6 +157,17 @@ class HistoryOptimizer(UnioptOptimizer):
             lambda: super(HistoryOptimizer, self).apply(grads, trainable_variables),
         )
 
+    def _before_apply(self, grads: Any, trainable_variables: Any) -> None:
+        """Where the binding computes the scalars when ``apply`` is called (torch: before Keras's
+        ``apply`` enters its name scope, see ``uniopt.keras._torch.before_apply``), a spec with a
+        history computes its step there: every spec and dtype's scalars and the next history, which
+        :meth:`_backend_update_step` assigns (on TensorFlow and JAX it computes them itself)."""
+        if not self._uniopt_history:
+            return super()._before_apply(grads, trainable_variables)
+        if binding().SCALARS_BEFORE_THE_LOOP and len(grads) and self.built:
+            self._uniopt_cache.entries[_AFTER] = (None, self._history_step(self.learning_rate))
+        return None
+
     def _train_before_an_xla_step(self) -> None:
         """Inside an XLA function, which cannot raise: where the optimizer is in eval mode when the
         step runs, switch back to train mode in-graph first (what :meth:`train` does: every
@@ -181,7 +195,9 @@ class HistoryOptimizer(UnioptOptimizer):
         self._initialize_slots_in_first_step()
         if not self._uniopt_history:  # no history (the keras convention): the plain scalars
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        after = self._history_step(learning_rate)  # every spec and dtype's scalars, at once
+        hit = self._uniopt_cache.entries.get(_AFTER)  # computed when apply was called
+        # else every spec and dtype's scalars, at once
+        after = self._history_step(learning_rate) if hit is None else hit[1]
         # Keras's own loop (UnioptOptimizer's would compute the plain scalars before it)
         super(UnioptOptimizer, self)._backend_update_step(grads, trainable_variables, learning_rate)
         for variable, value in zip(self._uniopt_history, after, strict=True):

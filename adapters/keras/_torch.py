@@ -128,16 +128,37 @@ def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr
 
 
 SCALARS_BEFORE_THE_LOOP = True
+_READY = ("torch", "loop", "ready")
+
+
+def before_apply(optimizer: Any, variables: list[Any]) -> None:
+    """When ``apply`` is called, before Keras's ``apply`` enters its name scope: the scalars of
+    every spec and dtype of ``variables`` at the learning rate ``optimizer.learning_rate`` gives
+    (what Keras's ``_backend_apply_gradients`` passes to the loop), in one host call. Under
+    ``torch.compile`` the graph then breaks once per step, here, in uniopt's ``apply``, and dynamo
+    traces Keras's ``apply`` after it whole. A break inside Keras's name scope (a context manager
+    that dynamo cannot resume in) made dynamo skip the frames around it and run Keras's ``apply``
+    and ``_backend_apply_gradients`` eagerly, the loop compiled on its own."""
+    _host(_host_apply_scalars)(optimizer, variables)
+
+
+def _host_apply_scalars(optimizer: Any, variables: list[Any]) -> None:
+    # the optimizer's own variables only: Keras's apply refuses any other, with its own error
+    known = optimizer._trainable_variables_indices
+    variables = [v for v in variables if optimizer._var_key(v) in known]
+    _host_loop_scalars(optimizer, variables, optimizer.learning_rate)
+    optimizer._uniopt_cache.entries[_READY] = (None, None)
 
 
 def before_update_loop(optimizer: Any, variables: list[Any], learning_rate: Any) -> None:
     """Before Keras's loop of ``update_step`` over ``variables`` (``_backend_update_step``, whose
     ``learning_rate`` every ``update_step`` of the loop receives): the scalars of every spec and
-    dtype the loop needs, in one host call. Under ``torch.compile`` the graph then breaks once per
-    step, here, and dynamo traces the loop whole; computed in the first ``update_step`` instead,
-    the break there made dynamo compile ``update_step`` once per variable shape, and a five-layer
-    MLP passed its recompile limit (then ran ``update_step`` eagerly, silently)."""
-    _host(_host_loop_scalars)(optimizer, list(variables), learning_rate)
+    dtype the loop needs, in one host call, unless :func:`before_apply` computed them. Computed in
+    the first ``update_step`` instead, the break there made dynamo compile ``update_step`` once
+    per variable shape, and a five-layer MLP passed its recompile limit (then ran ``update_step``
+    eagerly, silently)."""
+    if _READY not in optimizer._uniopt_cache.entries:
+        _host(_host_loop_scalars)(optimizer, list(variables), learning_rate)
 
 
 def _host_loop_scalars(optimizer: Any, variables: list[Any], learning_rate: Any) -> None:

@@ -534,10 +534,26 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
         self._check_xla()
         self._uniopt_cache.entries.clear()
+        if trainable_variables is not None:  # read once (a generator), here and by Keras's apply
+            trainable_variables = list(trainable_variables)
+        # outside the try block: under torch.compile its host call is a graph break, which dynamo
+        # cannot resume from inside one (it would run this frame eagerly)
+        self._before_apply(grads, trainable_variables)
         try:
             return super().apply(grads, trainable_variables)
         finally:
             self._uniopt_cache.entries.clear()
+
+    def _before_apply(self, grads: Any, trainable_variables: Any) -> None:
+        """The binding's ``before_apply`` where it has one, on the variables ``apply`` updates (those
+        given, else the optimizer's own), once the optimizer is built (its first ``apply`` builds
+        it, and the loop's scalars come from ``before_update_loop``) and where there are gradients
+        (else Keras's ``apply`` does nothing)."""
+        b = binding()
+        if not b.SCALARS_BEFORE_THE_LOOP or not self.built or len(grads) == 0:
+            return
+        variables = self._trainable_variables if trainable_variables is None else trainable_variables
+        b.before_apply(self, variables)
 
     def _check_xla(self) -> None:
         """Under TensorFlow's XLA, a ``ValueError`` saying why this optimizer's scalars cannot be

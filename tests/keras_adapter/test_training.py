@@ -186,6 +186,30 @@ def test_gradient_accumulation_steps():
     assert int(numpy(opt.iterations)) == 3
 
 
+@pytest.mark.parametrize("make", [uk.RAdam, uk.ScheduleFreeAdamW], ids=["RAdam", "ScheduleFreeAdamW"])
+def test_apply_takes_the_variables_as_a_generator_or_a_subset(make):
+    """``apply(grads, variables)`` as users call it: the variables a generator (read once), first to
+    build the optimizer and then built; then a subset of them, which steps alone. Every step is the
+    reference's; a variable the optimizer was not built for is refused with Keras's own error,
+    nothing changed."""
+    params, grads = _inputs(4)
+    opt = make(learning_rate=0.01)
+    variables = [keras.Variable(p) for p in params]
+    for step in grads[:3]:
+        opt.apply([keras.ops.convert_to_tensor(g) for g in step], (v for v in variables))
+    want = reference(opt.spec, params, grads[:3])[-1]
+    assert_trajectories([snapshot(opt, variables)], [want])
+    before = snapshot(opt, variables)
+    with pytest.raises(ValueError, match="Unknown variable"):
+        opt.apply([keras.ops.convert_to_tensor(grads[3][0])], [keras.Variable(params[0])])
+    assert_trajectories([snapshot(opt, variables)], [before])
+    opt.apply([keras.ops.convert_to_tensor(grads[3][0])], iter(variables[:1]))
+    assert int(numpy(opt.iterations)) == 4
+    alone = reference(opt.spec, params[:1], [g[:1] for g in grads])[-1]  # step 4 of the first alone
+    assert_trajectories([snapshot(opt, variables[:1])], [alone])
+    assert_trajectories([snapshot(opt, variables[1:])], [tuple(x[1:] for x in before)])  # unchanged
+
+
 @pytest.mark.parametrize("convention", ["uniopt", "keras"])
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf")])
 def test_a_learning_rate_set_out_of_range_is_refused_and_the_rate_kept(convention, bad):
