@@ -164,7 +164,12 @@ class HistoryOptimizer(UnioptOptimizer):
         :meth:`_backend_update_step` assigns (on TensorFlow and JAX it computes them itself)."""
         if not self._uniopt_history:
             return super()._before_apply(grads, trainable_variables)
-        if binding().SCALARS_BEFORE_THE_LOOP and len(grads) and self.built:
+        if (
+            binding().SCALARS_BEFORE_THE_LOOP
+            and len(grads)
+            and self.built
+            and not self._called_learning_rate()
+        ):
             self._uniopt_cache.entries[_AFTER] = (None, self._history_step(self.learning_rate))
         return None
 

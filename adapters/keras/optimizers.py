@@ -547,10 +547,11 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
     def _before_apply(self, grads: Any, trainable_variables: Any) -> None:
         """The binding's ``before_apply`` where it has one, on the variables ``apply`` updates (those
         given, else the optimizer's own), once the optimizer is built (its first ``apply`` builds
-        it, and the loop's scalars come from ``before_update_loop``) and where there are gradients
-        (else Keras's ``apply`` does nothing)."""
+        it, and the loop's scalars come from ``before_update_loop``), where there are gradients
+        (else Keras's ``apply`` does nothing) and where the learning rate is no callable
+        (:meth:`_called_learning_rate`)."""
         b = binding()
-        if not b.SCALARS_BEFORE_THE_LOOP or not self.built or len(grads) == 0:
+        if not b.SCALARS_BEFORE_THE_LOOP or not self.built or len(grads) == 0 or self._called_learning_rate():
             return
         variables = self._trainable_variables if trainable_variables is None else trainable_variables
         b.before_apply(self, variables)
@@ -632,6 +633,16 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         learning-rate variable and schedules hold it."""
         exact = not self._dynamic_learning_rate()
         return binding().scalars(self, spec, dtype, learning_rate, exact)
+
+    def _called_learning_rate(self) -> bool:
+        """Whether the learning rate is a callable taking no argument (not a schedule, a function
+        of the step count): it may give another value at each call, so the step's scalars are
+        computed from the value Keras passes to its update loop, read once, and never from a
+        second call (``_before_apply``)."""
+        lr = self._learning_rate
+        return self._dynamic_learning_rate() and not isinstance(
+            lr, keras.optimizers.schedules.LearningRateSchedule
+        )
 
     def _dynamic_learning_rate(self) -> bool:
         """Whether the learning rate is a schedule or a callable (else the float variable)."""

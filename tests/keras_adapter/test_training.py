@@ -210,6 +210,32 @@ def test_apply_takes_the_variables_as_a_generator_or_a_subset(make):
     assert_trajectories([snapshot(opt, variables[1:])], [tuple(x[1:] for x in before)])  # unchanged
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_a_callable_learning_rate_is_called_once_per_step(name):
+    """A learning rate given as a callable that returns another value at each call (0.1, 0.2, ...):
+    called once per ``apply``, as by Keras's own optimizer, and that call's value is the step's (on
+    torch the step's scalars come from the host when ``apply`` is called; a second read there would
+    take the next value). SGD's three steps with gradient 1 end where Keras's SGD ends, bitwise."""
+
+    def run(make):
+        calls = []
+
+        def learning_rate():
+            calls.append(1)
+            return 0.1 * len(calls)
+
+        opt, variable = make(learning_rate=learning_rate), keras.Variable(np.zeros(1, "float32"))
+        for _ in range(3):
+            opt.apply([keras.ops.ones(1)], [variable])
+        return len(calls), numpy(variable)
+
+    calls, got = run(getattr(uk, name))
+    keras_calls, keras_got = run(getattr(keras.optimizers, name))
+    assert calls == keras_calls == 3
+    if name == "SGD":
+        assert bits_equal(got, keras_got), (got, keras_got)
+
+
 @pytest.mark.parametrize("convention", ["uniopt", "keras"])
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf")])
 def test_a_learning_rate_set_out_of_range_is_refused_and_the_rate_kept(convention, bad):
