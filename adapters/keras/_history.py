@@ -157,20 +157,14 @@ class HistoryOptimizer(UnioptOptimizer):
             lambda: super(HistoryOptimizer, self).apply(grads, trainable_variables),
         )
 
-    def _before_apply(self, grads: Any, trainable_variables: Any) -> None:
+    def _scalars_when_applied(self, variables: list[Any]) -> None:
         """Where the binding computes the scalars when ``apply`` is called (torch: before Keras's
         ``apply`` enters its name scope, see ``uniopt.keras._torch.before_apply``), a spec with a
         history computes its step there: every spec and dtype's scalars and the next history, which
         :meth:`_backend_update_step` assigns (on TensorFlow and JAX it computes them itself)."""
         if not self._uniopt_history:
-            return super()._before_apply(grads, trainable_variables)
-        if (
-            binding().SCALARS_BEFORE_THE_LOOP
-            and len(grads)
-            and self.built
-            and not self._called_learning_rate()
-        ):
-            self._uniopt_cache.entries[_AFTER] = (None, self._history_step(self.learning_rate))
+            return super()._scalars_when_applied(variables)
+        self._uniopt_cache.entries[_AFTER] = (None, self._history_step(self.learning_rate))
         return None
 
     def _train_before_an_xla_step(self) -> None:

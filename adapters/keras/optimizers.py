@@ -545,16 +545,23 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
             self._uniopt_cache.entries.clear()
 
     def _before_apply(self, grads: Any, trainable_variables: Any) -> None:
-        """The binding's ``before_apply`` where it has one, on the variables ``apply`` updates (those
-        given, else the optimizer's own), once the optimizer is built (its first ``apply`` builds
+        """The step's scalars computed when ``apply`` is called (:meth:`_scalars_when_applied`) where
+        the binding computes them there, on the variables ``apply`` updates (those given, else the
+        optimizer's own), once the optimizer is built (its first ``apply`` builds
         it, and the loop's scalars come from ``before_update_loop``), where there are gradients
         (else Keras's ``apply`` does nothing) and where the learning rate is no callable
         (:meth:`_called_learning_rate`)."""
-        b = binding()
-        if not b.SCALARS_BEFORE_THE_LOOP or not self.built or len(grads) == 0 or self._called_learning_rate():
+        if not binding().SCALARS_BEFORE_THE_LOOP or not self.built or len(grads) == 0:
             return
-        variables = self._trainable_variables if trainable_variables is None else trainable_variables
-        b.before_apply(self, variables)
+        if self._called_learning_rate():
+            return
+        self._scalars_when_applied(
+            self._trainable_variables if trainable_variables is None else trainable_variables
+        )
+
+    def _scalars_when_applied(self, variables: list[Any]) -> None:
+        """The step's scalars of ``variables``, from the binding's ``before_apply``."""
+        binding().before_apply(self, variables)
 
     def _check_xla(self) -> None:
         """Under TensorFlow's XLA, a ``ValueError`` saying why this optimizer's scalars cannot be
