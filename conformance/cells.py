@@ -14,6 +14,7 @@ __all__ = [
     "CONVENTION_DTYPES",
     "CONVENTION_STREAMS",
     "DEFAULT_STEPS",
+    "LARGE_CASES",
     "LARGE_OPTIMIZERS",
     "LARGE_STEPS",
     "LONG_OPTIMIZERS",
@@ -38,10 +39,18 @@ LONG_OPTIMIZERS = ("Adam", "RAdam")
 """The optimizers the ``long`` stream runs (their default case), in float32: the dtype whose
 bias corrections saturate within the run."""
 
-LARGE_OPTIMIZERS = ("Adam", "RAdam", "ScheduleFreeAdamW")
-"""The optimizers the ``large`` stream runs (their default case), in float32: those whose fast
-paths change with a parameter's size (the torch CPU kernel's tiles; uniopt.tf's XLA scheduling
-hints, which Schedule-Free AdamW's rule takes from 32,768 elements)."""
+LARGE_CASES: dict[str, tuple[str, ...]] = {
+    "Adam": ("default",),
+    "RAdam": ("default",),
+    "ScheduleFreeAdamW": ("default",),
+    "Muon": ("torch",),
+}
+"""The optimizers the ``large`` stream runs, and their cases, in float32: those whose fast paths
+change with a parameter's size (the torch CPU kernel's tiles; uniopt.tf's XLA scheduling hints,
+which Schedule-Free AdamW's rule takes from 32,768 elements; uniopt.torch's bfloat16 matrix kernels
+for Muon's torch convention, from ``128**3`` multiply-adds a product)."""
+
+LARGE_OPTIMIZERS = tuple(LARGE_CASES)
 
 LARGE_STEPS = 8
 """Steps of the ``large`` stream: past RAdam's first rectified step (6), few
@@ -67,6 +76,8 @@ def convention_of(optimizer: str, case: str) -> str:
 
 
 def _runs(convention: str, stream: str, dtype: str) -> bool:
+    if stream == "large":  # its cases are listed (LARGE_CASES)
+        return True
     if convention == "uniopt":
         return stream != "parity"
     return stream in CONVENTION_STREAMS and dtype in CONVENTION_DTYPES
@@ -99,8 +110,8 @@ def cells(
     """Every (optimizer, case, stream, dtype) of the table, optionally filtered.
 
     The ``long`` stream runs only :data:`LONG_OPTIMIZERS` in their default case, for
-    :data:`LONG_STEPS` steps (or ``steps``, if that is longer); the ``large`` stream only
-    :data:`LARGE_OPTIMIZERS` in their default case, for :data:`LARGE_STEPS` steps. Cases with a
+    :data:`LONG_STEPS` steps (or ``steps``, if that is longer); the ``large`` stream only the cases
+    of :data:`LARGE_CASES`, for :data:`LARGE_STEPS` steps. Cases with a
     framework convention run :data:`CONVENTION_STREAMS` in :data:`CONVENTION_DTYPES`, the
     ``parity`` stream for :data:`PARITY_STEPS` steps.
     """
@@ -112,7 +123,8 @@ def cells(
         )
     stream_names = list(streams) if streams is not None else list(STREAMS)
     lengths = {"long": max(steps, LONG_STEPS), "parity": max(steps, PARITY_STEPS), "large": LARGE_STEPS}
-    only = {"long": LONG_OPTIMIZERS, "large": LARGE_OPTIMIZERS}
+    long_cases = {name: ("default",) for name in LONG_OPTIMIZERS}
+    only = {"long": long_cases, "large": LARGE_CASES}
     return [
         Cell(info.name, case.desc, stream, dtype, lengths.get(stream, steps))
         for info in TABLE
@@ -120,7 +132,7 @@ def cells(
         for case in info.all_cases
         for stream in stream_names
         for few in [only.get(stream)]
-        if few is None or (info.name in few and case.desc == "default")
+        if few is None or case.desc in few.get(info.name, ())
         for dtype in dtypes
         if few is None or dtype == "float32"
         if _runs(case.kwargs.get("convention", "uniopt"), stream, dtype)

@@ -39,9 +39,17 @@ PARAM_SETS: dict[str, tuple[tuple[int, ...], ...]] = {
     "matrices": ((16, 8), (4, 8), (5, 5)),
     "matrices_mixed": ((1, 1), (0, 3), (3, 0), (1, 7), (7, 1)),
     "matrices_small": ((3, 2), (2, 2)),
+    # products of 181 * 191 * 181 multiply-adds and more (uniopt.torch's bfloat16 kernels for
+    # Muon's torch convention), a wide matrix and a tall one
+    "matrices_large": ((181, 191), (191, 181)),
 }
 
-MATRIX_SETS: dict[str, str] = {"standard": "matrices", "mixed": "matrices_mixed", "small": "matrices_small"}
+MATRIX_SETS: dict[str, str] = {
+    "standard": "matrices",
+    "mixed": "matrices_mixed",
+    "small": "matrices_small",
+    "large": "matrices_large",
+}
 """The set a stream runs for a spec that refuses a shape of its own set (``Spec.param_refusal``:
 Muon's uniopt and torch conventions take 2-D parameters only): matrices of the same kinds, tall,
 wide and square in place of vectors, and 1x1, empty, row and column matrices in place of the 0-d,
@@ -114,7 +122,12 @@ STREAMS: dict[str, Stream] = {
         Stream("sparse", "standard", _sparse, "normal with about half the entries exactly 0"),
         Stream("mixed_shapes", "mixed", _normal(1.0), "normal over 0-d, empty and 3-d params"),
         Stream("long", "small", _normal(1.0), "standard normal over a small set, for long runs"),
-        Stream("large", "large", _normal(1.0), "standard normal over 34,571 and 40,000 elements"),
+        Stream(
+            "large",
+            "large",
+            _normal(1.0),
+            "standard normal over 34,571 and 40,000 elements (a matrix-only spec: 181x191 and 191x181)",
+        ),
         Stream(
             "parity",
             "standard",

@@ -501,6 +501,25 @@ def test_a_spec_that_takes_matrices_only_runs_the_matrix_sets():
             assert [g.shape for g in member.grads_at(1)] == list(expected)
 
 
+def test_the_large_stream_runs_its_listed_cases_over_matrices_for_muon():
+    """The large stream runs the cases of LARGE_CASES in float32, a framework convention's case
+    included (Muon's torch case, whose products there pass uniopt.torch's bfloat16-kernel
+    threshold), over the large matrices for a spec that takes matrices only."""
+    from conformance.cells import LARGE_CASES, cells
+    from conformance.run import member_of
+    from conformance.streams import PARAM_SETS
+
+    large = cells(["float32", "float64"], streams=["large"])
+    assert sorted({(c.optimizer, c.case) for c in large}) == sorted(
+        (name, case) for name, cases in LARGE_CASES.items() for case in cases
+    )
+    assert {c.dtype for c in large} == {"float32"}
+    member = member_of(Cell("Muon", "torch", "large", "float32", 2))
+    assert [p.shape for p in member.params0] == list(PARAM_SETS["matrices_large"])
+    for a, b in PARAM_SETS["matrices_large"]:  # the Gram product X @ X.T of the wide orientation
+        assert min(a, b) ** 2 * max(a, b) >= 128**3
+
+
 def test_later_cases_leave_all_but_float32_to_torch_in_tf_function_and_jax_jit():
     """tf@function and jax@jit (every case of every optimizer) leave the float64, float16 and
     bfloat16 cells of each optimizer's cases after the first of each convention (Lamb's

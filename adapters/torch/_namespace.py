@@ -1,13 +1,13 @@
 """The array namespace the spec runs on for torch tensors.
 
-``array_api_compat.torch`` with two replacements, ``sqrt`` and ``sign``. torch's CPU kernels compute
-``sqrt`` with a vectorised approximation that is not correctly rounded (measured with torch 2.13 on
-AVX-512: 17% of float32 and 1.2% of float64 results 1 ulp off), while IEEE 754, NumPy, CUDA and XLA
-round it correctly. On CPU the tensor's memory is handed to NumPy's ``sqrt`` (hardware
-``vsqrtps``/``vsqrtpd``, correctly rounded) without a copy; bfloat16, which NumPy lacks, goes through
-float32, where double rounding of a square root is still correct (24 >= 2*8 + 2 bits). On other
-devices torch's own ``sqrt`` is used. Under ``torch.compile`` tracing, torch's ``sqrt`` is emitted
-and inductor generates the correctly rounded instruction.
+``array_api_compat.torch`` with two replacements, ``sqrt`` and ``sign``, and one addition. torch's
+CPU kernels compute ``sqrt`` with a vectorised approximation that is not correctly rounded (measured
+with torch 2.13 on AVX-512: 17% of float32 and 1.2% of float64 results 1 ulp off), while IEEE 754,
+NumPy, CUDA and XLA round it correctly. On CPU the tensor's memory is handed to NumPy's ``sqrt``
+(hardware ``vsqrtps``/``vsqrtpd``, correctly rounded) without a copy; bfloat16, which NumPy lacks,
+goes through float32, where double rounding of a square root is still correct (24 >= 2*8 + 2 bits).
+On other devices torch's own ``sqrt`` is used. Under ``torch.compile`` tracing, torch's ``sqrt`` is
+emitted and inductor generates the correctly rounded instruction.
 
 ``sign``: ``torch.sign`` of a NaN is 0 or NaN depending on the tensor (torch 2.13 on CPU: 0 for a
 tensor of NaNs of any length and dtype; inductor's lowering always gives 0), so NaN is put back where
@@ -16,6 +16,10 @@ the input is NaN, as NumPy and the array API have it, eagerly and under ``torch.
 ``out[isnan(x)] = nan``, which on a 0-d tensor is a data-dependent branch that ``torch.compile``
 cannot trace (a graph break per 0-d parameter: 39 graphs for one step of the conformance Lion batch);
 for real floating tensors uniopt selects with ``torch.where`` instead, the same values.
+
+``uniopt_addmm_bfloat16``: the products of Muon's ``convention="torch"`` (bfloat16 values held in
+float32) go to torch's own bfloat16 ``mm`` and ``addmm``, the kernels torch.optim.Muon runs, eagerly
+(:func:`uniopt_addmm_bfloat16`); the spec forms them in float32 otherwise.
 
 The other elementwise ops the rules use (``abs``, ``maximum`` (NaN-propagating), ``where``,
 ``negative``) are exact in torch eagerly and compiled. Only the sign of a zero chosen by ``maximum``
@@ -57,6 +61,63 @@ def sign(x: Any, /) -> Any:
     return _compat.sign(x)
 
 
+BFLOAT16_KERNEL_MIN_WORK = 128**3
+"""The fewest multiply-adds (``m * k * n``) of a product that :func:`uniopt_addmm_bfloat16` hands
+to torch's bfloat16 kernels. Measured with torch 2.13 on 2 cores of an Intel Xeon (AMX), one
+Newton-Schulz iteration of an ``(m, k)`` matrix (its three products and their roundings) in
+microseconds, float32 expression against bfloat16 kernels: 32x48 28 against 72, 64x128 55 against
+78, 128x128 100 against 94, 256x256 346 against 192, 512x512 2446 against 800; below, oneDNN's
+set-up of a bfloat16 product (about 20 us) outweighs its arithmetic."""
+
+
+def uniopt_addmm_bfloat16(
+    c: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float
+) -> torch.Tensor | None:
+    """``bf(c*beta + (a @ b)*alpha)``, or ``bf(a @ b)`` without ``c``, for float32 tensors holding
+    bfloat16 values (Muon's ``convention="torch"``, :func:`uniopt.muon._addmm_bfloat16`): torch's
+    own ``addmm`` (``mm``) on the bfloat16 tensors, the kernels torch.optim.Muon runs (float32
+    accumulation, one rounding to bfloat16; the conversions to bfloat16 and back are exact), as a
+    float32 tensor (on CUDA cuBLAS's, under torch's settings for bfloat16 products, as for
+    torch.optim.Muon). ``None`` (the spec then forms the float32 expression, the same values up to the
+    order of the sums) for a product of fewer than :data:`BFLOAT16_KERNEL_MIN_WORK` multiply-adds,
+    under ``torch.compile``, where inductor lowers a bfloat16 ``addmm`` its own way, and for tensor
+    subclasses (DTensor)."""
+    if torch.compiler.is_compiling() or not all(type(t) is torch.Tensor for t in (a, b, c) if t is not None):
+        return None
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] * a.shape[1] * b.shape[1] < BFLOAT16_KERNEL_MIN_WORK:
+        return None
+    if c is None and alpha != 1.0:
+        return None
+    converted: list[tuple[torch.Tensor, torch.Tensor]] = []
+    a16, b16 = _bfloat16(a, converted), _bfloat16(b, converted)
+    if c is None:
+        result = torch.mm(a16, b16)
+    else:
+        result = torch.addmm(_bfloat16(c, converted), a16, b16, beta=beta, alpha=alpha)
+    out = result.to(torch.float32)
+    # the next product that takes this result takes the bfloat16 tensor it came from
+    out._uniopt_bfloat16 = (result, out._version)  # type: ignore[attr-defined]
+    return out
+
+
+def _bfloat16(t: torch.Tensor, converted: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``t`` (float32 holding bfloat16 values) as bfloat16, converted once: a result of
+    :func:`uniopt_addmm_bfloat16` not changed since (its version counter) gives back the bfloat16
+    tensor it was converted from, and within a call the same tensor, or the transpose of a 2-D one
+    (``X @ X.T``, ``addmm(X, B, X)``), reuses the conversion already made. The same values either
+    way: the conversions are exact."""
+    for source, done in converted:
+        if t is source:
+            return done
+        transposed = source.dim() == 2 and t.shape == source.mT.shape and t.stride() == source.mT.stride()
+        if transposed and t.data_ptr() == source.data_ptr():
+            return done.mT
+    kept = getattr(t, "_uniopt_bfloat16", None)
+    done = kept[0] if kept is not None and kept[1] == t._version else t.to(torch.bfloat16)
+    converted.append((t, done))
+    return done
+
+
 def _same_dtype(op: Any, compat: Any) -> Any:
     """``op`` called directly when both arguments are tensors of one dtype, where
     ``array_api_compat``'s wrapper would call it unchanged (its promotion fix-up converts a 0-d
@@ -78,6 +139,7 @@ class _TorchNamespace:
 
     sqrt = staticmethod(sqrt)
     sign = staticmethod(sign)
+    uniopt_addmm_bfloat16 = staticmethod(uniopt_addmm_bfloat16)
     add = _same_dtype(torch.add, _compat.add)
     subtract = _same_dtype(torch.subtract, _compat.subtract)
     multiply = _same_dtype(torch.multiply, _compat.multiply)

@@ -86,7 +86,9 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   float64), ``x = x.T`` when ``A > B``, ``x = bf(x / max(bf(norm(x)), bf(eps)))``, ``ns_steps``
   times ``A = bf(x @ x.T)``, ``B = bf(A*b + (A @ A)*c)``, ``x = bf(x*a + B @ x)`` (each
   ``addmm`` rounded once to bfloat16 from float32, as measured against torch 2.13's CPU kernels:
-  0 mismatches over 4 shapes), where ``bf`` rounds float32 to bfloat16 and back; ``x.T`` back;
+  0 mismatches over 4 shapes; with ``matmul="backend"`` a namespace may form these products with
+  its own bfloat16 kernels, :func:`_addmm_bfloat16`: uniopt.torch's are torch's, the sums in
+  their order), where ``bf`` rounds float32 to bfloat16 and back; ``x.T`` back;
   ``p = p * (1 - lr*wd)``; ``p = p + x * (-(lr * s))``. torch's CPU kernels fuse ``lerp_`` and
   ``add_(alpha=)`` into multiply-adds (measured: 0 mismatches against an FMA model), which the
   spec rounds twice; torch also takes ``lr * s`` in float64 where the spec multiplies the rounded
@@ -609,7 +611,7 @@ class Muon(Spec):
                 narrow,
                 xp,
             )
-        x = _newton_schulz_bf16(u, sc, self.ns_steps, xp, self._product)
+        x = self._torch_newton_schulz(u, sc, xp)
         x = xp.astype(x, param.dtype)  # bfloat16 values: exact
         if self.weight_decay != 0:  # torch multiplies even by 1 - lr*0 == 1 (exact)
             param = xp.multiply(param, sc.decay)
@@ -617,6 +619,18 @@ class Muon(Spec):
         return xp.add(param, xp.multiply(x, neg_step)), {
             "momentum_buffer": stored(m, slots["momentum_buffer"], xp)
         }
+
+    def _torch_newton_schulz(self, u: Array, sc: Any, xp: Any, kernels: bool = True) -> Array:
+        """The torch convention's iteration of ``u`` (the parameter's dtype; ``sc`` cast to it), as
+        float32 holding bfloat16 values. With ``matmul="backend"`` and ``kernels``, its products
+        go to the namespace's bfloat16 kernels where it offers them (:func:`_addmm_bfloat16`)."""
+        coefficients = None
+        if kernels and self.matmul == "backend":  # a, b, c as the iteration holds them: the
+            # parameter's dtype (the scalars'), then float32
+            width = dtype_name(u.dtype)
+            a, b, c = (round_to_dtype(round_to_dtype(v, width), "float32") for v in self.ns_coefficients)
+            coefficients = (a, b, c)
+        return _newton_schulz_bf16(u, sc, self.ns_steps, xp, self._product, coefficients)
 
     def keras_rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
@@ -833,9 +847,13 @@ def _newton_schulz(u: Array, sc: Any, steps: int, xp: Any, mm: Any, *, norm_form
     return xp.matrix_transpose(x) if tall else x
 
 
-def _newton_schulz_bf16(u: Array, sc: Any, steps: int, xp: Any, mm: Any) -> Array:
+def _newton_schulz_bf16(
+    u: Array, sc: Any, steps: int, xp: Any, mm: Any, coefficients: tuple[float, float, float] | None
+) -> Array:
     """torch's ``_zeropower_via_newtonschulz``: bfloat16 values held in float32, each torch op's
-    result rounded once to bfloat16 (``bf``); returns float32."""
+    result rounded once to bfloat16 (``bf``); returns float32. With ``coefficients`` (the
+    iteration's ``a, b, c`` as Python floats: ``matmul="backend"``), each product goes first to the
+    namespace's bfloat16 kernels where it offers them (:func:`_addmm_bfloat16`)."""
     f32 = xp.float32
     bf = lambda v: round_to_bfloat16(v, xp)  # noqa: E731
     scalar = lambda v: xp.astype(v, f32)  # noqa: E731  # torch's float opmath of a Python float
@@ -843,11 +861,31 @@ def _newton_schulz_bf16(u: Array, sc: Any, steps: int, xp: Any, mm: Any) -> Arra
     x, tall = _orient(bf(xp.astype(u, f32)), xp)  # grad.bfloat16(): float64 goes through float32
     n = bf(xp.maximum(bf(norm(x, xp)), eps))  # norm().clamp(min=eps): max in float32, then bfloat16
     x = bf(divide_by_scalar(x, n, xp))
+    kernels = coefficients is not None
     for _ in range(steps):
-        gram = bf(mm(x, xp.matrix_transpose(x), xp))
-        poly = bf(xp.add(xp.multiply(gram, b), xp.multiply(mm(gram, gram, xp), c)))
-        x = bf(xp.add(xp.multiply(x, a), mm(poly, x, xp)))
+        xt = xp.matrix_transpose(x)
+        gram = _addmm_bfloat16(None, x, xt, 0.0, 1.0, xp) if kernels else None  # X @ X.T
+        if gram is None:
+            gram = bf(mm(x, xt, xp))
+        poly = _addmm_bfloat16(gram, gram, gram, coefficients[1], coefficients[2], xp) if kernels else None
+        if poly is None:  # addmm(A, A, A, beta=b, alpha=c)
+            poly = bf(xp.add(xp.multiply(gram, b), xp.multiply(mm(gram, gram, xp), c)))
+        new = _addmm_bfloat16(x, poly, x, coefficients[0], 1.0, xp) if kernels else None
+        x = bf(xp.add(xp.multiply(x, a), mm(poly, x, xp))) if new is None else new  # addmm(X, B, X, beta=a)
     return xp.matrix_transpose(x) if tall else x
+
+
+def _addmm_bfloat16(c: Array | None, a: Array, b: Array, beta: float, alpha: float, xp: Any) -> Array | None:
+    """``bf(c*beta + (a @ b)*alpha)`` (``bf(a @ b)`` without ``c``) as the namespace's bfloat16
+    matrix kernels compute it, for float32 arrays holding bfloat16 values: torch's ``addmm`` (``mm``)
+    on bfloat16 tensors, which torch.optim.Muon calls, is offered by uniopt.torch's namespace as
+    ``uniopt_addmm_bfloat16``. Each product of two bfloat16 values is exact in float32, and the
+    kernel accumulates in float32 and rounds once to bfloat16, as the spec's ``bf(...)`` of the
+    float32 expression; what differs is the order of the sums, which ``matmul="backend"`` leaves to
+    the backend (measured in ``docs/optimizers/muon.md``). ``None`` where the namespace offers no
+    such kernel (or declines this call): the spec then computes the float32 expression itself."""
+    hook = getattr(xp, "uniopt_addmm_bfloat16", None)
+    return None if hook is None else hook(c, a, b, beta, alpha)
 
 
 def _torch_lerp(start: Array, end: Array, weight: float, w: Array, complement: Array, narrow: bool, xp: Any):
