@@ -28,7 +28,8 @@ def _native_name(optimizer: str) -> str | None:
 NATIVE_WORK_CONVENTIONS: dict[str, str] = {
     # torch.optim.Muon runs its Newton-Schulz iteration in bfloat16; uniopt.torch.Muon's default
     # ("uniopt") runs it in the parameter's dtype (float32 here: several times the arithmetic).
-    # The convention that does the native's work is timed beside the default.
+    # The convention that does the native's work (its large products on torch's bfloat16
+    # kernels) is timed beside the default.
     "Muon": "torch",
 }
 """optimizer -> the convention whose step does the same arithmetic as the torch.optim native, where
