@@ -559,21 +559,22 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   and Schedule-Free steps and its 1000-matrix Muon step in about twice optax's time (the first
   step column), and a `tf.function` of uniopt.tf's non-elementwise steps holds 250 to 530 graph
   ops per tensor, so the many-tensor set is not traced there (the skipped rows say why).
-* **Muon**: a step is its Newton-Schulz products, 15 per matrix at 5 iterations.
-  torch.optim.Muon runs them in bfloat16, on the CPU's bfloat16 matrix instructions (the Intel
-  Xeon of run 8 has AMX tiles: a 1250x1260 bfloat16 product took 3.8 ms there, the float32 one
-  14.3 ms). uniopt.torch.Muon's default convention runs them in float32, four times the work and
-  more: it is the row the headline divides, and its ratio shows the precision, not the code.
-  `convention="torch"` does torch.optim.Muon's work: since 2026-12-06 its products of at least
-  `128**3` multiply-adds run torch's own bfloat16 `mm` and `addmm` (the kernels torch.optim.Muon
-  calls; the iteration is then torch's bit for bit, tests/torch_adapter/test_muon_torch.py), where
-  they had been float32 products of bfloat16 values rounded once: on the large set 1962 ms
-  against torch.optim.Muon's 367 ms before (5.4x, one process, this Xeon), 1.53x in run 8. What
-  remains is the spec's elementwise work around the products (float32 values rounded to bfloat16
-  by two conversions each, the pairwise norm, the momentum) and the conversions to and from
-  bfloat16 at each product. Smaller products stay float32 products (oneDNN's set-up of a
-  bfloat16 product, about 20 us, outweighs them), so the many-small set's 20x25 matrices do not
-  change (1.30x). Keras and optax, like uniopt.tf and uniopt.jax, multiply in float32.
+* **Muon**: a step is its Newton-Schulz products, 15 per matrix at 5 iterations. torch.optim.Muon
+  runs them in bfloat16, on the CPU's bfloat16 matrix instructions (the Intel Xeon of run 8 has AMX
+  tiles: a 1250x1260 bfloat16 product took 3.8 ms there, the float32 one 14.3 ms).
+  uniopt.torch.Muon's default convention runs them in float32, four times the work and more: it is
+  the row the headline divides, and its ratio shows the precision, not the code.
+  `convention="torch"` does torch.optim.Muon's work: since 2026-12-06 the products of a matrix whose
+  Gram product has at least `128**3` multiply-adds run torch's own bfloat16 `mm` and `addmm` (the
+  kernels torch.optim.Muon calls; the iteration is then torch's bit for bit,
+  tests/torch_adapter/test_muon_torch.py), where they had been float32 products of bfloat16 values
+  rounded once: on the large set 1962 ms against torch.optim.Muon's 367 ms before (5.4x, one
+  process, this Xeon), 1.53x in run 8. What remains is the spec's elementwise work around the
+  products (float32 values rounded to bfloat16 by two conversions each, the pairwise norm, the
+  momentum) and the conversions to and from bfloat16 at each product. Smaller products stay float32
+  products (oneDNN's set-up of a bfloat16 product, about 20 us, outweighs them), so the many-small
+  set's 20x25 matrices do not change (1.30x). Keras and optax, like uniopt.tf and uniopt.jax,
+  multiply in float32.
 * **Schedule-Free AdamW under XLA**: uniopt.tf computes the step's scalars and the history of
   learning rates in-graph there (docs/tf.md, "Schedule-Free AdamW"). Its default convention, the
   authors' algorithm, steps `y` from the old `z` and the normalised gradient `u`, which the step

@@ -48,7 +48,7 @@ LARGE_CASES: dict[str, tuple[str, ...]] = {
 """The optimizers the ``large`` stream runs, and their cases, in float32: those whose fast paths
 change with a parameter's size (the torch CPU kernel's tiles; uniopt.tf's XLA scheduling hints,
 which Schedule-Free AdamW's rule takes from 32,768 elements; uniopt.torch's bfloat16 matrix kernels
-for Muon's torch convention, from ``128**3`` multiply-adds a product)."""
+for Muon's torch convention, from ``128**3`` multiply-adds in an iteration's Gram product)."""
 
 LARGE_OPTIMIZERS = tuple(LARGE_CASES)
 

@@ -17,9 +17,10 @@ the input is NaN, as NumPy and the array API have it, eagerly and under ``torch.
 cannot trace (a graph break per 0-d parameter: 39 graphs for one step of the conformance Lion batch);
 for real floating tensors uniopt selects with ``torch.where`` instead, the same values.
 
-``uniopt_addmm_bfloat16``: the products of Muon's ``convention="torch"`` (bfloat16 values held in
-float32) go to torch's own bfloat16 ``mm`` and ``addmm``, the kernels torch.optim.Muon runs, eagerly
-(:func:`uniopt_addmm_bfloat16`); the spec forms them in float32 otherwise.
+``uniopt_addmm_bfloat16`` and ``uniopt_bfloat16_min_work``: the products of Muon's
+``convention="torch"`` (bfloat16 values held in float32) go to torch's own bfloat16 ``mm`` and
+``addmm``, the kernels torch.optim.Muon runs, eagerly, for a matrix whose Gram product has at least
+that many multiply-adds (:func:`uniopt_addmm_bfloat16`); the spec forms them in float32 otherwise.
 
 The other elementwise ops the rules use (``abs``, ``maximum`` (NaN-propagating), ``where``,
 ``negative``) are exact in torch eagerly and compiled. Only the sign of a zero chosen by ``maximum``
@@ -61,13 +62,15 @@ def sign(x: Any, /) -> Any:
     return _compat.sign(x)
 
 
-BFLOAT16_KERNEL_MIN_WORK = 128**3
-"""The fewest multiply-adds (``m * k * n``) of a product that :func:`uniopt_addmm_bfloat16` hands
-to torch's bfloat16 kernels. Measured with torch 2.13 on 2 cores of an Intel Xeon (AMX), one
-Newton-Schulz iteration of an ``(m, k)`` matrix (its three products and their roundings) in
-microseconds, float32 expression against bfloat16 kernels: 32x48 28 against 72, 64x128 55 against
-78, 128x128 100 against 94, 256x256 346 against 192, 512x512 2446 against 800; below, oneDNN's
-set-up of a bfloat16 product (about 20 us) outweighs its arithmetic."""
+uniopt_bfloat16_min_work = 128**3
+"""The fewest multiply-adds (``m * m * k``) of an iteration's largest product, its Gram product
+``X @ X.T`` of the wide ``(m, k)`` orientation, from which the spec hands all of that iteration's
+products to :func:`uniopt_addmm_bfloat16` (:func:`uniopt.muon._newton_schulz_bf16`). Measured with
+torch 2.13 on 2 cores of an Intel Xeon (AMX), one Newton-Schulz iteration of an ``(m, k)`` matrix
+(its three products and their roundings) in microseconds, float32 expression against bfloat16
+kernels: 32x48 28 against 72, 64x128 55 against 78, 128x128 100 against 94, 256x256 346 against
+192, 512x512 2446 against 800; below, oneDNN's set-up of a bfloat16 product (about 20 us)
+outweighs its arithmetic."""
 
 
 def uniopt_addmm_bfloat16(
@@ -78,13 +81,11 @@ def uniopt_addmm_bfloat16(
     own ``addmm`` (``mm``) on the bfloat16 tensors, the kernels torch.optim.Muon runs (float32
     accumulation, one rounding to bfloat16; the conversions to bfloat16 and back are exact), as a
     float32 tensor (on CUDA cuBLAS's, under torch's settings for bfloat16 products, as for
-    torch.optim.Muon). ``None`` (the spec then forms the float32 expression, the same values up to the
-    order of the sums) for a product of fewer than :data:`BFLOAT16_KERNEL_MIN_WORK` multiply-adds,
-    under ``torch.compile``, where inductor lowers a bfloat16 ``addmm`` its own way, and for tensor
-    subclasses (DTensor)."""
+    torch.optim.Muon). ``None`` (the spec then forms the float32 expression, the same values up to
+    the order of the sums) under ``torch.compile``, where inductor lowers a bfloat16 ``addmm`` its
+    own way, for tensor subclasses (DTensor), and for a scaled product without ``c`` (which the
+    spec does not ask for)."""
     if torch.compiler.is_compiling() or not all(type(t) is torch.Tensor for t in (a, b, c) if t is not None):
-        return None
-    if a.dim() != 2 or b.dim() != 2 or a.shape[0] * a.shape[1] * b.shape[1] < BFLOAT16_KERNEL_MIN_WORK:
         return None
     if c is None and alpha != 1.0:
         return None
@@ -95,8 +96,10 @@ def uniopt_addmm_bfloat16(
     else:
         result = torch.addmm(_bfloat16(c, converted), a16, b16, beta=beta, alpha=alpha)
     out = result.to(torch.float32)
-    # the next product that takes this result takes the bfloat16 tensor it came from
-    out._uniopt_bfloat16 = (result, out._version)  # type: ignore[attr-defined]
+    # the next product that takes this result takes the bfloat16 tensor it came from (an inference
+    # tensor has no version counter to tell whether it changed since: it is converted again)
+    if not out.is_inference():
+        out._uniopt_bfloat16 = (result, out._version)  # type: ignore[attr-defined]
     return out
 
 
@@ -113,7 +116,8 @@ def _bfloat16(t: torch.Tensor, converted: list[tuple[torch.Tensor, torch.Tensor]
         if transposed and t.data_ptr() == source.data_ptr():
             return done.mT
     kept = getattr(t, "_uniopt_bfloat16", None)
-    done = kept[0] if kept is not None and kept[1] == t._version else t.to(torch.bfloat16)
+    fresh = kept is not None and not t.is_inference() and kept[1] == t._version
+    done = kept[0] if fresh else t.to(torch.bfloat16)
     converted.append((t, done))
     return done
 
@@ -140,6 +144,7 @@ class _TorchNamespace:
     sqrt = staticmethod(sqrt)
     sign = staticmethod(sign)
     uniopt_addmm_bfloat16 = staticmethod(uniopt_addmm_bfloat16)
+    uniopt_bfloat16_min_work = uniopt_bfloat16_min_work
     add = _same_dtype(torch.add, _compat.add)
     subtract = _same_dtype(torch.subtract, _compat.subtract)
     multiply = _same_dtype(torch.multiply, _compat.multiply)

@@ -79,21 +79,22 @@ momentum 0.95, nesterov, coefficients (3.4445, -4.7750, 2.0315), eps :math:`10^{
 Conventions (``convention=``), each with its framework's defaults for arguments left out:
 
 * ``"torch"`` (``torch.optim.Muon``, ``torch/optim/_muon.py``: ``_single_tensor_muon``,
-  ``_zeropower_via_newtonschulz``, ``_adjust_lr``): ``m = lerp(m, g, 1-mu)`` and
-  ``u = lerp(g, m, mu)`` written as torch's lerp kernel computes them (``start + (end-start)*w``
-  for ``w < 0.5``, else ``end - (end-start)*(1 - w)`` with ``1 - w`` taken from ``w`` rounded to
-  the parameter dtype); then bfloat16 as torch: ``x = bf(u)`` (through float32, as torch converts
-  float64), ``x = x.T`` when ``A > B``, ``x = bf(x / max(bf(norm(x)), bf(eps)))``, ``ns_steps``
-  times ``A = bf(x @ x.T)``, ``B = bf(A*b + (A @ A)*c)``, ``x = bf(x*a + B @ x)`` (each
-  ``addmm`` rounded once to bfloat16 from float32, as measured against torch 2.13's CPU kernels:
-  0 mismatches over 4 shapes; with ``matmul="backend"`` a namespace may form these products with
-  its own bfloat16 kernels, :func:`_addmm_bfloat16`: uniopt.torch's are torch's, the sums in
-  their order), where ``bf`` rounds float32 to bfloat16 and back; ``x.T`` back;
-  ``p = p * (1 - lr*wd)``; ``p = p + x * (-(lr * s))``. torch's CPU kernels fuse ``lerp_`` and
-  ``add_(alpha=)`` into multiply-adds (measured: 0 mismatches against an FMA model), which the
-  spec rounds twice; torch also takes ``lr * s`` in float64 where the spec multiplies the rounded
-  ``lr`` and ``s``. ``adjust_lr_fn`` ``"none"`` and ``rms_rate != 0.2`` are refused
-  (torch.optim.Muon has neither), and so are ``ns_steps >= 100``.
+  ``_zeropower_via_newtonschulz``, ``_adjust_lr``): ``m = lerp(m, g, 1-mu)`` and ``u = lerp(g, m,
+  mu)`` written as torch's lerp kernel computes them (``start + (end-start)*w`` for ``w < 0.5``,
+  else ``end - (end-start)*(1 - w)`` with ``1 - w`` taken from ``w`` rounded to the parameter
+  dtype); then bfloat16 as torch: ``x = bf(u)`` (through float32, as torch converts float64), ``x =
+  x.T`` when ``A > B``, ``x = bf(x / max(bf(norm(x)), bf(eps)))``, ``ns_steps`` times ``A = bf(x @
+  x.T)``, ``B = bf(A*b + (A @ A)*c)``, ``x = bf(x*a + B @ x)`` (``a, b, c`` rounded once to float32
+  from the Python floats, whatever the parameter's dtype, as torch's bfloat16 kernels take them;
+  each ``addmm`` rounded once to bfloat16 from float32, as measured against torch 2.13's CPU
+  kernels: 0 mismatches over 4 shapes; with ``matmul="backend"`` a namespace may form these products
+  with its own bfloat16 kernels, :func:`_addmm_bfloat16`: uniopt.torch's are torch's, the sums in
+  their order), where ``bf`` rounds float32 to bfloat16 and back; ``x.T`` back; ``p = p * (1 -
+  lr*wd)``; ``p = p + x * (-(lr * s))``. torch's CPU kernels fuse ``lerp_`` and ``add_(alpha=)``
+  into multiply-adds (measured: 0 mismatches against an FMA model), which the spec rounds twice;
+  torch also takes ``lr * s`` in float64 where the spec multiplies the rounded ``lr`` and ``s``.
+  ``adjust_lr_fn`` ``"none"`` and ``rms_rate != 0.2`` are refused (torch.optim.Muon has neither),
+  and so are ``ns_steps >= 100``.
 * ``"keras"`` (``keras.optimizers.Muon``, ``keras/src/optimizers/muon.py``; lr :math:`10^{-3}`,
   weight decay 0.004, ``adam_weight_decay`` 0.004, ``epsilon`` (Adam's) :math:`10^{-7}`,
   ``rms_rate`` 0.2, so ``adjust_lr_fn="match_rms_adamw"``): weight decay Keras's
@@ -623,14 +624,10 @@ class Muon(Spec):
     def _torch_newton_schulz(self, u: Array, sc: Any, xp: Any, kernels: bool = True) -> Array:
         """The torch convention's iteration of ``u`` (the parameter's dtype; ``sc`` cast to it), as
         float32 holding bfloat16 values. With ``matmul="backend"`` and ``kernels``, its products
-        go to the namespace's bfloat16 kernels where it offers them (:func:`_addmm_bfloat16`)."""
-        coefficients = None
-        if kernels and self.matmul == "backend":  # a, b, c as the iteration holds them: the
-            # parameter's dtype (the scalars'), then float32
-            width = dtype_name(u.dtype)
-            a, b, c = (round_to_dtype(round_to_dtype(v, width), "float32") for v in self.ns_coefficients)
-            coefficients = (a, b, c)
-        return _newton_schulz_bf16(u, sc, self.ns_steps, xp, self._product, coefficients)
+        go to the namespace's bfloat16 kernels where it offers them (:func:`_addmm_bfloat16`);
+        ``kernels=False`` forms the float32 expression (the reference's)."""
+        use = kernels and self.matmul == "backend"
+        return _newton_schulz_bf16(u, sc, self.ns_steps, xp, self._product, self.ns_coefficients, use)
 
     def keras_rule(
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
@@ -848,29 +845,37 @@ def _newton_schulz(u: Array, sc: Any, steps: int, xp: Any, mm: Any, *, norm_form
 
 
 def _newton_schulz_bf16(
-    u: Array, sc: Any, steps: int, xp: Any, mm: Any, coefficients: tuple[float, float, float] | None
+    u: Array, sc: Any, steps: int, xp: Any, mm: Any, coefficients: tuple[float, ...], kernels: bool
 ) -> Array:
     """torch's ``_zeropower_via_newtonschulz``: bfloat16 values held in float32, each torch op's
-    result rounded once to bfloat16 (``bf``); returns float32. With ``coefficients`` (the
-    iteration's ``a, b, c`` as Python floats: ``matmul="backend"``), each product goes first to the
-    namespace's bfloat16 kernels where it offers them (:func:`_addmm_bfloat16`)."""
+    result rounded once to bfloat16 (``bf``); returns float32. ``coefficients``: the iteration's
+    ``a, b, c`` as Python floats, rounded once to float32 here, as torch's bfloat16 kernels take a
+    Python float (whatever the parameter's dtype). With ``kernels`` (``matmul="backend"``), every
+    product of an iteration whose Gram product ``X @ X.T`` has at least the
+    namespace's ``uniopt_bfloat16_min_work`` multiply-adds goes to its bfloat16 kernels
+    (:func:`_addmm_bfloat16`), where it offers them; one decision for the three products, so that
+    such an iteration is the kernels' throughout."""
     f32 = xp.float32
     bf = lambda v: round_to_bfloat16(v, xp)  # noqa: E731
-    scalar = lambda v: xp.astype(v, f32)  # noqa: E731  # torch's float opmath of a Python float
-    a, b, c, eps = scalar(sc.ns_a), scalar(sc.ns_b), scalar(sc.ns_c), scalar(sc.eps)
+    device = _device(u)
+    a, b, c = (xp.asarray(round_to_dtype(v, "float32"), dtype=f32, device=device) for v in coefficients)
+    eps = xp.astype(sc.eps, f32)  # torch's float opmath of a Python float
     x, tall = _orient(bf(xp.astype(u, f32)), xp)  # grad.bfloat16(): float64 goes through float32
     n = bf(xp.maximum(bf(norm(x, xp)), eps))  # norm().clamp(min=eps): max in float32, then bfloat16
     x = bf(divide_by_scalar(x, n, xp))
-    kernels = coefficients is not None
+    rows, cols = int(x.shape[0]), int(x.shape[1])  # rows <= cols
+    least = getattr(xp, "uniopt_bfloat16_min_work", None)
+    kernels = kernels and least is not None and rows * rows * cols >= least
+    ca, cb, cc = (round_to_dtype(v, "float32") for v in coefficients)
     for _ in range(steps):
         xt = xp.matrix_transpose(x)
         gram = _addmm_bfloat16(None, x, xt, 0.0, 1.0, xp) if kernels else None  # X @ X.T
         if gram is None:
             gram = bf(mm(x, xt, xp))
-        poly = _addmm_bfloat16(gram, gram, gram, coefficients[1], coefficients[2], xp) if kernels else None
+        poly = _addmm_bfloat16(gram, gram, gram, cb, cc, xp) if kernels else None
         if poly is None:  # addmm(A, A, A, beta=b, alpha=c)
             poly = bf(xp.add(xp.multiply(gram, b), xp.multiply(mm(gram, gram, xp), c)))
-        new = _addmm_bfloat16(x, poly, x, coefficients[0], 1.0, xp) if kernels else None
+        new = _addmm_bfloat16(x, poly, x, ca, 1.0, xp) if kernels else None
         x = bf(xp.add(xp.multiply(x, a), mm(poly, x, xp))) if new is None else new  # addmm(X, B, X, beta=a)
     return xp.matrix_transpose(x) if tall else x
 

@@ -658,8 +658,8 @@ _SF_NO_XLA = (
 
 _BFLOAT16_BOUNDARY = (
     "the torch convention rounds every Newton-Schulz product to bfloat16, as torch.optim.Muon does: "
-    "where a float32 product (summed in the backend's order: its BLAS, or on uniopt.torch from 128**3 "
-    "multiply-adds torch's own bfloat16 kernels) or an ulp of the momentum lands on "
+    "where a float32 product (summed in the backend's order: its BLAS, or on uniopt.torch torch's own "
+    "bfloat16 kernels from 128**3 multiply-adds in the Gram product) or an ulp of the momentum lands on "
     "the other side of a bfloat16 rounding boundary, that element's update moves by a bfloat16 ulp "
     "(2**-8 of it), and an element near 0 can change sign, so the bound is on the normwise relative "
     "distance"
@@ -1719,7 +1719,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
         # backend products up to 58368 ulp (optax_defaults/huge, float32; relative 2.8e-7), 36864
         # in float64; exact products and the torch convention bitwise.
         # The torch convention's large stream (181x191 and 191x181, 8 steps, float32; measured
-        # 2026-12-06): its products pass 128**3 multiply-adds, where uniopt.torch runs torch's own
+        # 2026-12-06): its Gram products pass 128**3 multiply-adds, where uniopt.torch runs torch's own
         # bfloat16 mm and addmm (torch.optim.Muon's kernels, float32 sums in oneDNN's order) and
         # the reference forms the float32 expression (NumPy's BLAS order): torch@eager,
         # torch@loop and keras_torch@eager differ from step 1, elements near 0 change sign, normwise

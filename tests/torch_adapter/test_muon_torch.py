@@ -192,28 +192,79 @@ def test_flat_implementations_are_refused():
         uniopt.torch.Muon(_params(), implementation="compiled")
 
 
-@pytest.mark.parametrize("shape", [(181, 191), (191, 181), (256, 384), (20, 25)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+# the Gram product of the wide orientation, m * m * k multiply-adds, from 128**3 (2097152) the kernels
+KERNEL_SHAPES = [(181, 191), (191, 181), (256, 384), (300, 100), (110, 180), (64, 1024)]
+
+
+@pytest.mark.parametrize("shape", [*KERNEL_SHAPES, (20, 25)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_the_torch_conventions_iteration_is_torch_optim_muons_bit_for_bit(shape, dtype):
     """The torch convention's Newton-Schulz iteration on uniopt.torch's namespace gives the bits of
-    torch.optim.Muon's own (``_zeropower_via_newtonschulz``): products of at least 128**3
-    multiply-adds run torch's bfloat16 ``mm`` and ``addmm`` (the same kernels), smaller ones the
-    spec's float32 expression, which agrees with them there. Measured: the float32 expression
-    alone differs from torch's iteration in 64% to 71% of the elements of the three large shapes
-    (the order of the sums, carried through five iterations)."""
+    torch.optim.Muon's own (``_zeropower_via_newtonschulz``), whatever the parameter's dtype (its
+    coefficients are float32 roundings of the Python floats, as torch's bfloat16 kernels take
+    them): an iteration whose Gram product has at least 128**3 multiply-adds runs all three
+    products on torch's bfloat16 ``mm`` and ``addmm`` (the same kernels); 20x25 is formed in
+    float32, which agrees with them there. The float32 expression alone differs from torch's
+    iteration in most elements of the large shapes (the order of the sums, carried through five
+    iterations; measured 64% to 71% on the first three)."""
     from torch.optim._muon import _zeropower_via_newtonschulz
 
     from uniopt._spec import cast_scalars
 
-    g = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(3)).to(dtype)
     spec = uniopt.Muon(lr=0.02, convention="torch")
     sc = cast_scalars(spec.step_scalars(1, 0.02), g, xp)
     theirs = _zeropower_via_newtonschulz(g, spec.ns_coefficients, spec.ns_steps, spec.eps)
     ours = spec._torch_newton_schulz(g, sc, xp)
     assert ours.dtype == torch.float32 and theirs.dtype == torch.bfloat16
     assert torch.equal(ours, theirs.float())
-    if min(shape) > 100:  # the float32 expression (no kernels) is another order of sums
+    if shape in KERNEL_SHAPES[:3]:  # the float32 expression (no kernels) is another order of sums
         assert not torch.equal(spec._torch_newton_schulz(g, sc, xp, kernels=False), theirs.float())
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (127, 129), (20, 25)])
+def test_an_iteration_below_the_threshold_forms_the_float32_expression(shape, monkeypatch):
+    """Below 128**3 multiply-adds in the Gram product (127x129: 2080641), every product of the
+    iteration is the spec's float32 expression, the reference's formulation (no bfloat16 kernel
+    call: oneDNN's set-up outweighs such products); from it, all three products of every iteration
+    are the kernels'."""
+    from uniopt._spec import cast_scalars
+
+    calls = []
+    hook = type(xp).uniopt_addmm_bfloat16
+
+    def spy(*args):
+        calls.append(args[1].shape)
+        return hook(*args)
+
+    monkeypatch.setattr(type(xp), "uniopt_addmm_bfloat16", staticmethod(spy))
+    spec = uniopt.Muon(lr=0.02, convention="torch")
+    for size, kernels in ((shape, False), ((128, 128), True)):
+        g = torch.randn(size, generator=torch.Generator().manual_seed(4))
+        sc = cast_scalars(spec.step_scalars(1, 0.02), g, xp)
+        assert (size[0] * size[0] * size[1] >= xp.uniopt_bfloat16_min_work) is kernels
+        calls.clear()
+        ours = spec._torch_newton_schulz(g, sc, xp)
+        assert len(calls) == (3 * spec.ns_steps if kernels else 0)
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    sc = cast_scalars(spec.step_scalars(1, 0.02), g, xp)
+    ours = spec._torch_newton_schulz(g, sc, xp)
+    assert torch.equal(ours, spec._torch_newton_schulz(g, sc, xp, kernels=False))
+
+
+def test_a_step_under_inference_mode_runs_the_kernels_as_outside_it():
+    """torch.inference_mode() (as torch.optim.Muon allows): inference tensors keep no version
+    counter, so the kernels' results are converted again instead of reusing a kept conversion; the
+    step is the same bits as under no_grad."""
+    params = _params(((256, 384),))
+    grads = _grads(params, 3)
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    plain = uniopt.torch.Muon(params, lr=0.02, convention="torch")
+    inferred = uniopt.torch.Muon(twin, lr=0.02, convention="torch")
+    _run(plain, params, grads)
+    with torch.inference_mode():
+        _run(inferred, twin, grads)
+    assert torch.equal(params[0].detach(), twin[0].detach())
 
 
 def test_the_bfloat16_kernels_take_a_product_once_and_a_changed_result_again():
@@ -239,14 +290,13 @@ def test_the_bfloat16_kernels_take_a_product_once_and_a_changed_result_again():
     assert torch.equal(new, torch.addmm(x16, p16, x16, beta=3.4445).float())
 
 
-def test_the_bfloat16_kernels_decline_small_products_and_compilation():
-    """Below 128**3 multiply-adds the kernels are declined (None: the spec forms the float32
-    expression), and so are products under torch.compile, where inductor lowers them its own way."""
-    small = torch.ones(20, 25)
-    assert xp.uniopt_addmm_bfloat16(None, small, small.mT, 0.0, 1.0) is None
+def test_the_bfloat16_kernels_decline_compilation_and_a_scaled_plain_product():
+    """Under torch.compile the hook declines (None: the spec forms the float32 expression, which
+    inductor compiles), and so it does for a scaled product without an addend, which the spec
+    never asks for."""
     large = torch.ones(128, 128)
     assert xp.uniopt_addmm_bfloat16(None, large, large, 0.0, 1.0) is not None
-    assert xp.uniopt_addmm_bfloat16(None, large, large, 0.0, 2.0) is None  # no scaled plain product
+    assert xp.uniopt_addmm_bfloat16(None, large, large, 0.0, 2.0) is None
 
     def product(a):
         out = xp.uniopt_addmm_bfloat16(None, a, a, 0.0, 1.0)
