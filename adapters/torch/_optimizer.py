@@ -16,6 +16,7 @@ tensor (``"loop"``), or over flat state buffers (``"flat"``, and ``"compiled"`` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -120,6 +121,13 @@ class WatchedState(defaultdict):
 
 def _watched(state: Any) -> WatchedState:
     return state if isinstance(state, WatchedState) else WatchedState(dict, state)
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+"""Device types whose autocast :meth:`UnioptOptimizer.step` turns off for its update (the closure
+keeps it): under ``torch.autocast`` torch runs a float32 ``matmul`` in bfloat16 or float16, which
+would change Muon's products (measured, a 64x64 matrix of the torch convention under CPU autocast:
+91% of the elements changed); torch.optim.Muon's products are bfloat16 already."""
 
 
 class UnioptOptimizer(Optimizer):
@@ -345,6 +353,18 @@ class UnioptOptimizer(Optimizer):
                 loss = closure()
         if getattr(self, "_distributed", False):  # before anything changes
             _dtensor.check_grads(self.spec_class.name, self.param_groups)
+        autocast = [kind for kind in _AUTOCAST_DEVICES if torch.is_autocast_enabled(kind)]
+        if autocast:  # the spec's ops run in their operands' dtypes: no autocast inside the update
+            with contextlib.ExitStack() as stack:
+                for kind in autocast:
+                    stack.enter_context(torch.autocast(kind, enabled=False))
+                self._update()
+        else:
+            self._update()
+        return loss
+
+    def _update(self) -> None:
+        """The update of :meth:`step`, after its closure."""
         compiling = torch.compiler.is_compiling()
         if compiling or self.implementation == "loop" or not self.spec_class.elementwise:
             prepare = _compiler_disabled_prepare() if compiling else UnioptOptimizer._prepare
@@ -365,7 +385,6 @@ class UnioptOptimizer(Optimizer):
             _run_loop(plan)
         else:
             self._step_flat()
-        return loss
 
     def _step_flat(self) -> None:
         """A step of the flat implementations: validate every group, then run each group's buckets
