@@ -16,7 +16,6 @@ tensor (``"loop"``), or over flat state buffers (``"flat"``, and ``"compiled"`` 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -353,11 +352,17 @@ class UnioptOptimizer(Optimizer):
                 loss = closure()
         if getattr(self, "_distributed", False):  # before anything changes
             _dtensor.check_grads(self.spec_class.name, self.param_groups)
-        autocast = [kind for kind in _AUTOCAST_DEVICES if torch.is_autocast_enabled(kind)]
-        if autocast:  # the spec's ops run in their operands' dtypes: no autocast inside the update
-            with contextlib.ExitStack() as stack:
-                for kind in autocast:
-                    stack.enter_context(torch.autocast(kind, enabled=False))
+        # the spec's ops run in their operands' dtypes: no autocast inside the update (plain `with`
+        # statements, which torch.compile traces; an ExitStack of them breaks its graph)
+        cpu, cuda = (torch.is_autocast_enabled(kind) for kind in _AUTOCAST_DEVICES)
+        if cpu and cuda:
+            with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+                self._update()
+        elif cpu:
+            with torch.autocast("cpu", enabled=False):
+                self._update()
+        elif cuda:
+            with torch.autocast("cuda", enabled=False):
                 self._update()
         else:
             self._update()

@@ -296,6 +296,31 @@ def test_a_step_under_autocast_is_the_step_without_it_and_its_closure_keeps_auto
         assert torch.equal(p.detach(), q.detach())
 
 
+@pytest.mark.parametrize("name", ["Adam", "Muon"])
+def test_a_compiled_step_under_autocast_breaks_no_graph_at_turning_it_off(name):
+    """torch.compile traces the update's autocast-off region (plain ``with`` statements): no graph
+    break names autocast or a context manager (an ExitStack of them broke the graph), and the
+    compiled step under autocast is the compiled step without it."""
+    from torch._dynamo.utils import counters
+
+    results = []
+    for enabled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        params = _params(((64, 32),))
+        grads = _grads(params, 2)
+        opt = getattr(uniopt.torch, name)(params, lr=1e-2)
+        step = torch.compile(opt.step, backend="eager")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            for g in grads:
+                params[0].grad = g[0].clone()
+                step()
+        breaks = " ".join(counters["graph_break"])
+        assert "autocast" not in breaks and "ContextWrapping" not in breaks and "ExitStack" not in breaks
+        results.append(params[0].detach().clone())
+    assert torch.equal(*results)
+
+
 def test_the_bfloat16_kernels_take_a_product_once_and_a_changed_result_again():
     """uniopt_addmm_bfloat16 converts each float32 operand to bfloat16 once: a result it returned
     is not converted again (its bfloat16 tensor is kept), unless it was changed in place since;
