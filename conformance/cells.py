@@ -15,7 +15,6 @@ __all__ = [
     "CONVENTION_STREAMS",
     "DEFAULT_STEPS",
     "LARGE_CASES",
-    "LARGE_OPTIMIZERS",
     "LARGE_STEPS",
     "LONG_OPTIMIZERS",
     "LONG_STEPS",
@@ -49,8 +48,6 @@ LARGE_CASES: dict[str, tuple[str, ...]] = {
 change with a parameter's size (the torch CPU kernel's tiles; uniopt.tf's XLA scheduling hints,
 which Schedule-Free AdamW's rule takes from 32,768 elements; uniopt.torch's bfloat16 matrix kernels
 for Muon's torch convention, from ``128**3`` multiply-adds in an iteration's Gram product)."""
-
-LARGE_OPTIMIZERS = tuple(LARGE_CASES)
 
 LARGE_STEPS = 8
 """Steps of the ``large`` stream: past RAdam's first rectified step (6), few

@@ -352,17 +352,10 @@ class UnioptOptimizer(Optimizer):
                 loss = closure()
         if getattr(self, "_distributed", False):  # before anything changes
             _dtensor.check_grads(self.spec_class.name, self.param_groups)
-        # the spec's ops run in their operands' dtypes: no autocast inside the update (plain `with`
-        # statements, which torch.compile traces; an ExitStack of them breaks its graph)
-        cpu, cuda = (torch.is_autocast_enabled(kind) for kind in _AUTOCAST_DEVICES)
-        if cpu and cuda:
+        # the spec's ops run in their operands' dtypes: no autocast inside the update (a plain `with`
+        # statement, which torch.compile traces; an ExitStack of them breaks its graph)
+        if any(torch.is_autocast_enabled(kind) for kind in _AUTOCAST_DEVICES):
             with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-                self._update()
-        elif cpu:
-            with torch.autocast("cpu", enabled=False):
-                self._update()
-        elif cuda:
-            with torch.autocast("cuda", enabled=False):
                 self._update()
         else:
             self._update()

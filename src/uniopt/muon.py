@@ -857,8 +857,8 @@ def _newton_schulz_bf16(
     such an iteration is the kernels' throughout."""
     f32 = xp.float32
     bf = lambda v: round_to_bfloat16(v, xp)  # noqa: E731
-    device = _device(u)
-    a, b, c = (xp.asarray(round_to_dtype(v, "float32"), dtype=f32, device=device) for v in coefficients)
+    ca, cb, cc = (round_to_dtype(v, "float32") for v in coefficients)
+    a, b, c = (xp.asarray(v, dtype=f32, device=_device(u)) for v in (ca, cb, cc))
     eps = xp.astype(sc.eps, f32)  # torch's float opmath of a Python float
     x, tall = _orient(bf(xp.astype(u, f32)), xp)  # grad.bfloat16(): float64 goes through float32
     n = bf(xp.maximum(bf(norm(x, xp)), eps))  # norm().clamp(min=eps): max in float32, then bfloat16
@@ -866,7 +866,6 @@ def _newton_schulz_bf16(
     rows, cols = int(x.shape[0]), int(x.shape[1])  # rows <= cols
     least = getattr(xp, "uniopt_bfloat16_min_work", None)
     kernels = kernels and least is not None and rows * rows * cols >= least
-    ca, cb, cc = (round_to_dtype(v, "float32") for v in coefficients)
     for _ in range(steps):
         xt = xp.matrix_transpose(x)
         gram = _addmm_bfloat16(None, x, xt, 0.0, 1.0, xp) if kernels else None  # X @ X.T
