@@ -18,9 +18,10 @@ cannot trace (a graph break per 0-d parameter: 39 graphs for one step of the con
 for real floating tensors uniopt selects with ``torch.where`` instead, the same values.
 
 ``uniopt_addmm_bfloat16`` and ``uniopt_bfloat16_min_work``: the products of Muon's
-``convention="torch"`` (bfloat16 values held in float32) go to torch's own bfloat16 ``mm`` and
-``addmm``, the kernels torch.optim.Muon runs, eagerly, for a matrix whose Gram product has at least
-that many multiply-adds (:func:`uniopt_addmm_bfloat16`); the spec forms them in float32 otherwise.
+``convention="torch"`` go to torch's own bfloat16 ``mm`` and ``addmm``, the kernels torch.optim.Muon
+runs, eagerly, for a matrix whose Gram product has at least that many multiply-adds
+(:func:`uniopt_addmm_bfloat16`); the spec forms them in float32 (bfloat16 values held in float32)
+otherwise.
 
 The other elementwise ops the rules use (``abs``, ``maximum`` (NaN-propagating), ``where``,
 ``negative``) are exact in torch eagerly and compiled. Only the sign of a zero chosen by ``maximum``
@@ -76,50 +77,20 @@ outweighs its arithmetic."""
 def uniopt_addmm_bfloat16(
     c: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float
 ) -> torch.Tensor | None:
-    """``bf(c*beta + (a @ b)*alpha)``, or ``bf(a @ b)`` without ``c``, for float32 tensors holding
-    bfloat16 values (Muon's ``convention="torch"``, :func:`uniopt.muon._addmm_bfloat16`): torch's
-    own ``addmm`` (``mm``) on the bfloat16 tensors, the kernels torch.optim.Muon runs (float32
-    accumulation, one rounding to bfloat16; the conversions to bfloat16 and back are exact), as a
-    float32 tensor (on CUDA cuBLAS's, under torch's settings for bfloat16 products, as for
+    """``bf(c*beta + (a @ b)*alpha)``, or ``bf(a @ b)`` without ``c``, for bfloat16 tensors (Muon's
+    ``convention="torch"``, :func:`uniopt.muon._newton_schulz_bf16`): torch's own ``addmm``
+    (``mm``), the kernels torch.optim.Muon runs (float32 accumulation, one rounding to bfloat16), as
+    a bfloat16 tensor (on CUDA cuBLAS's, under torch's settings for bfloat16 products, as for
     torch.optim.Muon). ``None`` (the spec then forms the float32 expression, the same values up to
     the order of the sums) under ``torch.compile``, where inductor lowers a bfloat16 ``addmm`` its
-    own way, for tensor subclasses (DTensor), and for a scaled product without ``c`` (which the
-    spec does not ask for)."""
-    if torch.compiler.is_compiling() or not all(type(t) is torch.Tensor for t in (a, b, c) if t is not None):
+    own way, for tensor subclasses (DTensor), for operands that are not bfloat16, and for a scaled
+    product without ``c`` (which the spec does not ask for)."""
+    operands = (a, b) if c is None else (c, a, b)
+    if torch.compiler.is_compiling() or not all(type(t) is torch.Tensor for t in operands):
         return None
-    if c is None and alpha != 1.0:
+    if any(t.dtype != torch.bfloat16 for t in operands) or (c is None and alpha != 1.0):
         return None
-    converted: list[tuple[torch.Tensor, torch.Tensor]] = []
-    a16, b16 = _bfloat16(a, converted), _bfloat16(b, converted)
-    if c is None:
-        result = torch.mm(a16, b16)
-    else:
-        result = torch.addmm(_bfloat16(c, converted), a16, b16, beta=beta, alpha=alpha)
-    out = result.to(torch.float32)
-    # the next product that takes this result takes the bfloat16 tensor it came from (an inference
-    # tensor has no version counter to tell whether it changed since: it is converted again)
-    if not out.is_inference():
-        out._uniopt_bfloat16 = (result, out._version)  # type: ignore[attr-defined]
-    return out
-
-
-def _bfloat16(t: torch.Tensor, converted: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """``t`` (float32 holding bfloat16 values) as bfloat16, converted once: a result of
-    :func:`uniopt_addmm_bfloat16` not changed since (its version counter) gives back the bfloat16
-    tensor it was converted from, and within a call the same tensor, or the transpose of a 2-D one
-    (``X @ X.T``, ``addmm(X, B, X)``), reuses the conversion already made. The same values either
-    way: the conversions are exact."""
-    for source, done in converted:
-        if t is source:
-            return done
-        transposed = source.dim() == 2 and t.shape == source.mT.shape and t.stride() == source.mT.stride()
-        if transposed and t.data_ptr() == source.data_ptr():
-            return done.mT
-    kept = getattr(t, "_uniopt_bfloat16", None)
-    fresh = kept is not None and not t.is_inference() and kept[1] == t._version
-    done = kept[0] if fresh else t.to(torch.bfloat16)
-    converted.append((t, done))
-    return done
+    return torch.mm(a, b) if c is None else torch.addmm(c, a, b, beta=beta, alpha=alpha)
 
 
 def _same_dtype(op: Any, compat: Any) -> Any:

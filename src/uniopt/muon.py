@@ -88,7 +88,7 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   from the Python floats, whatever the parameter's dtype, as torch's bfloat16 kernels take them;
   each ``addmm`` rounded once to bfloat16 from float32, as measured against torch 2.13's CPU
   kernels: 0 mismatches over 4 shapes; with ``matmul="backend"`` a namespace may form these products
-  with its own bfloat16 kernels, :func:`_addmm_bfloat16`: uniopt.torch's are torch's, the sums in
+  with its own bfloat16 kernels, :func:`_newton_schulz_bf16`: uniopt.torch's are torch's, the sums in
   their order), where ``bf`` rounds float32 to bfloat16 and back; ``x.T`` back; ``p = p * (1 -
   lr*wd)``; ``p = p + x * (-(lr * s))``. torch's CPU kernels fuse ``lerp_`` and ``add_(alpha=)``
   into multiply-adds (measured: 0 mismatches against an FMA model), which the spec rounds twice;
@@ -624,7 +624,7 @@ class Muon(Spec):
     def _torch_newton_schulz(self, u: Array, sc: Any, xp: Any, kernels: bool = True) -> Array:
         """The torch convention's iteration of ``u`` (the parameter's dtype; ``sc`` cast to it), as
         float32 holding bfloat16 values. With ``matmul="backend"`` and ``kernels``, its products
-        go to the namespace's bfloat16 kernels where it offers them (:func:`_addmm_bfloat16`);
+        go to the namespace's bfloat16 kernels where it offers them (:func:`_newton_schulz_bf16`);
         ``kernels=False`` forms the float32 expression (the reference's)."""
         use = kernels and self.matmul == "backend"
         return _newton_schulz_bf16(u, sc, self.ns_steps, xp, self._product, self.ns_coefficients, use)
@@ -847,14 +847,26 @@ def _newton_schulz(u: Array, sc: Any, steps: int, xp: Any, mm: Any, *, norm_form
 def _newton_schulz_bf16(
     u: Array, sc: Any, steps: int, xp: Any, mm: Any, coefficients: tuple[float, ...], kernels: bool
 ) -> Array:
-    """torch's ``_zeropower_via_newtonschulz``: bfloat16 values held in float32, each torch op's
-    result rounded once to bfloat16 (``bf``); returns float32. ``coefficients``: the iteration's
-    ``a, b, c`` as Python floats, rounded once to float32 here, as torch's bfloat16 kernels take a
-    Python float (whatever the parameter's dtype). With ``kernels`` (``matmul="backend"``), every
-    product of an iteration whose Gram product ``X @ X.T`` has at least the
-    namespace's ``uniopt_bfloat16_min_work`` multiply-adds goes to its bfloat16 kernels
-    (:func:`_addmm_bfloat16`), where it offers them; one decision for the three products, so that
-    such an iteration is the kernels' throughout."""
+    """torch's ``_zeropower_via_newtonschulz``: bfloat16 values, each torch op's result rounded once
+    to bfloat16 (``bf``); returns float32. ``coefficients``: the iteration's ``a, b, c`` as Python
+    floats, rounded once to float32 here, as torch's bfloat16 kernels take a Python float (whatever
+    the parameter's dtype).
+
+    The values are held in float32 (``bf`` rounds float32 to bfloat16 and back), and each product
+    is the float32 expression, the reference's formulation. With ``kernels`` (``matmul="backend"``),
+    an iteration whose Gram product ``X @ X.T`` has at least the namespace's
+    ``uniopt_bfloat16_min_work`` multiply-adds runs on the namespace's bfloat16 kernels instead,
+    where it offers them: ``X`` converted once to the namespace's ``bfloat16`` dtype (exact), each
+    product one call of ``uniopt_addmm_bfloat16(c, a, b, beta, alpha)``, which takes and returns
+    bfloat16 arrays, ``bf(c*beta + (a @ b)*alpha)`` (``bf(a @ b)`` without ``c``) as its kernels
+    compute it (uniopt.torch's: torch's ``mm`` and ``addmm``, which torch.optim.Muon calls), and the
+    last iterate converted back to float32 (exact). The iterates stay bfloat16 between the products.
+    Each product of two bfloat16 values is exact in float32, and such a kernel accumulates in
+    float32 and rounds once to bfloat16, as the spec's ``bf(...)`` of the float32 expression; what
+    differs is the order of the sums, which ``matmul="backend"`` leaves to the backend (measured in
+    ``docs/optimizers/muon.md``). The namespace may decline a call (``None``): the first one, and
+    the whole iteration is the float32 expression; a later one, and that product is the float32
+    expression of the same values, rounded once to bfloat16."""
     f32 = xp.float32
     bf = lambda v: round_to_bfloat16(v, xp)  # noqa: E731
     ca, cb, cc = (round_to_dtype(v, "float32") for v in coefficients)
@@ -865,31 +877,33 @@ def _newton_schulz_bf16(
     x = bf(divide_by_scalar(x, n, xp))
     rows, cols = int(x.shape[0]), int(x.shape[1])  # rows <= cols
     least = getattr(xp, "uniopt_bfloat16_min_work", None)
-    kernels = kernels and least is not None and rows * rows * cols >= least
-    for _ in range(steps):
-        xt = xp.matrix_transpose(x)
-        gram = _addmm_bfloat16(None, x, xt, 0.0, 1.0, xp) if kernels else None  # X @ X.T
-        if gram is None:
-            gram = bf(mm(x, xt, xp))
-        poly = _addmm_bfloat16(gram, gram, gram, cb, cc, xp) if kernels else None
-        if poly is None:  # addmm(A, A, A, beta=b, alpha=c)
-            poly = bf(xp.add(xp.multiply(gram, b), xp.multiply(mm(gram, gram, xp), c)))
-        new = _addmm_bfloat16(x, poly, x, ca, 1.0, xp) if kernels else None
-        x = bf(xp.add(xp.multiply(x, a), mm(poly, x, xp))) if new is None else new  # addmm(X, B, X, beta=a)
-    return xp.matrix_transpose(x) if tall else x
-
-
-def _addmm_bfloat16(c: Array | None, a: Array, b: Array, beta: float, alpha: float, xp: Any) -> Array | None:
-    """``bf(c*beta + (a @ b)*alpha)`` (``bf(a @ b)`` without ``c``) as the namespace's bfloat16
-    matrix kernels compute it, for float32 arrays holding bfloat16 values: torch's ``addmm`` (``mm``)
-    on bfloat16 tensors, which torch.optim.Muon calls, is offered by uniopt.torch's namespace as
-    ``uniopt_addmm_bfloat16``. Each product of two bfloat16 values is exact in float32, and the
-    kernel accumulates in float32 and rounds once to bfloat16, as the spec's ``bf(...)`` of the
-    float32 expression; what differs is the order of the sums, which ``matmul="backend"`` leaves to
-    the backend (measured in ``docs/optimizers/muon.md``). ``None`` where the namespace offers no
-    such kernel (or declines this call): the spec then computes the float32 expression itself."""
     hook = getattr(xp, "uniopt_addmm_bfloat16", None)
-    return None if hook is None else hook(c, a, b, beta, alpha)
+    first = None
+    if kernels and hook is not None and least is not None and rows * rows * cols >= least:
+        x16 = xp.astype(x, xp.bfloat16)  # exact
+        first = hook(None, x16, xp.matrix_transpose(x16), 0.0, 1.0)  # X @ X.T, or None: declined
+    if first is None:
+        kernel = lambda *operands: None  # noqa: E731
+        hold, wide = bf, (lambda v: v)
+    else:
+        kernel, x = hook, x16
+        hold, wide = (lambda v: xp.astype(v, xp.bfloat16)), (lambda v: xp.astype(v, f32))
+    for k in range(steps):
+        gram = first if k == 0 and first is not None else kernel(None, x, xp.matrix_transpose(x), 0.0, 1.0)
+        if gram is None:  # X @ X.T
+            w = wide(x)
+            gram = hold(mm(w, xp.matrix_transpose(w), xp))
+        poly = kernel(gram, gram, gram, cb, cc)
+        if poly is None:  # addmm(A, A, A, beta=b, alpha=c)
+            g = wide(gram)
+            poly = hold(xp.add(xp.multiply(g, b), xp.multiply(mm(g, g, xp), c)))
+        new = kernel(x, poly, x, ca, 1.0)
+        if new is None:  # addmm(X, B, X, beta=a)
+            w = wide(x)
+            new = hold(xp.add(xp.multiply(w, a), mm(wide(poly), w, xp)))
+        x = new
+    x = wide(x)
+    return xp.matrix_transpose(x) if tall else x
 
 
 def _torch_lerp(start: Array, end: Array, weight: float, w: Array, complement: Array, narrow: bool, xp: Any):

@@ -253,9 +253,8 @@ def test_an_iteration_below_the_threshold_forms_the_float32_expression(shape, mo
 
 
 def test_a_step_under_inference_mode_runs_the_kernels_as_outside_it():
-    """torch.inference_mode() (as torch.optim.Muon allows): inference tensors keep no version
-    counter, so the kernels' results are converted again instead of reusing a kept conversion; the
-    step is the same bits as under no_grad."""
+    """torch.inference_mode() (as torch.optim.Muon allows): the step, its kernel iterations
+    included, is the same bits as under no_grad."""
     params = _params(((256, 384),))
     grads = _grads(params, 3)
     twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
@@ -321,34 +320,96 @@ def test_a_compiled_step_under_autocast_breaks_no_graph_at_turning_it_off(name):
     assert torch.equal(*results)
 
 
-def test_the_bfloat16_kernels_take_a_product_once_and_a_changed_result_again():
-    """uniopt_addmm_bfloat16 converts each float32 operand to bfloat16 once: a result it returned
-    is not converted again (its bfloat16 tensor is kept), unless it was changed in place since;
-    the transpose of an operand reuses that operand's conversion. Every answer is torch's own
-    bfloat16 addmm (mm) of freshly converted operands."""
+def test_the_bfloat16_kernels_are_torchs_own_on_bfloat16_tensors():
+    """uniopt_addmm_bfloat16 takes and returns bfloat16 tensors: torch's own ``mm`` and ``addmm``
+    (the kernels torch.optim.Muon calls) on them; float32 operands are declined (None)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 150, generator=gen).bfloat16().float()
-    x16 = x.bfloat16()
-    gram = xp.uniopt_addmm_bfloat16(None, x, x.mT, 0.0, 1.0)
-    assert torch.equal(gram, torch.mm(x16, x16.mT).float())
+    x16 = torch.randn(200, 150, generator=gen).bfloat16()
+    gram = xp.uniopt_addmm_bfloat16(None, x16, x16.mT, 0.0, 1.0)
+    assert gram.dtype == torch.bfloat16 and torch.equal(gram, torch.mm(x16, x16.mT))
     poly = xp.uniopt_addmm_bfloat16(gram, gram, gram, -4.775, 2.0315)
-    g16 = gram.bfloat16()
-    assert torch.equal(poly, torch.addmm(g16, g16, g16, beta=-4.775, alpha=2.0315).float())
-    gram.mul_(0.5)  # in place: its kept bfloat16 tensor is stale now
-    again = xp.uniopt_addmm_bfloat16(gram, gram, gram, -4.775, 2.0315)
-    g16 = gram.bfloat16()
-    assert torch.equal(again, torch.addmm(g16, g16, g16, beta=-4.775, alpha=2.0315).float())
-    assert not torch.equal(again, poly)
-    new = xp.uniopt_addmm_bfloat16(x, poly, x, 3.4445, 1.0)
-    p16 = poly.bfloat16()
-    assert torch.equal(new, torch.addmm(x16, p16, x16, beta=3.4445).float())
+    assert torch.equal(poly, torch.addmm(gram, gram, gram, beta=-4.775, alpha=2.0315))
+    new = xp.uniopt_addmm_bfloat16(x16, poly, x16, 3.4445, 1.0)
+    assert torch.equal(new, torch.addmm(x16, poly, x16, beta=3.4445))
+    assert xp.uniopt_addmm_bfloat16(None, x16.float(), x16.mT.float(), 0.0, 1.0) is None
+    assert xp.uniopt_addmm_bfloat16(gram, gram, gram.float(), -4.775, 2.0315) is None
+
+
+def test_a_kernel_iteration_keeps_its_iterates_in_bfloat16(monkeypatch):
+    """Every product of an iteration on the kernels takes bfloat16 tensors (converted from float32
+    once, before the first product) and hands back bfloat16 ones, which the next product takes
+    as they are: no conversion to float32 and back between the products."""
+    calls = []
+    hook = type(xp).uniopt_addmm_bfloat16
+
+    def spy(*args):
+        out = hook(*args)
+        calls.append((args, out))
+        return out
+
+    monkeypatch.setattr(type(xp), "uniopt_addmm_bfloat16", staticmethod(spy))
+    spec = uniopt.Muon(lr=0.02, convention="torch")
+    g = torch.randn(256, 384, generator=torch.Generator().manual_seed(4))
+    from uniopt._spec import cast_scalars
+
+    spec._torch_newton_schulz(g, cast_scalars(spec.step_scalars(1, 0.02), g, xp), xp)
+    assert len(calls) == 3 * spec.ns_steps
+    for args, out in calls:
+        assert all(t.dtype == torch.bfloat16 for t in args[:3] if t is not None)
+        assert out.dtype == torch.bfloat16
+    for k in range(spec.ns_steps):
+        (gram_args, gram), (poly_args, poly), (next_args, _) = calls[3 * k : 3 * k + 3]
+        assert poly_args[0] is poly_args[1] is poly_args[2] is gram  # addmm(A, A, A)
+        assert next_args[1] is poly and next_args[0] is next_args[2]  # addmm(X, B, X)
+        if k:  # X is the previous iteration's result, as the kernel returned it
+            assert next_args[0] is calls[3 * k - 1][1] and gram_args[1] is calls[3 * k - 1][1]
+
+
+@pytest.mark.parametrize("declined", [2, 3, 7])  # an X, a Gram and a B product
+def test_a_product_the_kernels_decline_mid_iteration_is_the_float32_expression(declined, monkeypatch):
+    """The namespace may decline a later product of a kernel iteration (None): that product is the
+    float32 expression of the same bfloat16 values, rounded once to bfloat16, and the iteration
+    goes on on the kernels. Checked against torch.optim.Muon's own loop with that one product
+    replaced by the float32 expression, written here with torch's ops."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    from uniopt._spec import cast_scalars
+
+    calls = []
+    hook = type(xp).uniopt_addmm_bfloat16
+
+    def spy(*args):
+        calls.append(None)
+        return None if len(calls) == declined + 1 else hook(*args)
+
+    spec = uniopt.Muon(lr=0.02, convention="torch")
+    a, b, c = (float(torch.tensor(v, dtype=torch.float32)) for v in spec.ns_coefficients)
+    g = torch.randn(256, 384, generator=torch.Generator().manual_seed(5))
+    sc = cast_scalars(spec.step_scalars(1, 0.02), g, xp)
+    x = _zeropower_via_newtonschulz(g, spec.ns_coefficients, 0, spec.eps)  # normalised, no iteration
+    f = lambda t: t.float()  # noqa: E731
+    for k in range(spec.ns_steps):
+        plain = [3 * k + i == declined for i in range(3)]
+        gram = (f(x) @ f(x).mT).bfloat16() if plain[0] else x @ x.mT
+        poly = (
+            (f(gram) * b + (f(gram) @ f(gram)) * c).bfloat16()
+            if plain[1]
+            else torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        )
+        x = (f(x) * a + f(poly) @ f(x)).bfloat16() if plain[2] else torch.addmm(x, poly, x, beta=a)
+    monkeypatch.setattr(type(xp), "uniopt_addmm_bfloat16", staticmethod(spy))
+    ours = spec._torch_newton_schulz(g, sc, xp)
+    assert len(calls) == 3 * spec.ns_steps
+    assert torch.equal(ours, x.float())
+    monkeypatch.setattr(type(xp), "uniopt_addmm_bfloat16", staticmethod(hook))
+    assert not torch.equal(ours, spec._torch_newton_schulz(g, sc, xp))  # the declined product mattered
 
 
 def test_the_bfloat16_kernels_decline_compilation_and_a_scaled_plain_product():
     """Under torch.compile the hook declines (None: the spec forms the float32 expression, which
     inductor compiles), and so it does for a scaled product without an addend, which the spec
     never asks for."""
-    large = torch.ones(128, 128)
+    large = torch.ones(128, 128, dtype=torch.bfloat16)
     assert xp.uniopt_addmm_bfloat16(None, large, large, 0.0, 1.0) is not None
     assert xp.uniopt_addmm_bfloat16(None, large, large, 0.0, 2.0) is None
 
