@@ -74,6 +74,36 @@ kernels: 32x48 28 against 72, 64x128 55 against 78, 128x128 100 against 94, 256x
 outweighs its arithmetic."""
 
 
+def _bfloat16_product(
+    c: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float
+) -> torch.Tensor:
+    return torch.mm(a, b) if c is None else torch.addmm(c, a, b, beta=beta, alpha=alpha)
+
+
+def _register_product() -> Any:
+    """``uniopt::addmm_bfloat16``, :func:`_bfloat16_product` as a custom operator: under
+    ``torch.compile`` inductor calls it as it is (an opaque kernel call, torch's own bfloat16
+    ``mm``/``addmm``), where it would lower an ``addmm`` its own way. Registered as this module is
+    imported (a compiled step may be the process's first: dynamo cannot register an operator while
+    it traces); an operator already registered (the module imported again) is reused."""
+    existing = getattr(getattr(torch.ops, "uniopt", None), "addmm_bfloat16", None)
+    if existing is not None:
+        return existing
+
+    op = torch.library.custom_op("uniopt::addmm_bfloat16", mutates_args=())(_bfloat16_product)
+
+    @op.register_fake
+    def _(
+        c: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float
+    ) -> torch.Tensor:
+        return a.new_empty((a.shape[0], b.shape[1]))
+
+    return op
+
+
+_PRODUCT = _register_product()
+
+
 def uniopt_addmm_bfloat16(
     c: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float
 ) -> torch.Tensor | None:
@@ -81,16 +111,19 @@ def uniopt_addmm_bfloat16(
     ``convention="torch"``, :func:`uniopt.muon._newton_schulz_bf16`): torch's own ``addmm``
     (``mm``), the kernels torch.optim.Muon runs (float32 accumulation, one rounding to bfloat16), as
     a bfloat16 tensor (on CUDA cuBLAS's, under torch's settings for bfloat16 products, as for
-    torch.optim.Muon). ``None`` (the spec then forms the float32 expression, the same values up to
-    the order of the sums) under ``torch.compile``, where inductor lowers a bfloat16 ``addmm`` its
-    own way, for tensor subclasses (DTensor), for operands that are not bfloat16, and for a scaled
-    product without ``c`` (which the spec does not ask for)."""
+    torch.optim.Muon). Under ``torch.compile`` the same kernels as the custom operator
+    ``uniopt::addmm_bfloat16`` (:func:`_register_product`), which inductor calls as it is. ``None``
+    (the spec then forms the float32 expression, the same values up to the order of the sums) for
+    tensor subclasses (DTensor), for operands that are not bfloat16, and for a scaled product
+    without ``c`` (which the spec does not ask for)."""
     operands = (a, b) if c is None else (c, a, b)
-    if torch.compiler.is_compiling() or not all(type(t) is torch.Tensor for t in operands):
+    if not all(type(t) is torch.Tensor for t in operands):
         return None
     if any(t.dtype != torch.bfloat16 for t in operands) or (c is None and alpha != 1.0):
         return None
-    return torch.mm(a, b) if c is None else torch.addmm(c, a, b, beta=beta, alpha=alpha)
+    if torch.compiler.is_compiling():
+        return _PRODUCT(c, a, b, beta, alpha)
+    return _bfloat16_product(c, a, b, beta, alpha)
 
 
 def _same_dtype(op: Any, compat: Any) -> Any:

@@ -48,12 +48,31 @@ from uniopt import Spec
 from . import _flat
 from ._namespace import xp
 
-__all__ = ["SPECS", "UNTRACEABLE", "run", "split"]
+__all__ = ["SPECS", "UNTRACEABLE", "kernel_products", "run", "split"]
 
 SPECS = frozenset({"Adafactor", "Lamb"})
 """The specs whose rule is elementwise ops and uniopt's own reductions only, so that inductor's
 kernel is bitwise the eager rule. Muon is not one: its Newton-Schulz matrix products would be
-inductor's choice of matrix-multiply kernel, whose summation order is its own."""
+inductor's choice of matrix-multiply kernel, whose summation order is its own; except where they
+are torch's own bfloat16 kernels (:func:`kernel_products`)."""
+
+
+def kernel_products(spec: Spec, param: torch.Tensor) -> bool:
+    """Whether ``param``'s step is Muon's torch convention with every Newton-Schulz product on
+    torch's bfloat16 kernels (``matmul="backend"``, a matrix whose Gram product has at least
+    ``uniopt_bfloat16_min_work`` multiply-adds: :func:`uniopt.muon._newton_schulz_bf16`). Compiled,
+    those products stay torch's kernels (the custom operator ``uniopt::addmm_bfloat16``, which
+    inductor calls as it is), and inductor fuses the elementwise ops around them (the momentum, the
+    bfloat16 roundings, the norm, the division, the update): bitwise the eager rule, as the other
+    specs' kernels (tests/torch_adapter/test_muon_torch.py). Its roundings to bfloat16 are kept
+    whatever the parameter's dtype (``emulate_precision_casts``)."""
+    if spec.name != "Muon" or getattr(spec, "convention", None) != "torch" or spec.matmul != "backend":
+        return False
+    if param.dim() != 2:
+        return False
+    rows, cols = sorted(int(n) for n in param.shape)
+    return rows * rows * cols >= xp.uniopt_bfloat16_min_work
+
 
 UNTRACEABLE: dict[tuple[str, str], str] = {
     ("Adafactor", "optax"): "its factored axes come from np.argsort(shape) (optax's own call, for "
@@ -98,7 +117,7 @@ def _eligible(entry: tuple, minimum: int, explicit: bool) -> bool:
     spec, param, grad, slots, _ = entry
     return (
         isinstance(spec, Spec)
-        and spec.name in SPECS
+        and (spec.name in SPECS or kernel_products(spec, param))
         and _traceable(spec, explicit)
         and type(param) in _PLAIN
         and type(grad) in _PLAIN
@@ -155,6 +174,8 @@ def _kernel(spec: Spec, param: torch.Tensor, slots: dict, key: tuple) -> Callabl
     name = f"uniopt_{spec.name}_{dtype}_{shape}_rule"
     own = types.FunctionType(_step_one.__code__.replace(co_name=name), _step_one.__globals__, name)
     slot_dtypes = tuple(s.dtype for s in slots.values() if s.dtype != param.dtype)
+    if kernel_products(spec, param):  # its bfloat16 roundings, kept for every parameter dtype
+        slot_dtypes += (torch.bfloat16,)
     options = _flat.exact_options(param.dtype, "cpu", slot_dtypes)
     fn = torch.compile(own, fullgraph=True, dynamic=False, options=options)
     _KERNELS[key] = fn

@@ -405,20 +405,23 @@ def test_a_product_the_kernels_decline_mid_iteration_is_the_float32_expression(d
     assert not torch.equal(ours, spec._torch_newton_schulz(g, sc, xp))  # the declined product mattered
 
 
-def test_the_bfloat16_kernels_decline_compilation_and_a_scaled_plain_product():
-    """Under torch.compile the hook declines (None: the spec forms the float32 expression, which
-    inductor compiles), and so it does for a scaled product without an addend, which the spec
-    never asks for."""
-    large = torch.ones(128, 128, dtype=torch.bfloat16)
-    assert xp.uniopt_addmm_bfloat16(None, large, large, 0.0, 1.0) is not None
-    assert xp.uniopt_addmm_bfloat16(None, large, large, 0.0, 2.0) is None
+def test_under_compilation_the_kernels_are_the_custom_operator_and_a_scaled_plain_product_is_declined():
+    """Under torch.compile the hook calls the custom operator uniopt::addmm_bfloat16, which inductor
+    calls as it is: torch's own bfloat16 kernels, the eager bits (fullgraph: no graph break). A
+    scaled product without an addend, which the spec never asks for, is declined."""
+    gen = torch.Generator().manual_seed(2)
+    large = torch.randn(128, 160, generator=gen).bfloat16()
+    assert xp.uniopt_addmm_bfloat16(None, large, large.mT, 0.0, 2.0) is None
 
-    def product(a):
-        out = xp.uniopt_addmm_bfloat16(None, a, a, 0.0, 1.0)
-        return torch.zeros(()) if out is None else out
+    def products(x):
+        gram = xp.uniopt_addmm_bfloat16(None, x, x.mT, 0.0, 1.0)
+        poly = xp.uniopt_addmm_bfloat16(gram, gram, gram, -4.775, 2.0315)
+        return xp.uniopt_addmm_bfloat16(x, poly, x, 3.4445, 1.0)
 
-    compiled = torch.compile(product, backend="eager", fullgraph=True)
-    assert torch.equal(compiled(large), torch.zeros(()))
+    compiled = torch.compile(products, fullgraph=True)
+    gram = torch.mm(large, large.mT)
+    poly = torch.addmm(gram, gram, gram, beta=-4.775, alpha=2.0315)
+    assert torch.equal(compiled(large), torch.addmm(large, poly, large, beta=3.4445))
 
 
 def test_exact_products_give_the_numpy_references_bits():
@@ -474,3 +477,42 @@ def test_torch_optim_muon_state_ports_through_a_record_and_back():
     for p, q in zip(a, b, strict=True):
         assert set(other.state[q]) == {"momentum_buffer"}
         assert torch.equal(other.state[q]["momentum_buffer"], native.state[p]["momentum_buffer"])
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((512, 640), torch.float32), ((640, 512), torch.float32), ((512, 640), torch.bfloat16)],
+)
+def test_a_large_matrix_steps_compiled_and_is_the_eager_loops_bits(shape, dtype):
+    """implementation='auto' compiles the torch convention's rule per shape for a matrix of at
+    least AUTO_COMPILE_MIN elements whose products are torch's bfloat16 kernels (the custom
+    operator inductor calls as it is; the elementwise ops around them fused): the same bits as the
+    eager loop, its bfloat16 roundings kept for a float32 parameter too."""
+    from uniopt.torch import _pertensor
+
+    params = _params((shape,), dtype=dtype)
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    grads = _grads(params, 3)
+    auto = uniopt.torch.Muon(params, lr=0.02, convention="torch")
+    loop = uniopt.torch.Muon(twin, lr=0.02, convention="torch", implementation="loop")
+    spec = auto._spec_of(auto.param_groups[0])
+    assert _pertensor.kernel_products(spec, params[0]) and params[0].numel() >= uniopt.torch.AUTO_COMPILE_MIN
+    _run(auto, params, grads)
+    _run(loop, twin, grads)
+    assert torch.equal(params[0].detach(), twin[0].detach())
+    assert torch.equal(auto.state[params[0]]["momentum_buffer"], loop.state[twin[0]]["momentum_buffer"])
+    compiled = [key for key in _pertensor._KERNELS if key[0] is uniopt.Muon and key[2:4] == (dtype, shape)]
+    assert compiled and _pertensor._KERNELS[compiled[0]] is not None
+
+
+def test_only_the_torch_conventions_kernel_sized_matrices_are_compiled():
+    """The default convention's float32 products, matmul='exact', and a matrix below the kernels'
+    threshold stay on the eager loop (inductor would choose their products' kernels)."""
+    from uniopt.torch._pertensor import kernel_products
+
+    large, small = torch.zeros(512, 640), torch.zeros(100, 120)
+    assert kernel_products(uniopt.Muon(convention="torch"), large)
+    assert not kernel_products(uniopt.Muon(convention="torch"), small)
+    assert not kernel_products(uniopt.Muon(), large)
+    assert not kernel_products(uniopt.Muon(convention="torch", matmul="exact"), large)
+    assert not kernel_products(uniopt.Adam(), large)
