@@ -516,3 +516,62 @@ def test_only_the_torch_conventions_kernel_sized_matrices_are_compiled():
     assert not kernel_products(uniopt.Muon(), large)
     assert not kernel_products(uniopt.Muon(convention="torch", matmul="exact"), large)
     assert not kernel_products(uniopt.Adam(), large)
+
+
+STACKED_CASES = [
+    ("uniopt", torch.float32, {}),
+    ("uniopt", torch.float64, {"nesterov": False, "weight_decay": 0.0}),
+    ("torch", torch.float32, {}),
+    ("torch", torch.bfloat16, {}),
+    ("torch", torch.float64, {"adjust_lr_fn": "match_rms_adamw"}),
+    ("keras", torch.float32, {}),
+    ("optax", torch.float64, {}),
+]
+
+
+@pytest.mark.parametrize(("convention", "dtype", "options"), STACKED_CASES)
+def test_many_small_matrices_step_stacked_and_are_the_loops_bits(convention, dtype, options, monkeypatch):
+    """implementation='auto' stacks a group's small matrices of one shape and runs the rule once per
+    stack under torch.func.vmap (its products batched): the same bits as the per-tensor loop, for
+    wide and tall matrices (and the vectors the keras and optax conventions step with Adam),
+    parameters and momentum, over four steps. Matrices with a side shorter than 8 stay on the loop
+    (ATen's batched product of fewer than 400 multiply-adds is its own loop: a 6x6 float32 matrix
+    of the uniopt convention differed within four steps when stacked)."""
+    from uniopt.torch import _stacked
+
+    shapes = [(20, 25)] * 4 + [(25, 20)] * 3 + [(8, 9)] * 2 + [(7, 12)] * 2  # 7x12: not stacked
+    if convention in ("keras", "optax"):
+        shapes += [(7,)] * 3
+    params = _params(shapes, dtype=dtype, seed=7)
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    grads = _grads(params, 4, seed=8)
+    stacked = []
+    run = _stacked.run
+    monkeypatch.setattr(_stacked, "run", lambda members: (stacked.append(len(members)), run(members)))
+    auto = uniopt.torch.Muon(params, lr=0.02, convention=convention, **options)
+    loop = uniopt.torch.Muon(twin, lr=0.02, convention=convention, implementation="loop", **options)
+    _run(auto, params, grads)
+    assert sum(stacked) == 4 * (len(params) - 2)  # every matrix but the 7x12 ones
+    _run(loop, twin, grads)
+    for p, q in zip(params, twin, strict=True):
+        assert torch.equal(p.detach(), q.detach())
+        for name, value in auto.state[p].items():
+            assert torch.equal(value, loop.state[q][name]), name
+
+
+def test_matrices_on_the_bfloat16_kernels_exact_products_and_half_products_are_not_stacked():
+    """Stacked products are batched products: not for torch's bfloat16 kernels (a kernel-sized
+    matrix), matmul='exact', the uniopt convention's bfloat16 and float16 products, nor a product
+    of fewer than 400 multiply-adds (a side shorter than 8)."""
+    from uniopt.torch._stacked import _stackable
+
+    small, kernel_sized = torch.zeros(20, 25), torch.zeros(128, 160)
+    assert _stackable(uniopt.Muon(convention="torch"), small)
+    assert _stackable(uniopt.Muon(convention="torch"), small.bfloat16())
+    assert not _stackable(uniopt.Muon(convention="torch"), kernel_sized)
+    assert _stackable(uniopt.Muon(), kernel_sized)
+    assert not _stackable(uniopt.Muon(matmul="exact"), small)
+    assert _stackable(uniopt.Muon(), torch.zeros(8, 30)) and not _stackable(uniopt.Muon(), torch.zeros(7, 30))
+    assert not _stackable(uniopt.Muon(), small.bfloat16())
+    assert not _stackable(uniopt.Muon(), small.half())
+    assert _stackable(uniopt.Adafactor(), small.half())
