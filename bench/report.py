@@ -560,7 +560,7 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   step column), and a `tf.function` of uniopt.tf's non-elementwise steps holds 250 to 530 graph
   ops per tensor, so the many-tensor set is not traced there (the skipped rows say why).
 * **Muon**: a step is its Newton-Schulz products, 15 per matrix at 5 iterations. torch.optim.Muon
-  runs them in bfloat16, on the CPU's bfloat16 matrix instructions (the Intel Xeon of run 10 has AMX
+  runs them in bfloat16, on the CPU's bfloat16 matrix instructions (the Intel Xeon of run 11 has AMX
   tiles: a 1250x1260 bfloat16 product took 3.8 ms there, the float32 one 14.3 ms).
   uniopt.torch.Muon's default convention runs them in float32, four times the work and more: it is
   the row the headline divides on the large set, and its ratio shows the precision, not the code.
@@ -569,7 +569,7 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   kernels torch.optim.Muon calls; the iteration is then torch's bit for bit,
   tests/torch_adapter/test_muon_torch.py), where they had been float32 products of bfloat16 values
   rounded once: on the large set 1962 ms against torch.optim.Muon's 367 ms before (5.4x, one
-  process, this Xeon), 1.53x in that morning's benchmark run. Run 10 has two more changes of that
+  process, this Xeon), 1.53x in that morning's benchmark run. Run 11 has two more changes of that
   day: the iterates stay bfloat16 between the products (they had been converted to float32 and back
   at each one: 1.59x to 1.38x of torch.optim.Muon's eager step, one process), and under `"auto"`
   such a matrix of at least `AUTO_COMPILE_MIN` elements steps compiled per shape, the products
@@ -578,11 +578,13 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   inductor (1.38x to 1.11x; bitwise the eager loop; the first step pays about 13 s of compilation
   per shape, the first step column). What remains is that elementwise work, in more passes than
   torch's fused `lerp_` and in-place ops. On the many-small set the 1000 matrices of 20x25 are
-  stepped stacked since run 10, one rule call for all under `torch.func.vmap` with batched products
-  (ATen's batched product from 400 multiply-adds is the same BLAS call per matrix as a single
-  product: bitwise the per-tensor loop), in both conventions: 621 and 386 ms a step in the morning's
-  run (torch and uniopt conventions) to the figures above, 0.075x and 0.063x torch.optim.Muon's.
-  Keras and optax, like uniopt.tf and uniopt.jax, multiply in float32.
+  stepped stacked since run 11, one rule call for all under `torch.func.vmap`, each product still
+  formed per matrix by `torch.matmul` (torch's batched product, `bmm`, sums differently from `mm`
+  below 400 multiply-adds and, with two threads, for long shared sides; with it the step took about
+  30 ms, not bitwise the per-tensor loop), in both conventions: 621 and 386 ms a step in the
+  morning's run (torch and uniopt conventions) to the figures above, 0.36x and 0.35x
+  torch.optim.Muon's; the 15,000 products per step are most of what remains. Keras and optax, like
+  uniopt.tf and uniopt.jax, multiply in float32.
 * **Schedule-Free AdamW under XLA**: uniopt.tf computes the step's scalars and the history of
   learning rates in-graph there (docs/tf.md, "Schedule-Free AdamW"). Its default convention, the
   authors' algorithm, steps `y` from the old `z` and the normalised gradient `u`, which the step

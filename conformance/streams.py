@@ -36,7 +36,7 @@ PARAM_SETS: dict[str, tuple[tuple[int, ...], ...]] = {
     # one of the torch CPU kernel's 32,768-element tiles, an odd matrix and a vector
     "large": ((181, 191), (40000,)),
     # the sets above for an optimizer that takes matrices only (MATRIX_SETS)
-    # two (16, 8): uniopt.torch steps matrices of one shape with sides of 8 and more stacked
+    # two (16, 8): uniopt.torch steps a group's small matrices of one shape stacked
     "matrices": ((16, 8), (4, 8), (5, 5), (16, 8)),
     "matrices_mixed": ((1, 1), (0, 3), (3, 0), (1, 7), (7, 1)),
     "matrices_small": ((3, 2), (2, 2)),

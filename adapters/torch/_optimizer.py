@@ -49,7 +49,7 @@ on the CPU nor on CUDA, complex, non-contiguous) always take ``loop``, and so do
 whose ``state_dtypes`` stores a slot narrower than the parameter (the flat buffers hold one dtype),
 and a step traced by ``torch.compile``. A spec that is not elementwise (``Lamb``: a norm per
 parameter) takes ``loop``, under ``auto`` with its small parameters of one shape stacked, one rule
-call per stack (Adafactor, LAMB, Muon's matrices with sides of 8 and more: :mod:`._stacked`,
+call per stack (Adafactor, LAMB, Muon's matrices but torch's bfloat16 kernels': :mod:`._stacked`,
 bitwise the per-tensor step), and its CPU parameters of at least :data:`AUTO_COMPILE_MIN` elements
 compiled by inductor per shape (Adafactor, LAMB, and Muon's torch convention where its products are
 torch's bfloat16 kernels: :mod:`._pertensor`, bitwise the per-tensor step); ``compiled`` compiles

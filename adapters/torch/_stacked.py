@@ -16,12 +16,13 @@ same operations on the same values. The conformance matrix's ``torch@eager`` row
 ``sqrt`` of :mod:`._namespace` hands the tensor's memory to NumPy, which a batched tensor has not:
 under ``vmap`` it is a custom operator whose batching rule applies it to the whole stack.
 
-Muon's small matrices stack too (:func:`_stackable`): its Newton-Schulz products become batched
-products, which torch forms with the same BLAS calls as single products from
-:data:`BATCHED_PRODUCT_MIN` multiply-adds (a side of 8 and more), the same bits as its per-tensor
-loop there (tests/torch_adapter/test_muon_torch.py). 1,000 float32 matrices of 20x25 took 586 ms a
-step on the loop and 30 ms stacked (the torch convention; the uniopt convention 380 and 28 ms),
-against torch.optim.Muon's 450 ms.
+Muon's small matrices stack too (:func:`_stackable`). Its Newton-Schulz products are not batched
+products: torch's ``bmm`` sums differently from ``mm`` (a loop of its own below 400 multiply-adds;
+above, measured with 2 threads, for long shared sides: 60x1000 float32, 96x200 float64), so under
+``vmap`` a product is the custom operator ``uniopt::matmul_each``, whose batching rule forms each
+stacked matrix's product with ``torch.matmul``, as the per-tensor loop does (the same operands'
+strides, the same threads); the elementwise ops around them run once per stack. The same bits as
+the loop (tests/torch_adapter/test_muon_torch.py).
 
 Taken by ``implementation="auto"`` (the default) for the specs of :data:`SPECS`, outside
 ``torch.compile``, for dense, non-distributed parameters below :data:`uniopt.torch._flat.LARGE`
@@ -61,8 +62,9 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 @functools.cache
 def _namespace() -> Any:
-    """uniopt.torch's namespace with ``sqrt`` as the custom operator ``uniopt::sqrt`` (made on first
-    use, so that importing uniopt.torch registers nothing), batched by applying it to the stack."""
+    """uniopt.torch's namespace with ``sqrt`` as the custom operator ``uniopt::sqrt``, batched by
+    applying it to the stack, and ``matmul`` as ``uniopt::matmul_each``, batched by one product per
+    stacked matrix (made on first use, so that importing uniopt.torch registers nothing)."""
 
     @torch.library.custom_op("uniopt::sqrt", mutates_args=())
     def sqrt_op(x: torch.Tensor) -> torch.Tensor:
@@ -77,39 +79,42 @@ def _namespace() -> Any:
 
     sqrt_op.register_vmap(batched)
 
+    @torch.library.custom_op("uniopt::matmul_each", mutates_args=())
+    def matmul_op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+    @matmul_op.register_fake
+    def _(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a.new_empty((*a.shape[:-1], b.shape[-1]))
+
+    def each(info: Any, in_dims: tuple[int | None, int | None], a: torch.Tensor, b: torch.Tensor) -> tuple:
+        # the stack's matrices one at a time, each the product the per-tensor loop forms (the same
+        # operands' strides, the same threads): a batched product (bmm) is not (module docstring)
+        a_dim, b_dim = in_dims
+        pick = lambda t, d, i: t if d is None else t.select(d, i)  # noqa: E731
+        return torch.stack(
+            [torch.matmul(pick(a, a_dim, i), pick(b, b_dim, i)) for i in range(info.batch_size)]
+        ), 0
+
+    matmul_op.register_vmap(each)
+
     class _Stacked(_TorchNamespace):
         pass
 
     _Stacked.sqrt = staticmethod(sqrt_op)
+    _Stacked.matmul = staticmethod(matmul_op)
     return _Stacked()
 
 
-_PRODUCT_DTYPES = (torch.float32, torch.float64)
-
-BATCHED_PRODUCT_MIN = 400
-"""ATen's CPU ``bmm`` (``baddbmm_out_cpu``) forms a batched product of fewer multiply-adds
-(``k * m * n``) with its own loop, whose sums are not a single product's; from this many it hands
-each matrix to the same BLAS as ``mm``."""
-
-
 def _stackable(spec: Spec, param: torch.Tensor) -> bool:
-    """Whether ``param``'s step may run stacked. Under ``vmap`` Muon's Newton-Schulz products are
-    batched products (``bmm``): the same bits as the single products (``mm``) where each has at
-    least :data:`BATCHED_PRODUCT_MIN` multiply-adds (the smallest, ``X X^T X X^T``'s, has ``m**3``
-    for the shorter side ``m``), in float32 and float64 (measured on an Intel Xeon with MKL: every
-    shape and convention of tests/torch_adapter/test_muon_torch.py; a 6x6 float32 matrix of the
-    uniopt convention differed within four steps). So a Muon matrix is stacked where its products
-    are ``matmul="backend"`` products in float32 or float64 (the torch convention's are float32
-    whatever the parameter's dtype) of at least that size; not where they are torch's bfloat16
-    kernels (:func:`uniopt.torch._pertensor.kernel_products`), nor for ``matmul="exact"``
-    (elementwise, but its products' scratch would grow with the stack)."""
+    """Whether ``param``'s step may run stacked: every spec of :data:`SPECS` but Muon's matrices
+    whose products are torch's bfloat16 kernels (:func:`uniopt.torch._pertensor.kernel_products`,
+    the large ones' path) or ``matmul="exact"`` (elementwise, but its products' scratch would grow
+    with the stack). Muon's other products are ``uniopt::matmul_each`` under ``vmap``, one product
+    per stacked matrix (:func:`_namespace`)."""
     if spec.name != "Muon":
         return True
-    if spec.matmul != "backend" or _pertensor.kernel_products(spec, param):
-        return False
-    if param.dim() == 2 and min(int(n) for n in param.shape) ** 3 < BATCHED_PRODUCT_MIN:
-        return False
-    return param.dtype in _PRODUCT_DTYPES or getattr(spec, "convention", None) == "torch"
+    return spec.matmul == "backend" and not _pertensor.kernel_products(spec, param)
 
 
 def _kind(entry: tuple) -> tuple | None:

@@ -179,7 +179,7 @@ from ._math import (
     sum_pairwise_axis,
     widened,
 )
-from ._spec import Array, Spec, _device
+from ._spec import Array, Spec, _device, select
 from ._validate import check_betas, check_bool, check_interval, check_real
 from .adam import keras_adam_scalars
 
@@ -211,6 +211,10 @@ class MuonScalars(NamedTuple):
     lerp_m_complement_64: float  # ... for float64: 1 - (1-mu)
     lerp_u_complement_32: float  # torch, lerp(g, m, mu) when mu >= 0.5: 1 - float32(mu)
     lerp_u_complement_64: float  # ... for float64: 1 - mu
+    lerp_m_small_32: bool  # torch: lerp(m, g, 1-mu) takes its first formula (|float32(1-mu)| < 0.5)
+    lerp_m_small_64: bool  # ... for float64: |1-mu| < 0.5
+    lerp_u_small_32: bool  # torch: lerp(g, m, mu) takes its first formula (|float32(mu)| < 0.5)
+    lerp_u_small_64: bool  # ... for float64: |mu| < 0.5
     ns_a: float
     ns_b: float
     ns_c: float
@@ -505,6 +509,10 @@ class Muon(Spec):
             lerp_m_complement_64=1.0 - (1.0 - mu),
             lerp_u_complement_32=1.0 - float(np.float32(mu)),
             lerp_u_complement_64=1.0 - mu,
+            lerp_m_small_32=abs(float(np.float32(1.0 - mu))) < 0.5,
+            lerp_m_small_64=abs(1.0 - mu) < 0.5,
+            lerp_u_small_32=abs(float(np.float32(mu))) < 0.5,
+            lerp_u_small_64=abs(mu) < 0.5,
             ns_a=a,
             ns_b=b,
             ns_c=c,
@@ -595,10 +603,9 @@ class Muon(Spec):
         m = _torch_lerp(
             widened(slots["momentum_buffer"], param, xp),
             g,
-            1.0 - self.momentum,
             sc.one_minus_momentum,
             sc.lerp_m_complement_32 if narrow else sc.lerp_m_complement_64,
-            narrow,
+            sc.lerp_m_small_32 if narrow else sc.lerp_m_small_64,
             xp,
         )
         u = m
@@ -606,10 +613,9 @@ class Muon(Spec):
             u = _torch_lerp(
                 g,
                 m,
-                self.momentum,
                 sc.momentum,
                 sc.lerp_u_complement_32 if narrow else sc.lerp_u_complement_64,
-                narrow,
+                sc.lerp_u_small_32 if narrow else sc.lerp_u_small_64,
                 xp,
             )
         x = self._torch_newton_schulz(u, sc, xp)
@@ -906,13 +912,18 @@ def _newton_schulz_bf16(
     return xp.matrix_transpose(x) if tall else x
 
 
-def _torch_lerp(start: Array, end: Array, weight: float, w: Array, complement: Array, narrow: bool, xp: Any):
+def _torch_lerp(start: Array, end: Array, w: Array, complement: Array, small: Any, xp: Any) -> Array:
     """``torch.lerp(start, end, weight)`` as its CPU kernel computes it, the multiply-add rounded
-    twice: ``start + (end - start)*w`` for a weight below 0.5 (decided on the weight as the kernel
-    holds it), else ``end - (end - start)*(1 - w)``."""
-    import numpy as np
-
-    held = float(np.float32(weight)) if narrow else weight
-    if abs(held) < 0.5:
-        return xp.add(start, xp.multiply(xp.subtract(end, start), w))
-    return xp.subtract(end, xp.multiply(xp.subtract(end, start), complement))
+    twice: ``start + (end - start)*w`` for a weight below 0.5 (``small``: decided on the host, on
+    the weight as the kernel holds it, float32 for parameters of 32 bits or fewer), else
+    ``end - (end - start)*(1 - w)``. The decision is a flag of the step's scalars, not a value the
+    rule reads from the spec, so that a compiled rule depends on it only, not on the momentum
+    (a scheduler that sets the momentum at every step, such as OneCycleLR's ``cycle_momentum``,
+    recompiled uniopt.torch's per-shape kernel at every step). A flag an adapter computes in-graph
+    (a tensor) selects with ``xp.where`` (:func:`uniopt._spec.select`)."""
+    return select(
+        small,
+        lambda: xp.add(start, xp.multiply(xp.subtract(end, start), w)),
+        lambda: xp.subtract(end, xp.multiply(xp.subtract(end, start), complement)),
+        xp,
+    )

@@ -521,6 +521,7 @@ def test_only_the_torch_conventions_kernel_sized_matrices_are_compiled():
 STACKED_CASES = [
     ("uniopt", torch.float32, {}),
     ("uniopt", torch.float64, {"nesterov": False, "weight_decay": 0.0}),
+    ("uniopt", torch.bfloat16, {}),
     ("torch", torch.float32, {}),
     ("torch", torch.bfloat16, {}),
     ("torch", torch.float64, {"adjust_lr_fn": "match_rms_adamw"}),
@@ -532,14 +533,14 @@ STACKED_CASES = [
 @pytest.mark.parametrize(("convention", "dtype", "options"), STACKED_CASES)
 def test_many_small_matrices_step_stacked_and_are_the_loops_bits(convention, dtype, options, monkeypatch):
     """implementation='auto' stacks a group's small matrices of one shape and runs the rule once per
-    stack under torch.func.vmap (its products batched): the same bits as the per-tensor loop, for
-    wide and tall matrices (and the vectors the keras and optax conventions step with Adam),
-    parameters and momentum, over four steps. Matrices with a side shorter than 8 stay on the loop
-    (ATen's batched product of fewer than 400 multiply-adds is its own loop: a 6x6 float32 matrix
-    of the uniopt convention differed within four steps when stacked)."""
+    stack under torch.func.vmap, each product formed per matrix (uniopt::matmul_each): the same bits
+    as the per-tensor loop, for wide and tall matrices (and the vectors the keras and optax
+    conventions step with Adam), parameters and momentum, over four steps. Batched products (bmm)
+    were not: 6x6 (ATen's own loop below 400 multiply-adds) and 30x2000 (a long shared side, two
+    threads) differed from the loop within four steps."""
     from uniopt.torch import _stacked
 
-    shapes = [(20, 25)] * 4 + [(25, 20)] * 3 + [(8, 9)] * 2 + [(7, 12)] * 2  # 7x12: not stacked
+    shapes = [(20, 25)] * 3 + [(25, 20)] * 2 + [(6, 6)] * 2 + [(30, 2000)] * 2
     if convention in ("keras", "optax"):
         shapes += [(7,)] * 3
     params = _params(shapes, dtype=dtype, seed=7)
@@ -551,7 +552,7 @@ def test_many_small_matrices_step_stacked_and_are_the_loops_bits(convention, dty
     auto = uniopt.torch.Muon(params, lr=0.02, convention=convention, **options)
     loop = uniopt.torch.Muon(twin, lr=0.02, convention=convention, implementation="loop", **options)
     _run(auto, params, grads)
-    assert sum(stacked) == 4 * (len(params) - 2)  # every matrix but the 7x12 ones
+    assert sum(stacked) == 4 * len(params)  # every parameter, every step
     _run(loop, twin, grads)
     for p, q in zip(params, twin, strict=True):
         assert torch.equal(p.detach(), q.detach())
@@ -559,10 +560,9 @@ def test_many_small_matrices_step_stacked_and_are_the_loops_bits(convention, dty
             assert torch.equal(value, loop.state[q][name]), name
 
 
-def test_matrices_on_the_bfloat16_kernels_exact_products_and_half_products_are_not_stacked():
-    """Stacked products are batched products: not for torch's bfloat16 kernels (a kernel-sized
-    matrix), matmul='exact', the uniopt convention's bfloat16 and float16 products, nor a product
-    of fewer than 400 multiply-adds (a side shorter than 8)."""
+def test_matrices_on_the_bfloat16_kernels_and_exact_products_are_not_stacked():
+    """Not stacked: a matrix whose products are torch's bfloat16 kernels (kernel-sized, the torch
+    convention), and matmul='exact' (its scratch would grow with the stack)."""
     from uniopt.torch._stacked import _stackable
 
     small, kernel_sized = torch.zeros(20, 25), torch.zeros(128, 160)
@@ -571,7 +571,59 @@ def test_matrices_on_the_bfloat16_kernels_exact_products_and_half_products_are_n
     assert not _stackable(uniopt.Muon(convention="torch"), kernel_sized)
     assert _stackable(uniopt.Muon(), kernel_sized)
     assert not _stackable(uniopt.Muon(matmul="exact"), small)
-    assert _stackable(uniopt.Muon(), torch.zeros(8, 30)) and not _stackable(uniopt.Muon(), torch.zeros(7, 30))
-    assert not _stackable(uniopt.Muon(), small.bfloat16())
-    assert not _stackable(uniopt.Muon(), small.half())
+    assert _stackable(uniopt.Muon(), small.half())
     assert _stackable(uniopt.Adafactor(), small.half())
+
+
+def test_a_momentum_schedule_does_not_recompile_the_compiled_step():
+    """OneCycleLR cycles a Muon group's momentum at every step by default (``cycle_momentum``): the
+    compiled per-shape step takes torch.lerp's branch as a flag of the step's scalars, so a new
+    momentum is a new value, not a recompile (the momentum read from the spec had recompiled the
+    kernel at every step up to dynamo's limit, with a warning); the same bits as the loop."""
+    import warnings
+
+    params = _params(((512, 640),), seed=9)
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    grads = _grads(params, 10, seed=10)  # past dynamo's recompile limit (8)
+    runs = []
+    for implementation, ps in (("auto", params), ("loop", twin)):
+        opt = uniopt.torch.Muon(ps, lr=0.02, convention="torch", implementation=implementation)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=30)
+        runs.append((opt, schedule))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # uniopt's "recompile limit" warning
+        for step in grads:
+            for (opt, schedule), ps in zip(runs, (params, twin), strict=True):
+                ps[0].grad = step[0].clone()
+                opt.step()
+                schedule.step()
+    momenta = {opt.param_groups[0]["momentum"] for opt, _ in runs}
+    assert len(momenta) == 1 and momenta != {0.95}
+    assert torch.equal(params[0].detach(), twin[0].detach())
+
+
+@pytest.mark.parametrize("name", ["Muon", "Lamb"])
+def test_warnings_as_errors_do_not_fail_a_compiled_per_shape_step(name, monkeypatch):
+    """Under warnings.simplefilter("error") (pytest -W error), the first step of a parameter
+    compiled per shape traces and builds as without it: dynamo's own UserWarnings while it traces
+    uniopt's kernel are not the user's (they made the build fail after the step count had
+    advanced, the parameter not updated). The step is the loop's."""
+    import warnings
+    from collections import OrderedDict
+
+    from uniopt.torch import _pertensor
+
+    monkeypatch.setattr(_pertensor, "_KERNELS", OrderedDict())  # this shape traced afresh
+    torch._dynamo.reset()
+    options = {"convention": "torch"} if name == "Muon" else {}
+    params = _params(((512, 640),), seed=11)
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    grads = _grads(params, 2, seed=12)
+    auto = getattr(uniopt.torch, name)(params, lr=0.02, **options)
+    loop = getattr(uniopt.torch, name)(twin, lr=0.02, implementation="loop", **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run(auto, params, grads)
+    _run(loop, twin, grads)
+    assert any(key[3] == (512, 640) for key in _pertensor._KERNELS)
+    assert torch.equal(params[0].detach(), twin[0].detach())

@@ -16,8 +16,8 @@ import uniopt.torch as ut
 from uniopt.registry import TABLE
 from uniopt.torch import _stacked
 
-# Muon stacks too, but its matmul="backend" products are torch's, not the reference's bits, and it
-# stacks matrices with sides of 8 and more only: tests/torch_adapter/test_muon_torch.py
+# Muon stacks too, but its matmul="backend" products are torch's, not the reference's bits:
+# tests/torch_adapter/test_muon_torch.py
 STACKED_CASES = [
     pytest.param(info, case, id=f"{info.name}-{case.desc}")
     for info in TABLE
