@@ -120,16 +120,17 @@ _TRITON_EXACT = {
 
 
 def exact_options(
-    dtype: torch.dtype, device_type: str, slot_dtypes: Sequence[torch.dtype] = ()
+    dtype: torch.dtype, device_type: str, rounded_to: Sequence[torch.dtype] = ()
 ) -> dict[str, bool]:
     """Inductor options under which the compiled rule rounds as the eager one: every op rounded to
-    ``dtype`` and every cast kept (half types, of the parameter or of a slot stored narrower: the
-    rule's rounding of a ``state_dtypes`` slot must not be folded away), and on CUDA no fma
+    ``dtype`` and every cast kept (half types, of the parameter or among ``rounded_to``, the other
+    dtypes the rule rounds to: a slot stored narrower, whose ``state_dtypes`` rounding must not be
+    folded away, or Muon's torch convention's bfloat16), and on CUDA no fma
     contraction, IEEE division and no flush-to-zero. Options this torch lacks are left out (the
     conformance rows of the compiled mode show what remains). On the CPU also
     ``cpp.dynamic_threads``: the kernel's OpenMP region takes the thread count of each call, not of
     the first step (which does not change the result: the rule is elementwise)."""
-    half = dtype in _HALF or any(d in _HALF for d in slot_dtypes)
+    half = dtype in _HALF or any(d in _HALF for d in rounded_to)
     if device_type != "cuda":
         # the C++ kernel asks OpenMP for its thread count at each call: otherwise inductor writes the
         # thread count of the first step into the kernel, and one compiled (or cached on disk) while

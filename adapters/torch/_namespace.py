@@ -19,9 +19,9 @@ for real floating tensors uniopt selects with ``torch.where`` instead, the same 
 
 ``uniopt_addmm_bfloat16`` and ``uniopt_bfloat16_min_work``: the products of Muon's
 ``convention="torch"`` go to torch's own bfloat16 ``mm`` and ``addmm``, the kernels torch.optim.Muon
-runs, eagerly, for a matrix whose Gram product has at least that many multiply-adds
-(:func:`uniopt_addmm_bfloat16`); the spec forms them in float32 (bfloat16 values held in float32)
-otherwise.
+runs (under ``torch.compile`` as the custom operator ``uniopt::addmm_bfloat16``), for a matrix whose
+Gram product has at least that many multiply-adds (:func:`uniopt_addmm_bfloat16`); the spec forms
+them in float32 (bfloat16 values held in float32) otherwise.
 
 The other elementwise ops the rules use (``abs``, ``maximum`` (NaN-propagating), ``where``,
 ``negative``) are exact in torch eagerly and compiled. Only the sign of a zero chosen by ``maximum``

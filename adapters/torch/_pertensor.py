@@ -173,10 +173,10 @@ def _kernel(spec: Spec, param: torch.Tensor, slots: dict, key: tuple) -> Callabl
     shape = "x".join(map(str, param.shape))
     name = f"uniopt_{spec.name}_{dtype}_{shape}_rule"
     own = types.FunctionType(_step_one.__code__.replace(co_name=name), _step_one.__globals__, name)
-    slot_dtypes = tuple(s.dtype for s in slots.values() if s.dtype != param.dtype)
+    rounded_to = tuple(s.dtype for s in slots.values() if s.dtype != param.dtype)
     if kernel_products(spec, param):  # its bfloat16 roundings, kept for every parameter dtype
-        slot_dtypes += (torch.bfloat16,)
-    options = _flat.exact_options(param.dtype, "cpu", slot_dtypes)
+        rounded_to += (torch.bfloat16,)
+    options = _flat.exact_options(param.dtype, "cpu", rounded_to)
     fn = torch.compile(own, fullgraph=True, dynamic=False, options=options)
     _KERNELS[key] = fn
     if len(_KERNELS) > _KERNEL_CACHE_SIZE:

@@ -880,17 +880,18 @@ def _newton_schulz_bf16(
     eps = xp.astype(sc.eps, f32)  # torch's float opmath of a Python float
     x, tall = _orient(bf(xp.astype(u, f32)), xp)  # grad.bfloat16(): float64 goes through float32
     n = bf(xp.maximum(bf(norm(x, xp)), eps))  # norm().clamp(min=eps): max in float32, then bfloat16
-    x = bf(divide_by_scalar(x, n, xp))
+    quotient = divide_by_scalar(x, n, xp)
     rows, cols = int(x.shape[0]), int(x.shape[1])  # rows <= cols
     least = getattr(xp, "uniopt_bfloat16_min_work", None)
     hook = getattr(xp, "uniopt_addmm_bfloat16", None)
     first = None
     if kernels and hook is not None and least is not None and rows * rows * cols >= least:
-        x16 = xp.astype(x, xp.bfloat16)  # exact
+        x16 = xp.astype(quotient, xp.bfloat16)  # bf(quotient), held as bfloat16
         first = hook(None, x16, xp.matrix_transpose(x16), 0.0, 1.0)  # X @ X.T, or None: declined
     if first is None:
         kernel = lambda *operands: None  # noqa: E731
         hold, wide = bf, (lambda v: v)
+        x = bf(quotient)
     else:
         kernel, x = hook, x16
         hold, wide = (lambda v: xp.astype(v, xp.bfloat16)), (lambda v: xp.astype(v, f32))
