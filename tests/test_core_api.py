@@ -78,3 +78,36 @@ def test_readme_quick_start_runs_on_array_api_strict():
     params, state = opt.update([xp.full((3,), 0.5, dtype=xp.float32)], state, params)
     # first step is unrectified: p - lr * m_hat = 1 - 1e-3 * 0.5, rounded to float32
     assert np.all(to_numpy(params[0]) == np.float32(1.0) - np.float32(1e-3) * np.float32(0.5))
+
+
+def test_nonzero_names_the_numeric_hyperparameters_that_are_not_zero():
+    """The branches the rules take on a value (``weight_decay != 0``, SGD's ``momentum != 0``),
+    recorded when the spec is made: after the keras convention's float32 rounding (a decay below
+    float32's smallest subnormal is zero there), never for a bool switch or an unknown name, and
+    afresh for a spec made by :meth:`uniopt.Spec.replace`."""
+    sgd = uniopt.SGD(lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=True)
+    assert sgd.nonzero("lr") and sgd.nonzero("momentum")
+    assert not sgd.nonzero("weight_decay")
+    assert not sgd.nonzero("nesterov") and not sgd.nonzero("maximize") and not sgd.nonzero("no_such_field")
+    assert sgd.replace(weight_decay=1e-4).nonzero("weight_decay")
+    assert not sgd.replace(momentum=0.0, nesterov=False).nonzero("momentum")
+    assert uniopt.AdamW(weight_decay=1e-50).nonzero("weight_decay")
+    assert not uniopt.AdamW(weight_decay=1e-50, convention="keras").nonzero("weight_decay")
+    assert uniopt.Muon(adam_weight_decay=0.1).nonzero("adam_weight_decay")
+
+
+def test_a_spec_pickled_without_the_nonzero_record_unpickles_with_it():
+    """A spec pickled before :meth:`uniopt.Spec.nonzero` existed holds only its fields: unpickled
+    (and copied), the record is made from them."""
+    import copy
+    import pickle
+
+    spec = uniopt.AdamW(weight_decay=0.05, convention="torch")
+    blob = pickle.dumps(spec)
+    old = spec.__reduce_ex__(2)
+    state = {k: v for k, v in old[2].items() if k != "_nonzero"}
+    restored = old[0](*old[1])
+    restored.__setstate__(state)
+    for other in (pickle.loads(blob), copy.deepcopy(spec), restored):
+        assert other == spec and other.nonzero("weight_decay") and other.nonzero("lr")
+        assert not other.nonzero("amsgrad")

@@ -255,10 +255,12 @@ _SAID_RECOMPILED: set[tuple] = set()
 
 def past_recompile_limit(name: str, key: tuple, exc: BaseException) -> None:
     """Said once per kernel: dynamo recompiled it up to its limit (every guard it failed was a value
-    the rule reads as a constant, such as ``weight_decay`` set at every step), so it runs eagerly
-    from now on, the same bits. Nothing was written: dynamo stops before the graph runs. Re-raised
-    where ``torch._dynamo.config.fail_on_recompile_limit_hit`` asks for the error (as the
-    conformance matrix's compiled modes do)."""
+    the rule reads as a constant, set to a new one at every step; the rules read a scheduled
+    hyperparameter's value through the step's scalars and branch on :meth:`uniopt.Spec.nonzero`,
+    so none is known to), so it runs eagerly from now on, the same bits. Nothing was written:
+    dynamo stops before the graph runs. Re-raised where
+    ``torch._dynamo.config.fail_on_recompile_limit_hit`` asks for the error (as the conformance
+    matrix's compiled modes do)."""
     if torch._dynamo.config.fail_on_recompile_limit_hit:
         raise exc
     if key in _SAID_RECOMPILED:
@@ -268,8 +270,8 @@ def past_recompile_limit(name: str, key: tuple, exc: BaseException) -> None:
 
     warnings.warn(
         f"uniopt.torch.{name}: the compiled rule was recompiled up to torch._dynamo's recompile "
-        "limit (a hyperparameter the rule branches on, such as weight_decay, changed at every "
-        f"step?); it runs eagerly from now on, the same bits ({type(exc).__name__})",
+        "limit (a hyperparameter the rule reads as a constant changed at every step?); it runs "
+        f"eagerly from now on, the same bits ({type(exc).__name__})",
         RuntimeWarning,
         stacklevel=6,
     )

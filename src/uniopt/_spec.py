@@ -22,6 +22,7 @@ array-api-compat, ``array_api_strict``, and the adapters' own namespaces).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -265,6 +266,33 @@ class Spec:
 
             for name in self.keras_float32_fields:
                 object.__setattr__(self, name, keras_float32(getattr(self, name)))
+        # once every value is final (the keras convention's float32 rounding can take a tiny value
+        # to zero): see nonzero()
+        self._record_nonzero()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling and ``copy``: the fields as saved, and :meth:`nonzero`'s record made from
+        them (a spec pickled before the record existed has none)."""
+        self.__dict__.update(state)
+        self._record_nonzero()
+
+    def _record_nonzero(self) -> None:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        nonzero = frozenset(n for n, v in values.items() if _is_number(v) and v != 0)
+        object.__setattr__(self, "_nonzero", nonzero)
+
+    def nonzero(self, name: str) -> bool:
+        """Whether the numeric hyperparameter ``name`` is not zero: the branches a rule takes on a
+        value (``weight_decay != 0``: the decay's ops at all; SGD's ``momentum != 0``: a momentum
+        buffer). ``False`` for a name that is no numeric field.
+
+        Recorded as a set of names when the spec is made, so that a compiled rule is guarded on the
+        branch and not on the value: torch.compile guards on every Python value the traced code
+        reads, and a scheduler that sets ``weight_decay`` or ``momentum`` at every step makes a new
+        spec each step, whose values reach the rule through the step's scalars; reading
+        ``self.weight_decay != 0`` in the rule recompiled uniopt.torch's kernels for each value
+        until dynamo's recompile limit, then ran them eagerly."""
+        return name in self._nonzero
 
     def _resolve_convention(self) -> None:
         """Check ``convention`` and give each hyperparameter left at ``None`` its default there."""
@@ -436,3 +464,8 @@ def select(cond: Any, when_true: Callable[[], Array], when_false: Callable[[], A
     if isinstance(cond, bool):
         return when_true() if cond else when_false()
     return xp.where(cond, when_true(), when_false())
+
+
+def _is_number(value: Any) -> bool:
+    """Whether ``value`` is a number and not a bool (a bool field is a switch, not a value)."""
+    return isinstance(value, numbers.Number) and not isinstance(value, bool)

@@ -171,7 +171,7 @@ class Adadelta(Spec):
         """``Adadelta.update_step`` op for op, after the base optimizer's decoupled weight decay."""
         self._refuse_complex(param, xp)
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
-        if self.weight_decay != 0:  # Keras's weight decay is always decoupled, applied first
+        if self.nonzero("weight_decay"):  # Keras's weight decay is always decoupled, applied first
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         square_avg = xp.add(
             xp.multiply(sc.rho, slots["square_avg"]), xp.multiply(sc.one_minus_rho, xp.multiply(g, g))
@@ -207,7 +207,7 @@ class Adadelta(Spec):
     # -- helpers -----------------------------------------------------------------------------------
     def _l2(self, sc: Any) -> Array | None:
         """The L2 coefficient added to the gradient (``None`` without weight decay)."""
-        return sc.weight_decay if self.weight_decay != 0 else None
+        return sc.weight_decay if self.nonzero("weight_decay") else None
 
     def _refuse_complex(self, param: Array, xp: Any) -> None:
         if is_complex(param, xp):

@@ -431,7 +431,7 @@ class Adafactor(Spec):
         g = self._grad(param, grad, xp)
         one = sc.one
         scale = xp.multiply(xp.maximum(sc.eps2, rms(param, xp, one)), sc.rho)
-        if self.weight_decay != 0:
+        if self.nonzero("weight_decay"):
             param = xp.multiply(param, sc.decay)
         eps1, eps1_sq = self._eps1(param, sc, xp)
         gg = xp.multiply(g, g)
@@ -464,7 +464,7 @@ class Adafactor(Spec):
         sqrt_n = xp.full_like(one, math.sqrt(n))
         norm_p = norm(param, xp)  # torch.norm: float16 accumulated in float32
         alpha = xp.multiply(xp.maximum(sc.eps2, divide_exactly(norm_p, sqrt_n, xp)), sc.rho)
-        if self.weight_decay != 0:
+        if self.nonzero("weight_decay"):
             param = xp.multiply(param, sc.decay)  # param.mul_(1 - lr * weight_decay)
         eps1, eps1_sq = self._eps1(param, sc, xp)
         w = sc.one_minus_beta2
@@ -505,7 +505,7 @@ class Adafactor(Spec):
         op (means in the spec's order)."""
         g = self._grad(param, grad, xp)
         one = sc.one
-        if self.weight_decay != 0:  # Keras's base optimizer, before update_step
+        if self.nonzero("weight_decay"):  # Keras's base optimizer, before update_step
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         narrow = float_bits(param, xp) <= 32
         if narrow:
@@ -580,7 +580,7 @@ class Adafactor(Spec):
         u = xp.multiply(sc.lr, u)  # scale_by_learning_rate (lr = 1: learning_rate=None)
         if self.multiply_by_parameter_scale:  # scale_by_param_block_rms(min_scale=eps2)
             u = xp.multiply(u, xp.maximum(block_rms(param), sc.eps2))
-        if self.momentum != 0:  # ema(momentum, debias=False, accumulator_dtype=float32)
+        if self.nonzero("momentum"):  # ema(momentum, debias=False, accumulator_dtype=float32)
             m = slots["momentum"]
             if float_bits(param, xp) > 32:  # decay * t in float32 (t is the float32 accumulator)
                 f32 = _float32_of(xp)
@@ -592,7 +592,7 @@ class Adafactor(Spec):
             if float_bits(param, xp) > 32:
                 stored = xp.astype(xp.astype(u, _float32_of(xp)), param.dtype)
             new["momentum"] = stored
-        if self.weight_decay != 0:  # add_decayed_weights (optax skips a zero constant)
+        if self.nonzero("weight_decay"):  # add_decayed_weights (optax skips a zero constant)
             u = xp.add(u, xp.multiply(sc.weight_decay, param))
         return xp.subtract(param, u), new  # scale(-1), apply_updates: p + (-u)
 

@@ -125,9 +125,9 @@ class Adagrad(Spec):
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
         keras = self.convention == "keras"
-        wd = sc.weight_decay if self.weight_decay != 0 and not keras else None
+        wd = sc.weight_decay if self.nonzero("weight_decay") and not keras else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
-        if keras and self.weight_decay != 0:
+        if keras and self.nonzero("weight_decay"):
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         if self.convention == "optax" and is_complex(param, xp):
             return self._optax_complex_rule(param, g, slots, sc, xp)

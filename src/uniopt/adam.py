@@ -213,9 +213,9 @@ class Adam(Spec):
             return self._keras_rule(param, grad, slots, sc, xp)
         if self.convention == "optax":
             return self._optax_rule(param, grad, slots, sc, xp)
-        coupled = sc.weight_decay if (self.weight_decay != 0 and not self.decoupled) else None
+        coupled = sc.weight_decay if (self.nonzero("weight_decay") and not self.decoupled) else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
-        if self.decoupled and self.weight_decay != 0:
+        if self.decoupled and self.nonzero("weight_decay"):
             param = xp.multiply(param, sc.decay)
         m, v = adam_moments(widened(slots["exp_avg"], param, xp), slots["exp_avg_sq"], g, sc, xp)
         new = {"exp_avg": stored(m, slots["exp_avg"], xp), "exp_avg_sq": v}
@@ -229,7 +229,7 @@ class Adam(Spec):
 
     def _keras_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
-        if self.weight_decay != 0:  # Keras's weight decay is always decoupled
+        if self.nonzero("weight_decay"):  # Keras's weight decay is always decoupled
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         m = widened(slots["exp_avg"], param, xp)
         m = xp.add(m, xp.multiply(xp.subtract(g, m), sc.one_minus_beta1))
@@ -263,7 +263,7 @@ class Adam(Spec):
         if self.amsgrad:  # optax.amsgrad: the maximum of the bias-corrected v
             v_hat = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v_hat)
         update = xp.divide(m_hat, xp.add(xp.sqrt(v_hat), sc.eps))
-        if self.decoupled and self.weight_decay != 0:  # optax.add_decayed_weights
+        if self.decoupled and self.nonzero("weight_decay"):  # optax.add_decayed_weights
             update = xp.add(update, xp.multiply(param, sc.weight_decay))
         return xp.add(param, xp.multiply(update, sc.neg_lr)), new
 
@@ -298,7 +298,7 @@ class Adam(Spec):
             new["max_exp_avg_sq"] = from_parts(v_hat, xp.zeros_like(v_hat), param, xp)
         denom = xp.add(xp.sqrt(v_hat), sc.eps)
         u_re, u_im = xp.divide(m_re, denom), xp.divide(m_im, denom)
-        if self.decoupled and self.weight_decay != 0:  # optax.add_decayed_weights
+        if self.decoupled and self.nonzero("weight_decay"):  # optax.add_decayed_weights
             u_re = xp.add(u_re, xp.multiply(p_re, sc.weight_decay))
             u_im = xp.add(u_im, xp.multiply(p_im, sc.weight_decay))
         new_re = xp.add(p_re, xp.multiply(u_re, sc.neg_lr))

@@ -171,7 +171,7 @@ class Adamax(Spec):
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
         """Algorithm 2 with :math:`\\epsilon` inside the maximum and L2 weight decay."""
-        wd = sc.weight_decay if self.weight_decay != 0 else None
+        wd = sc.weight_decay if self.nonzero("weight_decay") else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
         m = ema(slots["exp_avg"], g, sc.beta1, sc.one_minus_beta1, xp)
         u = xp.maximum(xp.multiply(slots["exp_inf"], sc.beta2), xp.add(xp.abs(g), sc.eps))
@@ -182,7 +182,7 @@ class Adamax(Spec):
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
         """``torch.optim.Adamax``'s single-tensor step, op for op (fused ops rounded twice)."""
-        wd = sc.weight_decay if self.weight_decay != 0 else None
+        wd = sc.weight_decay if self.nonzero("weight_decay") else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
         m, diff = slots["exp_avg"], xp.subtract(g, slots["exp_avg"])
         if 1.0 - self.betas[0] < 0.5:  # torch's lerp: self + w * (end - self)
@@ -198,7 +198,7 @@ class Adamax(Spec):
     ) -> tuple[Array, dict[str, Array]]:
         """``keras.optimizers.Adamax.update_step`` after Keras's decoupled weight decay."""
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
-        if self.weight_decay != 0:  # Keras's weight decay is always decoupled
+        if self.nonzero("weight_decay"):  # Keras's weight decay is always decoupled
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         m = xp.add(slots["exp_avg"], xp.multiply(xp.subtract(g, slots["exp_avg"]), sc.one_minus_beta1))
         u = xp.maximum(xp.multiply(sc.beta2, slots["exp_inf"]), xp.abs(g))

@@ -183,7 +183,7 @@ class Lamb(Spec):
         m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
         denom = xp.add(xp.multiply(xp.sqrt(v), sc.inv_sqrt_bc2), sc.eps)
         u = xp.divide(xp.multiply(m, sc.inv_bc1), denom)
-        if self.weight_decay != 0:
+        if self.nonzero("weight_decay"):
             u = xp.add(u, xp.multiply(param, sc.weight_decay))
         ratio = trust_ratio(norm(param, xp), norm(u, xp), xp)
         new_param = xp.subtract(param, xp.multiply(u, xp.multiply(sc.lr, ratio)))
@@ -196,7 +196,7 @@ class Lamb(Spec):
         except the norms (the spec's order) and the bias corrections (multiplications by their
         host reciprocals where Keras divides; see the module docstring)."""
         g = self._grad(param, grad, xp)
-        if self.weight_decay != 0:  # Keras's base optimizer, before update_step
+        if self.nonzero("weight_decay"):  # Keras's base optimizer, before update_step
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         m, v = slots["exp_avg"], slots["exp_avg_sq"]
         m = xp.add(m, xp.multiply(xp.subtract(g, m), sc.one_minus_beta1))
@@ -222,7 +222,7 @@ class Lamb(Spec):
         narrow = float_bits(param, xp) <= 32  # optax's bias corrections are float32 there
         inv_bc1, inv_bc2 = (sc.inv_bc1_f32, sc.inv_bc2_f32) if narrow else (sc.inv_bc1, sc.inv_bc2)
         u = xp.divide(xp.multiply(m, inv_bc1), xp.add(xp.sqrt(xp.multiply(v, inv_bc2)), sc.eps))
-        if self.weight_decay != 0:  # optax.add_decayed_weights skips a zero constant
+        if self.nonzero("weight_decay"):  # optax.add_decayed_weights skips a zero constant
             u = xp.add(u, xp.multiply(param, sc.weight_decay))
         u = xp.multiply(u, trust_ratio(norm(param, xp), norm(u, xp), xp))
         return xp.add(param, xp.multiply(u, sc.neg_lr)), {"exp_avg": m, "exp_avg_sq": v}

@@ -178,7 +178,7 @@ class Lion(Spec):
         g = self._grad(param, grad, xp)
         m = widened(slots["exp_avg"], param, xp)
         c = ema(m, g, sc.beta1, sc.one_minus_beta1, xp)
-        if self.weight_decay != 0:
+        if self.nonzero("weight_decay"):
             param = xp.multiply(param, sc.decay)
         new_param = xp.subtract(param, xp.multiply(xp.sign(c), sc.lr))
         return new_param, {
@@ -196,7 +196,7 @@ class Lion(Spec):
     ) -> tuple[Array, dict[str, Array]]:
         """``keras.optimizers.Lion.update_step`` after Keras's weight decay, op for op."""
         g = self._grad(param, grad, xp)
-        if self.weight_decay != 0:  # Keras's base optimizer, before update_step
+        if self.nonzero("weight_decay"):  # Keras's base optimizer, before update_step
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         m = widened(slots["exp_avg"], param, xp)
         take1, take2 = xp.subtract(sc.one, sc.beta1), xp.subtract(sc.one, sc.beta2)  # in the param dtype
@@ -218,7 +218,7 @@ class Lion(Spec):
             name = dtype_name(mu.dtype)
             b1, b2 = getattr(sc, f"beta1_{name}"), getattr(sc, f"beta2_{name}")
         u = xp.sign(xp.add(stored_product(mu, b1, param, xp), xp.multiply(g, sc.one_minus_beta1)))
-        if self.weight_decay != 0:  # optax skips a zero constant weight decay
+        if self.nonzero("weight_decay"):  # optax skips a zero constant weight decay
             u = xp.add(u, xp.multiply(param, sc.weight_decay))
         new_param = xp.add(param, xp.multiply(u, sc.neg_lr))
         new_m = xp.add(stored_product(mu, b2, param, xp), xp.multiply(g, sc.one_minus_beta2))

@@ -585,7 +585,7 @@ class Muon(Spec):
         m = ema(widened(slots["momentum_buffer"], param, xp), grad, sc.momentum, sc.one_minus_momentum, xp)
         u = ema(m, grad, sc.momentum, sc.one_minus_momentum, xp) if self.nesterov else m
         x = _newton_schulz(u, sc, self.ns_steps, xp, self._product, norm_form="clamp", quintic="torch")
-        if self.weight_decay != 0:
+        if self.nonzero("weight_decay"):
             param = xp.multiply(param, sc.decay)
         step_size = xp.multiply(sc.lr, self._scale(param, xp))
         return xp.subtract(param, xp.multiply(x, step_size)), {
@@ -620,7 +620,7 @@ class Muon(Spec):
             )
         x = self._torch_newton_schulz(u, sc, xp)
         x = xp.astype(x, param.dtype)  # bfloat16 values: exact
-        if self.weight_decay != 0:  # torch multiplies even by 1 - lr*0 == 1 (exact)
+        if self.nonzero("weight_decay"):  # torch multiplies even by 1 - lr*0 == 1 (exact)
             param = xp.multiply(param, sc.decay)
         neg_step = xp.negative(xp.multiply(sc.lr, self._scale(param, xp)))
         return xp.add(param, xp.multiply(x, neg_step)), {
@@ -644,7 +644,7 @@ class Muon(Spec):
         if self.adam_routed(tuple(param.shape)):
             return self._keras_adam(param, grad, slots, sc, xp)
         g = grad
-        if self.weight_decay != 0:
+        if self.nonzero("weight_decay"):
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         m = widened(slots["momentum_buffer"], param, xp)
         m = xp.add(m, xp.add(g, xp.multiply(m, sc.momentum_minus_one)))
@@ -681,7 +681,7 @@ class Muon(Spec):
             u = xp.multiply(m, inv_bc)
         x = _newton_schulz(u, sc, self.ns_steps, xp, self._product, norm_form="reciprocal", quintic="python")
         update = xp.multiply(x, self._scale(param, xp))
-        if self.weight_decay != 0:  # optax.add_decayed_weights skips a zero constant
+        if self.nonzero("weight_decay"):  # optax.add_decayed_weights skips a zero constant
             update = xp.add(update, xp.multiply(param, sc.weight_decay))
         new_param = xp.add(param, xp.multiply(update, sc.neg_lr))
         return new_param, {"momentum_buffer": stored(m, mu, xp), "exp_avg_sq": slots["exp_avg_sq"]}
@@ -692,7 +692,7 @@ class Muon(Spec):
         :class:`uniopt.Adam`'s keras rule at the learning rate ``lr * adam_lr_ratio`` (the decay
         at ``lr``, as Keras)."""
         g = grad
-        if self.adam_weight_decay != 0:
+        if self.nonzero("adam_weight_decay"):
             param = keras_weight_decay(param, sc.adam_weight_decay, sc.lr, xp)
         m0, v0 = widened(slots["momentum_buffer"], param, xp), slots["exp_avg_sq"]
         m = xp.add(m0, xp.multiply(xp.subtract(g, m0), sc.adam_one_minus_beta1))
@@ -739,7 +739,7 @@ class Muon(Spec):
             m_hat = correct(m, bc1)
         v_hat = correct(v, bc2)
         update = xp.divide(m_hat, xp.add(xp.sqrt(v_hat), sc.adam_eps))
-        if self.adam_weight_decay != 0:  # optax.add_decayed_weights
+        if self.nonzero("adam_weight_decay"):  # optax.add_decayed_weights
             update = xp.add(update, xp.multiply(param, sc.adam_weight_decay))
         return xp.add(param, xp.multiply(update, sc.neg_lr)), {
             "momentum_buffer": stored(m, mu, xp),

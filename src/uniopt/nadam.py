@@ -516,7 +516,7 @@ class NAdam(Spec):
         r"""Dozat's Algorithm 2 with PyTorch's schedule: :math:`\bar m_t = c_g g_t + c_m m_t`,
         :math:`\theta_t = \theta_{t-1} - \eta \bar m_t / (\sqrt{\hat v_t} + \epsilon)`."""
         _refuse_complex(param, xp)
-        decay = self.weight_decay != 0
+        decay = self.nonzero("weight_decay")
         coupled = sc.weight_decay if decay and not self.decoupled_weight_decay else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
         if decay and self.decoupled_weight_decay:
@@ -532,8 +532,8 @@ class NAdam(Spec):
     def torch_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         """``torch.optim.NAdam`` (``_single_tensor_nadam``), op for op without its fused kernels."""
         _refuse_complex(param, xp)
-        l2 = sc.weight_decay if self.weight_decay != 0 and not self.decoupled_weight_decay else None
-        if self.weight_decay != 0 and self.decoupled_weight_decay:
+        l2 = sc.weight_decay if self.nonzero("weight_decay") and not self.decoupled_weight_decay else None
+        if self.nonzero("weight_decay") and self.decoupled_weight_decay:
             param = xp.multiply(param, sc.decay)
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=l2)
         m = widened(slots["exp_avg"], param, xp)
@@ -554,7 +554,7 @@ class NAdam(Spec):
         """``keras.optimizers.Nadam.update_step`` after the base optimizer's weight decay."""
         _refuse_complex(param, xp)
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
-        if self.weight_decay != 0:
+        if self.nonzero("weight_decay"):
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         width = "_32" if float_bits(param, xp) <= 32 else "_64"  # Keras's scalars in that dtype
         omb1, omb2, u_next, omup_next, omu, omup, bc2 = (
@@ -603,7 +603,7 @@ class NAdam(Spec):
             xp.multiply(xp.multiply(g, inv_bc1), sc.one_minus_beta1),
         )
         update = xp.divide(m_hat, xp.add(xp.sqrt(xp.multiply(v, inv_bc2)), sc.eps))
-        if self.decoupled_weight_decay and self.weight_decay != 0:  # optax.add_decayed_weights
+        if self.decoupled_weight_decay and self.nonzero("weight_decay"):  # optax.add_decayed_weights
             update = xp.add(update, xp.multiply(param, sc.weight_decay))
         return xp.add(param, xp.multiply(update, sc.neg_lr)), {"exp_avg": stored(m, mu, xp), "exp_avg_sq": v}
 

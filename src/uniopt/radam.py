@@ -267,7 +267,7 @@ class RAdam(Spec):
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
         """Algorithm 2 with eps on :math:`\\sqrt{\\hat v_t}`, rectified where :math:`\\rho_t > 5`."""
-        decay = self.weight_decay != 0
+        decay = self.nonzero("weight_decay")
         coupled = sc.weight_decay if decay and not self.decoupled_weight_decay else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=coupled)
         m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
@@ -286,10 +286,10 @@ class RAdam(Spec):
     def torch_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         """``torch.optim.RAdam`` (``_single_tensor_radam``): the "epsilon hat" form, always a
         momentum step before rectification."""
-        l2 = sc.weight_decay if self.weight_decay != 0 and not self.decoupled_weight_decay else None
+        l2 = sc.weight_decay if self.nonzero("weight_decay") and not self.decoupled_weight_decay else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=l2)
         m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
-        if self.weight_decay != 0 and self.decoupled_weight_decay:
+        if self.nonzero("weight_decay") and self.decoupled_weight_decay:
             param = xp.multiply(param, sc.decay)
         momentum = xp.multiply(xp.multiply(m, sc.inv_bc1), sc.lr)
 
@@ -330,7 +330,7 @@ class RAdam(Spec):
         steps that update."""
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=None)
         m, v = adam_moments(slots["exp_avg"], slots["exp_avg_sq"], g, sc, xp)
-        decay = self.weight_decay != 0
+        decay = self.nonzero("weight_decay")
         decayed = xp.add(param, xp.multiply(param, sc.neg_wd_lr)) if decay else param
 
         def rectified() -> Array:

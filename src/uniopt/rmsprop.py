@@ -113,9 +113,9 @@ class RMSprop(Spec):
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
         keras = self.convention == "keras"
-        wd = sc.weight_decay if self.weight_decay != 0 and not keras else None
+        wd = sc.weight_decay if self.nonzero("weight_decay") and not keras else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
-        if keras and self.weight_decay != 0:
+        if keras and self.nonzero("weight_decay"):
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         if self.convention == "optax" and is_complex(param, xp):
             return self._optax_complex_rule(param, g, slots, sc, xp)
@@ -138,7 +138,7 @@ class RMSprop(Spec):
                 step_dir = xp.multiply(xp.divide(g, root), sc.neg_lr)
         else:
             step_dir = xp.divide(g, xp.add(xp.sqrt(variance), sc.eps))
-        if self.momentum != 0:
+        if self.nonzero("momentum"):
             new["momentum_buffer"] = xp.add(xp.multiply(slots["momentum_buffer"], sc.momentum), step_dir)
             step_dir = new["momentum_buffer"]
         if keras:
@@ -172,7 +172,7 @@ class RMSprop(Spec):
         step_re = xp.multiply(xp.divide(xp.real(g), root), sc.neg_lr)
         step_im = xp.multiply(xp.divide(xp.imag(g), root), sc.neg_lr)
         step_dir = from_parts(step_re, step_im, param, xp)
-        if self.momentum != 0:  # optax.trace
+        if self.nonzero("momentum"):  # optax.trace
             new["momentum_buffer"] = xp.add(xp.multiply(slots["momentum_buffer"], sc.momentum), step_dir)
             step_dir = new["momentum_buffer"]
         return xp.add(param, step_dir), new

@@ -401,7 +401,7 @@ class ScheduleFreeAdamW(Spec):
         """``u = grad / (sqrt(v / bc2) + eps) + weight_decay * y`` (weight decay at ``y``)."""
         denom = xp.add(xp.sqrt(divide_by_scalar(v, sc.bc2, xp)), sc.eps)
         u = xp.divide(grad, denom)
-        if self.weight_decay != 0:
+        if self.nonzero("weight_decay"):
             u = xp.add(u, xp.multiply(y, sc.weight_decay))
         return u
 
@@ -428,7 +428,7 @@ class ScheduleFreeAdamW(Spec):
     def keras_rule(self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any):
         """``ScheduleFreeAdamW.update_step`` after Keras's weight decay, op for op in the parameter
         dtype (the small scalar arithmetic too, from exact host inputs)."""
-        if self.weight_decay != 0:  # base_optimizer._apply_weight_decay, with the un-warmed lr
+        if self.nonzero("weight_decay"):  # base_optimizer._apply_weight_decay, with the un-warmed lr
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
         lr = sc.lr
         # lr * minimum(t / warmup_steps, 1); the branch is the hyperparameter's, not a per-step
@@ -518,7 +518,7 @@ class ScheduleFreeAdamW(Spec):
         )
         nu_hat = divide_by_scalar(nu, sc.bc2_32 if narrow else sc.bc2_64, xp)  # tree_bias_correction
         u = xp.multiply(xp.divide(sc.one, xp.add(xp.sqrt(nu_hat), sc.eps)), grad)
-        if self.weight_decay != 0:  # add_decayed_weights skips a zero constant
+        if self.nonzero("weight_decay"):  # add_decayed_weights skips a zero constant
             u = xp.add(u, xp.multiply(y, sc.weight_decay))
         u = xp.multiply(u, sc.neg_lr_z_32 if narrow else sc.neg_lr_z_64)
         new_z = xp.add(z, u)

@@ -146,11 +146,11 @@ class SGD(Spec):
         self, param: Array, grad: Array, slots: Mapping[str, Array], sc: Any, xp: Any
     ) -> tuple[Array, dict[str, Array]]:
         keras = self.convention == "keras"
-        wd = sc.weight_decay if self.weight_decay != 0 and not keras else None
+        wd = sc.weight_decay if self.nonzero("weight_decay") and not keras else None
         g = prepare_grad(grad, param, xp, maximize=self.maximize, weight_decay=wd)
-        if keras and self.weight_decay != 0:
+        if keras and self.nonzero("weight_decay"):
             param = keras_weight_decay(param, sc.weight_decay, sc.lr, xp)
-        if self.momentum == 0:
+        if not self.nonzero("momentum"):
             return xp.subtract(param, xp.multiply(g, sc.lr)), {}
         b = slots["momentum_buffer"]  # in its stored dtype (see Spec.lower_precision_slots)
         if keras:  # a velocity: v = v*mu - g*lr

@@ -579,7 +579,8 @@ def test_a_momentum_schedule_does_not_recompile_the_compiled_step():
     """OneCycleLR cycles a Muon group's momentum at every step by default (``cycle_momentum``): the
     compiled per-shape step takes torch.lerp's branch as a flag of the step's scalars, so a new
     momentum is a new value, not a recompile (the momentum read from the spec had recompiled the
-    kernel at every step up to dynamo's limit, with a warning); the same bits as the loop."""
+    kernel at every step up to dynamo's limit, with a warning), and so is a new weight decay (the
+    rule branches on :meth:`uniopt.Spec.nonzero`); the same bits as the loop."""
     import warnings
 
     params = _params(((512, 640),), seed=9)
@@ -592,9 +593,10 @@ def test_a_momentum_schedule_does_not_recompile_the_compiled_step():
         runs.append((opt, schedule))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # uniopt's "recompile limit" warning
-        for step in grads:
+        for k, step in enumerate(grads):
             for (opt, schedule), ps in zip(runs, (params, twin), strict=True):
                 ps[0].grad = step[0].clone()
+                opt.param_groups[0]["weight_decay"] = 0.1 * 0.9**k  # a decay schedule beside it
                 opt.step()
                 schedule.step()
     momenta = {opt.param_groups[0]["momentum"] for opt, _ in runs}
