@@ -40,6 +40,7 @@ __all__ = [
     "sum",
     "uniopt_after",
     "uniopt_recomputed",
+    "uniopt_split",
     "where",
     "zeros",
     "zeros_like",
@@ -226,6 +227,18 @@ def reshape(x: Any, shape: tuple[int, ...]) -> tf.Tensor:
 
 def concat(arrays: Any, axis: int = 0) -> tf.Tensor:
     return tf.concat(list(arrays), axis)
+
+
+def uniopt_split(x: Any, axis: int, h: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``x``'s first ``h`` slices along ``axis`` and the others (``0 < h <`` the axis's static
+    length), as :func:`uniopt._math.sum_pairwise_axis` halves it: one ``Split`` op (``SplitV``
+    where the two differ in length), where two slices are two ``StridedSlice`` ops of three
+    constants each. The same elements, in a graph of fewer nodes, which ``tf.function`` traces and
+    holds per variable (docs/tf.md, "Graph size")."""
+    x = tf.convert_to_tensor(x)
+    n = int(x.shape[axis])
+    low, high = tf.split(x, 2 if 2 * h == n else [h, n - h], axis=axis)
+    return low, high
 
 
 def sum(x: Any) -> tf.Tensor:

@@ -382,13 +382,16 @@ def sum_pairwise_axis(
     def part(a: Array, start: int, stop: int) -> Array:
         return a[(*lead, slice(start, stop), ...)]  # the array API wants every axis indexed
 
+    # a namespace may split in one op where slicing takes one per piece (uniopt.tf: a graph op and
+    # three constants per slice); the same elements either way
+    split = getattr(xp, "uniopt_split", None)
     if n == 0:
         out = xp.sum(x if of is None else of(x), axis=axis, keepdims=True)  # +0, exact in every library
     else:
         out, first = x, of  # of: on the first halving's slabs only, so each element's computed once
         while n > 1:
             h = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n
-            low, high = part(out, 0, h), part(out, h, n)
+            low, high = split(out, axis, h) if split is not None else (part(out, 0, h), part(out, h, n))
             if first is not None:
                 low, high = first(low), first(high)
                 first = None

@@ -273,3 +273,37 @@ def test_the_scheduling_hints_change_no_bits(dtype, mode):
         again, ordered, acted = run(tf.constant(x), tf.constant(first[:n]))
         assert bits_equal(again.numpy(), x) and bits_equal(ordered.numpy(), x), n
         assert bool(acted) == (mode == "xla" and n >= xp.HINT_MIN_SIZE), n
+
+
+@pytest.mark.parametrize("shape", [(500,), (1,), (2,), (7, 5), (3, 8, 6)])
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_the_pairwise_sums_split_each_halving_in_one_op(shape, mode):
+    """``sum_pairwise_axis`` halves its array with ``xp.uniopt_split`` (one ``Split``/``SplitV``
+    op, where two slices were two ``StridedSlice`` ops of three constants each): along every axis,
+    eagerly, in ``tf.function`` and under XLA, the sums are NumPy's pairwise sums bit for bit
+    (signed zeros, NaN and infinities included), and a traced graph holds one split per halving
+    and no slice but the padding's."""
+    from uniopt._math import squared, sum_pairwise_axis
+
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-5, 5, shape)).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[: min(flat.size, len(SPECIALS))] = SPECIALS[: flat.size]
+    expected = [sum_pairwise_axis(x, axis, npx, of=squared(npx)) for axis in range(len(shape))]
+
+    def sums(t):
+        return [sum_pairwise_axis(t, axis, xp, of=squared(xp)) for axis in range(len(shape))]
+
+    if mode == "eager":
+        got = sums(tf.constant(x))
+    else:
+        fn = tf.function(sums, jit_compile=mode == "xla")
+        got = fn(tf.constant(x))
+        ops = [op.type for op in fn.get_concrete_function(tf.constant(x)).graph.get_operations()]
+        # the one slice left per sum: the shape of the -0 padding of a length not a power of two
+        padded = sum(1 for n in shape if n & (n - 1))
+        assert ops.count("StridedSlice") == padded, ops
+        halvings = sum((n - 1).bit_length() for n in shape)
+        assert ops.count("Split") + ops.count("SplitV") == halvings, ops
+    for e, g in zip(expected, got, strict=True):
+        assert bits_equal(g.numpy(), e), (shape, mode)
