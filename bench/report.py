@@ -554,11 +554,13 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   `-0` to the slices it keeps (`x + (-0)` is `x`, bit for bit) rather than concatenating them after
   the addition; the concatenation read the summed array's producer twice, so XLA stored that array
   (Adafactor's `u`) and read it back: uniopt.jax's large-set Adafactor went from 1.19x optax's (the
-  run of 2026-12-04) to the figure above, the same bits.
+  run of 2026-12-04) to the figure above, the same bits; its many-small row from 1.12x (the run of
+  2026-12-04 on an AMD EPYC) to 0.78x (run 6, 2026-12-06, on an Intel Xeon: another machine, so
+  not a measure of the change alone).
 * **Compilation grows with those slices**: XLA compiles uniopt.jax's 2000-tensor Adafactor, LAMB
-  and Schedule-Free steps and its 1000-matrix Muon step in about twice optax's time (the first
-  step column), and a `tf.function` of uniopt.tf's non-elementwise steps held 250 to 560 graph
-  ops per tensor when the many-tensor set was last tried (the skipped rows say what happened), 150
+  and Schedule-Free steps and its 1000-matrix Muon step in about twice optax's time or more (the
+  first step column; run 6: Adafactor 178 s against 79 s, LAMB 191 s against 103 s), and a
+  `tf.function` of uniopt.tf's non-elementwise steps held 250 to 560 graph ops per tensor when the many-tensor set was last tried (the skipped rows say what happened), 150
   to 370 since 2026-12-06, when each halving became one `Split` op instead of two slices (LAMB
   259 to 153 ops, 4.0 to 2.1 MB of memory and 0.15 to 0.08 s of tracing per 20x25 tensor;
   Adafactor 562 to 369 ops, 8.6 to 5.1 MB, 0.39 to 0.26 s; Keras's 63 and 79 ops: docs/tf.md,
