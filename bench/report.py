@@ -560,11 +560,12 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
 * **Compilation grows with those slices**: XLA compiles uniopt.jax's 2000-tensor Adafactor, LAMB
   and Schedule-Free steps and its 1000-matrix Muon step in about twice optax's time or more (the
   first step column; run 6: Adafactor 178 s against 79 s, LAMB 191 s against 103 s), and a
-  `tf.function` of uniopt.tf's non-elementwise steps held 250 to 560 graph ops per tensor when the many-tensor set was last tried (the skipped rows say what happened), 150
-  to 370 since 2026-12-06, when each halving became one `Split` op instead of two slices (LAMB
-  259 to 153 ops, 4.0 to 2.1 MB of memory and 0.15 to 0.08 s of tracing per 20x25 tensor;
-  Adafactor 562 to 369 ops, 8.6 to 5.1 MB, 0.39 to 0.26 s; Keras's 63 and 79 ops: docs/tf.md,
-  "Graph size"). The set is still not traced there (`TRACE_LIMIT_TENSORS` in bench/tf_bench.py).
+  `tf.function` of uniopt.tf's non-elementwise steps held 250 to 560 graph ops per tensor when the
+  many-tensor set was last tried (the skipped rows say what happened), 150 to 370 since 2026-12-06,
+  when each halving became one `Split` op instead of two slices (LAMB 259 to 153 ops, 4.0 to 2.1 MB
+  of memory and 0.15 to 0.08 s of tracing per 20x25 tensor; Adafactor 562 to 369 ops, 8.6 to 5.1 MB,
+  0.39 to 0.26 s; Keras's 63 and 79 ops: docs/tf.md, "Graph size"). The set is still not traced
+  there (`TRACE_LIMIT_TENSORS` in bench/tf_bench.py).
 * **Muon**: a step is its Newton-Schulz products, 15 per matrix at 5 iterations. torch.optim.Muon
   runs them in bfloat16, on the CPU's bfloat16 matrix instructions (the Intel Xeon of run 11 has AMX
   tiles: a 1250x1260 bfloat16 product took 3.8 ms there, the float32 one 14.3 ms).
