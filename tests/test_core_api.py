@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -96,18 +97,33 @@ def test_nonzero_names_the_numeric_hyperparameters_that_are_not_zero():
     assert uniopt.Muon(adam_weight_decay=0.1).nonzero("adam_weight_decay")
 
 
-def test_a_spec_pickled_without_the_nonzero_record_unpickles_with_it():
-    """A spec pickled before :meth:`uniopt.Spec.nonzero` existed holds only its fields: unpickled
-    (and copied), the record is made from them."""
+def test_a_spec_pickled_without_the_nonzero_record_makes_it_on_first_use():
+    """A spec pickled before :meth:`uniopt.Spec.nonzero` existed holds only its fields, and so does
+    the pickle of a subclass declared with ``slots=True`` (dataclasses restore its fields only):
+    the record is made on first use, and the spec steps as the original does."""
     import copy
     import pickle
 
+    import array_api_compat.numpy as npx
+
     spec = uniopt.AdamW(weight_decay=0.05, convention="torch")
-    blob = pickle.dumps(spec)
-    old = spec.__reduce_ex__(2)
-    state = {k: v for k, v in old[2].items() if k != "_nonzero"}
-    restored = old[0](*old[1])
-    restored.__setstate__(state)
-    for other in (pickle.loads(blob), copy.deepcopy(spec), restored):
+    old = pickle.loads(pickle.dumps(spec))
+    del old.__dict__["_nonzero"]  # as a spec pickled before the record existed loads
+    for other in (pickle.loads(pickle.dumps(spec)), copy.deepcopy(spec), old):
         assert other == spec and other.nonzero("weight_decay") and other.nonzero("lr")
         assert not other.nonzero("amsgrad")
+
+    made = _Slotted(lr=0.1, momentum=0.9, weight_decay=0.01)
+    for other in (made, pickle.loads(pickle.dumps(made)), copy.deepcopy(made)):
+        params = [np.ones(3, np.float32)]
+        state = other.init(params, npx)
+        out, _ = other.update([np.full(3, 0.5, np.float32)], state, params, npx)
+        expected = np.float32(1) - np.float32(0.1) * (np.float32(0.5) + np.float32(0.01) * np.float32(1))
+        assert out[0].tobytes() == np.full(3, expected, np.float32).tobytes()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Slotted(uniopt.SGD):
+    """A user's SGD with a field of its own, declared with ``slots=True`` (module level: pickled)."""
+
+    note: str = "a field of the user's"

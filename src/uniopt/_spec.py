@@ -270,16 +270,11 @@ class Spec:
         # to zero): see nonzero()
         self._record_nonzero()
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickling and ``copy``: the fields as saved, and :meth:`nonzero`'s record made from
-        them (a spec pickled before the record existed has none)."""
-        self.__dict__.update(state)
-        self._record_nonzero()
-
-    def _record_nonzero(self) -> None:
+    def _record_nonzero(self) -> frozenset[str]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         nonzero = frozenset(n for n, v in values.items() if _is_number(v) and v != 0)
         object.__setattr__(self, "_nonzero", nonzero)
+        return nonzero
 
     def nonzero(self, name: str) -> bool:
         """Whether the numeric hyperparameter ``name`` is not zero: the branches a rule takes on a
@@ -291,8 +286,13 @@ class Spec:
         reads, and a scheduler that sets ``weight_decay`` or ``momentum`` at every step makes a new
         spec each step, whose values reach the rule through the step's scalars; reading
         ``self.weight_decay != 0`` in the rule recompiled uniopt.torch's kernels for each value
-        until dynamo's recompile limit, then ran them eagerly."""
-        return name in self._nonzero
+        until dynamo's recompile limit, then ran them eagerly. A spec that arrives without the
+        record (unpickled from before it existed, or a subclass declared with ``slots=True``, whose
+        pickling restores its fields only) makes it on first use."""
+        record = getattr(self, "_nonzero", None)
+        if record is None:
+            record = self._record_nonzero()
+        return name in record
 
     def _resolve_convention(self) -> None:
         """Check ``convention`` and give each hyperparameter left at ``None`` its default there."""
