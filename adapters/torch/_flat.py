@@ -59,6 +59,7 @@ import functools
 import itertools
 import operator
 import types
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -266,8 +267,6 @@ def past_recompile_limit(name: str, key: tuple, exc: BaseException) -> None:
     if key in _SAID_RECOMPILED:
         return
     _SAID_RECOMPILED.add(key)
-    import warnings
-
     warnings.warn(
         f"uniopt.torch.{name}: the compiled rule was recompiled up to torch._dynamo's recompile "
         "limit (a hyperparameter the rule reads as a constant changed at every step?); it runs "
@@ -308,7 +307,13 @@ def _call_on_aliases(
         _apply_rule(spec, p, g, slots, sc)
         return
     try:
-        compiled(spec, _alias(p), _alias(g), tuple(map(_alias, slots)), sc)
+        with warnings.catch_warnings():
+            # dynamo's and inductor's own warnings while they trace and build uniopt's kernel (a
+            # DeprecationWarning of torch.jit.script_method in torch 2.13): not the user's code, and
+            # under warnings.simplefilter("error") (pytest -W error) they failed the build after the
+            # step counts had advanced, every step, the parameters never updated
+            warnings.simplefilter("ignore")
+            compiled(spec, _alias(p), _alias(g), tuple(map(_alias, slots)), sc)
     except recompile_limit_error() as exc:
         past_recompile_limit(spec.name, key, exc)
         if key in _KERNELS:

@@ -828,14 +828,24 @@ class UnioptOptimizer(Optimizer):
     def _validated_spec(self, group: dict[str, Any]) -> Spec:
         owner = self.spec_class.name
         values = tuple((name, _plain(owner, name, group[name])) for name in self._fields() if name != "lr")
-        key = (self.spec_class, values)
-        if key in _SPECS:
+        # keyed by the values and their types: 1 == True, and a spec made with weight_decay=1 must
+        # not stand for weight_decay=True, which the spec refuses (a bool is no number)
+        key = (self.spec_class, values, tuple(_signature(v) for _, v in values))
+        try:
+            hit = key in _SPECS
+        except TypeError:  # an unhashable value (a NumPy array): validated afresh, not kept
+            return self._checked_lr(self.spec_class(**dict(values)), group)
+        if hit:
             _SPECS.move_to_end(key)
         else:
             _SPECS[key] = self.spec_class(**dict(values))
             if len(_SPECS) > _SPEC_CACHE_SIZE:  # e.g. schedulers that cycle betas or momentum
                 _SPECS.popitem(last=False)
-        spec = _SPECS[key]
+        return self._checked_lr(_SPECS[key], group)
+
+    def _checked_lr(self, spec: Spec, group: dict[str, Any]) -> Spec:
+        """``spec``, once the group's ``lr`` is checked (``ValueError`` naming it)."""
+        owner = self.spec_class.name
         check_interval(spec.name, "lr", _plain(owner, "lr", group["lr"]), 0.0)
         return spec
 
@@ -1152,6 +1162,14 @@ def _possible_slots(spec_class: type[Spec], spec: Spec) -> frozenset[str]:
                     names.update(info.make(case).slot_names())
         _POSSIBLE_SLOTS[spec_class] = frozenset(names)
     return _POSSIBLE_SLOTS[spec_class] | set(spec.slot_names())
+
+
+def _signature(value: Any) -> Any:
+    """``value``'s type, and its items' for a tuple: with the value, what tells a cached spec's
+    hyperparameters apart (``1 == True`` and ``(1, 0.9) == (True, 0.9)``)."""
+    if isinstance(value, tuple):
+        return tuple(map(_signature, value))
+    return type(value)
 
 
 def _plain(owner: str, name: str, value: Any) -> Any:

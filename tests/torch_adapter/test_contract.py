@@ -312,6 +312,32 @@ def test_the_spec_cache_stays_bounded_when_a_scheduler_cycles_betas():
     assert len(_SPECS) <= _SPEC_CACHE_SIZE
 
 
+@pytest.mark.parametrize(
+    ("allowed", "refused", "why"),
+    [
+        (1, True, "weight_decay=True is not a real number"),
+        (0, False, "weight_decay=False is not a real number"),
+        (0.1, np.array(0.1), "weight_decay=array(0.1) is not a real number"),
+    ],
+)
+def test_a_group_value_refused_by_the_spec_is_refused_after_an_equal_one(allowed, refused, why):
+    """The validated specs are kept by their hyperparameters' values and types: ``True == 1``, and a
+    spec made for ``weight_decay=1`` must not stand for ``weight_decay=True``, which the spec
+    refuses (a bool is no number); an unhashable value (a NumPy array, which torch.optim.Adam's
+    step also rejects) is validated, not looked up. Each is refused with a ``ValueError`` naming
+    it, before anything changes."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = ut.Adam([p], lr=0.1)
+    opt.param_groups[0]["weight_decay"] = allowed
+    p.grad = torch.ones(4)
+    opt.step()
+    before = (p.detach().clone(), int(opt.state[p]["step"]))
+    opt.param_groups[0]["weight_decay"] = refused
+    with pytest.raises(ValueError, match=re.escape(why)):
+        opt.step()
+    assert torch.equal(p.detach(), before[0]) and int(opt.state[p]["step"]) == before[1]
+
+
 def test_importing_the_adapter_does_not_load_the_compiler():
     import subprocess
     import sys
@@ -449,18 +475,23 @@ def test_an_invalid_option_set_after_steps_is_refused_before_anything_changes():
     opt.step()  # valid again: steps
 
 
-def test_a_flag_given_as_an_int_after_a_bool_is_read_afresh():
-    """``maximize=True`` then ``maximize=1`` (equal as Python values; the step validates what was
-    set): the run equals torch.optim.SGD's with the same change, bit for bit."""
+def test_a_flag_given_as_an_int_after_a_bool_is_refused_as_at_construction():
+    """``maximize=True`` then ``maximize=1`` (equal as Python values): the step validates what was
+    set, and refuses the int as the constructor and a first step do (uniopt takes only real bools
+    for its switches; torch.optim reads any truthy value), before anything changes. Until
+    2026-12-06 the validated specs were kept by value alone, so a spec made for ``True`` stood for
+    ``1`` and the run went on."""
     p = torch.ones(3, dtype=torch.float64, requires_grad=True)
-    q = torch.ones(3, dtype=torch.float64, requires_grad=True)
     opt = ut.SGD([p], lr=0.1, momentum=0.9, maximize=True, convention="torch")
-    ref = torch.optim.SGD([q], lr=0.1, momentum=0.9, maximize=True)
-    for t in range(3):
-        if t == 1:
-            opt.param_groups[0]["maximize"] = 1
-            ref.param_groups[0]["maximize"] = 1
-        for x, o in ((p, opt), (q, ref)):
-            x.grad = torch.full((3,), 0.5 + t, dtype=torch.float64)
-            o.step()
-    torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=0)
+    p.grad = torch.full((3,), 0.5, dtype=torch.float64)
+    opt.step()
+    before = p.detach().clone()
+    opt.param_groups[0]["maximize"] = 1
+    with pytest.raises(ValueError, match="maximize=1 is not a bool"):
+        opt.step()
+    assert torch.equal(p.detach(), before) and int(opt.state[p]["step"]) == 1
+    with pytest.raises(ValueError, match="maximize=1 is not a bool"):
+        ut.SGD([torch.ones(3, requires_grad=True)], lr=0.1, maximize=1)
+    opt.param_groups[0]["maximize"] = True  # and the run goes on as before
+    opt.step()
+    assert int(opt.state[p]["step"]) == 2

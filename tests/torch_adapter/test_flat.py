@@ -467,3 +467,42 @@ def test_a_kernel_past_the_recompile_limit_gives_way_to_the_eager_rule(monkeypat
     limits = [str(w.message) for w in said if "recompile limit" in str(w.message)]
     assert len(limits) == 1 and "runs eagerly from now on" in limits[0], limits
     assert all(kernel is None for kernel in _flat._KERNELS.values())
+
+
+@pytest.mark.usefixtures("inductor_kernels")
+def test_warnings_as_errors_do_not_fail_the_compiled_flat_kernel(monkeypatch):
+    """dynamo and inductor warn while they trace and build uniopt's kernel (torch 2.13 imports
+    ``torch.jit.script_method`` there, a DeprecationWarning, in a fresh process). Under
+    ``warnings.simplefilter("error")`` (pytest ``-W error``) such a warning failed the build after
+    the step counts had advanced, at every step, the parameters never updated. Their warnings are
+    not the user's: the kernel's call ignores them, and the steps are the loop's bits. (The
+    warning is raised here by the kernel itself: in this process inductor is long imported.)"""
+    monkeypatch.setattr(_flat, "_KERNELS", collections.OrderedDict())
+    compiled = [torch.nn.Parameter(p) for p in _params(torch.bfloat16, [(30, 20), (7,)])]
+    looped = [torch.nn.Parameter(p.detach().clone()) for p in compiled]
+    opts = [
+        ut.SGD(compiled, lr=0.1, momentum=0.9, implementation="compiled"),
+        ut.SGD(looped, lr=0.1, momentum=0.9, implementation="loop"),
+    ]
+    built = []
+
+    def warning_kernel(spec, p, g, slots, sc):
+        warnings.warn("torch.jit.script_method is deprecated", DeprecationWarning, stacklevel=1)
+        built.append(spec.name)
+        _flat._apply_rule(spec, p, g, slots, sc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in range(3):
+            for opt, params in zip(opts, (compiled, looped), strict=True):
+                for i, p in enumerate(params):
+                    p.grad = torch.full_like(p, 0.5 - 0.25 * i + 0.125 * t)
+                if t == 0 and opt is opts[0]:  # the compiled kernel, made on first use, replaced
+                    _flat.kernel(opt._spec_of(opt.param_groups[0]), torch.bfloat16, True)
+                    for key in _flat._KERNELS:
+                        _flat._KERNELS[key] = warning_kernel
+                opt.step()
+            for a, b in zip(compiled, looped, strict=True):
+                assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16)), t
+    assert built and set(built) == {"SGD"} and len(built) % 3 == 0  # every step, every bucket
+    assert int(opts[0].state[compiled[0]]["step"]) == 3
