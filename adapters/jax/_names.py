@@ -178,7 +178,8 @@ def _check_optax_only(alias: str, arguments: dict[str, Any]) -> None:
         if isinstance(value, jax.Array):
             raise ValueError(
                 f"uniopt.jax.{alias}: {arg} is a jax array; uniopt accepts only {arg}={accepted} "
-                f"(with optax.inject_hyperparams, leave {arg} out or list it in static_args)"
+                f"(optax.inject_hyperparams makes an array of it, its default too where the call "
+                f"leaves it out: list it in static_args, static_args=({arg!r},))"
             )
         if arg in _STATE_DTYPE:
             if value is not None:

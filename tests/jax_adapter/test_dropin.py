@@ -473,6 +473,21 @@ def test_injected_hyperparameters_change_the_steps():
         optax.inject_hyperparams(ujax.adam)(learning_rate=0.1, eps_root=0.0).init(params)
 
 
+def test_an_injected_default_names_static_args_as_the_way_out():
+    """optax.inject_hyperparams makes an array of a numeric default the call leaves out (Adafactor's
+    ``dtype_momentum``, read once ``momentum`` is set): the error says to list it in
+    ``static_args``, not to leave it out (it was), and with it listed the step runs."""
+    params = {"w": jnp.ones((7, 5))}
+    said = r"dtype_momentum is a jax array; .*static_args=\('dtype_momentum',\)"
+    with pytest.raises(ValueError, match=said):
+        optax.inject_hyperparams(ujax.adafactor)(learning_rate=0.01, momentum=0.9).init(params)
+    injected = optax.inject_hyperparams(ujax.adafactor, static_args=("dtype_momentum",))
+    tx = injected(learning_rate=0.01, momentum=0.9)
+    state = tx.init(params)
+    updates, _ = tx.update({"w": jnp.full((7, 5), 0.5)}, state, params)
+    assert np.all(np.isfinite(np.asarray(updates["w"]))) and np.any(np.asarray(updates["w"]) != 0)
+
+
 # -- update without params ------------------------------------------------------------------------
 
 
