@@ -55,13 +55,14 @@ different buckets, since the per-step scalars depend on the count.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import operator
 import types
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -220,6 +221,19 @@ def kernel(
     return functools.partial(_call_on_aliases, compiled_fn, spec, key)
 
 
+@contextlib.contextmanager
+def compiler_warnings_ignored() -> Iterator[None]:
+    """Around a call of one of uniopt's compiled kernels (this module's and
+    :mod:`._pertensor`'s): dynamo's and inductor's own warnings while they trace and build it are
+    not the user's code (torch 2.13's DeprecationWarning of ``torch.jit.script_method`` at a flat
+    kernel's build, 7 UserWarnings on array_api_compat's lru_cache helpers at a Muon kernel's first
+    step), and under ``warnings.simplefilter("error")`` (pytest ``-W error``) they failed the build
+    after the step counts had advanced, the parameters not updated. Ignored there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def stance_is_default() -> bool:
     """Whether ``torch.compiler.set_stance`` is at its default. Under another stance the user set
     (``"force_eager"``, ``"fail_on_recompile"``, ``"eager_on_recompile"``) uniopt.torch's own
@@ -307,12 +321,7 @@ def _call_on_aliases(
         _apply_rule(spec, p, g, slots, sc)
         return
     try:
-        with warnings.catch_warnings():
-            # dynamo's and inductor's own warnings while they trace and build uniopt's kernel (a
-            # DeprecationWarning of torch.jit.script_method in torch 2.13): not the user's code, and
-            # under warnings.simplefilter("error") (pytest -W error) they failed the build after the
-            # step counts had advanced, every step, the parameters never updated
-            warnings.simplefilter("ignore")
+        with compiler_warnings_ignored():
             compiled(spec, _alias(p), _alias(g), tuple(map(_alias, slots)), sc)
     except recompile_limit_error() as exc:
         past_recompile_limit(spec.name, key, exc)

@@ -220,12 +220,7 @@ def run(entries: list[tuple], *, fallback: bool) -> list[tuple]:
             left.append(entry)
             continue
         try:
-            with warnings.catch_warnings():
-                # dynamo's and inductor's own warnings while they trace and build uniopt's kernel (7
-                # UserWarnings on array_api_compat's lru_cache helpers at a Muon kernel's first
-                # step): not the user's code, and under warnings.simplefilter("error") (pytest -W
-                # error) they failed the build after the step count had advanced
-                warnings.simplefilter("ignore")
+            with _flat.compiler_warnings_ignored():
                 fn(spec, param, grad, slots, scalars)
         except _flat.recompile_limit_error() as exc:  # dynamo stops before the graph runs
             _flat.past_recompile_limit(spec.name, key, exc)
