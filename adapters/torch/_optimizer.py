@@ -818,11 +818,12 @@ class UnioptOptimizer(Optimizer):
         gets that step's spec without validating again."""
         raw = tuple(map(group.__getitem__, self._fields()))
         hit = self._spec_hits.get(id(group))
-        if hit is not None and hit[0] == raw and hit[1] == tuple(map(type, raw)):  # 1 is not True
+        # 1 == True and (0, 0.9) == (False, 0.9): the types, a tuple's items' too, must match
+        if hit is not None and hit[0] == raw and hit[1] == _signature(raw):
             return hit[2]
         spec = self._validated_spec(group)
         if all(map(_immutable, raw)):
-            self._spec_hits[id(group)] = (raw, tuple(map(type, raw)), spec)
+            self._spec_hits[id(group)] = (raw, _signature(raw), spec)
         return spec
 
     def _validated_spec(self, group: dict[str, Any]) -> Spec:

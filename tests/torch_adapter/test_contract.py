@@ -495,3 +495,24 @@ def test_a_flag_given_as_an_int_after_a_bool_is_refused_as_at_construction():
     opt.param_groups[0]["maximize"] = True  # and the run goes on as before
     opt.step()
     assert int(opt.state[p]["step"]) == 2
+
+
+def test_a_tuple_item_given_as_a_bool_after_an_int_is_refused_as_at_construction():
+    """``betas=(0, 0.9)`` then ``betas=(False, 0.9)``: equal tuples, but the second holds a bool,
+    which the constructor refuses as a hyperparameter (a bool is no number); the step refuses it
+    too, before anything changes. Until 2026-12-06 the step's cache compared the tuple's type
+    alone, so the spec made for ``(0, 0.9)`` stood for ``(False, 0.9)``."""
+    p = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    p.grad = torch.full((3,), 0.5, dtype=torch.float64)
+    opt = ut.Adam([p], lr=0.1, betas=(0, 0.9))
+    opt.step()
+    before = p.detach().clone()
+    opt.param_groups[0]["betas"] = (False, 0.9)
+    with pytest.raises(ValueError, match=r"betas\[0\]=False is not a real number"):
+        opt.step()
+    assert torch.equal(p.detach(), before) and int(opt.state[p]["step"]) == 1
+    with pytest.raises(ValueError, match=r"betas\[0\]=False is not a real number"):
+        ut.Adam([torch.ones(3, requires_grad=True)], betas=(False, 0.9))
+    opt.param_groups[0]["betas"] = (0, 0.9)  # and the run goes on as before
+    opt.step()
+    assert int(opt.state[p]["step"]) == 2
