@@ -126,6 +126,7 @@ class AdamScalars(NamedTuple):
     bc2_f32: float  # optax, complex parameters of 32-bit parts: float32(1 - beta2^t)
     beta1_bfloat16: float  # optax, exp_avg stored in bfloat16: beta1 rounded to bfloat16
     beta1_float16: float  # optax, exp_avg stored in float16: beta1 rounded to float16
+    beta1_float32: float  # optax, exp_avg stored in float32 beside float64: beta1 rounded to float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +205,7 @@ class Adam(Spec):
             bc2_f32=bc2_f32,
             beta1_bfloat16=round_to_dtype(beta1, "bfloat16"),
             beta1_float16=round_to_dtype(beta1, "float16"),
+            beta1_float32=round_to_dtype(beta1, "float32"),
         )
 
     def rule(

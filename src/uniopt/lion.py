@@ -98,6 +98,8 @@ class LionScalars(NamedTuple):
     beta2_bfloat16: float
     beta1_float16: float  # optax, exp_avg stored in float16: the betas rounded to float16
     beta2_float16: float
+    beta1_float32: float  # optax, exp_avg stored in float32 beside float64: the betas rounded to float32
+    beta2_float32: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +168,8 @@ class Lion(Spec):
             beta2_bfloat16=round_to_dtype(beta2, "bfloat16"),
             beta1_float16=round_to_dtype(beta1, "float16"),
             beta2_float16=round_to_dtype(beta2, "float16"),
+            beta1_float32=round_to_dtype(beta1, "float32"),
+            beta2_float32=round_to_dtype(beta2, "float32"),
         )
 
     def uniopt_rule(

@@ -251,8 +251,10 @@ class MuonScalars(NamedTuple):
     # -- momentum_buffer stored narrower (optax's mu_dtype): the decays rounded to its dtype --
     momentum_bfloat16: float
     momentum_float16: float
+    momentum_float32: float  # beside float64 parameters
     adam_beta1_bfloat16: float
     adam_beta1_float16: float
+    adam_beta1_float32: float
 
 
 def round_to_bfloat16(x: Array, xp: Any) -> Array:
@@ -543,8 +545,10 @@ class Muon(Spec):
             adam_lr=lr * float(np.float32(self.adam_lr_ratio)) if keras else lr,
             momentum_bfloat16=round_to_dtype(mu, "bfloat16"),
             momentum_float16=round_to_dtype(mu, "float16"),
+            momentum_float32=round_to_dtype(mu, "float32"),
             adam_beta1_bfloat16=round_to_dtype(b1, "bfloat16"),
             adam_beta1_float16=round_to_dtype(b1, "float16"),
+            adam_beta1_float32=round_to_dtype(b1, "float32"),
             keras_bc1=kbc[0],
             keras_sqrt_bc2=kbc[1],
             keras_bc1_64=kbc[2],

@@ -333,6 +333,7 @@ class NAdamOptaxScalars(NamedTuple):
     neg_lr: float
     beta1_bfloat16: float  # exp_avg stored in bfloat16: beta1 rounded to bfloat16 (optax's b1 * mu)
     beta1_float16: float  # exp_avg stored in float16: beta1 rounded to float16
+    beta1_float32: float  # exp_avg stored in float32 beside float64: beta1 rounded to float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,6 +508,7 @@ class NAdam(Spec):
             neg_lr=-lr,
             beta1_bfloat16=round_to_dtype(beta1, "bfloat16"),
             beta1_float16=round_to_dtype(beta1, "float16"),
+            beta1_float32=round_to_dtype(beta1, "float32"),
         )
 
     # -- the rules: uniopt's (the paper's algorithm box) and one beside it per convention ----------

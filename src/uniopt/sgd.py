@@ -70,6 +70,7 @@ class SGDScalars(NamedTuple):
     take: float  # gradient coefficient: 1 at step 1, 1 - dampening afterwards
     keep_bfloat16: float  # optax, buffer stored in bfloat16: keep rounded to bfloat16
     keep_float16: float  # optax, buffer stored in float16: keep rounded to float16
+    keep_float32: float  # optax, buffer stored in float32 beside float64: keep rounded to float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,7 @@ class SGD(Spec):
             take=1.0 if first else 1.0 - float(self.dampening),
             keep_bfloat16=round_to_dtype(keep, "bfloat16"),
             keep_float16=round_to_dtype(keep, "float16"),
+            keep_float32=round_to_dtype(keep, "float32"),
         )
 
     def rule(

@@ -191,3 +191,24 @@ def test_bytes_saved():
     assert size(full.slots) == 2 * 4 * (256 * 128 + 128)
     assert size(half.slots) == (4 + 2) * (256 * 128 + 128)  # exp_avg in 2 bytes, exp_avg_sq in 4
     assert isinstance(ml_dtypes.bfloat16, type) and uniopt.Adam.lower_precision_slots == ("exp_avg",)
+
+
+def test_float32_moment_beside_float64_parameters_matches_optax():
+    """With ``jax_enable_x64`` (a subprocess: the flag is process-global), ``mu_dtype=jnp.float32``
+    beside float64 parameters: optax rounds the decay that multiplies the stored moment to float32
+    (weak typing), and so does the spec; until 2026-12-06 the spec had no float32 field for it and
+    the first step raised ``AttributeError``. Slots bitwise with optax's eager run
+    (x64_state_dtype_worker.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("x64_state_dtype_worker.py")
+    env = {**os.environ, "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, str(worker)], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "OK" and len(lines) == 6, done.stdout

@@ -224,20 +224,52 @@ def test_refusals_per_parameter_and_per_group():
         ut.Adagrad([torch.randn(3, requires_grad=True)], state_dtypes={"sum": torch.bfloat16})
 
 
-def test_float32_slot_beside_float64_parameters():
-    """float32 is narrower than float64 too: the moment stored in float32, against the core."""
-    p0 = np.random.default_rng(7).standard_normal(30)
-    g = np.random.default_rng(8).standard_normal(30)
-    spec = uniopt.Adam(lr=1e-2)
-    state = spec.init([p0], slot_dtypes={"exp_avg": "float32"})
-    ref, state = spec.update([g], state, [p0])
-    p = torch.tensor(p0, requires_grad=True)
-    opt = ut.Adam([p], lr=1e-2, state_dtypes={"exp_avg": torch.float32})
-    p.grad = torch.tensor(g)
-    opt.step()
-    assert opt.state[p]["exp_avg"].dtype == torch.float32
-    np.testing.assert_array_equal(opt.state[p]["exp_avg"].numpy(), state.slots[0]["exp_avg"])
-    np.testing.assert_array_equal(p.detach().numpy(), ref[0])
+WIDE_CASES = [
+    ("Adam", {"lr": 1e-2}, "exp_avg"),
+    ("Adam", {"lr": 1e-2, "convention": "optax"}, "exp_avg"),
+    ("NAdam", {"lr": 1e-2, "convention": "optax"}, "exp_avg"),
+    ("Lion", {"lr": 1e-2, "convention": "optax"}, "exp_avg"),
+    ("SGD", {"lr": 1e-2, "momentum": 0.9, "convention": "optax"}, "momentum_buffer"),
+    ("Muon", {"lr": 1e-2, "convention": "optax"}, "momentum_buffer"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "slot", "implementation"),
+    [
+        pytest.param(*case, implementation, id=f"{case[0]}-{case[1].get('convention', '')}-{implementation}")
+        for case in WIDE_CASES
+        # Muon's rule reduces over each matrix: no flat paths
+        for implementation in (("loop", "auto") if case[0] == "Muon" else ("loop", "flat", "compiled"))
+    ],
+)
+def test_float32_slot_beside_float64_parameters(name, kwargs, slot, implementation):
+    """float32 is narrower than float64 too: the slot stored in float32, against the core, over
+    several steps. Under optax's convention the decay that multiplies the stored slot is rounded to
+    float32 first (jax's weak typing; tests/jax_adapter/test_jax_state_dtype.py checks optax
+    itself): until 2026-12-06 those scalars had no float32 field and the first step raised
+    ``AttributeError``."""
+    rng = np.random.default_rng(7)
+    params0 = [rng.standard_normal((6, 5)), rng.standard_normal(30)]
+    grads = [[rng.standard_normal(p.shape) for p in params0] for _ in range(STEPS)]
+    spec = getattr(uniopt, name)(**kwargs)
+    state = spec.init(params0, slot_dtypes={slot: "float32"})
+    ref = list(params0)
+    ps = [torch.tensor(p, requires_grad=True) for p in params0]
+    opt = getattr(ut, name)(ps, **kwargs, state_dtypes={slot: torch.float32}, implementation=implementation)
+    for g in grads:
+        ref, state = spec.update(g, state, ref)
+        for p, gi in zip(ps, g, strict=True):
+            p.grad = torch.tensor(gi)
+        opt.step()
+        for i, p in enumerate(ps):
+            if slot in state.slots[i]:
+                assert opt.state[p][slot].dtype == torch.float32
+                np.testing.assert_array_equal(opt.state[p][slot].numpy(), state.slots[i][slot])
+            if name == "Muon":  # float64 matrix products: torch's BLAS sums in its own order
+                np.testing.assert_allclose(p.detach().numpy(), ref[i], rtol=1e-13, atol=0)
+            else:
+                np.testing.assert_array_equal(p.detach().numpy(), ref[i])
 
 
 def test_export_save_load_import_continues_the_numpy_run():
