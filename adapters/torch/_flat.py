@@ -513,18 +513,19 @@ class Bucket:
         segment (parameter, gradient, then each slot; the gradient column is written each step);
         and per segment the index of its tensor among the bucket's and its byte offset in it.
         ``None`` where the kernel does not apply: not on the CPU, a dtype other than float32 and
-        float64, a slot stored in another dtype than the parameter, DTensor parameters."""
+        float64, a slot stored in a dtype the kernel does not take (``_native.SLOT_DTYPES``: float16),
+        DTensor parameters."""
         if self.segments is None:
             if (
                 self.distributed
                 or self.device.type != "cpu"
                 or self.dtype not in _native.DTYPES
-                or any(d != self.dtype for d in self.slot_dtypes)
+                or any(d not in _native.SLOT_DTYPES[self.dtype] for d in self.slot_dtypes)
             ):
                 return None
             itemsize = self._tensors[0].element_size()
             lengths, tensor, offset, pointers = [], [], [], []
-            slot_ptrs = [self.slots[n].data_ptr() for n in self.names]
+            slot_ptrs = [(self.slots[n].data_ptr(), self.slots[n].element_size()) for n in self.names]
             for i, p in enumerate(self._tensors):
                 n, base, at = p.numel(), p.data_ptr(), self._offsets[i]
                 for start in range(0, n, _native.TILE):
@@ -532,7 +533,7 @@ class Bucket:
                     tensor.append(i)
                     offset.append(start * itemsize)
                     pointers.append(
-                        [base + start * itemsize, 0, *(s + (at + start) * itemsize for s in slot_ptrs)]
+                        [base + start * itemsize, 0, *(s + (at + start) * size for s, size in slot_ptrs)]
                     )
             self.work = _native.work_items(np.array(lengths, dtype=np.int64))
             self.segments = (

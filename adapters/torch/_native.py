@@ -69,6 +69,44 @@ _CTYPES = {torch.float32: ("float", "sqrtf", "fabsf"), torch.float64: ("double",
 DTYPES = tuple(_CTYPES)
 """The parameter dtypes the kernel is built for."""
 
+_STORAGE = {torch.float32: "float", torch.float64: "double", torch.bfloat16: "uint16_t"}
+"""The C type an array of each dtype is read and written as (a bfloat16 by its bits)."""
+SLOT_DTYPES = {torch.float32: (torch.float32, torch.bfloat16), torch.float64: tuple(_STORAGE)}
+"""The slot dtypes the kernel takes beside each parameter dtype: the parameter's own and the narrower
+ones of ``state_dtypes`` it converts exactly (:meth:`Tracer.astype`); float16 slots take inductor's
+kernel."""
+
+_CONVERSIONS = {
+    (torch.bfloat16, torch.float32): "uniopt_bf16_widen({})",
+    (torch.bfloat16, torch.float64): "(double)uniopt_bf16_widen({})",
+    (torch.float32, torch.float64): "(double){}",
+    (torch.float64, torch.float32): "(float){}",
+    (torch.float32, torch.bfloat16): "uniopt_bf16_round({})",
+}
+"""``astype``'s C expression from one dtype to another: widening is exact; ``(float)`` of a double
+rounds to nearest, ties to even (C's default rounding mode); :data:`_BF16` rounds a float to
+bfloat16 so too. float64 to bfloat16 has no entry: the spec's ``stored`` goes through float32
+(:func:`uniopt._math.stored`), two conversions of this table."""
+
+_BF16 = r"""
+/* bfloat16 by its bits: the upper half of a float32 */
+static inline float uniopt_bf16_widen(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  __builtin_memcpy(&f, &u, sizeof f);
+  return f;
+}
+/* rounded to nearest, ties to even (c10::BFloat16's and ml_dtypes' rounding): the bias 0x7FFF plus
+   the kept part's last bit, carried into the exponent where it rounds up (to infinity past the
+   largest finite value); a NaN stays NaN (its sign and upper payload kept, the quiet bit set) */
+static inline uint16_t uniopt_bf16_round(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return (uint16_t)(f != f ? (u >> 16) | 0x40u : rounded);
+}
+"""
+
 
 class UntranslatableError(Exception):
     """The rule calls something the C translation does not cover."""
@@ -177,6 +215,22 @@ class Tracer:
     def ones_like(self, a: Any, /) -> Value:
         return self.full_like(a, 1.0)
 
+    float32, float64, bfloat16 = torch.float32, torch.float64, torch.bfloat16
+
+    def astype(self, a: Any, dtype: Any, /, *, copy: bool = False) -> Value:
+        """A slot's conversion (:func:`uniopt._math.widened`, :func:`uniopt._math.stored`): one of
+        :data:`_CONVERSIONS`; the same dtype is ``a`` itself."""
+        if not isinstance(a, Value) or a.tracer is not self:
+            raise UntranslatableError(f"astype of {type(a).__name__}")
+        if dtype == a.dtype:
+            return a
+        form = _CONVERSIONS.get((a.dtype, dtype))
+        if form is None:
+            raise UntranslatableError(f"astype from {a.dtype} to {dtype}")
+        name = f"t{len(self.lines)}"
+        self.lines.append(f"const {_STORAGE[dtype]} {name} = {form.format(a.name)};")
+        return Value(name, dtype, self)
+
     def isdtype(self, dtype: Any, kind: Any) -> bool:
         return torch.empty(0, dtype=dtype).is_complex() if kind == "complex floating" else _refuse(kind)
 
@@ -195,14 +249,21 @@ def _refuse(what: Any) -> Any:
     raise UntranslatableError(f"xp.isdtype(..., {what!r})")
 
 
-def translate(spec: Spec, dtype: torch.dtype, scalars: Any) -> tuple[str, tuple[int, ...]] | None:
+def translate(
+    spec: Spec, dtype: torch.dtype, scalars: Any, slot_dtypes: tuple[torch.dtype, ...] = ()
+) -> tuple[str, tuple[int, ...]] | None:
     """The C source of ``spec``'s rule in ``dtype`` for the branch flags of ``scalars`` (the step's
     scalars: a NamedTuple of floats, 0-d tensors and bools), and the indices of ``scalars``'s fields
-    the kernel takes as arguments, in order; ``None`` if the rule is not translatable."""
-    if dtype not in _CTYPES:
+    the kernel takes as arguments, in order; ``None`` if the rule is not translatable.
+    ``slot_dtypes``: each slot's dtype (``spec.slot_names()`` order; empty: the parameter's), one
+    of :data:`SLOT_DTYPES`; the rule widens and stores a narrower one itself (``astype``)."""
+    names = spec.slot_names()
+    slot_dtypes = tuple(slot_dtypes) or (dtype,) * len(names)
+    if dtype not in _CTYPES or len(slot_dtypes) != len(names):
+        return None
+    if any(d not in SLOT_DTYPES[dtype] for d in slot_dtypes):
         return None
     tracer = Tracer(dtype)
-    names = spec.slot_names()
     fields: list[int] = []
 
     def scalar(i: int, value: Any) -> Any:
@@ -214,18 +275,26 @@ def translate(spec: Spec, dtype: torch.dtype, scalars: Any) -> tuple[str, tuple[
     try:
         sc = type(scalars)(*(scalar(i, v) for i, v in enumerate(scalars)))
         param, grad = Value("p[i]", dtype, tracer), Value("g[i]", dtype, tracer)
-        slots = {n: Value(f"s{j}[i]", dtype, tracer) for j, n in enumerate(names)}
+        pairs = enumerate(zip(names, slot_dtypes, strict=True))
+        slots = {n: Value(f"s{j}[i]", d, tracer) for j, (n, d) in pairs}
         new_param, new_slots = spec.rule(param, grad, slots, sc, tracer)
-        outputs = [tracer._operand(new_param), *(tracer._operand(new_slots[n]) for n in names)]
+        outputs = [tracer._operand(new_param)]
+        for n, d in zip(names, slot_dtypes, strict=True):  # each stored in its slot's dtype
+            out = new_slots[n]
+            if not isinstance(out, Value) or out.tracer is not tracer or out.dtype != d:
+                raise UntranslatableError(f"slot {n!r} not returned in its dtype")
+            outputs.append(out.name)
     except UntranslatableError:
         return None
     used = set(re.findall(r"\bk(\d+)\b", " ".join(tracer.lines + outputs)))
     fields = [i for i in fields if str(i) in used]  # the scalars the rule reads
     t = tracer.ctype
     width = 2 + len(names)
+    narrow = any(d == torch.bfloat16 for d in slot_dtypes)
     lines = [
         "#include <math.h>",
         "#include <stdint.h>",
+        *([_BF16] if narrow else []),
         f"void uniopt_rule(int64_t nwork, const int64_t *restrict start, const int64_t *restrict len,"
         f" void *const *restrict ptr, const {t} *restrict k, int threads) {{",
         *(f"  const {t} k{i} = k[{j}];" for j, i in enumerate(fields)),
@@ -236,7 +305,10 @@ def translate(spec: Spec, dtype: torch.dtype, scalars: Any) -> tuple[str, tuple[
         "    for (int64_t s = start[w]; s < start[w + 1]; ++s) {",
         f"      {t} *restrict p = ({t} *)ptr[s * {width}];",
         f"      const {t} *restrict g = (const {t} *)ptr[s * {width} + 1];",
-        *(f"      {t} *restrict s{j} = ({t} *)ptr[s * {width} + {2 + j}];" for j in range(len(names))),
+        *(
+            f"      {_STORAGE[d]} *restrict s{j} = ({_STORAGE[d]} *)ptr[s * {width} + {2 + j}];"
+            for j, d in enumerate(slot_dtypes)
+        ),
         "      const int64_t n = len[s];",
         "      for (int64_t i = 0; i < n; ++i) {",
         *(f"        {line}" for line in tracer.lines),
@@ -311,15 +383,18 @@ _KERNELS: OrderedDict[tuple, Kernel | None] = OrderedDict()
 _KERNEL_CACHE_SIZE = 64
 
 
-def kernel(spec: Spec, dtype: torch.dtype, scalars: Any) -> Kernel | None:
-    """The compiled rule of ``spec`` in ``dtype`` for the branch flags of ``scalars``, or ``None``
-    (not translatable, or no C compiler)."""
+def kernel(
+    spec: Spec, dtype: torch.dtype, scalars: Any, slot_dtypes: tuple[torch.dtype, ...] = ()
+) -> Kernel | None:
+    """The compiled rule of ``spec`` in ``dtype`` for the branch flags of ``scalars`` and the slots'
+    dtypes (:func:`translate`), or ``None`` (not translatable, or no C compiler)."""
     flags = tuple(v for v in scalars if isinstance(v, bool))
-    key = (spec, dtype, flags)
+    slot_dtypes = tuple(slot_dtypes) if any(d != dtype for d in slot_dtypes) else ()
+    key = (spec, dtype, flags, slot_dtypes)
     if key in _KERNELS:
         _KERNELS.move_to_end(key)
         return _KERNELS[key]
-    translated = translate(spec, dtype, scalars)
+    translated = translate(spec, dtype, scalars, slot_dtypes)
     made = None
     if translated is not None:
         source, fields = translated

@@ -445,7 +445,7 @@ class UnioptOptimizer(Optimizer):
                 # _round rounds them into tensors for the other kernels)
                 native_allowed = compiled or self.implementation == "auto"
                 if native_allowed and bucket.native_segments() is not None:
-                    native = _native.kernel(spec, bucket.dtype, host[step_key])
+                    native = _native.kernel(spec, bucket.dtype, host[step_key], bucket.slot_dtypes)
                     if native is not None and bucket.run_native(
                         native, native.scalar_values(host[step_key]), grads
                     ):

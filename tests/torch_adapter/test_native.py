@@ -9,6 +9,7 @@ tensors, tensors of one tile and tensors split over several tiles.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import subprocess
 
@@ -233,10 +234,13 @@ def test_every_translated_rule_compiles_to_a_vectorised_loop(tmp_path):
             spec = info.make(case)
             for step in (1, 10):
                 sc = _round(spec.step_scalars(step, lr=spec.lr), torch.float32)
-                translated = _native.translate(spec, torch.float32, sc)
-                if translated is not None:
-                    sources.add(translated[0])
+                # the parameter's dtype for every slot, and each narrower slot in bfloat16
+                for slot_dtypes in ((), *_narrow(spec, torch.float32, torch.bfloat16)):
+                    translated = _native.translate(spec, torch.float32, sc, slot_dtypes)
+                    if translated is not None:
+                        sources.add(translated[0])
     sources = sorted(sources)
+    assert sum("uniopt_bf16_round" in source for source in sources) >= 10
     names = []
     for i, source in enumerate(sources):
         (tmp_path / f"rule{i}.c").write_text(source)
@@ -283,3 +287,98 @@ def test_a_bucket_of_many_small_tensors_and_tiles_steps_bitwise_as_the_loop(nati
     assert native_steps == [True] * 7
     ((bucket, _),) = compiled[1]._buckets[0][4]
     assert 2 < len(bucket.work) - 1 < len(bucket.native_segments()[0])  # packed, and more than one item
+
+
+def _narrow(spec, dtype, narrow):
+    """The slot dtypes (``spec.slot_names()`` order) with each of the spec's lower-precision slots
+    in ``narrow`` in turn, where its settings keep that slot (SGD without momentum keeps none)."""
+    names = spec.slot_names()
+    return [
+        tuple(narrow if n == name else dtype for n in names)
+        for name in spec.lower_precision_slots
+        if name in names
+    ]
+
+
+NARROW_CASES = [
+    pytest.param(
+        info, case, dtype, narrow, id=f"{info.name}-{case.desc}-{dtype}-{narrow}".replace("torch.", "")
+    )
+    for info in TABLE
+    if info.elementwise and info.torch is not None and info.spec.lower_precision_slots
+    for case in info.cases
+    for dtype, narrow in (
+        (torch.float32, torch.bfloat16),
+        (torch.float64, torch.float32),
+        (torch.float64, torch.bfloat16),
+    )
+    if _narrow(info.make(case), dtype, narrow)
+]
+
+
+@pytest.mark.parametrize(("info", "case", "dtype", "narrow"), NARROW_CASES)
+def test_the_c_kernel_takes_narrower_slots_bitwise(info, case, dtype, narrow, native_steps, monkeypatch):
+    """A slot stored narrower (``state_dtypes``: bfloat16 beside float32 or float64, float32 beside
+    float64) is widened and stored by the C kernel itself, bitwise with ``implementation="loop"``
+    (torch's own conversions) over nine steps: every step is the kernel's. float16 slots are not
+    taken (inductor's kernel, here the eager rule)."""
+    spec = info.make(case)
+    (slot_dtypes, *_) = _narrow(spec, dtype, narrow)
+    state_dtypes = {n: d for n, d in zip(spec.slot_names(), slot_dtypes, strict=True) if d != dtype}
+    real = _flat.kernel
+    monkeypatch.setattr(_flat, "kernel", lambda s, d, compiled, *a: real(s, d, False, *a))  # no inductor
+    hyper = {**spec.hyperparameters, "state_dtypes": state_dtypes}
+    _assert_same(_run(info.name, hyper, "compiled", dtype), _run(info.name, hyper, "loop", dtype))
+    assert native_steps == [True] * 9
+    native_steps.clear()
+    if dtype == torch.float32:
+        hyper["state_dtypes"] = {n: torch.float16 for n in state_dtypes}
+        _assert_same(_run(info.name, hyper, "compiled", dtype), _run(info.name, hyper, "loop", dtype))
+        assert not any(native_steps)  # never the kernel's: a float16 slot is not translated
+        sc = _round(spec.step_scalars(1, lr=spec.lr), dtype)
+        narrow16 = tuple(torch.float16 if d != dtype else d for d in slot_dtypes)
+        assert _native.translate(spec, dtype, sc, narrow16) is None
+
+
+def test_the_c_kernels_bfloat16_conversions_are_torchs(tmp_path):
+    """``uniopt_bf16_round`` and ``uniopt_bf16_widen`` (:mod:`uniopt.torch._native`) against torch's
+    own conversions (c10::BFloat16, round to nearest, ties to even) on every float32 bit pattern of
+    interest: each exponent with the mantissas around a bfloat16 halfway point (ties, one below,
+    one above), subnormals, the largest finite values (rounding to infinity), zeros, infinities,
+    NaNs, and 2**20 random patterns; NaN stays NaN."""
+    source = "\n".join(
+        [
+            "#include <stdint.h>",
+            _native._BF16,
+            "void round_all(const float *x, uint16_t *y, float *back, int64_t n) {",
+            "  for (int64_t i = 0; i < n; ++i) { y[i] = uniopt_bf16_round(x[i]);",
+            "    back[i] = uniopt_bf16_widen(y[i]); }",
+            "}",
+        ]
+    )
+    lib = _native.shared_library("bf16_test", source, ("-O2", "-shared", "-fPIC"))
+    if lib is None:
+        pytest.skip("no C compiler: the kernel is not built here either")
+    rng = np.random.default_rng(0)
+    high = np.arange(0, 1 << 16, dtype=np.uint32) << 16  # every bfloat16
+    around = np.array([0x7FFF, 0x8000, 0x8001, 0x0001, 0xFFFF, 0x7FFE, 0x18000 & 0xFFFF], dtype=np.uint32)
+    bits = np.concatenate(
+        [
+            (high[:, None] | around[None, :]).ravel(),
+            rng.integers(0, 1 << 32, size=1 << 20, dtype=np.uint64).astype(np.uint32),
+            np.array(
+                [0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 0x7F7F7FFF, 0x7F800001, 0xFFC00000], dtype=np.uint32
+            ),
+        ]
+    )
+    x = bits.view(np.float32)
+    got = np.empty(len(x), dtype=np.uint16)
+    back = np.empty(len(x), dtype=np.float32)
+    lib.round_all.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.round_all(x.ctypes.data, got.ctypes.data, back.ctypes.data, len(x))
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(got[~nan], want[~nan])
+    assert np.all((got[nan] & 0x7F80) == 0x7F80) and np.all((got[nan] & 0x7F) != 0)  # NaN stays NaN
+    widened = torch.from_numpy(got.view(np.int16)).view(torch.bfloat16).float().numpy()
+    assert np.array_equal(back.view(np.uint32), widened.view(np.uint32))
