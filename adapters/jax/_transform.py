@@ -23,11 +23,13 @@ Where the per-step scalars come from (the step count is a traced int32 under ``j
   ``spec.history_scalars(count + 1, lr, history)``, returning the scalars rounded once to each
   parameter dtype and the next history (:func:`_history_step`).
 
-Under tracing, ``xp.multiply`` rounds its product behind an integer no-op (adding a zero the
-compiler cannot see: ``min(count, 0)`` of the traced step count, or, where the state is a constant
-of the traced program, a zero from the host, :func:`host_zero`) so that XLA cannot contract
-``a*b + c`` into a fused multiply-add; host scalars of a constant step count pass through the same
-no-op (:func:`hidden`). Eagerly, ``xp`` is ``jax.numpy`` with each elementwise function compiled
+Under tracing, ``xp.multiply`` rounds its product behind a no-op made from a zero the compiler
+cannot see (``min(count, 0)`` of the traced step count, or, where the state is a constant of the
+traced program, a zero from the host, :func:`host_zero`): a float32 or float64 product plus that
+zero's ``-0.0`` (:func:`_product_rounded`), a 16-bit one through an integer add of it
+(:func:`_rounded`), so that XLA cannot contract ``a*b + c`` into a fused multiply-add; host
+scalars of a constant step count pass through the integer no-op (:func:`hidden`). Eagerly, ``xp``
+is ``jax.numpy`` with each elementwise function compiled
 on its own (one op per XLA computation, as in plain eager jax, through jax's faster dispatch).
 """
 
@@ -461,6 +463,7 @@ def _history_step(parts: list[_Scalars], dtypes: list[Any], history: Any) -> Any
 # -- the array namespaces --------------------------------------------------------------------------
 
 _INT_OF_SIZE = {1: jnp.int8, 2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+_UINT_OF_SIZE = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 
 
 @jax.custom_jvp
@@ -475,6 +478,22 @@ def _rounded(x: jax.Array, zero: jax.Array) -> jax.Array:
 def _rounded_jvp(primals, tangents):
     x, zero = primals
     return _rounded(x, zero), tangents[0]
+
+
+def _product_rounded(product: jax.Array, zero: jax.Array) -> jax.Array:
+    """A float32 or float64 ``product`` plus ``-0.0`` made from ``zero`` (``-float(zero)``, unknown
+    to XLA): ``x + (-0)`` is ``x`` bit for bit (``-0 + -0`` is ``-0``, NaN stays NaN, and a
+    product is never subnormal where XLA:CPU flushes subnormal results to zero), and an FMA the
+    compiler may still form, ``fma(a, b, -0)``, is the correctly rounded product, so that the
+    sum the product feeds next is rounded on its own. Cheaper than :func:`_rounded`'s integer
+    add, which moves each value to the integer unit and back (measured, Adam on 25.2M float32
+    parameters, a jitted, donated update and apply_updates, Intel Xeon: 29.17 ms a step with the
+    integer add, 26.68 with this one, 26.85 with no guard at all and FMAs). Other dtypes take
+    :func:`_rounded`: with ``xla_allow_excess_precision`` (XLA's default) a 16-bit ``x + (-0)``
+    may be computed in float32 without rounding ``x`` first."""
+    if product.dtype not in (jnp.float32, jnp.float64):
+        return _rounded(product, zero)
+    return jnp.add(product, jnp.negative(zero.astype(product.dtype)))
 
 
 def _sign(x: Any) -> jax.Array:
@@ -590,7 +609,7 @@ class _Unfused:
         product = jnp.multiply(x1, x2)
         if jnp.issubdtype(product.dtype, jnp.complexfloating):  # each part rounded on its own
             return lax.complex(_rounded(product.real, self._zero), _rounded(product.imag, self._zero))
-        return _rounded(product, self._zero)
+        return _product_rounded(product, self._zero)
 
     def uniopt_recomputed(self, x: Any) -> jax.Array | None:
         """:func:`uniopt._math.recomputed`: ``x`` through the integer no-op (:func:`_rounded`), a
@@ -727,9 +746,14 @@ def _as_update(new: jax.Array, old: jax.Array) -> jax.Array:
     and so is ``old + u``. Where a step changes the sign or the magnitude more than that,
     ``new - old`` may round, and then (measured) no float ``u`` at all gives ``old + u == new``:
     optax's additive contract lands within the rounding of ``u`` (see docs/jax.md). Unchanged
-    entries get ``-0.0``, which keeps infinities (``inf - inf`` would be NaN) and signed zeros.
+    entries (the same bits) get ``-0.0``, which keeps infinities (``inf - inf`` would be NaN) and
+    signed zeros. The same bits are equal values of one sign, the test this replaced (``new ==
+    old`` and equal sign bits) in one integer comparison instead of five operations; it differs
+    only on a NaN left unchanged, which ``old + (-0)`` keeps NaN (measured, SGD on 25.2M float32
+    parameters, a jitted, donated update and apply_updates: 7.91 to 7.34 ms a step).
     """
-    same = (new == old) & (jnp.signbit(new) == jnp.signbit(old))
+    bits = _UINT_OF_SIZE[new.dtype.itemsize]
+    same = lax.bitcast_convert_type(new, bits) == lax.bitcast_convert_type(old, bits)
     return jnp.where(same, jnp.full_like(new, -0.0), new - old)
 
 

@@ -301,3 +301,55 @@ def test_the_namespaces_elementwise_ops_are_numpys_bit_for_bit(op, dtype):
     assert keep.sum() > 200
     assert same_bits(eager[keep], want[keep])
     assert same_bits(jitted[keep], want[keep])
+
+
+SPECIAL32 = np.array(
+    [
+        *(0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 1.5, 3.0, -2.5, 1e-3, 3e38, -3e38, 7.0),
+        *(1.25, 1.7, 2.0, 2.9, 6.5, -1.3, -2.0, -3.7),
+    ],
+    dtype=np.float32,
+)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_the_additive_update_of_a_step_keeps_unchanged_entries_bit_for_bit(dtype):
+    """``_as_update(new, old)``, the ``u`` uniopt.jax's ``update`` returns for ``apply_updates``: on
+    every pairing of special and ordinary values, an entry whose bits are unchanged gets ``-0.0``
+    (so ``old + u`` is ``old``, infinities and signed zeros included, where ``new - old`` would
+    give NaN or ``+0``), any other ``new - old``; and ``old + u`` is ``new`` wherever ``new - old``
+    is exact, within a factor of 2 (the expected values computed here in NumPy, the test it
+    replaced, ``new == old`` with equal sign bits, in the comment below)."""
+    from uniopt.jax._transform import _as_update
+
+    np_dtype = np.dtype(dtype)
+    new = np.repeat(SPECIAL32, len(SPECIAL32)).astype(np_dtype)
+    old = np.tile(SPECIAL32, len(SPECIAL32)).astype(np_dtype)
+    u = np.asarray(_as_update(jnp.asarray(new), jnp.asarray(old)))
+    same_bits = new.view(f"u{np_dtype.itemsize}") == old.view(f"u{np_dtype.itemsize}")
+    # equal values of one sign are the same bits, except a NaN (unequal to itself)
+    same_value = (new == old) & (np.signbit(new) == np.signbit(old))
+    assert np.array_equal(same_bits & ~np.isnan(new), same_value)
+    minus_zero = np.full_like(u, -0.0)
+    assert u[same_bits].tobytes() == minus_zero[same_bits].tobytes()
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = (new - old).astype(np_dtype)
+        back = (old + u).astype(np_dtype)
+    changed = ~same_bits
+    assert np.array_equal(np.isnan(u[changed]), np.isnan(diff[changed]))
+    finite = changed & ~np.isnan(diff)
+    assert u[finite].tobytes() == diff[finite].tobytes()
+    kept = same_bits & ~np.isnan(new)
+    assert back[kept].tobytes() == old[kept].tobytes()  # infinities, -0.0 and +0.0 kept
+    # within a factor of 2 and of one sign, new - old is exact (Sterbenz) and so is old + u
+    wide_new, wide_old = new.astype(np.float64), old.astype(np.float64)
+    exact = (
+        changed
+        & np.isfinite(wide_new)
+        & np.isfinite(wide_old)
+        & (wide_new * wide_old > 0)
+        & (np.abs(wide_new) <= 2 * np.abs(wide_old))
+        & (np.abs(wide_old) <= 2 * np.abs(wide_new))
+    )
+    assert exact.sum() >= 10
+    assert back[exact].tobytes() == new[exact].tobytes()
