@@ -475,11 +475,17 @@ How to read the targets, and what limits each one:
   software prefetching (slower, 13.8 to 17.8 ms against 12.5 to 13.4) nor 512-bit vectors (no
   difference beyond the noise) moved it.
 * **uniopt.jax and uniopt.tf** run under XLA like their natives; XLA fuses the rule as it fuses
-  optax's and Keras's, so the figures are close to each other. The extra integer no-op uniopt.jax
-  places after each product (so that XLA cannot contract `a*b + c` into a fused multiply-add, which
-  would break bitwise equality with the reference) costs about 6% of the large set's step:
-  measured in one process (Adam, jitted update and apply_updates, donated), 27.1 ms with it, 25.5
-  ms with plain products, optax 24.1 ms. What makes up the remaining 1.4 ms was not traced.
+  optax's and Keras's, so the figures are close to each other. uniopt.jax guards each product so
+  that XLA cannot contract `a*b + c` into a fused multiply-add, which would break bitwise equality
+  with the reference. Until 2026-12-06 the guard was an integer no-op, which moved each product
+  to the integer unit and back: about 10% of Adam's large-set step on the Intel Xeon (one process,
+  jitted update and apply_updates, donated: 29.17 ms with it, 26.85 ms with plain products and
+  FMAs). Since then it is the addition of a `-0.0` the compiler cannot see (26.68 ms; docs/jax.md).
+  The same day `update` began handing `optax.apply_updates` the rule's own increment (`-d` of `p -
+  d`), not the parameter's change `new - p` with a comparison and a select per element: plain
+  SGD went from 1.15x optax's step to 1.01x (one process). Run 7 (jax) has both; what remains on
+  the large set (Adam 1.05x, AdamW 1.08x, NAdam 1.06x; the `.step` rows, which skip the update,
+  1.03x to 1.05x) was not traced further.
   uniopt.tf under XLA is bitwise only with `XLA_FLAGS="--xla_cpu_max_isa=AVX
   --xla_cpu_enable_fast_min_max=false"` (docs/tf.md); the benchmark runs with XLA's defaults (the
   flags are process-wide and would slow the Keras natives timed beside it), so its `jit_compile` rows
@@ -513,9 +519,11 @@ How to read the targets, and what limits each one:
   tests/torch_adapter/test_native.py now compiles every elementwise case's float32 kernel and
   requires GCC's report to show its inner loop vectorised. torch.optim has no Lion, so the row
   has no native to divide by; fused Adam's row is timed beside it.
-* **Those eight on jax and tf**: uniopt.jax is within 1.08x of optax on the large set (SGD 1.08,
-  Adamax 1.06, the rest 1.01 to 1.03, Adadelta and Lion faster) and faster on the many-small set
-  (0.90 to 0.95); uniopt.tf under XLA within 1.13x of Keras's fastest row on the large set
+* **Those eight on jax and tf**: uniopt.jax (run 7, Intel Xeon, for all but Adadelta and Lion) is
+  0.84x (Adagrad) to 1.08x (AdamW) optax's step on the large set (SGD 1.03, RMSprop 0.96, Adamax
+  1.02, NAdam 1.06; Adadelta 0.63 and Lion 0.95 in run 5 on the AMD EPYC) and 0.94x to 1.04x on
+  the many-small set, where in run 5 (AMD EPYC) it was 0.90x to 0.95x; uniopt.tf under XLA within
+  1.13x of Keras's fastest row on the large set
   (Adamax 1.13, Lion 1.07, the rest 0.93 to 1.04). Lion is slow under XLA for everyone (optax 54 ms,
   Keras 52 to 54 ms, against 13 to 18 ms for SGD), and so is Keras's Adadelta (133 ms under XLA,
   70 in `tf.function`); not traced further. On the many-small set uniopt.tf's `tf.function` row,
