@@ -720,6 +720,29 @@ class _OpByOp:
 _OP_BY_OP = _OpByOp()
 
 
+class _Recorded:
+    """A namespace that records each ``add`` and ``subtract`` of one step (``update``'s, eagerly),
+    as :class:`_Unfused` does under tracing, for :func:`_increment_of`: the eager update is then
+    the rule's own increment too, the same bits as the jitted one."""
+
+    def __init__(self, base: Any):
+        self._base = base
+        self.sums: dict[int, tuple[jax.Array, str, Any, Any]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    def add(self, x1: Any, x2: Any) -> jax.Array:
+        out = self._base.add(x1, x2)
+        self.sums[id(out)] = (out, "add", x1, x2)
+        return out
+
+    def subtract(self, x1: Any, x2: Any) -> jax.Array:
+        out = self._base.subtract(x1, x2)
+        self.sums[id(out)] = (out, "subtract", x1, x2)
+        return out
+
+
 class _SlotNamespace:
     """``jax.numpy`` for :meth:`uniopt.Spec.init_slot`, except ``zeros``: a slot not shaped like
     its parameter (Adafactor's factored statistics and placeholders), which the core makes with
@@ -885,6 +908,8 @@ def transformation(
         count = _as_array(state.count, jnp.int32)
         # while jax traces: _Unfused, with a zero the compiler cannot see (_step_namespace)
         xp, zero = _step_namespace(count, *leaves, *grad_leaves)
+        if increments is not None and not hasattr(xp, "sums"):  # eagerly: recorded too
+            xp = _Recorded(xp)
         tracing = isinstance(count, jax.core.Tracer)
         hide = None if tracing else zero  # host scalars of a constant step count, hidden
         lr = None if lr_of is None else jnp.asarray(lr_of(count))
@@ -927,7 +952,12 @@ def transformation(
             new_p, new_s = leaf_spec.rule(real, _as_real(g, pairs), slots, sc, xp)
             if increments is not None:
                 # the rule ran on the parameter itself (no complex pairs, no cast)
-                same = real is p and p.dtype == leaves[i].dtype and jnp.issubdtype(p.dtype, jnp.floating)
+                same = (
+                    real is p
+                    and jnp.issubdtype(p.dtype, jnp.floating)
+                    # jax's dtype for the leaf (a Python float's too), as apply_updates adds in
+                    and jnp.result_type(leaves[i]) == p.dtype
+                )
                 increments.append(_increment_of(xp, new_p, real) if same else None)
             new_params.append(_from_real(new_p, p, pairs))
             for n in names:
@@ -1161,8 +1191,9 @@ def _increment_of(xp: Any, new: Any, param: jax.Array) -> jax.Array | None:
     return theirs (SGD's ``-(lr * g)``, not the parameter's change). It spares
     :func:`_as_update`'s comparison, select and subtraction per element (measured, SGD on 25.2M
     float32 parameters, a jitted, donated update and apply_updates: 1.15x optax's step with them,
-    1.01x without). ``None`` otherwise (eagerly; a result of another op; a parameter the rule
-    scaled first, as decoupled weight decay does)."""
+    1.01x without). Eagerly too (:class:`_Recorded`), so that the eager and jitted updates are the
+    same bits. ``None`` otherwise (a result of another op; a parameter the rule scaled first, as
+    decoupled weight decay does; a leaf that is no array of the parameter's dtype)."""
     record = getattr(xp, "sums", {}).get(id(new))
     if record is None or record[0] is not new:
         return None
