@@ -38,7 +38,7 @@ def _small_large(monkeypatch):
 def inductor_kernels(monkeypatch):
     """The compiled flat path with inductor's kernels only: no rule runs as a C kernel
     (:mod:`uniopt.torch._native`, tested in test_native.py), as for bfloat16 and on CUDA."""
-    monkeypatch.setattr(_native, "kernel", lambda spec, dtype, scalars: None)
+    monkeypatch.setattr(_native, "kernel", lambda spec, dtype, scalars, slot_dtypes=(): None)
 
 
 def _params(dtype=torch.float32, shapes=SHAPES, seed=0):
