@@ -28,6 +28,8 @@ A binding defines (each module documents its own):
   spec and dtype in one host call, so that ``torch.compile`` traces Keras's ``apply`` whole);
 * ``update_sparse(optimizer, spec, gradient, variable, learning_rate)``: apply a sparse gradient
   itself and return ``True``, or ``False`` to let the dense path run;
+* TensorFlow only: ``update_groups(optimizer, distribution, grads_and_vars, learning_rate)``:
+  step the variables it runs together and return the pairs left to Keras's loop;
 * ``history_step(optimizer, compute, step, lr, bits, types)``, ``history_guard(...)``: the host
   call of a spec with a history (Schedule-Free AdamW), see :mod:`uniopt.keras._history`; where
   ``host_calls_refused()``, ``history_in_graph(optimizer, specs, dtypes, learning_rate)`` computes

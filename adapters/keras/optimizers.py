@@ -581,6 +581,14 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
             b.before_update_loop(self, trainable_variables, learning_rate)
         return super()._backend_update_step(grads, trainable_variables, learning_rate)
 
+    def _distributed_tf_update_step(self, distribution: Any, grads_and_vars: Any, learning_rate: Any) -> None:
+        """TensorFlow's loop of :meth:`update_step` over the variables
+        (``keras/src/backend/tensorflow/optimizer.py``; only that backend calls it), after the
+        binding has stepped the groups of variables it runs stacked
+        (:func:`uniopt.tf._binding.update_groups`)."""
+        rest = binding().update_groups(self, distribution, list(grads_and_vars), learning_rate)
+        return super()._distributed_tf_update_step(distribution, rest, learning_rate)
+
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         spec = self._spec_for(variable)
         b = binding()
