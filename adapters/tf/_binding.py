@@ -151,10 +151,11 @@ def update_groups(
 
     TensorFlow runs a traced step op by op, and on many small variables the cost per op, not the
     arithmetic, is the step (docs/tf.md, "Many small variables"). Variables of one group share the
-    spec (:meth:`~UnioptOptimizer._spec_for`), dtype, static shape and slot dtypes, and have a
-    dense gradient; the spec is elementwise (:attr:`uniopt.Spec.elementwise`), so its rule on the
-    stacked arrays (``tf.stack``) computes each element with the same ops as on each variable:
-    the same bits. The new values are unstacked and assigned as ``update_step`` assigns them.
+    spec (:meth:`~UnioptOptimizer._spec_for`), dtype, static shape and slot dtypes, have a dense
+    gradient and are listed once; the spec is elementwise (:attr:`uniopt.Spec.elementwise`), so
+    its rule on the stacked arrays (``tf.stack``) computes each element with the same ops as on
+    each variable: the same bits. The new values are unstacked and assigned as ``update_step``
+    assigns them.
     Only in ``tf.function`` without XLA, under no ``tf.distribute`` strategy, with
     ``update_step`` not overridden, for groups of at least :data:`GROUP_MIN_VARIABLES` whose rule
     makes at least :data:`GROUP_MIN_RULE_OPS` ops; the other variables go to the loop."""
@@ -170,8 +171,13 @@ def update_groups(
         return grads_and_vars
     groups: dict[Any, tuple[Spec, list[Any]]] = {}
     rest = []
+    seen: dict[int, int] = {}
+    for _, variable in grads_and_vars:
+        seen[id(variable)] = seen.get(id(variable), 0) + 1
     for gradient, variable in grads_and_vars:
-        key = _group_key(optimizer, gradient, variable)
+        # a variable listed twice is stepped twice, in order, by the loop (stacked, both steps
+        # would read its old value and one assignment would overwrite the other)
+        key = _group_key(optimizer, gradient, variable) if seen[id(variable)] == 1 else None
         if key is None:
             rest.append((gradient, variable))
         else:

@@ -168,3 +168,31 @@ def test_state_dtypes_and_weight_decay_exclusion_group_apart():
     for i in range(len(params)):  # the excluded variables stepped without decay, the others with
         excluded = i < 4 or 9 <= i < 11
         assert np.array_equal(decayed[i], eager[-1][0][i], equal_nan=True) != excluded, i
+
+
+def test_a_variable_listed_twice_is_stepped_twice():
+    """``apply_gradients`` with one variable in two pairs steps it twice, in order, eagerly and in
+    ``tf.function`` (as Keras's optimizers do): it is left out of its group."""
+    params, grads = _inputs("float32")
+
+    def run(mode):
+        opt = ut.Adam(learning_rate=0.1)
+        variables = [tf.Variable(p) for p in params]
+        opt.build(variables)
+
+        def step(gs):
+            pairs = [*zip(gs, variables, strict=True), (gs[1], variables[0])]
+            opt.apply_gradients(pairs)
+
+        run_step = tf.function(step) if mode == "function" else step
+        out = []
+        for gs in grads[:3]:
+            run_step([tf.constant(g) for g in gs])
+            out.append(snapshot(opt, variables))
+        return out
+
+    eager = run("eager")
+    assert_trajectories(run("function"), eager)
+    alone = run_adapter(ut.Adam(learning_rate=0.1), params, grads[:3], "eager")
+    assert not np.array_equal(eager[-1][0][0], alone[-1][0][0])  # the second step happened
+    assert np.array_equal(eager[-1][0][1], alone[-1][0][1])
