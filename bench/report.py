@@ -497,9 +497,24 @@ How to read the targets, and what limits each one:
   for uniopt and Keras alike; the Adam step over 6000 variables (each parameter and its two
   moments) 125 to 134 ms under XLA and 96 to 98 ms in `tf.function`, like Keras's and uniopt.tf's
   rows; the same step with each moment kept in one flat variable for all 2000 tensors (2002
-  variables) 69 to 78 ms under XLA. So the XLA rows are slower than the `tf.function` ones here,
-  and uniopt.tf's state would have to live in flat variables (a different Keras variable layout:
-  checkpoints, `optimizer.variables`) to reach Keras's `tf.function` step; not done.
+  variables) 69 to 78 ms under XLA. So the XLA rows are slower than the `tf.function` ones here.
+  Since 2026-12-06 uniopt.tf's `tf.function` step runs the rule once per group of like variables
+  (same spec, dtype, shape and slot dtypes), stacked, and assigns each variable its part
+  (docs/tf.md, "Many small variables"; the same bits, the conformance matrix's `tf@function`
+  cells): per variable only the reads and assignments of the parameter and its slots remain,
+  where the per-variable step paid each op of the rule too (Lion's bit-level `sign` alone is 10
+  ops, Keras's `tf.sign` one).
+  Runs 13 and 15 (Intel Xeon) have it: against Keras's `tf.function` step Adam 0.94x, RAdam 0.91x
+  (against Keras's Adam), AdamW 0.87x, Adamax 0.96x, NAdam 0.73x, Lion 0.99x, Adadelta 1.01x,
+  RMSprop 1.05x, Adagrad 1.20x (a rule of 10 ops: little to save); SGD without momentum (2 ops)
+  is stepped per variable, 1.34x: Keras's step is a product and an in-place
+  `AssignSubVariableOp`. Measured alone, in one process, before and after (uniopt.tf per
+  variable, stacked, Keras): Lion 55.7, 37.5, 34.6 ms; Adam 51.1, 41.3, 45.0. Tracing the step
+  took 13.4 s for uniopt.tf's Adam against Keras's 46.5 s (the first step column). Under XLA
+  stacking was slower (Adam 75.7 to 84.9 ms, Lion 46.1 to 52.6, SGD 20.6 to 24.7) and is not done;
+  there uniopt.tf's rows are below Keras's XLA rows and above its `tf.function` ones.
+  Fewer ops per variable would need the state in flat variables (a different Keras variable
+  layout: checkpoints, `optimizer.variables`); not done.
 * **uniopt.torch.SGD on the sparse set** misses 1.5x by construction: torch.optim.SGD adds the
   uncoalesced gradient into the parameter in one kernel (repeated rows added one by one), while
   uniopt's rule sees the gradient's value, so it sums repeated rows first (`coalesce()`), gathers
@@ -527,9 +542,9 @@ How to read the targets, and what limits each one:
   (Adamax 1.13, Lion 1.07, the rest 0.93 to 1.04). Lion is slow under XLA for everyone (optax 54 ms,
   Keras 52 to 54 ms, against 13 to 18 ms for SGD), and so is Keras's Adadelta (133 ms under XLA,
   70 in `tf.function`); not traced further. On the many-small set uniopt.tf's `tf.function` row,
-  its faster one there, is 1.03x (Adamax) to 1.54x (Lion) Keras's `tf.function` step, NAdam and
-  AdamW 0.83x and 0.95x: TensorFlow's cost per variable and op (see "uniopt.tf on many small
-  tensors" above).
+  its faster one there, was 1.03x (Adamax) to 1.54x (Lion) Keras's `tf.function` step, NAdam and
+  AdamW 0.83x and 0.95x, in the AMD EPYC runs of 2026-12-05: TensorFlow's cost per variable and
+  op; see "uniopt.tf on many small tensors" above for the stacked step since.
   Writing a result `p - d` with `assign_sub(d)` instead of `assign(p - d)` (the same bits, no
   result buffer) was tried on 2026-12-05 and reverted: in interleaved rounds of one process, in
   random order, it changed a 2000-tensor step by -4% (SGD) and -1% (Adam), and a 16-tensor one
