@@ -11,6 +11,7 @@ math lives here.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -169,60 +170,57 @@ def update_groups(
         or type(optimizer).update_step is not UnioptOptimizer.update_step
     ):
         return grads_and_vars
-    groups: dict[Any, tuple[Spec, list[Any]]] = {}
+    groups: dict[Any, list[Any]] = {}
     rest = []
-    seen: dict[int, int] = {}
-    for _, variable in grads_and_vars:
-        seen[id(variable)] = seen.get(id(variable), 0) + 1
+    listed = Counter(id(variable) for _, variable in grads_and_vars)
     for gradient, variable in grads_and_vars:
         # a variable listed twice is stepped twice, in order, by the loop (stacked, both steps
         # would read its old value and one assignment would overwrite the other)
-        key = _group_key(optimizer, gradient, variable) if seen[id(variable)] == 1 else None
+        slots = optimizer.slots(variable)
+        key = _group_key(optimizer, gradient, variable, slots) if listed[id(variable)] == 1 else None
         if key is None:
             rest.append((gradient, variable))
         else:
-            groups.setdefault(key, (key[0], []))[1].append((gradient, variable))
-    for spec, members in groups.values():
-        if len(members) < GROUP_MIN_VARIABLES or not _update_stacked(optimizer, spec, members, learning_rate):
-            rest.extend(members)
+            groups.setdefault(key, []).append((gradient, variable, slots))
+    for key, members in groups.items():
+        if len(members) < GROUP_MIN_VARIABLES or not _update_stacked(optimizer, key, members, learning_rate):
+            rest.extend((gradient, variable) for gradient, variable, _ in members)
     return rest
 
 
-def _group_key(optimizer: Any, gradient: Any, variable: Any) -> tuple[Any, ...] | None:
-    """What variables stepped together share (:func:`update_groups`); ``None`` for one stepped
-    alone: a sparse or missing gradient, a spec that is not elementwise, a shape not fully known,
-    a slot without a variable or not shaped like the variable."""
+def _group_key(optimizer: Any, gradient: Any, variable: Any, slots: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What variables stepped together share (:func:`update_groups`): the spec, the dtype, the
+    shape and each slot's name and dtype; ``None`` for one stepped alone: a sparse or missing
+    gradient, a spec that is not elementwise, a shape not fully known, a slot (of ``slots``, the
+    variable's) without a variable or not shaped like the variable."""
     spec = optimizer._spec_for(variable)
     if not type(spec).elementwise or not tf.is_tensor(gradient) or isinstance(gradient, tf.IndexedSlices):
         return None
     shape = variable.shape
     if not shape.is_fully_defined():
         return None
-    slots = optimizer.slots(variable)
     if any(v is None or v.shape != shape for v in slots.values()):
         return None
-    dtypes = tuple((name, tf.as_dtype(v.dtype).name) for name, v in slots.items())
-    return spec, tf.as_dtype(variable.dtype).name, tuple(shape.as_list()), dtypes
+    slot_dtypes = tuple((name, tf.as_dtype(v.dtype)) for name, v in slots.items())
+    return spec, tf.as_dtype(variable.dtype), tuple(shape.as_list()), slot_dtypes
 
 
-def _update_stacked(optimizer: Any, spec: Spec, members: list[Any], learning_rate: Any) -> bool:
-    """One group's step (:func:`update_groups`); ``False``, with nothing built, where its rule
-    makes fewer than :data:`GROUP_MIN_RULE_OPS` ops (:func:`_rule_ops`)."""
-    variables = [v for _, v in members]
-    dtype = tf.as_dtype(variables[0].dtype)
-    slot_vars = [optimizer.slots(v) for v in variables]
+def _update_stacked(optimizer: Any, key: tuple[Any, ...], members: list[Any], learning_rate: Any) -> bool:
+    """One group's step (:func:`update_groups`; ``key`` from :func:`_group_key`, ``members`` its
+    ``(gradient, variable, slots)``); ``False``, with nothing built, where its rule makes fewer
+    than :data:`GROUP_MIN_RULE_OPS` ops (:func:`_rule_ops`)."""
+    spec, dtype, _, slot_dtypes = key
     sc = optimizer._scalars(spec, dtype.name, learning_rate)
-    slot_dtypes = tuple((name, tf.as_dtype(v.dtype)) for name, v in slot_vars[0].items())
     if _rule_ops(spec, sc, dtype, slot_dtypes) < GROUP_MIN_RULE_OPS:
         return False
-    param = tf.stack([tf.convert_to_tensor(v) for v in variables])
-    grad = tf.stack([tf.cast(g, dtype) for g, _ in members])
-    slots = {name: tf.stack([tf.convert_to_tensor(s[name]) for s in slot_vars]) for name in slot_vars[0]}
+    param = tf.stack([as_array(v) for _, v, _ in members])
+    grad = tf.stack([as_array(g, dtype) for g, _, _ in members])
+    slots = {name: tf.stack([as_array(s[name]) for _, _, s in members]) for name, _ in slot_dtypes}
     new_param, new_slots = spec.rule(param, grad, slots, sc, xp)
     for name, value in new_slots.items():
-        for s, part in zip(slot_vars, tf.unstack(value), strict=True):
+        for (_, _, s), part in zip(members, tf.unstack(value), strict=True):
             optimizer.assign(s[name], part)
-    for variable, part in zip(variables, tf.unstack(new_param), strict=True):
+    for (_, variable, _), part in zip(members, tf.unstack(new_param), strict=True):
         optimizer.assign(variable, part)
     return True
 
