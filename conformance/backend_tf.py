@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .backends import (
+    REDUCING_STREAMS,
     Backend,
     Member,
     Runner,
@@ -158,6 +159,12 @@ def _to_numpy(tensor) -> np.ndarray:
 
 _REDUCED = reduced_elsewhere("tf@function")
 
+_REDUCED_XLA = reduced_elsewhere("tf@function", streams=(*REDUCING_STREAMS, "large"))
+"""tf@xla's cells of an optimizer that is not elementwise: those of :data:`_REDUCED` and the
+``large`` stream (Adafactor and LAMB there), whose arrays are the ones whose pairwise sums uniopt.tf
+halves by gathering under XLA (``uniopt.tf.xp.uniopt_odd_halving``: padding that would reach a page
+past an array's end); a few seconds."""
+
 BACKEND = Backend(
     "tf",
     "tensorflow",
@@ -171,7 +178,7 @@ BACKEND = Backend(
         ),
         # XLA compiles every case in jax@jit; uniopt.tf's ops run every case in tf@function
         "xla": per_convention_only(
-            training_dtypes_only(_REDUCED, "tf@eager and tf@function"), "tf@function and jax@jit"
+            training_dtypes_only(_REDUCED_XLA, "tf@eager and tf@function"), "tf@function and jax@jit"
         ),
     },
     slowest=("xla", "function"),

@@ -373,6 +373,10 @@ def sum_pairwise_axis(
     written and read back: ``u`` in Adafactor's clipping RMS); padded, the producer fuses into the
     halving (measured with uniopt.jax's Adafactor, jitted and donated, on 16 tensors of 1.575M
     float32 elements: 166.8 ms against optax's 136.7 before, 141.0 after, the same bits).
+    A namespace may form such a halving itself, the same values without the padding
+    (``xp.uniopt_odd_halving(x, axis, h, of)``, ``None`` to pad): uniopt.tf does under XLA where
+    the padding would reach a page past the end of ``x``, where XLA's CPU compiler would aim the
+    padding's masked vector loads (``uniopt.tf.xp.uniopt_odd_halving``).
     """
     ndim = len(x.shape)
     axis = axis % ndim
@@ -385,20 +389,24 @@ def sum_pairwise_axis(
     # a namespace may split in one op where slicing takes one per piece (uniopt.tf: a graph op and
     # three constants per slice); the same elements either way
     split = getattr(xp, "uniopt_split", None)
+    # and may form a halving of a length not a power of two itself, the same values without the
+    # padding (uniopt.tf under XLA: uniopt_odd_halving); None where it pads as below
+    odd_halving = getattr(xp, "uniopt_odd_halving", None)
     if n == 0:
         out = xp.sum(x if of is None else of(x), axis=axis, keepdims=True)  # +0, exact in every library
     else:
         out, first = x, of  # of: on the first halving's slabs only, so each element's computed once
         while n > 1:
             h = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n
-            low, high = split(out, axis, h) if split is not None else (part(out, 0, h), part(out, h, n))
-            if first is not None:
-                low, high = first(low), first(high)
-                first = None
-            if 2 * h != n:  # the kept slices n-h <= i < h: plus -0, which leaves every value as it is
-                high = xp.concat([high, xp.full_like(part(low, 0, 2 * h - n), -0.0)], axis=axis)
-            out = xp.add(low, high)
-            n = h
+            halved = None if 2 * h == n or odd_halving is None else odd_halving(out, axis, h, first)
+            if halved is None:
+                low, high = split(out, axis, h) if split is not None else (part(out, 0, h), part(out, h, n))
+                if first is not None:
+                    low, high = first(low), first(high)
+                if 2 * h != n:  # the kept slices n-h <= i < h: plus -0, which leaves every value as it is
+                    high = xp.concat([high, xp.full_like(part(low, 0, 2 * h - n), -0.0)], axis=axis)
+                halved = xp.add(low, high)
+            out, n, first = halved, h, None
         if first is not None:  # a single element along the axis
             out = first(out)
     if keepdims:

@@ -307,3 +307,40 @@ def test_the_pairwise_sums_split_each_halving_in_one_op(shape, mode):
         assert ops.count("Split") + ops.count("SplitV") == halvings, ops
     for e, g in zip(expected, got, strict=True):
         assert bits_equal(g.numpy(), e), (shape, mode)
+
+
+@pytest.mark.parametrize(
+    ("shape", "gathered_axes"),
+    [
+        ((40000,), (0,)),  # padding 25,536 elements past the end: gathered
+        ((1025,), ()),  # 1023 elements, 4092 bytes: one page is not reached, padded
+        ((3, 1025), (0,)),  # axis 0: one 1025-element row of padding, 4100 bytes: gathered
+        ((181, 191), (0,)),  # axis 0: 75 rows past the end; axis 1: 65 elements past the last row
+        ((4, 5000), (1,)),  # axis 0: a power of two; axis 1: 3192 elements past the last row
+    ],
+)
+@pytest.mark.parametrize("mode", ["function", "xla"])
+def test_odd_halvings_under_xla_read_nothing_past_the_array(shape, gathered_axes, mode):
+    """Under XLA a halving of ``sum_pairwise_axis`` whose ``-0`` padding would reach a page or more
+    past the array's end gathers its second operand at clamped indices instead
+    (``xp.uniopt_odd_halving``): one ``GatherV2`` per such halving, none in ``tf.function`` without
+    XLA or for a shorter reach, and the sums NumPy's pairwise sums bit for bit either way (signed
+    zeros, NaN and infinities included)."""
+    from uniopt._math import squared, sum_pairwise_axis
+
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-5, 5, shape)).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[: len(SPECIALS)] = SPECIALS
+    flat[-len(SPECIALS) :] = SPECIALS  # in the slices that are kept or gathered
+    expected = [sum_pairwise_axis(x, axis, npx, of=squared(npx)) for axis in range(len(shape))]
+
+    def sums(t):
+        return [sum_pairwise_axis(t, axis, xp, of=squared(xp)) for axis in range(len(shape))]
+
+    fn = tf.function(sums, jit_compile=mode == "xla")
+    got = fn(tf.constant(x))
+    ops = [op.type for op in fn.get_concrete_function(tf.constant(x)).graph.get_operations()]
+    assert ops.count("GatherV2") == (len(gathered_axes) if mode == "xla" else 0), ops
+    for e, g in zip(expected, got, strict=True):
+        assert bits_equal(g.numpy(), e), (shape, mode)
