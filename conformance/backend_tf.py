@@ -162,8 +162,8 @@ _REDUCED = reduced_elsewhere("tf@function")
 _REDUCED_XLA = reduced_elsewhere("tf@function", streams=(*REDUCING_STREAMS, "large"))
 """tf@xla's cells of an optimizer that is not elementwise: those of :data:`_REDUCED` and the
 ``large`` stream (Adafactor and LAMB there), whose arrays are the ones whose pairwise sums uniopt.tf
-halves by gathering under XLA (``uniopt.tf.xp.uniopt_odd_halving``: padding that would reach a page
-past an array's end); a few seconds."""
+halves by gathering under XLA (``uniopt.tf.xp.uniopt_odd_halving``: 32,768 elements or more, or
+padding that would reach a page past an array's end); a few seconds."""
 
 BACKEND = Backend(
     "tf",

@@ -50,8 +50,9 @@ LARGE_CASES: dict[str, tuple[str, ...]] = {
 change with a parameter's size (the torch CPU kernel's tiles; uniopt.tf's XLA scheduling hints,
 which Schedule-Free AdamW's rule takes from 32,768 elements; uniopt.torch's bfloat16 matrix kernels
 for Muon's torch convention, from ``128**3`` multiply-adds in an iteration's Gram product;
-uniopt.tf's gathered halvings of pairwise sums under XLA, where padding would reach a page past an
-array's end, which Adafactor's and LAMB's norms, means and RMS take on these shapes)."""
+uniopt.tf's gathered halvings of pairwise sums under XLA, in arrays of 32,768 elements or more
+and where padding would reach a page past an array's end, which Adafactor's and LAMB's norms,
+means and RMS take on these shapes)."""
 
 LARGE_STEPS = 8
 """Steps of the ``large`` stream: past RAdam's first rectified step (6), few

@@ -244,7 +244,11 @@ def uniopt_split(x: Any, axis: int, h: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 PADDING_READ_LIMIT = 4096
 """Bytes past an array's end that the padded halving of a pairwise sum may have XLA load from
-(masked off), below which :func:`uniopt_odd_halving` leaves the padding as it is: one page."""
+(masked off): from there on :func:`uniopt_odd_halving` gathers instead. One page."""
+
+GATHERED_HALVING_MIN_SIZE = 32768
+"""The fewest elements of an array whose odd halvings :func:`uniopt_odd_halving` gathers whatever
+the padding's reach."""
 
 
 def uniopt_odd_halving(x: Any, axis: int, h: int, of: Any) -> tf.Tensor | None:
@@ -253,9 +257,10 @@ def uniopt_odd_halving(x: Any, axis: int, h: int, of: Any) -> tf.Tensor | None:
     without padding: ``of(x[:h]) + where(i < n - h, of(x[min(h + i, n - 1)]), -0)``, the second
     operand gathered at clamped indices (``tf.gather``), so that nothing is read outside ``x``.
     The same values as the slice padded with ``-0`` (``of`` the identity where ``None``), so the
-    same bits. ``None`` (pad) eagerly, in ``tf.function`` without XLA (TensorFlow's ``ConcatV2``
-    reads no padding), for a dynamic shape, and where the padding reaches fewer than
-    :data:`PADDING_READ_LIMIT` bytes past the end of ``x``.
+    same bits. For arrays of at least :data:`GATHERED_HALVING_MIN_SIZE` elements and where the
+    padding would reach :data:`PADDING_READ_LIMIT` bytes past the end of ``x``; ``None`` (pad)
+    otherwise, eagerly, in ``tf.function`` without XLA (TensorFlow's ``ConcatV2`` reads no
+    padding) and for a dynamic shape.
 
     Why: XLA's CPU compiler makes the padded operand a loop whose vector loads are masked where the
     padding is, at addresses past the end of ``x``, and over unmapped pages each masked-off load is
@@ -263,16 +268,20 @@ def uniopt_odd_halving(x: Any, axis: int, h: int, of: Any) -> tf.Tensor | None:
     halving of a sum of squares of 1,575,000 float32 took 8.3 ms padded where the memory past the
     array was unmapped (0.4 to 0.8 ms where it happened to be mapped: which arrays pay depends on
     where the allocator put them), 0.7 ms gathered; 131,072 fully masked-off ``_mm256_maskload_ps``
-    took 13 ms over unmapped pages and 0.5 ms over mapped ones (C, the same machine). In
-    uniopt.tf's Adafactor step (16 tensors of 1.575M float32, interleaved in one process, three
-    processes) 42.8 to 49.3 ms gathered against 49.4 to 62.8 ms padded."""
+    took 13 ms over unmapped pages and 0.5 ms over mapped ones (C, the same machine). And where the
+    reach is short (a row sum of a matrix), XLA left the padded slice a loop of its own, written out
+    at the halving's size and read back, where gathered it fuses into the addition. In uniopt.tf's
+    Adafactor step (16 tensors of 1.575M float32, one process, interleaved, three processes):
+    padded 51.2 to 61.5 ms, gathered where the reach is a page 44.1 to 48.4, gathered in every
+    large array 41.3 to 44.3."""
     from ._scalars import in_xla_context
 
     x = tf.convert_to_tensor(x)
     if tf.executing_eagerly() or not in_xla_context() or not x.shape.is_fully_defined():
         return None
     n, inner = int(x.shape[axis]), x.shape[axis + 1 :].num_elements()
-    if (2 * h - n) * inner * x.dtype.size < PADDING_READ_LIMIT:
+    reach = (2 * h - n) * inner * x.dtype.size
+    if reach < PADDING_READ_LIMIT and x.shape.num_elements() < GATHERED_HALVING_MIN_SIZE:
         return None
     lead = (slice(None),) * axis
     low = x[(*lead, slice(0, h))]

@@ -376,7 +376,8 @@ def sum_pairwise_axis(
     A namespace may form such a halving itself, the same values without the padding
     (``xp.uniopt_odd_halving(x, axis, h, of)``, ``None`` to pad): uniopt.tf does under XLA where
     the padding would reach a page past the end of ``x``, where XLA's CPU compiler would aim the
-    padding's masked vector loads (``uniopt.tf.xp.uniopt_odd_halving``).
+    padding's masked vector loads, and in arrays of 32,768 elements or more, where XLA would leave
+    the padded slice a loop of its own (``uniopt.tf.xp.uniopt_odd_halving``).
     """
     ndim = len(x.shape)
     axis = axis % ndim

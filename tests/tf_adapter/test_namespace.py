@@ -315,17 +315,18 @@ def test_the_pairwise_sums_split_each_halving_in_one_op(shape, mode):
         ((40000,), (0,)),  # padding 25,536 elements past the end: gathered
         ((1025,), ()),  # 1023 elements, 4092 bytes: one page is not reached, padded
         ((3, 1025), (0,)),  # axis 0: one 1025-element row of padding, 4100 bytes: gathered
-        ((181, 191), (0,)),  # axis 0: 75 rows past the end; axis 1: 65 elements past the last row
+        ((150, 150), (0,)),  # axis 1: 106 elements past the last row in 22,500: padded
+        ((181, 191), (0, 1)),  # axis 1: 65 elements past the last row, but 34,571 elements
         ((4, 5000), (1,)),  # axis 0: a power of two; axis 1: 3192 elements past the last row
     ],
 )
 @pytest.mark.parametrize("mode", ["function", "xla"])
 def test_odd_halvings_under_xla_read_nothing_past_the_array(shape, gathered_axes, mode):
     """Under XLA a halving of ``sum_pairwise_axis`` whose ``-0`` padding would reach a page or more
-    past the array's end gathers its second operand at clamped indices instead
-    (``xp.uniopt_odd_halving``): one ``GatherV2`` per such halving, none in ``tf.function`` without
-    XLA or for a shorter reach, and the sums NumPy's pairwise sums bit for bit either way (signed
-    zeros, NaN and infinities included)."""
+    past the array's end, or of an array of 32,768 elements or more, gathers its second operand at
+    clamped indices instead (``xp.uniopt_odd_halving``): one ``GatherV2`` per such halving, none in
+    ``tf.function`` without XLA or for a shorter reach in a smaller array, and the sums NumPy's
+    pairwise sums bit for bit either way (signed zeros, NaN and infinities included)."""
     from uniopt._math import squared, sum_pairwise_axis
 
     rng = np.random.default_rng(sum(shape))
