@@ -633,7 +633,20 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   and uniopt.tf computes them in-graph there (docs/tf.md, "How a step runs"; until 2026-12-04 it
   refused `jit_compile`, and its `tf.function` step was the row compared). Keras's own Adafactor
   is faster in `tf.function` than under XLA on this CPU (its reductions are TensorFlow's fused
-  kernels there), so that is the fastest native.
+  kernels there), so that is the fastest native. Since 2026-12-07 uniopt.tf forms under XLA the
+  halvings of its fixed-order sums whose length is not a power of two by a gather at clamped
+  indices, where it had padded them with `-0` (docs/tf.md, "Sums under XLA: gathered, not
+  padded"; the same bits): XLA's CPU compiler loads the padding with masked vector loads aimed
+  past the array's end, each an assist over unmapped pages (the first halving of a sum of
+  squares of 1,575,000 float32 took 8.3 ms padded there, 0.7 gathered, on the AMD EPYC). Run 17
+  (tf, AMD EPYC) has it: Adafactor 43.66 ms under XLA (1.12x Keras's `tf.function` step, 1.40x in
+  run 4), LAMB 43.29 ms (0.78x, 0.87x in run 1); the peak step memory of Adafactor's XLA step
+  went from 106 MiB to none (the padded slices were written out). What remains of Adafactor's
+  gap is not traced further (computing `u` again in the update's loop rather than storing it,
+  as Schedule-Free AdamW's hint does, made the step slower: 49.6 against 41.6 ms). uniopt.jax
+  pads as before: the same gather made its Adafactor step 10% slower under `jax.jit` and its
+  LAMB step 11% faster (one process, interleaved), and a `dynamic_update_slice` of the paired
+  slices was slower still.
 * **Rows marked refused**: uniopt.tf refuses `jit_compile` where a step's scalars need the host
   (Schedule-Free AdamW's optax convention, a float32 history), with the message shown; there the
   `tf.function` row is uniopt.tf's step, and the fastest native may be Keras's under XLA.
