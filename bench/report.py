@@ -508,9 +508,13 @@ How to read the targets, and what limits each one:
   (against Keras's Adam), AdamW 0.87x, Adamax 0.96x, NAdam 0.73x, Lion 0.99x, Adadelta 1.01x,
   RMSprop 1.05x, Adagrad 1.20x (a rule of 10 ops: little to save); SGD without momentum (2 ops)
   is stepped per variable, 1.34x: Keras's step is a product and an in-place
-  `AssignSubVariableOp`. Measured alone, in one process, before and after (uniopt.tf per
-  variable, stacked, Keras): Lion 55.7, 37.5, 34.6 ms; Adam 51.1, 41.3, 45.0. Tracing the step
-  took 13.4 s for uniopt.tf's Adam against Keras's 46.5 s (the first step column). Under XLA
+  `AssignSubVariableOp`. Run 18 (AMD EPYC) adds Schedule-Free AdamW: 0.78x Keras's
+  `tf.function` step (58.96 against 75.75 ms; 1.12x in run 5, per variable), its `keras`
+  convention 0.79x; its XLA rows (where a run with other optimizers had died silently while
+  compiling, on the Intel Xeon) took 176 to 195 s to compile here. Measured alone, in one
+  process, before and after (uniopt.tf per variable, stacked, Keras): Lion 55.7, 37.5, 34.6
+  ms; Adam 51.1, 41.3, 45.0. Tracing the step took 13.4 s for uniopt.tf's Adam against
+  Keras's 46.5 s (the first step column). Under XLA
   stacking was slower (Adam 75.7 to 84.9 ms, Lion 46.1 to 52.6, SGD 20.6 to 24.7) and is not done;
   there uniopt.tf's rows are below Keras's XLA rows and above its `tf.function` ones.
   Fewer ops per variable would need the state in flat variables (a different Keras variable

@@ -321,7 +321,8 @@ def test_the_pairwise_sums_split_each_halving_in_one_op(shape, mode):
     ],
 )
 @pytest.mark.parametrize("mode", ["function", "xla"])
-def test_odd_halvings_under_xla_read_nothing_past_the_array(shape, gathered_axes, mode):
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_odd_halvings_under_xla_read_nothing_past_the_array(shape, gathered_axes, mode, dtype):
     """Under XLA a halving of ``sum_pairwise_axis`` whose ``-0`` padding would reach a page or more
     past the array's end, or of an array of 32,768 elements or more, gathers its second operand at
     clamped indices instead (``xp.uniopt_odd_halving``): one ``GatherV2`` per such halving, none in
@@ -330,10 +331,17 @@ def test_odd_halvings_under_xla_read_nothing_past_the_array(shape, gathered_axes
     from uniopt._math import squared, sum_pairwise_axis
 
     rng = np.random.default_rng(sum(shape))
-    x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-5, 5, shape)).astype(np.float32)
+    x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-5, 5, shape)).astype(dtype)
+    if dtype == "float16":  # squares kept out of float16's subnormals, which TensorFlow flushes
+        x = (rng.choice([-1.0, 1.0], shape) * rng.uniform(0.5, 4.0, shape)).astype(dtype)
     flat = x.reshape(-1)
     flat[: len(SPECIALS)] = SPECIALS
     flat[-len(SPECIALS) :] = SPECIALS  # in the slices that are kept or gathered
+    # the rule restated (the reach in bytes scales with the element's size); float32's axes as listed
+    large = int(np.prod(shape)) >= 32768
+    reach = [_reach(shape, a, dtype) for a in range(len(shape))]
+    gathered = tuple(a for a, r in enumerate(reach) if r >= 4096 or (large and r))
+    assert dtype != "float32" or gathered == gathered_axes
     expected = [sum_pairwise_axis(x, axis, npx, of=squared(npx)) for axis in range(len(shape))]
 
     def sums(t):
@@ -342,6 +350,13 @@ def test_odd_halvings_under_xla_read_nothing_past_the_array(shape, gathered_axes
     fn = tf.function(sums, jit_compile=mode == "xla")
     got = fn(tf.constant(x))
     ops = [op.type for op in fn.get_concrete_function(tf.constant(x)).graph.get_operations()]
-    assert ops.count("GatherV2") == (len(gathered_axes) if mode == "xla" else 0), ops
+    assert ops.count("GatherV2") == (len(gathered) if mode == "xla" else 0), ops
     for e, g in zip(expected, got, strict=True):
         assert bits_equal(g.numpy(), e), (shape, mode)
+
+
+def _reach(shape: tuple[int, ...], axis: int, dtype: str) -> int:
+    """Bytes past the array's end that the padding of the first halving along ``axis`` spans."""
+    n = shape[axis]
+    h = 1 << ((n - 1).bit_length() - 1)
+    return 0 if n & (n - 1) == 0 else (2 * h - n) * int(np.prod(shape[axis + 1 :])) * np.dtype(dtype).itemsize
