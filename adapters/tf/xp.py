@@ -257,10 +257,10 @@ def uniopt_odd_halving(x: Any, axis: int, h: int, of: Any) -> tf.Tensor | None:
     without padding: ``of(x[:h]) + where(i < n - h, of(x[min(h + i, n - 1)]), -0)``, the second
     operand gathered at clamped indices (``tf.gather``), so that nothing is read outside ``x``.
     The same values as the slice padded with ``-0`` (``of`` the identity where ``None``), so the
-    same bits. For arrays of at least :data:`GATHERED_HALVING_MIN_SIZE` elements and where the
+    same bits. For arrays of at least :data:`GATHERED_HALVING_MIN_SIZE` elements, and wherever the
     padding would reach :data:`PADDING_READ_LIMIT` bytes past the end of ``x``; ``None`` (pad)
     otherwise, eagerly, in ``tf.function`` without XLA (TensorFlow's ``ConcatV2`` reads no
-    padding) and for a dynamic shape.
+    padding), for a dynamic shape, an empty array and a dtype that is not a float.
 
     Why: XLA's CPU compiler makes the padded operand a loop whose vector loads are masked where the
     padding is, at addresses past the end of ``x``, and over unmapped pages each masked-off load is
@@ -279,16 +279,23 @@ def uniopt_odd_halving(x: Any, axis: int, h: int, of: Any) -> tf.Tensor | None:
     x = tf.convert_to_tensor(x)
     if tf.executing_eagerly() or not in_xla_context() or not x.shape.is_fully_defined():
         return None
+    if x.dtype not in _BITS_OF or x.shape.num_elements() == 0:
+        return None
     n, inner = int(x.shape[axis]), x.shape[axis + 1 :].num_elements()
     reach = (2 * h - n) * inner * x.dtype.size
     if reach < PADDING_READ_LIMIT and x.shape.num_elements() < GATHERED_HALVING_MIN_SIZE:
         return None
+    # the slice indices i from an integer zero made of x's first element: TensorFlow and XLA would
+    # fold a constant range into an index array and a mask (5 MB for h = 2**20) held in the
+    # compiled program for each length, read from memory each step; an iota is computed in the loop
+    zero = tf.cast(tf.reshape(_hidden_zero(tf.reshape(x, [-1])[:1]), []), tf.int32)
+    i = tf.range(h) + zero
     lead = (slice(None),) * axis
     low = x[(*lead, slice(0, h))]
-    high = tf.gather(x, tf.minimum(tf.range(h, 2 * h), n - 1), axis=axis)
+    high = tf.gather(x, tf.minimum(i + h, n - 1), axis=axis)
     if of is not None:
         low, high = of(low), of(high)
-    kept = tf.reshape(tf.range(h) < n - h, (h,) + (1,) * (len(x.shape) - axis - 1))
+    kept = tf.reshape(i < n - h, (h,) + (1,) * (len(x.shape) - axis - 1))
     return add(low, tf.where(kept, high, full_like(high, -0.0)))
 
 
