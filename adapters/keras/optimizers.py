@@ -598,6 +598,11 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         param = b.as_array(variable)
         grad = b.as_array(gradient, param.dtype)
         xp = b.namespace(self, param)
+        if tuple(grad.shape) != tuple(param.shape):
+            # a gradient traced without its static shape (TensorFlow: an IndexedSlices gradient
+            # densified in a graph, as LossScaleOptimizer's unscaling does): the variable's shape,
+            # which the rules that sum along an axis need (an error if the sizes differ)
+            grad = xp.reshape(grad, tuple(param.shape))
         # a slot without a variable (Muon's velocity of a variable its Muon step takes, as Keras
         # keeps none) is one the rule does not read: its initial value, passed through
         slots = {

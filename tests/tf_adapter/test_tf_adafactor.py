@@ -501,3 +501,45 @@ def test_kerass_adafactor_state_ports_both_ways():
         j = fresh._get_variable_index(fresh_vars[i])
         for name in uniopt.Adafactor(convention="keras").slots_in_use(shape):
             assert bits_equal(getattr(fresh, f"_{name}")[j].numpy(), record.slots[i][name])
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["function", "xla"])
+def test_a_gradient_traced_without_its_static_shape_steps_as_the_core(jit):
+    """A gradient whose static shape is unknown in the traced step (an ``IndexedSlices`` gradient
+    densified in a graph, as ``LossScaleOptimizer`` unscales an Embedding's): the step takes the
+    variable's shape, which Adafactor's row and column sums need, and is the reference's; a
+    gradient of another size is refused. And the user's case: ``model.fit`` of an Embedding under
+    ``mixed_float16`` (Keras wraps the optimizer in a ``LossScaleOptimizer``) runs."""
+    spec = uniopt.Adafactor()
+    params, grads = params_and_grads(3, "float32", seed=4, shapes=((6, 5), (7,)))
+    opt = ut.from_spec(spec)
+    variables = [keras.Variable(p) for p in params]
+    opt.build(variables)
+    signature = [tf.TensorSpec([None, 5], tf.float32), tf.TensorSpec([None], tf.float32)]
+
+    @tf.function(input_signature=[signature], jit_compile=jit)
+    def step(gs):
+        opt.apply_gradients(zip(gs, variables, strict=True))
+
+    for g in grads:
+        step([tf.constant(x) for x in g])
+    assert_trajectories([snapshot(opt, variables)], [reference(spec, params, grads)[-1]])
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+        step([tf.zeros((3, 5)), tf.zeros((7,))])
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input((6,), dtype="int32")
+        hidden = keras.layers.Flatten()(keras.layers.Embedding(100, 8)(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(10)(hidden))
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(optimizer=ut.Adafactor(), loss=loss, jit_compile=jit)
+        x = np.random.default_rng(0).integers(0, 100, size=(32, 6)).astype("int32")
+        before = model.layers[1].embeddings.numpy().copy()
+        history = model.fit(x, np.zeros(32, "int32"), batch_size=16, epochs=1, verbose=0)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert np.isfinite(history.history["loss"][-1])
+        assert not np.array_equal(model.layers[1].embeddings.numpy(), before)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
