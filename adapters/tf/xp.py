@@ -244,7 +244,8 @@ def uniopt_split(x: Any, axis: int, h: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 PADDING_READ_LIMIT = 4096
 """Bytes past an array's end that the padded halving of a pairwise sum may have XLA load from
-(masked off): from there on :func:`uniopt_odd_halving` gathers instead. One page."""
+(masked off): from there on :func:`uniopt_odd_halving` gathers instead. The size of a page (the
+span is counted from the array's end, not from a page boundary)."""
 
 GATHERED_HALVING_MIN_SIZE = 32768
 """The fewest elements of an array whose odd halvings :func:`uniopt_odd_halving` gathers whatever
@@ -257,8 +258,11 @@ def uniopt_odd_halving(x: Any, axis: int, h: int, of: Any) -> tf.Tensor | None:
     without padding: ``of(x[:h]) + where(i < n - h, of(x[min(h + i, n - 1)]), -0)``, the second
     operand gathered at clamped indices (``tf.gather``), so that nothing is read outside ``x``.
     The same values as the slice padded with ``-0`` (``of`` the identity where ``None``), so the
-    same bits. For arrays of at least :data:`GATHERED_HALVING_MIN_SIZE` elements, and wherever the
-    padding would reach :data:`PADDING_READ_LIMIT` bytes past the end of ``x``; ``None`` (pad)
+    same bits under the bitwise flags (``uniopt.tf.xla.XLA_BITWISE_FLAGS``; with XLA's default CPU
+    flags, which contract products into fused multiply-adds, a sum of squares may round otherwise
+    than padded, as either may otherwise than NumPy). ``axis`` may be negative. For arrays of at
+    least :data:`GATHERED_HALVING_MIN_SIZE` elements, and wherever the padding spans
+    :data:`PADDING_READ_LIMIT` bytes or more past the end of ``x``; ``None`` (pad)
     otherwise, eagerly, in ``tf.function`` without XLA (TensorFlow's ``ConcatV2`` reads no
     padding), for a dynamic shape, an empty array and a dtype that is not a float.
 
@@ -281,6 +285,7 @@ def uniopt_odd_halving(x: Any, axis: int, h: int, of: Any) -> tf.Tensor | None:
         return None
     if x.dtype not in _BITS_OF or x.shape.num_elements() == 0:
         return None
+    axis %= len(x.shape)
     n, inner = int(x.shape[axis]), x.shape[axis + 1 :].num_elements()
     reach = (2 * h - n) * inner * x.dtype.size
     if reach < PADDING_READ_LIMIT and x.shape.num_elements() < GATHERED_HALVING_MIN_SIZE:

@@ -355,6 +355,24 @@ def test_odd_halvings_under_xla_read_nothing_past_the_array(shape, gathered_axes
         assert bits_equal(g.numpy(), e), (shape, mode)
 
 
+@pytest.mark.parametrize(("shape", "axis"), [((40000,), -1), ((1025, 40), -2), ((4, 1025, 3), -2)])
+def test_the_odd_halving_hook_takes_a_negative_axis(shape, axis):
+    """``xp.uniopt_odd_halving`` called with a negative axis halves that axis as with its positive
+    index (``sum_pairwise_axis`` passes it non-negative; a direct caller may not)."""
+    x = tf.constant(np.random.default_rng(1).standard_normal(shape).astype(np.float32))
+    n = shape[axis]
+    h = 1 << ((n - 1).bit_length() - 1)
+
+    @tf.function(jit_compile=True)
+    def both(t):
+        return xp.uniopt_odd_halving(t, axis, h, None), xp.uniopt_odd_halving(t, axis % len(shape), h, None)
+
+    negative, positive = both(x)
+    a = axis % len(shape)
+    assert negative.shape == positive.shape == (*shape[:a], h, *shape[a + 1 :])
+    assert bits_equal(negative.numpy(), positive.numpy())
+
+
 def _reach(shape: tuple[int, ...], axis: int, dtype: str) -> int:
     """Bytes past the array's end that the padding of the first halving along ``axis`` spans."""
     n = shape[axis]
