@@ -370,7 +370,10 @@ def test_a_product_the_kernels_decline_mid_iteration_is_the_float32_expression(d
     """The namespace may decline a later product of a kernel iteration (None): that product is the
     float32 expression of the same bfloat16 values, rounded once to bfloat16, and the iteration
     goes on on the kernels. Checked against torch.optim.Muon's own loop with that one product
-    replaced by the float32 expression, written here with torch's ops."""
+    replaced by the float32 expression, written here with torch's ops: the declined product, as
+    the next kernel call receives it, is that expression's bits, which differ from the kernel's
+    product there, and the result is the loop's. (The result alone would not tell the two apart:
+    an AMD EPYC's kernels ended on the same bits from a Gram product that differed.)"""
     from torch.optim._muon import _zeropower_via_newtonschulz
 
     from uniopt._spec import cast_scalars
@@ -379,7 +382,7 @@ def test_a_product_the_kernels_decline_mid_iteration_is_the_float32_expression(d
     hook = type(xp).uniopt_addmm_bfloat16
 
     def spy(*args):
-        calls.append(None)
+        calls.append(args)
         return None if len(calls) == declined + 1 else hook(*args)
 
     spec = uniopt.Muon(lr=0.02, convention="torch")
@@ -388,21 +391,31 @@ def test_a_product_the_kernels_decline_mid_iteration_is_the_float32_expression(d
     sc = cast_scalars(spec.step_scalars(1, 0.02), g, xp)
     x = _zeropower_via_newtonschulz(g, spec.ns_coefficients, 0, spec.eps)  # normalised, no iteration
     f = lambda t: t.float()  # noqa: E731
+    plain_product = kernel_product = None  # the declined product: its float32 expression, the kernel's
     for k in range(spec.ns_steps):
         plain = [3 * k + i == declined for i in range(3)]
-        gram = (f(x) @ f(x).mT).bfloat16() if plain[0] else x @ x.mT
-        poly = (
-            (f(gram) * b + (f(gram) @ f(gram)) * c).bfloat16()
-            if plain[1]
-            else torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        )
-        x = (f(x) * a + f(poly) @ f(x)).bfloat16() if plain[2] else torch.addmm(x, poly, x, beta=a)
+        gram = x @ x.mT
+        if plain[0]:
+            plain_product, kernel_product = (f(x) @ f(x).mT).bfloat16(), gram
+            gram = plain_product
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        if plain[1]:
+            plain_product, kernel_product = (f(gram) * b + (f(gram) @ f(gram)) * c).bfloat16(), poly
+            poly = plain_product
+        new_x = torch.addmm(x, poly, x, beta=a)
+        if plain[2]:
+            plain_product, kernel_product = (f(x) * a + f(poly) @ f(x)).bfloat16(), new_x
+            new_x = plain_product
+        x = new_x
     monkeypatch.setattr(type(xp), "uniopt_addmm_bfloat16", staticmethod(spy))
     ours = spec._torch_newton_schulz(g, sc, xp)
     assert len(calls) == 3 * spec.ns_steps
+    # the next call takes the declined product: a Gram product as addmm(A, A, A)'s first argument,
+    # a B product as addmm(X, B, X)'s second, an X as the next Gram product's second
+    received = calls[declined + 1][0 if declined % 3 == 0 else 1]
+    assert torch.equal(received, plain_product)
+    assert not torch.equal(plain_product, kernel_product)  # the check can tell them apart
     assert torch.equal(ours, x.float())
-    monkeypatch.setattr(type(xp), "uniopt_addmm_bfloat16", staticmethod(hook))
-    assert not torch.equal(ours, spec._torch_newton_schulz(g, sc, xp))  # the declined product mattered
 
 
 def test_under_compilation_the_kernels_are_the_custom_operator_and_a_scaled_plain_product_is_declined():
