@@ -1751,8 +1751,13 @@ TABLE: tuple[OptimizerInfo, ...] = (
         # over 16x8, 4x8, 5x5 are bitwise there), 47104 in tf.function (optax_defaults/huge;
         # relative 3.9e-7) and 38912 under XLA (match_rms_adamw/tiny; 1.7e-7), and float16 under
         # XLA up to 512 ulp (sparse; relative 6.8e-4): within torch's bound
+        # torch@eager and torch@loop on an AMD EPYC (Zen 4, torch 2.13.0+cpu, 2026-12-07): the
+        # sparse stream of match_rms_adamw 368,640 ulp from step 1 (relative 2.2e-7: float32
+        # products summed in another order by that CPU's kernels, next to elements near 0), over
+        # the Intel Xeon's bound above; the other cells of both CPUs within it
         ulp_tolerance={
             "torch": 4 * 52864,
+            "torch:match_rms_adamw/sparse": 4 * 368640,
             "torch:exact/*": 0,
             "torch:torch/*": 0,
             "torch:torch_match_rms_adamw/*": 0,
