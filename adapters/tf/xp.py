@@ -278,12 +278,8 @@ def uniopt_odd_halving(x: Any, axis: int, h: int, of: Any) -> tf.Tensor | None:
     Adafactor step (16 tensors of 1.575M float32, one process, interleaved, three processes):
     padded 51.2 to 61.5 ms, gathered where the reach is a page 44.1 to 48.4, gathered in every
     large array 41.3 to 44.3."""
-    from ._scalars import in_xla_context
-
     x = tf.convert_to_tensor(x)
-    if tf.executing_eagerly() or not in_xla_context() or not x.shape.is_fully_defined():
-        return None
-    if x.dtype not in _BITS_OF or x.shape.num_elements() == 0:
+    if not _traced_for_xla(x) or not x.shape.is_fully_defined() or x.shape.num_elements() == 0:
         return None
     axis %= len(x.shape)
     n, inner = int(x.shape[axis]), x.shape[axis + 1 :].num_elements()
@@ -293,8 +289,7 @@ def uniopt_odd_halving(x: Any, axis: int, h: int, of: Any) -> tf.Tensor | None:
     # the slice indices i from an integer zero made of x's first element: TensorFlow and XLA would
     # fold a constant range into an index array and a mask (5 MB for h = 2**20) held in the
     # compiled program for each length, read from memory each step; an iota is computed in the loop
-    zero = tf.cast(tf.reshape(_hidden_zero(tf.reshape(x, [-1])[:1]), []), tf.int32)
-    i = tf.range(h) + zero
+    i = tf.range(h) + _first_element_zero(x, tf.int32)
     lead = (slice(None),) * axis
     low = x[(*lead, slice(0, h))]
     high = tf.gather(x, tf.minimum(i + h, n - 1), axis=axis)
@@ -355,6 +350,12 @@ def _hidden_zero(x: tf.Tensor) -> tf.Tensor:
     return tf.bitwise.right_shift(magnitude, tf.constant(signed_int.size * 8 - 1, signed_int))
 
 
+def _first_element_zero(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """A 0-d integer zero of ``dtype`` made from the bits of ``x``'s first element
+    (:func:`_hidden_zero`): a value no compiler folds, which makes what it enters wait for ``x``."""
+    return tf.cast(_hidden_zero(tf.reshape(tf.reshape(x, [-1])[:1], [])), dtype)
+
+
 def _or_bits(x: tf.Tensor, zero: tf.Tensor) -> tf.Tensor:
     """``x`` with the integer zero ``zero`` or-ed into its bits: the same bits."""
     signed_int = _BITS_OF[x.dtype][0]
@@ -368,15 +369,21 @@ def _or_bits(x: tf.Tensor, zero: tf.Tensor) -> tf.Tensor:
 HINT_MIN_SIZE = 32768
 
 
-def _hints_apply(*arrays: tf.Tensor) -> bool:
-    """Under XLA only (``tf.function`` runs each op as its own kernel, where a no-op would be one
-    more pass over memory, and eagerly there is nothing to schedule), and only on arrays of at least
-    :data:`HINT_MIN_SIZE` elements, of a static shape."""
+def _traced_for_xla(*arrays: tf.Tensor) -> bool:
+    """Whether the graph being traced is compiled by XLA and every array is a float of
+    :data:`_BITS_OF` (one whose bits make a hidden integer zero)."""
     from ._scalars import in_xla_context
 
     if tf.executing_eagerly() or not in_xla_context():
         return False
-    return all(a.dtype in _BITS_OF and (a.shape.num_elements() or 0) >= HINT_MIN_SIZE for a in arrays)
+    return all(a.dtype in _BITS_OF for a in arrays)
+
+
+def _hints_apply(*arrays: tf.Tensor) -> bool:
+    """Under XLA only (``tf.function`` runs each op as its own kernel, where a no-op would be one
+    more pass over memory, and eagerly there is nothing to schedule), and only on arrays of at least
+    :data:`HINT_MIN_SIZE` elements, of a static shape."""
+    return _traced_for_xla(*arrays) and all((a.shape.num_elements() or 0) >= HINT_MIN_SIZE for a in arrays)
 
 
 def uniopt_recomputed(x: Any) -> tf.Tensor | None:
@@ -398,6 +405,4 @@ def uniopt_after(x: Any, first: Any) -> tf.Tensor:
     x, first = tf.convert_to_tensor(x), tf.convert_to_tensor(first)
     if not _hints_apply(x, first):
         return x
-    one = tf.reshape(tf.reshape(first, [-1])[:1], [])
-    zero = tf.cast(_hidden_zero(one), _BITS_OF[x.dtype][0])
-    return _or_bits(x, zero)
+    return _or_bits(x, _first_element_zero(first, _BITS_OF[x.dtype][0]))
