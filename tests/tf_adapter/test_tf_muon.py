@@ -276,12 +276,13 @@ def test_float64_row_matrix_by_hand_where_keras_fails():
 
 
 # -- modes against the NumPy reference -----------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("mode", ["eager", "function", "function_returning", "xla"])
 def test_exact_products_are_the_numpy_reference_bit_for_bit(mode):
     """matmul="exact" (the products summed in one defined order): every parameter, momentum and
     velocity equals the core's NumPy run, float32, in every mode (XLA with uniopt.tf.xla's flags,
-    which tests/tf_adapter/conftest.py sets); a 2-D variable excluded by path takes the Adam step
-    as the core's adam_2d=True spec does."""
+    which tests/tf_adapter/conftest.py sets; a ``tf.function`` that returns values, where
+    grappler would move the shape scale into ``lr * x`` but for uniopt.tf.xp's guard); a 2-D
+    variable excluded by path takes the Adam step as the core's adam_2d=True spec does."""
     shapes = ((4, 3), (5,), (), (2, 6), (3, 1))
     params, grads = params_and_grads(8, seed=5, shapes=shapes)
     variables = [

@@ -29,11 +29,22 @@ def snapshot(opt, variables):
 
 
 def make_step(opt, variables, mode: str):
-    """``apply_gradients`` eagerly, inside ``tf.function``, or with ``jit_compile=True``."""
+    """``apply_gradients`` eagerly, inside ``tf.function``, or with ``jit_compile=True``;
+    ``"function_returning"``: inside a ``tf.function`` that returns the variables' new values, as a
+    training step returns its loss (grappler's constant folding rewrites more of a graph with
+    outputs)."""
 
     def step(grads):
         opt.apply_gradients(zip(grads, variables, strict=True))
 
+    if mode == "function_returning":
+
+        @tf.function
+        def returning(grads):
+            step(grads)
+            return [tf.identity(v) for v in variables]
+
+        return returning
     if mode == "function":
         return tf.function(step)
     if mode == "xla":
