@@ -59,6 +59,16 @@ def subtract(x1: Any, x2: Any) -> tf.Tensor:
     return tf.math.subtract(*_kept_apart(x1, x2, _SUMS))
 
 
+def _tensors(x1: Any, x2: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """Both operands as tensors, a Python number beside a tensor taking that tensor's dtype (as
+    ``tf.math.add`` converts it: ``x64 + 0.5`` is float64)."""
+    if tf.is_tensor(x1) and not tf.is_tensor(x2):
+        return x1, tf.convert_to_tensor(x2, dtype_hint=x1.dtype)
+    if tf.is_tensor(x2) and not tf.is_tensor(x1):
+        return tf.convert_to_tensor(x1, dtype_hint=x2.dtype), x2
+    return tf.convert_to_tensor(x1), tf.convert_to_tensor(x2)
+
+
 _SUMS = frozenset({"Add", "AddV2", "Sub"})
 _PRODUCTS = frozenset({"Mul", "Div"})
 
@@ -74,7 +84,7 @@ def _kept_apart(x1: Any, x2: Any, kinds: frozenset[str]) -> tuple[tf.Tensor, tf.
     33,825 float32 elements of a ``(33, 1025)`` step off by up to 16 ulp with
     ``matmul="exact"``, bitwise with it). Eagerly, and where neither or both are constants,
     nothing is added."""
-    t1, t2 = tf.convert_to_tensor(x1), tf.convert_to_tensor(x2)
+    t1, t2 = _tensors(x1, x2)
     if tf.executing_eagerly():
         return t1, t2
     c1, c2 = tf.get_static_value(t1) is not None, tf.get_static_value(t2) is not None

@@ -61,6 +61,22 @@ def test_each_function_is_bitwise_numpys(dtype, jit):
     assert np.isnan(got["maximum"][np.isnan(a) | np.isnan(b)]).all()  # NaN propagates
 
 
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("name", ["add", "subtract", "multiply"])
+def test_a_python_number_beside_a_tensor_takes_its_dtype(name, mode):
+    """``xp.add(x64, 0.5)`` is float64, as ``tf.math.add`` converts a Python number beside a tensor
+    (the constant check of the grappler guard converted each operand on its own: float32, then
+    ``InvalidArgumentError``); either side."""
+    x = tf.constant([1.0, 2.0], tf.float64)
+    fn = getattr(xp, name)
+    values = np.asarray([1.0, 2.0])
+    ufunc = getattr(np, name)
+    for args, want in (((x, 0.5), ufunc(values, 0.5)), ((0.5, x), ufunc(0.5, values))):
+        got = fn(*args) if mode == "eager" else tf.function(lambda a=args: fn(*a))()
+        assert got.dtype == tf.float64
+        assert bits_equal(got.numpy(), want)
+
+
 def test_creation_functions_round_once():
     x = tf.constant(np.ones((2, 3), np.float32))
     assert bits_equal(xp.full_like(x, 0.1).numpy(), np.full((2, 3), 0.1, np.float32))
