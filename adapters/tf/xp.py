@@ -110,7 +110,8 @@ def multiply(x1: Any, x2: Any) -> tf.Tensor:
     constant factor along a chain of products, ``(a * c) * b`` into ``(a * b) * c`` (measured: 1
     ulp in a column matrix's step under XLA, and 30752 of 100k float32 chains), so such a product
     is passed through ``minimum(p, inf) + (-0)`` (exact, as in :func:`sqrt`: grappler keeps the
-    ``minimum``, XLA the addition)."""
+    ``minimum``, XLA the addition). Before any of that, an operand that is itself a product beside
+    a constant is kept apart from it (:func:`_kept_apart`), as in :func:`add`."""
     t1, t2 = _kept_apart(x1, x2, _PRODUCTS)
     product = tf.math.multiply(t1, t2)
     if tf.executing_eagerly():
