@@ -124,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
             params, grads = arrays(pset, 0), arrays(pset, 1)
             print(f"{args.framework} {name} on {pset.label}", flush=True)
             rows = measure(
-                [*mod.variants(name, pset, options), *bound_variants(pset.size, copies, sync)],
+                [
+                    *mod.variants(name, pset, options),
+                    *bound_variants(pset.size, copies, sync, in_place=args.device == "cpu"),
+                ],
                 params,
                 grads,
                 warmup=warmup,

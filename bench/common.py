@@ -34,6 +34,7 @@ __all__ = [
     "PeakProbe",
     "Variant",
     "bound_variants",
+    "in_place_bound",
     "machine",
     "measure",
     "merged",
@@ -284,17 +285,19 @@ Copy = Callable[[int], Callable[[], None]]
 
 
 def bound_variants(
-    size: int, copies: dict[str, Copy], sync: Callable[[], None] = lambda: None
+    size: int, copies: dict[str, Copy], sync: Callable[[], None] = lambda: None, in_place: bool = False
 ) -> list[Variant]:
     """The memory-bandwidth bound of an Adam-type step on ``size`` float32 params, timed with the
     optimizers (interleaved): copying ``BYTES_PER_PARAM * size`` bytes, half read and half written,
-    with each copy offered (the report takes the fastest). ``sync`` waits for queued copies (GPU)."""
+    with each copy offered (the report takes the fastest); with ``in_place`` (the CPU) also the
+    in-place read-modify-write of the step's four arrays (:func:`in_place_bound`), where a C
+    compiler builds it. ``sync`` waits for queued copies (GPU)."""
     elements = BYTES_PER_PARAM * size // 8  # float32 elements per buffer: 14 B read + 14 B written
 
     def build(make: Copy) -> Callable[[list, list], Callable[[], None]]:
         return lambda params, grads: make(elements)
 
-    return [
+    out = [
         Variant(
             f"memory-bandwidth bound ({name})",
             "bound",
@@ -304,6 +307,95 @@ def bound_variants(
         )
         for name, make in copies.items()
     ]
+    if in_place:
+
+        def build_in_place(params: list, grads: list) -> Callable[[], None]:
+            step = in_place_bound(size)
+            if step is None:
+                raise RuntimeError("no C compiler built the in-place bound")
+            return step
+
+        out.append(
+            Variant(
+                "memory-bandwidth bound (in-place C loop)",
+                "bound",
+                build_in_place,
+                refusal=lambda exc: isinstance(exc, RuntimeError) and "in-place bound" in str(exc),
+                note=f"reads p, g, m, v and writes p, m, v in place: {BYTES_PER_PARAM} B/param",
+            )
+        )
+    return out
+
+
+IN_PLACE_SOURCE = r"""
+#include <stdint.h>
+void uniopt_bound(int64_t n, float *restrict p, const float *restrict g, float *restrict m,
+                  float *restrict v, int threads) {
+  const int64_t tiles = (n + 32767) / 32768;
+  #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t hi = (t + 1) * 32768 < n ? (t + 1) * 32768 : n;
+    for (int64_t i = t * 32768; i < hi; ++i) {
+      const float d = g[i];
+      p[i] = p[i] + d;
+      m[i] = m[i] + d;
+      v[i] = v[i] + d;
+    }
+  }
+}
+"""
+"""The in-place bound's loop (:func:`in_place_bound`): one pass over tiles of 32768 elements shared
+over OpenMP threads, as uniopt.torch's CPU kernel shares its segments, reading ``p, g, m, v`` and
+writing ``p, m, v`` once, with one addition each (no arithmetic to wait for)."""
+
+
+def in_place_bound(
+    size: int, threads: int | None = None, arrays: tuple[np.ndarray, ...] | None = None
+) -> Callable[[], None] | None:
+    """The tight CPU bound of an Adam-type step on ``size`` float32 params: one loop, compiled with
+    the system C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native
+    -fopenmp``), that reads a parameter, a gradient and two moments and writes the parameter and
+    both moments in place, :data:`BYTES_PER_PARAM` bytes per parameter and nothing else (no
+    write-allocate, unlike a copy), on ``threads`` OpenMP threads (default: every core). No step
+    that keeps those arrays can move less memory, so an optimizer's ratio to it is what its
+    arithmetic and its host work cost beyond the bytes. ``arrays``: the ``p, g, m, v`` it updates
+    (contiguous float32 of ``size`` elements; default: new ones). ``None`` where no compiler builds
+    it."""
+    import ctypes
+    import shutil
+    import subprocess
+    import tempfile
+
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler or os.name != "posix":
+        return None
+    lib = None
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bound.c").write_text(IN_PLACE_SOURCE)
+        for arch in (("-march=native",), ()):
+            argv = [compiler, "-O3", *arch, "-fopenmp", "-shared", "-fPIC", "bound.c", "-o", "bound.so"]
+            try:
+                subprocess.run(argv, cwd=tmp, check=True, capture_output=True, timeout=120)
+                lib = ctypes.CDLL(str(Path(tmp) / "bound.so"))  # loaded: the file may go
+                break
+            except (OSError, subprocess.SubprocessError):
+                continue
+    if lib is None:
+        return None
+    fn = lib.uniopt_bound
+    fn.argtypes = [ctypes.c_int64, *(ctypes.c_void_p,) * 4, ctypes.c_int]
+    fn.restype = None
+    if arrays is None:
+        rng = np.random.default_rng(0)
+        # small increments: 1e-3 a step keeps every value far from overflow and from subnormals
+        arrays = tuple(rng.standard_normal(size).astype(np.float32) * 1e-3 for _ in range(4))
+    if len(arrays) != 4 or any(
+        a.dtype != np.float32 or a.shape != (size,) or not a.flags.c_contiguous for a in arrays
+    ):
+        raise ValueError(f"arrays: expected p, g, m, v as contiguous float32 arrays of shape ({size},)")
+    p, g, m, v = arrays
+    count = threads or os.cpu_count() or 1
+    return lambda: fn(size, p.ctypes.data, g.ctypes.data, m.ctypes.data, v.ctypes.data, count)
 
 
 def numpy_copy(elements: int) -> Callable[[], None]:

@@ -606,3 +606,54 @@ def test_the_torch_benchmark_compiles_into_an_empty_cache_of_its_own(monkeypatch
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/chosen")
     assert fresh_inductor_cache() is None
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/chosen"
+
+
+def test_the_in_place_bound_reads_four_arrays_and_writes_three_in_place():
+    from bench.common import in_place_bound
+
+    size = 3 * 32768 + 5  # whole tiles and a partial one
+    rng = np.random.default_rng(1)
+    p, g, m, v = (rng.standard_normal(size).astype(np.float32) for _ in range(4))
+    before = [a.copy() for a in (p, g, m, v)]
+    step = in_place_bound(size, threads=2, arrays=(p, g, m, v))
+    if step is None:
+        pytest.skip("no C compiler on this machine: the bound's row is recorded as not run")
+    step()
+    step()
+    # NumPy's float32 additions, one rounding each, as the loop's
+    for new, old in ((p, before[0]), (m, before[2]), (v, before[3])):
+        np.testing.assert_array_equal(new, (old + before[1]) + before[1])
+    np.testing.assert_array_equal(g, before[1])
+
+
+def test_the_in_place_bound_refuses_arrays_it_cannot_update_and_needs_a_compiler(monkeypatch):
+    from bench.common import in_place_bound
+
+    with pytest.raises(ValueError, match="arrays: expected p, g, m, v"):
+        in_place_bound(4, arrays=tuple(np.zeros(4, np.float64) for _ in range(4)))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert in_place_bound(4) is None
+
+
+def test_the_targets_say_whether_the_fused_adam_target_is_above_the_in_place_bound():
+    def results(fused_ms: float) -> dict:
+        rows = [
+            _row("uniopt.torch.RAdam", "uniopt", 21.0),
+            _row("torch.optim.Adam(fused=True)", "reference", fused_ms),
+            _row("memory-bandwidth bound (in-place C loop)", "bound", 20.0),
+            _row("memory-bandwidth bound (numpy copyto)", "bound", 30.0),
+        ]
+        for r in rows:
+            r["run"] = 1
+        return {"torch": {"results": {"RAdam": {"large": {"label": "L", "rows": rows}}}}}
+
+    def reach(fused_ms: float) -> tuple[str, str, str]:
+        (row,) = [t for t in targets(results(fused_ms)) if t[0].startswith("(whether")]
+        return row
+
+    below = reach(21.0)  # 0.9 x 21 ms = 18.9 ms, under the 20 ms bound
+    assert below[1] == "21.00 / 20.00 ms = 1.05"
+    assert below[2].startswith("below the bound")
+    assert reach(25.0)[2] == "reachable"  # 0.9 x 25 ms = 22.5 ms, above it
+    bound_row = [t for t in targets(results(25.0)) if "1.3x memory-bandwidth bound" in t[0]]
+    assert bound_row[0][1] == "21.00 / 20.00 ms = 1.05"  # the tight bound, not the copy
