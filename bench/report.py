@@ -509,9 +509,17 @@ How to read the targets, and what limits each one:
   FMAs). Since then it is the addition of a `-0.0` the compiler cannot see (26.68 ms; docs/jax.md).
   The same day `update` began handing `optax.apply_updates` the rule's own increment (`-d` of `p -
   d`), not the parameter's change `new - p` with a comparison and a select per element: plain
-  SGD went from 1.15x optax's step to 1.01x (one process). Run 7 (jax) has both; what remains on
-  the large set (Adam 1.05x, AdamW 1.08x, NAdam 1.06x; the `.step` rows, which skip the update,
-  1.03x to 1.05x) was not traced further.
+  SGD went from 1.15x optax's step to 1.01x (one process). Run 7 (jax, Intel Xeon) has both and
+  left Adam at 1.05x, AdamW 1.08x and NAdam 1.06x on the large set (the `.step` rows, which skip
+  the update, 1.03x to 1.05x); run 8 (AMD EPYC, 2026-12-07) has RAdam at 1.00x and Adam at 1.00x
+  (38.63 against 38.68 ms, 41.49 against 41.40). Traced that day in the compiled programs
+  (`jax.jit(...).lower(...).compile().as_text()`, Adam, the large set): uniopt's and optax's are
+  the same three loops per tensor, XLA's CPU backend having no multi-output fusion: one per moment
+  (reading the gradient and the moment, writing the moment) and one for the parameter (reading it
+  and both new moments), 40 bytes a parameter where one pass would move 28. So both take 1.6x to
+  1.7x the in-place bound (run 8: 38.63 and 41.49 ms against 22.41 and 25.93); per element
+  uniopt's parameter loop has one division where optax's has two, and the `-0.0` guards, which
+  the memory traffic hides.
   uniopt.tf under XLA is bitwise only with `XLA_FLAGS="--xla_cpu_max_isa=AVX
   --xla_cpu_enable_fast_min_max=false"` (docs/tf.md); the benchmark runs with XLA's defaults (the
   flags are process-wide and would slow the Keras natives timed beside it), so its `jit_compile` rows
