@@ -1,7 +1,8 @@
 """The TensorFlow backend: the real ``uniopt.tf`` Keras optimizers, driven by ``apply_gradients``.
 
 Modes: ``eager``; ``function`` (the step inside ``tf.function``, where every group of variables
-uniopt.tf steps stacked is stacked, ``uniopt.tf._binding.GROUP_MIN_VARIABLES = 1``); ``xla``
+uniopt.tf steps stacked is stacked, ``uniopt.tf._binding.GROUP_MIN_VARIABLES = 1`` and no
+``GROUP_MAX_ELEMENTS``); ``xla``
 (``tf.function(jit_compile=True)``). TensorFlow is imported only when a runner is made.
 
 XLA on CPU contracts ``a*b + c*d`` into FMA and lowers ``max`` without NaN propagation by default,
@@ -77,12 +78,13 @@ def _make_runner(mode: str) -> Runner:
             _check_xla_flags(wanted)
         if mode == "function":
             # every group of variables that uniopt.tf steps stacked in tf.function is stacked here,
-            # however few its variables (a unit holds a few, of different shapes), so that this
+            # however few and large its variables (a unit holds a few, of different shapes), so that this
             # mode's cells prove the stacked step; SGD without momentum and the specs that are
             # not elementwise keep the per-variable step, as do tf@eager and tf@xla
             from uniopt.tf import _binding
 
             _binding.GROUP_MIN_VARIABLES = 1
+            _binding.GROUP_MAX_ELEMENTS = None
         units = units_of(batch)
         with tf.device(device):
             # one Keras optimizer per unit over its members' variables; one training step applies

@@ -11,6 +11,7 @@ math lives here.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -134,6 +135,16 @@ def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr
 
 GROUP_MIN_VARIABLES = 8
 """The fewest variables of one group (:func:`update_groups`) stepped stacked."""
+GROUP_MAX_ELEMENTS: int | None = 1 << 11
+"""The most elements a variable of a group stepped stacked may have (``None``: no limit). Stacking
+saves TensorFlow's cost per op and per variable, which only small variables notice; on larger ones
+each op's cost is its arithmetic, and stacking adds a copy of every array and temporaries the size
+of the whole group. Measured in ``tf.function`` (TensorFlow 2.21, 2-core AMD EPYC, Zen 3), float32,
+ms a step, stacked against per variable: Adam on 256 variables of 32x32 12.7 and 16.6, 64 of 32x64
+2.8 and 3.1, 128 of 45x45 8.0 and 7.5, 64 of 64x64 5.0 and 4.8, 16 of 256x256 9.1 and 5.5, 16 of
+1260x1250 (the benchmark's large set) 497 and 122; Lion, whose rule has more ops, on 128 of 45x45
+5.5 and 5.8, 64 of 64x64 4.6 and 4.0. Until 2026-12-07 there was no limit, and the large set's
+``tf.function`` step was stacked."""
 GROUP_MIN_RULE_OPS = 4
 """The fewest TensorFlow ops (constants aside) a rule must make for its group to be stepped
 stacked: below, the stacking and unstacking cost more than the ops they save. Measured in
@@ -158,8 +169,9 @@ def update_groups(
     each variable: the same bits. The new values are unstacked and assigned as ``update_step``
     assigns them.
     Only in ``tf.function`` without XLA, under no ``tf.distribute`` strategy, with
-    ``update_step`` not overridden, for groups of at least :data:`GROUP_MIN_VARIABLES` whose rule
-    makes at least :data:`GROUP_MIN_RULE_OPS` ops; the other variables go to the loop."""
+    ``update_step`` not overridden, for groups of at least :data:`GROUP_MIN_VARIABLES` variables of
+    at most :data:`GROUP_MAX_ELEMENTS` elements each whose rule makes at least
+    :data:`GROUP_MIN_RULE_OPS` ops; the other variables go to the loop."""
     from uniopt.keras.optimizers import UnioptOptimizer
 
     if (
@@ -183,7 +195,12 @@ def update_groups(
         else:
             groups.setdefault(key, []).append((gradient, variable, slots))
     for key, members in groups.items():
-        if len(members) < GROUP_MIN_VARIABLES or not _update_stacked(optimizer, key, members, learning_rate):
+        too_large = GROUP_MAX_ELEMENTS is not None and math.prod(key[2]) > GROUP_MAX_ELEMENTS
+        if (
+            len(members) < GROUP_MIN_VARIABLES
+            or too_large
+            or not _update_stacked(optimizer, key, members, learning_rate)
+        ):
             rest.extend((gradient, variable) for gradient, variable, _ in members)
     return rest
 

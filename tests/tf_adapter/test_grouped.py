@@ -95,6 +95,21 @@ def test_too_few_like_variables_are_stepped_one_by_one():
     assert _pack_ops(ut.Adam(learning_rate=0.01), keep[:7], [g[:7] for g in keep_grads]) == []
 
 
+def test_groups_of_large_variables_are_stepped_one_by_one(monkeypatch):
+    """Above GROUP_MAX_ELEMENTS elements a variable's group is stepped per variable (stacking the
+    16 float32 variables of 1260x1250 of the benchmark's large set made Adam's tf.function step
+    several times slower); the benchmark's many-small shape, (20, 25), is stacked."""
+    assert _binding.GROUP_MAX_ELEMENTS is not None
+    assert 20 * 25 <= _binding.GROUP_MAX_ELEMENTS < 1260 * 1250
+    params, grads = _inputs("float32")
+    monkeypatch.setattr(_binding, "GROUP_MAX_ELEMENTS", 14)  # the (5, 3) group's 15 are too many
+    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 4
+    monkeypatch.setattr(_binding, "GROUP_MAX_ELEMENTS", 15)
+    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 4 + [9] * 4
+    monkeypatch.setattr(_binding, "GROUP_MAX_ELEMENTS", None)
+    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 4 + [9] * 4
+
+
 def test_eager_and_xla_steps_are_not_stacked(monkeypatch):
     """The grouping runs in ``tf.function`` only; eagerly and under XLA the per-variable step runs
     (and gives the reference's bits)."""
