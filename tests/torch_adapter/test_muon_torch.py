@@ -492,15 +492,25 @@ def test_torch_optim_muon_state_ports_through_a_record_and_back():
         assert torch.equal(other.state[q]["momentum_buffer"], native.state[p]["momentum_buffer"])
 
 
+KERNEL_SIZED = (16, 16384)
+"""A matrix ``implementation="auto"`` compiles per shape under the torch convention: 2**18 elements
+(AUTO_COMPILE_MIN) and a Gram product of 16*16*16384 = 2**22 multiply-adds, twice the bfloat16
+kernels' threshold (128**3), at about a hundredth of the arithmetic of a 512x640 matrix, whose
+bfloat16 products took most of this file's time on a CPU without bfloat16 instructions (an AMD
+EPYC, Zen 3: 48 s for the momentum-schedule test's 20 steps alone)."""
+
+
 @pytest.mark.parametrize(
     ("shape", "dtype"),
-    [((512, 640), torch.float32), ((640, 512), torch.float32), ((512, 640), torch.bfloat16)],
+    [((16, 16384), torch.float32), ((16384, 16), torch.float32), ((16, 16384), torch.bfloat16)],
 )
 def test_a_large_matrix_steps_compiled_and_is_the_eager_loops_bits(shape, dtype):
     """implementation='auto' compiles the torch convention's rule per shape for a matrix of at
     least AUTO_COMPILE_MIN elements whose products are torch's bfloat16 kernels (the custom
     operator inductor calls as it is; the elementwise ops around them fused): the same bits as the
-    eager loop, its bfloat16 roundings kept for a float32 parameter too."""
+    eager loop, its bfloat16 roundings kept for a float32 parameter too. Wide, tall (transposed
+    for the iteration) and a bfloat16 parameter, each of the fewest multiply-adds that takes this
+    path (:data:`KERNEL_SIZED`)."""
     from uniopt.torch import _pertensor
 
     params = _params((shape,), dtype=dtype)
@@ -596,7 +606,7 @@ def test_a_momentum_schedule_does_not_recompile_the_compiled_step():
     rule branches on :meth:`uniopt.Spec.nonzero`); the same bits as the loop."""
     import warnings
 
-    params = _params(((512, 640),), seed=9)
+    params = _params((KERNEL_SIZED,), seed=9)
     twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
     grads = _grads(params, 10, seed=10)  # past dynamo's recompile limit (8)
     runs = []
@@ -631,7 +641,7 @@ def test_warnings_as_errors_do_not_fail_a_compiled_per_shape_step(name, monkeypa
     monkeypatch.setattr(_pertensor, "_KERNELS", OrderedDict())  # this shape traced afresh
     torch._dynamo.reset()
     options = {"convention": "torch"} if name == "Muon" else {}
-    params = _params(((512, 640),), seed=11)
+    params = _params((KERNEL_SIZED,), seed=11)
     twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
     grads = _grads(params, 2, seed=12)
     auto = getattr(uniopt.torch, name)(params, lr=0.02, **options)
@@ -640,5 +650,5 @@ def test_warnings_as_errors_do_not_fail_a_compiled_per_shape_step(name, monkeypa
         warnings.simplefilter("error")
         _run(auto, params, grads)
     _run(loop, twin, grads)
-    assert any(key[3] == (512, 640) for key in _pertensor._KERNELS)
+    assert any(key[3] == KERNEL_SIZED for key in _pertensor._KERNELS)
     assert torch.equal(params[0].detach(), twin[0].detach())
