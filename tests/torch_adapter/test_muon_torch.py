@@ -509,8 +509,8 @@ def test_a_large_matrix_steps_compiled_and_is_the_eager_loops_bits(shape, dtype)
     least AUTO_COMPILE_MIN elements whose products are torch's bfloat16 kernels (the custom
     operator inductor calls as it is; the elementwise ops around them fused): the same bits as the
     eager loop, its bfloat16 roundings kept for a float32 parameter too. Wide, tall (transposed
-    for the iteration) and a bfloat16 parameter, each of the fewest multiply-adds that takes this
-    path (:data:`KERNEL_SIZED`)."""
+    for the iteration) and a bfloat16 parameter, each of 2**18 elements with few multiply-adds for
+    this path (:data:`KERNEL_SIZED`)."""
     from uniopt.torch import _pertensor
 
     params = _params((shape,), dtype=dtype)
