@@ -359,13 +359,21 @@ def in_place_bound(
     write-allocate, unlike a copy), on ``threads`` OpenMP threads (default: every core). No step
     that keeps those arrays can move less memory, so an optimizer's ratio to it is what its
     arithmetic and its host work cost beyond the bytes. ``arrays``: the ``p, g, m, v`` it updates
-    (contiguous float32 of ``size`` elements; default: new ones). ``None`` where no compiler builds
-    it."""
+    (contiguous float32 of ``size`` elements; default: new ones; others raise ``ValueError``
+    before anything is built). ``None`` where no compiler builds it."""
     import ctypes
     import shutil
     import subprocess
     import tempfile
 
+    if arrays is None:
+        rng = np.random.default_rng(0)
+        # small increments: 1e-3 a step keeps every value far from overflow and from subnormals
+        arrays = tuple(rng.standard_normal(size).astype(np.float32) * 1e-3 for _ in range(4))
+    if len(arrays) != 4 or any(
+        a.dtype != np.float32 or a.shape != (size,) or not a.flags.c_contiguous for a in arrays
+    ):
+        raise ValueError(f"arrays: expected p, g, m, v as contiguous float32 arrays of shape ({size},)")
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not compiler or os.name != "posix":
         return None
@@ -385,14 +393,6 @@ def in_place_bound(
     fn = lib.uniopt_bound
     fn.argtypes = [ctypes.c_int64, *(ctypes.c_void_p,) * 4, ctypes.c_int]
     fn.restype = None
-    if arrays is None:
-        rng = np.random.default_rng(0)
-        # small increments: 1e-3 a step keeps every value far from overflow and from subnormals
-        arrays = tuple(rng.standard_normal(size).astype(np.float32) * 1e-3 for _ in range(4))
-    if len(arrays) != 4 or any(
-        a.dtype != np.float32 or a.shape != (size,) or not a.flags.c_contiguous for a in arrays
-    ):
-        raise ValueError(f"arrays: expected p, g, m, v as contiguous float32 arrays of shape ({size},)")
     p, g, m, v = arrays
     count = threads or os.cpu_count() or 1
     return lambda: fn(size, p.ctypes.data, g.ctypes.data, m.ctypes.data, v.ctypes.data, count)
