@@ -598,9 +598,10 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         param = b.as_array(variable)
         grad = b.as_array(gradient, param.dtype)
         xp = b.namespace(self, param)
-        if tuple(grad.shape) != tuple(param.shape):
+        if getattr(grad.shape, "rank", 0) is None or tuple(grad.shape) != tuple(param.shape):
             # a gradient traced without its static shape (TensorFlow: an IndexedSlices gradient
-            # densified in a graph, as LossScaleOptimizer's unscaling does): the variable's shape,
+            # densified in a graph, as LossScaleOptimizer's unscaling does, or a tf.function
+            # argument of unknown rank, whose TensorShape cannot be iterated): the variable's shape,
             # which the rules that sum along an axis need (an error if the sizes differ)
             grad = xp.reshape(grad, tuple(param.shape))
         # a slot without a variable (Muon's velocity of a variable its Muon step takes, as Keras

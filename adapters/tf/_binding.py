@@ -208,13 +208,17 @@ def update_groups(
 def _group_key(optimizer: Any, gradient: Any, variable: Any, slots: dict[str, Any]) -> tuple[Any, ...] | None:
     """What variables stepped together share (:func:`update_groups`): the spec, the dtype, the
     shape and each slot's name and dtype; ``None`` for one stepped alone: a sparse or missing
-    gradient, a spec that is not elementwise, a shape not fully known, a slot (of ``slots``, the
-    variable's) without a variable or not shaped like the variable."""
+    gradient, a spec that is not elementwise, a shape not fully known, a gradient whose static
+    shape is not the variable's (unknown, or another: ``update_step`` reshapes it or refuses it
+    as for a variable alone), a slot (of ``slots``, the variable's) without a variable or not
+    shaped like the variable."""
     spec = optimizer._spec_for(variable)
     if not type(spec).elementwise or not tf.is_tensor(gradient) or isinstance(gradient, tf.IndexedSlices):
         return None
     shape = variable.shape
-    if not shape.is_fully_defined():
+    if not shape.is_fully_defined() or gradient.shape != shape:
+        # a gradient of another or an unknown static shape takes update_step's own handling (a
+        # reshape, or its error): stacked, it would broadcast or fail in tf.stack instead
         return None
     if any(v is None or v.shape != shape for v in slots.values()):
         return None

@@ -110,6 +110,34 @@ def test_groups_of_large_variables_are_stepped_one_by_one(monkeypatch):
     assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 4 + [9] * 4
 
 
+def _step_with(grads, n, signature=None):
+    """``n`` (8, 8) variables of zeros, one uniopt.tf.Adam step in ``tf.function`` with ``grads``;
+    the first variable after it."""
+    variables = [tf.Variable(np.zeros((8, 8), np.float32)) for _ in range(n)]
+    opt = ut.Adam(learning_rate=0.01)
+    step = tf.function(
+        lambda gs: opt.apply_gradients(zip(gs, variables, strict=True)), input_signature=signature
+    )
+    step(grads)
+    return variables[0].numpy()
+
+
+@pytest.mark.parametrize("n", [_binding.GROUP_MIN_VARIABLES, 1])
+def test_a_gradient_of_another_or_unknown_static_shape_is_stepped_as_alone(n):
+    """A gradient whose static shape is not its variable's is not stacked: ``update_step`` reshapes
+    it or refuses it, whether or not the variable has like ones (stacked, a (1, 8) gradient of an
+    (8, 8) variable was broadcast over its rows, a (64,) one refused, and a gradient of unknown
+    rank failed in ``tf.unstack``)."""
+    ones = np.ones((8, 8), np.float32)
+    alone = _step_with([tf.constant(ones)], 1)
+    flat = _step_with([tf.constant(ones.reshape(64))] * n, n)
+    assert np.array_equal(flat, alone)  # (64,): reshaped to the variable's shape
+    unknown = _step_with([tf.constant(ones)] * n, n, signature=[[tf.TensorSpec(None, tf.float32)] * n])
+    assert np.array_equal(unknown, alone)
+    with pytest.raises(ValueError, match="Cannot reshape a tensor with 8 elements"):
+        _step_with([tf.constant(ones[:1])] * n, n)  # (1, 8): refused, never broadcast
+
+
 def test_eager_and_xla_steps_are_not_stacked(monkeypatch):
     """The grouping runs in ``tf.function`` only; eagerly and under XLA the per-variable step runs
     (and gives the reference's bits)."""
