@@ -126,7 +126,9 @@ def scalars(optimizer: Any, spec: Spec, dtype: str, learning_rate: Any, exact_lr
     if hit is not None and hit[0] is graph:
         return hit[1]
     step = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64) + 1
-    lr = tf.convert_to_tensor(learning_rate)
+    # a Python number (what a callable learning rate returns) as float64, the float it is, as the
+    # eager step reads it (tf.convert_to_tensor would round it to float32 first)
+    lr = learning_rate if tf.is_tensor(learning_rate) else tf.constant(learning_rate, tf.float64)
     lr = tf.cast(lr, as_keras) if as_keras else lr
     values = source.traced(step, lr, type(optimizer).__name__)
     optimizer._uniopt_cache.entries[key] = (graph, values)

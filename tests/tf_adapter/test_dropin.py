@@ -279,6 +279,30 @@ def test_single_sgd_step_in_float64_sees_keras_float32_rate():
         assert v.numpy()[0] == want == 0.8999999985098839, (kwargs, later)
 
 
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_the_default_convention_reads_a_callable_rate_unrounded_in_every_mode(mode):
+    """One SGD step from 1.0 with gradient 1.0 in float64 under the default convention: 1 - 0.1 =
+    0.9 (hand-computed: the rate is the Python float), whether 0.1 is a float or a callable's
+    value, eagerly and traced (traced, a callable's float had gone through float32 first:
+    0.8999999985098839)."""
+
+    def one_step(learning_rate) -> float:
+        opt = ut.SGD(learning_rate=learning_rate)
+        v = keras.Variable(np.array([1.0]))
+        opt.build([v])
+
+        def step():
+            opt.apply([tf.constant([1.0], tf.float64)], [v])
+
+        if mode != "eager":
+            step = tf.function(step, jit_compile=mode == "xla")
+        step()
+        return v.numpy()[0]
+
+    for learning_rate in (0.1, lambda: 0.1):
+        assert one_step(learning_rate) == 1.0 - 0.1 == 0.9, learning_rate
+
+
 @pytest.mark.parametrize(
     ("name", "flag"),
     [("SGD", "nesterov"), ("RMSprop", "centered"), ("Adam", "amsgrad"), ("AdamW", "amsgrad")],
