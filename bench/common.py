@@ -353,35 +353,52 @@ def in_place_bound(
     size: int, threads: int | None = None, arrays: tuple[np.ndarray, ...] | None = None
 ) -> Callable[[], None] | None:
     """The tight CPU bound of an Adam-type step on ``size`` float32 params: one loop, compiled with
-    the system C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native
-    -fopenmp``), that reads a parameter, a gradient and two moments and writes the parameter and
-    both moments in place, :data:`BYTES_PER_PARAM` bytes per parameter and nothing else (no
-    write-allocate, unlike a copy), on ``threads`` OpenMP threads (default: every core). No step
-    that keeps those arrays can move less memory, so an optimizer's ratio to it is what its
-    arithmetic and its host work cost beyond the bytes. ``arrays``: the ``p, g, m, v`` it updates
-    (contiguous float32 of ``size`` elements; default: new ones; others raise ``ValueError``
-    before anything is built). ``None`` where no compiler builds it."""
+    the system C compiler (``$CC``, split as a shell would, else ``cc``, ``gcc`` or ``clang``;
+    ``-O3 -march=native -fopenmp``), that reads a parameter, a gradient and two moments and writes
+    the parameter and both moments in place, :data:`BYTES_PER_PARAM` bytes per parameter and
+    nothing else (no write-allocate, unlike a copy), on ``threads`` OpenMP threads (``None``:
+    ``os.cpu_count()``, the bench's machines' every core). No step that keeps those arrays can move
+    less memory, so an optimizer's ratio to it is what its arithmetic and its host work cost
+    beyond the bytes; on a loaded machine it is as noisy as any row. ``arrays``: the ``p, g, m,
+    v`` it updates (contiguous float32 NumPy arrays of ``size`` elements, ``p, m, v`` writeable,
+    none sharing memory with another; default: new ones). ``ValueError``, before anything is
+    built, for other ``arrays`` or a ``threads`` that is not a whole number >= 1; ``None`` where no
+    compiler builds it (or not on POSIX)."""
     import ctypes
+    import shlex
     import shutil
     import subprocess
     import tempfile
 
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads: expected a whole number >= 1 or None (every core), got {threads!r}")
     if arrays is None:
         rng = np.random.default_rng(0)
         # small increments: 1e-3 a step keeps every value far from overflow and from subnormals
         arrays = tuple(rng.standard_normal(size).astype(np.float32) * 1e-3 for _ in range(4))
-    if len(arrays) != 4 or any(
-        a.dtype != np.float32 or a.shape != (size,) or not a.flags.c_contiguous for a in arrays
+    arrays = tuple(arrays)
+    if (
+        len(arrays) != 4
+        or not all(isinstance(a, np.ndarray) for a in arrays)
+        or any(a.dtype != np.float32 or a.shape != (size,) or not a.flags.c_contiguous for a in arrays)
+        or not all(a.flags.writeable for a in (arrays[0], *arrays[2:]))
+        or any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :])
     ):
-        raise ValueError(f"arrays: expected p, g, m, v as contiguous float32 arrays of shape ({size},)")
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not compiler or os.name != "posix":
+        raise ValueError(
+            f"arrays: expected p, g, m, v as contiguous float32 NumPy arrays of shape ({size},), "
+            "p, m and v writeable, no two sharing memory"
+        )
+    command = shlex.split(os.environ.get("CC", ""))  # $CC may carry arguments ("ccache gcc")
+    if not command:
+        found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        command = [found] if found else []
+    if not command or os.name != "posix":
         return None
     lib = None
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "bound.c").write_text(IN_PLACE_SOURCE)
         for arch in (("-march=native",), ()):
-            argv = [compiler, "-O3", *arch, "-fopenmp", "-shared", "-fPIC", "bound.c", "-o", "bound.so"]
+            argv = [*command, "-O3", *arch, "-fopenmp", "-shared", "-fPIC", "bound.c", "-o", "bound.so"]
             try:
                 subprocess.run(argv, cwd=tmp, check=True, capture_output=True, timeout=120)
                 lib = ctypes.CDLL(str(Path(tmp) / "bound.so"))  # loaded: the file may go

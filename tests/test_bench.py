@@ -629,10 +629,38 @@ def test_the_in_place_bound_reads_four_arrays_and_writes_three_in_place():
 def test_the_in_place_bound_refuses_arrays_it_cannot_update_and_needs_a_compiler(monkeypatch):
     from bench.common import in_place_bound
 
-    with pytest.raises(ValueError, match="arrays: expected p, g, m, v"):
-        in_place_bound(4, arrays=tuple(np.zeros(4, np.float64) for _ in range(4)))
+    def four(dtype=np.float32):
+        return [np.zeros(4, dtype) for _ in range(4)]
+
+    read_only = four()
+    read_only[2] = np.frombuffer(bytes(16), np.float32)  # m: memory the loop must not write
+    aliased = four()
+    aliased[3] = aliased[0]  # v is p: the loop's restrict pointers would alias
+    for arrays in (four(np.float64), read_only, aliased, [[0.0] * 4] * 4, four()[:3]):
+        with pytest.raises(ValueError, match="arrays: expected p, g, m, v"):
+            in_place_bound(4, arrays=arrays)
+    for threads in (0, -1, 2.5, "2", True):
+        with pytest.raises(ValueError, match="threads: expected a whole number >= 1"):
+            in_place_bound(4, threads=threads)
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert in_place_bound(4) is None
+
+
+def test_the_in_place_bound_takes_a_compiler_with_arguments(monkeypatch):
+    """``$CC`` is split as a shell would (``ccache gcc``, ``gcc -w``)."""
+    import shutil
+
+    from bench.common import in_place_bound
+
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setenv("CC", f"{gcc} -w")
+    p, g, m, v = (np.full(3, x, np.float32) for x in (1.0, 0.5, 2.0, 3.0))
+    step = in_place_bound(3, threads=1, arrays=(p, g, m, v))
+    assert step is not None
+    step()
+    assert p.tolist() == [1.5] * 3 and m.tolist() == [2.5] * 3 and v.tolist() == [3.5] * 3
 
 
 def test_the_targets_say_whether_the_fused_adam_target_is_above_the_in_place_bound():
