@@ -367,8 +367,6 @@ def in_place_bound(
     import ctypes
     import shlex
     import shutil
-    import subprocess
-    import tempfile
 
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"threads: expected a whole number >= 1 or None (every core), got {threads!r}")
@@ -394,17 +392,7 @@ def in_place_bound(
         command = [found] if found else []
     if not command or os.name != "posix":
         return None
-    lib = None
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "bound.c").write_text(IN_PLACE_SOURCE)
-        for arch in (("-march=native",), ()):
-            argv = [*command, "-O3", *arch, "-fopenmp", "-shared", "-fPIC", "bound.c", "-o", "bound.so"]
-            try:
-                subprocess.run(argv, cwd=tmp, check=True, capture_output=True, timeout=120)
-                lib = ctypes.CDLL(str(Path(tmp) / "bound.so"))  # loaded: the file may go
-                break
-            except (OSError, subprocess.SubprocessError):
-                continue
+    lib = _in_place_library(tuple(command))
     if lib is None:
         return None
     fn = lib.uniopt_bound
@@ -413,6 +401,33 @@ def in_place_bound(
     p, g, m, v = arrays
     count = threads or os.cpu_count() or 1
     return lambda: fn(size, p.ctypes.data, g.ctypes.data, m.ctypes.data, v.ctypes.data, count)
+
+
+_IN_PLACE_LIBRARIES: dict[tuple[str, ...], Any] = {}
+
+
+def _in_place_library(command: tuple[str, ...]) -> Any:
+    """:data:`IN_PLACE_SOURCE` built with ``command`` and loaded (``ctypes.CDLL``), once per process
+    and compiler (a benchmark run times the bound beside every optimizer and set); ``None`` where it
+    does not build."""
+    import ctypes
+    import subprocess
+    import tempfile
+
+    if command not in _IN_PLACE_LIBRARIES:
+        lib = None
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "bound.c").write_text(IN_PLACE_SOURCE)
+            for arch in (("-march=native",), ()):
+                argv = [*command, "-O3", *arch, "-fopenmp", "-shared", "-fPIC", "bound.c", "-o", "bound.so"]
+                try:
+                    subprocess.run(argv, cwd=tmp, check=True, capture_output=True, timeout=120)
+                    lib = ctypes.CDLL(str(Path(tmp) / "bound.so"))  # loaded: the file may go
+                    break
+                except (OSError, subprocess.SubprocessError):
+                    continue
+        _IN_PLACE_LIBRARIES[command] = lib
+    return _IN_PLACE_LIBRARIES[command]
 
 
 def numpy_copy(elements: int) -> Callable[[], None]:
