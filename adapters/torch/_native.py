@@ -37,6 +37,7 @@ import ctypes
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -409,21 +410,30 @@ def kernel(
 _LIBRARIES: dict[str, Any] = {}
 
 
-def c_compiler() -> str | None:
-    """The system C compiler the kernels are built with: ``$CC``, else ``cc``, ``gcc`` or ``clang``
-    on the ``PATH``; ``None`` where there is none."""
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def c_compiler() -> tuple[str, ...] | None:
+    """The command the kernels are built with, as ``subprocess`` arguments: ``$CC`` split as a shell
+    splits it (``CC="ccache gcc"`` is the program ``ccache`` and its argument ``gcc``, as make and
+    setuptools read it), else ``cc``, ``gcc`` or ``clang`` on the ``PATH``; ``None`` where there is
+    none or ``$CC`` cannot be split (an unclosed quote)."""
+    try:
+        command = tuple(shlex.split(os.environ.get("CC", "")))
+    except ValueError:
+        return None
+    if command:
+        return command
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    return (found,) if found else None
 
 
 def shared_library(stem: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:
-    """``source`` (C) compiled with the system C compiler (``$CC``, else ``cc``, ``gcc`` or
-    ``clang``) and ``flags`` into ``<cache>/uniopt/<stem>-<digest>.so``, the digest covering the
-    source, the compiler and the flags, and loaded; built once per machine and reused by later
-    processes. ``None`` where there is no compiler or the build fails."""
+    """``source`` (C) compiled with the system C compiler (:func:`c_compiler`: ``$CC``, else
+    ``cc``, ``gcc`` or ``clang``) and ``flags`` into ``<cache>/uniopt/<stem>-<digest>.so``, the
+    digest covering the source, the compiler command and the flags, and loaded; built once per
+    machine and reused by later processes. ``None`` where there is no compiler or the build fails."""
     compiler = c_compiler()
     if not compiler or os.name != "posix":
         return None
-    digest = hashlib.sha256("\0".join((source, compiler, *flags)).encode()).hexdigest()[:20]
+    digest = hashlib.sha256("\0".join((source, *compiler, *flags)).encode()).hexdigest()[:20]
     folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uniopt"
     library = folder / f"{stem}-{digest}.so"
     try:
@@ -432,7 +442,7 @@ def shared_library(stem: str, source: str, flags: tuple[str, ...]) -> ctypes.CDL
             with tempfile.TemporaryDirectory(dir=folder) as tmp:
                 (Path(tmp) / f"{stem}.c").write_text(source)
                 subprocess.run(
-                    [compiler, *flags, f"{stem}.c", "-o", f"{stem}.so"],
+                    [*compiler, *flags, f"{stem}.c", "-o", f"{stem}.so"],
                     cwd=tmp,
                     check=True,
                     capture_output=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import shlex
 import subprocess
 
 import numpy as np
@@ -155,6 +156,41 @@ def test_without_a_c_compiler_the_step_runs_inductors_kernel(monkeypatch, tmp_pa
     assert used == [True] * 3 and not native_steps
 
 
+def test_a_cc_with_a_wrapper_builds_with_the_wrapper(monkeypatch, tmp_path, native_steps):
+    """``CC="ccache gcc"``, as make and setuptools read it, is a program and its arguments: the
+    kernel is built through the wrapper and runs, where taking the whole string as one program's
+    name found none and fell back to inductor's kernel without a word."""
+    compiler = _native.c_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler here")
+    log = tmp_path / "calls"
+    wrapper = tmp_path / "wrap cc"  # a space in its path too: quoted as a shell quotes it
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(log))}\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", f"{shlex.quote(str(wrapper))} {shlex.join(compiler)}")
+    assert _native.c_compiler() == (str(wrapper), *compiler)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(_native, "_KERNELS", type(_native._KERNELS)())
+    monkeypatch.setattr(_native, "_LIBRARIES", {})
+    real = _flat.kernel
+    monkeypatch.setattr(_flat, "kernel", lambda s, d, compiled, *a: real(s, d, False, *a))  # no inductor
+    _assert_same(_run("Adam", {"lr": 1e-2}, "compiled", steps=3), _run("Adam", {"lr": 1e-2}, "loop", steps=3))
+    assert native_steps == [True] * 3
+    assert log.read_text().startswith(compiler[0])  # the wrapper ran the compiler
+
+
+@pytest.mark.parametrize("cc", ["'unclosed", ""])
+def test_an_unsplittable_or_empty_cc(monkeypatch, cc):
+    """An unclosed quote in ``$CC`` is no compiler (the step runs inductor's kernel, as without
+    one); an empty ``$CC`` is unset: the one on the ``PATH``."""
+    monkeypatch.setenv("CC", cc)
+    got = _native.c_compiler()
+    if cc:
+        assert got is None
+    else:
+        assert got is None or (len(got) == 1 and got[0].rsplit("/", 1)[-1] in ("cc", "gcc", "clang"))
+
+
 def test_the_translation_refuses_what_it_does_not_cover():
     tracer = _native.Tracer(torch.float32)
     a = _native.Value("a", torch.float32, tracer)
@@ -225,7 +261,7 @@ def test_every_translated_rule_compiles_to_a_vectorised_loop(tmp_path):
     ``sign`` select once left, ran Lion's large step 9x slower with the same bits. (float64's
     source differs in its type names only.)"""
     compiler = _native.c_compiler()  # the one the kernels are built with
-    version = compiler and subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    version = compiler and subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
     if not version or "Free Software Foundation" not in version:
         pytest.skip(f"the vectorisation report is GCC's; the C compiler here is {compiler!r}")
     sources = set()
@@ -248,7 +284,7 @@ def test_every_translated_rule_compiles_to_a_vectorised_loop(tmp_path):
         names.append(f"rule{i}.c:{lines.index(next(line for line in lines if 'i < n' in line)) + 1}:")
     flags = [*(f for f in _native._FLAGS if f != "-shared"), *_native.arch_flags(), "-fopt-info-vec"]
     report = subprocess.run(
-        [compiler, *flags, "-c", *(f"rule{i}.c" for i in range(len(names)))],
+        [*compiler, *flags, "-c", *(f"rule{i}.c" for i in range(len(names)))],
         cwd=tmp_path,
         capture_output=True,
         text=True,
