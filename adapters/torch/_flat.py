@@ -382,6 +382,7 @@ def _picker(at: list[int]) -> Callable[[Sequence[torch.Tensor]], Sequence[torch.
 
 _LOCAL_TENSOR = operator.attrgetter("_local_tensor")
 _DTYPE = operator.attrgetter("dtype")
+_SHAPE = operator.attrgetter("shape")
 
 
 class Bucket:
@@ -454,6 +455,7 @@ class Bucket:
         # with the addresses, what the buffers were laid out for: a parameter whose data was replaced
         # by a smaller piece of the same storage keeps its address
         self.numels = tuple(p.numel() for p in tensors)
+        self.shapes = tuple(tuple(p.shape) for p in tensors)  # and the shapes (contiguous, as eligible)
         self.probe = torch.empty(0, dtype=p0.dtype)  # the bucket's dtype, for the C++ check
         self.small = [tensors[i] for i in small]
         self.small_flat = [self.flat_views[i] for i in small]
@@ -586,10 +588,12 @@ class Bucket:
         return True
 
     def intact(self, state: dict[Any, Any]) -> bool:
-        """Whether ``state`` still holds this bucket's dicts and views, and the parameters the storage
-        they had (C-level passes: this runs every step). The parameters' entries are looked up only
-        when ``state`` counts changes (``changes``, see ``WatchedState``) and has changed since they
-        were last found intact."""
+        """Whether ``state`` still holds this bucket's dicts and views, and the parameters the storage,
+        shape and contiguous layout they had (C-level passes: this runs every step; ``p.data =
+        p.data.t()`` keeps the address and the element count, and the kernel would pair the
+        transposed memory with the gradient's and the slots' order). The parameters' entries are
+        looked up only when ``state`` counts changes (``changes``, see ``WatchedState``) and has
+        changed since they were last found intact."""
         changes = getattr(state, "changes", None)
         if changes is None or changes != self.seen_changes:
             if not all(map(operator.is_, map(state.get, self.params), self.states)):
@@ -599,7 +603,14 @@ class Bucket:
             host = _host.module(start=False)
             if host is not None:  # the same checks in C++
                 return host.intact(
-                    self.states, self.keys, self.columns, self.params, self.ptrs, self.numels, self.probe
+                    self.states,
+                    self.keys,
+                    self.columns,
+                    self.params,
+                    self.ptrs,
+                    self.numels,
+                    self.shapes,
+                    self.probe,
                 )
         for key, column in zip(self.keys, self.columns, strict=True):
             if not all(map(operator.is_, map(dict.get, self.states, itertools.repeat(key)), column)):
@@ -609,6 +620,8 @@ class Bucket:
             tuple(map(_DATA_PTR, tensors)) == self.ptrs
             and tuple(map(torch.Tensor.numel, tensors)) == self.numels
             and all(map(operator.is_, map(_DTYPE, tensors), itertools.repeat(self.dtype)))
+            and tuple(map(_SHAPE, tensors)) == self.shapes
+            and all(map(torch.Tensor.is_contiguous, tensors))
         )
 
     def run(self, fn: Callable[..., None], scalars: Any, group_grads: Sequence[torch.Tensor]) -> None:

@@ -77,16 +77,17 @@ PyObject* dense_grads(PyObject*, PyObject* params) {
   }
 }
 
-// intact(states, keys, columns, params, ptrs, numels, probe) -> bool
+// intact(states, keys, columns, params, ptrs, numels, shapes, probe) -> bool
 // states: tuple of dicts; keys: tuple; columns: tuple (one per key) of tuples (one per state);
-// params: tuple of plain tensors; ptrs, numels: tuples of ints; probe: a tensor of the bucket's
-// dtype. True where states[i][keys[k]] is columns[k][i] for every i and k, and every params[i]
-// has data_ptr() ptrs[i] (Tensor.data_ptr(): copy-on-write storage is copied first, as in
-// Python), numel() numels[i] and probe's dtype.
+// params: tuple of plain tensors; ptrs, numels: tuples of ints; shapes: tuple of tuples of ints;
+// probe: a tensor of the bucket's dtype. True where states[i][keys[k]] is columns[k][i] for every i
+// and k, and every params[i] has data_ptr() ptrs[i] (Tensor.data_ptr(): copy-on-write storage is
+// copied first, as in Python), numel() numels[i], shape shapes[i], probe's dtype, and is contiguous.
 PyObject* intact(PyObject*, PyObject* args) {
-  PyObject *states, *keys, *columns, *params, *ptrs, *numels, *probe;
-  if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O", &PyTuple_Type, &states, &PyTuple_Type, &keys, &PyTuple_Type,
-                        &columns, &PyTuple_Type, &params, &PyTuple_Type, &ptrs, &PyTuple_Type, &numels, &probe))
+  PyObject *states, *keys, *columns, *params, *ptrs, *numels, *shapes, *probe;
+  if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O", &PyTuple_Type, &states, &PyTuple_Type, &keys, &PyTuple_Type,
+                        &columns, &PyTuple_Type, &params, &PyTuple_Type, &ptrs, &PyTuple_Type, &numels,
+                        &PyTuple_Type, &shapes, &probe))
     return nullptr;
   try {
     if (!THPVariable_Check(probe)) {
@@ -97,7 +98,7 @@ PyObject* intact(PyObject*, PyObject* args) {
     Py_ssize_t n = PyTuple_GET_SIZE(states);
     Py_ssize_t k = PyTuple_GET_SIZE(keys);
     if (PyTuple_GET_SIZE(columns) != k || PyTuple_GET_SIZE(params) != n || PyTuple_GET_SIZE(ptrs) != n ||
-        PyTuple_GET_SIZE(numels) != n) {
+        PyTuple_GET_SIZE(numels) != n || PyTuple_GET_SIZE(shapes) != n) {
       PyErr_SetString(PyExc_ValueError, "intact: mismatched lengths");
       return nullptr;
     }
@@ -125,6 +126,21 @@ PyObject* intact(PyObject*, PyObject* args) {
       if (count == -1 && PyErr_Occurred()) return nullptr;
       const at::Tensor& t = unpack(p);
       if (t.scalar_type() != dtype || t.numel() != count || t.data_ptr() != expected) Py_RETURN_FALSE;
+      // the same memory viewed in another shape or order (p.data = p.data.t(), .view(...)): the
+      // buffers and the kernel's table were laid out for the old one
+      PyObject* shape = PyTuple_GET_ITEM(shapes, i);
+      if (!PyTuple_Check(shape)) {
+        PyErr_SetString(PyExc_ValueError, "intact: a shape that is no tuple");
+        return nullptr;
+      }
+      const auto sizes = t.sizes();
+      if (static_cast<Py_ssize_t>(sizes.size()) != PyTuple_GET_SIZE(shape)) Py_RETURN_FALSE;
+      for (size_t d = 0; d < sizes.size(); ++d) {
+        long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, static_cast<Py_ssize_t>(d)));
+        if (size == -1 && PyErr_Occurred()) return nullptr;
+        if (size != sizes[d]) Py_RETURN_FALSE;
+      }
+      if (!t.is_contiguous()) Py_RETURN_FALSE;
     }
     Py_RETURN_TRUE;
   } catch (const std::exception& e) {

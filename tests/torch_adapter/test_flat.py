@@ -506,3 +506,32 @@ def test_warnings_as_errors_do_not_fail_the_compiled_flat_kernel(monkeypatch):
                 assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16)), t
     assert built and set(built) == {"SGD"} and len(built) % 3 == 0  # every step, every bucket
     assert int(opts[0].state[compiled[0]]["step"]) == 3
+
+
+@pytest.mark.parametrize("implementation", ["auto", "flat", "compiled"])
+def test_a_parameter_given_its_own_memory_in_another_order_or_shape(implementation):
+    """``p.data = p.data.t()`` (or ``.view(...)``) keeps the address and the element count: the
+    flat step takes the new layout as the per-tensor loop does, bitwise (a transposed parameter
+    leaves the bucket for the per-tensor path); for a shape its state does not have, it raises as
+    the loop and torch.optim do. The bucket's check had compared addresses and counts only, so the
+    kernel paired the transposed memory with the gradient's and the slots' order."""
+
+    def run(impl, change):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(4, 4))
+        b = torch.nn.Parameter(torch.randn(6))
+        opt = ut.Adam([w, b], lr=0.1, implementation=impl)
+        g = torch.Generator().manual_seed(1)
+        for t in range(3):
+            if t == 1:
+                w.data = change(w.data)
+            w.grad, b.grad = torch.randn(w.shape, generator=g), torch.randn(6, generator=g)
+            opt.step()
+        return [w, b], opt
+
+    transposed = run(implementation, lambda d: d.t())
+    assert not transposed[0][0].is_contiguous()
+    _assert_same(transposed, run("loop", lambda d: d.t()))
+    for impl in (implementation, "loop"):
+        with pytest.raises(RuntimeError, match="must match the size"):
+            run(impl, lambda d: d.view(2, 8))

@@ -183,6 +183,7 @@ def test_intact_is_the_python_check(host, path):
         bucket.params,
         bucket.ptrs,
         bucket.numels,
+        bucket.shapes,
         bucket.probe,
     )
     assert host.intact(*args()) is True and python_intact() is True
@@ -207,6 +208,12 @@ def test_intact_is_the_python_check(host, path):
     params[1].data = params[1].data.view(torch.int32)  # another dtype over the same bytes
     assert params[1].data_ptr() == bucket.ptrs[1] and params[1].numel() == bucket.numels[1]
     assert host.intact(*args()) is False and python_intact() is False
+    for change in (lambda d: d.t(), lambda d: d.view(4, 3)):  # the same memory in another order or shape
+        params, opt = _train("Adam", {"lr": 1e-2}, steps=2)
+        ((bucket, _),) = opt._buckets[0][4]
+        params[0].data = change(params[0].data)  # (3, 4)
+        assert params[0].data_ptr() == bucket.ptrs[0] and params[0].numel() == bucket.numels[0]
+        assert host.intact(*args()) is False and python_intact() is False
     with pytest.raises(ValueError, match="mismatched lengths"):
         host.intact(*args()[:3], bucket.params[:1], *args()[4:])
 
