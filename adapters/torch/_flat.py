@@ -435,7 +435,8 @@ class Bucket:
             for n, d in zip(names, self.slot_dtypes, strict=True)
         }
         self.steps = torch.tensor([int(s["step"]) for s in states], dtype=torch.int64)
-        self.step = int(self.steps[0])
+        self.step = int(self.steps[0])  # what every counter holds, unless one was edited in place
+        self.steps_held = self.steps.numpy()  # the counters, read by intact() at each step
         self.states = tuple(states)
         for i, (p, state) in enumerate(zip(tensors, states, strict=True)):
             lo, hi = offsets[i], offsets[i] + p.numel()
@@ -591,7 +592,9 @@ class Bucket:
         """Whether ``state`` still holds this bucket's dicts and views, and the parameters the storage,
         shape and contiguous layout they had (C-level passes: this runs every step; ``p.data =
         p.data.t()`` keeps the address and the element count, and the kernel would pair the
-        transposed memory with the gradient's and the slots' order). The parameters' entries are
+        transposed memory with the gradient's and the slots' order), and every step counter the
+        count the bucket steps with (``state["step"].fill_(0)`` edits one in place, and the
+        per-tensor loop and torch.optim read it at the next step). The parameters' entries are
         looked up only when ``state`` counts changes (``changes``, see ``WatchedState``) and has
         changed since they were last found intact."""
         changes = getattr(state, "changes", None)
@@ -611,6 +614,8 @@ class Bucket:
                     self.numels,
                     self.shapes,
                     self.probe,
+                    self.steps,
+                    self.step,
                 )
         for key, column in zip(self.keys, self.columns, strict=True):
             if not all(map(operator.is_, map(dict.get, self.states, itertools.repeat(key)), column)):
@@ -622,6 +627,7 @@ class Bucket:
             and all(map(operator.is_, map(_DTYPE, tensors), itertools.repeat(self.dtype)))
             and tuple(map(_SHAPE, tensors)) == self.shapes
             and all(map(torch.Tensor.is_contiguous, tensors))
+            and bool((self.steps_held == self.step).all())
         )
 
     def run(self, fn: Callable[..., None], scalars: Any, group_grads: Sequence[torch.Tensor]) -> None:

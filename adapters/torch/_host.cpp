@@ -80,18 +80,27 @@ PyObject* dense_grads(PyObject*, PyObject* params) {
 // intact(states, keys, columns, params, ptrs, numels, shapes, probe) -> bool
 // states: tuple of dicts; keys: tuple; columns: tuple (one per key) of tuples (one per state);
 // params: tuple of plain tensors; ptrs, numels: tuples of ints; shapes: tuple of tuples of ints;
-// probe: a tensor of the bucket's dtype. True where states[i][keys[k]] is columns[k][i] for every i
-// and k, and every params[i] has data_ptr() ptrs[i] (Tensor.data_ptr(): copy-on-write storage is
-// copied first, as in Python), numel() numels[i], shape shapes[i], probe's dtype, and is contiguous.
+// probe: a tensor of the bucket's dtype; counters: the bucket's int64 step counters (the tensor
+// whose elements the states' "step" entries view); count: the step they all hold. True where
+// states[i][keys[k]] is columns[k][i] for every i and k, every params[i] has data_ptr() ptrs[i]
+// (Tensor.data_ptr(): copy-on-write storage is copied first, as in Python), numel() numels[i],
+// shape shapes[i], probe's dtype, and is contiguous, and every counter is count (a step entry
+// edited in place, state["step"].fill_(0), is seen).
 PyObject* intact(PyObject*, PyObject* args) {
-  PyObject *states, *keys, *columns, *params, *ptrs, *numels, *shapes, *probe;
-  if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O", &PyTuple_Type, &states, &PyTuple_Type, &keys, &PyTuple_Type,
+  PyObject *states, *keys, *columns, *params, *ptrs, *numels, *shapes, *probe, *counters;
+  long long count;
+  if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!OOL", &PyTuple_Type, &states, &PyTuple_Type, &keys, &PyTuple_Type,
                         &columns, &PyTuple_Type, &params, &PyTuple_Type, &ptrs, &PyTuple_Type, &numels,
-                        &PyTuple_Type, &shapes, &probe))
+                        &PyTuple_Type, &shapes, &probe, &counters, &count))
     return nullptr;
   try {
-    if (!THPVariable_Check(probe)) {
-      PyErr_SetString(PyExc_TypeError, "intact: probe is not a tensor");
+    if (!THPVariable_Check(probe) || !THPVariable_Check(counters)) {
+      PyErr_SetString(PyExc_TypeError, "intact: probe or counters is not a tensor");
+      return nullptr;
+    }
+    const at::Tensor& steps = unpack(counters);
+    if (steps.scalar_type() != c10::kLong || !steps.is_contiguous() || !steps.device().is_cpu()) {
+      PyErr_SetString(PyExc_ValueError, "intact: counters is not a contiguous int64 CPU tensor");
       return nullptr;
     }
     const c10::ScalarType dtype = unpack(probe).scalar_type();
@@ -141,6 +150,10 @@ PyObject* intact(PyObject*, PyObject* args) {
         if (size != sizes[d]) Py_RETURN_FALSE;
       }
       if (!t.is_contiguous()) Py_RETURN_FALSE;
+    }
+    const int64_t* held = steps.const_data_ptr<int64_t>();
+    for (int64_t i = 0, m = steps.numel(); i < m; ++i) {
+      if (held[i] != count) Py_RETURN_FALSE;
     }
     Py_RETURN_TRUE;
   } catch (const std::exception& e) {

@@ -535,3 +535,29 @@ def test_a_parameter_given_its_own_memory_in_another_order_or_shape(implementati
     for impl in (implementation, "loop"):
         with pytest.raises(RuntimeError, match="must match the size"):
             run(impl, lambda d: d.view(2, 8))
+
+
+@pytest.mark.parametrize("implementation", ["auto", "flat", "compiled"])
+def test_a_step_counter_edited_in_place_is_the_count_the_next_step_uses(implementation):
+    """``opt.state[p]["step"].fill_(0)`` (a bias correction started over for one tensor) is read
+    at the next step, as the per-tensor loop and torch.optim read it: the bucket had kept stepping
+    with its own count (Adam: up to 0.08 off the loop after one such edit)."""
+
+    def run(impl):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s)) for s in ((4, 4), (6,), (3, 5))]
+        opt = ut.Adam(params, lr=0.1, implementation=impl)
+        g = torch.Generator().manual_seed(1)
+        for t in range(5):
+            if t == 2:
+                opt.state[params[1]]["step"].fill_(0)
+            if t == 3:
+                opt.state[params[0]]["step"].add_(7)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        return params, opt
+
+    mine, loop = run(implementation), run("loop")
+    _assert_same(mine, loop)
+    assert [int(mine[1].state[p]["step"]) for p in mine[0]] == [12, 3, 5]

@@ -185,6 +185,8 @@ def test_intact_is_the_python_check(host, path):
         bucket.numels,
         bucket.shapes,
         bucket.probe,
+        bucket.steps,
+        bucket.step,
     )
     assert host.intact(*args()) is True and python_intact() is True
     opt.state[params[4]]["exp_avg"] = opt.state[params[4]]["exp_avg"].clone()
@@ -214,6 +216,10 @@ def test_intact_is_the_python_check(host, path):
         params[0].data = change(params[0].data)  # (3, 4)
         assert params[0].data_ptr() == bucket.ptrs[0] and params[0].numel() == bucket.numels[0]
         assert host.intact(*args()) is False and python_intact() is False
+    params, opt = _train("Adam", {"lr": 1e-2}, steps=2)
+    ((bucket, _),) = opt._buckets[0][4]
+    opt.state[params[3]]["step"].fill_(0)  # a counter edited in place: the same entry
+    assert host.intact(*args()) is False and python_intact() is False
     with pytest.raises(ValueError, match="mismatched lengths"):
         host.intact(*args()[:3], bucket.params[:1], *args()[4:])
 
