@@ -262,6 +262,9 @@ class UnioptOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        # the caches first: completing a group may read the spec cache (Schedule-Free's history)
+        self.__dict__["_grad_layouts"] = {}  # a cache (an older pickle's entries have another form)
+        self.__dict__["_spec_hits"] = {}  # a cache: id(group) -> (its options, its spec)
         for name, default in self.torch_options.items():
             self.defaults.setdefault(name, default)
         for group in self.param_groups:  # groups of older state_dicts or pickles
@@ -278,8 +281,6 @@ class UnioptOptimizer(Optimizer):
         # a pickle from before extensions left ``defaults``: they are in its ``defaults`` still
         self.__dict__.setdefault("_extension_defaults", {})
         self.__dict__.setdefault("_buckets", {})
-        self.__dict__["_grad_layouts"] = {}  # a cache (an older pickle's entries have another form)
-        self.__dict__["_spec_hits"] = {}  # a cache: id(group) -> (its options, its spec)
         self.__dict__["_dtypes_applied"] = {}  # the groups may have changed: checked at the next step
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -734,6 +734,41 @@ def test_a_copied_optimizer_continues_as_the_original(how):
     assert int(opt.state[net[0].weight]["step"]) == 3  # the original is untouched
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name", [info.name for info in TABLE if info.skip_reason("torch") is None])
+def test_every_optimizer_copied_mid_run_steps_as_the_original(name, how):
+    """A deep copy or an unpickled copy taken after two steps takes the next two steps as the
+    original does, bit for bit (parameters and every state entry). Schedule-Free AdamW's copy
+    had failed to load (AttributeError: its groups were completed before the spec cache existed)."""
+    torch.manual_seed(0)
+    shapes = ((8, 8), (8,)) if name != "Muon" else ((8, 8), (6, 10))
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    opt = getattr(ut, name)(params)
+    grads = [
+        [torch.randn(s, generator=torch.Generator().manual_seed(10 * t + i)) for i, s in enumerate(shapes)]
+        for t in range(4)
+    ]
+
+    def step(ps, o, t):
+        for p, g in zip(ps, grads[t], strict=True):
+            p.grad = g.clone()
+        o.step()
+
+    for t in range(2):
+        step(params, opt, t)
+    copied_params, copied = (
+        copy.deepcopy((params, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((params, opt)))
+    )
+    for t in range(2, 4):
+        step(params, opt, t)
+        step(copied_params, copied, t)
+    for p, q in zip(params, copied_params, strict=True):
+        assert torch.equal(p, q)
+        assert opt.state[p].keys() == copied.state[q].keys()
+        for key, value in opt.state[p].items():
+            assert torch.equal(value, copied.state[q][key]), key
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_maximize_ascends_as_torch_optim_does(name):
     net, opt, twin, ref = _pair(name, lambda n: n.parameters(), maximize=True, **KWARGS[name])
