@@ -614,8 +614,8 @@ class UnioptOptimizer(Optimizer):
             grad = p.grad
             if grad.is_sparse:  # coalesced; densified unless the spec's sparse rule is "rows"
                 grad = _sparse.prepared(spec, grad)
-            elif grad.is_complex():
-                grad = torch.view_as_real(grad)
+            elif grad.is_complex():  # a lazily conjugated gradient (autograd of p.conj()) made plain
+                grad = torch.view_as_real(grad.resolve_conj())
             plan.append((spec, real, grad, slots, rounded[key]))
         return plan
 

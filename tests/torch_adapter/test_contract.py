@@ -219,6 +219,25 @@ def test_complex_params_follow_the_real_view():
     assert opt_z.state[z]["exp_avg"].dtype == torch.complex64
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+def test_a_lazily_conjugated_complex_gradient_steps_as_its_value(name):
+    """A complex parameter's gradient from autograd through ``p.conj()`` carries torch's lazy
+    conjugate bit, which ``view_as_real`` refuses: the step takes its value (``resolve_conj``), the
+    same bits as the plain gradient; it had raised for every optimizer (torch.optim.SGD steps it)."""
+    z0 = torch.tensor(np.array([1 + 2j, -0.5 + 0j, 3 - 1j], np.complex64))
+    lazy, plain = z0.clone(), z0.clone()
+    opt_lazy, opt_plain = getattr(ut, name)([lazy], lr=0.05), getattr(ut, name)([plain], lr=0.05)
+    for t in range(1, 4):
+        g = torch.tensor(_grads(t, [(3,)], np.float32)[0] + 1j * _grads(t + 50, [(3,)], np.float32)[0])
+        lazy.grad, plain.grad = g.conj(), g.conj().resolve_conj()
+        assert lazy.grad.is_conj() and not plain.grad.is_conj()
+        opt_lazy.step()
+        opt_plain.step()
+    assert torch.equal(lazy, plain)
+    for key, value in opt_plain.state[plain].items():
+        assert torch.equal(opt_lazy.state[lazy][key], value), key
+
+
 def test_state_dict_round_trip_continues_bitwise():
     shapes = [(3, 2), (4,)]
     base = [torch.tensor(np.linspace(-1, 1, int(np.prod(s))).reshape(s).astype(np.float32)) for s in shapes]
