@@ -890,7 +890,9 @@ class UnioptOptimizer(Optimizer):
         dtypes: Mapping[str, torch.dtype] | None,
     ) -> torch.Tensor:
         """The slot's tensor, viewed as real for complex params; created if the group gained it (in
-        its ``state_dtypes`` dtype where the group names one)."""
+        its ``state_dtypes`` dtype where the group names one). A slot kept in another dtype than
+        that (else its parameter's) is converted first, as the flat buckets store it: the parameter's
+        dtype changed mid-run (``model.to(torch.float64)``), and the slots follow it."""
         if name not in state:
             state[name] = (
                 _new_slot(spec, name, p, dtypes)
@@ -898,6 +900,9 @@ class UnioptOptimizer(Optimizer):
                 else torch.view_as_complex(spec.init_slot(name, torch.view_as_real(p), xp))
             )
         value = state[name]
+        dtype = (dtypes or {}).get(name, p.dtype)
+        if isinstance(value, torch.Tensor) and value.dtype != dtype:
+            value = state[name] = value.to(dtype)
         return torch.view_as_real(value) if value.is_complex() else value
 
     def _check_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -561,3 +561,32 @@ def test_a_step_counter_edited_in_place_is_the_count_the_next_step_uses(implemen
     mine, loop = run(implementation), run("loop")
     _assert_same(mine, loop)
     assert [int(mine[1].state[p]["step"]) for p in mine[0]] == [12, 3, 5]
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "Lion", "Adagrad"])
+@pytest.mark.parametrize("implementation", ["auto", "flat"])
+def test_slots_follow_a_parameter_whose_dtype_changed_mid_run(name, implementation):
+    """``model.to(torch.float64)`` after two steps: every implementation converts the slots to the
+    parameters' new dtype, as a rebuilt bucket stores them, and steps on bitwise alike (the
+    per-tensor loop had kept float32 slots, rounding the float64 moments each step; torch.optim
+    raises there)."""
+    hyper = {"lr": 0.01, **({"momentum": 0.9} if name == "SGD" else {})}
+
+    def run(impl):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        opt = getattr(ut, name)(model.parameters(), implementation=impl, **hyper)
+        g = torch.Generator().manual_seed(1)
+        for t in range(4):
+            if t == 2:
+                model.to(torch.float64)
+            x = torch.randn(5, 4, generator=g, dtype=torch.float64).to(model.weight.dtype)
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+        return list(model.parameters()), opt
+
+    mine, loop = run(implementation), run("loop")
+    _assert_same(mine, loop)
+    for p in mine[0]:
+        assert all(v.dtype == torch.float64 for k, v in mine[1].state[p].items() if k != "step")
