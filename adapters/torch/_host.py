@@ -9,9 +9,10 @@ them in C++ over the same objects. Bookkeeping only: no update math, and every f
 "not here" for anything but the plain case, where the Python code runs as before, so both paths
 accept, refuse and compute the same (tests/torch_adapter/test_host.py runs both).
 
-The extension is compiled against the running torch's headers with the system C++ compiler (``$CXX``,
-else ``c++``, ``g++`` or ``clang++``; about 15 s on two cores) and cached on disk as the C kernels
-are (:func:`._native.shared_library`'s folder), once per torch build and Python. The first process
+The extension is compiled against the running torch's headers with the system C++ compiler
+(``$CXX``, split as a shell splits it, else ``c++``, ``g++`` or ``clang++``; about 15 s on two
+cores) and cached on disk as the C kernels are (:func:`._native.shared_library`'s folder), once per
+torch build and Python. The first process
 that needs it builds it in a background thread and steps with the Python code until it is there, so
 no step waits for a compiler. Where there is no compiler, no ``Python.h`` or the build fails, the
 Python code is all there is; ``UNIOPT_TORCH_HOST=0`` turns the extension off.
@@ -23,6 +24,7 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import shlex
 import shutil
 import subprocess
 import sysconfig
@@ -42,11 +44,21 @@ _failed = False  # built or loaded without success in this process: not tried ag
 _builder: threading.Thread | None = None
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+def _compiler() -> tuple[str, ...] | None:
+    """The C++ compiler command: ``$CXX`` split as a shell splits it (``CXX="ccache g++"``), else
+    ``c++``, ``g++`` or ``clang++`` on the ``PATH``; ``None`` where there is none or ``$CXX`` cannot
+    be split (as :func:`._native.c_compiler` reads ``$CC``)."""
+    try:
+        command = tuple(shlex.split(os.environ.get("CXX", "")))
+    except ValueError:
+        return None
+    if command:
+        return command
+    found = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    return (found,) if found else None
 
 
-def _target(compiler: str, source: str) -> tuple[Path, list[str]]:
+def _target(compiler: tuple[str, ...], source: str) -> tuple[Path, list[str]]:
     """The cached library's path and the compile command (run in a folder holding ``host.cpp``)."""
     from torch.utils import cpp_extension
 
@@ -60,7 +72,7 @@ def _target(compiler: str, source: str) -> tuple[Path, list[str]]:
     # paths, which differ between virtualenvs holding the same torch)
     identity = (
         source,
-        compiler,
+        *compiler,
         *flags,
         torch.__version__,
         str(torch.version.git_version),
@@ -68,7 +80,7 @@ def _target(compiler: str, source: str) -> tuple[Path, list[str]]:
     )
     digest = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:20]
     folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uniopt"
-    command = [compiler, *flags, *includes, "host.cpp", "-o", "host.so", *libs]
+    command = [*compiler, *flags, *includes, "host.cpp", "-o", "host.so", *libs]
     return folder / f"host-{digest}.so", command
 
 

@@ -334,6 +334,14 @@ def test_while_the_build_runs_a_step_does_no_build_work(monkeypatch):
         builder.join()
 
 
+@pytest.mark.parametrize(
+    ("cxx", "expected"), [("'unclosed", None), ("ccache  g++ -v", ("ccache", "g++", "-v"))]
+)
+def test_cxx_is_split_as_a_shell_splits_it(monkeypatch, cxx, expected):
+    monkeypatch.setenv("CXX", cxx)
+    assert _host._compiler() == expected
+
+
 def test_the_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv("UNIOPT_TORCH_HOST", "0")
     for name, value in (("_loaded", None), ("_failed", False), ("_builder", None)):
@@ -343,18 +351,20 @@ def test_the_switch_turns_it_off(monkeypatch):
 
 def test_processes_building_at_once_run_the_compiler_once(tmp_path, host):
     """Parallel processes (pytest workers, conformance batches) that find no cached library: one
-    compiles, the others wait for it in their background threads and load its library."""
+    compiles, the others wait for it in their background threads and load its library. ``$CXX`` is
+    a wrapper given the compiler as its argument (``CXX="ccache g++"``), split as a shell splits it."""
     import os
-    import shutil
+    import shlex
     import subprocess
     import sys
 
-    real = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    real = _host._compiler()
     log = tmp_path / "compiler-calls"
-    wrapper = tmp_path / "cxx"
-    wrapper.write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper = tmp_path / "wrap cxx"  # a space in its path: quoted in $CXX as a shell quotes it
+    wrapper.write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "$@"\n')
     wrapper.chmod(0o755)
-    env = {**os.environ, "CXX": str(wrapper), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cxx = f"{shlex.quote(str(wrapper))} {shlex.join(real)}"
+    env = {**os.environ, "CXX": cxx, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     script = "from uniopt.torch import _host; print(_host.wait() is not None)"
     runs = [
         subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE) for _ in range(3)
