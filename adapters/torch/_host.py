@@ -24,8 +24,6 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import os
-import shlex
-import shutil
 import subprocess
 import sysconfig
 import tempfile
@@ -34,6 +32,8 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from ._native import compiler_command
 
 __all__ = ["module", "wait"]
 
@@ -45,17 +45,9 @@ _builder: threading.Thread | None = None
 
 
 def _compiler() -> tuple[str, ...] | None:
-    """The C++ compiler command: ``$CXX`` split as a shell splits it (``CXX="ccache g++"``), else
-    ``c++``, ``g++`` or ``clang++`` on the ``PATH``; ``None`` where there is none or ``$CXX`` cannot
-    be split (as :func:`._native.c_compiler` reads ``$CC``)."""
-    try:
-        command = tuple(shlex.split(os.environ.get("CXX", "")))
-    except ValueError:
-        return None
-    if command:
-        return command
-    found = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    return (found,) if found else None
+    """The C++ compiler command (:func:`._native.compiler_command`): ``$CXX`` split as a shell
+    splits it (``CXX="ccache g++"``), else ``c++``, ``g++`` or ``clang++`` on the ``PATH``."""
+    return compiler_command("CXX", ("c++", "g++", "clang++"))
 
 
 def _target(compiler: tuple[str, ...], source: str) -> tuple[Path, list[str]]:

@@ -56,6 +56,7 @@ __all__ = [
     "Kernel",
     "Tracer",
     "c_compiler",
+    "compiler_command",
     "kernel",
     "shared_library",
     "translate",
@@ -410,19 +411,25 @@ def kernel(
 _LIBRARIES: dict[str, Any] = {}
 
 
-def c_compiler() -> tuple[str, ...] | None:
-    """The command the kernels are built with, as ``subprocess`` arguments: ``$CC`` split as a shell
+def compiler_command(variable: str, programs: tuple[str, ...]) -> tuple[str, ...] | None:
+    """A compiler command as ``subprocess`` arguments: the environment ``variable`` split as a shell
     splits it (``CC="ccache gcc"`` is the program ``ccache`` and its argument ``gcc``, as make and
-    setuptools read it), else ``cc``, ``gcc`` or ``clang`` on the ``PATH``; ``None`` where there is
-    none or ``$CC`` cannot be split (an unclosed quote)."""
+    setuptools read it), else the first of ``programs`` on the ``PATH``; ``None`` where there is
+    none or the variable cannot be split (an unclosed quote)."""
     try:
-        command = tuple(shlex.split(os.environ.get("CC", "")))
+        command = tuple(shlex.split(os.environ.get(variable, "")))
     except ValueError:
         return None
     if command:
         return command
-    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    found = next(filter(None, map(shutil.which, programs)), None)
     return (found,) if found else None
+
+
+def c_compiler() -> tuple[str, ...] | None:
+    """The command the kernels are built with (:func:`compiler_command`): ``$CC``, else ``cc``,
+    ``gcc`` or ``clang`` on the ``PATH``."""
+    return compiler_command("CC", ("cc", "gcc", "clang"))
 
 
 def shared_library(stem: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:
