@@ -48,9 +48,11 @@ is a DTensor over its piece with ``p``'s placements, and a step is handed the gr
 (see :mod:`uniopt.torch._dtensor`).
 
 A bucket is rebuilt (state copied into new buffers) when the set of parameters with a gradient
-changes, when ``opt.state`` was replaced (``load_state_dict``), when the slots change, or after a
-step of the per-tensor path touched its parameters. Parameters with different step counts go to
-different buckets, since the per-step scalars depend on the count.
+changes, when ``opt.state`` was replaced (``load_state_dict``), when the slots change, when a
+parameter's storage, dtype, shape or contiguity changed (``p.data = p.data.t()`` keeps its address),
+when a step counter was edited in place, or after a step of the per-tensor path touched its
+parameters (:meth:`Bucket.intact`). Parameters with different step counts go to different buckets,
+since the per-step scalars depend on the count.
 """
 
 from __future__ import annotations
