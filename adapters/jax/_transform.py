@@ -730,6 +730,14 @@ class _Recorded:
         self.sums[id(out)] = (out, "subtract", x1, x2)
         return out
 
+    def where(self, condition: Any, x1: Any, x2: Any) -> jax.Array:
+        """``xp.where``, recorded: a rule that picks its result between two branches by a traced
+        step (:func:`uniopt._spec.select`: RAdam's rectification under ``jax.jit``) picks between
+        their increments too, where each branch is one (eagerly the host picks one branch)."""
+        out = self._base.where(condition, x1, x2)
+        self.sums[id(out)] = (out, "where", (condition, x1), x2)
+        return out
+
 
 class _SlotNamespace:
     """``jax.numpy`` for :meth:`uniopt.Spec.init_slot`, except ``zeros``: a slot not shaped like
@@ -1187,6 +1195,12 @@ def _increment_of(xp: Any, new: Any, param: jax.Array) -> jax.Array | None:
     if record is None or record[0] is not new:
         return None
     _, op, x1, x2 = record
+    if op == "where":  # param + where(c, u1, u2) is where(c, param + u1, param + u2), element by element
+        (condition, x1) = x1
+        u1, u2 = _increment_of(xp, x1, param), _increment_of(xp, x2, param)
+        if u1 is None or u2 is None or u1.shape != new.shape or u2.shape != new.shape:
+            return None
+        return jnp.where(condition, u1, u2)
     if x1 is param:
         d = x2
     elif op == "add" and x2 is param:

@@ -72,6 +72,32 @@ def test_every_case_is_bitwise_eager_and_jit(info, case):
                 assert ulp_distance(state.slots[name][i], slots[name]) <= bound, (name, i)
 
 
+@pytest.mark.parametrize(("info", "case"), per_convention("jax"))
+def test_the_updates_themselves_are_the_same_eager_and_jit(info, case):
+    """Not only ``p + u``: the update ``tx.update`` returns is the same bits eagerly and under
+    ``jax.jit`` at every step, as a transformation chained after it (``optax.scale``, clipping)
+    reads it. RAdam's rectification, a ``where`` of its two branches under jit, had returned the
+    parameter's change there and the rule's own increment eagerly (up to 1.2e-7 apart). Cells the
+    table bounds (Muon's backend products) are compared within twice their bound."""
+    spec = info.make(case)
+    tx = _tx(spec)
+    params0, grads = _inputs("float32", spec=spec)
+    bound = info.tolerance("jax", "optax", case.desc)
+    update = jax.jit(tx.update)
+    eager = jitted = [jnp.asarray(p) for p in params0]
+    eager_state = jitted_state = tx.init(eager)
+    for t, g in enumerate(grads, start=1):
+        g = [jnp.asarray(x) for x in g]
+        u_eager, eager_state = tx.update(g, eager_state, eager)
+        u_jit, jitted_state = update(g, jitted_state, jitted)
+        for i, (a, b) in enumerate(zip(u_eager, u_jit, strict=True)):
+            if bound == 0:
+                assert same_bits(a, b), (t, i)
+            else:
+                assert ulp_distance(a, b) <= 2 * bound, (t, i)
+        eager, jitted = optax.apply_updates(eager, u_eager), optax.apply_updates(jitted, u_jit)
+
+
 @pytest.mark.parametrize(("info", "case"), DEFAULTS)
 def test_jitted_step_is_bitwise(info, case):
     spec = info.make(case)
