@@ -283,6 +283,15 @@ def _build(alias: str, arguments: dict[str, Any]) -> Transformation:
     for arg, target in names.items():
         field, index = _target(target)
         value = _host_number(arguments[arg])
+        if "weight_decay" in arg and callable(value) and not isinstance(value, jax.Array):
+            # optax's adamw, lion, lamb and nadamw take a schedule there (ScalarOrSchedule); the
+            # spec's per-step scalars are affine in the learning rate only
+            raise ValueError(
+                f"uniopt.jax.{alias}: {arg} is a callable (a schedule?); only learning_rate takes "
+                f"a schedule here. For {arg} that changes with the step, wrap the factory: "
+                f"optax.inject_hyperparams(uniopt.jax.{alias})(..., {arg}=schedule) calls the "
+                "schedule at each step and passes its value"
+            )
         if arg != "learning_rate" and isinstance(value, jax.Array):
             if field in _INITIAL_STATE or field in _STRUCTURE:
                 what = "the initial state" if field in _INITIAL_STATE else _STRUCTURE[field]

@@ -295,3 +295,28 @@ def test_every_row_of_the_table_runs_on_jax():
     assert all(info.skip_reason("jax") is None for info in TABLE)
     assert ujax.schedule_free_adamw is ujax.ScheduleFreeAdamW
     assert ujax.muon is ujax.Muon
+
+
+@pytest.mark.parametrize("name", ["adamw", "lion", "lamb", "nadamw"])
+def test_a_weight_decay_schedule_is_refused_and_inject_hyperparams_runs_it(name):
+    """optax's adamw, lion, lamb and nadamw take a schedule as ``weight_decay``; uniopt.jax's
+    per-step scalars are affine in the learning rate only, so the factory refuses one with a
+    ValueError naming the argument and the way that runs it: optax.inject_hyperparams calls the
+    schedule at each step and passes its value, as optax's own alias under it does."""
+    schedule = optax.linear_schedule(1e-2, 0.0, 100)
+    with pytest.raises(
+        ValueError, match=rf"uniopt\.jax\.{name}: weight_decay is a callable.*inject_hyperparams"
+    ):
+        getattr(ujax, name)(1e-2, weight_decay=schedule, convention="optax")
+    params, grads = jnp.ones(3), jnp.full(3, 0.5)
+    mine = optax.inject_hyperparams(getattr(ujax, name))(
+        learning_rate=1e-2, weight_decay=schedule, convention="optax"
+    )
+    theirs = optax.inject_hyperparams(getattr(optax, name))(learning_rate=1e-2, weight_decay=schedule)
+    p, q, s, t = params, params, mine.init(params), theirs.init(params)
+    for _ in range(3):
+        u, s = mine.update(grads, s, p)
+        v, t = theirs.update(grads, t, q)
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+    assert float(s.hyperparams["weight_decay"]) == float(t.hyperparams["weight_decay"]) != 1e-2
+    np.testing.assert_allclose(p, q, rtol=1e-6)
