@@ -38,6 +38,7 @@ Conventions (``convention=``), each with its framework's defaults for arguments 
   :math:`\theta_t = \theta_{t-1} + (-\eta) d_t`: uniopt's formula rounded the same way (the
   zero buffer makes step 1 :math:`g_1`; ``p + d*(-lr)`` equals ``p - d*lr``), without dampening or
   weight decay (chain ``optax.add_decayed_weights``); lr :math:`10^{-3}` (optax has no default).
+  ``nesterov=True`` with momentum 0 is a plain step, as ``optax.sgd`` takes it.
 """
 
 from __future__ import annotations
@@ -113,11 +114,15 @@ class SGD(Spec):
         check_interval(self.name, "momentum", self.momentum, 0.0)
         check_interval(self.name, "dampening", self.dampening, 0.0, 1.0)
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
-        # Keras takes a plain step for nesterov=True without momentum; PyTorch refuses it
-        if self.nesterov and not keras and (self.momentum <= 0 or self.dampening != 0):
+        # Keras takes a plain step for nesterov=True without momentum, and so does optax (no trace
+        # without momentum; a trace of decay 0 with momentum=0); PyTorch refuses it
+        plain = self.convention in ("keras", "optax") and self.momentum == 0
+        if self.nesterov and not plain and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(
-                f"{self.name}: nesterov=True needs momentum > 0 and dampening = 0; got "
-                f"momentum={self.momentum!r}, dampening={self.dampening!r}"
+                f"{self.name}: nesterov=True needs momentum > 0 and dampening = 0 (as "
+                f"torch.optim.SGD); got momentum={self.momentum!r}, dampening={self.dampening!r}. "
+                "convention='optax' or 'keras' takes a plain step there, as optax.sgd and "
+                "keras.optimizers.SGD do"
             )
 
     def slot_names(self) -> tuple[str, ...]:

@@ -320,3 +320,22 @@ def test_a_weight_decay_schedule_is_refused_and_inject_hyperparams_runs_it(name)
         p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
     assert float(s.hyperparams["weight_decay"]) == float(t.hyperparams["weight_decay"]) != 1e-2
     np.testing.assert_allclose(p, q, rtol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.0])
+def test_sgd_nesterov_without_momentum_is_plain_sgd_as_in_optax(momentum):
+    """optax.sgd applies no trace without momentum (and a trace of decay 0 with momentum=0), so its
+    nesterov=True changes nothing there; uniopt.jax.sgd's optax convention takes it the same way,
+    where uniopt's own (torch.optim.SGD's rule) refuses it, naming the conventions that take it."""
+    with pytest.raises(ValueError, match=r"nesterov=True needs momentum > 0.*convention='optax'"):
+        ujax.sgd(0.1, momentum=momentum, nesterov=True)
+    params, grads = jnp.ones(3), jnp.asarray([0.5, -0.25, 2.0])
+    mine = ujax.sgd(0.1, momentum=momentum, nesterov=True, convention="optax")
+    theirs = optax.sgd(0.1, momentum=momentum, nesterov=True)
+    p, q, s, t = params, params, mine.init(params), theirs.init(params)
+    for _ in range(3):
+        u, s = mine.update(grads, s, p)
+        v, t = theirs.update(grads, t, q)
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+    np.testing.assert_array_equal(p, q)
+    assert mine.spec.nesterov and mine.spec.momentum == 0 and not s.slots
