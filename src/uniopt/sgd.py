@@ -116,7 +116,7 @@ class SGD(Spec):
         check_interval(self.name, "weight_decay", self.weight_decay, 0.0)
         # Keras takes a plain step for nesterov=True without momentum, and so does optax (no trace
         # without momentum; a trace of decay 0 with momentum=0); PyTorch refuses it
-        plain = self.convention in ("keras", "optax") and self.momentum == 0
+        plain = keras or (self.convention == "optax" and self.momentum == 0)
         if self.nesterov and not plain and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(
                 f"{self.name}: nesterov=True needs momentum > 0 and dampening = 0 (as "
