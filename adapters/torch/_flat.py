@@ -455,10 +455,10 @@ class Bucket:
         # in-place write is still seen by autograd.
         self.flat_views = tuple(p.detach().view(-1) for p in tensors)
         self.ptrs = tuple(map(_DATA_PTR, tensors))
-        # with the addresses, what the buffers were laid out for: a parameter whose data was replaced
-        # by a smaller piece of the same storage keeps its address
-        self.numels = tuple(p.numel() for p in tensors)
-        self.shapes = tuple(tuple(p.shape) for p in tensors)  # and the shapes (contiguous, as eligible)
+        # with the addresses, the shapes the buffers were laid out for (contiguous, as eligible): a
+        # parameter whose data was replaced by a smaller piece of the same storage, or by its own
+        # memory in another shape or order, keeps its address
+        self.shapes = tuple(tuple(p.shape) for p in tensors)
         self.probe = torch.empty(0, dtype=p0.dtype)  # the bucket's dtype, for the C++ check
         self.small = [tensors[i] for i in small]
         self.small_flat = [self.flat_views[i] for i in small]
@@ -613,7 +613,6 @@ class Bucket:
                     self.columns,
                     self.params,
                     self.ptrs,
-                    self.numels,
                     self.shapes,
                     self.probe,
                     self.steps,
@@ -625,7 +624,6 @@ class Bucket:
         tensors = tuple(map(_LOCAL_TENSOR, self.params)) if self.distributed else self.params
         return (
             tuple(map(_DATA_PTR, tensors)) == self.ptrs
-            and tuple(map(torch.Tensor.numel, tensors)) == self.numels
             and all(map(operator.is_, map(_DTYPE, tensors), itertools.repeat(self.dtype)))
             and tuple(map(_SHAPE, tensors)) == self.shapes
             and all(map(torch.Tensor.is_contiguous, tensors))

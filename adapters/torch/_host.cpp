@@ -77,21 +77,21 @@ PyObject* dense_grads(PyObject*, PyObject* params) {
   }
 }
 
-// intact(states, keys, columns, params, ptrs, numels, shapes, probe) -> bool
+// intact(states, keys, columns, params, ptrs, shapes, probe, counters, count) -> bool
 // states: tuple of dicts; keys: tuple; columns: tuple (one per key) of tuples (one per state);
-// params: tuple of plain tensors; ptrs, numels: tuples of ints; shapes: tuple of tuples of ints;
+// params: tuple of plain tensors; ptrs: tuple of ints; shapes: tuple of tuples of ints;
 // probe: a tensor of the bucket's dtype; counters: the bucket's int64 step counters (the tensor
 // whose elements the states' "step" entries view); count: the step they all hold. True where
 // states[i][keys[k]] is columns[k][i] for every i and k, every params[i] has data_ptr() ptrs[i]
-// (Tensor.data_ptr(): copy-on-write storage is copied first, as in Python), numel() numels[i],
-// shape shapes[i], probe's dtype, and is contiguous, and every counter is count (a step entry
+// (Tensor.data_ptr(): copy-on-write storage is copied first, as in Python), shape shapes[i] (and
+// so its element count), probe's dtype, and is contiguous, and every counter is count (a step entry
 // edited in place, state["step"].fill_(0), is seen).
 PyObject* intact(PyObject*, PyObject* args) {
-  PyObject *states, *keys, *columns, *params, *ptrs, *numels, *shapes, *probe, *counters;
+  PyObject *states, *keys, *columns, *params, *ptrs, *shapes, *probe, *counters;
   long long count;
-  if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!OOL", &PyTuple_Type, &states, &PyTuple_Type, &keys, &PyTuple_Type,
-                        &columns, &PyTuple_Type, &params, &PyTuple_Type, &ptrs, &PyTuple_Type, &numels,
-                        &PyTuple_Type, &shapes, &probe, &counters, &count))
+  if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!OOL", &PyTuple_Type, &states, &PyTuple_Type, &keys, &PyTuple_Type,
+                        &columns, &PyTuple_Type, &params, &PyTuple_Type, &ptrs, &PyTuple_Type, &shapes, &probe,
+                        &counters, &count))
     return nullptr;
   try {
     if (!THPVariable_Check(probe) || !THPVariable_Check(counters)) {
@@ -107,7 +107,7 @@ PyObject* intact(PyObject*, PyObject* args) {
     Py_ssize_t n = PyTuple_GET_SIZE(states);
     Py_ssize_t k = PyTuple_GET_SIZE(keys);
     if (PyTuple_GET_SIZE(columns) != k || PyTuple_GET_SIZE(params) != n || PyTuple_GET_SIZE(ptrs) != n ||
-        PyTuple_GET_SIZE(numels) != n || PyTuple_GET_SIZE(shapes) != n) {
+        PyTuple_GET_SIZE(shapes) != n) {
       PyErr_SetString(PyExc_ValueError, "intact: mismatched lengths");
       return nullptr;
     }
@@ -131,12 +131,11 @@ PyObject* intact(PyObject*, PyObject* args) {
       if (!plain(p)) Py_RETURN_FALSE;
       void* expected = PyLong_AsVoidPtr(PyTuple_GET_ITEM(ptrs, i));
       if (!expected && PyErr_Occurred()) return nullptr;
-      long long count = PyLong_AsLongLong(PyTuple_GET_ITEM(numels, i));
-      if (count == -1 && PyErr_Occurred()) return nullptr;
       const at::Tensor& t = unpack(p);
-      if (t.scalar_type() != dtype || t.numel() != count || t.data_ptr() != expected) Py_RETURN_FALSE;
-      // the same memory viewed in another shape or order (p.data = p.data.t(), .view(...)): the
-      // buffers and the kernel's table were laid out for the old one
+      if (t.scalar_type() != dtype || t.data_ptr() != expected) Py_RETURN_FALSE;
+      // the shape, and so the element count (a smaller piece of the same storage keeps the address),
+      // and the order: the same memory viewed in another shape or order (p.data = p.data.t(),
+      // .view(...)) keeps both, and the buffers and the kernel's table were laid out for the old one
       PyObject* shape = PyTuple_GET_ITEM(shapes, i);
       if (!PyTuple_Check(shape)) {
         PyErr_SetString(PyExc_ValueError, "intact: a shape that is no tuple");
