@@ -28,6 +28,10 @@ A binding defines (each module documents its own):
   spec and dtype in one host call, so that ``torch.compile`` traces Keras's ``apply`` whole);
 * ``update_sparse(optimizer, spec, gradient, variable, learning_rate)``: apply a sparse gradient
   itself and return ``True``, or ``False`` to let the dense path run;
+* ``update_by_increment(optimizer, spec, gradient, variable, slot_vars, learning_rate)``: apply a
+  dense gradient itself, the parameter updated in place by the rule's increment, and return
+  ``True``, or ``False`` to let the shared path run (TensorFlow in ``tf.function``: see
+  :func:`uniopt.tf._binding.update_by_increment`);
 * TensorFlow only: ``update_groups(optimizer, distribution, grads_and_vars, learning_rate)``:
   step the variables it runs together and return the pairs left to Keras's loop;
 * ``history_step(optimizer, compute, step, lr, bits, types)``, ``history_guard(...)``: the host

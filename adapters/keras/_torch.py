@@ -196,6 +196,13 @@ def update_sparse(optimizer: Any, spec: Spec, gradient: Any, variable: Any, lear
     return False
 
 
+def update_by_increment(
+    optimizer: Any, spec: Spec, gradient: Any, variable: Any, slot_vars: dict[str, Any], learning_rate: Any
+) -> bool:
+    """The parameter is assigned its new value (``False``: no step by increment on this backend)."""
+    return False
+
+
 # -- a spec with a history (uniopt.keras._history) -----------------------------------------------
 
 

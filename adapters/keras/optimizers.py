@@ -595,15 +595,11 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
         if b.update_sparse(self, spec, gradient, variable, learning_rate):
             return None
         slot_vars = self.slots(variable)
+        if b.update_by_increment(self, spec, gradient, variable, slot_vars, learning_rate):
+            return None
         param = b.as_array(variable)
-        grad = b.as_array(gradient, param.dtype)
         xp = b.namespace(self, param)
-        if getattr(grad.shape, "rank", 0) is None or tuple(grad.shape) != tuple(param.shape):
-            # a gradient traced without its static shape (TensorFlow: an IndexedSlices gradient
-            # densified in a graph, as LossScaleOptimizer's unscaling does, or a tf.function
-            # argument of unknown rank, whose TensorShape cannot be iterated): the variable's shape,
-            # which the rules that sum along an axis need (an error if the sizes differ)
-            grad = xp.reshape(grad, tuple(param.shape))
+        grad = self._dense_gradient(gradient, param.dtype, param.shape, xp)
         # a slot without a variable (Muon's velocity of a variable its Muon step takes, as Keras
         # keeps none) is one the rule does not read: its initial value, passed through
         slots = {
@@ -617,6 +613,18 @@ class UnioptOptimizer(keras.optimizers.Optimizer):
                 self.assign(slot_vars[name], value)
         self.assign(variable, new_param)
         return None
+
+    def _dense_gradient(self, gradient: Any, dtype: Any, shape: Any, xp: Any) -> Any:
+        """The backend's array of a dense ``gradient`` cast to ``dtype`` and of ``shape`` (the
+        parameter's), as the spec's rule takes it (``xp``: the rule's namespace)."""
+        grad = binding().as_array(gradient, dtype)
+        if getattr(grad.shape, "rank", 0) is None or tuple(grad.shape) != tuple(shape):
+            # a gradient traced without its static shape (TensorFlow: an IndexedSlices gradient
+            # densified in a graph, as LossScaleOptimizer's unscaling does, or a tf.function
+            # argument of unknown rank, whose TensorShape cannot be iterated): the variable's shape,
+            # which the rules that sum along an axis need (an error if the sizes differ)
+            grad = xp.reshape(grad, tuple(shape))
+        return grad
 
     def _warn_densified(self) -> None:
         """Once per optimizer, under ``convention="keras"``: say how a sparse gradient's update can

@@ -75,13 +75,15 @@ def test_stacked_groups_in_other_dtypes(name, dtype):
 
 def test_groups_are_stacked_where_the_rule_is_large_enough():
     params, grads = _inputs("float32")
-    # Adam's rule makes 16 ops: both groups are stacked (parameter, gradient and two slots each),
-    # the two variables alone are not
-    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 4 + [9] * 4
+    # Adam's rule makes 16 ops: both groups are stacked (gradient and two slots each; the parameters
+    # are stepped by their increment, not read: update_by_increment), the two variables alone are not
+    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 3 + [9] * 3
+    # AdamW's rule reads the parameter beside its increment (decoupled weight decay): stacked too
+    assert _pack_ops(ut.AdamW(learning_rate=0.01), params, grads) == [8] * 4 + [9] * 4
     # SGD without momentum makes two (a product and a difference): per variable, as before
     assert _binding.GROUP_MIN_RULE_OPS > 2
     assert _pack_ops(ut.SGD(learning_rate=0.01), params, grads) == []
-    assert _pack_ops(ut.SGD(learning_rate=0.01, momentum=0.9), params, grads) == [8] * 3 + [9] * 3
+    assert _pack_ops(ut.SGD(learning_rate=0.01, momentum=0.9), params, grads) == [8] * 2 + [9] * 2
     # Adafactor is not elementwise
     assert _pack_ops(ut.Adafactor(learning_rate=0.01), params, grads) == []
 
@@ -91,7 +93,7 @@ def test_too_few_like_variables_are_stepped_one_by_one():
     keep = [p for p, s in zip(params, GROUPED_SHAPES, strict=True) if s != (5, 3)][:-2]  # the (7,) group
     keep_grads = [[g for g, s in zip(gs, GROUPED_SHAPES, strict=True) if s == (7,)] for gs in grads]
     assert len(keep) == _binding.GROUP_MIN_VARIABLES == 8
-    assert _pack_ops(ut.Adam(learning_rate=0.01), keep, keep_grads) == [8] * 4
+    assert _pack_ops(ut.Adam(learning_rate=0.01), keep, keep_grads) == [8] * 3
     assert _pack_ops(ut.Adam(learning_rate=0.01), keep[:7], [g[:7] for g in keep_grads]) == []
 
 
@@ -103,11 +105,11 @@ def test_groups_of_large_variables_are_stepped_one_by_one(monkeypatch):
     assert 20 * 25 <= _binding.GROUP_MAX_ELEMENTS < 1260 * 1250
     params, grads = _inputs("float32")
     monkeypatch.setattr(_binding, "GROUP_MAX_ELEMENTS", 14)  # the (5, 3) group's 15 are too many
-    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 4
+    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 3
     monkeypatch.setattr(_binding, "GROUP_MAX_ELEMENTS", 15)
-    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 4 + [9] * 4
+    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 3 + [9] * 3
     monkeypatch.setattr(_binding, "GROUP_MAX_ELEMENTS", None)
-    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 4 + [9] * 4
+    assert _pack_ops(ut.Adam(learning_rate=0.01), params, grads) == [8] * 3 + [9] * 3
 
 
 def _step_with(grads, n, signature=None):
