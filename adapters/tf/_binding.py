@@ -381,9 +381,10 @@ def update_by_increment(
     optimizer: Any, spec: Spec, gradient: Any, variable: Any, slot_vars: dict[str, Any], learning_rate: Any
 ) -> bool:
     """In ``tf.function`` without XLA, step ``variable`` (of at most :data:`INCREMENT_MAX_ELEMENTS`
-    elements) by the rule's increment (:func:`increment_of`): the rule runs on a stand-in for the parameter (:func:`_stand_in`),
-    and where its new parameter is ``stand_in - d`` (or ``+ d``) and the stand-in is read nowhere
-    else, the slots are assigned and the variable ``assign_sub(d)`` (``assign_add``); ``True``.
+    elements) by the rule's increment (:func:`increment_of`): the rule runs on a stand-in for the
+    parameter (:func:`_stand_in`), and where its new parameter is ``stand_in - d`` (or ``+ d``)
+    and the stand-in is read nowhere else, the slots are assigned and the variable
+    ``assign_sub(d)`` (``assign_add``); ``True``.
     Otherwise ``False``, nothing assigned: the ops built feed nothing that runs (TensorFlow prunes
     them from the function) and ``update_step`` runs the rule on the parameter; the spec, dtype and
     slot dtypes are then not tried again.
