@@ -550,7 +550,8 @@ How to read the targets, and what limits each one:
   increment"; the same bits): in one `python -m bench run tf --optimizers SGD RAdam --sets
   many_small` that day (AMD EPYC, a slow day: Keras's SGD step took 80.13 ms), SGD 1.03x Keras's
   `tf.function` step (82.56 ms), RAdam 0.96x Keras's Adam (107.52 against 112.17 ms), and under
-  XLA 0.98x and 0.97x Keras's XLA rows; that run is not merged into the tables. Run 18 (AMD EPYC) adds Schedule-Free AdamW: 0.78x Keras's
+  XLA 0.98x and 0.97x Keras's XLA rows; that run is not merged into the tables.
+  Run 18 (AMD EPYC) adds Schedule-Free AdamW: 0.78x Keras's
   `tf.function` step (58.96 against 75.75 ms; 1.12x in run 5, per variable), its `keras`
   convention 0.79x; its XLA rows (where a run with other optimizers had died silently while
   compiling, on the Intel Xeon) took 176 to 195 s to compile here. Measured alone, in one
