@@ -24,7 +24,7 @@ STEPS = 7
 SHAPES = [(4, 3)] * 9 + [(5,), (2, 3, 2), ()]
 
 
-def _traced_ops(opt, params, mode="function") -> tuple[Counter, set[str]]:
+def _traced_ops(opt, params) -> tuple[Counter, set[str]]:
     """The op types of ``opt``'s traced ``apply_gradients`` on fresh variables of ``params``, and
     the names of the resources the parameters are read from (``ReadVariableOp`` inputs)."""
     variables = [tf.Variable(p) for p in params]
