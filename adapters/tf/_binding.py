@@ -238,26 +238,21 @@ def _update_stacked(optimizer: Any, key: tuple[Any, ...], members: list[Any], le
         return False
     grad = tf.stack([as_array(g, dtype) for g, _, _ in members])
     slots = {name: tf.stack([as_array(s[name]) for _, _, s in members]) for name, _ in slot_dtypes}
-    found = None
     first_slots = members[0][2]
-    if _increment_wanted(spec, dtype, first_slots):  # the parameters not read (update_by_increment)
-        stand_in = _stand_in(grad)
-        new_param, new_slots = spec.rule(stand_in, grad, slots, sc, xp)
-        found = increment_of(stand_in, new_param, new_slots)
-        _INCREMENT_FITS[_increment_key(spec, dtype, first_slots)] = found is not None
+    # the parameters not read where the rule allows it (update_by_increment)
+    found = _rule_by_increment(spec, dtype, first_slots, grad, slots, sc)
     if found is None:
         param = tf.stack([as_array(v) for _, v, _ in members])
-        new_param, new_slots = spec.rule(param, grad, slots, sc, xp)
-    for name, value in new_slots.items():
-        for (_, _, s), part in zip(members, tf.unstack(value), strict=True):
+        value, new_slots = spec.rule(param, grad, slots, sc, xp)
+        assign = optimizer.assign
+    else:
+        method, value, new_slots = found
+        assign = getattr(optimizer, method)
+    for name, new in new_slots.items():
+        for (_, _, s), part in zip(members, tf.unstack(new), strict=True):
             optimizer.assign(s[name], part)
-    if found is None:
-        for (_, variable, _), part in zip(members, tf.unstack(new_param), strict=True):
-            optimizer.assign(variable, part)
-        return True
-    method, increment = found
-    for (_, variable, _), part in zip(members, tf.unstack(increment), strict=True):
-        getattr(optimizer, method)(variable, part)
+    for (_, variable, _), part in zip(members, tf.unstack(value), strict=True):
+        assign(variable, part)
     return True
 
 
@@ -396,22 +391,35 @@ def update_by_increment(
     shape = tf.TensorShape(variable.shape)
     if not shape.is_fully_defined() or shape.num_elements() > INCREMENT_MAX_ELEMENTS:
         return False
-    if not _increment_wanted(spec, dtype, slot_vars):
+    if not _increment_wanted(spec, dtype, slot_vars):  # before any op is built
         return False
     grad = optimizer._dense_gradient(gradient, dtype, shape.as_list(), xp)
-    stand_in = _stand_in(grad)
     slots = {name: as_array(v) for name, v in slot_vars.items()}
     sc = optimizer._scalars(spec, dtype.name, learning_rate)
+    found = _rule_by_increment(spec, dtype, slot_vars, grad, slots, sc)
+    if found is None:
+        return False
+    method, increment, new_slots = found
+    for name, value in new_slots.items():
+        optimizer.assign(slot_vars[name], value)
+    getattr(optimizer, method)(variable, increment)
+    return True
+
+
+def _rule_by_increment(
+    spec: Spec, dtype: tf.DType, slot_vars: dict[str, Any], grad: tf.Tensor, slots: dict[str, Any], sc: Any
+) -> tuple[str, tf.Tensor, dict[str, Any]] | None:
+    """Where :func:`_increment_wanted`: the rule run on a stand-in for the parameter
+    (:func:`_stand_in`), and ``(method, d, new_slots)`` where its new parameter has an increment
+    (:func:`increment_of`; whether it had is kept per spec, dtype and slot dtypes); ``None``
+    otherwise (the ops built feed nothing that runs)."""
+    if not _increment_wanted(spec, dtype, slot_vars):
+        return None
+    stand_in = _stand_in(grad)
     new_param, new_slots = spec.rule(stand_in, grad, slots, sc, xp)
     found = increment_of(stand_in, new_param, new_slots)
     _INCREMENT_FITS[_increment_key(spec, dtype, slot_vars)] = found is not None
-    if found is None:
-        return False
-    for name, value in new_slots.items():
-        optimizer.assign(slot_vars[name], value)
-    method, increment = found
-    getattr(optimizer, method)(variable, increment)
-    return True
+    return None if found is None else (*found, new_slots)
 
 
 def update_sparse(optimizer: Any, spec: Spec, gradient: Any, variable: Any, learning_rate: Any) -> bool:
