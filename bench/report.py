@@ -659,15 +659,24 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   staying torch's kernels (a custom operator inductor calls as it is) and the elementwise work
   around them (the momentum, the roundings to bfloat16, the norm, the division, the update) fused by
   inductor (1.38x to 1.11x; bitwise the eager loop; the first step pays about 13 s of compilation
-  per shape, the first step column). What remains is that elementwise work, in more passes than
-  torch's fused `lerp_` and in-place ops. On the many-small set the 1000 matrices of 20x25 are
+  per shape, the first step column). Run 15 (2026-12-07, the same Xeon) has one more: the compiled
+  step had summed the norm's squares of a tall matrix in its transposed order, reading it down the
+  columns in scalar code with an integer division per element; the torch convention now sums them
+  in the matrix's own order before transposing (as torch's norm reads a transposed view; no
+  conformance bit moved, docs/optimizers/muon.md). One process, beside torch.optim.Muon: 474 ms a
+  step against its 404 before, 372 against 392 after. In run 15 the torch convention takes 407.36
+  ms on the large set against torch.optim.Muon's 413.19 (0.99x its eager step) and
+  torch.compile's 365.76 (1.11x): the products, timed alone on one matrix (five iterations, 42 to
+  44 ms through either torch's ops or the custom operator, compiled or not, the same bits), are the
+  same work; the elementwise kernels took the same time in both compiled steps under the profiler.
+  On the many-small set the 1000 matrices of 20x25 are
   stepped stacked since run 11, one rule call for all under `torch.func.vmap`, each product still
   formed per matrix by `torch.matmul` (torch's batched product, `bmm`, sums differently from `mm`
   below 400 multiply-adds and, with two threads, for long shared sides; with it the step took about
   30 ms, not bitwise the per-tensor loop), in both conventions: 621 and 386 ms a step in the
-  morning's run (torch and uniopt conventions) to the figures above, 0.36x and 0.35x
-  torch.optim.Muon's; the 15,000 products per step are most of what remains. Keras and optax, like
-  uniopt.tf and uniopt.jax, multiply in float32.
+  morning's run 11 (torch and uniopt conventions), 157.31 and 160.76 in run 15, 0.26x
+  torch.optim.Muon's 609.50; the 15,000 products per step are most of what remains. Keras and optax,
+  like uniopt.tf and uniopt.jax, multiply in float32.
 * **Schedule-Free AdamW under XLA**: uniopt.tf computes the step's scalars and the history of
   learning rates in-graph there (docs/tf.md, "Schedule-Free AdamW"). Its default convention, the
   authors' algorithm, steps `y` from the old `z` and the normalised gradient `u`, which the step
