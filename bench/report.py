@@ -519,7 +519,14 @@ How to read the targets, and what limits each one:
   and both new moments), 40 bytes a parameter where one pass would move 28. So both take 1.6x to
   1.7x the in-place bound (run 8: 38.63 and 41.49 ms against 22.41 and 25.93); per element
   uniopt's parameter loop has one division where optax's has two, and the `-0.0` guards, which
-  the memory traffic hides.
+  the memory traffic hides there. Not on the Intel Xeon (AVX-512) on 2026-12-07: the benchmark's
+  jax rows (not merged) had Adam at 1.08x optax's step, AdamW 1.15x and NAdam 1.08x on the large
+  set, the `.step` rows 1.04x to 1.05x; one process, Adam interleaved with optax.adam over 15
+  rounds, took 1.06x to 1.09x optax's step with the guards and 1.02x to 1.04x with the products'
+  guards taken out (an experiment: not bitwise, XLA's CPU compiler always lets LLVM form FMAs),
+  and the root's integer no-op made no difference (an integer add, a `-0.0` add or none). Adam's
+  guards are seven vector additions per element, which a core whose loops are not wholly waiting
+  on memory pays; bitwise equality with the reference needs each product rounded on its own.
   uniopt.tf under XLA is bitwise only with `XLA_FLAGS="--xla_cpu_max_isa=AVX
   --xla_cpu_enable_fast_min_max=false"` (docs/tf.md); the benchmark runs with XLA's defaults (the
   flags are process-wide and would slow the Keras natives timed beside it), so its `jit_compile` rows
@@ -592,7 +599,10 @@ How to read the targets, and what limits each one:
   1.02, NAdam 1.06; Adadelta 0.63 and Lion 0.95 in run 5 on the AMD EPYC) and 0.94x to 1.04x on
   the many-small set, where in run 5 (AMD EPYC) it was 0.90x to 0.95x; uniopt.tf under XLA within
   1.13x of Keras's fastest row on the large set
-  (Adamax 1.13, Lion 1.07, the rest 0.93 to 1.04). Lion is slow under XLA for everyone (optax 54 ms,
+  (Adamax 1.13, Lion 1.07, the rest 0.93 to 1.04); measured again on the Intel Xeon on
+  2026-12-07 (one process, the XLA rows interleaved, 11 to 15 rounds) Adamax took 28.38 against
+  28.04 ms (1.01x), Lion 32.56 against 32.70 (1.00x), NAdam 0.96x, RAdam 0.97x Keras's Adam and
+  Adafactor 0.77x. Lion is slow under XLA for everyone (optax 54 ms,
   Keras 52 to 54 ms, against 13 to 18 ms for SGD), and so is Keras's Adadelta (133 ms under XLA,
   70 in `tf.function`); not traced further. On the many-small set uniopt.tf's `tf.function` row,
   its faster one there, was 1.03x (Adamax) to 1.54x (Lion) Keras's `tf.function` step, NAdam and
@@ -690,7 +700,11 @@ What separates the non-elementwise optimizers (and Schedule-Free AdamW) from the
   from 1.09x optax's (the run of 2026-12-04) to the 0.64x above (hint from 2^20 elements per
   array, where an array no longer stays in this CPU's caches between loops). The
   many-small set's tensors are below both thresholds. `uniopt.tf.ScheduleFreeAdamW(convention=
-  'keras')`, Keras's algorithm run by the spec, is timed beside it.
+  'keras')`, Keras's algorithm run by the spec, is timed beside it. On the Intel Xeon on
+  2026-12-07 (one process, the two XLA steps interleaved, two runs) uniopt.tf's took 35.87 and
+  35.54 ms against Keras's 30.27 and 29.40 (1.19x, 1.21x); their optimised HLO (the large set)
+  still has those three loops per tensor, 12 array passes against Keras's 10: the algorithm's
+  cost under one loop per output, not the code's.
 * **Adafactor under XLA on TensorFlow**: its scalars never reach a limit (the relative step size),
   and uniopt.tf computes them in-graph there (docs/tf.md, "How a step runs"; until 2026-12-04 it
   refused `jit_compile`, and its `tf.function` step was the row compared). Keras's own Adafactor
