@@ -223,6 +223,9 @@ class UnioptOptimizer(Optimizer):
         self._spec_hits: dict[int, tuple[tuple[Any, ...], tuple[type, ...], Spec]] = {}
         # group index -> the state_dtypes its state was last made to follow (see _state_dtypes_changes)
         self._dtypes_applied: dict[int, dict[str, torch.dtype] | None] = {}
+        # group index -> (the spec its parameters were last checked against, their ids): see
+        # _check_params_of
+        self._params_checked: dict[int, tuple[Spec, tuple[int, ...]]] = {}
         unknown = set(kwargs) - set(self._fields()) - set(self.torch_options)
         if unknown:
             raise TypeError(
@@ -265,6 +268,7 @@ class UnioptOptimizer(Optimizer):
         # the caches first: completing a group may read the spec cache (Schedule-Free's history)
         self.__dict__["_grad_layouts"] = {}  # a cache (an older pickle's entries have another form)
         self.__dict__["_spec_hits"] = {}  # a cache: id(group) -> (its options, its spec)
+        self.__dict__["_params_checked"] = {}  # a cache: group index -> (spec, parameter ids)
         for name, default in self.torch_options.items():
             self.defaults.setdefault(name, default)
         for group in self.param_groups:  # groups of older state_dicts or pickles
@@ -423,6 +427,7 @@ class UnioptOptimizer(Optimizer):
                 any_sparse = any(g.is_sparse for g in grads)
                 cached = (ids, layouts, _sparse_dims(grads) if any_sparse else None)
                 self._grad_layouts[index] = cached
+            self._check_params_of(index, spec, params, cached[0])
             sparse = sparse or cached[2] is not None
             groups.append((index, spec, _lr(group["lr"]), params, ids, grads))
         self._apply_state_dtypes(self._state_dtypes_changes())  # checked, then applied
@@ -516,12 +521,31 @@ class UnioptOptimizer(Optimizer):
         work = []
         for index, group in enumerate(self.param_groups):  # validate everything before any change
             spec = self._spec_of(group)
+            self._check_params_of(index, spec, group["params"])
             for p in group["params"]:
                 if p.grad is not None:
                     _check_grad(spec, p, bool(group.get("fused")))
                     work.append((index, spec, _lr(group["lr"]), p))
         self._apply_state_dtypes(self._state_dtypes_changes())  # checked, then applied
         return self._plan(work)
+
+    def _check_params_of(
+        self, index: int, spec: Spec, params: list[torch.Tensor], ids: tuple[int, ...] | None = None
+    ) -> None:
+        """Group ``index``'s parameters checked against ``spec`` as :meth:`add_param_group` checks
+        them (:func:`_check_param`: Muon's 2-D rule, the dtypes, the scalars that would round to 0),
+        again whenever the group's spec or its parameters changed since they were last checked: an
+        option set in ``param_groups`` mid-run (``convention="torch"`` on a group holding a 1-D
+        parameter) must be refused before any group is updated, not by the rule halfway through the
+        step. ``ids``: the parameters' ``id``s where the caller has them (the flat step's, kept from
+        step to step while they do not change: then no comparison of them is made here)."""
+        ids = tuple(map(id, params)) if ids is None else ids
+        seen = self._params_checked.get(index)
+        if seen is not None and seen[0] is spec and (seen[1] is ids or seen[1] == ids):
+            return
+        for p in params:
+            _check_param(spec, p)
+        self._params_checked[index] = (spec, ids)
 
     def _state_dtypes_changes(self) -> list[tuple[int, dict[str, torch.dtype] | None]]:
         """The groups whose ``state_dtypes`` changed since their state last followed it (set or

@@ -494,6 +494,62 @@ def test_an_invalid_option_set_after_steps_is_refused_before_anything_changes():
     opt.step()  # valid again: steps
 
 
+@pytest.mark.parametrize("implementation", ["auto", "loop"])
+def test_a_convention_set_mid_run_that_refuses_a_groups_parameter_is_refused_before_any_group_steps(
+    implementation,
+):
+    """Muon's ``torch`` convention takes 2-D parameters only; a group holding a 1-D parameter under
+    ``convention="keras"`` (stepped with Adam there) switched to ``"torch"`` in ``param_groups``
+    is refused when the step starts, naming the parameter's shape, with every group's parameters,
+    state and step counts as they were; switched back, the run goes on. Until 2026-12-07 the rule
+    refused it halfway through the step, after the first group had been updated and every step
+    counter advanced (found by a user trial)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(16, 16, generator=g))
+    b = torch.nn.Parameter(torch.randn(5, generator=g))
+    groups = [{"params": [w]}, {"params": [b], "convention": "keras"}]
+    opt = ut.Muon(groups, convention="torch", implementation=implementation)
+    w.grad, b.grad = torch.randn(16, 16, generator=g), torch.randn(5, generator=g)
+    opt.step()
+    before = [t.detach().clone() for t in (w, b, opt.state[w]["momentum_buffer"])]
+    opt.param_groups[1].update(convention="torch", adjust_lr_fn="original")
+    with pytest.raises(
+        ValueError, match=r"uniopt\.torch\.Muon: a parameter of shape \(5,\) with convention='torch'"
+    ):
+        opt.step()
+    after = [w.detach(), b.detach(), opt.state[w]["momentum_buffer"]]
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+    assert [int(opt.state[p]["step"]) for p in (w, b)] == [1, 1]
+    opt.param_groups[1].update(convention="keras", adjust_lr_fn=None)
+    opt.step()
+    assert [int(opt.state[p]["step"]) for p in (w, b)] == [2, 2] and not torch.equal(w.detach(), before[0])
+
+
+@pytest.mark.parametrize("implementation", ["auto", "loop"])
+def test_an_eps_set_mid_run_that_rounds_to_zero_in_the_parameters_dtype_is_refused_as_at_construction(
+    implementation,
+):
+    """The constructor refuses ``eps=1e-50`` for float32 parameters (it rounds to 0 there, so the
+    update would ignore it); set in ``param_groups`` after a step, the next step refuses it too,
+    before anything changes, on the flat path (``"auto"``) as on the per-tensor loop. Until
+    2026-12-07 the flat path stepped with it."""
+    p = torch.nn.Parameter(torch.ones(4, 3))
+    with pytest.raises(ValueError, match=r"eps=1e-50 rounds to 0 in torch\.float32"):
+        ut.Adam([torch.nn.Parameter(torch.ones(2))], lr=1e-3, eps=1e-50)
+    opt = ut.Adam([p], lr=1e-3, implementation=implementation)
+    p.grad = torch.full((4, 3), 0.5)
+    opt.step()
+    before = p.detach().clone(), opt.state[p]["exp_avg"].clone()
+    opt.param_groups[0]["eps"] = 1e-50
+    with pytest.raises(ValueError, match=r"eps=1e-50 rounds to 0 in torch\.float32"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0]) and torch.equal(opt.state[p]["exp_avg"], before[1])
+    assert int(opt.state[p]["step"]) == 1
+    opt.param_groups[0]["eps"] = 1e-8
+    opt.step()
+    assert int(opt.state[p]["step"]) == 2
+
+
 def test_a_flag_given_as_an_int_after_a_bool_is_refused_as_at_construction():
     """``maximize=True`` then ``maximize=1`` (equal as Python values): the step validates what was
     set, and refuses the int as the constructor and a first step do (uniopt takes only real bools
