@@ -538,13 +538,18 @@ class UnioptOptimizer(Optimizer):
         option set in ``param_groups`` mid-run (``convention="torch"`` on a group holding a 1-D
         parameter) must be refused before any group is updated, not by the rule halfway through the
         step. ``ids``: the parameters' ``id``s where the caller has them (the flat step's, kept from
-        step to step while they do not change: then no comparison of them is made here)."""
+        step to step while they do not change: then no comparison of them is made here). Each kind
+        of parameter (tensor type, dtype, shape: all the check reads) is checked once."""
         ids = tuple(map(id, params)) if ids is None else ids
         seen = self._params_checked.get(index)
         if seen is not None and seen[0] is spec and (seen[1] is ids or seen[1] == ids):
             return
+        kinds = set()
         for p in params:
-            _check_param(spec, p)
+            kind = (type(p), p.dtype, p.shape)
+            if kind not in kinds:
+                _check_param(spec, p)
+                kinds.add(kind)
         self._params_checked[index] = (spec, ids)
 
     def _state_dtypes_changes(self) -> list[tuple[int, dict[str, torch.dtype] | None]]:
