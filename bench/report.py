@@ -557,7 +557,14 @@ How to read the targets, and what limits each one:
   increment"; the same bits): in one `python -m bench run tf --optimizers SGD RAdam --sets
   many_small` that day (AMD EPYC, a slow day: Keras's SGD step took 80.13 ms), SGD 1.03x Keras's
   `tf.function` step (82.56 ms), RAdam 0.96x Keras's Adam (107.52 against 112.17 ms), and under
-  XLA 0.98x and 0.97x Keras's XLA rows; that run is not merged into the tables.
+  XLA 0.98x and 0.97x Keras's XLA rows; that run is not merged into the tables. Run 21 (Intel
+  Xeon, the evening of 2026-12-07, merged) has the increment step for SGD, Adagrad and RMSprop and
+  does not bear that out: their `tf.function` rows took 94.57, 72.00 and 81.44 ms against Keras's
+  71.05, 49.88 and 67.23 (1.33x, 1.44x, 1.21x), their XLA rows 1.02x, 0.99x and 0.94x Keras's.
+  Timed alone in one process minutes later (uniopt.tf's and Keras's SGD `tf.function` steps
+  interleaved, 11 rounds, the same 2000 tensors) the two took 46.58 and 45.41 ms (1.03x): in the
+  benchmark, beside its other variants, each step costs more, uniopt.tf's more than Keras's. Why
+  was not traced.
   Run 18 (AMD EPYC) adds Schedule-Free AdamW: 0.78x Keras's
   `tf.function` step (58.96 against 75.75 ms; 1.12x in run 5, per variable), its `keras`
   convention 0.79x; its XLA rows (where a run with other optimizers had died silently while
