@@ -557,14 +557,17 @@ How to read the targets, and what limits each one:
   increment"; the same bits): in one `python -m bench run tf --optimizers SGD RAdam --sets
   many_small` that day (AMD EPYC, a slow day: Keras's SGD step took 80.13 ms), SGD 1.03x Keras's
   `tf.function` step (82.56 ms), RAdam 0.96x Keras's Adam (107.52 against 112.17 ms), and under
-  XLA 0.98x and 0.97x Keras's XLA rows; that run is not merged into the tables. Run 21 (Intel
-  Xeon, the evening of 2026-12-07, merged) has the increment step for SGD, Adagrad and RMSprop and
-  does not bear that out: their `tf.function` rows took 94.57, 72.00 and 81.44 ms against Keras's
-  71.05, 49.88 and 67.23 (1.33x, 1.44x, 1.21x), their XLA rows 1.02x, 0.99x and 0.94x Keras's.
-  Timed alone in one process minutes later (uniopt.tf's and Keras's SGD `tf.function` steps
-  interleaved, 11 rounds, the same 2000 tensors) the two took 46.58 and 45.41 ms (1.03x): in the
-  benchmark, beside its other variants, each step costs more, uniopt.tf's more than Keras's. Why
-  was not traced.
+  XLA 0.98x and 0.97x Keras's XLA rows; that run is not merged into the tables. Two runs on the
+  Intel Xeon that evening do not bear it out for the `tf.function` rows. Run 21 had SGD, Adagrad
+  and RMSprop at 94.57, 72.00 and 81.44 ms against Keras's 71.05, 49.88 and 67.23 (1.33x, 1.44x,
+  1.21x); run 22, twenty minutes later and in the tables, at 51.72, 75.21 and 72.73 against 47.03,
+  55.46 and 58.93 (1.10x, 1.36x, 1.23x). The XLA rows were 0.94x to 1.02x in both. Timed outside
+  the benchmark in one process between the two runs, uniopt.tf's and Keras's SGD `tf.function`
+  steps (2000 tensors, interleaved with their XLA steps, 7 rounds) took 24.50 and 26.31 ms (0.93x;
+  2000 `AssignSubVariableOp`s in each graph), and alone 46.58 and 45.41 ms (1.03x). So in the
+  benchmark's rounds, which also time the in-place and copy bounds (sweeping the caches between
+  steps, as a training step's forward and backward passes would), uniopt.tf's stacked step loses
+  more than Keras's per-variable one; whether the caches are the cause was not traced.
   Run 18 (AMD EPYC) adds Schedule-Free AdamW: 0.78x Keras's
   `tf.function` step (58.96 against 75.75 ms; 1.12x in run 5, per variable), its `keras`
   convention 0.79x; its XLA rows (where a run with other optimizers had died silently while
