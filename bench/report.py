@@ -548,7 +548,7 @@ How to read the targets, and what limits each one:
   2026-12-07; above, stacking was slower: the large set's `tf.function` step, stacked, had taken
   438.7 ms for Adam and 666.8 for RAdam that morning, against 103.8 and 125.9 for Keras's Adam
   timed beside each).
-  Runs 13 and 15 (Intel Xeon) have it: against Keras's `tf.function` step Adam 0.94x, RAdam 0.91x
+  Runs 13 and 15 (Intel Xeon) had it: against Keras's `tf.function` step Adam 0.94x, RAdam 0.91x
   (against Keras's Adam), AdamW 0.87x, Adamax 0.96x, NAdam 0.73x, Lion 0.99x, Adadelta 1.01x,
   RMSprop 1.05x, Adagrad 1.20x (a rule of 10 ops: little to save); SGD without momentum (2 ops)
   is stepped per variable, 1.34x: Keras's step is a product and an in-place
