@@ -564,10 +564,11 @@ How to read the targets, and what limits each one:
   55.46 and 58.93 (1.10x, 1.36x, 1.23x). The XLA rows were 0.94x to 1.02x in both. Timed outside
   the benchmark in one process between the two runs, uniopt.tf's and Keras's SGD `tf.function`
   steps (2000 tensors, interleaved with their XLA steps, 7 rounds) took 24.50 and 26.31 ms (0.93x;
-  2000 `AssignSubVariableOp`s in each graph), and alone 46.58 and 45.41 ms (1.03x). So in the
-  benchmark's rounds, which also time the in-place and copy bounds (sweeping the caches between
-  steps, as a training step's forward and backward passes would), uniopt.tf's stacked step loses
-  more than Keras's per-variable one; whether the caches are the cause was not traced.
+  2000 `AssignSubVariableOp`s in each graph), and alone 46.58 and 45.41 ms (1.03x); Adagrad the
+  same way 48.73 against 47.78 ms (1.02x), and 55.37 against 52.52 (1.05x) with a 64 MB copy
+  before each step to sweep the caches. So the benchmark's rounds cost uniopt.tf's stacked step
+  more than Keras's per-variable one, and the cache sweep alone does not account for it; what
+  does was not traced.
   Run 18 (AMD EPYC) adds Schedule-Free AdamW: 0.78x Keras's
   `tf.function` step (58.96 against 75.75 ms; 1.12x in run 5, per variable), its `keras`
   convention 0.79x; its XLA rows (where a run with other optimizers had died silently while
