@@ -567,7 +567,8 @@ How to read the targets, and what limits each one:
   2000 `AssignSubVariableOp`s in each graph), and alone 46.58 and 45.41 ms (1.03x); Adagrad the
   same way 48.73 against 47.78 ms (1.02x), and 55.37 against 52.52 (1.05x) with a 64 MB copy
   before each step to sweep the caches. So the benchmark's rounds cost uniopt.tf's stacked step
-  more than Keras's per-variable one, and the cache sweep alone does not account for it; what
+  more than Keras's per-variable one; neither the cache sweep nor the set's alternating 2-D and
+  1-D shapes account for it (with them, that process had Adagrad at 0.98x and SGD at 0.97x); what
   does was not traced.
   Run 18 (AMD EPYC) adds Schedule-Free AdamW: 0.78x Keras's
   `tf.function` step (58.96 against 75.75 ms; 1.12x in run 5, per variable), its `keras`
