@@ -240,7 +240,9 @@ def _update_stacked(optimizer: Any, key: tuple[Any, ...], members: list[Any], le
     slots = {name: tf.stack([as_array(s[name]) for _, _, s in members]) for name, _ in slot_dtypes}
     first_slots = members[0][2]
     # the parameters not read where the rule allows it (update_by_increment)
-    found = _rule_by_increment(spec, dtype, first_slots, grad, slots, sc)
+    found = None
+    if _increment_wanted(spec, dtype, first_slots):
+        found = _rule_by_increment(spec, dtype, first_slots, grad, slots, sc)
     if found is None:
         param = tf.stack([as_array(v) for _, v, _ in members])
         value, new_slots = spec.rule(param, grad, slots, sc, xp)
@@ -409,12 +411,10 @@ def update_by_increment(
 def _rule_by_increment(
     spec: Spec, dtype: tf.DType, slot_vars: dict[str, Any], grad: tf.Tensor, slots: dict[str, Any], sc: Any
 ) -> tuple[str, tf.Tensor, dict[str, Any]] | None:
-    """Where :func:`_increment_wanted`: the rule run on a stand-in for the parameter
-    (:func:`_stand_in`), and ``(method, d, new_slots)`` where its new parameter has an increment
-    (:func:`increment_of`; whether it had is kept per spec, dtype and slot dtypes); ``None``
-    otherwise (the ops built feed nothing that runs)."""
-    if not _increment_wanted(spec, dtype, slot_vars):
-        return None
+    """The rule run on a stand-in for the parameter (:func:`_stand_in`; the callers ask
+    :func:`_increment_wanted` first), and ``(method, d, new_slots)`` where its new parameter has an
+    increment (:func:`increment_of`; whether it had is kept per spec, dtype and slot dtypes);
+    ``None`` otherwise (the ops built feed nothing that runs)."""
     stand_in = _stand_in(grad)
     new_param, new_slots = spec.rule(stand_in, grad, slots, sc, xp)
     found = increment_of(stand_in, new_param, new_slots)
