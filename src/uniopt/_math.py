@@ -270,6 +270,17 @@ def after(x: Array, first: Array, xp: Any) -> Array:
     return x if hook is None else hook(x, first)
 
 
+def materialized(x: Array, xp: Any) -> Array:
+    """``x``, the same bits, as a value a compiler stores once for the ops that read it, instead of
+    computing it again inside each of them; ``x`` itself where the namespace offers no such value
+    (``uniopt_materialized``). Muon's Newton-Schulz iterates pass through it: on a 1x1 matrix every
+    product is an elementwise op to inductor, which then inlined each iterate into the next, an
+    expression read about six times more per iteration (uniopt.torch's compiled step: 115 s of
+    compilation against 11 to 14 s for 1x5, 5x1 and 3x4; tests/torch_adapter/test_muon_torch.py)."""
+    hook = getattr(xp, "uniopt_materialized", None)
+    return x if hook is None else hook(x)
+
+
 def size(x: Array) -> int:
     """The number of elements of ``x`` (1 for a 0-d array). A product over a list, not a generator:
     ``torch.compile`` traces ``math.prod`` of a list, and breaks its graph at one of a generator."""

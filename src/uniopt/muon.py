@@ -173,6 +173,7 @@ from ._math import (
     float_bits,
     is_complex,
     keras_weight_decay,
+    materialized,
     norm,
     round_to_dtype,
     stored,
@@ -851,7 +852,7 @@ def _newton_schulz(u: Array, sc: Any, steps: int, xp: Any, mm: Any, *, norm_form
             poly = xp.add(xp.multiply(gram, sc.ns_b), xp.multiply(mm(gram, gram, xp), sc.ns_c))
         else:
             poly = xp.add(xp.multiply(gram, sc.ns_b), mm(xp.multiply(gram, sc.ns_c), gram, xp))
-        x = xp.add(xp.multiply(x, sc.ns_a), mm(poly, x, xp))
+        x = materialized(xp.add(xp.multiply(x, sc.ns_a), mm(poly, x, xp)), xp)
     return xp.matrix_transpose(x) if tall else x
 
 
@@ -919,7 +920,7 @@ def _newton_schulz_bf16(
         if new is None:  # addmm(X, B, X, beta=a)
             w = wide(x)
             new = hold(xp.add(xp.multiply(w, a), mm(wide(poly), w, xp)))
-        x = new
+        x = materialized(new, xp)
     x = wide(x)
     return xp.matrix_transpose(x) if tall else x
 
