@@ -74,7 +74,9 @@ def test_config_round_trip(name):
 )
 def test_save_load_and_continue_is_the_uninterrupted_run(make, tmp_path):
     """``model.save`` after 3 steps of ``fit(jit_compile=True)``, ``keras.models.load_model``, 4
-    more: bitwise the NumPy reference of 7 steps and the uninterrupted run."""
+    more: bitwise the NumPy reference of the uninterrupted 7 steps. (A third ``fit`` of all 7 steps
+    is not run: bitwise the same reference, it would be that reference again, at an inductor
+    compile of about 40 s on Keras's torch backend on a 2-core machine.)"""
     params, grads = _inputs(7)
     spec = make().spec
     model = fit_feed(make(), params, grads[:3], jit_compile=True)
@@ -83,11 +85,8 @@ def test_save_load_and_continue_is_the_uninterrupted_run(make, tmp_path):
     loaded = keras.models.load_model(path, custom_objects={"feed_loss": feed_loss})
     assert type(loaded.optimizer) is type(model.optimizer) and loaded.optimizer.spec == spec
     fit_feed(None, None, grads[3:], jit_compile=True, model=loaded)
-    whole = fit_feed(make(), params, grads, jit_compile=True)
     want = reference(spec, params, grads)[-1]
-    got = snapshot(loaded.optimizer, loaded.ws)
-    assert_trajectories([got], [want])
-    assert_trajectories([snapshot(whole.optimizer, whole.ws)], [got])
+    assert_trajectories([snapshot(loaded.optimizer, loaded.ws)], [want])
 
 
 def test_a_schedule_in_fit():
