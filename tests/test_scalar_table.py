@@ -237,3 +237,19 @@ def test_a_term_table_that_does_not_reach_its_limit_or_a_spec_without_terms_is_r
     with pytest.raises(ValueError, match=r"Adam: .* has no per-step terms"):
         term_table(uniopt.Adam())
     assert uniopt.ScheduleFreeAdamW(convention="optax").step_terms(1) is None
+
+
+def test_a_term_table_that_does_not_converge_is_refused_without_walking_every_step(monkeypatch):
+    """beta2=0.99999: 1 - beta2**t is not 1.0 in float64 by step 1,000,000 (0.99999**1e6 is about
+    4.5e-5), which the refusal finds from a handful of steps' terms, not a million."""
+    from uniopt.scalar_table import term_table
+
+    calls = []
+    original = uniopt.ScheduleFreeAdamW.step_terms
+    monkeypatch.setattr(
+        uniopt.ScheduleFreeAdamW, "step_terms", lambda self, step: calls.append(step) or original(self, step)
+    )
+    assert 1 - 0.99999**1_000_000 != 1.0
+    with pytest.raises(NotConvergentError, match=r"within 1000000 steps"):
+        term_table(uniopt.ScheduleFreeAdamW(betas=(0.9, 0.99999)))
+    assert len(calls) <= 3, calls
