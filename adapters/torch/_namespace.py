@@ -146,6 +146,7 @@ def _register_copy() -> Any:
     def _(x: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(x)
 
+    op.register_autograd(lambda ctx, grad: grad)  # a copy: the gradient passes through unchanged
     return op
 
 

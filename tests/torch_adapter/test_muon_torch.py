@@ -293,6 +293,22 @@ def test_a_one_element_iterate_is_stored_under_compilation(shape, options, copie
     assert max(stored) == copies, stored  # the graph holding the iteration: one copy per iterate
 
 
+def test_the_stored_copy_is_differentiable_under_compilation():
+    """``uniopt::materialized`` is a copy to autograd too: a compiled function through it has the
+    eager function's value and gradient."""
+
+    def f(u):
+        return (xp.uniopt_materialized(u * 2.0) ** 2).sum()
+
+    x = torch.tensor([[0.5]], requires_grad=True)
+    f(x).backward()
+    eager = x.grad.clone()
+    x.grad = None
+    value = torch.compile(f, backend="aot_eager", fullgraph=True)(x)
+    value.backward()
+    assert value.item() == 1.0 and torch.equal(x.grad, eager)
+
+
 def test_a_step_under_inference_mode_runs_the_kernels_as_outside_it():
     """torch.inference_mode() (as torch.optim.Muon allows): the step, its kernel iterations
     included, is the same bits as under no_grad."""
