@@ -82,28 +82,26 @@ def _bfloat16_product(
     return torch.mm(a, b) if c is None else torch.addmm(c, a, b, beta=beta, alpha=alpha)
 
 
-def _register_product() -> Any:
-    """``uniopt::addmm_bfloat16``, :func:`_bfloat16_product` as a custom operator: under
-    ``torch.compile`` inductor calls it as it is (an opaque kernel call, torch's own bfloat16
-    ``mm``/``addmm``), where it would lower an ``addmm`` its own way. Registered as this module is
+def _custom_op(name: str, impl: Any, fake: Any, backward: Any = None) -> Any:
+    """``uniopt::<name>``, ``impl`` as a custom operator (``fake``: its output's shape and dtype;
+    ``backward``: its gradient, where it has one): under ``torch.compile`` inductor calls it as it
+    is, an opaque call it neither lowers its own way nor inlines. Registered as this module is
     imported (a compiled step may be the process's first: dynamo cannot register an operator while
     it traces); an operator already registered (the module imported again) is reused."""
-    existing = getattr(getattr(torch.ops, "uniopt", None), "addmm_bfloat16", None)
+    existing = getattr(getattr(torch.ops, "uniopt", None), name, None)
     if existing is not None:
         return existing
-
-    op = torch.library.custom_op("uniopt::addmm_bfloat16", mutates_args=())(_bfloat16_product)
-
-    @op.register_fake
-    def _(
-        c: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float
-    ) -> torch.Tensor:
-        return a.new_empty((a.shape[0], b.shape[1]))
-
+    op = torch.library.custom_op(f"uniopt::{name}", mutates_args=())(impl)
+    op.register_fake(fake)
+    if backward is not None:
+        op.register_autograd(backward)
     return op
 
 
-_PRODUCT = _register_product()
+# torch's own bfloat16 ``mm``/``addmm`` kernels, where inductor would lower an ``addmm`` its own way
+_PRODUCT = _custom_op(
+    "addmm_bfloat16", _bfloat16_product, lambda c, a, b, beta, alpha: a.new_empty((a.shape[0], b.shape[1]))
+)
 
 
 def uniopt_addmm_bfloat16(
@@ -114,7 +112,7 @@ def uniopt_addmm_bfloat16(
     (``mm``), the kernels torch.optim.Muon runs (float32 accumulation, one rounding to bfloat16), as
     a bfloat16 tensor (on CUDA cuBLAS's, under torch's settings for bfloat16 products, as for
     torch.optim.Muon). Under ``torch.compile`` the same kernels as the custom operator
-    ``uniopt::addmm_bfloat16`` (:func:`_register_product`), which inductor calls as it is. ``None``
+    ``uniopt::addmm_bfloat16`` (:func:`_custom_op`), which inductor calls as it is. ``None``
     (the spec then forms the float32 expression, the same values up to the order of the sums) for
     tensor subclasses (DTensor), for operands that are not bfloat16, and for a scaled product
     without ``c`` (which the spec does not ask for)."""
@@ -132,25 +130,9 @@ def _copy(x: torch.Tensor) -> torch.Tensor:
     return x.clone()
 
 
-def _register_copy() -> Any:
-    """``uniopt::materialized``, a copy as a custom operator: under ``torch.compile`` inductor stores
-    its argument and calls it as it is, where it inlines a ``clone`` into the ops that read it.
-    Registered as this module is imported, as :func:`_register_product`."""
-    existing = getattr(getattr(torch.ops, "uniopt", None), "materialized", None)
-    if existing is not None:
-        return existing
-
-    op = torch.library.custom_op("uniopt::materialized", mutates_args=())(_copy)
-
-    @op.register_fake
-    def _(x: torch.Tensor) -> torch.Tensor:
-        return torch.empty_like(x)
-
-    op.register_autograd(lambda ctx, grad: grad)  # a copy: the gradient passes through unchanged
-    return op
-
-
-_COPY = _register_copy()
+# a copy inductor stores instead of inlining (a ``clone`` it inlines into the ops that read it); the
+# gradient passes through unchanged
+_COPY = _custom_op("materialized", _copy, torch.empty_like, lambda ctx, grad: grad)
 
 
 def uniopt_materialized(x: Any) -> Any:

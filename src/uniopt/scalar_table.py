@@ -149,8 +149,11 @@ def term_table(spec: Spec, max_steps: int = 1_000_000) -> np.ndarray:
         raise ValueError(f"{spec.name}: {spec!r} has no per-step terms (Spec.step_terms)")
     limit_row = np.asarray(limit, np.float64)
 
+    def is_limit(row: Any) -> bool:
+        return np.array_equal(np.asarray(row, np.float64), limit_row, equal_nan=True)
+
     def at_limit(step: int) -> bool:
-        return np.array_equal(np.asarray(spec.step_terms(step), np.float64), limit_row, equal_nan=True)
+        return is_limit(spec.step_terms(step))
 
     if max_steps < 1 or not at_limit(max_steps):
         raise NotConvergentError(
@@ -166,7 +169,7 @@ def term_table(spec: Spec, max_steps: int = 1_000_000) -> np.ndarray:
             low = middle + 1
     rows = np.asarray([spec.step_terms(step) for step in range(1, high + 1)], np.float64)
     rows = rows.reshape(high, len(limit_row))
-    first = next(i for i, row in enumerate(rows) if np.array_equal(row, limit_row, equal_nan=True))
+    first = next(i for i, row in enumerate(rows) if is_limit(row))
     return rows[: first + 1]
 
 
