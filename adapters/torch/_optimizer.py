@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
+from torch.nn.parameter import is_lazy
 from torch.optim import Optimizer
 
 from uniopt import Spec
@@ -252,7 +253,11 @@ class UnioptOptimizer(Optimizer):
             for group in self.param_groups:
                 spec = self._spec_of(group)
                 for p in group["params"]:
-                    self._init_state(spec, p, group.get(STATE_DTYPES))
+                    # a lazy module's parameter has no shape yet (torch.optim.Adagrad fails on it):
+                    # its state comes at its first step, as any optimizer's; a frozen integer one
+                    # is never stepped
+                    if not (is_lazy(p) or _never_stepped(p)):
+                        self._init_state(spec, p, group.get(STATE_DTYPES))
 
     # -- the contract -------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -545,12 +550,17 @@ class UnioptOptimizer(Optimizer):
         if seen is not None and seen[0] is spec and (seen[1] is ids or seen[1] == ids):
             return
         kinds = set()
+        lazy = False
         for p in params:
-            kind = (type(p), p.dtype, p.shape)
+            if is_lazy(p):  # no shape yet: checked once materialized (not marked checked until then)
+                lazy = True
+                continue
+            kind = (type(p), p.dtype, p.shape, _never_stepped(p))
             if kind not in kinds:
                 _check_param(spec, p)
                 kinds.add(kind)
-        self._params_checked[index] = (spec, ids)
+        if not lazy:
+            self._params_checked[index] = (spec, ids)
 
     def _state_dtypes_changes(self) -> list[tuple[int, dict[str, torch.dtype] | None]]:
         """The groups whose ``state_dtypes`` changed since their state last followed it (set or
@@ -1299,8 +1309,23 @@ def _round(scalars: Any, dtype: torch.dtype) -> Any:
     return out
 
 
+def _never_stepped(p: torch.Tensor) -> bool:
+    """Whether ``p`` is a parameter no step can reach, as torch.optim accepts it: an integer or bool
+    tensor that does not require a gradient and has none (a frozen quantized weight; torch allows
+    ``requires_grad`` only on floating and complex tensors, so such a tensor never gets one from
+    autograd)."""
+    return not (p.is_floating_point() or p.is_complex()) and not p.requires_grad and p.grad is None
+
+
 def _check_param(spec: Spec, p: torch.Tensor) -> None:
+    """``ValueError`` for a parameter ``spec`` cannot step: not floating point or complex (unless it
+    can never be stepped, :func:`_never_stepped`), complex where the rule has none, a shape the spec
+    refuses (Muon: 2-D only), a dtype in which a hyperparameter rounds to 0. A lazy module's
+    uninitialized parameter (``torch.nn.parameter.is_lazy``) has no shape yet: it is checked at
+    the first step after it is materialized (:meth:`UnioptOptimizer._check_params_of`)."""
     owner = f"uniopt.torch.{spec.name}"
+    if is_lazy(p) or _never_stepped(p):
+        return
     if not (p.is_floating_point() or p.is_complex()):
         raise ValueError(f"{owner}: parameters must be floating point or complex, got {p.dtype}")
     if p.is_complex() and _dtensor.is_dtensor(p):
@@ -1329,8 +1354,11 @@ def _check_param(spec: Spec, p: torch.Tensor) -> None:
 def _check_grad(spec: Spec, p: torch.Tensor, fused: bool = False) -> None:
     """``RuntimeError`` (torch.optim's type) for a gradient the step cannot take: a layout
     :func:`_sparse.check` refuses (a sparse one also in a ``fused=True`` group), or a dense one of
-    another shape or dtype than ``p``."""
+    another shape or dtype than ``p``; ``ValueError`` (as at construction) for a gradient given to
+    a parameter that is not floating point or complex (accepted while it had none)."""
     owner = f"uniopt.torch.{spec.name}"
+    if not (p.is_floating_point() or p.is_complex()):  # a frozen integer parameter given a gradient
+        raise ValueError(f"{owner}: parameters must be floating point or complex, got {p.dtype}")
     _sparse.check(spec, p, fused)  # sparse gradients where torch.optim takes them (SparseAdam: only)
     if p.grad.is_sparse:
         return

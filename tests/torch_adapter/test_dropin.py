@@ -201,6 +201,88 @@ def test_mixing_named_and_unnamed_params_is_refused_as_torch_optim_does():
     assert len(opt.param_groups) == 1
 
 
+# -- 2b. parameters torch.optim accepts without stepping them yet ---------------------------------
+
+
+def _lazy_net() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.LazyLinear(3, dtype=torch.float64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(3, 2, dtype=torch.float64),
+    )
+
+
+def _dry_run(net: torch.nn.Module) -> None:
+    torch.manual_seed(1)  # the lazy layer's initial values
+    net(torch.zeros(1, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_lazy_modules_parameters_are_accepted_before_they_are_materialized(name):
+    # torch.optim.Adam, SGD and most others take a LazyLinear's uninitialized parameters (their
+    # state comes at the first step); uniopt checks them at the first step after they get a shape
+    net = _lazy_net()
+    opt = getattr(ut, name)(net.parameters(), **KWARGS[name], convention="torch")
+    assert torch.nn.parameter.is_lazy(net[0].weight)
+    _dry_run(net)
+    twin = _lazy_net()
+    _dry_run(twin)  # torch's documented order: materialize, then build the optimizer
+    ref = getattr(torch.optim, name)(twin.parameters(), **KWARGS[name])
+    before = net[0].weight.detach().clone()
+    assert torch.equal(before, twin[0].weight)
+    _train(net, opt)
+    _train(twin, ref)
+    assert not torch.equal(net[0].weight, before)
+    _assert_close(net, twin)
+
+
+def test_a_lazy_parameter_is_checked_once_it_has_a_shape():
+    # Muon takes 2-D parameters only: a lazy 1-D bias passes construction and is refused at the
+    # first step, before anything changes
+    torch.manual_seed(0)
+    lazy = torch.nn.LazyLinear(3)
+    opt = ut.Muon(lazy.parameters(), lr=0.02)
+    lazy(torch.randn(2, 4)).sum().backward()
+    weight = lazy.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"uniopt\.torch\.Muon: .*2-D"):
+        opt.step()
+    assert torch.equal(lazy.weight, weight) and not opt.state
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_frozen_integer_parameter_is_accepted_and_left_alone_as_by_torch_optim(name):
+    # a quantized weight registered as a Parameter with requires_grad=False (torch forbids a
+    # gradient on an integer tensor): torch.optim accepts it and never steps it
+    def frozen(net):
+        net.q = torch.nn.Parameter(torch.arange(-3, 3, dtype=torch.int8), requires_grad=False)
+        return net.parameters()
+
+    net, opt, twin, ref = _pair(name, frozen, **KWARGS[name])
+    _train(net, opt)
+    _train(twin, ref)
+    _assert_close(net, twin)
+    assert torch.equal(net.q, torch.arange(-3, 3, dtype=torch.int8)) and net.q not in opt.state
+    opt.load_state_dict(opt.state_dict())
+    _train(net, opt, steps=1)
+
+
+def test_an_integer_parameter_given_a_gradient_is_refused_before_any_change():
+    w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    q = torch.nn.Parameter(torch.zeros(3, dtype=torch.int8), requires_grad=False)
+    opt = ut.Adam([w, q], lr=0.1)
+    w.grad = torch.ones(3, dtype=torch.float64)
+    opt.step()
+    q.grad = torch.ones(3, dtype=torch.int8)  # torch allows assigning it
+    state, value = copy.deepcopy(opt.state_dict()), w.detach().clone()
+    with pytest.raises(ValueError, match=r"uniopt\.torch\.Adam: parameters must be floating point .*int8"):
+        opt.step()
+    assert torch.equal(w, value) and torch.equal(q, torch.zeros(3, dtype=torch.int8))
+    assert str(opt.state_dict()) == str(state)
+    with pytest.raises(ValueError, match=r"floating point or complex, got torch\.int8"):
+        ut.SGD([w, q], lr=0.1)  # at construction, where it already has one
+
+
 # -- 3. torch.optim's implementation switches ----------------------------------------------------
 
 
