@@ -143,6 +143,13 @@ def _docstring(info: OptimizerInfo) -> str:
             ":meth:`share_memory` can share it before training starts.",
             "",
         ]
+    if names.constructor_only:
+        lines += [
+            f"torch.optim.{names.native} reads {', '.join(f'``{n}``' for n in names.constructor_only)} "
+            "from its constructor only and ignores a param group's own value; uniopt.torch honours a "
+            "group's value and warns (``UserWarning``) where it differs from the constructor's.",
+            "",
+        ]
     if names.extensions:
         lines += [
             f"{', '.join(f'``{n}``' for n in names.extensions)} are no torch.optim.{names.native} "
@@ -169,6 +176,7 @@ def _make(info: OptimizerInfo) -> type[UnioptOptimizer]:
         "torch_options": dict(names.options),
         "state_at_construction": names.state_at_construction,
         "extensions": tuple(names.extensions),
+        "constructor_only": tuple(names.constructor_only),
     }
     if names.state_at_construction:
         namespace["share_memory"] = _share_memory

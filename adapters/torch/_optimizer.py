@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import math
 import operator
+import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -149,6 +150,7 @@ class UnioptOptimizer(Optimizer):
     ``defaults`` sees torch.optim's keys: ``OneCycleLR(cycle_momentum=True)`` refuses Adafactor,
     which has no momentum in torch.optim, instead of cycling the optax convention's ``momentum``."""
     state_at_construction: ClassVar[bool] = False
+    constructor_only: ClassVar[tuple[str, ...]] = ()
     """Whether the state of the constructor's parameters (``step`` 0 and the spec's initial slots)
     is created by the constructor, as torch.optim.Adagrad creates it (so that ``share_memory`` can
     share it before training starts); otherwise it is created at a parameter's first step."""
@@ -315,6 +317,7 @@ class UnioptOptimizer(Optimizer):
         elif not isinstance(params, set):  # torch.optim refuses sets (unordered)
             params = list(params)  # the one pass over a generator
         param_group["params"] = params
+        supplied = {name: param_group[name] for name in self.constructor_only if name in param_group}
         convention = self.defaults.get("convention")
         if self._given is not None and param_group.get("convention", convention) != convention:
             # the defaults a convention chooses (eps, ...) are the group's convention's
@@ -350,6 +353,16 @@ class UnioptOptimizer(Optimizer):
                 _check_param(spec, p)
                 _check_state_dtypes(spec, p, merged.get(STATE_DTYPES), names[i])
         super().add_param_group(param_group)
+        for name, value in supplied.items():
+            if value != self.defaults[name]:
+                native = self.spec_class.name
+                warnings.warn(
+                    f"uniopt.torch.{native}: {name}={value!r} in a param group is honoured here; "
+                    f"torch.optim.{native} ignores a group's {name} (it uses the constructor's, "
+                    f"{self.defaults[name]!r}), so this group's numbers differ from torch.optim's",
+                    UserWarning,
+                    stacklevel=_caller_level(),
+                )
         # DTensor parameters (FSDP2, tensor parallelism): their gradients are checked before a step
         distributed = any(map(_dtensor.is_dtensor, self.param_groups[-1]["params"]))
         self._distributed = getattr(self, "_distributed", False) or distributed
@@ -864,7 +877,36 @@ class UnioptOptimizer(Optimizer):
         spec = self._validated_spec(group)
         if all(map(_immutable, raw)):
             self._spec_hits[id(group)] = (raw, _signature(raw), spec)
+        self._check_run_constants(group, spec)
         return spec
+
+    def _check_run_constants(self, group: dict[str, Any], spec: Spec) -> None:
+        """Warn (once per optimizer) where a hyperparameter the spec's scalars assume constant over
+        the run (:meth:`uniopt.Spec.run_constants`: NAdam's ``betas[0]``) changed after the group's
+        parameters took a step: from then on the numbers are not torch.optim's."""
+        constants = spec.run_constants()
+        if not constants:
+            return
+        seen = self.__dict__.setdefault("_run_constants", {})
+        before = seen.get(id(group))
+        seen[id(group)] = constants
+        if before is None or before == constants or self.__dict__.get("_run_constants_warned"):
+            return
+        if not any(int(self.state[p].get("step", 0)) > 0 for p in group["params"] if p in self.state):
+            return
+        self._run_constants_warned = True
+        changed = ", ".join(
+            f"{k} from {before[k]!r} to {v!r}" for k, v in constants.items() if before.get(k) != v
+        )
+        warnings.warn(
+            f"uniopt.torch.{spec.name}: {changed} after the parameters took steps (a scheduler "
+            "cycling momentum?). uniopt computes the product of the momentum-schedule factors from "
+            "the step count with the current values, as if they had held from the first step; "
+            f"torch.optim.{spec.name} multiplies each step's own factor into state['mu_product'], "
+            "so from this step the numbers differ from torch.optim's (docs/optimizers/nadam.md)",
+            UserWarning,
+            stacklevel=_caller_level(),
+        )
 
     def _validated_spec(self, group: dict[str, Any]) -> Spec:
         owner = self.spec_class.name
@@ -1307,6 +1349,23 @@ def _round(scalars: Any, dtype: torch.dtype) -> Any:
         if len(_ROUNDED) > _ROUNDED_SIZE:
             _ROUNDED.popitem(last=False)
     return out
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of :func:`warnings.warn` that names the first frame outside uniopt.torch
+    and torch (the user's ``opt.step()``), counted from the caller of this function."""
+    import sys
+
+    frame, level = sys._getframe(2), 2
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_ADAPTER_DIR) or frame.f_code.co_filename.startswith(_TORCH_DIR)
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_ADAPTER_DIR = __file__.rpartition("/")[0] + "/"
+_TORCH_DIR = torch.__file__.rpartition("/")[0] + "/"
 
 
 def _never_stepped(p: torch.Tensor) -> bool:

@@ -198,6 +198,16 @@ class Spec:
         """Whether every per-step scalar tends to a limit as the step grows (for a fixed lr)."""
         return True
 
+    def run_constants(self) -> dict[str, Any]:
+        """The hyperparameters (name -> value) whose value at step ``t`` the scalars assume held at
+        every earlier step: the spec computes from the step count what the framework's optimizer
+        accumulates step by step (NAdam's product of momentum-schedule factors). A value changed
+        mid-run (a scheduler cycling ``betas``) makes the framework's running product and the
+        spec's differ from then on; adapters say so where it happens (``uniopt.torch`` warns).
+        Empty (the default) where every scalar is a function of the step and the current values
+        alone."""
+        return {}
+
     def sparse_rule(self) -> str:
         """How a sparse gradient (some rows of the parameter, the others 0) updates it:
         ``"rows"`` (the rule on the touched rows only; the other rows of the parameter and of every

@@ -442,6 +442,14 @@ class NAdam(Spec):
         product_steps = 0.0 if beta1 == 0.0 else 54 * math.log(2.0) / -math.log(beta1)
         return max(schedule_steps, product_steps) <= _CONVERGE_WITHIN
 
+    def run_constants(self) -> dict[str, Any]:
+        r"""``betas[0]`` and ``momentum_decay``: :math:`\prod_{i \le t} \mu_i` is computed from the
+        step count with their current values, where torch.optim.NAdam multiplies each step's own
+        :math:`\mu_t` into ``state["mu_product"]`` (and Keras's Nadam into ``_u_product``), so a
+        scheduler changing ``betas[0]`` mid-run (OneCycleLR's and CyclicLR's ``cycle_momentum``)
+        gives other numbers from then on."""
+        return {"betas[0]": self.betas[0], "momentum_decay": self.momentum_decay}
+
     # -- the scalars: uniopt's and one beside it per convention -----------------------------------
     def uniopt_scalars(self, step: int, lr: float) -> NAdamScalars:
         beta1, beta2 = self.betas

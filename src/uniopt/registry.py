@@ -92,6 +92,10 @@ class TorchNames:
     torch.optim's optimizer has no argument for (optax.adafactor's own, on Adafactor's spec):
     uniopt.torch's class takes them by keyword and keeps them in ``defaults`` and the groups, as it
     keeps ``convention``; left out, they take the spec's default for the group's convention.
+    ``constructor_only`` are spec fields torch.optim reads from its constructor's value alone, never
+    from a param group's own (Adagrad's ``initial_accumulator_value``: every ``sum`` starts at the
+    constructor's value, a group's is ignored): uniopt.torch honours a group's value and warns
+    where it differs from the constructor's.
     """
 
     native: str | None
@@ -100,6 +104,7 @@ class TorchNames:
     state_at_construction: bool = False
     state: Mapping[str, str] = dataclasses.field(default_factory=dict)
     extensions: tuple[str, ...] = ()
+    constructor_only: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -768,6 +773,7 @@ TABLE: tuple[OptimizerInfo, ...] = (
             ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "foreach"),
             {"foreach": None, "differentiable": False, "fused": None},
             state_at_construction=True,
+            constructor_only=("initial_accumulator_value",),
         ),
         keras=KerasNames(
             "Adagrad",

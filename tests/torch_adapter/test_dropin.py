@@ -283,6 +283,34 @@ def test_an_integer_parameter_given_a_gradient_is_refused_before_any_change():
         ut.SGD([w, q], lr=0.1)  # at construction, where it already has one
 
 
+def test_a_groups_own_initial_accumulator_value_is_honoured_and_said_to_differ_from_torch_optim():
+    # torch.optim.Adagrad starts every sum at its constructor's value, ignoring a group's own
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    ref = torch.optim.Adagrad([{"params": [a]}, {"params": [b], "initial_accumulator_value": 1.0}], lr=0.1)
+    assert torch.equal(ref.state[b]["sum"], torch.zeros(2))  # what the warning says torch does
+    with pytest.warns(
+        UserWarning, match=r"initial_accumulator_value=1\.0 in a param group is honoured"
+    ) as seen:
+        opt = ut.Adagrad([{"params": [a]}, {"params": [b], "initial_accumulator_value": 1.0}], lr=0.1)
+    assert len(seen) == 1 and seen[0].filename == __file__
+    assert torch.equal(opt.state[a]["sum"], torch.zeros(2)) and torch.equal(
+        opt.state[b]["sum"], torch.ones(2)
+    )
+    c = torch.zeros(2, requires_grad=True)
+    with pytest.warns(UserWarning, match=r"initial_accumulator_value=0\.5 .*constructor's, 0\.0"):
+        opt.add_param_group({"params": [c], "initial_accumulator_value": 0.5})
+    c.grad = torch.ones(2)
+    opt.step()  # a param added later gets its state at its first step (torch.optim's too)
+    assert torch.equal(opt.state[c]["sum"], torch.full((2,), 1.5))  # 0.5 + 1**2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the constructor's own value, given again: nothing to say
+        ut.Adagrad(
+            [{"params": [a], "initial_accumulator_value": 0.25}], lr=0.1, initial_accumulator_value=0.25
+        )
+
+
 # -- 3. torch.optim's implementation switches ----------------------------------------------------
 
 

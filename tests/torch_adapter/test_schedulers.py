@@ -85,6 +85,8 @@ def _slot_arrays(opt: torch.optim.Optimizer, params: list[torch.Tensor], names) 
     return [{n: opt.state[p][n].numpy() for n in names} for p in params]
 
 
+# NAdam under OneCycleLR warns that torch.optim's running mu_product would differ (tested below)
+@pytest.mark.filterwarnings(r"ignore:uniopt\.torch\.NAdam.*betas\[0\]:UserWarning")
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("kind", ["StepLR", "LambdaLR", "OneCycleLR", "CosineAnnealingLR"])
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -178,3 +180,53 @@ def test_per_group_lambdas_reach_each_group() -> None:
         ref_opt.step()
         ref_sched.step()
         sched.step()
+
+
+def _nadam_under_one_cycle(library, steps: int = 6, **kwargs) -> torch.Tensor:
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(50, dtype=torch.float64))
+    opt = library.NAdam([w], lr=0.01, **kwargs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=20)  # cycles betas[0]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        w.grad = torch.randn(50, generator=gen, dtype=torch.float64)
+        opt.step()
+        sched.step()
+    return w.detach()
+
+
+def test_nadam_warns_once_where_betas0_changes_after_a_step_and_the_warning_is_true() -> None:
+    # torch.optim.NAdam multiplies each step's own mu into state["mu_product"]; uniopt computes the
+    # product from the step count with the current betas[0]: a cycled betas[0] parts them, said once
+    with pytest.warns(
+        UserWarning, match=r"uniopt\.torch\.NAdam: betas\[0\] from 0\.95 to .*mu_product"
+    ) as seen:
+        got = _nadam_under_one_cycle(uniopt.torch, convention="torch")
+    ours = [w for w in seen if "betas[0]" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__  # names the user's step() line
+    ref = _nadam_under_one_cycle(torch.optim)
+    assert (got - ref).abs().max() > 1e-6  # what the warning says: torch.optim's numbers differ
+
+
+def test_nadam_is_silent_where_only_the_lr_or_another_optimizers_betas_change() -> None:
+    import warnings
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    v = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    nadam = uniopt.torch.NAdam([w], lr=0.01, betas=(0.9, 0.99))
+    adam = uniopt.torch.Adam([v], lr=0.01)
+    scheds = [
+        torch.optim.lr_scheduler.StepLR(nadam, step_size=1, gamma=0.5),
+        torch.optim.lr_scheduler.OneCycleLR(adam, max_lr=0.05, total_steps=20),  # cycles Adam's betas
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in range(4):
+            w.grad, v.grad = torch.ones(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
+            nadam.step()
+            adam.step()
+            for sched in scheds:
+                sched.step()
+            if t == 1:
+                nadam.param_groups[0]["betas"] = (0.9, 0.95)  # betas[1]: its bias correction follows it
