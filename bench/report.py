@@ -569,7 +569,15 @@ How to read the targets, and what limits each one:
   before each step to sweep the caches. So the benchmark's rounds cost uniopt.tf's stacked step
   more than Keras's per-variable one; neither the cache sweep nor the set's alternating 2-D and
   1-D shapes account for it (with them, that process had Adagrad at 0.98x and SGD at 0.97x); what
-  does was not traced.
+  does was not traced. On 2026-12-08 (AMD EPYC) the same benchmark did not show it: a run of SGD
+  and Adagrad on the set (not merged) had their `tf.function` steps at 1.02x (56.04 against 54.76
+  ms) and 0.97x (39.98 against 41.37) Keras's, with no page faults in any step (counted by
+  `getrusage` in a copy of the benchmark's loop: 0 a step for every row); run 23, in the tables,
+  has RAdam at 0.75x Keras's Adam and Adam at 0.94x (96.19 against 102.44 ms; run 19, before the
+  parameter was stepped by its increment, 1.20x), and three processes timing Adam's two
+  `tf.function` steps alone the same way 0.80x to 0.84x. The spread between runs (0.97x to 1.44x
+  for Adagrad) is larger than any change measured here; the rows of SGD, Adagrad and RMSprop in
+  the tables are run 22's.
   Run 18 (AMD EPYC) adds Schedule-Free AdamW: 0.78x Keras's
   `tf.function` step (58.96 against 75.75 ms; 1.12x in run 5, per variable), its `keras`
   convention 0.79x; its XLA rows (where a run with other optimizers had died silently while
