@@ -150,10 +150,13 @@ class UnioptOptimizer(Optimizer):
     ``defaults`` sees torch.optim's keys: ``OneCycleLR(cycle_momentum=True)`` refuses Adafactor,
     which has no momentum in torch.optim, instead of cycling the optax convention's ``momentum``."""
     state_at_construction: ClassVar[bool] = False
-    constructor_only: ClassVar[tuple[str, ...]] = ()
     """Whether the state of the constructor's parameters (``step`` 0 and the spec's initial slots)
     is created by the constructor, as torch.optim.Adagrad creates it (so that ``share_memory`` can
     share it before training starts); otherwise it is created at a parameter's first step."""
+    constructor_only: ClassVar[tuple[str, ...]] = ()
+    """Spec fields torch.optim reads from its constructor alone (:attr:`uniopt.registry.TorchNames.
+    constructor_only`): a param group's own value differing from the constructor's is honoured, with
+    a ``UserWarning``."""
 
     def __init__(
         self, params: Iterable[Any], *args: Any, implementation: str = "auto", **kwargs: Any
