@@ -26,6 +26,7 @@ always with the same bits: per tensor, or over flat state buffers, eager or comp
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from uniopt import Spec
 from uniopt.registry import TABLE, OptimizerInfo
 
 from ._history import HistoryOptimizer
-from ._optimizer import AUTO_COMPILE_MIN, IMPLEMENTATIONS, UnioptOptimizer, _selected
+from ._optimizer import AUTO_COMPILE_MIN, IMPLEMENTATIONS, STATE_DTYPES, UnioptOptimizer, _selected
 from ._porting import (
     export_state,
     from_torch_optim,
@@ -163,6 +164,27 @@ def _docstring(info: OptimizerInfo) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _init_signature(info: OptimizerInfo) -> inspect.Signature:
+    """``__init__``'s signature as a user reads it (``inspect.signature``, configuration tools such
+    as jsonargparse): ``self, params``, torch.optim's positional arguments in its order, then
+    keyword-only every other spec field, torch.optim option, ``implementation`` and
+    ``state_dtypes``; each default the class's (the spec's default convention)."""
+    names = info.torch
+    assert names is not None
+    defaults = {**info.spec().hyperparameters, **dict(names.options)}
+    fields = [f.name for f in dataclasses.fields(info.spec)]
+    kind, keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    out = [inspect.Parameter("self", kind), inspect.Parameter("params", kind)]
+    out += [inspect.Parameter(n, kind, default=defaults[n]) for n in names.positional]
+    rest = [n for n in (*fields, *names.options) if n not in names.positional]
+    out += [inspect.Parameter(n, keyword, default=defaults[n]) for n in dict.fromkeys(rest)]
+    out += [
+        inspect.Parameter("implementation", keyword, default="auto"),
+        inspect.Parameter(STATE_DTYPES, keyword, default=None),
+    ]
+    return inspect.Signature(out)
+
+
 def _make(info: OptimizerInfo) -> type[UnioptOptimizer]:
     """``uniopt.torch.<Name>`` for a table row with torch names."""
     names = info.torch
@@ -182,6 +204,14 @@ def _make(info: OptimizerInfo) -> type[UnioptOptimizer]:
         namespace["share_memory"] = _share_memory
     keeps_history = info.spec.init_history is not Spec.init_history
     base = HistoryOptimizer if keeps_history or info.spec.has_eval_view else UnioptOptimizer
+
+    def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        base.__init__(self, params, *args, **kwargs)
+
+    __init__.__doc__ = base.__init__.__doc__
+    __init__.__qualname__ = f"{info.name}.__init__"
+    __init__.__signature__ = _init_signature(info)  # type: ignore[attr-defined]
+    namespace["__init__"] = __init__
     return type(info.name, (base,), namespace)
 
 

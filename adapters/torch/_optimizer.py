@@ -888,11 +888,13 @@ class UnioptOptimizer(Optimizer):
         the run (:meth:`uniopt.Spec.run_constants`: NAdam's ``betas[0]``) changed after the group's
         parameters took a step: from then on the numbers are not torch.optim's."""
         constants = spec.run_constants()
-        if not constants:
+        if not constants or "params" not in group:  # a group being merged, not yet added
             return
         seen = self.__dict__.setdefault("_run_constants", {})
-        before = seen.get(id(group))
-        seen[id(group)] = constants
+        entry = seen.get(id(group))
+        # the group is kept with its values, so that its id cannot name a later group
+        before = entry[1] if entry is not None and entry[0] is group else None
+        seen[id(group)] = (group, constants)
         if before is None or before == constants or self.__dict__.get("_run_constants_warned"):
             return
         if not any(int(self.state[p].get("step", 0)) > 0 for p in group["params"] if p in self.state):

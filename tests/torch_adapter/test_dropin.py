@@ -311,6 +311,41 @@ def test_a_groups_own_initial_accumulator_value_is_honoured_and_said_to_differ_f
         )
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_signature_lists_torch_optims_arguments_with_their_defaults(name):
+    # configuration tools (jsonargparse, LightningCLI) read inspect.signature(cls)
+    import inspect
+
+    ours = inspect.signature(getattr(ut, name)).parameters
+    theirs = inspect.signature(getattr(torch.optim, name)).parameters
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+    def by_position(params):
+        return [n for n, p in params.items() if p.kind == positional]
+
+    assert by_position(ours) == by_position(theirs)
+    for n, p in theirs.items():
+        if n != "params":
+            assert n in ours and ours[n].default == p.default, n
+    assert {"convention", "implementation", "state_dtypes"} <= set(ours)
+    # the signature tells the truth: every argument it lists, passed by keyword with its default,
+    # builds the optimizer the defaults build
+    w = torch.zeros(3, requires_grad=True)
+    given = {n: p.default for n, p in ours.items() if n != "params"}
+    assert getattr(ut, name)([w], **given).defaults == getattr(ut, name)([w]).defaults
+
+
+def test_a_subclass_with_its_own_init_has_its_own_signature():
+    import inspect
+
+    class Tuned(ut.AdamW):
+        def __init__(self, params, warm: float = 0.1):
+            super().__init__(params, lr=warm)
+
+    assert list(inspect.signature(Tuned).parameters) == ["params", "warm"]
+    assert Tuned([torch.zeros(2, requires_grad=True)]).defaults["lr"] == 0.1
+
+
 # -- 3. torch.optim's implementation switches ----------------------------------------------------
 
 

@@ -230,3 +230,23 @@ def test_nadam_is_silent_where_only_the_lr_or_another_optimizers_betas_change() 
                 sched.step()
             if t == 1:
                 nadam.param_groups[0]["betas"] = (0.9, 0.95)  # betas[1]: its bias correction follows it
+
+
+def test_nadam_groups_of_their_own_and_a_loaded_state_with_other_betas_do_not_warn() -> None:
+    # torch's own test_param_groups_lr builds groups with their own momentum_decay; a loaded
+    # state_dict brings new groups whose values are those the loaded run took its steps with
+    import warnings
+
+    w = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    v = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = uniopt.torch.NAdam([dict(params=[w], momentum_decay=0.01), dict(params=[v])], lr=1e-3)
+        for _ in range(2):
+            w.grad, v.grad = torch.ones_like(w), torch.ones_like(v)
+            opt.step()
+        saved = opt.state_dict()
+        saved["param_groups"][0]["betas"] = (0.8, 0.999)
+        for _ in range(3):  # ids of the replaced groups may be reused by the loaded ones
+            opt.load_state_dict(saved)
+            opt.step()
